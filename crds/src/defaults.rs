@@ -1,0 +1,67 @@
+//! Defaults for omitted spec fields. They are serde defaults, so the operator, `render` and
+//! the API server's stored object all agree on them.
+
+/// The image every component runs unless the spec names another.
+pub fn image() -> String {
+    format!("ghcr.io/recstack/recstack:{}", env!("CARGO_PKG_VERSION"))
+}
+pub fn model_uri() -> String {
+    "file:///models/deepfm/model.onnx".into()
+}
+pub fn model_version() -> String {
+    "deepfm-1".into()
+}
+pub fn max_batch() -> i32 {
+    512
+}
+pub fn max_wait_micros() -> i32 {
+    2000
+}
+pub fn gpu_count() -> i32 {
+    1
+}
+pub fn window() -> String {
+    "1m".into()
+}
+pub fn parallelism() -> i32 {
+    2
+}
+pub fn flink_image() -> String {
+    "flink:1.20".into()
+}
+pub fn flink_version() -> String {
+    "v1_20".into()
+}
+pub fn task_slots() -> i32 {
+    2
+}
+pub fn job_manager_memory() -> String {
+    "1024m".into()
+}
+pub fn task_manager_memory() -> String {
+    "2048m".into()
+}
+pub fn flink_service_account() -> String {
+    "flink".into()
+}
+pub fn events_topic() -> String {
+    "recstack-events".into()
+}
+pub fn sampling() -> f64 {
+    0.01
+}
+pub fn retention_days() -> i32 {
+    7
+}
+pub fn yes() -> bool {
+    true
+}
+pub fn max_unavailable() -> i32 {
+    1
+}
+pub fn online_priority() -> i32 {
+    100_000
+}
+pub fn offline_priority() -> i32 {
+    1_000
+}

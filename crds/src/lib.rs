@@ -1,0 +1,740 @@
+//! The `RecommenderStack` custom resource (`recstack.io/v1alpha1`).
+//!
+//! One object describes a whole recommendation stack: the online components (recall, ranking,
+//! rerank, feature, ingest, gateway), the streaming aggregation (built-in worker or a Flink
+//! job), where traces go, and the cluster policies around them. The operator turns it into
+//! workloads; see `docs/operator.md`.
+//!
+//! Doc comments on the spec types are user documentation: they become the CRD's OpenAPI
+//! descriptions, which `kubectl explain recommenderstack.spec...` prints. Cross-field rules are
+//! CEL `x-kubernetes-validations` with messages written for the person running `kubectl apply`;
+//! [`RecommenderStack::validate_cel`] evaluates the same rules client-side.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub mod defaults;
+
+/// CEL rules shared by several component types.
+mod rules {
+    pub const REPLICAS_XOR_AUTOSCALING: &str = "!(has(self.replicas) && has(self.autoscaling))";
+    pub const REPLICAS_XOR_AUTOSCALING_MSG: &str =
+        "set either replicas (a fixed count) or autoscaling, not both";
+    pub const NO_GPU_LIMITS: &str = "!has(self.resources) || !has(self.resources.limits) || !('nvidia.com/gpu' in self.resources.limits)";
+    pub const NO_GPU_REQUESTS: &str = "!has(self.resources) || !has(self.resources.requests) || !('nvidia.com/gpu' in self.resources.requests)";
+    pub const NO_GPU_MSG: &str = "GPUs can only be requested by the ranking component, with spec.ranking.gpu";
+}
+
+/// API group of every recstack resource.
+pub const GROUP: &str = "recstack.io";
+
+/// The CRD as YAML, exactly as committed in `crds/recommenderstack.yaml`.
+pub fn crd_yaml() -> String {
+    let crd = RecommenderStack::crd();
+    // A CRD always serializes; a failure here is a bug in the derive, not user input.
+    let body = serde_yaml::to_string(&crd).expect("CRD serializes to YAML");
+    format!(
+        "# Generated from the Rust types in crds/src/lib.rs by `cargo run -p recstack-crds --bin crdgen`.\n# Do not edit by hand: a test fails when this file and the types drift.\n{body}"
+    )
+}
+
+// === spec ===
+
+/// Desired state of a recommendation stack.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "recstack.io",
+    version = "v1alpha1",
+    kind = "RecommenderStack",
+    plural = "recommenderstacks",
+    singular = "recommenderstack",
+    shortname = "rstack",
+    category = "recstack",
+    namespaced,
+    cel,
+    status = "RecommenderStackStatus",
+    doc = "A recommendation stack: multi-channel recall, ONNX ranking (CPU or GPU), rerank, real-time features, event ingest and streaming aggregation, with traces that explain every recommendation.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every component has its desired ready replicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Running, Progressing, Degraded or Paused"),
+    printcolumn(name = "Stream", type_ = "string", json_path = ".spec.stream.engine", description = "Streaming engine", priority = 1),
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.ranking.model.version", description = "Ranking model version", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers")
+)]
+pub struct RecommenderStackSpec {
+    /// Container image for every recstack component (one image, one binary per component),
+    /// for example `ghcr.io/recstack/recstack:0.1.0`. A component's own `image` overrides it.
+    #[serde(default = "defaults::image")]
+    pub image: String,
+
+    /// When true the operator stops changing the stack's objects (no applies, no pruning) but
+    /// keeps reporting status, with the `Paused` condition set. Use it for maintenance.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Multi-channel recall: item-CF, user-CF, hot, ALS/MF, vector ANN and tag channels,
+    /// merged and filtered against the user's seen items.
+    #[serde(default)]
+    pub recall: ComponentSpec,
+
+    /// The ranking service: an ONNX model served through onnxruntime, on CPU or GPU.
+    #[serde(default)]
+    pub ranking: RankingSpec,
+
+    /// Rerank: diversity (MMR, category scatter), business rules and A/B buckets.
+    #[serde(default)]
+    pub rerank: ComponentSpec,
+
+    /// The feature service: user and item features through a local cache, Redis and a snapshot.
+    #[serde(default)]
+    pub feature: FeatureSpec,
+
+    /// The ingest service: validates, deduplicates and appends behaviour events to the event log.
+    #[serde(default)]
+    pub ingest: ComponentSpec,
+
+    /// The gateway: the stack's only public entry point (HTTP `POST /v1/recommend`, gRPC
+    /// `Recommend`), owner of the latency budget and the degradation levels.
+    #[serde(default)]
+    pub gateway: ComponentSpec,
+
+    /// Streaming aggregation of behaviour events into real-time features and the hot list.
+    #[serde(default)]
+    pub stream: StreamSpec,
+
+    /// Where behaviour events are logged. Unset means the ingest service's embedded log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_log: Option<EventLogSpec>,
+
+    /// Where request traces go. Unset means traces stay in each gateway's embedded store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_store: Option<TraceStoreSpec>,
+
+    /// Cluster policies created around the workloads.
+    #[serde(default)]
+    pub policies: PoliciesSpec,
+}
+
+/// Settings shared by every component's workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
+    validation = Rule::new(rules::NO_GPU_LIMITS).message(rules::NO_GPU_MSG),
+    validation = Rule::new(rules::NO_GPU_REQUESTS).message(rules::NO_GPU_MSG)
+)]
+pub struct ComponentSpec {
+    /// Container image for this component; defaults to `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// A fixed number of replicas. Leave unset to autoscale (the default: 2 to 10 replicas at
+    /// 70% CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+
+    /// Horizontal autoscaling. Ignored by nothing: when neither `replicas` nor `autoscaling`
+    /// is set, the defaults (2 to 10 replicas, 70% CPU) apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// CPU and memory requests and limits of the component's container. Defaults depend on
+    /// the component (see `docs/operator.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Horizontal Pod Autoscaler settings (autoscaling/v2).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
+    validation = Rule::new("has(self.targetCpuUtilization) || has(self.targetRequestsPerSecond)").message("autoscaling needs a target: set targetCpuUtilization, targetRequestsPerSecond or both")
+)]
+pub struct AutoscalingSpec {
+    /// Fewest replicas the autoscaler keeps.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas the autoscaler may create.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilization, in percent of the CPU request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+    /// Target requests per second per pod. Needs a custom-metrics adapter (for example
+    /// prometheus-adapter) that serves the pods metric `recstack_requests_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_requests_per_second: Option<i32>,
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self { min_replicas: 2, max_replicas: 10, target_cpu_utilization: Some(70), target_requests_per_second: None }
+    }
+}
+
+/// The ranking component: its workload, model, request batching and GPUs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
+    validation = Rule::new(rules::NO_GPU_LIMITS).message("ranking GPUs are set with spec.ranking.gpu.count, not in spec.ranking.resources"),
+    validation = Rule::new(rules::NO_GPU_REQUESTS).message("ranking GPUs are set with spec.ranking.gpu.count, not in spec.ranking.resources")
+)]
+pub struct RankingSpec {
+    /// Container image for ranking; defaults to `spec.image`. GPU nodes usually need an image
+    /// with the CUDA build of onnxruntime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A fixed number of replicas. Leave unset to autoscale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling (defaults: 2 to 10 replicas at 70% CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// CPU and memory requests and limits. GPUs go in `gpu`, not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The ONNX ranking model and its canary.
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// Dynamic batching of concurrent ranking requests.
+    #[serde(default)]
+    pub batching: BatchingSpec,
+    /// GPUs for ranking; unset means CPU inference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuSpec>,
+}
+
+/// The ranking model. Every score is recorded with the version that produced it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.canaryPercent >= 0 && self.canaryPercent <= 100").message("ranking.model.canaryPercent must be between 0 and 100"),
+    validation = Rule::new("self.canaryPercent == 0 || has(self.canaryUri)").message("ranking.model.canaryPercent above 0 needs ranking.model.canaryUri, the model that receives the canary traffic"),
+    validation = Rule::new("!has(self.canaryUri) || has(self.canaryVersion)").message("ranking.model.canaryUri needs ranking.model.canaryVersion, so traces can tell the two models apart")
+)]
+pub struct ModelSpec {
+    /// Where the ONNX model and its model card are, for example
+    /// `file:///models/deepfm/3/model.onnx` or an `s3://` / `https://` URI fetched at start-up.
+    #[serde(default = "defaults::model_uri")]
+    pub uri: String,
+    /// The model's version, recorded on every score and shown by `kubectl get -o wide`.
+    #[serde(default = "defaults::model_version")]
+    pub version: String,
+    /// The canary model's URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_uri: Option<String>,
+    /// The canary model's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_version: Option<String>,
+    /// Percent of requests (by a stable hash of the user) scored by the canary model, 0–100.
+    #[serde(default)]
+    pub canary_percent: i32,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            uri: defaults::model_uri(),
+            version: defaults::model_version(),
+            canary_uri: None,
+            canary_version: None,
+            canary_percent: 0,
+        }
+    }
+}
+
+/// Dynamic batching: concurrent requests are scored together, up to `maxBatch` candidates or
+/// `maxWaitMicros` of waiting, whichever comes first.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchingSpec {
+    /// Most candidates in one model call.
+    #[serde(default = "defaults::max_batch")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_batch: i32,
+    /// Longest a request waits for others to join its batch, in microseconds.
+    #[serde(default = "defaults::max_wait_micros")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_wait_micros: i32,
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        Self { max_batch: defaults::max_batch(), max_wait_micros: defaults::max_wait_micros() }
+    }
+}
+
+/// GPUs for the ranking pods (CUDA execution provider of onnxruntime).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GpuSpec {
+    /// GPUs per ranking pod (`nvidia.com/gpu` limit).
+    #[serde(default = "defaults::gpu_count")]
+    #[schemars(range(min = 1, max = 16))]
+    pub count: i32,
+    /// Node labels the ranking pods must match, for example
+    /// `nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for tainted GPU nodes. Defaults to tolerating `nvidia.com/gpu:NoSchedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+}
+
+/// The feature service and its Redis L2 cache.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
+    validation = Rule::new(rules::NO_GPU_LIMITS).message(rules::NO_GPU_MSG),
+    validation = Rule::new(rules::NO_GPU_REQUESTS).message(rules::NO_GPU_MSG),
+    validation = Rule::new("!has(self.redisUrl) || self.redisUrl.startsWith('redis://') || self.redisUrl.startsWith('rediss://')").message("feature.redisUrl must start with redis:// or rediss://")
+)]
+pub struct FeatureSpec {
+    /// Container image for the feature service; defaults to `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A fixed number of replicas. Leave unset to autoscale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling (defaults: 2 to 10 replicas at 70% CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Redis (cluster-capable) used as the L2 feature cache and the stream job's sink, for
+    /// example `redis://redis.recstack.svc:6379`. Unset: local cache plus snapshot only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 2048))]
+    pub redis_url: Option<String>,
+}
+
+/// Which engine runs the streaming aggregation.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamEngine {
+    /// recstack's own windowed aggregator, as a Deployment.
+    #[default]
+    Builtin,
+    /// The same windows as a Flink SQL job, run by the Apache Flink Kubernetes Operator
+    /// (a `FlinkDeployment`).
+    Flink,
+}
+
+/// Streaming aggregation: tumbling windows over behaviour events (impressions, clicks, CTR per
+/// item; recent items per user) written to the feature store and the hot list.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.engine == 'flink' || !has(self.flink)").message("stream.flink settings are only allowed when stream.engine is 'flink'"),
+    validation = Rule::new("self.engine == 'builtin' || !has(self.workload)").message("stream.workload settings are only allowed when stream.engine is 'builtin'; size Flink with stream.flink"),
+    validation = Rule::new("self.window.matches('^[1-9][0-9]*(s|m|h)$')").message("stream.window must be a duration such as 30s, 1m or 1h")
+)]
+pub struct StreamSpec {
+    /// `builtin` (recstack's stream worker) or `flink` (a FlinkDeployment running Flink SQL).
+    #[serde(default)]
+    pub engine: StreamEngine,
+    /// Tumbling window length, such as `30s`, `1m` (the default) or `1h`.
+    #[serde(default = "defaults::window")]
+    #[schemars(length(min = 2, max = 16))]
+    pub window: String,
+    /// Parallel workers (builtin) or Flink job parallelism.
+    #[serde(default = "defaults::parallelism")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallelism: i32,
+    /// Resources and image of the built-in worker. Only with engine `builtin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<StreamWorkloadSpec>,
+    /// Flink settings. Only with engine `flink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flink: Option<FlinkSpec>,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        Self {
+            engine: StreamEngine::Builtin,
+            window: defaults::window(),
+            parallelism: defaults::parallelism(),
+            workload: None,
+            flink: None,
+        }
+    }
+}
+
+/// The built-in stream worker's container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamWorkloadSpec {
+    /// Container image; defaults to `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of each worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The Flink job (needs the Apache Flink Kubernetes Operator in the cluster).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.version.matches('^v[0-9]+_[0-9]+$')").message("stream.flink.version must look like v1_20 (the Flink operator's FlinkVersion)")
+)]
+pub struct FlinkSpec {
+    /// Flink image with the SQL runner and the Kafka connector, for example `flink:1.20`.
+    #[serde(default = "defaults::flink_image")]
+    pub image: String,
+    /// Flink version as the Flink operator spells it, for example `v1_20`.
+    #[serde(default = "defaults::flink_version")]
+    #[schemars(length(min = 4, max = 16))]
+    pub version: String,
+    /// Task slots per TaskManager.
+    #[serde(default = "defaults::task_slots")]
+    #[schemars(range(min = 1, max = 64))]
+    pub task_slots: i32,
+    /// JobManager memory, in Flink's notation (`1024m`, `2g`).
+    #[serde(default = "defaults::job_manager_memory")]
+    pub job_manager_memory: String,
+    /// TaskManager memory, in Flink's notation (`2048m`, `4g`).
+    #[serde(default = "defaults::task_manager_memory")]
+    pub task_manager_memory: String,
+    /// Service account the Flink pods run as (the Flink operator's docs create `flink`).
+    #[serde(default = "defaults::flink_service_account")]
+    pub service_account: String,
+}
+
+impl Default for FlinkSpec {
+    fn default() -> Self {
+        Self {
+            image: defaults::flink_image(),
+            version: defaults::flink_version(),
+            task_slots: defaults::task_slots(),
+            job_manager_memory: defaults::job_manager_memory(),
+            task_manager_memory: defaults::task_manager_memory(),
+            service_account: defaults::flink_service_account(),
+        }
+    }
+}
+
+/// A Kafka-protocol event log.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.bootstrapServers.all(s, s.matches('^[A-Za-z0-9.-]+:[0-9]+$'))").message("eventLog.bootstrapServers entries must be host:port")
+)]
+pub struct EventLogSpec {
+    /// Broker addresses as `host:port`.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 3, max = 255)))]
+    pub bootstrap_servers: Vec<String>,
+    /// Topic holding behaviour events, partitioned by item.
+    #[serde(default = "defaults::events_topic")]
+    pub topic: String,
+}
+
+/// Elasticsearch trace store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.elasticsearchUrl.startsWith('http://') || self.elasticsearchUrl.startsWith('https://')").message("traceStore.elasticsearchUrl must be an http:// or https:// URL"),
+    validation = Rule::new("self.sampling >= 0.0 && self.sampling <= 1.0").message("traceStore.sampling is the fraction of requests traced in full, between 0.0 and 1.0")
+)]
+pub struct TraceStoreSpec {
+    /// Elasticsearch (or OpenSearch) base URL, for example `https://es.observability:9200`.
+    #[schemars(length(min = 8, max = 2048))]
+    pub elasticsearch_url: String,
+    /// Secret in the stack's namespace holding `username` and `password` for Elasticsearch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Fraction of requests traced at the `full` level (every candidate); every request gets a
+    /// `summary` trace regardless.
+    #[serde(default = "defaults::sampling")]
+    pub sampling: f64,
+    /// Days of traces kept; older daily indices are deleted.
+    #[serde(default = "defaults::retention_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub retention_days: i32,
+}
+
+/// A reference to a Secret in the stack's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Cluster policies around the workloads.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoliciesSpec {
+    /// PodDisruptionBudgets for every component.
+    #[serde(default)]
+    pub pod_disruption_budget: PdbPolicy,
+    /// NetworkPolicies: deny everything, then allow the request and event paths.
+    #[serde(default)]
+    pub network_policy: NetworkPolicyPolicy,
+    /// PriorityClasses: online serving above offline and streaming work.
+    #[serde(default)]
+    pub priority_classes: PriorityClassPolicy,
+}
+
+/// PodDisruptionBudget policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PdbPolicy {
+    /// Create a PodDisruptionBudget per component.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Pods of one component that voluntary disruptions (drains, upgrades) may take down at once.
+    #[serde(default = "defaults::max_unavailable")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PdbPolicy {
+    fn default() -> Self {
+        Self { enabled: true, max_unavailable: defaults::max_unavailable() }
+    }
+}
+
+/// NetworkPolicy policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyPolicy {
+    /// Create the default-deny policy and the allow graph.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Namespaces (by `kubernetes.io/metadata.name`) allowed to call the gateway. Empty means
+    /// any source, inside or outside the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_client_namespaces: Vec<String>,
+    /// Namespace of the Prometheus that scrapes `/metrics` on every pod; unset means no scrape
+    /// is allowed through the policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_namespace: Option<String>,
+}
+
+impl Default for NetworkPolicyPolicy {
+    fn default() -> Self {
+        Self { enabled: true, gateway_client_namespaces: Vec::new(), metrics_namespace: None }
+    }
+}
+
+/// PriorityClass policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.onlineValue > self.offlineValue").message("priorityClasses.onlineValue must be greater than offlineValue: online serving preempts streaming, not the other way round")
+)]
+pub struct PriorityClassPolicy {
+    /// Create the stack's two PriorityClasses (cluster-scoped; removed with the stack).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Priority of the online components (gateway, recall, ranking, rerank, feature, ingest).
+    #[serde(default = "defaults::online_priority")]
+    #[schemars(range(min = 0, max = 1000000000))]
+    pub online_value: i32,
+    /// Priority of streaming and other offline work. It never preempts other pods.
+    #[serde(default = "defaults::offline_priority")]
+    #[schemars(range(min = -1000000000, max = 1000000000))]
+    pub offline_value: i32,
+}
+
+impl Default for PriorityClassPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            online_value: defaults::online_priority(),
+            offline_value: defaults::offline_priority(),
+        }
+    }
+}
+
+// === status ===
+
+/// Observed state, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecommenderStackStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One word for `kubectl get`: Running, Progressing, Degraded or Paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `Ready`, `Progressing`, `Degraded` and `Paused`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Ready and desired replicas per component.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<ComponentStatus>,
+    /// In-cluster addresses of the stack's entry points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// Replicas of one component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Component name (recall, ranking, rerank, feature, ingest, gateway, stream).
+    pub name: String,
+    /// Replicas the operator (or the autoscaler) wants.
+    pub desired_replicas: i32,
+    /// Replicas passing their readiness probe.
+    pub ready_replicas: i32,
+}
+
+/// Entry points of the stack.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// Gateway HTTP base URL (`POST /v1/recommend`).
+    pub gateway_http: String,
+    /// Gateway gRPC address (`Recommend`).
+    pub gateway_grpc: String,
+    /// Ingest HTTP base URL (`POST /v1/events`).
+    pub ingest_http: String,
+}
+
+// === components ===
+
+/// The stack's components, in the order they are rendered and reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    Gateway,
+    Recall,
+    Ranking,
+    Rerank,
+    Feature,
+    Ingest,
+    Stream,
+}
+
+impl Component {
+    /// Components on the request and event paths, served by Deployments behind Services.
+    pub const ONLINE: [Component; 6] = [
+        Component::Gateway,
+        Component::Recall,
+        Component::Ranking,
+        Component::Rerank,
+        Component::Feature,
+        Component::Ingest,
+    ];
+
+    /// Every component, online ones first.
+    pub const ALL: [Component; 7] = [
+        Component::Gateway,
+        Component::Recall,
+        Component::Ranking,
+        Component::Rerank,
+        Component::Feature,
+        Component::Ingest,
+        Component::Stream,
+    ];
+
+    /// The name used in object names, labels and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Gateway => "gateway",
+            Component::Recall => "recall",
+            Component::Ranking => "ranking",
+            Component::Rerank => "rerank",
+            Component::Feature => "feature",
+            Component::Ingest => "ingest",
+            Component::Stream => "stream",
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The workload settings of one component, whichever spec type holds them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Workload<'a> {
+    pub image: Option<&'a str>,
+    pub replicas: Option<i32>,
+    pub autoscaling: Option<&'a AutoscalingSpec>,
+    pub resources: Option<&'a ResourceRequirements>,
+}
+
+impl<'a> From<&'a ComponentSpec> for Workload<'a> {
+    fn from(c: &'a ComponentSpec) -> Self {
+        Workload {
+            image: c.image.as_deref(),
+            replicas: c.replicas,
+            autoscaling: c.autoscaling.as_ref(),
+            resources: c.resources.as_ref(),
+        }
+    }
+}
+
+impl RecommenderStackSpec {
+    /// Workload settings of `component`. The stream component's replicas are its parallelism.
+    pub fn workload(&self, component: Component) -> Workload<'_> {
+        match component {
+            Component::Gateway => (&self.gateway).into(),
+            Component::Recall => (&self.recall).into(),
+            Component::Rerank => (&self.rerank).into(),
+            Component::Ingest => (&self.ingest).into(),
+            Component::Ranking => Workload {
+                image: self.ranking.image.as_deref(),
+                replicas: self.ranking.replicas,
+                autoscaling: self.ranking.autoscaling.as_ref(),
+                resources: self.ranking.resources.as_ref(),
+            },
+            Component::Feature => Workload {
+                image: self.feature.image.as_deref(),
+                replicas: self.feature.replicas,
+                autoscaling: self.feature.autoscaling.as_ref(),
+                resources: self.feature.resources.as_ref(),
+            },
+            Component::Stream => {
+                let w = self.stream.workload.as_ref();
+                Workload {
+                    image: w.and_then(|w| w.image.as_deref()),
+                    replicas: Some(self.stream.parallelism),
+                    autoscaling: None,
+                    resources: w.and_then(|w| w.resources.as_ref()),
+                }
+            }
+        }
+    }
+
+    /// The image `component` runs.
+    pub fn image_of(&self, component: Component) -> &str {
+        self.workload(component).image.unwrap_or(&self.image)
+    }
+}

@@ -1,0 +1,381 @@
+//! The reconcile loop: the only place the operator talks to the API server.
+//!
+//! One pass: render the desired children (pure), list what the stack owns (one LIST per kind,
+//! by label), apply with server-side apply only what differs, prune what is no longer wanted,
+//! then write status if it changed. A pass over an unchanged stack makes no write at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use recstack_crds::{Component, RecommenderStack, StreamEngine};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::diff::is_subset;
+use crate::labels::{self, FIELD_MANAGER, FINALIZER};
+use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, WriteLabels};
+use crate::render::{self, Child, ChildKind, RenderError};
+use crate::status::{self, Observed, Outcome};
+
+/// Annotation holding the hash of the object the operator last applied; it tells a spec
+/// change (hash differs) from drift (hash equal, object changed by someone else).
+pub const APPLIED_HASH: &str = "recstack.io/applied-hash";
+
+/// Requeue interval when all is well: status is refreshed by watch events in between.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Everything that can go wrong in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot render the stack: {0}")]
+    Render(#[from] RenderError),
+    #[error("listing {kind}: {source}")]
+    List { kind: &'static str, source: kube::Error },
+    #[error("{verb} {kind} {name}: {source}")]
+    Child { verb: &'static str, kind: &'static str, name: String, source: kube::Error },
+    #[error("writing status: {0}")]
+    Status(kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the RecommenderStack has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// Label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Render(_) => "render",
+            Error::List { .. } => "list",
+            Error::Child { .. } => "apply",
+            Error::Status(_) => "status",
+            Error::Finalizer(_) => "finalizer",
+            Error::MissingNamespace => "spec",
+        }
+    }
+}
+
+/// State shared by every reconcile and the web server.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per stack, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Clock for condition transition times; tests pin it.
+    clock: fn() -> Time,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, reporter_instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: reporter_instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+            clock: || Time(jiff::Timestamp::now()),
+        }
+    }
+
+    /// A context whose clock always reads `now` (for deterministic tests).
+    pub fn with_clock(mut self, clock: fn() -> Time) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `concurrency` bounds parallel reconciles.
+pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", labels::MANAGED_BY));
+    Controller::new(Api::<RecommenderStack>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client), owned)
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Reconciles one stack: adds the finalizer, then applies or cleans up.
+pub async fn reconcile(stack: Arc<RecommenderStack>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<RecommenderStack> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, stack, |event| async {
+        match event {
+            Finalizer::Apply(stack) => apply(&stack, &ctx).await,
+            Finalizer::Cleanup(stack) => cleanup(&stack, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.get_or_create(&OutcomeLabels { outcome }).inc();
+    result
+}
+
+/// Requeue with exponential backoff (5 s, 10 s, … 5 min) and count the error.
+pub fn error_policy(stack: Arc<RecommenderStack>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.get_or_create(&ErrorLabels { error: error.metric_label() }).inc();
+    let key = stack_key(&stack);
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(backoff(*n))
+}
+
+/// Delay before retry number `attempt` (1-based).
+pub fn backoff(attempt: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+fn stack_key(stack: &RecommenderStack) -> String {
+    format!("{}/{}", stack.namespace().unwrap_or_default(), stack.name_any())
+}
+
+async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error> {
+    let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
+    let name = stack.name_any();
+
+    let desired = match render::render(stack) {
+        Ok(children) => children,
+        Err(e) => {
+            let e = Error::Render(e);
+            write_status(stack, ctx, &[], &Outcome::Failed(e.to_string())).await?;
+            return Err(e);
+        }
+    };
+    let mut live = list_children(ctx, &ns, &name).await?;
+
+    let mut outcome = Outcome::Applied;
+    let mut first_error = None;
+    if stack.spec.paused {
+        outcome = Outcome::Paused;
+    } else if let Err(e) = sync_children(stack, ctx, &ns, desired, &mut live).await {
+        publish(ctx, stack, EventType::Warning, "ReconcileFailed", "Apply", e.to_string()).await;
+        outcome = Outcome::Failed(e.to_string());
+        first_error = Some(e);
+    }
+
+    let observed = observe(stack, &live);
+    write_status(stack, ctx, &observed, &outcome).await?;
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&stack_key(stack));
+            Ok(Action::requeue(RESYNC))
+        }
+    }
+}
+
+/// Applies what differs from the live objects and prunes what is no longer desired. `live`
+/// is updated with what the API server returned.
+async fn sync_children(
+    stack: &RecommenderStack,
+    ctx: &Context,
+    ns: &str,
+    desired: Vec<Child>,
+    live: &mut BTreeMap<(ChildKind, String), DynamicObject>,
+) -> Result<(), Error> {
+    let mut wanted = Vec::with_capacity(desired.len());
+    for child in desired {
+        let child = stamp(child);
+        let key = (child.kind, child.name());
+        wanted.push(key.clone());
+        let reason = match live.get(&key) {
+            None => "Created",
+            Some(current) if is_subset(&to_value(&child.object), &to_value(current)) => continue,
+            Some(current) if current.annotations().get(APPLIED_HASH) == child.object.annotations().get(APPLIED_HASH) => {
+                "DriftRepaired"
+            }
+            Some(_) => "Updated",
+        };
+        let api = child_api(ctx, child.kind, ns);
+        let applied = api
+            .patch(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&child.object))
+            .await
+            .map_err(|source| Error::Child { verb: "applying", kind: child.kind.kind(), name: key.1.clone(), source })?;
+        ctx.metrics.writes.get_or_create(&WriteLabels { kind: child.kind.kind(), reason: metric_reason(reason) }).inc();
+        info!(stack = %stack.name_any(), kind = child.kind.kind(), name = %key.1, reason, "applied");
+        let note = format!("{} {} {}", child.kind.kind(), key.1, reason_note(reason));
+        publish(ctx, stack, EventType::Normal, reason, "Apply", note).await;
+        live.insert(key, applied);
+    }
+
+    let orphans: Vec<_> = live.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+    for key in orphans {
+        let (kind, name) = &key;
+        child_api(ctx, *kind, ns)
+            .delete(name, &DeleteParams::background())
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
+            .map_err(|source| Error::Child { verb: "pruning", kind: kind.kind(), name: name.clone(), source })?;
+        ctx.metrics.writes.get_or_create(&WriteLabels { kind: kind.kind(), reason: "pruned" }).inc();
+        let note = format!("{} {name} is no longer part of the stack", kind.kind());
+        publish(ctx, stack, EventType::Normal, "Pruned", "Delete", note).await;
+        live.remove(&key);
+    }
+    Ok(())
+}
+
+/// Deletes what owner references cannot: the cluster-scoped PriorityClasses.
+async fn cleanup(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error> {
+    let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
+    let name = stack.name_any();
+    let api = child_api(ctx, ChildKind::PriorityClass, &ns);
+    let selector = labels::cluster_children_selector(&ns, &name);
+    let classes = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::List { kind: "PriorityClass", source })?;
+    for pc in classes {
+        let pc_name = pc.name_any();
+        api.delete(&pc_name, &DeleteParams::background())
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
+            .map_err(|source| Error::Child { verb: "deleting", kind: "PriorityClass", name: pc_name.clone(), source })?;
+        ctx.metrics.writes.get_or_create(&WriteLabels { kind: "PriorityClass", reason: "pruned" }).inc();
+    }
+    publish(ctx, stack, EventType::Normal, "Deleted", "Cleanup", format!("stack {ns}/{name} cleaned up")).await;
+    Ok(Action::await_change())
+}
+
+/// Every child the stack owns now, by (kind, name). Kinds whose CRD is not installed (a 404
+/// on list) have none.
+async fn list_children(ctx: &Context, ns: &str, stack: &str) -> Result<BTreeMap<(ChildKind, String), DynamicObject>, Error> {
+    let mut live = BTreeMap::new();
+    for kind in ChildKind::ALL {
+        let selector = if kind.namespaced() {
+            labels::children_selector(stack)
+        } else {
+            labels::cluster_children_selector(ns, stack)
+        };
+        let list = match child_api(ctx, kind, ns).list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(status)) if kind.optional() && status.code == 404 => Vec::new(),
+            Err(source) => return Err(Error::List { kind: kind.kind(), source }),
+        };
+        live.extend(list.into_iter().map(|o| ((kind, o.name_any()), o)));
+    }
+    Ok(live)
+}
+
+/// Per-component replicas from the live objects.
+fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), DynamicObject>) -> Vec<Observed> {
+    let name = stack.name_any();
+    let get = |kind: ChildKind, c: Component| live.get(&(kind, labels::component_name(&name, c))).map(to_value);
+    let mut observed: Vec<Observed> = Component::ONLINE
+        .iter()
+        .map(|&c| status::observe_deployment(c, stack.spec.workload(c).replicas, get(ChildKind::Deployment, c).as_ref(), stack))
+        .collect();
+    observed.push(match stack.spec.stream.engine {
+        StreamEngine::Builtin => status::observe_deployment(
+            Component::Stream,
+            Some(stack.spec.stream.parallelism),
+            get(ChildKind::Deployment, Component::Stream).as_ref(),
+            stack,
+        ),
+        StreamEngine::Flink => status::observe_flink(get(ChildKind::FlinkDeployment, Component::Stream).as_ref()),
+    });
+    observed
+}
+
+/// Writes status only when it differs from the stored one.
+async fn write_status(stack: &RecommenderStack, ctx: &Context, observed: &[Observed], outcome: &Outcome) -> Result<(), Error> {
+    let new = status::desired_status(stack, observed, outcome, &(ctx.clock)());
+    if stack.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<RecommenderStack> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(&stack.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": new })))
+        .await
+        .map_err(Error::Status)?;
+    ctx.metrics.status_writes.inc();
+    Ok(())
+}
+
+/// Adds the applied-hash annotation (a hash of the object without it).
+pub fn stamp(mut child: Child) -> Child {
+    let hash = format!("{:016x}", render_hash(&child.object));
+    child.object.annotations_mut().insert(APPLIED_HASH.to_string(), hash);
+    child
+}
+
+fn render_hash(object: &DynamicObject) -> u64 {
+    crate::render::stable_hash(to_value(object).to_string().as_bytes())
+}
+
+fn child_api(ctx: &Context, kind: ChildKind, ns: &str) -> Api<DynamicObject> {
+    let ar = kind.api_resource();
+    if kind.namespaced() {
+        Api::namespaced_with(ctx.client.clone(), ns, &ar)
+    } else {
+        Api::all_with(ctx.client.clone(), &ar)
+    }
+}
+
+fn to_value(o: &DynamicObject) -> Value {
+    // A DynamicObject is JSON already; this cannot fail.
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
+    match e {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn metric_reason(reason: &str) -> &'static str {
+    match reason {
+        "Created" => "created",
+        "DriftRepaired" => "drift",
+        _ => "updated",
+    }
+}
+
+fn reason_note(reason: &str) -> &'static str {
+    match reason {
+        "Created" => "created",
+        "DriftRepaired" => "was changed outside the operator; re-applied the stack's version",
+        _ => "updated to match the spec",
+    }
+}
+
+/// Publishes a Kubernetes Event on the stack. Failing to publish never fails a reconcile.
+async fn publish(ctx: &Context, stack: &RecommenderStack, type_: EventType, reason: &str, action: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}

@@ -1,0 +1,190 @@
+//! NetworkPolicies: deny everything to and from the stack's pods, then allow exactly the
+//! request path (clients → gateway → feature/recall/ranking/rerank, recall → feature), the
+//! event path (clients → ingest → event log, stream → feature store) and DNS.
+//!
+//! External stores (Kafka, Redis, Elasticsearch, model storage) are usually addressed by host
+//! name, which a NetworkPolicy cannot match; egress to them is allowed by port only.
+
+use std::collections::BTreeSet;
+
+use recstack_crds::{Component, StreamEngine};
+use serde_json::{Value, json};
+
+use super::{Child, ChildKind, GRPC_PORT, HTTP_PORT, RenderError, StackCtx, child};
+use crate::labels;
+
+/// Who calls whom on the request and event paths (over gRPC).
+pub const CALLS: &[(Component, Component)] = &[
+    (Component::Gateway, Component::Feature),
+    (Component::Gateway, Component::Recall),
+    (Component::Gateway, Component::Ranking),
+    (Component::Gateway, Component::Rerank),
+    (Component::Recall, Component::Feature),
+    (Component::Ingest, Component::Feature),
+    (Component::Stream, Component::Feature),
+];
+
+/// Components that apps reach from outside the stack.
+const PUBLIC: [Component; 2] = [Component::Gateway, Component::Ingest];
+
+pub(super) fn network_policies(ctx: &StackCtx) -> Result<Vec<Child>, RenderError> {
+    let mut out = vec![
+        child(
+            ChildKind::NetworkPolicy,
+            json!({
+                "metadata": ctx.meta(&format!("{}-default-deny", ctx.name), None),
+                "spec": {
+                    "podSelector": { "matchLabels": { labels::STACK: ctx.name } },
+                    "policyTypes": ["Ingress", "Egress"],
+                },
+            }),
+        )?,
+        child(
+            ChildKind::NetworkPolicy,
+            json!({
+                "metadata": ctx.meta(&format!("{}-allow-dns", ctx.name), None),
+                "spec": {
+                    "podSelector": { "matchLabels": { labels::STACK: ctx.name } },
+                    "policyTypes": ["Egress"],
+                    "egress": [{
+                        "to": [{
+                            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "kube-system" } },
+                            "podSelector": { "matchLabels": { "k8s-app": "kube-dns" } },
+                        }],
+                        "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }],
+                    }],
+                },
+            }),
+        )?,
+    ];
+    for component in Component::ALL {
+        out.push(component_policy(ctx, component)?);
+    }
+    Ok(out)
+}
+
+fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, RenderError> {
+    let spec = ctx.spec();
+    let peer = |c: Component| json!({ "podSelector": { "matchLabels": labels::selector(&ctx.name, c) } });
+    let tcp = |port: u16| json!({ "protocol": "TCP", "port": port });
+
+    let mut ingress: Vec<Value> = Vec::new();
+    let callers: Vec<Value> = CALLS.iter().filter(|(_, to)| *to == component).map(|(from, _)| peer(*from)).collect();
+    if !callers.is_empty() {
+        ingress.push(json!({ "from": callers, "ports": [tcp(GRPC_PORT)] }));
+    }
+    if PUBLIC.contains(&component) {
+        let clients = &spec.policies.network_policy.gateway_client_namespaces;
+        let mut rule = json!({ "ports": [tcp(HTTP_PORT), tcp(GRPC_PORT)] });
+        if !clients.is_empty() {
+            rule["from"] = clients
+                .iter()
+                .map(|ns| json!({ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }))
+                .collect();
+        }
+        ingress.push(rule);
+    }
+    if let Some(ns) = &spec.policies.network_policy.metrics_namespace {
+        ingress.push(json!({
+            "from": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }],
+            "ports": [tcp(HTTP_PORT)],
+        }));
+    }
+
+    let mut egress: Vec<Value> = CALLS
+        .iter()
+        .filter(|(from, _)| *from == component)
+        .map(|(_, to)| json!({ "to": [peer(*to)], "ports": [tcp(GRPC_PORT)] }))
+        .collect();
+    let external: BTreeSet<u16> = external_ports(ctx, component);
+    if !external.is_empty() {
+        egress.push(json!({ "ports": external.iter().map(|p| tcp(*p)).collect::<Vec<_>>() }));
+    }
+
+    if component == Component::Stream && spec.stream.engine == StreamEngine::Flink {
+        // JobManager and TaskManagers talk to each other (RPC, blob server, data exchange) on
+        // ports Flink assigns; keep that traffic inside the job's own pods.
+        ingress.push(json!({ "from": [peer(Component::Stream)] }));
+        egress.push(json!({ "to": [peer(Component::Stream)] }));
+    }
+
+    let mut policy_spec = json!({
+        "podSelector": { "matchLabels": labels::selector(&ctx.name, component) },
+        "policyTypes": ["Ingress", "Egress"],
+    });
+    if !ingress.is_empty() {
+        policy_spec["ingress"] = json!(ingress);
+    }
+    if !egress.is_empty() {
+        policy_spec["egress"] = json!(egress);
+    }
+    child(
+        ChildKind::NetworkPolicy,
+        json!({
+            "metadata": ctx.meta(&labels::component_name(&ctx.name, component), Some(component)),
+            "spec": policy_spec,
+        }),
+    )
+}
+
+/// Ports of stores outside the stack that `component` must reach.
+fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
+    let spec = ctx.spec();
+    let mut ports = BTreeSet::new();
+    let kafka: Vec<u16> = spec
+        .event_log
+        .iter()
+        .flat_map(|l| l.bootstrap_servers.iter())
+        .filter_map(|s| s.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+        .collect();
+    let redis = spec.feature.redis_url.as_deref().and_then(url_port);
+    let elasticsearch = spec.trace_store.as_ref().and_then(|t| url_port(&t.elasticsearch_url));
+    match component {
+        Component::Gateway => ports.extend(elasticsearch),
+        Component::Feature | Component::Recall => ports.extend(redis),
+        Component::Ingest => ports.extend(kafka),
+        Component::Stream => {
+            ports.extend(kafka);
+            ports.extend(redis);
+            if spec.stream.engine == StreamEngine::Flink {
+                // Flink's native Kubernetes mode talks to the API server.
+                ports.extend([443, 6443]);
+            }
+        }
+        Component::Ranking => ports.extend(url_port(&spec.ranking.model.uri)),
+        Component::Rerank => {}
+    }
+    ports
+}
+
+/// The TCP port a URL points at: explicit, or the scheme's default. `None` for local files.
+pub fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let explicit = host_port.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+    explicit.or(match scheme {
+        "http" => Some(80),
+        "https" | "s3" | "gs" => Some(443),
+        "redis" | "rediss" => Some(6379),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_port;
+
+    #[test]
+    fn url_ports() {
+        assert_eq!(url_port("redis://redis.data:6380"), Some(6380));
+        assert_eq!(url_port("redis://redis.data"), Some(6379));
+        assert_eq!(url_port("rediss://user:pw@redis:7000/0"), Some(7000));
+        assert_eq!(url_port("https://es.obs:9200/"), Some(9200));
+        assert_eq!(url_port("https://es.obs"), Some(443));
+        assert_eq!(url_port("http://es.obs/path:9"), Some(80));
+        assert_eq!(url_port("s3://bucket/models/m.onnx"), Some(443));
+        assert_eq!(url_port("file:///models/m.onnx"), None);
+        assert_eq!(url_port("not a url"), None);
+    }
+}

@@ -1,0 +1,260 @@
+//! Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget per component.
+
+use recstack_crds::{AutoscalingSpec, Component, RecommenderStackSpec};
+use serde_json::{Value, json};
+
+use super::{Child, ChildKind, GRPC_PORT, HTTP_PORT, RenderError, StackCtx, child};
+use crate::labels;
+
+/// Default (requests, limits) as ((cpu, memory), (cpu, memory)) per component: recall holds
+/// its indexes in memory, ranking burns CPU on inference, rerank is light.
+fn default_resources(component: Component) -> Value {
+    let ((rc, rm), (lc, lm)) = match component {
+        Component::Gateway => (("250m", "256Mi"), ("2", "1Gi")),
+        Component::Recall => (("500m", "1Gi"), ("2", "4Gi")),
+        Component::Ranking => (("1", "1Gi"), ("4", "4Gi")),
+        Component::Rerank => (("100m", "128Mi"), ("1", "512Mi")),
+        Component::Feature => (("250m", "512Mi"), ("2", "2Gi")),
+        Component::Ingest => (("250m", "256Mi"), ("1", "1Gi")),
+        Component::Stream => (("500m", "1Gi"), ("2", "2Gi")),
+    };
+    json!({ "requests": { "cpu": rc, "memory": rm }, "limits": { "cpu": lc, "memory": lm } })
+}
+
+/// The replica policy a component ends up with.
+enum Scaling {
+    Fixed(i32),
+    Auto(AutoscalingSpec),
+}
+
+fn scaling(spec: &RecommenderStackSpec, component: Component) -> Scaling {
+    let w = spec.workload(component);
+    match (w.replicas, w.autoscaling) {
+        (Some(n), _) => Scaling::Fixed(n),
+        (None, Some(a)) => Scaling::Auto(a.clone()),
+        (None, None) => Scaling::Auto(AutoscalingSpec::default()),
+    }
+}
+
+/// Deployment, Service, HPA (when autoscaled) and PDB (when enabled) of an online component.
+pub(super) fn online_component(ctx: &StackCtx, component: Component, config_hash: &str) -> Result<Vec<Child>, RenderError> {
+    let spec = ctx.spec();
+    let name = labels::component_name(&ctx.name, component);
+    let scaling = scaling(spec, component);
+    let mut out = vec![
+        deployment(ctx, component, &scaling, config_hash)?,
+        child(
+            ChildKind::Service,
+            json!({
+                "metadata": ctx.meta(&name, Some(component)),
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": labels::selector(&ctx.name, component),
+                    "ports": [
+                        { "name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP" },
+                        { "name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc" },
+                    ],
+                },
+            }),
+        )?,
+    ];
+    if let Scaling::Auto(a) = &scaling {
+        out.push(hpa(ctx, component, a)?);
+    }
+    if spec.policies.pod_disruption_budget.enabled {
+        out.push(pdb(ctx, component)?);
+    }
+    Ok(out)
+}
+
+/// The built-in stream worker: a Deployment sized by `stream.parallelism`, and its PDB.
+pub(super) fn stream_worker(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Child>, RenderError> {
+    let scaling = Scaling::Fixed(ctx.spec().stream.parallelism);
+    let mut out = vec![deployment(ctx, Component::Stream, &scaling, config_hash)?];
+    if ctx.spec().policies.pod_disruption_budget.enabled {
+        out.push(pdb(ctx, Component::Stream)?);
+    }
+    Ok(out)
+}
+
+fn deployment(ctx: &StackCtx, component: Component, scaling: &Scaling, config_hash: &str) -> Result<Child, RenderError> {
+    let spec = ctx.spec();
+    let name = labels::component_name(&ctx.name, component);
+    let mut pod_labels = labels::component_labels(&ctx.name, component);
+    pod_labels.extend(labels::selector(&ctx.name, component));
+
+    let resources = match spec.workload(component).resources {
+        Some(r) => serde_json::to_value(r).map_err(|source| RenderError::Build { kind: "Deployment", source })?,
+        None => default_resources(component),
+    };
+    let mut container = json!({
+        "name": component.name(),
+        "image": spec.image_of(component),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["recstack"],
+        "args": ["serve", component.name(), "--config", "/etc/recstack/config.yaml"],
+        "env": [
+            { "name": "RUST_LOG", "value": "info" },
+            { "name": "RECSTACK_STACK", "value": ctx.name },
+            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+        ],
+        "ports": ports(component),
+        "resources": resources,
+        "readinessProbe": {
+            "httpGet": { "path": "/readyz", "port": "http" },
+            "periodSeconds": 5, "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": { "path": "/healthz", "port": "http" },
+            "periodSeconds": 10, "failureThreshold": 6,
+        },
+        // Indexes and models load before the service reports ready; give them time.
+        "startupProbe": {
+            "httpGet": { "path": "/healthz", "port": "http" },
+            "periodSeconds": 5, "failureThreshold": 60,
+        },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "volumeMounts": [
+            { "name": "config", "mountPath": "/etc/recstack", "readOnly": true },
+            { "name": "tmp", "mountPath": "/tmp" },
+            { "name": "data", "mountPath": "/var/lib/recstack" },
+        ],
+    });
+    let mut pod_spec = json!({
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "fsGroup": 65532,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "terminationGracePeriodSeconds": 30,
+        "containers": [],
+        "volumes": [
+            { "name": "config", "configMap": { "name": format!("{}-config", ctx.name) } },
+            { "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } },
+            { "name": "data", "emptyDir": { "sizeLimit": "8Gi" } },
+        ],
+        // Spread replicas over nodes so one node failure takes at most one of them.
+        "affinity": { "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": { "matchLabels": labels::selector(&ctx.name, component) },
+            },
+        }]}},
+    });
+    if spec.policies.priority_classes.enabled {
+        let tier = if component == Component::Stream { "offline" } else { "online" };
+        pod_spec["priorityClassName"] = json!(labels::priority_class_name(&ctx.namespace, &ctx.name, tier));
+    }
+    if component == Component::Ranking
+        && let Some(gpu) = &spec.ranking.gpu
+    {
+        container["resources"]["limits"]["nvidia.com/gpu"] = json!(gpu.count.to_string());
+        container["env"].as_array_mut().into_iter().for_each(|env| {
+            env.push(json!({ "name": "RECSTACK_RANKING_DEVICE", "value": "cuda" }));
+        });
+        if !gpu.node_selector.is_empty() {
+            pod_spec["nodeSelector"] = json!(gpu.node_selector);
+        }
+        pod_spec["tolerations"] = match &gpu.tolerations {
+            Some(t) => serde_json::to_value(t).map_err(|source| RenderError::Build { kind: "Deployment", source })?,
+            None => json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]),
+        };
+    }
+    if component == Component::Gateway
+        && let Some(secret) = spec.trace_store.as_ref().and_then(|t| t.credentials_secret_ref.as_ref())
+        && let Some(env) = container["env"].as_array_mut()
+    {
+        for (var, key) in [("ES_USERNAME", "username"), ("ES_PASSWORD", "password")] {
+            env.push(json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": key } } }));
+        }
+    }
+    pod_spec["containers"] = json!([container]);
+
+    let mut deploy_spec = json!({
+        "selector": { "matchLabels": labels::selector(&ctx.name, component) },
+        "revisionHistoryLimit": 5,
+        "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": { labels::CONFIG_HASH: config_hash },
+            },
+            "spec": pod_spec,
+        },
+    });
+    // With an HPA the replica count belongs to the autoscaler: leaving it out of the applied
+    // object keeps server-side apply from resetting it on every reconcile.
+    if let Scaling::Fixed(n) = scaling {
+        deploy_spec["replicas"] = json!(n);
+    }
+    child(ChildKind::Deployment, json!({ "metadata": ctx.meta(&name, Some(component)), "spec": deploy_spec }))
+}
+
+fn ports(component: Component) -> Value {
+    let http = json!({ "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" });
+    let grpc = json!({ "name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP" });
+    match component {
+        Component::Stream => json!([http]),
+        _ => json!([http, grpc]),
+    }
+}
+
+fn hpa(ctx: &StackCtx, component: Component, a: &AutoscalingSpec) -> Result<Child, RenderError> {
+    let name = labels::component_name(&ctx.name, component);
+    let mut metrics = Vec::new();
+    if let Some(cpu) = a.target_cpu_utilization {
+        metrics.push(json!({ "type": "Resource", "resource": {
+            "name": "cpu", "target": { "type": "Utilization", "averageUtilization": cpu } } }));
+    }
+    if let Some(rps) = a.target_requests_per_second {
+        metrics.push(json!({ "type": "Pods", "pods": {
+            "metric": { "name": "recstack_requests_per_second" },
+            "target": { "type": "AverageValue", "averageValue": rps.to_string() } } }));
+    }
+    child(
+        ChildKind::HorizontalPodAutoscaler,
+        json!({
+            "metadata": ctx.meta(&name, Some(component)),
+            "spec": {
+                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": metrics,
+                // Scale up fast for traffic spikes, down slowly to avoid flapping.
+                "behavior": {
+                    "scaleUp": { "stabilizationWindowSeconds": 0,
+                        "policies": [{ "type": "Percent", "value": 100, "periodSeconds": 15 }] },
+                    "scaleDown": { "stabilizationWindowSeconds": 300,
+                        "policies": [{ "type": "Percent", "value": 20, "periodSeconds": 60 }] },
+                },
+            },
+        }),
+    )
+}
+
+fn pdb(ctx: &StackCtx, component: Component) -> Result<Child, RenderError> {
+    child(
+        ChildKind::PodDisruptionBudget,
+        json!({
+            "metadata": ctx.meta(&labels::component_name(&ctx.name, component), Some(component)),
+            "spec": {
+                "maxUnavailable": ctx.spec().policies.pod_disruption_budget.max_unavailable,
+                "selector": { "matchLabels": labels::selector(&ctx.name, component) },
+                // Let evictions through for pods that never became ready (a bad rollout must
+                // not block a node drain).
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }),
+    )
+}
