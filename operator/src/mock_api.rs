@@ -146,6 +146,11 @@ impl MockApi {
         self.lock().objects.keys().filter(|(c, _)| c == collection).map(|(_, n)| n.clone()).collect()
     }
 
+    /// Deletes a stored object behind the operator's back.
+    pub fn remove(&self, collection: &str, name: &str) -> Option<Value> {
+        self.lock().objects.remove(&(collection.to_string(), name.to_string()))
+    }
+
     /// Edits a stored object in place.
     pub fn edit(&self, collection: &str, name: &str, f: impl FnOnce(&mut Value)) {
         let mut s = self.lock();
@@ -154,12 +159,27 @@ impl MockApi {
         }
     }
 
-    /// Plays kubelet: every Deployment reports its desired replicas as ready.
+    /// Plays the HPA controller and the kubelet: a Deployment without replicas gets its HPA's
+    /// minReplicas (or the API default of 1), then every Deployment reports them all ready.
     pub fn make_deployments_ready(&self) {
         let mut s = self.lock();
-        for ((collection, _), o) in s.objects.iter_mut() {
-            if collection.ends_with("/deployments") {
-                let replicas = o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let hpa_min: BTreeMap<(String, String), i64> = s
+            .objects
+            .iter()
+            .filter(|((c, _), _)| c.ends_with("/horizontalpodautoscalers"))
+            .map(|((c, n), o)| {
+                let ns_prefix = c.rsplit_once("/apis/autoscaling/v2").map_or(c.as_str(), |(_, rest)| rest).to_string();
+                ((ns_prefix.replace("/horizontalpodautoscalers", ""), n.clone()), o["spec"]["minReplicas"].as_i64().unwrap_or(1))
+            })
+            .collect();
+        for ((collection, name), o) in s.objects.iter_mut() {
+            if let Some(prefix) = collection.strip_suffix("/deployments") {
+                let ns_prefix = prefix.trim_start_matches("/apis/apps/v1").to_string();
+                let replicas = o
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or_else(|| hpa_min.get(&(ns_prefix, name.clone())).copied().unwrap_or(1));
+                o["spec"]["replicas"] = json!(replicas);
                 o["status"] = json!({ "replicas": replicas, "readyReplicas": replicas });
             }
         }
@@ -376,6 +396,21 @@ impl State {
         };
         let before_spec = object.get("spec").cloned();
         if content_type.starts_with("application/json-patch") {
+            // Like the real API server, a "test" for null passes on a missing path (the
+            // finalizer helper sends one before adding the first finalizer).
+            let patch = match patch {
+                Value::Array(ops) => Value::Array(
+                    ops.into_iter()
+                        .filter(|op| {
+                            let missing_null_test = op["op"] == "test"
+                                && op["value"].is_null()
+                                && op["path"].as_str().is_some_and(|p| object.pointer(p).is_none());
+                            !missing_null_test
+                        })
+                        .collect(),
+                ),
+                other => other,
+            };
             let ops: json_patch::Patch = match serde_json::from_value(patch) {
                 Ok(p) => p,
                 Err(e) => return status(400, "BadRequest", &e.to_string()),

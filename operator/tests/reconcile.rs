@@ -1,0 +1,321 @@
+//! Reconcile scenarios against the in-memory API (`mock_api`): every request the operator
+//! makes is recorded, so each scenario asserts on exactly what was written.
+
+mod common;
+
+use std::sync::Arc;
+
+use http::Method;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use recstack_crds::{RecommenderStack, StreamEngine};
+use recstack_operator::metrics::Metrics;
+use recstack_operator::mock_api::{Call, MockApi};
+use recstack_operator::reconcile::{self, Context, backoff};
+use serde_json::{Value, json};
+
+const STACKS: &str = "/apis/recstack.io/v1alpha1/namespaces/recstack/recommenderstacks";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/recstack/deployments";
+const PDBS: &str = "/apis/policy/v1/namespaces/recstack/poddisruptionbudgets";
+const FLINK: &str = "/apis/flink.apache.org/v1beta1/namespaces/recstack/flinkdeployments";
+const CONFIGMAPS: &str = "/api/v1/namespaces/recstack/configmaps";
+const PRIORITY: &str = "/apis/scheduling.k8s.io/v1/priorityclasses";
+
+fn fixed_clock() -> Time {
+    Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())
+}
+
+/// A mock API holding one stack, and a context wired to it.
+struct Harness {
+    api: MockApi,
+    ctx: Arc<Context>,
+    name: String,
+}
+
+impl Harness {
+    fn new(sample: &str) -> Self {
+        let (client, api) = MockApi::start();
+        let ctx = Arc::new(Context::new(client, Arc::new(Metrics::default()), Some("test".into())).with_clock(fixed_clock));
+        let stack = common::sample(sample);
+        let name = stack.metadata.name.clone().unwrap();
+        let mut value = serde_json::to_value(&stack).unwrap();
+        value["metadata"]["uid"] = json!("stack-uid");
+        value["metadata"]["generation"] = json!(1);
+        api.put(STACKS, &name, value);
+        Harness { api, ctx, name }
+    }
+
+    /// A stack as after `kubectl apply` and the first two reconciles: the first adds the
+    /// finalizer (the watch then triggers the second), the second creates the children.
+    async fn created(sample: &str) -> Self {
+        let h = Self::new(sample);
+        h.reconcile_ok().await;
+        h.reconcile_ok().await;
+        h
+    }
+
+    fn stack(&self) -> RecommenderStack {
+        serde_json::from_value(self.api.get(STACKS, &self.name).expect("stack exists")).unwrap()
+    }
+
+    /// Changes the stored spec the way `kubectl apply` would (bumping the generation).
+    fn edit_spec(&self, f: impl FnOnce(&mut RecommenderStack)) {
+        let mut stack = self.stack();
+        f(&mut stack);
+        let spec = serde_json::to_value(&stack.spec).unwrap();
+        self.api.edit(STACKS, &self.name, |o| {
+            o["spec"] = spec;
+            let g = o["metadata"]["generation"].as_i64().unwrap();
+            o["metadata"]["generation"] = json!(g + 1);
+        });
+    }
+
+    async fn reconcile(&self) -> Result<Action, reconcile::Error> {
+        reconcile::reconcile(Arc::new(self.stack()), self.ctx.clone()).await
+    }
+
+    /// Reconciles and returns the writes it made.
+    async fn reconcile_ok(&self) -> Vec<Call> {
+        self.api.clear_calls();
+        self.reconcile().await.expect("reconcile succeeds");
+        self.api.writes()
+    }
+
+    fn condition(&self, type_: &str) -> Value {
+        let stack = self.api.get(STACKS, &self.name).unwrap();
+        stack["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or_else(|| panic!("no {type_} condition in {}", stack["status"]))
+    }
+
+    fn phase(&self) -> String {
+        self.api.get(STACKS, &self.name).unwrap()["status"]["phase"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn summaries(calls: &[Call]) -> Vec<String> {
+    calls.iter().map(Call::summary).collect()
+}
+
+fn applies(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == Method::PATCH && c.content_type.as_deref().is_some_and(|t| t.starts_with("application/apply-patch")))
+        .map(Call::summary)
+        .collect()
+}
+
+fn events(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.path.contains("/events"))
+        .filter_map(|c| c.body.as_ref().and_then(|b| b["reason"].as_str()).map(String::from))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
+    let h = Harness::new("minimal");
+    let writes = h.reconcile_ok().await;
+    assert_eq!(summaries(&writes), ["PATCH recommenderstacks/minimal"], "first the finalizer, nothing else");
+    assert_eq!(writes[0].content_type.as_deref(), Some("application/json-patch+json"));
+    let writes = h.reconcile_ok().await;
+
+    let stack = h.stack();
+    assert_eq!(stack.metadata.finalizers.as_deref(), Some(&["recstack.io/cleanup".to_string()][..]));
+    let expected = recstack_operator::render::render(&stack).unwrap().len();
+    assert_eq!(applies(&writes).len(), expected, "{:#?}", summaries(&writes));
+    assert_eq!(events(&writes).iter().filter(|r| *r == "Created").count(), expected);
+
+    let gateway = h.api.get(DEPLOYMENTS, "minimal-gateway").expect("gateway deployment");
+    assert_eq!(gateway["spec"]["template"]["spec"]["containers"][0]["args"][1], "gateway");
+    assert_eq!(gateway["metadata"]["ownerReferences"][0]["uid"], "stack-uid");
+    assert!(gateway["metadata"]["annotations"]["recstack.io/applied-hash"].is_string());
+    assert_eq!(h.api.names(PRIORITY).len(), 2);
+
+    // Nothing is ready yet: progressing, not degraded.
+    assert_eq!(h.phase(), "Progressing");
+    assert_eq!(h.condition("Ready")["status"], "False");
+    assert!(h.condition("Ready")["message"].as_str().unwrap().contains("gateway 0/2"));
+    assert_eq!(h.condition("Progressing")["status"], "True");
+    assert_eq!(h.condition("Degraded")["status"], "False");
+    assert_eq!(h.condition("Paused")["status"], "False");
+    let status = h.stack().status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.components.len(), 7);
+    assert_eq!(status.endpoints.unwrap().gateway_http, "http://minimal-gateway.recstack.svc:8080");
+}
+
+#[tokio::test]
+async fn nothing_changed_means_no_write() {
+    let h = Harness::created("minimal").await;
+    let writes = h.reconcile_ok().await;
+    assert!(writes.is_empty(), "a no-op reconcile wrote: {:#?}", summaries(&writes));
+    assert!(h.api.calls().iter().all(|c| c.method == Method::GET), "only reads");
+    let writes = h.reconcile_ok().await;
+    assert!(writes.is_empty(), "still silent on the third pass: {:#?}", summaries(&writes));
+}
+
+#[tokio::test]
+async fn readiness_flips_ready_and_keeps_other_transition_times() {
+    let h = Harness::created("minimal").await;
+    let degraded_since = h.condition("Degraded")["lastTransitionTime"].clone();
+    h.api.make_deployments_ready();
+    let writes = h.reconcile_ok().await;
+    assert_eq!(summaries(&writes), ["PATCH recommenderstacks/minimal/status"], "only status changes");
+    assert_eq!(h.phase(), "Running");
+    assert_eq!(h.condition("Ready")["status"], "True");
+    assert_eq!(h.condition("Progressing")["status"], "False");
+    assert_eq!(h.condition("Degraded")["lastTransitionTime"], degraded_since);
+    assert!(h.reconcile_ok().await.is_empty());
+}
+
+#[tokio::test]
+async fn spec_change_updates_only_what_changed() {
+    let h = Harness::created("minimal").await;
+    h.edit_spec(|s| s.spec.rerank.image = Some("registry.example/recstack:canary".into()));
+    let writes = h.reconcile_ok().await;
+    assert_eq!(applies(&writes), ["PATCH deployments/minimal-rerank"]);
+    assert_eq!(events(&writes), ["Updated"]);
+    let rerank = h.api.get(DEPLOYMENTS, "minimal-rerank").unwrap();
+    assert_eq!(rerank["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/recstack:canary");
+    assert_eq!(h.stack().status.unwrap().observed_generation, Some(2));
+}
+
+#[tokio::test]
+async fn scale_changes_replicas() {
+    let h = Harness::created("minimal").await;
+    h.edit_spec(|s| s.spec.recall.replicas = Some(5));
+    let writes = h.reconcile_ok().await;
+    assert_eq!(applies(&writes), ["PATCH deployments/minimal-recall"]);
+    assert_eq!(h.api.get(DEPLOYMENTS, "minimal-recall").unwrap()["spec"]["replicas"], 5);
+    let recall = h.stack().status.unwrap().components.into_iter().find(|c| c.name == "recall").unwrap();
+    assert_eq!((recall.desired_replicas, recall.ready_replicas), (5, 0));
+}
+
+#[tokio::test]
+async fn engine_builtin_to_flink_prunes_the_worker() {
+    let h = Harness::created("minimal").await;
+    assert!(h.api.get(DEPLOYMENTS, "minimal-stream").is_some());
+    h.edit_spec(|s| {
+        s.spec.event_log = Some(recstack_crds::EventLogSpec { bootstrap_servers: vec!["kafka:9092".into()], topic: "ev".into() });
+        s.spec.stream.engine = StreamEngine::Flink;
+    });
+    let writes = h.reconcile_ok().await;
+    let w = summaries(&writes);
+    assert!(w.contains(&"DELETE deployments/minimal-stream".to_string()), "{w:#?}");
+    assert!(w.contains(&"DELETE poddisruptionbudgets/minimal-stream".to_string()), "{w:#?}");
+    assert!(h.api.get(DEPLOYMENTS, "minimal-stream").is_none());
+    assert!(h.api.get(PDBS, "minimal-stream").is_none());
+    let flink = h.api.get(FLINK, "minimal-stream").expect("FlinkDeployment created");
+    assert_eq!(flink["spec"]["job"]["parallelism"], 2);
+    assert!(h.api.get(CONFIGMAPS, "minimal-stream-sql").is_some());
+    assert!(events(&writes).contains(&"Pruned".to_string()));
+    // The Flink job reports RUNNING through the Flink operator's status.
+    h.api.edit(FLINK, "minimal-stream", |o| o["status"] = json!({ "jobStatus": { "state": "RUNNING" } }));
+    h.api.make_deployments_ready();
+    h.reconcile_ok().await;
+    assert_eq!(h.phase(), "Running");
+}
+
+#[tokio::test]
+async fn missing_flink_operator_is_degraded_with_a_clear_message() {
+    let h = Harness::new("flink-streaming");
+    h.api.without_resource("flinkdeployments");
+    h.reconcile_ok().await; // adds the finalizer
+    let err = h.reconcile().await.expect_err("cannot create a FlinkDeployment without its CRD");
+    assert!(err.to_string().contains("FlinkDeployment"), "{err}");
+    assert_eq!(h.phase(), "Degraded");
+    let degraded = h.condition("Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(degraded["message"].as_str().unwrap().contains("applying FlinkDeployment flink-stream"), "{degraded}");
+}
+
+#[tokio::test]
+async fn pause_stops_changes_but_keeps_status() {
+    let h = Harness::created("minimal").await;
+    h.edit_spec(|s| {
+        s.spec.paused = true;
+        s.spec.recall.replicas = Some(9);
+    });
+    let writes = h.reconcile_ok().await;
+    assert_eq!(summaries(&writes), ["PATCH recommenderstacks/minimal/status"], "only status while paused");
+    assert_eq!(h.api.get(DEPLOYMENTS, "minimal-recall").unwrap()["spec"]["replicas"], 2, "not scaled while paused");
+    assert_eq!(h.phase(), "Paused");
+    assert_eq!(h.condition("Paused")["status"], "True");
+    // Removing a child while paused is not repaired either.
+    h.edit_spec(|s| s.spec.paused = false);
+    let writes = h.reconcile_ok().await;
+    assert_eq!(applies(&writes), ["PATCH deployments/minimal-recall"]);
+    assert_eq!(h.api.get(DEPLOYMENTS, "minimal-recall").unwrap()["spec"]["replicas"], 9);
+    assert_eq!(h.condition("Paused")["status"], "False");
+}
+
+#[tokio::test]
+async fn deletion_removes_priority_classes_then_the_finalizer() {
+    let h = Harness::created("minimal").await;
+    assert_eq!(h.api.names(PRIORITY).len(), 2);
+    // kubectl delete: the finalizer holds the object with a deletionTimestamp.
+    h.api.edit(STACKS, "minimal", |o| o["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z"));
+    let writes = h.reconcile_ok().await;
+    let w = summaries(&writes);
+    assert_eq!(w.iter().filter(|s| s.starts_with("DELETE priorityclasses/")).count(), 2, "{w:#?}");
+    assert!(h.api.names(PRIORITY).is_empty());
+    assert!(h.api.get(STACKS, "minimal").is_none(), "finalizer removed, stack gone");
+    assert!(events(&writes).contains(&"Deleted".to_string()));
+}
+
+#[tokio::test]
+async fn apply_error_sets_degraded_and_backs_off() {
+    let h = Harness::new("minimal");
+    h.reconcile_ok().await; // adds the finalizer
+    h.api.fail(Method::PATCH, "/deployments/minimal-ranking", 500, "etcdserver: request timed out", 1);
+    let err = h.reconcile().await.expect_err("apply failed");
+    assert!(err.to_string().contains("applying Deployment minimal-ranking"), "{err}");
+    assert_eq!(h.phase(), "Degraded");
+    assert!(h.condition("Degraded")["message"].as_str().unwrap().contains("etcdserver: request timed out"));
+    assert_eq!(h.condition("Ready")["status"], "False");
+
+    let action = reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
+    assert_eq!(action, Action::requeue(backoff(1)));
+    assert!(h.ctx.metrics.encode().contains("recstack_operator_reconcile_errors_total{error=\"finalizer\"} 1"));
+    let action = reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
+    assert_eq!(action, Action::requeue(backoff(2)));
+
+    // The next pass succeeds and clears Degraded.
+    h.reconcile_ok().await;
+    assert_eq!(h.condition("Degraded")["status"], "False");
+    assert!(h.api.get(DEPLOYMENTS, "minimal-ranking").is_some());
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_reported() {
+    let h = Harness::created("minimal").await;
+    h.api.edit(DEPLOYMENTS, "minimal-gateway", |o| {
+        o["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone/else:latest");
+    });
+    let writes = h.reconcile_ok().await;
+    assert_eq!(applies(&writes), ["PATCH deployments/minimal-gateway"]);
+    assert_eq!(events(&writes), ["DriftRepaired"]);
+    let gateway = h.api.get(DEPLOYMENTS, "minimal-gateway").unwrap();
+    assert_eq!(gateway["spec"]["template"]["spec"]["containers"][0]["image"], h.stack().spec.image);
+    assert!(h.ctx.metrics.encode().contains("kind=\"Deployment\",reason=\"drift\"} 1"));
+}
+
+#[tokio::test]
+async fn deleted_child_is_recreated() {
+    let h = Harness::created("minimal").await;
+    assert!(h.api.remove(CONFIGMAPS, "minimal-config").is_some(), "someone deletes the ConfigMap");
+    let writes = h.reconcile_ok().await;
+    assert_eq!(applies(&writes), ["PATCH configmaps/minimal-config"]);
+    assert_eq!(events(&writes), ["Created"]);
+    let configmap = h.api.get(CONFIGMAPS, "minimal-config").unwrap();
+    assert!(configmap["data"]["config.yaml"].as_str().unwrap().contains("stack: minimal"));
+}
+
+#[test]
+fn backoff_grows_and_caps() {
+    let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
