@@ -89,12 +89,15 @@ fn gpu_ranking_gets_gpus_node_selector_and_tolerations() {
     assert_eq!(hpa["spec"]["metrics"][0]["pods"]["metric"]["name"], "recstack_requests_per_second");
     // Credentials come from the Secret, never the ConfigMap.
     let gateway = find(&children, ChildKind::Deployment, "gpu-gateway");
+    let volumes = gateway["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("\"secretName\":\"es-credentials\""), "{volumes}");
     let env = gateway["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
-    assert!(env.contains("es-credentials"), "{env}");
+    assert!(!env.contains("secretKeyRef"), "no secrets in env: {env}");
     let config = find(&children, ChildKind::ConfigMap, "gpu-config");
     let config_yaml = config["data"]["config.yaml"].as_str().unwrap();
     assert!(config_yaml.contains("device: cuda"), "{config_yaml}");
     assert!(config_yaml.contains("canaryPercent: 10"), "{config_yaml}");
+    assert!(config_yaml.contains("credentialsDir: /etc/recstack/es-credentials"), "{config_yaml}");
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub struct StreamConfig {
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
 pub enum EventLogConfig {
     /// The ingest service's on-disk log.
     Embedded,
@@ -58,13 +58,14 @@ pub struct FeatureStoreConfig {
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
 pub enum TraceStoreConfig {
     Embedded,
     Elasticsearch {
         url: String,
-        /// Credentials come from the environment (`ES_USERNAME`, `ES_PASSWORD`), never the ConfigMap.
-        credentials_from_env: bool,
+        /// Directory holding `username` and `password` files (a mounted Secret), never the
+        /// ConfigMap itself.
+        credentials_dir: Option<String>,
         sampling: f64,
         retention_days: i32,
     },
@@ -104,7 +105,10 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
             None => TraceStoreConfig::Embedded,
             Some(ts) => TraceStoreConfig::Elasticsearch {
                 url: ts.elasticsearch_url.clone(),
-                credentials_from_env: ts.credentials_secret_ref.is_some(),
+                credentials_dir: ts
+                    .credentials_secret_ref
+                    .as_ref()
+                    .map(|_| super::workloads::ES_CREDENTIALS_DIR.to_string()),
                 sampling: ts.sampling,
                 retention_days: ts.retention_days,
             },
