@@ -22,10 +22,11 @@ pub mod defaults;
 /// CEL rules shared by several component types.
 mod rules {
     pub const REPLICAS_XOR_AUTOSCALING: &str = "!(has(self.replicas) && has(self.autoscaling))";
-    pub const REPLICAS_XOR_AUTOSCALING_MSG: &str =
-        "set either replicas (a fixed count) or autoscaling, not both";
-    pub const NO_GPU_LIMITS: &str = "!has(self.resources) || !has(self.resources.limits) || !('nvidia.com/gpu' in self.resources.limits)";
-    pub const NO_GPU_REQUESTS: &str = "!has(self.resources) || !has(self.resources.requests) || !('nvidia.com/gpu' in self.resources.requests)";
+    pub const REPLICAS_XOR_AUTOSCALING_MSG: &str = "set either replicas (a fixed count) or autoscaling, not both";
+    pub const NO_GPU_LIMITS: &str =
+        "!has(self.resources) || !has(self.resources.limits) || !('nvidia.com/gpu' in self.resources.limits)";
+    pub const NO_GPU_REQUESTS: &str =
+        "!has(self.resources) || !has(self.resources.requests) || !('nvidia.com/gpu' in self.resources.requests)";
     pub const NO_GPU_MSG: &str = "GPUs can only be requested by the ranking component, with spec.ranking.gpu";
 }
 
@@ -45,6 +46,8 @@ pub fn crd_yaml() -> String {
 // === spec ===
 
 /// Desired state of a recommendation stack.
+// Each `printcolumn(...)` repeats `type_`/`priority`; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "recstack.io",
@@ -58,10 +61,32 @@ pub fn crd_yaml() -> String {
     cel,
     status = "RecommenderStackStatus",
     doc = "A recommendation stack: multi-channel recall, ONNX ranking (CPU or GPU), rerank, real-time features, event ingest and streaming aggregation, with traces that explain every recommendation.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every component has its desired ready replicas"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Running, Progressing, Degraded or Paused"),
-    printcolumn(name = "Stream", type_ = "string", json_path = ".spec.stream.engine", description = "Streaming engine", priority = 1),
-    printcolumn(name = "Model", type_ = "string", json_path = ".spec.ranking.model.version", description = "Ranking model version", priority = 1),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every component has its desired ready replicas"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Running, Progressing, Degraded or Paused"
+    ),
+    printcolumn(
+        name = "Stream",
+        type_ = "string",
+        json_path = ".spec.stream.engine",
+        description = "Streaming engine",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".spec.ranking.model.version",
+        description = "Ranking model version",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -181,7 +206,12 @@ pub struct AutoscalingSpec {
 
 impl Default for AutoscalingSpec {
     fn default() -> Self {
-        Self { min_replicas: 2, max_replicas: 10, target_cpu_utilization: Some(70), target_requests_per_second: None }
+        Self {
+            min_replicas: 2,
+            max_replicas: 10,
+            target_cpu_utilization: Some(70),
+            target_requests_per_second: None,
+        }
     }
 }
 
@@ -277,7 +307,10 @@ pub struct BatchingSpec {
 
 impl Default for BatchingSpec {
     fn default() -> Self {
-        Self { max_batch: defaults::max_batch(), max_wait_micros: defaults::max_wait_micros() }
+        Self {
+            max_batch: defaults::max_batch(),
+            max_wait_micros: defaults::max_wait_micros(),
+        }
     }
 }
 
@@ -518,7 +551,10 @@ pub struct PdbPolicy {
 
 impl Default for PdbPolicy {
     fn default() -> Self {
-        Self { enabled: true, max_unavailable: defaults::max_unavailable() }
+        Self {
+            enabled: true,
+            max_unavailable: defaults::max_unavailable(),
+        }
     }
 }
 
@@ -541,7 +577,11 @@ pub struct NetworkPolicyPolicy {
 
 impl Default for NetworkPolicyPolicy {
     fn default() -> Self {
-        Self { enabled: true, gateway_client_namespaces: Vec::new(), metrics_namespace: None }
+        Self {
+            enabled: true,
+            gateway_client_namespaces: Vec::new(),
+            metrics_namespace: None,
+        }
     }
 }
 

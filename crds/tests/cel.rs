@@ -6,7 +6,9 @@ use recstack_crds::RecommenderStack;
 
 /// Messages of the rules `spec` (YAML under `spec:`) breaks.
 fn broken_rules(spec: &str) -> Vec<String> {
-    let doc = format!("apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: s, namespace: n}}\nspec:\n{spec}");
+    let doc = format!(
+        "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: s, namespace: n}}\nspec:\n{spec}"
+    );
     let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap_or_else(|e| panic!("{e}\n{doc}"));
     match stack.validate_cel() {
         Ok(()) => Vec::new(),
@@ -16,7 +18,10 @@ fn broken_rules(spec: &str) -> Vec<String> {
 
 fn assert_rejects(spec: &str, expected: &str) {
     let broken = broken_rules(spec);
-    assert!(broken.iter().any(|m| m.contains(expected)), "expected a rule saying {expected:?}; got {broken:?} for\n{spec}");
+    assert!(
+        broken.iter().any(|m| m.contains(expected)),
+        "expected a rule saying {expected:?}; got {broken:?} for\n{spec}"
+    );
 }
 
 #[test]
@@ -37,20 +42,30 @@ fn autoscaling_min_must_not_exceed_max() {
         "  gateway: {autoscaling: {minReplicas: 5, maxReplicas: 2, targetCpuUtilization: 60}}",
         "minReplicas must be less than or equal to autoscaling.maxReplicas",
     );
-    assert!(broken_rules("  gateway: {autoscaling: {minReplicas: 2, maxReplicas: 2, targetCpuUtilization: 60}}").is_empty());
+    assert!(
+        broken_rules("  gateway: {autoscaling: {minReplicas: 2, maxReplicas: 2, targetCpuUtilization: 60}}").is_empty()
+    );
 }
 
 #[test]
 fn autoscaling_needs_a_target() {
-    assert_rejects("  recall: {autoscaling: {minReplicas: 1, maxReplicas: 3}}", "autoscaling needs a target");
-    assert!(broken_rules("  recall: {autoscaling: {minReplicas: 1, maxReplicas: 3, targetRequestsPerSecond: 100}}").is_empty());
+    assert_rejects(
+        "  recall: {autoscaling: {minReplicas: 1, maxReplicas: 3}}",
+        "autoscaling needs a target",
+    );
+    assert!(
+        broken_rules("  recall: {autoscaling: {minReplicas: 1, maxReplicas: 3, targetRequestsPerSecond: 100}}")
+            .is_empty()
+    );
 }
 
 #[test]
 fn replicas_and_autoscaling_are_exclusive() {
     for component in ["gateway", "recall", "rerank", "ingest", "ranking", "feature"] {
         assert_rejects(
-            &format!("  {component}: {{replicas: 3, autoscaling: {{minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50}}}}"),
+            &format!(
+                "  {component}: {{replicas: 3, autoscaling: {{minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50}}}}"
+            ),
             "set either replicas (a fixed count) or autoscaling, not both",
         );
     }
@@ -64,56 +79,95 @@ fn gpus_only_on_ranking() {
             "GPUs can only be requested by the ranking component",
         );
     }
-    assert_rejects("  recall: {resources: {requests: {nvidia.com/gpu: '1'}}}", "GPUs can only be requested by the ranking component");
-    assert_rejects("  ranking: {resources: {limits: {nvidia.com/gpu: '1'}}}", "ranking GPUs are set with spec.ranking.gpu.count");
+    assert_rejects(
+        "  recall: {resources: {requests: {nvidia.com/gpu: '1'}}}",
+        "GPUs can only be requested by the ranking component",
+    );
+    assert_rejects(
+        "  ranking: {resources: {limits: {nvidia.com/gpu: '1'}}}",
+        "ranking GPUs are set with spec.ranking.gpu.count",
+    );
     assert!(broken_rules("  ranking: {gpu: {count: 2}}").is_empty());
 }
 
 #[test]
 fn canary_percent_and_canary_model() {
-    assert_rejects("  ranking: {model: {canaryPercent: 101, canaryUri: x, canaryVersion: v}}", "between 0 and 100");
+    assert_rejects(
+        "  ranking: {model: {canaryPercent: 101, canaryUri: x, canaryVersion: v}}",
+        "between 0 and 100",
+    );
     assert_rejects("  ranking: {model: {canaryPercent: -1}}", "between 0 and 100");
-    assert_rejects("  ranking: {model: {canaryPercent: 10}}", "needs ranking.model.canaryUri");
-    assert_rejects("  ranking: {model: {canaryPercent: 10, canaryUri: s3://m/2}}", "needs ranking.model.canaryVersion");
+    assert_rejects(
+        "  ranking: {model: {canaryPercent: 10}}",
+        "needs ranking.model.canaryUri",
+    );
+    assert_rejects(
+        "  ranking: {model: {canaryPercent: 10, canaryUri: s3://m/2}}",
+        "needs ranking.model.canaryVersion",
+    );
     assert!(broken_rules("  ranking: {model: {canaryPercent: 10, canaryUri: s3://m/2, canaryVersion: v2}}").is_empty());
 }
 
 #[test]
 fn flink_fields_only_with_engine_flink() {
-    assert_rejects("  stream: {engine: builtin, flink: {taskSlots: 2}}", "only allowed when stream.engine is 'flink'");
+    assert_rejects(
+        "  stream: {engine: builtin, flink: {taskSlots: 2}}",
+        "only allowed when stream.engine is 'flink'",
+    );
     assert_rejects(
         "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, workload: {image: x}}",
         "stream.workload settings are only allowed when stream.engine is 'builtin'",
     );
-    assert_rejects("  stream: {engine: flink}", "stream.engine flink reads events from Kafka");
+    assert_rejects(
+        "  stream: {engine: flink}",
+        "stream.engine flink reads events from Kafka",
+    );
     assert_rejects(
         "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {version: '1.20'}}",
         "must look like v1_20",
     );
-    assert!(broken_rules("  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {taskSlots: 4}}").is_empty());
+    assert!(
+        broken_rules("  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {taskSlots: 4}}")
+            .is_empty()
+    );
 }
 
 #[test]
 fn stream_window_is_a_duration() {
     for bad in ["0m", "1 m", "1d", "m", "-1s"] {
-        assert_rejects(&format!("  stream: {{window: '{bad}'}}"), "stream.window must be a duration");
+        assert_rejects(
+            &format!("  stream: {{window: '{bad}'}}"),
+            "stream.window must be a duration",
+        );
     }
     for good in ["30s", "1m", "12h"] {
-        assert!(broken_rules(&format!("  stream: {{window: '{good}'}}")).is_empty(), "{good}");
+        assert!(
+            broken_rules(&format!("  stream: {{window: '{good}'}}")).is_empty(),
+            "{good}"
+        );
     }
 }
 
 #[test]
 fn trace_store_url_and_sampling() {
-    assert_rejects("  traceStore: {elasticsearchUrl: 'es:9200'}", "must be an http:// or https:// URL");
-    assert_rejects("  traceStore: {elasticsearchUrl: 'https://es:9200', sampling: 1.5}", "between 0.0 and 1.0");
+    assert_rejects(
+        "  traceStore: {elasticsearchUrl: 'es:9200'}",
+        "must be an http:// or https:// URL",
+    );
+    assert_rejects(
+        "  traceStore: {elasticsearchUrl: 'https://es:9200', sampling: 1.5}",
+        "between 0.0 and 1.0",
+    );
     assert!(broken_rules("  traceStore: {elasticsearchUrl: 'https://es:9200', sampling: 1.0}").is_empty());
 }
 
 #[test]
 fn event_log_and_redis_addresses() {
     assert_rejects("  eventLog: {bootstrapServers: ['kafka']}", "entries must be host:port");
-    assert_rejects("  feature: {redisUrl: 'http://redis:6379'}", "must start with redis:// or rediss://");
+    assert_rejects(
+        "  feature: {redisUrl: 'http://redis:6379'}",
+        "must start with redis:// or rediss://",
+    );
 }
 
 #[test]

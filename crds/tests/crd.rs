@@ -17,13 +17,22 @@ fn crd_has_status_printer_columns_and_short_name() {
     let version = &crd["spec"]["versions"][0];
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "rstack");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
-    assert!(version["subresources"]["status"].is_mapping(), "status subresource enabled");
-    let columns: Vec<&str> =
-        version["additionalPrinterColumns"].as_sequence().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(
+        version["subresources"]["status"].is_mapping(),
+        "status subresource enabled"
+    );
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(columns, ["Ready", "Phase", "Stream", "Model", "Age"]);
     // kubectl explain prints these descriptions.
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    let gpu = spec["ranking"]["properties"]["gpu"]["properties"]["count"]["description"].as_str().unwrap();
+    let gpu = spec["ranking"]["properties"]["gpu"]["properties"]["count"]["description"]
+        .as_str()
+        .unwrap();
     assert!(gpu.contains("nvidia.com/gpu"), "{gpu}");
 }
 
@@ -49,5 +58,8 @@ fn every_spec_field_is_documented() {
     let mut missing = Vec::new();
     walk("spec", &root["spec"], &mut missing);
     walk("status", &root["status"], &mut missing);
-    assert!(missing.is_empty(), "fields without a doc comment (kubectl explain shows nothing): {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a doc comment (kubectl explain shows nothing): {missing:#?}"
+    );
 }

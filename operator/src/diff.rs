@@ -11,9 +11,9 @@ use serde_json::Value;
 /// length (an extra live element means someone added one and we must apply to remove it).
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => {
-            d.iter().all(|(k, dv)| l.get(k).is_some_and(|lv| is_subset(dv, lv)) || dv.is_null())
-        }
+        (Value::Object(d), Value::Object(l)) => d
+            .iter()
+            .all(|(k, dv)| l.get(k).is_some_and(|lv| is_subset(dv, lv)) || dv.is_null()),
         (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv)),
         // The API server normalizes numbers sent as strings in some places (quantities) but
         // not others; compare numbers by value so 1 and 1.0 agree.
@@ -48,9 +48,15 @@ mod tests {
     fn arrays_must_match_in_length_and_order() {
         let desired = json!({"ports": [{"port": 1}, {"port": 2}]});
         assert!(!is_subset(&desired, &json!({"ports": [{"port": 1}]})));
-        assert!(!is_subset(&desired, &json!({"ports": [{"port": 1}, {"port": 2}, {"port": 3}]})));
+        assert!(!is_subset(
+            &desired,
+            &json!({"ports": [{"port": 1}, {"port": 2}, {"port": 3}]})
+        ));
         assert!(!is_subset(&desired, &json!({"ports": [{"port": 2}, {"port": 1}]})));
-        assert!(is_subset(&desired, &json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2}]})));
+        assert!(is_subset(
+            &desired,
+            &json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2}]})
+        ));
     }
 
     #[test]

@@ -68,9 +68,12 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", recstack_crds::crd_yaml());
             Ok(())
         }
-        Command::Run { metrics_addr, concurrency, lease_namespace, identity } => {
-            run(metrics_addr, concurrency, lease_namespace, identity).await
-        }
+        Command::Run {
+            metrics_addr,
+            concurrency,
+            lease_namespace,
+            identity,
+        } => run(metrics_addr, concurrency, lease_namespace, identity).await,
     }
 }
 
@@ -92,12 +95,24 @@ fn render_file(file: &PathBuf, namespace: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-async fn run(metrics_addr: SocketAddr, concurrency: u16, lease_namespace: String, identity: String) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("connecting to the Kubernetes API (is KUBECONFIG or in-cluster config set?)")?;
+async fn run(
+    metrics_addr: SocketAddr,
+    concurrency: u16,
+    lease_namespace: String,
+    identity: String,
+) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (is KUBECONFIG or in-cluster config set?)")?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let state = server::ServerState { metrics: metrics.clone(), ready: ready.clone() };
-    let listener = tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding {metrics_addr}"))?;
+    let state = server::ServerState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("binding {metrics_addr}"))?;
     info!(%metrics_addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(async move { axum::serve(listener, server::router(state)).await });
 
@@ -141,7 +156,10 @@ async fn run(metrics_addr: SocketAddr, concurrency: u16, lease_namespace: String
         metrics.leader.set(0);
     }
     drop(leader);
-    let manager = lease_task.await.context("leader election task")?.context("leader election")?;
+    let manager = lease_task
+        .await
+        .context("leader election task")?
+        .context("leader election")?;
     manager.release().await.context("releasing the lease")?;
     Ok(())
 }

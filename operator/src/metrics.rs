@@ -48,10 +48,22 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles by outcome (ok, error)", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile errors by kind", errors.clone());
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
-        registry.register("child_writes", "Writes to child objects by kind and reason", writes.clone());
+        registry.register(
+            "child_writes",
+            "Writes to child objects by kind and reason",
+            writes.clone(),
+        );
         registry.register("status_writes", "Status subresource writes", status_writes.clone());
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Self { registry, reconciles, errors, duration, writes, status_writes, leader }
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            writes,
+            status_writes,
+            leader,
+        }
     }
 }
 

@@ -75,7 +75,12 @@ impl MockApi {
     /// A client wired to a fresh in-memory API. Must be called inside a Tokio runtime.
     pub fn start() -> (Client, MockApi) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api = MockApi { state: Arc::new(Mutex::new(State { record: true, ..State::default() })) };
+        let api = MockApi {
+            state: Arc::new(Mutex::new(State {
+                record: true,
+                ..State::default()
+            })),
+        };
         let server = api.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
@@ -143,7 +148,12 @@ impl MockApi {
 
     /// Names stored under `collection`.
     pub fn names(&self, collection: &str) -> Vec<String> {
-        self.lock().objects.keys().filter(|(c, _)| c == collection).map(|(_, n)| n.clone()).collect()
+        self.lock()
+            .objects
+            .keys()
+            .filter(|(c, _)| c == collection)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// Deletes a stored object behind the operator's back.
@@ -168,8 +178,14 @@ impl MockApi {
             .iter()
             .filter(|((c, _), _)| c.ends_with("/horizontalpodautoscalers"))
             .map(|((c, n), o)| {
-                let ns_prefix = c.rsplit_once("/apis/autoscaling/v2").map_or(c.as_str(), |(_, rest)| rest).to_string();
-                ((ns_prefix.replace("/horizontalpodautoscalers", ""), n.clone()), o["spec"]["minReplicas"].as_i64().unwrap_or(1))
+                let ns_prefix = c
+                    .rsplit_once("/apis/autoscaling/v2")
+                    .map_or(c.as_str(), |(_, rest)| rest)
+                    .to_string();
+                (
+                    (ns_prefix.replace("/horizontalpodautoscalers", ""), n.clone()),
+                    o["spec"]["minReplicas"].as_i64().unwrap_or(1),
+                )
             })
             .collect();
         for ((collection, name), o) in s.objects.iter_mut() {
@@ -190,11 +206,25 @@ impl MockApi {
     async fn serve(&self, request: Request<Body>) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap_or_default();
-        let body: Option<Value> = if bytes.is_empty() { None } else { serde_json::from_slice(&bytes).ok() };
-        let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
+        let body: Option<Value> = if bytes.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let path = parts.uri.path().to_string();
         let query = parts.uri.query().unwrap_or_default().to_string();
-        let call = Call { method: parts.method.clone(), path, query, content_type, body };
+        let call = Call {
+            method: parts.method.clone(),
+            path,
+            query,
+            content_type,
+            body,
+        };
 
         let mut s = self.lock();
         if s.record {
@@ -220,9 +250,9 @@ struct Target {
 
 fn parse(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest = match segs.first()? {
-        &"api" => 2,
-        &"apis" => 3,
+    let rest = match *segs.first()? {
+        "api" => 2,
+        "apis" => 3,
         _ => return None,
     };
     let mut i = rest;
@@ -248,10 +278,13 @@ fn status(code: u16, reason: &str, message: &str) -> (StatusCode, Value) {
 }
 
 fn selector_matches(selector: &str, labels: Option<&Value>) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|term| match term.split_once('=') {
-        Some((k, v)) => labels.and_then(|l| l.get(k)).and_then(Value::as_str) == Some(v),
-        None => true,
-    })
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => labels.and_then(|l| l.get(k)).and_then(Value::as_str) == Some(v),
+            None => true,
+        })
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
@@ -268,7 +301,9 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -313,7 +348,11 @@ impl State {
             return status(404, "NotFound", &format!("no route for {}", call.path));
         };
         if self.missing.contains(&target.plural) {
-            return status(404, "NotFound", &format!("the server could not find the requested resource ({})", target.plural));
+            return status(
+                404,
+                "NotFound",
+                &format!("the server could not find the requested resource ({})", target.plural),
+            );
         }
         match (&call.method, &target.name) {
             (&Method::GET, None) => self.list(&target, &call.query),
@@ -328,6 +367,11 @@ impl State {
         }
     }
 
+    /// Whether a plural names a cluster-scoped kind (among those the operator uses).
+    fn is_cluster_scoped(&self, plural: &str) -> bool {
+        matches!(plural, "priorityclasses" | "namespaces" | "customresourcedefinitions")
+    }
+
     fn next_rv(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
@@ -335,21 +379,32 @@ impl State {
 
     fn list(&mut self, target: &Target, query: &str) -> (StatusCode, Value) {
         let selector = query_param(query, "labelSelector").unwrap_or_default();
-        // A cluster-wide list of a namespaced kind (/apis/g/v/plural) matches every namespace.
-        let items: Vec<Value> = self
-            .objects
-            .iter()
-            .filter(|((collection, _), _)| {
-                collection == &target.collection
-                    || (collection.ends_with(&format!("/{}", target.plural))
-                        && !target.collection.contains("/namespaces/")
-                        && collection.contains("/namespaces/"))
-            })
-            .filter(|(_, o)| selector_matches(&selector, o.pointer("/metadata/labels")))
-            .map(|(_, o)| o.clone())
-            .collect();
+        let matches = |o: &Value| selector_matches(&selector, o.pointer("/metadata/labels"));
+        let items: Vec<Value> = if target.collection.contains("/namespaces/") || self.is_cluster_scoped(&target.plural)
+        {
+            // One collection: a range scan over its keys.
+            let from = (target.collection.clone(), String::new());
+            self.objects
+                .range(from..)
+                .take_while(|((c, _), _)| c == &target.collection)
+                .filter(|(_, o)| matches(o))
+                .map(|(_, o)| o.clone())
+                .collect()
+        } else {
+            // A namespaced kind listed across all namespaces.
+            let suffix = format!("/{}", target.plural);
+            self.objects
+                .iter()
+                .filter(|((c, _), _)| c.ends_with(&suffix) && c.contains("/namespaces/"))
+                .filter(|(_, o)| matches(o))
+                .map(|(_, o)| o.clone())
+                .collect()
+        };
         let rv = self.resource_version.to_string();
-        (StatusCode::OK, json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": rv }, "items": items }))
+        (
+            StatusCode::OK,
+            json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": rv }, "items": items }),
+        )
     }
 
     fn create(&mut self, target: &Target, mut object: Value) -> (StatusCode, Value) {
@@ -362,7 +417,11 @@ impl State {
         };
         let key = (target.collection.clone(), name.clone());
         if self.objects.contains_key(&key) {
-            return status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", target.plural));
+            return status(
+                409,
+                "AlreadyExists",
+                &format!("{} \"{name}\" already exists", target.plural),
+            );
         }
         self.init_meta(&mut object, &name);
         self.objects.insert(key, object.clone());
@@ -432,13 +491,19 @@ impl State {
             merge(&mut object, &patch);
         }
         if object.get("spec").cloned() != before_spec {
-            let g = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let g = object
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             object["metadata"]["generation"] = json!(g + 1);
         }
         object["metadata"]["resourceVersion"] = json!(self.next_rv());
         // Removing the last finalizer of an object being deleted deletes it.
         let deleting = object.pointer("/metadata/deletionTimestamp").is_some();
-        let finalizers = object.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let finalizers = object
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         if deleting && !finalizers {
             self.objects.remove(&key);
         } else {
@@ -452,7 +517,10 @@ impl State {
         let Some(mut object) = self.objects.get(&key).cloned() else {
             return status(404, "NotFound", &format!("{} \"{name}\" not found", target.plural));
         };
-        let finalizers = object.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let finalizers = object
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         if finalizers {
             object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
             object["metadata"]["resourceVersion"] = json!(self.next_rv());
@@ -460,7 +528,10 @@ impl State {
             return (StatusCode::OK, object);
         }
         self.objects.remove(&key);
-        (StatusCode::OK, json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }))
+        (
+            StatusCode::OK,
+            json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }),
+        )
     }
 }
 
@@ -489,6 +560,9 @@ mod tests {
         assert!(selector_matches("a=1,b=2", Some(&labels)));
         assert!(!selector_matches("a=1,b=3", Some(&labels)));
         assert!(selector_matches("", None));
-        assert_eq!(query_param("labelSelector=a%3D1%2Cb%3D2&x=y", "labelSelector").as_deref(), Some("a=1,b=2"));
+        assert_eq!(
+            query_param("labelSelector=a%3D1%2Cb%3D2&x=y", "labelSelector").as_deref(),
+            Some("a=1,b=2")
+        );
     }
 }

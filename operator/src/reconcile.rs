@@ -46,7 +46,12 @@ pub enum Error {
     #[error("listing {kind}: {source}")]
     List { kind: &'static str, source: kube::Error },
     #[error("{verb} {kind} {name}: {source}")]
-    Child { verb: &'static str, kind: &'static str, name: String, source: kube::Error },
+    Child {
+        verb: &'static str,
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
     #[error("writing status: {0}")]
     Status(kube::Error),
     #[error("finalizer: {0}")]
@@ -82,7 +87,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, reporter_instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: reporter_instance };
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: reporter_instance,
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -142,7 +150,12 @@ pub async fn reconcile(stack: Arc<RecommenderStack>, ctx: Arc<Context>) -> Resul
 
 /// Requeue with exponential backoff (5 s, 10 s, … 5 min) and count the error.
 pub fn error_policy(stack: Arc<RecommenderStack>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.get_or_create(&ErrorLabels { error: error.metric_label() }).inc();
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            error: error.metric_label(),
+        })
+        .inc();
     let key = stack_key(&stack);
     let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     let n = failures.entry(key).or_insert(0);
@@ -179,7 +192,15 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
     if stack.spec.paused {
         outcome = Outcome::Paused;
     } else if let Err(e) = sync_children(stack, ctx, &ns, desired, &mut live).await {
-        publish(ctx, stack, EventType::Warning, "ReconcileFailed", "Apply", e.to_string()).await;
+        publish(
+            ctx,
+            stack,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Apply",
+            e.to_string(),
+        )
+        .await;
         outcome = Outcome::Failed(e.to_string());
         first_error = Some(e);
     }
@@ -189,7 +210,10 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
     match first_error {
         Some(e) => Err(e),
         None => {
-            ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&stack_key(stack));
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&stack_key(stack));
             Ok(Action::requeue(RESYNC))
         }
     }
@@ -212,17 +236,34 @@ async fn sync_children(
         let reason = match live.get(&key) {
             None => "Created",
             Some(current) if is_subset(&to_value(&child.object), &to_value(current)) => continue,
-            Some(current) if current.annotations().get(APPLIED_HASH) == child.object.annotations().get(APPLIED_HASH) => {
+            Some(current)
+                if current.annotations().get(APPLIED_HASH) == child.object.annotations().get(APPLIED_HASH) =>
+            {
                 "DriftRepaired"
             }
             Some(_) => "Updated",
         };
         let api = child_api(ctx, child.kind, ns);
         let applied = api
-            .patch(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&child.object))
+            .patch(
+                &key.1,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&child.object),
+            )
             .await
-            .map_err(|source| Error::Child { verb: "applying", kind: child.kind.kind(), name: key.1.clone(), source })?;
-        ctx.metrics.writes.get_or_create(&WriteLabels { kind: child.kind.kind(), reason: metric_reason(reason) }).inc();
+            .map_err(|source| Error::Child {
+                verb: "applying",
+                kind: child.kind.kind(),
+                name: key.1.clone(),
+                source,
+            })?;
+        ctx.metrics
+            .writes
+            .get_or_create(&WriteLabels {
+                kind: child.kind.kind(),
+                reason: metric_reason(reason),
+            })
+            .inc();
         info!(stack = %stack.name_any(), kind = child.kind.kind(), name = %key.1, reason, "applied");
         let note = format!("{} {} {}", child.kind.kind(), key.1, reason_note(reason));
         publish(ctx, stack, EventType::Normal, reason, "Apply", note).await;
@@ -237,8 +278,19 @@ async fn sync_children(
             .await
             .map(|_| ())
             .or_else(ignore_not_found)
-            .map_err(|source| Error::Child { verb: "pruning", kind: kind.kind(), name: name.clone(), source })?;
-        ctx.metrics.writes.get_or_create(&WriteLabels { kind: kind.kind(), reason: "pruned" }).inc();
+            .map_err(|source| Error::Child {
+                verb: "pruning",
+                kind: kind.kind(),
+                name: name.clone(),
+                source,
+            })?;
+        ctx.metrics
+            .writes
+            .get_or_create(&WriteLabels {
+                kind: kind.kind(),
+                reason: "pruned",
+            })
+            .inc();
         let note = format!("{} {name} is no longer part of the stack", kind.kind());
         publish(ctx, stack, EventType::Normal, "Pruned", "Delete", note).await;
         live.remove(&key);
@@ -255,23 +307,49 @@ async fn cleanup(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Erro
     let classes = api
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|source| Error::List { kind: "PriorityClass", source })?;
+        .map_err(|source| Error::List {
+            kind: "PriorityClass",
+            source,
+        })?;
     for pc in classes {
         let pc_name = pc.name_any();
         api.delete(&pc_name, &DeleteParams::background())
             .await
             .map(|_| ())
             .or_else(ignore_not_found)
-            .map_err(|source| Error::Child { verb: "deleting", kind: "PriorityClass", name: pc_name.clone(), source })?;
-        ctx.metrics.writes.get_or_create(&WriteLabels { kind: "PriorityClass", reason: "pruned" }).inc();
+            .map_err(|source| Error::Child {
+                verb: "deleting",
+                kind: "PriorityClass",
+                name: pc_name.clone(),
+                source,
+            })?;
+        ctx.metrics
+            .writes
+            .get_or_create(&WriteLabels {
+                kind: "PriorityClass",
+                reason: "pruned",
+            })
+            .inc();
     }
-    publish(ctx, stack, EventType::Normal, "Deleted", "Cleanup", format!("stack {ns}/{name} cleaned up")).await;
+    publish(
+        ctx,
+        stack,
+        EventType::Normal,
+        "Deleted",
+        "Cleanup",
+        format!("stack {ns}/{name} cleaned up"),
+    )
+    .await;
     Ok(Action::await_change())
 }
 
 /// Every child the stack owns now, by (kind, name). Kinds whose CRD is not installed (a 404
 /// on list) have none.
-async fn list_children(ctx: &Context, ns: &str, stack: &str) -> Result<BTreeMap<(ChildKind, String), DynamicObject>, Error> {
+async fn list_children(
+    ctx: &Context,
+    ns: &str,
+    stack: &str,
+) -> Result<BTreeMap<(ChildKind, String), DynamicObject>, Error> {
     let mut live = BTreeMap::new();
     for kind in ChildKind::ALL {
         let selector = if kind.namespaced() {
@@ -279,10 +357,18 @@ async fn list_children(ctx: &Context, ns: &str, stack: &str) -> Result<BTreeMap<
         } else {
             labels::cluster_children_selector(ns, stack)
         };
-        let list = match child_api(ctx, kind, ns).list(&ListParams::default().labels(&selector)).await {
+        let list = match child_api(ctx, kind, ns)
+            .list(&ListParams::default().labels(&selector))
+            .await
+        {
             Ok(list) => list.items,
             Err(kube::Error::Api(status)) if kind.optional() && status.code == 404 => Vec::new(),
-            Err(source) => return Err(Error::List { kind: kind.kind(), source }),
+            Err(source) => {
+                return Err(Error::List {
+                    kind: kind.kind(),
+                    source,
+                });
+            }
         };
         live.extend(list.into_iter().map(|o| ((kind, o.name_any()), o)));
     }
@@ -295,7 +381,14 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
     let get = |kind: ChildKind, c: Component| live.get(&(kind, labels::component_name(&name, c))).map(to_value);
     let mut observed: Vec<Observed> = Component::ONLINE
         .iter()
-        .map(|&c| status::observe_deployment(c, stack.spec.workload(c).replicas, get(ChildKind::Deployment, c).as_ref(), stack))
+        .map(|&c| {
+            status::observe_deployment(
+                c,
+                stack.spec.workload(c).replicas,
+                get(ChildKind::Deployment, c).as_ref(),
+                stack,
+            )
+        })
         .collect();
     observed.push(match stack.spec.stream.engine {
         StreamEngine::Builtin => status::observe_deployment(
@@ -310,16 +403,25 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
 }
 
 /// Writes status only when it differs from the stored one.
-async fn write_status(stack: &RecommenderStack, ctx: &Context, observed: &[Observed], outcome: &Outcome) -> Result<(), Error> {
+async fn write_status(
+    stack: &RecommenderStack,
+    ctx: &Context,
+    observed: &[Observed],
+    outcome: &Outcome,
+) -> Result<(), Error> {
     let new = status::desired_status(stack, observed, outcome, &(ctx.clock)());
     if stack.status.as_ref() == Some(&new) {
         return Ok(());
     }
     let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<RecommenderStack> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(&stack.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": new })))
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(
+        &stack.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await
+    .map_err(Error::Status)?;
     ctx.metrics.status_writes.inc();
     Ok(())
 }
@@ -374,7 +476,13 @@ fn reason_note(reason: &str) -> &'static str {
 
 /// Publishes a Kubernetes Event on the stack. Failing to publish never fails a reconcile.
 async fn publish(ctx: &Context, stack: &RecommenderStack, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
     }

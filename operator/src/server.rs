@@ -27,7 +27,13 @@ pub fn router(state: ServerState) -> Router {
 }
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {

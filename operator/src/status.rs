@@ -36,14 +36,27 @@ pub enum Outcome {
 }
 
 /// The status the stack should have now.
-pub fn desired_status(stack: &RecommenderStack, observed: &[Observed], outcome: &Outcome, now: &Time) -> RecommenderStackStatus {
+pub fn desired_status(
+    stack: &RecommenderStack,
+    observed: &[Observed],
+    outcome: &Outcome,
+    now: &Time,
+) -> RecommenderStackStatus {
     let generation = stack.metadata.generation;
-    let old = stack.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let old = stack
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
 
     let components: Vec<ComponentStatus> = observed
         .iter()
         .filter_map(|o| {
-            o.component.map(|c| ComponentStatus { name: c.name().to_string(), desired_replicas: o.desired, ready_replicas: o.ready })
+            o.component.map(|c| ComponentStatus {
+                name: c.name().to_string(),
+                desired_replicas: o.desired,
+                ready_replicas: o.ready,
+            })
         })
         .collect();
     let lagging: Vec<String> = components
@@ -63,25 +76,60 @@ pub fn desired_status(stack: &RecommenderStack, observed: &[Observed], outcome: 
         conditions.push(condition(old, type_, status, reason, message, generation, now));
     };
     if all_ready && failure.is_none() {
-        set(READY, true, "AllComponentsReady", "every component has its desired ready replicas".into());
+        set(
+            READY,
+            true,
+            "AllComponentsReady",
+            "every component has its desired ready replicas".into(),
+        );
     } else if all_ready {
-        set(READY, false, "ReconcileFailed", "the last reconcile failed; see the Degraded condition".into());
+        set(
+            READY,
+            false,
+            "ReconcileFailed",
+            "the last reconcile failed; see the Degraded condition".into(),
+        );
     } else {
-        set(READY, false, "ComponentsNotReady", format!("not ready: {}", lagging.join(", ")));
+        set(
+            READY,
+            false,
+            "ComponentsNotReady",
+            format!("not ready: {}", lagging.join(", ")),
+        );
     }
     if all_ready {
         set(PROGRESSING, false, "Stable", "no rollout in progress".into());
     } else {
-        set(PROGRESSING, true, "RollingOut", format!("waiting for {}", lagging.join(", ")));
+        set(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("waiting for {}", lagging.join(", ")),
+        );
     }
     match failure {
         Some(msg) => set(DEGRADED, true, "ReconcileFailed", msg.to_string()),
-        None => set(DEGRADED, false, "AsExpected", "the last reconcile applied every object".into()),
+        None => set(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "the last reconcile applied every object".into(),
+        ),
     }
     if paused {
-        set(PAUSED, true, "ReconciliationPaused", "spec.paused is true: objects are not being changed".into());
+        set(
+            PAUSED,
+            true,
+            "ReconciliationPaused",
+            "spec.paused is true: objects are not being changed".into(),
+        );
     } else {
-        set(PAUSED, false, "Reconciling", "changes to the spec are being applied".into());
+        set(
+            PAUSED,
+            false,
+            "Reconciling",
+            "changes to the spec are being applied".into(),
+        );
     }
 
     let phase = if paused {
@@ -99,12 +147,25 @@ pub fn desired_status(stack: &RecommenderStack, observed: &[Observed], outcome: 
         phase: Some(phase.to_string()),
         conditions,
         components,
-        endpoints: stack.metadata.name.as_deref().zip(stack.metadata.namespace.as_deref()).map(|(name, ns)| endpoints(ns, name)),
+        endpoints: stack
+            .metadata
+            .name
+            .as_deref()
+            .zip(stack.metadata.namespace.as_deref())
+            .map(|(name, ns)| endpoints(ns, name)),
     }
 }
 
 /// A condition that keeps the old transition time when its status did not change.
-fn condition(old: &[Condition], type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
     let last_transition_time = old
         .iter()
@@ -131,21 +192,39 @@ fn endpoints(namespace: &str, stack: &str) -> Endpoints {
 }
 
 /// What a live Deployment says about its component (`None` when it does not exist yet).
-pub fn observe_deployment(component: Component, spec_replicas: Option<i32>, live: Option<&serde_json::Value>, stack: &RecommenderStack) -> Observed {
+pub fn observe_deployment(
+    component: Component,
+    spec_replicas: Option<i32>,
+    live: Option<&serde_json::Value>,
+    stack: &RecommenderStack,
+) -> Observed {
     let fallback = || {
         let w = stack.spec.workload(component);
         w.replicas.or(w.autoscaling.map(|a| a.min_replicas)).unwrap_or(2)
     };
     let num = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_i64()).map(|n| n as i32);
-    let desired = num(live.and_then(|l| l.pointer("/spec/replicas"))).or(spec_replicas).unwrap_or_else(fallback);
+    let desired = num(live.and_then(|l| l.pointer("/spec/replicas")))
+        .or(spec_replicas)
+        .unwrap_or_else(fallback);
     let ready = num(live.and_then(|l| l.pointer("/status/readyReplicas"))).unwrap_or(0);
-    Observed { component: Some(component), desired, ready }
+    Observed {
+        component: Some(component),
+        desired,
+        ready,
+    }
 }
 
 /// What a live FlinkDeployment says: one job, ready when the Flink operator reports it running.
 pub fn observe_flink(live: Option<&serde_json::Value>) -> Observed {
-    let running = live.and_then(|l| l.pointer("/status/jobStatus/state")).and_then(|s| s.as_str()) == Some("RUNNING");
-    Observed { component: Some(Component::Stream), desired: 1, ready: i32::from(running) }
+    let running = live
+        .and_then(|l| l.pointer("/status/jobStatus/state"))
+        .and_then(|s| s.as_str())
+        == Some("RUNNING");
+    Observed {
+        component: Some(Component::Stream),
+        desired: 1,
+        ready: i32::from(running),
+    }
 }
 
 /// True when the stream component is a Flink job for this stack.

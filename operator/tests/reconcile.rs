@@ -35,7 +35,8 @@ struct Harness {
 impl Harness {
     fn new(sample: &str) -> Self {
         let (client, api) = MockApi::start();
-        let ctx = Arc::new(Context::new(client, Arc::new(Metrics::default()), Some("test".into())).with_clock(fixed_clock));
+        let ctx =
+            Arc::new(Context::new(client, Arc::new(Metrics::default()), Some("test".into())).with_clock(fixed_clock));
         let stack = common::sample(sample);
         let name = stack.metadata.name.clone().unwrap();
         let mut value = serde_json::to_value(&stack).unwrap();
@@ -90,7 +91,10 @@ impl Harness {
     }
 
     fn phase(&self) -> String {
-        self.api.get(STACKS, &self.name).unwrap()["status"]["phase"].as_str().unwrap_or_default().to_string()
+        self.api.get(STACKS, &self.name).unwrap()["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -101,7 +105,12 @@ fn summaries(calls: &[Call]) -> Vec<String> {
 fn applies(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
-        .filter(|c| c.method == Method::PATCH && c.content_type.as_deref().is_some_and(|t| t.starts_with("application/apply-patch")))
+        .filter(|c| {
+            c.method == Method::PATCH
+                && c.content_type
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("application/apply-patch"))
+        })
         .map(Call::summary)
         .collect()
 }
@@ -118,18 +127,28 @@ fn events(calls: &[Call]) -> Vec<String> {
 async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
     let h = Harness::new("minimal");
     let writes = h.reconcile_ok().await;
-    assert_eq!(summaries(&writes), ["PATCH recommenderstacks/minimal"], "first the finalizer, nothing else");
+    assert_eq!(
+        summaries(&writes),
+        ["PATCH recommenderstacks/minimal"],
+        "first the finalizer, nothing else"
+    );
     assert_eq!(writes[0].content_type.as_deref(), Some("application/json-patch+json"));
     let writes = h.reconcile_ok().await;
 
     let stack = h.stack();
-    assert_eq!(stack.metadata.finalizers.as_deref(), Some(&["recstack.io/cleanup".to_string()][..]));
+    assert_eq!(
+        stack.metadata.finalizers.as_deref(),
+        Some(&["recstack.io/cleanup".to_string()][..])
+    );
     let expected = recstack_operator::render::render(&stack).unwrap().len();
     assert_eq!(applies(&writes).len(), expected, "{:#?}", summaries(&writes));
     assert_eq!(events(&writes).iter().filter(|r| *r == "Created").count(), expected);
 
     let gateway = h.api.get(DEPLOYMENTS, "minimal-gateway").expect("gateway deployment");
-    assert_eq!(gateway["spec"]["template"]["spec"]["containers"][0]["args"][1], "gateway");
+    assert_eq!(
+        gateway["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        "gateway"
+    );
     assert_eq!(gateway["metadata"]["ownerReferences"][0]["uid"], "stack-uid");
     assert!(gateway["metadata"]["annotations"]["recstack.io/applied-hash"].is_string());
     assert_eq!(h.api.names(PRIORITY).len(), 2);
@@ -137,14 +156,22 @@ async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
     // Nothing is ready yet: progressing, not degraded.
     assert_eq!(h.phase(), "Progressing");
     assert_eq!(h.condition("Ready")["status"], "False");
-    assert!(h.condition("Ready")["message"].as_str().unwrap().contains("gateway 0/2"));
+    assert!(
+        h.condition("Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("gateway 0/2")
+    );
     assert_eq!(h.condition("Progressing")["status"], "True");
     assert_eq!(h.condition("Degraded")["status"], "False");
     assert_eq!(h.condition("Paused")["status"], "False");
     let status = h.stack().status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.components.len(), 7);
-    assert_eq!(status.endpoints.unwrap().gateway_http, "http://minimal-gateway.recstack.svc:8080");
+    assert_eq!(
+        status.endpoints.unwrap().gateway_http,
+        "http://minimal-gateway.recstack.svc:8080"
+    );
 }
 
 #[tokio::test]
@@ -154,7 +181,11 @@ async fn nothing_changed_means_no_write() {
     assert!(writes.is_empty(), "a no-op reconcile wrote: {:#?}", summaries(&writes));
     assert!(h.api.calls().iter().all(|c| c.method == Method::GET), "only reads");
     let writes = h.reconcile_ok().await;
-    assert!(writes.is_empty(), "still silent on the third pass: {:#?}", summaries(&writes));
+    assert!(
+        writes.is_empty(),
+        "still silent on the third pass: {:#?}",
+        summaries(&writes)
+    );
 }
 
 #[tokio::test]
@@ -163,7 +194,11 @@ async fn readiness_flips_ready_and_keeps_other_transition_times() {
     let degraded_since = h.condition("Degraded")["lastTransitionTime"].clone();
     h.api.make_deployments_ready();
     let writes = h.reconcile_ok().await;
-    assert_eq!(summaries(&writes), ["PATCH recommenderstacks/minimal/status"], "only status changes");
+    assert_eq!(
+        summaries(&writes),
+        ["PATCH recommenderstacks/minimal/status"],
+        "only status changes"
+    );
     assert_eq!(h.phase(), "Running");
     assert_eq!(h.condition("Ready")["status"], "True");
     assert_eq!(h.condition("Progressing")["status"], "False");
@@ -179,7 +214,10 @@ async fn spec_change_updates_only_what_changed() {
     assert_eq!(applies(&writes), ["PATCH deployments/minimal-rerank"]);
     assert_eq!(events(&writes), ["Updated"]);
     let rerank = h.api.get(DEPLOYMENTS, "minimal-rerank").unwrap();
-    assert_eq!(rerank["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/recstack:canary");
+    assert_eq!(
+        rerank["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/recstack:canary"
+    );
     assert_eq!(h.stack().status.unwrap().observed_generation, Some(2));
 }
 
@@ -190,7 +228,14 @@ async fn scale_changes_replicas() {
     let writes = h.reconcile_ok().await;
     assert_eq!(applies(&writes), ["PATCH deployments/minimal-recall"]);
     assert_eq!(h.api.get(DEPLOYMENTS, "minimal-recall").unwrap()["spec"]["replicas"], 5);
-    let recall = h.stack().status.unwrap().components.into_iter().find(|c| c.name == "recall").unwrap();
+    let recall = h
+        .stack()
+        .status
+        .unwrap()
+        .components
+        .into_iter()
+        .find(|c| c.name == "recall")
+        .unwrap();
     assert_eq!((recall.desired_replicas, recall.ready_replicas), (5, 0));
 }
 
@@ -199,13 +244,19 @@ async fn engine_builtin_to_flink_prunes_the_worker() {
     let h = Harness::created("minimal").await;
     assert!(h.api.get(DEPLOYMENTS, "minimal-stream").is_some());
     h.edit_spec(|s| {
-        s.spec.event_log = Some(recstack_crds::EventLogSpec { bootstrap_servers: vec!["kafka:9092".into()], topic: "ev".into() });
+        s.spec.event_log = Some(recstack_crds::EventLogSpec {
+            bootstrap_servers: vec!["kafka:9092".into()],
+            topic: "ev".into(),
+        });
         s.spec.stream.engine = StreamEngine::Flink;
     });
     let writes = h.reconcile_ok().await;
     let w = summaries(&writes);
     assert!(w.contains(&"DELETE deployments/minimal-stream".to_string()), "{w:#?}");
-    assert!(w.contains(&"DELETE poddisruptionbudgets/minimal-stream".to_string()), "{w:#?}");
+    assert!(
+        w.contains(&"DELETE poddisruptionbudgets/minimal-stream".to_string()),
+        "{w:#?}"
+    );
     assert!(h.api.get(DEPLOYMENTS, "minimal-stream").is_none());
     assert!(h.api.get(PDBS, "minimal-stream").is_none());
     let flink = h.api.get(FLINK, "minimal-stream").expect("FlinkDeployment created");
@@ -213,7 +264,9 @@ async fn engine_builtin_to_flink_prunes_the_worker() {
     assert!(h.api.get(CONFIGMAPS, "minimal-stream-sql").is_some());
     assert!(events(&writes).contains(&"Pruned".to_string()));
     // The Flink job reports RUNNING through the Flink operator's status.
-    h.api.edit(FLINK, "minimal-stream", |o| o["status"] = json!({ "jobStatus": { "state": "RUNNING" } }));
+    h.api.edit(FLINK, "minimal-stream", |o| {
+        o["status"] = json!({ "jobStatus": { "state": "RUNNING" } })
+    });
     h.api.make_deployments_ready();
     h.reconcile_ok().await;
     assert_eq!(h.phase(), "Running");
@@ -224,12 +277,21 @@ async fn missing_flink_operator_is_degraded_with_a_clear_message() {
     let h = Harness::new("flink-streaming");
     h.api.without_resource("flinkdeployments");
     h.reconcile_ok().await; // adds the finalizer
-    let err = h.reconcile().await.expect_err("cannot create a FlinkDeployment without its CRD");
+    let err = h
+        .reconcile()
+        .await
+        .expect_err("cannot create a FlinkDeployment without its CRD");
     assert!(err.to_string().contains("FlinkDeployment"), "{err}");
     assert_eq!(h.phase(), "Degraded");
     let degraded = h.condition("Degraded");
     assert_eq!(degraded["status"], "True");
-    assert!(degraded["message"].as_str().unwrap().contains("applying FlinkDeployment flink-stream"), "{degraded}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("applying FlinkDeployment flink-stream"),
+        "{degraded}"
+    );
 }
 
 #[tokio::test]
@@ -240,8 +302,16 @@ async fn pause_stops_changes_but_keeps_status() {
         s.spec.recall.replicas = Some(9);
     });
     let writes = h.reconcile_ok().await;
-    assert_eq!(summaries(&writes), ["PATCH recommenderstacks/minimal/status"], "only status while paused");
-    assert_eq!(h.api.get(DEPLOYMENTS, "minimal-recall").unwrap()["spec"]["replicas"], 2, "not scaled while paused");
+    assert_eq!(
+        summaries(&writes),
+        ["PATCH recommenderstacks/minimal/status"],
+        "only status while paused"
+    );
+    assert_eq!(
+        h.api.get(DEPLOYMENTS, "minimal-recall").unwrap()["spec"]["replicas"],
+        2,
+        "not scaled while paused"
+    );
     assert_eq!(h.phase(), "Paused");
     assert_eq!(h.condition("Paused")["status"], "True");
     // Removing a child while paused is not repaired either.
@@ -257,10 +327,16 @@ async fn deletion_removes_priority_classes_then_the_finalizer() {
     let h = Harness::created("minimal").await;
     assert_eq!(h.api.names(PRIORITY).len(), 2);
     // kubectl delete: the finalizer holds the object with a deletionTimestamp.
-    h.api.edit(STACKS, "minimal", |o| o["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z"));
+    h.api.edit(STACKS, "minimal", |o| {
+        o["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z")
+    });
     let writes = h.reconcile_ok().await;
     let w = summaries(&writes);
-    assert_eq!(w.iter().filter(|s| s.starts_with("DELETE priorityclasses/")).count(), 2, "{w:#?}");
+    assert_eq!(
+        w.iter().filter(|s| s.starts_with("DELETE priorityclasses/")).count(),
+        2,
+        "{w:#?}"
+    );
     assert!(h.api.names(PRIORITY).is_empty());
     assert!(h.api.get(STACKS, "minimal").is_none(), "finalizer removed, stack gone");
     assert!(events(&writes).contains(&"Deleted".to_string()));
@@ -270,16 +346,32 @@ async fn deletion_removes_priority_classes_then_the_finalizer() {
 async fn apply_error_sets_degraded_and_backs_off() {
     let h = Harness::new("minimal");
     h.reconcile_ok().await; // adds the finalizer
-    h.api.fail(Method::PATCH, "/deployments/minimal-ranking", 500, "etcdserver: request timed out", 1);
+    h.api.fail(
+        Method::PATCH,
+        "/deployments/minimal-ranking",
+        500,
+        "etcdserver: request timed out",
+        1,
+    );
     let err = h.reconcile().await.expect_err("apply failed");
     assert!(err.to_string().contains("applying Deployment minimal-ranking"), "{err}");
     assert_eq!(h.phase(), "Degraded");
-    assert!(h.condition("Degraded")["message"].as_str().unwrap().contains("etcdserver: request timed out"));
+    assert!(
+        h.condition("Degraded")["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcdserver: request timed out")
+    );
     assert_eq!(h.condition("Ready")["status"], "False");
 
     let action = reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
     assert_eq!(action, Action::requeue(backoff(1)));
-    assert!(h.ctx.metrics.encode().contains("recstack_operator_reconcile_errors_total{error=\"finalizer\"} 1"));
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("recstack_operator_reconcile_errors_total{error=\"finalizer\"} 1")
+    );
     let action = reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
     assert_eq!(action, Action::requeue(backoff(2)));
 
@@ -299,19 +391,35 @@ async fn drift_is_repaired_and_reported() {
     assert_eq!(applies(&writes), ["PATCH deployments/minimal-gateway"]);
     assert_eq!(events(&writes), ["DriftRepaired"]);
     let gateway = h.api.get(DEPLOYMENTS, "minimal-gateway").unwrap();
-    assert_eq!(gateway["spec"]["template"]["spec"]["containers"][0]["image"], h.stack().spec.image);
-    assert!(h.ctx.metrics.encode().contains("kind=\"Deployment\",reason=\"drift\"} 1"));
+    assert_eq!(
+        gateway["spec"]["template"]["spec"]["containers"][0]["image"],
+        h.stack().spec.image
+    );
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("kind=\"Deployment\",reason=\"drift\"} 1")
+    );
 }
 
 #[tokio::test]
 async fn deleted_child_is_recreated() {
     let h = Harness::created("minimal").await;
-    assert!(h.api.remove(CONFIGMAPS, "minimal-config").is_some(), "someone deletes the ConfigMap");
+    assert!(
+        h.api.remove(CONFIGMAPS, "minimal-config").is_some(),
+        "someone deletes the ConfigMap"
+    );
     let writes = h.reconcile_ok().await;
     assert_eq!(applies(&writes), ["PATCH configmaps/minimal-config"]);
     assert_eq!(events(&writes), ["Created"]);
     let configmap = h.api.get(CONFIGMAPS, "minimal-config").unwrap();
-    assert!(configmap["data"]["config.yaml"].as_str().unwrap().contains("stack: minimal"));
+    assert!(
+        configmap["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("stack: minimal")
+    );
 }
 
 #[test]

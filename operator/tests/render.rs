@@ -15,11 +15,17 @@ fn render_sample(name: &str) -> Vec<Child> {
 }
 
 fn yaml(children: &[Child]) -> String {
-    children.iter().map(|c| format!("---\n{}", serde_yaml::to_string(&c.object).unwrap())).collect()
+    children
+        .iter()
+        .map(|c| format!("---\n{}", serde_yaml::to_string(&c.object).unwrap()))
+        .collect()
 }
 
-fn find<'a>(children: &'a [Child], kind: ChildKind, name: &str) -> Value {
-    let c = children.iter().find(|c| c.kind == kind && c.name() == name).unwrap_or_else(|| panic!("no {kind:?} {name}"));
+fn find(children: &[Child], kind: ChildKind, name: &str) -> Value {
+    let c = children
+        .iter()
+        .find(|c| c.kind == kind && c.name() == name)
+        .unwrap_or_else(|| panic!("no {kind:?} {name}"));
     serde_json::to_value(&c.object).unwrap()
 }
 
@@ -46,14 +52,21 @@ fn minimal_stack_has_every_workload_and_policy() {
     // gateway autoscales explicitly; ranking and feature by default; the rest are fixed.
     assert_eq!(counts[&ChildKind::HorizontalPodAutoscaler], 3);
     assert_eq!(counts[&ChildKind::PodDisruptionBudget], 7);
-    assert_eq!(counts[&ChildKind::NetworkPolicy], 9, "default deny + dns + one per component");
+    assert_eq!(
+        counts[&ChildKind::NetworkPolicy],
+        9,
+        "default deny + dns + one per component"
+    );
     assert_eq!(counts[&ChildKind::PriorityClass], 2);
     assert!(!counts.contains_key(&ChildKind::FlinkDeployment));
 
     let recall = find(&children, ChildKind::Deployment, "minimal-recall");
     assert_eq!(recall["spec"]["replicas"], 2);
     let gateway = find(&children, ChildKind::Deployment, "minimal-gateway");
-    assert!(gateway["spec"].get("replicas").is_none(), "an autoscaled Deployment leaves replicas to the HPA");
+    assert!(
+        gateway["spec"].get("replicas").is_none(),
+        "an autoscaled Deployment leaves replicas to the HPA"
+    );
     let pod = &gateway["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
@@ -64,11 +77,20 @@ fn minimal_stack_has_every_workload_and_policy() {
     assert_eq!(gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     assert!(pod["affinity"]["podAntiAffinity"].is_object());
     let stream = find(&children, ChildKind::Deployment, "minimal-stream");
-    assert_eq!(stream["spec"]["template"]["spec"]["priorityClassName"], "recstack-recstack-minimal-offline");
+    assert_eq!(
+        stream["spec"]["template"]["spec"]["priorityClassName"],
+        "recstack-recstack-minimal-offline"
+    );
 
     let hpa = find(&children, ChildKind::HorizontalPodAutoscaler, "minimal-gateway");
-    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(2), Some(6)));
-    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
+    assert_eq!(
+        (hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()),
+        (Some(2), Some(6))
+    );
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
 }
 
 #[test]
@@ -81,12 +103,22 @@ fn gpu_ranking_gets_gpus_node_selector_and_tolerations() {
     assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
     assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
     // No other component asks for a GPU.
-    for c in children.iter().filter(|c| c.kind == ChildKind::Deployment && c.name() != "gpu-ranking") {
+    for c in children
+        .iter()
+        .filter(|c| c.kind == ChildKind::Deployment && c.name() != "gpu-ranking")
+    {
         let v = serde_json::to_value(&c.object).unwrap();
-        assert!(v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu").is_none());
+        assert!(
+            v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+                .get("nvidia.com/gpu")
+                .is_none()
+        );
     }
     let hpa = find(&children, ChildKind::HorizontalPodAutoscaler, "gpu-ranking");
-    assert_eq!(hpa["spec"]["metrics"][0]["pods"]["metric"]["name"], "recstack_requests_per_second");
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
+        "recstack_requests_per_second"
+    );
     // Credentials come from the Secret, never the ConfigMap.
     let gateway = find(&children, ChildKind::Deployment, "gpu-gateway");
     let volumes = gateway["spec"]["template"]["spec"]["volumes"].to_string();
@@ -97,7 +129,10 @@ fn gpu_ranking_gets_gpus_node_selector_and_tolerations() {
     let config_yaml = config["data"]["config.yaml"].as_str().unwrap();
     assert!(config_yaml.contains("device: cuda"), "{config_yaml}");
     assert!(config_yaml.contains("canaryPercent: 10"), "{config_yaml}");
-    assert!(config_yaml.contains("credentialsDir: /etc/recstack/es-credentials"), "{config_yaml}");
+    assert!(
+        config_yaml.contains("credentialsDir: /etc/recstack/es-credentials"),
+        "{config_yaml}"
+    );
 }
 
 #[test]
@@ -114,7 +149,11 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
             .into_iter()
             .flatten()
             .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
-            .filter_map(|peer| peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"].as_str().map(String::from))
+            .filter_map(|peer| {
+                peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                    .as_str()
+                    .map(String::from)
+            })
             .collect()
     };
     assert_eq!(callers_of("recall"), ["gateway"]);
@@ -125,13 +164,22 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
 
     let gateway = find(&children, ChildKind::NetworkPolicy, "gpu-gateway");
     let ingress = gateway["spec"]["ingress"].to_string();
-    assert!(ingress.contains("storefront"), "gateway clients restricted to the listed namespace: {ingress}");
+    assert!(
+        ingress.contains("storefront"),
+        "gateway clients restricted to the listed namespace: {ingress}"
+    );
     let egress = gateway["spec"]["egress"].to_string();
     assert!(egress.contains("9200"), "gateway reaches Elasticsearch: {egress}");
     let feature = find(&children, ChildKind::NetworkPolicy, "gpu-feature");
-    assert!(feature["spec"]["egress"].to_string().contains("6379"), "feature reaches Redis");
+    assert!(
+        feature["spec"]["egress"].to_string().contains("6379"),
+        "feature reaches Redis"
+    );
     let ranking = find(&children, ChildKind::NetworkPolicy, "gpu-ranking");
-    assert!(ranking["spec"]["egress"].to_string().contains("443"), "ranking fetches its s3:// model");
+    assert!(
+        ranking["spec"]["egress"].to_string().contains("443"),
+        "ranking fetches its s3:// model"
+    );
     let dns = find(&children, ChildKind::NetworkPolicy, "gpu-allow-dns");
     assert!(dns["spec"]["egress"][0]["ports"].to_string().contains("53"));
 }
@@ -139,27 +187,45 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
 #[test]
 fn flink_engine_renders_a_flink_deployment_instead_of_the_worker() {
     let children = render_sample("flink-streaming");
-    assert!(children.iter().all(|c| !(c.kind == ChildKind::Deployment && c.name() == "flink-stream")));
+    assert!(
+        children
+            .iter()
+            .all(|c| !(c.kind == ChildKind::Deployment && c.name() == "flink-stream"))
+    );
     let flink = find(&children, ChildKind::FlinkDeployment, "flink-stream");
     assert_eq!(flink["apiVersion"], "flink.apache.org/v1beta1");
     assert_eq!(flink["spec"]["flinkVersion"], "v1_20");
     assert_eq!(flink["spec"]["job"]["parallelism"], 4);
-    assert_eq!(flink["spec"]["podTemplate"]["spec"]["priorityClassName"], "recstack-recstack-flink-offline");
+    assert_eq!(
+        flink["spec"]["podTemplate"]["spec"]["priorityClassName"],
+        "recstack-recstack-flink-offline"
+    );
     let sql = find(&children, ChildKind::ConfigMap, "flink-stream-sql");
     let sql = sql["data"]["recstack-aggregate.sql"].as_str().unwrap();
-    assert!(sql.contains("TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "{sql}");
+    assert!(
+        sql.contains("TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"),
+        "{sql}"
+    );
     assert!(sql.contains("kafka-0.kafka.recstack-data.svc:9092,kafka-1.kafka.recstack-data.svc:9092"));
 }
 
 #[test]
 fn owner_references_point_at_the_stack_when_it_has_a_uid() {
     let mut stack: RecommenderStack = common::sample("minimal");
-    assert!(render::render(&stack).unwrap().iter().all(|c| c.object.metadata.owner_references.is_none()));
+    assert!(
+        render::render(&stack)
+            .unwrap()
+            .iter()
+            .all(|c| c.object.metadata.owner_references.is_none())
+    );
     stack.metadata.uid = Some("1234".into());
     for c in render::render(&stack).unwrap() {
         let refs = c.object.metadata.owner_references.clone().unwrap_or_default();
         if c.kind == ChildKind::PriorityClass {
-            assert!(refs.is_empty(), "cluster-scoped objects cannot be owned by a namespaced stack");
+            assert!(
+                refs.is_empty(),
+                "cluster-scoped objects cannot be owned by a namespaced stack"
+            );
         } else {
             assert_eq!(refs.len(), 1, "{:?} {}", c.kind, c.name());
             assert_eq!((refs[0].uid.as_str(), refs[0].controller), ("1234", Some(true)));
@@ -171,7 +237,11 @@ fn owner_references_point_at_the_stack_when_it_has_a_uid() {
 fn config_change_rolls_the_pods() {
     let mut stack = common::sample("minimal");
     let hash = |s: &RecommenderStack| {
-        let d = render::render(s).unwrap().into_iter().find(|c| c.kind == ChildKind::Deployment && c.name() == "minimal-recall").unwrap();
+        let d = render::render(s)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.kind == ChildKind::Deployment && c.name() == "minimal-recall")
+            .unwrap();
         serde_json::to_value(&d.object).unwrap()["spec"]["template"]["metadata"]["annotations"]["recstack.io/config-hash"].clone()
     };
     let before = hash(&stack);
@@ -189,15 +259,25 @@ fn rendered_objects_and_crd_pass_strict_schema_validation() {
     let mut files = vec![common::repo_root().join("crds/recommenderstack.yaml")];
     for sample in ["minimal", "gpu-ranking", "flink-streaming"] {
         // FlinkDeployment has no upstream schema; its shape is pinned by the snapshot instead.
-        let builtin: Vec<Child> = render_sample(sample).into_iter().filter(|c| c.kind != ChildKind::FlinkDeployment).collect();
+        let builtin: Vec<Child> = render_sample(sample)
+            .into_iter()
+            .filter(|c| c.kind != ChildKind::FlinkDeployment)
+            .collect();
         let path = dir.join(format!("{sample}.yaml"));
         std::fs::write(&path, yaml(&builtin)).unwrap();
         files.push(path);
     }
     for version in ["1.33.0", "1.37.0"] {
-        let out = Command::new(&validate).args(["-k", version, "--strict", "--quiet"]).args(&files).output().unwrap();
+        let out = Command::new(&validate)
+            .args(["-k", version, "--strict", "--quiet"])
+            .args(&files)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "kubernetes-validate {version} failed:\n{text}");
-        assert!(!text.contains("Couldn't find schema"), "every object must have a schema for {version}:\n{text}");
+        assert!(
+            !text.contains("Couldn't find schema"),
+            "every object must have a schema for {version}:\n{text}"
+        );
     }
 }

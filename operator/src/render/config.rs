@@ -48,7 +48,10 @@ pub struct StreamConfig {
 pub enum EventLogConfig {
     /// The ingest service's on-disk log.
     Embedded,
-    Kafka { bootstrap_servers: Vec<String>, topic: String },
+    Kafka {
+        bootstrap_servers: Vec<String>,
+        topic: String,
+    },
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -75,7 +78,12 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
     let spec = ctx.spec();
     let grpc_endpoints = Component::ONLINE
         .iter()
-        .map(|&c| (c.name().to_string(), format!("http://{}:{GRPC_PORT}", ctx.service_host(c))))
+        .map(|&c| {
+            (
+                c.name().to_string(),
+                format!("http://{}:{GRPC_PORT}", ctx.service_host(c)),
+            )
+        })
         .collect();
     RuntimeConfig {
         stack: ctx.name.clone(),
@@ -100,7 +108,9 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
                 topic: log.topic.clone(),
             },
         },
-        feature_store: FeatureStoreConfig { redis_url: spec.feature.redis_url.clone() },
+        feature_store: FeatureStoreConfig {
+            redis_url: spec.feature.redis_url.clone(),
+        },
         trace_store: match &spec.trace_store {
             None => TraceStoreConfig::Embedded,
             Some(ts) => TraceStoreConfig::Elasticsearch {
@@ -133,11 +143,18 @@ pub(super) fn config_map(ctx: &StackCtx, config: &RuntimeConfig) -> Result<Child
 /// Stable 64-bit FNV-1a of the ConfigMap's data, as hex. Stable across builds and Rust
 /// versions, unlike `DefaultHasher`, so pods do not roll when the operator is upgraded.
 pub(super) fn hash_of(config_map: &Child) -> String {
-    let data = config_map.object.data.get("data").map(|d| d.to_string()).unwrap_or_default();
+    let data = config_map
+        .object
+        .data
+        .get("data")
+        .map(|d| d.to_string())
+        .unwrap_or_default();
     format!("{:016x}", fnv1a(data.as_bytes()))
 }
 
 /// 64-bit FNV-1a.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

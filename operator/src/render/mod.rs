@@ -34,7 +34,10 @@ pub enum RenderError {
     #[error("{field}: {message}")]
     InvalidField { field: &'static str, message: String },
     #[error("internal error building {kind}: {source}")]
-    Build { kind: &'static str, source: serde_json::Error },
+    Build {
+        kind: &'static str,
+        source: serde_json::Error,
+    },
 }
 
 /// The kinds of object a stack owns.
@@ -71,9 +74,12 @@ impl ChildKind {
             ChildKind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
             ChildKind::Service => ("", "v1", "Service", "services"),
             ChildKind::Deployment => ("apps", "v1", "Deployment", "deployments"),
-            ChildKind::HorizontalPodAutoscaler => {
-                ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
-            }
+            ChildKind::HorizontalPodAutoscaler => (
+                "autoscaling",
+                "v2",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+            ),
             ChildKind::PodDisruptionBudget => ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
             ChildKind::NetworkPolicy => ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
             ChildKind::FlinkDeployment => ("flink.apache.org", "v1beta1", "FlinkDeployment", "flinkdeployments"),
@@ -164,7 +170,12 @@ impl<'a> StackCtx<'a> {
                 "blockOwnerDeletion": true,
             })
         });
-        Ok(Self { stack, name, namespace, owner })
+        Ok(Self {
+            stack,
+            name,
+            namespace,
+            owner,
+        })
     }
 
     pub fn spec(&self) -> &recstack_crds::RecommenderStackSpec {
@@ -186,7 +197,11 @@ impl<'a> StackCtx<'a> {
 
     /// In-cluster DNS name of a component's Service.
     pub fn service_host(&self, component: Component) -> String {
-        format!("{}.{}.svc", labels::component_name(&self.name, component), self.namespace)
+        format!(
+            "{}.{}.svc",
+            labels::component_name(&self.name, component),
+            self.namespace
+        )
     }
 }
 
@@ -195,7 +210,10 @@ pub(crate) fn child(kind: ChildKind, mut body: Value) -> Result<Child, RenderErr
     let ar = kind.api_resource();
     body["apiVersion"] = json!(ar.api_version);
     body["kind"] = json!(ar.kind);
-    let object = serde_json::from_value(body).map_err(|source| RenderError::Build { kind: kind.kind(), source })?;
+    let object = serde_json::from_value(body).map_err(|source| RenderError::Build {
+        kind: kind.kind(),
+        source,
+    })?;
     Ok(Child { kind, object })
 }
 

@@ -69,7 +69,11 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
     let tcp = |port: u16| json!({ "protocol": "TCP", "port": port });
 
     let mut ingress: Vec<Value> = Vec::new();
-    let callers: Vec<Value> = CALLS.iter().filter(|(_, to)| *to == component).map(|(from, _)| peer(*from)).collect();
+    let callers: Vec<Value> = CALLS
+        .iter()
+        .filter(|(_, to)| *to == component)
+        .map(|(from, _)| peer(*from))
+        .collect();
     if !callers.is_empty() {
         ingress.push(json!({ "from": callers, "ports": [tcp(GRPC_PORT)] }));
     }

@@ -40,7 +40,11 @@ fn scaling(spec: &RecommenderStackSpec, component: Component) -> Scaling {
 }
 
 /// Deployment, Service, HPA (when autoscaled) and PDB (when enabled) of an online component.
-pub(super) fn online_component(ctx: &StackCtx, component: Component, config_hash: &str) -> Result<Vec<Child>, RenderError> {
+pub(super) fn online_component(
+    ctx: &StackCtx,
+    component: Component,
+    config_hash: &str,
+) -> Result<Vec<Child>, RenderError> {
     let spec = ctx.spec();
     let name = labels::component_name(&ctx.name, component);
     let scaling = scaling(spec, component);
@@ -80,14 +84,22 @@ pub(super) fn stream_worker(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Chi
     Ok(out)
 }
 
-fn deployment(ctx: &StackCtx, component: Component, scaling: &Scaling, config_hash: &str) -> Result<Child, RenderError> {
+fn deployment(
+    ctx: &StackCtx,
+    component: Component,
+    scaling: &Scaling,
+    config_hash: &str,
+) -> Result<Child, RenderError> {
     let spec = ctx.spec();
     let name = labels::component_name(&ctx.name, component);
     let mut pod_labels = labels::component_labels(&ctx.name, component);
     pod_labels.extend(labels::selector(&ctx.name, component));
 
     let resources = match spec.workload(component).resources {
-        Some(r) => serde_json::to_value(r).map_err(|source| RenderError::Build { kind: "Deployment", source })?,
+        Some(r) => serde_json::to_value(r).map_err(|source| RenderError::Build {
+            kind: "Deployment",
+            source,
+        })?,
         None => default_resources(component),
     };
     let mut container = json!({
@@ -156,7 +168,11 @@ fn deployment(ctx: &StackCtx, component: Component, scaling: &Scaling, config_ha
         }]}},
     });
     if spec.policies.priority_classes.enabled {
-        let tier = if component == Component::Stream { "offline" } else { "online" };
+        let tier = if component == Component::Stream {
+            "offline"
+        } else {
+            "online"
+        };
         pod_spec["priorityClassName"] = json!(labels::priority_class_name(&ctx.namespace, &ctx.name, tier));
     }
     if component == Component::Ranking
@@ -170,20 +186,28 @@ fn deployment(ctx: &StackCtx, component: Component, scaling: &Scaling, config_ha
             pod_spec["nodeSelector"] = json!(gpu.node_selector);
         }
         pod_spec["tolerations"] = match &gpu.tolerations {
-            Some(t) => serde_json::to_value(t).map_err(|source| RenderError::Build { kind: "Deployment", source })?,
+            Some(t) => serde_json::to_value(t).map_err(|source| RenderError::Build {
+                kind: "Deployment",
+                source,
+            })?,
             None => json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]),
         };
     }
     // Trace-store credentials are mounted as files (not env vars, which leak into crash dumps
     // and `kubectl describe`); the gateway's trace writer reads them from ES_CREDENTIALS_DIR.
     if component == Component::Gateway
-        && let Some(secret) = spec.trace_store.as_ref().and_then(|t| t.credentials_secret_ref.as_ref())
+        && let Some(secret) = spec
+            .trace_store
+            .as_ref()
+            .and_then(|t| t.credentials_secret_ref.as_ref())
     {
         if let Some(mounts) = container["volumeMounts"].as_array_mut() {
             mounts.push(json!({ "name": "es-credentials", "mountPath": ES_CREDENTIALS_DIR, "readOnly": true }));
         }
         if let Some(volumes) = pod_spec["volumes"].as_array_mut() {
-            volumes.push(json!({ "name": "es-credentials", "secret": { "secretName": secret.name, "defaultMode": 0o440 } }));
+            volumes.push(
+                json!({ "name": "es-credentials", "secret": { "secretName": secret.name, "defaultMode": 0o440 } }),
+            );
         }
     }
     pod_spec["containers"] = json!([container]);

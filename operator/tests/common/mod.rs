@@ -20,8 +20,14 @@ pub fn venv_tool(name: &str, env: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
-    let venv = std::env::var("RECSTACK_VENV").map(PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
+    let venv = std::env::var("RECSTACK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv"));
     let tool = venv.join("bin").join(name);
-    assert!(tool.exists(), "{} not found: run scripts/setup (it installs {name} into .venv) or set {env}", tool.display());
+    assert!(
+        tool.exists(),
+        "{} not found: run scripts/setup (it installs {name} into .venv) or set {env}",
+        tool.display()
+    );
     tool
 }
