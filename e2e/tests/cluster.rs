@@ -7,6 +7,7 @@
 //! ```
 //! Set `RECSTACK_E2E_EXPECT_READY=1` when the service images exist, to also wait for `Ready`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,7 +56,11 @@ where
 #[tokio::test]
 async fn operator_reconciles_a_stack_on_a_real_cluster() -> anyhow::Result<()> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!("skipping the cluster e2e suite: KUBECONFIG is not set (point it at kind, k3d or a real cluster)");
+        // Straight to stderr, past the test harness's capture, so `cargo test` shows why.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping the cluster e2e suite: KUBECONFIG is not set (point it at kind, k3d or a real cluster)"
+        );
         return Ok(());
     }
     let client = Client::try_default().await?;
