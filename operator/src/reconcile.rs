@@ -37,6 +37,9 @@ pub const APPLIED_HASH: &str = "recstack.io/applied-hash";
 
 /// Requeue interval when all is well: status is refreshed by watch events in between.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Requeue interval while a component is not ready. Deployments are watched, but a
+/// FlinkDeployment's job state is not (its CRD may be absent), so poll it.
+const SETTLING: Duration = Duration::from_secs(30);
 
 /// Everything that can go wrong in a reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +217,8 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&stack_key(stack));
-            Ok(Action::requeue(RESYNC))
+            let settled = observed.iter().all(|o| o.ready >= o.desired);
+            Ok(Action::requeue(if settled { RESYNC } else { SETTLING }))
         }
     }
 }
