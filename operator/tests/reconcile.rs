@@ -193,12 +193,24 @@ async fn nothing_changed_means_no_write() {
 async fn readiness_flips_ready_and_keeps_other_transition_times() {
     let h = Harness::created("minimal").await;
     let degraded_since = h.condition("Degraded")["lastTransitionTime"].clone();
+    let settling = h.reconcile().await.unwrap();
+    assert_eq!(
+        settling,
+        Action::requeue(Duration::from_secs(30)),
+        "poll while settling"
+    );
     h.api.make_deployments_ready();
     let writes = h.reconcile_ok().await;
     assert_eq!(
         summaries(&writes),
         ["PATCH recommenderstacks/minimal/status"],
         "only status changes"
+    );
+    let settled = h.reconcile().await.unwrap();
+    assert_eq!(
+        settled,
+        Action::requeue(Duration::from_secs(300)),
+        "resync when settled"
     );
     assert_eq!(h.phase(), "Running");
     assert_eq!(h.condition("Ready")["status"], "True");

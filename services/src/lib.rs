@@ -1,5 +1,13 @@
-//! The online and streaming services of recstack: gateway, recall, ranking, rerank, feature,
-//! ingest and stream, and the all-in-one local runner.
+//! The online and streaming services of recstack and the offline build they load.
 //!
-//! Empty until the serving issues land; the operator already renders their workloads from a
-//! `RecommenderStack` (see `docs/operator.md`).
+//! - [`dataset`]: MovieTweetings loading and the per-user time split.
+//! - [`build`]: `recstack build`, the versioned artifacts (CF neighbours, hot list, ALS, ANN,
+//!   tag index, feature snapshots).
+//! - [`recall`]: the recall channels over the artifacts, merge/dedup/quota, the seen filter.
+//! - [`eval`]: `recstack eval` on the held-out ratings.
+#![forbid(unsafe_code)]
+
+pub mod build;
+pub mod dataset;
+pub mod eval;
+pub mod recall;

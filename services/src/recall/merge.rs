@@ -1,0 +1,197 @@
+//! Merging the channels' lists: per-channel quota, dedup with full lineage, fused ranking.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A recall channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Channel {
+    ItemCf,
+    UserCf,
+    Hot,
+    Als,
+    Vector,
+    Tag,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 6] = [
+        Channel::ItemCf,
+        Channel::UserCf,
+        Channel::Hot,
+        Channel::Als,
+        Channel::Vector,
+        Channel::Tag,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::ItemCf => "item_cf",
+            Channel::UserCf => "user_cf",
+            Channel::Hot => "hot",
+            Channel::Als => "als",
+            Channel::Vector => "vector",
+            Channel::Tag => "tag",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// One channel's ranked list, best first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelList {
+    pub channel: Channel,
+    pub items: Vec<(u32, f32)>,
+}
+
+/// Where a candidate came from: the lineage a trace records.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub channel: Channel,
+    pub score: f32,
+    /// 1-based rank within the channel's list.
+    pub rank: u32,
+}
+
+/// A merged candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub item: u32,
+    /// Every channel that produced the item (within its quota), in channel order.
+    pub sources: Vec<Source>,
+    /// Reciprocal-rank fusion score: Σ 1/(k + rank) over sources.
+    pub fused: f32,
+}
+
+/// The RRF constant: damps the head of each list so one channel cannot dominate.
+pub const RRF_K: f32 = 60.0;
+
+/// Takes at most `quota(channel)` items from each list, merges duplicates into one candidate
+/// with every source, ranks by fused score (ties: more sources, then lower item id), and keeps
+/// `total`.
+pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usize) -> Vec<Candidate> {
+    let mut by_item: HashMap<u32, Candidate> = HashMap::new();
+    let mut ordered: Vec<&ChannelList> = lists.iter().collect();
+    ordered.sort_by_key(|l| l.channel);
+    for list in ordered {
+        for (rank0, &(item, score)) in list.items.iter().take(quota(list.channel)).enumerate() {
+            let rank = rank0 as u32 + 1;
+            let c = by_item.entry(item).or_insert_with(|| Candidate {
+                item,
+                sources: Vec::new(),
+                fused: 0.0,
+            });
+            // A channel listing an item twice counts once, at its best rank.
+            if c.sources.iter().any(|s| s.channel == list.channel) {
+                continue;
+            }
+            c.sources.push(Source {
+                channel: list.channel,
+                score,
+                rank,
+            });
+            c.fused += 1.0 / (RRF_K + rank as f32);
+        }
+    }
+    let mut merged: Vec<Candidate> = by_item.into_values().collect();
+    merged.sort_by(|a, b| {
+        b.fused
+            .total_cmp(&a.fused)
+            .then(b.sources.len().cmp(&a.sources.len()))
+            .then(a.item.cmp(&b.item))
+    });
+    merged.truncate(total);
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(channel: Channel, items: &[u32]) -> ChannelList {
+        ChannelList {
+            channel,
+            items: items
+                .iter()
+                .enumerate()
+                .map(|(r, &i)| (i, 1.0 - r as f32 * 0.1))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_every_source() {
+        let merged = merge(
+            &[list(Channel::Hot, &[1, 2, 3]), list(Channel::ItemCf, &[3, 4])],
+            |_| 10,
+            100,
+        );
+        assert_eq!(merged.len(), 4);
+        let three = merged.iter().find(|c| c.item == 3).unwrap();
+        assert_eq!(three.sources.len(), 2);
+        assert_eq!(three.sources[0].channel, Channel::ItemCf);
+        assert_eq!((three.sources[0].rank, three.sources[1].rank), (1, 3));
+        assert_eq!(merged[0].item, 3, "found by two channels, it ranks first");
+        let items: Vec<u32> = merged.iter().map(|c| c.item).collect();
+        let mut unique = items.clone();
+        unique.dedup();
+        assert_eq!(items.len(), unique.len());
+    }
+
+    #[test]
+    fn quota_limits_each_channel() {
+        let merged = merge(
+            &[list(Channel::Hot, &[1, 2, 3, 4, 5]), list(Channel::Als, &[6, 7, 8])],
+            |c| if c == Channel::Hot { 2 } else { 10 },
+            100,
+        );
+        let hot: Vec<u32> = merged
+            .iter()
+            .filter(|c| c.sources.iter().any(|s| s.channel == Channel::Hot))
+            .map(|c| c.item)
+            .collect();
+        assert_eq!(hot.len(), 2);
+        assert!(
+            hot.contains(&1) && hot.contains(&2),
+            "the quota keeps each channel's best"
+        );
+        assert_eq!(merged.len(), 5);
+    }
+
+    #[test]
+    fn total_truncates_and_order_is_deterministic() {
+        let lists = [list(Channel::Hot, &[1, 2, 3]), list(Channel::Tag, &[4, 5, 6])];
+        let merged = merge(&lists, |_| 10, 4);
+        assert_eq!(merged.len(), 4);
+        // Equal fused scores: lower item id first.
+        assert_eq!(merged.iter().map(|c| c.item).collect::<Vec<_>>(), [1, 4, 2, 5]);
+        let mut reversed = lists.to_vec();
+        reversed.reverse();
+        assert_eq!(merge(&reversed, |_| 10, 4), merged, "input order does not matter");
+    }
+
+    #[test]
+    fn duplicate_within_a_channel_counts_once() {
+        let merged = merge(&[list(Channel::Hot, &[1, 1, 2])], |_| 10, 10);
+        assert_eq!(merged.iter().find(|c| c.item == 1).unwrap().sources.len(), 1);
+    }
+
+    #[test]
+    fn empty_inputs() {
+        assert!(merge(&[], |_| 10, 10).is_empty());
+        assert!(merge(&[list(Channel::Hot, &[1])], |_| 0, 10).is_empty());
+        assert!(merge(&[list(Channel::Hot, &[1])], |_| 10, 0).is_empty());
+    }
+
+    #[test]
+    fn channel_names_round_trip() {
+        for c in Channel::ALL {
+            assert_eq!(Channel::parse(c.name()), Some(c));
+        }
+        assert_eq!(Channel::parse("nope"), None);
+    }
+}

@@ -1,0 +1,177 @@
+//! Recall: six channels over the built artifacts, merged with per-channel quotas, with the
+//! items a user already saw filtered out.
+//!
+//! Channels never return items in the user's training history. Each is a pure function of the
+//! artifacts and the user, so they can run in parallel (the recall service does) and be
+//! evaluated offline (`recstack eval`).
+
+pub mod merge;
+pub mod seen;
+
+use std::collections::HashSet;
+
+use crate::build::Artifacts;
+use crate::build::als::dot;
+use crate::build::ann::UnitVec;
+use crate::build::cf::top_k;
+pub use merge::{Candidate, Channel, ChannelList, Source, merge};
+
+/// How many recent history items seed item-CF.
+const ITEM_CF_SEEDS: usize = 20;
+/// How many recent history items make the vector channel's query.
+const VECTOR_SEEDS: usize = 10;
+
+/// One channel's top `n` for `user` (dense id), excluding the user's history.
+pub fn channel(a: &Artifacts, channel: Channel, user: u32, n: usize) -> ChannelList {
+    let history: &[u32] = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+    let seen: HashSet<u32> = history.iter().copied().collect();
+    let items = match channel {
+        Channel::ItemCf => item_cf(a, history, &seen, n),
+        Channel::UserCf => user_cf(a, user, &seen, n),
+        Channel::Hot => ranked_list(&a.hot, &seen, n),
+        Channel::Als => als(a, user, &seen, n),
+        Channel::Vector => vector(a, user, &seen, n),
+        Channel::Tag => tag(a, user, &seen, n),
+    };
+    ChannelList { channel, items }
+}
+
+/// The all-time popularity list, excluding the history (the evaluation baseline).
+pub fn popular(a: &Artifacts, user: u32, n: usize) -> Vec<(u32, f32)> {
+    let seen: HashSet<u32> = a.history.get(user as usize).into_iter().flatten().copied().collect();
+    ranked_list(&a.popular, &seen, n)
+}
+
+fn ranked_list(list: &[(u32, f32)], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    list.iter()
+        .filter(|(i, _)| !seen.contains(i))
+        .take(n)
+        .copied()
+        .collect()
+}
+
+/// Accumulates scores in a dense vector and returns the top `n` unseen.
+struct Scores {
+    score: Vec<f32>,
+    touched: Vec<u32>,
+}
+
+impl Scores {
+    fn new(n_items: usize) -> Self {
+        Self {
+            score: vec![0.0; n_items],
+            touched: Vec::new(),
+        }
+    }
+    fn add(&mut self, item: u32, s: f32) {
+        let slot = &mut self.score[item as usize];
+        if *slot == 0.0 {
+            self.touched.push(item);
+        }
+        *slot += s;
+    }
+    fn top(self, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+        let mut v: Vec<(u32, f32)> = self
+            .touched
+            .iter()
+            .filter(|i| !seen.contains(i))
+            .map(|&i| (i, self.score[i as usize]))
+            .filter(|(_, s)| *s > 0.0)
+            .collect();
+        top_k(&mut v, n);
+        v
+    }
+}
+
+/// Neighbours of the user's recent items, recent ones weighted more.
+fn item_cf(a: &Artifacts, history: &[u32], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let mut scores = Scores::new(a.items.len());
+    for (pos, &i) in history.iter().take(ITEM_CF_SEEDS).enumerate() {
+        let recency = 1.0 / (1.0 + 0.1 * pos as f32);
+        for &(j, s) in &a.item_neighbours[i as usize] {
+            scores.add(j, s * recency);
+        }
+    }
+    scores.top(seen, n)
+}
+
+/// What similar users interacted with.
+fn user_cf(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let Some(neighbours) = a.user_neighbours.get(user as usize) else {
+        return Vec::new();
+    };
+    let mut scores = Scores::new(a.items.len());
+    for &(v, s) in neighbours {
+        for &i in &a.history[v as usize] {
+            scores.add(i, s);
+        }
+    }
+    scores.top(seen, n)
+}
+
+fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
+    let dim = a.factors.dim;
+    let u = user as usize;
+    if dim == 0 || (u + 1) * dim > a.factors.users.len() || a.history[u].is_empty() {
+        return None;
+    }
+    Some(a.factors.user(user))
+}
+
+/// Exact inner product against every item's factors.
+fn als(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let Some(u) = user_vector(a, user) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u32, f32)> = (0..a.factors.n_items() as u32)
+        .filter(|i| !seen.contains(i) && !a.history.is_empty())
+        .map(|i| (i, dot(u, a.factors.item(i))))
+        .filter(|(_, s)| *s > 0.0)
+        .collect();
+    top_k(&mut v, n);
+    v
+}
+
+/// Approximate nearest items (cosine, through the HNSW index) to the mean embedding of the
+/// user's recent items: "more like what you just watched", in the ALS item space. (ALS already
+/// ranks by the user vector; this channel adds a recency-driven, popularity-neutral signal.)
+fn vector(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let dim = a.factors.dim;
+    let recent = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+    if dim == 0 || recent.is_empty() {
+        return Vec::new();
+    }
+    let mut query = vec![0f32; dim];
+    for &i in recent.iter().take(VECTOR_SEEDS) {
+        for (q, x) in query.iter_mut().zip(UnitVec::new(a.factors.item(i)).0) {
+            *q += x;
+        }
+    }
+    a.ann
+        .search(&UnitVec::new(&query), n + seen.len())
+        .into_iter()
+        .filter(|(i, _)| !seen.contains(i))
+        .take(n)
+        .collect()
+}
+
+/// Items of the user's favourite genres, in proportion to how much the user likes each.
+fn tag(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let Some(features) = a.user_features.get(user as usize) else {
+        return Vec::new();
+    };
+    let mut scores = Scores::new(a.items.len());
+    for (genre, share) in &features.top_genres {
+        let Some(items) = a.tags.get(genre) else { continue };
+        for (rank, &i) in items.iter().filter(|i| !seen.contains(i)).take(n).enumerate() {
+            scores.add(i, share / (1.0 + rank as f32));
+        }
+    }
+    scores.top(seen, n)
+}
+
+/// Every channel, merged: `quota` items per channel at most, `total` in all.
+pub fn recall(a: &Artifacts, user: u32, quota: usize, total: usize) -> Vec<Candidate> {
+    let lists: Vec<ChannelList> = Channel::ALL.iter().map(|&c| channel(a, c, user, quota)).collect();
+    merge(&lists, |_| quota, total)
+}
