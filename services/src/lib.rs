@@ -10,4 +10,5 @@
 pub mod build;
 pub mod dataset;
 pub mod eval;
+pub mod ops;
 pub mod recall;

@@ -2,14 +2,23 @@
 //! services).
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use recstack_services::build::{self, BuildParams, Progress};
 use recstack_services::dataset::{self, Dataset};
 use recstack_services::eval;
+use recstack_services::ops;
+use recstack_services::recall::seen::SeenConfig;
+use recstack_services::recall::service::proto::recall_server::RecallServer;
+use recstack_services::recall::service::{
+    ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts,
+};
 
 #[derive(Parser)]
 #[command(version, about = "recstack: offline build and evaluation")]
@@ -34,6 +43,11 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Serve one component.
+    Serve {
+        #[command(subcommand)]
+        component: Serve,
+    },
     /// Evaluate each recall channel on the held-out ratings of the current artifacts.
     Eval {
         #[arg(long, default_value = "artifacts")]
@@ -42,6 +56,69 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Serve {
+    /// The recall gRPC service.
+    Recall {
+        /// Artifact root written by `recstack build` (serves what `current` names).
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        grpc_addr: SocketAddr,
+        /// `/metrics`, `/healthz`, `/readyz`.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// How often to look for a new artifact version, in seconds.
+        #[arg(long, default_value_t = 10)]
+        reload_secs: u64,
+    },
+}
+
+async fn serve_recall(
+    artifacts: PathBuf,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    reload_secs: u64,
+) -> anyhow::Result<()> {
+    let loaded = Loaded::from_dir(&artifacts).with_context(|| {
+        format!(
+            "no artifacts to serve in {}: run `recstack build --out {}`",
+            artifacts.display(),
+            artifacts.display()
+        )
+    })?;
+    eprintln!("recall: serving artifact version {}", loaded.manifest.version);
+    let slot = Arc::new(ArtifactSlot::new(loaded));
+    let metrics = Arc::new(RecallMetrics::default());
+    let service = RecallService::new(
+        slot.clone(),
+        MemorySeenStore::default(),
+        SeenConfig::default(),
+        metrics.clone(),
+    );
+    tokio::spawn(watch_artifacts(
+        slot,
+        artifacts,
+        Duration::from_secs(reload_secs.max(1)),
+    ));
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding {http_addr}"))?;
+    tokio::spawn(async move { axum::serve(http, ops::router(encode, ready)).await });
+    eprintln!("recall: gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics");
+    tonic::transport::Server::builder()
+        .add_service(RecallServer::new(service))
+        .serve_with_shutdown(grpc_addr, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("recall server")?;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +152,18 @@ fn main() -> anyhow::Result<()> {
                 start.elapsed().as_secs_f64()
             );
             Ok(())
+        }
+        Command::Serve {
+            component:
+                Serve::Recall {
+                    artifacts,
+                    grpc_addr,
+                    http_addr,
+                    reload_secs,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve_recall(artifacts, grpc_addr, http_addr, reload_secs))
         }
         Command::Eval { artifacts, version } => {
             let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;

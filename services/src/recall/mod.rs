@@ -7,6 +7,7 @@
 
 pub mod merge;
 pub mod seen;
+pub mod service;
 
 use std::collections::HashSet;
 

@@ -1,0 +1,47 @@
+//! The operational HTTP endpoints every recstack service serves: `/metrics` (Prometheus text
+//! format), `/healthz` (the process is alive) and `/readyz` (it can serve).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+/// Renders the service's metrics.
+pub type Encode = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+struct Ops {
+    encode: Encode,
+    ready: Arc<AtomicBool>,
+}
+
+/// The router; `ready` flips `/readyz` to 200.
+pub fn router(encode: Encode, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(Ops { encode, ready })
+}
+
+async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        (ops.encode)(),
+    )
+}
+
+async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
+    if ops.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}

@@ -1,0 +1,517 @@
+//! The recall gRPC service: channels in parallel over double-buffered artifacts, merged with
+//! quotas, seen items filtered through each user's rolling Bloom filter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use rayon::prelude::*;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::seen::{SeenConfig, SeenFilter};
+use super::{Channel, channel, merge};
+use crate::build::{self, Artifacts, BuildError, Manifest};
+
+/// Generated gRPC types (`services/proto/recall.proto`).
+pub mod proto {
+    tonic::include_proto!("recstack.recall.v1");
+}
+
+use proto::recall_server::Recall;
+use proto::{Candidate, ChannelStats, ImpressionsRequest, ImpressionsResponse, RecallRequest, RecallResponse, Source};
+
+/// Candidates when the request does not say.
+pub const DEFAULT_N: usize = 1000;
+/// Most candidates one request may ask for.
+pub const MAX_N: usize = 5000;
+/// Per-channel quota when the request does not name the channel.
+pub const DEFAULT_QUOTA: usize = 200;
+
+// === artifacts ===
+
+/// One artifact version with its id lookups.
+pub struct Loaded {
+    pub manifest: Manifest,
+    pub artifacts: Artifacts,
+    users: HashMap<String, u32>,
+    items: HashMap<String, u32>,
+}
+
+impl Loaded {
+    pub fn new(manifest: Manifest, artifacts: Artifacts) -> Self {
+        let users = artifacts
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), i as u32))
+            .collect();
+        let items = artifacts
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.id.clone(), i as u32))
+            .collect();
+        Self {
+            manifest,
+            artifacts,
+            users,
+            items,
+        }
+    }
+
+    /// Loads the version `root/current` names.
+    pub fn from_dir(root: &Path) -> Result<Self, BuildError> {
+        let (manifest, artifacts) = build::load(root, None)?;
+        Ok(Self::new(manifest, artifacts))
+    }
+}
+
+/// The artifacts being served. A new version is loaded beside the old one and swapped in with
+/// one atomic pointer store: requests in flight finish on the version they started with, new
+/// ones see the new version, and nobody waits.
+pub struct ArtifactSlot {
+    current: ArcSwap<Loaded>,
+}
+
+impl ArtifactSlot {
+    pub fn new(loaded: Loaded) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(loaded),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, loaded: Loaded) {
+        info!(version = %loaded.manifest.version, "serving new artifact version");
+        self.current.store(Arc::new(loaded));
+    }
+
+    /// Loads `root/current` if it names another version than the one served; returns whether
+    /// it swapped. Loading happens on a blocking thread.
+    pub async fn reload_if_changed(&self, root: PathBuf) -> Result<bool, BuildError> {
+        let wanted = std::fs::read_to_string(root.join("current"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if wanted.is_empty() || wanted == self.get().manifest.version {
+            return Ok(false);
+        }
+        let loaded = tokio::task::spawn_blocking(move || Loaded::from_dir(&root))
+            .await
+            .map_err(|e| BuildError::Load {
+                path: PathBuf::new(),
+                message: format!("loader panicked: {e}"),
+            })??;
+        self.swap(loaded);
+        Ok(true)
+    }
+}
+
+// === seen filters ===
+
+/// Where users' seen filters live, as bytes: in memory on one machine, Redis at scale.
+pub trait SeenStore: Send + Sync + 'static {
+    fn get(&self, user: &str) -> impl Future<Output = Result<Option<Vec<u8>>, SeenStoreError>> + Send;
+    fn put(&self, user: &str, bytes: Vec<u8>) -> impl Future<Output = Result<(), SeenStoreError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("seen store: {0}")]
+pub struct SeenStoreError(pub String);
+
+/// In-process seen filters.
+#[derive(Default)]
+pub struct MemorySeenStore {
+    filters: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl SeenStore for MemorySeenStore {
+    async fn get(&self, user: &str) -> Result<Option<Vec<u8>>, SeenStoreError> {
+        Ok(self
+            .filters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned())
+    }
+    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
+        self.filters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_string(), bytes);
+        Ok(())
+    }
+}
+
+/// The Bloom key of an item: a hash of its external id, so filters survive artifact versions
+/// that renumber items.
+pub fn item_key(item_id: &str) -> u64 {
+    item_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+// === metrics ===
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: &'static str,
+}
+
+/// Metrics of the recall service.
+pub struct RecallMetrics {
+    pub registry: Registry,
+    pub requests: Family<RpcLabels, Counter>,
+    pub latency: Histogram,
+    pub channel_latency: Family<ChannelLabels, Histogram>,
+    pub candidates: Histogram,
+    pub seen_filtered: Counter,
+    pub seen_errors: Counter,
+}
+
+impl Default for RecallMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("recstack_recall");
+        let requests = Family::<RpcLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let channel_latency = Family::<ChannelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
+        });
+        let candidates = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        let seen_filtered = Counter::default();
+        let seen_errors = Counter::default();
+        registry.register("requests", "Requests by RPC and status code", requests.clone());
+        registry.register("latency_seconds", "Recall latency", latency.clone());
+        registry.register(
+            "channel_latency_seconds",
+            "Latency of each channel",
+            channel_latency.clone(),
+        );
+        registry.register("candidates", "Candidates returned per request", candidates.clone());
+        registry.register(
+            "seen_filtered",
+            "Candidates removed by the seen filter",
+            seen_filtered.clone(),
+        );
+        registry.register(
+            "seen_errors",
+            "Seen-store failures (recall goes on unfiltered)",
+            seen_errors.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            channel_latency,
+            candidates,
+            seen_filtered,
+            seen_errors,
+        }
+    }
+}
+
+impl RecallMetrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+// === the service ===
+
+/// The gRPC recall service.
+pub struct RecallService<S> {
+    pub slot: Arc<ArtifactSlot>,
+    pub seen: S,
+    pub seen_config: SeenConfig,
+    pub metrics: Arc<RecallMetrics>,
+}
+
+/// A validated recall request.
+#[derive(Debug, PartialEq)]
+pub struct RecallQuery {
+    pub user_id: String,
+    pub n: usize,
+    pub quotas: BTreeMap<Channel, usize>,
+}
+
+/// Checks a request; errors name the offending field.
+pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
+    let user_id = req.user_id.trim();
+    if user_id.is_empty() {
+        return Err(Status::invalid_argument("user_id is required"));
+    }
+    if user_id.len() > 256 {
+        return Err(Status::invalid_argument("user_id is longer than 256 bytes"));
+    }
+    let n = match req.n as usize {
+        0 => DEFAULT_N,
+        n if n > MAX_N => {
+            return Err(Status::invalid_argument(format!(
+                "n is {n}; at most {MAX_N} candidates"
+            )));
+        }
+        n => n,
+    };
+    let mut quotas: BTreeMap<Channel, usize> = Channel::ALL.iter().map(|&c| (c, DEFAULT_QUOTA)).collect();
+    for (name, &q) in &req.channel_quotas {
+        let Some(c) = Channel::parse(name) else {
+            let known: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
+            return Err(Status::invalid_argument(format!(
+                "channel_quotas.{name}: unknown channel (known: {})",
+                known.join(", ")
+            )));
+        };
+        if q as usize > MAX_N {
+            return Err(Status::invalid_argument(format!(
+                "channel_quotas.{name} is {q}; at most {MAX_N}"
+            )));
+        }
+        quotas.insert(c, q as usize);
+    }
+    Ok(RecallQuery {
+        user_id: user_id.to_string(),
+        n,
+        quotas,
+    })
+}
+
+impl<S: SeenStore> RecallService<S> {
+    pub fn new(slot: Arc<ArtifactSlot>, seen: S, seen_config: SeenConfig, metrics: Arc<RecallMetrics>) -> Self {
+        Self {
+            slot,
+            seen,
+            seen_config,
+            metrics,
+        }
+    }
+
+    async fn seen_filter(&self, user: &str) -> Option<SeenFilter> {
+        match self.seen.get(user).await {
+            Ok(Some(bytes)) => match SeenFilter::from_bytes(self.seen_config, &bytes) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    warn!(user, error = %e, "unreadable seen filter; recalling unfiltered");
+                    self.metrics.seen_errors.inc();
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                // Recall without the filter rather than fail the request.
+                warn!(user, error = %e, "seen store unavailable; recalling unfiltered");
+                self.metrics.seen_errors.inc();
+                None
+            }
+        }
+    }
+
+    /// Recall for a validated query.
+    pub async fn run(&self, q: RecallQuery) -> Result<RecallResponse, Status> {
+        let loaded = self.slot.get();
+        let user = loaded.users.get(&q.user_id).copied().unwrap_or(u32::MAX);
+        let quotas = q.quotas.clone();
+        let work = loaded.clone();
+        let lists = tokio::task::spawn_blocking(move || {
+            quotas
+                .par_iter()
+                .filter(|(_, q)| **q > 0)
+                .map(|(&c, &quota)| {
+                    let start = Instant::now();
+                    let list = channel(&work.artifacts, c, user, quota);
+                    (list, start.elapsed())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("recall worker failed: {e}")))?;
+
+        let mut stats = Vec::with_capacity(lists.len());
+        for (list, took) in &lists {
+            self.metrics
+                .channel_latency
+                .get_or_create(&ChannelLabels {
+                    channel: list.channel.name(),
+                })
+                .observe(took.as_secs_f64());
+            stats.push(ChannelStats {
+                channel: list.channel.name().to_string(),
+                returned: list.items.len() as u32,
+                latency_us: took.as_micros().min(u128::from(u32::MAX)) as u32,
+            });
+        }
+        let lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
+        let all: usize = q.quotas.values().sum();
+        let merged = merge(&lists, |c| q.quotas.get(&c).copied().unwrap_or(0), all);
+
+        let filter = self.seen_filter(&q.user_id).await;
+        let items = &loaded.artifacts.items;
+        let mut filtered_seen = Vec::new();
+        let mut candidates = Vec::with_capacity(q.n);
+        for c in merged {
+            let id = &items[c.item as usize].id;
+            if filter.as_ref().is_some_and(|f| f.contains(item_key(id))) {
+                filtered_seen.push(id.clone());
+                continue;
+            }
+            if candidates.len() < q.n {
+                candidates.push(Candidate {
+                    item_id: id.clone(),
+                    fused_score: c.fused,
+                    sources: c
+                        .sources
+                        .iter()
+                        .map(|s| Source {
+                            channel: s.channel.name().to_string(),
+                            score: s.score,
+                            rank: s.rank,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        self.metrics.seen_filtered.inc_by(filtered_seen.len() as u64);
+        self.metrics.candidates.observe(candidates.len() as f64);
+        Ok(RecallResponse {
+            candidates,
+            artifact_version: loaded.manifest.version.clone(),
+            channels: stats,
+            filtered_seen,
+        })
+    }
+
+    /// Adds impressions to the user's seen filter.
+    pub async fn impressions(&self, req: ImpressionsRequest) -> Result<ImpressionsResponse, Status> {
+        let user = req.user_id.trim();
+        if user.is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        if req.item_ids.len() > 10_000 {
+            return Err(Status::invalid_argument("item_ids: at most 10000 per call"));
+        }
+        let loaded = self.slot.get();
+        let mut filter = self
+            .seen_filter(user)
+            .await
+            .unwrap_or_else(|| SeenFilter::new(self.seen_config));
+        let (mut recorded, mut unknown_items) = (0, Vec::new());
+        for id in &req.item_ids {
+            if loaded.items.contains_key(id) {
+                filter.insert(item_key(id));
+                recorded += 1;
+            } else {
+                unknown_items.push(id.clone());
+            }
+        }
+        self.seen
+            .put(user, filter.to_bytes())
+            .await
+            .map_err(|e| Status::unavailable(format!("seen store: {e}")))?;
+        Ok(ImpressionsResponse {
+            recorded,
+            unknown_items,
+        })
+    }
+
+    fn count(&self, rpc: &'static str, result: &Result<impl Sized, Status>) {
+        let code = match result {
+            Ok(_) => "ok",
+            Err(s) if s.code() == tonic::Code::InvalidArgument => "invalid_argument",
+            Err(s) if s.code() == tonic::Code::Unavailable => "unavailable",
+            Err(_) => "internal",
+        };
+        self.metrics.requests.get_or_create(&RpcLabels { rpc, code }).inc();
+    }
+}
+
+#[tonic::async_trait]
+impl<S: SeenStore> Recall for RecallService<S> {
+    async fn recall(&self, request: Request<RecallRequest>) -> Result<Response<RecallResponse>, Status> {
+        let start = Instant::now();
+        let result = match validate(request.get_ref()) {
+            Ok(q) => self.run(q).await,
+            Err(e) => Err(e),
+        };
+        self.count("recall", &result);
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+
+    async fn record_impressions(
+        &self,
+        request: Request<ImpressionsRequest>,
+    ) -> Result<Response<ImpressionsResponse>, Status> {
+        let result = self.impressions(request.into_inner()).await;
+        self.count("record_impressions", &result);
+        result.map(Response::new)
+    }
+}
+
+/// Reloads `root/current` every `every` until the process ends.
+pub async fn watch_artifacts(slot: Arc<ArtifactSlot>, root: PathBuf, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = slot.reload_if_changed(root.clone()).await {
+            warn!(error = %e, "artifact reload failed; still serving the previous version");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(user: &str, n: u32, quotas: &[(&str, u32)]) -> RecallRequest {
+        RecallRequest {
+            user_id: user.into(),
+            n,
+            channel_quotas: quotas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let err = |r: RecallRequest| validate(&r).unwrap_err().message().to_string();
+        assert_eq!(err(req("  ", 10, &[])), "user_id is required");
+        assert!(err(req("u", 5001, &[])).starts_with("n is 5001"));
+        assert!(err(req("u", 10, &[("bogus", 1)])).starts_with("channel_quotas.bogus: unknown channel"));
+        assert!(err(req("u", 10, &[("hot", 9999)])).starts_with("channel_quotas.hot is 9999"));
+        let q = validate(&req(" u1 ", 0, &[("hot", 0), ("tag", 50)])).unwrap();
+        assert_eq!((q.user_id.as_str(), q.n), ("u1", DEFAULT_N));
+        assert_eq!(
+            (
+                q.quotas[&Channel::Hot],
+                q.quotas[&Channel::Tag],
+                q.quotas[&Channel::Als]
+            ),
+            (0, 50, 200)
+        );
+    }
+
+    #[test]
+    fn item_keys_are_stable() {
+        assert_eq!(item_key("0110912"), item_key("0110912"));
+        assert_ne!(item_key("0110912"), item_key("0110913"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The recall service over real gRPC, on artifacts built from the bundled data.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use recstack_services::build::{self, BuildParams, Progress};
+use recstack_services::dataset::{self, Dataset};
+use recstack_services::recall::seen::SeenConfig;
+use recstack_services::recall::service::proto::recall_client::RecallClient;
+use recstack_services::recall::service::proto::recall_server::RecallServer;
+use recstack_services::recall::service::proto::{ImpressionsRequest, RecallRequest, RecallResponse};
+use recstack_services::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
+use tonic::transport::{Channel, Server};
+
+/// Artifacts built once for this test binary.
+fn artifact_root() -> &'static PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = dataset::bundled_dir();
+        let ds = Dataset::load_movietweetings(&dir).unwrap();
+        let params = BuildParams::default();
+        let a = build::build(&ds, &params, &Progress::new(true)).unwrap();
+        let root = std::env::temp_dir().join(format!("recstack-recall-svc-{}", std::process::id()));
+        let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).unwrap();
+        build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
+        root
+    })
+}
+
+struct Running {
+    client: RecallClient<Channel>,
+    slot: Arc<ArtifactSlot>,
+    metrics: Arc<RecallMetrics>,
+}
+
+async fn start() -> Running {
+    let slot = Arc::new(ArtifactSlot::new(Loaded::from_dir(artifact_root()).unwrap()));
+    let metrics = Arc::new(RecallMetrics::default());
+    let service = RecallService::new(
+        slot.clone(),
+        MemorySeenStore::default(),
+        SeenConfig::default(),
+        metrics.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(RecallServer::new(service))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let client = RecallClient::connect(format!("http://{addr}")).await.unwrap();
+    Running { client, slot, metrics }
+}
+
+/// A user with a long training history and held-out ratings.
+fn active_user(loaded: &Loaded) -> (String, HashSet<String>) {
+    let a = &loaded.artifacts;
+    let u = a
+        .holdout
+        .iter()
+        .map(|r| r.user)
+        .max_by_key(|&u| (a.history[u as usize].len(), u))
+        .unwrap();
+    let seen = a.history[u as usize]
+        .iter()
+        .map(|&i| a.items[i as usize].id.clone())
+        .collect();
+    (a.users[u as usize].clone(), seen)
+}
+
+fn request(user: &str, n: u32, quotas: &[(&str, u32)]) -> RecallRequest {
+    RecallRequest {
+        user_id: user.into(),
+        n,
+        channel_quotas: quotas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    }
+}
+
+fn channels_of(resp: &RecallResponse) -> HashSet<String> {
+    resp.candidates
+        .iter()
+        .flat_map(|c| c.sources.iter().map(|s| s.channel.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn recall_returns_deduplicated_candidates_with_lineage() {
+    let mut r = start().await;
+    let (user, history) = active_user(&r.slot.get());
+    let resp = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    assert!(
+        (500..=1000).contains(&resp.candidates.len()),
+        "{} candidates",
+        resp.candidates.len()
+    );
+    assert_eq!(resp.artifact_version, r.slot.get().manifest.version);
+    let ids: HashSet<&str> = resp.candidates.iter().map(|c| c.item_id.as_str()).collect();
+    assert_eq!(ids.len(), resp.candidates.len(), "deduplicated");
+    assert!(
+        ids.iter().all(|id| !history.contains(*id)),
+        "no item from the user's history"
+    );
+    assert_eq!(channels_of(&resp).len(), 6, "all six channels contribute");
+    for c in &resp.candidates {
+        assert!(!c.sources.is_empty());
+        assert!(c.sources.iter().all(|s| s.rank >= 1 && s.rank <= 200), "{c:?}");
+    }
+    assert!(
+        resp.candidates.windows(2).all(|w| w[0].fused_score >= w[1].fused_score),
+        "ranked by fused score"
+    );
+    assert_eq!(resp.channels.len(), 6);
+    assert!(resp.channels.iter().all(|s| s.returned > 0), "{:?}", resp.channels);
+    let metrics = r.metrics.encode();
+    assert!(
+        metrics.contains("recstack_recall_requests_total{rpc=\"recall\",code=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn quotas_shape_the_channel_mix() {
+    let mut r = start().await;
+    let (user, _) = active_user(&r.slot.get());
+    let resp = r
+        .client
+        .recall(request(&user, 100, &[("hot", 0), ("item_cf", 5)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.candidates.len(), 100);
+    assert!(!channels_of(&resp).contains("hot"), "hot is off");
+    let item_cf = resp
+        .candidates
+        .iter()
+        .filter(|c| c.sources.iter().any(|s| s.channel == "item_cf"))
+        .count();
+    assert!(item_cf <= 5, "{item_cf} item_cf candidates");
+    assert!(!resp.channels.iter().any(|s| s.channel == "hot"));
+}
+
+#[tokio::test]
+async fn unknown_users_get_hot_items() {
+    let mut r = start().await;
+    let resp = r
+        .client
+        .recall(request("no-such-user", 50, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.candidates.len(), 50);
+    assert_eq!(channels_of(&resp), HashSet::from(["hot".to_string()]));
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let mut r = start().await;
+    let err = r.client.recall(request("", 10, &[])).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::InvalidArgument, "user_id is required")
+    );
+    let err = r.client.recall(request("1", 10, &[("trending", 5)])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("channel_quotas.trending: unknown channel"),
+        "{}",
+        err.message()
+    );
+    let err = r.client.recall(request("1", 100_000, &[])).await.unwrap_err();
+    assert!(err.message().starts_with("n is 100000"), "{}", err.message());
+    let metrics = r.metrics.encode();
+    assert!(metrics.contains("code=\"invalid_argument\"} 3"), "{metrics}");
+}
+
+#[tokio::test]
+async fn impressions_are_filtered_from_later_recalls() {
+    let mut r = start().await;
+    let (user, _) = active_user(&r.slot.get());
+    let first = r.client.recall(request(&user, 50, &[])).await.unwrap().into_inner();
+    let shown: Vec<String> = first.candidates.iter().take(10).map(|c| c.item_id.clone()).collect();
+    let ack = r
+        .client
+        .record_impressions(ImpressionsRequest {
+            user_id: user.clone(),
+            item_ids: shown.iter().cloned().chain(["not-an-item".to_string()]).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.recorded, 10);
+    assert_eq!(ack.unknown_items, ["not-an-item"]);
+
+    let second = r.client.recall(request(&user, 50, &[])).await.unwrap().into_inner();
+    assert_eq!(second.candidates.len(), 50, "still a full list");
+    let ids: HashSet<&str> = second.candidates.iter().map(|c| c.item_id.as_str()).collect();
+    assert!(
+        shown.iter().all(|s| !ids.contains(s.as_str())),
+        "shown items are not recalled again"
+    );
+    let filtered: HashSet<&String> = second.filtered_seen.iter().collect();
+    assert!(
+        shown.iter().all(|s| filtered.contains(s)),
+        "the response reports what it filtered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_swap_under_load_fails_no_request() {
+    let r = start().await;
+    let (user, _) = active_user(&r.slot.get());
+    let v1 = r.slot.get().manifest.version.clone();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = r.client.clone();
+        let user = user.clone();
+        clients.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for _ in 0..40 {
+                let resp = client
+                    .recall(request(&user, 200, &[]))
+                    .await
+                    .expect("no failed request during swaps");
+                assert_eq!(resp.get_ref().candidates.len(), 200);
+                versions.push(resp.into_inner().artifact_version);
+            }
+            versions
+        }));
+    }
+    // Swap between two loaded versions while the clients run; a request right after each
+    // swap is served by the new version.
+    let mut probe = r.client.clone();
+    for round in 0..6 {
+        let mut loaded = Loaded::from_dir(artifact_root()).unwrap();
+        let version = if round % 2 == 0 {
+            "v-next".to_string()
+        } else {
+            v1.clone()
+        };
+        loaded.manifest.version = version.clone();
+        r.slot.swap(loaded);
+        let resp = probe.recall(request(&user, 200, &[])).await.unwrap().into_inner();
+        assert_eq!(resp.artifact_version, version, "round {round}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut seen_versions = HashSet::new();
+    for c in clients {
+        seen_versions.extend(c.await.unwrap());
+    }
+    assert!(
+        seen_versions.is_subset(&HashSet::from([v1.clone(), "v-next".to_string()])),
+        "{seen_versions:?}"
+    );
+}
