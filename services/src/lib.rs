@@ -10,5 +10,6 @@
 pub mod build;
 pub mod dataset;
 pub mod eval;
+pub mod features;
 pub mod ops;
 pub mod recall;

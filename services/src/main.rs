@@ -13,6 +13,10 @@ use clap::{Parser, Subcommand};
 use recstack_services::build::{self, BuildParams, Progress};
 use recstack_services::dataset::{self, Dataset};
 use recstack_services::eval;
+use recstack_services::features::proto::features_server::FeaturesServer;
+use recstack_services::features::{
+    CachePolicy, FeatureMetrics, FeatureService, FeatureStore, L2, NoL2, RedisL2, Snapshot,
+};
 use recstack_services::ops;
 use recstack_services::recall::seen::SeenConfig;
 use recstack_services::recall::service::proto::recall_server::RecallServer;
@@ -74,6 +78,100 @@ enum Serve {
         #[arg(long, default_value_t = 10)]
         reload_secs: u64,
     },
+    /// The feature gRPC service (L1 cache ▸ Redis ▸ the artifacts' snapshot).
+    Features {
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Redis for real-time features (`redis://host:port`); unset: L1 over the snapshot.
+        #[arg(long, env = "RECSTACK_REDIS_URL")]
+        redis_url: Option<String>,
+        /// L1 dump written on shutdown and loaded on start.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        grpc_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        http_addr: SocketAddr,
+    },
+}
+
+async fn serve_features(
+    artifacts: PathBuf,
+    redis_url: Option<String>,
+    dump: Option<PathBuf>,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let loaded = Loaded::from_dir(&artifacts).with_context(|| {
+        format!(
+            "no artifacts in {}: run `recstack build --out {}`",
+            artifacts.display(),
+            artifacts.display()
+        )
+    })?;
+    let snapshot = Arc::new(Snapshot::from_artifacts(&loaded.artifacts));
+    drop(loaded);
+    let metrics = Arc::new(FeatureMetrics::default());
+    let encode: ops::Encode = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.encode())
+    };
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding {http_addr}"))?;
+    tokio::spawn(async move { axum::serve(http, ops::router(encode, Arc::new(AtomicBool::new(true)))).await });
+    match redis_url {
+        Some(url) => {
+            let l2 = RedisL2::connect(&url, Duration::from_millis(100))
+                .await
+                .context("connecting to Redis")?;
+            run_features(
+                FeatureStore::new(l2, snapshot, CachePolicy::default(), metrics),
+                dump,
+                grpc_addr,
+            )
+            .await
+        }
+        None => {
+            run_features(
+                FeatureStore::new(NoL2, snapshot, CachePolicy::default(), metrics),
+                dump,
+                grpc_addr,
+            )
+            .await
+        }
+    }
+}
+
+async fn run_features<L: L2>(
+    store: FeatureStore<L>,
+    dump: Option<PathBuf>,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let store = Arc::new(store);
+    if let Some(path) = &dump {
+        let n = store
+            .warm(path)
+            .await
+            .with_context(|| format!("reading the L1 dump {}", path.display()))?;
+        eprintln!("features: warmed L1 with {n} values from {}", path.display());
+    }
+    eprintln!("features: gRPC on {grpc_addr}");
+    tonic::transport::Server::builder()
+        .add_service(FeaturesServer::new(FeatureService { store: store.clone() }))
+        .serve_with_shutdown(grpc_addr, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("feature server")?;
+    if let Some(path) = &dump {
+        let n = store
+            .dump(path)
+            .await
+            .with_context(|| format!("writing the L1 dump {}", path.display()))?;
+        eprintln!("features: dumped {n} values to {}", path.display());
+    }
+    Ok(())
 }
 
 async fn serve_recall(
@@ -164,6 +262,19 @@ fn main() -> anyhow::Result<()> {
         } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve_recall(artifacts, grpc_addr, http_addr, reload_secs))
+        }
+        Command::Serve {
+            component:
+                Serve::Features {
+                    artifacts,
+                    redis_url,
+                    dump,
+                    grpc_addr,
+                    http_addr,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve_features(artifacts, redis_url, dump, grpc_addr, http_addr))
         }
         Command::Eval { artifacts, version } => {
             let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;

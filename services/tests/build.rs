@@ -86,6 +86,24 @@ fn every_channel_recalls_unseen_items_for_a_held_out_user() {
 }
 
 #[test]
+fn feature_snapshot_uses_external_ids() {
+    let a = artifacts();
+    let snapshot = recstack_services::features::Snapshot::from_artifacts(a);
+    let user = a.holdout[0].user as usize;
+    let features = snapshot.user(&a.users[user]).expect("a known user has features");
+    assert_eq!(features.ratings as usize, a.history[user].len());
+    let catalogue: HashSet<&str> = a.items.iter().map(|i| i.id.as_str()).collect();
+    assert!(!features.recent_items.is_empty());
+    assert!(features.recent_items.iter().all(|id| catalogue.contains(id.as_str())));
+    assert_eq!(
+        features.recent_items[0], a.items[a.history[user][0] as usize].id,
+        "most recent first"
+    );
+    let pulp = snapshot.item("0110912").expect("Pulp Fiction");
+    assert!(pulp.ratings > 0 && pulp.genres.contains(&"Crime".to_string()));
+}
+
+#[test]
 fn unknown_and_cold_users_get_only_what_makes_sense() {
     let a = artifacts();
     let cold = (0..a.users.len() as u32).find(|&u| a.history[u as usize].is_empty());

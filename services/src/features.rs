@@ -1,0 +1,485 @@
+//! The feature service: user and item features through three levels.
+//!
+//! - **L1**: an in-process moka cache. An entry is fresh for `ttl`; loads of one key are
+//!   serialized by moka's per-key compute lock, so a burst of requests for a cold key makes
+//!   one L2 read (single-flight), and waiters find the fresh entry.
+//! - **L2**: Redis, where the stream job writes real-time features (protobuf bytes under
+//!   `recstack:features:{user|item}:<id>`). Optional: one machine runs without it.
+//! - **Snapshot**: the features in the build's artifacts, for keys Redis does not have.
+//!
+//! When Redis fails, a stale L1 value is served and its freshness extended (stale-on-error);
+//! without one, the snapshot answers. A request never fails because Redis did. The L1 can be
+//! dumped on shutdown and loaded on start (warm restart).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::build::Artifacts;
+
+/// Generated gRPC types (`services/proto/features.proto`).
+pub mod proto {
+    tonic::include_proto!("recstack.features.v1");
+}
+
+use proto::features_server::Features;
+use proto::{CacheDump, GenreShare, GetItemsRequest, GetItemsResponse, GetUserRequest, GetUserResponse};
+pub use proto::{ItemFeatures, UserFeatures};
+
+/// A feature key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    User(String),
+    Item(String),
+}
+
+impl Key {
+    /// The Redis key.
+    pub fn redis_key(&self) -> String {
+        match self {
+            Key::User(id) => format!("recstack:features:user:{id}"),
+            Key::Item(id) => format!("recstack:features:item:{id}"),
+        }
+    }
+}
+
+/// A cached value (`None`: known to exist nowhere).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    User(UserFeatures),
+    Item(ItemFeatures),
+}
+
+impl Value {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Value::User(u) => u.encode_to_vec(),
+            Value::Item(i) => i.encode_to_vec(),
+        }
+    }
+
+    fn decode(key: &Key, bytes: &[u8]) -> Result<Value, prost::DecodeError> {
+        Ok(match key {
+            Key::User(_) => Value::User(UserFeatures::decode(bytes)?),
+            Key::Item(_) => Value::Item(ItemFeatures::decode(bytes)?),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Cached {
+    value: Option<Arc<Value>>,
+    fresh_until: Instant,
+}
+
+/// The build's features, by external id.
+#[derive(Default)]
+pub struct Snapshot {
+    users: HashMap<String, UserFeatures>,
+    items: HashMap<String, ItemFeatures>,
+}
+
+impl Snapshot {
+    pub fn from_parts(users: Vec<UserFeatures>, items: Vec<ItemFeatures>) -> Self {
+        Self {
+            users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
+            items: items.into_iter().map(|i| (i.item_id.clone(), i)).collect(),
+        }
+    }
+
+    pub fn from_artifacts(a: &Artifacts) -> Self {
+        let items = a
+            .items
+            .iter()
+            .zip(&a.item_features)
+            .map(|(item, f)| {
+                let v = ItemFeatures {
+                    item_id: item.id.clone(),
+                    ratings: f.ratings,
+                    mean_rating: f.mean_rating,
+                    hot_score: f.hot_score,
+                    year: f.year.map_or(0, u32::from),
+                    genres: f.genres.clone(),
+                };
+                (item.id.clone(), v)
+            })
+            .collect();
+        let users = a
+            .users
+            .iter()
+            .zip(&a.user_features)
+            .map(|(user, f)| {
+                let v = UserFeatures {
+                    user_id: user.clone(),
+                    ratings: f.ratings,
+                    mean_rating: f.mean_rating,
+                    last_ts: f.last_ts,
+                    top_genres: f
+                        .top_genres
+                        .iter()
+                        .map(|(g, s)| GenreShare {
+                            genre: g.clone(),
+                            share: *s,
+                        })
+                        .collect(),
+                    recent_items: f.recent_items.iter().map(|&i| a.items[i as usize].id.clone()).collect(),
+                };
+                (user.clone(), v)
+            })
+            .collect();
+        Self { users, items }
+    }
+
+    pub fn user(&self, id: &str) -> Option<&UserFeatures> {
+        self.users.get(id)
+    }
+
+    pub fn item(&self, id: &str) -> Option<&ItemFeatures> {
+        self.items.get(id)
+    }
+
+    fn get(&self, key: &Key) -> Option<Value> {
+        match key {
+            Key::User(id) => self.users.get(id).cloned().map(Value::User),
+            Key::Item(id) => self.items.get(id).cloned().map(Value::Item),
+        }
+    }
+}
+
+/// Why L2 could not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("feature L2: {0}")]
+pub struct L2Error(pub String);
+
+/// The second cache level.
+pub trait L2: Send + Sync + 'static {
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, L2Error>> + Send;
+}
+
+/// No L2: L1 over the snapshot (one machine).
+pub struct NoL2;
+
+impl L2 for NoL2 {
+    async fn get(&self, _key: &str) -> Result<Option<Vec<u8>>, L2Error> {
+        Ok(None)
+    }
+}
+
+/// Redis through a reconnecting connection manager with short timeouts, so a dead Redis costs
+/// a request at most `timeout`.
+#[derive(Clone)]
+pub struct RedisL2 {
+    conn: redis::aio::ConnectionManager,
+}
+
+impl RedisL2 {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, L2Error> {
+        let client = redis::Client::open(url).map_err(|e| L2Error(format!("{url}: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| L2Error(format!("{url}: {e}")))?;
+        Ok(Self { conn })
+    }
+}
+
+impl L2 for RedisL2 {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, L2Error> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| L2Error(e.to_string()))
+    }
+}
+
+// === metrics ===
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// l1, l2, snapshot, stale
+    pub source: &'static str,
+}
+
+pub struct FeatureMetrics {
+    pub registry: Registry,
+    /// Values served, by where they came from.
+    pub served: Family<SourceLabels, Counter>,
+    pub l2_reads: Counter,
+    pub l2_errors: Counter,
+}
+
+impl Default for FeatureMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("recstack_features");
+        let served = Family::<SourceLabels, Counter>::default();
+        let l2_reads = Counter::default();
+        let l2_errors = Counter::default();
+        registry.register(
+            "served",
+            "Feature values served, by source (l1, l2, snapshot, stale)",
+            served.clone(),
+        );
+        registry.register("l2_reads", "Reads from L2 (Redis)", l2_reads.clone());
+        registry.register(
+            "l2_errors",
+            "L2 failures answered from a stale value or the snapshot",
+            l2_errors.clone(),
+        );
+        Self {
+            registry,
+            served,
+            l2_reads,
+            l2_errors,
+        }
+    }
+}
+
+impl FeatureMetrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+    fn served(&self, source: &'static str) {
+        self.served.get_or_create(&SourceLabels { source }).inc();
+    }
+}
+
+// === the store ===
+
+/// Freshness settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CachePolicy {
+    /// How long an L1 entry is served without asking L2.
+    pub ttl: Duration,
+    /// How much longer a stale entry is served when L2 fails.
+    pub stale_extension: Duration,
+    pub max_entries: u64,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            stale_extension: Duration::from_secs(30),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// L1 ▸ L2 ▸ snapshot.
+pub struct FeatureStore<L: L2> {
+    l1: Cache<Key, Cached>,
+    l2: L,
+    snapshot: Arc<Snapshot>,
+    policy: CachePolicy,
+    pub metrics: Arc<FeatureMetrics>,
+}
+
+impl<L: L2> FeatureStore<L> {
+    pub fn new(l2: L, snapshot: Arc<Snapshot>, policy: CachePolicy, metrics: Arc<FeatureMetrics>) -> Self {
+        Self {
+            l1: Cache::new(policy.max_entries),
+            l2,
+            snapshot,
+            policy,
+            metrics,
+        }
+    }
+
+    /// The value of `key`, or `None` when no level has it. Never fails.
+    pub async fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        if let Some(c) = self.l1.get(key).await
+            && c.fresh_until > Instant::now()
+        {
+            self.metrics.served("l1");
+            return c.value;
+        }
+        let result = self
+            .l1
+            .entry(key.clone())
+            .and_compute_with(|old| async move {
+                let old = old.map(|e| e.into_value());
+                // Another caller refreshed it while this one waited for the key lock.
+                if let Some(c) = &old
+                    && c.fresh_until > Instant::now()
+                {
+                    self.metrics.served("l1");
+                    return Op::Nop;
+                }
+                Op::Put(self.load(key, old).await)
+            })
+            .await;
+        match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => e.into_value().value,
+            CompResult::Removed(_) | CompResult::StillNone(_) => None,
+        }
+    }
+
+    async fn load(&self, key: &Key, old: Option<Cached>) -> Cached {
+        let now = Instant::now();
+        self.metrics.l2_reads.inc();
+        match self.l2.get(&key.redis_key()).await {
+            Ok(Some(bytes)) => match Value::decode(key, &bytes) {
+                Ok(v) => {
+                    self.metrics.served("l2");
+                    return Cached {
+                        value: Some(Arc::new(v)),
+                        fresh_until: now + self.policy.ttl,
+                    };
+                }
+                Err(e) => {
+                    warn!(key = %key.redis_key(), error = %e, "undecodable feature value in L2; using the snapshot")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.l2_errors.inc();
+                if let Some(old) = old {
+                    warn!(key = %key.redis_key(), error = %e, "L2 failed; serving the stale value");
+                    self.metrics.served("stale");
+                    return Cached {
+                        value: old.value,
+                        fresh_until: now + self.policy.stale_extension,
+                    };
+                }
+                warn!(key = %key.redis_key(), error = %e, "L2 failed; serving the snapshot");
+                self.metrics.served("snapshot");
+                return Cached {
+                    value: self.snapshot.get(key).map(Arc::new),
+                    fresh_until: now + self.policy.stale_extension,
+                };
+            }
+        }
+        self.metrics.served("snapshot");
+        Cached {
+            value: self.snapshot.get(key).map(Arc::new),
+            fresh_until: now + self.policy.ttl,
+        }
+    }
+
+    /// Writes every cached value to `path` (protobuf `CacheDump`), via a temporary file.
+    pub async fn dump(&self, path: &Path) -> std::io::Result<usize> {
+        self.l1.run_pending_tasks().await;
+        let mut dump = CacheDump::default();
+        for (_, cached) in self.l1.iter() {
+            match cached.value.as_deref() {
+                Some(Value::User(u)) => dump.users.push(u.clone()),
+                Some(Value::Item(i)) => dump.items.push(i.clone()),
+                None => {}
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, dump.encode_to_vec())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(dump.users.len() + dump.items.len())
+    }
+
+    /// Loads a dump into L1 as fresh entries. A missing file is an empty dump.
+    pub async fn warm(&self, path: &Path) -> std::io::Result<usize> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let dump = CacheDump::decode(bytes.as_slice()).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let fresh_until = Instant::now() + self.policy.ttl;
+        let n = dump.users.len() + dump.items.len();
+        for u in dump.users {
+            let key = Key::User(u.user_id.clone());
+            self.l1
+                .insert(
+                    key,
+                    Cached {
+                        value: Some(Arc::new(Value::User(u))),
+                        fresh_until,
+                    },
+                )
+                .await;
+        }
+        for i in dump.items {
+            let key = Key::Item(i.item_id.clone());
+            self.l1
+                .insert(
+                    key,
+                    Cached {
+                        value: Some(Arc::new(Value::Item(i))),
+                        fresh_until,
+                    },
+                )
+                .await;
+        }
+        Ok(n)
+    }
+}
+
+/// Encodes a value as the stream job writes it to Redis.
+pub fn encode_for_l2(value: &Value) -> Vec<u8> {
+    value.encode()
+}
+
+// === gRPC ===
+
+/// Most items one `GetItems` call may ask for.
+pub const MAX_ITEMS: usize = 5000;
+
+pub struct FeatureService<L: L2> {
+    pub store: Arc<FeatureStore<L>>,
+}
+
+#[tonic::async_trait]
+impl<L: L2> Features for FeatureService<L> {
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
+        let id = request.into_inner().user_id;
+        if id.trim().is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        let features = match self.store.get(&Key::User(id)).await.as_deref() {
+            Some(Value::User(u)) => Some(u.clone()),
+            _ => None,
+        };
+        Ok(Response::new(GetUserResponse { features }))
+    }
+
+    async fn get_items(&self, request: Request<GetItemsRequest>) -> Result<Response<GetItemsResponse>, Status> {
+        let ids = request.into_inner().item_ids;
+        if ids.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "item_ids: at most {MAX_ITEMS} per call, got {}",
+                ids.len()
+            )));
+        }
+        if let Some(pos) = ids.iter().position(|id| id.trim().is_empty()) {
+            return Err(Status::invalid_argument(format!("item_ids[{pos}] is empty")));
+        }
+        // Concurrently: each miss is its own L2 round trip.
+        let keys: Vec<Key> = ids.iter().map(|id| Key::Item(id.clone())).collect();
+        let values = futures::future::join_all(keys.iter().map(|k| self.store.get(k))).await;
+        let mut response = GetItemsResponse::default();
+        for (id, v) in ids.into_iter().zip(values) {
+            match v.as_deref() {
+                Some(Value::Item(i)) => response.items.push(i.clone()),
+                _ => response.missing.push(id),
+            }
+        }
+        Ok(Response::new(response))
+    }
+}

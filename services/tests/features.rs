@@ -1,0 +1,286 @@
+//! The feature service against a real Redis (Debian `redis-server`, started here on a free
+//! loopback port), including Redis dying mid-test.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use recstack_services::features::proto::features_client::FeaturesClient;
+use recstack_services::features::proto::features_server::FeaturesServer;
+use recstack_services::features::proto::{GetItemsRequest, GetUserRequest};
+use recstack_services::features::{
+    CachePolicy, FeatureMetrics, FeatureService, FeatureStore, ItemFeatures, Key, NoL2, RedisL2, Snapshot,
+    UserFeatures, Value, encode_for_l2,
+};
+
+/// A redis-server on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/setup installs it)");
+        // Owned from here on: Drop kills and reaps it, even if the test panics below.
+        let redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        let client = redis::Client::open(redis.url.as_str()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on {port}");
+    }
+
+    fn set(&self, key: &Key, value: &Value) {
+        let mut c = redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("SET")
+            .arg(key.redis_key())
+            .arg(encode_for_l2(value))
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn user(id: &str, ratings: u32) -> UserFeatures {
+    UserFeatures {
+        user_id: id.into(),
+        ratings,
+        mean_rating: 7.5,
+        ..Default::default()
+    }
+}
+
+fn item(id: &str, ratings: u32) -> ItemFeatures {
+    ItemFeatures {
+        item_id: id.into(),
+        ratings,
+        genres: vec!["Drama".into()],
+        ..Default::default()
+    }
+}
+
+fn snapshot() -> Arc<Snapshot> {
+    Arc::new(Snapshot::from_parts(
+        vec![user("u1", 5), user("u2", 6)],
+        vec![item("i1", 10), item("i2", 20)],
+    ))
+}
+
+async fn store(redis: &Redis, policy: CachePolicy) -> FeatureStore<RedisL2> {
+    let l2 = RedisL2::connect(&redis.url, Duration::from_millis(200)).await.unwrap();
+    FeatureStore::new(l2, snapshot(), policy, Arc::new(FeatureMetrics::default()))
+}
+
+fn ratings(v: Option<Arc<Value>>) -> Option<u32> {
+    match v.as_deref() {
+        Some(Value::User(u)) => Some(u.ratings),
+        Some(Value::Item(i)) => Some(i.ratings),
+        None => None,
+    }
+}
+
+fn metric(store: &FeatureStore<impl recstack_services::features::L2>, line: &str) -> u64 {
+    let text = store.metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn redis_overrides_the_snapshot_and_l1_caches_it() {
+    let redis = Redis::start();
+    redis.set(&Key::User("u1".into()), &Value::User(user("u1", 99)));
+    let s = store(&redis, CachePolicy::default()).await;
+    assert_eq!(
+        ratings(s.get(&Key::User("u1".into())).await),
+        Some(99),
+        "Redis holds the real-time value"
+    );
+    assert_eq!(ratings(s.get(&Key::User("u1".into())).await), Some(99));
+    assert_eq!(
+        metric(&s, "recstack_features_l2_reads_total"),
+        1,
+        "the second read is an L1 hit"
+    );
+    assert_eq!(metric(&s, "recstack_features_served_total{source=\"l1\"}"), 1);
+    // Not in Redis: the snapshot answers; nowhere: None.
+    assert_eq!(ratings(s.get(&Key::User("u2".into())).await), Some(6));
+    assert_eq!(ratings(s.get(&Key::Item("i2".into())).await), Some(20));
+    assert_eq!(s.get(&Key::Item("nope".into())).await, None);
+}
+
+#[tokio::test]
+async fn a_burst_on_a_cold_key_reads_redis_once() {
+    let redis = Redis::start();
+    redis.set(&Key::Item("i1".into()), &Value::Item(item("i1", 77)));
+    let s = Arc::new(store(&redis, CachePolicy::default()).await);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { ratings(s.get(&Key::Item("i1".into())).await) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(77));
+    }
+    assert_eq!(metric(&s, "recstack_features_l2_reads_total"), 1, "single flight");
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_test_serves_stale_values_without_errors() {
+    let mut redis = Redis::start();
+    redis.set(&Key::User("u1".into()), &Value::User(user("u1", 99)));
+    let policy = CachePolicy {
+        ttl: Duration::from_millis(50),
+        stale_extension: Duration::from_secs(5),
+        max_entries: 1000,
+    };
+    let s = store(&redis, policy).await;
+    assert_eq!(ratings(s.get(&Key::User("u1".into())).await), Some(99));
+
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await; // the entry is stale now
+    let started = std::time::Instant::now();
+    assert_eq!(
+        ratings(s.get(&Key::User("u1".into())).await),
+        Some(99),
+        "the stale value, not the snapshot's 5"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a dead Redis costs at most its timeout"
+    );
+    assert!(metric(&s, "recstack_features_l2_errors_total") >= 1);
+    assert_eq!(metric(&s, "recstack_features_served_total{source=\"stale\"}"), 1);
+    // The stale value was extended: served from L1 without another Redis attempt.
+    let errors = metric(&s, "recstack_features_l2_errors_total");
+    assert_eq!(ratings(s.get(&Key::User("u1".into())).await), Some(99));
+    assert_eq!(metric(&s, "recstack_features_l2_errors_total"), errors);
+    // Never cached and Redis down: the snapshot answers.
+    assert_eq!(ratings(s.get(&Key::User("u2".into())).await), Some(6));
+    assert_eq!(ratings(s.get(&Key::Item("i1".into())).await), Some(10));
+}
+
+#[tokio::test]
+async fn warm_restart_from_a_dump() {
+    let redis = Redis::start();
+    redis.set(&Key::User("u1".into()), &Value::User(user("u1", 99)));
+    let s = store(&redis, CachePolicy::default()).await;
+    s.get(&Key::User("u1".into())).await;
+    s.get(&Key::Item("i2".into())).await;
+    let path = std::env::temp_dir().join(format!("recstack-l1-{}.dump", std::process::id()));
+    assert_eq!(s.dump(&path).await.unwrap(), 2);
+
+    // A restarted service with no Redis and an empty snapshot still knows both.
+    let restarted = FeatureStore::new(
+        NoL2,
+        Arc::new(Snapshot::default()),
+        CachePolicy::default(),
+        Arc::new(FeatureMetrics::default()),
+    );
+    assert_eq!(restarted.warm(&path).await.unwrap(), 2);
+    assert_eq!(ratings(restarted.get(&Key::User("u1".into())).await), Some(99));
+    assert_eq!(ratings(restarted.get(&Key::Item("i2".into())).await), Some(20));
+    assert_eq!(metric(&restarted, "recstack_features_served_total{source=\"l1\"}"), 2);
+    assert_eq!(metric(&restarted, "recstack_features_l2_reads_total"), 0);
+    std::fs::remove_file(&path).ok();
+    assert_eq!(
+        restarted.warm(&path).await.unwrap(),
+        0,
+        "a missing dump is an empty one"
+    );
+}
+
+#[tokio::test]
+async fn grpc_get_user_and_items() {
+    let redis = Redis::start();
+    let s = Arc::new(store(&redis, CachePolicy::default()).await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(FeaturesServer::new(FeatureService { store: s }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut client = FeaturesClient::connect(format!("http://{addr}")).await.unwrap();
+    let u = client
+        .get_user(GetUserRequest { user_id: "u2".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u.features.unwrap().ratings, 6);
+    let none = client
+        .get_user(GetUserRequest {
+            user_id: "ghost".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.features.is_none());
+    let err = client
+        .get_user(GetUserRequest { user_id: " ".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::InvalidArgument, "user_id is required")
+    );
+
+    let items = client
+        .get_items(GetItemsRequest {
+            item_ids: vec!["i2".into(), "missing".into(), "i1".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = items.items.iter().map(|i| i.item_id.as_str()).collect();
+    assert_eq!(ids, ["i2", "i1"], "request order");
+    assert_eq!(items.missing, ["missing"]);
+    let err = client
+        .get_items(GetItemsRequest {
+            item_ids: vec!["i1".into(), "".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "item_ids[1] is empty");
+}
