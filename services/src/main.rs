@@ -59,6 +59,10 @@ enum Command {
         /// A specific version (default: the one `current` names).
         #[arg(long)]
         version: Option<String>,
+        /// Also write the split (train.csv, test.csv: user,item,rating with dense ids) for
+        /// peer libraries (`scripts/peers/implicit_als.py`).
+        #[arg(long)]
+        export_split: Option<PathBuf>,
     },
 }
 
@@ -219,6 +223,23 @@ async fn serve_recall(
     Ok(())
 }
 
+/// Writes the training and held-out ratings as CSV with dense ids.
+fn export(a: &build::Artifacts, dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut train = std::io::BufWriter::new(std::fs::File::create(dir.join("train.csv"))?);
+    for (u, (items, ratings)) in a.history.iter().zip(&a.history_ratings).enumerate() {
+        for (i, r) in items.iter().zip(ratings) {
+            writeln!(train, "{u},{i},{r}")?;
+        }
+    }
+    let mut test = std::io::BufWriter::new(std::fs::File::create(dir.join("test.csv"))?);
+    for r in &a.holdout {
+        writeln!(test, "{},{},{}", r.user, r.item, r.rating)?;
+    }
+    std::fs::write(dir.join("shape.txt"), format!("{} {}\n", a.users.len(), a.items.len()))
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -276,8 +297,15 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve_features(artifacts, redis_url, dump, grpc_addr, http_addr))
         }
-        Command::Eval { artifacts, version } => {
+        Command::Eval {
+            artifacts,
+            version,
+            export_split,
+        } => {
             let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
+            if let Some(dir) = export_split {
+                export(&a, &dir).with_context(|| format!("writing the split to {}", dir.display()))?;
+            }
             let (rows, users) = eval::evaluate(&a, true);
             println!(
                 "evaluation of {} on {users} users' held-out ratings ({} ratings)\n",

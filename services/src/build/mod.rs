@@ -106,6 +106,8 @@ pub struct Artifacts {
     pub users: Vec<String>,
     /// Training items per user, most recent first.
     pub history: Vec<Vec<u32>>,
+    /// The ratings (0–10) of `history`, position by position.
+    pub history_ratings: Vec<Vec<u8>>,
     pub item_neighbours: Vec<Ranked>,
     pub user_neighbours: Vec<Ranked>,
     /// Time-decayed popularity.
@@ -192,6 +194,7 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
         by_item[r.item as usize].push((r.user, r.rating));
     }
     let history: Vec<Vec<u32>> = by_user.iter().map(|rs| rs.iter().map(|r| r.0).collect()).collect();
+    let history_ratings: Vec<Vec<u8>> = by_user.iter().map(|rs| rs.iter().map(|r| r.1).collect()).collect();
     let item_users: Vec<Vec<u32>> = by_item.iter().map(|rs| rs.iter().map(|r| r.0).collect()).collect();
 
     let item_neighbours = progress.step("item-CF", n_items as u64, |bar| {
@@ -231,6 +234,7 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
         items: ds.items.clone(),
         users: ds.users.clone(),
         history,
+        history_ratings,
         item_neighbours,
         user_neighbours,
         hot,

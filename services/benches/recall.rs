@@ -1,0 +1,327 @@
+//! Recall benchmarks on the bundled data, printed as Markdown tables:
+//!
+//! 1. the seen filter against a plain id set;
+//! 2. the HNSW index against exact search (and faiss, via `scripts/bench`, on the same files);
+//! 3. the recall gRPC service under load: all six channels at 1,000 candidates against a
+//!    single-channel lookup.
+//!
+//! `cargo bench -p recstack-services --bench recall` (`scripts/bench` adds the faiss and
+//! `implicit` peers). Set `RECSTACK_BENCH_EXPORT=DIR` to write the ANN vectors, queries and
+//! exact neighbours for the faiss peer.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use recstack_services::build::ann::{ItemIndex, UnitVec};
+use recstack_services::build::{self, BuildParams, Progress};
+use recstack_services::dataset::{self, Dataset};
+use recstack_services::recall::seen::{SeenConfig, SeenFilter};
+use recstack_services::recall::service::proto::RecallRequest;
+use recstack_services::recall::service::proto::recall_client::RecallClient;
+use recstack_services::recall::service::proto::recall_server::RecallServer;
+use recstack_services::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
+
+fn main() {
+    let ds = Dataset::load_movietweetings(&dataset::bundled_dir()).expect("bundled data");
+    eprintln!("building artifacts from the bundled data …");
+    let params = BuildParams::default();
+    let artifacts = build::build(&ds, &params, &Progress::new(true)).expect("build");
+    seen_filter();
+    ann(&artifacts, &params);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(service(artifacts));
+}
+
+// === 1. seen filter ===
+
+fn seen_filter() {
+    let config = SeenConfig::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let seen: Vec<u64> = (0..config.shards * config.ids_per_shard)
+        .map(|_| rng.r#gen::<u64>() | 1)
+        .collect();
+    let mut filter = SeenFilter::new(config);
+    for &id in &seen {
+        filter.insert(id);
+    }
+    let set: HashSet<u64> = seen.iter().copied().collect();
+    // 1,000 candidates, a tenth of them seen.
+    let candidates: Vec<u64> = (0..1000)
+        .map(|i| {
+            if i % 10 == 0 {
+                seen[i * 3]
+            } else {
+                rng.r#gen::<u64>() & !1
+            }
+        })
+        .collect();
+
+    let time = |f: &dyn Fn() -> usize| {
+        let rounds = 2000;
+        let start = Instant::now();
+        let mut hits = 0;
+        for _ in 0..rounds {
+            hits += std::hint::black_box(f());
+        }
+        (start.elapsed() / rounds, hits / rounds as usize)
+    };
+    let (bloom_t, bloom_hits) = time(&|| candidates.iter().filter(|&&c| filter.contains(c)).count());
+    let (set_t, set_hits) = time(&|| candidates.iter().filter(|&&c| set.contains(&c)).count());
+    let trials = 1_000_000;
+    let fp = (0..trials).filter(|_| filter.contains(rng.r#gen::<u64>() & !1)).count() as f64 / trials as f64;
+    // hashbrown: 8-byte key plus one control byte per bucket.
+    let set_bytes = set.capacity() * 9;
+    println!(
+        "\n### Seen filter: {} shards × {} ids at {} false positives per shard\n",
+        config.shards, config.ids_per_shard, config.fp_rate
+    );
+    println!("| structure | check 1,000 candidates | bytes per user | false-positive rate | seen found |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| rolling Bloom filter | {:.1} µs | {} | {:.4} % | {bloom_hits} |",
+        bloom_t.as_secs_f64() * 1e6,
+        filter.to_bytes().len(),
+        fp * 100.0
+    );
+    println!(
+        "| HashSet<u64> (exact) | {:.1} µs | ≈{set_bytes} | 0 % | {set_hits} |",
+        set_t.as_secs_f64() * 1e6
+    );
+    println!(
+        "\nBloom/HashSet: {:.2}× the time, {:.2}× the bytes.",
+        bloom_t.as_secs_f64() / set_t.as_secs_f64(),
+        filter.to_bytes().len() as f64 / set_bytes as f64
+    );
+}
+
+// === 2. ANN ===
+
+fn ann(a: &build::Artifacts, params: &BuildParams) {
+    let items: Vec<(u32, UnitVec)> = (0..a.factors.n_items() as u32)
+        .filter(|&i| a.item_features[i as usize].ratings > 0)
+        .map(|i| (i, UnitVec::new(a.factors.item(i))))
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let queries: Vec<UnitVec> = (0..1000)
+        .map(|_| {
+            let (_, v) = &items[rng.gen_range(0..items.len())];
+            // A nearby point, not the item itself.
+            UnitVec::new(&v.0.iter().map(|x| x + rng.gen_range(-0.05..0.05)).collect::<Vec<_>>())
+        })
+        .collect();
+    let exact: Vec<Vec<u32>> = queries
+        .iter()
+        .map(|q| {
+            let mut scored: Vec<(u32, f32)> = items
+                .iter()
+                .map(|(i, v)| (*i, q.0.iter().zip(&v.0).map(|(x, y)| x * y).sum()))
+                .collect();
+            build::cf::top_k(&mut scored, 10);
+            scored.into_iter().map(|s| s.0).collect()
+        })
+        .collect();
+    if let Ok(dir) = std::env::var("RECSTACK_BENCH_EXPORT") {
+        export_ann(&dir, &items, &queries, &exact);
+    }
+    let start = Instant::now();
+    let _ = exact_search(&items, &queries);
+    let exact_qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+
+    println!(
+        "\n### ANN: {} item vectors (ALS, {} dims, cosine), 1,000 queries, one thread\n",
+        items.len(),
+        a.factors.dim
+    );
+    println!("| index | ef_search | recall@10 | queries/s | build |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| exact (brute force) | – | 1.000 | {exact_qps:.0} | – |");
+    for ef in [16, 32, 64, 128, 256] {
+        let start = Instant::now();
+        let index = ItemIndex::build(items.clone(), params.seed, params.ann_ef_construction, ef);
+        let build_time = start.elapsed();
+        let start = Instant::now();
+        let found: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| index.search(q, 10).into_iter().map(|h| h.0).collect())
+            .collect();
+        let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+        let recall = found
+            .iter()
+            .zip(&exact)
+            .map(|(f, e)| f.iter().filter(|i| e.contains(i)).count() as f64 / 10.0)
+            .sum::<f64>()
+            / queries.len() as f64;
+        println!(
+            "| instant-distance HNSW | {ef} | {recall:.3} | {qps:.0} | {:.1} s |",
+            build_time.as_secs_f64()
+        );
+    }
+}
+
+fn exact_search(items: &[(u32, UnitVec)], queries: &[UnitVec]) -> usize {
+    queries
+        .iter()
+        .map(|q| {
+            let mut scored: Vec<(u32, f32)> = items
+                .iter()
+                .map(|(i, v)| (*i, q.0.iter().zip(&v.0).map(|(x, y)| x * y).sum()))
+                .collect();
+            build::cf::top_k(&mut scored, 10);
+            scored.len()
+        })
+        .sum()
+}
+
+/// f32 little-endian matrices (`items.f32`, `queries.f32`), `exact.u32` ids (positions in
+/// `items.f32`), and `shape.txt` with "n_items n_queries dim".
+fn export_ann(dir: &str, items: &[(u32, UnitVec)], queries: &[UnitVec], exact: &[Vec<u32>]) {
+    let dir = std::path::Path::new(dir);
+    std::fs::create_dir_all(dir).expect("export dir");
+    let position: std::collections::HashMap<u32, u32> =
+        items.iter().enumerate().map(|(p, (i, _))| (*i, p as u32)).collect();
+    let write_f32 = |name: &str, rows: &mut dyn Iterator<Item = &UnitVec>| {
+        let mut f = std::fs::File::create(dir.join(name)).expect("file");
+        for v in rows {
+            for x in &v.0 {
+                f.write_all(&x.to_le_bytes()).expect("write");
+            }
+        }
+    };
+    write_f32("items.f32", &mut items.iter().map(|(_, v)| v));
+    write_f32("queries.f32", &mut queries.iter());
+    let mut f = std::fs::File::create(dir.join("exact.u32")).expect("file");
+    for row in exact {
+        for i in row {
+            f.write_all(&position[i].to_le_bytes()).expect("write");
+        }
+    }
+    std::fs::write(
+        dir.join("shape.txt"),
+        format!("{} {} {}\n", items.len(), queries.len(), items[0].1.0.len()),
+    )
+    .expect("shape");
+}
+
+// === 3. recall service ===
+
+async fn service(artifacts: build::Artifacts) {
+    let users: Vec<String> = artifacts
+        .holdout
+        .iter()
+        .map(|r| artifacts.users[r.user as usize].clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let manifest = build::Manifest {
+        version: "bench".into(),
+        created: String::new(),
+        dataset: "movietweetings-100k".into(),
+        inputs: Default::default(),
+        params: BuildParams::default(),
+        files: Default::default(),
+        counts: Default::default(),
+    };
+    let slot = Arc::new(ArtifactSlot::new(Loaded::new(manifest, artifacts)));
+    let service = RecallService::new(
+        slot,
+        MemorySeenStore::default(),
+        SeenConfig::default(),
+        Arc::new(RecallMetrics::default()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RecallServer::new(service))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let client = RecallClient::connect(format!("http://{addr}")).await.expect("connect");
+
+    println!("\n### Recall service over gRPC (loopback, same process), 4 concurrent clients, 3,000 requests\n");
+    println!("| request | candidates | req/s | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|");
+    let all = load(&client, &users, 1000, &[]).await;
+    let single_quotas = [("item_cf", 0), ("user_cf", 0), ("als", 0), ("vector", 0), ("tag", 0)];
+    let single = load(&client, &users, 200, &single_quotas).await;
+    for (name, r) in [
+        ("6 channels → 1,000", &all),
+        ("hot only (single-channel lookup) → 200", &single),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} ms | {:.2} ms |",
+            r.candidates,
+            r.rps,
+            ms(r.p50),
+            ms(r.p99)
+        );
+    }
+    println!(
+        "\n6-channel recall costs {:.1}× a single-channel lookup at p50 ({:.1}× at p99).",
+        all.p50.as_secs_f64() / single.p50.as_secs_f64(),
+        all.p99.as_secs_f64() / single.p99.as_secs_f64()
+    );
+}
+
+struct LoadResult {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    candidates: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn load(
+    client: &RecallClient<tonic::transport::Channel>,
+    users: &[String],
+    n: u32,
+    quotas: &[(&str, u32)],
+) -> LoadResult {
+    let per_client = 750;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let mut client = client.clone();
+        let users = users.to_vec();
+        let quotas: std::collections::HashMap<String, u32> = quotas.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            let mut candidates = 0usize;
+            for i in 0..per_client {
+                let req = RecallRequest {
+                    user_id: users[(c * per_client + i) % users.len()].clone(),
+                    n,
+                    channel_quotas: quotas.clone(),
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let resp = client.recall(req).await.expect("recall");
+                lat.push(t.elapsed());
+                candidates += resp.get_ref().candidates.len();
+            }
+            (lat, candidates)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut candidates = 0;
+    for t in tasks {
+        let (l, c) = t.await.expect("client");
+        latencies.extend(l);
+        candidates += c;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    LoadResult {
+        rps: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        candidates: candidates as f64 / latencies.len() as f64,
+    }
+}
