@@ -13,3 +13,4 @@ pub mod eval;
 pub mod features;
 pub mod ops;
 pub mod recall;
+pub mod synth;

@@ -47,6 +47,17 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write a SYNTHETIC data set calibrated to the bundled data, for scale tests.
+    Synth {
+        #[arg(long, default_value_t = 10_000_000)]
+        users: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        items: u32,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Serve one component.
     Serve {
         #[command(subcommand)]
@@ -296,6 +307,20 @@ fn main() -> anyhow::Result<()> {
         } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve_features(artifacts, redis_url, dump, grpc_addr, http_addr))
+        }
+        Command::Synth {
+            users,
+            items,
+            out,
+            seed,
+        } => {
+            let reference = Dataset::load_movietweetings(&dataset::bundled_dir())?;
+            let cal = recstack_services::synth::Calibration::from_dataset(&reference);
+            eprintln!("synth: SYNTHETIC data, {users} users × {items} items, calibrated to MovieTweetings 100K");
+            let n = recstack_services::synth::generate(&cal, users, items, seed, &out, true)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("synth: {n} ratings written to {}", out.display());
+            Ok(())
         }
         Command::Eval {
             artifacts,
