@@ -237,7 +237,7 @@ async fn service(artifacts: build::Artifacts) {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(RecallServer::new(service))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(recstack_services::ops::grpc_incoming(listener)),
     );
     let client = RecallClient::connect(format!("http://{addr}")).await.expect("connect");
 

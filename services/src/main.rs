@@ -172,9 +172,12 @@ async fn run_features<L: L2>(
         eprintln!("features: warmed L1 with {n} values from {}", path.display());
     }
     eprintln!("features: gRPC on {grpc_addr}");
+    let grpc = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("binding {grpc_addr}"))?;
     tonic::transport::Server::builder()
         .add_service(FeaturesServer::new(FeatureService { store: store.clone() }))
-        .serve_with_shutdown(grpc_addr, async {
+        .serve_with_incoming_shutdown(ops::grpc_incoming(grpc), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
@@ -224,9 +227,12 @@ async fn serve_recall(
         .with_context(|| format!("binding {http_addr}"))?;
     tokio::spawn(async move { axum::serve(http, ops::router(encode, ready)).await });
     eprintln!("recall: gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics");
+    let grpc = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("binding {grpc_addr}"))?;
     tonic::transport::Server::builder()
         .add_service(RecallServer::new(service))
-        .serve_with_shutdown(grpc_addr, async {
+        .serve_with_incoming_shutdown(ops::grpc_incoming(grpc), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await

@@ -240,7 +240,7 @@ async fn grpc_get_user_and_items() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(FeaturesServer::new(FeatureService { store: s }))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(recstack_services::ops::grpc_incoming(listener)),
     );
     let mut client = FeaturesClient::connect(format!("http://{addr}")).await.unwrap();
     let u = client

@@ -48,7 +48,7 @@ async fn start() -> Running {
     tokio::spawn(
         Server::builder()
             .add_service(RecallServer::new(service))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(recstack_services::ops::grpc_incoming(listener)),
     );
     let client = RecallClient::connect(format!("http://{addr}")).await.unwrap();
     Running { client, slot, metrics }

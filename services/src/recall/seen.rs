@@ -63,6 +63,9 @@ pub enum SeenDecodeError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeenFilter {
     config: SeenConfig,
+    /// Bits per shard and hashes per id, derived from `config` once (they involve logarithms).
+    bits: usize,
+    hashes: u32,
     shards: VecDeque<Shard>,
 }
 
@@ -72,13 +75,15 @@ impl SeenFilter {
     pub fn new(config: SeenConfig) -> Self {
         Self {
             config,
+            bits: config.bits(),
+            hashes: config.hashes(),
             shards: VecDeque::new(),
         }
     }
 
     /// Records an impression of `id`.
     pub fn insert(&mut self, id: u64) {
-        let words = self.config.bits() / 64;
+        let words = self.bits / 64;
         let full = self
             .shards
             .back()
@@ -92,7 +97,7 @@ impl SeenFilter {
                 self.shards.pop_front();
             }
         }
-        let (k, m) = (self.config.hashes(), self.config.bits());
+        let (k, m) = (self.hashes, self.bits);
         if let Some(shard) = self.shards.back_mut() {
             for pos in positions(id, k, m) {
                 shard.bits[pos / 64] |= 1 << (pos % 64);
@@ -103,10 +108,21 @@ impl SeenFilter {
 
     /// Whether `id` was (probably) seen. Never false for an id still in a live shard.
     pub fn contains(&self, id: u64) -> bool {
-        let (k, m) = (self.config.hashes(), self.config.bits());
+        if self.shards.is_empty() {
+            return false;
+        }
+        // Hash once; test the positions against each shard, newest first (recent impressions
+        // are the likeliest hits).
+        let mut pos = [0usize; 32];
+        let k = self.hashes as usize;
+        for (slot, p) in pos.iter_mut().zip(positions(id, self.hashes, self.bits)) {
+            *slot = p;
+        }
+        let pos = &pos[..k];
         self.shards
             .iter()
-            .any(|s| positions(id, k, m).all(|pos| s.bits[pos / 64] & (1 << (pos % 64)) != 0))
+            .rev()
+            .any(|s| pos.iter().all(|&p| s.bits[p / 64] & (1 << (p % 64)) != 0))
     }
 
     /// Number of live shards.
@@ -116,7 +132,7 @@ impl SeenFilter {
 
     /// `RSB1`, shard count (u8), then per shard: count (u32 LE) and the bit words (u64 LE).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let words = self.config.bits() / 64;
+        let words = self.bits / 64;
         let mut out = Vec::with_capacity(5 + self.shards.len() * (4 + words * 8));
         out.extend_from_slice(MAGIC);
         out.push(self.shards.len() as u8);
@@ -159,7 +175,10 @@ impl SeenFilter {
                 Shard { bits, count }
             })
             .collect();
-        Ok(Self { config, shards })
+        Ok(Self {
+            shards,
+            ..Self::new(config)
+        })
     }
 }
 
