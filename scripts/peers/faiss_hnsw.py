@@ -27,10 +27,8 @@ for ef in (16, 32, 64, 128, 256):
     index.hnsw.efSearch = ef
     start = time.perf_counter()
     for q in queries:  # one query at a time, like the Rust loop
-        _, found = index.search(q.reshape(1, dim), 10)
-        if q is queries[0]:
-            first = found
+        index.search(q.reshape(1, dim), 10)
     qps = n_queries / (time.perf_counter() - start)
     _, found = index.search(queries, 10)
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
-    print(f"| faiss IndexHNSWFlat (M=32) | {ef} | {recall:.3} | {qps:.0} | {build:.1} s |")
+    print(f"| faiss IndexHNSWFlat (M=32) | {ef} | {recall:.3f} | {qps:.0f} | {build:.1f} s |")

@@ -186,15 +186,7 @@ pub struct RedisL2 {
 
 impl RedisL2 {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, L2Error> {
-        let client = redis::Client::open(url).map_err(|e| L2Error(format!("{url}: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| L2Error(format!("{url}: {e}")))?;
+        let conn = crate::ops::connect_redis(url, timeout).await.map_err(L2Error)?;
         Ok(Self { conn })
     }
 }

@@ -51,3 +51,17 @@ async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
 pub fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
+
+/// A reconnecting Redis connection with short timeouts: a dead Redis costs a request at most
+/// `timeout`, and the manager reconnects in the background when it comes back.
+pub async fn connect_redis(url: &str, timeout: std::time::Duration) -> Result<redis::aio::ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(std::time::Duration::from_millis(500));
+    redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| format!("{url}: {e}"))
+}

@@ -1,10 +1,12 @@
 //! The feature service against a real Redis (Debian `redis-server`, started here on a free
 //! loopback port), including Redis dying mid-test.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Redis;
 use recstack_services::features::proto::features_client::FeaturesClient;
 use recstack_services::features::proto::features_server::FeaturesServer;
 use recstack_services::features::proto::{GetItemsRequest, GetUserRequest};
@@ -12,74 +14,6 @@ use recstack_services::features::{
     CachePolicy, FeatureMetrics, FeatureService, FeatureStore, ItemFeatures, Key, NoL2, RedisL2, Snapshot,
     UserFeatures, Value, encode_for_l2,
 };
-
-/// A redis-server on a free port, killed on drop.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/setup installs it)");
-        // Owned from here on: Drop kills and reaps it, even if the test panics below.
-        let redis = Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}/"),
-        };
-        let client = redis::Client::open(redis.url.as_str()).unwrap();
-        for _ in 0..100 {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    fn set(&self, key: &Key, value: &Value) {
-        let mut c = redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        redis::cmd("SET")
-            .arg(key.redis_key())
-            .arg(encode_for_l2(value))
-            .query::<()>(&mut c)
-            .unwrap();
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn user(id: &str, ratings: u32) -> UserFeatures {
     UserFeatures {

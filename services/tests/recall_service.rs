@@ -1,5 +1,7 @@
 //! The recall service over real gRPC, on artifacts built from the bundled data.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -10,7 +12,9 @@ use recstack_services::recall::seen::SeenConfig;
 use recstack_services::recall::service::proto::recall_client::RecallClient;
 use recstack_services::recall::service::proto::recall_server::RecallServer;
 use recstack_services::recall::service::proto::{ImpressionsRequest, RecallRequest, RecallResponse};
-use recstack_services::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
+use recstack_services::recall::service::{
+    ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore, SeenStore,
+};
 use tonic::transport::{Channel, Server};
 
 /// Artifacts built once for this test binary.
@@ -35,14 +39,13 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(MemorySeenStore::default()).await
+}
+
+async fn start_with(seen: impl SeenStore) -> Running {
     let slot = Arc::new(ArtifactSlot::new(Loaded::from_dir(artifact_root()).unwrap()));
     let metrics = Arc::new(RecallMetrics::default());
-    let service = RecallService::new(
-        slot.clone(),
-        MemorySeenStore::default(),
-        SeenConfig::default(),
-        metrics.clone(),
-    );
+    let service = RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -253,5 +256,78 @@ async fn artifact_swap_under_load_fails_no_request() {
     assert!(
         seen_versions.is_subset(&HashSet::from([v1.clone(), "v-next".to_string()])),
         "{seen_versions:?}"
+    );
+}
+
+#[tokio::test]
+async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
+    let mut redis = common::Redis::start();
+    let store = || async {
+        RedisSeenStore::connect(
+            &redis.url,
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+    };
+    let mut a = start_with(store().await).await;
+    let mut b = start_with(store().await).await;
+    let (user, _) = active_user(&a.slot.get());
+    let shown: Vec<String> = a
+        .client
+        .recall(request(&user, 5, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates
+        .into_iter()
+        .map(|c| c.item_id)
+        .collect();
+    let ack = a
+        .client
+        .record_impressions(ImpressionsRequest {
+            user_id: user.clone(),
+            item_ids: shown.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.recorded, 5);
+
+    // Replica b sees replica a's impressions.
+    let resp = b.client.recall(request(&user, 50, &[])).await.unwrap().into_inner();
+    assert!(
+        shown.iter().all(|s| resp.filtered_seen.contains(s)),
+        "{:?}",
+        resp.filtered_seen
+    );
+    assert!(resp.candidates.iter().all(|c| !shown.contains(&c.item_id)));
+
+    // Redis goes away: recall still answers, unfiltered, and counts the failure.
+    redis.stop();
+    let resp = b
+        .client
+        .recall(request(&user, 50, &[]))
+        .await
+        .expect("recall without its seen store");
+    assert_eq!(resp.get_ref().candidates.len(), 50);
+    assert!(
+        b.metrics.encode().contains("recstack_recall_seen_errors_total 1"),
+        "{}",
+        b.metrics.encode()
+    );
+    let err = a
+        .client
+        .record_impressions(ImpressionsRequest {
+            user_id: user,
+            item_ids: shown,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unavailable,
+        "an impression that cannot be stored is not acknowledged"
     );
 }

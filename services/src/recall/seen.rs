@@ -182,11 +182,15 @@ impl SeenFilter {
     }
 }
 
-/// k bit positions by double hashing two independent 64-bit mixes of the id.
+/// k bit positions by double hashing two independent 64-bit mixes of the id, mapped onto
+/// `0..m` with a multiply-shift (Lemire) instead of a division.
 fn positions(id: u64, k: u32, m: usize) -> impl Iterator<Item = usize> {
     let h1 = splitmix64(id);
     let h2 = splitmix64(h1 ^ 0x9e37_79b9_7f4a_7c15) | 1;
-    (0..u64::from(k)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m as u64) as usize)
+    (0..u64::from(k)).map(move |i| {
+        let h = h1.wrapping_add(i.wrapping_mul(h2));
+        ((u128::from(h) * m as u128) >> 64) as usize
+    })
 }
 
 fn splitmix64(mut x: u64) -> u64 {
