@@ -12,7 +12,7 @@ use recstack_services::features::proto::features_server::FeaturesServer;
 use recstack_services::features::proto::{GetItemsRequest, GetUserRequest};
 use recstack_services::features::{
     CachePolicy, FeatureMetrics, FeatureService, FeatureStore, ItemFeatures, Key, NoL2, RedisL2, Snapshot,
-    UserFeatures, Value, encode_for_l2,
+    UserFeatures, Value,
 };
 
 fn user(id: &str, ratings: u32) -> UserFeatures {
