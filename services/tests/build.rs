@@ -1,5 +1,7 @@
 //! The offline build on the bundled MovieTweetings data, and recall over its artifacts.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
@@ -47,13 +49,7 @@ fn holdout_is_never_trained_on() {
 #[test]
 fn every_channel_recalls_unseen_items_for_a_held_out_user() {
     let a = artifacts();
-    // A user with a long history and held-out ratings.
-    let user = a
-        .holdout
-        .iter()
-        .map(|r| r.user)
-        .max_by_key(|&u| (a.history[u as usize].len(), u))
-        .unwrap();
+    let user = common::active_user(a);
     let seen: HashSet<u32> = a.history[user as usize].iter().copied().collect();
     for c in Channel::ALL {
         let list = recall::channel(a, c, user, 200);

@@ -60,12 +60,7 @@ async fn start_with(seen: impl SeenStore) -> Running {
 /// A user with a long training history and held-out ratings.
 fn active_user(loaded: &Loaded) -> (String, HashSet<String>) {
     let a = &loaded.artifacts;
-    let u = a
-        .holdout
-        .iter()
-        .map(|r| r.user)
-        .max_by_key(|&u| (a.history[u as usize].len(), u))
-        .unwrap();
+    let u = common::active_user(a);
     let seen = a.history[u as usize]
         .iter()
         .map(|&i| a.items[i as usize].id.clone())

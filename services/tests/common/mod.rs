@@ -4,7 +4,17 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use recstack_services::build::Artifacts;
 use recstack_services::features::{Key, Value, encode_for_l2};
+
+/// The user with the longest training history among those with held-out ratings.
+pub fn active_user(a: &Artifacts) -> u32 {
+    a.holdout
+        .iter()
+        .map(|r| r.user)
+        .max_by_key(|&u| (a.history[u as usize].len(), u))
+        .expect("some ratings are held out")
+}
 
 /// A redis-server on a free port, killed on drop.
 pub struct Redis {
