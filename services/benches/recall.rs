@@ -31,6 +31,7 @@ fn main() {
     let params = BuildParams::default();
     let artifacts = build::build(&ds, &params, &Progress::new(true)).expect("build");
     seen_filter();
+    channels(&artifacts);
     ann(&artifacts, &params);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(service(artifacts));
@@ -95,6 +96,57 @@ fn seen_filter() {
         "\nBloom/HashSet: {:.2}× the time, {:.2}× the bytes.",
         bloom_t.as_secs_f64() / set_t.as_secs_f64(),
         filter.to_bytes().len() as f64 / set_bytes as f64
+    );
+}
+
+// === channels ===
+
+/// Time of each channel (top 200) and of the merge, in process, over the held-out users.
+fn channels(a: &build::Artifacts) {
+    use recstack_services::recall::{self, Channel};
+    let users: Vec<u32> = a
+        .holdout
+        .iter()
+        .map(|r| r.user)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    println!(
+        "\n### Channels in process: top 200 for each of {} held-out users, one thread\n",
+        users.len()
+    );
+    println!("| channel | mean | p99 |");
+    println!("|---|---:|---:|");
+    let mut lists_by_user: Vec<Vec<recall::ChannelList>> = vec![Vec::new(); users.len()];
+    for c in Channel::ALL {
+        let mut times: Vec<Duration> = Vec::with_capacity(users.len());
+        for (k, &u) in users.iter().enumerate() {
+            let start = Instant::now();
+            let list = recall::channel(a, c, u, 200);
+            times.push(start.elapsed());
+            lists_by_user[k].push(list);
+        }
+        print_times(c.name(), &mut times);
+    }
+    let mut times: Vec<Duration> = lists_by_user
+        .iter()
+        .map(|lists| {
+            let start = Instant::now();
+            std::hint::black_box(recall::merge(lists, |_| 200, 1000));
+            start.elapsed()
+        })
+        .collect();
+    print_times("merge (6 × 200 → 1,000)", &mut times);
+}
+
+fn print_times(name: &str, times: &mut [Duration]) {
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    println!(
+        "| {name} | {:.0} µs | {:.0} µs |",
+        mean.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
     );
 }
 

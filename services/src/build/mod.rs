@@ -54,7 +54,7 @@ impl Default for BuildParams {
             hot_len: 2000,
             als: als::AlsParams::default(),
             ann_ef_construction: 100,
-            ann_ef_search: 200,
+            ann_ef_search: 128,
         }
     }
 }

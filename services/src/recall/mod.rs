@@ -119,17 +119,20 @@ fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
     Some(a.factors.user(user))
 }
 
-/// Exact inner product against every item's factors.
+/// Exact inner product against every item's factors. Seen items are dropped after the
+/// selection (keeping `n + |seen|`), not tested per item: a hash lookup per catalogue item
+/// would cost more than the scoring.
 fn als(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
     let Some(u) = user_vector(a, user) else {
         return Vec::new();
     };
     let mut v: Vec<(u32, f32)> = (0..a.factors.n_items() as u32)
-        .filter(|i| !seen.contains(i) && !a.history.is_empty())
         .map(|i| (i, dot(u, a.factors.item(i))))
         .filter(|(_, s)| *s > 0.0)
         .collect();
-    top_k(&mut v, n);
+    top_k(&mut v, n + seen.len());
+    v.retain(|(i, _)| !seen.contains(i));
+    v.truncate(n);
     v
 }
 
