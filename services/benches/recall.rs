@@ -259,18 +259,10 @@ async fn service(artifacts: build::Artifacts) {
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let manifest = build::Manifest {
-        version: "bench".into(),
-        created: String::new(),
-        dataset: "movietweetings-100k".into(),
-        inputs: Default::default(),
-        params: BuildParams::default(),
-        files: Default::default(),
-        counts: Default::default(),
-    };
-    let slot = Arc::new(ArtifactSlot::new(Loaded::new(manifest, artifacts)));
+    let bytes = postcard::to_stdvec(&artifacts).expect("artifacts encode");
+    let slot = Arc::new(ArtifactSlot::new(Loaded::new(manifest_named("bench"), artifacts)));
     let service = RecallService::new(
-        slot,
+        slot.clone(),
         MemorySeenStore::default(),
         SeenConfig::default(),
         Arc::new(RecallMetrics::default()),
@@ -290,9 +282,39 @@ async fn service(artifacts: build::Artifacts) {
     let all = load(&client, &users, 1000, &[]).await;
     let single_quotas = [("item_cf", 0), ("user_cf", 0), ("als", 0), ("vector", 0), ("tag", 0)];
     let single = load(&client, &users, 200, &single_quotas).await;
+    // The same 6-channel load while a new artifact version is loaded beside the served one
+    // and swapped in every 100 ms.
+    let swapping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let swaps = tokio::spawn({
+        let (slot, swapping) = (slot.clone(), swapping.clone());
+        let bytes = Arc::new(bytes);
+        async move {
+            let mut n = 0;
+            while swapping.load(std::sync::atomic::Ordering::Relaxed) {
+                let b = bytes.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let artifacts: build::Artifacts = postcard::from_bytes(&b).expect("artifacts");
+                    Loaded::new(manifest_named(&format!("swap-{n}")), artifacts)
+                })
+                .await
+                .expect("loader");
+                slot.swap(loaded);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            n
+        }
+    });
+    let during_swaps = load(&client, &users, 1000, &[]).await;
+    swapping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let n_swaps = swaps.await.expect("swapper");
     for (name, r) in [
-        ("6 channels → 1,000", &all),
-        ("hot only (single-channel lookup) → 200", &single),
+        ("6 channels → 1,000".to_string(), &all),
+        ("hot only (single-channel lookup) → 200".to_string(), &single),
+        (
+            format!("6 channels → 1,000, during {n_swaps} artifact swaps"),
+            &during_swaps,
+        ),
     ] {
         println!(
             "| {name} | {:.0} | {:.0} | {:.2} ms | {:.2} ms |",
@@ -307,6 +329,18 @@ async fn service(artifacts: build::Artifacts) {
         all.p50.as_secs_f64() / single.p50.as_secs_f64(),
         all.p99.as_secs_f64() / single.p99.as_secs_f64()
     );
+}
+
+fn manifest_named(version: &str) -> build::Manifest {
+    build::Manifest {
+        version: version.into(),
+        created: String::new(),
+        dataset: "movietweetings-100k".into(),
+        inputs: Default::default(),
+        params: BuildParams::default(),
+        files: Default::default(),
+        counts: Default::default(),
+    }
 }
 
 struct LoadResult {

@@ -442,3 +442,52 @@ pub fn load(root: &Path, version: Option<&str>) -> Result<(Manifest, Artifacts),
     let artifacts = postcard::from_bytes(&bytes).map_err(|e| err(format!("{version}/{ARTIFACT_FILE}: {e}")))?;
     Ok((manifest, artifacts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(item: u32, ts: i64) -> Rating {
+        Rating {
+            user: 0,
+            item,
+            rating: 5,
+            ts,
+        }
+    }
+
+    #[test]
+    fn hot_list_decays_with_age() {
+        let day = 86_400;
+        let p = BuildParams {
+            hot_half_life_days: 7.0,
+            ..BuildParams::default()
+        };
+        // Item 0: three interactions four weeks ago. Item 1: two today. Item 2: one a week ago.
+        let now = 100 * day;
+        let train = vec![
+            r(0, now - 28 * day),
+            r(0, now - 28 * day),
+            r(0, now - 28 * day),
+            r(1, now),
+            r(1, now),
+            r(2, now - 7 * day),
+        ];
+        let (hot, popular) = hot_lists(&train, 4, &p);
+        assert_eq!(
+            hot.iter().map(|h| h.0).collect::<Vec<_>>(),
+            [1, 2, 0],
+            "recent beats frequent-but-old"
+        );
+        assert_eq!(
+            popular.iter().map(|h| h.0).collect::<Vec<_>>(),
+            [0, 1, 2],
+            "all-time counts ignore age"
+        );
+        // One half-life halves the weight; four halve it four times.
+        assert!((hot[1].1 - 0.5).abs() < 1e-6, "{hot:?}");
+        assert!((hot[2].1 - 3.0 / 16.0).abs() < 1e-6, "{hot:?}");
+        assert_eq!(hot[0].1, 2.0);
+        assert!(hot.iter().all(|h| h.0 != 3), "never-seen items are not hot");
+    }
+}
