@@ -13,4 +13,5 @@ pub mod eval;
 pub mod features;
 pub mod ops;
 pub mod recall;
+pub mod rerank;
 pub mod synth;

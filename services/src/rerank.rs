@@ -1,0 +1,428 @@
+//! Rerank: from ranked candidates to the served list, recording what each rule did.
+//!
+//! Order of rules: the block list removes items; fresh items get a score boost; MMR picks `k`
+//! items trading score against genre similarity to what is already picked; category scatter
+//! reorders so no genre holds more than `max` of any `window` consecutive slots; pins put
+//! items at fixed positions. Every item that left or moved gets an [`Action`] with its
+//! position before and after — the trace's "what rerank did".
+//!
+//! Pure functions; the rerank service (issue 4) wraps them.
+
+use std::collections::HashSet;
+
+/// A ranked candidate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    /// The ranking model's score.
+    pub score: f32,
+    pub genres: Vec<String>,
+    /// Recent enough to be boosted.
+    pub fresh: bool,
+}
+
+/// What rerank does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RerankConfig {
+    /// Items served.
+    pub k: usize,
+    /// MMR trade-off: 1.0 is pure score, 0.0 pure diversity.
+    pub mmr_lambda: f32,
+    /// At most `scatter_max` items of one genre in any `scatter_window` consecutive slots.
+    pub scatter_max: usize,
+    pub scatter_window: usize,
+    /// Items never served.
+    pub blocked: HashSet<String>,
+    /// Score multiplier for fresh items.
+    pub fresh_boost: f32,
+    /// (item, 0-based position): served at that position if it is a candidate.
+    pub pins: Vec<(String, usize)>,
+}
+
+impl Default for RerankConfig {
+    fn default() -> Self {
+        Self {
+            k: 20,
+            mmr_lambda: 0.7,
+            scatter_max: 2,
+            scatter_window: 4,
+            blocked: HashSet::new(),
+            fresh_boost: 1.2,
+            pins: Vec::new(),
+        }
+    }
+}
+
+/// The rule behind an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    Blocked,
+    FreshBoost,
+    Mmr,
+    Scatter,
+    Pin,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Blocked => "blocked",
+            Rule::FreshBoost => "fresh_boost",
+            Rule::Mmr => "mmr",
+            Rule::Scatter => "category_scatter",
+            Rule::Pin => "pin",
+        }
+    }
+}
+
+/// What happened to one item: positions are 0-based; `after: None` means it was not served.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Action {
+    pub id: String,
+    pub before: usize,
+    pub after: Option<usize>,
+    /// The last rule that changed the item's fate.
+    pub rule: Rule,
+}
+
+/// Genre-set Jaccard similarity.
+pub fn similarity(a: &[String], b: &[String]) -> f32 {
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    let shared = a.iter().filter(|g| b.contains(g)).count();
+    let union = a.len() + b.len() - shared;
+    shared as f32 / union as f32
+}
+
+/// Reranks `ranked` (best first). Returns the served list and the actions.
+pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<Action>) {
+    // Why each item is where it ends up, by input position.
+    let mut rule: Vec<Option<Rule>> = vec![None; ranked.len()];
+
+    // 1. Block list.
+    let mut pool: Vec<usize> = Vec::with_capacity(ranked.len());
+    for (i, c) in ranked.iter().enumerate() {
+        if cfg.blocked.contains(&c.id) {
+            rule[i] = Some(Rule::Blocked);
+        } else {
+            pool.push(i);
+        }
+    }
+
+    // 2. Fresh boost (changes the scores MMR sees).
+    let score: Vec<f32> = ranked
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.fresh && cfg.fresh_boost != 1.0 && rule[i].is_none() {
+                rule[i] = Some(Rule::FreshBoost);
+                c.score * cfg.fresh_boost
+            } else {
+                c.score
+            }
+        })
+        .collect();
+
+    // 3. MMR selection of k (pinned items are placed later, so they do not take MMR slots).
+    let pinned: HashSet<&str> = cfg.pins.iter().map(|(id, _)| id.as_str()).collect();
+    let mut remaining: Vec<usize> = pool
+        .iter()
+        .copied()
+        .filter(|&i| !pinned.contains(ranked[i].id.as_str()))
+        .collect();
+    let n_pins = pool.iter().filter(|&&i| pinned.contains(ranked[i].id.as_str())).count();
+    let slots = cfg.k.saturating_sub(n_pins);
+    let mut picked: Vec<usize> = Vec::with_capacity(slots);
+    while picked.len() < slots && !remaining.is_empty() {
+        let mmr = |i: usize| {
+            let max_sim = picked
+                .iter()
+                .map(|&p| similarity(&ranked[i].genres, &ranked[p].genres))
+                .fold(0.0, f32::max);
+            cfg.mmr_lambda * score[i] - (1.0 - cfg.mmr_lambda) * max_sim
+        };
+        let (best_pos, _) = remaining
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| (pos, mmr(i)))
+            .fold((0, f32::NEG_INFINITY), |acc, x| if x.1 > acc.1 { x } else { acc });
+        picked.push(remaining.remove(best_pos));
+    }
+    // Items MMR ranked differently from plain score order, or dropped, are MMR's doing.
+    let mut by_score = pool.clone();
+    by_score.retain(|i| !pinned.contains(ranked[*i].id.as_str()));
+    by_score.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    for (slot, &i) in picked.iter().enumerate() {
+        if by_score.get(slot) != Some(&i) {
+            rule[i] = Some(Rule::Mmr);
+        }
+    }
+    for &i in &remaining {
+        if rule[i].is_none() || rule[i] == Some(Rule::FreshBoost) {
+            rule[i] = Some(Rule::Mmr);
+        }
+    }
+
+    // 4. Category scatter: greedily fill slots with the first item that keeps every genre
+    //    under the cap in the trailing window; if none does, take the next item anyway.
+    let mut order: Vec<usize> = Vec::with_capacity(picked.len());
+    let mut queue = picked.clone();
+    while !queue.is_empty() {
+        let fits = |i: usize| {
+            let start = order.len().saturating_sub(cfg.scatter_window.saturating_sub(1));
+            ranked[i]
+                .genres
+                .iter()
+                .all(|g| order[start..].iter().filter(|&&o| ranked[o].genres.contains(g)).count() < cfg.scatter_max)
+        };
+        let pos = queue.iter().position(|&i| fits(i)).unwrap_or(0);
+        let i = queue.remove(pos);
+        if pos > 0 {
+            rule[i] = Some(Rule::Scatter);
+        }
+        order.push(i);
+    }
+    for (slot, &i) in order.iter().enumerate() {
+        if picked.get(slot) != Some(&i) && rule[i].is_none() {
+            rule[i] = Some(Rule::Scatter);
+        }
+    }
+
+    // 5. Pins, in position order.
+    let mut pins: Vec<(usize, usize)> = cfg
+        .pins
+        .iter()
+        .filter_map(|(id, at)| pool.iter().find(|&&i| &ranked[i].id == id).map(|&i| (*at, i)))
+        .collect();
+    pins.sort();
+    for (at, i) in pins {
+        order.insert(at.min(order.len()), i);
+        rule[i] = Some(Rule::Pin);
+    }
+    order.truncate(cfg.k);
+
+    let served: Vec<Candidate> = order
+        .iter()
+        .map(|&i| Candidate {
+            score: score[i],
+            ..ranked[i].clone()
+        })
+        .collect();
+    let mut actions = Vec::new();
+    for (before, c) in ranked.iter().enumerate() {
+        let after = order.iter().position(|&i| i == before);
+        if let Some(r) = rule[before]
+            && (after != Some(before) || r == Rule::FreshBoost || r == Rule::Pin)
+        {
+            actions.push(Action {
+                id: c.id.clone(),
+                before,
+                after,
+                rule: r,
+            });
+        }
+    }
+    (served, actions)
+}
+
+/// A stable A/B bucket in `0..buckets` for (user, experiment): the same user always lands in
+/// the same bucket of an experiment, independently across experiments.
+pub fn ab_bucket(user: &str, experiment: &str, buckets: u32) -> u32 {
+    let h = format!("{experiment}\u{1f}{user}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    // Finalize (the low bits of FNV are weak) and reduce by multiply-shift.
+    let mut x = h ^ (h >> 33);
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    ((u128::from(x) * u128::from(buckets.max(1))) >> 64) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, score: f32, genres: &[&str]) -> Candidate {
+        Candidate {
+            id: id.into(),
+            score,
+            genres: genres.iter().map(|g| g.to_string()).collect(),
+            fresh: false,
+        }
+    }
+
+    fn ids(list: &[Candidate]) -> Vec<&str> {
+        list.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    fn plain(k: usize) -> RerankConfig {
+        RerankConfig {
+            k,
+            mmr_lambda: 1.0,
+            scatter_max: 100,
+            scatter_window: 1,
+            fresh_boost: 1.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pure_score_keeps_the_ranking_and_records_nothing() {
+        let ranked = vec![c("a", 0.9, &["X"]), c("b", 0.8, &["X"]), c("c", 0.7, &["Y"])];
+        let (served, actions) = rerank(&ranked, &plain(2));
+        assert_eq!(ids(&served), ["a", "b"]);
+        assert_eq!(
+            actions,
+            vec![Action {
+                id: "c".into(),
+                before: 2,
+                after: None,
+                rule: Rule::Mmr
+            }]
+        );
+    }
+
+    #[test]
+    fn mmr_trades_score_for_diversity() {
+        let ranked = vec![c("a", 1.0, &["X"]), c("b", 0.95, &["X"]), c("c", 0.7, &["Y"])];
+        let cfg = RerankConfig {
+            mmr_lambda: 0.5,
+            ..plain(2)
+        };
+        let (served, actions) = rerank(&ranked, &cfg);
+        assert_eq!(ids(&served), ["a", "c"], "c's genre is new, b repeats a's");
+        assert!(actions.contains(&Action {
+            id: "b".into(),
+            before: 1,
+            after: None,
+            rule: Rule::Mmr
+        }));
+        assert!(actions.contains(&Action {
+            id: "c".into(),
+            before: 2,
+            after: Some(1),
+            rule: Rule::Mmr
+        }));
+    }
+
+    #[test]
+    fn scatter_caps_a_genre_per_window() {
+        let ranked = vec![
+            c("x1", 0.9, &["X"]),
+            c("x2", 0.8, &["X"]),
+            c("x3", 0.7, &["X"]),
+            c("y1", 0.6, &["Y"]),
+            c("y2", 0.5, &["Y"]),
+        ];
+        let cfg = RerankConfig {
+            scatter_max: 2,
+            scatter_window: 3,
+            ..plain(5)
+        };
+        let (served, actions) = rerank(&ranked, &cfg);
+        assert_eq!(ids(&served), ["x1", "x2", "y1", "x3", "y2"]);
+        for w in served.windows(3) {
+            for g in ["X", "Y"] {
+                assert!(
+                    w.iter().filter(|c| c.genres.iter().any(|x| x == g)).count() <= 2,
+                    "{:?}",
+                    ids(w)
+                );
+            }
+        }
+        assert!(actions.contains(&Action {
+            id: "y1".into(),
+            before: 3,
+            after: Some(2),
+            rule: Rule::Scatter
+        }));
+        assert!(actions.contains(&Action {
+            id: "x3".into(),
+            before: 2,
+            after: Some(3),
+            rule: Rule::Scatter
+        }));
+    }
+
+    #[test]
+    fn scatter_relaxes_when_nothing_fits() {
+        let ranked = vec![c("x1", 0.9, &["X"]), c("x2", 0.8, &["X"]), c("x3", 0.7, &["X"])];
+        let cfg = RerankConfig {
+            scatter_max: 1,
+            scatter_window: 2,
+            ..plain(3)
+        };
+        let (served, _) = rerank(&ranked, &cfg);
+        assert_eq!(served.len(), 3, "a full list beats a perfectly scattered short one");
+    }
+
+    #[test]
+    fn block_boost_and_pin() {
+        let mut fresh = c("new", 0.5, &["Y"]);
+        fresh.fresh = true;
+        let ranked = vec![
+            c("a", 0.9, &["X"]),
+            c("bad", 0.85, &["X"]),
+            c("b", 0.55, &["Z"]),
+            fresh,
+            c("promo", 0.1, &["W"]),
+        ];
+        let cfg = RerankConfig {
+            blocked: HashSet::from(["bad".to_string()]),
+            fresh_boost: 1.2,
+            pins: vec![("promo".into(), 0)],
+            ..plain(4)
+        };
+        let (served, actions) = rerank(&ranked, &cfg);
+        assert_eq!(
+            ids(&served),
+            ["promo", "a", "new", "b"],
+            "pinned first; boosted 0.6 passes 0.55"
+        );
+        assert!(served.iter().all(|c| c.id != "bad"));
+        assert!(actions.contains(&Action {
+            id: "bad".into(),
+            before: 1,
+            after: None,
+            rule: Rule::Blocked
+        }));
+        assert!(actions.contains(&Action {
+            id: "promo".into(),
+            before: 4,
+            after: Some(0),
+            rule: Rule::Pin
+        }));
+        assert!(actions.iter().any(|a| a.id == "new" && a.after == Some(2)));
+        assert!((served[2].score - 0.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(ab_bucket("u1", "exp", 10), ab_bucket("u1", "exp", 10));
+        let mut counts = [0u32; 4];
+        for u in 0..10_000 {
+            counts[ab_bucket(&format!("user-{u}"), "ranker-v2", 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&n| (2300..2700).contains(&n)), "{counts:?}");
+        let same = (0..1000)
+            .filter(|u| ab_bucket(&format!("{u}"), "a", 2) == ab_bucket(&format!("{u}"), "b", 2))
+            .count();
+        assert!((400..600).contains(&same), "experiments are independent: {same}");
+    }
+
+    #[test]
+    fn similarity_is_jaccard() {
+        let s = |a: &[&str], b: &[&str]| {
+            similarity(
+                &a.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                &b.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(s(&["A", "B"], &["B", "C"]), 1.0 / 3.0);
+        assert_eq!(s(&["A"], &["A"]), 1.0);
+        assert_eq!(s(&[], &["A"]), 0.0);
+    }
+}
