@@ -47,6 +47,34 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the local services on loopback (recall, features), building artifacts from the
+    /// bundled data first if there are none.
+    Up {
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        recall_addr: SocketAddr,
+        /// The recall service's /metrics, /healthz, /readyz.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        recall_http_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        features_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        features_http_addr: SocketAddr,
+        #[arg(long, env = "RECSTACK_REDIS_URL")]
+        redis_url: Option<String>,
+    },
+    /// Ask the local services about a user: features, then recall candidates with lineage.
+    Query {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 20)]
+        n: u32,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        recall_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        features_addr: SocketAddr,
+    },
     /// Write a SYNTHETIC data set calibrated to the bundled data, for scale tests.
     Synth {
         #[arg(long, default_value_t = 10_000_000)]
@@ -240,6 +268,96 @@ async fn serve_recall(
     Ok(())
 }
 
+/// Builds and writes artifacts from the data in `dir`.
+fn run_build(dir: PathBuf, out: &std::path::Path, seed: u64, quiet: bool) -> anyhow::Result<build::Manifest> {
+    let start = Instant::now();
+    let ds = Dataset::load_movietweetings(&dir)?;
+    eprintln!(
+        "build: {} users, {} items, {} ratings from {}",
+        ds.n_users(),
+        ds.n_items(),
+        ds.ratings.len(),
+        dir.display()
+    );
+    let params = BuildParams {
+        seed,
+        ..BuildParams::default()
+    };
+    let artifacts = build::build(&ds, &params, &Progress::new(quiet))?;
+    let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"])?;
+    let manifest = build::write(out, &artifacts, "movietweetings-100k", inputs, &params)?;
+    eprintln!(
+        "build: version {} written in {:.1}s",
+        manifest.version,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
+}
+
+/// Asks the local services for a user's features and recall candidates, and prints them.
+async fn query(user: String, n: u32, recall_addr: SocketAddr, features_addr: SocketAddr) -> anyhow::Result<()> {
+    use recstack_services::features::proto::GetUserRequest;
+    use recstack_services::features::proto::features_client::FeaturesClient;
+    use recstack_services::recall::service::proto::RecallRequest;
+    use recstack_services::recall::service::proto::recall_client::RecallClient;
+
+    let mut features = FeaturesClient::connect(format!("http://{features_addr}"))
+        .await
+        .with_context(|| format!("no feature service on {features_addr}: start it with `recstack up`"))?;
+    match features
+        .get_user(GetUserRequest { user_id: user.clone() })
+        .await?
+        .into_inner()
+        .features
+    {
+        Some(f) => {
+            let genres: Vec<String> = f
+                .top_genres
+                .iter()
+                .map(|g| format!("{} {:.0}%", g.genre, g.share * 100.0))
+                .collect();
+            println!(
+                "user {user}: {} ratings, mean {:.1}, top genres: {}",
+                f.ratings,
+                f.mean_rating,
+                genres.join(", ")
+            );
+        }
+        None => println!("user {user}: unknown (cold start: hot items only)"),
+    }
+    let mut recall = RecallClient::connect(format!("http://{recall_addr}"))
+        .await
+        .with_context(|| format!("no recall service on {recall_addr}: start it with `recstack up`"))?;
+    let resp = recall
+        .recall(RecallRequest {
+            user_id: user,
+            n,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{} candidates from artifact version {}:",
+        resp.candidates.len(),
+        resp.artifact_version
+    );
+    for (rank, c) in resp.candidates.iter().enumerate() {
+        let sources: Vec<String> = c
+            .sources
+            .iter()
+            .map(|s| format!("{}#{} ({:.3})", s.channel, s.rank, s.score))
+            .collect();
+        println!(
+            "{:>4}. {}  fused {:.4}  from {}",
+            rank + 1,
+            c.item_id,
+            c.fused_score,
+            sources.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Writes the training and held-out ratings as CSV with dense ids.
 fn export(a: &build::Artifacts, dir: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
@@ -264,30 +382,50 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Build { data, out, seed, quiet } => {
-            let dir = data.unwrap_or_else(dataset::bundled_dir);
-            let start = Instant::now();
-            let ds = Dataset::load_movietweetings(&dir)?;
-            eprintln!(
-                "build: {} users, {} items, {} ratings from {}",
-                ds.n_users(),
-                ds.n_items(),
-                ds.ratings.len(),
-                dir.display()
-            );
-            let params = BuildParams {
-                seed,
-                ..BuildParams::default()
-            };
-            let artifacts = build::build(&ds, &params, &Progress::new(quiet))?;
-            let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"])?;
-            let manifest = build::write(&out, &artifacts, "movietweetings-100k", inputs, &params)?;
+            let manifest = run_build(data.unwrap_or_else(dataset::bundled_dir), &out, seed, quiet)?;
             println!("{}", out.join(&manifest.version).display());
-            eprintln!(
-                "build: version {} written in {:.1}s",
-                manifest.version,
-                start.elapsed().as_secs_f64()
-            );
             Ok(())
+        }
+        Command::Up {
+            artifacts,
+            recall_addr,
+            recall_http_addr,
+            features_addr,
+            features_http_addr,
+            redis_url,
+        } => {
+            if !artifacts.join("current").exists() {
+                eprintln!(
+                    "up: no artifacts in {}; building them from the bundled data",
+                    artifacts.display()
+                );
+                run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                println!(
+                    "recstack is up on the bundled data (artifacts in {}):",
+                    artifacts.display()
+                );
+                println!("  recall    grpc://{recall_addr}   metrics http://{recall_http_addr}/metrics");
+                println!("  features  grpc://{features_addr}   metrics http://{features_http_addr}/metrics");
+                println!("try:  cargo run -p recstack-services -- query --user 1");
+                println!("(gateway, ranking and rerank services are not built yet; Ctrl-C stops)");
+                let (r, f) = tokio::join!(
+                    serve_recall(artifacts.clone(), recall_addr, recall_http_addr, 10),
+                    serve_features(artifacts.clone(), redis_url, None, features_addr, features_http_addr),
+                );
+                r.and(f)
+            })
+        }
+        Command::Query {
+            user,
+            n,
+            recall_addr,
+            features_addr,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(query(user, n, recall_addr, features_addr))
         }
         Command::Serve {
             component:
