@@ -6,7 +6,7 @@
 //! "reconcile storm" operators are known for).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use recstack_crds::{Component, ComponentStatus, Endpoints, RecommenderStack, RecommenderStackStatus, StreamEngine};
+use recstack_crds::{Component, ComponentStatus, Endpoints, RecommenderStack, RecommenderStackStatus};
 
 use crate::labels;
 use crate::render::{GRPC_PORT, HTTP_PORT};
@@ -225,9 +225,4 @@ pub fn observe_flink(live: Option<&serde_json::Value>) -> Observed {
         desired: 1,
         ready: i32::from(running),
     }
-}
-
-/// True when the stream component is a Flink job for this stack.
-pub fn uses_flink(stack: &RecommenderStack) -> bool {
-    stack.spec.stream.engine == StreamEngine::Flink
 }

@@ -62,13 +62,14 @@ pub fn evaluate(a: &Artifacts, show_progress: bool) -> (BTreeMap<String, Metrics
         .par_iter()
         .map(|(&user, t)| {
             let mut rows = Vec::with_capacity(8);
+            let h = recall::UserHistory::new(a, user);
             for c in Channel::ALL {
-                let list: Vec<u32> = recall::channel(a, c, user, 200).items.iter().map(|x| x.0).collect();
+                let list: Vec<u32> = recall::channel_for(a, &h, c, 200).items.iter().map(|x| x.0).collect();
                 rows.push((c.name().to_string(), score(&list, t)));
             }
-            let merged: Vec<u32> = recall::recall(a, user, 200, 1000).iter().map(|c| c.item).collect();
+            let merged: Vec<u32> = recall::recall(a, &h, 200, 1000).iter().map(|c| c.item).collect();
             rows.push(("merged".to_string(), score(&merged, t)));
-            let popular: Vec<u32> = recall::popular(a, user, 200).iter().map(|x| x.0).collect();
+            let popular: Vec<u32> = recall::popular(a, &h, 200).iter().map(|x| x.0).collect();
             rows.push(("popularity baseline".to_string(), score(&popular, t)));
             bar.inc(1);
             rows

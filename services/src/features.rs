@@ -246,9 +246,7 @@ impl Default for FeatureMetrics {
 
 impl FeatureMetrics {
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        crate::ops::encode(&self.registry)
     }
     fn served(&self, source: &'static str) {
         self.served.get_or_create(&SourceLabels { source }).inc();

@@ -7,6 +7,15 @@
 //! - [`eval`]: `recstack eval` on the held-out ratings.
 #![forbid(unsafe_code)]
 
+/// 64-bit FNV-1a: stable across builds, processes and platforms (unlike `std`'s randomly
+/// keyed hasher), for values that are stored or compared across them — Bloom keys of item
+/// ids, A/B buckets.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 pub mod build;
 pub mod dataset;
 pub mod eval;

@@ -145,13 +145,7 @@ async fn serve_features(
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
 ) -> anyhow::Result<()> {
-    let loaded = Loaded::from_dir(&artifacts).with_context(|| {
-        format!(
-            "no artifacts in {}: run `recstack build --out {}`",
-            artifacts.display(),
-            artifacts.display()
-        )
-    })?;
+    let loaded = load_artifacts(&artifacts)?;
     let snapshot = Arc::new(Snapshot::from_artifacts(&loaded.artifacts));
     drop(loaded);
     let metrics = Arc::new(FeatureMetrics::default());
@@ -226,13 +220,7 @@ async fn serve_recall(
     http_addr: SocketAddr,
     reload_secs: u64,
 ) -> anyhow::Result<()> {
-    let loaded = Loaded::from_dir(&artifacts).with_context(|| {
-        format!(
-            "no artifacts to serve in {}: run `recstack build --out {}`",
-            artifacts.display(),
-            artifacts.display()
-        )
-    })?;
+    let loaded = load_artifacts(&artifacts)?;
     eprintln!("recall: serving artifact version {}", loaded.manifest.version);
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
@@ -266,6 +254,24 @@ async fn serve_recall(
         .await
         .context("recall server")?;
     Ok(())
+}
+
+/// The artifact version `root/current` names, or an error saying how to build one.
+fn load_artifacts(root: &std::path::Path) -> anyhow::Result<Loaded> {
+    Loaded::from_dir(root).with_context(|| {
+        format!(
+            "no artifacts to serve in {}: run `recstack build --out {}`",
+            root.display(),
+            root.display()
+        )
+    })
+}
+
+/// Runs an async command on a fresh multi-threaded runtime (only the serving commands need one).
+fn block_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(command)
 }
 
 /// Builds and writes artifacts from the data in `dir`.
@@ -401,8 +407,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(async {
+            block_on(async {
                 println!(
                     "recstack is up on the bundled data (artifacts in {}):",
                     artifacts.display()
@@ -423,10 +428,7 @@ fn main() -> anyhow::Result<()> {
             n,
             recall_addr,
             features_addr,
-        } => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(query(user, n, recall_addr, features_addr))
-        }
+        } => block_on(query(user, n, recall_addr, features_addr)),
         Command::Serve {
             component:
                 Serve::Recall {
@@ -435,10 +437,7 @@ fn main() -> anyhow::Result<()> {
                     http_addr,
                     reload_secs,
                 },
-        } => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve_recall(artifacts, grpc_addr, http_addr, reload_secs))
-        }
+        } => block_on(serve_recall(artifacts, grpc_addr, http_addr, reload_secs)),
         Command::Serve {
             component:
                 Serve::Features {
@@ -448,10 +447,7 @@ fn main() -> anyhow::Result<()> {
                     grpc_addr,
                     http_addr,
                 },
-        } => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve_features(artifacts, redis_url, dump, grpc_addr, http_addr))
-        }
+        } => block_on(serve_features(artifacts, redis_url, dump, grpc_addr, http_addr)),
         Command::Synth {
             users,
             items,

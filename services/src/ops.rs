@@ -10,6 +10,14 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+/// A registry in the Prometheus text format.
+pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
 /// Renders the service's metrics.
 pub type Encode = Arc<dyn Fn() -> String + Send + Sync>;
 

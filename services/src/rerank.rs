@@ -229,11 +229,7 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
 /// A stable A/B bucket in `0..buckets` for (user, experiment): the same user always lands in
 /// the same bucket of an experiment, independently across experiments.
 pub fn ab_bucket(user: &str, experiment: &str, buckets: u32) -> u32 {
-    let h = format!("{experiment}\u{1f}{user}")
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let h = crate::stable_hash(format!("{experiment}\u{1f}{user}").as_bytes());
     // Finalize (the low bits of FNV are weak) and reduce by multiply-shift.
     let mut x = h ^ (h >> 33);
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);

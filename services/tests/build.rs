@@ -66,7 +66,7 @@ fn every_channel_recalls_unseen_items_for_a_held_out_user() {
             c.name()
         );
     }
-    let merged = recall::recall(a, user, 200, 1000);
+    let merged = recall::recall(a, &recall::UserHistory::new(a, user), 200, 1000);
     assert!(
         merged.len() >= 500 && merged.len() <= 1000,
         "{} candidates",

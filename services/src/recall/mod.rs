@@ -22,25 +22,47 @@ const ITEM_CF_SEEDS: usize = 20;
 /// How many recent history items make the vector channel's query.
 const VECTOR_SEEDS: usize = 10;
 
+/// A user's training history, looked up once per request and shared by every channel.
+pub struct UserHistory<'a> {
+    pub user: u32,
+    /// Most recent first; empty for unknown and cold users.
+    pub items: &'a [u32],
+    pub seen: HashSet<u32>,
+}
+
+impl<'a> UserHistory<'a> {
+    pub fn new(a: &'a Artifacts, user: u32) -> Self {
+        let items: &[u32] = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+        Self {
+            user,
+            items,
+            seen: items.iter().copied().collect(),
+        }
+    }
+}
+
 /// One channel's top `n` for `user` (dense id), excluding the user's history.
 pub fn channel(a: &Artifacts, channel: Channel, user: u32, n: usize) -> ChannelList {
-    let history: &[u32] = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
-    let seen: HashSet<u32> = history.iter().copied().collect();
+    channel_for(a, &UserHistory::new(a, user), channel, n)
+}
+
+/// One channel's top `n` for a user whose history is already looked up.
+pub fn channel_for(a: &Artifacts, h: &UserHistory, channel: Channel, n: usize) -> ChannelList {
+    let (user, seen) = (h.user, &h.seen);
     let items = match channel {
-        Channel::ItemCf => item_cf(a, history, &seen, n),
-        Channel::UserCf => user_cf(a, user, &seen, n),
-        Channel::Hot => ranked_list(&a.hot, &seen, n),
-        Channel::Als => als(a, user, &seen, n),
-        Channel::Vector => vector(a, user, &seen, n),
-        Channel::Tag => tag(a, user, &seen, n),
+        Channel::ItemCf => item_cf(a, h.items, seen, n),
+        Channel::UserCf => user_cf(a, user, seen, n),
+        Channel::Hot => ranked_list(&a.hot, seen, n),
+        Channel::Als => als(a, user, seen, n),
+        Channel::Vector => vector(a, user, seen, n),
+        Channel::Tag => tag(a, user, seen, n),
     };
     ChannelList { channel, items }
 }
 
 /// The all-time popularity list, excluding the history (the evaluation baseline).
-pub fn popular(a: &Artifacts, user: u32, n: usize) -> Vec<(u32, f32)> {
-    let seen: HashSet<u32> = a.history.get(user as usize).into_iter().flatten().copied().collect();
-    ranked_list(&a.popular, &seen, n)
+pub fn popular(a: &Artifacts, h: &UserHistory, n: usize) -> Vec<(u32, f32)> {
+    ranked_list(&a.popular, &h.seen, n)
 }
 
 fn ranked_list(list: &[(u32, f32)], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
@@ -175,7 +197,7 @@ fn tag(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32
 }
 
 /// Every channel, merged: `quota` items per channel at most, `total` in all.
-pub fn recall(a: &Artifacts, user: u32, quota: usize, total: usize) -> Vec<Candidate> {
-    let lists: Vec<ChannelList> = Channel::ALL.iter().map(|&c| channel(a, c, user, quota)).collect();
+pub fn recall(a: &Artifacts, h: &UserHistory, quota: usize, total: usize) -> Vec<Candidate> {
+    let lists: Vec<ChannelList> = Channel::ALL.iter().map(|&c| channel_for(a, h, c, quota)).collect();
     merge(&lists, |_| quota, total)
 }

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::seen::{SeenConfig, SeenFilter};
-use super::{Channel, channel, merge};
+use super::{Channel, UserHistory, channel_for, merge};
 use crate::build::{self, Artifacts, BuildError, Manifest};
 
 /// Generated gRPC types (`services/proto/recall.proto`).
@@ -200,9 +200,7 @@ impl SeenStore for RedisSeenStore {
 /// The Bloom key of an item: a hash of its external id, so filters survive artifact versions
 /// that renumber items.
 pub fn item_key(item_id: &str) -> u64 {
-    item_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::stable_hash(item_id.as_bytes())
 }
 
 // === metrics ===
@@ -272,9 +270,7 @@ impl Default for RecallMetrics {
 
 impl RecallMetrics {
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        crate::ops::encode(&self.registry)
     }
 }
 
@@ -374,12 +370,13 @@ impl<S: SeenStore> RecallService<S> {
         let quotas = q.quotas.clone();
         let work = loaded.clone();
         let lists = tokio::task::spawn_blocking(move || {
+            let history = UserHistory::new(&work.artifacts, user);
             quotas
                 .par_iter()
                 .filter(|(_, q)| **q > 0)
                 .map(|(&c, &quota)| {
                     let start = Instant::now();
-                    let list = channel(&work.artifacts, c, user, quota);
+                    let list = channel_for(&work.artifacts, &history, c, quota);
                     (list, start.elapsed())
                 })
                 .collect::<Vec<_>>()
