@@ -21,6 +21,7 @@ pub mod dataset;
 pub mod eval;
 pub mod features;
 pub mod ops;
+pub mod ranking;
 pub mod recall;
 pub mod rerank;
 pub mod synth;

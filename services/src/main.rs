@@ -86,6 +86,14 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Write the ranking model's training data (NumPy arrays) from the current artifacts, with
+    /// the same feature code the ranking service runs: `scripts/train-ranker` reads it.
+    ExportRanking {
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve one component.
     Serve {
         #[command(subcommand)]
@@ -460,6 +468,22 @@ fn main() -> anyhow::Result<()> {
             let n = recstack_services::synth::generate(&cal, users, items, seed, &out, true)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("synth: {n} ratings written to {}", out.display());
+            Ok(())
+        }
+        Command::ExportRanking { artifacts, out } => {
+            use recstack_services::ranking::{export, features::FeatureSpec};
+            let (manifest, a) = build::load(&artifacts, None).context("loading artifacts")?;
+            let spec = FeatureSpec::all(FeatureSpec::default_buckets);
+            let (train, test) = export::sample(&a, &spec, &export::ExportParams::default());
+            export::write(&out, &spec, &train, &test).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(out.join("artifact_version"), &manifest.version)?;
+            eprintln!(
+                "export-ranking: {} training rows, {} test rows from artifacts {} in {}",
+                train.rows(),
+                test.rows(),
+                manifest.version,
+                out.display()
+            );
             Ok(())
         }
         Command::Eval {

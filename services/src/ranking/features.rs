@@ -1,0 +1,311 @@
+//! The ranking model's inputs: named features computed from a user's and an item's features.
+//!
+//! One function computes every feature, for training export and for serving alike, so the model
+//! sees the same values in both (no train/serve skew). A model card lists the features a model
+//! was trained on, in order; [`FeatureSpec::from_card`] refuses a card naming a feature this
+//! build does not compute.
+//!
+//! Two tensors: `sparse` (int64 `[batch, S]`, hashed categorical ids for embedding lookups) and
+//! `dense` (float32 `[batch, D]`, numeric features scaled to roughly 0–1).
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::proto::{ItemFeatures, UserFeatures};
+
+/// Categorical features: a stable hash of the value modulo the bucket count.
+pub const SPARSE: &[&str] = &[
+    "user_id",
+    "item_id",
+    "item_genre",
+    "user_top_genre",
+    "item_decade",
+    "user_activity",
+];
+
+/// Numeric features.
+pub const DENSE: &[&str] = &[
+    "user_log_ratings",
+    "user_mean_rating",
+    "item_log_ratings",
+    "item_mean_rating",
+    "item_log_hot",
+    "genre_affinity",
+    "item_age",
+    "item_genre_count",
+];
+
+/// One categorical input of a model card.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseFeature {
+    pub name: String,
+    /// Embedding rows; values are `hash % buckets`.
+    pub buckets: u32,
+}
+
+/// The inputs of a model, in the order its tensors hold them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub sparse: Vec<SparseFeature>,
+    pub dense: Vec<String>,
+}
+
+/// A model card naming a feature this build does not compute, or an unusable bucket count.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("the model card names sparse feature `{0}`, which this build does not compute (known: {known})", known = SPARSE.join(", "))]
+    UnknownSparse(String),
+    #[error("the model card names dense feature `{0}`, which this build does not compute (known: {known})", known = DENSE.join(", "))]
+    UnknownDense(String),
+    #[error("sparse feature `{0}` has 0 buckets")]
+    NoBuckets(String),
+}
+
+impl FeatureSpec {
+    /// Every feature this build computes, with the given bucket counts (training export).
+    pub fn all(buckets: impl Fn(&str) -> u32) -> Self {
+        Self {
+            sparse: SPARSE
+                .iter()
+                .map(|n| SparseFeature {
+                    name: n.to_string(),
+                    buckets: buckets(n),
+                })
+                .collect(),
+            dense: DENSE.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// The bucket counts the bundled model uses: ids get many rows, small vocabularies few.
+    pub fn default_buckets(name: &str) -> u32 {
+        match name {
+            "user_id" | "item_id" => 16_384,
+            "item_decade" | "user_activity" => 32,
+            _ => 64,
+        }
+    }
+
+    /// Checks a model card's feature list against what this build computes.
+    pub fn check(&self) -> Result<(), SpecError> {
+        for f in &self.sparse {
+            if !SPARSE.contains(&f.name.as_str()) {
+                return Err(SpecError::UnknownSparse(f.name.clone()));
+            }
+            if f.buckets == 0 {
+                return Err(SpecError::NoBuckets(f.name.clone()));
+            }
+        }
+        for f in &self.dense {
+            if !DENSE.contains(&f.as_str()) {
+                return Err(SpecError::UnknownDense(f.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
+    /// or item has `None` and gets the features' neutral values.
+    pub fn push_row(
+        &self,
+        user_id: &str,
+        user: Option<&UserFeatures>,
+        item_id: &str,
+        item: Option<&ItemFeatures>,
+        sparse: &mut Vec<i64>,
+        dense: &mut Vec<f32>,
+    ) {
+        let row = Row {
+            user_id,
+            user,
+            item_id,
+            item,
+        };
+        sparse.extend(self.sparse.iter().map(|f| row.sparse(&f.name, f.buckets)));
+        dense.extend(self.dense.iter().map(|f| row.dense(f)));
+    }
+}
+
+struct Row<'a> {
+    user_id: &'a str,
+    user: Option<&'a UserFeatures>,
+    item_id: &'a str,
+    item: Option<&'a ItemFeatures>,
+}
+
+/// `hash(name, value) % buckets`; bucket 0 is kept for "unknown".
+fn bucket(name: &str, value: &str, buckets: u32) -> i64 {
+    if buckets <= 1 || value.is_empty() {
+        return 0;
+    }
+    let h = crate::stable_hash(format!("{name}\u{1f}{value}").as_bytes());
+    1 + (h % u64::from(buckets - 1)) as i64
+}
+
+fn log_scaled(x: f32) -> f32 {
+    // ln(1 + x) / ln(1 + 10_000): 0 for nothing, ~1 for the most active users and items.
+    (1.0 + x.max(0.0)).ln() / 10_001f32.ln()
+}
+
+impl Row<'_> {
+    fn sparse(&self, name: &str, buckets: u32) -> i64 {
+        let value = match name {
+            "user_id" => self.user.map(|_| self.user_id.to_string()),
+            "item_id" => self.item.map(|_| self.item_id.to_string()),
+            "item_genre" => self.item.and_then(|i| i.genres.first().cloned()),
+            "user_top_genre" => self.user.and_then(|u| u.top_genres.first().map(|g| g.genre.clone())),
+            "item_decade" => self.item.filter(|i| i.year > 0).map(|i| (i.year / 10).to_string()),
+            "user_activity" => self.user.map(|u| (32 - u.ratings.leading_zeros()).to_string()),
+            _ => None,
+        };
+        value.map_or(0, |v| bucket(name, &v, buckets))
+    }
+
+    fn dense(&self, name: &str) -> f32 {
+        let (u, i) = (self.user, self.item);
+        match name {
+            "user_log_ratings" => u.map_or(0.0, |u| log_scaled(u.ratings as f32)),
+            "user_mean_rating" => u.map_or(0.5, |u| u.mean_rating / 10.0),
+            "item_log_ratings" => i.map_or(0.0, |i| log_scaled(i.ratings as f32)),
+            "item_mean_rating" => i.map_or(0.5, |i| i.mean_rating / 10.0),
+            "item_log_hot" => i.map_or(0.0, |i| log_scaled(i.hot_score)),
+            "genre_affinity" => match (u, i) {
+                (Some(u), Some(i)) => u
+                    .top_genres
+                    .iter()
+                    .filter(|g| i.genres.contains(&g.genre))
+                    .map(|g| g.share)
+                    .sum::<f32>()
+                    .min(1.0),
+                _ => 0.0,
+            },
+            "item_age" => match (u, i) {
+                // Years between the item's release and the user's latest activity, over a century.
+                (Some(u), Some(i)) if i.year > 0 => {
+                    let user_year = 1970.0 + u.last_ts as f32 / 31_557_600.0;
+                    ((user_year - i.year as f32) / 100.0).clamp(0.0, 1.0)
+                }
+                _ => 0.5,
+            },
+            "item_genre_count" => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
+            _ => 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::proto::GenreShare;
+
+    fn user() -> UserFeatures {
+        UserFeatures {
+            user_id: "u1".into(),
+            ratings: 40,
+            mean_rating: 7.5,
+            last_ts: 1_600_000_000,
+            top_genres: vec![
+                GenreShare {
+                    genre: "Drama".into(),
+                    share: 0.5,
+                },
+                GenreShare {
+                    genre: "Comedy".into(),
+                    share: 0.25,
+                },
+            ],
+            recent_items: vec![],
+        }
+    }
+
+    fn item(genres: &[&str]) -> ItemFeatures {
+        ItemFeatures {
+            item_id: "i1".into(),
+            ratings: 100,
+            mean_rating: 8.0,
+            hot_score: 3.0,
+            year: 1994,
+            genres: genres.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn spec() -> FeatureSpec {
+        FeatureSpec::all(FeatureSpec::default_buckets)
+    }
+
+    fn row(user: Option<&UserFeatures>, item: Option<&ItemFeatures>) -> (Vec<i64>, Vec<f32>) {
+        let (mut s, mut d) = (vec![], vec![]);
+        spec().push_row("u1", user, "i1", item, &mut s, &mut d);
+        (s, d)
+    }
+
+    fn dense(name: &str, v: &[f32]) -> f32 {
+        v[DENSE.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn a_row_has_every_feature_in_card_order() {
+        let (s, d) = row(Some(&user()), Some(&item(&["Drama"])));
+        assert_eq!(s.len(), SPARSE.len());
+        assert_eq!(d.len(), DENSE.len());
+        for (f, v) in spec().sparse.iter().zip(&s) {
+            assert!(*v >= 1 && *v < i64::from(f.buckets), "{}: {v}", f.name);
+        }
+        for v in &d {
+            assert!((0.0..=1.0).contains(v), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn genre_affinity_sums_the_users_shares_of_the_items_genres() {
+        let u = user();
+        assert_eq!(dense("genre_affinity", &row(Some(&u), Some(&item(&["Drama"]))).1), 0.5);
+        assert_eq!(
+            dense("genre_affinity", &row(Some(&u), Some(&item(&["Drama", "Comedy"]))).1),
+            0.75
+        );
+        assert_eq!(dense("genre_affinity", &row(Some(&u), Some(&item(&["Horror"]))).1), 0.0);
+    }
+
+    #[test]
+    fn unknown_users_and_items_get_bucket_zero_and_neutral_values() {
+        let (s, d) = row(None, None);
+        assert!(s.iter().all(|&v| v == 0), "{s:?}");
+        assert_eq!(dense("user_mean_rating", &d), 0.5);
+        assert_eq!(dense("genre_affinity", &d), 0.0);
+    }
+
+    #[test]
+    fn hashing_is_stable_and_separates_features() {
+        assert_eq!(
+            bucket("item_id", "0110912", 16_384),
+            bucket("item_id", "0110912", 16_384)
+        );
+        assert_ne!(
+            bucket("item_id", "0110912", 16_384),
+            bucket("item_id", "0110913", 16_384)
+        );
+        assert_eq!(bucket("user_id", "", 100), 0);
+    }
+
+    #[test]
+    fn a_card_with_an_unknown_feature_is_refused_by_name() {
+        let mut s = spec();
+        s.dense.push("clicks_last_hour".into());
+        assert_eq!(s.check(), Err(SpecError::UnknownDense("clicks_last_hour".into())));
+        let mut s = spec();
+        s.sparse[0].buckets = 0;
+        assert_eq!(s.check(), Err(SpecError::NoBuckets("user_id".into())));
+        assert!(spec().check().is_ok());
+    }
+
+    #[test]
+    fn rows_follow_the_cards_order_not_the_catalogues() {
+        let spec = FeatureSpec {
+            sparse: vec![],
+            dense: vec!["item_genre_count".into(), "user_mean_rating".into()],
+        };
+        let (mut s, mut d) = (vec![], vec![]);
+        spec.push_row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), &mut s, &mut d);
+        assert!(s.is_empty());
+        assert_eq!(d, vec![0.4, 0.75]);
+    }
+}

@@ -1,0 +1,10 @@
+//! Ranking: scores recall's candidates with an ONNX model.
+//!
+//! - [`features`]: the model's named inputs, computed from user and item features (shared by
+//!   training export and serving).
+//! - [`export`]: training data for `scripts/train-ranker` (`recstack export-ranking`).
+//! - [`model`]: the model card and the ONNX Runtime session (CPU or CUDA).
+
+pub mod export;
+pub mod features;
+pub mod model;
