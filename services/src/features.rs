@@ -150,6 +150,10 @@ impl Snapshot {
         self.items.get(id)
     }
 
+    pub fn items(&self) -> impl Iterator<Item = &ItemFeatures> {
+        self.items.values()
+    }
+
     fn get(&self, key: &Key) -> Option<Value> {
         match key {
             Key::User(id) => self.users.get(id).cloned().map(Value::User),

@@ -5,6 +5,10 @@
 //!   tag index, feature snapshots).
 //! - [`recall`]: the recall channels over the artifacts, merge/dedup/quota, the seen filter.
 //! - [`eval`]: `recstack eval` on the held-out ratings.
+//! - [`features`]: the feature service (L1 cache ▸ Redis ▸ snapshot).
+//! - [`ranking`]: the ONNX ranking service (batching, canary, hot swap) and its training data.
+//! - [`rerank`]: diversity and business rules, and their service.
+//! - [`gateway`]: the front door: budgets, degradation levels, breakers, traces.
 #![forbid(unsafe_code)]
 
 /// 64-bit FNV-1a: stable across builds, processes and platforms (unlike `std`'s randomly
@@ -17,11 +21,14 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 }
 
 pub mod build;
+pub mod config;
 pub mod dataset;
 pub mod eval;
 pub mod features;
+pub mod gateway;
 pub mod ops;
 pub mod ranking;
 pub mod recall;
 pub mod rerank;
+pub mod serve;
 pub mod synth;

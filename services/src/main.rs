@@ -1,31 +1,29 @@
-//! `recstack`: the offline build and evaluation (the serving commands arrive with the
-//! services).
+//! `recstack`: the offline build and evaluation, the services, the local stack and the load
+//! generator.
 #![forbid(unsafe_code)]
 
+mod bench;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use recstack_services::build::{self, BuildParams, Progress};
+use recstack_services::config::{RuntimeConfig, model_path};
 use recstack_services::dataset::{self, Dataset};
 use recstack_services::eval;
-use recstack_services::features::proto::features_server::FeaturesServer;
-use recstack_services::features::{
-    CachePolicy, FeatureMetrics, FeatureService, FeatureStore, L2, NoL2, RedisL2, Snapshot,
-};
-use recstack_services::ops;
-use recstack_services::recall::seen::SeenConfig;
-use recstack_services::recall::service::proto::recall_server::RecallServer;
-use recstack_services::recall::service::{
-    ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts,
-};
+use recstack_services::features::Snapshot;
+use recstack_services::gateway::{Catalogue, Endpoints, GatewayConfig};
+use recstack_services::ranking::batcher::BatchConfig;
+use recstack_services::ranking::model::Device;
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::{self, Addrs, LocalAddrs, LocalOptions, Service};
 
 #[derive(Parser)]
-#[command(version, about = "recstack: offline build and evaluation")]
+#[command(version, about = "recstack: build, serve and measure the recommender")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,20 +45,13 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Run the local services on loopback (recall, features), building artifacts from the
-    /// bundled data first if there are none.
+    /// Run the whole stack on loopback (gateway, recall, features, ranking, rerank), building
+    /// artifacts from the bundled data first if there are none.
     Up {
         #[arg(long, default_value = "artifacts")]
         artifacts: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        recall_addr: SocketAddr,
-        /// The recall service's /metrics, /healthz, /readyz.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        recall_http_addr: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9091")]
-        features_addr: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:8081")]
-        features_http_addr: SocketAddr,
+        #[command(flatten)]
+        model: ModelArgs,
         #[arg(long, env = "RECSTACK_REDIS_URL")]
         redis_url: Option<String>,
     },
@@ -75,6 +66,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9091")]
         features_addr: SocketAddr,
     },
+    /// Open-loop load against the gateway: requests at a fixed rate for held-out users,
+    /// latency percentiles (HdrHistogram, from each request's scheduled start) and levels.
+    Bench(bench::BenchArgs),
     /// Write a SYNTHETIC data set calibrated to the bundled data, for scale tests.
     Synth {
         #[arg(long, default_value_t = 10_000_000)]
@@ -86,18 +80,10 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Write the ranking model's training data (NumPy arrays) from the current artifacts, with
-    /// the same feature code the ranking service runs: `scripts/train-ranker` reads it.
-    ExportRanking {
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-    },
     /// Serve one component.
     Serve {
         #[command(subcommand)]
-        component: Serve,
+        component: ServeCommand,
     },
     /// Evaluate each recall channel on the held-out ratings of the current artifacts.
     Eval {
@@ -111,168 +97,298 @@ enum Command {
         #[arg(long)]
         export_split: Option<PathBuf>,
     },
+    /// Write the ranking model's training data (NumPy arrays) from the current artifacts, with
+    /// the same feature code the ranking service runs: `scripts/train-ranker` reads it.
+    ExportRanking {
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where a served component listens, its artifacts, and the operator's runtime config.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Artifact root written by `recstack build` (serves what `current` names).
+    #[arg(long, default_value = "artifacts")]
+    artifacts: PathBuf,
+    /// gRPC listen address.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// `/metrics`, `/healthz`, `/readyz` (and the gateway's HTTP API).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// The runtime config the operator mounts (`/etc/recstack/config.yaml`): ports, peers,
+    /// model, batching, feature store. Flags given explicitly win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn addrs(&self, config: Option<&RuntimeConfig>, grpc: u16, http: u16) -> Addrs {
+        let (cg, ch) = config.map(RuntimeConfig::listen).unwrap_or((
+            SocketAddr::from(([127, 0, 0, 1], grpc)),
+            SocketAddr::from(([127, 0, 0, 1], http)),
+        ));
+        Addrs {
+            grpc: self.grpc_addr.unwrap_or(cg),
+            http: self.http_addr.unwrap_or(ch),
+        }
+    }
+
+    fn config(&self) -> anyhow::Result<Option<RuntimeConfig>> {
+        self.config
+            .as_deref()
+            .map(RuntimeConfig::read)
+            .transpose()
+            .context("reading the runtime config")
+    }
+}
+
+/// The ranking model and how it runs.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// `model.onnx` with `model.json` beside it (default: the bundled DeepFM).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    canary_model: Option<PathBuf>,
+    /// Percent of users the canary scores (stable per user).
+    #[arg(long, default_value_t = 0)]
+    canary_percent: u32,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Most rows per model call.
+    #[arg(long, default_value_t = 512)]
+    max_batch: usize,
+    /// Longest a request waits for others to join its batch, in microseconds.
+    #[arg(long, default_value_t = 2000)]
+    max_wait_us: u64,
+    /// Score each request alone (for comparison).
+    #[arg(long)]
+    no_batching: bool,
+    /// ONNX Runtime threads per model call.
+    #[arg(long, default_value_t = 1)]
+    intra_threads: usize,
+}
+
+/// The model bundled with the source tree.
+fn bundled_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm/model.onnx")
+}
+
+impl ModelArgs {
+    fn sources(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<ModelSources> {
+        let mut s = ModelSources {
+            primary: self.model.clone().unwrap_or_else(bundled_model),
+            canary: self.canary_model.clone(),
+            canary_percent: self.canary_percent,
+            device: self.device,
+            batch: BatchConfig {
+                max_batch: self.max_batch,
+                max_wait: Duration::from_micros(self.max_wait_us),
+                enabled: !self.no_batching,
+                ..BatchConfig::default()
+            },
+            intra_threads: self.intra_threads,
+        };
+        if let Some(c) = config {
+            let r = &c.ranking;
+            if self.model.is_none() {
+                s.primary = model_path("ranking.model.uri", &r.model.uri)?;
+            }
+            if self.canary_model.is_none()
+                && let Some(uri) = &r.model.canary_uri
+            {
+                s.canary = Some(model_path("ranking.model.canaryUri", uri)?);
+                s.canary_percent = r.model.canary_percent.clamp(0, 100) as u32;
+            }
+            s.device = r.device.parse().map_err(anyhow::Error::msg)?;
+            s.batch.max_batch = r.batching.max_batch.max(1) as usize;
+            s.batch.max_wait = Duration::from_micros(r.batching.max_wait_micros.max(0) as u64);
+        }
+        Ok(s)
+    }
 }
 
 #[derive(Subcommand)]
-enum Serve {
+enum ServeCommand {
     /// The recall gRPC service.
     Recall {
-        /// Artifact root written by `recstack build` (serves what `current` names).
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        grpc_addr: SocketAddr,
-        /// `/metrics`, `/healthz`, `/readyz`.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// How often to look for a new artifact version, in seconds.
         #[arg(long, default_value_t = 10)]
         reload_secs: u64,
     },
     /// The feature gRPC service (L1 cache ▸ Redis ▸ the artifacts' snapshot).
-    Features {
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
+    #[command(alias = "features")]
+    Feature {
+        #[command(flatten)]
+        serve: ServeArgs,
         /// Redis for real-time features (`redis://host:port`); unset: L1 over the snapshot.
         #[arg(long, env = "RECSTACK_REDIS_URL")]
         redis_url: Option<String>,
         /// L1 dump written on shutdown and loaded on start.
         #[arg(long)]
         dump: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:9091")]
-        grpc_addr: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:8081")]
-        http_addr: SocketAddr,
+    },
+    /// The ranking gRPC service (ONNX model, dynamic batching, canary, hot swap).
+    Ranking {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// The rerank gRPC service.
+    Rerank {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// The gateway: HTTP `POST /v1/recommend` and gRPC `Recommend`.
+    Gateway {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        recall: String,
+        #[arg(long, default_value = "http://127.0.0.1:9091")]
+        features: String,
+        #[arg(long, default_value = "http://127.0.0.1:9092")]
+        ranking: String,
+        #[arg(long, default_value = "http://127.0.0.1:9093")]
+        rerank: String,
     },
 }
 
-async fn serve_features(
-    artifacts: PathBuf,
-    redis_url: Option<String>,
-    dump: Option<PathBuf>,
-    grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let loaded = load_artifacts(&artifacts)?;
-    let snapshot = Arc::new(Snapshot::from_artifacts(&loaded.artifacts));
-    drop(loaded);
-    let metrics = Arc::new(FeatureMetrics::default());
-    let encode: ops::Encode = {
-        let metrics = metrics.clone();
-        Arc::new(move || metrics.encode())
+/// Serves until Ctrl-C, then stops cleanly.
+async fn until_ctrl_c(services: Vec<Service>) -> anyhow::Result<()> {
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("stopping…");
+    for s in services {
+        s.stop().await?;
+    }
+    Ok(())
+}
+
+async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
+    let service = match component {
+        ServeCommand::Recall { serve, reload_secs } => {
+            let config = serve.config()?;
+            let loaded = serve::load_artifacts(&serve.artifacts)?;
+            eprintln!("recall: serving artifact version {}", loaded.manifest.version);
+            let every = Duration::from_secs(reload_secs.max(1));
+            serve::recall(
+                loaded,
+                Some((serve.artifacts.clone(), every)),
+                serve.addrs(config.as_ref(), 9090, 8080),
+            )
+            .await?
+        }
+        ServeCommand::Feature { serve, redis_url, dump } => {
+            let config = serve.config()?;
+            let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
+            let snapshot = Arc::new(Snapshot::from_artifacts(
+                &serve::load_artifacts(&serve.artifacts)?.artifacts,
+            ));
+            serve::features(
+                snapshot,
+                redis_url.as_deref(),
+                dump,
+                serve.addrs(config.as_ref(), 9091, 8081),
+            )
+            .await?
+        }
+        ServeCommand::Ranking { serve, model } => {
+            let config = serve.config()?;
+            let sources = model.sources(config.as_ref())?;
+            let snapshot = Arc::new(Snapshot::from_artifacts(
+                &serve::load_artifacts(&serve.artifacts)?.artifacts,
+            ));
+            serve::ranking(
+                snapshot,
+                sources,
+                Duration::from_secs(5),
+                serve.addrs(config.as_ref(), 9092, 8082),
+            )
+            .await?
+        }
+        ServeCommand::Rerank { serve } => {
+            let config = serve.config()?;
+            let snapshot = Arc::new(Snapshot::from_artifacts(
+                &serve::load_artifacts(&serve.artifacts)?.artifacts,
+            ));
+            serve::rerank(snapshot, serve.addrs(config.as_ref(), 9093, 8083)).await?
+        }
+        ServeCommand::Gateway {
+            serve,
+            recall,
+            features,
+            ranking,
+            rerank,
+        } => {
+            let config = serve.config()?;
+            let endpoints = match &config {
+                Some(c) => Endpoints {
+                    recall: c.endpoint("recall")?,
+                    features: c.endpoint("feature")?,
+                    ranking: c.endpoint("ranking")?,
+                    rerank: c.endpoint("rerank")?,
+                },
+                None => Endpoints {
+                    recall,
+                    features,
+                    ranking,
+                    rerank,
+                },
+            };
+            let loaded = serve::load_artifacts(&serve.artifacts)?;
+            let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+            drop(loaded);
+            serve::gateway(
+                catalogue,
+                &endpoints,
+                GatewayConfig::default(),
+                Arc::new(recstack_trace_store::NoSink),
+                serve.addrs(config.as_ref(), 9000, 8000),
+            )
+            .await?
+        }
     };
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding {http_addr}"))?;
-    tokio::spawn(async move { axum::serve(http, ops::router(encode, Arc::new(AtomicBool::new(true)))).await });
-    match redis_url {
-        Some(url) => {
-            let l2 = RedisL2::connect(&url, Duration::from_millis(100))
-                .await
-                .context("connecting to Redis")?;
-            run_features(
-                FeatureStore::new(l2, snapshot, CachePolicy::default(), metrics),
-                dump,
-                grpc_addr,
-            )
-            .await
-        }
-        None => {
-            run_features(
-                FeatureStore::new(NoL2, snapshot, CachePolicy::default(), metrics),
-                dump,
-                grpc_addr,
-            )
-            .await
-        }
-    }
-}
-
-async fn run_features<L: L2>(
-    store: FeatureStore<L>,
-    dump: Option<PathBuf>,
-    grpc_addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let store = Arc::new(store);
-    if let Some(path) = &dump {
-        let n = store
-            .warm(path)
-            .await
-            .with_context(|| format!("reading the L1 dump {}", path.display()))?;
-        eprintln!("features: warmed L1 with {n} values from {}", path.display());
-    }
-    eprintln!("features: gRPC on {grpc_addr}");
-    let grpc = tokio::net::TcpListener::bind(grpc_addr)
-        .await
-        .with_context(|| format!("binding {grpc_addr}"))?;
-    tonic::transport::Server::builder()
-        .add_service(FeaturesServer::new(FeatureService { store: store.clone() }))
-        .serve_with_incoming_shutdown(ops::grpc_incoming(grpc), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("feature server")?;
-    if let Some(path) = &dump {
-        let n = store
-            .dump(path)
-            .await
-            .with_context(|| format!("writing the L1 dump {}", path.display()))?;
-        eprintln!("features: dumped {n} values to {}", path.display());
-    }
-    Ok(())
-}
-
-async fn serve_recall(
-    artifacts: PathBuf,
-    grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
-    reload_secs: u64,
-) -> anyhow::Result<()> {
-    let loaded = load_artifacts(&artifacts)?;
-    eprintln!("recall: serving artifact version {}", loaded.manifest.version);
-    let slot = Arc::new(ArtifactSlot::new(loaded));
-    let metrics = Arc::new(RecallMetrics::default());
-    let service = RecallService::new(
-        slot.clone(),
-        MemorySeenStore::default(),
-        SeenConfig::default(),
-        metrics.clone(),
+    eprintln!(
+        "{}: gRPC on {}, HTTP on http://{}",
+        service.name, service.grpc, service.http
     );
-    tokio::spawn(watch_artifacts(
-        slot,
-        artifacts,
-        Duration::from_secs(reload_secs.max(1)),
-    ));
-
-    let ready = Arc::new(AtomicBool::new(true));
-    let encode: ops::Encode = Arc::new(move || metrics.encode());
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding {http_addr}"))?;
-    tokio::spawn(async move { axum::serve(http, ops::router(encode, ready)).await });
-    eprintln!("recall: gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics");
-    let grpc = tokio::net::TcpListener::bind(grpc_addr)
-        .await
-        .with_context(|| format!("binding {grpc_addr}"))?;
-    tonic::transport::Server::builder()
-        .add_service(RecallServer::new(service))
-        .serve_with_incoming_shutdown(ops::grpc_incoming(grpc), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("recall server")?;
-    Ok(())
+    until_ctrl_c(vec![service]).await
 }
 
-/// The artifact version `root/current` names, or an error saying how to build one.
-fn load_artifacts(root: &std::path::Path) -> anyhow::Result<Loaded> {
-    Loaded::from_dir(root).with_context(|| {
-        format!(
-            "no artifacts to serve in {}: run `recstack build --out {}`",
-            root.display(),
-            root.display()
-        )
-    })
+async fn up(artifacts: PathBuf, model: ModelArgs, redis_url: Option<String>) -> anyhow::Result<()> {
+    let opts = LocalOptions {
+        addrs: LocalAddrs::standard(),
+        model: model.sources(None)?,
+        redis_url,
+        gateway: GatewayConfig::default(),
+        traces: 10_000,
+    };
+    let stack = serve::start_local(&artifacts, opts).await?;
+    let gw = stack.get("gateway");
+    println!(
+        "recstack is up on the bundled data (artifacts {}):",
+        stack.artifact_version
+    );
+    println!("  gateway   http://{}/v1/recommend   grpc://{}", gw.http, gw.grpc);
+    for s in &stack.services[1..] {
+        println!("  {:<9} grpc://{}   metrics http://{}/metrics", s.name, s.grpc, s.http);
+    }
+    println!("try:");
+    println!(
+        "  curl -s http://{}/v1/recommend -H 'content-type: application/json' -d '{{\"user_id\": \"1\", \"n\": 10}}'",
+        gw.http
+    );
+    println!("  cargo run -p recstack-services -- bench --rate 200 --seconds 10");
+    println!("Ctrl-C stops.");
+    until_ctrl_c(stack.services).await
 }
 
 /// Runs an async command on a fresh multi-threaded runtime (only the serving commands need one).
@@ -402,10 +518,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Up {
             artifacts,
-            recall_addr,
-            recall_http_addr,
-            features_addr,
-            features_http_addr,
+            model,
             redis_url,
         } => {
             if !artifacts.join("current").exists() {
@@ -415,21 +528,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
             }
-            block_on(async {
-                println!(
-                    "recstack is up on the bundled data (artifacts in {}):",
-                    artifacts.display()
-                );
-                println!("  recall    grpc://{recall_addr}   metrics http://{recall_http_addr}/metrics");
-                println!("  features  grpc://{features_addr}   metrics http://{features_http_addr}/metrics");
-                println!("try:  cargo run -p recstack-services -- query --user 1");
-                println!("(gateway, ranking and rerank services are not built yet; Ctrl-C stops)");
-                let (r, f) = tokio::join!(
-                    serve_recall(artifacts.clone(), recall_addr, recall_http_addr, 10),
-                    serve_features(artifacts.clone(), redis_url, None, features_addr, features_http_addr),
-                );
-                r.and(f)
-            })
+            block_on(up(artifacts, model, redis_url))
         }
         Command::Query {
             user,
@@ -437,25 +536,8 @@ fn main() -> anyhow::Result<()> {
             recall_addr,
             features_addr,
         } => block_on(query(user, n, recall_addr, features_addr)),
-        Command::Serve {
-            component:
-                Serve::Recall {
-                    artifacts,
-                    grpc_addr,
-                    http_addr,
-                    reload_secs,
-                },
-        } => block_on(serve_recall(artifacts, grpc_addr, http_addr, reload_secs)),
-        Command::Serve {
-            component:
-                Serve::Features {
-                    artifacts,
-                    redis_url,
-                    dump,
-                    grpc_addr,
-                    http_addr,
-                },
-        } => block_on(serve_features(artifacts, redis_url, dump, grpc_addr, http_addr)),
+        Command::Bench(args) => block_on(bench::run(args)),
+        Command::Serve { component } => block_on(serve_component(component)),
         Command::Synth {
             users,
             items,

@@ -73,3 +73,18 @@ pub async fn connect_redis(url: &str, timeout: std::time::Duration) -> Result<re
         .await
         .map_err(|e| format!("{url}: {e}"))
 }
+
+/// A gRPC status code as a metric label.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        InvalidArgument => "invalid_argument",
+        NotFound => "not_found",
+        DeadlineExceeded => "deadline_exceeded",
+        ResourceExhausted => "resource_exhausted",
+        Unavailable => "unavailable",
+        Cancelled => "cancelled",
+        _ => "internal",
+    }
+}

@@ -131,13 +131,38 @@ struct Row<'a> {
     item: Option<&'a ItemFeatures>,
 }
 
-/// `hash(name, value) % buckets`; bucket 0 is kept for "unknown".
+/// FNV-1a continued over more bytes (the same function as [`crate::stable_hash`]).
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// `stable_hash("{name}\u{1f}{value}") % (buckets - 1) + 1`, without allocating; bucket 0 is
+/// kept for "unknown". The bytes hashed are part of the trained model's contract.
 fn bucket(name: &str, value: &str, buckets: u32) -> i64 {
     if buckets <= 1 || value.is_empty() {
         return 0;
     }
-    let h = crate::stable_hash(format!("{name}\u{1f}{value}").as_bytes());
+    let h = fnv(
+        fnv(fnv(0xcbf2_9ce4_8422_2325, name.as_bytes()), &[0x1f]),
+        value.as_bytes(),
+    );
     1 + (h % u64::from(buckets - 1)) as i64
+}
+
+/// A small number's decimal digits, on the stack.
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 fn log_scaled(x: f32) -> f32 {
@@ -147,16 +172,17 @@ fn log_scaled(x: f32) -> f32 {
 
 impl Row<'_> {
     fn sparse(&self, name: &str, buckets: u32) -> i64 {
-        let value = match name {
-            "user_id" => self.user.map(|_| self.user_id.to_string()),
-            "item_id" => self.item.map(|_| self.item_id.to_string()),
-            "item_genre" => self.item.and_then(|i| i.genres.first().cloned()),
-            "user_top_genre" => self.user.and_then(|u| u.top_genres.first().map(|g| g.genre.clone())),
-            "item_decade" => self.item.filter(|i| i.year > 0).map(|i| (i.year / 10).to_string()),
-            "user_activity" => self.user.map(|u| (32 - u.ratings.leading_zeros()).to_string()),
+        let mut buf = [0u8; 10];
+        let value: Option<&str> = match name {
+            "user_id" => self.user.map(|_| self.user_id),
+            "item_id" => self.item.map(|_| self.item_id),
+            "item_genre" => self.item.and_then(|i| i.genres.first().map(String::as_str)),
+            "user_top_genre" => self.user.and_then(|u| u.top_genres.first().map(|g| g.genre.as_str())),
+            "item_decade" => self.item.filter(|i| i.year > 0).map(|i| decimal(i.year / 10, &mut buf)),
+            "user_activity" => self.user.map(|u| decimal(32 - u.ratings.leading_zeros(), &mut buf)),
             _ => None,
         };
-        value.map_or(0, |v| bucket(name, &v, buckets))
+        value.map_or(0, |v| bucket(name, v, buckets))
     }
 
     fn dense(&self, name: &str) -> f32 {
@@ -271,6 +297,19 @@ mod tests {
         assert!(s.iter().all(|&v| v == 0), "{s:?}");
         assert_eq!(dense("user_mean_rating", &d), 0.5);
         assert_eq!(dense("genre_affinity", &d), 0.0);
+    }
+
+    #[test]
+    fn hashing_matches_the_trained_contract() {
+        // The model was trained on buckets of stable_hash("{name}\u{1f}{value}").
+        for (name, value) in [("item_id", "0110912"), ("item_decade", "199"), ("user_activity", "6")] {
+            let h = crate::stable_hash(format!("{name}\u{1f}{value}").as_bytes());
+            assert_eq!(bucket(name, value, 16_384), 1 + (h % 16_383) as i64);
+        }
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(0, &mut buf), "0");
+        assert_eq!(decimal(199, &mut buf), "199");
+        assert_eq!(decimal(u32::MAX, &mut buf), "4294967295");
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //!   training export and serving).
 //! - [`export`]: training data for `scripts/train-ranker` (`recstack export-ranking`).
 //! - [`model`]: the model card and the ONNX Runtime session (CPU or CUDA).
+//! - [`batcher`]: dynamic batching across concurrent requests, deadline shedding.
+//! - [`service`]: the gRPC service, canary split, hot model swap, metrics.
 
+pub mod batcher;
 pub mod export;
 pub mod features;
 pub mod model;
+pub mod service;

@@ -6,9 +6,11 @@
 //! items at fixed positions. Every item that left or moved gets an [`Action`] with its
 //! position before and after — the trace's "what rerank did".
 //!
-//! Pure functions; the rerank service (issue 4) wraps them.
+//! Pure functions; [`service`] serves them over gRPC.
 
 use std::collections::HashSet;
+
+pub mod service;
 
 /// A ranked candidate.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,6 +97,46 @@ pub fn similarity(a: &[String], b: &[String]) -> f32 {
     shared as f32 / union as f32
 }
 
+/// The candidates' genre sets as bit masks when the request has at most 64 distinct genres
+/// (Jaccard by popcount), else the lists themselves.
+enum GenreSets<'a> {
+    Masks(Vec<u64>),
+    Lists(&'a [Candidate]),
+}
+
+impl<'a> GenreSets<'a> {
+    fn new(ranked: &'a [Candidate]) -> Self {
+        let mut bits: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let mut masks = Vec::with_capacity(ranked.len());
+        for c in ranked {
+            let mut m = 0u64;
+            for g in &c.genres {
+                let next = bits.len() as u32;
+                let bit = *bits.entry(g.as_str()).or_insert(next);
+                if bit >= 64 {
+                    return GenreSets::Lists(ranked);
+                }
+                m |= 1 << bit;
+            }
+            masks.push(m);
+        }
+        GenreSets::Masks(masks)
+    }
+
+    fn similarity(&self, a: usize, b: usize) -> f32 {
+        match self {
+            GenreSets::Masks(m) => {
+                let (a, b) = (m[a], m[b]);
+                if a == 0 || b == 0 {
+                    return 0.0;
+                }
+                (a & b).count_ones() as f32 / (a | b).count_ones() as f32
+            }
+            GenreSets::Lists(ranked) => similarity(&ranked[a].genres, &ranked[b].genres),
+        }
+    }
+}
+
 /// Reranks `ranked` (best first). Returns the served list and the actions.
 pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<Action>) {
     // Why each item is where it ends up, by input position.
@@ -134,20 +176,23 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
     let n_pins = pool.iter().filter(|&&i| pinned.contains(ranked[i].id.as_str())).count();
     let slots = cfg.k.saturating_sub(n_pins);
     let mut picked: Vec<usize> = Vec::with_capacity(slots);
+    // Each remaining item's highest similarity to the picked ones, updated with each pick
+    // (O(k·n) similarities instead of O(k²·n)).
+    let sets = GenreSets::new(ranked);
+    let mut max_sim: Vec<f32> = vec![0.0; remaining.len()];
     while picked.len() < slots && !remaining.is_empty() {
-        let mmr = |i: usize| {
-            let max_sim = picked
-                .iter()
-                .map(|&p| similarity(&ranked[i].genres, &ranked[p].genres))
-                .fold(0.0, f32::max);
-            cfg.mmr_lambda * score[i] - (1.0 - cfg.mmr_lambda) * max_sim
-        };
         let (best_pos, _) = remaining
             .iter()
+            .zip(&max_sim)
+            .map(|(&i, &sim)| cfg.mmr_lambda * score[i] - (1.0 - cfg.mmr_lambda) * sim)
             .enumerate()
-            .map(|(pos, &i)| (pos, mmr(i)))
             .fold((0, f32::NEG_INFINITY), |acc, x| if x.1 > acc.1 { x } else { acc });
-        picked.push(remaining.remove(best_pos));
+        let p = remaining.remove(best_pos);
+        max_sim.remove(best_pos);
+        for (&i, sim) in remaining.iter().zip(max_sim.iter_mut()) {
+            *sim = sim.max(sets.similarity(i, p));
+        }
+        picked.push(p);
     }
     // Items MMR ranked differently from plain score order, or dropped, are MMR's doing.
     let mut by_score = pool.clone();
@@ -407,6 +452,39 @@ mod tests {
             .filter(|u| ab_bucket(&format!("{u}"), "a", 2) == ab_bucket(&format!("{u}"), "b", 2))
             .count();
         assert!((400..600).contains(&same), "experiments are independent: {same}");
+    }
+
+    #[test]
+    fn genre_masks_give_the_same_similarity_as_the_lists() {
+        let names = ["A", "B", "C", "D", "E"];
+        let ranked: Vec<Candidate> = (0..32)
+            .map(|i: usize| {
+                let genres: Vec<&str> = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| i >> b & 1 == 1)
+                    .map(|(_, g)| *g)
+                    .collect();
+                c(&i.to_string(), 1.0, &genres)
+            })
+            .collect();
+        let sets = GenreSets::new(&ranked);
+        assert!(matches!(sets, GenreSets::Masks(_)));
+        for a in 0..ranked.len() {
+            for b in 0..ranked.len() {
+                assert_eq!(
+                    sets.similarity(a, b),
+                    similarity(&ranked[a].genres, &ranked[b].genres),
+                    "{a} {b}"
+                );
+            }
+        }
+        // More than 64 distinct genres: the lists are compared directly.
+        let many: Vec<Candidate> = (0..70).map(|i| c(&i.to_string(), 1.0, &[&format!("g{i}")])).collect();
+        let sets = GenreSets::new(&many);
+        assert!(matches!(sets, GenreSets::Lists(_)));
+        assert_eq!(sets.similarity(0, 0), 1.0);
+        assert_eq!(sets.similarity(0, 1), 0.0);
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! The runtime configuration the operator renders into each stack's ConfigMap and mounts at
+//! `/etc/recstack/config.yaml` (`recstack serve <component> --config …`). The shape is the
+//! operator's `RuntimeConfig`; fields this build does not use are ignored, so an older service
+//! reads a newer operator's file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    pub stack: String,
+    pub namespace: String,
+    /// `http://host:port` of each component's gRPC service, by component name.
+    pub grpc_endpoints: BTreeMap<String, String>,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub ranking: RankingConfig,
+    #[serde(default)]
+    pub feature_store: FeatureStoreConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RankingConfig {
+    pub model: ModelConfig,
+    pub batching: BatchingConfig,
+    /// `cpu` or `cuda`.
+    pub device: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelConfig {
+    pub uri: String,
+    pub version: String,
+    #[serde(default)]
+    pub canary_uri: Option<String>,
+    #[serde(default)]
+    pub canary_version: Option<String>,
+    #[serde(default)]
+    pub canary_percent: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingConfig {
+    pub max_batch: i32,
+    pub max_wait_micros: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureStoreConfig {
+    #[serde(default)]
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl RuntimeConfig {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Read { message, .. } => ConfigError::Read {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(yaml: &str) -> Result<Self, ConfigError> {
+        serde_yaml::from_str(yaml).map_err(|e| ConfigError::Read {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Where a component listens in a pod: every interface, the configured ports.
+    pub fn listen(&self) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::from(([0, 0, 0, 0], self.grpc_port)),
+            SocketAddr::from(([0, 0, 0, 0], self.http_port)),
+        )
+    }
+
+    /// A peer's gRPC endpoint.
+    pub fn endpoint(&self, component: &str) -> Result<String, ConfigError> {
+        self.grpc_endpoints
+            .get(component)
+            .cloned()
+            .ok_or_else(|| ConfigError::Invalid {
+                field: format!("grpcEndpoints.{component}"),
+                message: "missing".into(),
+            })
+    }
+}
+
+/// The local path of a model URI. This build reads `file://` URIs (a volume holding the model);
+/// object-store URIs need an init container that copies the model to a volume.
+pub fn model_path(field: &str, uri: &str) -> Result<PathBuf, ConfigError> {
+    match uri.strip_prefix("file://") {
+        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        Some(_) => Err(ConfigError::Invalid {
+            field: field.into(),
+            message: format!("`{uri}`: a file:// URI needs an absolute path"),
+        }),
+        None if !uri.contains("://") => Ok(PathBuf::from(uri)),
+        None => Err(ConfigError::Invalid {
+            field: field.into(),
+            message: format!(
+                "`{uri}`: only file:// URIs are read by the service; copy the model to a volume \
+                 (for example with an init container) and point the URI at it"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_uris_map_to_paths_or_say_why_not() {
+        assert_eq!(
+            model_path("m", "file:///models/deepfm/model.onnx").unwrap(),
+            PathBuf::from("/models/deepfm/model.onnx")
+        );
+        assert_eq!(
+            model_path("m", "models/x.onnx").unwrap(),
+            PathBuf::from("models/x.onnx")
+        );
+        let e = model_path("ranking.model.uri", "s3://bucket/model.onnx").unwrap_err();
+        assert!(e.to_string().starts_with("ranking.model.uri: `s3://"), "{e}");
+        assert!(model_path("m", "file://relative").is_err());
+    }
+}

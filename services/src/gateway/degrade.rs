@@ -1,0 +1,375 @@
+//! Degradation decisions and circuit breakers: pure state, the clock passed in.
+//!
+//! Four levels, each cheaper than the last:
+//! 1. **full**: every recall channel (1,000 candidates), the model ranks 500, rerank.
+//! 2. **reduced**: three cheap channels (300 candidates), the model ranks only the top 100 by
+//!    recall's fused score, rerank. Also what a request falls to when ranking, rerank or the
+//!    feature service fails (recall's order stands in for the model's).
+//! 3. **popular**: the gateway's own hot list without the user's recent items; no recall, no
+//!    model. What a request falls to when recall fails.
+//! 4. **fallback**: a precomputed list, no downstream call at all: the answer under extreme
+//!    load.
+//!
+//! A request starts at the level load and downstream health allow and can only fall further.
+
+use std::time::{Duration, Instant};
+
+/// How much of the pipeline serves a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Full,
+    Reduced,
+    Popular,
+    Fallback,
+}
+
+impl Level {
+    pub const ALL: [Level; 4] = [Level::Full, Level::Reduced, Level::Popular, Level::Fallback];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Full => "full",
+            Level::Reduced => "reduced",
+            Level::Popular => "popular",
+            Level::Fallback => "fallback",
+        }
+    }
+}
+
+/// In-flight request counts at which the gateway starts requests at a lower level.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadThresholds {
+    pub reduced: usize,
+    pub popular: usize,
+    pub fallback: usize,
+}
+
+impl Default for LoadThresholds {
+    fn default() -> Self {
+        Self {
+            reduced: 64,
+            popular: 256,
+            fallback: 1024,
+        }
+    }
+}
+
+/// Which downstreams can be called now (their breakers allow it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub recall: bool,
+    pub ranking: bool,
+    pub rerank: bool,
+    pub features: bool,
+}
+
+impl Health {
+    pub const ALL_UP: Health = Health {
+        recall: true,
+        ranking: true,
+        rerank: true,
+        features: true,
+    };
+}
+
+/// The level a request starts at, and why it is below full.
+pub fn plan(in_flight: usize, load: &LoadThresholds, health: Health) -> (Level, Vec<String>) {
+    let mut level = Level::Full;
+    let mut why = Vec::new();
+    let by_load = if in_flight >= load.fallback {
+        Level::Fallback
+    } else if in_flight >= load.popular {
+        Level::Popular
+    } else if in_flight >= load.reduced {
+        Level::Reduced
+    } else {
+        Level::Full
+    };
+    if by_load > Level::Full {
+        why.push(format!("load: {in_flight} requests in flight"));
+        level = by_load;
+    }
+    let down = |name: &str, why: &mut Vec<String>| why.push(format!("{name}: circuit open"));
+    if !health.recall {
+        down("recall", &mut why);
+        level = level.max(Level::Popular);
+    }
+    for (name, up) in [
+        ("ranking", health.ranking),
+        ("rerank", health.rerank),
+        ("features", health.features),
+    ] {
+        if !up {
+            down(name, &mut why);
+            level = level.max(Level::Reduced);
+        }
+    }
+    (level, why)
+}
+
+/// The level a stage's failure forces on the rest of the request.
+pub fn after_failure(stage: Stage) -> Level {
+    match stage {
+        Stage::Recall => Level::Popular,
+        Stage::Features | Stage::Ranking | Stage::Rerank => Level::Reduced,
+    }
+}
+
+/// The downstream stages of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Features,
+    Recall,
+    Ranking,
+    Rerank,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Features, Stage::Recall, Stage::Ranking, Stage::Rerank];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Features => "features",
+            Stage::Recall => "recall",
+            Stage::Ranking => "ranking",
+            Stage::Rerank => "rerank",
+        }
+    }
+}
+
+/// Each stage's share of the request's deadline: it must finish by `start + share × timeout`.
+pub fn stage_end(stage: Stage, start: Instant, timeout: Duration) -> Instant {
+    let share = match stage {
+        Stage::Features | Stage::Recall => 0.45,
+        Stage::Ranking => 0.80,
+        Stage::Rerank => 0.95,
+    };
+    start + timeout.mul_f64(share)
+}
+
+// === circuit breaker ===
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failures: u32,
+    /// How long it stays open before one probe is let through.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            open_for: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls flow; failures are counted.
+    Closed { failures: u32 },
+    /// Calls are refused until `until`.
+    Open { until: Instant },
+    /// One probe call is in flight; its outcome closes or reopens the circuit.
+    HalfOpen,
+}
+
+/// A per-downstream circuit breaker: after `failures` consecutive failures, calls are skipped
+/// for `open_for` (the request degrades at once instead of spending its budget on a dead
+/// service); then one probe decides.
+#[derive(Clone, Debug)]
+pub struct Breaker {
+    pub config: BreakerConfig,
+    pub state: BreakerState,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            state: BreakerState::Closed { failures: 0 },
+        }
+    }
+
+    /// Whether a call may go out now. An open circuit past its time lets exactly one probe
+    /// through (half-open) and refuses the rest until the probe reports.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } if now >= until => {
+                self.state = BreakerState::HalfOpen;
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+        }
+    }
+
+    /// Whether calls would be allowed now, without taking the probe.
+    pub fn is_available(&self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } => now >= until,
+            BreakerState::HalfOpen => false,
+        }
+    }
+
+    pub fn success(&mut self) {
+        self.state = BreakerState::Closed { failures: 0 };
+    }
+
+    pub fn failure(&mut self, now: Instant) {
+        self.state = match self.state {
+            BreakerState::Closed { failures } if failures + 1 < self.config.failures => {
+                BreakerState::Closed { failures: failures + 1 }
+            }
+            _ => BreakerState::Open {
+                until: now + self.config.open_for,
+            },
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds() -> LoadThresholds {
+        LoadThresholds {
+            reduced: 10,
+            popular: 20,
+            fallback: 30,
+        }
+    }
+
+    #[test]
+    fn load_picks_the_starting_level() {
+        let t = thresholds();
+        for (in_flight, level) in [
+            (0, Level::Full),
+            (9, Level::Full),
+            (10, Level::Reduced),
+            (19, Level::Reduced),
+            (20, Level::Popular),
+            (30, Level::Fallback),
+            (1000, Level::Fallback),
+        ] {
+            let (got, why) = plan(in_flight, &t, Health::ALL_UP);
+            assert_eq!(got, level, "{in_flight} in flight");
+            assert_eq!(why.is_empty(), level == Level::Full, "{why:?}");
+        }
+    }
+
+    #[test]
+    fn downstream_health_lowers_the_level_and_says_why() {
+        let t = thresholds();
+        let no_recall = Health {
+            recall: false,
+            ..Health::ALL_UP
+        };
+        assert_eq!(
+            plan(0, &t, no_recall),
+            (Level::Popular, vec!["recall: circuit open".to_string()])
+        );
+        let no_ranking = Health {
+            ranking: false,
+            ..Health::ALL_UP
+        };
+        assert_eq!(
+            plan(0, &t, no_ranking),
+            (Level::Reduced, vec!["ranking: circuit open".to_string()])
+        );
+        for h in [
+            Health {
+                rerank: false,
+                ..Health::ALL_UP
+            },
+            Health {
+                features: false,
+                ..Health::ALL_UP
+            },
+        ] {
+            assert_eq!(plan(0, &t, h).0, Level::Reduced);
+        }
+        // The worse of load and health wins; both reasons are given.
+        let (level, why) = plan(35, &t, no_ranking);
+        assert_eq!(level, Level::Fallback);
+        assert_eq!(why.len(), 2, "{why:?}");
+    }
+
+    #[test]
+    fn a_failed_stage_forces_its_level() {
+        assert_eq!(after_failure(Stage::Recall), Level::Popular);
+        for s in [Stage::Features, Stage::Ranking, Stage::Rerank] {
+            assert_eq!(after_failure(s), Level::Reduced);
+        }
+        assert!(Level::Full < Level::Reduced && Level::Reduced < Level::Popular && Level::Popular < Level::Fallback);
+    }
+
+    #[test]
+    fn stages_end_in_order_within_the_deadline() {
+        let start = Instant::now();
+        let timeout = Duration::from_millis(100);
+        let ends: Vec<Instant> = [Stage::Recall, Stage::Ranking, Stage::Rerank]
+            .iter()
+            .map(|&s| stage_end(s, start, timeout))
+            .collect();
+        assert!(ends.windows(2).all(|w| w[0] < w[1]));
+        assert!(ends[2] < start + timeout);
+        assert_eq!(stage_end(Stage::Features, start, timeout), ends[0]);
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_and_a_success_resets_the_count() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig {
+            failures: 3,
+            open_for: Duration::from_millis(100),
+        });
+        b.failure(t0);
+        b.failure(t0);
+        b.success();
+        b.failure(t0);
+        b.failure(t0);
+        assert!(b.allow(t0), "2 consecutive failures keep it closed");
+        b.failure(t0);
+        assert_eq!(
+            b.state,
+            BreakerState::Open {
+                until: t0 + Duration::from_millis(100)
+            }
+        );
+        assert!(!b.allow(t0 + Duration::from_millis(99)));
+        assert!(!b.is_available(t0 + Duration::from_millis(99)));
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_which_closes_or_reopens() {
+        let t0 = Instant::now();
+        let cfg = BreakerConfig {
+            failures: 1,
+            open_for: Duration::from_millis(100),
+        };
+        let mut b = Breaker::new(cfg.clone());
+        b.failure(t0);
+        let later = t0 + Duration::from_millis(100);
+        assert!(b.is_available(later));
+        assert!(b.allow(later), "the probe");
+        assert_eq!(b.state, BreakerState::HalfOpen);
+        assert!(!b.allow(later), "only one probe at a time");
+        b.success();
+        assert_eq!(b.state, BreakerState::Closed { failures: 0 });
+
+        let mut b = Breaker::new(cfg);
+        b.failure(t0);
+        assert!(b.allow(later));
+        b.failure(later);
+        assert_eq!(
+            b.state,
+            BreakerState::Open {
+                until: later + Duration::from_millis(100)
+            }
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! Dynamic batching: concurrent requests share model calls.
+//!
+//! Requests enter a bounded queue (full: refused at once, `Overloaded`). A worker thread takes
+//! the first waiting request, then gathers more until the batch holds `max_batch` rows or
+//! `max_wait` has passed — waiting only while other requests are known to be on their way, so
+//! a lone request never waits for company that is not coming — drops requests whose deadline has already passed (`DeadlineExceeded`,
+//! counted as shed), scores the rest in one model call per `max_batch` rows and hands each
+//! request its slice of the scores. The worker owns its model, so the model needs no lock;
+//! dropping the [`Batcher`] ends the worker once the queue drains (how a hot swap retires the
+//! old model).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use super::model::{ModelError, OnnxModel};
+
+/// Something that scores rows: the ONNX model in production, any function in tests.
+pub trait Scorer: Send + 'static {
+    fn version(&self) -> &str;
+    /// Values per row of the sparse and dense inputs.
+    fn widths(&self) -> (usize, usize);
+    fn score(&mut self, sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError>;
+}
+
+impl Scorer for OnnxModel {
+    fn version(&self) -> &str {
+        OnnxModel::version(self)
+    }
+    fn widths(&self) -> (usize, usize) {
+        self.widths
+    }
+    fn score(&mut self, sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        OnnxModel::score(self, sparse, dense, rows)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchConfig {
+    /// Most rows in one model call.
+    pub max_batch: usize,
+    /// Longest the first request of a batch waits for others.
+    pub max_wait: Duration,
+    /// Requests waiting at most; more are refused.
+    pub queue: usize,
+    /// Off: every request is its own model call (for comparison).
+    pub enabled: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            max_wait: Duration::from_micros(2000),
+            queue: 256,
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum BatchError {
+    #[error("the ranking queue is full ({0} requests waiting)")]
+    Overloaded(usize),
+    #[error("the request's deadline passed while it waited for the model")]
+    DeadlineExceeded,
+    #[error("the model worker has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Model(String),
+}
+
+/// What happened to each batch, for metrics.
+pub trait BatchObserver: Send + Sync + 'static {
+    fn batch(&self, _version: &str, _rows: usize, _requests: usize, _model_time: Duration) {}
+    fn queued(&self, _wait: Duration) {}
+    fn shed(&self, _version: &str) {}
+}
+
+impl BatchObserver for () {}
+
+struct Job {
+    sparse: Vec<i64>,
+    dense: Vec<f32>,
+    rows: usize,
+    deadline: Instant,
+    enqueued: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<f32>, BatchError>>,
+}
+
+/// A model behind a batching queue.
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    /// Requests submitted and not yet answered.
+    active: Arc<AtomicUsize>,
+    version: String,
+    widths: (usize, usize),
+    queue: usize,
+}
+
+impl Batcher {
+    /// Starts the worker thread that owns `scorer`.
+    pub fn start<S: Scorer>(scorer: S, cfg: BatchConfig, observer: Arc<dyn BatchObserver>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
+        let version = scorer.version().to_string();
+        let widths = scorer.widths();
+        let queue = cfg.queue;
+        let active = Arc::new(AtomicUsize::new(0));
+        let counted = active.clone();
+        std::thread::Builder::new()
+            .name(format!("rank-{version}"))
+            .spawn(move || worker(scorer, rx, cfg, observer, counted))
+            .expect("spawning a thread");
+        Self {
+            tx,
+            active,
+            version,
+            widths,
+            queue,
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn widths(&self) -> (usize, usize) {
+        self.widths
+    }
+
+    /// Scores `rows` rows (row-major) before `deadline`.
+    pub async fn score(
+        &self,
+        sparse: Vec<i64>,
+        dense: Vec<f32>,
+        rows: usize,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, BatchError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            sparse,
+            dense,
+            rows,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.active.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(e) => {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                return Err(match e {
+                    TrySendError::Full(_) => BatchError::Overloaded(self.queue),
+                    TrySendError::Disconnected(_) => BatchError::Stopped,
+                });
+            }
+        }
+        answer.await.unwrap_or(Err(BatchError::Stopped))
+    }
+}
+
+fn worker<S: Scorer>(
+    mut scorer: S,
+    rx: Receiver<Job>,
+    cfg: BatchConfig,
+    observer: Arc<dyn BatchObserver>,
+    active: Arc<AtomicUsize>,
+) {
+    let max_batch = cfg.max_batch.max(1);
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut rows = first.rows;
+        let mut jobs = vec![first];
+        if cfg.enabled {
+            let until = Instant::now() + cfg.max_wait;
+            // Others are on their way only if more requests are active than gathered.
+            while rows < max_batch && active.load(Ordering::SeqCst) > jobs.len() {
+                let wait = until.saturating_duration_since(Instant::now());
+                let next = match rx.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                };
+                if rows + next.rows > max_batch {
+                    carry = Some(next);
+                    break;
+                }
+                rows += next.rows;
+                jobs.push(next);
+            }
+        }
+        let n = jobs.len();
+        run_batch(&mut scorer, jobs, max_batch, observer.as_ref());
+        active.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+fn run_batch<S: Scorer>(scorer: &mut S, jobs: Vec<Job>, max_batch: usize, observer: &dyn BatchObserver) {
+    let now = Instant::now();
+    let (live, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
+    for job in expired {
+        observer.shed(scorer.version());
+        let _ = job.reply.send(Err(BatchError::DeadlineExceeded));
+    }
+    if live.is_empty() {
+        return;
+    }
+    for job in &live {
+        observer.queued(now - job.enqueued);
+    }
+    let rows: usize = live.iter().map(|j| j.rows).sum();
+    let (sw, dw) = scorer.widths();
+    let scores = if live.len() == 1 {
+        score_chunked(scorer, &live[0].sparse, &live[0].dense, rows, max_batch, (sw, dw))
+    } else {
+        let mut sparse = Vec::with_capacity(rows * sw);
+        let mut dense = Vec::with_capacity(rows * dw);
+        for job in &live {
+            sparse.extend_from_slice(&job.sparse);
+            dense.extend_from_slice(&job.dense);
+        }
+        score_chunked(scorer, &sparse, &dense, rows, max_batch, (sw, dw))
+    };
+    observer.batch(scorer.version(), rows, live.len(), now.elapsed());
+    match scores {
+        Ok(scores) => {
+            let mut at = 0;
+            for job in live {
+                let _ = job.reply.send(Ok(scores[at..at + job.rows].to_vec()));
+                at += job.rows;
+            }
+        }
+        Err(e) => {
+            let e = BatchError::Model(e.to_string());
+            for job in live {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One model call per `max_batch` rows.
+fn score_chunked<S: Scorer>(
+    scorer: &mut S,
+    sparse: &[i64],
+    dense: &[f32],
+    rows: usize,
+    max_batch: usize,
+    (sw, dw): (usize, usize),
+) -> Result<Vec<f32>, ModelError> {
+    let mut out = Vec::with_capacity(rows);
+    let mut start = 0;
+    while start < rows {
+        let n = (rows - start).min(max_batch);
+        out.extend(scorer.score(
+            &sparse[start * sw..(start + n) * sw],
+            &dense[start * dw..(start + n) * dw],
+            n,
+        )?);
+        start += n;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Scores a row as the sum of its dense values; records each call's row count.
+    struct SumScorer {
+        calls: Arc<Mutex<Vec<usize>>>,
+        delay: Duration,
+    }
+
+    impl Scorer for SumScorer {
+        fn version(&self) -> &str {
+            "sum-1"
+        }
+        fn widths(&self) -> (usize, usize) {
+            (1, 2)
+        }
+        fn score(&mut self, _sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+            std::thread::sleep(self.delay);
+            self.calls.lock().unwrap().push(rows);
+            Ok(dense.chunks(2).map(|r| r[0] + r[1]).collect())
+        }
+    }
+
+    fn start(cfg: BatchConfig, delay: Duration) -> (Arc<Batcher>, Arc<Mutex<Vec<usize>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let scorer = SumScorer {
+            calls: calls.clone(),
+            delay,
+        };
+        (Arc::new(Batcher::start(scorer, cfg, Arc::new(()))), calls)
+    }
+
+    fn job(rows: usize, base: f32) -> (Vec<i64>, Vec<f32>) {
+        (vec![0; rows], (0..rows * 2).map(|i| base + i as f32).collect())
+    }
+
+    fn expected(rows: usize, base: f32) -> Vec<f32> {
+        (0..rows).map(|r| 2.0 * base + (4 * r + 1) as f32).collect()
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_a_call_and_each_gets_its_own_scores() {
+        let cfg = BatchConfig {
+            max_wait: Duration::from_millis(50),
+            ..BatchConfig::default()
+        };
+        // A slow model: requests arriving while it runs queue up and share the next call.
+        let (b, calls) = start(cfg, Duration::from_millis(30));
+        let tasks: Vec<_> = (0..8)
+            .map(|k| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let (s, d) = job(3 + k, k as f32 * 100.0);
+                    (k, b.score(s, d, 3 + k, later()).await.unwrap())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (k, scores) = t.await.unwrap();
+            assert_eq!(scores, expected(3 + k, k as f32 * 100.0));
+        }
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.iter().sum::<usize>(), (3..11).sum::<usize>());
+        assert!(calls.len() <= 3, "requests were not batched: {calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_does_not_wait_for_company() {
+        let cfg = BatchConfig {
+            max_wait: Duration::from_secs(5),
+            ..BatchConfig::default()
+        };
+        let (b, _) = start(cfg, Duration::ZERO);
+        let t = Instant::now();
+        let (s, d) = job(3, 0.0);
+        assert_eq!(b.score(s, d, 3, later()).await.unwrap(), expected(3, 0.0));
+        assert!(t.elapsed() < Duration::from_secs(2), "waited {:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_large_request_is_split_into_max_batch_calls() {
+        let cfg = BatchConfig {
+            max_batch: 4,
+            ..BatchConfig::default()
+        };
+        let (b, calls) = start(cfg, Duration::ZERO);
+        let (s, d) = job(10, 1.0);
+        assert_eq!(b.score(s, d, 10, later()).await.unwrap(), expected(10, 1.0));
+        assert_eq!(*calls.lock().unwrap(), vec![4, 4, 2]);
+    }
+
+    #[tokio::test]
+    async fn batches_never_exceed_max_batch_rows() {
+        let cfg = BatchConfig {
+            max_batch: 10,
+            max_wait: Duration::from_millis(20),
+            ..BatchConfig::default()
+        };
+        let (b, calls) = start(cfg, Duration::from_millis(1));
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let (s, d) = job(3, 0.0);
+                    b.score(s, d, 3, later()).await.unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), expected(3, 0.0));
+        }
+        let calls = calls.lock().unwrap();
+        assert!(calls.iter().all(|&n| n <= 10), "{calls:?}");
+        assert_eq!(calls.iter().sum::<usize>(), 36);
+    }
+
+    #[tokio::test]
+    async fn batching_off_gives_one_call_per_request() {
+        let cfg = BatchConfig {
+            enabled: false,
+            ..BatchConfig::default()
+        };
+        let (b, calls) = start(cfg, Duration::from_millis(2));
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let (s, d) = job(2, 0.0);
+                    b.score(s, d, 2, later()).await.unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*calls.lock().unwrap(), vec![2; 5]);
+    }
+
+    #[tokio::test]
+    async fn expired_requests_are_shed_and_a_full_queue_refuses() {
+        let cfg = BatchConfig {
+            queue: 2,
+            enabled: false,
+            ..BatchConfig::default()
+        };
+        // A slow model: the first request occupies the worker while others queue.
+        let (b, calls) = start(cfg, Duration::from_millis(200));
+        let first = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let (s, d) = job(1, 0.0);
+                b.score(s, d, 1, later()).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let soon = Instant::now() + Duration::from_millis(20);
+        let expiring = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let (s, d) = job(1, 0.0);
+                b.score(s, d, 1, soon).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (s, d) = job(1, 0.0);
+        let queued = {
+            let b = b.clone();
+            tokio::spawn(async move { b.score(s, d, 1, later()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (s, d) = job(1, 0.0);
+        assert_eq!(b.score(s, d, 1, later()).await, Err(BatchError::Overloaded(2)));
+        assert_eq!(expiring.await.unwrap(), Err(BatchError::DeadlineExceeded));
+        assert!(first.await.unwrap().is_ok());
+        assert!(queued.await.unwrap().is_ok());
+        // The expired request never reached the model.
+        assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,320 @@
+//! The ranking gRPC service: features for each candidate, the model (primary or canary) behind
+//! a batching queue, scores in request order with the model version that made them.
+//!
+//! Models are double-buffered: [`watch_models`] loads a changed model card's model next to the
+//! serving one and swaps it in at once; requests already holding the old model finish on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
+use super::features::FeatureSpec;
+use super::model::{Device, ModelError, OnnxModel, card_path};
+use crate::features::Snapshot;
+
+/// Generated gRPC types (`services/proto/ranking.proto`).
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/ranking/recstack.ranking.v1.rs"));
+}
+
+use proto::ranking_server::Ranking;
+use proto::{RankRequest, RankResponse};
+
+/// Most candidates in one request.
+pub const MAX_ITEMS: usize = 5000;
+/// Wait when the request names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+// === metrics ===
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model_version: String,
+}
+
+pub struct RankingMetrics {
+    pub registry: Registry,
+    pub requests: Family<CodeLabels, Counter>,
+    pub latency: Histogram,
+    pub rows: Family<ModelLabels, Counter>,
+    pub batch_rows: Histogram,
+    pub batch_requests: Histogram,
+    pub model_seconds: Histogram,
+    pub queue_seconds: Histogram,
+    pub shed: Family<ModelLabels, Counter>,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+}
+
+impl Default for RankingMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("recstack_ranking");
+        let m = Self {
+            requests: Family::default(),
+            latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            rows: Family::default(),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            model_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
+            queue_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
+            shed: Family::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Rank requests by status code", m.requests.clone());
+        registry.register("latency_seconds", "Rank latency", m.latency.clone());
+        registry.register("rows", "Candidates scored, by model version", m.rows.clone());
+        registry.register("batch_rows", "Rows per model call batch", m.batch_rows.clone());
+        registry.register("batch_requests", "Requests per batch", m.batch_requests.clone());
+        registry.register("model_seconds", "Time in the model per batch", m.model_seconds.clone());
+        registry.register(
+            "queue_seconds",
+            "Time a request waited for its batch",
+            m.queue_seconds.clone(),
+        );
+        registry.register(
+            "shed",
+            "Requests dropped because their deadline passed in the queue",
+            m.shed.clone(),
+        );
+        registry.register("model_reloads", "Models swapped in", m.reloads.clone());
+        registry.register(
+            "model_reload_failures",
+            "Changed models that failed to load (the old one serves on)",
+            m.reload_failures.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl RankingMetrics {
+    pub fn encode(&self) -> String {
+        crate::ops::encode(&self.registry)
+    }
+}
+
+impl BatchObserver for RankingMetrics {
+    fn batch(&self, version: &str, rows: usize, requests: usize, model_time: Duration) {
+        self.batch_rows.observe(rows as f64);
+        self.batch_requests.observe(requests as f64);
+        self.model_seconds.observe(model_time.as_secs_f64());
+        self.rows
+            .get_or_create(&ModelLabels {
+                model_version: version.to_string(),
+            })
+            .inc_by(rows as u64);
+    }
+    fn queued(&self, wait: Duration) {
+        self.queue_seconds.observe(wait.as_secs_f64());
+    }
+    fn shed(&self, version: &str) {
+        self.shed
+            .get_or_create(&ModelLabels {
+                model_version: version.to_string(),
+            })
+            .inc();
+    }
+}
+
+// === models ===
+
+/// Where the models are and how they run.
+#[derive(Clone, Debug)]
+pub struct ModelSources {
+    /// `model.onnx`, with `model.json` beside it.
+    pub primary: PathBuf,
+    pub canary: Option<PathBuf>,
+    /// Percent of users (by a stable hash) the canary scores, 0–100.
+    pub canary_percent: u32,
+    pub device: Device,
+    pub batch: BatchConfig,
+    /// ONNX Runtime threads per model call.
+    pub intra_threads: usize,
+}
+
+/// A model behind its batching queue, with the features it reads.
+pub struct LoadedModel {
+    pub batcher: Batcher,
+    pub spec: FeatureSpec,
+}
+
+/// The serving models.
+pub struct ModelSet {
+    pub primary: LoadedModel,
+    pub canary: Option<(LoadedModel, u32)>,
+    /// What the set was loaded from (model cards and file times), to notice changes.
+    signature: Vec<u8>,
+}
+
+impl ModelSet {
+    /// The model for a user: the canary for `canary_percent` of users, stably.
+    pub fn pick(&self, user_id: &str) -> (&LoadedModel, bool) {
+        match &self.canary {
+            Some((canary, percent)) if crate::rerank::ab_bucket(user_id, "ranking-canary", 100) < *percent => {
+                (canary, true)
+            }
+            _ => (&self.primary, false),
+        }
+    }
+}
+
+fn signature(sources: &ModelSources) -> Vec<u8> {
+    let mut sig = Vec::new();
+    for model in std::iter::once(&sources.primary).chain(&sources.canary) {
+        sig.extend(std::fs::read(card_path(model)).unwrap_or_default());
+        let modified = std::fs::metadata(model).and_then(|m| m.modified()).ok();
+        sig.extend(format!("{modified:?}").into_bytes());
+    }
+    sig
+}
+
+/// Loads the primary and canary models (blocking: ONNX Runtime compiles the graphs).
+pub fn load_models(sources: &ModelSources, observer: Arc<dyn BatchObserver>) -> Result<ModelSet, ModelError> {
+    let signature = signature(sources);
+    let load = |path: &Path| -> Result<LoadedModel, ModelError> {
+        let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
+        let spec = model.card.features.clone();
+        Ok(LoadedModel {
+            batcher: Batcher::start(model, sources.batch.clone(), observer.clone()),
+            spec,
+        })
+    };
+    let primary = load(&sources.primary)?;
+    let canary = match &sources.canary {
+        Some(path) if sources.canary_percent > 0 => Some((load(path)?, sources.canary_percent.min(100))),
+        _ => None,
+    };
+    Ok(ModelSet {
+        primary,
+        canary,
+        signature,
+    })
+}
+
+/// Polls the model files; a changed model is loaded beside the serving one and swapped in. A
+/// model that fails to load is logged and counted, and not retried until its files change
+/// again; the serving one stays.
+pub async fn watch_models(
+    slot: Arc<ArcSwap<ModelSet>>,
+    sources: ModelSources,
+    every: Duration,
+    metrics: Arc<RankingMetrics>,
+) {
+    let mut failed: Option<Vec<u8>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = signature(&sources);
+        if now == slot.load().signature || failed.as_ref() == Some(&now) {
+            continue;
+        }
+        let (s, m) = (sources.clone(), metrics.clone());
+        match tokio::task::spawn_blocking(move || load_models(&s, m)).await {
+            Ok(Ok(set)) => {
+                info!(
+                    version = set.primary.batcher.version(),
+                    "ranking: swapped in a new model"
+                );
+                slot.store(Arc::new(set));
+                metrics.reloads.inc();
+                failed = None;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "ranking: the changed model failed to load; serving the old one");
+                metrics.reload_failures.inc();
+                failed = Some(now);
+            }
+            Err(e) => warn!(error = %e, "ranking: the model loader panicked"),
+        }
+    }
+}
+
+// === the service ===
+
+pub struct RankingService {
+    pub models: Arc<ArcSwap<ModelSet>>,
+    /// Item features (from the artifacts) by id.
+    pub items: Arc<Snapshot>,
+    pub metrics: Arc<RankingMetrics>,
+}
+
+impl RankingService {
+    /// Scores a request's items.
+    pub async fn rank(&self, req: RankRequest) -> Result<RankResponse, Status> {
+        if req.user_id.trim().is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        if req.item_ids.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "item_ids has {} items; at most {MAX_ITEMS}",
+                req.item_ids.len()
+            )));
+        }
+        let timeout = match req.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let deadline = Instant::now() + timeout;
+        let models = self.models.load_full();
+        let (model, canary) = models.pick(&req.user_id);
+        let spec = &model.spec;
+        let spec_widths = model.batcher.widths();
+        let rows = req.item_ids.len();
+        let mut sparse = Vec::with_capacity(rows * spec_widths.0);
+        let mut dense = Vec::with_capacity(rows * spec_widths.1);
+        let mut unknown_items = Vec::new();
+        for id in &req.item_ids {
+            let item = self.items.item(id);
+            if item.is_none() {
+                unknown_items.push(id.clone());
+            }
+            spec.push_row(&req.user_id, req.user.as_ref(), id, item, &mut sparse, &mut dense);
+        }
+        let scores = model
+            .batcher
+            .score(sparse, dense, rows, deadline)
+            .await
+            .map_err(|e| match e {
+                BatchError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
+                BatchError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+                BatchError::Stopped => Status::unavailable(e.to_string()),
+                BatchError::Model(_) => Status::internal(e.to_string()),
+            })?;
+        Ok(RankResponse {
+            scores,
+            model_version: model.batcher.version().to_string(),
+            canary,
+            unknown_items,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Ranking for RankingService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let start = Instant::now();
+        let result = RankingService::rank(self, request.into_inner()).await;
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(s) => crate::ops::code_name(s.code()),
+        };
+        self.metrics.requests.get_or_create(&CodeLabels { code }).inc();
+        result.map(Response::new)
+    }
+}

@@ -1,0 +1,185 @@
+//! The rerank gRPC service: the pure rules of [`super::rerank`] over item genres and release
+//! years from the artifacts, with an A/B experiment on the MMR trade-off.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::{Request, Response, Status};
+
+use super::{Candidate, RerankConfig, ab_bucket, rerank};
+use crate::features::Snapshot;
+use crate::ranking::service::CodeLabels;
+
+/// Generated gRPC types (`services/proto/rerank.proto`).
+pub mod proto {
+    tonic::include_proto!("recstack.rerank.v1");
+}
+
+use proto::rerank_server::Rerank;
+use proto::{Action, RerankRequest, RerankResponse, Scored};
+
+pub const MAX_ITEMS: usize = 5000;
+pub const MAX_K: usize = 200;
+
+/// An A/B experiment: users split by a stable hash into one bucket per variant; each variant
+/// sets the MMR trade-off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Experiment {
+    pub name: String,
+    /// (variant name, MMR lambda), one per bucket.
+    pub variants: Vec<(String, f32)>,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Self {
+            name: "mmr-lambda".into(),
+            variants: vec![("control".into(), 0.7), ("diverse".into(), 0.5)],
+        }
+    }
+}
+
+pub struct RerankMetrics {
+    pub registry: Registry,
+    pub requests: Family<CodeLabels, Counter>,
+    pub latency: Histogram,
+}
+
+impl Default for RerankMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("recstack_rerank");
+        let requests = Family::<CodeLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
+        registry.register("requests", "Rerank requests by status code", requests.clone());
+        registry.register("latency_seconds", "Rerank latency", latency.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+        }
+    }
+}
+
+impl RerankMetrics {
+    pub fn encode(&self) -> String {
+        crate::ops::encode(&self.registry)
+    }
+}
+
+pub struct RerankService {
+    pub items: Arc<Snapshot>,
+    /// Rules for everyone (k and lambda are set per request and per bucket).
+    pub config: RerankConfig,
+    pub experiment: Experiment,
+    /// Items released in this year or later are fresh.
+    pub fresh_since: u32,
+    pub metrics: Arc<RerankMetrics>,
+}
+
+impl RerankService {
+    /// Fresh items: those from the newest two release years in the catalogue.
+    pub fn new(
+        items: Arc<Snapshot>,
+        config: RerankConfig,
+        experiment: Experiment,
+        metrics: Arc<RerankMetrics>,
+    ) -> Self {
+        let newest = items.items().map(|i| i.year).max().unwrap_or(0);
+        Self {
+            items,
+            config,
+            experiment,
+            fresh_since: newest.saturating_sub(1).max(1),
+            metrics,
+        }
+    }
+
+    pub fn rerank(&self, req: &RerankRequest) -> Result<RerankResponse, Status> {
+        if req.user_id.trim().is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        if req.items.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "items has {} entries; at most {MAX_ITEMS}",
+                req.items.len()
+            )));
+        }
+        let k = match req.k as usize {
+            0 => 20,
+            k if k > MAX_K => return Err(Status::invalid_argument(format!("k is {k}; at most {MAX_K}"))),
+            k => k,
+        };
+        if let Some(bad) = req.items.iter().position(|s| !s.score.is_finite()) {
+            return Err(Status::invalid_argument(format!(
+                "items[{bad}].score is not a finite number"
+            )));
+        }
+        let buckets = self.experiment.variants.len().max(1) as u32;
+        let bucket = ab_bucket(&req.user_id, &self.experiment.name, buckets);
+        let (variant, lambda) = self
+            .experiment
+            .variants
+            .get(bucket as usize)
+            .cloned()
+            .unwrap_or_else(|| ("control".into(), self.config.mmr_lambda));
+        let cfg = RerankConfig {
+            k,
+            mmr_lambda: lambda,
+            ..self.config.clone()
+        };
+        let ranked: Vec<Candidate> = req
+            .items
+            .iter()
+            .map(|s| {
+                let item = self.items.item(&s.item_id);
+                Candidate {
+                    id: s.item_id.clone(),
+                    score: s.score,
+                    genres: item.map(|i| i.genres.clone()).unwrap_or_default(),
+                    fresh: item.is_some_and(|i| i.year >= self.fresh_since),
+                }
+            })
+            .collect();
+        let (served, actions) = rerank(&ranked, &cfg);
+        Ok(RerankResponse {
+            items: served
+                .into_iter()
+                .map(|c| Scored {
+                    item_id: c.id,
+                    score: c.score,
+                })
+                .collect(),
+            actions: actions
+                .into_iter()
+                .map(|a| Action {
+                    item_id: a.id,
+                    before: a.before as u32,
+                    after: a.after.map_or(-1, |p| p as i32),
+                    rule: a.rule.name().to_string(),
+                })
+                .collect(),
+            experiment: self.experiment.name.clone(),
+            bucket,
+            variant,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Rerank for RerankService {
+    async fn rerank(&self, request: Request<RerankRequest>) -> Result<Response<RerankResponse>, Status> {
+        let start = Instant::now();
+        let result = RerankService::rerank(self, request.get_ref());
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(s) => crate::ops::code_name(s.code()),
+        };
+        self.metrics.requests.get_or_create(&CodeLabels { code }).inc();
+        result.map(Response::new)
+    }
+}

@@ -1,0 +1,444 @@
+//! Starting the services: each binds its gRPC and HTTP (`/metrics`, `/healthz`, `/readyz`)
+//! listeners first (so port 0 works and addresses are known), then serves on a task until
+//! stopped. `recstack serve <component>` runs one; [`start_local`] runs the whole stack in one
+//! process on loopback (`recstack up`, and the integration tests).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use recstack_trace_store::{MemorySink, TraceSink};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+
+use crate::build::BuildError;
+use crate::features::proto::features_server::FeaturesServer;
+use crate::features::{CachePolicy, FeatureMetrics, FeatureService, FeatureStore, L2, NoL2, RedisL2, Snapshot};
+use crate::gateway::proto::gateway_server::GatewayServer;
+use crate::gateway::{Catalogue, Endpoints, Gateway, GatewayConfig, GatewayGrpc, GatewayMetrics};
+use crate::ops;
+use crate::ranking::model::ModelError;
+use crate::ranking::service::proto::ranking_server::RankingServer;
+use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
+use crate::recall::seen::SeenConfig;
+use crate::recall::service::proto::recall_server::RecallServer;
+use crate::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
+use crate::rerank::RerankConfig;
+use crate::rerank::service::proto::rerank_server::RerankServer;
+use crate::rerank::service::{Experiment, RerankMetrics, RerankService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("no artifacts to serve in {root}: run `recstack build --out {root}` ({source})")]
+    Artifacts { root: PathBuf, source: BuildError },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("feature store: {0}")]
+    Redis(String),
+    #[error(transparent)]
+    Endpoint(#[from] crate::gateway::EndpointError),
+    #[error("{service}: {message}")]
+    Server { service: &'static str, message: String },
+}
+
+/// Where a service listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Addrs {
+    /// Loopback, ports chosen by the OS.
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self { grpc: any, http: any }
+    }
+}
+
+/// A running service.
+pub struct Service {
+    pub name: &'static str,
+    /// The bound addresses (real ports when 0 was asked for).
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Service {
+    /// Stops accepting, finishes in-flight calls, and returns how serving ended.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the service ends by itself (or is stopped elsewhere).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await.unwrap_or_else(|e| {
+            Err(ServeError::Server {
+                service: self.name,
+                message: format!("task ended abnormally: {e}"),
+            })
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves `routes` over gRPC and `http` over HTTP until stopped.
+async fn spawn(
+    name: &'static str,
+    addrs: Addrs,
+    routes: Routes,
+    http: axum::Router,
+    after: impl Future<Output = ()> + Send + 'static,
+) -> Result<Service, ServeError> {
+    let grpc_listener = bind(addrs.grpc).await?;
+    let http_listener = bind(addrs.http).await?;
+    let grpc = grpc_listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: addrs.grpc,
+        source,
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: addrs.http,
+        source,
+    })?;
+    let (stop, stopped) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http_serve = axum::serve(http_listener, http).with_graceful_shutdown(wait(stopped.clone()));
+    let http_task = tokio::spawn(async move { http_serve.await });
+    let task = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(ops::grpc_incoming(grpc_listener), wait(stopped))
+            .await
+            .map_err(|e| ServeError::Server {
+                service: name,
+                message: e.to_string(),
+            });
+        let _ = http_task.await;
+        after.await;
+        served
+    });
+    Ok(Service {
+        name,
+        grpc,
+        http: http_addr,
+        stop,
+        task,
+    })
+}
+
+fn ops_router(encode: ops::Encode) -> axum::Router {
+    ops::router(encode, Arc::new(AtomicBool::new(true)))
+}
+
+/// Loads the version `root/current` names.
+pub fn load_artifacts(root: &Path) -> Result<Loaded, ServeError> {
+    Loaded::from_dir(root).map_err(|source| ServeError::Artifacts {
+        root: root.to_path_buf(),
+        source,
+    })
+}
+
+/// The recall service; with `reload`, polls the artifact root for new versions.
+pub async fn recall(loaded: Loaded, reload: Option<(PathBuf, Duration)>, addrs: Addrs) -> Result<Service, ServeError> {
+    let slot = Arc::new(ArtifactSlot::new(loaded));
+    let metrics = Arc::new(RecallMetrics::default());
+    let service = RecallService::new(
+        slot.clone(),
+        MemorySeenStore::default(),
+        SeenConfig::default(),
+        metrics.clone(),
+    );
+    let watcher = reload.map(|(root, every)| tokio::spawn(watch_artifacts(slot, root, every)));
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    spawn(
+        "recall",
+        addrs,
+        Routes::new(RecallServer::new(service)),
+        ops_router(encode),
+        async move {
+            if let Some(w) = watcher {
+                w.abort();
+            }
+        },
+    )
+    .await
+}
+
+/// The feature service: L1 over Redis (when `redis_url` is set) over the snapshot; `dump` is
+/// read on start and written on stop.
+pub async fn features(
+    snapshot: Arc<Snapshot>,
+    redis_url: Option<&str>,
+    dump: Option<PathBuf>,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let metrics = Arc::new(FeatureMetrics::default());
+    match redis_url {
+        Some(url) => {
+            let l2 = RedisL2::connect(url, Duration::from_millis(100))
+                .await
+                .map_err(|e| ServeError::Redis(e.to_string()))?;
+            features_with(
+                FeatureStore::new(l2, snapshot, CachePolicy::default(), metrics.clone()),
+                metrics,
+                dump,
+                addrs,
+            )
+            .await
+        }
+        None => {
+            features_with(
+                FeatureStore::new(NoL2, snapshot, CachePolicy::default(), metrics.clone()),
+                metrics,
+                dump,
+                addrs,
+            )
+            .await
+        }
+    }
+}
+
+async fn features_with<L: L2>(
+    store: FeatureStore<L>,
+    metrics: Arc<FeatureMetrics>,
+    dump: Option<PathBuf>,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let store = Arc::new(store);
+    if let Some(path) = &dump
+        && path.exists()
+    {
+        match store.warm(path).await {
+            Ok(n) => tracing::info!(n, path = %path.display(), "features: warmed L1"),
+            Err(e) => tracing::warn!(error = %e, path = %path.display(), "features: unreadable L1 dump; starting cold"),
+        }
+    }
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    let on_stop = {
+        let store = store.clone();
+        async move {
+            if let Some(path) = dump {
+                match store.dump(&path).await {
+                    Ok(n) => tracing::info!(n, path = %path.display(), "features: dumped L1"),
+                    Err(e) => tracing::warn!(error = %e, path = %path.display(), "features: L1 dump failed"),
+                }
+            }
+        }
+    };
+    spawn(
+        "features",
+        addrs,
+        Routes::new(FeaturesServer::new(FeatureService { store })),
+        ops_router(encode),
+        on_stop,
+    )
+    .await
+}
+
+/// The ranking service: loads the models (failing fast on a bad model or card), then watches
+/// their files every `reload` for a hot swap.
+pub async fn ranking(
+    items: Arc<Snapshot>,
+    sources: ModelSources,
+    reload: Duration,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let metrics = Arc::new(RankingMetrics::default());
+    let set = {
+        let (s, m) = (sources.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || load_models(&s, m))
+            .await
+            .map_err(|e| ServeError::Server {
+                service: "ranking",
+                message: format!("model loader: {e}"),
+            })??
+    };
+    tracing::info!(version = set.primary.batcher.version(), "ranking: model loaded");
+    let models = Arc::new(ArcSwap::from_pointee(set));
+    let watcher = tokio::spawn(watch_models(models.clone(), sources, reload, metrics.clone()));
+    let service = RankingService {
+        models,
+        items,
+        metrics: metrics.clone(),
+    };
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    spawn(
+        "ranking",
+        addrs,
+        Routes::new(RankingServer::new(service)),
+        ops_router(encode),
+        async move { watcher.abort() },
+    )
+    .await
+}
+
+pub async fn rerank(items: Arc<Snapshot>, addrs: Addrs) -> Result<Service, ServeError> {
+    let metrics = Arc::new(RerankMetrics::default());
+    let service = RerankService::new(items, RerankConfig::default(), Experiment::default(), metrics.clone());
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    spawn(
+        "rerank",
+        addrs,
+        Routes::new(RerankServer::new(service)),
+        ops_router(encode),
+        async {},
+    )
+    .await
+}
+
+/// The gateway: HTTP API (with the operational endpoints) and gRPC.
+pub async fn gateway(
+    catalogue: Arc<Catalogue>,
+    endpoints: &Endpoints,
+    config: GatewayConfig,
+    sink: Arc<dyn TraceSink>,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let metrics = Arc::new(GatewayMetrics::default());
+    let gateway = Arc::new(Gateway::new(endpoints, catalogue, config, sink, metrics)?);
+    let http = crate::gateway::http::router(gateway.clone(), Arc::new(AtomicBool::new(true)));
+    spawn(
+        "gateway",
+        addrs,
+        Routes::new(GatewayServer::new(GatewayGrpc(gateway))),
+        http,
+        async {},
+    )
+    .await
+}
+
+/// Addresses of the local stack's services.
+#[derive(Clone, Debug)]
+pub struct LocalAddrs {
+    pub gateway: Addrs,
+    pub recall: Addrs,
+    pub features: Addrs,
+    pub ranking: Addrs,
+    pub rerank: Addrs,
+}
+
+impl LocalAddrs {
+    /// The fixed loopback ports `recstack up` prints.
+    pub fn standard() -> Self {
+        let at = |grpc: u16, http: u16| Addrs {
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+        };
+        Self {
+            gateway: at(9000, 8000),
+            recall: at(9090, 8080),
+            features: at(9091, 8081),
+            ranking: at(9092, 8082),
+            rerank: at(9093, 8083),
+        }
+    }
+
+    pub fn ephemeral() -> Self {
+        Self {
+            gateway: Addrs::ephemeral(),
+            recall: Addrs::ephemeral(),
+            features: Addrs::ephemeral(),
+            ranking: Addrs::ephemeral(),
+            rerank: Addrs::ephemeral(),
+        }
+    }
+}
+
+pub struct LocalOptions {
+    pub addrs: LocalAddrs,
+    pub model: ModelSources,
+    pub redis_url: Option<String>,
+    pub gateway: GatewayConfig,
+    /// Traces kept in memory (until the trace store lands).
+    pub traces: usize,
+}
+
+/// The whole stack in this process.
+pub struct LocalStack {
+    pub services: Vec<Service>,
+    pub sink: Arc<MemorySink>,
+    pub artifact_version: String,
+}
+
+impl LocalStack {
+    pub fn get(&self, name: &str) -> &Service {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    /// Stops one service (the others keep serving), returning it.
+    pub async fn stop_one(&mut self, name: &str) -> Result<(), ServeError> {
+        let i = self
+            .services
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"));
+        self.services.remove(i).stop().await
+    }
+
+    /// Stops every service, the gateway first.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let mut result = Ok(());
+        for s in self.services {
+            let r = s.stop().await;
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+/// Starts recall, features, ranking, rerank and the gateway over the artifacts in `root`.
+pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, ServeError> {
+    let loaded = {
+        let root = root.to_path_buf();
+        tokio::task::spawn_blocking(move || load_artifacts(&root))
+            .await
+            .map_err(|e| ServeError::Server {
+                service: "artifacts",
+                message: e.to_string(),
+            })??
+    };
+    let snapshot = Arc::new(Snapshot::from_artifacts(&loaded.artifacts));
+    let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+    let artifact_version = loaded.manifest.version.clone();
+    let a = &opts.addrs;
+    let recall = recall(loaded, Some((root.to_path_buf(), Duration::from_secs(10))), a.recall).await?;
+    let features = features(snapshot.clone(), opts.redis_url.as_deref(), None, a.features).await?;
+    let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
+    let rerank = rerank(snapshot, a.rerank).await?;
+    let url = |s: &Service| format!("http://{}", s.grpc);
+    let endpoints = Endpoints {
+        recall: url(&recall),
+        features: url(&features),
+        ranking: url(&ranking),
+        rerank: url(&rerank),
+    };
+    let sink = Arc::new(MemorySink::new(opts.traces));
+    let gateway = gateway(catalogue, &endpoints, opts.gateway, sink.clone(), a.gateway).await?;
+    Ok(LocalStack {
+        services: vec![gateway, recall, features, ranking, rerank],
+        sink,
+        artifact_version,
+    })
+}
