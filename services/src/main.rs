@@ -54,6 +54,9 @@ enum Command {
         model: ModelArgs,
         #[arg(long, env = "RECSTACK_REDIS_URL")]
         redis_url: Option<String>,
+        /// Let the OS pick free loopback ports (printed) instead of the standard ones.
+        #[arg(long)]
+        ephemeral_ports: bool,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
     Query {
@@ -363,9 +366,13 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
     until_ctrl_c(vec![service]).await
 }
 
-async fn up(artifacts: PathBuf, model: ModelArgs, redis_url: Option<String>) -> anyhow::Result<()> {
+async fn up(artifacts: PathBuf, model: ModelArgs, redis_url: Option<String>, ephemeral: bool) -> anyhow::Result<()> {
     let opts = LocalOptions {
-        addrs: LocalAddrs::standard(),
+        addrs: if ephemeral {
+            LocalAddrs::ephemeral()
+        } else {
+            LocalAddrs::standard()
+        },
         model: model.sources(None)?,
         redis_url,
         gateway: GatewayConfig::default(),
@@ -386,7 +393,15 @@ async fn up(artifacts: PathBuf, model: ModelArgs, redis_url: Option<String>) -> 
         "  curl -s http://{}/v1/recommend -H 'content-type: application/json' -d '{{\"user_id\": \"1\", \"n\": 10}}'",
         gw.http
     );
-    println!("  cargo run -p recstack-services -- bench --rate 200 --seconds 10");
+    println!(
+        "  cargo run -p recstack-services -- query --user 1 --recall-addr {} --features-addr {}",
+        stack.get("recall").grpc,
+        stack.get("features").grpc
+    );
+    println!(
+        "  cargo run --release -p recstack-services -- bench --gateway http://{} --rate 200",
+        gw.grpc
+    );
     println!("Ctrl-C stops.");
     until_ctrl_c(stack.services).await
 }
@@ -520,6 +535,7 @@ fn main() -> anyhow::Result<()> {
             artifacts,
             model,
             redis_url,
+            ephemeral_ports,
         } => {
             if !artifacts.join("current").exists() {
                 eprintln!(
@@ -528,7 +544,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
             }
-            block_on(up(artifacts, model, redis_url))
+            block_on(up(artifacts, model, redis_url, ephemeral_ports))
         }
         Command::Query {
             user,

@@ -3,11 +3,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset::{self, Dataset};
 use recstack_services::recall::seen::SeenConfig;
 use recstack_services::recall::service::proto::recall_client::RecallClient;
 use recstack_services::recall::service::proto::recall_server::RecallServer;
@@ -17,20 +14,7 @@ use recstack_services::recall::service::{
 };
 use tonic::transport::{Channel, Server};
 
-/// Artifacts built once for this test binary.
-fn artifact_root() -> &'static PathBuf {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let dir = dataset::bundled_dir();
-        let ds = Dataset::load_movietweetings(&dir).unwrap();
-        let params = BuildParams::default();
-        let a = build::build(&ds, &params, &Progress::new(true)).unwrap();
-        let root = std::env::temp_dir().join(format!("recstack-recall-svc-{}", std::process::id()));
-        let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).unwrap();
-        build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
-        root
-    })
-}
+use common::artifact_root;
 
 struct Running {
     client: RecallClient<Channel>,

@@ -209,10 +209,14 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
         }
     }
 
-    // 4. Category scatter: greedily fill slots with the first item that keeps every genre
-    //    under the cap in the trailing window; if none does, take the next item anyway.
+    // 4. Category scatter: greedily fill slots with the first picked item that keeps every
+    //    genre under the cap in the trailing window; when no picked item fits, the best item
+    //    MMR left out that fits takes the slot (and the last picked item leaves the list);
+    //    only when nothing fits anywhere is the rule relaxed.
     let mut order: Vec<usize> = Vec::with_capacity(picked.len());
     let mut queue = picked.clone();
+    let mut reserve: Vec<usize> = remaining.clone();
+    reserve.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
     while !queue.is_empty() {
         let fits = |i: usize| {
             let start = order.len().saturating_sub(cfg.scatter_window.saturating_sub(1));
@@ -221,12 +225,22 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
                 .iter()
                 .all(|g| order[start..].iter().filter(|&&o| ranked[o].genres.contains(g)).count() < cfg.scatter_max)
         };
-        let pos = queue.iter().position(|&i| fits(i)).unwrap_or(0);
-        let i = queue.remove(pos);
-        if pos > 0 {
+        if let Some(pos) = queue.iter().position(|&i| fits(i)) {
+            let i = queue.remove(pos);
+            if pos > 0 {
+                rule[i] = Some(Rule::Scatter);
+            }
+            order.push(i);
+        } else if let Some(pos) = reserve.iter().position(|&i| fits(i)) {
+            let i = reserve.remove(pos);
             rule[i] = Some(Rule::Scatter);
+            order.push(i);
+            if let Some(out) = queue.pop() {
+                rule[out] = Some(Rule::Scatter);
+            }
+        } else {
+            order.push(queue.remove(0));
         }
-        order.push(i);
     }
     for (slot, &i) in order.iter().enumerate() {
         if picked.get(slot) != Some(&i) && rule[i].is_none() {
@@ -452,6 +466,36 @@ mod tests {
             .filter(|u| ab_bucket(&format!("{u}"), "a", 2) == ab_bucket(&format!("{u}"), "b", 2))
             .count();
         assert!((400..600).contains(&same), "experiments are independent: {same}");
+    }
+
+    #[test]
+    fn scatter_pulls_in_items_mmr_left_out_when_the_picked_ones_cannot_keep_the_rule() {
+        let ranked = vec![
+            c("x1", 1.0, &["X"]),
+            c("x2", 0.9, &["X"]),
+            c("x3", 0.8, &["X"]),
+            c("x4", 0.7, &["X"]),
+            c("y1", 0.2, &["Y"]),
+            c("y2", 0.1, &["Y"]),
+        ];
+        let cfg = RerankConfig {
+            scatter_max: 2,
+            scatter_window: 4,
+            ..plain(4)
+        };
+        let (served, actions) = rerank(&ranked, &cfg);
+        assert_eq!(ids(&served), ["x1", "x2", "y1", "y2"]);
+        for (id, before, after) in [("y1", 4, Some(2)), ("y2", 5, Some(3)), ("x3", 2, None), ("x4", 3, None)] {
+            assert!(
+                actions.contains(&Action {
+                    id: id.into(),
+                    before,
+                    after,
+                    rule: Rule::Scatter
+                }),
+                "{id}: {actions:?}"
+            );
+        }
     }
 
     #[test]

@@ -83,3 +83,41 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// Artifacts built once per test binary from the bundled data (seed 42, as `recstack build`).
+pub fn artifact_root() -> &'static std::path::PathBuf {
+    use recstack_services::build::{self, BuildParams, Progress};
+    use recstack_services::dataset::{self, Dataset};
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = dataset::bundled_dir();
+        let ds = Dataset::load_movietweetings(&dir).unwrap();
+        let params = BuildParams::default();
+        let a = build::build(&ds, &params, &Progress::new(true)).unwrap();
+        let root = std::env::temp_dir().join(format!("recstack-test-artifacts-{}", std::process::id()));
+        let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).unwrap();
+        build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
+        root
+    })
+}
+
+/// A plain HTTP/1.1 POST (no client library needed): the status code and the body.
+pub fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

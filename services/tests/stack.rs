@@ -1,0 +1,470 @@
+//! The whole stack in one process on loopback — gateway, recall, features, ranking (the bundled
+//! DeepFM through onnxruntime), rerank — answering real requests for held-out users, and
+//! degrading instead of failing when a part of it stops.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use recstack_services::build::Artifacts;
+use recstack_services::gateway::proto::RecommendRequest;
+use recstack_services::gateway::proto::gateway_client::GatewayClient;
+use recstack_services::gateway::{GatewayConfig, Recommendation};
+use recstack_services::ranking::batcher::BatchConfig;
+use recstack_services::ranking::export::{self, ExportParams};
+use recstack_services::ranking::model::{Device, ModelCard, OnnxModel};
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack};
+
+fn bundled_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm/model.onnx")
+}
+
+fn sources(model: PathBuf) -> ModelSources {
+    ModelSources {
+        primary: model,
+        canary: None,
+        canary_percent: 0,
+        device: Device::Cpu,
+        batch: BatchConfig::default(),
+        intra_threads: 1,
+    }
+}
+
+async fn start(config: GatewayConfig) -> LocalStack {
+    let opts = LocalOptions {
+        addrs: LocalAddrs::ephemeral(),
+        model: sources(bundled_model()),
+        redis_url: None,
+        gateway: config,
+        traces: 10_000,
+    };
+    serve::start_local(common::artifact_root(), opts).await.unwrap()
+}
+
+fn artifacts() -> &'static Artifacts {
+    static A: std::sync::OnceLock<Artifacts> = std::sync::OnceLock::new();
+    A.get_or_init(|| recstack_services::build::load(common::artifact_root(), None).unwrap().1)
+}
+
+/// Held-out users with a training history.
+fn held_out_users(n: usize) -> Vec<(String, u32)> {
+    let a = artifacts();
+    let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+        .into_iter()
+        .filter(|&u| a.history[u as usize].len() >= 5)
+        .step_by(37)
+        .take(n)
+        .map(|u| (a.users[u as usize].clone(), u))
+        .collect()
+}
+
+async fn recommend(stack: &LocalStack, body: &str) -> (u16, String) {
+    let addr = stack.get("gateway").http.to_string();
+    let body = body.to_string();
+    tokio::task::spawn_blocking(move || common::http_post(&addr, "/v1/recommend", &body))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_out_users_get_full_lists_without_seen_items_that_keep_the_diversity_rule() {
+    let stack = start(GatewayConfig::default()).await;
+    let a = artifacts();
+    let genres: HashMap<&str, &Vec<String>> = a
+        .items
+        .iter()
+        .zip(&a.item_features)
+        .map(|(i, f)| (i.id.as_str(), &f.genres))
+        .collect();
+    for (user, u) in held_out_users(15) {
+        let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 20}}"#)).await;
+        assert_eq!(status, 200, "{body}");
+        let r: Recommendation = serde_json::from_str(&body).unwrap();
+        assert_eq!(r.level, "full", "{user}: {:?}", r.degraded);
+        assert!(r.degraded.is_empty(), "{:?}", r.degraded);
+        assert_eq!(r.model_version.as_deref(), Some("deepfm-1"));
+        assert_eq!(r.artifact_version, stack.artifact_version);
+        assert_eq!(r.items.len(), 20, "{user}");
+
+        // Nothing the user has already rated, no duplicates, every item explained.
+        let seen: HashSet<&str> = a.history[u as usize]
+            .iter()
+            .map(|&i| a.items[i as usize].id.as_str())
+            .collect();
+        let ids: HashSet<&str> = r.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids.len(), 20, "duplicates for {user}");
+        assert!(ids.is_disjoint(&seen), "{user} was served items they rated");
+        for item in &r.items {
+            assert!(!item.title.is_empty(), "{item:?}");
+            assert!(!item.sources.is_empty(), "{item:?} has no recall lineage");
+            assert!(item.ranked_position.is_some_and(|p| p < 500), "{item:?}");
+            assert!((0.0..=1.5).contains(&item.score), "{item:?}");
+        }
+
+        // Category scatter: at most 2 items of a genre in any 4 consecutive slots.
+        for window in r.items.windows(4) {
+            let mut count: HashMap<&str, usize> = HashMap::new();
+            for item in window {
+                for g in genres[item.item_id.as_str()] {
+                    *count.entry(g.as_str()).or_default() += 1;
+                }
+            }
+            assert!(count.values().all(|&c| c <= 2), "{user}: {count:?} in {window:?}");
+        }
+
+        // The trace holds the same list with its lineage.
+        let trace = stack.sink.find(&r.request_id).expect("a trace per request");
+        assert_eq!(trace.user_id, user);
+        assert_eq!(trace.level, "full");
+        let traced: Vec<&str> = trace.items.iter().map(|i| i.item_id.as_str()).collect();
+        let served: Vec<&str> = r.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(traced, served);
+        let names: Vec<&str> = trace.stages.iter().map(|s| s.name.as_str()).collect();
+        for stage in ["features", "recall", "ranking", "rerank"] {
+            assert!(names.contains(&stage), "{names:?}");
+        }
+        let recalled = trace.stages.iter().find(|s| s.name == "recall").unwrap().items_out;
+        let ranking = trace.stages.iter().find(|s| s.name == "ranking").unwrap();
+        assert!(recalled >= 20, "{recalled}");
+        assert_eq!(
+            (ranking.items_in, ranking.items_out),
+            (recalled.min(500), recalled.min(500)),
+            "{ranking:?}"
+        );
+    }
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debug_requests_get_a_full_trace_of_every_candidate() {
+    let stack = start(GatewayConfig::default()).await;
+    let (user, _) = held_out_users(1).remove(0);
+    let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 10, "debug": true}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let r: Recommendation = serde_json::from_str(&body).unwrap();
+    let trace = stack.sink.find(&r.request_id).unwrap();
+    assert_eq!(trace.detail, recstack_trace_store::Detail::Full);
+    let recalled = trace.stages.iter().find(|s| s.name == "recall").unwrap().items_out as usize;
+    assert!(recalled > 500, "{recalled}");
+    assert_eq!(trace.candidates.len(), recalled, "every recalled candidate");
+    let outcomes: HashMap<&str, usize> = trace.candidates.iter().fold(HashMap::new(), |mut m, c| {
+        *m.entry(c.outcome.split(':').next().unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(outcomes["served"], 10, "{outcomes:?}");
+    assert_eq!(outcomes["ranked_below_cut"], recalled - 500, "{outcomes:?}");
+    assert_eq!(outcomes["rerank"], 490, "{outcomes:?}");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_get_400_naming_the_field() {
+    let stack = start(GatewayConfig::default()).await;
+    for (body, field) in [
+        (r#"{"n": 5}"#, "user_id"),
+        (r#"{"user_id": ""}"#, "user_id"),
+        (r#"{"user_id": "1", "n": 1000}"#, "n"),
+        (r#"{"user_id": "1", "n": "ten"}"#, "n"),
+        (r#"{"user_id": "1", "timeout_ms": 1}"#, "timeout_ms"),
+        (r#"{"user_id": "1", "colour": "red"}"#, "colour"),
+        (r#"{"user_id": "1""#, "body"),
+    ] {
+        let (status, resp) = recommend(&stack, body).await;
+        assert_eq!(status, 400, "{body} → {resp}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        assert_eq!(v["field"], field, "{body} → {resp}");
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{resp}");
+    }
+    // gRPC: InvalidArgument with the same message.
+    let mut client = GatewayClient::connect(format!("http://{}", stack.get("gateway").grpc))
+        .await
+        .unwrap();
+    let e = client
+        .recommend(RecommendRequest {
+            user_id: "1".into(),
+            n: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("n: is 1000"), "{}", e.message());
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranking_stopped_under_load_degrades_every_request_and_fails_none() {
+    let mut stack = start(GatewayConfig::default()).await;
+    let users = held_out_users(40);
+    let client = GatewayClient::connect(format!("http://{}", stack.get("gateway").grpc))
+        .await
+        .unwrap();
+    let load = {
+        let users = users.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for round in 0..12 {
+                let batch: Vec<_> = users
+                    .iter()
+                    .take(10)
+                    .map(|(user, _)| {
+                        let mut c = client.clone();
+                        let user = user.clone();
+                        tokio::spawn(async move {
+                            // A generous budget: only ranking's absence degrades these.
+                            c.recommend(RecommendRequest {
+                                user_id: user,
+                                n: 10,
+                                timeout_ms: 2000,
+                                ..Default::default()
+                            })
+                            .await
+                        })
+                    })
+                    .collect();
+                for t in batch {
+                    results.push((round, t.await.unwrap()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stack.stop_one("ranking").await.unwrap();
+    let results = load.await.unwrap();
+
+    let mut levels: HashMap<String, usize> = HashMap::new();
+    for (_, r) in &results {
+        let r = r.as_ref().expect("no request fails while ranking is down");
+        assert_eq!(r.get_ref().items.len(), 10, "{:?}", r.get_ref());
+        *levels.entry(r.get_ref().level.clone()).or_default() += 1;
+    }
+    assert_eq!(results.len(), 120);
+    // The last rounds ran with ranking gone: reduced, saying why, ordered by recall.
+    for (_, r) in results.iter().filter(|(round, _)| *round >= 10) {
+        let r = r.as_ref().unwrap().get_ref();
+        assert_eq!(r.level, "reduced", "{r:?}");
+        assert!(
+            r.degraded.iter().any(|d| d.starts_with("ranking: ")),
+            "{:?}",
+            r.degraded
+        );
+        assert!(r.model_version.is_empty());
+    }
+    assert!(levels.get("full").copied().unwrap_or(0) > 0, "{levels:?}");
+    // The breaker opened: later requests skip ranking at once.
+    let opened = results.iter().any(|(_, r)| {
+        r.as_ref()
+            .unwrap()
+            .get_ref()
+            .degraded
+            .iter()
+            .any(|d| d == "ranking: circuit open")
+    });
+    assert!(opened, "{levels:?}");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_recall_and_ranking_gone_users_still_get_popular_items_they_have_not_seen() {
+    let mut stack = start(GatewayConfig::default()).await;
+    stack.stop_one("recall").await.unwrap();
+    stack.stop_one("ranking").await.unwrap();
+    let (user, _) = held_out_users(1).remove(0);
+    let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 10}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let r: Recommendation = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.level, "popular", "{:?}", r.degraded);
+    assert_eq!(r.items.len(), 10);
+    assert!(r.degraded.iter().any(|d| d.starts_with("recall: ")), "{:?}", r.degraded);
+    assert!(r.variant.is_some(), "rerank still ran");
+    stack.stop_one("rerank").await.unwrap();
+    stack.stop_one("features").await.unwrap();
+    let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 10}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let r: Recommendation = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.items.len(), 10, "{r:?}");
+    assert!(r.level == "popular" || r.level == "fallback", "{r:?}");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_starts_requests_at_the_fallback_level() {
+    let config = GatewayConfig {
+        load: recstack_services::gateway::degrade::LoadThresholds {
+            reduced: 0,
+            popular: 0,
+            fallback: 0,
+        },
+        ..GatewayConfig::default()
+    };
+    let stack = start(config).await;
+    let (status, body) = recommend(&stack, r#"{"user_id": "1", "n": 7}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let r: Recommendation = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.level, "fallback");
+    assert_eq!(r.items.len(), 7);
+    assert!(r.degraded[0].starts_with("load: "), "{:?}", r.degraded);
+    stack.stop().await.unwrap();
+}
+
+/// Per-user AUC, averaged (ties count half).
+fn mean_user_auc(labels: &[f32], scores: &[f32], groups: &[i64]) -> f64 {
+    let mut by_user: HashMap<i64, Vec<(f32, f32)>> = HashMap::new();
+    for ((&l, &s), &g) in labels.iter().zip(scores).zip(groups) {
+        by_user.entry(g).or_default().push((s, l));
+    }
+    let mut aucs = Vec::new();
+    for rows in by_user.values() {
+        let pos: Vec<f32> = rows.iter().filter(|r| r.1 == 1.0).map(|r| r.0).collect();
+        let neg: Vec<f32> = rows.iter().filter(|r| r.1 == 0.0).map(|r| r.0).collect();
+        if pos.is_empty() || neg.is_empty() {
+            continue;
+        }
+        let mut wins = 0.0;
+        for p in &pos {
+            for n in &neg {
+                wins += if p > n {
+                    1.0
+                } else if p == n {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        aucs.push(wins / (pos.len() * neg.len()) as f64);
+    }
+    aucs.iter().sum::<f64>() / aucs.len() as f64
+}
+
+#[test]
+fn the_bundled_model_scores_the_holdout_as_its_card_says() {
+    let card = ModelCard::read(&bundled_model()).unwrap();
+    let (_, test) = export::sample(artifacts(), &card.features, &ExportParams::default());
+    let mut model = OnnxModel::load(&bundled_model(), Device::Cpu, 2).unwrap();
+    let (sw, dw) = model.widths;
+    let mut scores = Vec::with_capacity(test.rows());
+    for start in (0..test.rows()).step_by(4096) {
+        let n = (test.rows() - start).min(4096);
+        scores.extend(
+            model
+                .score(
+                    &test.sparse[start * sw..(start + n) * sw],
+                    &test.dense[start * dw..(start + n) * dw],
+                    n,
+                )
+                .unwrap(),
+        );
+    }
+    let auc = mean_user_auc(&test.label, &scores, &test.group);
+    let carded = card.metrics["holdout_auc"];
+    // Same rows, same features, same graph: the Rust serving path reproduces training's number.
+    assert!(
+        (auc - carded).abs() < 0.002,
+        "AUC {auc:.4} in Rust, {carded:.4} on the card"
+    );
+    assert!(auc > card.metrics["popularity_auc"], "the model beats popularity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_live() {
+    use recstack_services::ranking::service::proto::RankRequest;
+    use recstack_services::ranking::service::proto::ranking_client::RankingClient;
+    use recstack_services::rerank::ab_bucket;
+
+    // Two copies of the bundled model under their own versions.
+    let dir = std::env::temp_dir().join(format!("recstack-models-{}", std::process::id()));
+    let copy = |name: &str, version: &str| -> PathBuf {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(bundled_model(), d.join("model.onnx")).unwrap();
+        let mut card = ModelCard::read(&bundled_model()).unwrap();
+        card.version = version.into();
+        std::fs::write(d.join("model.json"), serde_json::to_vec(&card).unwrap()).unwrap();
+        d.join("model.onnx")
+    };
+    let primary = copy("primary", "deepfm-1");
+    let canary = copy("canary", "deepfm-canary");
+    let items = Arc::new(recstack_services::features::Snapshot::from_artifacts(artifacts()));
+    let mut s = sources(primary.clone());
+    s.canary = Some(canary);
+    s.canary_percent = 30;
+    let svc = serve::ranking(items, s, Duration::from_millis(100), serve::Addrs::ephemeral())
+        .await
+        .unwrap();
+    let mut client = RankingClient::connect(format!("http://{}", svc.grpc)).await.unwrap();
+    let item_ids: Vec<String> = artifacts().items.iter().take(50).map(|i| i.id.clone()).collect();
+    let rank = |user: String| RankRequest {
+        user_id: user,
+        user: None,
+        item_ids: item_ids.clone(),
+        timeout_ms: 1000,
+    };
+    let mut canaried = 0;
+    for u in 0..200 {
+        let user = format!("user-{u}");
+        let r = client.rank(rank(user.clone())).await.unwrap().into_inner();
+        let expect_canary = ab_bucket(&user, "ranking-canary", 100) < 30;
+        assert_eq!(r.canary, expect_canary, "{user}");
+        assert_eq!(
+            r.model_version,
+            if expect_canary { "deepfm-canary" } else { "deepfm-1" }
+        );
+        assert_eq!(r.scores.len(), 50);
+        canaried += usize::from(r.canary);
+    }
+    assert!((40..=80).contains(&canaried), "{canaried} of 200 users on a 30% canary");
+
+    // A new primary version appears on disk: served within the polling interval, no failed call.
+    let mut card = ModelCard::read(&primary).unwrap();
+    card.version = "deepfm-2".into();
+    std::fs::write(primary.with_extension("json"), serde_json::to_vec(&card).unwrap()).unwrap();
+    let user = (0..)
+        .map(|u| format!("user-{u}"))
+        .find(|u| ab_bucket(u, "ranking-canary", 100) >= 30)
+        .unwrap();
+    let mut swapped = false;
+    for _ in 0..100 {
+        let r = client.rank(rank(user.clone())).await.unwrap().into_inner();
+        if r.model_version == "deepfm-2" {
+            swapped = true;
+            break;
+        }
+        assert_eq!(r.model_version, "deepfm-1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(swapped, "the new model version was never served");
+    svc.stop().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("recstack-badcard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(bundled_model(), dir.join("model.onnx")).unwrap();
+    let mut card = ModelCard::read(&bundled_model()).unwrap();
+    card.features.dense[0] = "clicks_last_hour".into();
+    std::fs::write(dir.join("model.json"), serde_json::to_vec(&card).unwrap()).unwrap();
+    let items = Arc::new(recstack_services::features::Snapshot::from_artifacts(artifacts()));
+    let e = serve::ranking(
+        items,
+        sources(dir.join("model.onnx")),
+        Duration::from_secs(5),
+        serve::Addrs::ephemeral(),
+    )
+    .await
+    .err()
+    .expect("a bad card stops the service from starting");
+    assert!(e.to_string().contains("clicks_last_hour"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
