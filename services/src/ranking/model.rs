@@ -77,12 +77,15 @@ pub enum ModelError {
     Run { version: String, message: String },
 }
 
-/// The ONNX Runtime library: `ORT_DYLIB_PATH`, else `.venv/lib/python3*/site-packages/
-/// onnxruntime/capi/libonnxruntime.so*` in the working directory or any ancestor of it or of
-/// this executable.
+/// The ONNX Runtime library: `ORT_DYLIB_PATH`, else the onnxruntime wheel in the venv that
+/// `RECSTACK_VENV` names, else in a `.venv` in the working directory or any ancestor of it or
+/// of this executable (`lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*`).
 pub fn find_onnxruntime() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Some(PathBuf::from(p));
+    }
+    if let Some(lib) = std::env::var_os("RECSTACK_VENV").and_then(|v| venv_library(Path::new(&v))) {
+        return Some(lib);
     }
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {

@@ -1,0 +1,51 @@
+//! The contract between the operator and the services: the runtime config the operator renders
+//! for the sample stacks is what `recstack serve <component> --config` reads.
+
+use std::path::PathBuf;
+
+use recstack_crds::RecommenderStack;
+use recstack_operator::render::{self, ChildKind};
+use recstack_services::config::{RuntimeConfig, model_path};
+
+fn rendered_config(sample: &str) -> RuntimeConfig {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../manifests/samples/{sample}.yaml"));
+    let stack: RecommenderStack = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let children = render::render(&stack).unwrap();
+    let cm = children
+        .iter()
+        .find(|c| c.kind == ChildKind::ConfigMap && c.name().ends_with("-config"))
+        .expect("a runtime ConfigMap");
+    let data = &cm.object.data["data"]["config.yaml"];
+    RuntimeConfig::parse(data.as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
+    let c = rendered_config("minimal");
+    for component in ["gateway", "recall", "ranking", "rerank", "feature"] {
+        let url = c.endpoint(component).unwrap();
+        assert!(url.starts_with("http://") && url.ends_with(&format!(":{}", c.grpc_port)), "{url}");
+    }
+    assert_eq!(c.ranking.device, "cpu");
+    assert_eq!(
+        model_path("ranking.model.uri", &c.ranking.model.uri).unwrap(),
+        PathBuf::from("/models/deepfm/model.onnx")
+    );
+    let (grpc, http) = c.listen();
+    assert_eq!((grpc.port(), http.port()), (c.grpc_port, c.http_port));
+    assert!(grpc.ip().is_unspecified());
+}
+
+#[test]
+fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
+    let c = rendered_config("gpu-ranking");
+    assert_eq!(c.ranking.device, "cuda");
+    assert_eq!(c.ranking.model.canary_percent, 10);
+    assert_eq!(c.ranking.batching.max_batch, 1024);
+    assert_eq!(c.ranking.batching.max_wait_micros, 1000);
+    assert_eq!(c.feature_store.redis_url.as_deref(), Some("redis://redis.recstack-data.svc:6379"));
+    // Object-store URIs are refused with what to do instead, naming the field.
+    let e = model_path("ranking.model.uri", &c.ranking.model.uri).unwrap_err().to_string();
+    assert!(e.starts_with("ranking.model.uri: `s3://"), "{e}");
+    assert!(e.contains("init container"), "{e}");
+}
