@@ -24,7 +24,10 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
     let c = rendered_config("minimal");
     for component in ["gateway", "recall", "ranking", "rerank", "feature"] {
         let url = c.endpoint(component).unwrap();
-        assert!(url.starts_with("http://") && url.ends_with(&format!(":{}", c.grpc_port)), "{url}");
+        assert!(
+            url.starts_with("http://") && url.ends_with(&format!(":{}", c.grpc_port)),
+            "{url}"
+        );
     }
     assert_eq!(c.ranking.device, "cpu");
     assert_eq!(
@@ -43,9 +46,14 @@ fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
     assert_eq!(c.ranking.model.canary_percent, 10);
     assert_eq!(c.ranking.batching.max_batch, 1024);
     assert_eq!(c.ranking.batching.max_wait_micros, 1000);
-    assert_eq!(c.feature_store.redis_url.as_deref(), Some("redis://redis.recstack-data.svc:6379"));
+    assert_eq!(
+        c.feature_store.redis_url.as_deref(),
+        Some("redis://redis.recstack-data.svc:6379")
+    );
     // Object-store URIs are refused with what to do instead, naming the field.
-    let e = model_path("ranking.model.uri", &c.ranking.model.uri).unwrap_err().to_string();
+    let e = model_path("ranking.model.uri", &c.ranking.model.uri)
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("ranking.model.uri: `s3://"), "{e}");
     assert!(e.contains("init container"), "{e}");
 }

@@ -160,7 +160,8 @@ async fn debug_requests_get_a_full_trace_of_every_candidate() {
     });
     assert_eq!(outcomes["served"], 10, "{outcomes:?}");
     assert_eq!(outcomes["ranked_below_cut"], recalled - 500, "{outcomes:?}");
-    assert_eq!(outcomes["rerank"], 490, "{outcomes:?}");
+    assert_eq!(outcomes["rerank"], 190, "{outcomes:?}");
+    assert_eq!(outcomes["below_rerank_pool"], 300, "{outcomes:?}");
     stack.stop().await.unwrap();
 }
 

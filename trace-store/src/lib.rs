@@ -96,7 +96,8 @@ pub struct CandidateFate {
     pub item_id: String,
     pub sources: Vec<SourceRecord>,
     pub rank_score: Option<f32>,
-    /// `served`, `ranked_below_cut` (not sent to the model), `rerank:<rule>`, `not_served`.
+    /// `served`, `ranked_below_cut` (not sent to the model), `below_rerank_pool` (scored but
+    /// below the pool rerank chooses from), `rerank:<rule>`, `not_served`.
     pub outcome: String,
 }
 

@@ -201,6 +201,10 @@ pub struct LevelPlan {
     pub rank_limit: usize,
 }
 
+/// Candidates (best first) rerank chooses from: enough for diversity, few enough to keep the
+/// rerank call small.
+pub const RERANK_POOL: usize = 200;
+
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub default_timeout: Duration,
@@ -642,22 +646,29 @@ impl Gateway {
         if level < Level::Fallback && !cands.is_empty() {
             let end = stage_end(Stage::Rerank, start, timeout);
             let reranked = self
-                .call(Stage::Rerank, end, &stages, cands.len() as u32, |budget| {
-                    let mut client = self.rerank.clone();
-                    let mut r = Request::new(RerankRequest {
-                        user_id: q.user_id.clone(),
-                        items: cands
-                            .iter()
-                            .map(|c| Scored {
-                                item_id: c.id.clone(),
-                                score: c.rank_score.unwrap_or(c.prior),
-                            })
-                            .collect(),
-                        k: q.n,
-                    });
-                    r.set_timeout(budget);
-                    async move { client.rerank(r).await }
-                })
+                .call(
+                    Stage::Rerank,
+                    end,
+                    &stages,
+                    cands.len().min(RERANK_POOL) as u32,
+                    |budget| {
+                        let mut client = self.rerank.clone();
+                        let mut r = Request::new(RerankRequest {
+                            user_id: q.user_id.clone(),
+                            items: cands
+                                .iter()
+                                .take(RERANK_POOL)
+                                .map(|c| Scored {
+                                    item_id: c.id.clone(),
+                                    score: c.rank_score.unwrap_or(c.prior),
+                                })
+                                .collect(),
+                            k: q.n,
+                        });
+                        r.set_timeout(budget);
+                        async move { client.rerank(r).await }
+                    },
+                )
                 .await;
             match reranked {
                 Ok(r) => {
@@ -843,6 +854,8 @@ impl Gateway {
                             "served".into()
                         } else if let Some(rule) = fates.get(&c.id) {
                             format!("rerank:{rule}")
+                        } else if c.rank_score.is_some() {
+                            "below_rerank_pool".into()
                         } else {
                             "not_served".into()
                         },

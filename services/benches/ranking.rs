@@ -1,0 +1,184 @@
+//! Ranking benchmarks on the bundled data and model, printed as a Markdown table: the ranking
+//! gRPC service (feature assembly, queue, batching, gRPC on loopback) against calling the same
+//! ONNX session directly on the same rows, with batching on and off, at 1 and 16 concurrent
+//! requests of 500 candidates.
+//!
+//! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recstack_services::build::{self, BuildParams, Progress};
+use recstack_services::dataset::{self, Dataset};
+use recstack_services::features::Snapshot;
+use recstack_services::ranking::batcher::BatchConfig;
+use recstack_services::ranking::model::{Device, OnnxModel};
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::ranking::service::proto::RankRequest;
+use recstack_services::ranking::service::proto::ranking_client::RankingClient;
+use recstack_services::serve;
+
+const CANDIDATES: usize = 500;
+const REQUESTS: usize = 400;
+
+fn main() {
+    let ds = Dataset::load_movietweetings(&dataset::bundled_dir()).expect("bundled data");
+    eprintln!("building artifacts from the bundled data …");
+    let a = build::build(&ds, &BuildParams::default(), &Progress::new(true)).expect("build");
+    let snapshot = Arc::new(Snapshot::from_artifacts(&a));
+    let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm/model.onnx");
+
+    // The requests: held-out users, each with 500 items by popularity offset per user.
+    let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();
+    users.sort_unstable();
+    users.dedup();
+    let requests: Vec<RankRequest> = (0..REQUESTS)
+        .map(|k| {
+            let u = users[(k * 31) % users.len()] as usize;
+            let user_id = a.users[u].clone();
+            let offset = (k * 17) % (a.items.len() - CANDIDATES);
+            RankRequest {
+                user: snapshot.user(&user_id).cloned(),
+                user_id,
+                item_ids: a.items[offset..offset + CANDIDATES]
+                    .iter()
+                    .map(|i| i.id.clone())
+                    .collect(),
+                timeout_ms: 10_000,
+            }
+        })
+        .collect();
+
+    // Direct: the same rows through the same session, one call per request.
+    let mut model = OnnxModel::load(&model_path, Device::Cpu, 1).expect("model");
+    let spec = model.card.features.clone();
+    let t = Instant::now();
+    let rows: Vec<(Vec<i64>, Vec<f32>)> = requests
+        .iter()
+        .map(|r| {
+            let (mut s, mut d) = (Vec::new(), Vec::new());
+            for id in &r.item_ids {
+                spec.push_row(&r.user_id, r.user.as_ref(), id, snapshot.item(id), &mut s, &mut d);
+            }
+            (s, d)
+        })
+        .collect();
+    let features_us = t.elapsed().as_secs_f64() * 1e6 / REQUESTS as f64;
+    for (s, d) in rows.iter().take(20) {
+        model.score(s, d, CANDIDATES).expect("warm-up");
+    }
+    let t = Instant::now();
+    let mut lat = Vec::with_capacity(REQUESTS);
+    for (s, d) in &rows {
+        let t0 = Instant::now();
+        model.score(s, d, CANDIDATES).expect("score");
+        lat.push(t0.elapsed());
+    }
+    let direct_rps = REQUESTS as f64 / t.elapsed().as_secs_f64();
+    let direct = Row {
+        name: "ONNX session, direct (rows prebuilt)".into(),
+        rps: direct_rps,
+        lat,
+    };
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut table = vec![direct];
+    for (batching, concurrency) in [(true, 1), (false, 1), (true, 16), (false, 16)] {
+        let row = runtime.block_on(service(snapshot.clone(), &model_path, batching, concurrency, &requests));
+        table.push(row);
+    }
+
+    println!("feature assembly: {features_us:.0} µs per request of {CANDIDATES} candidates\n");
+    println!("| ranking, 500 candidates/request | req/s | rows/s | p50 ms | p99 ms | throughput vs direct |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &table {
+        let (p50, p99) = percentiles(&r.lat);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2}× |",
+            r.name,
+            r.rps,
+            r.rps * CANDIDATES as f64,
+            p50,
+            p99,
+            r.rps / direct_rps
+        );
+    }
+}
+
+struct Row {
+    name: String,
+    rps: f64,
+    lat: Vec<Duration>,
+}
+
+fn percentiles(lat: &[Duration]) -> (f64, f64) {
+    let mut v: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (at(0.5), at(0.99))
+}
+
+async fn service(
+    items: Arc<Snapshot>,
+    model: &Path,
+    batching: bool,
+    concurrency: usize,
+    requests: &[RankRequest],
+) -> Row {
+    let sources = ModelSources {
+        primary: model.to_path_buf(),
+        canary: None,
+        canary_percent: 0,
+        device: Device::Cpu,
+        batch: BatchConfig {
+            enabled: batching,
+            max_batch: 4096,
+            ..BatchConfig::default()
+        },
+        intra_threads: 1,
+    };
+    let svc = serve::ranking(items, sources, Duration::from_secs(3600), serve::Addrs::ephemeral())
+        .await
+        .expect("ranking service");
+    let client = RankingClient::connect(format!("http://{}", svc.grpc))
+        .await
+        .expect("connect");
+    for r in requests.iter().take(20) {
+        client.clone().rank(r.clone()).await.expect("warm-up");
+    }
+    let t = Instant::now();
+    let chunks: Vec<Vec<RankRequest>> = (0..concurrency)
+        .map(|c| requests.iter().skip(c).step_by(concurrency).cloned().collect())
+        .collect();
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(chunk.len());
+                for r in chunk {
+                    let t0 = Instant::now();
+                    let resp = client.rank(r).await.expect("rank").into_inner();
+                    assert_eq!(resp.scores.len(), CANDIDATES);
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("task"));
+    }
+    let rps = requests.len() as f64 / t.elapsed().as_secs_f64();
+    svc.stop().await.expect("stop");
+    Row {
+        name: format!(
+            "service, batching {}, {concurrency} concurrent",
+            if batching { "on" } else { "off" }
+        ),
+        rps,
+        lat,
+    }
+}
