@@ -28,7 +28,10 @@ fn assert_rejects(spec: &str, expected: &str) {
 fn samples_and_empty_spec_pass() {
     assert_eq!(broken_rules("  {}"), Vec::<String>::new());
     for sample in ["minimal", "gpu-ranking", "flink-streaming"] {
-        let path = format!("{}/../manifests/samples/{sample}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../manifests/samples/{sample}.yaml",
+            std::env::var("CARGO_MANIFEST_DIR").unwrap()
+        );
         let stack: RecommenderStack = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         if let Err(e) = stack.validate_cel() {
             panic!("{sample}: {e}");

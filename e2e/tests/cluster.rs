@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use recstack_crds::RecommenderStack;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .parent()
         .unwrap()
         .to_path_buf()

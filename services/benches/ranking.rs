@@ -27,7 +27,7 @@ fn main() {
     eprintln!("building artifacts from the bundled data …");
     let a = build::build(&ds, &BuildParams::default(), &Progress::new(true)).expect("build");
     let snapshot = Arc::new(Snapshot::from_artifacts(&a));
-    let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm/model.onnx");
+    let model_path = recstack_services::source_file("models/deepfm/model.onnx");
 
     // The requests: held-out users, each with 500 items by popularity offset per user.
     let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();

@@ -51,7 +51,7 @@ pub struct Dataset {
 
 /// The bundled copy of MovieTweetings (see `services/data/movietweetings-100k/ATTRIBUTION.md`).
 pub fn bundled_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/movietweetings-100k")
+    crate::source_file("data/movietweetings-100k")
 }
 
 impl Dataset {

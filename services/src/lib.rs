@@ -20,6 +20,24 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A file shipped in the `services/` source tree (bundled data, the bundled model): found from
+/// the working directory (a checkout or any directory inside one), else where this crate was
+/// built. Looking at run time keeps a binary built in one checkout usable from another.
+pub fn source_file(relative: &str) -> std::path::PathBuf {
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let in_checkout = dir.join("services").join(relative);
+            if in_checkout.exists() {
+                return in_checkout;
+            }
+            if dir.file_name().is_some_and(|n| n == "services") && dir.join(relative).exists() {
+                return dir.join(relative);
+            }
+        }
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
 pub mod build;
 pub mod config;
 pub mod dataset;

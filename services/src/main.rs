@@ -5,7 +5,7 @@
 mod bench;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,7 +179,7 @@ struct ModelArgs {
 
 /// The model bundled with the source tree.
 fn bundled_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm/model.onnx")
+    recstack_services::source_file("models/deepfm/model.onnx")
 }
 
 impl ModelArgs {

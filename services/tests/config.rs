@@ -8,7 +8,8 @@ use recstack_operator::render::{self, ChildKind};
 use recstack_services::config::{RuntimeConfig, model_path};
 
 fn rendered_config(sample: &str) -> RuntimeConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../manifests/samples/{sample}.yaml"));
+    let path =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(format!("../manifests/samples/{sample}.yaml"));
     let stack: RecommenderStack = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let children = render::render(&stack).unwrap();
     let cm = children

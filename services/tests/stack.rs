@@ -20,7 +20,7 @@ use recstack_services::ranking::service::ModelSources;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack};
 
 fn bundled_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm/model.onnx")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/deepfm/model.onnx")
 }
 
 fn sources(model: PathBuf) -> ModelSources {

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use recstack_crds::RecommenderStack;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A sample stack from `manifests/samples/`.
