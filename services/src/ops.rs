@@ -88,3 +88,42 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         _ => "internal",
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+/// What every unary RPC records: requests by status code, and latency.
+pub struct RpcMetrics {
+    pub requests: prometheus_client::metrics::family::Family<CodeLabels, prometheus_client::metrics::counter::Counter>,
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl RpcMetrics {
+    /// Registers `requests` and `latency_seconds` in `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry, what: &str) -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        let m = Self {
+            requests: Default::default(),
+            latency: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+        };
+        registry.register(
+            "requests",
+            format!("{what} requests by status code"),
+            m.requests.clone(),
+        );
+        registry.register("latency_seconds", format!("{what} latency"), m.latency.clone());
+        m
+    }
+
+    /// Records one call that began at `start`.
+    pub fn record<T>(&self, start: std::time::Instant, result: &Result<T, tonic::Status>) {
+        self.latency.observe(start.elapsed().as_secs_f64());
+        let code = match result {
+            Ok(_) => "ok",
+            Err(s) => code_name(s.code()),
+        };
+        self.requests.get_or_create(&CodeLabels { code }).inc();
+    }
+}

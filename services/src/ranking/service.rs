@@ -21,6 +21,7 @@ use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
 use super::features::FeatureSpec;
 use super::model::{Device, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
+use crate::ops::RpcMetrics;
 
 /// Generated gRPC types (`services/proto/ranking.proto`).
 pub mod proto {
@@ -38,19 +39,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 // === metrics ===
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CodeLabels {
-    pub code: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub model_version: String,
 }
 
 pub struct RankingMetrics {
     pub registry: Registry,
-    pub requests: Family<CodeLabels, Counter>,
-    pub latency: Histogram,
+    pub rpc: RpcMetrics,
     pub rows: Family<ModelLabels, Counter>,
     pub batch_rows: Histogram,
     pub batch_requests: Histogram,
@@ -65,8 +60,7 @@ impl Default for RankingMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("recstack_ranking");
         let m = Self {
-            requests: Family::default(),
-            latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            rpc: RpcMetrics::register(&mut registry, "Rank"),
             rows: Family::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
@@ -77,8 +71,6 @@ impl Default for RankingMetrics {
             reload_failures: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("requests", "Rank requests by status code", m.requests.clone());
-        registry.register("latency_seconds", "Rank latency", m.latency.clone());
         registry.register("rows", "Candidates scored, by model version", m.rows.clone());
         registry.register("batch_rows", "Rows per model call batch", m.batch_rows.clone());
         registry.register("batch_requests", "Requests per batch", m.batch_requests.clone());
@@ -309,12 +301,7 @@ impl Ranking for RankingService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let start = Instant::now();
         let result = RankingService::rank(self, request.into_inner()).await;
-        self.metrics.latency.observe(start.elapsed().as_secs_f64());
-        let code = match &result {
-            Ok(_) => "ok",
-            Err(s) => crate::ops::code_name(s.code()),
-        };
-        self.metrics.requests.get_or_create(&CodeLabels { code }).inc();
+        self.metrics.rpc.record(start, &result);
         result.map(Response::new)
     }
 }

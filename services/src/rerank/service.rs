@@ -4,15 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
 use super::{Candidate, RerankConfig, ab_bucket, rerank};
 use crate::features::Snapshot;
-use crate::ranking::service::CodeLabels;
+use crate::ops::RpcMetrics;
 
 /// Generated gRPC types (`services/proto/rerank.proto`).
 pub mod proto {
@@ -45,22 +42,14 @@ impl Default for Experiment {
 
 pub struct RerankMetrics {
     pub registry: Registry,
-    pub requests: Family<CodeLabels, Counter>,
-    pub latency: Histogram,
+    pub rpc: RpcMetrics,
 }
 
 impl Default for RerankMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("recstack_rerank");
-        let requests = Family::<CodeLabels, Counter>::default();
-        let latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
-        registry.register("requests", "Rerank requests by status code", requests.clone());
-        registry.register("latency_seconds", "Rerank latency", latency.clone());
-        Self {
-            registry,
-            requests,
-            latency,
-        }
+        let rpc = RpcMetrics::register(&mut registry, "Rerank");
+        Self { registry, rpc }
     }
 }
 
@@ -174,12 +163,7 @@ impl Rerank for RerankService {
     async fn rerank(&self, request: Request<RerankRequest>) -> Result<Response<RerankResponse>, Status> {
         let start = Instant::now();
         let result = RerankService::rerank(self, request.get_ref());
-        self.metrics.latency.observe(start.elapsed().as_secs_f64());
-        let code = match &result {
-            Ok(_) => "ok",
-            Err(s) => crate::ops::code_name(s.code()),
-        };
-        self.metrics.requests.get_or_create(&CodeLabels { code }).inc();
+        self.metrics.rpc.record(start, &result);
         result.map(Response::new)
     }
 }
