@@ -172,8 +172,10 @@ pub enum BreakerState {
     Closed { failures: u32 },
     /// Calls are refused until `until`.
     Open { until: Instant },
-    /// One probe call is in flight; its outcome closes or reopens the circuit.
-    HalfOpen,
+    /// One probe call, started at `probe`, is in flight; its outcome closes or reopens the
+    /// circuit. A probe that never reports (its request was cancelled) is replaced by a new
+    /// one after `open_for`, so a lost probe cannot wedge the circuit.
+    HalfOpen { probe: Instant },
 }
 
 /// A per-downstream circuit breaker: after `failures` consecutive failures, calls are skipped
@@ -196,13 +198,13 @@ impl Breaker {
     /// Whether a call may go out now. An open circuit past its time lets exactly one probe
     /// through (half-open) and refuses the rest until the probe reports.
     pub fn allow(&mut self, now: Instant) -> bool {
-        match self.state {
-            BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } if now >= until => {
-                self.state = BreakerState::HalfOpen;
-                true
+        if self.is_available(now) {
+            if !matches!(self.state, BreakerState::Closed { .. }) {
+                self.state = BreakerState::HalfOpen { probe: now };
             }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+            true
+        } else {
+            false
         }
     }
 
@@ -211,7 +213,7 @@ impl Breaker {
         match self.state {
             BreakerState::Closed { .. } => true,
             BreakerState::Open { until } => now >= until,
-            BreakerState::HalfOpen => false,
+            BreakerState::HalfOpen { probe } => now >= probe + self.config.open_for,
         }
     }
 
@@ -345,6 +347,24 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_probe_does_not_wedge_the_circuit() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig {
+            failures: 1,
+            open_for: Duration::from_millis(100),
+        });
+        b.failure(t0);
+        let probe = t0 + Duration::from_millis(100);
+        assert!(b.allow(probe));
+        // The probe's request is cancelled: neither success nor failure is reported.
+        assert!(!b.allow(probe + Duration::from_millis(99)));
+        let retry = probe + Duration::from_millis(100);
+        assert!(b.is_available(retry));
+        assert!(b.allow(retry), "a new probe replaces the lost one");
+        assert_eq!(b.state, BreakerState::HalfOpen { probe: retry });
+    }
+
+    #[test]
     fn half_open_lets_one_probe_through_which_closes_or_reopens() {
         let t0 = Instant::now();
         let cfg = BreakerConfig {
@@ -356,7 +376,7 @@ mod tests {
         let later = t0 + Duration::from_millis(100);
         assert!(b.is_available(later));
         assert!(b.allow(later), "the probe");
-        assert_eq!(b.state, BreakerState::HalfOpen);
+        assert_eq!(b.state, BreakerState::HalfOpen { probe: later });
         assert!(!b.allow(later), "only one probe at a time");
         b.success();
         assert_eq!(b.state, BreakerState::Closed { failures: 0 });

@@ -103,12 +103,21 @@ pub fn artifact_root() -> &'static std::path::PathBuf {
 
 /// A plain HTTP/1.1 POST (no client library needed): the status code and the body.
 pub fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    http(addr, "POST", path, body)
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
