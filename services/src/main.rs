@@ -20,6 +20,7 @@ use recstack_services::gateway::{Catalogue, Endpoints, GatewayConfig};
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
+use recstack_services::rerank::RerankConfig;
 use recstack_services::serve::{self, Addrs, LocalAddrs, LocalOptions, Service};
 
 #[derive(Parser)]
@@ -249,6 +250,15 @@ enum ServeCommand {
     Rerank {
         #[command(flatten)]
         serve: ServeArgs,
+        /// An item never served (repeatable).
+        #[arg(long = "block", value_name = "ITEM")]
+        blocked: Vec<String>,
+        /// Serve ITEM at 0-based POSITION when it is a candidate (repeatable).
+        #[arg(long = "pin", value_name = "ITEM:POSITION", value_parser = parse_pin)]
+        pins: Vec<(String, usize)>,
+        /// Score multiplier for items from the newest two release years.
+        #[arg(long, default_value_t = 1.2)]
+        fresh_boost: f32,
     },
     /// The gateway: HTTP `POST /v1/recommend` and gRPC `Recommend`.
     Gateway {
@@ -263,6 +273,18 @@ enum ServeCommand {
         #[arg(long, default_value = "http://127.0.0.1:9093")]
         rerank: String,
     },
+}
+
+/// `ITEM:POSITION` of `--pin`.
+fn parse_pin(s: &str) -> Result<(String, usize), String> {
+    let (item, pos) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}`: expected ITEM:POSITION"))?;
+    let pos = pos.parse().map_err(|_| format!("`{s}`: POSITION must be a number"))?;
+    if item.is_empty() {
+        return Err(format!("`{s}`: ITEM is empty"));
+    }
+    Ok((item.to_string(), pos))
 }
 
 /// Serves until Ctrl-C, then stops cleanly.
@@ -317,12 +339,23 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             )
             .await?
         }
-        ServeCommand::Rerank { serve } => {
+        ServeCommand::Rerank {
+            serve,
+            blocked,
+            pins,
+            fresh_boost,
+        } => {
             let config = serve.config()?;
             let snapshot = Arc::new(Snapshot::from_artifacts(
                 &serve::load_artifacts(&serve.artifacts)?.artifacts,
             ));
-            serve::rerank(snapshot, serve.addrs(config.as_ref(), 9093, 8083)).await?
+            let rules = RerankConfig {
+                blocked: blocked.into_iter().collect(),
+                pins,
+                fresh_boost,
+                ..RerankConfig::default()
+            };
+            serve::rerank(snapshot, rules, serve.addrs(config.as_ref(), 9093, 8083)).await?
         }
         ServeCommand::Gateway {
             serve,
@@ -609,5 +642,25 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_pin("0110912:3"), Ok(("0110912".into(), 3)));
+        assert_eq!(parse_pin("a:b:0"), Ok(("a:b".into(), 0)));
+        assert!(parse_pin("0110912").unwrap_err().contains("ITEM:POSITION"));
+        assert!(parse_pin("x:first").unwrap_err().contains("must be a number"));
+        assert!(parse_pin(":1").unwrap_err().contains("ITEM is empty"));
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -289,9 +289,10 @@ pub async fn ranking(
     .await
 }
 
-pub async fn rerank(items: Arc<Snapshot>, addrs: Addrs) -> Result<Service, ServeError> {
+/// The rerank service with its business rules (block list, pins) in `config`.
+pub async fn rerank(items: Arc<Snapshot>, config: RerankConfig, addrs: Addrs) -> Result<Service, ServeError> {
     let metrics = Arc::new(RerankMetrics::default());
-    let service = RerankService::new(items, RerankConfig::default(), Experiment::default(), metrics.clone());
+    let service = RerankService::new(items, config, Experiment::default(), metrics.clone());
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "rerank",
@@ -426,7 +427,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     let recall = recall(loaded, Some((root.to_path_buf(), Duration::from_secs(10))), a.recall).await?;
     let features = features(snapshot.clone(), opts.redis_url.as_deref(), None, a.features).await?;
     let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
-    let rerank = rerank(snapshot, a.rerank).await?;
+    let rerank = rerank(snapshot, RerankConfig::default(), a.rerank).await?;
     let url = |s: &Service| format!("http://{}", s.grpc);
     let endpoints = Endpoints {
         recall: url(&recall),

@@ -167,3 +167,75 @@ impl Rerank for RerankService {
         result.map(Response::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::proto::ItemFeatures;
+
+    fn service(config: RerankConfig) -> RerankService {
+        let items = (0..30)
+            .map(|i| ItemFeatures {
+                item_id: format!("i{i}"),
+                ratings: 10,
+                mean_rating: 7.0,
+                hot_score: 1.0,
+                year: if i == 1 { 2013 } else { 1990 },
+                genres: vec![["Drama", "Comedy", "Horror"][i % 3].to_string()],
+            })
+            .collect();
+        let snapshot = Arc::new(Snapshot::from_parts(Vec::new(), items));
+        RerankService::new(
+            snapshot,
+            config,
+            Experiment::default(),
+            Arc::new(RerankMetrics::default()),
+        )
+    }
+
+    fn request(user: &str, k: u32) -> RerankRequest {
+        RerankRequest {
+            user_id: user.into(),
+            items: (0..30)
+                .map(|i| Scored {
+                    item_id: format!("i{i}"),
+                    score: 1.0 - i as f32 / 100.0,
+                })
+                .collect(),
+            k,
+        }
+    }
+
+    #[test]
+    fn business_rules_and_the_bucket_are_applied_and_recorded() {
+        let svc = service(RerankConfig {
+            blocked: ["i0".to_string()].into_iter().collect(),
+            pins: vec![("i20".into(), 0)],
+            ..RerankConfig::default()
+        });
+        let r = svc.rerank(&request("u1", 10)).unwrap();
+        assert_eq!(r.items.len(), 10);
+        assert_eq!(r.items[0].item_id, "i20", "pinned first");
+        assert!(r.items.iter().all(|s| s.item_id != "i0"), "blocked");
+        let action = |id: &str| r.actions.iter().find(|a| a.item_id == id).unwrap();
+        assert_eq!((action("i0").after, action("i0").rule.as_str()), (-1, "blocked"));
+        assert_eq!((action("i20").after, action("i20").rule.as_str()), (0, "pin"));
+        assert_eq!(action("i1").rule, "fresh_boost", "the newest year is fresh");
+        assert_eq!(r.experiment, "mmr-lambda");
+        assert_eq!(r.bucket, ab_bucket("u1", "mmr-lambda", 2));
+        assert_eq!(r.variant, ["control", "diverse"][r.bucket as usize]);
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let svc = service(RerankConfig::default());
+        let e = svc.rerank(&request("", 10)).unwrap_err();
+        assert!(e.message().starts_with("user_id"), "{}", e.message());
+        let e = svc.rerank(&request("u", 500)).unwrap_err();
+        assert!(e.message().starts_with("k is 500"), "{}", e.message());
+        let mut r = request("u", 10);
+        r.items[3].score = f32::NAN;
+        let e = svc.rerank(&r).unwrap_err();
+        assert_eq!(e.message(), "items[3].score is not a finite number");
+    }
+}
