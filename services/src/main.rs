@@ -58,6 +58,10 @@ enum Command {
         /// Let the OS pick free loopback ports (printed) instead of the standard ones.
         #[arg(long)]
         ephemeral_ports: bool,
+        /// Send the gateway's calls over gRPC on loopback, as in a cluster, instead of calling
+        /// the services in this process directly.
+        #[arg(long)]
+        grpc_links: bool,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
     Query {
@@ -384,7 +388,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             drop(loaded);
             serve::gateway(
                 catalogue,
-                &endpoints,
+                recstack_services::gateway::Links::grpc(&endpoints)?,
                 GatewayConfig::default(),
                 Arc::new(recstack_trace_store::NoSink),
                 serve.addrs(config.as_ref(), 9000, 8000),
@@ -399,7 +403,13 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
     until_ctrl_c(vec![service]).await
 }
 
-async fn up(artifacts: PathBuf, model: ModelArgs, redis_url: Option<String>, ephemeral: bool) -> anyhow::Result<()> {
+async fn up(
+    artifacts: PathBuf,
+    model: ModelArgs,
+    redis_url: Option<String>,
+    ephemeral: bool,
+    grpc_links: bool,
+) -> anyhow::Result<()> {
     let opts = LocalOptions {
         addrs: if ephemeral {
             LocalAddrs::ephemeral()
@@ -410,6 +420,7 @@ async fn up(artifacts: PathBuf, model: ModelArgs, redis_url: Option<String>, eph
         redis_url,
         gateway: GatewayConfig::default(),
         traces: 10_000,
+        direct_links: !grpc_links,
     };
     let stack = serve::start_local(&artifacts, opts).await?;
     let gw = stack.get("gateway");
@@ -569,6 +580,7 @@ fn main() -> anyhow::Result<()> {
             model,
             redis_url,
             ephemeral_ports,
+            grpc_links,
         } => {
             if !artifacts.join("current").exists() {
                 eprintln!(
@@ -577,7 +589,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
             }
-            block_on(up(artifacts, model, redis_url, ephemeral_ports))
+            block_on(up(artifacts, model, redis_url, ephemeral_ports, grpc_links))
         }
         Command::Query {
             user,

@@ -17,18 +17,23 @@ use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
 use crate::build::BuildError;
+use crate::features::proto::features_server::Features;
 use crate::features::proto::features_server::FeaturesServer;
 use crate::features::{CachePolicy, FeatureMetrics, FeatureService, FeatureStore, L2, NoL2, RedisL2, Snapshot};
+use crate::gateway::links::{Direct, FeaturesLink, Links, RankingLink, RecallLink, RerankLink};
 use crate::gateway::proto::gateway_server::GatewayServer;
 use crate::gateway::{Catalogue, Endpoints, Gateway, GatewayConfig, GatewayGrpc, GatewayMetrics};
 use crate::ops;
 use crate::ranking::model::ModelError;
+use crate::ranking::service::proto::ranking_server::Ranking;
 use crate::ranking::service::proto::ranking_server::RankingServer;
 use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
 use crate::recall::seen::SeenConfig;
+use crate::recall::service::proto::recall_server::Recall;
 use crate::recall::service::proto::recall_server::RecallServer;
 use crate::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
 use crate::rerank::RerankConfig;
+use crate::rerank::service::proto::rerank_server::Rerank;
 use crate::rerank::service::proto::rerank_server::RerankServer;
 use crate::rerank::service::{Experiment, RerankMetrics, RerankService};
 
@@ -63,17 +68,33 @@ impl Addrs {
     }
 }
 
+/// A service's implementation, for callers in the same process (the gateway's direct links).
+#[derive(Clone)]
+pub enum DirectService {
+    Recall(Arc<dyn Recall>),
+    Features(Arc<dyn Features>),
+    Ranking(Arc<dyn Ranking>),
+    Rerank(Arc<dyn Rerank>),
+    Gateway,
+}
+
 /// A running service.
 pub struct Service {
     pub name: &'static str,
     /// The bound addresses (real ports when 0 was asked for).
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub direct: DirectService,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
 }
 
 impl Service {
+    /// Becomes true when the service is stopped.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Stops accepting, finishes in-flight calls, and returns how serving ended.
     pub async fn stop(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
@@ -103,6 +124,7 @@ async fn spawn(
     addrs: Addrs,
     routes: Routes,
     http: axum::Router,
+    direct: DirectService,
     after: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Service, ServeError> {
     let grpc_listener = bind(addrs.grpc).await?;
@@ -138,6 +160,7 @@ async fn spawn(
         name,
         grpc,
         http: http_addr,
+        direct,
         stop,
         task,
     })
@@ -159,19 +182,20 @@ pub fn load_artifacts(root: &Path) -> Result<Loaded, ServeError> {
 pub async fn recall(loaded: Loaded, reload: Option<(PathBuf, Duration)>, addrs: Addrs) -> Result<Service, ServeError> {
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
-    let service = RecallService::new(
+    let service = Arc::new(RecallService::new(
         slot.clone(),
         MemorySeenStore::default(),
         SeenConfig::default(),
         metrics.clone(),
-    );
+    ));
     let watcher = reload.map(|(root, every)| tokio::spawn(watch_artifacts(slot, root, every)));
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "recall",
         addrs,
-        Routes::new(RecallServer::new(service)),
+        Routes::new(RecallServer::from_arc(service.clone())),
         ops_router(encode),
+        DirectService::Recall(service),
         async move {
             if let Some(w) = watcher {
                 w.abort();
@@ -230,6 +254,7 @@ async fn features_with<L: L2>(
             Err(e) => tracing::warn!(error = %e, path = %path.display(), "features: unreadable L1 dump; starting cold"),
         }
     }
+    let service = Arc::new(FeatureService { store: store.clone() });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     let on_stop = {
         let store = store.clone();
@@ -245,8 +270,9 @@ async fn features_with<L: L2>(
     spawn(
         "features",
         addrs,
-        Routes::new(FeaturesServer::new(FeatureService { store })),
+        Routes::new(FeaturesServer::from_arc(service.clone())),
         ops_router(encode),
+        DirectService::Features(service),
         on_stop,
     )
     .await
@@ -273,17 +299,18 @@ pub async fn ranking(
     tracing::info!(version = set.primary.batcher.version(), "ranking: model loaded");
     let models = Arc::new(ArcSwap::from_pointee(set));
     let watcher = tokio::spawn(watch_models(models.clone(), sources, reload, metrics.clone()));
-    let service = RankingService {
+    let service = Arc::new(RankingService {
         models,
         items,
         metrics: metrics.clone(),
-    };
+    });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "ranking",
         addrs,
-        Routes::new(RankingServer::new(service)),
+        Routes::new(RankingServer::from_arc(service.clone())),
         ops_router(encode),
+        DirectService::Ranking(service),
         async move { watcher.abort() },
     )
     .await
@@ -292,13 +319,19 @@ pub async fn ranking(
 /// The rerank service with its business rules (block list, pins) in `config`.
 pub async fn rerank(items: Arc<Snapshot>, config: RerankConfig, addrs: Addrs) -> Result<Service, ServeError> {
     let metrics = Arc::new(RerankMetrics::default());
-    let service = RerankService::new(items, config, Experiment::default(), metrics.clone());
+    let service = Arc::new(RerankService::new(
+        items,
+        config,
+        Experiment::default(),
+        metrics.clone(),
+    ));
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "rerank",
         addrs,
-        Routes::new(RerankServer::new(service)),
+        Routes::new(RerankServer::from_arc(service.clone())),
         ops_router(encode),
+        DirectService::Rerank(service),
         async {},
     )
     .await
@@ -307,19 +340,20 @@ pub async fn rerank(items: Arc<Snapshot>, config: RerankConfig, addrs: Addrs) ->
 /// The gateway: HTTP API (with the operational endpoints) and gRPC.
 pub async fn gateway(
     catalogue: Arc<Catalogue>,
-    endpoints: &Endpoints,
+    links: Links,
     config: GatewayConfig,
     sink: Arc<dyn TraceSink>,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(GatewayMetrics::default());
-    let gateway = Arc::new(Gateway::new(endpoints, catalogue, config, sink, metrics)?);
+    let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
     let http = crate::gateway::http::router(gateway.clone(), Arc::new(AtomicBool::new(true)));
     spawn(
         "gateway",
         addrs,
         Routes::new(GatewayServer::new(GatewayGrpc(gateway))),
         http,
+        DirectService::Gateway,
         async {},
     )
     .await
@@ -369,6 +403,8 @@ pub struct LocalOptions {
     pub gateway: GatewayConfig,
     /// Traces kept in memory (until the trace store lands).
     pub traces: usize,
+    /// The gateway calls the services in this process directly instead of over gRPC.
+    pub direct_links: bool,
 }
 
 /// The whole stack in this process.
@@ -428,18 +464,53 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     let features = features(snapshot.clone(), opts.redis_url.as_deref(), None, a.features).await?;
     let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
     let rerank = rerank(snapshot, RerankConfig::default(), a.rerank).await?;
-    let url = |s: &Service| format!("http://{}", s.grpc);
-    let endpoints = Endpoints {
-        recall: url(&recall),
-        features: url(&features),
-        ranking: url(&ranking),
-        rerank: url(&rerank),
+    let links = if opts.direct_links {
+        direct_links(&recall, &features, &ranking, &rerank).ok_or(ServeError::Server {
+            service: "gateway",
+            message: "a local service offers no direct link".into(),
+        })?
+    } else {
+        let url = |s: &Service| format!("http://{}", s.grpc);
+        Links::grpc(&Endpoints {
+            recall: url(&recall),
+            features: url(&features),
+            ranking: url(&ranking),
+            rerank: url(&rerank),
+        })?
     };
     let sink = Arc::new(MemorySink::new(opts.traces));
-    let gateway = gateway(catalogue, &endpoints, opts.gateway, sink.clone(), a.gateway).await?;
+    let gateway = gateway(catalogue, links, opts.gateway, sink.clone(), a.gateway).await?;
     Ok(LocalStack {
         services: vec![gateway, recall, features, ranking, rerank],
         sink,
         artifact_version,
+    })
+}
+
+/// Links that call the four services directly (`None` if one of them is not what its name says).
+fn direct_links(recall: &Service, features: &Service, ranking: &Service, rerank: &Service) -> Option<Links> {
+    let direct = |s: &Service| -> DirectService { s.direct.clone() };
+    let (DirectService::Recall(r), DirectService::Features(f), DirectService::Ranking(k), DirectService::Rerank(x)) =
+        (direct(recall), direct(features), direct(ranking), direct(rerank))
+    else {
+        return None;
+    };
+    Some(Links {
+        recall: RecallLink::Direct(Direct {
+            service: r,
+            stopped: recall.stopped(),
+        }),
+        features: FeaturesLink::Direct(Direct {
+            service: f,
+            stopped: features.stopped(),
+        }),
+        ranking: RankingLink::Direct(Direct {
+            service: k,
+            stopped: ranking.stopped(),
+        }),
+        rerank: RerankLink::Direct(Direct {
+            service: x,
+            stopped: rerank.stopped(),
+        }),
     })
 }

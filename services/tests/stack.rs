@@ -34,8 +34,19 @@ fn sources(model: PathBuf) -> ModelSources {
     }
 }
 
+/// The stack with the gateway calling the services over gRPC, as in a cluster.
 async fn start(config: GatewayConfig) -> LocalStack {
+    start_with(config, false).await
+}
+
+/// The stack with the gateway calling the services in its process directly (`recstack up`).
+async fn start_direct(config: GatewayConfig) -> LocalStack {
+    start_with(config, true).await
+}
+
+async fn start_with(config: GatewayConfig, direct_links: bool) -> LocalStack {
     let opts = LocalOptions {
+        direct_links,
         addrs: LocalAddrs::ephemeral(),
         model: sources(bundled_model()),
         redis_url: None,
@@ -75,7 +86,7 @@ async fn recommend(stack: &LocalStack, body: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_out_users_get_full_lists_without_seen_items_that_keep_the_diversity_rule() {
-    let stack = start(GatewayConfig::default()).await;
+    let stack = start_direct(GatewayConfig::default()).await;
     let a = artifacts();
     let genres: HashMap<&str, &Vec<String>> = a
         .items
@@ -276,7 +287,8 @@ async fn ranking_stopped_under_load_degrades_every_request_and_fails_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_recall_and_ranking_gone_users_still_get_popular_items_they_have_not_seen() {
-    let mut stack = start(GatewayConfig::default()).await;
+    // Direct links: a stopped in-process service fails its calls like a dead peer.
+    let mut stack = start_direct(GatewayConfig::default()).await;
     stack.stop_one("recall").await.unwrap();
     stack.stop_one("ranking").await.unwrap();
     let (user, _) = held_out_users(1).remove(0);

@@ -8,6 +8,7 @@
 
 pub mod degrade;
 pub mod http;
+pub mod links;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -23,18 +24,13 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use recstack_trace_store::{CandidateFate, Detail, ItemLineage, SourceRecord, StageRecord, Trace, TraceSink};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::build::{Artifacts, Manifest};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
-use crate::features::proto::features_client::FeaturesClient;
 use crate::ranking::service::proto::RankRequest;
-use crate::ranking::service::proto::ranking_client::RankingClient;
-use crate::recall::service::proto::recall_client::RecallClient;
 use crate::recall::service::proto::{Candidate as RecallCandidate, RecallRequest, Source};
-use crate::rerank::service::proto::rerank_client::RerankClient;
 use crate::rerank::service::proto::{RerankRequest, Scored};
 use degrade::{Breaker, BreakerConfig, Health, Level, LoadThresholds, Stage, after_failure, plan, stage_end};
 
@@ -341,10 +337,7 @@ impl GatewayMetrics {
 // === the gateway ===
 
 pub struct Gateway {
-    recall: RecallClient<Channel>,
-    features: FeaturesClient<Channel>,
-    ranking: RankingClient<Channel>,
-    rerank: RerankClient<Channel>,
+    links: Links,
     pub catalogue: Arc<Catalogue>,
     pub config: GatewayConfig,
     breakers: HashMap<Stage, Mutex<Breaker>>,
@@ -354,17 +347,7 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("downstream endpoint {0}: {1}")]
-pub struct EndpointError(String, String);
-
-fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| EndpointError(url.to_string(), e.to_string()))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_millis(200))
-        .connect_lazy())
-}
+pub use links::{EndpointError, Links};
 
 /// Recall's candidate as the gateway carries it on.
 struct Cand {
@@ -387,23 +370,21 @@ impl Drop for InFlight<'_> {
 }
 
 impl Gateway {
-    /// Connects lazily: the gateway starts, and answers, while downstreams are still down.
+    /// A gateway over `links` (gRPC clients connect lazily: it starts, and answers, while
+    /// downstreams are still down).
     pub fn new(
-        endpoints: &Endpoints,
+        links: Links,
         catalogue: Arc<Catalogue>,
         config: GatewayConfig,
         sink: Arc<dyn TraceSink>,
         metrics: Arc<GatewayMetrics>,
-    ) -> Result<Self, EndpointError> {
+    ) -> Self {
         let breakers = Stage::ALL
             .iter()
             .map(|&s| (s, Mutex::new(Breaker::new(config.breaker.clone()))))
             .collect();
-        Ok(Self {
-            recall: RecallClient::new(lazy_channel(&endpoints.recall)?),
-            features: FeaturesClient::new(lazy_channel(&endpoints.features)?),
-            ranking: RankingClient::new(lazy_channel(&endpoints.ranking)?),
-            rerank: RerankClient::new(lazy_channel(&endpoints.rerank)?),
+        Self {
+            links,
             catalogue,
             config,
             breakers,
@@ -411,7 +392,7 @@ impl Gateway {
             sequence: AtomicU64::new(0),
             sink,
             metrics,
-        })
+        }
     }
 
     fn breaker(&self, stage: Stage) -> std::sync::MutexGuard<'_, Breaker> {
@@ -524,12 +505,11 @@ impl Gateway {
                 &self.config.reduced
             };
             let features = self.call(Stage::Features, end, &stages, 0, |budget| {
-                let mut client = self.features.clone();
                 let mut r = Request::new(GetUserRequest {
                     user_id: q.user_id.clone(),
                 });
                 r.set_timeout(budget);
-                async move { client.get_user(r).await }
+                self.links.features.call(r)
             });
             let recall = async {
                 if level > Level::Reduced {
@@ -537,7 +517,6 @@ impl Gateway {
                 }
                 Some(
                     self.call(Stage::Recall, end, &stages, 0, |budget| {
-                        let mut client = self.recall.clone();
                         let mut r = Request::new(RecallRequest {
                             user_id: q.user_id.clone(),
                             context: q.context.clone().into_iter().collect(),
@@ -545,7 +524,7 @@ impl Gateway {
                             channel_quotas: plan.quotas.clone(),
                         });
                         r.set_timeout(budget);
-                        async move { client.recall(r).await }
+                        self.links.recall.call(r)
                     })
                     .await,
                 )
@@ -605,7 +584,6 @@ impl Gateway {
             let end = stage_end(Stage::Ranking, start, timeout);
             let ranked = self
                 .call(Stage::Ranking, end, &stages, cands.len() as u32, |budget| {
-                    let mut client = self.ranking.clone();
                     let mut r = Request::new(RankRequest {
                         user_id: q.user_id.clone(),
                         user: user.clone(),
@@ -613,7 +591,7 @@ impl Gateway {
                         timeout_ms: budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
                     });
                     r.set_timeout(budget);
-                    async move { client.rank(r).await }
+                    self.links.ranking.call(r)
                 })
                 .await;
             match ranked {
@@ -652,7 +630,6 @@ impl Gateway {
                     &stages,
                     cands.len().min(RERANK_POOL) as u32,
                     |budget| {
-                        let mut client = self.rerank.clone();
                         let mut r = Request::new(RerankRequest {
                             user_id: q.user_id.clone(),
                             items: cands
@@ -666,7 +643,7 @@ impl Gateway {
                             k: q.n,
                         });
                         r.set_timeout(budget);
-                        async move { client.rerank(r).await }
+                        self.links.rerank.call(r)
                     },
                 )
                 .await;

@@ -1,0 +1,147 @@
+//! How the gateway reaches each downstream: over gRPC (separate processes or pods, as in a
+//! cluster) or, when the services run in the gateway's own process (`recstack up`), by calling
+//! the service directly — the same request and response types, without encoding, HTTP/2 or a
+//! socket. A direct link to a stopped service answers `UNAVAILABLE`, as a dead peer would.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::features::proto::features_client::FeaturesClient;
+use crate::features::proto::features_server::Features;
+use crate::features::proto::{GetUserRequest, GetUserResponse};
+use crate::ranking::service::proto::ranking_client::RankingClient;
+use crate::ranking::service::proto::ranking_server::Ranking;
+use crate::ranking::service::proto::{RankRequest, RankResponse};
+use crate::recall::service::proto::recall_client::RecallClient;
+use crate::recall::service::proto::recall_server::Recall;
+use crate::recall::service::proto::{RecallRequest, RecallResponse};
+use crate::rerank::service::proto::rerank_client::RerankClient;
+use crate::rerank::service::proto::rerank_server::Rerank;
+use crate::rerank::service::proto::{RerankRequest, RerankResponse};
+
+#[derive(Debug, thiserror::Error)]
+#[error("downstream endpoint {0}: {1}")]
+pub struct EndpointError(pub String, pub String);
+
+/// A channel that connects on first use: the gateway starts, and answers, while downstreams
+/// are still down.
+pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| EndpointError(url.to_string(), e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_millis(200))
+        .connect_lazy())
+}
+
+/// A service in this process and whether it has been stopped.
+pub struct Direct<S: ?Sized> {
+    pub service: Arc<S>,
+    pub stopped: watch::Receiver<bool>,
+}
+
+impl<S: ?Sized> Clone for Direct<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            stopped: self.stopped.clone(),
+        }
+    }
+}
+
+impl<S: ?Sized> Direct<S> {
+    fn check(&self, name: &str) -> Result<(), Status> {
+        if *self.stopped.borrow() {
+            Err(Status::unavailable(format!("{name} has stopped")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One link type per downstream: the gRPC client or the service itself.
+macro_rules! link {
+    ($link:ident, $client:ident, $trait:ident, $method:ident, $req:ty, $resp:ty, $name:literal) => {
+        #[derive(Clone)]
+        pub enum $link {
+            Grpc($client<Channel>),
+            Direct(Direct<dyn $trait>),
+        }
+
+        impl $link {
+            pub fn grpc(url: &str) -> Result<Self, EndpointError> {
+                Ok(Self::Grpc($client::new(lazy_channel(url)?)))
+            }
+
+            pub async fn call(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                match self {
+                    Self::Grpc(client) => client.clone().$method(request).await,
+                    Self::Direct(d) => {
+                        d.check($name)?;
+                        d.service.$method(request).await
+                    }
+                }
+            }
+        }
+    };
+}
+
+link!(
+    RecallLink,
+    RecallClient,
+    Recall,
+    recall,
+    RecallRequest,
+    RecallResponse,
+    "recall"
+);
+link!(
+    FeaturesLink,
+    FeaturesClient,
+    Features,
+    get_user,
+    GetUserRequest,
+    GetUserResponse,
+    "features"
+);
+link!(
+    RankingLink,
+    RankingClient,
+    Ranking,
+    rank,
+    RankRequest,
+    RankResponse,
+    "ranking"
+);
+link!(
+    RerankLink,
+    RerankClient,
+    Rerank,
+    rerank,
+    RerankRequest,
+    RerankResponse,
+    "rerank"
+);
+
+/// The gateway's four downstreams.
+#[derive(Clone)]
+pub struct Links {
+    pub recall: RecallLink,
+    pub features: FeaturesLink,
+    pub ranking: RankingLink,
+    pub rerank: RerankLink,
+}
+
+impl Links {
+    /// gRPC to each endpoint (`http://host:port`).
+    pub fn grpc(endpoints: &super::Endpoints) -> Result<Self, EndpointError> {
+        Ok(Self {
+            recall: RecallLink::grpc(&endpoints.recall)?,
+            features: FeaturesLink::grpc(&endpoints.features)?,
+            ranking: RankingLink::grpc(&endpoints.ranking)?,
+            rerank: RerankLink::grpc(&endpoints.rerank)?,
+        })
+    }
+}
