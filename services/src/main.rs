@@ -152,6 +152,13 @@ impl ServeArgs {
             .transpose()
             .context("reading the runtime config")
     }
+
+    /// The user and item features of the artifacts' current version.
+    fn snapshot(&self) -> anyhow::Result<Arc<Snapshot>> {
+        Ok(Arc::new(Snapshot::from_artifacts(
+            &serve::load_artifacts(&self.artifacts)?.artifacts,
+        )))
+    }
 }
 
 /// The ranking model and how it runs.
@@ -318,9 +325,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
         ServeCommand::Feature { serve, redis_url, dump } => {
             let config = serve.config()?;
             let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
-            let snapshot = Arc::new(Snapshot::from_artifacts(
-                &serve::load_artifacts(&serve.artifacts)?.artifacts,
-            ));
+            let snapshot = serve.snapshot()?;
             serve::features(
                 snapshot,
                 redis_url.as_deref(),
@@ -332,9 +337,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
         ServeCommand::Ranking { serve, model } => {
             let config = serve.config()?;
             let sources = model.sources(config.as_ref())?;
-            let snapshot = Arc::new(Snapshot::from_artifacts(
-                &serve::load_artifacts(&serve.artifacts)?.artifacts,
-            ));
+            let snapshot = serve.snapshot()?;
             serve::ranking(
                 snapshot,
                 sources,
@@ -350,9 +353,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             fresh_boost,
         } => {
             let config = serve.config()?;
-            let snapshot = Arc::new(Snapshot::from_artifacts(
-                &serve::load_artifacts(&serve.artifacts)?.artifacts,
-            ));
+            let snapshot = serve.snapshot()?;
             let rules = RerankConfig {
                 blocked: blocked.into_iter().collect(),
                 pins,

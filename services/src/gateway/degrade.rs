@@ -24,8 +24,6 @@ pub enum Level {
 }
 
 impl Level {
-    pub const ALL: [Level; 4] = [Level::Full, Level::Reduced, Level::Popular, Level::Fallback];
-
     pub fn name(self) -> &'static str {
         match self {
             Level::Full => "full",

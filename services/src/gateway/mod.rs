@@ -499,7 +499,7 @@ impl Gateway {
         // 1. Features and recall in parallel.
         if level < Level::Fallback {
             let end = stage_end(Stage::Recall, start, timeout);
-            let plan = if level == Level::Full {
+            let level_plan = if level == Level::Full {
                 &self.config.full
             } else {
                 &self.config.reduced
@@ -520,8 +520,8 @@ impl Gateway {
                         let mut r = Request::new(RecallRequest {
                             user_id: q.user_id.clone(),
                             context: q.context.clone().into_iter().collect(),
-                            n: plan.candidates,
-                            channel_quotas: plan.quotas.clone(),
+                            n: level_plan.candidates,
+                            channel_quotas: level_plan.quotas.clone(),
                         });
                         r.set_timeout(budget);
                         self.links.recall.call(r)

@@ -92,16 +92,7 @@ pub fn sample(a: &Artifacts, spec: &FeatureSpec, p: &ExportParams) -> (Split, Sp
         for &i in items.iter().take(p.positives_per_user) {
             row(&mut train, u, i, 1.0);
             for k in 0..p.negatives {
-                let neg = loop {
-                    let j = if k % 2 == 0 {
-                        rng.gen_range(0..n_items)
-                    } else {
-                        pool[rng.gen_range(0..pool.len())]
-                    };
-                    if !rated.contains(&j) {
-                        break j;
-                    }
-                };
+                let neg = negative(&mut rng, k, n_items, &pool, &rated);
                 row(&mut train, u, neg, 0.0);
             }
         }
@@ -123,20 +114,27 @@ pub fn sample(a: &Artifacts, spec: &FeatureSpec, p: &ExportParams) -> (Split, Sp
             row(&mut test, u, i, 1.0);
         }
         for k in 0..p.test_negatives {
-            let neg = loop {
-                let j = if k % 2 == 0 {
-                    rng.gen_range(0..n_items)
-                } else {
-                    pool[rng.gen_range(0..pool.len())]
-                };
-                if !excluded.contains(&j) {
-                    break j;
-                }
-            };
+            let neg = negative(&mut rng, k, n_items, &pool, &excluded);
             row(&mut test, u, neg, 0.0);
         }
     }
     (train, test)
+}
+
+/// The `k`-th negative for a user: an item not in `excluded`, drawn uniformly for even `k` and
+/// by popularity (from `pool`, every interaction once) for odd `k`. The caller makes sure
+/// some item is not excluded.
+fn negative(rng: &mut ChaCha8Rng, k: usize, n_items: u32, pool: &[u32], excluded: &HashSet<u32>) -> u32 {
+    loop {
+        let j = if k.is_multiple_of(2) {
+            rng.gen_range(0..n_items)
+        } else {
+            pool[rng.gen_range(0..pool.len())]
+        };
+        if !excluded.contains(&j) {
+            return j;
+        }
+    }
 }
 
 /// Writes both splits and the feature spec to `dir`.

@@ -98,60 +98,47 @@ pub fn find_onnxruntime() -> Option<PathBuf> {
 }
 
 fn venv_library(venv: &Path) -> Option<PathBuf> {
-    let lib = venv.join("lib");
-    let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+    entries_starting_with(&venv.join("lib"), "python3")
+        .iter()
+        .find_map(|py| {
+            // The fully versioned name (libonnxruntime.so.1.31.1) sorts last.
+            entries_starting_with(&py.join("site-packages/onnxruntime/capi"), "libonnxruntime.so").pop()
         })
-        .collect();
-    pythons.sort();
-    pythons.iter().find_map(|py| {
-        let capi = py.join("site-packages/onnxruntime/capi");
-        let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
-            })
-            .collect();
-        // The fully versioned name (libonnxruntime.so.1.31.1) sorts last.
-        libs.sort();
-        libs.pop()
-    })
 }
 
-/// The process's ONNX Runtime environment, loaded once.
+/// The entries of `dir` whose names start with `prefix`, sorted; none if `dir` is unreadable.
+fn entries_starting_with(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The process's ONNX Runtime environment, loaded once (the library is looked for once too).
 pub fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
-    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
-    let path = find_onnxruntime();
+    /// Where loading failed (`None`: no library found) and why.
+    type Failure = (Option<PathBuf>, String);
+    static ENV: OnceLock<Result<ort::environment::Environment, Failure>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let path = path.ok_or_else(|| ModelError::NoRuntime.to_string())?;
+        let path = find_onnxruntime().ok_or((None, String::new()))?;
+        let failed = |e: String| (Some(path.clone()), e);
         ort::init_from(&path)
-            .map_err(|e| {
-                ModelError::Runtime {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
-                .to_string()
-            })?
+            .map_err(|e| failed(e.to_string()))?
             .with_name("recstack")
             .build()
-            .map_err(|e| {
-                ModelError::Runtime {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
-                .to_string()
-            })
+            .map_err(|e| failed(e.to_string()))
     })
     .as_ref()
-    .map_err(|message| ModelError::Runtime {
-        path: find_onnxruntime().unwrap_or_default(),
-        message: message.clone(),
+    .map_err(|(path, message)| match path {
+        None => ModelError::NoRuntime,
+        Some(path) => ModelError::Runtime {
+            path: path.clone(),
+            message: message.clone(),
+        },
     })
 }
 
