@@ -1,10 +1,24 @@
 //! Recommendation traces: one document per request with each item's lineage through recall,
-//! filters, ranking and rerank.
+//! filters, ranking and rerank — and where everything else fell out.
 //!
-//! This crate holds the trace model and the [`TraceSink`] the gateway hands traces to. The
-//! writers (Elasticsearch, embedded) and the query API ("why", "why not", search, aggregates)
-//! arrive with the trace-store issue; until then [`MemorySink`] keeps the most recent traces.
+//! - the model: [`Trace`] (schema [`SCHEMA_VERSION`]), summary or full detail;
+//! - [`TraceSink`]: what the gateway hands traces to without ever waiting ([`writer::TraceWriter`]
+//!   queues and batches them into a [`store::TraceStore`]);
+//! - two stores answering the same queries: [`embedded::EmbeddedStore`] (SQLite on local disk,
+//!   the one-machine default) and [`elastic::ElasticStore`] (Elasticsearch: index template,
+//!   dated indices behind an alias, bulk writes, retention by deleting old indices);
+//! - [`explain`]: "why" and "why not" for an item of a request, pure functions;
+//! - [`api`]: the JSON query API (axum).
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod elastic;
+pub mod embedded;
+pub mod explain;
+pub mod query;
+pub mod sample;
+pub mod store;
+pub mod writer;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -12,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-/// The version of [`Trace`]'s shape; readers refuse versions they do not know.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The version of [`Trace`]'s shape; stores refuse versions newer than they know. Version 2
+/// added `channels` and `filters_passed` (both default to empty when reading version 1).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +54,9 @@ pub struct Trace {
     pub artifact_version: Option<String>,
     pub latency_us: u64,
     pub stages: Vec<StageRecord>,
+    /// Candidates each recall channel contributed (before merge and dedup).
+    #[serde(default)]
+    pub channels: Vec<ChannelCount>,
     /// The served list, each item with its lineage.
     pub items: Vec<ItemLineage>,
     /// Candidates the seen filter removed.
@@ -66,6 +84,13 @@ pub struct StageRecord {
     pub outcome: String,
 }
 
+/// How many candidates one recall channel returned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelCount {
+    pub channel: String,
+    pub candidates: u32,
+}
+
 /// A recall channel's vote for an item.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceRecord {
@@ -88,6 +113,9 @@ pub struct ItemLineage {
     pub ranked_position: Option<u32>,
     /// The rerank rule that moved or boosted it.
     pub rerank_rule: Option<String>,
+    /// The filters it went through (`seen`, `block_list`).
+    #[serde(default)]
+    pub filters_passed: Vec<String>,
 }
 
 /// Where a candidate left the funnel (full traces).
@@ -99,6 +127,86 @@ pub struct CandidateFate {
     /// `served`, `ranked_below_cut` (not sent to the model), `below_rerank_pool` (scored but
     /// below the pool rerank chooses from), `rerank:<rule>`, `not_served`.
     pub outcome: String,
+}
+
+/// The `outcome` values of [`CandidateFate`].
+pub mod outcome {
+    pub const SERVED: &str = "served";
+    /// Recall returned it but it was below the number of candidates sent to the model.
+    pub const RANKED_BELOW_CUT: &str = "ranked_below_cut";
+    /// Scored, but below the pool rerank chooses from.
+    pub const BELOW_RERANK_POOL: &str = "below_rerank_pool";
+    /// In rerank's pool, not chosen, no rule involved: rerank kept the best `n`.
+    pub const NOT_SERVED: &str = "not_served";
+    /// Prefix of `rerank:<rule>` (rules: `blocked`, `mmr`, `category_scatter`, `pin`, `fresh_boost`).
+    pub const RERANK_PREFIX: &str = "rerank:";
+}
+
+/// Why a trace cannot be stored.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InvalidTrace {
+    #[error("schema {0} is newer than this store knows ({SCHEMA_VERSION})")]
+    Schema(u32),
+    #[error("request_id is empty or longer than 128 bytes")]
+    RequestId,
+}
+
+impl Trace {
+    /// Checks what a store relies on: a known schema and a usable id.
+    pub fn check(&self) -> Result<(), InvalidTrace> {
+        if self.schema == 0 || self.schema > SCHEMA_VERSION {
+            return Err(InvalidTrace::Schema(self.schema));
+        }
+        if self.request_id.is_empty() || self.request_id.len() > 128 {
+            return Err(InvalidTrace::RequestId);
+        }
+        Ok(())
+    }
+
+    /// A cheap estimate of the heap memory the trace holds, for the writer's queue bound.
+    pub fn approx_bytes(&self) -> usize {
+        fn sources(s: &[SourceRecord]) -> usize {
+            s.iter().map(|s| size_of::<SourceRecord>() + s.channel.len()).sum()
+        }
+        let strings = self.request_id.len()
+            + self.trace_id.len()
+            + self.user_id.len()
+            + self.scene.len()
+            + self.level.len()
+            + self.experiment.len()
+            + self.variant.len()
+            + self.model_version.as_ref().map_or(0, String::len)
+            + self.artifact_version.as_ref().map_or(0, String::len)
+            + self.degraded.iter().map(|d| d.len() + size_of::<String>()).sum::<usize>();
+        let stages: usize = self
+            .stages
+            .iter()
+            .map(|s| size_of::<StageRecord>() + s.name.len() + s.outcome.len())
+            .sum();
+        let channels: usize = self
+            .channels
+            .iter()
+            .map(|c| size_of::<ChannelCount>() + c.channel.len())
+            .sum();
+        let items: usize = self
+            .items
+            .iter()
+            .map(|i| {
+                size_of::<ItemLineage>()
+                    + i.item_id.len()
+                    + sources(&i.sources)
+                    + i.rerank_rule.as_ref().map_or(0, String::len)
+                    + i.filters_passed.iter().map(|f| f.len() + size_of::<String>()).sum::<usize>()
+            })
+            .sum();
+        let seen: usize = self.filtered_seen.iter().map(|s| s.len() + size_of::<String>()).sum();
+        let candidates: usize = self
+            .candidates
+            .iter()
+            .map(|c| size_of::<CandidateFate>() + c.item_id.len() + c.outcome.len() + sources(&c.sources))
+            .sum();
+        size_of::<Trace>() + strings + stages + channels + items + seen + candidates
+    }
 }
 
 /// Takes traces without ever blocking the request: a full sink drops (and counts) instead.
@@ -170,66 +278,60 @@ impl TraceSink for NoSink {
 mod tests {
     use super::*;
 
-    fn trace(id: &str) -> Trace {
-        Trace {
-            schema: SCHEMA_VERSION,
-            request_id: id.into(),
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            timestamp_ms: 1_700_000_000_000,
-            user_id: "u".into(),
-            scene: "home".into(),
-            detail: Detail::Summary,
-            level: "full".into(),
-            degraded: vec![],
-            experiment: "mmr-lambda".into(),
-            bucket: 1,
-            variant: "diverse".into(),
-            model_version: Some("deepfm-1".into()),
-            artifact_version: Some("v-1".into()),
-            latency_us: 1234,
-            stages: vec![StageRecord {
-                name: "recall".into(),
-                latency_us: 500,
-                items_in: 0,
-                items_out: 1000,
-                outcome: "ok".into(),
-            }],
-            items: vec![ItemLineage {
-                item_id: "0110912".into(),
-                position: 0,
-                sources: vec![SourceRecord {
-                    channel: "item_cf".into(),
-                    score: 0.5,
-                    rank: 3,
-                }],
-                recall_position: Some(7),
-                rank_score: Some(0.9),
-                ranked_position: Some(1),
-                rerank_rule: Some("mmr".into()),
-            }],
-            filtered_seen: vec![],
-            candidates: vec![],
-        }
+    #[test]
+    fn a_trace_round_trips_through_json() {
+        let t = sample::full_trace(1, 1_700_000_000_000);
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains("\"detail\":\"full\""), "{json}");
+        assert_eq!(serde_json::from_str::<Trace>(&json).unwrap(), t);
     }
 
     #[test]
-    fn a_trace_round_trips_through_json() {
-        let t = trace("r1");
-        let json = serde_json::to_string(&t).unwrap();
-        assert!(json.contains("\"detail\":\"summary\""), "{json}");
-        assert_eq!(serde_json::from_str::<Trace>(&json).unwrap(), t);
+    fn a_version_1_trace_reads_with_empty_new_fields() {
+        let mut v = serde_json::to_value(sample::summary_trace(1, 1_700_000_000_000)).unwrap();
+        v["schema"] = 1.into();
+        v.as_object_mut().unwrap().remove("channels");
+        for item in v["items"].as_array_mut().unwrap() {
+            item.as_object_mut().unwrap().remove("filters_passed");
+        }
+        let t: Trace = serde_json::from_value(v).unwrap();
+        assert_eq!(t.schema, 1);
+        assert!(t.channels.is_empty());
+        assert!(t.items.iter().all(|i| i.filters_passed.is_empty()));
+        assert_eq!(t.check(), Ok(()));
+    }
+
+    #[test]
+    fn check_refuses_unknown_schemas_and_bad_ids() {
+        let mut t = sample::summary_trace(1, 0);
+        t.schema = SCHEMA_VERSION + 1;
+        assert_eq!(t.check(), Err(InvalidTrace::Schema(SCHEMA_VERSION + 1)));
+        t.schema = SCHEMA_VERSION;
+        t.request_id.clear();
+        assert_eq!(t.check(), Err(InvalidTrace::RequestId));
+    }
+
+    #[test]
+    fn approx_bytes_grows_with_the_candidates() {
+        let summary = sample::summary_trace(1, 0).approx_bytes();
+        let full = sample::full_trace(1, 0).approx_bytes();
+        let json = serde_json::to_vec(&sample::full_trace(1, 0)).unwrap().len();
+        assert!(summary > 1_000 && summary < 20_000, "{summary}");
+        assert!(full > 10 * summary, "{full} vs {summary}");
+        // Same order of magnitude as the serialized form.
+        assert!(full > json / 4 && full < json * 4, "{full} vs json {json}");
     }
 
     #[test]
     fn the_memory_sink_keeps_the_newest_and_counts_drops() {
         let sink = MemorySink::new(2);
-        assert!(sink.offer(trace("a")));
-        assert!(sink.offer(trace("b")));
-        assert!(!sink.offer(trace("c")));
+        assert!(sink.offer(sample::summary_trace(1, 0)));
+        assert!(sink.offer(sample::summary_trace(2, 0)));
+        assert!(!sink.offer(sample::summary_trace(3, 0)));
         let ids: Vec<String> = sink.traces().into_iter().map(|t| t.request_id).collect();
-        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(ids, [sample::request_id(2), sample::request_id(3)]);
         assert_eq!(sink.dropped(), 1);
-        assert!(sink.find("a").is_none());
-        assert_eq!(sink.find("c").unwrap().request_id, "c");
+        assert!(sink.find(&sample::request_id(1)).is_none());
+        assert!(sink.find(&sample::request_id(3)).is_some());
     }
 }

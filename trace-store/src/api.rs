@@ -1,0 +1,299 @@
+//! The trace query API (JSON over HTTP):
+//!
+//! | route | answers |
+//! |---|---|
+//! | `GET /v1/traces?user=&item=&from=&to=&level=&model_version=&bucket=&size=&after=` | a page of [`TraceSummary`](crate::query::TraceSummary), newest first |
+//! | `GET /v1/traces/{request_id}` | the whole [`Trace`](crate::Trace) |
+//! | `GET /v1/traces/{request_id}/why/{item_id}` | [`Why`]: the lineage of a served item |
+//! | `GET /v1/traces/{request_id}/why-not/{item_id}` | [`WhyNot`](crate::explain::WhyNot): where a missing item fell out |
+//! | `GET /v1/aggregates?from=&to=&interval=` | [`Aggregates`](crate::query::Aggregates) |
+//!
+//! Times are milliseconds since the epoch or RFC 3339 (`2026-11-22T10:00:00Z`); intervals are
+//! milliseconds or a number with `s`, `m`, `h` or `d`. A bad parameter is a 400 whose body
+//! names it: `{"error": "...", "field": "from"}`; an unknown request is a 404; a store that
+//! cannot be reached is a 503.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::explain::{self, ItemIndex, Why};
+use crate::query::{AggregateQuery, Cursor, MAX_PAGE, SearchQuery};
+use crate::store::{StoreError, TraceStore, now_ms};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn TraceStore>,
+    /// The items recall can return, so why-not can say "not in the index".
+    pub index: Option<Arc<dyn ItemIndex>>,
+}
+
+/// The query API's routes.
+pub fn router(state: ApiState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/traces", get(search))
+        .route("/v1/traces/{request_id}", get(get_trace))
+        .route("/v1/traces/{request_id}/why/{item_id}", get(why))
+        .route("/v1/traces/{request_id}/why-not/{item_id}", get(why_not))
+        .route("/v1/aggregates", get(aggregates))
+        .with_state(state)
+}
+
+/// An error answer: status, message and (for 400s) the parameter at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn bad(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("{field}: {}", message.into()),
+            field: Some(field.to_string()),
+        }
+    }
+
+    fn not_found(message: String) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message,
+            field: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Refused(_) | StoreError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(f) => json!({ "error": self.message, "field": f }),
+            None => json!({ "error": self.message }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// Refuses parameters the route does not know (a typo should not silently widen a search).
+fn only(params: &HashMap<String, String>, known: &[&'static str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&String> = params.keys().filter(|k| !known.contains(&k.as_str())).collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(k) => Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("unknown parameter {k:?}; known: {}", known.join(", ")),
+            field: Some(k.to_string()),
+        }),
+    }
+}
+
+/// A time: milliseconds since the epoch or RFC 3339.
+pub fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| ApiError::bad(field, format!("{s:?} is neither milliseconds since the epoch nor RFC 3339")))
+}
+
+/// An interval: milliseconds, or a number with `s`, `m`, `h`, `d`.
+pub fn parse_interval(field: &'static str, s: &str) -> Result<i64, ApiError> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "ms"),
+    };
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(ApiError::bad(field, format!("{s:?}: use milliseconds or a number with s, m, h, d"))),
+    };
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| ApiError::bad(field, format!("{s:?} is not a positive interval")))
+}
+
+fn text(params: &HashMap<String, String>, field: &'static str) -> Result<Option<String>, ApiError> {
+    match params.get(field) {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v.len() > 256 => Err(ApiError::bad(field, "must be 1 to 256 characters")),
+        Some(v) => Ok(Some(v.clone())),
+    }
+}
+
+/// The search a query string asks for.
+pub fn search_query(params: &HashMap<String, String>) -> Result<SearchQuery, ApiError> {
+    only(
+        params,
+        &["user", "item", "from", "to", "level", "model_version", "bucket", "size", "after"],
+    )?;
+    let mut q = SearchQuery::new();
+    q.user = text(params, "user")?;
+    q.item = text(params, "item")?;
+    q.level = text(params, "level")?;
+    q.model_version = text(params, "model_version")?;
+    q.from_ms = params.get("from").map(|s| parse_time("from", s)).transpose()?;
+    q.to_ms = params.get("to").map(|s| parse_time("to", s)).transpose()?;
+    if let (Some(f), Some(t)) = (q.from_ms, q.to_ms)
+        && t <= f
+    {
+        return Err(ApiError::bad("to", "must be after `from`"));
+    }
+    q.bucket = params
+        .get("bucket")
+        .map(|s| s.parse::<u32>().map_err(|_| ApiError::bad("bucket", format!("{s:?} is not a bucket number"))))
+        .transpose()?;
+    if let Some(s) = params.get("size") {
+        q.size = s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::bad("size", format!("{s:?}: must be 1 to {MAX_PAGE}")))?;
+    }
+    q.after = params
+        .get("after")
+        .map(|s| Cursor::decode(s).ok_or_else(|| ApiError::bad("after", "not a cursor from a previous page's `next`")))
+        .transpose()?;
+    Ok(q)
+}
+
+/// The aggregates a query string asks for: the last hour by minute unless told.
+pub fn aggregate_query(params: &HashMap<String, String>, now: i64) -> Result<AggregateQuery, ApiError> {
+    only(params, &["from", "to", "interval"])?;
+    let to = params.get("to").map(|s| parse_time("to", s)).transpose()?.unwrap_or(now);
+    let from = params
+        .get("from")
+        .map(|s| parse_time("from", s))
+        .transpose()?
+        .unwrap_or(to - 3_600_000);
+    let interval = params
+        .get("interval")
+        .map(|s| parse_interval("interval", s))
+        .transpose()?
+        .unwrap_or(60_000);
+    AggregateQuery::new(from, to, interval).map_err(|e| ApiError::bad(e.field, e.message))
+}
+
+async fn search(State(s): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let q = search_query(&params)?;
+    Ok(Json(s.store.search(&q).await?).into_response())
+}
+
+async fn load(s: &ApiState, request_id: &str) -> Result<crate::Trace, ApiError> {
+    s.store
+        .get(request_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no trace for request {request_id:?}")))
+}
+
+async fn get_trace(State(s): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(load(&s, &request_id).await?).into_response())
+}
+
+async fn why(State(s): State<ApiState>, Path((request_id, item_id)): Path<(String, String)>) -> Result<Json<Why>, ApiError> {
+    let trace = load(&s, &request_id).await?;
+    explain::why(&trace, &item_id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "item {item_id:?} was not served in request {request_id:?}; ask /v1/traces/{request_id}/why-not/{item_id}"
+        ))
+    })
+}
+
+async fn why_not(
+    State(s): State<ApiState>,
+    Path((request_id, item_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let trace = load(&s, &request_id).await?;
+    Ok(Json(explain::why_not(&trace, &item_id, s.index.as_deref())).into_response())
+}
+
+async fn aggregates(State(s): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let q = aggregate_query(&params, now_ms())?;
+    Ok(Json(s.store.aggregate(&q).await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn field(e: ApiError) -> String {
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        e.field.unwrap()
+    }
+
+    #[test]
+    fn search_parameters_parse_and_bad_ones_name_their_field() {
+        let q = search_query(&params(&[
+            ("user", "u1"),
+            ("from", "2026-11-22T10:00:00Z"),
+            ("to", "1795400000000"),
+            ("bucket", "7"),
+            ("size", "50"),
+        ]))
+        .unwrap();
+        assert_eq!(q.user.as_deref(), Some("u1"));
+        assert_eq!(q.from_ms, Some(1_795_341_600_000));
+        assert_eq!(q.to_ms, Some(1_795_400_000_000));
+        assert_eq!((q.bucket, q.size), (Some(7), 50));
+
+        assert_eq!(field(search_query(&params(&[("from", "yesterday")])).unwrap_err()), "from");
+        assert_eq!(field(search_query(&params(&[("size", "0")])).unwrap_err()), "size");
+        assert_eq!(field(search_query(&params(&[("size", "201")])).unwrap_err()), "size");
+        assert_eq!(field(search_query(&params(&[("bucket", "-1")])).unwrap_err()), "bucket");
+        assert_eq!(field(search_query(&params(&[("after", "garbage")])).unwrap_err()), "after");
+        assert_eq!(field(search_query(&params(&[("user", "")])).unwrap_err()), "user");
+        assert_eq!(field(search_query(&params(&[("from", "10"), ("to", "5")])).unwrap_err()), "to");
+        let e = search_query(&params(&[("usr", "u1")])).unwrap_err();
+        assert!(e.message.contains("\"usr\""), "{}", e.message);
+        assert_eq!(field(e), "usr");
+    }
+
+    #[test]
+    fn aggregate_parameters_default_to_the_last_hour_by_minute() {
+        let q = aggregate_query(&params(&[]), 10_000_000).unwrap();
+        assert_eq!((q.from_ms, q.to_ms, q.interval_ms), (10_000_000 - 3_600_000, 10_000_000, 60_000));
+        let q = aggregate_query(&params(&[("from", "0"), ("to", "86400000"), ("interval", "1h")]), 0).unwrap();
+        assert_eq!(q.interval_ms, 3_600_000);
+        assert_eq!(parse_interval("interval", "250").unwrap(), 250);
+        assert_eq!(parse_interval("interval", "30s").unwrap(), 30_000);
+        assert_eq!(field(aggregate_query(&params(&[("interval", "5w")]), 0).unwrap_err()), "interval");
+        assert_eq!(field(aggregate_query(&params(&[("interval", "0s")]), 0).unwrap_err()), "interval");
+        assert_eq!(
+            field(aggregate_query(&params(&[("from", "0"), ("to", "86400000"), ("interval", "1")]), 0).unwrap_err()),
+            "interval"
+        );
+    }
+}

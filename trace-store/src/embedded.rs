@@ -1,0 +1,404 @@
+//! The one-machine trace store: a SQLite file on local disk.
+//!
+//! Why SQLite (through `rusqlite`, bundled): it is the most used and best tested embedded
+//! database there is, crash-safe with its write-ahead log, and its secondary indexes and SQL
+//! aggregates answer the same queries as Elasticsearch without a hand-written index. One file,
+//! readable with the `sqlite3` shell when debugging.
+//!
+//! Layout: `traces` holds one row per request (the searchable fields, a JSON summary for result
+//! lists and the whole trace as JSON); `served`, `channel_hits` and `stage_latency` hold the
+//! per-item and per-stage rows that item search and the aggregates need. A batch is one
+//! transaction. A trace written twice (a retried batch) replaces the first, as in
+//! Elasticsearch.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use crate::Trace;
+use crate::query::{self, AggregateQuery, Aggregates, LevelBucket, Page, SearchQuery, TraceSummary};
+use crate::store::{PutOutcome, StoreError, TraceStore};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS traces (
+    request_id    TEXT PRIMARY KEY,
+    ts            INTEGER NOT NULL,
+    user_id       TEXT NOT NULL,
+    level         TEXT NOT NULL,
+    model_version TEXT,
+    bucket        INTEGER NOT NULL,
+    summary       TEXT NOT NULL,
+    doc           BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_time ON traces (ts, request_id);
+CREATE INDEX IF NOT EXISTS traces_user ON traces (user_id, ts);
+CREATE TABLE IF NOT EXISTS served (
+    request_id TEXT NOT NULL,
+    position   INTEGER NOT NULL,
+    item_id    TEXT NOT NULL,
+    PRIMARY KEY (request_id, position)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS served_item ON served (item_id);
+CREATE TABLE IF NOT EXISTS channel_hits (
+    request_id TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    items      INTEGER NOT NULL,
+    PRIMARY KEY (request_id, channel)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stage_latency (
+    request_id TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    latency_us INTEGER NOT NULL,
+    PRIMARY KEY (request_id, name)
+) WITHOUT ROWID;
+";
+
+/// SQLite-backed [`TraceStore`].
+pub struct EmbeddedStore {
+    path: PathBuf,
+    // Writes go through one connection, reads through another: in WAL mode readers do not
+    // wait for the writer.
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    // auto_vacuum must be chosen before the first table exists; later it is a no-op.
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        .map_err(unavailable)?;
+    Ok(conn)
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store file at `path`; its directory is created too.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let path = path.into();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let writer = open(&path)?;
+        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        let reader = open(&path)?;
+        Ok(Self {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a connection off the async workers.
+    async fn with<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic inside a transaction rolls it back; the connection stays usable.
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| unavailable(format!("store task: {e}")))?
+    }
+}
+
+fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, StoreError> {
+    let mut outcome = PutOutcome::default();
+    let tx = conn.transaction().map_err(unavailable)?;
+    {
+        let mut trace_row = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(unavailable)?;
+        let mut clear = Vec::new();
+        for table in ["served", "channel_hits", "stage_latency"] {
+            clear.push(
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE request_id = ?1"))
+                    .map_err(unavailable)?,
+            );
+        }
+        let mut served = tx
+            .prepare_cached("INSERT INTO served (request_id, position, item_id) VALUES (?1, ?2, ?3)")
+            .map_err(unavailable)?;
+        let mut channel = tx
+            .prepare_cached("INSERT INTO channel_hits (request_id, channel, items) VALUES (?1, ?2, ?3)")
+            .map_err(unavailable)?;
+        let mut stage = tx
+            .prepare_cached("INSERT OR REPLACE INTO stage_latency (request_id, name, latency_us) VALUES (?1, ?2, ?3)")
+            .map_err(unavailable)?;
+        for t in traces {
+            if let Err(e) = t.check() {
+                outcome.rejected.push((t.request_id.clone(), e.to_string()));
+                continue;
+            }
+            let doc = serde_json::to_vec(t).map_err(|e| StoreError::Refused(e.to_string()))?;
+            let summary =
+                serde_json::to_string(&TraceSummary::from(t)).map_err(|e| StoreError::Refused(e.to_string()))?;
+            trace_row
+                .execute(params![
+                    t.request_id,
+                    t.timestamp_ms,
+                    t.user_id,
+                    t.level,
+                    t.model_version,
+                    t.bucket,
+                    summary,
+                    doc
+                ])
+                .map_err(unavailable)?;
+            for stmt in &mut clear {
+                stmt.execute([&t.request_id]).map_err(unavailable)?;
+            }
+            let mut per_channel: std::collections::BTreeMap<&str, u32> = Default::default();
+            for item in &t.items {
+                served.execute(params![t.request_id, item.position, item.item_id]).map_err(unavailable)?;
+                for ch in query::item_channels(item) {
+                    *per_channel.entry(ch).or_default() += 1;
+                }
+            }
+            for (ch, n) in per_channel {
+                channel.execute(params![t.request_id, ch, n]).map_err(unavailable)?;
+            }
+            for s in &t.stages {
+                stage.execute(params![t.request_id, s.name, s.latency_us.min(i64::MAX as u64) as i64]).map_err(unavailable)?;
+            }
+            outcome.written += 1;
+        }
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(outcome)
+}
+
+/// The WHERE clause and parameters of a search (cursor included when `with_cursor`).
+fn search_filter(q: &SearchQuery, with_cursor: bool) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(u) = &q.user {
+        clauses.push("user_id = ?");
+        values.push(Value::Text(u.clone()));
+    }
+    if let Some(i) = &q.item {
+        clauses.push("request_id IN (SELECT request_id FROM served WHERE item_id = ?)");
+        values.push(Value::Text(i.clone()));
+    }
+    if let Some(f) = q.from_ms {
+        clauses.push("ts >= ?");
+        values.push(Value::Integer(f));
+    }
+    if let Some(t) = q.to_ms {
+        clauses.push("ts < ?");
+        values.push(Value::Integer(t));
+    }
+    if let Some(l) = &q.level {
+        clauses.push("level = ?");
+        values.push(Value::Text(l.clone()));
+    }
+    if let Some(m) = &q.model_version {
+        clauses.push("model_version = ?");
+        values.push(Value::Text(m.clone()));
+    }
+    if let Some(b) = q.bucket {
+        clauses.push("bucket = ?");
+        values.push(Value::Integer(i64::from(b)));
+    }
+    if with_cursor && let Some(c) = &q.after {
+        clauses.push("(ts < ? OR (ts = ? AND request_id < ?))");
+        values.extend([
+            Value::Integer(c.timestamp_ms),
+            Value::Integer(c.timestamp_ms),
+            Value::Text(c.request_id.clone()),
+        ]);
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (sql, values)
+}
+
+fn search(conn: &Connection, q: &SearchQuery) -> Result<Page, StoreError> {
+    let (filter, values) = search_filter(q, true);
+    let sql = format!("SELECT request_id, summary FROM traces {filter} ORDER BY ts DESC, request_id DESC LIMIT ?");
+    let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+    let limit = rusqlite::types::Value::Integer(q.size as i64 + 1);
+    let rows = stmt
+        .query_map(params_from_iter(values.iter().chain([&limit])), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(unavailable)?;
+    let mut hits = Vec::new();
+    for row in rows {
+        let (request_id, summary) = row.map_err(unavailable)?;
+        hits.push(
+            serde_json::from_str::<TraceSummary>(&summary).map_err(|e| StoreError::Corrupt {
+                request_id,
+                message: e.to_string(),
+            })?,
+        );
+    }
+    let (filter, values) = search_filter(q, false);
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*) FROM traces {filter}"))
+        .and_then(|mut s| s.query_row(params_from_iter(values.iter()), |r| r.get(0)))
+        .map_err(unavailable)?;
+    Ok(Page::from_hits(hits, q.size, total as u64))
+}
+
+fn aggregate(conn: &Connection, q: &AggregateQuery) -> Result<Aggregates, StoreError> {
+    let range = params![q.from_ms, q.to_ms];
+    let mut levels: std::collections::BTreeMap<i64, std::collections::BTreeMap<String, u64>> = Default::default();
+    let mut requests = 0u64;
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ts - ((ts % ?3) + ?3) % ?3 AS b, level, COUNT(*) FROM traces
+                 WHERE ts >= ?1 AND ts < ?2 GROUP BY b, level",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![q.from_ms, q.to_ms, q.interval_ms], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(unavailable)?;
+        for row in rows {
+            let (b, level, n) = row.map_err(unavailable)?;
+            levels.entry(b).or_default().insert(level, n as u64);
+            requests += n as u64;
+        }
+    }
+    let mut channels = std::collections::BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT c.channel, SUM(c.items) FROM traces t JOIN channel_hits c ON c.request_id = t.request_id
+                 WHERE t.ts >= ?1 AND t.ts < ?2 GROUP BY c.channel",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(range, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(unavailable)?;
+        for row in rows {
+            let (ch, n) = row.map_err(unavailable)?;
+            channels.insert(ch, n as u64);
+        }
+    }
+    let mut stages = std::collections::BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT s.name, s.latency_us FROM traces t JOIN stage_latency s ON s.request_id = t.request_id
+                 WHERE t.ts >= ?1 AND t.ts < ?2 ORDER BY s.name, s.latency_us",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(range, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(unavailable)?;
+        let mut current: Option<(String, Vec<u64>)> = None;
+        for row in rows {
+            let (name, us) = row.map_err(unavailable)?;
+            match &mut current {
+                Some((n, v)) if *n == name => v.push(us.max(0) as u64),
+                _ => {
+                    if let Some((n, v)) = current.take() {
+                        stages.insert(n, query::stage_latency(&v));
+                    }
+                    current = Some((name, vec![us.max(0) as u64]));
+                }
+            }
+        }
+        if let Some((n, v)) = current {
+            stages.insert(n, query::stage_latency(&v));
+        }
+    }
+    Ok(Aggregates {
+        requests,
+        levels_over_time: levels
+            .into_iter()
+            .map(|(start_ms, levels)| LevelBucket { start_ms, levels })
+            .collect(),
+        channels,
+        stages,
+    })
+}
+
+fn retain(conn: &mut Connection, cutoff_ms: i64) -> Result<u64, StoreError> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    for table in ["served", "channel_hits", "stage_latency"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE request_id IN (SELECT request_id FROM traces WHERE ts < ?1)"),
+            [cutoff_ms],
+        )
+        .map_err(unavailable)?;
+    }
+    let removed = tx
+        .execute("DELETE FROM traces WHERE ts < ?1", [cutoff_ms])
+        .map_err(unavailable)?;
+    tx.commit().map_err(unavailable)?;
+    // Give freed pages back to the file system.
+    conn.execute_batch("PRAGMA incremental_vacuum;").map_err(unavailable)?;
+    Ok(removed as u64)
+}
+
+#[async_trait]
+impl TraceStore for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn put(&self, traces: &[Trace]) -> Result<PutOutcome, StoreError> {
+        let traces = traces.to_vec();
+        Self::with(&self.writer, move |c| put_batch(c, &traces)).await
+    }
+
+    async fn get(&self, request_id: &str) -> Result<Option<Trace>, StoreError> {
+        let id = request_id.to_string();
+        Self::with(&self.reader, move |c| {
+            let doc: Option<Vec<u8>> = c
+                .query_row("SELECT doc FROM traces WHERE request_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| {
+                serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt {
+                    request_id: id.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn search(&self, q: &SearchQuery) -> Result<Page, StoreError> {
+        let q = q.clone();
+        Self::with(&self.reader, move |c| search(c, &q)).await
+    }
+
+    async fn aggregate(&self, q: &AggregateQuery) -> Result<Aggregates, StoreError> {
+        let q = *q;
+        Self::with(&self.reader, move |c| aggregate(c, &q)).await
+    }
+
+    async fn retain(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        Self::with(&self.writer, move |c| retain(c, cutoff_ms)).await
+    }
+
+    async fn refresh(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

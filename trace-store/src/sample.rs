@@ -1,0 +1,166 @@
+//! Deterministic synthetic traces shaped like the gateway's (5 channels → 1,000 candidates →
+//! rank 500 → rerank pool 200 → 20 served), for tests, benchmarks and dashboard fixtures.
+//! The same `seq` always gives the same trace.
+
+use crate::{
+    CandidateFate, ChannelCount, Detail, ItemLineage, SCHEMA_VERSION, SourceRecord, StageRecord, Trace, outcome,
+};
+
+pub const CHANNELS: [&str; 5] = ["item_cf", "user_cf", "hot", "als", "vector"];
+pub const LEVELS: [&str; 4] = ["full", "reduced", "popular", "fallback"];
+const CANDIDATES: usize = 1_000;
+const RANK_CUT: usize = 500;
+const RERANK_POOL: usize = 200;
+const SERVED: usize = 20;
+
+/// The request id of trace `seq`.
+pub fn request_id(seq: u64) -> String {
+    format!("req-{seq:08}")
+}
+
+/// The item id of candidate `i` of trace `seq` (overlapping across traces, like a catalogue).
+pub fn item_id(seq: u64, i: usize) -> String {
+    format!("{:07}", (seq as usize * 37 + i * 13) % 10_000)
+}
+
+/// The `k`th item the seen filter removed in trace `seq` (never one of its candidates).
+pub fn seen_item_id(seq: u64, k: usize) -> String {
+    format!("{:07}", 10_000 + (seq as usize * 7 + k) % 90_000)
+}
+
+/// A summary trace: the served list with lineage, counts per stage, no candidate list.
+pub fn summary_trace(seq: u64, timestamp_ms: i64) -> Trace {
+    let mut t = full_trace(seq, timestamp_ms);
+    t.detail = Detail::Summary;
+    t.candidates.clear();
+    t
+}
+
+/// A full trace: every candidate and where it left.
+pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
+    let mut rng = SplitMix(seq);
+    // Mostly full; every 10th reduced, every 50th popular.
+    let level = match seq % 50 {
+        0 => "popular",
+        s if s % 10 == 0 => "reduced",
+        _ => "full",
+    };
+    let candidates: Vec<CandidateFate> = (0..CANDIDATES)
+        .map(|i| {
+            let n_sources = 1 + (rng.next() % 2) as usize;
+            let first = (i + seq as usize) % CHANNELS.len();
+            let sources = (0..n_sources)
+                .map(|k| SourceRecord {
+                    channel: CHANNELS[(first + k * 2) % CHANNELS.len()].to_string(),
+                    score: rng.unit(),
+                    rank: (i / CHANNELS.len()) as u32,
+                })
+                .collect();
+            CandidateFate {
+                item_id: item_id(seq, i),
+                sources,
+                rank_score: (i < RANK_CUT).then(|| 1.0 - i as f32 / RANK_CUT as f32),
+                outcome: if i < SERVED {
+                    outcome::SERVED.to_string()
+                } else if i < RERANK_POOL {
+                    if i % 7 == 0 {
+                        format!("{}mmr", outcome::RERANK_PREFIX)
+                    } else {
+                        outcome::NOT_SERVED.to_string()
+                    }
+                } else if i < RANK_CUT {
+                    outcome::BELOW_RERANK_POOL.to_string()
+                } else {
+                    outcome::RANKED_BELOW_CUT.to_string()
+                },
+            }
+        })
+        .collect();
+    let items = candidates[..SERVED]
+        .iter()
+        .enumerate()
+        .map(|(pos, c)| ItemLineage {
+            item_id: c.item_id.clone(),
+            position: pos as u32,
+            sources: c.sources.clone(),
+            recall_position: Some(pos as u32),
+            rank_score: c.rank_score,
+            ranked_position: Some(pos as u32),
+            rerank_rule: (pos % 5 == 4).then(|| "mmr".to_string()),
+            filters_passed: vec!["seen".into(), "block_list".into()],
+        })
+        .collect();
+    let mut per_channel = [0u32; CHANNELS.len()];
+    for c in &candidates {
+        for s in &c.sources {
+            if let Some(k) = CHANNELS.iter().position(|ch| *ch == s.channel) {
+                per_channel[k] += 1;
+            }
+        }
+    }
+    let stage = |name: &str, latency_us: u64, items_in: u32, items_out: u32| StageRecord {
+        name: name.into(),
+        latency_us,
+        items_in,
+        items_out,
+        outcome: "ok".into(),
+    };
+    let recall_us = 2_000 + rng.next() % 2_000;
+    let ranking_us = 1_500 + rng.next() % 1_500;
+    let rerank_us = 300 + rng.next() % 400;
+    Trace {
+        schema: SCHEMA_VERSION,
+        request_id: request_id(seq),
+        trace_id: format!("{:016x}{:016x}", SplitMix(seq ^ 0xabc).next(), SplitMix(seq ^ 0xdef).next()),
+        timestamp_ms,
+        user_id: format!("u{}", seq % 50),
+        scene: "home".into(),
+        detail: Detail::Full,
+        level: level.into(),
+        degraded: if level == "full" {
+            Vec::new()
+        } else {
+            vec![format!("load: {level}")]
+        },
+        experiment: "mmr-lambda".into(),
+        bucket: (seq % 100) as u32,
+        variant: if seq % 2 == 0 { "control" } else { "diverse" }.into(),
+        model_version: Some(if seq % 10 == 3 { "deepfm-2" } else { "deepfm-1" }.into()),
+        artifact_version: Some("v-sample".into()),
+        latency_us: recall_us + ranking_us + rerank_us + 200,
+        stages: vec![
+            stage("features", 300 + rng.next() % 200, 0, 1),
+            stage("recall", recall_us, 0, CANDIDATES as u32),
+            stage("ranking", ranking_us, RANK_CUT as u32, RANK_CUT as u32),
+            stage("rerank", rerank_us, RERANK_POOL as u32, SERVED as u32),
+        ],
+        channels: CHANNELS
+            .iter()
+            .zip(per_channel)
+            .map(|(c, n)| ChannelCount {
+                channel: c.to_string(),
+                candidates: n,
+            })
+            .collect(),
+        items,
+        filtered_seen: (0..5).map(|k| seen_item_id(seq, k)).collect(),
+        candidates,
+    }
+}
+
+/// splitmix64: a tiny seeded generator, enough for fixtures.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
