@@ -18,6 +18,7 @@ pub mod explain;
 pub mod query;
 pub mod sample;
 pub mod store;
+pub mod testkit;
 pub mod writer;
 
 use std::collections::VecDeque;

@@ -1,0 +1,349 @@
+//! One suite, both backends: the embedded SQLite store and Elasticsearch (the real
+//! ES-compatible test server, started here). Results are compared with the in-memory
+//! reference in `query` (filters, order, paging, aggregates), not with hard-coded numbers.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use recstack_trace_store::elastic::{ElasticConfig, ElasticStore};
+use recstack_trace_store::embedded::EmbeddedStore;
+use recstack_trace_store::query::{self, AggregateQuery, Cursor, SearchQuery, TraceSummary};
+use recstack_trace_store::sample;
+use recstack_trace_store::store::{TraceStore, now_ms};
+use recstack_trace_store::testkit::TestServer;
+use recstack_trace_store::writer::{TraceWriter, WriterConfig};
+use recstack_trace_store::{Trace, TraceSink};
+
+const DAY: i64 = 86_400_000;
+
+/// One test server for the suite (each test uses its own index prefix).
+fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| TestServer::start().expect("start osmem-server"))
+}
+
+fn embedded() -> (Arc<dyn TraceStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("traces.sqlite")).unwrap();
+    (Arc::new(store), dir)
+}
+
+fn elastic(prefix: &str) -> Arc<dyn TraceStore> {
+    let mut config = ElasticConfig::new(server().url());
+    config.prefix = format!("suite{prefix}");
+    Arc::new(ElasticStore::connect(&config).unwrap())
+}
+
+/// `n` traces, one a second from `start`, a mix of summary and full.
+fn traces(n: u64, start: i64) -> Vec<Trace> {
+    (1..=n)
+        .map(|i| {
+            let ts = start + i as i64 * 1_000;
+            if i % 4 == 0 {
+                sample::full_trace(i, ts)
+            } else {
+                sample::summary_trace(i, ts)
+            }
+        })
+        .collect()
+}
+
+async fn put_all(store: &dyn TraceStore, traces: &[Trace]) {
+    for chunk in traces.chunks(25) {
+        let out = store.put(chunk).await.unwrap();
+        assert_eq!(out.written, chunk.len(), "{out:?}");
+    }
+    store.refresh().await.unwrap();
+}
+
+/// The reference answer: matching traces, newest first.
+fn expected(traces: &[Trace], q: &SearchQuery) -> Vec<TraceSummary> {
+    let mut hits: Vec<TraceSummary> = traces
+        .iter()
+        .filter(|t| query::matches(t, q))
+        .map(TraceSummary::from)
+        .collect();
+    hits.sort_by(|a, b| (b.timestamp_ms, &b.request_id).cmp(&(a.timestamp_ms, &a.request_id)));
+    hits
+}
+
+/// Every page of a search, in order.
+async fn all_pages(store: &dyn TraceStore, mut q: SearchQuery) -> (Vec<TraceSummary>, u64) {
+    let mut hits = Vec::new();
+    for _ in 0..1_000 {
+        let page = store.search(&q).await.unwrap();
+        assert!(page.hits.len() <= q.size);
+        hits.extend(page.hits);
+        match page.next {
+            Some(next) => q.after = Some(Cursor::decode(&next).unwrap()),
+            None => return (hits, page.total),
+        }
+    }
+    panic!("paging did not end");
+}
+
+async fn round_trip(store: Arc<dyn TraceStore>) {
+    let now = now_ms();
+    let ts = traces(8, now);
+    put_all(&*store, &ts).await;
+    for t in &ts {
+        let got = store.get(&t.request_id).await.unwrap().expect("stored trace");
+        assert_eq!(&got, t, "{}", t.request_id);
+    }
+    // Full traces keep every candidate.
+    assert_eq!(store.get(&ts[3].request_id).await.unwrap().unwrap().candidates.len(), 1_000);
+    assert!(store.get("no-such-request").await.unwrap().is_none());
+}
+
+async fn search_filters_and_paging(store: Arc<dyn TraceStore>) {
+    let start = now_ms() - 3_600_000;
+    let ts = traces(60, start);
+    put_all(&*store, &ts).await;
+
+    let mut q = SearchQuery::new();
+    q.size = 7;
+    let (hits, total) = all_pages(&*store, q.clone()).await;
+    assert_eq!(total, 60);
+    assert_eq!(hits, expected(&ts, &q), "all traces newest first across pages");
+
+    let item = ts[10].items[3].item_id.clone();
+    let filters: Vec<(&str, SearchQuery)> = vec![
+        ("user", SearchQuery { user: Some("u7".into()), ..q.clone() }),
+        ("item", SearchQuery { item: Some(item), ..q.clone() }),
+        ("level", SearchQuery { level: Some("reduced".into()), ..q.clone() }),
+        ("model", SearchQuery { model_version: Some("deepfm-2".into()), ..q.clone() }),
+        ("bucket", SearchQuery { bucket: Some(13), ..q.clone() }),
+        (
+            "time",
+            SearchQuery {
+                from_ms: Some(start + 10_000),
+                to_ms: Some(start + 20_000),
+                ..q.clone()
+            },
+        ),
+        (
+            "combined",
+            SearchQuery {
+                level: Some("full".into()),
+                from_ms: Some(start + 30_000),
+                size: 3,
+                ..q.clone()
+            },
+        ),
+        ("nothing", SearchQuery { user: Some("nobody".into()), ..q.clone() }),
+    ];
+    for (name, f) in filters {
+        let want = expected(&ts, &f);
+        let (got, total) = all_pages(&*store, f).await;
+        assert_eq!(total as usize, want.len(), "{name}");
+        assert_eq!(got, want, "{name}");
+        if name != "nothing" {
+            assert!(!got.is_empty(), "{name} should match something");
+        }
+    }
+}
+
+async fn aggregates_match_the_reference(store: Arc<dyn TraceStore>) {
+    // Aligned to a minute so the buckets are the same whatever the clock.
+    let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
+    let ts = traces(150, start);
+    put_all(&*store, &ts).await;
+    let q = AggregateQuery::new(start + 5_000, start + 140_000, 60_000).unwrap();
+    let want = query::aggregate(&ts, &q);
+    let got = store.aggregate(&q).await.unwrap();
+    assert_eq!(got.requests, want.requests);
+    assert_eq!(got.levels_over_time, want.levels_over_time);
+    assert_eq!(got.channels, want.channels);
+    assert_eq!(got.stages.keys().collect::<Vec<_>>(), want.stages.keys().collect::<Vec<_>>());
+    for (name, w) in &want.stages {
+        let g = &got.stages[name];
+        assert_eq!(g.count, w.count, "{name}");
+        // Percentile definitions differ by up to a rank between engines: compare with the
+        // neighbouring values.
+        let mut v: Vec<u64> = ts
+            .iter()
+            .filter(|t| t.timestamp_ms >= q.from_ms && t.timestamp_ms < q.to_ms)
+            .flat_map(|t| t.stages.iter().filter(|s| &s.name == name).map(|s| s.latency_us))
+            .collect();
+        v.sort_unstable();
+        for (p, got_p) in [(50.0, g.p50_us), (99.0, g.p99_us)] {
+            let lo = query::percentile(&v, p - 2.0);
+            let hi = query::percentile(&v, (p + 2.0f64).min(100.0));
+            assert!(got_p >= lo - 1.0 && got_p <= hi + 1.0, "{name} p{p}: {got_p} not in [{lo}, {hi}]");
+        }
+    }
+    // An empty range.
+    let empty = store
+        .aggregate(&AggregateQuery::new(start - 10 * DAY, start - 9 * DAY, 60_000).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(empty.requests, 0);
+    assert!(empty.levels_over_time.is_empty() && empty.channels.is_empty());
+}
+
+async fn writes_are_idempotent_and_bad_traces_rejected(store: Arc<dyn TraceStore>) {
+    let ts = traces(10, now_ms());
+    put_all(&*store, &ts).await;
+    // A retried batch, with one trace changed: the later write wins.
+    let mut again = ts.clone();
+    again[0].level = "popular".into();
+    let mut bad = sample::summary_trace(99, now_ms());
+    bad.schema = 999;
+    again.push(bad);
+    let out = store.put(&again).await.unwrap();
+    assert_eq!(out.written, 10);
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].0, sample::request_id(99));
+    store.refresh().await.unwrap();
+    let page = store.search(&SearchQuery::new()).await.unwrap();
+    assert_eq!(page.total, 10);
+    assert_eq!(store.get(&ts[0].request_id).await.unwrap().unwrap().level, "popular");
+    assert!(store.get(&sample::request_id(99)).await.unwrap().is_none());
+}
+
+async fn retention_removes_old_traces_only(store: Arc<dyn TraceStore>) {
+    let now = now_ms();
+    let old = traces(5, now - 10 * DAY);
+    let new: Vec<Trace> = (100..105).map(|i| sample::summary_trace(i, now - i as i64)).collect();
+    put_all(&*store, &old).await;
+    put_all(&*store, &new).await;
+    let removed = store.retain(now - 7 * DAY).await.unwrap();
+    assert!(removed >= 1, "removed {removed}");
+    store.refresh().await.unwrap();
+    for t in &old {
+        assert!(store.get(&t.request_id).await.unwrap().is_none(), "{} kept", t.request_id);
+    }
+    for t in &new {
+        assert!(store.get(&t.request_id).await.unwrap().is_some(), "{} lost", t.request_id);
+    }
+    let (hits, total) = all_pages(&*store, SearchQuery::new()).await;
+    assert_eq!(total, 5);
+    assert_eq!(hits.len(), 5);
+    // Nothing more to do.
+    assert_eq!(store.retain(now - 7 * DAY).await.unwrap(), 0);
+}
+
+async fn the_writer_delivers_everything(store: Arc<dyn TraceStore>) {
+    let mut registry = Registry::default();
+    let config = WriterConfig {
+        batch: 64,
+        linger: Duration::from_millis(20),
+        ..WriterConfig::default()
+    };
+    let (writer, task) = TraceWriter::spawn(store.clone(), config, &mut registry);
+    let ts = traces(300, now_ms());
+    for t in &ts {
+        assert!(writer.offer(t.clone()));
+    }
+    task.shutdown().await;
+    let s = writer.stats();
+    assert_eq!((s.offered, s.written, s.dropped, s.queued, s.queued_bytes), (300, 300, 0, 0, 0), "{s:?}");
+    store.refresh().await.unwrap();
+    let (hits, _) = all_pages(&*store, SearchQuery { size: 200, ..SearchQuery::new() }).await;
+    let ids: HashSet<String> = hits.into_iter().map(|h| h.request_id).collect();
+    assert_eq!(ids, ts.iter().map(|t| t.request_id.clone()).collect());
+    // Offers after shutdown are counted, not lost silently.
+    assert!(!writer.offer(sample::summary_trace(1, 0)));
+    assert_eq!(writer.stats().dropped, 1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("recstack_trace_writer_written_total 300"), "{text}");
+    assert!(text.contains("recstack_trace_writer_dropped_total{reason=\"closed\"} 1"), "{text}");
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = super::embedded();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod elasticsearch_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::elastic(stringify!($name))).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    round_trip,
+    search_filters_and_paging,
+    aggregates_match_the_reference,
+    writes_are_idempotent_and_bad_traces_rejected,
+    retention_removes_old_traces_only,
+    the_writer_delivers_everything,
+);
+
+/// The Elasticsearch server dies mid-stream and comes back empty on the same port: the writer
+/// keeps its batch, drops (and counts) what does not fit its queue, puts the template back and
+/// resumes. Every trace offered is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_survives_the_server_stopping_mid_stream() {
+    let mut server = TestServer::start().unwrap();
+    let addr = server.addr().to_string();
+    let mut config = ElasticConfig::new(server.url());
+    config.timeout = Duration::from_secs(2);
+    let store: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&config).unwrap());
+    let mut registry = Registry::default();
+    let (writer, task) = TraceWriter::spawn(
+        store.clone(),
+        WriterConfig {
+            max_traces: 100,
+            batch: 25,
+            linger: Duration::from_millis(10),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            ..WriterConfig::default()
+        },
+        &mut registry,
+    );
+    let wait = |what: &'static str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", writer.stats());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let now = now_ms();
+    for i in 0..50 {
+        assert!(writer.offer(sample::summary_trace(i, now)));
+    }
+    wait("the first 50", &|| writer.stats().written == 50);
+
+    server.stop();
+    let mut accepted_while_down = 0;
+    for i in 50..350 {
+        if writer.offer(sample::summary_trace(i, now)) {
+            accepted_while_down += 1;
+        }
+    }
+    let s = writer.stats();
+    assert!(accepted_while_down >= 100 && accepted_while_down < 300, "{accepted_while_down}");
+    assert_eq!(s.dropped, 300 - accepted_while_down, "{s:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(writer.stats().retries > 0, "the writer retries while the server is down");
+    assert_eq!(writer.stats().written, 50, "nothing written while down");
+
+    let _server = TestServer::start_on(&addr).unwrap();
+    wait("the queue to drain", &|| writer.stats().queued == 0);
+    task.shutdown().await;
+    let s = writer.stats();
+    assert_eq!(s.offered, 350);
+    assert_eq!(s.written, 50 + accepted_while_down, "{s:?}");
+    assert_eq!(s.offered, s.written + s.rejected + s.dropped + s.queued, "{s:?}");
+    // The restarted server holds exactly what was written after it came back.
+    store.refresh().await.unwrap();
+    let page = store.search(&SearchQuery::new()).await.unwrap();
+    assert_eq!(page.total, accepted_while_down);
+}
