@@ -141,9 +141,7 @@ async fn service(
     let svc = serve::ranking(items, sources, Duration::from_secs(3600), serve::Addrs::ephemeral())
         .await
         .expect("ranking service");
-    let client = RankingClient::connect(format!("http://{}", svc.grpc))
-        .await
-        .expect("connect");
+    let client = RankingClient::connect(svc.grpc_url()).await.expect("connect");
     for r in requests.iter().take(20) {
         client.clone().rank(r.clone()).await.expect("warm-up");
     }

@@ -21,6 +21,24 @@ pub struct RuntimeConfig {
     pub ranking: RankingConfig,
     #[serde(default)]
     pub feature_store: FeatureStoreConfig,
+    #[serde(default)]
+    pub trace_store: TraceStoreConfig,
+}
+
+/// Where traces go: the embedded store in the pod, or Elasticsearch.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
+pub enum TraceStoreConfig {
+    #[default]
+    Embedded,
+    Elasticsearch {
+        url: String,
+        /// A directory with `username` and `password` files (the mounted Secret).
+        #[serde(default)]
+        credentials_dir: Option<String>,
+        sampling: f64,
+        retention_days: i32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

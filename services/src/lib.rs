@@ -50,3 +50,4 @@ pub mod recall;
 pub mod rerank;
 pub mod serve;
 pub mod synth;
+pub mod traces;

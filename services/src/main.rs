@@ -21,7 +21,9 @@ use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::rerank::RerankConfig;
-use recstack_services::serve::{self, Addrs, LocalAddrs, LocalOptions, Service};
+use recstack_services::serve::{self, Addrs, GatewayTraces, LocalAddrs, LocalOptions, LocalTraces, Service};
+use recstack_services::traces::{self, TraceSettings, TraceStoreSpec};
+use recstack_trace_store::writer::WriterConfig;
 
 #[derive(Parser)]
 #[command(version, about = "recstack: build, serve and measure the recommender")]
@@ -62,6 +64,12 @@ enum Command {
         /// the services in this process directly.
         #[arg(long)]
         grpc_links: bool,
+        /// The embedded trace store's file (default: `<artifacts>/traces/traces.sqlite`).
+        #[arg(long)]
+        trace_file: Option<PathBuf>,
+        /// Percent of requests traced in full (every candidate); debug requests always are.
+        #[arg(long, default_value_t = 1.0)]
+        trace_full_percent: f64,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
     Query {
@@ -189,6 +197,58 @@ struct ModelArgs {
     intra_threads: usize,
 }
 
+/// Where the gateway writes traces.
+#[derive(Args, Clone)]
+struct TraceArgs {
+    /// `off`, `embedded:PATH` (or a path) or an `http(s)://` Elasticsearch URL. Default: the
+    /// runtime config's trace store, else `embedded:traces/traces.sqlite`.
+    #[arg(long, value_parser = |s: &str| s.parse::<TraceStoreSpec>())]
+    trace_store: Option<TraceStoreSpec>,
+    /// A directory with `username` and `password` files for Elasticsearch.
+    #[arg(long)]
+    trace_credentials_dir: Option<PathBuf>,
+    /// Percent of requests traced in full (default: the config's sampling, else 1).
+    #[arg(long)]
+    trace_full_percent: Option<f64>,
+    /// Days of traces kept (default: the config's retention, else 7).
+    #[arg(long)]
+    trace_retention_days: Option<u32>,
+}
+
+impl TraceArgs {
+    /// Flags over the runtime config over the defaults.
+    fn settings(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<TraceSettings> {
+        let mut s = match config {
+            Some(c) => TraceSettings::from_config(c)?,
+            None => TraceSettings {
+                spec: TraceStoreSpec::Embedded(PathBuf::from("traces/traces.sqlite")),
+                full_sample: None,
+                retention_days: TraceSettings::DEFAULT_RETENTION_DAYS,
+            },
+        };
+        if let Some(spec) = &self.trace_store {
+            s.spec = spec.clone();
+        }
+        if let (TraceStoreSpec::Elasticsearch { credentials_dir, .. }, Some(dir)) =
+            (&mut s.spec, &self.trace_credentials_dir)
+        {
+            *credentials_dir = Some(dir.clone());
+        }
+        if let Some(p) = self.trace_full_percent {
+            anyhow::ensure!(
+                (0.0..=100.0).contains(&p),
+                "--trace-full-percent: {p} is not in 0..=100"
+            );
+            s.full_sample = Some(p / 100.0);
+        }
+        if let Some(d) = self.trace_retention_days {
+            anyhow::ensure!(d > 0, "--trace-retention-days: must be at least 1");
+            s.retention_days = d;
+        }
+        Ok(s)
+    }
+}
+
 /// The model bundled with the source tree.
 fn bundled_model() -> PathBuf {
     recstack_services::source_file("models/deepfm/model.onnx")
@@ -283,6 +343,24 @@ enum ServeCommand {
         ranking: String,
         #[arg(long, default_value = "http://127.0.0.1:9093")]
         rerank: String,
+        #[command(flatten)]
+        traces: TraceArgs,
+    },
+    /// The trace query API over HTTP: search, a trace, why / why-not, aggregates.
+    Traces {
+        /// `embedded:PATH` (or a path) or an `http(s)://` Elasticsearch URL (default: the
+        /// runtime config's trace store, else `embedded:traces/traces.sqlite`).
+        #[arg(long, value_parser = |s: &str| s.parse::<TraceStoreSpec>())]
+        trace_store: Option<TraceStoreSpec>,
+        #[arg(long)]
+        trace_credentials_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        http_addr: SocketAddr,
+        /// Artifact root: lets why-not say when an item is not in the recall index.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -368,8 +446,10 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             features,
             ranking,
             rerank,
+            traces,
         } => {
             let config = serve.config()?;
+            let trace_settings = traces.settings(config.as_ref())?;
             let endpoints = match &config {
                 Some(c) => Endpoints {
                     recall: c.endpoint("recall")?,
@@ -387,20 +467,63 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let loaded = serve::load_artifacts(&serve.artifacts)?;
             let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
             drop(loaded);
+            let mut gateway_config = GatewayConfig::default();
+            if let Some(f) = trace_settings.full_sample {
+                gateway_config.full_trace_sample = f;
+            }
+            let traces = match traces::open(&trace_settings.spec).context("opening the trace store")? {
+                None => GatewayTraces::Off,
+                Some(store) => {
+                    eprintln!("gateway: traces to the {} store", store.kind());
+                    GatewayTraces::Store {
+                        store,
+                        writer: WriterConfig::default(),
+                        retention_days: Some(trace_settings.retention_days),
+                    }
+                }
+            };
             serve::gateway(
                 catalogue,
                 recstack_services::gateway::Links::grpc(&endpoints)?,
-                GatewayConfig::default(),
-                Arc::new(recstack_trace_store::NoSink),
+                gateway_config,
+                traces,
                 serve.addrs(config.as_ref(), 9000, 8000),
             )
             .await?
         }
+        ServeCommand::Traces {
+            trace_store,
+            trace_credentials_dir,
+            http_addr,
+            artifacts,
+            config,
+        } => {
+            let config = config.as_deref().map(RuntimeConfig::read).transpose()?;
+            let args = TraceArgs {
+                trace_store,
+                trace_credentials_dir,
+                trace_full_percent: None,
+                trace_retention_days: None,
+            };
+            let store = traces::open(&args.settings(config.as_ref())?.spec)
+                .context("opening the trace store")?
+                .context("the query API needs a trace store, not `off`")?;
+            let index = match artifacts {
+                Some(root) => {
+                    let loaded = serve::load_artifacts(&root)?;
+                    let catalogue: Arc<dyn recstack_trace_store::explain::ItemIndex> =
+                        Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+                    Some(catalogue)
+                }
+                None => None,
+            };
+            serve::trace_query(store, index, http_addr).await?
+        }
     };
-    eprintln!(
-        "{}: gRPC on {}, HTTP on http://{}",
-        service.name, service.grpc, service.http
-    );
+    match service.grpc {
+        Some(grpc) => eprintln!("{}: gRPC on {grpc}, HTTP on http://{}", service.name, service.http),
+        None => eprintln!("{}: HTTP on http://{}", service.name, service.http),
+    }
     until_ctrl_c(vec![service]).await
 }
 
@@ -410,6 +533,8 @@ async fn up(
     redis_url: Option<String>,
     ephemeral: bool,
     grpc_links: bool,
+    trace_file: PathBuf,
+    gateway: GatewayConfig,
 ) -> anyhow::Result<()> {
     let opts = LocalOptions {
         addrs: if ephemeral {
@@ -419,8 +544,8 @@ async fn up(
         },
         model: model.sources(None)?,
         redis_url,
-        gateway: GatewayConfig::default(),
-        traces: 10_000,
+        gateway,
+        traces: LocalTraces::Embedded(trace_file.clone()),
         direct_links: !grpc_links,
     };
     let stack = serve::start_local(&artifacts, opts).await?;
@@ -429,9 +554,15 @@ async fn up(
         "recstack is up on the bundled data (artifacts {}):",
         stack.artifact_version
     );
-    println!("  gateway   http://{}/v1/recommend   grpc://{}", gw.http, gw.grpc);
+    println!("  gateway   http://{}/v1/recommend   {}", gw.http, gw.grpc_url());
     for s in &stack.services[1..] {
-        println!("  {:<9} grpc://{}   metrics http://{}/metrics", s.name, s.grpc, s.http);
+        match s.grpc {
+            Some(grpc) => println!("  {:<9} http://{grpc}   metrics http://{}/metrics", s.name, s.http),
+            None => println!(
+                "  {:<9} http://{}/v1/traces   metrics http://{}/metrics",
+                s.name, s.http, s.http
+            ),
+        }
     }
     println!("try:");
     println!(
@@ -440,13 +571,20 @@ async fn up(
     );
     println!(
         "  cargo run -p recstack-services -- query --user 1 --recall-addr {} --features-addr {}",
-        stack.get("recall").grpc,
-        stack.get("features").grpc
+        stack.get("recall").grpc.map(|a| a.to_string()).unwrap_or_default(),
+        stack.get("features").grpc.map(|a| a.to_string()).unwrap_or_default()
     );
     println!(
-        "  cargo run --release -p recstack-services -- bench --gateway http://{} --rate 200",
-        gw.grpc
+        "  cargo run --release -p recstack-services -- bench --gateway {} --rate 200",
+        gw.grpc_url()
     );
+    if let Some(traces) = stack.find("traces") {
+        println!(
+            "  curl -s 'http://{}/v1/traces?user=1'   (then /v1/traces/<request_id>/why/<item_id>)",
+            traces.http
+        );
+        println!("traces are kept in {}", trace_file.display());
+    }
     println!("Ctrl-C stops.");
     until_ctrl_c(stack.services).await
 }
@@ -582,6 +720,8 @@ fn main() -> anyhow::Result<()> {
             redis_url,
             ephemeral_ports,
             grpc_links,
+            trace_file,
+            trace_full_percent,
         } => {
             if !artifacts.join("current").exists() {
                 eprintln!(
@@ -590,7 +730,24 @@ fn main() -> anyhow::Result<()> {
                 );
                 run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
             }
-            block_on(up(artifacts, model, redis_url, ephemeral_ports, grpc_links))
+            anyhow::ensure!(
+                (0.0..=100.0).contains(&trace_full_percent),
+                "--trace-full-percent: {trace_full_percent} is not in 0..=100"
+            );
+            let traces = trace_file.unwrap_or_else(|| traces::local_path(&artifacts));
+            let gateway = GatewayConfig {
+                full_trace_sample: trace_full_percent / 100.0,
+                ..GatewayConfig::default()
+            };
+            block_on(up(
+                artifacts,
+                model,
+                redis_url,
+                ephemeral_ports,
+                grpc_links,
+                traces,
+                gateway,
+            ))
         }
         Command::Query {
             user,

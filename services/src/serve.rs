@@ -10,7 +10,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use recstack_trace_store::{MemorySink, TraceSink};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use recstack_trace_store::explain::ItemIndex;
+use recstack_trace_store::store::{TraceStore, spawn_retention};
+use recstack_trace_store::writer::{TraceWriter, WriterConfig};
+use recstack_trace_store::{MemorySink, NoSink, TraceSink};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -75,14 +81,15 @@ pub enum DirectService {
     Features(Arc<dyn Features>),
     Ranking(Arc<dyn Ranking>),
     Rerank(Arc<dyn Rerank>),
-    Gateway,
+    /// Services other processes only reach over the network.
+    None,
 }
 
 /// A running service.
 pub struct Service {
     pub name: &'static str,
-    /// The bound addresses (real ports when 0 was asked for).
-    pub grpc: SocketAddr,
+    /// The bound addresses (real ports when 0 was asked for); `None` for HTTP-only services.
+    pub grpc: Option<SocketAddr>,
     pub http: SocketAddr,
     pub direct: DirectService,
     stop: watch::Sender<bool>,
@@ -90,6 +97,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// `http://<grpc address>` for clients (empty for an HTTP-only service).
+    pub fn grpc_url(&self) -> String {
+        self.grpc.map(|a| format!("http://{a}")).unwrap_or_default()
+    }
+
     /// Becomes true when the service is stopped.
     pub fn stopped(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
@@ -118,21 +130,28 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves `routes` over gRPC and `http` over HTTP until stopped.
+/// Serves `routes` over gRPC (when given) and `http` over HTTP until stopped.
 async fn spawn(
     name: &'static str,
     addrs: Addrs,
-    routes: Routes,
+    routes: Option<Routes>,
     http: axum::Router,
     direct: DirectService,
     after: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Service, ServeError> {
-    let grpc_listener = bind(addrs.grpc).await?;
+    let grpc_listener = match routes {
+        Some(routes) => Some((bind(addrs.grpc).await?, routes)),
+        None => None,
+    };
     let http_listener = bind(addrs.http).await?;
-    let grpc = grpc_listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: addrs.grpc,
-        source,
-    })?;
+    let grpc = grpc_listener
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()
+        .map_err(|source| ServeError::Bind {
+            addr: addrs.grpc,
+            source,
+        })?;
     let http_addr = http_listener.local_addr().map_err(|source| ServeError::Bind {
         addr: addrs.http,
         source,
@@ -144,14 +163,17 @@ async fn spawn(
     let http_serve = axum::serve(http_listener, http).with_graceful_shutdown(wait(stopped.clone()));
     let http_task = tokio::spawn(async move { http_serve.await });
     let task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(ops::grpc_incoming(grpc_listener), wait(stopped))
-            .await
-            .map_err(|e| ServeError::Server {
-                service: name,
-                message: e.to_string(),
-            });
+        let served = match grpc_listener {
+            Some((listener, routes)) => tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(ops::grpc_incoming(listener), wait(stopped))
+                .await
+                .map_err(|e| ServeError::Server {
+                    service: name,
+                    message: e.to_string(),
+                }),
+            None => Ok(()),
+        };
         let _ = http_task.await;
         after.await;
         served
@@ -193,7 +215,7 @@ pub async fn recall(loaded: Loaded, reload: Option<(PathBuf, Duration)>, addrs: 
     spawn(
         "recall",
         addrs,
-        Routes::new(RecallServer::from_arc(service.clone())),
+        Some(Routes::new(RecallServer::from_arc(service.clone()))),
         ops_router(encode),
         DirectService::Recall(service),
         async move {
@@ -270,7 +292,7 @@ async fn features_with<L: L2>(
     spawn(
         "features",
         addrs,
-        Routes::new(FeaturesServer::from_arc(service.clone())),
+        Some(Routes::new(FeaturesServer::from_arc(service.clone()))),
         ops_router(encode),
         DirectService::Features(service),
         on_stop,
@@ -308,7 +330,7 @@ pub async fn ranking(
     spawn(
         "ranking",
         addrs,
-        Routes::new(RankingServer::from_arc(service.clone())),
+        Some(Routes::new(RankingServer::from_arc(service.clone()))),
         ops_router(encode),
         DirectService::Ranking(service),
         async move { watcher.abort() },
@@ -329,7 +351,7 @@ pub async fn rerank(items: Arc<Snapshot>, config: RerankConfig, addrs: Addrs) ->
     spawn(
         "rerank",
         addrs,
-        Routes::new(RerankServer::from_arc(service.clone())),
+        Some(Routes::new(RerankServer::from_arc(service.clone()))),
         ops_router(encode),
         DirectService::Rerank(service),
         async {},
@@ -337,23 +359,99 @@ pub async fn rerank(items: Arc<Snapshot>, config: RerankConfig, addrs: Addrs) ->
     .await
 }
 
-/// The gateway: HTTP API (with the operational endpoints) and gRPC.
+/// Where the gateway's traces go.
+pub enum GatewayTraces {
+    Off,
+    /// The newest traces in memory (tests).
+    Memory(Arc<MemorySink>),
+    /// Through the writer queue into a store; with `retention_days`, older traces are deleted
+    /// hourly.
+    Store {
+        store: Arc<dyn TraceStore>,
+        writer: WriterConfig,
+        retention_days: Option<u32>,
+    },
+}
+
+/// The gateway: HTTP API (with the operational endpoints) and gRPC. Stopping it flushes the
+/// trace writer.
 pub async fn gateway(
     catalogue: Arc<Catalogue>,
     links: Links,
     config: GatewayConfig,
-    sink: Arc<dyn TraceSink>,
+    traces: GatewayTraces,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
-    let metrics = Arc::new(GatewayMetrics::default());
+    let mut metrics = GatewayMetrics::default();
+    let (sink, writer): (Arc<dyn TraceSink>, _) = match traces {
+        GatewayTraces::Off => (Arc::new(NoSink), None),
+        GatewayTraces::Memory(memory) => (memory, None),
+        GatewayTraces::Store {
+            store,
+            writer,
+            retention_days,
+        } => {
+            let (writer, task) = TraceWriter::spawn(store.clone(), writer, &mut metrics.registry);
+            let retention = retention_days.map(|days| spawn_retention(store, days, Duration::from_secs(3_600)));
+            (Arc::new(writer), Some((task, retention)))
+        }
+    };
+    let metrics = Arc::new(metrics);
     let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
     let http = crate::gateway::http::router(gateway.clone(), Arc::new(AtomicBool::new(true)));
     spawn(
         "gateway",
         addrs,
-        Routes::new(GatewayServer::new(GatewayGrpc(gateway))),
+        Some(Routes::new(GatewayServer::new(GatewayGrpc(gateway)))),
         http,
-        DirectService::Gateway,
+        DirectService::None,
+        async move {
+            if let Some((task, retention)) = writer {
+                if let Some(r) = retention {
+                    r.abort();
+                }
+                task.shutdown().await;
+            }
+        },
+    )
+    .await
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+/// The trace query API (HTTP only) over `store`; `index` lets why-not say "not in the index".
+pub async fn trace_query(
+    store: Arc<dyn TraceStore>,
+    index: Option<Arc<dyn ItemIndex>>,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("recstack_trace_api");
+    let requests = Family::<StatusLabels, Counter>::default();
+    registry.register("requests", "Query API requests, by response status", requests.clone());
+    let api = recstack_trace_store::api::router(recstack_trace_store::api::ApiState { store, index }).layer(
+        axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
+            let requests = requests.clone();
+            async move {
+                let response = next.run(request).await;
+                requests
+                    .get_or_create(&StatusLabels {
+                        status: response.status().as_u16(),
+                    })
+                    .inc();
+                response
+            }
+        }),
+    );
+    let encode: ops::Encode = Arc::new(move || ops::encode(&registry));
+    spawn(
+        "traces",
+        Addrs { grpc: http, http },
+        None,
+        api.merge(ops_router(encode)),
+        DirectService::None,
         async {},
     )
     .await
@@ -367,6 +465,8 @@ pub struct LocalAddrs {
     pub features: Addrs,
     pub ranking: Addrs,
     pub rerank: Addrs,
+    /// The trace query API (HTTP only).
+    pub traces: SocketAddr,
 }
 
 impl LocalAddrs {
@@ -382,6 +482,7 @@ impl LocalAddrs {
             features: at(9091, 8081),
             ranking: at(9092, 8082),
             rerank: at(9093, 8083),
+            traces: SocketAddr::from(([127, 0, 0, 1], 8090)),
         }
     }
 
@@ -392,6 +493,7 @@ impl LocalAddrs {
             features: Addrs::ephemeral(),
             ranking: Addrs::ephemeral(),
             rerank: Addrs::ephemeral(),
+            traces: Addrs::ephemeral().http,
         }
     }
 }
@@ -401,25 +503,35 @@ pub struct LocalOptions {
     pub model: ModelSources,
     pub redis_url: Option<String>,
     pub gateway: GatewayConfig,
-    /// Traces kept in memory (until the trace store lands).
-    pub traces: usize,
+    pub traces: LocalTraces,
     /// The gateway calls the services in this process directly instead of over gRPC.
     pub direct_links: bool,
+}
+
+/// Where the local stack keeps traces.
+pub enum LocalTraces {
+    /// The newest N in memory, no query API (tests that read traces directly).
+    Memory(usize),
+    /// The embedded store at this file, with the query API on `LocalAddrs::traces`.
+    Embedded(PathBuf),
 }
 
 /// The whole stack in this process.
 pub struct LocalStack {
     pub services: Vec<Service>,
-    pub sink: Arc<MemorySink>,
+    /// The traces, with [`LocalTraces::Memory`].
+    pub sink: Option<Arc<MemorySink>>,
     pub artifact_version: String,
 }
 
 impl LocalStack {
+    pub fn find(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The named service; panics when the stack has none (a programming error).
     pub fn get(&self, name: &str) -> &Service {
-        self.services
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no service {name}"))
+        self.find(name).unwrap_or_else(|| panic!("no service {name}"))
     }
 
     /// Stops one service (the others keep serving), returning it.
@@ -470,7 +582,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
             message: "a local service offers no direct link".into(),
         })?
     } else {
-        let url = |s: &Service| format!("http://{}", s.grpc);
+        let url = Service::grpc_url;
         Links::grpc(&Endpoints {
             recall: url(&recall),
             features: url(&features),
@@ -478,10 +590,36 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
             rerank: url(&rerank),
         })?
     };
-    let sink = Arc::new(MemorySink::new(opts.traces));
-    let gateway = gateway(catalogue, links, opts.gateway, sink.clone(), a.gateway).await?;
+    let (traces, sink, store) = match opts.traces {
+        LocalTraces::Memory(n) => {
+            let sink = Arc::new(MemorySink::new(n));
+            (GatewayTraces::Memory(sink.clone()), Some(sink), None)
+        }
+        LocalTraces::Embedded(path) => {
+            let store: Arc<dyn TraceStore> =
+                Arc::new(recstack_trace_store::embedded::EmbeddedStore::open(&path).map_err(|e| {
+                    ServeError::Server {
+                        service: "traces",
+                        message: e.to_string(),
+                    }
+                })?);
+            let traces = GatewayTraces::Store {
+                store: store.clone(),
+                writer: WriterConfig::default(),
+                retention_days: Some(crate::traces::TraceSettings::DEFAULT_RETENTION_DAYS),
+            };
+            (traces, None, Some(store))
+        }
+    };
+    let index: Arc<dyn ItemIndex> = catalogue.clone();
+    let gateway = gateway(catalogue, links, opts.gateway, traces, a.gateway).await?;
+    // The gateway first: stopping it flushes its traces before the rest go.
+    let mut services = vec![gateway, recall, features, ranking, rerank];
+    if let Some(store) = store {
+        services.push(trace_query(store, Some(index), a.traces).await?);
+    }
     Ok(LocalStack {
-        services: vec![gateway, recall, features, ranking, rerank],
+        services,
         sink,
         artifact_version,
     })

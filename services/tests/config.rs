@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use recstack_crds::RecommenderStack;
 use recstack_operator::render::{self, ChildKind};
-use recstack_services::config::{RuntimeConfig, model_path};
+use recstack_services::config::{RuntimeConfig, TraceStoreConfig, model_path};
+use recstack_services::traces::{POD_EMBEDDED_PATH, TraceSettings, TraceStoreSpec};
 
 fn rendered_config(sample: &str) -> RuntimeConfig {
     let path =
@@ -38,6 +39,10 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
     let (grpc, http) = c.listen();
     assert_eq!((grpc.port(), http.port()), (c.grpc_port, c.http_port));
     assert!(grpc.ip().is_unspecified());
+    // No traceStore in the spec: the gateway keeps traces in its embedded store.
+    assert_eq!(c.trace_store, TraceStoreConfig::Embedded);
+    let t = TraceSettings::from_config(&c).unwrap();
+    assert_eq!(t.spec, TraceStoreSpec::Embedded(POD_EMBEDDED_PATH.into()));
 }
 
 #[test]
@@ -57,4 +62,12 @@ fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
         .to_string();
     assert!(e.starts_with("ranking.model.uri: `s3://"), "{e}");
     assert!(e.contains("init container"), "{e}");
+    // Traces to Elasticsearch with the Secret mounted as files, sampling and retention.
+    let t = TraceSettings::from_config(&c).unwrap();
+    let TraceStoreSpec::Elasticsearch { url, credentials_dir } = &t.spec else {
+        panic!("{t:?}")
+    };
+    assert_eq!(url, "https://elasticsearch.observability.svc:9200");
+    assert!(credentials_dir.as_ref().unwrap().is_absolute(), "{credentials_dir:?}");
+    assert_eq!((t.full_sample, t.retention_days), (Some(0.05), 14));
 }

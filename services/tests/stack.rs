@@ -17,7 +17,7 @@ use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::export::{self, ExportParams};
 use recstack_services::ranking::model::{Device, ModelCard, OnnxModel};
 use recstack_services::ranking::service::ModelSources;
-use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack};
+use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
 
 fn bundled_model() -> PathBuf {
     Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/deepfm/model.onnx")
@@ -51,7 +51,7 @@ async fn start_with(config: GatewayConfig, direct_links: bool) -> LocalStack {
         model: sources(bundled_model()),
         redis_url: None,
         gateway: config,
-        traces: 10_000,
+        traces: LocalTraces::Memory(10_000),
     };
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }
@@ -131,7 +131,12 @@ async fn held_out_users_get_full_lists_without_seen_items_that_keep_the_diversit
         }
 
         // The trace holds the same list with its lineage.
-        let trace = stack.sink.find(&r.request_id).expect("a trace per request");
+        let trace = stack
+            .sink
+            .as_ref()
+            .unwrap()
+            .find(&r.request_id)
+            .expect("a trace per request");
         assert_eq!(trace.user_id, user);
         assert_eq!(trace.level, "full");
         let traced: Vec<&str> = trace.items.iter().map(|i| i.item_id.as_str()).collect();
@@ -160,7 +165,7 @@ async fn debug_requests_get_a_full_trace_of_every_candidate() {
     let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 10, "debug": true}}"#)).await;
     assert_eq!(status, 200, "{body}");
     let r: Recommendation = serde_json::from_str(&body).unwrap();
-    let trace = stack.sink.find(&r.request_id).unwrap();
+    let trace = stack.sink.as_ref().unwrap().find(&r.request_id).unwrap();
     assert_eq!(trace.detail, recstack_trace_store::Detail::Full);
     let recalled = trace.stages.iter().find(|s| s.name == "recall").unwrap().items_out as usize;
     assert!(recalled > 500, "{recalled}");
@@ -195,9 +200,7 @@ async fn malformed_requests_get_400_naming_the_field() {
         assert!(v["error"].as_str().unwrap().starts_with(field), "{resp}");
     }
     // gRPC: InvalidArgument with the same message.
-    let mut client = GatewayClient::connect(format!("http://{}", stack.get("gateway").grpc))
-        .await
-        .unwrap();
+    let mut client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();
     let e = client
         .recommend(RecommendRequest {
             user_id: "1".into(),
@@ -215,9 +218,7 @@ async fn malformed_requests_get_400_naming_the_field() {
 async fn ranking_stopped_under_load_degrades_every_request_and_fails_none() {
     let mut stack = start(GatewayConfig::default()).await;
     let users = held_out_users(40);
-    let client = GatewayClient::connect(format!("http://{}", stack.get("gateway").grpc))
-        .await
-        .unwrap();
+    let client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();
     let load = {
         let users = users.clone();
         tokio::spawn(async move {
@@ -414,7 +415,7 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
     let svc = serve::ranking(items, s, Duration::from_millis(100), serve::Addrs::ephemeral())
         .await
         .unwrap();
-    let mut client = RankingClient::connect(format!("http://{}", svc.grpc)).await.unwrap();
+    let mut client = RankingClient::connect(svc.grpc_url()).await.unwrap();
     let item_ids: Vec<String> = artifacts().items.iter().take(50).map(|i| i.id.clone()).collect();
     let rank = |user: String| RankRequest {
         user_id: user,

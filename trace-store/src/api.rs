@@ -116,9 +116,12 @@ pub fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    s.parse::<jiff::Timestamp>()
-        .map(|t| t.as_millisecond())
-        .map_err(|_| ApiError::bad(field, format!("{s:?} is neither milliseconds since the epoch nor RFC 3339")))
+    s.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|_| {
+        ApiError::bad(
+            field,
+            format!("{s:?} is neither milliseconds since the epoch nor RFC 3339"),
+        )
+    })
 }
 
 /// An interval: milliseconds, or a number with `s`, `m`, `h`, `d`.
@@ -133,7 +136,12 @@ pub fn parse_interval(field: &'static str, s: &str) -> Result<i64, ApiError> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(ApiError::bad(field, format!("{s:?}: use milliseconds or a number with s, m, h, d"))),
+        _ => {
+            return Err(ApiError::bad(
+                field,
+                format!("{s:?}: use milliseconds or a number with s, m, h, d"),
+            ));
+        }
     };
     num.parse::<i64>()
         .ok()
@@ -154,7 +162,17 @@ fn text(params: &HashMap<String, String>, field: &'static str) -> Result<Option<
 pub fn search_query(params: &HashMap<String, String>) -> Result<SearchQuery, ApiError> {
     only(
         params,
-        &["user", "item", "from", "to", "level", "model_version", "bucket", "size", "after"],
+        &[
+            "user",
+            "item",
+            "from",
+            "to",
+            "level",
+            "model_version",
+            "bucket",
+            "size",
+            "after",
+        ],
     )?;
     let mut q = SearchQuery::new();
     q.user = text(params, "user")?;
@@ -170,7 +188,10 @@ pub fn search_query(params: &HashMap<String, String>) -> Result<SearchQuery, Api
     }
     q.bucket = params
         .get("bucket")
-        .map(|s| s.parse::<u32>().map_err(|_| ApiError::bad("bucket", format!("{s:?} is not a bucket number"))))
+        .map(|s| {
+            s.parse::<u32>()
+                .map_err(|_| ApiError::bad("bucket", format!("{s:?} is not a bucket number")))
+        })
         .transpose()?;
     if let Some(s) = params.get("size") {
         q.size = s
@@ -189,7 +210,11 @@ pub fn search_query(params: &HashMap<String, String>) -> Result<SearchQuery, Api
 /// The aggregates a query string asks for: the last hour by minute unless told.
 pub fn aggregate_query(params: &HashMap<String, String>, now: i64) -> Result<AggregateQuery, ApiError> {
     only(params, &["from", "to", "interval"])?;
-    let to = params.get("to").map(|s| parse_time("to", s)).transpose()?.unwrap_or(now);
+    let to = params
+        .get("to")
+        .map(|s| parse_time("to", s))
+        .transpose()?
+        .unwrap_or(now);
     let from = params
         .get("from")
         .map(|s| parse_time("from", s))
@@ -219,7 +244,10 @@ async fn get_trace(State(s): State<ApiState>, Path(request_id): Path<String>) ->
     Ok(Json(load(&s, &request_id).await?).into_response())
 }
 
-async fn why(State(s): State<ApiState>, Path((request_id, item_id)): Path<(String, String)>) -> Result<Json<Why>, ApiError> {
+async fn why(
+    State(s): State<ApiState>,
+    Path((request_id, item_id)): Path<(String, String)>,
+) -> Result<Json<Why>, ApiError> {
     let trace = load(&s, &request_id).await?;
     explain::why(&trace, &item_id).map(Json).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -269,13 +297,22 @@ mod tests {
         assert_eq!(q.to_ms, Some(1_795_400_000_000));
         assert_eq!((q.bucket, q.size), (Some(7), 50));
 
-        assert_eq!(field(search_query(&params(&[("from", "yesterday")])).unwrap_err()), "from");
+        assert_eq!(
+            field(search_query(&params(&[("from", "yesterday")])).unwrap_err()),
+            "from"
+        );
         assert_eq!(field(search_query(&params(&[("size", "0")])).unwrap_err()), "size");
         assert_eq!(field(search_query(&params(&[("size", "201")])).unwrap_err()), "size");
         assert_eq!(field(search_query(&params(&[("bucket", "-1")])).unwrap_err()), "bucket");
-        assert_eq!(field(search_query(&params(&[("after", "garbage")])).unwrap_err()), "after");
+        assert_eq!(
+            field(search_query(&params(&[("after", "garbage")])).unwrap_err()),
+            "after"
+        );
         assert_eq!(field(search_query(&params(&[("user", "")])).unwrap_err()), "user");
-        assert_eq!(field(search_query(&params(&[("from", "10"), ("to", "5")])).unwrap_err()), "to");
+        assert_eq!(
+            field(search_query(&params(&[("from", "10"), ("to", "5")])).unwrap_err()),
+            "to"
+        );
         let e = search_query(&params(&[("usr", "u1")])).unwrap_err();
         assert!(e.message.contains("\"usr\""), "{}", e.message);
         assert_eq!(field(e), "usr");
@@ -284,13 +321,22 @@ mod tests {
     #[test]
     fn aggregate_parameters_default_to_the_last_hour_by_minute() {
         let q = aggregate_query(&params(&[]), 10_000_000).unwrap();
-        assert_eq!((q.from_ms, q.to_ms, q.interval_ms), (10_000_000 - 3_600_000, 10_000_000, 60_000));
+        assert_eq!(
+            (q.from_ms, q.to_ms, q.interval_ms),
+            (10_000_000 - 3_600_000, 10_000_000, 60_000)
+        );
         let q = aggregate_query(&params(&[("from", "0"), ("to", "86400000"), ("interval", "1h")]), 0).unwrap();
         assert_eq!(q.interval_ms, 3_600_000);
         assert_eq!(parse_interval("interval", "250").unwrap(), 250);
         assert_eq!(parse_interval("interval", "30s").unwrap(), 30_000);
-        assert_eq!(field(aggregate_query(&params(&[("interval", "5w")]), 0).unwrap_err()), "interval");
-        assert_eq!(field(aggregate_query(&params(&[("interval", "0s")]), 0).unwrap_err()), "interval");
+        assert_eq!(
+            field(aggregate_query(&params(&[("interval", "5w")]), 0).unwrap_err()),
+            "interval"
+        );
+        assert_eq!(
+            field(aggregate_query(&params(&[("interval", "0s")]), 0).unwrap_err()),
+            "interval"
+        );
         assert_eq!(
             field(aggregate_query(&params(&[("from", "0"), ("to", "86400000"), ("interval", "1")]), 0).unwrap_err()),
             "interval"

@@ -81,7 +81,9 @@ fn transport_error(e: elasticsearch::Error) -> StoreError {
 }
 
 /// The response body, or an error naming the status and the server's reason.
-async fn body(response: Result<elasticsearch::http::response::Response, elasticsearch::Error>) -> Result<Value, StoreError> {
+async fn body(
+    response: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
+) -> Result<Value, StoreError> {
     let response = response.map_err(transport_error)?;
     let status = response.status_code();
     let text = response.text().await.map_err(transport_error)?;
@@ -166,7 +168,10 @@ fn index_day_end(prefix: &str, index: &str) -> Option<i64> {
     let date = index.strip_prefix(prefix)?.strip_prefix('-')?;
     let mut parts = date.split('.').map(|p| p.parse::<i16>().ok());
     let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-    let start = jiff::civil::Date::new(y, m as i8, d as i8).ok()?.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+    let start = jiff::civil::Date::new(y, m as i8, d as i8)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()?;
     Some(start.timestamp().as_millisecond() + 86_400_000)
 }
 
@@ -288,7 +293,11 @@ impl ElasticStore {
         )
         .await?;
         Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|i| i["index"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["index"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
@@ -435,13 +444,23 @@ impl TraceStore for ElasticStore {
                 start_ms: b["key"].as_i64().unwrap_or_default(),
                 levels: buckets(&b["levels"])
                     .iter()
-                    .map(|l| (l["key"].as_str().unwrap_or_default().to_string(), l["doc_count"].as_u64().unwrap_or(0)))
+                    .map(|l| {
+                        (
+                            l["key"].as_str().unwrap_or_default().to_string(),
+                            l["doc_count"].as_u64().unwrap_or(0),
+                        )
+                    })
                     .collect(),
             })
             .collect();
         let channels = buckets(&aggs["items"]["channels"])
             .iter()
-            .map(|c| (c["key"].as_str().unwrap_or_default().to_string(), c["doc_count"].as_u64().unwrap_or(0)))
+            .map(|c| {
+                (
+                    c["key"].as_str().unwrap_or_default().to_string(),
+                    c["doc_count"].as_u64().unwrap_or(0),
+                )
+            })
             .collect();
         let percent = |values: &Value, p: &str| {
             values[p]
@@ -482,7 +501,14 @@ impl TraceStore for ElasticStore {
             return Ok(0);
         }
         let names: Vec<&str> = old.iter().map(String::as_str).collect();
-        body(self.client.indices().delete(IndicesDeleteParts::Index(&names)).send().await).await?;
+        body(
+            self.client
+                .indices()
+                .delete(IndicesDeleteParts::Index(&names))
+                .send()
+                .await,
+        )
+        .await?;
         Ok(old.len() as u64)
     }
 

@@ -70,7 +70,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(unavailable)?;
     // auto_vacuum must be chosen before the first table exists; later it is a no-op.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
         .map_err(unavailable)?;
@@ -165,7 +166,9 @@ fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, Stor
             }
             let mut per_channel: std::collections::BTreeMap<&str, u32> = Default::default();
             for item in &t.items {
-                served.execute(params![t.request_id, item.position, item.item_id]).map_err(unavailable)?;
+                served
+                    .execute(params![t.request_id, item.position, item.item_id])
+                    .map_err(unavailable)?;
                 for ch in query::item_channels(item) {
                     *per_channel.entry(ch).or_default() += 1;
                 }
@@ -174,7 +177,9 @@ fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, Stor
                 channel.execute(params![t.request_id, ch, n]).map_err(unavailable)?;
             }
             for s in &t.stages {
-                stage.execute(params![t.request_id, s.name, s.latency_us.min(i64::MAX as u64) as i64]).map_err(unavailable)?;
+                stage
+                    .execute(params![t.request_id, s.name, s.latency_us.min(i64::MAX as u64) as i64])
+                    .map_err(unavailable)?;
             }
             outcome.written += 1;
         }

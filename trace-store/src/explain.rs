@@ -146,7 +146,9 @@ pub fn why_not(trace: &Trace, item_id: &str, index: Option<&dyn ItemIndex>) -> W
     if trace.level == "fallback" {
         return answer(
             Some(FellOut::NotRecalled),
-            format!("served at the fallback level: only the precomputed list was considered, and {item_id} is not on it"),
+            format!(
+                "served at the fallback level: only the precomputed list was considered, and {item_id} is not on it"
+            ),
             None,
         );
     }
@@ -164,9 +166,16 @@ pub fn why_not(trace: &Trace, item_id: &str, index: Option<&dyn ItemIndex>) -> W
     let Some(c) = trace.candidates.iter().find(|c| c.item_id == item_id) else {
         let why = match trace.level.as_str() {
             "popular" => "at the popular level only the hot list was considered".to_string(),
-            _ => format!("no recall channel returned it among the {} candidates", trace.candidates.len()),
+            _ => format!(
+                "no recall channel returned it among the {} candidates",
+                trace.candidates.len()
+            ),
         };
-        return answer(Some(FellOut::NotRecalled), format!("{item_id} was not recalled: {why}"), None);
+        return answer(
+            Some(FellOut::NotRecalled),
+            format!("{item_id} was not recalled: {why}"),
+            None,
+        );
     };
     let score = c.rank_score.map_or(String::new(), |s| format!(" (score {s:.4})"));
     let (stage, explanation) = match c.outcome.as_str() {
@@ -223,7 +232,11 @@ mod tests {
         assert!(w.steps[0].contains(&served.sources[0].channel));
         assert!(w.steps.iter().any(|s| s.contains("passed filters: seen, block_list")));
         assert!(w.steps.iter().any(|s| s.contains("by deepfm-1")));
-        assert!(w.steps.last().unwrap().contains("rerank rule mmr: position 5 → 5"), "{:?}", w.steps);
+        assert!(
+            w.steps.last().unwrap().contains("rerank rule mmr: position 5 → 5"),
+            "{:?}",
+            w.steps
+        );
         assert!(why(&t, "not-there").is_none());
     }
 
@@ -270,7 +283,10 @@ mod tests {
     fn why_not_without_an_index_still_walks_the_trace() {
         let t = sample::full_trace(7, 0);
         assert_eq!(why_not(&t, "9999999", None).stage, Some(FellOut::NotRecalled));
-        assert_eq!(why_not(&t, &t.filtered_seen[1], None).stage, Some(FellOut::FilteredSeen));
+        assert_eq!(
+            why_not(&t, &t.filtered_seen[1], None).stage,
+            Some(FellOut::FilteredSeen)
+        );
     }
 
     #[test]
@@ -283,7 +299,10 @@ mod tests {
         assert!(a.explanation.contains("summary trace"), "{}", a.explanation);
         assert!(a.explanation.contains("\"debug\": true"));
         // What a summary does keep still answers.
-        assert_eq!(why_not(&t, &t.filtered_seen[0], None).stage, Some(FellOut::FilteredSeen));
+        assert_eq!(
+            why_not(&t, &t.filtered_seen[0], None).stage,
+            Some(FellOut::FilteredSeen)
+        );
         assert_eq!(why_not(&t, &t.items[2].item_id, None).stage, Some(FellOut::Served));
     }
 

@@ -178,7 +178,11 @@ impl Trace {
             + self.variant.len()
             + self.model_version.as_ref().map_or(0, String::len)
             + self.artifact_version.as_ref().map_or(0, String::len)
-            + self.degraded.iter().map(|d| d.len() + size_of::<String>()).sum::<usize>();
+            + self
+                .degraded
+                .iter()
+                .map(|d| d.len() + size_of::<String>())
+                .sum::<usize>();
         let stages: usize = self
             .stages
             .iter()
@@ -197,7 +201,10 @@ impl Trace {
                     + i.item_id.len()
                     + sources(&i.sources)
                     + i.rerank_rule.as_ref().map_or(0, String::len)
-                    + i.filters_passed.iter().map(|f| f.len() + size_of::<String>()).sum::<usize>()
+                    + i.filters_passed
+                        .iter()
+                        .map(|f| f.len() + size_of::<String>())
+                        .sum::<usize>()
             })
             .sum();
         let seen: usize = self.filtered_seen.iter().map(|s| s.len() + size_of::<String>()).sum();

@@ -165,7 +165,10 @@ impl AggregateQuery {
             return err("to", "must be after `from`");
         }
         if (to_ms - from_ms) / interval_ms > MAX_BUCKETS {
-            return err("interval", &format!("gives more than {MAX_BUCKETS} buckets for the range"));
+            return err(
+                "interval",
+                &format!("gives more than {MAX_BUCKETS} buckets for the range"),
+            );
         }
         Ok(Self {
             from_ms,
@@ -229,7 +232,10 @@ pub fn aggregate(traces: &[Trace], q: &AggregateQuery) -> Aggregates {
     let mut channels: BTreeMap<String, u64> = BTreeMap::new();
     let mut stages: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut requests = 0;
-    for t in traces.iter().filter(|t| t.timestamp_ms >= q.from_ms && t.timestamp_ms < q.to_ms) {
+    for t in traces
+        .iter()
+        .filter(|t| t.timestamp_ms >= q.from_ms && t.timestamp_ms < q.to_ms)
+    {
         requests += 1;
         *levels
             .entry(q.bucket_start(t.timestamp_ms))
@@ -285,11 +291,15 @@ pub fn item_channels(item: &crate::ItemLineage) -> impl Iterator<Item = &str> {
 /// Whether a trace matches a search's filters (cursor aside).
 pub fn matches(t: &Trace, q: &SearchQuery) -> bool {
     q.user.as_ref().is_none_or(|u| &t.user_id == u)
-        && q.item.as_ref().is_none_or(|i| t.items.iter().any(|it| &it.item_id == i))
+        && q.item
+            .as_ref()
+            .is_none_or(|i| t.items.iter().any(|it| &it.item_id == i))
         && q.from_ms.is_none_or(|f| t.timestamp_ms >= f)
         && q.to_ms.is_none_or(|to| t.timestamp_ms < to)
         && q.level.as_ref().is_none_or(|l| &t.level == l)
-        && q.model_version.as_ref().is_none_or(|m| t.model_version.as_ref() == Some(m))
+        && q.model_version
+            .as_ref()
+            .is_none_or(|m| t.model_version.as_ref() == Some(m))
         && q.bucket.is_none_or(|b| t.bucket == b)
 }
 

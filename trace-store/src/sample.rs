@@ -111,7 +111,11 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
     Trace {
         schema: SCHEMA_VERSION,
         request_id: request_id(seq),
-        trace_id: format!("{:016x}{:016x}", SplitMix(seq ^ 0xabc).next(), SplitMix(seq ^ 0xdef).next()),
+        trace_id: format!(
+            "{:016x}{:016x}",
+            SplitMix(seq ^ 0xabc).next(),
+            SplitMix(seq ^ 0xdef).next()
+        ),
         timestamp_ms,
         user_id: format!("u{}", seq % 50),
         scene: "home".into(),

@@ -54,7 +54,13 @@ impl TestServer {
             )
         })?;
         let mut child = Command::new(&bin)
-            .args(["-addr", addr, "-no-stdin-watch", "-parent-pid", &std::process::id().to_string()])
+            .args([
+                "-addr",
+                addr,
+                "-no-stdin-watch",
+                "-parent-pid",
+                &std::process::id().to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

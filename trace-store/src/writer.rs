@@ -83,15 +83,35 @@ impl WriterMetrics {
             queued_bytes: Gauge::default(),
             write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         };
-        let r = registry.sub_registry_with_prefix("recstack_trace_writer");
+        let r = registry.sub_registry_with_prefix("trace_writer");
         r.register("offered", "Traces handed to the writer", m.offered.clone());
         r.register("written", "Traces the store acknowledged", m.written.clone());
-        r.register("rejected", "Traces the store refused for good (bad schema, mapping conflict)", m.rejected.clone());
-        r.register("dropped", "Traces dropped before reaching the store, by reason", m.dropped.clone());
-        r.register("retries", "Store writes retried after a transient failure", m.retries.clone());
+        r.register(
+            "rejected",
+            "Traces the store refused for good (bad schema, mapping conflict)",
+            m.rejected.clone(),
+        );
+        r.register(
+            "dropped",
+            "Traces dropped before reaching the store, by reason",
+            m.dropped.clone(),
+        );
+        r.register(
+            "retries",
+            "Store writes retried after a transient failure",
+            m.retries.clone(),
+        );
         r.register("queued", "Traces accepted and not yet written", m.queued.clone());
-        r.register("queued_bytes", "Estimated memory held by queued traces", m.queued_bytes.clone());
-        r.register("write_seconds", "Time of one store write (a batch)", m.write_seconds.clone());
+        r.register(
+            "queued_bytes",
+            "Estimated memory held by queued traces",
+            m.queued_bytes.clone(),
+        );
+        r.register(
+            "write_seconds",
+            "Time of one store write (a batch)",
+            m.write_seconds.clone(),
+        );
         m
     }
 }
@@ -116,7 +136,10 @@ struct Shared {
 
 impl Shared {
     fn drop_traces(&self, reason: &'static str, n: usize) {
-        self.metrics.dropped.get_or_create(&DropLabels { reason }).inc_by(n as u64);
+        self.metrics
+            .dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(n as u64);
     }
 
     /// A queued trace left the writer (written, rejected or dropped).
@@ -212,7 +235,12 @@ impl TraceSink for TraceWriter {
     }
 }
 
-async fn run(store: Arc<dyn TraceStore>, mut rx: mpsc::Receiver<Trace>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    store: Arc<dyn TraceStore>,
+    mut rx: mpsc::Receiver<Trace>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let cfg = shared.config.clone();
     let mut batch: Vec<Trace> = Vec::with_capacity(cfg.batch);
     let mut deadline: Option<Instant> = None;

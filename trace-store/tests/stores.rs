@@ -93,7 +93,10 @@ async fn round_trip(store: Arc<dyn TraceStore>) {
         assert_eq!(&got, t, "{}", t.request_id);
     }
     // Full traces keep every candidate.
-    assert_eq!(store.get(&ts[3].request_id).await.unwrap().unwrap().candidates.len(), 1_000);
+    assert_eq!(
+        store.get(&ts[3].request_id).await.unwrap().unwrap().candidates.len(),
+        1_000
+    );
     assert!(store.get("no-such-request").await.unwrap().is_none());
 }
 
@@ -110,11 +113,41 @@ async fn search_filters_and_paging(store: Arc<dyn TraceStore>) {
 
     let item = ts[10].items[3].item_id.clone();
     let filters: Vec<(&str, SearchQuery)> = vec![
-        ("user", SearchQuery { user: Some("u7".into()), ..q.clone() }),
-        ("item", SearchQuery { item: Some(item), ..q.clone() }),
-        ("level", SearchQuery { level: Some("reduced".into()), ..q.clone() }),
-        ("model", SearchQuery { model_version: Some("deepfm-2".into()), ..q.clone() }),
-        ("bucket", SearchQuery { bucket: Some(13), ..q.clone() }),
+        (
+            "user",
+            SearchQuery {
+                user: Some("u7".into()),
+                ..q.clone()
+            },
+        ),
+        (
+            "item",
+            SearchQuery {
+                item: Some(item),
+                ..q.clone()
+            },
+        ),
+        (
+            "level",
+            SearchQuery {
+                level: Some("reduced".into()),
+                ..q.clone()
+            },
+        ),
+        (
+            "model",
+            SearchQuery {
+                model_version: Some("deepfm-2".into()),
+                ..q.clone()
+            },
+        ),
+        (
+            "bucket",
+            SearchQuery {
+                bucket: Some(13),
+                ..q.clone()
+            },
+        ),
         (
             "time",
             SearchQuery {
@@ -132,7 +165,13 @@ async fn search_filters_and_paging(store: Arc<dyn TraceStore>) {
                 ..q.clone()
             },
         ),
-        ("nothing", SearchQuery { user: Some("nobody".into()), ..q.clone() }),
+        (
+            "nothing",
+            SearchQuery {
+                user: Some("nobody".into()),
+                ..q.clone()
+            },
+        ),
     ];
     for (name, f) in filters {
         let want = expected(&ts, &f);
@@ -156,7 +195,10 @@ async fn aggregates_match_the_reference(store: Arc<dyn TraceStore>) {
     assert_eq!(got.requests, want.requests);
     assert_eq!(got.levels_over_time, want.levels_over_time);
     assert_eq!(got.channels, want.channels);
-    assert_eq!(got.stages.keys().collect::<Vec<_>>(), want.stages.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.stages.keys().collect::<Vec<_>>(),
+        want.stages.keys().collect::<Vec<_>>()
+    );
     for (name, w) in &want.stages {
         let g = &got.stages[name];
         assert_eq!(g.count, w.count, "{name}");
@@ -171,7 +213,10 @@ async fn aggregates_match_the_reference(store: Arc<dyn TraceStore>) {
         for (p, got_p) in [(50.0, g.p50_us), (99.0, g.p99_us)] {
             let lo = query::percentile(&v, p - 2.0);
             let hi = query::percentile(&v, (p + 2.0f64).min(100.0));
-            assert!(got_p >= lo - 1.0 && got_p <= hi + 1.0, "{name} p{p}: {got_p} not in [{lo}, {hi}]");
+            assert!(
+                got_p >= lo - 1.0 && got_p <= hi + 1.0,
+                "{name} p{p}: {got_p} not in [{lo}, {hi}]"
+            );
         }
     }
     // An empty range.
@@ -213,10 +258,18 @@ async fn retention_removes_old_traces_only(store: Arc<dyn TraceStore>) {
     assert!(removed >= 1, "removed {removed}");
     store.refresh().await.unwrap();
     for t in &old {
-        assert!(store.get(&t.request_id).await.unwrap().is_none(), "{} kept", t.request_id);
+        assert!(
+            store.get(&t.request_id).await.unwrap().is_none(),
+            "{} kept",
+            t.request_id
+        );
     }
     for t in &new {
-        assert!(store.get(&t.request_id).await.unwrap().is_some(), "{} lost", t.request_id);
+        assert!(
+            store.get(&t.request_id).await.unwrap().is_some(),
+            "{} lost",
+            t.request_id
+        );
     }
     let (hits, total) = all_pages(&*store, SearchQuery::new()).await;
     assert_eq!(total, 5);
@@ -239,9 +292,20 @@ async fn the_writer_delivers_everything(store: Arc<dyn TraceStore>) {
     }
     task.shutdown().await;
     let s = writer.stats();
-    assert_eq!((s.offered, s.written, s.dropped, s.queued, s.queued_bytes), (300, 300, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.offered, s.written, s.dropped, s.queued, s.queued_bytes),
+        (300, 300, 0, 0, 0),
+        "{s:?}"
+    );
     store.refresh().await.unwrap();
-    let (hits, _) = all_pages(&*store, SearchQuery { size: 200, ..SearchQuery::new() }).await;
+    let (hits, _) = all_pages(
+        &*store,
+        SearchQuery {
+            size: 200,
+            ..SearchQuery::new()
+        },
+    )
+    .await;
     let ids: HashSet<String> = hits.into_iter().map(|h| h.request_id).collect();
     assert_eq!(ids, ts.iter().map(|t| t.request_id.clone()).collect());
     // Offers after shutdown are counted, not lost silently.
@@ -249,8 +313,11 @@ async fn the_writer_delivers_everything(store: Arc<dyn TraceStore>) {
     assert_eq!(writer.stats().dropped, 1);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    assert!(text.contains("recstack_trace_writer_written_total 300"), "{text}");
-    assert!(text.contains("recstack_trace_writer_dropped_total{reason=\"closed\"} 1"), "{text}");
+    assert!(text.contains("trace_writer_written_total 300"), "{text}");
+    assert!(
+        text.contains("trace_writer_dropped_total{reason=\"closed\"} 1"),
+        "{text}"
+    );
 }
 
 macro_rules! suite {
@@ -310,7 +377,11 @@ async fn the_writer_survives_the_server_stopping_mid_stream() {
     let wait = |what: &'static str, done: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !done() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", writer.stats());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                writer.stats()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -329,10 +400,16 @@ async fn the_writer_survives_the_server_stopping_mid_stream() {
         }
     }
     let s = writer.stats();
-    assert!(accepted_while_down >= 100 && accepted_while_down < 300, "{accepted_while_down}");
+    assert!(
+        accepted_while_down >= 100 && accepted_while_down < 300,
+        "{accepted_while_down}"
+    );
     assert_eq!(s.dropped, 300 - accepted_while_down, "{s:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(writer.stats().retries > 0, "the writer retries while the server is down");
+    assert!(
+        writer.stats().retries > 0,
+        "the writer retries while the server is down"
+    );
     assert_eq!(writer.stats().written, 50, "nothing written while down");
 
     let _server = TestServer::start_on(&addr).unwrap();

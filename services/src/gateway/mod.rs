@@ -22,7 +22,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use recstack_trace_store::{CandidateFate, Detail, ItemLineage, SourceRecord, StageRecord, Trace, TraceSink};
+use recstack_trace_store::{
+    CandidateFate, ChannelCount, Detail, ItemLineage, SourceRecord, StageRecord, Trace, TraceSink, outcome,
+};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -264,6 +266,11 @@ impl Catalogue {
         }
     }
 
+    /// Whether recall's artifacts know the item.
+    pub fn has(&self, id: &str) -> bool {
+        self.titles.contains_key(id)
+    }
+
     pub fn title(&self, id: &str) -> String {
         self.titles.get(id).cloned().unwrap_or_default()
     }
@@ -493,8 +500,9 @@ impl Gateway {
         let mut user: Option<UserFeatures> = None;
         let mut cands: Vec<Cand> = Vec::new();
         let mut filtered_seen = Vec::new();
+        let mut channels = Vec::new();
         let mut model_version = None;
-        let mut below_cut: Vec<String> = Vec::new();
+        let mut below_cut: Vec<Cand> = Vec::new();
 
         // 1. Features and recall in parallel.
         if level < Level::Fallback {
@@ -541,6 +549,7 @@ impl Gateway {
                 Some(Ok(r)) => {
                     filtered_seen = r.filtered_seen;
                     cands = r.candidates.into_iter().enumerate().map(recall_cand).collect();
+                    channels = channel_counts(&cands);
                 }
                 Some(Err(e)) => {
                     degraded.push(format!("recall: {e}"));
@@ -579,8 +588,7 @@ impl Gateway {
             } else {
                 self.config.reduced.rank_limit
             };
-            below_cut = cands.iter().skip(limit).map(|c| c.id.clone()).collect();
-            cands.truncate(limit);
+            below_cut = cands.split_off(limit.min(cands.len()));
             let end = stage_end(Stage::Ranking, start, timeout);
             let ranked = self
                 .call(Stage::Ranking, end, &stages, cands.len() as u32, |budget| {
@@ -745,6 +753,7 @@ impl Gateway {
             &cands,
             &served,
             filtered_seen,
+            channels,
             below_cut,
             full.then_some(&rerank_fates),
         );
@@ -763,7 +772,8 @@ impl Gateway {
         cands: &[Cand],
         served: &[(usize, Option<String>)],
         filtered_seen: Vec<String>,
-        below_cut: Vec<String>,
+        channels: Vec<ChannelCount>,
+        below_cut: Vec<Cand>,
         full: Option<&HashMap<String, String>>,
     ) -> Trace {
         for s in &mut stages {
@@ -796,9 +806,12 @@ impl Gateway {
                     rank_score: None,
                     ranked_position: None,
                     rerank_rule: None,
+                    filters_passed: Vec::new(),
                 })
                 .collect()
         } else {
+            // Recall's seen filter ran on recalled items; rerank's block list on what it served.
+            let reranked = r.experiment.is_some();
             served
                 .iter()
                 .enumerate()
@@ -812,6 +825,13 @@ impl Gateway {
                         rank_score: c.rank_score,
                         ranked_position: Some(*i as u32),
                         rerank_rule: rule.clone(),
+                        filters_passed: c
+                            .recall_position
+                            .map(|_| "seen")
+                            .into_iter()
+                            .chain(reranked.then_some("block_list"))
+                            .map(String::from)
+                            .collect(),
                     }
                 })
                 .collect()
@@ -821,27 +841,29 @@ impl Gateway {
             Some(fates) => {
                 let served_ids: std::collections::HashSet<&str> =
                     served.iter().map(|(i, _)| cands[*i].id.as_str()).collect();
+                // Rerank chose from the first RERANK_POOL candidates in ranked order.
                 cands
                     .iter()
-                    .map(|c| CandidateFate {
+                    .enumerate()
+                    .map(|(i, c)| CandidateFate {
                         item_id: c.id.clone(),
                         sources: source_records(c),
                         rank_score: c.rank_score,
                         outcome: if served_ids.contains(c.id.as_str()) {
-                            "served".into()
+                            outcome::SERVED.into()
                         } else if let Some(rule) = fates.get(&c.id) {
-                            format!("rerank:{rule}")
-                        } else if c.rank_score.is_some() {
-                            "below_rerank_pool".into()
+                            format!("{}{rule}", outcome::RERANK_PREFIX)
+                        } else if i >= RERANK_POOL {
+                            outcome::BELOW_RERANK_POOL.into()
                         } else {
-                            "not_served".into()
+                            outcome::NOT_SERVED.into()
                         },
                     })
-                    .chain(below_cut.iter().map(|id| CandidateFate {
-                        item_id: id.clone(),
-                        sources: Vec::new(),
+                    .chain(below_cut.iter().map(|c| CandidateFate {
+                        item_id: c.id.clone(),
+                        sources: source_records(c),
                         rank_score: None,
-                        outcome: "ranked_below_cut".into(),
+                        outcome: outcome::RANKED_BELOW_CUT.into(),
                     }))
                     .collect()
             }
@@ -866,11 +888,27 @@ impl Gateway {
             artifact_version: Some(r.artifact_version.clone()),
             latency_us: r.latency_us,
             stages,
+            channels,
             items,
             filtered_seen,
             candidates,
         }
     }
+}
+
+/// Candidates per recall channel (an item found by two channels counts for both).
+fn channel_counts(cands: &[Cand]) -> Vec<ChannelCount> {
+    let mut counts: Vec<ChannelCount> = Vec::new();
+    for s in cands.iter().flat_map(|c| &c.sources) {
+        match counts.iter_mut().find(|c| c.channel == s.channel) {
+            Some(c) => c.candidates += 1,
+            None => counts.push(ChannelCount {
+                channel: s.channel.clone(),
+                candidates: 1,
+            }),
+        }
+    }
+    counts
 }
 
 fn recall_cand((pos, c): (usize, RecallCandidate)) -> Cand {

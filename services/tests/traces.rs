@@ -1,0 +1,237 @@
+//! Traces end to end: the local stack's gateway writes every request's trace through the
+//! writer queue into the embedded store, and the query API answers search, why and why-not
+//! about real requests.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use recstack_services::gateway::{GatewayConfig, Recommendation};
+use recstack_services::ranking::batcher::BatchConfig;
+use recstack_services::ranking::model::Device;
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
+use recstack_trace_store::explain::{FellOut, Why, WhyNot};
+use recstack_trace_store::query::{Aggregates, Page};
+use recstack_trace_store::{Detail, Trace, outcome};
+use serde_json::Value;
+
+async fn start(trace_file: &Path) -> LocalStack {
+    let model = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/deepfm/model.onnx");
+    let opts = LocalOptions {
+        direct_links: true,
+        addrs: LocalAddrs::ephemeral(),
+        model: ModelSources {
+            primary: model,
+            canary: None,
+            canary_percent: 0,
+            device: Device::Cpu,
+            batch: BatchConfig::default(),
+            intra_threads: 1,
+        },
+        redis_url: None,
+        gateway: GatewayConfig {
+            full_trace_sample: 0.0,
+            ..GatewayConfig::default()
+        },
+        traces: LocalTraces::Embedded(trace_file.to_path_buf()),
+    };
+    serve::start_local(common::artifact_root(), opts).await.unwrap()
+}
+
+async fn get(addr: String, path: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || common::http_get(&addr, &path))
+        .await
+        .unwrap()
+}
+
+async fn recommend(stack: &LocalStack, user: &str, debug: bool) -> Recommendation {
+    let addr = stack.get("gateway").http.to_string();
+    let body = format!(r#"{{"user_id": "{user}", "n": 10, "debug": {debug}}}"#);
+    let (status, body) = tokio::task::spawn_blocking(move || common::http_post(&addr, "/v1/recommend", &body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls until the trace is in the store (the writer batches for up to 200 ms).
+async fn trace(api: &str, request_id: &str) -> Trace {
+    for _ in 0..100 {
+        let (status, body) = get(api.to_string(), format!("/v1/traces/{request_id}")).await;
+        if status == 200 {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert_eq!(status, 404, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("trace {request_id} never arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_query_api_explains_real_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(&dir.path().join("traces.sqlite")).await;
+    let api = stack.get("traces").http.to_string();
+    // A user with more candidates than the ranking cut, so every stage has leavers.
+    let mut found = None;
+    for user in (1..200).map(|u| u.to_string()) {
+        let debug = recommend(&stack, &user, true).await;
+        let full = trace(&api, &debug.request_id).await;
+        if full.candidates.len() > 500 {
+            found = Some((user, debug, full));
+            break;
+        }
+    }
+    let (user, debug, full) = found.expect("a user with over 500 candidates");
+    let user = user.as_str();
+    let plain = recommend(&stack, user, false).await;
+    // A user not tried above.
+    let other = recommend(&stack, &(user.parse::<u64>().unwrap() + 1).to_string(), false).await;
+    assert_eq!(debug.level, "full", "{:?}", debug.degraded);
+
+    // The stored trace is the served list with its lineage.
+    assert_eq!(full.detail, Detail::Full);
+    let recalled = full.stages.iter().find(|s| s.name == "recall").unwrap().items_out;
+    assert_eq!(full.candidates.len(), recalled as usize);
+    let served: Vec<&str> = debug.items.iter().map(|i| i.item_id.as_str()).collect();
+    let traced: Vec<&str> = full.items.iter().map(|i| i.item_id.as_str()).collect();
+    assert_eq!(traced, served);
+    assert!(!full.channels.is_empty());
+    let channel_total: u32 = full.channels.iter().map(|c| c.candidates).sum();
+    let sources_total: usize = full.candidates.iter().map(|c| c.sources.len()).sum();
+    assert_eq!(
+        channel_total as usize, sources_total,
+        "channel counts match the candidates' sources"
+    );
+    assert!(
+        full.items.iter().all(|i| i.filters_passed == ["seen", "block_list"]),
+        "{:?}",
+        full.items[0]
+    );
+    let summary = trace(&api, &plain.request_id).await;
+    assert_eq!(summary.detail, Detail::Summary);
+    assert!(summary.candidates.is_empty());
+    trace(&api, &other.request_id).await;
+
+    // Search by user, newest first; by a served item.
+    let (status, body) = get(api.clone(), format!("/v1/traces?user={user}")).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Page = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = page.hits.iter().map(|h| h.request_id.as_str()).collect();
+    assert_eq!(ids, [plain.request_id.as_str(), debug.request_id.as_str()]);
+    assert_eq!((page.total, page.hits[1].served), (2, 10));
+    let requests = user.parse::<u64>().unwrap() + 2; // a debug request per user tried, then two
+    let (_, body) = get(api.clone(), format!("/v1/traces?item={}&size=50", served[0])).await;
+    let page: Page = serde_json::from_str(&body).unwrap();
+    assert!(page.hits.iter().any(|h| h.request_id == debug.request_id), "{body}");
+    assert!(
+        page.hits
+            .iter()
+            .all(|h| h.request_id != other.request_id || other.items.iter().any(|i| i.item_id == served[0]))
+    );
+
+    // Why: the lineage of a served item.
+    let (status, body) = get(
+        api.clone(),
+        format!("/v1/traces/{}/why/{}", debug.request_id, served[0]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let why: Why = serde_json::from_str(&body).unwrap();
+    let channel = &debug.items[0].sources[0].channel;
+    assert!(why.steps[0].contains(channel.as_str()), "{:?}", why.steps);
+    assert!(why.steps.iter().any(|s| s.contains("deepfm")), "{:?}", why.steps);
+    let (status, body) = get(api.clone(), format!("/v1/traces/{}/why/nope", debug.request_id)).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("why-not"), "{body}");
+
+    // Why not: each stage the full trace can name, on real candidates.
+    let why_not = |item: String| {
+        let (api, id) = (api.clone(), debug.request_id.clone());
+        async move {
+            let (status, body) = get(api, format!("/v1/traces/{id}/why-not/{item}")).await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<WhyNot>(&body).unwrap()
+        }
+    };
+    let by_outcome = |o: &str| {
+        full.candidates
+            .iter()
+            .find(|c| c.outcome.starts_with(o))
+            .unwrap_or_else(|| panic!("a candidate with outcome {o}"))
+            .item_id
+            .clone()
+    };
+    assert_eq!(
+        why_not(by_outcome(outcome::RANKED_BELOW_CUT)).await.stage,
+        Some(FellOut::RankedBelowCut)
+    );
+    assert_eq!(
+        why_not(by_outcome(outcome::BELOW_RERANK_POOL)).await.stage,
+        Some(FellOut::RankedBelowCut)
+    );
+    assert_eq!(why_not(by_outcome("rerank:mmr")).await.stage, Some(FellOut::Diversity));
+    assert_eq!(why_not("no-such-item".into()).await.stage, Some(FellOut::NotInIndex));
+    assert_eq!(why_not(served[3].to_string()).await.stage, Some(FellOut::Served));
+    if let Some(seen) = full.filtered_seen.first() {
+        assert_eq!(why_not(seen.clone()).await.stage, Some(FellOut::FilteredSeen));
+    }
+    // A summary trace says plainly that it cannot tell.
+    let below = by_outcome(outcome::RANKED_BELOW_CUT);
+    if !plain.items.iter().any(|i| i.item_id == below) {
+        let (_, body) = get(api.clone(), format!("/v1/traces/{}/why-not/{below}", plain.request_id)).await;
+        let answer: WhyNot = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer.stage, None);
+        assert!(answer.explanation.contains("summary trace"), "{}", answer.explanation);
+    }
+
+    // Aggregates over the last hour.
+    let (status, body) = get(api.clone(), "/v1/aggregates?interval=1m".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let agg: Aggregates = serde_json::from_str(&body).unwrap();
+    assert_eq!(agg.requests, requests);
+    let per_level: u64 = agg.levels_over_time.iter().flat_map(|b| b.levels.values()).sum();
+    assert_eq!(per_level, requests);
+    assert!(agg.channels.contains_key(channel.as_str()), "{:?}", agg.channels);
+    assert_eq!(agg.stages["rerank"].count, requests);
+
+    // Bad parameters name the field; unknown requests are 404s.
+    let (status, body) = get(api.clone(), "/v1/traces?size=1000".into()).await;
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["field"], "size");
+    let (status, _) = get(api.clone(), "/v1/traces/no-such-request".into()).await;
+    assert_eq!(status, 404);
+
+    // Metrics: the writer's in the gateway, the API's in the query service.
+    let (_, metrics) = get(stack.get("gateway").http.to_string(), "/metrics".into()).await;
+    assert!(
+        metrics.contains(&format!("recstack_gateway_trace_writer_written_total {requests}")),
+        "{metrics}"
+    );
+    let (_, metrics) = get(api.clone(), "/metrics".into()).await;
+    assert!(
+        metrics.contains("recstack_trace_api_requests_total{status=\"400\"} 1"),
+        "{metrics}"
+    );
+    stack.stop().await.unwrap();
+}
+
+/// Stopping the stack flushes the writer: every trace offered is in the store afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_the_stack_flushes_the_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("traces.sqlite");
+    let stack = start(&file).await;
+    let mut ids = Vec::new();
+    for user in ["1", "2", "3", "4", "5"] {
+        ids.push(recommend(&stack, user, false).await.request_id);
+    }
+    stack.stop().await.unwrap();
+    let store = recstack_trace_store::embedded::EmbeddedStore::open(&file).unwrap();
+    use recstack_trace_store::store::TraceStore;
+    for id in ids {
+        assert!(store.get(&id).await.unwrap().is_some(), "{id} lost at shutdown");
+    }
+}
