@@ -583,7 +583,7 @@ async fn up(
             "  curl -s 'http://{}/v1/traces?user=1'   (then /v1/traces/<request_id>/why/<item_id>)",
             traces.http
         );
-        println!("traces are kept in {}", trace_file.display());
+        println!("trace store file: {}", trace_file.display());
     }
     println!("Ctrl-C stops.");
     until_ctrl_c(stack.services).await

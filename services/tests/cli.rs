@@ -84,6 +84,21 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
     assert_eq!(v["items"].as_array().unwrap().len(), 10, "{body}");
     assert_eq!(v["model_version"], "deepfm-1", "{body}");
 
+    // Its trace reaches the embedded store and the query API the banner names.
+    let traces = address_after(&banner, "traces");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (status, body) = common::http_get(&traces, "/v1/traces?user=1");
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if page["total"] == 1 {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no trace: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(page["hits"][0]["request_id"], v["request_id"], "{page}");
+
     let (recall, features) = (address_after(&banner, "recall"), address_after(&banner, "features"));
     let out = recstack(&[
         "query",
@@ -112,5 +127,9 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
+    assert!(
+        artifacts.join("traces/traces.sqlite").is_file(),
+        "the trace store is beside the artifacts"
+    );
     std::fs::remove_dir_all(&artifacts).ok();
 }

@@ -128,7 +128,7 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
         },
         experiment: "mmr-lambda".into(),
         bucket: (seq % 100) as u32,
-        variant: if seq % 2 == 0 { "control" } else { "diverse" }.into(),
+        variant: if seq.is_multiple_of(2) { "control" } else { "diverse" }.into(),
         model_version: Some(if seq % 10 == 3 { "deepfm-2" } else { "deepfm-1" }.into()),
         artifact_version: Some("v-sample".into()),
         latency_us: recall_us + ranking_us + rerank_us + 200,
