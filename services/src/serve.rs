@@ -510,6 +510,8 @@ pub struct LocalOptions {
 
 /// Where the local stack keeps traces.
 pub enum LocalTraces {
+    /// None kept (benchmarks of tracing's cost).
+    Off,
     /// The newest N in memory, no query API (tests that read traces directly).
     Memory(usize),
     /// The embedded store at this file, with the query API on `LocalAddrs::traces`.
@@ -591,6 +593,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         })?
     };
     let (traces, sink, store) = match opts.traces {
+        LocalTraces::Off => (GatewayTraces::Off, None, None),
         LocalTraces::Memory(n) => {
             let sink = Arc::new(MemorySink::new(n));
             (GatewayTraces::Memory(sink.clone()), Some(sink), None)

@@ -1,0 +1,149 @@
+//! Trace-store throughput and the writer queue's memory bound, printed as Markdown tables.
+//!
+//! `cargo bench -p recstack-trace-store --bench traces` (starts the ES-compatible test server
+//! from `.venv`; run `scripts/setup` first).
+//!
+//! 1. Traces/s into each store, summary and full traces, straight `put` in batches and through
+//!    the writer (offer everything, then shut down: the time until the last trace is stored).
+//!    The Elasticsearch figures are the test server's ceiling (`osmem-server` is an in-memory
+//!    Go server, ~1K docs/s), not Elasticsearch's.
+//! 2. The queue bound: a writer whose store is unreachable, offered traces until it drops:
+//!    how many it holds, its estimate of their memory against the cap, and the process's
+//!    resident memory growth.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use recstack_trace_store::elastic::{ElasticConfig, ElasticStore};
+use recstack_trace_store::embedded::EmbeddedStore;
+use recstack_trace_store::sample;
+use recstack_trace_store::store::{TraceStore, now_ms};
+use recstack_trace_store::testkit::TestServer;
+use recstack_trace_store::writer::{TraceWriter, WriterConfig};
+use recstack_trace_store::{Trace, TraceSink};
+
+fn traces(full: bool, n: u64, offset: u64) -> Vec<Trace> {
+    let now = now_ms();
+    (offset..offset + n)
+        .map(|i| {
+            if full {
+                sample::full_trace(i, now + i as i64)
+            } else {
+                sample::summary_trace(i, now + i as i64)
+            }
+        })
+        .collect()
+}
+
+async fn put_rate(store: &dyn TraceStore, traces: &[Trace], batch: usize) -> f64 {
+    let start = Instant::now();
+    for chunk in traces.chunks(batch) {
+        let out = store.put(chunk).await.expect("put");
+        assert_eq!(out.written, chunk.len());
+    }
+    traces.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn writer_rate(store: Arc<dyn TraceStore>, traces: Vec<Trace>) -> (f64, u64) {
+    let mut registry = Registry::default();
+    let config = WriterConfig {
+        max_traces: traces.len(),
+        max_bytes: usize::MAX,
+        ..WriterConfig::default()
+    };
+    let (writer, task) = TraceWriter::spawn(store, config, &mut registry);
+    let n = traces.len();
+    let start = Instant::now();
+    for t in traces {
+        writer.offer(t);
+    }
+    task.shutdown().await;
+    let s = writer.stats();
+    assert_eq!(s.written as usize + s.dropped as usize, n);
+    (s.written as f64 / start.elapsed().as_secs_f64(), s.dropped)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!(
+        "| traces offered | queue cap (traces / estimated MiB) | held | dropped | estimate MiB | RSS growth MiB |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (full, offered) in [(false, 20_000u64), (true, 2_000)] {
+        // A store nobody answers: the writer retries its first batch and the queue fills.
+        let mut down = ElasticConfig::new("http://127.0.0.1:9");
+        down.timeout = Duration::from_millis(200);
+        let store: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&down).unwrap());
+        let config = WriterConfig {
+            max_traces: 10_000,
+            max_bytes: 64 << 20,
+            shutdown_grace: Duration::from_millis(100),
+            ..WriterConfig::default()
+        };
+        let before = rss_bytes();
+        let mut registry = Registry::default();
+        let (writer, task) = TraceWriter::spawn(store, config.clone(), &mut registry);
+        // Made one at a time: what the queue drops is freed, what it holds is the growth.
+        let now = now_ms();
+        for i in 0..offered {
+            writer.offer(if full {
+                sample::full_trace(i, now)
+            } else {
+                sample::summary_trace(i, now)
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = writer.stats();
+        let grown = rss_bytes().saturating_sub(before);
+        println!(
+            "| {offered} {} | {} / {} | {} | {} | {:.1} | {:.1} |",
+            if full { "full" } else { "summary" },
+            config.max_traces,
+            config.max_bytes >> 20,
+            s.queued,
+            s.dropped,
+            s.queued_bytes as f64 / (1 << 20) as f64,
+            grown as f64 / (1 << 20) as f64
+        );
+        task.shutdown().await;
+    }
+
+    println!();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().expect("osmem-server (run scripts/setup)");
+    let mut es_config = ElasticConfig::new(server.url());
+    es_config.timeout = Duration::from_secs(120);
+
+    println!("| store | traces | how | n | traces/s |");
+    println!("|---|---|---|---:|---:|");
+    // (full?, n embedded, n elasticsearch, batch)
+    for (full, n_embedded, n_es, batch) in [(false, 20_000u64, 2_000u64, 500usize), (true, 1_000, 100, 50)] {
+        let kind = if full {
+            "full (1,000 candidates)"
+        } else {
+            "summary (20 items)"
+        };
+        let embedded: Arc<dyn TraceStore> =
+            Arc::new(EmbeddedStore::open(dir.path().join(format!("bench-{full}.sqlite"))).unwrap());
+        let rate = put_rate(&*embedded, &traces(full, n_embedded, 0), batch).await;
+        println!("| embedded (SQLite) | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} |");
+        let (rate, _) = writer_rate(embedded, traces(full, n_embedded, 1_000_000)).await;
+        println!("| embedded (SQLite) | {kind} | through the writer | {n_embedded} | {rate:.0} |");
+
+        es_config.prefix = format!("bench-{full}");
+        let es: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&es_config).unwrap());
+        let rate = put_rate(&*es, &traces(full, n_es, 0), batch).await;
+        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} |");
+        let (rate, _) = writer_rate(es, traces(full, n_es, 1_000_000)).await;
+        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} |");
+    }
+    drop(server);
+}
