@@ -23,6 +23,9 @@ const CONCURRENCY: usize = 4;
 const REQUESTS: usize = 800;
 const ROUNDS: usize = 2;
 
+/// Where a run keeps its traces, given a scratch directory.
+type TracesIn = fn(&std::path::Path) -> LocalTraces;
+
 struct Run {
     rate: f64,
     p50_ms: f64,
@@ -111,7 +114,7 @@ async fn main() {
     build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
     let users: Vec<String> = a.users.iter().step_by(7).take(400).cloned().collect();
 
-    let configs: [(&str, fn(&std::path::Path) -> LocalTraces, f64); 3] = [
+    let configs: [(&str, TracesIn, f64); 3] = [
         ("off", |_| LocalTraces::Off, 0.0),
         (
             "summary, every request",
