@@ -71,51 +71,67 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+const QUEUE_CASE: &str = "RECSTACK_BENCH_QUEUE_CASE";
+
+/// A writer whose store nobody answers, offered traces until it drops: what it holds.
+async fn queue_case(full: bool) {
+    let offered: u64 = if full { 2_000 } else { 20_000 };
+    // The writer retries its first batch and the queue fills.
+    let mut down = ElasticConfig::new("http://127.0.0.1:9");
+    down.timeout = Duration::from_millis(200);
+    let store: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&down).unwrap());
+    let config = WriterConfig {
+        max_traces: 10_000,
+        max_bytes: 64 << 20,
+        shutdown_grace: Duration::from_millis(100),
+        ..WriterConfig::default()
+    };
+    let before = rss_bytes();
+    let mut registry = Registry::default();
+    let (writer, task) = TraceWriter::spawn(store, config.clone(), &mut registry);
+    // Made one at a time: what the queue drops is freed, what it holds is the growth.
+    let now = now_ms();
+    for i in 0..offered {
+        writer.offer(if full {
+            sample::full_trace(i, now)
+        } else {
+            sample::summary_trace(i, now)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = writer.stats();
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "| {offered} {} | {} / {} | {} | {} | {:.1} | {:.1} |",
+        if full { "full" } else { "summary" },
+        config.max_traces,
+        config.max_bytes >> 20,
+        s.queued,
+        s.dropped,
+        s.queued_bytes as f64 / (1 << 20) as f64,
+        grown as f64 / (1 << 20) as f64
+    );
+    task.shutdown().await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Each queue case in its own process, so resident memory is not reused between cases.
+    if let Ok(case) = std::env::var(QUEUE_CASE) {
+        queue_case(case == "full").await;
+        return;
+    }
     println!(
         "| traces offered | queue cap (traces / estimated MiB) | held | dropped | estimate MiB | RSS growth MiB |"
     );
     println!("|---|---|---:|---:|---:|---:|");
-    for (full, offered) in [(false, 20_000u64), (true, 2_000)] {
-        // A store nobody answers: the writer retries its first batch and the queue fills.
-        let mut down = ElasticConfig::new("http://127.0.0.1:9");
-        down.timeout = Duration::from_millis(200);
-        let store: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&down).unwrap());
-        let config = WriterConfig {
-            max_traces: 10_000,
-            max_bytes: 64 << 20,
-            shutdown_grace: Duration::from_millis(100),
-            ..WriterConfig::default()
-        };
-        let before = rss_bytes();
-        let mut registry = Registry::default();
-        let (writer, task) = TraceWriter::spawn(store, config.clone(), &mut registry);
-        // Made one at a time: what the queue drops is freed, what it holds is the growth.
-        let now = now_ms();
-        for i in 0..offered {
-            writer.offer(if full {
-                sample::full_trace(i, now)
-            } else {
-                sample::summary_trace(i, now)
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let s = writer.stats();
-        let grown = rss_bytes().saturating_sub(before);
-        println!(
-            "| {offered} {} | {} / {} | {} | {} | {:.1} | {:.1} |",
-            if full { "full" } else { "summary" },
-            config.max_traces,
-            config.max_bytes >> 20,
-            s.queued,
-            s.dropped,
-            s.queued_bytes as f64 / (1 << 20) as f64,
-            grown as f64 / (1 << 20) as f64
-        );
-        task.shutdown().await;
+    for case in ["summary", "full"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(QUEUE_CASE, case)
+            .output()
+            .expect("queue case");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
-
     println!();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start().expect("osmem-server (run scripts/setup)");

@@ -32,7 +32,8 @@ pub fn seen_item_id(seq: u64, k: usize) -> String {
 pub fn summary_trace(seq: u64, timestamp_ms: i64) -> Trace {
     let mut t = full_trace(seq, timestamp_ms);
     t.detail = Detail::Summary;
-    t.candidates.clear();
+    // Free the list (not `clear`, which keeps its memory): a summary holds no candidates.
+    t.candidates = Vec::new();
     t
 }
 
