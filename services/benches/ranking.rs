@@ -127,16 +127,12 @@ async fn service(
     requests: &[RankRequest],
 ) -> Row {
     let sources = ModelSources {
-        primary: model.to_path_buf(),
-        canary: None,
-        canary_percent: 0,
-        device: Device::Cpu,
         batch: BatchConfig {
             enabled: batching,
             max_batch: 4096,
             ..BatchConfig::default()
         },
-        intra_threads: 1,
+        ..ModelSources::cpu(model.to_path_buf())
     };
     let svc = serve::ranking(items, sources, Duration::from_secs(3600), serve::Addrs::ephemeral())
         .await

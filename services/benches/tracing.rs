@@ -14,8 +14,6 @@ use recstack_services::dataset::{self, Dataset};
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
-use recstack_services::ranking::batcher::BatchConfig;
-use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 
@@ -36,14 +34,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
     let opts = LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources {
-            primary: recstack_services::source_file("models/deepfm/model.onnx"),
-            canary: None,
-            canary_percent: 0,
-            device: Device::Cpu,
-            batch: BatchConfig::default(),
-            intra_threads: 1,
-        },
+        model: ModelSources::cpu(recstack_services::source_file("models/deepfm/model.onnx")),
         redis_url: None,
         gateway: GatewayConfig {
             full_trace_sample: full,

@@ -13,7 +13,6 @@ use recstack_services::build::Artifacts;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::gateway::{GatewayConfig, Recommendation};
-use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::export::{self, ExportParams};
 use recstack_services::ranking::model::{Device, ModelCard, OnnxModel};
 use recstack_services::ranking::service::ModelSources;
@@ -24,14 +23,7 @@ fn bundled_model() -> PathBuf {
 }
 
 fn sources(model: PathBuf) -> ModelSources {
-    ModelSources {
-        primary: model,
-        canary: None,
-        canary_percent: 0,
-        device: Device::Cpu,
-        batch: BatchConfig::default(),
-        intra_threads: 1,
-    }
+    ModelSources::cpu(model)
 }
 
 /// The stack with the gateway calling the services over gRPC, as in a cluster.

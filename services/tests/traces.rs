@@ -8,8 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use recstack_services::gateway::{GatewayConfig, Recommendation};
-use recstack_services::ranking::batcher::BatchConfig;
-use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
 use recstack_trace_store::explain::{FellOut, Why, WhyNot};
@@ -22,14 +20,7 @@ async fn start(trace_file: &Path) -> LocalStack {
     let opts = LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources {
-            primary: model,
-            canary: None,
-            canary_percent: 0,
-            device: Device::Cpu,
-            batch: BatchConfig::default(),
-            intra_threads: 1,
-        },
+        model: ModelSources::cpu(model),
         redis_url: None,
         gateway: GatewayConfig {
             full_trace_sample: 0.0,

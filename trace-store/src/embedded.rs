@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::Trace;
-use crate::query::{self, AggregateQuery, Aggregates, LevelBucket, Page, SearchQuery, TraceSummary};
+use crate::query::{self, AggregateQuery, Aggregates, Page, SearchQuery, TraceSummary};
 use crate::store::{PutOutcome, StoreError, TraceStore};
 
 const SCHEMA: &str = "
@@ -303,43 +303,23 @@ fn aggregate(conn: &Connection, q: &AggregateQuery) -> Result<Aggregates, StoreE
             channels.insert(ch, n as u64);
         }
     }
-    let mut stages = std::collections::BTreeMap::new();
+    let mut stages: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT s.name, s.latency_us FROM traces t JOIN stage_latency s ON s.request_id = t.request_id
-                 WHERE t.ts >= ?1 AND t.ts < ?2 ORDER BY s.name, s.latency_us",
+                 WHERE t.ts >= ?1 AND t.ts < ?2",
             )
             .map_err(unavailable)?;
         let rows = stmt
             .query_map(range, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .map_err(unavailable)?;
-        let mut current: Option<(String, Vec<u64>)> = None;
         for row in rows {
             let (name, us) = row.map_err(unavailable)?;
-            match &mut current {
-                Some((n, v)) if *n == name => v.push(us.max(0) as u64),
-                _ => {
-                    if let Some((n, v)) = current.take() {
-                        stages.insert(n, query::stage_latency(&v));
-                    }
-                    current = Some((name, vec![us.max(0) as u64]));
-                }
-            }
-        }
-        if let Some((n, v)) = current {
-            stages.insert(n, query::stage_latency(&v));
+            stages.entry(name).or_default().push(us.max(0) as u64);
         }
     }
-    Ok(Aggregates {
-        requests,
-        levels_over_time: levels
-            .into_iter()
-            .map(|(start_ms, levels)| LevelBucket { start_ms, levels })
-            .collect(),
-        channels,
-        stages,
-    })
+    Ok(Aggregates::from_parts(requests, levels, channels, stages))
 }
 
 fn retain(conn: &mut Connection, cutoff_ms: i64) -> Result<u64, StoreError> {

@@ -251,20 +251,33 @@ pub fn aggregate(traces: &[Trace], q: &AggregateQuery) -> Aggregates {
             stages.entry(s.name.clone()).or_default().push(s.latency_us);
         }
     }
-    Aggregates {
-        requests,
-        levels_over_time: levels
-            .into_iter()
-            .map(|(start_ms, levels)| LevelBucket { start_ms, levels })
-            .collect(),
-        channels,
-        stages: stages
-            .into_iter()
-            .map(|(name, mut v)| {
-                v.sort_unstable();
-                (name, stage_latency(&v))
-            })
-            .collect(),
+    Aggregates::from_parts(requests, levels, channels, stages)
+}
+
+impl Aggregates {
+    /// The answer from what a store collected: requests per level by bucket start, served
+    /// items per channel, and each stage's latencies (in any order).
+    pub fn from_parts(
+        requests: u64,
+        levels: BTreeMap<i64, BTreeMap<String, u64>>,
+        channels: BTreeMap<String, u64>,
+        stages: BTreeMap<String, Vec<u64>>,
+    ) -> Self {
+        Self {
+            requests,
+            levels_over_time: levels
+                .into_iter()
+                .map(|(start_ms, levels)| LevelBucket { start_ms, levels })
+                .collect(),
+            channels,
+            stages: stages
+                .into_iter()
+                .map(|(name, mut v)| {
+                    v.sort_unstable();
+                    (name, stage_latency(&v))
+                })
+                .collect(),
+        }
     }
 }
 

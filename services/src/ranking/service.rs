@@ -140,6 +140,20 @@ pub struct ModelSources {
     pub intra_threads: usize,
 }
 
+impl ModelSources {
+    /// One model on the CPU, default batching, one thread per call, no canary.
+    pub fn cpu(primary: PathBuf) -> Self {
+        Self {
+            primary,
+            canary: None,
+            canary_percent: 0,
+            device: Device::Cpu,
+            batch: BatchConfig::default(),
+            intra_threads: 1,
+        }
+    }
+}
+
 /// A model behind its batching queue, with the features it reads.
 pub struct LoadedModel {
     pub batcher: Batcher,
