@@ -41,6 +41,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
             ..GatewayConfig::default()
         },
         traces,
+        dashboard_site: None,
     };
     let stack = serve::start_local(root, opts).await.expect("local stack");
     let client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();

@@ -70,6 +70,10 @@ enum Command {
         /// Percent of requests traced in full (every candidate); debug requests always are.
         #[arg(long, default_value_t = 1.0)]
         trace_full_percent: f64,
+        /// The dashboard's browser build (default: `dashboard/site` of this checkout, made by
+        /// `scripts/build-dashboard`); without it pages are served without hydration.
+        #[arg(long, env = "RECSTACK_DASHBOARD_SITE")]
+        dashboard_site: Option<PathBuf>,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
     Query {
@@ -362,6 +366,36 @@ enum ServeCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The dashboard over a trace query API; stack status from a RecommenderStack (`--stack`)
+    /// or, without one, from the health of the `--component NAME=URL`s given.
+    Dashboard {
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        traces_url: String,
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        http_addr: SocketAddr,
+        /// The RecommenderStack to show (read through the Kubernetes API).
+        #[arg(long, requires = "namespace")]
+        stack: Option<String>,
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// A component whose `/readyz` the status page checks, as `NAME=http://HOST:PORT`.
+        #[arg(long = "component", value_parser = parse_component, conflicts_with = "stack")]
+        components: Vec<(String, String)>,
+        /// The browser build (`scripts/build-dashboard`).
+        #[arg(long, env = "RECSTACK_DASHBOARD_SITE")]
+        site: Option<PathBuf>,
+    },
+}
+
+/// `NAME=URL` of `--component`.
+fn parse_component(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=http://HOST:PORT"))?;
+    if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{s:?}: expected NAME=http://HOST:PORT"));
+    }
+    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
 }
 
 /// `ITEM:POSITION` of `--pin`.
@@ -519,6 +553,33 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             };
             serve::trace_query(store, index, http_addr).await?
         }
+        ServeCommand::Dashboard {
+            traces_url,
+            http_addr,
+            stack,
+            namespace,
+            components,
+            site,
+        } => {
+            use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
+            let status = match (stack, namespace) {
+                (Some(name), Some(namespace)) => StatusSource::cluster(namespace, name)
+                    .await
+                    .context("connecting to the Kubernetes API for the stack's status")?,
+                _ => StatusSource::local(
+                    components
+                        .into_iter()
+                        .map(|(name, url)| LocalComponent { name, url })
+                        .collect(),
+                ),
+            };
+            let config = DashboardConfig {
+                traces_url,
+                status,
+                site_root: site,
+            };
+            serve::dashboard(config, http_addr).await?
+        }
     };
     match service.grpc {
         Some(grpc) => eprintln!("{}: gRPC on {grpc}, HTTP on http://{}", service.name, service.http),
@@ -535,6 +596,7 @@ async fn up(
     grpc_links: bool,
     trace_file: PathBuf,
     gateway: GatewayConfig,
+    dashboard_site: PathBuf,
 ) -> anyhow::Result<()> {
     let opts = LocalOptions {
         addrs: if ephemeral {
@@ -547,6 +609,7 @@ async fn up(
         gateway,
         traces: LocalTraces::Embedded(trace_file.clone()),
         direct_links: !grpc_links,
+        dashboard_site: Some(dashboard_site),
     };
     let stack = serve::start_local(&artifacts, opts).await?;
     let gw = stack.get("gateway");
@@ -556,6 +619,9 @@ async fn up(
     );
     println!("  gateway   http://{}/v1/recommend   {}", gw.http, gw.grpc_url());
     for s in &stack.services[1..] {
+        if s.name == "dashboard" {
+            continue;
+        }
         match s.grpc {
             Some(grpc) => println!("  {:<9} http://{grpc}   metrics http://{}/metrics", s.name, s.http),
             None => println!(
@@ -584,6 +650,12 @@ async fn up(
             traces.http
         );
         println!("trace store file: {}", trace_file.display());
+    }
+    if let Some(dashboard) = stack.find("dashboard") {
+        println!(
+            "dashboard: http://{}/   (traces, funnels, lineage, why-not, stack status)",
+            dashboard.http
+        );
     }
     println!("Ctrl-C stops.");
     until_ctrl_c(stack.services).await
@@ -722,6 +794,7 @@ fn main() -> anyhow::Result<()> {
             grpc_links,
             trace_file,
             trace_full_percent,
+            dashboard_site,
         } => {
             if !artifacts.join("current").exists() {
                 eprintln!(
@@ -747,6 +820,7 @@ fn main() -> anyhow::Result<()> {
                 grpc_links,
                 traces,
                 gateway,
+                dashboard_site.unwrap_or_else(|| recstack_services::source_file("../dashboard/site")),
             ))
         }
         Command::Query {

@@ -457,6 +457,45 @@ pub async fn trace_query(
     .await
 }
 
+/// The dashboard (HTTP only): pages and their server functions over the trace query API at
+/// `traces_url`, stack status from `status`, the browser build from `site_root`.
+pub async fn dashboard(
+    config: recstack_dashboard::server::DashboardConfig,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("recstack_dashboard");
+    let requests = Family::<StatusLabels, Counter>::default();
+    registry.register(
+        "requests",
+        "Dashboard requests (pages, server functions, files), by response status",
+        requests.clone(),
+    );
+    let app = recstack_dashboard::server::router(config).layer(axum::middleware::from_fn(
+        move |request, next: axum::middleware::Next| {
+            let requests = requests.clone();
+            async move {
+                let response = next.run(request).await;
+                requests
+                    .get_or_create(&StatusLabels {
+                        status: response.status().as_u16(),
+                    })
+                    .inc();
+                response
+            }
+        },
+    ));
+    let encode: ops::Encode = Arc::new(move || ops::encode(&registry));
+    spawn(
+        "dashboard",
+        Addrs { grpc: http, http },
+        None,
+        app.merge(ops_router(encode)),
+        DirectService::None,
+        async {},
+    )
+    .await
+}
+
 /// Addresses of the local stack's services.
 #[derive(Clone, Debug)]
 pub struct LocalAddrs {
@@ -467,6 +506,8 @@ pub struct LocalAddrs {
     pub rerank: Addrs,
     /// The trace query API (HTTP only).
     pub traces: SocketAddr,
+    /// The dashboard (HTTP only).
+    pub dashboard: SocketAddr,
 }
 
 impl LocalAddrs {
@@ -483,6 +524,7 @@ impl LocalAddrs {
             ranking: at(9092, 8082),
             rerank: at(9093, 8083),
             traces: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            dashboard: SocketAddr::from(([127, 0, 0, 1], 8091)),
         }
     }
 
@@ -494,6 +536,7 @@ impl LocalAddrs {
             ranking: Addrs::ephemeral(),
             rerank: Addrs::ephemeral(),
             traces: Addrs::ephemeral().http,
+            dashboard: Addrs::ephemeral().http,
         }
     }
 }
@@ -506,6 +549,9 @@ pub struct LocalOptions {
     pub traces: LocalTraces,
     /// The gateway calls the services in this process directly instead of over gRPC.
     pub direct_links: bool,
+    /// The dashboard's browser build (`scripts/build-dashboard`); without it the dashboard
+    /// serves pages without hydration. The dashboard runs with [`LocalTraces::Embedded`].
+    pub dashboard_site: Option<PathBuf>,
 }
 
 /// Where the local stack keeps traces.
@@ -619,7 +665,22 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     // The gateway first: stopping it flushes its traces before the rest go.
     let mut services = vec![gateway, recall, features, ranking, rerank];
     if let Some(store) = store {
-        services.push(trace_query(store, Some(index), a.traces).await?);
+        let traces = trace_query(store, Some(index), a.traces).await?;
+        let components = services
+            .iter()
+            .chain([&traces])
+            .map(|s| recstack_dashboard::server::LocalComponent {
+                name: s.name.to_string(),
+                url: format!("http://{}", s.http),
+            })
+            .collect();
+        let config = recstack_dashboard::server::DashboardConfig {
+            traces_url: format!("http://{}", traces.http),
+            status: recstack_dashboard::server::StatusSource::local(components),
+            site_root: opts.dashboard_site,
+        };
+        services.push(traces);
+        services.push(dashboard(config, a.dashboard).await?);
     }
     Ok(LocalStack {
         services,

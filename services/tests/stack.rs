@@ -44,6 +44,7 @@ async fn start_with(config: GatewayConfig, direct_links: bool) -> LocalStack {
         redis_url: None,
         gateway: config,
         traces: LocalTraces::Memory(10_000),
+        dashboard_site: None,
     };
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }

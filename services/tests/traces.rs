@@ -27,6 +27,7 @@ async fn start(trace_file: &Path) -> LocalStack {
             ..GatewayConfig::default()
         },
         traces: LocalTraces::Embedded(trace_file.to_path_buf()),
+        dashboard_site: None,
     };
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }

@@ -131,7 +131,7 @@ pub fn index_template(prefix: &str) -> Value {
                     "artifact_version": keyword,
                     "latency_us": { "type": "long" },
                     "stages": { "type": "nested", "properties": {
-                        "name": keyword, "latency_us": { "type": "long" },
+                        "name": keyword, "latency_us": { "type": "long" }, "start_us": { "type": "long" },
                         "items_in": { "type": "integer" }, "items_out": { "type": "integer" }, "outcome": keyword,
                     }},
                     "channels": { "type": "nested", "properties": {

@@ -11,14 +11,20 @@
 //! - [`api`]: the JSON query API (axum).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
 pub mod elastic;
+#[cfg(feature = "server")]
 pub mod embedded;
 pub mod explain;
 pub mod query;
 pub mod sample;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod testkit;
+#[cfg(feature = "server")]
 pub mod writer;
 
 use std::collections::VecDeque;
@@ -79,6 +85,10 @@ pub struct StageRecord {
     /// features, recall, ranking, rerank, popular, fallback.
     pub name: String,
     pub latency_us: u64,
+    /// When the stage began, µs after the request did (stages run in parallel: features and
+    /// recall together). Absent in traces written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_us: Option<u64>,
     pub items_in: u32,
     pub items_out: u32,
     /// `ok`, `skipped: …` or `failed: …`.

@@ -99,9 +99,10 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
             }
         }
     }
-    let stage = |name: &str, latency_us: u64, items_in: u32, items_out: u32| StageRecord {
+    let stage = |name: &str, start_us: u64, latency_us: u64, items_in: u32, items_out: u32| StageRecord {
         name: name.into(),
         latency_us,
+        start_us: Some(start_us),
         items_in,
         items_out,
         outcome: "ok".into(),
@@ -134,10 +135,16 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
         artifact_version: Some("v-sample".into()),
         latency_us: recall_us + ranking_us + rerank_us + 200,
         stages: vec![
-            stage("features", 300 + rng.next() % 200, 0, 1),
-            stage("recall", recall_us, 0, CANDIDATES as u32),
-            stage("ranking", ranking_us, RANK_CUT as u32, RANK_CUT as u32),
-            stage("rerank", rerank_us, RERANK_POOL as u32, SERVED as u32),
+            stage("features", 50, 300 + rng.next() % 200, 0, 1),
+            stage("recall", 50, recall_us, 0, CANDIDATES as u32),
+            stage("ranking", 100 + recall_us, ranking_us, RANK_CUT as u32, RANK_CUT as u32),
+            stage(
+                "rerank",
+                150 + recall_us + ranking_us,
+                rerank_us,
+                RERANK_POOL as u32,
+                SERVED as u32,
+            ),
         ],
         channels: CHANNELS
             .iter()

@@ -366,6 +366,12 @@ struct Cand {
     rank_score: Option<f32>,
 }
 
+/// The stages one request ran, each with its start offset from the request's start.
+struct StageLog {
+    began: Instant,
+    records: Mutex<Vec<StageRecord>>,
+}
+
 /// Decrements the in-flight count when the request ends, however it ends.
 struct InFlight<'a>(&'a AtomicUsize, &'a Gauge);
 
@@ -406,12 +412,12 @@ impl Gateway {
         self.breakers[&stage].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Calls one downstream within its stage budget, through its breaker.
+    /// Calls one downstream within its stage budget, through its breaker, and logs the stage.
     async fn call<T, F>(
         &self,
         stage: Stage,
         end: Instant,
-        stages: &Mutex<Vec<StageRecord>>,
+        stages: &StageLog,
         items_in: u32,
         call: impl FnOnce(Duration) -> F,
     ) -> Result<T, String>
@@ -451,16 +457,21 @@ impl Gateway {
         if outcome.is_err() {
             self.metrics.stage_failures.get_or_create(&labels).inc();
         }
-        stages.lock().unwrap_or_else(|e| e.into_inner()).push(StageRecord {
-            name: stage.name().to_string(),
-            latency_us: took.as_micros() as u64,
-            items_in,
-            items_out: 0,
-            outcome: match &outcome {
-                Ok(_) => "ok".into(),
-                Err(e) => format!("failed: {e}"),
-            },
-        });
+        stages
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(StageRecord {
+                name: stage.name().to_string(),
+                latency_us: took.as_micros() as u64,
+                start_us: Some(start.saturating_duration_since(stages.began).as_micros() as u64),
+                items_in,
+                items_out: 0,
+                outcome: match &outcome {
+                    Ok(_) => "ok".into(),
+                    Err(e) => format!("failed: {e}"),
+                },
+            });
         outcome
     }
 
@@ -496,7 +507,10 @@ impl Gateway {
         let (request_id, trace_id) = self.ids(traceparent);
         let timeout = q.timeout.unwrap_or(self.config.default_timeout);
         let (mut level, mut degraded) = plan(in_flight, &self.config.load, self.health(start));
-        let stages = Mutex::new(Vec::new());
+        let stages = StageLog {
+            began: start,
+            records: Mutex::new(Vec::new()),
+        };
         let mut user: Option<UserFeatures> = None;
         let mut cands: Vec<Cand> = Vec::new();
         let mut filtered_seen = Vec::new();
@@ -749,7 +763,7 @@ impl Gateway {
         let trace = self.trace(
             &q,
             &response,
-            stages.into_inner().unwrap_or_else(|e| e.into_inner()),
+            stages.records.into_inner().unwrap_or_else(|e| e.into_inner()),
             &cands,
             &served,
             filtered_seen,

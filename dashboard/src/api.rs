@@ -1,0 +1,212 @@
+//! The server functions the pages call (run on the server, called over HTTP from the browser)
+//! and the shapes they return. On the server each one asks the trace query API or the stack
+//! status source held in [`crate::server::Dashboard`].
+
+use leptos::prelude::*;
+use recstack_trace_store::Trace;
+use recstack_trace_store::explain::WhyNot;
+use recstack_trace_store::query::{Aggregates, Page};
+use serde::{Deserialize, Serialize};
+
+use crate::model::CandidatePage;
+
+/// The search form's fields as typed (empty = not filtered).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SearchFilters {
+    pub user: String,
+    pub item: String,
+    pub from: String,
+    pub to: String,
+    pub level: String,
+    pub model_version: String,
+    pub bucket: String,
+    /// The previous page's `next`.
+    pub after: String,
+}
+
+impl SearchFilters {
+    /// The form fields in query-string order (names as the query API and the page URL use them).
+    pub fn fields(&self) -> [(&'static str, &str); 8] {
+        [
+            ("user", &self.user),
+            ("item", &self.item),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("level", &self.level),
+            ("model_version", &self.model_version),
+            ("bucket", &self.bucket),
+            ("after", &self.after),
+        ]
+    }
+
+    /// The trace query API's parameters: non-empty fields, times normalized.
+    pub fn to_api_params(&self) -> Result<Vec<(&'static str, String)>, (&'static str, String)> {
+        let mut out = Vec::new();
+        for (name, value) in self.fields() {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            let value = if name == "from" || name == "to" {
+                match crate::model::normalize_time(value).map_err(|e| (name, e))? {
+                    Some(v) => v,
+                    None => continue,
+                }
+            } else {
+                value.to_string()
+            };
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
+
+/// A trace for the request view: everything but the candidate list, which comes a page at a
+/// time (a full trace has a thousand).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceView {
+    pub trace: Trace,
+    /// `None` for a summary trace.
+    pub candidates: Option<CandidatePage>,
+}
+
+/// One component of the stack and how it is doing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComponentHealth {
+    pub name: String,
+    pub ready: bool,
+    /// `2/3 replicas ready`, `ready in 1.2 ms`, or what went wrong.
+    pub detail: String,
+    /// Where it listens, when known.
+    pub address: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConditionView {
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub since: String,
+}
+
+/// The RecommenderStack (in a cluster) or the local stack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackStatus {
+    /// `local` or `namespace/name`.
+    pub name: String,
+    /// `Running`, `Progressing`, `Degraded`, `Paused`, or `Unknown`.
+    pub phase: String,
+    pub conditions: Vec<ConditionView>,
+    pub components: Vec<ComponentHealth>,
+}
+
+#[cfg(feature = "ssr")]
+/// An error for the page: the message, and the form field it is about when there is one.
+fn page_error(field: Option<&str>, message: impl std::fmt::Display) -> ServerFnError {
+    match field {
+        Some(f) => ServerFnError::new(format!("{f}: {message}")),
+        None => ServerFnError::new(message.to_string()),
+    }
+}
+
+#[server]
+pub async fn search_traces(filters: SearchFilters) -> Result<Page, ServerFnError> {
+    let params = filters.to_api_params().map_err(|(f, e)| page_error(Some(f), e))?;
+    let d = crate::server::Dashboard::current()?;
+    d.traces.get("/v1/traces", &params).await.map_err(Into::into)
+}
+
+#[server]
+pub async fn fetch_trace(request_id: String, candidate_page: usize) -> Result<TraceView, ServerFnError> {
+    let d = crate::server::Dashboard::current()?;
+    let path = format!("/v1/traces/{}", crate::model::percent_encode(&request_id));
+    let mut trace: Trace = d.traces.get(&path, &[]).await?;
+    let candidates = (trace.detail == recstack_trace_store::Detail::Full)
+        .then(|| crate::model::candidate_page(&trace.candidates, candidate_page, crate::model::CANDIDATES_PER_PAGE));
+    trace.candidates = Vec::new();
+    Ok(TraceView { trace, candidates })
+}
+
+#[server]
+pub async fn ask_why_not(request_id: String, item_id: String) -> Result<WhyNot, ServerFnError> {
+    let item_id = item_id.trim().to_string();
+    if item_id.is_empty() {
+        return Err(page_error(Some("item"), "type an item id"));
+    }
+    let d = crate::server::Dashboard::current()?;
+    let path = format!(
+        "/v1/traces/{}/why-not/{}",
+        crate::model::percent_encode(&request_id),
+        crate::model::percent_encode(&item_id)
+    );
+    d.traces.get(&path, &[]).await.map_err(Into::into)
+}
+
+/// The overview's aggregates and the range they cover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    pub range: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub interval_ms: i64,
+    pub aggregates: Aggregates,
+}
+
+#[server]
+pub async fn fetch_overview(range: String) -> Result<Overview, ServerFnError> {
+    let (name, span, interval) = crate::model::range(&range);
+    let d = crate::server::Dashboard::current()?;
+    let to = crate::server::now_ms();
+    let from = to - span;
+    let params = [
+        ("from", from.to_string()),
+        ("to", to.to_string()),
+        ("interval", interval.to_string()),
+    ];
+    let aggregates = d.traces.get("/v1/aggregates", &params).await?;
+    Ok(Overview {
+        range: name.to_string(),
+        from_ms: from,
+        to_ms: to,
+        interval_ms: interval,
+        aggregates,
+    })
+}
+
+#[server]
+pub async fn fetch_stack_status() -> Result<StackStatus, ServerFnError> {
+    let d = crate::server::Dashboard::current()?;
+    Ok(d.status.status().await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_filters_become_api_parameters() {
+        let f = SearchFilters {
+            user: " 42 ".into(),
+            from: "2026-11-22T10:00".into(),
+            bucket: "7".into(),
+            ..SearchFilters::default()
+        };
+        assert_eq!(
+            f.to_api_params().unwrap(),
+            [
+                ("user", "42".to_string()),
+                ("from", "2026-11-22T10:00:00Z".to_string()),
+                ("bucket", "7".to_string())
+            ]
+        );
+        let bad = SearchFilters {
+            to: "soon".into(),
+            ..SearchFilters::default()
+        };
+        let (field, message) = bad.to_api_params().unwrap_err();
+        assert_eq!(field, "to");
+        assert!(message.contains("soon"), "{message}");
+        assert!(SearchFilters::default().to_api_params().unwrap().is_empty());
+    }
+}

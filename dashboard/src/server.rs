@@ -1,0 +1,395 @@
+//! The dashboard's server side (feature `ssr`): the axum router, the trace query API client the
+//! server functions use, and where stack status comes from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use leptos::prelude::*;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use recstack_crds::RecommenderStack;
+use serde::de::DeserializeOwned;
+
+use crate::api::{ComponentHealth, ConditionView, StackStatus};
+
+/// What the server functions reach: the trace query API and the stack status source.
+pub struct Dashboard {
+    pub traces: TraceApi,
+    pub status: StatusSource,
+}
+
+impl Dashboard {
+    /// The dashboard serving the current request (provided to every route and server function).
+    pub fn current() -> Result<Arc<Dashboard>, ServerFnError> {
+        use_context::<Arc<Dashboard>>().ok_or_else(|| ServerFnError::new("the dashboard's state is missing"))
+    }
+}
+
+/// How the dashboard is set up.
+pub struct DashboardConfig {
+    /// Base URL of the trace query API, e.g. `http://127.0.0.1:8090`.
+    pub traces_url: String,
+    pub status: StatusSource,
+    /// The browser build (`pkg/dashboard.js`, `pkg/dashboard_bg.wasm`) from
+    /// `scripts/build-dashboard`. Without it pages are served without hydration: readable,
+    /// but the interactive parts (opening an item's lineage) do nothing.
+    pub site_root: Option<PathBuf>,
+}
+
+/// Name of the browser build's files (`pkg/<name>.js`, `pkg/<name>_bg.wasm`).
+pub const OUTPUT_NAME: &str = "dashboard";
+
+/// Whether `site_root` holds the browser build.
+pub fn has_browser_build(site_root: &Path) -> bool {
+    let pkg = site_root.join("pkg");
+    pkg.join(format!("{OUTPUT_NAME}.js")).is_file() && pkg.join(format!("{OUTPUT_NAME}_bg.wasm")).is_file()
+}
+
+/// The dashboard's routes: the pages, their server functions under `/api`, and `/pkg`.
+pub fn router(config: DashboardConfig) -> Router {
+    let site_root = config.site_root.filter(|r| {
+        let ok = has_browser_build(r);
+        if !ok {
+            tracing::warn!(
+                site = %r.display(),
+                "no browser build of the dashboard there (run scripts/build-dashboard): serving pages without hydration"
+            );
+        }
+        ok
+    });
+    let options = LeptosOptions::builder()
+        .output_name(OUTPUT_NAME)
+        .site_root(
+            site_root
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| ".".into()),
+        )
+        .site_pkg_dir("pkg")
+        .build();
+    let state = Arc::new(Dashboard {
+        traces: TraceApi::new(&config.traces_url),
+        status: config.status,
+    });
+    let hydrate = site_root.is_some();
+    let routes = generate_route_list(crate::app::App);
+    let shell_options = options.clone();
+    let mut router = Router::new()
+        .leptos_routes_with_context(
+            &options,
+            routes,
+            move || provide_context(state.clone()),
+            move || crate::app::shell(shell_options.clone(), hydrate),
+        )
+        .with_state(options);
+    if let Some(root) = site_root {
+        router = router.nest_service("/pkg", tower_http::services::ServeDir::new(root.join("pkg")));
+    }
+    router
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Why the trace query API did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceApiError {
+    /// A 4xx with the API's message (and the parameter it names).
+    #[error("{}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        field: Option<String>,
+        message: String,
+    },
+    #[error("the trace query API at {url} cannot be reached: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("the trace query API answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// A small JSON client of the trace query API.
+pub struct TraceApi {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl TraceApi {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `GET base + path?params`, decoded; 4xx and 5xx become [`TraceApiError`]s with the API's message.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, params: &[(&str, String)]) -> Result<T, TraceApiError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .query(params)
+            .send()
+            .await
+            .map_err(|e| TraceApiError::Unreachable {
+                url: self.base.clone(),
+                message: e.to_string(),
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| TraceApiError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        })?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let message = v["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(TraceApiError::Refused {
+                status: status.as_u16(),
+                field: v["field"].as_str().map(str::to_string),
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| TraceApiError::Unexpected(e.to_string()))
+    }
+}
+
+/// Where stack status comes from.
+pub enum StatusSource {
+    /// The local stack: each component's `/readyz`.
+    Local {
+        components: Vec<LocalComponent>,
+        http: reqwest::Client,
+    },
+    /// A RecommenderStack's status, read through the Kubernetes API.
+    Cluster {
+        client: kube::Client,
+        namespace: String,
+        name: String,
+    },
+}
+
+pub struct LocalComponent {
+    pub name: String,
+    /// Base URL of its HTTP listener.
+    pub url: String,
+}
+
+impl StatusSource {
+    pub fn local(components: Vec<LocalComponent>) -> Self {
+        Self::Local {
+            components,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The stack `name` in `namespace`, through the in-cluster (or `KUBECONFIG`) client.
+    pub async fn cluster(namespace: String, name: String) -> Result<Self, kube::Error> {
+        Ok(Self::Cluster {
+            client: kube::Client::try_default().await?,
+            namespace,
+            name,
+        })
+    }
+
+    pub async fn status(&self) -> StackStatus {
+        match self {
+            Self::Local { components, http } => {
+                let checks = components.iter().map(|c| async move {
+                    let began = Instant::now();
+                    let result = http.get(format!("{}/readyz", c.url)).send().await;
+                    let took = began.elapsed();
+                    let (ready, detail) = match result {
+                        Ok(r) if r.status().is_success() => {
+                            (true, format!("ready in {:.1} ms", took.as_secs_f64() * 1e3))
+                        }
+                        Ok(r) => (false, format!("/readyz answered {}", r.status())),
+                        Err(e) => (false, format!("unreachable: {e}")),
+                    };
+                    ComponentHealth {
+                        name: c.name.clone(),
+                        ready,
+                        detail,
+                        address: Some(c.url.clone()),
+                    }
+                });
+                local_status(futures::future::join_all(checks).await)
+            }
+            Self::Cluster {
+                client,
+                namespace,
+                name,
+            } => {
+                let api = kube::Api::<RecommenderStack>::namespaced(client.clone(), namespace);
+                match api.get(name).await {
+                    Ok(stack) => cluster_status(&stack),
+                    Err(e) => StackStatus {
+                        name: format!("{namespace}/{name}"),
+                        phase: "Unknown".into(),
+                        conditions: vec![ConditionView {
+                            kind: "Readable".into(),
+                            status: "False".into(),
+                            reason: "ApiError".into(),
+                            message: e.to_string(),
+                            since: String::new(),
+                        }],
+                        components: Vec::new(),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The local stack's status from its components' health.
+pub fn local_status(components: Vec<ComponentHealth>) -> StackStatus {
+    let not_ready: Vec<&str> = components
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| c.name.as_str())
+        .collect();
+    let (phase, status, reason, message) = if not_ready.is_empty() {
+        (
+            "Running",
+            "True",
+            "AllReady",
+            format!("{} components ready", components.len()),
+        )
+    } else {
+        (
+            "Degraded",
+            "False",
+            "ComponentsNotReady",
+            format!("not ready: {}", not_ready.join(", ")),
+        )
+    };
+    StackStatus {
+        name: "local".into(),
+        phase: phase.into(),
+        conditions: vec![ConditionView {
+            kind: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            since: String::new(),
+        }],
+        components,
+    }
+}
+
+/// What the operator reported on a RecommenderStack.
+pub fn cluster_status(stack: &RecommenderStack) -> StackStatus {
+    let name = format!(
+        "{}/{}",
+        stack.metadata.namespace.as_deref().unwrap_or("default"),
+        stack.metadata.name.as_deref().unwrap_or_default()
+    );
+    let Some(status) = &stack.status else {
+        return StackStatus {
+            name,
+            phase: "Unknown".into(),
+            conditions: Vec::new(),
+            components: Vec::new(),
+        };
+    };
+    StackStatus {
+        name,
+        phase: status.phase.clone().unwrap_or_else(|| "Unknown".into()),
+        conditions: status
+            .conditions
+            .iter()
+            .map(|c| ConditionView {
+                kind: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                since: c.last_transition_time.0.to_string(),
+            })
+            .collect(),
+        components: status
+            .components
+            .iter()
+            .map(|c| ComponentHealth {
+                name: c.name.clone(),
+                ready: c.desired_replicas > 0 && c.ready_replicas >= c.desired_replicas,
+                detail: format!("{}/{} replicas ready", c.ready_replicas, c.desired_replicas),
+                address: None,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use recstack_crds::{ComponentStatus, RecommenderStackStatus};
+
+    use super::*;
+
+    #[test]
+    fn local_status_is_degraded_when_a_component_is_not_ready() {
+        let c = |name: &str, ready| ComponentHealth {
+            name: name.into(),
+            ready,
+            detail: String::new(),
+            address: None,
+        };
+        let s = local_status(vec![c("gateway", true), c("ranking", true)]);
+        assert_eq!((s.phase.as_str(), s.conditions[0].status.as_str()), ("Running", "True"));
+        let s = local_status(vec![c("gateway", true), c("ranking", false), c("rerank", false)]);
+        assert_eq!(s.phase, "Degraded");
+        assert_eq!(s.conditions[0].message, "not ready: ranking, rerank");
+    }
+
+    #[test]
+    fn cluster_status_reads_conditions_and_replicas() {
+        let mut stack = RecommenderStack::new("shop", serde_json::from_value(serde_json::json!({})).unwrap());
+        stack.metadata.namespace = Some("recs".into());
+        assert_eq!(cluster_status(&stack).phase, "Unknown", "no status yet");
+        let since: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        stack.status = Some(RecommenderStackStatus {
+            phase: Some("Degraded".into()),
+            conditions: vec![Condition {
+                type_: "Degraded".into(),
+                status: "True".into(),
+                reason: "ComponentsUnavailable".into(),
+                message: "ranking: 1/2 ready".into(),
+                last_transition_time: Time(since),
+                observed_generation: Some(1),
+            }],
+            components: vec![
+                ComponentStatus {
+                    name: "ranking".into(),
+                    desired_replicas: 2,
+                    ready_replicas: 1,
+                },
+                ComponentStatus {
+                    name: "gateway".into(),
+                    desired_replicas: 3,
+                    ready_replicas: 3,
+                },
+            ],
+            ..RecommenderStackStatus::default()
+        });
+        let s = cluster_status(&stack);
+        assert_eq!(s.name, "recs/shop");
+        assert_eq!(s.phase, "Degraded");
+        assert_eq!(s.conditions[0].reason, "ComponentsUnavailable");
+        assert_eq!(s.conditions[0].since, "2026-11-22T10:00:00Z");
+        assert!(!s.components[0].ready);
+        assert_eq!(s.components[0].detail, "1/2 replicas ready");
+        assert!(s.components[1].ready);
+    }
+}
