@@ -23,6 +23,9 @@ pub fn gpu_count() -> i32 {
 pub fn window() -> String {
     "1m".into()
 }
+pub fn dashboard_replicas() -> i32 {
+    1
+}
 pub fn parallelism() -> i32 {
     2
 }

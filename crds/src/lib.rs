@@ -91,7 +91,8 @@ pub fn crd_yaml() -> String {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
-    validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers")
+    validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers"),
+    validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)")
 )]
 pub struct RecommenderStackSpec {
     /// Container image for every recstack component (one image, one binary per component),
@@ -141,6 +142,12 @@ pub struct RecommenderStackSpec {
     /// Where request traces go. Unset means traces stay in each gateway's embedded store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_store: Option<TraceStoreSpec>,
+
+    /// The dashboard (trace search, each request's funnel and item lineage, why-not, stack
+    /// status) and the trace query service it reads. Set it (`dashboard: {}` for the defaults)
+    /// to deploy both; it needs `traceStore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<DashboardSpec>,
 
     /// Cluster policies created around the workloads.
     #[serde(default)]
@@ -512,6 +519,38 @@ pub struct TraceStoreSpec {
     pub retention_days: i32,
 }
 
+/// The dashboard and the trace query service behind it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new(rules::NO_GPU_LIMITS).message(rules::NO_GPU_MSG),
+    validation = Rule::new(rules::NO_GPU_REQUESTS).message(rules::NO_GPU_MSG)
+)]
+pub struct DashboardSpec {
+    /// Container image of both; defaults to `spec.image`. The image carries the dashboard's
+    /// browser build in `/usr/share/recstack/dashboard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Replicas of the dashboard and of the trace query service (each).
+    #[serde(default = "defaults::dashboard_replicas")]
+    #[schemars(range(min = 0, max = 20))]
+    pub replicas: i32,
+    /// CPU and memory of each container; defaults are small (see `docs/operator.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for DashboardSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            replicas: defaults::dashboard_replicas(),
+            resources: None,
+        }
+    }
+}
+
 /// A reference to a Secret in the stack's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -677,6 +716,9 @@ pub enum Component {
     Feature,
     Ingest,
     Stream,
+    /// The trace query API, deployed with the dashboard.
+    Traces,
+    Dashboard,
 }
 
 impl Component {
@@ -690,7 +732,11 @@ impl Component {
         Component::Ingest,
     ];
 
-    /// Every component, online ones first.
+    /// Deployed when `spec.dashboard` is set: the trace query service and the dashboard.
+    pub const OBSERVABILITY: [Component; 2] = [Component::Traces, Component::Dashboard];
+
+    /// Every component of the request and event paths, online ones first (not the
+    /// [`Component::OBSERVABILITY`] ones).
     pub const ALL: [Component; 7] = [
         Component::Gateway,
         Component::Recall,
@@ -711,6 +757,8 @@ impl Component {
             Component::Feature => "feature",
             Component::Ingest => "ingest",
             Component::Stream => "stream",
+            Component::Traces => "traces",
+            Component::Dashboard => "dashboard",
         }
     }
 }
@@ -760,6 +808,18 @@ impl RecommenderStackSpec {
                 replicas: self.feature.replicas,
                 autoscaling: self.feature.autoscaling.as_ref(),
                 resources: self.feature.resources.as_ref(),
+            },
+            Component::Traces | Component::Dashboard => match &self.dashboard {
+                Some(d) => Workload {
+                    image: d.image.as_deref(),
+                    replicas: Some(d.replicas),
+                    autoscaling: None,
+                    resources: d.resources.as_ref(),
+                },
+                None => Workload {
+                    replicas: Some(0),
+                    ..Workload::default()
+                },
             },
             Component::Stream => {
                 let w = self.stream.workload.as_ref();

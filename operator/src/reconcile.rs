@@ -403,6 +403,16 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
         ),
         StreamEngine::Flink => status::observe_flink(get(ChildKind::FlinkDeployment, Component::Stream).as_ref()),
     });
+    if stack.spec.dashboard.is_some() {
+        for c in Component::OBSERVABILITY {
+            observed.push(status::observe_deployment(
+                c,
+                stack.spec.workload(c).replicas,
+                get(ChildKind::Deployment, c).as_ref(),
+                stack,
+            ));
+        }
+    }
     observed
 }
 

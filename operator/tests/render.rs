@@ -185,6 +185,77 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
 }
 
 #[test]
+fn the_dashboard_and_its_trace_query_service_when_asked_for() {
+    // The minimal stack has no dashboard: none of its objects.
+    let minimal = render_sample("minimal");
+    for kind in [ChildKind::ServiceAccount, ChildKind::Role, ChildKind::RoleBinding] {
+        assert!(!minimal.iter().any(|c| c.kind == kind), "{kind:?} without a dashboard");
+    }
+    assert!(!minimal.iter().any(|c| c.name().ends_with("-dashboard") || c.name().ends_with("-traces")));
+
+    let children = render_sample("gpu-ranking");
+    let dashboard = find(&children, ChildKind::Deployment, "gpu-dashboard");
+    let pod = &dashboard["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "serve",
+            "dashboard",
+            "--http-addr",
+            "0.0.0.0:8080",
+            "--traces-url",
+            "http://gpu-traces.recstack.svc:8080",
+            "--stack",
+            "gpu",
+            "--namespace",
+            "recstack",
+            "--site",
+            "/usr/share/recstack/dashboard",
+        ]
+    );
+    assert_eq!(pod["serviceAccountName"], "gpu-dashboard");
+    assert_eq!(pod["automountServiceAccountToken"], true, "it reads the stack's status");
+    assert_eq!(dashboard["spec"]["replicas"], 1);
+
+    // The query service reads Elasticsearch with the mounted credentials.
+    let traces = find(&children, ChildKind::Deployment, "gpu-traces");
+    let pod = &traces["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains("\"traces\"") && args.contains("--trace-credentials-dir"), "{args}");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert!(pod["volumes"].to_string().contains("es-credentials"));
+
+    // Read access to this one stack, nothing else.
+    let role = find(&children, ChildKind::Role, "gpu-dashboard");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{
+            "apiGroups": ["recstack.io"], "resources": ["recommenderstacks"],
+            "resourceNames": ["gpu"], "verbs": ["get"],
+        }])
+    );
+    let binding = find(&children, ChildKind::RoleBinding, "gpu-dashboard");
+    assert_eq!(binding["subjects"][0]["name"], "gpu-dashboard");
+    assert_eq!(binding["roleRef"]["name"], "gpu-dashboard");
+
+    // The dashboard reaches the query service over HTTP; the query service reaches ES.
+    let policy = find(&children, ChildKind::NetworkPolicy, "gpu-traces");
+    let ingress = policy["spec"]["ingress"].to_string();
+    assert!(ingress.contains("dashboard") && ingress.contains("8080"), "{ingress}");
+    assert!(policy["spec"]["egress"].to_string().contains("9200"));
+    let policy = find(&children, ChildKind::NetworkPolicy, "gpu-dashboard");
+    let egress = policy["spec"]["egress"].to_string();
+    assert!(egress.contains("traces") && egress.contains("6443"), "{egress}");
+    assert!(policy["spec"]["ingress"].to_string().contains("storefront"));
+}
+
+#[test]
 fn flink_engine_renders_a_flink_deployment_instead_of_the_worker() {
     let children = render_sample("flink-streaming");
     assert!(

@@ -19,7 +19,7 @@ use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 
 const CONCURRENCY: usize = 4;
 const REQUESTS: usize = 800;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 5;
 
 /// Where a run keeps its traces, given a scratch directory.
 type TracesIn = fn(&std::path::Path) -> LocalTraces;

@@ -45,6 +45,9 @@ pub enum RenderError {
 pub enum ChildKind {
     PriorityClass,
     ConfigMap,
+    ServiceAccount,
+    Role,
+    RoleBinding,
     Service,
     Deployment,
     HorizontalPodAutoscaler,
@@ -56,9 +59,12 @@ pub enum ChildKind {
 impl ChildKind {
     /// Every kind, in apply order: cluster-scoped and config first, so pods that reference
     /// them start cleanly.
-    pub const ALL: [ChildKind; 8] = [
+    pub const ALL: [ChildKind; 11] = [
         ChildKind::PriorityClass,
         ChildKind::ConfigMap,
+        ChildKind::ServiceAccount,
+        ChildKind::Role,
+        ChildKind::RoleBinding,
         ChildKind::Service,
         ChildKind::Deployment,
         ChildKind::HorizontalPodAutoscaler,
@@ -72,6 +78,9 @@ impl ChildKind {
         match self {
             ChildKind::PriorityClass => ("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses"),
             ChildKind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
+            ChildKind::ServiceAccount => ("", "v1", "ServiceAccount", "serviceaccounts"),
+            ChildKind::Role => ("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+            ChildKind::RoleBinding => ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
             ChildKind::Service => ("", "v1", "Service", "services"),
             ChildKind::Deployment => ("apps", "v1", "Deployment", "deployments"),
             ChildKind::HorizontalPodAutoscaler => (
@@ -135,6 +144,7 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     for component in Component::ONLINE {
         out.extend(workloads::online_component(&ctx, component, &config_hash)?);
     }
+    out.extend(workloads::observability(&ctx, &config_hash)?);
     match spec.stream.engine {
         StreamEngine::Builtin => out.extend(workloads::stream_worker(&ctx, &config_hash)?),
         StreamEngine::Flink => out.extend(flink::flink_job(&ctx)?),

@@ -24,6 +24,9 @@ pub const CALLS: &[(Component, Component)] = &[
     (Component::Stream, Component::Feature),
 ];
 
+/// Calls over HTTP: the dashboard reads the trace query API.
+pub const HTTP_CALLS: &[(Component, Component)] = &[(Component::Dashboard, Component::Traces)];
+
 /// Components that apps reach from outside the stack.
 const PUBLIC: [Component; 2] = [Component::Gateway, Component::Ingest];
 
@@ -60,6 +63,11 @@ pub(super) fn network_policies(ctx: &StackCtx) -> Result<Vec<Child>, RenderError
     for component in Component::ALL {
         out.push(component_policy(ctx, component)?);
     }
+    if ctx.spec().dashboard.is_some() {
+        for component in Component::OBSERVABILITY {
+            out.push(component_policy(ctx, component)?);
+        }
+    }
     Ok(out)
 }
 
@@ -76,6 +84,26 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
         .collect();
     if !callers.is_empty() {
         ingress.push(json!({ "from": callers, "ports": [tcp(GRPC_PORT)] }));
+    }
+    let http_callers: Vec<Value> = HTTP_CALLS
+        .iter()
+        .filter(|(_, to)| *to == component)
+        .map(|(from, _)| peer(*from))
+        .collect();
+    if !http_callers.is_empty() {
+        ingress.push(json!({ "from": http_callers, "ports": [tcp(HTTP_PORT)] }));
+    }
+    if component == Component::Dashboard {
+        // People open it from wherever the gateway's clients are allowed (HTTP only).
+        let clients = &spec.policies.network_policy.gateway_client_namespaces;
+        let mut rule = json!({ "ports": [tcp(HTTP_PORT)] });
+        if !clients.is_empty() {
+            rule["from"] = clients
+                .iter()
+                .map(|ns| json!({ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }))
+                .collect();
+        }
+        ingress.push(rule);
     }
     if PUBLIC.contains(&component) {
         let clients = &spec.policies.network_policy.gateway_client_namespaces;
@@ -99,6 +127,12 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
         .iter()
         .filter(|(from, _)| *from == component)
         .map(|(_, to)| json!({ "to": [peer(*to)], "ports": [tcp(GRPC_PORT)] }))
+        .chain(
+            HTTP_CALLS
+                .iter()
+                .filter(|(from, _)| *from == component)
+                .map(|(_, to)| json!({ "to": [peer(*to)], "ports": [tcp(HTTP_PORT)] })),
+        )
         .collect();
     let external: BTreeSet<u16> = external_ports(ctx, component);
     if !external.is_empty() {
@@ -156,6 +190,9 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
             }
         }
         Component::Ranking => ports.extend(url_port(&spec.ranking.model.uri)),
+        Component::Traces => ports.extend(elasticsearch),
+        // The stack's status, read through the Kubernetes API.
+        Component::Dashboard => ports.extend([443, 6443]),
         Component::Rerank => {}
     }
     ports

@@ -20,6 +20,8 @@ fn default_resources(component: Component) -> Value {
         Component::Feature => (("250m", "512Mi"), ("2", "2Gi")),
         Component::Ingest => (("250m", "256Mi"), ("1", "1Gi")),
         Component::Stream => (("500m", "1Gi"), ("2", "2Gi")),
+        Component::Traces => (("100m", "128Mi"), ("1", "512Mi")),
+        Component::Dashboard => (("100m", "128Mi"), ("1", "512Mi")),
     };
     json!({ "requests": { "cpu": rc, "memory": rm }, "limits": { "cpu": lc, "memory": lm } })
 }
@@ -74,6 +76,59 @@ pub(super) fn online_component(
     Ok(out)
 }
 
+/// The trace query service and the dashboard (when `spec.dashboard` is set): a Deployment and
+/// an HTTP Service each, and the dashboard's service account with read access to this stack.
+pub(super) fn observability(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Child>, RenderError> {
+    let Some(d) = &ctx.spec().dashboard else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for component in Component::OBSERVABILITY {
+        let name = labels::component_name(&ctx.name, component);
+        out.push(deployment(ctx, component, &Scaling::Fixed(d.replicas), config_hash)?);
+        out.push(child(
+            ChildKind::Service,
+            json!({
+                "metadata": ctx.meta(&name, Some(component)),
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": labels::selector(&ctx.name, component),
+                    "ports": [{ "name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP" }],
+                },
+            }),
+        )?);
+    }
+    // The dashboard reads this stack's status (conditions, components): `get` on this one
+    // RecommenderStack and nothing else.
+    let name = labels::component_name(&ctx.name, Component::Dashboard);
+    let meta = ctx.meta(&name, Some(Component::Dashboard));
+    out.push(child(
+        ChildKind::ServiceAccount,
+        json!({ "metadata": meta, "automountServiceAccountToken": false }),
+    )?);
+    out.push(child(
+        ChildKind::Role,
+        json!({
+            "metadata": meta,
+            "rules": [{
+                "apiGroups": [recstack_crds::GROUP],
+                "resources": ["recommenderstacks"],
+                "resourceNames": [ctx.name],
+                "verbs": ["get"],
+            }],
+        }),
+    )?);
+    out.push(child(
+        ChildKind::RoleBinding,
+        json!({
+            "metadata": meta,
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": ctx.namespace }],
+        }),
+    )?);
+    Ok(out)
+}
+
 /// The built-in stream worker: a Deployment sized by `stream.parallelism`, and its PDB.
 pub(super) fn stream_worker(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Child>, RenderError> {
     let scaling = Scaling::Fixed(ctx.spec().stream.parallelism);
@@ -107,7 +162,7 @@ fn deployment(
         "image": spec.image_of(component),
         "imagePullPolicy": "IfNotPresent",
         "command": ["recstack"],
-        "args": ["serve", component.name(), "--config", "/etc/recstack/config.yaml"],
+        "args": args(ctx, component),
         "env": [
             { "name": "RUST_LOG", "value": "info" },
             { "name": "RECSTACK_STACK", "value": ctx.name },
@@ -168,7 +223,8 @@ fn deployment(
         }]}},
     });
     if spec.policies.priority_classes.enabled {
-        let tier = if component == Component::Stream {
+        // Only the request and event paths are online; streaming and the dashboard can wait.
+        let tier = if matches!(component, Component::Stream | Component::Traces | Component::Dashboard) {
             "offline"
         } else {
             "online"
@@ -195,7 +251,7 @@ fn deployment(
     }
     // Trace-store credentials are mounted as files (not env vars, which leak into crash dumps
     // and `kubectl describe`); the gateway's trace writer reads them from ES_CREDENTIALS_DIR.
-    if component == Component::Gateway
+    if matches!(component, Component::Gateway | Component::Traces)
         && let Some(secret) = spec
             .trace_store
             .as_ref()
@@ -209,6 +265,11 @@ fn deployment(
                 json!({ "name": "es-credentials", "secret": { "secretName": secret.name, "defaultMode": 0o440 } }),
             );
         }
+    }
+    if component == Component::Dashboard {
+        // The one pod that talks to the Kubernetes API: its token, for its read-only Role.
+        pod_spec["serviceAccountName"] = json!(name);
+        pod_spec["automountServiceAccountToken"] = json!(true);
     }
     pod_spec["containers"] = json!([container]);
 
@@ -234,14 +295,51 @@ fn deployment(
         "checkov.io/skip1": "CKV_K8S_43=the image comes from the RecommenderStack spec; pin a digest there",
         "checkov.io/skip2": "CKV_K8S_15=IfNotPresent with immutable tags avoids a registry round trip on every pod start",
     });
+    if component == Component::Dashboard {
+        meta["annotations"]["checkov.io/skip3"] =
+            json!("CKV_K8S_38=the dashboard reads its stack's status through the API: a Role with get on that one object");
+    }
     child(ChildKind::Deployment, json!({ "metadata": meta, "spec": deploy_spec }))
+}
+
+/// Where the image keeps the dashboard's browser build (`scripts/build-dashboard`).
+pub const DASHBOARD_SITE: &str = "/usr/share/recstack/dashboard";
+
+/// `recstack serve <component> …`: the runtime config for the services; the trace query API and
+/// the dashboard take their addresses as flags.
+fn args(ctx: &StackCtx, component: Component) -> Value {
+    let config = "/etc/recstack/config.yaml";
+    let listen = format!("0.0.0.0:{HTTP_PORT}");
+    match component {
+        Component::Traces => {
+            let mut args = vec!["serve", "traces", "--config", config, "--http-addr", &listen];
+            let has_secret = ctx
+                .spec()
+                .trace_store
+                .as_ref()
+                .is_some_and(|t| t.credentials_secret_ref.is_some());
+            if has_secret {
+                args.extend(["--trace-credentials-dir", ES_CREDENTIALS_DIR]);
+            }
+            json!(args)
+        }
+        Component::Dashboard => json!([
+            "serve", "dashboard",
+            "--http-addr", listen,
+            "--traces-url", format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Traces)),
+            "--stack", ctx.name,
+            "--namespace", ctx.namespace,
+            "--site", DASHBOARD_SITE,
+        ]),
+        _ => json!(["serve", component.name(), "--config", config]),
+    }
 }
 
 fn ports(component: Component) -> Value {
     let http = json!({ "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" });
     let grpc = json!({ "name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP" });
     match component {
-        Component::Stream => json!([http]),
+        Component::Stream | Component::Traces | Component::Dashboard => json!([http]),
         _ => json!([http, grpc]),
     }
 }
