@@ -183,7 +183,10 @@ fn online_priority_above_offline() {
 
 #[test]
 fn dashboard_needs_a_shared_trace_store() {
-    assert_rejects("  dashboard: {}", "dashboard reads traces from a shared store: set spec.traceStore");
+    assert_rejects(
+        "  dashboard: {}",
+        "dashboard reads traces from a shared store: set spec.traceStore",
+    );
     assert!(broken_rules("  dashboard: {replicas: 2}\n  traceStore: {elasticsearchUrl: 'https://es:9200'}").is_empty());
     assert_rejects(
         "  dashboard: {resources: {limits: {nvidia.com/gpu: 1}}}\n  traceStore: {elasticsearchUrl: 'https://es:9200'}",

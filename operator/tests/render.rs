@@ -191,7 +191,11 @@ fn the_dashboard_and_its_trace_query_service_when_asked_for() {
     for kind in [ChildKind::ServiceAccount, ChildKind::Role, ChildKind::RoleBinding] {
         assert!(!minimal.iter().any(|c| c.kind == kind), "{kind:?} without a dashboard");
     }
-    assert!(!minimal.iter().any(|c| c.name().ends_with("-dashboard") || c.name().ends_with("-traces")));
+    assert!(
+        !minimal
+            .iter()
+            .any(|c| c.name().ends_with("-dashboard") || c.name().ends_with("-traces"))
+    );
 
     let children = render_sample("gpu-ranking");
     let dashboard = find(&children, ChildKind::Deployment, "gpu-dashboard");
@@ -227,7 +231,10 @@ fn the_dashboard_and_its_trace_query_service_when_asked_for() {
     let traces = find(&children, ChildKind::Deployment, "gpu-traces");
     let pod = &traces["spec"]["template"]["spec"];
     let args = pod["containers"][0]["args"].to_string();
-    assert!(args.contains("\"traces\"") && args.contains("--trace-credentials-dir"), "{args}");
+    assert!(
+        args.contains("\"traces\"") && args.contains("--trace-credentials-dir"),
+        "{args}"
+    );
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert!(pod["volumes"].to_string().contains("es-credentials"));
 

@@ -296,8 +296,9 @@ fn deployment(
         "checkov.io/skip2": "CKV_K8S_15=IfNotPresent with immutable tags avoids a registry round trip on every pod start",
     });
     if component == Component::Dashboard {
-        meta["annotations"]["checkov.io/skip3"] =
-            json!("CKV_K8S_38=the dashboard reads its stack's status through the API: a Role with get on that one object");
+        meta["annotations"]["checkov.io/skip3"] = json!(
+            "CKV_K8S_38=the dashboard reads its stack's status through the API: a Role with get on that one object"
+        );
     }
     child(ChildKind::Deployment, json!({ "metadata": meta, "spec": deploy_spec }))
 }
@@ -324,12 +325,18 @@ fn args(ctx: &StackCtx, component: Component) -> Value {
             json!(args)
         }
         Component::Dashboard => json!([
-            "serve", "dashboard",
-            "--http-addr", listen,
-            "--traces-url", format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Traces)),
-            "--stack", ctx.name,
-            "--namespace", ctx.namespace,
-            "--site", DASHBOARD_SITE,
+            "serve",
+            "dashboard",
+            "--http-addr",
+            listen,
+            "--traces-url",
+            format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Traces)),
+            "--stack",
+            ctx.name,
+            "--namespace",
+            ctx.namespace,
+            "--site",
+            DASHBOARD_SITE,
         ]),
         _ => json!(["serve", component.name(), "--config", config]),
     }
