@@ -722,7 +722,7 @@ fn sources_table(sources: Vec<SourceRecord>) -> AnyView {
 }
 
 fn why_not_answer(w: WhyNot) -> AnyView {
-    let stage = w.stage.map(|s| serde_json::to_value(s).ok()).flatten();
+    let stage = w.stage.and_then(|s| serde_json::to_value(s).ok());
     let stage_key = stage.as_ref().and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
     view! {
         <div class="why-not-answer" data-stage=stage_key data-item=w.item_id.clone()>

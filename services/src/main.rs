@@ -588,29 +588,8 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
     until_ctrl_c(vec![service]).await
 }
 
-async fn up(
-    artifacts: PathBuf,
-    model: ModelArgs,
-    redis_url: Option<String>,
-    ephemeral: bool,
-    grpc_links: bool,
-    trace_file: PathBuf,
-    gateway: GatewayConfig,
-    dashboard_site: PathBuf,
-) -> anyhow::Result<()> {
-    let opts = LocalOptions {
-        addrs: if ephemeral {
-            LocalAddrs::ephemeral()
-        } else {
-            LocalAddrs::standard()
-        },
-        model: model.sources(None)?,
-        redis_url,
-        gateway,
-        traces: LocalTraces::Embedded(trace_file.clone()),
-        direct_links: !grpc_links,
-        dashboard_site: Some(dashboard_site),
-    };
+/// Runs the local stack until Ctrl-C; `trace_file` is where `opts` keeps its traces.
+async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf) -> anyhow::Result<()> {
     let stack = serve::start_local(&artifacts, opts).await?;
     let gw = stack.get("gateway");
     println!(
@@ -812,16 +791,22 @@ fn main() -> anyhow::Result<()> {
                 full_trace_sample: trace_full_percent / 100.0,
                 ..GatewayConfig::default()
             };
-            block_on(up(
-                artifacts,
-                model,
+            let opts = LocalOptions {
+                addrs: if ephemeral_ports {
+                    LocalAddrs::ephemeral()
+                } else {
+                    LocalAddrs::standard()
+                },
+                model: model.sources(None)?,
                 redis_url,
-                ephemeral_ports,
-                grpc_links,
-                traces,
                 gateway,
-                dashboard_site.unwrap_or_else(|| recstack_services::source_file("../dashboard/site")),
-            ))
+                traces: LocalTraces::Embedded(traces.clone()),
+                direct_links: !grpc_links,
+                dashboard_site: Some(
+                    dashboard_site.unwrap_or_else(|| recstack_services::source_file("../dashboard/site")),
+                ),
+            };
+            block_on(up(artifacts, opts, traces))
         }
         Command::Query {
             user,

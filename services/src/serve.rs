@@ -428,33 +428,8 @@ pub async fn trace_query(
     index: Option<Arc<dyn ItemIndex>>,
     http: SocketAddr,
 ) -> Result<Service, ServeError> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("recstack_trace_api");
-    let requests = Family::<StatusLabels, Counter>::default();
-    registry.register("requests", "Query API requests, by response status", requests.clone());
-    let api = recstack_trace_store::api::router(recstack_trace_store::api::ApiState { store, index }).layer(
-        axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
-            let requests = requests.clone();
-            async move {
-                let response = next.run(request).await;
-                requests
-                    .get_or_create(&StatusLabels {
-                        status: response.status().as_u16(),
-                    })
-                    .inc();
-                response
-            }
-        }),
-    );
-    let encode: ops::Encode = Arc::new(move || ops::encode(&registry));
-    spawn(
-        "traces",
-        Addrs { grpc: http, http },
-        None,
-        api.merge(ops_router(encode)),
-        DirectService::None,
-        async {},
-    )
-    .await
+    let api = recstack_trace_store::api::router(recstack_trace_store::api::ApiState { store, index });
+    http_service("traces", "recstack_trace_api", "Query API requests", api, http).await
 }
 
 /// The dashboard (HTTP only): pages and their server functions over the trace query API at
@@ -463,14 +438,24 @@ pub async fn dashboard(
     config: recstack_dashboard::server::DashboardConfig,
     http: SocketAddr,
 ) -> Result<Service, ServeError> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("recstack_dashboard");
+    let app = recstack_dashboard::server::router(config);
+    let help = "Dashboard requests (pages, server functions, files)";
+    http_service("dashboard", "recstack_dashboard", help, app, http).await
+}
+
+/// Serves `app` over HTTP only, counting its responses by status as `<prefix>_requests_total`
+/// beside the usual `/metrics`, `/healthz` and `/readyz`.
+async fn http_service(
+    name: &'static str,
+    prefix: &str,
+    help: &str,
+    app: axum::Router,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix(prefix);
     let requests = Family::<StatusLabels, Counter>::default();
-    registry.register(
-        "requests",
-        "Dashboard requests (pages, server functions, files), by response status",
-        requests.clone(),
-    );
-    let app = recstack_dashboard::server::router(config).layer(axum::middleware::from_fn(
+    registry.register("requests", format!("{help}, by response status"), requests.clone());
+    let app = app.layer(axum::middleware::from_fn(
         move |request, next: axum::middleware::Next| {
             let requests = requests.clone();
             async move {
@@ -486,7 +471,7 @@ pub async fn dashboard(
     ));
     let encode: ops::Encode = Arc::new(move || ops::encode(&registry));
     spawn(
-        "dashboard",
+        name,
         Addrs { grpc: http, http },
         None,
         app.merge(ops_router(encode)),

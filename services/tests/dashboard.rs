@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
-use recstack_services::gateway::{GatewayConfig, Recommendation};
-use recstack_services::ranking::service::ModelSources;
-use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
+use recstack_services::gateway::Recommendation;
+use recstack_services::serve::{self, LocalStack};
 use recstack_trace_store::store::TraceStore;
 use recstack_trace_store::{Detail, Trace, outcome};
 use serde_json::{Value, json};
@@ -195,18 +194,7 @@ fn site() -> PathBuf {
 }
 
 async fn start(trace_file: &Path) -> LocalStack {
-    let opts = LocalOptions {
-        direct_links: true,
-        addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(manifest_dir().join("models/deepfm/model.onnx")),
-        redis_url: None,
-        gateway: GatewayConfig {
-            full_trace_sample: 0.0,
-            ..GatewayConfig::default()
-        },
-        traces: LocalTraces::Embedded(trace_file.to_path_buf()),
-        dashboard_site: Some(site()),
-    };
+    let opts = common::traced_stack(trace_file, Some(site()));
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }
 

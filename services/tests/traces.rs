@@ -7,28 +7,15 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use recstack_services::gateway::{GatewayConfig, Recommendation};
-use recstack_services::ranking::service::ModelSources;
-use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
+use recstack_services::gateway::Recommendation;
+use recstack_services::serve::{self, LocalStack};
 use recstack_trace_store::explain::{FellOut, Why, WhyNot};
 use recstack_trace_store::query::{Aggregates, Page};
 use recstack_trace_store::{Detail, Trace, outcome};
 use serde_json::Value;
 
 async fn start(trace_file: &Path) -> LocalStack {
-    let model = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/deepfm/model.onnx");
-    let opts = LocalOptions {
-        direct_links: true,
-        addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(model),
-        redis_url: None,
-        gateway: GatewayConfig {
-            full_trace_sample: 0.0,
-            ..GatewayConfig::default()
-        },
-        traces: LocalTraces::Embedded(trace_file.to_path_buf()),
-        dashboard_site: None,
-    };
+    let opts = common::traced_stack(trace_file, None);
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }
 

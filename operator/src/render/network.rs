@@ -93,28 +93,23 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
     if !http_callers.is_empty() {
         ingress.push(json!({ "from": http_callers, "ports": [tcp(HTTP_PORT)] }));
     }
-    if component == Component::Dashboard {
-        // People open it from wherever the gateway's clients are allowed (HTTP only).
+    // Apps (and people, for the dashboard) from anywhere, or from the listed namespaces.
+    let from_clients = |ports: Vec<Value>| {
         let clients = &spec.policies.network_policy.gateway_client_namespaces;
-        let mut rule = json!({ "ports": [tcp(HTTP_PORT)] });
+        let mut rule = json!({ "ports": ports });
         if !clients.is_empty() {
             rule["from"] = clients
                 .iter()
                 .map(|ns| json!({ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }))
                 .collect();
         }
-        ingress.push(rule);
+        rule
+    };
+    if component == Component::Dashboard {
+        ingress.push(from_clients(vec![tcp(HTTP_PORT)]));
     }
     if PUBLIC.contains(&component) {
-        let clients = &spec.policies.network_policy.gateway_client_namespaces;
-        let mut rule = json!({ "ports": [tcp(HTTP_PORT), tcp(GRPC_PORT)] });
-        if !clients.is_empty() {
-            rule["from"] = clients
-                .iter()
-                .map(|ns| json!({ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }))
-                .collect();
-        }
-        ingress.push(rule);
+        ingress.push(from_clients(vec![tcp(HTTP_PORT), tcp(GRPC_PORT)]));
     }
     if let Some(ns) = &spec.policies.network_policy.metrics_namespace {
         ingress.push(json!({

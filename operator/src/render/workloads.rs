@@ -48,24 +48,10 @@ pub(super) fn online_component(
     config_hash: &str,
 ) -> Result<Vec<Child>, RenderError> {
     let spec = ctx.spec();
-    let name = labels::component_name(&ctx.name, component);
     let scaling = scaling(spec, component);
     let mut out = vec![
         deployment(ctx, component, &scaling, config_hash)?,
-        child(
-            ChildKind::Service,
-            json!({
-                "metadata": ctx.meta(&name, Some(component)),
-                "spec": {
-                    "type": "ClusterIP",
-                    "selector": labels::selector(&ctx.name, component),
-                    "ports": [
-                        { "name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP" },
-                        { "name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc" },
-                    ],
-                },
-            }),
-        )?,
+        service(ctx, component)?,
     ];
     if let Scaling::Auto(a) = &scaling {
         out.push(hpa(ctx, component, a)?);
@@ -76,6 +62,30 @@ pub(super) fn online_component(
     Ok(out)
 }
 
+/// The ClusterIP Service in front of a component: `http`, and `grpc` where it serves gRPC.
+fn service(ctx: &StackCtx, component: Component) -> Result<Child, RenderError> {
+    let mut ports = vec![json!({ "name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP" })];
+    if !http_only(component) {
+        ports.push(json!({ "name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc" }));
+    }
+    child(
+        ChildKind::Service,
+        json!({
+            "metadata": ctx.meta(&labels::component_name(&ctx.name, component), Some(component)),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": labels::selector(&ctx.name, component),
+                "ports": ports,
+            },
+        }),
+    )
+}
+
+/// Components without a gRPC server.
+fn http_only(component: Component) -> bool {
+    matches!(component, Component::Stream | Component::Traces | Component::Dashboard)
+}
+
 /// The trace query service and the dashboard (when `spec.dashboard` is set): a Deployment and
 /// an HTTP Service each, and the dashboard's service account with read access to this stack.
 pub(super) fn observability(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Child>, RenderError> {
@@ -84,19 +94,8 @@ pub(super) fn observability(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Chi
     };
     let mut out = Vec::new();
     for component in Component::OBSERVABILITY {
-        let name = labels::component_name(&ctx.name, component);
         out.push(deployment(ctx, component, &Scaling::Fixed(d.replicas), config_hash)?);
-        out.push(child(
-            ChildKind::Service,
-            json!({
-                "metadata": ctx.meta(&name, Some(component)),
-                "spec": {
-                    "type": "ClusterIP",
-                    "selector": labels::selector(&ctx.name, component),
-                    "ports": [{ "name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP" }],
-                },
-            }),
-        )?);
+        out.push(service(ctx, component)?);
     }
     // The dashboard reads this stack's status (conditions, components): `get` on this one
     // RecommenderStack and nothing else.
@@ -345,9 +344,10 @@ fn args(ctx: &StackCtx, component: Component) -> Value {
 fn ports(component: Component) -> Value {
     let http = json!({ "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" });
     let grpc = json!({ "name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP" });
-    match component {
-        Component::Stream | Component::Traces | Component::Dashboard => json!([http]),
-        _ => json!([http, grpc]),
+    if http_only(component) {
+        json!([http])
+    } else {
+        json!([http, grpc])
     }
 }
 

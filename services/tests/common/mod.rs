@@ -130,3 +130,28 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The local stack for the trace and dashboard tests: direct links, loopback ports picked by
+/// the OS, the bundled model, traces into the embedded store at `trace_file` (full traces only
+/// for debug requests), and the dashboard with `dashboard_site`'s browser build.
+pub fn traced_stack(
+    trace_file: &std::path::Path,
+    dashboard_site: Option<std::path::PathBuf>,
+) -> recstack_services::serve::LocalOptions {
+    use recstack_services::gateway::GatewayConfig;
+    use recstack_services::ranking::service::ModelSources;
+    use recstack_services::serve::{LocalAddrs, LocalOptions, LocalTraces};
+    let manifest_dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    LocalOptions {
+        direct_links: true,
+        addrs: LocalAddrs::ephemeral(),
+        model: ModelSources::cpu(manifest_dir.join("models/deepfm/model.onnx")),
+        redis_url: None,
+        gateway: GatewayConfig {
+            full_trace_sample: 0.0,
+            ..GatewayConfig::default()
+        },
+        traces: LocalTraces::Embedded(trace_file.to_path_buf()),
+        dashboard_site,
+    }
+}
