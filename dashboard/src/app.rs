@@ -68,6 +68,29 @@ fn loading() -> impl IntoView {
     view! { <p class="loading">"Loading…"</p> }
 }
 
+/// `render(value)` once `resource` has loaded, its error if it failed, "Loading…" meanwhile.
+fn loaded<T>(
+    resource: Resource<Result<T, ServerFnError>>,
+    render: impl Fn(T) -> AnyView + Clone + Send + Sync + 'static,
+) -> impl IntoView
+where
+    T: Clone + Send + Sync + 'static,
+{
+    view! {
+        <Suspense fallback=loading>
+            {move || {
+                let render = render.clone();
+                Suspend::new(async move {
+                    match resource.await {
+                        Ok(v) => render(v),
+                        Err(e) => error_box(e),
+                    }
+                })
+            }}
+        </Suspense>
+    }
+}
+
 fn error_box(e: ServerFnError) -> AnyView {
     let message = match e {
         ServerFnError::ServerError(m) => m,
@@ -99,14 +122,7 @@ fn OverviewPage() -> impl IntoView {
                 })
                 .collect_view()}
         </nav>
-        <Suspense fallback=loading>
-            {move || Suspend::new(async move {
-                match data.await {
-                    Ok(o) => overview_charts(o),
-                    Err(e) => error_box(e),
-                }
-            })}
-        </Suspense>
+        {loaded(data, overview_charts)}
     }
 }
 
@@ -325,15 +341,7 @@ fn SearchPage() -> impl IntoView {
             <label>"A/B bucket" <input name="bucket" inputmode="numeric" value=move || field(|f| &f.bucket) /></label>
             <button type="submit">"Search"</button>
         </form>
-        <Suspense fallback=loading>
-            {move || Suspend::new(async move {
-                let f = filters.get_untracked();
-                match results.await {
-                    Ok(page) => results_table(page, f),
-                    Err(e) => error_box(e),
-                }
-            })}
-        </Suspense>
+        {loaded(results, move |page| results_table(page, filters.get_untracked()))}
     }
 }
 
@@ -438,16 +446,7 @@ fn RequestPage() -> impl IntoView {
             }
         },
     );
-    view! {
-        <Suspense fallback=loading>
-            {move || Suspend::new(async move {
-                match trace.await {
-                    Ok(v) => request_view(v, why),
-                    Err(e) => error_box(e),
-                }
-            })}
-        </Suspense>
-    }
+    loaded(trace, move |v| request_view(v, why))
 }
 
 type WhyResource = Resource<Option<Result<WhyNot, ServerFnError>>>;
@@ -807,14 +806,7 @@ fn StatusPage() -> impl IntoView {
     let status = Resource::new(|| (), |_| api::fetch_stack_status());
     view! {
         <h1>"Stack"</h1>
-        <Suspense fallback=loading>
-            {move || Suspend::new(async move {
-                match status.await {
-                    Ok(s) => status_view(s),
-                    Err(e) => error_box(e),
-                }
-            })}
-        </Suspense>
+        {loaded(status, status_view)}
     }
 }
 

@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
-use recstack_services::gateway::Recommendation;
 use recstack_services::serve::{self, LocalStack};
 use recstack_trace_store::store::TraceStore;
-use recstack_trace_store::{Detail, Trace, outcome};
+use recstack_trace_store::{Detail, outcome};
 use serde_json::{Value, json};
 
 fn manifest_dir() -> PathBuf {
@@ -128,11 +127,20 @@ async fn open(c: &Client, url: &str) {
 }
 
 async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
-    c.wait()
+    match c
+        .wait()
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css(css))
         .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+    {
+        Ok(e) => e,
+        Err(e) => {
+            // What the page showed instead, for whoever reads the failure.
+            let shot = screenshot(c, "failure").await;
+            let url = c.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+            panic!("no {css} on {url}: {e} (screenshot {})", shot.display())
+        }
+    }
 }
 
 async fn attr(e: &fantoccini::elements::Element, name: &str) -> String {
@@ -156,31 +164,6 @@ async fn errors(c: &Client) -> Vec<String> {
         .filter(|e| e["level"] == "SEVERE")
         .map(|e| e["message"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-async fn recommend(stack: &LocalStack, user: &str, debug: bool) -> Recommendation {
-    let addr = stack.get("gateway").http.to_string();
-    let body = format!(r#"{{"user_id": "{user}", "n": 10, "debug": {debug}}}"#);
-    let (status, body) = tokio::task::spawn_blocking(move || common::http_post(&addr, "/v1/recommend", &body))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// The stored trace, once the writer has flushed it.
-async fn stored(api: &str, request_id: &str) -> Trace {
-    for _ in 0..100 {
-        let (addr, path) = (api.to_string(), format!("/v1/traces/{request_id}"));
-        let (status, body) = tokio::task::spawn_blocking(move || common::http_get(&addr, &path))
-            .await
-            .unwrap();
-        if status == 200 {
-            return serde_json::from_str(&body).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("trace {request_id} never arrived");
 }
 
 fn site() -> PathBuf {
@@ -210,8 +193,8 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     // stage, and summary traces for others.
     let mut found = None;
     for user in (1..200).map(|u| u.to_string()) {
-        let r = recommend(&stack, &user, true).await;
-        let t = stored(&api, &r.request_id).await;
+        let r = common::recommend(&stack, &user, true).await;
+        let t = common::stored_trace(&api, &r.request_id).await;
         if t.candidates.len() > 500 && t.candidates.iter().any(|c| c.outcome == "rerank:mmr") {
             found = Some((user, t));
             break;
@@ -220,7 +203,7 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     let (user, full) = found.expect("a user with over 500 candidates and an MMR removal");
     assert_eq!(full.detail, Detail::Full);
     for u in ["7", "8", "9"] {
-        recommend(&stack, u, false).await;
+        common::recommend(&stack, u, false).await;
     }
     // A constructed case beside the real ones: the real full trace under another id, with
     // three candidates' fates set by hand (a block-list removal, which real traffic here

@@ -5,13 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use recstack_services::gateway::Recommendation;
 use recstack_services::serve::{self, LocalStack};
 use recstack_trace_store::explain::{FellOut, Why, WhyNot};
 use recstack_trace_store::query::{Aggregates, Page};
-use recstack_trace_store::{Detail, Trace, outcome};
+use recstack_trace_store::{Detail, outcome};
 use serde_json::Value;
 
 async fn start(trace_file: &Path) -> LocalStack {
@@ -25,29 +23,6 @@ async fn get(addr: String, path: String) -> (u16, String) {
         .unwrap()
 }
 
-async fn recommend(stack: &LocalStack, user: &str, debug: bool) -> Recommendation {
-    let addr = stack.get("gateway").http.to_string();
-    let body = format!(r#"{{"user_id": "{user}", "n": 10, "debug": {debug}}}"#);
-    let (status, body) = tokio::task::spawn_blocking(move || common::http_post(&addr, "/v1/recommend", &body))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Polls until the trace is in the store (the writer batches for up to 200 ms).
-async fn trace(api: &str, request_id: &str) -> Trace {
-    for _ in 0..100 {
-        let (status, body) = get(api.to_string(), format!("/v1/traces/{request_id}")).await;
-        if status == 200 {
-            return serde_json::from_str(&body).unwrap();
-        }
-        assert_eq!(status, 404, "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("trace {request_id} never arrived");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_query_api_explains_real_requests() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,8 +31,8 @@ async fn the_query_api_explains_real_requests() {
     // A user with more candidates than the ranking cut, so every stage has leavers.
     let mut found = None;
     for user in (1..200).map(|u| u.to_string()) {
-        let debug = recommend(&stack, &user, true).await;
-        let full = trace(&api, &debug.request_id).await;
+        let debug = common::recommend(&stack, &user, true).await;
+        let full = common::stored_trace(&api, &debug.request_id).await;
         if full.candidates.len() > 500 {
             found = Some((user, debug, full));
             break;
@@ -65,9 +40,9 @@ async fn the_query_api_explains_real_requests() {
     }
     let (user, debug, full) = found.expect("a user with over 500 candidates");
     let user = user.as_str();
-    let plain = recommend(&stack, user, false).await;
+    let plain = common::recommend(&stack, user, false).await;
     // A user not tried above.
-    let other = recommend(&stack, &(user.parse::<u64>().unwrap() + 1).to_string(), false).await;
+    let other = common::recommend(&stack, &(user.parse::<u64>().unwrap() + 1).to_string(), false).await;
     assert_eq!(debug.level, "full", "{:?}", debug.degraded);
 
     // The stored trace is the served list with its lineage.
@@ -89,10 +64,10 @@ async fn the_query_api_explains_real_requests() {
         "{:?}",
         full.items[0]
     );
-    let summary = trace(&api, &plain.request_id).await;
+    let summary = common::stored_trace(&api, &plain.request_id).await;
     assert_eq!(summary.detail, Detail::Summary);
     assert!(summary.candidates.is_empty());
-    trace(&api, &other.request_id).await;
+    common::stored_trace(&api, &other.request_id).await;
 
     // Search by user, newest first; by a served item.
     let (status, body) = get(api.clone(), format!("/v1/traces?user={user}")).await;
@@ -205,7 +180,7 @@ async fn stopping_the_stack_flushes_the_traces() {
     let stack = start(&file).await;
     let mut ids = Vec::new();
     for user in ["1", "2", "3", "4", "5"] {
-        ids.push(recommend(&stack, user, false).await.request_id);
+        ids.push(common::recommend(&stack, user, false).await.request_id);
     }
     stack.stop().await.unwrap();
     let store = recstack_trace_store::embedded::EmbeddedStore::open(&file).unwrap();

@@ -155,3 +155,35 @@ pub fn traced_stack(
         dashboard_site,
     }
 }
+
+/// `POST /v1/recommend` to the stack's gateway for `user` (10 items); asserts a 200.
+pub async fn recommend(
+    stack: &recstack_services::serve::LocalStack,
+    user: &str,
+    debug: bool,
+) -> recstack_services::gateway::Recommendation {
+    let addr = stack.get("gateway").http.to_string();
+    let body = format!(r#"{{"user_id": "{user}", "n": 10, "debug": {debug}}}"#);
+    let (status, body) = tokio::task::spawn_blocking(move || http_post(&addr, "/v1/recommend", &body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The trace of `request_id` from the query API at `api`, polling until the writer has
+/// flushed it (it batches for up to 200 ms).
+pub async fn stored_trace(api: &str, request_id: &str) -> recstack_trace_store::Trace {
+    for _ in 0..100 {
+        let (addr, path) = (api.to_string(), format!("/v1/traces/{request_id}"));
+        let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, &path))
+            .await
+            .unwrap();
+        if status == 200 {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert_eq!(status, 404, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("trace {request_id} never arrived");
+}
