@@ -73,6 +73,7 @@ pub fn router(config: DashboardConfig) -> Router {
         status: config.status,
     });
     let hydrate = site_root.is_some();
+    register_server_fns();
     let routes = generate_route_list(crate::app::App);
     let shell_options = options.clone();
     let mut router = Router::new()
@@ -87,6 +88,18 @@ pub fn router(config: DashboardConfig) -> Router {
         router = router.nest_service("/pkg", tower_http::services::ServeDir::new(root.join("pkg")));
     }
     router
+}
+
+/// Registers the server functions by hand. `inventory` registers them at link time, but a
+/// linker may leave out the object that holds the registration when nothing else in it is
+/// used — then the browser's calls get 404s (seen in one workspace build, not another).
+fn register_server_fns() {
+    use leptos::server_fn::axum::register_explicit;
+    register_explicit::<crate::api::SearchTraces>();
+    register_explicit::<crate::api::FetchTrace>();
+    register_explicit::<crate::api::AskWhyNot>();
+    register_explicit::<crate::api::FetchOverview>();
+    register_explicit::<crate::api::FetchStackStatus>();
 }
 
 pub fn now_ms() -> i64 {
@@ -337,6 +350,47 @@ mod tests {
     use recstack_crds::{ComponentStatus, RecommenderStackStatus};
 
     use super::*;
+
+    #[tokio::test]
+    async fn every_server_function_has_a_route() {
+        use leptos::server_fn::ServerFn;
+        let app = router(DashboardConfig {
+            // Nothing listens there: the functions fail, but their routes must exist.
+            traces_url: "http://127.0.0.1:9".into(),
+            status: StatusSource::local(Vec::new()),
+            site_root: None,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        for path in [
+            crate::api::SearchTraces::PATH,
+            crate::api::FetchTrace::PATH,
+            crate::api::AskWhyNot::PATH,
+            crate::api::FetchOverview::PATH,
+            crate::api::FetchStackStatus::PATH,
+        ] {
+            let r = client
+                .post(format!("http://{addr}{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("")
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status().as_u16(), 404, "{path}");
+        }
+        // The stack status needs no store: it answers.
+        let r = client
+            .post(format!("http://{addr}{}", crate::api::FetchStackStatus::PATH))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("\"phase\":\"Running\""), "{body}");
+    }
 
     #[test]
     fn local_status_is_degraded_when_a_component_is_not_ready() {
