@@ -503,15 +503,17 @@ fn request_view(v: TraceView, why: WhyResource) -> AnyView {
     .into_any()
 }
 
+/// One `name: value` pair of a fact list (`<dl class="facts">`).
+fn fact(name: &'static str, value: String) -> impl IntoView {
+    view! {
+        <div data-fact=name>
+            <dt>{name}</dt>
+            <dd>{value}</dd>
+        </div>
+    }
+}
+
 fn request_facts(t: &Trace) -> AnyView {
-    let fact = |name: &'static str, value: String| {
-        view! {
-            <div data-fact=name>
-                <dt>{name}</dt>
-                <dd>{value}</dd>
-            </div>
-        }
-    };
     let degraded = if t.degraded.is_empty() {
         String::new()
     } else {
@@ -660,14 +662,6 @@ fn ServedList(items: Vec<ItemLineage>) -> impl IntoView {
 
 fn lineage_row(it: &ItemLineage) -> AnyView {
     let sources = it.sources.clone();
-    let fact = |name: &'static str, value: String| {
-        view! {
-            <div data-fact=name>
-                <dt>{name}</dt>
-                <dd>{value}</dd>
-            </div>
-        }
-    };
     let pos = |p: Option<u32>| p.map(|p| format!("#{}", p + 1)).unwrap_or_else(|| "—".into());
     view! {
         <tr class="lineage">

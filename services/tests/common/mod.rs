@@ -16,6 +16,15 @@ pub fn active_user(a: &Artifacts) -> u32 {
         .expect("some ratings are held out")
 }
 
+/// A loopback port nothing listens on now (for a server the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A redis-server on a free port, killed on drop.
 pub struct Redis {
     child: Child,
@@ -24,11 +33,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("redis-server")
             .args([
                 "--port",
