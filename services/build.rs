@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::compile_protos("proto/features.proto")?;
     tonic_prost_build::compile_protos("proto/rerank.proto")?;
     tonic_prost_build::compile_protos("proto/gateway.proto")?;
+    tonic_prost_build::compile_protos("proto/events.proto")?;
     // Ranking requests carry the feature service's UserFeatures: reuse its generated type. Its
     // own directory, so the (empty) features module generated beside it overwrites nothing.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("ranking");

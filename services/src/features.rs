@@ -112,6 +112,7 @@ impl Snapshot {
                     hot_score: f.hot_score,
                     year: f.year.map_or(0, u32::from),
                     genres: f.genres.clone(),
+                    ..ItemFeatures::default()
                 };
                 (item.id.clone(), v)
             })

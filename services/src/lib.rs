@@ -9,6 +9,8 @@
 //! - [`ranking`]: the ONNX ranking service (batching, canary, hot swap) and its training data.
 //! - [`rerank`]: diversity and business rules, and their service.
 //! - [`gateway`]: the front door: budgets, degradation levels, breakers, traces.
+//! - [`events`]: behaviour events, the event log (embedded or Kafka) and the ingest service.
+//! - [`stream`]: the built-in stream job (windows, fast path, versioned writes, limiter).
 #![forbid(unsafe_code)]
 
 /// 64-bit FNV-1a: stable across builds, processes and platforms (unlike `std`'s randomly
@@ -42,6 +44,7 @@ pub mod build;
 pub mod config;
 pub mod dataset;
 pub mod eval;
+pub mod events;
 pub mod features;
 pub mod gateway;
 pub mod ops;
@@ -49,5 +52,6 @@ pub mod ranking;
 pub mod recall;
 pub mod rerank;
 pub mod serve;
+pub mod stream;
 pub mod synth;
 pub mod traces;

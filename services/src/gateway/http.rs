@@ -30,6 +30,11 @@ pub fn router(gateway: Arc<Gateway>, ready: Arc<AtomicBool>) -> Router {
 
 /// Parses a request body; errors name the field (`n`, `context.scene`, or `body`).
 pub fn parse(body: &[u8]) -> Result<RecommendRequest, FieldError> {
+    parse_json(body)
+}
+
+/// Parses a JSON body into `T`; errors name the field (`events[2].kind`, or `body`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

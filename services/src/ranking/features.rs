@@ -250,6 +250,7 @@ mod tests {
             hot_score: 3.0,
             year: 1994,
             genres: genres.iter().map(|g| g.to_string()).collect(),
+            ..ItemFeatures::default()
         }
     }
 

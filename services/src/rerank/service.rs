@@ -182,6 +182,7 @@ mod tests {
                 hot_score: 1.0,
                 year: if i == 1 { 2013 } else { 1990 },
                 genres: vec![["Drama", "Comedy", "Horror"][i % 3].to_string()],
+                ..ItemFeatures::default()
             })
             .collect();
         let snapshot = Arc::new(Snapshot::from_parts(Vec::new(), items));

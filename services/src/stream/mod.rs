@@ -1,0 +1,407 @@
+//! The built-in stream job: reads the event log, aggregates tumbling windows per item, keeps
+//! users' recent items up to date within seconds, and writes both to the feature store.
+//!
+//! - [`window`]: the window math, versions and recent-item lists (pure).
+//! - [`limiter`]: the adaptive write limiter (pure).
+//! - [`sink`]: where the results go (in memory, or Redis with versioned Lua writes).
+//!
+//! Per partition the worker reads a batch, counts each event in its window and sends every
+//! engagement down the **fast path** (the user's recent items and genre affinities are written
+//! at once). Windows the watermark has passed are queued for writing; the limiter spreads
+//! them over the next window. A write is versioned (window end, newest offset), so a replay
+//! changes nothing. The offset committed is where no unwritten window has an event: after a
+//! crash the log is read again from there, the windows written already are refused by their
+//! versions, and the rest are counted in full — totals stay exact.
+
+pub mod limiter;
+pub mod sink;
+pub mod window;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::events::log::{EventLog, LogError};
+use crate::events::{Event, now_ms};
+use crate::features::proto::GenreShare;
+use crate::features::{ItemFeatures, Key, Snapshot, UserFeatures};
+use limiter::{LimiterConfig, WriteLimiter};
+use sink::{FeatureSink, SinkError, trend_rank};
+use window::{Aggregator, ItemState, ItemWindow, WindowConfig, genre_affinity, smoothed_ctr};
+
+/// The consumer group the built-in job commits as (the Flink job uses its own).
+pub const GROUP: &str = "recstack-stream";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub window: WindowConfig,
+    pub group: String,
+    /// Records read per partition per round.
+    pub batch: usize,
+    /// Pause when every partition is caught up and nothing is due.
+    pub idle_poll: Duration,
+    /// Spread window writes (`None`: write each window as it fires).
+    pub limiter: Option<LimiterConfig>,
+    /// A caught-up partition's watermark follows the clock, so its last window closes
+    /// without newer events (live serving). Off for bounded replays, which end with a flush.
+    pub follow_clock: bool,
+}
+
+impl StreamConfig {
+    pub fn live(window: WindowConfig) -> Self {
+        Self {
+            window,
+            group: GROUP.into(),
+            batch: 2_000,
+            idle_poll: Duration::from_millis(20),
+            limiter: Some(LimiterConfig::for_window(window.size_ms)),
+            follow_clock: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// applied, stale (refused by its version: a replay or duplicate)
+    pub outcome: &'static str,
+}
+
+/// Metrics of the stream job (`recstack_stream_*`).
+pub struct StreamMetrics {
+    pub registry: Registry,
+    pub events: Counter,
+    pub late: Counter,
+    pub undecodable: Counter,
+    pub windows: Family<OutcomeLabels, Counter>,
+    pub user_writes: Counter,
+    pub backlog: Gauge,
+    pub lag: Gauge,
+    pub sink_errors: Counter,
+    /// Event time to the user's features written (the fast path).
+    pub fast_path_delay: Histogram,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("recstack_stream");
+        let m = Self {
+            events: Counter::default(),
+            late: Counter::default(),
+            undecodable: Counter::default(),
+            windows: Family::default(),
+            user_writes: Counter::default(),
+            backlog: Gauge::default(),
+            lag: Gauge::default(),
+            sink_errors: Counter::default(),
+            fast_path_delay: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("events", "Events read from the log", m.events.clone());
+        registry.register("late", "Events dropped because their window had fired", m.late.clone());
+        registry.register("undecodable", "Log records that are not events (skipped)", m.undecodable.clone());
+        registry.register("windows", "Item windows written, by outcome", m.windows.clone());
+        registry.register("user_writes", "User feature writes (fast path)", m.user_writes.clone());
+        registry.register("backlog", "Item windows waiting for the write limiter", m.backlog.clone());
+        registry.register("lag", "Records in the log not yet read", m.lag.clone());
+        registry.register("sink_errors", "Failed writes to the feature store (retried)", m.sink_errors.clone());
+        registry.register(
+            "fast_path_delay_seconds",
+            "From an engagement's event time to its user's features written",
+            m.fast_path_delay.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl StreamMetrics {
+    pub fn encode(&self) -> String {
+        crate::ops::encode(&self.registry)
+    }
+}
+
+/// The feature value of an item: the build's features with the real-time ones over them.
+pub fn item_features(base: Option<&ItemFeatures>, item_id: &str, s: &ItemState) -> ItemFeatures {
+    let mut f = base.cloned().unwrap_or_else(|| ItemFeatures {
+        item_id: item_id.to_string(),
+        ..ItemFeatures::default()
+    });
+    f.impressions = s.totals.impressions;
+    f.clicks = s.totals.clicks;
+    f.plays = s.totals.plays;
+    f.likes = s.totals.likes;
+    f.ctr = smoothed_ctr(s.totals.clicks, s.totals.impressions) as f32;
+    f.window_end_ms = s.last_window_end_ms;
+    f.trend = s.hot as f32;
+    f
+}
+
+/// The feature value of a user: the build's features with the real-time recent items first
+/// and genre affinities over them.
+pub fn user_features(snapshot: &Snapshot, user_id: &str, recent: &[(String, i64)]) -> UserFeatures {
+    let mut f = snapshot.user(user_id).cloned().unwrap_or_else(|| UserFeatures {
+        user_id: user_id.to_string(),
+        ..UserFeatures::default()
+    });
+    let mut items: Vec<(String, i64)> = recent.to_vec();
+    let cap = window::RECENT_ITEMS.max(f.recent_items.len());
+    for old in &f.recent_items {
+        if items.len() >= cap {
+            break;
+        }
+        if !items.iter().any(|(i, _)| i == old) {
+            items.push((old.clone(), i64::MIN));
+        }
+    }
+    if let Some((_, newest)) = recent.first() {
+        f.last_ts = f.last_ts.max(newest / 1_000);
+    }
+    f.top_genres = genre_affinity(&items, |i| snapshot.item(i).map(|f| f.genres.as_slice()), 5)
+        .into_iter()
+        .map(|(genre, share)| GenreShare { genre, share })
+        .collect();
+    f.recent_items = items.into_iter().map(|(i, _)| i).collect();
+    f
+}
+
+struct PartitionState {
+    partition: u32,
+    agg: Aggregator,
+    next: u64,
+    /// Fired windows not yet written, with the offset a restart would need to read them again.
+    pending: VecDeque<(ItemWindow, u64)>,
+    committed: u64,
+    caught_up: bool,
+}
+
+impl PartitionState {
+    /// Where a restart must begin: the oldest unwritten fired window, else the oldest open one.
+    fn commit_point(&self) -> u64 {
+        self.pending
+            .front()
+            .map(|(_, resume)| *resume)
+            .unwrap_or_else(|| self.agg.safe_offset())
+            .min(self.next)
+    }
+}
+
+/// The built-in stream worker over `log`, writing to `sink`.
+pub struct Worker<L: EventLog, S: FeatureSink> {
+    pub log: Arc<L>,
+    pub sink: Arc<S>,
+    pub snapshot: Arc<Snapshot>,
+    pub config: StreamConfig,
+    pub metrics: Arc<StreamMetrics>,
+}
+
+impl<L: EventLog, S: FeatureSink> Worker<L, S> {
+    /// Runs until `stop` turns true (then commits what is safe) or, with `until_caught_up`,
+    /// until every partition is read to its end, every window flushed and written (a bounded
+    /// replay).
+    pub async fn run(&self, mut stop: watch::Receiver<bool>, until_caught_up: bool) -> Result<(), StreamError> {
+        let mut parts = Vec::new();
+        for p in 0..self.log.partitions() {
+            let from = self.log.committed(&self.config.group, p).await?.unwrap_or(0);
+            parts.push(PartitionState {
+                partition: p,
+                agg: Aggregator::new(self.config.window),
+                next: from,
+                pending: VecDeque::new(),
+                committed: from,
+                caught_up: false,
+            });
+        }
+        let started = Instant::now();
+        let clock = || started.elapsed().as_secs_f64() * 1_000.0;
+        let mut limiter = self.config.limiter.map(WriteLimiter::new);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let mut read_any = false;
+            for ps in &mut parts {
+                read_any |= self.read_partition(ps, limiter.as_mut(), clock()).await?;
+            }
+            if until_caught_up && parts.iter().all(|p| p.caught_up) {
+                for ps in &mut parts {
+                    let resume = ps.agg.safe_offset();
+                    ps.pending.extend(ps.agg.flush().into_iter().map(|w| (w, resume)));
+                }
+                limiter = None;
+            }
+            let written = self.write_due(&mut parts, limiter.as_mut(), clock()).await;
+            for ps in &mut parts {
+                let point = ps.commit_point();
+                if point > ps.committed {
+                    self.log.commit(&self.config.group, ps.partition, point).await?;
+                    ps.committed = point;
+                }
+            }
+            let backlog: usize = parts.iter().map(|p| p.pending.len()).sum();
+            self.metrics.backlog.set(backlog as i64);
+            if until_caught_up && parts.iter().all(|p| p.caught_up) && backlog == 0 {
+                return Ok(());
+            }
+            if !read_any && written == 0 {
+                let wait = limiter
+                    .as_ref()
+                    .and_then(WriteLimiter::wait_ms)
+                    .map_or(self.config.idle_poll, |ms| Duration::from_secs_f64(ms / 1_000.0))
+                    .min(self.config.idle_poll);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one batch of a partition; returns whether it read anything.
+    async fn read_partition(
+        &self,
+        ps: &mut PartitionState,
+        limiter: Option<&mut WriteLimiter>,
+        now: f64,
+    ) -> Result<bool, StreamError> {
+        let records = self.log.read(ps.partition, ps.next, self.config.batch).await?;
+        ps.caught_up = records.len() < self.config.batch;
+        let mut engagements = Vec::new();
+        for r in &records {
+            ps.next = r.offset + 1;
+            match Event::decode(&r.value) {
+                Ok(e) => {
+                    self.metrics.events.inc();
+                    if ps.agg.push(&e, r.offset) == window::Accepted::Late {
+                        self.metrics.late.inc();
+                    }
+                    if e.kind.engaged() {
+                        engagements.push((e.user_id, e.item_id, e.ts_ms));
+                    }
+                }
+                Err(err) => {
+                    self.metrics.undecodable.inc();
+                    tracing::warn!(partition = ps.partition, offset = r.offset, error = %err, "skipping a log record");
+                }
+            }
+        }
+        if !engagements.is_empty() {
+            self.fast_path(&engagements).await?;
+        }
+        if ps.caught_up && self.config.follow_clock {
+            ps.agg.advance_to(now_ms() - self.config.window.delay_ms);
+        }
+        let resume = ps.agg.safe_offset();
+        let fired = ps.agg.fire();
+        if let Some(l) = limiter {
+            l.add(fired.len() as u64, now);
+        }
+        ps.pending.extend(fired.into_iter().map(|w| (w, resume)));
+        if let Ok(end) = self.log.end_offset(ps.partition).await {
+            self.metrics.lag.set(end.saturating_sub(ps.next) as i64);
+        }
+        Ok(!records.is_empty())
+    }
+
+    /// Users' recent items and their feature values, at once.
+    async fn fast_path(&self, engagements: &[(String, String, i64)]) -> Result<(), StreamError> {
+        let lists = self.sink.add_recent(engagements).await?;
+        let now = now_ms();
+        let values = lists
+            .into_iter()
+            .map(|(user, (generation, recent))| {
+                let f = user_features(&self.snapshot, &user, &recent);
+                (Key::User(user).redis_key(), generation, f.encode_to_vec())
+            })
+            .collect::<Vec<_>>();
+        self.metrics.user_writes.inc_by(values.len() as u64);
+        self.sink.put_users(values).await?;
+        for (_, _, ts) in engagements {
+            self.metrics.fast_path_delay.observe((now - ts).max(0) as f64 / 1_000.0);
+        }
+        Ok(())
+    }
+
+    /// Writes the windows the limiter allows (all without one), oldest first across
+    /// partitions; returns how many. A failed write stays queued and is retried.
+    async fn write_due(&self, parts: &mut [PartitionState], mut limiter: Option<&mut WriteLimiter>, now: f64) -> usize {
+        let backlog: usize = parts.iter().map(|p| p.pending.len()).sum();
+        // The limiter counts every fired window; without one (or after a flush) all go.
+        let allowed = match limiter.as_deref_mut() {
+            Some(l) => (l.take(now) as usize).min(backlog),
+            None => backlog,
+        };
+        let mut written = 0;
+        let mut budget = allowed;
+        for ps in parts.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            let n = budget.min(ps.pending.len());
+            if n == 0 {
+                continue;
+            }
+            let batch: Vec<ItemWindow> = ps.pending.iter().take(n).map(|(w, _)| w.clone()).collect();
+            match self.write_windows(&batch).await {
+                Ok(()) => {
+                    ps.pending.drain(..n);
+                    written += n;
+                    budget -= n;
+                }
+                Err(e) => {
+                    self.metrics.sink_errors.inc();
+                    tracing::warn!(error = %e, "feature store write failed; retrying");
+                    break;
+                }
+            }
+        }
+        if let Some(l) = limiter {
+            l.done((allowed - written) as u64);
+        }
+        written
+    }
+
+    async fn write_windows(&self, windows: &[ItemWindow]) -> Result<(), SinkError> {
+        let results = self.sink.apply_windows(windows).await?;
+        let mut values = Vec::with_capacity(windows.len());
+        let mut trending = Vec::new();
+        for (w, (applied, state)) in windows.iter().zip(results) {
+            let outcome = if applied { "applied" } else { "stale" };
+            self.metrics.windows.get_or_create(&OutcomeLabels { outcome }).inc();
+            let f = item_features(self.snapshot.item(&w.item_id), &w.item_id, &state);
+            values.push((Key::Item(w.item_id.clone()).redis_key(), f.encode_to_vec()));
+            if state.hot > 0.0 {
+                trending.push((w.item_id.clone(), trend_rank(state.hot, state.last_window_end_ms)));
+            }
+        }
+        self.sink.put_items(values).await?;
+        self.sink.put_trending(trending).await
+    }
+}
+
+/// Totals per item over a set of windows (tests and the Flink comparison).
+pub fn totals(windows: &[ItemWindow]) -> HashMap<String, window::Counts> {
+    let mut out: HashMap<String, window::Counts> = HashMap::new();
+    for w in windows {
+        let t = out.entry(w.item_id.clone()).or_default();
+        *t = t.plus(w.counts);
+    }
+    out
+}
