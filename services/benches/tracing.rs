@@ -42,6 +42,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         },
         traces,
         dashboard_site: None,
+        events: None,
     };
     let stack = serve::start_local(root, opts).await.expect("local stack");
     let client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();

@@ -23,6 +23,43 @@ pub struct RuntimeConfig {
     pub feature_store: FeatureStoreConfig,
     #[serde(default)]
     pub trace_store: TraceStoreConfig,
+    #[serde(default)]
+    pub stream: StreamSettings,
+    #[serde(default)]
+    pub event_log: EventLogConfig,
+}
+
+/// The stream job's settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSettings {
+    /// `builtin` or `flink`.
+    pub engine: String,
+    /// Window length: `30s`, `1m`, `1h`.
+    pub window: String,
+    pub parallelism: i32,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            engine: "builtin".into(),
+            window: "1m".into(),
+            parallelism: 1,
+        }
+    }
+}
+
+/// Where the event log is: on the ingest pod's disk, or a Kafka topic.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
+pub enum EventLogConfig {
+    #[default]
+    Embedded,
+    Kafka {
+        bootstrap_servers: Vec<String>,
+        topic: String,
+    },
 }
 
 /// Where traces go: the embedded store in the pod, or Elasticsearch.

@@ -273,7 +273,9 @@ pub struct CachePolicy {
 impl Default for CachePolicy {
     fn default() -> Self {
         Self {
-            ttl: Duration::from_secs(30),
+            // Short, so a stream-job write is served within the 2 s event-to-feature target;
+            // still long enough to absorb a burst on one key.
+            ttl: Duration::from_secs(1),
             stale_extension: Duration::from_secs(30),
             max_entries: 1_000_000,
         }

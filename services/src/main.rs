@@ -12,16 +12,25 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::config::{RuntimeConfig, model_path};
+use recstack_services::config::{EventLogConfig, RuntimeConfig, model_path};
 use recstack_services::dataset::{self, Dataset};
 use recstack_services::eval;
+use recstack_services::events::AnyLog;
+use recstack_services::events::ingest::SeenLink;
+use recstack_services::events::kafka::KafkaLog;
+use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::features::Snapshot;
 use recstack_services::gateway::{Catalogue, Endpoints, GatewayConfig};
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::rerank::RerankConfig;
-use recstack_services::serve::{self, Addrs, GatewayTraces, LocalAddrs, LocalOptions, LocalTraces, Service};
+use recstack_services::serve::{
+    self, Addrs, FeatureSource, GatewayTraces, LocalAddrs, LocalEvents, LocalOptions, LocalTraces, Service,
+};
+use recstack_services::stream::sink::{RedisStore, Trending};
+use recstack_services::stream::window::WindowConfig;
+use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
 use recstack_services::traces::{self, TraceSettings, TraceStoreSpec};
 use recstack_trace_store::writer::WriterConfig;
 
@@ -74,6 +83,12 @@ enum Command {
         /// `scripts/build-dashboard`); without it pages are served without hydration.
         #[arg(long, env = "RECSTACK_DASHBOARD_SITE")]
         dashboard_site: Option<PathBuf>,
+        /// The embedded event log's directory (default: `<artifacts>/events`).
+        #[arg(long)]
+        events_dir: Option<PathBuf>,
+        /// The stream job's window (`30s`, `1m`, `1h`).
+        #[arg(long, default_value = "1m", value_parser = parse_window_arg)]
+        window: i64,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
     Query {
@@ -171,6 +186,61 @@ impl ServeArgs {
             &serve::load_artifacts(&self.artifacts)?.artifacts,
         )))
     }
+}
+
+/// Which event log to use: `--log-dir` (embedded), `--kafka` (a Kafka-protocol cluster), or
+/// the runtime config's `eventLog`.
+#[derive(Args, Clone)]
+struct LogArgs {
+    /// The embedded log's directory.
+    #[arg(long, conflicts_with = "kafka")]
+    log_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    kafka: Vec<String>,
+    #[arg(long, default_value = "recstack-events")]
+    topic: String,
+    /// Partitions of a new log (an existing one keeps its own).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+}
+
+impl LogArgs {
+    async fn open(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<AnyLog> {
+        let kafka = match (&self.log_dir, self.kafka.is_empty(), config.map(|c| &c.event_log)) {
+            (Some(_), _, _) => None,
+            (None, false, _) => Some((self.kafka.clone(), self.topic.clone())),
+            (None, true, Some(EventLogConfig::Kafka { bootstrap_servers, topic })) => {
+                Some((bootstrap_servers.clone(), topic.clone()))
+            }
+            (None, true, _) => None,
+        };
+        Ok(match kafka {
+            Some((brokers, topic)) => {
+                let log = KafkaLog::connect(&brokers, &topic, self.partitions)
+                    .await
+                    .with_context(|| format!("connecting to Kafka {} topic {topic}", brokers.join(",")))?;
+                eprintln!("event log: Kafka topic {topic} ({} partitions)", log.partitions());
+                AnyLog::Kafka(log)
+            }
+            None => {
+                let dir = self.log_dir.clone().unwrap_or_else(|| PathBuf::from("events"));
+                let (log, recovered) = FileLog::open(&dir, self.partitions)?;
+                eprintln!(
+                    "event log: {} ({} records, {} torn bytes cut)",
+                    dir.display(),
+                    recovered.records,
+                    recovered.truncated_bytes
+                );
+                AnyLog::File(log)
+            }
+        })
+    }
+}
+
+/// `--window`: `30s`, `1m`, `1h` → milliseconds.
+fn parse_window_arg(s: &str) -> Result<i64, String> {
+    recstack_services::stream::window::parse_window(s)
 }
 
 /// The ranking model and how it runs.
@@ -366,6 +436,30 @@ enum ServeCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The ingest service: HTTP `POST /v1/events` and gRPC `PostEvents` into the event log.
+    Ingest {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        /// The recall service whose seen filters take impressions (default: the runtime
+        /// config's recall endpoint; none: impressions are only logged).
+        #[arg(long)]
+        recall: Option<String>,
+    },
+    /// The built-in stream job: windows over the event log into the feature store.
+    Stream {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        /// The feature store (`redis://host:port`; default: the runtime config's).
+        #[arg(long, env = "RECSTACK_REDIS_URL")]
+        redis_url: Option<String>,
+        /// Window length (default: the runtime config's, else 1m).
+        #[arg(long, value_parser = parse_window_arg)]
+        window: Option<i64>,
+    },
     /// The dashboard over a trace query API; stack status from a RecommenderStack (`--stack`)
     /// or, without one, from the health of the `--component NAME=URL`s given.
     Dashboard {
@@ -427,9 +521,14 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let loaded = serve::load_artifacts(&serve.artifacts)?;
             eprintln!("recall: serving artifact version {}", loaded.manifest.version);
             let every = Duration::from_secs(reload_secs.max(1));
+            let trending = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
+                Some(url) => Trending::Redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
+                None => Trending::None,
+            };
             serve::recall(
                 loaded,
                 Some((serve.artifacts.clone(), every)),
+                trending,
                 serve.addrs(config.as_ref(), 9090, 8080),
             )
             .await?
@@ -438,13 +537,61 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let config = serve.config()?;
             let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
             let snapshot = serve.snapshot()?;
+            let source = match redis_url.as_deref() {
+                Some(url) => FeatureSource::Redis(url),
+                None => FeatureSource::Snapshot,
+            };
             serve::features(
                 snapshot,
-                redis_url.as_deref(),
+                source,
                 dump,
                 serve.addrs(config.as_ref(), 9091, 8081),
             )
             .await?
+        }
+        ServeCommand::Ingest { serve, log, recall } => {
+            let config = serve.config()?;
+            let log = Arc::new(log.open(config.as_ref()).await?);
+            let recall = match recall {
+                Some(url) => Some(url),
+                None => config.as_ref().map(|c| c.endpoint("recall")).transpose()?,
+            };
+            let seen = match recall {
+                Some(url) => SeenLink::grpc(&url)?,
+                None => SeenLink::None,
+            };
+            serve::ingest(log, seen, serve.addrs(config.as_ref(), 9094, 8084)).await?
+        }
+        ServeCommand::Stream {
+            serve,
+            log,
+            redis_url,
+            window,
+        } => {
+            let config = serve.config()?;
+            let window = match (window, config.as_ref()) {
+                (Some(w), _) => w,
+                (None, Some(c)) => recstack_services::stream::window::parse_window(&c.stream.window)
+                    .map_err(|e| anyhow::anyhow!("stream.window: {e}"))?,
+                (None, None) => 60_000,
+            };
+            let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
+            let Some(redis_url) = redis_url else {
+                anyhow::bail!("serve stream writes to Redis: give --redis-url or a runtime config with featureStore.redisUrl (`recstack up` runs the stream job in process without Redis)");
+            };
+            let log = Arc::new(log.open(config.as_ref()).await?);
+            let sink = RedisStore::connect(&redis_url, Duration::from_secs(2)).await?;
+            let worker = Worker {
+                log,
+                sink: Arc::new(sink),
+                snapshot: serve.snapshot()?,
+                config: StreamConfig::live(WindowConfig {
+                    size_ms: window,
+                    ..WindowConfig::default()
+                }),
+                metrics: Arc::new(StreamMetrics::default()),
+            };
+            serve::stream(worker, serve.addrs(config.as_ref(), 9095, 8085).http).await?
         }
         ServeCommand::Ranking { serve, model } => {
             let config = serve.config()?;
@@ -601,12 +748,14 @@ async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf) -> anyh
         if s.name == "dashboard" {
             continue;
         }
-        match s.grpc {
-            Some(grpc) => println!("  {:<9} http://{grpc}   metrics http://{}/metrics", s.name, s.http),
-            None => println!(
+        match (s.name, s.grpc) {
+            ("ingest", Some(grpc)) => println!("  ingest    http://{}/v1/events   http://{grpc}", s.http),
+            ("traces", _) => println!(
                 "  {:<9} http://{}/v1/traces   metrics http://{}/metrics",
                 s.name, s.http, s.http
             ),
+            (_, Some(grpc)) => println!("  {:<9} http://{grpc}   metrics http://{}/metrics", s.name, s.http),
+            (_, None) => println!("  {:<9} metrics http://{}/metrics", s.name, s.http),
         }
     }
     println!("try:");
@@ -614,6 +763,12 @@ async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf) -> anyh
         "  curl -s http://{}/v1/recommend -H 'content-type: application/json' -d '{{\"user_id\": \"1\", \"n\": 10}}'",
         gw.http
     );
+    if let Some(ingest) = stack.find("ingest") {
+        println!(
+            "  curl -s http://{}/v1/events -H 'content-type: application/json' -d '{{\"events\": [{{\"event_id\": \"e1\", \"user_id\": \"1\", \"item_id\": \"0110912\", \"kind\": \"click\"}}]}}'",
+            ingest.http
+        );
+    }
     println!(
         "  cargo run -p recstack-services -- query --user 1 --recall-addr {} --features-addr {}",
         stack.get("recall").grpc.map(|a| a.to_string()).unwrap_or_default(),
@@ -774,6 +929,8 @@ fn main() -> anyhow::Result<()> {
             trace_file,
             trace_full_percent,
             dashboard_site,
+            events_dir,
+            window,
         } => {
             if !artifacts.join("current").exists() {
                 eprintln!(
@@ -805,6 +962,14 @@ fn main() -> anyhow::Result<()> {
                 dashboard_site: Some(
                     dashboard_site.unwrap_or_else(|| recstack_services::source_file("../dashboard/site")),
                 ),
+                events: Some(LocalEvents {
+                    log_dir: events_dir.unwrap_or_else(|| artifacts.join("events")),
+                    partitions: 4,
+                    window: WindowConfig {
+                        size_ms: window,
+                        ..WindowConfig::default()
+                    },
+                }),
             };
             block_on(up(artifacts, opts, traces))
         }

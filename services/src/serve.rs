@@ -25,7 +25,13 @@ use tonic::service::Routes;
 use crate::build::BuildError;
 use crate::features::proto::features_server::Features;
 use crate::features::proto::features_server::FeaturesServer;
+use crate::events::ingest::proto::ingest_server::IngestServer;
+use crate::events::ingest::{Ingest, IngestGrpc, SeenLink};
+use crate::events::log::{EventLog, FileLog};
 use crate::features::{CachePolicy, FeatureMetrics, FeatureService, FeatureStore, L2, NoL2, RedisL2, Snapshot};
+use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, Trending};
+use crate::stream::window::WindowConfig;
+use crate::stream::{StreamConfig, StreamMetrics, Worker};
 use crate::gateway::links::{Direct, FeaturesLink, Links, RankingLink, RecallLink, RerankLink};
 use crate::gateway::proto::gateway_server::GatewayServer;
 use crate::gateway::{Catalogue, Endpoints, Gateway, GatewayConfig, GatewayGrpc, GatewayMetrics};
@@ -200,16 +206,25 @@ pub fn load_artifacts(root: &Path) -> Result<Loaded, ServeError> {
     })
 }
 
-/// The recall service; with `reload`, polls the artifact root for new versions.
-pub async fn recall(loaded: Loaded, reload: Option<(PathBuf, Duration)>, addrs: Addrs) -> Result<Service, ServeError> {
+/// The recall service; with `reload`, polls the artifact root for new versions; its hot
+/// channel leads with `trending` (the stream job's list).
+pub async fn recall(
+    loaded: Loaded,
+    reload: Option<(PathBuf, Duration)>,
+    trending: Trending,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
-    let service = Arc::new(RecallService::new(
-        slot.clone(),
-        MemorySeenStore::default(),
-        SeenConfig::default(),
-        metrics.clone(),
-    ));
+    let service = Arc::new(
+        RecallService::new(
+            slot.clone(),
+            MemorySeenStore::default(),
+            SeenConfig::default(),
+            metrics.clone(),
+        )
+        .with_trending(trending),
+    );
     let watcher = reload.map(|(root, every)| tokio::spawn(watch_artifacts(slot, root, every)));
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
@@ -227,31 +242,51 @@ pub async fn recall(loaded: Loaded, reload: Option<(PathBuf, Duration)>, addrs: 
     .await
 }
 
-/// The feature service: L1 over Redis (when `redis_url` is set) over the snapshot; `dump` is
-/// read on start and written on stop.
+/// Where the feature service finds real-time values (its L2).
+pub enum FeatureSource<'a> {
+    /// None: L1 over the snapshot.
+    Snapshot,
+    /// Redis at this URL.
+    Redis(&'a str),
+    /// The local stream job's store in this process.
+    Memory(Arc<MemoryStore>),
+}
+
+/// The feature service: L1 over the real-time `source` over the snapshot; `dump` is read on
+/// start and written on stop.
 pub async fn features(
     snapshot: Arc<Snapshot>,
-    redis_url: Option<&str>,
+    source: FeatureSource<'_>,
     dump: Option<PathBuf>,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(FeatureMetrics::default());
-    match redis_url {
-        Some(url) => {
-            let l2 = RedisL2::connect(url, Duration::from_millis(100))
-                .await
-                .map_err(|e| ServeError::Redis(e.to_string()))?;
+    let policy = CachePolicy::default();
+    match source {
+        FeatureSource::Memory(store) => {
             features_with(
-                FeatureStore::new(l2, snapshot, CachePolicy::default(), metrics.clone()),
+                FeatureStore::new(store, snapshot, policy, metrics.clone()),
                 metrics,
                 dump,
                 addrs,
             )
             .await
         }
-        None => {
+        FeatureSource::Redis(url) => {
+            let l2 = RedisL2::connect(url, Duration::from_millis(100))
+                .await
+                .map_err(|e| ServeError::Redis(e.to_string()))?;
             features_with(
-                FeatureStore::new(NoL2, snapshot, CachePolicy::default(), metrics.clone()),
+                FeatureStore::new(l2, snapshot, policy, metrics.clone()),
+                metrics,
+                dump,
+                addrs,
+            )
+            .await
+        }
+        FeatureSource::Snapshot => {
+            features_with(
+                FeatureStore::new(NoL2, snapshot, policy, metrics.clone()),
                 metrics,
                 dump,
                 addrs,
@@ -481,6 +516,53 @@ async fn http_service(
     .await
 }
 
+/// The ingest service over `log`: HTTP `POST /v1/events` and gRPC `PostEvents`. It first
+/// reloads the event ids of the log's tail, so a restart still refuses retried events.
+pub async fn ingest<L: EventLog>(log: Arc<L>, seen: SeenLink, addrs: Addrs) -> Result<Service, ServeError> {
+    let ingest = Arc::new(Ingest::new(log, seen, 2_000_000, Duration::from_secs(3_600)));
+    match ingest.warm(100_000).await {
+        Ok(n) => tracing::info!(n, "ingest: reloaded recent event ids"),
+        Err(e) => tracing::warn!(error = %e, "ingest: could not read the log's tail; dedup starts empty"),
+    }
+    let http = crate::events::ingest::router(ingest.clone());
+    spawn(
+        "ingest",
+        addrs,
+        Some(Routes::new(IngestServer::new(IngestGrpc(ingest)))),
+        http,
+        DirectService::None,
+        async {},
+    )
+    .await
+}
+
+/// The built-in stream job (HTTP: `/metrics`, `/healthz`, `/readyz`). Stopping it lets the
+/// worker finish its round and commit what is safe.
+pub async fn stream<L: EventLog, S: FeatureSink>(worker: Worker<L, S>, http: SocketAddr) -> Result<Service, ServeError> {
+    let metrics = worker.metrics.clone();
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = spawn(
+        "stream",
+        Addrs { grpc: http, http },
+        None,
+        ops_router(encode),
+        DirectService::None,
+        async move {
+            let _ = done_rx.await;
+        },
+    )
+    .await?;
+    let stop = service.stopped();
+    tokio::spawn(async move {
+        if let Err(e) = worker.run(stop, false).await {
+            tracing::error!(error = %e, "stream worker stopped");
+        }
+        let _ = done_tx.send(());
+    });
+    Ok(service)
+}
+
 /// Addresses of the local stack's services.
 #[derive(Clone, Debug)]
 pub struct LocalAddrs {
@@ -493,6 +575,9 @@ pub struct LocalAddrs {
     pub traces: SocketAddr,
     /// The dashboard (HTTP only).
     pub dashboard: SocketAddr,
+    pub ingest: Addrs,
+    /// The stream job's operational endpoints.
+    pub stream: SocketAddr,
 }
 
 impl LocalAddrs {
@@ -510,6 +595,8 @@ impl LocalAddrs {
             rerank: at(9093, 8083),
             traces: SocketAddr::from(([127, 0, 0, 1], 8090)),
             dashboard: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            ingest: at(9094, 8084),
+            stream: SocketAddr::from(([127, 0, 0, 1], 8085)),
         }
     }
 
@@ -522,6 +609,8 @@ impl LocalAddrs {
             rerank: Addrs::ephemeral(),
             traces: Addrs::ephemeral().http,
             dashboard: Addrs::ephemeral().http,
+            ingest: Addrs::ephemeral(),
+            stream: Addrs::ephemeral().http,
         }
     }
 }
@@ -537,6 +626,17 @@ pub struct LocalOptions {
     /// The dashboard's browser build (`scripts/build-dashboard`); without it the dashboard
     /// serves pages without hydration. The dashboard runs with [`LocalTraces::Embedded`].
     pub dashboard_site: Option<PathBuf>,
+    /// Ingest and the built-in stream job over an embedded event log.
+    pub events: Option<LocalEvents>,
+}
+
+/// The local event path: ingest → the embedded log → the stream job → the feature store
+/// (Redis when the stack has a `redis_url`, else in process) → features and recall.
+#[derive(Clone, Debug)]
+pub struct LocalEvents {
+    pub log_dir: PathBuf,
+    pub partitions: u32,
+    pub window: WindowConfig,
 }
 
 /// Where the local stack keeps traces.
@@ -547,6 +647,11 @@ pub enum LocalTraces {
     Memory(usize),
     /// The embedded store at this file, with the query API on `LocalAddrs::traces`.
     Embedded(PathBuf),
+}
+
+enum LocalSink {
+    Memory(Arc<MemoryStore>),
+    Redis(RedisStore),
 }
 
 /// The whole stack in this process.
@@ -605,10 +710,73 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
     let artifact_version = loaded.manifest.version.clone();
     let a = &opts.addrs;
-    let recall = recall(loaded, Some((root.to_path_buf(), Duration::from_secs(10))), a.recall).await?;
-    let features = features(snapshot.clone(), opts.redis_url.as_deref(), None, a.features).await?;
+    // The stream job's output: Redis when the stack has one, else in this process.
+    let sink = match (&opts.events, opts.redis_url.as_deref()) {
+        (None, _) => None,
+        (Some(_), None) => Some(LocalSink::Memory(Arc::new(MemoryStore::default()))),
+        (Some(_), Some(url)) => Some(LocalSink::Redis(
+            RedisStore::connect(url, Duration::from_secs(2))
+                .await
+                .map_err(|e| ServeError::Redis(e.to_string()))?,
+        )),
+    };
+    let trending = match &sink {
+        Some(LocalSink::Memory(m)) => Trending::Memory(m.clone()),
+        Some(LocalSink::Redis(r)) => Trending::Redis(r.clone()),
+        None => Trending::None,
+    };
+    let reload = Some((root.to_path_buf(), Duration::from_secs(10)));
+    let recall = recall(loaded, reload, trending, a.recall).await?;
+    let source = match (&sink, opts.redis_url.as_deref()) {
+        (Some(LocalSink::Memory(m)), _) => FeatureSource::Memory(m.clone()),
+        (_, Some(url)) => FeatureSource::Redis(url),
+        (_, None) => FeatureSource::Snapshot,
+    };
+    let features = features(snapshot.clone(), source, None, a.features).await?;
     let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
-    let rerank = rerank(snapshot, RerankConfig::default(), a.rerank).await?;
+    let rerank = rerank(snapshot.clone(), RerankConfig::default(), a.rerank).await?;
+    let mut event_path = Vec::new();
+    if let (Some(ev), Some(sink)) = (&opts.events, sink) {
+        let (log, recovered) = FileLog::open(&ev.log_dir, ev.partitions).map_err(|e| ServeError::Server {
+            service: "ingest",
+            message: e.to_string(),
+        })?;
+        tracing::info!(records = recovered.records, dir = %ev.log_dir.display(), "event log opened");
+        let log = Arc::new(log);
+        let seen = match &recall.direct {
+            DirectService::Recall(r) => SeenLink::Direct(Direct {
+                service: r.clone(),
+                stopped: recall.stopped(),
+            }),
+            _ => SeenLink::grpc(&recall.grpc_url())?,
+        };
+        event_path.push(ingest(log.clone(), seen, a.ingest).await?);
+        let config = StreamConfig::live(ev.window);
+        let metrics = Arc::new(StreamMetrics::default());
+        let stream = match sink {
+            LocalSink::Memory(sink) => {
+                let worker = Worker {
+                    log,
+                    sink,
+                    snapshot,
+                    config,
+                    metrics,
+                };
+                stream(worker, a.stream).await?
+            }
+            LocalSink::Redis(sink) => {
+                let worker = Worker {
+                    log,
+                    sink: Arc::new(sink),
+                    snapshot,
+                    config,
+                    metrics,
+                };
+                stream(worker, a.stream).await?
+            }
+        };
+        event_path.push(stream);
+    }
     let links = if opts.direct_links {
         direct_links(&recall, &features, &ranking, &rerank).ok_or(ServeError::Server {
             service: "gateway",
@@ -648,7 +816,10 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     let index: Arc<dyn ItemIndex> = catalogue.clone();
     let gateway = gateway(catalogue, links, opts.gateway, traces, a.gateway).await?;
     // The gateway first: stopping it flushes its traces before the rest go.
-    let mut services = vec![gateway, recall, features, ranking, rerank];
+    let mut services = vec![gateway];
+    // Ingest and the stream job stop next (the stream job commits), before the services they feed.
+    services.extend(event_path);
+    services.extend([recall, features, ranking, rerank]);
     if let Some(store) = store {
         let traces = trace_query(store, Some(index), a.traces).await?;
         let components = services

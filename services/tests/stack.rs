@@ -45,6 +45,7 @@ async fn start_with(config: GatewayConfig, direct_links: bool) -> LocalStack {
         gateway: config,
         traces: LocalTraces::Memory(10_000),
         dashboard_site: None,
+        events: None,
     };
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }

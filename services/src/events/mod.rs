@@ -16,6 +16,8 @@ pub mod log;
 
 use serde::{Deserialize, Serialize};
 
+use log::{Appended, EventLog, LogError, Record};
+
 /// Longest id (event, user, item, request) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -236,6 +238,57 @@ impl Event {
             ts_ms,
             request_id: e.request_id.map(|r| r.into_owned()),
         })
+    }
+}
+
+/// The log a deployment chose: embedded or Kafka.
+#[derive(Clone)]
+pub enum AnyLog {
+    File(log::FileLog),
+    Kafka(kafka::KafkaLog),
+}
+
+impl EventLog for AnyLog {
+    fn partitions(&self) -> u32 {
+        match self {
+            AnyLog::File(l) => l.partitions(),
+            AnyLog::Kafka(l) => l.partitions(),
+        }
+    }
+
+    async fn append(&self, records: Vec<(String, Vec<u8>)>) -> Result<Vec<Appended>, LogError> {
+        match self {
+            AnyLog::File(l) => l.append(records).await,
+            AnyLog::Kafka(l) => l.append(records).await,
+        }
+    }
+
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
+        match self {
+            AnyLog::File(l) => l.read(partition, from, max).await,
+            AnyLog::Kafka(l) => l.read(partition, from, max).await,
+        }
+    }
+
+    async fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
+        match self {
+            AnyLog::File(l) => l.end_offset(partition).await,
+            AnyLog::Kafka(l) => l.end_offset(partition).await,
+        }
+    }
+
+    async fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        match self {
+            AnyLog::File(l) => l.commit(group, partition, offset).await,
+            AnyLog::Kafka(l) => l.commit(group, partition, offset).await,
+        }
+    }
+
+    async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        match self {
+            AnyLog::File(l) => l.committed(group, partition).await,
+            AnyLog::Kafka(l) => l.committed(group, partition).await,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The recall gRPC service: channels in parallel over double-buffered artifacts, merged with
 //! quotas, seen items filtered through each user's rolling Bloom filter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::seen::{SeenConfig, SeenFilter};
 use super::{Channel, UserHistory, channel_for, merge};
 use crate::build::{self, Artifacts, BuildError, Manifest};
+use crate::stream::sink::Trending;
 
 /// Generated gRPC types (`services/proto/recall.proto`).
 pub mod proto {
@@ -282,6 +283,8 @@ pub struct RecallService<S> {
     pub seen: S,
     pub seen_config: SeenConfig,
     pub metrics: Arc<RecallMetrics>,
+    /// The stream job's trending list: the hot channel leads with it.
+    pub trending: Trending,
 }
 
 /// A validated recall request.
@@ -340,7 +343,14 @@ impl<S: SeenStore> RecallService<S> {
             seen,
             seen_config,
             metrics,
+            trending: Trending::None,
         }
+    }
+
+    /// Leads the hot channel with the stream job's trending items.
+    pub fn with_trending(mut self, trending: Trending) -> Self {
+        self.trending = trending;
+        self
     }
 
     async fn seen_filter(&self, user: &str) -> Option<SeenFilter> {
@@ -398,7 +408,15 @@ impl<S: SeenStore> RecallService<S> {
                 latency_us: took.as_micros().min(u128::from(u32::MAX)) as u32,
             });
         }
-        let lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
+        let mut lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
+        if let Some(hot) = lists.iter_mut().find(|l| l.channel == Channel::Hot) {
+            let trending = self.trending.top(q.quotas[&Channel::Hot]).await;
+            if !trending.is_empty() {
+                let history = UserHistory::new(&loaded.artifacts, user);
+                let ids: Vec<u32> = trending.iter().filter_map(|id| loaded.items.get(id).copied()).collect();
+                hot.items = lead_with(&ids, &hot.items, &history.seen, hot.items.len().max(ids.len()));
+            }
+        }
         let all: usize = q.quotas.values().sum();
         let merged = merge(&lists, |c| q.quotas.get(&c).copied().unwrap_or(0), all);
 
@@ -505,6 +523,24 @@ impl<S: SeenStore> Recall for RecallService<S> {
     }
 }
 
+/// The hot channel with real-time trending items first (scored above the build's list, in
+/// trending order), then the build's hot items not already there; history left out.
+pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let top = built.first().map_or(1.0, |(_, s)| *s);
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
+    let mut taken = HashSet::new();
+    let fresh = trending.iter().filter(|i| !seen.contains(i)).copied().collect::<Vec<_>>();
+    let k = fresh.len();
+    for (rank, i) in fresh.into_iter().enumerate() {
+        if taken.insert(i) {
+            out.push((i, top * (1.0 + (k - rank) as f32 / k as f32)));
+        }
+    }
+    out.extend(built.iter().filter(|(i, _)| !taken.contains(i)).copied());
+    out.truncate(n);
+    out
+}
+
 /// Reloads `root/current` every `every` until the process ends.
 pub async fn watch_artifacts(slot: Arc<ArtifactSlot>, root: PathBuf, every: Duration) {
     let mut tick = tokio::time::interval(every);
@@ -546,6 +582,16 @@ mod tests {
             ),
             (0, 50, 200)
         );
+    }
+
+    #[test]
+    fn trending_items_lead_the_hot_channel() {
+        let built = vec![(1, 10.0), (2, 8.0), (3, 5.0)];
+        let seen: HashSet<u32> = [7].into_iter().collect();
+        let out = lead_with(&[3, 7, 9], &built, &seen, 4);
+        assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 9, 1, 2]);
+        assert!(out[0].1 > out[1].1 && out[1].1 > out[2].1, "{out:?}");
+        assert_eq!(lead_with(&[], &built, &seen, 3), built);
     }
 
     #[test]

@@ -158,6 +158,7 @@ pub fn traced_stack(
         },
         traces: LocalTraces::Embedded(trace_file.to_path_buf()),
         dashboard_site,
+        events: None,
     }
 }
 
