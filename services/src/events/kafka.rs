@@ -24,6 +24,10 @@ fn kafka_err(e: impl std::fmt::Display) -> LogError {
     LogError::Kafka(e.to_string())
 }
 
+/// How long a fetch at the end of a partition waits for data (also the worker's idle pace on
+/// Kafka). Not 0: tansu answers a zero-wait fetch with an empty topic list.
+const FETCH_WAIT_MS: i32 = 10;
+
 /// Largest fetch per read, bytes.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
 
@@ -119,7 +123,7 @@ fn record(key: &str, value: Vec<u8>) -> KafkaRecord {
 /// Reads a partition from `from` up to `max` records.
 async fn fetch(client: &PartitionClient, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
     let (records, _high) = client
-        .fetch_records(from as i64, 1..FETCH_BYTES, 0)
+        .fetch_records(from as i64, 1..FETCH_BYTES, FETCH_WAIT_MS)
         .await
         .map_err(kafka_err)?;
     Ok(records
@@ -186,9 +190,16 @@ impl EventLog for KafkaLog {
 
     async fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
         // The fetch's high watermark: tansu's ListOffsets(latest) has been seen to lag it.
+        // The fetch's high watermark (tansu's ListOffsets(latest) lags it).
         let client = self.partition(partition)?;
-        let earliest = client.get_offset(OffsetAt::Earliest).await.map_err(kafka_err)?;
-        let (_, high) = client.fetch_records(earliest, 1..2, 0).await.map_err(kafka_err)?;
+        let high = match client.fetch_records(0, 1..2, FETCH_WAIT_MS).await {
+            Ok((_, high)) => high,
+            Err(_) => {
+                // Retention removed offset 0: ask from the earliest kept.
+                let earliest = client.get_offset(OffsetAt::Earliest).await.map_err(kafka_err)?;
+                client.fetch_records(earliest, 1..2, FETCH_WAIT_MS).await.map_err(kafka_err)?.1
+            }
+        };
         Ok(high.max(0) as u64)
     }
 

