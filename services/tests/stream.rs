@@ -8,14 +8,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use recstack_services::events::kafka::KafkaLog;
-use recstack_services::events::log::{EventLog, FileLog};
+use recstack_services::events::log::{Appended, Checkpoint, EventLog, FileLog, LogError, Record};
 use recstack_services::events::{Event, EventKind};
 use recstack_services::features::Snapshot;
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore};
-use recstack_services::stream::window::{Counts, ItemState, WindowConfig, window_start};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore, SinkError};
+use recstack_services::stream::window::{Counts, ItemState, ItemWindow, WindowConfig, window_start};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
@@ -76,40 +77,108 @@ fn worker<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>) -> Worker<L, S
     }
 }
 
-/// Runs a worker until it has read `kill_after` events, then aborts it (no goodbye, no final
-/// commit), restarts a fresh worker that reads to the end and flushes, and returns the item
-/// states the sink ends with plus the restarted worker's refused ("stale") window count.
+/// The log as it was earlier: reads stop at `limit` records per partition.
+#[derive(Clone)]
+struct Prefix<L> {
+    log: L,
+    limit: u64,
+}
+
+impl<L: EventLog> EventLog for Prefix<L> {
+    fn partitions(&self) -> u32 {
+        self.log.partitions()
+    }
+    async fn append(&self, records: Vec<(String, Vec<u8>)>) -> Result<Vec<Appended>, LogError> {
+        self.log.append(records).await
+    }
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
+        let max = max.min(self.limit.saturating_sub(from) as usize);
+        self.log.read(partition, from, max).await
+    }
+    async fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
+        Ok(self.log.end_offset(partition).await?.min(self.limit))
+    }
+    async fn commit(&self, group: &str, partition: u32, at: Checkpoint) -> Result<(), LogError> {
+        self.log.commit(group, partition, at).await
+    }
+    async fn committed(&self, group: &str, partition: u32) -> Result<Option<Checkpoint>, LogError> {
+        self.log.committed(group, partition).await
+    }
+}
+
+/// A store that takes `budget` window writes and then fails mid-batch (the first part of the
+/// batch written, the rest not), as a store dying under a worker would.
+struct Failing<S> {
+    sink: Arc<S>,
+    budget: AtomicU64,
+}
+
+impl<S: FeatureSink> FeatureSink for Failing<S> {
+    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
+        let left = self.budget.load(Ordering::SeqCst) as usize;
+        if windows.len() <= left {
+            self.budget.fetch_sub(windows.len() as u64, Ordering::SeqCst);
+            return self.sink.apply_windows(windows).await;
+        }
+        self.budget.store(0, Ordering::SeqCst);
+        self.sink.apply_windows(&windows[..left]).await?;
+        Err(SinkError("store went away".into()))
+    }
+    async fn add_recent(
+        &self,
+        engagements: &[(String, String, i64)],
+    ) -> Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError> {
+        self.sink.add_recent(engagements).await
+    }
+    async fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
+        self.sink.put_items(values).await
+    }
+    async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
+        self.sink.put_users(values).await
+    }
+    async fn put_trending(&self, ranks: Vec<(String, f64)>) -> Result<(), SinkError> {
+        self.sink.put_trending(ranks).await
+    }
+    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
+        self.sink.trending(n).await
+    }
+}
+
+/// The first worker sees the log as it was mid-stream (55 % of each partition) and its store
+/// fails mid-batch after `budget` windows; it is then killed (aborted: no goodbye, no final
+/// commit). A fresh worker over the whole log and the real store reads to the end and
+/// flushes. Returns the item states the store ends with and the restarted worker's refused
+/// ("stale") window writes.
 async fn kill_and_restart<L: EventLog + Clone, S: FeatureSink>(
     log: L,
     sink: Arc<S>,
     items: &[String],
-    kill_after: u64,
+    budget: u64,
     state: impl Fn(Arc<S>, String) -> std::pin::Pin<Box<dyn Future<Output = ItemState> + Send>>,
 ) -> (HashMap<String, ItemState>, u64) {
-    let log = Arc::new(log);
-    let first = worker(log.clone(), sink.clone());
+    let per_partition = log.end_offset(0).await.unwrap();
+    let earlier = Prefix {
+        log: log.clone(),
+        limit: per_partition * 55 / 100,
+    };
+    let failing = Arc::new(Failing {
+        sink: sink.clone(),
+        budget: AtomicU64::new(budget),
+    });
+    let first = worker(Arc::new(earlier), failing);
     let metrics = first.metrics.clone();
     let (_stop_tx, stop) = watch::channel(false);
     let task = tokio::spawn(async move { first.run(stop, false).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metrics.events.get() < kill_after {
-        assert!(std::time::Instant::now() < deadline, "the first worker made no progress");
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    while metrics.sink_errors.get() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the first worker never reached the failing store");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     task.abort();
     let _ = task.await;
-    let read_before = metrics.events.get();
-    assert!(read_before < 3_000, "killed after reading everything: not mid-stream");
-    let committed: u64 = {
-        let mut c = 0;
-        for p in 0..log.partitions() {
-            c += log.committed(GROUP, p).await.unwrap().unwrap_or(0);
-        }
-        c
-    };
-    assert!(committed < read_before, "the commit may not pass unwritten windows");
+    assert!(metrics.events.get() < 3_000, "killed after reading everything: not mid-stream");
 
-    let second = worker(log.clone(), sink.clone());
+    let second = worker(Arc::new(log), sink.clone());
     let metrics = second.metrics.clone();
     let (_tx, stop) = watch::channel(false);
     second.run(stop, true).await.unwrap();
@@ -150,7 +219,7 @@ fn items(events: &[Event]) -> Vec<String> {
 
 async fn redis_state(store: &RedisStore, item: String) -> ItemState {
     // Re-applying an old window returns the stored state without changing it.
-    let probe = recstack_services::stream::window::ItemWindow {
+    let probe = ItemWindow {
         item_id: item,
         window_start_ms: 0,
         window_end_ms: 1,
@@ -170,7 +239,7 @@ async fn embedded_log_in_memory_store_survives_a_kill_mid_window() {
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(MemoryStore::default());
-    let (states, stale) = kill_and_restart(log.clone(), sink, &items(&evs), 1_700, |s, item| {
+    let (states, stale) = kill_and_restart(log.clone(), sink, &items(&evs), 45, |s, item| {
         Box::pin(async move { s.item_state(&item).unwrap_or_default() })
     })
     .await;
@@ -181,12 +250,12 @@ async fn embedded_log_in_memory_store_survives_a_kill_mid_window() {
     let sink = Arc::new(MemoryStore::default());
     let w = worker(Arc::new(log.clone()), sink.clone());
     for p in 0..3 {
-        log.commit(GROUP, p, 0).await.unwrap();
+        log.commit(GROUP, p, Checkpoint::at(0)).await.unwrap();
     }
     w.run(watch::channel(false).1, true).await.unwrap();
     let before: Vec<ItemState> = items(&evs).iter().map(|i| sink.item_state(i).unwrap()).collect();
     for p in 0..3 {
-        log.commit(GROUP, p, 0).await.unwrap();
+        log.commit(GROUP, p, Checkpoint::at(0)).await.unwrap();
     }
     let again = worker(Arc::new(log.clone()), sink.clone());
     again.run(watch::channel(false).1, true).await.unwrap();
@@ -202,7 +271,7 @@ async fn embedded_log_redis_store_survives_a_kill_mid_window() {
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
-    let (states, stale) = kill_and_restart(log, sink.clone(), &items(&evs), 1_100, |s, item| {
+    let (states, stale) = kill_and_restart(log, sink.clone(), &items(&evs), 30, |s, item| {
         Box::pin(async move { redis_state(&s, item).await })
     })
     .await;
@@ -222,7 +291,7 @@ async fn embedded_log_redis_store_survives_a_kill_mid_window() {
 
 #[tokio::test]
 async fn the_memory_and_redis_stores_agree_on_every_write() {
-    use recstack_services::stream::window::{ItemWindow, Version};
+    use recstack_services::stream::window::Version;
     let redis = common::Redis::start();
     let r = RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
     let m = MemoryStore::default();
@@ -364,10 +433,13 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
         total += end;
     }
     assert_eq!(total, 600);
-    log.commit("g", 1, 42).await.unwrap();
+    log.commit("g", 1, Checkpoint { offset: 42, watermark: 7 }).await.unwrap();
     // A fresh client reads the commit back from the offsets topic.
     let again = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3).await.unwrap();
-    assert_eq!(again.committed("g", 1).await.unwrap(), Some(42));
+    assert_eq!(
+        again.committed("g", 1).await.unwrap(),
+        Some(Checkpoint { offset: 42, watermark: 7 })
+    );
     assert_eq!(again.committed("g", 2).await.unwrap(), None);
 }
 
@@ -379,7 +451,7 @@ async fn kafka_log_redis_store_survives_a_kill_mid_window() {
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
-    let (states, stale) = kill_and_restart(log, sink, &items(&evs), 1_300, |s, item| {
+    let (states, stale) = kill_and_restart(log, sink, &items(&evs), 50, |s, item| {
         Box::pin(async move { redis_state(&s, item).await })
     })
     .await;

@@ -7,7 +7,7 @@
 //!
 //! rskafka has no consumer-group API, so committed offsets are kept the way Kafka keeps its
 //! own: as records on a topic (`<topic>-offsets`, one partition, key `group/partition`, value
-//! the offset); the newest record per key wins. The Flink job uses Kafka's group offsets under
+//! the checkpoint: offset and watermark); the newest record per key wins. The Flink job uses Kafka's group offsets under
 //! its own group id, so the two never share a position.
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record as KafkaRecord;
 use tokio::sync::Mutex;
 
-use super::log::{Appended, EventLog, LogError, Record, partition_of};
+use super::log::{Appended, Checkpoint, EventLog, LogError, Record, partition_of};
 
 fn kafka_err(e: impl std::fmt::Display) -> LogError {
     LogError::Kafka(e.to_string())
@@ -37,7 +37,7 @@ pub struct KafkaLog {
     topic: String,
     partitions: Arc<Vec<PartitionClient>>,
     offsets: Arc<PartitionClient>,
-    committed: Arc<Mutex<Option<HashMap<String, u64>>>>,
+    committed: Arc<Mutex<Option<HashMap<String, Checkpoint>>>>,
 }
 
 impl KafkaLog {
@@ -203,23 +203,23 @@ impl EventLog for KafkaLog {
         Ok(high.max(0) as u64)
     }
 
-    async fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+    async fn commit(&self, group: &str, partition: u32, at: Checkpoint) -> Result<(), LogError> {
         self.partition(partition)?;
         let key = format!("{group}/{partition}");
         self.offsets
             .produce(
-                vec![record(&key, offset.to_string().into_bytes())],
+                vec![record(&key, at.encode().into_bytes())],
                 Compression::NoCompression,
             )
             .await
             .map_err(kafka_err)?;
         if let Some(cache) = self.committed.lock().await.as_mut() {
-            cache.insert(key, offset);
+            cache.insert(key, at);
         }
         Ok(())
     }
 
-    async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>, LogError> {
+    async fn committed(&self, group: &str, partition: u32) -> Result<Option<Checkpoint>, LogError> {
         self.partition(partition)?;
         let mut cache = self.committed.lock().await;
         if cache.is_none() {
@@ -230,8 +230,8 @@ impl EventLog for KafkaLog {
                 let Some(last) = records.last() else { break };
                 from = last.offset + 1;
                 for r in records {
-                    if let Ok(o) = String::from_utf8_lossy(&r.value).parse::<u64>() {
-                        all.insert(r.key, o);
+                    if let Some(c) = Checkpoint::decode(&String::from_utf8_lossy(&r.value)) {
+                        all.insert(r.key, c);
                     }
                 }
             }

@@ -51,6 +51,39 @@ pub enum LogError {
     Kafka(String),
 }
 
+/// Where a consumer resumes a partition: the offset to read from and the event-time
+/// watermark it had there (so a restarted stream job drops exactly the late events the first
+/// run dropped, and counts no window twice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub offset: u64,
+    pub watermark: i64,
+}
+
+impl Checkpoint {
+    pub fn at(offset: u64) -> Self {
+        Self {
+            offset,
+            watermark: i64::MIN,
+        }
+    }
+
+    /// `offset watermark` (an older `offset` alone reads with no watermark).
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.offset, self.watermark)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.split_whitespace();
+        let offset = parts.next()?.parse().ok()?;
+        let watermark = match parts.next() {
+            Some(w) => w.parse().ok()?,
+            None => i64::MIN,
+        };
+        Some(Self { offset, watermark })
+    }
+}
+
 /// The partition a key belongs to: one item's events in one partition, on every log.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (crate::stable_hash(key.as_bytes()) % u64::from(partitions.max(1))) as u32
@@ -70,11 +103,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// The offset the next record of `partition` will get.
     fn end_offset(&self, partition: u32) -> impl Future<Output = Result<u64, LogError>> + Send;
 
-    /// Records that `group` has processed `partition` up to (not including) `offset`.
-    fn commit(&self, group: &str, partition: u32, offset: u64) -> impl Future<Output = Result<(), LogError>> + Send;
+    /// Records where `group` resumes `partition`.
+    fn commit(&self, group: &str, partition: u32, at: Checkpoint) -> impl Future<Output = Result<(), LogError>> + Send;
 
     /// Where `group` resumes `partition` (`None`: never committed).
-    fn committed(&self, group: &str, partition: u32) -> impl Future<Output = Result<Option<u64>, LogError>> + Send;
+    fn committed(
+        &self,
+        group: &str,
+        partition: u32,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, LogError>> + Send;
 }
 
 const HEADER: usize = 8;
@@ -374,24 +411,24 @@ impl EventLog for FileLog {
         Ok(part.index.read().unwrap_or_else(|e| e.into_inner()).len() as u64 - 1)
     }
 
-    async fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+    async fn commit(&self, group: &str, partition: u32, at: Checkpoint) -> Result<(), LogError> {
         self.partition(partition)?;
         let path = self.offset_path(group, partition);
         let tmp = path.with_extension("tmp");
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
-            f.write_all(offset.to_string().as_bytes())?;
+            f.write_all(at.encode().as_bytes())?;
             f.sync_data()?;
             std::fs::rename(&tmp, &path)
         };
         write().map_err(io_err(&path))
     }
 
-    async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>, LogError> {
+    async fn committed(&self, group: &str, partition: u32) -> Result<Option<Checkpoint>, LogError> {
         self.partition(partition)?;
         let path = self.offset_path(group, partition);
         match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().map(Some).map_err(|_| LogError::Io {
+            Ok(s) => Checkpoint::decode(&s).map(Some).ok_or_else(|| LogError::Io {
                 path: path.clone(),
                 source: io::Error::new(io::ErrorKind::InvalidData, format!("not an offset: {s:?}")),
             }),
@@ -481,7 +518,7 @@ mod tests {
         {
             let (log, _) = FileLog::open(dir.path(), 1).unwrap();
             log.append(recs(10, "x")).await.unwrap();
-            log.commit("stream", 0, 4).await.unwrap();
+            log.commit("stream", 0, Checkpoint { offset: 4, watermark: -7 }).await.unwrap();
         }
         // A crash mid-write: half a record at the end.
         let path = dir.path().join("partition-0.log");
@@ -493,7 +530,11 @@ mod tests {
         let (log, rec) = FileLog::open(dir.path(), 1).unwrap();
         assert_eq!(rec.records, 10);
         assert_eq!(rec.truncated_bytes, half.len() as u64 - 3);
-        assert_eq!(log.committed("stream", 0).await.unwrap(), Some(4));
+        assert_eq!(
+            log.committed("stream", 0).await.unwrap(),
+            Some(Checkpoint { offset: 4, watermark: -7 })
+        );
+        assert_eq!(Checkpoint::decode("12"), Some(Checkpoint::at(12)));
         assert_eq!(log.committed("other", 0).await.unwrap(), None);
         // Appends continue after the last whole record.
         let a = log.append(vec![("k".into(), b"next".to_vec())]).await.unwrap();

@@ -16,7 +16,7 @@ pub mod log;
 
 use serde::{Deserialize, Serialize};
 
-use log::{Appended, EventLog, LogError, Record};
+use log::{Appended, Checkpoint, EventLog, LogError, Record};
 
 /// Longest id (event, user, item, request) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -277,14 +277,14 @@ impl EventLog for AnyLog {
         }
     }
 
-    async fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+    async fn commit(&self, group: &str, partition: u32, at: Checkpoint) -> Result<(), LogError> {
         match self {
-            AnyLog::File(l) => l.commit(group, partition, offset).await,
-            AnyLog::Kafka(l) => l.commit(group, partition, offset).await,
+            AnyLog::File(l) => l.commit(group, partition, at).await,
+            AnyLog::Kafka(l) => l.commit(group, partition, at).await,
         }
     }
 
-    async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>, LogError> {
+    async fn committed(&self, group: &str, partition: u32) -> Result<Option<Checkpoint>, LogError> {
         match self {
             AnyLog::File(l) => l.committed(group, partition).await,
             AnyLog::Kafka(l) => l.committed(group, partition).await,

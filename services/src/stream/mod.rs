@@ -9,9 +9,10 @@
 //! engagement down the **fast path** (the user's recent items and genre affinities are written
 //! at once). Windows the watermark has passed are queued for writing; the limiter spreads
 //! them over the next window. A write is versioned (window end, newest offset), so a replay
-//! changes nothing. The offset committed is where no unwritten window has an event: after a
-//! crash the log is read again from there, the windows written already are refused by their
-//! versions, and the rest are counted in full — totals stay exact.
+//! changes nothing. The checkpoint committed (offset and watermark) is taken only when every
+//! fired window is written, at the oldest event of an open window: after a crash the log is
+//! read again from there with that watermark, the windows written since are refused by their
+//! versions, and the open ones are counted whole — totals stay exact.
 
 pub mod limiter;
 pub mod sink;
@@ -30,7 +31,7 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::events::log::{EventLog, LogError};
+use crate::events::log::{Checkpoint, EventLog, LogError};
 use crate::events::{Event, now_ms};
 use crate::features::proto::GenreShare;
 use crate::features::{ItemFeatures, Key, Snapshot, UserFeatures};
@@ -185,20 +186,23 @@ struct PartitionState {
     partition: u32,
     agg: Aggregator,
     next: u64,
-    /// Fired windows not yet written, with the offset a restart would need to read them again.
-    pending: VecDeque<(ItemWindow, u64)>,
-    committed: u64,
+    /// Fired windows not yet written.
+    pending: VecDeque<ItemWindow>,
+    committed: Checkpoint,
     caught_up: bool,
 }
 
 impl PartitionState {
-    /// Where a restart must begin: the oldest unwritten fired window, else the oldest open one.
-    fn commit_point(&self) -> u64 {
-        self.pending
-            .front()
-            .map(|(_, resume)| *resume)
-            .unwrap_or_else(|| self.agg.safe_offset())
-            .min(self.next)
+    /// Where a restart may begin: only when every fired window is written, at the oldest
+    /// event of an open window, with the current watermark. Replaying from there with that
+    /// watermark drops exactly the events this run dropped as late, and rebuilds the open
+    /// windows whole; windows written already fire again with the same version and are
+    /// refused.
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        self.pending.is_empty().then(|| Checkpoint {
+            offset: self.agg.safe_offset().min(self.next),
+            watermark: self.agg.watermark(),
+        })
     }
 }
 
@@ -218,11 +222,17 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
     pub async fn run(&self, mut stop: watch::Receiver<bool>, until_caught_up: bool) -> Result<(), StreamError> {
         let mut parts = Vec::new();
         for p in 0..self.log.partitions() {
-            let from = self.log.committed(&self.config.group, p).await?.unwrap_or(0);
+            let from = self
+                .log
+                .committed(&self.config.group, p)
+                .await?
+                .unwrap_or(Checkpoint::at(0));
+            let mut agg = Aggregator::new(self.config.window);
+            agg.advance_to(from.watermark);
             parts.push(PartitionState {
                 partition: p,
-                agg: Aggregator::new(self.config.window),
-                next: from,
+                agg,
+                next: from.offset,
                 pending: VecDeque::new(),
                 committed: from,
                 caught_up: false,
@@ -241,17 +251,17 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
             }
             if until_caught_up && parts.iter().all(|p| p.caught_up) {
                 for ps in &mut parts {
-                    let resume = ps.agg.safe_offset();
-                    ps.pending.extend(ps.agg.flush().into_iter().map(|w| (w, resume)));
+                    ps.pending.extend(ps.agg.flush());
                 }
                 limiter = None;
             }
             let written = self.write_due(&mut parts, limiter.as_mut(), clock()).await;
             for ps in &mut parts {
-                let point = ps.commit_point();
-                if point > ps.committed {
-                    self.log.commit(&self.config.group, ps.partition, point).await?;
-                    ps.committed = point;
+                if let Some(at) = ps.checkpoint()
+                    && at != ps.committed
+                {
+                    self.log.commit(&self.config.group, ps.partition, at).await?;
+                    ps.committed = at;
                 }
             }
             let backlog: usize = parts.iter().map(|p| p.pending.len()).sum();
@@ -308,12 +318,11 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
         if ps.caught_up && self.config.follow_clock {
             ps.agg.advance_to(now_ms() - self.config.window.delay_ms);
         }
-        let resume = ps.agg.safe_offset();
         let fired = ps.agg.fire();
         if let Some(l) = limiter {
             l.add(fired.len() as u64, now);
         }
-        ps.pending.extend(fired.into_iter().map(|w| (w, resume)));
+        ps.pending.extend(fired);
         if let Ok(end) = self.log.end_offset(ps.partition).await {
             self.metrics.lag.set(end.saturating_sub(ps.next) as i64);
         }
@@ -358,7 +367,7 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
             if n == 0 {
                 continue;
             }
-            let batch: Vec<ItemWindow> = ps.pending.iter().take(n).map(|(w, _)| w.clone()).collect();
+            let batch: Vec<ItemWindow> = ps.pending.iter().take(n).cloned().collect();
             match self.write_windows(&batch).await {
                 Ok(()) => {
                     ps.pending.drain(..n);
