@@ -1,0 +1,330 @@
+//! The event path's speed: ingest → embedded log → stream job → feature store.
+//!
+//! 1. Throughput: concurrent posters of 100-event calls through the ingest service (validated,
+//!    deduplicated, group-committed with `fdatasync`), then the stream job reading the log to
+//!    its end into the in-process store and into Redis — events/s for each step.
+//! 2. Event to visible: clicks posted at a steady rate while the stream job runs live; the
+//!    time from the post until the user's feature value in the store lists the item (p50, p99,
+//!    max; HdrHistogram).
+//! 3. Write-rate smoothness: windows of 1 s with 2,000 items each, written to the store with
+//!    and without the adaptive limiter; peak and mean writes per 50 ms slot.
+//!
+//! `cargo bench -p recstack-services --bench events`
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use recstack_services::events::ingest::{Ingest, SeenLink};
+use recstack_services::events::log::{EventLog, FileLog};
+use recstack_services::events::{RawEvent, Timestamp, now_ms};
+use recstack_services::features::{Key, L2, Snapshot};
+use recstack_services::stream::limiter::LimiterConfig;
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore, SinkError};
+use recstack_services::stream::window::{ItemState, ItemWindow, WindowConfig};
+use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
+use tokio::sync::watch;
+
+const POSTERS: usize = 8;
+const CALLS_PER_POSTER: usize = 100;
+const PER_CALL: usize = 100;
+
+fn raw(id: u64, user: &str, item: &str, kind: &str, ts: i64) -> RawEvent {
+    RawEvent {
+        event_id: format!("e{id}"),
+        user_id: user.into(),
+        item_id: item.into(),
+        kind: kind.into(),
+        ts: Some(Timestamp::Millis(ts)),
+        request_id: None,
+    }
+}
+
+fn worker<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>, config: StreamConfig) -> Worker<L, S> {
+    Worker {
+        log,
+        sink,
+        snapshot: Arc::new(Snapshot::default()),
+        config,
+        metrics: Arc::new(StreamMetrics::default()),
+    }
+}
+
+fn replay_config() -> StreamConfig {
+    StreamConfig {
+        limiter: None,
+        follow_clock: false,
+        ..StreamConfig::live(WindowConfig::default())
+    }
+}
+
+struct RedisServer(Child, String);
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Some(RedisServer(child, format!("redis://127.0.0.1:{port}/")))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 4).unwrap();
+    let log = Arc::new(log);
+    let ingest = Arc::new(Ingest::new(log.clone(), SeenLink::None, 2_000_000, Duration::from_secs(600)));
+    let now = now_ms();
+    let start = Instant::now();
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|p| {
+            let ingest = ingest.clone();
+            tokio::spawn(async move {
+                for c in 0..CALLS_PER_POSTER {
+                    let batch: Vec<RawEvent> = (0..PER_CALL)
+                        .map(|i| {
+                            let n = ((p * CALLS_PER_POSTER + c) * PER_CALL + i) as u64;
+                            let kind = ["impression", "impression", "impression", "click", "play"][(n % 5) as usize];
+                            // Event times spread over the last four minutes.
+                            let ts = now - 240_000 + (n as i64 * 240_000 / 80_000);
+                            raw(n, &format!("u{}", n % 5_000), &format!("i{}", n % 2_000), kind, ts)
+                        })
+                        .collect();
+                    ingest.post(&batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.await.unwrap();
+    }
+    let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as f64;
+    let ingest_rate = total / start.elapsed().as_secs_f64();
+
+    let mut rows = vec![(
+        "ingest (validate, dedup, append + fdatasync)".to_string(),
+        ingest_rate,
+    )];
+    let memory = Arc::new(MemoryStore::default());
+    let w = worker(log.clone(), memory, replay_config());
+    let start = Instant::now();
+    w.run(watch::channel(false).1, true).await.unwrap();
+    assert_eq!(w.metrics.events.get() as f64, total);
+    rows.push((
+        "stream job: log → windows + fast path → in-process store".into(),
+        total / start.elapsed().as_secs_f64(),
+    ));
+    if let Some(redis) = RedisServer::start() {
+        let sink = Arc::new(RedisStore::connect(&redis.1, Duration::from_secs(2)).await.unwrap());
+        let config = StreamConfig {
+            group: "bench-redis".into(),
+            ..replay_config()
+        };
+        let w = worker(log.clone(), sink, config);
+        let start = Instant::now();
+        w.run(watch::channel(false).1, true).await.unwrap();
+        rows.push((
+            "stream job: log → windows + fast path → Redis (Lua per write)".into(),
+            total / start.elapsed().as_secs_f64(),
+        ));
+    } else {
+        eprintln!("redis-server not found: the Redis row is left out");
+    }
+    println!("\n### Throughput ({total} events: 8 posters × 100 calls × 100 events, 2,000 items, 5,000 users)\n");
+    println!("| step | events/s |\n|---|---:|");
+    for (step, rate) in rows {
+        println!("| {step} | {rate:.0} |");
+    }
+}
+
+async fn event_to_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 4).unwrap();
+    let log = Arc::new(log);
+    let ingest = Arc::new(Ingest::new(log.clone(), SeenLink::None, 100_000, Duration::from_secs(600)));
+    let store = Arc::new(MemoryStore::default());
+    let w = worker(log.clone(), store.clone(), StreamConfig::live(WindowConfig::default()));
+    let (stop_tx, stop) = watch::channel(false);
+    let job = tokio::spawn(async move { w.run(stop, false).await });
+    let rate = 200.0;
+    let n = 2_000u64;
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let pending: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = Arc::new(AtomicU64::new(0));
+    let checker = {
+        let (pending, store, seen) = (pending.clone(), store.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while seen.load(Ordering::SeqCst) < n {
+                let users: Vec<(String, Instant)> = pending
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(u, t)| (u.clone(), *t))
+                    .collect();
+                for (user, posted) in users {
+                    if store.get(&Key::User(user.clone()).redis_key()).await.unwrap().is_some() {
+                        lat.push(posted.elapsed());
+                        pending.lock().unwrap().remove(&user);
+                        seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            lat
+        })
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let user = format!("visible-{i}");
+        pending.lock().unwrap().insert(user.clone(), Instant::now());
+        ingest
+            .post(&[raw(i, &user, &format!("i{}", i % 100), "click", now_ms())])
+            .await
+            .unwrap();
+    }
+    let lat = tokio::time::timeout(Duration::from_secs(30), checker).await.unwrap().unwrap();
+    let _ = stop_tx.send(true);
+    let _ = job.await;
+    for d in &lat {
+        hist.record(d.as_micros() as u64).unwrap();
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1_000.0;
+    println!(
+        "\n### Event to visible ({n} clicks at {rate:.0}/s through ingest; until the user's feature value lists the item)\n"
+    );
+    println!("| p50 | p99 | max |\n|---:|---:|---:|");
+    println!("| {:.1} ms | {:.1} ms | {:.1} ms |", ms(0.5), ms(0.99), hist.max() as f64 / 1_000.0);
+    println!(
+        "\nThe feature service adds up to its L1 TTL (1 s) on the read side: the 2 s target is \
+         this plus that."
+    );
+}
+
+/// Counts window writes per 50 ms slot.
+struct Counting {
+    inner: MemoryStore,
+    start: Instant,
+    slots: Mutex<Vec<u64>>,
+}
+
+impl FeatureSink for Counting {
+    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
+        let slot = (self.start.elapsed().as_millis() / 50) as usize;
+        {
+            let mut s = self.slots.lock().unwrap();
+            if s.len() <= slot {
+                s.resize(slot + 1, 0);
+            }
+            s[slot] += windows.len() as u64;
+        }
+        self.inner.apply_windows(windows).await
+    }
+    async fn add_recent(
+        &self,
+        e: &[(String, String, i64)],
+    ) -> Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError> {
+        self.inner.add_recent(e).await
+    }
+    async fn put_items(&self, v: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
+        self.inner.put_items(v).await
+    }
+    async fn put_users(&self, v: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
+        self.inner.put_users(v).await
+    }
+    async fn put_trending(&self, r: Vec<(String, f64)>) -> Result<(), SinkError> {
+        self.inner.put_trending(r).await
+    }
+    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
+        self.inner.trending(n).await
+    }
+}
+
+/// Peak and mean writes per 50 ms slot, over the slots from the first write to the last.
+async fn smoothness(limited: bool) -> (u64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 2).unwrap();
+    let log = Arc::new(log);
+    let window = WindowConfig {
+        size_ms: 1_000,
+        delay_ms: 100,
+    };
+    let sink = Arc::new(Counting {
+        inner: MemoryStore::default(),
+        start: Instant::now(),
+        slots: Mutex::default(),
+    });
+    let config = StreamConfig {
+        limiter: limited.then(|| LimiterConfig {
+            min_rate: 50.0,
+            max_rate: 1_000_000.0,
+            ..LimiterConfig::for_window(window.size_ms)
+        }),
+        ..StreamConfig::live(window)
+    };
+    let w = worker(log.clone(), sink.clone(), config);
+    let (stop_tx, stop) = watch::channel(false);
+    let job = tokio::spawn(async move { w.run(stop, false).await });
+    // Six seconds of impressions: 2,000 items touched in every 1 s window.
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(6) {
+        let ts = now_ms();
+        let records = (0..400)
+            .map(|i| {
+                n += 1;
+                let e = raw(n, "u", &format!("i{}", (n + i) % 2_000), "impression", ts)
+                    .validate("e", ts)
+                    .unwrap();
+                (e.key().to_string(), e.encode())
+            })
+            .collect();
+        log.append(records).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let _ = stop_tx.send(true);
+    let _ = job.await;
+    let slots = sink.slots.lock().unwrap().clone();
+    let first = slots.iter().position(|&s| s > 0).unwrap_or(0);
+    let last = slots.iter().rposition(|&s| s > 0).unwrap_or(0);
+    let busy = &slots[first..=last];
+    let total: u64 = busy.iter().sum();
+    let peak = busy.iter().copied().max().unwrap_or(0);
+    let mean = total as f64 / busy.len() as f64;
+    (total, peak as f64, mean)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    throughput().await;
+    event_to_visible().await;
+    println!("\n### Window writes per 50 ms slot (1 s windows, 2,000 items each, 6 s of events)\n");
+    println!("| | windows written | peak per slot | mean per slot | peak / mean |\n|---|---:|---:|---:|---:|");
+    for limited in [false, true] {
+        let (total, peak, mean) = smoothness(limited).await;
+        println!(
+            "| {} | {total} | {peak:.0} | {mean:.1} | {:.1}× |",
+            if limited { "adaptive limiter" } else { "no limiter" },
+            peak / mean
+        );
+    }
+}
