@@ -22,7 +22,7 @@ use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::events::{RawEvent, Timestamp, now_ms};
 use recstack_services::features::{Key, L2, Snapshot};
 use recstack_services::stream::limiter::LimiterConfig;
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore, SinkError};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
 use recstack_services::stream::window::{ItemState, ItemWindow, WindowConfig};
 use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
@@ -64,7 +64,11 @@ struct RedisServer(Child, String);
 
 impl RedisServer {
     fn start() -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -86,7 +90,12 @@ async fn throughput() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(dir.path(), 4).unwrap();
     let log = Arc::new(log);
-    let ingest = Arc::new(Ingest::new(log.clone(), SeenLink::None, 2_000_000, Duration::from_secs(600)));
+    let ingest = Arc::new(Ingest::new(
+        log.clone(),
+        SeenLink::None,
+        2_000_000,
+        Duration::from_secs(600),
+    ));
     let now = now_ms();
     let start = Instant::now();
     let posters: Vec<_> = (0..POSTERS)
@@ -114,10 +123,7 @@ async fn throughput() {
     let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as f64;
     let ingest_rate = total / start.elapsed().as_secs_f64();
 
-    let mut rows = vec![(
-        "ingest (validate, dedup, append + fdatasync)".to_string(),
-        ingest_rate,
-    )];
+    let mut rows = vec![("ingest (validate, dedup, append + fdatasync)".to_string(), ingest_rate)];
     let memory = Arc::new(MemoryStore::default());
     let w = worker(log.clone(), memory, replay_config());
     let start = Instant::now();
@@ -154,7 +160,12 @@ async fn event_to_visible() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(dir.path(), 4).unwrap();
     let log = Arc::new(log);
-    let ingest = Arc::new(Ingest::new(log.clone(), SeenLink::None, 100_000, Duration::from_secs(600)));
+    let ingest = Arc::new(Ingest::new(
+        log.clone(),
+        SeenLink::None,
+        100_000,
+        Duration::from_secs(600),
+    ));
     let store = Arc::new(MemoryStore::default());
     let w = worker(log.clone(), store.clone(), StreamConfig::live(WindowConfig::default()));
     let (stop_tx, stop) = watch::channel(false);
@@ -169,12 +180,8 @@ async fn event_to_visible() {
         tokio::spawn(async move {
             let mut lat = Vec::new();
             while seen.load(Ordering::SeqCst) < n {
-                let users: Vec<(String, Instant)> = pending
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(u, t)| (u.clone(), *t))
-                    .collect();
+                let users: Vec<(String, Instant)> =
+                    pending.lock().unwrap().iter().map(|(u, t)| (u.clone(), *t)).collect();
                 for (user, posted) in users {
                     if store.get(&Key::User(user.clone()).redis_key()).await.unwrap().is_some() {
                         lat.push(posted.elapsed());
@@ -198,7 +205,10 @@ async fn event_to_visible() {
             .await
             .unwrap();
     }
-    let lat = tokio::time::timeout(Duration::from_secs(30), checker).await.unwrap().unwrap();
+    let lat = tokio::time::timeout(Duration::from_secs(30), checker)
+        .await
+        .unwrap()
+        .unwrap();
     let _ = stop_tx.send(true);
     let _ = job.await;
     for d in &lat {
@@ -209,7 +219,12 @@ async fn event_to_visible() {
         "\n### Event to visible ({n} clicks at {rate:.0}/s through ingest; until the user's feature value lists the item)\n"
     );
     println!("| p50 | p99 | max |\n|---:|---:|---:|");
-    println!("| {:.1} ms | {:.1} ms | {:.1} ms |", ms(0.5), ms(0.99), hist.max() as f64 / 1_000.0);
+    println!(
+        "| {:.1} ms | {:.1} ms | {:.1} ms |",
+        ms(0.5),
+        ms(0.99),
+        hist.max() as f64 / 1_000.0
+    );
     println!(
         "\nThe feature service adds up to its L1 TTL (1 s) on the read side: the 2 s target is \
          this plus that."
@@ -235,10 +250,7 @@ impl FeatureSink for Counting {
         }
         self.inner.apply_windows(windows).await
     }
-    async fn add_recent(
-        &self,
-        e: &[(String, String, i64)],
-    ) -> Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError> {
+    async fn add_recent(&self, e: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
         self.inner.add_recent(e).await
     }
     async fn put_items(&self, v: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {

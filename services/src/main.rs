@@ -210,9 +210,14 @@ impl LogArgs {
         let kafka = match (&self.log_dir, self.kafka.is_empty(), config.map(|c| &c.event_log)) {
             (Some(_), _, _) => None,
             (None, false, _) => Some((self.kafka.clone(), self.topic.clone())),
-            (None, true, Some(EventLogConfig::Kafka { bootstrap_servers, topic })) => {
-                Some((bootstrap_servers.clone(), topic.clone()))
-            }
+            (
+                None,
+                true,
+                Some(EventLogConfig::Kafka {
+                    bootstrap_servers,
+                    topic,
+                }),
+            ) => Some((bootstrap_servers.clone(), topic.clone())),
             (None, true, _) => None,
         };
         Ok(match kafka {
@@ -541,13 +546,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
                 Some(url) => FeatureSource::Redis(url),
                 None => FeatureSource::Snapshot,
             };
-            serve::features(
-                snapshot,
-                source,
-                dump,
-                serve.addrs(config.as_ref(), 9091, 8081),
-            )
-            .await?
+            serve::features(snapshot, source, dump, serve.addrs(config.as_ref(), 9091, 8081)).await?
         }
         ServeCommand::Ingest { serve, log, recall } => {
             let config = serve.config()?;
@@ -577,7 +576,9 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             };
             let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
             let Some(redis_url) = redis_url else {
-                anyhow::bail!("serve stream writes to Redis: give --redis-url or a runtime config with featureStore.redisUrl (`recstack up` runs the stream job in process without Redis)");
+                anyhow::bail!(
+                    "serve stream writes to Redis: give --redis-url or a runtime config with featureStore.redisUrl (`recstack up` runs the stream job in process without Redis)"
+                );
             };
             let log = Arc::new(log.open(config.as_ref()).await?);
             let sink = RedisStore::connect(&redis_url, Duration::from_secs(2)).await?;

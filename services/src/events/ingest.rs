@@ -73,7 +73,10 @@ impl SeenLink {
     }
 
     async fn record(&self, user: String, item_ids: Vec<String>) -> Result<(), Status> {
-        let req = Request::new(ImpressionsRequest { user_id: user, item_ids });
+        let req = Request::new(ImpressionsRequest {
+            user_id: user,
+            item_ids,
+        });
         match self {
             SeenLink::None => Ok(()),
             SeenLink::Grpc(c) => c.clone().record_impressions(req).await.map(|_| ()),
@@ -315,7 +318,10 @@ pub fn router<L: EventLog>(ingest: Arc<Ingest<L>>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events::<L>))
         .with_state(ingest)
-        .merge(crate::ops::router(encode, Arc::new(std::sync::atomic::AtomicBool::new(true))))
+        .merge(crate::ops::router(
+            encode,
+            Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        ))
 }
 
 // === gRPC ===

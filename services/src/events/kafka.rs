@@ -93,7 +93,11 @@ impl KafkaLog {
     }
 }
 
-async fn create(controller: &rskafka::client::controller::ControllerClient, topic: &str, n: u32) -> Result<(), LogError> {
+async fn create(
+    controller: &rskafka::client::controller::ControllerClient,
+    topic: &str,
+    n: u32,
+) -> Result<(), LogError> {
     match controller.create_topic(topic, n as i32, 1, 5_000).await {
         Ok(()) => Ok(()),
         Err(rskafka::client::error::Error::ServerError {
@@ -197,7 +201,11 @@ impl EventLog for KafkaLog {
             Err(_) => {
                 // Retention removed offset 0: ask from the earliest kept.
                 let earliest = client.get_offset(OffsetAt::Earliest).await.map_err(kafka_err)?;
-                client.fetch_records(earliest, 1..2, FETCH_WAIT_MS).await.map_err(kafka_err)?.1
+                client
+                    .fetch_records(earliest, 1..2, FETCH_WAIT_MS)
+                    .await
+                    .map_err(kafka_err)?
+                    .1
             }
         };
         Ok(high.max(0) as u64)
@@ -207,10 +215,7 @@ impl EventLog for KafkaLog {
         self.partition(partition)?;
         let key = format!("{group}/{partition}");
         self.offsets
-            .produce(
-                vec![record(&key, at.encode().into_bytes())],
-                Compression::NoCompression,
-            )
+            .produce(vec![record(&key, at.encode().into_bytes())], Compression::NoCompression)
             .await
             .map_err(kafka_err)?;
         if let Some(cache) = self.committed.lock().await.as_mut() {

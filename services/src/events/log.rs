@@ -98,7 +98,8 @@ pub trait EventLog: Send + Sync + 'static {
     fn append(&self, records: Vec<(String, Vec<u8>)>) -> impl Future<Output = Result<Vec<Appended>, LogError>> + Send;
 
     /// Up to `max` records of `partition` from offset `from` (fewer, or none, at the end).
-    fn read(&self, partition: u32, from: u64, max: usize) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
+    fn read(&self, partition: u32, from: u64, max: usize)
+    -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
 
     /// The offset the next record of `partition` will get.
     fn end_offset(&self, partition: u32) -> impl Future<Output = Result<u64, LogError>> + Send;
@@ -256,18 +257,22 @@ impl FileLog {
     }
 
     fn partition(&self, partition: u32) -> Result<&Partition, LogError> {
-        self.partitions
-            .get(partition as usize)
-            .ok_or(LogError::NoPartition {
-                partition,
-                partitions: self.partitions.len() as u32,
-            })
+        self.partitions.get(partition as usize).ok_or(LogError::NoPartition {
+            partition,
+            partitions: self.partitions.len() as u32,
+        })
     }
 
     fn offset_path(&self, group: &str, partition: u32) -> PathBuf {
         let safe: String = group
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join("offsets").join(format!("{safe}-{partition}"))
     }
@@ -389,13 +394,18 @@ impl EventLog for FileLog {
             (positions[0], positions[positions.len() - 1], positions)
         };
         let mut bytes = vec![0u8; (end - start) as usize];
-        part.reader.read_exact_at(&mut bytes, start).map_err(io_err(&part.path))?;
+        part.reader
+            .read_exact_at(&mut bytes, start)
+            .map_err(io_err(&part.path))?;
         let mut out = Vec::with_capacity(positions.len() - 1);
         for (i, w) in positions.windows(2).enumerate() {
             let (a, b) = ((w[0] - start) as usize, (w[1] - start) as usize);
             let (key, value) = decode_payload(&bytes[a + HEADER..b]).ok_or_else(|| LogError::Io {
                 path: part.path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, format!("record {} unreadable", from + i as u64)),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("record {} unreadable", from + i as u64),
+                ),
             })?;
             out.push(Record {
                 offset: from + i as u64,
@@ -518,7 +528,16 @@ mod tests {
         {
             let (log, _) = FileLog::open(dir.path(), 1).unwrap();
             log.append(recs(10, "x")).await.unwrap();
-            log.commit("stream", 0, Checkpoint { offset: 4, watermark: -7 }).await.unwrap();
+            log.commit(
+                "stream",
+                0,
+                Checkpoint {
+                    offset: 4,
+                    watermark: -7,
+                },
+            )
+            .await
+            .unwrap();
         }
         // A crash mid-write: half a record at the end.
         let path = dir.path().join("partition-0.log");
@@ -532,7 +551,10 @@ mod tests {
         assert_eq!(rec.truncated_bytes, half.len() as u64 - 3);
         assert_eq!(
             log.committed("stream", 0).await.unwrap(),
-            Some(Checkpoint { offset: 4, watermark: -7 })
+            Some(Checkpoint {
+                offset: 4,
+                watermark: -7
+            })
         );
         assert_eq!(Checkpoint::decode("12"), Some(Checkpoint::at(12)));
         assert_eq!(log.committed("other", 0).await.unwrap(), None);

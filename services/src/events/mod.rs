@@ -32,7 +32,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [EventKind::Impression, EventKind::Click, EventKind::Play, EventKind::Like];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Play,
+        EventKind::Like,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -132,10 +137,7 @@ impl RawEvent {
         let item_id = id("item_id", &self.item_id)?;
         let kind = EventKind::parse(self.kind.trim()).ok_or_else(|| {
             let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
-            err(
-                "kind",
-                format!("{:?} is not one of {}", self.kind, known.join(", ")),
-            )
+            err("kind", format!("{:?} is not one of {}", self.kind, known.join(", ")))
         })?;
         let ts_ms = match &self.ts {
             None => now_ms,
@@ -205,7 +207,13 @@ pub fn sql_timestamp(ts_ms: i64) -> String {
 
 fn parse_sql_timestamp(s: &str) -> Option<i64> {
     let civil: jiff::civil::DateTime = s.replacen(' ', "T", 1).parse().ok()?;
-    Some(civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond())
+    Some(
+        civil
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp()
+            .as_millisecond(),
+    )
 }
 
 impl Event {
@@ -372,7 +380,10 @@ mod tests {
         }
         .validate("events[0]", NOW)
         .unwrap();
-        assert_eq!((e.user_id.as_str(), e.kind, e.ts_ms, e.request_id), ("u1", EventKind::Play, NOW, None));
+        assert_eq!(
+            (e.user_id.as_str(), e.kind, e.ts_ms, e.request_id),
+            ("u1", EventKind::Play, NOW, None)
+        );
         let e = RawEvent {
             ts: Some(Timestamp::Text("2026-09-21T14:13:20.5Z".into())),
             ..raw("like")

@@ -529,7 +529,11 @@ pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &HashSet<u32>, n:
     let top = built.first().map_or(1.0, |(_, s)| *s);
     let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
     let mut taken = HashSet::new();
-    let fresh = trending.iter().filter(|i| !seen.contains(i)).copied().collect::<Vec<_>>();
+    let fresh = trending
+        .iter()
+        .filter(|i| !seen.contains(i))
+        .copied()
+        .collect::<Vec<_>>();
     let k = fresh.len();
     for (rank, i) in fresh.into_iter().enumerate() {
         if taken.insert(i) {

@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(per_second.iter().sum::<u64>(), 3_000);
         // Done within the spread, at an even pace (no second above 300 + the burst).
         assert_eq!(l.backlog(), 0);
-        assert!(per_second[..10].iter().all(|&n| (280..=331).contains(&n)), "{per_second:?}");
+        assert!(
+            per_second[..10].iter().all(|&n| (280..=331).contains(&n)),
+            "{per_second:?}"
+        );
         assert!(per_second[10] <= 3 && per_second[11] == 0, "{per_second:?}");
     }
 

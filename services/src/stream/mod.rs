@@ -117,12 +117,24 @@ impl Default for StreamMetrics {
         };
         registry.register("events", "Events read from the log", m.events.clone());
         registry.register("late", "Events dropped because their window had fired", m.late.clone());
-        registry.register("undecodable", "Log records that are not events (skipped)", m.undecodable.clone());
+        registry.register(
+            "undecodable",
+            "Log records that are not events (skipped)",
+            m.undecodable.clone(),
+        );
         registry.register("windows", "Item windows written, by outcome", m.windows.clone());
         registry.register("user_writes", "User feature writes (fast path)", m.user_writes.clone());
-        registry.register("backlog", "Item windows waiting for the write limiter", m.backlog.clone());
+        registry.register(
+            "backlog",
+            "Item windows waiting for the write limiter",
+            m.backlog.clone(),
+        );
         registry.register("lag", "Records in the log not yet read", m.lag.clone());
-        registry.register("sink_errors", "Failed writes to the feature store (retried)", m.sink_errors.clone());
+        registry.register(
+            "sink_errors",
+            "Failed writes to the feature store (retried)",
+            m.sink_errors.clone(),
+        );
         registry.register(
             "fast_path_delay_seconds",
             "From an engagement's event time to its user's features written",

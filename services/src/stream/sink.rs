@@ -32,6 +32,9 @@ pub fn trend_rank(hot: f64, window_end_ms: i64) -> f64 {
 /// Items kept in the trending list.
 pub const TRENDING_KEEP: usize = 1_000;
 
+/// Users' recent items after a fast-path write: user → (generation, newest first).
+pub type RecentLists = HashMap<String, (u64, Vec<(String, i64)>)>;
+
 /// The stream job's writes.
 pub trait FeatureSink: Send + Sync + 'static {
     /// Applies each window whose version is newer than the stored one; returns, per window,
@@ -46,7 +49,7 @@ pub trait FeatureSink: Send + Sync + 'static {
     fn add_recent(
         &self,
         engagements: &[(String, String, i64)],
-    ) -> impl Future<Output = Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<RecentLists, SinkError>> + Send;
 
     /// Stores item feature values (feature-service key, bytes).
     fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> impl Future<Output = Result<(), SinkError>> + Send;
@@ -67,7 +70,7 @@ pub trait FeatureSink: Send + Sync + 'static {
 #[derive(Default)]
 struct Memory {
     items: HashMap<String, ItemState>,
-    recent: HashMap<String, (u64, Vec<(String, i64)>)>,
+    recent: RecentLists,
     values: HashMap<String, Vec<u8>>,
     user_gen: HashMap<String, u64>,
     trending: HashMap<String, f64>,
@@ -102,10 +105,7 @@ impl FeatureSink for MemoryStore {
             .collect())
     }
 
-    async fn add_recent(
-        &self,
-        engagements: &[(String, String, i64)],
-    ) -> Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError> {
+    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
         let mut m = self.lock();
         let mut out = HashMap::new();
         for (user, item, ts) in engagements {
@@ -296,10 +296,7 @@ impl FeatureSink for RedisStore {
         Ok(out)
     }
 
-    async fn add_recent(
-        &self,
-        engagements: &[(String, String, i64)],
-    ) -> Result<HashMap<String, (u64, Vec<(String, i64)>)>, SinkError> {
+    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
         let mut conn = self.conn.clone();
         let mut out = HashMap::new();
         for (user, item, ts) in engagements {

@@ -432,7 +432,10 @@ mod tests {
         let mut a = agg();
         a.push(&ev(1, "a", EventKind::Click, T0 + MIN + 10_000), 0);
         // 4 s out of order but its window is still open: counted.
-        assert_eq!(a.push(&ev(2, "a", EventKind::Click, T0 + MIN + 6_000), 1), Accepted::Counted);
+        assert_eq!(
+            a.push(&ev(2, "a", EventKind::Click, T0 + MIN + 6_000), 1),
+            Accepted::Counted
+        );
         // The previous window ended 10 s before the newest event: fired, so late.
         assert_eq!(a.push(&ev(3, "a", EventKind::Click, T0 + 59_000), 2), Accepted::Late);
         assert_eq!(a.late, 1);
@@ -526,7 +529,10 @@ mod tests {
         };
         let mut once = HashMap::new();
         run(0, &mut once);
-        let total: u64 = once.values().map(|s| s.totals.impressions + s.totals.engagement()).sum();
+        let total: u64 = once
+            .values()
+            .map(|s| s.totals.impressions + s.totals.engagement())
+            .sum();
         assert_eq!(total, 300);
         for from in [0, 1, 59, 60, 61, 150, 299] {
             let mut replayed = once.clone();
@@ -575,7 +581,12 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let recent = vec![("a".to_string(), 3), ("b".to_string(), 2), ("c".to_string(), 1), ("z".to_string(), 0)];
+        let recent = vec![
+            ("a".to_string(), 3),
+            ("b".to_string(), 2),
+            ("c".to_string(), 1),
+            ("z".to_string(), 0),
+        ];
         let aff = genre_affinity(&recent, |i| genres.get(i).map(Vec::as_slice), 5);
         assert_eq!(aff, vec![("Drama".to_string(), 0.75), ("Comedy".to_string(), 0.25)]);
         assert!(genre_affinity(&[], |_| None, 5).is_empty());
