@@ -73,6 +73,28 @@ async fn eventually<T, F: Future<Output = Option<T>>>(limit: Duration, what: &st
     }
 }
 
+/// The item's features once its written windows hold at least `n` clicks.
+async fn clicks_at_least(
+    features: &FeaturesClient<tonic::transport::Channel>,
+    item: &str,
+    n: u64,
+    what: &str,
+) -> recstack_services::features::ItemFeatures {
+    eventually(Duration::from_secs(10), what, || {
+        let mut c = features.clone();
+        let item = item.to_string();
+        async move {
+            let r = c
+                .get_items(GetItemsRequest { item_ids: vec![item] })
+                .await
+                .unwrap()
+                .into_inner();
+            r.items.into_iter().find(|f| f.clicks >= n)
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn posted_events_reach_features_and_recall() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +128,7 @@ async fn posted_events_reach_features_and_recall() {
     let posted = Instant::now();
 
     // The fast path: the user's recent items lead with the clicked item.
-    let mut features = FeaturesClient::connect(stack.get("features").grpc_url()).await.unwrap();
+    let features = FeaturesClient::connect(stack.get("features").grpc_url()).await.unwrap();
     let genres = a.item_features[item_ix as usize].genres.clone();
     let user_features = eventually(Duration::from_secs(10), "the click in the user's features", || {
         let (mut c, user) = (features.clone(), user.clone());
@@ -134,19 +156,7 @@ async fn posted_events_reach_features_and_recall() {
     assert!(!user_features.recent_items.iter().take(1).any(|i| i == &shown));
 
     // The window closes: six clicks, and the item leads the hot channel for anyone.
-    let counted = eventually(Duration::from_secs(10), "the item's window written", || {
-        let mut c = features.clone();
-        let item = item.clone();
-        async move {
-            let r = c
-                .get_items(GetItemsRequest { item_ids: vec![item] })
-                .await
-                .unwrap()
-                .into_inner();
-            r.items.into_iter().find(|f| f.clicks > 0)
-        }
-    })
-    .await;
+    let counted = clicks_at_least(&features, &item, 1, "the item's window written").await;
     assert_eq!(counted.clicks, 6);
     assert_eq!(counted.impressions, 0);
     assert!(
@@ -208,21 +218,8 @@ async fn posted_events_reach_features_and_recall() {
         );
     }
     // After the next window: seven clicks, not fourteen.
-    let seven = eventually(Duration::from_secs(10), "the retry not counted twice", || {
-        let mut c = features.clone();
-        let item = item.clone();
-        async move {
-            let r = c
-                .get_items(GetItemsRequest { item_ids: vec![item] })
-                .await
-                .unwrap()
-                .into_inner();
-            r.items.into_iter().find(|f| f.clicks >= 7)
-        }
-    })
-    .await;
+    let seven = clicks_at_least(&features, &item, 7, "the retry not counted twice").await;
     assert_eq!(seven.clicks, 7);
-    let _ = &mut features;
     stack.stop().await.unwrap();
 }
 
