@@ -120,10 +120,13 @@ async fn posted_events_reach_features_and_recall() {
         .map(|i| event(&format!("c{i}"), &format!("other-{i}"), &item, "click"))
         .collect();
     events.push(event("c-user", &user, &item, "click"));
+    // An item the build has never seen.
+    let new_item = "brand-new-item";
+    events.extend((0..3).map(|i| event(&format!("n{i}"), &format!("other-{i}"), new_item, "play")));
     events.push(event("imp-user", &user, &shown, "impression"));
     let (status, body) = post(&stack, json!({ "events": events })).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["accepted"], 7);
+    assert_eq!(body["accepted"], 10);
     assert_eq!(body["duplicates"], json!([]));
     let posted = Instant::now();
 
@@ -185,6 +188,27 @@ async fn posted_events_reach_features_and_recall() {
         .into_inner();
     assert_eq!(first.candidates[0].item_id, item, "trending leads the hot channel");
     assert_eq!(first.candidates[0].sources[0].channel, "hot");
+    // The new item is recallable through the hot channel, and the gateway serves a list with
+    // it among the candidates (ranked with default features, nothing fails).
+    let fresh = first
+        .candidates
+        .iter()
+        .find(|c| c.item_id == new_item)
+        .expect("the new item is recalled");
+    assert_eq!((fresh.sources[0].channel.as_str(), fresh.sources[0].rank), ("hot", 2));
+    let gateway = stack.get("gateway").http.to_string();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        common::http_post(
+            &gateway,
+            "/v1/recommend",
+            r#"{"user_id": "a-new-user", "n": 10, "debug": true}"#,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["items"].as_array().unwrap().len(), 10, "{answer}");
     // The impression went into the user's seen filter: recall filters the item out.
     let mine = recall.clone().recall(hot_only(&user)).await.unwrap().into_inner();
     assert!(mine.filtered_seen.contains(&shown), "{:?}", mine.filtered_seen);
@@ -194,7 +218,7 @@ async fn posted_events_reach_features_and_recall() {
     let (status, body) = post(&stack, json!({ "events": events })).await;
     assert_eq!(status, 200);
     assert_eq!(body["accepted"], 0);
-    assert_eq!(body["duplicates"].as_array().unwrap().len(), 7);
+    assert_eq!(body["duplicates"].as_array().unwrap().len(), 10);
     // One bad event refuses the call whole, naming the field; the good one was not recorded.
     let good = event("late-good", "other-9", &item, "click");
     let (status, body) = post(&stack, json!({"events": [good, event("bad", "u", &item, "view")]})).await;

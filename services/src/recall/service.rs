@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::merge::RRF_K;
 use super::seen::{SeenConfig, SeenFilter};
 use super::{Channel, UserHistory, channel_for, merge};
 use crate::build::{self, Artifacts, BuildError, Manifest};
@@ -409,8 +410,17 @@ impl<S: SeenStore> RecallService<S> {
             });
         }
         let mut lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
+        // Items the stream job finds trending but the build does not know yet (new items):
+        // recalled by id through the hot channel, at their trending rank.
+        let mut new_items: Vec<(u32, String)> = Vec::new();
         if let Some(hot) = lists.iter_mut().find(|l| l.channel == Channel::Hot) {
             let trending = self.trending.top(q.quotas[&Channel::Hot]).await;
+            new_items = trending
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !loaded.items.contains_key(*id))
+                .map(|(rank, id)| (rank as u32 + 1, id.clone()))
+                .collect();
             if !trending.is_empty() {
                 let history = UserHistory::new(&loaded.artifacts, user);
                 let ids: Vec<u32> = trending.iter().filter_map(|id| loaded.items.get(id).copied()).collect();
@@ -445,6 +455,27 @@ impl<S: SeenStore> RecallService<S> {
                         .collect(),
                 });
             }
+        }
+        let added_new = !new_items.is_empty();
+        for (rank, id) in new_items {
+            if filter.as_ref().is_some_and(|f| f.contains(item_key(&id))) {
+                filtered_seen.push(id);
+                continue;
+            }
+            candidates.push(Candidate {
+                item_id: id,
+                fused_score: 1.0 / (RRF_K + rank as f32),
+                sources: vec![Source {
+                    channel: Channel::Hot.name().to_string(),
+                    score: 0.0,
+                    rank,
+                }],
+            });
+        }
+        if added_new {
+            // Stable: the merged order (and its tie rules) stays; new items slot in by score.
+            candidates.sort_by(|a, b| b.fused_score.total_cmp(&a.fused_score));
+            candidates.truncate(q.n);
         }
         self.metrics.seen_filtered.inc_by(filtered_seen.len() as u64);
         self.metrics.candidates.observe(candidates.len() as f64);
