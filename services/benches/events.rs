@@ -2,7 +2,8 @@
 //!
 //! 1. Throughput: concurrent posters of 100-event calls through the ingest service (validated,
 //!    deduplicated, group-committed with `fdatasync`), then the stream job reading the log to
-//!    its end into the in-process store and into Redis — events/s for each step.
+//!    its end into the in-process store and into Redis — events/s for each step; then both at
+//!    once (posters and a live job), end to end.
 //! 2. Event to visible: clicks posted at a steady rate while the stream job runs live; the
 //!    time from the post until the user's feature value in the store lists the item (p50, p99,
 //!    max; HdrHistogram).
@@ -149,11 +150,70 @@ async fn throughput() {
     } else {
         eprintln!("redis-server not found: the Redis row is left out");
     }
+    rows.push((
+        "end to end, live: post → log → stream job → in-process store".into(),
+        end_to_end(Arc::new(MemoryStore::default())).await,
+    ));
+    if let Some(redis) = RedisServer::start() {
+        let sink = Arc::new(RedisStore::connect(&redis.1, Duration::from_secs(2)).await.unwrap());
+        rows.push((
+            "end to end, live: post → log → stream job → Redis".into(),
+            end_to_end(sink).await,
+        ));
+    }
     println!("\n### Throughput ({total} events: 8 posters × 100 calls × 100 events, 2,000 items, 5,000 users)\n");
     println!("| step | events/s |\n|---|---:|");
     for (step, rate) in rows {
         println!("| {step} | {rate:.0} |");
     }
+}
+
+/// Posters and a live stream job at once: events/s from the first post until the job has
+/// read the last event (and written its fast path).
+async fn end_to_end<S: FeatureSink>(sink: Arc<S>) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 4).unwrap();
+    let log = Arc::new(log);
+    let ingest = Arc::new(Ingest::new(
+        log.clone(),
+        SeenLink::None,
+        2_000_000,
+        Duration::from_secs(600),
+    ));
+    let w = worker(log.clone(), sink, StreamConfig::live(WindowConfig::default()));
+    let metrics = w.metrics.clone();
+    let (stop_tx, stop) = watch::channel(false);
+    let job = tokio::spawn(async move { w.run(stop, false).await });
+    let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as u64;
+    let start = Instant::now();
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|p| {
+            let ingest = ingest.clone();
+            tokio::spawn(async move {
+                for c in 0..CALLS_PER_POSTER {
+                    let now = now_ms();
+                    let batch: Vec<RawEvent> = (0..PER_CALL)
+                        .map(|i| {
+                            let n = ((p * CALLS_PER_POSTER + c) * PER_CALL + i) as u64;
+                            let kind = ["impression", "impression", "impression", "click", "play"][(n % 5) as usize];
+                            raw(n, &format!("u{}", n % 5_000), &format!("i{}", n % 2_000), kind, now)
+                        })
+                        .collect();
+                    ingest.post(&batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.await.unwrap();
+    }
+    while metrics.events.get() < total {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = job.await;
+    rate
 }
 
 async fn event_to_visible() {
