@@ -4,7 +4,7 @@
 //! services read it in process); [`RedisStore`] is the same in Redis, each versioned write one
 //! Lua script so the compare and the write are atomic.
 //!
-//! Redis keys: `recstack:rt:item:<id>` (hash: totals, last window, hot, version),
+//! Each batch of writes is one pipeline (one round trip). Redis keys: `recstack:rt:item:<id>` (hash: totals, last window, hot, version),
 //! `recstack:rt:user:<id>` (sorted set: item → newest engagement time),
 //! `recstack:features:{item|user}:<id>` (the protobuf the feature service reads, users' with a
 //! generation in `…:gen` so an older fast-path write never overwrites a newer one), and
@@ -247,6 +247,22 @@ impl RedisStore {
     fn item_key(item: &str) -> String {
         format!("recstack:rt:item:{item}")
     }
+
+    /// Runs `invocations` of `script` in one pipeline (one round trip), loading the script
+    /// first so a restarted Redis that lost its script cache still runs them.
+    async fn pipelined<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        invocations: &[redis::ScriptInvocation<'_>],
+    ) -> Result<Vec<T>, SinkError> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(script).ignore();
+        for inv in invocations {
+            pipe.invoke_script(inv);
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(redis_err)
+    }
 }
 
 fn num<T: std::str::FromStr + Default>(s: &str) -> T {
@@ -255,23 +271,28 @@ fn num<T: std::str::FromStr + Default>(s: &str) -> T {
 
 impl FeatureSink for RedisStore {
     async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
-        let mut conn = self.conn.clone();
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocations: Vec<redis::ScriptInvocation<'_>> = windows
+            .iter()
+            .map(|w| {
+                let c = w.counts;
+                let mut inv = self.apply.prepare_invoke();
+                inv.key(Self::item_key(&w.item_id))
+                    .arg(w.version.window_end_ms)
+                    .arg(w.version.offset)
+                    .arg(c.impressions)
+                    .arg(c.clicks)
+                    .arg(c.plays)
+                    .arg(c.likes)
+                    .arg(HOT_HALF_LIFE_MS);
+                inv
+            })
+            .collect();
+        let rows: Vec<Vec<String>> = self.pipelined(&self.apply, &invocations).await?;
         let mut out = Vec::with_capacity(windows.len());
-        for w in windows {
-            let c = w.counts;
-            let r: Vec<String> = self
-                .apply
-                .key(Self::item_key(&w.item_id))
-                .arg(w.version.window_end_ms)
-                .arg(w.version.offset)
-                .arg(c.impressions)
-                .arg(c.clicks)
-                .arg(c.plays)
-                .arg(c.likes)
-                .arg(HOT_HALF_LIFE_MS)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
+        for r in rows {
             if r.len() != 13 {
                 return Err(SinkError(format!("apply script returned {} fields", r.len())));
             }
@@ -297,22 +318,33 @@ impl FeatureSink for RedisStore {
     }
 
     async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
-        let mut conn = self.conn.clone();
-        let mut out = HashMap::new();
-        for (user, item, ts) in engagements {
-            let r: Vec<String> = self
-                .recent
-                .key(format!("recstack:rt:user:{user}"))
-                .key(format!("recstack:rt:user:{user}:gen"))
-                .arg(*ts)
-                .arg(item)
-                .arg(RECENT_ITEMS)
-                .arg(USER_TTL.as_secs())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
+        if engagements.is_empty() {
+            return Ok(RecentLists::new());
+        }
+        let invocations: Vec<redis::ScriptInvocation<'_>> = engagements
+            .iter()
+            .map(|(user, item, ts)| {
+                let mut inv = self.recent.prepare_invoke();
+                inv.key(format!("recstack:rt:user:{user}"))
+                    .key(format!("recstack:rt:user:{user}:gen"))
+                    .arg(*ts)
+                    .arg(item)
+                    .arg(RECENT_ITEMS)
+                    .arg(USER_TTL.as_secs());
+                inv
+            })
+            .collect();
+        let rows: Vec<Vec<String>> = self.pipelined(&self.recent, &invocations).await?;
+        // In order: a user's last row is their list after all of this batch.
+        let mut out = RecentLists::new();
+        for ((user, _, _), r) in engagements.iter().zip(rows) {
             let generation = r.first().map(|g| num(g)).unwrap_or_default();
-            let list = r[1..].chunks(2).map(|p| (p[0].clone(), num(&p[1]))).collect();
+            let list = r
+                .get(1..)
+                .unwrap_or_default()
+                .chunks(2)
+                .map(|p| (p[0].clone(), num(&p[1])))
+                .collect();
             out.insert(user.clone(), (generation, list));
         }
         Ok(out)
@@ -331,19 +363,22 @@ impl FeatureSink for RedisStore {
     }
 
     async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
-        let mut conn = self.conn.clone();
-        for (key, generation, bytes) in values {
-            let _: i64 = self
-                .set_if_newer
-                .key(&key)
-                .key(format!("{key}:gen"))
-                .arg(generation)
-                .arg(bytes)
-                .arg(USER_TTL.as_secs())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
+        if values.is_empty() {
+            return Ok(());
         }
+        let invocations: Vec<redis::ScriptInvocation<'_>> = values
+            .iter()
+            .map(|(key, generation, bytes)| {
+                let mut inv = self.set_if_newer.prepare_invoke();
+                inv.key(key)
+                    .key(format!("{key}:gen"))
+                    .arg(*generation)
+                    .arg(bytes.as_slice())
+                    .arg(USER_TTL.as_secs());
+                inv
+            })
+            .collect();
+        let _: Vec<i64> = self.pipelined(&self.set_if_newer, &invocations).await?;
         Ok(())
     }
 
