@@ -144,7 +144,7 @@ async fn throughput() {
         let start = Instant::now();
         w.run(watch::channel(false).1, true).await.unwrap();
         rows.push((
-            "stream job: log → windows + fast path → Redis (Lua per write)".into(),
+            "stream job: log → windows + fast path → Redis".into(),
             total / start.elapsed().as_secs_f64(),
         ));
     } else {
