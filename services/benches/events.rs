@@ -87,29 +87,35 @@ impl Drop for RedisServer {
     }
 }
 
-async fn throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, _) = FileLog::open(dir.path(), 4).unwrap();
+/// A fresh embedded log (4 partitions) in `dir` and an ingest service over it.
+fn log_and_ingest(dir: &std::path::Path, dedup: u64) -> (Arc<FileLog>, Arc<Ingest<FileLog>>) {
+    let (log, _) = FileLog::open(dir, 4).unwrap();
     let log = Arc::new(log);
     let ingest = Arc::new(Ingest::new(
         log.clone(),
         SeenLink::None,
-        2_000_000,
+        dedup,
         Duration::from_secs(600),
     ));
-    let now = now_ms();
-    let start = Instant::now();
+    (log, ingest)
+}
+
+/// Posts `POSTERS × CALLS_PER_POSTER` calls of `PER_CALL` events concurrently through
+/// `ingest` (2,000 items, 5,000 users, 3 impressions : 1 click : 1 play). Event times are
+/// spread over the `spread_ms` before each call (0: every event at its call's time).
+async fn post_all(ingest: &Arc<Ingest<FileLog>>, spread_ms: i64) {
+    let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as i64;
     let posters: Vec<_> = (0..POSTERS)
         .map(|p| {
             let ingest = ingest.clone();
             tokio::spawn(async move {
                 for c in 0..CALLS_PER_POSTER {
+                    let now = now_ms();
                     let batch: Vec<RawEvent> = (0..PER_CALL)
                         .map(|i| {
                             let n = ((p * CALLS_PER_POSTER + c) * PER_CALL + i) as u64;
                             let kind = ["impression", "impression", "impression", "click", "play"][(n % 5) as usize];
-                            // Event times spread over the last four minutes.
-                            let ts = now - 240_000 + (n as i64 * 240_000 / 80_000);
+                            let ts = now - spread_ms + n as i64 * spread_ms / total;
                             raw(n, &format!("u{}", n % 5_000), &format!("i{}", n % 2_000), kind, ts)
                         })
                         .collect();
@@ -121,6 +127,14 @@ async fn throughput() {
     for p in posters {
         p.await.unwrap();
     }
+}
+
+async fn throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, ingest) = log_and_ingest(dir.path(), 2_000_000);
+    let start = Instant::now();
+    // Event times spread over the last four minutes: the replays below close windows.
+    post_all(&ingest, 240_000).await;
     let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as f64;
     let ingest_rate = total / start.elapsed().as_secs_f64();
 
@@ -172,41 +186,14 @@ async fn throughput() {
 /// read the last event (and written its fast path).
 async fn end_to_end<S: FeatureSink>(sink: Arc<S>) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = FileLog::open(dir.path(), 4).unwrap();
-    let log = Arc::new(log);
-    let ingest = Arc::new(Ingest::new(
-        log.clone(),
-        SeenLink::None,
-        2_000_000,
-        Duration::from_secs(600),
-    ));
+    let (log, ingest) = log_and_ingest(dir.path(), 2_000_000);
     let w = worker(log.clone(), sink, StreamConfig::live(WindowConfig::default()));
     let metrics = w.metrics.clone();
     let (stop_tx, stop) = watch::channel(false);
     let job = tokio::spawn(async move { w.run(stop, false).await });
     let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as u64;
     let start = Instant::now();
-    let posters: Vec<_> = (0..POSTERS)
-        .map(|p| {
-            let ingest = ingest.clone();
-            tokio::spawn(async move {
-                for c in 0..CALLS_PER_POSTER {
-                    let now = now_ms();
-                    let batch: Vec<RawEvent> = (0..PER_CALL)
-                        .map(|i| {
-                            let n = ((p * CALLS_PER_POSTER + c) * PER_CALL + i) as u64;
-                            let kind = ["impression", "impression", "impression", "click", "play"][(n % 5) as usize];
-                            raw(n, &format!("u{}", n % 5_000), &format!("i{}", n % 2_000), kind, now)
-                        })
-                        .collect();
-                    ingest.post(&batch).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for p in posters {
-        p.await.unwrap();
-    }
+    post_all(&ingest, 0).await;
     while metrics.events.get() < total {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -218,14 +205,7 @@ async fn end_to_end<S: FeatureSink>(sink: Arc<S>) -> f64 {
 
 async fn event_to_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = FileLog::open(dir.path(), 4).unwrap();
-    let log = Arc::new(log);
-    let ingest = Arc::new(Ingest::new(
-        log.clone(),
-        SeenLink::None,
-        100_000,
-        Duration::from_secs(600),
-    ));
+    let (log, ingest) = log_and_ingest(dir.path(), 100_000);
     let store = Arc::new(MemoryStore::default());
     let w = worker(log.clone(), store.clone(), StreamConfig::live(WindowConfig::default()));
     let (stop_tx, stop) = watch::channel(false);

@@ -29,8 +29,7 @@ use recstack_services::serve::{
     self, Addrs, FeatureSource, GatewayTraces, LocalAddrs, LocalEvents, LocalOptions, LocalTraces, Service,
 };
 use recstack_services::stream::sink::{RedisStore, Trending};
-use recstack_services::stream::window::WindowConfig;
-use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
+use recstack_services::stream::window::{WindowConfig, parse_window};
 use recstack_services::traces::{self, TraceSettings, TraceStoreSpec};
 use recstack_trace_store::writer::WriterConfig;
 
@@ -87,7 +86,7 @@ enum Command {
         #[arg(long)]
         events_dir: Option<PathBuf>,
         /// The stream job's window (`30s`, `1m`, `1h`).
-        #[arg(long, default_value = "1m", value_parser = parse_window_arg)]
+        #[arg(long, default_value = "1m", value_parser = parse_window)]
         window: i64,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
@@ -241,11 +240,6 @@ impl LogArgs {
             }
         })
     }
-}
-
-/// `--window`: `30s`, `1m`, `1h` → milliseconds.
-fn parse_window_arg(s: &str) -> Result<i64, String> {
-    recstack_services::stream::window::parse_window(s)
 }
 
 /// The ranking model and how it runs.
@@ -462,7 +456,7 @@ enum ServeCommand {
         #[arg(long, env = "RECSTACK_REDIS_URL")]
         redis_url: Option<String>,
         /// Window length (default: the runtime config's, else 1m).
-        #[arg(long, value_parser = parse_window_arg)]
+        #[arg(long, value_parser = parse_window)]
         window: Option<i64>,
     },
     /// The dashboard over a trace query API; stack status from a RecommenderStack (`--stack`)
@@ -570,8 +564,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let config = serve.config()?;
             let window = match (window, config.as_ref()) {
                 (Some(w), _) => w,
-                (None, Some(c)) => recstack_services::stream::window::parse_window(&c.stream.window)
-                    .map_err(|e| anyhow::anyhow!("stream.window: {e}"))?,
+                (None, Some(c)) => parse_window(&c.stream.window).map_err(|e| anyhow::anyhow!("stream.window: {e}"))?,
                 (None, None) => 60_000,
             };
             let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
@@ -582,17 +575,12 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             };
             let log = Arc::new(log.open(config.as_ref()).await?);
             let sink = RedisStore::connect(&redis_url, Duration::from_secs(2)).await?;
-            let worker = Worker {
-                log,
-                sink: Arc::new(sink),
-                snapshot: serve.snapshot()?,
-                config: StreamConfig::live(WindowConfig {
-                    size_ms: window,
-                    ..WindowConfig::default()
-                }),
-                metrics: Arc::new(StreamMetrics::default()),
+            let window = WindowConfig {
+                size_ms: window,
+                ..WindowConfig::default()
             };
-            serve::stream(worker, serve.addrs(config.as_ref(), 9095, 8085).http).await?
+            let http = serve.addrs(config.as_ref(), 9095, 8085).http;
+            serve::stream_job(log, Arc::new(sink), serve.snapshot()?, window, http).await?
         }
         ServeCommand::Ranking { serve, model } => {
             let config = serve.config()?;

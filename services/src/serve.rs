@@ -566,6 +566,24 @@ pub async fn stream<L: EventLog, S: FeatureSink>(
     Ok(service)
 }
 
+/// The built-in stream job over `log` into `sink` with live settings for `window`.
+pub async fn stream_job<L: EventLog, S: FeatureSink>(
+    log: Arc<L>,
+    sink: Arc<S>,
+    snapshot: Arc<Snapshot>,
+    window: WindowConfig,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let worker = Worker {
+        log,
+        sink,
+        snapshot,
+        config: StreamConfig::live(window),
+        metrics: Arc::new(StreamMetrics::default()),
+    };
+    stream(worker, http).await
+}
+
 /// Addresses of the local stack's services.
 #[derive(Clone, Debug)]
 pub struct LocalAddrs {
@@ -754,29 +772,9 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
             _ => SeenLink::grpc(&recall.grpc_url())?,
         };
         event_path.push(ingest(log.clone(), seen, a.ingest).await?);
-        let config = StreamConfig::live(ev.window);
-        let metrics = Arc::new(StreamMetrics::default());
         let stream = match sink {
-            LocalSink::Memory(sink) => {
-                let worker = Worker {
-                    log,
-                    sink,
-                    snapshot,
-                    config,
-                    metrics,
-                };
-                stream(worker, a.stream).await?
-            }
-            LocalSink::Redis(sink) => {
-                let worker = Worker {
-                    log,
-                    sink: Arc::new(sink),
-                    snapshot,
-                    config,
-                    metrics,
-                };
-                stream(worker, a.stream).await?
-            }
+            LocalSink::Memory(sink) => stream_job(log, sink, snapshot, ev.window, a.stream).await?,
+            LocalSink::Redis(sink) => stream_job(log, Arc::new(sink), snapshot, ev.window, a.stream).await?,
         };
         event_path.push(stream);
     }

@@ -287,27 +287,25 @@ fn write_loop(rx: mpsc::Receiver<Append>, mut files: Vec<(PathBuf, File)>, parts
         }
         let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
         let mut positions: Vec<Vec<u64>> = vec![Vec::new(); files.len()];
-        let ends: Vec<u64> = parts
+        // Each partition's first new offset and byte end, from one look at its index.
+        let (first_offsets, ends): (Vec<u64>, Vec<u64>) = parts
             .iter()
-            .map(|p| *p.index.read().unwrap_or_else(|e| e.into_inner()).last().unwrap_or(&0))
-            .collect();
+            .map(|p| {
+                let index = p.index.read().unwrap_or_else(|e| e.into_inner());
+                (index.len() as u64 - 1, *index.last().unwrap_or(&0))
+            })
+            .unzip();
         let mut placed: Vec<Vec<Appended>> = Vec::with_capacity(batch.len());
-        let mut counts = vec![0u64; files.len()];
-        let first_offsets: Vec<u64> = parts
-            .iter()
-            .map(|p| p.index.read().unwrap_or_else(|e| e.into_inner()).len() as u64 - 1)
-            .collect();
         for append in &batch {
             let mut out = Vec::with_capacity(append.records.len());
             for (p, key, value) in &append.records {
                 let p = *p as usize;
-                positions[p].push(ends[p] + buffers[p].len() as u64);
-                encode_record(key, value, &mut buffers[p]);
                 out.push(Appended {
                     partition: p as u32,
-                    offset: first_offsets[p] + counts[p],
+                    offset: first_offsets[p] + positions[p].len() as u64,
                 });
-                counts[p] += 1;
+                positions[p].push(ends[p] + buffers[p].len() as u64);
+                encode_record(key, value, &mut buffers[p]);
             }
             placed.push(out);
         }
@@ -317,11 +315,7 @@ fn write_loop(rx: mpsc::Receiver<Append>, mut files: Vec<(PathBuf, File)>, parts
                 continue;
             }
             let (path, file) = &mut files[p];
-            let written = file.write_all(buf).and_then(|_| file.sync_data());
-            if let Err(e) = written {
-                // Put the file back where it was: nothing half-written stays behind.
-                let _ = file.set_len(ends[p]);
-                let _ = file.seek(SeekFrom::Start(ends[p]));
+            if let Err(e) = file.write_all(buf).and_then(|_| file.sync_data()) {
                 result = Err((path.clone(), e.kind(), e.to_string()));
                 break;
             }
@@ -338,7 +332,8 @@ fn write_loop(rx: mpsc::Receiver<Append>, mut files: Vec<(PathBuf, File)>, parts
                 index.push(end);
             }
         } else {
-            // Partitions written before the failure are cut back too.
+            // Put every file back where it was (the failed one and any written before it):
+            // nothing of a failed batch stays behind.
             for (p, (_, file)) in files.iter_mut().enumerate() {
                 let _ = file.set_len(ends[p]);
                 let _ = file.seek(SeekFrom::Start(ends[p]));

@@ -18,7 +18,7 @@ pub mod limiter;
 pub mod sink;
 pub mod window;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -415,14 +415,4 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
         self.sink.put_items(values).await?;
         self.sink.put_trending(trending).await
     }
-}
-
-/// Totals per item over a set of windows (tests and the Flink comparison).
-pub fn totals(windows: &[ItemWindow]) -> HashMap<String, window::Counts> {
-    let mut out: HashMap<String, window::Counts> = HashMap::new();
-    for w in windows {
-        let t = out.entry(w.item_id.clone()).or_default();
-        *t = t.plus(w.counts);
-    }
-    out
 }
