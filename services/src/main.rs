@@ -521,8 +521,8 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             eprintln!("recall: serving artifact version {}", loaded.manifest.version);
             let every = Duration::from_secs(reload_secs.max(1));
             let trending = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
-                Some(url) => Trending::Redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
-                None => Trending::None,
+                Some(url) => Trending::redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
+                None => Trending::none(),
             };
             serve::recall(
                 loaded,

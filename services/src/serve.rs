@@ -742,9 +742,9 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         )),
     };
     let trending = match &sink {
-        Some(LocalSink::Memory(m)) => Trending::Memory(m.clone()),
-        Some(LocalSink::Redis(r)) => Trending::Redis(r.clone()),
-        None => Trending::None,
+        Some(LocalSink::Memory(m)) => Trending::memory(m.clone()),
+        Some(LocalSink::Redis(r)) => Trending::redis(r.clone()),
+        None => Trending::none(),
     };
     let reload = Some((root.to_path_buf(), Duration::from_secs(10)));
     let recall = recall(loaded, reload, trending, a.recall).await?;

@@ -344,7 +344,7 @@ impl<S: SeenStore> RecallService<S> {
             seen,
             seen_config,
             metrics,
-            trending: Trending::None,
+            trending: Trending::none(),
         }
     }
 
@@ -378,6 +378,22 @@ impl<S: SeenStore> RecallService<S> {
     pub async fn run(&self, q: RecallQuery) -> Result<RecallResponse, Status> {
         let loaded = self.slot.get();
         let user = loaded.users.get(&q.user_id).copied().unwrap_or(u32::MAX);
+        // The stream job's trending items: those the build knows lead the hot channel; those
+        // it does not know yet (new items) are recalled by id at their trending rank.
+        let hot_quota = q.quotas.get(&Channel::Hot).copied().unwrap_or(0);
+        let trending = if hot_quota > 0 {
+            self.trending.top(hot_quota).await
+        } else {
+            Vec::new()
+        };
+        let mut lead = Vec::new();
+        let mut new_items: Vec<(u32, String)> = Vec::new();
+        for (rank, id) in trending.into_iter().enumerate() {
+            match loaded.items.get(&id) {
+                Some(&i) => lead.push(i),
+                None => new_items.push((rank as u32 + 1, id)),
+            }
+        }
         let quotas = q.quotas.clone();
         let work = loaded.clone();
         let lists = tokio::task::spawn_blocking(move || {
@@ -387,7 +403,11 @@ impl<S: SeenStore> RecallService<S> {
                 .filter(|(_, q)| **q > 0)
                 .map(|(&c, &quota)| {
                     let start = Instant::now();
-                    let list = channel_for(&work.artifacts, &history, c, quota);
+                    let mut list = channel_for(&work.artifacts, &history, c, quota);
+                    if c == Channel::Hot && !lead.is_empty() {
+                        let n = list.items.len().max(lead.len());
+                        list.items = lead_with(&lead, &list.items, &history.seen, n);
+                    }
                     (list, start.elapsed())
                 })
                 .collect::<Vec<_>>()
@@ -409,24 +429,7 @@ impl<S: SeenStore> RecallService<S> {
                 latency_us: took.as_micros().min(u128::from(u32::MAX)) as u32,
             });
         }
-        let mut lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
-        // Items the stream job finds trending but the build does not know yet (new items):
-        // recalled by id through the hot channel, at their trending rank.
-        let mut new_items: Vec<(u32, String)> = Vec::new();
-        if let Some(hot) = lists.iter_mut().find(|l| l.channel == Channel::Hot) {
-            let trending = self.trending.top(q.quotas[&Channel::Hot]).await;
-            new_items = trending
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !loaded.items.contains_key(*id))
-                .map(|(rank, id)| (rank as u32 + 1, id.clone()))
-                .collect();
-            if !trending.is_empty() {
-                let history = UserHistory::new(&loaded.artifacts, user);
-                let ids: Vec<u32> = trending.iter().filter_map(|id| loaded.items.get(id).copied()).collect();
-                hot.items = lead_with(&ids, &hot.items, &history.seen, hot.items.len().max(ids.len()));
-            }
-        }
+        let lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
         let all: usize = q.quotas.values().sum();
         let merged = merge(&lists, |c| q.quotas.get(&c).copied().unwrap_or(0), all);
 

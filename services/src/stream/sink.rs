@@ -2,9 +2,9 @@
 //! fast path), the feature values the feature service reads, and the trending list recall
 //! reads. [`MemoryStore`] is the one-machine default (the local stack's feature and recall
 //! services read it in process); [`RedisStore`] is the same in Redis, each versioned write one
-//! Lua script so the compare and the write are atomic.
+//! Lua script so the compare and the write are atomic, each batch of writes one pipeline.
 //!
-//! Each batch of writes is one pipeline (one round trip). Redis keys: `recstack:rt:item:<id>` (hash: totals, last window, hot, version),
+//! Redis keys: `recstack:rt:item:<id>` (hash: totals, last window, hot, version),
 //! `recstack:rt:user:<id>` (sorted set: item → newest engagement time),
 //! `recstack:features:{item|user}:<id>` (the protobuf the feature service reads, users' with a
 //! generation in `…:gen` so an older fast-path write never overwrites a newer one), and
@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::window::{Counts, HOT_HALF_LIFE_MS, ItemState, ItemWindow, RECENT_ITEMS, Version, add_recent, apply_window};
 use crate::features::{L2, L2Error};
@@ -155,7 +155,7 @@ impl FeatureSink for MemoryStore {
 }
 
 /// The feature service reads the stream job's values straight from memory (the local stack).
-impl L2 for std::sync::Arc<MemoryStore> {
+impl L2 for Arc<MemoryStore> {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, L2Error> {
         Ok(self.lock().values.get(key).cloned())
     }
@@ -414,26 +414,109 @@ impl FeatureSink for RedisStore {
     }
 }
 
-/// Where recall finds the trending list.
+/// Where recall finds the trending list: the stream job's store, read at most every
+/// [`Trending::FRESH`] (the list changes when windows fire, not per request), so a recall
+/// request costs no store round trip or sort. One caller refreshes a stale list while the
+/// others use the previous one; if the store fails, the previous list is kept.
 #[derive(Clone)]
-pub enum Trending {
+pub struct Trending {
+    source: TrendingSource,
+    cache: Arc<TrendingCache>,
+}
+
+#[derive(Clone)]
+enum TrendingSource {
     None,
-    Memory(std::sync::Arc<MemoryStore>),
+    Memory(Arc<MemoryStore>),
     Redis(RedisStore),
 }
 
+#[derive(Default)]
+struct TrendingCache {
+    list: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
 impl Trending {
-    /// The top `n` (empty when there is no list or it cannot be read: recall goes on with
+    /// How long a read of the list is served.
+    pub const FRESH: Duration = Duration::from_millis(500);
+
+    fn new(source: TrendingSource) -> Self {
+        Self {
+            source,
+            cache: Arc::default(),
+        }
+    }
+
+    /// No trending list: recall uses the build's hot list alone.
+    pub fn none() -> Self {
+        Self::new(TrendingSource::None)
+    }
+
+    pub fn memory(store: Arc<MemoryStore>) -> Self {
+        Self::new(TrendingSource::Memory(store))
+    }
+
+    pub fn redis(store: RedisStore) -> Self {
+        Self::new(TrendingSource::Redis(store))
+    }
+
+    /// The top `n` (empty when there is no list and none could be read: recall goes on with
     /// the build's hot list).
     pub async fn top(&self, n: usize) -> Vec<String> {
-        let r = match self {
-            Trending::None => return Vec::new(),
-            Trending::Memory(m) => m.trending(n).await,
-            Trending::Redis(r) => r.trending(n).await,
+        if matches!(self.source, TrendingSource::None) {
+            return Vec::new();
+        }
+        let take = |list: &[String]| list.iter().take(n).cloned().collect();
+        let cached = self.cache.list.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((at, list)) = &cached
+            && at.elapsed() < Self::FRESH
+        {
+            return take(list);
+        }
+        let _refreshing = match (self.cache.refreshing.try_lock(), &cached) {
+            (Ok(guard), _) => guard,
+            // Another request is refreshing: use the previous list meanwhile.
+            (Err(_), Some((_, list))) => return take(list),
+            // The very first read: wait for it.
+            (Err(_), None) => self.cache.refreshing.lock().await,
         };
-        r.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "trending list unavailable; recalling with the build's hot list");
-            Vec::new()
-        })
+        let read = match &self.source {
+            TrendingSource::None => Ok(Vec::new()),
+            TrendingSource::Memory(m) => m.trending(TRENDING_KEEP).await,
+            TrendingSource::Redis(r) => r.trending(TRENDING_KEEP).await,
+        };
+        match read {
+            Ok(list) => {
+                let list = Arc::new(list);
+                *self.cache.list.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), list.clone()));
+                take(&list)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "trending list unavailable; recalling with the last one read");
+                cached.map(|(_, list)| take(&list)).unwrap_or_default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recall_reads_the_trending_list_at_most_every_fresh_period() {
+        let store = Arc::new(MemoryStore::default());
+        let trending = Trending::memory(store.clone());
+        assert!(Trending::none().top(5).await.is_empty());
+        store.put_trending(vec![("a".into(), 2.0)]).await.unwrap();
+        assert_eq!(trending.top(5).await, vec!["a"]);
+        // A newer list is not read while the last read is fresh …
+        store.put_trending(vec![("b".into(), 3.0)]).await.unwrap();
+        assert_eq!(trending.top(5).await, vec!["a"]);
+        // … and is once it is not; `n` still cuts the cached list.
+        tokio::time::sleep(Trending::FRESH + Duration::from_millis(50)).await;
+        assert_eq!(trending.top(5).await, vec!["b", "a"]);
+        assert_eq!(trending.top(1).await, vec!["b"]);
     }
 }
