@@ -129,7 +129,11 @@ impl Default for StreamMetrics {
             "Item windows waiting for the write limiter",
             m.backlog.clone(),
         );
-        registry.register("lag", "Records in the log not yet read", m.lag.clone());
+        registry.register(
+            "lag",
+            "Records in the log not yet read, over all partitions",
+            m.lag.clone(),
+        );
         registry.register(
             "sink_errors",
             "Failed writes to the feature store (retried)",
@@ -202,6 +206,8 @@ struct PartitionState {
     pending: VecDeque<ItemWindow>,
     committed: Checkpoint,
     caught_up: bool,
+    /// Records after `next` at the last read.
+    lag: u64,
 }
 
 impl PartitionState {
@@ -248,6 +254,7 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
                 pending: VecDeque::new(),
                 committed: from,
                 caught_up: false,
+                lag: 0,
             });
         }
         let started = Instant::now();
@@ -261,6 +268,7 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
             for ps in &mut parts {
                 read_any |= self.read_partition(ps, limiter.as_mut(), clock()).await?;
             }
+            self.metrics.lag.set(parts.iter().map(|p| p.lag).sum::<u64>() as i64);
             if until_caught_up && parts.iter().all(|p| p.caught_up) {
                 for ps in &mut parts {
                     ps.pending.extend(ps.agg.flush());
@@ -335,9 +343,16 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
             l.add(fired.len() as u64, now);
         }
         ps.pending.extend(fired);
-        if let Ok(end) = self.log.end_offset(ps.partition).await {
-            self.metrics.lag.set(end.saturating_sub(ps.next) as i64);
-        }
+        // Caught up means read to the end: no lag, and no need to ask the log (on Kafka a
+        // round trip) every idle round.
+        ps.lag = if ps.caught_up {
+            0
+        } else {
+            self.log
+                .end_offset(ps.partition)
+                .await
+                .map_or(ps.lag, |end| end.saturating_sub(ps.next))
+        };
         Ok(!records.is_empty())
     }
 
