@@ -408,7 +408,11 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
                 }
             }
         }
-        if let Some(l) = limiter {
+        // Feedback only for rounds that tried to write: an idle round is not a success, and
+        // counting it as one would undo the back-off after a failure within a few rounds.
+        if let Some(l) = limiter
+            && allowed > 0
+        {
             l.done((allowed - written) as u64);
         }
         written
