@@ -52,14 +52,15 @@ fn main() {
 
     // Direct: the same rows through the same session, one call per request.
     let mut model = OnnxModel::load(&model_path, Device::Cpu, 1).expect("model");
-    let spec = model.card.features.clone();
+    let writer = model.card.features.rows();
     let t = Instant::now();
     let rows: Vec<(Vec<i64>, Vec<f32>)> = requests
         .iter()
         .map(|r| {
             let (mut s, mut d) = (Vec::new(), Vec::new());
+            let user = writer.user(&r.user_id, r.user.as_ref());
             for id in &r.item_ids {
-                spec.push_row(&r.user_id, r.user.as_ref(), id, snapshot.item(id), &mut s, &mut d);
+                writer.push(&user, id, snapshot.item(id), &mut s, &mut d);
             }
             (s, d)
         })

@@ -11,7 +11,7 @@
 //! without one, the snapshot answers. A request never fails because Redis did. The L1 can be
 //! dumped on shutdown and loaded on start (warm restart).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -87,8 +87,8 @@ struct Cached {
 /// The build's features, by external id.
 #[derive(Default)]
 pub struct Snapshot {
-    users: HashMap<String, UserFeatures>,
-    items: HashMap<String, ItemFeatures>,
+    users: FxHashMap<String, UserFeatures>,
+    items: FxHashMap<String, ItemFeatures>,
 }
 
 impl Snapshot {

@@ -82,6 +82,44 @@ fn every_channel_recalls_unseen_items_for_a_held_out_user() {
 }
 
 #[test]
+fn the_exact_vector_scan_finds_what_the_hnsw_index_finds_or_closer() {
+    // The vector channel scans every item on this catalogue (it is below the exact-scan limit);
+    // the HNSW index serves larger ones. Both must rank the same neighbourhood.
+    let a = artifacts();
+    assert!(a.factors.n_items() <= recall::EXACT_SCAN_MAX_ITEMS);
+    let (mut users, mut overlap, mut total) = (0, 0usize, 0usize);
+    for user in (0..a.users.len() as u32)
+        .filter(|&u| !a.history[u as usize].is_empty())
+        .take(300)
+    {
+        let exact = recall::channel(a, Channel::Vector, user, 50).items;
+        let query = recall::vector_query(a, user).expect("a user with history has a query");
+        let seen: std::collections::HashSet<u32> = a.history[user as usize].iter().copied().collect();
+        let hnsw: Vec<(u32, f32)> = a
+            .ann
+            .search(&query, 50 + seen.len())
+            .into_iter()
+            .filter(|(i, _)| !seen.contains(i))
+            .take(50)
+            .collect();
+        assert_eq!(exact.len(), 50, "user {user}");
+        assert!(exact.iter().all(|(i, _)| !seen.contains(i)));
+        assert!(exact.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
+        // Exact top-k is optimal: its i-th score is at least the index's i-th.
+        for (e, h) in exact.iter().zip(&hnsw) {
+            assert!(e.1 >= h.1 - 1e-4, "user {user}: exact {e:?} below hnsw {h:?}");
+        }
+        let ids: std::collections::HashSet<u32> = exact.iter().map(|e| e.0).collect();
+        overlap += hnsw.iter().filter(|h| ids.contains(&h.0)).count();
+        total += hnsw.len();
+        users += 1;
+    }
+    assert!(users >= 100);
+    let agreement = overlap as f64 / total as f64;
+    assert!(agreement > 0.8, "HNSW found {agreement:.3} of the exact neighbours");
+}
+
+#[test]
 fn feature_snapshot_uses_external_ids() {
     let a = artifacts();
     let snapshot = recstack_services::features::Snapshot::from_artifacts(a);

@@ -35,6 +35,9 @@ pub struct Factors {
     pub dim: usize,
     pub users: Vec<f32>,
     pub items: Vec<f32>,
+    /// `1 / |item|` per item (0 for a zero vector), derived on first use for cosine scans.
+    #[serde(skip)]
+    inverse_norms: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl Factors {
@@ -46,6 +49,18 @@ impl Factors {
     }
     pub fn n_items(&self) -> usize {
         self.items.len() / self.dim.max(1)
+    }
+    /// `1 / |item i|` for every item (0 for a zero vector): cosine = dot × this.
+    pub fn inverse_norms(&self) -> &[f32] {
+        self.inverse_norms.get_or_init(|| {
+            (0..self.n_items() as u32)
+                .map(|i| {
+                    let v = self.item(i);
+                    let norm = dot(v, v).sqrt();
+                    if norm > 0.0 { 1.0 / norm } else { 0.0 }
+                })
+                .collect()
+        })
     }
 }
 
@@ -67,7 +82,12 @@ pub fn train(
         items = half_step(by_item, &users, p);
         on_iteration(it + 1);
     }
-    Factors { dim: f, users, items }
+    Factors {
+        dim: f,
+        users,
+        items,
+        inverse_norms: Default::default(),
+    }
 }
 
 /// Solves every row's factors given the other side's fixed factors `y`.

@@ -21,7 +21,7 @@ impl UnitVec {
 
 impl Point for UnitVec {
     fn distance(&self, other: &Self) -> f32 {
-        1.0 - self.0.iter().zip(&other.0).map(|(a, b)| a * b).sum::<f32>()
+        1.0 - super::als::dot(&self.0, &other.0)
     }
 }
 

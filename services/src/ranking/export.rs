@@ -64,10 +64,11 @@ pub fn sample(a: &Artifacts, spec: &FeatureSpec, p: &ExportParams) -> (Split, Sp
     let n_items = a.items.len() as u32;
     // Every training interaction once: drawing from it is drawing by popularity.
     let pool: Vec<u32> = a.history.iter().flatten().copied().collect();
+    let rows = spec.rows();
     let row = |split: &mut Split, u: usize, i: u32, label: f32| {
         let user_id = &a.users[u];
         let item_id = &a.items[i as usize].id;
-        spec.push_row(
+        rows.push_row(
             user_id,
             snapshot.user(user_id),
             item_id,

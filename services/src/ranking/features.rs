@@ -102,8 +102,174 @@ impl FeatureSpec {
         Ok(())
     }
 
+    /// The spec resolved for filling rows: each feature name is matched once here, not once
+    /// per row (a ranking request fills 500 rows of 14 features).
+    pub fn rows(&self) -> RowWriter {
+        RowWriter {
+            sparse: self
+                .sparse
+                .iter()
+                .map(|f| (SparseKind::of(&f.name), f.buckets))
+                .collect(),
+            dense: self.dense.iter().map(|f| DenseKind::of(f)).collect(),
+        }
+    }
+}
+
+/// A categorical feature this build computes (`Unknown` is always bucket 0; a card naming one
+/// is refused by [`FeatureSpec::check`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SparseKind {
+    UserId,
+    ItemId,
+    ItemGenre,
+    UserTopGenre,
+    ItemDecade,
+    UserActivity,
+    Unknown,
+}
+
+impl SparseKind {
+    const ALL: [Self; 6] = [
+        Self::UserId,
+        Self::ItemId,
+        Self::ItemGenre,
+        Self::UserTopGenre,
+        Self::ItemDecade,
+        Self::UserActivity,
+    ];
+
+    fn of(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Self::Unknown)
+    }
+
+    /// The name, which is hashed with the value (part of the trained model's contract).
+    fn name(self) -> &'static str {
+        match self {
+            Self::UserId => "user_id",
+            Self::ItemId => "item_id",
+            Self::ItemGenre => "item_genre",
+            Self::UserTopGenre => "user_top_genre",
+            Self::ItemDecade => "item_decade",
+            Self::UserActivity => "user_activity",
+            Self::Unknown => "",
+        }
+    }
+
+    /// Depends on the user only, so a request computes it once for all its rows.
+    fn per_user(self) -> bool {
+        matches!(self, Self::UserId | Self::UserTopGenre | Self::UserActivity)
+    }
+}
+
+/// A numeric feature this build computes (`Unknown` is always 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DenseKind {
+    UserLogRatings,
+    UserMeanRating,
+    ItemLogRatings,
+    ItemMeanRating,
+    ItemLogHot,
+    GenreAffinity,
+    ItemAge,
+    ItemGenreCount,
+    Unknown,
+}
+
+impl DenseKind {
+    fn of(name: &str) -> Self {
+        match DENSE.iter().position(|n| *n == name) {
+            Some(0) => Self::UserLogRatings,
+            Some(1) => Self::UserMeanRating,
+            Some(2) => Self::ItemLogRatings,
+            Some(3) => Self::ItemMeanRating,
+            Some(4) => Self::ItemLogHot,
+            Some(5) => Self::GenreAffinity,
+            Some(6) => Self::ItemAge,
+            Some(7) => Self::ItemGenreCount,
+            _ => Self::Unknown,
+        }
+    }
+
+    fn per_user(self) -> bool {
+        matches!(self, Self::UserLogRatings | Self::UserMeanRating)
+    }
+}
+
+/// Fills model rows for a [`FeatureSpec`] (see [`FeatureSpec::rows`]).
+#[derive(Clone, Debug)]
+pub struct RowWriter {
+    sparse: Vec<(SparseKind, u32)>,
+    dense: Vec<DenseKind>,
+}
+
+/// One user's part of every row: the features that depend on the user only, computed once.
+pub struct UserRow<'a> {
+    user_id: &'a str,
+    user: Option<&'a UserFeatures>,
+    sparse: Vec<i64>,
+    dense: Vec<f32>,
+}
+
+impl RowWriter {
+    /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
+    pub fn user<'a>(&self, user_id: &'a str, user: Option<&'a UserFeatures>) -> UserRow<'a> {
+        let row = Row {
+            user_id,
+            user,
+            item_id: "",
+            item: None,
+        };
+        UserRow {
+            user_id,
+            user,
+            sparse: self
+                .sparse
+                .iter()
+                .map(|&(k, b)| if k.per_user() { row.sparse(k, b) } else { 0 })
+                .collect(),
+            dense: self
+                .dense
+                .iter()
+                .map(|&k| if k.per_user() { row.dense(k) } else { 0.0 })
+                .collect(),
+        }
+    }
+
     /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
     /// or item has `None` and gets the features' neutral values.
+    pub fn push(
+        &self,
+        user: &UserRow,
+        item_id: &str,
+        item: Option<&ItemFeatures>,
+        sparse: &mut Vec<i64>,
+        dense: &mut Vec<f32>,
+    ) {
+        let row = Row {
+            user_id: user.user_id,
+            user: user.user,
+            item_id,
+            item,
+        };
+        sparse.extend(
+            self.sparse
+                .iter()
+                .zip(&user.sparse)
+                .map(|(&(k, b), &u)| if k.per_user() { u } else { row.sparse(k, b) }),
+        );
+        dense.extend(
+            self.dense
+                .iter()
+                .zip(&user.dense)
+                .map(|(&k, &u)| if k.per_user() { u } else { row.dense(k) }),
+        );
+    }
+
+    /// One row for (user, item), computing the user's part too (the training export, tests).
     pub fn push_row(
         &self,
         user_id: &str,
@@ -113,14 +279,7 @@ impl FeatureSpec {
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
     ) {
-        let row = Row {
-            user_id,
-            user,
-            item_id,
-            item,
-        };
-        sparse.extend(self.sparse.iter().map(|f| row.sparse(&f.name, f.buckets)));
-        dense.extend(self.dense.iter().map(|f| row.dense(f)));
+        self.push(&self.user(user_id, user), item_id, item, sparse, dense);
     }
 }
 
@@ -171,29 +330,29 @@ fn log_scaled(x: f32) -> f32 {
 }
 
 impl Row<'_> {
-    fn sparse(&self, name: &str, buckets: u32) -> i64 {
+    fn sparse(&self, kind: SparseKind, buckets: u32) -> i64 {
         let mut buf = [0u8; 10];
-        let value: Option<&str> = match name {
-            "user_id" => self.user.map(|_| self.user_id),
-            "item_id" => self.item.map(|_| self.item_id),
-            "item_genre" => self.item.and_then(|i| i.genres.first().map(String::as_str)),
-            "user_top_genre" => self.user.and_then(|u| u.top_genres.first().map(|g| g.genre.as_str())),
-            "item_decade" => self.item.filter(|i| i.year > 0).map(|i| decimal(i.year / 10, &mut buf)),
-            "user_activity" => self.user.map(|u| decimal(32 - u.ratings.leading_zeros(), &mut buf)),
-            _ => None,
+        let value: Option<&str> = match kind {
+            SparseKind::UserId => self.user.map(|_| self.user_id),
+            SparseKind::ItemId => self.item.map(|_| self.item_id),
+            SparseKind::ItemGenre => self.item.and_then(|i| i.genres.first().map(String::as_str)),
+            SparseKind::UserTopGenre => self.user.and_then(|u| u.top_genres.first().map(|g| g.genre.as_str())),
+            SparseKind::ItemDecade => self.item.filter(|i| i.year > 0).map(|i| decimal(i.year / 10, &mut buf)),
+            SparseKind::UserActivity => self.user.map(|u| decimal(32 - u.ratings.leading_zeros(), &mut buf)),
+            SparseKind::Unknown => None,
         };
-        value.map_or(0, |v| bucket(name, v, buckets))
+        value.map_or(0, |v| bucket(kind.name(), v, buckets))
     }
 
-    fn dense(&self, name: &str) -> f32 {
+    fn dense(&self, kind: DenseKind) -> f32 {
         let (u, i) = (self.user, self.item);
-        match name {
-            "user_log_ratings" => u.map_or(0.0, |u| log_scaled(u.ratings as f32)),
-            "user_mean_rating" => u.map_or(0.5, |u| u.mean_rating / 10.0),
-            "item_log_ratings" => i.map_or(0.0, |i| log_scaled(i.ratings as f32)),
-            "item_mean_rating" => i.map_or(0.5, |i| i.mean_rating / 10.0),
-            "item_log_hot" => i.map_or(0.0, |i| log_scaled(i.hot_score)),
-            "genre_affinity" => match (u, i) {
+        match kind {
+            DenseKind::UserLogRatings => u.map_or(0.0, |u| log_scaled(u.ratings as f32)),
+            DenseKind::UserMeanRating => u.map_or(0.5, |u| u.mean_rating / 10.0),
+            DenseKind::ItemLogRatings => i.map_or(0.0, |i| log_scaled(i.ratings as f32)),
+            DenseKind::ItemMeanRating => i.map_or(0.5, |i| i.mean_rating / 10.0),
+            DenseKind::ItemLogHot => i.map_or(0.0, |i| log_scaled(i.hot_score)),
+            DenseKind::GenreAffinity => match (u, i) {
                 (Some(u), Some(i)) => u
                     .top_genres
                     .iter()
@@ -203,7 +362,7 @@ impl Row<'_> {
                     .min(1.0),
                 _ => 0.0,
             },
-            "item_age" => match (u, i) {
+            DenseKind::ItemAge => match (u, i) {
                 // Years between the item's release and the user's latest activity, over a century.
                 (Some(u), Some(i)) if i.year > 0 => {
                     let user_year = 1970.0 + u.last_ts as f32 / 31_557_600.0;
@@ -211,8 +370,8 @@ impl Row<'_> {
                 }
                 _ => 0.5,
             },
-            "item_genre_count" => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
-            _ => 0.0,
+            DenseKind::ItemGenreCount => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
+            DenseKind::Unknown => 0.0,
         }
     }
 }
@@ -260,12 +419,38 @@ mod tests {
 
     fn row(user: Option<&UserFeatures>, item: Option<&ItemFeatures>) -> (Vec<i64>, Vec<f32>) {
         let (mut s, mut d) = (vec![], vec![]);
-        spec().push_row("u1", user, "i1", item, &mut s, &mut d);
+        spec().rows().push_row("u1", user, "i1", item, &mut s, &mut d);
         (s, d)
     }
 
     fn dense(name: &str, v: &[f32]) -> f32 {
         v[DENSE.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn a_users_part_computed_once_gives_the_rows_computed_whole() {
+        // The ranking service computes the user's features once per request and reuses them.
+        let writer = spec().rows();
+        let u = user();
+        let items = [item(&["Drama"]), item(&["Comedy", "Drama"]), item(&[])];
+        for user in [Some(&u), None] {
+            let once = writer.user("u1", user);
+            for (n, it) in items.iter().enumerate() {
+                let id = format!("i{n}");
+                let (mut s1, mut d1, mut s2, mut d2) = (vec![], vec![], vec![], vec![]);
+                writer.push(&once, &id, Some(it), &mut s1, &mut d1);
+                writer.push_row("u1", user, &id, Some(it), &mut s2, &mut d2);
+                assert_eq!((s1, d1), (s2, d2));
+            }
+        }
+        // And a card feature this build does not know stays at its neutral value.
+        let mut odd = spec();
+        odd.sparse[0].name = "nope".into();
+        odd.dense[0] = "nope".into();
+        let (mut s, mut d) = (vec![], vec![]);
+        odd.rows()
+            .push_row("u1", Some(&u), "i1", Some(&items[0]), &mut s, &mut d);
+        assert_eq!((s[0], d[0]), (0, 0.0));
     }
 
     #[test]
@@ -344,7 +529,8 @@ mod tests {
             dense: vec!["item_genre_count".into(), "user_mean_rating".into()],
         };
         let (mut s, mut d) = (vec![], vec![]);
-        spec.push_row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), &mut s, &mut d);
+        spec.rows()
+            .push_row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), &mut s, &mut d);
         assert!(s.is_empty());
         assert_eq!(d, vec![0.4, 0.75]);
     }

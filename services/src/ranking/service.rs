@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
-use super::features::FeatureSpec;
+use super::features::RowWriter;
 use super::model::{Device, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
 use crate::ops::RpcMetrics;
@@ -157,7 +157,7 @@ impl ModelSources {
 /// A model behind its batching queue, with the features it reads.
 pub struct LoadedModel {
     pub batcher: Batcher,
-    pub spec: FeatureSpec,
+    pub rows: RowWriter,
 }
 
 /// The serving models.
@@ -195,10 +195,10 @@ pub fn load_models(sources: &ModelSources, observer: Arc<dyn BatchObserver>) -> 
     let signature = signature(sources);
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
-        let spec = model.card.features.clone();
+        let rows = model.card.features.rows();
         Ok(LoadedModel {
             batcher: Batcher::start(model, sources.batch.clone(), observer.clone()),
-            spec,
+            rows,
         })
     };
     let primary = load(&sources.primary)?;
@@ -278,7 +278,7 @@ impl RankingService {
         let deadline = Instant::now() + timeout;
         let models = self.models.load_full();
         let (model, canary) = models.pick(&req.user_id);
-        let spec = &model.spec;
+        let user = model.rows.user(&req.user_id, req.user.as_ref());
         let spec_widths = model.batcher.widths();
         let rows = req.item_ids.len();
         let mut sparse = Vec::with_capacity(rows * spec_widths.0);
@@ -289,7 +289,7 @@ impl RankingService {
             if item.is_none() {
                 unknown_items.push(id.clone());
             }
-            spec.push_row(&req.user_id, req.user.as_ref(), id, item, &mut sparse, &mut dense);
+            model.rows.push(&user, id, item, &mut sparse, &mut dense);
         }
         let scores = model
             .batcher

@@ -9,18 +9,23 @@ pub mod merge;
 pub mod seen;
 pub mod service;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 
 use crate::build::Artifacts;
 use crate::build::als::dot;
 use crate::build::ann::UnitVec;
-use crate::build::cf::top_k;
+use crate::build::cf::{top_k, top_k_of};
 pub use merge::{Candidate, Channel, ChannelList, Source, merge};
 
 /// How many recent history items seed item-CF.
 const ITEM_CF_SEEDS: usize = 20;
 /// How many recent history items make the vector channel's query.
 const VECTOR_SEEDS: usize = 10;
+/// Up to this many items the vector channel scans every item's factors instead of walking
+/// the HNSW graph: a SIMD scan of 10.5K × 32 floats costs less than the graph walk for 200+
+/// neighbours, and is exact.
+pub const EXACT_SCAN_MAX_ITEMS: usize = 50_000;
 
 /// A user's training history, looked up once per request and shared by every channel.
 pub struct UserHistory<'a> {
@@ -73,6 +78,12 @@ fn ranked_list(list: &[(u32, f32)], seen: &HashSet<u32>, n: usize) -> Vec<(u32, 
         .collect()
 }
 
+thread_local! {
+    /// Each thread's dense score vector, all zeros between uses: a channel touches a few
+    /// hundred of the catalogue's slots, so clearing those beats zeroing a fresh vector.
+    static SCORE_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Accumulates scores in a dense vector and returns the top `n` unseen.
 struct Scores {
     score: Vec<f32>,
@@ -81,8 +92,12 @@ struct Scores {
 
 impl Scores {
     fn new(n_items: usize) -> Self {
+        let mut score = SCORE_BUFFER.with_borrow_mut(std::mem::take);
+        if score.len() < n_items {
+            score.resize(n_items, 0.0);
+        }
         Self {
-            score: vec![0.0; n_items],
+            score,
             touched: Vec::new(),
         }
     }
@@ -102,6 +117,11 @@ impl Scores {
             .filter(|(_, s)| *s > 0.0)
             .collect();
         top_k(&mut v, n);
+        let Self { mut score, touched } = self;
+        for i in touched {
+            score[i as usize] = 0.0;
+        }
+        SCORE_BUFFER.with_borrow_mut(|b| *b = score);
         v
     }
 }
@@ -148,24 +168,47 @@ fn als(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32
     let Some(u) = user_vector(a, user) else {
         return Vec::new();
     };
-    let mut v: Vec<(u32, f32)> = (0..a.factors.n_items() as u32)
+    let scores = (0..a.factors.n_items() as u32)
         .map(|i| (i, dot(u, a.factors.item(i))))
-        .filter(|(_, s)| *s > 0.0)
-        .collect();
-    top_k(&mut v, n + seen.len());
-    v.retain(|(i, _)| !seen.contains(i));
-    v.truncate(n);
-    v
+        .filter(|(_, s)| *s > 0.0);
+    unseen_top(top_k_of(scores, n + seen.len()), seen, n)
 }
 
-/// Approximate nearest items (cosine, through the HNSW index) to the mean embedding of the
-/// user's recent items: "more like what you just watched", in the ALS item space. (ALS already
-/// ranks by the user vector; this channel adds a recency-driven, popularity-neutral signal.)
+/// The first `n` of a best-first list that are not in `seen`.
+fn unseen_top(mut best: Vec<(u32, f32)>, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    best.retain(|(i, _)| !seen.contains(i));
+    best.truncate(n);
+    best
+}
+
+/// Items nearest (cosine) to the mean embedding of the user's recent items: "more like what
+/// you just watched", in the ALS item space. (ALS already ranks by the user vector; this
+/// channel adds a recency-driven, popularity-neutral signal.) Catalogues up to
+/// [`EXACT_SCAN_MAX_ITEMS`] are scanned exactly — faster than the HNSW walk at that size and
+/// with no recall loss (BENCHMARKS.md, "ANN") —, larger ones go through the HNSW index.
 fn vector(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    let Some(query) = vector_query(a, user) else {
+        return Vec::new();
+    };
+    let k = n + seen.len();
+    let best = if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
+        let inverse_norms = a.factors.inverse_norms();
+        let scores =
+            (0..a.factors.n_items() as u32).map(|i| (i, dot(&query.0, a.factors.item(i)) * inverse_norms[i as usize]));
+        top_k_of(scores, k)
+    } else {
+        a.ann.search(&query, k)
+    };
+    unseen_top(best, seen, n)
+}
+
+/// The vector channel's query: the normalized mean of the user's recent items' unit vectors
+/// (`None` for users without history or artifacts without factors).
+pub fn vector_query(a: &Artifacts, user: u32) -> Option<UnitVec> {
     let dim = a.factors.dim;
     let recent = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
     if dim == 0 || recent.is_empty() {
-        return Vec::new();
+        return None;
     }
     let mut query = vec![0f32; dim];
     for &i in recent.iter().take(VECTOR_SEEDS) {
@@ -173,12 +216,7 @@ fn vector(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, 
             *q += x;
         }
     }
-    a.ann
-        .search(&UnitVec::new(&query), n + seen.len())
-        .into_iter()
-        .filter(|(i, _)| !seen.contains(i))
-        .take(n)
-        .collect()
+    Some(UnitVec::new(&query))
 }
 
 /// Items of the user's favourite genres, in proportion to how much the user likes each.

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -44,8 +45,8 @@ pub const DEFAULT_QUOTA: usize = 200;
 pub struct Loaded {
     pub manifest: Manifest,
     pub artifacts: Artifacts,
-    users: HashMap<String, u32>,
-    items: HashMap<String, u32>,
+    users: FxHashMap<String, u32>,
+    items: FxHashMap<String, u32>,
 }
 
 impl Loaded {
@@ -396,24 +397,33 @@ impl<S: SeenStore> RecallService<S> {
         }
         let quotas = q.quotas.clone();
         let work = loaded.clone();
-        let lists = tokio::task::spawn_blocking(move || {
-            let history = UserHistory::new(&work.artifacts, user);
-            quotas
-                .par_iter()
-                .filter(|(_, q)| **q > 0)
-                .map(|(&c, &quota)| {
-                    let start = Instant::now();
-                    let mut list = channel_for(&work.artifacts, &history, c, quota);
-                    if c == Channel::Hot && !lead.is_empty() {
-                        let n = list.items.len().max(lead.len());
-                        list.items = lead_with(&lead, &list.items, &history.seen, n);
-                    }
-                    (list, start.elapsed())
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Status::internal(format!("recall worker failed: {e}")))?;
+        // The channels run on rayon's pool (CPU work off the async workers), straight from
+        // this task: no blocking-pool thread in between to wake and park on every request.
+        let (done, lists) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let run = || {
+                let history = UserHistory::new(&work.artifacts, user);
+                quotas
+                    .par_iter()
+                    .filter(|(_, q)| **q > 0)
+                    .map(|(&c, &quota)| {
+                        let start = Instant::now();
+                        let mut list = channel_for(&work.artifacts, &history, c, quota);
+                        if c == Channel::Hot && !lead.is_empty() {
+                            let n = list.items.len().max(lead.len());
+                            list.items = lead_with(&lead, &list.items, &history.seen, n);
+                        }
+                        (list, start.elapsed())
+                    })
+                    .collect::<Vec<_>>()
+            };
+            // A panic must not take down rayon's thread (it would abort the process).
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)));
+        });
+        let lists = match lists.await {
+            Ok(Ok(lists)) => lists,
+            _ => return Err(Status::internal("recall worker failed")),
+        };
 
         let mut stats = Vec::with_capacity(lists.len());
         for (list, took) in &lists {

@@ -39,6 +39,9 @@ use limiter::{LimiterConfig, WriteLimiter};
 use sink::{FeatureSink, SinkError, trend_rank};
 use window::{Aggregator, ItemState, ItemWindow, WindowConfig, genre_affinity, smoothed_ctr};
 
+/// How often a checkpoint whose offset did not move (only its watermark) is written.
+const WATERMARK_COMMIT_MS: f64 = 1_000.0;
+
 /// The consumer group the built-in job commits as (the Flink job uses its own).
 pub const GROUP: &str = "recstack-stream";
 
@@ -205,6 +208,8 @@ struct PartitionState {
     /// Fired windows not yet written.
     pending: VecDeque<ItemWindow>,
     committed: Checkpoint,
+    /// When (worker clock, ms) `committed` was written.
+    committed_at: f64,
     caught_up: bool,
     /// Records after `next` at the last read.
     lag: u64,
@@ -253,6 +258,7 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
                 next: from.offset,
                 pending: VecDeque::new(),
                 committed: from,
+                committed_at: 0.0,
                 caught_up: false,
                 lag: 0,
             });
@@ -262,6 +268,7 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
         let mut limiter = self.config.limiter.map(WriteLimiter::new);
         loop {
             if *stop.borrow() {
+                self.commit(&mut parts, clock(), true).await?;
                 break;
             }
             let mut read_any = false;
@@ -276,14 +283,7 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
                 limiter = None;
             }
             let written = self.write_due(&mut parts, limiter.as_mut(), clock()).await;
-            for ps in &mut parts {
-                if let Some(at) = ps.checkpoint()
-                    && at != ps.committed
-                {
-                    self.log.commit(&self.config.group, ps.partition, at).await?;
-                    ps.committed = at;
-                }
-            }
+            self.commit(&mut parts, clock(), false).await?;
             let backlog: usize = parts.iter().map(|p| p.pending.len()).sum();
             self.metrics.backlog.set(backlog as i64);
             if until_caught_up && parts.iter().all(|p| p.caught_up) && backlog == 0 {
@@ -299,6 +299,23 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits each partition's checkpoint when its offset moved; one whose watermark alone
+    /// moved (an idle partition following the clock) at most every [`WATERMARK_COMMIT_MS`],
+    /// or at once with `all` (stopping): an idle job would otherwise write and sync a
+    /// checkpoint every round.
+    async fn commit(&self, parts: &mut [PartitionState], now: f64, all: bool) -> Result<(), StreamError> {
+        for ps in parts {
+            let Some(at) = ps.checkpoint() else { continue };
+            let due = at.offset != ps.committed.offset || all || now - ps.committed_at >= WATERMARK_COMMIT_MS;
+            if at != ps.committed && due {
+                self.log.commit(&self.config.group, ps.partition, at).await?;
+                ps.committed = at;
+                ps.committed_at = now;
             }
         }
         Ok(())
