@@ -119,7 +119,15 @@ fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, Stor
     let mut outcome = PutOutcome::default();
     let tx = conn.transaction().map_err(unavailable)?;
     {
-        let mut trace_row = tx
+        // A new request id (the usual case) is one insert; a trace written again (a retried
+        // batch) replaces the row and its child rows.
+        let mut new_row = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(unavailable)?;
+        let mut replace_row = tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -149,20 +157,21 @@ fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, Stor
             let doc = serde_json::to_vec(t).map_err(|e| StoreError::Refused(e.to_string()))?;
             let summary =
                 serde_json::to_string(&TraceSummary::from(t)).map_err(|e| StoreError::Refused(e.to_string()))?;
-            trace_row
-                .execute(params![
-                    t.request_id,
-                    t.timestamp_ms,
-                    t.user_id,
-                    t.level,
-                    t.model_version,
-                    t.bucket,
-                    summary,
-                    doc
-                ])
-                .map_err(unavailable)?;
-            for stmt in &mut clear {
-                stmt.execute([&t.request_id]).map_err(unavailable)?;
+            let row = params![
+                t.request_id,
+                t.timestamp_ms,
+                t.user_id,
+                t.level,
+                t.model_version,
+                t.bucket,
+                summary,
+                doc
+            ];
+            if new_row.execute(row).map_err(unavailable)? == 0 {
+                replace_row.execute(row).map_err(unavailable)?;
+                for stmt in &mut clear {
+                    stmt.execute([&t.request_id]).map_err(unavailable)?;
+                }
             }
             let mut per_channel: std::collections::BTreeMap<&str, u32> = Default::default();
             for item in &t.items {

@@ -50,6 +50,14 @@ impl Factors {
     pub fn n_items(&self) -> usize {
         self.items.len() / self.dim.max(1)
     }
+    /// Every item's dot product with `q`, in id order: one pass down the row-major matrix.
+    pub fn scan<'a>(&'a self, q: &'a [f32]) -> impl Iterator<Item = (u32, f32)> + 'a {
+        self.items
+            .chunks_exact(self.dim.max(1))
+            .enumerate()
+            .map(move |(i, row)| (i as u32, dot(q, row)))
+    }
+
     /// `1 / |item i|` for every item (0 for a zero vector): cosine = dot × this.
     pub fn inverse_norms(&self) -> &[f32] {
         self.inverse_norms.get_or_init(|| {
@@ -130,6 +138,7 @@ fn half_step(rows: &[Vec<(u32, u8)>], y: &[f32], p: &AlsParams) -> Vec<f32> {
 
 /// Dot product. Eight independent accumulators let the compiler use SIMD lanes (a plain
 /// `zip().sum()` must add in order and stays scalar); this is the ALS channel's inner loop.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));

@@ -621,7 +621,13 @@ impl Gateway {
                     for (c, s) in cands.iter_mut().zip(r.scores) {
                         c.rank_score = Some(s);
                     }
-                    cands.sort_by(|a, b| b.rank_score.unwrap_or(0.0).total_cmp(&a.rank_score.unwrap_or(0.0)));
+                    // Ties keep recall's order (a total order, so the unstable sort is stable here).
+                    cands.sort_unstable_by(|a, b| {
+                        let score = |c: &Cand| c.rank_score.unwrap_or(0.0);
+                        score(b)
+                            .total_cmp(&score(a))
+                            .then(a.recall_position.cmp(&b.recall_position))
+                    });
                     model_version = Some(r.model_version);
                 }
                 Ok(r) => {

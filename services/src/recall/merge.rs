@@ -1,7 +1,6 @@
 //! Merging the channels' lists: per-channel quota, dedup with full lineage, fused ranking.
 
-use std::collections::HashMap;
-
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// A recall channel.
@@ -74,7 +73,8 @@ pub const RRF_K: f32 = 60.0;
 /// with every source, ranks by fused score (ties: more sources, then lower item id), and keeps
 /// `total`.
 pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usize) -> Vec<Candidate> {
-    let mut by_item: HashMap<u32, Candidate> = HashMap::new();
+    let mut by_item: FxHashMap<u32, Candidate> = FxHashMap::default();
+    by_item.reserve(lists.iter().map(|l| l.items.len()).sum());
     let mut ordered: Vec<&ChannelList> = lists.iter().collect();
     ordered.sort_by_key(|l| l.channel);
     for list in ordered {
@@ -98,7 +98,8 @@ pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usi
         }
     }
     let mut merged: Vec<Candidate> = by_item.into_values().collect();
-    merged.sort_by(|a, b| {
+    // A total order (ties end on the item id), so the unstable sort is deterministic.
+    merged.sort_unstable_by(|a, b| {
         b.fused
             .total_cmp(&a.fused)
             .then(b.sources.len().cmp(&a.sources.len()))

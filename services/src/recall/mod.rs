@@ -10,10 +10,8 @@ pub mod seen;
 pub mod service;
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 
 use crate::build::Artifacts;
-use crate::build::als::dot;
 use crate::build::ann::UnitVec;
 use crate::build::cf::{top_k, top_k_of};
 pub use merge::{Candidate, Channel, ChannelList, Source, merge};
@@ -32,7 +30,7 @@ pub struct UserHistory<'a> {
     pub user: u32,
     /// Most recent first; empty for unknown and cold users.
     pub items: &'a [u32],
-    pub seen: HashSet<u32>,
+    pub seen: ItemSet,
 }
 
 impl<'a> UserHistory<'a> {
@@ -43,6 +41,52 @@ impl<'a> UserHistory<'a> {
             items,
             seen: items.iter().copied().collect(),
         }
+    }
+}
+
+/// A set of dense item ids, one bit per id: the catalogue-wide scans test every item against
+/// the user's history, where a bit test is a load and a mask and a hash lookup would cost more
+/// than the scoring.
+#[derive(Clone, Debug, Default)]
+pub struct ItemSet {
+    bits: Vec<u64>,
+    len: usize,
+}
+
+impl ItemSet {
+    pub fn contains(&self, item: &u32) -> bool {
+        let (word, bit) = (*item as usize / 64, *item % 64);
+        self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Adds `item`; false if it was there already.
+    pub fn insert(&mut self, item: u32) -> bool {
+        let (word, bit) = (item as usize / 64, item % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        let fresh = self.bits[word] & (1 << bit) == 0;
+        self.bits[word] |= 1 << bit;
+        self.len += usize::from(fresh);
+        fresh
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl FromIterator<u32> for ItemSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(items: I) -> Self {
+        let mut set = Self::default();
+        for i in items {
+            set.insert(i);
+        }
+        set
     }
 }
 
@@ -70,7 +114,7 @@ pub fn popular(a: &Artifacts, h: &UserHistory, n: usize) -> Vec<(u32, f32)> {
     ranked_list(&a.popular, &h.seen, n)
 }
 
-fn ranked_list(list: &[(u32, f32)], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+fn ranked_list(list: &[(u32, f32)], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     list.iter()
         .filter(|(i, _)| !seen.contains(i))
         .take(n)
@@ -108,7 +152,7 @@ impl Scores {
         }
         *slot += s;
     }
-    fn top(self, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+    fn top(self, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
         let mut v: Vec<(u32, f32)> = self
             .touched
             .iter()
@@ -127,7 +171,7 @@ impl Scores {
 }
 
 /// Neighbours of the user's recent items, recent ones weighted more.
-fn item_cf(a: &Artifacts, history: &[u32], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+fn item_cf(a: &Artifacts, history: &[u32], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let mut scores = Scores::new(a.items.len());
     for (pos, &i) in history.iter().take(ITEM_CF_SEEDS).enumerate() {
         let recency = 1.0 / (1.0 + 0.1 * pos as f32);
@@ -139,7 +183,7 @@ fn item_cf(a: &Artifacts, history: &[u32], seen: &HashSet<u32>, n: usize) -> Vec
 }
 
 /// What similar users interacted with.
-fn user_cf(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+fn user_cf(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(neighbours) = a.user_neighbours.get(user as usize) else {
         return Vec::new();
     };
@@ -164,21 +208,12 @@ fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
 /// Exact inner product against every item's factors. Seen items are dropped after the
 /// selection (keeping `n + |seen|`), not tested per item: a hash lookup per catalogue item
 /// would cost more than the scoring.
-fn als(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(u) = user_vector(a, user) else {
         return Vec::new();
     };
-    let scores = (0..a.factors.n_items() as u32)
-        .map(|i| (i, dot(u, a.factors.item(i))))
-        .filter(|(_, s)| *s > 0.0);
-    unseen_top(top_k_of(scores, n + seen.len()), seen, n)
-}
-
-/// The first `n` of a best-first list that are not in `seen`.
-fn unseen_top(mut best: Vec<(u32, f32)>, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
-    best.retain(|(i, _)| !seen.contains(i));
-    best.truncate(n);
-    best
+    let scores = a.factors.scan(u).filter(|(i, s)| *s > 0.0 && !seen.contains(i));
+    top_k_of(scores, n)
 }
 
 /// Items nearest (cosine) to the mean embedding of the user's recent items: "more like what
@@ -186,20 +221,25 @@ fn unseen_top(mut best: Vec<(u32, f32)>, seen: &HashSet<u32>, n: usize) -> Vec<(
 /// channel adds a recency-driven, popularity-neutral signal.) Catalogues up to
 /// [`EXACT_SCAN_MAX_ITEMS`] are scanned exactly — faster than the HNSW walk at that size and
 /// with no recall loss (BENCHMARKS.md, "ANN") —, larger ones go through the HNSW index.
-fn vector(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(query) = vector_query(a, user) else {
         return Vec::new();
     };
-    let k = n + seen.len();
-    let best = if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
+    if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
         let inverse_norms = a.factors.inverse_norms();
-        let scores =
-            (0..a.factors.n_items() as u32).map(|i| (i, dot(&query.0, a.factors.item(i)) * inverse_norms[i as usize]));
-        top_k_of(scores, k)
+        let scores = a
+            .factors
+            .scan(&query.0)
+            .map(|(i, s)| (i, s * inverse_norms[i as usize]))
+            .filter(|(i, _)| !seen.contains(i));
+        top_k_of(scores, n)
     } else {
-        a.ann.search(&query, k)
-    };
-    unseen_top(best, seen, n)
+        // The graph cannot skip the history; ask for enough to drop it afterwards.
+        let mut best = a.ann.search(&query, n + seen.len());
+        best.retain(|(i, _)| !seen.contains(i));
+        best.truncate(n);
+        best
+    }
 }
 
 /// The vector channel's query: the normalized mean of the user's recent items' unit vectors
@@ -220,7 +260,7 @@ pub fn vector_query(a: &Artifacts, user: u32) -> Option<UnitVec> {
 }
 
 /// Items of the user's favourite genres, in proportion to how much the user likes each.
-fn tag(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+fn tag(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(features) = a.user_features.get(user as usize) else {
         return Vec::new();
     };
@@ -238,4 +278,28 @@ fn tag(a: &Artifacts, user: u32, seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32
 pub fn recall(a: &Artifacts, h: &UserHistory, quota: usize, total: usize) -> Vec<Candidate> {
     let lists: Vec<ChannelList> = Channel::ALL.iter().map(|&c| channel_for(a, h, c, quota)).collect();
     merge(&lists, |_| quota, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_set_holds_exactly_what_a_hash_set_holds() {
+        let ids: Vec<u32> = (0..500u32)
+            .map(|i| (i * 7919) % 3000)
+            .chain([0, 63, 64, 65, 2999, 0])
+            .collect();
+        let set: ItemSet = ids.iter().copied().collect();
+        let want: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        assert_eq!(set.len(), want.len());
+        for i in 0..3100 {
+            assert_eq!(set.contains(&i), want.contains(&i), "{i}");
+        }
+        assert!(!set.contains(&u32::MAX), "beyond the bits is absent");
+        let mut set = set;
+        assert!(!set.insert(63) && set.insert(3001));
+        assert_eq!(set.len(), want.len() + 1);
+        assert!(ItemSet::default().is_empty());
+    }
 }

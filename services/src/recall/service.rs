@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::merge::RRF_K;
 use super::seen::{SeenConfig, SeenFilter};
-use super::{Channel, UserHistory, channel_for, merge};
+use super::{Channel, ItemSet, UserHistory, channel_for, merge};
 use crate::build::{self, Artifacts, BuildError, Manifest};
 use crate::stream::sink::Trending;
 
@@ -569,7 +569,7 @@ impl<S: SeenStore> Recall for RecallService<S> {
 
 /// The hot channel with real-time trending items first (scored above the build's list, in
 /// trending order), then the build's hot items not already there; history left out.
-pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &HashSet<u32>, n: usize) -> Vec<(u32, f32)> {
+pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let top = built.first().map_or(1.0, |(_, s)| *s);
     let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
     let mut taken = HashSet::new();
@@ -635,7 +635,7 @@ mod tests {
     #[test]
     fn trending_items_lead_the_hot_channel() {
         let built = vec![(1, 10.0), (2, 8.0), (3, 5.0)];
-        let seen: HashSet<u32> = [7].into_iter().collect();
+        let seen: ItemSet = [7].into_iter().collect();
         let out = lead_with(&[3, 7, 9], &built, &seen, 4);
         assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 9, 1, 2]);
         assert!(out[0].1 > out[1].1 && out[1].1 > out[2].1, "{out:?}");
