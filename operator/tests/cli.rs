@@ -12,12 +12,13 @@ fn operator(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn write_stack(spec: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("recstack-cli-{}-{}.yaml", std::process::id(), spec.len()));
+/// The stack in a temporary file, removed when the returned path is dropped.
+fn write_stack(spec: &str) -> tempfile::TempPath {
     let doc =
         format!("apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: demo}}\nspec:\n{spec}");
-    std::fs::write(&path, doc).unwrap();
-    path
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), doc).unwrap();
+    file.into_temp_path()
 }
 
 #[test]

@@ -332,8 +332,8 @@ fn config_change_rolls_the_pods() {
 #[test]
 fn rendered_objects_and_crd_pass_strict_schema_validation() {
     let validate = common::venv_tool("kubernetes-validate", "KUBERNETES_VALIDATE");
-    let dir = std::env::temp_dir().join(format!("recstack-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let mut files = vec![common::repo_root().join("crds/recommenderstack.yaml")];
     for sample in ["minimal", "gpu-ranking", "flink-streaming"] {
         // FlinkDeployment has no upstream schema; its shape is pinned by the snapshot instead.

@@ -231,6 +231,10 @@ async fn aggregates_match_the_reference(store: Arc<dyn TraceStore>) {
 async fn writes_are_idempotent_and_bad_traces_rejected(store: Arc<dyn TraceStore>) {
     let ts = traces(10, now_ms());
     put_all(&*store, &ts).await;
+    store.refresh().await.unwrap();
+    let all = AggregateQuery::new(now_ms() - DAY, now_ms() + DAY, 3_600_000).unwrap();
+    let first = store.aggregate(&all).await.unwrap();
+    assert_eq!(first.requests, 10);
     // A retried batch, with one trace changed: the later write wins.
     let mut again = ts.clone();
     again[0].level = "popular".into();
@@ -246,6 +250,13 @@ async fn writes_are_idempotent_and_bad_traces_rejected(store: Arc<dyn TraceStore
     assert_eq!(page.total, 10);
     assert_eq!(store.get(&ts[0].request_id).await.unwrap().unwrap().level, "popular");
     assert!(store.get(&sample::request_id(99)).await.unwrap().is_none());
+    // Rewritten traces replace their per-item, per-channel and per-stage rows, not add to them.
+    let after = store.aggregate(&all).await.unwrap();
+    assert_eq!(after.requests, 10);
+    assert!(!first.channels.is_empty());
+    assert_eq!(after.channels, first.channels);
+    let counts = |a: &query::Aggregates| a.stages.iter().map(|(n, s)| (n.clone(), s.count)).collect::<Vec<_>>();
+    assert_eq!(counts(&after), counts(&first));
 }
 
 async fn retention_removes_old_traces_only(store: Arc<dyn TraceStore>) {

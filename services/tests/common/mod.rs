@@ -99,7 +99,18 @@ pub fn artifact_root() -> &'static std::path::PathBuf {
         let ds = Dataset::load_movietweetings(&dir).unwrap();
         let params = BuildParams::default();
         let a = build::build(&ds, &params, &Progress::new(true)).unwrap();
-        let root = std::env::temp_dir().join(format!("recstack-test-artifacts-{}", std::process::id()));
+        // One directory per test process (a static is never dropped, so it cannot clean up
+        // after itself): remove those of processes that have ended first.
+        let prefix = "recstack-test-artifacts-";
+        for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(prefix)
+                && !std::path::Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let root = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
         let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).unwrap();
         build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
         root
