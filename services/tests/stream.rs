@@ -77,11 +77,12 @@ fn worker<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>) -> Worker<L, S
     }
 }
 
-/// The log as it was earlier: reads stop at `limit` records per partition.
+/// The log as it was earlier: reads stop at `limit` records per partition. Counts commits.
 #[derive(Clone)]
 struct Prefix<L> {
     log: L,
     limit: u64,
+    commits: Arc<AtomicU64>,
 }
 
 impl<L: EventLog> EventLog for Prefix<L> {
@@ -99,6 +100,7 @@ impl<L: EventLog> EventLog for Prefix<L> {
         Ok(self.log.end_offset(partition).await?.min(self.limit))
     }
     async fn commit(&self, group: &str, partition: u32, at: Checkpoint) -> Result<(), LogError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
         self.log.commit(group, partition, at).await
     }
     async fn committed(&self, group: &str, partition: u32) -> Result<Option<Checkpoint>, LogError> {
@@ -157,6 +159,7 @@ async fn kill_and_restart<L: EventLog + Clone, S: FeatureSink>(
     let earlier = Prefix {
         log: log.clone(),
         limit: per_partition * 55 / 100,
+        commits: Arc::default(),
     };
     let failing = Arc::new(Failing {
         sink: sink.clone(),
@@ -233,6 +236,41 @@ async fn redis_state(store: &RedisStore, item: String) -> ItemState {
     let (applied, state) = r.remove(0);
     assert!(!applied);
     state
+}
+
+#[tokio::test]
+async fn an_idle_job_commits_its_clock_watermark_once_a_second_and_on_stop() {
+    // Caught-up partitions follow the clock, so their checkpoint changes every round; writing
+    // (and syncing) it every idle round would be pure overhead.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 2).unwrap();
+    let counted = Prefix {
+        log: log.clone(),
+        limit: u64::MAX,
+        commits: Arc::default(),
+    };
+    let commits = counted.commits.clone();
+    let mut job = worker(Arc::new(counted), Arc::new(MemoryStore::default()));
+    job.config.follow_clock = true;
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(async move { job.run(stopped, false).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ~100 idle rounds of 5 ms so far, and no commit: nothing moved but the watermark.
+    assert_eq!(commits.load(Ordering::SeqCst), 0);
+    let before_stop = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    // Stopping writes each partition's latest watermark.
+    assert_eq!(commits.load(Ordering::SeqCst), 2);
+    for p in 0..2 {
+        let at = log.committed(GROUP, p).await.unwrap().expect("committed on stop");
+        assert_eq!(at.offset, 0);
+        let delay = WindowConfig::default().delay_ms;
+        assert!(at.watermark >= before_stop - delay - 1_000, "{at:?}");
+    }
 }
 
 #[tokio::test]
