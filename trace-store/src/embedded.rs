@@ -121,17 +121,13 @@ fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, Stor
     {
         // A new request id (the usual case) is one insert; a trace written again (a retried
         // batch) replaces the row and its child rows.
+        const ROW: &str = "INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
         let mut new_row = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
+            .prepare_cached(&format!("INSERT {ROW} ON CONFLICT (request_id) DO NOTHING"))
             .map_err(unavailable)?;
         let mut replace_row = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
+            .prepare_cached(&format!("INSERT OR REPLACE {ROW}"))
             .map_err(unavailable)?;
         let mut clear = Vec::new();
         for table in ["served", "channel_hits", "stage_latency"] {

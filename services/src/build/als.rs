@@ -30,7 +30,7 @@ impl Default for AlsParams {
 }
 
 /// Row-major factor matrices.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Factors {
     pub dim: usize,
     pub users: Vec<f32>,
@@ -38,6 +38,13 @@ pub struct Factors {
     /// `1 / |item|` per item (0 for a zero vector), derived on first use for cosine scans.
     #[serde(skip)]
     inverse_norms: std::sync::OnceLock<Vec<f32>>,
+}
+
+/// Equal factors are equal whether or not either has derived its norms yet.
+impl PartialEq for Factors {
+    fn eq(&self, other: &Self) -> bool {
+        (self.dim, &self.users, &self.items) == (other.dim, &other.users, &other.items)
+    }
 }
 
 impl Factors {
@@ -61,9 +68,9 @@ impl Factors {
     /// `1 / |item i|` for every item (0 for a zero vector): cosine = dot × this.
     pub fn inverse_norms(&self) -> &[f32] {
         self.inverse_norms.get_or_init(|| {
-            (0..self.n_items() as u32)
-                .map(|i| {
-                    let v = self.item(i);
+            self.items
+                .chunks_exact(self.dim.max(1))
+                .map(|v| {
                     let norm = dot(v, v).sqrt();
                     if norm > 0.0 { 1.0 / norm } else { 0.0 }
                 })

@@ -180,17 +180,35 @@ enum DenseKind {
 }
 
 impl DenseKind {
+    const ALL: [Self; 8] = [
+        Self::UserLogRatings,
+        Self::UserMeanRating,
+        Self::ItemLogRatings,
+        Self::ItemMeanRating,
+        Self::ItemLogHot,
+        Self::GenreAffinity,
+        Self::ItemAge,
+        Self::ItemGenreCount,
+    ];
+
     fn of(name: &str) -> Self {
-        match DENSE.iter().position(|n| *n == name) {
-            Some(0) => Self::UserLogRatings,
-            Some(1) => Self::UserMeanRating,
-            Some(2) => Self::ItemLogRatings,
-            Some(3) => Self::ItemMeanRating,
-            Some(4) => Self::ItemLogHot,
-            Some(5) => Self::GenreAffinity,
-            Some(6) => Self::ItemAge,
-            Some(7) => Self::ItemGenreCount,
-            _ => Self::Unknown,
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Self::Unknown)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::UserLogRatings => "user_log_ratings",
+            Self::UserMeanRating => "user_mean_rating",
+            Self::ItemLogRatings => "item_log_ratings",
+            Self::ItemMeanRating => "item_mean_rating",
+            Self::ItemLogHot => "item_log_hot",
+            Self::GenreAffinity => "genre_affinity",
+            Self::ItemAge => "item_age",
+            Self::ItemGenreCount => "item_genre_count",
+            Self::Unknown => "",
         }
     }
 
@@ -425,6 +443,14 @@ mod tests {
 
     fn dense(name: &str, v: &[f32]) -> f32 {
         v[DENSE.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn every_feature_name_has_its_kind() {
+        let sparse: Vec<&str> = SparseKind::ALL.iter().map(|k| k.name()).collect();
+        let dense: Vec<&str> = DenseKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(sparse, SPARSE);
+        assert_eq!(dense, DENSE);
     }
 
     #[test]

@@ -205,9 +205,8 @@ fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
     Some(a.factors.user(user))
 }
 
-/// Exact inner product against every item's factors. Seen items are dropped after the
-/// selection (keeping `n + |seen|`), not tested per item: a hash lookup per catalogue item
-/// would cost more than the scoring.
+/// Exact inner product against every item's factors; the history is skipped inside the scan
+/// (a bit test per item), so the bounded heap holds just `n`.
 fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(u) = user_vector(a, user) else {
         return Vec::new();
