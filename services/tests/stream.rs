@@ -253,10 +253,16 @@ async fn an_idle_job_commits_its_clock_watermark_once_a_second_and_on_stop() {
     let mut job = worker(Arc::new(counted), Arc::new(MemoryStore::default()));
     job.config.follow_clock = true;
     let (stop, stopped) = watch::channel(false);
+    let started = std::time::Instant::now();
     let run = tokio::spawn(async move { job.run(stopped, false).await });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    // ~100 idle rounds of 5 ms so far, and no commit: nothing moved but the watermark.
-    assert_eq!(commits.load(Ordering::SeqCst), 0);
+    // ~100 idle rounds of 5 ms so far, and nothing moved but the watermark: at most one commit
+    // per partition per whole second elapsed (none, unless the machine stalled this test).
+    let idle = commits.load(Ordering::SeqCst);
+    assert!(
+        idle as u128 <= 2 * (started.elapsed().as_millis() / 1_000),
+        "{idle} commits while idle"
+    );
     let before_stop = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -264,7 +270,13 @@ async fn an_idle_job_commits_its_clock_watermark_once_a_second_and_on_stop() {
     stop.send(true).unwrap();
     run.await.unwrap().unwrap();
     // Stopping writes each partition's latest watermark.
-    assert_eq!(commits.load(Ordering::SeqCst), 2);
+    let total = commits.load(Ordering::SeqCst);
+    if idle == 0 {
+        assert_eq!(total, 2);
+    } else {
+        // A partition committed in the last round has nothing newer to write on stop.
+        assert!(total <= idle + 2, "{total} commits, {idle} while idle");
+    }
     for p in 0..2 {
         let at = log.committed(GROUP, p).await.unwrap().expect("committed on stop");
         assert_eq!(at.offset, 0);
