@@ -5,12 +5,14 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use recstack_services::recall;
 use recstack_services::recall::seen::SeenConfig;
 use recstack_services::recall::service::proto::recall_client::RecallClient;
 use recstack_services::recall::service::proto::recall_server::RecallServer;
-use recstack_services::recall::service::proto::{ImpressionsRequest, RecallRequest, RecallResponse};
+use recstack_services::recall::service::proto::{self, ImpressionsRequest, RecallRequest, RecallResponse};
 use recstack_services::recall::service::{
-    ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore, SeenStore,
+    ArtifactSlot, CacheLabels, DEFAULT_QUOTA, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore,
+    SeenStore,
 };
 use tonic::transport::{Channel, Server};
 
@@ -122,6 +124,43 @@ async fn quotas_shape_the_channel_mix() {
         .count();
     assert!(item_cf <= 5, "{item_cf} item_cf candidates");
     assert!(!resp.channels.iter().any(|s| s.channel == "hot"));
+}
+
+#[tokio::test]
+async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
+    let mut r = start().await;
+    let loaded = r.slot.get();
+    let (user, _) = active_user(&loaded);
+    let counts = |m: &RecallMetrics| {
+        let get = |result| m.list_cache.get_or_create(&CacheLabels { result }).get();
+        (get("hit"), get("miss"))
+    };
+    let first = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    assert_eq!(counts(&r.metrics), (0, 6), "every channel computed once");
+    let second = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    assert_eq!(counts(&r.metrics), (6, 6), "every channel from the cache");
+    assert_eq!(first.candidates, second.candidates);
+    assert!(second.channels.iter().all(|c| c.latency_us == 0 && c.returned > 0));
+
+    // Both equal the lists computed directly from the artifacts.
+    let a = &loaded.artifacts;
+    let u = a.users.iter().position(|x| *x == user).unwrap() as u32;
+    let direct = recall::recall(a, &recall::UserHistory::new(a, u), DEFAULT_QUOTA, 6 * DEFAULT_QUOTA);
+    let ids = |c: &[proto::Candidate]| c.iter().map(|c| c.item_id.clone()).collect::<Vec<_>>();
+    let direct_ids: Vec<String> = direct
+        .iter()
+        .take(1000)
+        .map(|c| a.items[c.item as usize].id.clone())
+        .collect();
+    assert_eq!(ids(&second.candidates), direct_ids);
+
+    // Another quota is another list; a new version starts with an empty cache.
+    r.client.recall(request(&user, 0, &[("als", 50)])).await.unwrap();
+    assert_eq!(counts(&r.metrics), (11, 7));
+    r.slot.swap(Loaded::from_dir(artifact_root()).unwrap());
+    let third = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    assert_eq!(counts(&r.metrics), (11, 13));
+    assert_eq!(third.candidates, second.candidates);
 }
 
 #[tokio::test]

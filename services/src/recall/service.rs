@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::merge::RRF_K;
 use super::seen::{SeenConfig, SeenFilter};
-use super::{Channel, ItemSet, UserHistory, channel_for, merge};
+use super::{Channel, ChannelList, ItemSet, UserHistory, channel_for, merge};
 use crate::build::{self, Artifacts, BuildError, Manifest};
 use crate::stream::sink::Trending;
 
@@ -41,12 +41,24 @@ pub const DEFAULT_QUOTA: usize = 200;
 
 // === artifacts ===
 
+/// Memory for one artifact version's cached channel lists (about 40,000 lists of 200).
+pub const LIST_CACHE_BYTES: u64 = 64 << 20;
+
+/// A channel's list for one user (dense id, `u32::MAX` for users the build has not seen) at
+/// one quota.
+type ListKey = (u32, Channel, usize);
+
 /// One artifact version with its id lookups.
 pub struct Loaded {
     pub manifest: Manifest,
     pub artifacts: Artifacts,
     users: FxHashMap<String, u32>,
     items: FxHashMap<String, u32>,
+    /// Channel lists computed for this version. Every channel is a pure function of the
+    /// artifacts and the user's built history (what changes in real time — trending items,
+    /// the seen filter — is applied after), so a list is exact for as long as its version is
+    /// served, and goes with it. Bounded by [`LIST_CACHE_BYTES`], least-used lists evicted.
+    lists: moka::sync::Cache<ListKey, Arc<[(u32, f32)]>>,
 }
 
 impl Loaded {
@@ -68,6 +80,12 @@ impl Loaded {
             artifacts,
             users,
             items,
+            lists: moka::sync::Cache::builder()
+                .max_capacity(LIST_CACHE_BYTES)
+                .weigher(|_, list: &Arc<[(u32, f32)]>| {
+                    u32::try_from(64 + std::mem::size_of_val::<[(u32, f32)]>(list)).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 
@@ -228,6 +246,12 @@ pub struct RecallMetrics {
     pub candidates: Histogram,
     pub seen_filtered: Counter,
     pub seen_errors: Counter,
+    pub list_cache: Family<CacheLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: &'static str,
 }
 
 impl Default for RecallMetrics {
@@ -241,6 +265,7 @@ impl Default for RecallMetrics {
         let candidates = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         let seen_filtered = Counter::default();
         let seen_errors = Counter::default();
+        let list_cache = Family::<CacheLabels, Counter>::default();
         registry.register("requests", "Requests by RPC and status code", requests.clone());
         registry.register("latency_seconds", "Recall latency", latency.clone());
         registry.register(
@@ -259,6 +284,11 @@ impl Default for RecallMetrics {
             "Seen-store failures (recall goes on unfiltered)",
             seen_errors.clone(),
         );
+        registry.register(
+            "list_cache",
+            "Channel lists served from the per-version cache (hit) or computed (miss)",
+            list_cache.clone(),
+        );
         Self {
             registry,
             requests,
@@ -267,6 +297,7 @@ impl Default for RecallMetrics {
             candidates,
             seen_filtered,
             seen_errors,
+            list_cache,
         }
     }
 }
@@ -395,51 +426,73 @@ impl<S: SeenStore> RecallService<S> {
                 None => new_items.push((rank as u32 + 1, id)),
             }
         }
-        let quotas = q.quotas.clone();
-        let work = loaded.clone();
-        // The channels run on rayon's pool (CPU work off the async workers), straight from
-        // this task: no blocking-pool thread in between to wake and park on every request.
-        let (done, lists) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let run = || {
-                let history = UserHistory::new(&work.artifacts, user);
-                quotas
-                    .par_iter()
-                    .filter(|(_, q)| **q > 0)
-                    .map(|(&c, &quota)| {
-                        let start = Instant::now();
-                        let mut list = channel_for(&work.artifacts, &history, c, quota);
-                        if c == Channel::Hot && !lead.is_empty() {
-                            let n = list.items.len().max(lead.len());
-                            list.items = lead_with(&lead, &list.items, &history.seen, n);
-                        }
-                        (list, start.elapsed())
-                    })
-                    .collect::<Vec<_>>()
-            };
-            // A panic must not take down rayon's thread (it would abort the process).
-            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)));
-        });
-        let lists = match lists.await {
-            Ok(Ok(lists)) => lists,
-            _ => return Err(Status::internal("recall worker failed")),
-        };
+        // Lists this version has computed come from its cache; the rest run on rayon's pool
+        // (CPU work off the async workers), straight from this task: no blocking-pool thread
+        // in between to wake and park on every request.
+        let mut lists: Vec<(Channel, Arc<[(u32, f32)]>, Duration)> = Vec::with_capacity(q.quotas.len());
+        let mut missing = Vec::new();
+        for (&c, &quota) in q.quotas.iter().filter(|(_, q)| **q > 0) {
+            match loaded.lists.get(&(user, c, quota)) {
+                Some(list) => lists.push((c, list, Duration::ZERO)),
+                None => missing.push((c, quota)),
+            }
+        }
+        let cache = |result| self.metrics.list_cache.get_or_create(&CacheLabels { result });
+        cache("hit").inc_by(lists.len() as u64);
+        cache("miss").inc_by(missing.len() as u64);
+        if !missing.is_empty() {
+            let work = loaded.clone();
+            let (done, computed) = tokio::sync::oneshot::channel();
+            rayon::spawn(move || {
+                let run = || {
+                    let history = UserHistory::new(&work.artifacts, user);
+                    missing
+                        .par_iter()
+                        .map(|&(c, quota)| {
+                            let start = Instant::now();
+                            let list: Arc<[(u32, f32)]> = channel_for(&work.artifacts, &history, c, quota).items.into();
+                            work.lists.insert((user, c, quota), list.clone());
+                            (c, list, start.elapsed())
+                        })
+                        .collect::<Vec<_>>()
+                };
+                // A panic must not take down rayon's thread (it would abort the process).
+                let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)));
+            });
+            match computed.await {
+                Ok(Ok(computed)) => lists.extend(computed),
+                _ => return Err(Status::internal("recall worker failed")),
+            }
+            // Channel order, as the merge's lineage lists sources.
+            lists.sort_unstable_by_key(|(c, _, _)| *c);
+        }
 
         let mut stats = Vec::with_capacity(lists.len());
-        for (list, took) in &lists {
+        for (channel, list, took) in &lists {
             self.metrics
                 .channel_latency
                 .get_or_create(&ChannelLabels {
-                    channel: list.channel.name(),
+                    channel: channel.name(),
                 })
                 .observe(took.as_secs_f64());
             stats.push(ChannelStats {
-                channel: list.channel.name().to_string(),
-                returned: list.items.len() as u32,
+                channel: channel.name().to_string(),
+                returned: list.len() as u32,
                 latency_us: took.as_micros().min(u128::from(u32::MAX)) as u32,
             });
         }
-        let lists: Vec<_> = lists.into_iter().map(|(l, _)| l).collect();
+        let lists: Vec<ChannelList> = lists
+            .into_iter()
+            .map(|(channel, list, _)| {
+                let items = if channel == Channel::Hot && !lead.is_empty() {
+                    let history = UserHistory::new(&loaded.artifacts, user);
+                    lead_with(&lead, &list, &history.seen, list.len().max(lead.len()))
+                } else {
+                    list.to_vec()
+                };
+                ChannelList { channel, items }
+            })
+            .collect();
         let all: usize = q.quotas.values().sum();
         let merged = merge(&lists, |c| q.quotas.get(&c).copied().unwrap_or(0), all);
 
