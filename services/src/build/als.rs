@@ -35,20 +35,9 @@ pub struct Factors {
     pub dim: usize,
     pub users: Vec<f32>,
     pub items: Vec<f32>,
-    /// The item matrix's scan layout and norms, derived on first use.
+    /// `1 / |item|` per item (0 for a zero vector), derived on first use for cosine scans.
     #[serde(skip)]
-    derived: std::sync::OnceLock<Derived>,
-}
-
-/// What the recall scans derive from the item matrix once.
-#[derive(Clone, Debug, Default)]
-struct Derived {
-    /// The item matrix transposed (`dim` rows of one coordinate for every item), so a scan
-    /// is `dim` multiply-adds down contiguous arrays, all SIMD lanes busy and no per-item
-    /// horizontal sum.
-    columns: Vec<f32>,
-    /// `1 / |item|` per item (0 for a zero vector): cosine = dot × this.
-    inverse_norms: Vec<f32>,
+    inverse_norms: std::sync::OnceLock<Vec<f32>>,
 }
 
 /// Equal factors are equal whether or not either has derived its norms yet.
@@ -68,40 +57,24 @@ impl Factors {
     pub fn n_items(&self) -> usize {
         self.items.len() / self.dim.max(1)
     }
-    /// Every item's dot product with `q`, in id order, into `out` (resized to the item
-    /// count): for each coordinate `d`, `out += q[d] × column d`.
-    pub fn scan_into(&self, q: &[f32], out: &mut Vec<f32>) {
-        let n = self.n_items();
-        out.clear();
-        out.resize(n, 0.0);
-        if n == 0 {
-            return;
-        }
-        for (&qd, column) in q.iter().zip(self.derived().columns.chunks_exact(n)) {
-            for (o, &x) in out.iter_mut().zip(column) {
-                *o += qd * x;
-            }
-        }
+    /// Every item's dot product with `q`, in id order: one pass down the row-major matrix.
+    pub fn scan<'a>(&'a self, q: &'a [f32]) -> impl Iterator<Item = (u32, f32)> + 'a {
+        self.items
+            .chunks_exact(self.dim.max(1))
+            .enumerate()
+            .map(move |(i, row)| (i as u32, dot(q, row)))
     }
 
     /// `1 / |item i|` for every item (0 for a zero vector): cosine = dot × this.
     pub fn inverse_norms(&self) -> &[f32] {
-        &self.derived().inverse_norms
-    }
-
-    fn derived(&self) -> &Derived {
-        self.derived.get_or_init(|| {
-            let (dim, n) = (self.dim.max(1), self.n_items());
-            let mut columns = vec![0f32; self.items.len()];
-            let mut inverse_norms = Vec::with_capacity(n);
-            for (i, row) in self.items.chunks_exact(dim).enumerate() {
-                for (d, &x) in row.iter().enumerate() {
-                    columns[d * n + i] = x;
-                }
-                let norm = dot(row, row).sqrt();
-                inverse_norms.push(if norm > 0.0 { 1.0 / norm } else { 0.0 });
-            }
-            Derived { columns, inverse_norms }
+        self.inverse_norms.get_or_init(|| {
+            self.items
+                .chunks_exact(self.dim.max(1))
+                .map(|v| {
+                    let norm = dot(v, v).sqrt();
+                    if norm > 0.0 { 1.0 / norm } else { 0.0 }
+                })
+                .collect()
         })
     }
 }
@@ -128,7 +101,7 @@ pub fn train(
         dim: f,
         users,
         items,
-        derived: Default::default(),
+        inverse_norms: Default::default(),
     }
 }
 
@@ -196,30 +169,6 @@ mod tests {
         let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - plain).abs() < 1e-4, "{} vs {plain}", dot(&a, &b));
         assert_eq!(dot(&[], &[]), 0.0);
-    }
-
-    #[test]
-    fn the_column_scan_gives_every_items_dot_product() {
-        let (dim, n) = (5, 23);
-        let f = Factors {
-            dim,
-            users: Vec::new(),
-            items: (0..dim * n).map(|x| ((x * 7919) % 113) as f32 / 50.0 - 1.0).collect(),
-            derived: Default::default(),
-        };
-        let q: Vec<f32> = (0..dim).map(|d| 0.5 - d as f32 * 0.3).collect();
-        let mut out = vec![9.0; 3];
-        f.scan_into(&q, &mut out);
-        assert_eq!(out.len(), n);
-        for (i, s) in out.iter().enumerate() {
-            let want = dot(&q, f.item(i as u32));
-            assert!((s - want).abs() < 1e-5, "item {i}: {s} vs {want}");
-            let norm = dot(f.item(i as u32), f.item(i as u32)).sqrt();
-            assert!((f.inverse_norms()[i] * norm - 1.0).abs() < 1e-5);
-        }
-        let empty = Factors::default();
-        empty.scan_into(&[], &mut out);
-        assert!(out.is_empty() && empty.inverse_norms().is_empty());
     }
 
     #[test]

@@ -126,28 +126,6 @@ thread_local! {
     /// Each thread's dense score vector, all zeros between uses: a channel touches a few
     /// hundred of the catalogue's slots, so clearing those beats zeroing a fresh vector.
     static SCORE_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Each thread's buffer for a catalogue-wide factor scan.
-    static SCAN_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The best `n` unseen items over a scan of every item's dot product with `q`, scored by
-/// `score(item, dot)` (`None` leaves the item out).
-fn scan_top(
-    a: &Artifacts,
-    q: &[f32],
-    seen: &ItemSet,
-    n: usize,
-    score: impl Fn(u32, f32) -> Option<f32>,
-) -> Vec<(u32, f32)> {
-    SCAN_BUFFER.with_borrow_mut(|dots| {
-        a.factors.scan_into(q, dots);
-        let unseen = dots
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| (i as u32, s))
-            .filter(|(i, _)| !seen.contains(i));
-        top_k_of(unseen.filter_map(|(i, s)| Some((i, score(i, s)?))), n)
-    })
 }
 
 /// Accumulates scores in a dense vector and returns the top `n` unseen.
@@ -227,13 +205,14 @@ fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
     Some(a.factors.user(user))
 }
 
-/// Exact inner product against every item's factors (one column-wise scan); the history is
-/// skipped with a bit test per item, so the bounded heap holds just `n`.
+/// Exact inner product against every item's factors; the history is skipped inside the scan
+/// (a bit test per item), so the bounded heap holds just `n`.
 fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(u) = user_vector(a, user) else {
         return Vec::new();
     };
-    scan_top(a, u, seen, n, |_, s| (s > 0.0).then_some(s))
+    let scores = a.factors.scan(u).filter(|(i, s)| *s > 0.0 && !seen.contains(i));
+    top_k_of(scores, n)
 }
 
 /// Items nearest (cosine) to the mean embedding of the user's recent items: "more like what
@@ -247,7 +226,12 @@ fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)>
     };
     if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
         let inverse_norms = a.factors.inverse_norms();
-        scan_top(a, &query.0, seen, n, |i, s| Some(s * inverse_norms[i as usize]))
+        let scores = a
+            .factors
+            .scan(&query.0)
+            .map(|(i, s)| (i, s * inverse_norms[i as usize]))
+            .filter(|(i, _)| !seen.contains(i));
+        top_k_of(scores, n)
     } else {
         // The graph cannot skip the history; ask for enough to drop it afterwards.
         let mut best = a.ann.search(&query, n + seen.len());
