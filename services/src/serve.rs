@@ -345,8 +345,8 @@ pub async fn ranking(
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(RankingMetrics::default());
     let set = {
-        let (s, m) = (sources.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || load_models(&s, m))
+        let (s, i, m) = (sources.clone(), items.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || load_models(&s, &i, m))
             .await
             .map_err(|e| ServeError::Server {
                 service: "ranking",
@@ -355,10 +355,15 @@ pub async fn ranking(
     };
     tracing::info!(version = set.primary.batcher.version(), "ranking: model loaded");
     let models = Arc::new(ArcSwap::from_pointee(set));
-    let watcher = tokio::spawn(watch_models(models.clone(), sources, reload, metrics.clone()));
+    let watcher = tokio::spawn(watch_models(
+        models.clone(),
+        sources,
+        items.clone(),
+        reload,
+        metrics.clone(),
+    ));
     let service = Arc::new(RankingService {
         models,
-        items,
         metrics: metrics.clone(),
     });
     let encode: ops::Encode = Arc::new(move || metrics.encode());

@@ -163,6 +163,11 @@ impl SparseKind {
     fn per_user(self) -> bool {
         matches!(self, Self::UserId | Self::UserTopGenre | Self::UserActivity)
     }
+
+    /// Depends on the item only, so it is computed once per (model, item).
+    fn per_item(self) -> bool {
+        matches!(self, Self::ItemId | Self::ItemGenre | Self::ItemDecade)
+    }
 }
 
 /// A numeric feature this build computes (`Unknown` is always 0).
@@ -215,6 +220,13 @@ impl DenseKind {
     fn per_user(self) -> bool {
         matches!(self, Self::UserLogRatings | Self::UserMeanRating)
     }
+
+    fn per_item(self) -> bool {
+        matches!(
+            self,
+            Self::ItemLogRatings | Self::ItemMeanRating | Self::ItemLogHot | Self::ItemGenreCount
+        )
+    }
 }
 
 /// Fills model rows for a [`FeatureSpec`] (see [`FeatureSpec::rows`]).
@@ -232,7 +244,71 @@ pub struct UserRow<'a> {
     dense: Vec<f32>,
 }
 
+/// One item's part of every row: the features that depend on the item only, computed once
+/// per (model, item) — the ranking service keeps one for every item it knows — and the item's
+/// features for those that cross user and item.
+#[derive(Clone, Debug)]
+pub struct ItemRow {
+    item: ItemFeatures,
+    sparse: Vec<i64>,
+    dense: Vec<f32>,
+}
+
 impl RowWriter {
+    /// Computes `item`'s part of the rows once; [`RowWriter::push_item`] adds it to a user's.
+    pub fn item(&self, item: &ItemFeatures) -> ItemRow {
+        let row = Row {
+            user_id: "",
+            user: None,
+            item_id: &item.item_id,
+            item: Some(item),
+        };
+        ItemRow {
+            sparse: self
+                .sparse
+                .iter()
+                .map(|&(k, b)| if k.per_item() { row.sparse(k, b) } else { 0 })
+                .collect(),
+            dense: self
+                .dense
+                .iter()
+                .map(|&k| if k.per_item() { row.dense(k) } else { 0.0 })
+                .collect(),
+            item: item.clone(),
+        }
+    }
+
+    /// Appends the row for (user, a known item) from both precomputed parts, computing only
+    /// the features that cross them.
+    pub fn push_item(&self, user: &UserRow, item: &ItemRow, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
+        let row = Row {
+            user_id: user.user_id,
+            user: user.user,
+            item_id: &item.item.item_id,
+            item: Some(&item.item),
+        };
+        let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
+        sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
+            if k.per_user() {
+                u
+            } else if k.per_item() {
+                i
+            } else {
+                row.sparse(k, b)
+            }
+        }));
+        let parts = self.dense.iter().zip(user.dense.iter().zip(&item.dense));
+        dense.extend(parts.map(|(&k, (&u, &i))| {
+            if k.per_user() {
+                u
+            } else if k.per_item() {
+                i
+            } else {
+                row.dense(k)
+            }
+        }));
+    }
+
     /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
     pub fn user<'a>(&self, user_id: &'a str, user: Option<&'a UserFeatures>) -> UserRow<'a> {
         let row = Row {
@@ -455,7 +531,8 @@ mod tests {
 
     #[test]
     fn a_users_part_computed_once_gives_the_rows_computed_whole() {
-        // The ranking service computes the user's features once per request and reuses them.
+        // The ranking service computes the user's features once per request and each item's
+        // once per model, and reuses them.
         let writer = spec().rows();
         let u = user();
         let items = [item(&["Drama"]), item(&["Comedy", "Drama"]), item(&[])];
@@ -466,7 +543,15 @@ mod tests {
                 let (mut s1, mut d1, mut s2, mut d2) = (vec![], vec![], vec![], vec![]);
                 writer.push(&once, &id, Some(it), &mut s1, &mut d1);
                 writer.push_row("u1", user, &id, Some(it), &mut s2, &mut d2);
-                assert_eq!((s1, d1), (s2, d2));
+                assert_eq!((&s1, &d1), (&s2, &d2));
+                // The item's part computed once too (the service's per-model item table).
+                let it = ItemFeatures {
+                    item_id: id.clone(),
+                    ..it.clone()
+                };
+                let (mut s3, mut d3) = (vec![], vec![]);
+                writer.push_item(&once, &writer.item(&it), &mut s3, &mut d3);
+                assert_eq!((s3, d3), (s1, d1));
             }
         }
         // And a card feature this build does not know stays at its neutral value.

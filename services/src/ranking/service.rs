@@ -14,11 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
-use super::features::RowWriter;
+use super::features::{ItemRow, RowWriter};
 use super::model::{Device, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
 use crate::ops::RpcMetrics;
@@ -158,6 +159,9 @@ impl ModelSources {
 pub struct LoadedModel {
     pub batcher: Batcher,
     pub rows: RowWriter,
+    /// The item part of this model's rows for every item of the service's feature snapshot
+    /// (the snapshot is fixed for the service's life), computed when the model loads.
+    pub items: FxHashMap<String, ItemRow>,
 }
 
 /// The serving models.
@@ -190,15 +194,22 @@ fn signature(sources: &ModelSources) -> Vec<u8> {
     sig
 }
 
-/// Loads the primary and canary models (blocking: ONNX Runtime compiles the graphs).
-pub fn load_models(sources: &ModelSources, observer: Arc<dyn BatchObserver>) -> Result<ModelSet, ModelError> {
+/// Loads the primary and canary models (blocking: ONNX Runtime compiles the graphs) and
+/// computes each one's item rows for the items in `items`.
+pub fn load_models(
+    sources: &ModelSources,
+    items: &Snapshot,
+    observer: Arc<dyn BatchObserver>,
+) -> Result<ModelSet, ModelError> {
     let signature = signature(sources);
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let rows = model.card.features.rows();
+        let items = items.items().map(|i| (i.item_id.clone(), rows.item(i))).collect();
         Ok(LoadedModel {
             batcher: Batcher::start(model, sources.batch.clone(), observer.clone()),
             rows,
+            items,
         })
     };
     let primary = load(&sources.primary)?;
@@ -219,6 +230,7 @@ pub fn load_models(sources: &ModelSources, observer: Arc<dyn BatchObserver>) -> 
 pub async fn watch_models(
     slot: Arc<ArcSwap<ModelSet>>,
     sources: ModelSources,
+    items: Arc<Snapshot>,
     every: Duration,
     metrics: Arc<RankingMetrics>,
 ) {
@@ -229,8 +241,8 @@ pub async fn watch_models(
         if now == slot.load().signature || failed.as_ref() == Some(&now) {
             continue;
         }
-        let (s, m) = (sources.clone(), metrics.clone());
-        match tokio::task::spawn_blocking(move || load_models(&s, m)).await {
+        let (s, i, m) = (sources.clone(), items.clone(), metrics.clone());
+        match tokio::task::spawn_blocking(move || load_models(&s, &i, m)).await {
             Ok(Ok(set)) => {
                 info!(
                     version = set.primary.batcher.version(),
@@ -253,9 +265,8 @@ pub async fn watch_models(
 // === the service ===
 
 pub struct RankingService {
+    /// The serving models, each with its rows for the items of the feature snapshot.
     pub models: Arc<ArcSwap<ModelSet>>,
-    /// Item features (from the artifacts) by id.
-    pub items: Arc<Snapshot>,
     pub metrics: Arc<RankingMetrics>,
 }
 
@@ -285,11 +296,14 @@ impl RankingService {
         let mut dense = Vec::with_capacity(rows * spec_widths.1);
         let mut unknown_items = Vec::new();
         for id in &req.item_ids {
-            let item = self.items.item(id);
-            if item.is_none() {
-                unknown_items.push(id.clone());
+            match model.items.get(id) {
+                Some(item) => model.rows.push_item(&user, item, &mut sparse, &mut dense),
+                None => {
+                    // Not in the snapshot (a brand-new item): neutral item features.
+                    unknown_items.push(id.clone());
+                    model.rows.push(&user, id, None, &mut sparse, &mut dense);
+                }
             }
-            model.rows.push(&user, id, item, &mut sparse, &mut dense);
         }
         let scores = model
             .batcher
