@@ -47,6 +47,8 @@ pub const LIST_CACHE_BYTES: u64 = 64 << 20;
 /// A channel's list for one user (dense id, `u32::MAX` for users the build has not seen) at
 /// one quota.
 type ListKey = (u32, Channel, usize);
+/// A channel's ranked (item, score) list, shared between the cache and requests.
+type List = Arc<[(u32, f32)]>;
 
 /// One artifact version with its id lookups.
 pub struct Loaded {
@@ -58,7 +60,7 @@ pub struct Loaded {
     /// artifacts and the user's built history (what changes in real time — trending items,
     /// the seen filter — is applied after), so a list is exact for as long as its version is
     /// served, and goes with it. Bounded by [`LIST_CACHE_BYTES`], least-used lists evicted.
-    lists: moka::sync::Cache<ListKey, Arc<[(u32, f32)]>>,
+    lists: moka::sync::Cache<ListKey, List>,
 }
 
 impl Loaded {
@@ -82,7 +84,7 @@ impl Loaded {
             items,
             lists: moka::sync::Cache::builder()
                 .max_capacity(LIST_CACHE_BYTES)
-                .weigher(|_, list: &Arc<[(u32, f32)]>| {
+                .weigher(|_, list: &List| {
                     u32::try_from(64 + std::mem::size_of_val::<[(u32, f32)]>(list)).unwrap_or(u32::MAX)
                 })
                 .build(),
@@ -429,7 +431,7 @@ impl<S: SeenStore> RecallService<S> {
         // Lists this version has computed come from its cache; the rest run on rayon's pool
         // (CPU work off the async workers), straight from this task: no blocking-pool thread
         // in between to wake and park on every request.
-        let mut lists: Vec<(Channel, Arc<[(u32, f32)]>, Duration)> = Vec::with_capacity(q.quotas.len());
+        let mut lists: Vec<(Channel, List, Duration)> = Vec::with_capacity(q.quotas.len());
         let mut missing = Vec::new();
         for (&c, &quota) in q.quotas.iter().filter(|(_, q)| **q > 0) {
             match loaded.lists.get(&(user, c, quota)) {
@@ -450,7 +452,7 @@ impl<S: SeenStore> RecallService<S> {
                         .par_iter()
                         .map(|&(c, quota)| {
                             let start = Instant::now();
-                            let list: Arc<[(u32, f32)]> = channel_for(&work.artifacts, &history, c, quota).items.into();
+                            let list: List = channel_for(&work.artifacts, &history, c, quota).items.into();
                             work.lists.insert((user, c, quota), list.clone());
                             (c, list, start.elapsed())
                         })
