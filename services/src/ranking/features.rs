@@ -263,19 +263,27 @@ impl RowWriter {
             item_id: &item.item_id,
             item: Some(item),
         };
+        let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
-            sparse: self
-                .sparse
-                .iter()
-                .map(|&(k, b)| if k.per_item() { row.sparse(k, b) } else { 0 })
-                .collect(),
-            dense: self
-                .dense
-                .iter()
-                .map(|&k| if k.per_item() { row.dense(k) } else { 0.0 })
-                .collect(),
             item: item.clone(),
+            sparse,
+            dense,
         }
+    }
+
+    /// `row`'s values of the features the two tests select; 0 for the rest, which are filled
+    /// in per row.
+    fn part(&self, row: &Row, sparse: fn(SparseKind) -> bool, dense: fn(DenseKind) -> bool) -> (Vec<i64>, Vec<f32>) {
+        (
+            self.sparse
+                .iter()
+                .map(|&(k, b)| if sparse(k) { row.sparse(k, b) } else { 0 })
+                .collect(),
+            self.dense
+                .iter()
+                .map(|&k| if dense(k) { row.dense(k) } else { 0.0 })
+                .collect(),
+        )
     }
 
     /// Appends the row for (user, a known item) from both precomputed parts, computing only
@@ -317,19 +325,12 @@ impl RowWriter {
             item_id: "",
             item: None,
         };
+        let (sparse, dense) = self.part(&row, SparseKind::per_user, DenseKind::per_user);
         UserRow {
             user_id,
             user,
-            sparse: self
-                .sparse
-                .iter()
-                .map(|&(k, b)| if k.per_user() { row.sparse(k, b) } else { 0 })
-                .collect(),
-            dense: self
-                .dense
-                .iter()
-                .map(|&k| if k.per_user() { row.dense(k) } else { 0.0 })
-                .collect(),
+            sparse,
+            dense,
         }
     }
 
