@@ -141,6 +141,12 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
     assert_eq!(counts(&r.metrics), (6, 6), "every channel from the cache");
     assert_eq!(first.candidates, second.candidates);
     assert!(second.channels.iter().all(|c| c.latency_us == 0 && c.returned > 0));
+    // The channel latency histogram times computations only.
+    let metrics = r.metrics.encode();
+    assert!(
+        metrics.contains("recstack_recall_channel_latency_seconds_count{channel=\"als\"} 1\n"),
+        "{metrics}"
+    );
 
     // Both equal the lists computed directly from the artifacts.
     let a = &loaded.artifacts;

@@ -431,11 +431,12 @@ impl<S: SeenStore> RecallService<S> {
         // Lists this version has computed come from its cache; the rest run on rayon's pool
         // (CPU work off the async workers), straight from this task: no blocking-pool thread
         // in between to wake and park on every request.
-        let mut lists: Vec<(Channel, List, Duration)> = Vec::with_capacity(q.quotas.len());
+        // (channel, list, how long computing it took: `None` when it came from the cache)
+        let mut lists: Vec<(Channel, List, Option<Duration>)> = Vec::with_capacity(q.quotas.len());
         let mut missing = Vec::new();
         for (&c, &quota) in q.quotas.iter().filter(|(_, q)| **q > 0) {
             match loaded.lists.get(&(user, c, quota)) {
-                Some(list) => lists.push((c, list, Duration::ZERO)),
+                Some(list) => lists.push((c, list, None)),
                 None => missing.push((c, quota)),
             }
         }
@@ -454,7 +455,7 @@ impl<S: SeenStore> RecallService<S> {
                             let start = Instant::now();
                             let list: List = channel_for(&work.artifacts, &history, c, quota).items.into();
                             work.lists.insert((user, c, quota), list.clone());
-                            (c, list, start.elapsed())
+                            (c, list, Some(start.elapsed()))
                         })
                         .collect::<Vec<_>>()
                 };
@@ -471,12 +472,16 @@ impl<S: SeenStore> RecallService<S> {
 
         let mut stats = Vec::with_capacity(lists.len());
         for (channel, list, took) in &lists {
-            self.metrics
-                .channel_latency
-                .get_or_create(&ChannelLabels {
-                    channel: channel.name(),
-                })
-                .observe(took.as_secs_f64());
+            // The latency histogram is of computing a channel; cached lists report 0 µs.
+            if let Some(took) = took {
+                self.metrics
+                    .channel_latency
+                    .get_or_create(&ChannelLabels {
+                        channel: channel.name(),
+                    })
+                    .observe(took.as_secs_f64());
+            }
+            let took = took.unwrap_or_default();
             stats.push(ChannelStats {
                 channel: channel.name().to_string(),
                 returned: list.len() as u32,
