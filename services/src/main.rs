@@ -872,7 +872,7 @@ async fn query(user: String, n: u32, recall_addr: SocketAddr, features_addr: Soc
         let sources: Vec<String> = c
             .sources
             .iter()
-            .map(|s| format!("{}#{} ({:.3})", s.channel, s.rank, s.score))
+            .map(|s| format!("{}#{} ({:.3})", s.channel_name(), s.rank, s.score))
             .collect();
         println!(
             "{:>4}. {}  fused {:.4}  from {}",

@@ -187,7 +187,7 @@ async fn posted_events_reach_features_and_recall() {
         .unwrap()
         .into_inner();
     assert_eq!(first.candidates[0].item_id, item, "trending leads the hot channel");
-    assert_eq!(first.candidates[0].sources[0].channel, "hot");
+    assert_eq!(first.candidates[0].sources[0].channel_name(), "hot");
     // The new item is recallable through the hot channel, and the gateway serves a list with
     // it among the candidates (ranked with default features, nothing fails).
     let fresh = first
@@ -195,7 +195,7 @@ async fn posted_events_reach_features_and_recall() {
         .iter()
         .find(|c| c.item_id == new_item)
         .expect("the new item is recalled");
-    assert_eq!((fresh.sources[0].channel.as_str(), fresh.sources[0].rank), ("hot", 2));
+    assert_eq!((fresh.sources[0].channel_name(), fresh.sources[0].rank), ("hot", 2));
     let gateway = stack.get("gateway").http.to_string();
     let (status, answer) = tokio::task::spawn_blocking(move || {
         common::http_post(

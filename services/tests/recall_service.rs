@@ -66,7 +66,7 @@ fn request(user: &str, n: u32, quotas: &[(&str, u32)]) -> RecallRequest {
 fn channels_of(resp: &RecallResponse) -> HashSet<String> {
     resp.candidates
         .iter()
-        .flat_map(|c| c.sources.iter().map(|s| s.channel.clone()))
+        .flat_map(|c| c.sources.iter().map(|s| s.channel_name().to_string()))
         .collect()
 }
 
@@ -120,7 +120,7 @@ async fn quotas_shape_the_channel_mix() {
     let item_cf = resp
         .candidates
         .iter()
-        .filter(|c| c.sources.iter().any(|s| s.channel == "item_cf"))
+        .filter(|c| c.sources.iter().any(|s| s.channel_name() == "item_cf"))
         .count();
     assert!(item_cf <= 5, "{item_cf} item_cf candidates");
     assert!(!resp.channels.iter().any(|s| s.channel == "hot"));

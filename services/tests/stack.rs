@@ -16,6 +16,8 @@ use recstack_services::gateway::{GatewayConfig, Recommendation};
 use recstack_services::ranking::export::{self, ExportParams};
 use recstack_services::ranking::model::{Device, ModelCard, OnnxModel};
 use recstack_services::ranking::service::ModelSources;
+use recstack_services::rerank::service::proto::rerank_client::RerankClient;
+use recstack_services::rerank::service::proto::{RerankRequest, Scored};
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
 
 fn bundled_model() -> PathBuf {
@@ -172,6 +174,53 @@ async fn debug_requests_get_a_full_trace_of_every_candidate() {
     assert_eq!(outcomes["ranked_below_cut"], recalled - 500, "{outcomes:?}");
     assert_eq!(outcomes["rerank"], 190, "{outcomes:?}");
     assert_eq!(outcomes["below_rerank_pool"], 300, "{outcomes:?}");
+
+    // What rerank did, as the gateway reports it, is what the rerank service answers for the
+    // same pool: the first RERANK_POOL candidates in ranked order, with their scores.
+    let pool: Vec<Scored> = trace
+        .candidates
+        .iter()
+        .take(recstack_services::gateway::RERANK_POOL)
+        .map(|c| Scored {
+            item_id: c.item_id.clone(),
+            score: c.rank_score.expect("pool candidates were ranked"),
+        })
+        .collect();
+    let mut rerank = RerankClient::connect(stack.get("rerank").grpc_url()).await.unwrap();
+    let direct = rerank
+        .rerank(RerankRequest {
+            user_id: user.clone(),
+            items: pool,
+            k: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rules: HashMap<&str, &str> = direct
+        .actions
+        .iter()
+        .map(|a| (a.item_id.as_str(), a.rule.as_str()))
+        .collect();
+    let served: Vec<&str> = r.items.iter().map(|i| i.item_id.as_str()).collect();
+    let direct_ids: Vec<&str> = direct.items.iter().map(|i| i.item_id.as_str()).collect();
+    assert_eq!(served, direct_ids);
+    for item in &r.items {
+        assert_eq!(
+            item.rerank_rule.as_deref(),
+            rules.get(item.item_id.as_str()).copied(),
+            "{item:?}"
+        );
+    }
+    assert!(
+        r.items.iter().any(|i| i.rerank_rule.is_some()),
+        "MMR or scatter moved something in 10 of 200"
+    );
+    for c in trace.candidates.iter().filter(|c| c.outcome.starts_with("rerank:")) {
+        assert_eq!(
+            Some(&c.outcome["rerank:".len()..]),
+            rules.get(c.item_id.as_str()).copied()
+        );
+    }
     stack.stop().await.unwrap();
 }
 

@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use recstack_trace_store::{
     CandidateFate, ChannelCount, Detail, ItemLineage, SourceRecord, StageRecord, Trace, TraceSink, outcome,
 };
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -648,7 +649,7 @@ impl Gateway {
         // 4. Rerank to n.
         let mut served: Vec<(usize, Option<String>)> = Vec::new();
         let (mut experiment, mut bucket, mut variant) = (None, None, None);
-        let mut rerank_fates: HashMap<String, String> = HashMap::new();
+        let mut rerank_actions = Vec::new();
         if level < Level::Fallback && !cands.is_empty() {
             let end = stage_end(Stage::Rerank, start, timeout);
             let reranked = self
@@ -677,17 +678,20 @@ impl Gateway {
                 .await;
             match reranked {
                 Ok(r) => {
-                    let position: HashMap<&str, usize> =
-                        cands.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
-                    for a in &r.actions {
-                        rerank_fates.insert(a.item_id.clone(), a.rule.clone());
-                    }
+                    // Rerank chose from the first RERANK_POOL candidates.
+                    let position: FxHashMap<&str, usize> = cands
+                        .iter()
+                        .take(RERANK_POOL)
+                        .enumerate()
+                        .map(|(i, c)| (c.id.as_str(), i))
+                        .collect();
                     served = r
                         .items
                         .iter()
                         .filter_map(|s| position.get(s.item_id.as_str()).copied())
-                        .map(|i| (i, rerank_fates.get(&cands[i].id).cloned()))
+                        .map(|i| (i, None))
                         .collect();
+                    rerank_actions = r.actions;
                     (experiment, bucket, variant) = (Some(r.experiment), Some(r.bucket), Some(r.variant));
                 }
                 Err(e) => {
@@ -696,6 +700,15 @@ impl Gateway {
                     served = (0..cands.len().min(q.n as usize)).map(|i| (i, None)).collect();
                 }
             }
+        }
+
+        // What rerank did to each item it moved or dropped, by id.
+        let rerank_fates: FxHashMap<&str, &str> = rerank_actions
+            .iter()
+            .map(|a| (a.item_id.as_str(), a.rule.as_str()))
+            .collect();
+        for (i, rule) in &mut served {
+            *rule = rerank_fates.get(cands[*i].id.as_str()).map(|r| r.to_string());
         }
 
         // 5. Nothing to serve (fallback level, or every stage came back empty): the
@@ -722,7 +735,7 @@ impl Gateway {
                             .sources
                             .iter()
                             .map(|s| ServedSource {
-                                channel: s.channel.clone(),
+                                channel: s.channel_name().to_string(),
                                 score: s.score,
                                 rank: s.rank,
                             })
@@ -794,7 +807,7 @@ impl Gateway {
         filtered_seen: Vec<String>,
         channels: Vec<ChannelCount>,
         below_cut: Vec<Cand>,
-        full: Option<&HashMap<String, String>>,
+        full: Option<&FxHashMap<&str, &str>>,
     ) -> Trace {
         for s in &mut stages {
             s.items_out = match s.name.as_str() {
@@ -808,7 +821,7 @@ impl Gateway {
             c.sources
                 .iter()
                 .map(|s| SourceRecord {
-                    channel: s.channel.clone(),
+                    channel: s.channel_name().to_string(),
                     score: s.score,
                     rank: s.rank,
                 })
@@ -871,7 +884,7 @@ impl Gateway {
                         rank_score: c.rank_score,
                         outcome: if served_ids.contains(c.id.as_str()) {
                             outcome::SERVED.into()
-                        } else if let Some(rule) = fates.get(&c.id) {
+                        } else if let Some(rule) = fates.get(c.id.as_str()) {
                             format!("{}{rule}", outcome::RERANK_PREFIX)
                         } else if i >= RERANK_POOL {
                             outcome::BELOW_RERANK_POOL.into()
@@ -918,17 +931,21 @@ impl Gateway {
 
 /// Candidates per recall channel (an item found by two channels counts for both).
 fn channel_counts(cands: &[Cand]) -> Vec<ChannelCount> {
-    let mut counts: Vec<ChannelCount> = Vec::new();
+    // (a source of the channel, candidates), in order of first appearance.
+    let mut counts: Vec<(&Source, u32)> = Vec::new();
     for s in cands.iter().flat_map(|c| &c.sources) {
-        match counts.iter_mut().find(|c| c.channel == s.channel) {
-            Some(c) => c.candidates += 1,
-            None => counts.push(ChannelCount {
-                channel: s.channel.clone(),
-                candidates: 1,
-            }),
+        match counts.iter_mut().find(|(first, _)| first.channel == s.channel) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
         }
     }
     counts
+        .into_iter()
+        .map(|(s, candidates)| ChannelCount {
+            channel: s.channel_name().to_string(),
+            candidates,
+        })
+        .collect()
 }
 
 fn recall_cand((pos, c): (usize, RecallCandidate)) -> Cand {

@@ -27,6 +27,36 @@ use crate::stream::sink::Trending;
 /// Generated gRPC types (`services/proto/recall.proto`).
 pub mod proto {
     tonic::include_proto!("recstack.recall.v1");
+
+    impl From<super::Channel> for Channel {
+        fn from(c: super::Channel) -> Self {
+            match c {
+                super::Channel::ItemCf => Channel::ItemCf,
+                super::Channel::UserCf => Channel::UserCf,
+                super::Channel::Hot => Channel::Hot,
+                super::Channel::Als => Channel::Als,
+                super::Channel::Vector => Channel::Vector,
+                super::Channel::Tag => Channel::Tag,
+            }
+        }
+    }
+
+    impl Source {
+        /// The channel's name (`item_cf`, …, as in requests and traces); `unknown` for a value
+        /// this build does not know (a newer recall service).
+        pub fn channel_name(&self) -> &'static str {
+            let channel = match self.channel() {
+                Channel::Unspecified => return "unknown",
+                Channel::ItemCf => super::Channel::ItemCf,
+                Channel::UserCf => super::Channel::UserCf,
+                Channel::Hot => super::Channel::Hot,
+                Channel::Als => super::Channel::Als,
+                Channel::Vector => super::Channel::Vector,
+                Channel::Tag => super::Channel::Tag,
+            };
+            channel.name()
+        }
+    }
 }
 
 use proto::recall_server::Recall;
@@ -521,7 +551,7 @@ impl<S: SeenStore> RecallService<S> {
                         .sources
                         .iter()
                         .map(|s| Source {
-                            channel: s.channel.name().to_string(),
+                            channel: proto::Channel::from(s.channel).into(),
                             score: s.score,
                             rank: s.rank,
                         })
@@ -539,7 +569,7 @@ impl<S: SeenStore> RecallService<S> {
                 item_id: id,
                 fused_score: 1.0 / (RRF_K + rank as f32),
                 sources: vec![Source {
-                    channel: Channel::Hot.name().to_string(),
+                    channel: proto::Channel::Hot.into(),
                     score: 0.0,
                     rank,
                 }],

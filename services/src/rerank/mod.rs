@@ -12,13 +12,13 @@ use std::collections::HashSet;
 
 pub mod service;
 
-/// A ranked candidate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
-    pub id: String,
+/// A ranked candidate, borrowing its id and genres from the request and the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
     /// The ranking model's score.
     pub score: f32,
-    pub genres: Vec<String>,
+    pub genres: &'a [String],
     /// Recent enough to be boosted.
     pub fresh: bool,
 }
@@ -79,8 +79,8 @@ impl Rule {
 
 /// What happened to one item: positions are 0-based; `after: None` means it was not served.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Action {
-    pub id: String,
+pub struct Action<'a> {
+    pub id: &'a str,
     pub before: usize,
     pub after: Option<usize>,
     /// The last rule that changed the item's fate.
@@ -101,16 +101,16 @@ pub fn similarity(a: &[String], b: &[String]) -> f32 {
 /// (Jaccard by popcount), else the lists themselves.
 enum GenreSets<'a> {
     Masks(Vec<u64>),
-    Lists(&'a [Candidate]),
+    Lists(&'a [Candidate<'a>]),
 }
 
 impl<'a> GenreSets<'a> {
-    fn new(ranked: &'a [Candidate]) -> Self {
+    fn new(ranked: &'a [Candidate<'a>]) -> Self {
         let mut bits: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         let mut masks = Vec::with_capacity(ranked.len());
         for c in ranked {
             let mut m = 0u64;
-            for g in &c.genres {
+            for g in c.genres {
                 let next = bits.len() as u32;
                 let bit = *bits.entry(g.as_str()).or_insert(next);
                 if bit >= 64 {
@@ -132,20 +132,20 @@ impl<'a> GenreSets<'a> {
                 }
                 (a & b).count_ones() as f32 / (a | b).count_ones() as f32
             }
-            GenreSets::Lists(ranked) => similarity(&ranked[a].genres, &ranked[b].genres),
+            GenreSets::Lists(ranked) => similarity(ranked[a].genres, ranked[b].genres),
         }
     }
 }
 
 /// Reranks `ranked` (best first). Returns the served list and the actions.
-pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<Action>) {
+pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidate<'a>>, Vec<Action<'a>>) {
     // Why each item is where it ends up, by input position.
     let mut rule: Vec<Option<Rule>> = vec![None; ranked.len()];
 
     // 1. Block list.
     let mut pool: Vec<usize> = Vec::with_capacity(ranked.len());
     for (i, c) in ranked.iter().enumerate() {
-        if cfg.blocked.contains(&c.id) {
+        if cfg.blocked.contains(c.id) {
             rule[i] = Some(Rule::Blocked);
         } else {
             pool.push(i);
@@ -171,9 +171,9 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
     let mut remaining: Vec<usize> = pool
         .iter()
         .copied()
-        .filter(|&i| !pinned.contains(ranked[i].id.as_str()))
+        .filter(|&i| !pinned.contains(ranked[i].id))
         .collect();
-    let n_pins = pool.iter().filter(|&&i| pinned.contains(ranked[i].id.as_str())).count();
+    let n_pins = pool.iter().filter(|&&i| pinned.contains(ranked[i].id)).count();
     let slots = cfg.k.saturating_sub(n_pins);
     let mut picked: Vec<usize> = Vec::with_capacity(slots);
     // Each remaining item's highest similarity to the picked ones, updated with each pick
@@ -196,7 +196,7 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
     }
     // Items MMR ranked differently from plain score order, or dropped, are MMR's doing.
     let mut by_score = pool.clone();
-    by_score.retain(|i| !pinned.contains(ranked[*i].id.as_str()));
+    by_score.retain(|i| !pinned.contains(ranked[*i].id));
     by_score.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
     for (slot, &i) in picked.iter().enumerate() {
         if by_score.get(slot) != Some(&i) {
@@ -252,7 +252,7 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
     let mut pins: Vec<(usize, usize)> = cfg
         .pins
         .iter()
-        .filter_map(|(id, at)| pool.iter().find(|&&i| &ranked[i].id == id).map(|&i| (*at, i)))
+        .filter_map(|(id, at)| pool.iter().find(|&&i| ranked[i].id == id).map(|&i| (*at, i)))
         .collect();
     pins.sort();
     for (at, i) in pins {
@@ -265,7 +265,7 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
         .iter()
         .map(|&i| Candidate {
             score: score[i],
-            ..ranked[i].clone()
+            ..ranked[i]
         })
         .collect();
     let mut actions = Vec::new();
@@ -275,7 +275,7 @@ pub fn rerank(ranked: &[Candidate], cfg: &RerankConfig) -> (Vec<Candidate>, Vec<
             && (after != Some(before) || r == Rule::FreshBoost || r == Rule::Pin)
         {
             actions.push(Action {
-                id: c.id.clone(),
+                id: c.id,
                 before,
                 after,
                 rule: r,
@@ -300,17 +300,18 @@ pub fn ab_bucket(user: &str, experiment: &str, buckets: u32) -> u32 {
 mod tests {
     use super::*;
 
-    fn c(id: &str, score: f32, genres: &[&str]) -> Candidate {
+    /// A candidate for a test (its id and genres leak: they live as long as the test binary).
+    fn c(id: &str, score: f32, genres: &[&str]) -> Candidate<'static> {
         Candidate {
-            id: id.into(),
+            id: String::from(id).leak(),
             score,
-            genres: genres.iter().map(|g| g.to_string()).collect(),
+            genres: genres.iter().map(|g| g.to_string()).collect::<Vec<_>>().leak(),
             fresh: false,
         }
     }
 
-    fn ids(list: &[Candidate]) -> Vec<&str> {
-        list.iter().map(|c| c.id.as_str()).collect()
+    fn ids<'a>(list: &[Candidate<'a>]) -> Vec<&'a str> {
+        list.iter().map(|c| c.id).collect()
     }
 
     fn plain(k: usize) -> RerankConfig {
@@ -332,7 +333,7 @@ mod tests {
         assert_eq!(
             actions,
             vec![Action {
-                id: "c".into(),
+                id: "c",
                 before: 2,
                 after: None,
                 rule: Rule::Mmr
@@ -350,13 +351,13 @@ mod tests {
         let (served, actions) = rerank(&ranked, &cfg);
         assert_eq!(ids(&served), ["a", "c"], "c's genre is new, b repeats a's");
         assert!(actions.contains(&Action {
-            id: "b".into(),
+            id: "b",
             before: 1,
             after: None,
             rule: Rule::Mmr
         }));
         assert!(actions.contains(&Action {
-            id: "c".into(),
+            id: "c",
             before: 2,
             after: Some(1),
             rule: Rule::Mmr
@@ -389,13 +390,13 @@ mod tests {
             }
         }
         assert!(actions.contains(&Action {
-            id: "y1".into(),
+            id: "y1",
             before: 3,
             after: Some(2),
             rule: Rule::Scatter
         }));
         assert!(actions.contains(&Action {
-            id: "x3".into(),
+            id: "x3",
             before: 2,
             after: Some(3),
             rule: Rule::Scatter
@@ -439,13 +440,13 @@ mod tests {
         );
         assert!(served.iter().all(|c| c.id != "bad"));
         assert!(actions.contains(&Action {
-            id: "bad".into(),
+            id: "bad",
             before: 1,
             after: None,
             rule: Rule::Blocked
         }));
         assert!(actions.contains(&Action {
-            id: "promo".into(),
+            id: "promo",
             before: 4,
             after: Some(0),
             rule: Rule::Pin
@@ -488,7 +489,7 @@ mod tests {
         for (id, before, after) in [("y1", 4, Some(2)), ("y2", 5, Some(3)), ("x3", 2, None), ("x4", 3, None)] {
             assert!(
                 actions.contains(&Action {
-                    id: id.into(),
+                    id,
                     before,
                     after,
                     rule: Rule::Scatter
@@ -518,7 +519,7 @@ mod tests {
             for b in 0..ranked.len() {
                 assert_eq!(
                     sets.similarity(a, b),
-                    similarity(&ranked[a].genres, &ranked[b].genres),
+                    similarity(ranked[a].genres, ranked[b].genres),
                     "{a} {b}"
                 );
             }

@@ -126,9 +126,9 @@ impl RerankService {
             .map(|s| {
                 let item = self.items.item(&s.item_id);
                 Candidate {
-                    id: s.item_id.clone(),
+                    id: &s.item_id,
                     score: s.score,
-                    genres: item.map(|i| i.genres.clone()).unwrap_or_default(),
+                    genres: item.map_or(&[][..], |i| &i.genres),
                     fresh: item.is_some_and(|i| i.year >= self.fresh_since),
                 }
             })
@@ -138,14 +138,14 @@ impl RerankService {
             items: served
                 .into_iter()
                 .map(|c| Scored {
-                    item_id: c.id,
+                    item_id: c.id.to_string(),
                     score: c.score,
                 })
                 .collect(),
             actions: actions
                 .into_iter()
                 .map(|a| Action {
-                    item_id: a.id,
+                    item_id: a.id.to_string(),
                     before: a.before as u32,
                     after: a.after.map_or(-1, |p| p as i32),
                     rule: a.rule.name().to_string(),
