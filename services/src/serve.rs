@@ -405,7 +405,7 @@ pub enum GatewayTraces {
     /// The newest traces in memory (tests).
     Memory(Arc<MemorySink>),
     /// Through the writer queue into a store; with `retention_days`, older traces are deleted
-    /// hourly.
+    /// hourly (an embedded store is checked every minute, for its size cap too).
     Store {
         store: Arc<dyn TraceStore>,
         writer: WriterConfig,
@@ -432,7 +432,10 @@ pub async fn gateway(
             retention_days,
         } => {
             let (writer, task) = TraceWriter::spawn(store.clone(), writer, &mut metrics.registry);
-            let retention = retention_days.map(|days| spawn_retention(store, days, Duration::from_secs(3_600)));
+            // An embedded store also keeps under its size cap, checked every minute (a
+            // minute of traces is tens of MB at hundreds of requests a second).
+            let every = Duration::from_secs(if store.kind() == "embedded" { 60 } else { 3_600 });
+            let retention = retention_days.map(|days| spawn_retention(store, days, every));
             (Arc::new(writer), Some((task, retention)))
         }
     };
@@ -804,13 +807,14 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
             (GatewayTraces::Memory(sink.clone()), Some(sink), None)
         }
         LocalTraces::Embedded(path) => {
-            let store: Arc<dyn TraceStore> =
-                Arc::new(recstack_trace_store::embedded::EmbeddedStore::open(&path).map_err(|e| {
-                    ServeError::Server {
+            let store: Arc<dyn TraceStore> = Arc::new(
+                recstack_trace_store::embedded::EmbeddedStore::open(&path)
+                    .map_err(|e| ServeError::Server {
                         service: "traces",
                         message: e.to_string(),
-                    }
-                })?);
+                    })?
+                    .with_max_bytes(crate::traces::TraceSettings::EMBEDDED_MAX_BYTES),
+            );
             let traces = GatewayTraces::Store {
                 store: store.clone(),
                 writer: WriterConfig::default(),

@@ -72,6 +72,9 @@ pub struct TraceSettings {
 
 impl TraceSettings {
     pub const DEFAULT_RETENTION_DAYS: u32 = 7;
+    /// Most bytes an embedded store keeps (the oldest traces go beyond it): a quarter of the
+    /// pod's 8 GiB data volume, and a bound on a laptop's disk for `recstack up`.
+    pub const EMBEDDED_MAX_BYTES: u64 = 2 << 30;
 
     pub fn from_config(config: &RuntimeConfig) -> Result<Self, ConfigError> {
         Ok(match &config.trace_store {
@@ -107,7 +110,9 @@ impl TraceSettings {
 pub fn open(spec: &TraceStoreSpec) -> Result<Option<Arc<dyn TraceStore>>, StoreError> {
     Ok(match spec {
         TraceStoreSpec::Off => None,
-        TraceStoreSpec::Embedded(path) => Some(Arc::new(EmbeddedStore::open(path)?)),
+        TraceStoreSpec::Embedded(path) => Some(Arc::new(
+            EmbeddedStore::open(path)?.with_max_bytes(TraceSettings::EMBEDDED_MAX_BYTES),
+        )),
         TraceStoreSpec::Elasticsearch { url, credentials_dir } => {
             let mut config = ElasticConfig::new(url);
             if let Some(dir) = credentials_dir {

@@ -10,6 +10,10 @@
 //! per-item and per-stage rows that item search and the aggregates need. A batch is one
 //! transaction. A trace written twice (a retried batch) replaces the first, as in
 //! Elasticsearch.
+//!
+//! Retention is by age and, with [`EmbeddedStore::with_max_bytes`], by size: a store on a
+//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~8 KB;
+//! at 300 requests a second that is ~2 GB an hour). Beyond the cap the oldest traces go.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -62,6 +66,8 @@ pub struct EmbeddedStore {
     // wait for the writer.
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Most bytes the database may use; `retain` deletes the oldest traces beyond it.
+    max_bytes: Option<u64>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -97,7 +103,21 @@ impl EmbeddedStore {
             path,
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            max_bytes: None,
         })
+    }
+
+    /// Caps the bytes the database uses: each [`TraceStore::retain`] also deletes the oldest
+    /// traces until it is under `max_bytes` (to 90 % of it, so a full store is not trimmed on
+    /// every call).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Bytes the database's pages in use take (free pages not counted).
+    pub async fn used_bytes(&self) -> Result<u64, StoreError> {
+        Self::with(&self.reader, |c| used_bytes(c)).await
     }
 
     pub fn path(&self) -> &Path {
@@ -332,22 +352,64 @@ fn aggregate(conn: &Connection, q: &AggregateQuery) -> Result<Aggregates, StoreE
     Ok(Aggregates::from_parts(requests, levels, channels, stages))
 }
 
-fn retain(conn: &mut Connection, cutoff_ms: i64) -> Result<u64, StoreError> {
+fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let pragma = |name: &str| -> Result<u64, StoreError> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))
+            .map(|v| v.max(0) as u64)
+            .map_err(unavailable)
+    };
+    Ok(pragma("page_count")?.saturating_sub(pragma("freelist_count")?) * pragma("page_size")?)
+}
+
+/// Deletes the traces `selected` (a `SELECT request_id FROM traces …` with one parameter) and
+/// their child rows, in one transaction. Returns how many traces went.
+fn delete_traces(conn: &mut Connection, selected: &str, param: i64) -> Result<u64, StoreError> {
     let tx = conn.transaction().map_err(unavailable)?;
     for table in ["served", "channel_hits", "stage_latency"] {
         tx.execute(
-            &format!("DELETE FROM {table} WHERE request_id IN (SELECT request_id FROM traces WHERE ts < ?1)"),
-            [cutoff_ms],
+            &format!("DELETE FROM {table} WHERE request_id IN ({selected})"),
+            [param],
         )
         .map_err(unavailable)?;
     }
     let removed = tx
-        .execute("DELETE FROM traces WHERE ts < ?1", [cutoff_ms])
+        .execute(&format!("DELETE FROM traces WHERE request_id IN ({selected})"), [param])
         .map_err(unavailable)?;
     tx.commit().map_err(unavailable)?;
+    Ok(removed as u64)
+}
+
+fn retain(conn: &mut Connection, cutoff_ms: i64, max_bytes: Option<u64>) -> Result<u64, StoreError> {
+    let mut removed = delete_traces(conn, "SELECT request_id FROM traces WHERE ts < ?1", cutoff_ms)?;
+    if let Some(max) = max_bytes
+        && used_bytes(conn)? > max
+    {
+        // Oldest first, in chunks sized by the average trace's share of the bytes; index pages
+        // are freed less than proportionally, so measure again after each chunk.
+        let target = max / 10 * 9;
+        for _ in 0..16 {
+            let used = used_bytes(conn)?;
+            if used <= target {
+                break;
+            }
+            let count: i64 = conn
+                .query_row("SELECT COUNT(*) FROM traces", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            if count == 0 {
+                break;
+            }
+            let share = (used - target) as f64 / used as f64;
+            let n = ((count as f64 * share).ceil() as i64).clamp(1, count);
+            removed += delete_traces(
+                conn,
+                "SELECT request_id FROM traces ORDER BY ts, request_id LIMIT ?1",
+                n,
+            )?;
+        }
+    }
     // Give freed pages back to the file system.
     conn.execute_batch("PRAGMA incremental_vacuum;").map_err(unavailable)?;
-    Ok(removed as u64)
+    Ok(removed)
 }
 
 #[async_trait]
@@ -390,7 +452,8 @@ impl TraceStore for EmbeddedStore {
     }
 
     async fn retain(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
-        Self::with(&self.writer, move |c| retain(c, cutoff_ms)).await
+        let max_bytes = self.max_bytes;
+        Self::with(&self.writer, move |c| retain(c, cutoff_ms, max_bytes)).await
     }
 
     async fn refresh(&self) -> Result<(), StoreError> {

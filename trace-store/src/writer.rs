@@ -44,7 +44,9 @@ impl Default for WriterConfig {
             max_traces: 10_000,
             max_bytes: 64 << 20,
             batch: 500,
-            linger: Duration::from_millis(200),
+            // About Elasticsearch's refresh interval: a trace is searchable within ~1 s either
+            // way, and a commit shared by more traces costs less per trace.
+            linger: Duration::from_secs(1),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),

@@ -432,3 +432,44 @@ async fn the_writer_survives_the_server_stopping_mid_stream() {
     let page = store.search(&SearchQuery::new()).await.unwrap();
     assert_eq!(page.total, accepted_while_down);
 }
+
+/// A size-capped embedded store: `retain` deletes the oldest traces (and their item and stage
+/// rows) until the database is under the cap, whatever their age; the newest stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_keeps_under_its_size_cap_by_dropping_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let uncapped = EmbeddedStore::open(dir.path().join("traces.sqlite")).unwrap();
+    let now = now_ms();
+    let all = traces(400, now - 400_000);
+    put_all(&uncapped, &all).await;
+    let full = uncapped.used_bytes().await.unwrap();
+    // Age alone removes nothing here.
+    assert_eq!(uncapped.retain(now - 7 * DAY).await.unwrap(), 0);
+    drop(uncapped);
+
+    let cap = full / 3;
+    let store = EmbeddedStore::open(dir.path().join("traces.sqlite"))
+        .unwrap()
+        .with_max_bytes(cap);
+    let removed = store.retain(now - 7 * DAY).await.unwrap() as usize;
+    let used = store.used_bytes().await.unwrap();
+    assert!(used <= cap, "{used} bytes used, cap {cap} (was {full})");
+    assert!((200..400).contains(&removed), "removed {removed} of 400");
+
+    // Exactly the oldest went: the kept ones are the newest `400 - removed`.
+    let (hits, total) = all_pages(&store, SearchQuery::new()).await;
+    assert_eq!(total as usize, 400 - removed);
+    let kept: HashSet<&str> = hits.iter().map(|h| h.request_id.as_str()).collect();
+    let (gone, stay) = all.split_at(removed);
+    assert!(stay.iter().all(|t| kept.contains(t.request_id.as_str())));
+    assert!(gone.iter().all(|t| !kept.contains(t.request_id.as_str())));
+    // Their child rows went with them: the aggregates count only what is kept.
+    let q = AggregateQuery::new(now - 500_000, now + 60_000, 60_000).unwrap();
+    let (got, want) = (store.aggregate(&q).await.unwrap(), query::aggregate(stay, &q));
+    assert_eq!((got.requests, &got.channels), (want.requests, &want.channels));
+    for (name, w) in &want.stages {
+        assert_eq!(got.stages[name].count, w.count, "{name}");
+    }
+    // Under the cap now: nothing more goes.
+    assert_eq!(store.retain(now - 7 * DAY).await.unwrap(), 0);
+}

@@ -10,6 +10,8 @@
 
 use std::collections::HashSet;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 pub mod service;
 
 /// A ranked candidate, borrowing its id and genres from the request and the catalogue.
@@ -106,7 +108,7 @@ enum GenreSets<'a> {
 
 impl<'a> GenreSets<'a> {
     fn new(ranked: &'a [Candidate<'a>]) -> Self {
-        let mut bits: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let mut bits: FxHashMap<&str, u32> = FxHashMap::default();
         let mut masks = Vec::with_capacity(ranked.len());
         for c in ranked {
             let mut m = 0u64;
@@ -133,6 +135,27 @@ impl<'a> GenreSets<'a> {
                 (a & b).count_ones() as f32 / (a | b).count_ones() as f32
             }
             GenreSets::Lists(ranked) => similarity(ranked[a].genres, ranked[b].genres),
+        }
+    }
+
+    /// Whether candidate `i` keeps every one of its genres under `max` items in `window`.
+    fn fits(&self, i: usize, window: &[usize], max: usize) -> bool {
+        match self {
+            GenreSets::Masks(m) => {
+                let mut genres = m[i];
+                while genres != 0 {
+                    let genre = genres & genres.wrapping_neg();
+                    if window.iter().filter(|&&o| m[o] & genre != 0).count() >= max {
+                        return false;
+                    }
+                    genres &= genres - 1;
+                }
+                true
+            }
+            GenreSets::Lists(ranked) => ranked[i]
+                .genres
+                .iter()
+                .all(|g| window.iter().filter(|&&o| ranked[o].genres.contains(g)).count() < max),
         }
     }
 }
@@ -167,7 +190,7 @@ pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidat
         .collect();
 
     // 3. MMR selection of k (pinned items are placed later, so they do not take MMR slots).
-    let pinned: HashSet<&str> = cfg.pins.iter().map(|(id, _)| id.as_str()).collect();
+    let pinned: FxHashSet<&str> = cfg.pins.iter().map(|(id, _)| id.as_str()).collect();
     let mut remaining: Vec<usize> = pool
         .iter()
         .copied()
@@ -218,13 +241,8 @@ pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidat
     let mut reserve: Vec<usize> = remaining.clone();
     reserve.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
     while !queue.is_empty() {
-        let fits = |i: usize| {
-            let start = order.len().saturating_sub(cfg.scatter_window.saturating_sub(1));
-            ranked[i]
-                .genres
-                .iter()
-                .all(|g| order[start..].iter().filter(|&&o| ranked[o].genres.contains(g)).count() < cfg.scatter_max)
-        };
+        let start = order.len().saturating_sub(cfg.scatter_window.saturating_sub(1));
+        let fits = |i: usize| sets.fits(i, &order[start..], cfg.scatter_max);
         if let Some(pos) = queue.iter().position(|&i| fits(i)) {
             let i = queue.remove(pos);
             if pos > 0 {
@@ -500,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn genre_masks_give_the_same_similarity_as_the_lists() {
+    fn genre_masks_give_the_same_similarity_and_scatter_decisions_as_the_lists() {
         let names = ["A", "B", "C", "D", "E"];
         let ranked: Vec<Candidate> = (0..32)
             .map(|i: usize| {
@@ -522,6 +540,22 @@ mod tests {
                     similarity(ranked[a].genres, ranked[b].genres),
                     "{a} {b}"
                 );
+            }
+        }
+        // And the same scatter decisions: every candidate against windows of 0–3 others.
+        let lists = GenreSets::Lists(&ranked);
+        for i in 0..ranked.len() {
+            for start in 0..ranked.len() - 3 {
+                for len in 0..=3 {
+                    let window: Vec<usize> = (start..start + len).map(|o| (o * 7 + 3) % ranked.len()).collect();
+                    for max in 1..=3 {
+                        assert_eq!(
+                            sets.fits(i, &window, max),
+                            lists.fits(i, &window, max),
+                            "{i} {window:?} {max}"
+                        );
+                    }
+                }
             }
         }
         // More than 64 distinct genres: the lists are compared directly.
