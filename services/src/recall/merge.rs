@@ -2,6 +2,7 @@
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// A recall channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -57,11 +58,12 @@ pub struct Source {
 }
 
 /// A merged candidate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub item: u32,
-    /// Every channel that produced the item (within its quota), in channel order.
-    pub sources: Vec<Source>,
+    /// Every channel that produced the item (within its quota), in channel order; most items
+    /// come from one or two, held inline.
+    pub sources: SmallVec<[Source; 2]>,
     /// Reciprocal-rank fusion score: Σ 1/(k + rank) over sources.
     pub fused: f32,
 }
@@ -82,7 +84,7 @@ pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usi
             let rank = rank0 as u32 + 1;
             let c = by_item.entry(item).or_insert_with(|| Candidate {
                 item,
-                sources: Vec::new(),
+                sources: SmallVec::new(),
                 fused: 0.0,
             });
             // A channel listing an item twice counts once, at its best rank.
