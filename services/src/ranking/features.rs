@@ -398,14 +398,21 @@ fn genre_bit(genre: &str) -> u64 {
 /// but a user's genre whose bit is missing from the item's signature is skipped without
 /// comparing names (most are: a row's item has one to three genres).
 fn genre_affinity(user: &UserRow, item: &ItemRow) -> f32 {
-    let Some(u) = user.user else {
-        return 0.0;
-    };
+    user.user.map_or(0.0, |u| {
+        affinity(u, |n, genre| {
+            item.genre_bits & user.genre_bits[n] != 0 && item.item.genres.contains(genre)
+        })
+    })
+}
+
+/// The sum of the user's shares of the top genres `has` accepts (by position and name), at
+/// most 1: [`DenseKind::GenreAffinity`], whichever way the item's genres are tested.
+fn affinity(u: &UserFeatures, has: impl Fn(usize, &String) -> bool) -> f32 {
     u.top_genres
         .iter()
-        .zip(&user.genre_bits)
-        .filter(|&(g, &bit)| item.genre_bits & bit != 0 && item.item.genres.contains(&g.genre))
-        .map(|(g, _)| g.share)
+        .enumerate()
+        .filter(|(n, g)| has(*n, &g.genre))
+        .map(|(_, g)| g.share)
         .sum::<f32>()
         .min(1.0)
 }
@@ -480,13 +487,7 @@ impl Row<'_> {
             DenseKind::ItemMeanRating => i.map_or(0.5, |i| i.mean_rating / 10.0),
             DenseKind::ItemLogHot => i.map_or(0.0, |i| log_scaled(i.hot_score)),
             DenseKind::GenreAffinity => match (u, i) {
-                (Some(u), Some(i)) => u
-                    .top_genres
-                    .iter()
-                    .filter(|g| i.genres.contains(&g.genre))
-                    .map(|g| g.share)
-                    .sum::<f32>()
-                    .min(1.0),
+                (Some(u), Some(i)) => affinity(u, |_, genre| i.genres.contains(genre)),
                 _ => 0.0,
             },
             DenseKind::ItemAge => match (u, i) {

@@ -45,16 +45,12 @@ pub mod proto {
         /// The channel's name (`item_cf`, …, as in requests and traces); `unknown` for a value
         /// this build does not know (a newer recall service).
         pub fn channel_name(&self) -> &'static str {
-            let channel = match self.channel() {
-                Channel::Unspecified => return "unknown",
-                Channel::ItemCf => super::Channel::ItemCf,
-                Channel::UserCf => super::Channel::UserCf,
-                Channel::Hot => super::Channel::Hot,
-                Channel::Als => super::Channel::Als,
-                Channel::Vector => super::Channel::Vector,
-                Channel::Tag => super::Channel::Tag,
-            };
-            channel.name()
+            // The inverse of the one mapping above.
+            let wire = self.channel();
+            super::Channel::ALL
+                .into_iter()
+                .find(|&c| Channel::from(c) == wire)
+                .map_or("unknown", super::Channel::name)
         }
     }
 }
