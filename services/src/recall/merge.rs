@@ -58,7 +58,7 @@ pub struct Source {
 }
 
 /// A merged candidate.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Candidate {
     pub item: u32,
     /// Every channel that produced the item (within its quota), in channel order; most items
@@ -178,9 +178,84 @@ mod tests {
     }
 
     #[test]
+    fn a_tie_in_fused_score_goes_to_more_sources() {
+        // Item 2 at rank 62 in two channels: 2 / (60 + 62) = 1 / 61, exactly item 1's score at
+        // rank 1 in one channel.
+        let fill = |from: u32| (from..from + 60).collect::<Vec<u32>>();
+        let hot: Vec<u32> = [vec![1], fill(100), vec![2]].concat();
+        let tag: Vec<u32> = [vec![3], fill(200), vec![2]].concat();
+        let merged = merge(&[list(Channel::Hot, &hot), list(Channel::Tag, &tag)], |_| 100, 100);
+        let at = |item: u32| merged.iter().position(|c| c.item == item).unwrap();
+        assert_eq!(merged[at(2)].fused, merged[at(1)].fused);
+        assert!(at(2) < at(1), "two sources before one at the same score");
+        assert!(at(1) < at(3), "then the lower item id");
+    }
+
+    #[test]
     fn duplicate_within_a_channel_counts_once() {
         let merged = merge(&[list(Channel::Hot, &[1, 1, 2])], |_| 10, 10);
         assert_eq!(merged.iter().find(|c| c.item == 1).unwrap().sources.len(), 1);
+    }
+
+    /// The merge as specified, written the plain way: every candidate in a map, then all of
+    /// them sorted.
+    fn reference(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usize) -> Vec<Candidate> {
+        let mut by_item: std::collections::BTreeMap<u32, Candidate> = Default::default();
+        let mut ordered = lists.to_vec();
+        ordered.sort_by_key(|l| l.channel);
+        for list in &ordered {
+            for (rank0, &(item, score)) in list.items.iter().take(quota(list.channel)).enumerate() {
+                let c = by_item.entry(item).or_insert_with(|| Candidate {
+                    item,
+                    ..Candidate::default()
+                });
+                if c.sources.iter().all(|s| s.channel != list.channel) {
+                    c.sources.push(Source {
+                        channel: list.channel,
+                        score,
+                        rank: rank0 as u32 + 1,
+                    });
+                    c.fused += 1.0 / (RRF_K + (rank0 + 1) as f32);
+                }
+            }
+        }
+        let mut all: Vec<Candidate> = by_item.into_values().collect();
+        all.sort_by(|a, b| {
+            b.fused
+                .total_cmp(&a.fused)
+                .then(b.sources.len().cmp(&a.sources.len()))
+                .then(a.item.cmp(&b.item))
+        });
+        all.truncate(total);
+        all
+    }
+
+    #[test]
+    fn merge_equals_the_plain_reference_on_random_lists() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for round in 0..300 {
+            // Few distinct items, so channels overlap (and repeat items) often.
+            let universe = rng.gen_range(1..60u32);
+            let mut lists = Vec::new();
+            for channel in Channel::ALL {
+                if rng.gen_bool(0.8) {
+                    let len = rng.gen_range(0..40);
+                    let items = (0..len)
+                        .map(|_| (rng.gen_range(0..universe), rng.gen_range(0.0..1.0)))
+                        .collect();
+                    lists.push(ChannelList { channel, items });
+                }
+            }
+            let quotas: Vec<usize> = (0..Channel::ALL.len()).map(|_| rng.gen_range(0..30)).collect();
+            let quota = |c: Channel| quotas[c as usize];
+            let total = rng.gen_range(0..80);
+            assert_eq!(
+                merge(&lists, quota, total),
+                reference(&lists, quota, total),
+                "round {round}"
+            );
+        }
     }
 
     #[test]
