@@ -58,7 +58,7 @@ pub struct Source {
 }
 
 /// A merged candidate.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub item: u32,
     /// Every channel that produced the item (within its quota), in channel order; most items
@@ -101,14 +101,17 @@ pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usi
     }
     let mut merged: Vec<Candidate> = by_item.into_values().collect();
     // A total order (ties end on the item id), so the unstable sort is deterministic.
-    merged.sort_unstable_by(|a, b| {
-        b.fused
-            .total_cmp(&a.fused)
-            .then(b.sources.len().cmp(&a.sources.len()))
-            .then(a.item.cmp(&b.item))
-    });
+    merged.sort_unstable_by(fused_order);
     merged.truncate(total);
     merged
+}
+
+/// The merged order: higher fused score first, then more sources, then the lower item id.
+fn fused_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.fused
+        .total_cmp(&a.fused)
+        .then(b.sources.len().cmp(&a.sources.len()))
+        .then(a.item.cmp(&b.item))
 }
 
 #[cfg(test)]
@@ -197,8 +200,8 @@ mod tests {
         assert_eq!(merged.iter().find(|c| c.item == 1).unwrap().sources.len(), 1);
     }
 
-    /// The merge as specified, written the plain way: every candidate in a map, then all of
-    /// them sorted.
+    /// The merge's dedup, quotas, lineage and fused scores written the plain way (an ordered
+    /// map, a stable sort in [`fused_order`], whose ties the tests above pin down).
     fn reference(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usize) -> Vec<Candidate> {
         let mut by_item: std::collections::BTreeMap<u32, Candidate> = Default::default();
         let mut ordered = lists.to_vec();
@@ -207,7 +210,8 @@ mod tests {
             for (rank0, &(item, score)) in list.items.iter().take(quota(list.channel)).enumerate() {
                 let c = by_item.entry(item).or_insert_with(|| Candidate {
                     item,
-                    ..Candidate::default()
+                    sources: SmallVec::new(),
+                    fused: 0.0,
                 });
                 if c.sources.iter().all(|s| s.channel != list.channel) {
                     c.sources.push(Source {
@@ -220,12 +224,7 @@ mod tests {
             }
         }
         let mut all: Vec<Candidate> = by_item.into_values().collect();
-        all.sort_by(|a, b| {
-            b.fused
-                .total_cmp(&a.fused)
-                .then(b.sources.len().cmp(&a.sources.len()))
-                .then(a.item.cmp(&b.item))
-        });
+        all.sort_by(fused_order);
         all.truncate(total);
         all
     }
