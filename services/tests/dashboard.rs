@@ -220,7 +220,7 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     constructed.filtered_seen.push(seen.clone());
     {
         let store = recstack_trace_store::embedded::EmbeddedStore::open(&trace_file).unwrap();
-        let put = store.put(std::slice::from_ref(&constructed)).await.unwrap();
+        let put = store.put(std::slice::from_ref(&constructed).into()).await.unwrap();
         assert_eq!(put.written, 1);
     }
 

@@ -39,7 +39,7 @@ fn traces(full: bool, n: u64, offset: u64) -> Vec<Trace> {
 async fn put_rate(store: &dyn TraceStore, traces: &[Trace], batch: usize) -> f64 {
     let start = Instant::now();
     for chunk in traces.chunks(batch) {
-        let out = store.put(chunk).await.expect("put");
+        let out = store.put(chunk.into()).await.expect("put");
         assert_eq!(out.written, chunk.len());
     }
     traces.len() as f64 / start.elapsed().as_secs_f64()

@@ -10,6 +10,7 @@
 //! parts — every candidate of a full trace, the seen-filtered ids — in `_source` only.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -302,29 +303,52 @@ impl ElasticStore {
     }
 }
 
+/// A batch as a bulk request body.
+struct Bulk {
+    /// Action and document lines for the traces that pass [`Trace::check`].
+    lines: Vec<Vec<u8>>,
+    /// The batch indexes those traces came from.
+    sent: Vec<usize>,
+    /// The outcome so far: the traces refused.
+    outcome: PutOutcome,
+}
+
+fn bulk_lines(prefix: &str, traces: &[Trace]) -> Result<Bulk, StoreError> {
+    let mut outcome = PutOutcome::default();
+    let mut lines: Vec<Vec<u8>> = Vec::with_capacity(traces.len() * 2);
+    let mut sent: Vec<usize> = Vec::with_capacity(traces.len());
+    for (i, t) in traces.iter().enumerate() {
+        if let Err(e) = t.check() {
+            outcome.rejected.push((t.request_id.clone(), e.to_string()));
+            continue;
+        }
+        let action = json!({ "index": { "_index": index_for(prefix, t.timestamp_ms), "_id": t.request_id } });
+        lines.push(serde_json::to_vec(&action).map_err(|e| StoreError::Refused(e.to_string()))?);
+        lines.push(serde_json::to_vec(t).map_err(|e| StoreError::Refused(e.to_string()))?);
+        sent.push(i);
+    }
+    Ok(Bulk { lines, sent, outcome })
+}
+
 #[async_trait]
 impl TraceStore for ElasticStore {
     fn kind(&self) -> &'static str {
         "elasticsearch"
     }
 
-    async fn put(&self, traces: &[Trace]) -> Result<PutOutcome, StoreError> {
+    async fn put(&self, traces: Arc<[Trace]>) -> Result<PutOutcome, StoreError> {
         if !self.ready.load(Ordering::Acquire) {
             self.ensure_template().await?;
         }
-        let mut outcome = PutOutcome::default();
-        let mut lines: Vec<Vec<u8>> = Vec::with_capacity(traces.len() * 2);
-        let mut sent: Vec<usize> = Vec::with_capacity(traces.len());
-        for (i, t) in traces.iter().enumerate() {
-            if let Err(e) = t.check() {
-                outcome.rejected.push((t.request_id.clone(), e.to_string()));
-                continue;
-            }
-            let action = json!({ "index": { "_index": index_for(&self.prefix, t.timestamp_ms), "_id": t.request_id } });
-            lines.push(serde_json::to_vec(&action).map_err(|e| StoreError::Refused(e.to_string()))?);
-            lines.push(serde_json::to_vec(t).map_err(|e| StoreError::Refused(e.to_string()))?);
-            sent.push(i);
-        }
+        // Serialising a batch is milliseconds of CPU: off the async workers.
+        let (prefix, batch) = (self.prefix.clone(), traces.clone());
+        let Bulk {
+            lines,
+            sent,
+            mut outcome,
+        } = tokio::task::spawn_blocking(move || bulk_lines(&prefix, &batch))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("serialising a batch: {e}")))??;
         if sent.is_empty() {
             return Ok(outcome);
         }

@@ -313,9 +313,11 @@ async fn write(
     let m = &shared.metrics;
     let mut backoff = cfg.backoff_min;
     let mut failing_since: Option<Instant> = None;
-    while !batch.is_empty() {
+    // Moved (not copied) into a shared slice that each attempt hands to the store.
+    let mut pending: Arc<[Trace]> = std::mem::take(batch).into();
+    while !pending.is_empty() {
         let started = Instant::now();
-        let result = store.put(batch).await;
+        let result = store.put(pending.clone()).await;
         m.write_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(out) => {
@@ -329,29 +331,30 @@ async fn write(
                 }
                 let retry: std::collections::HashSet<usize> = out.retry.into_iter().collect();
                 let mut kept = Vec::with_capacity(retry.len());
-                for (i, t) in batch.drain(..).enumerate() {
+                for (i, t) in pending.iter().enumerate() {
                     if retry.contains(&i) {
-                        kept.push(t);
+                        // Few (the store's back-pressure): copied into the next attempt.
+                        kept.push(t.clone());
                     } else {
-                        shared.release(&t);
+                        shared.release(t);
                     }
                 }
-                *batch = kept;
-                if batch.is_empty() {
+                pending = kept.into();
+                if pending.is_empty() {
                     return;
                 }
             }
             Err(e) if e.is_transient() => {
                 if failing_since.is_none() {
-                    tracing::warn!(store = store.kind(), error = %e, traces = batch.len(), "trace store unavailable; retrying");
+                    tracing::warn!(store = store.kind(), error = %e, traces = pending.len(), "trace store unavailable; retrying");
                     failing_since = Some(Instant::now());
                 }
             }
             Err(e) => {
-                tracing::error!(store = store.kind(), error = %e, traces = batch.len(), "trace batch refused");
-                m.rejected.inc_by(batch.len() as u64);
-                for t in batch.drain(..) {
-                    shared.release(&t);
+                tracing::error!(store = store.kind(), error = %e, traces = pending.len(), "trace batch refused");
+                m.rejected.inc_by(pending.len() as u64);
+                for t in pending.iter() {
+                    shared.release(t);
                 }
                 return;
             }
@@ -360,6 +363,7 @@ async fn write(
         let wake = Instant::now() + backoff;
         if let Some(d) = *deadline {
             if wake >= d {
+                *batch = pending.to_vec();
                 return;
             }
             tokio::time::sleep_until(wake).await;

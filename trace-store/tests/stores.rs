@@ -52,7 +52,7 @@ fn traces(n: u64, start: i64) -> Vec<Trace> {
 
 async fn put_all(store: &dyn TraceStore, traces: &[Trace]) {
     for chunk in traces.chunks(25) {
-        let out = store.put(chunk).await.unwrap();
+        let out = store.put(chunk.into()).await.unwrap();
         assert_eq!(out.written, chunk.len(), "{out:?}");
     }
     store.refresh().await.unwrap();
@@ -241,7 +241,7 @@ async fn writes_are_idempotent_and_bad_traces_rejected(store: Arc<dyn TraceStore
     let mut bad = sample::summary_trace(99, now_ms());
     bad.schema = 999;
     again.push(bad);
-    let out = store.put(&again).await.unwrap();
+    let out = store.put(again.into()).await.unwrap();
     assert_eq!(out.written, 10);
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].0, sample::request_id(99));
@@ -472,4 +472,41 @@ async fn the_embedded_store_keeps_under_its_size_cap_by_dropping_the_oldest() {
     }
     // Under the cap now: nothing more goes.
     assert_eq!(store.retain(now - 7 * DAY).await.unwrap(), 0);
+}
+
+/// The embedded store writes on a thread of its own below the services' priority (on Linux
+/// the nice value is per thread), so a batch's ~100 ms of SQLite work waits for requests.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_embedded_store_writes_on_a_lower_priority_thread() {
+    use recstack_trace_store::embedded::{WRITER_NICE, WRITER_THREAD};
+    let (store, _dir) = embedded();
+    // A write has run on the thread, so it has set its priority.
+    put_all(&*store, &traces(3, now_ms())).await;
+    let nice_of = |task: std::path::PathBuf| -> Option<(String, i32)> {
+        let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        // Fields after the command's closing parenthesis start at the third (state); nice is
+        // the 19th.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let nice = rest.split_whitespace().nth(19 - 3)?.parse().ok()?;
+        Some((comm.trim().to_string(), nice))
+    };
+    let threads: Vec<(String, i32)> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| nice_of(e.ok()?.path()))
+        .collect();
+    let writers: Vec<i32> = threads
+        .iter()
+        .filter(|(name, _)| name == WRITER_THREAD)
+        .map(|&(_, n)| n)
+        .collect();
+    assert!(!writers.is_empty(), "no {WRITER_THREAD} thread among {threads:?}");
+    assert!(
+        writers.iter().all(|&n| n >= WRITER_NICE),
+        "writer threads' nice values: {writers:?}"
+    );
+    // The test's own thread is untouched.
+    let me = nice_of("/proc/thread-self".into()).unwrap();
+    assert!(me.1 < WRITER_NICE, "{me:?}");
 }
