@@ -159,13 +159,29 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// writes use the time between them. The writer's bounded queue absorbs the delay (and counts
 /// what it drops when it cannot).
 struct WriterThread {
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterThread {
+    /// Closes the queue and waits for the thread to finish what was sent and close its
+    /// connection, as dropping a connection does: the file is checkpointed and complete once
+    /// the store is gone.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("trace store writer thread panicked");
+        }
+    }
 }
 
 impl WriterThread {
     fn start(mut conn: Connection) -> Result<Self, StoreError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn(move || {
                 lower_priority(WRITER_NICE);
@@ -177,7 +193,10 @@ impl WriterThread {
                 }
             })
             .map_err(|e| unavailable(format!("writer thread: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Runs `f` on the write connection.
@@ -187,6 +206,8 @@ impl WriterThread {
     ) -> Result<T, StoreError> {
         let (reply, result) = tokio::sync::oneshot::channel();
         self.jobs
+            .as_ref()
+            .ok_or_else(|| unavailable("the writer thread has stopped"))?
             .send(Box::new(move |conn| {
                 let _ = reply.send(f(conn));
             }))

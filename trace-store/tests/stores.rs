@@ -510,3 +510,21 @@ async fn the_embedded_store_writes_on_a_lower_priority_thread() {
     let me = nice_of("/proc/thread-self".into()).unwrap();
     assert!(me.1 < WRITER_NICE, "{me:?}");
 }
+
+/// Dropping the embedded store waits for its writer thread: the connections are closed, so the
+/// write-ahead log has been checkpointed into the file and removed, and a fresh open sees
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_embedded_store_leaves_a_complete_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.sqlite");
+    let store = EmbeddedStore::open(&path).unwrap();
+    let all = traces(50, now_ms());
+    put_all(&store, &all).await;
+    drop(store);
+    let wal = dir.path().join("traces.sqlite-wal");
+    assert!(!wal.exists(), "{} is still there", wal.display());
+    let again = EmbeddedStore::open(&path).unwrap();
+    let (_, total) = all_pages(&again, SearchQuery::new()).await;
+    assert_eq!(total, 50);
+}
