@@ -313,8 +313,9 @@ async fn write(
     let m = &shared.metrics;
     let mut backoff = cfg.backoff_min;
     let mut failing_since: Option<Instant> = None;
-    // Moved (not copied) into a shared slice that each attempt hands to the store.
-    let mut pending: Arc<[Trace]> = std::mem::take(batch).into();
+    // Moved (not copied) into a shared slice that each attempt hands to the store; `batch`
+    // keeps its capacity for the next one.
+    let mut pending: Arc<[Trace]> = batch.drain(..).collect();
     while !pending.is_empty() {
         let started = Instant::now();
         let result = store.put(pending.clone()).await;
