@@ -140,24 +140,21 @@ impl EmbeddedStore {
     }
 }
 
-/// How much less the writer thread weighs than the request path when both want a core: a
-/// nice value of 10 gets about a tenth of a core that a normal thread also wants (Linux's
-/// scheduler weights: 110 against 1024), and all of an idle one.
-pub const WRITER_NICE: i32 = 10;
-
 /// The writer thread's name (short enough for Linux's 15-character thread names).
 pub const WRITER_THREAD: &str = "trace-writer";
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// The write connection on a thread of its own, at a lower scheduling priority than the
-/// services.
+/// The write connection on a thread of its own that runs only when the services leave a core
+/// idle (Linux's `SCHED_IDLE` policy).
 ///
 /// Why: a batch of 500 traces is ~100 ms of one core's work. In the gateway's process, on a
 /// tokio blocking thread at normal priority, that took a core from the requests for as long,
-/// and their tail latency showed it; at a lower priority the requests come first and the
-/// writes use the time between them. The writer's bounded queue absorbs the delay (and counts
-/// what it drops when it cannot).
+/// and their tail latency showed it. A lower nice value was not enough: at nice 10 a running
+/// batch still held its core for a scheduler slice when a request thread woke, and p99 at
+/// 1,000 req/s was 2–5× what it was with `SCHED_IDLE`, whose threads give the core up at once
+/// to any normal thread that wakes (BENCHMARKS.md). The writer's bounded queue absorbs the
+/// delay (and counts what it drops when it cannot).
 struct WriterThread {
     /// `None` only while dropping.
     jobs: Option<std::sync::mpsc::Sender<Job>>,
@@ -184,7 +181,7 @@ impl WriterThread {
         let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn(move || {
-                lower_priority(WRITER_NICE);
+                run_when_idle();
                 // Ends when the store (the only sender) is dropped.
                 while let Ok(job) = rx.recv() {
                     // A panic inside a transaction rolls it back: the connection stays usable,
@@ -216,21 +213,28 @@ impl WriterThread {
     }
 }
 
-/// Lowers the calling thread's priority to `nice` unless it is already that low (on Linux the
-/// nice value is per thread). Best effort: a failure is logged and the thread runs as it was.
-fn lower_priority(nice: i32) {
+/// Puts the calling thread under `SCHED_IDLE`: it runs only on a core no other thread wants,
+/// and yields it as soon as one does. Elsewhere than Linux, or where the policy cannot be set,
+/// the thread takes the lowest nice value it may instead. Best effort: failures are logged.
+fn run_when_idle() {
+    use thread_priority::{ThreadPriority, set_current_thread_priority};
     #[cfg(target_os = "linux")]
     {
-        use rustix::process::{getpriority_process, setpriority_process};
-        if getpriority_process(None).is_ok_and(|current| current >= nice) {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+            thread_schedule_policy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        // The call sets the policy, then the nice value `SCHED_IDLE` ignores; only the policy
+        // matters, so it is checked rather than the call's result.
+        let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+        if thread_schedule_policy().is_ok_and(|p| p == idle) {
             return;
         }
-        if let Err(e) = setpriority_process(None, nice) {
-            tracing::warn!(error = %e, nice, "trace store writer: could not lower the thread's priority");
-        }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    if let Err(e) = set_current_thread_priority(ThreadPriority::Min) {
+        tracing::warn!(error = ?e, "trace store writer: could not lower the thread's priority");
+    }
 }
 
 fn put_batch(conn: &mut Connection, traces: &[Trace]) -> Result<PutOutcome, StoreError> {

@@ -474,41 +474,43 @@ async fn the_embedded_store_keeps_under_its_size_cap_by_dropping_the_oldest() {
     assert_eq!(store.retain(now - 7 * DAY).await.unwrap(), 0);
 }
 
-/// The embedded store writes on a thread of its own below the services' priority (on Linux
-/// the nice value is per thread), so a batch's ~100 ms of SQLite work waits for requests.
+/// The embedded store writes on a thread of its own under `SCHED_IDLE` (on Linux the policy is
+/// per thread), so a batch's ~100 ms of SQLite work runs only on a core the requests leave idle.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn the_embedded_store_writes_on_a_lower_priority_thread() {
-    use recstack_trace_store::embedded::{WRITER_NICE, WRITER_THREAD};
+async fn the_embedded_store_writes_on_an_idle_priority_thread() {
+    use recstack_trace_store::embedded::WRITER_THREAD;
+    /// Linux's number for the `SCHED_IDLE` policy (`sched.h`).
+    const SCHED_IDLE: u32 = 5;
     let (store, _dir) = embedded();
-    // A write has run on the thread, so it has set its priority.
+    // A write has run on the thread, so it has set its policy.
     put_all(&*store, &traces(3, now_ms())).await;
-    let nice_of = |task: std::path::PathBuf| -> Option<(String, i32)> {
+    let policy_of = |task: std::path::PathBuf| -> Option<(String, u32)> {
         let comm = std::fs::read_to_string(task.join("comm")).ok()?;
         let stat = std::fs::read_to_string(task.join("stat")).ok()?;
-        // Fields after the command's closing parenthesis start at the third (state); nice is
-        // the 19th.
+        // Fields after the command's closing parenthesis start at the third (state); the
+        // scheduling policy is the 41st.
         let rest = &stat[stat.rfind(')')? + 1..];
-        let nice = rest.split_whitespace().nth(19 - 3)?.parse().ok()?;
-        Some((comm.trim().to_string(), nice))
+        let policy = rest.split_whitespace().nth(41 - 3)?.parse().ok()?;
+        Some((comm.trim().to_string(), policy))
     };
-    let threads: Vec<(String, i32)> = std::fs::read_dir("/proc/self/task")
+    let threads: Vec<(String, u32)> = std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|e| nice_of(e.ok()?.path()))
+        .filter_map(|e| policy_of(e.ok()?.path()))
         .collect();
-    let writers: Vec<i32> = threads
+    let writers: Vec<u32> = threads
         .iter()
         .filter(|(name, _)| name == WRITER_THREAD)
-        .map(|&(_, n)| n)
+        .map(|&(_, p)| p)
         .collect();
     assert!(!writers.is_empty(), "no {WRITER_THREAD} thread among {threads:?}");
     assert!(
-        writers.iter().all(|&n| n >= WRITER_NICE),
-        "writer threads' nice values: {writers:?}"
+        writers.iter().all(|&p| p == SCHED_IDLE),
+        "writer threads' policies: {writers:?}"
     );
-    // The test's own thread is untouched.
-    let me = nice_of("/proc/thread-self".into()).unwrap();
-    assert!(me.1 < WRITER_NICE, "{me:?}");
+    // The test's own thread is untouched (SCHED_OTHER).
+    let me = policy_of("/proc/thread-self".into()).unwrap();
+    assert_eq!(me.1, 0, "{me:?}");
 }
 
 /// Dropping the embedded store waits for its writer thread: the connections are closed, so the
