@@ -152,8 +152,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// tokio blocking thread at normal priority, that took a core from the requests for as long,
 /// and their tail latency showed it. A lower nice value was not enough: at nice 10 a running
 /// batch still held its core for a scheduler slice when a request thread woke, and p99 at
-/// 1,000 req/s was 2–5× what it was with `SCHED_IDLE`, whose threads give the core up at once
-/// to any normal thread that wakes (BENCHMARKS.md). The writer's bounded queue absorbs the
+/// 1,000 req/s was higher than with `SCHED_IDLE` in 7 of 8 interleaved pairs (BENCHMARKS.md):
+/// `SCHED_IDLE` threads give the core up at once to any normal thread that wakes. The writer's bounded queue absorbs the
 /// delay (and counts what it drops when it cannot).
 struct WriterThread {
     /// `None` only while dropping.
