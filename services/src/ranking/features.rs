@@ -9,6 +9,7 @@
 //! `dense` (float32 `[batch, D]`, numeric features scaled to roughly 0–1).
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::features::proto::{ItemFeatures, UserFeatures};
 
@@ -249,11 +250,14 @@ pub struct UserRow<'a> {
 /// One item's part of every row: the features that depend on the item only, computed once
 /// per (model, item) — the ranking service keeps one for every item it knows — and the item's
 /// features for those that cross user and item.
+///
+/// The parts are held inline (not in heap vectors of their own): a request reads 500 items
+/// scattered over the table, and each pointer followed is a likely cache miss.
 #[derive(Clone, Debug)]
 pub struct ItemRow {
     item: ItemFeatures,
-    sparse: Vec<i64>,
-    dense: Vec<f32>,
+    sparse: SmallVec<[i64; SPARSE.len()]>,
+    dense: SmallVec<[f32; DENSE.len()]>,
     /// The [`genre_bit`]s of the item's genres, or-ed.
     genre_bits: u64,
 }
@@ -270,8 +274,8 @@ impl RowWriter {
         let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
             item: item.clone(),
-            sparse,
-            dense,
+            sparse: SmallVec::from_slice(&sparse),
+            dense: SmallVec::from_slice(&dense),
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | genre_bit(g)),
         }
     }

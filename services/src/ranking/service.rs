@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -22,6 +23,7 @@ use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
 use super::features::{ItemRow, RowWriter};
 use super::model::{Device, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
+use crate::features::proto::UserFeatures;
 use crate::ops::RpcMetrics;
 
 /// Generated gRPC types (`services/proto/ranking.proto`).
@@ -161,7 +163,40 @@ pub struct LoadedModel {
     pub rows: RowWriter,
     /// The item part of this model's rows for every item of the service's feature snapshot
     /// (the snapshot is fixed for the service's life), computed when the model loads.
-    pub items: FxHashMap<String, ItemRow>,
+    pub items: FxHashMap<ItemKey, ItemRow>,
+}
+
+/// An item id as the key of a model's item table: ids of up to 16 bytes (all of the bundled
+/// data's) are held in the table itself, so finding an item does not follow a pointer to
+/// compare its id. Looked up by the id's bytes.
+pub type ItemKey = SmallVec<[u8; 16]>;
+
+impl LoadedModel {
+    /// The model's input rows for `user` and each of `item_ids`, in order (sparse and dense,
+    /// row-major), and the ids not in the feature snapshot (brand-new items: they get neutral
+    /// item features).
+    pub fn features(
+        &self,
+        user_id: &str,
+        user: Option<&UserFeatures>,
+        item_ids: &[String],
+    ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
+        let user = self.rows.user(user_id, user);
+        let (sparse_width, dense_width) = self.batcher.widths();
+        let mut sparse = Vec::with_capacity(item_ids.len() * sparse_width);
+        let mut dense = Vec::with_capacity(item_ids.len() * dense_width);
+        let mut unknown_items = Vec::new();
+        for id in item_ids {
+            match self.items.get(id.as_bytes()) {
+                Some(item) => self.rows.push_item(&user, item, &mut sparse, &mut dense),
+                None => {
+                    unknown_items.push(id.clone());
+                    self.rows.push(&user, id, None, &mut sparse, &mut dense);
+                }
+            }
+        }
+        (sparse, dense, unknown_items)
+    }
 }
 
 /// The serving models.
@@ -205,7 +240,10 @@ pub fn load_models(
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let rows = model.card.features.rows();
-        let items = items.items().map(|i| (i.item_id.clone(), rows.item(i))).collect();
+        let items = items
+            .items()
+            .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
+            .collect();
         Ok(LoadedModel {
             batcher: Batcher::start(model, sources.batch.clone(), observer.clone()),
             rows,
@@ -289,22 +327,8 @@ impl RankingService {
         let deadline = Instant::now() + timeout;
         let models = self.models.load_full();
         let (model, canary) = models.pick(&req.user_id);
-        let user = model.rows.user(&req.user_id, req.user.as_ref());
-        let spec_widths = model.batcher.widths();
         let rows = req.item_ids.len();
-        let mut sparse = Vec::with_capacity(rows * spec_widths.0);
-        let mut dense = Vec::with_capacity(rows * spec_widths.1);
-        let mut unknown_items = Vec::new();
-        for id in &req.item_ids {
-            match model.items.get(id) {
-                Some(item) => model.rows.push_item(&user, item, &mut sparse, &mut dense),
-                None => {
-                    // Not in the snapshot (a brand-new item): neutral item features.
-                    unknown_items.push(id.clone());
-                    model.rows.push(&user, id, None, &mut sparse, &mut dense);
-                }
-            }
-        }
+        let (sparse, dense, unknown_items) = model.features(&req.user_id, req.user.as_ref(), &req.item_ids);
         let scores = model
             .batcher
             .score(sparse, dense, rows, deadline)
@@ -331,5 +355,94 @@ impl Ranking for RankingService {
         let result = RankingService::rank(self, request.into_inner()).await;
         self.metrics.rpc.record(start, &result);
         result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::proto::{GenreShare, ItemFeatures};
+    use crate::ranking::batcher::Scorer;
+    use crate::ranking::features::FeatureSpec;
+
+    /// Never called: `features` only reads the batcher's input widths.
+    struct Widths(usize, usize);
+
+    impl Scorer for Widths {
+        fn version(&self) -> &str {
+            "widths"
+        }
+        fn widths(&self) -> (usize, usize) {
+            (self.0, self.1)
+        }
+        fn score(&mut self, _: &[i64], _: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+            Ok(vec![0.0; rows])
+        }
+    }
+
+    fn item(id: &str, genres: &[&str], year: u32) -> ItemFeatures {
+        ItemFeatures {
+            item_id: id.into(),
+            ratings: 10 + year % 7,
+            mean_rating: 7.0,
+            hot_score: 2.0,
+            year,
+            genres: genres.iter().map(|g| g.to_string()).collect(),
+            ..ItemFeatures::default()
+        }
+    }
+
+    /// The item table's rows are the rows the one feature function computes from scratch, in
+    /// request order, and ids missing from it (long ones too) get neutral item features.
+    #[test]
+    fn features_from_the_item_table_match_the_feature_function() {
+        let spec = FeatureSpec::all(FeatureSpec::default_buckets);
+        let rows = spec.rows();
+        let known = [
+            item("0110912", &["Crime", "Drama"], 1994),
+            item("0111161", &["Drama"], 1994),
+            item("an-item-id-longer-than-sixteen-bytes", &["Comedy"], 2001),
+        ];
+        let model = LoadedModel {
+            batcher: Batcher::start(
+                Widths(spec.sparse.len(), spec.dense.len()),
+                BatchConfig::default(),
+                Arc::new(()),
+            ),
+            items: known
+                .iter()
+                .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
+                .collect(),
+            rows,
+        };
+        let user = UserFeatures {
+            user_id: "u1".into(),
+            ratings: 40,
+            mean_rating: 7.5,
+            last_ts: 1_600_000_000,
+            top_genres: vec![GenreShare {
+                genre: "Drama".into(),
+                share: 0.6,
+            }],
+            ..UserFeatures::default()
+        };
+        let ids: Vec<String> = ["an-item-id-longer-than-sixteen-bytes", "new-item", "0111161", "0110912"]
+            .map(String::from)
+            .to_vec();
+        let (sparse, dense, unknown) = model.features("u1", Some(&user), &ids);
+        assert_eq!(unknown, ["new-item"]);
+        let (mut want_sparse, mut want_dense) = (Vec::new(), Vec::new());
+        for id in &ids {
+            let it = known.iter().find(|i| &i.item_id == id);
+            model
+                .rows
+                .push_row("u1", Some(&user), id, it, &mut want_sparse, &mut want_dense);
+        }
+        assert_eq!(sparse, want_sparse);
+        assert_eq!(dense, want_dense);
+        assert_eq!(sparse.len(), ids.len() * spec.sparse.len());
+        // Different items make different rows (the test would pass on any constant otherwise).
+        let row = |n: usize| &sparse[n * spec.sparse.len()..(n + 1) * spec.sparse.len()];
+        assert_ne!(row(2), row(3));
     }
 }
