@@ -153,8 +153,9 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// and their tail latency showed it. A lower nice value was not enough: at nice 10 a running
 /// batch still held its core for a scheduler slice when a request thread woke, and p99 at
 /// 1,000 req/s was higher than with `SCHED_IDLE` in 7 of 8 interleaved pairs (BENCHMARKS.md):
-/// `SCHED_IDLE` threads give the core up at once to any normal thread that wakes. The writer's bounded queue absorbs the
-/// delay (and counts what it drops when it cannot).
+/// `SCHED_IDLE` threads give the core up at once to any normal thread that wakes. The writer's
+/// bounded queue absorbs the delay (and counts what it drops when it cannot: when no core is
+/// idle for long, traces are dropped before requests wait).
 struct WriterThread {
     /// `None` only while dropping.
     jobs: Option<std::sync::mpsc::Sender<Job>>,
