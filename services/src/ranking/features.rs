@@ -274,15 +274,21 @@ impl RowWriter {
         let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
             item: item.clone(),
-            sparse: SmallVec::from_slice(&sparse),
-            dense: SmallVec::from_slice(&dense),
+            sparse,
+            dense,
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | genre_bit(g)),
         }
     }
 
     /// `row`'s values of the features the two tests select; 0 for the rest, which are filled
-    /// in per row.
-    fn part(&self, row: &Row, sparse: fn(SparseKind) -> bool, dense: fn(DenseKind) -> bool) -> (Vec<i64>, Vec<f32>) {
+    /// in per row. Collected into whichever containers the part is kept in (a user's:
+    /// vectors; an item's: inline).
+    fn part<S: FromIterator<i64>, D: FromIterator<f32>>(
+        &self,
+        row: &Row,
+        sparse: fn(SparseKind) -> bool,
+        dense: fn(DenseKind) -> bool,
+    ) -> (S, D) {
         (
             self.sparse
                 .iter()
