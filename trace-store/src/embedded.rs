@@ -150,10 +150,11 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 ///
 /// Why: a batch of 500 traces is ~100 ms of one core's work. In the gateway's process, on a
 /// tokio blocking thread at normal priority, that took a core from the requests for as long,
-/// and their tail latency showed it. A lower nice value was not enough: at nice 10 a running
-/// batch still held its core for a scheduler slice when a request thread woke, and p99 at
-/// 1,000 req/s was higher than with `SCHED_IDLE` in 7 of 8 interleaved pairs (BENCHMARKS.md):
-/// `SCHED_IDLE` threads give the core up at once to any normal thread that wakes. The writer's
+/// and their tail latency showed it. A lower nice value was not enough: at nice 10, p99 at
+/// 1,000 req/s was higher than with `SCHED_IDLE` in 7 of 8 interleaved pairs (BENCHMARKS.md).
+/// The likely reason (not measured directly): a running nice-10 batch may keep its core for a
+/// scheduler slice after a request thread wakes, while `SCHED_IDLE` threads are preempted at
+/// once by any normal thread that wakes. The writer's
 /// bounded queue absorbs the delay (and counts what it drops when it cannot: when no core is
 /// idle for long, traces are dropped before requests wait).
 struct WriterThread {
