@@ -8,6 +8,9 @@
 //! Two tensors: `sparse` (int64 `[batch, S]`, hashed categorical ids for embedding lookups) and
 //! `dense` (float32 `[batch, D]`, numeric features scaled to roughly 0–1).
 
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -113,6 +116,7 @@ impl FeatureSpec {
                 .map(|f| (SparseKind::of(&f.name), f.buckets))
                 .collect(),
             dense: self.dense.iter().map(|f| DenseKind::of(f)).collect(),
+            genres: GenreBits::default(),
         }
     }
 }
@@ -235,6 +239,33 @@ impl DenseKind {
 pub struct RowWriter {
     sparse: Vec<(SparseKind, u32)>,
     dense: Vec<DenseKind>,
+    genres: GenreBits,
+}
+
+/// Each genre of a catalogue its own bit of a 64-bit signature, so that whether an item has one
+/// of a user's top genres is a bit test. The first 63 genres get a bit each (the bundled data has
+/// 28); any further genre, and any genre the catalogue did not list, shares [`GenreBits::SHARED`],
+/// which means "compare the names".
+#[derive(Clone, Debug, Default)]
+struct GenreBits(Arc<FxHashMap<String, u64>>);
+
+impl GenreBits {
+    const SHARED: u64 = 1 << 63;
+
+    fn of<'a>(items: impl IntoIterator<Item = &'a ItemFeatures>) -> Self {
+        let mut bits = FxHashMap::default();
+        for genre in items.into_iter().flat_map(|i| &i.genres) {
+            let next = bits.len();
+            if next < 63 && !bits.contains_key(genre) {
+                bits.insert(genre.clone(), 1 << next);
+            }
+        }
+        Self(Arc::new(bits))
+    }
+
+    fn bit(&self, genre: &str) -> u64 {
+        self.0.get(genre).copied().unwrap_or(Self::SHARED)
+    }
 }
 
 /// One user's part of every row: the features that depend on the user only, computed once.
@@ -243,7 +274,7 @@ pub struct UserRow<'a> {
     user: Option<&'a UserFeatures>,
     sparse: Vec<i64>,
     dense: Vec<f32>,
-    /// [`genre_bit`] of each of the user's top genres, in their order.
+    /// The [`GenreBits`] bit of each of the user's top genres, in their order.
     genre_bits: Vec<u64>,
 }
 
@@ -258,11 +289,19 @@ pub struct ItemRow {
     item: ItemFeatures,
     sparse: SmallVec<[i64; SPARSE.len()]>,
     dense: SmallVec<[f32; DENSE.len()]>,
-    /// The [`genre_bit`]s of the item's genres, or-ed.
+    /// The [`GenreBits`] bits of the item's genres, or-ed.
     genre_bits: u64,
 }
 
 impl RowWriter {
+    /// Gives each genre of `items` (the catalogue the item table is built from) its own bit, so
+    /// that [`RowWriter::push_item`] tests a user's genres against an item's without comparing
+    /// names. Without it every genre shares one bit: the rows are the same, only slower.
+    pub fn with_genres_of<'a>(mut self, items: impl IntoIterator<Item = &'a ItemFeatures>) -> Self {
+        self.genres = GenreBits::of(items);
+        self
+    }
+
     /// Computes `item`'s part of the rows once; [`RowWriter::push_item`] adds it to a user's.
     pub fn item(&self, item: &ItemFeatures) -> ItemRow {
         let row = Row {
@@ -276,7 +315,7 @@ impl RowWriter {
             item: item.clone(),
             sparse,
             dense,
-            genre_bits: item.genres.iter().fold(0, |bits, g| bits | genre_bit(g)),
+            genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
         }
     }
 
@@ -349,7 +388,7 @@ impl RowWriter {
             sparse,
             dense,
             genre_bits: user.map_or(Vec::new(), |u| {
-                u.top_genres.iter().map(|g| genre_bit(&g.genre)).collect()
+                u.top_genres.iter().map(|g| self.genres.bit(&g.genre)).collect()
             }),
         }
     }
@@ -398,19 +437,14 @@ impl RowWriter {
     }
 }
 
-/// A genre's bit in a 64-bit signature. Different genres can share a bit: a shared bit means
-/// "maybe the same genre", a missing one "certainly not".
-fn genre_bit(genre: &str) -> u64 {
-    1 << (fnv(0xcbf2_9ce4_8422_2325, genre.as_bytes()) % 64)
-}
-
 /// [`DenseKind::GenreAffinity`] from the precomputed parts: the same sum as [`Row::dense`]'s,
-/// but a user's genre whose bit is missing from the item's signature is skipped without
-/// comparing names (most are: a row's item has one to three genres).
+/// with each of the user's genres tested by its [`GenreBits`] bit; names are compared only for
+/// genres sharing [`GenreBits::SHARED`].
 fn genre_affinity(user: &UserRow, item: &ItemRow) -> f32 {
     user.user.map_or(0.0, |u| {
         affinity(u, |n, genre| {
-            item.genre_bits & user.genre_bits[n] != 0 && item.item.genres.contains(genre)
+            let bit = user.genre_bits[n];
+            item.genre_bits & bit != 0 && (bit != GenreBits::SHARED || item.item.genres.contains(genre))
         })
     })
 }
@@ -577,40 +611,61 @@ mod tests {
     fn a_users_part_computed_once_gives_the_rows_computed_whole() {
         // The ranking service computes the user's features once per request and each item's
         // once per model, and reuses them.
-        let writer = spec().rows();
         let u = user();
-        // A genre that shares Drama's signature bit without being Drama: the affinity must
-        // still compare names.
-        let twin = (0..)
-            .map(|n| format!("g{n}"))
-            .find(|g| genre_bit(g) == genre_bit("Drama"))
-            .unwrap();
         let items = [
             item(&["Drama"]),
             item(&["Comedy", "Drama"]),
             item(&[]),
             item(&["Horror"]),
-            item(&[&twin]),
-            item(&[&twin, "Comedy"]),
+            item(&["Horror", "Comedy"]),
         ];
-        for user in [Some(&u), None] {
-            let once = writer.user("u1", user);
-            for (n, it) in items.iter().enumerate() {
-                let id = format!("i{n}");
-                let (mut s1, mut d1, mut s2, mut d2) = (vec![], vec![], vec![], vec![]);
-                writer.push(&once, &id, Some(it), &mut s1, &mut d1);
-                writer.push_row("u1", user, &id, Some(it), &mut s2, &mut d2);
-                assert_eq!((&s1, &d1), (&s2, &d2));
-                // The item's part computed once too (the service's per-model item table).
-                let it = ItemFeatures {
-                    item_id: id.clone(),
-                    ..it.clone()
-                };
-                let (mut s3, mut d3) = (vec![], vec![]);
-                writer.push_item(&once, &writer.item(&it), &mut s3, &mut d3);
-                assert_eq!((s3, d3), (s1, d1));
+        // 63 other genres listed first: Drama, Comedy and Horror then share one bit, whose
+        // genres are told apart by name.
+        let crowded: Vec<ItemFeatures> = (0..63)
+            .map(|n| item(&[&format!("g{n}")]))
+            .chain(items.iter().cloned())
+            .collect();
+        let writers = [
+            ("no catalogue (every genre shares a bit)", spec().rows()),
+            ("a bit per genre", spec().rows().with_genres_of(&items)),
+            (
+                "the user's genres sharing a bit",
+                spec().rows().with_genres_of(&crowded),
+            ),
+            ("a catalogue without Comedy", spec().rows().with_genres_of(&items[..1])),
+        ];
+        for (case, writer) in &writers {
+            for user in [Some(&u), None] {
+                let once = writer.user("u1", user);
+                for (n, it) in items.iter().enumerate() {
+                    let id = format!("i{n}");
+                    let (mut s1, mut d1, mut s2, mut d2) = (vec![], vec![], vec![], vec![]);
+                    writer.push(&once, &id, Some(it), &mut s1, &mut d1);
+                    writer.push_row("u1", user, &id, Some(it), &mut s2, &mut d2);
+                    assert_eq!((&s1, &d1), (&s2, &d2), "{case}, item {n}");
+                    // The item's part computed once too (the service's per-model item table).
+                    let it = ItemFeatures {
+                        item_id: id.clone(),
+                        ..it.clone()
+                    };
+                    let (mut s3, mut d3) = (vec![], vec![]);
+                    writer.push_item(&once, &writer.item(&it), &mut s3, &mut d3);
+                    assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
+                }
             }
         }
+        // The affinities themselves: Drama 0.5, Comedy 0.25, Horror not a top genre.
+        let writer = spec().rows().with_genres_of(&crowded);
+        let once = writer.user("u1", Some(&u));
+        let affinities: Vec<f32> = items
+            .iter()
+            .map(|it| {
+                let (mut s, mut d) = (vec![], vec![]);
+                writer.push_item(&once, &writer.item(it), &mut s, &mut d);
+                dense("genre_affinity", &d)
+            })
+            .collect();
+        assert_eq!(affinities, [0.5, 0.75, 0.0, 0.0, 0.25]);
         // And a card feature this build does not know stays at its neutral value.
         let mut odd = spec();
         odd.sparse[0].name = "nope".into();
@@ -619,6 +674,18 @@ mod tests {
         odd.rows()
             .push_row("u1", Some(&u), "i1", Some(&items[0]), &mut s, &mut d);
         assert_eq!((s[0], d[0]), (0, 0.0));
+    }
+
+    #[test]
+    fn the_first_63_genres_get_a_bit_each_and_the_rest_share_one() {
+        let catalogue: Vec<ItemFeatures> = (0..70).map(|n| item(&[&format!("g{n}"), "g0"])).collect();
+        let bits = GenreBits::of(&catalogue);
+        let own: Vec<u64> = (0..63).map(|n| bits.bit(&format!("g{n}"))).collect();
+        assert_eq!(own, (0..63).map(|n| 1u64 << n).collect::<Vec<_>>());
+        for genre in ["g63", "g69", "not in the catalogue"] {
+            assert_eq!(bits.bit(genre), GenreBits::SHARED, "{genre}");
+        }
+        assert_eq!(GenreBits::default().bit("g0"), GenreBits::SHARED);
     }
 
     #[test]

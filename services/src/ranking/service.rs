@@ -239,7 +239,7 @@ pub fn load_models(
     let signature = signature(sources);
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
-        let rows = model.card.features.rows();
+        let rows = model.card.features.rows().with_genres_of(items.items());
         let items = items
             .items()
             .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
@@ -397,12 +397,12 @@ mod tests {
     #[test]
     fn features_from_the_item_table_match_the_feature_function() {
         let spec = FeatureSpec::all(FeatureSpec::default_buckets);
-        let rows = spec.rows();
         let known = [
             item("0110912", &["Crime", "Drama"], 1994),
             item("0111161", &["Drama"], 1994),
             item("an-item-id-longer-than-sixteen-bytes", &["Comedy"], 2001),
         ];
+        let rows = spec.rows().with_genres_of(&known);
         let model = LoadedModel {
             batcher: Batcher::start(
                 Widths(spec.sparse.len(), spec.dense.len()),
