@@ -82,6 +82,9 @@ pub struct Loaded {
     pub artifacts: Artifacts,
     users: FxHashMap<String, u32>,
     items: FxHashMap<String, u32>,
+    /// The items' ids and seen-filter keys by dense id, packed: a request reads a thousand of
+    /// them scattered over the catalogue.
+    ids: ItemIds,
     /// Channel lists computed for this version. Every channel is a pure function of the
     /// artifacts and the user's built history (what changes in real time — trending items,
     /// the seen filter — is applied after), so a list is exact for as long as its version is
@@ -103,11 +106,13 @@ impl Loaded {
             .enumerate()
             .map(|(i, it)| (it.id.clone(), i as u32))
             .collect();
+        let ids = ItemIds::new(artifacts.items.iter().map(|i| i.id.as_str()));
         Self {
             manifest,
             artifacts,
             users,
             items,
+            ids,
             lists: moka::sync::Cache::builder()
                 .max_capacity(LIST_CACHE_BYTES)
                 .weigher(|_, list: &List| {
@@ -121,6 +126,35 @@ impl Loaded {
     pub fn from_dir(root: &Path) -> Result<Self, BuildError> {
         let (manifest, artifacts) = build::load(root, None)?;
         Ok(Self::new(manifest, artifacts))
+    }
+}
+
+/// Item ids by dense id, back to back in one buffer, with each one's [`item_key`]. Reading an
+/// id from here touches two small arrays that stay in cache; reading it from the catalogue's
+/// `Item`s touches a large struct and then the id's own allocation, each a likely cache miss.
+struct ItemIds {
+    bytes: String,
+    /// Where each id ends in `bytes` (it starts where the one before ends).
+    ends: Vec<u32>,
+    keys: Vec<u64>,
+}
+
+impl ItemIds {
+    fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
+        let (mut bytes, mut ends, mut keys) = (String::new(), Vec::new(), Vec::new());
+        for id in ids {
+            bytes.push_str(id);
+            ends.push(u32::try_from(bytes.len()).expect("item ids under 4 GiB"));
+            keys.push(item_key(id));
+        }
+        Self { bytes, ends, keys }
+    }
+
+    /// The id and seen-filter key of dense item `i` (one the artifacts list).
+    fn get(&self, i: u32) -> (&str, u64) {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (&self.bytes[start..self.ends[i] as usize], self.keys[i])
     }
 }
 
@@ -530,18 +564,17 @@ impl<S: SeenStore> RecallService<S> {
         let merged = merge(&lists, |c| q.quotas.get(&c).copied().unwrap_or(0), all);
 
         let filter = self.seen_filter(&q.user_id).await;
-        let items = &loaded.artifacts.items;
         let mut filtered_seen = Vec::new();
         let mut candidates = Vec::with_capacity(q.n);
         for c in merged {
-            let id = &items[c.item as usize].id;
-            if filter.as_ref().is_some_and(|f| f.contains(item_key(id))) {
-                filtered_seen.push(id.clone());
+            let (id, key) = loaded.ids.get(c.item);
+            if filter.as_ref().is_some_and(|f| f.contains(key)) {
+                filtered_seen.push(id.to_string());
                 continue;
             }
             if candidates.len() < q.n {
                 candidates.push(Candidate {
-                    item_id: id.clone(),
+                    item_id: id.to_string(),
                     fused_score: c.fused,
                     sources: c
                         .sources
@@ -726,6 +759,15 @@ mod tests {
         assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 9, 1, 2]);
         assert!(out[0].1 > out[1].1 && out[1].1 > out[2].1, "{out:?}");
         assert_eq!(lead_with(&[], &built, &seen, 3), built);
+    }
+
+    #[test]
+    fn packed_item_ids_read_back_with_their_keys() {
+        let ids = ["0110912", "", "an-item-id-longer-than-sixteen-bytes", "7", "0110912"];
+        let packed = ItemIds::new(ids.iter().copied());
+        let read: Vec<(&str, u64)> = (0..ids.len() as u32).map(|i| packed.get(i)).collect();
+        let want: Vec<(&str, u64)> = ids.iter().map(|&id| (id, item_key(id))).collect();
+        assert_eq!(read, want);
     }
 
     #[test]
