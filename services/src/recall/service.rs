@@ -129,32 +129,56 @@ impl Loaded {
     }
 }
 
-/// Item ids by dense id, back to back in one buffer, with each one's [`item_key`]. Reading an
-/// id from here touches two small arrays that stay in cache; reading it from the catalogue's
-/// `Item`s touches a large struct and then the id's own allocation, each a likely cache miss.
+/// Item ids by dense id with each one's [`item_key`], one 32-byte entry per item: a request
+/// reads a thousand of them scattered over the catalogue, and each is one cache line read.
+/// (Reading an id from the catalogue's `Item`s touches a large struct and then the id's own
+/// allocation, each a likely cache miss.) Ids longer than 16 bytes are kept beside the entries.
 struct ItemIds {
-    bytes: String,
-    /// Where each id ends in `bytes` (it starts where the one before ends).
-    ends: Vec<u32>,
-    keys: Vec<u64>,
+    entries: Vec<IdEntry>,
+    long: String,
+}
+
+#[repr(align(32))]
+struct IdEntry {
+    key: u64,
+    len: u32,
+    /// Where a long id starts in `ItemIds::long`.
+    start: u32,
+    inline: [u8; 16],
 }
 
 impl ItemIds {
     fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
-        let (mut bytes, mut ends, mut keys) = (String::new(), Vec::new(), Vec::new());
+        let (mut entries, mut long) = (Vec::new(), String::new());
         for id in ids {
-            bytes.push_str(id);
-            ends.push(u32::try_from(bytes.len()).expect("item ids under 4 GiB"));
-            keys.push(item_key(id));
+            let mut entry = IdEntry {
+                key: item_key(id),
+                len: u32::try_from(id.len()).expect("an item id under 4 GiB"),
+                start: 0,
+                inline: [0; 16],
+            };
+            match entry.inline.get_mut(..id.len()) {
+                Some(inline) => inline.copy_from_slice(id.as_bytes()),
+                None => {
+                    entry.start = u32::try_from(long.len()).expect("long item ids under 4 GiB");
+                    long.push_str(id);
+                }
+            }
+            entries.push(entry);
         }
-        Self { bytes, ends, keys }
+        Self { entries, long }
     }
 
     /// The id and seen-filter key of dense item `i` (one the artifacts list).
     fn get(&self, i: u32) -> (&str, u64) {
-        let i = i as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        (&self.bytes[start..self.ends[i] as usize], self.keys[i])
+        let e = &self.entries[i as usize];
+        let len = e.len as usize;
+        let id = match e.inline.get(..len) {
+            // Copied from a `&str` whole, so it is UTF-8.
+            Some(inline) => std::str::from_utf8(inline).unwrap_or_default(),
+            None => &self.long[e.start as usize..e.start as usize + len],
+        };
+        (id, e.key)
     }
 }
 
@@ -763,7 +787,16 @@ mod tests {
 
     #[test]
     fn packed_item_ids_read_back_with_their_keys() {
-        let ids = ["0110912", "", "an-item-id-longer-than-sixteen-bytes", "7", "0110912"];
+        // Inline (up to 16 bytes, the boundary included) and kept beside (longer), mixed.
+        let ids = [
+            "0110912",
+            "",
+            "an-item-id-longer-than-sixteen-bytes",
+            "exactly-16-bytes",
+            "exactly-17-bytes!",
+            "7",
+            "0110912",
+        ];
         let packed = ItemIds::new(ids.iter().copied());
         let read: Vec<(&str, u64)> = (0..ids.len() as u32).map(|i| packed.get(i)).collect();
         let want: Vec<(&str, u64)> = ids.iter().map(|&id| (id, item_key(id))).collect();
