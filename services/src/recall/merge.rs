@@ -75,18 +75,26 @@ pub const RRF_K: f32 = 60.0;
 /// with every source, ranks by fused score (ties: more sources, then lower item id), and keeps
 /// `total`.
 pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usize) -> Vec<Candidate> {
-    let mut by_item: FxHashMap<u32, Candidate> = FxHashMap::default();
-    by_item.reserve(lists.iter().map(|l| l.items.len()).sum());
+    // Candidates in order of first appearance, found by item through a small index (the map's
+    // entries stay 8 bytes; the candidates are not moved out of it afterwards).
+    let most: usize = lists.iter().map(|l| l.items.len().min(quota(l.channel))).sum();
+    let mut at: FxHashMap<u32, u32> = FxHashMap::default();
+    at.reserve(most);
+    let mut merged: Vec<Candidate> = Vec::with_capacity(most);
     let mut ordered: Vec<&ChannelList> = lists.iter().collect();
     ordered.sort_by_key(|l| l.channel);
     for list in ordered {
         for (rank0, &(item, score)) in list.items.iter().take(quota(list.channel)).enumerate() {
             let rank = rank0 as u32 + 1;
-            let c = by_item.entry(item).or_insert_with(|| Candidate {
-                item,
-                sources: SmallVec::new(),
-                fused: 0.0,
+            let n = *at.entry(item).or_insert_with(|| {
+                merged.push(Candidate {
+                    item,
+                    sources: SmallVec::new(),
+                    fused: 0.0,
+                });
+                merged.len() as u32 - 1
             });
+            let c = &mut merged[n as usize];
             // A channel listing an item twice counts once, at its best rank.
             if c.sources.iter().any(|s| s.channel == list.channel) {
                 continue;
@@ -99,7 +107,6 @@ pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usi
             c.fused += 1.0 / (RRF_K + rank as f32);
         }
     }
-    let mut merged: Vec<Candidate> = by_item.into_values().collect();
     // A total order (ties end on the item id), so the unstable sort is deterministic.
     merged.sort_unstable_by(fused_order);
     merged.truncate(total);
