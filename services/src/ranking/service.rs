@@ -23,7 +23,7 @@ use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
 use super::features::{ItemRow, RowWriter};
 use super::model::{Device, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
-use crate::features::proto::UserFeatures;
+use crate::features::proto::{ItemFeatures, UserFeatures};
 use crate::ops::RpcMetrics;
 
 /// Generated gRPC types (`services/proto/ranking.proto`).
@@ -171,6 +171,17 @@ pub struct LoadedModel {
 /// compare its id. Looked up by the id's bytes.
 pub type ItemKey = SmallVec<[u8; 16]>;
 
+/// A model's item table: `rows`' item part of each of `items`, by id.
+pub fn item_table<'a>(
+    rows: &RowWriter,
+    items: impl IntoIterator<Item = &'a ItemFeatures>,
+) -> FxHashMap<ItemKey, ItemRow> {
+    items
+        .into_iter()
+        .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
+        .collect()
+}
+
 impl LoadedModel {
     /// The model's input rows for `user` and each of `item_ids`, in order (sparse and dense,
     /// row-major), and the ids not in the feature snapshot (brand-new items: they get neutral
@@ -240,10 +251,7 @@ pub fn load_models(
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let rows = model.card.features.rows().with_genres_of(items.items());
-        let items = items
-            .items()
-            .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
-            .collect();
+        let items = item_table(&rows, items.items());
         Ok(LoadedModel {
             batcher: Batcher::start(model, sources.batch.clone(), observer.clone()),
             rows,
@@ -361,7 +369,7 @@ impl Ranking for RankingService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::proto::{GenreShare, ItemFeatures};
+    use crate::features::proto::GenreShare;
     use crate::ranking::batcher::Scorer;
     use crate::ranking::features::FeatureSpec;
 
@@ -409,10 +417,7 @@ mod tests {
                 BatchConfig::default(),
                 Arc::new(()),
             ),
-            items: known
-                .iter()
-                .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
-                .collect(),
+            items: item_table(&rows, &known),
             rows,
         };
         let user = UserFeatures {
