@@ -4,7 +4,9 @@
 //! from `.venv`; run `scripts/setup` first).
 //!
 //! 1. Traces/s into each store, summary and full traces, straight `put` in batches and through
-//!    the writer (offer everything, then shut down: the time until the last trace is stored).
+//!    the writer (offer everything, then shut down: the time until the last trace is stored);
+//!    the embedded store with zstd and with plain JSON docs, interleaved, and the bytes each
+//!    trace takes in the file.
 //!    The Elasticsearch figures are the test server's ceiling (`osmem-server` is an in-memory
 //!    Go server, ~1K docs/s), not Elasticsearch's.
 //! 2. The queue bound: a writer whose store is unreachable, offered traces until it drops:
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use recstack_trace_store::elastic::{ElasticConfig, ElasticStore};
-use recstack_trace_store::embedded::EmbeddedStore;
+use recstack_trace_store::embedded::{DocEncoding, EmbeddedStore};
 use recstack_trace_store::sample;
 use recstack_trace_store::store::{TraceStore, now_ms};
 use recstack_trace_store::testkit::TestServer;
@@ -138,8 +140,8 @@ async fn main() {
     let mut es_config = ElasticConfig::new(server.url());
     es_config.timeout = Duration::from_secs(120);
 
-    println!("| store | traces | how | n | traces/s |");
-    println!("|---|---|---|---:|---:|");
+    println!("| store | traces | how | n | traces/s | bytes/trace |");
+    println!("|---|---|---|---:|---:|---:|");
     // (full?, n embedded, n elasticsearch, batch)
     for (full, n_embedded, n_es, batch) in [(false, 20_000u64, 2_000u64, 500usize), (true, 1_000, 100, 50)] {
         let kind = if full {
@@ -147,19 +149,30 @@ async fn main() {
         } else {
             "summary (20 items)"
         };
+        // The doc encodings side by side, interleaved, each into a fresh file.
+        let rounds = if full { 1 } else { 3 };
+        for round in 0..rounds {
+            for encoding in [DocEncoding::Zstd, DocEncoding::Json] {
+                let file = dir.path().join(format!("bench-{full}-{encoding:?}-{round}.sqlite"));
+                let store = EmbeddedStore::open(file).unwrap().with_doc_encoding(encoding);
+                let rate = put_rate(&store, &traces(full, n_embedded, 0), batch).await;
+                let per_trace = store.used_bytes().await.unwrap() / n_embedded;
+                println!(
+                    "| embedded (SQLite), {encoding:?} docs | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} | {per_trace} |"
+                );
+            }
+        }
         let embedded: Arc<dyn TraceStore> =
             Arc::new(EmbeddedStore::open(dir.path().join(format!("bench-{full}.sqlite"))).unwrap());
-        let rate = put_rate(&*embedded, &traces(full, n_embedded, 0), batch).await;
-        println!("| embedded (SQLite) | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} |");
         let (rate, _) = writer_rate(embedded, traces(full, n_embedded, 1_000_000)).await;
-        println!("| embedded (SQLite) | {kind} | through the writer | {n_embedded} | {rate:.0} |");
+        println!("| embedded (SQLite), Zstd docs | {kind} | through the writer | {n_embedded} | {rate:.0} | |");
 
         es_config.prefix = format!("bench-{full}");
         let es: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&es_config).unwrap());
         let rate = put_rate(&*es, &traces(full, n_es, 0), batch).await;
-        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} |");
+        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} | |");
         let (rate, _) = writer_rate(es, traces(full, n_es, 1_000_000)).await;
-        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} |");
+        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} | |");
     }
     drop(server);
 }

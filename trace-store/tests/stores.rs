@@ -530,3 +530,64 @@ async fn dropping_the_embedded_store_leaves_a_complete_file() {
     let (_, total) = all_pages(&again, SearchQuery::new()).await;
     assert_eq!(total, 50);
 }
+
+/// The embedded store writes each doc as a zstd frame (a fraction of the JSON's bytes) and reads
+/// docs of either encoding, so a file written with plain JSON stays readable after the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_docs_are_compressed_and_either_encoding_reads_back() {
+    use recstack_trace_store::embedded::DocEncoding;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.sqlite");
+    let now = now_ms();
+    let plain = traces(8, now);
+    let json_store = EmbeddedStore::open(&path).unwrap().with_doc_encoding(DocEncoding::Json);
+    put_all(&json_store, &plain).await;
+    drop(json_store);
+
+    // The default store on the same file: new docs compressed, old ones still read.
+    let store = EmbeddedStore::open(&path).unwrap();
+    let compressed: Vec<Trace> = (100..108)
+        .map(|i| {
+            let ts = now + i as i64 * 1_000;
+            if i % 4 == 0 {
+                sample::full_trace(i, ts)
+            } else {
+                sample::summary_trace(i, ts)
+            }
+        })
+        .collect();
+    put_all(&store, &compressed).await;
+    for t in plain.iter().chain(&compressed) {
+        let got = store.get(&t.request_id).await.unwrap().expect("stored trace");
+        assert_eq!(&got, t, "{}", t.request_id);
+    }
+    drop(store);
+
+    // What the rows hold: JSON for the first file's traces, zstd frames (smaller than a
+    // third of the JSON) for the rest.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let doc = |id: &str| -> Vec<u8> {
+        conn.query_row("SELECT doc FROM traces WHERE request_id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    };
+    for t in &plain {
+        assert_eq!(doc(&t.request_id), serde_json::to_vec(t).unwrap(), "{}", t.request_id);
+    }
+    for t in &compressed {
+        let (stored, json) = (doc(&t.request_id), serde_json::to_vec(t).unwrap());
+        assert_eq!(
+            &stored[..4],
+            &[0x28, 0xB5, 0x2F, 0xFD],
+            "{}: not a zstd frame",
+            t.request_id
+        );
+        assert!(
+            stored.len() * 3 < json.len(),
+            "{}: {} bytes stored for {} of JSON",
+            t.request_id,
+            stored.len(),
+            json.len()
+        );
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), json, "{}", t.request_id);
+    }
+}
