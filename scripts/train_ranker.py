@@ -8,6 +8,9 @@ reads), with AUC and NDCG@10 on the held-out users against a popularity baseline
 graph is `ServingDeepFM`: the trained weights folded into a form ONNX Runtime runs ~2x faster,
 checked to give the same scores on the holdout before it is written.
 
+The graph is also written in two parts (`split_ranker.py`): the first stage and the head; the
+card's `factored` section names them.
+
 Usage: python scripts/train_ranker.py --data DIR --out DIR [--epochs N] [--seed S]
 """
 
@@ -20,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from split_ranker import split_for_serving
 
 
 class DeepFM(nn.Module):
@@ -227,6 +232,7 @@ def main():
             "model": "DeepFM: 8-dim embeddings, FM + MLP 64-32-1, sigmoid output",
             "export": "serving form: one Gather and one Gemm in place of the field reductions",
         },
+        "factored": split_for_serving(args.out),
     }
     (args.out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size // 1024} KiB) and model.json")

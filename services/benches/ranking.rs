@@ -1,8 +1,11 @@
 //! Ranking benchmarks on the bundled data and model, printed as a Markdown table: the ranking
-//! gRPC service (feature assembly, queue, batching, gRPC on loopback) against calling the same
-//! ONNX session directly on the same rows, with batching on and off, at 1 and 16 concurrent
-//! requests of 500 candidates; and the service's feature assembly alone (its per-model item
-//! table) for 500 items scattered over the catalogue, as recall's candidates are.
+//! gRPC service (feature assembly, queue, batching, gRPC on loopback) against calling the
+//! whole graph's ONNX session directly on the same rows, with batching on and off, at 1 and 16
+//! concurrent requests of 500 candidates, with the model's first stage folded (the default)
+//! and as the whole graph; the head's session alone on prebuilt `pre` rows; a request's ranking
+//! work in process (rows, then the model) folded against whole, interleaved; and the service's
+//! feature assembly alone (its per-model item table) for 500 items scattered over the
+//! catalogue, as recall's candidates are.
 //!
 //! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv).
 
@@ -15,7 +18,7 @@ use recstack_services::dataset::{self, Dataset};
 use recstack_services::features::Snapshot;
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::RowWriter;
-use recstack_services::ranking::model::{Device, OnnxModel};
+use recstack_services::ranking::model::{Device, Graph, OnnxModel};
 use recstack_services::ranking::service::proto::RankRequest;
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
 use recstack_services::ranking::service::{ModelSources, item_table, load_models};
@@ -81,15 +84,30 @@ fn main() {
     }
     let direct_rps = REQUESTS as f64 / t.elapsed().as_secs_f64();
     let direct = Row {
-        name: "ONNX session, direct (rows prebuilt)".into(),
+        name: "ONNX session of the whole graph, direct (rows prebuilt)".into(),
         rps: direct_rps,
         lat,
     };
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut table = vec![direct];
-    for (batching, concurrency) in [(true, 1), (false, 1), (true, 16), (false, 16)] {
-        let row = runtime.block_on(service(snapshot.clone(), &model_path, batching, concurrency, &requests));
+    let (head, in_process) = runtime.block_on(folded_vs_whole(&snapshot, &model_path, &requests));
+    let mut table = vec![direct, head];
+    for (fold, batching, concurrency) in [
+        (true, true, 1),
+        (true, false, 1),
+        (true, true, 16),
+        (true, false, 16),
+        (false, true, 1),
+        (false, true, 16),
+    ] {
+        let row = runtime.block_on(service(
+            snapshot.clone(),
+            &model_path,
+            fold,
+            batching,
+            concurrency,
+            &requests,
+        ));
         table.push(row);
     }
 
@@ -98,6 +116,13 @@ fn main() {
         "feature assembly, the service's item table, {CANDIDATES} scattered items: {table_us:.1} µs per request \
          (best of 5 rounds); {by_name_us:.1} µs with genres compared by name ({:.2}×)\n",
         by_name_us / table_us
+    );
+    println!(
+        "a request's ranking work in process (rows, then the model through its batcher), best of 5 \
+         interleaved rounds: folded {:.0} µs, whole graph {:.0} µs ({:.2}×)\n",
+        in_process.0,
+        in_process.1,
+        in_process.1 / in_process.0
     );
     println!("| ranking, 500 candidates/request | req/s | rows/s | p50 ms | p99 ms | throughput vs direct |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -127,7 +152,12 @@ fn table_assembly(
     by_name: RowWriter,
     requests: &[RankRequest],
 ) -> (f64, f64) {
-    let mut set = load_models(&ModelSources::cpu(model.to_path_buf()), snapshot, Arc::new(())).expect("model");
+    // Feature rows as the whole graph reads them (a folded model's rows are `pre` values).
+    let sources = ModelSources {
+        fold: false,
+        ..ModelSources::cpu(model.to_path_buf())
+    };
+    let mut set = load_models(&sources, snapshot, Arc::new(())).expect("model");
     let by_name_items = item_table(&by_name, snapshot.items());
     let mut tables = [
         (set.primary.rows.clone(), std::mem::take(&mut set.primary.items)),
@@ -182,9 +212,58 @@ fn percentiles(lat: &[Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// The head's session alone on each request's prebuilt `pre` rows (a [`Row`]); and a request's
+/// ranking work in process — `LoadedModel::features`, then the model through its batcher — in
+/// µs, folded and whole graph: the best of five interleaved rounds.
+async fn folded_vs_whole(snapshot: &Snapshot, model: &Path, requests: &[RankRequest]) -> (Row, (f64, f64)) {
+    let sources = |fold| ModelSources {
+        fold,
+        ..ModelSources::cpu(model.to_path_buf())
+    };
+    let folded = load_models(&sources(true), snapshot, Arc::new(())).expect("folded model");
+    let whole = load_models(&sources(false), snapshot, Arc::new(())).expect("whole model");
+    let width = folded.primary.folded.as_ref().expect("a factored card").first.width();
+    let pre: Vec<Vec<f32>> = requests
+        .iter()
+        .map(|r| folded.primary.features(&r.user_id, r.user.as_ref(), &r.item_ids).1)
+        .collect();
+    let mut head = OnnxModel::load_graph(model, Graph::Head { width }, Device::Cpu, 1).expect("head");
+    for p in pre.iter().take(20) {
+        head.score(&[], p, CANDIDATES).expect("warm-up");
+    }
+    let t = Instant::now();
+    let mut lat = Vec::with_capacity(pre.len());
+    for p in &pre {
+        let t0 = Instant::now();
+        head.score(&[], p, CANDIDATES).expect("score");
+        lat.push(t0.elapsed());
+    }
+    let head_row = Row {
+        name: "ONNX session of the head, direct (`pre` rows prebuilt)".into(),
+        rps: pre.len() as f64 / t.elapsed().as_secs_f64(),
+        lat,
+    };
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..5 {
+        for (n, set) in [&folded, &whole].into_iter().enumerate() {
+            let m = &set.primary;
+            let t = Instant::now();
+            for r in requests {
+                let (s, d, _) = m.features(&r.user_id, r.user.as_ref(), &r.item_ids);
+                let scores = m.batcher.score(s, d, r.item_ids.len(), deadline).await.expect("score");
+                assert_eq!(scores.len(), CANDIDATES);
+            }
+            best[n] = best[n].min(t.elapsed().as_secs_f64() * 1e6 / requests.len() as f64);
+        }
+    }
+    (head_row, (best[0], best[1]))
+}
+
 async fn service(
     items: Arc<Snapshot>,
     model: &Path,
+    fold: bool,
     batching: bool,
     concurrency: usize,
     requests: &[RankRequest],
@@ -195,6 +274,7 @@ async fn service(
             max_batch: 4096,
             ..BatchConfig::default()
         },
+        fold,
         ..ModelSources::cpu(model.to_path_buf())
     };
     let svc = serve::ranking(items, sources, Duration::from_secs(3600), serve::Addrs::ephemeral())
@@ -232,7 +312,8 @@ async fn service(
     svc.stop().await.expect("stop");
     Row {
         name: format!(
-            "service, batching {}, {concurrency} concurrent",
+            "service, {}, batching {}, {concurrency} concurrent",
+            if fold { "first stage folded" } else { "whole graph" },
             if batching { "on" } else { "off" }
         ),
         rps,

@@ -272,6 +272,10 @@ struct ModelArgs {
     /// ONNX Runtime threads per model call.
     #[arg(long, default_value_t = 1)]
     intra_threads: usize,
+    /// Run the whole graph per request even when the model card splits it (for comparison;
+    /// by default a factored model's first stage is folded into tables at load time).
+    #[arg(long)]
+    no_fold: bool,
 }
 
 /// Where the gateway writes traces.
@@ -345,6 +349,7 @@ impl ModelArgs {
                 ..BatchConfig::default()
             },
             intra_threads: self.intra_threads,
+            fold: !self.no_fold,
         };
         if let Some(c) = config {
             let r = &c.ranking;

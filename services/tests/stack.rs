@@ -28,6 +28,17 @@ fn sources(model: PathBuf) -> ModelSources {
     ModelSources::cpu(model)
 }
 
+/// A copy of the bundled model's directory (the graph, its card and the card's parts) in `dir`;
+/// returns the copy's `model.onnx`.
+fn copy_bundled_model(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(bundled_model().parent().unwrap()).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, dir.join(from.file_name().unwrap())).unwrap();
+    }
+    dir.join("model.onnx")
+}
+
 /// The stack with the gateway calling the services over gRPC, as in a cluster.
 async fn start(config: GatewayConfig) -> LocalStack {
     start_with(config, false).await
@@ -441,13 +452,11 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
     // Two copies of the bundled model under their own versions.
     let dir = std::env::temp_dir().join(format!("recstack-models-{}", std::process::id()));
     let copy = |name: &str, version: &str| -> PathBuf {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::copy(bundled_model(), d.join("model.onnx")).unwrap();
+        let model = copy_bundled_model(&dir.join(name));
         let mut card = ModelCard::read(&bundled_model()).unwrap();
         card.version = version.into();
-        std::fs::write(d.join("model.json"), serde_json::to_vec(&card).unwrap()).unwrap();
-        d.join("model.onnx")
+        std::fs::write(model.with_extension("json"), serde_json::to_vec(&card).unwrap()).unwrap();
+        model
     };
     let primary = copy("primary", "deepfm-1");
     let canary = copy("canary", "deepfm-canary");
@@ -523,5 +532,96 @@ async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
     .err()
     .expect("a bad card stops the service from starting");
     assert!(e.to_string().contains("clicks_last_hour"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Ranks the same requests (held-out users, known and unknown items) with the bundled model's
+/// first stage folded into tables (the default) and with its whole graph: the scores agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_folded_first_stage_scores_as_the_whole_graph() {
+    use recstack_services::features::Snapshot;
+    use recstack_services::ranking::service::load_models;
+
+    let items = Snapshot::from_artifacts(artifacts());
+    let folded = load_models(&sources(bundled_model()), &items, Arc::new(())).unwrap();
+    let whole = load_models(
+        &ModelSources {
+            fold: false,
+            ..sources(bundled_model())
+        },
+        &items,
+        Arc::new(()),
+    )
+    .unwrap();
+    let (folded, whole) = (&folded.primary, &whole.primary);
+    let width = folded
+        .folded
+        .as_ref()
+        .expect("the bundled card is factored")
+        .first
+        .width();
+    assert!(whole.folded.is_none());
+    assert_eq!(folded.batcher.widths(), (0, width));
+
+    let mut item_ids: Vec<String> = artifacts().items.iter().take(300).map(|i| i.id.clone()).collect();
+    item_ids.extend(["brand-new-1", "brand-new-2"].map(String::from));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut spread = 0f32;
+    for (user, _) in held_out_users(8) {
+        let features = items.user(&user);
+        let (s, d, unknown) = folded.features(&user, features, &item_ids);
+        assert_eq!(unknown, ["brand-new-1", "brand-new-2"]);
+        assert!(s.is_empty());
+        assert_eq!(d.len(), item_ids.len() * width);
+        let got = folded.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
+        let (s, d, _) = whole.features(&user, features, &item_ids);
+        let want = whole.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
+        for (n, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-4, "{user}, {}: folded {a}, whole {b}", item_ids[n]);
+        }
+        let (lo, hi) = want.iter().fold((1f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        spread = spread.max(hi - lo);
+    }
+    // The scores differ between items (agreeing on a constant would prove nothing).
+    assert!(spread > 0.1, "scores spread only {spread}");
+}
+
+/// A card whose `first` graph is not linear in its inputs (here: the whole model, read at its
+/// score) is refused with a message saying so; a card naming a part that is not there, by path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factored_card_that_does_not_fold_is_refused() {
+    use recstack_services::features::Snapshot;
+    use recstack_services::ranking::service::load_models;
+
+    let items = Snapshot::from_artifacts(artifacts());
+    let dir = std::env::temp_dir().join(format!("recstack-nofold-{}", std::process::id()));
+    let model = copy_bundled_model(&dir);
+    let mut card = ModelCard::read(&model).unwrap();
+    let factored = card.factored.as_mut().unwrap();
+    factored.first = "model.onnx".into();
+    factored.pre = card.output.clone();
+    std::fs::write(model.with_extension("json"), serde_json::to_vec(&card).unwrap()).unwrap();
+    let e = load_models(&sources(model.clone()), &items, Arc::new(()))
+        .err()
+        .expect("a first stage that does not fold is refused");
+    assert!(e.to_string().contains("does not fold"), "{e}");
+
+    card.factored.as_mut().unwrap().first = "missing.first.onnx".into();
+    std::fs::write(model.with_extension("json"), serde_json::to_vec(&card).unwrap()).unwrap();
+    let e = load_models(&sources(model.clone()), &items, Arc::new(()))
+        .err()
+        .expect("a missing part is refused");
+    assert!(e.to_string().contains("missing.first.onnx"), "{e}");
+    // Without folding the whole graph serves, whatever the parts.
+    let whole = load_models(
+        &ModelSources {
+            fold: false,
+            ..sources(model)
+        },
+        &items,
+        Arc::new(()),
+    )
+    .unwrap();
+    assert!(whole.primary.folded.is_none());
     std::fs::remove_dir_all(&dir).ok();
 }

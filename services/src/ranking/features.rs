@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use super::folded::Side;
 use crate::features::proto::{ItemFeatures, UserFeatures};
 
 /// Categorical features: a stable hash of the value modulo the bucket count.
@@ -291,6 +292,23 @@ pub struct ItemRow {
     dense: SmallVec<[f32; DENSE.len()]>,
     /// The [`GenreBits`] bits of the item's genres, or-ed.
     genre_bits: u64,
+    /// The item's part of a folded first stage (empty unless the model is folded; see
+    /// [`super::folded`]).
+    pub folded: Box<[f32]>,
+}
+
+impl ItemRow {
+    /// The item's values of the per-item columns (0 in the others), sparse and dense.
+    pub fn parts(&self) -> (&[i64], &[f32]) {
+        (&self.sparse, &self.dense)
+    }
+}
+
+impl UserRow<'_> {
+    /// The user's values of the per-user columns (0 in the others), sparse and dense.
+    pub fn parts(&self) -> (&[i64], &[f32]) {
+        (&self.sparse, &self.dense)
+    }
 }
 
 impl RowWriter {
@@ -316,7 +334,24 @@ impl RowWriter {
             sparse,
             dense,
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
+            folded: Box::default(),
         }
+    }
+
+    /// Each column's [`Side`]: what its value depends on, in row order (sparse, dense).
+    pub fn sides(&self) -> (Vec<Side>, Vec<Side>) {
+        let side = |user: bool, item: bool| match (user, item) {
+            (true, false) => Side::User,
+            (false, true) => Side::Item,
+            _ => Side::Cross,
+        };
+        (
+            self.sparse
+                .iter()
+                .map(|(k, _)| side(k.per_user(), k.per_item()))
+                .collect(),
+            self.dense.iter().map(|k| side(k.per_user(), k.per_item())).collect(),
+        )
     }
 
     /// `row`'s values of the features the two tests select; 0 for the rest, which are filled

@@ -34,6 +34,33 @@ pub struct ModelCard {
     /// How it was trained (data, artifact version, epochs, library versions).
     #[serde(default)]
     pub training: BTreeMap<String, String>,
+    /// The graph split in two beside it, for serving with the first stage folded
+    /// (`scripts/split_ranker.py`, [`super::folded`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factored: Option<Factored>,
+}
+
+/// A model's graph in two parts, files beside `model.onnx`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Factored {
+    /// The model's inputs → `pre`: linear in the one-hot sparse ids and the dense values.
+    pub first: String,
+    /// `pre` → the model's output.
+    pub head: String,
+    /// The tensor between them (`[batch, H]` float32).
+    pub pre: String,
+}
+
+/// Which graph of a model to load: the whole one, or a part of a factored one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Graph {
+    Whole,
+    /// Inputs as the whole graph's; output the card's `factored.pre`.
+    First,
+    /// Input `factored.pre`, `width` values a row; output the card's.
+    Head {
+        width: usize,
+    },
 }
 
 /// Where the model runs.
@@ -168,17 +195,56 @@ pub fn card_path(model: &Path) -> PathBuf {
 pub struct OnnxModel {
     session: Session,
     pub card: ModelCard,
-    /// Values per row of each input.
+    /// The graph's inputs (no sparse one in a head) and the output read.
+    sparse_input: Option<String>,
+    dense_input: String,
+    output: String,
+    /// Values per row of each input (0 for an absent one).
     pub widths: (usize, usize),
 }
 
 impl OnnxModel {
     /// Loads `model.onnx` and its card, and scores one row to prove the two agree.
     pub fn load(model: &Path, device: Device, intra_threads: usize) -> Result<Self, ModelError> {
+        Self::load_graph(model, Graph::Whole, device, intra_threads)
+    }
+
+    /// Loads one graph of the model at `model` (`model.onnx`, its card beside it): the whole
+    /// graph, or a part the card's `factored` section names. Runs one all-zero row to prove the
+    /// graph and the card agree.
+    pub fn load_graph(model: &Path, graph: Graph, device: Device, intra_threads: usize) -> Result<Self, ModelError> {
         let card = ModelCard::read(model)?;
-        let env = environment()?;
         let load_err = |message: String| ModelError::Load {
             path: model.to_path_buf(),
+            message,
+        };
+        let (file, sparse_input, dense_input, output, widths) = match (graph, &card.factored) {
+            (Graph::Whole, _) => (
+                model.to_path_buf(),
+                Some(card.sparse_input.clone()),
+                card.dense_input.clone(),
+                card.output.clone(),
+                (card.features.sparse.len(), card.features.dense.len()),
+            ),
+            (_, None) => return Err(load_err("the card has no `factored` section".into())),
+            (Graph::First, Some(f)) => (
+                model.with_file_name(&f.first),
+                Some(card.sparse_input.clone()),
+                card.dense_input.clone(),
+                f.pre.clone(),
+                (card.features.sparse.len(), card.features.dense.len()),
+            ),
+            (Graph::Head { width }, Some(f)) => (
+                model.with_file_name(&f.head),
+                None,
+                f.pre.clone(),
+                card.output.clone(),
+                (0, width),
+            ),
+        };
+        let env = environment()?;
+        let load_err = |message: String| ModelError::Load {
+            path: file.clone(),
             message,
         };
         let mut builder = Session::builder(env)
@@ -192,25 +258,30 @@ impl OnnxModel {
                 .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
                 .map_err(|e| load_err(format!("CUDA execution provider on GPU {id}: {e}")))?;
         }
-        let session = builder.commit_from_file(model).map_err(|e| load_err(e.to_string()))?;
-        for name in [&card.sparse_input, &card.dense_input] {
+        let session = builder.commit_from_file(&file).map_err(|e| load_err(e.to_string()))?;
+        for name in sparse_input.iter().chain([&dense_input]) {
             if !session.inputs().iter().any(|i| i.name() == name) {
                 return Err(load_err(format!(
                     "the card's input `{name}` is not an input of the graph"
                 )));
             }
         }
-        if !session.outputs().iter().any(|o| o.name() == card.output) {
+        if !session.outputs().iter().any(|o| o.name() == output) {
             return Err(load_err(format!(
-                "the card's output `{}` is not an output of the graph",
-                card.output
+                "the card's output `{output}` is not an output of the graph"
             )));
         }
-        let widths = (card.features.sparse.len(), card.features.dense.len());
-        let mut model = Self { session, card, widths };
-        let probe = model.score(&vec![0; widths.0], &vec![0.0; widths.1], 1)?;
-        if probe.len() != 1 || !probe[0].is_finite() {
-            return Err(load_err(format!("a probe row scored {probe:?}")));
+        let mut model = Self {
+            session,
+            card,
+            sparse_input,
+            dense_input,
+            output,
+            widths,
+        };
+        let probe = model.run(&vec![0; widths.0], &vec![0.0; widths.1], 1)?;
+        if probe.is_empty() || (graph != Graph::First && probe.len() != 1) || !probe.iter().all(|v| v.is_finite()) {
+            return Err(load_err(format!("a probe row gave {probe:?}")));
         }
         Ok(model)
     }
@@ -221,6 +292,19 @@ impl OnnxModel {
 
     /// Scores `rows` rows (row-major inputs); one score per row.
     pub fn score(&mut self, sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        let scores = self.run(sparse, dense, rows)?;
+        if scores.len() != rows {
+            return Err(ModelError::Run {
+                version: self.card.version.clone(),
+                message: format!("{rows} rows in, {} scores out", scores.len()),
+            });
+        }
+        Ok(scores)
+    }
+
+    /// Runs the graph on `rows` rows (row-major inputs): the output's values, row-major (one a
+    /// row for a score, `H` a row for a first stage's `pre`).
+    pub fn run(&mut self, sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
         let run_err = |message: String| ModelError::Run {
             version: self.card.version.clone(),
             message,
@@ -237,34 +321,32 @@ impl OnnxModel {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let sparse_t =
-            TensorRef::from_array_view(([rows, self.widths.0], sparse)).map_err(|e| run_err(e.to_string()))?;
         let dense_t = TensorRef::from_array_view(([rows, self.widths.1], dense)).map_err(|e| run_err(e.to_string()))?;
-        let (sparse_name, dense_name, output) = (
-            self.card.sparse_input.clone(),
-            self.card.dense_input.clone(),
-            self.card.output.clone(),
-        );
-        let version = self.card.version.clone();
-        let outputs = self
-            .session
-            .run(ort::inputs![sparse_name => sparse_t, dense_name => dense_t])
-            .map_err(|e| ModelError::Run {
-                version: version.clone(),
-                message: e.to_string(),
-            })?;
-        let (_, scores) = outputs[output.as_str()]
+        let inputs = match &self.sparse_input {
+            Some(sparse_name) => {
+                let sparse_t =
+                    TensorRef::from_array_view(([rows, self.widths.0], sparse)).map_err(|e| run_err(e.to_string()))?;
+                ort::inputs![sparse_name.as_str() => sparse_t, self.dense_input.as_str() => dense_t]
+            }
+            None => ort::inputs![self.dense_input.as_str() => dense_t],
+        };
+        let version = &self.card.version;
+        let outputs = self.session.run(inputs).map_err(|e| ModelError::Run {
+            version: version.clone(),
+            message: e.to_string(),
+        })?;
+        let (_, values) = outputs[self.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| ModelError::Run {
                 version: version.clone(),
                 message: e.to_string(),
             })?;
-        if scores.len() != rows {
+        if values.len() % rows != 0 {
             return Err(ModelError::Run {
-                version,
-                message: format!("{rows} rows in, {} scores out", scores.len()),
+                version: version.clone(),
+                message: format!("{rows} rows in, {} values out", values.len()),
             });
         }
-        Ok(scores.to_vec())
+        Ok(values.to_vec())
     }
 }

@@ -20,8 +20,9 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
-use super::features::{ItemRow, RowWriter};
-use super::model::{Device, ModelError, OnnxModel, card_path};
+use super::features::{ItemRow, RowWriter, UserRow};
+use super::folded::{FoldedFirst, Side};
+use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
 use crate::features::proto::{ItemFeatures, UserFeatures};
 use crate::ops::RpcMetrics;
@@ -141,6 +142,10 @@ pub struct ModelSources {
     pub batch: BatchConfig,
     /// ONNX Runtime threads per model call.
     pub intra_threads: usize,
+    /// Fold a factored model's first stage into tables and run only its head per request
+    /// ([`super::folded`]); off, or for a model without a `factored` card section, the whole
+    /// graph runs.
+    pub fold: bool,
 }
 
 impl ModelSources {
@@ -153,6 +158,7 @@ impl ModelSources {
             device: Device::Cpu,
             batch: BatchConfig::default(),
             intra_threads: 1,
+            fold: true,
         }
     }
 }
@@ -164,6 +170,87 @@ pub struct LoadedModel {
     /// The item part of this model's rows for every item of the service's feature snapshot
     /// (the snapshot is fixed for the service's life), computed when the model loads.
     pub items: FxHashMap<ItemKey, ItemRow>,
+    /// The model's first stage folded into tables: the batcher runs the head on `pre` rows.
+    /// `None`: it runs the whole graph on feature rows.
+    pub folded: Option<Folded>,
+}
+
+/// A factored model's first stage as tables, and what each of its columns depends on.
+pub struct Folded {
+    pub first: FoldedFirst,
+    sides: (Vec<Side>, Vec<Side>),
+    /// The columns (sparse, dense) whose [`Side`] is `Cross`: added per row.
+    cross: (Vec<usize>, Vec<usize>),
+}
+
+/// How close folded values must come to the graph's: relative to the largest `pre` value, and
+/// absolute for scores. Reordered float sums differ by ~1e-6; a first stage that is not linear
+/// in its inputs misses by orders of magnitude more.
+const FOLD_TOLERANCE: f32 = 1e-4;
+/// Random rows the fold is checked on when a model loads.
+const FOLD_CHECK_ROWS: usize = 256;
+
+/// Loads a factored model's first stage and head, folds the first stage into tables, adds each
+/// item's part to `items`, and checks on random rows that the folded values are the first
+/// stage's and that the head on them gives `whole`'s scores. Returns the head (what the batcher
+/// runs) and the tables.
+fn fold(
+    path: &Path,
+    mut whole: OnnxModel,
+    rows: &RowWriter,
+    items: &mut FxHashMap<ItemKey, ItemRow>,
+    sources: &ModelSources,
+) -> Result<(OnnxModel, Folded), ModelError> {
+    let refuse = |message: String| ModelError::Load {
+        path: path.to_path_buf(),
+        message,
+    };
+    // The first stage runs only here, once: on the CPU whatever the serving device.
+    let mut first = OnnxModel::load_graph(path, Graph::First, Device::Cpu, sources.intra_threads)?;
+    let buckets: Vec<u32> = whole.card.features.sparse.iter().map(|f| f.buckets).collect();
+    let stage = FoldedFirst::build(&buckets, whole.widths.1, |s, d, n| {
+        first.run(s, d, n).map_err(|e| e.to_string())
+    })
+    .map_err(|e| refuse(format!("folding the first stage: {e}")))?;
+    let (sparse, dense) = stage.sample_rows(FOLD_CHECK_ROWS, 0x5eed);
+    let direct = first.run(&sparse, &dense, FOLD_CHECK_ROWS)?;
+    let off = stage.mismatch(&sparse, &dense, FOLD_CHECK_ROWS, &direct);
+    if off.is_nan() || off > FOLD_TOLERANCE {
+        return Err(refuse(format!(
+            "the first stage does not fold: on random rows the folded values differ from the \
+             graph's by {off:.2e} of the largest (is it linear in its inputs?)"
+        )));
+    }
+    let mut head = OnnxModel::load_graph(
+        path,
+        Graph::Head { width: stage.width() },
+        sources.device,
+        sources.intra_threads,
+    )?;
+    let want = whole.score(&sparse, &dense, FOLD_CHECK_ROWS)?;
+    let got = head.score(&[], &stage.project(&sparse, &dense, FOLD_CHECK_ROWS), FOLD_CHECK_ROWS)?;
+    let off = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if off.is_nan() || off > FOLD_TOLERANCE {
+        return Err(refuse(format!(
+            "the head on folded values scores random rows {off:.2e} away from the whole graph"
+        )));
+    }
+    let sides = rows.sides();
+    for item in items.values_mut() {
+        let mut part = vec![0.0; stage.width()];
+        stage.add_columns(&mut part, item.parts(), (&sides.0, &sides.1), |s| s == Side::Item);
+        item.folded = part.into();
+    }
+    let cross_of = |sides: &[Side]| (0..sides.len()).filter(|&c| sides[c] == Side::Cross).collect();
+    let cross = (cross_of(&sides.0), cross_of(&sides.1));
+    Ok((
+        head,
+        Folded {
+            first: stage,
+            sides,
+            cross,
+        },
+    ))
 }
 
 /// An item id as the key of a model's item table: ids of up to 16 bytes (all of the bundled
@@ -193,6 +280,9 @@ impl LoadedModel {
         item_ids: &[String],
     ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
         let user = self.rows.user(user_id, user);
+        if let Some(folded) = &self.folded {
+            return self.folded_rows(folded, &user, item_ids);
+        }
         let (sparse_width, dense_width) = self.batcher.widths();
         let mut sparse = Vec::with_capacity(item_ids.len() * sparse_width);
         let mut dense = Vec::with_capacity(item_ids.len() * dense_width);
@@ -207,6 +297,46 @@ impl LoadedModel {
             }
         }
         (sparse, dense, unknown_items)
+    }
+
+    /// [`LoadedModel::features`] for a folded model: one `pre` row per item (as the dense
+    /// input; no sparse one) — the user's part once, the item's precomputed part, and the
+    /// columns that cross them.
+    fn folded_rows(&self, f: &Folded, user: &UserRow, item_ids: &[String]) -> (Vec<i64>, Vec<f32>, Vec<String>) {
+        let sides = (&f.sides.0[..], &f.sides.1[..]);
+        let mut user_part = f.first.base().to_vec();
+        f.first
+            .add_columns(&mut user_part, user.parts(), sides, |s| s == Side::User);
+        let mut pre = Vec::with_capacity(item_ids.len() * f.first.width());
+        let mut unknown_items = Vec::new();
+        // One row's feature values at a time.
+        let (mut sparse, mut dense) = (Vec::new(), Vec::new());
+        for id in item_ids {
+            sparse.clear();
+            dense.clear();
+            let start = pre.len();
+            match self.items.get(id.as_bytes()) {
+                Some(item) => {
+                    pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
+                    self.rows.push_item(user, item, &mut sparse, &mut dense);
+                    let row = &mut pre[start..];
+                    for &col in &f.cross.0 {
+                        f.first.add_sparse(row, col, sparse[col]);
+                    }
+                    for &col in &f.cross.1 {
+                        f.first.add_dense(row, col, dense[col]);
+                    }
+                }
+                None => {
+                    unknown_items.push(id.clone());
+                    pre.extend_from_slice(&user_part);
+                    self.rows.push(user, id, None, &mut sparse, &mut dense);
+                    f.first
+                        .add_columns(&mut pre[start..], (&sparse, &dense), sides, |s| s != Side::User);
+                }
+            }
+        }
+        (Vec::new(), pre, unknown_items)
     }
 }
 
@@ -251,11 +381,18 @@ pub fn load_models(
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let rows = model.card.features.rows().with_genres_of(items.items());
-        let items = item_table(&rows, items.items());
+        let mut items = item_table(&rows, items.items());
+        let (scorer, folded) = if sources.fold && model.card.factored.is_some() {
+            let (head, folded) = fold(path, model, &rows, &mut items, sources)?;
+            (head, Some(folded))
+        } else {
+            (model, None)
+        };
         Ok(LoadedModel {
-            batcher: Batcher::start(model, sources.batch.clone(), observer.clone()),
+            batcher: Batcher::start(scorer, sources.batch.clone(), observer.clone()),
             rows,
             items,
+            folded,
         })
     };
     let primary = load(&sources.primary)?;
@@ -419,6 +556,7 @@ mod tests {
             ),
             items: item_table(&rows, &known),
             rows,
+            folded: None,
         };
         let user = UserFeatures {
             user_id: "u1".into(),
