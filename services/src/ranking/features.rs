@@ -279,6 +279,9 @@ pub struct UserRow<'a> {
     genre_bits: Vec<u64>,
 }
 
+/// `pre` values a folded item part holds inline (more spill to the heap).
+pub const FOLDED_INLINE: usize = 80;
+
 /// One item's part of every row: the features that depend on the item only, computed once
 /// per (model, item) — the ranking service keeps one for every item it knows — and the item's
 /// features for those that cross user and item.
@@ -293,8 +296,9 @@ pub struct ItemRow {
     /// The [`GenreBits`] bits of the item's genres, or-ed.
     genre_bits: u64,
     /// The item's part of a folded first stage (empty unless the model is folded; see
-    /// [`super::folded`]).
-    pub folded: Box<[f32]>,
+    /// [`super::folded`]). Inline, like the parts above, for `pre` widths up to
+    /// [`FOLDED_INLINE`] (the bundled model's is 73): a request adds 500 of them, scattered.
+    pub folded: SmallVec<[f32; FOLDED_INLINE]>,
 }
 
 impl ItemRow {
@@ -334,7 +338,7 @@ impl RowWriter {
             sparse,
             dense,
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
-            folded: Box::default(),
+            folded: SmallVec::new(),
         }
     }
 
