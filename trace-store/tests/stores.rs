@@ -38,7 +38,12 @@ fn elastic(prefix: &str) -> Arc<dyn TraceStore> {
 
 /// `n` traces, one a second from `start`, a mix of summary and full.
 fn traces(n: u64, start: i64) -> Vec<Trace> {
-    (1..=n)
+    traces_from(1, n, start)
+}
+
+/// `n` traces numbered from `first`, trace `i` at `start + i` seconds, a mix of summary and full.
+fn traces_from(first: u64, n: u64, start: i64) -> Vec<Trace> {
+    (first..first + n)
         .map(|i| {
             let ts = start + i as i64 * 1_000;
             if i % 4 == 0 {
@@ -546,16 +551,7 @@ async fn embedded_docs_are_compressed_and_either_encoding_reads_back() {
 
     // The default store on the same file: new docs compressed, old ones still read.
     let store = EmbeddedStore::open(&path).unwrap();
-    let compressed: Vec<Trace> = (100..108)
-        .map(|i| {
-            let ts = now + i as i64 * 1_000;
-            if i % 4 == 0 {
-                sample::full_trace(i, ts)
-            } else {
-                sample::summary_trace(i, ts)
-            }
-        })
-        .collect();
+    let compressed = traces_from(100, 8, now);
     put_all(&store, &compressed).await;
     for t in plain.iter().chain(&compressed) {
         let got = store.get(&t.request_id).await.unwrap().expect("stored trace");
