@@ -353,7 +353,11 @@ pub async fn ranking(
                 message: format!("model loader: {e}"),
             })??
     };
-    tracing::info!(version = set.primary.batcher.version(), "ranking: model loaded");
+    tracing::info!(
+        version = set.primary.batcher.version(),
+        first_stage_folded = set.primary.folded.is_some(),
+        "ranking: model loaded"
+    );
     let models = Arc::new(ArcSwap::from_pointee(set));
     let watcher = tokio::spawn(watch_models(
         models.clone(),
