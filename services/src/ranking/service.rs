@@ -322,6 +322,8 @@ impl LoadedModel {
             let start = pre.len();
             match found {
                 Some(item) => {
+                    // `fold` gave every item of the table its part.
+                    debug_assert_eq!(item.folded.len(), user_part.len());
                     pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
                     self.rows.push_item(user, item, &mut sparse, &mut dense);
                     let row = &mut pre[start..];
@@ -367,10 +369,19 @@ impl ModelSet {
 
 fn signature(sources: &ModelSources) -> Vec<u8> {
     let mut sig = Vec::new();
+    let modified = |file: &Path| std::fs::metadata(file).and_then(|m| m.modified()).ok();
     for model in std::iter::once(&sources.primary).chain(&sources.canary) {
-        sig.extend(std::fs::read(card_path(model)).unwrap_or_default());
-        let modified = std::fs::metadata(model).and_then(|m| m.modified()).ok();
-        sig.extend(format!("{modified:?}").into_bytes());
+        let card = std::fs::read(card_path(model)).unwrap_or_default();
+        // A factored card's parts count too: replacing only the head is a new model.
+        let parts = serde_json::from_slice::<super::model::ModelCard>(&card)
+            .ok()
+            .and_then(|c| c.factored)
+            .map(|f| [f.first, f.head]);
+        sig.extend(format!("{:?}", modified(model)).into_bytes());
+        for part in parts.iter().flatten() {
+            sig.extend(format!("{part}:{:?}", modified(&model.with_file_name(part))).into_bytes());
+        }
+        sig.extend(card);
     }
     sig
 }
@@ -592,5 +603,33 @@ mod tests {
         // Different items make different rows (the test would pass on any constant otherwise).
         let row = |n: usize| &sparse[n * spec.sparse.len()..(n + 1) * spec.sparse.len()];
         assert_ne!(row(2), row(3));
+    }
+
+    /// A new head (or first stage) beside an unchanged `model.onnx` and card is a new model:
+    /// the watcher reloads on a change of the signature.
+    #[test]
+    fn the_signature_follows_a_factored_card_parts() {
+        let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deepfm");
+        let dir = tempfile::tempdir().unwrap();
+        let card: crate::ranking::model::ModelCard =
+            serde_json::from_slice(&std::fs::read(bundled.join("model.json")).unwrap()).unwrap();
+        let parts = card.factored.expect("the bundled card is factored");
+        std::fs::copy(bundled.join("model.json"), dir.path().join("model.json")).unwrap();
+        let time = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        for name in ["model.onnx", &parts.first, &parts.head] {
+            std::fs::File::create(dir.path().join(name))
+                .unwrap()
+                .set_modified(time(1_000))
+                .unwrap();
+        }
+        let sources = ModelSources::cpu(dir.path().join("model.onnx"));
+        let before = signature(&sources);
+        assert_eq!(signature(&sources), before, "nothing changed");
+        let head = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(&parts.head))
+            .unwrap();
+        head.set_modified(time(2_000)).unwrap();
+        assert_ne!(signature(&sources), before, "the head changed");
     }
 }
