@@ -5,11 +5,15 @@
 //! aggregates answer the same queries as Elasticsearch without a hand-written index. One file,
 //! its tables open in the `sqlite3` shell when debugging (the docs are compressed, below).
 //!
-//! Layout: `traces` holds one row per request (the searchable fields, a JSON summary for result
-//! lists and the whole trace, compressed); `served`, `channel_hits` and `stage_latency` hold the
-//! per-item and per-stage rows that item search and the aggregates need. A batch is one
-//! transaction. A trace written twice (a retried batch) replaces the first, as in
-//! Elasticsearch.
+//! Layout: `traces` holds one row per request: the searchable fields, a JSON summary for result
+//! lists, three small JSON values the item index and the aggregates read (the served item ids
+//! in order, items served per channel, each stage's latency; SQLite's `json_each` opens them in
+//! a query), and the whole trace, compressed. `served` is the item index: one `(item, trace)`
+//! key per served item, the trace by its integer row id. A summary trace is so ~25 B-tree
+//! inserts (its row, three indexes, one key per served item) where the first layout took ~50
+//! (child tables for channels and stages, and served items stored twice, keyed by request-id
+//! text); the writer's time goes mostly to those inserts. A batch is one transaction. A trace
+//! written twice (a retried batch) replaces the first, as in Elasticsearch.
 //!
 //! The whole-trace `doc` is a zstd frame of the JSON (see [`DocEncoding`]): a summary trace's
 //! ~7 KB of JSON is ~1.6 KB compressed, so the writer moves a quarter of the bytes through
@@ -32,37 +36,32 @@ use crate::Trace;
 use crate::query::{self, AggregateQuery, Aggregates, Page, SearchQuery, TraceSummary};
 use crate::store::{PutOutcome, StoreError, TraceStore};
 
+/// The layout this build writes, in `PRAGMA user_version`. Version 1 (user_version 0, the
+/// first layout) kept channel and stage rows in tables of their own and two B-trees of served
+/// items keyed by request id; [`migrate_v1`] converts such a file when it is opened.
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS traces (
-    request_id    TEXT PRIMARY KEY,
+    id            INTEGER PRIMARY KEY,
+    request_id    TEXT NOT NULL UNIQUE,
     ts            INTEGER NOT NULL,
     user_id       TEXT NOT NULL,
     level         TEXT NOT NULL,
     model_version TEXT,
     bucket        INTEGER NOT NULL,
     summary       TEXT NOT NULL,
+    items         TEXT NOT NULL,
+    channels      TEXT NOT NULL,
+    stages        TEXT NOT NULL,
     doc           BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_time ON traces (ts, request_id);
 CREATE INDEX IF NOT EXISTS traces_user ON traces (user_id, ts);
 CREATE TABLE IF NOT EXISTS served (
-    request_id TEXT NOT NULL,
-    position   INTEGER NOT NULL,
-    item_id    TEXT NOT NULL,
-    PRIMARY KEY (request_id, position)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS served_item ON served (item_id);
-CREATE TABLE IF NOT EXISTS channel_hits (
-    request_id TEXT NOT NULL,
-    channel    TEXT NOT NULL,
-    items      INTEGER NOT NULL,
-    PRIMARY KEY (request_id, channel)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stage_latency (
-    request_id TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    latency_us INTEGER NOT NULL,
-    PRIMARY KEY (request_id, name)
+    item_id TEXT NOT NULL,
+    trace   INTEGER NOT NULL,
+    PRIMARY KEY (item_id, trace)
 ) WITHOUT ROWID;
 ";
 
@@ -122,6 +121,69 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Creates the tables of a new file, converts a file of the first layout, and refuses one
+/// written by a newer build (its layout is unknown here).
+fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if version > SCHEMA_VERSION {
+        return Err(unavailable(format!(
+            "the trace store's layout is version {version}, newer than this build's ({SCHEMA_VERSION})"
+        )));
+    }
+    let tx = conn.transaction().map_err(unavailable)?;
+    if version < SCHEMA_VERSION {
+        let first_layout = tx
+            .query_row(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'channel_hits'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .is_some();
+        if first_layout {
+            migrate_v1(&tx)?;
+        } else {
+            tx.execute_batch(SCHEMA).map_err(unavailable)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(unavailable)?;
+    }
+    tx.commit().map_err(unavailable)
+}
+
+/// Converts the first layout (user_version 0) in place, in the caller's transaction: each
+/// trace's child rows become its JSON columns, the served rows its item-index keys. Reads
+/// nothing but SQL; the docs are copied as they are.
+fn migrate_v1(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    tracing::info!("trace store: converting the first table layout to version {SCHEMA_VERSION}");
+    // The old indexes move with a renamed table under their names; drop them first so the new
+    // schema can take the names.
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS traces_time; DROP INDEX IF EXISTS traces_user; DROP INDEX IF EXISTS served_item;
+         ALTER TABLE traces RENAME TO traces_v1;
+         ALTER TABLE served RENAME TO served_v1;",
+    )
+    .map_err(unavailable)?;
+    tx.execute_batch(SCHEMA).map_err(unavailable)?;
+    tx.execute_batch(
+        "INSERT INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, items, channels, stages, doc)
+         SELECT t.request_id, t.ts, t.user_id, t.level, t.model_version, t.bucket, t.summary,
+             (SELECT json_group_array(item_id) FROM
+                 (SELECT item_id FROM served_v1 s WHERE s.request_id = t.request_id ORDER BY position)),
+             (SELECT json_group_object(channel, items) FROM channel_hits c WHERE c.request_id = t.request_id),
+             (SELECT json_group_object(name, latency_us) FROM stage_latency s WHERE s.request_id = t.request_id),
+             t.doc
+         FROM traces_v1 t ORDER BY t.ts, t.request_id;
+         INSERT OR IGNORE INTO served (item_id, trace)
+             SELECT s.item_id, t.id FROM served_v1 s JOIN traces t ON t.request_id = s.request_id;
+         DROP TABLE traces_v1; DROP TABLE served_v1; DROP TABLE channel_hits; DROP TABLE stage_latency;",
+    )
+    .map_err(unavailable)
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the store file at `path`; its directory is created too.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -129,8 +191,11 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
-        let writer = open(&path)?;
-        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        let mut writer = open(&path)?;
+        prepare_schema(&mut writer).map_err(|e| match e {
+            StoreError::Unavailable(m) => unavailable(format!("{}: {m}", path.display())),
+            e => e,
+        })?;
         let reader = open(&path)?;
         Ok(Self {
             path,
@@ -279,6 +344,47 @@ fn run_when_idle() {
     }
 }
 
+/// A trace's JSON columns: its served item ids in order, items served per channel, and the
+/// latency of each stage in µs (a stage named twice: the last).
+fn index_columns(t: &Trace) -> Result<[String; 3], serde_json::Error> {
+    use std::collections::BTreeMap;
+    let items: Vec<&str> = t.items.iter().map(|i| i.item_id.as_str()).collect();
+    let mut channels: BTreeMap<&str, u32> = BTreeMap::new();
+    for item in &t.items {
+        for ch in query::item_channels(item) {
+            *channels.entry(ch).or_default() += 1;
+        }
+    }
+    let stages: BTreeMap<&str, i64> = t
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.latency_us.min(i64::MAX as u64) as i64))
+        .collect();
+    Ok([
+        serde_json::to_string(&items)?,
+        serde_json::to_string(&channels)?,
+        serde_json::to_string(&stages)?,
+    ])
+}
+
+/// Deletes one trace's row and its item-index keys (`items`: its `items` column).
+fn remove_trace(tx: &rusqlite::Transaction, id: i64, items: &str) -> Result<(), StoreError> {
+    let items: Vec<String> = serde_json::from_str(items).map_err(|e| StoreError::Corrupt {
+        request_id: format!("row {id}"),
+        message: format!("items: {e}"),
+    })?;
+    let mut unserve = tx
+        .prepare_cached("DELETE FROM served WHERE item_id = ?1 AND trace = ?2")
+        .map_err(unavailable)?;
+    for item in &items {
+        unserve.execute(params![item, id]).map_err(unavailable)?;
+    }
+    tx.prepare_cached("DELETE FROM traces WHERE id = ?1")
+        .and_then(|mut s| s.execute([id]))
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 fn put_batch(conn: &mut Connection, traces: &[Trace], encoding: DocEncoding) -> Result<PutOutcome, StoreError> {
     let mut outcome = PutOutcome::default();
     // One compression context for the batch (creating one costs more than a small frame).
@@ -289,42 +395,33 @@ fn put_batch(conn: &mut Connection, traces: &[Trace], encoding: DocEncoding) -> 
     let tx = conn.transaction().map_err(unavailable)?;
     {
         // A new request id (the usual case) is one insert; a trace written again (a retried
-        // batch) replaces the row and its child rows.
-        const ROW: &str = "INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, doc)
-                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-        let mut new_row = tx
-            .prepare_cached(&format!("INSERT {ROW} ON CONFLICT (request_id) DO NOTHING"))
+        // batch) replaces the first: its row and keys go, and it is inserted as new.
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, items, channels,
+                                     stages, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (request_id) DO NOTHING RETURNING id",
+            )
             .map_err(unavailable)?;
-        let mut replace_row = tx
-            .prepare_cached(&format!("INSERT OR REPLACE {ROW}"))
+        let mut existing = tx
+            .prepare_cached("SELECT id, items FROM traces WHERE request_id = ?1")
             .map_err(unavailable)?;
-        let mut clear = Vec::new();
-        for table in ["served", "channel_hits", "stage_latency"] {
-            clear.push(
-                tx.prepare_cached(&format!("DELETE FROM {table} WHERE request_id = ?1"))
-                    .map_err(unavailable)?,
-            );
-        }
-        let mut served = tx
-            .prepare_cached("INSERT INTO served (request_id, position, item_id) VALUES (?1, ?2, ?3)")
-            .map_err(unavailable)?;
-        let mut channel = tx
-            .prepare_cached("INSERT INTO channel_hits (request_id, channel, items) VALUES (?1, ?2, ?3)")
-            .map_err(unavailable)?;
-        let mut stage = tx
-            .prepare_cached("INSERT OR REPLACE INTO stage_latency (request_id, name, latency_us) VALUES (?1, ?2, ?3)")
+        let mut serve = tx
+            .prepare_cached("INSERT OR IGNORE INTO served (item_id, trace) VALUES (?1, ?2)")
             .map_err(unavailable)?;
         for t in traces {
             if let Err(e) = t.check() {
                 outcome.rejected.push((t.request_id.clone(), e.to_string()));
                 continue;
             }
-            let mut doc = serde_json::to_vec(t).map_err(|e| StoreError::Refused(e.to_string()))?;
+            let refused = |e: serde_json::Error| StoreError::Refused(e.to_string());
+            let mut doc = serde_json::to_vec(t).map_err(refused)?;
             if let Some(z) = &mut zstd {
                 doc = z.compress(&doc).map_err(unavailable)?;
             }
-            let summary =
-                serde_json::to_string(&TraceSummary::from(t)).map_err(|e| StoreError::Refused(e.to_string()))?;
+            let summary = serde_json::to_string(&TraceSummary::from(t)).map_err(refused)?;
+            let [items, channels, stages] = index_columns(t).map_err(refused)?;
             let row = params![
                 t.request_id,
                 t.timestamp_ms,
@@ -333,30 +430,26 @@ fn put_batch(conn: &mut Connection, traces: &[Trace], encoding: DocEncoding) -> 
                 t.model_version,
                 t.bucket,
                 summary,
+                items,
+                channels,
+                stages,
                 doc
             ];
-            if new_row.execute(row).map_err(unavailable)? == 0 {
-                replace_row.execute(row).map_err(unavailable)?;
-                for stmt in &mut clear {
-                    stmt.execute([&t.request_id]).map_err(unavailable)?;
+            let inserted = |s: &mut rusqlite::CachedStatement| {
+                s.query_row(row, |r| r.get::<_, i64>(0)).optional().map_err(unavailable)
+            };
+            let id = match inserted(&mut insert)? {
+                Some(id) => id,
+                None => {
+                    let (old, old_items): (i64, String) = existing
+                        .query_row([&t.request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(unavailable)?;
+                    remove_trace(&tx, old, &old_items)?;
+                    inserted(&mut insert)?.ok_or_else(|| unavailable("a replaced trace was not inserted"))?
                 }
-            }
-            let mut per_channel: std::collections::BTreeMap<&str, u32> = Default::default();
+            };
             for item in &t.items {
-                served
-                    .execute(params![t.request_id, item.position, item.item_id])
-                    .map_err(unavailable)?;
-                for ch in query::item_channels(item) {
-                    *per_channel.entry(ch).or_default() += 1;
-                }
-            }
-            for (ch, n) in per_channel {
-                channel.execute(params![t.request_id, ch, n]).map_err(unavailable)?;
-            }
-            for s in &t.stages {
-                stage
-                    .execute(params![t.request_id, s.name, s.latency_us.min(i64::MAX as u64) as i64])
-                    .map_err(unavailable)?;
+                serve.execute(params![item.item_id, id]).map_err(unavailable)?;
             }
             outcome.written += 1;
         }
@@ -375,7 +468,7 @@ fn search_filter(q: &SearchQuery, with_cursor: bool) -> (String, Vec<rusqlite::t
         values.push(Value::Text(u.clone()));
     }
     if let Some(i) = &q.item {
-        clauses.push("request_id IN (SELECT request_id FROM served WHERE item_id = ?)");
+        clauses.push("id IN (SELECT trace FROM served WHERE item_id = ?)");
         values.push(Value::Text(i.clone()));
     }
     if let Some(f) = q.from_ms {
@@ -468,8 +561,8 @@ fn aggregate(conn: &Connection, q: &AggregateQuery) -> Result<Aggregates, StoreE
     {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT c.channel, SUM(c.items) FROM traces t JOIN channel_hits c ON c.request_id = t.request_id
-                 WHERE t.ts >= ?1 AND t.ts < ?2 GROUP BY c.channel",
+                "SELECT c.key, SUM(c.value) FROM traces t, json_each(t.channels) c
+                 WHERE t.ts >= ?1 AND t.ts < ?2 GROUP BY c.key",
             )
             .map_err(unavailable)?;
         let rows = stmt
@@ -483,10 +576,7 @@ fn aggregate(conn: &Connection, q: &AggregateQuery) -> Result<Aggregates, StoreE
     let mut stages: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     {
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT s.name, s.latency_us FROM traces t JOIN stage_latency s ON s.request_id = t.request_id
-                 WHERE t.ts >= ?1 AND t.ts < ?2",
-            )
+            .prepare_cached("SELECT s.key, s.value FROM traces t, json_each(t.stages) s WHERE t.ts >= ?1 AND t.ts < ?2")
             .map_err(unavailable)?;
         let rows = stmt
             .query_map(range, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -508,26 +598,56 @@ fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
     Ok(pragma("page_count")?.saturating_sub(pragma("freelist_count")?) * pragma("page_size")?)
 }
 
-/// Deletes the traces `selected` (a `SELECT request_id FROM traces …` with one parameter) and
-/// their child rows, in one transaction. Returns how many traces went.
-fn delete_traces(conn: &mut Connection, selected: &str, param: i64) -> Result<u64, StoreError> {
-    let tx = conn.transaction().map_err(unavailable)?;
-    for table in ["served", "channel_hits", "stage_latency"] {
-        tx.execute(
-            &format!("DELETE FROM {table} WHERE request_id IN ({selected})"),
-            [param],
-        )
+/// Traces [`retain`] deletes per transaction.
+const DELETE_CHUNK: u64 = 5_000;
+
+/// Which traces [`delete_traces`] deletes.
+#[derive(Clone, Copy)]
+enum Doomed {
+    /// Those older than this timestamp (ms).
+    OlderThan(i64),
+    /// The oldest this many.
+    Oldest(u64),
+}
+
+/// Deletes traces and their item-index keys, oldest first, one transaction per chunk (which
+/// bounds a transaction's memory and write-ahead log when a whole hour expires at once; each
+/// chunk is whole traces). Returns how many traces went.
+fn delete_traces(conn: &mut Connection, doomed: Doomed, chunk: u64) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    loop {
+        let chunk = match doomed {
+            Doomed::OlderThan(_) => chunk,
+            Doomed::Oldest(n) => chunk.min(n - removed),
+        } as i64;
+        let tx = conn.transaction().map_err(unavailable)?;
+        let rows = |s: &mut rusqlite::CachedStatement, p: &[&dyn rusqlite::ToSql]| {
+            s.query_map(p, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let traces = match doomed {
+            Doomed::OlderThan(cutoff) => tx
+                .prepare_cached("SELECT id, items FROM traces WHERE ts < ?1 ORDER BY ts, request_id LIMIT ?2")
+                .and_then(|mut s| rows(&mut s, params![cutoff, chunk])),
+            Doomed::Oldest(_) => tx
+                .prepare_cached("SELECT id, items FROM traces ORDER BY ts, request_id LIMIT ?1")
+                .and_then(|mut s| rows(&mut s, params![chunk])),
+        }
         .map_err(unavailable)?;
+        for (id, items) in &traces {
+            remove_trace(&tx, *id, items)?;
+        }
+        tx.commit().map_err(unavailable)?;
+        removed += traces.len() as u64;
+        let done = matches!(doomed, Doomed::Oldest(n) if removed >= n);
+        if done || (traces.len() as i64) < chunk {
+            return Ok(removed);
+        }
     }
-    let removed = tx
-        .execute(&format!("DELETE FROM traces WHERE request_id IN ({selected})"), [param])
-        .map_err(unavailable)?;
-    tx.commit().map_err(unavailable)?;
-    Ok(removed as u64)
 }
 
 fn retain(conn: &mut Connection, cutoff_ms: i64, max_bytes: Option<u64>) -> Result<u64, StoreError> {
-    let mut removed = delete_traces(conn, "SELECT request_id FROM traces WHERE ts < ?1", cutoff_ms)?;
+    let mut removed = delete_traces(conn, Doomed::OlderThan(cutoff_ms), DELETE_CHUNK)?;
     if let Some(max) = max_bytes
         && used_bytes(conn)? > max
     {
@@ -547,11 +667,7 @@ fn retain(conn: &mut Connection, cutoff_ms: i64, max_bytes: Option<u64>) -> Resu
             }
             let share = (used - target) as f64 / used as f64;
             let n = ((count as f64 * share).ceil() as i64).clamp(1, count);
-            removed += delete_traces(
-                conn,
-                "SELECT request_id FROM traces ORDER BY ts, request_id LIMIT ?1",
-                n,
-            )?;
+            removed += delete_traces(conn, Doomed::Oldest(n as u64), DELETE_CHUNK)?;
         }
     }
     // Give freed pages back to the file system.
@@ -605,5 +721,70 @@ impl TraceStore for EmbeddedStore {
 
     async fn refresh(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_of(n: u64) -> (Connection, Vec<Trace>) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        prepare_schema(&mut conn).unwrap();
+        let traces: Vec<Trace> = (0..n)
+            .map(|i| crate::sample::summary_trace(i, 1_000 + i as i64))
+            .collect();
+        assert_eq!(
+            put_batch(&mut conn, &traces, DocEncoding::Zstd).unwrap().written,
+            n as usize
+        );
+        (conn, traces)
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Deleting in chunks takes exactly the traces asked for, oldest first, with their keys,
+    /// whether the chunk divides the count or not.
+    #[test]
+    fn deletes_run_in_chunks_and_take_exactly_the_doomed() {
+        for chunk in [1, 3, 4, 100] {
+            let (mut conn, traces) = store_of(12);
+            assert_eq!(delete_traces(&mut conn, Doomed::OlderThan(1_008), chunk).unwrap(), 8);
+            assert_eq!(delete_traces(&mut conn, Doomed::Oldest(3), chunk).unwrap(), 3);
+            assert_eq!(delete_traces(&mut conn, Doomed::Oldest(0), chunk).unwrap(), 0);
+            let left: Vec<String> = conn
+                .prepare("SELECT request_id FROM traces")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(left, [traces[11].request_id.clone()], "chunk {chunk}");
+            assert_eq!(count(&conn, "served") as usize, traces[11].items.len(), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn index_columns_count_channels_once_per_item_and_keep_the_last_stage() {
+        let mut t = crate::sample::summary_trace(7, 1_000);
+        let first = t.stages[0].clone();
+        t.stages.push(crate::StageRecord {
+            latency_us: first.latency_us + 5,
+            ..first.clone()
+        });
+        let [items, channels, stages] = index_columns(&t).unwrap();
+        let items: Vec<String> = serde_json::from_str(&items).unwrap();
+        assert_eq!(items, t.items.iter().map(|i| i.item_id.clone()).collect::<Vec<_>>());
+        let channels: std::collections::BTreeMap<String, u64> = serde_json::from_str(&channels).unwrap();
+        let want = query::aggregate(
+            std::slice::from_ref(&t),
+            &AggregateQuery::new(0, 10_000, 1_000).unwrap(),
+        );
+        assert_eq!(channels, want.channels);
+        let stages: std::collections::BTreeMap<String, u64> = serde_json::from_str(&stages).unwrap();
+        assert_eq!(stages[&first.name], first.latency_us + 5);
     }
 }

@@ -243,10 +243,12 @@ async fn writes_are_idempotent_and_bad_traces_rejected(store: Arc<dyn TraceStore
     // A retried batch, with one trace changed: the later write wins.
     let mut again = ts.clone();
     again[0].level = "popular".into();
+    // ... and one that now serves a different first item.
+    let dropped_item = std::mem::replace(&mut again[1].items[0].item_id, "replacing-item".into());
     let mut bad = sample::summary_trace(99, now_ms());
     bad.schema = 999;
     again.push(bad);
-    let out = store.put(again.into()).await.unwrap();
+    let out = store.put(again.clone().into()).await.unwrap();
     assert_eq!(out.written, 10);
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].0, sample::request_id(99));
@@ -254,6 +256,17 @@ async fn writes_are_idempotent_and_bad_traces_rejected(store: Arc<dyn TraceStore
     let page = store.search(&SearchQuery::new()).await.unwrap();
     assert_eq!(page.total, 10);
     assert_eq!(store.get(&ts[0].request_id).await.unwrap().unwrap().level, "popular");
+    // Item search sees the rewritten trace's items, not the first write's.
+    let stored = &again[..10];
+    for item in [dropped_item, "replacing-item".to_string()] {
+        let q = SearchQuery {
+            item: Some(item.clone()),
+            ..SearchQuery::new()
+        };
+        let (hits, total) = all_pages(&*store, q.clone()).await;
+        assert_eq!(hits, expected(stored, &q), "item {item}");
+        assert_eq!(total as usize, hits.len());
+    }
     assert!(store.get(&sample::request_id(99)).await.unwrap().is_none());
     // Rewritten traces replace their per-item, per-channel and per-stage rows, not add to them.
     let after = store.aggregate(&all).await.unwrap();
@@ -586,4 +599,148 @@ async fn embedded_docs_are_compressed_and_either_encoding_reads_back() {
         );
         assert_eq!(zstd::decode_all(&stored[..]).unwrap(), json, "{}", t.request_id);
     }
+}
+
+/// The first table layout (user_version 0), as files written before layout version 2 hold it.
+const FIRST_LAYOUT: &str = "
+CREATE TABLE traces (request_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, user_id TEXT NOT NULL, level TEXT NOT NULL,
+    model_version TEXT, bucket INTEGER NOT NULL, summary TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX traces_time ON traces (ts, request_id);
+CREATE INDEX traces_user ON traces (user_id, ts);
+CREATE TABLE served (request_id TEXT NOT NULL, position INTEGER NOT NULL, item_id TEXT NOT NULL,
+    PRIMARY KEY (request_id, position)) WITHOUT ROWID;
+CREATE INDEX served_item ON served (item_id);
+CREATE TABLE channel_hits (request_id TEXT NOT NULL, channel TEXT NOT NULL, items INTEGER NOT NULL,
+    PRIMARY KEY (request_id, channel)) WITHOUT ROWID;
+CREATE TABLE stage_latency (request_id TEXT NOT NULL, name TEXT NOT NULL, latency_us INTEGER NOT NULL,
+    PRIMARY KEY (request_id, name)) WITHOUT ROWID;
+";
+
+/// Writes `traces` into a new file of the first layout, as its writer did.
+fn write_first_layout(path: &std::path::Path, traces: &[Trace]) {
+    let mut conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(FIRST_LAYOUT).unwrap();
+    let tx = conn.transaction().unwrap();
+    for t in traces {
+        let summary = serde_json::to_string(&TraceSummary::from(t)).unwrap();
+        tx.execute(
+            "INSERT INTO traces VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                t.request_id,
+                t.timestamp_ms,
+                t.user_id,
+                t.level,
+                t.model_version,
+                t.bucket,
+                summary,
+                serde_json::to_vec(t).unwrap()
+            ],
+        )
+        .unwrap();
+        let mut channels = std::collections::BTreeMap::<&str, u32>::new();
+        for item in &t.items {
+            tx.execute(
+                "INSERT INTO served VALUES (?1, ?2, ?3)",
+                rusqlite::params![t.request_id, item.position, item.item_id],
+            )
+            .unwrap();
+            for ch in query::item_channels(item) {
+                *channels.entry(ch).or_default() += 1;
+            }
+        }
+        for (ch, n) in channels {
+            tx.execute(
+                "INSERT INTO channel_hits VALUES (?1, ?2, ?3)",
+                rusqlite::params![t.request_id, ch, n],
+            )
+            .unwrap();
+        }
+        for s in &t.stages {
+            tx.execute(
+                "INSERT OR REPLACE INTO stage_latency VALUES (?1, ?2, ?3)",
+                rusqlite::params![t.request_id, s.name, s.latency_us as i64],
+            )
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+/// A file of the first layout is converted when opened: every trace reads back, item search
+/// and the aggregates answer as the reference does, and new traces go in beside the old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_layout_file_is_converted_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.sqlite");
+    let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
+    let old = traces(40, start);
+    write_first_layout(&path, &old);
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    let new = traces_from(100, 10, start);
+    put_all(&store, &new).await;
+    let all: Vec<Trace> = old.iter().chain(&new).cloned().collect();
+    for t in &all {
+        assert_eq!(&store.get(&t.request_id).await.unwrap().expect("stored trace"), t);
+    }
+    for item in [
+        &old[0].items[0].item_id,
+        &old[5].items[3].item_id,
+        &new[2].items[1].item_id,
+    ] {
+        let q = SearchQuery {
+            item: Some(item.clone()),
+            ..SearchQuery::new()
+        };
+        let (hits, _) = all_pages(&store, q.clone()).await;
+        assert_eq!(hits, expected(&all, &q), "item {item}");
+        assert!(!hits.is_empty());
+    }
+    let q = AggregateQuery::new(start, start + DAY, 60_000).unwrap();
+    let (got, want) = (store.aggregate(&q).await.unwrap(), query::aggregate(&all, &q));
+    assert_eq!(got.requests, want.requests);
+    assert_eq!(got.channels, want.channels);
+    let counts = |a: &query::Aggregates| a.stages.iter().map(|(n, s)| (n.clone(), s.count)).collect::<Vec<_>>();
+    assert_eq!(counts(&got), counts(&want));
+    // Retention works on the converted rows.
+    assert_eq!(store.retain(start + 21_000).await.unwrap(), 20);
+    assert!(store.get(&old[0].request_id).await.unwrap().is_none());
+    // A trace written again with other items.
+    let mut again = new[0].clone();
+    again.items[0].item_id = "replacing-item".into();
+    put_all(&store, std::slice::from_ref(&again)).await;
+    drop(store);
+
+    // The item index holds exactly the stored traces' items: none left behind by the
+    // conversion, retention or the rewrite.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored = old[20..].iter().chain(std::iter::once(&again)).chain(&new[1..]);
+    let want: usize = stored
+        .map(|t| t.items.iter().map(|i| &i.item_id).collect::<HashSet<_>>().len())
+        .sum();
+    let keys: i64 = conn.query_row("SELECT COUNT(*) FROM served", [], |r| r.get(0)).unwrap();
+    assert_eq!(keys as usize, want);
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
+    let leftovers: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('channel_hits', 'stage_latency', 'traces_v1', 'served_v1')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0);
+}
+
+/// A file a newer build wrote is refused with its version, not read as if it were ours.
+#[test]
+fn a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 9")
+        .unwrap();
+    let err = EmbeddedStore::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("version 9"), "{err}");
 }
