@@ -22,8 +22,8 @@
 //! by hand, ask the trace API (`GET /v1/traces/{request_id}`) rather than the `sqlite3` shell.
 //!
 //! Retention is by age and, with [`EmbeddedStore::with_max_bytes`], by size: a store on a
-//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~3.6 KB with
-//! its rows and indexes; at 300 requests a second that is ~1 GB an hour). Beyond the cap the
+//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~2.5 KB with
+//! its index keys; at 300 requests a second that is ~0.7 GB an hour). Beyond the cap the
 //! oldest traces go.
 
 use std::path::{Path, PathBuf};
