@@ -5,8 +5,9 @@
 //!
 //! 1. Traces/s into each store, summary and full traces, straight `put` in batches and through
 //!    the writer (offer everything, then shut down: the time until the last trace is stored);
-//!    the embedded store with zstd and with plain JSON docs, interleaved, and the bytes each
-//!    trace takes in the file.
+//!    the embedded store with zstd and with plain JSON docs, interleaved, the bytes each
+//!    trace takes in the file and the bytes written per trace (WAL and checkpoint); and
+//!    summary traces into a store already holding 200,000 (long-running stores' indexes).
 //!    The Elasticsearch figures are the test server's ceiling (`osmem-server` is an in-memory
 //!    Go server, ~1K docs/s), not Elasticsearch's.
 //! 2. The queue bound: a writer whose store is unreachable, offered traces until it drops:
@@ -45,6 +46,24 @@ async fn put_rate(store: &dyn TraceStore, traces: &[Trace], batch: usize) -> f64
         assert_eq!(out.written, chunk.len());
     }
     traces.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Bytes this process has handed to write calls so far (`wchar` in Linux's `/proc/self/io`):
+/// the WAL and the checkpoint's writes, here where only the store writes.
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("wchar:"))?.trim().parse().ok()
+}
+
+/// Puts `traces` and returns traces/s and the bytes written per trace ("" where unknown).
+async fn put_measured(store: &dyn TraceStore, traces: &[Trace], batch: usize) -> (f64, String) {
+    let before = written_bytes();
+    let rate = put_rate(store, traces, batch).await;
+    let written = match (before, written_bytes()) {
+        (Some(a), Some(b)) => ((b - a) / traces.len() as u64).to_string(),
+        _ => String::new(),
+    };
+    (rate, written)
 }
 
 async fn writer_rate(store: Arc<dyn TraceStore>, traces: Vec<Trace>) -> (f64, u64) {
@@ -140,8 +159,8 @@ async fn main() {
     let mut es_config = ElasticConfig::new(server.url());
     es_config.timeout = Duration::from_secs(120);
 
-    println!("| store | traces | how | n | traces/s | bytes/trace |");
-    println!("|---|---|---|---:|---:|---:|");
+    println!("| store | traces | how | n | traces/s | bytes/trace | written bytes/trace |");
+    println!("|---|---|---|---:|---:|---:|---:|");
     // (full?, n embedded, n elasticsearch, batch)
     for (full, n_embedded, n_es, batch) in [(false, 20_000u64, 2_000u64, 500usize), (true, 1_000, 100, 50)] {
         let kind = if full {
@@ -155,24 +174,45 @@ async fn main() {
             for encoding in [DocEncoding::Zstd, DocEncoding::Json] {
                 let file = dir.path().join(format!("bench-{full}-{encoding:?}-{round}.sqlite"));
                 let store = EmbeddedStore::open(file).unwrap().with_doc_encoding(encoding);
-                let rate = put_rate(&store, &traces(full, n_embedded, 0), batch).await;
+                let (rate, written) = put_measured(&store, &traces(full, n_embedded, 0), batch).await;
                 let per_trace = store.used_bytes().await.unwrap() / n_embedded;
                 println!(
-                    "| embedded (SQLite), {encoding:?} docs | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} | {per_trace} |"
+                    "| embedded (SQLite), {encoding:?} docs | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} | {per_trace} | {written} |"
                 );
             }
+        }
+        if !full {
+            grown_store(dir.path(), n_embedded, batch).await;
         }
         let embedded: Arc<dyn TraceStore> =
             Arc::new(EmbeddedStore::open(dir.path().join(format!("bench-{full}.sqlite"))).unwrap());
         let (rate, _) = writer_rate(embedded, traces(full, n_embedded, 1_000_000)).await;
-        println!("| embedded (SQLite), Zstd docs | {kind} | through the writer | {n_embedded} | {rate:.0} | |");
+        println!("| embedded (SQLite), Zstd docs | {kind} | through the writer | {n_embedded} | {rate:.0} | | |");
 
         es_config.prefix = format!("bench-{full}");
         let es: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&es_config).unwrap());
         let rate = put_rate(&*es, &traces(full, n_es, 0), batch).await;
-        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} | |");
+        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} | | |");
         let (rate, _) = writer_rate(es, traces(full, n_es, 1_000_000)).await;
-        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} | |");
+        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} | | |");
     }
     drop(server);
+}
+
+/// Summary traces into a store that already holds [`GROWN`] of them, as a store does after a
+/// few minutes at 1,000 req/s: its indexes no longer fit a few pages, so each batch dirties
+/// (and the WAL and the checkpoint write) more pages than in a fresh file.
+async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
+    const GROWN: u64 = 200_000;
+    const STEP: u64 = 10_000;
+    let store = EmbeddedStore::open(dir.join("bench-grown.sqlite")).unwrap();
+    for start in (0..GROWN).step_by(STEP as usize) {
+        put_rate(&store, &traces(false, STEP, start), batch).await;
+        eprintln!("filling the grown store: {}/{GROWN}", start + STEP);
+    }
+    let (rate, written) = put_measured(&store, &traces(false, n, GROWN), batch).await;
+    let per_trace = store.used_bytes().await.unwrap() / (GROWN + n);
+    println!(
+        "| embedded (SQLite), Zstd docs | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
+    );
 }
