@@ -237,9 +237,10 @@ fn fold(
     }
     let sides = rows.sides();
     for item in items.values_mut() {
-        let mut part = vec![0.0; stage.width()];
+        // Built beside the entry (`parts` borrows it), inline, then moved in: no heap vector.
+        let mut part = SmallVec::from_elem(0.0, stage.width());
         stage.add_columns(&mut part, item.parts(), (&sides.0, &sides.1), |s| s == Side::Item);
-        item.folded = part.into_iter().collect();
+        item.folded = part;
     }
     let cross_of = |sides: &[Side]| (0..sides.len()).filter(|&c| sides[c] == Side::Cross).collect();
     let cross = (cross_of(&sides.0), cross_of(&sides.1));
