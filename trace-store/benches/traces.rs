@@ -1,7 +1,8 @@
 //! Trace-store throughput and the writer queue's memory bound, printed as Markdown tables.
 //!
 //! `cargo bench -p recstack-trace-store --bench traces` (starts the ES-compatible test server
-//! from `.venv`; run `scripts/setup` first).
+//! from `.venv`; run `scripts/setup` first). `… --bench traces -- grown` runs the grown-store
+//! case alone.
 //!
 //! 1. Traces/s into each store, summary and full traces, straight `put` in batches and through
 //!    the writer (offer everything, then shut down: the time until the last trace is stored);
@@ -10,6 +11,8 @@
 //!    summary traces into a store already holding 200,000 (long-running stores' indexes).
 //!    The Elasticsearch figures are the test server's ceiling (`osmem-server` is an in-memory
 //!    Go server, ~1K docs/s), not Elasticsearch's.
+//!    In the grown store, also the time of an item search (the dashboard's "which requests
+//!    served this item"): its index seeks grow with the stored traces.
 //! 2. The queue bound: a writer whose store is unreachable, offered traces until it drops:
 //!    how many it holds, its estimate of their memory against the cap, and the process's
 //!    resident memory growth.
@@ -142,6 +145,13 @@ async fn main() {
         queue_case(case == "full").await;
         return;
     }
+    if std::env::args().skip(1).any(|a| a == "grown") {
+        let dir = tempfile::tempdir().unwrap();
+        println!("| store | traces | how | n | traces/s | bytes/trace | written bytes/trace |");
+        println!("|---|---|---|---:|---:|---:|---:|");
+        grown_store(dir.path(), 20_000, 500).await;
+        return;
+    }
     println!(
         "| traces offered | queue cap (traces / estimated MiB) | held | dropped | estimate MiB | RSS growth MiB |"
     );
@@ -210,9 +220,32 @@ async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
         put_rate(&store, &traces(false, STEP, start), batch).await;
         eprintln!("filling the grown store: {}/{GROWN}", start + STEP);
     }
-    let (rate, written) = put_measured(&store, &traces(false, n, GROWN), batch).await;
-    let per_trace = store.used_bytes().await.unwrap() / (GROWN + n);
+    // At the writer's full batch (1,000 req/s) and at a fifth of it (a quieter stack's batch).
+    let mut stored = GROWN;
+    for (batch, n) in [(batch, n), (batch / 5, n / 2)] {
+        let (rate, written) = put_measured(&store, &traces(false, n, stored), batch).await;
+        stored += n;
+        let per_trace = store.used_bytes().await.unwrap() / stored;
+        println!(
+            "| embedded (SQLite), Zstd docs | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
+        );
+    }
+    // Item searches, first page (20 newest hits) and the total, for items spread over the store.
+    const SEARCHES: u64 = 200;
+    let start = Instant::now();
+    let mut hits = 0;
+    for k in 0..SEARCHES {
+        let q = recstack_trace_store::query::SearchQuery {
+            item: Some(sample::item_id(k * 997, (k % 20) as usize)),
+            ..recstack_trace_store::query::SearchQuery::new()
+        };
+        let page = store.search(&q).await.expect("search");
+        hits += page.total;
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3 / SEARCHES as f64;
     println!(
-        "| embedded (SQLite), Zstd docs | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
+        "\nItem search in the grown store ({stored} traces): {ms:.2} ms each, mean of {SEARCHES} (first page and \
+         total; {} traces an item on average)\n",
+        hits / SEARCHES
     );
 }

@@ -666,8 +666,22 @@ fn write_first_layout(path: &std::path::Path, traces: &[Trace]) {
     tx.commit().unwrap();
 }
 
-/// A file of the first layout is converted when opened: every trace reads back, item search
-/// and the aggregates answer as the reference does, and new traces go in beside the old.
+/// Writes `traces` into a new file of layout 2: the traces table as this build writes it (it
+/// is unchanged since), the item index keyed `(item, trace)`.
+async fn write_second_layout(path: &std::path::Path, traces: &[Trace]) {
+    put_all(&EmbeddedStore::open(path).unwrap(), traces).await;
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE served_v2 (item_id TEXT NOT NULL, trace INTEGER NOT NULL, PRIMARY KEY (item_id, trace))
+                 WITHOUT ROWID;
+             INSERT INTO served_v2 SELECT item_id, trace FROM served;
+             DROP TABLE served; ALTER TABLE served_v2 RENAME TO served; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+}
+
+/// A file of the first layout is converted when opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_layout_file_is_converted_when_opened() {
     let dir = tempfile::tempdir().unwrap();
@@ -675,8 +689,25 @@ async fn a_first_layout_file_is_converted_when_opened() {
     let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
     let old = traces(40, start);
     write_first_layout(&path, &old);
+    an_old_layout_converts(&path, &old, start).await;
+}
 
-    let store = EmbeddedStore::open(&path).unwrap();
+/// A file of layout 2 is converted when opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_layout_file_is_converted_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.sqlite");
+    let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
+    let old = traces(40, start);
+    write_second_layout(&path, &old).await;
+    an_old_layout_converts(&path, &old, start).await;
+}
+
+/// Opens the file at `path`, written in an older layout with `old`: every trace reads back,
+/// item search and the aggregates answer as the reference does, new traces go in beside the
+/// old, and the item index holds exactly the stored traces' items, each under its epoch.
+async fn an_old_layout_converts(path: &std::path::Path, old: &[Trace], start: i64) {
+    let store = EmbeddedStore::open(path).unwrap();
     let new = traces_from(100, 10, start);
     put_all(&store, &new).await;
     let all: Vec<Trace> = old.iter().chain(&new).cloned().collect();
@@ -713,18 +744,25 @@ async fn a_first_layout_file_is_converted_when_opened() {
 
     // The item index holds exactly the stored traces' items: none left behind by the
     // conversion, retention or the rewrite.
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
     let stored = old[20..].iter().chain(std::iter::once(&again)).chain(&new[1..]);
     let want: usize = stored
         .map(|t| t.items.iter().map(|i| &i.item_id).collect::<HashSet<_>>().len())
         .sum();
     let keys: i64 = conn.query_row("SELECT COUNT(*) FROM served", [], |r| r.get(0)).unwrap();
     assert_eq!(keys as usize, want);
+    let misfiled: i64 = conn
+        .query_row("SELECT COUNT(*) FROM served WHERE epoch != trace >> 10", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(misfiled, 0);
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let leftovers: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('channel_hits', 'stage_latency', 'traces_v1', 'served_v1')",
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN
+                 ('channel_hits', 'stage_latency', 'traces_v1', 'served_v1', 'served_v2')",
             [],
             |r| r.get(0),
         )
