@@ -11,8 +11,9 @@
 //!    summary traces into a store already holding 200,000 (long-running stores' indexes).
 //!    The Elasticsearch figures are the test server's ceiling (`osmem-server` is an in-memory
 //!    Go server, ~1K docs/s), not Elasticsearch's.
-//!    In the grown store, also the time of an item search (the dashboard's "which requests
-//!    served this item"): its index seeks grow with the stored traces.
+//!    In the grown store, also the time of an item and a user search (the dashboard's "which
+//!    requests served this item", "this user's requests"): their index seeks grow with the
+//!    stored traces.
 //! 2. The queue bound: a writer whose store is unreachable, offered traces until it drops:
 //!    how many it holds, its estimate of their memory against the cap, and the process's
 //!    resident memory growth.
@@ -230,22 +231,27 @@ async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
             "| embedded (SQLite), Zstd docs | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
         );
     }
-    // Item searches, first page (20 newest hits) and the total, for items spread over the store.
+    // Item and user searches, first page (20 newest hits) and the total, spread over the store.
+    // The sample has 50 users: each has ~4,600 traces here, a heavy user.
     const SEARCHES: u64 = 200;
-    let start = Instant::now();
-    let mut hits = 0;
-    for k in 0..SEARCHES {
-        let q = recstack_trace_store::query::SearchQuery {
-            item: Some(sample::item_id(k * 997, (k % 20) as usize)),
-            ..recstack_trace_store::query::SearchQuery::new()
-        };
-        let page = store.search(&q).await.expect("search");
-        hits += page.total;
+    for by in ["item", "user"] {
+        let start = Instant::now();
+        let mut hits = 0;
+        for k in 0..SEARCHES {
+            let mut q = recstack_trace_store::query::SearchQuery::new();
+            match by {
+                "item" => q.item = Some(sample::item_id(k * 997, (k % 20) as usize)),
+                _ => q.user = Some(sample::summary_trace(k, 0).user_id),
+            }
+            let page = store.search(&q).await.expect("search");
+            hits += page.total;
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3 / SEARCHES as f64;
+        println!(
+            "\n{by} search in the grown store ({stored} traces): {ms:.2} ms each, mean of {SEARCHES} (first page and \
+             total; {} traces each on average)",
+            hits / SEARCHES
+        );
     }
-    let ms = start.elapsed().as_secs_f64() * 1e3 / SEARCHES as f64;
-    println!(
-        "\nItem search in the grown store ({stored} traces): {ms:.2} ms each, mean of {SEARCHES} (first page and \
-         total; {} traces an item on average)\n",
-        hits / SEARCHES
-    );
+    println!();
 }

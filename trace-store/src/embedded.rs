@@ -14,9 +14,12 @@
 //! all land in the newest epoch's few pages, and a store holding millions of traces writes as
 //! few index pages per batch as a new one. (Keyed `(item, trace)` alone, each key went to a
 //! page of its own all over the index: 9× the bytes written per trace once the store held
-//! 200,000 traces.) An item search seeks the item in each epoch. A summary trace
-//! is so ~25 B-tree inserts (its row, three indexes, one key per served item). A batch is one
-//! transaction. A trace written twice (a retried batch) replaces the first, as in
+//! 200,000 traces.) The user index leads with the epoch too, `(id >> EPOCH_SHIFT, user_id, ts,
+//! request_id)` (a user's page is sorted from the index alone, its summaries read after);
+//! the request-id and time indexes take keys in write order already (the gateway's request
+//! ids start with the time). An item or user search seeks once in each epoch. A summary trace
+//! is so ~25 B-tree inserts (its row, three indexes, one key per served item), all but a few
+//! pages' worth in the newest pages of each. A batch is one transaction. A trace written twice (a retried batch) replaces the first, as in
 //! Elasticsearch.
 //!
 //! The whole-trace `doc` is a zstd frame of the JSON (see [`DocEncoding`]): a summary trace's
@@ -52,7 +55,11 @@ const SCHEMA_VERSION: i64 = 3;
 /// layout: a file's keys were written with it.
 const EPOCH_SHIFT: u32 = 10;
 
-const SCHEMA: &str = "
+/// The tables and indexes. The user index, like the item index, leads with the epoch: a batch's
+/// keys go to the newest epoch's pages, not to one page per user all over the index.
+static SCHEMA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
 CREATE TABLE IF NOT EXISTS traces (
     id            INTEGER PRIMARY KEY,
     request_id    TEXT NOT NULL UNIQUE,
@@ -68,14 +75,16 @@ CREATE TABLE IF NOT EXISTS traces (
     doc           BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_time ON traces (ts, request_id);
-CREATE INDEX IF NOT EXISTS traces_user ON traces (user_id, ts);
+CREATE INDEX IF NOT EXISTS traces_user ON traces (id >> {EPOCH_SHIFT}, user_id, ts, request_id);
 CREATE TABLE IF NOT EXISTS served (
     epoch   INTEGER NOT NULL,
     item_id TEXT NOT NULL,
     trace   INTEGER NOT NULL,
     PRIMARY KEY (epoch, item_id, trace)
 ) WITHOUT ROWID;
-";
+"
+    )
+});
 
 /// SQLite-backed [`TraceStore`].
 pub struct EmbeddedStore {
@@ -160,7 +169,7 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
         } else if version == 2 {
             migrate_v2(&tx)?;
         } else {
-            tx.execute_batch(SCHEMA).map_err(unavailable)?;
+            tx.execute_batch(&SCHEMA).map_err(unavailable)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(unavailable)?;
@@ -181,7 +190,7 @@ fn migrate_v1(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
          ALTER TABLE served RENAME TO served_v1;",
     )
     .map_err(unavailable)?;
-    tx.execute_batch(SCHEMA).map_err(unavailable)?;
+    tx.execute_batch(&SCHEMA).map_err(unavailable)?;
     tx.execute_batch(&format!(
         "INSERT INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, items, channels, stages, doc)
          SELECT t.request_id, t.ts, t.user_id, t.level, t.model_version, t.bucket, t.summary,
@@ -199,12 +208,13 @@ fn migrate_v1(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
 }
 
 /// Converts layout 2 in place, in the caller's transaction: its item index, keyed
-/// `(item, trace)`, is rebuilt with each key's epoch in front. The traces table is unchanged.
+/// `(item, trace)`, is rebuilt with each key's epoch in front, and so is the user index. The
+/// traces table is unchanged.
 fn migrate_v2(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
-    tracing::info!("trace store: rebuilding the item index of layout 2 for version {SCHEMA_VERSION}");
-    tx.execute_batch("ALTER TABLE served RENAME TO served_v2;")
+    tracing::info!("trace store: rebuilding the item and user indexes of layout 2 for version {SCHEMA_VERSION}");
+    tx.execute_batch("DROP INDEX traces_user; ALTER TABLE served RENAME TO served_v2;")
         .map_err(unavailable)?;
-    tx.execute_batch(SCHEMA).map_err(unavailable)?;
+    tx.execute_batch(&SCHEMA).map_err(unavailable)?;
     tx.execute_batch(&format!(
         "INSERT INTO served (epoch, item_id, trace)
              SELECT trace >> {EPOCH_SHIFT}, item_id, trace FROM served_v2 ORDER BY trace >> {EPOCH_SHIFT}, item_id, trace;
@@ -491,17 +501,27 @@ fn put_batch(conn: &mut Connection, traces: &[Trace], encoding: DocEncoding) -> 
     Ok(outcome)
 }
 
-/// A search's item filter: the item's keys in each epoch from the oldest stored trace's to the
-/// newest's, one index seek an epoch.
+/// The epochs from the oldest stored trace's to the newest's, as a subquery.
+fn epochs() -> String {
+    format!(
+        "WITH RECURSIVE epochs(n) AS (
+             SELECT (SELECT min(id) FROM traces) >> {EPOCH_SHIFT}
+             UNION ALL SELECT n + 1 FROM epochs WHERE n < (SELECT max(id) FROM traces) >> {EPOCH_SHIFT})
+         SELECT n FROM epochs"
+    )
+}
+
+/// A search's item filter: the item's keys in each epoch, one index seek an epoch.
 static SERVED_ITEM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "id IN (SELECT trace FROM served WHERE item_id = ? AND epoch IN (
-            WITH RECURSIVE epochs(n) AS (
-                SELECT (SELECT min(id) FROM traces) >> {EPOCH_SHIFT}
-                UNION ALL SELECT n + 1 FROM epochs WHERE n < (SELECT max(id) FROM traces) >> {EPOCH_SHIFT})
-            SELECT n FROM epochs))"
+        "id IN (SELECT trace FROM served WHERE item_id = ? AND epoch IN ({}))",
+        epochs()
     )
 });
+
+/// A search's user filter: the user's traces in each epoch, one seek of the user index an
+/// epoch (the expression is the index's, so that SQLite uses it).
+static USER: LazyLock<String> = LazyLock::new(|| format!("id >> {EPOCH_SHIFT} IN ({}) AND user_id = ?", epochs()));
 
 /// The WHERE clause and parameters of a search (cursor included when `with_cursor`).
 fn search_filter(q: &SearchQuery, with_cursor: bool) -> (String, Vec<rusqlite::types::Value>) {
@@ -509,7 +529,7 @@ fn search_filter(q: &SearchQuery, with_cursor: bool) -> (String, Vec<rusqlite::t
     let mut clauses: Vec<&str> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     if let Some(u) = &q.user {
-        clauses.push("user_id = ?");
+        clauses.push(USER.as_str());
         values.push(Value::Text(u.clone()));
     }
     if let Some(i) = &q.item {
@@ -554,7 +574,13 @@ fn search_filter(q: &SearchQuery, with_cursor: bool) -> (String, Vec<rusqlite::t
 
 fn search(conn: &Connection, q: &SearchQuery) -> Result<Page, StoreError> {
     let (filter, values) = search_filter(q, true);
-    let sql = format!("SELECT request_id, summary FROM traces {filter} ORDER BY ts DESC, request_id DESC LIMIT ?");
+    // The page's row ids first, then their summaries: the inner query sorts only what the user
+    // index holds (a user's time and request ids), not every matching trace's summary.
+    let sql = format!(
+        "SELECT request_id, summary FROM traces WHERE id IN
+             (SELECT id FROM traces {filter} ORDER BY ts DESC, request_id DESC LIMIT ?)
+         ORDER BY ts DESC, request_id DESC"
+    );
     let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
     let limit = rusqlite::types::Value::Integer(q.size as i64 + 1);
     let rows = stmt
@@ -812,31 +838,44 @@ mod tests {
         }
     }
 
-    /// Item search finds an item's traces in every epoch, oldest and newest included, with
-    /// one index seek an epoch (not a scan of the item index), and after the oldest epochs
-    /// are gone.
+    /// Item and user search find the traces in every epoch, oldest and newest included, with
+    /// one index seek an epoch (not a scan of the index), and after the oldest epochs are gone.
     #[test]
-    fn item_search_reaches_every_epoch_by_seeks() {
+    fn item_and_user_search_reach_every_epoch_by_seeks() {
         let n = 3 * (1 << EPOCH_SHIFT) + 17;
         let (mut conn, traces) = store_of(n);
         let epochs: i64 = conn
             .query_row("SELECT COUNT(DISTINCT epoch) FROM served", [], |r| r.get(0))
             .unwrap();
         assert_eq!(epochs, 4);
+        let queries = |traces: &[Trace]| {
+            let (first, last) = (&traces[0], &traces[traces.len() - 1]);
+            let item = |id: &str| SearchQuery {
+                item: Some(id.to_string()),
+                size: 10_000,
+                ..SearchQuery::new()
+            };
+            let user = |id: &str| SearchQuery {
+                user: Some(id.to_string()),
+                size: 10_000,
+                ..SearchQuery::new()
+            };
+            [
+                item(&first.items[0].item_id),
+                item(&last.items[2].item_id),
+                user(&first.user_id),
+                user(&last.user_id),
+            ]
+        };
         let check = |conn: &Connection, traces: &[Trace]| {
-            for item in [&traces[0].items[0].item_id, &traces[traces.len() - 1].items[2].item_id] {
-                let q = SearchQuery {
-                    item: Some(item.clone()),
-                    size: 10_000,
-                    ..SearchQuery::new()
-                };
+            for q in queries(traces) {
                 let page = search(conn, &q).unwrap();
                 let mut want: Vec<&Trace> = traces.iter().filter(|t| query::matches(t, &q)).collect();
                 want.sort_by(|a, b| (b.timestamp_ms, &b.request_id).cmp(&(a.timestamp_ms, &a.request_id)));
                 let got: Vec<&str> = page.hits.iter().map(|h| h.request_id.as_str()).collect();
                 let want: Vec<&str> = want.iter().map(|t| t.request_id.as_str()).collect();
-                assert!(want.len() > 1, "item {item}");
-                assert_eq!(got, want, "item {item}");
+                assert!(want.len() > 1, "{q:?}");
+                assert_eq!(got, want, "{q:?}");
                 assert_eq!(page.total, want.len() as u64);
             }
         };
@@ -848,25 +887,28 @@ mod tests {
         );
         check(&conn, &traces[gone..]);
 
-        let (filter, _) = search_filter(
-            &SearchQuery {
-                item: Some("x".into()),
-                ..SearchQuery::new()
-            },
-            false,
-        );
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN SELECT COUNT(*) FROM traces {filter}"))
-            .unwrap()
-            .query_map(["x"], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains("SEARCH served USING PRIMARY KEY (epoch=? AND item_id=?)"),
-            "{plan}"
-        );
+        for (q, seek) in queries(&traces).iter().zip([
+            "SEARCH served USING PRIMARY KEY (epoch=? AND item_id=?)",
+            "",
+            "COVERING INDEX traces_user (<expr>=? AND user_id=?)",
+        ]) {
+            // The page's ids and the total.
+            let (filter, values) = search_filter(q, false);
+            for sql in [
+                format!("SELECT id FROM traces {filter} ORDER BY ts DESC, request_id DESC LIMIT 20"),
+                format!("SELECT COUNT(*) FROM traces {filter}"),
+            ] {
+                let plan: Vec<String> = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .unwrap()
+                    .query_map(params_from_iter(&values), |r| r.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let plan = plan.join("\n");
+                assert!(plan.contains(seek), "{q:?}: {plan}");
+            }
+        }
     }
 
     #[test]

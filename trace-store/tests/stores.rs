@@ -667,7 +667,7 @@ fn write_first_layout(path: &std::path::Path, traces: &[Trace]) {
 }
 
 /// Writes `traces` into a new file of layout 2: the traces table as this build writes it (it
-/// is unchanged since), the item index keyed `(item, trace)`.
+/// is unchanged since), the item index keyed `(item, trace)`, the user index `(user, time)`.
 async fn write_second_layout(path: &std::path::Path, traces: &[Trace]) {
     put_all(&EmbeddedStore::open(path).unwrap(), traces).await;
     rusqlite::Connection::open(path)
@@ -676,7 +676,9 @@ async fn write_second_layout(path: &std::path::Path, traces: &[Trace]) {
             "CREATE TABLE served_v2 (item_id TEXT NOT NULL, trace INTEGER NOT NULL, PRIMARY KEY (item_id, trace))
                  WITHOUT ROWID;
              INSERT INTO served_v2 SELECT item_id, trace FROM served;
-             DROP TABLE served; ALTER TABLE served_v2 RENAME TO served; PRAGMA user_version = 2;",
+             DROP TABLE served; ALTER TABLE served_v2 RENAME TO served;
+             DROP INDEX traces_user; CREATE INDEX traces_user ON traces (user_id, ts);
+             PRAGMA user_version = 2;",
         )
         .unwrap();
 }
@@ -705,7 +707,8 @@ async fn a_second_layout_file_is_converted_when_opened() {
 
 /// Opens the file at `path`, written in an older layout with `old`: every trace reads back,
 /// item search and the aggregates answer as the reference does, new traces go in beside the
-/// old, and the item index holds exactly the stored traces' items, each under its epoch.
+/// old, the item index holds exactly the stored traces' items, each under its epoch, and the
+/// user index is this layout's.
 async fn an_old_layout_converts(path: &std::path::Path, old: &[Trace], start: i64) {
     let store = EmbeddedStore::open(path).unwrap();
     let new = traces_from(100, 10, start);
@@ -726,6 +729,15 @@ async fn an_old_layout_converts(path: &std::path::Path, old: &[Trace], start: i6
         let (hits, _) = all_pages(&store, q.clone()).await;
         assert_eq!(hits, expected(&all, &q), "item {item}");
         assert!(!hits.is_empty());
+    }
+    for user in [&old[0].user_id, &new[3].user_id] {
+        let q = SearchQuery {
+            user: Some(user.clone()),
+            ..SearchQuery::new()
+        };
+        let (hits, _) = all_pages(&store, q.clone()).await;
+        assert_eq!(hits, expected(&all, &q), "user {user}");
+        assert!(hits.len() > 1);
     }
     let q = AggregateQuery::new(start, start + DAY, 60_000).unwrap();
     let (got, want) = (store.aggregate(&q).await.unwrap(), query::aggregate(&all, &q));
@@ -759,6 +771,12 @@ async fn an_old_layout_converts(path: &std::path::Path, old: &[Trace], start: i6
     assert_eq!(misfiled, 0);
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, 3);
+    let user_index: String = conn
+        .query_row("SELECT sql FROM sqlite_schema WHERE name = 'traces_user'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(user_index.contains("id >> 10, user_id, ts, request_id"), "{user_index}");
     let leftovers: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE name IN
