@@ -13,14 +13,14 @@
 //! its row id's high bits ([`EPOCH_SHIFT`]): row ids grow with each write, so a batch's keys
 //! all land in the newest epoch's few pages, and a store holding millions of traces writes as
 //! few index pages per batch as a new one. (Keyed `(item, trace)` alone, each key went to a
-//! page of its own all over the index: 9× the bytes written per trace once the store held
+//! page of its own all over the index: 18× the bytes written per trace once the store held
 //! 200,000 traces.) The user index leads with the epoch too, `(id >> EPOCH_SHIFT, user_id, ts,
 //! request_id)` (a user's page is sorted from the index alone, its summaries read after);
 //! the request-id and time indexes take keys in write order already (the gateway's request
 //! ids start with the time). An item or user search seeks once in each epoch. A summary trace
-//! is so ~25 B-tree inserts (its row, three indexes, one key per served item), all but a few
-//! pages' worth in the newest pages of each. A batch is one transaction. A trace written twice (a retried batch) replaces the first, as in
-//! Elasticsearch.
+//! is so ~25 B-tree inserts (its row, three indexes, one key per served item), nearly all in
+//! the newest pages of each. A batch is one transaction. A trace written twice (a retried
+//! batch) replaces the first, as in Elasticsearch.
 //!
 //! The whole-trace `doc` is a zstd frame of the JSON (see [`DocEncoding`]): a summary trace's
 //! ~7 KB of JSON is ~1.6 KB compressed, so the writer moves a quarter of the bytes through
@@ -49,10 +49,10 @@ use crate::store::{PutOutcome, StoreError, TraceStore};
 /// epoch. [`migrate_v1`] and [`migrate_v2`] convert such files when they are opened.
 const SCHEMA_VERSION: i64 = 3;
 
-/// A trace's item-index epoch is its row id shifted right by this: 1,024 traces an epoch. The
-/// newest epoch's keys (~25,000 for summary traces, ~150 pages) are what a batch writes into;
-/// an item search makes one index seek per epoch (~1,000 for a million traces). Part of the
-/// layout: a file's keys were written with it.
+/// A trace's epoch in the item and user indexes is its row id shifted right by this: 1,024
+/// traces an epoch. The newest epoch's keys (~25,000 item keys for summary traces, ~150 pages)
+/// are what a batch writes into; an item or user search makes one index seek per epoch
+/// (~1,000 for a million traces). Part of the layout: a file's keys were written with it.
 const EPOCH_SHIFT: u32 = 10;
 
 /// The tables and indexes. The user index, like the item index, leads with the epoch: a batch's
