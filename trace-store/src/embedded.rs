@@ -153,6 +153,25 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
             "the trace store's layout is version {version}, newer than this build's ({SCHEMA_VERSION})"
         )));
     }
+    let converting = version < SCHEMA_VERSION && has_traces_table(conn)?;
+    if converting {
+        // A large store's conversion takes seconds to minutes as the service starts: say so,
+        // and that it is moving.
+        let mut progress = Progress::new(std::time::Instant::now());
+        conn.progress_handler(
+            100_000,
+            Some(move || {
+                if let Some(elapsed) = progress.due(std::time::Instant::now()) {
+                    tracing::info!(
+                        seconds = elapsed.as_secs(),
+                        "trace store: converting to layout {SCHEMA_VERSION}, still going"
+                    );
+                }
+                false
+            }),
+        )
+        .map_err(unavailable)?;
+    }
     let tx = conn.transaction().map_err(unavailable)?;
     if version < SCHEMA_VERSION {
         let first_layout = tx
@@ -174,7 +193,51 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(unavailable)?;
     }
-    tx.commit().map_err(unavailable)
+    tx.commit().map_err(unavailable)?;
+    if converting {
+        conn.progress_handler(0, None::<fn() -> bool>).map_err(unavailable)?;
+        tracing::info!("trace store: converted to layout {SCHEMA_VERSION}");
+    }
+    Ok(())
+}
+
+/// Whether the file has a `traces` table already (an older layout to convert, not a new file).
+fn has_traces_table(conn: &Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'traces'",
+        [],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(unavailable)
+}
+
+/// When a long conversion's next "still going" line is due: every [`Progress::EVERY`].
+struct Progress {
+    started: std::time::Instant,
+    next: std::time::Duration,
+}
+
+impl Progress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new(started: std::time::Instant) -> Self {
+        Self {
+            started,
+            next: Self::EVERY,
+        }
+    }
+
+    /// The time since the start, when a line is due at `now`.
+    fn due(&mut self, now: std::time::Instant) -> Option<std::time::Duration> {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < self.next {
+            return None;
+        }
+        self.next = elapsed + Self::EVERY;
+        Some(elapsed)
+    }
 }
 
 /// Converts the first layout (user_version 0) in place, in the caller's transaction: each
@@ -836,6 +899,20 @@ mod tests {
             assert_eq!(left, [traces[11].request_id.clone()], "chunk {chunk}");
             assert_eq!(count(&conn, "served") as usize, traces[11].items.len(), "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn conversion_progress_is_due_every_five_seconds_from_the_start() {
+        let start = std::time::Instant::now();
+        let at = |s: u64| start + std::time::Duration::from_secs(s);
+        let mut p = Progress::new(start);
+        let due: Vec<u64> = [0, 1, 4, 5, 6, 9, 10, 17, 21, 22, 23]
+            .into_iter()
+            .filter_map(|s| p.due(at(s)).map(|d| d.as_secs()))
+            .collect();
+        // Due at 5 and 10; none came at 15, so at 17, and the next five seconds after that
+        // line, at 22 (not 20).
+        assert_eq!(due, [5, 10, 17, 22]);
     }
 
     /// Item and user search find the traces in every epoch, oldest and newest included, with
