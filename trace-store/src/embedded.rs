@@ -153,7 +153,8 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
             "the trace store's layout is version {version}, newer than this build's ({SCHEMA_VERSION})"
         )));
     }
-    let converting = version < SCHEMA_VERSION && has_traces_table(conn)?;
+    // An older layout to convert, not a new file.
+    let converting = version < SCHEMA_VERSION && has_table(conn, "traces")?;
     if converting {
         // A large store's conversion takes seconds to minutes as the service starts: say so,
         // and that it is moving.
@@ -174,16 +175,7 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
     }
     let tx = conn.transaction().map_err(unavailable)?;
     if version < SCHEMA_VERSION {
-        let first_layout = tx
-            .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'channel_hits'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(unavailable)?
-            .is_some();
-        if first_layout {
+        if has_table(&tx, "channel_hits")? {
             migrate_v1(&tx)?;
         } else if version == 2 {
             migrate_v2(&tx)?;
@@ -201,11 +193,11 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether the file has a `traces` table already (an older layout to convert, not a new file).
-fn has_traces_table(conn: &Connection) -> Result<bool, StoreError> {
+/// Whether the file has a table of this name.
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     conn.query_row(
-        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'traces'",
-        [],
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
         |_| Ok(()),
     )
     .optional()
@@ -964,11 +956,11 @@ mod tests {
         );
         check(&conn, &traces[gone..]);
 
-        for (q, seek) in queries(&traces).iter().zip([
-            "SEARCH served USING PRIMARY KEY (epoch=? AND item_id=?)",
-            "",
-            "COVERING INDEX traces_user (<expr>=? AND user_id=?)",
-        ]) {
+        let item_seek = "SEARCH served USING PRIMARY KEY (epoch=? AND item_id=?)";
+        let user_seek = "COVERING INDEX traces_user (<expr>=? AND user_id=?)";
+        let queries = queries(&traces);
+        assert_eq!(queries.len(), 4);
+        for (q, seek) in queries.iter().zip([item_seek, item_seek, user_seek, user_seek]) {
             // The page's ids and the total.
             let (filter, values) = search_filter(q, false);
             for sql in [
