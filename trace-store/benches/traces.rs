@@ -13,7 +13,8 @@
 //!    Go server, ~1K docs/s), not Elasticsearch's.
 //!    In the grown store, also the time of an item and a user search (the dashboard's "which
 //!    requests served this item", "this user's requests"): their index seeks grow with the
-//!    stored traces.
+//!    stored traces; and retention deleting the oldest 60,000 of them (a minute at 1,000
+//!    req/s, what a full store under its size cap deletes every minute).
 //! 2. The queue bound: a writer whose store is unreachable, offered traces until it drops:
 //!    how many it holds, its estimate of their memory against the cap, and the process's
 //!    resident memory growth.
@@ -216,8 +217,17 @@ async fn main() {
 async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
     const GROWN: u64 = 200_000;
     const STEP: u64 = 10_000;
+    // A minute of traces at 1,000 req/s: what retention deletes each minute once a store
+    // under its size cap is full (the oldest first, by time).
+    const EXPIRED: u64 = 60_000;
     let store = EmbeddedStore::open(dir.join("bench-grown.sqlite")).unwrap();
+    // `traces` stamps trace i at (the time of the call) + i ms: every trace before EXPIRED is
+    // older than `cutoff`, none after it.
+    let mut cutoff = 0;
     for start in (0..GROWN).step_by(STEP as usize) {
+        if start == EXPIRED {
+            cutoff = now_ms() + EXPIRED as i64;
+        }
         put_rate(&store, &traces(false, STEP, start), batch).await;
         eprintln!("filling the grown store: {}/{GROWN}", start + STEP);
     }
@@ -253,5 +263,20 @@ async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
             hits / SEARCHES
         );
     }
+    // Retention of the oldest EXPIRED; the writer connection does it, so puts wait meanwhile.
+    let before = written_bytes();
+    let start = Instant::now();
+    let removed = store.retain(cutoff).await.expect("retain");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(removed, EXPIRED, "retention removes exactly the expired traces");
+    let written = match (before, written_bytes()) {
+        (Some(a), Some(b)) => format!("{} written bytes/trace", (b - a) / removed),
+        _ => String::new(),
+    };
+    println!(
+        "\nretention in the grown store: {removed} oldest of {stored} traces deleted in {secs:.2} s \
+         ({:.0} traces/s, {written})",
+        removed as f64 / secs
+    );
     println!();
 }
