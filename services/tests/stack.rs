@@ -14,7 +14,7 @@ use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::gateway::{GatewayConfig, Recommendation};
 use recstack_services::ranking::export::{self, ExportParams};
-use recstack_services::ranking::model::{Device, ModelCard, OnnxModel};
+use recstack_services::ranking::model::{Device, Graph, ModelCard, OnnxModel};
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::rerank::service::proto::rerank_client::RerankClient;
 use recstack_services::rerank::service::proto::{RerankRequest, Scored};
@@ -441,6 +441,64 @@ fn the_bundled_model_scores_the_holdout_as_its_card_says() {
         "AUC {auc:.4} in Rust, {carded:.4} on the card"
     );
     assert!(auc > card.metrics["popularity_auc"], "the model beats popularity");
+}
+
+/// The ranking model on `--device cuda`. Where ONNX Runtime has the CUDA provider and a GPU,
+/// the whole graph (`--no-fold`) and the head (what a folded model runs per request) score
+/// held-out rows as they do on the CPU. Where it has no CUDA provider (the CPU wheel that
+/// `scripts/setup` installs), loading refuses and names the provider: a GPU ranking pod never
+/// scores quietly on its CPU. `RECSTACK_EXPECT_CUDA=1` (on a GPU machine) makes a refusal fail.
+#[test]
+fn on_cuda_the_model_scores_as_on_the_cpu_or_refuses_to_load() {
+    let model = bundled_model();
+    let card = ModelCard::read(&model).unwrap();
+    let (_, test) = export::sample(artifacts(), &card.features, &ExportParams::default());
+    let n = test.rows().min(2048);
+    let mut whole = OnnxModel::load(&model, Device::Cpu, 1).unwrap();
+    let (sw, dw) = whole.widths;
+    let (sparse, dense) = (&test.sparse[..n * sw], &test.dense[..n * dw]);
+    // The head's input: the first stage's values for the same rows.
+    let pre = OnnxModel::load_graph(&model, Graph::First, Device::Cpu, 1)
+        .unwrap()
+        .run(sparse, dense, n)
+        .unwrap();
+    let head = Graph::Head { width: pre.len() / n };
+    let cases = [
+        (Graph::Whole, sparse, dense, whole.score(sparse, dense, n).unwrap()),
+        (
+            head,
+            &[][..],
+            &pre[..],
+            OnnxModel::load_graph(&model, head, Device::Cpu, 1)
+                .unwrap()
+                .score(&[], &pre, n)
+                .unwrap(),
+        ),
+    ];
+    let provider = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap();
+    let expected = std::env::var("RECSTACK_EXPECT_CUDA").is_ok_and(|v| v == "1");
+    for (graph, sparse, dense, on_cpu) in cases {
+        match OnnxModel::load_graph(&model, graph, Device::Cuda(0), 1) {
+            Ok(mut gpu) => {
+                assert!(provider, "{graph:?} loaded on CUDA without the CUDA provider");
+                let on_gpu = gpu.score(sparse, dense, n).unwrap();
+                assert_eq!(on_gpu.len(), n);
+                let off = on_cpu.iter().zip(&on_gpu).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(off < 1e-4, "{graph:?}: CUDA scores {off:e} away from the CPU's");
+                eprintln!("{graph:?} on CUDA: {n} rows, at most {off:e} from the CPU's scores");
+            }
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("CUDA execution provider on GPU 0"),
+                    "the refusal names the provider: {message}"
+                );
+                // With the provider, a refusal means no usable GPU here.
+                assert!(!(provider && expected), "{graph:?} refused on CUDA: {message}");
+                eprintln!("{graph:?} on CUDA refused (provider in this ONNX Runtime: {provider}): {message}");
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
