@@ -24,6 +24,7 @@ use recstack_services::events::ingest::SeenLink;
 use recstack_services::events::kafka::KafkaLog;
 use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::features::Snapshot;
+use recstack_services::gateway::degrade::LatencyObjective;
 use recstack_services::gateway::{Catalogue, Endpoints, GatewayConfig};
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::model::Device;
@@ -92,6 +93,8 @@ enum Command {
         /// The stream job's window (`30s`, `1m`, `1h`).
         #[arg(long, default_value = "1m", value_parser = parse_window)]
         window: i64,
+        #[command(flatten)]
+        latency: LatencyArgs,
     },
     /// Ask the local services about a user: features, then recall candidates with lineage.
     Query {
@@ -278,6 +281,27 @@ struct ModelArgs {
     no_fold: bool,
 }
 
+/// The gateway's latency objective.
+#[derive(Args, Clone)]
+struct LatencyArgs {
+    /// p99 the gateway keeps, in ms of its own time per request, by starting a share of
+    /// requests at the reduced level while it is missed (0: off; load and downstream health
+    /// alone choose levels).
+    #[arg(long, default_value_t = 5.0)]
+    latency_target_ms: f64,
+}
+
+impl LatencyArgs {
+    fn objective(&self) -> anyhow::Result<Option<LatencyObjective>> {
+        let ms = self.latency_target_ms;
+        anyhow::ensure!(
+            ms.is_finite() && ms >= 0.0,
+            "--latency-target-ms: {ms} is not a number of milliseconds (0 turns it off)"
+        );
+        Ok((ms > 0.0).then(|| LatencyObjective::p99_within(Duration::from_secs_f64(ms / 1e3))))
+    }
+}
+
 /// Where the gateway writes traces.
 #[derive(Args, Clone)]
 struct TraceArgs {
@@ -427,6 +451,8 @@ enum ServeCommand {
         rerank: String,
         #[command(flatten)]
         traces: TraceArgs,
+        #[command(flatten)]
+        latency: LatencyArgs,
     },
     /// The trace query API over HTTP: search, a trace, why / why-not, aggregates.
     Traces {
@@ -626,6 +652,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             ranking,
             rerank,
             traces,
+            latency,
         } => {
             let config = serve.config()?;
             let trace_settings = traces.settings(config.as_ref())?;
@@ -646,7 +673,10 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let loaded = serve::load_artifacts(&serve.artifacts)?;
             let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
             drop(loaded);
-            let mut gateway_config = GatewayConfig::default();
+            let mut gateway_config = GatewayConfig {
+                latency: latency.objective()?,
+                ..GatewayConfig::default()
+            };
             if let Some(f) = trace_settings.full_sample {
                 gateway_config.full_trace_sample = f;
             }
@@ -929,6 +959,7 @@ fn main() -> anyhow::Result<()> {
             dashboard_site,
             events_dir,
             window,
+            latency,
         } => {
             if !artifacts.join("current").exists() {
                 eprintln!(
@@ -944,6 +975,7 @@ fn main() -> anyhow::Result<()> {
             let traces = trace_file.unwrap_or_else(|| traces::local_path(&artifacts));
             let gateway = GatewayConfig {
                 full_trace_sample: trace_full_percent / 100.0,
+                latency: latency.objective()?,
                 ..GatewayConfig::default()
             };
             let opts = LocalOptions {

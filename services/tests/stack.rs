@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recstack_services::build::Artifacts;
+use recstack_services::gateway::degrade::LatencyObjective;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::gateway::{GatewayConfig, Recommendation};
@@ -441,6 +442,73 @@ fn the_bundled_model_scores_the_holdout_as_its_card_says() {
         "AUC {auc:.4} in Rust, {carded:.4} on the card"
     );
     assert!(auc > card.metrics["popularity_auc"], "the model beats popularity");
+}
+
+/// A latency objective the stack cannot meet (1 µs) starts a growing share of requests at
+/// `reduced`, each saying why, and still answers them well (20 ranked items); the gateway's
+/// metrics give the share. One it always meets (10 s) sheds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missed_latency_objective_sheds_requests_to_reduced_and_says_why() {
+    let users = held_out_users(5);
+    for (target, missed) in [(Duration::from_micros(1), true), (Duration::from_secs(10), false)] {
+        let objective = LatencyObjective {
+            interval: Duration::from_millis(40),
+            min_requests: 1,
+            step_up: 0.25,
+            ..LatencyObjective::p99_within(target)
+        };
+        let stack = start_direct(GatewayConfig {
+            latency: Some(objective),
+            ..GatewayConfig::default()
+        })
+        .await;
+        let mut levels: Vec<String> = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        for k in 0.. {
+            if std::time::Instant::now() >= until && k >= 20 {
+                break;
+            }
+            let (user, _) = &users[k % users.len()];
+            let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 20}}"#)).await;
+            assert_eq!(status, 200, "{body}");
+            let r: Recommendation = serde_json::from_str(&body).unwrap();
+            assert_eq!(r.items.len(), 20, "{body}");
+            assert_eq!(r.model_version.as_deref(), Some("deepfm-1"), "ranked at either level");
+            let shed: Vec<&String> = r.degraded.iter().filter(|d| d.starts_with("latency: ")).collect();
+            match r.level.as_str() {
+                "full" => assert!(shed.is_empty(), "{:?}", r.degraded),
+                "reduced" => {
+                    assert_eq!(shed.len(), 1, "{:?}", r.degraded);
+                    assert!(
+                        shed[0].ends_with("of requests start reduced to keep p99 within 0.001 ms"),
+                        "{shed:?}"
+                    );
+                }
+                other => panic!("level {other}: {:?}", r.degraded),
+            }
+            levels.push(r.level);
+        }
+        let (_, metrics) = common::http_get(&stack.get("gateway").http.to_string(), "/metrics");
+        let share: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("recstack_gateway_shed_share "))
+            .unwrap_or_else(|| panic!("no shed share in\n{metrics}"))
+            .parse()
+            .unwrap();
+        let reduced = levels.iter().filter(|l| *l == "reduced").count();
+        assert_eq!(levels[0], "full", "the share starts at 0");
+        if missed {
+            assert!(
+                reduced * 2 > levels.len(),
+                "most shed once the share has grown: {levels:?}"
+            );
+            assert!(share > 0.5, "share {share}");
+        } else {
+            assert_eq!(reduced, 0, "{levels:?}");
+            assert_eq!(share, 0.0);
+        }
+        stack.stop().await.unwrap();
+    }
 }
 
 /// The ranking model on `--device cuda`. Where ONNX Runtime has the CUDA provider and a GPU,

@@ -145,6 +145,108 @@ pub fn stage_end(stage: Stage, start: Instant, timeout: Duration) -> Instant {
     start + timeout.mul_f64(share)
 }
 
+// === latency objective ===
+
+/// The latency the gateway keeps by shedding quality: `quantile` of its requests answered
+/// within `target` (its own time, from taking a request to answering it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatencyObjective {
+    pub target: Duration,
+    pub quantile: f64,
+    /// How often the share of shed requests is adjusted.
+    pub interval: Duration,
+    /// An interval with fewer answers is not judged (too few to tell a quantile).
+    pub min_requests: u32,
+    /// Added to the share after an interval that missed the objective.
+    pub step_up: f64,
+    /// Taken from it after one that met it, or a quiet one.
+    pub step_down: f64,
+}
+
+impl LatencyObjective {
+    /// p99 within `target`, adjusted every 200 ms (200 requests at 1,000 req/s): up by 10 % of
+    /// requests at a miss, down by 2 % at a hit, so shedding starts fast and ends gently.
+    pub fn p99_within(target: Duration) -> Self {
+        Self {
+            target,
+            quantile: 0.99,
+            interval: Duration::from_millis(200),
+            min_requests: 20,
+            step_up: 0.10,
+            step_down: 0.02,
+        }
+    }
+}
+
+/// Sheds quality when latency misses its objective: the share of requests that start at
+/// `reduced` instead of `full` rises after each interval in which more than `1 − quantile` of
+/// the answers took longer than the target, and falls after each that met it. Load thresholds
+/// (in-flight counts) catch a flood; this catches a machine that has become slower for the same
+/// work (a noisy neighbour, a throttled CPU), where the queue stays short but every request is
+/// late. Pure state, the clock passed in.
+#[derive(Clone, Debug)]
+pub struct Shedder {
+    pub objective: LatencyObjective,
+    interval_start: Instant,
+    answered: u32,
+    late: u32,
+    share: f64,
+}
+
+impl Shedder {
+    pub fn new(objective: LatencyObjective, now: Instant) -> Self {
+        Self {
+            objective,
+            interval_start: now,
+            answered: 0,
+            late: 0,
+            share: 0.0,
+        }
+    }
+
+    /// Counts an answered request that took `latency`, first closing the intervals that have
+    /// ended by `now`.
+    pub fn record(&mut self, now: Instant, latency: Duration) {
+        self.close_intervals(now);
+        self.answered += 1;
+        self.late += u32::from(latency > self.objective.target);
+    }
+
+    /// Judges every interval that has ended by `now`: the current one by its answers, any after
+    /// it (no answers at all) as quiet.
+    fn close_intervals(&mut self, now: Instant) {
+        let interval = self.objective.interval.max(Duration::from_millis(1));
+        let elapsed = now.saturating_duration_since(self.interval_start);
+        let ended = (elapsed.as_nanos() / interval.as_nanos()).min(u128::from(u32::MAX)) as u32;
+        if ended == 0 {
+            return;
+        }
+        let allowed = (1.0 - self.objective.quantile) * f64::from(self.answered);
+        let missed = self.answered >= self.objective.min_requests && f64::from(self.late) > allowed;
+        let down = |share: f64, times: u32| (share - self.objective.step_down * f64::from(times)).max(0.0);
+        self.share = if missed {
+            down((self.share + self.objective.step_up).min(1.0), ended - 1)
+        } else {
+            down(self.share, ended)
+        };
+        self.interval_start += interval * ended;
+        self.answered = 0;
+        self.late = 0;
+    }
+
+    /// The share of requests now started at `reduced` (0 to 1).
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// Whether the request numbered `seq` is shed: `share` of any run of sequence numbers,
+    /// spread evenly (a multiplicative hash, no shared random state).
+    pub fn sheds(&self, seq: u64) -> bool {
+        let spread = (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        spread < self.share
+    }
+}
+
 // === circuit breaker ===
 
 #[derive(Clone, Debug, PartialEq)]
@@ -389,5 +491,99 @@ mod tests {
                 until: later + Duration::from_millis(100)
             }
         );
+    }
+
+    // === shedding by latency ===
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Plays intervals of 200 ms from `t0`: each `(answers, late)` spread over its interval
+    /// (late ones take 6 ms against a 5 ms target, the rest 1 ms); returns the share after
+    /// each, read once the next interval has begun.
+    fn play(shedder: &mut Shedder, t0: Instant, intervals: &[(u32, u32)]) -> Vec<f64> {
+        let mut shares = Vec::new();
+        for (k, &(answers, late)) in intervals.iter().enumerate() {
+            let start = t0 + 200 * MS * k as u32;
+            for i in 0..answers {
+                let at = start + (200 * MS * i) / answers.max(1);
+                shedder.record(at, if i < late { 6 * MS } else { MS });
+            }
+            shedder.close_intervals(start + 200 * MS);
+            shares.push(shedder.share());
+        }
+        shares
+    }
+
+    fn shedder(t0: Instant) -> Shedder {
+        Shedder::new(LatencyObjective::p99_within(5 * MS), t0)
+    }
+
+    fn near(got: &[f64], want: &[f64]) -> bool {
+        got.len() == want.len() && got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn an_interval_over_the_quantile_raises_the_share_and_one_within_it_lowers_it() {
+        let t0 = Instant::now();
+        let mut s = shedder(t0);
+        // 200 answers: two late are within p99 (1 %), three are not.
+        let got = play(
+            &mut s,
+            t0,
+            &[(200, 0), (200, 2), (200, 3), (200, 3), (200, 2), (200, 0)],
+        );
+        assert!(near(&got, &[0.0, 0.0, 0.1, 0.2, 0.18, 0.16]), "{got:?}");
+    }
+
+    #[test]
+    fn too_few_answers_are_not_judged() {
+        let t0 = Instant::now();
+        let mut s = shedder(t0);
+        let got = play(&mut s, t0, &[(19, 19), (20, 20), (19, 19)]);
+        assert!(near(&got, &[0.0, 0.1, 0.08]), "{got:?}");
+    }
+
+    #[test]
+    fn the_share_stays_within_zero_and_one() {
+        let t0 = Instant::now();
+        let mut s = shedder(t0);
+        let got = play(&mut s, t0, &[(100, 100); 12]);
+        assert!(near(&got[9..], &[1.0, 1.0, 1.0]), "{got:?}");
+        let got = play(&mut s, t0 + 12 * 200 * MS, &[(100, 0); 60]);
+        assert!(near(&got[48..50], &[0.02, 0.0]), "{got:?}");
+        assert!(got[50..].iter().all(|&x| x == 0.0), "{got:?}");
+    }
+
+    #[test]
+    fn quiet_intervals_lower_the_share_and_a_late_one_after_a_gap_counts_once() {
+        let t0 = Instant::now();
+        let mut s = shedder(t0);
+        play(&mut s, t0, &[(100, 100); 5]);
+        assert!((s.share() - 0.5).abs() < 1e-9);
+        // A second with no answers: five quiet intervals.
+        s.record(t0 + 2000 * MS, MS);
+        assert!((s.share() - 0.4).abs() < 1e-9, "{}", s.share());
+        // A late interval, then 400 ms of nothing: one miss, then two quiet intervals.
+        let mut s = shedder(t0);
+        for i in 0..50 {
+            s.record(t0 + i * MS, 9 * MS);
+        }
+        s.record(t0 + 600 * MS, MS);
+        assert!((s.share() - 0.06).abs() < 1e-9, "{}", s.share());
+    }
+
+    #[test]
+    fn sheds_spreads_the_share_evenly_over_sequence_numbers() {
+        let t0 = Instant::now();
+        let mut s = shedder(t0);
+        assert!((0..10_000).all(|q| !s.sheds(q)), "no share, nothing shed");
+        play(&mut s, t0, &[(100, 100); 3]);
+        // Any 1,000 consecutive requests: 30 % give or take a few.
+        for from in [0u64, 12_345, u64::MAX - 1_000] {
+            let shed = (from..from + 1_000).filter(|&q| s.sheds(q)).count();
+            assert!((270..=330).contains(&shed), "{shed} of 1,000 from {from}");
+        }
+        play(&mut s, t0 + 600 * MS, &[(100, 100); 10]);
+        assert!((0..10_000).all(|q| s.sheds(q)), "a share of 1 sheds everything");
     }
 }

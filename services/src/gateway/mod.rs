@@ -35,7 +35,10 @@ use crate::features::proto::GetUserRequest;
 use crate::ranking::service::proto::RankRequest;
 use crate::recall::service::proto::{Candidate as RecallCandidate, RecallRequest, Source};
 use crate::rerank::service::proto::{RerankRequest, Scored};
-use degrade::{Breaker, BreakerConfig, Health, Level, LoadThresholds, Stage, after_failure, plan, stage_end};
+use degrade::{
+    Breaker, BreakerConfig, Health, LatencyObjective, Level, LoadThresholds, Shedder, Stage, after_failure, plan,
+    stage_end,
+};
 
 /// Generated gRPC types (`services/proto/gateway.proto`).
 pub mod proto {
@@ -208,6 +211,9 @@ pub const RERANK_POOL: usize = 200;
 pub struct GatewayConfig {
     pub default_timeout: Duration,
     pub load: LoadThresholds,
+    /// The latency kept by starting a share of requests at `reduced` ([`Shedder`]); `None`:
+    /// only load (in-flight counts) and downstream health choose levels.
+    pub latency: Option<LatencyObjective>,
     pub breaker: BreakerConfig,
     pub full: LevelPlan,
     pub reduced: LevelPlan,
@@ -228,6 +234,7 @@ impl Default for GatewayConfig {
         Self {
             default_timeout: Duration::from_millis(100),
             load: LoadThresholds::default(),
+            latency: None,
             breaker: BreakerConfig::default(),
             full: LevelPlan {
                 candidates: 1000,
@@ -297,6 +304,8 @@ pub struct GatewayMetrics {
     pub stage_latency: Family<StageLabels, Histogram>,
     pub stage_failures: Family<StageLabels, Counter>,
     pub in_flight: Gauge,
+    /// The share of requests started at `reduced` to keep the latency objective.
+    pub shed_share: Gauge<f64, AtomicU64>,
     pub traces_dropped: Counter,
 }
 
@@ -311,6 +320,7 @@ impl Default for GatewayMetrics {
             stage_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))),
             stage_failures: Family::default(),
             in_flight: Gauge::default(),
+            shed_share: Gauge::default(),
             traces_dropped: Counter::default(),
         };
         registry.register("requests", "Requests served, by degradation level", m.requests.clone());
@@ -331,6 +341,11 @@ impl Default for GatewayMetrics {
             m.stage_failures.clone(),
         );
         registry.register("in_flight", "Requests being served", m.in_flight.clone());
+        registry.register(
+            "shed_share",
+            "Share of requests started at the reduced level to keep the latency objective",
+            m.shed_share.clone(),
+        );
         registry.register("traces_dropped", "Traces the sink refused", m.traces_dropped.clone());
         Self { registry, ..m }
     }
@@ -350,6 +365,7 @@ pub struct Gateway {
     pub config: GatewayConfig,
     breakers: HashMap<Stage, Mutex<Breaker>>,
     in_flight: AtomicUsize,
+    shedder: Option<Mutex<Shedder>>,
     sequence: AtomicU64,
     sink: Arc<dyn TraceSink>,
     pub metrics: Arc<GatewayMetrics>,
@@ -397,12 +413,17 @@ impl Gateway {
             .iter()
             .map(|&s| (s, Mutex::new(Breaker::new(config.breaker.clone()))))
             .collect();
+        let shedder = config
+            .latency
+            .clone()
+            .map(|objective| Mutex::new(Shedder::new(objective, Instant::now())));
         Self {
             links,
             catalogue,
             config,
             breakers,
             in_flight: AtomicUsize::new(0),
+            shedder,
             sequence: AtomicU64::new(0),
             sink,
             metrics,
@@ -476,6 +497,19 @@ impl Gateway {
         outcome
     }
 
+    /// Why request `seq` starts at `reduced` to keep the latency objective, if it does.
+    fn shedding(&self, seq: u64) -> Option<String> {
+        let shedder = self.shedder.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        shedder.sheds(seq).then(|| {
+            format!(
+                "latency: {:.0} % of requests start reduced to keep p{} within {} ms",
+                shedder.share() * 100.0,
+                shedder.objective.quantile * 100.0,
+                shedder.objective.target.as_secs_f64() * 1e3
+            )
+        })
+    }
+
     fn health(&self, now: Instant) -> Health {
         let up = |s| self.breaker(s).is_available(now);
         Health {
@@ -486,8 +520,8 @@ impl Gateway {
         }
     }
 
-    fn ids(&self, traceparent: Option<&str>) -> (String, String) {
-        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+    /// The request id (time and `seq`) and the trace id (the caller's, else a new one).
+    fn ids(seq: u64, traceparent: Option<&str>) -> (String, String) {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -505,9 +539,16 @@ impl Gateway {
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
         let _guard = InFlight(&self.in_flight, &self.metrics.in_flight);
-        let (request_id, trace_id) = self.ids(traceparent);
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let (request_id, trace_id) = Self::ids(seq, traceparent);
         let timeout = q.timeout.unwrap_or(self.config.default_timeout);
         let (mut level, mut degraded) = plan(in_flight, &self.config.load, self.health(start));
+        if level == Level::Full
+            && let Some(shed) = self.shedding(seq)
+        {
+            level = Level::Reduced;
+            degraded.push(shed);
+        }
         let stages = StageLog {
             began: start,
             records: Mutex::new(Vec::new()),
@@ -761,6 +802,11 @@ impl Gateway {
 
         let latency = start.elapsed();
         self.metrics.latency.observe(latency.as_secs_f64());
+        if let Some(shedder) = &self.shedder {
+            let mut shedder = shedder.lock().unwrap_or_else(|e| e.into_inner());
+            shedder.record(Instant::now(), latency);
+            self.metrics.shed_share.set(shedder.share());
+        }
         self.metrics
             .requests
             .get_or_create(&LevelLabels { level: level.name() })
