@@ -11,6 +11,10 @@ pub fn model_uri() -> String {
 pub fn model_version() -> String {
     "deepfm-1".into()
 }
+/// The gateway's p99 objective, ms of its own time (BENCHMARKS.md: the latency objective).
+pub fn latency_target_ms() -> i32 {
+    5
+}
 pub fn max_batch() -> i32 {
     512
 }

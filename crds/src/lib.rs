@@ -129,7 +129,7 @@ pub struct RecommenderStackSpec {
     /// The gateway: the stack's only public entry point (HTTP `POST /v1/recommend`, gRPC
     /// `Recommend`), owner of the latency budget and the degradation levels.
     #[serde(default)]
-    pub gateway: ComponentSpec,
+    pub gateway: GatewaySpec,
 
     /// Streaming aggregation of behaviour events into real-time features and the hot list.
     #[serde(default)]
@@ -183,6 +183,50 @@ pub struct ComponentSpec {
     /// the component (see `docs/operator.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// The gateway's workload and the latency it keeps.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    cel,
+    validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
+    validation = Rule::new(rules::NO_GPU_LIMITS).message(rules::NO_GPU_MSG),
+    validation = Rule::new(rules::NO_GPU_REQUESTS).message(rules::NO_GPU_MSG)
+)]
+pub struct GatewaySpec {
+    /// Container image for the gateway; defaults to `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A fixed number of replicas. Leave unset to autoscale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling (defaults: 2 to 10 replicas at 70% CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The p99 each gateway keeps, in milliseconds of its own time per request: while more
+    /// than 1 % of its requests take longer, it starts a growing share of them at the reduced
+    /// level (three recall channels, the model ranks 100 instead of 500) and says so in each
+    /// response. 0 turns it off: load and downstream health alone choose levels.
+    #[serde(default = "defaults::latency_target_ms")]
+    #[schemars(range(min = 0, max = 60000))]
+    pub latency_target_ms: i32,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            replicas: None,
+            autoscaling: None,
+            resources: None,
+            latency_target_ms: defaults::latency_target_ms(),
+        }
+    }
 }
 
 /// Horizontal Pod Autoscaler settings (autoscaling/v2).
@@ -778,16 +822,24 @@ pub struct Workload<'a> {
     pub resources: Option<&'a ResourceRequirements>,
 }
 
-impl<'a> From<&'a ComponentSpec> for Workload<'a> {
-    fn from(c: &'a ComponentSpec) -> Self {
-        Workload {
-            image: c.image.as_deref(),
-            replicas: c.replicas,
-            autoscaling: c.autoscaling.as_ref(),
-            resources: c.resources.as_ref(),
+/// The spec types that hold a component's workload settings as fields of their own (serde
+/// cannot flatten a shared struct into a type that denies unknown fields).
+macro_rules! workload_from {
+    ($($spec:ty),*) => {$(
+        impl<'a> From<&'a $spec> for Workload<'a> {
+            fn from(c: &'a $spec) -> Self {
+                Workload {
+                    image: c.image.as_deref(),
+                    replicas: c.replicas,
+                    autoscaling: c.autoscaling.as_ref(),
+                    resources: c.resources.as_ref(),
+                }
+            }
         }
-    }
+    )*};
 }
+
+workload_from!(ComponentSpec, RankingSpec, FeatureSpec, GatewaySpec);
 
 impl RecommenderStackSpec {
     /// Workload settings of `component`. The stream component's replicas are its parallelism.
@@ -797,18 +849,8 @@ impl RecommenderStackSpec {
             Component::Recall => (&self.recall).into(),
             Component::Rerank => (&self.rerank).into(),
             Component::Ingest => (&self.ingest).into(),
-            Component::Ranking => Workload {
-                image: self.ranking.image.as_deref(),
-                replicas: self.ranking.replicas,
-                autoscaling: self.ranking.autoscaling.as_ref(),
-                resources: self.ranking.resources.as_ref(),
-            },
-            Component::Feature => Workload {
-                image: self.feature.image.as_deref(),
-                replicas: self.feature.replicas,
-                autoscaling: self.feature.autoscaling.as_ref(),
-                resources: self.feature.resources.as_ref(),
-            },
+            Component::Ranking => (&self.ranking).into(),
+            Component::Feature => (&self.feature).into(),
             Component::Traces | Component::Dashboard => match &self.dashboard {
                 Some(d) => Workload {
                     image: d.image.as_deref(),

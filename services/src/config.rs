@@ -18,6 +18,8 @@ pub struct RuntimeConfig {
     pub grpc_endpoints: BTreeMap<String, String>,
     pub http_port: u16,
     pub grpc_port: u16,
+    #[serde(default)]
+    pub gateway: GatewaySettings,
     pub ranking: RankingConfig,
     #[serde(default)]
     pub feature_store: FeatureStoreConfig,
@@ -27,6 +29,14 @@ pub struct RuntimeConfig {
     pub stream: StreamSettings,
     #[serde(default)]
     pub event_log: EventLogConfig,
+}
+
+/// The gateway's settings.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySettings {
+    /// The p99 kept by shedding to the reduced level, ms (0: off; unset: the binary's default).
+    pub latency_target_ms: Option<u32>,
 }
 
 /// The stream job's settings.

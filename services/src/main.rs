@@ -286,14 +286,19 @@ struct ModelArgs {
 struct LatencyArgs {
     /// p99 the gateway keeps, in ms of its own time per request, by starting a share of
     /// requests at the reduced level while it is missed (0: off; load and downstream health
-    /// alone choose levels).
-    #[arg(long, default_value_t = 5.0)]
-    latency_target_ms: f64,
+    /// alone choose levels). Default: the runtime config's `gateway.latencyTargetMs`, else 5.
+    #[arg(long)]
+    latency_target_ms: Option<f64>,
 }
 
 impl LatencyArgs {
-    fn objective(&self) -> anyhow::Result<Option<LatencyObjective>> {
-        let ms = self.latency_target_ms;
+    /// The flag over the runtime config over the default.
+    fn objective(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<Option<LatencyObjective>> {
+        let configured = config.and_then(|c| c.gateway.latency_target_ms).map(f64::from);
+        let ms = self
+            .latency_target_ms
+            .or(configured)
+            .unwrap_or(LatencyObjective::DEFAULT_TARGET.as_secs_f64() * 1e3);
         anyhow::ensure!(
             ms.is_finite() && ms >= 0.0,
             "--latency-target-ms: {ms} is not a number of milliseconds (0 turns it off)"
@@ -674,7 +679,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
             drop(loaded);
             let mut gateway_config = GatewayConfig {
-                latency: latency.objective()?,
+                latency: latency.objective(config.as_ref())?,
                 ..GatewayConfig::default()
             };
             if let Some(f) = trace_settings.full_sample {
@@ -975,7 +980,7 @@ fn main() -> anyhow::Result<()> {
             let traces = trace_file.unwrap_or_else(|| traces::local_path(&artifacts));
             let gateway = GatewayConfig {
                 full_trace_sample: trace_full_percent / 100.0,
-                latency: latency.objective()?,
+                latency: latency.objective(None)?,
                 ..GatewayConfig::default()
             };
             let opts = LocalOptions {

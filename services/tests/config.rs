@@ -32,6 +32,7 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
         );
     }
     assert_eq!(c.ranking.device, "cpu");
+    assert_eq!(c.gateway.latency_target_ms, Some(5), "the CRD's default objective");
     assert_eq!(
         model_path("ranking.model.uri", &c.ranking.model.uri).unwrap(),
         PathBuf::from("/models/deepfm/model.onnx")
@@ -49,6 +50,7 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
 fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
     let c = rendered_config("gpu-ranking");
     assert_eq!(c.ranking.device, "cuda");
+    assert_eq!(c.gateway.latency_target_ms, Some(8));
     assert_eq!(c.ranking.model.canary_percent, 10);
     assert_eq!(c.ranking.batching.max_batch, 1024);
     assert_eq!(c.ranking.batching.max_wait_micros, 1000);

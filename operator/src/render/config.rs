@@ -19,11 +19,19 @@ pub struct RuntimeConfig {
     pub grpc_endpoints: BTreeMap<String, String>,
     pub http_port: u16,
     pub grpc_port: u16,
+    pub gateway: GatewayConfig,
     pub ranking: RankingConfig,
     pub stream: StreamConfig,
     pub event_log: EventLogConfig,
     pub feature_store: FeatureStoreConfig,
     pub trace_store: TraceStoreConfig,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// The p99 the gateway keeps by shedding to the reduced level, ms (0: off).
+    pub latency_target_ms: i32,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -91,6 +99,9 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
         grpc_endpoints,
         http_port: HTTP_PORT,
         grpc_port: GRPC_PORT,
+        gateway: GatewayConfig {
+            latency_target_ms: spec.gateway.latency_target_ms,
+        },
         ranking: RankingConfig {
             model: spec.ranking.model.clone(),
             batching: spec.ranking.batching.clone(),

@@ -164,6 +164,10 @@ pub struct LatencyObjective {
 }
 
 impl LatencyObjective {
+    /// The binaries' target (and the CRD's `gateway.latencyTargetMs` default): at 1,000 req/s
+    /// on two cores the gateway's own p99 is 1–4 ms in a calm hour (BENCHMARKS.md).
+    pub const DEFAULT_TARGET: Duration = Duration::from_millis(5);
+
     /// p99 within `target`, adjusted every 200 ms (200 requests at 1,000 req/s): up by 10 % of
     /// requests at a miss, down by 2 % at a hit, so shedding starts fast and ends gently.
     pub fn p99_within(target: Duration) -> Self {
