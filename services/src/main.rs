@@ -287,23 +287,30 @@ struct LatencyArgs {
     /// p99 the gateway keeps, in ms of its own time per request, by starting a share of
     /// requests at the reduced level while it is missed (0: off; load and downstream health
     /// alone choose levels). Default: the runtime config's `gateway.latencyTargetMs`, else 5.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_target_ms, allow_negative_numbers = true)]
     latency_target_ms: Option<f64>,
+}
+
+/// A latency target in ms: a finite number, 0 or more (checked when the flags are read, before
+/// `up` spends minutes building artifacts).
+fn parse_target_ms(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms >= 0.0 => Ok(ms),
+        _ => Err(format!(
+            "{s} is not a number of milliseconds (0 turns the objective off)"
+        )),
+    }
 }
 
 impl LatencyArgs {
     /// The flag over the runtime config over the default.
-    fn objective(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<Option<LatencyObjective>> {
+    fn objective(&self, config: Option<&RuntimeConfig>) -> Option<LatencyObjective> {
         let configured = config.and_then(|c| c.gateway.latency_target_ms).map(f64::from);
         let ms = self
             .latency_target_ms
             .or(configured)
             .unwrap_or(LatencyObjective::DEFAULT_TARGET.as_secs_f64() * 1e3);
-        anyhow::ensure!(
-            ms.is_finite() && ms >= 0.0,
-            "--latency-target-ms: {ms} is not a number of milliseconds (0 turns it off)"
-        );
-        Ok((ms > 0.0).then(|| LatencyObjective::p99_within(Duration::from_secs_f64(ms / 1e3))))
+        (ms > 0.0).then(|| LatencyObjective::p99_within(Duration::from_secs_f64(ms / 1e3)))
     }
 }
 
@@ -679,7 +686,7 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
             let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
             drop(loaded);
             let mut gateway_config = GatewayConfig {
-                latency: latency.objective(config.as_ref())?,
+                latency: latency.objective(config.as_ref()),
                 ..GatewayConfig::default()
             };
             if let Some(f) = trace_settings.full_sample {
@@ -980,7 +987,7 @@ fn main() -> anyhow::Result<()> {
             let traces = trace_file.unwrap_or_else(|| traces::local_path(&artifacts));
             let gateway = GatewayConfig {
                 full_trace_sample: trace_full_percent / 100.0,
-                latency: latency.objective(None)?,
+                latency: latency.objective(None),
                 ..GatewayConfig::default()
             };
             let opts = LocalOptions {

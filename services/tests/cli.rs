@@ -27,6 +27,32 @@ fn query_without_services_says_what_to_do() {
     assert!(err.contains("start it with `recstack up`"), "{err}");
 }
 
+/// A bad latency target is refused when the flags are read, naming the flag, before `up`
+/// builds anything.
+#[test]
+fn a_bad_latency_target_is_refused_before_anything_is_built() {
+    let artifacts = std::env::temp_dir().join(format!("recstack-bad-target-{}", std::process::id()));
+    for bad in ["-1", "NaN", "inf", "soon"] {
+        let out = recstack(&[
+            "up",
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+            "--latency-target-ms",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad} was taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--latency-target-ms") && err.contains("is not a number of milliseconds"),
+            "{bad}: {err}"
+        );
+        assert!(!artifacts.exists(), "{bad}: up started building");
+    }
+    let out = recstack(&["serve", "gateway", "--latency-target-ms", "-5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-5 is not a number of milliseconds"));
+}
+
 /// The address printed after `label` on a banner line.
 fn address_after(banner: &str, label: &str) -> String {
     let line = banner
