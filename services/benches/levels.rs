@@ -1,0 +1,125 @@
+//! What a degraded answer gives up: the quality of the served list at each degradation level,
+//! on the time-split holdout, printed as a Markdown table.
+//!
+//! The local stack (in process, direct links) is started once per level with load thresholds
+//! that start every request at that level; every held-out user asks for 20 items over gRPC;
+//! recall@20 and NDCG@20 of the served list against the user's held-out items, and the
+//! gateway's mean time. This is the price of the latency objective's shedding (`full` →
+//! `reduced`) and of the load levels below it.
+//!
+//! `cargo bench -p recstack-services --bench levels` (onnxruntime from the project venv).
+
+use std::collections::{BTreeMap, HashSet};
+
+use recstack_services::build::{self, BuildParams, Progress};
+use recstack_services::dataset::{self, Dataset};
+use recstack_services::eval::{ndcg_at, recall_at};
+use recstack_services::gateway::degrade::LoadThresholds;
+use recstack_services::gateway::proto::RecommendRequest;
+use recstack_services::gateway::proto::gateway_client::GatewayClient;
+use recstack_services::gateway::{GatewayConfig, LevelPlan};
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
+
+const N: u32 = 20;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = dataset::bundled_dir();
+    let ds = Dataset::load_movietweetings(&dir).expect("bundled data");
+    eprintln!("building artifacts from the bundled data …");
+    let params = BuildParams::default();
+    let a = build::build(&ds, &params, &Progress::new(true)).expect("build");
+    let root = tempfile::tempdir().expect("temp dir");
+    let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).expect("inputs");
+    build::write(root.path(), &a, "movietweetings-100k", inputs, &params).expect("write artifacts");
+
+    // Held-out items by user id.
+    let mut truth: BTreeMap<&str, HashSet<u32>> = BTreeMap::new();
+    for r in &a.holdout {
+        truth
+            .entry(a.users[r.user as usize].as_str())
+            .or_default()
+            .insert(r.item);
+    }
+    let item_index: std::collections::HashMap<&str, u32> = a
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i as u32))
+        .collect();
+
+    let defaults = GatewayConfig::default();
+    let plan = |p: &LevelPlan| format!("{} candidates, ranks {}", p.candidates, p.rank_limit);
+    let levels = [
+        ("full", (usize::MAX, usize::MAX, usize::MAX), plan(&defaults.full)),
+        ("reduced", (0, usize::MAX, usize::MAX), plan(&defaults.reduced)),
+        (
+            "popular",
+            (0, 0, usize::MAX),
+            "the hot list minus recent items".to_string(),
+        ),
+        ("fallback", (0, 0, 0), "the precomputed list".to_string()),
+    ];
+    println!("| level | what it serves | users | recall@20 | NDCG@20 | gateway mean ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (level, (reduced, popular, fallback), what) in levels {
+        let config = GatewayConfig {
+            // In-flight counts at or above these start a request lower: 0 is every request.
+            load: LoadThresholds {
+                reduced,
+                popular,
+                fallback,
+            },
+            latency: None,
+            ..GatewayConfig::default()
+        };
+        let opts = LocalOptions {
+            direct_links: true,
+            addrs: LocalAddrs::ephemeral(),
+            model: ModelSources::cpu(recstack_services::source_file("models/deepfm/model.onnx")),
+            redis_url: None,
+            gateway: config,
+            traces: LocalTraces::Memory(1_000),
+            dashboard_site: None,
+            events: None,
+        };
+        let stack = serve::start_local(root.path(), opts).await.expect("local stack");
+        let mut client = GatewayClient::connect(stack.get("gateway").grpc_url())
+            .await
+            .expect("gateway");
+        let (mut recall, mut ndcg, mut gateway_us) = (0.0, 0.0, 0u64);
+        for (k, (user, held_out)) in truth.iter().enumerate() {
+            let r = client
+                .recommend(RecommendRequest {
+                    user_id: user.to_string(),
+                    n: N,
+                    ..Default::default()
+                })
+                .await
+                .expect("recommend")
+                .into_inner();
+            assert_eq!(r.level, level, "{user}: {:?}", r.degraded);
+            let served: Vec<u32> = r
+                .items
+                .iter()
+                .filter_map(|i| item_index.get(i.item_id.as_str()).copied())
+                .collect();
+            recall += recall_at(&served, held_out, N as usize);
+            ndcg += ndcg_at(&served, held_out, N as usize);
+            gateway_us += u64::from(r.latency_us);
+            if (k + 1) % 1_000 == 0 {
+                eprintln!("{level}: {}/{} users", k + 1, truth.len());
+            }
+        }
+        let n = truth.len() as f64;
+        println!(
+            "| {level} | {what} | {} | {:.4} | {:.4} | {:.2} |",
+            truth.len(),
+            recall / n,
+            ndcg / n,
+            gateway_us as f64 / n / 1e3
+        );
+        stack.stop().await.expect("stop");
+    }
+}
