@@ -51,19 +51,30 @@ async fn main() {
 
     let defaults = GatewayConfig::default();
     let plan = |p: &LevelPlan| format!("{} candidates, ranks {}", p.candidates, p.rank_limit);
+    let full = |rank_limit| LevelPlan {
+        rank_limit,
+        ..defaults.full.clone()
+    };
+    // (level, in-flight thresholds, the full level's plan): the second and third rows narrow
+    // how far down recall's order the ranker reaches at the full level.
+    let all = usize::MAX;
     let levels = [
-        ("full", (usize::MAX, usize::MAX, usize::MAX), plan(&defaults.full)),
-        ("reduced", (0, usize::MAX, usize::MAX), plan(&defaults.reduced)),
-        (
-            "popular",
-            (0, 0, usize::MAX),
-            "the hot list minus recent items".to_string(),
-        ),
-        ("fallback", (0, 0, 0), "the precomputed list".to_string()),
+        ("full", (all, all, all), defaults.full.clone()),
+        ("full", (all, all, all), full(100)),
+        ("full", (all, all, all), full(20)),
+        ("reduced", (0, all, all), defaults.full.clone()),
+        ("popular", (0, 0, all), defaults.full.clone()),
+        ("fallback", (0, 0, 0), defaults.full.clone()),
     ];
     println!("| level | what it serves | users | recall@20 | NDCG@20 | gateway mean ms |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (level, (reduced, popular, fallback), what) in levels {
+    for (level, (reduced, popular, fallback), full_plan) in levels {
+        let what = match level {
+            "full" => plan(&full_plan),
+            "reduced" => plan(&defaults.reduced),
+            "popular" => "the hot list minus recent items".to_string(),
+            _ => "the precomputed list".to_string(),
+        };
         let config = GatewayConfig {
             // In-flight counts at or above these start a request lower: 0 is every request.
             load: LoadThresholds {
@@ -72,6 +83,7 @@ async fn main() {
                 fallback,
             },
             latency: None,
+            full: full_plan,
             ..GatewayConfig::default()
         };
         let opts = LocalOptions {
