@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset::{self, Dataset};
+use recstack_services::dataset;
 use recstack_services::eval::{ndcg_at, recall_at};
 use recstack_services::gateway::degrade::LoadThresholds;
 use recstack_services::gateway::proto::RecommendRequest;
@@ -25,14 +25,15 @@ const N: u32 = 20;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = dataset::bundled_dir();
-    let ds = Dataset::load_movietweetings(&dir).expect("bundled data");
     eprintln!("building artifacts from the bundled data …");
-    let params = BuildParams::default();
-    let a = build::build(&ds, &params, &Progress::new(true)).expect("build");
     let root = tempfile::tempdir().expect("temp dir");
-    let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).expect("inputs");
-    build::write(root.path(), &a, "movietweetings-100k", inputs, &params).expect("write artifacts");
+    let (_, a) = build::build_dir(
+        &dataset::bundled_dir(),
+        root.path(),
+        &BuildParams::default(),
+        &Progress::new(true),
+    )
+    .expect("build");
 
     // Held-out items by user id.
     let mut truth: BTreeMap<&str, HashSet<u32>> = BTreeMap::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset::{self, Dataset};
+use recstack_services::dataset;
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
@@ -96,15 +96,16 @@ fn request(user: &str) -> RecommendRequest {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let dir = dataset::bundled_dir();
-    let ds = Dataset::load_movietweetings(&dir).expect("bundled data");
     eprintln!("building artifacts from the bundled data …");
-    let params = BuildParams::default();
-    let a = build::build(&ds, &params, &Progress::new(true)).expect("build");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("artifacts");
-    let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).unwrap();
-    build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
+    let (_, a) = build::build_dir(
+        &dataset::bundled_dir(),
+        &root,
+        &BuildParams::default(),
+        &Progress::new(true),
+    )
+    .expect("build");
     let users: Vec<String> = a.users.iter().step_by(7).take(400).cloned().collect();
 
     let configs: [(&str, TracesIn, f64); 3] = [

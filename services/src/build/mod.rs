@@ -359,6 +359,21 @@ pub fn hash_inputs(dir: &Path, names: &[&str]) -> Result<BTreeMap<String, String
         .collect()
 }
 
+/// Builds the artifacts of a MovieTweetings directory (`movies.dat`, `ratings.dat`) with
+/// `params` and writes them to `root` (as [`write`]): what tests and benches start from.
+pub fn build_dir(
+    dir: &Path,
+    root: &Path,
+    params: &BuildParams,
+    progress: &Progress,
+) -> Result<(Manifest, Artifacts), BuildError> {
+    let ds = crate::dataset::Dataset::load_movietweetings(dir)?;
+    let artifacts = build(&ds, params, progress)?;
+    let inputs = hash_inputs(dir, &["movies.dat", "ratings.dat"])?;
+    let manifest = write(root, &artifacts, "movietweetings-100k", inputs, params)?;
+    Ok((manifest, artifacts))
+}
+
 /// Writes `artifacts` to `root/<version>/` (via a temporary directory renamed into place, so
 /// a reader never sees half a version) and points `root/current` at it. Returns the manifest.
 pub fn write(

@@ -92,13 +92,9 @@ impl Drop for Redis {
 /// Artifacts built once per test binary from the bundled data (seed 42, as `recstack build`).
 pub fn artifact_root() -> &'static std::path::PathBuf {
     use recstack_services::build::{self, BuildParams, Progress};
-    use recstack_services::dataset::{self, Dataset};
+    use recstack_services::dataset;
     static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = dataset::bundled_dir();
-        let ds = Dataset::load_movietweetings(&dir).unwrap();
-        let params = BuildParams::default();
-        let a = build::build(&ds, &params, &Progress::new(true)).unwrap();
         // One directory per test process (a static is never dropped, so it cannot clean up
         // after itself): remove those of processes that have ended first.
         let prefix = "recstack-test-artifacts-";
@@ -111,8 +107,13 @@ pub fn artifact_root() -> &'static std::path::PathBuf {
             }
         }
         let root = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
-        let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"]).unwrap();
-        build::write(&root, &a, "movietweetings-100k", inputs, &params).unwrap();
+        build::build_dir(
+            &dataset::bundled_dir(),
+            &root,
+            &BuildParams::default(),
+            &Progress::new(true),
+        )
+        .unwrap();
         root
     })
 }
