@@ -857,9 +857,7 @@ fn run_build(dir: PathBuf, out: &std::path::Path, seed: u64, quiet: bool) -> any
         seed,
         ..BuildParams::default()
     };
-    let artifacts = build::build(&ds, &params, &Progress::new(quiet))?;
-    let inputs = build::hash_inputs(&dir, &["movies.dat", "ratings.dat"])?;
-    let manifest = build::write(out, &artifacts, "movietweetings-100k", inputs, &params)?;
+    let (manifest, _) = build::build_loaded(&ds, &dir, out, &params, &Progress::new(quiet))?;
     eprintln!(
         "build: version {} written in {:.1}s",
         manifest.version,

@@ -64,11 +64,13 @@ fn written_bytes() -> Option<u64> {
 async fn put_measured(store: &dyn TraceStore, traces: &[Trace], batch: usize) -> (f64, String) {
     let before = written_bytes();
     let rate = put_rate(store, traces, batch).await;
-    let written = match (before, written_bytes()) {
-        (Some(a), Some(b)) => ((b - a) / traces.len() as u64).to_string(),
-        _ => String::new(),
-    };
+    let written = written_per(before, traces.len() as u64).map_or_else(String::new, |w| w.to_string());
     (rate, written)
+}
+
+/// Bytes written since `before` (a [`written_bytes`] reading), per one of `n` traces.
+fn written_per(before: Option<u64>, n: u64) -> Option<u64> {
+    Some((written_bytes()? - before?) / n.max(1))
 }
 
 async fn writer_rate(store: Arc<dyn TraceStore>, traces: Vec<Trace>) -> (f64, u64) {
@@ -269,10 +271,7 @@ async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
     let removed = store.retain(cutoff).await.expect("retain");
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(removed, EXPIRED, "retention removes exactly the expired traces");
-    let written = match (before, written_bytes()) {
-        (Some(a), Some(b)) => format!("{} written bytes/trace", (b - a) / removed),
-        _ => String::new(),
-    };
+    let written = written_per(before, removed).map_or_else(String::new, |w| format!("{w} written bytes/trace"));
     println!(
         "\nretention in the grown store: {removed} oldest of {stored} traces deleted in {secs:.2} s \
          ({:.0} traces/s, {written})",

@@ -367,8 +367,20 @@ pub fn build_dir(
     params: &BuildParams,
     progress: &Progress,
 ) -> Result<(Manifest, Artifacts), BuildError> {
-    let ds = crate::dataset::Dataset::load_movietweetings(dir)?;
-    let artifacts = build(&ds, params, progress)?;
+    let ds = Dataset::load_movietweetings(dir)?;
+    build_loaded(&ds, dir, root, params, progress)
+}
+
+/// [`build_dir`] for a data set already loaded from `dir` (`recstack build` reports on it
+/// before the build starts).
+pub fn build_loaded(
+    ds: &Dataset,
+    dir: &Path,
+    root: &Path,
+    params: &BuildParams,
+    progress: &Progress,
+) -> Result<(Manifest, Artifacts), BuildError> {
+    let artifacts = build(ds, params, progress)?;
     let inputs = hash_inputs(dir, &["movies.dat", "ratings.dat"])?;
     let manifest = write(root, &artifacts, "movietweetings-100k", inputs, params)?;
     Ok((manifest, artifacts))
