@@ -1,7 +1,9 @@
 //! Rerank: from ranked candidates to the served list, recording what each rule did.
 //!
 //! Order of rules: the block list removes items; fresh items get a score boost; MMR picks `k`
-//! items trading score against genre similarity to what is already picked; category scatter
+//! items trading score against genre similarity to what is already picked (the scores
+//! min–max scaled over the items it chooses from, so `mmr_lambda` means the same whatever the
+//! scorer's scale: a ranker's probabilities of 0.01–0.2, a hot list's counts); category scatter
 //! reorders so no genre holds more than `max` of any `window` consecutive slots; pins put
 //! items at fixed positions. Every item that left or moved gets an [`Action`] with its
 //! position before and after — the trace's "what rerank did".
@@ -30,7 +32,8 @@ pub struct Candidate<'a> {
 pub struct RerankConfig {
     /// Items served.
     pub k: usize,
-    /// MMR trade-off: 1.0 is pure score, 0.0 pure diversity.
+    /// MMR trade-off: 1.0 is pure score, 0.0 pure diversity. The score side is the candidate's
+    /// score scaled to 0–1 over the candidates MMR chooses from (see [`relevance`]).
     pub mmr_lambda: f32,
     /// At most `scatter_max` items of one genre in any `scatter_window` consecutive slots.
     pub scatter_max: usize,
@@ -160,6 +163,29 @@ impl<'a> GenreSets<'a> {
     }
 }
 
+/// MMR's score side: `score` min–max scaled to 0–1 over the items in `among` (1 for all when
+/// they tie), indexed like `score`. Raw scores would make `mmr_lambda` depend on the scorer:
+/// against a genre similarity of up to 1, a ranker's probabilities (differences of a few
+/// hundredths) would leave MMR choosing by diversity alone, and a hot list's counts (differences
+/// of tens) by score alone.
+pub fn relevance(score: &[f32], among: &[usize]) -> Vec<f32> {
+    let (lo, hi) = among
+        .iter()
+        .map(|&i| score[i])
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), s| (lo.min(s), hi.max(s)));
+    let span = hi - lo;
+    score
+        .iter()
+        .map(|&s| {
+            if span > 0.0 && span.is_finite() {
+                ((s - lo) / span).clamp(0.0, 1.0)
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
 /// Reranks `ranked` (best first). Returns the served list and the actions.
 pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidate<'a>>, Vec<Action<'a>>) {
     // Why each item is where it ends up, by input position.
@@ -202,12 +228,13 @@ pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidat
     // Each remaining item's highest similarity to the picked ones, updated with each pick
     // (O(k·n) similarities instead of O(k²·n)).
     let sets = GenreSets::new(ranked);
+    let rel = relevance(&score, &remaining);
     let mut max_sim: Vec<f32> = vec![0.0; remaining.len()];
     while picked.len() < slots && !remaining.is_empty() {
         let (best_pos, _) = remaining
             .iter()
             .zip(&max_sim)
-            .map(|(&i, &sim)| cfg.mmr_lambda * score[i] - (1.0 - cfg.mmr_lambda) * sim)
+            .map(|(&i, &sim)| cfg.mmr_lambda * rel[i] - (1.0 - cfg.mmr_lambda) * sim)
             .enumerate()
             .fold((0, f32::NEG_INFINITY), |acc, x| if x.1 > acc.1 { x } else { acc });
         let p = remaining.remove(best_pos);
@@ -380,6 +407,40 @@ mod tests {
             after: Some(1),
             rule: Rule::Mmr
         }));
+    }
+
+    #[test]
+    fn mmr_chooses_the_same_whatever_the_scores_scale() {
+        // A ranker's probabilities, the same order times 10,000 (a hot list's counts), and
+        // shifted: one served list. The second X item is worth its genre repeat at this lambda.
+        let scores = [0.20, 0.19, 0.12, 0.05, 0.04];
+        let genres: [&[&str]; 5] = [&["X"], &["X"], &["Y"], &["X", "Y"], &["Z"]];
+        let cfg = RerankConfig {
+            mmr_lambda: 0.7,
+            ..plain(4)
+        };
+        let served = |f: fn(f32) -> f32| {
+            let ranked: Vec<Candidate> = (0..5).map(|n| c(&format!("i{n}"), f(scores[n]), genres[n])).collect();
+            ids(&rerank(&ranked, &cfg).0)
+        };
+        let probabilities = served(|s| s);
+        assert_eq!(
+            probabilities,
+            ["i0", "i1", "i2", "i4"],
+            "score leads, Z's novelty beats a repeat of X and Y"
+        );
+        assert_eq!(served(|s| s * 10_000.0), probabilities);
+        assert_eq!(served(|s| s + 3.0), probabilities);
+    }
+
+    #[test]
+    fn relevance_scales_the_chosen_items_scores_to_0_1() {
+        let score = [4.0, 2.0, 3.0, 9.0];
+        // Item 3 is not among those MMR chooses from (blocked, or pinned): it does not set the scale.
+        assert_eq!(relevance(&score, &[0, 1, 2]), [1.0, 0.0, 0.5, 1.0]);
+        assert_eq!(relevance(&score, &[1]), [1.0; 4], "one item: nothing to scale by");
+        assert_eq!(relevance(&[0.5, 0.5], &[0, 1]), [1.0, 1.0], "ties");
+        assert!(relevance(&[], &[]).is_empty());
     }
 
     #[test]
