@@ -9,7 +9,7 @@ pub fn model_uri() -> String {
     "file:///models/deepfm/model.onnx".into()
 }
 pub fn model_version() -> String {
-    "deepfm-1".into()
+    "deepfm-2".into()
 }
 /// The gateway's p99 objective, ms of its own time (BENCHMARKS.md: the latency objective).
 pub fn latency_target_ms() -> i32 {

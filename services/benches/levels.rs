@@ -3,9 +3,10 @@
 //!
 //! The local stack (in process, direct links) is started once per level with load thresholds
 //! that start every request at that level; every held-out user asks for 20 items over gRPC;
-//! recall@20 and NDCG@20 of the served list against the user's held-out items, and the
-//! gateway's mean time. This is the price of the latency objective's shedding (`full` →
-//! `reduced`) and of the load levels below it.
+//! recall@20 and NDCG@20 of the served list against the user's held-out items, the distinct
+//! genres in it (what rerank's MMR buys with relevance), and the gateway's mean time. This is
+//! the price of the latency objective's shedding (`full` → `reduced`), of the load levels
+//! below it, and of rerank's diversity (the rows with MMR off).
 //!
 //! `cargo bench -p recstack-services --bench levels` (onnxruntime from the project venv).
 
@@ -19,6 +20,8 @@ use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::gateway::{GatewayConfig, LevelPlan};
 use recstack_services::ranking::service::ModelSources;
+use recstack_services::rerank::RerankConfig;
+use recstack_services::rerank::service::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 
 const N: u32 = 20;
@@ -56,26 +59,37 @@ async fn main() {
         rank_limit,
         ..defaults.full.clone()
     };
-    // (level, in-flight thresholds, the full level's plan): the second and third rows narrow
-    // how far down recall's order the ranker reaches at the full level.
+    // (level, in-flight thresholds, the full level's plan, rerank's rules): the second and
+    // third rows narrow how far down recall's order the ranker reaches at the full level; the
+    // MMR-off rows price rerank's diversity.
     let all = usize::MAX;
+    let rules = RerankConfig::default();
+    let no_mmr = RerankConfig {
+        mmr_lambda: 1.0,
+        ..RerankConfig::default()
+    };
     let levels = [
-        ("full", (all, all, all), defaults.full.clone()),
-        ("full", (all, all, all), full(100)),
-        ("full", (all, all, all), full(20)),
-        ("reduced", (0, all, all), defaults.full.clone()),
-        ("popular", (0, 0, all), defaults.full.clone()),
-        ("fallback", (0, 0, 0), defaults.full.clone()),
+        ("full", (all, all, all), defaults.full.clone(), &rules),
+        ("full", (all, all, all), full(100), &rules),
+        ("full", (all, all, all), full(20), &rules),
+        ("full", (all, all, all), defaults.full.clone(), &no_mmr),
+        ("reduced", (0, all, all), defaults.full.clone(), &rules),
+        ("popular", (0, 0, all), defaults.full.clone(), &rules),
+        ("popular", (0, 0, all), defaults.full.clone(), &no_mmr),
+        ("fallback", (0, 0, 0), defaults.full.clone(), &rules),
     ];
-    println!("| level | what it serves | users | recall@20 | NDCG@20 | gateway mean ms |");
-    println!("|---|---|---:|---:|---:|---:|");
-    for (level, (reduced, popular, fallback), full_plan) in levels {
-        let what = match level {
+    println!("| level | what it serves | users | recall@20 | NDCG@20 | genres in the 20 | gateway mean ms |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (level, (reduced, popular, fallback), full_plan, rerank) in levels {
+        let mut what = match level {
             "full" => plan(&full_plan),
             "reduced" => plan(&defaults.reduced),
             "popular" => "the hot list minus recent items".to_string(),
             _ => "the precomputed list".to_string(),
         };
+        if rerank.mmr_lambda == 1.0 {
+            what.push_str(", no MMR");
+        }
         let config = GatewayConfig {
             // In-flight counts at or above these start a request lower: 0 is every request.
             load: LoadThresholds {
@@ -93,6 +107,16 @@ async fn main() {
             model: ModelSources::cpu(recstack_services::source_file("models/deepfm/model.onnx")),
             redis_url: None,
             gateway: config,
+            rerank: rerank.clone(),
+            // The served A/B split of MMR's trade-off (0.7 / 0.5), or none: MMR off for all.
+            experiment: if rerank.mmr_lambda == 1.0 {
+                Experiment {
+                    variants: Vec::new(),
+                    ..Experiment::default()
+                }
+            } else {
+                Experiment::default()
+            },
             traces: LocalTraces::Memory(1_000),
             dashboard_site: None,
             events: None,
@@ -101,7 +125,7 @@ async fn main() {
         let mut client = GatewayClient::connect(stack.get("gateway").grpc_url())
             .await
             .expect("gateway");
-        let (mut recall, mut ndcg, mut gateway_us) = (0.0, 0.0, 0u64);
+        let (mut recall, mut ndcg, mut genres, mut gateway_us) = (0.0, 0.0, 0usize, 0u64);
         for (k, (user, held_out)) in truth.iter().enumerate() {
             let r = client
                 .recommend(RecommendRequest {
@@ -119,6 +143,11 @@ async fn main() {
                 .filter_map(|i| item_index.get(i.item_id.as_str()).copied())
                 .collect();
             recall += recall_at(&served, held_out, N as usize);
+            genres += served
+                .iter()
+                .flat_map(|&i| &a.items[i as usize].genres)
+                .collect::<HashSet<_>>()
+                .len();
             ndcg += ndcg_at(&served, held_out, N as usize);
             gateway_us += u64::from(r.latency_us);
             if (k + 1) % 1_000 == 0 {
@@ -127,10 +156,11 @@ async fn main() {
         }
         let n = truth.len() as f64;
         println!(
-            "| {level} | {what} | {} | {:.4} | {:.4} | {:.2} |",
+            "| {level} | {what} | {} | {:.4} | {:.4} | {:.1} | {:.2} |",
             truth.len(),
             recall / n,
             ndcg / n,
+            genres as f64 / n,
             gateway_us as f64 / n / 1e3
         );
         stack.stop().await.expect("stop");

@@ -64,8 +64,8 @@ fn main() {
         .map(|r| {
             let (mut s, mut d) = (Vec::new(), Vec::new());
             let user = writer.user(&r.user_id, r.user.as_ref());
-            for id in &r.item_ids {
-                writer.push(&user, id, snapshot.item(id), &mut s, &mut d);
+            for (position, id) in r.item_ids.iter().enumerate() {
+                writer.push(&user, id, snapshot.item(id), position, &mut s, &mut d);
             }
             (s, d)
         })

@@ -15,6 +15,8 @@ use recstack_services::gateway::GatewayConfig;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::ranking::service::ModelSources;
+use recstack_services::rerank::RerankConfig;
+use recstack_services::rerank::service::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 
 const CONCURRENCY: usize = 4;
@@ -40,6 +42,8 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
             full_trace_sample: full,
             ..GatewayConfig::default()
         },
+        rerank: RerankConfig::default(),
+        experiment: Experiment::default(),
         traces,
         dashboard_site: None,
         events: None,

@@ -27,14 +27,20 @@ pub fn recall_at(ranked: &[u32], truth: &HashSet<u32>, k: usize) -> f64 {
 
 /// NDCG@k with binary relevance.
 pub fn ndcg_at(ranked: &[u32], truth: &HashSet<u32>, k: usize) -> f64 {
-    let dcg: f64 = ranked
-        .iter()
+    ndcg_of_hits(ranked.iter().map(|i| truth.contains(i)), truth.len(), k)
+}
+
+/// NDCG@k with binary relevance, from whether each ranked item is relevant (best first) and
+/// how many relevant items there are in all (ranked or not).
+pub fn ndcg_of_hits(hits: impl IntoIterator<Item = bool>, relevant: usize, k: usize) -> f64 {
+    let dcg: f64 = hits
+        .into_iter()
         .take(k)
         .enumerate()
-        .filter(|(_, i)| truth.contains(i))
+        .filter(|(_, hit)| *hit)
         .map(|(r, _)| 1.0 / (r as f64 + 2.0).log2())
         .sum();
-    let ideal: f64 = (0..truth.len().min(k)).map(|r| 1.0 / (r as f64 + 2.0).log2()).sum();
+    let ideal: f64 = (0..relevant.min(k)).map(|r| 1.0 / (r as f64 + 2.0).log2()).sum();
     if ideal == 0.0 { 0.0 } else { dcg / ideal }
 }
 

@@ -30,6 +30,7 @@ use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::rerank::RerankConfig;
+use recstack_services::rerank::service::Experiment;
 use recstack_services::serve::{
     self, Addrs, FeatureSource, GatewayTraces, LocalAddrs, LocalEvents, LocalOptions, LocalTraces, Service,
 };
@@ -138,11 +139,16 @@ enum Command {
         #[arg(long)]
         export_split: Option<PathBuf>,
     },
-    /// Write the ranking model's training data (NumPy arrays) from the current artifacts, with
-    /// the same feature code the ranking service runs: `scripts/train-ranker` reads it.
+    /// Write the ranking model's training data (NumPy arrays), with the same recall and
+    /// feature code the stack runs: recall's candidates in the validation world (the training
+    /// ratings' own time split) to train and judge on, and in the current artifacts' holdout
+    /// to report. `scripts/train-ranker` reads it.
     ExportRanking {
         #[arg(long, default_value = "artifacts")]
         artifacts: PathBuf,
+        /// The data the artifacts were built from (default: the bundled MovieTweetings).
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -655,7 +661,13 @@ async fn serve_component(component: ServeCommand) -> anyhow::Result<()> {
                 fresh_boost,
                 ..RerankConfig::default()
             };
-            serve::rerank(snapshot, rules, serve.addrs(config.as_ref(), 9093, 8083)).await?
+            serve::rerank(
+                snapshot,
+                rules,
+                Experiment::default(),
+                serve.addrs(config.as_ref(), 9093, 8083),
+            )
+            .await?
         }
         ServeCommand::Gateway {
             serve,
@@ -997,6 +1009,8 @@ fn main() -> anyhow::Result<()> {
                 model: model.sources(None)?,
                 redis_url,
                 gateway,
+                rerank: RerankConfig::default(),
+                experiment: Experiment::default(),
                 traces: LocalTraces::Embedded(traces.clone()),
                 direct_links: !grpc_links,
                 dashboard_site: Some(
@@ -1035,19 +1049,49 @@ fn main() -> anyhow::Result<()> {
             eprintln!("synth: {n} ratings written to {}", out.display());
             Ok(())
         }
-        Command::ExportRanking { artifacts, out } => {
-            use recstack_services::ranking::{export, features::FeatureSpec};
+        Command::ExportRanking { artifacts, data, out } => {
+            use recstack_services::ranking::export::{self, CandidateParams};
+            use recstack_services::ranking::features::FeatureSpec;
             let (manifest, a) = build::load(&artifacts, None).context("loading artifacts")?;
+            let data = data.unwrap_or_else(dataset::bundled_dir);
+            let inputs = build::hash_inputs(&data, &["movies.dat", "ratings.dat"])?;
+            anyhow::ensure!(
+                inputs == manifest.inputs,
+                "--data {}: not the data artifacts {} were built from (the files' sha256 differ)",
+                data.display(),
+                manifest.version
+            );
+            let ds = Dataset::load_movietweetings(&data)?;
+            eprintln!("export-ranking: the validation world (the training ratings, split again by time)");
+            let world = export::validation_world(&ds, &manifest.params, &Progress::new(false))?;
             let spec = FeatureSpec::all(FeatureSpec::default_buckets);
-            let (train, test) = export::sample(&a, &spec, &export::ExportParams::default());
-            export::write(&out, &spec, &train, &test).with_context(|| format!("writing {}", out.display()))?;
+            let p = CandidateParams::default();
+            let (trained, judged) = export::held_out_users(&world, p.judge_every);
+            let (_, reported) = export::held_out_users(&a, p.judge_every);
+            let mut splits = Vec::new();
+            for (name, world, users, sample) in [
+                ("train", &world, &trained, true),
+                ("valid", &world, &judged, false),
+                ("test", &a, &reported, false),
+            ] {
+                let started = Instant::now();
+                let split = export::candidate_rows(world, &spec, &p, users, sample);
+                eprintln!(
+                    "export-ranking: {name}: {} rows ({} positives) for {} users in {:.1}s",
+                    split.rows(),
+                    split.label.iter().filter(|&&l| l > 0.0).count(),
+                    users.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                splits.push((name, split));
+            }
+            let named: Vec<(&str, &export::Split)> = splits.iter().map(|(n, s)| (*n, s)).collect();
+            export::write(&out, &spec, &named).with_context(|| format!("writing {}", out.display()))?;
             std::fs::write(out.join("artifact_version"), &manifest.version)?;
             eprintln!(
-                "export-ranking: {} training rows, {} test rows from artifacts {} in {}",
-                train.rows(),
-                test.rows(),
-                manifest.version,
-                out.display()
+                "export-ranking: wrote {} (artifacts {})",
+                out.display(),
+                manifest.version
             );
             Ok(())
         }

@@ -382,15 +382,16 @@ pub async fn ranking(
     .await
 }
 
-/// The rerank service with its business rules (block list, pins) in `config`.
-pub async fn rerank(items: Arc<Snapshot>, config: RerankConfig, addrs: Addrs) -> Result<Service, ServeError> {
+/// The rerank service with its business rules (block list, pins) in `config` and its A/B
+/// experiment on MMR's trade-off.
+pub async fn rerank(
+    items: Arc<Snapshot>,
+    config: RerankConfig,
+    experiment: Experiment,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
     let metrics = Arc::new(RerankMetrics::default());
-    let service = Arc::new(RerankService::new(
-        items,
-        config,
-        Experiment::default(),
-        metrics.clone(),
-    ));
+    let service = Arc::new(RerankService::new(items, config, experiment, metrics.clone()));
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "rerank",
@@ -653,6 +654,10 @@ pub struct LocalOptions {
     pub model: ModelSources,
     pub redis_url: Option<String>,
     pub gateway: GatewayConfig,
+    /// The rerank service's rules, and its A/B experiment on MMR's trade-off (no variants:
+    /// every user gets `rerank.mmr_lambda`).
+    pub rerank: RerankConfig,
+    pub experiment: Experiment,
     pub traces: LocalTraces,
     /// The gateway calls the services in this process directly instead of over gRPC.
     pub direct_links: bool,
@@ -767,7 +772,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     };
     let features = features(snapshot.clone(), source, None, a.features).await?;
     let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
-    let rerank = rerank(snapshot.clone(), RerankConfig::default(), a.rerank).await?;
+    let rerank = rerank(snapshot.clone(), opts.rerank, opts.experiment, a.rerank).await?;
     let mut event_path = Vec::new();
     if let (Some(ev), Some(sink)) = (&opts.events, sink) {
         let (log, recovered) = FileLog::open(&ev.log_dir, ev.partitions).map_err(|e| ServeError::Server {

@@ -108,7 +108,7 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["level"], "full", "{body}");
     assert_eq!(v["items"].as_array().unwrap().len(), 10, "{body}");
-    assert_eq!(v["model_version"], "deepfm-1", "{body}");
+    assert_eq!(v["model_version"], "deepfm-2", "{body}");
 
     // Its trace reaches the embedded store and the query API the banner names.
     let traces = address_after(&banner, "traces");
@@ -158,4 +158,102 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
         "the trace store is beside the artifacts"
     );
     std::fs::remove_dir_all(&artifacts).ok();
+}
+
+/// A `.npy` file's shape and, for float32 arrays, its values.
+fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}", path.display());
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| d.trim().parse().unwrap())
+        .collect();
+    let values = if header.contains("'<f4'") {
+        bytes[10 + len..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (shape, values)
+}
+
+/// `recstack export-ranking` writes what `scripts/train-ranker` reads: three candidate splits
+/// whose files agree on their rows, with positives in each, every judged user's whole candidate
+/// list, and the features the service computes. Data other than the artifacts' is refused,
+/// naming `--data`, and nothing is written.
+#[test]
+fn export_ranking_writes_the_candidate_splits_and_refuses_other_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = common::artifact_root().to_str().unwrap().to_string();
+    let out_dir = tmp.path().join("ranking-data");
+    let out = recstack(&[
+        "export-ranking",
+        "--artifacts",
+        &root,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let features: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("features.json")).unwrap()).unwrap();
+    let (sparse, dense) = (
+        features["sparse"].as_array().unwrap().len(),
+        features["dense"].as_array().unwrap().len(),
+    );
+    assert!(
+        features["dense"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "recall_position")
+    );
+    for split in ["train", "valid", "test"] {
+        let file = |array: &str| out_dir.join(format!("{split}_{array}.npy"));
+        let (shape, labels) = read_npy(&file("label"));
+        let n = shape[0];
+        assert!(n > 10_000, "{split}: {n} rows");
+        let positives = labels.iter().filter(|&&l| l == 1.0).count();
+        assert!(positives > 100, "{split}: {positives} positives");
+        assert_eq!(labels.iter().filter(|&&l| l == 0.0).count() + positives, n);
+        assert_eq!(read_npy(&file("sparse")).0, [n, sparse], "{split}");
+        assert_eq!(read_npy(&file("dense")).0, [n, dense], "{split}");
+        for array in ["group", "position", "relevant"] {
+            assert_eq!(read_npy(&file(array)).0, [n], "{split}_{array}");
+        }
+        if split != "train" {
+            assert_eq!(n % 500, 0, "{split}: each judged user's 500 candidates");
+        }
+    }
+
+    // The same file names with other ratings: not what the artifacts were built from.
+    let data = tmp.path().join("other-data");
+    std::fs::create_dir(&data).unwrap();
+    let bundled = recstack_services::dataset::bundled_dir();
+    std::fs::copy(bundled.join("movies.dat"), data.join("movies.dat")).unwrap();
+    let ratings = std::fs::read_to_string(bundled.join("ratings.dat")).unwrap();
+    let fewer: Vec<&str> = ratings.lines().skip(1).collect();
+    std::fs::write(data.join("ratings.dat"), fewer.join("\n")).unwrap();
+    let refused_dir = tmp.path().join("refused");
+    let out = recstack(&[
+        "export-ranking",
+        "--artifacts",
+        &root,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        refused_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--data") && err.contains("not the data artifacts"),
+        "{err}"
+    );
+    assert!(!refused_dir.exists(), "nothing written");
 }

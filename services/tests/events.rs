@@ -16,6 +16,8 @@ use recstack_services::gateway::GatewayConfig;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::recall::service::proto::RecallRequest;
 use recstack_services::recall::service::proto::recall_client::RecallClient;
+use recstack_services::rerank::RerankConfig;
+use recstack_services::rerank::service::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalEvents, LocalOptions, LocalStack, LocalTraces};
 use recstack_services::stream::window::WindowConfig;
 use serde_json::{Value, json};
@@ -33,6 +35,8 @@ async fn stack(log_dir: &std::path::Path) -> LocalStack {
         model: ModelSources::cpu(manifest_dir.join("models/deepfm/model.onnx")),
         redis_url: None,
         gateway: GatewayConfig::default(),
+        rerank: RerankConfig::default(),
+        experiment: Experiment::default(),
         traces: LocalTraces::Off,
         dashboard_site: None,
         // One-second windows so a test sees several close.

@@ -1,46 +1,35 @@
-//! Training data for the ranking model, computed by the serving code's own feature function.
+//! Training data for the ranking model: recall's own candidates, with the serving code's own
+//! feature function.
+//!
+//! The ranker answers one question in the stack: which of recall's candidates (the first
+//! [`CandidateParams::rank_limit`] of its merged order) will this user rate next? Its data asks
+//! the same question. [`validation_world`] builds the artifacts of the training ratings alone,
+//! whose own time split holds out each user's latest training ratings, so recall, features and
+//! labels come from a world that never saw the holdout; the real artifacts' holdout is only
+//! reported on.
 //!
 //! `recstack export-ranking --out DIR` writes NumPy arrays (`.npy`) that
-//! `scripts/train-ranker` reads:
-//! - `train_{sparse,dense,label}.npy`: each user's training ratings (at most
-//!   [`ExportParams::positives_per_user`], most recent first) as positives, and per positive
-//!   `negatives` items the user never rated, half uniform, half by popularity.
-//! - `test_{sparse,dense,label,group}.npy`: each held-out user's held-out items (never trained
-//!   on) against [`ExportParams::test_negatives`] unrated items, half uniform, half by
-//!   popularity (recall's candidates are neither random nor only popular); `group` is the user,
-//!   for per-user AUC and NDCG.
-//! - `features.json`: the [`FeatureSpec`] the arrays follow (copied into the model card).
+//! `scripts/train-ranker` reads, each split as `{split}_{sparse,dense,label,group,position,relevant}.npy`:
+//! - `train`: the validation world's users not judged ([`judged`]), each with every held-out
+//!   item recall found and [`CandidateParams::negatives`] of its other candidates;
+//! - `valid`: the judged users of the validation world, every candidate (to choose the model on);
+//! - `test`: the judged users of the real holdout, every candidate (to report, never to choose);
+//! - `features.json`: the [`FeatureSpec`] the arrays follow (the trainer writes the subset it
+//!   uses into the model card).
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::features::FeatureSpec;
-use crate::build::Artifacts;
+use crate::build::{self, Artifacts, BuildError, BuildParams, Progress};
+use crate::dataset::{Dataset, time_split};
 use crate::features::Snapshot;
-
-/// How many rows the export samples.
-#[derive(Clone, Debug)]
-pub struct ExportParams {
-    pub positives_per_user: usize,
-    pub negatives: usize,
-    pub test_negatives: usize,
-    pub seed: u64,
-}
-
-impl Default for ExportParams {
-    fn default() -> Self {
-        Self {
-            positives_per_user: 50,
-            negatives: 4,
-            test_negatives: 100,
-            seed: 7,
-        }
-    }
-}
+use crate::recall::{self, UserHistory};
 
 /// Rows of one split, row-major.
 #[derive(Default, Debug)]
@@ -48,7 +37,13 @@ pub struct Split {
     pub sparse: Vec<i64>,
     pub dense: Vec<f32>,
     pub label: Vec<f32>,
+    /// The user (dense id) a row belongs to.
     pub group: Vec<i64>,
+    /// Candidate rows: the item's 0-based position in recall's merged order.
+    pub position: Vec<i64>,
+    /// Candidate rows: how many held-out items the row's user has (retrieved or not), the
+    /// denominator of recall@k and NDCG@k.
+    pub relevant: Vec<i64>,
 }
 
 impl Split {
@@ -57,97 +52,147 @@ impl Split {
     }
 }
 
-/// Samples the training and test rows.
-pub fn sample(a: &Artifacts, spec: &FeatureSpec, p: &ExportParams) -> (Split, Split) {
+/// What the full level asks the ranker, and how the export samples it.
+#[derive(Clone, Debug)]
+pub struct CandidateParams {
+    /// Recall's per-channel quota and merged total (the recall service's defaults).
+    pub quota: usize,
+    pub total: usize,
+    /// How far down recall's merged order the ranker reaches (the gateway's full level).
+    pub rank_limit: usize,
+    /// Training users: candidates kept per user besides the positives, drawn uniformly from
+    /// the rest.
+    pub negatives: usize,
+    /// One user in this many (by a stable hash of the id) is kept out of training to judge it.
+    pub judge_every: u64,
+    pub seed: u64,
+}
+
+impl Default for CandidateParams {
+    fn default() -> Self {
+        Self {
+            quota: crate::recall::service::DEFAULT_QUOTA,
+            total: crate::recall::service::DEFAULT_N,
+            rank_limit: crate::gateway::GatewayConfig::default().full.rank_limit,
+            negatives: 50,
+            judge_every: 5,
+            seed: 7,
+        }
+    }
+}
+
+/// The artifacts of the training ratings alone. Their own time split holds out each user's
+/// latest training ratings (the validation period) and computes every feature and recall
+/// list from what came before, as the real build does for the holdout. A ranker trained on
+/// this world's candidates learns the served question (which of recall's candidates does the
+/// user rate next) without ever seeing the holdout.
+pub fn validation_world(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<Artifacts, BuildError> {
+    let train = time_split(&ds.ratings, params.holdout, params.min_history).train;
+    build::build(
+        &Dataset {
+            ratings: train,
+            ..ds.clone()
+        },
+        params,
+        progress,
+    )
+}
+
+/// Whether a user is one of those kept out of training to judge it.
+pub fn judged(user_id: &str, every: u64) -> bool {
+    every > 0 && crate::stable_hash(user_id.as_bytes()).is_multiple_of(every)
+}
+
+/// The users with held-out items in `a` (dense ids, ascending), split into (trained on,
+/// judged).
+pub fn held_out_users(a: &Artifacts, judge_every: u64) -> (Vec<u32>, Vec<u32>) {
+    let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+        .into_iter()
+        .partition(|&u| !judged(&a.users[u as usize], judge_every))
+}
+
+/// Candidate rows for `users` (dense ids): recall's merged candidates for each, cut at the
+/// ranker's reach, labelled 1 where the user rated the item in the holdout, with each row's
+/// recall position and the user's held-out count. `sample` keeps every positive and
+/// [`CandidateParams::negatives`] of the rest (and drops users recall found nothing for);
+/// otherwise every candidate is kept, as judging a ranked list needs.
+pub fn candidate_rows(a: &Artifacts, spec: &FeatureSpec, p: &CandidateParams, users: &[u32], sample: bool) -> Split {
     let snapshot = Snapshot::from_artifacts(a);
-    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    let n_items = a.items.len() as u32;
-    // Every training interaction once: drawing from it is drawing by popularity.
-    let pool: Vec<u32> = a.history.iter().flatten().copied().collect();
     let rows = spec.rows();
-    let row = |split: &mut Split, u: usize, i: u32, label: f32| {
-        let user_id = &a.users[u];
-        let item_id = &a.items[i as usize].id;
-        rows.push_row(
-            user_id,
-            snapshot.user(user_id),
-            item_id,
-            snapshot.item(item_id),
-            &mut split.sparse,
-            &mut split.dense,
-        );
-        split.label.push(label);
-        split.group.push(u as i64);
-    };
-
-    let mut train = Split::default();
-    let mut test = Split::default();
-    if pool.is_empty() {
-        return (train, test);
-    }
-    for (u, items) in a.history.iter().enumerate() {
-        let rated: HashSet<u32> = items.iter().copied().collect();
-        if rated.len() >= n_items as usize {
-            continue;
-        }
-        for &i in items.iter().take(p.positives_per_user) {
-            row(&mut train, u, i, 1.0);
-            for k in 0..p.negatives {
-                let neg = negative(&mut rng, k, n_items, &pool, &rated);
-                row(&mut train, u, neg, 0.0);
-            }
-        }
-    }
-
-    let mut held: Vec<Vec<u32>> = vec![Vec::new(); a.users.len()];
+    let mut held: Vec<HashSet<u32>> = vec![HashSet::new(); a.users.len()];
     for r in &a.holdout {
-        held[r.user as usize].push(r.item);
+        held[r.user as usize].insert(r.item);
     }
-    for (u, positives) in held.iter().enumerate() {
-        if positives.is_empty() {
-            continue;
-        }
-        let excluded: HashSet<u32> = a.history[u].iter().chain(positives).copied().collect();
-        if excluded.len() + p.test_negatives >= n_items as usize {
-            continue;
-        }
-        for &i in positives {
-            row(&mut test, u, i, 1.0);
-        }
-        for k in 0..p.test_negatives {
-            let neg = negative(&mut rng, k, n_items, &pool, &excluded);
-            row(&mut test, u, neg, 0.0);
-        }
+    let parts: Vec<Split> = users
+        .par_iter()
+        .map(|&u| {
+            let mut out = Split::default();
+            let truth = &held[u as usize];
+            let candidates = recall::recall(a, &UserHistory::new(a, u), p.quota, p.total);
+            let cut = &candidates[..candidates.len().min(p.rank_limit)];
+            let mut keep: Vec<usize> = (0..cut.len()).collect();
+            if sample {
+                let (positives, rest): (Vec<usize>, Vec<usize>) =
+                    keep.into_iter().partition(|&k| truth.contains(&cut[k].item));
+                if positives.is_empty() {
+                    return out;
+                }
+                let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ u64::from(u).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let drawn = rand::seq::index::sample(&mut rng, rest.len(), p.negatives.min(rest.len()));
+                keep = positives.into_iter().chain(drawn.iter().map(|k| rest[k])).collect();
+                keep.sort_unstable();
+            }
+            let user_id = &a.users[u as usize];
+            let user = rows.user(user_id, snapshot.user(user_id));
+            for k in keep {
+                let item = cut[k].item;
+                let item_id = &a.items[item as usize].id;
+                rows.push(
+                    &user,
+                    item_id,
+                    snapshot.item(item_id),
+                    k,
+                    &mut out.sparse,
+                    &mut out.dense,
+                );
+                out.label.push(if truth.contains(&item) { 1.0 } else { 0.0 });
+                out.group.push(i64::from(u));
+                out.position.push(k as i64);
+                out.relevant.push(truth.len() as i64);
+            }
+            out
+        })
+        .collect();
+    let mut all = Split::default();
+    for part in parts {
+        all.sparse.extend(part.sparse);
+        all.dense.extend(part.dense);
+        all.label.extend(part.label);
+        all.group.extend(part.group);
+        all.position.extend(part.position);
+        all.relevant.extend(part.relevant);
     }
-    (train, test)
+    all
 }
 
-/// The `k`-th negative for a user: an item not in `excluded`, drawn uniformly for even `k` and
-/// by popularity (from `pool`, every interaction once) for odd `k`. The caller makes sure
-/// some item is not excluded.
-fn negative(rng: &mut ChaCha8Rng, k: usize, n_items: u32, pool: &[u32], excluded: &HashSet<u32>) -> u32 {
-    loop {
-        let j = if k.is_multiple_of(2) {
-            rng.gen_range(0..n_items)
-        } else {
-            pool[rng.gen_range(0..pool.len())]
-        };
-        if !excluded.contains(&j) {
-            return j;
-        }
-    }
-}
-
-/// Writes both splits and the feature spec to `dir`.
-pub fn write(dir: &Path, spec: &FeatureSpec, train: &Split, test: &Split) -> std::io::Result<()> {
+/// Writes the named splits and the feature spec to `dir`: `{name}_{sparse,dense,label,group}.npy`
+/// for every split, and `{name}_{position,relevant}.npy` for candidate splits.
+pub fn write(dir: &Path, spec: &FeatureSpec, splits: &[(&str, &Split)]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let (s, d) = (spec.sparse.len(), spec.dense.len());
-    for (name, split) in [("train", train), ("test", test)] {
+    for &(name, split) in splits {
         let n = split.rows();
         write_npy(&dir.join(format!("{name}_sparse.npy")), &[n, s], &split.sparse)?;
         write_npy(&dir.join(format!("{name}_dense.npy")), &[n, d], &split.dense)?;
         write_npy(&dir.join(format!("{name}_label.npy")), &[n], &split.label)?;
         write_npy(&dir.join(format!("{name}_group.npy")), &[n], &split.group)?;
+        if split.position.len() == n {
+            write_npy(&dir.join(format!("{name}_position.npy")), &[n], &split.position)?;
+            write_npy(&dir.join(format!("{name}_relevant.npy")), &[n], &split.relevant)?;
+        }
     }
     let json = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("features.json"), json)
@@ -202,6 +247,131 @@ pub fn write_npy<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::{Item, Rating};
+
+    /// 60 users rating 12 of 40 items each, one a day, with overlapping tastes.
+    fn dataset() -> Dataset {
+        let items = (0..40)
+            .map(|i| Item {
+                id: format!("{i:07}"),
+                title: format!("item {i}"),
+                year: Some(1990 + i as u16 % 30),
+                genres: vec![format!("g{}", i % 5)],
+            })
+            .collect();
+        let ratings = (0..60u32)
+            .flat_map(|u| {
+                (0..12u32).map(move |k| Rating {
+                    user: u,
+                    item: (u * 7 + k * 3 + k * k) % 40,
+                    rating: 5 + (k % 5) as u8,
+                    ts: 1_600_000_000 + i64::from(k) * 86_400 + i64::from(u),
+                })
+            })
+            .collect();
+        Dataset {
+            items,
+            users: (0..60).map(|u| format!("user-{u}")).collect(),
+            ratings,
+        }
+    }
+
+    fn per_user(split: &Split) -> std::collections::BTreeMap<i64, Vec<usize>> {
+        let mut rows: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (r, &g) in split.group.iter().enumerate() {
+            rows.entry(g).or_default().push(r);
+        }
+        rows
+    }
+
+    #[test]
+    fn the_validation_world_holds_out_the_latest_training_ratings_and_never_the_real_holdout() {
+        let ds = dataset();
+        let p = BuildParams::default();
+        let quiet = Progress::new(true);
+        let real = build::build(&ds, &p, &quiet).unwrap();
+        let world = validation_world(&ds, &p, &quiet).unwrap();
+        let mut checked = 0;
+        for u in 0..ds.users.len() {
+            let trained: HashSet<u32> = real.history[u].iter().copied().collect();
+            let held: HashSet<u32> = world
+                .holdout
+                .iter()
+                .filter(|r| r.user as usize == u)
+                .map(|r| r.item)
+                .collect();
+            let earlier: HashSet<u32> = world.history[u].iter().copied().collect();
+            // The world's training and held-out items are the real training items, split.
+            assert_eq!(&earlier | &held, trained, "user {u}");
+            assert!(earlier.is_disjoint(&held));
+            // Held out are the latest: the real history is most recent first.
+            let latest: HashSet<u32> = real.history[u].iter().take(held.len()).copied().collect();
+            assert_eq!(held, latest, "user {u}");
+            checked += usize::from(!held.is_empty());
+        }
+        assert!(checked > 50, "{checked} users with a validation period");
+    }
+
+    #[test]
+    fn candidate_rows_are_recalls_cut_labelled_by_the_holdout_and_sampled_around_every_positive() {
+        let a = build::build(&dataset(), &BuildParams::default(), &Progress::new(true)).unwrap();
+        let spec = FeatureSpec::all(FeatureSpec::default_buckets);
+        let p = CandidateParams {
+            rank_limit: 10,
+            negatives: 3,
+            judge_every: 2,
+            ..CandidateParams::default()
+        };
+        let (trained, judged) = held_out_users(&a, p.judge_every);
+        assert!(!trained.is_empty() && !judged.is_empty());
+        assert!(judged.iter().all(|&u| judged_user(&a, u)) && !trained.iter().any(|&u| judged_user(&a, u)));
+        let mut all: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(trained.len() + judged.len(), all.len());
+
+        let held = |u: u32| -> HashSet<u32> { a.holdout.iter().filter(|r| r.user == u).map(|r| r.item).collect() };
+        let whole = candidate_rows(&a, &spec, &p, &all, false);
+        assert_eq!(whole.sparse.len(), whole.rows() * spec.sparse.len());
+        assert_eq!(whole.dense.len(), whole.rows() * spec.dense.len());
+        let whole_rows = per_user(&whole);
+        assert_eq!(whole_rows.len(), all.len(), "every user, found something or not");
+        for (&g, rows) in &whole_rows {
+            let u = g as u32;
+            let cut: Vec<u32> = recall::recall(&a, &UserHistory::new(&a, u), p.quota, p.total)
+                .into_iter()
+                .take(p.rank_limit)
+                .map(|c| c.item)
+                .collect();
+            assert_eq!(rows.len(), cut.len(), "user {u}");
+            let truth = held(u);
+            for (k, &r) in rows.iter().enumerate() {
+                assert_eq!(whole.position[r], k as i64, "in recall's order");
+                assert_eq!(whole.label[r] == 1.0, truth.contains(&cut[k]), "user {u}, position {k}");
+                assert_eq!(whole.relevant[r], truth.len() as i64);
+            }
+        }
+
+        let sampled = candidate_rows(&a, &spec, &p, &all, true);
+        let sampled_rows = per_user(&sampled);
+        let positives = |split: &Split, rows: &[usize]| rows.iter().filter(|&&r| split.label[r] == 1.0).count();
+        for (g, rows) in &whole_rows {
+            let found = positives(&whole, rows);
+            match sampled_rows.get(g) {
+                None => assert_eq!(found, 0, "user {g} dropped though recall found a positive"),
+                Some(kept) => {
+                    assert_eq!(positives(&sampled, kept), found, "user {g}: every positive kept");
+                    assert_eq!(kept.len() - found, p.negatives.min(rows.len() - found), "user {g}");
+                    assert!(kept.windows(2).all(|w| sampled.position[w[0]] < sampled.position[w[1]]));
+                }
+            }
+        }
+        assert!(!sampled_rows.is_empty());
+    }
+
+    fn judged_user(a: &Artifacts, u: u32) -> bool {
+        judged(&a.users[u as usize], 2)
+    }
 
     #[test]
     fn npy_header_is_padded_and_describes_the_array() {

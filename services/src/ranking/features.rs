@@ -37,6 +37,7 @@ pub const DENSE: &[&str] = &[
     "genre_affinity",
     "item_age",
     "item_genre_count",
+    "recall_position",
 ];
 
 /// One categorical input of a model card.
@@ -187,11 +188,12 @@ enum DenseKind {
     GenreAffinity,
     ItemAge,
     ItemGenreCount,
+    RecallPosition,
     Unknown,
 }
 
 impl DenseKind {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::UserLogRatings,
         Self::UserMeanRating,
         Self::ItemLogRatings,
@@ -200,6 +202,7 @@ impl DenseKind {
         Self::GenreAffinity,
         Self::ItemAge,
         Self::ItemGenreCount,
+        Self::RecallPosition,
     ];
 
     fn of(name: &str) -> Self {
@@ -219,6 +222,7 @@ impl DenseKind {
             Self::GenreAffinity => "genre_affinity",
             Self::ItemAge => "item_age",
             Self::ItemGenreCount => "item_genre_count",
+            Self::RecallPosition => "recall_position",
             Self::Unknown => "",
         }
     }
@@ -331,6 +335,7 @@ impl RowWriter {
             user: None,
             item_id: &item.item_id,
             item: Some(item),
+            position: 0,
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
@@ -381,12 +386,20 @@ impl RowWriter {
 
     /// Appends the row for (user, a known item) from both precomputed parts, computing only
     /// the features that cross them.
-    pub fn push_item(&self, user: &UserRow, item: &ItemRow, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
+    pub fn push_item(
+        &self,
+        user: &UserRow,
+        item: &ItemRow,
+        position: usize,
+        sparse: &mut Vec<i64>,
+        dense: &mut Vec<f32>,
+    ) {
         let row = Row {
             user_id: user.user_id,
             user: user.user,
             item_id: &item.item.item_id,
             item: Some(&item.item),
+            position,
         };
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
         sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
@@ -419,6 +432,7 @@ impl RowWriter {
             user,
             item_id: "",
             item: None,
+            position: 0,
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_user, DenseKind::per_user);
         UserRow {
@@ -439,6 +453,7 @@ impl RowWriter {
         user: &UserRow,
         item_id: &str,
         item: Option<&ItemFeatures>,
+        position: usize,
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
     ) {
@@ -447,6 +462,7 @@ impl RowWriter {
             user: user.user,
             item_id,
             item,
+            position,
         };
         sparse.extend(
             self.sparse
@@ -462,17 +478,25 @@ impl RowWriter {
         );
     }
 
-    /// One row for (user, item), computing the user's part too (the training export, tests).
-    pub fn push_row(
+    /// One row for (user, item) at `position`, computing the user's part too (tests).
+    pub fn row(
         &self,
         user_id: &str,
         user: Option<&UserFeatures>,
         item_id: &str,
         item: Option<&ItemFeatures>,
-        sparse: &mut Vec<i64>,
-        dense: &mut Vec<f32>,
-    ) {
-        self.push(&self.user(user_id, user), item_id, item, sparse, dense);
+        position: usize,
+    ) -> (Vec<i64>, Vec<f32>) {
+        let (mut sparse, mut dense) = (Vec::new(), Vec::new());
+        self.push(
+            &self.user(user_id, user),
+            item_id,
+            item,
+            position,
+            &mut sparse,
+            &mut dense,
+        );
+        (sparse, dense)
     }
 }
 
@@ -505,6 +529,8 @@ struct Row<'a> {
     user: Option<&'a UserFeatures>,
     item_id: &'a str,
     item: Option<&'a ItemFeatures>,
+    /// The item's place in the request's candidate order (0 first).
+    position: usize,
 }
 
 /// FNV-1a continued over more bytes (the same function as [`crate::stable_hash`]).
@@ -582,6 +608,8 @@ impl Row<'_> {
                 _ => 0.5,
             },
             DenseKind::ItemGenreCount => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
+            // ln(1 + p) / ln(1 + 1000): 0 for recall's first candidate, 1 from the 1000th on.
+            DenseKind::RecallPosition => ((self.position as f32).ln_1p() / 1_001f32.ln()).min(1.0),
             DenseKind::Unknown => 0.0,
         }
     }
@@ -629,9 +657,7 @@ mod tests {
     }
 
     fn row(user: Option<&UserFeatures>, item: Option<&ItemFeatures>) -> (Vec<i64>, Vec<f32>) {
-        let (mut s, mut d) = (vec![], vec![]);
-        spec().rows().push_row("u1", user, "i1", item, &mut s, &mut d);
-        (s, d)
+        spec().rows().row("u1", user, "i1", item, 0)
     }
 
     fn dense(name: &str, v: &[f32]) -> f32 {
@@ -678,9 +704,9 @@ mod tests {
                 let once = writer.user("u1", user);
                 for (n, it) in items.iter().enumerate() {
                     let id = format!("i{n}");
-                    let (mut s1, mut d1, mut s2, mut d2) = (vec![], vec![], vec![], vec![]);
-                    writer.push(&once, &id, Some(it), &mut s1, &mut d1);
-                    writer.push_row("u1", user, &id, Some(it), &mut s2, &mut d2);
+                    let (mut s1, mut d1) = (vec![], vec![]);
+                    writer.push(&once, &id, Some(it), n, &mut s1, &mut d1);
+                    let (s2, d2) = writer.row("u1", user, &id, Some(it), n);
                     assert_eq!((&s1, &d1), (&s2, &d2), "{case}, item {n}");
                     // The item's part computed once too (the service's per-model item table).
                     let it = ItemFeatures {
@@ -688,7 +714,7 @@ mod tests {
                         ..it.clone()
                     };
                     let (mut s3, mut d3) = (vec![], vec![]);
-                    writer.push_item(&once, &writer.item(&it), &mut s3, &mut d3);
+                    writer.push_item(&once, &writer.item(&it), n, &mut s3, &mut d3);
                     assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
                 }
             }
@@ -700,7 +726,7 @@ mod tests {
             .iter()
             .map(|it| {
                 let (mut s, mut d) = (vec![], vec![]);
-                writer.push_item(&once, &writer.item(it), &mut s, &mut d);
+                writer.push_item(&once, &writer.item(it), 0, &mut s, &mut d);
                 dense("genre_affinity", &d)
             })
             .collect();
@@ -709,10 +735,29 @@ mod tests {
         let mut odd = spec();
         odd.sparse[0].name = "nope".into();
         odd.dense[0] = "nope".into();
-        let (mut s, mut d) = (vec![], vec![]);
-        odd.rows()
-            .push_row("u1", Some(&u), "i1", Some(&items[0]), &mut s, &mut d);
+        let (s, d) = odd.rows().row("u1", Some(&u), "i1", Some(&items[0]), 0);
         assert_eq!((s[0], d[0]), (0, 0.0));
+    }
+
+    #[test]
+    fn recall_position_grows_with_the_place_in_the_request_and_tops_out_at_1000() {
+        let at = |p: usize| {
+            let (_, d) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), p);
+            dense("recall_position", &d)
+        };
+        let values: Vec<f32> = [0, 1, 9, 99, 499, 999, 1000, 4999].into_iter().map(at).collect();
+        assert_eq!(values[0], 0.0, "recall's first candidate");
+        assert!(values.windows(2).take(5).all(|w| w[0] < w[1]), "{values:?}");
+        // A decade of places is a third of the scale: the 10th at 1/3, the 100th at 2/3.
+        assert!((values[2] - 1.0 / 3.0).abs() < 0.001, "{values:?}");
+        assert!((values[3] - 2.0 / 3.0).abs() < 0.001, "{values:?}");
+        assert_eq!(&values[6..], [1.0, 1.0], "{values:?}");
+        // Only this column depends on the position.
+        let (s0, mut d0) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), 0);
+        let (s7, mut d7) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), 7);
+        let col = DENSE.iter().position(|n| *n == "recall_position").unwrap();
+        (d0[col], d7[col]) = (0.0, 0.0);
+        assert_eq!((s0, d0), (s7, d7));
     }
 
     #[test]
@@ -802,9 +847,7 @@ mod tests {
             sparse: vec![],
             dense: vec!["item_genre_count".into(), "user_mean_rating".into()],
         };
-        let (mut s, mut d) = (vec![], vec![]);
-        spec.rows()
-            .push_row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), &mut s, &mut d);
+        let (s, d) = spec.rows().row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), 0);
         assert!(s.is_empty());
         assert_eq!(d, vec![0.4, 0.75]);
     }

@@ -288,12 +288,12 @@ impl LoadedModel {
         let mut sparse = Vec::with_capacity(item_ids.len() * sparse_width);
         let mut dense = Vec::with_capacity(item_ids.len() * dense_width);
         let mut unknown_items = Vec::new();
-        for id in item_ids {
+        for (position, id) in item_ids.iter().enumerate() {
             match self.items.get(id.as_bytes()) {
-                Some(item) => self.rows.push_item(&user, item, &mut sparse, &mut dense),
+                Some(item) => self.rows.push_item(&user, item, position, &mut sparse, &mut dense),
                 None => {
                     unknown_items.push(id.clone());
-                    self.rows.push(&user, id, None, &mut sparse, &mut dense);
+                    self.rows.push(&user, id, None, position, &mut sparse, &mut dense);
                 }
             }
         }
@@ -317,7 +317,7 @@ impl LoadedModel {
         let mut unknown_items = Vec::new();
         // One row's feature values at a time.
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
-        for (id, found) in item_ids.iter().zip(found) {
+        for (position, (id, found)) in item_ids.iter().zip(found).enumerate() {
             sparse.clear();
             dense.clear();
             let start = pre.len();
@@ -326,7 +326,7 @@ impl LoadedModel {
                     // `fold` gave every item of the table its part.
                     debug_assert_eq!(item.folded.len(), user_part.len());
                     pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
-                    self.rows.push_item(user, item, &mut sparse, &mut dense);
+                    self.rows.push_item(user, item, position, &mut sparse, &mut dense);
                     let row = &mut pre[start..];
                     for &col in &f.cross.0 {
                         f.first.add_sparse(row, col, sparse[col]);
@@ -338,7 +338,7 @@ impl LoadedModel {
                 None => {
                     unknown_items.push(id.clone());
                     pre.extend_from_slice(&user_part);
-                    self.rows.push(user, id, None, &mut sparse, &mut dense);
+                    self.rows.push(user, id, None, position, &mut sparse, &mut dense);
                     f.first
                         .add_columns(&mut pre[start..], (&sparse, &dense), sides, |s| s != Side::User);
                 }
@@ -592,11 +592,11 @@ mod tests {
         let (sparse, dense, unknown) = model.features("u1", Some(&user), &ids);
         assert_eq!(unknown, ["new-item"]);
         let (mut want_sparse, mut want_dense) = (Vec::new(), Vec::new());
-        for id in &ids {
+        for (position, id) in ids.iter().enumerate() {
             let it = known.iter().find(|i| &i.item_id == id);
-            model
-                .rows
-                .push_row("u1", Some(&user), id, it, &mut want_sparse, &mut want_dense);
+            let (s, d) = model.rows.row("u1", Some(&user), id, it, position);
+            want_sparse.extend(s);
+            want_dense.extend(d);
         }
         assert_eq!(sparse, want_sparse);
         assert_eq!(dense, want_dense);

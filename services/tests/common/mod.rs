@@ -168,6 +168,8 @@ pub fn traced_stack(
             full_trace_sample: 0.0,
             ..GatewayConfig::default()
         },
+        rerank: recstack_services::rerank::RerankConfig::default(),
+        experiment: recstack_services::rerank::service::Experiment::default(),
         traces: LocalTraces::Embedded(trace_file.to_path_buf()),
         dashboard_site,
         events: None,
