@@ -50,6 +50,16 @@ impl Split {
     pub fn rows(&self) -> usize {
         self.label.len()
     }
+
+    /// Adds `other`'s rows after this split's.
+    pub fn append(&mut self, other: Split) {
+        self.sparse.extend(other.sparse);
+        self.dense.extend(other.dense);
+        self.label.extend(other.label);
+        self.group.extend(other.group);
+        self.position.extend(other.position);
+        self.relevant.extend(other.relevant);
+    }
 }
 
 /// What the full level asks the ranker, and how the export samples it.
@@ -168,12 +178,7 @@ pub fn candidate_rows(a: &Artifacts, spec: &FeatureSpec, p: &CandidateParams, us
         .collect();
     let mut all = Split::default();
     for part in parts {
-        all.sparse.extend(part.sparse);
-        all.dense.extend(part.dense);
-        all.label.extend(part.label);
-        all.group.extend(part.group);
-        all.position.extend(part.position);
-        all.relevant.extend(part.relevant);
+        all.append(part);
     }
     all
 }

@@ -478,8 +478,10 @@ impl RowWriter {
         );
     }
 
-    /// One row for (user, item) at `position`, computing the user's part too (tests).
-    pub fn row(
+    /// One row for (user, item) at `position`, computing the user's part too: the reference
+    /// the tests hold the precomputed paths to.
+    #[cfg(test)]
+    pub(crate) fn row(
         &self,
         user_id: &str,
         user: Option<&UserFeatures>,
