@@ -1,7 +1,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::compile_protos("proto/recall.proto")?;
-    tonic_prost_build::compile_protos("proto/features.proto")?;
+    // The feature messages are recstack_core's (generated there); only the stubs are here.
+    tonic_prost_build::configure()
+        .extern_path(".recstack.features.v1", "::recstack_core::features")
+        .compile_protos(&["proto/features.proto"], &["proto"])?;
     tonic_prost_build::compile_protos("proto/rerank.proto")?;
     tonic_prost_build::compile_protos("proto/gateway.proto")?;
     tonic_prost_build::compile_protos("proto/events.proto")?;

@@ -12,16 +12,17 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset;
-use recstack_services::eval::{ndcg_at, recall_at};
+use recstack_offline::build::{self, BuildParams, Progress};
+use recstack_offline::dataset;
+use recstack_offline::eval::{ndcg_at, recall_at};
 use recstack_services::gateway::degrade::LoadThresholds;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
-use recstack_services::gateway::{GatewayConfig, LevelPlan};
+use recstack_core::degrade::LevelPlan;
+use recstack_services::gateway::GatewayConfig;
 use recstack_services::ranking::service::ModelSources;
-use recstack_services::rerank::RerankConfig;
-use recstack_services::rerank::service::Experiment;
+use recstack_core::rerank::RerankConfig;
+use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 
 const N: u32 = 20;
@@ -104,7 +105,7 @@ async fn main() {
         let opts = LocalOptions {
             direct_links: true,
             addrs: LocalAddrs::ephemeral(),
-            model: ModelSources::cpu(recstack_services::source_file("models/deepfm/model.onnx")),
+            model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
             redis_url: None,
             gateway: config,
             rerank: rerank.clone(),
@@ -118,7 +119,7 @@ async fn main() {
                 Experiment::default()
             },
             traces: LocalTraces::Memory(1_000),
-            dashboard_site: None,
+            dashboard: None,
             events: None,
         };
         let stack = serve::start_local(root.path(), opts).await.expect("local stack");

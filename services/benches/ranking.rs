@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset::{self, Dataset};
+use recstack_offline::build::{self, BuildParams, Progress};
+use recstack_offline::dataset::{self, Dataset};
 use recstack_services::features::Snapshot;
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::RowWriter;
@@ -32,7 +32,7 @@ fn main() {
     eprintln!("building artifacts from the bundled data …");
     let a = build::build(&ds, &BuildParams::default(), &Progress::new(true)).expect("build");
     let snapshot = Arc::new(Snapshot::from_artifacts(&a));
-    let model_path = recstack_services::source_file("models/deepfm/model.onnx");
+    let model_path = recstack_core::source_file("models/deepfm/model.onnx");
 
     // The requests: held-out users, each with 500 items by popularity offset per user.
     let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recstack_services::build::ann::{ItemIndex, UnitVec};
-use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset::{self, Dataset};
-use recstack_services::recall::seen::{SeenConfig, SeenFilter};
-use recstack_services::recall::service::proto::RecallRequest;
-use recstack_services::recall::service::proto::recall_client::RecallClient;
-use recstack_services::recall::service::proto::recall_server::RecallServer;
-use recstack_services::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
+use recstack_offline::build::ann::{ItemIndex, UnitVec};
+use recstack_offline::build::{self, BuildParams, Progress};
+use recstack_offline::dataset::{self, Dataset};
+use recstack_core::recall::seen::{SeenConfig, SeenFilter};
+use recstack_services::recall::proto::RecallRequest;
+use recstack_services::recall::proto::recall_client::RecallClient;
+use recstack_services::recall::proto::recall_server::RecallServer;
+use recstack_services::recall::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
 
 fn main() {
     let ds = Dataset::load_movietweetings(&dataset::bundled_dir()).expect("bundled data");
@@ -103,7 +103,7 @@ fn seen_filter() {
 
 /// Time of each channel (top 200) and of the merge, in process, over the held-out users.
 fn channels(a: &build::Artifacts) {
-    use recstack_services::recall::{self, Channel};
+    use recstack_core::recall::{self, Channel};
     let users: Vec<u32> = a
         .holdout
         .iter()
@@ -232,7 +232,7 @@ fn exact_search(items: &[(u32, UnitVec)], queries: &[UnitVec]) -> Vec<Vec<u32>> 
                 .iter()
                 .map(|(i, v)| (*i, q.0.iter().zip(&v.0).map(|(x, y)| x * y).sum()))
                 .collect();
-            build::cf::top_k(&mut scored, 10);
+            recstack_core::topk::top_k(&mut scored, 10);
             scored.into_iter().map(|s| s.0).collect()
         })
         .collect()

@@ -9,14 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recstack_services::build::{self, BuildParams, Progress};
-use recstack_services::dataset;
+use recstack_offline::build::{self, BuildParams, Progress};
+use recstack_offline::dataset;
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::ranking::service::ModelSources;
-use recstack_services::rerank::RerankConfig;
-use recstack_services::rerank::service::Experiment;
+use recstack_core::rerank::RerankConfig;
+use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 
 const CONCURRENCY: usize = 4;
@@ -36,7 +36,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
     let opts = LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(recstack_services::source_file("models/deepfm/model.onnx")),
+        model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
         redis_url: None,
         gateway: GatewayConfig {
             full_trace_sample: full,
@@ -45,7 +45,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         rerank: RerankConfig::default(),
         experiment: Experiment::default(),
         traces,
-        dashboard_site: None,
+        dashboard: None,
         events: None,
     };
     let stack = serve::start_local(root, opts).await.expect("local stack");

@@ -11,7 +11,6 @@
 //! without one, the snapshot answers. A request never fails because Redis did. The L1 can be
 //! dumped on shutdown and loaded on start (warm restart).
 
-use rustc_hash::FxHashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,16 +26,17 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use crate::build::Artifacts;
-
-/// Generated gRPC types (`services/proto/features.proto`).
+/// Generated gRPC types (`services/proto/features.proto`): the service stubs here, the
+/// messages from [`recstack_core::features`].
 pub mod proto {
+    pub use recstack_core::features::*;
     tonic::include_proto!("recstack.features.v1");
 }
 
 use proto::features_server::Features;
-use proto::{CacheDump, GenreShare, GetItemsRequest, GetItemsResponse, GetUserRequest, GetUserResponse};
+use proto::{CacheDump, GetItemsRequest, GetItemsResponse, GetUserRequest, GetUserResponse};
 pub use proto::{ItemFeatures, UserFeatures};
+pub use recstack_core::features::Snapshot;
 
 /// A feature key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -84,85 +84,6 @@ struct Cached {
     fresh_until: Instant,
 }
 
-/// The build's features, by external id.
-#[derive(Default)]
-pub struct Snapshot {
-    users: FxHashMap<String, UserFeatures>,
-    items: FxHashMap<String, ItemFeatures>,
-}
-
-impl Snapshot {
-    pub fn from_parts(users: Vec<UserFeatures>, items: Vec<ItemFeatures>) -> Self {
-        Self {
-            users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
-            items: items.into_iter().map(|i| (i.item_id.clone(), i)).collect(),
-        }
-    }
-
-    pub fn from_artifacts(a: &Artifacts) -> Self {
-        let items = a
-            .items
-            .iter()
-            .zip(&a.item_features)
-            .map(|(item, f)| {
-                let v = ItemFeatures {
-                    item_id: item.id.clone(),
-                    ratings: f.ratings,
-                    mean_rating: f.mean_rating,
-                    hot_score: f.hot_score,
-                    year: f.year.map_or(0, u32::from),
-                    genres: f.genres.clone(),
-                    ..ItemFeatures::default()
-                };
-                (item.id.clone(), v)
-            })
-            .collect();
-        let users = a
-            .users
-            .iter()
-            .zip(&a.user_features)
-            .map(|(user, f)| {
-                let v = UserFeatures {
-                    user_id: user.clone(),
-                    ratings: f.ratings,
-                    mean_rating: f.mean_rating,
-                    last_ts: f.last_ts,
-                    top_genres: f
-                        .top_genres
-                        .iter()
-                        .map(|(g, s)| GenreShare {
-                            genre: g.clone(),
-                            share: *s,
-                        })
-                        .collect(),
-                    recent_items: f.recent_items.iter().map(|&i| a.items[i as usize].id.clone()).collect(),
-                };
-                (user.clone(), v)
-            })
-            .collect();
-        Self { users, items }
-    }
-
-    pub fn user(&self, id: &str) -> Option<&UserFeatures> {
-        self.users.get(id)
-    }
-
-    pub fn item(&self, id: &str) -> Option<&ItemFeatures> {
-        self.items.get(id)
-    }
-
-    pub fn items(&self) -> impl Iterator<Item = &ItemFeatures> {
-        self.items.values()
-    }
-
-    fn get(&self, key: &Key) -> Option<Value> {
-        match key {
-            Key::User(id) => self.users.get(id).cloned().map(Value::User),
-            Key::Item(id) => self.items.get(id).cloned().map(Value::Item),
-        }
-    }
-}
-
 /// Why L2 could not answer.
 #[derive(Debug, thiserror::Error)]
 #[error("feature L2: {0}")]
@@ -171,6 +92,14 @@ pub struct L2Error(pub String);
 /// The second cache level.
 pub trait L2: Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, L2Error>> + Send;
+}
+
+/// The snapshot's value for a key.
+fn from_snapshot(snapshot: &Snapshot, key: &Key) -> Option<Value> {
+    match key {
+        Key::User(id) => snapshot.user(id).cloned().map(Value::User),
+        Key::Item(id) => snapshot.item(id).cloned().map(Value::Item),
+    }
 }
 
 /// No L2: L1 over the snapshot (one machine).
@@ -361,14 +290,14 @@ impl<L: L2> FeatureStore<L> {
                 warn!(key = %key.redis_key(), error = %e, "L2 failed; serving the snapshot");
                 self.metrics.served("snapshot");
                 return Cached {
-                    value: self.snapshot.get(key).map(Arc::new),
+                    value: from_snapshot(&self.snapshot, key).map(Arc::new),
                     fresh_until: now + self.policy.stale_extension,
                 };
             }
         }
         self.metrics.served("snapshot");
         Cached {
-            value: self.snapshot.get(key).map(Arc::new),
+            value: from_snapshot(&self.snapshot, key).map(Arc::new),
             fresh_until: now + self.policy.ttl,
         }
     }

@@ -10,6 +10,17 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`), with colours only
+/// when stderr is a terminal.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// A registry in the Prometheus text format.
 pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
     let mut out = String::new();

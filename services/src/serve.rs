@@ -22,7 +22,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
-use crate::build::BuildError;
 use crate::events::ingest::proto::ingest_server::IngestServer;
 use crate::events::ingest::{Ingest, IngestGrpc, SeenLink};
 use crate::events::log::{EventLog, FileLog};
@@ -37,24 +36,25 @@ use crate::ranking::model::ModelError;
 use crate::ranking::service::proto::ranking_server::Ranking;
 use crate::ranking::service::proto::ranking_server::RankingServer;
 use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
-use crate::recall::seen::SeenConfig;
-use crate::recall::service::proto::recall_server::Recall;
-use crate::recall::service::proto::recall_server::RecallServer;
-use crate::recall::service::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
-use crate::rerank::RerankConfig;
-use crate::rerank::service::proto::rerank_server::Rerank;
-use crate::rerank::service::proto::rerank_server::RerankServer;
-use crate::rerank::service::{Experiment, RerankMetrics, RerankService};
+use crate::recall::proto::recall_server::Recall;
+use crate::recall::proto::recall_server::RecallServer;
+use crate::recall::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
+use crate::rerank::proto::rerank_server::Rerank;
+use crate::rerank::proto::rerank_server::RerankServer;
+use crate::rerank::{Experiment, RerankMetrics, RerankService};
 use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, Trending};
-use crate::stream::window::WindowConfig;
 use crate::stream::{StreamConfig, StreamMetrics, Worker};
+use recstack_core::artifacts::ArtifactError;
+use recstack_core::recall::seen::SeenConfig;
+use recstack_core::rerank::RerankConfig;
+use recstack_core::stream::window::WindowConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("no artifacts to serve in {root}: run `recstack build --out {root}` ({source})")]
-    Artifacts { root: PathBuf, source: BuildError },
+    Artifacts { root: PathBuf, source: ArtifactError },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("feature store: {0}")]
@@ -480,20 +480,9 @@ pub async fn trace_query(
     http_service("traces", "recstack_trace_api", "Query API requests", api, http).await
 }
 
-/// The dashboard (HTTP only): pages and their server functions over the trace query API at
-/// `traces_url`, stack status from `status`, the browser build from `site_root`.
-pub async fn dashboard(
-    config: recstack_dashboard::server::DashboardConfig,
-    http: SocketAddr,
-) -> Result<Service, ServeError> {
-    let app = recstack_dashboard::server::router(config);
-    let help = "Dashboard requests (pages, server functions, files)";
-    http_service("dashboard", "recstack_dashboard", help, app, http).await
-}
-
 /// Serves `app` over HTTP only, counting its responses by status as `<prefix>_requests_total`
 /// beside the usual `/metrics`, `/healthz` and `/readyz`.
-async fn http_service(
+pub async fn http_service(
     name: &'static str,
     prefix: &str,
     help: &str,
@@ -661,12 +650,24 @@ pub struct LocalOptions {
     pub traces: LocalTraces,
     /// The gateway calls the services in this process directly instead of over gRPC.
     pub direct_links: bool,
-    /// The dashboard's browser build (`scripts/build-dashboard`); without it the dashboard
-    /// serves pages without hydration. The dashboard runs with [`LocalTraces::Embedded`].
-    pub dashboard_site: Option<PathBuf>,
+    /// The dashboard's router, made once the trace query API is up (the CLI builds it from
+    /// `recstack-dashboard`, the only crate that depends on it). It runs with
+    /// [`LocalTraces::Embedded`].
+    pub dashboard: Option<MakeDashboard>,
     /// Ingest and the built-in stream job over an embedded event log.
     pub events: Option<LocalEvents>,
 }
+
+/// What the local dashboard is given: the trace query API's URL and every local component's
+/// operational URL, by name.
+#[derive(Clone, Debug)]
+pub struct LocalDashboard {
+    pub traces_url: String,
+    pub components: Vec<(String, String)>,
+}
+
+/// Makes the dashboard's router for the local stack.
+pub type MakeDashboard = Box<dyn FnOnce(LocalDashboard) -> axum::Router + Send>;
 
 /// The local event path: ingest → the embedded log → the stream job → the feature store
 /// (Redis when the stack has a `redis_url`, else in process) → features and recall.
@@ -841,21 +842,19 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     services.extend([recall, features, ranking, rerank]);
     if let Some(store) = store {
         let traces = trace_query(store, Some(index), a.traces).await?;
-        let components = services
-            .iter()
-            .chain([&traces])
-            .map(|s| recstack_dashboard::server::LocalComponent {
-                name: s.name.to_string(),
-                url: format!("http://{}", s.http),
-            })
-            .collect();
-        let config = recstack_dashboard::server::DashboardConfig {
+        let dashboard = LocalDashboard {
             traces_url: format!("http://{}", traces.http),
-            status: recstack_dashboard::server::StatusSource::local(components),
-            site_root: opts.dashboard_site,
+            components: services
+                .iter()
+                .chain([&traces])
+                .map(|s| (s.name.to_string(), format!("http://{}", s.http)))
+                .collect(),
         };
         services.push(traces);
-        services.push(dashboard(config, a.dashboard).await?);
+        if let Some(make) = opts.dashboard {
+            let help = "Dashboard requests (pages, server functions, files)";
+            services.push(http_service("dashboard", "recstack_dashboard", help, make(dashboard), a.dashboard).await?);
+        }
     }
     Ok(LocalStack {
         services,

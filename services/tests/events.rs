@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use recstack_services::build::Artifacts;
+use recstack_offline::build::Artifacts;
 use recstack_services::events::ingest::proto::ingest_client::IngestClient;
 use recstack_services::events::ingest::proto::{Event as ProtoEvent, PostEventsRequest};
 use recstack_services::features::proto::GetItemsRequest;
@@ -14,17 +14,17 @@ use recstack_services::features::proto::GetUserRequest;
 use recstack_services::features::proto::features_client::FeaturesClient;
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::ranking::service::ModelSources;
-use recstack_services::recall::service::proto::RecallRequest;
-use recstack_services::recall::service::proto::recall_client::RecallClient;
-use recstack_services::rerank::RerankConfig;
-use recstack_services::rerank::service::Experiment;
+use recstack_services::recall::proto::RecallRequest;
+use recstack_services::recall::proto::recall_client::RecallClient;
+use recstack_core::rerank::RerankConfig;
+use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalEvents, LocalOptions, LocalStack, LocalTraces};
-use recstack_services::stream::window::WindowConfig;
+use recstack_core::stream::window::WindowConfig;
 use serde_json::{Value, json};
 
 fn artifacts() -> &'static Artifacts {
     static A: std::sync::OnceLock<Artifacts> = std::sync::OnceLock::new();
-    A.get_or_init(|| recstack_services::build::load(common::artifact_root(), None).unwrap().1)
+    A.get_or_init(|| recstack_offline::build::load(common::artifact_root(), None).unwrap().1)
 }
 
 async fn stack(log_dir: &std::path::Path) -> LocalStack {
@@ -38,7 +38,7 @@ async fn stack(log_dir: &std::path::Path) -> LocalStack {
         rerank: RerankConfig::default(),
         experiment: Experiment::default(),
         traces: LocalTraces::Off,
-        dashboard_site: None,
+        dashboard: None,
         // One-second windows so a test sees several close.
         events: Some(LocalEvents {
             log_dir: log_dir.to_path_buf(),

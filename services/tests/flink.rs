@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use recstack_services::events::{Event, EventKind};
-use recstack_services::stream::window::{Aggregator, Counts, WindowConfig, smoothed_ctr};
+use recstack_core::stream::window::{Aggregator, Counts, WindowConfig, smoothed_ctr};
 
 const MIN: i64 = 60_000;
 const T0: i64 = 1_790_000_040_000 - 1_790_000_040_000 % MIN;
@@ -19,7 +19,7 @@ const T0: i64 = 1_790_000_040_000 - 1_790_000_040_000 % MIN;
 fn events() -> Vec<Event> {
     (0..20_000u64)
         .map(|i| {
-            let h = recstack_services::stable_hash(&i.to_le_bytes());
+            let h = recstack_core::stable_hash(&i.to_le_bytes());
             let item = (h % 1_000).pow(2) / 3_334; // 0..300, skewed
             Event {
                 event_id: format!("e{i}"),

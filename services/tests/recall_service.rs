@@ -5,12 +5,11 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use recstack_services::recall;
-use recstack_services::recall::seen::SeenConfig;
-use recstack_services::recall::service::proto::recall_client::RecallClient;
-use recstack_services::recall::service::proto::recall_server::RecallServer;
-use recstack_services::recall::service::proto::{self, ImpressionsRequest, RecallRequest, RecallResponse};
-use recstack_services::recall::service::{
+use recstack_core::recall::seen::SeenConfig;
+use recstack_services::recall::proto::recall_client::RecallClient;
+use recstack_services::recall::proto::recall_server::RecallServer;
+use recstack_services::recall::proto::{self, ImpressionsRequest, RecallRequest, RecallResponse};
+use recstack_services::recall::{
     ArtifactSlot, CacheLabels, DEFAULT_QUOTA, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore,
     SeenStore,
 };
@@ -151,7 +150,7 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
     // Both equal the lists computed directly from the artifacts.
     let a = &loaded.artifacts;
     let u = a.users.iter().position(|x| *x == user).unwrap() as u32;
-    let direct = recall::recall(a, &recall::UserHistory::new(a, u), DEFAULT_QUOTA, 6 * DEFAULT_QUOTA);
+    let direct = recstack_core::recall::recall(a, &recstack_core::recall::UserHistory::new(a, u), DEFAULT_QUOTA, 6 * DEFAULT_QUOTA);
     let ids = |c: &[proto::Candidate]| c.iter().map(|c| c.item_id.clone()).collect::<Vec<_>>();
     let direct_ids: Vec<String> = direct
         .iter()

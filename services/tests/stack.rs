@@ -9,19 +9,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recstack_services::build::Artifacts;
-use recstack_services::eval::ndcg_of_hits;
+use recstack_offline::build::Artifacts;
+use recstack_offline::eval::ndcg_of_hits;
 use recstack_services::gateway::degrade::LatencyObjective;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::gateway::{GatewayConfig, Recommendation};
-use recstack_services::ranking::export::{self, CandidateParams, Split};
+use recstack_offline::export::{self, CandidateParams, Split};
 use recstack_services::ranking::model::{Device, Graph, ModelCard, OnnxModel};
 use recstack_services::ranking::service::ModelSources;
-use recstack_services::rerank::RerankConfig;
-use recstack_services::rerank::service::Experiment;
-use recstack_services::rerank::service::proto::rerank_client::RerankClient;
-use recstack_services::rerank::service::proto::{RerankRequest, Scored};
+use recstack_core::rerank::RerankConfig;
+use recstack_services::rerank::Experiment;
+use recstack_services::rerank::proto::rerank_client::RerankClient;
+use recstack_services::rerank::proto::{RerankRequest, Scored};
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalStack, LocalTraces};
 
 fn bundled_model() -> PathBuf {
@@ -63,7 +63,7 @@ async fn start_with(config: GatewayConfig, direct_links: bool) -> LocalStack {
         rerank: RerankConfig::default(),
         experiment: Experiment::default(),
         traces: LocalTraces::Memory(10_000),
-        dashboard_site: None,
+        dashboard: None,
         events: None,
     };
     serve::start_local(common::artifact_root(), opts).await.unwrap()
@@ -71,7 +71,7 @@ async fn start_with(config: GatewayConfig, direct_links: bool) -> LocalStack {
 
 fn artifacts() -> &'static Artifacts {
     static A: std::sync::OnceLock<Artifacts> = std::sync::OnceLock::new();
-    A.get_or_init(|| recstack_services::build::load(common::artifact_root(), None).unwrap().1)
+    A.get_or_init(|| recstack_offline::build::load(common::artifact_root(), None).unwrap().1)
 }
 
 /// Held-out users with a training history.
@@ -607,7 +607,7 @@ fn on_cuda_the_model_scores_as_on_the_cpu_or_refuses_to_load() {
 async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_live() {
     use recstack_services::ranking::service::proto::RankRequest;
     use recstack_services::ranking::service::proto::ranking_client::RankingClient;
-    use recstack_services::rerank::ab_bucket;
+    use recstack_core::ab_bucket;
 
     // Two copies of the bundled model under their own versions.
     let dir = std::env::temp_dir().join(format!("recstack-models-{}", std::process::id()));

@@ -16,7 +16,7 @@ use recstack_services::events::log::{Appended, Checkpoint, EventLog, FileLog, Lo
 use recstack_services::events::{Event, EventKind};
 use recstack_services::features::Snapshot;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
-use recstack_services::stream::window::{Counts, ItemState, ItemWindow, WindowConfig, window_start};
+use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig, window_start};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
@@ -350,7 +350,7 @@ async fn embedded_log_redis_store_survives_a_kill_mid_window() {
 
 #[tokio::test]
 async fn the_memory_and_redis_stores_agree_on_every_write() {
-    use recstack_services::stream::window::Version;
+    use recstack_core::stream::window::Version;
     let redis = common::Redis::start();
     let r = RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
     let m = MemoryStore::default();

@@ -32,9 +32,9 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::log::{EventLog, LogError};
 use super::{Event, EventError, EventKind, RawEvent, Timestamp, now_ms};
 use crate::gateway::links::{Direct, lazy_channel};
-use crate::recall::service::proto::ImpressionsRequest;
-use crate::recall::service::proto::recall_client::RecallClient;
-use crate::recall::service::proto::recall_server::Recall;
+use crate::recall::proto::ImpressionsRequest;
+use crate::recall::proto::recall_client::RecallClient;
+use crate::recall::proto::recall_server::Recall;
 
 /// Generated gRPC types (`services/proto/events.proto`).
 pub mod proto {

@@ -86,7 +86,7 @@ impl Checkpoint {
 
 /// The partition a key belongs to: one item's events in one partition, on every log.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
-    (crate::stable_hash(key.as_bytes()) % u64::from(partitions.max(1))) as u32
+    (recstack_core::stable_hash(key.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 /// A partitioned append-only log.

@@ -15,12 +15,12 @@ use crate::features::proto::{GetUserRequest, GetUserResponse};
 use crate::ranking::service::proto::ranking_client::RankingClient;
 use crate::ranking::service::proto::ranking_server::Ranking;
 use crate::ranking::service::proto::{RankRequest, RankResponse};
-use crate::recall::service::proto::recall_client::RecallClient;
-use crate::recall::service::proto::recall_server::Recall;
-use crate::recall::service::proto::{RecallRequest, RecallResponse};
-use crate::rerank::service::proto::rerank_client::RerankClient;
-use crate::rerank::service::proto::rerank_server::Rerank;
-use crate::rerank::service::proto::{RerankRequest, RerankResponse};
+use crate::recall::proto::recall_client::RecallClient;
+use crate::recall::proto::recall_server::Recall;
+use crate::recall::proto::{RecallRequest, RecallResponse};
+use crate::rerank::proto::rerank_client::RerankClient;
+use crate::rerank::proto::rerank_server::Rerank;
+use crate::rerank::proto::{RerankRequest, RerankResponse};
 
 #[derive(Debug, thiserror::Error)]
 #[error("downstream endpoint {0}: {1}")]

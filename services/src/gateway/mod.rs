@@ -6,7 +6,7 @@
 //! failing it: the response is a list whenever any list is possible, and says which level
 //! served it and why. Every request leaves a trace in the [`TraceSink`] without waiting on it.
 
-pub mod degrade;
+pub use recstack_core::degrade;
 pub mod http;
 pub mod links;
 
@@ -29,16 +29,16 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use crate::build::{Artifacts, Manifest};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
 use crate::ranking::service::proto::RankRequest;
-use crate::recall::service::proto::{Candidate as RecallCandidate, RecallRequest, Source};
-use crate::rerank::service::proto::{RerankRequest, Scored};
+use crate::recall::proto::{Candidate as RecallCandidate, RecallRequest, Source};
+use crate::rerank::proto::{RerankRequest, Scored};
 use degrade::{
-    Breaker, BreakerConfig, Health, LatencyObjective, Level, LoadThresholds, Shedder, Stage, after_failure, plan,
-    stage_end,
+    Breaker, BreakerConfig, Health, LatencyObjective, Level, LevelPlan, LoadThresholds, Shedder, Stage, after_failure,
+    plan, stage_end,
 };
+use recstack_core::artifacts::{Artifacts, Manifest};
 
 /// Generated gRPC types (`services/proto/gateway.proto`).
 pub mod proto {
@@ -193,16 +193,6 @@ pub struct Endpoints {
     pub rerank: String,
 }
 
-/// How much of the pipeline one level runs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LevelPlan {
-    pub candidates: u32,
-    /// Channel quotas sent to recall (empty: recall's defaults, every channel).
-    pub quotas: HashMap<String, u32>,
-    /// Candidates (by recall's order) the model scores.
-    pub rank_limit: usize,
-}
-
 /// Candidates (best first) rerank chooses from: enough for diversity, few enough to keep the
 /// rerank call small.
 pub const RERANK_POOL: usize = 200;
@@ -223,29 +213,13 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        let reduced_quotas = [
-            ("item_cf", 100),
-            ("hot", 100),
-            ("als", 100),
-            ("user_cf", 0),
-            ("vector", 0),
-            ("tag", 0),
-        ];
         Self {
             default_timeout: Duration::from_millis(100),
             load: LoadThresholds::default(),
             latency: None,
             breaker: BreakerConfig::default(),
-            full: LevelPlan {
-                candidates: 1000,
-                quotas: HashMap::new(),
-                rank_limit: 500,
-            },
-            reduced: LevelPlan {
-                candidates: 300,
-                quotas: reduced_quotas.iter().map(|(c, q)| (c.to_string(), *q)).collect(),
-                rank_limit: 100,
-            },
+            full: LevelPlan::full(),
+            reduced: LevelPlan::reduced(),
             full_trace_sample: 0.01,
         }
     }

@@ -1,17 +1,15 @@
 //! Ranking: scores recall's candidates with an ONNX model.
 //!
-//! - [`features`]: the model's named inputs, computed from user and item features (shared by
-//!   training export and serving).
-//! - [`export`]: training data for `scripts/train-ranker` (`recstack export-ranking`).
 //! - [`model`]: the model card and the ONNX Runtime session (CPU or CUDA).
-//! - [`folded`]: a factored model's first stage folded into tables (only the head runs per
-//!   request).
 //! - [`batcher`]: dynamic batching across concurrent requests, deadline shedding.
 //! - [`service`]: the gRPC service, canary split, hot model swap, metrics.
+//!
+//! The model's inputs and the folded first stage are pure: [`recstack_core::ranking`]
+//! (re-exported here as [`features`] and [`folded`]). Its training data is
+//! `recstack_offline::export`.
 
 pub mod batcher;
-pub mod export;
-pub mod features;
-pub mod folded;
 pub mod model;
 pub mod service;
+
+pub use recstack_core::ranking::{features, folded};

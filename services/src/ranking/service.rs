@@ -360,7 +360,7 @@ impl ModelSet {
     /// The model for a user: the canary for `canary_percent` of users, stably.
     pub fn pick(&self, user_id: &str) -> (&LoadedModel, bool) {
         match &self.canary {
-            Some((canary, percent)) if crate::rerank::ab_bucket(user_id, "ranking-canary", 100) < *percent => {
+            Some((canary, percent)) if recstack_core::ab_bucket(user_id, "ranking-canary", 100) < *percent => {
                 (canary, true)
             }
             _ => (&self.primary, false),

@@ -1,8 +1,8 @@
 //! The built-in stream job: reads the event log, aggregates tumbling windows per item, keeps
 //! users' recent items up to date within seconds, and writes both to the feature store.
 //!
-//! - [`window`]: the window math, versions and recent-item lists (pure).
-//! - [`limiter`]: the adaptive write limiter (pure).
+//! - [`window`]: the window math, versions and recent-item lists (pure, in the core).
+//! - [`limiter`]: the adaptive write limiter (pure, in the core).
 //! - [`sink`]: where the results go (in memory, or Redis with versioned Lua writes).
 //!
 //! Per partition the worker reads a batch, counts each event in its window and sends every
@@ -14,9 +14,9 @@
 //! read again from there with that watermark, the windows written since are refused by their
 //! versions, and the open ones are counted whole — totals stay exact.
 
-pub mod limiter;
 pub mod sink;
-pub mod window;
+
+pub use recstack_core::stream::{limiter, window};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -15,8 +15,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::window::{Counts, HOT_HALF_LIFE_MS, ItemState, ItemWindow, RECENT_ITEMS, Version, add_recent, apply_window};
 use crate::features::{L2, L2Error};
+use recstack_core::stream::window::{
+    Counts, HOT_HALF_LIFE_MS, ItemState, ItemWindow, RECENT_ITEMS, Version, add_recent, apply_window,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("feature sink: {0}")]

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use recstack_services::build::Artifacts;
+use recstack_offline::build::Artifacts;
 use recstack_services::features::{Key, Value, encode_for_l2};
 
 /// The user with the longest training history among those with held-out ratings.
@@ -91,8 +91,8 @@ impl Drop for Redis {
 
 /// Artifacts built once per test binary from the bundled data (seed 42, as `recstack build`).
 pub fn artifact_root() -> &'static std::path::PathBuf {
-    use recstack_services::build::{self, BuildParams, Progress};
-    use recstack_services::dataset;
+    use recstack_offline::build::{self, BuildParams, Progress};
+    use recstack_offline::dataset;
     static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
         // One directory per test process (a static is never dropped, so it cannot clean up
@@ -150,28 +150,27 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 /// The local stack for the trace and dashboard tests: direct links, loopback ports picked by
 /// the OS, the bundled model, traces into the embedded store at `trace_file` (full traces only
-/// for debug requests), and the dashboard with `dashboard_site`'s browser build.
+/// for debug requests), and the dashboard `dashboard` makes, if any.
 pub fn traced_stack(
     trace_file: &std::path::Path,
-    dashboard_site: Option<std::path::PathBuf>,
+    dashboard: Option<recstack_services::serve::MakeDashboard>,
 ) -> recstack_services::serve::LocalOptions {
     use recstack_services::gateway::GatewayConfig;
     use recstack_services::ranking::service::ModelSources;
     use recstack_services::serve::{LocalAddrs, LocalOptions, LocalTraces};
-    let manifest_dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(manifest_dir.join("models/deepfm/model.onnx")),
+        model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
         redis_url: None,
         gateway: GatewayConfig {
             full_trace_sample: 0.0,
             ..GatewayConfig::default()
         },
-        rerank: recstack_services::rerank::RerankConfig::default(),
-        experiment: recstack_services::rerank::service::Experiment::default(),
+        rerank: recstack_core::rerank::RerankConfig::default(),
+        experiment: recstack_services::rerank::Experiment::default(),
         traces: LocalTraces::Embedded(trace_file.to_path_buf()),
-        dashboard_site,
+        dashboard,
         events: None,
     }
 }

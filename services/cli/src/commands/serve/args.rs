@@ -1,0 +1,280 @@
+//! The flags `serve` components share: where a component listens and its runtime config, the
+//! event log, the ranking model, the latency objective, the trace store. Each resolves flags
+//! over the operator's runtime config over the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use recstack_core::degrade::LatencyObjective;
+use recstack_core::features::Snapshot;
+use recstack_services::config::{EventLogConfig, RuntimeConfig, model_path};
+use recstack_services::events::AnyLog;
+use recstack_services::events::kafka::KafkaLog;
+use recstack_services::events::log::{EventLog, FileLog};
+use recstack_services::ranking::batcher::BatchConfig;
+use recstack_services::ranking::model::Device;
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::{self, Addrs};
+use recstack_services::traces::{TraceSettings, TraceStoreSpec};
+
+/// Where a served component listens, its artifacts, and the operator's runtime config.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Artifact root written by `recstack build` (serves what `current` names).
+    #[arg(long, default_value = "artifacts")]
+    pub artifacts: PathBuf,
+    /// gRPC listen address.
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// `/metrics`, `/healthz`, `/readyz` (and the gateway's HTTP API).
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// The runtime config the operator mounts (`/etc/recstack/config.yaml`): ports, peers,
+    /// model, batching, feature store. Flags given explicitly win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    pub fn addrs(&self, config: Option<&RuntimeConfig>, grpc: u16, http: u16) -> Addrs {
+        let (cg, ch) = config.map(RuntimeConfig::listen).unwrap_or((
+            SocketAddr::from(([127, 0, 0, 1], grpc)),
+            SocketAddr::from(([127, 0, 0, 1], http)),
+        ));
+        Addrs {
+            grpc: self.grpc_addr.unwrap_or(cg),
+            http: self.http_addr.unwrap_or(ch),
+        }
+    }
+
+    pub fn config(&self) -> anyhow::Result<Option<RuntimeConfig>> {
+        self.config
+            .as_deref()
+            .map(RuntimeConfig::read)
+            .transpose()
+            .context("reading the runtime config")
+    }
+
+    /// The user and item features of the artifacts' current version.
+    pub fn snapshot(&self) -> anyhow::Result<Arc<Snapshot>> {
+        Ok(Arc::new(Snapshot::from_artifacts(
+            &serve::load_artifacts(&self.artifacts)?.artifacts,
+        )))
+    }
+}
+
+/// Which event log to use: `--log-dir` (embedded), `--kafka` (a Kafka-protocol cluster), or
+/// the runtime config's `eventLog`.
+#[derive(Args, Clone)]
+pub struct LogArgs {
+    /// The embedded log's directory.
+    #[arg(long, conflicts_with = "kafka")]
+    pub log_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub kafka: Vec<String>,
+    #[arg(long, default_value = "recstack-events")]
+    pub topic: String,
+    /// Partitions of a new log (an existing one keeps its own).
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+}
+
+impl LogArgs {
+    pub async fn open(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<AnyLog> {
+        let kafka = match (&self.log_dir, self.kafka.is_empty(), config.map(|c| &c.event_log)) {
+            (Some(_), _, _) => None,
+            (None, false, _) => Some((self.kafka.clone(), self.topic.clone())),
+            (
+                None,
+                true,
+                Some(EventLogConfig::Kafka {
+                    bootstrap_servers,
+                    topic,
+                }),
+            ) => Some((bootstrap_servers.clone(), topic.clone())),
+            (None, true, _) => None,
+        };
+        Ok(match kafka {
+            Some((brokers, topic)) => {
+                let log = KafkaLog::connect(&brokers, &topic, self.partitions)
+                    .await
+                    .with_context(|| format!("connecting to Kafka {} topic {topic}", brokers.join(",")))?;
+                eprintln!("event log: Kafka topic {topic} ({} partitions)", log.partitions());
+                AnyLog::Kafka(log)
+            }
+            None => {
+                let dir = self.log_dir.clone().unwrap_or_else(|| PathBuf::from("events"));
+                let (log, recovered) = FileLog::open(&dir, self.partitions)?;
+                eprintln!(
+                    "event log: {} ({} records, {} torn bytes cut)",
+                    dir.display(),
+                    recovered.records,
+                    recovered.truncated_bytes
+                );
+                AnyLog::File(log)
+            }
+        })
+    }
+}
+
+/// The ranking model and how it runs.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// `model.onnx` with `model.json` beside it (default: the bundled DeepFM).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub canary_model: Option<PathBuf>,
+    /// Percent of users the canary scores (stable per user).
+    #[arg(long, default_value_t = 0)]
+    pub canary_percent: u32,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Most rows per model call.
+    #[arg(long, default_value_t = 512)]
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch, in microseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub max_wait_us: u64,
+    /// Score each request alone (for comparison).
+    #[arg(long)]
+    pub no_batching: bool,
+    /// ONNX Runtime threads per model call.
+    #[arg(long, default_value_t = 1)]
+    pub intra_threads: usize,
+    /// Run the whole graph per request even when the model card splits it (for comparison;
+    /// by default a factored model's first stage is folded into tables at load time).
+    #[arg(long)]
+    pub no_fold: bool,
+}
+
+/// The gateway's latency objective.
+#[derive(Args, Clone)]
+pub struct LatencyArgs {
+    /// p99 the gateway keeps, in ms of its own time per request, by starting a share of
+    /// requests at the reduced level while it is missed (0: off; load and downstream health
+    /// alone choose levels). Default: the runtime config's `gateway.latencyTargetMs`, else 5.
+    #[arg(long, value_parser = parse_target_ms, allow_negative_numbers = true)]
+    pub latency_target_ms: Option<f64>,
+}
+
+/// A latency target in ms: a finite number, 0 or more (checked when the flags are read, before
+/// `up` spends minutes building artifacts).
+fn parse_target_ms(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms >= 0.0 => Ok(ms),
+        _ => Err(format!(
+            "{s} is not a number of milliseconds (0 turns the objective off)"
+        )),
+    }
+}
+
+impl LatencyArgs {
+    /// The flag over the runtime config over the default.
+    pub fn objective(&self, config: Option<&RuntimeConfig>) -> Option<LatencyObjective> {
+        let configured = config.and_then(|c| c.gateway.latency_target_ms).map(f64::from);
+        let ms = self
+            .latency_target_ms
+            .or(configured)
+            .unwrap_or(LatencyObjective::DEFAULT_TARGET.as_secs_f64() * 1e3);
+        (ms > 0.0).then(|| LatencyObjective::p99_within(Duration::from_secs_f64(ms / 1e3)))
+    }
+}
+
+/// Where the gateway writes traces.
+#[derive(Args, Clone)]
+pub struct TraceArgs {
+    /// `off`, `embedded:PATH` (or a path) or an `http(s)://` Elasticsearch URL. Default: the
+    /// runtime config's trace store, else `embedded:traces/traces.sqlite`.
+    #[arg(long, value_parser = |s: &str| s.parse::<TraceStoreSpec>())]
+    pub trace_store: Option<TraceStoreSpec>,
+    /// A directory with `username` and `password` files for Elasticsearch.
+    #[arg(long)]
+    pub trace_credentials_dir: Option<PathBuf>,
+    /// Percent of requests traced in full (default: the config's sampling, else 1).
+    #[arg(long)]
+    pub trace_full_percent: Option<f64>,
+    /// Days of traces kept (default: the config's retention, else 7).
+    #[arg(long)]
+    pub trace_retention_days: Option<u32>,
+}
+
+impl TraceArgs {
+    /// Flags over the runtime config over the defaults.
+    pub fn settings(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<TraceSettings> {
+        let mut s = match config {
+            Some(c) => TraceSettings::from_config(c)?,
+            None => TraceSettings {
+                spec: TraceStoreSpec::Embedded(PathBuf::from("traces/traces.sqlite")),
+                full_sample: None,
+                retention_days: TraceSettings::DEFAULT_RETENTION_DAYS,
+            },
+        };
+        if let Some(spec) = &self.trace_store {
+            s.spec = spec.clone();
+        }
+        if let (TraceStoreSpec::Elasticsearch { credentials_dir, .. }, Some(dir)) =
+            (&mut s.spec, &self.trace_credentials_dir)
+        {
+            *credentials_dir = Some(dir.clone());
+        }
+        if let Some(p) = self.trace_full_percent {
+            anyhow::ensure!(
+                (0.0..=100.0).contains(&p),
+                "--trace-full-percent: {p} is not in 0..=100"
+            );
+            s.full_sample = Some(p / 100.0);
+        }
+        if let Some(d) = self.trace_retention_days {
+            anyhow::ensure!(d > 0, "--trace-retention-days: must be at least 1");
+            s.retention_days = d;
+        }
+        Ok(s)
+    }
+}
+
+/// The model bundled with the source tree.
+fn bundled_model() -> PathBuf {
+    recstack_core::source_file("models/deepfm/model.onnx")
+}
+
+impl ModelArgs {
+    pub fn sources(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<ModelSources> {
+        let mut s = ModelSources {
+            primary: self.model.clone().unwrap_or_else(bundled_model),
+            canary: self.canary_model.clone(),
+            canary_percent: self.canary_percent,
+            device: self.device,
+            batch: BatchConfig {
+                max_batch: self.max_batch,
+                max_wait: Duration::from_micros(self.max_wait_us),
+                enabled: !self.no_batching,
+                ..BatchConfig::default()
+            },
+            intra_threads: self.intra_threads,
+            fold: !self.no_fold,
+        };
+        if let Some(c) = config {
+            let r = &c.ranking;
+            if self.model.is_none() {
+                s.primary = model_path("ranking.model.uri", &r.model.uri)?;
+            }
+            if self.canary_model.is_none()
+                && let Some(uri) = &r.model.canary_uri
+            {
+                s.canary = Some(model_path("ranking.model.canaryUri", uri)?);
+                s.canary_percent = r.model.canary_percent.clamp(0, 100) as u32;
+            }
+            s.device = r.device.parse().map_err(anyhow::Error::msg)?;
+            s.batch.max_batch = r.batching.max_batch.max(1) as usize;
+            s.batch.max_wait = Duration::from_micros(r.batching.max_wait_micros.max(0) as u64);
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,405 @@
+//! `recstack serve <component>`: one component as its own process, as a pod runs it, with
+//! flags over the runtime config the operator mounts.
+
+mod args;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use recstack_core::rerank::RerankConfig;
+use recstack_core::stream::window::{WindowConfig, parse_window};
+use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
+use recstack_services::config::RuntimeConfig;
+use recstack_services::events::ingest::SeenLink;
+use recstack_services::gateway::{Catalogue, Endpoints, GatewayConfig};
+use recstack_services::rerank::Experiment;
+use recstack_services::serve::{self, FeatureSource, GatewayTraces};
+use recstack_services::stream::sink::{RedisStore, Trending};
+use recstack_services::traces::{self, TraceStoreSpec};
+use recstack_trace_store::writer::WriterConfig;
+
+pub use args::{LatencyArgs, ModelArgs};
+use args::{LogArgs, ServeArgs, TraceArgs};
+
+#[derive(Subcommand)]
+pub enum ServeCommand {
+    /// The recall gRPC service.
+    Recall {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// How often to look for a new artifact version, in seconds.
+        #[arg(long, default_value_t = 10)]
+        reload_secs: u64,
+    },
+    /// The feature gRPC service (L1 cache ▸ Redis ▸ the artifacts' snapshot).
+    #[command(alias = "features")]
+    Feature {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Redis for real-time features (`redis://host:port`); unset: L1 over the snapshot.
+        #[arg(long, env = "RECSTACK_REDIS_URL")]
+        redis_url: Option<String>,
+        /// L1 dump written on shutdown and loaded on start.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
+    /// The ranking gRPC service (ONNX model, dynamic batching, canary, hot swap).
+    Ranking {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// The rerank gRPC service.
+    Rerank {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// An item never served (repeatable).
+        #[arg(long = "block", value_name = "ITEM")]
+        blocked: Vec<String>,
+        /// Serve ITEM at 0-based POSITION when it is a candidate (repeatable).
+        #[arg(long = "pin", value_name = "ITEM:POSITION", value_parser = parse_pin)]
+        pins: Vec<(String, usize)>,
+        /// Score multiplier for items from the newest two release years.
+        #[arg(long, default_value_t = 1.2)]
+        fresh_boost: f32,
+    },
+    /// The gateway: HTTP `POST /v1/recommend` and gRPC `Recommend`.
+    Gateway {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        recall: String,
+        #[arg(long, default_value = "http://127.0.0.1:9091")]
+        features: String,
+        #[arg(long, default_value = "http://127.0.0.1:9092")]
+        ranking: String,
+        #[arg(long, default_value = "http://127.0.0.1:9093")]
+        rerank: String,
+        #[command(flatten)]
+        traces: TraceArgs,
+        #[command(flatten)]
+        latency: LatencyArgs,
+    },
+    /// The trace query API over HTTP: search, a trace, why / why-not, aggregates.
+    Traces {
+        /// `embedded:PATH` (or a path) or an `http(s)://` Elasticsearch URL (default: the
+        /// runtime config's trace store, else `embedded:traces/traces.sqlite`).
+        #[arg(long, value_parser = |s: &str| s.parse::<TraceStoreSpec>())]
+        trace_store: Option<TraceStoreSpec>,
+        #[arg(long)]
+        trace_credentials_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        http_addr: SocketAddr,
+        /// Artifact root: lets why-not say when an item is not in the recall index.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The ingest service: HTTP `POST /v1/events` and gRPC `PostEvents` into the event log.
+    Ingest {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        /// The recall service whose seen filters take impressions (default: the runtime
+        /// config's recall endpoint; none: impressions are only logged).
+        #[arg(long)]
+        recall: Option<String>,
+    },
+    /// The built-in stream job: windows over the event log into the feature store.
+    Stream {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        /// The feature store (`redis://host:port`; default: the runtime config's).
+        #[arg(long, env = "RECSTACK_REDIS_URL")]
+        redis_url: Option<String>,
+        /// Window length (default: the runtime config's, else 1m).
+        #[arg(long, value_parser = parse_window)]
+        window: Option<i64>,
+    },
+    /// The dashboard over a trace query API; stack status from a RecommenderStack (`--stack`)
+    /// or, without one, from the health of the `--component NAME=URL`s given.
+    Dashboard {
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        traces_url: String,
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        http_addr: SocketAddr,
+        /// The RecommenderStack to show (read through the Kubernetes API).
+        #[arg(long, requires = "namespace")]
+        stack: Option<String>,
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// A component whose `/readyz` the status page checks, as `NAME=http://HOST:PORT`.
+        #[arg(long = "component", value_parser = parse_component, conflicts_with = "stack")]
+        components: Vec<(String, String)>,
+        /// The browser build (`scripts/build-dashboard`).
+        #[arg(long, env = "RECSTACK_DASHBOARD_SITE")]
+        site: Option<PathBuf>,
+    },
+}
+
+/// `NAME=URL` of `--component`.
+fn parse_component(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=http://HOST:PORT"))?;
+    if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{s:?}: expected NAME=http://HOST:PORT"));
+    }
+    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+}
+
+/// `ITEM:POSITION` of `--pin`.
+fn parse_pin(s: &str) -> Result<(String, usize), String> {
+    let (item, pos) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}`: expected ITEM:POSITION"))?;
+    let pos = pos.parse().map_err(|_| format!("`{s}`: POSITION must be a number"))?;
+    if item.is_empty() {
+        return Err(format!("`{s}`: ITEM is empty"));
+    }
+    Ok((item.to_string(), pos))
+}
+
+/// Starts one component and serves it until Ctrl-C.
+pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
+    let service = match component {
+        ServeCommand::Recall { serve, reload_secs } => {
+            let config = serve.config()?;
+            let loaded = serve::load_artifacts(&serve.artifacts)?;
+            eprintln!("recall: serving artifact version {}", loaded.manifest.version);
+            let every = Duration::from_secs(reload_secs.max(1));
+            let trending = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
+                Some(url) => Trending::redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
+                None => Trending::none(),
+            };
+            serve::recall(
+                loaded,
+                Some((serve.artifacts.clone(), every)),
+                trending,
+                serve.addrs(config.as_ref(), 9090, 8080),
+            )
+            .await?
+        }
+        ServeCommand::Feature { serve, redis_url, dump } => {
+            let config = serve.config()?;
+            let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
+            let snapshot = serve.snapshot()?;
+            let source = match redis_url.as_deref() {
+                Some(url) => FeatureSource::Redis(url),
+                None => FeatureSource::Snapshot,
+            };
+            serve::features(snapshot, source, dump, serve.addrs(config.as_ref(), 9091, 8081)).await?
+        }
+        ServeCommand::Ingest { serve, log, recall } => {
+            let config = serve.config()?;
+            let log = Arc::new(log.open(config.as_ref()).await?);
+            let recall = match recall {
+                Some(url) => Some(url),
+                None => config.as_ref().map(|c| c.endpoint("recall")).transpose()?,
+            };
+            let seen = match recall {
+                Some(url) => SeenLink::grpc(&url)?,
+                None => SeenLink::None,
+            };
+            serve::ingest(log, seen, serve.addrs(config.as_ref(), 9094, 8084)).await?
+        }
+        ServeCommand::Stream {
+            serve,
+            log,
+            redis_url,
+            window,
+        } => {
+            let config = serve.config()?;
+            let window = match (window, config.as_ref()) {
+                (Some(w), _) => w,
+                (None, Some(c)) => parse_window(&c.stream.window).map_err(|e| anyhow::anyhow!("stream.window: {e}"))?,
+                (None, None) => 60_000,
+            };
+            let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
+            let Some(redis_url) = redis_url else {
+                anyhow::bail!(
+                    "serve stream writes to Redis: give --redis-url or a runtime config with featureStore.redisUrl (`recstack up` runs the stream job in process without Redis)"
+                );
+            };
+            let log = Arc::new(log.open(config.as_ref()).await?);
+            let sink = RedisStore::connect(&redis_url, Duration::from_secs(2)).await?;
+            let window = WindowConfig {
+                size_ms: window,
+                ..WindowConfig::default()
+            };
+            let http = serve.addrs(config.as_ref(), 9095, 8085).http;
+            serve::stream_job(log, Arc::new(sink), serve.snapshot()?, window, http).await?
+        }
+        ServeCommand::Ranking { serve, model } => {
+            let config = serve.config()?;
+            let sources = model.sources(config.as_ref())?;
+            let snapshot = serve.snapshot()?;
+            serve::ranking(
+                snapshot,
+                sources,
+                Duration::from_secs(5),
+                serve.addrs(config.as_ref(), 9092, 8082),
+            )
+            .await?
+        }
+        ServeCommand::Rerank {
+            serve,
+            blocked,
+            pins,
+            fresh_boost,
+        } => {
+            let config = serve.config()?;
+            let snapshot = serve.snapshot()?;
+            let rules = RerankConfig {
+                blocked: blocked.into_iter().collect(),
+                pins,
+                fresh_boost,
+                ..RerankConfig::default()
+            };
+            serve::rerank(
+                snapshot,
+                rules,
+                Experiment::default(),
+                serve.addrs(config.as_ref(), 9093, 8083),
+            )
+            .await?
+        }
+        ServeCommand::Gateway {
+            serve,
+            recall,
+            features,
+            ranking,
+            rerank,
+            traces,
+            latency,
+        } => {
+            let config = serve.config()?;
+            let trace_settings = traces.settings(config.as_ref())?;
+            let endpoints = match &config {
+                Some(c) => Endpoints {
+                    recall: c.endpoint("recall")?,
+                    features: c.endpoint("feature")?,
+                    ranking: c.endpoint("ranking")?,
+                    rerank: c.endpoint("rerank")?,
+                },
+                None => Endpoints {
+                    recall,
+                    features,
+                    ranking,
+                    rerank,
+                },
+            };
+            let loaded = serve::load_artifacts(&serve.artifacts)?;
+            let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+            drop(loaded);
+            let mut gateway_config = GatewayConfig {
+                latency: latency.objective(config.as_ref()),
+                ..GatewayConfig::default()
+            };
+            if let Some(f) = trace_settings.full_sample {
+                gateway_config.full_trace_sample = f;
+            }
+            let traces = match traces::open(&trace_settings.spec).context("opening the trace store")? {
+                None => GatewayTraces::Off,
+                Some(store) => {
+                    eprintln!("gateway: traces to the {} store", store.kind());
+                    GatewayTraces::Store {
+                        store,
+                        writer: WriterConfig::default(),
+                        retention_days: Some(trace_settings.retention_days),
+                    }
+                }
+            };
+            serve::gateway(
+                catalogue,
+                recstack_services::gateway::Links::grpc(&endpoints)?,
+                gateway_config,
+                traces,
+                serve.addrs(config.as_ref(), 9000, 8000),
+            )
+            .await?
+        }
+        ServeCommand::Traces {
+            trace_store,
+            trace_credentials_dir,
+            http_addr,
+            artifacts,
+            config,
+        } => {
+            let config = config.as_deref().map(RuntimeConfig::read).transpose()?;
+            let args = TraceArgs {
+                trace_store,
+                trace_credentials_dir,
+                trace_full_percent: None,
+                trace_retention_days: None,
+            };
+            let store = traces::open(&args.settings(config.as_ref())?.spec)
+                .context("opening the trace store")?
+                .context("the query API needs a trace store, not `off`")?;
+            let index = match artifacts {
+                Some(root) => {
+                    let loaded = serve::load_artifacts(&root)?;
+                    let catalogue: Arc<dyn recstack_trace_store::explain::ItemIndex> =
+                        Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+                    Some(catalogue)
+                }
+                None => None,
+            };
+            serve::trace_query(store, index, http_addr).await?
+        }
+        ServeCommand::Dashboard {
+            traces_url,
+            http_addr,
+            stack,
+            namespace,
+            components,
+            site,
+        } => {
+            let status = match (stack, namespace) {
+                (Some(name), Some(namespace)) => StatusSource::cluster(namespace, name)
+                    .await
+                    .context("connecting to the Kubernetes API for the stack's status")?,
+                _ => StatusSource::local(
+                    components
+                        .into_iter()
+                        .map(|(name, url)| LocalComponent { name, url })
+                        .collect(),
+                ),
+            };
+            let config = DashboardConfig {
+                traces_url,
+                status,
+                site_root: site,
+            };
+            crate::dashboard::serve(config, http_addr).await?
+        }
+    };
+    match service.grpc {
+        Some(grpc) => eprintln!("{}: gRPC on {grpc}, HTTP on http://{}", service.name, service.http),
+        None => eprintln!("{}: HTTP on http://{}", service.name, service.http),
+    }
+    super::until_ctrl_c(vec![service]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_pin("0110912:3"), Ok(("0110912".into(), 3)));
+        assert_eq!(parse_pin("a:b:0"), Ok(("a:b".into(), 0)));
+        assert!(parse_pin("0110912").unwrap_err().contains("ITEM:POSITION"));
+        assert!(parse_pin("x:first").unwrap_err().contains("must be a number"));
+        assert!(parse_pin(":1").unwrap_err().contains("ITEM is empty"));
+    }
+}

@@ -1,0 +1,78 @@
+//! Approximate nearest neighbours over item embeddings: an HNSW graph (instant-distance) on
+//! L2-normalized vectors, so nearest means highest cosine similarity.
+
+use instant_distance::{Builder, HnswMap, Point, Search};
+use serde::{Deserialize, Serialize};
+
+/// A unit-length vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnitVec(pub Vec<f32>);
+
+impl UnitVec {
+    /// Normalizes `v`; the zero vector stays zero (and is far from everything).
+    pub fn new(v: &[f32]) -> Self {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm == 0.0 {
+            return UnitVec(v.to_vec());
+        }
+        UnitVec(v.iter().map(|x| x / norm).collect())
+    }
+}
+
+impl Point for UnitVec {
+    fn distance(&self, other: &Self) -> f32 {
+        1.0 - super::factors::dot(&self.0, &other.0)
+    }
+}
+
+/// The item index.
+#[derive(Serialize, Deserialize)]
+pub struct ItemIndex {
+    map: HnswMap<UnitVec, u32>,
+}
+
+impl ItemIndex {
+    /// Builds the graph single-threaded: HNSW insertion order changes the graph, and the
+    /// build must be reproducible for a given seed.
+    pub fn build(vectors: Vec<(u32, UnitVec)>, seed: u64, ef_construction: usize, ef_search: usize) -> Self {
+        let (ids, points): (Vec<u32>, Vec<UnitVec>) = vectors.into_iter().unzip();
+        let builder = Builder::default()
+            .seed(seed)
+            .ef_construction(ef_construction)
+            .ef_search(ef_search);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+        let map = match pool {
+            Ok(pool) => pool.install(|| builder.build(points, ids)),
+            Err(_) => builder.build(points, ids),
+        };
+        Self { map }
+    }
+
+    /// Up to `n` items nearest to `query`, with cosine similarity.
+    pub fn search(&self, query: &UnitVec, n: usize) -> Vec<(u32, f32)> {
+        let mut search = Search::default();
+        self.map
+            .search(query, &mut search)
+            .take(n)
+            .map(|item| (*item.value, 1.0 - item.distance))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_closest_vectors() {
+        let vectors: Vec<(u32, UnitVec)> = (0..200u32)
+            .map(|i| (i, UnitVec::new(&[(i as f32 / 30.0).cos(), (i as f32 / 30.0).sin()])))
+            .collect();
+        let index = ItemIndex::build(vectors, 1, 100, 100);
+        let hits = index.search(&UnitVec::new(&[(50f32 / 30.0).cos(), (50f32 / 30.0).sin()]), 3);
+        let ids: Vec<u32> = hits.iter().map(|h| h.0).collect();
+        assert_eq!(ids[0], 50);
+        assert!(ids.contains(&49) && ids.contains(&51), "{ids:?}");
+        assert!((hits[0].1 - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,239 @@
+//! The artifacts recall, features, ranking and evaluation read: their types, and one version
+//! written to and loaded from an artifact directory (`root/<version>/`, `root/current`).
+//! `recstack_offline::build` computes them from ratings.
+
+pub mod ann;
+pub mod factors;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use factors::AlsParams;
+
+/// A movie (item).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// External id (the IMDb number, e.g. `0110912`).
+    pub id: String,
+    pub title: String,
+    pub year: Option<u16>,
+    pub genres: Vec<String>,
+}
+
+/// One rating, with dense user and item indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rating {
+    pub user: u32,
+    pub item: u32,
+    /// 0–10.
+    pub rating: u8,
+    /// Unix seconds.
+    pub ts: i64,
+}
+
+/// (item or user, score) pairs, best first.
+pub type Ranked = Vec<(u32, f32)>;
+
+/// Build parameters. Part of the artifact version: change one and the version changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildParams {
+    pub seed: u64,
+    /// Fraction of each user's most recent ratings held out for evaluation.
+    pub holdout: f64,
+    /// Users with fewer ratings are not held out (all train).
+    pub min_history: usize,
+    /// Neighbours kept per item (item-CF) and per user (user-CF).
+    pub neighbours: usize,
+    /// Half-life of an interaction's weight in the hot list, in days.
+    pub hot_half_life_days: f64,
+    /// Length of the hot and popular lists.
+    pub hot_len: usize,
+    pub als: AlsParams,
+    pub ann_ef_construction: usize,
+    pub ann_ef_search: usize,
+}
+
+impl Default for BuildParams {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            holdout: 0.2,
+            min_history: 5,
+            neighbours: 50,
+            hot_half_life_days: 14.0,
+            hot_len: 2000,
+            als: AlsParams::default(),
+            ann_ef_construction: 100,
+            ann_ef_search: 128,
+        }
+    }
+}
+
+/// Why artifacts could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("reading artifacts in {path}: {message}")]
+    Load { path: PathBuf, message: String },
+}
+
+/// Per-item features served by the feature service and used by rerank.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemProfile {
+    pub ratings: u32,
+    pub mean_rating: f32,
+    pub hot_score: f32,
+    pub year: Option<u16>,
+    pub genres: Vec<String>,
+}
+
+/// Per-user features from the training split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserProfile {
+    pub ratings: u32,
+    pub mean_rating: f32,
+    pub last_ts: i64,
+    /// Genre → share of the user's ratings, highest first (at most 5).
+    pub top_genres: Vec<(String, f32)>,
+    /// Most recent items first (at most 20).
+    pub recent_items: Vec<u32>,
+}
+
+/// Everything recall, features and evaluation read, in memory.
+#[derive(Serialize, Deserialize)]
+pub struct Artifacts {
+    pub items: Vec<Item>,
+    pub users: Vec<String>,
+    /// Training items per user, most recent first.
+    pub history: Vec<Vec<u32>>,
+    /// The ratings (0–10) of `history`, position by position.
+    pub history_ratings: Vec<Vec<u8>>,
+    pub item_neighbours: Vec<Ranked>,
+    pub user_neighbours: Vec<Ranked>,
+    /// Time-decayed popularity.
+    pub hot: Ranked,
+    /// All-time interaction counts (the popularity baseline).
+    pub popular: Ranked,
+    pub factors: factors::Factors,
+    pub ann: ann::ItemIndex,
+    /// Genre → items, by hot score.
+    pub tags: BTreeMap<String, Vec<u32>>,
+    pub item_features: Vec<ItemProfile>,
+    pub user_features: Vec<UserProfile>,
+    /// Held-out ratings (never trained on), for evaluation.
+    pub holdout: Vec<Rating>,
+}
+
+/// The artifact directory's `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Derived from the inputs' hashes and the parameters: same inputs, same version.
+    pub version: String,
+    pub created: String,
+    pub dataset: String,
+    /// sha256 of each input file.
+    pub inputs: BTreeMap<String, String>,
+    pub params: BuildParams,
+    /// sha256 of each artifact file.
+    pub files: BTreeMap<String, String>,
+    pub counts: BTreeMap<String, usize>,
+}
+
+const ARTIFACT_FILE: &str = "artifacts.bin";
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `artifacts` to `root/<version>/` (via a temporary directory renamed into place, so
+/// a reader never sees half a version) and points `root/current` at it. Returns the manifest.
+pub fn write(
+    root: &Path,
+    artifacts: &Artifacts,
+    dataset: &str,
+    inputs: BTreeMap<String, String>,
+    params: &BuildParams,
+) -> Result<Manifest, ArtifactError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArtifactError::Io { path, source }
+    };
+    let bytes = postcard::to_stdvec(artifacts).map_err(|source| ArtifactError::Encode {
+        what: "artifacts",
+        source,
+    })?;
+    let params_json = serde_json::to_string(params).unwrap_or_default();
+    let version_key = format!("{dataset}\n{inputs:?}\n{params_json}");
+    let version = format!("v-{}", &sha256_hex(version_key.as_bytes())[..12]);
+    let counts = BTreeMap::from([
+        ("users".to_string(), artifacts.users.len()),
+        ("items".to_string(), artifacts.items.len()),
+        (
+            "train_ratings".to_string(),
+            artifacts.history.iter().map(Vec::len).sum(),
+        ),
+        ("holdout_ratings".to_string(), artifacts.holdout.len()),
+        ("tags".to_string(), artifacts.tags.len()),
+    ]);
+    let manifest = Manifest {
+        version: version.clone(),
+        created: jiff::Timestamp::now().to_string(),
+        dataset: dataset.to_string(),
+        inputs,
+        params: params.clone(),
+        files: BTreeMap::from([(ARTIFACT_FILE.to_string(), sha256_hex(&bytes))]),
+        counts,
+    };
+    std::fs::create_dir_all(root).map_err(io(root))?;
+    let tmp = root.join(format!(".{version}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::write(tmp.join(ARTIFACT_FILE), &bytes).map_err(io(&tmp))?;
+    let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    std::fs::write(tmp.join("manifest.json"), manifest_json).map_err(io(&tmp))?;
+    let dir = root.join(&version);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    // `current` names the newest version; written then renamed, so it is never half-written.
+    let current_tmp = root.join(".current.tmp");
+    std::fs::write(&current_tmp, format!("{version}\n")).map_err(io(&current_tmp))?;
+    std::fs::rename(&current_tmp, root.join("current")).map_err(io(root))?;
+    Ok(manifest)
+}
+
+/// Loads the version `root/current` names (or `version` when given), checking its hash.
+pub fn load(root: &Path, version: Option<&str>) -> Result<(Manifest, Artifacts), ArtifactError> {
+    let err = |message: String| ArtifactError::Load {
+        path: root.to_path_buf(),
+        message,
+    };
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => std::fs::read_to_string(root.join("current"))
+            .map_err(|e| err(format!("no current version ({e}); run `recstack build`")))?
+            .trim()
+            .to_string(),
+    };
+    let dir = root.join(&version);
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json")).map_err(|e| err(format!("{version}/manifest.json: {e}")))?,
+    )
+    .map_err(|e| err(format!("{version}/manifest.json: {e}")))?;
+    let bytes = std::fs::read(dir.join(ARTIFACT_FILE)).map_err(|e| err(format!("{version}/{ARTIFACT_FILE}: {e}")))?;
+    if manifest.files.get(ARTIFACT_FILE) != Some(&sha256_hex(&bytes)) {
+        return Err(err(format!(
+            "{version}/{ARTIFACT_FILE} does not match its manifest hash"
+        )));
+    }
+    let artifacts = postcard::from_bytes(&bytes).map_err(|e| err(format!("{version}/{ARTIFACT_FILE}: {e}")))?;
+    Ok((manifest, artifacts))
+}

@@ -1,0 +1,81 @@
+//! The user and item features every stage passes along: generated from
+//! `services/proto/features.proto` (messages only; the feature service's gRPC stubs are
+//! generated in the services crate over these same types).
+
+include!(concat!(env!("OUT_DIR"), "/recstack.features.v1.rs"));
+
+use rustc_hash::FxHashMap;
+
+use crate::artifacts::Artifacts;
+
+/// The build's features, by external id.
+#[derive(Default)]
+pub struct Snapshot {
+    users: FxHashMap<String, UserFeatures>,
+    items: FxHashMap<String, ItemFeatures>,
+}
+
+impl Snapshot {
+    pub fn from_parts(users: Vec<UserFeatures>, items: Vec<ItemFeatures>) -> Self {
+        Self {
+            users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
+            items: items.into_iter().map(|i| (i.item_id.clone(), i)).collect(),
+        }
+    }
+
+    pub fn from_artifacts(a: &Artifacts) -> Self {
+        let items = a
+            .items
+            .iter()
+            .zip(&a.item_features)
+            .map(|(item, f)| {
+                let v = ItemFeatures {
+                    item_id: item.id.clone(),
+                    ratings: f.ratings,
+                    mean_rating: f.mean_rating,
+                    hot_score: f.hot_score,
+                    year: f.year.map_or(0, u32::from),
+                    genres: f.genres.clone(),
+                    ..ItemFeatures::default()
+                };
+                (item.id.clone(), v)
+            })
+            .collect();
+        let users = a
+            .users
+            .iter()
+            .zip(&a.user_features)
+            .map(|(user, f)| {
+                let v = UserFeatures {
+                    user_id: user.clone(),
+                    ratings: f.ratings,
+                    mean_rating: f.mean_rating,
+                    last_ts: f.last_ts,
+                    top_genres: f
+                        .top_genres
+                        .iter()
+                        .map(|(g, s)| GenreShare {
+                            genre: g.clone(),
+                            share: *s,
+                        })
+                        .collect(),
+                    recent_items: f.recent_items.iter().map(|&i| a.items[i as usize].id.clone()).collect(),
+                };
+                (user.clone(), v)
+            })
+            .collect();
+        Self { users, items }
+    }
+
+    pub fn user(&self, id: &str) -> Option<&UserFeatures> {
+        self.users.get(id)
+    }
+
+    pub fn item(&self, id: &str) -> Option<&ItemFeatures> {
+        self.items.get(id)
+    }
+
+    pub fn items(&self) -> impl Iterator<Item = &ItemFeatures> {
+        self.items.values()
+    }
+}

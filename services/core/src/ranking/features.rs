@@ -1,0 +1,856 @@
+//! The ranking model's inputs: named features computed from a user's and an item's features.
+//!
+//! One function computes every feature, for training export and for serving alike, so the model
+//! sees the same values in both (no train/serve skew). A model card lists the features a model
+//! was trained on, in order; [`FeatureSpec::from_card`] refuses a card naming a feature this
+//! build does not compute.
+//!
+//! Two tensors: `sparse` (int64 `[batch, S]`, hashed categorical ids for embedding lookups) and
+//! `dense` (float32 `[batch, D]`, numeric features scaled to roughly 0–1).
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use super::folded::Side;
+use crate::features::{ItemFeatures, UserFeatures};
+
+/// Categorical features: a stable hash of the value modulo the bucket count.
+pub const SPARSE: &[&str] = &[
+    "user_id",
+    "item_id",
+    "item_genre",
+    "user_top_genre",
+    "item_decade",
+    "user_activity",
+];
+
+/// Numeric features.
+pub const DENSE: &[&str] = &[
+    "user_log_ratings",
+    "user_mean_rating",
+    "item_log_ratings",
+    "item_mean_rating",
+    "item_log_hot",
+    "genre_affinity",
+    "item_age",
+    "item_genre_count",
+    "recall_position",
+];
+
+/// One categorical input of a model card.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseFeature {
+    pub name: String,
+    /// Embedding rows; values are `hash % buckets`.
+    pub buckets: u32,
+}
+
+/// The inputs of a model, in the order its tensors hold them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub sparse: Vec<SparseFeature>,
+    pub dense: Vec<String>,
+}
+
+/// A model card naming a feature this build does not compute, or an unusable bucket count.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("the model card names sparse feature `{0}`, which this build does not compute (known: {known})", known = SPARSE.join(", "))]
+    UnknownSparse(String),
+    #[error("the model card names dense feature `{0}`, which this build does not compute (known: {known})", known = DENSE.join(", "))]
+    UnknownDense(String),
+    #[error("sparse feature `{0}` has 0 buckets")]
+    NoBuckets(String),
+}
+
+impl FeatureSpec {
+    /// Every feature this build computes, with the given bucket counts (training export).
+    pub fn all(buckets: impl Fn(&str) -> u32) -> Self {
+        Self {
+            sparse: SPARSE
+                .iter()
+                .map(|n| SparseFeature {
+                    name: n.to_string(),
+                    buckets: buckets(n),
+                })
+                .collect(),
+            dense: DENSE.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// The bucket counts the bundled model uses: ids get many rows, small vocabularies few.
+    pub fn default_buckets(name: &str) -> u32 {
+        match name {
+            "user_id" | "item_id" => 16_384,
+            "item_decade" | "user_activity" => 32,
+            _ => 64,
+        }
+    }
+
+    /// Checks a model card's feature list against what this build computes.
+    pub fn check(&self) -> Result<(), SpecError> {
+        for f in &self.sparse {
+            if !SPARSE.contains(&f.name.as_str()) {
+                return Err(SpecError::UnknownSparse(f.name.clone()));
+            }
+            if f.buckets == 0 {
+                return Err(SpecError::NoBuckets(f.name.clone()));
+            }
+        }
+        for f in &self.dense {
+            if !DENSE.contains(&f.as_str()) {
+                return Err(SpecError::UnknownDense(f.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec resolved for filling rows: each feature name is matched once here, not once
+    /// per row (a ranking request fills 500 rows of 14 features).
+    pub fn rows(&self) -> RowWriter {
+        RowWriter {
+            sparse: self
+                .sparse
+                .iter()
+                .map(|f| (SparseKind::of(&f.name), f.buckets))
+                .collect(),
+            dense: self.dense.iter().map(|f| DenseKind::of(f)).collect(),
+            genres: GenreBits::default(),
+        }
+    }
+}
+
+/// A categorical feature this build computes (`Unknown` is always bucket 0; a card naming one
+/// is refused by [`FeatureSpec::check`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SparseKind {
+    UserId,
+    ItemId,
+    ItemGenre,
+    UserTopGenre,
+    ItemDecade,
+    UserActivity,
+    Unknown,
+}
+
+impl SparseKind {
+    const ALL: [Self; 6] = [
+        Self::UserId,
+        Self::ItemId,
+        Self::ItemGenre,
+        Self::UserTopGenre,
+        Self::ItemDecade,
+        Self::UserActivity,
+    ];
+
+    fn of(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Self::Unknown)
+    }
+
+    /// The name, which is hashed with the value (part of the trained model's contract).
+    fn name(self) -> &'static str {
+        match self {
+            Self::UserId => "user_id",
+            Self::ItemId => "item_id",
+            Self::ItemGenre => "item_genre",
+            Self::UserTopGenre => "user_top_genre",
+            Self::ItemDecade => "item_decade",
+            Self::UserActivity => "user_activity",
+            Self::Unknown => "",
+        }
+    }
+
+    /// Depends on the user only, so a request computes it once for all its rows.
+    fn per_user(self) -> bool {
+        matches!(self, Self::UserId | Self::UserTopGenre | Self::UserActivity)
+    }
+
+    /// Depends on the item only, so it is computed once per (model, item).
+    fn per_item(self) -> bool {
+        matches!(self, Self::ItemId | Self::ItemGenre | Self::ItemDecade)
+    }
+}
+
+/// A numeric feature this build computes (`Unknown` is always 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DenseKind {
+    UserLogRatings,
+    UserMeanRating,
+    ItemLogRatings,
+    ItemMeanRating,
+    ItemLogHot,
+    GenreAffinity,
+    ItemAge,
+    ItemGenreCount,
+    RecallPosition,
+    Unknown,
+}
+
+impl DenseKind {
+    const ALL: [Self; 9] = [
+        Self::UserLogRatings,
+        Self::UserMeanRating,
+        Self::ItemLogRatings,
+        Self::ItemMeanRating,
+        Self::ItemLogHot,
+        Self::GenreAffinity,
+        Self::ItemAge,
+        Self::ItemGenreCount,
+        Self::RecallPosition,
+    ];
+
+    fn of(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Self::Unknown)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::UserLogRatings => "user_log_ratings",
+            Self::UserMeanRating => "user_mean_rating",
+            Self::ItemLogRatings => "item_log_ratings",
+            Self::ItemMeanRating => "item_mean_rating",
+            Self::ItemLogHot => "item_log_hot",
+            Self::GenreAffinity => "genre_affinity",
+            Self::ItemAge => "item_age",
+            Self::ItemGenreCount => "item_genre_count",
+            Self::RecallPosition => "recall_position",
+            Self::Unknown => "",
+        }
+    }
+
+    fn per_user(self) -> bool {
+        matches!(self, Self::UserLogRatings | Self::UserMeanRating)
+    }
+
+    fn per_item(self) -> bool {
+        matches!(
+            self,
+            Self::ItemLogRatings | Self::ItemMeanRating | Self::ItemLogHot | Self::ItemGenreCount
+        )
+    }
+}
+
+/// Fills model rows for a [`FeatureSpec`] (see [`FeatureSpec::rows`]).
+#[derive(Clone, Debug)]
+pub struct RowWriter {
+    sparse: Vec<(SparseKind, u32)>,
+    dense: Vec<DenseKind>,
+    genres: GenreBits,
+}
+
+/// Each genre of a catalogue its own bit of a 64-bit signature, so that whether an item has one
+/// of a user's top genres is a bit test. The first 63 genres get a bit each (the bundled data has
+/// 28); any further genre, and any genre the catalogue did not list, shares [`GenreBits::SHARED`],
+/// which means "compare the names".
+#[derive(Clone, Debug, Default)]
+struct GenreBits(Arc<FxHashMap<String, u64>>);
+
+impl GenreBits {
+    const SHARED: u64 = 1 << 63;
+
+    fn of<'a>(items: impl IntoIterator<Item = &'a ItemFeatures>) -> Self {
+        let mut bits = FxHashMap::default();
+        for genre in items.into_iter().flat_map(|i| &i.genres) {
+            let next = bits.len();
+            if next < 63 && !bits.contains_key(genre) {
+                bits.insert(genre.clone(), 1 << next);
+            }
+        }
+        Self(Arc::new(bits))
+    }
+
+    fn bit(&self, genre: &str) -> u64 {
+        self.0.get(genre).copied().unwrap_or(Self::SHARED)
+    }
+}
+
+/// One user's part of every row: the features that depend on the user only, computed once.
+pub struct UserRow<'a> {
+    user_id: &'a str,
+    user: Option<&'a UserFeatures>,
+    sparse: Vec<i64>,
+    dense: Vec<f32>,
+    /// The [`GenreBits`] bit of each of the user's top genres, in their order.
+    genre_bits: Vec<u64>,
+}
+
+/// `pre` values a folded item part holds inline (more spill to the heap).
+pub const FOLDED_INLINE: usize = 80;
+
+/// One item's part of every row: the features that depend on the item only, computed once
+/// per (model, item) — the ranking service keeps one for every item it knows — and the item's
+/// features for those that cross user and item.
+///
+/// The parts are held inline (not in heap vectors of their own): a request reads 500 items
+/// scattered over the table, and each pointer followed is a likely cache miss.
+#[derive(Clone, Debug)]
+pub struct ItemRow {
+    item: ItemFeatures,
+    sparse: SmallVec<[i64; SPARSE.len()]>,
+    dense: SmallVec<[f32; DENSE.len()]>,
+    /// The [`GenreBits`] bits of the item's genres, or-ed.
+    genre_bits: u64,
+    /// The item's part of a folded first stage (empty unless the model is folded; see
+    /// [`super::folded`]). Inline, like the parts above, for `pre` widths up to
+    /// [`FOLDED_INLINE`] (the bundled model's is 73): a request adds 500 of them, scattered.
+    pub folded: SmallVec<[f32; FOLDED_INLINE]>,
+}
+
+impl ItemRow {
+    /// The item's values of the per-item columns (0 in the others), sparse and dense.
+    pub fn parts(&self) -> (&[i64], &[f32]) {
+        (&self.sparse, &self.dense)
+    }
+}
+
+impl UserRow<'_> {
+    /// The user's values of the per-user columns (0 in the others), sparse and dense.
+    pub fn parts(&self) -> (&[i64], &[f32]) {
+        (&self.sparse, &self.dense)
+    }
+}
+
+impl RowWriter {
+    /// Gives each genre of `items` (the catalogue the item table is built from) its own bit, so
+    /// that [`RowWriter::push_item`] tests a user's genres against an item's without comparing
+    /// names. Without it every genre shares one bit: the rows are the same, only slower.
+    pub fn with_genres_of<'a>(mut self, items: impl IntoIterator<Item = &'a ItemFeatures>) -> Self {
+        self.genres = GenreBits::of(items);
+        self
+    }
+
+    /// Computes `item`'s part of the rows once; [`RowWriter::push_item`] adds it to a user's.
+    pub fn item(&self, item: &ItemFeatures) -> ItemRow {
+        let row = Row {
+            user_id: "",
+            user: None,
+            item_id: &item.item_id,
+            item: Some(item),
+            position: 0,
+        };
+        let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
+        ItemRow {
+            item: item.clone(),
+            sparse,
+            dense,
+            genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
+            folded: SmallVec::new(),
+        }
+    }
+
+    /// Each column's [`Side`]: what its value depends on, in row order (sparse, dense).
+    pub fn sides(&self) -> (Vec<Side>, Vec<Side>) {
+        let side = |user: bool, item: bool| match (user, item) {
+            (true, false) => Side::User,
+            (false, true) => Side::Item,
+            _ => Side::Cross,
+        };
+        (
+            self.sparse
+                .iter()
+                .map(|(k, _)| side(k.per_user(), k.per_item()))
+                .collect(),
+            self.dense.iter().map(|k| side(k.per_user(), k.per_item())).collect(),
+        )
+    }
+
+    /// `row`'s values of the features the two tests select; 0 for the rest, which are filled
+    /// in per row. Collected into whichever containers the part is kept in (a user's:
+    /// vectors; an item's: inline).
+    fn part<S: FromIterator<i64>, D: FromIterator<f32>>(
+        &self,
+        row: &Row,
+        sparse: fn(SparseKind) -> bool,
+        dense: fn(DenseKind) -> bool,
+    ) -> (S, D) {
+        (
+            self.sparse
+                .iter()
+                .map(|&(k, b)| if sparse(k) { row.sparse(k, b) } else { 0 })
+                .collect(),
+            self.dense
+                .iter()
+                .map(|&k| if dense(k) { row.dense(k) } else { 0.0 })
+                .collect(),
+        )
+    }
+
+    /// Appends the row for (user, a known item) from both precomputed parts, computing only
+    /// the features that cross them.
+    pub fn push_item(
+        &self,
+        user: &UserRow,
+        item: &ItemRow,
+        position: usize,
+        sparse: &mut Vec<i64>,
+        dense: &mut Vec<f32>,
+    ) {
+        let row = Row {
+            user_id: user.user_id,
+            user: user.user,
+            item_id: &item.item.item_id,
+            item: Some(&item.item),
+            position,
+        };
+        let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
+        sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
+            if k.per_user() {
+                u
+            } else if k.per_item() {
+                i
+            } else {
+                row.sparse(k, b)
+            }
+        }));
+        let parts = self.dense.iter().zip(user.dense.iter().zip(&item.dense));
+        dense.extend(parts.map(|(&k, (&u, &i))| {
+            if k.per_user() {
+                u
+            } else if k.per_item() {
+                i
+            } else if k == DenseKind::GenreAffinity {
+                genre_affinity(user, item)
+            } else {
+                row.dense(k)
+            }
+        }));
+    }
+
+    /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
+    pub fn user<'a>(&self, user_id: &'a str, user: Option<&'a UserFeatures>) -> UserRow<'a> {
+        let row = Row {
+            user_id,
+            user,
+            item_id: "",
+            item: None,
+            position: 0,
+        };
+        let (sparse, dense) = self.part(&row, SparseKind::per_user, DenseKind::per_user);
+        UserRow {
+            user_id,
+            user,
+            sparse,
+            dense,
+            genre_bits: user.map_or(Vec::new(), |u| {
+                u.top_genres.iter().map(|g| self.genres.bit(&g.genre)).collect()
+            }),
+        }
+    }
+
+    /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
+    /// or item has `None` and gets the features' neutral values.
+    pub fn push(
+        &self,
+        user: &UserRow,
+        item_id: &str,
+        item: Option<&ItemFeatures>,
+        position: usize,
+        sparse: &mut Vec<i64>,
+        dense: &mut Vec<f32>,
+    ) {
+        let row = Row {
+            user_id: user.user_id,
+            user: user.user,
+            item_id,
+            item,
+            position,
+        };
+        sparse.extend(
+            self.sparse
+                .iter()
+                .zip(&user.sparse)
+                .map(|(&(k, b), &u)| if k.per_user() { u } else { row.sparse(k, b) }),
+        );
+        dense.extend(
+            self.dense
+                .iter()
+                .zip(&user.dense)
+                .map(|(&k, &u)| if k.per_user() { u } else { row.dense(k) }),
+        );
+    }
+
+    /// One row for (user, item) at `position`, computing the user's part too: the slow
+    /// reference the serving path's precomputed parts are checked against (here and in the
+    /// ranking service's tests).
+    pub fn row(
+        &self,
+        user_id: &str,
+        user: Option<&UserFeatures>,
+        item_id: &str,
+        item: Option<&ItemFeatures>,
+        position: usize,
+    ) -> (Vec<i64>, Vec<f32>) {
+        let (mut sparse, mut dense) = (Vec::new(), Vec::new());
+        self.push(
+            &self.user(user_id, user),
+            item_id,
+            item,
+            position,
+            &mut sparse,
+            &mut dense,
+        );
+        (sparse, dense)
+    }
+}
+
+/// [`DenseKind::GenreAffinity`] from the precomputed parts: the same sum as [`Row::dense`]'s,
+/// with each of the user's genres tested by its [`GenreBits`] bit; names are compared only for
+/// genres sharing [`GenreBits::SHARED`].
+fn genre_affinity(user: &UserRow, item: &ItemRow) -> f32 {
+    user.user.map_or(0.0, |u| {
+        affinity(u, |n, genre| {
+            let bit = user.genre_bits[n];
+            item.genre_bits & bit != 0 && (bit != GenreBits::SHARED || item.item.genres.contains(genre))
+        })
+    })
+}
+
+/// The sum of the user's shares of the top genres `has` accepts (by position and name), at
+/// most 1: [`DenseKind::GenreAffinity`], whichever way the item's genres are tested.
+fn affinity(u: &UserFeatures, has: impl Fn(usize, &String) -> bool) -> f32 {
+    u.top_genres
+        .iter()
+        .enumerate()
+        .filter(|(n, g)| has(*n, &g.genre))
+        .map(|(_, g)| g.share)
+        .sum::<f32>()
+        .min(1.0)
+}
+
+struct Row<'a> {
+    user_id: &'a str,
+    user: Option<&'a UserFeatures>,
+    item_id: &'a str,
+    item: Option<&'a ItemFeatures>,
+    /// The item's place in the request's candidate order (0 first).
+    position: usize,
+}
+
+/// FNV-1a continued over more bytes (the same function as [`crate::stable_hash`]).
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// `stable_hash("{name}\u{1f}{value}") % (buckets - 1) + 1`, without allocating; bucket 0 is
+/// kept for "unknown". The bytes hashed are part of the trained model's contract.
+fn bucket(name: &str, value: &str, buckets: u32) -> i64 {
+    if buckets <= 1 || value.is_empty() {
+        return 0;
+    }
+    let h = fnv(
+        fnv(fnv(0xcbf2_9ce4_8422_2325, name.as_bytes()), &[0x1f]),
+        value.as_bytes(),
+    );
+    1 + (h % u64::from(buckets - 1)) as i64
+}
+
+/// A small number's decimal digits, on the stack.
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+fn log_scaled(x: f32) -> f32 {
+    // ln(1 + x) / ln(1 + 10_000): 0 for nothing, ~1 for the most active users and items.
+    (1.0 + x.max(0.0)).ln() / 10_001f32.ln()
+}
+
+impl Row<'_> {
+    fn sparse(&self, kind: SparseKind, buckets: u32) -> i64 {
+        let mut buf = [0u8; 10];
+        let value: Option<&str> = match kind {
+            SparseKind::UserId => self.user.map(|_| self.user_id),
+            SparseKind::ItemId => self.item.map(|_| self.item_id),
+            SparseKind::ItemGenre => self.item.and_then(|i| i.genres.first().map(String::as_str)),
+            SparseKind::UserTopGenre => self.user.and_then(|u| u.top_genres.first().map(|g| g.genre.as_str())),
+            SparseKind::ItemDecade => self.item.filter(|i| i.year > 0).map(|i| decimal(i.year / 10, &mut buf)),
+            SparseKind::UserActivity => self.user.map(|u| decimal(32 - u.ratings.leading_zeros(), &mut buf)),
+            SparseKind::Unknown => None,
+        };
+        value.map_or(0, |v| bucket(kind.name(), v, buckets))
+    }
+
+    fn dense(&self, kind: DenseKind) -> f32 {
+        let (u, i) = (self.user, self.item);
+        match kind {
+            DenseKind::UserLogRatings => u.map_or(0.0, |u| log_scaled(u.ratings as f32)),
+            DenseKind::UserMeanRating => u.map_or(0.5, |u| u.mean_rating / 10.0),
+            DenseKind::ItemLogRatings => i.map_or(0.0, |i| log_scaled(i.ratings as f32)),
+            DenseKind::ItemMeanRating => i.map_or(0.5, |i| i.mean_rating / 10.0),
+            DenseKind::ItemLogHot => i.map_or(0.0, |i| log_scaled(i.hot_score)),
+            DenseKind::GenreAffinity => match (u, i) {
+                (Some(u), Some(i)) => affinity(u, |_, genre| i.genres.contains(genre)),
+                _ => 0.0,
+            },
+            DenseKind::ItemAge => match (u, i) {
+                // Years between the item's release and the user's latest activity, over a century.
+                (Some(u), Some(i)) if i.year > 0 => {
+                    let user_year = 1970.0 + u.last_ts as f32 / 31_557_600.0;
+                    ((user_year - i.year as f32) / 100.0).clamp(0.0, 1.0)
+                }
+                _ => 0.5,
+            },
+            DenseKind::ItemGenreCount => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
+            // ln(1 + p) / ln(1 + 1000): 0 for recall's first candidate, 1 from the 1000th on.
+            DenseKind::RecallPosition => ((self.position as f32).ln_1p() / 1_001f32.ln()).min(1.0),
+            DenseKind::Unknown => 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::GenreShare;
+
+    fn user() -> UserFeatures {
+        UserFeatures {
+            user_id: "u1".into(),
+            ratings: 40,
+            mean_rating: 7.5,
+            last_ts: 1_600_000_000,
+            top_genres: vec![
+                GenreShare {
+                    genre: "Drama".into(),
+                    share: 0.5,
+                },
+                GenreShare {
+                    genre: "Comedy".into(),
+                    share: 0.25,
+                },
+            ],
+            recent_items: vec![],
+        }
+    }
+
+    fn item(genres: &[&str]) -> ItemFeatures {
+        ItemFeatures {
+            item_id: "i1".into(),
+            ratings: 100,
+            mean_rating: 8.0,
+            hot_score: 3.0,
+            year: 1994,
+            genres: genres.iter().map(|g| g.to_string()).collect(),
+            ..ItemFeatures::default()
+        }
+    }
+
+    fn spec() -> FeatureSpec {
+        FeatureSpec::all(FeatureSpec::default_buckets)
+    }
+
+    fn row(user: Option<&UserFeatures>, item: Option<&ItemFeatures>) -> (Vec<i64>, Vec<f32>) {
+        spec().rows().row("u1", user, "i1", item, 0)
+    }
+
+    fn dense(name: &str, v: &[f32]) -> f32 {
+        v[DENSE.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn every_feature_name_has_its_kind() {
+        let sparse: Vec<&str> = SparseKind::ALL.iter().map(|k| k.name()).collect();
+        let dense: Vec<&str> = DenseKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(sparse, SPARSE);
+        assert_eq!(dense, DENSE);
+    }
+
+    #[test]
+    fn a_users_part_computed_once_gives_the_rows_computed_whole() {
+        // The ranking service computes the user's features once per request and each item's
+        // once per model, and reuses them.
+        let u = user();
+        let items = [
+            item(&["Drama"]),
+            item(&["Comedy", "Drama"]),
+            item(&[]),
+            item(&["Horror"]),
+            item(&["Horror", "Comedy"]),
+        ];
+        // 63 other genres listed first: Drama, Comedy and Horror then share one bit, whose
+        // genres are told apart by name.
+        let crowded: Vec<ItemFeatures> = (0..63)
+            .map(|n| item(&[&format!("g{n}")]))
+            .chain(items.iter().cloned())
+            .collect();
+        let writers = [
+            ("no catalogue (every genre shares a bit)", spec().rows()),
+            ("a bit per genre", spec().rows().with_genres_of(&items)),
+            (
+                "the user's genres sharing a bit",
+                spec().rows().with_genres_of(&crowded),
+            ),
+            ("a catalogue without Comedy", spec().rows().with_genres_of(&items[..1])),
+        ];
+        for (case, writer) in &writers {
+            for user in [Some(&u), None] {
+                let once = writer.user("u1", user);
+                for (n, it) in items.iter().enumerate() {
+                    let id = format!("i{n}");
+                    let (mut s1, mut d1) = (vec![], vec![]);
+                    writer.push(&once, &id, Some(it), n, &mut s1, &mut d1);
+                    let (s2, d2) = writer.row("u1", user, &id, Some(it), n);
+                    assert_eq!((&s1, &d1), (&s2, &d2), "{case}, item {n}");
+                    // The item's part computed once too (the service's per-model item table).
+                    let it = ItemFeatures {
+                        item_id: id.clone(),
+                        ..it.clone()
+                    };
+                    let (mut s3, mut d3) = (vec![], vec![]);
+                    writer.push_item(&once, &writer.item(&it), n, &mut s3, &mut d3);
+                    assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
+                }
+            }
+        }
+        // The affinities themselves: Drama 0.5, Comedy 0.25, Horror not a top genre.
+        let writer = spec().rows().with_genres_of(&crowded);
+        let once = writer.user("u1", Some(&u));
+        let affinities: Vec<f32> = items
+            .iter()
+            .map(|it| {
+                let (mut s, mut d) = (vec![], vec![]);
+                writer.push_item(&once, &writer.item(it), 0, &mut s, &mut d);
+                dense("genre_affinity", &d)
+            })
+            .collect();
+        assert_eq!(affinities, [0.5, 0.75, 0.0, 0.0, 0.25]);
+        // And a card feature this build does not know stays at its neutral value.
+        let mut odd = spec();
+        odd.sparse[0].name = "nope".into();
+        odd.dense[0] = "nope".into();
+        let (s, d) = odd.rows().row("u1", Some(&u), "i1", Some(&items[0]), 0);
+        assert_eq!((s[0], d[0]), (0, 0.0));
+    }
+
+    #[test]
+    fn recall_position_grows_with_the_place_in_the_request_and_tops_out_at_1000() {
+        let at = |p: usize| {
+            let (_, d) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), p);
+            dense("recall_position", &d)
+        };
+        let values: Vec<f32> = [0, 1, 9, 99, 499, 999, 1000, 4999].into_iter().map(at).collect();
+        assert_eq!(values[0], 0.0, "recall's first candidate");
+        assert!(values.windows(2).take(5).all(|w| w[0] < w[1]), "{values:?}");
+        // A decade of places is a third of the scale: the 10th at 1/3, the 100th at 2/3.
+        assert!((values[2] - 1.0 / 3.0).abs() < 0.001, "{values:?}");
+        assert!((values[3] - 2.0 / 3.0).abs() < 0.001, "{values:?}");
+        assert_eq!(&values[6..], [1.0, 1.0], "{values:?}");
+        // Only this column depends on the position.
+        let (s0, mut d0) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), 0);
+        let (s7, mut d7) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), 7);
+        let col = DENSE.iter().position(|n| *n == "recall_position").unwrap();
+        (d0[col], d7[col]) = (0.0, 0.0);
+        assert_eq!((s0, d0), (s7, d7));
+    }
+
+    #[test]
+    fn the_first_63_genres_get_a_bit_each_and_the_rest_share_one() {
+        let catalogue: Vec<ItemFeatures> = (0..70).map(|n| item(&[&format!("g{n}"), "g0"])).collect();
+        let bits = GenreBits::of(&catalogue);
+        let own: Vec<u64> = (0..63).map(|n| bits.bit(&format!("g{n}"))).collect();
+        assert_eq!(own, (0..63).map(|n| 1u64 << n).collect::<Vec<_>>());
+        for genre in ["g63", "g69", "not in the catalogue"] {
+            assert_eq!(bits.bit(genre), GenreBits::SHARED, "{genre}");
+        }
+        assert_eq!(GenreBits::default().bit("g0"), GenreBits::SHARED);
+    }
+
+    #[test]
+    fn a_row_has_every_feature_in_card_order() {
+        let (s, d) = row(Some(&user()), Some(&item(&["Drama"])));
+        assert_eq!(s.len(), SPARSE.len());
+        assert_eq!(d.len(), DENSE.len());
+        for (f, v) in spec().sparse.iter().zip(&s) {
+            assert!(*v >= 1 && *v < i64::from(f.buckets), "{}: {v}", f.name);
+        }
+        for v in &d {
+            assert!((0.0..=1.0).contains(v), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn genre_affinity_sums_the_users_shares_of_the_items_genres() {
+        let u = user();
+        assert_eq!(dense("genre_affinity", &row(Some(&u), Some(&item(&["Drama"]))).1), 0.5);
+        assert_eq!(
+            dense("genre_affinity", &row(Some(&u), Some(&item(&["Drama", "Comedy"]))).1),
+            0.75
+        );
+        assert_eq!(dense("genre_affinity", &row(Some(&u), Some(&item(&["Horror"]))).1), 0.0);
+    }
+
+    #[test]
+    fn unknown_users_and_items_get_bucket_zero_and_neutral_values() {
+        let (s, d) = row(None, None);
+        assert!(s.iter().all(|&v| v == 0), "{s:?}");
+        assert_eq!(dense("user_mean_rating", &d), 0.5);
+        assert_eq!(dense("genre_affinity", &d), 0.0);
+    }
+
+    #[test]
+    fn hashing_matches_the_trained_contract() {
+        // The model was trained on buckets of stable_hash("{name}\u{1f}{value}").
+        for (name, value) in [("item_id", "0110912"), ("item_decade", "199"), ("user_activity", "6")] {
+            let h = crate::stable_hash(format!("{name}\u{1f}{value}").as_bytes());
+            assert_eq!(bucket(name, value, 16_384), 1 + (h % 16_383) as i64);
+        }
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(0, &mut buf), "0");
+        assert_eq!(decimal(199, &mut buf), "199");
+        assert_eq!(decimal(u32::MAX, &mut buf), "4294967295");
+    }
+
+    #[test]
+    fn hashing_is_stable_and_separates_features() {
+        assert_eq!(
+            bucket("item_id", "0110912", 16_384),
+            bucket("item_id", "0110912", 16_384)
+        );
+        assert_ne!(
+            bucket("item_id", "0110912", 16_384),
+            bucket("item_id", "0110913", 16_384)
+        );
+        assert_eq!(bucket("user_id", "", 100), 0);
+    }
+
+    #[test]
+    fn a_card_with_an_unknown_feature_is_refused_by_name() {
+        let mut s = spec();
+        s.dense.push("clicks_last_hour".into());
+        assert_eq!(s.check(), Err(SpecError::UnknownDense("clicks_last_hour".into())));
+        let mut s = spec();
+        s.sparse[0].buckets = 0;
+        assert_eq!(s.check(), Err(SpecError::NoBuckets("user_id".into())));
+        assert!(spec().check().is_ok());
+    }
+
+    #[test]
+    fn rows_follow_the_cards_order_not_the_catalogues() {
+        let spec = FeatureSpec {
+            sparse: vec![],
+            dense: vec!["item_genre_count".into(), "user_mean_rating".into()],
+        };
+        let (s, d) = spec.rows().row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), 0);
+        assert!(s.is_empty());
+        assert_eq!(d, vec![0.4, 0.75]);
+    }
+}

@@ -1,0 +1,310 @@
+//! Recall: six channels over the built artifacts, merged with per-channel quotas, with the
+//! items a user already saw filtered out.
+//!
+//! Channels never return items in the user's training history. Each is a pure function of the
+//! artifacts and the user, so they can run in parallel (the recall service does) and be
+//! evaluated offline (`recstack eval`).
+
+pub mod merge;
+pub mod seen;
+
+use std::cell::RefCell;
+
+use crate::artifacts::Artifacts;
+use crate::artifacts::ann::UnitVec;
+use crate::topk::{top_k, top_k_of};
+pub use merge::{Candidate, Channel, ChannelList, Source, merge};
+
+/// Candidates when the request does not say.
+pub const DEFAULT_N: usize = 1000;
+/// Most candidates one request may ask for.
+pub const MAX_N: usize = 5000;
+/// Per-channel quota when the request does not name the channel.
+pub const DEFAULT_QUOTA: usize = 200;
+
+/// How many recent history items seed item-CF.
+const ITEM_CF_SEEDS: usize = 20;
+/// How many recent history items make the vector channel's query.
+const VECTOR_SEEDS: usize = 10;
+/// Up to this many items the vector channel scans every item's factors instead of walking
+/// the HNSW graph: a SIMD scan of 10.5K × 32 floats costs less than the graph walk for 200+
+/// neighbours, and is exact.
+pub const EXACT_SCAN_MAX_ITEMS: usize = 50_000;
+
+/// A user's training history, looked up once per request and shared by every channel.
+pub struct UserHistory<'a> {
+    pub user: u32,
+    /// Most recent first; empty for unknown and cold users.
+    pub items: &'a [u32],
+    pub seen: ItemSet,
+}
+
+impl<'a> UserHistory<'a> {
+    pub fn new(a: &'a Artifacts, user: u32) -> Self {
+        let items: &[u32] = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+        Self {
+            user,
+            items,
+            seen: items.iter().copied().collect(),
+        }
+    }
+}
+
+/// A set of dense item ids, one bit per id: the catalogue-wide scans test every item against
+/// the user's history, where a bit test is a load and a mask and a hash lookup would cost more
+/// than the scoring.
+#[derive(Clone, Debug, Default)]
+pub struct ItemSet {
+    bits: Vec<u64>,
+    len: usize,
+}
+
+impl ItemSet {
+    pub fn contains(&self, item: &u32) -> bool {
+        let (word, bit) = (*item as usize / 64, *item % 64);
+        self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Adds `item`; false if it was there already.
+    pub fn insert(&mut self, item: u32) -> bool {
+        let (word, bit) = (item as usize / 64, item % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        let fresh = self.bits[word] & (1 << bit) == 0;
+        self.bits[word] |= 1 << bit;
+        self.len += usize::from(fresh);
+        fresh
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl FromIterator<u32> for ItemSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(items: I) -> Self {
+        let mut set = Self::default();
+        for i in items {
+            set.insert(i);
+        }
+        set
+    }
+}
+
+/// One channel's top `n` for `user` (dense id), excluding the user's history.
+pub fn channel(a: &Artifacts, channel: Channel, user: u32, n: usize) -> ChannelList {
+    channel_for(a, &UserHistory::new(a, user), channel, n)
+}
+
+/// One channel's top `n` for a user whose history is already looked up.
+pub fn channel_for(a: &Artifacts, h: &UserHistory, channel: Channel, n: usize) -> ChannelList {
+    let (user, seen) = (h.user, &h.seen);
+    let items = match channel {
+        Channel::ItemCf => item_cf(a, h.items, seen, n),
+        Channel::UserCf => user_cf(a, user, seen, n),
+        Channel::Hot => ranked_list(&a.hot, seen, n),
+        Channel::Als => als(a, user, seen, n),
+        Channel::Vector => vector(a, user, seen, n),
+        Channel::Tag => tag(a, user, seen, n),
+    };
+    ChannelList { channel, items }
+}
+
+/// The all-time popularity list, excluding the history (the evaluation baseline).
+pub fn popular(a: &Artifacts, h: &UserHistory, n: usize) -> Vec<(u32, f32)> {
+    ranked_list(&a.popular, &h.seen, n)
+}
+
+fn ranked_list(list: &[(u32, f32)], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    list.iter()
+        .filter(|(i, _)| !seen.contains(i))
+        .take(n)
+        .copied()
+        .collect()
+}
+
+thread_local! {
+    /// Each thread's dense score vector, all zeros between uses: a channel touches a few
+    /// hundred of the catalogue's slots, so clearing those beats zeroing a fresh vector.
+    static SCORE_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Accumulates scores in a dense vector and returns the top `n` unseen.
+struct Scores {
+    score: Vec<f32>,
+    touched: Vec<u32>,
+}
+
+impl Scores {
+    fn new(n_items: usize) -> Self {
+        let mut score = SCORE_BUFFER.with_borrow_mut(std::mem::take);
+        if score.len() < n_items {
+            score.resize(n_items, 0.0);
+        }
+        Self {
+            score,
+            touched: Vec::new(),
+        }
+    }
+    fn add(&mut self, item: u32, s: f32) {
+        let slot = &mut self.score[item as usize];
+        if *slot == 0.0 {
+            self.touched.push(item);
+        }
+        *slot += s;
+    }
+    fn top(self, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+        let mut v: Vec<(u32, f32)> = self
+            .touched
+            .iter()
+            .filter(|i| !seen.contains(i))
+            .map(|&i| (i, self.score[i as usize]))
+            .filter(|(_, s)| *s > 0.0)
+            .collect();
+        top_k(&mut v, n);
+        let Self { mut score, touched } = self;
+        for i in touched {
+            score[i as usize] = 0.0;
+        }
+        SCORE_BUFFER.with_borrow_mut(|b| *b = score);
+        v
+    }
+}
+
+/// Neighbours of the user's recent items, recent ones weighted more.
+fn item_cf(a: &Artifacts, history: &[u32], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let mut scores = Scores::new(a.items.len());
+    for (pos, &i) in history.iter().take(ITEM_CF_SEEDS).enumerate() {
+        let recency = 1.0 / (1.0 + 0.1 * pos as f32);
+        for &(j, s) in &a.item_neighbours[i as usize] {
+            scores.add(j, s * recency);
+        }
+    }
+    scores.top(seen, n)
+}
+
+/// What similar users interacted with.
+fn user_cf(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let Some(neighbours) = a.user_neighbours.get(user as usize) else {
+        return Vec::new();
+    };
+    let mut scores = Scores::new(a.items.len());
+    for &(v, s) in neighbours {
+        for &i in &a.history[v as usize] {
+            scores.add(i, s);
+        }
+    }
+    scores.top(seen, n)
+}
+
+fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
+    let dim = a.factors.dim;
+    let u = user as usize;
+    if dim == 0 || (u + 1) * dim > a.factors.users.len() || a.history[u].is_empty() {
+        return None;
+    }
+    Some(a.factors.user(user))
+}
+
+/// Exact inner product against every item's factors; the history is skipped inside the scan
+/// (a bit test per item), so the bounded heap holds just `n`.
+fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let Some(u) = user_vector(a, user) else {
+        return Vec::new();
+    };
+    let scores = a.factors.scan(u).filter(|(i, s)| *s > 0.0 && !seen.contains(i));
+    top_k_of(scores, n)
+}
+
+/// Items nearest (cosine) to the mean embedding of the user's recent items: "more like what
+/// you just watched", in the ALS item space. (ALS already ranks by the user vector; this
+/// channel adds a recency-driven, popularity-neutral signal.) Catalogues up to
+/// [`EXACT_SCAN_MAX_ITEMS`] are scanned exactly — faster than the HNSW walk at that size and
+/// with no recall loss (BENCHMARKS.md, "ANN") —, larger ones go through the HNSW index.
+fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let Some(query) = vector_query(a, user) else {
+        return Vec::new();
+    };
+    if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
+        let inverse_norms = a.factors.inverse_norms();
+        let scores = a
+            .factors
+            .scan(&query.0)
+            .map(|(i, s)| (i, s * inverse_norms[i as usize]))
+            .filter(|(i, _)| !seen.contains(i));
+        top_k_of(scores, n)
+    } else {
+        // The graph cannot skip the history; ask for enough to drop it afterwards.
+        let mut best = a.ann.search(&query, n + seen.len());
+        best.retain(|(i, _)| !seen.contains(i));
+        best.truncate(n);
+        best
+    }
+}
+
+/// The vector channel's query: the normalized mean of the user's recent items' unit vectors
+/// (`None` for users without history or artifacts without factors).
+pub fn vector_query(a: &Artifacts, user: u32) -> Option<UnitVec> {
+    let dim = a.factors.dim;
+    let recent = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+    if dim == 0 || recent.is_empty() {
+        return None;
+    }
+    let mut query = vec![0f32; dim];
+    for &i in recent.iter().take(VECTOR_SEEDS) {
+        for (q, x) in query.iter_mut().zip(UnitVec::new(a.factors.item(i)).0) {
+            *q += x;
+        }
+    }
+    Some(UnitVec::new(&query))
+}
+
+/// Items of the user's favourite genres, in proportion to how much the user likes each.
+fn tag(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let Some(features) = a.user_features.get(user as usize) else {
+        return Vec::new();
+    };
+    let mut scores = Scores::new(a.items.len());
+    for (genre, share) in &features.top_genres {
+        let Some(items) = a.tags.get(genre) else { continue };
+        for (rank, &i) in items.iter().filter(|i| !seen.contains(i)).take(n).enumerate() {
+            scores.add(i, share / (1.0 + rank as f32));
+        }
+    }
+    scores.top(seen, n)
+}
+
+/// Every channel, merged: `quota` items per channel at most, `total` in all.
+pub fn recall(a: &Artifacts, h: &UserHistory, quota: usize, total: usize) -> Vec<Candidate> {
+    let lists: Vec<ChannelList> = Channel::ALL.iter().map(|&c| channel_for(a, h, c, quota)).collect();
+    merge(&lists, |_| quota, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_set_holds_exactly_what_a_hash_set_holds() {
+        let ids: Vec<u32> = (0..500u32)
+            .map(|i| (i * 7919) % 3000)
+            .chain([0, 63, 64, 65, 2999, 0])
+            .collect();
+        let set: ItemSet = ids.iter().copied().collect();
+        let want: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        assert_eq!(set.len(), want.len());
+        for i in 0..3100 {
+            assert_eq!(set.contains(&i), want.contains(&i), "{i}");
+        }
+        assert!(!set.contains(&u32::MAX), "beyond the bits is absent");
+        let mut set = set;
+        assert!(!set.insert(63) && set.insert(3001));
+        assert_eq!(set.len(), want.len() + 1);
+        assert!(ItemSet::default().is_empty());
+    }
+}

@@ -1,0 +1,6 @@
+//! The stream job's pure parts: tumbling-window aggregation and the fast path ([`window`]),
+//! and the adaptive write limiter ([`limiter`]). The job that reads the log and writes the
+//! sinks is `recstack_services::stream`.
+
+pub mod limiter;
+pub mod window;

@@ -1,0 +1,238 @@
+//! The offline build on the bundled MovieTweetings data, and recall over its artifacts.
+
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use recstack_offline::build::{self, Artifacts, BuildParams, Progress};
+use recstack_offline::dataset::{self, Dataset};
+use recstack_core::recall::{self, Channel};
+use recstack_offline::eval;
+
+fn data() -> &'static Dataset {
+    static DS: OnceLock<Dataset> = OnceLock::new();
+    DS.get_or_init(|| Dataset::load_movietweetings(&dataset::bundled_dir()).expect("bundled data loads"))
+}
+
+fn artifacts() -> &'static Artifacts {
+    static A: OnceLock<Artifacts> = OnceLock::new();
+    A.get_or_init(|| build::build(data(), &BuildParams::default(), &Progress::new(true)).expect("build"))
+}
+
+#[test]
+fn bundled_data_is_movietweetings_100k() {
+    let ds = data();
+    assert_eq!(ds.ratings.len(), 100_000);
+    assert_eq!(ds.n_users(), 16_554);
+    assert!(ds.n_items() >= 10_506);
+    let pulp = ds.items.iter().find(|i| i.id == "0110912").expect("Pulp Fiction");
+    assert_eq!((pulp.title.as_str(), pulp.year), ("Pulp Fiction", Some(1994)));
+    assert!(ds.ratings.iter().all(|r| r.rating <= 10));
+}
+
+#[test]
+fn holdout_is_never_trained_on() {
+    let a = artifacts();
+    assert!(!a.holdout.is_empty());
+    for r in &a.holdout {
+        assert!(
+            !a.history[r.user as usize].contains(&r.item),
+            "held-out rating of user {} is in training",
+            r.user
+        );
+    }
+    let train: usize = a.history.iter().map(Vec::len).sum();
+    assert_eq!(train + a.holdout.len(), 100_000);
+}
+
+#[test]
+fn every_channel_recalls_unseen_items_for_a_held_out_user() {
+    let a = artifacts();
+    let user = active_user(a);
+    let seen: HashSet<u32> = a.history[user as usize].iter().copied().collect();
+    for c in Channel::ALL {
+        let list = recall::channel(a, c, user, 200);
+        assert!(!list.items.is_empty(), "{} returned nothing", c.name());
+        assert!(list.items.len() <= 200);
+        assert!(
+            list.items.iter().all(|(i, _)| !seen.contains(i)),
+            "{} returned a seen item",
+            c.name()
+        );
+        assert!(
+            list.items.windows(2).all(|w| w[0].1 >= w[1].1),
+            "{} is not sorted by score",
+            c.name()
+        );
+    }
+    let merged = recall::recall(a, &recall::UserHistory::new(a, user), 200, 1000);
+    assert!(
+        merged.len() >= 500 && merged.len() <= 1000,
+        "{} candidates",
+        merged.len()
+    );
+    let unique: HashSet<u32> = merged.iter().map(|c| c.item).collect();
+    assert_eq!(unique.len(), merged.len(), "merged candidates are deduplicated");
+    assert!(merged.iter().all(|c| !c.sources.is_empty()));
+    assert!(
+        merged.iter().any(|c| c.sources.len() >= 3),
+        "some items come from several channels"
+    );
+}
+
+#[test]
+fn the_exact_vector_scan_finds_what_the_hnsw_index_finds_or_closer() {
+    // The vector channel scans every item on this catalogue (it is below the exact-scan limit);
+    // the HNSW index serves larger ones. Both must rank the same neighbourhood.
+    let a = artifacts();
+    assert!(a.factors.n_items() <= recall::EXACT_SCAN_MAX_ITEMS);
+    let (mut users, mut overlap, mut total) = (0, 0usize, 0usize);
+    for user in (0..a.users.len() as u32)
+        .filter(|&u| !a.history[u as usize].is_empty())
+        .take(300)
+    {
+        let exact = recall::channel(a, Channel::Vector, user, 50).items;
+        let query = recall::vector_query(a, user).expect("a user with history has a query");
+        let seen: std::collections::HashSet<u32> = a.history[user as usize].iter().copied().collect();
+        let hnsw: Vec<(u32, f32)> = a
+            .ann
+            .search(&query, 50 + seen.len())
+            .into_iter()
+            .filter(|(i, _)| !seen.contains(i))
+            .take(50)
+            .collect();
+        assert_eq!(exact.len(), 50, "user {user}");
+        assert!(exact.iter().all(|(i, _)| !seen.contains(i)));
+        assert!(exact.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
+        // Exact top-k is optimal: its i-th score is at least the index's i-th.
+        for (e, h) in exact.iter().zip(&hnsw) {
+            assert!(e.1 >= h.1 - 1e-4, "user {user}: exact {e:?} below hnsw {h:?}");
+        }
+        let ids: std::collections::HashSet<u32> = exact.iter().map(|e| e.0).collect();
+        overlap += hnsw.iter().filter(|h| ids.contains(&h.0)).count();
+        total += hnsw.len();
+        users += 1;
+    }
+    assert!(users >= 100);
+    let agreement = overlap as f64 / total as f64;
+    assert!(agreement > 0.8, "HNSW found {agreement:.3} of the exact neighbours");
+}
+
+#[test]
+fn feature_snapshot_uses_external_ids() {
+    let a = artifacts();
+    let snapshot = recstack_core::features::Snapshot::from_artifacts(a);
+    let user = a.holdout[0].user as usize;
+    let features = snapshot.user(&a.users[user]).expect("a known user has features");
+    assert_eq!(features.ratings as usize, a.history[user].len());
+    let catalogue: HashSet<&str> = a.items.iter().map(|i| i.id.as_str()).collect();
+    assert!(!features.recent_items.is_empty());
+    assert!(features.recent_items.iter().all(|id| catalogue.contains(id.as_str())));
+    assert_eq!(
+        features.recent_items[0], a.items[a.history[user][0] as usize].id,
+        "most recent first"
+    );
+    let pulp = snapshot.item("0110912").expect("Pulp Fiction");
+    assert!(pulp.ratings > 0 && pulp.genres.contains(&"Crime".to_string()));
+}
+
+#[test]
+fn unknown_and_cold_users_get_only_what_makes_sense() {
+    let a = artifacts();
+    let cold = (0..a.users.len() as u32).find(|&u| a.history[u as usize].is_empty());
+    if let Some(u) = cold {
+        assert!(recall::channel(a, Channel::ItemCf, u, 50).items.is_empty());
+        assert!(recall::channel(a, Channel::Als, u, 50).items.is_empty());
+        assert_eq!(
+            recall::channel(a, Channel::Hot, u, 50).items.len(),
+            50,
+            "cold users still get hot items"
+        );
+    }
+    let unknown = a.users.len() as u32 + 10;
+    for c in Channel::ALL {
+        let list = recall::channel(a, c, unknown, 50);
+        if c == Channel::Hot {
+            assert_eq!(list.items.len(), 50);
+        } else {
+            assert!(list.items.is_empty(), "{} for an unknown user", c.name());
+        }
+    }
+}
+
+#[test]
+fn build_is_deterministic_and_round_trips_through_disk() {
+    let a = artifacts();
+    let again = build::build(data(), &BuildParams::default(), &Progress::new(true)).unwrap();
+    let bytes = |x: &Artifacts| postcard::to_stdvec(x).unwrap();
+    assert!(
+        bytes(a) == bytes(&again),
+        "same data, parameters and seed give identical artifacts"
+    );
+
+    let root = std::env::temp_dir().join(format!("recstack-artifacts-{}", std::process::id()));
+    let inputs = build::hash_inputs(&dataset::bundled_dir(), &["movies.dat", "ratings.dat"]).unwrap();
+    let manifest = build::write(
+        &root,
+        &again,
+        "movietweetings-100k",
+        inputs.clone(),
+        &BuildParams::default(),
+    )
+    .unwrap();
+    assert_eq!(manifest.inputs, inputs);
+    assert_eq!(manifest.counts["holdout_ratings"], a.holdout.len());
+    let (loaded_manifest, loaded) = build::load(&root, None).unwrap();
+    assert_eq!(loaded_manifest.version, manifest.version);
+    assert!(bytes(&loaded) == bytes(a));
+
+    // A corrupted artifact file is refused, not half-loaded.
+    let file = root.join(&manifest.version).join("artifacts.bin");
+    let mut corrupted = std::fs::read(&file).unwrap();
+    corrupted[100] ^= 0xff;
+    std::fs::write(&file, corrupted).unwrap();
+    let err = build::load(&root, None).err().expect("corruption detected").to_string();
+    assert!(err.contains("does not match its manifest hash"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+
+    let other_seed = BuildParams {
+        seed: 7,
+        ..BuildParams::default()
+    };
+    let other = build::build(data(), &other_seed, &Progress::new(true)).unwrap();
+    assert!(bytes(&other) != bytes(a), "the seed matters");
+}
+
+#[test]
+fn channels_beat_chance_and_merging_beats_popularity() {
+    let (rows, users) = eval::evaluate(artifacts(), false);
+    assert!(users > 1000, "{users} users evaluated");
+    let n_items = artifacts().items.len() as f64;
+    let chance_200 = 200.0 / n_items;
+    for (name, m) in &rows {
+        assert!(
+            (0.0..=1.0).contains(&m.recall_50) && m.recall_50 <= m.recall_200,
+            "{name}: {m:?}"
+        );
+        assert!(
+            m.recall_200 > 3.0 * chance_200,
+            "{name} is no better than chance: {m:?}"
+        );
+    }
+    let merged = rows["merged"];
+    let popular = rows["popularity baseline"];
+    assert!(
+        merged.recall_200 > popular.recall_200,
+        "merged {merged:?} vs popularity {popular:?}"
+    );
+    assert!(rows["als"].recall_200 > 10.0 * chance_200);
+}
+
+/// The user with the longest training history among those with held-out ratings.
+fn active_user(a: &Artifacts) -> u32 {
+    a.holdout
+        .iter()
+        .map(|r| r.user)
+        .max_by_key(|&u| (a.history[u as usize].len(), u))
+        .expect("some ratings are held out")
+}

@@ -1,0 +1,242 @@
+//! The rerank gRPC service: the pure rules of [`super::rerank`] over item genres and release
+//! years from the artifacts, with an A/B experiment on the MMR trade-off.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::registry::Registry;
+use tonic::{Request, Response, Status};
+
+use crate::features::Snapshot;
+use crate::ops::RpcMetrics;
+use recstack_core::rerank::{Candidate, RerankConfig, ab_bucket, rerank};
+
+/// Generated gRPC types (`services/proto/rerank.proto`).
+pub mod proto {
+    tonic::include_proto!("recstack.rerank.v1");
+}
+
+use proto::rerank_server::Rerank;
+use proto::{Action, RerankRequest, RerankResponse, Scored};
+
+pub const MAX_ITEMS: usize = 5000;
+pub const MAX_K: usize = 200;
+
+/// An A/B experiment: users split by a stable hash into one bucket per variant; each variant
+/// sets the MMR trade-off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Experiment {
+    pub name: String,
+    /// (variant name, MMR lambda), one per bucket.
+    pub variants: Vec<(String, f32)>,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Self {
+            name: "mmr-lambda".into(),
+            variants: vec![("control".into(), 0.7), ("diverse".into(), 0.5)],
+        }
+    }
+}
+
+pub struct RerankMetrics {
+    pub registry: Registry,
+    pub rpc: RpcMetrics,
+}
+
+impl Default for RerankMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("recstack_rerank");
+        let rpc = RpcMetrics::register(&mut registry, "Rerank");
+        Self { registry, rpc }
+    }
+}
+
+impl RerankMetrics {
+    pub fn encode(&self) -> String {
+        crate::ops::encode(&self.registry)
+    }
+}
+
+pub struct RerankService {
+    pub items: Arc<Snapshot>,
+    /// Rules for everyone (k and lambda are set per request and per bucket).
+    pub config: RerankConfig,
+    pub experiment: Experiment,
+    /// Items released in this year or later are fresh.
+    pub fresh_since: u32,
+    pub metrics: Arc<RerankMetrics>,
+}
+
+impl RerankService {
+    /// Fresh items: those from the newest two release years in the catalogue.
+    pub fn new(
+        items: Arc<Snapshot>,
+        config: RerankConfig,
+        experiment: Experiment,
+        metrics: Arc<RerankMetrics>,
+    ) -> Self {
+        let newest = items.items().map(|i| i.year).max().unwrap_or(0);
+        Self {
+            items,
+            config,
+            experiment,
+            fresh_since: newest.saturating_sub(1).max(1),
+            metrics,
+        }
+    }
+
+    pub fn rerank(&self, req: &RerankRequest) -> Result<RerankResponse, Status> {
+        if req.user_id.trim().is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        if req.items.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "items has {} entries; at most {MAX_ITEMS}",
+                req.items.len()
+            )));
+        }
+        let k = match req.k as usize {
+            0 => 20,
+            k if k > MAX_K => return Err(Status::invalid_argument(format!("k is {k}; at most {MAX_K}"))),
+            k => k,
+        };
+        if let Some(bad) = req.items.iter().position(|s| !s.score.is_finite()) {
+            return Err(Status::invalid_argument(format!(
+                "items[{bad}].score is not a finite number"
+            )));
+        }
+        let buckets = self.experiment.variants.len().max(1) as u32;
+        let bucket = ab_bucket(&req.user_id, &self.experiment.name, buckets);
+        let (variant, lambda) = self
+            .experiment
+            .variants
+            .get(bucket as usize)
+            .cloned()
+            .unwrap_or_else(|| ("control".into(), self.config.mmr_lambda));
+        let cfg = RerankConfig {
+            k,
+            mmr_lambda: lambda,
+            ..self.config.clone()
+        };
+        let ranked: Vec<Candidate> = req
+            .items
+            .iter()
+            .map(|s| {
+                let item = self.items.item(&s.item_id);
+                Candidate {
+                    id: &s.item_id,
+                    score: s.score,
+                    genres: item.map_or(&[][..], |i| &i.genres),
+                    fresh: item.is_some_and(|i| i.year >= self.fresh_since),
+                }
+            })
+            .collect();
+        let (served, actions) = rerank(&ranked, &cfg);
+        Ok(RerankResponse {
+            items: served
+                .into_iter()
+                .map(|c| Scored {
+                    item_id: c.id.to_string(),
+                    score: c.score,
+                })
+                .collect(),
+            actions: actions
+                .into_iter()
+                .map(|a| Action {
+                    item_id: a.id.to_string(),
+                    before: a.before as u32,
+                    after: a.after.map_or(-1, |p| p as i32),
+                    rule: a.rule.name().to_string(),
+                })
+                .collect(),
+            experiment: self.experiment.name.clone(),
+            bucket,
+            variant,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Rerank for RerankService {
+    async fn rerank(&self, request: Request<RerankRequest>) -> Result<Response<RerankResponse>, Status> {
+        let start = Instant::now();
+        let result = RerankService::rerank(self, request.get_ref());
+        self.metrics.rpc.record(start, &result);
+        result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::proto::ItemFeatures;
+
+    fn service(config: RerankConfig) -> RerankService {
+        let items = (0..30)
+            .map(|i| ItemFeatures {
+                item_id: format!("i{i}"),
+                ratings: 10,
+                mean_rating: 7.0,
+                hot_score: 1.0,
+                year: if i == 1 { 2013 } else { 1990 },
+                genres: vec![["Drama", "Comedy", "Horror"][i % 3].to_string()],
+                ..ItemFeatures::default()
+            })
+            .collect();
+        let snapshot = Arc::new(Snapshot::from_parts(Vec::new(), items));
+        RerankService::new(
+            snapshot,
+            config,
+            Experiment::default(),
+            Arc::new(RerankMetrics::default()),
+        )
+    }
+
+    fn request(user: &str, k: u32) -> RerankRequest {
+        RerankRequest {
+            user_id: user.into(),
+            items: (0..30)
+                .map(|i| Scored {
+                    item_id: format!("i{i}"),
+                    score: 1.0 - i as f32 / 100.0,
+                })
+                .collect(),
+            k,
+        }
+    }
+
+    #[test]
+    fn business_rules_and_the_bucket_are_applied_and_recorded() {
+        let svc = service(RerankConfig {
+            blocked: ["i0".to_string()].into_iter().collect(),
+            pins: vec![("i20".into(), 0)],
+            ..RerankConfig::default()
+        });
+        let r = svc.rerank(&request("u1", 10)).unwrap();
+        assert_eq!(r.items.len(), 10);
+        assert_eq!(r.items[0].item_id, "i20", "pinned first");
+        assert!(r.items.iter().all(|s| s.item_id != "i0"), "blocked");
+        let action = |id: &str| r.actions.iter().find(|a| a.item_id == id).unwrap();
+        assert_eq!((action("i0").after, action("i0").rule.as_str()), (-1, "blocked"));
+        assert_eq!((action("i20").after, action("i20").rule.as_str()), (0, "pin"));
+        assert_eq!(action("i1").rule, "fresh_boost", "the newest year is fresh");
+        assert_eq!(r.experiment, "mmr-lambda");
+        assert_eq!(r.bucket, ab_bucket("u1", "mmr-lambda", 2));
+        assert_eq!(r.variant, ["control", "diverse"][r.bucket as usize]);
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let svc = service(RerankConfig::default());
+        let e = svc.rerank(&request("", 10)).unwrap_err();
+        assert!(e.message().starts_with("user_id"), "{}", e.message());
+        let e = svc.rerank(&request("u", 500)).unwrap_err();
+        assert!(e.message().starts_with("k is 500"), "{}", e.message());
+        let mut r = request("u", 10);
+        r.items[3].score = f32::NAN;
+        let e = svc.rerank(&r).unwrap_err();
+        assert_eq!(e.message(), "items[3].score is not a finite number");
+    }
+}
