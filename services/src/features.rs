@@ -22,6 +22,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::warn;
@@ -146,6 +148,7 @@ pub struct SourceLabels {
 
 pub struct FeatureMetrics {
     pub registry: Registry,
+    pub rpc: RpcMetrics,
     /// Values served, by where they came from.
     pub served: Family<SourceLabels, Counter>,
     pub l2_reads: Counter,
@@ -154,26 +157,13 @@ pub struct FeatureMetrics {
 
 impl Default for FeatureMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("recstack_features");
-        let served = Family::<SourceLabels, Counter>::default();
-        let l2_reads = Counter::default();
-        let l2_errors = Counter::default();
-        registry.register(
-            "served",
-            "Feature values served, by source (l1, l2, snapshot, stale)",
-            served.clone(),
-        );
-        registry.register("l2_reads", "Reads from L2 (Redis)", l2_reads.clone());
-        registry.register(
-            "l2_errors",
-            "L2 failures answered from a stale value or the snapshot",
-            l2_errors.clone(),
-        );
+        let mut m = MetricsRegistry::new("recstack_features");
         Self {
-            registry,
-            served,
-            l2_reads,
-            l2_errors,
+            rpc: RpcMetrics::register(&mut m, "Feature", Buckets::exponential(0.000_01, 2.0, 18)),
+            served: m.family("served", "Feature values served, by source (l1, l2, snapshot, stale)"),
+            l2_reads: m.counter("l2_reads", "Reads from L2 (Redis)"),
+            l2_errors: m.counter("l2_errors", "L2 failures answered from a stale value or the snapshot"),
+            registry: m.finish(),
         }
     }
 }
@@ -374,7 +364,23 @@ pub struct FeatureService<L: L2> {
 #[tonic::async_trait]
 impl<L: L2> Features for FeatureService<L> {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
-        let id = request.into_inner().user_id;
+        let start = Instant::now();
+        let result = self.user(request.into_inner()).await;
+        self.store.metrics.rpc.record("get_user", start, &result);
+        result.map(Response::new)
+    }
+
+    async fn get_items(&self, request: Request<GetItemsRequest>) -> Result<Response<GetItemsResponse>, Status> {
+        let start = Instant::now();
+        let result = self.items(request.into_inner()).await;
+        self.store.metrics.rpc.record("get_items", start, &result);
+        result.map(Response::new)
+    }
+}
+
+impl<L: L2> FeatureService<L> {
+    async fn user(&self, request: GetUserRequest) -> Result<GetUserResponse, Status> {
+        let id = request.user_id;
         if id.trim().is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
         }
@@ -382,11 +388,11 @@ impl<L: L2> Features for FeatureService<L> {
             Some(Value::User(u)) => Some(u.clone()),
             _ => None,
         };
-        Ok(Response::new(GetUserResponse { features }))
+        Ok(GetUserResponse { features })
     }
 
-    async fn get_items(&self, request: Request<GetItemsRequest>) -> Result<Response<GetItemsResponse>, Status> {
-        let ids = request.into_inner().item_ids;
+    async fn items(&self, request: GetItemsRequest) -> Result<GetItemsResponse, Status> {
+        let ids = request.item_ids;
         if ids.len() > MAX_ITEMS {
             return Err(Status::invalid_argument(format!(
                 "item_ids: at most {MAX_ITEMS} per call, got {}",
@@ -406,6 +412,6 @@ impl<L: L2> Features for FeatureService<L> {
                 _ => response.missing.push(id),
             }
         }
-        Ok(Response::new(response))
+        Ok(response)
     }
 }

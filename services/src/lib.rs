@@ -11,13 +11,18 @@
 //! - [`stream`]: the built-in stream job (reads the log, writes features with a limiter).
 //! - [`serve`]: starting each service, and the whole stack in one process.
 //! - [`traces`]: where a service's traces go (embedded store or Elasticsearch).
-//! - [`ops`]: what every binary shares: `/metrics`, health, logs, Redis connections.
+//! - [`ops`]: what every binary shares: `/metrics` (one registration helper, one RPC metrics
+//!   type), health, logs, Redis connections.
+//! - [`link`]: calling another service (gRPC, or directly in process); [`json`]: request
+//!   bodies whose errors name the field.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod events;
 pub mod features;
 pub mod gateway;
+pub mod json;
+pub mod link;
 pub mod ops;
 pub mod ranking;
 pub mod recall;

@@ -9,6 +9,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`), with colours only
 /// when stderr is a terminal.
@@ -22,7 +28,7 @@ pub fn init_logging() {
 }
 
 /// A registry in the Prometheus text format.
-pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
+pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
@@ -100,41 +106,119 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct CodeLabels {
+// === metrics ===
+
+/// Makes each metric and registers it under the service's prefix in one call, so a metrics
+/// struct is a list of names and help texts.
+pub struct MetricsRegistry(Registry);
+
+impl MetricsRegistry {
+    /// Metrics named `<prefix>_<name>`.
+    pub fn new(prefix: &str) -> Self {
+        Self(Registry::with_prefix(prefix))
+    }
+
+    /// Registers `metric` (any metric, or a family of them) and returns it.
+    pub fn register<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str) -> Counter {
+        self.register(name, help, Counter::default())
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str) -> Gauge {
+        self.register(name, help, Gauge::default())
+    }
+
+    /// A family of counters (or gauges) by label set.
+    pub fn family<L, M>(&mut self, name: &str, help: &str) -> Family<L, M>
+    where
+        L: EncodeLabelSet + Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static,
+        M: Metric + prometheus_client::metrics::TypedMetric + Default + std::fmt::Debug,
+    {
+        self.register(name, help, Family::default())
+    }
+
+    /// A histogram with `count` exponential buckets from `start` (each `factor` times the last).
+    pub fn histogram(&mut self, name: &str, help: &str, buckets: Buckets) -> Histogram {
+        self.register(name, help, buckets.new_metric())
+    }
+
+    /// A family of histograms by label set, each with `buckets`.
+    pub fn histograms<L>(&mut self, name: &str, help: &str, buckets: Buckets) -> HistogramFamily<L>
+    where
+        L: EncodeLabelSet + Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static,
+    {
+        self.register(name, help, Family::new_with_constructor(buckets))
+    }
+
+    pub fn finish(self) -> Registry {
+        self.0
+    }
+}
+
+/// Exponential histogram buckets: `count` of them from `start`, each `factor` times the last.
+#[derive(Clone, Copy, Debug)]
+pub struct Buckets {
+    pub start: f64,
+    pub factor: f64,
+    pub count: u16,
+}
+
+impl Buckets {
+    pub const fn exponential(start: f64, factor: f64, count: u16) -> Self {
+        Self { start, factor, count }
+    }
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(self.start, self.factor, self.count))
+    }
+}
+
+/// Histograms by label set, all with the same buckets.
+pub type HistogramFamily<L> = Family<L, Histogram, Buckets>;
+
+/// A gRPC method, and how a call to it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
     pub code: &'static str,
 }
 
-/// What every unary RPC records: requests by status code, and latency.
+/// What every service records of its RPCs: requests by method and status code, and latency
+/// by method (`<prefix>_requests`, `<prefix>_latency_seconds`).
 pub struct RpcMetrics {
-    pub requests: prometheus_client::metrics::family::Family<CodeLabels, prometheus_client::metrics::counter::Counter>,
-    pub latency: prometheus_client::metrics::histogram::Histogram,
+    pub requests: Family<RpcLabels, Counter>,
+    pub latency: HistogramFamily<MethodLabels>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub rpc: &'static str,
 }
 
 impl RpcMetrics {
-    /// Registers `requests` and `latency_seconds` in `registry`.
-    pub fn register(registry: &mut prometheus_client::registry::Registry, what: &str) -> Self {
-        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-        let m = Self {
-            requests: Default::default(),
-            latency: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
-        };
-        registry.register(
-            "requests",
-            format!("{what} requests by status code"),
-            m.requests.clone(),
-        );
-        registry.register("latency_seconds", format!("{what} latency"), m.latency.clone());
-        m
+    /// Registers `requests` and `latency_seconds`; `what` names the service in the help.
+    pub fn register(metrics: &mut MetricsRegistry, what: &str, latency: Buckets) -> Self {
+        Self {
+            requests: metrics.family("requests", &format!("{what} requests by RPC and status code")),
+            latency: metrics.histograms("latency_seconds", &format!("{what} latency by RPC"), latency),
+        }
     }
 
-    /// Records one call that began at `start`.
-    pub fn record<T>(&self, start: std::time::Instant, result: &Result<T, tonic::Status>) {
-        self.latency.observe(start.elapsed().as_secs_f64());
+    /// Records one call to `rpc` that began at `start`.
+    pub fn record<T>(&self, rpc: &'static str, start: std::time::Instant, result: &Result<T, tonic::Status>) {
+        self.latency
+            .get_or_create(&MethodLabels { rpc })
+            .observe(start.elapsed().as_secs_f64());
         let code = match result {
             Ok(_) => "ok",
             Err(s) => code_name(s.code()),
         };
-        self.requests.get_or_create(&CodeLabels { code }).inc();
+        self.requests.get_or_create(&RpcLabels { rpc, code }).inc();
     }
 }

@@ -11,8 +11,10 @@ use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::ops::{Buckets, HistogramFamily, MetricsRegistry, RpcMetrics};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
@@ -22,7 +24,7 @@ use crate::stream::sink::Trending;
 use recstack_core::artifacts::{self as build, ArtifactError, Artifacts, Manifest};
 use recstack_core::recall::merge::RRF_K;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
-use recstack_core::recall::{Channel, ChannelList, ItemSet, UserHistory, channel_for, merge};
+use recstack_core::recall::{Channel, ChannelList, ItemSet, Source as Lineage, UserHistory, channel_for, merge};
 
 /// Generated gRPC types (`services/proto/recall.proto`).
 pub mod proto {
@@ -42,15 +44,26 @@ pub mod proto {
     }
 
     impl Source {
-        /// The channel's name (`item_cf`, …, as in requests and traces); `unknown` for a value
-        /// this build does not know (a newer recall service).
-        pub fn channel_name(&self) -> &'static str {
-            // The inverse of the one mapping above.
+        /// The channel (the inverse of the one mapping above); `None` for a value this build
+        /// does not know (a newer recall service).
+        pub fn known_channel(&self) -> Option<super::Channel> {
             let wire = self.channel();
-            super::Channel::ALL
-                .into_iter()
-                .find(|&c| Channel::from(c) == wire)
-                .map_or("unknown", super::Channel::name)
+            super::Channel::ALL.into_iter().find(|&c| Channel::from(c) == wire)
+        }
+
+        /// The channel's name (`item_cf`, …, as in requests and traces); `unknown` for a value
+        /// this build does not know.
+        pub fn channel_name(&self) -> &'static str {
+            self.known_channel().map_or("unknown", super::Channel::name)
+        }
+
+        /// The lineage as the rest of the stack carries it (`None` for an unknown channel).
+        pub fn lineage(&self) -> Option<super::Lineage> {
+            Some(super::Lineage {
+                channel: self.known_channel()?,
+                score: self.score,
+                rank: self.rank,
+            })
         }
     }
 }
@@ -308,26 +321,8 @@ pub fn item_key(item_id: &str) -> u64 {
 // === metrics ===
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcLabels {
-    pub rpc: &'static str,
-    pub code: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
     pub channel: &'static str,
-}
-
-/// Metrics of the recall service.
-pub struct RecallMetrics {
-    pub registry: Registry,
-    pub requests: Family<RpcLabels, Counter>,
-    pub latency: Histogram,
-    pub channel_latency: Family<ChannelLabels, Histogram>,
-    pub candidates: Histogram,
-    pub seen_filtered: Counter,
-    pub seen_errors: Counter,
-    pub list_cache: Family<CacheLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -335,50 +330,39 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Metrics of the recall service.
+pub struct RecallMetrics {
+    pub registry: Registry,
+    pub rpc: RpcMetrics,
+    pub channel_latency: HistogramFamily<ChannelLabels>,
+    pub candidates: Histogram,
+    pub seen_filtered: Counter,
+    pub seen_errors: Counter,
+    pub list_cache: Family<CacheLabels, Counter>,
+}
+
 impl Default for RecallMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("recstack_recall");
-        let requests = Family::<RpcLabels, Counter>::default();
-        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        let channel_latency = Family::<ChannelLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
-        });
-        let candidates = Histogram::new(exponential_buckets(1.0, 2.0, 14));
-        let seen_filtered = Counter::default();
-        let seen_errors = Counter::default();
-        let list_cache = Family::<CacheLabels, Counter>::default();
-        registry.register("requests", "Requests by RPC and status code", requests.clone());
-        registry.register("latency_seconds", "Recall latency", latency.clone());
-        registry.register(
-            "channel_latency_seconds",
-            "Latency of each channel",
-            channel_latency.clone(),
-        );
-        registry.register("candidates", "Candidates returned per request", candidates.clone());
-        registry.register(
-            "seen_filtered",
-            "Candidates removed by the seen filter",
-            seen_filtered.clone(),
-        );
-        registry.register(
-            "seen_errors",
-            "Seen-store failures (recall goes on unfiltered)",
-            seen_errors.clone(),
-        );
-        registry.register(
-            "list_cache",
-            "Channel lists served from the per-version cache (hit) or computed (miss)",
-            list_cache.clone(),
-        );
+        let mut m = MetricsRegistry::new("recstack_recall");
         Self {
-            registry,
-            requests,
-            latency,
-            channel_latency,
-            candidates,
-            seen_filtered,
-            seen_errors,
-            list_cache,
+            rpc: RpcMetrics::register(&mut m, "Recall", Buckets::exponential(0.000_05, 2.0, 16)),
+            channel_latency: m.histograms(
+                "channel_latency_seconds",
+                "Latency of each channel",
+                Buckets::exponential(0.000_01, 2.0, 16),
+            ),
+            candidates: m.histogram(
+                "candidates",
+                "Candidates returned per request",
+                Buckets::exponential(1.0, 2.0, 14),
+            ),
+            seen_filtered: m.counter("seen_filtered", "Candidates removed by the seen filter"),
+            seen_errors: m.counter("seen_errors", "Seen-store failures (recall goes on unfiltered)"),
+            list_cache: m.family(
+                "list_cache",
+                "Channel lists served from the per-version cache (hit) or computed (miss)",
+            ),
+            registry: m.finish(),
         }
     }
 }
@@ -671,15 +655,6 @@ impl<S: SeenStore> RecallService<S> {
         })
     }
 
-    fn count(&self, rpc: &'static str, result: &Result<impl Sized, Status>) {
-        let code = match result {
-            Ok(_) => "ok",
-            Err(s) if s.code() == tonic::Code::InvalidArgument => "invalid_argument",
-            Err(s) if s.code() == tonic::Code::Unavailable => "unavailable",
-            Err(_) => "internal",
-        };
-        self.metrics.requests.get_or_create(&RpcLabels { rpc, code }).inc();
-    }
 }
 
 #[tonic::async_trait]
@@ -690,8 +665,7 @@ impl<S: SeenStore> Recall for RecallService<S> {
             Ok(q) => self.run(q).await,
             Err(e) => Err(e),
         };
-        self.count("recall", &result);
-        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        self.metrics.rpc.record("recall", start, &result);
         result.map(Response::new)
     }
 
@@ -699,8 +673,9 @@ impl<S: SeenStore> Recall for RecallService<S> {
         &self,
         request: Request<ImpressionsRequest>,
     ) -> Result<Response<ImpressionsResponse>, Status> {
+        let start = Instant::now();
         let result = self.impressions(request.into_inner()).await;
-        self.count("record_impressions", &result);
+        self.metrics.rpc.record("record_impressions", start, &result);
         result.map(Response::new)
     }
 }

@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
 use crate::features::Snapshot;
-use crate::ops::RpcMetrics;
+use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 use recstack_core::rerank::{Candidate, RerankConfig, ab_bucket, rerank};
 
 /// Generated gRPC types (`services/proto/rerank.proto`).
@@ -47,9 +47,12 @@ pub struct RerankMetrics {
 
 impl Default for RerankMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("recstack_rerank");
-        let rpc = RpcMetrics::register(&mut registry, "Rerank");
-        Self { registry, rpc }
+        let mut m = MetricsRegistry::new("recstack_rerank");
+        let rpc = RpcMetrics::register(&mut m, "Rerank", Buckets::exponential(0.000_01, 2.0, 18));
+        Self {
+            rpc,
+            registry: m.finish(),
+        }
     }
 }
 
@@ -163,7 +166,7 @@ impl Rerank for RerankService {
     async fn rerank(&self, request: Request<RerankRequest>) -> Result<Response<RerankResponse>, Status> {
         let start = Instant::now();
         let result = RerankService::rerank(self, request.get_ref());
-        self.metrics.rpc.record(start, &result);
+        self.metrics.rpc.record("rerank", start, &result);
         result.map(Response::new)
     }
 }

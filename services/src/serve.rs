@@ -60,7 +60,7 @@ pub enum ServeError {
     #[error("feature store: {0}")]
     Redis(String),
     #[error(transparent)]
-    Endpoint(#[from] crate::gateway::EndpointError),
+    Endpoint(#[from] crate::link::EndpointError),
     #[error("{service}: {message}")]
     Server { service: &'static str, message: String },
 }
@@ -489,9 +489,9 @@ pub async fn http_service(
     app: axum::Router,
     http: SocketAddr,
 ) -> Result<Service, ServeError> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix(prefix);
-    let requests = Family::<StatusLabels, Counter>::default();
-    registry.register("requests", format!("{help}, by response status"), requests.clone());
+    let mut metrics = ops::MetricsRegistry::new(prefix);
+    let requests: Family<StatusLabels, Counter> = metrics.family("requests", &format!("{help}, by response status"));
+    let registry = metrics.finish();
     let app = app.layer(axum::middleware::from_fn(
         move |request, next: axum::middleware::Next| {
             let requests = requests.clone();

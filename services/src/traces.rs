@@ -12,11 +12,9 @@ use std::sync::Arc;
 
 use recstack_trace_store::elastic::{ElasticConfig, ElasticStore};
 use recstack_trace_store::embedded::EmbeddedStore;
-use recstack_trace_store::explain::ItemIndex;
 use recstack_trace_store::store::{StoreError, TraceStore};
 
 use crate::config::{ConfigError, RuntimeConfig, TraceStoreConfig};
-use crate::gateway::Catalogue;
 
 /// The embedded store's file inside a pod (an `emptyDir` or a volume at `/var/lib/recstack`).
 pub const POD_EMBEDDED_PATH: &str = "/var/lib/recstack/traces/traces.sqlite";
@@ -126,12 +124,6 @@ pub fn open(spec: &TraceStoreSpec) -> Result<Option<Arc<dyn TraceStore>>, StoreE
 /// The default embedded store of the local stack: beside the artifacts.
 pub fn local_path(artifacts: &Path) -> PathBuf {
     artifacts.join("traces").join("traces.sqlite")
-}
-
-impl ItemIndex for Catalogue {
-    fn contains(&self, item_id: &str) -> bool {
-        self.has(item_id)
-    }
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ async fn the_query_api_explains_real_requests() {
     assert_eq!(status, 200, "{body}");
     let why: Why = serde_json::from_str(&body).unwrap();
     let channel = &debug.items[0].sources[0].channel;
-    assert!(why.steps[0].contains(channel.as_str()), "{:?}", why.steps);
+    assert!(why.steps[0].contains(channel.name()), "{:?}", why.steps);
     assert!(why.steps.iter().any(|s| s.contains("deepfm")), "{:?}", why.steps);
     let (status, body) = get(api.clone(), format!("/v1/traces/{}/why/nope", debug.request_id)).await;
     assert_eq!(status, 404);
@@ -148,7 +148,7 @@ async fn the_query_api_explains_real_requests() {
     assert_eq!(agg.requests, requests);
     let per_level: u64 = agg.levels_over_time.iter().flat_map(|b| b.levels.values()).sum();
     assert_eq!(per_level, requests);
-    assert!(agg.channels.contains_key(channel.as_str()), "{:?}", agg.channels);
+    assert!(agg.channels.contains_key(channel.name()), "{:?}", agg.channels);
     assert_eq!(agg.stages["rerank"].count, requests);
 
     // Bad parameters name the field; unknown requests are 404s.

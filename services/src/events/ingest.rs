@@ -23,15 +23,17 @@ use axum::routing::post;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::ops::{Buckets, MetricsRegistry};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::log::{EventLog, LogError};
 use super::{Event, EventError, EventKind, RawEvent, Timestamp, now_ms};
-use crate::gateway::links::{Direct, lazy_channel};
+use crate::link::{Direct, EndpointError, lazy_channel};
 use crate::recall::proto::ImpressionsRequest;
 use crate::recall::proto::recall_client::RecallClient;
 use crate::recall::proto::recall_server::Recall;
@@ -68,7 +70,7 @@ pub enum SeenLink {
 }
 
 impl SeenLink {
-    pub fn grpc(url: &str) -> Result<Self, crate::gateway::EndpointError> {
+    pub fn grpc(url: &str) -> Result<Self, EndpointError> {
         Ok(Self::Grpc(RecallClient::new(lazy_channel(url)?)))
     }
 
@@ -81,9 +83,7 @@ impl SeenLink {
             SeenLink::None => Ok(()),
             SeenLink::Grpc(c) => c.clone().record_impressions(req).await.map(|_| ()),
             SeenLink::Direct(d) => {
-                if *d.stopped.borrow() {
-                    return Err(Status::unavailable("recall has stopped"));
-                }
+                d.check("recall")?;
                 d.service.record_impressions(req).await.map(|_| ())
             }
         }
@@ -113,29 +113,22 @@ pub struct IngestMetrics {
 
 impl Default for IngestMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("recstack_ingest");
-        let m = Self {
-            events: Family::default(),
-            duplicates: Counter::default(),
-            calls: Family::default(),
-            append_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            seen_errors: Counter::default(),
-            registry: Registry::default(),
-        };
-        registry.register("events", "Events appended to the log, by kind", m.events.clone());
-        registry.register("duplicates", "Events refused as already recorded", m.duplicates.clone());
-        registry.register("calls", "Calls by outcome", m.calls.clone());
-        registry.register(
-            "append_latency_seconds",
-            "Time for the log to make a call's events durable",
-            m.append_latency.clone(),
-        );
-        registry.register(
-            "seen_errors",
-            "Impressions the seen filters could not take (events are still logged)",
-            m.seen_errors.clone(),
-        );
-        Self { registry, ..m }
+        let mut m = MetricsRegistry::new("recstack_ingest");
+        Self {
+            events: m.family("events", "Events appended to the log, by kind"),
+            duplicates: m.counter("duplicates", "Events refused as already recorded"),
+            calls: m.family("calls", "Calls by outcome"),
+            append_latency: m.histogram(
+                "append_latency_seconds",
+                "Time for the log to make a call's events durable",
+                Buckets::exponential(0.000_05, 2.0, 16),
+            ),
+            seen_errors: m.counter(
+                "seen_errors",
+                "Impressions the seen filters could not take (events are still logged)",
+            ),
+            registry: m.finish(),
+        }
     }
 }
 
@@ -293,7 +286,7 @@ fn error_response(e: IngestError) -> Response {
 }
 
 async fn post_events<L: EventLog>(State(ingest): State<Arc<Ingest<L>>>, body: Bytes) -> Response {
-    let body: PostBody = match crate::gateway::http::parse_json(&body) {
+    let body: PostBody = match crate::json::parse_json(&body) {
         Ok(b) => b,
         Err(e) => {
             ingest.metrics.call("invalid");

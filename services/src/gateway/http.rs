@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use super::{FieldError, Gateway, RecommendRequest, validate};
+use super::Gateway;
+use super::request::{RecommendRequest, validate};
+use crate::json::{FieldError, parse_json};
 
 /// The gateway's router, with the operational endpoints merged in.
 pub fn router(gateway: Arc<Gateway>, ready: Arc<AtomicBool>) -> Router {
@@ -31,32 +33,6 @@ pub fn router(gateway: Arc<Gateway>, ready: Arc<AtomicBool>) -> Router {
 /// Parses a request body; errors name the field (`n`, `context.scene`, or `body`).
 pub fn parse(body: &[u8]) -> Result<RecommendRequest, FieldError> {
     parse_json(body)
-}
-
-/// Parses a JSON body into `T`; errors name the field (`events[2].kind`, or `body`).
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        // A missing or unknown field is reported at the parent: name the field itself.
-        let field = if let Some(name) = quoted(&message, "missing field `") {
-            name
-        } else if let Some(name) = quoted(&message, "unknown field `") {
-            name
-        } else if path == "." || inner.is_syntax() || inner.is_eof() {
-            "body".to_string()
-        } else {
-            path
-        };
-        FieldError { field, message }
-    })
-}
-
-fn quoted(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.split(prefix).nth(1)?;
-    Some(rest.split('`').next()?.to_string())
 }
 
 fn bad_request(gateway: &Gateway, e: FieldError) -> Response {

@@ -3,11 +3,10 @@
 //! the service directly — the same request and response types, without encoding, HTTP/2 or a
 //! socket. A direct link to a stopped service answers `UNAVAILABLE`, as a dead peer would.
 
-use std::sync::Arc;
-
-use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+pub use crate::link::{Direct, EndpointError, lazy_channel};
 
 use crate::features::proto::features_client::FeaturesClient;
 use crate::features::proto::features_server::Features;
@@ -21,45 +20,6 @@ use crate::recall::proto::{RecallRequest, RecallResponse};
 use crate::rerank::proto::rerank_client::RerankClient;
 use crate::rerank::proto::rerank_server::Rerank;
 use crate::rerank::proto::{RerankRequest, RerankResponse};
-
-#[derive(Debug, thiserror::Error)]
-#[error("downstream endpoint {0}: {1}")]
-pub struct EndpointError(pub String, pub String);
-
-/// A channel that connects on first use: the gateway starts, and answers, while downstreams
-/// are still down.
-pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| EndpointError(url.to_string(), e.to_string()))?
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_millis(200))
-        .connect_lazy())
-}
-
-/// A service in this process and whether it has been stopped.
-pub struct Direct<S: ?Sized> {
-    pub service: Arc<S>,
-    pub stopped: watch::Receiver<bool>,
-}
-
-impl<S: ?Sized> Clone for Direct<S> {
-    fn clone(&self) -> Self {
-        Self {
-            service: self.service.clone(),
-            stopped: self.stopped.clone(),
-        }
-    }
-}
-
-impl<S: ?Sized> Direct<S> {
-    fn check(&self, name: &str) -> Result<(), Status> {
-        if *self.stopped.borrow() {
-            Err(Status::unavailable(format!("{name} has stopped")))
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// One link type per downstream: the gRPC client or the service itself.
 macro_rules! link {
@@ -125,6 +85,15 @@ link!(
     "rerank"
 );
 
+/// Where the downstream services are (`http://host:port`).
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub recall: String,
+    pub features: String,
+    pub ranking: String,
+    pub rerank: String,
+}
+
 /// The gateway's four downstreams.
 #[derive(Clone)]
 pub struct Links {
@@ -136,7 +105,7 @@ pub struct Links {
 
 impl Links {
     /// gRPC to each endpoint (`http://host:port`).
-    pub fn grpc(endpoints: &super::Endpoints) -> Result<Self, EndpointError> {
+    pub fn grpc(endpoints: &Endpoints) -> Result<Self, EndpointError> {
         Ok(Self {
             recall: RecallLink::grpc(&endpoints.recall)?,
             features: FeaturesLink::grpc(&endpoints.features)?,

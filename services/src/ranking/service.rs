@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -25,7 +25,7 @@ use super::folded::{FoldedFirst, Side};
 use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
 use crate::features::proto::{ItemFeatures, UserFeatures};
-use crate::ops::RpcMetrics;
+use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 
 /// Generated gRPC types (`services/proto/ranking.proto`).
 pub mod proto {
@@ -62,40 +62,23 @@ pub struct RankingMetrics {
 
 impl Default for RankingMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("recstack_ranking");
-        let m = Self {
-            rpc: RpcMetrics::register(&mut registry, "Rank"),
-            rows: Family::default(),
-            batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
-            model_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
-            queue_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
-            shed: Family::default(),
-            reloads: Counter::default(),
-            reload_failures: Counter::default(),
-            registry: Registry::default(),
-        };
-        registry.register("rows", "Candidates scored, by model version", m.rows.clone());
-        registry.register("batch_rows", "Rows per model call batch", m.batch_rows.clone());
-        registry.register("batch_requests", "Requests per batch", m.batch_requests.clone());
-        registry.register("model_seconds", "Time in the model per batch", m.model_seconds.clone());
-        registry.register(
-            "queue_seconds",
-            "Time a request waited for its batch",
-            m.queue_seconds.clone(),
-        );
-        registry.register(
-            "shed",
-            "Requests dropped because their deadline passed in the queue",
-            m.shed.clone(),
-        );
-        registry.register("model_reloads", "Models swapped in", m.reloads.clone());
-        registry.register(
-            "model_reload_failures",
-            "Changed models that failed to load (the old one serves on)",
-            m.reload_failures.clone(),
-        );
-        Self { registry, ..m }
+        let mut m = MetricsRegistry::new("recstack_ranking");
+        let fast = Buckets::exponential(0.000_01, 2.0, 16);
+        Self {
+            rpc: RpcMetrics::register(&mut m, "Rank", Buckets::exponential(0.000_01, 2.0, 18)),
+            rows: m.family("rows", "Candidates scored, by model version"),
+            batch_rows: m.histogram("batch_rows", "Rows per model call batch", Buckets::exponential(1.0, 2.0, 14)),
+            batch_requests: m.histogram("batch_requests", "Requests per batch", Buckets::exponential(1.0, 2.0, 8)),
+            model_seconds: m.histogram("model_seconds", "Time in the model per batch", fast),
+            queue_seconds: m.histogram("queue_seconds", "Time a request waited for its batch", fast),
+            shed: m.family("shed", "Requests dropped because their deadline passed in the queue"),
+            reloads: m.counter("model_reloads", "Models swapped in"),
+            reload_failures: m.counter(
+                "model_reload_failures",
+                "Changed models that failed to load (the old one serves on)",
+            ),
+            registry: m.finish(),
+        }
     }
 }
 
@@ -515,7 +498,7 @@ impl Ranking for RankingService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let start = Instant::now();
         let result = RankingService::rank(self, request.into_inner()).await;
-        self.metrics.rpc.record(start, &result);
+        self.metrics.rpc.record("rank", start, &result);
         result.map(Response::new)
     }
 }

@@ -26,8 +26,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::ops::{Buckets, MetricsRegistry};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -105,49 +107,23 @@ pub struct StreamMetrics {
 
 impl Default for StreamMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("recstack_stream");
-        let m = Self {
-            events: Counter::default(),
-            late: Counter::default(),
-            undecodable: Counter::default(),
-            windows: Family::default(),
-            user_writes: Counter::default(),
-            backlog: Gauge::default(),
-            lag: Gauge::default(),
-            sink_errors: Counter::default(),
-            fast_path_delay: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            registry: Registry::default(),
-        };
-        registry.register("events", "Events read from the log", m.events.clone());
-        registry.register("late", "Events dropped because their window had fired", m.late.clone());
-        registry.register(
-            "undecodable",
-            "Log records that are not events (skipped)",
-            m.undecodable.clone(),
-        );
-        registry.register("windows", "Item windows written, by outcome", m.windows.clone());
-        registry.register("user_writes", "User feature writes (fast path)", m.user_writes.clone());
-        registry.register(
-            "backlog",
-            "Item windows waiting for the write limiter",
-            m.backlog.clone(),
-        );
-        registry.register(
-            "lag",
-            "Records in the log not yet read, over all partitions",
-            m.lag.clone(),
-        );
-        registry.register(
-            "sink_errors",
-            "Failed writes to the feature store (retried)",
-            m.sink_errors.clone(),
-        );
-        registry.register(
-            "fast_path_delay_seconds",
-            "From an engagement's event time to its user's features written",
-            m.fast_path_delay.clone(),
-        );
-        Self { registry, ..m }
+        let mut m = MetricsRegistry::new("recstack_stream");
+        Self {
+            events: m.counter("events", "Events read from the log"),
+            late: m.counter("late", "Events dropped because their window had fired"),
+            undecodable: m.counter("undecodable", "Log records that are not events (skipped)"),
+            windows: m.family("windows", "Item windows written, by outcome"),
+            user_writes: m.counter("user_writes", "User feature writes (fast path)"),
+            backlog: m.gauge("backlog", "Item windows waiting for the write limiter"),
+            lag: m.gauge("lag", "Records in the log not yet read, over all partitions"),
+            sink_errors: m.counter("sink_errors", "Failed writes to the feature store (retried)"),
+            fast_path_delay: m.histogram(
+                "fast_path_delay_seconds",
+                "From an engagement's event time to its user's features written",
+                Buckets::exponential(0.001, 2.0, 16),
+            ),
+            registry: m.finish(),
+        }
     }
 }
 

@@ -4,8 +4,9 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-/// A recall channel.
+/// A recall channel. In JSON (responses, traces) by its [`Channel::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Channel {
     ItemCf,
     UserCf,
@@ -48,7 +49,8 @@ pub struct ChannelList {
     pub items: Vec<(u32, f32)>,
 }
 
-/// Where a candidate came from: the lineage a trace records.
+/// Where a candidate came from: one channel's vote, the lineage carried from recall's merge
+/// through the gateway's response to the trace.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     pub channel: Channel,

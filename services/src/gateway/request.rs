@@ -1,0 +1,220 @@
+//! What an app sends the gateway and what it gets back: the request (HTTP JSON or gRPC), its
+//! checks (each error names the field), and the recommendation with every item's lineage.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use recstack_core::recall::Source;
+use serde::{Deserialize, Serialize};
+
+use crate::json::FieldError;
+
+pub const DEFAULT_N: u32 = 20;
+pub const MAX_N: u32 = 100;
+pub const MIN_TIMEOUT_MS: u32 = 10;
+pub const MAX_TIMEOUT_MS: u32 = 10_000;
+
+/// The body of `POST /v1/recommend` (and the fields of the gRPC request).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendRequest {
+    pub user_id: String,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub scene: Option<String>,
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+    #[serde(default)]
+    pub debug: bool,
+}
+
+/// A checked request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    pub user_id: String,
+    pub n: u32,
+    pub scene: String,
+    pub context: BTreeMap<String, String>,
+    /// `None`: the gateway's default.
+    pub timeout: Option<Duration>,
+    pub debug: bool,
+}
+
+/// Checks a request; the error names the field.
+pub fn validate(req: RecommendRequest) -> Result<Query, FieldError> {
+    let user_id = req.user_id.trim();
+    if user_id.is_empty() {
+        return Err(FieldError::new("user_id", "is required"));
+    }
+    if user_id.len() > 256 {
+        return Err(FieldError::new("user_id", "is longer than 256 bytes"));
+    }
+    let n = match req.n {
+        None | Some(0) => DEFAULT_N,
+        Some(n) if n > MAX_N => return Err(FieldError::new("n", format!("is {n}; at most {MAX_N}"))),
+        Some(n) => n,
+    };
+    let scene = req.scene.unwrap_or_else(|| "default".into());
+    if scene.len() > 64 || !scene.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(FieldError::new(
+            "scene",
+            "must be at most 64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    if req.context.len() > 32 {
+        return Err(FieldError::new("context", "has more than 32 entries"));
+    }
+    if let Some((k, _)) = req.context.iter().find(|(k, v)| k.len() > 64 || v.len() > 256) {
+        return Err(FieldError::new(
+            &format!("context.{k}"),
+            "key over 64 or value over 256 bytes",
+        ));
+    }
+    let timeout = match req.timeout_ms {
+        None | Some(0) => None,
+        Some(ms) if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&ms) => {
+            return Err(FieldError::new(
+                "timeout_ms",
+                format!("is {ms}; between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        Some(ms) => Some(Duration::from_millis(u64::from(ms))),
+    };
+    Ok(Query {
+        user_id: user_id.to_string(),
+        n,
+        scene,
+        context: req.context,
+        timeout,
+        debug: req.debug,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServedItem {
+    pub item_id: String,
+    pub title: String,
+    /// What the list is ordered by: the model's score, or recall's fused score when ranking
+    /// was skipped, or the hot score at the popular and fallback levels.
+    pub score: f32,
+    pub sources: Vec<Source>,
+    /// 0-based position before rerank.
+    pub ranked_position: Option<u32>,
+    pub rerank_rule: Option<String>,
+}
+
+/// The answer to a recommendation request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub request_id: String,
+    pub trace_id: String,
+    pub items: Vec<ServedItem>,
+    pub level: String,
+    pub degraded: Vec<String>,
+    pub model_version: Option<String>,
+    pub artifact_version: String,
+    pub experiment: Option<String>,
+    pub bucket: Option<u32>,
+    pub variant: Option<String>,
+    pub latency_us: u64,
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn parse_traceparent(header: &str) -> Option<String> {
+    let parts: Vec<&str> = header.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [v, t, p, f] if hex(v, 2) && hex(t, 32) && hex(p, 16) && hex(f, 2) && *t != "0".repeat(32) => {
+            Some(t.to_ascii_lowercase())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(user: &str) -> RecommendRequest {
+        RecommendRequest {
+            user_id: user.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (req(""), "user_id"),
+            (req("   "), "user_id"),
+            (req(&"u".repeat(300)), "user_id"),
+            (
+                RecommendRequest {
+                    n: Some(500),
+                    ..req("u")
+                },
+                "n",
+            ),
+            (
+                RecommendRequest {
+                    timeout_ms: Some(5),
+                    ..req("u")
+                },
+                "timeout_ms",
+            ),
+            (
+                RecommendRequest {
+                    scene: Some("home page!".into()),
+                    ..req("u")
+                },
+                "scene",
+            ),
+            (
+                RecommendRequest {
+                    context: [("k".repeat(100), "v".into())].into_iter().collect(),
+                    ..req("u")
+                },
+                "context.",
+            ),
+        ];
+        for (r, field) in cases {
+            let e = validate(r).unwrap_err();
+            assert!(e.field.starts_with(field), "{e:?} should name {field}");
+        }
+    }
+
+    #[test]
+    fn validation_fills_defaults() {
+        let q = validate(req(" 42 ")).unwrap();
+        assert_eq!(q.user_id, "42");
+        assert_eq!(q.n, DEFAULT_N);
+        assert_eq!(q.scene, "default");
+        assert_eq!(q.timeout, None);
+        let q = validate(RecommendRequest {
+            n: Some(5),
+            timeout_ms: Some(250),
+            ..req("42")
+        })
+        .unwrap();
+        assert_eq!((q.n, q.timeout), (5, Some(Duration::from_millis(250))));
+    }
+
+    #[test]
+    fn traceparent_gives_the_callers_trace_id() {
+        assert_eq!(
+            parse_traceparent("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01").as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-xyz-b7ad6b7169203331-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+}

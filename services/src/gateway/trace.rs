@@ -1,0 +1,142 @@
+//! The trace of one request, built from the state its stages left ([`Request`]): each stage's
+//! record with its counts in and out, each served item's lineage, and for full traces every
+//! candidate and where it left the funnel.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use recstack_core::recall::Source;
+use recstack_trace_store::{CandidateFate, Detail, ItemLineage, SourceRecord, Trace, outcome};
+
+use super::pipeline::{Cand, RERANK_POOL, Request};
+use super::request::Recommendation;
+
+/// A recall channel's vote as the trace stores it.
+fn source_record(s: &Source) -> SourceRecord {
+    SourceRecord {
+        channel: s.channel.name().to_string(),
+        score: s.score,
+        rank: s.rank,
+    }
+}
+
+fn source_records(c: &Cand) -> Vec<SourceRecord> {
+    c.sources.iter().map(source_record).collect()
+}
+
+/// The trace of `r`, answered with `response`; `full`: every candidate, not only the served.
+pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace {
+    let mut stages = r.stages.clone();
+    for s in &mut stages {
+        s.items_out = match s.name.as_str() {
+            "recall" => (r.candidates.len() + r.below_cut.len()) as u32,
+            "ranking" => r.candidates.iter().filter(|c| c.rank_score.is_some()).count() as u32,
+            "rerank" => r.served.len() as u32,
+            _ => 0,
+        };
+    }
+    let candidates = if full { candidate_fates(&r) } else { Vec::new() };
+    Trace {
+        schema: recstack_trace_store::SCHEMA_VERSION,
+        request_id: response.request_id.clone(),
+        trace_id: response.trace_id.clone(),
+        timestamp_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64,
+        user_id: r.q.user_id.clone(),
+        scene: r.q.scene.clone(),
+        detail: if full { Detail::Full } else { Detail::Summary },
+        level: response.level.clone(),
+        degraded: response.degraded.clone(),
+        experiment: response.experiment.clone().unwrap_or_default(),
+        bucket: response.bucket.unwrap_or(0),
+        variant: response.variant.clone().unwrap_or_default(),
+        model_version: response.model_version.clone(),
+        artifact_version: Some(response.artifact_version.clone()),
+        latency_us: response.latency_us,
+        stages,
+        channels: r.channels.clone(),
+        items: lineage(&r, response),
+        filtered_seen: r.filtered_seen,
+        candidates,
+    }
+}
+
+/// How each served item got to its position.
+fn lineage(r: &Request, response: &Recommendation) -> Vec<ItemLineage> {
+    if r.served.is_empty() {
+        // The precomputed list: no lineage.
+        return response
+            .items
+            .iter()
+            .enumerate()
+            .map(|(pos, it)| ItemLineage {
+                item_id: it.item_id.clone(),
+                position: pos as u32,
+                sources: Vec::new(),
+                recall_position: None,
+                rank_score: None,
+                ranked_position: None,
+                rerank_rule: None,
+                filters_passed: Vec::new(),
+            })
+            .collect();
+    }
+    // Recall's seen filter ran on recalled items; rerank's block list on what it served.
+    let reranked = r.reranked.is_some();
+    r.served
+        .iter()
+        .enumerate()
+        .map(|(pos, (i, rule))| {
+            let c = &r.candidates[*i];
+            ItemLineage {
+                item_id: c.id.clone(),
+                position: pos as u32,
+                sources: source_records(c),
+                recall_position: c.recall_position,
+                rank_score: c.rank_score,
+                ranked_position: Some(*i as u32),
+                rerank_rule: rule.clone(),
+                filters_passed: c
+                    .recall_position
+                    .map(|_| "seen")
+                    .into_iter()
+                    .chain(reranked.then_some("block_list"))
+                    .map(String::from)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Where every candidate left the funnel: served, moved or dropped by a rerank rule, below
+/// rerank's pool, not chosen, or past the ranker's reach.
+fn candidate_fates(r: &Request) -> Vec<CandidateFate> {
+    let served: HashSet<&str> = r.served.iter().map(|(i, _)| r.candidates[*i].id.as_str()).collect();
+    let rules = r.reranked.as_ref().map(|x| x.rules()).unwrap_or_default();
+    r.candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CandidateFate {
+            item_id: c.id.clone(),
+            sources: source_records(c),
+            rank_score: c.rank_score,
+            outcome: if served.contains(c.id.as_str()) {
+                outcome::SERVED.into()
+            } else if let Some(rule) = rules.get(c.id.as_str()) {
+                format!("{}{rule}", outcome::RERANK_PREFIX)
+            } else if i >= RERANK_POOL {
+                outcome::BELOW_RERANK_POOL.into()
+            } else {
+                outcome::NOT_SERVED.into()
+            },
+        })
+        .chain(r.below_cut.iter().map(|c| CandidateFate {
+            item_id: c.id.clone(),
+            sources: source_records(c),
+            rank_score: None,
+            outcome: outcome::RANKED_BELOW_CUT.into(),
+        }))
+        .collect()
+}

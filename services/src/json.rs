@@ -1,0 +1,46 @@
+//! JSON request bodies: parsed whole, and when they are wrong, an error that names the field
+//! (`n`, `context.scene`, `events[2].kind`, or `body`) for the 400 the caller gets.
+
+/// A request field that is wrong, and how.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a JSON body into `T`; errors name the field (`events[2].kind`, or `body`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // A missing or unknown field is reported at the parent: name the field itself.
+        let field = if let Some(name) = quoted(&message, "missing field `") {
+            name
+        } else if let Some(name) = quoted(&message, "unknown field `") {
+            name
+        } else if path == "." || inner.is_syntax() || inner.is_eof() {
+            "body".to_string()
+        } else {
+            path
+        };
+        FieldError { field, message }
+    })
+}
+
+fn quoted(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.split(prefix).nth(1)?;
+    Some(rest.split('`').next()?.to_string())
+}
+
