@@ -18,6 +18,7 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 pub mod defaults;
+pub mod runtime;
 
 /// CEL rules shared by several component types.
 mod rules {

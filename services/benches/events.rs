@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use recstack_core::stream::limiter::LimiterConfig;
+use recstack_core::stream::window::{ItemState, ItemWindow, WindowConfig};
 use recstack_services::events::ingest::{Ingest, SeenLink};
 use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::events::{RawEvent, Timestamp, now_ms};
 use recstack_services::features::{Key, L2, Snapshot};
-use recstack_core::stream::limiter::LimiterConfig;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
-use recstack_core::stream::window::{ItemState, ItemWindow, WindowConfig};
 use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 

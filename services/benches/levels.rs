@@ -12,16 +12,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use recstack_core::degrade::LevelPlan;
+use recstack_core::rerank::RerankConfig;
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset;
 use recstack_offline::eval::{ndcg_at, recall_at};
+use recstack_services::gateway::GatewayConfig;
 use recstack_services::gateway::degrade::LoadThresholds;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
-use recstack_core::degrade::LevelPlan;
-use recstack_services::gateway::GatewayConfig;
 use recstack_services::ranking::service::ModelSources;
-use recstack_core::rerank::RerankConfig;
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use recstack_core::recall::seen::{SeenConfig, SeenFilter};
 use recstack_offline::build::ann::{ItemIndex, UnitVec};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
-use recstack_core::recall::seen::{SeenConfig, SeenFilter};
 use recstack_services::recall::proto::RecallRequest;
 use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::recall::proto::recall_server::RecallServer;

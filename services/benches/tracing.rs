@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use recstack_core::rerank::RerankConfig;
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset;
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::ranking::service::ModelSources;
-use recstack_core::rerank::RerankConfig;
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 

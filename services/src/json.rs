@@ -43,4 +43,3 @@ fn quoted(message: &str, prefix: &str) -> Option<String> {
     let rest = message.split(prefix).nth(1)?;
     Some(rest.split('`').next()?.to_string())
 }
-

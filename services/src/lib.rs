@@ -17,7 +17,6 @@
 //!   bodies whose errors name the field.
 #![forbid(unsafe_code)]
 
-pub mod config;
 pub mod events;
 pub mod features;
 pub mod gateway;
@@ -32,3 +31,5 @@ pub mod stream;
 pub mod traces;
 
 pub use recstack_core::{source_file, stable_hash};
+/// The runtime config the operator writes and every service reads: one type, in the CRD crate.
+pub use recstack_crds::runtime as config;

@@ -46,4 +46,3 @@ impl<S: ?Sized> Direct<S> {
         }
     }
 }
-

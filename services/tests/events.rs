@@ -6,6 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use recstack_core::rerank::RerankConfig;
+use recstack_core::stream::window::WindowConfig;
 use recstack_offline::build::Artifacts;
 use recstack_services::events::ingest::proto::ingest_client::IngestClient;
 use recstack_services::events::ingest::proto::{Event as ProtoEvent, PostEventsRequest};
@@ -16,10 +18,8 @@ use recstack_services::gateway::GatewayConfig;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::recall::proto::RecallRequest;
 use recstack_services::recall::proto::recall_client::RecallClient;
-use recstack_core::rerank::RerankConfig;
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalEvents, LocalOptions, LocalStack, LocalTraces};
-use recstack_core::stream::window::WindowConfig;
 use serde_json::{Value, json};
 
 fn artifacts() -> &'static Artifacts {

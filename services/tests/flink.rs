@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
-use recstack_services::events::{Event, EventKind};
 use recstack_core::stream::window::{Aggregator, Counts, WindowConfig, smoothed_ctr};
+use recstack_services::events::{Event, EventKind};
 
 const MIN: i64 = 60_000;
 const T0: i64 = 1_790_000_040_000 - 1_790_000_040_000 % MIN;

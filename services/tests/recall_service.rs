@@ -150,7 +150,12 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
     // Both equal the lists computed directly from the artifacts.
     let a = &loaded.artifacts;
     let u = a.users.iter().position(|x| *x == user).unwrap() as u32;
-    let direct = recstack_core::recall::recall(a, &recstack_core::recall::UserHistory::new(a, u), DEFAULT_QUOTA, 6 * DEFAULT_QUOTA);
+    let direct = recstack_core::recall::recall(
+        a,
+        &recstack_core::recall::UserHistory::new(a, u),
+        DEFAULT_QUOTA,
+        6 * DEFAULT_QUOTA,
+    );
     let ids = |c: &[proto::Candidate]| c.iter().map(|c| c.item_id.clone()).collect::<Vec<_>>();
     let direct_ids: Vec<String> = direct
         .iter()

@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recstack_core::rerank::RerankConfig;
 use recstack_offline::build::Artifacts;
 use recstack_offline::eval::ndcg_of_hits;
+use recstack_offline::export::{self, CandidateParams, Split};
 use recstack_services::gateway::degrade::LatencyObjective;
 use recstack_services::gateway::proto::RecommendRequest;
 use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::gateway::{GatewayConfig, Recommendation};
-use recstack_offline::export::{self, CandidateParams, Split};
 use recstack_services::ranking::model::{Device, Graph, ModelCard, OnnxModel};
 use recstack_services::ranking::service::ModelSources;
-use recstack_core::rerank::RerankConfig;
 use recstack_services::rerank::Experiment;
 use recstack_services::rerank::proto::rerank_client::RerankClient;
 use recstack_services::rerank::proto::{RerankRequest, Scored};
@@ -605,9 +605,9 @@ fn on_cuda_the_model_scores_as_on_the_cpu_or_refuses_to_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_live() {
+    use recstack_core::ab_bucket;
     use recstack_services::ranking::service::proto::RankRequest;
     use recstack_services::ranking::service::proto::ranking_client::RankingClient;
-    use recstack_core::ab_bucket;
 
     // Two copies of the bundled model under their own versions.
     let dir = std::env::temp_dir().join(format!("recstack-models-{}", std::process::id()));

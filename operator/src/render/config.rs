@@ -1,86 +1,14 @@
 //! The stack's runtime ConfigMap: what each service reads at start-up (endpoints of its peers,
 //! model, batching, stores). Pods carry its hash, so a config change rolls them.
 
-use std::collections::BTreeMap;
-
-use recstack_crds::{Component, StreamEngine};
-use serde::Serialize;
+use recstack_crds::Component;
+pub use recstack_crds::runtime::RuntimeConfig;
+use recstack_crds::runtime::{
+    EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, StreamSettings, TraceStoreConfig,
+};
 use serde_json::json;
 
 use super::{Child, ChildKind, GRPC_PORT, HTTP_PORT, RenderError, StackCtx, child};
-
-/// The runtime configuration every recstack service reads from `/etc/recstack/config.yaml`.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RuntimeConfig {
-    pub stack: String,
-    pub namespace: String,
-    /// gRPC address of each component (`http://host:port`), keyed by component name.
-    pub grpc_endpoints: BTreeMap<String, String>,
-    pub http_port: u16,
-    pub grpc_port: u16,
-    pub gateway: GatewayConfig,
-    pub ranking: RankingConfig,
-    pub stream: StreamConfig,
-    pub event_log: EventLogConfig,
-    pub feature_store: FeatureStoreConfig,
-    pub trace_store: TraceStoreConfig,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct GatewayConfig {
-    /// The p99 the gateway keeps by shedding to the reduced level, ms (0: off).
-    pub latency_target_ms: i32,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RankingConfig {
-    pub model: recstack_crds::ModelSpec,
-    pub batching: recstack_crds::BatchingSpec,
-    /// `cpu` or `cuda`: which onnxruntime execution provider to use.
-    pub device: &'static str,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct StreamConfig {
-    pub engine: StreamEngine,
-    pub window: String,
-    pub parallelism: i32,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
-pub enum EventLogConfig {
-    /// The ingest service's on-disk log.
-    Embedded,
-    Kafka {
-        bootstrap_servers: Vec<String>,
-        topic: String,
-    },
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct FeatureStoreConfig {
-    pub redis_url: Option<String>,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
-pub enum TraceStoreConfig {
-    Embedded,
-    Elasticsearch {
-        url: String,
-        /// Directory holding `username` and `password` files (a mounted Secret), never the
-        /// ConfigMap itself.
-        credentials_dir: Option<String>,
-        sampling: f64,
-        retention_days: i32,
-    },
-}
 
 pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
     let spec = ctx.spec();
@@ -99,15 +27,16 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
         grpc_endpoints,
         http_port: HTTP_PORT,
         grpc_port: GRPC_PORT,
-        gateway: GatewayConfig {
-            latency_target_ms: spec.gateway.latency_target_ms,
+        gateway: GatewaySettings {
+            // The CRD bounds it to 0–60000.
+            latency_target_ms: Some(spec.gateway.latency_target_ms.max(0) as u32),
         },
-        ranking: RankingConfig {
-            model: spec.ranking.model.clone(),
-            batching: spec.ranking.batching.clone(),
-            device: if spec.ranking.gpu.is_some() { "cuda" } else { "cpu" },
+        ranking: RankingSettings {
+            model: (&spec.ranking.model).into(),
+            batching: (&spec.ranking.batching).into(),
+            device: if spec.ranking.gpu.is_some() { "cuda" } else { "cpu" }.to_string(),
         },
-        stream: StreamConfig {
+        stream: StreamSettings {
             engine: spec.stream.engine,
             window: spec.stream.window.clone(),
             parallelism: spec.stream.parallelism,

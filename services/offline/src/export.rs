@@ -14,7 +14,7 @@
 //!   item recall found and [`CandidateParams::negatives`] of its other candidates;
 //! - `valid`: the judged users of the validation world, every candidate (to choose the model on);
 //! - `test`: the judged users of the real holdout, every candidate (to report, never to choose);
-//! - `features.json`: the [`FeatureSpec`] the arrays follow (the trainer writes the subset it
+//! - `features.json`: the [`InputSpec`] the arrays follow (the trainer writes the subset it
 //!   uses into the model card).
 
 use std::collections::HashSet;
@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use recstack_core::degrade::LevelPlan;
 use recstack_core::features::Snapshot;
-use recstack_core::ranking::features::FeatureSpec;
+use recstack_core::ranking::features::InputSpec;
 use recstack_core::recall::{self, UserHistory};
 
 use crate::build::{self, Artifacts, BuildError, BuildParams, Progress};
@@ -64,7 +64,7 @@ pub fn export(artifacts: &Path, data: &Path, out: &Path, progress: &Progress) ->
     let ds = Dataset::load_movietweetings(data)?;
     eprintln!("export-ranking: the validation world (the training ratings, split again by time)");
     let world = validation_world(&ds, &manifest.params, progress)?;
-    let spec = FeatureSpec::all(FeatureSpec::default_buckets);
+    let spec = InputSpec::all(InputSpec::default_buckets);
     let p = CandidateParams::default();
     let (trained, judged) = held_out_users(&world, p.judge_every);
     let (_, reported) = held_out_users(&a, p.judge_every);
@@ -198,7 +198,7 @@ pub fn held_out_users(a: &Artifacts, judge_every: u64) -> (Vec<u32>, Vec<u32>) {
 /// recall position and the user's held-out count. `sample` keeps every positive and
 /// [`CandidateParams::negatives`] of the rest (and drops users recall found nothing for);
 /// otherwise every candidate is kept, as judging a ranked list needs.
-pub fn candidate_rows(a: &Artifacts, spec: &FeatureSpec, p: &CandidateParams, users: &[u32], sample: bool) -> Split {
+pub fn candidate_rows(a: &Artifacts, spec: &InputSpec, p: &CandidateParams, users: &[u32], sample: bool) -> Split {
     let snapshot = Snapshot::from_artifacts(a);
     let rows = spec.rows();
     let mut held: Vec<HashSet<u32>> = vec![HashSet::new(); a.users.len()];
@@ -254,7 +254,7 @@ pub fn candidate_rows(a: &Artifacts, spec: &FeatureSpec, p: &CandidateParams, us
 
 /// Writes the named splits and the feature spec to `dir`: `{name}_{sparse,dense,label,group}.npy`
 /// for every split, and `{name}_{position,relevant}.npy` for candidate splits.
-pub fn write(dir: &Path, spec: &FeatureSpec, splits: &[(&str, &Split)]) -> std::io::Result<()> {
+pub fn write(dir: &Path, spec: &InputSpec, splits: &[(&str, &Split)]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let (s, d) = (spec.sparse.len(), spec.dense.len());
     for &(name, split) in splits {
@@ -389,7 +389,7 @@ mod tests {
     #[test]
     fn candidate_rows_are_recalls_cut_labelled_by_the_holdout_and_sampled_around_every_positive() {
         let a = build::build(&dataset(), &BuildParams::default(), &Progress::new(true)).unwrap();
-        let spec = FeatureSpec::all(FeatureSpec::default_buckets);
+        let spec = InputSpec::all(InputSpec::default_buckets);
         let p = CandidateParams {
             rank_limit: 10,
             negatives: 3,

@@ -1,12 +1,11 @@
 //! The offline build on the bundled MovieTweetings data, and recall over its artifacts.
 
-
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
+use recstack_core::recall::{self, Channel};
 use recstack_offline::build::{self, Artifacts, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
-use recstack_core::recall::{self, Channel};
 use recstack_offline::eval;
 
 fn data() -> &'static Dataset {

@@ -66,4 +66,3 @@ impl proto::gateway_server::Gateway for GatewayGrpc {
         }))
     }
 }
-

@@ -87,7 +87,7 @@ link!(
 
 /// Where the downstream services are (`http://host:port`).
 #[derive(Clone, Debug)]
-pub struct Endpoints {
+pub struct Downstreams {
     pub recall: String,
     pub features: String,
     pub ranking: String,
@@ -105,12 +105,12 @@ pub struct Links {
 
 impl Links {
     /// gRPC to each endpoint (`http://host:port`).
-    pub fn grpc(endpoints: &Endpoints) -> Result<Self, EndpointError> {
+    pub fn grpc(downstreams: &Downstreams) -> Result<Self, EndpointError> {
         Ok(Self {
-            recall: RecallLink::grpc(&endpoints.recall)?,
-            features: FeaturesLink::grpc(&endpoints.features)?,
-            ranking: RankingLink::grpc(&endpoints.ranking)?,
-            rerank: RerankLink::grpc(&endpoints.rerank)?,
+            recall: RecallLink::grpc(&downstreams.recall)?,
+            features: FeaturesLink::grpc(&downstreams.features)?,
+            ranking: RankingLink::grpc(&downstreams.ranking)?,
+            rerank: RerankLink::grpc(&downstreams.rerank)?,
         })
     }
 }

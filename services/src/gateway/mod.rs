@@ -37,7 +37,7 @@ use degrade::{
     Breaker, BreakerConfig, Health, LatencyObjective, Level, LevelPlan, LoadThresholds, Shedder, Stage, plan,
 };
 pub use grpc::GatewayGrpc;
-pub use links::{EndpointError, Endpoints, Links};
+pub use links::{Downstreams, EndpointError, Links};
 pub use metrics::GatewayMetrics;
 pub use pipeline::RERANK_POOL;
 use pipeline::Request;
@@ -136,7 +136,6 @@ impl Gateway {
     fn breaker(&self, stage: Stage) -> std::sync::MutexGuard<'_, Breaker> {
         self.breakers[&stage].lock().unwrap_or_else(|e| e.into_inner())
     }
-
 
     /// Why request `seq` starts at `reduced` to keep the latency objective, if it does.
     fn shedding(&self, seq: u64) -> Option<String> {

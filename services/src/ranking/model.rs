@@ -13,7 +13,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
-use super::features::{FeatureSpec, SpecError};
+use super::features::{InputSpec, SpecError};
 
 /// `model.json` beside `model.onnx`: what the model reads and returns, and how it did offline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct ModelCard {
     /// `[batch]` or `[batch, 1]` float32; higher is better.
     pub output: String,
     /// The features, in tensor column order.
-    pub features: FeatureSpec,
+    pub features: InputSpec,
     /// Offline metrics on the holdout (AUC, NDCG@10, …) and their baselines.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,

@@ -67,8 +67,16 @@ impl Default for RankingMetrics {
         Self {
             rpc: RpcMetrics::register(&mut m, "Rank", Buckets::exponential(0.000_01, 2.0, 18)),
             rows: m.family("rows", "Candidates scored, by model version"),
-            batch_rows: m.histogram("batch_rows", "Rows per model call batch", Buckets::exponential(1.0, 2.0, 14)),
-            batch_requests: m.histogram("batch_requests", "Requests per batch", Buckets::exponential(1.0, 2.0, 8)),
+            batch_rows: m.histogram(
+                "batch_rows",
+                "Rows per model call batch",
+                Buckets::exponential(1.0, 2.0, 14),
+            ),
+            batch_requests: m.histogram(
+                "batch_requests",
+                "Requests per batch",
+                Buckets::exponential(1.0, 2.0, 8),
+            ),
             model_seconds: m.histogram("model_seconds", "Time in the model per batch", fast),
             queue_seconds: m.histogram("queue_seconds", "Time a request waited for its batch", fast),
             shed: m.family("shed", "Requests dropped because their deadline passed in the queue"),
@@ -508,7 +516,7 @@ mod tests {
     use super::*;
     use crate::features::proto::GenreShare;
     use crate::ranking::batcher::Scorer;
-    use crate::ranking::features::FeatureSpec;
+    use crate::ranking::features::InputSpec;
 
     /// Never called: `features` only reads the batcher's input widths.
     struct Widths(usize, usize);
@@ -541,7 +549,7 @@ mod tests {
     /// request order, and ids missing from it (long ones too) get neutral item features.
     #[test]
     fn features_from_the_item_table_match_the_feature_function() {
-        let spec = FeatureSpec::all(FeatureSpec::default_buckets);
+        let spec = InputSpec::all(InputSpec::default_buckets);
         let known = [
             item("0110912", &["Crime", "Drama"], 1994),
             item("0111161", &["Drama"], 1994),

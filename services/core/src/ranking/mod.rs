@@ -4,3 +4,4 @@
 
 pub mod features;
 pub mod folded;
+pub mod spec;

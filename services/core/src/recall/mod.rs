@@ -285,6 +285,28 @@ pub fn recall(a: &Artifacts, h: &UserHistory, quota: usize, total: usize) -> Vec
     merge(&lists, |_| quota, total)
 }
 
+/// The hot channel with real-time trending items first (scored above the build's list, in
+/// trending order), then the build's hot items not already there; history left out.
+pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let top = built.first().map_or(1.0, |(_, s)| *s);
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
+    let mut taken = std::collections::HashSet::new();
+    let fresh = trending
+        .iter()
+        .filter(|i| !seen.contains(i))
+        .copied()
+        .collect::<Vec<_>>();
+    let k = fresh.len();
+    for (rank, i) in fresh.into_iter().enumerate() {
+        if taken.insert(i) {
+            out.push((i, top * (1.0 + (k - rank) as f32 / k as f32)));
+        }
+    }
+    out.extend(built.iter().filter(|(i, _)| !taken.contains(i)).copied());
+    out.truncate(n);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +328,15 @@ mod tests {
         assert!(!set.insert(63) && set.insert(3001));
         assert_eq!(set.len(), want.len() + 1);
         assert!(ItemSet::default().is_empty());
+    }
+
+    #[test]
+    fn trending_items_lead_the_hot_channel() {
+        let built = vec![(1, 10.0), (2, 8.0), (3, 5.0)];
+        let seen: ItemSet = [7].into_iter().collect();
+        let out = lead_with(&[3, 7, 9], &built, &seen, 4);
+        assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 9, 1, 2]);
+        assert!(out[0].1 > out[1].1 && out[1].1 > out[2].1, "{out:?}");
+        assert_eq!(lead_with(&[], &built, &seen, 3), built);
     }
 }

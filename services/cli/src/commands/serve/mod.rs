@@ -15,7 +15,7 @@ use recstack_core::stream::window::{WindowConfig, parse_window};
 use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
 use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
-use recstack_services::gateway::{Catalogue, Endpoints, GatewayConfig};
+use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, FeatureSource, GatewayTraces};
 use recstack_services::stream::sink::{RedisStore, Trending};
@@ -285,13 +285,13 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             let config = serve.config()?;
             let trace_settings = traces.settings(config.as_ref())?;
             let endpoints = match &config {
-                Some(c) => Endpoints {
+                Some(c) => Downstreams {
                     recall: c.endpoint("recall")?,
                     features: c.endpoint("feature")?,
                     ranking: c.endpoint("ranking")?,
                     rerank: c.endpoint("rerank")?,
                 },
-                None => Endpoints {
+                None => Downstreams {
                     recall,
                     features,
                     ranking,

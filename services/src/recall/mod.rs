@@ -1,7 +1,17 @@
 //! The recall gRPC service: channels in parallel over double-buffered artifacts, merged with
 //! quotas, seen items filtered through each user's rolling Bloom filter.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+//!
+//! - [`artifacts`]: the artifact version being served, swapped without a pause.
+//! - [`seen_store`]: where users' seen filters live (in process, or Redis shared by replicas).
+
+mod artifacts;
+mod seen_store;
+
+pub use artifacts::*;
+pub use recstack_core::recall::lead_with;
+pub use seen_store::*;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,7 +34,7 @@ use crate::stream::sink::Trending;
 use recstack_core::artifacts::{self as build, ArtifactError, Artifacts, Manifest};
 use recstack_core::recall::merge::RRF_K;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
-use recstack_core::recall::{Channel, ChannelList, ItemSet, Source as Lineage, UserHistory, channel_for, merge};
+use recstack_core::recall::{Channel, ChannelList, Source as Lineage, UserHistory, channel_for, merge};
 
 /// Generated gRPC types (`services/proto/recall.proto`).
 pub mod proto {
@@ -72,251 +82,6 @@ use proto::recall_server::Recall;
 use proto::{Candidate, ChannelStats, ImpressionsRequest, ImpressionsResponse, RecallRequest, RecallResponse, Source};
 
 pub use recstack_core::recall::{DEFAULT_N, DEFAULT_QUOTA, MAX_N};
-
-// === artifacts ===
-
-/// Memory for one artifact version's cached channel lists (about 40,000 lists of 200).
-pub const LIST_CACHE_BYTES: u64 = 64 << 20;
-
-/// A channel's list for one user (dense id, `u32::MAX` for users the build has not seen) at
-/// one quota.
-type ListKey = (u32, Channel, usize);
-/// A channel's ranked (item, score) list, shared between the cache and requests.
-type List = Arc<[(u32, f32)]>;
-
-/// One artifact version with its id lookups.
-pub struct Loaded {
-    pub manifest: Manifest,
-    pub artifacts: Artifacts,
-    users: FxHashMap<String, u32>,
-    items: FxHashMap<String, u32>,
-    /// The items' ids and seen-filter keys by dense id, packed: a request reads a thousand of
-    /// them scattered over the catalogue.
-    ids: ItemIds,
-    /// Channel lists computed for this version. Every channel is a pure function of the
-    /// artifacts and the user's built history (what changes in real time — trending items,
-    /// the seen filter — is applied after), so a list is exact for as long as its version is
-    /// served, and goes with it. Bounded by [`LIST_CACHE_BYTES`], least-used lists evicted.
-    lists: moka::sync::Cache<ListKey, List>,
-}
-
-impl Loaded {
-    pub fn new(manifest: Manifest, artifacts: Artifacts) -> Self {
-        let users = artifacts
-            .users
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.clone(), i as u32))
-            .collect();
-        let items = artifacts
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| (it.id.clone(), i as u32))
-            .collect();
-        let ids = ItemIds::new(artifacts.items.iter().map(|i| i.id.as_str()));
-        Self {
-            manifest,
-            artifacts,
-            users,
-            items,
-            ids,
-            lists: moka::sync::Cache::builder()
-                .max_capacity(LIST_CACHE_BYTES)
-                .weigher(|_, list: &List| {
-                    u32::try_from(64 + std::mem::size_of_val::<[(u32, f32)]>(list)).unwrap_or(u32::MAX)
-                })
-                .build(),
-        }
-    }
-
-    /// Loads the version `root/current` names.
-    pub fn from_dir(root: &Path) -> Result<Self, ArtifactError> {
-        let (manifest, artifacts) = build::load(root, None)?;
-        Ok(Self::new(manifest, artifacts))
-    }
-}
-
-/// Item ids by dense id with each one's [`item_key`], one 32-byte entry per item: a request
-/// reads a thousand of them scattered over the catalogue, and each is one cache line read.
-/// (Reading an id from the catalogue's `Item`s touches a large struct and then the id's own
-/// allocation, each a likely cache miss.) Ids longer than 16 bytes are kept beside the entries.
-struct ItemIds {
-    entries: Vec<IdEntry>,
-    long: String,
-}
-
-#[repr(align(32))]
-struct IdEntry {
-    key: u64,
-    len: u32,
-    /// Where a long id starts in `ItemIds::long`.
-    start: u32,
-    inline: [u8; 16],
-}
-
-impl ItemIds {
-    fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
-        let (mut entries, mut long) = (Vec::new(), String::new());
-        for id in ids {
-            let mut entry = IdEntry {
-                key: item_key(id),
-                len: u32::try_from(id.len()).expect("an item id under 4 GiB"),
-                start: 0,
-                inline: [0; 16],
-            };
-            match entry.inline.get_mut(..id.len()) {
-                Some(inline) => inline.copy_from_slice(id.as_bytes()),
-                None => {
-                    entry.start = u32::try_from(long.len()).expect("long item ids under 4 GiB");
-                    long.push_str(id);
-                }
-            }
-            entries.push(entry);
-        }
-        Self { entries, long }
-    }
-
-    /// The id and seen-filter key of dense item `i` (one the artifacts list).
-    fn get(&self, i: u32) -> (&str, u64) {
-        let e = &self.entries[i as usize];
-        let len = e.len as usize;
-        let id = match e.inline.get(..len) {
-            // Copied from a `&str` whole, so it is UTF-8.
-            Some(inline) => std::str::from_utf8(inline).unwrap_or_default(),
-            None => &self.long[e.start as usize..e.start as usize + len],
-        };
-        (id, e.key)
-    }
-}
-
-/// The artifacts being served. A new version is loaded beside the old one and swapped in with
-/// one atomic pointer store: requests in flight finish on the version they started with, new
-/// ones see the new version, and nobody waits.
-pub struct ArtifactSlot {
-    current: ArcSwap<Loaded>,
-}
-
-impl ArtifactSlot {
-    pub fn new(loaded: Loaded) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(loaded),
-        }
-    }
-
-    pub fn get(&self) -> Arc<Loaded> {
-        self.current.load_full()
-    }
-
-    pub fn swap(&self, loaded: Loaded) {
-        info!(version = %loaded.manifest.version, "serving new artifact version");
-        self.current.store(Arc::new(loaded));
-    }
-
-    /// Loads `root/current` if it names another version than the one served; returns whether
-    /// it swapped. Loading happens on a blocking thread.
-    pub async fn reload_if_changed(&self, root: PathBuf) -> Result<bool, ArtifactError> {
-        let wanted = std::fs::read_to_string(root.join("current"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if wanted.is_empty() || wanted == self.get().manifest.version {
-            return Ok(false);
-        }
-        let loaded = tokio::task::spawn_blocking(move || Loaded::from_dir(&root))
-            .await
-            .map_err(|e| ArtifactError::Load {
-                path: PathBuf::new(),
-                message: format!("loader panicked: {e}"),
-            })??;
-        self.swap(loaded);
-        Ok(true)
-    }
-}
-
-// === seen filters ===
-
-/// Where users' seen filters live, as bytes: in memory on one machine, Redis at scale.
-pub trait SeenStore: Send + Sync + 'static {
-    fn get(&self, user: &str) -> impl Future<Output = Result<Option<Vec<u8>>, SeenStoreError>> + Send;
-    fn put(&self, user: &str, bytes: Vec<u8>) -> impl Future<Output = Result<(), SeenStoreError>> + Send;
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("seen store: {0}")]
-pub struct SeenStoreError(pub String);
-
-/// In-process seen filters.
-#[derive(Default)]
-pub struct MemorySeenStore {
-    filters: Mutex<HashMap<String, Vec<u8>>>,
-}
-
-impl SeenStore for MemorySeenStore {
-    async fn get(&self, user: &str) -> Result<Option<Vec<u8>>, SeenStoreError> {
-        Ok(self
-            .filters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .cloned())
-    }
-    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
-        self.filters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user.to_string(), bytes);
-        Ok(())
-    }
-}
-
-/// Seen filters in Redis under `recstack:seen:<user>`, expiring `ttl` after the last write
-/// (a user gone that long has nothing worth filtering).
-#[derive(Clone)]
-pub struct RedisSeenStore {
-    conn: redis::aio::ConnectionManager,
-    ttl: Duration,
-}
-
-impl RedisSeenStore {
-    pub async fn connect(url: &str, timeout: Duration, ttl: Duration) -> Result<Self, SeenStoreError> {
-        let conn = crate::ops::connect_redis(url, timeout).await.map_err(SeenStoreError)?;
-        Ok(Self { conn, ttl })
-    }
-
-    fn key(user: &str) -> String {
-        format!("recstack:seen:{user}")
-    }
-}
-
-impl SeenStore for RedisSeenStore {
-    async fn get(&self, user: &str) -> Result<Option<Vec<u8>>, SeenStoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("GET")
-            .arg(Self::key(user))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| SeenStoreError(e.to_string()))
-    }
-
-    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(Self::key(user))
-            .arg(bytes)
-            .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| SeenStoreError(e.to_string()))
-    }
-}
-
-/// The Bloom key of an item: a hash of its external id, so filters survive artifact versions
-/// that renumber items.
-pub fn item_key(item_id: &str) -> u64 {
-    recstack_core::stable_hash(item_id.as_bytes())
-}
 
 // === metrics ===
 
@@ -654,7 +419,6 @@ impl<S: SeenStore> RecallService<S> {
             unknown_items,
         })
     }
-
 }
 
 #[tonic::async_trait]
@@ -677,39 +441,6 @@ impl<S: SeenStore> Recall for RecallService<S> {
         let result = self.impressions(request.into_inner()).await;
         self.metrics.rpc.record("record_impressions", start, &result);
         result.map(Response::new)
-    }
-}
-
-/// The hot channel with real-time trending items first (scored above the build's list, in
-/// trending order), then the build's hot items not already there; history left out.
-pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
-    let top = built.first().map_or(1.0, |(_, s)| *s);
-    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
-    let mut taken = HashSet::new();
-    let fresh = trending
-        .iter()
-        .filter(|i| !seen.contains(i))
-        .copied()
-        .collect::<Vec<_>>();
-    let k = fresh.len();
-    for (rank, i) in fresh.into_iter().enumerate() {
-        if taken.insert(i) {
-            out.push((i, top * (1.0 + (k - rank) as f32 / k as f32)));
-        }
-    }
-    out.extend(built.iter().filter(|(i, _)| !taken.contains(i)).copied());
-    out.truncate(n);
-    out
-}
-
-/// Reloads `root/current` every `every` until the process ends.
-pub async fn watch_artifacts(slot: Arc<ArtifactSlot>, root: PathBuf, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        if let Err(e) = slot.reload_if_changed(root.clone()).await {
-            warn!(error = %e, "artifact reload failed; still serving the previous version");
-        }
     }
 }
 
@@ -743,16 +474,6 @@ mod tests {
             ),
             (0, 50, 200)
         );
-    }
-
-    #[test]
-    fn trending_items_lead_the_hot_channel() {
-        let built = vec![(1, 10.0), (2, 8.0), (3, 5.0)];
-        let seen: ItemSet = [7].into_iter().collect();
-        let out = lead_with(&[3, 7, 9], &built, &seen, 4);
-        assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 9, 1, 2]);
-        assert!(out[0].1 > out[1].1 && out[1].1 > out[2].1, "{out:?}");
-        assert_eq!(lead_with(&[], &built, &seen, 3), built);
     }
 
     #[test]

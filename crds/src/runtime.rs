@@ -1,50 +1,107 @@
-//! The runtime configuration the operator renders into each stack's ConfigMap and mounts at
-//! `/etc/recstack/config.yaml` (`recstack serve <component> --config …`). The shape is the
-//! operator's `RuntimeConfig`; fields this build does not use are ignored, so an older service
-//! reads a newer operator's file.
+//! The runtime configuration: what the operator renders into each stack's ConfigMap (mounted
+//! at `/etc/recstack/config.yaml`) and every service reads at start-up
+//! (`recstack serve <component> --config …`). One type, written by the operator and read by
+//! the services. Reading is lenient: fields a build does not know are ignored and missing
+//! optional sections take their defaults, so an older service reads a newer operator's file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+use crate::StreamEngine;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
     pub stack: String,
     pub namespace: String,
-    /// `http://host:port` of each component's gRPC service, by component name.
+    /// gRPC address of each component (`http://host:port`), keyed by component name.
     pub grpc_endpoints: BTreeMap<String, String>,
     pub http_port: u16,
     pub grpc_port: u16,
     #[serde(default)]
     pub gateway: GatewaySettings,
-    pub ranking: RankingConfig,
-    #[serde(default)]
-    pub feature_store: FeatureStoreConfig,
-    #[serde(default)]
-    pub trace_store: TraceStoreConfig,
+    pub ranking: RankingSettings,
     #[serde(default)]
     pub stream: StreamSettings,
     #[serde(default)]
     pub event_log: EventLogConfig,
+    #[serde(default)]
+    pub feature_store: FeatureStoreConfig,
+    #[serde(default)]
+    pub trace_store: TraceStoreConfig,
 }
 
 /// The gateway's settings.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySettings {
-    /// The p99 kept by shedding to the reduced level, ms (0: off; unset: the binary's default).
+    /// The p99 the gateway keeps by shedding to the reduced level, ms (0: off; unset: the
+    /// binary's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_target_ms: Option<u32>,
 }
 
+/// The ranking service's model, batching and device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RankingSettings {
+    pub model: ModelSettings,
+    pub batching: BatchingSettings,
+    /// `cpu` or `cuda`: which onnxruntime execution provider to use.
+    pub device: String,
+}
+
+/// The model (the CRD's `spec.ranking.model`, without its strictness about unknown fields).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSettings {
+    pub uri: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_version: Option<String>,
+    #[serde(default)]
+    pub canary_percent: i32,
+}
+
+impl From<&crate::ModelSpec> for ModelSettings {
+    fn from(m: &crate::ModelSpec) -> Self {
+        Self {
+            uri: m.uri.clone(),
+            version: m.version.clone(),
+            canary_uri: m.canary_uri.clone(),
+            canary_version: m.canary_version.clone(),
+            canary_percent: m.canary_percent,
+        }
+    }
+}
+
+/// Dynamic batching (the CRD's `spec.ranking.batching`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSettings {
+    pub max_batch: i32,
+    pub max_wait_micros: i32,
+}
+
+impl From<&crate::BatchingSpec> for BatchingSettings {
+    fn from(b: &crate::BatchingSpec) -> Self {
+        Self {
+            max_batch: b.max_batch,
+            max_wait_micros: b.max_wait_micros,
+        }
+    }
+}
+
 /// The stream job's settings.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSettings {
-    /// `builtin` or `flink`.
-    pub engine: String,
+    pub engine: StreamEngine,
     /// Window length: `30s`, `1m`, `1h`.
     pub window: String,
     pub parallelism: i32,
@@ -53,7 +110,7 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
-            engine: "builtin".into(),
+            engine: StreamEngine::Builtin,
             window: "1m".into(),
             parallelism: 1,
         }
@@ -61,9 +118,10 @@ impl Default for StreamSettings {
 }
 
 /// Where the event log is: on the ingest pod's disk, or a Kafka topic.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
 pub enum EventLogConfig {
+    /// The ingest service's on-disk log.
     #[default]
     Embedded,
     Kafka {
@@ -72,56 +130,29 @@ pub enum EventLogConfig {
     },
 }
 
+/// Where real-time features live (Redis), if anywhere.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureStoreConfig {
+    #[serde(default)]
+    pub redis_url: Option<String>,
+}
+
 /// Where traces go: the embedded store in the pod, or Elasticsearch.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
 pub enum TraceStoreConfig {
     #[default]
     Embedded,
     Elasticsearch {
         url: String,
-        /// A directory with `username` and `password` files (the mounted Secret).
+        /// Directory holding `username` and `password` files (a mounted Secret), never the
+        /// ConfigMap itself.
         #[serde(default)]
         credentials_dir: Option<String>,
         sampling: f64,
         retention_days: i32,
     },
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RankingConfig {
-    pub model: ModelConfig,
-    pub batching: BatchingConfig,
-    /// `cpu` or `cuda`.
-    pub device: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelConfig {
-    pub uri: String,
-    pub version: String,
-    #[serde(default)]
-    pub canary_uri: Option<String>,
-    #[serde(default)]
-    pub canary_version: Option<String>,
-    #[serde(default)]
-    pub canary_percent: i32,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchingConfig {
-    pub max_batch: i32,
-    pub max_wait_micros: i32,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FeatureStoreConfig {
-    #[serde(default)]
-    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

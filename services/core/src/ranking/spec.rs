@@ -1,0 +1,219 @@
+//! The inputs a model card names, checked against the features this build computes.
+
+use serde::{Deserialize, Serialize};
+
+use super::features::RowWriter;
+
+/// Categorical features: a stable hash of the value modulo the bucket count.
+pub const SPARSE: &[&str] = &[
+    "user_id",
+    "item_id",
+    "item_genre",
+    "user_top_genre",
+    "item_decade",
+    "user_activity",
+];
+
+/// Numeric features.
+pub const DENSE: &[&str] = &[
+    "user_log_ratings",
+    "user_mean_rating",
+    "item_log_ratings",
+    "item_mean_rating",
+    "item_log_hot",
+    "genre_affinity",
+    "item_age",
+    "item_genre_count",
+    "recall_position",
+];
+
+/// One categorical input of a model card.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseFeature {
+    pub name: String,
+    /// Embedding rows; values are `hash % buckets`.
+    pub buckets: u32,
+}
+
+/// The inputs of a model, in the order its tensors hold them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub sparse: Vec<SparseFeature>,
+    pub dense: Vec<String>,
+}
+
+/// A model card naming a feature this build does not compute, or an unusable bucket count.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("the model card names sparse feature `{0}`, which this build does not compute (known: {known})", known = SPARSE.join(", "))]
+    UnknownSparse(String),
+    #[error("the model card names dense feature `{0}`, which this build does not compute (known: {known})", known = DENSE.join(", "))]
+    UnknownDense(String),
+    #[error("sparse feature `{0}` has 0 buckets")]
+    NoBuckets(String),
+}
+
+impl InputSpec {
+    /// Every feature this build computes, with the given bucket counts (training export).
+    pub fn all(buckets: impl Fn(&str) -> u32) -> Self {
+        Self {
+            sparse: SPARSE
+                .iter()
+                .map(|n| SparseFeature {
+                    name: n.to_string(),
+                    buckets: buckets(n),
+                })
+                .collect(),
+            dense: DENSE.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// The bucket counts the bundled model uses: ids get many rows, small vocabularies few.
+    pub fn default_buckets(name: &str) -> u32 {
+        match name {
+            "user_id" | "item_id" => 16_384,
+            "item_decade" | "user_activity" => 32,
+            _ => 64,
+        }
+    }
+
+    /// Checks a model card's feature list against what this build computes.
+    pub fn check(&self) -> Result<(), SpecError> {
+        for f in &self.sparse {
+            if !SPARSE.contains(&f.name.as_str()) {
+                return Err(SpecError::UnknownSparse(f.name.clone()));
+            }
+            if f.buckets == 0 {
+                return Err(SpecError::NoBuckets(f.name.clone()));
+            }
+        }
+        for f in &self.dense {
+            if !DENSE.contains(&f.as_str()) {
+                return Err(SpecError::UnknownDense(f.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec resolved for filling rows: each feature name is matched once here, not once
+    /// per row (a ranking request fills 500 rows of 14 features).
+    pub fn rows(&self) -> RowWriter {
+        RowWriter::new(self)
+    }
+}
+
+/// A categorical feature this build computes (`Unknown` is always bucket 0; a card naming one
+/// is refused by [`InputSpec::check`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum SparseKind {
+    UserId,
+    ItemId,
+    ItemGenre,
+    UserTopGenre,
+    ItemDecade,
+    UserActivity,
+    Unknown,
+}
+
+impl SparseKind {
+    pub(crate) const ALL: [Self; 6] = [
+        Self::UserId,
+        Self::ItemId,
+        Self::ItemGenre,
+        Self::UserTopGenre,
+        Self::ItemDecade,
+        Self::UserActivity,
+    ];
+
+    pub(crate) fn of(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Self::Unknown)
+    }
+
+    /// The name, which is hashed with the value (part of the trained model's contract).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::UserId => "user_id",
+            Self::ItemId => "item_id",
+            Self::ItemGenre => "item_genre",
+            Self::UserTopGenre => "user_top_genre",
+            Self::ItemDecade => "item_decade",
+            Self::UserActivity => "user_activity",
+            Self::Unknown => "",
+        }
+    }
+
+    /// Depends on the user only, so a request computes it once for all its rows.
+    pub(crate) fn per_user(self) -> bool {
+        matches!(self, Self::UserId | Self::UserTopGenre | Self::UserActivity)
+    }
+
+    /// Depends on the item only, so it is computed once per (model, item).
+    pub(crate) fn per_item(self) -> bool {
+        matches!(self, Self::ItemId | Self::ItemGenre | Self::ItemDecade)
+    }
+}
+
+/// A numeric feature this build computes (`Unknown` is always 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum DenseKind {
+    UserLogRatings,
+    UserMeanRating,
+    ItemLogRatings,
+    ItemMeanRating,
+    ItemLogHot,
+    GenreAffinity,
+    ItemAge,
+    ItemGenreCount,
+    RecallPosition,
+    Unknown,
+}
+
+impl DenseKind {
+    pub(crate) const ALL: [Self; 9] = [
+        Self::UserLogRatings,
+        Self::UserMeanRating,
+        Self::ItemLogRatings,
+        Self::ItemMeanRating,
+        Self::ItemLogHot,
+        Self::GenreAffinity,
+        Self::ItemAge,
+        Self::ItemGenreCount,
+        Self::RecallPosition,
+    ];
+
+    pub(crate) fn of(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Self::Unknown)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::UserLogRatings => "user_log_ratings",
+            Self::UserMeanRating => "user_mean_rating",
+            Self::ItemLogRatings => "item_log_ratings",
+            Self::ItemMeanRating => "item_mean_rating",
+            Self::ItemLogHot => "item_log_hot",
+            Self::GenreAffinity => "genre_affinity",
+            Self::ItemAge => "item_age",
+            Self::ItemGenreCount => "item_genre_count",
+            Self::RecallPosition => "recall_position",
+            Self::Unknown => "",
+        }
+    }
+
+    pub(crate) fn per_user(self) -> bool {
+        matches!(self, Self::UserLogRatings | Self::UserMeanRating)
+    }
+
+    pub(crate) fn per_item(self) -> bool {
+        matches!(
+            self,
+            Self::ItemLogRatings | Self::ItemMeanRating | Self::ItemLogHot | Self::ItemGenreCount
+        )
+    }
+}

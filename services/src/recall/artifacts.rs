@@ -1,0 +1,174 @@
+//! The artifact version recall serves: loaded, indexed by id, and swapped for a newer one
+//! without a pause.
+
+use super::*;
+
+/// Memory for one artifact version's cached channel lists (about 40,000 lists of 200).
+pub const LIST_CACHE_BYTES: u64 = 64 << 20;
+
+/// A channel's list for one user (dense id, `u32::MAX` for users the build has not seen) at
+/// one quota.
+pub(super) type ListKey = (u32, Channel, usize);
+/// A channel's ranked (item, score) list, shared between the cache and requests.
+pub(super) type List = Arc<[(u32, f32)]>;
+
+/// One artifact version with its id lookups.
+pub struct Loaded {
+    pub manifest: Manifest,
+    pub artifacts: Artifacts,
+    pub(super) users: FxHashMap<String, u32>,
+    pub(super) items: FxHashMap<String, u32>,
+    /// The items' ids and seen-filter keys by dense id, packed: a request reads a thousand of
+    /// them scattered over the catalogue.
+    pub(super) ids: ItemIds,
+    /// Channel lists computed for this version. Every channel is a pure function of the
+    /// artifacts and the user's built history (what changes in real time — trending items,
+    /// the seen filter — is applied after), so a list is exact for as long as its version is
+    /// served, and goes with it. Bounded by [`LIST_CACHE_BYTES`], least-used lists evicted.
+    pub(super) lists: moka::sync::Cache<ListKey, List>,
+}
+
+impl Loaded {
+    pub fn new(manifest: Manifest, artifacts: Artifacts) -> Self {
+        let users = artifacts
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), i as u32))
+            .collect();
+        let items = artifacts
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.id.clone(), i as u32))
+            .collect();
+        let ids = ItemIds::new(artifacts.items.iter().map(|i| i.id.as_str()));
+        Self {
+            manifest,
+            artifacts,
+            users,
+            items,
+            ids,
+            lists: moka::sync::Cache::builder()
+                .max_capacity(LIST_CACHE_BYTES)
+                .weigher(|_, list: &List| {
+                    u32::try_from(64 + std::mem::size_of_val::<[(u32, f32)]>(list)).unwrap_or(u32::MAX)
+                })
+                .build(),
+        }
+    }
+
+    /// Loads the version `root/current` names.
+    pub fn from_dir(root: &Path) -> Result<Self, ArtifactError> {
+        let (manifest, artifacts) = build::load(root, None)?;
+        Ok(Self::new(manifest, artifacts))
+    }
+}
+
+/// Item ids by dense id with each one's [`item_key`], one 32-byte entry per item: a request
+/// reads a thousand of them scattered over the catalogue, and each is one cache line read.
+/// (Reading an id from the catalogue's `Item`s touches a large struct and then the id's own
+/// allocation, each a likely cache miss.) Ids longer than 16 bytes are kept beside the entries.
+pub(super) struct ItemIds {
+    entries: Vec<IdEntry>,
+    long: String,
+}
+
+#[repr(align(32))]
+struct IdEntry {
+    key: u64,
+    len: u32,
+    /// Where a long id starts in `ItemIds::long`.
+    start: u32,
+    inline: [u8; 16],
+}
+
+impl ItemIds {
+    pub(super) fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
+        let (mut entries, mut long) = (Vec::new(), String::new());
+        for id in ids {
+            let mut entry = IdEntry {
+                key: item_key(id),
+                len: u32::try_from(id.len()).expect("an item id under 4 GiB"),
+                start: 0,
+                inline: [0; 16],
+            };
+            match entry.inline.get_mut(..id.len()) {
+                Some(inline) => inline.copy_from_slice(id.as_bytes()),
+                None => {
+                    entry.start = u32::try_from(long.len()).expect("long item ids under 4 GiB");
+                    long.push_str(id);
+                }
+            }
+            entries.push(entry);
+        }
+        Self { entries, long }
+    }
+
+    /// The id and seen-filter key of dense item `i` (one the artifacts list).
+    pub(super) fn get(&self, i: u32) -> (&str, u64) {
+        let e = &self.entries[i as usize];
+        let len = e.len as usize;
+        let id = match e.inline.get(..len) {
+            // Copied from a `&str` whole, so it is UTF-8.
+            Some(inline) => std::str::from_utf8(inline).unwrap_or_default(),
+            None => &self.long[e.start as usize..e.start as usize + len],
+        };
+        (id, e.key)
+    }
+}
+
+/// The artifacts being served. A new version is loaded beside the old one and swapped in with
+/// one atomic pointer store: requests in flight finish on the version they started with, new
+/// ones see the new version, and nobody waits.
+pub struct ArtifactSlot {
+    current: ArcSwap<Loaded>,
+}
+
+impl ArtifactSlot {
+    pub fn new(loaded: Loaded) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(loaded),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, loaded: Loaded) {
+        info!(version = %loaded.manifest.version, "serving new artifact version");
+        self.current.store(Arc::new(loaded));
+    }
+
+    /// Loads `root/current` if it names another version than the one served; returns whether
+    /// it swapped. Loading happens on a blocking thread.
+    pub async fn reload_if_changed(&self, root: PathBuf) -> Result<bool, ArtifactError> {
+        let wanted = std::fs::read_to_string(root.join("current"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if wanted.is_empty() || wanted == self.get().manifest.version {
+            return Ok(false);
+        }
+        let loaded = tokio::task::spawn_blocking(move || Loaded::from_dir(&root))
+            .await
+            .map_err(|e| ArtifactError::Load {
+                path: PathBuf::new(),
+                message: format!("loader panicked: {e}"),
+            })??;
+        self.swap(loaded);
+        Ok(true)
+    }
+}
+
+/// Reloads `root/current` every `every` until the process ends.
+pub async fn watch_artifacts(slot: Arc<ArtifactSlot>, root: PathBuf, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = slot.reload_if_changed(root.clone()).await {
+            warn!(error = %e, "artifact reload failed; still serving the previous version");
+        }
+    }
+}

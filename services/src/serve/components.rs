@@ -1,0 +1,340 @@
+//! One function per service: build it from its parts, bind, serve.
+
+use super::*;
+
+/// The recall service; with `reload`, polls the artifact root for new versions; its hot
+/// channel leads with `trending` (the stream job's list).
+pub async fn recall(
+    loaded: Loaded,
+    reload: Option<(PathBuf, Duration)>,
+    trending: Trending,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let slot = Arc::new(ArtifactSlot::new(loaded));
+    let metrics = Arc::new(RecallMetrics::default());
+    let service = Arc::new(
+        RecallService::new(
+            slot.clone(),
+            MemorySeenStore::default(),
+            SeenConfig::default(),
+            metrics.clone(),
+        )
+        .with_trending(trending),
+    );
+    let watcher = reload.map(|(root, every)| tokio::spawn(watch_artifacts(slot, root, every)));
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    spawn(
+        "recall",
+        addrs,
+        Some(Routes::new(RecallServer::from_arc(service.clone()))),
+        ops_router(encode),
+        DirectService::Recall(service),
+        async move {
+            if let Some(w) = watcher {
+                w.abort();
+            }
+        },
+    )
+    .await
+}
+
+/// Where the feature service finds real-time values (its L2).
+pub enum FeatureSource<'a> {
+    /// None: L1 over the snapshot.
+    Snapshot,
+    /// Redis at this URL.
+    Redis(&'a str),
+    /// The local stream job's store in this process.
+    Memory(Arc<MemoryStore>),
+}
+
+/// The feature service: L1 over the real-time `source` over the snapshot; `dump` is read on
+/// start and written on stop.
+pub async fn features(
+    snapshot: Arc<Snapshot>,
+    source: FeatureSource<'_>,
+    dump: Option<PathBuf>,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let metrics = Arc::new(FeatureMetrics::default());
+    let policy = CachePolicy::default();
+    match source {
+        FeatureSource::Memory(store) => {
+            features_with(
+                FeatureStore::new(store, snapshot, policy, metrics.clone()),
+                metrics,
+                dump,
+                addrs,
+            )
+            .await
+        }
+        FeatureSource::Redis(url) => {
+            let l2 = RedisL2::connect(url, Duration::from_millis(100))
+                .await
+                .map_err(|e| ServeError::Redis(e.to_string()))?;
+            features_with(
+                FeatureStore::new(l2, snapshot, policy, metrics.clone()),
+                metrics,
+                dump,
+                addrs,
+            )
+            .await
+        }
+        FeatureSource::Snapshot => {
+            features_with(
+                FeatureStore::new(NoL2, snapshot, policy, metrics.clone()),
+                metrics,
+                dump,
+                addrs,
+            )
+            .await
+        }
+    }
+}
+
+async fn features_with<L: L2>(
+    store: FeatureStore<L>,
+    metrics: Arc<FeatureMetrics>,
+    dump: Option<PathBuf>,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let store = Arc::new(store);
+    if let Some(path) = &dump
+        && path.exists()
+    {
+        match store.warm(path).await {
+            Ok(n) => tracing::info!(n, path = %path.display(), "features: warmed L1"),
+            Err(e) => tracing::warn!(error = %e, path = %path.display(), "features: unreadable L1 dump; starting cold"),
+        }
+    }
+    let service = Arc::new(FeatureService { store: store.clone() });
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    let on_stop = {
+        let store = store.clone();
+        async move {
+            if let Some(path) = dump {
+                match store.dump(&path).await {
+                    Ok(n) => tracing::info!(n, path = %path.display(), "features: dumped L1"),
+                    Err(e) => tracing::warn!(error = %e, path = %path.display(), "features: L1 dump failed"),
+                }
+            }
+        }
+    };
+    spawn(
+        "features",
+        addrs,
+        Some(Routes::new(FeaturesServer::from_arc(service.clone()))),
+        ops_router(encode),
+        DirectService::Features(service),
+        on_stop,
+    )
+    .await
+}
+
+/// The ranking service: loads the models (failing fast on a bad model or card), then watches
+/// their files every `reload` for a hot swap.
+pub async fn ranking(
+    items: Arc<Snapshot>,
+    sources: ModelSources,
+    reload: Duration,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let metrics = Arc::new(RankingMetrics::default());
+    let set = {
+        let (s, i, m) = (sources.clone(), items.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || load_models(&s, &i, m))
+            .await
+            .map_err(|e| ServeError::Server {
+                service: "ranking",
+                message: format!("model loader: {e}"),
+            })??
+    };
+    tracing::info!(
+        version = set.primary.batcher.version(),
+        first_stage_folded = set.primary.folded.is_some(),
+        "ranking: model loaded"
+    );
+    let models = Arc::new(ArcSwap::from_pointee(set));
+    let watcher = tokio::spawn(watch_models(
+        models.clone(),
+        sources,
+        items.clone(),
+        reload,
+        metrics.clone(),
+    ));
+    let service = Arc::new(RankingService {
+        models,
+        metrics: metrics.clone(),
+    });
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    spawn(
+        "ranking",
+        addrs,
+        Some(Routes::new(RankingServer::from_arc(service.clone()))),
+        ops_router(encode),
+        DirectService::Ranking(service),
+        async move { watcher.abort() },
+    )
+    .await
+}
+
+/// The rerank service with its business rules (block list, pins) in `config` and its A/B
+/// experiment on MMR's trade-off.
+pub async fn rerank(
+    items: Arc<Snapshot>,
+    config: RerankConfig,
+    experiment: Experiment,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let metrics = Arc::new(RerankMetrics::default());
+    let service = Arc::new(RerankService::new(items, config, experiment, metrics.clone()));
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    spawn(
+        "rerank",
+        addrs,
+        Some(Routes::new(RerankServer::from_arc(service.clone()))),
+        ops_router(encode),
+        DirectService::Rerank(service),
+        async {},
+    )
+    .await
+}
+
+/// Where the gateway's traces go.
+pub enum GatewayTraces {
+    Off,
+    /// The newest traces in memory (tests).
+    Memory(Arc<MemorySink>),
+    /// Through the writer queue into a store; with `retention_days`, older traces are deleted
+    /// hourly (an embedded store is checked every minute, for its size cap too).
+    Store {
+        store: Arc<dyn TraceStore>,
+        writer: WriterConfig,
+        retention_days: Option<u32>,
+    },
+}
+
+/// The gateway: HTTP API (with the operational endpoints) and gRPC. Stopping it flushes the
+/// trace writer.
+pub async fn gateway(
+    catalogue: Arc<Catalogue>,
+    links: Links,
+    config: GatewayConfig,
+    traces: GatewayTraces,
+    addrs: Addrs,
+) -> Result<Service, ServeError> {
+    let mut metrics = GatewayMetrics::default();
+    let (sink, writer): (Arc<dyn TraceSink>, _) = match traces {
+        GatewayTraces::Off => (Arc::new(NoSink), None),
+        GatewayTraces::Memory(memory) => (memory, None),
+        GatewayTraces::Store {
+            store,
+            writer,
+            retention_days,
+        } => {
+            let (writer, task) = TraceWriter::spawn(store.clone(), writer, &mut metrics.registry);
+            // An embedded store also keeps under its size cap, checked every minute (a
+            // minute of traces is tens of MB at hundreds of requests a second).
+            let every = Duration::from_secs(if store.kind() == "embedded" { 60 } else { 3_600 });
+            let retention = retention_days.map(|days| spawn_retention(store, days, every));
+            (Arc::new(writer), Some((task, retention)))
+        }
+    };
+    let metrics = Arc::new(metrics);
+    let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
+    let http = crate::gateway::http::router(gateway.clone(), Arc::new(AtomicBool::new(true)));
+    spawn(
+        "gateway",
+        addrs,
+        Some(Routes::new(GatewayServer::new(GatewayGrpc(gateway)))),
+        http,
+        DirectService::None,
+        async move {
+            if let Some((task, retention)) = writer {
+                if let Some(r) = retention {
+                    r.abort();
+                }
+                task.shutdown().await;
+            }
+        },
+    )
+    .await
+}
+
+/// The trace query API (HTTP only) over `store`; `index` lets why-not say "not in the index".
+pub async fn trace_query(
+    store: Arc<dyn TraceStore>,
+    index: Option<Arc<dyn ItemIndex>>,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let api = recstack_trace_store::api::router(recstack_trace_store::api::ApiState { store, index });
+    http_service("traces", "recstack_trace_api", "Query API requests", api, http).await
+}
+
+/// The ingest service over `log`: HTTP `POST /v1/events` and gRPC `PostEvents`. It first
+/// reloads the event ids of the log's tail, so a restart still refuses retried events.
+pub async fn ingest<L: EventLog>(log: Arc<L>, seen: SeenLink, addrs: Addrs) -> Result<Service, ServeError> {
+    let ingest = Arc::new(Ingest::new(log, seen, 2_000_000, Duration::from_secs(3_600)));
+    match ingest.warm(100_000).await {
+        Ok(n) => tracing::info!(n, "ingest: reloaded recent event ids"),
+        Err(e) => tracing::warn!(error = %e, "ingest: could not read the log's tail; dedup starts empty"),
+    }
+    let http = crate::events::ingest::router(ingest.clone());
+    spawn(
+        "ingest",
+        addrs,
+        Some(Routes::new(IngestServer::new(IngestGrpc(ingest)))),
+        http,
+        DirectService::None,
+        async {},
+    )
+    .await
+}
+
+/// The built-in stream job (HTTP: `/metrics`, `/healthz`, `/readyz`). Stopping it lets the
+/// worker finish its round and commit what is safe.
+pub async fn stream<L: EventLog, S: FeatureSink>(
+    worker: Worker<L, S>,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let metrics = worker.metrics.clone();
+    let encode: ops::Encode = Arc::new(move || metrics.encode());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = spawn(
+        "stream",
+        Addrs { grpc: http, http },
+        None,
+        ops_router(encode),
+        DirectService::None,
+        async move {
+            let _ = done_rx.await;
+        },
+    )
+    .await?;
+    let stop = service.stopped();
+    tokio::spawn(async move {
+        if let Err(e) = worker.run(stop, false).await {
+            tracing::error!(error = %e, "stream worker stopped");
+        }
+        let _ = done_tx.send(());
+    });
+    Ok(service)
+}
+
+/// The built-in stream job over `log` into `sink` with live settings for `window`.
+pub async fn stream_job<L: EventLog, S: FeatureSink>(
+    log: Arc<L>,
+    sink: Arc<S>,
+    snapshot: Arc<Snapshot>,
+    window: WindowConfig,
+    http: SocketAddr,
+) -> Result<Service, ServeError> {
+    let worker = Worker {
+        log,
+        sink,
+        snapshot,
+        config: StreamConfig::live(window),
+        metrics: Arc::new(StreamMetrics::default()),
+    };
+    stream(worker, http).await
+}
