@@ -47,6 +47,23 @@ pub fn has_browser_build(site_root: &Path) -> bool {
 }
 
 /// The dashboard's routes: the pages, their server functions under `/api`, and `/pkg`.
+impl DashboardConfig {
+    /// A dashboard over the trace query API at `traces_url` whose status page checks the
+    /// `/readyz` of each `(name, base URL)` component: the local stack's.
+    pub fn local(traces_url: String, components: Vec<(String, String)>, site_root: Option<PathBuf>) -> Self {
+        Self {
+            traces_url,
+            status: StatusSource::local(
+                components
+                    .into_iter()
+                    .map(|(name, url)| LocalComponent { name, url })
+                    .collect(),
+            ),
+            site_root,
+        }
+    }
+}
+
 pub fn router(config: DashboardConfig) -> Router {
     let site_root = config.site_root.filter(|r| {
         let ok = has_browser_build(r);

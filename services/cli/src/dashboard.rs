@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource, router};
+use recstack_dashboard::server::{DashboardConfig, router};
 use recstack_services::serve::{self, LocalDashboard, MakeDashboard, ServeError, Service};
 
 /// The dashboard (HTTP only): pages and their server functions over the trace query API at
@@ -19,17 +19,5 @@ pub async fn serve(config: DashboardConfig, http: SocketAddr) -> Result<Service,
 /// The local stack's dashboard: status from the health of its components, the browser build
 /// from `site_root` (without one pages are served without hydration).
 pub fn local(site_root: Option<PathBuf>) -> MakeDashboard {
-    Box::new(move |local: LocalDashboard| {
-        router(DashboardConfig {
-            traces_url: local.traces_url,
-            status: StatusSource::local(
-                local
-                    .components
-                    .into_iter()
-                    .map(|(name, url)| LocalComponent { name, url })
-                    .collect(),
-            ),
-            site_root,
-        })
-    })
+    Box::new(move |local: LocalDashboard| router(DashboardConfig::local(local.traces_url, local.components, site_root)))
 }

@@ -175,20 +175,10 @@ fn site() -> PathBuf {
 }
 
 async fn start(trace_file: &Path) -> LocalStack {
-    use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource, router};
+    use recstack_dashboard::server::{DashboardConfig, router};
     let site = site();
     let dashboard: serve::MakeDashboard = Box::new(move |local: serve::LocalDashboard| {
-        router(DashboardConfig {
-            traces_url: local.traces_url,
-            status: StatusSource::local(
-                local
-                    .components
-                    .into_iter()
-                    .map(|(name, url)| LocalComponent { name, url })
-                    .collect(),
-            ),
-            site_root: Some(site),
-        })
+        router(DashboardConfig::local(local.traces_url, local.components, Some(site)))
     });
     let opts = common::traced_stack(trace_file, Some(dashboard));
     serve::start_local(common::artifact_root(), opts).await.unwrap()

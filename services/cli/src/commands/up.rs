@@ -144,12 +144,12 @@ async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf) -> anyh
         );
     }
     println!(
-        "  cargo run -p recstack-services -- query --user 1 --recall-addr {} --features-addr {}",
+        "  cargo run -p recstack-cli -- query --user 1 --recall-addr {} --features-addr {}",
         stack.get("recall").grpc.map(|a| a.to_string()).unwrap_or_default(),
         stack.get("features").grpc.map(|a| a.to_string()).unwrap_or_default()
     );
     println!(
-        "  cargo run --release -p recstack-services -- bench --gateway {} --rate 200",
+        "  cargo run --release -p recstack-cli -- bench --gateway {} --rate 200",
         gw.grpc_url()
     );
     if let Some(traces) = stack.find("traces") {
