@@ -13,6 +13,7 @@ use recstack_core::degrade::{Level, LevelPlan, Stage, after_failure, stage_end};
 use recstack_core::recall::Source;
 use recstack_trace_store::{ChannelCount, StageRecord};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tonic::{Request as Call, Response, Status};
 
 use super::Gateway;
@@ -36,8 +37,9 @@ pub(super) struct Cand {
     pub id: String,
     /// What orders it before ranking (fused score, or hot score).
     pub prior: f32,
-    /// Every recall channel that produced it (none at the popular level).
-    pub sources: Vec<Source>,
+    /// Every recall channel that produced it (none at the popular level); most items come
+    /// from one or two, held inline (a request carries ~1,000 candidates).
+    pub sources: SmallVec<[Source; 2]>,
     /// 0-based position in recall's merged list.
     pub recall_position: Option<u32>,
     pub rank_score: Option<f32>,
@@ -212,7 +214,7 @@ impl Gateway {
             .map(|(id, s)| Cand {
                 id: id.clone(),
                 prior: *s,
-                sources: Vec::new(),
+                sources: SmallVec::new(),
                 recall_position: None,
                 rank_score: None,
             })
@@ -339,7 +341,7 @@ impl Gateway {
                         item_id: c.id.clone(),
                         title: self.catalogue.title(&c.id),
                         score: c.score(),
-                        sources: c.sources.clone(),
+                        sources: c.sources.to_vec(),
                         ranked_position: Some(*i as u32),
                         rerank_rule: rule.clone(),
                     }
