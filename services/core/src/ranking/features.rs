@@ -123,6 +123,7 @@ impl RowWriter {
     }
 
     /// Computes `item`'s part of the rows once; [`RowWriter::push_item`] adds it to a user's.
+    #[inline]
     pub fn item(&self, item: &ItemFeatures) -> ItemRow {
         let row = Row {
             user_id: "",
@@ -180,6 +181,7 @@ impl RowWriter {
 
     /// Appends the row for (user, a known item) from both precomputed parts, computing only
     /// the features that cross them.
+    #[inline]
     pub fn push_item(
         &self,
         user: &UserRow,
@@ -220,6 +222,7 @@ impl RowWriter {
     }
 
     /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
+    #[inline]
     pub fn user<'a>(&self, user_id: &'a str, user: Option<&'a UserFeatures>) -> UserRow<'a> {
         let row = Row {
             user_id,
@@ -242,6 +245,7 @@ impl RowWriter {
 
     /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
     /// or item has `None` and gets the features' neutral values.
+    #[inline]
     pub fn push(
         &self,
         user: &UserRow,
