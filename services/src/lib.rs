@@ -30,6 +30,5 @@ pub mod serve;
 pub mod stream;
 pub mod traces;
 
-pub use recstack_core::{source_file, stable_hash};
 /// The runtime config the operator writes and every service reads: one type, in the CRD crate.
 pub use recstack_crds::runtime as config;

@@ -213,9 +213,7 @@ impl Gateway {
             level = Level::Reduced;
             degraded.push(shed);
         }
-        let mut r = Request::new(q, Self::ids(seq, traceparent), start, timeout, level);
-        r.degraded = degraded;
-        r
+        Request::new(q, Self::ids(seq, traceparent), start, timeout, level, degraded)
     }
 
     /// Counts the answer, feeds the latency objective, and hands the trace to the sink.

@@ -110,7 +110,15 @@ pub(super) struct Request {
 }
 
 impl Request {
-    pub fn new(q: Query, ids: (String, String), start: Instant, timeout: Duration, level: Level) -> Self {
+    /// A request starting at `level`, for the reasons in `degraded`.
+    pub fn new(
+        q: Query,
+        ids: (String, String),
+        start: Instant,
+        timeout: Duration,
+        level: Level,
+        degraded: Vec<String>,
+    ) -> Self {
         Self {
             q,
             request_id: ids.0,
@@ -118,7 +126,7 @@ impl Request {
             start,
             timeout,
             level,
-            degraded: Vec::new(),
+            degraded,
             stages: Vec::new(),
             user: None,
             candidates: Vec::new(),

@@ -26,16 +26,27 @@ fn source_records(c: &Cand) -> Vec<SourceRecord> {
 
 /// The trace of `r`, answered with `response`; `full`: every candidate, not only the served.
 pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace {
-    let mut stages = r.stages.clone();
+    let recalled = (r.candidates.len() + r.below_cut.len()) as u32;
+    let ranked = r.candidates.iter().filter(|c| c.rank_score.is_some()).count() as u32;
+    let served = r.served.len() as u32;
+    let items = lineage(&r, response);
+    let candidates = if full { candidate_fates(&r) } else { Vec::new() };
+    // What the trace keeps of the request's state is moved, not copied.
+    let Request {
+        q,
+        mut stages,
+        channels,
+        filtered_seen,
+        ..
+    } = r;
     for s in &mut stages {
         s.items_out = match s.name.as_str() {
-            "recall" => (r.candidates.len() + r.below_cut.len()) as u32,
-            "ranking" => r.candidates.iter().filter(|c| c.rank_score.is_some()).count() as u32,
-            "rerank" => r.served.len() as u32,
+            "recall" => recalled,
+            "ranking" => ranked,
+            "rerank" => served,
             _ => 0,
         };
     }
-    let candidates = if full { candidate_fates(&r) } else { Vec::new() };
     Trace {
         schema: recstack_trace_store::SCHEMA_VERSION,
         request_id: response.request_id.clone(),
@@ -44,8 +55,8 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as i64,
-        user_id: r.q.user_id.clone(),
-        scene: r.q.scene.clone(),
+        user_id: q.user_id,
+        scene: q.scene,
         detail: if full { Detail::Full } else { Detail::Summary },
         level: response.level.clone(),
         degraded: response.degraded.clone(),
@@ -56,9 +67,9 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
         artifact_version: Some(response.artifact_version.clone()),
         latency_us: response.latency_us,
         stages,
-        channels: r.channels.clone(),
-        items: lineage(&r, response),
-        filtered_seen: r.filtered_seen,
+        channels,
+        items,
+        filtered_seen,
         candidates,
     }
 }
