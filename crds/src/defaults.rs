@@ -66,9 +66,11 @@ pub fn yes() -> bool {
 pub fn max_unavailable() -> i32 {
     1
 }
-pub fn online_priority() -> i32 {
-    100_000
+/// The install's PriorityClass for online serving (manifests/install/priority-classes.yaml).
+pub fn online_priority_class() -> String {
+    "recstack-online".into()
 }
-pub fn offline_priority() -> i32 {
-    1_000
+/// The install's PriorityClass for streaming and offline work.
+pub fn offline_priority_class() -> String {
+    "recstack-offline".into()
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod defaults;
 pub mod runtime;
+pub mod strict;
 
 /// CEL rules shared by several component types.
 mod rules {
@@ -61,6 +62,7 @@ pub fn crd_yaml() -> String {
     namespaced,
     cel,
     status = "RecommenderStackStatus",
+    validation = Rule::new("self.metadata.name.size() <= 51 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 51 characters (lower-case letters, digits and '-', starting with a letter): every name derived from it, up to <name>-stream-rest, must fit in 63"),
     doc = "A recommendation stack: multi-channel recall, ONNX ranking (CPU or GPU), rerank, real-time features, event ingest and streaming aggregation, with traces that explain every recommendation.",
     printcolumn(
         name = "Ready",
@@ -90,7 +92,7 @@ pub fn crd_yaml() -> String {
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers"),
     validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)")
@@ -157,7 +159,7 @@ pub struct RecommenderStackSpec {
 
 /// Settings shared by every component's workload.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
@@ -188,7 +190,7 @@ pub struct ComponentSpec {
 
 /// The gateway's workload and the latency it keeps.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
@@ -232,7 +234,7 @@ impl Default for GatewaySpec {
 
 /// Horizontal Pod Autoscaler settings (autoscaling/v2).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
@@ -269,7 +271,7 @@ impl Default for AutoscalingSpec {
 
 /// The ranking component: its workload, model, request batching and GPUs.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
@@ -304,7 +306,7 @@ pub struct RankingSpec {
 
 /// The ranking model. Every score is recorded with the version that produced it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new("self.canaryPercent >= 0 && self.canaryPercent <= 100").message("ranking.model.canaryPercent must be between 0 and 100"),
@@ -345,7 +347,7 @@ impl Default for ModelSpec {
 /// Dynamic batching: concurrent requests are scored together, up to `maxBatch` candidates or
 /// `maxWaitMicros` of waiting, whichever comes first.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BatchingSpec {
     /// Most candidates in one model call.
     #[serde(default = "defaults::max_batch")]
@@ -368,7 +370,7 @@ impl Default for BatchingSpec {
 
 /// GPUs for the ranking pods (CUDA execution provider of onnxruntime).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GpuSpec {
     /// GPUs per ranking pod (`nvidia.com/gpu` limit).
     #[serde(default = "defaults::gpu_count")]
@@ -385,7 +387,7 @@ pub struct GpuSpec {
 
 /// The feature service and its Redis L2 cache.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
@@ -429,7 +431,7 @@ pub enum StreamEngine {
 /// Streaming aggregation: tumbling windows over behaviour events (impressions, clicks, CTR per
 /// item; recent items per user) written to the feature store and the hot list.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new("self.engine == 'flink' || !has(self.flink)").message("stream.flink settings are only allowed when stream.engine is 'flink'"),
@@ -470,7 +472,7 @@ impl Default for StreamSpec {
 
 /// The built-in stream worker's container.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct StreamWorkloadSpec {
     /// Container image; defaults to `spec.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -482,7 +484,7 @@ pub struct StreamWorkloadSpec {
 
 /// The Flink job (needs the Apache Flink Kubernetes Operator in the cluster).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new("self.version.matches('^v[0-9]+_[0-9]+$')").message("stream.flink.version must look like v1_20 (the Flink operator's FlinkVersion)")
@@ -525,7 +527,7 @@ impl Default for FlinkSpec {
 
 /// A Kafka-protocol event log.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new("self.bootstrapServers.all(s, s.matches('^[A-Za-z0-9.-]+:[0-9]+$'))").message("eventLog.bootstrapServers entries must be host:port")
@@ -541,7 +543,7 @@ pub struct EventLogSpec {
 
 /// Elasticsearch trace store.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new("self.elasticsearchUrl.startsWith('http://') || self.elasticsearchUrl.startsWith('https://')").message("traceStore.elasticsearchUrl must be an http:// or https:// URL"),
@@ -566,7 +568,7 @@ pub struct TraceStoreSpec {
 
 /// The dashboard and the trace query service behind it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     validation = Rule::new(rules::NO_GPU_LIMITS).message(rules::NO_GPU_MSG),
@@ -598,7 +600,7 @@ impl Default for DashboardSpec {
 
 /// A reference to a Secret in the stack's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// The Secret's name.
     #[schemars(length(min = 1, max = 253))]
@@ -607,7 +609,7 @@ pub struct SecretRef {
 
 /// Cluster policies around the workloads.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PoliciesSpec {
     /// PodDisruptionBudgets for every component.
     #[serde(default)]
@@ -622,7 +624,7 @@ pub struct PoliciesSpec {
 
 /// PodDisruptionBudget policy.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PdbPolicy {
     /// Create a PodDisruptionBudget per component.
     #[serde(default = "defaults::yes")]
@@ -644,7 +646,7 @@ impl Default for PdbPolicy {
 
 /// NetworkPolicy policy.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NetworkPolicyPolicy {
     /// Create the default-deny policy and the allow graph.
     #[serde(default = "defaults::yes")]
@@ -669,33 +671,36 @@ impl Default for NetworkPolicyPolicy {
     }
 }
 
-/// PriorityClass policy.
+/// PriorityClass policy: which PriorityClasses the stack's pods run under.
+///
+/// The classes belong to the install (`manifests/install/priority-classes.yaml` ships
+/// `recstack-online` and `recstack-offline`), not to the stack: a PriorityClass is
+/// cluster-wide, so letting every namespace that may create a stack mint one would let any
+/// tenant preempt every other. A stack only names classes a cluster admin created — as any pod
+/// in its namespace could — and admins bound their use with a ResourceQuota scoped by
+/// PriorityClass.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
-    cel,
-    validation = Rule::new("self.onlineValue > self.offlineValue").message("priorityClasses.onlineValue must be greater than offlineValue: online serving preempts streaming, not the other way round")
-)]
+#[serde(rename_all = "camelCase")]
 pub struct PriorityClassPolicy {
-    /// Create the stack's two PriorityClasses (cluster-scoped; removed with the stack).
+    /// Set `priorityClassName` on the stack's pods.
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
-    /// Priority of the online components (gateway, recall, ranking, rerank, feature, ingest).
-    #[serde(default = "defaults::online_priority")]
-    #[schemars(range(min = 0, max = 1000000000))]
-    pub online_value: i32,
-    /// Priority of streaming and other offline work. It never preempts other pods.
-    #[serde(default = "defaults::offline_priority")]
-    #[schemars(range(min = -1000000000, max = 1000000000))]
-    pub offline_value: i32,
+    /// Class of the online components (gateway, recall, ranking, rerank, feature, ingest).
+    #[serde(default = "defaults::online_priority_class")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub online: String,
+    /// Class of streaming and other offline work (the install's never preempts).
+    #[serde(default = "defaults::offline_priority_class")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub offline: String,
 }
 
 impl Default for PriorityClassPolicy {
     fn default() -> Self {
         Self {
             enabled: true,
-            online_value: defaults::online_priority(),
-            offline_value: defaults::offline_priority(),
+            online: defaults::online_priority_class(),
+            offline: defaults::offline_priority_class(),
         }
     }
 }

@@ -9,17 +9,79 @@ use serde_json::Value;
 /// True when every field in `desired` is present in `live` with an equal value. Objects are
 /// compared key by key (extra live keys are fine); arrays element by element with equal
 /// length (an extra live element means someone added one and we must apply to remove it).
+/// Resource quantities compare by value: the API server stores `1000m` as `1` and `1024Mi` as
+/// `1Gi`, and reading that back as a change would re-apply the stack on every pass.
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    subset_at(desired, live, false)
+}
+
+/// Keys whose string values (directly, or in the map below them) are quantities.
+fn holds_quantities(key: &str) -> bool {
+    matches!(key, "requests" | "limits" | "averageValue" | "sizeLimit")
+}
+
+fn subset_at(desired: &Value, live: &Value, quantity: bool) -> bool {
     match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d
-            .iter()
-            .all(|(k, dv)| l.get(k).is_some_and(|lv| is_subset(dv, lv)) || dv.is_null()),
-        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv)),
-        // The API server normalizes numbers sent as strings in some places (quantities) but
-        // not others; compare numbers by value so 1 and 1.0 agree.
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| {
+            let q = holds_quantities(k) || (k == "value" && d.contains_key("type") && is_metric_target(d));
+            l.get(k).is_some_and(|lv| subset_at(dv, lv, q)) || dv.is_null()
+        }),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| subset_at(dv, lv, false))
+        }
+        // The API server normalizes numbers sent as strings in some places but not others;
+        // compare numbers by value so 1 and 1.0 agree.
         (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
+        (Value::String(d), Value::String(l)) if quantity && d != l => {
+            matches!((quantity_value(d), quantity_value(l)), (Some(a), Some(b)) if a == b)
+        }
+        (Value::String(d), Value::Number(l)) | (Value::Number(l), Value::String(d)) if quantity => {
+            quantity_value(d).zip(l.as_f64()).is_some_and(|(a, b)| (a - b).abs() < f64::EPSILON)
+        }
         (d, l) => d == l,
     }
+}
+
+/// An HPA metric target (`{type: Utilization|Value|AverageValue, value: …}`), whose `value`
+/// is a quantity; a container's env `{name, value}` has no `type` and stays a plain string.
+fn is_metric_target(target: &serde_json::Map<String, Value>) -> bool {
+    matches!(
+        target.get("type").and_then(Value::as_str),
+        Some("Value" | "AverageValue" | "Utilization")
+    )
+}
+
+/// A Kubernetes resource quantity's value (`500m` → 0.5, `1Gi` → 1073741824, `1e3` → 1000),
+/// or `None` when `s` is not a quantity.
+pub fn quantity_value(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '+' || c == '-') && i == 0)))
+        .map_or(s.len(), |(i, _)| i);
+    let (number, suffix) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(number * scale)
 }
 
 #[cfg(test)]
@@ -57,6 +119,38 @@ mod tests {
             &desired,
             &json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2}]})
         ));
+    }
+
+    #[test]
+    fn quantities_compare_by_value_where_the_server_canonicalises_them() {
+        let desired = json!({"resources": {"requests": {"cpu": "1000m", "memory": "1024Mi"},
+            "limits": {"nvidia.com/gpu": "1"}}});
+        let live = json!({"resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+            "limits": {"nvidia.com/gpu": "1"}}});
+        assert!(is_subset(&desired, &live));
+        let changed = json!({"resources": {"requests": {"cpu": "2", "memory": "1Gi"},
+            "limits": {"nvidia.com/gpu": "1"}}});
+        assert!(!is_subset(&desired, &changed));
+        // HPA targets are quantities too; env values are not.
+        let hpa = json!({"target": {"type": "AverageValue", "averageValue": "500m"}});
+        assert!(is_subset(&hpa, &json!({"target": {"type": "AverageValue", "averageValue": "0.5"}})));
+        let target = json!({"target": {"type": "Value", "value": "1k"}});
+        assert!(is_subset(&target, &json!({"target": {"type": "Value", "value": "1000"}})));
+        let env = json!({"env": [{"name": "N", "value": "1000m"}]});
+        assert!(!is_subset(&env, &json!({"env": [{"name": "N", "value": "1"}]})));
+    }
+
+    #[test]
+    fn quantity_values() {
+        use super::quantity_value as q;
+        assert_eq!(q("500m"), Some(0.5));
+        assert_eq!(q("1Gi"), Some(1073741824.0));
+        assert_eq!(q("1e3"), Some(1000.0));
+        assert_eq!(q("2"), Some(2.0));
+        assert_eq!(q("1.5k"), Some(1500.0));
+        assert_eq!(q("abc"), None);
+        assert_eq!(q("1Xi"), None);
+        assert_eq!(q(""), None);
     }
 
     #[test]

@@ -7,10 +7,14 @@ use recstack_crds::Component;
 
 /// The single field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "recstack-operator";
-/// Finalizer that removes the stack's cluster-scoped PriorityClasses on deletion.
+/// Finalizer under which the operator sees a stack's deletion through: it removes what owner
+/// references cannot (PriorityClasses that operators before 0.2 created per stack), records
+/// the deletion as an Event and forgets the stack's retry state.
 pub const FINALIZER: &str = "recstack.io/cleanup";
 
 pub const STACK: &str = "recstack.io/stack";
+/// On the per-stack PriorityClasses of operators before 0.2 (cluster-scoped, so labelled with
+/// the stack's namespace); read only to delete them.
 pub const STACK_NAMESPACE: &str = "recstack.io/stack-namespace";
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -51,8 +55,13 @@ pub fn children_selector(stack: &str) -> String {
     format!("{MANAGED_BY}={FIELD_MANAGER},{STACK}={stack}")
 }
 
-/// Label selector for the cluster-scoped children of `stack` in `namespace`.
-pub fn cluster_children_selector(namespace: &str, stack: &str) -> String {
+/// The labels [`children_selector`] selects on, as pairs.
+pub fn stack_selector_labels(stack: &str) -> [(&'static str, String); 2] {
+    [(MANAGED_BY, FIELD_MANAGER.to_string()), (STACK, stack.to_string())]
+}
+
+/// Label selector for the PriorityClasses operators before 0.2 created per stack.
+pub fn legacy_priority_class_selector(namespace: &str, stack: &str) -> String {
     format!("{},{STACK_NAMESPACE}={namespace}", children_selector(stack))
 }
 
@@ -61,7 +70,39 @@ pub fn component_name(stack: &str, component: Component) -> String {
     format!("{stack}-{}", component.name())
 }
 
-/// Name of one of the stack's PriorityClasses; cluster-scoped, so it includes the namespace.
-pub fn priority_class_name(namespace: &str, stack: &str, tier: &str) -> String {
-    format!("recstack-{namespace}-{stack}-{tier}")
+/// Longest stack name: every derived name must fit. The longest derived DNS-1035 label is the
+/// Service the Flink operator makes for a FlinkDeployment, `<stack>-stream-rest` (63 - 12).
+/// The CRD enforces it with a CEL rule on `metadata.name`; `render` checks it too.
+pub const MAX_STACK_NAME: usize = 51;
+
+/// Whether `name` can name a stack (the CRD's CEL rule on `metadata.name`, client-side).
+pub fn valid_stack_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_STACK_NAME
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_names_that_fit_every_derived_name() {
+        for ok in ["a", "minimal", "gpu-ranking-2", &"a".repeat(MAX_STACK_NAME)] {
+            assert!(valid_stack_name(ok), "{ok}");
+        }
+        let too_long = "a".repeat(MAX_STACK_NAME + 1);
+        for bad in ["", "1abc", "-abc", "abc-", "Abc", "a_b", "a.b", too_long.as_str()] {
+            assert!(!valid_stack_name(bad), "{bad}");
+        }
+        // The longest derived names fit their limits.
+        let longest = "a".repeat(MAX_STACK_NAME);
+        assert!(format!("{longest}-stream-rest").len() <= 63);
+        for c in Component::ALL {
+            assert!(component_name(&longest, c).len() <= 63);
+        }
+    }
 }

@@ -12,7 +12,8 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use recstack_crds::RecommenderStack;
 use recstack_operator::metrics::Metrics;
-use recstack_operator::reconcile::{self, Context};
+use futures::FutureExt;
+use recstack_operator::reconcile;
 use recstack_operator::{render, server};
 use tracing::info;
 
@@ -83,8 +84,19 @@ async fn main() -> anyhow::Result<()> {
 /// Reads, validates (CEL rules included) and renders a stack file to multi-document YAML.
 fn render_file(file: &PathBuf, namespace: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML or JSON", file.display()))?;
+    let unknown = recstack_crds::strict::unknown_fields(&value);
+    if !unknown.is_empty() {
+        bail!(
+            "{} is not a valid RecommenderStack: unknown field{} {}",
+            file.display(),
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+        );
+    }
     let mut stack: RecommenderStack =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid RecommenderStack", file.display()))?;
+        serde_json::from_value(value).with_context(|| format!("{} is not a valid RecommenderStack", file.display()))?;
     if let Err(errors) = stack.validate_cel() {
         bail!("{} breaks the CRD's validation rules:\n{errors}", file.display());
     }
@@ -130,11 +142,14 @@ async fn run(
         .context("setting up leader election")?;
     let (mut leader, lease_task) = leases.watch().await;
     ready.store(true, Ordering::Relaxed);
-    let ctx = Arc::new(Context::new(client, metrics.clone(), Some(identity)));
+    // Kubernetes stops a pod with SIGTERM; a terminal with SIGINT. Either ends the loop below,
+    // drains the running reconciles and releases the Lease, so a standby takes over at once
+    // instead of after the lease expires.
+    let stop = stop_signal().shared();
 
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop.clone() => break,
             changed = async {
                 while !*leader.borrow_and_update() {
                     leader.changed().await?;
@@ -145,18 +160,24 @@ async fn run(
         info!("became leader; reconciling");
         metrics.leader.set(1);
         let mut lost = leader.clone();
-        let lost = async move {
-            while *lost.borrow_and_update() {
-                if lost.changed().await.is_err() {
-                    break;
-                }
+        let stop_now = stop.clone();
+        let until = async move {
+            tokio::select! {
+                _ = async {
+                    while *lost.borrow_and_update() {
+                        if lost.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                } => info!("lost leadership; standing by"),
+                _ = stop_now => info!("stopping: finishing running reconciles"),
             }
         };
-        tokio::select! {
-            _ = reconcile::run(ctx.clone(), concurrency, lost) => info!("lost leadership; standing by"),
-            _ = tokio::signal::ctrl_c() => { metrics.leader.set(0); break; }
-        }
+        reconcile::run(client.clone(), metrics.clone(), Some(identity.clone()), concurrency, until).await;
         metrics.leader.set(0);
+        if stop.peek().is_some() {
+            break;
+        }
     }
     drop(leader);
     let manager = lease_task
@@ -164,5 +185,23 @@ async fn run(
         .context("leader election task")?
         .context("leader election")?;
     manager.release().await.context("releasing the lease")?;
+    info!("lease released; stopped");
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -14,7 +14,10 @@ pub struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub error: &'static str,
+    /// Where the reconcile failed: render, list, apply, status, finalizer, spec.
+    pub stage: &'static str,
+    /// Why: forbidden, conflict, invalid, not_found, throttled, server_error, connection, …
+    pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,7 +49,7 @@ impl Default for Metrics {
         let status_writes = Counter::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles by outcome (ok, error)", reconciles.clone());
-        registry.register("reconcile_errors", "Reconcile errors by kind", errors.clone());
+        registry.register("reconcile_errors", "Reconcile errors by stage and cause", errors.clone());
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
         registry.register(
             "child_writes",

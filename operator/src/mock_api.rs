@@ -196,7 +196,14 @@ impl MockApi {
                     .and_then(Value::as_i64)
                     .unwrap_or_else(|| hpa_min.get(&(ns_prefix, name.clone())).copied().unwrap_or(1));
                 o["spec"]["replicas"] = json!(replicas);
-                o["status"] = json!({ "replicas": replicas, "readyReplicas": replicas });
+                let generation = o.pointer("/metadata/generation").cloned().unwrap_or(json!(1));
+                o["status"] = json!({
+                    "observedGeneration": generation,
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                });
             }
         }
     }

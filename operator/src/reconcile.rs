@@ -1,26 +1,25 @@
 //! The reconcile loop: the only place the operator talks to the API server.
 //!
-//! One pass: render the desired children (pure), list what the stack owns (one LIST per kind,
-//! by label), apply with server-side apply only what differs, prune what is no longer wanted,
-//! then write status if it changed. A pass over an unchanged stack makes no write at all.
+//! One pass: render the desired children (pure), read what the stack owns from the watch
+//! caches (no request), apply with server-side apply only what differs, prune what is no
+//! longer wanted, then write status if it changed. A pass over an unchanged stack makes no
+//! request at all. Every owned kind is watched, so a child deleted or edited by someone else
+//! brings its stack back within a second, not at the next resync.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use recstack_crds::{Component, RecommenderStack, StreamEngine};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -64,8 +63,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// Label for the errors metric.
-    pub fn metric_label(&self) -> &'static str {
+    /// Where in a reconcile it failed: the errors metric's `stage` label.
+    pub fn stage(&self) -> &'static str {
         match self {
             Error::Render(_) => "render",
             Error::List { .. } => "list",
@@ -75,6 +74,44 @@ impl Error {
             Error::MissingNamespace => "spec",
         }
     }
+
+    /// Why it failed: the errors metric's `cause` label (forbidden, conflict, invalid, …), so
+    /// an RBAC gap, a conflict and a network fault are told apart on a dashboard.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Error::Render(_) | Error::MissingNamespace => "invalid_spec",
+            Error::List { source, .. } | Error::Child { source, .. } | Error::Status(source) => cause(source),
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.cause()
+                }
+                kube::runtime::finalizer::Error::AddFinalizer(e)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(e) => cause(e),
+                kube::runtime::finalizer::Error::UnnamedObject
+                | kube::runtime::finalizer::Error::InvalidFinalizer => "client",
+            },
+        }
+    }
+}
+
+/// A kube error's cause, from the API server's status code or the kind of client failure.
+pub fn cause(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(status) => match status.code {
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            410 => "expired",
+            422 => "invalid",
+            429 => "throttled",
+            500..=599 => "server_error",
+            _ => "api",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::HttpError(_) => "connection",
+        kube::Error::SerdeError(_) => "decode",
+        _ => "client",
+    }
 }
 
 /// State shared by every reconcile and the web server.
@@ -82,10 +119,20 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Where a reconcile reads the children that exist.
+    children: Children,
     /// Consecutive failures per stack, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Clock for condition transition times; tests pin it.
     clock: fn() -> Time,
+}
+
+/// Where the live children come from.
+enum Children {
+    /// A LIST per kind and reconcile (tests against the in-memory API, which does not watch).
+    List,
+    /// The controller's watch caches, one per owned kind (what [`run`] uses).
+    Watched(BTreeMap<ChildKind, Store<DynamicObject>>),
 }
 
 impl Context {
@@ -98,6 +145,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            children: Children::List,
             failures: Mutex::default(),
             clock: || Time(jiff::Timestamp::now()),
         }
@@ -110,19 +158,48 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `concurrency` bounds parallel reconciles.
-pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
+/// Watches every stack and every kind a stack owns, and reconciles until `shutdown` resolves.
+/// `concurrency` bounds parallel reconciles. A reconcile reads the caches only once each holds
+/// a full list, so a restarted operator never mistakes an empty cache for missing children.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    identity: Option<String>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let owned = watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", labels::MANAGED_BY));
-    Controller::new(Api::<RecommenderStack>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client), owned)
+    let mut controller = Controller::new(Api::<RecommenderStack>::all(client.clone()), watcher::Config::default());
+    let mut stores = BTreeMap::new();
+    for kind in ChildKind::ALL {
+        if kind.optional() && !installed(&client, kind).await {
+            info!(kind = kind.kind(), "not installed in this cluster; not watched");
+            continue;
+        }
+        let ar = kind.api_resource();
+        let writer = reflector::store::Writer::new(ar.clone());
+        stores.insert(kind, writer.as_reader());
+        let keep_managed_fields = kind == ChildKind::Deployment;
+        let stream = watcher(Api::<DynamicObject>::all_with(client.clone(), &ar), owned.clone())
+            .default_backoff()
+            .modify(move |o| {
+                // Only Deployments' field ownership is read (the replicas hand-over).
+                if !keep_managed_fields {
+                    o.managed_fields_mut().clear();
+                }
+            })
+            .reflect(writer)
+            .touched_objects();
+        controller = controller.owns_stream_with(stream, ar);
+    }
+    let ctx = Arc::new(Context {
+        children: Children::Watched(stores.clone()),
+        ..Context::new(client, metrics, identity)
+    });
+    let controller = controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown);
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -130,6 +207,12 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             }
         })
         .await;
+}
+
+/// Whether an optional kind's CRD is served (a LIST of one answers 404 when it is not).
+async fn installed(client: &Client, kind: ChildKind) -> bool {
+    let api = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource());
+    !matches!(api.list(&ListParams::default().limit(1)).await, Err(kube::Error::Api(s)) if s.code == 404)
 }
 
 /// Reconciles one stack: adds the finalizer, then applies or cleans up.
@@ -156,7 +239,8 @@ pub fn error_policy(stack: Arc<RecommenderStack>, error: &Error, ctx: Arc<Contex
     ctx.metrics
         .errors
         .get_or_create(&ErrorLabels {
-            error: error.metric_label(),
+            stage: error.stage(),
+            cause: error.cause(),
         })
         .inc();
     let key = stack_key(&stack);
@@ -217,7 +301,7 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&stack_key(stack));
-            let settled = observed.iter().all(|o| o.ready >= o.desired);
+            let settled = observed.iter().all(status::Observed::rolled_out);
             Ok(Action::requeue(if settled { RESYNC } else { SETTLING }))
         }
     }
@@ -248,6 +332,18 @@ async fn sync_children(
             Some(_) => "Updated",
         };
         let api = child_api(ctx, child.kind, ns);
+        if let Some(current) = live.get(&key)
+            && let Some(replicas) = replicas_to_hand_over(&child, current)
+        {
+            hand_over_replicas(&api, &key.1, current, replicas)
+                .await
+                .map_err(|source| Error::Child {
+                    verb: "handing over replicas of",
+                    kind: child.kind.kind(),
+                    name: key.1.clone(),
+                    source,
+                })?;
+        }
         let applied = api
             .patch(
                 &key.1,
@@ -302,12 +398,56 @@ async fn sync_children(
     Ok(())
 }
 
-/// Deletes what owner references cannot: the cluster-scoped PriorityClasses.
+/// Field manager that keeps a Deployment's `spec.replicas` while an autoscaler takes it over.
+pub const HANDOVER_MANAGER: &str = "recstack-operator-handover";
+
+/// When a component moves from fixed replicas to an autoscaler, the operator stops applying
+/// `spec.replicas`. Server-side apply would then *remove* the field it no longer sends, and the
+/// Deployment would fall back to its default of 1 replica — scaling a loaded service down to
+/// one pod until the HPA reacts. The Kubernetes-documented way out: first give the field to
+/// another manager at its current value, then apply without it. Returns the replicas to keep,
+/// when that hand-over is due.
+pub fn replicas_to_hand_over(desired: &Child, live: &DynamicObject) -> Option<i64> {
+    if desired.kind != ChildKind::Deployment || desired.object.data.pointer("/spec/replicas").is_some() {
+        return None;
+    }
+    let replicas = live.data.pointer("/spec/replicas").and_then(Value::as_i64)?;
+    let ours = live.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    ours.then_some(replicas)
+}
+
+async fn hand_over_replicas(
+    api: &Api<DynamicObject>,
+    name: &str,
+    live: &DynamicObject,
+    replicas: i64,
+) -> Result<(), kube::Error> {
+    let types = live.types.clone().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": types.api_version,
+        "kind": types.kind,
+        "metadata": { "name": name },
+        "spec": { "replicas": replicas },
+    });
+    api.patch(name, &PatchParams::apply(HANDOVER_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Deletes what owner references cannot: PriorityClasses that operators before 0.2 created
+/// per stack (cluster-scoped, labelled with the stack and its namespace). Every other child
+/// has the stack as owner and goes with it through the garbage collector.
 async fn cleanup(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error> {
     let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
     let name = stack.name_any();
-    let api = child_api(ctx, ChildKind::PriorityClass, &ns);
-    let selector = labels::cluster_children_selector(&ns, &name);
+    let api: Api<PriorityClass> = Api::all(ctx.client.clone());
+    let selector = labels::legacy_priority_class_selector(&ns, &name);
     let classes = api
         .list(&ListParams::default().labels(&selector))
         .await
@@ -335,6 +475,10 @@ async fn cleanup(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Erro
             })
             .inc();
     }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&stack_key(stack));
     publish(
         ctx,
         stack,
@@ -347,34 +491,46 @@ async fn cleanup(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Erro
     Ok(Action::await_change())
 }
 
-/// Every child the stack owns now, by (kind, name). Kinds whose CRD is not installed (a 404
-/// on list) have none.
+/// Every child the stack owns now, by (kind, name): from the watch caches, or one LIST per
+/// kind without them. Kinds whose CRD is not installed have none.
 async fn list_children(
     ctx: &Context,
     ns: &str,
     stack: &str,
 ) -> Result<BTreeMap<(ChildKind, String), DynamicObject>, Error> {
     let mut live = BTreeMap::new();
-    for kind in ChildKind::ALL {
-        let selector = if kind.namespaced() {
-            labels::children_selector(stack)
-        } else {
-            labels::cluster_children_selector(ns, stack)
-        };
-        let list = match child_api(ctx, kind, ns)
-            .list(&ListParams::default().labels(&selector))
-            .await
-        {
-            Ok(list) => list.items,
-            Err(kube::Error::Api(status)) if kind.optional() && status.code == 404 => Vec::new(),
-            Err(source) => {
-                return Err(Error::List {
-                    kind: kind.kind(),
-                    source,
+    let selector = labels::children_selector(stack);
+    match &ctx.children {
+        Children::Watched(stores) => {
+            let wanted = labels::stack_selector_labels(stack);
+            for (&kind, store) in stores {
+                // Returns at once after the first full list.
+                let _ = store.wait_until_ready().await;
+                let owned = store.state_filter(|o| {
+                    o.metadata.namespace.as_deref() == Some(ns)
+                        && wanted.iter().all(|(k, v)| o.labels().get(*k).map(String::as_str) == Some(v.as_str()))
                 });
+                live.extend(owned.into_iter().map(|o| ((kind, o.name_any()), (*o).clone())));
             }
-        };
-        live.extend(list.into_iter().map(|o| ((kind, o.name_any()), o)));
+        }
+        Children::List => {
+            for kind in ChildKind::ALL {
+                let list = match child_api(ctx, kind, ns)
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                {
+                    Ok(list) => list.items,
+                    Err(kube::Error::Api(status)) if kind.optional() && status.code == 404 => Vec::new(),
+                    Err(source) => {
+                        return Err(Error::List {
+                            kind: kind.kind(),
+                            source,
+                        });
+                    }
+                };
+                live.extend(list.into_iter().map(|o| ((kind, o.name_any()), o)));
+            }
+        }
     }
     Ok(live)
 }
@@ -452,12 +608,7 @@ fn render_hash(object: &DynamicObject) -> u64 {
 }
 
 fn child_api(ctx: &Context, kind: ChildKind, ns: &str) -> Api<DynamicObject> {
-    let ar = kind.api_resource();
-    if kind.namespaced() {
-        Api::namespaced_with(ctx.client.clone(), ns, &ar)
-    } else {
-        Api::all_with(ctx.client.clone(), &ar)
-    }
+    Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource())
 }
 
 fn to_value(o: &DynamicObject) -> Value {

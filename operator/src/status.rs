@@ -16,12 +16,49 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
 
-/// Replicas of one component as seen in the cluster.
+/// One component's rollout as seen in the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub component: Option<Component>,
+    /// Replicas wanted (the Deployment's `spec.replicas`, which an autoscaler moves).
     pub desired: i32,
+    /// Pods passing their readiness probe, of any revision.
     pub ready: i32,
+    /// Pods of the latest revision.
+    pub updated: i32,
+    /// Ready pods of any revision past `minReadySeconds`.
+    pub available: i32,
+    /// All pods, of any revision (old ones linger during a rollout).
+    pub total: i32,
+    /// The workload controller has seen the latest spec (`status.observedGeneration`).
+    pub current: bool,
+    /// Why the rollout cannot finish, when the workload says so (a Deployment past its
+    /// `progressDeadlineSeconds`).
+    pub stalled: Option<String>,
+}
+
+impl Observed {
+    /// Done rolling out, as `kubectl rollout status` judges it: the latest spec observed,
+    /// every wanted pod on it and available, no pod of an older revision left. Ready replicas
+    /// alone are not enough: during a rollout whose new pods crash-loop, the old pods keep
+    /// `readyReplicas` at the desired count.
+    pub fn rolled_out(&self) -> bool {
+        self.current
+            && self.updated >= self.desired
+            && self.total <= self.updated
+            && self.available >= self.desired
+            && self.ready >= self.desired
+    }
+
+    fn describe(&self, name: &str) -> String {
+        let mut s = format!("{name} {}/{} ready", self.ready, self.desired);
+        if !self.current {
+            s.push_str(", new spec not yet observed");
+        } else if self.updated < self.desired || self.total > self.updated {
+            s.push_str(&format!(", {}/{} updated", self.updated, self.desired));
+        }
+        s
+    }
 }
 
 /// How the apply phase of this reconcile went.
@@ -59,10 +96,18 @@ pub fn desired_status(
             })
         })
         .collect();
-    let lagging: Vec<String> = components
+    let lagging: Vec<String> = observed
         .iter()
-        .filter(|c| c.ready_replicas < c.desired_replicas)
-        .map(|c| format!("{} {}/{}", c.name, c.ready_replicas, c.desired_replicas))
+        .filter(|o| !o.rolled_out())
+        .map(|o| o.describe(o.component.map_or("component", |c| c.name())))
+        .collect();
+    let stalled: Vec<String> = observed
+        .iter()
+        .filter_map(|o| {
+            o.stalled
+                .as_ref()
+                .map(|why| format!("{}: {why}", o.component.map_or("component", |c| c.name())))
+        })
         .collect();
     let all_ready = lagging.is_empty();
     let paused = matches!(outcome, Outcome::Paused);
@@ -99,6 +144,13 @@ pub fn desired_status(
     }
     if all_ready {
         set(PROGRESSING, false, "Stable", "no rollout in progress".into());
+    } else if !stalled.is_empty() {
+        set(
+            PROGRESSING,
+            false,
+            "ProgressDeadlineExceeded",
+            format!("rollout stalled: {}", stalled.join("; ")),
+        );
     } else {
         set(
             PROGRESSING,
@@ -107,9 +159,15 @@ pub fn desired_status(
             format!("waiting for {}", lagging.join(", ")),
         );
     }
-    match failure {
-        Some(msg) => set(DEGRADED, true, "ReconcileFailed", msg.to_string()),
-        None => set(
+    match (failure, stalled.is_empty()) {
+        (Some(msg), _) => set(DEGRADED, true, "ReconcileFailed", msg.to_string()),
+        (None, false) => set(
+            DEGRADED,
+            true,
+            "RolloutStalled",
+            format!("rollout stalled: {}", stalled.join("; ")),
+        ),
+        (None, true) => set(
             DEGRADED,
             false,
             "AsExpected",
@@ -134,7 +192,7 @@ pub fn desired_status(
 
     let phase = if paused {
         "Paused"
-    } else if failure.is_some() {
+    } else if failure.is_some() || !stalled.is_empty() {
         "Degraded"
     } else if all_ready {
         "Running"
@@ -202,15 +260,40 @@ pub fn observe_deployment(
         let w = stack.spec.workload(component);
         w.replicas.or(w.autoscaling.map(|a| a.min_replicas)).unwrap_or(2)
     };
-    let num = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_i64()).map(|n| n as i32);
-    let desired = num(live.and_then(|l| l.pointer("/spec/replicas")))
-        .or(spec_replicas)
-        .unwrap_or_else(fallback);
-    let ready = num(live.and_then(|l| l.pointer("/status/readyReplicas"))).unwrap_or(0);
+    let num = |path: &str| live.and_then(|l| l.pointer(path)).and_then(|v| v.as_i64()).map(|n| n as i32);
+    let desired = num("/spec/replicas").or(spec_replicas).unwrap_or_else(fallback);
+    let Some(live) = live else {
+        return Observed {
+            component: Some(component),
+            desired,
+            ..Observed::default()
+        };
+    };
+    let generation = live.pointer("/metadata/generation").and_then(|v| v.as_i64());
+    let observed_generation = live.pointer("/status/observedGeneration").and_then(|v| v.as_i64());
+    let stalled = live
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded"
+        })
+        .map(|c| c["message"].as_str().unwrap_or("progress deadline exceeded").to_string());
     Observed {
         component: Some(component),
         desired,
-        ready,
+        ready: num("/status/readyReplicas").unwrap_or(0),
+        updated: num("/status/updatedReplicas").unwrap_or(0),
+        available: num("/status/availableReplicas").unwrap_or(0),
+        total: num("/status/replicas").unwrap_or(0),
+        // An object with no generation (not from an API server) counts as observed.
+        current: match (generation, observed_generation) {
+            (Some(g), Some(o)) => o >= g,
+            (Some(_), None) => false,
+            (None, _) => true,
+        },
+        stalled,
     }
 }
 
@@ -220,9 +303,15 @@ pub fn observe_flink(live: Option<&serde_json::Value>) -> Observed {
         .and_then(|l| l.pointer("/status/jobStatus/state"))
         .and_then(|s| s.as_str())
         == Some("RUNNING");
+    let n = i32::from(running);
     Observed {
         component: Some(Component::Stream),
         desired: 1,
-        ready: i32::from(running),
+        ready: n,
+        updated: n,
+        available: n,
+        total: n,
+        current: true,
+        stalled: None,
     }
 }

@@ -63,7 +63,7 @@ fn render_names_unknown_fields() {
     let out = operator(&["render", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field `replica`"), "{err}");
+    assert!(err.contains("unknown field `spec.recall.replica`"), "{err}");
 }
 
 #[test]

@@ -152,7 +152,11 @@ async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
     );
     assert_eq!(gateway["metadata"]["ownerReferences"][0]["uid"], "stack-uid");
     assert!(gateway["metadata"]["annotations"]["recstack.io/applied-hash"].is_string());
-    assert_eq!(h.api.names(PRIORITY).len(), 2);
+    assert_eq!(
+        gateway["spec"]["template"]["spec"]["priorityClassName"], "recstack-online",
+        "the install's class, not one of the stack's own"
+    );
+    assert!(h.api.names(PRIORITY).is_empty(), "the operator creates no PriorityClass");
 
     // Nothing is ready yet: progressing, not degraded.
     assert_eq!(h.phase(), "Progressing");
@@ -336,9 +340,23 @@ async fn pause_stops_changes_but_keeps_status() {
 }
 
 #[tokio::test]
-async fn deletion_removes_priority_classes_then_the_finalizer() {
+async fn deletion_removes_legacy_priority_classes_then_the_finalizer() {
     let h = Harness::created("minimal").await;
-    assert_eq!(h.api.names(PRIORITY).len(), 2);
+    // What operators before 0.2 created per stack, and another stack's, which must stay.
+    for (name, stack, ns) in [
+        ("recstack-recstack-minimal-online", "minimal", "recstack"),
+        ("recstack-recstack-minimal-offline", "minimal", "recstack"),
+        ("recstack-other-minimal-online", "minimal", "other"),
+    ] {
+        h.api.put(
+            PRIORITY,
+            name,
+            json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "value": 1000,
+                "metadata": {"name": name, "labels": {
+                    "app.kubernetes.io/managed-by": "recstack-operator",
+                    "recstack.io/stack": stack, "recstack.io/stack-namespace": ns}}}),
+        );
+    }
     // kubectl delete: the finalizer holds the object with a deletionTimestamp.
     h.api.edit(STACKS, "minimal", |o| {
         o["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z")
@@ -350,7 +368,7 @@ async fn deletion_removes_priority_classes_then_the_finalizer() {
         2,
         "{w:#?}"
     );
-    assert!(h.api.names(PRIORITY).is_empty());
+    assert_eq!(h.api.names(PRIORITY), ["recstack-other-minimal-online"]);
     assert!(h.api.get(STACKS, "minimal").is_none(), "finalizer removed, stack gone");
     assert!(events(&writes).contains(&"Deleted".to_string()));
 }

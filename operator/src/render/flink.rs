@@ -126,7 +126,7 @@ pub(super) fn flink_job(ctx: &StackCtx) -> Result<Vec<Child>, RenderError> {
         "volumes": [{ "name": "sql", "configMap": { "name": sql_config } }],
     });
     if spec.policies.priority_classes.enabled {
-        pod_spec["priorityClassName"] = json!(labels::priority_class_name(&ctx.namespace, &ctx.name, "offline"));
+        pod_spec["priorityClassName"] = json!(spec.policies.priority_classes.offline);
     }
 
     Ok(vec![

@@ -9,7 +9,6 @@
 mod config;
 mod flink;
 mod network;
-mod priority;
 mod workloads;
 
 use kube::ResourceExt;
@@ -43,7 +42,6 @@ pub enum RenderError {
 /// The kinds of object a stack owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChildKind {
-    PriorityClass,
     ConfigMap,
     ServiceAccount,
     Role,
@@ -57,10 +55,11 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
-    /// Every kind, in apply order: cluster-scoped and config first, so pods that reference
-    /// them start cleanly.
-    pub const ALL: [ChildKind; 11] = [
-        ChildKind::PriorityClass,
+    /// Every kind, in apply order: config and identities first, so pods that reference them
+    /// start cleanly. All are namespaced and carry an owner reference to the stack, so the
+    /// garbage collector removes them with it. (PriorityClasses are cluster-wide and belong to
+    /// the install: see `recstack_crds::PriorityClassPolicy`.)
+    pub const ALL: [ChildKind; 10] = [
         ChildKind::ConfigMap,
         ChildKind::ServiceAccount,
         ChildKind::Role,
@@ -76,7 +75,6 @@ impl ChildKind {
     pub fn gvk(self) -> (&'static str, &'static str, &'static str, &'static str) {
         // (group, version, kind, plural)
         match self {
-            ChildKind::PriorityClass => ("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses"),
             ChildKind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
             ChildKind::ServiceAccount => ("", "v1", "ServiceAccount", "serviceaccounts"),
             ChildKind::Role => ("rbac.authorization.k8s.io", "v1", "Role", "roles"),
@@ -104,10 +102,6 @@ impl ChildKind {
         self.gvk().2
     }
 
-    pub fn namespaced(self) -> bool {
-        self != ChildKind::PriorityClass
-    }
-
     /// Kinds whose CRD may be missing from a cluster (a 404 on list means "none").
     pub fn optional(self) -> bool {
         self == ChildKind::FlinkDeployment
@@ -133,9 +127,6 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     let spec = &stack.spec;
     let mut out = Vec::new();
 
-    if spec.policies.priority_classes.enabled {
-        out.extend(priority::priority_classes(&ctx)?);
-    }
     let config = config::runtime_config(&ctx);
     let config_map = config::config_map(&ctx, &config)?;
     let config_hash = config::hash_of(&config_map);
@@ -168,6 +159,15 @@ impl<'a> StackCtx<'a> {
     fn new(stack: &'a RecommenderStack) -> Result<Self, RenderError> {
         let name = stack.metadata.name.clone().ok_or(RenderError::MissingName)?;
         let namespace = stack.metadata.namespace.clone().ok_or(RenderError::MissingNamespace)?;
+        if !labels::valid_stack_name(&name) {
+            return Err(RenderError::InvalidField {
+                field: "metadata.name",
+                message: format!(
+                    "{name:?} must be a DNS-1035 label of at most {} characters, so every name derived from it fits",
+                    labels::MAX_STACK_NAME
+                ),
+            });
+        }
         // Objects read from the API server have a uid; a file passed to `render` may not, and
         // then children are printed without an owner reference.
         let owner = stack.metadata.uid.as_ref().map(|uid| {

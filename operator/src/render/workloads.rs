@@ -223,12 +223,13 @@ fn deployment(
     });
     if spec.policies.priority_classes.enabled {
         // Only the request and event paths are online; streaming and the dashboard can wait.
-        let tier = if matches!(component, Component::Stream | Component::Traces | Component::Dashboard) {
-            "offline"
+        let classes = &spec.policies.priority_classes;
+        let class = if matches!(component, Component::Stream | Component::Traces | Component::Dashboard) {
+            &classes.offline
         } else {
-            "online"
+            &classes.online
         };
-        pod_spec["priorityClassName"] = json!(labels::priority_class_name(&ctx.namespace, &ctx.name, tier));
+        pod_spec["priorityClassName"] = json!(class);
     }
     if component == Component::Ranking
         && let Some(gpu) = &spec.ranking.gpu
