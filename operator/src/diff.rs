@@ -23,7 +23,7 @@ fn holds_quantities(key: &str) -> bool {
 fn subset_at(desired: &Value, live: &Value, quantity: bool) -> bool {
     match (desired, live) {
         (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| {
-            let q = holds_quantities(k) || (k == "value" && d.contains_key("type") && is_metric_target(d));
+            let q = quantity || holds_quantities(k) || (k == "value" && is_metric_target(d));
             l.get(k).is_some_and(|lv| subset_at(dv, lv, q)) || dv.is_null()
         }),
         (Value::Array(d), Value::Array(l)) => {

@@ -135,8 +135,10 @@ async fn run(
     let leases = LeaseManagerBuilder::new(client.clone(), "recstack-operator")
         .with_namespace(&lease_namespace)
         .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
+        // A standby checks the Lease when it would expire: a leader that stops cleanly releases
+        // it, and a standby takes over within this many seconds; a crashed one's lapses.
+        .with_duration(10)
+        .with_grace(3)
         .build()
         .await
         .context("setting up leader election")?;

@@ -7,10 +7,11 @@
 //! brings its stack back within a second, not at the next resync.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -123,6 +124,8 @@ pub struct Context {
     children: Children,
     /// Consecutive failures per stack, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Reconciles running now, so a shutdown can wait for them (and only them).
+    in_flight: Arc<AtomicUsize>,
     /// Clock for condition transition times; tests pin it.
     clock: fn() -> Time,
 }
@@ -131,8 +134,12 @@ pub struct Context {
 enum Children {
     /// A LIST per kind and reconcile (tests against the in-memory API, which does not watch).
     List,
-    /// The controller's watch caches, one per owned kind (what [`run`] uses).
-    Watched(BTreeMap<ChildKind, Store<DynamicObject>>),
+    /// The controller's watch caches, one per owned kind (what [`run`] uses), and whether
+    /// every one of them holds its first full list.
+    Watched {
+        stores: BTreeMap<ChildKind, Store<DynamicObject>>,
+        ready: tokio::sync::watch::Receiver<bool>,
+    },
 }
 
 impl Context {
@@ -147,6 +154,7 @@ impl Context {
             metrics,
             children: Children::List,
             failures: Mutex::default(),
+            in_flight: Arc::default(),
             clock: || Time(jiff::Timestamp::now()),
         }
     }
@@ -180,9 +188,16 @@ pub async fn run(
         let writer = reflector::store::Writer::new(ar.clone());
         stores.insert(kind, writer.as_reader());
         let keep_managed_fields = kind == ChildKind::Deployment;
+        let types = kube::api::TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        };
         let stream = watcher(Api::<DynamicObject>::all_with(client.clone(), &ar), owned.clone())
             .default_backoff()
             .modify(move |o| {
+                // Objects from the initial LIST carry no apiVersion/kind (watch events do);
+                // the diff compares them with what would be applied.
+                o.types.get_or_insert_with(|| types.clone());
                 // Only Deployments' field ownership is read (the replicas hand-over).
                 if !keep_managed_fields {
                     o.managed_fields_mut().clear();
@@ -192,21 +207,48 @@ pub async fn run(
             .touched_objects();
         controller = controller.owns_stream_with(stream, ar);
     }
+    // One task waits for the caches (a store's readiness wakes only one waiter), and tells
+    // every reconcile through a watch channel.
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let waiting = stores.clone();
+    tokio::spawn(async move {
+        for store in waiting.values() {
+            let _ = store.wait_until_ready().await;
+        }
+        let _ = ready_tx.send(true);
+    });
     let ctx = Arc::new(Context {
-        children: Children::Watched(stores.clone()),
+        children: Children::Watched { stores, ready },
         ..Context::new(client, metrics, identity)
     });
+    // On shutdown the controller stops taking work, and this waits for the reconciles already
+    // running. (The controller's own graceful end also waits out every scheduled requeue,
+    // minutes away; those are simply not needed by the next leader, which lists afresh.)
+    let shutdown = shutdown.shared();
+    let in_flight = ctx.in_flight.clone();
+    let drained = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            info!(running = in_flight.load(Ordering::Acquire), "waiting for running reconciles");
+            while in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let controller = controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown);
-    controller
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = controller => {}
+        _ = drained => info!("running reconciles finished"),
+    }
 }
 
 /// Whether an optional kind's CRD is served (a LIST of one answers 404 when it is not).
@@ -217,6 +259,8 @@ async fn installed(client: &Client, kind: ChildKind) -> bool {
 
 /// Reconciles one stack: adds the finalizer, then applies or cleans up.
 pub async fn reconcile(stack: Arc<RecommenderStack>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = InFlight::enter(&ctx.in_flight);
+    tracing::debug!(stack = %stack.name_any(), "reconcile");
     let started = Instant::now();
     let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<RecommenderStack> = Api::namespaced(ctx.client.clone(), &ns);
@@ -232,6 +276,22 @@ pub async fn reconcile(stack: Arc<RecommenderStack>, ctx: Arc<Context>) -> Resul
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.get_or_create(&OutcomeLabels { outcome }).inc();
     result
+}
+
+/// Counts a running reconcile for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Requeue with exponential backoff (5 s, 10 s, … 5 min) and count the error.
@@ -501,11 +561,11 @@ async fn list_children(
     let mut live = BTreeMap::new();
     let selector = labels::children_selector(stack);
     match &ctx.children {
-        Children::Watched(stores) => {
+        Children::Watched { stores, ready } => {
+            // Returns at once after every cache's first full list.
+            let _ = ready.clone().wait_for(|r| *r).await;
             let wanted = labels::stack_selector_labels(stack);
             for (&kind, store) in stores {
-                // Returns at once after the first full list.
-                let _ = store.wait_until_ready().await;
                 let owned = store.state_filter(|o| {
                     o.metadata.namespace.as_deref() == Some(ns)
                         && wanted.iter().all(|(k, v)| o.labels().get(*k).map(String::as_str) == Some(v.as_str()))
