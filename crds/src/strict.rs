@@ -37,7 +37,11 @@ fn walk(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
             for (key, child) in map {
-                let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child_path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 if path.is_empty() && matches!(key.as_str(), "metadata" | "apiVersion" | "kind") {
                     continue;
                 }

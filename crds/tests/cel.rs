@@ -176,14 +176,19 @@ fn event_log_and_redis_addresses() {
 #[test]
 fn stack_names_fit_every_derived_name() {
     let with_name = |name: &str| {
-        let doc = format!("apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{}}");
+        let doc = format!(
+            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{}}"
+        );
         let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
         stack.validate_cel().err().map(|e| e.to_string())
     };
     assert_eq!(with_name(&"a".repeat(51)), None);
     for bad in ["a".repeat(52), "1abc".into(), "a.b".into(), "abc-".into()] {
         let err = with_name(&bad).unwrap_or_else(|| panic!("{bad} accepted"));
-        assert!(err.contains("metadata.name must be a DNS-1035 label of at most 51"), "{err}");
+        assert!(
+            err.contains("metadata.name must be a DNS-1035 label of at most 51"),
+            "{err}"
+        );
     }
 }
 

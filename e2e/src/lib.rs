@@ -68,7 +68,13 @@ impl Cluster {
     /// A kubeconfig holding a fresh token of `namespace/service_account`.
     pub fn service_account_kubeconfig(&self, namespace: &str, service_account: &str) -> anyhow::Result<PathBuf> {
         let token = self.kubectl(&["-n", namespace, "create", "token", service_account, "--duration=2h"])?;
-        let server = self.kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"])?;
+        let server = self.kubectl(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])?;
         let ca = self.kubectl(&[
             "config",
             "view",
@@ -120,7 +126,9 @@ impl Operator {
         };
         wait_until(&format!("operator {identity} /readyz"), Duration::from_secs(30), || {
             op.ensure_running()?;
-            Ok(http_get(metrics, "/readyz").is_ok_and(|(code, _)| code == 200).then_some(()))
+            Ok(http_get(metrics, "/readyz")
+                .is_ok_and(|(code, _)| code == 200)
+                .then_some(()))
         })?;
         Ok(op)
     }
@@ -129,7 +137,11 @@ impl Operator {
         if let Some(child) = self.child.as_mut()
             && let Some(status) = child.try_wait()?
         {
-            bail!("operator {} exited ({status}); log:\n{}", self.identity, self.log_tail(30));
+            bail!(
+                "operator {} exited ({status}); log:\n{}",
+                self.identity,
+                self.log_tail(30)
+            );
         }
         Ok(())
     }
@@ -146,9 +158,7 @@ impl Operator {
         Ok(self
             .metrics()?
             .iter()
-            .filter(|(k, _)| {
-                k.split('{').next() == Some(name) && labels.iter().all(|l| k.contains(l))
-            })
+            .filter(|(k, _)| k.split('{').next() == Some(name) && labels.iter().all(|l| k.contains(l)))
             .map(|(_, v)| v)
             .sum())
     }
@@ -204,7 +214,9 @@ impl Drop for Operator {
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status()?;
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?;
     ensure!(status.success(), "kill -{sig} {pid} failed");
     Ok(())
 }

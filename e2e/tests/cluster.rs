@@ -72,13 +72,22 @@ fn main() {
     let scenarios: &[(&str, Scenario)] = &[
         ("install as a platform team does", install),
         ("every sample becomes Ready", samples_ready),
-        ("the server's CEL rejects invalid stacks with their messages", cel_rejects),
+        (
+            "the server's CEL rejects invalid stacks with their messages",
+            cel_rejects,
+        ),
         ("a spec change rolls and status follows observedGeneration", spec_change),
-        ("fixed replicas to an autoscaler and back", replicas_to_autoscaler_and_back),
+        (
+            "fixed replicas to an autoscaler and back",
+            replicas_to_autoscaler_and_back,
+        ),
         ("a priority class change moves the pods", priority_class_change),
         ("pause stops changes, unpause repairs", pause),
         ("a deleted child is restored by watch", deleted_child_restored),
-        ("a child edited by another field manager is repaired", foreign_edit_repaired),
+        (
+            "a child edited by another field manager is repaired",
+            foreign_edit_repaired,
+        ),
         ("quantity forms: a no-op pass writes nothing", quantities_no_op),
         ("a crash-looping rollout is not Ready", crash_loop_not_ready),
         ("two stacks in two namespaces", two_namespaces),
@@ -137,8 +146,17 @@ impl Suite {
     }
 
     fn patch_stack(&self, ns: &str, name: &str, patch: Value) -> anyhow::Result<()> {
-        self.k(&["-n", ns, "patch", "rstack", name, "--type=merge", "-p", &patch.to_string()])
-            .map(drop)
+        self.k(&[
+            "-n",
+            ns,
+            "patch",
+            "rstack",
+            name,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])
+        .map(drop)
     }
 
     fn stack(&self, ns: &str, name: &str) -> anyhow::Result<Value> {
@@ -166,7 +184,9 @@ impl Suite {
         .with_context(|| {
             format!(
                 "{ns}/{name} not Ready; status: {}",
-                self.stack(ns, name).map(|s| s["status"].to_string()).unwrap_or_default()
+                self.stack(ns, name)
+                    .map(|s| s["status"].to_string())
+                    .unwrap_or_default()
             )
         })
     }
@@ -220,7 +240,9 @@ impl Suite {
 
 /// A stack document: `name` in `ns` with `spec` (YAML, indented two spaces under `spec:`).
 fn stack_yaml(ns: &str, name: &str, spec: &str) -> String {
-    format!("apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}\n")
+    format!(
+        "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}\n"
+    )
 }
 
 const SMALL: &str = "  gateway: {replicas: 1}\n  recall: {replicas: 1}\n  ranking: {replicas: 1}\n  rerank: {replicas: 1}\n  feature: {replicas: 1}\n  ingest: {replicas: 1}";
@@ -229,9 +251,19 @@ const SMALL: &str = "  gateway: {replicas: 1}\n  recall: {replicas: 1}\n  rankin
 
 fn install(s: &mut Suite) -> anyhow::Result<()> {
     s.k(&["apply", "--server-side", "-k", "manifests/install"])?;
-    s.k(&["wait", "--for=condition=Established", "crd/recommenderstacks.recstack.io", "--timeout=60s"])?;
+    s.k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/recommenderstacks.recstack.io",
+        "--timeout=60s",
+    ])?;
     s.k(&["apply", "--server-side", "-f", "e2e/fixtures/flinkdeployment-crd.yaml"])?;
-    s.k(&["wait", "--for=condition=Established", "crd/flinkdeployments.flink.apache.org", "--timeout=60s"])?;
+    s.k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/flinkdeployments.flink.apache.org",
+        "--timeout=60s",
+    ])?;
     // The install's own operator Deployment would run the image in a real cluster; here the
     // binary under test runs outside, as the same ServiceAccount.
     s.k(&["-n", SYSTEM, "scale", "deployment/recstack-operator", "--replicas=0"])?;
@@ -254,7 +286,10 @@ fn install(s: &mut Suite) -> anyhow::Result<()> {
         if !ns.is_empty() {
             args.extend(["-n", ns]);
         }
-        let answer = s.cluster.kubectl_as(&s.cluster.admin, &args, None).unwrap_or_else(|e| e.to_string());
+        let answer = s
+            .cluster
+            .kubectl_as(&s.cluster.admin, &args, None)
+            .unwrap_or_else(|e| e.to_string());
         ensure!(
             answer.trim().ends_with("yes") == allowed,
             "can the operator {verb} {resource}? expected {allowed}, the server says {answer:?}"
@@ -275,7 +310,9 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
         s.k(&["apply", "-f", &format!("manifests/samples/{sample}.yaml")])?;
     }
     // Play the Flink operator: once the FlinkDeployment exists, report its job running.
-    wait_until("the FlinkDeployment", SETTLE, || Ok(s.k(&["-n", "recstack", "get", "flinkdeployment", "flink-stream"]).ok()))?;
+    wait_until("the FlinkDeployment", SETTLE, || {
+        Ok(s.k(&["-n", "recstack", "get", "flinkdeployment", "flink-stream"]).ok())
+    })?;
     s.k(&[
         "-n",
         "recstack",
@@ -291,11 +328,29 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
         s.wait_ready("recstack", name)?;
     }
     // What Ready stands on: the GPU ranking pods were scheduled with their GPUs and classes.
-    let pods = s.json(&["-n", "recstack", "get", "pods", "-l", "recstack.io/stack=gpu,app.kubernetes.io/component=ranking"])?;
+    let pods = s.json(&[
+        "-n",
+        "recstack",
+        "get",
+        "pods",
+        "-l",
+        "recstack.io/stack=gpu,app.kubernetes.io/component=ranking",
+    ])?;
     let pod = &pods["items"][0];
-    ensure!(pod["status"]["phase"] == "Running", "gpu ranking pod: {}", pod["status"]);
-    ensure!(pod["spec"]["priorityClassName"] == "recstack-online", "{}", pod["spec"]["priorityClassName"]);
-    ensure!(pod["spec"]["priority"] == 100000, "the admission plugin resolved the class's value");
+    ensure!(
+        pod["status"]["phase"] == "Running",
+        "gpu ranking pod: {}",
+        pod["status"]
+    );
+    ensure!(
+        pod["spec"]["priorityClassName"] == "recstack-online",
+        "{}",
+        pod["spec"]["priorityClassName"]
+    );
+    ensure!(
+        pod["spec"]["priority"] == 100000,
+        "the admission plugin resolved the class's value"
+    );
     let stack = s.stack("recstack", "minimal")?;
     let components = stack["status"]["components"].as_array().context("components")?;
     ensure!(components.len() == 7, "{components:?}");
@@ -307,19 +362,46 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
 
 fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
     let cases = [
-        ("bad", "  recall: {replicas: 2, autoscaling: {minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50}}", "set either replicas (a fixed count) or autoscaling, not both"),
-        ("bad", "  stream: {engine: flink}", "stream.engine flink reads events from Kafka"),
-        ("bad", "  recall: {resources: {limits: {nvidia.com/gpu: '1'}}}", "GPUs can only be requested by the ranking component"),
+        (
+            "bad",
+            "  recall: {replicas: 2, autoscaling: {minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50}}",
+            "set either replicas (a fixed count) or autoscaling, not both",
+        ),
+        (
+            "bad",
+            "  stream: {engine: flink}",
+            "stream.engine flink reads events from Kafka",
+        ),
+        (
+            "bad",
+            "  recall: {resources: {limits: {nvidia.com/gpu: '1'}}}",
+            "GPUs can only be requested by the ranking component",
+        ),
         ("bad", "  dashboard: {}", "dashboard reads traces from a shared store"),
-        ("bad", "  gateway: {autoscaling: {minReplicas: 5, maxReplicas: 2, targetCpuUtilization: 60}}", "minReplicas must be less than or equal to autoscaling.maxReplicas"),
-        ("bad", "  feature: {redisUrl: 'http://redis:6379'}", "must start with redis:// or rediss://"),
-        ("a-name-far-too-long-for-every-name-derived-from-it-xy", "  {}", "metadata.name must be a DNS-1035 label of at most 51"),
+        (
+            "bad",
+            "  gateway: {autoscaling: {minReplicas: 5, maxReplicas: 2, targetCpuUtilization: 60}}",
+            "minReplicas must be less than or equal to autoscaling.maxReplicas",
+        ),
+        (
+            "bad",
+            "  feature: {redisUrl: 'http://redis:6379'}",
+            "must start with redis:// or rediss://",
+        ),
+        (
+            "a-name-far-too-long-for-every-name-derived-from-it-xy",
+            "  {}",
+            "metadata.name must be a DNS-1035 label of at most 51",
+        ),
     ];
     s.create_namespace("e2e-cel")?;
     for (name, spec, message) in cases {
         let err = s
             .cluster
-            .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &stack_yaml("e2e-cel", name, spec))
+            .kubectl_stdin(
+                &["apply", "--dry-run=server", "-f", "-"],
+                &stack_yaml("e2e-cel", name, spec),
+            )
             .err()
             .with_context(|| format!("the server accepted:\n{spec}"))?;
         ensure!(err.to_string().contains(message), "expected {message:?}, got: {err}");
@@ -342,7 +424,11 @@ fn spec_change(s: &mut Suite) -> anyhow::Result<()> {
     let settled = s.wait_settled("recstack", "minimal")?;
     ensure!(settled["metadata"]["generation"].as_i64() == Some(generation + 1));
     let recall = s.json(&["-n", "recstack", "get", "deploy", "minimal-recall"])?;
-    ensure!(recall["spec"]["replicas"] == 3 && recall["status"]["updatedReplicas"] == 3, "{}", recall["status"]);
+    ensure!(
+        recall["spec"]["replicas"] == 3 && recall["status"]["updatedReplicas"] == 3,
+        "{}",
+        recall["status"]
+    );
     let ranking = s.json(&["-n", "recstack", "get", "deploy", "minimal-ranking"])?;
     ensure!(
         ranking["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/recstack/recstack:0.1.1",
@@ -382,11 +468,18 @@ fn replicas_to_autoscaler_and_back(s: &mut Suite) -> anyhow::Result<()> {
         .filter(|m| m["fieldsV1"]["f:spec"]["f:replicas"].is_object())
         .filter_map(|m| m["manager"].as_str().map(str::to_string))
         .collect();
-    ensure!(!managers.contains(&"recstack-operator".to_string()), "the operator let go of spec.replicas: {managers:?}");
+    ensure!(
+        !managers.contains(&"recstack-operator".to_string()),
+        "the operator let go of spec.replicas: {managers:?}"
+    );
     s.wait_settled("recstack", "minimal")?;
 
     // And back to a fixed count: the HPA goes, the count is the stack's.
-    s.patch_stack("recstack", "minimal", json!({"spec": {"recall": {"autoscaling": null, "replicas": 2}}}))?;
+    s.patch_stack(
+        "recstack",
+        "minimal",
+        json!({"spec": {"recall": {"autoscaling": null, "replicas": 2}}}),
+    )?;
     wait_until("the recall HPA pruned and 2 replicas", SETTLE, || {
         let hpa_gone = s.k(&["-n", "recstack", "get", "hpa", "minimal-recall"]).is_err();
         let d = s.json(&["-n", "recstack", "get", "deploy", "minimal-recall"])?;
@@ -399,11 +492,22 @@ fn priority_class_change(s: &mut Suite) -> anyhow::Result<()> {
     s.apply(
         "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: e2e-urgent}\nvalue: 200000\npreemptionPolicy: PreemptLowerPriority\n",
     )?;
-    s.patch_stack("recstack", "minimal", json!({"spec": {"policies": {"priorityClasses": {"online": "e2e-urgent"}}}}))?;
+    s.patch_stack(
+        "recstack",
+        "minimal",
+        json!({"spec": {"policies": {"priorityClasses": {"online": "e2e-urgent"}}}}),
+    )?;
     s.wait_settled("recstack", "minimal")?;
     // Every running gateway pod moved to the new class (old ones are gone once the rollout ends).
     wait_until("gateway pods under e2e-urgent", SETTLE, || {
-        let pods = s.json(&["-n", "recstack", "get", "pods", "-l", "recstack.io/stack=minimal,app.kubernetes.io/component=gateway"])?;
+        let pods = s.json(&[
+            "-n",
+            "recstack",
+            "get",
+            "pods",
+            "-l",
+            "recstack.io/stack=minimal,app.kubernetes.io/component=gateway",
+        ])?;
         let live: Vec<&Value> = pods["items"]
             .as_array()
             .into_iter()
@@ -411,13 +515,19 @@ fn priority_class_change(s: &mut Suite) -> anyhow::Result<()> {
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .collect();
         Ok((!live.is_empty()
-            && live.iter().all(|p| p["spec"]["priorityClassName"] == "e2e-urgent" && p["spec"]["priority"] == 200000))
+            && live
+                .iter()
+                .all(|p| p["spec"]["priorityClassName"] == "e2e-urgent" && p["spec"]["priority"] == 200000))
         .then_some(()))
     })?;
     // Streaming keeps the offline class.
     let stream = s.json(&["-n", "recstack", "get", "deploy", "minimal-stream"])?;
     ensure!(stream["spec"]["template"]["spec"]["priorityClassName"] == "recstack-offline");
-    s.patch_stack("recstack", "minimal", json!({"spec": {"policies": {"priorityClasses": {"online": "recstack-online"}}}}))?;
+    s.patch_stack(
+        "recstack",
+        "minimal",
+        json!({"spec": {"policies": {"priorityClasses": {"online": "recstack-online"}}}}),
+    )?;
     s.wait_settled("recstack", "minimal").map(drop)
 }
 
@@ -455,7 +565,10 @@ fn deleted_child_restored(s: &mut Suite) -> anyhow::Result<()> {
             let new = s.json(&["-n", "recstack", "get", kind, name]).ok();
             Ok(new.filter(|n| n["metadata"]["uid"] != old["metadata"]["uid"]))
         })?;
-        ensure!(start.elapsed() < Duration::from_secs(15), "{kind}: restored by watch, not by the 300 s resync");
+        ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "{kind}: restored by watch, not by the 300 s resync"
+        );
     }
     s.wait_settled("recstack", "minimal").map(drop)
 }
@@ -505,28 +618,49 @@ fn quantities_no_op(s: &mut Suite) -> anyhow::Result<()> {
     let passes = op.metric_sum("recstack_operator_reconciles_total", &[])?;
     // Wake every stack: an annotation is a change the operator sees but that changes nothing.
     s.k(&["-n", ns, "annotate", "rstack", "q", "e2e/poke=1", "--overwrite"])?;
-    s.k(&["-n", "recstack", "annotate", "rstack", "minimal", "e2e/poke=1", "--overwrite"])?;
+    s.k(&[
+        "-n",
+        "recstack",
+        "annotate",
+        "rstack",
+        "minimal",
+        "e2e/poke=1",
+        "--overwrite",
+    ])?;
     wait_until("the no-op passes", Duration::from_secs(10), || {
         Ok((op.metric_sum("recstack_operator_reconciles_total", &[])? >= passes + 2.0).then_some(()))
     })?;
     std::thread::sleep(Duration::from_secs(2));
     let writes_after = op.metric_sum("recstack_operator_child_writes_total", &[])?;
     let status_after = op.metric_sum("recstack_operator_status_writes_total", &[])?;
-    ensure!(writes_after == writes, "a no-op pass wrote {} children", writes_after - writes);
+    ensure!(
+        writes_after == writes,
+        "a no-op pass wrote {} children",
+        writes_after - writes
+    );
     ensure!(status_after == status_writes, "a no-op pass wrote status");
-    ensure!(s.event_count(ns, "DriftRepaired")? == 0, "canonical quantities are not drift");
+    ensure!(
+        s.event_count(ns, "DriftRepaired")? == 0,
+        "canonical quantities are not drift"
+    );
     Ok(())
 }
 
 fn crash_loop_not_ready(s: &mut Suite) -> anyhow::Result<()> {
     let ns = "e2e-quantities";
-    s.patch_stack(ns, "q", json!({"spec": {"recall": {"image": "recstack.io/e2e-crashloop"}}}))?;
+    s.patch_stack(
+        ns,
+        "q",
+        json!({"spec": {"recall": {"image": "recstack.io/e2e-crashloop"}}}),
+    )?;
     wait_until("Ready=False naming recall", SETTLE, || {
         let ready = s.condition(ns, "q", "Ready")?;
         let stack = s.stack(ns, "q")?;
         let current = stack["status"]["observedGeneration"] == stack["metadata"]["generation"];
-        Ok((current && ready["status"] == "False" && ready["message"].as_str().unwrap_or("").contains("recall"))
-            .then_some(()))
+        Ok(
+            (current && ready["status"] == "False" && ready["message"].as_str().unwrap_or("").contains("recall"))
+                .then_some(()),
+        )
     })?;
     // It stays not Ready while the new pod crash-loops (the old pod still serves).
     std::thread::sleep(Duration::from_secs(3));
@@ -534,7 +668,11 @@ fn crash_loop_not_ready(s: &mut Suite) -> anyhow::Result<()> {
     ensure!(ready["status"] == "False", "{ready}");
     ensure!(s.condition(ns, "q", "Progressing")?["status"] == "True");
     let d = s.json(&["-n", ns, "get", "deploy", "q-recall"])?;
-    ensure!(d["status"]["readyReplicas"] == 1, "the old pod keeps readyReplicas at desired: {}", d["status"]);
+    ensure!(
+        d["status"]["readyReplicas"] == 1,
+        "the old pod keeps readyReplicas at desired: {}",
+        d["status"]
+    );
     s.patch_stack(ns, "q", json!({"spec": {"recall": {"image": null}}}))?;
     s.wait_settled(ns, "q").map(drop)
 }
@@ -551,21 +689,43 @@ fn two_namespaces(s: &mut Suite) -> anyhow::Result<()> {
         ensure!(n == 7, "{ns}: {n} Deployments");
         for item in d["items"].as_array().into_iter().flatten() {
             let owners = item["metadata"]["ownerReferences"].as_array().context("owners")?;
-            ensure!(owners.len() == 1 && owners[0]["name"] == "twin", "{}", item["metadata"]["name"]);
+            ensure!(
+                owners.len() == 1 && owners[0]["name"] == "twin",
+                "{}",
+                item["metadata"]["name"]
+            );
         }
     }
     Ok(())
 }
 
 fn deletion(s: &mut Suite) -> anyhow::Result<()> {
-    s.k(&["-n", "e2e-a", "delete", "rstack", "twin", "--wait=true", "--timeout=60s"])?;
+    s.k(&[
+        "-n",
+        "e2e-a",
+        "delete",
+        "rstack",
+        "twin",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     wait_until("e2e-a's children garbage-collected", SETTLE, || {
-        let left = s.json(&["-n", "e2e-a", "get", "deploy,svc,cm,pdb,netpol,hpa", "-l", "recstack.io/stack=twin"])?;
+        let left = s.json(&[
+            "-n",
+            "e2e-a",
+            "get",
+            "deploy,svc,cm,pdb,netpol,hpa",
+            "-l",
+            "recstack.io/stack=twin",
+        ])?;
         Ok(left["items"].as_array().is_some_and(Vec::is_empty).then_some(()))
     })?;
     ensure!(s.event_count("e2e-a", "Deleted")? > 0, "the finalizer ran");
     let b = s.json(&["-n", "e2e-b", "get", "deploy", "-l", "recstack.io/stack=twin"])?;
-    ensure!(b["items"].as_array().map_or(0, Vec::len) == 7, "the other namespace's twin is untouched");
+    ensure!(
+        b["items"].as_array().map_or(0, Vec::len) == 7,
+        "the other namespace's twin is untouched"
+    );
     s.wait_settled("e2e-b", "twin").map(drop)
 }
 
@@ -580,9 +740,16 @@ fn version_skew(s: &mut Suite) -> anyhow::Result<()> {
         r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/futureField","value":{"type":"string"}}]"#,
     ])?;
     let result = (|| {
-        s.patch_stack("e2e-b", "twin", json!({"spec": {"futureField": "from a newer release", "recall": {"replicas": 2}}}))?;
+        s.patch_stack(
+            "e2e-b",
+            "twin",
+            json!({"spec": {"futureField": "from a newer release", "recall": {"replicas": 2}}}),
+        )?;
         let stack = s.stack("e2e-b", "twin")?;
-        ensure!(stack["spec"]["futureField"] == "from a newer release", "the server kept the new field");
+        ensure!(
+            stack["spec"]["futureField"] == "from a newer release",
+            "the server kept the new field"
+        );
         wait_until("recall scaled despite the unknown field", SETTLE, || {
             let d = s.json(&["-n", "e2e-b", "get", "deploy", "twin-recall"])?;
             Ok((d["spec"]["replicas"] == 2).then_some(()))
@@ -592,7 +759,13 @@ fn version_skew(s: &mut Suite) -> anyhow::Result<()> {
         s.wait_settled("recstack", "minimal")?;
         s.wait_settled("e2e-b", "twin").map(drop)
     })();
-    s.k(&["apply", "--server-side", "--force-conflicts", "-f", "crds/recommenderstack.yaml"])?;
+    s.k(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "crds/recommenderstack.yaml",
+    ])?;
     result
 }
 
@@ -611,18 +784,29 @@ fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
     s.operator = Some(s.start_operator()?);
     s.wait_settled(ns, "r")?;
     let d = s.json(&["-n", ns, "get", "deploy", "-l", "recstack.io/stack=r"])?;
-    let names: Vec<&str> = d["items"].as_array().into_iter().flatten().filter_map(|i| i["metadata"]["name"].as_str()).collect();
+    let names: Vec<&str> = d["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
     ensure!(names.len() == 7, "{names:?} (had {at_kill} when killed)");
     let rs = s.json(&["-n", ns, "get", "rs", "-l", "recstack.io/stack=r"])?;
     let replica_sets = rs["items"].as_array().map_or(0, Vec::len);
-    ensure!(replica_sets == 7, "one ReplicaSet per Deployment, no spurious rollout: {replica_sets}");
+    ensure!(
+        replica_sets == 7,
+        "one ReplicaSet per Deployment, no spurious rollout: {replica_sets}"
+    );
     // The new operator found the settled stacks settled: it rewrote nothing of theirs.
     let op = s.operator()?;
     ensure!(
         op.metric_sum("recstack_operator_child_writes_total", &["reason=\"drift\""])? == 0.0
             && op.metric_sum("recstack_operator_child_writes_total", &["reason=\"updated\""])? == 0.0,
         "a restarted operator re-applied settled children: {:?}",
-        op.metrics()?.iter().filter(|(k, _)| k.starts_with("recstack_operator_child_writes")).collect::<Vec<_>>()
+        op.metrics()?
+            .iter()
+            .filter(|(k, _)| k.starts_with("recstack_operator_child_writes"))
+            .collect::<Vec<_>>()
     );
     ensure!(s.event_count("recstack", "DriftRepaired")? == drift_before);
     Ok(())
@@ -631,7 +815,10 @@ fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
 fn leader_election(s: &mut Suite) -> anyhow::Result<()> {
     let second = s.start_operator()?;
     std::thread::sleep(Duration::from_secs(2));
-    ensure!(second.metric_sum("recstack_operator_leader", &[])? == 0.0, "the second replica stands by");
+    ensure!(
+        second.metric_sum("recstack_operator_leader", &[])? == 0.0,
+        "the second replica stands by"
+    );
     let mut first = s.operator.take().context("operator")?;
     ensure!(first.metric_sum("recstack_operator_leader", &[])? == 1.0);
     let status = first.terminate()?;
@@ -648,12 +835,17 @@ fn leader_election(s: &mut Suite) -> anyhow::Result<()> {
     wait_until("the standby to lead", Duration::from_secs(20), || {
         Ok((second.metric_sum("recstack_operator_leader", &[])? == 1.0).then_some(()))
     })?;
-    println!("       standby took over {:.1} s after the leader exited", start.elapsed().as_secs_f64());
+    println!(
+        "       standby took over {:.1} s after the leader exited",
+        start.elapsed().as_secs_f64()
+    );
     s.operator = Some(second);
     // The new leader reconciles.
     s.k(&["-n", "recstack", "delete", "service", "minimal-recall"])?;
-    wait_until("minimal-recall restored by the new leader", Duration::from_secs(20), || {
-        Ok(s.k(&["-n", "recstack", "get", "service", "minimal-recall"]).ok())
-    })?;
+    wait_until(
+        "minimal-recall restored by the new leader",
+        Duration::from_secs(20),
+        || Ok(s.k(&["-n", "recstack", "get", "service", "minimal-recall"]).ok()),
+    )?;
     Ok(())
 }

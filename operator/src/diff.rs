@@ -35,9 +35,9 @@ fn subset_at(desired: &Value, live: &Value, quantity: bool) -> bool {
         (Value::String(d), Value::String(l)) if quantity && d != l => {
             matches!((quantity_value(d), quantity_value(l)), (Some(a), Some(b)) if a == b)
         }
-        (Value::String(d), Value::Number(l)) | (Value::Number(l), Value::String(d)) if quantity => {
-            quantity_value(d).zip(l.as_f64()).is_some_and(|(a, b)| (a - b).abs() < f64::EPSILON)
-        }
+        (Value::String(d), Value::Number(l)) | (Value::Number(l), Value::String(d)) if quantity => quantity_value(d)
+            .zip(l.as_f64())
+            .is_some_and(|(a, b)| (a - b).abs() < f64::EPSILON),
         (d, l) => d == l,
     }
 }
@@ -133,9 +133,15 @@ mod tests {
         assert!(!is_subset(&desired, &changed));
         // HPA targets are quantities too; env values are not.
         let hpa = json!({"target": {"type": "AverageValue", "averageValue": "500m"}});
-        assert!(is_subset(&hpa, &json!({"target": {"type": "AverageValue", "averageValue": "0.5"}})));
+        assert!(is_subset(
+            &hpa,
+            &json!({"target": {"type": "AverageValue", "averageValue": "0.5"}})
+        ));
         let target = json!({"target": {"type": "Value", "value": "1k"}});
-        assert!(is_subset(&target, &json!({"target": {"type": "Value", "value": "1000"}})));
+        assert!(is_subset(
+            &target,
+            &json!({"target": {"type": "Value", "value": "1000"}})
+        ));
         let env = json!({"env": [{"name": "N", "value": "1000m"}]});
         assert!(!is_subset(&env, &json!({"env": [{"name": "N", "value": "1"}]})));
     }

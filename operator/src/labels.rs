@@ -82,7 +82,9 @@ pub fn valid_stack_name(name: &str) -> bool {
         && bytes.len() <= MAX_STACK_NAME
         && bytes[0].is_ascii_lowercase()
         && bytes[bytes.len() - 1] != b'-'
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 #[cfg(test)]

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use futures::FutureExt;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use recstack_crds::RecommenderStack;
 use recstack_operator::metrics::Metrics;
-use futures::FutureExt;
 use recstack_operator::reconcile;
 use recstack_operator::{render, server};
 use tracing::info;
@@ -175,7 +175,14 @@ async fn run(
                 _ = stop_now => info!("stopping: finishing running reconciles"),
             }
         };
-        reconcile::run(client.clone(), metrics.clone(), Some(identity.clone()), concurrency, until).await;
+        reconcile::run(
+            client.clone(),
+            metrics.clone(),
+            Some(identity.clone()),
+            concurrency,
+            until,
+        )
+        .await;
         metrics.leader.set(0);
         if stop.peek().is_some() {
             break;

@@ -49,7 +49,11 @@ impl Default for Metrics {
         let status_writes = Counter::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles by outcome (ok, error)", reconciles.clone());
-        registry.register("reconcile_errors", "Reconcile errors by stage and cause", errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by stage and cause",
+            errors.clone(),
+        );
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
         registry.register(
             "child_writes",

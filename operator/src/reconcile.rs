@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -20,7 +21,6 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use k8s_openapi::api::scheduling::v1::PriorityClass;
 use recstack_crds::{Component, RecommenderStack, StreamEngine};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -82,15 +82,16 @@ impl Error {
         match self {
             Error::Render(_) | Error::MissingNamespace => "invalid_spec",
             Error::List { source, .. } | Error::Child { source, .. } | Error::Status(source) => cause(source),
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.cause()
+            Error::Finalizer(e) => {
+                match e.as_ref() {
+                    kube::runtime::finalizer::Error::ApplyFailed(e)
+                    | kube::runtime::finalizer::Error::CleanupFailed(e) => e.cause(),
+                    kube::runtime::finalizer::Error::AddFinalizer(e)
+                    | kube::runtime::finalizer::Error::RemoveFinalizer(e) => cause(e),
+                    kube::runtime::finalizer::Error::UnnamedObject
+                    | kube::runtime::finalizer::Error::InvalidFinalizer => "client",
                 }
-                kube::runtime::finalizer::Error::AddFinalizer(e)
-                | kube::runtime::finalizer::Error::RemoveFinalizer(e) => cause(e),
-                kube::runtime::finalizer::Error::UnnamedObject
-                | kube::runtime::finalizer::Error::InvalidFinalizer => "client",
-            },
+            }
         }
     }
 }
@@ -230,7 +231,10 @@ pub async fn run(
         let shutdown = shutdown.clone();
         async move {
             shutdown.await;
-            info!(running = in_flight.load(Ordering::Acquire), "waiting for running reconciles");
+            info!(
+                running = in_flight.load(Ordering::Acquire),
+                "waiting for running reconciles"
+            );
             while in_flight.load(Ordering::Acquire) > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -495,9 +499,13 @@ async fn hand_over_replicas(
         "metadata": { "name": name },
         "spec": { "replicas": replicas },
     });
-    api.patch(name, &PatchParams::apply(HANDOVER_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| ())
+    api.patch(
+        name,
+        &PatchParams::apply(HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Deletes what owner references cannot: PriorityClasses that operators before 0.2 created
@@ -568,7 +576,9 @@ async fn list_children(
             for (&kind, store) in stores {
                 let owned = store.state_filter(|o| {
                     o.metadata.namespace.as_deref() == Some(ns)
-                        && wanted.iter().all(|(k, v)| o.labels().get(*k).map(String::as_str) == Some(v.as_str()))
+                        && wanted
+                            .iter()
+                            .all(|(k, v)| o.labels().get(*k).map(String::as_str) == Some(v.as_str()))
                 });
                 live.extend(owned.into_iter().map(|o| ((kind, o.name_any()), (*o).clone())));
             }
@@ -710,5 +720,65 @@ async fn publish(ctx: &Context, stack: &RecommenderStack, type_: EventType, reas
     };
     if let Err(e) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(spec: Value, managed: Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "s-recall", "namespace": "n", "managedFields": managed},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn desired(spec: Value) -> Child {
+        Child {
+            kind: ChildKind::Deployment,
+            object: deployment(spec, json!([])),
+        }
+    }
+
+    fn ours(fields: Value) -> Value {
+        json!([{"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": fields}])
+    }
+
+    #[test]
+    fn replicas_are_handed_over_when_the_operator_stops_applying_them() {
+        let live = deployment(json!({"replicas": 3}), ours(json!({"f:spec": {"f:replicas": {}}})));
+        assert_eq!(replicas_to_hand_over(&desired(json!({})), &live), Some(3));
+        // Still applying replicas: nothing to hand over.
+        assert_eq!(replicas_to_hand_over(&desired(json!({"replicas": 2})), &live), None);
+        // Someone else (the HPA, an earlier hand-over) owns them already.
+        let theirs = deployment(
+            json!({"replicas": 3}),
+            json!([{"manager": "kube-controller-manager", "operation": "Update",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]),
+        );
+        assert_eq!(replicas_to_hand_over(&desired(json!({})), &theirs), None);
+        // The operator owns other fields but not replicas.
+        let other = deployment(json!({"replicas": 3}), ours(json!({"f:spec": {"f:template": {}}})));
+        assert_eq!(replicas_to_hand_over(&desired(json!({})), &other), None);
+        // Only Deployments have replicas to hand over.
+        let cm = Child {
+            kind: ChildKind::ConfigMap,
+            object: deployment(json!({}), json!([])),
+        };
+        assert_eq!(replicas_to_hand_over(&cm, &live), None);
+    }
+
+    #[test]
+    fn error_causes_from_status_codes() {
+        let api = |code| kube::Error::Api(Box::new(kube::core::Status::failure("m", "r").with_code(code)));
+        assert_eq!(cause(&api(403)), "forbidden");
+        assert_eq!(cause(&api(409)), "conflict");
+        assert_eq!(cause(&api(422)), "invalid");
+        assert_eq!(cause(&api(503)), "server_error");
+        assert_eq!(cause(&api(418)), "api");
     }
 }

@@ -260,7 +260,11 @@ pub fn observe_deployment(
         let w = stack.spec.workload(component);
         w.replicas.or(w.autoscaling.map(|a| a.min_replicas)).unwrap_or(2)
     };
-    let num = |path: &str| live.and_then(|l| l.pointer(path)).and_then(|v| v.as_i64()).map(|n| n as i32);
+    let num = |path: &str| {
+        live.and_then(|l| l.pointer(path))
+            .and_then(|v| v.as_i64())
+            .map(|n| n as i32)
+    };
     let desired = num("/spec/replicas").or(spec_replicas).unwrap_or_else(fallback);
     let Some(live) = live else {
         return Observed {
@@ -276,10 +280,13 @@ pub fn observe_deployment(
         .and_then(|c| c.as_array())
         .into_iter()
         .flatten()
-        .find(|c| {
-            c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded"
-        })
-        .map(|c| c["message"].as_str().unwrap_or("progress deadline exceeded").to_string());
+        .find(|c| c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded")
+        .map(|c| {
+            c["message"]
+                .as_str()
+                .unwrap_or("progress deadline exceeded")
+                .to_string()
+        });
     Observed {
         component: Some(component),
         desired,
@@ -313,5 +320,106 @@ pub fn observe_flink(live: Option<&serde_json::Value>) -> Observed {
         total: n,
         current: true,
         stalled: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn stack() -> RecommenderStack {
+        let mut s = RecommenderStack::new("s", Default::default());
+        s.metadata.namespace = Some("n".into());
+        s.metadata.generation = Some(4);
+        s
+    }
+
+    fn deployment(status: serde_json::Value) -> Observed {
+        let live = json!({"metadata": {"generation": 7}, "spec": {"replicas": 2}, "status": status});
+        observe_deployment(Component::Recall, Some(2), Some(&live), &stack())
+    }
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn condition<'a>(status: &'a RecommenderStackStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_finished_rollout_is_rolled_out() {
+        let o = deployment(json!({"observedGeneration": 7, "replicas": 2, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 2}));
+        assert!(o.rolled_out());
+    }
+
+    #[test]
+    fn ready_replicas_alone_are_not_a_rollout() {
+        // New pods crash-loop; the old ones keep readyReplicas at the desired count.
+        let crash_looping = deployment(json!({"observedGeneration": 7, "replicas": 3, "updatedReplicas": 1,
+            "readyReplicas": 2, "availableReplicas": 2}));
+        assert!(!crash_looping.rolled_out());
+        // Every pod updated but the old one not yet gone.
+        let old_left = deployment(json!({"observedGeneration": 7, "replicas": 3, "updatedReplicas": 2,
+            "readyReplicas": 3, "availableReplicas": 3}));
+        assert!(!old_left.rolled_out());
+        // The Deployment controller has not seen the new spec yet: its status is about the old.
+        let stale = deployment(json!({"observedGeneration": 6, "replicas": 2, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 2}));
+        assert!(!stale.rolled_out());
+        // Ready but not yet available (minReadySeconds).
+        let unavailable = deployment(json!({"observedGeneration": 7, "replicas": 2, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 1}));
+        assert!(!unavailable.rolled_out());
+        let missing = observe_deployment(Component::Recall, Some(2), None, &stack());
+        assert!(!missing.rolled_out());
+        assert_eq!(missing.desired, 2);
+    }
+
+    #[test]
+    fn a_crash_looping_rollout_reads_not_ready_and_progressing() {
+        let o = deployment(json!({"observedGeneration": 7, "replicas": 3, "updatedReplicas": 1,
+            "readyReplicas": 2, "availableReplicas": 2}));
+        let status = desired_status(&stack(), &[o], &Outcome::Applied, &now());
+        let ready = condition(&status, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ComponentsNotReady")
+        );
+        assert!(
+            ready.message.contains("recall 2/2 ready, 1/2 updated"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(condition(&status, PROGRESSING).status, "True");
+        assert_eq!(condition(&status, DEGRADED).status, "False");
+        assert_eq!(status.phase.as_deref(), Some("Progressing"));
+        assert_eq!(ready.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn a_rollout_past_its_deadline_is_degraded() {
+        let o = deployment(json!({"observedGeneration": 7, "replicas": 3, "updatedReplicas": 1,
+            "readyReplicas": 2, "availableReplicas": 2,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet \"s-recall-7d9\" has timed out progressing."}]}));
+        assert!(o.stalled.is_some());
+        let status = desired_status(&stack(), &[o], &Outcome::Applied, &now());
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "RolloutStalled")
+        );
+        assert!(degraded.message.contains("recall: ReplicaSet"), "{}", degraded.message);
+        let progressing = condition(&status, PROGRESSING);
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("False", "ProgressDeadlineExceeded")
+        );
+        assert_eq!(condition(&status, READY).status, "False");
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
     }
 }

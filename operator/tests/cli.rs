@@ -32,7 +32,11 @@ fn render_prints_every_child_as_yaml() {
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml::from_str(d).unwrap())
         .collect();
-    assert_eq!(docs.len(), 35);
+    assert_eq!(docs.len(), 33);
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "PriorityClass"),
+        "the install owns PriorityClasses"
+    );
     assert!(
         docs.iter()
             .any(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "minimal-ranking")

@@ -13,6 +13,7 @@ use recstack_crds::{RecommenderStack, StreamEngine};
 use recstack_operator::metrics::Metrics;
 use recstack_operator::mock_api::{Call, MockApi};
 use recstack_operator::reconcile::{self, Context, backoff};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const STACKS: &str = "/apis/recstack.io/v1alpha1/namespaces/recstack/recommenderstacks";
@@ -156,7 +157,10 @@ async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
         gateway["spec"]["template"]["spec"]["priorityClassName"], "recstack-online",
         "the install's class, not one of the stack's own"
     );
-    assert!(h.api.names(PRIORITY).is_empty(), "the operator creates no PriorityClass");
+    assert!(
+        h.api.names(PRIORITY).is_empty(),
+        "the operator creates no PriorityClass"
+    );
 
     // Nothing is ready yet: progressing, not degraded.
     assert_eq!(h.phase(), "Progressing");
@@ -401,7 +405,9 @@ async fn apply_error_sets_degraded_and_backs_off() {
         h.ctx
             .metrics
             .encode()
-            .contains("recstack_operator_reconcile_errors_total{error=\"finalizer\"} 1")
+            .contains("recstack_operator_reconcile_errors_total{stage=\"finalizer\",cause=\"server_error\"} 1"),
+        "errors are counted by stage and cause: {}",
+        h.ctx.metrics.encode()
     );
     let action = reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
     assert_eq!(action, Action::requeue(backoff(2)));
@@ -457,4 +463,184 @@ async fn deleted_child_is_recreated() {
 fn backoff_grows_and_caps() {
     let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
     assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+/// `(api group, resource)` and the RBAC verb one recorded request is authorized as.
+fn rbac_verbs(call: &Call) -> Vec<(String, String, &'static str)> {
+    let segments: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {}", call.path),
+    };
+    let (resource, name, sub) = match rest {
+        ["namespaces", _ns, resource, rest @ ..] => (*resource, rest.first(), rest.get(1)),
+        [resource, rest @ ..] => (*resource, rest.first(), rest.get(1)),
+        [] => panic!("no resource in {}", call.path),
+    };
+    let resource = match sub {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
+    };
+    let verbs: Vec<&'static str> = match (&call.method, name) {
+        (&Method::GET, Some(_)) => vec!["get"],
+        (&Method::GET, None) if call.query.contains("watch=true") => vec!["watch"],
+        (&Method::GET, None) => vec!["list"],
+        (&Method::POST, _) => vec!["create"],
+        // A server-side apply of an object that does not exist yet is authorized as `create`.
+        (&Method::PATCH, Some(_))
+            if call
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with("application/apply-patch")) =>
+        {
+            vec!["patch", "create"]
+        }
+        (&Method::PATCH, _) => vec!["patch"],
+        (&Method::PUT, _) => vec!["update"],
+        (&Method::DELETE, Some(_)) => vec!["delete"],
+        (&Method::DELETE, None) => vec!["deletecollection"],
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    verbs
+        .into_iter()
+        .map(|v| (group.to_string(), resource.clone(), v))
+        .collect()
+}
+
+/// The install's ClusterRole grants exactly the verbs the operator's requests need — no
+/// fewer (the first server-side apply of a child is a `create`), no more — derived from every
+/// request recorded over a stack's life: create, scale, engine switch and prune, drift,
+/// deletion with legacy PriorityClasses. Leader election's Lease verbs are in their own Role
+/// and are exercised by the cluster e2e (`scripts/e2e`).
+#[tokio::test]
+async fn rbac_grants_exactly_the_verbs_the_code_uses() {
+    use std::collections::BTreeSet;
+    let mut used = BTreeSet::new();
+    let mut record = |calls: Vec<Call>| {
+        for c in &calls {
+            used.extend(rbac_verbs(c));
+        }
+    };
+    let h = Harness::new("gpu-ranking");
+    h.reconcile_ok().await;
+    record(h.api.calls());
+    h.reconcile_ok().await;
+    record(h.api.calls());
+    h.api.make_deployments_ready();
+    h.api
+        .edit(DEPLOYMENTS, "gpu-rerank", |o| o["spec"]["replicas"] = json!(9));
+    h.edit_spec(|s| {
+        s.spec.event_log = Some(recstack_crds::EventLogSpec {
+            bootstrap_servers: vec!["kafka:9092".into()],
+            topic: "ev".into(),
+        });
+        s.spec.stream.engine = StreamEngine::Flink;
+    });
+    h.reconcile_ok().await;
+    record(h.api.calls());
+    // Back to the built-in engine and down to the bare stack: every kind is pruned somewhere.
+    h.edit_spec(|s| {
+        let mut spec = serde_json::to_value(&s.spec).unwrap();
+        for c in ["gateway", "recall", "ranking", "rerank", "feature", "ingest"] {
+            let o = spec[c].as_object_mut().unwrap();
+            o.remove("autoscaling");
+            o.insert("replicas".into(), json!(2));
+        }
+        spec.as_object_mut().unwrap().remove("dashboard");
+        spec["stream"]["engine"] = json!("builtin");
+        spec["policies"]["networkPolicy"]["enabled"] = json!(false);
+        spec["policies"]["podDisruptionBudget"]["enabled"] = json!(false);
+        s.spec = serde_json::from_value(spec).unwrap();
+    });
+    let writes = h.reconcile_ok().await;
+    record(h.api.calls());
+    let pruned: BTreeSet<String> = summaries(&writes)
+        .iter()
+        .filter_map(|w| {
+            w.strip_prefix("DELETE ")
+                .and_then(|w| w.split('/').next())
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(pruned.len(), 10, "every kind pruned once: {pruned:?}");
+    h.api.put(
+        PRIORITY,
+        "recstack-recstack-gpu-online",
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "value": 1000,
+            "metadata": {"name": "recstack-recstack-gpu-online", "labels": {
+                "app.kubernetes.io/managed-by": "recstack-operator",
+                "recstack.io/stack": "gpu", "recstack.io/stack-namespace": "recstack"}}}),
+    );
+    h.api.edit(STACKS, "gpu", |o| {
+        o["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z")
+    });
+    h.reconcile_ok().await;
+    record(h.api.calls());
+    // The production path watches the stacks and every kind a stack owns (`reconcile::run`);
+    // the in-memory API is listed instead.
+    used.insert(("recstack.io".into(), "recommenderstacks".into(), "list"));
+    used.insert(("recstack.io".into(), "recommenderstacks".into(), "watch"));
+    for kind in recstack_operator::render::ChildKind::ALL {
+        let ar = kind.api_resource();
+        used.insert((ar.group.clone(), ar.plural.clone(), "watch"));
+    }
+    // A Role the operator writes may grant only what the operator holds itself (RBAC's
+    // escalation check), and a blockOwnerDeletion owner reference needs `update` on the
+    // owner's finalizers where OwnerReferencesPermissionEnforcement is on.
+    let mut stack = common::sample("gpu-ranking");
+    stack.metadata.uid = Some("uid".into());
+    for child in recstack_operator::render::render(&stack).unwrap() {
+        let object = serde_json::to_value(&child.object).unwrap();
+        for rule in object["rules"].as_array().into_iter().flatten() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        let verb: &'static str = match verb.as_str().unwrap() {
+                            "get" => "get",
+                            other => panic!("a rendered Role grants {other}: add it here"),
+                        };
+                        used.insert((group.as_str().unwrap().into(), resource.as_str().unwrap().into(), verb));
+                    }
+                }
+            }
+        }
+        if object["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] == true {
+            used.insert(("recstack.io".into(), "recommenderstacks/finalizers".into(), "update"));
+        }
+    }
+
+    let install =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/install/rbac.yaml")).unwrap();
+    let mut granted = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&install) {
+        let doc = Value::deserialize(doc).unwrap();
+        if doc["kind"] != "ClusterRole" {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            group.as_str().unwrap().to_string(),
+                            resource.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let used: BTreeSet<(String, String, String)> = used.into_iter().map(|(g, r, v)| (g, r, v.to_string())).collect();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        missing.is_empty(),
+        "rbac.yaml lacks verbs the operator uses: {missing:#?}"
+    );
+    assert!(
+        unused.is_empty(),
+        "rbac.yaml grants verbs the operator never uses: {unused:#?}"
+    );
 }
