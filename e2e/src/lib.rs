@@ -133,6 +133,11 @@ impl Operator {
         Ok(op)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(child) = self.child.as_mut()
             && let Some(status) = child.try_wait()?

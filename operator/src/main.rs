@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
-use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use recstack_crds::RecommenderStack;
 use recstack_operator::metrics::Metrics;
@@ -116,10 +115,18 @@ async fn run(
     lease_namespace: String,
     identity: String,
 ) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (is KUBECONFIG or in-cluster config set?)")?;
     let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API (is KUBECONFIG or in-cluster config set?)")?;
+    let counted = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+            counted.count_request(req.method(), req.uri());
+            req
+        }))
+        .build();
     let ready = Arc::new(AtomicBool::new(false));
     let state = server::ServerState {
         metrics: metrics.clone(),

@@ -26,6 +26,13 @@ pub struct WriteLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// read (GET one or LIST), watch (a long-lived GET), write (everything else).
+    pub kind: &'static str,
+    pub method: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -36,6 +43,8 @@ pub struct Metrics {
     pub writes: Family<WriteLabels, Counter>,
     pub status_writes: Counter,
     pub leader: Gauge,
+    /// Requests to the Kubernetes API by kind and HTTP method (leader election included).
+    pub api_requests: Family<RequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,6 +57,7 @@ impl Default for Metrics {
         let writes = Family::<WriteLabels, Counter>::default();
         let status_writes = Counter::default();
         let leader = Gauge::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register("reconciles", "Reconciles by outcome (ok, error)", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -62,6 +72,11 @@ impl Default for Metrics {
         );
         registry.register("status_writes", "Status subresource writes", status_writes.clone());
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API by kind (read, watch, write) and method",
+            api_requests.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -70,11 +85,28 @@ impl Default for Metrics {
             writes,
             status_writes,
             leader,
+            api_requests,
         }
     }
 }
 
 impl Metrics {
+    /// Counts one API request.
+    pub fn count_request(&self, method: &http::Method, uri: &http::Uri) {
+        let watch = uri.query().is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let kind = match *method {
+            http::Method::GET if watch => "watch",
+            http::Method::GET => "read",
+            _ => "write",
+        };
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                kind,
+                method: method.as_str().to_string(),
+            })
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
