@@ -617,7 +617,7 @@ pub struct PoliciesSpec {
     /// NetworkPolicies: deny everything, then allow the request and event paths.
     #[serde(default)]
     pub network_policy: NetworkPolicyPolicy,
-    /// PriorityClasses: online serving above offline and streaming work.
+    /// The PriorityClasses the stack's pods run under (the install's, by default).
     #[serde(default)]
     pub priority_classes: PriorityClassPolicy,
 }

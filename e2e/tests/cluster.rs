@@ -224,6 +224,19 @@ impl Suite {
         )
     }
 
+    /// The pods of one component of a stack that are not terminating.
+    fn pods(&self, ns: &str, stack: &str, component: &str) -> anyhow::Result<Vec<Value>> {
+        let selector = format!("recstack.io/stack={stack},app.kubernetes.io/component={component}");
+        let list = self.json(&["-n", ns, "get", "pods", "-l", &selector])?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect())
+    }
+
     /// How many times events of `reason` happened in `ns`: repeats of one (reason, object)
     /// are one Event whose `series.count` grows.
     fn event_count(&self, ns: &str, reason: &str) -> anyhow::Result<u64> {
@@ -328,15 +341,13 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
         s.wait_ready("recstack", name)?;
     }
     // What Ready stands on: the GPU ranking pods were scheduled with their GPUs and classes.
-    let pods = s.json(&[
-        "-n",
-        "recstack",
-        "get",
-        "pods",
-        "-l",
-        "recstack.io/stack=gpu,app.kubernetes.io/component=ranking",
-    ])?;
-    let pod = &pods["items"][0];
+    let pods = s.pods("recstack", "gpu", "ranking")?;
+    let pod = pods.first().context("a gpu ranking pod")?;
+    ensure!(
+        pod["spec"]["nodeName"] == "kwok-gpu-0",
+        "scheduled onto the GPU node: {}",
+        pod["spec"]["nodeName"]
+    );
     ensure!(
         pod["status"]["phase"] == "Running",
         "gpu ranking pod: {}",
@@ -500,20 +511,7 @@ fn priority_class_change(s: &mut Suite) -> anyhow::Result<()> {
     s.wait_settled("recstack", "minimal")?;
     // Every running gateway pod moved to the new class (old ones are gone once the rollout ends).
     wait_until("gateway pods under e2e-urgent", SETTLE, || {
-        let pods = s.json(&[
-            "-n",
-            "recstack",
-            "get",
-            "pods",
-            "-l",
-            "recstack.io/stack=minimal,app.kubernetes.io/component=gateway",
-        ])?;
-        let live: Vec<&Value> = pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .collect();
+        let live = s.pods("recstack", "minimal", "gateway")?;
         Ok((!live.is_empty()
             && live
                 .iter()

@@ -55,11 +55,6 @@ pub fn children_selector(stack: &str) -> String {
     format!("{MANAGED_BY}={FIELD_MANAGER},{STACK}={stack}")
 }
 
-/// The labels [`children_selector`] selects on, as pairs.
-pub fn stack_selector_labels(stack: &str) -> [(&'static str, String); 2] {
-    [(MANAGED_BY, FIELD_MANAGER.to_string()), (STACK, stack.to_string())]
-}
-
 /// Label selector for the PriorityClasses operators before 0.2 created per stack.
 pub fn legacy_priority_class_selector(namespace: &str, stack: &str) -> String {
     format!("{},{STACK_NAMESPACE}={namespace}", children_selector(stack))

@@ -122,10 +122,12 @@ async fn run(
     let counted = metrics.clone();
     let client = kube::client::ClientBuilder::try_from(config)
         .context("connecting to the Kubernetes API")?
-        .with_layer(&tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-            counted.count_request(req.method(), req.uri());
-            req
-        }))
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: http::Request<kube::client::Body>| {
+                counted.count_request(req.method(), req.uri());
+                req
+            },
+        ))
         .build();
     let ready = Arc::new(AtomicBool::new(false));
     let state = server::ServerState {

@@ -93,7 +93,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one API request.
     pub fn count_request(&self, method: &http::Method, uri: &http::Uri) {
-        let watch = uri.query().is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let watch = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
         let kind = match *method {
             http::Method::GET if watch => "watch",
             http::Method::GET => "read",

@@ -1,5 +1,6 @@
-//! An in-memory Kubernetes API behind a `tower_test` mock service, for reconcile tests and
-//! the reconcile benchmark (no API server can run on the build machines).
+//! An in-memory Kubernetes API behind a `tower_test` mock service, for the fast reconcile
+//! tests and the reconcile benchmark. The real API server's behaviour (RBAC, admission, CEL,
+//! canonicalisation, garbage collection, watches) is tested by the cluster e2e (`scripts/e2e`).
 //!
 //! It serves what the operator uses: GET and LIST (with equality label selectors), server-side
 //! apply, merge and JSON patches (status subresource included), POST and DELETE (finalizers

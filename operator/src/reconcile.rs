@@ -18,13 +18,13 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use recstack_crds::{Component, RecommenderStack, StreamEngine};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::cache::ChildCache;
 use crate::diff::is_subset;
 use crate::labels::{self, FIELD_MANAGER, FINALIZER};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, WriteLabels};
@@ -135,10 +135,10 @@ pub struct Context {
 enum Children {
     /// A LIST per kind and reconcile (tests against the in-memory API, which does not watch).
     List,
-    /// The controller's watch caches, one per owned kind (what [`run`] uses), and whether
-    /// every one of them holds its first full list.
+    /// The controller's watch caches (what [`run`] uses), and whether every one of them holds
+    /// its first full list.
     Watched {
-        stores: BTreeMap<ChildKind, Store<DynamicObject>>,
+        cache: ChildCache,
         ready: tokio::sync::watch::Receiver<bool>,
     },
 }
@@ -177,49 +177,26 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let owned = watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", labels::MANAGED_BY));
     let mut controller = Controller::new(Api::<RecommenderStack>::all(client.clone()), watcher::Config::default());
-    let mut stores = BTreeMap::new();
+    let mut cache = ChildCache::new();
     for kind in ChildKind::ALL {
         if kind.optional() && !installed(&client, kind).await {
             info!(kind = kind.kind(), "not installed in this cluster; not watched");
             continue;
         }
-        let ar = kind.api_resource();
-        let writer = reflector::store::Writer::new(ar.clone());
-        stores.insert(kind, writer.as_reader());
-        let keep_managed_fields = kind == ChildKind::Deployment;
-        let types = kube::api::TypeMeta {
-            api_version: ar.api_version.clone(),
-            kind: ar.kind.clone(),
-        };
-        let stream = watcher(Api::<DynamicObject>::all_with(client.clone(), &ar), owned.clone())
-            .default_backoff()
-            .modify(move |o| {
-                // Objects from the initial LIST carry no apiVersion/kind (watch events do);
-                // the diff compares them with what would be applied.
-                o.types.get_or_insert_with(|| types.clone());
-                // Only Deployments' field ownership is read (the replicas hand-over).
-                if !keep_managed_fields {
-                    o.managed_fields_mut().clear();
-                }
-            })
-            .reflect(writer)
-            .touched_objects();
-        controller = controller.owns_stream_with(stream, ar);
+        let stream = cache.watch(&client, kind);
+        controller = controller.owns_stream_with(stream, kind.api_resource());
     }
     // One task waits for the caches (a store's readiness wakes only one waiter), and tells
     // every reconcile through a watch channel.
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
-    let waiting = stores.clone();
+    let waiting = cache.clone();
     tokio::spawn(async move {
-        for store in waiting.values() {
-            let _ = store.wait_until_ready().await;
-        }
+        waiting.wait_until_ready().await;
         let _ = ready_tx.send(true);
     });
     let ctx = Arc::new(Context {
-        children: Children::Watched { stores, ready },
+        children: Children::Watched { cache, ready },
         ..Context::new(client, metrics, identity)
     });
     // On shutdown the controller stops taking work, and this waits for the reconciles already
@@ -476,13 +453,7 @@ pub fn replicas_to_hand_over(desired: &Child, live: &DynamicObject) -> Option<i6
         return None;
     }
     let replicas = live.data.pointer("/spec/replicas").and_then(Value::as_i64)?;
-    let ours = live.metadata.managed_fields.iter().flatten().any(|m| {
-        m.manager.as_deref() == Some(FIELD_MANAGER)
-            && m.operation.as_deref() == Some("Apply")
-            && m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
-    });
+    let ours = crate::cache::operator_owns_replicas(live);
     ours.then_some(replicas)
 }
 
@@ -566,24 +537,15 @@ async fn list_children(
     ns: &str,
     stack: &str,
 ) -> Result<BTreeMap<(ChildKind, String), DynamicObject>, Error> {
-    let mut live = BTreeMap::new();
-    let selector = labels::children_selector(stack);
     match &ctx.children {
-        Children::Watched { stores, ready } => {
+        Children::Watched { cache, ready } => {
             // Returns at once after every cache's first full list.
             let _ = ready.clone().wait_for(|r| *r).await;
-            let wanted = labels::stack_selector_labels(stack);
-            for (&kind, store) in stores {
-                let owned = store.state_filter(|o| {
-                    o.metadata.namespace.as_deref() == Some(ns)
-                        && wanted
-                            .iter()
-                            .all(|(k, v)| o.labels().get(*k).map(String::as_str) == Some(v.as_str()))
-                });
-                live.extend(owned.into_iter().map(|o| ((kind, o.name_any()), (*o).clone())));
-            }
+            Ok(cache.children(ns, stack))
         }
         Children::List => {
+            let selector = labels::children_selector(stack);
+            let mut live = BTreeMap::new();
             for kind in ChildKind::ALL {
                 let list = match child_api(ctx, kind, ns)
                     .list(&ListParams::default().labels(&selector))
@@ -600,9 +562,9 @@ async fn list_children(
                 };
                 live.extend(list.into_iter().map(|o| ((kind, o.name_any()), o)));
             }
+            Ok(live)
         }
     }
-    Ok(live)
 }
 
 /// Per-component replicas from the live objects.

@@ -58,7 +58,7 @@ fn minimal_stack_has_every_workload_and_policy() {
         "default deny + dns + one per component"
     );
     // PriorityClasses belong to the install; pods name them.
-    assert_eq!(counts.len(), 9, "{counts:?}");
+    assert_eq!(counts.len(), 6, "{counts:?}");
     assert!(!counts.contains_key(&ChildKind::FlinkDeployment));
 
     let recall = find(&children, ChildKind::Deployment, "minimal-recall");
@@ -74,13 +74,13 @@ fn minimal_stack_has_every_workload_and_policy() {
     assert_eq!(container["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(pod["priorityClassName"], "recstack-recstack-minimal-online");
+    assert_eq!(pod["priorityClassName"], "recstack-online");
     assert_eq!(gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     assert!(pod["affinity"]["podAntiAffinity"].is_object());
     let stream = find(&children, ChildKind::Deployment, "minimal-stream");
     assert_eq!(
         stream["spec"]["template"]["spec"]["priorityClassName"],
-        "recstack-recstack-minimal-offline"
+        "recstack-offline"
     );
 
     let hpa = find(&children, ChildKind::HorizontalPodAutoscaler, "minimal-gateway");
@@ -277,7 +277,7 @@ fn flink_engine_renders_a_flink_deployment_instead_of_the_worker() {
     assert_eq!(flink["spec"]["job"]["parallelism"], 4);
     assert_eq!(
         flink["spec"]["podTemplate"]["spec"]["priorityClassName"],
-        "recstack-recstack-flink-offline"
+        "recstack-offline"
     );
     let sql = find(&children, ChildKind::ConfigMap, "flink-stream-sql");
     let sql = sql["data"]["recstack-aggregate.sql"].as_str().unwrap();
