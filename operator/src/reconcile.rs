@@ -357,6 +357,64 @@ async fn sync_children(
     desired: Vec<Child>,
     live: &mut BTreeMap<(ChildKind, String), DynamicObject>,
 ) -> Result<(), Error> {
+    let mut changes = Changes::default();
+    let result = apply_and_prune(stack, ctx, ns, desired, live, &mut changes).await;
+    // One Event per kind of change and reconcile (not one per object: a new stack's 37
+    // children would be 37 more writes to the API server), also when an apply failed midway.
+    for (reason, objects) in changes.0 {
+        let note = changes_note(reason, &objects);
+        let action = if reason == "Pruned" { "Delete" } else { "Apply" };
+        publish(ctx, stack, EventType::Normal, reason, action, note).await;
+    }
+    result
+}
+
+/// What one reconcile changed: reason → "Kind name" of each object.
+#[derive(Default)]
+struct Changes(BTreeMap<&'static str, Vec<String>>);
+
+impl Changes {
+    fn add(&mut self, reason: &'static str, kind: ChildKind, name: &str) {
+        self.0
+            .entry(reason)
+            .or_default()
+            .push(format!("{} {name}", kind.kind()));
+    }
+}
+
+/// An Event's note for `objects` changed for `reason`, within the API's 1 KiB limit.
+pub fn changes_note(reason: &str, objects: &[String]) -> String {
+    let what = match reason {
+        "Created" => "created",
+        "DriftRepaired" => "changed outside the operator; re-applied the stack's version of",
+        "Pruned" => "no longer part of the stack; deleted",
+        _ => "updated to match the spec:",
+    };
+    let mut note = format!(
+        "{} object{} {what}",
+        objects.len(),
+        if objects.len() == 1 { "" } else { "s" }
+    );
+    for (i, object) in objects.iter().enumerate() {
+        let more = format!(" … and {} more", objects.len() - i);
+        if note.len() + object.len() + 2 + more.len() > 1000 {
+            note.push_str(&more);
+            break;
+        }
+        note.push_str(if i == 0 { ": " } else { ", " });
+        note.push_str(object);
+    }
+    note
+}
+
+async fn apply_and_prune(
+    stack: &RecommenderStack,
+    ctx: &Context,
+    ns: &str,
+    desired: Vec<Child>,
+    live: &mut BTreeMap<(ChildKind, String), DynamicObject>,
+    changes: &mut Changes,
+) -> Result<(), Error> {
     let mut wanted = Vec::with_capacity(desired.len());
     for child in desired {
         let child = stamp(child);
@@ -406,8 +464,7 @@ async fn sync_children(
             })
             .inc();
         info!(stack = %stack.name_any(), kind = child.kind.kind(), name = %key.1, reason, "applied");
-        let note = format!("{} {} {}", child.kind.kind(), key.1, reason_note(reason));
-        publish(ctx, stack, EventType::Normal, reason, "Apply", note).await;
+        changes.add(reason, child.kind, &key.1);
         live.insert(key, applied);
     }
 
@@ -432,8 +489,7 @@ async fn sync_children(
                 reason: "pruned",
             })
             .inc();
-        let note = format!("{} {name} is no longer part of the stack", kind.kind());
-        publish(ctx, stack, EventType::Normal, "Pruned", "Delete", note).await;
+        changes.add("Pruned", *kind, name);
         live.remove(&key);
     }
     Ok(())
@@ -663,14 +719,6 @@ fn metric_reason(reason: &str) -> &'static str {
     }
 }
 
-fn reason_note(reason: &str) -> &'static str {
-    match reason {
-        "Created" => "created",
-        "DriftRepaired" => "was changed outside the operator; re-applied the stack's version",
-        _ => "updated to match the spec",
-    }
-}
-
 /// Publishes a Kubernetes Event on the stack. Failing to publish never fails a reconcile.
 async fn publish(ctx: &Context, stack: &RecommenderStack, type_: EventType, reason: &str, action: &str, note: String) {
     let event = Event {
@@ -732,6 +780,21 @@ mod tests {
             object: deployment(json!({}), json!([])),
         };
         assert_eq!(replicas_to_hand_over(&cm, &live), None);
+    }
+
+    #[test]
+    fn change_notes_name_the_objects_within_the_limit() {
+        assert_eq!(
+            changes_note("Pruned", &["Deployment s-stream".into()]),
+            "1 object no longer part of the stack; deleted: Deployment s-stream"
+        );
+        let many: Vec<String> = (0..200)
+            .map(|i| format!("NetworkPolicy stack-with-a-long-name-{i}"))
+            .collect();
+        let note = changes_note("Created", &many);
+        assert!(note.starts_with("200 objects created: NetworkPolicy stack-with-a-long-name-0, "));
+        assert!(note.len() <= 1024, "{}", note.len());
+        assert!(note.ends_with(" more"), "{note}");
     }
 
     #[test]

@@ -144,7 +144,18 @@ async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
     );
     let expected = recstack_operator::render::render(&stack).unwrap().len();
     assert_eq!(applies(&writes).len(), expected, "{:#?}", summaries(&writes));
-    assert_eq!(events(&writes).iter().filter(|r| *r == "Created").count(), expected);
+    assert_eq!(
+        events(&writes),
+        ["Created"],
+        "one Event for the whole create, not one per object"
+    );
+    let note = writes
+        .iter()
+        .filter(|c| c.path.contains("/events"))
+        .find_map(|c| c.body.as_ref()?["note"].as_str().map(String::from))
+        .unwrap();
+    assert!(note.starts_with(&format!("{expected} objects created: ")), "{note}");
+    assert!(note.len() <= 1024, "within the API's limit: {}", note.len());
 
     let gateway = h.api.get(DEPLOYMENTS, "minimal-gateway").expect("gateway deployment");
     assert_eq!(
