@@ -8,7 +8,7 @@
 //! scripts/bench-cluster --stacks 200    # another size
 //! ```
 //!
-//! Each stack is the GPU-ranking sample (its 37 children) with a distinct name in one of ten
+//! Each stack is the GPU-ranking sample (39 children at fixed replicas) with a distinct name in one of ten
 //! namespaces, every component at 0 replicas and streaming at 1 (kwok still runs one pod per
 //! stack): the operator's work per stack is the sample's, without ten thousand simulated pods
 //! loading the 2-core machine the control plane shares.
@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     let (rss, peak) = memory(pid)?;
     ensure!(noop_writes == 0.0, "the no-op pass wrote {noop_writes} objects");
 
-    println!("\nOperator against the real control plane: {stacks} stacks (GPU-ranking sample, 37 children each)\n");
+    println!("\nOperator against the real control plane: {stacks} stacks (GPU-ranking sample, 39 children each)\n");
     println!("| pass | reconciles | p50 | p99 | API requests / reconcile | writes |");
     println!("|---|---:|---:|---:|---:|---:|");
     println!(
@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         noop_requests / noop_reconciles.max(1.0),
     );
     println!(
-        "\nOperator RSS: {rss:.1} MiB now, {peak:.1} MiB peak; watches open: {:.0}",
+        "\nOperator RSS: {rss:.1} MiB now, {peak:.1} MiB peak; watch requests made: {:.0}",
         requests(&after, "watch")
     );
     Ok(())
