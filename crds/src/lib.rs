@@ -426,6 +426,12 @@ pub enum StreamEngine {
     /// The same windows as a Flink SQL job, run by the Apache Flink Kubernetes Operator
     /// (a `FlinkDeployment`).
     Flink,
+    /// A value this operator does not know: a newer CRD added it. Read so that one such stack
+    /// does not stop the operator from reading every other; it is reported as Degraded
+    /// and left as it is. Never part of the schema.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Streaming aggregation: tumbling windows over behaviour events (impressions, clicks, CTR per

@@ -752,10 +752,41 @@ fn version_skew(s: &mut Suite) -> anyhow::Result<()> {
             let d = s.json(&["-n", "e2e-b", "get", "deploy", "twin-recall"])?;
             Ok((d["spec"]["replicas"] == 2).then_some(()))
         })?;
-        // Other stacks keep reconciling too.
+        // A value this operator does not know, in a field it does: only that stack is
+        // Degraded, and says why; the others keep reconciling.
+        s.k(&[
+            "patch",
+            "crd",
+            "recommenderstacks.recstack.io",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/stream/properties/engine/enum/-","value":"spark"}]"#,
+        ])?;
+        s.create_namespace("e2e-skew")?;
+        s.apply(&stack_yaml(
+            "e2e-skew",
+            "newer",
+            &format!("{SMALL}\n  stream: {{engine: spark}}"),
+        ))?;
+        wait_until("the newer stack Degraded", SETTLE, || {
+            let degraded = s.condition("e2e-skew", "newer", "Degraded").ok();
+            Ok(degraded.filter(|d| {
+                d["status"] == "True" && d["message"].as_str().unwrap_or("").contains("spec.stream.engine")
+            }))
+        })?;
         s.patch_stack("recstack", "minimal", json!({"spec": {"ingest": {"replicas": 3}}}))?;
         s.wait_settled("recstack", "minimal")?;
-        s.wait_settled("e2e-b", "twin").map(drop)
+        s.wait_settled("e2e-b", "twin")?;
+        s.k(&[
+            "-n",
+            "e2e-skew",
+            "delete",
+            "rstack",
+            "newer",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .map(drop)
     })();
     s.k(&[
         "apply",

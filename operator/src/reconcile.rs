@@ -646,6 +646,8 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
             stack,
         ),
         StreamEngine::Flink => status::observe_flink(get(ChildKind::FlinkDeployment, Component::Stream).as_ref()),
+        // Render refuses it before anything is observed.
+        StreamEngine::Unknown => status::Observed::default(),
     });
     if stack.spec.dashboard.is_some() {
         for c in Component::OBSERVABILITY {

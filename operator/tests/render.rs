@@ -353,3 +353,16 @@ fn rendered_objects_and_crd_pass_strict_schema_validation() {
         );
     }
 }
+
+#[test]
+fn a_stream_engine_this_operator_does_not_know_is_refused_by_name() {
+    let text = std::fs::read_to_string(common::repo_root().join("manifests/samples/minimal.yaml")).unwrap();
+    let text = text.replace("spec:\n", "spec:\n  stream: {engine: spark}\n");
+    let stack: RecommenderStack = serde_yaml::from_str(&text).expect("a newer CRD's value still reads");
+    assert_eq!(stack.spec.stream.engine, recstack_crds::StreamEngine::Unknown);
+    let err = render::render(&stack).unwrap_err().to_string();
+    assert!(
+        err.starts_with("spec.stream.engine: a value this operator does not know"),
+        "{err}"
+    );
+}

@@ -150,12 +150,9 @@ fn stack_doc(sample: &str, i: usize) -> Value {
     doc["metadata"]["name"] = Value::from(format!("stack-{i:04}"));
     doc["metadata"]["namespace"] = Value::from(format!("team-{}", i % 10));
     for c in ["gateway", "recall", "ranking", "rerank", "feature", "ingest"] {
-        let o = doc["spec"][c].as_object_mut().map(|o| {
-            o.remove("autoscaling");
-            o
-        });
-        match o {
+        match doc["spec"][c].as_object_mut() {
             Some(o) => {
+                o.remove("autoscaling");
                 o.insert("replicas".into(), Value::from(0));
             }
             None => doc["spec"][c] = serde_json::json!({"replicas": 0}),

@@ -127,6 +127,12 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     let spec = &stack.spec;
     let mut out = Vec::new();
 
+    if spec.stream.engine == StreamEngine::Unknown {
+        return Err(RenderError::InvalidField {
+            field: "spec.stream.engine",
+            message: "a value this operator does not know (the CRD is newer than the operator): upgrade the operator; the stack's objects are left as they are".into(),
+        });
+    }
     let config = config::runtime_config(&ctx);
     let config_map = config::config_map(&ctx, &config)?;
     let config_hash = config::hash_of(&config_map);
@@ -139,6 +145,8 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     match spec.stream.engine {
         StreamEngine::Builtin => out.extend(workloads::stream_worker(&ctx, &config_hash)?),
         StreamEngine::Flink => out.extend(flink::flink_job(&ctx)?),
+        // Refused at the top.
+        StreamEngine::Unknown => {}
     }
     if spec.policies.network_policy.enabled {
         out.extend(network::network_policies(&ctx)?);
