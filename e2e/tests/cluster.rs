@@ -801,17 +801,40 @@ fn version_skew(s: &mut Suite) -> anyhow::Result<()> {
 fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
     let ns = "e2e-restart";
     s.create_namespace(ns)?;
-    s.apply(&stack_yaml(ns, "r", SMALL))?;
-    // Kill the operator while it is creating the stack's children.
-    wait_until("the first child", Duration::from_secs(20), || {
-        Ok(s.k(&["-n", ns, "get", "configmap", "r-config"]).ok())
-    })?;
     let drift_before = s.event_count("recstack", "DriftRepaired")?;
+    let writes_before = s.operator()?.metric_sum("recstack_operator_child_writes_total", &[])?;
+    s.apply(&stack_yaml(ns, "r", SMALL))?;
+    // Kill the operator while it is creating the stack's children: as soon as its first write
+    // shows in its metrics (read over loopback in well under a millisecond).
+    let start = Instant::now();
+    loop {
+        let op = s.operator()?;
+        if op.metric_sum("recstack_operator_child_writes_total", &[])? > writes_before {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the operator never started on the stack"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     s.operator.as_mut().context("operator")?.kill()?;
     let partial = s.json(&["-n", ns, "get", "deploy", "-l", "recstack.io/stack=r"])?;
     let at_kill = partial["items"].as_array().map_or(0, Vec::len);
-    s.operator = Some(s.start_operator()?);
+    println!("       killed with {at_kill} of 7 Deployments created");
+    let restarted = s.start_operator()?;
+    // The dead leader's lease lapses (10 s), then the new process leads.
+    wait_until("the restarted operator to lead", Duration::from_secs(30), || {
+        Ok((restarted.metric_sum("recstack_operator_leader", &[])? == 1.0).then_some(()))
+    })?;
+    s.operator = Some(restarted);
     s.wait_settled(ns, "r")?;
+    if at_kill < 7 {
+        let created = s
+            .operator()?
+            .metric_sum("recstack_operator_child_writes_total", &["reason=\"created\""])?;
+        ensure!(created > 0.0, "the restarted operator finished the create");
+    }
     let d = s.json(&["-n", ns, "get", "deploy", "-l", "recstack.io/stack=r"])?;
     let names: Vec<&str> = d["items"]
         .as_array()
@@ -849,7 +872,13 @@ fn leader_election(s: &mut Suite) -> anyhow::Result<()> {
         "the second replica stands by"
     );
     let mut first = s.operator.take().context("operator")?;
-    ensure!(first.metric_sum("recstack_operator_leader", &[])? == 1.0);
+    wait_until("the first operator to lead", Duration::from_secs(30), || {
+        Ok((first.metric_sum("recstack_operator_leader", &[])? == 1.0).then_some(()))
+    })?;
+    ensure!(
+        second.metric_sum("recstack_operator_leader", &[])? == 0.0,
+        "one leader at a time"
+    );
     let status = first.terminate()?;
     ensure!(status.success(), "SIGTERM is a clean exit: {status}");
     ensure!(first.log_tail(5).contains("lease released"), "{}", first.log_tail(5));
