@@ -154,8 +154,8 @@ async fn run(
     let (mut leader, lease_task) = leases.watch().await;
     ready.store(true, Ordering::Relaxed);
     // Kubernetes stops a pod with SIGTERM; a terminal with SIGINT. Either ends the loop below,
-    // drains the running reconciles and releases the Lease, so a standby takes over at once
-    // instead of after the lease expires.
+    // waits for the running reconciles and releases the Lease, which a standby takes at its
+    // next look (within the lease duration) instead of waiting out a lapsed lease first.
     let stop = stop_signal().shared();
 
     loop {
