@@ -54,7 +54,9 @@ pub struct RankingSettings {
     pub device: String,
 }
 
-/// The model (the CRD's `spec.ranking.model`, without its strictness about unknown fields).
+/// The model (the CRD's `spec.ranking.model`). Its own type because a service must not start
+/// on a config without a model: here `uri` and `version` are required, where the CRD defaults
+/// them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSettings {
@@ -80,7 +82,7 @@ impl From<&crate::ModelSpec> for ModelSettings {
     }
 }
 
-/// Dynamic batching (the CRD's `spec.ranking.batching`).
+/// Dynamic batching (the CRD's `spec.ranking.batching`; required here, defaulted there).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchingSettings {

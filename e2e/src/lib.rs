@@ -160,12 +160,7 @@ impl Operator {
 
     /// Sum of every series of `name` whose labels contain each of `labels` (`kind="Deployment"`).
     pub fn metric_sum(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
-        Ok(self
-            .metrics()?
-            .iter()
-            .filter(|(k, _)| k.split('{').next() == Some(name) && labels.iter().all(|l| k.contains(l)))
-            .map(|(_, v)| v)
-            .sum())
+        Ok(sum_series(&self.metrics()?, name, labels))
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -256,6 +251,15 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             Some((key.to_string(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// Sum of every series of `name` in parsed `/metrics` whose labels contain each of `labels`.
+pub fn sum_series(metrics: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.split('{').next() == Some(name) && labels.iter().all(|l| k.contains(l)))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout` naming `what`.

@@ -224,6 +224,26 @@ impl Suite {
         )
     }
 
+    /// Objects of `kinds` (kubectl's comma list) in `ns` labelled as `stack`'s.
+    fn owned(&self, ns: &str, kinds: &str, stack: &str) -> anyhow::Result<Vec<Value>> {
+        let list = self.json(&["-n", ns, "get", kinds, "-l", &format!("recstack.io/stack={stack}")])?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Adds `value` at `path` of the installed CRD (a JSON-patch `add`), as a newer release would.
+    fn extend_crd(&self, path: &str, value: Value) -> anyhow::Result<()> {
+        let patch = json!([{"op": "add", "path": path, "value": value}]);
+        self.k(&[
+            "patch",
+            "crd",
+            "recommenderstacks.recstack.io",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ])
+        .map(drop)
+    }
+
     /// The pods of one component of a stack that are not terminating.
     fn pods(&self, ns: &str, stack: &str, component: &str) -> anyhow::Result<Vec<Value>> {
         let selector = format!("recstack.io/stack={stack},app.kubernetes.io/component={component}");
@@ -299,10 +319,8 @@ fn install(s: &mut Suite) -> anyhow::Result<()> {
         if !ns.is_empty() {
             args.extend(["-n", ns]);
         }
-        let answer = s
-            .cluster
-            .kubectl_as(&s.cluster.admin, &args, None)
-            .unwrap_or_else(|e| e.to_string());
+        // `can-i` exits 1 on "no": the error then carries the answer.
+        let answer = s.k(&args).unwrap_or_else(|e| e.to_string());
         ensure!(
             answer.trim().ends_with("yes") == allowed,
             "can the operator {verb} {resource}? expected {allowed}, the server says {answer:?}"
@@ -682,10 +700,9 @@ fn two_namespaces(s: &mut Suite) -> anyhow::Result<()> {
     }
     for ns in ["e2e-a", "e2e-b"] {
         s.wait_settled(ns, "twin")?;
-        let d = s.json(&["-n", ns, "get", "deploy", "-l", "recstack.io/stack=twin"])?;
-        let n = d["items"].as_array().map_or(0, Vec::len);
-        ensure!(n == 7, "{ns}: {n} Deployments");
-        for item in d["items"].as_array().into_iter().flatten() {
+        let deployments = s.owned(ns, "deploy", "twin")?;
+        ensure!(deployments.len() == 7, "{ns}: {} Deployments", deployments.len());
+        for item in &deployments {
             let owners = item["metadata"]["ownerReferences"].as_array().context("owners")?;
             ensure!(
                 owners.len() == 1 && owners[0]["name"] == "twin",
@@ -708,20 +725,12 @@ fn deletion(s: &mut Suite) -> anyhow::Result<()> {
         "--timeout=60s",
     ])?;
     wait_until("e2e-a's children garbage-collected", SETTLE, || {
-        let left = s.json(&[
-            "-n",
-            "e2e-a",
-            "get",
-            "deploy,svc,cm,pdb,netpol,hpa",
-            "-l",
-            "recstack.io/stack=twin",
-        ])?;
-        Ok(left["items"].as_array().is_some_and(Vec::is_empty).then_some(()))
+        let left = s.owned("e2e-a", "deploy,svc,cm,pdb,netpol,hpa", "twin")?;
+        Ok(left.is_empty().then_some(()))
     })?;
     ensure!(s.event_count("e2e-a", "Deleted")? > 0, "the finalizer ran");
-    let b = s.json(&["-n", "e2e-b", "get", "deploy", "-l", "recstack.io/stack=twin"])?;
     ensure!(
-        b["items"].as_array().map_or(0, Vec::len) == 7,
+        s.owned("e2e-b", "deploy", "twin")?.len() == 7,
         "the other namespace's twin is untouched"
     );
     s.wait_settled("e2e-b", "twin").map(drop)
@@ -729,14 +738,10 @@ fn deletion(s: &mut Suite) -> anyhow::Result<()> {
 
 fn version_skew(s: &mut Suite) -> anyhow::Result<()> {
     // A newer CRD: spec gains a field this operator has never heard of.
-    s.k(&[
-        "patch",
-        "crd",
-        "recommenderstacks.recstack.io",
-        "--type=json",
-        "-p",
-        r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/futureField","value":{"type":"string"}}]"#,
-    ])?;
+    s.extend_crd(
+        "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/futureField",
+        json!({"type": "string"}),
+    )?;
     let result = (|| {
         s.patch_stack(
             "e2e-b",
@@ -754,14 +759,10 @@ fn version_skew(s: &mut Suite) -> anyhow::Result<()> {
         })?;
         // A value this operator does not know, in a field it does: only that stack is
         // Degraded, and says why; the others keep reconciling.
-        s.k(&[
-            "patch",
-            "crd",
-            "recommenderstacks.recstack.io",
-            "--type=json",
-            "-p",
-            r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/stream/properties/engine/enum/-","value":"spark"}]"#,
-        ])?;
+        s.extend_crd(
+            "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/stream/properties/engine/enum/-",
+            json!("spark"),
+        )?;
         s.create_namespace("e2e-skew")?;
         s.apply(&stack_yaml(
             "e2e-skew",
@@ -819,8 +820,7 @@ fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     s.operator.as_mut().context("operator")?.kill()?;
-    let partial = s.json(&["-n", ns, "get", "deploy", "-l", "recstack.io/stack=r"])?;
-    let at_kill = partial["items"].as_array().map_or(0, Vec::len);
+    let at_kill = s.owned(ns, "deploy", "r")?.len();
     println!("       killed with {at_kill} of 7 Deployments created");
     let restarted = s.start_operator()?;
     // The dead leader's lease lapses (10 s), then the new process leads.
@@ -835,16 +835,13 @@ fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
             .metric_sum("recstack_operator_child_writes_total", &["reason=\"created\""])?;
         ensure!(created > 0.0, "the restarted operator finished the create");
     }
-    let d = s.json(&["-n", ns, "get", "deploy", "-l", "recstack.io/stack=r"])?;
-    let names: Vec<&str> = d["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let deployments = s.owned(ns, "deploy", "r")?;
+    let names: Vec<&str> = deployments
+        .iter()
         .filter_map(|i| i["metadata"]["name"].as_str())
         .collect();
     ensure!(names.len() == 7, "{names:?} (had {at_kill} when killed)");
-    let rs = s.json(&["-n", ns, "get", "rs", "-l", "recstack.io/stack=r"])?;
-    let replica_sets = rs["items"].as_array().map_or(0, Vec::len);
+    let replica_sets = s.owned(ns, "rs", "r")?.len();
     ensure!(
         replica_sets == 7,
         "one ReplicaSet per Deployment, no spurious rollout: {replica_sets}"

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use recstack_e2e::{Cluster, Operator, wait_until};
+use recstack_e2e::{Cluster, Operator, sum_series, wait_until};
 use serde_json::Value;
 
 fn main() -> anyhow::Result<()> {
@@ -106,12 +106,11 @@ fn main() -> anyhow::Result<()> {
         + sum(&after, "recstack_operator_status_writes_total")
         - sum(&before, "recstack_operator_status_writes_total");
     let requests = |m: &std::collections::BTreeMap<String, f64>, kind: &str| {
-        m.iter()
-            .filter(|(k, _)| {
-                k.starts_with("recstack_operator_api_requests_total{") && k.contains(&format!("kind=\"{kind}\""))
-            })
-            .map(|(_, v)| v)
-            .sum::<f64>()
+        sum_series(
+            m,
+            "recstack_operator_api_requests_total",
+            &[&format!("kind=\"{kind}\"")],
+        )
     };
     let noop_requests =
         requests(&after, "read") + requests(&after, "write") - requests(&before, "read") - requests(&before, "write");
@@ -181,10 +180,7 @@ fn ready_count(cluster: &Cluster) -> anyhow::Result<usize> {
 }
 
 fn sum(m: &std::collections::BTreeMap<String, f64>, name: &str) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.split('{').next() == Some(name))
-        .map(|(_, v)| v)
-        .sum()
+    sum_series(m, name, &[])
 }
 
 /// Cumulative histogram buckets `le → count` of `name`.
