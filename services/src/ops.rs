@@ -41,16 +41,24 @@ pub type Encode = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 struct Ops {
     encode: Encode,
-    ready: Arc<AtomicBool>,
 }
 
-/// The router; `ready` flips `/readyz` to 200.
-pub fn router(encode: Encode, ready: Arc<AtomicBool>) -> Router {
+/// `/metrics` and `/healthz` (the process is alive and its runtime answers).
+pub fn metrics_router(encode: Encode) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(Ops { encode, ready })
+        .with_state(Ops { encode })
+}
+
+/// `/readyz`: 200 while `ready` is set, else 503 (still loading, or draining before a stop).
+pub fn readiness_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new().route("/readyz", get(readyz)).with_state(ready)
+}
+
+/// The operational router: [`metrics_router`] and [`readiness_router`].
+pub fn router(encode: Encode, ready: Arc<AtomicBool>) -> Router {
+    metrics_router(encode).merge(readiness_router(ready))
 }
 
 async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
@@ -63,11 +71,11 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    if ops.ready.load(Ordering::Relaxed) {
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 

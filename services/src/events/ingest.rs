@@ -302,7 +302,7 @@ async fn post_events<L: EventLog>(State(ingest): State<Arc<Ingest<L>>>, body: By
     }
 }
 
-/// `POST /v1/events` with the operational endpoints.
+/// `POST /v1/events` with `/metrics` and `/healthz` (the server adds `/readyz`).
 pub fn router<L: EventLog>(ingest: Arc<Ingest<L>>) -> Router {
     let encode: crate::ops::Encode = {
         let metrics = ingest.metrics.clone();
@@ -311,10 +311,7 @@ pub fn router<L: EventLog>(ingest: Arc<Ingest<L>>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events::<L>))
         .with_state(ingest)
-        .merge(crate::ops::router(
-            encode,
-            Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        ))
+        .merge(crate::ops::metrics_router(encode))
 }
 
 // === gRPC ===

@@ -1,10 +1,10 @@
-//! The gateway's HTTP API: `POST /v1/recommend`, plus `/metrics`, `/healthz`, `/readyz`.
+//! The gateway's HTTP API: `POST /v1/recommend`, plus `/metrics` and `/healthz` (the server
+//! adds `/readyz`).
 //!
 //! Malformed requests get a 400 whose JSON names the field (`{"error": …, "field": …}`);
 //! everything else gets a 200 with a list, whatever failed downstream.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,7 +19,7 @@ use super::request::{RecommendRequest, validate};
 use crate::json::{FieldError, parse_json};
 
 /// The gateway's router, with the operational endpoints merged in.
-pub fn router(gateway: Arc<Gateway>, ready: Arc<AtomicBool>) -> Router {
+pub fn router(gateway: Arc<Gateway>) -> Router {
     let encode: crate::ops::Encode = {
         let metrics = gateway.metrics.clone();
         Arc::new(move || metrics.encode())
@@ -27,7 +27,7 @@ pub fn router(gateway: Arc<Gateway>, ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/v1/recommend", post(recommend))
         .with_state(gateway)
-        .merge(crate::ops::router(encode, ready))
+        .merge(crate::ops::metrics_router(encode))
 }
 
 /// Parses a request body; errors name the field (`n`, `context.scene`, or `body`).

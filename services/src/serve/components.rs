@@ -242,7 +242,7 @@ pub async fn gateway(
     };
     let metrics = Arc::new(metrics);
     let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
-    let http = crate::gateway::http::router(gateway.clone(), Arc::new(AtomicBool::new(true)));
+    let http = crate::gateway::http::router(gateway.clone());
     spawn(
         "gateway",
         addrs,

@@ -1,12 +1,15 @@
-//! Starting the services: each binds its gRPC and HTTP (`/metrics`, `/healthz`, `/readyz`)
-//! listeners first (so port 0 works and addresses are known), then serves on a task until
-//! stopped. `recstack serve <component>` runs one ([`components`]); [`local::start_local`]
+//! Starting the services: each loads what it serves, binds its gRPC and HTTP (`/metrics`,
+//! `/healthz`, `/readyz`) listeners (so port 0 works and addresses are known), then serves on
+//! a task until stopped. Ready from the moment it listens (everything is loaded by then) until
+//! [`Service::drain`] begins. `recstack serve <component>` runs one ([`components`]); [`local::start_local`]
 //! runs the whole stack in one process on loopback (`recstack up`, and the integration tests).
 
 mod components;
+pub mod lifecycle;
 mod local;
 
 pub use components::*;
+pub use lifecycle::Lifecycle;
 pub use local::*;
 
 use std::net::SocketAddr;
@@ -104,6 +107,7 @@ pub struct Service {
     pub grpc: Option<SocketAddr>,
     pub http: SocketAddr,
     pub direct: DirectService,
+    ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -117,6 +121,22 @@ impl Service {
     /// Becomes true when the service is stopped.
     pub fn stopped(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The graceful stop of a pod: `/readyz` turns 503 at once, the service keeps answering for
+    /// `delay` (while load balancers and clients' resolvers drop it), then stops accepting,
+    /// finishes in-flight calls and runs its last step (trace flush, L1 dump, stream commit).
+    pub async fn drain(self, delay: Duration) -> Result<(), ServeError> {
+        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.stop().await
     }
 
     /// Stops accepting, finishes in-flight calls, and returns how serving ended.
@@ -168,6 +188,8 @@ async fn spawn(
         addr: addrs.http,
         source,
     })?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let http = http.merge(ops::readiness_router(ready.clone()));
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -195,13 +217,14 @@ async fn spawn(
         grpc,
         http: http_addr,
         direct,
+        ready,
         stop,
         task,
     })
 }
 
 fn ops_router(encode: ops::Encode) -> axum::Router {
-    ops::router(encode, Arc::new(AtomicBool::new(true)))
+    ops::metrics_router(encode)
 }
 
 /// Loads the version `root/current` names.

@@ -12,15 +12,11 @@ pub mod synth;
 pub mod up;
 
 use anyhow::Context;
-use recstack_services::serve::Service;
+use recstack_services::serve::{Lifecycle, Service};
 
-/// Serves until Ctrl-C, then stops cleanly.
-async fn until_ctrl_c(services: Vec<Service>) -> anyhow::Result<()> {
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("stopping…");
-    for s in services {
-        s.stop().await?;
-    }
+/// Serves until SIGTERM or Ctrl-C, then drains and stops cleanly (see [`Lifecycle`]).
+async fn until_stopped(services: Vec<Service>, lifecycle: Lifecycle) -> anyhow::Result<()> {
+    lifecycle.serve_until_signal(services).await?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use recstack_core::stream::window::{WindowConfig, parse_window};
 use recstack_offline::dataset;
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::rerank::Experiment;
-use recstack_services::serve::{self, LocalAddrs, LocalEvents, LocalOptions, LocalTraces};
+use recstack_services::serve::{self, Lifecycle, LocalAddrs, LocalEvents, LocalOptions, LocalTraces};
 use recstack_services::traces;
 
 use super::serve::{LatencyArgs, ModelArgs};
@@ -64,6 +64,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         window,
         latency,
     } = args;
+    let lifecycle = Lifecycle::from_env()?;
     if !artifacts.join("current").exists() {
         eprintln!(
             "up: no artifacts in {}; building them from the bundled data",
@@ -106,11 +107,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             },
         }),
     };
-    super::block_on(up(artifacts, opts, traces))
+    super::block_on(up(artifacts, opts, traces, lifecycle))
 }
 
 /// Runs the local stack until Ctrl-C; `trace_file` is where `opts` keeps its traces.
-async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf) -> anyhow::Result<()> {
+async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf, lifecycle: Lifecycle) -> anyhow::Result<()> {
     let stack = serve::start_local(&artifacts, opts).await?;
     let gw = stack.get("gateway");
     println!(
@@ -166,5 +167,5 @@ async fn up(artifacts: PathBuf, opts: LocalOptions, trace_file: PathBuf) -> anyh
         );
     }
     println!("Ctrl-C stops.");
-    super::until_ctrl_c(stack.services).await
+    super::until_stopped(stack.services, lifecycle).await
 }

@@ -17,7 +17,7 @@ use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
 use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
 use recstack_services::rerank::Experiment;
-use recstack_services::serve::{self, FeatureSource, GatewayTraces};
+use recstack_services::serve::{self, FeatureSource, GatewayTraces, Lifecycle};
 use recstack_services::stream::sink::{RedisStore, Trending};
 use recstack_services::traces::{self, TraceStoreSpec};
 use recstack_trace_store::writer::WriterConfig;
@@ -169,8 +169,9 @@ fn parse_pin(s: &str) -> Result<(String, usize), String> {
     Ok((item.to_string(), pos))
 }
 
-/// Starts one component and serves it until Ctrl-C.
+/// Starts one component and serves it until SIGTERM or Ctrl-C, then drains it.
 pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
+    let lifecycle = Lifecycle::from_env()?;
     let service = match component {
         ServeCommand::Recall { serve, reload_secs } => {
             let config = serve.config()?;
@@ -387,7 +388,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
         Some(grpc) => eprintln!("{}: gRPC on {grpc}, HTTP on http://{}", service.name, service.http),
         None => eprintln!("{}: HTTP on http://{}", service.name, service.http),
     }
-    super::until_ctrl_c(vec![service]).await
+    super::until_stopped(vec![service], lifecycle).await
 }
 
 #[cfg(test)]
