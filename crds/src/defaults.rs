@@ -5,8 +5,17 @@
 pub fn image() -> String {
     format!("ghcr.io/recstack/recstack:{}", env!("CARGO_PKG_VERSION"))
 }
+/// Where the services image keeps what it bundles (the DeepFM model, artifacts built from the
+/// bundled MovieTweetings sample): a stack with no `artifacts` or model URI starts on them.
+pub const IMAGE_SHARE: &str = "/usr/share/recstack";
 pub fn model_uri() -> String {
-    "file:///models/deepfm/model.onnx".into()
+    format!("file://{IMAGE_SHARE}/models/deepfm/model.onnx")
+}
+pub fn artifacts_uri() -> String {
+    format!("file://{IMAGE_SHARE}/artifacts")
+}
+pub fn artifacts_poll_seconds() -> i32 {
+    30
 }
 pub fn model_version() -> String {
     "deepfm-2".into()

@@ -152,9 +152,52 @@ pub struct RecommenderStackSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard: Option<DashboardSpec>,
 
+    /// Where every component gets the stack's artifacts (recall indexes, embeddings, the
+    /// feature snapshot, the item table): fetched at start (a pod is ready only after) and
+    /// polled for new versions, which are swapped in without a restart.
+    #[serde(default)]
+    pub artifacts: ArtifactsSpec,
+
     /// Cluster policies created around the workloads.
     #[serde(default)]
     pub policies: PoliciesSpec,
+}
+
+/// The stack's artifacts: `recstack build`'s layout (`<uri>/<version>/`, `<uri>/current`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.uri.matches('^(file:///|s3://|s3a://|gs://|az://|abfss?://|adl://|https?://)')").message("artifacts.uri must be file:///<absolute path> (a path inside every pod) or an object store URI: s3://bucket/prefix, gs://…, az://…, https://…")
+)]
+pub struct ArtifactsSpec {
+    /// `file:///…`: a directory inside every pod (the default is the set the image bundles,
+    /// built from the MovieTweetings sample); or an object store prefix such as
+    /// `s3://bucket/recstack/artifacts` (also `gs://`, `az://`, `https://`), which each pod
+    /// copies to its local disk.
+    #[serde(default = "defaults::artifacts_uri")]
+    #[schemars(length(min = 8, max = 2048))]
+    pub uri: String,
+    /// Secret in the stack's namespace whose keys become every component's environment: the
+    /// object store's credentials and settings (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, or the GCS/Azure equivalents). Also
+    /// used for `s3://` model URIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Seconds between checks for a new version (artifacts and remote models).
+    #[serde(default = "defaults::artifacts_poll_seconds")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub poll_seconds: i32,
+}
+
+impl Default for ArtifactsSpec {
+    fn default() -> Self {
+        Self {
+            uri: defaults::artifacts_uri(),
+            credentials_secret_ref: None,
+            poll_seconds: defaults::artifacts_poll_seconds(),
+        }
+    }
 }
 
 /// Settings shared by every component's workload.
@@ -311,11 +354,15 @@ pub struct RankingSpec {
     cel,
     validation = Rule::new("self.canaryPercent >= 0 && self.canaryPercent <= 100").message("ranking.model.canaryPercent must be between 0 and 100"),
     validation = Rule::new("self.canaryPercent == 0 || has(self.canaryUri)").message("ranking.model.canaryPercent above 0 needs ranking.model.canaryUri, the model that receives the canary traffic"),
-    validation = Rule::new("!has(self.canaryUri) || has(self.canaryVersion)").message("ranking.model.canaryUri needs ranking.model.canaryVersion, so traces can tell the two models apart")
+    validation = Rule::new("!has(self.canaryUri) || has(self.canaryVersion)").message("ranking.model.canaryUri needs ranking.model.canaryVersion, so traces can tell the two models apart"),
+    validation = Rule::new("self.uri.matches('^(file:///|s3://|s3a://|gs://|az://|abfss?://|adl://|https?://)')").message("ranking.model.uri must be file:///<absolute path> or an object store URI (s3://, gs://, az://, https://)"),
+    validation = Rule::new("!has(self.canaryUri) || self.canaryUri.matches('^(file:///|s3://|s3a://|gs://|az://|abfss?://|adl://|https?://)')").message("ranking.model.canaryUri must be file:///<absolute path> or an object store URI (s3://, gs://, az://, https://)")
 )]
 pub struct ModelSpec {
-    /// Where the ONNX model and its model card are, for example
-    /// `file:///models/deepfm/3/model.onnx` or an `s3://` / `https://` URI fetched at start-up.
+    /// Where the ONNX model is, with its model card (`model.json`) beside it: a path inside the
+    /// pod (`file:///…`; the default is the DeepFM the image bundles) or an object store URI
+    /// (`s3://bucket/models/deepfm/3/model.onnx`, `gs://`, `az://`, `https://`) fetched at
+    /// start-up and polled for changes (credentials: `spec.artifacts.credentialsSecretRef`).
     #[serde(default = "defaults::model_uri")]
     pub uri: String,
     /// The model's version, recorded on every score and shown by `kubectl get -o wide`.

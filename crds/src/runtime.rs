@@ -32,6 +32,35 @@ pub struct RuntimeConfig {
     pub feature_store: FeatureStoreConfig,
     #[serde(default)]
     pub trace_store: TraceStoreConfig,
+    #[serde(default)]
+    pub artifacts: ArtifactsSettings,
+}
+
+/// Where the services get artifacts (the CRD's `spec.artifacts`, less the Secret, which the
+/// pods get as environment).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactsSettings {
+    pub uri: String,
+    pub poll_seconds: u32,
+}
+
+impl Default for ArtifactsSettings {
+    fn default() -> Self {
+        Self {
+            uri: crate::defaults::artifacts_uri(),
+            poll_seconds: crate::defaults::artifacts_poll_seconds() as u32,
+        }
+    }
+}
+
+impl From<&crate::ArtifactsSpec> for ArtifactsSettings {
+    fn from(a: &crate::ArtifactsSpec) -> Self {
+        Self {
+            uri: a.uri.clone(),
+            poll_seconds: a.poll_seconds.max(1) as u32,
+        }
+    }
 }
 
 /// The gateway's settings.
@@ -207,23 +236,28 @@ impl RuntimeConfig {
     }
 }
 
-/// The local path of a model URI. This build reads `file://` URIs (a volume holding the model);
-/// object-store URIs need an init container that copies the model to a volume.
-pub fn model_path(field: &str, uri: &str) -> Result<PathBuf, ConfigError> {
+/// Where a model is: a local path, or an object store URI the service fetches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelUri {
+    Local(PathBuf),
+    Remote(String),
+}
+
+/// Reads a model URI: `file:///abs`, a plain path, or an object store URI (`s3://`, `gs://`,
+/// `az://`, `http(s)://` …; the service says if its store cannot read one).
+pub fn model_uri(field: &str, uri: &str) -> Result<ModelUri, ConfigError> {
     match uri.strip_prefix("file://") {
-        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        Some(path) if path.starts_with('/') => Ok(ModelUri::Local(PathBuf::from(path))),
         Some(_) => Err(ConfigError::Invalid {
             field: field.into(),
             message: format!("`{uri}`: a file:// URI needs an absolute path"),
         }),
-        None if !uri.contains("://") => Ok(PathBuf::from(uri)),
-        None => Err(ConfigError::Invalid {
+        None if !uri.contains("://") && !uri.is_empty() => Ok(ModelUri::Local(PathBuf::from(uri))),
+        None if uri.is_empty() => Err(ConfigError::Invalid {
             field: field.into(),
-            message: format!(
-                "`{uri}`: only file:// URIs are read by the service; copy the model to a volume \
-                 (for example with an init container) and point the URI at it"
-            ),
+            message: "empty".into(),
         }),
+        None => Ok(ModelUri::Remote(uri.to_string())),
     }
 }
 
@@ -232,17 +266,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn model_uris_map_to_paths_or_say_why_not() {
+    fn model_uris_are_local_paths_or_remote_objects() {
         assert_eq!(
-            model_path("m", "file:///models/deepfm/model.onnx").unwrap(),
-            PathBuf::from("/models/deepfm/model.onnx")
+            model_uri("m", "file:///models/deepfm/model.onnx").unwrap(),
+            ModelUri::Local(PathBuf::from("/models/deepfm/model.onnx"))
         );
         assert_eq!(
-            model_path("m", "models/x.onnx").unwrap(),
-            PathBuf::from("models/x.onnx")
+            model_uri("m", "models/x.onnx").unwrap(),
+            ModelUri::Local(PathBuf::from("models/x.onnx"))
         );
-        let e = model_path("ranking.model.uri", "s3://bucket/model.onnx").unwrap_err();
-        assert!(e.to_string().starts_with("ranking.model.uri: `s3://"), "{e}");
-        assert!(model_path("m", "file://relative").is_err());
+        assert_eq!(
+            model_uri("m", "s3://bucket/model.onnx").unwrap(),
+            ModelUri::Remote("s3://bucket/model.onnx".into())
+        );
+        let e = model_uri("ranking.model.uri", "file://relative").unwrap_err();
+        assert!(e.to_string().starts_with("ranking.model.uri: `file://relative`"), "{e}");
+        assert!(model_uri("m", "").is_err());
     }
 }

@@ -10,6 +10,8 @@
 //! - [`events`]: the event log (embedded or Kafka) and the ingest service.
 //! - [`stream`]: the built-in stream job (reads the log, writes features with a limiter).
 //! - [`serve`]: starting each service, and the whole stack in one process.
+//! - [`objects`]: where artifacts and models live (a local directory or an object store), and
+//!   the local mirror services read.
 //! - [`traces`]: where a service's traces go (embedded store or Elasticsearch).
 //! - [`ops`]: what every binary shares: `/metrics` (one registration helper, one RPC metrics
 //!   type), health, logs, Redis connections.
@@ -22,6 +24,7 @@ pub mod features;
 pub mod gateway;
 pub mod json;
 pub mod link;
+pub mod objects;
 pub mod ops;
 pub mod ranking;
 pub mod recall;

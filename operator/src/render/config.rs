@@ -63,6 +63,7 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
                 retention_days: ts.retention_days,
             },
         },
+        artifacts: (&spec.artifacts).into(),
     }
 }
 

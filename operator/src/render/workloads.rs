@@ -138,6 +138,15 @@ pub(super) fn stream_worker(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Chi
     Ok(out)
 }
 
+/// Seconds a stopping pod stays serving while unready, then has to finish its work; the pod's
+/// grace period covers both with room to spare.
+const DRAIN_SECONDS: u64 = 5;
+const SHUTDOWN_GRACE_SECONDS: u64 = 20;
+const TERMINATION_GRACE_SECONDS: u64 = 30;
+const _: () = assert!(DRAIN_SECONDS + SHUTDOWN_GRACE_SECONDS < TERMINATION_GRACE_SECONDS);
+/// Where pods keep their copies of remote artifacts and models.
+pub const CACHE_DIR: &str = "/var/lib/recstack/cache";
+
 fn deployment(
     ctx: &StackCtx,
     component: Component,
@@ -166,6 +175,13 @@ fn deployment(
             { "name": "RUST_LOG", "value": "info" },
             { "name": "RECSTACK_STACK", "value": ctx.name },
             { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+            // SIGTERM: unready at once, serve DRAIN more seconds while endpoints and clients'
+            // resolvers drop the pod, then finish in-flight work within GRACE (the sum stays
+            // under terminationGracePeriodSeconds).
+            { "name": "RECSTACK_DRAIN_SECONDS", "value": DRAIN_SECONDS.to_string() },
+            { "name": "RECSTACK_SHUTDOWN_GRACE_SECONDS", "value": SHUTDOWN_GRACE_SECONDS.to_string() },
+            // Remote artifacts and models are copied here (the `data` volume).
+            { "name": "RECSTACK_CACHE_DIR", "value": CACHE_DIR },
         ],
         "ports": ports(component),
         "resources": resources,
@@ -205,7 +221,7 @@ fn deployment(
             "fsGroup": 65532,
             "seccompProfile": { "type": "RuntimeDefault" },
         },
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [],
         "volumes": [
             { "name": "config", "configMap": { "name": format!("{}-config", ctx.name) } },
@@ -248,6 +264,10 @@ fn deployment(
             })?,
             None => json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]),
         };
+    }
+    // The object store's settings and credentials, as the environment its client reads.
+    if let Some(secret) = &spec.artifacts.credentials_secret_ref {
+        container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
     }
     // Trace-store credentials are mounted as files (not env vars, which leak into crash dumps
     // and `kubectl describe`); the gateway's trace writer reads them from ES_CREDENTIALS_DIR.

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
+use recstack_services::objects::{self, Location};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
 
@@ -13,9 +15,11 @@ pub struct BuildArgs {
     /// Directory with movies.dat and ratings.dat (default: the bundled MovieTweetings).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Where artifact versions are written (`<out>/<version>/`, `<out>/current`).
-    #[arg(long, default_value = "artifacts")]
-    pub out: PathBuf,
+    /// Where artifact versions are written (`<out>/<version>/`, `<out>/current`): a directory,
+    /// or an object store prefix (`s3://bucket/prefix`, `gs://`, `az://`; settings and
+    /// credentials from the environment), to which the version is published only once whole.
+    #[arg(long, default_value = "artifacts", value_name = "URI")]
+    pub out: String,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Hide progress output.
@@ -25,8 +29,22 @@ pub struct BuildArgs {
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let dir = args.data.unwrap_or_else(dataset::bundled_dir);
-    let manifest = run_build(dir, &args.out, args.seed, args.quiet)?;
-    println!("{}", args.out.join(&manifest.version).display());
+    match Location::parse(&args.out)? {
+        Location::Local(out) => {
+            let manifest = run_build(dir, &out, args.seed, args.quiet)?;
+            println!("{}", out.join(&manifest.version).display());
+        }
+        Location::Remote(remote) => {
+            // Built on local disk, then uploaded: files first, `current` last.
+            let staging = tempfile::tempdir().context("a staging directory for the build")?;
+            let manifest = run_build(dir, staging.path(), args.seed, args.quiet)?;
+            eprintln!("build: publishing {} to {}", manifest.version, remote.uri);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let files = runtime.block_on(objects::publish(staging.path(), &manifest.version, &remote))?;
+            eprintln!("build: published {files} files; {}/current names {}", remote.uri, manifest.version);
+            println!("{}/{}", remote.uri, manifest.version);
+        }
+    }
     Ok(())
 }
 

@@ -88,7 +88,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             LocalAddrs::standard()
         },
-        model: model.sources(None)?,
+        model: model.flag_sources(),
         redis_url,
         gateway,
         rerank: RerankConfig::default(),

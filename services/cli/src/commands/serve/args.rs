@@ -3,7 +3,7 @@
 //! over the operator's runtime config over the defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use anyhow::Context;
 use clap::Args;
 use recstack_core::degrade::LatencyObjective;
 use recstack_core::features::Snapshot;
-use recstack_services::config::{EventLogConfig, RuntimeConfig, model_path};
+use recstack_services::config::{EventLogConfig, ModelUri, RuntimeConfig, model_uri};
+use recstack_services::objects;
 use recstack_services::events::AnyLog;
 use recstack_services::events::kafka::KafkaLog;
 use recstack_services::events::log::{EventLog, FileLog};
@@ -24,8 +25,17 @@ use recstack_services::traces::{TraceSettings, TraceStoreSpec};
 /// Where a served component listens, its artifacts, and the operator's runtime config.
 #[derive(Args, Clone)]
 pub struct ServeArgs {
-    /// Artifact root written by `recstack build` (serves what `current` names).
-    #[arg(long, default_value = "artifacts")]
+    /// Artifacts written by `recstack build` (serves what `current` names): a directory, or an
+    /// object store prefix (`s3://bucket/prefix`, `gs://`, `az://`, `https://`) copied into
+    /// `--cache-dir` and polled (default: the runtime config's `artifacts.uri`, else
+    /// `artifacts`).
+    #[arg(long = "artifacts", value_name = "URI")]
+    pub artifacts_uri: Option<String>,
+    /// Where remote artifacts and models are copied.
+    #[arg(long, env = "RECSTACK_CACHE_DIR", default_value = ".recstack-cache")]
+    pub cache_dir: PathBuf,
+    /// The local artifact root, once [`ServeArgs::prepare`] has fetched it.
+    #[arg(skip)]
     pub artifacts: PathBuf,
     /// gRPC listen address.
     #[arg(long)]
@@ -49,6 +59,28 @@ impl ServeArgs {
             grpc: self.grpc_addr.unwrap_or(cg),
             http: self.http_addr.unwrap_or(ch),
         }
+    }
+
+    /// Makes the artifacts local: a directory is used as it is; a remote prefix is copied into
+    /// `<cache-dir>/artifacts` (the service starts, and turns ready, only after) and polled
+    /// every `artifacts.pollSeconds` on a task. Returns the runtime config.
+    pub async fn prepare(&mut self) -> anyhow::Result<Option<RuntimeConfig>> {
+        let config = self.config()?;
+        let settings = config.as_ref().map(|c| c.artifacts.clone());
+        let uri = match (&self.artifacts_uri, &settings) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(s)) => s.uri.clone(),
+            (None, None) => "artifacts".to_string(),
+        };
+        let every = Duration::from_secs(settings.map_or(30, |s| s.poll_seconds.max(1)) as u64);
+        let (root, mirror) = objects::artifact_root(&uri, &self.cache_dir.join("artifacts"))
+            .await
+            .with_context(|| format!("fetching the artifacts from {uri}"))?;
+        if let Some(mirror) = mirror {
+            tokio::spawn(mirror.poll(every));
+        }
+        self.artifacts = root;
+        Ok(config)
     }
 
     pub fn config(&self) -> anyhow::Result<Option<RuntimeConfig>> {
@@ -244,9 +276,30 @@ fn bundled_model() -> PathBuf {
     recstack_core::source_file("models/deepfm/model.onnx")
 }
 
+/// A model's local path: itself, or for an object store URI a copy under `cache` fetched now
+/// and polled every `every` (the ranking service's watcher swaps in what changes).
+async fn local_model(field: &str, uri: &str, cache: &Path, every: Duration) -> anyhow::Result<PathBuf> {
+    match model_uri(field, uri)? {
+        ModelUri::Local(path) => Ok(path),
+        ModelUri::Remote(uri) => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            uri.hash(&mut h);
+            let files = objects::ModelFiles::new(&uri, &cache.join(format!("model-{:016x}", h.finish())))
+                .with_context(|| field.to_string())?;
+            files.sync().await.with_context(|| format!("{field}: fetching {uri}"))?;
+            tracing::info!(%uri, path = %files.path().display(), "fetched the model");
+            let path = files.path();
+            tokio::spawn(files.poll(every));
+            Ok(path)
+        }
+    }
+}
+
 impl ModelArgs {
-    pub fn sources(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<ModelSources> {
-        let mut s = ModelSources {
+    /// The models the flags name (no runtime config).
+    pub fn flag_sources(&self) -> ModelSources {
+        ModelSources {
             primary: self.model.clone().unwrap_or_else(bundled_model),
             canary: self.canary_model.clone(),
             canary_percent: self.canary_percent,
@@ -259,16 +312,23 @@ impl ModelArgs {
             },
             intra_threads: self.intra_threads,
             fold: !self.no_fold,
-        };
+        }
+    }
+
+    /// The models to serve: the flags over the runtime config; remote ones are fetched into
+    /// `cache` first.
+    pub async fn sources(&self, config: Option<&RuntimeConfig>, cache: &Path) -> anyhow::Result<ModelSources> {
+        let mut s = self.flag_sources();
         if let Some(c) = config {
             let r = &c.ranking;
+            let every = Duration::from_secs(c.artifacts.poll_seconds.max(1) as u64);
             if self.model.is_none() {
-                s.primary = model_path("ranking.model.uri", &r.model.uri)?;
+                s.primary = local_model("ranking.model.uri", &r.model.uri, cache, every).await?;
             }
             if self.canary_model.is_none()
                 && let Some(uri) = &r.model.canary_uri
             {
-                s.canary = Some(model_path("ranking.model.canaryUri", uri)?);
+                s.canary = Some(local_model("ranking.model.canaryUri", uri, cache, every).await?);
                 s.canary_percent = r.model.canary_percent.clamp(0, 100) as u32;
             }
             s.device = r.device.parse().map_err(anyhow::Error::msg)?;

@@ -173,8 +173,8 @@ fn parse_pin(s: &str) -> Result<(String, usize), String> {
 pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
     let lifecycle = Lifecycle::from_env()?;
     let service = match component {
-        ServeCommand::Recall { serve, reload_secs } => {
-            let config = serve.config()?;
+        ServeCommand::Recall { mut serve, reload_secs } => {
+            let config = serve.prepare().await?;
             let loaded = serve::load_artifacts(&serve.artifacts)?;
             eprintln!("recall: serving artifact version {}", loaded.manifest.version);
             let every = Duration::from_secs(reload_secs.max(1));
@@ -190,8 +190,8 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             )
             .await?
         }
-        ServeCommand::Feature { serve, redis_url, dump } => {
-            let config = serve.config()?;
+        ServeCommand::Feature { mut serve, redis_url, dump } => {
+            let config = serve.prepare().await?;
             let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
             let snapshot = serve.snapshot()?;
             let source = match redis_url.as_deref() {
@@ -214,12 +214,12 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             serve::ingest(log, seen, serve.addrs(config.as_ref(), 9094, 8084)).await?
         }
         ServeCommand::Stream {
-            serve,
+            mut serve,
             log,
             redis_url,
             window,
         } => {
-            let config = serve.config()?;
+            let config = serve.prepare().await?;
             let window = match (window, config.as_ref()) {
                 (Some(w), _) => w,
                 (None, Some(c)) => parse_window(&c.stream.window).map_err(|e| anyhow::anyhow!("stream.window: {e}"))?,
@@ -240,9 +240,9 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             let http = serve.addrs(config.as_ref(), 9095, 8085).http;
             serve::stream_job(log, Arc::new(sink), serve.snapshot()?, window, http).await?
         }
-        ServeCommand::Ranking { serve, model } => {
-            let config = serve.config()?;
-            let sources = model.sources(config.as_ref())?;
+        ServeCommand::Ranking { mut serve, model } => {
+            let config = serve.prepare().await?;
+            let sources = model.sources(config.as_ref(), &serve.cache_dir).await?;
             let snapshot = serve.snapshot()?;
             serve::ranking(
                 snapshot,
@@ -253,12 +253,12 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             .await?
         }
         ServeCommand::Rerank {
-            serve,
+            mut serve,
             blocked,
             pins,
             fresh_boost,
         } => {
-            let config = serve.config()?;
+            let config = serve.prepare().await?;
             let snapshot = serve.snapshot()?;
             let rules = RerankConfig {
                 blocked: blocked.into_iter().collect(),
@@ -275,7 +275,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             .await?
         }
         ServeCommand::Gateway {
-            serve,
+            mut serve,
             recall,
             features,
             ranking,
@@ -283,7 +283,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             traces,
             latency,
         } => {
-            let config = serve.config()?;
+            let config = serve.prepare().await?;
             let trace_settings = traces.settings(config.as_ref())?;
             let endpoints = match &config {
                 Some(c) => Downstreams {

@@ -1,0 +1,496 @@
+//! Where artifacts and models live: a local directory (`file:///abs/path` or a plain path) or
+//! an object store (`s3://`, `gs://`, `az://`, `http(s)://`, through the `object_store` crate;
+//! credentials and endpoints from the usual environment: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, …).
+//!
+//! Services always read a local directory. For a remote location a [`Mirror`] copies the
+//! version `current` names into a local cache first (the service is not ready before), then
+//! polls; the loaders' own watchers see the new local version and swap it in.
+//!
+//! The layout is the one `recstack build` writes: `<prefix>/<version>/{manifest.json,
+//! artifacts.bin}` and `<prefix>/current` naming the version. [`publish`] uploads a version's
+//! files first and `current` last, so a reader never sees a half-published version.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("`{uri}`: {message}")]
+    Uri { uri: String, message: String },
+    #[error("{uri}: {source}")]
+    Store {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{uri}: {message}")]
+    Layout { uri: String, message: String },
+}
+
+/// A location given as a URI or a path.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// A local directory or file.
+    Local(PathBuf),
+    /// A prefix (or object) in an object store.
+    Remote(Remote),
+}
+
+/// A prefix (or one object) in an object store.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    pub uri: String,
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+}
+
+/// Whether `uri` names an object store (anything with a scheme but `file://`).
+pub fn is_remote(uri: &str) -> bool {
+    uri.contains("://") && !uri.starts_with("file://")
+}
+
+impl Location {
+    /// Parses `uri` with the store's settings from the process environment.
+    pub fn parse(uri: &str) -> Result<Self, ObjectError> {
+        Self::parse_with(uri, std::env::vars())
+    }
+
+    /// Parses `uri` with the store's settings from `options` (environment-style names).
+    pub fn parse_with(
+        uri: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ObjectError> {
+        let bad = |message: String| ObjectError::Uri {
+            uri: uri.to_string(),
+            message,
+        };
+        if uri.trim().is_empty() {
+            return Err(bad("empty".into()));
+        }
+        if let Some(path) = uri.strip_prefix("file://") {
+            return if path.starts_with('/') {
+                Ok(Self::Local(PathBuf::from(path)))
+            } else {
+                Err(bad("a file:// URI needs an absolute path (file:///…)".into()))
+            };
+        }
+        if !uri.contains("://") {
+            return Ok(Self::Local(PathBuf::from(uri)));
+        }
+        let url = url::Url::parse(uri).map_err(|e| bad(e.to_string()))?;
+        let (store, path) = object_store::parse_url_opts(&url, options).map_err(|e| {
+            bad(format!(
+                "{e} (supported: file://, s3://, gs://, az://, http(s)://)"
+            ))
+        })?;
+        Ok(Self::Remote(Remote {
+            uri: uri.trim_end_matches('/').to_string(),
+            store: Arc::from(store),
+            path,
+        }))
+    }
+}
+
+impl Remote {
+    fn child(&self, name: &str) -> ObjectPath {
+        self.path.clone().join(name)
+    }
+
+    fn err(&self, source: object_store::Error) -> ObjectError {
+        ObjectError::Store {
+            uri: self.uri.clone(),
+            source,
+        }
+    }
+
+    async fn get(&self, path: &ObjectPath) -> Result<Vec<u8>, ObjectError> {
+        let got = self.store.get(path).await.map_err(|e| self.err(e))?;
+        Ok(got.bytes().await.map_err(|e| self.err(e))?.to_vec())
+    }
+
+    /// The version `<prefix>/current` names.
+    pub async fn current(&self) -> Result<String, ObjectError> {
+        let bytes = self.get(&self.child("current")).await?;
+        let version = String::from_utf8_lossy(&bytes).trim().to_string();
+        check_version(&self.uri, &version)?;
+        Ok(version)
+    }
+
+    /// The objects under `<prefix>/<dir>/`, as (name relative to it, path).
+    async fn list(&self, dir: &ObjectPath) -> Result<Vec<(String, ObjectPath, Option<String>)>, ObjectError> {
+        let metas: Vec<_> = self.store.list(Some(dir)).try_collect().await.map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let Some(rel) = meta.location.prefix_match(dir) else {
+                continue;
+            };
+            let rel: Vec<String> = rel.map(|p| p.as_ref().to_string()).collect();
+            out.push((rel.join("/"), meta.location, meta.e_tag));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn check_version(uri: &str, version: &str) -> Result<(), ObjectError> {
+    let ok = !version.is_empty()
+        && !version.starts_with('.')
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ObjectError::Layout {
+            uri: uri.to_string(),
+            message: format!("`current` names {version:?}, not a version directory"),
+        })
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ObjectError + '_ {
+    move |source| ObjectError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ObjectError> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A local copy of a remote artifact root, in `root` (the layout `recstack build` writes).
+pub struct Mirror {
+    pub remote: Remote,
+    pub root: PathBuf,
+}
+
+impl Mirror {
+    /// Copies the version the remote `current` names unless it is already here, then points
+    /// the local `current` at it. Returns the version, and whether it was fetched.
+    pub async fn sync(&self) -> Result<(String, bool), ObjectError> {
+        let version = self.remote.current().await?;
+        let dir = self.root.join(&version);
+        let local_current = std::fs::read_to_string(self.root.join("current")).unwrap_or_default();
+        if dir.join("manifest.json").exists() && local_current.trim() == version {
+            return Ok((version, false));
+        }
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        if !dir.join("manifest.json").exists() {
+            let tmp = self.root.join(format!(".{version}.fetch"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let objects = self.remote.list(&self.remote.child(&version)).await?;
+            if !objects.iter().any(|(name, _, _)| name == "manifest.json") {
+                return Err(ObjectError::Layout {
+                    uri: format!("{}/{version}", self.remote.uri),
+                    message: "no manifest.json: the version is incomplete or missing".into(),
+                });
+            }
+            for (name, path, _) in &objects {
+                let bytes = self.remote.get(path).await?;
+                let local = tmp.join(name);
+                if let Some(parent) = local.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                std::fs::write(&local, &bytes).map_err(io(&local))?;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        }
+        write_atomic(&self.root.join("current"), format!("{version}\n").as_bytes())?;
+        prune(&self.root, &version, 2);
+        Ok((version, true))
+    }
+
+    /// Syncs every `every` until the process ends; a failure keeps the local copy.
+    pub async fn poll(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.sync().await {
+                Ok((version, true)) => tracing::info!(%version, uri = %self.remote.uri, "fetched a new artifact version"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "artifact poll failed; keeping the local copy"),
+            }
+        }
+    }
+}
+
+/// Keeps the `keep` newest version directories in a mirror (and `current`'s).
+fn prune(root: &Path, current: &str, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_name() != current)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    let old = dirs.len().saturating_sub(keep.saturating_sub(1));
+    for (_, dir) in dirs.into_iter().take(old) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The local artifact root for `uri`: the directory itself, or a mirror in `cache` synced once
+/// (with the mirror, to poll).
+pub async fn artifact_root(uri: &str, cache: &Path) -> Result<(PathBuf, Option<Mirror>), ObjectError> {
+    match Location::parse(uri)? {
+        Location::Local(path) => Ok((path, None)),
+        Location::Remote(remote) => {
+            let mirror = Mirror {
+                remote,
+                root: cache.to_path_buf(),
+            };
+            let (version, _) = mirror.sync().await?;
+            tracing::info!(%version, uri, cache = %cache.display(), "fetched artifacts");
+            Ok((cache.to_path_buf(), Some(mirror)))
+        }
+    }
+}
+
+/// Uploads `root/<version>/*` to `dest`, then `current` (the publish step: readers see the
+/// new version only once it is whole).
+pub async fn publish(root: &Path, version: &str, dest: &Remote) -> Result<usize, ObjectError> {
+    check_version(&dest.uri, version)?;
+    let dir = root.join(version);
+    let mut files = Vec::new();
+    collect_files(&dir, &dir, &mut files)?;
+    if !files.iter().any(|f| f == "manifest.json") {
+        return Err(ObjectError::Layout {
+            uri: dir.display().to_string(),
+            message: "no manifest.json to publish".into(),
+        });
+    }
+    // The manifest goes last within the version: a mirror treats a version without one as
+    // incomplete.
+    files.sort_by_key(|f| f == "manifest.json");
+    for name in &files {
+        let local = dir.join(name);
+        let bytes = std::fs::read(&local).map_err(io(&local))?;
+        let path = dest.child(version).join_all_rel(name);
+        dest.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| dest.err(e))?;
+    }
+    dest.store
+        .put(&dest.child("current"), PutPayload::from(format!("{version}\n").into_bytes()))
+        .await
+        .map_err(|e| dest.err(e))?;
+    Ok(files.len())
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), ObjectError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(base, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(base) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+trait JoinRel {
+    fn join_all_rel(self, rel: &str) -> ObjectPath;
+}
+
+impl JoinRel for ObjectPath {
+    fn join_all_rel(self, rel: &str) -> ObjectPath {
+        rel.split('/').filter(|p| !p.is_empty()).fold(self, |p, part| p.join(part))
+    }
+}
+
+/// A model file and its siblings (`model.json` beside `model.onnx`, a factored model's
+/// `model.first.onnx` / `model.head.onnx`): every object beside it whose name starts with the
+/// model's stem. A remote model is copied into `cache` (re-fetched when an object's ETag
+/// changes); returns the local path of the model file.
+pub struct ModelFiles {
+    remote: Remote,
+    dir: ObjectPath,
+    stem: String,
+    file: String,
+    local: PathBuf,
+}
+
+impl ModelFiles {
+    /// `uri` must be remote; `cache` is a directory for this model alone.
+    pub fn new(uri: &str, cache: &Path) -> Result<Self, ObjectError> {
+        let remote = match Location::parse(uri)? {
+            Location::Remote(r) => r,
+            Location::Local(_) => {
+                return Err(ObjectError::Uri {
+                    uri: uri.into(),
+                    message: "a local model needs no fetching".into(),
+                });
+            }
+        };
+        let parts: Vec<String> = remote.path.parts().map(|p| p.as_ref().to_string()).collect();
+        let Some((file, dir)) = parts.split_last() else {
+            return Err(ObjectError::Uri {
+                uri: uri.into(),
+                message: "names no object".into(),
+            });
+        };
+        let stem = file.split('.').next().unwrap_or(file).to_string();
+        let dir = dir.iter().fold(ObjectPath::default(), |p, part| p.join(part.as_str()));
+        Ok(Self {
+            file: file.clone(),
+            stem,
+            dir,
+            remote,
+            local: cache.to_path_buf(),
+        })
+    }
+
+    /// The local path the model is served from.
+    pub fn path(&self) -> PathBuf {
+        self.local.join(&self.file)
+    }
+
+    /// Fetches what changed; returns whether anything did.
+    pub async fn sync(&self) -> Result<bool, ObjectError> {
+        std::fs::create_dir_all(&self.local).map_err(io(&self.local))?;
+        let objects = self.remote.list(&self.dir).await?;
+        let family: Vec<_> = objects
+            .into_iter()
+            .filter(|(name, _, _)| !name.contains('/') && name.split('.').next() == Some(self.stem.as_str()))
+            .collect();
+        if !family.iter().any(|(name, _, _)| *name == self.file) {
+            return Err(ObjectError::Layout {
+                uri: self.remote.uri.clone(),
+                message: "no such object".into(),
+            });
+        }
+        let mut changed = false;
+        // The model file last: a watcher that sees it change finds its card already in place.
+        let mut family = family;
+        family.sort_by_key(|(name, _, _)| *name == self.file);
+        for (name, path, etag) in family {
+            let tag_file = self.local.join(format!(".{name}.etag"));
+            let have = std::fs::read_to_string(&tag_file).ok();
+            if etag.is_some() && have == etag && self.local.join(&name).exists() {
+                continue;
+            }
+            let bytes = self.remote.get(&path).await?;
+            write_atomic(&self.local.join(&name), &bytes)?;
+            if let Some(tag) = &etag {
+                write_atomic(&tag_file, tag.as_bytes())?;
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Syncs every `every` until the process ends.
+    pub async fn poll(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.sync().await {
+                Ok(true) => tracing::info!(uri = %self.remote.uri, "fetched a changed model"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "model poll failed; keeping the local copy"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_or_say_why_not() {
+        assert!(matches!(Location::parse("artifacts").unwrap(), Location::Local(p) if p == Path::new("artifacts")));
+        assert!(matches!(Location::parse("file:///srv/a").unwrap(), Location::Local(p) if p == Path::new("/srv/a")));
+        let e = Location::parse("file://relative").unwrap_err().to_string();
+        assert!(e.contains("absolute path"), "{e}");
+        assert!(Location::parse("").is_err());
+        let e = Location::parse("ftp://host/x").unwrap_err().to_string();
+        assert!(e.starts_with("`ftp://host/x`") && e.contains("supported"), "{e}");
+        let opts = [("aws_region".to_string(), "us-east-1".to_string())];
+        match Location::parse_with("s3://bucket/artifacts/", opts).unwrap() {
+            Location::Remote(r) => {
+                assert_eq!(r.uri, "s3://bucket/artifacts");
+                assert_eq!(r.child("current").as_ref(), "artifacts/current");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(is_remote("s3://b/x") && is_remote("https://h/x"));
+        assert!(!is_remote("file:///x") && !is_remote("x/y"));
+    }
+
+    #[test]
+    fn versions_named_by_current_must_be_plain_names() {
+        for ok in ["v-0123abcd", "deepfm_2.1"] {
+            assert!(check_version("u", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../etc", ".hidden", "a/b", "v 1"] {
+            assert!(check_version("u", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The full round trip over the `object_store` API, on its local-filesystem store (the
+    /// cluster e2e runs the same code against a real S3 server).
+    #[tokio::test]
+    async fn publish_then_mirror_round_trips_and_ignores_half_published_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let built = tmp.path().join("built");
+        std::fs::create_dir_all(built.join("v-1")).unwrap();
+        std::fs::write(built.join("v-1/artifacts.bin"), b"payload").unwrap();
+        std::fs::write(built.join("v-1/manifest.json"), b"{}").unwrap();
+        let bucket = tmp.path().join("bucket");
+        std::fs::create_dir_all(&bucket).unwrap();
+        let uri = format!("file://{}", bucket.display());
+        // A file:// URI is local; the object-store path of the same directory is remote.
+        assert!(matches!(Location::parse(&uri).unwrap(), Location::Local(_)));
+        let remote = Remote {
+            uri: uri.clone(),
+            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&bucket).unwrap()),
+            path: ObjectPath::from("stack/artifacts"),
+        };
+        assert_eq!(publish(&built, "v-1", &remote).await.unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(bucket.join("stack/artifacts/current")).unwrap(),
+            "v-1\n"
+        );
+        let mirror = Mirror {
+            remote: remote.clone(),
+            root: tmp.path().join("cache"),
+        };
+        assert_eq!(mirror.sync().await.unwrap(), ("v-1".to_string(), true));
+        assert_eq!(std::fs::read(tmp.path().join("cache/v-1/artifacts.bin")).unwrap(), b"payload");
+        assert_eq!(mirror.sync().await.unwrap(), ("v-1".to_string(), false));
+        // `current` naming a version with no manifest yet: the mirror keeps what it has.
+        std::fs::create_dir_all(bucket.join("stack/artifacts/v-2")).unwrap();
+        std::fs::write(bucket.join("stack/artifacts/v-2/artifacts.bin"), b"half").unwrap();
+        std::fs::write(bucket.join("stack/artifacts/current"), b"v-2\n").unwrap();
+        let e = mirror.sync().await.unwrap_err().to_string();
+        assert!(e.contains("incomplete"), "{e}");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("cache/current")).unwrap(), "v-1\n");
+    }
+}
