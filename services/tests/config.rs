@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use recstack_crds::RecommenderStack;
 use recstack_operator::render::{self, ChildKind};
-use recstack_services::config::{RuntimeConfig, TraceStoreConfig, model_path};
+use recstack_services::config::{ModelUri, RuntimeConfig, TraceStoreConfig, model_uri};
 use recstack_services::traces::{POD_EMBEDDED_PATH, TraceSettings, TraceStoreSpec};
 
 fn rendered_config(sample: &str) -> RuntimeConfig {
@@ -33,10 +33,13 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
     }
     assert_eq!(c.ranking.device, "cpu");
     assert_eq!(c.gateway.latency_target_ms, Some(5), "the CRD's default objective");
+    // The model and artifacts the services image bundles.
     assert_eq!(
-        model_path("ranking.model.uri", &c.ranking.model.uri).unwrap(),
-        PathBuf::from("/models/deepfm/model.onnx")
+        model_uri("ranking.model.uri", &c.ranking.model.uri).unwrap(),
+        ModelUri::Local(PathBuf::from("/usr/share/recstack/models/deepfm/model.onnx"))
     );
+    assert_eq!(c.artifacts.uri, "file:///usr/share/recstack/artifacts");
+    assert_eq!(c.artifacts.poll_seconds, 30);
     let (grpc, http) = c.listen();
     assert_eq!((grpc.port(), http.port()), (c.grpc_port, c.http_port));
     assert!(grpc.ip().is_unspecified());
@@ -58,12 +61,11 @@ fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
         c.feature_store.redis_url.as_deref(),
         Some("redis://redis.recstack-data.svc:6379")
     );
-    // Object-store URIs are refused with what to do instead, naming the field.
-    let e = model_path("ranking.model.uri", &c.ranking.model.uri)
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("ranking.model.uri: `s3://"), "{e}");
-    assert!(e.contains("init container"), "{e}");
+    // Object-store model URIs are fetched by the service.
+    assert_eq!(
+        model_uri("ranking.model.uri", &c.ranking.model.uri).unwrap(),
+        ModelUri::Remote("s3://models/deepfm/7/model.onnx".into())
+    );
     // Traces to Elasticsearch with the Secret mounted as files, sampling and retention.
     let t = TraceSettings::from_config(&c).unwrap();
     let TraceStoreSpec::Elasticsearch { url, credentials_dir } = &t.spec else {
