@@ -1,25 +1,102 @@
 //! Calling another service: over gRPC on a channel that connects lazily, or directly when it
 //! runs in this process (`recstack up`). Shared by every service that calls another (the
 //! gateway's four downstreams, ingest's impressions to recall).
+//!
+//! A downstream named by host name (a headless Service in a cluster) is balanced across every
+//! address the name resolves to, re-resolved every [`RESOLVE_EVERY`]: added replicas get
+//! traffic, and a stopping pod (gone from the Service's endpoints, so from DNS) gets no new
+//! calls while it drains.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic::Status;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, thiserror::Error)]
 #[error("downstream endpoint {0}: {1}")]
 pub struct EndpointError(pub String, pub String);
 
-/// A channel that connects on first use: the gateway starts, and answers, while downstreams
-/// are still down.
-pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
+/// How often a downstream's host name is resolved again (shorter than a pod's drain delay).
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
+
+fn endpoint(url: &str) -> Result<Endpoint, EndpointError> {
     Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| EndpointError(url.to_string(), e.to_string()))?
         .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_millis(200))
-        .connect_lazy())
+        .connect_timeout(Duration::from_millis(200)))
+}
+
+/// A channel that connects on first use: the gateway starts, and answers, while downstreams
+/// are still down. A host name (not an IP literal) is balanced over what it resolves to.
+pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
+    let ep = endpoint(url)?;
+    let uri = ep.uri().clone();
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let literal = host.parse::<std::net::IpAddr>().is_ok() || host == "localhost";
+    let runtime = tokio::runtime::Handle::try_current();
+    match (literal, runtime) {
+        (false, Ok(runtime)) => {
+            let scheme = uri.scheme_str().unwrap_or("http").to_string();
+            let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+            let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+            runtime.spawn(resolve(host, port, scheme, changes));
+            Ok(channel)
+        }
+        _ => Ok(ep.connect_lazy()),
+    }
+}
+
+/// Keeps a balanced channel's endpoints equal to what `host` resolves to, until the channel is
+/// dropped. A failed lookup keeps the last known set.
+async fn resolve(
+    host: String,
+    port: u16,
+    scheme: String,
+    changes: tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
+) {
+    let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
+    loop {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => {
+                let now: BTreeSet<SocketAddr> = addrs.collect();
+                let (add, remove) = diff(&current, &now);
+                for addr in remove {
+                    tracing::debug!(%host, %addr, "downstream address gone");
+                    if changes.send(Change::Remove(addr)).await.is_err() {
+                        return;
+                    }
+                }
+                for addr in add {
+                    let Ok(ep) = endpoint(&format!("{scheme}://{addr}")) else {
+                        continue;
+                    };
+                    tracing::debug!(%host, %addr, "downstream address added");
+                    if changes.send(Change::Insert(addr, ep)).await.is_err() {
+                        return;
+                    }
+                }
+                current = now;
+            }
+            Err(e) => tracing::debug!(%host, error = %e, "resolving a downstream failed; keeping its addresses"),
+        }
+        if changes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(RESOLVE_EVERY).await;
+    }
+}
+
+/// What to add to and remove from `current` to reach `now`.
+fn diff(current: &BTreeSet<SocketAddr>, now: &BTreeSet<SocketAddr>) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    (
+        now.difference(current).copied().collect(),
+        current.difference(now).copied().collect(),
+    )
 }
 
 /// A service in this process and whether it has been stopped.
@@ -44,5 +121,30 @@ impl<S: ?Sized> Direct<S> {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_adds_new_addresses_and_removes_gone_ones() {
+        let a: SocketAddr = "10.0.0.1:9090".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:9090".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:9090".parse().unwrap();
+        let current = BTreeSet::from([a, b]);
+        assert_eq!(diff(&current, &BTreeSet::from([b, c])), (vec![c], vec![a]));
+        assert_eq!(diff(&current, &current), (vec![], vec![]));
+        assert_eq!(diff(&BTreeSet::new(), &current), (vec![a, b], vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_named_downstream_is_balanced_over_every_address() {
+        // `localhost` stays a plain channel; any other name gets a resolver task.
+        assert!(lazy_channel("http://127.0.0.1:1").is_ok());
+        assert!(lazy_channel("http://localhost:1").is_ok());
+        assert!(lazy_channel("http://recall.example.invalid:9090").is_ok());
+        assert!(lazy_channel("not a url").is_err());
     }
 }

@@ -84,3 +84,25 @@ impl SeenStore for RedisSeenStore {
 pub fn item_key(item_id: &str) -> u64 {
     recstack_core::stable_hash(item_id.as_bytes())
 }
+
+/// The seen store a recall process uses: Redis when the stack has one (every replica then
+/// sees every impression ingest sends to any of them), else this process's memory.
+pub enum AnySeenStore {
+    Memory(MemorySeenStore),
+    Redis(RedisSeenStore),
+}
+
+impl SeenStore for AnySeenStore {
+    async fn get(&self, user: &str) -> Result<Option<Vec<u8>>, SeenStoreError> {
+        match self {
+            Self::Memory(s) => s.get(user).await,
+            Self::Redis(s) => s.get(user).await,
+        }
+    }
+    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
+        match self {
+            Self::Memory(s) => s.put(user, bytes).await,
+            Self::Redis(s) => s.put(user, bytes).await,
+        }
+    }
+}

@@ -3,11 +3,12 @@
 use super::*;
 
 /// The recall service; with `reload`, polls the artifact root for new versions; its hot
-/// channel leads with `trending` (the stream job's list).
+/// channel leads with `trending` (the stream job's list); users' seen filters in `seen`.
 pub async fn recall(
     loaded: Loaded,
     reload: Option<(PathBuf, Duration)>,
     trending: Trending,
+    seen: AnySeenStore,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let slot = Arc::new(ArtifactSlot::new(loaded));
@@ -15,7 +16,7 @@ pub async fn recall(
     let service = Arc::new(
         RecallService::new(
             slot.clone(),
-            MemorySeenStore::default(),
+            seen,
             SeenConfig::default(),
             metrics.clone(),
         )

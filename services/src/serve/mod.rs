@@ -47,7 +47,7 @@ use crate::ranking::service::proto::ranking_server::RankingServer;
 use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
 use crate::recall::proto::recall_server::Recall;
 use crate::recall::proto::recall_server::RecallServer;
-use crate::recall::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
+use crate::recall::{AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
 use crate::rerank::proto::rerank_server::Rerank;
 use crate::rerank::proto::rerank_server::RerankServer;
 use crate::rerank::{Experiment, RerankMetrics, RerankService};

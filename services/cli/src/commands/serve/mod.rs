@@ -16,6 +16,7 @@ use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
 use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
 use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
+use recstack_services::recall::{AnySeenStore, MemorySeenStore, RedisSeenStore};
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, FeatureSource, GatewayTraces, Lifecycle};
 use recstack_services::stream::sink::{RedisStore, Trending};
@@ -146,6 +147,9 @@ pub enum ServeCommand {
     },
 }
 
+/// How long a user's seen filter outlives their last impression.
+const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// `NAME=URL` of `--component`.
 fn parse_component(s: &str) -> Result<(String, String), String> {
     let (name, url) = s
@@ -178,14 +182,24 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             let loaded = serve::load_artifacts(&serve.artifacts)?;
             eprintln!("recall: serving artifact version {}", loaded.manifest.version);
             let every = Duration::from_secs(reload_secs.max(1));
-            let trending = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
-                Some(url) => Trending::redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
-                None => Trending::none(),
+            // With Redis, the hot channel leads with the stream job's trending list and seen
+            // filters are shared by every replica (ingest sends each impression to one).
+            let (trending, seen) = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
+                Some(url) => (
+                    Trending::redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
+                    AnySeenStore::Redis(
+                        RedisSeenStore::connect(url, Duration::from_millis(100), SEEN_TTL)
+                            .await
+                            .context("the seen store in Redis")?,
+                    ),
+                ),
+                None => (Trending::none(), AnySeenStore::Memory(MemorySeenStore::default())),
             };
             serve::recall(
                 loaded,
                 Some((serve.artifacts.clone(), every)),
                 trending,
+                seen,
                 serve.addrs(config.as_ref(), 9090, 8080),
             )
             .await?
