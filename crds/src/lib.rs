@@ -168,7 +168,8 @@ pub struct RecommenderStackSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("self.uri.matches('^(file:///|s3://|s3a://|gs://|az://|abfss?://|adl://|https?://)')").message("artifacts.uri must be file:///<absolute path> (a path inside every pod) or an object store URI: s3://bucket/prefix, gs://…, az://…, https://…")
+    validation = Rule::new("self.uri.matches('^(file:///|s3://|s3a://|gs://|az://|abfss?://|adl://|https?://)')").message("artifacts.uri must be file:///<absolute path> (a path inside every pod) or an object store URI: s3://bucket/prefix, gs://…, az://…, https://…"),
+    validation = Rule::new("!has(self.endpoint) || self.endpoint.matches('^https?://[^/]+/?$')").message("artifacts.endpoint must be an http:// or https:// URL with no path, such as http://minio.storage.svc:9000")
 )]
 pub struct ArtifactsSpec {
     /// `file:///…`: a directory inside every pod (the default is the set the image bundles,
@@ -178,6 +179,12 @@ pub struct ArtifactsSpec {
     #[serde(default = "defaults::artifacts_uri")]
     #[schemars(length(min = 8, max = 2048))]
     pub uri: String,
+    /// The object store's endpoint when it is not the provider's default: an S3-compatible
+    /// server such as `http://minio.storage.svc:9000`. Used for the artifacts and for model
+    /// URIs of the same scheme; the NetworkPolicies allow egress to its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 2048))]
+    pub endpoint: Option<String>,
     /// Secret in the stack's namespace whose keys become every component's environment: the
     /// object store's credentials and settings (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, or the GCS/Azure equivalents). Also
@@ -194,6 +201,7 @@ impl Default for ArtifactsSpec {
     fn default() -> Self {
         Self {
             uri: defaults::artifacts_uri(),
+            endpoint: None,
             credentials_secret_ref: None,
             poll_seconds: defaults::artifacts_poll_seconds(),
         }
@@ -808,6 +816,21 @@ pub struct Endpoints {
 }
 
 // === components ===
+
+/// Who calls whom over gRPC, the one table both sides read: each service asks its runtime
+/// config for a peer's endpoint through [`runtime::RuntimeConfig::endpoint_for`], which refuses
+/// a call not listed here, and the operator's NetworkPolicies allow exactly these calls.
+pub const GRPC_CALLS: &[(Component, Component)] = &[
+    (Component::Gateway, Component::Feature),
+    (Component::Gateway, Component::Recall),
+    (Component::Gateway, Component::Ranking),
+    (Component::Gateway, Component::Rerank),
+    // Impressions: the served items enter the user's seen filter.
+    (Component::Ingest, Component::Recall),
+];
+
+/// Calls over HTTP: the dashboard reads the trace query API.
+pub const HTTP_CALLS: &[(Component, Component)] = &[(Component::Dashboard, Component::Traces)];
 
 /// The stack's components, in the order they are rendered and reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

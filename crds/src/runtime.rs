@@ -42,6 +42,9 @@ pub struct RuntimeConfig {
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactsSettings {
     pub uri: String,
+    /// The object store's endpoint (an S3-compatible server), when not the provider's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     pub poll_seconds: u32,
 }
 
@@ -49,6 +52,7 @@ impl Default for ArtifactsSettings {
     fn default() -> Self {
         Self {
             uri: crate::defaults::artifacts_uri(),
+            endpoint: None,
             poll_seconds: crate::defaults::artifacts_poll_seconds() as u32,
         }
     }
@@ -58,6 +62,7 @@ impl From<&crate::ArtifactsSpec> for ArtifactsSettings {
     fn from(a: &crate::ArtifactsSpec) -> Self {
         Self {
             uri: a.uri.clone(),
+            endpoint: a.endpoint.clone(),
             poll_seconds: a.poll_seconds.max(1) as u32,
         }
     }
@@ -224,13 +229,26 @@ impl RuntimeConfig {
         )
     }
 
-    /// A peer's gRPC endpoint.
-    pub fn endpoint(&self, component: &str) -> Result<String, ConfigError> {
+    /// The gRPC endpoint `caller` uses to reach `callee`: only for calls in
+    /// [`crate::GRPC_CALLS`], the table the NetworkPolicies are rendered from, so a service
+    /// cannot start calling a peer the cluster's policies would block.
+    pub fn endpoint_for(&self, caller: crate::Component, callee: crate::Component) -> Result<String, ConfigError> {
+        let field = format!("grpcEndpoints.{}", callee.name());
+        if !crate::GRPC_CALLS.contains(&(caller, callee)) {
+            return Err(ConfigError::Invalid {
+                field,
+                message: format!(
+                    "{} does not call {} (not in the call table, so no NetworkPolicy allows it)",
+                    caller.name(),
+                    callee.name()
+                ),
+            });
+        }
         self.grpc_endpoints
-            .get(component)
+            .get(callee.name())
             .cloned()
             .ok_or_else(|| ConfigError::Invalid {
-                field: format!("grpcEndpoints.{component}"),
+                field,
                 message: "missing".into(),
             })
     }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use recstack_crds::RecommenderStack;
+use recstack_crds::{Component, RecommenderStack};
 use recstack_operator::render::{self, Child, ChildKind};
 use serde_json::Value;
 
@@ -143,13 +143,15 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
     assert_eq!(deny["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
     assert!(deny["spec"].get("ingress").is_none() && deny["spec"].get("egress").is_none());
 
-    let callers_of = |component: &str| -> Vec<String> {
-        let np = find(&children, ChildKind::NetworkPolicy, &format!("gpu-{component}"));
-        np["spec"]["ingress"]
+    // Who may call whom, read back from the rendered policies both ways (each callee's
+    // ingress, each caller's egress), must be exactly the call table the services' clients
+    // are built from.
+    let peers = |rules: &serde_json::Value, side: &str| -> Vec<String> {
+        rules
             .as_array()
             .into_iter()
             .flatten()
-            .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
+            .flat_map(|rule| rule[side].as_array().cloned().unwrap_or_default())
             .filter_map(|peer| {
                 peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                     .as_str()
@@ -157,11 +159,25 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
             })
             .collect()
     };
-    assert_eq!(callers_of("recall"), ["gateway"]);
-    assert_eq!(callers_of("ranking"), ["gateway"]);
-    assert_eq!(callers_of("rerank"), ["gateway"]);
-    assert_eq!(callers_of("feature"), ["gateway", "recall", "ingest", "stream"]);
-    assert!(callers_of("stream").is_empty());
+    let mut by_ingress = std::collections::BTreeSet::new();
+    let mut by_egress = std::collections::BTreeSet::new();
+    for component in Component::ALL.into_iter().chain(Component::OBSERVABILITY) {
+        let np = find(&children, ChildKind::NetworkPolicy, &format!("gpu-{}", component.name()));
+        for caller in peers(&np["spec"]["ingress"], "from") {
+            by_ingress.insert((caller, component.name().to_string()));
+        }
+        for callee in peers(&np["spec"]["egress"], "to") {
+            by_egress.insert((component.name().to_string(), callee));
+        }
+    }
+    let table: std::collections::BTreeSet<(String, String)> = recstack_crds::GRPC_CALLS
+        .iter()
+        .chain(recstack_crds::HTTP_CALLS)
+        .map(|(a, b)| (a.name().to_string(), b.name().to_string()))
+        .collect();
+    assert_eq!(by_ingress, table, "ingress rules vs the call table");
+    assert_eq!(by_egress, table, "egress rules vs the call table");
+    assert!(table.contains(&("ingest".into(), "recall".into())), "impressions reach recall");
 
     let gateway = find(&children, ChildKind::NetworkPolicy, "gpu-gateway");
     let ingress = gateway["spec"]["ingress"].to_string();

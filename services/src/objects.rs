@@ -67,6 +67,19 @@ impl Location {
         Self::parse_with(uri, std::env::vars())
     }
 
+    /// As [`Location::parse`], with an S3-compatible `endpoint` (the runtime config's
+    /// `artifacts.endpoint`) over the environment's; plain `http://` is then allowed.
+    pub fn parse_at(uri: &str, endpoint: Option<&str>) -> Result<Self, ObjectError> {
+        let mut options: Vec<(String, String)> = std::env::vars().collect();
+        if let Some(endpoint) = endpoint {
+            options.push(("aws_endpoint".into(), endpoint.trim_end_matches('/').to_string()));
+            if endpoint.starts_with("http://") {
+                options.push(("aws_allow_http".into(), "true".into()));
+            }
+        }
+        Self::parse_with(uri, options)
+    }
+
     /// Parses `uri` with the store's settings from `options` (environment-style names).
     pub fn parse_with(
         uri: &str,
@@ -253,8 +266,12 @@ fn prune(root: &Path, current: &str, keep: usize) {
 
 /// The local artifact root for `uri`: the directory itself, or a mirror in `cache` synced once
 /// (with the mirror, to poll).
-pub async fn artifact_root(uri: &str, cache: &Path) -> Result<(PathBuf, Option<Mirror>), ObjectError> {
-    match Location::parse(uri)? {
+pub async fn artifact_root(
+    uri: &str,
+    endpoint: Option<&str>,
+    cache: &Path,
+) -> Result<(PathBuf, Option<Mirror>), ObjectError> {
+    match Location::parse_at(uri, endpoint)? {
         Location::Local(path) => Ok((path, None)),
         Location::Remote(remote) => {
             let mirror = Mirror {
@@ -337,8 +354,8 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// `uri` must be remote; `cache` is a directory for this model alone.
-    pub fn new(uri: &str, cache: &Path) -> Result<Self, ObjectError> {
-        let remote = match Location::parse(uri)? {
+    pub fn new(uri: &str, endpoint: Option<&str>, cache: &Path) -> Result<Self, ObjectError> {
+        let remote = match Location::parse_at(uri, endpoint)? {
             Location::Remote(r) => r,
             Location::Local(_) => {
                 return Err(ObjectError::Uri {

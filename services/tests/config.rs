@@ -24,13 +24,20 @@ fn rendered_config(sample: &str) -> RuntimeConfig {
 #[test]
 fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
     let c = rendered_config("minimal");
-    for component in ["gateway", "recall", "ranking", "rerank", "feature"] {
-        let url = c.endpoint(component).unwrap();
+    // Every call in the table the NetworkPolicies are rendered from resolves; any other is
+    // refused, naming the field and why.
+    for &(caller, callee) in recstack_crds::GRPC_CALLS {
+        let url = c.endpoint_for(caller, callee).unwrap();
         assert!(
             url.starts_with("http://") && url.ends_with(&format!(":{}", c.grpc_port)),
             "{url}"
         );
     }
+    let e = c
+        .endpoint_for(recstack_crds::Component::Recall, recstack_crds::Component::Feature)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("grpcEndpoints.feature:") && e.contains("call table"), "{e}");
     assert_eq!(c.ranking.device, "cpu");
     assert_eq!(c.gateway.latency_target_ms, Some(5), "the CRD's default objective");
     // The model and artifacts the services image bundles.

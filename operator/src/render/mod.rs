@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 pub use config::RuntimeConfig;
 pub use config::fnv1a as stable_hash;
 pub use flink::{EVENT_COLUMNS, aggregation_sql, window_query};
-pub use network::{CALLS, url_port};
+pub use network::{GRPC_CALLS, HTTP_CALLS, url_port};
 
 use crate::labels;
 

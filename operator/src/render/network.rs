@@ -1,6 +1,7 @@
-//! NetworkPolicies: deny everything to and from the stack's pods, then allow exactly the
-//! request path (clients → gateway → feature/recall/ranking/rerank, recall → feature), the
-//! event path (clients → ingest → event log, stream → feature store) and DNS.
+//! NetworkPolicies: deny everything to and from the stack's pods, then allow exactly the calls
+//! in the call table the services read ([`GRPC_CALLS`], [`HTTP_CALLS`]: gateway →
+//! feature/recall/ranking/rerank, ingest → recall, dashboard → traces), clients to the gateway
+//! and ingest, the stores outside the stack, and DNS.
 //!
 //! External stores (Kafka, Redis, Elasticsearch, model storage) are usually addressed by host
 //! name, which a NetworkPolicy cannot match; egress to them is allowed by port only.
@@ -13,19 +14,7 @@ use serde_json::{Value, json};
 use super::{Child, ChildKind, GRPC_PORT, HTTP_PORT, RenderError, StackCtx, child};
 use crate::labels;
 
-/// Who calls whom on the request and event paths (over gRPC).
-pub const CALLS: &[(Component, Component)] = &[
-    (Component::Gateway, Component::Feature),
-    (Component::Gateway, Component::Recall),
-    (Component::Gateway, Component::Ranking),
-    (Component::Gateway, Component::Rerank),
-    (Component::Recall, Component::Feature),
-    (Component::Ingest, Component::Feature),
-    (Component::Stream, Component::Feature),
-];
-
-/// Calls over HTTP: the dashboard reads the trace query API.
-pub const HTTP_CALLS: &[(Component, Component)] = &[(Component::Dashboard, Component::Traces)];
+pub use recstack_crds::{GRPC_CALLS, HTTP_CALLS};
 
 /// Components that apps reach from outside the stack.
 const PUBLIC: [Component; 2] = [Component::Gateway, Component::Ingest];
@@ -77,7 +66,7 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
     let tcp = |port: u16| json!({ "protocol": "TCP", "port": port });
 
     let mut ingress: Vec<Value> = Vec::new();
-    let callers: Vec<Value> = CALLS
+    let callers: Vec<Value> = GRPC_CALLS
         .iter()
         .filter(|(_, to)| *to == component)
         .map(|(from, _)| peer(*from))
@@ -118,7 +107,7 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
         }));
     }
 
-    let mut egress: Vec<Value> = CALLS
+    let mut egress: Vec<Value> = GRPC_CALLS
         .iter()
         .filter(|(from, _)| *from == component)
         .map(|(_, to)| json!({ "to": [peer(*to)], "ports": [tcp(GRPC_PORT)] }))
@@ -171,6 +160,23 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
         .filter_map(|s| s.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
         .collect();
     let redis = spec.feature.redis_url.as_deref().and_then(url_port);
+    // The object store: its endpoint's port when one is set, else the URI scheme's.
+    let store = |uri: &str| match &spec.artifacts.endpoint {
+        Some(endpoint) if uri.contains("://") && !uri.starts_with("file://") => url_port(endpoint),
+        _ => url_port(uri),
+    };
+    // Every component that reads the artifacts fetches them from the store.
+    if matches!(
+        component,
+        Component::Gateway
+            | Component::Recall
+            | Component::Ranking
+            | Component::Rerank
+            | Component::Feature
+            | Component::Stream
+    ) {
+        ports.extend(store(&spec.artifacts.uri));
+    }
     let elasticsearch = spec.trace_store.as_ref().and_then(|t| url_port(&t.elasticsearch_url));
     match component {
         Component::Gateway => ports.extend(elasticsearch),
@@ -184,7 +190,10 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
                 ports.extend([443, 6443]);
             }
         }
-        Component::Ranking => ports.extend(url_port(&spec.ranking.model.uri)),
+        Component::Ranking => {
+            ports.extend(store(&spec.ranking.model.uri));
+            ports.extend(spec.ranking.model.canary_uri.as_deref().and_then(store));
+        }
         Component::Traces => ports.extend(elasticsearch),
         // The stack's status, read through the Kubernetes API.
         Component::Dashboard => ports.extend([443, 6443]),

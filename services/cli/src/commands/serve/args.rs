@@ -72,8 +72,9 @@ impl ServeArgs {
             (None, Some(s)) => s.uri.clone(),
             (None, None) => "artifacts".to_string(),
         };
-        let every = Duration::from_secs(settings.map_or(30, |s| s.poll_seconds.max(1)) as u64);
-        let (root, mirror) = objects::artifact_root(&uri, &self.cache_dir.join("artifacts"))
+        let every = Duration::from_secs(settings.as_ref().map_or(30, |s| s.poll_seconds.max(1)) as u64);
+        let endpoint = settings.as_ref().and_then(|s| s.endpoint.clone());
+        let (root, mirror) = objects::artifact_root(&uri, endpoint.as_deref(), &self.cache_dir.join("artifacts"))
             .await
             .with_context(|| format!("fetching the artifacts from {uri}"))?;
         if let Some(mirror) = mirror {
@@ -278,14 +279,20 @@ fn bundled_model() -> PathBuf {
 
 /// A model's local path: itself, or for an object store URI a copy under `cache` fetched now
 /// and polled every `every` (the ranking service's watcher swaps in what changes).
-async fn local_model(field: &str, uri: &str, cache: &Path, every: Duration) -> anyhow::Result<PathBuf> {
+async fn local_model(
+    field: &str,
+    uri: &str,
+    endpoint: Option<&str>,
+    cache: &Path,
+    every: Duration,
+) -> anyhow::Result<PathBuf> {
     match model_uri(field, uri)? {
         ModelUri::Local(path) => Ok(path),
         ModelUri::Remote(uri) => {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             uri.hash(&mut h);
-            let files = objects::ModelFiles::new(&uri, &cache.join(format!("model-{:016x}", h.finish())))
+            let files = objects::ModelFiles::new(&uri, endpoint, &cache.join(format!("model-{:016x}", h.finish())))
                 .with_context(|| field.to_string())?;
             files.sync().await.with_context(|| format!("{field}: fetching {uri}"))?;
             tracing::info!(%uri, path = %files.path().display(), "fetched the model");
@@ -322,13 +329,14 @@ impl ModelArgs {
         if let Some(c) = config {
             let r = &c.ranking;
             let every = Duration::from_secs(c.artifacts.poll_seconds.max(1) as u64);
+            let endpoint = c.artifacts.endpoint.as_deref();
             if self.model.is_none() {
-                s.primary = local_model("ranking.model.uri", &r.model.uri, cache, every).await?;
+                s.primary = local_model("ranking.model.uri", &r.model.uri, endpoint, cache, every).await?;
             }
             if self.canary_model.is_none()
                 && let Some(uri) = &r.model.canary_uri
             {
-                s.canary = Some(local_model("ranking.model.canaryUri", uri, cache, every).await?);
+                s.canary = Some(local_model("ranking.model.canaryUri", uri, endpoint, cache, every).await?);
                 s.canary_percent = r.model.canary_percent.clamp(0, 100) as u32;
             }
             s.device = r.device.parse().map_err(anyhow::Error::msg)?;

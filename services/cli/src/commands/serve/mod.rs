@@ -13,6 +13,7 @@ use clap::Subcommand;
 use recstack_core::rerank::RerankConfig;
 use recstack_core::stream::window::{WindowConfig, parse_window};
 use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
+use recstack_services::Component;
 use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
 use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
@@ -219,7 +220,10 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             let log = Arc::new(log.open(config.as_ref()).await?);
             let recall = match recall {
                 Some(url) => Some(url),
-                None => config.as_ref().map(|c| c.endpoint("recall")).transpose()?,
+                None => config
+                    .as_ref()
+                    .map(|c| c.endpoint_for(Component::Ingest, Component::Recall))
+                    .transpose()?,
             };
             let seen = match recall {
                 Some(url) => SeenLink::grpc(&url)?,
@@ -301,10 +305,10 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             let trace_settings = traces.settings(config.as_ref())?;
             let endpoints = match &config {
                 Some(c) => Downstreams {
-                    recall: c.endpoint("recall")?,
-                    features: c.endpoint("feature")?,
-                    ranking: c.endpoint("ranking")?,
-                    rerank: c.endpoint("rerank")?,
+                    recall: c.endpoint_for(Component::Gateway, Component::Recall)?,
+                    features: c.endpoint_for(Component::Gateway, Component::Feature)?,
+                    ranking: c.endpoint_for(Component::Gateway, Component::Ranking)?,
+                    rerank: c.endpoint_for(Component::Gateway, Component::Rerank)?,
                 },
                 None => Downstreams {
                     recall,
