@@ -4,6 +4,9 @@
 //! admin rights.
 #![forbid(unsafe_code)]
 
+pub mod netns;
+pub mod pods;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};

@@ -63,13 +63,19 @@ impl RerankMetrics {
 }
 
 pub struct RerankService {
-    pub items: Arc<Snapshot>,
+    /// The item table, swapped with each new artifact version.
+    pub items: arc_swap::ArcSwap<Snapshot>,
     /// Rules for everyone (k and lambda are set per request and per bucket).
     pub config: RerankConfig,
     pub experiment: Experiment,
     /// Items released in this year or later are fresh.
-    pub fresh_since: u32,
+    pub fresh_since: std::sync::atomic::AtomicU32,
     pub metrics: Arc<RerankMetrics>,
+}
+
+/// Items from the newest two release years are fresh.
+fn fresh_since(items: &Snapshot) -> u32 {
+    items.items().map(|i| i.year).max().unwrap_or(0).saturating_sub(1).max(1)
 }
 
 impl RerankService {
@@ -80,14 +86,20 @@ impl RerankService {
         experiment: Experiment,
         metrics: Arc<RerankMetrics>,
     ) -> Self {
-        let newest = items.items().map(|i| i.year).max().unwrap_or(0);
         Self {
-            items,
+            fresh_since: std::sync::atomic::AtomicU32::new(fresh_since(&items)),
+            items: arc_swap::ArcSwap::new(items),
             config,
             experiment,
-            fresh_since: newest.saturating_sub(1).max(1),
             metrics,
         }
+    }
+
+    /// Serves a new artifact version's item table from the next request on.
+    pub fn swap_items(&self, items: Arc<Snapshot>) {
+        self.fresh_since
+            .store(fresh_since(&items), std::sync::atomic::Ordering::Relaxed);
+        self.items.store(items);
     }
 
     pub fn rerank(&self, req: &RerankRequest) -> Result<RerankResponse, Status> {
@@ -123,16 +135,18 @@ impl RerankService {
             mmr_lambda: lambda,
             ..self.config.clone()
         };
+        let items = self.items.load();
+        let fresh = self.fresh_since.load(std::sync::atomic::Ordering::Relaxed);
         let ranked: Vec<Candidate> = req
             .items
             .iter()
             .map(|s| {
-                let item = self.items.item(&s.item_id);
+                let item = items.item(&s.item_id);
                 Candidate {
                     id: &s.item_id,
                     score: s.score,
                     genres: item.map_or(&[][..], |i| &i.genres),
-                    fresh: item.is_some_and(|i| i.year >= self.fresh_since),
+                    fresh: item.is_some_and(|i| i.year >= fresh),
                 }
             })
             .collect();

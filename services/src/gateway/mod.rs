@@ -82,7 +82,8 @@ impl Default for GatewayConfig {
 
 pub struct Gateway {
     links: Links,
-    pub catalogue: Arc<Catalogue>,
+    /// Titles, the popular list and the artifact version, swapped with each new version.
+    pub catalogue: arc_swap::ArcSwap<Catalogue>,
     pub config: GatewayConfig,
     breakers: HashMap<Stage, Mutex<Breaker>>,
     in_flight: AtomicUsize,
@@ -103,6 +104,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl Gateway {
+    /// Serves a new artifact version's catalogue from the next request on.
+    pub fn swap_catalogue(&self, catalogue: Catalogue) {
+        tracing::info!(version = %catalogue.artifact_version, "gateway: serving a new artifact version");
+        self.catalogue.store(Arc::new(catalogue));
+    }
+
     /// A gateway over `links` (gRPC clients connect lazily: it starts, and answers, while
     /// downstreams are still down).
     pub fn new(
@@ -122,7 +129,7 @@ impl Gateway {
             .map(|objective| Mutex::new(Shedder::new(objective, Instant::now())));
         Self {
             links,
-            catalogue,
+            catalogue: arc_swap::ArcSwap::new(catalogue),
             config,
             breakers,
             in_flight: AtomicUsize::new(0),

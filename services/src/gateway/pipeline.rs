@@ -215,6 +215,7 @@ impl Gateway {
             .unwrap_or_default();
         r.candidates = self
             .catalogue
+            .load()
             .hot
             .iter()
             .filter(|(id, _)| !recent.contains(id.as_str()))
@@ -335,11 +336,12 @@ impl Gateway {
             r.degraded.push("no candidates: serving the precomputed list".into());
         }
         r.level = Level::Fallback;
-        r.fallback = self.catalogue.hot.iter().take(r.q.n as usize).cloned().collect();
+        r.fallback = self.catalogue.load().hot.iter().take(r.q.n as usize).cloned().collect();
     }
 
     /// The answer: the served items with their lineage, the level and why.
     pub(super) fn respond(&self, r: &Request, latency: Duration) -> Recommendation {
+        let catalogue = self.catalogue.load();
         let items = if r.fallback.is_empty() {
             r.served
                 .iter()
@@ -347,7 +349,7 @@ impl Gateway {
                     let c = &r.candidates[*i];
                     ServedItem {
                         item_id: c.id.clone(),
-                        title: self.catalogue.title(&c.id),
+                        title: catalogue.title(&c.id),
                         score: c.score(),
                         sources: c.sources.to_vec(),
                         ranked_position: Some(*i as u32),
@@ -360,7 +362,7 @@ impl Gateway {
                 .iter()
                 .map(|(id, s)| ServedItem {
                     item_id: id.clone(),
-                    title: self.catalogue.title(id),
+                    title: catalogue.title(id),
                     score: *s,
                     sources: Vec::new(),
                     ranked_position: None,
@@ -376,7 +378,7 @@ impl Gateway {
             level: r.level.name().to_string(),
             degraded: r.degraded.clone(),
             model_version: r.model_version.clone(),
-            artifact_version: self.catalogue.artifact_version.clone(),
+            artifact_version: catalogue.artifact_version.clone(),
             experiment: rerank.map(|x| x.experiment.clone()),
             bucket: rerank.map(|x| x.bucket),
             variant: rerank.map(|x| x.variant.clone()),

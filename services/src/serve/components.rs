@@ -179,16 +179,27 @@ pub async fn ranking(
     .await
 }
 
+/// Where a service watches for new artifact versions: the local root, how often, and the
+/// version it starts on.
+pub type Reload = Option<(PathBuf, Duration, String)>;
+
 /// The rerank service with its business rules (block list, pins) in `config` and its A/B
-/// experiment on MMR's trade-off.
+/// experiment on MMR's trade-off; with `reload`, its item table follows new versions.
 pub async fn rerank(
     items: Arc<Snapshot>,
     config: RerankConfig,
     experiment: Experiment,
+    reload: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(RerankMetrics::default());
     let service = Arc::new(RerankService::new(items, config, experiment, metrics.clone()));
+    let watcher = reload.map(|(root, every, version)| {
+        let service = service.clone();
+        watch_versions("rerank", root, every, version, move |loaded| {
+            service.swap_items(Arc::new(Snapshot::from_artifacts(&loaded.artifacts)));
+        })
+    });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "rerank",
@@ -196,7 +207,11 @@ pub async fn rerank(
         Some(Routes::new(RerankServer::from_arc(service.clone()))),
         ops_router(encode),
         DirectService::Rerank(service),
-        async {},
+        async move {
+            if let Some(w) = watcher {
+                w.abort();
+            }
+        },
     )
     .await
 }
@@ -216,12 +231,13 @@ pub enum GatewayTraces {
 }
 
 /// The gateway: HTTP API (with the operational endpoints) and gRPC. Stopping it flushes the
-/// trace writer.
+/// trace writer. With `reload`, its catalogue follows new artifact versions.
 pub async fn gateway(
     catalogue: Arc<Catalogue>,
     links: Links,
     config: GatewayConfig,
     traces: GatewayTraces,
+    reload: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let mut metrics = GatewayMetrics::default();
@@ -244,6 +260,12 @@ pub async fn gateway(
     let metrics = Arc::new(metrics);
     let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
     let http = crate::gateway::http::router(gateway.clone());
+    let watcher = reload.map(|(root, every, version)| {
+        let gateway = gateway.clone();
+        watch_versions("gateway", root, every, version, move |loaded| {
+            gateway.swap_catalogue(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+        })
+    });
     spawn(
         "gateway",
         addrs,
@@ -251,6 +273,9 @@ pub async fn gateway(
         http,
         DirectService::None,
         async move {
+            if let Some(w) = watcher {
+                w.abort();
+            }
             if let Some((task, retention)) = writer {
                 if let Some(r) = retention {
                     r.abort();

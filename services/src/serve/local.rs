@@ -189,7 +189,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     };
     let features = features(snapshot.clone(), source, None, a.features).await?;
     let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
-    let rerank = rerank(snapshot.clone(), opts.rerank, opts.experiment, a.rerank).await?;
+    let rerank = rerank(snapshot.clone(), opts.rerank, opts.experiment, None, a.rerank).await?;
     let mut event_path = Vec::new();
     if let (Some(ev), Some(sink)) = (&opts.events, sink) {
         let (log, recovered) = FileLog::open(&ev.log_dir, ev.partitions).map_err(|e| ServeError::Server {
@@ -250,7 +250,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         }
     };
     let index: Arc<dyn ItemIndex> = catalogue.clone();
-    let gateway = gateway(catalogue, links, opts.gateway, traces, a.gateway).await?;
+    let gateway = gateway(catalogue, links, opts.gateway, traces, None, a.gateway).await?;
     // The gateway first: stopping it flushes its traces before the rest go.
     let mut services = vec![gateway];
     // Ingest and the stream job stop next (the stream job commits), before the services they feed.

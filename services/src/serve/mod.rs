@@ -227,6 +227,42 @@ fn ops_router(encode: ops::Encode) -> axum::Router {
     ops::metrics_router(encode)
 }
 
+/// Every `every`, loads the version `root/current` names when it is not `version` (on a
+/// blocking thread) and hands it to `swap`: how the gateway, rerank and recall follow new
+/// artifact versions. A version that fails to load is logged and retried on the next change.
+pub fn watch_versions(
+    name: &'static str,
+    root: PathBuf,
+    every: Duration,
+    mut version: String,
+    swap: impl Fn(Loaded) + Send + Sync + 'static,
+) -> JoinHandle<()> {
+    let swap = Arc::new(swap);
+    tokio::spawn(async move {
+        let mut failed = String::new();
+        loop {
+            tokio::time::sleep(every).await;
+            let wanted = std::fs::read_to_string(root.join("current")).unwrap_or_default().trim().to_string();
+            if wanted.is_empty() || wanted == version || wanted == failed {
+                continue;
+            }
+            let dir = root.clone();
+            match tokio::task::spawn_blocking(move || Loaded::from_dir(&dir)).await {
+                Ok(Ok(loaded)) => {
+                    version = loaded.manifest.version.clone();
+                    tracing::info!(%version, "{name}: swapping in a new artifact version");
+                    swap(loaded);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "{name}: new artifact version failed to load; serving the previous one");
+                    failed = wanted;
+                }
+                Err(e) => tracing::warn!(error = %e, "{name}: artifact loader panicked"),
+            }
+        }
+    })
+}
+
 /// Loads the version `root/current` names.
 pub fn load_artifacts(root: &Path) -> Result<Loaded, ServeError> {
     Loaded::from_dir(root).map_err(|source| ServeError::Artifacts {

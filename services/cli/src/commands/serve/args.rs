@@ -92,6 +92,14 @@ impl ServeArgs {
             .context("reading the runtime config")
     }
 
+    /// How a service follows new artifact versions in its local root: checked every
+    /// `artifacts.pollSeconds` (10 s without a runtime config), from the version now current.
+    pub fn reload(&self, config: Option<&RuntimeConfig>) -> serve::Reload {
+        let every = Duration::from_secs(config.map_or(10, |c| c.artifacts.poll_seconds.max(1)) as u64);
+        let version = std::fs::read_to_string(self.artifacts.join("current")).unwrap_or_default();
+        Some((self.artifacts.clone(), every, version.trim().to_string()))
+    }
+
     /// The user and item features of the artifacts' current version.
     pub fn snapshot(&self) -> anyhow::Result<Arc<Snapshot>> {
         Ok(Arc::new(Snapshot::from_artifacts(

