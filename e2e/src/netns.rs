@@ -95,7 +95,14 @@ const HOST_RO: &[&str] = &["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc/s
 
 impl Pod {
     /// Creates the pod's namespaces, root and volumes, and starts its process.
-    pub fn start(net: &Network, plan: PodPlan, ip: Ipv4Addr, image: &Image, dir: &Path, hosts: &str) -> anyhow::Result<Self> {
+    pub fn start(
+        net: &Network,
+        plan: PodPlan,
+        ip: Ipv4Addr,
+        image: &Image,
+        dir: &Path,
+        hosts: &str,
+    ) -> anyhow::Result<Self> {
         let short = format!("{:08x}", u32::from(ip));
         let netns = format!("rs-{short}");
         let veth = format!("rsv{short}");
@@ -103,12 +110,23 @@ impl Pod {
         let _ = run(&["ip", "netns", "del", &netns]);
         let _ = run(&["ip", "link", "del", &veth]);
         run(&["ip", "netns", "add", &netns])?;
-        run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        run(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])?;
         run(&["ip", "link", "set", &veth, "master", &net.bridge, "up"])?;
         run(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
         run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
         run(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
-        run(&["ip", "-n", &netns, "route", "add", "default", "via", &net.node.to_string()])?;
+        run(&[
+            "ip",
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.node.to_string(),
+        ])?;
 
         let dir = dir.join(&plan.name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -120,13 +138,24 @@ impl Pod {
         {
             std::fs::create_dir_all(root.join(d))?;
         }
-        for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
             std::os::unix::fs::symlink(target, root.join(link))?;
         }
         std::fs::write(root.join("etc/hosts"), hosts)?;
-        std::fs::write(root.join("etc/nsswitch.conf"), "hosts: files\npasswd: files\ngroup: files\n")?;
+        std::fs::write(
+            root.join("etc/nsswitch.conf"),
+            "hosts: files\npasswd: files\ngroup: files\n",
+        )?;
         std::fs::write(root.join("etc/resolv.conf"), "")?;
-        std::fs::write(root.join("etc/passwd"), format!("root:x:0:0::/root:/sbin/nologin\nnonroot:x:{uid}:{gid}::/home/nonroot:/sbin/nologin\n"))?;
+        std::fs::write(
+            root.join("etc/passwd"),
+            format!("root:x:0:0::/root:/sbin/nologin\nnonroot:x:{uid}:{gid}::/home/nonroot:/sbin/nologin\n"),
+        )?;
         std::fs::write(root.join("etc/group"), format!("root:x:0:\nnonroot:x:{gid}:\n"))?;
 
         let mut script = String::from("set -e\nmount --make-rprivate /\n");
@@ -157,7 +186,10 @@ impl Pod {
                 quote(&at)
             ));
         }
-        script.push_str(&format!("mount --rbind /dev {0}/dev\nmount -t proc proc {0}/proc\n", quote(&r)));
+        script.push_str(&format!(
+            "mount --rbind /dev {0}/dev\nmount -t proc proc {0}/proc\n",
+            quote(&r)
+        ));
         for Mount {
             volume,
             source,
@@ -175,7 +207,11 @@ impl Pod {
             // fsGroup: the pod's user owns its volumes.
             run(&["chown", "-R", &format!("{uid}:{gid}"), &host.display().to_string()])?;
             let at = mount_point(path, true)?;
-            script.push_str(&format!("mount --bind {} {}\n", quote(&host.display().to_string()), quote(&at)));
+            script.push_str(&format!(
+                "mount --bind {} {}\n",
+                quote(&host.display().to_string()),
+                quote(&at)
+            ));
             if *read_only {
                 script.push_str(&format!("mount -o remount,bind,ro {}\n", quote(&at)));
             }
@@ -208,7 +244,16 @@ impl Pod {
         let log = dir.join("pod.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new("ip")
-            .args(["netns", "exec", &netns, "unshare", "--mount", "--propagation", "private", "sh"])
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+            ])
             .arg(dir.join("start.sh"))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -237,7 +282,15 @@ impl Pod {
     pub fn apply_ruleset(&self, ruleset: &str) -> anyhow::Result<()> {
         let file = self.dir.join("netpol.nft");
         std::fs::write(&file, format!("flush ruleset\n{ruleset}"))?;
-        run(&["ip", "netns", "exec", &self.netns, "nft", "-f", &file.display().to_string()])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.netns,
+            "nft",
+            "-f",
+            &file.display().to_string(),
+        ])?;
         Ok(())
     }
 
@@ -252,12 +305,17 @@ impl Pod {
             return self.running();
         };
         self.running()
-            && http_get(SocketAddr::from((self.ip, port)), &path, Duration::from_secs(1)).is_ok_and(|(code, _)| code == 200)
+            && http_get(SocketAddr::from((self.ip, port)), &path, Duration::from_secs(1))
+                .is_ok_and(|(code, _)| code == 200)
     }
 
     /// The container port named `name`.
     pub fn port(&self, name: &str) -> anyhow::Result<u16> {
-        self.plan.ports.get(name).copied().with_context(|| format!("{} has no port {name}", self.plan.name))
+        self.plan
+            .ports
+            .get(name)
+            .copied()
+            .with_context(|| format!("{} has no port {name}", self.plan.name))
     }
 
     /// Sends `signal` (`TERM`, `KILL`) to the pod's process.
@@ -319,7 +377,13 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Resu
 }
 
 /// A plain HTTP/1.0 request with an optional JSON body: (status, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str, json: Option<&str>, timeout: Duration) -> anyhow::Result<(u16, String)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;

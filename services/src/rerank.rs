@@ -75,7 +75,13 @@ pub struct RerankService {
 
 /// Items from the newest two release years are fresh.
 fn fresh_since(items: &Snapshot) -> u32 {
-    items.items().map(|i| i.year).max().unwrap_or(0).saturating_sub(1).max(1)
+    items
+        .items()
+        .map(|i| i.year)
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1)
+        .max(1)
 }
 
 impl RerankService {

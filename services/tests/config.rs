@@ -37,7 +37,10 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
         .endpoint_for(recstack_crds::Component::Recall, recstack_crds::Component::Feature)
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("grpcEndpoints.feature:") && e.contains("call table"), "{e}");
+    assert!(
+        e.starts_with("grpcEndpoints.feature:") && e.contains("call table"),
+        "{e}"
+    );
     assert_eq!(c.ranking.device, "cpu");
     assert_eq!(c.gateway.latency_target_ms, Some(5), "the CRD's default objective");
     // The model and artifacts the services image bundles.

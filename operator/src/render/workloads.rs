@@ -62,21 +62,29 @@ pub(super) fn online_component(
     Ok(out)
 }
 
-/// The ClusterIP Service in front of a component: `http`, and `grpc` where it serves gRPC.
+/// The Service in front of a component: `http`, and `grpc` where it serves gRPC. The services
+/// other components call over gRPC are headless, so their clients resolve every ready pod and
+/// balance their HTTP/2 calls across them (a ClusterIP would pin each long-lived connection to
+/// one pod); the gateway, ingest and the dashboard's services keep a ClusterIP for apps,
+/// Ingresses and load balancers.
 fn service(ctx: &StackCtx, component: Component) -> Result<Child, RenderError> {
     let mut ports = vec![json!({ "name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP" })];
     if !http_only(component) {
         ports.push(json!({ "name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc" }));
     }
+    let mut spec = json!({
+        "type": "ClusterIP",
+        "selector": labels::selector(&ctx.name, component),
+        "ports": ports,
+    });
+    if recstack_crds::GRPC_CALLS.iter().any(|(_, callee)| *callee == component) {
+        spec["clusterIP"] = json!("None");
+    }
     child(
         ChildKind::Service,
         json!({
             "metadata": ctx.meta(&labels::component_name(&ctx.name, component), Some(component)),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": labels::selector(&ctx.name, component),
-                "ports": ports,
-            },
+            "spec": spec,
         }),
     )
 }

@@ -14,13 +14,7 @@ pub async fn recall(
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
     let service = Arc::new(
-        RecallService::new(
-            slot.clone(),
-            seen,
-            SeenConfig::default(),
-            metrics.clone(),
-        )
-        .with_trending(trending),
+        RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone()).with_trending(trending),
     );
     let watcher = reload.map(|(root, every)| tokio::spawn(watch_artifacts(slot, root, every)));
     let encode: ops::Encode = Arc::new(move || metrics.encode());

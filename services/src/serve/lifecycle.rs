@@ -124,7 +124,10 @@ mod tests {
     fn defaults_stop_at_once_with_a_twenty_second_grace() {
         assert_eq!(Lifecycle::from_vars(vars(&[])).unwrap(), Lifecycle::default());
         assert_eq!(Lifecycle::default().drain, Duration::ZERO);
-        assert_eq!(Lifecycle::from_vars(vars(&[(DRAIN_VAR, " ")])).unwrap().drain, Duration::ZERO);
+        assert_eq!(
+            Lifecycle::from_vars(vars(&[(DRAIN_VAR, " ")])).unwrap().drain,
+            Duration::ZERO
+        );
     }
 
     #[test]

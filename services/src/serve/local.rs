@@ -181,7 +181,14 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         None => Trending::none(),
     };
     let reload = Some((root.to_path_buf(), Duration::from_secs(10)));
-    let recall = recall(loaded, reload, trending, AnySeenStore::Memory(MemorySeenStore::default()), a.recall).await?;
+    let recall = recall(
+        loaded,
+        reload,
+        trending,
+        AnySeenStore::Memory(MemorySeenStore::default()),
+        a.recall,
+    )
+    .await?;
     let source = match (&sink, opts.redis_url.as_deref()) {
         (Some(LocalSink::Memory(m)), _) => FeatureSource::Memory(m.clone()),
         (_, Some(url)) => FeatureSource::Redis(url),

@@ -47,7 +47,9 @@ use crate::ranking::service::proto::ranking_server::RankingServer;
 use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
 use crate::recall::proto::recall_server::Recall;
 use crate::recall::proto::recall_server::RecallServer;
-use crate::recall::{AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts};
+use crate::recall::{
+    AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts,
+};
 use crate::rerank::proto::rerank_server::Rerank;
 use crate::rerank::proto::rerank_server::RerankServer;
 use crate::rerank::{Experiment, RerankMetrics, RerankService};
@@ -242,7 +244,10 @@ pub fn watch_versions(
         let mut failed = String::new();
         loop {
             tokio::time::sleep(every).await;
-            let wanted = std::fs::read_to_string(root.join("current")).unwrap_or_default().trim().to_string();
+            let wanted = std::fs::read_to_string(root.join("current"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             if wanted.is_empty() || wanted == version || wanted == failed {
                 continue;
             }

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use recstack_services::objects::{self, Location};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
+use recstack_services::objects::{self, Location};
 
 /// The flags of `recstack build`.
 #[derive(Args)]
@@ -41,7 +41,10 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             eprintln!("build: publishing {} to {}", manifest.version, remote.uri);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let files = runtime.block_on(objects::publish(staging.path(), &manifest.version, &remote))?;
-            eprintln!("build: published {files} files; {}/current names {}", remote.uri, manifest.version);
+            eprintln!(
+                "build: published {files} files; {}/current names {}",
+                remote.uri, manifest.version
+            );
             println!("{}/{}", remote.uri, manifest.version);
         }
     }

@@ -205,7 +205,11 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             )
             .await?
         }
-        ServeCommand::Feature { mut serve, redis_url, dump } => {
+        ServeCommand::Feature {
+            mut serve,
+            redis_url,
+            dump,
+        } => {
             let config = serve.prepare().await?;
             let redis_url = redis_url.or_else(|| config.as_ref().and_then(|c| c.feature_store.redis_url.clone()));
             let snapshot = serve.snapshot()?;
