@@ -105,7 +105,11 @@ fn main() {
     let dir = std::env::var_os("RECSTACK_E2E_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("recstack-e2e-deployed"));
-    let _ = std::fs::remove_dir_all(&dir);
+    // scripts/e2e empties the directory (and writes its suite.log there); this run replaces
+    // only what it makes.
+    for owned in ["s3", "pods", "image-artifacts"] {
+        let _ = std::fs::remove_dir_all(dir.join(owned));
+    }
     std::fs::create_dir_all(&dir).expect("e2e scratch directory");
     let mut d = Deployed {
         cluster: Cluster {

@@ -85,3 +85,55 @@ fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
     assert!(credentials_dir.as_ref().unwrap().is_absolute(), "{credentials_dir:?}");
     assert_eq!((t.full_sample, t.retention_days), (Some(0.05), 14));
 }
+
+/// The HPA's `recstack_requests_per_second` exists only through the prometheus-adapter rule in
+/// manifests/: its name must be the one the operator renders, and its series query selects one
+/// request counter for each online service.
+#[test]
+fn the_adapter_rule_serves_the_hpa_metric_from_every_online_service() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("../manifests/prometheus-adapter/rules.yaml")).unwrap())
+            .unwrap();
+    let rule = &rules[0];
+    let series = rule["seriesQuery"].as_str().unwrap();
+    let stack: RecommenderStack =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("../manifests/samples/gpu-ranking.yaml")).unwrap())
+            .unwrap();
+    let hpa = render::render(&stack)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.kind == ChildKind::HorizontalPodAutoscaler && c.object.data.to_string().contains("Pods"))
+        .expect("an HPA on requests per second");
+    let metric = hpa.object.data["spec"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| m["pods"]["metric"]["name"].as_str())
+        .unwrap()
+        .to_string();
+    assert_eq!(rule["name"]["as"].as_str(), Some(metric.as_str()));
+    // `recstack_(a|b)_requests_total|recstack_(c)_calls_total` → the counters it selects.
+    let selected: Vec<String> = series
+        .split("recstack_(")
+        .skip(1)
+        .flat_map(|part| {
+            let (names, rest) = part.split_once(")_").unwrap();
+            let suffix = rest.split("_total").next().unwrap();
+            names
+                .split('|')
+                .map(move |n| format!("recstack_{n}_{suffix}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // One request counter per online service (their names: each service's metrics module).
+    let mut services: Vec<&str> = selected
+        .iter()
+        .map(|c| c.trim_start_matches("recstack_").split('_').next().unwrap())
+        .collect();
+    services.sort();
+    assert_eq!(
+        services,
+        ["features", "gateway", "ingest", "ranking", "recall", "rerank"]
+    );
+}
