@@ -95,6 +95,8 @@ pub fn crd_yaml() -> String {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers"),
+    validation = Rule::new("self.stream.engine != 'builtin' || has(self.eventLog)").message("stream.engine builtin reads the events ingest logs from another pod: set spec.eventLog.bootstrapServers (the embedded log is on each ingest pod's own disk), or set stream.engine: none"),
+    validation = Rule::new("self.stream.engine != 'builtin' || has(self.feature.redisUrl)").message("stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none"),
     validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)")
 )]
 pub struct RecommenderStackSpec {
@@ -481,6 +483,9 @@ pub enum StreamEngine {
     /// The same windows as a Flink SQL job, run by the Apache Flink Kubernetes Operator
     /// (a `FlinkDeployment`).
     Flink,
+    /// No streaming aggregation: features come from the artifacts' snapshot and the hot list
+    /// from the offline build. For a stack without Kafka and Redis.
+    None,
     /// A value this operator does not know: a newer CRD added it. Read so that one such stack
     /// does not stop the operator from reading every other; it is reported as Degraded
     /// and left as it is. Never part of the schema.
@@ -500,7 +505,9 @@ pub enum StreamEngine {
     validation = Rule::new("self.window.matches('^[1-9][0-9]*(s|m|h)$')").message("stream.window must be a duration such as 30s, 1m or 1h")
 )]
 pub struct StreamSpec {
-    /// `builtin` (recstack's stream worker) or `flink` (a FlinkDeployment running Flink SQL).
+    /// `builtin` (recstack's stream worker; needs `eventLog` and `feature.redisUrl`), `flink`
+    /// (a FlinkDeployment running Flink SQL; needs `eventLog`) or `none` (no real-time
+    /// features).
     #[serde(default)]
     pub engine: StreamEngine,
     /// Tumbling window length, such as `30s`, `1m` (the default) or `1h`.

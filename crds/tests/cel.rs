@@ -4,8 +4,18 @@
 
 use recstack_crds::RecommenderStack;
 
-/// Messages of the rules `spec` (YAML under `spec:`) breaks.
+/// Messages of the rules `spec` (YAML under `spec:`) breaks. A spec that says nothing about
+/// streaming runs none (`stream: {engine: none}` is added), so each test sees only the rules it
+/// is about; the stream-wiring rules have their own test.
 fn broken_rules(spec: &str) -> Vec<String> {
+    if spec.contains("stream:") {
+        broken_rules_as_written(spec)
+    } else {
+        broken_rules_as_written(&format!("{spec}\n  stream: {{engine: none}}"))
+    }
+}
+
+fn broken_rules_as_written(spec: &str) -> Vec<String> {
     let doc = format!(
         "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: s, namespace: n}}\nspec:\n{spec}"
     );
@@ -25,8 +35,11 @@ fn assert_rejects(spec: &str, expected: &str) {
 }
 
 #[test]
-fn samples_and_empty_spec_pass() {
-    assert_eq!(broken_rules("  {}"), Vec::<String>::new());
+fn samples_and_a_stack_without_streaming_pass() {
+    assert_eq!(
+        broken_rules_as_written("  stream: {engine: none}"),
+        Vec::<String>::new()
+    );
     for sample in ["minimal", "gpu-ranking", "flink-streaming"] {
         let path = format!(
             "{}/../manifests/samples/{sample}.yaml",
@@ -145,7 +158,7 @@ fn stream_window_is_a_duration() {
     }
     for good in ["30s", "1m", "12h"] {
         assert!(
-            broken_rules(&format!("  stream: {{window: '{good}'}}")).is_empty(),
+            broken_rules(&format!("  stream: {{engine: none, window: '{good}'}}")).is_empty(),
             "{good}"
         );
     }
@@ -177,7 +190,7 @@ fn event_log_and_redis_addresses() {
 fn stack_names_fit_every_derived_name() {
     let with_name = |name: &str| {
         let doc = format!(
-            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{}}"
+            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{stream: {{engine: none}}}}"
         );
         let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
         stack.validate_cel().err().map(|e| e.to_string())
@@ -203,4 +216,51 @@ fn dashboard_needs_a_shared_trace_store() {
         "  dashboard: {resources: {limits: {nvidia.com/gpu: 1}}}\n  traceStore: {elasticsearchUrl: 'https://es:9200'}",
         "GPUs can only be requested by the ranking component",
     );
+}
+
+/// The built-in stream job runs in its own pods: it needs the events in a shared log and a
+/// Redis to write to. The default engine is builtin, so an empty spec says what to set.
+#[test]
+fn builtin_streaming_needs_a_shared_event_log_and_redis() {
+    let empty = broken_rules_as_written("  {}");
+    assert_eq!(empty.len(), 2, "{empty:?}");
+    assert_rejects(
+        "  stream: {engine: builtin}\n  feature: {redisUrl: 'redis://r:6379'}",
+        "stream.engine builtin reads the events ingest logs from another pod: set spec.eventLog.bootstrapServers",
+    );
+    assert_rejects(
+        "  stream: {engine: builtin}\n  eventLog: {bootstrapServers: ['k:9092']}",
+        "stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none",
+    );
+    assert!(
+        broken_rules_as_written(
+            "  stream: {engine: builtin}\n  eventLog: {bootstrapServers: ['k:9092']}\n  feature: {redisUrl: 'redis://r:6379'}"
+        )
+        .is_empty()
+    );
+    // Flink needs the log but not Redis from this spec; `none` needs neither.
+    assert!(
+        broken_rules_as_written("  stream: {engine: flink}\n  eventLog: {bootstrapServers: ['k:9092']}").is_empty()
+    );
+}
+
+#[test]
+fn model_and_artifact_uris_name_a_readable_scheme() {
+    assert_rejects(
+        "  ranking: {model: {uri: 'ftp://host/m.onnx'}}",
+        "ranking.model.uri must be file:///<absolute path> or an object store URI",
+    );
+    assert_rejects(
+        "  ranking: {model: {uri: 'file://relative/m.onnx'}}",
+        "ranking.model.uri must be file:///<absolute path>",
+    );
+    assert_rejects(
+        "  artifacts: {uri: 'artifacts'}",
+        "artifacts.uri must be file:///<absolute path> (a path inside every pod) or an object store URI",
+    );
+    assert_rejects(
+        "  artifacts: {uri: 's3://b/a', endpoint: 'minio:9000'}",
+        "artifacts.endpoint must be an http:// or https:// URL with no path",
+    );
+    assert!(broken_rules("  artifacts: {uri: 's3://b/a', endpoint: 'http://minio.storage.svc:9000'}\n  ranking: {model: {uri: 'gs://m/model.onnx'}}").is_empty());
 }

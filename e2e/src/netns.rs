@@ -49,6 +49,10 @@ impl Network {
         let _ = run(&["ip", "link", "del", name]);
         let node = Ipv4Addr::new(prefix[0], prefix[1], 0, 1);
         run(&["ip", "link", "add", name, "type", "bridge"])?;
+        // A fixed address: a bridge otherwise takes the lowest of its ports' and changes it as
+        // pods join, leaving earlier pods' ARP entries for the node and the stores pointing
+        // at a MAC that no longer answers until they expire.
+        run(&["ip", "link", "set", name, "address", "02:00:00:00:00:01"])?;
         run(&["ip", "addr", "add", &format!("{node}/16"), "dev", name])?;
         run(&["ip", "link", "set", name, "up"])?;
         Ok(Self {
@@ -94,7 +98,8 @@ pub struct Pod {
 const HOST_RO: &[&str] = &["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc/ssl"];
 
 impl Pod {
-    /// Creates the pod's namespaces, root and volumes, and starts its process.
+    /// Creates the pod's namespaces, root and volumes, loads `ruleset` (its NetworkPolicies,
+    /// in place before the process sends anything, as a CNI does), and starts its process.
     pub fn start(
         net: &Network,
         plan: PodPlan,
@@ -102,6 +107,7 @@ impl Pod {
         image: &Image,
         dir: &Path,
         hosts: &str,
+        ruleset: &str,
     ) -> anyhow::Result<Self> {
         let short = format!("{:08x}", u32::from(ip));
         let netns = format!("rs-{short}");
@@ -130,6 +136,8 @@ impl Pod {
 
         let dir = dir.join(&plan.name);
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        load_ruleset(&netns, &dir, ruleset)?;
         let root = dir.join("root");
         let (uid, gid) = plan.run_as.unwrap_or((0, 0));
         for d in ["usr/local/bin", "proc", "dev", "tmp", "etc", "var", "opt"]
@@ -278,22 +286,6 @@ impl Pod {
         Ok(())
     }
 
-    /// Loads an nftables ruleset into the pod's network namespace (replacing the last one).
-    pub fn apply_ruleset(&self, ruleset: &str) -> anyhow::Result<()> {
-        let file = self.dir.join("netpol.nft");
-        std::fs::write(&file, format!("flush ruleset\n{ruleset}"))?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.netns,
-            "nft",
-            "-f",
-            &file.display().to_string(),
-        ])?;
-        Ok(())
-    }
-
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
@@ -369,6 +361,14 @@ impl Drop for Pod {
         }
         let _ = run(&["ip", "netns", "del", &self.netns]);
     }
+}
+
+/// Loads an nftables ruleset into a network namespace (replacing the last one).
+fn load_ruleset(netns: &str, dir: &Path, ruleset: &str) -> anyhow::Result<()> {
+    let file = dir.join("netpol.nft");
+    std::fs::write(&file, format!("flush ruleset\n{ruleset}"))?;
+    run(&["ip", "netns", "exec", netns, "nft", "-f", &file.display().to_string()])?;
+    Ok(())
 }
 
 /// A plain HTTP/1.0 GET: (status, body).

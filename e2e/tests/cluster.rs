@@ -278,7 +278,8 @@ fn stack_yaml(ns: &str, name: &str, spec: &str) -> String {
     )
 }
 
-const SMALL: &str = "  gateway: {replicas: 1}\n  recall: {replicas: 1}\n  ranking: {replicas: 1}\n  rerank: {replicas: 1}\n  feature: {replicas: 1}\n  ingest: {replicas: 1}";
+/// A small stack with every workload (the built-in stream job needs Kafka and Redis named).
+const SMALL: &str = "  gateway: {replicas: 1}\n  recall: {replicas: 1}\n  ranking: {replicas: 1}\n  rerank: {replicas: 1}\n  feature: {replicas: 1, redisUrl: 'redis://redis.data.svc:6379'}\n  ingest: {replicas: 1}\n  eventLog: {bootstrapServers: ['kafka.data.svc:9092']}";
 
 // ------------------------------------------------------------------------------------------------
 
@@ -382,7 +383,8 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
     );
     let stack = s.stack("recstack", "minimal")?;
     let components = stack["status"]["components"].as_array().context("components")?;
-    ensure!(components.len() == 7, "{components:?}");
+    // Six: the minimal stack runs no stream job.
+    ensure!(components.len() == 6, "{components:?}");
     for c in components {
         ensure!(c["readyReplicas"] == c["desiredReplicas"], "{c}");
     }
@@ -536,8 +538,8 @@ fn priority_class_change(s: &mut Suite) -> anyhow::Result<()> {
                 .all(|p| p["spec"]["priorityClassName"] == "e2e-urgent" && p["spec"]["priority"] == 200000))
         .then_some(()))
     })?;
-    // Streaming keeps the offline class.
-    let stream = s.json(&["-n", "recstack", "get", "deploy", "minimal-stream"])?;
+    // Streaming keeps the offline class (the minimal stack has none; the GPU one does).
+    let stream = s.json(&["-n", "recstack", "get", "deploy", "gpu-stream"])?;
     ensure!(stream["spec"]["template"]["spec"]["priorityClassName"] == "recstack-offline");
     s.patch_stack(
         "recstack",

@@ -303,9 +303,8 @@ fn item_ids(response: &Value) -> Vec<String> {
 // === scenarios ===
 
 fn stores(d: &mut Deployed) -> anyhow::Result<()> {
-    let mut net = Network::create("rsbr0", [10, 88])?;
+    let net = Network::create("rsbr0", [10, 88])?;
     // The stores' own address on the node, outside every pod.
-    let _ = net.allocate();
     Command::new("ip")
         .args(["addr", "add", &format!("{STORES}/16"), "dev", &net.bridge])
         .status()?;
@@ -611,12 +610,10 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
     let pods_dir = d.dir.join("pods");
     let mut started = Vec::new();
     for (plan, addr) in plans.into_iter().zip(&addrs) {
-        let policy = pods::pod_policy(&d.policies, addr, &addrs);
-        let pod = Pod::start(net, plan, addr.ip, &image, &pods_dir, &hosts)?;
-        // Policies are in place before the process can send anything that matters (it
-        // starts by fetching from S3, which the policy must allow).
-        pod.apply_ruleset(&pods::nft_ruleset(&policy, node))?;
-        started.push(pod);
+        // The pod's policies are in place before its process starts (it begins by fetching
+        // from S3, which its policy must allow).
+        let ruleset = pods::nft_ruleset(&pods::pod_policy(&d.policies, addr, &addrs), node);
+        started.push(Pod::start(net, plan, addr.ip, &image, &pods_dir, &hosts, &ruleset)?);
     }
     *d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))? = started;
     let (pods, services, stop) = (d.pods.clone(), d.services.clone(), d.endpoints_stop.clone());
@@ -922,9 +919,17 @@ fn new_version(d: &mut Deployed) -> anyhow::Result<()> {
                 Ok((seen.len() == 1 && seen.contains(&second)).then_some(()))
             },
         )?;
-        // Recall (both replicas) and rerank swapped too, without a restart.
+        // Every component that reads the artifacts swapped, without a restart.
         let swapped = format!("version={second}");
-        for pod in ["recall-0", "recall-1", "rerank-0"] {
+        for pod in [
+            "recall-0",
+            "recall-1",
+            "rerank-0",
+            "ranking-0",
+            "ranking-1",
+            "feature-0",
+            "gateway-0",
+        ] {
             wait_until(&format!("{pod} serving {second}"), Duration::from_secs(30), || {
                 let log = d.with_pod(&format!("{STACK}-{pod}"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
                 Ok(log

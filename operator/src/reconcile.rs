@@ -638,17 +638,21 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
             )
         })
         .collect();
-    observed.push(match stack.spec.stream.engine {
-        StreamEngine::Builtin => status::observe_deployment(
+    match stack.spec.stream.engine {
+        StreamEngine::Builtin => observed.push(status::observe_deployment(
             Component::Stream,
             Some(stack.spec.stream.parallelism),
             get(ChildKind::Deployment, Component::Stream).as_ref(),
             stack,
-        ),
-        StreamEngine::Flink => status::observe_flink(get(ChildKind::FlinkDeployment, Component::Stream).as_ref()),
+        )),
+        StreamEngine::Flink => observed.push(status::observe_flink(
+            get(ChildKind::FlinkDeployment, Component::Stream).as_ref(),
+        )),
+        // Nothing deployed, nothing to observe.
+        StreamEngine::None => {}
         // Render refuses it before anything is observed.
-        StreamEngine::Unknown => status::Observed::default(),
-    });
+        StreamEngine::Unknown => observed.push(status::Observed::default()),
+    }
     if stack.spec.dashboard.is_some() {
         for c in Component::OBSERVABILITY {
             observed.push(status::observe_deployment(

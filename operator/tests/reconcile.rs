@@ -187,7 +187,8 @@ async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
     assert_eq!(h.condition("Paused")["status"], "False");
     let status = h.stack().status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
-    assert_eq!(status.components.len(), 7);
+    // The minimal stack runs no stream job.
+    assert_eq!(status.components.len(), 6);
     assert_eq!(
         status.endpoints.unwrap().gateway_http,
         "http://minimal-gateway.recstack.svc:8080"
@@ -273,8 +274,8 @@ async fn scale_changes_replicas() {
 
 #[tokio::test]
 async fn engine_builtin_to_flink_prunes_the_worker() {
-    let h = Harness::created("minimal").await;
-    assert!(h.api.get(DEPLOYMENTS, "minimal-stream").is_some());
+    let h = Harness::created("gpu-ranking").await;
+    assert!(h.api.get(DEPLOYMENTS, "gpu-stream").is_some());
     h.edit_spec(|s| {
         s.spec.event_log = Some(recstack_crds::EventLogSpec {
             bootstrap_servers: vec!["kafka:9092".into()],
@@ -284,19 +285,19 @@ async fn engine_builtin_to_flink_prunes_the_worker() {
     });
     let writes = h.reconcile_ok().await;
     let w = summaries(&writes);
-    assert!(w.contains(&"DELETE deployments/minimal-stream".to_string()), "{w:#?}");
+    assert!(w.contains(&"DELETE deployments/gpu-stream".to_string()), "{w:#?}");
     assert!(
-        w.contains(&"DELETE poddisruptionbudgets/minimal-stream".to_string()),
+        w.contains(&"DELETE poddisruptionbudgets/gpu-stream".to_string()),
         "{w:#?}"
     );
-    assert!(h.api.get(DEPLOYMENTS, "minimal-stream").is_none());
-    assert!(h.api.get(PDBS, "minimal-stream").is_none());
-    let flink = h.api.get(FLINK, "minimal-stream").expect("FlinkDeployment created");
+    assert!(h.api.get(DEPLOYMENTS, "gpu-stream").is_none());
+    assert!(h.api.get(PDBS, "gpu-stream").is_none());
+    let flink = h.api.get(FLINK, "gpu-stream").expect("FlinkDeployment created");
     assert_eq!(flink["spec"]["job"]["parallelism"], 2);
-    assert!(h.api.get(CONFIGMAPS, "minimal-stream-sql").is_some());
+    assert!(h.api.get(CONFIGMAPS, "gpu-stream-sql").is_some());
     assert!(events(&writes).contains(&"Pruned".to_string()));
     // The Flink job reports RUNNING through the Flink operator's status.
-    h.api.edit(FLINK, "minimal-stream", |o| {
+    h.api.edit(FLINK, "gpu-stream", |o| {
         o["status"] = json!({ "jobStatus": { "state": "RUNNING" } })
     });
     h.api.make_deployments_ready();

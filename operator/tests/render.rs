@@ -47,15 +47,19 @@ fn snapshots_of_the_samples() {
 fn minimal_stack_has_every_workload_and_policy() {
     let children = render_sample("minimal");
     let counts = count(&children);
-    assert_eq!(counts[&ChildKind::Deployment], 7, "6 online components + stream worker");
+    assert_eq!(
+        counts[&ChildKind::Deployment],
+        6,
+        "6 online components, no stream worker (engine none)"
+    );
     assert_eq!(counts[&ChildKind::Service], 6, "one per online component");
     // gateway autoscales explicitly; ranking and feature by default; the rest are fixed.
     assert_eq!(counts[&ChildKind::HorizontalPodAutoscaler], 3);
-    assert_eq!(counts[&ChildKind::PodDisruptionBudget], 7);
+    assert_eq!(counts[&ChildKind::PodDisruptionBudget], 6);
     assert_eq!(
         counts[&ChildKind::NetworkPolicy],
-        9,
-        "default deny + dns + one per component"
+        8,
+        "default deny + dns + one per deployed component"
     );
     // PriorityClasses belong to the install; pods name them.
     assert_eq!(counts.len(), 6, "{counts:?}");
@@ -77,7 +81,9 @@ fn minimal_stack_has_every_workload_and_policy() {
     assert_eq!(pod["priorityClassName"], "recstack-online");
     assert_eq!(gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     assert!(pod["affinity"]["podAntiAffinity"].is_object());
-    let stream = find(&children, ChildKind::Deployment, "minimal-stream");
+    // The stream worker (in the GPU sample) runs at the offline class.
+    let gpu = render_sample("gpu-ranking");
+    let stream = find(&gpu, ChildKind::Deployment, "gpu-stream");
     assert_eq!(
         stream["spec"]["template"]["spec"]["priorityClassName"],
         "recstack-offline"
@@ -380,7 +386,7 @@ fn rendered_objects_and_crd_pass_strict_schema_validation() {
 #[test]
 fn a_stream_engine_this_operator_does_not_know_is_refused_by_name() {
     let text = std::fs::read_to_string(common::repo_root().join("manifests/samples/minimal.yaml")).unwrap();
-    let text = text.replace("spec:\n", "spec:\n  stream: {engine: spark}\n");
+    let text = text.replace("engine: none", "engine: spark");
     let stack: RecommenderStack = serde_yaml::from_str(&text).expect("a newer CRD's value still reads");
     assert_eq!(stack.spec.stream.engine, recstack_crds::StreamEngine::Unknown);
     let err = render::render(&stack).unwrap_err().to_string();

@@ -277,9 +277,15 @@ async fn service(
         fold,
         ..ModelSources::cpu(model.to_path_buf())
     };
-    let svc = serve::ranking(items, sources, Duration::from_secs(3600), serve::Addrs::ephemeral())
-        .await
-        .expect("ranking service");
+    let svc = serve::ranking(
+        items,
+        sources,
+        Duration::from_secs(3600),
+        None,
+        serve::Addrs::ephemeral(),
+    )
+    .await
+    .expect("ranking service");
     let client = RankingClient::connect(svc.grpc_url()).await.expect("connect");
     for r in requests.iter().take(20) {
         client.clone().rank(r.clone()).await.expect("warm-up");

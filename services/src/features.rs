@@ -205,17 +205,25 @@ impl Default for CachePolicy {
 pub struct FeatureStore<L: L2> {
     l1: Cache<Key, Cached>,
     l2: L,
-    snapshot: Arc<Snapshot>,
+    /// The artifacts' users and items, swapped with each new version.
+    snapshot: arc_swap::ArcSwap<Snapshot>,
     policy: CachePolicy,
     pub metrics: Arc<FeatureMetrics>,
 }
 
 impl<L: L2> FeatureStore<L> {
+    /// Serves a new artifact version's snapshot; cached values read from the old one are
+    /// dropped so none outlives its version.
+    pub fn swap_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
+        self.l1.invalidate_all();
+    }
+
     pub fn new(l2: L, snapshot: Arc<Snapshot>, policy: CachePolicy, metrics: Arc<FeatureMetrics>) -> Self {
         Self {
             l1: Cache::new(policy.max_entries),
             l2,
-            snapshot,
+            snapshot: arc_swap::ArcSwap::new(snapshot),
             policy,
             metrics,
         }
@@ -280,14 +288,14 @@ impl<L: L2> FeatureStore<L> {
                 warn!(key = %key.redis_key(), error = %e, "L2 failed; serving the snapshot");
                 self.metrics.served("snapshot");
                 return Cached {
-                    value: from_snapshot(&self.snapshot, key).map(Arc::new),
+                    value: from_snapshot(&self.snapshot.load(), key).map(Arc::new),
                     fresh_until: now + self.policy.stale_extension,
                 };
             }
         }
         self.metrics.served("snapshot");
         Cached {
-            value: from_snapshot(&self.snapshot, key).map(Arc::new),
+            value: from_snapshot(&self.snapshot.load(), key).map(Arc::new),
             fresh_until: now + self.policy.ttl,
         }
     }

@@ -624,7 +624,7 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
     let mut s = sources(primary.clone());
     s.canary = Some(canary);
     s.canary_percent = 30;
-    let svc = serve::ranking(items, s, Duration::from_millis(100), serve::Addrs::ephemeral())
+    let svc = serve::ranking(items, s, Duration::from_millis(100), None, serve::Addrs::ephemeral())
         .await
         .unwrap();
     let mut client = RankingClient::connect(svc.grpc_url()).await.unwrap();
@@ -686,6 +686,7 @@ async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
         items,
         sources(dir.join("model.onnx")),
         Duration::from_secs(5),
+        None,
         serve::Addrs::ephemeral(),
     )
     .await

@@ -145,8 +145,8 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     match spec.stream.engine {
         StreamEngine::Builtin => out.extend(workloads::stream_worker(&ctx, &config_hash)?),
         StreamEngine::Flink => out.extend(flink::flink_job(&ctx)?),
-        // Refused at the top.
-        StreamEngine::Unknown => {}
+        // Refused at the top; `none` runs no stream workload.
+        StreamEngine::None | StreamEngine::Unknown => {}
     }
     if spec.policies.network_policy.enabled {
         out.extend(network::network_policies(&ctx)?);

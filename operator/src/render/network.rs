@@ -50,6 +50,9 @@ pub(super) fn network_policies(ctx: &StackCtx) -> Result<Vec<Child>, RenderError
         )?,
     ];
     for component in Component::ALL {
+        if component == Component::Stream && ctx.spec().stream.engine == StreamEngine::None {
+            continue;
+        }
         out.push(component_policy(ctx, component)?);
     }
     if ctx.spec().dashboard.is_some() {

@@ -415,29 +415,33 @@ pub fn load_models(
     })
 }
 
-/// Polls the model files; a changed model is loaded beside the serving one and swapped in. A
-/// model that fails to load is logged and counted, and not retried until its files change
-/// again; the serving one stays.
+/// Polls the model files and the item table; a changed model, or a new artifact version's
+/// items, is loaded beside the serving set and swapped in. A model that fails to load is logged
+/// and counted, and not retried until its files (or the items) change again; the serving one
+/// stays.
 pub async fn watch_models(
     slot: Arc<ArcSwap<ModelSet>>,
     sources: ModelSources,
-    items: Arc<Snapshot>,
+    items: Arc<ArcSwap<Snapshot>>,
     every: Duration,
     metrics: Arc<RankingMetrics>,
 ) {
     let mut failed: Option<Vec<u8>> = None;
+    let mut loaded_items = items.load_full();
     loop {
         tokio::time::sleep(every).await;
         let now = signature(&sources);
-        if now == slot.load().signature || failed.as_ref() == Some(&now) {
+        let current_items = items.load_full();
+        let items_changed = !Arc::ptr_eq(&current_items, &loaded_items);
+        if !items_changed && (now == slot.load().signature || failed.as_ref() == Some(&now)) {
             continue;
         }
-        let (s, i, m) = (sources.clone(), items.clone(), metrics.clone());
+        let (s, i, m) = (sources.clone(), current_items.clone(), metrics.clone());
         match tokio::task::spawn_blocking(move || load_models(&s, &i, m)).await {
             Ok(Ok(set)) => {
                 info!(
                     version = set.primary.batcher.version(),
-                    "ranking: swapped in a new model"
+                    items_changed, "ranking: swapped in a new model set"
                 );
                 slot.store(Arc::new(set));
                 metrics.reloads.inc();
@@ -450,6 +454,7 @@ pub async fn watch_models(
             }
             Err(e) => warn!(error = %e, "ranking: the model loader panicked"),
         }
+        loaded_items = current_items;
     }
 }
 

@@ -44,11 +44,12 @@ pub enum FeatureSource<'a> {
 }
 
 /// The feature service: L1 over the real-time `source` over the snapshot; `dump` is read on
-/// start and written on stop.
+/// start and written on stop; with `reload`, a new artifact version's snapshot is swapped in.
 pub async fn features(
     snapshot: Arc<Snapshot>,
     source: FeatureSource<'_>,
     dump: Option<PathBuf>,
+    reload: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(FeatureMetrics::default());
@@ -59,6 +60,7 @@ pub async fn features(
                 FeatureStore::new(store, snapshot, policy, metrics.clone()),
                 metrics,
                 dump,
+                reload,
                 addrs,
             )
             .await
@@ -71,6 +73,7 @@ pub async fn features(
                 FeatureStore::new(l2, snapshot, policy, metrics.clone()),
                 metrics,
                 dump,
+                reload,
                 addrs,
             )
             .await
@@ -80,6 +83,7 @@ pub async fn features(
                 FeatureStore::new(NoL2, snapshot, policy, metrics.clone()),
                 metrics,
                 dump,
+                reload,
                 addrs,
             )
             .await
@@ -91,9 +95,16 @@ async fn features_with<L: L2>(
     store: FeatureStore<L>,
     metrics: Arc<FeatureMetrics>,
     dump: Option<PathBuf>,
+    reload: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let store = Arc::new(store);
+    let watcher = reload.map(|(root, every, version)| {
+        let store = store.clone();
+        watch_versions("features", root, every, version, move |loaded| {
+            store.swap_snapshot(Arc::new(Snapshot::from_artifacts(&loaded.artifacts)));
+        })
+    });
     if let Some(path) = &dump
         && path.exists()
     {
@@ -107,6 +118,9 @@ async fn features_with<L: L2>(
     let on_stop = {
         let store = store.clone();
         async move {
+            if let Some(w) = watcher {
+                w.abort();
+            }
             if let Some(path) = dump {
                 match store.dump(&path).await {
                     Ok(n) => tracing::info!(n, path = %path.display(), "features: dumped L1"),
@@ -127,11 +141,13 @@ async fn features_with<L: L2>(
 }
 
 /// The ranking service: loads the models (failing fast on a bad model or card), then watches
-/// their files every `reload` for a hot swap.
+/// their files every `reload` for a hot swap; with `artifacts`, a new artifact version's item
+/// table is swapped in the same way.
 pub async fn ranking(
     items: Arc<Snapshot>,
     sources: ModelSources,
     reload: Duration,
+    artifacts: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(RankingMetrics::default());
@@ -150,13 +166,14 @@ pub async fn ranking(
         "ranking: model loaded"
     );
     let models = Arc::new(ArcSwap::from_pointee(set));
-    let watcher = tokio::spawn(watch_models(
-        models.clone(),
-        sources,
-        items.clone(),
-        reload,
-        metrics.clone(),
-    ));
+    let items = Arc::new(ArcSwap::new(items));
+    let artifact_watcher = artifacts.map(|(root, every, version)| {
+        let items = items.clone();
+        watch_versions("ranking", root, every, version, move |loaded| {
+            items.store(Arc::new(Snapshot::from_artifacts(&loaded.artifacts)));
+        })
+    });
+    let watcher = tokio::spawn(watch_models(models.clone(), sources, items, reload, metrics.clone()));
     let service = Arc::new(RankingService {
         models,
         metrics: metrics.clone(),
@@ -168,7 +185,12 @@ pub async fn ranking(
         Some(Routes::new(RankingServer::from_arc(service.clone()))),
         ops_router(encode),
         DirectService::Ranking(service),
-        async move { watcher.abort() },
+        async move {
+            watcher.abort();
+            if let Some(w) = artifact_watcher {
+                w.abort();
+            }
+        },
     )
     .await
 }

@@ -194,8 +194,8 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         (_, Some(url)) => FeatureSource::Redis(url),
         (_, None) => FeatureSource::Snapshot,
     };
-    let features = features(snapshot.clone(), source, None, a.features).await?;
-    let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), a.ranking).await?;
+    let features = features(snapshot.clone(), source, None, None, a.features).await?;
+    let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), None, a.ranking).await?;
     let rerank = rerank(snapshot.clone(), opts.rerank, opts.experiment, None, a.rerank).await?;
     let mut event_path = Vec::new();
     if let (Some(ev), Some(sink)) = (&opts.events, sink) {

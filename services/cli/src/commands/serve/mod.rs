@@ -217,7 +217,14 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 Some(url) => FeatureSource::Redis(url),
                 None => FeatureSource::Snapshot,
             };
-            serve::features(snapshot, source, dump, serve.addrs(config.as_ref(), 9091, 8081)).await?
+            serve::features(
+                snapshot,
+                source,
+                dump,
+                serve.reload(config.as_ref()),
+                serve.addrs(config.as_ref(), 9091, 8081),
+            )
+            .await?
         }
         ServeCommand::Ingest { serve, log, recall } => {
             let config = serve.config()?;
@@ -270,6 +277,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 snapshot,
                 sources,
                 Duration::from_secs(5),
+                serve.reload(config.as_ref()),
                 serve.addrs(config.as_ref(), 9092, 8082),
             )
             .await?
