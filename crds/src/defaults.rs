@@ -83,3 +83,12 @@ pub fn online_priority_class() -> String {
 pub fn offline_priority_class() -> String {
     "recstack-offline".into()
 }
+pub fn fresh_boost() -> f64 {
+    1.2
+}
+pub fn enabled() -> bool {
+    true
+}
+pub fn traffic_percent() -> i32 {
+    100
+}

@@ -119,7 +119,8 @@ pub struct RecommenderStackSpec {
     #[serde(default)]
     pub ranking: RankingSpec,
 
-    /// Rerank: diversity (MMR, category scatter), business rules and A/B buckets.
+    /// Rerank: diversity (MMR, category scatter), business rules and A/B buckets (the rules
+    /// and the experiment themselves are `businessRules` and `experiment`).
     #[serde(default)]
     pub rerank: ComponentSpec,
 
@@ -160,9 +161,97 @@ pub struct RecommenderStackSpec {
     #[serde(default)]
     pub artifacts: ArtifactsSpec,
 
+    /// Business rules rerank applies to every list: blocked items, pinned positions, the
+    /// boost for fresh items. Changes reach the rerank pods without a restart.
+    #[serde(default)]
+    pub business_rules: BusinessRulesSpec,
+
+    /// An A/B experiment on rerank's diversity trade-off (MMR lambda): a share of users, split
+    /// evenly and stably between the variants; everyone else gets the stack's default. Unset:
+    /// no experiment. Changes reach the rerank pods without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<ExperimentSpec>,
+
     /// Cluster policies created around the workloads.
     #[serde(default)]
     pub policies: PoliciesSpec,
+}
+
+/// Business rules: what rerank never serves, what it serves at a fixed place, what it favours.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BusinessRulesSpec {
+    /// Item ids never served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 256)))]
+    pub block: Vec<String>,
+    /// Items served at a fixed 0-based position whenever they are candidates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub pin: Vec<PinSpec>,
+    /// Score multiplier for items from the newest two release years (1.0: no boost).
+    #[serde(default = "defaults::fresh_boost")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub fresh_boost: f64,
+}
+
+impl Default for BusinessRulesSpec {
+    fn default() -> Self {
+        Self {
+            block: Vec::new(),
+            pin: Vec::new(),
+            fresh_boost: defaults::fresh_boost(),
+        }
+    }
+}
+
+/// An item pinned to a position.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinSpec {
+    /// The item id.
+    #[schemars(length(min = 1, max = 256))]
+    pub item: String,
+    /// 0-based position in the served list.
+    #[schemars(range(min = 0, max = 199))]
+    pub position: i32,
+}
+
+/// An A/B experiment on the MMR trade-off.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.variants.all(v, self.variants.exists_one(w, w.name == v.name))").message("experiment.variants names must be unique"),
+    validation = Rule::new("self.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("experiment.name must be lower-case letters, digits and '-' (it is recorded on every trace)")
+)]
+pub struct ExperimentSpec {
+    /// The experiment's name, recorded on every request's trace; users are bucketed by a
+    /// stable hash of it and their id, so renaming reshuffles them.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Whether it runs. `false` keeps the definition but serves everyone the default.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// Percent of users in the experiment (stable per user), split evenly between variants.
+    #[serde(default = "defaults::traffic_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub traffic_percent: i32,
+    /// The variants and the MMR lambda each serves (1.0: pure score, 0.0: pure diversity).
+    #[schemars(length(min = 1, max = 10))]
+    pub variants: Vec<VariantSpec>,
+}
+
+/// One arm of an experiment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantSpec {
+    /// The variant's name, recorded on the traces of the users it serves.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// MMR's trade-off for these users: 1.0 ranks by score alone, 0.0 by diversity alone.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub mmr_lambda: f64,
 }
 
 /// The stack's artifacts: `recstack build`'s layout (`<uri>/<version>/`, `<uri>/current`).

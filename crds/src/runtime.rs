@@ -34,6 +34,21 @@ pub struct RuntimeConfig {
     pub trace_store: TraceStoreConfig,
     #[serde(default)]
     pub artifacts: ArtifactsSettings,
+    /// Read again by rerank while it runs (the operator leaves it out of the pods' config hash,
+    /// so a change does not roll them).
+    #[serde(default)]
+    pub rerank: RerankSettings,
+}
+
+/// Rerank's business rules and experiment: the CRD's `spec.businessRules` and
+/// `spec.experiment`, as they are (the same types; read leniently here).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RerankSettings {
+    #[serde(default)]
+    pub rules: crate::BusinessRulesSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<crate::ExperimentSpec>,
 }
 
 /// Where the services get artifacts (the CRD's `spec.artifacts`, less the Secret, which the

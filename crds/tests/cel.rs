@@ -264,3 +264,21 @@ fn model_and_artifact_uris_name_a_readable_scheme() {
     );
     assert!(broken_rules("  artifacts: {uri: 's3://b/a', endpoint: 'http://minio.storage.svc:9000'}\n  ranking: {model: {uri: 'gs://m/model.onnx'}}").is_empty());
 }
+
+#[test]
+fn experiments_need_unique_variants_and_a_plain_name() {
+    assert_rejects(
+        "  experiment: {name: ab, variants: [{name: a, mmrLambda: 0.5}, {name: a, mmrLambda: 0.7}]}",
+        "experiment.variants names must be unique",
+    );
+    assert_rejects(
+        "  experiment: {name: 'AB test', variants: [{name: a, mmrLambda: 0.5}]}",
+        "experiment.name must be lower-case letters, digits and '-'",
+    );
+    assert!(
+        broken_rules(
+            "  experiment: {name: mmr-lambda, trafficPercent: 20, variants: [{name: control, mmrLambda: 0.7}, {name: diverse, mmrLambda: 0.5}]}\n  businessRules: {block: ['0110912'], pin: [{item: '1375666', position: 0}]}"
+        )
+        .is_empty()
+    );
+}

@@ -286,6 +286,19 @@ impl Pod {
         Ok(())
     }
 
+    /// What the kubelet does when a mounted ConfigMap or Secret changes: the volume's files
+    /// replaced in place (each renamed into place), the process left running.
+    pub fn sync_volume(&self, volume: &str, files: &std::collections::BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
+        let dir = self.dir.join("volumes").join(volume);
+        ensure!(dir.is_dir(), "{} has no volume {volume}", self.plan.name);
+        for (name, bytes) in files {
+            let tmp = dir.join(format!(".{name}.sync"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(name))?;
+        }
+        Ok(())
+    }
+
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))

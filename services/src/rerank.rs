@@ -22,20 +22,78 @@ use proto::{Action, RerankRequest, RerankResponse, Scored};
 pub const MAX_ITEMS: usize = 5000;
 pub const MAX_K: usize = 200;
 
-/// An A/B experiment: users split by a stable hash into one bucket per variant; each variant
-/// sets the MMR trade-off.
+/// An A/B experiment: `traffic_percent` of users (by a stable hash) are in it, split by another
+/// stable hash into one bucket per variant; each variant sets the MMR trade-off. Users outside
+/// get the rules' default.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Experiment {
     pub name: String,
     /// (variant name, MMR lambda), one per bucket.
     pub variants: Vec<(String, f32)>,
+    /// Percent of users in the experiment, 0–100.
+    pub traffic_percent: u32,
 }
 
 impl Default for Experiment {
+    /// The local stack's experiment (`recstack up`, and `serve rerank` without a runtime
+    /// config): half the users at λ 0.7, half at 0.5.
     fn default() -> Self {
         Self {
             name: "mmr-lambda".into(),
             variants: vec![("control".into(), 0.7), ("diverse".into(), 0.5)],
+            traffic_percent: 100,
+        }
+    }
+}
+
+impl Experiment {
+    /// The stack's experiment, or none when it sets none or switched it off.
+    pub fn from_spec(spec: Option<&recstack_crds::ExperimentSpec>) -> Option<Self> {
+        let spec = spec.filter(|e| e.enabled && e.traffic_percent > 0 && !e.variants.is_empty())?;
+        Some(Self {
+            name: spec.name.clone(),
+            variants: spec
+                .variants
+                .iter()
+                .map(|v| (v.name.clone(), v.mmr_lambda.clamp(0.0, 1.0) as f32))
+                .collect(),
+            traffic_percent: spec.traffic_percent.clamp(0, 100) as u32,
+        })
+    }
+
+    /// The user's (bucket, variant, lambda), or `None` when the user is not in the experiment.
+    pub fn assign(&self, user: &str) -> Option<(u32, &str, f32)> {
+        if self.variants.is_empty() || ab_bucket(user, &format!("{}/traffic", self.name), 100) >= self.traffic_percent {
+            return None;
+        }
+        let bucket = ab_bucket(user, &self.name, self.variants.len() as u32);
+        let (name, lambda) = self.variants.get(bucket as usize)?;
+        Some((bucket, name.as_str(), *lambda))
+    }
+}
+
+/// What rerank applies to every list: the business rules and the experiment, swapped whole
+/// when the stack changes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    pub config: RerankConfig,
+    pub experiment: Option<Experiment>,
+}
+
+impl Rules {
+    /// From the runtime config's `rerank` section, over `base` (k, scatter and the default
+    /// lambda stay `base`'s; blocks and pins are added to `base`'s).
+    pub fn from_settings(base: &RerankConfig, settings: &recstack_crds::runtime::RerankSettings) -> Self {
+        let r = &settings.rules;
+        let mut config = base.clone();
+        config.blocked.extend(r.block.iter().cloned());
+        config
+            .pins
+            .extend(r.pin.iter().map(|p| (p.item.clone(), p.position.max(0) as usize)));
+        config.fresh_boost = r.fresh_boost.clamp(0.0, 10.0) as f32;
+        Self {
+            config,
+            experiment: Experiment::from_spec(settings.experiment.as_ref()),
         }
     }
 }
@@ -65,9 +123,9 @@ impl RerankMetrics {
 pub struct RerankService {
     /// The item table, swapped with each new artifact version.
     pub items: arc_swap::ArcSwap<Snapshot>,
-    /// Rules for everyone (k and lambda are set per request and per bucket).
-    pub config: RerankConfig,
-    pub experiment: Experiment,
+    /// Rules for everyone (k and lambda are set per request and per bucket) and the
+    /// experiment, swapped whole when the stack changes them.
+    pub rules: arc_swap::ArcSwap<Rules>,
     /// Items released in this year or later are fresh.
     pub fresh_since: std::sync::atomic::AtomicU32,
     pub metrics: Arc<RerankMetrics>,
@@ -92,13 +150,33 @@ impl RerankService {
         experiment: Experiment,
         metrics: Arc<RerankMetrics>,
     ) -> Self {
+        let experiment = Some(experiment).filter(|e| !e.variants.is_empty());
+        Self::with_rules(items, Rules { config, experiment }, metrics)
+    }
+
+    pub fn with_rules(items: Arc<Snapshot>, rules: Rules, metrics: Arc<RerankMetrics>) -> Self {
         Self {
             fresh_since: std::sync::atomic::AtomicU32::new(fresh_since(&items)),
             items: arc_swap::ArcSwap::new(items),
-            config,
-            experiment,
+            rules: arc_swap::ArcSwap::from_pointee(rules),
             metrics,
         }
+    }
+
+    /// Applies new business rules and experiment from the next request on; returns whether
+    /// they differ from the serving ones.
+    pub fn swap_rules(&self, rules: Rules) -> bool {
+        if **self.rules.load() == rules {
+            return false;
+        }
+        tracing::info!(
+            blocked = rules.config.blocked.len(),
+            pins = rules.config.pins.len(),
+            experiment = rules.experiment.as_ref().map_or("none", |e| e.name.as_str()),
+            "rerank: new business rules"
+        );
+        self.rules.store(Arc::new(rules));
+        true
     }
 
     /// Serves a new artifact version's item table from the next request on.
@@ -128,18 +206,15 @@ impl RerankService {
                 "items[{bad}].score is not a finite number"
             )));
         }
-        let buckets = self.experiment.variants.len().max(1) as u32;
-        let bucket = ab_bucket(&req.user_id, &self.experiment.name, buckets);
-        let (variant, lambda) = self
-            .experiment
-            .variants
-            .get(bucket as usize)
-            .cloned()
-            .unwrap_or_else(|| ("control".into(), self.config.mmr_lambda));
+        let rules = self.rules.load();
+        let (bucket, variant, lambda) = match rules.experiment.as_ref().and_then(|e| e.assign(&req.user_id)) {
+            Some((bucket, name, lambda)) => (bucket, name.to_string(), lambda),
+            None => (0, "control".to_string(), rules.config.mmr_lambda),
+        };
         let cfg = RerankConfig {
             k,
             mmr_lambda: lambda,
-            ..self.config.clone()
+            ..rules.config.clone()
         };
         let items = self.items.load();
         let fresh = self.fresh_since.load(std::sync::atomic::Ordering::Relaxed);
@@ -174,7 +249,7 @@ impl RerankService {
                     rule: a.rule.name().to_string(),
                 })
                 .collect(),
-            experiment: self.experiment.name.clone(),
+            experiment: rules.experiment.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
             bucket,
             variant,
         })

@@ -4,7 +4,8 @@
 use recstack_crds::Component;
 pub use recstack_crds::runtime::RuntimeConfig;
 use recstack_crds::runtime::{
-    EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, StreamSettings, TraceStoreConfig,
+    EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, RerankSettings, StreamSettings,
+    TraceStoreConfig,
 };
 use serde_json::json;
 
@@ -64,6 +65,10 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
             },
         },
         artifacts: (&spec.artifacts).into(),
+        rerank: RerankSettings {
+            rules: spec.business_rules.clone(),
+            experiment: spec.experiment.clone(),
+        },
     }
 }
 
@@ -83,14 +88,13 @@ pub(super) fn config_map(ctx: &StackCtx, config: &RuntimeConfig) -> Result<Child
 
 /// Stable 64-bit FNV-1a of the ConfigMap's data, as hex. Stable across builds and Rust
 /// versions, unlike `DefaultHasher`, so pods do not roll when the operator is upgraded.
-pub(super) fn hash_of(config_map: &Child) -> String {
-    let data = config_map
-        .object
-        .data
-        .get("data")
-        .map(|d| d.to_string())
-        .unwrap_or_default();
-    format!("{:016x}", fnv1a(data.as_bytes()))
+/// The pods' config hash (a change rolls them). Rerank's business rules and experiment are
+/// left out: rerank re-reads them from the mounted file, so changing them restarts nothing.
+pub(super) fn hash_of(config: &RuntimeConfig) -> String {
+    let mut rolled = config.clone();
+    rolled.rerank = RerankSettings::default();
+    let yaml = serde_yaml::to_string(&rolled).unwrap_or_default();
+    format!("{:016x}", fnv1a(yaml.as_bytes()))
 }
 
 /// 64-bit FNV-1a.

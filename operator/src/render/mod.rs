@@ -135,7 +135,7 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     }
     let config = config::runtime_config(&ctx);
     let config_map = config::config_map(&ctx, &config)?;
-    let config_hash = config::hash_of(&config_map);
+    let config_hash = config::hash_of(&config);
     out.push(config_map);
 
     for component in Component::ONLINE {

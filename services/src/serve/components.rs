@@ -199,17 +199,47 @@ pub async fn ranking(
 /// version it starts on.
 pub type Reload = Option<(PathBuf, Duration, String)>;
 
-/// The rerank service with its business rules (block list, pins) in `config` and its A/B
-/// experiment on MMR's trade-off; with `reload`, its item table follows new versions.
+/// Where rerank re-reads its business rules while it runs: the runtime config file (the
+/// mounted ConfigMap, which the kubelet updates in place), the rules its flags give, and how
+/// often to look.
+pub struct RulesFile {
+    pub path: PathBuf,
+    pub base: RerankConfig,
+    pub every: Duration,
+}
+
+/// The rerank service with its business rules (block list, pins, boost) and A/B experiment on
+/// MMR's trade-off in `rules`; with `rules_file`, changes to them apply without a restart; with
+/// `reload`, its item table follows new artifact versions.
 pub async fn rerank(
     items: Arc<Snapshot>,
-    config: RerankConfig,
-    experiment: Experiment,
+    rules: Rules,
+    rules_file: Option<RulesFile>,
     reload: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(RerankMetrics::default());
-    let service = Arc::new(RerankService::new(items, config, experiment, metrics.clone()));
+    let service = Arc::new(RerankService::with_rules(items, rules, metrics.clone()));
+    let rules_watcher = rules_file.map(|file| {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&file.path).unwrap_or_default();
+            loop {
+                tokio::time::sleep(file.every).await;
+                let Ok(bytes) = std::fs::read(&file.path) else { continue };
+                if bytes == last {
+                    continue;
+                }
+                last = bytes;
+                match crate::config::RuntimeConfig::read(&file.path) {
+                    Ok(config) => {
+                        service.swap_rules(Rules::from_settings(&file.base, &config.rerank));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rerank: the changed runtime config does not read; keeping the serving rules"),
+                }
+            }
+        })
+    });
     let watcher = reload.map(|(root, every, version)| {
         let service = service.clone();
         watch_versions("rerank", root, every, version, move |loaded| {
@@ -225,6 +255,9 @@ pub async fn rerank(
         DirectService::Rerank(service),
         async move {
             if let Some(w) = watcher {
+                w.abort();
+            }
+            if let Some(w) = rules_watcher {
                 w.abort();
             }
         },

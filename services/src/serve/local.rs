@@ -196,7 +196,11 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     };
     let features = features(snapshot.clone(), source, None, None, a.features).await?;
     let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), None, a.ranking).await?;
-    let rerank = rerank(snapshot.clone(), opts.rerank, opts.experiment, None, a.rerank).await?;
+    let rules = Rules {
+        config: opts.rerank,
+        experiment: Some(opts.experiment).filter(|e| !e.variants.is_empty()),
+    };
+    let rerank = rerank(snapshot.clone(), rules, None, None, a.rerank).await?;
     let mut event_path = Vec::new();
     if let (Some(ev), Some(sink)) = (&opts.events, sink) {
         let (log, recovered) = FileLog::open(&ev.log_dir, ev.partitions).map_err(|e| ServeError::Server {

@@ -18,7 +18,7 @@ use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
 use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
 use recstack_services::recall::{AnySeenStore, MemorySeenStore, RedisSeenStore};
-use recstack_services::rerank::Experiment;
+use recstack_services::rerank::{Experiment, Rules};
 use recstack_services::serve::{self, FeatureSource, GatewayTraces, Lifecycle};
 use recstack_services::stream::sink::{RedisStore, Trending};
 use recstack_services::traces::{self, TraceStoreSpec};
@@ -290,16 +290,36 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
         } => {
             let config = serve.prepare().await?;
             let snapshot = serve.snapshot()?;
-            let rules = RerankConfig {
+            let base = RerankConfig {
                 blocked: blocked.into_iter().collect(),
                 pins,
                 fresh_boost,
                 ..RerankConfig::default()
             };
+            // With a runtime config its rules and experiment apply (and are re-read while
+            // serving: the operator changes them without rolling the pods); without one, the
+            // flags and the local stack's experiment.
+            let (rules, rules_file) = match (&config, &serve.config) {
+                (Some(c), Some(path)) => (
+                    Rules::from_settings(&base, &c.rerank),
+                    Some(serve::RulesFile {
+                        path: path.clone(),
+                        base,
+                        every: Duration::from_secs(5),
+                    }),
+                ),
+                _ => (
+                    Rules {
+                        config: base,
+                        experiment: Some(Experiment::default()),
+                    },
+                    None,
+                ),
+            };
             serve::rerank(
                 snapshot,
                 rules,
-                Experiment::default(),
+                rules_file,
                 serve.reload(config.as_ref()),
                 serve.addrs(config.as_ref(), 9093, 8083),
             )
