@@ -9,8 +9,7 @@ pub mod pods;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,6 +65,27 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Installs `manifests/install` as a platform team does and waits for the CRD; the
+    /// install's own operator Deployment is scaled to 0, since the binary under test runs
+    /// outside the cluster as the same ServiceAccount.
+    pub fn install(&self) -> anyhow::Result<()> {
+        self.kubectl(&["apply", "--server-side", "-k", "manifests/install"])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/recommenderstacks.recstack.io",
+            "--timeout=60s",
+        ])?;
+        self.kubectl(&[
+            "-n",
+            "recstack-system",
+            "scale",
+            "deployment/recstack-operator",
+            "--replicas=0",
+        ])?;
+        Ok(())
     }
 
     /// A kubeconfig holding a fresh token of `namespace/service_account`.
@@ -231,18 +251,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    Ok((code, body))
+    netns::http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        Duration::from_secs(5),
+    )
 }
 
 /// Prometheus text format → `name{labels}` → value (comments skipped).

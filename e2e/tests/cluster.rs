@@ -284,13 +284,7 @@ const SMALL: &str = "  gateway: {replicas: 1}\n  recall: {replicas: 1}\n  rankin
 // ------------------------------------------------------------------------------------------------
 
 fn install(s: &mut Suite) -> anyhow::Result<()> {
-    s.k(&["apply", "--server-side", "-k", "manifests/install"])?;
-    s.k(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/recommenderstacks.recstack.io",
-        "--timeout=60s",
-    ])?;
+    s.cluster.install()?;
     s.k(&["apply", "--server-side", "-f", "e2e/fixtures/flinkdeployment-crd.yaml"])?;
     s.k(&[
         "wait",
@@ -298,9 +292,6 @@ fn install(s: &mut Suite) -> anyhow::Result<()> {
         "crd/flinkdeployments.flink.apache.org",
         "--timeout=60s",
     ])?;
-    // The install's own operator Deployment would run the image in a real cluster; here the
-    // binary under test runs outside, as the same ServiceAccount.
-    s.k(&["-n", SYSTEM, "scale", "deployment/recstack-operator", "--replicas=0"])?;
     for class in ["recstack-online", "recstack-offline"] {
         s.k(&["get", "priorityclass", class])
             .with_context(|| format!("the install ships PriorityClass {class}"))?;

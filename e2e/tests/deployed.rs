@@ -265,25 +265,20 @@ impl Deployed {
         })
     }
 
-    /// A ready gateway pod's HTTP address (the Service as a node-local client resolves it).
-    fn gateway(&self) -> anyhow::Result<SocketAddr> {
+    /// A running pod's HTTP address for `component` (the Service as a node-local client
+    /// resolves it).
+    fn http_of(&self, component: &str) -> anyhow::Result<SocketAddr> {
         let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
         for pod in pods.iter_mut() {
-            if pod.plan.deployment == format!("{STACK}-gateway") && pod.running() {
+            if pod.plan.deployment == format!("{STACK}-{component}") && pod.running() {
                 return Ok(SocketAddr::from((pod.ip, pod.port("http")?)));
             }
         }
-        bail!("no gateway pod running")
+        bail!("no {component} pod running")
     }
 
-    fn ingest(&self) -> anyhow::Result<SocketAddr> {
-        let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
-        for pod in pods.iter_mut() {
-            if pod.plan.deployment == format!("{STACK}-ingest") && pod.running() {
-                return Ok(SocketAddr::from((pod.ip, pod.port("http")?)));
-            }
-        }
-        bail!("no ingest pod running")
+    fn gateway(&self) -> anyhow::Result<SocketAddr> {
+        self.http_of("gateway")
     }
 
     fn with_pod<T>(&self, name: &str, f: impl FnOnce(&mut Pod) -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -423,20 +418,7 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
 }
 
 fn apply(d: &mut Deployed) -> anyhow::Result<()> {
-    d.k(&["apply", "--server-side", "-k", "manifests/install"])?;
-    d.k(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/recommenderstacks.recstack.io",
-        "--timeout=60s",
-    ])?;
-    d.k(&[
-        "-n",
-        "recstack-system",
-        "scale",
-        "deployment/recstack-operator",
-        "--replicas=0",
-    ])?;
+    d.cluster.install()?;
     let kubeconfig = d
         .cluster
         .service_account_kubeconfig("recstack-system", "recstack-operator")?;
@@ -766,7 +748,7 @@ fn network_policies(d: &mut Deployed) -> anyhow::Result<()> {
 
 fn impressions(d: &mut Deployed) -> anyhow::Result<()> {
     let gateway = d.gateway()?;
-    let ingest = d.ingest()?;
+    let ingest = d.http_of("ingest")?;
     let user = d.users[0].clone();
     let before = item_ids(&recommend_once(gateway, &user, 10)?);
     let events: Vec<Value> = before

@@ -37,20 +37,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cluster.dir)?;
 
     eprintln!("installing");
-    cluster.kubectl(&["apply", "--server-side", "-k", "manifests/install"])?;
-    cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/recommenderstacks.recstack.io",
-        "--timeout=60s",
-    ])?;
-    cluster.kubectl(&[
-        "-n",
-        "recstack-system",
-        "scale",
-        "deployment/recstack-operator",
-        "--replicas=0",
-    ])?;
+    cluster.install()?;
     for t in 0..10 {
         let ns = format!("team-{t}");
         if cluster.kubectl(&["get", "namespace", &ns]).is_err() {
