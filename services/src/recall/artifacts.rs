@@ -140,35 +140,4 @@ impl ArtifactSlot {
         info!(version = %loaded.manifest.version, "serving new artifact version");
         self.current.store(Arc::new(loaded));
     }
-
-    /// Loads `root/current` if it names another version than the one served; returns whether
-    /// it swapped. Loading happens on a blocking thread.
-    pub async fn reload_if_changed(&self, root: PathBuf) -> Result<bool, ArtifactError> {
-        let wanted = std::fs::read_to_string(root.join("current"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if wanted.is_empty() || wanted == self.get().manifest.version {
-            return Ok(false);
-        }
-        let loaded = tokio::task::spawn_blocking(move || Loaded::from_dir(&root))
-            .await
-            .map_err(|e| ArtifactError::Load {
-                path: PathBuf::new(),
-                message: format!("loader panicked: {e}"),
-            })??;
-        self.swap(loaded);
-        Ok(true)
-    }
-}
-
-/// Reloads `root/current` every `every` until the process ends.
-pub async fn watch_artifacts(slot: Arc<ArtifactSlot>, root: PathBuf, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        if let Err(e) = slot.reload_if_changed(root.clone()).await {
-            warn!(error = %e, "artifact reload failed; still serving the previous version");
-        }
-    }
 }

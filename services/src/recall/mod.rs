@@ -13,7 +13,7 @@ pub use recstack_core::recall::lead_with;
 pub use seen_store::*;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -11,12 +11,17 @@ pub async fn recall(
     seen: AnySeenStore,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
+    let version = loaded.manifest.version.clone();
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
     let service = Arc::new(
         RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone()).with_trending(trending),
     );
-    let watcher = reload.map(|(root, every)| tokio::spawn(watch_artifacts(slot, root, every)));
+    let watcher = reload.map(|(root, every)| {
+        watch_versions("recall", root, every, version, move |manifest, artifacts| {
+            slot.swap(Loaded::new(manifest, artifacts));
+        })
+    });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(
         "recall",
@@ -101,8 +106,8 @@ async fn features_with<L: L2>(
     let store = Arc::new(store);
     let watcher = reload.map(|(root, every, version)| {
         let store = store.clone();
-        watch_versions("features", root, every, version, move |loaded| {
-            store.swap_snapshot(Arc::new(Snapshot::from_artifacts(&loaded.artifacts)));
+        watch_versions("features", root, every, version, move |_, artifacts| {
+            store.swap_snapshot(Arc::new(Snapshot::from_artifacts(&artifacts)));
         })
     });
     if let Some(path) = &dump
@@ -169,8 +174,8 @@ pub async fn ranking(
     let items = Arc::new(ArcSwap::new(items));
     let artifact_watcher = artifacts.map(|(root, every, version)| {
         let items = items.clone();
-        watch_versions("ranking", root, every, version, move |loaded| {
-            items.store(Arc::new(Snapshot::from_artifacts(&loaded.artifacts)));
+        watch_versions("ranking", root, every, version, move |_, artifacts| {
+            items.store(Arc::new(Snapshot::from_artifacts(&artifacts)));
         })
     });
     let watcher = tokio::spawn(watch_models(models.clone(), sources, items, reload, metrics.clone()));
@@ -242,8 +247,8 @@ pub async fn rerank(
     });
     let watcher = reload.map(|(root, every, version)| {
         let service = service.clone();
-        watch_versions("rerank", root, every, version, move |loaded| {
-            service.swap_items(Arc::new(Snapshot::from_artifacts(&loaded.artifacts)));
+        watch_versions("rerank", root, every, version, move |_, artifacts| {
+            service.swap_items(Arc::new(Snapshot::from_artifacts(&artifacts)));
         })
     });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
@@ -311,8 +316,8 @@ pub async fn gateway(
     let http = crate::gateway::http::router(gateway.clone());
     let watcher = reload.map(|(root, every, version)| {
         let gateway = gateway.clone();
-        watch_versions("gateway", root, every, version, move |loaded| {
-            gateway.swap_catalogue(Catalogue::new(&loaded.manifest, &loaded.artifacts));
+        watch_versions("gateway", root, every, version, move |manifest, artifacts| {
+            gateway.swap_catalogue(Catalogue::new(&manifest, &artifacts));
         })
     });
     spawn(

@@ -47,15 +47,13 @@ use crate::ranking::service::proto::ranking_server::RankingServer;
 use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
 use crate::recall::proto::recall_server::Recall;
 use crate::recall::proto::recall_server::RecallServer;
-use crate::recall::{
-    AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, watch_artifacts,
-};
+use crate::recall::{AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
 use crate::rerank::proto::rerank_server::Rerank;
 use crate::rerank::proto::rerank_server::RerankServer;
 use crate::rerank::{Experiment, RerankMetrics, RerankService, Rules};
 use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, Trending};
 use crate::stream::{StreamConfig, StreamMetrics, Worker};
-use recstack_core::artifacts::ArtifactError;
+use recstack_core::artifacts::{ArtifactError, Artifacts, Manifest};
 use recstack_core::recall::seen::SeenConfig;
 use recstack_core::rerank::RerankConfig;
 use recstack_core::stream::window::WindowConfig;
@@ -229,15 +227,16 @@ fn ops_router(encode: ops::Encode) -> axum::Router {
     ops::metrics_router(encode)
 }
 
-/// Every `every`, loads the version `root/current` names when it is not `version` (on a
-/// blocking thread) and hands it to `swap`: how the gateway, rerank and recall follow new
-/// artifact versions. A version that fails to load is logged and retried on the next change.
+/// Every `every`, when `root/current` names another version than `version`, loads it and
+/// hands it to `swap`, both on a blocking thread (building a service's tables from a version is
+/// the slow part): how every service follows new artifact versions. A version that fails to
+/// load is logged and tried again only once `current` changes.
 pub fn watch_versions(
     name: &'static str,
     root: PathBuf,
     every: Duration,
     mut version: String,
-    swap: impl Fn(Loaded) + Send + Sync + 'static,
+    swap: impl Fn(Manifest, Artifacts) + Send + Sync + 'static,
 ) -> JoinHandle<()> {
     let swap = Arc::new(swap);
     tokio::spawn(async move {
@@ -251,12 +250,17 @@ pub fn watch_versions(
             if wanted.is_empty() || wanted == version || wanted == failed {
                 continue;
             }
-            let dir = root.clone();
-            match tokio::task::spawn_blocking(move || Loaded::from_dir(&dir)).await {
-                Ok(Ok(loaded)) => {
-                    version = loaded.manifest.version.clone();
-                    tracing::info!(%version, "{name}: swapping in a new artifact version");
-                    swap(loaded);
+            let (dir, want, swap) = (root.clone(), wanted.clone(), swap.clone());
+            let loaded = tokio::task::spawn_blocking(move || {
+                let (manifest, artifacts) = recstack_core::artifacts::load(&dir, Some(&want))?;
+                let version = manifest.version.clone();
+                swap(manifest, artifacts);
+                Ok::<_, ArtifactError>(version)
+            });
+            match loaded.await {
+                Ok(Ok(v)) => {
+                    tracing::info!(version = %v, "{name}: serving a new artifact version");
+                    version = v;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "{name}: new artifact version failed to load; serving the previous one");
