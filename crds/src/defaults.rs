@@ -17,6 +17,16 @@ pub fn artifacts_uri() -> String {
 pub fn artifacts_poll_seconds() -> i32 {
     30
 }
+/// The MovieTweetings sample the image bundles.
+pub fn build_data() -> String {
+    format!("file://{IMAGE_SHARE}/data/movietweetings-100k")
+}
+pub fn build_deadline_seconds() -> i64 {
+    3600
+}
+pub fn build_backoff_limit() -> i32 {
+    2
+}
 pub fn model_version() -> String {
     "deepfm-2".into()
 }

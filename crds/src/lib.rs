@@ -63,6 +63,7 @@ pub fn crd_yaml() -> String {
     cel,
     status = "RecommenderStackStatus",
     validation = Rule::new("self.metadata.name.size() <= 51 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 51 characters (lower-case letters, digits and '-', starting with a letter): every name derived from it, up to <name>-stream-rest, must fit in 63"),
+    validation = Rule::new("!has(self.spec.build) || !has(self.spec.build.schedule) || self.metadata.name.size() <= 46").message("build.schedule makes a CronJob named <name>-build, and Kubernetes limits CronJob names to 52 characters: metadata.name must be at most 46 characters to use a schedule"),
     doc = "A recommendation stack: multi-channel recall, ONNX ranking (CPU or GPU), rerank, real-time features, event ingest and streaming aggregation, with traces that explain every recommendation.",
     printcolumn(
         name = "Ready",
@@ -97,7 +98,8 @@ pub fn crd_yaml() -> String {
     validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers"),
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.eventLog)").message("stream.engine builtin reads the events ingest logs from another pod: set spec.eventLog.bootstrapServers (the embedded log is on each ingest pod's own disk), or set stream.engine: none"),
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.feature.redisUrl)").message("stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none"),
-    validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)")
+    validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)"),
+    validation = Rule::new("!has(self.build) || !self.artifacts.uri.startsWith('file://')").message("build publishes to artifacts.uri, which every pod must read: set artifacts.uri to an object store (s3://bucket/prefix, gs://…, az://…), not file://")
 )]
 pub struct RecommenderStackSpec {
     /// Container image for every recstack component (one image, one binary per component),
@@ -160,6 +162,12 @@ pub struct RecommenderStackSpec {
     /// polled for new versions, which are swapped in without a restart.
     #[serde(default)]
     pub artifacts: ArtifactsSpec,
+
+    /// The offline build: a Job runs `recstack build` on `data` and publishes a new artifact
+    /// version to `artifacts.uri` (pods see it only once it is whole, and swap it in); with a
+    /// `schedule`, a CronJob rebuilds on it too. Unset: artifacts are published by other means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSpec>,
 
     /// Business rules rerank applies to every list: blocked items, pinned positions, the
     /// boost for fresh items. Changes reach the rerank pods without a restart.
@@ -295,6 +303,51 @@ impl Default for ArtifactsSpec {
             endpoint: None,
             credentials_secret_ref: None,
             poll_seconds: defaults::artifacts_poll_seconds(),
+        }
+    }
+}
+
+/// The offline build Job (and CronJob).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.data.matches('^(file:///|s3://|s3a://|gs://|az://|abfss?://|adl://|https?://)')").message("build.data must be file:///<absolute path> (a directory in the image) or an object store prefix: s3://bucket/ratings, gs://…, az://…, https://…"),
+    validation = Rule::new("!has(self.schedule) || self.schedule.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^ ]+( +[^ ]+){4})$')").message("build.schedule must be a cron schedule of five fields (\"0 3 * * *\") or @hourly, @daily, @weekly, @monthly, @yearly")
+)]
+pub struct BuildSpec {
+    /// Where the ratings are: a directory or object store prefix holding `movies.dat` and
+    /// `ratings.dat` (MovieTweetings format). Default: the sample the image bundles.
+    #[serde(default = "defaults::build_data")]
+    #[schemars(length(min = 8, max = 2048))]
+    pub data: String,
+    /// Cron schedule (the cluster's time zone) for rebuilds from `data` on a CronJob, such as
+    /// `"0 3 * * *"`. Unset: the build runs once per change of this spec or of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: Option<String>,
+    /// Seconds a build may run before Kubernetes stops it (a failed build publishes nothing).
+    #[serde(default = "defaults::build_deadline_seconds")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub active_deadline_seconds: i64,
+    /// Retries of a failed build.
+    #[serde(default = "defaults::build_backoff_limit")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+    /// CPU and memory of the build container (default: 1 CPU and 2 GiB requested, 2 CPUs and
+    /// 4 GiB at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for BuildSpec {
+    fn default() -> Self {
+        Self {
+            data: defaults::build_data(),
+            schedule: None,
+            active_deadline_seconds: defaults::build_deadline_seconds(),
+            backoff_limit: defaults::build_backoff_limit(),
+            resources: None,
         }
     }
 }
@@ -885,6 +938,22 @@ pub struct RecommenderStackStatus {
     /// In-cluster addresses of the stack's entry points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
+    /// The offline build's Job (`spec.build`), as its status says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildStatus>,
+}
+
+/// Where the offline build Job stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatus {
+    /// The Job's name.
+    pub job: String,
+    /// Pending, Running, Succeeded or Failed.
+    pub state: String,
+    /// Why it failed, or when it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Replicas of one component.

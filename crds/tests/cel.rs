@@ -282,3 +282,44 @@ fn experiments_need_unique_variants_and_a_plain_name() {
         .is_empty()
     );
 }
+
+#[test]
+fn a_build_publishes_to_an_object_store_on_a_valid_schedule() {
+    assert_rejects(
+        "  build: {}",
+        "build publishes to artifacts.uri, which every pod must read",
+    );
+    let s3 = "  artifacts: {uri: 's3://b/stack/artifacts'}\n";
+    assert_eq!(broken_rules(&format!("{s3}  build: {{}}")), Vec::<String>::new());
+    for ok in ["0 3 * * *", "*/15  * * * 1-5", "@daily", "@hourly"] {
+        assert_eq!(
+            broken_rules(&format!("{s3}  build: {{schedule: '{ok}', data: 's3://b/ratings'}}")),
+            Vec::<String>::new(),
+            "{ok}"
+        );
+    }
+    for bad in ["0 3 * *", "every night", "@often", "0 3 * * * *"] {
+        assert_rejects(
+            &format!("{s3}  build: {{schedule: '{bad}'}}"),
+            "build.schedule must be a cron schedule of five fields",
+        );
+    }
+    assert_rejects(
+        &format!("{s3}  build: {{data: 'ratings'}}"),
+        "build.data must be file:///<absolute path>",
+    );
+    // The CronJob's name, <stack>-build, must fit in 52 characters.
+    let with_name = |name: &str| {
+        let doc = format!(
+            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{stream: {{engine: none}}, artifacts: {{uri: 's3://b/a'}}, build: {{schedule: '@daily'}}}}"
+        );
+        let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
+        stack.validate_cel().err().map(|e| e.to_string())
+    };
+    assert_eq!(with_name(&"a".repeat(46)), None);
+    let err = with_name(&"a".repeat(47)).expect("a 47-character stack with a schedule accepted");
+    assert!(
+        err.contains("metadata.name must be at most 46 characters to use a schedule"),
+        "{err}"
+    );
+}

@@ -304,6 +304,11 @@ impl Pod {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// How the process ended, once it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// The readiness probe, from the node: 200 on its path.
     pub fn probe_ready(&mut self) -> bool {
         let Some((path, port)) = self.plan.readiness.clone() else {

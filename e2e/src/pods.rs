@@ -34,11 +34,15 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-/// One pod of a Deployment, as a process.
+/// One pod of a Deployment or a Job, as a process.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodPlan {
     pub name: String,
-    pub deployment: String,
+    /// The Deployment or Job it belongs to.
+    pub workload: String,
+    /// A Job's pod runs to completion (`restartPolicy: Never`/`OnFailure`); a Deployment's
+    /// serves until stopped.
+    pub completes: bool,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     /// command + args, as the container runs them (the first resolved on the image's PATH).
@@ -99,14 +103,20 @@ pub fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The pods of `deployment` (`spec.replicas` of them, named `<deployment>-<i>`).
-pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<Vec<PodPlan>> {
-    let name = deployment["metadata"]["name"]
+/// The pods of a Deployment (`spec.replicas` of them) or a Job (`spec.parallelism`, default
+/// 1), named `<workload>-<i>`.
+pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<PodPlan>> {
+    let name = workload["metadata"]["name"]
         .as_str()
-        .context("Deployment without a name")?;
-    let namespace = deployment["metadata"]["namespace"].as_str().unwrap_or("default");
-    let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
-    let template = &deployment["spec"]["template"];
+        .context("a workload without a name")?;
+    let namespace = workload["metadata"]["namespace"].as_str().unwrap_or("default");
+    let completes = workload["kind"] == "Job";
+    let replicas = if completes {
+        workload["spec"]["parallelism"].as_u64().unwrap_or(1)
+    } else {
+        workload["spec"]["replicas"].as_u64().unwrap_or(1)
+    };
+    let template = &workload["spec"]["template"];
     let pod = &template["spec"];
     if pod["initContainers"].as_array().is_some_and(|c| !c.is_empty()) {
         bail!("{name}: init containers are not run by this harness yet");
@@ -250,7 +260,8 @@ pub fn plan_deployment(deployment: &Value, objects: &Objects) -> anyhow::Result<
         }
         plans.push(PodPlan {
             name: pod_name,
-            deployment: name.to_string(),
+            workload: name.to_string(),
+            completes,
             namespace: namespace.to_string(),
             labels: str_map(&template["metadata"]["labels"]),
             argv,
@@ -536,7 +547,7 @@ mod tests {
 
     #[test]
     fn a_deployment_becomes_one_plan_per_replica_with_everything_resolved() {
-        let plans = plan_deployment(&deployment(), &objects()).unwrap();
+        let plans = plan_workload(&deployment(), &objects()).unwrap();
         assert_eq!(plans.len(), 2);
         let p = &plans[1];
         assert_eq!(p.name, "s-recall-1");
@@ -561,10 +572,24 @@ mod tests {
     }
 
     #[test]
+    fn a_job_becomes_one_pod_that_runs_to_completion() {
+        let mut job = deployment();
+        job["kind"] = json!("Job");
+        job["metadata"]["name"] = json!("s-build-0abcd");
+        job["spec"]["replicas"] = Value::Null;
+        let plans = plan_workload(&job, &objects()).unwrap();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].name, "s-build-0abcd-0");
+        assert_eq!(plans[0].workload, "s-build-0abcd");
+        assert!(plans[0].completes);
+        assert!(!plan_workload(&deployment(), &objects()).unwrap()[0].completes);
+    }
+
+    #[test]
     fn a_missing_secret_or_volume_is_an_error_naming_it() {
         let mut o = objects();
         o.secrets.clear();
-        let e = plan_deployment(&deployment(), &o).unwrap_err().to_string();
+        let e = plan_workload(&deployment(), &o).unwrap_err().to_string();
         assert!(e.contains("Secret creds"), "{e}");
     }
 

@@ -137,12 +137,12 @@ fn main() {
             stores,
         ),
         (
-            "artifacts are built and published to S3, the model uploaded beside them",
+            "the model and the ratings are uploaded to S3, as training and data pipelines would",
             publish,
         ),
         ("the operator writes the stack's objects to the API server", apply),
         (
-            "every pod starts from exactly what the operator wrote, and turns ready",
+            "every pod starts from exactly what the operator wrote: the build Job publishes the artifacts to S3, the services wait for them and turn ready",
             start_pods,
         ),
         (
@@ -270,7 +270,7 @@ impl Deployed {
     fn http_of(&self, component: &str) -> anyhow::Result<SocketAddr> {
         let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
         for pod in pods.iter_mut() {
-            if pod.plan.deployment == format!("{STACK}-{component}") && pod.running() {
+            if pod.plan.workload == format!("{STACK}-{component}") && pod.running() {
                 return Ok(SocketAddr::from((pod.ip, pod.port("http")?)));
             }
         }
@@ -355,22 +355,6 @@ fn stores(d: &mut Deployed) -> anyhow::Result<()> {
 }
 
 fn publish(d: &mut Deployed) -> anyhow::Result<()> {
-    let out = Command::new(&d.recstack)
-        .args(["build", "--quiet", "--out", &format!("s3://{BUCKET}/{STACK}/artifacts")])
-        .envs(d.s3_env())
-        .current_dir(repo())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "recstack build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        stdout.contains(&format!("s3://{BUCKET}/{STACK}/artifacts/v-")),
-        "{stdout}"
-    );
-    // The model and its card, as a training job would upload them.
     let models = repo().join("services/models/deepfm");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -383,20 +367,29 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
             .build()?;
-        for entry in std::fs::read_dir(&models)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let bytes = std::fs::read(&path)?;
-            store
-                .put(
-                    &object_store::path::Path::from(format!("models/deepfm/{name}")),
-                    PutPayload::from(bytes),
-                )
-                .await?;
+        // The model and its card, as a training job would upload them; the ratings, as a data
+        // pipeline would (a later build reads them from here).
+        let data = repo().join("services/data/movietweetings-100k");
+        let uploads = [
+            (models.as_path(), "models/deepfm"),
+            (data.as_path(), "data/movietweetings"),
+        ];
+        for (dir, prefix) in uploads {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let bytes = std::fs::read(&path)?;
+                store
+                    .put(
+                        &object_store::path::Path::from(format!("{prefix}/{name}")),
+                        PutPayload::from(bytes),
+                    )
+                    .await?;
+            }
         }
         anyhow::Ok(())
     })?;
@@ -447,6 +440,7 @@ spec:
     endpoint: http://s3.infra.svc:7070
     credentialsSecretRef: {{name: store-credentials}}
     pollSeconds: 5
+  build: {{}}
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
@@ -469,19 +463,31 @@ spec:
     );
     d.cluster.kubectl_stdin(&["apply", "-f", "-"], &stack)?;
     let want = ["gateway", "recall", "ranking", "rerank", "feature", "ingest", "stream"];
+    let selector = format!("recstack.io/stack={STACK}");
     let deployments = wait_until("the operator's Deployments", Duration::from_secs(60), || {
-        let list = d.json(&[
-            "-n",
-            NS,
-            "get",
-            "deployments",
-            "-l",
-            &format!("recstack.io/stack={STACK}"),
-        ])?;
+        let list = d.json(&["-n", NS, "get", "deployments", "-l", &selector])?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         Ok((items.len() == want.len()).then_some(items))
     })?;
+    // The offline build (spec.build): one Job, named after a hash of its spec.
+    let jobs = wait_until("the operator's build Job", Duration::from_secs(60), || {
+        let list = d.json(&["-n", NS, "get", "jobs", "-l", &selector])?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        Ok((items.len() == 1).then_some(items))
+    })?;
+    let job = &jobs[0];
+    let args: Vec<&str> = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        args.first() == Some(&"build") && args.contains(&format!("s3://{BUCKET}/{STACK}/artifacts").as_str()),
+        "the build Job publishes to the stack's artifacts: {args:?}"
+    );
     d.objects = deployments;
+    d.objects.extend(jobs);
     d.services = d.json(&["-n", NS, "get", "services"])?["items"]
         .as_array()
         .cloned()
@@ -491,7 +497,7 @@ spec:
         .cloned()
         .unwrap_or_default();
     ensure!(d.services.len() == 6, "{} Services", d.services.len());
-    ensure!(d.policies.len() >= 9, "{} NetworkPolicies", d.policies.len());
+    ensure!(d.policies.len() >= 10, "{} NetworkPolicies", d.policies.len());
     Ok(())
 }
 
@@ -551,7 +557,7 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
     }
     let mut plans = Vec::new();
     for deployment in &d.objects {
-        plans.extend(pods::plan_deployment(deployment, &objects)?);
+        plans.extend(pods::plan_workload(deployment, &objects)?);
     }
     // The services image (services/Dockerfile): the binary, ONNX Runtime, the bundled model and
     // artifacts at the paths its COPY lines give, and its ENV.
@@ -576,6 +582,10 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             (d.recstack.clone(), "/usr/local/bin/recstack".into()),
             (ort, "/opt/onnxruntime/lib/libonnxruntime.so".into()),
             (repo().join("services/models"), "/usr/share/recstack/models".into()),
+            (
+                repo().join("services/data/movietweetings-100k"),
+                "/usr/share/recstack/data/movietweetings-100k".into(),
+            ),
             (bundled, "/usr/share/recstack/artifacts".into()),
         ],
         env: pods::dockerfile_env(&dockerfile),
@@ -620,14 +630,25 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
     *d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))? = started;
     let (pods, services, stop) = (d.pods.clone(), d.services.clone(), d.endpoints_stop.clone());
     std::thread::spawn(move || endpoints_loop(pods, services, extra, stop));
-    let result = wait_until("every pod ready", Duration::from_secs(180), || {
+    // The services start before anything is published and wait for it; the build Job's pod
+    // publishes and exits 0.
+    let result = wait_until("every pod ready, the build complete", Duration::from_secs(240), || {
         let mut pods = d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+        let mut done = true;
         for p in pods.iter_mut() {
-            if !p.running() {
+            if p.plan.completes {
+                match p.exit_status() {
+                    Some(status) if status.success() => {}
+                    Some(status) => bail!("{} failed ({status}):\n{}", p.plan.name, p.log_tail(15)),
+                    None => done = false,
+                }
+            } else if !p.running() {
                 bail!("{} exited:\n{}", p.plan.name, p.log_tail(15));
+            } else if !p.probe_ready() {
+                done = false;
             }
         }
-        Ok(pods.iter_mut().all(Pod::probe_ready).then_some(()))
+        Ok(done.then_some(()))
     });
     if let Err(e) = result {
         let mut pods = d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
@@ -637,12 +658,31 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             .collect();
         bail!("{e:#}\nnot ready:\n{}", unready.join("\n"));
     }
-    // The root is read-only and the process is not root, as the pod template says.
-    let pid = d.with_pod(&format!("{STACK}-recall-0"), |p| Ok(p.log.clone()))?;
-    let log = std::fs::read_to_string(pid)?;
+    let log = d.with_pod(&format!("{STACK}-recall-0"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
     ensure!(
-        log.contains("fetched artifacts"),
-        "recall fetched its artifacts from S3:\n{log}"
+        log.contains("no artifact version published yet") && log.contains("fetched artifacts"),
+        "recall waited for the build, then fetched its artifacts from S3:\n{log}"
+    );
+    let job = d.objects.iter().find(|o| o["kind"] == "Job").context("no Job")?;
+    let job = job["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let log = d.with_pod(&format!("{job}-0"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
+    ensure!(
+        log.contains(&format!("s3://{BUCKET}/{STACK}/artifacts/current names v-")),
+        "the build published a version:\n{log}"
+    );
+    ensure!(
+        d.dir.join(format!("s3/{BUCKET}/{STACK}/artifacts/current")).exists(),
+        "`current` is in the bucket"
+    );
+    // The operator reports the Job in the stack's status (the control plane's pods are kwok's,
+    // which never finish, so its state there is Pending or Running).
+    let status = wait_until("status.build", Duration::from_secs(30), || {
+        let stack = d.json(&["-n", NS, "get", "recommenderstack", STACK])?;
+        Ok((stack["status"]["build"]["job"] == job.as_str()).then(|| stack["status"]["build"].clone()))
+    })?;
+    ensure!(
+        matches!(status["state"].as_str(), Some("Pending" | "Running")),
+        "{status}"
     );
     Ok(())
 }
@@ -718,7 +758,7 @@ fn network_policies(d: &mut Deployed) -> anyhow::Result<()> {
         let pods = d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
         let p = pods
             .iter()
-            .find(|p| p.plan.deployment == format!("{STACK}-{deployment}"))
+            .find(|p| p.plan.workload == format!("{STACK}-{deployment}"))
             .with_context(|| format!("no {deployment} pod"))?;
         Ok(SocketAddr::from((p.ip, p.port(port)?)))
     };
@@ -949,15 +989,25 @@ fn new_version(d: &mut Deployed) -> anyhow::Result<()> {
     let mut second = String::new();
     let stats = under_load(d, 3, || {
         let out = Command::new(&d.recstack)
+            // A rebuild from the ratings in the bucket (as the CronJob's runs are).
             .args([
                 "build",
                 "--quiet",
                 "--seed",
                 "7",
+                "--data",
+                &format!("s3://{BUCKET}/data/movietweetings"),
+                "--endpoint",
+                &format!("http://{STORES}:7070"),
                 "--out",
                 &format!("s3://{BUCKET}/{STACK}/artifacts"),
             ])
-            .envs(d.s3_env())
+            // The endpoint comes from the flag alone, as in the build Job.
+            .envs(
+                d.s3_env()
+                    .into_iter()
+                    .filter(|(k, _)| !matches!(*k, "AWS_ENDPOINT_URL" | "AWS_ALLOW_HTTP")),
+            )
             .current_dir(repo())
             .output()?;
         ensure!(

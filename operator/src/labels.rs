@@ -50,6 +50,25 @@ pub fn selector(stack: &str, component: Component) -> BTreeMap<String, String> {
     ])
 }
 
+/// The `component` label of the offline build's Jobs and pods (a batch workload, not one of
+/// the serving components).
+pub const BUILD: &str = "build";
+
+/// Labels on the offline build's objects and pods.
+pub fn build_labels(stack: &str) -> BTreeMap<String, String> {
+    let mut labels = stack_labels(stack);
+    labels.insert(COMPONENT.to_string(), BUILD.to_string());
+    labels
+}
+
+/// The build pods, for NetworkPolicies.
+pub fn build_selector(stack: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (STACK.to_string(), stack.to_string()),
+        (COMPONENT.to_string(), BUILD.to_string()),
+    ])
+}
+
 /// Label selector (as a query string) for every namespaced child of `stack`.
 pub fn children_selector(stack: &str) -> String {
     format!("{MANAGED_BY}={FIELD_MANAGER},{STACK}={stack}")

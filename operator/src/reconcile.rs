@@ -20,7 +20,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use recstack_crds::{Component, RecommenderStack, StreamEngine};
+use recstack_crds::{BuildStatus, Component, RecommenderStack, StreamEngine};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -309,7 +309,8 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
         Ok(children) => children,
         Err(e) => {
             let e = Error::Render(e);
-            write_status(stack, ctx, &[], &Outcome::Failed(e.to_string())).await?;
+            let build = stack.status.as_ref().and_then(|s| s.build.clone());
+            write_status(stack, ctx, &[], &Outcome::Failed(e.to_string()), build).await?;
             return Err(e);
         }
     };
@@ -334,7 +335,11 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
     }
 
     let observed = observe(stack, &live);
-    write_status(stack, ctx, &observed, &outcome).await?;
+    let build = live
+        .iter()
+        .find(|((kind, _), _)| *kind == ChildKind::Job)
+        .map(|(_, job)| status::observe_build(&to_value(job)));
+    write_status(stack, ctx, &observed, &outcome, build).await?;
     match first_error {
         Some(e) => Err(e),
         None => {
@@ -672,17 +677,25 @@ async fn write_status(
     ctx: &Context,
     observed: &[Observed],
     outcome: &Outcome,
+    build: Option<BuildStatus>,
 ) -> Result<(), Error> {
-    let new = status::desired_status(stack, observed, outcome, &(ctx.clock)());
+    let mut new = status::desired_status(stack, observed, outcome, &(ctx.clock)());
+    new.build = build;
     if stack.status.as_ref() == Some(&new) {
         return Ok(());
     }
     let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<RecommenderStack> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = json!(new);
+    if new.build.is_none() {
+        // A merge patch removes a field only when told to: the build status of a stack whose
+        // `spec.build` was unset goes.
+        status["build"] = Value::Null;
+    }
     api.patch_status(
         &stack.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
+        &Patch::Merge(json!({ "status": status })),
     )
     .await
     .map_err(Error::Status)?;

@@ -6,7 +6,7 @@
 //! "reconcile storm" operators are known for).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use recstack_crds::{Component, ComponentStatus, Endpoints, RecommenderStack, RecommenderStackStatus};
+use recstack_crds::{BuildStatus, Component, ComponentStatus, Endpoints, RecommenderStack, RecommenderStackStatus};
 
 use crate::labels;
 use crate::render::{GRPC_PORT, HTTP_PORT};
@@ -58,6 +58,43 @@ impl Observed {
             s.push_str(&format!(", {}/{} updated", self.updated, self.desired));
         }
         s
+    }
+}
+
+/// The build Job's state from its status: Succeeded or Failed from its conditions (with the
+/// failure's reason), Running while it has active pods, Pending before.
+pub fn observe_build(job: &serde_json::Value) -> BuildStatus {
+    let name = job["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let status = &job["status"];
+    let condition = |type_: &str| {
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_ && c["status"] == "True")
+    };
+    let (state, message) = if let Some(c) = condition("Complete") {
+        let at = status["completionTime"].as_str().or(c["lastTransitionTime"].as_str());
+        (
+            "Succeeded",
+            at.map(|t| format!("published a new artifact version at {t}")),
+        )
+    } else if let Some(c) = condition("Failed") {
+        let reason = c["reason"].as_str().unwrap_or("Failed");
+        let detail = c["message"].as_str().unwrap_or_default();
+        (
+            "Failed",
+            Some(format!("{reason}: {detail}").trim_end_matches([':', ' ']).to_string()),
+        )
+    } else if status["active"].as_i64().unwrap_or(0) > 0 {
+        ("Running", None)
+    } else {
+        ("Pending", None)
+    };
+    BuildStatus {
+        job: name,
+        state: state.to_string(),
+        message,
     }
 }
 
@@ -211,6 +248,8 @@ pub fn desired_status(
             .as_deref()
             .zip(stack.metadata.namespace.as_deref())
             .map(|(name, ns)| endpoints(ns, name)),
+        // The build Job's state is observed beside the components (`observe_build`).
+        build: None,
     }
 }
 
@@ -421,5 +460,43 @@ mod tests {
         );
         assert_eq!(condition(&status, READY).status, "False");
         assert_eq!(status.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn the_build_job_state_comes_from_its_status() {
+        let job = |status: serde_json::Value| json!({ "metadata": { "name": "s-build-0abcd" }, "status": status });
+        let state = |status| observe_build(&job(status));
+        assert_eq!(state(json!({})).state, "Pending");
+        assert_eq!(state(json!({ "active": 1 })).state, "Running");
+        let done = state(json!({
+            "completionTime": "2026-12-03T03:00:00Z",
+            "conditions": [
+                { "type": "SuccessCriteriaMet", "status": "True" },
+                { "type": "Complete", "status": "True", "lastTransitionTime": "2026-12-03T03:00:01Z" },
+            ],
+        }));
+        assert_eq!(done.job, "s-build-0abcd");
+        assert_eq!(done.state, "Succeeded");
+        assert_eq!(
+            done.message.as_deref(),
+            Some("published a new artifact version at 2026-12-03T03:00:00Z")
+        );
+        let failed = state(json!({
+            "failed": 3,
+            "conditions": [
+                { "type": "Complete", "status": "False" },
+                { "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                  "message": "Job has reached the specified backoff limit" },
+            ],
+        }));
+        assert_eq!(failed.state, "Failed");
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("BackoffLimitExceeded: Job has reached the specified backoff limit")
+        );
+        let deadline = state(json!({
+            "conditions": [{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded" }],
+        }));
+        assert_eq!(deadline.message.as_deref(), Some("DeadlineExceeded"));
     }
 }

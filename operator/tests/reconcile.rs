@@ -560,6 +560,7 @@ async fn rbac_grants_exactly_the_verbs_the_code_uses() {
             o.insert("replicas".into(), json!(2));
         }
         spec.as_object_mut().unwrap().remove("dashboard");
+        spec.as_object_mut().unwrap().remove("build");
         spec["stream"]["engine"] = json!("builtin");
         spec["policies"]["networkPolicy"]["enabled"] = json!(false);
         spec["policies"]["podDisruptionBudget"]["enabled"] = json!(false);
@@ -575,7 +576,7 @@ async fn rbac_grants_exactly_the_verbs_the_code_uses() {
                 .map(String::from)
         })
         .collect();
-    assert_eq!(pruned.len(), 10, "every kind pruned once: {pruned:?}");
+    assert_eq!(pruned.len(), 12, "every kind pruned once: {pruned:?}");
     h.api.put(
         PRIORITY,
         "recstack-recstack-gpu-online",

@@ -395,3 +395,95 @@ fn a_stream_engine_this_operator_does_not_know_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn the_build_is_a_job_named_by_its_spec_and_a_cron_job_on_the_schedule() {
+    let children = render_sample("gpu-ranking");
+    let jobs: Vec<&Child> = children.iter().filter(|c| c.kind == ChildKind::Job).collect();
+    assert_eq!(jobs.len(), 1);
+    let name = jobs[0].name();
+    assert!(
+        name.starts_with("gpu-build-") && name.len() == "gpu-build-".len() + 5,
+        "{name}"
+    );
+    let job = find(&children, ChildKind::Job, &name);
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["args"],
+        serde_json::json!([
+            "build",
+            "--data",
+            "s3://recstack-data/ratings",
+            "--out",
+            "s3://recstack-artifacts/gpu"
+        ])
+    );
+    assert_eq!(container["envFrom"][0]["secretRef"]["name"], "store-credentials");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["priorityClassName"], "recstack-offline");
+    assert_eq!(job["spec"]["backoffLimit"], 2);
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 3600);
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"],
+        "build"
+    );
+
+    // The CronJob runs the same Job on the schedule; its Jobs are not labelled as the
+    // operator's (so neither cached nor pruned by it), its pods are the stack's (policies).
+    let cron = find(&children, ChildKind::CronJob, "gpu-build");
+    assert_eq!(cron["spec"]["schedule"], "0 3 * * *");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(cron["spec"]["jobTemplate"]["spec"], job["spec"]);
+    let job_labels = &cron["spec"]["jobTemplate"]["metadata"]["labels"];
+    assert!(job_labels.get("app.kubernetes.io/managed-by").is_none(), "{job_labels}");
+    assert_eq!(job_labels["recstack.io/stack"], "gpu");
+
+    // Its NetworkPolicy: nothing in, the object store out (https for s3:// without an
+    // endpoint).
+    let policy = find(&children, ChildKind::NetworkPolicy, "gpu-build");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "build"
+    );
+    assert!(policy["spec"].get("ingress").is_none());
+    assert_eq!(
+        policy["spec"]["egress"][0]["ports"],
+        serde_json::json!([{ "protocol": "TCP", "port": 443 }])
+    );
+
+    // A change to the build makes a new Job; rendering again does not.
+    let mut stack = common::sample("gpu-ranking");
+    let again = render::render(&stack).unwrap();
+    assert!(again.iter().any(|c| c.kind == ChildKind::Job && c.name() == name));
+    stack.spec.build.as_mut().unwrap().data = "s3://recstack-data/ratings-2026".into();
+    stack.spec.artifacts.endpoint = Some("http://minio.storage.svc:9000".into());
+    let changed = render::render(&stack).unwrap();
+    let job = changed.iter().find(|c| c.kind == ChildKind::Job).unwrap();
+    assert_ne!(job.name(), name);
+    let job = serde_json::to_value(&job.object).unwrap();
+    let args = job["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.ends_with(r#""--endpoint","http://minio.storage.svc:9000"]"#),
+        "{args}"
+    );
+    let policy = changed
+        .iter()
+        .find(|c| c.kind == ChildKind::NetworkPolicy && c.name() == "gpu-build")
+        .unwrap();
+    let policy = serde_json::to_value(&policy.object).unwrap();
+    assert_eq!(
+        policy["spec"]["egress"][0]["ports"],
+        serde_json::json!([{ "protocol": "TCP", "port": 9000 }])
+    );
+
+    // No build, no Job, CronJob or build policy.
+    let minimal = render_sample("minimal");
+    assert!(
+        !minimal
+            .iter()
+            .any(|c| matches!(c.kind, ChildKind::Job | ChildKind::CronJob))
+    );
+    assert!(!minimal.iter().any(|c| c.name() == "minimal-build"));
+}

@@ -39,6 +39,19 @@ pub enum ObjectError {
     Layout { uri: String, message: String },
 }
 
+impl ObjectError {
+    /// The store answered that the object does not exist (as opposed to failing to answer).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ObjectError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// A location given as a URI or a path.
 #[derive(Clone, Debug)]
 pub enum Location {
@@ -154,6 +167,39 @@ impl Remote {
         out.sort();
         Ok(out)
     }
+
+    /// Writes `objects` (from [`Remote::list`]) under `dest`, by their relative names.
+    async fn fetch_into(
+        &self,
+        objects: &[(String, ObjectPath, Option<String>)],
+        dest: &Path,
+    ) -> Result<(), ObjectError> {
+        for (name, path, _) in objects {
+            let bytes = self.get(path).await?;
+            let local = dest.join(name);
+            if let Some(parent) = local.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            std::fs::write(&local, &bytes).map_err(io(&local))?;
+        }
+        Ok(())
+    }
+
+    /// Copies every object under the prefix into `dest` (created if missing), keeping their
+    /// relative names; returns how many. An empty prefix is an error: it is almost always a
+    /// wrong URI.
+    pub async fn download(&self, dest: &Path) -> Result<usize, ObjectError> {
+        let objects = self.list(&self.path).await?;
+        if objects.is_empty() {
+            return Err(ObjectError::Layout {
+                uri: self.uri.clone(),
+                message: "no objects under this prefix".into(),
+            });
+        }
+        std::fs::create_dir_all(dest).map_err(io(dest))?;
+        self.fetch_into(&objects, dest).await?;
+        Ok(objects.len())
+    }
 }
 
 fn check_version(uri: &str, version: &str) -> Result<(), ObjectError> {
@@ -216,20 +262,32 @@ impl Mirror {
                     message: "no manifest.json: the version is incomplete or missing".into(),
                 });
             }
-            for (name, path, _) in &objects {
-                let bytes = self.remote.get(path).await?;
-                let local = tmp.join(name);
-                if let Some(parent) = local.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                std::fs::write(&local, &bytes).map_err(io(&local))?;
-            }
+            self.remote.fetch_into(&objects, &tmp).await?;
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         }
         write_atomic(&self.root.join("current"), format!("{version}\n").as_bytes())?;
         prune(&self.root, &version, 2);
         Ok((version, true))
+    }
+
+    /// The first sync: while the store has no `current` (nothing published yet) it waits,
+    /// checking every `every`; any other failure is returned.
+    pub async fn first_sync(&self, every: Duration) -> Result<String, ObjectError> {
+        let mut waited = 0u32;
+        loop {
+            match self.sync().await {
+                Ok((version, _)) => return Ok(version),
+                Err(e) if e.is_not_found() => {
+                    if waited.is_multiple_of(12) {
+                        tracing::info!(uri = %self.remote.uri, "no artifact version published yet (no `current`); waiting for the build");
+                    }
+                    waited += 1;
+                    tokio::time::sleep(every).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Syncs every `every` until the process ends; a failure keeps the local copy.
@@ -266,11 +324,13 @@ fn prune(root: &Path, current: &str, keep: usize) {
 }
 
 /// The local artifact root for `uri`: the directory itself, or a mirror in `cache` synced once
-/// (with the mirror, to poll).
+/// (with the mirror, to poll). While the store has no `current` yet (a new stack whose build
+/// Job has not published), it waits, checking every `every`; any other failure is returned.
 pub async fn artifact_root(
     uri: &str,
     endpoint: Option<&str>,
     cache: &Path,
+    every: Duration,
 ) -> Result<(PathBuf, Option<Mirror>), ObjectError> {
     match Location::parse_at(uri, endpoint)? {
         Location::Local(path) => Ok((path, None)),
@@ -279,7 +339,7 @@ pub async fn artifact_root(
                 remote,
                 root: cache.to_path_buf(),
             };
-            let (version, _) = mirror.sync().await?;
+            let version = mirror.first_sync(every).await?;
             tracing::info!(%version, uri, cache = %cache.display(), "fetched artifacts");
             Ok((cache.to_path_buf(), Some(mirror)))
         }
@@ -521,5 +581,77 @@ mod tests {
             std::fs::read_to_string(tmp.path().join("cache/current")).unwrap(),
             "v-1\n"
         );
+    }
+
+    fn local_remote(bucket: &Path, prefix: &str) -> Remote {
+        Remote {
+            uri: format!("file://{}/{prefix}", bucket.display()),
+            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(bucket).unwrap()),
+            path: ObjectPath::from(prefix),
+        }
+    }
+
+    /// A new stack's pods start before its build Job publishes: they wait for `current`
+    /// instead of failing, and take the version once it is there.
+    #[tokio::test]
+    async fn the_first_sync_waits_for_a_version_to_be_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = tmp.path().join("bucket");
+        std::fs::create_dir_all(&bucket).unwrap();
+        let mirror = Mirror {
+            remote: local_remote(&bucket, "stack/artifacts"),
+            root: tmp.path().join("cache"),
+        };
+        let e = mirror.sync().await.unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let waiting = tokio::spawn(async move { mirror.first_sync(Duration::from_millis(20)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "returned before anything was published");
+        let built = tmp.path().join("built");
+        std::fs::create_dir_all(built.join("v-7")).unwrap();
+        std::fs::write(built.join("v-7/manifest.json"), b"{}").unwrap();
+        publish(&built, "v-7", &local_remote(&bucket, "stack/artifacts"))
+            .await
+            .unwrap();
+        let version = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(version, "v-7");
+        assert!(tmp.path().join("cache/v-7/manifest.json").exists());
+        // Other failures are not waited out: a version that `current` names but that is not
+        // there is an error at once.
+        std::fs::write(bucket.join("stack/artifacts/current"), b"v-8\n").unwrap();
+        let mirror = Mirror {
+            remote: local_remote(&bucket, "stack/artifacts"),
+            root: tmp.path().join("cache2"),
+        };
+        let e = mirror
+            .first_sync(Duration::from_millis(20))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("incomplete or missing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_prefix_downloads_whole_and_an_empty_one_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = tmp.path().join("bucket");
+        std::fs::create_dir_all(bucket.join("data/ratings/sub")).unwrap();
+        std::fs::write(bucket.join("data/ratings/ratings.dat"), b"1::2::3::4").unwrap();
+        std::fs::write(bucket.join("data/ratings/sub/movies.dat"), b"m").unwrap();
+        let dest = tmp.path().join("dest");
+        let n = local_remote(&bucket, "data/ratings").download(&dest).await.unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(std::fs::read(dest.join("ratings.dat")).unwrap(), b"1::2::3::4");
+        assert_eq!(std::fs::read(dest.join("sub/movies.dat")).unwrap(), b"m");
+        let e = local_remote(&bucket, "data/none")
+            .download(&dest)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no objects"), "{e}");
     }
 }

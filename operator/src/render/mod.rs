@@ -6,6 +6,7 @@
 //! YAML a reviewer checks; `kubernetes-validate --strict` in the test suite catches any field
 //! the API server would not know.
 
+mod build;
 mod config;
 mod flink;
 mod network;
@@ -52,14 +53,17 @@ pub enum ChildKind {
     PodDisruptionBudget,
     NetworkPolicy,
     FlinkDeployment,
+    Job,
+    CronJob,
 }
 
 impl ChildKind {
     /// Every kind, in apply order: config and identities first, so pods that reference them
     /// start cleanly. All are namespaced and carry an owner reference to the stack, so the
     /// garbage collector removes them with it. (PriorityClasses are cluster-wide and belong to
-    /// the install: see `recstack_crds::PriorityClassPolicy`.)
-    pub const ALL: [ChildKind; 10] = [
+    /// the install: see `recstack_crds::PriorityClassPolicy`.) The build Job comes last, after
+    /// the NetworkPolicy that lets it reach the object store.
+    pub const ALL: [ChildKind; 12] = [
         ChildKind::ConfigMap,
         ChildKind::ServiceAccount,
         ChildKind::Role,
@@ -70,6 +74,8 @@ impl ChildKind {
         ChildKind::PodDisruptionBudget,
         ChildKind::NetworkPolicy,
         ChildKind::FlinkDeployment,
+        ChildKind::Job,
+        ChildKind::CronJob,
     ];
 
     pub fn gvk(self) -> (&'static str, &'static str, &'static str, &'static str) {
@@ -90,6 +96,8 @@ impl ChildKind {
             ChildKind::PodDisruptionBudget => ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
             ChildKind::NetworkPolicy => ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
             ChildKind::FlinkDeployment => ("flink.apache.org", "v1beta1", "FlinkDeployment", "flinkdeployments"),
+            ChildKind::Job => ("batch", "v1", "Job", "jobs"),
+            ChildKind::CronJob => ("batch", "v1", "CronJob", "cronjobs"),
         }
     }
 
@@ -150,6 +158,9 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     }
     if spec.policies.network_policy.enabled {
         out.extend(network::network_policies(&ctx)?);
+    }
+    if let Some(b) = &spec.build {
+        out.extend(build::build_jobs(&ctx, b)?);
     }
     out.sort_by_key(|c| c.kind);
     Ok(out)

@@ -60,7 +60,44 @@ pub(super) fn network_policies(ctx: &StackCtx) -> Result<Vec<Child>, RenderError
             out.push(component_policy(ctx, component)?);
         }
     }
+    if ctx.spec().build.is_some() {
+        out.push(build_policy(ctx)?);
+    }
     Ok(out)
+}
+
+/// The build pods: nothing in, and out only to the object store (the ratings and the
+/// artifacts).
+fn build_policy(ctx: &StackCtx) -> Result<Child, RenderError> {
+    let spec = ctx.spec();
+    let mut ports: BTreeSet<u16> = store_port(ctx, &spec.artifacts.uri).into_iter().collect();
+    if let Some(build) = &spec.build {
+        ports.extend(store_port(ctx, &build.data));
+    }
+    let mut policy_spec = json!({
+        "podSelector": { "matchLabels": labels::build_selector(&ctx.name) },
+        "policyTypes": ["Ingress", "Egress"],
+    });
+    if !ports.is_empty() {
+        policy_spec["egress"] = json!([{
+            "ports": ports.iter().map(|p| json!({ "protocol": "TCP", "port": p })).collect::<Vec<_>>(),
+        }]);
+    }
+    let mut meta = ctx.meta(&format!("{}-{}", ctx.name, labels::BUILD), None);
+    meta["labels"] = json!(labels::build_labels(&ctx.name));
+    child(
+        ChildKind::NetworkPolicy,
+        json!({ "metadata": meta, "spec": policy_spec }),
+    )
+}
+
+/// The object store's port for `uri`: the configured endpoint's when one is set (and `uri` is
+/// remote), else the URI scheme's; `None` for local files.
+fn store_port(ctx: &StackCtx, uri: &str) -> Option<u16> {
+    match &ctx.spec().artifacts.endpoint {
+        Some(endpoint) if uri.contains("://") && !uri.starts_with("file://") => url_port(endpoint),
+        _ => url_port(uri),
+    }
 }
 
 fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, RenderError> {
@@ -163,11 +200,7 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
         .filter_map(|s| s.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
         .collect();
     let redis = spec.feature.redis_url.as_deref().and_then(url_port);
-    // The object store: its endpoint's port when one is set, else the URI scheme's.
-    let store = |uri: &str| match &spec.artifacts.endpoint {
-        Some(endpoint) if uri.contains("://") && !uri.starts_with("file://") => url_port(endpoint),
-        _ => url_port(uri),
-    };
+    let store = |uri: &str| store_port(ctx, uri);
     // Every component that reads the artifacts fetches them from the store.
     if matches!(
         component,

@@ -206,15 +206,7 @@ fn deployment(
             "httpGet": { "path": "/healthz", "port": "http" },
             "periodSeconds": 5, "failureThreshold": 60,
         },
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": { "drop": ["ALL"] },
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
+        "securityContext": container_security(),
         "volumeMounts": [
             { "name": "config", "mountPath": "/etc/recstack", "readOnly": true },
             { "name": "tmp", "mountPath": "/tmp" },
@@ -224,11 +216,7 @@ fn deployment(
     let mut pod_spec = json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "fsGroup": 65532,
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
+        "securityContext": pod_security(),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [],
         "volumes": [
@@ -245,14 +233,9 @@ fn deployment(
             },
         }]}},
     });
-    if spec.policies.priority_classes.enabled {
-        // Only the request and event paths are online; streaming and the dashboard can wait.
-        let classes = &spec.policies.priority_classes;
-        let class = if matches!(component, Component::Stream | Component::Traces | Component::Dashboard) {
-            &classes.offline
-        } else {
-            &classes.online
-        };
+    // Only the request and event paths are online; streaming and the dashboard can wait.
+    let offline = matches!(component, Component::Stream | Component::Traces | Component::Dashboard);
+    if let Some(class) = priority_class(spec, offline) {
         pod_spec["priorityClassName"] = json!(class);
     }
     if component == Component::Ranking
@@ -273,10 +256,7 @@ fn deployment(
             None => json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]),
         };
     }
-    // The object store's settings and credentials, as the environment its client reads.
-    if let Some(secret) = &spec.artifacts.credentials_secret_ref {
-        container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
-    }
+    add_store_credentials(spec, &mut container);
     // Trace-store credentials are mounted as files (not env vars, which leak into crash dumps
     // and `kubectl describe`); the gateway's trace writer reads them from ES_CREDENTIALS_DIR.
     if matches!(component, Component::Gateway | Component::Traces)
@@ -329,6 +309,45 @@ fn deployment(
         );
     }
     child(ChildKind::Deployment, json!({ "metadata": meta, "spec": deploy_spec }))
+}
+
+/// The container security context of every recstack pod: non-root, read-only root, no
+/// privileges; writable paths are emptyDir volumes.
+pub(super) fn container_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+pub(super) fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "fsGroup": 65532,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+/// The PriorityClass a pod gets, when the stack sets them.
+pub(super) fn priority_class(spec: &RecommenderStackSpec, offline: bool) -> Option<&str> {
+    let classes = &spec.policies.priority_classes;
+    classes.enabled.then_some(if offline {
+        classes.offline.as_str()
+    } else {
+        classes.online.as_str()
+    })
+}
+
+/// The object store's settings and credentials, as the environment its client reads.
+pub(super) fn add_store_credentials(spec: &RecommenderStackSpec, container: &mut Value) {
+    if let Some(secret) = &spec.artifacts.credentials_secret_ref {
+        container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
+    }
 }
 
 /// Where the image keeps the dashboard's browser build (`scripts/build-dashboard`).

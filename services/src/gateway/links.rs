@@ -3,8 +3,10 @@
 //! the service directly — the same request and response types, without encoding, HTTP/2 or a
 //! socket. A direct link to a stopped service answers `UNAVAILABLE`, as a dead peer would.
 
+use std::time::{Duration, Instant};
+
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 pub use crate::link::{Direct, EndpointError, lazy_channel};
 
@@ -33,6 +35,26 @@ macro_rules! link {
         impl $link {
             pub fn grpc(url: &str) -> Result<Self, EndpointError> {
                 Ok(Self::Grpc($client::new(lazy_channel(url)?)))
+            }
+
+            /// Opens the connection with an empty call, retried until `deadline`: any answer,
+            /// even an error, means the peer is reached. Whether it was.
+            pub async fn warm(&self, deadline: Instant) -> bool {
+                let Self::Grpc(client) = self else {
+                    return true;
+                };
+                loop {
+                    // A balanced channel with no address yet holds the call: bound each try.
+                    let mut client = client.clone();
+                    let call = client.$method(Request::new(<$req>::default()));
+                    match tokio::time::timeout(Duration::from_millis(500), call).await {
+                        Ok(Ok(_)) => return true,
+                        Ok(Err(status)) if status.code() != Code::Unavailable => return true,
+                        _ if Instant::now() >= deadline => return false,
+                        Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => {}
+                    }
+                }
             }
 
             pub async fn call(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
@@ -104,6 +126,28 @@ pub struct Links {
 }
 
 impl Links {
+    /// Connects every gRPC link before the gateway takes traffic, waiting at most `within` (a
+    /// downstream still starting is not waited for longer: the gateway then answers at a
+    /// degraded level until it is up). Returns the downstreams not reached.
+    pub async fn warm(&self, within: Duration) -> Vec<&'static str> {
+        let deadline = Instant::now() + within;
+        let (recall, features, ranking, rerank) = tokio::join!(
+            self.recall.warm(deadline),
+            self.features.warm(deadline),
+            self.ranking.warm(deadline),
+            self.rerank.warm(deadline),
+        );
+        [
+            (recall, "recall"),
+            (features, "features"),
+            (ranking, "ranking"),
+            (rerank, "rerank"),
+        ]
+        .into_iter()
+        .filter_map(|(reached, name)| (!reached).then_some(name))
+        .collect()
+    }
+
     /// gRPC to each endpoint (`http://host:port`).
     pub fn grpc(downstreams: &Downstreams) -> Result<Self, EndpointError> {
         Ok(Self {

@@ -286,6 +286,9 @@ pub enum GatewayTraces {
 
 /// The gateway: HTTP API (with the operational endpoints) and gRPC. Stopping it flushes the
 /// trace writer. With `reload`, its catalogue follows new artifact versions.
+/// How long a starting gateway waits for its downstreams before it listens anyway.
+const WARM_WITHIN: Duration = Duration::from_secs(10);
+
 pub async fn gateway(
     catalogue: Arc<Catalogue>,
     links: Links,
@@ -294,6 +297,14 @@ pub async fn gateway(
     reload: Reload,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
+    // The first requests would otherwise pay for the connections (and answer degraded).
+    let missing = links.warm(WARM_WITHIN).await;
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "downstreams not reachable at start; serving at a degraded level until they are"
+        );
+    }
     let mut metrics = GatewayMetrics::default();
     let (sink, writer): (Arc<dyn TraceSink>, _) = match traces {
         GatewayTraces::Off => (Arc::new(NoSink), None),

@@ -12,14 +12,20 @@ use recstack_services::objects::{self, Location};
 /// The flags of `recstack build`.
 #[derive(Args)]
 pub struct BuildArgs {
-    /// Directory with movies.dat and ratings.dat (default: the bundled MovieTweetings).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    /// Where movies.dat and ratings.dat are: a directory, or an object store prefix
+    /// (`s3://bucket/ratings`, …), copied to a temporary directory first. Default: the bundled
+    /// MovieTweetings sample.
+    #[arg(long, value_name = "URI")]
+    pub data: Option<String>,
     /// Where artifact versions are written (`<out>/<version>/`, `<out>/current`): a directory,
     /// or an object store prefix (`s3://bucket/prefix`, `gs://`, `az://`; settings and
     /// credentials from the environment), to which the version is published only once whole.
     #[arg(long, default_value = "artifacts", value_name = "URI")]
     pub out: String,
+    /// The object store's endpoint for `--data` and `--out` when it is not the provider's
+    /// default (an S3-compatible server such as `http://minio.storage.svc:9000`).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Hide progress output.
@@ -28,8 +34,26 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
-    let dir = args.data.unwrap_or_else(dataset::bundled_dir);
-    match Location::parse(&args.out)? {
+    let endpoint = args.endpoint.as_deref();
+    let out = Location::parse_at(&args.out, endpoint).context("--out")?;
+    let data = match &args.data {
+        None => Location::Local(dataset::bundled_dir()),
+        Some(uri) => Location::parse_at(uri, endpoint).context("--data")?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Remote ratings are copied to local disk first; the directory lives until the build ends.
+    let fetched = tempfile::tempdir().context("a directory for the ratings")?;
+    let dir = match data {
+        Location::Local(dir) => dir,
+        Location::Remote(remote) => {
+            let n = runtime
+                .block_on(remote.download(fetched.path()))
+                .with_context(|| format!("fetching the ratings from {}", remote.uri))?;
+            eprintln!("build: fetched {n} files from {}", remote.uri);
+            fetched.path().to_path_buf()
+        }
+    };
+    match out {
         Location::Local(out) => {
             let manifest = run_build(dir, &out, args.seed, args.quiet)?;
             println!("{}", out.join(&manifest.version).display());
@@ -39,7 +63,6 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             let staging = tempfile::tempdir().context("a staging directory for the build")?;
             let manifest = run_build(dir, staging.path(), args.seed, args.quiet)?;
             eprintln!("build: publishing {} to {}", manifest.version, remote.uri);
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let files = runtime.block_on(objects::publish(staging.path(), &manifest.version, &remote))?;
             eprintln!(
                 "build: published {files} files; {}/current names {}",

@@ -74,9 +74,10 @@ impl ServeArgs {
         };
         let every = Duration::from_secs(settings.as_ref().map_or(30, |s| s.poll_seconds.max(1)) as u64);
         let endpoint = settings.as_ref().and_then(|s| s.endpoint.clone());
-        let (root, mirror) = objects::artifact_root(&uri, endpoint.as_deref(), &self.cache_dir.join("artifacts"))
-            .await
-            .with_context(|| format!("fetching the artifacts from {uri}"))?;
+        let (root, mirror) =
+            objects::artifact_root(&uri, endpoint.as_deref(), &self.cache_dir.join("artifacts"), every)
+                .await
+                .with_context(|| format!("fetching the artifacts from {uri}"))?;
         if let Some(mirror) = mirror {
             tokio::spawn(mirror.poll(every));
         }
