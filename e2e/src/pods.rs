@@ -15,7 +15,22 @@ use serde_json::Value;
 pub struct Objects {
     pub config_maps: BTreeMap<String, Value>,
     pub secrets: BTreeMap<String, Value>,
+    /// What a kubelet gives pods that mount their ServiceAccount's token.
+    pub api_access: Option<ApiAccess>,
 }
+
+/// The API server as pods see it: the `kubernetes` Service's address, the cluster CA, and a
+/// token per ServiceAccount (the kubelet's projected `kube-api-access` volume).
+#[derive(Clone, Debug, Default)]
+pub struct ApiAccess {
+    pub host: String,
+    pub port: u16,
+    pub ca_crt: Vec<u8>,
+    pub tokens: BTreeMap<String, String>,
+}
+
+/// Where a kubelet mounts a pod's ServiceAccount token, CA and namespace.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// A volume a pod mounts.
 #[derive(Clone, Debug, PartialEq)]
@@ -218,6 +233,36 @@ pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<
                     .to_string(),
                 read_only: m["readOnly"].as_bool().unwrap_or(false),
             });
+        }
+        // `automountServiceAccountToken` (default true): the token, CA and namespace, and the
+        // API server's address in the environment, as a kubelet gives them.
+        if pod["automountServiceAccountToken"].as_bool().unwrap_or(true) {
+            let account = pod["serviceAccountName"].as_str().unwrap_or("default");
+            let access = objects
+                .api_access
+                .as_ref()
+                .with_context(|| format!("{name}: mounts a ServiceAccount token, but the harness has no API access"))?;
+            let token = access
+                .tokens
+                .get(account)
+                .with_context(|| format!("{name}: no token for ServiceAccount {account}"))?;
+            mounts.push(Mount {
+                volume: "kube-api-access".into(),
+                source: VolumeSource::Files(BTreeMap::from([
+                    ("token".into(), token.clone().into_bytes()),
+                    ("ca.crt".into(), access.ca_crt.clone()),
+                    ("namespace".into(), namespace.as_bytes().to_vec()),
+                ])),
+                path: SERVICE_ACCOUNT_DIR.into(),
+                read_only: true,
+            });
+            for (k, v) in [
+                ("KUBERNETES_SERVICE_HOST", access.host.clone()),
+                ("KUBERNETES_SERVICE_PORT", access.port.to_string()),
+            ] {
+                env.retain(|(key, _)| key != k);
+                env.push((k.into(), v));
+            }
         }
         let ports: BTreeMap<String, u16> = container["ports"]
             .as_array()
@@ -508,6 +553,7 @@ mod tests {
             "spec": {"replicas": 2, "template": {
                 "metadata": {"labels": {"app.kubernetes.io/component": "recall", "recstack.io/stack": "s"}},
                 "spec": {
+                    "automountServiceAccountToken": false,
                     "securityContext": {"fsGroup": 65532},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [{
@@ -542,6 +588,7 @@ mod tests {
                 "creds".into(),
                 json!({"data": {"k": "c2VjcmV0", "AWS_REGION": "dXMtZWFzdC0x"}}),
             )]),
+            api_access: None,
         }
     }
 
@@ -569,6 +616,39 @@ mod tests {
         assert_eq!(p.readiness, Some(("/readyz".into(), 8080)));
         assert_eq!(p.run_as, Some((65532, 65532)));
         assert!(p.read_only_root);
+    }
+
+    #[test]
+    fn a_pod_that_mounts_its_service_account_token_gets_it_and_the_api_address() {
+        let mut d = deployment();
+        let pod = &mut d["spec"]["template"]["spec"];
+        pod["automountServiceAccountToken"] = json!(true);
+        pod["serviceAccountName"] = json!("s-dashboard");
+        let e = plan_workload(&d, &objects()).unwrap_err().to_string();
+        assert!(e.contains("no API access"), "{e}");
+        let mut o = objects();
+        o.api_access = Some(ApiAccess {
+            host: "kubernetes.default.svc".into(),
+            port: 443,
+            ca_crt: b"CA".to_vec(),
+            tokens: BTreeMap::from([("s-dashboard".into(), "tok".into())]),
+        });
+        let plan = &plan_workload(&d, &o).unwrap()[0];
+        let mount = plan.mounts.iter().find(|m| m.path == SERVICE_ACCOUNT_DIR).unwrap();
+        assert!(mount.read_only);
+        let VolumeSource::Files(files) = &mount.source else {
+            panic!("{mount:?}")
+        };
+        assert_eq!(files["token"], b"tok");
+        assert_eq!(files["ca.crt"], b"CA");
+        assert_eq!(files["namespace"], b"ns");
+        let env: BTreeMap<_, _> = plan.env.iter().cloned().collect();
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "kubernetes.default.svc");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+        // Another ServiceAccount has no token: an error naming it.
+        d["spec"]["template"]["spec"]["serviceAccountName"] = json!("other");
+        let e = plan_workload(&d, &o).unwrap_err().to_string();
+        assert!(e.contains("ServiceAccount other"), "{e}");
     }
 
     #[test]

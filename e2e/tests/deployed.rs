@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use recstack_e2e::netns::{Image, Network, Pod, http};
+use recstack_e2e::netns::{Image, Network, Pod, http, http_get};
 use recstack_e2e::pods::{self, Objects, PodAddr};
 use recstack_e2e::{Cluster, Operator, repo, wait_until};
 use serde_json::{Value, json};
@@ -155,6 +155,10 @@ fn main() {
             impressions,
         ),
         ("each request's trace is in the trace store", traces),
+        (
+            "the dashboard shows the stack's status from the API server and a request's trace from the trace service",
+            dashboard,
+        ),
         (
             "events posted to ingest reach the user's features, the item's window and the trending list through Kafka, the stream pods and Redis",
             freshness,
@@ -463,11 +467,14 @@ spec:
         traces = if bench_mode() {
             ""
         } else {
-            "  traceStore: {elasticsearchUrl: \"http://es.infra.svc:9200\", sampling: 1.0}\n"
+            "  traceStore: {elasticsearchUrl: \"http://es.infra.svc:9200\", sampling: 1.0}\n  dashboard: {}\n"
         },
     );
     d.cluster.kubectl_stdin(&["apply", "-f", "-"], &stack)?;
-    let want = ["gateway", "recall", "ranking", "rerank", "feature", "ingest", "stream"];
+    let mut want = vec!["gateway", "recall", "ranking", "rerank", "feature", "ingest", "stream"];
+    if !bench_mode() {
+        want.extend(["traces", "dashboard"]);
+    }
     let selector = format!("recstack.io/stack={STACK}");
     let deployments = wait_until("the operator's Deployments", Duration::from_secs(60), || {
         let list = d.json(&["-n", NS, "get", "deployments", "-l", &selector])?;
@@ -501,7 +508,11 @@ spec:
         .as_array()
         .cloned()
         .unwrap_or_default();
-    ensure!(d.services.len() == 6, "{} Services", d.services.len());
+    ensure!(
+        d.services.len() == want.len() - 1,
+        "{} Services (one per component but the stream worker)",
+        d.services.len()
+    );
     ensure!(d.policies.len() >= 10, "{} NetworkPolicies", d.policies.len());
     Ok(())
 }
@@ -560,6 +571,7 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             .secrets
             .insert(s["metadata"]["name"].as_str().unwrap_or_default().into(), s.clone());
     }
+    objects.api_access = Some(api_access(d)?);
     let mut plans = Vec::new();
     for deployment in &d.objects {
         plans.extend(pods::plan_workload(deployment, &objects)?);
@@ -592,6 +604,8 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
                 "/usr/share/recstack/data/movietweetings-100k".into(),
             ),
             (bundled, "/usr/share/recstack/artifacts".into()),
+            // The dashboard's browser build (scripts/build-dashboard; .ci/run makes it first).
+            (repo().join("dashboard/site"), "/usr/share/recstack/dashboard".into()),
         ],
         env: pods::dockerfile_env(&dockerfile),
     };
@@ -617,10 +631,12 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             ready: false,
         })
         .collect();
-    let extra: Vec<(String, Ipv4Addr)> = ["s3.infra.svc", "redis.infra.svc", "kafka.infra.svc", "es.infra.svc"]
+    let mut extra: Vec<(String, Ipv4Addr)> = ["s3.infra.svc", "redis.infra.svc", "kafka.infra.svc", "es.infra.svc"]
         .into_iter()
         .map(|n| (n.to_string(), STORES))
         .collect();
+    // The `kubernetes` Service: the node, where api_access's proxy listens.
+    extra.push((API_HOST.to_string(), net.node));
     let hosts = pods::hosts_file(&d.services, &addrs, &extra);
     let node = net.node;
     let net = d.net.as_ref().context("no network")?;
@@ -690,6 +706,71 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
         "{status}"
     );
     Ok(())
+}
+
+/// The API server's name as pods see it (the `kubernetes` Service; one of the names its
+/// certificate carries).
+const API_HOST: &str = "kubernetes.default.svc";
+
+/// What the kubelet gives pods that mount a ServiceAccount token, and the `kubernetes`
+/// Service: a proxy on the node's address, port 443, to the API server (which listens on
+/// loopback).
+fn api_access(d: &Deployed) -> anyhow::Result<pods::ApiAccess> {
+    let view = |path: &str| {
+        d.k(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+        ])
+    };
+    let ca_crt = std::fs::read(view("certificate-authority")?.trim())?;
+    let server = view("server")?;
+    let upstream: SocketAddr = server
+        .trim()
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("the API server's address in {server:?}"))?;
+    let mut tokens = BTreeMap::new();
+    for workload in &d.objects {
+        let pod = &workload["spec"]["template"]["spec"];
+        if pod["automountServiceAccountToken"] == true
+            && let Some(account) = pod["serviceAccountName"].as_str()
+        {
+            let token = d.k(&["-n", NS, "create", "token", account, "--duration=2h"])?;
+            tokens.insert(account.to_string(), token.trim().to_string());
+        }
+    }
+    let node = d.net.as_ref().context("no network")?.node;
+    let listener = std::net::TcpListener::bind((node, 443))?;
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                continue;
+            };
+            let pairs = [
+                (client.try_clone(), server.try_clone()),
+                (server.try_clone(), client.try_clone()),
+            ];
+            for (from, to) in pairs {
+                let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    Ok(pods::ApiAccess {
+        host: API_HOST.into(),
+        port: 443,
+        ca_crt,
+        tokens,
+    })
 }
 
 fn find_onnxruntime(venv: &Path) -> Option<PathBuf> {
@@ -946,6 +1027,39 @@ fn traces(d: &mut Deployed) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+fn dashboard(d: &mut Deployed) -> anyhow::Result<()> {
+    let page = |path: &str| -> anyhow::Result<String> {
+        let (code, body) = http_get(d.http_of("dashboard")?, path, Duration::from_secs(10))?;
+        ensure!(code == 200, "GET {path}: {code}: {body}");
+        Ok(body)
+    };
+    // The stack page: what the operator wrote to status, read with the dashboard's own token
+    // through the `kubernetes` Service (its Role allows `get` on this stack only).
+    let status = wait_until("the stack's status on the dashboard", Duration::from_secs(30), || {
+        let body = page("/status")?;
+        Ok(body.contains("data-condition=\"Ready\"").then_some(body))
+    })?;
+    for want in ["data-component=\"recall\"", "data-component=\"gateway\"", STACK] {
+        ensure!(status.contains(want), "the status page shows {want}:\n{status}");
+    }
+    // A request's page: its items, from the trace service over the Elasticsearch store.
+    let r = recommend_once(d.gateway()?, &d.users[4], 5)?;
+    let id = r["request_id"].as_str().unwrap_or_default().to_string();
+    let items = item_ids(&r);
+    ensure!(items.len() == 5, "{r}");
+    wait_until("the request on the dashboard", Duration::from_secs(30), || {
+        let _ = http(
+            SocketAddr::from((STORES, 9200)),
+            "POST",
+            "/recstack-traces/_refresh",
+            Some("{}"),
+            Duration::from_secs(5),
+        );
+        let body = page(&format!("/traces/{id}"))?;
+        Ok(items.iter().all(|i| body.contains(i.as_str())).then_some(()))
+    })
 }
 
 fn business_rules(d: &mut Deployed) -> anyhow::Result<()> {
