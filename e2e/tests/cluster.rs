@@ -85,6 +85,10 @@ fn main() {
         ("pause stops changes, unpause repairs", pause),
         ("a deleted child is restored by watch", deleted_child_restored),
         (
+            "a ClusterIP Service an older operator left is recreated headless",
+            cluster_ip_service_recreated,
+        ),
+        (
             "a child edited by another field manager is repaired",
             foreign_edit_repaired,
         ),
@@ -402,6 +406,16 @@ fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
         ("bad", "  dashboard: {}", "dashboard reads traces from a shared store"),
         (
             "bad",
+            "  build: {}",
+            "build publishes to artifacts.uri, which every pod must read",
+        ),
+        (
+            "bad",
+            "  artifacts: {uri: 's3://b/a'}\n  build: {schedule: 'nightly'}",
+            "build.schedule must be a cron schedule of five fields",
+        ),
+        (
+            "bad",
             "  gateway: {autoscaling: {minReplicas: 5, maxReplicas: 2, targetCpuUtilization: 60}}",
             "minReplicas must be less than or equal to autoscaling.maxReplicas",
         ),
@@ -579,6 +593,46 @@ fn deleted_child_restored(s: &mut Suite) -> anyhow::Result<()> {
             "{kind}: restored by watch, not by the 300 s resync"
         );
     }
+    s.wait_settled("recstack", "minimal").map(drop)
+}
+
+/// Operators before 0.2 gave recall a ClusterIP Service; a Service's cluster IP cannot change,
+/// so the API server refuses the headless one and the operator deletes and recreates it.
+fn cluster_ip_service_recreated(s: &mut Suite) -> anyhow::Result<()> {
+    s.patch_stack("recstack", "minimal", json!({"spec": {"paused": true}}))?;
+    wait_until("Paused=True", SETTLE, || {
+        Ok((s.condition("recstack", "minimal", "Paused")?["status"] == "True").then_some(()))
+    })?;
+    let mut old = s.json(&["-n", "recstack", "get", "service", "minimal-recall"])?;
+    ensure!(
+        old["spec"]["clusterIP"] == "None",
+        "recall's Service is headless: {}",
+        old["spec"]
+    );
+    s.k(&["-n", "recstack", "delete", "service", "minimal-recall", "--wait=true"])?;
+    // The old shape: the same Service with an allocated cluster IP.
+    for field in ["clusterIP", "clusterIPs"] {
+        if let Some(spec) = old["spec"].as_object_mut() {
+            spec.remove(field);
+        }
+    }
+    for field in ["uid", "resourceVersion", "creationTimestamp", "managedFields"] {
+        if let Some(meta) = old["metadata"].as_object_mut() {
+            meta.remove(field);
+        }
+    }
+    s.cluster.kubectl_stdin(&["create", "-f", "-"], &old.to_string())?;
+    let legacy = s.json(&["-n", "recstack", "get", "service", "minimal-recall"])?;
+    ensure!(legacy["spec"]["clusterIP"] != "None", "{}", legacy["spec"]);
+    let before = s.event_count("recstack", "Recreated")?;
+    s.patch_stack("recstack", "minimal", json!({"spec": {"paused": false}}))?;
+    wait_until("recall's Service headless again", SETTLE, || {
+        let svc = s.json(&["-n", "recstack", "get", "service", "minimal-recall"])?;
+        Ok((svc["spec"]["clusterIP"] == "None").then_some(()))
+    })?;
+    wait_until("a Recreated event", SETTLE, || {
+        Ok((s.event_count("recstack", "Recreated")? > before).then_some(()))
+    })?;
     s.wait_settled("recstack", "minimal").map(drop)
 }
 

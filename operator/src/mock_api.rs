@@ -461,6 +461,29 @@ impl State {
             }
             (None, false) => return status(404, "NotFound", &format!("{} \"{name}\" not found", target.plural)),
         };
+        // The API server allocates a Service's cluster IP on create and never changes it.
+        if target.plural == "services" {
+            let had = object
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .map(String::from);
+            let wants = patch.pointer("/spec/clusterIP").and_then(Value::as_str);
+            match (&had, wants) {
+                (Some(had), Some(wants)) if had != wants => {
+                    return status(
+                        422,
+                        "Invalid",
+                        &format!(
+                            "Service \"{name}\" is invalid: spec.clusterIP: Invalid value: \"{wants}\": field is immutable"
+                        ),
+                    );
+                }
+                (None, None) => {
+                    object["spec"]["clusterIP"] = json!("10.96.0.10");
+                }
+                _ => {}
+            }
+        }
         let before_spec = object.get("spec").cloned();
         if content_type.starts_with("application/json-patch") {
             // Like the real API server, a "test" for null passes on a missing path (the

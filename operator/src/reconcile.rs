@@ -448,19 +448,30 @@ async fn apply_and_prune(
                     source,
                 })?;
         }
-        let applied = api
-            .patch(
-                &key.1,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&child.object),
-            )
-            .await
-            .map_err(|source| Error::Child {
-                verb: "applying",
-                kind: child.kind.kind(),
-                name: key.1.clone(),
-                source,
-            })?;
+        let (params, patch) = (PatchParams::apply(FIELD_MANAGER).force(), Patch::Apply(&child.object));
+        let apply = || api.patch(&key.1, &params, &patch);
+        let child_error = |verb, source| Error::Child {
+            verb,
+            kind: child.kind.kind(),
+            name: key.1.clone(),
+            source,
+        };
+        let (applied, reason) = match apply().await {
+            Ok(applied) => (applied, reason),
+            Err(kube::Error::Api(status)) if must_recreate(child.kind, status.code, &status.message) => {
+                // A field the API server will not change in place (a Service that becomes
+                // headless, from an operator before 0.2): delete the object and create it.
+                info!(stack = %stack.name_any(), kind = child.kind.kind(), name = %key.1, message = %status.message, "recreating");
+                api.delete(&key.1, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)
+                    .map_err(|source| child_error("deleting, to recreate,", source))?;
+                let applied = apply().await.map_err(|source| child_error("recreating", source))?;
+                (applied, "Recreated")
+            }
+            Err(source) => return Err(child_error("applying", source)),
+        };
         ctx.metrics
             .writes
             .get_or_create(&WriteLabels {
@@ -498,6 +509,19 @@ async fn apply_and_prune(
         live.remove(&key);
     }
     Ok(())
+}
+
+/// Whether an apply refused with `code` and `message` should be retried by deleting and
+/// creating the object: only for a field the API server never changes in place, on a kind
+/// where a brief absence is harmless (a Service: clients keep their connections, and its
+/// endpoints follow the pods). Deployments are never recreated (their pods would go).
+pub fn must_recreate(kind: ChildKind, code: u16, message: &str) -> bool {
+    // The API server says `spec.clusterIPs[0]: … may not change once set` (older versions:
+    // `spec.clusterIP: … field is immutable`).
+    kind == ChildKind::Service
+        && code == 422
+        && message.contains("spec.clusterIP")
+        && (message.contains("may not change once set") || message.contains("field is immutable"))
 }
 
 /// Field manager that keeps a Deployment's `spec.replicas` while an autoscaler takes it over.
@@ -734,6 +758,7 @@ fn metric_reason(reason: &str) -> &'static str {
     match reason {
         "Created" => "created",
         "DriftRepaired" => "drift",
+        "Recreated" => "recreated",
         _ => "updated",
     }
 }

@@ -13,6 +13,7 @@ use recstack_crds::{RecommenderStack, StreamEngine};
 use recstack_operator::metrics::Metrics;
 use recstack_operator::mock_api::{Call, MockApi};
 use recstack_operator::reconcile::{self, Context, backoff};
+use recstack_operator::render::ChildKind;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -21,6 +22,7 @@ const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/recstack/deployments";
 const PDBS: &str = "/apis/policy/v1/namespaces/recstack/poddisruptionbudgets";
 const FLINK: &str = "/apis/flink.apache.org/v1beta1/namespaces/recstack/flinkdeployments";
 const CONFIGMAPS: &str = "/api/v1/namespaces/recstack/configmaps";
+const SERVICES: &str = "/api/v1/namespaces/recstack/services";
 const PRIORITY: &str = "/apis/scheduling.k8s.io/v1/priorityclasses";
 
 fn fixed_clock() -> Time {
@@ -469,6 +471,47 @@ async fn deleted_child_is_recreated() {
             .unwrap()
             .contains("stack: minimal")
     );
+}
+
+/// Operators before 0.2 gave every component a ClusterIP Service; a Service's clusterIP cannot
+/// change in place, so the ones that became headless are deleted and created again.
+#[tokio::test]
+async fn a_service_that_became_headless_is_recreated() {
+    let h = Harness::created("minimal").await;
+    h.api.edit(SERVICES, "minimal-recall", |o| {
+        o["spec"]["clusterIP"] = json!("10.96.0.7")
+    });
+    let gateway_ip = h.api.get(SERVICES, "minimal-gateway").unwrap()["spec"]["clusterIP"].clone();
+    assert_eq!(gateway_ip, "10.96.0.10", "the gateway keeps a ClusterIP");
+    // What the old operator's Service looks like now: an apply that would make it headless is
+    // refused by the API server.
+    let writes = h.reconcile_ok().await;
+    let calls = summaries(&writes);
+    let delete = calls.iter().position(|c| c == "DELETE services/minimal-recall");
+    let create = calls.iter().rposition(|c| c == "PATCH services/minimal-recall");
+    assert!(delete.is_some() && create > delete, "{calls:?}");
+    assert_eq!(events(&writes), ["Recreated"]);
+    let recall = h.api.get(SERVICES, "minimal-recall").unwrap();
+    assert_eq!(recall["spec"]["clusterIP"], "None");
+    // Services are the only kind recreated, and only for an immutable field.
+    assert!(reconcile::must_recreate(
+        ChildKind::Service,
+        422,
+        "spec.clusterIP: Invalid value: \"None\": field is immutable"
+    ));
+    assert!(!reconcile::must_recreate(
+        ChildKind::Deployment,
+        422,
+        "spec.selector: field is immutable"
+    ));
+    assert!(!reconcile::must_recreate(
+        ChildKind::Service,
+        422,
+        "spec.ports[0].port: Invalid value"
+    ));
+    assert!(!reconcile::must_recreate(ChildKind::Service, 409, "field is immutable"));
+    // Nothing left to do afterwards.
+    assert!(h.reconcile_ok().await.iter().all(|c| c.path.contains("/events")));
 }
 
 #[test]
