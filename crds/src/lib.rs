@@ -284,10 +284,11 @@ pub struct ArtifactsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 8, max = 2048))]
     pub endpoint: Option<String>,
-    /// Secret in the stack's namespace whose keys become every component's environment: the
-    /// object store's credentials and settings (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, or the GCS/Azure equivalents). Also
-    /// used for `s3://` model URIs.
+    /// Secret in the stack's namespace with the object store's credentials and settings, one
+    /// key each, named like the environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, or the
+    /// GCS/Azure equivalents). Mounted as files into every pod that reads the store (never put
+    /// in the environment). Also used for `s3://` model URIs and by the build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
     /// Seconds between checks for a new version (artifacts and remote models).

@@ -419,7 +419,19 @@ fn the_build_is_a_job_named_by_its_spec_and_a_cron_job_on_the_schedule() {
             "s3://recstack-artifacts/gpu"
         ])
     );
-    assert_eq!(container["envFrom"][0]["secretRef"]["name"], "store-credentials");
+    // The store's credentials as files, never as environment.
+    assert!(container.get("envFrom").is_none());
+    assert!(
+        container["volumeMounts"]
+            .to_string()
+            .contains(r#""mountPath":"/etc/recstack/store-credentials""#)
+    );
+    assert!(
+        pod["volumes"]
+            .to_string()
+            .contains(r#""secretName":"store-credentials""#)
+    );
+    assert!(container["env"].to_string().contains("RECSTACK_STORE_CREDENTIALS_DIR"));
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(pod["restartPolicy"], "Never");
     assert_eq!(pod["priorityClassName"], "recstack-offline");

@@ -69,6 +69,44 @@ pub struct Remote {
     path: ObjectPath,
 }
 
+/// Names the directory where the object store's settings are mounted as files (a Secret
+/// volume: one file per key, named like its environment variable, such as
+/// `AWS_SECRET_ACCESS_KEY`). Credentials as files stay out of the process environment, crash
+/// dumps and `kubectl describe`.
+pub const CREDENTIALS_DIR_ENV: &str = "RECSTACK_STORE_CREDENTIALS_DIR";
+
+/// The store's settings: the environment, then the files in `$RECSTACK_STORE_CREDENTIALS_DIR`
+/// (which win).
+fn store_options() -> Vec<(String, String)> {
+    let mut options: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(dir) = std::env::var_os(CREDENTIALS_DIR_ENV) {
+        options.extend(settings_in(Path::new(&dir)));
+    }
+    options
+}
+
+/// Each file in `dir` as (its name, its content without the trailing newline). Hidden entries
+/// (a Secret volume's `..data` links) are skipped; a missing directory has none.
+pub fn settings_in(dir: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "the object store's credentials directory cannot be read");
+        return Vec::new();
+    };
+    let mut settings: Vec<(String, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            if name.starts_with('.') || !e.path().is_file() {
+                return None;
+            }
+            let value = std::fs::read_to_string(e.path()).ok()?;
+            Some((name, value.trim_end_matches(['\n', '\r']).to_string()))
+        })
+        .collect();
+    settings.sort();
+    settings
+}
+
 /// Whether `uri` names an object store (anything with a scheme but `file://`).
 pub fn is_remote(uri: &str) -> bool {
     uri.contains("://") && !uri.starts_with("file://")
@@ -77,13 +115,13 @@ pub fn is_remote(uri: &str) -> bool {
 impl Location {
     /// Parses `uri` with the store's settings from the process environment.
     pub fn parse(uri: &str) -> Result<Self, ObjectError> {
-        Self::parse_with(uri, std::env::vars())
+        Self::parse_with(uri, store_options())
     }
 
     /// As [`Location::parse`], with an S3-compatible `endpoint` (the runtime config's
     /// `artifacts.endpoint`) over the environment's; plain `http://` is then allowed.
     pub fn parse_at(uri: &str, endpoint: Option<&str>) -> Result<Self, ObjectError> {
-        let mut options: Vec<(String, String)> = std::env::vars().collect();
+        let mut options = store_options();
         if let Some(endpoint) = endpoint {
             options.push(("aws_endpoint".into(), endpoint.trim_end_matches('/').to_string()));
             if endpoint.starts_with("http://") {
@@ -525,6 +563,23 @@ mod tests {
         }
         assert!(is_remote("s3://b/x") && is_remote("https://h/x"));
         assert!(!is_remote("file:///x") && !is_remote("x/y"));
+    }
+
+    #[test]
+    fn settings_come_from_a_mounted_secret_as_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("AWS_ACCESS_KEY_ID"), "key\n").unwrap();
+        std::fs::write(tmp.path().join("AWS_REGION"), "eu-west-1").unwrap();
+        std::fs::create_dir(tmp.path().join("..2026_12_03")).unwrap();
+        std::fs::write(tmp.path().join("..data"), "link").unwrap();
+        assert_eq!(
+            settings_in(tmp.path()),
+            [
+                ("AWS_ACCESS_KEY_ID".to_string(), "key".to_string()),
+                ("AWS_REGION".to_string(), "eu-west-1".to_string())
+            ]
+        );
+        assert!(settings_in(&tmp.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -118,19 +118,19 @@ fn job_spec(ctx: &StackCtx, build: &BuildSpec) -> Result<Value, RenderError> {
             { "name": "work", "mountPath": WORK_DIR },
         ],
     });
-    add_store_credentials(spec, &mut container);
     let mut pod_spec = json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
         "securityContext": pod_security(),
         // A failed pod stays for its logs; the Job retries with a new one.
         "restartPolicy": "Never",
-        "containers": [container],
         "volumes": [
             { "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } },
             { "name": "work", "emptyDir": { "sizeLimit": "8Gi" } },
         ],
     });
+    add_store_credentials(spec, &mut container, &mut pod_spec);
+    pod_spec["containers"] = json!([container]);
     if let Some(class) = priority_class(spec, true) {
         pod_spec["priorityClassName"] = json!(class);
     }

@@ -256,7 +256,6 @@ fn deployment(
             None => json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]),
         };
     }
-    add_store_credentials(spec, &mut container);
     // Trace-store credentials are mounted as files (not env vars, which leak into crash dumps
     // and `kubectl describe`); the gateway's trace writer reads them from ES_CREDENTIALS_DIR.
     if matches!(component, Component::Gateway | Component::Traces)
@@ -274,6 +273,7 @@ fn deployment(
             );
         }
     }
+    add_store_credentials(spec, &mut container, &mut pod_spec);
     if component == Component::Dashboard {
         // The one pod that talks to the Kubernetes API: its token, for its read-only Role.
         pod_spec["serviceAccountName"] = json!(name);
@@ -343,10 +343,26 @@ pub(super) fn priority_class(spec: &RecommenderStackSpec, offline: bool) -> Opti
     })
 }
 
-/// The object store's settings and credentials, as the environment its client reads.
-pub(super) fn add_store_credentials(spec: &RecommenderStackSpec, container: &mut Value) {
-    if let Some(secret) = &spec.artifacts.credentials_secret_ref {
-        container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
+/// Where the object store's Secret is mounted: one file per key, read by the services as
+/// settings named like environment variables (`AWS_ACCESS_KEY_ID`, …).
+pub const STORE_CREDENTIALS_DIR: &str = "/etc/recstack/store-credentials";
+
+/// The object store's settings and credentials: the Secret mounted as files (not env vars,
+/// which leak into crash dumps and `kubectl describe`), and the variable naming the directory.
+pub(super) fn add_store_credentials(spec: &RecommenderStackSpec, container: &mut Value, pod_spec: &mut Value) {
+    let Some(secret) = &spec.artifacts.credentials_secret_ref else {
+        return;
+    };
+    if let Some(env) = container["env"].as_array_mut() {
+        env.push(json!({ "name": "RECSTACK_STORE_CREDENTIALS_DIR", "value": STORE_CREDENTIALS_DIR }));
+    }
+    if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+        mounts.push(json!({ "name": "store-credentials", "mountPath": STORE_CREDENTIALS_DIR, "readOnly": true }));
+    }
+    if let Some(volumes) = pod_spec["volumes"].as_array_mut() {
+        volumes.push(
+            json!({ "name": "store-credentials", "secret": { "secretName": secret.name, "defaultMode": 0o440 } }),
+        );
     }
 }
 
