@@ -137,7 +137,7 @@ fn gpu_ranking_gets_gpus_node_selector_and_tolerations() {
     assert!(config_yaml.contains("device: cuda"), "{config_yaml}");
     assert!(config_yaml.contains("canaryPercent: 10"), "{config_yaml}");
     assert!(
-        config_yaml.contains("credentialsDir: /etc/recstack/es-credentials"),
+        config_yaml.contains("credentialsDir: /var/run/secrets/recstack/elasticsearch"),
         "{config_yaml}"
     );
 }
@@ -424,7 +424,7 @@ fn the_build_is_a_job_named_by_its_spec_and_a_cron_job_on_the_schedule() {
     assert!(
         container["volumeMounts"]
             .to_string()
-            .contains(r#""mountPath":"/etc/recstack/store-credentials""#)
+            .contains(r#""mountPath":"/var/run/secrets/recstack/object-store""#)
     );
     assert!(
         pod["volumes"]

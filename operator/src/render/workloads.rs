@@ -6,8 +6,10 @@ use serde_json::{Value, json};
 use super::{Child, ChildKind, GRPC_PORT, HTTP_PORT, RenderError, StackCtx, child};
 use crate::labels;
 
-/// Where the gateway finds the Elasticsearch `username` and `password` files.
-pub const ES_CREDENTIALS_DIR: &str = "/etc/recstack/es-credentials";
+/// Where the gateway finds the Elasticsearch `username` and `password` files. Secrets are
+/// mounted outside `/etc/recstack` (the ConfigMap's volume): a mount point inside another
+/// read-only volume cannot be created.
+pub const ES_CREDENTIALS_DIR: &str = "/var/run/secrets/recstack/elasticsearch";
 
 /// Default (requests, limits) as ((cpu, memory), (cpu, memory)) per component: recall holds
 /// its indexes in memory, ranking burns CPU on inference, rerank is light.
@@ -345,7 +347,7 @@ pub(super) fn priority_class(spec: &RecommenderStackSpec, offline: bool) -> Opti
 
 /// Where the object store's Secret is mounted: one file per key, read by the services as
 /// settings named like environment variables (`AWS_ACCESS_KEY_ID`, …).
-pub const STORE_CREDENTIALS_DIR: &str = "/etc/recstack/store-credentials";
+pub const STORE_CREDENTIALS_DIR: &str = "/var/run/secrets/recstack/object-store";
 
 /// The object store's settings and credentials: the Secret mounted as files (not env vars,
 /// which leak into crash dumps and `kubectl describe`), and the variable naming the directory.
