@@ -679,6 +679,14 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             .collect();
         bail!("{e:#}\nnot ready:\n{}", unready.join("\n"));
     }
+    // The store's credentials reached every pod as files, none as environment.
+    for pod in d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?.iter() {
+        ensure!(
+            !pod.plan.env.iter().any(|(k, _)| k == "AWS_SECRET_ACCESS_KEY"),
+            "{}: a credential in the environment",
+            pod.plan.name
+        );
+    }
     let log = d.with_pod(&format!("{STACK}-recall-0"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
     ensure!(
         log.contains("no artifact version published yet") && log.contains("fetched artifacts"),
