@@ -5,13 +5,13 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use recstack_core::recall::seen::SeenConfig;
+use recstack_core::recall::seen::{SeenConfig, SeenFilter};
 use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::recall::proto::recall_server::RecallServer;
 use recstack_services::recall::proto::{self, ImpressionsRequest, RecallRequest, RecallResponse};
 use recstack_services::recall::{
     ArtifactSlot, CacheLabels, DEFAULT_QUOTA, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore,
-    SeenStore,
+    SeenStore, item_key,
 };
 use tonic::transport::{Channel, Server};
 
@@ -357,5 +357,83 @@ async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
         err.code(),
         tonic::Code::Unavailable,
         "an impression that cannot be stored is not acknowledged"
+    );
+}
+
+/// Both stores write only over the value the writer read.
+#[tokio::test]
+async fn seen_stores_compare_and_set() {
+    let redis = common::Redis::start();
+    let redis_store = RedisSeenStore::connect(
+        &redis.url,
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    async fn check(store: impl SeenStore) {
+        assert!(store.put_if("u", None, b"one".to_vec()).await.unwrap());
+        assert!(
+            !store.put_if("u", None, b"lost".to_vec()).await.unwrap(),
+            "a value exists"
+        );
+        assert!(!store.put_if("u", Some(b"stale"), b"lost".to_vec()).await.unwrap());
+        assert!(store.put_if("u", Some(b"one"), b"two".to_vec()).await.unwrap());
+        assert_eq!(store.get("u").await.unwrap().as_deref(), Some(&b"two"[..]));
+    }
+    check(MemorySeenStore::default()).await;
+    check(redis_store).await;
+}
+
+/// Impressions for one user arriving at two replicas at once: every one lands in the shared
+/// filter (a plain read-modify-write would keep only the last writer's).
+#[tokio::test]
+async fn concurrent_impressions_on_two_replicas_lose_nothing() {
+    let redis = common::Redis::start();
+    let store = || async {
+        RedisSeenStore::connect(
+            &redis.url,
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+    };
+    let a = start_with(store().await).await;
+    let b = start_with(store().await).await;
+    let items: Vec<String> = a
+        .slot
+        .get()
+        .artifacts
+        .items
+        .iter()
+        .take(60)
+        .map(|i| i.id.clone())
+        .collect();
+    let calls = items.iter().enumerate().map(|(i, item)| {
+        let mut client = if i % 2 == 0 { a.client.clone() } else { b.client.clone() };
+        let item = item.clone();
+        async move {
+            client
+                .record_impressions(ImpressionsRequest {
+                    user_id: "concurrent-user".into(),
+                    item_ids: vec![item],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .recorded
+        }
+    });
+    let recorded: u32 = futures::future::join_all(calls).await.into_iter().sum();
+    assert_eq!(recorded as usize, items.len());
+    let bytes = store().await.get("concurrent-user").await.unwrap().unwrap();
+    let filter = SeenFilter::from_bytes(SeenConfig::default(), &bytes).unwrap();
+    let missing: Vec<&String> = items.iter().filter(|i| !filter.contains(item_key(i))).collect();
+    assert!(missing.is_empty(), "impressions lost: {missing:?}");
+    let conflicts = a.metrics.seen_conflicts.get() + b.metrics.seen_conflicts.get();
+    eprintln!(
+        "{} impressions over two replicas, {conflicts} write conflicts retried",
+        items.len()
     );
 }

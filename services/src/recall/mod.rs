@@ -103,6 +103,7 @@ pub struct RecallMetrics {
     pub candidates: Histogram,
     pub seen_filtered: Counter,
     pub seen_errors: Counter,
+    pub seen_conflicts: Counter,
     pub list_cache: Family<CacheLabels, Counter>,
 }
 
@@ -122,6 +123,10 @@ impl Default for RecallMetrics {
                 Buckets::exponential(1.0, 2.0, 14),
             ),
             seen_filtered: m.counter("seen_filtered", "Candidates removed by the seen filter"),
+            seen_conflicts: m.counter(
+                "seen_conflicts",
+                "Seen filter writes that lost to a concurrent writer and were retried",
+            ),
             seen_errors: m.counter("seen_errors", "Seen-store failures (recall goes on unfiltered)"),
             list_cache: m.family(
                 "list_cache",
@@ -148,7 +153,13 @@ pub struct RecallService<S> {
     pub metrics: Arc<RecallMetrics>,
     /// The stream job's trending list: the hot channel leads with it.
     pub trending: Trending,
+    /// One user's impressions are added one call at a time in this process (striped by user),
+    /// so only other replicas can race a seen filter's compare-and-set.
+    seen_writers: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`RecallService::seen_writers`].
+const SEEN_WRITER_STRIPES: usize = 64;
 
 /// A validated recall request.
 #[derive(Debug, PartialEq)]
@@ -199,6 +210,10 @@ pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
     })
 }
 
+/// Compare-and-set rounds an impressions call makes before it gives up (each lost round means
+/// another writer's update landed).
+const SEEN_WRITE_ATTEMPTS: u32 = 8;
+
 impl<S: SeenStore> RecallService<S> {
     pub fn new(slot: Arc<ArtifactSlot>, seen: S, seen_config: SeenConfig, metrics: Arc<RecallMetrics>) -> Self {
         Self {
@@ -207,6 +222,7 @@ impl<S: SeenStore> RecallService<S> {
             seen_config,
             metrics,
             trending: Trending::none(),
+            seen_writers: (0..SEEN_WRITER_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -397,23 +413,50 @@ impl<S: SeenStore> RecallService<S> {
             return Err(Status::invalid_argument("item_ids: at most 10000 per call"));
         }
         let loaded = self.slot.get();
-        let mut filter = self
-            .seen_filter(user)
-            .await
-            .unwrap_or_else(|| SeenFilter::new(self.seen_config));
-        let (mut recorded, mut unknown_items) = (0, Vec::new());
-        for id in &req.item_ids {
-            if loaded.items.contains_key(id) {
-                filter.insert(item_key(id));
-                recorded += 1;
-            } else {
-                unknown_items.push(id.clone());
+        let unavailable = |e: SeenStoreError| Status::unavailable(format!("seen store: {e}"));
+        let stripe = item_key(user) as usize % SEEN_WRITER_STRIPES;
+        let _one_writer_here = self.seen_writers[stripe].lock().await;
+        // Read, add, write only over what was read; a concurrent writer (another replica) makes
+        // the write fail, and this one reads theirs and adds again.
+        let mut attempts = 0;
+        let (recorded, unknown_items) = loop {
+            attempts += 1;
+            let stored = self.seen.get(user).await.map_err(unavailable)?;
+            let mut filter = match stored.as_deref().map(|b| SeenFilter::from_bytes(self.seen_config, b)) {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    warn!(user, error = %e, "unreadable seen filter; starting a new one");
+                    self.metrics.seen_errors.inc();
+                    SeenFilter::new(self.seen_config)
+                }
+                None => SeenFilter::new(self.seen_config),
+            };
+            let (mut recorded, mut unknown_items) = (0, Vec::new());
+            for id in &req.item_ids {
+                if loaded.items.contains_key(id) {
+                    filter.insert(item_key(id));
+                    recorded += 1;
+                } else {
+                    unknown_items.push(id.clone());
+                }
             }
-        }
-        self.seen
-            .put(user, filter.to_bytes())
-            .await
-            .map_err(|e| Status::unavailable(format!("seen store: {e}")))?;
+            if self
+                .seen
+                .put_if(user, stored.as_deref(), filter.to_bytes())
+                .await
+                .map_err(unavailable)?
+            {
+                break (recorded, unknown_items);
+            }
+            self.metrics.seen_conflicts.inc();
+            if attempts >= SEEN_WRITE_ATTEMPTS {
+                return Err(Status::aborted(format!(
+                    "seen filter of {user}: {attempts} concurrent updates in a row; retry"
+                )));
+            }
+            // Another replica wrote; let it finish before reading its filter.
+            tokio::time::sleep(Duration::from_millis(u64::from(attempts))).await;
+        };
         Ok(ImpressionsResponse {
             recorded,
             unknown_items,

@@ -4,9 +4,20 @@
 use super::*;
 
 /// Where users' seen filters live, as bytes: in memory on one machine, Redis at scale.
+///
+/// Updates are compare-and-set: two replicas adding impressions for one user at once both
+/// read the same filter, and a plain write would drop one of them. [`SeenStore::put_if`]
+/// writes only over the value the writer read, so the loser reads again and retries.
 pub trait SeenStore: Send + Sync + 'static {
     fn get(&self, user: &str) -> impl Future<Output = Result<Option<Vec<u8>>, SeenStoreError>> + Send;
-    fn put(&self, user: &str, bytes: Vec<u8>) -> impl Future<Output = Result<(), SeenStoreError>> + Send;
+    /// Stores `bytes` if the stored value is still `expected` (`None`: no value); whether it
+    /// did.
+    fn put_if(
+        &self,
+        user: &str,
+        expected: Option<&[u8]>,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, SeenStoreError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,14 +39,28 @@ impl SeenStore for MemorySeenStore {
             .get(user)
             .cloned())
     }
-    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
-        self.filters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user.to_string(), bytes);
-        Ok(())
+    async fn put_if(&self, user: &str, expected: Option<&[u8]>, bytes: Vec<u8>) -> Result<bool, SeenStoreError> {
+        let mut filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        if filters.get(user).map(Vec::as_slice) != expected {
+            return Ok(false);
+        }
+        filters.insert(user.to_string(), bytes);
+        Ok(true)
     }
 }
+
+/// Sets KEYS[1] to ARGV[3] (expiring in ARGV[4] s) if it holds ARGV[2] (ARGV[1] = 1), or
+/// does not exist (ARGV[1] = 0); 1 if it did.
+const PUT_IF: &str = r"
+local cur = redis.call('GET', KEYS[1])
+local ok
+if ARGV[1] == '1' then ok = (cur == ARGV[2]) else ok = (cur == false) end
+if ok then
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+  return 1
+end
+return 0
+";
 
 /// Seen filters in Redis under `recstack:seen:<user>`, expiring `ttl` after the last write
 /// (a user gone that long has nothing worth filtering).
@@ -43,12 +68,17 @@ impl SeenStore for MemorySeenStore {
 pub struct RedisSeenStore {
     conn: redis::aio::ConnectionManager,
     ttl: Duration,
+    put_if: redis::Script,
 }
 
 impl RedisSeenStore {
     pub async fn connect(url: &str, timeout: Duration, ttl: Duration) -> Result<Self, SeenStoreError> {
         let conn = crate::ops::connect_redis(url, timeout).await.map_err(SeenStoreError)?;
-        Ok(Self { conn, ttl })
+        Ok(Self {
+            conn,
+            ttl,
+            put_if: redis::Script::new(PUT_IF),
+        })
     }
 
     fn key(user: &str) -> String {
@@ -66,16 +96,19 @@ impl SeenStore for RedisSeenStore {
             .map_err(|e| SeenStoreError(e.to_string()))
     }
 
-    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
+    async fn put_if(&self, user: &str, expected: Option<&[u8]>, bytes: Vec<u8>) -> Result<bool, SeenStoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(Self::key(user))
+        let stored: i64 = self
+            .put_if
+            .key(Self::key(user))
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
             .arg(bytes)
-            .arg("EX")
             .arg(self.ttl.as_secs().max(1))
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| SeenStoreError(e.to_string()))
+            .map_err(|e| SeenStoreError(e.to_string()))?;
+        Ok(stored == 1)
     }
 }
 
@@ -99,10 +132,10 @@ impl SeenStore for AnySeenStore {
             Self::Redis(s) => s.get(user).await,
         }
     }
-    async fn put(&self, user: &str, bytes: Vec<u8>) -> Result<(), SeenStoreError> {
+    async fn put_if(&self, user: &str, expected: Option<&[u8]>, bytes: Vec<u8>) -> Result<bool, SeenStoreError> {
         match self {
-            Self::Memory(s) => s.put(user, bytes).await,
-            Self::Redis(s) => s.put(user, bytes).await,
+            Self::Memory(s) => s.put_if(user, expected, bytes).await,
+            Self::Redis(s) => s.put_if(user, expected, bytes).await,
         }
     }
 }
