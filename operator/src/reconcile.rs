@@ -703,8 +703,7 @@ async fn write_status(
     outcome: &Outcome,
     build: Option<BuildStatus>,
 ) -> Result<(), Error> {
-    let mut new = status::desired_status(stack, observed, outcome, &(ctx.clock)());
-    new.build = build;
+    let new = status::desired_status(stack, observed, outcome, build, &(ctx.clock)());
     if stack.status.as_ref() == Some(&new) {
         return Ok(());
     }

@@ -114,6 +114,7 @@ pub fn desired_status(
     stack: &RecommenderStack,
     observed: &[Observed],
     outcome: &Outcome,
+    build: Option<BuildStatus>,
     now: &Time,
 ) -> RecommenderStackStatus {
     let generation = stack.metadata.generation;
@@ -196,15 +197,27 @@ pub fn desired_status(
             format!("waiting for {}", lagging.join(", ")),
         );
     }
-    match (failure, stalled.is_empty()) {
-        (Some(msg), _) => set(DEGRADED, true, "ReconcileFailed", msg.to_string()),
-        (None, false) => set(
+    // A failed build leaves the stack serving its last published artifacts: degraded, not down.
+    let build_failed = build.as_ref().filter(|b| b.state == "Failed");
+    match (failure, stalled.is_empty(), build_failed) {
+        (Some(msg), _, _) => set(DEGRADED, true, "ReconcileFailed", msg.to_string()),
+        (None, false, _) => set(
             DEGRADED,
             true,
             "RolloutStalled",
             format!("rollout stalled: {}", stalled.join("; ")),
         ),
-        (None, true) => set(
+        (None, true, Some(b)) => set(
+            DEGRADED,
+            true,
+            "BuildFailed",
+            format!(
+                "the build Job {} failed ({}); the last published artifacts are served",
+                b.job,
+                b.message.as_deref().unwrap_or("no reason given")
+            ),
+        ),
+        (None, true, None) => set(
             DEGRADED,
             false,
             "AsExpected",
@@ -229,7 +242,7 @@ pub fn desired_status(
 
     let phase = if paused {
         "Paused"
-    } else if failure.is_some() || !stalled.is_empty() {
+    } else if failure.is_some() || !stalled.is_empty() || build_failed.is_some() {
         "Degraded"
     } else if all_ready {
         "Running"
@@ -248,8 +261,7 @@ pub fn desired_status(
             .as_deref()
             .zip(stack.metadata.namespace.as_deref())
             .map(|(name, ns)| endpoints(ns, name)),
-        // The build Job's state is observed beside the components (`observe_build`).
-        build: None,
+        build,
     }
 }
 
@@ -422,7 +434,7 @@ mod tests {
     fn a_crash_looping_rollout_reads_not_ready_and_progressing() {
         let o = deployment(json!({"observedGeneration": 7, "replicas": 3, "updatedReplicas": 1,
             "readyReplicas": 2, "availableReplicas": 2}));
-        let status = desired_status(&stack(), &[o], &Outcome::Applied, &now());
+        let status = desired_status(&stack(), &[o], &Outcome::Applied, None, &now());
         let ready = condition(&status, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -446,7 +458,7 @@ mod tests {
             "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                 "message": "ReplicaSet \"s-recall-7d9\" has timed out progressing."}]}));
         assert!(o.stalled.is_some());
-        let status = desired_status(&stack(), &[o], &Outcome::Applied, &now());
+        let status = desired_status(&stack(), &[o], &Outcome::Applied, None, &now());
         let degraded = condition(&status, DEGRADED);
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
@@ -460,6 +472,53 @@ mod tests {
         );
         assert_eq!(condition(&status, READY).status, "False");
         assert_eq!(status.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn a_failed_build_is_degraded_while_the_components_stay_ready() {
+        let o = deployment(json!({"observedGeneration": 7, "replicas": 2, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 2}));
+        let failed = BuildStatus {
+            job: "s-build-0abcd".into(),
+            state: "Failed".into(),
+            message: Some("BackoffLimitExceeded: Job has reached the specified backoff limit".into()),
+        };
+        let status = desired_status(
+            &stack(),
+            std::slice::from_ref(&o),
+            &Outcome::Applied,
+            Some(failed.clone()),
+            &now(),
+        );
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "BuildFailed")
+        );
+        assert!(
+            degraded.message.contains("s-build-0abcd failed (BackoffLimitExceeded"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(condition(&status, READY).status, "True");
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+        assert_eq!(status.build, Some(failed));
+        // A running or finished build is not.
+        for state in ["Pending", "Running", "Succeeded"] {
+            let build = BuildStatus {
+                state: state.into(),
+                ..BuildStatus::default()
+            };
+            let status = desired_status(
+                &stack(),
+                std::slice::from_ref(&o),
+                &Outcome::Applied,
+                Some(build),
+                &now(),
+            );
+            assert_eq!(condition(&status, DEGRADED).status, "False", "{state}");
+            assert_eq!(status.phase.as_deref(), Some("Running"), "{state}");
+        }
     }
 
     #[test]
