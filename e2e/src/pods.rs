@@ -118,6 +118,13 @@ pub fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Sets `key` in a container's environment, replacing an earlier value (as a later `env` entry
+/// overrides an `envFrom` one).
+fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value));
+}
+
 /// The pods of a Deployment (`spec.replicas` of them) or a Job (`spec.parallelism`, default
 /// 1), named `<workload>-<i>`.
 pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<PodPlan>> {
@@ -187,8 +194,7 @@ pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<
             } else {
                 String::new()
             };
-            env.retain(|(k, _)| *k != key);
-            env.push((key, value));
+            set_env(&mut env, key, value);
         }
         let volumes: BTreeMap<String, &Value> = pod["volumes"]
             .as_array()
@@ -260,8 +266,7 @@ pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<
                 ("KUBERNETES_SERVICE_HOST", access.host.clone()),
                 ("KUBERNETES_SERVICE_PORT", access.port.to_string()),
             ] {
-                env.retain(|(key, _)| key != k);
-                env.push((k.into(), v));
+                set_env(&mut env, k.into(), v);
             }
         }
         let ports: BTreeMap<String, u16> = container["ports"]

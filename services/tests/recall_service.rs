@@ -287,20 +287,22 @@ async fn artifact_swap_under_load_fails_no_request() {
     );
 }
 
+/// A recall replica's view of the seen filters in the Redis at `url`.
+async fn redis_seen_store(url: &str) -> RedisSeenStore {
+    RedisSeenStore::connect(
+        url,
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
     let mut redis = common::Redis::start();
-    let store = || async {
-        RedisSeenStore::connect(
-            &redis.url,
-            std::time::Duration::from_millis(200),
-            std::time::Duration::from_secs(3600),
-        )
-        .await
-        .unwrap()
-    };
-    let mut a = start_with(store().await).await;
-    let mut b = start_with(store().await).await;
+    let mut a = start_with(redis_seen_store(&redis.url).await).await;
+    let mut b = start_with(redis_seen_store(&redis.url).await).await;
     let (user, _) = active_user(&a.slot.get());
     let shown: Vec<String> = a
         .client
@@ -364,13 +366,7 @@ async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
 #[tokio::test]
 async fn seen_stores_compare_and_set() {
     let redis = common::Redis::start();
-    let redis_store = RedisSeenStore::connect(
-        &redis.url,
-        std::time::Duration::from_millis(200),
-        std::time::Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
+    let redis_store = redis_seen_store(&redis.url).await;
     async fn check(store: impl SeenStore) {
         assert!(store.put_if("u", None, b"one".to_vec()).await.unwrap());
         assert!(
@@ -390,17 +386,8 @@ async fn seen_stores_compare_and_set() {
 #[tokio::test]
 async fn concurrent_impressions_on_two_replicas_lose_nothing() {
     let redis = common::Redis::start();
-    let store = || async {
-        RedisSeenStore::connect(
-            &redis.url,
-            std::time::Duration::from_millis(200),
-            std::time::Duration::from_secs(3600),
-        )
-        .await
-        .unwrap()
-    };
-    let a = start_with(store().await).await;
-    let b = start_with(store().await).await;
+    let a = start_with(redis_seen_store(&redis.url).await).await;
+    let b = start_with(redis_seen_store(&redis.url).await).await;
     let items: Vec<String> = a
         .slot
         .get()
@@ -427,7 +414,12 @@ async fn concurrent_impressions_on_two_replicas_lose_nothing() {
     });
     let recorded: u32 = futures::future::join_all(calls).await.into_iter().sum();
     assert_eq!(recorded as usize, items.len());
-    let bytes = store().await.get("concurrent-user").await.unwrap().unwrap();
+    let bytes = redis_seen_store(&redis.url)
+        .await
+        .get("concurrent-user")
+        .await
+        .unwrap()
+        .unwrap();
     let filter = SeenFilter::from_bytes(SeenConfig::default(), &bytes).unwrap();
     let missing: Vec<&String> = items.iter().filter(|i| !filter.contains(item_key(i))).collect();
     assert!(missing.is_empty(), "impressions lost: {missing:?}");

@@ -11,7 +11,7 @@
 use recstack_crds::BuildSpec;
 use serde_json::{Value, json};
 
-use super::workloads::{add_store_credentials, container_security, pod_security, priority_class};
+use super::workloads::{add_store_credentials, container_security, image_checkov_skips, pod_security, priority_class};
 use super::{Child, ChildKind, RenderError, StackCtx, child, config::fnv1a};
 use crate::labels;
 
@@ -24,9 +24,8 @@ pub(super) fn build_jobs(ctx: &StackCtx, build: &BuildSpec) -> Result<Vec<Child>
     // `<stack>-build-<5 hex>` fits the 63 characters a Job name may have (it becomes a label
     // value on its pods) for every stack name the CRD allows (51).
     let name = format!("{}-build-{:05x}", ctx.name, hash & 0xf_ffff);
-    let mut meta = ctx.meta(&name, None);
-    meta["labels"] = json!(labels::build_labels(&ctx.name));
-    meta["annotations"] = json!(checkov_skips());
+    let mut meta = ctx.build_meta(&name);
+    meta["annotations"] = image_checkov_skips();
     let mut out = vec![child(
         ChildKind::Job,
         json!({ "metadata": meta, "spec": spec.clone() }),
@@ -46,9 +45,8 @@ pub(super) fn build_jobs(ctx: &StackCtx, build: &BuildSpec) -> Result<Vec<Child>
         // to cache or prune.
         let mut job_labels = labels::build_labels(&ctx.name);
         job_labels.remove(labels::MANAGED_BY);
-        let mut meta = ctx.meta(&name, None);
-        meta["labels"] = json!(labels::build_labels(&ctx.name));
-        meta["annotations"] = json!(checkov_skips());
+        let mut meta = ctx.build_meta(&name);
+        meta["annotations"] = image_checkov_skips();
         out.push(child(
             ChildKind::CronJob,
             json!({
@@ -69,13 +67,6 @@ pub(super) fn build_jobs(ctx: &StackCtx, build: &BuildSpec) -> Result<Vec<Child>
         )?);
     }
     Ok(out)
-}
-
-fn checkov_skips() -> Value {
-    json!({
-        "checkov.io/skip1": "CKV_K8S_43=the image comes from the RecommenderStack spec; pin a digest there",
-        "checkov.io/skip2": "CKV_K8S_15=IfNotPresent with immutable tags avoids a registry round trip on every pod start",
-    })
 }
 
 /// Default (requests, limits): the build holds the ratings and trains ALS in memory.

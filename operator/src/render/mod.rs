@@ -217,6 +217,15 @@ impl<'a> StackCtx<'a> {
             Some(c) => labels::component_labels(&self.name, c),
             None => labels::stack_labels(&self.name),
         };
+        self.meta_labelled(name, labels)
+    }
+
+    /// Metadata for the offline build's objects (labelled `component: build`).
+    pub fn build_meta(&self, name: &str) -> Value {
+        self.meta_labelled(name, labels::build_labels(&self.name))
+    }
+
+    fn meta_labelled(&self, name: &str, labels: std::collections::BTreeMap<String, String>) -> Value {
         let mut meta = json!({ "name": name, "namespace": self.namespace, "labels": labels });
         if let Some(owner) = &self.owner {
             meta["ownerReferences"] = json!([owner]);

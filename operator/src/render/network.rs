@@ -83,8 +83,7 @@ fn build_policy(ctx: &StackCtx) -> Result<Child, RenderError> {
             "ports": ports.iter().map(|p| json!({ "protocol": "TCP", "port": p })).collect::<Vec<_>>(),
         }]);
     }
-    let mut meta = ctx.meta(&format!("{}-{}", ctx.name, labels::BUILD), None);
-    meta["labels"] = json!(labels::build_labels(&ctx.name));
+    let meta = ctx.build_meta(&format!("{}-{}", ctx.name, labels::BUILD));
     child(
         ChildKind::NetworkPolicy,
         json!({ "metadata": meta, "spec": policy_spec }),

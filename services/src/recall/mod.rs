@@ -232,16 +232,20 @@ impl<S: SeenStore> RecallService<S> {
         self
     }
 
+    /// A stored filter, or `None` (counted, logged) when it cannot be read: recall then goes on
+    /// unfiltered, and the next impressions start a new one.
+    fn decode_seen(&self, user: &str, bytes: &[u8]) -> Option<SeenFilter> {
+        SeenFilter::from_bytes(self.seen_config, bytes)
+            .inspect_err(|e| {
+                warn!(user, error = %e, "unreadable seen filter; ignored");
+                self.metrics.seen_errors.inc();
+            })
+            .ok()
+    }
+
     async fn seen_filter(&self, user: &str) -> Option<SeenFilter> {
         match self.seen.get(user).await {
-            Ok(Some(bytes)) => match SeenFilter::from_bytes(self.seen_config, &bytes) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    warn!(user, error = %e, "unreadable seen filter; recalling unfiltered");
-                    self.metrics.seen_errors.inc();
-                    None
-                }
-            },
+            Ok(Some(bytes)) => self.decode_seen(user, &bytes),
             Ok(None) => None,
             Err(e) => {
                 // Recall without the filter rather than fail the request.
@@ -422,15 +426,10 @@ impl<S: SeenStore> RecallService<S> {
         let (recorded, unknown_items) = loop {
             attempts += 1;
             let stored = self.seen.get(user).await.map_err(unavailable)?;
-            let mut filter = match stored.as_deref().map(|b| SeenFilter::from_bytes(self.seen_config, b)) {
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    warn!(user, error = %e, "unreadable seen filter; starting a new one");
-                    self.metrics.seen_errors.inc();
-                    SeenFilter::new(self.seen_config)
-                }
-                None => SeenFilter::new(self.seen_config),
-            };
+            let mut filter = stored
+                .as_deref()
+                .and_then(|b| self.decode_seen(user, b))
+                .unwrap_or_else(|| SeenFilter::new(self.seen_config));
             let (mut recorded, mut unknown_items) = (0, Vec::new());
             for id in &req.item_ids {
                 if loaded.items.contains_key(id) {
