@@ -73,6 +73,18 @@ pub fn flink_service_account() -> String {
 pub fn events_topic() -> String {
     "recstack-events".into()
 }
+pub fn event_partitions() -> i32 {
+    12
+}
+pub fn replication_factor() -> i32 {
+    3
+}
+pub fn min_insync_replicas() -> i32 {
+    2
+}
+pub fn event_retention_hours() -> i32 {
+    7 * 24
+}
 pub fn sampling() -> f64 {
     0.01
 }

@@ -99,6 +99,7 @@ pub fn crd_yaml() -> String {
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.eventLog)").message("stream.engine builtin reads the events ingest logs from another pod: set spec.eventLog.bootstrapServers (the embedded log is on each ingest pod's own disk), or set stream.engine: none"),
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.feature.redisUrl)").message("stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none"),
     validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)"),
+    validation = Rule::new("!has(self.eventLog) || self.stream.engine != 'builtin' || self.eventLog.partitions >= self.stream.parallelism").message("stream.parallelism must not exceed eventLog.partitions: the stream replicas share the topic's partitions, and a replica without one would idle"),
     validation = Rule::new("!has(self.build) || !self.artifacts.uri.startsWith('file://')").message("build publishes to artifacts.uri, which every pod must read: set artifacts.uri to an object store (s3://bucket/prefix, gs://…, az://…), not file://")
 )]
 pub struct RecommenderStackSpec {
@@ -741,7 +742,9 @@ impl Default for FlinkSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("self.bootstrapServers.all(s, s.matches('^[A-Za-z0-9.-]+:[0-9]+$'))").message("eventLog.bootstrapServers entries must be host:port")
+    validation = Rule::new("self.bootstrapServers.all(s, s.matches('^[A-Za-z0-9.-]+:[0-9]+$'))").message("eventLog.bootstrapServers entries must be host:port"),
+    validation = Rule::new("self.minInsyncReplicas <= self.replicationFactor").message("eventLog.minInsyncReplicas must not exceed eventLog.replicationFactor (no event could ever be acknowledged)"),
+    validation = Rule::new("self.topic.matches('^[A-Za-z0-9._-]+$')").message("eventLog.topic must be a Kafka topic name: letters, digits, '.', '_' and '-'")
 )]
 pub struct EventLogSpec {
     /// Broker addresses as `host:port`.
@@ -749,7 +752,25 @@ pub struct EventLogSpec {
     pub bootstrap_servers: Vec<String>,
     /// Topic holding behaviour events, partitioned by item.
     #[serde(default = "defaults::events_topic")]
+    #[schemars(length(min = 1, max = 249))]
     pub topic: String,
+    /// Partitions of the topic when recstack creates it (an existing topic keeps its own).
+    /// The stream job's replicas share them, so at least `stream.parallelism`.
+    #[serde(default = "defaults::event_partitions")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub partitions: i32,
+    /// Brokers holding each partition when recstack creates the topic.
+    #[serde(default = "defaults::replication_factor")]
+    #[schemars(range(min = 1, max = 16))]
+    pub replication_factor: i32,
+    /// Brokers that must hold an event before ingest acknowledges it (`min.insync.replicas`).
+    #[serde(default = "defaults::min_insync_replicas")]
+    #[schemars(range(min = 1, max = 16))]
+    pub min_insync_replicas: i32,
+    /// Hours events are kept on the topic (`retention.ms`).
+    #[serde(default = "defaults::event_retention_hours")]
+    #[schemars(range(min = 1, max = 87600))]
+    pub retention_hours: i32,
 }
 
 /// Elasticsearch trace store.

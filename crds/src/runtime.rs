@@ -178,7 +178,20 @@ pub enum EventLogConfig {
     Kafka {
         bootstrap_servers: Vec<String>,
         topic: String,
+        /// How the topic is created when missing (absent in configs of older operators).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        create: Option<TopicCreate>,
     },
+}
+
+/// The CRD's `eventLog` topic settings, used when a service creates the topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicCreate {
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub min_insync_replicas: u32,
+    pub retention_hours: u32,
 }
 
 /// Where real-time features live (Redis), if anywhere.

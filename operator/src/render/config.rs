@@ -4,7 +4,7 @@
 use recstack_crds::Component;
 pub use recstack_crds::runtime::RuntimeConfig;
 use recstack_crds::runtime::{
-    EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, RerankSettings, StreamSettings,
+    EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, RerankSettings, StreamSettings, TopicCreate,
     TraceStoreConfig,
 };
 use serde_json::json;
@@ -47,6 +47,13 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
             Some(log) => EventLogConfig::Kafka {
                 bootstrap_servers: log.bootstrap_servers.clone(),
                 topic: log.topic.clone(),
+                // The CRD bounds every value to at least 1.
+                create: Some(TopicCreate {
+                    partitions: log.partitions.max(1) as u32,
+                    replication_factor: log.replication_factor.max(1) as u32,
+                    min_insync_replicas: log.min_insync_replicas.max(1) as u32,
+                    retention_hours: log.retention_hours.max(1) as u32,
+                }),
             },
         },
         feature_store: FeatureStoreConfig {

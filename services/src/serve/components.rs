@@ -418,13 +418,17 @@ pub async fn stream_job<L: EventLog, S: FeatureSink>(
     sink: Arc<S>,
     snapshot: Arc<Snapshot>,
     window: WindowConfig,
+    assignment: Assignment,
     http: SocketAddr,
 ) -> Result<Service, ServeError> {
     let worker = Worker {
         log,
         sink,
         snapshot,
-        config: StreamConfig::live(window),
+        config: StreamConfig {
+            assignment,
+            ..StreamConfig::live(window)
+        },
         metrics: Arc::new(StreamMetrics::default()),
     };
     stream(worker, http).await

@@ -5,6 +5,10 @@
 //! - [`limiter`]: the adaptive write limiter (pure, in the core).
 //! - [`sink`]: where the results go (in memory, or Redis with versioned Lua writes).
 //!
+//! Replicas share the log: each reads the partitions its [`assignment::Assignment`] gives it
+//! (its StatefulSet ordinal among the replicas), and checkpoints are per partition, so a
+//! partition continues from its checkpoint whichever replica reads it next.
+//!
 //! Per partition the worker reads a batch, counts each event in its window and sends every
 //! engagement down the **fast path** (the user's recent items and genre affinities are written
 //! at once). Windows the watermark has passed are queued for writing; the limiter spreads
@@ -16,7 +20,7 @@
 
 pub mod sink;
 
-pub use recstack_core::stream::{limiter, window};
+pub use recstack_core::stream::{assignment, limiter, window};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use crate::events::log::{Checkpoint, EventLog, LogError};
 use crate::events::{Event, now_ms};
 use crate::features::proto::GenreShare;
 use crate::features::{ItemFeatures, Key, Snapshot, UserFeatures};
+use assignment::Assignment;
 use limiter::{LimiterConfig, WriteLimiter};
 use sink::{FeatureSink, SinkError, trend_rank};
 use window::{Aggregator, ItemState, ItemWindow, WindowConfig, genre_affinity, smoothed_ctr};
@@ -69,6 +74,8 @@ pub struct StreamConfig {
     /// A caught-up partition's watermark follows the clock, so its last window closes
     /// without newer events (live serving). Off for bounded replays, which end with a flush.
     pub follow_clock: bool,
+    /// Which partitions this replica reads (all, with one replica).
+    pub assignment: Assignment,
 }
 
 impl StreamConfig {
@@ -80,6 +87,7 @@ impl StreamConfig {
             idle_poll: Duration::from_millis(20),
             limiter: Some(LimiterConfig::for_window(window.size_ms)),
             follow_clock: true,
+            assignment: Assignment::ALL,
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct StreamMetrics {
     pub user_writes: Counter,
     pub backlog: Gauge,
     pub lag: Gauge,
+    /// Partitions this replica reads.
+    pub partitions: Gauge,
     pub sink_errors: Counter,
     /// Event time to the user's features written (the fast path).
     pub fast_path_delay: Histogram,
@@ -115,7 +125,8 @@ impl Default for StreamMetrics {
             windows: m.family("windows", "Item windows written, by outcome"),
             user_writes: m.counter("user_writes", "User feature writes (fast path)"),
             backlog: m.gauge("backlog", "Item windows waiting for the write limiter"),
-            lag: m.gauge("lag", "Records in the log not yet read, over all partitions"),
+            lag: m.gauge("lag", "Records in this replica's partitions not yet read"),
+            partitions: m.gauge("partitions", "Partitions of the event log this replica reads"),
             sink_errors: m.counter("sink_errors", "Failed writes to the feature store (retried)"),
             fast_path_delay: m.histogram(
                 "fast_path_delay_seconds",
@@ -220,7 +231,10 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
     /// replay).
     pub async fn run(&self, mut stop: watch::Receiver<bool>, until_caught_up: bool) -> Result<(), StreamError> {
         let mut parts = Vec::new();
-        for p in 0..self.log.partitions() {
+        let owned = self.config.assignment.partitions(self.log.partitions());
+        tracing::info!(assignment = %self.config.assignment, partitions = ?owned, "reading the event log");
+        self.metrics.partitions.set(owned.len() as i64);
+        for p in owned {
             let from = self
                 .log
                 .committed(&self.config.group, p)

@@ -206,3 +206,61 @@ pub async fn stored_trace(api: &str, request_id: &str) -> recstack_trace_store::
     }
     panic!("trace {request_id} never arrived");
 }
+
+/// An Apache Kafka broker (KRaft, one node) on free loopback ports, started by
+/// `scripts/kafka-broker` from the jars `scripts/setup` resolved; killed on drop.
+pub struct Kafka {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`, the bootstrap address.
+    pub addr: String,
+}
+
+impl Kafka {
+    pub fn start() -> Kafka {
+        // The broker takes PORT and PORT + 1 (its controller): find two free in a row.
+        let port = (0..50)
+            .map(|_| free_port())
+            .find(|p| *p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok())
+            .expect("two adjacent free ports");
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("broker.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker");
+        let child = Command::new(script)
+            .arg(dir.path().join("data"))
+            .args(["127.0.0.1", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("scripts/kafka-broker runs");
+        // Owned from here on: Drop kills and reaps it, even if the test panics below.
+        let mut kafka = Kafka {
+            child,
+            _dir: dir,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        for _ in 0..600 {
+            let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if out.contains("Kafka Server started") {
+                return kafka;
+            }
+            if let Ok(Some(status)) = kafka.child.try_wait() {
+                panic!("the Kafka broker exited ({status}):\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the Kafka broker did not start in 60 s:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,6 +1,8 @@
 //! The stream job's pure parts: tumbling-window aggregation and the fast path ([`window`]),
-//! and the adaptive write limiter ([`limiter`]). The job that reads the log and writes the
+//! the adaptive write limiter ([`limiter`]) and which replica reads which partition
+//! ([`assignment`]). The job that reads the log and writes the
 //! sinks is `recstack_services::stream`.
 
+pub mod assignment;
 pub mod limiter;
 pub mod window;

@@ -13,7 +13,7 @@ use recstack_core::degrade::LatencyObjective;
 use recstack_core::features::Snapshot;
 use recstack_services::config::{EventLogConfig, ModelUri, RuntimeConfig, model_uri};
 use recstack_services::events::AnyLog;
-use recstack_services::events::kafka::KafkaLog;
+use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::objects;
 use recstack_services::ranking::batcher::BatchConfig;
@@ -124,26 +124,44 @@ pub struct LogArgs {
     /// Partitions of a new log (an existing one keeps its own).
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// Replication factor of a new Kafka topic (the runtime config's when it has one).
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u32,
 }
 
 impl LogArgs {
     pub async fn open(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<AnyLog> {
+        let cli_topic = || TopicSettings {
+            replication_factor: self.replication_factor,
+            min_insync_replicas: self.replication_factor.min(2),
+            ..TopicSettings::single_broker(self.partitions)
+        };
         let kafka = match (&self.log_dir, self.kafka.is_empty(), config.map(|c| &c.event_log)) {
             (Some(_), _, _) => None,
-            (None, false, _) => Some((self.kafka.clone(), self.topic.clone())),
+            (None, false, _) => Some((self.kafka.clone(), self.topic.clone(), cli_topic())),
             (
                 None,
                 true,
                 Some(EventLogConfig::Kafka {
                     bootstrap_servers,
                     topic,
+                    create,
                 }),
-            ) => Some((bootstrap_servers.clone(), topic.clone())),
+            ) => Some((
+                bootstrap_servers.clone(),
+                topic.clone(),
+                create.as_ref().map_or_else(cli_topic, |c| TopicSettings {
+                    partitions: c.partitions,
+                    replication_factor: c.replication_factor,
+                    min_insync_replicas: c.min_insync_replicas,
+                    retention_ms: i64::from(c.retention_hours) * 3_600_000,
+                }),
+            )),
             (None, true, _) => None,
         };
         Ok(match kafka {
-            Some((brokers, topic)) => {
-                let log = KafkaLog::connect(&brokers, &topic, self.partitions)
+            Some((brokers, topic, settings)) => {
+                let log = KafkaLog::connect(&brokers, &topic, &settings)
                     .await
                     .with_context(|| format!("connecting to Kafka {} topic {topic}", brokers.join(",")))?;
                 eprintln!("event log: Kafka topic {topic} ({} partitions)", log.partitions());

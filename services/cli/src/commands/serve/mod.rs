@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use recstack_core::rerank::RerankConfig;
+use recstack_core::stream::assignment::Assignment;
 use recstack_core::stream::window::{WindowConfig, parse_window};
 use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
 use recstack_services::Component;
@@ -126,6 +127,12 @@ pub enum ServeCommand {
         /// Window length (default: the runtime config's, else 1m).
         #[arg(long, value_parser = parse_window)]
         window: Option<i64>,
+        /// This replica's ordinal: it reads partitions `p` with `p % replicas == replica`.
+        #[arg(long, env = "RECSTACK_STREAM_REPLICA", default_value_t = 0)]
+        replica: u32,
+        /// How many replicas share the log.
+        #[arg(long, env = "RECSTACK_STREAM_REPLICAS", default_value_t = 1)]
+        replicas: u32,
     },
     /// The dashboard over a trace query API; stack status from a RecommenderStack (`--stack`)
     /// or, without one, from the health of the `--component NAME=URL`s given.
@@ -247,7 +254,10 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             log,
             redis_url,
             window,
+            replica,
+            replicas,
         } => {
+            let assignment = Assignment::new(replica, replicas).context("--replica/--replicas")?;
             let config = serve.prepare().await?;
             let window = match (window, config.as_ref()) {
                 (Some(w), _) => w,
@@ -267,7 +277,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 ..WindowConfig::default()
             };
             let http = serve.addrs(config.as_ref(), 9095, 8085).http;
-            serve::stream_job(log, Arc::new(sink), serve.snapshot()?, window, http).await?
+            serve::stream_job(log, Arc::new(sink), serve.snapshot()?, window, assignment, http).await?
         }
         ServeCommand::Ranking { mut serve, model } => {
             let config = serve.prepare().await?;
