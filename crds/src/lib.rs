@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub mod assignment;
 pub mod defaults;
 pub mod runtime;
 pub mod strict;
@@ -773,6 +774,20 @@ pub struct EventLogSpec {
     pub retention_hours: i32,
 }
 
+impl EventLogSpec {
+    /// `topic` on `bootstrap_servers` with the default topic settings.
+    pub fn new(bootstrap_servers: Vec<String>, topic: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers,
+            topic: topic.into(),
+            partitions: defaults::event_partitions(),
+            replication_factor: defaults::replication_factor(),
+            min_insync_replicas: defaults::min_insync_replicas(),
+            retention_hours: defaults::event_retention_hours(),
+        }
+    }
+}
+
 /// Elasticsearch trace store.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -963,6 +978,33 @@ pub struct RecommenderStackStatus {
     /// The offline build's Job (`spec.build`), as its status says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildStatus>,
+    /// How the built-in stream job's replicas share the event log's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+}
+
+/// Which partitions of the event topic each stream replica reads (`p % replicas ==
+/// ordinal`; see [`assignment`]).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// Partitions of the topic as the stack creates it (`spec.eventLog.partitions`; a topic
+    /// that existed before keeps its own count, and the replicas share that the same way).
+    pub partitions: i32,
+    /// Each replica (StatefulSet pod) and its partitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["replica"]))]
+    pub assignment: Vec<ReplicaAssignment>,
+}
+
+/// One stream replica's partitions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaAssignment {
+    /// The pod, `<stack>-stream-<ordinal>`.
+    pub replica: String,
+    /// The partitions it reads, ascending.
+    pub partitions: Vec<i32>,
 }
 
 /// Where the offline build Job stands.

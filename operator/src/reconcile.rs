@@ -671,7 +671,7 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
         StreamEngine::Builtin => observed.push(status::observe_deployment(
             Component::Stream,
             Some(stack.spec.stream.parallelism),
-            get(ChildKind::Deployment, Component::Stream).as_ref(),
+            get(ChildKind::StatefulSet, Component::Stream).as_ref(),
             stack,
         )),
         StreamEngine::Flink => observed.push(status::observe_flink(
@@ -710,10 +710,14 @@ async fn write_status(
     let ns = stack.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<RecommenderStack> = Api::namespaced(ctx.client.clone(), &ns);
     let mut status = json!(new);
+    // A merge patch removes a field only when told to: the build status of a stack whose
+    // `spec.build` was unset goes, and the stream plan of one that no longer runs the
+    // built-in engine on Kafka.
     if new.build.is_none() {
-        // A merge patch removes a field only when told to: the build status of a stack whose
-        // `spec.build` was unset goes.
         status["build"] = Value::Null;
+    }
+    if new.stream.is_none() {
+        status["stream"] = Value::Null;
     }
     api.patch_status(
         &stack.name_any(),

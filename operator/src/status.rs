@@ -6,7 +6,11 @@
 //! "reconcile storm" operators are known for).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use recstack_crds::{BuildStatus, Component, ComponentStatus, Endpoints, RecommenderStack, RecommenderStackStatus};
+use kube::ResourceExt;
+use recstack_crds::{
+    BuildStatus, Component, ComponentStatus, Endpoints, RecommenderStack, RecommenderStackStatus, ReplicaAssignment,
+    StreamEngine, StreamStatus, assignment,
+};
 
 use crate::labels;
 use crate::render::{GRPC_PORT, HTTP_PORT};
@@ -262,6 +266,7 @@ pub fn desired_status(
             .zip(stack.metadata.namespace.as_deref())
             .map(|(name, ns)| endpoints(ns, name)),
         build,
+        stream: stream_status(stack),
     }
 }
 
@@ -298,6 +303,29 @@ fn endpoints(namespace: &str, stack: &str) -> Endpoints {
         gateway_grpc: format!("{}:{GRPC_PORT}", host(Component::Gateway)),
         ingest_http: format!("http://{}:{HTTP_PORT}", host(Component::Ingest)),
     }
+}
+
+/// The built-in stream job's partition plan (engine builtin on Kafka only).
+fn stream_status(stack: &RecommenderStack) -> Option<StreamStatus> {
+    let log = stack.spec.event_log.as_ref()?;
+    if stack.spec.stream.engine != StreamEngine::Builtin {
+        return None;
+    }
+    let name = labels::component_name(&stack.name_any(), Component::Stream);
+    // The CRD bounds both to at least 1.
+    let partitions = log.partitions.max(1);
+    let plan = assignment::plan(stack.spec.stream.parallelism.max(1) as u32, partitions as u32);
+    Some(StreamStatus {
+        partitions,
+        assignment: plan
+            .into_iter()
+            .enumerate()
+            .map(|(ordinal, parts)| ReplicaAssignment {
+                replica: format!("{name}-{ordinal}"),
+                partitions: parts.into_iter().map(|p| p as i32).collect(),
+            })
+            .collect(),
+    })
 }
 
 /// What a live Deployment says about its component (`None` when it does not exist yet).

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 const STACKS: &str = "/apis/recstack.io/v1alpha1/namespaces/recstack/recommenderstacks";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/recstack/deployments";
+const STATEFULSETS: &str = "/apis/apps/v1/namespaces/recstack/statefulsets";
 const PDBS: &str = "/apis/policy/v1/namespaces/recstack/poddisruptionbudgets";
 const FLINK: &str = "/apis/flink.apache.org/v1beta1/namespaces/recstack/flinkdeployments";
 const CONFIGMAPS: &str = "/api/v1/namespaces/recstack/configmaps";
@@ -277,23 +278,21 @@ async fn scale_changes_replicas() {
 #[tokio::test]
 async fn engine_builtin_to_flink_prunes_the_worker() {
     let h = Harness::created("gpu-ranking").await;
-    assert!(h.api.get(DEPLOYMENTS, "gpu-stream").is_some());
+    assert!(h.api.get(STATEFULSETS, "gpu-stream").is_some());
     h.edit_spec(|s| {
-        s.spec.event_log = Some(recstack_crds::EventLogSpec {
-            bootstrap_servers: vec!["kafka:9092".into()],
-            topic: "ev".into(),
-        });
+        s.spec.event_log = Some(recstack_crds::EventLogSpec::new(vec!["kafka:9092".into()], "ev"));
         s.spec.stream.engine = StreamEngine::Flink;
     });
     let writes = h.reconcile_ok().await;
     let w = summaries(&writes);
-    assert!(w.contains(&"DELETE deployments/gpu-stream".to_string()), "{w:#?}");
+    assert!(w.contains(&"DELETE statefulsets/gpu-stream".to_string()), "{w:#?}");
     assert!(
         w.contains(&"DELETE poddisruptionbudgets/gpu-stream".to_string()),
         "{w:#?}"
     );
-    assert!(h.api.get(DEPLOYMENTS, "gpu-stream").is_none());
+    assert!(h.api.get(STATEFULSETS, "gpu-stream").is_none());
     assert!(h.api.get(PDBS, "gpu-stream").is_none());
+    assert!(w.contains(&"DELETE services/gpu-stream".to_string()), "{w:#?}");
     let flink = h.api.get(FLINK, "gpu-stream").expect("FlinkDeployment created");
     assert_eq!(flink["spec"]["job"]["parallelism"], 2);
     assert!(h.api.get(CONFIGMAPS, "gpu-stream-sql").is_some());
@@ -586,10 +585,7 @@ async fn rbac_grants_exactly_the_verbs_the_code_uses() {
     h.api
         .edit(DEPLOYMENTS, "gpu-rerank", |o| o["spec"]["replicas"] = json!(9));
     h.edit_spec(|s| {
-        s.spec.event_log = Some(recstack_crds::EventLogSpec {
-            bootstrap_servers: vec!["kafka:9092".into()],
-            topic: "ev".into(),
-        });
+        s.spec.event_log = Some(recstack_crds::EventLogSpec::new(vec!["kafka:9092".into()], "ev"));
         s.spec.stream.engine = StreamEngine::Flink;
     });
     h.reconcile_ok().await;

@@ -83,10 +83,29 @@ fn minimal_stack_has_every_workload_and_policy() {
     assert!(pod["affinity"]["podAntiAffinity"].is_object());
     // The stream worker (in the GPU sample) runs at the offline class.
     let gpu = render_sample("gpu-ranking");
-    let stream = find(&gpu, ChildKind::Deployment, "gpu-stream");
+    let stream = find(&gpu, ChildKind::StatefulSet, "gpu-stream");
     assert_eq!(
         stream["spec"]["template"]["spec"]["priorityClassName"],
         "recstack-offline"
+    );
+    // Its replicas share the event log: each learns its ordinal and how many they are.
+    assert_eq!(stream["spec"]["replicas"], 2);
+    assert_eq!(stream["spec"]["serviceName"], "gpu-stream");
+    assert_eq!(stream["spec"]["podManagementPolicy"], "Parallel");
+    let env = stream["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned().unwrap_or_default();
+    assert_eq!(var("RECSTACK_STREAM_REPLICAS")["value"], "2");
+    assert_eq!(
+        var("RECSTACK_STREAM_REPLICA")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    );
+    let governing = find(&gpu, ChildKind::Service, "gpu-stream");
+    assert_eq!(governing["spec"]["clusterIP"], "None");
+    assert!(
+        !gpu.iter()
+            .any(|c| c.kind == ChildKind::Deployment && c.name() == "gpu-stream")
     );
 
     let hpa = find(&children, ChildKind::HorizontalPodAutoscaler, "minimal-gateway");

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use recstack_core::stream::assignment::Assignment;
 use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig, window_start};
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{Appended, Checkpoint, EventLog, FileLog, LogError, Record};
 use recstack_services::events::{Event, EventKind};
 use recstack_services::features::Snapshot;
+use recstack_services::stream::assignment::Assignment;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;

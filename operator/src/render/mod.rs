@@ -49,6 +49,7 @@ pub enum ChildKind {
     RoleBinding,
     Service,
     Deployment,
+    StatefulSet,
     HorizontalPodAutoscaler,
     PodDisruptionBudget,
     NetworkPolicy,
@@ -63,13 +64,14 @@ impl ChildKind {
     /// garbage collector removes them with it. (PriorityClasses are cluster-wide and belong to
     /// the install: see `recstack_crds::PriorityClassPolicy`.) The build Job comes last, after
     /// the NetworkPolicy that lets it reach the object store.
-    pub const ALL: [ChildKind; 12] = [
+    pub const ALL: [ChildKind; 13] = [
         ChildKind::ConfigMap,
         ChildKind::ServiceAccount,
         ChildKind::Role,
         ChildKind::RoleBinding,
         ChildKind::Service,
         ChildKind::Deployment,
+        ChildKind::StatefulSet,
         ChildKind::HorizontalPodAutoscaler,
         ChildKind::PodDisruptionBudget,
         ChildKind::NetworkPolicy,
@@ -87,6 +89,7 @@ impl ChildKind {
             ChildKind::RoleBinding => ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
             ChildKind::Service => ("", "v1", "Service", "services"),
             ChildKind::Deployment => ("apps", "v1", "Deployment", "deployments"),
+            ChildKind::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
             ChildKind::HorizontalPodAutoscaler => (
                 "autoscaling",
                 "v2",

@@ -79,7 +79,9 @@ fn service(ctx: &StackCtx, component: Component) -> Result<Child, RenderError> {
         "selector": labels::selector(&ctx.name, component),
         "ports": ports,
     });
-    if recstack_crds::GRPC_CALLS.iter().any(|(_, callee)| *callee == component) {
+    // Headless: gRPC callees (clients balance over every pod address) and the stream
+    // StatefulSet's governing Service.
+    if component == Component::Stream || recstack_crds::GRPC_CALLS.iter().any(|(_, callee)| *callee == component) {
         spec["clusterIP"] = json!("None");
     }
     child(
@@ -138,10 +140,14 @@ pub(super) fn observability(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Chi
     Ok(out)
 }
 
-/// The built-in stream worker: a Deployment sized by `stream.parallelism`, and its PDB.
+/// The built-in stream worker: a StatefulSet of `stream.parallelism` replicas sharing the
+/// event log's partitions, its headless Service (the StatefulSet's pod names and metrics
+/// scraping) and its PDB.
 pub(super) fn stream_worker(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Child>, RenderError> {
-    let scaling = Scaling::Fixed(ctx.spec().stream.parallelism);
-    let mut out = vec![deployment(ctx, Component::Stream, &scaling, config_hash)?];
+    let mut out = vec![
+        stream_stateful_set(ctx, ctx.spec().stream.parallelism, config_hash)?,
+        service(ctx, Component::Stream)?,
+    ];
     if ctx.spec().policies.pod_disruption_budget.enabled {
         out.push(pdb(ctx, Component::Stream)?);
     }
@@ -163,6 +169,56 @@ fn deployment(
     scaling: &Scaling,
     config_hash: &str,
 ) -> Result<Child, RenderError> {
+    let (meta, template) = pod_template(ctx, component, config_hash)?;
+    let mut deploy_spec = json!({
+        "selector": { "matchLabels": labels::selector(&ctx.name, component) },
+        "revisionHistoryLimit": 5,
+        "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
+        "template": template,
+    });
+    // With an HPA the replica count belongs to the autoscaler: leaving it out of the applied
+    // object keeps server-side apply from resetting it on every reconcile.
+    if let Scaling::Fixed(n) = scaling {
+        deploy_spec["replicas"] = json!(n);
+    }
+    child(ChildKind::Deployment, json!({ "metadata": meta, "spec": deploy_spec }))
+}
+
+/// The StatefulSet label that holds a pod's ordinal (Kubernetes ≥ 1.28).
+const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// The built-in stream job as a StatefulSet of `stream.parallelism` replicas: each pod's
+/// ordinal says which partitions of the event log it reads (`p % replicas == ordinal`, see
+/// `recstack_core::stream::assignment`), so the replicas share the log instead of each
+/// reading all of it, and a replaced pod takes over exactly its predecessor's partitions.
+fn stream_stateful_set(ctx: &StackCtx, replicas: i32, config_hash: &str) -> Result<Child, RenderError> {
+    let component = Component::Stream;
+    let (meta, mut template) = pod_template(ctx, component, config_hash)?;
+    if let Some(env) = template
+        .pointer_mut("/spec/containers/0/env")
+        .and_then(Value::as_array_mut)
+    {
+        env.push(json!({ "name": "RECSTACK_STREAM_REPLICAS", "value": replicas.to_string() }));
+        env.push(json!({ "name": "RECSTACK_STREAM_REPLICA", "valueFrom": { "fieldRef": {
+            "fieldPath": format!("metadata.labels['{POD_INDEX_LABEL}']"),
+        } } }));
+    }
+    let spec = json!({
+        "replicas": replicas,
+        "selector": { "matchLabels": labels::selector(&ctx.name, component) },
+        "serviceName": labels::component_name(&ctx.name, component),
+        // Replicas are peers (no start order) and keep no volumes: start and replace them
+        // all at once; a rollout replaces one at a time.
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": { "type": "RollingUpdate" },
+        "revisionHistoryLimit": 5,
+        "template": template,
+    });
+    child(ChildKind::StatefulSet, json!({ "metadata": meta, "spec": spec }))
+}
+
+/// The metadata and pod template every component's workload shares.
+fn pod_template(ctx: &StackCtx, component: Component, config_hash: &str) -> Result<(Value, Value), RenderError> {
     let spec = ctx.spec();
     let name = labels::component_name(&ctx.name, component);
     let mut pod_labels = labels::component_labels(&ctx.name, component);
@@ -282,24 +338,13 @@ fn deployment(
         pod_spec["automountServiceAccountToken"] = json!(true);
     }
     pod_spec["containers"] = json!([container]);
-
-    let mut deploy_spec = json!({
-        "selector": { "matchLabels": labels::selector(&ctx.name, component) },
-        "revisionHistoryLimit": 5,
-        "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": { labels::CONFIG_HASH: config_hash },
-            },
-            "spec": pod_spec,
+    let template = json!({
+        "metadata": {
+            "labels": pod_labels,
+            "annotations": { labels::CONFIG_HASH: config_hash },
         },
+        "spec": pod_spec,
     });
-    // With an HPA the replica count belongs to the autoscaler: leaving it out of the applied
-    // object keeps server-side apply from resetting it on every reconcile.
-    if let Scaling::Fixed(n) = scaling {
-        deploy_spec["replicas"] = json!(n);
-    }
     let mut meta = ctx.meta(&name, Some(component));
     meta["annotations"] = image_checkov_skips();
     if component == Component::Dashboard {
@@ -307,7 +352,7 @@ fn deployment(
             "CKV_K8S_38=the dashboard reads its stack's status through the API: a Role with get on that one object"
         );
     }
-    child(ChildKind::Deployment, json!({ "metadata": meta, "spec": deploy_spec }))
+    Ok((meta, template))
 }
 
 /// The checkov skips every object that runs the stack's image carries, with their reasons.

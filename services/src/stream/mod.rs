@@ -20,7 +20,8 @@
 
 pub mod sink;
 
-pub use recstack_core::stream::{assignment, limiter, window};
+pub use recstack_core::stream::{limiter, window};
+pub use recstack_crds::assignment;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,4 +1,6 @@
-//! Which of the event topic's partitions each stream replica reads.
+//! Which of the event topic's partitions each stream replica reads: the contract between the
+//! operator (which gives each replica its ordinal and reports the plan in status) and the
+//! stream job (which reads its partitions).
 //!
 //! Replica `i` of `n` (a StatefulSet ordinal and its replica count) reads every partition `p`
 //! with `p % n == i`: the replicas' sets are disjoint and together cover the topic, and no two
