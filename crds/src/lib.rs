@@ -595,7 +595,7 @@ pub struct GpuSpec {
     validation = Rule::new(rules::REPLICAS_XOR_AUTOSCALING).message(rules::REPLICAS_XOR_AUTOSCALING_MSG),
     validation = Rule::new(rules::NO_GPU_LIMITS).message(rules::NO_GPU_MSG),
     validation = Rule::new(rules::NO_GPU_REQUESTS).message(rules::NO_GPU_MSG),
-    validation = Rule::new("!has(self.redisUrl) || self.redisUrl.startsWith('redis://') || self.redisUrl.startsWith('rediss://')").message("feature.redisUrl must start with redis:// or rediss://")
+    validation = Rule::new("!has(self.redisUrl) || self.redisUrl.startsWith('redis://') || self.redisUrl.startsWith('redis+cluster://')").message("feature.redisUrl must be redis://host:port[/db] (one server) or redis+cluster://host:port,host:port (a Redis Cluster)")
 )]
 pub struct FeatureSpec {
     /// Container image for the feature service; defaults to `spec.image`.
@@ -611,8 +611,10 @@ pub struct FeatureSpec {
     /// CPU and memory requests and limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Redis (cluster-capable) used as the L2 feature cache and the stream job's sink, for
-    /// example `redis://redis.recstack.svc:6379`. Unset: local cache plus snapshot only.
+    /// Redis used as the L2 feature cache, recall's seen filters and the stream job's sink:
+    /// one server, `redis://redis.recstack.svc:6379[/db]`, or a Redis Cluster named by some of
+    /// its nodes, `redis+cluster://redis-0.redis:6379,redis-1.redis:6379`. Unset: local cache
+    /// plus snapshot only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 8, max = 2048))]
     pub redis_url: Option<String>,

@@ -182,7 +182,26 @@ fn event_log_and_redis_addresses() {
     assert_rejects("  eventLog: {bootstrapServers: ['kafka']}", "entries must be host:port");
     assert_rejects(
         "  feature: {redisUrl: 'http://redis:6379'}",
-        "must start with redis:// or rediss://",
+        "feature.redisUrl must be redis://host:port[/db] (one server) or redis+cluster://",
+    );
+    assert!(broken_rules("  feature: {redisUrl: 'redis+cluster://r-0.r:6379,r-1.r:6379'}").is_empty());
+    // The topic's settings: no acknowledgement could ever need more brokers than hold a copy.
+    assert_rejects(
+        "  eventLog: {bootstrapServers: ['kafka:9092'], replicationFactor: 1, minInsyncReplicas: 2}",
+        "eventLog.minInsyncReplicas must not exceed eventLog.replicationFactor",
+    );
+    assert_rejects(
+        "  eventLog: {bootstrapServers: ['kafka:9092'], topic: 'events/raw'}",
+        "eventLog.topic must be a Kafka topic name",
+    );
+    // The stream replicas share the partitions: more replicas than partitions would idle.
+    assert_rejects(
+        "  eventLog: {bootstrapServers: ['kafka:9092'], partitions: 2}\n  feature: {redisUrl: 'redis://r:6379'}\n  stream: {parallelism: 3}",
+        "stream.parallelism must not exceed eventLog.partitions",
+    );
+    assert!(
+        broken_rules("  eventLog: {bootstrapServers: ['kafka:9092'], partitions: 3}\n  feature: {redisUrl: 'redis://r:6379'}\n  stream: {parallelism: 3}")
+            .is_empty()
     );
 }
 

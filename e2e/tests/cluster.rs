@@ -421,8 +421,13 @@ fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
         ),
         (
             "bad",
+            "  eventLog: {bootstrapServers: ['kafka:9092'], partitions: 1}\n  feature: {redisUrl: 'redis://r:6379'}",
+            "stream.parallelism must not exceed eventLog.partitions",
+        ),
+        (
+            "bad",
             "  feature: {redisUrl: 'http://redis:6379'}",
-            "must start with redis:// or rediss://",
+            "feature.redisUrl must be redis://host:port[/db] (one server) or redis+cluster://",
         ),
         (
             "a-name-far-too-long-for-every-name-derived-from-it-xy",
@@ -801,12 +806,12 @@ fn deletion(s: &mut Suite) -> anyhow::Result<()> {
         "--timeout=60s",
     ])?;
     wait_until("e2e-a's children garbage-collected", SETTLE, || {
-        let left = s.owned("e2e-a", "deploy,svc,cm,pdb,netpol,hpa", "twin")?;
+        let left = s.owned("e2e-a", "deploy,statefulset,svc,cm,pdb,netpol,hpa", "twin")?;
         Ok(left.is_empty().then_some(()))
     })?;
     ensure!(s.event_count("e2e-a", "Deleted")? > 0, "the finalizer ran");
     ensure!(
-        s.owned("e2e-b", "deploy", "twin")?.len() == 7,
+        s.owned("e2e-b", "deploy,statefulset", "twin")?.len() == 7,
         "the other namespace's twin is untouched"
     );
     s.wait_settled("e2e-b", "twin").map(drop)
@@ -896,8 +901,8 @@ fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     s.operator.as_mut().context("operator")?.kill()?;
-    let at_kill = s.owned(ns, "deploy", "r")?.len();
-    println!("       killed with {at_kill} of 7 Deployments created");
+    let at_kill = s.owned(ns, "deploy,statefulset", "r")?.len();
+    println!("       killed with {at_kill} of 7 workloads created");
     let restarted = s.start_operator()?;
     // The dead leader's lease lapses (10 s), then the new process leads.
     wait_until("the restarted operator to lead", Duration::from_secs(30), || {
@@ -911,16 +916,17 @@ fn restart_mid_reconcile(s: &mut Suite) -> anyhow::Result<()> {
             .metric_sum("recstack_operator_child_writes_total", &["reason=\"created\""])?;
         ensure!(created > 0.0, "the restarted operator finished the create");
     }
-    let deployments = s.owned(ns, "deploy", "r")?;
+    let deployments = s.owned(ns, "deploy,statefulset", "r")?;
     let names: Vec<&str> = deployments
         .iter()
         .filter_map(|i| i["metadata"]["name"].as_str())
         .collect();
     ensure!(names.len() == 7, "{names:?} (had {at_kill} when killed)");
     let replica_sets = s.owned(ns, "rs", "r")?.len();
+    let revisions = s.owned(ns, "controllerrevisions", "r")?.len();
     ensure!(
-        replica_sets == 7,
-        "one ReplicaSet per Deployment, no spurious rollout: {replica_sets}"
+        (replica_sets, revisions) == (6, 1),
+        "one ReplicaSet per Deployment and one revision of the stream StatefulSet, no spurious rollout: {replica_sets} and {revisions}"
     );
     // The new operator found the settled stacks settled: it rewrote nothing of theirs.
     let op = s.operator()?;

@@ -51,7 +51,9 @@ impl Key {
     /// The Redis key.
     pub fn redis_key(&self) -> String {
         match self {
-            Key::User(id) => format!("recstack:features:user:{id}"),
+            // Hash-tagged: the stream job writes a user's value and its generation
+            // (`…:gen`) in one script, which Redis Cluster allows only within one slot.
+            Key::User(id) => format!("recstack:features:user:{{{id}}}"),
             Key::Item(id) => format!("recstack:features:item:{id}"),
         }
     }
@@ -117,12 +119,12 @@ impl L2 for NoL2 {
 /// a request at most `timeout`.
 #[derive(Clone)]
 pub struct RedisL2 {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::redis_conn::RedisConn,
 }
 
 impl RedisL2 {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, L2Error> {
-        let conn = crate::ops::connect_redis(url, timeout).await.map_err(L2Error)?;
+        let conn = crate::redis_conn::connect(url, timeout).await.map_err(L2Error)?;
         Ok(Self { conn })
     }
 }

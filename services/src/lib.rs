@@ -28,6 +28,7 @@ pub mod objects;
 pub mod ops;
 pub mod ranking;
 pub mod recall;
+pub mod redis_conn;
 pub mod rerank;
 pub mod serve;
 pub mod stream;

@@ -85,33 +85,6 @@ pub fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::ser
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// A reconnecting Redis connection with short timeouts: a dead Redis costs a request at most
-/// `timeout`, and the manager reconnects in the background when it comes back. The first
-/// connection gets more time (a pod starting beside many others on a busy node, or a Redis
-/// still starting) and is retried for up to [`REDIS_START_WAIT`] before the process gives up.
-pub async fn connect_redis(url: &str, timeout: std::time::Duration) -> Result<redis::aio::ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout.max(std::time::Duration::from_secs(2))))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(std::time::Duration::from_millis(500));
-    let start = std::time::Instant::now();
-    loop {
-        match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) if start.elapsed() < REDIS_START_WAIT => {
-                tracing::warn!(url, error = %e, "Redis not reachable yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(format!("{url}: {e} (retried for {} s)", REDIS_START_WAIT.as_secs())),
-        }
-    }
-}
-
-/// How long a starting service waits for Redis before it exits (and is restarted).
-pub const REDIS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// A gRPC status code as a metric label.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -379,6 +379,9 @@ async fn seen_stores_compare_and_set() {
     }
     check(MemorySeenStore::default()).await;
     check(redis_store).await;
+    // And on a Redis Cluster (one key per user: any slot).
+    let cluster = common::RedisCluster::start();
+    check(redis_seen_store(&cluster.url).await).await;
 }
 
 /// Impressions for one user arriving at two replicas at once: every one lands in the shared

@@ -13,7 +13,8 @@ use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig,
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{Appended, Checkpoint, EventLog, FileLog, LogError, Record};
 use recstack_services::events::{Event, EventKind};
-use recstack_services::features::Snapshot;
+use recstack_services::features::{Key, L2, RedisL2, Snapshot};
+use recstack_services::redis_conn::hash_slot;
 use recstack_services::stream::assignment::Assignment;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
@@ -382,9 +383,21 @@ async fn embedded_log_redis_store_survives_a_kill_mid_window() {
 
 #[tokio::test]
 async fn the_memory_and_redis_stores_agree_on_every_write() {
-    use recstack_core::stream::window::Version;
     let redis = common::Redis::start();
-    let r = RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
+    stores_agree_on_every_write(&redis.url).await;
+}
+
+#[tokio::test]
+async fn the_memory_and_redis_cluster_stores_agree_on_every_write() {
+    let cluster = common::RedisCluster::start();
+    stores_agree_on_every_write(&cluster.url).await;
+}
+
+/// The in-process store and Redis at `url` (one server or a cluster) answer every write
+/// alike: versions, totals, decayed hot scores, recent lists, user generations.
+async fn stores_agree_on_every_write(url: &str) {
+    use recstack_core::stream::window::Version;
+    let r = RedisStore::connect(url, Duration::from_secs(2)).await.unwrap();
     let m = MemoryStore::default();
     let w = |end: i64, off: u64, clicks: u64| ItemWindow {
         item_id: "a".into(),
@@ -426,15 +439,53 @@ async fn the_memory_and_redis_stores_agree_on_every_write() {
     let b = r.add_recent(&engagements).await.unwrap();
     assert_eq!(a["u"].1, b["u"].1);
     assert_eq!(a["u"].1, vec![("y".to_string(), 9), ("x".to_string(), 5)]);
-    // An older generation never overwrites a newer user value.
-    r.put_users(vec![("k".into(), 5, b"new".to_vec())]).await.unwrap();
-    r.put_users(vec![("k".into(), 4, b"old".to_vec())]).await.unwrap();
-    let mut conn = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let v: Vec<u8> = redis::cmd("GET").arg("k").query(&mut conn).unwrap();
-    assert_eq!(v, b"new");
+    // An older generation never overwrites a newer user value (users' keys as the stream job
+    // writes them: hash-tagged, so a value and its generation share a cluster slot).
+    let k = Key::User("u".into()).redis_key();
+    r.put_users(vec![(k.clone(), 5, b"new".to_vec())]).await.unwrap();
+    r.put_users(vec![(k.clone(), 4, b"old".to_vec())]).await.unwrap();
+    let l2 = RedisL2::connect(url, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(l2.get(&k).await.unwrap().as_deref(), Some(&b"new"[..]));
+}
+
+#[tokio::test]
+async fn embedded_log_redis_cluster_store_survives_a_kill_mid_window() {
+    // The same kill-and-restart over a three-master Redis Cluster: every batch of scripts is
+    // split by slot, users' values and generations are written by one script per user.
+    let cluster = common::RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(dir.path(), 2).unwrap();
+    let evs = events();
+    append_all(&log, &evs).await;
+    let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
+    let (states, stale) = kill_and_restart(log, sink.clone(), &items(&evs), 30, |s, item| {
+        Box::pin(async move { redis_state(&s, item).await })
+    })
+    .await;
+    check_totals(&states, &evs);
+    assert!(stale > 0);
+    // The keys are spread over every master, and the slots we route by are the cluster's.
+    let per_node = cluster.keys_per_node();
+    assert!(per_node.iter().all(|&n| n > 0), "keys per node {per_node:?}");
+    for user in ["u1", "u7", "u42"] {
+        let k = Key::User(user.into()).redis_key();
+        assert_eq!(hash_slot(k.as_bytes()), cluster.slot_of(&k), "{k}");
+        assert_eq!(
+            cluster.slot_of(&k),
+            cluster.slot_of(&format!("{k}:gen")),
+            "{k} and its generation"
+        );
+        // The feature service reads what the fast path wrote.
+        let l2 = RedisL2::connect(&cluster.url, Duration::from_secs(2)).await.unwrap();
+        let bytes = l2.get(&k).await.unwrap().unwrap_or_else(|| panic!("no {k}"));
+        let f = <recstack_services::features::UserFeatures as prost::Message>::decode(bytes.as_slice()).unwrap();
+        assert!(!f.recent_items.is_empty(), "{user}: {f:?}");
+    }
+    for item in ["i3", "i17"] {
+        let k = Key::Item(item.into()).redis_key();
+        assert_eq!(hash_slot(k.as_bytes()), cluster.slot_of(&k), "{k}");
+    }
+    assert_eq!(sink.trending(5).await.unwrap().len(), 5);
 }
 
 // === Apache Kafka ===

@@ -198,7 +198,7 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
         .flat_map(|l| l.bootstrap_servers.iter())
         .filter_map(|s| s.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
         .collect();
-    let redis = spec.feature.redis_url.as_deref().and_then(url_port);
+    let redis = spec.feature.redis_url.as_deref().map(redis_ports).unwrap_or_default();
     let store = |uri: &str| store_port(ctx, uri);
     // Every component that reads the artifacts fetches them from the store.
     if matches!(
@@ -215,11 +215,11 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
     let elasticsearch = spec.trace_store.as_ref().and_then(|t| url_port(&t.elasticsearch_url));
     match component {
         Component::Gateway => ports.extend(elasticsearch),
-        Component::Feature | Component::Recall => ports.extend(redis),
+        Component::Feature | Component::Recall => ports.extend(redis.iter().copied()),
         Component::Ingest => ports.extend(kafka),
         Component::Stream => {
             ports.extend(kafka);
-            ports.extend(redis);
+            ports.extend(redis.iter().copied());
             if spec.stream.engine == StreamEngine::Flink {
                 // Flink's native Kubernetes mode talks to the API server.
                 ports.extend([443, 6443]);
@@ -237,6 +237,30 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
     ports
 }
 
+/// The ports of a Redis URL: one server's, or every seed node's of a `redis+cluster://` URL
+/// (a cluster's other nodes are expected on the same ports, as a StatefulSet runs them).
+pub fn redis_ports(url: &str) -> Vec<u16> {
+    match url.strip_prefix("redis+cluster://") {
+        Some(rest) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let mut ports: Vec<u16> = hosts
+                .split(',')
+                .map(|h| {
+                    h.trim()
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse().ok())
+                        .unwrap_or(6379)
+                })
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+        }
+        None => url_port(url).into_iter().collect(),
+    }
+}
+
 /// The TCP port a URL points at: explicit, or the scheme's default. `None` for local files.
 pub fn url_port(url: &str) -> Option<u16> {
     let (scheme, rest) = url.split_once("://")?;
@@ -246,7 +270,7 @@ pub fn url_port(url: &str) -> Option<u16> {
     explicit.or(match scheme {
         "http" => Some(80),
         "https" | "s3" | "gs" => Some(443),
-        "redis" | "rediss" => Some(6379),
+        "redis" => Some(6379),
         _ => None,
     })
 }
@@ -259,7 +283,13 @@ mod tests {
     fn url_ports() {
         assert_eq!(url_port("redis://redis.data:6380"), Some(6380));
         assert_eq!(url_port("redis://redis.data"), Some(6379));
-        assert_eq!(url_port("rediss://user:pw@redis:7000/0"), Some(7000));
+        assert_eq!(url_port("redis://user:pw@redis:7000/0"), Some(7000));
+        assert_eq!(
+            super::redis_ports("redis+cluster://u:pw@r-0.r:7000,r-1.r:7001,r-2.r:7000/"),
+            vec![7000, 7001]
+        );
+        assert_eq!(super::redis_ports("redis+cluster://r-0.r,r-1.r"), vec![6379]);
+        assert_eq!(super::redis_ports("redis://r:6380"), vec![6380]);
         assert_eq!(url_port("https://es.obs:9200/"), Some(9200));
         assert_eq!(url_port("https://es.obs"), Some(443));
         assert_eq!(url_port("http://es.obs/path:9"), Some(80));

@@ -66,14 +66,14 @@ return 0
 /// (a user gone that long has nothing worth filtering).
 #[derive(Clone)]
 pub struct RedisSeenStore {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::redis_conn::RedisConn,
     ttl: Duration,
     put_if: redis::Script,
 }
 
 impl RedisSeenStore {
     pub async fn connect(url: &str, timeout: Duration, ttl: Duration) -> Result<Self, SeenStoreError> {
-        let conn = crate::ops::connect_redis(url, timeout).await.map_err(SeenStoreError)?;
+        let conn = crate::redis_conn::connect(url, timeout).await.map_err(SeenStoreError)?;
         Ok(Self {
             conn,
             ttl,

@@ -2,13 +2,16 @@
 //! fast path), the feature values the feature service reads, and the trending list recall
 //! reads. [`MemoryStore`] is the one-machine default (the local stack's feature and recall
 //! services read it in process); [`RedisStore`] is the same in Redis, each versioned write one
-//! Lua script so the compare and the write are atomic, each batch of writes one pipeline.
+//! Lua script so the compare and the write are atomic, each batch of writes one pipeline (one
+//! per hash slot on a Redis Cluster: [`crate::redis_conn`]).
 //!
 //! Redis keys: `recstack:rt:item:<id>` (hash: totals, last window, hot, version),
-//! `recstack:rt:user:<id>` (sorted set: item → newest engagement time),
-//! `recstack:features:{item|user}:<id>` (the protobuf the feature service reads, users' with a
-//! generation in `…:gen` so an older fast-path write never overwrites a newer one), and
-//! `recstack:trending` (sorted set: item → [`trend_rank`]).
+//! `recstack:rt:user:{<id>}` (sorted set: item → newest engagement time; its generation in
+//! `…:gen`), `recstack:features:item:<id>` and `recstack:features:user:{<id>}` (the protobuf the
+//! feature service reads, users' with a generation in `…:gen` so an older fast-path write never
+//! overwrites a newer one), and `recstack:trending` (sorted set: item → [`trend_rank`]). The
+//! user keys carry the user id as a hash tag: each script that writes a user's key and its
+//! generation touches one Redis Cluster slot.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -225,7 +228,7 @@ const USER_TTL: Duration = Duration::from_secs(30 * 24 * 3_600);
 /// The stream job's output in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::redis_conn::RedisConn,
     apply: redis::Script,
     recent: redis::Script,
     set_if_newer: redis::Script,
@@ -237,7 +240,7 @@ fn redis_err(e: redis::RedisError) -> SinkError {
 
 impl RedisStore {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, SinkError> {
-        let conn = crate::ops::connect_redis(url, timeout).await.map_err(SinkError)?;
+        let conn = crate::redis_conn::connect(url, timeout).await.map_err(SinkError)?;
         Ok(Self {
             conn,
             apply: redis::Script::new(APPLY_WINDOW),
@@ -250,20 +253,27 @@ impl RedisStore {
         format!("recstack:rt:item:{item}")
     }
 
-    /// Runs `invocations` of `script` in one pipeline (one round trip), loading the script
-    /// first so a restarted Redis that lost its script cache still runs them.
-    async fn pipelined<T: redis::FromRedisValue>(
-        &self,
-        script: &redis::Script,
-        invocations: &[redis::ScriptInvocation<'_>],
+    /// A user's recent items and, beside it, their generation: one hash tag, one slot.
+    fn recent_keys(user: &str) -> (String, String) {
+        let key = format!("recstack:rt:user:{{{user}}}");
+        let generation = format!("{key}:gen");
+        (key, generation)
+    }
+
+    /// Runs `script` once per key of `keys` (`invoke(i)` builds call `i`), in as few round
+    /// trips as the deployment allows (`RedisConn::batch`).
+    async fn pipelined<'a, T: redis::FromRedisValue>(
+        &'a self,
+        script: &'a redis::Script,
+        keys: &[String],
+        invoke: impl Fn(usize) -> redis::ScriptInvocation<'a>,
     ) -> Result<Vec<T>, SinkError> {
-        let mut pipe = redis::pipe();
-        pipe.load_script(script).ignore();
-        for inv in invocations {
-            pipe.invoke_script(inv);
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await.map_err(redis_err)
+        self.conn
+            .batch(Some(script), keys, |pipe, i| {
+                pipe.invoke_script(&invoke(i));
+            })
+            .await
+            .map_err(redis_err)
     }
 }
 
@@ -276,12 +286,12 @@ impl FeatureSink for RedisStore {
         if windows.is_empty() {
             return Ok(Vec::new());
         }
-        let invocations: Vec<redis::ScriptInvocation<'_>> = windows
-            .iter()
-            .map(|w| {
-                let c = w.counts;
+        let keys: Vec<String> = windows.iter().map(|w| Self::item_key(&w.item_id)).collect();
+        let rows: Vec<Vec<String>> = self
+            .pipelined(&self.apply, &keys, |i| {
+                let (w, c) = (&windows[i], windows[i].counts);
                 let mut inv = self.apply.prepare_invoke();
-                inv.key(Self::item_key(&w.item_id))
+                inv.key(&keys[i])
                     .arg(w.version.window_end_ms)
                     .arg(w.version.offset)
                     .arg(c.impressions)
@@ -291,8 +301,7 @@ impl FeatureSink for RedisStore {
                     .arg(HOT_HALF_LIFE_MS);
                 inv
             })
-            .collect();
-        let rows: Vec<Vec<String>> = self.pipelined(&self.apply, &invocations).await?;
+            .await?;
         let mut out = Vec::with_capacity(windows.len());
         for r in rows {
             if r.len() != 13 {
@@ -323,20 +332,21 @@ impl FeatureSink for RedisStore {
         if engagements.is_empty() {
             return Ok(RecentLists::new());
         }
-        let invocations: Vec<redis::ScriptInvocation<'_>> = engagements
-            .iter()
-            .map(|(user, item, ts)| {
+        let keys: Vec<(String, String)> = engagements.iter().map(|(user, _, _)| Self::recent_keys(user)).collect();
+        let routing: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+        let rows: Vec<Vec<String>> = self
+            .pipelined(&self.recent, &routing, |i| {
+                let (_, item, ts) = &engagements[i];
                 let mut inv = self.recent.prepare_invoke();
-                inv.key(format!("recstack:rt:user:{user}"))
-                    .key(format!("recstack:rt:user:{user}:gen"))
+                inv.key(&keys[i].0)
+                    .key(&keys[i].1)
                     .arg(*ts)
                     .arg(item)
                     .arg(RECENT_ITEMS)
                     .arg(USER_TTL.as_secs());
                 inv
             })
-            .collect();
-        let rows: Vec<Vec<String>> = self.pipelined(&self.recent, &invocations).await?;
+            .await?;
         // In order: a user's last row is their list after all of this batch.
         let mut out = RecentLists::new();
         for ((user, _, _), r) in engagements.iter().zip(rows) {
@@ -356,22 +366,28 @@ impl FeatureSink for RedisStore {
         if values.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for (k, v) in values {
-            pipe.set(k, v).ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)
+        let keys: Vec<String> = values.iter().map(|(k, _)| k.clone()).collect();
+        self.conn
+            .batch::<()>(None, &keys, |pipe, i| {
+                // Not ignored: `batch` hands back one reply per call.
+                pipe.set(&values[i].0, values[i].1.as_slice());
+            })
+            .await
+            .map(drop)
+            .map_err(redis_err)
     }
 
     async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
         if values.is_empty() {
             return Ok(());
         }
-        let invocations: Vec<redis::ScriptInvocation<'_>> = values
-            .iter()
-            .map(|(key, generation, bytes)| {
+        let keys: Vec<String> = values.iter().map(|(key, _, _)| key.clone()).collect();
+        let _: Vec<i64> = self
+            .pipelined(&self.set_if_newer, &keys, |i| {
+                let (key, generation, bytes) = &values[i];
                 let mut inv = self.set_if_newer.prepare_invoke();
+                // The value's key carries the user's hash tag (`Key::redis_key`): its
+                // generation beside it lands in the same slot.
                 inv.key(key)
                     .key(format!("{key}:gen"))
                     .arg(*generation)
@@ -379,8 +395,7 @@ impl FeatureSink for RedisStore {
                     .arg(USER_TTL.as_secs());
                 inv
             })
-            .collect();
-        let _: Vec<i64> = self.pipelined(&self.set_if_newer, &invocations).await?;
+            .await?;
         Ok(())
     }
 

@@ -264,3 +264,133 @@ impl Drop for Kafka {
         let _ = self.child.wait();
     }
 }
+
+/// A Redis Cluster of three masters (`redis-server --cluster-enabled yes` on free loopback
+/// ports, slots assigned by `redis-cli --cluster create`), killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    _dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
+    pub url: String,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        // Each node also takes PORT + 10000 (the cluster bus).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port();
+            if p < 55_000 && !ports.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                ports.push(p);
+            }
+        }
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            url: format!(
+                "redis+cluster://{}",
+                ports
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            ports: ports.clone(),
+            _dir: dir,
+        };
+        for &port in &ports {
+            let node_dir = cluster._dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/setup installs it)");
+            cluster.nodes.push(child);
+        }
+        for &port in &ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let up = (0..100).any(|_| {
+                let ok = client
+                    .get_connection()
+                    .is_ok_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok());
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                ok
+            });
+            assert!(up, "cluster node {port} did not start");
+        }
+        let create = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (with redis-server)");
+        assert!(
+            create.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&create.stdout)
+        );
+        // Every node must see every slot served before the cluster takes writes.
+        for &port in &ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let ok = (0..200).any(|_| {
+                let info: String = client
+                    .get_connection()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .unwrap_or_default();
+                let ok = info.contains("cluster_state:ok");
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                ok
+            });
+            assert!(ok, "cluster node {port} never reported cluster_state:ok");
+        }
+        cluster
+    }
+
+    /// The node that holds `key`'s slot, as the cluster says (`CLUSTER KEYSLOT`, `CLUSTER
+    /// SLOTS`): tests read back through it.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.ports[0])).unwrap();
+        let mut c = client.get_connection().unwrap();
+        redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut c).unwrap()
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.ports
+            .iter()
+            .map(|p| {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{p}/")).unwrap();
+                let mut c = client.get_connection().unwrap();
+                redis::cmd("DBSIZE").query(&mut c).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}
