@@ -771,14 +771,14 @@ fn two_namespaces(s: &mut Suite) -> anyhow::Result<()> {
             "{ns}: status.stream {plan}"
         );
         let pods = s.owned(ns, "pods", "twin")?;
-        for ordinal in 0..2 {
+        for ordinal in ["0", "1"] {
             let name = format!("twin-stream-{ordinal}");
             let pod = pods
                 .iter()
                 .find(|p| p["metadata"]["name"] == name)
                 .with_context(|| format!("{ns}: no pod {name}"))?;
             ensure!(
-                pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] == ordinal.to_string(),
+                pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] == ordinal,
                 "{ns}: {name} labels {}",
                 pod["metadata"]["labels"]
             );

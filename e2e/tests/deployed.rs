@@ -1074,7 +1074,7 @@ fn stream_replica_killed(d: &mut Deployed) -> anyhow::Result<()> {
             .map(|j| {
                 let n = batch * 80 + j;
                 let item = &items[(n * 7) % items.len()];
-                let kind = if n % 3 == 0 { "click" } else { "impression" };
+                let kind = if n.is_multiple_of(3) { "click" } else { "impression" };
                 want.entry(item.clone())
                     .or_default()
                     .add(recstack_services::events::EventKind::parse(kind).expect("a kind"));
