@@ -9,6 +9,9 @@
 //!    max; HdrHistogram).
 //! 3. Write-rate smoothness: windows of 1 s with 2,000 items each, written to the store with
 //!    and without the adaptive limiter; peak and mean writes per 50 ms slot.
+//! 4. At cluster scale: ingest into a real Apache Kafka broker (a 4-partition topic), then the
+//!    stream job reading it into a three-master Redis Cluster with one replica and with two
+//!    replicas sharing the partitions (each its own worker, as two pods would run them).
 //!
 //! `cargo bench -p recstack-services --bench events`
 
@@ -21,12 +24,18 @@ use std::time::{Duration, Instant};
 use recstack_core::stream::limiter::LimiterConfig;
 use recstack_core::stream::window::{ItemState, ItemWindow, WindowConfig};
 use recstack_services::events::ingest::{Ingest, SeenLink};
+use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::events::{RawEvent, Timestamp, now_ms};
 use recstack_services::features::{Key, L2, Snapshot};
+use recstack_services::redis_conn;
+use recstack_services::stream::assignment::Assignment;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
 use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const POSTERS: usize = 8;
 const CALLS_PER_POSTER: usize = 100;
@@ -103,7 +112,7 @@ fn log_and_ingest(dir: &std::path::Path, dedup: u64) -> (Arc<FileLog>, Arc<Inges
 /// Posts `POSTERS × CALLS_PER_POSTER` calls of `PER_CALL` events concurrently through
 /// `ingest` (2,000 items, 5,000 users, 3 impressions : 1 click : 1 play). Event times are
 /// spread over the `spread_ms` before each call (0: every event at its call's time).
-async fn post_all(ingest: &Arc<Ingest<FileLog>>, spread_ms: i64) {
+async fn post_all<L: EventLog>(ingest: &Arc<Ingest<L>>, spread_ms: i64) {
     let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as i64;
     let posters: Vec<_> = (0..POSTERS)
         .map(|p| {
@@ -362,11 +371,111 @@ async fn smoothness(limited: bool) -> (u64, f64, f64) {
     (total, peak as f64, mean)
 }
 
+/// Ingest → Kafka, then Kafka → stream job → Redis Cluster with 1 and 2 replicas.
+async fn at_cluster_scale() {
+    let kafka = common::Kafka::start();
+    let cluster = common::RedisCluster::start();
+    let log = Arc::new(
+        KafkaLog::connect(
+            std::slice::from_ref(&kafka.addr),
+            "bench-events",
+            &TopicSettings::single_broker(4),
+        )
+        .await
+        .unwrap(),
+    );
+    let ingest = Arc::new(Ingest::new(
+        log.clone(),
+        SeenLink::None,
+        2_000_000,
+        Duration::from_secs(600),
+    ));
+    let total = (POSTERS * CALLS_PER_POSTER * PER_CALL) as f64;
+    let start = Instant::now();
+    post_all(&ingest, 240_000).await;
+    let ingest_rate = total / start.elapsed().as_secs_f64();
+    let mut rows = vec![(
+        "ingest → Kafka (acks=all, idempotent producer)".to_string(),
+        ingest_rate,
+    )];
+    // A first round warms the broker's JVM and caches (not reported); then the two settings
+    // alternate, twice each.
+    for (round, replicas) in [1u32, 1, 2, 1, 2].into_iter().enumerate() {
+        // A fresh store and consumer group each round: every round does the same work.
+        let mut c = redis_conn::connect(&cluster.url, Duration::from_secs(2)).await.unwrap();
+        for port in &cluster.ports {
+            let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let _: () = redis::cmd("FLUSHALL").query_async(&mut node).await.unwrap();
+        }
+        let _: Option<String> = redis::cmd("GET").arg("warm").query_async(&mut c).await.unwrap();
+        let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
+        let group = format!("bench-cluster-{round}");
+        let workers: Vec<_> = (0..replicas)
+            .map(|r| {
+                let config = StreamConfig {
+                    group: group.clone(),
+                    assignment: Assignment::new(r, replicas).unwrap(),
+                    ..replay_config()
+                };
+                worker(log.clone(), sink.clone(), config)
+            })
+            .collect();
+        let start = Instant::now();
+        let runs: Vec<_> = workers
+            .into_iter()
+            .map(|w| {
+                tokio::spawn(async move {
+                    w.run(watch::channel(false).1, true)
+                        .await
+                        .map(|()| w.metrics.events.get())
+                })
+            })
+            .collect();
+        let mut read = 0;
+        for r in runs {
+            read += r.await.unwrap().unwrap();
+        }
+        assert_eq!(read as f64, total, "every event read once over the replicas");
+        if round == 0 {
+            continue;
+        }
+        rows.push((
+            format!(
+                "Kafka → stream job ({replicas} replica{}) → Redis Cluster (3 masters)",
+                if replicas == 1 { "" } else { "s" }
+            ),
+            total / start.elapsed().as_secs_f64(),
+        ));
+    }
+    println!(
+        "\n### At cluster scale ({total} events; Apache Kafka 4.4, one broker, 4 partitions; Redis Cluster, 3 masters; all on this machine)\n"
+    );
+    println!("| step | events/s |\n|---|---:|");
+    for (step, rate) in &rows {
+        println!("| {step} | {rate:.0} |");
+    }
+    let best = |n: &str| {
+        rows.iter()
+            .filter(|(s, _)| s.contains(n))
+            .map(|(_, r)| *r)
+            .fold(0.0, f64::max)
+    };
+    println!(
+        "\nscaling, best of each: 2 replicas / 1 replica = {:.2}×",
+        best("(2 replicas)") / best("(1 replica)")
+    );
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    at_cluster_scale().await;
     throughput().await;
     event_to_visible().await;
     println!("\n### Window writes per 50 ms slot (1 s windows, 2,000 items each, 6 s of events)\n");
