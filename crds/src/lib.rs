@@ -97,6 +97,7 @@ pub fn crd_yaml() -> String {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers"),
+    validation = Rule::new("self.stream.engine != 'flink' || !self.artifacts.uri.startsWith('file://') || (has(self.stream.flink) && has(self.stream.flink.stateUri))").message("stream.engine flink keeps its checkpoints and savepoints on an object store: set stream.flink.stateUri (s3://bucket/prefix), or artifacts.uri to an object store (the state then goes beside it)"),
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.eventLog)").message("stream.engine builtin reads the events ingest logs from another pod: set spec.eventLog.bootstrapServers (the embedded log is on each ingest pod's own disk), or set stream.engine: none"),
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.feature.redisUrl)").message("stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none"),
     validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)"),
@@ -702,7 +703,8 @@ pub struct StreamWorkloadSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("self.version.matches('^v[0-9]+_[0-9]+$')").message("stream.flink.version must look like v1_20 (the Flink operator's FlinkVersion)")
+    validation = Rule::new("self.version.matches('^v[0-9]+_[0-9]+$')").message("stream.flink.version must look like v1_20 (the Flink operator's FlinkVersion)"),
+    validation = Rule::new("!has(self.stateUri) || self.stateUri.matches('^(s3|s3a|s3p|gs|abfss?|hdfs)://[^/]+')").message("stream.flink.stateUri must be an object store prefix Flink can write to, such as s3://bucket/recstack/flink")
 )]
 pub struct FlinkSpec {
     /// Flink image with the SQL runner and the Kafka connector, for example `flink:1.20`.
@@ -725,6 +727,13 @@ pub struct FlinkSpec {
     /// Service account the Flink pods run as (the Flink operator's docs create `flink`).
     #[serde(default = "defaults::flink_service_account")]
     pub service_account: String,
+    /// Where the job keeps its checkpoints and savepoints (`<stateUri>/checkpoints`,
+    /// `<stateUri>/savepoints`), an object store prefix such as `s3://bucket/recstack/flink`.
+    /// Default: beside the artifacts, `<artifacts.uri>-flink`, on the same store with the same
+    /// endpoint and credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 6, max = 2048))]
+    pub state_uri: Option<String>,
 }
 
 impl Default for FlinkSpec {
@@ -736,6 +745,7 @@ impl Default for FlinkSpec {
             job_manager_memory: defaults::job_manager_memory(),
             task_manager_memory: defaults::task_manager_memory(),
             service_account: defaults::flink_service_account(),
+            state_uri: None,
         }
     }
 }

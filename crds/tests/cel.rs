@@ -143,8 +143,26 @@ fn flink_fields_only_with_engine_flink() {
         "must look like v1_20",
     );
     assert!(
-        broken_rules("  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {taskSlots: 4}}")
-            .is_empty()
+        broken_rules(
+            "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {taskSlots: 4, stateUri: 's3://b/flink'}}"
+        )
+        .is_empty()
+    );
+    // Checkpoints and savepoints need an object store: the artifacts' (state beside them) or
+    // their own.
+    assert_rejects(
+        "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink}",
+        "stream.engine flink keeps its checkpoints and savepoints on an object store",
+    );
+    assert!(
+        broken_rules(
+            "  eventLog: {bootstrapServers: ['k:9092']}\n  artifacts: {uri: 's3://b/shop/artifacts'}\n  stream: {engine: flink}"
+        )
+        .is_empty()
+    );
+    assert_rejects(
+        "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {stateUri: 'file:///tmp/flink'}}",
+        "stream.flink.stateUri must be an object store prefix",
     );
 }
 
@@ -259,7 +277,10 @@ fn builtin_streaming_needs_a_shared_event_log_and_redis() {
     );
     // Flink needs the log but not Redis from this spec; `none` needs neither.
     assert!(
-        broken_rules_as_written("  stream: {engine: flink}\n  eventLog: {bootstrapServers: ['k:9092']}").is_empty()
+        broken_rules_as_written(
+            "  stream: {engine: flink, flink: {stateUri: 's3://b/f'}}\n  eventLog: {bootstrapServers: ['k:9092']}"
+        )
+        .is_empty()
     );
 }
 

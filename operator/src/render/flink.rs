@@ -83,6 +83,31 @@ INSERT INTO item_window_features
     )
 }
 
+/// The pod template annotation holding the SQL's hash.
+pub const SQL_HASH: &str = "recstack.io/sql-hash";
+
+fn sql_hash(sql: &str) -> String {
+    format!("{:016x}", super::stable_hash(sql.as_bytes()))
+}
+
+/// Where the job keeps its checkpoints and savepoints: `stream.flink.stateUri`, else beside the
+/// artifacts on their object store (`<artifacts.uri>-flink`). CEL refuses a Flink stack with
+/// neither; the error here covers an object that skipped admission.
+fn state_uri(ctx: &StackCtx) -> Result<String, RenderError> {
+    let spec = ctx.spec();
+    if let Some(uri) = spec.stream.flink.as_ref().and_then(|f| f.state_uri.as_ref()) {
+        return Ok(uri.trim_end_matches('/').to_string());
+    }
+    let artifacts = spec.artifacts.uri.trim_end_matches('/');
+    if artifacts.starts_with("file://") {
+        return Err(RenderError::InvalidField {
+            field: "spec.stream.flink.stateUri",
+            message: "stream.engine flink keeps its checkpoints and savepoints on an object store: set stream.flink.stateUri, or artifacts.uri to an object store".into(),
+        });
+    }
+    Ok(format!("{artifacts}-flink"))
+}
+
 /// `30s` → `INTERVAL '30' SECOND`; the CRD's CEL rule guarantees the shape.
 fn flink_interval(window: &str) -> String {
     let (n, unit) = window.split_at(window.len().saturating_sub(1));
@@ -105,6 +130,23 @@ pub(super) fn flink_job(ctx: &StackCtx) -> Result<Vec<Child>, RenderError> {
     let name = labels::component_name(&ctx.name, Component::Stream);
     let sql_config = format!("{name}-sql");
     let sql = aggregation_sql(&log.bootstrap_servers.join(","), &log.topic, &spec.stream.window);
+    let state = state_uri(ctx)?;
+    let mut configuration = json!({
+        "taskmanager.numberOfTaskSlots": flink.task_slots.to_string(),
+        "execution.checkpointing.interval": "30s",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        // Kept when the job is cancelled or upgraded: the next run starts from the newest.
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "state.checkpoints.dir": format!("{state}/checkpoints"),
+        "state.savepoints.dir": format!("{state}/savepoints"),
+    });
+    if let Some(endpoint) = &spec.artifacts.endpoint
+        && flink.state_uri.is_none()
+    {
+        // An S3-compatible server beside the artifacts: path-style addressing.
+        configuration["s3.endpoint"] = json!(endpoint);
+        configuration["s3.path.style.access"] = json!("true");
+    }
 
     let mut pod_spec = json!({
         "securityContext": {
@@ -128,6 +170,13 @@ pub(super) fn flink_job(ctx: &StackCtx) -> Result<Vec<Child>, RenderError> {
     if spec.policies.priority_classes.enabled {
         pod_spec["priorityClassName"] = json!(spec.policies.priority_classes.offline);
     }
+    // Flink's S3 file systems read credentials from the environment (or their own config), not
+    // from files: the stack's object-store Secret, when the state is beside the artifacts.
+    if let Some(secret) = spec.artifacts.credentials_secret_ref.as_ref()
+        && flink.state_uri.is_none()
+    {
+        pod_spec["containers"][0]["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
+    }
 
     Ok(vec![
         child(
@@ -145,15 +194,16 @@ pub(super) fn flink_job(ctx: &StackCtx) -> Result<Vec<Child>, RenderError> {
                     "image": flink.image,
                     "flinkVersion": flink.version,
                     "serviceAccount": flink.service_account,
-                    "flinkConfiguration": {
-                        "taskmanager.numberOfTaskSlots": flink.task_slots.to_string(),
-                        "execution.checkpointing.interval": "30s",
-                        "execution.checkpointing.mode": "EXACTLY_ONCE",
-                        "state.savepoints.dir": "file:///flink-data/savepoints",
-                        "state.checkpoints.dir": "file:///flink-data/checkpoints",
-                    },
+                    "flinkConfiguration": configuration,
                     "podTemplate": {
-                        "metadata": { "labels": labels::component_labels(&ctx.name, Component::Stream) },
+                        "metadata": {
+                            "labels": labels::component_labels(&ctx.name, Component::Stream),
+                            // The SQL lives in a ConfigMap, which the Flink operator does not
+                            // watch: its hash here makes a changed query a changed spec, which
+                            // the operator rolls out by `upgradeMode` (a savepoint, then the new
+                            // job from it).
+                            "annotations": { SQL_HASH: sql_hash(&sql) },
+                        },
                         "spec": pod_spec,
                     },
                     "jobManager": { "resource": { "memory": flink.job_manager_memory, "cpu": 1 } },
