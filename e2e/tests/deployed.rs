@@ -926,9 +926,26 @@ fn grpc_url(d: &Deployed, pod: &str) -> anyhow::Result<String> {
     })
 }
 
+/// Whether the feature service lists `item` first among `user`'s recent items.
+async fn lists_first(
+    features: &mut recstack_services::features::proto::features_client::FeaturesClient<tonic::transport::Channel>,
+    user: &str,
+    item: &str,
+) -> anyhow::Result<bool> {
+    use recstack_services::features::proto::GetUserRequest;
+    let f = features
+        .get_user(GetUserRequest {
+            user_id: user.to_string(),
+        })
+        .await?
+        .into_inner()
+        .features;
+    Ok(f.is_some_and(|f| f.recent_items.first().map(String::as_str) == Some(item)))
+}
+
 fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
+    use recstack_services::features::proto::GetItemsRequest;
     use recstack_services::features::proto::features_client::FeaturesClient;
-    use recstack_services::features::proto::{GetItemsRequest, GetUserRequest};
     use recstack_services::recall::proto::RecallRequest;
     use recstack_services::recall::proto::recall_client::RecallClient;
 
@@ -967,15 +984,8 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
             if served_after.is_none() && item_ids(&recommend_once(gateway, &user, 10)?) != before {
                 served_after = Some(posted.elapsed());
             }
-            if user_after.is_none() {
-                let f = features
-                    .get_user(GetUserRequest { user_id: user.clone() })
-                    .await?
-                    .into_inner()
-                    .features;
-                if f.is_some_and(|f| f.recent_items.first() == Some(&item)) {
-                    user_after = Some(posted.elapsed());
-                }
+            if user_after.is_none() && lists_first(&mut features, &user, &item).await? {
+                user_after = Some(posted.elapsed());
             }
             if window_after.is_none() {
                 let items = features
@@ -1043,12 +1053,7 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
             let (code, text) = http(ingest, "POST", "/v1/events", Some(&body), Duration::from_secs(5))?;
             ensure!(code == 200 && text.contains("\"accepted\":1"), "{code} {text}");
             loop {
-                let f = features
-                    .get_user(GetUserRequest { user_id: user.clone() })
-                    .await?
-                    .into_inner()
-                    .features;
-                if f.is_some_and(|f| f.recent_items.first() == Some(&item)) {
+                if lists_first(&mut features, &user, &item).await? {
                     delays.push(posted.elapsed());
                     break;
                 }

@@ -490,16 +490,21 @@ async fn embedded_log_redis_cluster_store_survives_a_kill_mid_window() {
 
 // === Apache Kafka ===
 
+/// `topic` on the test broker, created with `partitions` when missing.
+async fn kafka_log(kafka: &common::Kafka, topic: &str, partitions: u32) -> KafkaLog {
+    KafkaLog::connect(
+        std::slice::from_ref(&kafka.addr),
+        topic,
+        &TopicSettings::single_broker(partitions),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn kafka_log_keeps_order_offsets_and_commits() {
     let kafka = common::Kafka::start();
-    let log = KafkaLog::connect(
-        std::slice::from_ref(&kafka.addr),
-        "events-a",
-        &TopicSettings::single_broker(3),
-    )
-    .await
-    .unwrap();
+    let log = kafka_log(&kafka, "events-a", 3).await;
     assert_eq!(log.partitions(), 3);
     let evs = events();
     append_all(&log, &evs[..600]).await;
@@ -541,13 +546,7 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
     .unwrap();
     // A fresh client reads the commit back from the group's offsets in Kafka; an existing
     // topic keeps its partitions whatever the settings say.
-    let again = KafkaLog::connect(
-        std::slice::from_ref(&kafka.addr),
-        "events-a",
-        &TopicSettings::single_broker(8),
-    )
-    .await
-    .unwrap();
+    let again = kafka_log(&kafka, "events-a", 8).await;
     assert_eq!(again.partitions(), 3);
     assert_eq!(
         again.committed("g", 1).await.unwrap(),
@@ -563,13 +562,7 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
 async fn kafka_log_redis_store_survives_a_kill_mid_window() {
     let kafka = common::Kafka::start();
     let redis = common::Redis::start();
-    let log = KafkaLog::connect(
-        std::slice::from_ref(&kafka.addr),
-        "events-b",
-        &TopicSettings::single_broker(2),
-    )
-    .await
-    .unwrap();
+    let log = kafka_log(&kafka, "events-b", 2).await;
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
@@ -637,13 +630,7 @@ async fn two_replicas_share_the_partitions_and_a_killed_one_resumes_its_own() {
     // window applied twice), and each replica read only its own partitions.
     let kafka = common::Kafka::start();
     let redis = common::Redis::start();
-    let log = KafkaLog::connect(
-        std::slice::from_ref(&kafka.addr),
-        "events-e",
-        &TopicSettings::single_broker(4),
-    )
-    .await
-    .unwrap();
+    let log = kafka_log(&kafka, "events-e", 4).await;
     let evs = events();
     append_all(&log, &evs).await;
     let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());

@@ -25,6 +25,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `redis-server` on loopback `port`, in memory only (no snapshots, no append-only file).
+fn redis_server(port: u16) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    cmd
+}
+
 /// A redis-server on a free port, killed on drop.
 pub struct Redis {
     child: Child,
@@ -34,17 +50,7 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Redis {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let child = redis_server(port)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/setup installs it)");
@@ -302,17 +308,7 @@ impl RedisCluster {
         for &port in &ports {
             let node_dir = cluster._dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
+            let child = redis_server(port)
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
                 .arg("--dir")
                 .arg(&node_dir)
