@@ -352,20 +352,27 @@ async fn embedded_log_in_memory_store_survives_a_kill_mid_window() {
     assert_eq!(before, after);
 }
 
-#[tokio::test]
-async fn embedded_log_redis_store_survives_a_kill_mid_window() {
-    let redis = common::Redis::start();
+/// [`kill_and_restart`] over a 2-partition embedded log into Redis at `url` (one server or a
+/// cluster): the totals must be exact and the restart must meet windows its first run wrote.
+async fn kill_and_restart_into_redis(url: &str) -> (Arc<RedisStore>, Vec<Event>) {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(dir.path(), 2).unwrap();
     let evs = events();
     append_all(&log, &evs).await;
-    let sink = Arc::new(RedisStore::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
+    let sink = Arc::new(RedisStore::connect(url, Duration::from_secs(2)).await.unwrap());
     let (states, stale) = kill_and_restart(log, sink.clone(), &items(&evs), 30, |s, item| {
         Box::pin(async move { redis_state(&s, item).await })
     })
     .await;
     check_totals(&states, &evs);
     assert!(stale > 0);
+    (sink, evs)
+}
+
+#[tokio::test]
+async fn embedded_log_redis_store_survives_a_kill_mid_window() {
+    let redis = common::Redis::start();
+    let (sink, evs) = kill_and_restart_into_redis(&redis.url).await;
     // The trending list and the feature values the feature service reads are there.
     let top = sink.trending(5).await.unwrap();
     assert_eq!(top.len(), 5);
@@ -453,17 +460,7 @@ async fn embedded_log_redis_cluster_store_survives_a_kill_mid_window() {
     // The same kill-and-restart over a three-master Redis Cluster: every batch of scripts is
     // split by slot, users' values and generations are written by one script per user.
     let cluster = common::RedisCluster::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (log, _) = FileLog::open(dir.path(), 2).unwrap();
-    let evs = events();
-    append_all(&log, &evs).await;
-    let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
-    let (states, stale) = kill_and_restart(log, sink.clone(), &items(&evs), 30, |s, item| {
-        Box::pin(async move { redis_state(&s, item).await })
-    })
-    .await;
-    check_totals(&states, &evs);
-    assert!(stale > 0);
+    let (sink, _) = kill_and_restart_into_redis(&cluster.url).await;
     // The keys are spread over every master, and the slots we route by are the cluster's.
     let per_node = cluster.keys_per_node();
     assert!(per_node.iter().all(|&n| n > 0), "keys per node {per_node:?}");
