@@ -194,6 +194,25 @@ pub struct TopicCreate {
     pub retention_hours: u32,
 }
 
+/// The URL scheme of a Redis Cluster named by some of its nodes (`featureStore.redisUrl`).
+pub const REDIS_CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// A `redis+cluster://[user:password@]host:port,host:port[/]` URL's credentials (what stands
+/// before `@`) and seed nodes (`host:port` each, trimmed, empty entries dropped); `None` for
+/// a one-server URL. The services connect to the nodes; the operator opens their ports.
+pub fn redis_cluster_seeds(url: &str) -> Option<(Option<&str>, Vec<&str>)> {
+    let rest = url.strip_prefix(REDIS_CLUSTER_SCHEME)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((c, h)) => (Some(c), h),
+        None => (None, authority),
+    };
+    Some((
+        credentials,
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect(),
+    ))
+}
+
 /// Where real-time features live (Redis), if anywhere.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

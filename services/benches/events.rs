@@ -28,7 +28,6 @@ use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::events::{RawEvent, Timestamp, now_ms};
 use recstack_services::features::{Key, L2, Snapshot};
-use recstack_services::redis_conn;
 use recstack_services::stream::assignment::Assignment;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
 use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
@@ -402,7 +401,6 @@ async fn at_cluster_scale() {
     // alternate, twice each.
     for (round, replicas) in [1u32, 1, 2, 1, 2].into_iter().enumerate() {
         // A fresh store and consumer group each round: every round does the same work.
-        let mut c = redis_conn::connect(&cluster.url, Duration::from_secs(2)).await.unwrap();
         for port in &cluster.ports {
             let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
                 .unwrap()
@@ -411,7 +409,6 @@ async fn at_cluster_scale() {
                 .unwrap();
             let _: () = redis::cmd("FLUSHALL").query_async(&mut node).await.unwrap();
         }
-        let _: Option<String> = redis::cmd("GET").arg("warm").query_async(&mut c).await.unwrap();
         let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
         let group = format!("bench-cluster-{round}");
         let workers: Vec<_> = (0..replicas)

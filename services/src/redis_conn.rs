@@ -14,15 +14,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use recstack_crds::runtime::redis_cluster_seeds;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 /// How long a starting service waits for Redis before it exits (and is restarted).
 pub const START_WAIT: Duration = Duration::from_secs(30);
-
-/// The URL scheme of a Redis Cluster.
-pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
 /// Hash slots of a Redis Cluster.
 const SLOTS: u16 = 16_384;
@@ -65,20 +63,9 @@ impl ConnectionLike for RedisConn {
 /// The seed nodes of a `redis+cluster://` URL as `redis://` URLs (credentials kept on each),
 /// or `None` for a one-server URL.
 pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
-    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (credentials, hosts) = match authority.rsplit_once('@') {
-        Some((c, h)) => (format!("{c}@"), h),
-        None => (String::new(), authority),
-    };
-    Some(
-        hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("redis://{credentials}{h}"))
-            .collect(),
-    )
+    let (credentials, hosts) = redis_cluster_seeds(url)?;
+    let credentials = credentials.map(|c| format!("{c}@")).unwrap_or_default();
+    Some(hosts.into_iter().map(|h| format!("redis://{credentials}{h}")).collect())
 }
 
 /// Connects to `url` with short timeouts: a dead Redis costs a request at most `timeout`, and
@@ -185,6 +172,9 @@ impl RedisConn {
         keys: &[String],
         add: impl Fn(&mut Pipeline, usize),
     ) -> RedisResult<Vec<T>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let groups: Vec<Vec<usize>> = match self {
             RedisConn::Single(_) => vec![(0..keys.len()).collect()],
             RedisConn::Cluster(_) => {
@@ -195,7 +185,7 @@ impl RedisConn {
                 by_slot.into_values().collect()
             }
         };
-        let replies = futures::future::try_join_all(groups.iter().filter(|g| !g.is_empty()).map(|group| {
+        let replies = futures::future::try_join_all(groups.iter().map(|group| {
             let mut pipe = redis::pipe();
             if let Some(s) = script {
                 pipe.load_script(s).ignore();
@@ -208,7 +198,7 @@ impl RedisConn {
         }))
         .await?;
         let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
-        for (group, values) in groups.iter().filter(|g| !g.is_empty()).zip(replies) {
+        for (group, values) in groups.iter().zip(replies) {
             if values.len() != group.len() {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::Client,

@@ -240,18 +240,11 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
 /// The ports of a Redis URL: one server's, or every seed node's of a `redis+cluster://` URL
 /// (a cluster's other nodes are expected on the same ports, as a StatefulSet runs them).
 pub fn redis_ports(url: &str) -> Vec<u16> {
-    match url.strip_prefix("redis+cluster://") {
-        Some(rest) => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match recstack_crds::runtime::redis_cluster_seeds(url) {
+        Some((_, hosts)) => {
             let mut ports: Vec<u16> = hosts
-                .split(',')
-                .map(|h| {
-                    h.trim()
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| p.parse().ok())
-                        .unwrap_or(6379)
-                })
+                .iter()
+                .map(|h| h.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(6379))
                 .collect();
             ports.sort_unstable();
             ports.dedup();

@@ -144,10 +144,7 @@ pub(super) fn observability(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Chi
 /// event log's partitions, its headless Service (the StatefulSet's pod names and metrics
 /// scraping) and its PDB.
 pub(super) fn stream_worker(ctx: &StackCtx, config_hash: &str) -> Result<Vec<Child>, RenderError> {
-    let mut out = vec![
-        stream_stateful_set(ctx, ctx.spec().stream.parallelism, config_hash)?,
-        service(ctx, Component::Stream)?,
-    ];
+    let mut out = vec![stream_stateful_set(ctx, config_hash)?, service(ctx, Component::Stream)?];
     if ctx.spec().policies.pod_disruption_budget.enabled {
         out.push(pdb(ctx, Component::Stream)?);
     }
@@ -189,10 +186,11 @@ const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 /// The built-in stream job as a StatefulSet of `stream.parallelism` replicas: each pod's
 /// ordinal says which partitions of the event log it reads (`p % replicas == ordinal`, see
-/// `recstack_core::stream::assignment`), so the replicas share the log instead of each
+/// `recstack_crds::assignment`), so the replicas share the log instead of each
 /// reading all of it, and a replaced pod takes over exactly its predecessor's partitions.
-fn stream_stateful_set(ctx: &StackCtx, replicas: i32, config_hash: &str) -> Result<Child, RenderError> {
+fn stream_stateful_set(ctx: &StackCtx, config_hash: &str) -> Result<Child, RenderError> {
     let component = Component::Stream;
+    let replicas = ctx.spec().stream.parallelism;
     let (meta, mut template) = pod_template(ctx, component, config_hash)?;
     if let Some(env) = template
         .pointer_mut("/spec/containers/0/env")

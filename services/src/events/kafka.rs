@@ -86,6 +86,13 @@ fn client_config(brokers: &[String]) -> ClientConfig {
 /// before it returns what it has.
 const FETCH_CAP: Duration = Duration::from_secs(5);
 
+/// A consumer's settings under `group`, committing only when told to.
+fn consumer_config(brokers: &[String], group: &str) -> ClientConfig {
+    let mut c = client_config(brokers);
+    c.set("group.id", group).set("enable.auto.commit", "false");
+    c
+}
+
 /// One partition's reader: a consumer assigned that partition alone, the offset its next
 /// record has, and whether it has read to the partition's end (no record since).
 struct PartitionReader {
@@ -171,11 +178,7 @@ impl KafkaLog {
         if let Some(c) = groups.get(group) {
             return Ok(c.clone());
         }
-        let consumer: BaseConsumer = client_config(&self.brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(kafka_err)?;
+        let consumer: BaseConsumer = consumer_config(&self.brokers, group).create().map_err(kafka_err)?;
         let consumer = Arc::new(consumer);
         groups.insert(group.to_string(), consumer.clone());
         Ok(consumer)
@@ -302,9 +305,7 @@ fn read_partition(
     if reader.as_ref().and_then(|r| r.next) != Some(from) {
         let consumer = match reader.take() {
             Some(r) => r.consumer,
-            None => client_config(&log.brokers)
-                .set("group.id", "recstack-reader")
-                .set("enable.auto.commit", "false")
+            None => consumer_config(&log.brokers, "recstack-reader")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "true")
                 .set("auto.offset.reset", "earliest")

@@ -253,11 +253,14 @@ impl RedisStore {
         format!("recstack:rt:item:{item}")
     }
 
-    /// A user's recent items and, beside it, their generation: one hash tag, one slot.
-    fn recent_keys(user: &str) -> (String, String) {
-        let key = format!("recstack:rt:user:{{{user}}}");
-        let generation = format!("{key}:gen");
-        (key, generation)
+    /// A user's recent items (hash-tagged by the user, like their generation beside it).
+    fn recent_key(user: &str) -> String {
+        format!("recstack:rt:user:{{{user}}}")
+    }
+
+    /// The generation kept beside a user's `key`: the same hash tag, so the same slot.
+    fn generation_key(key: &str) -> String {
+        format!("{key}:gen")
     }
 
     /// Runs `script` once per key of `keys` (`invoke(i)` builds call `i`), in as few round
@@ -332,14 +335,13 @@ impl FeatureSink for RedisStore {
         if engagements.is_empty() {
             return Ok(RecentLists::new());
         }
-        let keys: Vec<(String, String)> = engagements.iter().map(|(user, _, _)| Self::recent_keys(user)).collect();
-        let routing: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = engagements.iter().map(|(user, _, _)| Self::recent_key(user)).collect();
         let rows: Vec<Vec<String>> = self
-            .pipelined(&self.recent, &routing, |i| {
+            .pipelined(&self.recent, &keys, |i| {
                 let (_, item, ts) = &engagements[i];
                 let mut inv = self.recent.prepare_invoke();
-                inv.key(&keys[i].0)
-                    .key(&keys[i].1)
+                inv.key(&keys[i])
+                    .key(Self::generation_key(&keys[i]))
                     .arg(*ts)
                     .arg(item)
                     .arg(RECENT_ITEMS)
@@ -389,7 +391,7 @@ impl FeatureSink for RedisStore {
                 // The value's key carries the user's hash tag (`Key::redis_key`): its
                 // generation beside it lands in the same slot.
                 inv.key(key)
-                    .key(format!("{key}:gen"))
+                    .key(Self::generation_key(key))
                     .arg(*generation)
                     .arg(bytes.as_slice())
                     .arg(USER_TTL.as_secs());
