@@ -223,7 +223,22 @@ pub struct Kafka {
 }
 
 impl Kafka {
+    /// Starts a broker; when another test took one of its free ports before the JVM bound it
+    /// (a race between picking a port and binding it), starts again on new ports.
     pub fn start() -> Kafka {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start() {
+                Ok(kafka) => return kafka,
+                Err(log) if log.contains("Address already in use") => last = log,
+                Err(log) => panic!("the Kafka broker did not start:\n{log}"),
+            }
+        }
+        panic!("the Kafka broker found no free ports in 5 tries:\n{last}");
+    }
+
+    /// One start on fresh ports: the broker, or its log if it exited or did not start in 60 s.
+    fn try_start() -> Result<Kafka, String> {
         // The broker takes PORT and PORT + 1 (its controller): find two free in a row.
         let port = (0..50)
             .map(|_| free_port())
@@ -250,17 +265,17 @@ impl Kafka {
         for _ in 0..600 {
             let out = std::fs::read_to_string(&log_path).unwrap_or_default();
             if out.contains("Kafka Server started") {
-                return kafka;
+                return Ok(kafka);
             }
             if let Ok(Some(status)) = kafka.child.try_wait() {
-                panic!("the Kafka broker exited ({status}):\n{out}");
+                return Err(format!("exited ({status}):\n{out}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "the Kafka broker did not start in 60 s:\n{}",
+        Err(format!(
+            "not started in 60 s:\n{}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
+        ))
     }
 }
 
