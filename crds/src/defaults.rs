@@ -52,11 +52,13 @@ pub fn dashboard_replicas() -> i32 {
 pub fn parallelism() -> i32 {
     2
 }
+/// The Flink engine's job image (`services/flink/Dockerfile`: Flink, PyFlink, the Kafka SQL
+/// connector and the SQL runner), released with the services image.
 pub fn flink_image() -> String {
-    "flink:1.20".into()
+    format!("ghcr.io/recstack/recstack-flink:{}", env!("CARGO_PKG_VERSION"))
 }
 pub fn flink_version() -> String {
-    "v1_20".into()
+    "v2_2".into()
 }
 pub fn task_slots() -> i32 {
     2

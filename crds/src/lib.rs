@@ -63,8 +63,7 @@ pub fn crd_yaml() -> String {
     namespaced,
     cel,
     status = "RecommenderStackStatus",
-    validation = Rule::new("self.metadata.name.size() <= 51 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 51 characters (lower-case letters, digits and '-', starting with a letter): every name derived from it, up to <name>-stream-rest, must fit in 63"),
-    validation = Rule::new("!has(self.spec.build) || !has(self.spec.build.schedule) || self.metadata.name.size() <= 46").message("build.schedule makes a CronJob named <name>-build, and Kubernetes limits CronJob names to 52 characters: metadata.name must be at most 46 characters to use a schedule"),
+    validation = Rule::new("self.metadata.name.size() <= 45 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 45 characters (lower-case letters, digits and '-', starting with a letter): every name derived from it must fit, up to the stream StatefulSet's controller-revision-hash label <name>-stream-<hash> (63)"),
     doc = "A recommendation stack: multi-channel recall, ONNX ranking (CPU or GPU), rerank, real-time features, event ingest and streaming aggregation, with traces that explain every recommendation.",
     printcolumn(
         name = "Ready",
@@ -99,9 +98,9 @@ pub fn crd_yaml() -> String {
     validation = Rule::new("self.stream.engine != 'flink' || has(self.eventLog)").message("stream.engine flink reads events from Kafka: set spec.eventLog.bootstrapServers"),
     validation = Rule::new("self.stream.engine != 'flink' || !self.artifacts.uri.startsWith('file://') || (has(self.stream.flink) && has(self.stream.flink.stateUri))").message("stream.engine flink keeps its checkpoints and savepoints on an object store: set stream.flink.stateUri (s3://bucket/prefix), or artifacts.uri to an object store (the state then goes beside it)"),
     validation = Rule::new("self.stream.engine != 'builtin' || has(self.eventLog)").message("stream.engine builtin reads the events ingest logs from another pod: set spec.eventLog.bootstrapServers (the embedded log is on each ingest pod's own disk), or set stream.engine: none"),
-    validation = Rule::new("self.stream.engine != 'builtin' || has(self.feature.redisUrl)").message("stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none"),
+    validation = Rule::new("self.stream.engine == 'none' || has(self.feature.redisUrl)").message("the stream job writes its windows to Redis (with engine flink, the StatefulSet applying the job's output does): set spec.feature.redisUrl, or set stream.engine: none"),
     validation = Rule::new("!has(self.dashboard) || has(self.traceStore)").message("dashboard reads traces from a shared store: set spec.traceStore (with the embedded default each gateway pod keeps its own traces)"),
-    validation = Rule::new("!has(self.eventLog) || self.stream.engine != 'builtin' || self.eventLog.partitions >= self.stream.parallelism").message("stream.parallelism must not exceed eventLog.partitions: the stream replicas share the topic's partitions, and a replica without one would idle"),
+    validation = Rule::new("!has(self.eventLog) || self.stream.engine == 'none' || self.eventLog.partitions >= self.stream.parallelism").message("stream.parallelism must not exceed eventLog.partitions: the stream replicas share the topic's partitions, and a replica without one would idle"),
     validation = Rule::new("!has(self.build) || !self.artifacts.uri.startsWith('file://')").message("build publishes to artifacts.uri, which every pod must read: set artifacts.uri to an object store (s3://bucket/prefix, gs://…, az://…), not file://")
 )]
 pub struct RecommenderStackSpec {
@@ -649,7 +648,7 @@ pub enum StreamEngine {
 #[x_kube(
     cel,
     validation = Rule::new("self.engine == 'flink' || !has(self.flink)").message("stream.flink settings are only allowed when stream.engine is 'flink'"),
-    validation = Rule::new("self.engine == 'builtin' || !has(self.workload)").message("stream.workload settings are only allowed when stream.engine is 'builtin'; size Flink with stream.flink"),
+    validation = Rule::new("self.engine != 'none' || !has(self.workload)").message("stream.workload settings are only allowed when a stream engine runs (builtin, or flink: the StatefulSet applying the job's output); size the Flink job with stream.flink"),
     validation = Rule::new("self.window.matches('^[1-9][0-9]*(s|m|h)$')").message("stream.window must be a duration such as 30s, 1m or 1h")
 )]
 pub struct StreamSpec {
@@ -662,11 +661,13 @@ pub struct StreamSpec {
     #[serde(default = "defaults::window")]
     #[schemars(length(min = 2, max = 16))]
     pub window: String,
-    /// Parallel workers (builtin) or Flink job parallelism.
+    /// Replicas of the stream StatefulSet (sharing the topic's partitions), and with engine
+    /// `flink` the Flink job's parallelism too.
     #[serde(default = "defaults::parallelism")]
     #[schemars(range(min = 1, max = 1024))]
     pub parallelism: i32,
-    /// Resources and image of the built-in worker. Only with engine `builtin`.
+    /// Resources and image of the stream StatefulSet (the built-in worker, or with engine
+    /// `flink` the consumer applying the job's output). Not with engine `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<StreamWorkloadSpec>,
     /// Flink settings. Only with engine `flink`.
@@ -707,10 +708,11 @@ pub struct StreamWorkloadSpec {
     validation = Rule::new("!has(self.stateUri) || self.stateUri.matches('^(s3|s3a|s3p|gs|abfss?|hdfs)://[^/]+')").message("stream.flink.stateUri must be an object store prefix Flink can write to, such as s3://bucket/recstack/flink")
 )]
 pub struct FlinkSpec {
-    /// Flink image with the SQL runner and the Kafka connector, for example `flink:1.20`.
+    /// The job image: Flink with PyFlink, the SQL runner and the Kafka SQL connector at the paths
+    /// `services/flink/Dockerfile` uses (default: the recstack-flink image of this release).
     #[serde(default = "defaults::flink_image")]
     pub image: String,
-    /// Flink version as the Flink operator spells it, for example `v1_20`.
+    /// The image's Flink version as the Flink operator spells it (default `v2_2`).
     #[serde(default = "defaults::flink_version")]
     #[schemars(length(min = 4, max = 16))]
     pub version: String,
@@ -763,9 +765,11 @@ pub struct EventLogSpec {
     /// Broker addresses as `host:port`.
     #[schemars(length(min = 1, max = 32), inner(length(min = 3, max = 255)))]
     pub bootstrap_servers: Vec<String>,
-    /// Topic holding behaviour events, partitioned by item.
+    /// Topic holding behaviour events, partitioned by item. With engine `flink` the job writes
+    /// to `<topic>-aggregates` beside it (hence at most 238 characters: Kafka's 249, less the
+    /// suffix).
     #[serde(default = "defaults::events_topic")]
-    #[schemars(length(min = 1, max = 249))]
+    #[schemars(length(min = 1, max = 238))]
     pub topic: String,
     /// Partitions of the topic when recstack creates it (an existing topic keeps its own).
     /// The stream job's replicas share them, so at least `stream.parallelism`.
@@ -995,8 +999,9 @@ pub struct RecommenderStackStatus {
     pub stream: Option<StreamStatus>,
 }
 
-/// Which partitions of the event topic each stream replica reads (`p % replicas ==
-/// ordinal`; see [`assignment`]).
+/// Which partitions each stream replica reads (`p % replicas == ordinal`; see
+/// [`assignment`]): of the event topic with engine builtin, of the Flink job's aggregates topic
+/// with engine flink.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamStatus {

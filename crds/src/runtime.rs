@@ -194,6 +194,12 @@ pub struct TopicCreate {
     pub retention_hours: u32,
 }
 
+/// The topic the Flink engine's job writes its closed windows and engagements to, beside the
+/// event topic; the stream StatefulSet applies it to the feature store.
+pub fn aggregates_topic(events_topic: &str) -> String {
+    format!("{events_topic}-aggregates")
+}
+
 /// The URL scheme of a Redis Cluster named by some of its nodes (`featureStore.redisUrl`).
 pub const REDIS_CLUSTER_SCHEME: &str = "redis+cluster://";
 

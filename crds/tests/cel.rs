@@ -131,8 +131,17 @@ fn flink_fields_only_with_engine_flink() {
         "only allowed when stream.engine is 'flink'",
     );
     assert_rejects(
-        "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, workload: {image: x}}",
-        "stream.workload settings are only allowed when stream.engine is 'builtin'",
+        "  stream: {engine: none, workload: {image: x}}",
+        "stream.workload settings are only allowed when a stream engine runs",
+    );
+    // With flink the StatefulSet applying the job's output writes to Redis.
+    assert_rejects(
+        "  eventLog: {bootstrapServers: ['k:9092']}\n  artifacts: {uri: 's3://a/b'}\n  stream: {engine: flink}",
+        "set spec.feature.redisUrl",
+    );
+    assert!(
+        broken_rules("  eventLog: {bootstrapServers: ['k:9092']}\n  artifacts: {uri: 's3://a/b'}\n  feature: {redisUrl: 'redis://r:6379'}\n  stream: {engine: flink, workload: {image: x}}")
+            .is_empty()
     );
     assert_rejects(
         "  stream: {engine: flink}",
@@ -144,7 +153,7 @@ fn flink_fields_only_with_engine_flink() {
     );
     assert!(
         broken_rules(
-            "  eventLog: {bootstrapServers: ['k:9092']}\n  stream: {engine: flink, flink: {taskSlots: 4, stateUri: 's3://b/flink'}}"
+            "  eventLog: {bootstrapServers: ['k:9092']}\n  feature: {redisUrl: 'redis://r:6379'}\n  stream: {engine: flink, flink: {taskSlots: 4, stateUri: 's3://b/flink'}}"
         )
         .is_empty()
     );
@@ -156,7 +165,7 @@ fn flink_fields_only_with_engine_flink() {
     );
     assert!(
         broken_rules(
-            "  eventLog: {bootstrapServers: ['k:9092']}\n  artifacts: {uri: 's3://b/shop/artifacts'}\n  stream: {engine: flink}"
+            "  eventLog: {bootstrapServers: ['k:9092']}\n  feature: {redisUrl: 'redis://r:6379'}\n  artifacts: {uri: 's3://b/shop/artifacts'}\n  stream: {engine: flink}"
         )
         .is_empty()
     );
@@ -232,11 +241,11 @@ fn stack_names_fit_every_derived_name() {
         let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
         stack.validate_cel().err().map(|e| e.to_string())
     };
-    assert_eq!(with_name(&"a".repeat(51)), None);
-    for bad in ["a".repeat(52), "1abc".into(), "a.b".into(), "abc-".into()] {
+    assert_eq!(with_name(&"a".repeat(45)), None);
+    for bad in ["a".repeat(46), "1abc".into(), "a.b".into(), "abc-".into()] {
         let err = with_name(&bad).unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(
-            err.contains("metadata.name must be a DNS-1035 label of at most 51"),
+            err.contains("metadata.name must be a DNS-1035 label of at most 45"),
             "{err}"
         );
     }
@@ -267,7 +276,7 @@ fn builtin_streaming_needs_a_shared_event_log_and_redis() {
     );
     assert_rejects(
         "  stream: {engine: builtin}\n  eventLog: {bootstrapServers: ['k:9092']}",
-        "stream.engine builtin writes its windows to Redis: set spec.feature.redisUrl, or set stream.engine: none",
+        "the stream job writes its windows to Redis (with engine flink, the StatefulSet applying the job's output does): set spec.feature.redisUrl, or set stream.engine: none",
     );
     assert!(
         broken_rules_as_written(
@@ -275,13 +284,22 @@ fn builtin_streaming_needs_a_shared_event_log_and_redis() {
         )
         .is_empty()
     );
-    // Flink needs the log but not Redis from this spec; `none` needs neither.
-    assert!(
+    // Flink needs both too (its output is applied to Redis by the stream StatefulSet); `none`
+    // needs neither.
+    assert_eq!(
         broken_rules_as_written(
             "  stream: {engine: flink, flink: {stateUri: 's3://b/f'}}\n  eventLog: {bootstrapServers: ['k:9092']}"
         )
+        .len(),
+        1
+    );
+    assert!(
+        broken_rules_as_written(
+            "  stream: {engine: flink, flink: {stateUri: 's3://b/f'}}\n  eventLog: {bootstrapServers: ['k:9092']}\n  feature: {redisUrl: 'redis://r:6379'}"
+        )
         .is_empty()
     );
+    assert!(broken_rules_as_written("  stream: {engine: none}").is_empty());
 }
 
 #[test]
@@ -348,18 +366,12 @@ fn a_build_publishes_to_an_object_store_on_a_valid_schedule() {
         &format!("{s3}  build: {{data: 'ratings'}}"),
         "build.data must be file:///<absolute path>",
     );
-    // The CronJob's name, <stack>-build, must fit in 52 characters.
-    let with_name = |name: &str| {
-        let doc = format!(
-            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{stream: {{engine: none}}, artifacts: {{uri: 's3://b/a'}}, build: {{schedule: '@daily'}}}}"
-        );
-        let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
-        stack.validate_cel().err().map(|e| e.to_string())
-    };
-    assert_eq!(with_name(&"a".repeat(46)), None);
-    let err = with_name(&"a".repeat(47)).expect("a 47-character stack with a schedule accepted");
-    assert!(
-        err.contains("metadata.name must be at most 46 characters to use a schedule"),
-        "{err}"
+    // The CronJob's name, <stack>-build, fits in 52 characters with any stack name allowed.
+    let doc = format!(
+        "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{}', namespace: n}}\nspec: {{stream: {{engine: none}}, artifacts: {{uri: 's3://b/a'}}, build: {{schedule: '@daily'}}}}",
+        "a".repeat(45)
     );
+    let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
+    assert!(stack.validate_cel().is_ok());
+    assert!(format!("{}-build", "a".repeat(45)).len() <= 52);
 }

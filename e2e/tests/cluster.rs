@@ -338,14 +338,14 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
     }
     // Play the Flink operator: once the FlinkDeployment exists, report its job running.
     wait_until("the FlinkDeployment", SETTLE, || {
-        Ok(s.k(&["-n", "recstack", "get", "flinkdeployment", "flink-stream"]).ok())
+        Ok(s.k(&["-n", "recstack", "get", "flinkdeployment", "flink-flink"]).ok())
     })?;
     s.k(&[
         "-n",
         "recstack",
         "patch",
         "flinkdeployment",
-        "flink-stream",
+        "flink-flink",
         "--subresource=status",
         "--type=merge",
         "-p",
@@ -432,7 +432,7 @@ fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
         (
             "a-name-far-too-long-for-every-name-derived-from-it-xy",
             "  {}",
-            "metadata.name must be a DNS-1035 label of at most 51",
+            "metadata.name must be a DNS-1035 label of at most 45",
         ),
     ];
     s.create_namespace("e2e-cel")?;

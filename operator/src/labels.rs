@@ -54,19 +54,39 @@ pub fn selector(stack: &str, component: Component) -> BTreeMap<String, String> {
 /// the serving components).
 pub const BUILD: &str = "build";
 
+/// The `component` label of the Flink engine's objects and its JobManager and TaskManager pods
+/// (the Flink operator runs them; the stream StatefulSet beside them must not select them).
+pub const FLINK: &str = "flink";
+
+/// Labels on the objects and pods of a workload that is not a serving component (`BUILD`,
+/// `FLINK`).
+pub fn workload_labels(stack: &str, workload: &str) -> BTreeMap<String, String> {
+    let mut labels = stack_labels(stack);
+    labels.insert(COMPONENT.to_string(), workload.to_string());
+    labels
+}
+
+/// The pods of such a workload, for NetworkPolicies.
+pub fn workload_selector(stack: &str, workload: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (STACK.to_string(), stack.to_string()),
+        (COMPONENT.to_string(), workload.to_string()),
+    ])
+}
+
 /// Labels on the offline build's objects and pods.
 pub fn build_labels(stack: &str) -> BTreeMap<String, String> {
-    let mut labels = stack_labels(stack);
-    labels.insert(COMPONENT.to_string(), BUILD.to_string());
-    labels
+    workload_labels(stack, BUILD)
 }
 
 /// The build pods, for NetworkPolicies.
 pub fn build_selector(stack: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (STACK.to_string(), stack.to_string()),
-        (COMPONENT.to_string(), BUILD.to_string()),
-    ])
+    workload_selector(stack, BUILD)
+}
+
+/// The Flink engine's FlinkDeployment (and the Flink operator's Deployment and Services).
+pub fn flink_name(stack: &str) -> String {
+    format!("{stack}-{FLINK}")
 }
 
 /// Label selector (as a query string) for every namespaced child of `stack`.
@@ -84,10 +104,12 @@ pub fn component_name(stack: &str, component: Component) -> String {
     format!("{stack}-{}", component.name())
 }
 
-/// Longest stack name: every derived name must fit. The longest derived DNS-1035 label is the
-/// Service the Flink operator makes for a FlinkDeployment, `<stack>-stream-rest` (63 - 12).
-/// The CRD enforces it with a CEL rule on `metadata.name`; `render` checks it too.
-pub const MAX_STACK_NAME: usize = 51;
+/// Longest stack name: every derived name must fit. The tightest is the stream StatefulSet
+/// `<stack>-stream`: its pods carry the label `controller-revision-hash: <stack>-stream-<hash>`
+/// (a hash of up to 10 characters), and a label value holds at most 63 — so the StatefulSet's
+/// name at most 52, the stack's 45. The CRD enforces it with a CEL rule on `metadata.name`;
+/// `render` checks it too.
+pub const MAX_STACK_NAME: usize = 45;
 
 /// Whether `name` can name a stack (the CRD's CEL rule on `metadata.name`, client-side).
 pub fn valid_stack_name(name: &str) -> bool {
@@ -116,7 +138,14 @@ mod tests {
         }
         // The longest derived names fit their limits.
         let longest = "a".repeat(MAX_STACK_NAME);
-        assert!(format!("{longest}-stream-rest").len() <= 63);
+        assert!(
+            format!("{longest}-stream-0123456789").len() <= 63,
+            "controller-revision-hash"
+        );
+        assert!(
+            format!("{longest}-flink-rest").len() <= 63,
+            "the Flink operator's REST Service"
+        );
         for c in Component::ALL {
             assert!(component_name(&longest, c).len() <= 63);
         }

@@ -668,15 +668,19 @@ fn observe(stack: &RecommenderStack, live: &BTreeMap<(ChildKind, String), Dynami
         })
         .collect();
     match stack.spec.stream.engine {
-        StreamEngine::Builtin => observed.push(status::observe_deployment(
-            Component::Stream,
-            Some(stack.spec.stream.parallelism),
-            get(ChildKind::StatefulSet, Component::Stream).as_ref(),
-            stack,
-        )),
-        StreamEngine::Flink => observed.push(status::observe_flink(
-            get(ChildKind::FlinkDeployment, Component::Stream).as_ref(),
-        )),
+        // The StatefulSet: the built-in worker, or the consumer applying the Flink job's output.
+        StreamEngine::Builtin | StreamEngine::Flink => {
+            observed.push(status::observe_deployment(
+                Component::Stream,
+                Some(stack.spec.stream.parallelism),
+                get(ChildKind::StatefulSet, Component::Stream).as_ref(),
+                stack,
+            ));
+            if stack.spec.stream.engine == StreamEngine::Flink {
+                let job = live.get(&(ChildKind::FlinkDeployment, labels::flink_name(&name)));
+                observed.push(status::observe_flink(job.map(to_value).as_ref()));
+            }
+        }
         // Nothing deployed, nothing to observe.
         StreamEngine::None => {}
         // Render refuses it before anything is observed.

@@ -23,7 +23,8 @@ pub const PAUSED: &str = "Paused";
 /// One component's rollout as seen in the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
-    pub component: Option<Component>,
+    /// The component's name (`Component::name`), or the Flink job's (`flink`).
+    pub name: Option<&'static str>,
     /// Replicas wanted (the Deployment's `spec.replicas`, which an autoscaler moves).
     pub desired: i32,
     /// Pods passing their readiness probe, of any revision.
@@ -131,8 +132,8 @@ pub fn desired_status(
     let components: Vec<ComponentStatus> = observed
         .iter()
         .filter_map(|o| {
-            o.component.map(|c| ComponentStatus {
-                name: c.name().to_string(),
+            o.name.map(|name| ComponentStatus {
+                name: name.to_string(),
                 desired_replicas: o.desired,
                 ready_replicas: o.ready,
             })
@@ -141,14 +142,14 @@ pub fn desired_status(
     let lagging: Vec<String> = observed
         .iter()
         .filter(|o| !o.rolled_out())
-        .map(|o| o.describe(o.component.map_or("component", |c| c.name())))
+        .map(|o| o.describe(o.name.unwrap_or("component")))
         .collect();
     let stalled: Vec<String> = observed
         .iter()
         .filter_map(|o| {
             o.stalled
                 .as_ref()
-                .map(|why| format!("{}: {why}", o.component.map_or("component", |c| c.name())))
+                .map(|why| format!("{}: {why}", o.name.unwrap_or("component")))
         })
         .collect();
     let all_ready = lagging.is_empty();
@@ -305,10 +306,11 @@ fn endpoints(namespace: &str, stack: &str) -> Endpoints {
     }
 }
 
-/// The built-in stream job's partition plan (engine builtin on Kafka only).
+/// The stream StatefulSet's partition plan (on Kafka: of the event topic with engine builtin,
+/// of the Flink job's aggregates topic, created with the same partitions, with engine flink).
 fn stream_status(stack: &RecommenderStack) -> Option<StreamStatus> {
     let log = stack.spec.event_log.as_ref()?;
-    if stack.spec.stream.engine != StreamEngine::Builtin {
+    if stack.spec.stream.engine == StreamEngine::None {
         return None;
     }
     let name = labels::component_name(&stack.name_any(), Component::Stream);
@@ -347,7 +349,7 @@ pub fn observe_deployment(
     let desired = num("/spec/replicas").or(spec_replicas).unwrap_or_else(fallback);
     let Some(live) = live else {
         return Observed {
-            component: Some(component),
+            name: Some(component.name()),
             desired,
             ..Observed::default()
         };
@@ -367,7 +369,7 @@ pub fn observe_deployment(
                 .to_string()
         });
     Observed {
-        component: Some(component),
+        name: Some(component.name()),
         desired,
         ready: num("/status/readyReplicas").unwrap_or(0),
         updated: num("/status/updatedReplicas").unwrap_or(0),
@@ -383,7 +385,8 @@ pub fn observe_deployment(
     }
 }
 
-/// What a live FlinkDeployment says: one job, ready when the Flink operator reports it running.
+/// What a live FlinkDeployment says: one job (`flink` in `status.components`), ready when the
+/// Flink operator reports it running.
 pub fn observe_flink(live: Option<&serde_json::Value>) -> Observed {
     let running = live
         .and_then(|l| l.pointer("/status/jobStatus/state"))
@@ -391,7 +394,7 @@ pub fn observe_flink(live: Option<&serde_json::Value>) -> Observed {
         == Some("RUNNING");
     let n = i32::from(running);
     Observed {
-        component: Some(Component::Stream),
+        name: Some(crate::labels::FLINK),
         desired: 1,
         ready: n,
         updated: n,

@@ -275,8 +275,10 @@ async fn scale_changes_replicas() {
     assert_eq!((recall.desired_replicas, recall.ready_replicas), (5, 0));
 }
 
+const NETWORK_POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/recstack/networkpolicies";
+
 #[tokio::test]
-async fn engine_builtin_to_flink_prunes_the_worker() {
+async fn engine_builtin_to_flink_adds_the_job_and_none_prunes_both() {
     let h = Harness::created("gpu-ranking").await;
     assert!(h.api.get(STATEFULSETS, "gpu-stream").is_some());
     h.edit_spec(|s| {
@@ -285,25 +287,60 @@ async fn engine_builtin_to_flink_prunes_the_worker() {
     });
     let writes = h.reconcile_ok().await;
     let w = summaries(&writes);
-    assert!(w.contains(&"DELETE statefulsets/gpu-stream".to_string()), "{w:#?}");
-    assert!(
-        w.contains(&"DELETE poddisruptionbudgets/gpu-stream".to_string()),
-        "{w:#?}"
+    // The StatefulSet stays: it now applies the job's output to the feature store.
+    assert!(!w.iter().any(|w| w.starts_with("DELETE")), "{w:#?}");
+    assert!(h.api.get(STATEFULSETS, "gpu-stream").is_some());
+    let config = h.api.get(CONFIGMAPS, "gpu-config").expect("runtime config");
+    let runtime: recstack_crds::runtime::RuntimeConfig =
+        serde_yaml::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        runtime.stream.engine,
+        StreamEngine::Flink,
+        "the stream pods apply the job's output"
     );
-    assert!(h.api.get(STATEFULSETS, "gpu-stream").is_none());
-    assert!(h.api.get(PDBS, "gpu-stream").is_none());
-    assert!(w.contains(&"DELETE services/gpu-stream".to_string()), "{w:#?}");
-    let flink = h.api.get(FLINK, "gpu-stream").expect("FlinkDeployment created");
+    let flink = h.api.get(FLINK, "gpu-flink").expect("FlinkDeployment created");
     assert_eq!(flink["spec"]["job"]["parallelism"], 2);
-    assert!(h.api.get(CONFIGMAPS, "gpu-stream-sql").is_some());
-    assert!(events(&writes).contains(&"Pruned".to_string()));
+    // Its pods are not the stream component's: the StatefulSet's selector must not match them.
+    let pod_labels = &flink["spec"]["podTemplate"]["metadata"]["labels"];
+    assert_eq!(pod_labels["app.kubernetes.io/component"], "flink");
+    assert!(h.api.get(CONFIGMAPS, "gpu-flink-sql").is_some());
+    assert!(h.api.get(NETWORK_POLICIES, "gpu-flink").is_some());
     // The Flink job reports RUNNING through the Flink operator's status.
-    h.api.edit(FLINK, "gpu-stream", |o| {
+    h.api.edit(FLINK, "gpu-flink", |o| {
         o["status"] = json!({ "jobStatus": { "state": "RUNNING" } })
     });
     h.api.make_deployments_ready();
     h.reconcile_ok().await;
     assert_eq!(h.phase(), "Running");
+    let status = h.stack().status.unwrap();
+    let names: Vec<&str> = status.components.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains(&"stream") && names.contains(&"flink"), "{names:?}");
+    assert_eq!(
+        status
+            .stream
+            .expect("the StatefulSet's partition plan")
+            .assignment
+            .len(),
+        2
+    );
+
+    // No engine: the StatefulSet and the job go.
+    h.edit_spec(|s| s.spec.stream.engine = StreamEngine::None);
+    let writes = h.reconcile_ok().await;
+    let w = summaries(&writes);
+    for gone in [
+        "DELETE statefulsets/gpu-stream",
+        "DELETE poddisruptionbudgets/gpu-stream",
+        "DELETE services/gpu-stream",
+        "DELETE flinkdeployments/gpu-flink",
+        "DELETE configmaps/gpu-flink-sql",
+        "DELETE networkpolicies/gpu-flink",
+    ] {
+        assert!(w.contains(&gone.to_string()), "{gone}: {w:#?}");
+    }
+    assert!(h.api.get(STATEFULSETS, "gpu-stream").is_none());
+    assert!(h.api.get(PDBS, "gpu-stream").is_none());
+    assert!(events(&writes).contains(&"Pruned".to_string()));
 }
 
 #[tokio::test]
@@ -323,7 +360,7 @@ async fn missing_flink_operator_is_degraded_with_a_clear_message() {
         degraded["message"]
             .as_str()
             .unwrap()
-            .contains("applying FlinkDeployment flink-stream"),
+            .contains("applying FlinkDeployment flink-flink"),
         "{degraded}"
     );
 }
@@ -590,7 +627,7 @@ async fn rbac_grants_exactly_the_verbs_the_code_uses() {
     });
     h.reconcile_ok().await;
     record(h.api.calls());
-    // Back to the built-in engine and down to the bare stack: every kind is pruned somewhere.
+    // No stream engine and down to the bare stack: every kind is pruned somewhere.
     h.edit_spec(|s| {
         let mut spec = serde_json::to_value(&s.spec).unwrap();
         for c in ["gateway", "recall", "ranking", "rerank", "feature", "ingest"] {
@@ -600,7 +637,7 @@ async fn rbac_grants_exactly_the_verbs_the_code_uses() {
         }
         spec.as_object_mut().unwrap().remove("dashboard");
         spec.as_object_mut().unwrap().remove("build");
-        spec["stream"]["engine"] = json!("builtin");
+        spec["stream"]["engine"] = json!("none");
         spec["policies"]["networkPolicy"]["enabled"] = json!(false);
         spec["policies"]["podDisruptionBudget"]["enabled"] = json!(false);
         s.spec = serde_json::from_value(spec).unwrap();
@@ -615,7 +652,7 @@ async fn rbac_grants_exactly_the_verbs_the_code_uses() {
                 .map(String::from)
         })
         .collect();
-    assert_eq!(pruned.len(), 12, "every kind pruned once: {pruned:?}");
+    assert_eq!(pruned.len(), 13, "every kind pruned once: {pruned:?}");
     h.api.put(
         PRIORITY,
         "recstack-recstack-gpu-online",

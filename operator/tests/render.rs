@@ -312,35 +312,117 @@ fn the_dashboard_and_its_trace_query_service_when_asked_for() {
 }
 
 #[test]
-fn flink_engine_renders_a_flink_deployment_instead_of_the_worker() {
+fn flink_engine_renders_the_job_and_the_stateful_set_applying_its_output() {
     let children = render_sample("flink-streaming");
-    assert!(
-        children
-            .iter()
-            .all(|c| !(c.kind == ChildKind::Deployment && c.name() == "flink-stream"))
-    );
-    let flink = find(&children, ChildKind::FlinkDeployment, "flink-stream");
+    // The stream StatefulSet stays: it applies the job's output (the runtime config's engine
+    // tells its pods so).
+    let sts = find(&children, ChildKind::StatefulSet, "flink-stream");
+    assert_eq!(sts["spec"]["replicas"], 4);
+    let selector = &sts["spec"]["selector"]["matchLabels"];
+    let flink = find(&children, ChildKind::FlinkDeployment, "flink-flink");
     assert_eq!(flink["apiVersion"], "flink.apache.org/v1beta1");
-    assert_eq!(flink["spec"]["flinkVersion"], "v1_20");
+    assert_eq!(flink["spec"]["flinkVersion"], "v2_2");
     assert_eq!(flink["spec"]["job"]["parallelism"], 4);
     assert_eq!(
         flink["spec"]["podTemplate"]["spec"]["priorityClassName"],
         "recstack-offline"
     );
-    let sql = find(&children, ChildKind::ConfigMap, "flink-stream-sql");
+    // The StatefulSet's selector does not match the Flink pods.
+    let pod_labels = flink["spec"]["podTemplate"]["metadata"]["labels"].as_object().unwrap();
+    assert!(
+        selector
+            .as_object()
+            .unwrap()
+            .iter()
+            .any(|(k, v)| pod_labels.get(k) != Some(v)),
+        "{selector} selects {pod_labels:?}"
+    );
+    let sql = find(&children, ChildKind::ConfigMap, "flink-flink-sql");
     let sql = sql["data"]["recstack-aggregate.sql"].as_str().unwrap();
     assert!(
         sql.contains("TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"),
         "{sql}"
     );
     assert!(sql.contains("kafka-0.kafka.recstack-data.svc:9092,kafka-1.kafka.recstack-data.svc:9092"));
+    assert!(sql.contains("'topic' = 'recstack-events-aggregates'"), "{sql}");
+    // The Flink pods' own policy: each other, the REST port for the Flink operator, Kafka, the
+    // state's store and the API server.
+    let policy = find(&children, ChildKind::NetworkPolicy, "flink-flink");
+    let egress_ports: Vec<u64> = policy["spec"]["egress"][1]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(egress_ports, [443, 6443, 9092]);
+    let policy_selector = policy["spec"]["podSelector"]["matchLabels"].as_object().unwrap();
+    assert!(
+        policy_selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "{policy_selector:?} selects the Flink pods {pod_labels:?}"
+    );
+}
+
+/// The FlinkDeployment names paths inside the job image: the recipe puts them there.
+#[test]
+fn the_job_image_recipe_holds_what_the_flink_deployment_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dockerfile = std::fs::read_to_string(root.join("services/flink/Dockerfile")).unwrap();
+    let children = render_sample("flink-streaming");
+    let flink = find(&children, ChildKind::FlinkDeployment, "flink-flink");
+    let job = &flink["spec"]["job"];
+    assert_eq!(job["entryClass"], "org.apache.flink.client.python.PythonDriver");
+    assert_eq!(job["jarURI"], format!("local://{}", render::flink_image::PYTHON_JAR));
+    let args: Vec<&str> = job["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args[..4],
+        [
+            "-pyclientexec",
+            render::flink_image::PYTHON,
+            "-py",
+            render::flink_image::SQL_RUNNER
+        ]
+    );
+    for path in [render::flink_image::PYTHON_JAR, render::flink_image::SQL_RUNNER] {
+        assert!(dockerfile.contains(path), "the Dockerfile makes {path}");
+    }
+    let venv = render::flink_image::PYTHON.trim_end_matches("/bin/python");
+    assert!(
+        dockerfile.contains(&format!("python3 -m venv {venv}")),
+        "the Dockerfile makes {venv}"
+    );
+    // The SQL file is mounted where the last argument points.
+    let mount = flink["spec"]["podTemplate"]["spec"]["containers"][0]["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .unwrap();
+    assert!(args[4].starts_with(mount), "{} under {mount}", args[4]);
+    // The image's Flink and connector are the versions the tests run.
+    let requirements = std::fs::read_to_string(root.join("scripts/requirements.txt")).unwrap();
+    let pyflink = requirements
+        .lines()
+        .find_map(|l| l.strip_prefix("apache-flink=="))
+        .unwrap();
+    assert!(dockerfile.contains(&format!("ARG FLINK_VERSION={pyflink}")));
+    let pom = std::fs::read_to_string(root.join("scripts/flink/pom.xml")).unwrap();
+    let connector = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG KAFKA_CONNECTOR="))
+        .unwrap();
+    assert!(pom.contains(&format!("<kafka.connector.version>{connector}<")));
+    // The operator's Flink version matches the image's (v2_2 for 2.2.x).
+    let minor: Vec<&str> = pyflink.split('.').take(2).collect();
+    assert_eq!(flink["spec"]["flinkVersion"], format!("v{}", minor.join("_")));
 }
 
 #[test]
 fn flink_state_goes_to_the_object_store_and_a_changed_query_is_a_changed_spec() {
     let hash = |stack: &RecommenderStack| {
         let children = render::render(stack).unwrap();
-        let flink = find(&children, ChildKind::FlinkDeployment, "flink-stream");
+        let flink = find(&children, ChildKind::FlinkDeployment, "flink-flink");
         (
             flink["spec"]["podTemplate"]["metadata"]["annotations"]["recstack.io/sql-hash"].clone(),
             flink,

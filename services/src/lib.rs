@@ -37,4 +37,4 @@ pub mod traces;
 /// The runtime config the operator writes and every service reads: one type, in the CRD crate.
 pub use recstack_crds::runtime as config;
 /// The stack's components and the call table (who calls whom), shared with the operator.
-pub use recstack_crds::{Component, GRPC_CALLS};
+pub use recstack_crds::{Component, GRPC_CALLS, StreamEngine};

@@ -1,21 +1,43 @@
-//! The Flink engine computes what the built-in engine does: the operator's Flink SQL (the
-//! query its FlinkDeployment runs) over a file of events in a local Flink mini-cluster (PyPI
-//! `apache-flink`, Java 17), and the built-in aggregator over the same events, compared
-//! window for window.
+//! The Flink engine end to end, beside the built-in one, on the same events in a real Kafka
+//! broker:
+//!
+//! - built-in: the stream worker aggregates the event topic into Redis A;
+//! - Flink: the operator's rendered SQL runs through the job image's SQL runner
+//!   (`services/flink/sql_runner.py`) in a local Flink mini-cluster (PyPI `apache-flink` on
+//!   Java 17, with the Kafka SQL connector from Maven Central), writing `<topic>-aggregates`;
+//!   the stream worker in its Flink mode applies that topic to Redis B.
+//!
+//! Then: every window the Flink job emitted equals the built-in engine's, window for window;
+//! and the feature service reads the same item features (counts, CTR, hot score), the same
+//! users' fast-path features and the same trending list from B as from A.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use recstack_core::stream::window::{Aggregator, Counts, WindowConfig, smoothed_ctr};
+use recstack_core::stream::aggregate::Aggregate;
+use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig};
+use recstack_services::config::aggregates_topic;
+use recstack_services::events::kafka::{KafkaLog, TopicSettings};
+use recstack_services::events::log::EventLog;
 use recstack_services::events::{Event, EventKind};
+use recstack_services::features::{CachePolicy, FeatureMetrics, FeatureStore, Key, RedisL2, Snapshot, Value};
+use recstack_services::stream::sink::{FeatureSink, RecentLists, RedisStore, SinkError};
+use recstack_services::stream::{Input, StreamConfig, StreamMetrics, Worker};
+use tokio::sync::watch;
 
 const MIN: i64 = 60_000;
 const T0: i64 = 1_790_000_040_000 - 1_790_000_040_000 % MIN;
+const TOPIC: &str = "events";
+const PARTITIONS: u32 = 4;
 
-/// 20,000 events over about 33 minutes for 300 items, out of order by less than the 5 s the
-/// watermark allows (so no event is late in either engine), skewed towards a few items.
+/// 20,000 events over about 33 minutes for 300 items and 500 users, out of order by less than
+/// the 5 s the watermark allows (so no event is late in either engine), skewed towards a few
+/// items.
 fn events() -> Vec<Event> {
     (0..20_000u64)
         .map(|i| {
@@ -33,97 +55,223 @@ fn events() -> Vec<Event> {
         .collect()
 }
 
-type Windows = BTreeMap<(String, i64), (Counts, f64)>;
+/// A sink that keeps every window it is given, then passes it on.
+struct Recording<S> {
+    inner: S,
+    windows: Mutex<Vec<ItemWindow>>,
+}
 
-fn builtin(events: &[Event]) -> Windows {
-    let mut agg = Aggregator::new(WindowConfig::default());
-    for (offset, e) in events.iter().enumerate() {
-        agg.push(e, offset as u64);
+impl<S: FeatureSink> FeatureSink for Recording<S> {
+    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
+        self.windows.lock().unwrap().extend_from_slice(windows);
+        self.inner.apply_windows(windows).await
     }
-    assert_eq!(agg.late, 0, "the comparison data has no late events");
-    let mut fired = agg.fire();
-    fired.extend(agg.flush());
-    fired
-        .into_iter()
-        .map(|w| {
-            let ctr = w.ctr();
-            ((w.item_id, w.window_end_ms), (w.counts, ctr))
-        })
-        .collect()
+    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
+        self.inner.add_recent(engagements).await
+    }
+    async fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
+        self.inner.put_items(values).await
+    }
+    async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
+        self.inner.put_users(values).await
+    }
+    async fn put_trending(&self, ranks: Vec<(String, f64)>) -> Result<(), SinkError> {
+        self.inner.put_trending(ranks).await
+    }
+    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
+        self.inner.trending(n).await
+    }
 }
 
-fn python() -> PathBuf {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    let venv = std::env::var("RECSTACK_VENV")
-        .map(PathBuf::from)
-        .unwrap_or(root.join(".venv"));
-    venv.join("bin/python")
+type Windows = BTreeMap<(String, i64), Counts>;
+
+fn by_key(windows: &[ItemWindow]) -> Windows {
+    let mut out = Windows::new();
+    for w in windows {
+        assert_eq!(w.window_end_ms - w.window_start_ms, MIN, "{w:?}");
+        let previous = out.insert((w.item_id.clone(), w.window_end_ms), w.counts);
+        assert!(previous.is_none(), "one window emitted twice: {w:?}");
+    }
+    out
 }
 
-fn flink(events: &[Event], window: &str) -> Windows {
+/// Reads `log` to its end with the stream worker (`input`), into `sink`: a bounded replay.
+async fn replay<S: FeatureSink>(log: KafkaLog, sink: Arc<S>, input: Input) -> Arc<StreamMetrics> {
+    let metrics = Arc::new(StreamMetrics::default());
+    let worker = Worker {
+        log: Arc::new(log),
+        sink,
+        snapshot: Arc::new(Snapshot::default()),
+        config: StreamConfig {
+            input,
+            limiter: None,
+            follow_clock: false,
+            ..StreamConfig::live(WindowConfig::default())
+        },
+        metrics: metrics.clone(),
+    };
+    let (_stop, stopped) = watch::channel(false);
+    worker.run(stopped, true).await.unwrap();
+    metrics
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Kafka SQL connector `scripts/setup` resolved (`scripts/flink/pom.xml`).
+fn connector() -> PathBuf {
+    let pom = std::fs::read_to_string(root().join("scripts/flink/pom.xml")).unwrap();
+    let version = pom
+        .split("<kafka.connector.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let jar = PathBuf::from(home).join(format!(
+        ".cache/recstack/flink/{version}/lib/flink-sql-connector-kafka-{version}.jar"
+    ));
+    assert!(jar.is_file(), "{} (scripts/setup resolves it)", jar.display());
+    jar
+}
+
+/// Runs the operator's SQL through the job image's SQL runner in a local mini-cluster, the
+/// events table bounded at the offsets it finds (so the job ends, its final watermark closing
+/// the last windows). Returns the seconds it ran.
+fn run_flink_job(brokers: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let events_path = dir.path().join("events.jsonl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&events_path).unwrap());
-    for e in events {
-        f.write_all(&e.encode()).unwrap();
-        f.write_all(b"\n").unwrap();
-    }
-    f.flush().unwrap();
-    drop(f);
-    let out = dir.path().join("windows.jsonl");
-    let spec = serde_json::json!({
-        "columns": recstack_operator::render::EVENT_COLUMNS,
-        "query": recstack_operator::render::window_query(window),
-        "events": events_path,
-        "out": out,
-    });
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../scripts/flink/aggregate.py");
-    let status = Command::new(python())
-        .arg(script)
-        .arg(&spec_path)
+    let sql = dir.path().join("recstack-aggregate.sql");
+    std::fs::write(&sql, recstack_operator::render::aggregation_sql(brokers, TOPIC, "1m")).unwrap();
+    let venv = std::env::var("RECSTACK_VENV").map_or(root().join(".venv"), PathBuf::from);
+    let started = Instant::now();
+    let status = Command::new(venv.join("bin/python"))
+        .arg(root().join("services/flink/sql_runner.py"))
+        .arg(&sql)
+        .args(["--bounded", "events", "--parallelism", "2", "--jars"])
+        .arg(connector())
         .status()
         .expect("the project venv's python (scripts/setup installs apache-flink there)");
     assert!(status.success(), "the Flink job failed: {status}");
-    std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let n = |k: &str| v[k].as_u64().unwrap();
-            let counts = Counts {
-                impressions: n("impressions"),
-                clicks: n("clicks"),
-                plays: n("plays"),
-                likes: n("likes"),
-            };
-            let key = (
-                v["item_id"].as_str().unwrap().to_string(),
-                v["window_end_ms"].as_i64().unwrap(),
-            );
-            (key, (counts, v["ctr"].as_f64().unwrap()))
-        })
-        .collect()
+    started.elapsed().as_secs_f64()
 }
 
-#[test]
-fn flink_sql_and_the_builtin_engine_agree_window_for_window() {
+async fn feature_store(url: &str) -> FeatureStore<RedisL2> {
+    let l2 = RedisL2::connect(url, Duration::from_secs(2)).await.unwrap();
+    FeatureStore::new(
+        l2,
+        Arc::new(Snapshot::default()),
+        CachePolicy::default(),
+        Arc::new(FeatureMetrics::default()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flink_engine_feeds_serving_what_the_builtin_engine_does() {
+    let kafka = common::Kafka::start();
+    let (redis_a, redis_b) = (common::Redis::start(), common::Redis::start());
+    let brokers = std::slice::from_ref(&kafka.addr);
+    let settings = TopicSettings::single_broker(PARTITIONS);
+    let log = KafkaLog::connect(brokers, TOPIC, &settings).await.unwrap();
     let events = events();
-    let ours = builtin(&events);
-    let theirs = flink(&events, "1m");
+    for chunk in events.chunks(1_000) {
+        log.append(chunk.iter().map(|e| (e.key().to_string(), e.encode())).collect())
+            .await
+            .unwrap();
+    }
+
+    // The built-in engine, into A.
+    let a = Arc::new(Recording {
+        inner: RedisStore::connect(&redis_a.url, Duration::from_secs(2)).await.unwrap(),
+        windows: Mutex::new(Vec::new()),
+    });
+    let builtin = replay(log, a.clone(), Input::Events).await;
+    let ours = by_key(&a.windows.lock().unwrap());
     assert!(ours.len() > 3_000, "enough windows to compare: {}", ours.len());
+    assert!(
+        builtin.encode().contains("recstack_stream_late_total 0"),
+        "no late events"
+    );
+
+    // The Flink job. Its output topic is created as the stream StatefulSet would (the job's
+    // Kafka sink does not create topics).
+    let output = KafkaLog::connect(brokers, &aggregates_topic(TOPIC), &settings)
+        .await
+        .unwrap();
+    let seconds = run_flink_job(&kafka.addr);
+    eprintln!(
+        "flink: {} events in {seconds:.1}s (mini-cluster start included)",
+        events.len()
+    );
+
+    // Window for window, as the job wrote them.
+    let mut theirs = Vec::new();
+    let mut engagements = 0;
+    for p in 0..output.partitions() {
+        let end = output.end_offset(p).await.unwrap();
+        let mut at = 0;
+        while at < end {
+            let records = output.read(p, at, 5_000).await.unwrap();
+            at = records.last().map_or(end, |r| r.offset + 1);
+            for r in records {
+                let row = Aggregate::decode(&r.value).unwrap();
+                assert_eq!(r.key, row.key(), "keyed by item");
+                match row {
+                    Aggregate::Window(w) => theirs.push(w),
+                    Aggregate::Engagement { .. } => engagements += 1,
+                }
+            }
+        }
+    }
+    let theirs = by_key(&theirs);
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>(),
         "the same (item, window) pairs"
     );
-    for (key, (counts, ctr)) in &ours {
-        let (f_counts, f_ctr) = &theirs[key];
-        assert_eq!(counts, f_counts, "counts of {key:?}");
-        assert!((ctr - f_ctr).abs() < 1e-12, "ctr of {key:?}: {ctr} vs {f_ctr}");
-        assert_eq!(*ctr, smoothed_ctr(counts.clicks, counts.impressions));
+    for (key, counts) in &ours {
+        assert_eq!(counts, &theirs[key], "counts of {key:?}");
     }
-    let total: u64 = ours.values().map(|(c, _)| c.impressions + c.engagement()).sum();
+    let total: u64 = ours.values().map(|c| c.impressions + c.engagement()).sum();
     assert_eq!(total, events.len() as u64);
+    let engaged = events.iter().filter(|e| e.kind.engaged()).count();
+    assert_eq!(
+        engagements, engaged,
+        "every engagement passed through for the fast path"
+    );
+
+    // The Flink engine's output applied by the stream worker, into B.
+    let b = Arc::new(RedisStore::connect(&redis_b.url, Duration::from_secs(2)).await.unwrap());
+    let applied = replay(output, b.clone(), Input::Aggregates).await;
+    assert!(applied.encode().contains("recstack_stream_undecodable_total 0"));
+
+    // What serving reads: the feature service over A and over B.
+    let (fa, fb) = (feature_store(&redis_a.url).await, feature_store(&redis_b.url).await);
+    let items: std::collections::BTreeSet<&String> = ours.keys().map(|(item, _)| item).collect();
+    for item in items {
+        let key = Key::Item(item.clone());
+        let (va, vb) = (fa.get(&key).await.unwrap(), fb.get(&key).await.unwrap());
+        let Value::Item(f) = &*vb else {
+            panic!("{item}: an item value")
+        };
+        assert!(
+            f.impressions + f.clicks + f.plays + f.likes > 0,
+            "{item}: real-time counts"
+        );
+        assert_eq!(va, vb, "item features of {item}");
+    }
+    let users: std::collections::BTreeSet<&String> =
+        events.iter().filter(|e| e.kind.engaged()).map(|e| &e.user_id).collect();
+    assert!(users.len() > 400);
+    for user in users {
+        let key = Key::User(user.clone());
+        let (va, vb) = (fa.get(&key).await.unwrap(), fb.get(&key).await.unwrap());
+        let Value::User(f) = &*vb else {
+            panic!("{user}: a user value")
+        };
+        assert!(!f.recent_items.is_empty(), "{user}: recent items from the fast path");
+        assert_eq!(va, vb, "user features of {user}");
+    }
+    let top_a = a.trending(50).await.unwrap();
+    assert_eq!(top_a.len(), 50);
+    assert_eq!(top_a, b.trending(50).await.unwrap(), "the trending list");
 }

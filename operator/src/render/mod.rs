@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 pub use config::RuntimeConfig;
 pub use config::fnv1a as stable_hash;
-pub use flink::{EVENT_COLUMNS, aggregation_sql, window_query};
+pub use flink::{EVENT_COLUMNS, aggregation_sql, image as flink_image, window_query};
 pub use network::{GRPC_CALLS, HTTP_CALLS, url_port};
 
 use crate::labels;
@@ -155,7 +155,11 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
     out.extend(workloads::observability(&ctx, &config_hash)?);
     match spec.stream.engine {
         StreamEngine::Builtin => out.extend(workloads::stream_worker(&ctx, &config_hash)?),
-        StreamEngine::Flink => out.extend(flink::flink_job(&ctx)?),
+        // The job computes; the stream StatefulSet applies its output to the feature store.
+        StreamEngine::Flink => {
+            out.extend(workloads::stream_worker(&ctx, &config_hash)?);
+            out.extend(flink::flink_job(&ctx)?);
+        }
         // Refused at the top; `none` runs no stream workload.
         StreamEngine::None | StreamEngine::Unknown => {}
     }
@@ -226,6 +230,11 @@ impl<'a> StackCtx<'a> {
     /// Metadata for the offline build's objects (labelled `component: build`).
     pub fn build_meta(&self, name: &str) -> Value {
         self.meta_labelled(name, labels::build_labels(&self.name))
+    }
+
+    /// Metadata for the Flink engine's objects (labelled `component: flink`).
+    pub fn flink_meta(&self, name: &str) -> Value {
+        self.meta_labelled(name, labels::workload_labels(&self.name, labels::FLINK))
     }
 
     fn meta_labelled(&self, name: &str, labels: std::collections::BTreeMap<String, String>) -> Value {

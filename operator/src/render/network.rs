@@ -63,7 +63,54 @@ pub(super) fn network_policies(ctx: &StackCtx) -> Result<Vec<Child>, RenderError
     if ctx.spec().build.is_some() {
         out.push(build_policy(ctx)?);
     }
+    if ctx.spec().stream.engine == StreamEngine::Flink {
+        out.push(flink_policy(ctx)?);
+    }
     Ok(out)
+}
+
+/// The Flink REST port, which the Flink operator calls on the JobManager.
+const FLINK_REST_PORT: u16 = 8081;
+
+/// The Flink job's pods: JobManager and TaskManagers talk to each other on ports Flink assigns
+/// (RPC, blob server, data exchange); the Flink operator, from its own namespace, calls the
+/// JobManager's REST API; out to Kafka, the state's object store and the API server (Flink's
+/// native Kubernetes mode makes its own TaskManager pods).
+fn flink_policy(ctx: &StackCtx) -> Result<Child, RenderError> {
+    let spec = ctx.spec();
+    let selector = labels::workload_selector(&ctx.name, labels::FLINK);
+    let own = json!({ "podSelector": { "matchLabels": selector } });
+    let mut ports: BTreeSet<u16> = spec
+        .event_log
+        .iter()
+        .flat_map(|l| l.bootstrap_servers.iter())
+        .filter_map(|s| s.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+        .collect();
+    let state = spec.stream.flink.as_ref().and_then(|f| f.state_uri.as_deref());
+    ports.extend(match state {
+        Some(uri) => url_port(uri),
+        None => store_port(ctx, &spec.artifacts.uri),
+    });
+    ports.extend([443, 6443]);
+    let tcp = |port: u16| json!({ "protocol": "TCP", "port": port });
+    child(
+        ChildKind::NetworkPolicy,
+        json!({
+            "metadata": ctx.flink_meta(&labels::flink_name(&ctx.name)),
+            "spec": {
+                "podSelector": { "matchLabels": selector },
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    { "from": [own] },
+                    { "from": [{ "namespaceSelector": {} }], "ports": [tcp(FLINK_REST_PORT)] },
+                ],
+                "egress": [
+                    { "to": [own] },
+                    { "ports": ports.iter().map(|p| tcp(*p)).collect::<Vec<_>>() },
+                ],
+            },
+        }),
+    )
 }
 
 /// The build pods: nothing in, and out only to the object store (the ratings and the
@@ -162,13 +209,6 @@ fn component_policy(ctx: &StackCtx, component: Component) -> Result<Child, Rende
         egress.push(json!({ "ports": external.iter().map(|p| tcp(*p)).collect::<Vec<_>>() }));
     }
 
-    if component == Component::Stream && spec.stream.engine == StreamEngine::Flink {
-        // JobManager and TaskManagers talk to each other (RPC, blob server, data exchange) on
-        // ports Flink assigns; keep that traffic inside the job's own pods.
-        ingress.push(json!({ "from": [peer(Component::Stream)] }));
-        egress.push(json!({ "to": [peer(Component::Stream)] }));
-    }
-
     let mut policy_spec = json!({
         "podSelector": { "matchLabels": labels::selector(&ctx.name, component) },
         "policyTypes": ["Ingress", "Egress"],
@@ -220,10 +260,6 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
         Component::Stream => {
             ports.extend(kafka);
             ports.extend(redis.iter().copied());
-            if spec.stream.engine == StreamEngine::Flink {
-                // Flink's native Kubernetes mode talks to the API server.
-                ports.extend([443, 6443]);
-            }
         }
         Component::Ranking => {
             ports.extend(store(&spec.ranking.model.uri));
@@ -262,7 +298,8 @@ pub fn url_port(url: &str) -> Option<u16> {
     let explicit = host_port.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
     explicit.or(match scheme {
         "http" => Some(80),
-        "https" | "s3" | "gs" => Some(443),
+        "https" | "s3" | "s3a" | "s3p" | "gs" | "abfs" | "abfss" => Some(443),
+        "hdfs" => Some(8020),
         "redis" => Some(6379),
         _ => None,
     })

@@ -198,7 +198,8 @@ pub fn sql_timestamp(ts_ms: i64) -> String {
     }
 }
 
-fn parse_sql_timestamp(s: &str) -> Option<i64> {
+/// Parses Flink's SQL timestamp (`2026-11-22 10:00:00.123`, UTC) into epoch milliseconds.
+pub fn parse_sql_timestamp(s: &str) -> Option<i64> {
     let civil: jiff::civil::DateTime = s.replacen(' ', "T", 1).parse().ok()?;
     Some(
         civil

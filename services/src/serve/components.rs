@@ -412,23 +412,19 @@ pub async fn stream<L: EventLog, S: FeatureSink>(
     Ok(service)
 }
 
-/// The built-in stream job over `log` into `sink` with live settings for `window`.
+/// The stream job over `log` into `sink` with `config` (e.g. [`StreamConfig::live`]).
 pub async fn stream_job<L: EventLog, S: FeatureSink>(
     log: Arc<L>,
     sink: Arc<S>,
     snapshot: Arc<Snapshot>,
-    window: WindowConfig,
-    assignment: Assignment,
+    config: StreamConfig,
     http: SocketAddr,
 ) -> Result<Service, ServeError> {
     let worker = Worker {
         log,
         sink,
         snapshot,
-        config: StreamConfig {
-            assignment,
-            ..StreamConfig::live(window)
-        },
+        config,
         metrics: Arc::new(StreamMetrics::default()),
     };
     stream(worker, http).await

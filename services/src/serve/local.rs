@@ -218,9 +218,9 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         };
         event_path.push(ingest(log.clone(), seen, a.ingest).await?);
         let stream = match sink {
-            LocalSink::Memory(sink) => stream_job(log, sink, snapshot, ev.window, Assignment::ALL, a.stream).await?,
+            LocalSink::Memory(sink) => stream_job(log, sink, snapshot, StreamConfig::live(ev.window), a.stream).await?,
             LocalSink::Redis(sink) => {
-                stream_job(log, Arc::new(sink), snapshot, ev.window, Assignment::ALL, a.stream).await?
+                stream_job(log, Arc::new(sink), snapshot, StreamConfig::live(ev.window), a.stream).await?
             }
         };
         event_path.push(stream);

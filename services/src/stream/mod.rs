@@ -17,10 +17,14 @@
 //! fired window is written, at the oldest event of an open window: after a crash the log is
 //! read again from there with that watermark, the windows written since are refused by their
 //! versions, and the open ones are counted whole — totals stay exact.
+//!
+//! With engine `flink` the same worker reads the Flink job's output instead
+//! ([`Input::Aggregates`]): closed windows go straight to the write queue, engagements down the
+//! fast path, and the checkpoint is simply the next record.
 
 pub mod sink;
 
-pub use recstack_core::stream::{limiter, window};
+pub use recstack_core::stream::{aggregate, limiter, window};
 pub use recstack_crds::assignment;
 
 use std::collections::VecDeque;
@@ -42,6 +46,7 @@ use crate::events::log::{Checkpoint, EventLog, LogError};
 use crate::events::{Event, now_ms};
 use crate::features::proto::GenreShare;
 use crate::features::{ItemFeatures, Key, Snapshot, UserFeatures};
+use aggregate::Aggregate;
 use assignment::Assignment;
 use limiter::{LimiterConfig, WriteLimiter};
 use sink::{FeatureSink, SinkError, trend_rank};
@@ -61,9 +66,22 @@ pub enum StreamError {
     Sink(#[from] SinkError),
 }
 
+/// What the worker reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Input {
+    /// Behaviour events (engine `builtin`): the worker aggregates the windows itself.
+    #[default]
+    Events,
+    /// The Flink job's output (engine `flink`, [`aggregate`]): windows already closed and
+    /// engagements, applied as they come — the same writes, so the same hot score, trending
+    /// list and user fast path.
+    Aggregates,
+}
+
 /// Worker settings.
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
+    pub input: Input,
     pub window: WindowConfig,
     pub group: String,
     /// Records read per partition per round.
@@ -82,6 +100,7 @@ pub struct StreamConfig {
 impl StreamConfig {
     pub fn live(window: WindowConfig) -> Self {
         Self {
+            input: Input::Events,
             window,
             group: GROUP.into(),
             batch: 2_000,
@@ -120,9 +139,12 @@ impl Default for StreamMetrics {
     fn default() -> Self {
         let mut m = MetricsRegistry::new("recstack_stream");
         Self {
-            events: m.counter("events", "Events read from the log"),
+            events: m.counter(
+                "events",
+                "Events read from the log (with engine flink: engagements read from the job's output)",
+            ),
             late: m.counter("late", "Events dropped because their window had fired"),
-            undecodable: m.counter("undecodable", "Log records that are not events (skipped)"),
+            undecodable: m.counter("undecodable", "Log records that are not events or aggregates (skipped)"),
             windows: m.family("windows", "Item windows written, by outcome"),
             user_writes: m.counter("user_writes", "User feature writes (fast path)"),
             backlog: m.gauge("backlog", "Item windows waiting for the write limiter"),
@@ -209,9 +231,14 @@ impl PartitionState {
     /// watermark drops exactly the events this run dropped as late, and rebuilds the open
     /// windows whole; windows written already fire again with the same version and are
     /// refused.
-    fn checkpoint(&self) -> Option<Checkpoint> {
+    fn checkpoint(&self, input: Input) -> Option<Checkpoint> {
+        let offset = match input {
+            Input::Events => self.agg.safe_offset().min(self.next),
+            // No open windows here: everything read is applied once the queue is empty.
+            Input::Aggregates => self.next,
+        };
         self.pending.is_empty().then(|| Checkpoint {
-            offset: self.agg.safe_offset().min(self.next),
+            offset,
             watermark: self.agg.watermark(),
         })
     }
@@ -301,7 +328,9 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
     /// checkpoint every round.
     async fn commit(&self, parts: &mut [PartitionState], now: f64, all: bool) -> Result<(), StreamError> {
         for ps in parts {
-            let Some(at) = ps.checkpoint() else { continue };
+            let Some(at) = ps.checkpoint(self.config.input) else {
+                continue;
+            };
             let due = at.offset != ps.committed.offset || all || now - ps.committed_at >= WATERMARK_COMMIT_MS;
             if at != ps.committed && due {
                 self.log.commit(&self.config.group, ps.partition, at).await?;
@@ -322,22 +351,34 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
         let records = self.log.read(ps.partition, ps.next, self.config.batch).await?;
         ps.caught_up = records.len() < self.config.batch;
         let mut engagements = Vec::new();
+        let mut closed = Vec::new();
         for r in &records {
             ps.next = r.offset + 1;
-            match Event::decode(&r.value) {
-                Ok(e) => {
-                    self.metrics.events.inc();
-                    if ps.agg.push(&e, r.offset) == window::Accepted::Late {
-                        self.metrics.late.inc();
+            match self.config.input {
+                Input::Events => match Event::decode(&r.value) {
+                    Ok(e) => {
+                        self.metrics.events.inc();
+                        if ps.agg.push(&e, r.offset) == window::Accepted::Late {
+                            self.metrics.late.inc();
+                        }
+                        if e.kind.engaged() {
+                            engagements.push((e.user_id, e.item_id, e.ts_ms));
+                        }
                     }
-                    if e.kind.engaged() {
-                        engagements.push((e.user_id, e.item_id, e.ts_ms));
+                    Err(err) => self.skip(ps.partition, r.offset, &err),
+                },
+                Input::Aggregates => match Aggregate::decode(&r.value) {
+                    Ok(Aggregate::Window(w)) => closed.push(w),
+                    Ok(Aggregate::Engagement {
+                        user_id,
+                        item_id,
+                        ts_ms,
+                    }) => {
+                        self.metrics.events.inc();
+                        engagements.push((user_id, item_id, ts_ms));
                     }
-                }
-                Err(err) => {
-                    self.metrics.undecodable.inc();
-                    tracing::warn!(partition = ps.partition, offset = r.offset, error = %err, "skipping a log record");
-                }
+                    Err(err) => self.skip(ps.partition, r.offset, &err),
+                },
             }
         }
         if !engagements.is_empty() {
@@ -346,7 +387,8 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
         if ps.caught_up && self.config.follow_clock {
             ps.agg.advance_to(now_ms() - self.config.window.delay_ms);
         }
-        let fired = ps.agg.fire();
+        let mut fired = ps.agg.fire();
+        fired.append(&mut closed);
         if let Some(l) = limiter {
             l.add(fired.len() as u64, now);
         }
@@ -362,6 +404,11 @@ impl<L: EventLog, S: FeatureSink> Worker<L, S> {
                 .map_or(ps.lag, |end| end.saturating_sub(ps.next))
         };
         Ok(!records.is_empty())
+    }
+
+    fn skip(&self, partition: u32, offset: u64, err: &dyn std::fmt::Display) {
+        self.metrics.undecodable.inc();
+        tracing::warn!(partition, offset, error = %err, "skipping a log record");
     }
 
     /// Users' recent items and their feature values, at once.

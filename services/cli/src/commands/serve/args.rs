@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use recstack_core::degrade::LatencyObjective;
 use recstack_core::features::Snapshot;
+use recstack_services::config::aggregates_topic;
 use recstack_services::config::{EventLogConfig, ModelUri, RuntimeConfig, model_uri};
 use recstack_services::events::AnyLog;
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
@@ -20,6 +21,7 @@ use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::model::Device;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::serve::{self, Addrs};
+use recstack_services::stream::Input;
 use recstack_services::traces::{TraceSettings, TraceStoreSpec};
 
 /// Where a served component listens, its artifacts, and the operator's runtime config.
@@ -131,6 +133,12 @@ pub struct LogArgs {
 
 impl LogArgs {
     pub async fn open(&self, config: Option<&RuntimeConfig>) -> anyhow::Result<AnyLog> {
+        self.open_input(config, Input::Events).await
+    }
+
+    /// The log the stream job reads: the events, or beside them the Flink job's output
+    /// (`<topic>-aggregates`, created with the event topic's settings when missing).
+    pub async fn open_input(&self, config: Option<&RuntimeConfig>, input: Input) -> anyhow::Result<AnyLog> {
         let cli_topic = || TopicSettings {
             replication_factor: self.replication_factor,
             min_insync_replicas: self.replication_factor.min(2),
@@ -159,6 +167,13 @@ impl LogArgs {
             )),
             (None, true, _) => None,
         };
+        let kafka = kafka.map(|(brokers, topic, settings)| match input {
+            Input::Events => (brokers, topic, settings),
+            Input::Aggregates => (brokers, aggregates_topic(&topic), settings),
+        });
+        if input == Input::Aggregates && kafka.is_none() {
+            anyhow::bail!("the Flink job's output is a Kafka topic: give --kafka or a runtime config with eventLog");
+        }
         Ok(match kafka {
             Some((brokers, topic, settings)) => {
                 let log = KafkaLog::connect(&brokers, &topic, &settings)

@@ -14,6 +14,7 @@ use recstack_core::rerank::RerankConfig;
 use recstack_core::stream::window::{WindowConfig, parse_window};
 use recstack_dashboard::server::{DashboardConfig, LocalComponent, StatusSource};
 use recstack_services::Component;
+use recstack_services::StreamEngine;
 use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
 use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
@@ -22,6 +23,7 @@ use recstack_services::rerank::{Experiment, Rules};
 use recstack_services::serve::{self, FeatureSource, GatewayTraces, Lifecycle};
 use recstack_services::stream::assignment::Assignment;
 use recstack_services::stream::sink::{RedisStore, Trending};
+use recstack_services::stream::{Input, StreamConfig};
 use recstack_services::traces::{self, TraceStoreSpec};
 use recstack_trace_store::writer::WriterConfig;
 
@@ -133,6 +135,10 @@ pub enum ServeCommand {
         /// How many replicas share the log.
         #[arg(long, env = "RECSTACK_STREAM_REPLICAS", default_value_t = 1)]
         replicas: u32,
+        /// Apply the Flink job's output (`<topic>-aggregates`) instead of aggregating the events
+        /// (default: when the runtime config's stream engine is flink).
+        #[arg(long)]
+        flink_output: bool,
     },
     /// The dashboard over a trace query API; stack status from a RecommenderStack (`--stack`)
     /// or, without one, from the health of the `--component NAME=URL`s given.
@@ -256,9 +262,16 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             window,
             replica,
             replicas,
+            flink_output,
         } => {
             let assignment = Assignment::new(replica, replicas).context("--replica/--replicas")?;
             let config = serve.prepare().await?;
+            let flink = config.as_ref().is_some_and(|c| c.stream.engine == StreamEngine::Flink);
+            let input = if flink_output || flink {
+                Input::Aggregates
+            } else {
+                Input::Events
+            };
             let window = match (window, config.as_ref()) {
                 (Some(w), _) => w,
                 (None, Some(c)) => parse_window(&c.stream.window).map_err(|e| anyhow::anyhow!("stream.window: {e}"))?,
@@ -270,14 +283,19 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                     "serve stream writes to Redis: give --redis-url or a runtime config with featureStore.redisUrl (`recstack up` runs the stream job in process without Redis)"
                 );
             };
-            let log = Arc::new(log.open(config.as_ref()).await?);
+            let log = Arc::new(log.open_input(config.as_ref(), input).await?);
             let sink = RedisStore::connect(&redis_url, Duration::from_secs(2)).await?;
             let window = WindowConfig {
                 size_ms: window,
                 ..WindowConfig::default()
             };
             let http = serve.addrs(config.as_ref(), 9095, 8085).http;
-            serve::stream_job(log, Arc::new(sink), serve.snapshot()?, window, assignment, http).await?
+            let settings = StreamConfig {
+                input,
+                assignment,
+                ..StreamConfig::live(window)
+            };
+            serve::stream_job(log, Arc::new(sink), serve.snapshot()?, settings, http).await?
         }
         ServeCommand::Ranking { mut serve, model } => {
             let config = serve.prepare().await?;
