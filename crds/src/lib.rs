@@ -1073,6 +1073,8 @@ pub const GRPC_CALLS: &[(Component, Component)] = &[
     (Component::Gateway, Component::Rerank),
     // Impressions: the served items enter the user's seen filter.
     (Component::Ingest, Component::Recall),
+    // Real-time item features, for a model whose card names them.
+    (Component::Ranking, Component::Feature),
 ];
 
 /// Calls over HTTP: the dashboard reads the trace query API.

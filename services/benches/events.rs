@@ -23,14 +23,15 @@ use std::time::{Duration, Instant};
 
 use recstack_core::stream::limiter::LimiterConfig;
 use recstack_core::stream::window::{ItemState, ItemWindow, WindowConfig};
+use recstack_services::config::aggregates_topic;
 use recstack_services::events::ingest::{Ingest, SeenLink};
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::{EventLog, FileLog};
-use recstack_services::events::{RawEvent, Timestamp, now_ms};
+use recstack_services::events::{Event, EventKind, RawEvent, Timestamp, now_ms};
 use recstack_services::features::{Key, L2, Snapshot};
 use recstack_services::stream::assignment::Assignment;
 use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
-use recstack_services::stream::{StreamConfig, StreamMetrics, Worker};
+use recstack_services::stream::{Input, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
 #[path = "../tests/common/mod.rs"]
@@ -370,6 +371,17 @@ async fn smoothness(limited: bool) -> (u64, f64, f64) {
     (total, peak as f64, mean)
 }
 
+async fn flush_all(cluster: &common::RedisCluster) {
+    for port in &cluster.ports {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut node).await.unwrap();
+    }
+}
+
 /// Ingest → Kafka, then Kafka → stream job → Redis Cluster with 1 and 2 replicas.
 async fn at_cluster_scale() {
     let kafka = common::Kafka::start();
@@ -401,14 +413,7 @@ async fn at_cluster_scale() {
     // alternate, twice each.
     for (round, replicas) in [1u32, 1, 2, 1, 2].into_iter().enumerate() {
         // A fresh store and consumer group each round: every round does the same work.
-        for port in &cluster.ports {
-            let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let _: () = redis::cmd("FLUSHALL").query_async(&mut node).await.unwrap();
-        }
+        flush_all(&cluster).await;
         let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
         let group = format!("bench-cluster-{round}");
         let workers: Vec<_> = (0..replicas)
@@ -467,12 +472,128 @@ async fn at_cluster_scale() {
     );
 }
 
+/// Events of the Flink-beside-built-in comparison (written straight to the topic).
+const FLINK_EVENTS: u64 = 400_000;
+
+/// The two engines on the same topic, each to Redis Cluster: the built-in stream job (one
+/// replica), and the Flink engine — its job in a local mini-cluster (the operator's SQL through
+/// the job image's SQL runner, parallelism 2), then one stream replica applying the job's
+/// output. The job's fixed start-up (JVM, mini-cluster, planning) is measured on an empty topic
+/// and shown apart.
+async fn flink_beside_builtin() {
+    let kafka = common::Kafka::start();
+    let cluster = common::RedisCluster::start();
+    let brokers = std::slice::from_ref(&kafka.addr);
+    let settings = TopicSettings::single_broker(4);
+    let log = Arc::new(KafkaLog::connect(brokers, "flink-bench", &settings).await.unwrap());
+    for topic in ["flink-bench-aggregates", "flink-empty", "flink-empty-aggregates"] {
+        KafkaLog::connect(brokers, topic, &settings).await.unwrap();
+    }
+    // 400,000 events over 20 minutes of event time, in order: 2,000 items, 5,000 users,
+    // 3 impressions : 1 click : 1 play.
+    let t0 = now_ms() - 20 * 60_000;
+    let mut batch = Vec::with_capacity(10_000);
+    for n in 0..FLINK_EVENTS {
+        let kind = [
+            EventKind::Impression,
+            EventKind::Impression,
+            EventKind::Impression,
+            EventKind::Click,
+            EventKind::Play,
+        ][(n % 5) as usize];
+        let e = Event {
+            event_id: format!("e{n}"),
+            user_id: format!("u{}", n % 5_000),
+            item_id: format!("i{}", n % 2_000),
+            kind,
+            ts_ms: t0 + (n * 1_200_000 / FLINK_EVENTS) as i64,
+            request_id: None,
+        };
+        batch.push((e.key().to_string(), e.encode()));
+        if batch.len() == 10_000 {
+            log.append(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+    let total = FLINK_EVENTS as f64;
+    // One round: a second run of the job would read the topic again (the job commits its
+    // offsets only on checkpoints) and append its windows a second time.
+    let mut rows = Vec::new();
+    for round in 0..1 {
+        flush_all(&cluster).await;
+        let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
+        let builtin = worker(
+            log.clone(),
+            sink,
+            StreamConfig {
+                group: format!("flink-bench-builtin-{round}"),
+                ..replay_config()
+            },
+        );
+        let start = Instant::now();
+        builtin.run(watch::channel(false).1, true).await.unwrap();
+        let builtin_s = start.elapsed().as_secs_f64();
+
+        let sql = |topic: &str| recstack_operator::render::aggregation_sql(&kafka.addr, topic, "1m");
+        let startup = common::flink_job(&sql("flink-empty"), 2);
+        let job = common::flink_job(&sql("flink-bench"), 2);
+        let output = Arc::new(
+            KafkaLog::connect(brokers, &aggregates_topic("flink-bench"), &settings)
+                .await
+                .unwrap(),
+        );
+        // From an empty store: the built-in engine's windows would refuse the job's as stale.
+        flush_all(&cluster).await;
+        let sink = Arc::new(RedisStore::connect(&cluster.url, Duration::from_secs(2)).await.unwrap());
+        let apply = worker(
+            output,
+            sink,
+            StreamConfig {
+                input: Input::Aggregates,
+                group: format!("flink-bench-apply-{round}"),
+                ..replay_config()
+            },
+        );
+        let start = Instant::now();
+        apply.run(watch::channel(false).1, true).await.unwrap();
+        let apply_s = start.elapsed().as_secs_f64();
+        let net = (job - startup).max(1e-3);
+        rows.push((
+            builtin_s,
+            startup,
+            job,
+            apply_s,
+            total / builtin_s,
+            total / (net + apply_s),
+        ));
+    }
+    println!(
+        "\n### The Flink engine beside the built-in one ({total} events on one topic, 4 partitions; to Redis Cluster, 3 masters)\n"
+    );
+    println!(
+        "| round | built-in: stream job | Flink job start-up (empty topic) | Flink job | apply its output | built-in events/s | Flink engine events/s (no start-up) | Flink / built-in |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, (b, startup, job, apply, builtin_rate, flink_rate)) in rows.iter().enumerate() {
+        println!(
+            "| {} | {b:.1} s | {startup:.1} s | {job:.1} s | {apply:.1} s | {builtin_rate:.0} | {flink_rate:.0} | {:.2}× |",
+            n + 1,
+            flink_rate / builtin_rate
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench --bench events -- flink`: the engines side by side only.
+    if std::env::args().any(|a| a == "flink") {
+        flink_beside_builtin().await;
+        return;
+    }
     at_cluster_scale().await;
+    flink_beside_builtin().await;
     throughput().await;
     event_to_visible().await;
     println!("\n### Window writes per 50 ms slot (1 s windows, 2,000 items each, 6 s of events)\n");

@@ -65,7 +65,7 @@ fn main() {
             let (mut s, mut d) = (Vec::new(), Vec::new());
             let user = writer.user(&r.user_id, r.user.as_ref());
             for (position, id) in r.item_ids.iter().enumerate() {
-                writer.push(&user, id, snapshot.item(id), position, &mut s, &mut d);
+                writer.push(&user, id, snapshot.item(id), position, None, &mut s, &mut d);
             }
             (s, d)
         })
@@ -188,7 +188,7 @@ fn table_assembly(
             std::mem::swap(&mut set.primary.items, items);
             let t = Instant::now();
             for (r, ids) in &work {
-                let (sparse, _, unknown) = set.primary.features(&r.user_id, r.user.as_ref(), ids);
+                let (sparse, _, unknown) = set.primary.features(&r.user_id, r.user.as_ref(), ids, None);
                 assert!(unknown.is_empty() && !sparse.is_empty());
             }
             best[n] = best[n].min(t.elapsed().as_secs_f64() * 1e6 / work.len() as f64);
@@ -225,7 +225,12 @@ async fn folded_vs_whole(snapshot: &Snapshot, model: &Path, requests: &[RankRequ
     let width = folded.primary.folded.as_ref().expect("a factored card").first.width();
     let pre: Vec<Vec<f32>> = requests
         .iter()
-        .map(|r| folded.primary.features(&r.user_id, r.user.as_ref(), &r.item_ids).1)
+        .map(|r| {
+            folded
+                .primary
+                .features(&r.user_id, r.user.as_ref(), &r.item_ids, None)
+                .1
+        })
         .collect();
     let mut head = OnnxModel::load_graph(model, Graph::Head { width }, Device::Cpu, 1).expect("head");
     for p in pre.iter().take(20) {
@@ -250,7 +255,7 @@ async fn folded_vs_whole(snapshot: &Snapshot, model: &Path, requests: &[RankRequ
             let m = &set.primary;
             let t = Instant::now();
             for r in requests {
-                let (s, d, _) = m.features(&r.user_id, r.user.as_ref(), &r.item_ids);
+                let (s, d, _) = m.features(&r.user_id, r.user.as_ref(), &r.item_ids, None);
                 let scores = m.batcher.score(s, d, r.item_ids.len(), deadline).await.expect("score");
                 assert_eq!(scores.len(), CANDIDATES);
             }
@@ -281,6 +286,7 @@ async fn service(
         items,
         sources,
         Duration::from_secs(3600),
+        None,
         None,
         serve::Addrs::ephemeral(),
     )

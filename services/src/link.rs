@@ -124,6 +124,58 @@ impl<S: ?Sized> Direct<S> {
     }
 }
 
+/// One link type per downstream call: the gRPC client or the service itself (in this process).
+/// `service_link!(Name, Client, ServerTrait, method, Request, Response, "service")`.
+macro_rules! service_link {
+    ($link:ident, $client:ident, $trait:ident, $method:ident, $req:ty, $resp:ty, $name:literal) => {
+        #[derive(Clone)]
+        pub enum $link {
+            Grpc($client<::tonic::transport::Channel>),
+            Direct($crate::link::Direct<dyn $trait>),
+        }
+
+        impl $link {
+            pub fn grpc(url: &str) -> Result<Self, $crate::link::EndpointError> {
+                Ok(Self::Grpc($client::new($crate::link::lazy_channel(url)?)))
+            }
+
+            /// Opens the connection with an empty call, retried until `deadline`: any answer,
+            /// even an error, means the peer is reached. Whether it was.
+            pub async fn warm(&self, deadline: ::std::time::Instant) -> bool {
+                let Self::Grpc(client) = self else {
+                    return true;
+                };
+                loop {
+                    // A balanced channel with no address yet holds the call: bound each try.
+                    let mut client = client.clone();
+                    let call = client.$method(::tonic::Request::new(<$req>::default()));
+                    match ::tokio::time::timeout(::std::time::Duration::from_millis(500), call).await {
+                        Ok(Ok(_)) => return true,
+                        Ok(Err(status)) if status.code() != ::tonic::Code::Unavailable => return true,
+                        _ if ::std::time::Instant::now() >= deadline => return false,
+                        Ok(Err(_)) => ::tokio::time::sleep(::std::time::Duration::from_millis(100)).await,
+                        Err(_) => {}
+                    }
+                }
+            }
+
+            pub async fn call(
+                &self,
+                request: ::tonic::Request<$req>,
+            ) -> Result<::tonic::Response<$resp>, ::tonic::Status> {
+                match self {
+                    Self::Grpc(client) => client.clone().$method(request).await,
+                    Self::Direct(d) => {
+                        d.check($name)?;
+                        d.service.$method(request).await
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use service_link;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,13 +14,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use recstack_core::stream::aggregate::Aggregate;
 use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig};
+use recstack_operator::render::aggregation_sql;
 use recstack_services::config::aggregates_topic;
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::EventLog;
@@ -115,46 +114,6 @@ async fn replay<S: FeatureSink>(log: KafkaLog, sink: Arc<S>, input: Input) -> Ar
     metrics
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Kafka SQL connector `scripts/setup` resolved (`scripts/flink/pom.xml`).
-fn connector() -> PathBuf {
-    let pom = std::fs::read_to_string(root().join("scripts/flink/pom.xml")).unwrap();
-    let version = pom
-        .split("<kafka.connector.version>")
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .unwrap();
-    let home = std::env::var("HOME").unwrap();
-    let jar = PathBuf::from(home).join(format!(
-        ".cache/recstack/flink/{version}/lib/flink-sql-connector-kafka-{version}.jar"
-    ));
-    assert!(jar.is_file(), "{} (scripts/setup resolves it)", jar.display());
-    jar
-}
-
-/// Runs the operator's SQL through the job image's SQL runner in a local mini-cluster, the
-/// events table bounded at the offsets it finds (so the job ends, its final watermark closing
-/// the last windows). Returns the seconds it ran.
-fn run_flink_job(brokers: &str) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("recstack-aggregate.sql");
-    std::fs::write(&sql, recstack_operator::render::aggregation_sql(brokers, TOPIC, "1m")).unwrap();
-    let venv = std::env::var("RECSTACK_VENV").map_or(root().join(".venv"), PathBuf::from);
-    let started = Instant::now();
-    let status = Command::new(venv.join("bin/python"))
-        .arg(root().join("services/flink/sql_runner.py"))
-        .arg(&sql)
-        .args(["--bounded", "events", "--parallelism", "2", "--jars"])
-        .arg(connector())
-        .status()
-        .expect("the project venv's python (scripts/setup installs apache-flink there)");
-    assert!(status.success(), "the Flink job failed: {status}");
-    started.elapsed().as_secs_f64()
-}
-
 async fn feature_store(url: &str) -> FeatureStore<RedisL2> {
     let l2 = RedisL2::connect(url, Duration::from_secs(2)).await.unwrap();
     FeatureStore::new(
@@ -197,7 +156,7 @@ async fn the_flink_engine_feeds_serving_what_the_builtin_engine_does() {
     let output = KafkaLog::connect(brokers, &aggregates_topic(TOPIC), &settings)
         .await
         .unwrap();
-    let seconds = run_flink_job(&kafka.addr);
+    let seconds = common::flink_job(&aggregation_sql(&kafka.addr, TOPIC, "1m"), 2);
     eprintln!(
         "flink: {} events in {seconds:.1}s (mini-cluster start included)",
         events.len()

@@ -624,9 +624,16 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
     let mut s = sources(primary.clone());
     s.canary = Some(canary);
     s.canary_percent = 30;
-    let svc = serve::ranking(items, s, Duration::from_millis(100), None, serve::Addrs::ephemeral())
-        .await
-        .unwrap();
+    let svc = serve::ranking(
+        items,
+        s,
+        Duration::from_millis(100),
+        None,
+        None,
+        serve::Addrs::ephemeral(),
+    )
+    .await
+    .unwrap();
     let mut client = RankingClient::connect(svc.grpc_url()).await.unwrap();
     let item_ids: Vec<String> = artifacts().items.iter().take(50).map(|i| i.id.clone()).collect();
     let rank = |user: String| RankRequest {
@@ -673,6 +680,123 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A model card naming a real-time item feature: ranking reads each request's candidates'
+/// values through the feature service (Redis here, as the stream job writes them), they change
+/// the scores of the items a window counted and no other, the response says how fresh they
+/// were — and with the feature service gone the candidates get the neutral value, said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranking_reads_real_time_item_features_through_the_feature_service() {
+    use recstack_services::features::{ItemFeatures, Key, Value};
+    use recstack_services::ranking::service::ItemsLink;
+    use recstack_services::ranking::service::proto::RankRequest;
+    use recstack_services::ranking::service::proto::ranking_client::RankingClient;
+    use recstack_services::serve::FeatureSource;
+
+    // The bundled model with its hot-score column read from the stream job's trend instead.
+    let dir = std::env::temp_dir().join(format!("recstack-rtcard-{}", std::process::id()));
+    let model = copy_bundled_model(&dir);
+    let mut card = ModelCard::read(&model).unwrap();
+    let column = card.features.dense.iter().position(|n| n == "item_log_hot").unwrap();
+    card.features.dense[column] = "item_rt_trend".into();
+    std::fs::write(model.with_extension("json"), serde_json::to_vec(&card).unwrap()).unwrap();
+
+    let redis = common::Redis::start();
+    let snapshot = Arc::new(recstack_services::features::Snapshot::from_artifacts(artifacts()));
+    let item_ids: Vec<String> = artifacts().items.iter().take(40).map(|i| i.id.clone()).collect();
+    let hot_id = item_ids[7].clone();
+    let window_end_ms = 1_790_000_040_000;
+    let hot = ItemFeatures {
+        clicks: 300,
+        impressions: 900,
+        trend: 250.0,
+        window_end_ms,
+        ..snapshot.item(&hot_id).cloned().unwrap()
+    };
+    redis.set(&Key::Item(hot_id.clone()), &Value::Item(hot));
+    let features = serve::features(
+        snapshot.clone(),
+        FeatureSource::Redis(&redis.url),
+        None,
+        None,
+        serve::Addrs::ephemeral(),
+    )
+    .await
+    .unwrap();
+    let start = |realtime: Option<ItemsLink>| {
+        let (snapshot, model) = (snapshot.clone(), model.clone());
+        async move {
+            serve::ranking(
+                snapshot,
+                sources(model),
+                Duration::from_secs(5),
+                None,
+                realtime,
+                serve::Addrs::ephemeral(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let with = start(Some(ItemsLink::grpc(&features.grpc_url()).unwrap())).await;
+    let without = start(None).await;
+    let request = RankRequest {
+        user_id: artifacts().users[0].clone(),
+        user: None,
+        item_ids: item_ids.clone(),
+        timeout_ms: 2_000,
+    };
+    let rank = |url: String| {
+        let request = request.clone();
+        async move {
+            let mut client = RankingClient::connect(url).await.unwrap();
+            client.rank(request).await.unwrap().into_inner()
+        }
+    };
+    let live = rank(with.grpc_url()).await;
+    let neutral = rank(without.grpc_url()).await;
+    let report = live.realtime.clone().expect("the response reports the real-time read");
+    assert_eq!(report.status, "read");
+    assert_eq!(report.items, 1, "one candidate was counted by a window");
+    assert_eq!(
+        (report.oldest_window_end_ms, report.newest_window_end_ms),
+        (window_end_ms, window_end_ms)
+    );
+    let unavailable = neutral.realtime.clone().unwrap();
+    assert!(
+        unavailable.status.starts_with("unavailable: no feature service"),
+        "{unavailable:?}"
+    );
+    for (n, id) in item_ids.iter().enumerate() {
+        if *id == hot_id {
+            assert!(
+                (live.scores[n] - neutral.scores[n]).abs() > 1e-4,
+                "the hot item's score moves with its trend: {} vs {}",
+                live.scores[n],
+                neutral.scores[n]
+            );
+        } else {
+            assert!(
+                (live.scores[n] - neutral.scores[n]).abs() < 1e-5,
+                "{id}: no window, no change"
+            );
+        }
+    }
+
+    // The feature service gone: the read fails within its budget, and every candidate gets the
+    // neutral value.
+    features.stop().await.unwrap();
+    let after = rank(with.grpc_url()).await;
+    let report = after.realtime.unwrap();
+    assert!(report.status.starts_with("unavailable: "), "{report:?}");
+    assert_eq!(report.items, 0);
+    for (a, b) in after.scores.iter().zip(&neutral.scores) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    with.stop().await.unwrap();
+    without.stop().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
     let dir = std::env::temp_dir().join(format!("recstack-badcard-{}", std::process::id()));
@@ -686,6 +810,7 @@ async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
         items,
         sources(dir.join("model.onnx")),
         Duration::from_secs(5),
+        None,
         None,
         serve::Addrs::ephemeral(),
     )
@@ -730,12 +855,12 @@ async fn the_folded_first_stage_scores_as_the_whole_graph() {
     let mut spread = 0f32;
     for (user, _) in held_out_users(8) {
         let features = items.user(&user);
-        let (s, d, unknown) = folded.features(&user, features, &item_ids);
+        let (s, d, unknown) = folded.features(&user, features, &item_ids, None);
         assert_eq!(unknown, ["brand-new-1", "brand-new-2"]);
         assert!(s.is_empty());
         assert_eq!(d.len(), item_ids.len() * width);
         let got = folded.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
-        let (s, d, _) = whole.features(&user, features, &item_ids);
+        let (s, d, _) = whole.features(&user, features, &item_ids, None);
         let want = whole.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
         for (n, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!((a - b).abs() < 1e-4, "{user}, {}: folded {a}, whole {b}", item_ids[n]);

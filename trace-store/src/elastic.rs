@@ -149,6 +149,12 @@ pub fn index_template(prefix: &str) -> Value {
                     // Kept for "why not", never searched: out of the inverted index.
                     "filtered_seen": { "type": "keyword", "index": false, "doc_values": false },
                     "candidates": { "type": "object", "enabled": false },
+                    "realtime": { "properties": {
+                        "status": keyword, "items": { "type": "integer" },
+                        "oldest_window_end_ms": { "type": "date", "format": "epoch_millis" },
+                        "newest_window_end_ms": { "type": "date", "format": "epoch_millis" },
+                        "fetch_us": { "type": "long" },
+                    }},
                 }
             }
         }

@@ -70,6 +70,24 @@ pub struct Trace {
     pub filtered_seen: Vec<String>,
     /// Every candidate and where it left (full traces only).
     pub candidates: Vec<CandidateFate>,
+    /// The real-time item features ranking read (absent when its model reads none, and in
+    /// traces written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime: Option<RealtimeRecord>,
+}
+
+/// The real-time item features ranking read from the feature service for one request: how
+/// many candidates the stream job's windows had counted, and how fresh the newest and oldest
+/// of those windows were (against `timestamp_ms`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RealtimeRecord {
+    /// `read`, or `unavailable: …` (every candidate then had neutral values).
+    pub status: String,
+    pub items: u32,
+    /// Milliseconds since the epoch; 0 when no candidate had a window.
+    pub oldest_window_end_ms: i64,
+    pub newest_window_end_ms: i64,
+    pub fetch_us: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,6 +157,13 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
         items,
         filtered_seen: (0..5).map(|k| seen_item_id(seq, k)).collect(),
         candidates,
+        realtime: Some(crate::RealtimeRecord {
+            status: "read".into(),
+            items: 40 + (seq % 20) as u32,
+            oldest_window_end_ms: timestamp_ms - 600_000,
+            newest_window_end_ms: timestamp_ms - 30_000 - (seq % 30) as i64 * 1_000,
+            fetch_us: 300 + rng.next() % 700,
+        }),
     }
 }
 

@@ -234,6 +234,8 @@ pub fn candidate_rows(a: &Artifacts, spec: &InputSpec, p: &CandidateParams, user
                     item_id,
                     snapshot.item(item_id),
                     k,
+                    // No event stream offline (and `InputSpec::all` names no real-time column).
+                    None,
                     &mut out.sparse,
                     &mut out.dense,
                 );

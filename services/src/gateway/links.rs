@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
-
+use crate::link::service_link;
 pub use crate::link::{Direct, EndpointError, lazy_channel};
 
 use crate::features::proto::features_client::FeaturesClient;
@@ -23,54 +21,7 @@ use crate::rerank::proto::rerank_client::RerankClient;
 use crate::rerank::proto::rerank_server::Rerank;
 use crate::rerank::proto::{RerankRequest, RerankResponse};
 
-/// One link type per downstream: the gRPC client or the service itself.
-macro_rules! link {
-    ($link:ident, $client:ident, $trait:ident, $method:ident, $req:ty, $resp:ty, $name:literal) => {
-        #[derive(Clone)]
-        pub enum $link {
-            Grpc($client<Channel>),
-            Direct(Direct<dyn $trait>),
-        }
-
-        impl $link {
-            pub fn grpc(url: &str) -> Result<Self, EndpointError> {
-                Ok(Self::Grpc($client::new(lazy_channel(url)?)))
-            }
-
-            /// Opens the connection with an empty call, retried until `deadline`: any answer,
-            /// even an error, means the peer is reached. Whether it was.
-            pub async fn warm(&self, deadline: Instant) -> bool {
-                let Self::Grpc(client) = self else {
-                    return true;
-                };
-                loop {
-                    // A balanced channel with no address yet holds the call: bound each try.
-                    let mut client = client.clone();
-                    let call = client.$method(Request::new(<$req>::default()));
-                    match tokio::time::timeout(Duration::from_millis(500), call).await {
-                        Ok(Ok(_)) => return true,
-                        Ok(Err(status)) if status.code() != Code::Unavailable => return true,
-                        _ if Instant::now() >= deadline => return false,
-                        Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        Err(_) => {}
-                    }
-                }
-            }
-
-            pub async fn call(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
-                match self {
-                    Self::Grpc(client) => client.clone().$method(request).await,
-                    Self::Direct(d) => {
-                        d.check($name)?;
-                        d.service.$method(request).await
-                    }
-                }
-            }
-        }
-    };
-}
-
-link!(
+service_link!(
     RecallLink,
     RecallClient,
     Recall,
@@ -79,7 +30,7 @@ link!(
     RecallResponse,
     "recall"
 );
-link!(
+service_link!(
     FeaturesLink,
     FeaturesClient,
     Features,
@@ -88,7 +39,7 @@ link!(
     GetUserResponse,
     "features"
 );
-link!(
+service_link!(
     RankingLink,
     RankingClient,
     Ranking,
@@ -97,7 +48,7 @@ link!(
     RankResponse,
     "ranking"
 );
-link!(
+service_link!(
     RerankLink,
     RerankClient,
     Rerank,

@@ -21,7 +21,7 @@ use super::metrics::StageLabels;
 use super::request::{Query, Recommendation, ServedItem};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
-use crate::ranking::service::proto::RankRequest;
+use crate::ranking::service::proto::{RankRequest, RealtimeFeatures};
 use crate::recall::proto::{Candidate as RecallCandidate, RecallRequest};
 use crate::rerank::proto::{Action, RerankRequest, Scored};
 
@@ -102,6 +102,8 @@ pub(super) struct Request {
     pub filtered_seen: Vec<String>,
     pub channels: Vec<ChannelCount>,
     pub model_version: Option<String>,
+    /// What ranking read of the candidates' real-time features (its model names some).
+    pub realtime: Option<RealtimeFeatures>,
     pub reranked: Option<Reranked>,
     /// What is served: an index into `candidates`, and the rerank rule that moved it.
     pub served: Vec<(usize, Option<String>)>,
@@ -134,6 +136,7 @@ impl Request {
             filtered_seen: Vec::new(),
             channels: Vec::new(),
             model_version: None,
+            realtime: None,
             reranked: None,
             served: Vec::new(),
             fallback: Vec::new(),
@@ -263,6 +266,7 @@ impl Gateway {
                         .then(a.recall_position.cmp(&b.recall_position))
                 });
                 r.model_version = Some(answer.model_version);
+                r.realtime = answer.realtime;
             }
             Ok(answer) => {
                 let why = format!(

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use recstack_core::recall::Source;
-use recstack_trace_store::{CandidateFate, Detail, ItemLineage, SourceRecord, Trace, outcome};
+use recstack_trace_store::{CandidateFate, Detail, ItemLineage, RealtimeRecord, SourceRecord, Trace, outcome};
 
 use super::pipeline::{Cand, RERANK_POOL, Request};
 use super::request::Recommendation;
@@ -37,6 +37,7 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
         mut stages,
         channels,
         filtered_seen,
+        realtime,
         ..
     } = r;
     for s in &mut stages {
@@ -71,6 +72,13 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
         items,
         filtered_seen,
         candidates,
+        realtime: realtime.map(|r| RealtimeRecord {
+            status: r.status,
+            items: r.items,
+            oldest_window_end_ms: r.oldest_window_end_ms,
+            newest_window_end_ms: r.newest_window_end_ms,
+            fetch_us: r.fetch_us,
+        }),
     }
 }
 

@@ -3,6 +3,12 @@
 //!
 //! Models are double-buffered: [`watch_models`] loads a changed model card's model next to the
 //! serving one and swaps it in at once; requests already holding the old model finish on it.
+//!
+//! A model whose card names real-time item features (`item_rt_ctr`, …) gets each request's
+//! candidates' values from the feature service (L1 ▸ Redis ▸ snapshot: the stream job's
+//! windows), within [`REALTIME_BUDGET`]; without them in time the candidates get the features'
+//! neutral values and the response says why. What was read, and how fresh, goes back in the
+//! response (and so into the trace).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +30,10 @@ use super::features::{ItemRow, RowWriter, UserRow};
 use super::folded::{FoldedFirst, Side};
 use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
-use crate::features::proto::{ItemFeatures, UserFeatures};
+use crate::features::proto::features_client::FeaturesClient;
+use crate::features::proto::features_server::Features;
+use crate::features::proto::{GetItemsRequest, GetItemsResponse, ItemFeatures, UserFeatures};
+use crate::link::service_link;
 use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 
 /// Generated gRPC types (`services/proto/ranking.proto`).
@@ -33,7 +42,21 @@ pub mod proto {
 }
 
 use proto::ranking_server::Ranking;
-use proto::{RankRequest, RankResponse};
+use proto::{RankRequest, RankResponse, RealtimeFeatures};
+
+service_link!(
+    ItemsLink,
+    FeaturesClient,
+    Features,
+    get_items,
+    GetItemsRequest,
+    GetItemsResponse,
+    "features"
+);
+
+/// Longest a request waits for its candidates' real-time item features (less when its own
+/// deadline is nearer); past it they get neutral values.
+pub const REALTIME_BUDGET: Duration = Duration::from_millis(20);
 
 /// Most candidates in one request.
 pub const MAX_ITEMS: usize = 5000;
@@ -47,6 +70,12 @@ pub struct ModelLabels {
     pub model_version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RealtimeLabels {
+    /// read, unavailable
+    pub outcome: &'static str,
+}
+
 pub struct RankingMetrics {
     pub registry: Registry,
     pub rpc: RpcMetrics,
@@ -58,6 +87,9 @@ pub struct RankingMetrics {
     pub shed: Family<ModelLabels, Counter>,
     pub reloads: Counter,
     pub reload_failures: Counter,
+    /// Real-time feature reads from the feature service, by outcome.
+    pub realtime: Family<RealtimeLabels, Counter>,
+    pub realtime_seconds: Histogram,
 }
 
 impl Default for RankingMetrics {
@@ -84,6 +116,15 @@ impl Default for RankingMetrics {
             reload_failures: m.counter(
                 "model_reload_failures",
                 "Changed models that failed to load (the old one serves on)",
+            ),
+            realtime: m.family(
+                "realtime_reads",
+                "Reads of the candidates' real-time item features from the feature service, by outcome",
+            ),
+            realtime_seconds: m.histogram(
+                "realtime_seconds",
+                "Time to read a request's real-time item features",
+                fast,
             ),
             registry: m.finish(),
         }
@@ -264,16 +305,19 @@ pub fn item_table<'a>(
 impl LoadedModel {
     /// The model's input rows for `user` and each of `item_ids`, in order (sparse and dense,
     /// row-major), and the ids not in the feature snapshot (brand-new items: they get neutral
-    /// item features).
+    /// item features). `realtime`: the items' real-time values, by id (for the columns that
+    /// read them).
     pub fn features(
         &self,
         user_id: &str,
         user: Option<&UserFeatures>,
         item_ids: &[String],
+        realtime: Option<&RealtimeValues>,
     ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
         let user = self.rows.user(user_id, user);
+        let rt = |id: &String| realtime.and_then(|r| r.get(id.as_str()));
         if let Some(folded) = &self.folded {
-            return self.folded_rows(folded, &user, item_ids);
+            return self.folded_rows(folded, &user, item_ids, rt);
         }
         let (sparse_width, dense_width) = self.batcher.widths();
         let mut sparse = Vec::with_capacity(item_ids.len() * sparse_width);
@@ -281,10 +325,13 @@ impl LoadedModel {
         let mut unknown_items = Vec::new();
         for (position, id) in item_ids.iter().enumerate() {
             match self.items.get(id.as_bytes()) {
-                Some(item) => self.rows.push_item(&user, item, position, &mut sparse, &mut dense),
+                Some(item) => self
+                    .rows
+                    .push_item(&user, item, position, rt(id), &mut sparse, &mut dense),
                 None => {
                     unknown_items.push(id.clone());
-                    self.rows.push(&user, id, None, position, &mut sparse, &mut dense);
+                    self.rows
+                        .push(&user, id, None, position, rt(id), &mut sparse, &mut dense);
                 }
             }
         }
@@ -294,7 +341,13 @@ impl LoadedModel {
     /// [`LoadedModel::features`] for a folded model: one `pre` row per item (as the dense
     /// input; no sparse one) — the user's part once, the item's precomputed part, and the
     /// columns that cross them.
-    fn folded_rows(&self, f: &Folded, user: &UserRow, item_ids: &[String]) -> (Vec<i64>, Vec<f32>, Vec<String>) {
+    fn folded_rows<'a>(
+        &self,
+        f: &Folded,
+        user: &UserRow,
+        item_ids: &'a [String],
+        rt: impl Fn(&'a String) -> Option<&'a ItemFeatures>,
+    ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
         let sides = (&f.sides.0[..], &f.sides.1[..]);
         let mut user_part = f.first.base().to_vec();
         f.first
@@ -317,7 +370,8 @@ impl LoadedModel {
                     // `fold` gave every item of the table its part.
                     debug_assert_eq!(item.folded.len(), user_part.len());
                     pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
-                    self.rows.push_item(user, item, position, &mut sparse, &mut dense);
+                    self.rows
+                        .push_item(user, item, position, rt(id), &mut sparse, &mut dense);
                     let row = &mut pre[start..];
                     for &col in &f.cross.0 {
                         f.first.add_sparse(row, col, sparse[col]);
@@ -329,7 +383,8 @@ impl LoadedModel {
                 None => {
                     unknown_items.push(id.clone());
                     pre.extend_from_slice(&user_part);
-                    self.rows.push(user, id, None, position, &mut sparse, &mut dense);
+                    self.rows
+                        .push(user, id, None, position, rt(id), &mut sparse, &mut dense);
                     f.first
                         .add_columns(&mut pre[start..], (&sparse, &dense), sides, |s| s != Side::User);
                 }
@@ -337,6 +392,19 @@ impl LoadedModel {
         }
         (Vec::new(), pre, unknown_items)
     }
+}
+
+/// A request's real-time item values, by id.
+pub type RealtimeValues = FxHashMap<String, ItemFeatures>;
+
+/// How many of `items` carry real-time values (a stream window has counted them), and the
+/// oldest and newest window end among those (0 when none).
+pub fn freshness(items: &[ItemFeatures]) -> (u32, i64, i64) {
+    let ends = items.iter().map(|i| i.window_end_ms).filter(|&end| end > 0);
+    let (n, oldest, newest) = ends.fold((0u32, i64::MAX, 0i64), |(n, lo, hi), end| {
+        (n + 1, lo.min(end), hi.max(end))
+    });
+    (n, if n == 0 { 0 } else { oldest }, newest)
 }
 
 /// The serving models.
@@ -464,9 +532,59 @@ pub struct RankingService {
     /// The serving models, each with its rows for the items of the feature snapshot.
     pub models: Arc<ArcSwap<ModelSet>>,
     pub metrics: Arc<RankingMetrics>,
+    /// The feature service, for models that read real-time item features (`None`: they get
+    /// neutral values, and the response says so).
+    pub realtime: Option<ItemsLink>,
 }
 
 impl RankingService {
+    /// The candidates' real-time values from the feature service, within [`REALTIME_BUDGET`]
+    /// (and before `deadline`), and what the response reports about them.
+    async fn read_realtime(
+        &self,
+        item_ids: &[String],
+        deadline: Instant,
+    ) -> (Option<RealtimeValues>, RealtimeFeatures) {
+        let start = Instant::now();
+        let outcome = match &self.realtime {
+            None => Err("no feature service configured".to_string()),
+            Some(link) => {
+                let budget = REALTIME_BUDGET.min(deadline.saturating_duration_since(start));
+                let mut call = tonic::Request::new(GetItemsRequest {
+                    item_ids: item_ids.to_vec(),
+                });
+                call.set_timeout(budget);
+                match tokio::time::timeout(budget, link.call(call)).await {
+                    Ok(Ok(answer)) => Ok(answer.into_inner().items),
+                    Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+                    Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
+                }
+            }
+        };
+        let fetch_us = start.elapsed().as_micros() as u64;
+        self.metrics.realtime_seconds.observe(start.elapsed().as_secs_f64());
+        let (status, values, items) = match outcome {
+            Ok(items) => {
+                let summary = freshness(&items);
+                let values = items.into_iter().map(|i| (i.item_id.clone(), i)).collect();
+                ("read".to_string(), Some(values), summary)
+            }
+            Err(why) => (format!("unavailable: {why}"), None, (0, 0, 0)),
+        };
+        let outcome = if values.is_some() { "read" } else { "unavailable" };
+        self.metrics.realtime.get_or_create(&RealtimeLabels { outcome }).inc();
+        (
+            values,
+            RealtimeFeatures {
+                status,
+                items: items.0,
+                oldest_window_end_ms: items.1,
+                newest_window_end_ms: items.2,
+                fetch_us,
+            },
+        )
+    }
+
     /// Scores a request's items.
     pub async fn rank(&self, req: RankRequest) -> Result<RankResponse, Status> {
         if req.user_id.trim().is_empty() {
@@ -486,7 +604,14 @@ impl RankingService {
         let models = self.models.load_full();
         let (model, canary) = models.pick(&req.user_id);
         let rows = req.item_ids.len();
-        let (sparse, dense, unknown_items) = model.features(&req.user_id, req.user.as_ref(), &req.item_ids);
+        let (realtime, report) = if model.rows.reads_realtime_items() {
+            let (values, report) = self.read_realtime(&req.item_ids, deadline).await;
+            (values, Some(report))
+        } else {
+            (None, None)
+        };
+        let (sparse, dense, unknown_items) =
+            model.features(&req.user_id, req.user.as_ref(), &req.item_ids, realtime.as_ref());
         let scores = model
             .batcher
             .score(sparse, dense, rows, deadline)
@@ -502,6 +627,7 @@ impl RankingService {
             model_version: model.batcher.version().to_string(),
             canary,
             unknown_items,
+            realtime: report,
         })
     }
 }
@@ -585,7 +711,7 @@ mod tests {
         let ids: Vec<String> = ["an-item-id-longer-than-sixteen-bytes", "new-item", "0111161", "0110912"]
             .map(String::from)
             .to_vec();
-        let (sparse, dense, unknown) = model.features("u1", Some(&user), &ids);
+        let (sparse, dense, unknown) = model.features("u1", Some(&user), &ids, None);
         assert_eq!(unknown, ["new-item"]);
         let (mut want_sparse, mut want_dense) = (Vec::new(), Vec::new());
         for (position, id) in ids.iter().enumerate() {

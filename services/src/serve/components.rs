@@ -153,6 +153,7 @@ pub async fn ranking(
     sources: ModelSources,
     reload: Duration,
     artifacts: Reload,
+    realtime: Option<ItemsLink>,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let metrics = Arc::new(RankingMetrics::default());
@@ -182,6 +183,7 @@ pub async fn ranking(
     let service = Arc::new(RankingService {
         models,
         metrics: metrics.clone(),
+        realtime,
     });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
     spawn(

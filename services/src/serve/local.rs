@@ -195,7 +195,24 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         (_, None) => FeatureSource::Snapshot,
     };
     let features = features(snapshot.clone(), source, None, None, a.features).await?;
-    let ranking = ranking(snapshot.clone(), opts.model, Duration::from_secs(5), None, a.ranking).await?;
+    // Ranking reads real-time item features (for a model that names them) from the feature
+    // service in this process.
+    let realtime = match &features.direct {
+        DirectService::Features(f) => Some(ItemsLink::Direct(Direct {
+            service: f.clone(),
+            stopped: features.stopped(),
+        })),
+        _ => ItemsLink::grpc(&features.grpc_url()).ok(),
+    };
+    let ranking = ranking(
+        snapshot.clone(),
+        opts.model,
+        Duration::from_secs(5),
+        None,
+        realtime,
+        a.ranking,
+    )
+    .await?;
     let rules = Rules {
         config: opts.rerank,
         experiment: Some(opts.experiment).filter(|e| !e.variants.is_empty()),

@@ -44,7 +44,7 @@ use crate::ops;
 use crate::ranking::model::ModelError;
 use crate::ranking::service::proto::ranking_server::Ranking;
 use crate::ranking::service::proto::ranking_server::RankingServer;
-use crate::ranking::service::{ModelSources, RankingMetrics, RankingService, load_models, watch_models};
+use crate::ranking::service::{ItemsLink, ModelSources, RankingMetrics, RankingService, load_models, watch_models};
 use crate::recall::proto::recall_server::Recall;
 use crate::recall::proto::recall_server::RecallServer;
 use crate::recall::{AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};

@@ -405,3 +405,53 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Kafka SQL connector `scripts/setup` resolved (`scripts/flink/pom.xml`).
+fn flink_connector() -> std::path::PathBuf {
+    let pom = std::fs::read_to_string(repo_root().join("scripts/flink/pom.xml")).unwrap();
+    let version = pom
+        .split("<kafka.connector.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let jar = std::path::PathBuf::from(home).join(format!(
+        ".cache/recstack/flink/{version}/lib/flink-sql-connector-kafka-{version}.jar"
+    ));
+    assert!(jar.is_file(), "{} (scripts/setup resolves it)", jar.display());
+    jar
+}
+
+/// Runs the Flink engine's job — `sql`, the operator's (`render::aggregation_sql`), through the
+/// job image's SQL runner (`services/flink/sql_runner.py`) — in a local Flink mini-cluster (the
+/// venv's PyFlink on Java 17), the events table bounded at the offsets it finds so the job ends
+/// (its final watermark closing the last windows). Its output topic must exist. Returns the
+/// seconds it ran, start-up included.
+pub fn flink_job(sql: &str, parallelism: u32) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recstack-aggregate.sql");
+    std::fs::write(&path, sql).unwrap();
+    let sql = path;
+    let venv = std::env::var("RECSTACK_VENV").map_or(repo_root().join(".venv"), std::path::PathBuf::from);
+    let started = std::time::Instant::now();
+    let status = Command::new(venv.join("bin/python"))
+        .arg(repo_root().join("services/flink/sql_runner.py"))
+        .arg(&sql)
+        .args([
+            "--bounded",
+            "events",
+            "--parallelism",
+            &parallelism.to_string(),
+            "--jars",
+        ])
+        .arg(flink_connector())
+        .stdout(Stdio::null())
+        .status()
+        .expect("the project venv's python (scripts/setup installs apache-flink there)");
+    assert!(status.success(), "the Flink job failed: {status}");
+    started.elapsed().as_secs_f64()
+}

@@ -77,7 +77,7 @@ pub const FOLDED_INLINE: usize = 80;
 pub struct ItemRow {
     item: ItemFeatures,
     sparse: SmallVec<[i64; SPARSE.len()]>,
-    dense: SmallVec<[f32; DENSE.len()]>,
+    dense: SmallVec<[f32; DENSE.len() + REALTIME_DENSE.len()]>,
     /// The [`GenreBits`] bits of the item's genres, or-ed.
     genre_bits: u64,
     /// The item's part of a folded first stage (empty unless the model is folded; see
@@ -131,6 +131,7 @@ impl RowWriter {
             item_id: &item.item_id,
             item: Some(item),
             position: 0,
+            realtime: None,
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
@@ -180,13 +181,14 @@ impl RowWriter {
     }
 
     /// Appends the row for (user, a known item) from both precomputed parts, computing only
-    /// the features that cross them.
+    /// the features that cross them (and the real-time ones, from `realtime`).
     #[inline]
     pub fn push_item(
         &self,
         user: &UserRow,
         item: &ItemRow,
         position: usize,
+        realtime: Option<&ItemFeatures>,
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
     ) {
@@ -196,6 +198,7 @@ impl RowWriter {
             item_id: &item.item.item_id,
             item: Some(&item.item),
             position,
+            realtime,
         };
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
         sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
@@ -230,6 +233,7 @@ impl RowWriter {
             item_id: "",
             item: None,
             position: 0,
+            realtime: None,
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_user, DenseKind::per_user);
         UserRow {
@@ -244,7 +248,9 @@ impl RowWriter {
     }
 
     /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
-    /// or item has `None` and gets the features' neutral values.
+    /// or item has `None` and gets the features' neutral values; so do the real-time ones
+    /// without `realtime` (the training export, or the feature service unreachable).
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn push(
         &self,
@@ -252,6 +258,7 @@ impl RowWriter {
         item_id: &str,
         item: Option<&ItemFeatures>,
         position: usize,
+        realtime: Option<&ItemFeatures>,
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
     ) {
@@ -261,6 +268,7 @@ impl RowWriter {
             item_id,
             item,
             position,
+            realtime,
         };
         sparse.extend(
             self.sparse
@@ -287,16 +295,35 @@ impl RowWriter {
         item: Option<&ItemFeatures>,
         position: usize,
     ) -> (Vec<i64>, Vec<f32>) {
+        self.row_at(user_id, user, item_id, item, position, None)
+    }
+
+    /// [`RowWriter::row`] with the item's real-time values.
+    pub fn row_at(
+        &self,
+        user_id: &str,
+        user: Option<&UserFeatures>,
+        item_id: &str,
+        item: Option<&ItemFeatures>,
+        position: usize,
+        realtime: Option<&ItemFeatures>,
+    ) -> (Vec<i64>, Vec<f32>) {
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
         self.push(
             &self.user(user_id, user),
             item_id,
             item,
             position,
+            realtime,
             &mut sparse,
             &mut dense,
         );
         (sparse, dense)
+    }
+
+    /// Whether any column reads the request's real-time item values.
+    pub fn reads_realtime_items(&self) -> bool {
+        self.dense.iter().any(|k| k.realtime_item())
     }
 }
 
@@ -331,6 +358,8 @@ struct Row<'a> {
     item: Option<&'a ItemFeatures>,
     /// The item's place in the request's candidate order (0 first).
     position: usize,
+    /// The item's real-time values for this request (the feature service's), if any.
+    realtime: Option<&'a ItemFeatures>,
 }
 
 /// FNV-1a continued over more bytes (the same function as [`crate::stable_hash`]).
@@ -410,6 +439,14 @@ impl Row<'_> {
             DenseKind::ItemGenreCount => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
             // ln(1 + p) / ln(1 + 1000): 0 for recall's first candidate, 1 from the 1000th on.
             DenseKind::RecallPosition => ((self.position as f32).ln_1p() / 1_001f32.ln()).min(1.0),
+            // The stream job's windows: smoothed CTR (½ with no events, as the stream writes
+            // it), engagements (clicks, plays, likes) and the decayed hot score, log-scaled.
+            // Neutral without real-time values, or for an item no window has touched.
+            DenseKind::ItemRtCtr => self.realtime.filter(|r| r.window_end_ms > 0).map_or(0.5, |r| r.ctr),
+            DenseKind::ItemRtEngagement => self
+                .realtime
+                .map_or(0.0, |r| log_scaled((r.clicks + r.plays + r.likes) as f32)),
+            DenseKind::ItemRtTrend => self.realtime.map_or(0.0, |r| log_scaled(r.trend)),
             DenseKind::Unknown => 0.0,
         }
     }
@@ -469,7 +506,7 @@ mod tests {
         let sparse: Vec<&str> = SparseKind::ALL.iter().map(|k| k.name()).collect();
         let dense: Vec<&str> = DenseKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(sparse, SPARSE);
-        assert_eq!(dense, DENSE);
+        assert_eq!(dense, [DENSE, REALTIME_DENSE].concat());
     }
 
     #[test]
@@ -505,7 +542,7 @@ mod tests {
                 for (n, it) in items.iter().enumerate() {
                     let id = format!("i{n}");
                     let (mut s1, mut d1) = (vec![], vec![]);
-                    writer.push(&once, &id, Some(it), n, &mut s1, &mut d1);
+                    writer.push(&once, &id, Some(it), n, None, &mut s1, &mut d1);
                     let (s2, d2) = writer.row("u1", user, &id, Some(it), n);
                     assert_eq!((&s1, &d1), (&s2, &d2), "{case}, item {n}");
                     // The item's part computed once too (the service's per-model item table).
@@ -514,7 +551,7 @@ mod tests {
                         ..it.clone()
                     };
                     let (mut s3, mut d3) = (vec![], vec![]);
-                    writer.push_item(&once, &writer.item(&it), n, &mut s3, &mut d3);
+                    writer.push_item(&once, &writer.item(&it), n, None, &mut s3, &mut d3);
                     assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
                 }
             }
@@ -526,7 +563,7 @@ mod tests {
             .iter()
             .map(|it| {
                 let (mut s, mut d) = (vec![], vec![]);
-                writer.push_item(&once, &writer.item(it), 0, &mut s, &mut d);
+                writer.push_item(&once, &writer.item(it), 0, None, &mut s, &mut d);
                 dense("genre_affinity", &d)
             })
             .collect();
@@ -650,5 +687,62 @@ mod tests {
         let (s, d) = spec.rows().row("u1", Some(&user()), "i1", Some(&item(&["A", "B"])), 0);
         assert!(s.is_empty());
         assert_eq!(d, vec![0.4, 0.75]);
+    }
+
+    /// A card naming the real-time item columns: they read the request's values (the stream
+    /// job's windows), the same through the item table's precomputed path and the whole row;
+    /// neutral without values, and the offline export (`InputSpec::all`) names none of them.
+    #[test]
+    fn real_time_item_columns_read_the_requests_values() {
+        let mut spec = spec();
+        assert!(!spec.reads_realtime_items());
+        spec.dense.extend(REALTIME_DENSE.iter().map(|n| n.to_string()));
+        assert_eq!(spec.check(), Ok(()));
+        assert!(spec.reads_realtime_items());
+        let writer = spec.rows();
+        assert!(writer.reads_realtime_items());
+        let col = |name: &str| spec.dense.iter().position(|n| n == name).unwrap();
+        let (u, it) = (user(), item(&["Drama"]));
+        let hot = ItemFeatures {
+            clicks: 40,
+            plays: 9,
+            likes: 1,
+            impressions: 200,
+            ctr: 41.0 / 202.0,
+            trend: 12.5,
+            window_end_ms: 1_790_000_040_000,
+            ..it.clone()
+        };
+        let (_, neutral) = writer.row("u1", Some(&u), "i1", Some(&it), 3);
+        let (_, live) = writer.row_at("u1", Some(&u), "i1", Some(&it), 3, Some(&hot));
+        assert_eq!(neutral[col("item_rt_ctr")], 0.5);
+        assert_eq!(neutral[col("item_rt_engagement")], 0.0);
+        assert_eq!(neutral[col("item_rt_trend")], 0.0);
+        assert!((live[col("item_rt_ctr")] - 41.0 / 202.0).abs() < 1e-6);
+        assert!((live[col("item_rt_engagement")] - log_scaled(50.0)).abs() < 1e-6);
+        assert!((live[col("item_rt_trend")] - log_scaled(12.5)).abs() < 1e-6);
+        // Every offline column is the same with or without real-time values.
+        for (c, name) in spec.dense.iter().enumerate() {
+            if !REALTIME_DENSE.contains(&name.as_str()) {
+                assert_eq!(neutral[c], live[c], "{name}");
+            }
+        }
+        // An item a window never counted (the snapshot's value: window_end_ms 0) keeps ½.
+        let (_, cold) = writer.row_at("u1", Some(&u), "i1", Some(&it), 3, Some(&it));
+        assert_eq!(cold[col("item_rt_ctr")], 0.5);
+        // The serving path (item table, user part once) gives the same row.
+        let once = writer.user("u1", Some(&u));
+        let (mut s, mut d) = (Vec::new(), Vec::new());
+        writer.push_item(&once, &writer.item(&it), 3, Some(&hot), &mut s, &mut d);
+        assert_eq!(d, live);
+        // The columns cross user and item: they are not in the item table's precomputed part.
+        let (_, dense_sides) = writer.sides();
+        assert_eq!(dense_sides[col("item_rt_ctr")], Side::Cross);
+        assert!(
+            InputSpec::all(InputSpec::default_buckets)
+                .dense
+                .iter()
+                .all(|n| !REALTIME_DENSE.contains(&n.as_str()))
+        );
     }
 }

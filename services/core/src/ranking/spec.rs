@@ -27,6 +27,14 @@ pub const DENSE: &[&str] = &[
     "recall_position",
 ];
 
+/// Real-time item features: read per request from the feature service (the stream job's
+/// windows, L1 ▸ Redis ▸ snapshot), not from the offline build — the training export has no
+/// event stream and would give them their neutral values. A model card may name them beside
+/// [`DENSE`]; [`InputSpec::all`] (the export) leaves them out. (The user's features are real
+/// time already: the gateway reads them through the feature service with the stream job's fast
+/// path, so `genre_affinity` and `user_top_genre` follow a user's newest engagements.)
+pub const REALTIME_DENSE: &[&str] = &["item_rt_ctr", "item_rt_engagement", "item_rt_trend"];
+
 /// One categorical input of a model card.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SparseFeature {
@@ -47,7 +55,7 @@ pub struct InputSpec {
 pub enum SpecError {
     #[error("the model card names sparse feature `{0}`, which this build does not compute (known: {known})", known = SPARSE.join(", "))]
     UnknownSparse(String),
-    #[error("the model card names dense feature `{0}`, which this build does not compute (known: {known})", known = DENSE.join(", "))]
+    #[error("the model card names dense feature `{0}`, which this build does not compute (known: {known}, and real-time: {realtime})", known = DENSE.join(", "), realtime = REALTIME_DENSE.join(", "))]
     UnknownDense(String),
     #[error("sparse feature `{0}` has 0 buckets")]
     NoBuckets(String),
@@ -88,11 +96,17 @@ impl InputSpec {
             }
         }
         for f in &self.dense {
-            if !DENSE.contains(&f.as_str()) {
+            if !DENSE.contains(&f.as_str()) && !REALTIME_DENSE.contains(&f.as_str()) {
                 return Err(SpecError::UnknownDense(f.clone()));
             }
         }
         Ok(())
+    }
+
+    /// Whether the model reads real-time item features (the ranking service then fetches the
+    /// candidates' values from the feature service for each request).
+    pub fn reads_realtime_items(&self) -> bool {
+        self.dense.iter().any(|f| DenseKind::of(f).realtime_item())
     }
 
     /// The spec resolved for filling rows: each feature name is matched once here, not once
@@ -168,11 +182,14 @@ pub(crate) enum DenseKind {
     ItemAge,
     ItemGenreCount,
     RecallPosition,
+    ItemRtCtr,
+    ItemRtEngagement,
+    ItemRtTrend,
     Unknown,
 }
 
 impl DenseKind {
-    pub(crate) const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 12] = [
         Self::UserLogRatings,
         Self::UserMeanRating,
         Self::ItemLogRatings,
@@ -182,6 +199,9 @@ impl DenseKind {
         Self::ItemAge,
         Self::ItemGenreCount,
         Self::RecallPosition,
+        Self::ItemRtCtr,
+        Self::ItemRtEngagement,
+        Self::ItemRtTrend,
     ];
 
     pub(crate) fn of(name: &str) -> Self {
@@ -202,8 +222,17 @@ impl DenseKind {
             Self::ItemAge => "item_age",
             Self::ItemGenreCount => "item_genre_count",
             Self::RecallPosition => "recall_position",
+            Self::ItemRtCtr => "item_rt_ctr",
+            Self::ItemRtEngagement => "item_rt_engagement",
+            Self::ItemRtTrend => "item_rt_trend",
             Self::Unknown => "",
         }
+    }
+
+    /// Read from the request's real-time item values: filled per row (not in the item table,
+    /// which is built once from the snapshot).
+    pub(crate) fn realtime_item(self) -> bool {
+        matches!(self, Self::ItemRtCtr | Self::ItemRtEngagement | Self::ItemRtTrend)
     }
 
     pub(crate) fn per_user(self) -> bool {

@@ -18,6 +18,7 @@ use recstack_services::StreamEngine;
 use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
 use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
+use recstack_services::ranking::service::ItemsLink;
 use recstack_services::recall::{AnySeenStore, MemorySeenStore, RedisSeenStore};
 use recstack_services::rerank::{Experiment, Rules};
 use recstack_services::serve::{self, FeatureSource, GatewayTraces, Lifecycle};
@@ -58,6 +59,10 @@ pub enum ServeCommand {
         serve: ServeArgs,
         #[command(flatten)]
         model: ModelArgs,
+        /// The feature service, for a model reading real-time item features (default: the
+        /// runtime config's; without either such a model gets their neutral values).
+        #[arg(long)]
+        features_url: Option<String>,
     },
     /// The rerank gRPC service.
     Rerank {
@@ -297,15 +302,28 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             };
             serve::stream_job(log, Arc::new(sink), serve.snapshot()?, settings, http).await?
         }
-        ServeCommand::Ranking { mut serve, model } => {
+        ServeCommand::Ranking {
+            mut serve,
+            model,
+            features_url,
+        } => {
             let config = serve.prepare().await?;
             let sources = model.sources(config.as_ref(), &serve.cache_dir).await?;
             let snapshot = serve.snapshot()?;
+            let features_url = match features_url {
+                Some(url) => Some(url),
+                None => config
+                    .as_ref()
+                    .map(|c| c.endpoint_for(Component::Ranking, Component::Feature))
+                    .transpose()?,
+            };
+            let realtime = features_url.as_deref().map(ItemsLink::grpc).transpose()?;
             serve::ranking(
                 snapshot,
                 sources,
                 Duration::from_secs(5),
                 serve.reload(config.as_ref()),
+                realtime,
                 serve.addrs(config.as_ref(), 9092, 8082),
             )
             .await?
