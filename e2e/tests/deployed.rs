@@ -864,6 +864,8 @@ fn network_policies(d: &mut Deployed) -> anyhow::Result<()> {
         ("gateway", "recall", "grpc", true),
         ("ingest", "recall", "grpc", true),
         ("ingest", "ranking", "grpc", false),
+        // Real-time item features, for a model whose card names them.
+        ("ranking", "feature", "grpc", true),
         ("recall", "feature", "grpc", false),
         ("recall", "ranking", "grpc", false),
         ("stream", "feature", "grpc", false),
