@@ -5,8 +5,9 @@
 //! (read-only root, non-root user), the ConfigMap and Secrets at their mount paths, the same
 //! command, args and env — with the rendered NetworkPolicies enforced by nftables in each pod
 //! and Service names resolving to the ready pods behind them. The stores are real servers
-//! outside the cluster: an S3 server (versitygw) holding the artifacts and the model, Redis,
-//! an Apache Kafka broker (KRaft, from Maven Central) and an Elasticsearch-API store (osmem).
+//! outside the cluster: an S3 server (versitygw) holding the artifacts and the model, a
+//! three-master Redis Cluster, an Apache Kafka broker (KRaft, from Maven Central) and an
+//! Elasticsearch-API store (osmem).
 //!
 //! `scripts/e2e` runs it (root: namespaces, mounts, nftables) after the cluster suite, against a
 //! fresh control plane; it ends with "N passed, N failed". Without the control plane's
@@ -33,6 +34,15 @@ const STORES: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
 const ACCESS_KEY: &str = "e2e-access";
 const SECRET_KEY: &str = "e2e-secret-key-1234";
 const BUCKET: &str = "recstack";
+/// The Redis Cluster's three masters, on the stores' address.
+const REDIS_PORTS: [u16; 3] = [6379, 6380, 6381];
+const REDIS_NODES: [&str; 3] = ["redis-0", "redis-1", "redis-2"];
+
+/// The stack's feature store: the Redis Cluster, its nodes named by `host`.
+fn redis_url(host: &str) -> String {
+    let nodes: Vec<String> = REDIS_PORTS.iter().map(|p| format!("{host}:{p}")).collect();
+    format!("redis+cluster://{}", nodes.join(","))
+}
 
 /// A store process, killed on drop.
 struct Proc {
@@ -133,7 +143,7 @@ fn main() {
     };
     let scenarios: &[(&str, Scenario)] = &[
         (
-            "the stores outside the cluster start (S3, Redis, Apache Kafka, Elasticsearch API)",
+            "the stores outside the cluster start (S3, a three-master Redis Cluster, Apache Kafka, Elasticsearch API)",
             stores,
         ),
         (
@@ -183,7 +193,10 @@ fn main() {
             "ranking pods killed under load: degraded answers, 0 errors",
             ranking_killed,
         ),
-        ("Redis stopped under load: stale features, 0 errors", redis_stopped),
+        (
+            "the Redis Cluster stopped under load: stale features, 0 errors",
+            redis_stopped,
+        ),
     ];
     // RECSTACK_E2E_BENCH=1: the stack with the gateway's production defaults (latency objective,
     // 1 % full traces), up to the first recommendations, then held (RECSTACK_E2E_HOLD) for
@@ -336,18 +349,44 @@ fn stores(d: &mut Deployed) -> anyhow::Result<()> {
         .env("ROOT_ACCESS_KEY", ACCESS_KEY)
         .env("ROOT_SECRET_KEY", SECRET_KEY);
     d.start_store("versitygw", s3, 7070)?;
-    let mut redis = Command::new("redis-server");
-    redis.args([
-        "--bind",
-        &STORES.to_string(),
-        "--port",
-        "6379",
-        "--save",
-        "",
-        "--protected-mode",
-        "no",
-    ]);
-    d.start_store("redis", redis, 6379)?;
+    // A Redis Cluster of three masters (slots split by `redis-cli --cluster create`), as a
+    // cluster would run one: every node on the stores' address, announcing it.
+    for (n, port) in REDIS_PORTS.into_iter().enumerate() {
+        let dir = d.dir.join(format!("redis-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = Command::new("redis-server");
+        redis
+            .args(["--bind", &STORES.to_string(), "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+            .arg("--dir")
+            .arg(&dir);
+        d.start_store(REDIS_NODES[n], redis, port)?;
+    }
+    let create = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(REDIS_PORTS.map(|p| format!("{STORES}:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()?;
+    ensure!(
+        create.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&create.stdout)
+    );
+    for port in REDIS_PORTS {
+        wait_until(
+            &format!("redis {port} serving every slot"),
+            Duration::from_secs(30),
+            || {
+                let info = Command::new("redis-cli")
+                    .args(["-h", &STORES.to_string(), "-p", &port.to_string(), "cluster", "info"])
+                    .output()?;
+                Ok(String::from_utf8_lossy(&info.stdout)
+                    .contains("cluster_state:ok")
+                    .then_some(()))
+            },
+        )?;
+    }
     let site = d.venv.join("lib/python3.11/site-packages");
     // Apache Kafka (KRaft, one broker) from the jars scripts/setup resolved.
     let mut kafka = Command::new(repo().join("scripts/kafka-broker"));
@@ -453,7 +492,7 @@ spec:
     replicas: 2
     model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-2}}
   rerank: {{replicas: 1}}
-  feature: {{replicas: 1, redisUrl: "redis://redis.infra.svc:6379"}}
+  feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
   gateway: {{replicas: 1, latencyTargetMs: {latency}}}
   eventLog: {{bootstrapServers: ["kafka.infra.svc:9092"], partitions: 4, replicationFactor: 1, minInsyncReplicas: 1}}
@@ -463,6 +502,7 @@ spec:
         // gateway's defaults with traces in its embedded store, as `recstack up` keeps them
         // (the Elasticsearch-API test server takes a core at these rates).
         latency = if bench_mode() { 5 } else { 0 },
+        redis = redis_url("redis.infra.svc"),
         traces = if bench_mode() {
             ""
         } else {
@@ -1162,7 +1202,7 @@ fn stream_replica_killed(d: &mut Deployed) -> anyhow::Result<()> {
     // item's totals as the stream job's own versioned write sees them.
     let runtime = tokio::runtime::Runtime::new()?;
     let totals = runtime.block_on(async {
-        let store = RedisStore::connect(&format!("redis://{STORES}:6379"), Duration::from_secs(2)).await?;
+        let store = RedisStore::connect(&redis_url(&STORES.to_string()), Duration::from_secs(2)).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut got = BTreeMap::new();
@@ -1539,11 +1579,19 @@ fn ranking_killed(d: &mut Deployed) -> anyhow::Result<()> {
 }
 
 fn redis_stopped(d: &mut Deployed) -> anyhow::Result<()> {
-    let at = d.stores.iter().position(|p| p.name == "redis").context("redis")?;
-    let mut redis = d.stores.remove(at);
+    let mut nodes: Vec<Proc> = Vec::new();
+    while let Some(at) = d.stores.iter().position(|p| REDIS_NODES.contains(&p.name)) {
+        nodes.push(d.stores.remove(at));
+    }
+    ensure!(nodes.len() == REDIS_NODES.len(), "the Redis Cluster's nodes");
     let stats = under_load(d, 3, || {
-        redis.child.kill()?;
-        redis.child.wait()?;
+        // The whole cluster at once: every node's slots gone.
+        for node in &mut nodes {
+            node.child.kill()?;
+        }
+        for node in &mut nodes {
+            node.child.wait()?;
+        }
         std::thread::sleep(Duration::from_secs(4));
         Ok(())
     })?;

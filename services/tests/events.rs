@@ -29,15 +29,19 @@ fn artifacts() -> &'static Artifacts {
 
 async fn stack(log_dir: &std::path::Path) -> LocalStack {
     let manifest_dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    stack_with(log_dir, manifest_dir.join("models/deepfm/model.onnx"), LocalTraces::Off).await
+}
+
+async fn stack_with(log_dir: &std::path::Path, model: std::path::PathBuf, traces: LocalTraces) -> LocalStack {
     let opts = LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(manifest_dir.join("models/deepfm/model.onnx")),
+        model: ModelSources::cpu(model),
         redis_url: None,
         gateway: GatewayConfig::default(),
         rerank: RerankConfig::default(),
         experiment: Experiment::default(),
-        traces: LocalTraces::Off,
+        traces,
         dashboard: None,
         // One-second windows so a test sees several close.
         events: Some(LocalEvents {
@@ -308,5 +312,74 @@ async fn grpc_post_events_validates_and_dedups() {
         .unwrap()
         .into_inner();
     assert_eq!((again.accepted, again.duplicates), (1, vec!["g3".to_string()]));
+    stack.stop().await.unwrap();
+}
+
+/// A model reading a real-time item feature, in the whole local stack: clicks posted to ingest
+/// close a window, the feature service serves the item's new values, ranking reads them for the
+/// next request, and the request's trace records what ranking read and how fresh it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trace_records_the_real_time_features_ranking_read() {
+    use recstack_services::ranking::model::ModelCard;
+    let dir = tempfile::tempdir().unwrap();
+    // The bundled model with its hot-score column read from the stream job's trend.
+    let bundled = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/deepfm");
+    let models = dir.path().join("model");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(&bundled).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, models.join(from.file_name().unwrap())).unwrap();
+    }
+    let model = models.join("model.onnx");
+    let mut card = ModelCard::read(&model).unwrap();
+    let column = card.features.dense.iter().position(|n| n == "item_log_hot").unwrap();
+    card.features.dense[column] = "item_rt_trend".into();
+    std::fs::write(model.with_extension("json"), serde_json::to_vec(&card).unwrap()).unwrap();
+    let stack = stack_with(
+        &dir.path().join("events"),
+        model,
+        LocalTraces::Embedded(dir.path().join("traces.sqlite")),
+    )
+    .await;
+
+    // Clicks on the build's hottest items, by other users: their windows close within a second.
+    let a = artifacts();
+    let user = a.users[common::active_user(a) as usize].clone();
+    let items: Vec<String> = a
+        .hot
+        .iter()
+        .take(30)
+        .map(|(i, _)| a.items[*i as usize].id.clone())
+        .collect();
+    let events: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| event(&format!("rt-{n}"), &format!("clicker-{n}"), item, "click"))
+        .collect();
+    let (status, body) = post(&stack, json!({ "events": events })).await;
+    assert_eq!(status, 200, "{body}");
+    let features = FeaturesClient::connect(stack.get("features").grpc_url()).await.unwrap();
+    clicks_at_least(&features, &items[0], 1, "the first item's window written").await;
+
+    let api = stack.get("traces").http.to_string();
+    let trace = eventually(Duration::from_secs(10), "a trace with a real-time read", || {
+        let (stack, api, user) = (&stack, api.clone(), user.clone());
+        async move {
+            let served = common::recommend(stack, &user, false).await;
+            let trace = common::stored_trace(&api, &served.request_id).await;
+            trace.realtime.as_ref().is_some_and(|r| r.items > 0).then_some(trace)
+        }
+    })
+    .await;
+    let realtime = trace.realtime.unwrap();
+    assert_eq!(realtime.status, "read");
+    assert!(realtime.items as usize <= items.len(), "{realtime:?}");
+    // Windows that closed after the clicks, before the request.
+    assert!(realtime.oldest_window_end_ms > 0 && realtime.oldest_window_end_ms <= realtime.newest_window_end_ms);
+    assert!(realtime.newest_window_end_ms <= trace.timestamp_ms, "{realtime:?}");
+    assert!(
+        trace.timestamp_ms - realtime.newest_window_end_ms < 60_000,
+        "fresh: {realtime:?}"
+    );
     stack.stop().await.unwrap();
 }
