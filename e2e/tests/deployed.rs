@@ -359,12 +359,16 @@ fn stores(d: &mut Deployed) -> anyhow::Result<()> {
             .args(["--bind", &STORES.to_string(), "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+            // The node's own address: the bus connections it makes leave from the bridge's
+            // first address, which its peers would otherwise take for it.
+            .args(["--cluster-announce-ip", &STORES.to_string()])
             .arg("--dir")
             .arg(&dir);
         d.start_store(REDIS_NODES[n], redis, port)?;
     }
-    let create = Command::new("redis-cli")
-        .args(["--cluster", "create"])
+    // Bounded: a cluster whose nodes cannot meet would keep `create` waiting.
+    let create = Command::new("timeout")
+        .args(["60", "redis-cli", "--cluster", "create"])
         .args(REDIS_PORTS.map(|p| format!("{STORES}:{p}")))
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()?;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use recstack_core::stream::limiter::LimiterConfig;
-use recstack_core::stream::window::{ItemState, ItemWindow, WindowConfig};
+use recstack_core::stream::window::WindowConfig;
 use recstack_services::config::aggregates_topic;
 use recstack_services::events::ingest::{Ingest, SeenLink};
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
@@ -30,7 +30,7 @@ use recstack_services::events::log::{EventLog, FileLog};
 use recstack_services::events::{Event, EventKind, RawEvent, Timestamp, now_ms};
 use recstack_services::features::{Key, L2, Snapshot};
 use recstack_services::stream::assignment::Assignment;
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore};
 use recstack_services::stream::{Input, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
@@ -280,40 +280,18 @@ async fn event_to_visible() {
     );
 }
 
-/// Counts window writes per 50 ms slot.
-struct Counting {
-    inner: MemoryStore,
-    start: Instant,
-    slots: Mutex<Vec<u64>>,
-}
-
-impl FeatureSink for Counting {
-    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
-        let slot = (self.start.elapsed().as_millis() / 50) as usize;
-        {
-            let mut s = self.slots.lock().unwrap();
-            if s.len() <= slot {
-                s.resize(slot + 1, 0);
-            }
-            s[slot] += windows.len() as u64;
+/// Counts window writes per 50 ms slot into `slots`.
+fn counting(slots: Arc<Mutex<Vec<u64>>>) -> common::Gated<MemoryStore> {
+    let start = Instant::now();
+    common::Gated::new(Arc::new(MemoryStore::default()), move |windows| {
+        let slot = (start.elapsed().as_millis() / 50) as usize;
+        let mut s = slots.lock().unwrap();
+        if s.len() <= slot {
+            s.resize(slot + 1, 0);
         }
-        self.inner.apply_windows(windows).await
-    }
-    async fn add_recent(&self, e: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
-        self.inner.add_recent(e).await
-    }
-    async fn put_items(&self, v: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
-        self.inner.put_items(v).await
-    }
-    async fn put_users(&self, v: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
-        self.inner.put_users(v).await
-    }
-    async fn put_trending(&self, r: Vec<(String, f64)>) -> Result<(), SinkError> {
-        self.inner.put_trending(r).await
-    }
-    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
-        self.inner.trending(n).await
-    }
+        s[slot] += windows.len() as u64;
+        windows.len()
+    })
 }
 
 /// Peak and mean writes per 50 ms slot, over the slots from the first write to the last.
@@ -325,11 +303,8 @@ async fn smoothness(limited: bool) -> (u64, f64, f64) {
         size_ms: 1_000,
         delay_ms: 100,
     };
-    let sink = Arc::new(Counting {
-        inner: MemoryStore::default(),
-        start: Instant::now(),
-        slots: Mutex::default(),
-    });
+    let slots = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::new(counting(slots.clone()));
     let config = StreamConfig {
         limiter: limited.then(|| LimiterConfig {
             min_rate: 50.0,
@@ -361,7 +336,7 @@ async fn smoothness(limited: bool) -> (u64, f64, f64) {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let _ = stop_tx.send(true);
     let _ = job.await;
-    let slots = sink.slots.lock().unwrap().clone();
+    let slots = slots.lock().unwrap().clone();
     let first = slots.iter().position(|&s| s > 0).unwrap_or(0);
     let last = slots.iter().rposition(|&s| s > 0).unwrap_or(0);
     let busy = &slots[first..=last];

@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use recstack_core::stream::aggregate::Aggregate;
-use recstack_core::stream::window::{Counts, ItemState, ItemWindow, WindowConfig};
+use recstack_core::stream::window::{Counts, ItemWindow, WindowConfig};
 use recstack_operator::render::aggregation_sql;
 use recstack_services::config::aggregates_topic;
 use recstack_services::events::kafka::{KafkaLog, TopicSettings};
 use recstack_services::events::log::EventLog;
 use recstack_services::events::{Event, EventKind};
 use recstack_services::features::{CachePolicy, FeatureMetrics, FeatureStore, Key, RedisL2, Snapshot, Value};
-use recstack_services::stream::sink::{FeatureSink, RecentLists, RedisStore, SinkError};
+use recstack_services::stream::sink::{FeatureSink, RedisStore};
 use recstack_services::stream::{Input, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
@@ -52,34 +52,6 @@ fn events() -> Vec<Event> {
             }
         })
         .collect()
-}
-
-/// A sink that keeps every window it is given, then passes it on.
-struct Recording<S> {
-    inner: S,
-    windows: Mutex<Vec<ItemWindow>>,
-}
-
-impl<S: FeatureSink> FeatureSink for Recording<S> {
-    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
-        self.windows.lock().unwrap().extend_from_slice(windows);
-        self.inner.apply_windows(windows).await
-    }
-    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
-        self.inner.add_recent(engagements).await
-    }
-    async fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
-        self.inner.put_items(values).await
-    }
-    async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
-        self.inner.put_users(values).await
-    }
-    async fn put_trending(&self, ranks: Vec<(String, f64)>) -> Result<(), SinkError> {
-        self.inner.put_trending(ranks).await
-    }
-    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
-        self.inner.trending(n).await
-    }
 }
 
 type Windows = BTreeMap<(String, i64), Counts>;
@@ -139,12 +111,17 @@ async fn the_flink_engine_feeds_serving_what_the_builtin_engine_does() {
     }
 
     // The built-in engine, into A.
-    let a = Arc::new(Recording {
-        inner: RedisStore::connect(&redis_a.url, Duration::from_secs(2)).await.unwrap(),
-        windows: Mutex::new(Vec::new()),
-    });
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let record = recorded.clone();
+    let a = Arc::new(common::Gated::new(
+        Arc::new(RedisStore::connect(&redis_a.url, Duration::from_secs(2)).await.unwrap()),
+        move |windows| {
+            record.lock().unwrap().extend_from_slice(windows);
+            windows.len()
+        },
+    ));
     let builtin = replay(log, a.clone(), Input::Events).await;
-    let ours = by_key(&a.windows.lock().unwrap());
+    let ours = by_key(&recorded.lock().unwrap());
     assert!(ours.len() > 3_000, "enough windows to compare: {}", ours.len());
     assert!(
         builtin.encode().contains("recstack_stream_late_total 0"),

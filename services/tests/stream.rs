@@ -16,7 +16,7 @@ use recstack_services::events::{Event, EventKind};
 use recstack_services::features::{Key, L2, RedisL2, Snapshot};
 use recstack_services::redis_conn::hash_slot;
 use recstack_services::stream::assignment::Assignment;
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, RecentLists, RedisStore, SinkError};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
@@ -114,37 +114,14 @@ impl<L: EventLog> EventLog for Prefix<L> {
 
 /// A store that takes `budget` window writes and then fails mid-batch (the first part of the
 /// batch written, the rest not), as a store dying under a worker would.
-struct Failing<S> {
-    sink: Arc<S>,
-    budget: AtomicU64,
-}
-
-impl<S: FeatureSink> FeatureSink for Failing<S> {
-    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
-        let left = self.budget.load(Ordering::SeqCst) as usize;
-        if windows.len() <= left {
-            self.budget.fetch_sub(windows.len() as u64, Ordering::SeqCst);
-            return self.sink.apply_windows(windows).await;
-        }
-        self.budget.store(0, Ordering::SeqCst);
-        self.sink.apply_windows(&windows[..left]).await?;
-        Err(SinkError("store went away".into()))
-    }
-    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
-        self.sink.add_recent(engagements).await
-    }
-    async fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
-        self.sink.put_items(values).await
-    }
-    async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
-        self.sink.put_users(values).await
-    }
-    async fn put_trending(&self, ranks: Vec<(String, f64)>) -> Result<(), SinkError> {
-        self.sink.put_trending(ranks).await
-    }
-    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
-        self.sink.trending(n).await
-    }
+fn failing<S: FeatureSink>(sink: Arc<S>, budget: u64) -> common::Gated<S> {
+    let budget = AtomicU64::new(budget);
+    common::Gated::new(sink, move |windows| {
+        let left = budget.load(Ordering::SeqCst) as usize;
+        let pass = windows.len().min(left);
+        budget.fetch_sub(pass as u64, Ordering::SeqCst);
+        pass
+    })
 }
 
 /// The first worker sees the log as it was mid-stream (55 % of each partition) and its store
@@ -185,10 +162,7 @@ async fn kill_and_restart_replica<L: EventLog + Clone, S: FeatureSink>(
         limit: per_partition * 55 / 100,
         commits: Arc::default(),
     };
-    let failing = Arc::new(Failing {
-        sink: sink.clone(),
-        budget: AtomicU64::new(budget),
-    });
+    let failing = Arc::new(failing(sink.clone(), budget));
     let first = replica(Arc::new(earlier), failing, assignment);
     let metrics = first.metrics.clone();
     let (_stop_tx, stop) = watch::channel(false);

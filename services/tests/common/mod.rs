@@ -4,8 +4,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use recstack_core::stream::window::{ItemState, ItemWindow};
 use recstack_offline::build::Artifacts;
 use recstack_services::features::{Key, Value, encode_for_l2};
+use recstack_services::stream::sink::{FeatureSink, RecentLists, SinkError};
 
 /// The user with the longest training history among those with held-out ratings.
 pub fn active_user(a: &Artifacts) -> u32 {
@@ -454,4 +456,51 @@ pub fn flink_job(sql: &str, parallelism: u32) -> f64 {
         .expect("the project venv's python (scripts/setup installs apache-flink there)");
     assert!(status.success(), "the Flink job failed: {status}");
     started.elapsed().as_secs_f64()
+}
+
+/// A feature sink whose window writes pass `gate` first: it sees each batch and says how many of
+/// its windows to write. Fewer than all writes that many and then fails, as a store dying
+/// mid-batch would. Everything else goes straight to `inner`. (Recording, counting or failing
+/// writes in tests and benches.)
+pub struct Gated<S> {
+    pub inner: std::sync::Arc<S>,
+    pub gate: Box<Gate>,
+}
+
+/// Sees a batch of window writes; says how many of them to write.
+pub type Gate = dyn Fn(&[ItemWindow]) -> usize + Send + Sync;
+
+impl<S> Gated<S> {
+    pub fn new(inner: std::sync::Arc<S>, gate: impl Fn(&[ItemWindow]) -> usize + Send + Sync + 'static) -> Self {
+        Self {
+            inner,
+            gate: Box::new(gate),
+        }
+    }
+}
+
+impl<S: FeatureSink> FeatureSink for Gated<S> {
+    async fn apply_windows(&self, windows: &[ItemWindow]) -> Result<Vec<(bool, ItemState)>, SinkError> {
+        let pass = (self.gate)(windows).min(windows.len());
+        if pass == windows.len() {
+            return self.inner.apply_windows(windows).await;
+        }
+        self.inner.apply_windows(&windows[..pass]).await?;
+        Err(SinkError("store went away".into()))
+    }
+    async fn add_recent(&self, engagements: &[(String, String, i64)]) -> Result<RecentLists, SinkError> {
+        self.inner.add_recent(engagements).await
+    }
+    async fn put_items(&self, values: Vec<(String, Vec<u8>)>) -> Result<(), SinkError> {
+        self.inner.put_items(values).await
+    }
+    async fn put_users(&self, values: Vec<(String, u64, Vec<u8>)>) -> Result<(), SinkError> {
+        self.inner.put_users(values).await
+    }
+    async fn put_trending(&self, ranks: Vec<(String, f64)>) -> Result<(), SinkError> {
+        self.inner.put_trending(ranks).await
+    }
+    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
+        self.inner.trending(n).await
+    }
 }
