@@ -63,7 +63,9 @@ pub fn crd_yaml() -> String {
     namespaced,
     cel,
     status = "RecommenderStackStatus",
-    validation = Rule::new("self.metadata.name.size() <= 45 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 45 characters (lower-case letters, digits and '-', starting with a letter): every name derived from it must fit, up to the stream StatefulSet's controller-revision-hash label <name>-stream-<hash> (63)"),
+    validation = Rule::new("self.metadata.name.size() <= 51 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 51 characters (lower-case letters, digits and '-', starting with a letter): every name derived from it, up to the Flink operator's <name>-flink-rest Service, must fit in 63"),
+    validation = Rule::new("self.spec.stream.engine == 'none' || self.metadata.name.size() <= 45").message("a stream engine runs the StatefulSet <name>-stream, whose pods carry the label controller-revision-hash: <name>-stream-<hash> of at most 63 characters: metadata.name must be at most 45 characters, or stream.engine none"),
+    validation = Rule::new("!has(self.spec.build) || !has(self.spec.build.schedule) || self.metadata.name.size() <= 46").message("build.schedule makes a CronJob named <name>-build, and Kubernetes limits CronJob names to 52 characters: metadata.name must be at most 46 characters to use a schedule"),
     doc = "A recommendation stack: multi-channel recall, ONNX ranking (CPU or GPU), rerank, real-time features, event ingest and streaming aggregation, with traces that explain every recommendation.",
     printcolumn(
         name = "Ready",

@@ -241,14 +241,29 @@ fn stack_names_fit_every_derived_name() {
         let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
         stack.validate_cel().err().map(|e| e.to_string())
     };
-    assert_eq!(with_name(&"a".repeat(45)), None);
-    for bad in ["a".repeat(46), "1abc".into(), "a.b".into(), "abc-".into()] {
+    assert_eq!(with_name(&"a".repeat(51)), None);
+    for bad in ["a".repeat(52), "1abc".into(), "a.b".into(), "abc-".into()] {
         let err = with_name(&bad).unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(
-            err.contains("metadata.name must be a DNS-1035 label of at most 45"),
+            err.contains("metadata.name must be a DNS-1035 label of at most 51"),
             "{err}"
         );
     }
+    // A stream engine runs a StatefulSet, whose pods' controller-revision-hash label is the
+    // tightest fit.
+    let streaming = |name: &str| {
+        let doc = format!(
+            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{eventLog: {{bootstrapServers: ['k:9092']}}, feature: {{redisUrl: 'redis://r:6379'}}}}"
+        );
+        let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
+        stack.validate_cel().err().map(|e| e.to_string())
+    };
+    assert_eq!(streaming(&"a".repeat(45)), None);
+    let err = streaming(&"a".repeat(46)).expect("a 46-character streaming stack accepted");
+    assert!(
+        err.contains("metadata.name must be at most 45 characters, or stream.engine none"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -366,12 +381,18 @@ fn a_build_publishes_to_an_object_store_on_a_valid_schedule() {
         &format!("{s3}  build: {{data: 'ratings'}}"),
         "build.data must be file:///<absolute path>",
     );
-    // The CronJob's name, <stack>-build, fits in 52 characters with any stack name allowed.
-    let doc = format!(
-        "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{}', namespace: n}}\nspec: {{stream: {{engine: none}}, artifacts: {{uri: 's3://b/a'}}, build: {{schedule: '@daily'}}}}",
-        "a".repeat(45)
+    // The CronJob's name, <stack>-build, must fit in 52 characters.
+    let with_name = |name: &str| {
+        let doc = format!(
+            "apiVersion: recstack.io/v1alpha1\nkind: RecommenderStack\nmetadata: {{name: '{name}', namespace: n}}\nspec: {{stream: {{engine: none}}, artifacts: {{uri: 's3://b/a'}}, build: {{schedule: '@daily'}}}}"
+        );
+        let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
+        stack.validate_cel().err().map(|e| e.to_string())
+    };
+    assert_eq!(with_name(&"a".repeat(46)), None);
+    let err = with_name(&"a".repeat(47)).expect("a 47-character stack with a schedule accepted");
+    assert!(
+        err.contains("metadata.name must be at most 46 characters to use a schedule"),
+        "{err}"
     );
-    let stack: RecommenderStack = serde_yaml::from_str(&doc).unwrap();
-    assert!(stack.validate_cel().is_ok());
-    assert!(format!("{}-build", "a".repeat(45)).len() <= 52);
 }

@@ -432,7 +432,12 @@ fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
         (
             "a-name-far-too-long-for-every-name-derived-from-it-xy",
             "  {}",
-            "metadata.name must be a DNS-1035 label of at most 45",
+            "metadata.name must be a DNS-1035 label of at most 51",
+        ),
+        (
+            "a-streaming-stack-name-just-over-the-limit-xyz",
+            "  {}",
+            "metadata.name must be at most 45 characters, or stream.engine none",
         ),
     ];
     s.create_namespace("e2e-cel")?;

@@ -104,12 +104,15 @@ pub fn component_name(stack: &str, component: Component) -> String {
     format!("{stack}-{}", component.name())
 }
 
-/// Longest stack name: every derived name must fit. The tightest is the stream StatefulSet
-/// `<stack>-stream`: its pods carry the label `controller-revision-hash: <stack>-stream-<hash>`
-/// (a hash of up to 10 characters), and a label value holds at most 63 — so the StatefulSet's
-/// name at most 52, the stack's 45. The CRD enforces it with a CEL rule on `metadata.name`;
-/// `render` checks it too.
-pub const MAX_STACK_NAME: usize = 45;
+/// Longest stack name: every derived name must fit. The longest derived DNS-1035 label is the
+/// Service the Flink operator makes for a FlinkDeployment, `<stack>-flink-rest`. The CRD
+/// enforces it with a CEL rule on `metadata.name`; `render` checks it too.
+pub const MAX_STACK_NAME: usize = 51;
+
+/// Longest name of a stack with a stream engine: its StatefulSet `<stack>-stream`'s pods carry
+/// the label `controller-revision-hash: <stack>-stream-<hash>` (a hash of up to 10 characters),
+/// and a label value holds at most 63 — so the StatefulSet's name at most 52, the stack's 45.
+pub const MAX_STREAMING_STACK_NAME: usize = 45;
 
 /// Whether `name` can name a stack (the CRD's CEL rule on `metadata.name`, client-side).
 pub fn valid_stack_name(name: &str) -> bool {
@@ -138,8 +141,9 @@ mod tests {
         }
         // The longest derived names fit their limits.
         let longest = "a".repeat(MAX_STACK_NAME);
+        let streaming = "a".repeat(MAX_STREAMING_STACK_NAME);
         assert!(
-            format!("{longest}-stream-0123456789").len() <= 63,
+            format!("{streaming}-stream-0123456789").len() <= 63,
             "controller-revision-hash"
         );
         assert!(

@@ -32,9 +32,15 @@ pub(super) fn build_jobs(ctx: &StackCtx, build: &BuildSpec) -> Result<Vec<Child>
     )?];
 
     if let Some(schedule) = &build.schedule {
-        // `<stack>-build` fits Kubernetes' 52 characters for a CronJob: stack names have at
-        // most `labels::MAX_STACK_NAME` (45).
         let name = format!("{}-build", ctx.name);
+        if name.len() > 52 {
+            return Err(RenderError::InvalidField {
+                field: "spec.build.schedule",
+                message: format!(
+                    "the CronJob name {name:?} is over Kubernetes' 52 characters: use a stack name of at most 46"
+                ),
+            });
+        }
         // The Jobs the CronJob makes: no `managed-by` label, so they are not the operator's
         // to cache or prune.
         let mut job_labels = labels::build_labels(&ctx.name);

@@ -194,6 +194,15 @@ impl<'a> StackCtx<'a> {
                 ),
             });
         }
+        if stack.spec.stream.engine != StreamEngine::None && name.len() > labels::MAX_STREAMING_STACK_NAME {
+            return Err(RenderError::InvalidField {
+                field: "metadata.name",
+                message: format!(
+                    "{name:?}: a stream engine runs the StatefulSet {name}-stream, whose pods' controller-revision-hash label would pass 63 characters: use a name of at most {} characters, or stream.engine none",
+                    labels::MAX_STREAMING_STACK_NAME
+                ),
+            });
+        }
         // Objects read from the API server have a uid; a file passed to `render` may not, and
         // then children are printed without an owner reference.
         let owner = stack.metadata.uid.as_ref().map(|uid| {
