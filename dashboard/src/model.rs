@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use recstack_trace_store::explain::FellOut;
+use recstack_trace_store::explain::{Evidence, FellOut};
 use recstack_trace_store::query::{Aggregates, LevelBucket};
 use recstack_trace_store::{CandidateFate, StageRecord, Trace};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,8 @@ pub fn funnel(t: &Trace) -> Vec<FunnelStep> {
             key: format!("channel:{}", c.channel),
             label: format!("recall: {}", c.channel),
             count: c.candidates,
-            note: None,
+            // Skipped, failed or empty: a channel that said "no" differs from one that never ran.
+            note: (!c.outcome.is_empty() && c.outcome != "ok").then(|| c.outcome.clone()),
         })
         .collect();
     if let Some(recall) = stage("recall") {
@@ -196,13 +197,39 @@ pub fn fell_out_label(stage: Option<FellOut>) -> &'static str {
     match stage {
         None => "cannot tell from this trace",
         Some(FellOut::Served) => "served",
-        Some(FellOut::NotInIndex) => "not in the index",
-        Some(FellOut::NotRecalled) => "not recalled",
+        Some(FellOut::NotInIndex) => "not in the catalogue",
+        Some(FellOut::Consumed) => "already consumed",
+        Some(FellOut::QuotaCut) => "past a channel's quota",
+        Some(FellOut::MergeCut) => "past recall's cut",
         Some(FellOut::FilteredSeen) => "filtered as seen",
+        Some(FellOut::ChannelSkipped) => "channel skipped or failed",
+        Some(FellOut::NotRecalled) => "not recalled",
         Some(FellOut::RankedBelowCut) => "ranked below the cut",
         Some(FellOut::BusinessRule) => "business rule",
         Some(FellOut::Diversity) => "diversity",
     }
+}
+
+/// The numbers behind a why-not answer, as (label, value) rows, in funnel order; only those
+/// set.
+pub fn evidence_rows(e: &Evidence) -> Vec<(&'static str, String)> {
+    let score = |s: Option<f32>| s.map(|s| format!("{s:.4}"));
+    [
+        ("stage", e.stage.clone()),
+        ("outcome", e.outcome.clone()),
+        ("channel", e.channel.clone()),
+        ("rank", e.rank.map(|r| r.to_string())),
+        ("cut", e.cut.map(|c| c.to_string())),
+        ("score", score(e.score)),
+        ("score at the cut", score(e.cut_score)),
+        ("rule", e.rule.clone()),
+        ("served instead", e.displaced_by.clone()),
+        ("since", e.since_ms.map(format_time)),
+        ("at", e.at_ms.map(format_time)),
+    ]
+    .into_iter()
+    .filter_map(|(label, value)| value.map(|v| (label, v)))
+    .collect()
 }
 
 /// Milliseconds since the epoch as `2026-11-22 10:00:00.123` (UTC).
@@ -436,6 +463,8 @@ mod tests {
         t.channels = vec![ChannelCount {
             channel: "hot".into(),
             candidates: 300,
+            quota: Some(300),
+            outcome: "ok".into(),
         }];
         let steps = funnel(&t);
         let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
@@ -527,6 +556,30 @@ mod tests {
         assert_eq!(fell_out_label(None), "cannot tell from this trace");
         assert_eq!(fell_out_label(Some(FellOut::RankedBelowCut)), "ranked below the cut");
         assert_eq!(fell_out_label(Some(FellOut::FilteredSeen)), "filtered as seen");
+        assert_eq!(fell_out_label(Some(FellOut::QuotaCut)), "past a channel's quota");
+    }
+
+    #[test]
+    fn evidence_rows_keep_only_what_is_set_in_funnel_order() {
+        let e = Evidence {
+            channel: Some("als".into()),
+            rank: Some(204),
+            cut: Some(200),
+            score: Some(0.123_456),
+            at_ms: Some(1_795_000_000_123),
+            ..Evidence::default()
+        };
+        assert_eq!(
+            evidence_rows(&e),
+            [
+                ("channel", "als".to_string()),
+                ("rank", "204".into()),
+                ("cut", "200".into()),
+                ("score", "0.1235".into()),
+                ("at", "2026-11-18 11:06:40.123".into()),
+            ]
+        );
+        assert!(evidence_rows(&Evidence::default()).is_empty());
     }
 
     #[test]

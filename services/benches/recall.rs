@@ -47,7 +47,7 @@ fn seen_filter() {
         .collect();
     let mut filter = SeenFilter::new(config);
     for &id in &seen {
-        filter.insert(id);
+        filter.insert(id, 0);
     }
     let set: HashSet<u64> = seen.iter().copied().collect();
     // 1,000 candidates, a tenth of them seen.

@@ -247,6 +247,7 @@ impl RerankService {
                     before: a.before as u32,
                     after: a.after.map_or(-1, |p| p as i32),
                     rule: a.rule.name().to_string(),
+                    displaced_by: a.displaced_by.unwrap_or_default().to_string(),
                 })
                 .collect(),
             experiment: rules.experiment.as_ref().map(|e| e.name.clone()).unwrap_or_default(),

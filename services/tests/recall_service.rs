@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
+use recstack_services::recall::proto::CutReason;
 use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::recall::proto::recall_server::RecallServer;
 use recstack_services::recall::proto::{self, ImpressionsRequest, RecallRequest, RecallResponse};
@@ -122,7 +123,51 @@ async fn quotas_shape_the_channel_mix() {
         .filter(|c| c.sources.iter().any(|s| s.channel_name() == "item_cf"))
         .count();
     assert!(item_cf <= 5, "{item_cf} item_cf candidates");
-    assert!(!resp.channels.iter().any(|s| s.channel == "hot"));
+    let hot = resp.channels.iter().find(|s| s.channel == "hot").unwrap();
+    assert_eq!((hot.quota, hot.returned), (0, 0), "off, and said so");
+    let item_cf = resp.channels.iter().find(|s| s.channel == "item_cf").unwrap();
+    assert_eq!((item_cf.quota, item_cf.returned), (5, 5));
+}
+
+#[tokio::test]
+async fn explaining_reports_the_cuts_and_history_without_changing_the_answer() {
+    let mut r = start().await;
+    let (user, history) = active_user(&r.slot.get());
+    let quotas = [("hot", 0), ("item_cf", 50), ("als", 50)];
+    let plain = r.client.recall(request(&user, 80, &quotas)).await.unwrap().into_inner();
+    let mut explained = request(&user, 80, &quotas);
+    explained.explain = true;
+    let explained = r.client.recall(explained).await.unwrap().into_inner();
+    assert_eq!(
+        explained.candidates, plain.candidates,
+        "explaining changes nothing served"
+    );
+    assert!(plain.cuts.is_empty() && plain.consumed.is_empty());
+    assert_eq!(plain.consumed_total as usize, history.len());
+
+    // The history, most recent first, with times.
+    let consumed: HashSet<String> = explained.consumed.iter().map(|c| c.item_id.clone()).collect();
+    assert_eq!(consumed, history);
+    assert!(explained.consumed.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+    // Every cut, and nothing answered among them: past quota (rank > 50), past the merge
+    // (position ≥ 80), or only from the switched-off hot channel.
+    let answered: HashSet<&str> = explained.candidates.iter().map(|c| c.item_id.as_str()).collect();
+    let mut reasons = HashSet::new();
+    for c in &explained.cuts {
+        assert!(!answered.contains(c.item_id.as_str()), "{} was answered", c.item_id);
+        assert!(!consumed.contains(&c.item_id), "channels never rank the history");
+        match c.reason() {
+            CutReason::Quota => assert!(c.sources.iter().any(|s| s.rank > 50), "{c:?}"),
+            CutReason::Merge => assert!(c.position >= 80 && c.cut == 80, "{c:?}"),
+            CutReason::ChannelOff => {
+                assert!(c.sources.iter().all(|s| s.channel_name() == "hot"), "{c:?}")
+            }
+            CutReason::Unspecified => panic!("{c:?}"),
+        }
+        reasons.insert(c.reason());
+    }
+    assert_eq!(reasons.len(), 3, "quota, merge and channel-off cuts: {reasons:?}");
+    assert_eq!(explained.seen_filter, "empty");
 }
 
 #[tokio::test]

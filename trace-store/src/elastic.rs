@@ -7,7 +7,8 @@
 //!
 //! The mapping indexes what search and the aggregates need (ids, user, level, model version,
 //! bucket, time; `items`, `stages` and `channels` as nested documents) and keeps the large
-//! parts — every candidate of a full trace, the seen-filtered ids — in `_source` only.
+//! parts — every candidate of a full trace, the seen-filtered ids, the history and recall's cuts
+//! — in `_source` only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -137,6 +138,7 @@ pub fn index_template(prefix: &str) -> Value {
                     }},
                     "channels": { "type": "nested", "properties": {
                         "channel": keyword, "candidates": { "type": "integer" },
+                        "quota": { "type": "integer" }, "outcome": keyword,
                     }},
                     "items": { "type": "nested", "properties": {
                         "item_id": keyword, "position": { "type": "integer" },
@@ -148,6 +150,12 @@ pub fn index_template(prefix: &str) -> Value {
                     }},
                     // Kept for "why not", never searched: out of the inverted index.
                     "filtered_seen": { "type": "keyword", "index": false, "doc_values": false },
+                    "filtered_seen_when": { "type": "object", "enabled": false },
+                    "seen_filter": keyword,
+                    "consumed_total": { "type": "integer" },
+                    "consumed": { "type": "object", "enabled": false },
+                    "cuts": { "type": "object", "enabled": false },
+                    "funnel": { "type": "object", "enabled": false },
                     "candidates": { "type": "object", "enabled": false },
                     "realtime": { "properties": {
                         "status": keyword, "items": { "type": "integer" },

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CandidateFate, Detail, ItemLineage, Trace, outcome};
+use crate::{CandidateFate, Detail, ItemLineage, RecallCut, Trace, cut, outcome};
 
 /// The catalogue recall can find items in, when the query service knows it.
 pub trait ItemIndex: Send + Sync + 'static {
@@ -34,18 +34,73 @@ pub struct Why {
     pub steps: Vec<String>,
 }
 
-/// Where a missing item left the funnel.
+/// Where a missing item left the funnel, in funnel order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FellOut {
     /// It was served after all.
     Served,
+    /// Not in the catalogue recall searches.
     NotInIndex,
-    NotRecalled,
+    /// The user already consumed it (the history recall's channels leave out, or the recent
+    /// items the popular level leaves out).
+    Consumed,
+    /// A channel ranked it past its quota.
+    QuotaCut,
+    /// Merged, but past the candidates recall answered.
+    MergeCut,
+    /// The seen (impressions) filter removed it.
     FilteredSeen,
+    /// Only a channel switched off at this level ranked it, or recall itself was skipped or
+    /// failed at this level.
+    ChannelSkipped,
+    /// No channel ranked it (within the depth recall explains).
+    NotRecalled,
+    /// Scored (or not sent to the model) below a cut: the model's limit, rerank's pool, or
+    /// the items served.
     RankedBelowCut,
+    /// A business rule (the block list) removed it.
     BusinessRule,
+    /// A diversity rule (MMR, category scatter) served other items.
     Diversity,
+}
+
+/// The numbers behind an answer; only those that apply are set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The channel whose quota or switch cut it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Its 1-based rank where it was cut: in the channel, the merged list, recall's answer, or
+    /// the ranked list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    /// The cut it fell past: a quota, recall's `n`, the model's limit, rerank's pool, the
+    /// items served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<u32>,
+    /// Its score at that stage (fused recall score before ranking, the model's after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// The score of the last item inside the cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_score: Option<f32>,
+    /// The rule that removed it or served others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The item a diversity rule served in its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displaced_by: Option<String>,
+    /// When it was consumed, or the seen filter's window (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<i64>,
+    /// The stage that was skipped or failed, and its record's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +113,9 @@ pub struct WhyNot {
     pub stage: Option<FellOut>,
     /// A sentence for people.
     pub explanation: String,
+    /// The numbers behind it.
+    #[serde(default)]
+    pub evidence: Evidence,
     /// The candidate's record in a full trace.
     pub candidate: Option<CandidateFate>,
 }
@@ -112,99 +170,337 @@ pub fn why(trace: &Trace, item_id: &str) -> Option<Why> {
     })
 }
 
-/// Where `item_id` fell out of `trace`'s funnel.
+/// Where `item_id` fell out of `trace`'s funnel: each check in the funnel's order, the
+/// first that holds answers.
 pub fn why_not(trace: &Trace, item_id: &str, index: Option<&dyn ItemIndex>) -> WhyNot {
-    let answer = |stage: Option<FellOut>, explanation: String, candidate: Option<&CandidateFate>| WhyNot {
-        request_id: trace.request_id.clone(),
-        item_id: item_id.to_string(),
-        detail: trace.detail,
-        stage,
-        explanation,
-        candidate: candidate.cloned(),
-    };
+    let answer =
+        |stage: Option<FellOut>, explanation: String, evidence: Evidence, candidate: Option<&CandidateFate>| WhyNot {
+            request_id: trace.request_id.clone(),
+            item_id: item_id.to_string(),
+            detail: trace.detail,
+            stage,
+            explanation: format!("{item_id}: {explanation}"),
+            evidence,
+            candidate: candidate.cloned(),
+        };
     if let Some(item) = trace.items.iter().find(|i| i.item_id == item_id) {
-        return answer(
-            Some(FellOut::Served),
-            format!("{item_id} was served at position {}", item.position + 1),
-            None,
-        );
+        let evidence = Evidence {
+            rank: Some(item.position + 1),
+            ..Evidence::default()
+        };
+        let why = format!("served at position {}", item.position + 1);
+        return answer(Some(FellOut::Served), why, evidence, None);
     }
     if index.is_some_and(|ix| !ix.contains(item_id)) {
-        return answer(
-            Some(FellOut::NotInIndex),
-            format!("{item_id} is not in the recall index: no channel can return it"),
-            None,
-        );
+        let why = "not in the catalogue recall searches: no channel can return it".to_string();
+        return answer(Some(FellOut::NotInIndex), why, Evidence::default(), None);
     }
-    if trace.filtered_seen.iter().any(|s| s == item_id) {
-        return answer(
-            Some(FellOut::FilteredSeen),
-            format!("recall found {item_id}, but the user has seen it recently: the seen filter removed it"),
-            None,
-        );
+    if let Some(c) = trace.consumed.iter().find(|c| c.item_id == item_id) {
+        let when = c.at_ms.map_or(String::new(), |ms| format!(" on {}", day(ms)));
+        let why = match c.source.as_str() {
+            "recent" => format!("the user consumed it recently{when}: the popular level leaves recent items out"),
+            _ => format!("the user already consumed it{when}: recall's channels never return the user's history"),
+        };
+        let evidence = Evidence {
+            at_ms: c.at_ms,
+            ..Evidence::default()
+        };
+        return answer(Some(FellOut::Consumed), why, evidence, None);
     }
-    if trace.level == "fallback" {
-        return answer(
-            Some(FellOut::NotRecalled),
-            format!(
-                "served at the fallback level: only the precomputed list was considered, and {item_id} is not on it"
-            ),
-            None,
-        );
+    if let Some(k) = trace.filtered_seen.iter().position(|s| s == item_id) {
+        let when = trace.filtered_seen_when.get(k).filter(|w| w.last_ms > 0);
+        let evidence = Evidence {
+            since_ms: when.map(|w| w.first_ms),
+            at_ms: when.map(|w| w.last_ms),
+            ..Evidence::default()
+        };
+        let seen = when.map_or("recently".to_string(), |w| {
+            format!("between {} and {}", instant(w.first_ms), instant(w.last_ms))
+        });
+        let why = format!("recalled, but the user was shown it {seen}: the seen filter removed it");
+        return answer(Some(FellOut::FilteredSeen), why, evidence, None);
+    }
+    if let Some(c) = trace.candidates.iter().find(|c| c.item_id == item_id) {
+        let (stage, why, evidence) = candidate_exit(trace, c);
+        return answer(Some(stage), why, evidence, Some(c));
+    }
+    if let Some(c) = trace.cuts.iter().find(|c| c.item_id == item_id) {
+        let (stage, why, evidence) = recall_cut(trace, c);
+        return answer(Some(stage), why, evidence, None);
+    }
+    if let Some((stage, why, evidence)) = recall_did_not_run(trace) {
+        return answer(Some(stage), why, evidence, None);
     }
     if trace.detail == Detail::Summary {
-        return answer(
-            None,
-            format!(
-                "this is a summary trace: it keeps the served list and what the seen filter removed, not every \
-                 candidate, so it cannot say where {item_id} fell out; send the request with \"debug\": true for a \
-                 full trace"
-            ),
-            None,
-        );
+        let why = "this is a summary trace: it keeps the served list and what the seen filter removed, not every \
+                   candidate, so it cannot say where it fell out; send the request with \"debug\": true for a full \
+                   trace"
+            .to_string();
+        return answer(None, why, Evidence::default(), None);
     }
-    let Some(c) = trace.candidates.iter().find(|c| c.item_id == item_id) else {
-        let why = match trace.level.as_str() {
-            "popular" => "at the popular level only the hot list was considered".to_string(),
-            _ => format!(
-                "no recall channel returned it among the {} candidates",
-                trace.candidates.len()
-            ),
-        };
-        return answer(
-            Some(FellOut::NotRecalled),
-            format!("{item_id} was not recalled: {why}"),
-            None,
-        );
+    let ran: Vec<String> = trace
+        .channels
+        .iter()
+        .filter(|c| c.quota.is_none_or(|q| q > 0))
+        .map(|c| c.channel.clone())
+        .collect();
+    let why = if trace.level == "popular" {
+        "not recalled: at the popular level only the hot list was considered".to_string()
+    } else if trace.schema >= 3 {
+        format!(
+            "not recalled: none of the channels that ran ({}) ranked it, even past their quotas",
+            ran.join(", ")
+        )
+    } else {
+        format!(
+            "not recalled: no recall channel returned it among the {} candidates",
+            trace.candidates.len()
+        )
     };
-    let score = c.rank_score.map_or(String::new(), |s| format!(" (score {s:.4})"));
-    let (stage, explanation) = match c.outcome.as_str() {
-        outcome::RANKED_BELOW_CUT => (
-            FellOut::RankedBelowCut,
-            "recalled, but below the candidates sent to the ranking model".to_string(),
-        ),
-        outcome::BELOW_RERANK_POOL => (
-            FellOut::RankedBelowCut,
-            format!("scored{score}, but below the pool rerank chooses from"),
-        ),
-        outcome::NOT_SERVED => (
-            FellOut::RankedBelowCut,
-            format!("in rerank's pool{score}, but below the items served"),
-        ),
-        other => match other.strip_prefix(outcome::RERANK_PREFIX) {
-            Some("blocked") => (FellOut::BusinessRule, "removed by the block list".to_string()),
-            Some(rule @ ("mmr" | "category_scatter")) => (
-                FellOut::Diversity,
-                format!("scored{score}, but the diversity rule {rule} chose other items"),
-            ),
-            Some(rule) => (
-                FellOut::RankedBelowCut,
-                format!("in rerank's pool{score}; rule {rule} applied, still below the items served"),
-            ),
-            None => (FellOut::RankedBelowCut, format!("left the funnel as {other}")),
-        },
+    answer(Some(FellOut::NotRecalled), why, Evidence::default(), None)
+}
+
+/// Where a candidate of a full trace left: below one of the ranking cuts, or by a rerank rule.
+fn candidate_exit(trace: &Trace, c: &CandidateFate) -> (FellOut, String, Evidence) {
+    let funnel = trace.funnel.clone().unwrap_or_default();
+    let score = |s: Option<f32>| s.map_or(String::new(), |s| format!(" {s:.4}"));
+    let position = |p: Option<u32>| p.map(|p| p + 1);
+    match c.outcome.as_str() {
+        outcome::RANKED_BELOW_CUT => {
+            let evidence = Evidence {
+                rank: position(c.recall_position),
+                cut: Some(funnel.rank_limit),
+                score: c.prior,
+                cut_score: funnel.rank_cut_prior,
+                ..Evidence::default()
+            };
+            let at = evidence.rank.map_or(String::new(), |r| format!(" at position {r}"));
+            let why = format!(
+                "recalled{at} (fused score{}), but the model scores only the first {} (fused score{} at the cut)",
+                score(c.prior),
+                funnel.rank_limit,
+                score(funnel.rank_cut_prior)
+            );
+            (FellOut::RankedBelowCut, why, evidence)
+        }
+        outcome::BELOW_RERANK_POOL => {
+            let evidence = Evidence {
+                rank: position(c.ranked_position),
+                cut: Some(funnel.rerank_pool),
+                score: c.rank_score,
+                cut_score: funnel.pool_cut_score,
+                ..Evidence::default()
+            };
+            let why = format!(
+                "scored{} (ranked {}), below the {} rerank chooses from (score{} at the cut)",
+                score(c.rank_score),
+                evidence.rank.map_or("?".into(), |r| r.to_string()),
+                funnel.rerank_pool,
+                score(funnel.pool_cut_score)
+            );
+            (FellOut::RankedBelowCut, why, evidence)
+        }
+        outcome::NOT_SERVED => {
+            let evidence = Evidence {
+                rank: position(c.ranked_position),
+                cut: Some(trace.items.len() as u32),
+                score: c.rank_score,
+                cut_score: funnel.served_cut_score,
+                ..Evidence::default()
+            };
+            let why = format!(
+                "in rerank's pool, scored{} (ranked {}), below the {} served (lowest served score{})",
+                score(c.rank_score),
+                evidence.rank.map_or("?".into(), |r| r.to_string()),
+                trace.items.len(),
+                score(funnel.served_cut_score)
+            );
+            (FellOut::RankedBelowCut, why, evidence)
+        }
+        other => {
+            let rule = other.strip_prefix(outcome::RERANK_PREFIX).unwrap_or(other);
+            let evidence = Evidence {
+                rank: position(c.ranked_position),
+                score: c.rank_score,
+                rule: Some(if rule == "blocked" { "block_list" } else { rule }.to_string()),
+                displaced_by: c.displaced_by.clone(),
+                ..Evidence::default()
+            };
+            match rule {
+                "blocked" => (
+                    FellOut::BusinessRule,
+                    "removed by the business rule block_list".to_string(),
+                    evidence,
+                ),
+                "mmr" | "category_scatter" => {
+                    let instead = c
+                        .displaced_by
+                        .as_ref()
+                        .map_or(String::new(), |d| format!("; {d} was served in its place"));
+                    let why = format!(
+                        "scored{} (ranked {}), but the diversity rule {rule} chose other items{instead}",
+                        score(c.rank_score),
+                        evidence.rank.map_or("?".into(), |r| r.to_string()),
+                    );
+                    (FellOut::Diversity, why, evidence)
+                }
+                _ if other.starts_with(outcome::RERANK_PREFIX) => {
+                    let why = format!(
+                        "in rerank's pool, scored{}; rule {rule} applied, still below the items served",
+                        score(c.rank_score)
+                    );
+                    (FellOut::RankedBelowCut, why, evidence)
+                }
+                _ => (FellOut::RankedBelowCut, format!("left the funnel as {other}"), evidence),
+            }
+        }
+    }
+}
+
+/// An item recall's channels ranked but did not answer.
+fn recall_cut(trace: &Trace, c: &RecallCut) -> (FellOut, String, Evidence) {
+    let quota = |channel: &str| {
+        trace
+            .channels
+            .iter()
+            .find(|x| x.channel == channel)
+            .and_then(|x| x.quota)
     };
-    answer(Some(stage), format!("{item_id}: {explanation}"), Some(c))
+    match c.reason.as_str() {
+        cut::MERGE => {
+            let evidence = Evidence {
+                rank: c.position.map(|p| p + 1),
+                cut: c.cut,
+                ..Evidence::default()
+            };
+            let why = format!(
+                "recalled by {}, but at position {} of the merged list, past the {} candidates recall answers",
+                channels(&c.sources),
+                evidence.rank.map_or("?".into(), |r| r.to_string()),
+                c.cut.map_or("?".into(), |n| n.to_string())
+            );
+            (FellOut::MergeCut, why, evidence)
+        }
+        cut::QUOTA => {
+            // The channel that ranked it best among those that ran.
+            let best = c
+                .sources
+                .iter()
+                .filter(|s| quota(&s.channel).is_none_or(|q| q > 0))
+                .min_by_key(|s| s.rank);
+            let evidence = Evidence {
+                channel: best.map(|s| s.channel.clone()),
+                rank: best.map(|s| s.rank),
+                cut: best.and_then(|s| quota(&s.channel)),
+                score: best.map(|s| s.score),
+                ..Evidence::default()
+            };
+            let why = match best {
+                Some(s) => format!(
+                    "{} ranked it {}, past its quota of {}",
+                    s.channel,
+                    s.rank,
+                    evidence.cut.map_or("?".into(), |q| q.to_string())
+                ),
+                None => "ranked past its channel's quota".to_string(),
+            };
+            (FellOut::QuotaCut, why, evidence)
+        }
+        _ => {
+            let best = c.sources.iter().min_by_key(|s| s.rank);
+            let evidence = Evidence {
+                channel: best.map(|s| s.channel.clone()),
+                rank: best.map(|s| s.rank),
+                score: best.map(|s| s.score),
+                ..Evidence::default()
+            };
+            let why = match best {
+                Some(s) => format!(
+                    "{} would have ranked it {}, but {} is switched off at the {} level",
+                    s.channel, s.rank, s.channel, trace.level
+                ),
+                None => format!("only channels switched off at the {} level ranked it", trace.level),
+            };
+            (FellOut::ChannelSkipped, why, evidence)
+        }
+    }
+}
+
+/// Recall skipped or failed (the popular and fallback levels): no channel could find anything.
+/// Or it ran and found nothing, and the precomputed list was served.
+fn recall_did_not_run(trace: &Trace) -> Option<(FellOut, String, Evidence)> {
+    let record = trace.stages.iter().find(|s| s.name == "recall");
+    let outcome = match record {
+        Some(r) if r.outcome != "ok" => r.outcome.clone(),
+        Some(_) if trace.level == "fallback" => {
+            let why = "not recalled: recall answered no candidates, so the precomputed list was served, and it is \
+                       not on it";
+            return Some((FellOut::NotRecalled, why.to_string(), Evidence::default()));
+        }
+        Some(_) => return None,
+        // Older traces record only the stages that ran.
+        None if matches!(trace.level.as_str(), "popular" | "fallback") => {
+            format!("skipped: the request was at the {} level", trace.level)
+        }
+        None => return None,
+    };
+    let considered = match trace.level.as_str() {
+        "fallback" => "only the precomputed list was served, and it is not on it",
+        "popular" => "only the hot list was considered, and it is not among the first on it",
+        _ => "no channel could return it",
+    };
+    let why = format!("recall {outcome}; {considered}");
+    let evidence = Evidence {
+        stage: Some("recall".into()),
+        outcome: Some(outcome),
+        ..Evidence::default()
+    };
+    Some((FellOut::ChannelSkipped, why, evidence))
+}
+
+/// `item_cf (rank 3), hot (rank 40)`.
+fn channels(sources: &[crate::SourceRecord]) -> String {
+    let named: Vec<String> = sources
+        .iter()
+        .map(|s| format!("{} (rank {})", s.channel, s.rank))
+        .collect();
+    if named.is_empty() {
+        "recall".into()
+    } else {
+        named.join(", ")
+    }
+}
+
+/// A day, `2026-12-03` (UTC), for people.
+fn day(ms: i64) -> String {
+    let (y, m, d) = civil(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A moment to the second, `2026-12-03 10:15:02 UTC`, for people.
+fn instant(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        day(ms),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day number (days since 1970-01-01), by Howard Hinnant's
+/// `civil_from_days` (no time-zone data needed, and the same in the browser build).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -240,53 +536,187 @@ mod tests {
         assert!(why(&t, "not-there").is_none());
     }
 
+    /// The sample's catalogue: candidates, seen, consumed and cut ids.
+    fn catalogue() -> HashSet<String> {
+        (0..300_000).map(|i| format!("{i:07}")).collect()
+    }
+
     #[test]
-    fn why_not_names_every_stage() {
-        let index: HashSet<String> = (0..10_000).map(|i| format!("{i:07}")).collect();
-        let t = sample::full_trace(7, 0);
+    fn why_not_names_every_exit_with_its_numbers() {
+        let index = catalogue();
+        let t = sample::full_trace(7, 1_700_000_000_000);
         let ask = |t: &Trace, id: &str| why_not(t, id, Some(&index));
 
-        assert_eq!(ask(&t, &t.items[0].item_id).stage, Some(FellOut::Served));
-        assert_eq!(ask(&t, "9999999").stage, Some(FellOut::NotInIndex));
-        // In the index (seen ids are ≥ 10,000: add one) and filtered.
-        let seen = t.filtered_seen[0].clone();
-        let mut index2 = index.clone();
-        index2.insert(seen.clone());
-        assert_eq!(why_not(&t, &seen, Some(&index2)).stage, Some(FellOut::FilteredSeen));
-        // In the index, never a candidate.
-        let recalled: HashSet<&str> = t.candidates.iter().map(|c| c.item_id.as_str()).collect();
-        let absent = index.iter().find(|i| !recalled.contains(i.as_str())).unwrap();
-        let a = ask(&t, absent);
-        assert_eq!(a.stage, Some(FellOut::NotRecalled));
-        assert!(a.explanation.contains("1000 candidates"), "{}", a.explanation);
+        let a = ask(&t, &t.items[3].item_id);
+        assert_eq!((a.stage, a.evidence.rank), (Some(FellOut::Served), Some(4)));
 
-        for (outcome, stage) in [
-            (outcome::RANKED_BELOW_CUT, FellOut::RankedBelowCut),
-            (outcome::BELOW_RERANK_POOL, FellOut::RankedBelowCut),
-            (outcome::NOT_SERVED, FellOut::RankedBelowCut),
-            ("rerank:fresh_boost", FellOut::RankedBelowCut),
-            ("rerank:blocked", FellOut::BusinessRule),
-            ("rerank:mmr", FellOut::Diversity),
-            ("rerank:category_scatter", FellOut::Diversity),
+        let a = ask(&t, "9999999");
+        assert_eq!(a.stage, Some(FellOut::NotInIndex));
+        assert!(a.explanation.contains("not in the catalogue"), "{}", a.explanation);
+
+        // Consumed: with the day it was consumed.
+        let a = ask(&t, &sample::consumed_item_id(7, 2));
+        assert_eq!(a.stage, Some(FellOut::Consumed));
+        assert_eq!(a.evidence.at_ms, Some(1_700_000_000_000 - 3 * 86_400_000));
+        assert!(
+            a.explanation.contains("already consumed it on 2023-11-11"),
+            "{}",
+            a.explanation
+        );
+
+        // Seen: with the filter shard's window.
+        let a = ask(&t, &t.filtered_seen[1]);
+        assert_eq!(a.stage, Some(FellOut::FilteredSeen));
+        assert_eq!(
+            (a.evidence.since_ms, a.evidence.at_ms),
+            (
+                Some(t.filtered_seen_when[1].first_ms),
+                Some(t.filtered_seen_when[1].last_ms)
+            )
+        );
+        assert!(
+            a.explanation
+                .contains("between 2023-11-14 19:13:20 UTC and 2023-11-14 20:13:20 UTC"),
+            "{}",
+            a.explanation
+        );
+
+        // Past a channel's quota: which channel, the rank it had, the quota.
+        let a = ask(&t, &sample::cut_item_id(7, 3));
+        assert_eq!(a.stage, Some(FellOut::QuotaCut));
+        assert_eq!(
+            (a.evidence.channel.as_deref(), a.evidence.rank, a.evidence.cut),
+            (Some(sample::CHANNELS[3]), Some(204), Some(200))
+        );
+        assert!(
+            a.explanation.contains("als ranked it 204, past its quota of 200"),
+            "{}",
+            a.explanation
+        );
+
+        // Past the merge's cut: its merged position and recall's n.
+        let a = ask(&t, &sample::cut_item_id(7, 11));
+        assert_eq!(a.stage, Some(FellOut::MergeCut));
+        assert_eq!((a.evidence.rank, a.evidence.cut), (Some(1002), Some(1000)));
+        assert!(
+            a.explanation
+                .contains("position 1002 of the merged list, past the 1000"),
+            "{}",
+            a.explanation
+        );
+
+        // Only a switched-off channel ranked it.
+        let a = ask(&t, &sample::cut_item_id(7, 13));
+        assert_eq!(a.stage, Some(FellOut::ChannelSkipped));
+        assert_eq!(
+            (a.evidence.channel.as_deref(), a.evidence.rank),
+            (Some("tag"), Some(13))
+        );
+        assert!(
+            a.explanation.contains("tag is switched off at the full level"),
+            "{}",
+            a.explanation
+        );
+
+        // Not recalled at all.
+        let recalled: HashSet<&str> = t.candidates.iter().map(|c| c.item_id.as_str()).collect();
+        let absent = (0..10_000)
+            .map(|i| format!("{i:07}"))
+            .find(|i| !recalled.contains(i.as_str()))
+            .unwrap();
+        let a = ask(&t, &absent);
+        assert_eq!(a.stage, Some(FellOut::NotRecalled));
+        assert!(
+            a.explanation.contains("item_cf, user_cf, hot, als, vector"),
+            "{}",
+            a.explanation
+        );
+        assert!(!a.explanation.contains("tag"), "tag did not run: {}", a.explanation);
+
+        // Below the model's limit: recall position and fused score against the cut's.
+        let a = ask(&t, &t.candidates[700].item_id);
+        assert_eq!(a.stage, Some(FellOut::RankedBelowCut));
+        let e = &a.evidence;
+        assert_eq!((e.rank, e.cut), (Some(701), Some(500)));
+        assert_eq!((e.score, e.cut_score), (Some(1.0 / 760.0), Some(1.0 / 559.0)));
+        assert!(
+            a.explanation.contains("the model scores only the first 500"),
+            "{}",
+            a.explanation
+        );
+
+        // Below rerank's pool: its score and the pool's last.
+        let a = ask(&t, &t.candidates[300].item_id);
+        assert_eq!(a.stage, Some(FellOut::RankedBelowCut));
+        let e = &a.evidence;
+        assert_eq!((e.rank, e.cut), (Some(301), Some(200)));
+        assert_eq!(
+            (e.score, e.cut_score),
+            (Some(1.0 - 300.0 / 500.0), Some(1.0 - 199.0 / 500.0))
+        );
+
+        // In the pool, below the served: against the lowest served score.
+        let a = ask(&t, &t.candidates[50].item_id);
+        assert_eq!(a.stage, Some(FellOut::RankedBelowCut));
+        assert_eq!((a.evidence.rank, a.evidence.cut), (Some(51), Some(20)));
+        assert_eq!(a.evidence.cut_score, Some(1.0 - 19.0 / 500.0));
+        assert!(a.explanation.contains("below the 20 served"), "{}", a.explanation);
+
+        // Diversity: the rule and the item served instead.
+        let a = ask(&t, &t.candidates[21].item_id);
+        assert_eq!(a.stage, Some(FellOut::Diversity));
+        assert_eq!(a.evidence.rule.as_deref(), Some("mmr"));
+        assert_eq!(a.evidence.displaced_by, Some(sample::item_id(7, 1)));
+        assert!(
+            a.explanation
+                .contains(&format!("{} was served in its place", sample::item_id(7, 1)))
+        );
+
+        for (outcome, stage, rule) in [
+            ("rerank:fresh_boost", FellOut::RankedBelowCut, "fresh_boost"),
+            ("rerank:blocked", FellOut::BusinessRule, "block_list"),
+            ("rerank:category_scatter", FellOut::Diversity, "category_scatter"),
         ] {
             let (t, id) = full_with(outcome);
             let a = ask(&t, &id);
             assert_eq!(a.stage, Some(stage), "{outcome}: {a:?}");
+            assert_eq!(a.evidence.rule.as_deref(), Some(rule));
             assert_eq!(a.candidate.as_ref().unwrap().outcome, outcome);
             assert!(a.explanation.starts_with(&id));
+            assert!(a.explanation.contains(rule), "{}", a.explanation);
         }
-        let (t, id) = full_with("rerank:category_scatter");
-        assert!(ask(&t, &id).explanation.contains("category_scatter"));
     }
 
     #[test]
-    fn why_not_without_an_index_still_walks_the_trace() {
-        let t = sample::full_trace(7, 0);
-        assert_eq!(why_not(&t, "9999999", None).stage, Some(FellOut::NotRecalled));
-        assert_eq!(
-            why_not(&t, &t.filtered_seen[1], None).stage,
-            Some(FellOut::FilteredSeen)
+    fn a_skipped_or_failed_recall_is_the_answer_at_lower_levels() {
+        let mut t = sample::summary_trace(7, 0);
+        t.level = "popular".into();
+        let recall = t.stages.iter_mut().find(|s| s.name == "recall").unwrap();
+        recall.outcome = "failed: timed out after 40 ms".into();
+        let a = why_not(&t, "0000042", None);
+        assert_eq!(a.stage, Some(FellOut::ChannelSkipped));
+        assert_eq!(a.evidence.stage.as_deref(), Some("recall"));
+        assert_eq!(a.evidence.outcome.as_deref(), Some("failed: timed out after 40 ms"));
+        assert!(
+            a.explanation
+                .contains("recall failed: timed out after 40 ms; only the hot list"),
+            "{}",
+            a.explanation
         );
+        // An older trace without a recall record at the fallback level.
+        t.level = "fallback".into();
+        t.stages.retain(|s| s.name != "recall");
+        let a = why_not(&t, "0000042", None);
+        assert_eq!(a.stage, Some(FellOut::ChannelSkipped));
+        assert!(a.explanation.contains("precomputed list"), "{}", a.explanation);
+    }
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(day(0), "1970-01-01");
+        assert_eq!(day(951_782_400_000), "2000-02-29");
+        assert_eq!(instant(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(day(-86_400_000), "1969-12-31");
     }
 
     #[test]
@@ -294,7 +724,7 @@ mod tests {
         let t = sample::summary_trace(7, 0);
         let below = sample::full_trace(7, 0).candidates[300].item_id.clone();
         let a = why_not(&t, &below, None);
-        assert_eq!(a.stage, None);
+        assert_eq!(a.stage, None, "{a:?}");
         assert_eq!(a.detail, Detail::Summary);
         assert!(a.explanation.contains("summary trace"), "{}", a.explanation);
         assert!(a.explanation.contains("\"debug\": true"));

@@ -10,6 +10,8 @@
 //! - [`explain`]: "why" and "why not" for an item of a request, pure functions;
 //! - [`api`]: the JSON query API (axum).
 #![forbid(unsafe_code)]
+// The Elasticsearch index template is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
 
 #[cfg(feature = "server")]
 pub mod api;
@@ -34,8 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 /// The version of [`Trace`]'s shape; stores refuse versions newer than they know. Version 2
-/// added `channels` and `filters_passed` (both default to empty when reading version 1).
-pub const SCHEMA_VERSION: u32 = 2;
+/// added `channels` and `filters_passed` (both default to empty when reading version 1);
+/// version 3 what why-not needs for every exit — the seen filter's status and times, the
+/// history, recall's cuts, the funnel's cut scores, each candidate's positions and what
+/// displaced it (all default to empty or absent when reading older traces).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +73,27 @@ pub struct Trace {
     pub items: Vec<ItemLineage>,
     /// Candidates the seen filter removed.
     pub filtered_seen: Vec<String>,
+    /// When the seen filter recorded each item of `filtered_seen`, position by position.
+    #[serde(default)]
+    pub filtered_seen_when: Vec<SeenWhen>,
+    /// The seen filter: `applied`, `empty` (no impressions yet) or `unavailable: …` (recall
+    /// ran unfiltered); absent when recall did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_filter: Option<String>,
+    /// How many items the user's history held (channels never return them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_total: Option<u32>,
+    /// The user's history (full traces): what recall's channels left out, and the recent items
+    /// the popular level left out.
+    #[serde(default)]
+    pub consumed: Vec<ConsumedRecord>,
+    /// What recall's channels ranked but did not answer (full traces): past a channel's quota,
+    /// past the merge's cut, or from a channel switched off at this level.
+    #[serde(default)]
+    pub cuts: Vec<RecallCut>,
+    /// Where the funnel cut, and the scores at each cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funnel: Option<Funnel>,
     /// Every candidate and where it left (full traces only).
     pub candidates: Vec<CandidateFate>,
     /// The real-time item features ranking read (absent when its model reads none, and in
@@ -88,6 +114,72 @@ pub struct RealtimeRecord {
     pub oldest_window_end_ms: i64,
     pub newest_window_end_ms: i64,
     pub fetch_us: u64,
+}
+
+/// When the seen filter recorded an item: between the first and last impressions of the
+/// filter shard holding it (ms since the epoch; 0 when the filter predates recorded times).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenWhen {
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+/// An item the user already consumed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsumedRecord {
+    pub item_id: String,
+    /// When (ms since the epoch), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<i64>,
+    /// `history` (the build's training history, which recall's channels leave out) or
+    /// `recent` (the user's recent items, which the popular level leaves out).
+    pub source: String,
+}
+
+/// An item recall's channels ranked but did not answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecallCut {
+    pub item_id: String,
+    /// One of [`cut`].
+    pub reason: String,
+    /// The channels that ranked it, at the rank it had there (1-based).
+    pub sources: Vec<SourceRecord>,
+    /// `merge`: 0-based position in the merged list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// `merge`: the candidates recall answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<u32>,
+}
+
+/// The `reason` values of [`RecallCut`].
+pub mod cut {
+    /// Ranked past its channel's quota.
+    pub const QUOTA: &str = "quota";
+    /// Merged, but past the candidates recall answered.
+    pub const MERGE: &str = "merge";
+    /// Ranked only by channels switched off at the request's level.
+    pub const CHANNEL_OFF: &str = "channel_off";
+}
+
+/// Where the request's funnel cut, with the scores either side.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Funnel {
+    /// Candidates recall was asked for (or the popular level's pool).
+    pub candidates: u32,
+    /// Candidates the model could score (by recall's order); the rest were below the cut.
+    pub rank_limit: u32,
+    /// The fused recall score of the last candidate sent to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_cut_prior: Option<f32>,
+    /// Candidates rerank chose from (best first).
+    pub rerank_pool: u32,
+    /// The score of the last candidate in rerank's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_cut_score: Option<f32>,
+    /// The lowest score among the served items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_cut_score: Option<f32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,11 +205,19 @@ pub struct StageRecord {
     pub outcome: String,
 }
 
-/// How many candidates one recall channel returned.
+/// What one recall channel did: how many candidates it gave, at which quota, or why it
+/// gave none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelCount {
     pub channel: String,
     pub candidates: u32,
+    /// The quota it ran with (absent in traces written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u32>,
+    /// `ok`, `empty` (it ran and found nothing for this user), `skipped: …` (switched off at
+    /// this level) or `failed: …` (recall failed); empty in older traces.
+    #[serde(default)]
+    pub outcome: String,
 }
 
 /// A recall channel's vote for an item.
@@ -153,6 +253,19 @@ pub struct CandidateFate {
     pub item_id: String,
     pub sources: Vec<SourceRecord>,
     pub rank_score: Option<f32>,
+    /// The fused recall score (or hot score at the popular level) that ordered it before
+    /// ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<f32>,
+    /// 0-based position in recall's answer (or the popular level's pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_position: Option<u32>,
+    /// 0-based position after ranking, for the candidates the model scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranked_position: Option<u32>,
+    /// The item a diversity rule served in its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displaced_by: Option<String>,
     /// `served`, `ranked_below_cut` (not sent to the model), `below_rerank_pool` (scored but
     /// below the pool rerank chooses from), `rerank:<rule>`, `not_served`.
     pub outcome: String,
@@ -219,7 +332,7 @@ impl Trace {
         let channels: usize = self
             .channels
             .iter()
-            .map(|c| size_of::<ChannelCount>() + c.channel.len())
+            .map(|c| size_of::<ChannelCount>() + c.channel.len() + c.outcome.len())
             .sum();
         let items: usize = self
             .items
@@ -235,13 +348,35 @@ impl Trace {
                         .sum::<usize>()
             })
             .sum();
-        let seen: usize = self.filtered_seen.iter().map(|s| s.len() + size_of::<String>()).sum();
+        let seen: usize = self
+            .filtered_seen
+            .iter()
+            .map(|s| s.len() + size_of::<String>())
+            .sum::<usize>()
+            + self.filtered_seen_when.len() * size_of::<SeenWhen>()
+            + self.seen_filter.as_ref().map_or(0, String::len);
+        let consumed: usize = self
+            .consumed
+            .iter()
+            .map(|c| size_of::<ConsumedRecord>() + c.item_id.len() + c.source.len())
+            .sum();
+        let cuts: usize = self
+            .cuts
+            .iter()
+            .map(|c| size_of::<RecallCut>() + c.item_id.len() + c.reason.len() + sources(&c.sources))
+            .sum();
         let candidates: usize = self
             .candidates
             .iter()
-            .map(|c| size_of::<CandidateFate>() + c.item_id.len() + c.outcome.len() + sources(&c.sources))
+            .map(|c| {
+                size_of::<CandidateFate>()
+                    + c.item_id.len()
+                    + c.outcome.len()
+                    + sources(&c.sources)
+                    + c.displaced_by.as_ref().map_or(0, String::len)
+            })
             .sum();
-        size_of::<Trace>() + strings + stages + channels + items + seen + candidates
+        size_of::<Trace>() + strings + stages + channels + items + seen + consumed + cuts + candidates
     }
 }
 

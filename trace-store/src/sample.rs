@@ -3,7 +3,8 @@
 //! The same `seq` always gives the same trace.
 
 use crate::{
-    CandidateFate, ChannelCount, Detail, ItemLineage, SCHEMA_VERSION, SourceRecord, StageRecord, Trace, outcome,
+    CandidateFate, ChannelCount, ConsumedRecord, Detail, Funnel, ItemLineage, RecallCut, SCHEMA_VERSION, SeenWhen,
+    SourceRecord, StageRecord, Trace, cut, outcome,
 };
 
 pub const CHANNELS: [&str; 5] = ["item_cf", "user_cf", "hot", "als", "vector"];
@@ -28,12 +29,29 @@ pub fn seen_item_id(seq: u64, k: usize) -> String {
     format!("{:07}", 10_000 + (seq as usize * 7 + k) % 90_000)
 }
 
-/// A summary trace: the served list with lineage, counts per stage, no candidate list.
+/// The `k`th item of trace `seq`'s user history (never one of its candidates).
+pub fn consumed_item_id(seq: u64, k: usize) -> String {
+    format!("{:07}", 100_000 + (seq as usize * 11 + k) % 90_000)
+}
+
+/// The `k`th item recall cut in trace `seq` (never one of its candidates): 0–9 past a
+/// channel's quota, 10–12 past the merge's cut, 13–14 from the switched-off `tag` channel.
+pub fn cut_item_id(seq: u64, k: usize) -> String {
+    format!("{:07}", 200_000 + (seq as usize * 17 + k) % 90_000)
+}
+
+/// How many cuts [`cut_item_id`] numbers.
+pub const CUTS: usize = 15;
+
+/// A summary trace: the served list with lineage, counts per stage, no candidate list, no
+/// history, no cuts.
 pub fn summary_trace(seq: u64, timestamp_ms: i64) -> Trace {
     let mut t = full_trace(seq, timestamp_ms);
     t.detail = Detail::Summary;
-    // Free the list (not `clear`, which keeps its memory): a summary holds no candidates.
+    // Free the lists (not `clear`, which keeps their memory): a summary holds none of them.
     t.candidates = Vec::new();
+    t.consumed = Vec::new();
+    t.cuts = Vec::new();
     t
 }
 
@@ -57,14 +75,19 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
                     rank: (i / CHANNELS.len()) as u32,
                 })
                 .collect();
+            let mmr = (SERVED..RERANK_POOL).contains(&i) && i % 7 == 0;
             CandidateFate {
                 item_id: item_id(seq, i),
                 sources,
-                rank_score: (i < RANK_CUT).then(|| 1.0 - i as f32 / RANK_CUT as f32),
+                rank_score: (i < RANK_CUT).then(|| score_at(i)),
+                prior: Some(prior_at(i)),
+                recall_position: Some(i as u32),
+                ranked_position: (i < RANK_CUT).then_some(i as u32),
+                displaced_by: mmr.then(|| item_id(seq, i % SERVED)),
                 outcome: if i < SERVED {
                     outcome::SERVED.to_string()
                 } else if i < RERANK_POOL {
-                    if i % 7 == 0 {
+                    if mmr {
                         format!("{}mmr", outcome::RERANK_PREFIX)
                     } else {
                         outcome::NOT_SERVED.to_string()
@@ -152,10 +175,62 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
             .map(|(c, n)| ChannelCount {
                 channel: c.to_string(),
                 candidates: n,
+                quota: Some(200),
+                outcome: "ok".into(),
             })
+            .chain([ChannelCount {
+                channel: "tag".into(),
+                candidates: 0,
+                quota: Some(0),
+                outcome: format!("skipped: switched off at the {level} level"),
+            }])
             .collect(),
         items,
         filtered_seen: (0..5).map(|k| seen_item_id(seq, k)).collect(),
+        filtered_seen_when: (0..5)
+            .map(|k| SeenWhen {
+                first_ms: timestamp_ms - 3_600_000 * (k as i64 + 2),
+                last_ms: timestamp_ms - 3_600_000 * (k as i64 + 1),
+            })
+            .collect(),
+        seen_filter: Some("applied".into()),
+        consumed_total: Some(8),
+        consumed: (0..8)
+            .map(|k| ConsumedRecord {
+                item_id: consumed_item_id(seq, k),
+                at_ms: Some(timestamp_ms - 86_400_000 * (k as i64 + 1)),
+                source: "history".into(),
+            })
+            .collect(),
+        cuts: (0..CUTS)
+            .map(|k| {
+                let (reason, channel, rank) = match k {
+                    0..10 => (cut::QUOTA, CHANNELS[k % CHANNELS.len()], 201 + k as u32),
+                    10..13 => (cut::MERGE, CHANNELS[k % CHANNELS.len()], 150 + k as u32),
+                    _ => (cut::CHANNEL_OFF, "tag", k as u32),
+                };
+                let merge = reason == cut::MERGE;
+                RecallCut {
+                    item_id: cut_item_id(seq, k),
+                    reason: reason.into(),
+                    sources: vec![SourceRecord {
+                        channel: channel.into(),
+                        score: 0.1,
+                        rank,
+                    }],
+                    position: merge.then_some((CANDIDATES + k - 10) as u32),
+                    cut: merge.then_some(CANDIDATES as u32),
+                }
+            })
+            .collect(),
+        funnel: Some(Funnel {
+            candidates: CANDIDATES as u32,
+            rank_limit: RANK_CUT as u32,
+            rank_cut_prior: Some(prior_at(RANK_CUT - 1)),
+            rerank_pool: RERANK_POOL as u32,
+            pool_cut_score: Some(score_at(RERANK_POOL - 1)),
+            served_cut_score: Some(score_at(SERVED - 1)),
+        }),
         candidates,
         realtime: Some(crate::RealtimeRecord {
             status: "read".into(),
@@ -165,6 +240,16 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
             fetch_us: 300 + rng.next() % 700,
         }),
     }
+}
+
+/// The model's score of the candidate at ranked position `i`.
+fn score_at(i: usize) -> f32 {
+    1.0 - i as f32 / RANK_CUT as f32
+}
+
+/// The fused recall score of the candidate at recall position `i`.
+fn prior_at(i: usize) -> f32 {
+    1.0 / (60.0 + i as f32)
 }
 
 /// splitmix64: a tiny seeded generator, enough for fixtures.

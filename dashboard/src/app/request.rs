@@ -308,6 +308,12 @@ pub(super) fn why_not_answer(w: WhyNot) -> AnyView {
                 <strong>{model::fell_out_label(w.stage)}</strong>
             </p>
             <p>{w.explanation.clone()}</p>
+            <dl class="evidence">
+                {model::evidence_rows(&w.evidence)
+                    .into_iter()
+                    .map(|(label, value)| view! { <dt>{label}</dt> <dd data-key=label>{value}</dd> })
+                    .collect_view()}
+            </dl>
             {w.candidate.map(|c| candidates_table(vec![c]))}
         </div>
     }

@@ -337,15 +337,44 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     if let Some(seen) = full.filtered_seen.first() {
         cases.push((seen.clone(), "filtered_seen"));
     }
-    let not_recalled = (1..5000).map(|i| format!("{i:07}")).find(|id| {
-        stack_has(id) && !full.candidates.iter().any(|c| &c.item_id == id) && !full.filtered_seen.contains(id)
-    });
+    // The debug trace holds the user's history and recall's cuts.
+    let consumed = full.consumed.first().expect("a debug trace keeps the history");
+    cases.push((consumed.item_id.clone(), "consumed"));
+    let traced = |id: &str| {
+        full.candidates.iter().any(|c| c.item_id == id)
+            || full.filtered_seen.iter().any(|s| s == id)
+            || full.consumed.iter().any(|c| c.item_id == id)
+            || full.cuts.iter().any(|c| c.item_id == id)
+    };
+    let not_recalled = (1..5000)
+        .map(|i| format!("{i:07}"))
+        .find(|id| stack_has(id) && !traced(id));
     if let Some(id) = not_recalled {
         cases.push((id, "not_recalled"));
     }
     for (item, want) in &cases {
         why_not(&c, &base, &full.request_id, item, want).await;
     }
+    // A cut past a channel's quota shows its channel, rank and the quota.
+    let quota_cut = full
+        .cuts
+        .iter()
+        .find(|c| c.reason == "quota")
+        .expect("a debug trace keeps recall's quota cuts");
+    why_not(&c, &base, &full.request_id, &quota_cut.item_id, "quota_cut").await;
+    let evidence = |key: &'static str| {
+        let c = c.clone();
+        async move {
+            let e = c
+                .find(Locator::Css(&format!(".why-not-answer dd[data-key='{key}']")))
+                .await
+                .unwrap();
+            e.text().await.unwrap()
+        }
+    };
+    let best = quota_cut.sources.iter().min_by_key(|s| s.rank).unwrap();
+    assert_eq!(evidence("channel").await, best.channel);
+    assert_eq!(evidence("rank").await, best.rank.to_string());
     screenshot(&c, "why-not").await;
 
     // --- Why not on the constructed trace: the fates set above, and a served item. ---------

@@ -90,6 +90,9 @@ pub struct Action<'a> {
     pub after: Option<usize>,
     /// The last rule that changed the item's fate.
     pub rule: Rule,
+    /// For an item a diversity rule left out: the item served in its place (the one that
+    /// took the slot its score would have earned).
+    pub displaced_by: Option<&'a str>,
 }
 
 /// Genre-set Jaccard similarity.
@@ -188,8 +191,9 @@ pub fn relevance(score: &[f32], among: &[usize]) -> Vec<f32> {
 
 /// Reranks `ranked` (best first). Returns the served list and the actions.
 pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidate<'a>>, Vec<Action<'a>>) {
-    // Why each item is where it ends up, by input position.
+    // Why each item is where it ends up, and what took its place, by input position.
     let mut rule: Vec<Option<Rule>> = vec![None; ranked.len()];
+    let mut displaced_by: Vec<Option<usize>> = vec![None; ranked.len()];
 
     // 1. Block list.
     let mut pool: Vec<usize> = Vec::with_capacity(ranked.len());
@@ -258,6 +262,15 @@ pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidat
             rule[i] = Some(Rule::Mmr);
         }
     }
+    // Pair the items score alone would have picked but MMR did not with the items MMR picked
+    // instead, each list in its own order: the first left out was displaced by the first
+    // let in, and so on.
+    let by_score_top = &by_score[..slots.min(by_score.len())];
+    let let_in: Vec<usize> = picked.iter().copied().filter(|i| !by_score_top.contains(i)).collect();
+    let left_out = by_score_top.iter().copied().filter(|i| !picked.contains(i));
+    for (out, instead) in left_out.zip(let_in) {
+        displaced_by[out] = Some(instead);
+    }
 
     // 4. Category scatter: greedily fill slots with the first picked item that keeps every
     //    genre under the cap in the trailing window; when no picked item fits, the best item
@@ -282,6 +295,7 @@ pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidat
             order.push(i);
             if let Some(out) = queue.pop() {
                 rule[out] = Some(Rule::Scatter);
+                displaced_by[out] = Some(i);
             }
         } else {
             order.push(queue.remove(0));
@@ -319,11 +333,13 @@ pub fn rerank<'a>(ranked: &[Candidate<'a>], cfg: &RerankConfig) -> (Vec<Candidat
         if let Some(r) = rule[before]
             && (after != Some(before) || r == Rule::FreshBoost || r == Rule::Pin)
         {
+            let diversity = after.is_none() && matches!(r, Rule::Mmr | Rule::Scatter);
             actions.push(Action {
                 id: c.id,
                 before,
                 after,
                 rule: r,
+                displaced_by: displaced_by[before].filter(|_| diversity).map(|i| ranked[i].id),
             });
         }
     }
@@ -370,7 +386,8 @@ mod tests {
                 id: "c",
                 before: 2,
                 after: None,
-                rule: Rule::Mmr
+                rule: Rule::Mmr,
+                displaced_by: None,
             }]
         );
     }
@@ -388,13 +405,15 @@ mod tests {
             id: "b",
             before: 1,
             after: None,
-            rule: Rule::Mmr
+            rule: Rule::Mmr,
+            displaced_by: Some("c"),
         }));
         assert!(actions.contains(&Action {
             id: "c",
             before: 2,
             after: Some(1),
-            rule: Rule::Mmr
+            rule: Rule::Mmr,
+            displaced_by: None,
         }));
     }
 
@@ -461,13 +480,15 @@ mod tests {
             id: "y1",
             before: 3,
             after: Some(2),
-            rule: Rule::Scatter
+            rule: Rule::Scatter,
+            displaced_by: None,
         }));
         assert!(actions.contains(&Action {
             id: "x3",
             before: 2,
             after: Some(3),
-            rule: Rule::Scatter
+            rule: Rule::Scatter,
+            displaced_by: None,
         }));
     }
 
@@ -511,13 +532,15 @@ mod tests {
             id: "bad",
             before: 1,
             after: None,
-            rule: Rule::Blocked
+            rule: Rule::Blocked,
+            displaced_by: None,
         }));
         assert!(actions.contains(&Action {
             id: "promo",
             before: 4,
             after: Some(0),
-            rule: Rule::Pin
+            rule: Rule::Pin,
+            displaced_by: None,
         }));
         assert!(actions.iter().any(|a| a.id == "new" && a.after == Some(2)));
         assert!((served[2].score - 0.6).abs() < 1e-6);
@@ -540,13 +563,20 @@ mod tests {
         };
         let (served, actions) = rerank(&ranked, &cfg);
         assert_eq!(ids(&served), ["x1", "x2", "y1", "y2"]);
-        for (id, before, after) in [("y1", 4, Some(2)), ("y2", 5, Some(3)), ("x3", 2, None), ("x4", 3, None)] {
+        // Each X left out names the Y that took its slot.
+        for (id, before, after, displaced_by) in [
+            ("y1", 4, Some(2), None),
+            ("y2", 5, Some(3), None),
+            ("x3", 2, None, Some("y2")),
+            ("x4", 3, None, Some("y1")),
+        ] {
             assert!(
                 actions.contains(&Action {
                     id,
                     before,
                     after,
-                    rule: Rule::Scatter
+                    rule: Rule::Scatter,
+                    displaced_by,
                 }),
                 "{id}: {actions:?}"
             );

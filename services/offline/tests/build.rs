@@ -45,6 +45,33 @@ fn holdout_is_never_trained_on() {
 }
 
 #[test]
+fn history_times_are_the_ratings_times_most_recent_first() {
+    let (a, ds) = (artifacts(), data());
+    let mut when: std::collections::HashMap<(u32, u32), i64> = Default::default();
+    for r in &ds.ratings {
+        when.insert((r.user, r.item), r.ts);
+    }
+    assert_eq!(a.history_times.len(), a.history.len());
+    for (u, (items, times)) in a.history.iter().zip(&a.history_times).enumerate() {
+        assert_eq!(items.len(), times.len(), "user {u}");
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "user {u}: most recent first");
+        for (i, t) in items.iter().zip(times) {
+            assert_eq!(when[&(u as u32, *i)], *t, "user {u}, item {i}");
+        }
+    }
+    // Every held-out rating is later than (or as late as) the user's training history.
+    for r in &a.holdout {
+        let newest = a.history_times[r.user as usize].first().copied().unwrap_or(i64::MIN);
+        assert!(
+            r.ts >= newest,
+            "user {}: held out {} before trained {newest}",
+            r.user,
+            r.ts
+        );
+    }
+}
+
+#[test]
 fn every_channel_recalls_unseen_items_for_a_held_out_user() {
     let a = artifacts();
     let user = active_user(a);

@@ -187,17 +187,32 @@ impl Gateway {
         self.metrics.in_flight.inc();
         let _guard = InFlight(&self.in_flight, &self.metrics.in_flight);
         let mut r = self.begin(q, traceparent, in_flight, start);
+        // Every stage either runs or records why it did not.
+        let at_level = |r: &Request| format!("the request is at the {} level", r.level.name());
         if r.level < Level::Fallback {
             self.features_and_recall(&mut r).await;
+        } else {
+            r.skipped("features", at_level(&r));
+            r.skipped("recall", at_level(&r));
         }
         if r.level == Level::Popular {
             self.popular(&mut r);
         }
         if r.level <= Level::Reduced && !r.candidates.is_empty() {
             self.rank(&mut r).await;
+        } else if r.level == Level::Popular && !r.candidates.is_empty() {
+            r.skipped("ranking", "the popular level orders the hot list by hot score".into());
+        } else if r.level < Level::Fallback {
+            r.skipped("ranking", "no candidates".into());
+        } else {
+            r.skipped("ranking", at_level(&r));
         }
         if r.level < Level::Fallback && !r.candidates.is_empty() {
             self.rerank(&mut r).await;
+        } else if r.level < Level::Fallback {
+            r.skipped("rerank", "no candidates".into());
+        } else {
+            r.skipped("rerank", at_level(&r));
         }
         if r.served.is_empty() {
             self.fallback(&mut r);
@@ -220,7 +235,14 @@ impl Gateway {
             level = Level::Reduced;
             degraded.push(shed);
         }
-        Request::new(q, Self::ids(seq, traceparent), start, timeout, level, degraded)
+        let full = q.debug || rand::random::<f64>() < self.config.full_trace_sample;
+        Request::new(
+            q,
+            Self::ids(seq, traceparent),
+            (start, timeout),
+            (level, degraded),
+            full,
+        )
     }
 
     /// Counts the answer, feeds the latency objective, and hands the trace to the sink.
@@ -235,7 +257,7 @@ impl Gateway {
             .requests
             .get_or_create(&metrics::LevelLabels { level: r.level.name() })
             .inc();
-        let full = r.q.debug || rand::random::<f64>() < self.config.full_trace_sample;
+        let full = r.full;
         if !self.sink.offer(trace::trace(r, response, full)) {
             self.metrics.traces_dropped.inc();
         }

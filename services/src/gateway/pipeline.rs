@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use recstack_core::degrade::{Level, LevelPlan, Stage, after_failure, stage_end};
 use recstack_core::recall::Source;
-use recstack_trace_store::{ChannelCount, StageRecord};
+use recstack_trace_store::{ChannelCount, ConsumedRecord, Funnel, RecallCut, SeenWhen, SourceRecord, StageRecord, cut};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tonic::{Request as Call, Response, Status};
@@ -22,7 +22,7 @@ use super::request::{Query, Recommendation, ServedItem};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
 use crate::ranking::service::proto::{RankRequest, RealtimeFeatures};
-use crate::recall::proto::{Candidate as RecallCandidate, RecallRequest};
+use crate::recall::proto::{Candidate as RecallCandidate, ChannelStats, CutReason, RecallRequest, RecallResponse};
 use crate::rerank::proto::{Action, RerankRequest, Scored};
 
 /// Candidates (best first) rerank chooses from: enough for diversity, few enough to keep the
@@ -90,7 +90,10 @@ pub(super) struct Request {
     pub level: Level,
     /// Why the level fell, one line per cause.
     pub degraded: Vec<String>,
-    /// Each stage that called a downstream, in the order they were called.
+    /// Traced in full: recall is asked to explain its cuts, and the trace keeps every candidate.
+    pub full: bool,
+    /// Each stage, in order: those that ran (called a downstream or computed a list), and
+    /// those skipped, with why.
     pub stages: Vec<StageRecord>,
     pub user: Option<UserFeatures>,
     /// Recall's candidates (or the hot list's), in the current order: recall's, then the
@@ -98,9 +101,12 @@ pub(super) struct Request {
     pub candidates: Vec<Cand>,
     /// Recalled but past the ranker's reach.
     pub below_cut: Vec<Cand>,
-    /// Items the seen filter removed in recall.
-    pub filtered_seen: Vec<String>,
+    /// What recall said beyond its candidates: the seen filter's removals and status, the
+    /// history, what its quotas and merge cut, the artifact version it served.
+    pub recall: RecallNotes,
     pub channels: Vec<ChannelCount>,
+    /// Where the funnel cut, and the scores at each cut.
+    pub funnel: Funnel,
     pub model_version: Option<String>,
     /// What ranking read of the candidates' real-time features (its model names some).
     pub realtime: Option<RealtimeFeatures>,
@@ -112,14 +118,13 @@ pub(super) struct Request {
 }
 
 impl Request {
-    /// A request starting at `level`, for the reasons in `degraded`.
+    /// A request starting at `level`, for the reasons in `degraded`; `full`: traced in full.
     pub fn new(
         q: Query,
         ids: (String, String),
-        start: Instant,
-        timeout: Duration,
-        level: Level,
-        degraded: Vec<String>,
+        (start, timeout): (Instant, Duration),
+        (level, degraded): (Level, Vec<String>),
+        full: bool,
     ) -> Self {
         Self {
             q,
@@ -129,12 +134,14 @@ impl Request {
             timeout,
             level,
             degraded,
+            full,
             stages: Vec::new(),
             user: None,
             candidates: Vec::new(),
             below_cut: Vec::new(),
-            filtered_seen: Vec::new(),
+            recall: RecallNotes::default(),
             channels: Vec::new(),
+            funnel: Funnel::default(),
             model_version: None,
             realtime: None,
             reranked: None,
@@ -147,6 +154,94 @@ impl Request {
     fn failed(&mut self, stage: Stage, why: String) {
         self.degraded.push(why);
         self.level = self.level.max(after_failure(stage));
+    }
+
+    /// Records a stage that did not run, and why.
+    pub(super) fn skipped(&mut self, name: &str, why: String) {
+        self.stages.push(StageRecord {
+            name: name.to_string(),
+            latency_us: 0,
+            start_us: None,
+            items_in: 0,
+            items_out: 0,
+            outcome: format!("skipped: {why}"),
+        });
+    }
+
+    /// Records a stage the gateway ran itself (no downstream), from `began` until now.
+    fn ran(&mut self, name: &str, began: Instant, items_in: u32) {
+        self.stages.push(StageRecord {
+            name: name.to_string(),
+            latency_us: began.elapsed().as_micros() as u64,
+            start_us: Some(began.saturating_duration_since(self.start).as_micros() as u64),
+            items_in,
+            items_out: 0,
+            outcome: "ok".into(),
+        });
+    }
+}
+
+/// What recall answered besides its candidates (kept for the trace).
+#[derive(Default)]
+pub(super) struct RecallNotes {
+    pub filtered_seen: Vec<String>,
+    pub filtered_seen_when: Vec<SeenWhen>,
+    /// `applied`, `empty`, `unavailable: …`; `None` when recall did not answer.
+    pub seen_filter: Option<String>,
+    pub consumed_total: Option<u32>,
+    /// The history and the recent items the popular level left out (full traces).
+    pub consumed: Vec<ConsumedRecord>,
+    pub cuts: Vec<RecallCut>,
+    pub artifact_version: Option<String>,
+}
+
+impl RecallNotes {
+    /// Takes what the trace keeps of recall's answer (its candidates go elsewhere).
+    fn from_answer(answer: &mut RecallResponse) -> Self {
+        let source = |s: &crate::recall::proto::Source| SourceRecord {
+            channel: s.channel_name().to_string(),
+            score: s.score,
+            rank: s.rank,
+        };
+        Self {
+            filtered_seen: std::mem::take(&mut answer.filtered_seen),
+            filtered_seen_when: answer
+                .filtered_seen_when
+                .iter()
+                .map(|w| SeenWhen {
+                    first_ms: w.first_ms,
+                    last_ms: w.last_ms,
+                })
+                .collect(),
+            seen_filter: Some(std::mem::take(&mut answer.seen_filter)).filter(|s| !s.is_empty()),
+            consumed_total: Some(answer.consumed_total),
+            consumed: answer
+                .consumed
+                .drain(..)
+                .map(|c| ConsumedRecord {
+                    item_id: c.item_id,
+                    at_ms: Some(c.at_ms),
+                    source: "history".into(),
+                })
+                .collect(),
+            cuts: answer
+                .cuts
+                .drain(..)
+                .map(|c| RecallCut {
+                    reason: match c.reason() {
+                        CutReason::Merge => cut::MERGE,
+                        CutReason::ChannelOff => cut::CHANNEL_OFF,
+                        _ => cut::QUOTA,
+                    }
+                    .to_string(),
+                    sources: c.sources.iter().map(source).collect(),
+                    position: (c.reason() == CutReason::Merge).then_some(c.position),
+                    cut: (c.reason() == CutReason::Merge).then_some(c.cut),
+                    item_id: c.item_id,
+                })
+                .collect(),
+            artifact_version: Some(std::mem::take(&mut answer.artifact_version)),
+        }
     }
 }
 
@@ -165,7 +260,7 @@ impl Gateway {
     /// User features and recall, in parallel (recall only at the full and reduced levels).
     pub(super) async fn features_and_recall(&self, r: &mut Request) {
         let end = stage_end(Stage::Recall, r.start, r.timeout);
-        let (level, start, q) = (r.level, r.start, &r.q);
+        let (level, start, q, full) = (r.level, r.start, &r.q, r.full);
         let plan = self.level_plan(level);
         let features = self.call(Stage::Features, start, end, 0, |budget| {
             let mut call = Call::new(GetUserRequest {
@@ -184,6 +279,7 @@ impl Gateway {
                     context: q.context.clone().into_iter().collect(),
                     n: plan.candidates,
                     channel_quotas: plan.quotas.clone(),
+                    explain: full,
                 });
                 call.set_timeout(budget);
                 self.links.recall.call(call)
@@ -196,41 +292,65 @@ impl Gateway {
             Ok(f) => r.user = f.features,
             Err(e) => r.failed(Stage::Features, format!("features: {e}")),
         }
-        if let Some((recall, recall_stage)) = recall {
-            r.stages.push(recall_stage);
-            match recall {
-                Ok(answer) => {
-                    r.filtered_seen = answer.filtered_seen;
-                    r.candidates = answer.candidates.into_iter().enumerate().map(Cand::recalled).collect();
-                    r.channels = channel_counts(&r.candidates);
-                }
-                Err(e) => r.failed(Stage::Recall, format!("recall: {e}")),
+        let Some((recall, recall_stage)) = recall else {
+            r.skipped("recall", format!("the request is at the {} level", level.name()));
+            return;
+        };
+        r.stages.push(recall_stage);
+        r.funnel.candidates = plan.candidates;
+        match recall {
+            Ok(mut answer) => {
+                r.recall = RecallNotes::from_answer(&mut answer);
+                r.candidates = answer.candidates.into_iter().enumerate().map(Cand::recalled).collect();
+                r.channels = channel_counts(&r.candidates, &answer.channels, level);
+            }
+            Err(e) => {
+                r.channels = plan_channels(plan, &format!("failed: recall {e}"));
+                r.failed(Stage::Recall, format!("recall: {e}"));
             }
         }
     }
 
     /// The popular level: the hot list without what the user has recently seen.
     pub(super) fn popular(&self, r: &mut Request) {
+        let began = Instant::now();
         let recent: HashSet<&str> = r
             .user
             .as_ref()
             .map(|u| u.recent_items.iter().map(String::as_str).collect())
             .unwrap_or_default();
-        r.candidates = self
-            .catalogue
-            .load()
-            .hot
-            .iter()
-            .filter(|(id, _)| !recent.contains(id.as_str()))
-            .take(POPULAR_POOL)
-            .map(|(id, s)| Cand {
+        let catalogue = self.catalogue.load();
+        let mut left_out = Vec::new();
+        let mut candidates = Vec::with_capacity(POPULAR_POOL);
+        for (id, s) in catalogue.hot.iter() {
+            if candidates.len() == POPULAR_POOL {
+                break;
+            }
+            if recent.contains(id.as_str()) {
+                left_out.push(id);
+                continue;
+            }
+            candidates.push(Cand {
                 id: id.clone(),
                 prior: *s,
                 sources: SmallVec::new(),
-                recall_position: None,
+                recall_position: Some(candidates.len() as u32),
                 rank_score: None,
-            })
-            .collect();
+            });
+        }
+        if r.full {
+            r.recall.consumed = left_out
+                .into_iter()
+                .map(|id| ConsumedRecord {
+                    item_id: id.clone(),
+                    at_ms: None,
+                    source: "recent".into(),
+                })
+                .collect();
+        }
+        r.candidates = candidates;
+        r.funnel.candidates = POPULAR_POOL as u32;
+        r.ran("popular", began, catalogue.hot.len() as u32);
     }
 
     /// The model scores the first candidates in recall's order (as many as the level's plan
@@ -238,6 +358,8 @@ impl Gateway {
     pub(super) async fn rank(&self, r: &mut Request) {
         let limit = self.level_plan(r.level).rank_limit;
         r.below_cut = r.candidates.split_off(limit.min(r.candidates.len()));
+        r.funnel.rank_limit = limit as u32;
+        r.funnel.rank_cut_prior = r.candidates.last().map(|c| c.prior);
         let end = stage_end(Stage::Ranking, r.start, r.timeout);
         let (candidates, q, user) = (&r.candidates, &r.q, &r.user);
         let (ranked, stage) = self
@@ -285,6 +407,8 @@ impl Gateway {
     pub(super) async fn rerank(&self, r: &mut Request) {
         let end = stage_end(Stage::Rerank, r.start, r.timeout);
         let pool = r.candidates.len().min(RERANK_POOL);
+        r.funnel.rerank_pool = pool as u32;
+        r.funnel.pool_cut_score = pool.checked_sub(1).map(|i| r.candidates[i].score());
         let (candidates, q) = (&r.candidates, &r.q);
         let (reranked, stage) = self
             .call(Stage::Rerank, r.start, end, pool as u32, |budget| {
@@ -331,16 +455,24 @@ impl Gateway {
                 r.served = (0..r.candidates.len().min(r.q.n as usize)).map(|i| (i, None)).collect();
             }
         }
+        r.funnel.served_cut_score = r
+            .served
+            .iter()
+            .map(|(i, _)| r.candidates[*i].score())
+            .min_by(f32::total_cmp);
     }
 
     /// Nothing to serve (the fallback level, or every stage came back empty): the
     /// precomputed list.
     pub(super) fn fallback(&self, r: &mut Request) {
+        let began = Instant::now();
         if r.level < Level::Fallback {
             r.degraded.push("no candidates: serving the precomputed list".into());
         }
         r.level = Level::Fallback;
-        r.fallback = self.catalogue.load().hot.iter().take(r.q.n as usize).cloned().collect();
+        let catalogue = self.catalogue.load();
+        r.fallback = catalogue.hot.iter().take(r.q.n as usize).cloned().collect();
+        r.ran("fallback", began, catalogue.hot.len() as u32);
     }
 
     /// The answer: the served items with their lineage, the level and why.
@@ -382,7 +514,12 @@ impl Gateway {
             level: r.level.name().to_string(),
             degraded: r.degraded.clone(),
             model_version: r.model_version.clone(),
-            artifact_version: catalogue.artifact_version.clone(),
+            // The version recall served from (the catalogue's may lag or lead it during a swap).
+            artifact_version: r
+                .recall
+                .artifact_version
+                .clone()
+                .unwrap_or_else(|| catalogue.artifact_version.clone()),
             experiment: rerank.map(|x| x.experiment.clone()),
             bucket: rerank.map(|x| x.bucket),
             variant: rerank.map(|x| x.variant.clone()),
@@ -454,20 +591,60 @@ impl Gateway {
 }
 
 /// Candidates per recall channel (an item found by two channels counts for both), in order
-/// of first appearance.
-fn channel_counts(cands: &[Cand]) -> Vec<ChannelCount> {
-    let mut counts: Vec<(recstack_core::recall::Channel, u32)> = Vec::new();
+/// of first appearance, then the channels that gave none: each with its quota and whether it
+/// ran (`ok`, `empty`) or was switched off at `level`.
+fn channel_counts(cands: &[Cand], stats: &[ChannelStats], level: Level) -> Vec<ChannelCount> {
+    let mut counts: Vec<(&str, u32)> = Vec::new();
     for s in cands.iter().flat_map(|c| &c.sources) {
-        match counts.iter_mut().find(|(channel, _)| *channel == s.channel) {
+        match counts.iter_mut().find(|(channel, _)| *channel == s.channel.name()) {
             Some((_, n)) => *n += 1,
-            None => counts.push((s.channel, 1)),
+            None => counts.push((s.channel.name(), 1)),
+        }
+    }
+    for s in stats {
+        if counts.iter().all(|(c, _)| *c != s.channel) {
+            counts.push((s.channel.as_str(), 0));
         }
     }
     counts
         .into_iter()
-        .map(|(channel, candidates)| ChannelCount {
-            channel: channel.name().to_string(),
-            candidates,
+        .map(|(channel, candidates)| {
+            let stat = stats.iter().find(|s| s.channel == channel);
+            let outcome = match stat {
+                Some(s) if s.quota == 0 => format!("skipped: switched off at the {} level", level.name()),
+                Some(s) if s.returned == 0 => "empty".to_string(),
+                _ => "ok".to_string(),
+            };
+            ChannelCount {
+                channel: channel.to_string(),
+                candidates,
+                quota: stat.map(|s| s.quota),
+                outcome,
+            }
+        })
+        .collect()
+}
+
+/// The channels `plan` would have run, each with `outcome` (recall failed: none answered).
+fn plan_channels(plan: &LevelPlan, outcome: &str) -> Vec<ChannelCount> {
+    recstack_core::recall::Channel::ALL
+        .iter()
+        .map(|c| {
+            let quota = plan
+                .quotas
+                .get(c.name())
+                .copied()
+                .unwrap_or(recstack_core::recall::DEFAULT_QUOTA as u32);
+            ChannelCount {
+                channel: c.name().to_string(),
+                candidates: 0,
+                quota: Some(quota),
+                outcome: if quota == 0 {
+                    "skipped: switched off at this level".to_string()
+                } else {
+                    outcome.to_string()
+                },
+            }
         })
         .collect()
 }

@@ -3,6 +3,8 @@
 //! candidate and where it left the funnel.
 
 use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use recstack_core::recall::Source;
@@ -32,19 +34,26 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
     let items = lineage(&r, response);
     let candidates = if full { candidate_fates(&r) } else { Vec::new() };
     // What the trace keeps of the request's state is moved, not copied.
+    let pool = r.candidates.len() as u32;
     let Request {
         q,
         mut stages,
         channels,
-        filtered_seen,
+        recall,
+        funnel,
         realtime,
         ..
     } = r;
     for s in &mut stages {
+        if s.outcome.starts_with("skipped") {
+            continue;
+        }
         s.items_out = match s.name.as_str() {
             "recall" => recalled,
+            "popular" => pool,
             "ranking" => ranked,
             "rerank" => served,
+            "fallback" => response.items.len() as u32,
             _ => 0,
         };
     }
@@ -70,7 +79,13 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
         stages,
         channels,
         items,
-        filtered_seen,
+        filtered_seen: recall.filtered_seen,
+        filtered_seen_when: recall.filtered_seen_when,
+        seen_filter: recall.seen_filter,
+        consumed_total: recall.consumed_total,
+        consumed: if full { recall.consumed } else { Vec::new() },
+        cuts: if full { recall.cuts } else { Vec::new() },
+        funnel: Some(funnel),
         candidates,
         realtime: realtime.map(|r| RealtimeRecord {
             status: r.status,
@@ -102,7 +117,13 @@ fn lineage(r: &Request, response: &Recommendation) -> Vec<ItemLineage> {
             })
             .collect();
     }
-    // Recall's seen filter ran on recalled items; rerank's block list on what it served.
+    // Recall's seen filter ran on recalled items (when it could be read); rerank's block list
+    // on what it served.
+    let seen = r
+        .recall
+        .seen_filter
+        .as_deref()
+        .is_some_and(|s| !s.starts_with("unavailable"));
     let reranked = r.reranked.is_some();
     r.served
         .iter()
@@ -117,9 +138,8 @@ fn lineage(r: &Request, response: &Recommendation) -> Vec<ItemLineage> {
                 rank_score: c.rank_score,
                 ranked_position: Some(*i as u32),
                 rerank_rule: rule.clone(),
-                filters_passed: c
-                    .recall_position
-                    .map(|_| "seen")
+                filters_passed: (seen && !c.sources.is_empty())
+                    .then_some("seen")
                     .into_iter()
                     .chain(reranked.then_some("block_list"))
                     .map(String::from)
@@ -134,6 +154,14 @@ fn lineage(r: &Request, response: &Recommendation) -> Vec<ItemLineage> {
 fn candidate_fates(r: &Request) -> Vec<CandidateFate> {
     let served: HashSet<&str> = r.served.iter().map(|(i, _)| r.candidates[*i].id.as_str()).collect();
     let rules = r.reranked.as_ref().map(|x| x.rules()).unwrap_or_default();
+    let displaced: FxHashMap<&str, &str> = r
+        .reranked
+        .iter()
+        .flat_map(|x| &x.actions)
+        .filter(|a| !a.displaced_by.is_empty())
+        .map(|a| (a.item_id.as_str(), a.displaced_by.as_str()))
+        .collect();
+    let scored = r.candidates.iter().any(|c| c.rank_score.is_some());
     r.candidates
         .iter()
         .enumerate()
@@ -141,6 +169,11 @@ fn candidate_fates(r: &Request) -> Vec<CandidateFate> {
             item_id: c.id.clone(),
             sources: source_records(c),
             rank_score: c.rank_score,
+            prior: Some(c.prior),
+            recall_position: c.recall_position,
+            // The current order is the model's once it scored; before, recall's.
+            ranked_position: scored.then_some(i as u32),
+            displaced_by: displaced.get(c.id.as_str()).map(|d| d.to_string()),
             outcome: if served.contains(c.id.as_str()) {
                 outcome::SERVED.into()
             } else if let Some(rule) = rules.get(c.id.as_str()) {
@@ -155,6 +188,10 @@ fn candidate_fates(r: &Request) -> Vec<CandidateFate> {
             item_id: c.id.clone(),
             sources: source_records(c),
             rank_score: None,
+            prior: Some(c.prior),
+            recall_position: c.recall_position,
+            ranked_position: None,
+            displaced_by: None,
             outcome: outcome::RANKED_BELOW_CUT.into(),
         }))
         .collect()

@@ -34,7 +34,9 @@ use crate::stream::sink::Trending;
 use recstack_core::artifacts::{self as build, ArtifactError, Artifacts, Manifest};
 use recstack_core::recall::merge::RRF_K;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
-use recstack_core::recall::{Channel, ChannelList, Source as Lineage, UserHistory, channel_for, merge};
+use recstack_core::recall::{
+    Channel, ChannelList, CutReason, Source as Lineage, UserHistory, channel_for, merge, past_quota,
+};
 
 /// Generated gRPC types (`services/proto/recall.proto`).
 pub mod proto {
@@ -79,7 +81,10 @@ pub mod proto {
 }
 
 use proto::recall_server::Recall;
-use proto::{Candidate, ChannelStats, ImpressionsRequest, ImpressionsResponse, RecallRequest, RecallResponse, Source};
+use proto::{
+    Candidate, ChannelStats, Consumed, Cut, ImpressionsRequest, ImpressionsResponse, RecallRequest, RecallResponse,
+    SeenWindow, Source,
+};
 
 pub use recstack_core::recall::{DEFAULT_N, DEFAULT_QUOTA, MAX_N};
 
@@ -166,8 +171,18 @@ const SEEN_WRITER_STRIPES: usize = 64;
 pub struct RecallQuery {
     pub user_id: String,
     pub n: usize,
+    /// Every channel (0: off).
     pub quotas: BTreeMap<Channel, usize>,
+    /// Report the cuts and the history too ([`RecallRequest::explain`]).
+    pub explain: bool,
 }
+
+/// How far past its quota an explained request computes each channel (and how deep a
+/// switched-off channel): an item ranked deeper is "not recalled".
+pub const EXPLAIN_DEPTH: usize = 300;
+
+/// Most history items an explained answer lists.
+pub const EXPLAIN_HISTORY: usize = 1000;
 
 /// Checks a request; errors name the offending field.
 pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
@@ -207,6 +222,7 @@ pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
         user_id: user_id.to_string(),
         n,
         quotas,
+        explain: req.explain,
     })
 }
 
@@ -243,15 +259,19 @@ impl<S: SeenStore> RecallService<S> {
             .ok()
     }
 
-    async fn seen_filter(&self, user: &str) -> Option<SeenFilter> {
+    /// The user's seen filter, and what became of it (the response's `seen_filter`).
+    async fn seen_filter(&self, user: &str) -> (Option<SeenFilter>, String) {
         match self.seen.get(user).await {
-            Ok(Some(bytes)) => self.decode_seen(user, &bytes),
-            Ok(None) => None,
+            Ok(Some(bytes)) => match self.decode_seen(user, &bytes) {
+                Some(f) => (Some(f), "applied".into()),
+                None => (None, "unavailable: the stored filter is unreadable".into()),
+            },
+            Ok(None) => (None, "empty".into()),
             Err(e) => {
                 // Recall without the filter rather than fail the request.
                 warn!(user, error = %e, "seen store unavailable; recalling unfiltered");
                 self.metrics.seen_errors.inc();
-                None
+                (None, format!("unavailable: {e}"))
             }
         }
     }
@@ -276,110 +296,89 @@ impl<S: SeenStore> RecallService<S> {
                 None => new_items.push((rank as u32 + 1, id)),
             }
         }
-        // Lists this version has computed come from its cache; the rest run on rayon's pool
-        // (CPU work off the async workers), straight from this task: no blocking-pool thread
-        // in between to wake and park on every request.
-        // (channel, list, how long computing it took: `None` when it came from the cache)
-        let mut lists: Vec<(Channel, List, Option<Duration>)> = Vec::with_capacity(q.quotas.len());
-        let mut missing = Vec::new();
-        for (&c, &quota) in q.quotas.iter().filter(|(_, q)| **q > 0) {
-            match loaded.lists.get(&(user, c, quota)) {
-                Some(list) => lists.push((c, list, None)),
-                None => missing.push((c, quota)),
-            }
-        }
-        let cache = |result| self.metrics.list_cache.get_or_create(&CacheLabels { result });
-        cache("hit").inc_by(lists.len() as u64);
-        cache("miss").inc_by(missing.len() as u64);
-        if !missing.is_empty() {
-            let work = loaded.clone();
-            let (done, computed) = tokio::sync::oneshot::channel();
-            rayon::spawn(move || {
-                let run = || {
-                    let history = UserHistory::new(&work.artifacts, user);
-                    missing
-                        .par_iter()
-                        .map(|&(c, quota)| {
-                            let start = Instant::now();
-                            let list: List = channel_for(&work.artifacts, &history, c, quota).items.into();
-                            work.lists.insert((user, c, quota), list.clone());
-                            (c, list, Some(start.elapsed()))
-                        })
-                        .collect::<Vec<_>>()
-                };
-                // A panic must not take down rayon's thread (it would abort the process).
-                let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)));
-            });
-            match computed.await {
-                Ok(Ok(computed)) => lists.extend(computed),
-                _ => return Err(Status::internal("recall worker failed")),
-            }
-            // Channel order, as the merge's lineage lists sources.
-            lists.sort_unstable_by_key(|(c, _, _)| *c);
-        }
-
-        let mut stats = Vec::with_capacity(lists.len());
-        for (channel, list, took) in &lists {
-            // The latency histogram is of computing a channel; cached lists report 0 µs.
-            if let Some(took) = took {
-                self.metrics
-                    .channel_latency
-                    .get_or_create(&ChannelLabels {
-                        channel: channel.name(),
-                    })
-                    .observe(took.as_secs_f64());
-            }
-            let took = took.unwrap_or_default();
-            stats.push(ChannelStats {
-                channel: channel.name().to_string(),
-                returned: list.len() as u32,
-                latency_us: took.as_micros().min(u128::from(u32::MAX)) as u32,
-            });
-        }
-        let lists: Vec<ChannelList> = lists
-            .into_iter()
-            .map(|(channel, list, _)| {
-                let items = if channel == Channel::Hot && !lead.is_empty() {
-                    let history = UserHistory::new(&loaded.artifacts, user);
-                    lead_with(&lead, &list, &history.seen, list.len().max(lead.len()))
-                } else {
-                    list.to_vec()
-                };
-                ChannelList { channel, items }
-            })
-            .collect();
+        let (lists, stats) = self.lists(&loaded, user, &q.quotas).await?;
+        let lead_hot = |lists: Vec<(Channel, List)>| -> Vec<ChannelList> {
+            lists
+                .into_iter()
+                .map(|(channel, list)| {
+                    let items = if channel == Channel::Hot && !lead.is_empty() {
+                        let history = UserHistory::new(&loaded.artifacts, user);
+                        lead_with(&lead, &list, &history.seen, list.len().max(lead.len()))
+                    } else {
+                        list.to_vec()
+                    };
+                    ChannelList { channel, items }
+                })
+                .collect()
+        };
+        let lists = lead_hot(lists);
+        let quota = |c: Channel| q.quotas.get(&c).copied().unwrap_or(0);
         let all: usize = q.quotas.values().sum();
-        let merged = merge(&lists, |c| q.quotas.get(&c).copied().unwrap_or(0), all);
+        let merged = merge(&lists, quota, all);
+        // Explaining: the channels again, deeper (a channel's top n is not always a prefix of
+        // its top n + k), only to tell what the quotas cut; the answer stays the same.
+        let mut cuts: Vec<Cut> = if q.explain {
+            let deep = lead_hot(self.explained_lists(&loaded, user, &q.quotas).await?);
+            past_quota(&deep, quota, &merged)
+                .into_iter()
+                .map(|c| Cut {
+                    item_id: loaded.ids.get(c.item).0.to_string(),
+                    reason: match c.reason {
+                        CutReason::Quota => proto::CutReason::Quota,
+                        CutReason::ChannelOff => proto::CutReason::ChannelOff,
+                    }
+                    .into(),
+                    sources: c.sources.iter().map(source).collect(),
+                    position: 0,
+                    cut: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
 
-        let filter = self.seen_filter(&q.user_id).await;
+        let (filter, seen_filter) = self.seen_filter(&q.user_id).await;
         let mut filtered_seen = Vec::new();
+        let mut filtered_seen_when = Vec::new();
+        let mut seen = |id: &str, key: u64| match filter.as_ref().and_then(|f| f.when(key)) {
+            Some(w) => {
+                filtered_seen.push(id.to_string());
+                filtered_seen_when.push(SeenWindow {
+                    first_ms: w.first_ms,
+                    last_ms: w.last_ms,
+                });
+                true
+            }
+            None => false,
+        };
         let mut candidates = Vec::with_capacity(q.n);
+        let mut position = 0u32;
         for c in merged {
             let (id, key) = loaded.ids.get(c.item);
-            if filter.as_ref().is_some_and(|f| f.contains(key)) {
-                filtered_seen.push(id.to_string());
+            if seen(id, key) {
                 continue;
             }
+            let sources = c.sources.iter().map(source).collect();
             if candidates.len() < q.n {
                 candidates.push(Candidate {
                     item_id: id.to_string(),
                     fused_score: c.fused,
-                    sources: c
-                        .sources
-                        .iter()
-                        .map(|s| Source {
-                            channel: proto::Channel::from(s.channel).into(),
-                            score: s.score,
-                            rank: s.rank,
-                        })
-                        .collect(),
+                    sources,
+                });
+            } else if q.explain {
+                cuts.push(Cut {
+                    item_id: id.to_string(),
+                    reason: proto::CutReason::Merge.into(),
+                    sources,
+                    position,
+                    cut: q.n as u32,
                 });
             }
+            position += 1;
         }
         let added_new = !new_items.is_empty();
         for (rank, id) in new_items {
-            if filter.as_ref().is_some_and(|f| f.contains(item_key(&id))) {
-                filtered_seen.push(id);
+            if seen(&id, item_key(&id)) {
                 continue;
             }
             candidates.push(Candidate {
@@ -395,8 +394,34 @@ impl<S: SeenStore> RecallService<S> {
         if added_new {
             // Stable: the merged order (and its tie rules) stays; new items slot in by score.
             candidates.sort_by(|a, b| b.fused_score.total_cmp(&a.fused_score));
-            candidates.truncate(q.n);
+            for (at, c) in candidates.drain(q.n.min(candidates.len())..).enumerate() {
+                if q.explain {
+                    cuts.push(Cut {
+                        item_id: c.item_id,
+                        reason: proto::CutReason::Merge.into(),
+                        sources: c.sources,
+                        position: (q.n + at) as u32,
+                        cut: q.n as u32,
+                    });
+                }
+            }
         }
+        let history = loaded.artifacts.history.get(user as usize);
+        let consumed = match (q.explain, history) {
+            (true, Some(items)) => {
+                let times = &loaded.artifacts.history_times[user as usize];
+                items
+                    .iter()
+                    .zip(times)
+                    .take(EXPLAIN_HISTORY)
+                    .map(|(&i, &ts)| Consumed {
+                        item_id: loaded.ids.get(i).0.to_string(),
+                        at_ms: ts.saturating_mul(1000),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         self.metrics.seen_filtered.inc_by(filtered_seen.len() as u64);
         self.metrics.candidates.observe(candidates.len() as f64);
         Ok(RecallResponse {
@@ -404,7 +429,83 @@ impl<S: SeenStore> RecallService<S> {
             artifact_version: loaded.manifest.version.clone(),
             channels: stats,
             filtered_seen,
+            filtered_seen_when,
+            seen_filter,
+            consumed_total: history.map_or(0, Vec::len) as u32,
+            consumed,
+            cuts,
         })
+    }
+
+    /// Each channel's list at its quota: from this version's cache, or computed on rayon's
+    /// pool (CPU work off the async workers), straight from this task — no blocking-pool
+    /// thread in between to wake and park on every request. Channel order, with each one's
+    /// stats (switched-off channels are not computed).
+    async fn lists(
+        &self,
+        loaded: &Arc<Loaded>,
+        user: u32,
+        quotas: &BTreeMap<Channel, usize>,
+    ) -> Result<(Vec<(Channel, List)>, Vec<ChannelStats>), Status> {
+        // (channel, list, how long computing it took: `None` when it came from the cache)
+        let mut lists: Vec<(Channel, List, Option<Duration>)> = Vec::with_capacity(quotas.len());
+        let mut missing = Vec::new();
+        for (&c, &quota) in quotas.iter().filter(|(_, q)| **q > 0) {
+            match loaded.lists.get(&(user, c, quota)) {
+                Some(list) => lists.push((c, list, None)),
+                None => missing.push((c, quota, quota)),
+            }
+        }
+        let cache = |result| self.metrics.list_cache.get_or_create(&CacheLabels { result });
+        cache("hit").inc_by(lists.len() as u64);
+        cache("miss").inc_by(missing.len() as u64);
+        if !missing.is_empty() {
+            let computed = compute(loaded.clone(), user, missing, true).await?;
+            lists.extend(computed.into_iter().map(|(c, list, took)| (c, list, Some(took))));
+            // Channel order, as the merge's lineage lists sources.
+            lists.sort_unstable_by_key(|(c, _, _)| *c);
+        }
+        let stats = quotas
+            .iter()
+            .map(|(&channel, &quota)| {
+                let done = lists.iter().find(|(c, _, _)| *c == channel);
+                let (returned, took) = done.map_or((0, None), |(_, l, took)| (l.len(), *took));
+                self.channel_stats(channel, quota, returned, took)
+            })
+            .collect();
+        Ok((lists.into_iter().map(|(c, l, _)| (c, l)).collect(), stats))
+    }
+
+    /// Every channel computed past its quota by [`EXPLAIN_DEPTH`] (switched-off ones to that
+    /// depth), bypassing the cache: what the quotas cut can then be told.
+    async fn explained_lists(
+        &self,
+        loaded: &Arc<Loaded>,
+        user: u32,
+        quotas: &BTreeMap<Channel, usize>,
+    ) -> Result<Vec<(Channel, List)>, Status> {
+        let work = quotas.iter().map(|(&c, &q)| (c, q, q + EXPLAIN_DEPTH)).collect();
+        let mut lists = compute(loaded.clone(), user, work, false).await?;
+        lists.sort_unstable_by_key(|(c, _, _)| *c);
+        Ok(lists.into_iter().map(|(c, l, _)| (c, l)).collect())
+    }
+
+    /// A channel's stats, its computing time observed (cached lists report 0 µs).
+    fn channel_stats(&self, channel: Channel, quota: usize, returned: usize, took: Option<Duration>) -> ChannelStats {
+        if let Some(took) = took {
+            self.metrics
+                .channel_latency
+                .get_or_create(&ChannelLabels {
+                    channel: channel.name(),
+                })
+                .observe(took.as_secs_f64());
+        }
+        ChannelStats {
+            channel: channel.name().to_string(),
+            returned: returned as u32,
+            latency_us: took.unwrap_or_default().as_micros().min(u128::from(u32::MAX)) as u32,
+            quota: quota as u32,
+        }
     }
 
     /// Adds impressions to the user's seen filter.
@@ -423,6 +524,7 @@ impl<S: SeenStore> RecallService<S> {
         // Read, add, write only over what was read; a concurrent writer (another replica) makes
         // the write fail, and this one reads theirs and adds again.
         let mut attempts = 0;
+        let now = recstack_core::events::now_ms();
         let (recorded, unknown_items) = loop {
             attempts += 1;
             let stored = self.seen.get(user).await.map_err(unavailable)?;
@@ -433,7 +535,7 @@ impl<S: SeenStore> RecallService<S> {
             let (mut recorded, mut unknown_items) = (0, Vec::new());
             for id in &req.item_ids {
                 if loaded.items.contains_key(id) {
-                    filter.insert(item_key(id));
+                    filter.insert(item_key(id), now);
                     recorded += 1;
                 } else {
                     unknown_items.push(id.clone());
@@ -460,6 +562,47 @@ impl<S: SeenStore> RecallService<S> {
             recorded,
             unknown_items,
         })
+    }
+}
+
+/// A merge source on the wire.
+fn source(s: &Lineage) -> Source {
+    Source {
+        channel: proto::Channel::from(s.channel).into(),
+        score: s.score,
+        rank: s.rank,
+    }
+}
+
+/// Computes `(channel, quota, depth)` lists for `user` on rayon's pool, in parallel; `cache`:
+/// keep them in the version's list cache (lists at their quota only).
+async fn compute(
+    loaded: Arc<Loaded>,
+    user: u32,
+    work: Vec<(Channel, usize, usize)>,
+    cache: bool,
+) -> Result<Vec<(Channel, List, Duration)>, Status> {
+    let (done, computed) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let run = || {
+            let history = UserHistory::new(&loaded.artifacts, user);
+            work.par_iter()
+                .map(|&(c, quota, depth)| {
+                    let start = Instant::now();
+                    let list: List = channel_for(&loaded.artifacts, &history, c, depth).items.into();
+                    if cache {
+                        loaded.lists.insert((user, c, quota), list.clone());
+                    }
+                    (c, list, start.elapsed())
+                })
+                .collect::<Vec<_>>()
+        };
+        // A panic must not take down rayon's thread (it would abort the process).
+        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)));
+    });
+    match computed.await {
+        Ok(Ok(computed)) => Ok(computed),
+        _ => Err(Status::internal("recall worker failed")),
     }
 }
 

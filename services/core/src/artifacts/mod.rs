@@ -117,6 +117,9 @@ pub struct Artifacts {
     pub history: Vec<Vec<u32>>,
     /// The ratings (0–10) of `history`, position by position.
     pub history_ratings: Vec<Vec<u8>>,
+    /// When each item of `history` was rated (Unix seconds), position by position: why-not's
+    /// "already consumed, on …".
+    pub history_times: Vec<Vec<i64>>,
     pub item_neighbours: Vec<Ranked>,
     pub user_neighbours: Vec<Ranked>,
     /// Time-decayed popularity.
@@ -150,6 +153,10 @@ pub struct Manifest {
 
 const ARTIFACT_FILE: &str = "artifacts.bin";
 
+/// The encoding of [`Artifacts`]; part of the version, so a build with a changed layout writes
+/// a new version instead of one an older reader misreads (2: `history_times`).
+pub const ARTIFACT_FORMAT: u32 = 2;
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -172,7 +179,7 @@ pub fn write(
         source,
     })?;
     let params_json = serde_json::to_string(params).unwrap_or_default();
-    let version_key = format!("{dataset}\n{inputs:?}\n{params_json}");
+    let version_key = format!("{dataset}\n{inputs:?}\n{params_json}\nformat {ARTIFACT_FORMAT}");
     let version = format!("v-{}", &sha256_hex(version_key.as_bytes())[..12]);
     let counts = BTreeMap::from([
         ("users".to_string(), artifacts.users.len()),

@@ -115,6 +115,65 @@ pub fn merge(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, total: usi
     merged
 }
 
+/// Why an item a channel ranked did not enter the merge (explained requests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutReason {
+    /// Ranked past its channel's quota.
+    Quota,
+    /// Returned only by channels the request switched off (quota 0).
+    ChannelOff,
+}
+
+/// An item some channel ranked that no channel let into the merge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaCut {
+    pub item: u32,
+    /// `Quota` when some channel that ran ranked it past its quota; `ChannelOff` when only
+    /// switched-off channels ranked it.
+    pub reason: CutReason,
+    /// Every channel that ranked it, at the rank it had there (in channel order).
+    pub sources: SmallVec<[Source; 2]>,
+}
+
+/// The items `lists` (computed deeper than the quotas, for explaining) ranked past their
+/// channel's quota — or at all, for a channel with quota 0 — that are not in `merged` through
+/// another channel. Best rank first (then the item id).
+pub fn past_quota(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, merged: &[Candidate]) -> Vec<QuotaCut> {
+    let inside: rustc_hash::FxHashSet<u32> = merged.iter().map(|c| c.item).collect();
+    let mut cuts: FxHashMap<u32, QuotaCut> = FxHashMap::default();
+    let mut ordered: Vec<&ChannelList> = lists.iter().collect();
+    ordered.sort_by_key(|l| l.channel);
+    for list in ordered {
+        let q = quota(list.channel);
+        for (rank0, &(item, score)) in list.items.iter().enumerate().skip(q) {
+            if inside.contains(&item) {
+                continue;
+            }
+            let cut = cuts.entry(item).or_insert_with(|| QuotaCut {
+                item,
+                reason: CutReason::ChannelOff,
+                sources: SmallVec::new(),
+            });
+            if cut.sources.iter().any(|s| s.channel == list.channel) {
+                continue;
+            }
+            if q > 0 {
+                cut.reason = CutReason::Quota;
+            }
+            cut.sources.push(Source {
+                channel: list.channel,
+                score,
+                rank: rank0 as u32 + 1,
+            });
+        }
+    }
+    let mut cuts: Vec<QuotaCut> = cuts.into_values().collect();
+    let best = |c: &QuotaCut| c.sources.iter().map(|s| s.rank).min().unwrap_or(u32::MAX);
+    cuts.sort_unstable_by(|a, b| best(a).cmp(&best(b)).then(a.item.cmp(&b.item)));
+    cuts
+}
+
 /// The merged order: higher fused score first, then more sources, then the lower item id.
 fn fused_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     b.fused
@@ -264,6 +323,40 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    #[test]
+    fn past_quota_names_each_cut_with_its_rank() {
+        // Hot (quota 2): 1 2 | 3 4; ALS (quota 2): 3 5 | 6; tag (off): 7 4.
+        let lists = [
+            list(Channel::Hot, &[1, 2, 3, 4]),
+            list(Channel::Als, &[3, 5, 6]),
+            list(Channel::Tag, &[7, 4]),
+        ];
+        let quota = |c: Channel| if c == Channel::Tag { 0 } else { 2 };
+        let merged = merge(&lists, quota, 100);
+        let cuts = past_quota(&lists, quota, &merged);
+        type Summary = (u32, CutReason, Vec<(Channel, u32)>);
+        let summary: Vec<Summary> = cuts
+            .iter()
+            .map(|c| {
+                (
+                    c.item,
+                    c.reason,
+                    c.sources.iter().map(|s| (s.channel, s.rank)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                // 3 is past hot's quota but ALS let it in: not a cut.
+                (7, CutReason::ChannelOff, vec![(Channel::Tag, 1)]),
+                (4, CutReason::Quota, vec![(Channel::Hot, 4), (Channel::Tag, 2)]),
+                (6, CutReason::Quota, vec![(Channel::Als, 3)]),
+            ]
+        );
+        assert!(past_quota(&lists, |_| 10, &merge(&lists, |_| 10, 100)).is_empty());
     }
 
     #[test]

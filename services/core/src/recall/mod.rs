@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use crate::artifacts::Artifacts;
 use crate::artifacts::ann::UnitVec;
 use crate::topk::{top_k, top_k_of};
-pub use merge::{Candidate, Channel, ChannelList, Source, merge};
+pub use merge::{Candidate, Channel, ChannelList, CutReason, QuotaCut, Source, merge, past_quota};
 
 /// Candidates when the request does not say.
 pub const DEFAULT_N: usize = 1000;

@@ -81,11 +81,13 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
 
     let mut by_user: Vec<Vec<(u32, u8)>> = vec![Vec::new(); n_users];
     let mut by_item: Vec<Vec<(u32, u8)>> = vec![Vec::new(); n_items];
+    let mut history_times: Vec<Vec<i64>> = vec![Vec::new(); n_users];
     let mut sorted = train.clone();
     sorted.sort_by_key(|r| (r.user, std::cmp::Reverse(r.ts), r.item));
     for r in &sorted {
         by_user[r.user as usize].push((r.item, r.rating));
         by_item[r.item as usize].push((r.user, r.rating));
+        history_times[r.user as usize].push(r.ts);
     }
     let history: Vec<Vec<u32>> = by_user.iter().map(|rs| rs.iter().map(|r| r.0).collect()).collect();
     let history_ratings: Vec<Vec<u8>> = by_user.iter().map(|rs| rs.iter().map(|r| r.1).collect()).collect();
@@ -129,6 +131,7 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
         users: ds.users.clone(),
         history,
         history_ratings,
+        history_times,
         item_neighbours,
         user_neighbours,
         hot,
