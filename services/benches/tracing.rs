@@ -2,7 +2,9 @@
 //! serves the same requests, closed loop at a fixed concurrency, with traces off, summary
 //! traces into the embedded store (the default: every request), and full traces of every
 //! request (every candidate; the default samples 1 %). Prints req/s and latency percentiles
-//! with the ratio to tracing off, as a Markdown table.
+//! with the ratio to tracing off, as a Markdown table. Then read-your-trace: the gap between a
+//! response and its trace read back through the query API (asked for the moment the response
+//! arrives), for summary and debug (full) traces, p50 and p99.
 //!
 //! `cargo bench -p recstack-services --bench tracing`
 
@@ -90,6 +92,50 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
     }
 }
 
+/// Read-after-response gaps (ms, sorted) of `n` requests, one at a time: each response, then
+/// its trace from the query API at once (the API waits for a trace this young).
+async fn read_gaps(
+    root: &std::path::Path,
+    users: &[String],
+    file: std::path::PathBuf,
+    debug: bool,
+    n: usize,
+) -> Vec<f64> {
+    let opts = LocalOptions {
+        direct_links: true,
+        addrs: LocalAddrs::ephemeral(),
+        model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
+        redis_url: None,
+        gateway: GatewayConfig {
+            full_trace_sample: 0.0,
+            ..GatewayConfig::default()
+        },
+        rerank: RerankConfig::default(),
+        experiment: Experiment::default(),
+        traces: LocalTraces::Embedded(file),
+        dashboard: None,
+        events: None,
+    };
+    let stack = serve::start_local(root, opts).await.expect("local stack");
+    let mut client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let api = format!("http://{}/v1/traces", stack.get("traces").http);
+    let mut gaps = Vec::with_capacity(n);
+    for user in users.iter().cycle().take(n) {
+        let mut req = request(user);
+        req.debug = debug;
+        let r = client.recommend(req).await.unwrap().into_inner();
+        let answered = Instant::now();
+        let got = http.get(format!("{api}/{}", r.request_id)).send().await.unwrap();
+        assert_eq!(got.status(), 200, "{}", r.request_id);
+        let _ = got.bytes().await.unwrap();
+        gaps.push(answered.elapsed().as_secs_f64() * 1e3);
+    }
+    stack.stop().await.unwrap();
+    gaps.sort_unstable_by(f64::total_cmp);
+    gaps
+}
+
 fn request(user: &str) -> RecommendRequest {
     RecommendRequest {
         user_id: user.to_string(),
@@ -152,4 +198,20 @@ async fn main() {
     println!(
         "\n{CONCURRENCY} concurrent clients, {REQUESTS} requests of n=20 per run, best of {ROUNDS} interleaved rounds"
     );
+
+    const READS: usize = 200;
+    println!("\n| trace | reads | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, debug) in [("summary", false), ("full (debug)", true)] {
+        let file = tmp.path().join(format!("gap-{debug}.sqlite"));
+        let gaps = read_gaps(&root, &users, file, debug, READS).await;
+        let pct = |p: f64| gaps[((gaps.len() - 1) as f64 * p) as usize];
+        println!(
+            "| {name} | {READS} | {:.1} | {:.1} | {:.1} |",
+            pct(0.5),
+            pct(0.99),
+            gaps[gaps.len() - 1]
+        );
+    }
+    println!("\nread-after-response gap: from the response to its trace read back through the query API");
 }

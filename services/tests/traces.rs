@@ -189,3 +189,28 @@ async fn stopping_the_stack_flushes_the_traces() {
         assert!(store.get(&id).await.unwrap().is_some(), "{id} lost at shutdown");
     }
 }
+
+/// Read-your-trace: a trace asked for the moment its response arrives is answered (the
+/// query API waits for a trace this young instead of a 404), summary and full alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trace_is_readable_as_soon_as_its_response_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(&dir.path().join("traces.sqlite")).await;
+    let api = stack.get("traces").http.to_string();
+    for (k, user) in (1..=12).map(|u| u.to_string()).enumerate() {
+        let debug = k % 3 == 0;
+        let r = common::recommend(&stack, &user, debug).await;
+        let (status, body) = get(api.clone(), format!("/v1/traces/{}", r.request_id)).await;
+        assert_eq!(status, 200, "{user}: {body}");
+        let t: recstack_trace_store::Trace = serde_json::from_str(&body).unwrap();
+        assert_eq!(t.request_id, r.request_id);
+        assert_eq!(t.detail, if debug { Detail::Full } else { Detail::Summary });
+        let served: Vec<&str> = r.items.iter().map(|i| i.item_id.as_str()).collect();
+        let traced: Vec<&str> = t.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(traced, served);
+    }
+    // An id the gateway never issued is still a 404.
+    let (status, _) = get(api.clone(), "/v1/traces/000000000000-000001".into()).await;
+    assert_eq!(status, 404);
+    stack.stop().await.unwrap();
+}

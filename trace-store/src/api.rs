@@ -11,7 +11,8 @@
 //! Times are milliseconds since the epoch or RFC 3339 (`2026-11-22T10:00:00Z`); intervals are
 //! milliseconds or a number with `s`, `m`, `h` or `d`. A bad parameter is a 400 whose body
 //! names it: `{"error": "...", "field": "from"}`; an unknown request is a 404; a store that
-//! cannot be reached is a 503.
+//! cannot be reached is a 503. A trace asked for right after its response was sent is answered
+//! as soon as it is written (read-your-trace: see [`PENDING_WINDOW_MS`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,14 @@ pub struct ApiState {
     /// The items recall can return, so why-not can say "not in the index".
     pub index: Option<Arc<dyn ItemIndex>>,
 }
+
+/// How long after its request was served a trace may still be on its way to the store (the
+/// gateway's writer lingers up to 250 ms, then a store write): a read of a younger trace that
+/// is not there yet waits for it instead of answering 404 — read-your-trace.
+pub const PENDING_WINDOW_MS: i64 = 3_000;
+
+/// How often a waiting read looks again.
+const PENDING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The query API's routes.
 pub fn router(state: ApiState) -> axum::Router {
@@ -233,11 +242,19 @@ async fn search(State(s): State<ApiState>, Query(params): Params) -> Result<Resp
     Ok(Json(s.store.search(&q).await?).into_response())
 }
 
+/// The trace of `request_id`; one whose request was served less than [`PENDING_WINDOW_MS`]
+/// ago (its id says when) is waited for until it arrives or the window closes.
 async fn load(s: &ApiState, request_id: &str) -> Result<crate::Trace, ApiError> {
-    s.store
-        .get(request_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no trace for request {request_id:?}")))
+    let pending_until = crate::request_id::issued_ms(request_id).map(|at| at + PENDING_WINDOW_MS);
+    loop {
+        if let Some(trace) = s.store.get(request_id).await? {
+            return Ok(trace);
+        }
+        match pending_until {
+            Some(until) if now_ms() < until => tokio::time::sleep(PENDING_POLL).await,
+            _ => return Err(ApiError::not_found(format!("no trace for request {request_id:?}"))),
+        }
+    }
 }
 
 async fn get_trace(State(s): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
@@ -280,6 +297,46 @@ mod tests {
     fn field(e: ApiError) -> String {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         e.field.unwrap()
+    }
+
+    /// A request id issued `ago_ms` before now.
+    fn issued_ago(ago_ms: i64) -> String {
+        let ms = now_ms() - ago_ms;
+        format!("{:012x}-000001", ((ms as u128 * 1_000_000) >> 16) as u64)
+    }
+
+    #[tokio::test]
+    async fn a_young_trace_is_waited_for_an_old_or_foreign_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TraceStore> =
+            Arc::new(crate::embedded::EmbeddedStore::open(dir.path().join("t.sqlite")).unwrap());
+        let s = ApiState {
+            store: store.clone(),
+            index: None,
+        };
+        // Written 200 ms after it is asked for: the read waits and finds it.
+        let mut trace = crate::sample::summary_trace(1, now_ms());
+        trace.request_id = crate::request_id::new(1);
+        let id = trace.request_id.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            store.put(vec![trace].into()).await.unwrap();
+        });
+        let asked = std::time::Instant::now();
+        assert_eq!(load(&s, &id).await.unwrap().request_id, id);
+        assert!(asked.elapsed() >= std::time::Duration::from_millis(150));
+        writer.await.unwrap();
+        // Never written: a 404 once its window has passed (issued 2.9 s ago: ~100 ms more).
+        let started = std::time::Instant::now();
+        let e = load(&s, &issued_ago(PENDING_WINDOW_MS - 100)).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Old, or not a gateway id: a 404 at once.
+        for id in [issued_ago(PENDING_WINDOW_MS + 1_000), "req-1".to_string()] {
+            let started = std::time::Instant::now();
+            assert_eq!(load(&s, &id).await.unwrap_err().status, StatusCode::NOT_FOUND);
+            assert!(started.elapsed() < std::time::Duration::from_millis(500), "{id}");
+        }
     }
 
     #[test]

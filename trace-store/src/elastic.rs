@@ -19,13 +19,13 @@ use async_trait::async_trait;
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{IndicesDeleteParts, IndicesPutIndexTemplateParts, IndicesRefreshParts};
-use elasticsearch::{BulkParts, Elasticsearch, SearchParts};
+use elasticsearch::{BulkParts, Elasticsearch, MgetParts, SearchParts};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Trace;
 use crate::query::{AggregateQuery, Aggregates, LevelBucket, Page, SearchQuery, StageLatency, TraceSummary};
-use crate::store::{PutOutcome, StoreError, TraceStore};
+use crate::store::{PutOutcome, StoreError, TraceStore, now_ms};
 
 /// Where and how to reach the cluster.
 #[derive(Clone, Debug)]
@@ -167,6 +167,19 @@ pub fn index_template(prefix: &str) -> Value {
             }
         }
     })
+}
+
+/// The daily indices a trace is likeliest in: the day its request id says it was served (and
+/// the next, for a trace written just past midnight), else today's and yesterday's.
+pub fn likely_indices(prefix: &str, request_id: &str, now_ms: i64) -> Vec<String> {
+    let at = crate::request_id::issued_ms(request_id);
+    let days = match at {
+        Some(ms) => [ms, ms + 60_000],
+        None => [now_ms, now_ms - 86_400_000],
+    };
+    let mut indices: Vec<String> = days.iter().map(|&ms| index_for(prefix, ms)).collect();
+    indices.dedup();
+    indices
 }
 
 /// The daily index a trace goes to.
@@ -402,19 +415,40 @@ impl TraceStore for ElasticStore {
     }
 
     async fn get(&self, request_id: &str) -> Result<Option<Trace>, StoreError> {
-        // Through the alias: the request id does not say which day's index holds it.
+        let read = |source: &Value| {
+            serde_json::from_value(source.clone())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    request_id: request_id.to_string(),
+                    message: e.to_string(),
+                })
+        };
+        // By id from the days it can be in: a real-time read that finds a trace as soon as
+        // its bulk write is acknowledged, before the index refreshes.
+        let docs: Vec<Value> = likely_indices(&self.prefix, request_id, now_ms())
+            .into_iter()
+            .map(|index| json!({ "_index": index, "_id": request_id }))
+            .collect();
+        let v = body(
+            self.client
+                .mget(MgetParts::None)
+                .body(json!({ "docs": docs }))
+                .send()
+                .await,
+        )
+        .await?;
+        let found = v["docs"].as_array().into_iter().flatten().find(|d| d["found"] == true);
+        if let Some(doc) = found {
+            return read(&doc["_source"]);
+        }
+        // Older, or written with another clock: through the alias (what the last refresh shows).
         let v = self
             .search_body(json!({ "size": 1, "query": { "term": { "request_id": request_id } } }))
             .await?;
-        let Some(hit) = v["hits"]["hits"].as_array().and_then(|h| h.first()) else {
-            return Ok(None);
-        };
-        serde_json::from_value(hit["_source"].clone())
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                request_id: request_id.to_string(),
-                message: e.to_string(),
-            })
+        match v["hits"]["hits"].as_array().and_then(|h| h.first()) {
+            Some(hit) => read(&hit["_source"]),
+            None => Ok(None),
+        }
     }
 
     async fn search(&self, q: &SearchQuery) -> Result<Page, StoreError> {
@@ -580,6 +614,22 @@ mod tests {
         assert_eq!(index_day_end("t", "other-2023.11.14"), None);
         assert_eq!(index_day_end("t", "t-2023.13.14"), None);
         assert_eq!(index_day_end("t", "t-x"), None);
+    }
+
+    #[test]
+    fn a_trace_is_looked_for_on_the_day_its_id_was_issued() {
+        let id = crate::request_id::new(1);
+        let issued = crate::request_id::issued_ms(&id).unwrap();
+        assert_eq!(likely_indices("t", &id, 0)[0], index_for("t", issued));
+        // An id from just before midnight: that day and the next.
+        let end = index_day_end("t", "t-2023.11.14").unwrap();
+        let late = format!("{:012x}-000001", (((end - 30_000) as u128 * 1_000_000) >> 16) as u64);
+        assert_eq!(likely_indices("t", &late, 0), ["t-2023.11.14", "t-2023.11.15"]);
+        // Another id format: today and yesterday.
+        assert_eq!(
+            likely_indices("t", "req-1", 1_700_000_000_000),
+            ["t-2023.11.14", "t-2023.11.13"]
+        );
     }
 
     #[test]

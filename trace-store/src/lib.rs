@@ -21,6 +21,7 @@ pub mod elastic;
 pub mod embedded;
 pub mod explain;
 pub mod query;
+pub mod request_id;
 pub mod sample;
 #[cfg(feature = "server")]
 pub mod store;

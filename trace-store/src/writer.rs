@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::store::TraceStore;
-use crate::{Trace, TraceSink};
+use crate::{Detail, Trace, TraceSink};
 
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
@@ -44,9 +44,9 @@ impl Default for WriterConfig {
             max_traces: 10_000,
             max_bytes: 64 << 20,
             batch: 500,
-            // About Elasticsearch's refresh interval: a trace is searchable within ~1 s either
-            // way, and a commit shared by more traces costs less per trace.
-            linger: Duration::from_secs(1),
+            // A commit shared by more traces costs less per trace; a short wait keeps the
+            // read-after-response gap small (the query API waits for a trace this young).
+            linger: Duration::from_millis(250),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
@@ -269,9 +269,10 @@ async fn run(
                 break;
             }
         } else {
-            // Linger so a batch can fill.
+            // Linger so a batch can fill — unless it holds a full trace: those are debug
+            // requests (and the sampled few), whose callers read them back at once.
             let until = Instant::now() + cfg.linger;
-            while batch.len() < cfg.batch {
+            while batch.len() < cfg.batch && !batch.iter().any(|t| t.detail == Detail::Full) {
                 let room = cfg.batch - batch.len();
                 match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
                     Ok(0) | Err(_) => break,

@@ -26,7 +26,7 @@ pub mod trace;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 pub use recstack_core::degrade;
@@ -169,11 +169,7 @@ impl Gateway {
 
     /// The request id (time and `seq`) and the trace id (the caller's, else a new one).
     fn ids(seq: u64, traceparent: Option<&str>) -> (String, String) {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let request_id = format!("{:012x}-{seq:06x}", nanos as u64 >> 16);
+        let request_id = recstack_trace_store::request_id::new(seq);
         let trace_id = traceparent
             .and_then(parse_traceparent)
             .unwrap_or_else(|| format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
