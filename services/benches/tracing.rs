@@ -34,8 +34,9 @@ struct Run {
     p99_ms: f64,
 }
 
-async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full: f64) -> Run {
-    let opts = LocalOptions {
+/// The local stack (direct links, the bundled model) with `traces`, `full` of them in full.
+fn options(traces: LocalTraces, full: f64) -> LocalOptions {
+    LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
         model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
@@ -49,8 +50,13 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         traces,
         dashboard: None,
         events: None,
-    };
-    let stack = serve::start_local(root, opts).await.expect("local stack");
+    }
+}
+
+async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full: f64) -> Run {
+    let stack = serve::start_local(root, options(traces, full))
+        .await
+        .expect("local stack");
     let client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();
     let users = Arc::new(users.to_vec());
     // Warm-up.
@@ -101,21 +107,7 @@ async fn read_gaps(
     debug: bool,
     n: usize,
 ) -> Vec<f64> {
-    let opts = LocalOptions {
-        direct_links: true,
-        addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
-        redis_url: None,
-        gateway: GatewayConfig {
-            full_trace_sample: 0.0,
-            ..GatewayConfig::default()
-        },
-        rerank: RerankConfig::default(),
-        experiment: Experiment::default(),
-        traces: LocalTraces::Embedded(file),
-        dashboard: None,
-        events: None,
-    };
+    let opts = options(LocalTraces::Embedded(file), 0.0);
     let stack = serve::start_local(root, opts).await.expect("local stack");
     let mut client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();
     let http = reqwest::Client::new();
