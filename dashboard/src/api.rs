@@ -68,6 +68,9 @@ pub struct TraceView {
     pub trace: Trace,
     /// `None` for a summary trace.
     pub candidates: Option<CandidatePage>,
+    /// Titles of the items shown (served, and this page of candidates), from the query API's
+    /// catalogue; empty when it has none.
+    pub titles: std::collections::BTreeMap<String, String>,
 }
 
 /// One component of the stack and how it is doing.
@@ -125,7 +128,35 @@ pub async fn fetch_trace(request_id: String, candidate_page: usize) -> Result<Tr
     let candidates = (trace.detail == recstack_trace_store::Detail::Full)
         .then(|| crate::model::candidate_page(&trace.candidates, candidate_page, crate::model::CANDIDATES_PER_PAGE));
     trace.candidates = Vec::new();
-    Ok(TraceView { trace, candidates })
+    let shown: Vec<&str> = trace
+        .items
+        .iter()
+        .map(|i| i.item_id.as_str())
+        .chain(
+            candidates
+                .iter()
+                .flat_map(|c| c.rows.iter().map(|r| r.item_id.as_str())),
+        )
+        .collect();
+    // Titles are a help, not the page: without them (an API with no catalogue, or one that
+    // failed) the ids still show.
+    #[derive(Deserialize)]
+    struct Titles {
+        titles: std::collections::BTreeMap<String, String>,
+    }
+    let titles = match d.traces.get::<Titles>("/v1/items", &[("ids", shown.join(","))]).await {
+        Ok(t) => t.titles,
+        Err(_) if shown.is_empty() => Default::default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no item titles");
+            Default::default()
+        }
+    };
+    Ok(TraceView {
+        trace,
+        candidates,
+        titles,
+    })
 }
 
 #[server]

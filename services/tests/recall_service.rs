@@ -378,8 +378,11 @@ async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
         resp.filtered_seen
     );
     assert!(resp.candidates.iter().all(|c| !shown.contains(&c.item_id)));
+    assert_eq!(resp.seen_filter, "applied");
+    assert_eq!(resp.filtered_seen_when.len(), resp.filtered_seen.len());
+    assert!(resp.filtered_seen_when.iter().all(|w| w.first_ms > 0 && w.first_ms <= w.last_ms));
 
-    // Redis goes away: recall still answers, unfiltered, and counts the failure.
+    // Redis goes away: recall still answers, unfiltered, says so, and counts the failure.
     redis.stop();
     let resp = b
         .client
@@ -387,6 +390,12 @@ async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
         .await
         .expect("recall without its seen store");
     assert_eq!(resp.get_ref().candidates.len(), 50);
+    assert!(
+        resp.get_ref().seen_filter.starts_with("unavailable: "),
+        "{}",
+        resp.get_ref().seen_filter
+    );
+    assert!(resp.get_ref().filtered_seen.is_empty());
     assert!(
         b.metrics.encode().contains("recstack_recall_seen_errors_total 1"),
         "{}",

@@ -132,6 +132,16 @@ async fn the_query_api_explains_real_requests() {
     if let Some(seen) = full.filtered_seen.first() {
         assert_eq!(why_not(seen.clone()).await.stage, Some(FellOut::FilteredSeen));
     }
+    // Titles of the served items, as the gateway gave them; unknown ids left out.
+    let ids: Vec<&str> = debug.items.iter().map(|i| i.item_id.as_str()).collect();
+    let (status, body) = get(api.clone(), format!("/v1/items?ids={},no-such-item", ids.join(","))).await;
+    assert_eq!(status, 200, "{body}");
+    let titles: Value = serde_json::from_str(&body).unwrap();
+    for it in &debug.items {
+        assert!(!it.title.is_empty());
+        assert_eq!(titles["titles"][&it.item_id], it.title.as_str(), "{body}");
+    }
+    assert_eq!(titles["titles"].as_object().unwrap().len(), debug.items.len(), "{body}");
     // A summary trace says plainly that it cannot tell.
     let below = by_outcome(outcome::RANKED_BELOW_CUT);
     if !plain.items.iter().any(|i| i.item_id == below) {

@@ -7,6 +7,7 @@
 //! | `GET /v1/traces/{request_id}/why/{item_id}` | [`Why`]: the lineage of a served item |
 //! | `GET /v1/traces/{request_id}/why-not/{item_id}` | [`WhyNot`](crate::explain::WhyNot): where a missing item fell out |
 //! | `GET /v1/aggregates?from=&to=&interval=` | [`Aggregates`](crate::query::Aggregates) |
+//! | `GET /v1/items?ids=a,b,c` | `{"titles": {"a": "…"}}`: the catalogue's titles of up to [`MAX_TITLES`] items (unknown ids left out) |
 //!
 //! Times are milliseconds since the epoch or RFC 3339 (`2026-11-22T10:00:00Z`); intervals are
 //! milliseconds or a number with `s`, `m`, `h` or `d`. A bad parameter is a 400 whose body
@@ -40,6 +41,9 @@ pub struct ApiState {
 /// is not there yet waits for it instead of answering 404 — read-your-trace.
 pub const PENDING_WINDOW_MS: i64 = 3_000;
 
+/// Most ids one `GET /v1/items` may ask about.
+pub const MAX_TITLES: usize = 500;
+
 /// How often a waiting read looks again.
 const PENDING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -51,6 +55,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/v1/traces/{request_id}/why/{item_id}", get(why))
         .route("/v1/traces/{request_id}/why-not/{item_id}", get(why_not))
         .route("/v1/aggregates", get(aggregates))
+        .route("/v1/items", get(titles))
         .with_state(state)
 }
 
@@ -281,6 +286,34 @@ async fn why_not(
     Ok(Json(explain::why_not(&trace, &item_id, s.index.as_deref())).into_response())
 }
 
+/// The ids of `GET /v1/items`: comma-separated, 1 to [`MAX_TITLES`], none empty.
+fn title_ids(params: &HashMap<String, String>) -> Result<Vec<&str>, ApiError> {
+    only(params, &["ids"])?;
+    let ids: Vec<&str> = params
+        .get("ids")
+        .map(|s| s.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    if ids.is_empty() || ids.iter().any(|i| i.is_empty()) {
+        return Err(ApiError::bad("ids", "a comma-separated list of item ids, none empty"));
+    }
+    if ids.len() > MAX_TITLES {
+        return Err(ApiError::bad("ids", format!("{} ids; at most {MAX_TITLES}", ids.len())));
+    }
+    Ok(ids)
+}
+
+async fn titles(State(s): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let ids = title_ids(&params)?;
+    let titles: serde_json::Map<String, serde_json::Value> = ids
+        .into_iter()
+        .filter_map(|id| {
+            let title = s.index.as_ref()?.title(id)?;
+            Some((id.to_string(), title.into()))
+        })
+        .collect();
+    Ok(Json(json!({ "titles": titles })).into_response())
+}
+
 async fn aggregates(State(s): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
     let q = aggregate_query(&params, now_ms())?;
     Ok(Json(s.store.aggregate(&q).await?).into_response())
@@ -337,6 +370,22 @@ mod tests {
             assert_eq!(load(&s, &id).await.unwrap_err().status, StatusCode::NOT_FOUND);
             assert!(started.elapsed() < std::time::Duration::from_millis(500), "{id}");
         }
+    }
+
+    #[test]
+    fn title_ids_are_checked() {
+        assert_eq!(title_ids(&params(&[("ids", "a, b,c")])).unwrap(), ["a", "b", "c"]);
+        for bad in [
+            vec![],
+            vec![("ids", "")],
+            vec![("ids", "a,,b")],
+            vec![("ids", "a"), ("id", "b")],
+        ] {
+            let e = title_ids(&params(&bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        let many = vec!["x"; MAX_TITLES + 1].join(",");
+        assert_eq!(field(title_ids(&params(&[("ids", &many)])).unwrap_err()), "ids");
     }
 
     #[test]

@@ -14,6 +14,11 @@ use crate::{CandidateFate, Detail, ItemLineage, RecallCut, Trace, cut, outcome};
 /// The catalogue recall can find items in, when the query service knows it.
 pub trait ItemIndex: Send + Sync + 'static {
     fn contains(&self, item_id: &str) -> bool;
+
+    /// The item's title, when the catalogue has one (the dashboard shows it beside the id).
+    fn title(&self, _item_id: &str) -> Option<String> {
+        None
+    }
 }
 
 impl ItemIndex for std::collections::HashSet<String> {

@@ -55,7 +55,7 @@ pub(super) fn request_view(v: TraceView, why: WhyResource) -> AnyView {
         <section class="panel">
             <h2>"Served items"</h2>
             <p class="muted">"Click an item for its lineage: the channels that found it, its rank score, what rerank did."</p>
-            <ServedList items=t.items.clone() />
+            <ServedList items=t.items.clone() titles=v.titles.clone() />
         </section>
         <section class="panel" id="why-not">
             <h2>"Why not?"</h2>
@@ -73,7 +73,7 @@ pub(super) fn request_view(v: TraceView, why: WhyResource) -> AnyView {
                 })}
             </Suspense>
         </section>
-        {v.candidates.map(|c| candidates_panel(c, &base))}
+        {v.candidates.map(|c| candidates_panel(c, &base, &v.titles))}
         {(t.detail == Detail::Summary)
             .then(|| {
                 view! {
@@ -185,7 +185,7 @@ pub(super) fn waterfall_chart(bars: Vec<model::WaterfallBar>, total_us: u64) -> 
 }
 
 #[component]
-pub(super) fn ServedList(items: Vec<ItemLineage>) -> impl IntoView {
+pub(super) fn ServedList(items: Vec<ItemLineage>, titles: Titles) -> impl IntoView {
     // The item whose lineage is open (one at a time).
     let open = RwSignal::new(None::<String>);
     view! {
@@ -227,6 +227,7 @@ pub(super) fn ServedList(items: Vec<ItemLineage>) -> impl IntoView {
                                 <td class="num">{it.position + 1}</td>
                                 <td>
                                     <code>{id.clone()}</code>
+                                    {item_title(&titles, &id)}
                                 </td>
                                 <td>{channels.join(", ")}</td>
                                 <td class="num">{it.rank_score.map(|s| format!("{s:.4}")).unwrap_or_default()}</td>
@@ -314,13 +315,13 @@ pub(super) fn why_not_answer(w: WhyNot) -> AnyView {
                     .map(|(label, value)| view! { <dt>{label}</dt> <dd data-key=label>{value}</dd> })
                     .collect_view()}
             </dl>
-            {w.candidate.map(|c| candidates_table(vec![c]))}
+            {w.candidate.map(|c| candidates_table(vec![c], &Titles::default()))}
         </div>
     }
     .into_any()
 }
 
-pub(super) fn candidates_panel(c: CandidatePage, base: &str) -> AnyView {
+pub(super) fn candidates_panel(c: CandidatePage, base: &str, titles: &Titles) -> AnyView {
     let link = |page: usize| format!("{base}?candidates={page}");
     let prev = (c.page > 1).then(|| link(c.page - 1));
     let next = (c.page < c.pages).then(|| link(c.page + 1));
@@ -333,7 +334,7 @@ pub(super) fn candidates_panel(c: CandidatePage, base: &str) -> AnyView {
                     .map(|(o, n)| view! { <li data-outcome=o.clone()>{format!("{o}: {n}")}</li> })
                     .collect_view()}
             </ul>
-            {candidates_table(c.rows)}
+            {candidates_table(c.rows, titles)}
             <nav class="pager" data-page=c.page.to_string() data-pages=c.pages.to_string()>
                 {prev.map(|href| view! { <A href=href>"« previous"</A> })}
                 <span>{format!("page {} of {}", c.page, c.pages)}</span>
@@ -344,7 +345,17 @@ pub(super) fn candidates_panel(c: CandidatePage, base: &str) -> AnyView {
     .into_any()
 }
 
-pub(super) fn candidates_table(rows: Vec<CandidateFate>) -> AnyView {
+/// Item titles by id.
+pub(super) type Titles = std::collections::BTreeMap<String, String>;
+
+/// An item's title beside its id, when known.
+pub(super) fn item_title(titles: &Titles, id: &str) -> Option<AnyView> {
+    titles
+        .get(id)
+        .map(|t| view! { <span class="title" data-title-of=id.to_string()>{t.clone()}</span> }.into_any())
+}
+
+pub(super) fn candidates_table(rows: Vec<CandidateFate>, titles: &Titles) -> AnyView {
     view! {
         <table class="candidates">
             <thead>
@@ -368,6 +379,7 @@ pub(super) fn candidates_table(rows: Vec<CandidateFate>) -> AnyView {
                             <tr data-candidate=c.item_id.clone()>
                                 <td>
                                     <code>{c.item_id.clone()}</code>
+                                    {item_title(titles, &c.item_id)}
                                 </td>
                                 <td>{channels.join(", ")}</td>
                                 <td class="num">{c.rank_score.map(|s| format!("{s:.4}")).unwrap_or_default()}</td>

@@ -281,6 +281,25 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
         assert_eq!(attr(&bar, "data-start-us").await, s.start_us.unwrap().to_string());
         assert_eq!(attr(&bar, "data-latency-us").await, s.latency_us.to_string());
     }
+    // Titles beside the ids: every served item, and the first page's candidates.
+    for it in &full.items {
+        let title = c
+            .find(Locator::Css(&format!(
+                "table.served span.title[data-title-of='{}']",
+                it.item_id
+            )))
+            .await
+            .unwrap();
+        assert_eq!(title.text().await.unwrap(), catalogue().title(&it.item_id));
+    }
+    let first = &full.candidates[0].item_id;
+    let title = c
+        .find(Locator::Css(&format!(
+            "table.candidates span.title[data-title-of='{first}']"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(title.text().await.unwrap(), catalogue().title(first));
     // Candidates are paged: one page of 50, not all of them.
     let rows = c.find_all(Locator::Css("table.candidates tbody tr")).await.unwrap();
     assert_eq!(rows.len(), 50, "{} candidates in all", full.candidates.len());
@@ -444,13 +463,16 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
 /// Whether the catalogue the stack serves has `id` (the bundled data's item ids are 7 digits).
 fn stack_has(id: &str) -> bool {
     use recstack_trace_store::explain::ItemIndex;
+    catalogue().contains(id)
+}
+
+/// The catalogue the stack serves (its titles, its items).
+fn catalogue() -> &'static recstack_services::gateway::Catalogue {
     static CATALOGUE: std::sync::OnceLock<recstack_services::gateway::Catalogue> = std::sync::OnceLock::new();
-    CATALOGUE
-        .get_or_init(|| {
-            let loaded = serve::load_artifacts(common::artifact_root()).unwrap();
-            recstack_services::gateway::Catalogue::new(&loaded.manifest, &loaded.artifacts)
-        })
-        .contains(id)
+    CATALOGUE.get_or_init(|| {
+        let loaded = serve::load_artifacts(common::artifact_root()).unwrap();
+        recstack_services::gateway::Catalogue::new(&loaded.manifest, &loaded.artifacts)
+    })
 }
 
 /// Types `item` into the request's why-not box and checks the stage it names.

@@ -41,4 +41,8 @@ impl ItemIndex for Catalogue {
     fn contains(&self, item_id: &str) -> bool {
         self.has(item_id)
     }
+
+    fn title(&self, item_id: &str) -> Option<String> {
+        self.titles.get(item_id).cloned()
+    }
 }
