@@ -380,7 +380,11 @@ async fn replicas_share_seen_filters_through_redis_and_survive_its_loss() {
     assert!(resp.candidates.iter().all(|c| !shown.contains(&c.item_id)));
     assert_eq!(resp.seen_filter, "applied");
     assert_eq!(resp.filtered_seen_when.len(), resp.filtered_seen.len());
-    assert!(resp.filtered_seen_when.iter().all(|w| w.first_ms > 0 && w.first_ms <= w.last_ms));
+    assert!(
+        resp.filtered_seen_when
+            .iter()
+            .all(|w| w.first_ms > 0 && w.first_ms <= w.last_ms)
+    );
 
     // Redis goes away: recall still answers, unfiltered, says so, and counts the failure.
     redis.stop();
