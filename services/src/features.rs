@@ -375,6 +375,7 @@ pub struct FeatureService<L: L2> {
 impl<L: L2> Features for FeatureService<L> {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
         let start = Instant::now();
+        self.store.metrics.rpc.joined("get_user", request.metadata());
         let result = self.user(request.into_inner()).await;
         self.store.metrics.rpc.record("get_user", start, &result);
         result.map(Response::new)
@@ -382,6 +383,7 @@ impl<L: L2> Features for FeatureService<L> {
 
     async fn get_items(&self, request: Request<GetItemsRequest>) -> Result<Response<GetItemsResponse>, Status> {
         let start = Instant::now();
+        self.store.metrics.rpc.joined("get_items", request.metadata());
         let result = self.items(request.into_inner()).await;
         self.store.metrics.rpc.record("get_items", start, &result);
         result.map(Response::new)

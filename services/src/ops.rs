@@ -86,6 +86,29 @@ pub fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::ser
 }
 
 /// A gRPC status code as a metric label.
+/// The gRPC metadata key of the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A call's W3C `traceparent` (`00-<trace id>-<parent span id>-<flags>`), when it carries a
+/// valid one.
+pub fn traceparent(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    let value = metadata.get(TRACEPARENT)?.to_str().ok()?;
+    crate::gateway::parse_traceparent(value).map(|_| value)
+}
+
+/// The `traceparent` a call made for trace `trace_id` from span `span_id` (16 hex digits)
+/// carries.
+pub fn traceparent_for(trace_id: &str, span_id: u64) -> String {
+    format!("00-{trace_id}-{span_id:016x}-01")
+}
+
+/// Sets `call`'s `traceparent` (a value that is not valid header text is left out).
+pub fn propagate<T>(call: &mut tonic::Request<T>, traceparent: &str) {
+    if let Ok(value) = traceparent.parse() {
+        call.metadata_mut().insert(TRACEPARENT, value);
+    }
+}
+
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
@@ -188,6 +211,8 @@ pub struct RpcLabels {
 pub struct RpcMetrics {
     pub requests: Family<RpcLabels, Counter>,
     pub latency: HistogramFamily<MethodLabels>,
+    /// Calls that carried a W3C `traceparent`: joined to their caller's distributed trace.
+    pub traced: Family<MethodLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,7 +226,20 @@ impl RpcMetrics {
         Self {
             requests: metrics.family("requests", &format!("{what} requests by RPC and status code")),
             latency: metrics.histograms("latency_seconds", &format!("{what} latency by RPC"), latency),
+            traced: metrics.family(
+                "traced_requests",
+                &format!("{what} requests that carried a W3C traceparent, by RPC"),
+            ),
         }
+    }
+
+    /// Notes a call to `rpc` with these `metadata`: when it carries a `traceparent`, counts it
+    /// and logs (at debug) the trace it joins. Returns the `traceparent` to pass on.
+    pub fn joined(&self, rpc: &'static str, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+        let header = traceparent(metadata)?;
+        self.traced.get_or_create(&MethodLabels { rpc }).inc();
+        tracing::debug!(rpc, traceparent = %header, "call joins a trace");
+        Some(header.to_string())
     }
 
     /// Records one call to `rpc` that began at `start`.
@@ -214,5 +252,37 @@ impl RpcMetrics {
             Err(s) => code_name(s.code()),
         };
         self.requests.get_or_create(&RpcLabels { rpc, code }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_set_on_a_call_reads_back_and_bad_ones_do_not() {
+        let mut call = tonic::Request::new(());
+        assert_eq!(traceparent(call.metadata()), None);
+        let tp = traceparent_for("4bf92f3577b34da6a3ce929d0e0e4736", 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(tp, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        propagate(&mut call, &tp);
+        assert_eq!(traceparent(call.metadata()), Some(tp.as_str()));
+        for bad in [
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "nonsense",
+        ] {
+            let mut call = tonic::Request::new(());
+            propagate(&mut call, bad);
+            assert_eq!(traceparent(call.metadata()), None, "{bad}");
+        }
+        let metrics = RpcMetrics::register(
+            &mut MetricsRegistry::new("t"),
+            "test",
+            Buckets::exponential(0.001, 2.0, 4),
+        );
+        assert_eq!(metrics.joined("x", call.metadata()).as_deref(), Some(tp.as_str()));
+        assert_eq!(metrics.traced.get_or_create(&MethodLabels { rpc: "x" }).get(), 1);
+        assert_eq!(metrics.joined("x", tonic::Request::new(()).metadata()), None);
     }
 }

@@ -261,6 +261,7 @@ impl RerankService {
 impl Rerank for RerankService {
     async fn rerank(&self, request: Request<RerankRequest>) -> Result<Response<RerankResponse>, Status> {
         let start = Instant::now();
+        self.metrics.rpc.joined("rerank", request.metadata());
         let result = RerankService::rerank(self, request.get_ref());
         self.metrics.rpc.record("rerank", start, &result);
         result.map(Response::new)

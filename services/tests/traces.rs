@@ -224,3 +224,50 @@ async fn a_trace_is_readable_as_soon_as_its_response_is_sent() {
     assert_eq!(status, 404);
     stack.stop().await.unwrap();
 }
+
+/// W3C trace context: a caller's `traceparent` names the request's trace, and every internal
+/// call the request makes carries it over the wire (gRPC links), counted by each service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_callers_trace_context_reaches_every_internal_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::traced_stack(&dir.path().join("traces.sqlite"), None);
+    opts.direct_links = false;
+    let stack = serve::start_local(common::artifact_root(), opts).await.unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/recommend", stack.get("gateway").http))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("content-type", "application/json")
+        .body(r#"{"user_id": "1", "n": 10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let r: recstack_services::gateway::Recommendation = response.json().await.unwrap();
+    assert_eq!(
+        (r.trace_id.as_str(), r.level.as_str()),
+        (trace_id, "full"),
+        "{:?}",
+        r.degraded
+    );
+    let t = common::stored_trace(&stack.get("traces").http.to_string(), &r.request_id).await;
+    assert_eq!(t.trace_id, trace_id);
+    for (service, rpc) in [
+        ("features", "get_user"),
+        ("recall", "recall"),
+        ("ranking", "rank"),
+        ("rerank", "rerank"),
+    ] {
+        let (_, metrics) = get(stack.get(service).http.to_string(), "/metrics".into()).await;
+        let line = format!("recstack_{service}_traced_requests_total{{rpc=\"{rpc}\"}} 1");
+        assert!(metrics.contains(&line), "{service}: no {line} in\n{metrics}");
+    }
+    // A request without one still carries the trace the gateway started.
+    common::recommend(&stack, "2", false).await;
+    let (_, metrics) = get(stack.get("recall").http.to_string(), "/metrics".into()).await;
+    assert!(
+        metrics.contains("recstack_recall_traced_requests_total{rpc=\"recall\"} 2"),
+        "{metrics}"
+    );
+    stack.stop().await.unwrap();
+}

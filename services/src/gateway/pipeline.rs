@@ -85,6 +85,9 @@ pub(super) struct Request {
     pub q: Query,
     pub request_id: String,
     pub trace_id: String,
+    /// The W3C trace context every downstream call carries: the trace, and this request's
+    /// span in the gateway.
+    pub traceparent: String,
     pub start: Instant,
     pub timeout: Duration,
     pub level: Level,
@@ -128,6 +131,7 @@ impl Request {
     ) -> Self {
         Self {
             q,
+            traceparent: crate::ops::traceparent_for(&ids.1, rand::random()),
             request_id: ids.0,
             trace_id: ids.1,
             start,
@@ -260,13 +264,14 @@ impl Gateway {
     /// User features and recall, in parallel (recall only at the full and reduced levels).
     pub(super) async fn features_and_recall(&self, r: &mut Request) {
         let end = stage_end(Stage::Recall, r.start, r.timeout);
-        let (level, start, q, full) = (r.level, r.start, &r.q, r.full);
+        let (level, start, q, full, tp) = (r.level, r.start, &r.q, r.full, r.traceparent.as_str());
         let plan = self.level_plan(level);
         let features = self.call(Stage::Features, start, end, 0, |budget| {
             let mut call = Call::new(GetUserRequest {
                 user_id: q.user_id.clone(),
             });
             call.set_timeout(budget);
+            crate::ops::propagate(&mut call, tp);
             self.links.features.call(call)
         });
         let recall = async {
@@ -282,6 +287,7 @@ impl Gateway {
                     explain: full,
                 });
                 call.set_timeout(budget);
+                crate::ops::propagate(&mut call, tp);
                 self.links.recall.call(call)
             });
             Some(recall.await)
@@ -361,7 +367,7 @@ impl Gateway {
         r.funnel.rank_limit = limit as u32;
         r.funnel.rank_cut_prior = r.candidates.last().map(|c| c.prior);
         let end = stage_end(Stage::Ranking, r.start, r.timeout);
-        let (candidates, q, user) = (&r.candidates, &r.q, &r.user);
+        let (candidates, q, user, tp) = (&r.candidates, &r.q, &r.user, r.traceparent.as_str());
         let (ranked, stage) = self
             .call(Stage::Ranking, r.start, end, candidates.len() as u32, |budget| {
                 let mut call = Call::new(RankRequest {
@@ -371,6 +377,7 @@ impl Gateway {
                     timeout_ms: budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
                 });
                 call.set_timeout(budget);
+                crate::ops::propagate(&mut call, tp);
                 self.links.ranking.call(call)
             })
             .await;
@@ -409,7 +416,7 @@ impl Gateway {
         let pool = r.candidates.len().min(RERANK_POOL);
         r.funnel.rerank_pool = pool as u32;
         r.funnel.pool_cut_score = pool.checked_sub(1).map(|i| r.candidates[i].score());
-        let (candidates, q) = (&r.candidates, &r.q);
+        let (candidates, q, tp) = (&r.candidates, &r.q, r.traceparent.as_str());
         let (reranked, stage) = self
             .call(Stage::Rerank, r.start, end, pool as u32, |budget| {
                 let mut call = Call::new(RerankRequest {
@@ -424,6 +431,7 @@ impl Gateway {
                     k: q.n,
                 });
                 call.set_timeout(budget);
+                crate::ops::propagate(&mut call, tp);
                 self.links.rerank.call(call)
             })
             .await;

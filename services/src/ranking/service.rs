@@ -544,6 +544,7 @@ impl RankingService {
         &self,
         item_ids: &[String],
         deadline: Instant,
+        traceparent: Option<&str>,
     ) -> (Option<RealtimeValues>, RealtimeFeatures) {
         let start = Instant::now();
         let outcome = match &self.realtime {
@@ -554,6 +555,9 @@ impl RankingService {
                     item_ids: item_ids.to_vec(),
                 });
                 call.set_timeout(budget);
+                if let Some(tp) = traceparent {
+                    crate::ops::propagate(&mut call, tp);
+                }
                 match tokio::time::timeout(budget, link.call(call)).await {
                     Ok(Ok(answer)) => Ok(answer.into_inner().items),
                     Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
@@ -585,8 +589,8 @@ impl RankingService {
         )
     }
 
-    /// Scores a request's items.
-    pub async fn rank(&self, req: RankRequest) -> Result<RankResponse, Status> {
+    /// Scores a request's items; `traceparent`: the caller's trace context, passed on.
+    pub async fn rank(&self, req: RankRequest, traceparent: Option<&str>) -> Result<RankResponse, Status> {
         if req.user_id.trim().is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
         }
@@ -605,7 +609,7 @@ impl RankingService {
         let (model, canary) = models.pick(&req.user_id);
         let rows = req.item_ids.len();
         let (realtime, report) = if model.rows.reads_realtime_items() {
-            let (values, report) = self.read_realtime(&req.item_ids, deadline).await;
+            let (values, report) = self.read_realtime(&req.item_ids, deadline, traceparent).await;
             (values, Some(report))
         } else {
             (None, None)
@@ -636,7 +640,9 @@ impl RankingService {
 impl Ranking for RankingService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let start = Instant::now();
-        let result = RankingService::rank(self, request.into_inner()).await;
+        // The feature-service call ranking makes goes on in the caller's trace.
+        let traceparent = self.metrics.rpc.joined("rank", request.metadata());
+        let result = RankingService::rank(self, request.into_inner(), traceparent.as_deref()).await;
         self.metrics.rpc.record("rank", start, &result);
         result.map(Response::new)
     }

@@ -610,6 +610,7 @@ async fn compute(
 impl<S: SeenStore> Recall for RecallService<S> {
     async fn recall(&self, request: Request<RecallRequest>) -> Result<Response<RecallResponse>, Status> {
         let start = Instant::now();
+        self.metrics.rpc.joined("recall", request.metadata());
         let result = match validate(request.get_ref()) {
             Ok(q) => self.run(q).await,
             Err(e) => Err(e),
@@ -623,6 +624,7 @@ impl<S: SeenStore> Recall for RecallService<S> {
         request: Request<ImpressionsRequest>,
     ) -> Result<Response<ImpressionsResponse>, Status> {
         let start = Instant::now();
+        self.metrics.rpc.joined("record_impressions", request.metadata());
         let result = self.impressions(request.into_inner()).await;
         self.metrics.rpc.record("record_impressions", start, &result);
         result.map(Response::new)
