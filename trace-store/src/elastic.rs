@@ -156,6 +156,7 @@ pub fn index_template(prefix: &str) -> Value {
                     "consumed": { "type": "object", "enabled": false },
                     "cuts": { "type": "object", "enabled": false },
                     "funnel": { "type": "object", "enabled": false },
+                    "explained": { "type": "boolean" },
                     "candidates": { "type": "object", "enabled": false },
                     "realtime": { "properties": {
                         "status": keyword, "items": { "type": "integer" },

@@ -236,6 +236,13 @@ pub fn why_not(trace: &Trace, item_id: &str, index: Option<&dyn ItemIndex>) -> W
     if let Some((stage, why, evidence)) = recall_did_not_run(trace) {
         return answer(Some(stage), why, evidence, None);
     }
+    if trace.detail == Detail::Full && trace.schema >= 3 && !trace.explained {
+        let why = "not among recall's candidates; this sampled trace keeps every candidate but not recall's cuts \
+                   (past a quota, past the merge, switched-off channels) or the user's history, so it cannot say \
+                   which; send the request with \"debug\": true for a trace that does"
+            .to_string();
+        return answer(None, why, Evidence::default(), None);
+    }
     if trace.detail == Detail::Summary {
         let why = "this is a summary trace: it keeps the served list and what the seen filter removed, not every \
                    candidate, so it cannot say where it fell out; send the request with \"debug\": true for a full \
@@ -714,6 +721,22 @@ mod tests {
         let a = why_not(&t, "0000042", None);
         assert_eq!(a.stage, Some(FellOut::ChannelSkipped));
         assert!(a.explanation.contains("precomputed list"), "{}", a.explanation);
+    }
+
+    #[test]
+    fn a_sampled_full_trace_says_what_it_cannot_tell() {
+        let mut t = sample::full_trace(7, 0);
+        t.explained = false;
+        t.cuts.clear();
+        t.consumed.clear();
+        let a = why_not(&t, &sample::cut_item_id(7, 3), None);
+        assert_eq!(a.stage, None, "{a:?}");
+        assert!(a.explanation.contains("\"debug\": true"), "{}", a.explanation);
+        // What it keeps still answers.
+        assert_eq!(
+            why_not(&t, &t.candidates[300].item_id, None).stage,
+            Some(FellOut::RankedBelowCut)
+        );
     }
 
     #[test]

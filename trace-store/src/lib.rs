@@ -95,6 +95,10 @@ pub struct Trace {
     /// Where the funnel cut, and the scores at each cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funnel: Option<Funnel>,
+    /// Recall explained this request (debug requests): `consumed` and `cuts` are complete.
+    /// A sampled full trace keeps every candidate but not recall's cuts or the history.
+    #[serde(default)]
+    pub explained: bool,
     /// Every candidate and where it left (full traces only).
     pub candidates: Vec<CandidateFate>,
     /// The real-time item features ranking read (absent when its model reads none, and in

@@ -223,6 +223,7 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
                 }
             })
             .collect(),
+        explained: true,
         funnel: Some(Funnel {
             candidates: CANDIDATES as u32,
             rank_limit: RANK_CUT as u32,

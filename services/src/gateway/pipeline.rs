@@ -264,7 +264,9 @@ impl Gateway {
     /// User features and recall, in parallel (recall only at the full and reduced levels).
     pub(super) async fn features_and_recall(&self, r: &mut Request) {
         let end = stage_end(Stage::Recall, r.start, r.timeout);
-        let (level, start, q, full, tp) = (r.level, r.start, &r.q, r.full, r.traceparent.as_str());
+        // Only a debug request asks recall to explain (a second, deeper pass over every
+        // channel): sampled full traces must not slow the requests they sample.
+        let (level, start, q, explain, tp) = (r.level, r.start, &r.q, r.q.debug, r.traceparent.as_str());
         let plan = self.level_plan(level);
         let features = self.call(Stage::Features, start, end, 0, |budget| {
             let mut call = Call::new(GetUserRequest {
@@ -284,7 +286,7 @@ impl Gateway {
                     context: q.context.clone().into_iter().collect(),
                     n: plan.candidates,
                     channel_quotas: plan.quotas.clone(),
-                    explain: full,
+                    explain,
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);

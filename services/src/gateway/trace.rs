@@ -86,6 +86,7 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
         consumed: if full { recall.consumed } else { Vec::new() },
         cuts: if full { recall.cuts } else { Vec::new() },
         funnel: Some(funnel),
+        explained: q.debug,
         candidates,
         realtime: realtime.map(|r| RealtimeRecord {
             status: r.status,
