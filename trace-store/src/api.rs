@@ -334,8 +334,7 @@ mod tests {
 
     /// A request id issued `ago_ms` before now.
     fn issued_ago(ago_ms: i64) -> String {
-        let ms = now_ms() - ago_ms;
-        format!("{:012x}-000001", ((ms as u128 * 1_000_000) >> 16) as u64)
+        crate::request_id::issued_at(now_ms() - ago_ms, 1)
     }
 
     #[tokio::test]

@@ -624,7 +624,7 @@ mod tests {
         assert_eq!(likely_indices("t", &id, 0)[0], index_for("t", issued));
         // An id from just before midnight: that day and the next.
         let end = index_day_end("t", "t-2023.11.14").unwrap();
-        let late = format!("{:012x}-000001", (((end - 30_000) as u128 * 1_000_000) >> 16) as u64);
+        let late = crate::request_id::issued_at(end - 30_000, 1);
         assert_eq!(likely_indices("t", &late, 0), ["t-2023.11.14", "t-2023.11.15"]);
         // Another id format: today and yesterday.
         assert_eq!(

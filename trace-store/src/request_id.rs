@@ -13,6 +13,11 @@ pub fn new(seq: u64) -> String {
     format_id(nanos, seq)
 }
 
+/// The id [`new`] would have made for request `seq` issued at `ms` (ms since the epoch).
+pub fn issued_at(ms: i64, seq: u64) -> String {
+    format_id(u128::try_from(ms).unwrap_or(0) * 1_000_000, seq)
+}
+
 fn format_id(nanos: u128, seq: u64) -> String {
     format!(
         "{:012x}-{:06x}",

@@ -253,8 +253,7 @@ impl Gateway {
             .requests
             .get_or_create(&metrics::LevelLabels { level: r.level.name() })
             .inc();
-        let full = r.full;
-        if !self.sink.offer(trace::trace(r, response, full)) {
+        if !self.sink.offer(trace::trace(r, response)) {
             self.metrics.traces_dropped.inc();
         }
     }

@@ -93,7 +93,7 @@ pub(super) struct Request {
     pub level: Level,
     /// Why the level fell, one line per cause.
     pub degraded: Vec<String>,
-    /// Traced in full: recall is asked to explain its cuts, and the trace keeps every candidate.
+    /// Traced in full: the trace keeps every candidate (debug requests and the sampled share).
     pub full: bool,
     /// Each stage, in order: those that ran (called a downstream or computed a list), and
     /// those skipped, with why.
@@ -152,6 +152,13 @@ impl Request {
             served: Vec::new(),
             fallback: Vec::new(),
         }
+    }
+
+    /// Whether recall is asked to explain its cuts and the history: debug requests only (a
+    /// second, deeper pass over every channel — sampled full traces must not slow the requests
+    /// they sample).
+    pub fn explains(&self) -> bool {
+        self.q.debug
     }
 
     /// A stage failed: say why, and fall to the level its failure leaves.
@@ -264,9 +271,7 @@ impl Gateway {
     /// User features and recall, in parallel (recall only at the full and reduced levels).
     pub(super) async fn features_and_recall(&self, r: &mut Request) {
         let end = stage_end(Stage::Recall, r.start, r.timeout);
-        // Only a debug request asks recall to explain (a second, deeper pass over every
-        // channel): sampled full traces must not slow the requests they sample.
-        let (level, start, q, explain, tp) = (r.level, r.start, &r.q, r.q.debug, r.traceparent.as_str());
+        let (level, start, q, explain, tp) = (r.level, r.start, &r.q, r.explains(), r.traceparent.as_str());
         let plan = self.level_plan(level);
         let features = self.call(Stage::Features, start, end, 0, |budget| {
             let mut call = Call::new(GetUserRequest {
@@ -313,7 +318,7 @@ impl Gateway {
                 r.channels = channel_counts(&r.candidates, &answer.channels, level);
             }
             Err(e) => {
-                r.channels = plan_channels(plan, &format!("failed: recall {e}"));
+                r.channels = plan_channels(plan, level, &format!("failed: recall {e}"));
                 r.failed(Stage::Recall, format!("recall: {e}"));
             }
         }
@@ -635,8 +640,9 @@ fn channel_counts(cands: &[Cand], stats: &[ChannelStats], level: Level) -> Vec<C
         .collect()
 }
 
-/// The channels `plan` would have run, each with `outcome` (recall failed: none answered).
-fn plan_channels(plan: &LevelPlan, outcome: &str) -> Vec<ChannelCount> {
+/// The channels `plan` would have run at `level`, each with `outcome` (recall failed: none
+/// answered).
+fn plan_channels(plan: &LevelPlan, level: Level, outcome: &str) -> Vec<ChannelCount> {
     recstack_core::recall::Channel::ALL
         .iter()
         .map(|c| {
@@ -650,7 +656,7 @@ fn plan_channels(plan: &LevelPlan, outcome: &str) -> Vec<ChannelCount> {
                 candidates: 0,
                 quota: Some(quota),
                 outcome: if quota == 0 {
-                    "skipped: switched off at this level".to_string()
+                    format!("skipped: switched off at the {} level", level.name())
                 } else {
                     outcome.to_string()
                 },

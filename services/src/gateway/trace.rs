@@ -3,12 +3,11 @@
 //! candidate and where it left the funnel.
 
 use std::collections::HashSet;
-
-use rustc_hash::FxHashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use recstack_core::recall::Source;
 use recstack_trace_store::{CandidateFate, Detail, ItemLineage, RealtimeRecord, SourceRecord, Trace, outcome};
+use rustc_hash::FxHashMap;
 
 use super::pipeline::{Cand, RERANK_POOL, Request};
 use super::request::Recommendation;
@@ -26,8 +25,10 @@ fn source_records(c: &Cand) -> Vec<SourceRecord> {
     c.sources.iter().map(source_record).collect()
 }
 
-/// The trace of `r`, answered with `response`; `full`: every candidate, not only the served.
-pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace {
+/// The trace of `r`, answered with `response`; in full (`r.full`): every candidate, not only
+/// the served.
+pub(super) fn trace(r: Request, response: &Recommendation) -> Trace {
+    let (full, explained) = (r.full, r.explains());
     let recalled = (r.candidates.len() + r.below_cut.len()) as u32;
     let ranked = r.candidates.iter().filter(|c| c.rank_score.is_some()).count() as u32;
     let served = r.served.len() as u32;
@@ -86,7 +87,7 @@ pub(super) fn trace(r: Request, response: &Recommendation, full: bool) -> Trace 
         consumed: if full { recall.consumed } else { Vec::new() },
         cuts: if full { recall.cuts } else { Vec::new() },
         funnel: Some(funnel),
-        explained: q.debug,
+        explained,
         candidates,
         realtime: realtime.map(|r| RealtimeRecord {
             status: r.status,

@@ -358,18 +358,18 @@ impl<S: SeenStore> RecallService<S> {
             if seen(id, key) {
                 continue;
             }
-            let sources = c.sources.iter().map(source).collect();
+            let sources = || c.sources.iter().map(source).collect();
             if candidates.len() < q.n {
                 candidates.push(Candidate {
                     item_id: id.to_string(),
                     fused_score: c.fused,
-                    sources,
+                    sources: sources(),
                 });
             } else if q.explain {
                 cuts.push(Cut {
                     item_id: id.to_string(),
                     reason: proto::CutReason::Merge.into(),
-                    sources,
+                    sources: sources(),
                     position,
                     cut: q.n as u32,
                 });
