@@ -87,6 +87,12 @@ pub fn min_insync_replicas() -> i32 {
 pub fn event_retention_hours() -> i32 {
     7 * 24
 }
+pub fn debug_per_second() -> f64 {
+    1.0
+}
+pub fn debug_burst() -> i32 {
+    10
+}
 pub fn sampling() -> f64 {
     0.01
 }

@@ -187,6 +187,61 @@ pub struct RecommenderStackSpec {
     /// Cluster policies created around the workloads.
     #[serde(default)]
     pub policies: PoliciesSpec,
+
+    /// Who may read traces (the trace query API and the dashboard need a reader or admin
+    /// token) and who may ask the gateway for `debug` traces. The tokens come from a Secret:
+    /// `secretRef`, or one the operator creates with random tokens (`<stack>-access`).
+    #[serde(default)]
+    pub access: AccessSpec,
+}
+
+/// Access to traces and debug requests (see `docs/traces.md`, "Access").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.debugPerSecond >= 0.0 && self.debugPerSecond <= 1000.0").message("access.debugPerSecond is the rate of debug requests one gateway pod accepts, between 0 and 1000 per second")
+)]
+pub struct AccessSpec {
+    /// A Secret in the stack's namespace with the keys `reader` and `admin` (bearer tokens of
+    /// the trace API and the dashboard, at least 16 characters), `debug` (the token callers
+    /// send the gateway as `x-recstack-debug-token` with `debug: true`) and `pseudonym-key`.
+    /// Unset: the operator creates `<stack>-access` with random values once, and keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Debug requests each gateway pod accepts per second (on average; `debugBurst` at once);
+    /// more get 429.
+    #[serde(default = "defaults::debug_per_second")]
+    pub debug_per_second: f64,
+    /// Debug requests a gateway pod accepts at once before the rate applies.
+    #[serde(default = "defaults::debug_burst")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub debug_burst: i32,
+    /// Store a keyed pseudonym (`p-…`, HMAC-SHA256 with the Secret's `pseudonym-key`) instead of
+    /// the user id in every trace. Readers search by pseudonym; the admin may search by id.
+    #[serde(default)]
+    pub pseudonymize_users: bool,
+}
+
+impl Default for AccessSpec {
+    fn default() -> Self {
+        Self {
+            secret_ref: None,
+            debug_per_second: defaults::debug_per_second(),
+            debug_burst: defaults::debug_burst(),
+            pseudonymize_users: false,
+        }
+    }
+}
+
+impl AccessSpec {
+    /// The Secret the stack's access tokens are in: the named one, or the operator's.
+    pub fn secret_name(&self, stack: &str) -> String {
+        match &self.secret_ref {
+            Some(r) => r.name.clone(),
+            None => format!("{stack}-access"),
+        }
+    }
 }
 
 /// Business rules: what rerank never serves, what it serves at a fixed place, what it favours.

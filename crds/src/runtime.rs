@@ -38,6 +38,22 @@ pub struct RuntimeConfig {
     /// so a change does not roll them).
     #[serde(default)]
     pub rerank: RerankSettings,
+    /// Where the access tokens are mounted and what they allow (the gateway and the trace API;
+    /// unset: no tokens, everyone may read and debug, as on one machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessSettings>,
+}
+
+/// The CRD's `spec.access` as the pods need it: the mounted Secret's directory and the rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSettings {
+    /// The directory with one file per key (`reader`, `admin`, `debug`, `pseudonym-key`).
+    pub dir: String,
+    pub debug_per_second: f64,
+    pub debug_burst: u32,
+    #[serde(default)]
+    pub pseudonymize_users: bool,
 }
 
 /// Rerank's business rules and experiment: the CRD's `spec.businessRules` and

@@ -20,6 +20,8 @@
 
 pub mod api;
 pub mod app;
+#[cfg(feature = "ssr")]
+pub mod auth;
 pub mod model;
 #[cfg(feature = "ssr")]
 pub mod server;

@@ -11,6 +11,8 @@ use leptos_axum::{LeptosRoutes, generate_route_list};
 use recstack_crds::RecommenderStack;
 use serde::de::DeserializeOwned;
 
+use recstack_trace_store::access::Access;
+
 use crate::api::{ComponentHealth, ConditionView, StackStatus};
 
 /// What the server functions reach: the trace query API and the stack status source.
@@ -35,6 +37,8 @@ pub struct DashboardConfig {
     /// `scripts/build-dashboard`. Without it pages are served without hydration: readable,
     /// but the interactive parts (opening an item's lineage) do nothing.
     pub site_root: Option<PathBuf>,
+    /// Who may sign in ([`Access::open`]: no sign-in).
+    pub access: Arc<Access>,
 }
 
 /// Name of the browser build's files (`pkg/<name>.js`, `pkg/<name>_bg.wasm`).
@@ -50,8 +54,14 @@ pub fn has_browser_build(site_root: &Path) -> bool {
 impl DashboardConfig {
     /// A dashboard over the trace query API at `traces_url` whose status page checks the
     /// `/readyz` of each `(name, base URL)` component: the local stack's.
-    pub fn local(traces_url: String, components: Vec<(String, String)>, site_root: Option<PathBuf>) -> Self {
+    pub fn local(
+        traces_url: String,
+        components: Vec<(String, String)>,
+        site_root: Option<PathBuf>,
+        access: Arc<Access>,
+    ) -> Self {
         Self {
+            access,
             traces_url,
             status: StatusSource::local(
                 components
@@ -104,7 +114,24 @@ pub fn router(config: DashboardConfig) -> Router {
     if let Some(root) = site_root {
         router = router.nest_service("/pkg", tower_http::services::ServeDir::new(root.join("pkg")));
     }
+    if config.access.is_open() {
+        return router;
+    }
+    let access = config.access;
     router
+        .merge(
+            Router::new()
+                .route(
+                    "/login",
+                    axum::routing::get(crate::auth::login_page).post(crate::auth::login),
+                )
+                .route(
+                    "/logout",
+                    axum::routing::get(crate::auth::logout).post(crate::auth::logout),
+                )
+                .with_state(access.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(access, crate::auth::require))
 }
 
 /// Registers the server functions by hand. `inventory` registers them at link time, but a
@@ -162,16 +189,17 @@ impl TraceApi {
     /// `GET base + path?params`, decoded; 4xx and 5xx become [`TraceApiError`]s with the API's message.
     pub async fn get<T: DeserializeOwned>(&self, path: &str, params: &[(&str, String)]) -> Result<T, TraceApiError> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .query(params)
-            .send()
-            .await
-            .map_err(|e| TraceApiError::Unreachable {
-                url: self.base.clone(),
-                message: e.to_string(),
-            })?;
+        let mut request = self.http.get(&url).query(params);
+        // The signed-in visitor's own token: the API applies its role.
+        if let Some(caller) = use_context::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::auth::Caller>().cloned())
+        {
+            request = request.bearer_auth(caller.token);
+        }
+        let response = request.send().await.map_err(|e| TraceApiError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| TraceApiError::Unreachable {
             url: self.base.clone(),
@@ -376,6 +404,7 @@ mod tests {
             traces_url: "http://127.0.0.1:9".into(),
             status: StatusSource::local(Vec::new()),
             site_root: None,
+            access: Arc::new(Access::open()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -129,6 +129,9 @@ pub struct Context {
     in_flight: Arc<AtomicUsize>,
     /// Clock for condition transition times; tests pin it.
     clock: fn() -> Time,
+    /// Stacks (namespace/name/uid) whose generated access Secret is known to exist: it is
+    /// created once (a create answered 409 means it is there) and never read or re-applied.
+    access_secrets: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Where the live children come from.
@@ -157,6 +160,7 @@ impl Context {
             failures: Mutex::default(),
             in_flight: Arc::default(),
             clock: || Time(jiff::Timestamp::now()),
+            access_secrets: Mutex::default(),
         }
     }
 
@@ -320,7 +324,10 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
     let mut first_error = None;
     if stack.spec.paused {
         outcome = Outcome::Paused;
-    } else if let Err(e) = sync_children(stack, ctx, &ns, desired, &mut live).await {
+    } else if let Err(e) = match ensure_access_secret(stack, ctx, &ns).await {
+        Ok(()) => sync_children(stack, ctx, &ns, desired, &mut live).await,
+        Err(e) => Err(e),
+    } {
         publish(
             ctx,
             stack,
@@ -351,6 +358,66 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
             Ok(Action::requeue(if settled { RESYNC } else { SETTLING }))
         }
     }
+}
+
+/// Creates the stack's access Secret (random tokens) when it names none and it does not exist
+/// yet. Only `create`: the operator never reads Secrets (a 409 says it is there already).
+async fn ensure_access_secret(stack: &RecommenderStack, ctx: &Context, ns: &str) -> Result<(), Error> {
+    if stack.spec.paused || stack.spec.access.secret_ref.is_some() {
+        return Ok(());
+    }
+    let key = format!("{}/{}", stack_key(stack), stack.uid().unwrap_or_default());
+    if ctx
+        .access_secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&key)
+    {
+        return Ok(());
+    }
+    let Some(secret) = render::access_secret(stack, random_token)? else {
+        return Ok(());
+    };
+    let name = stack.spec.access.secret_name(&stack.name_any());
+    let child_error = |source| Error::Child {
+        verb: "create",
+        kind: "Secret",
+        name: name.clone(),
+        source,
+    };
+    let object: DynamicObject = serde_json::from_value(secret).map_err(|e| child_error(kube::Error::SerdeError(e)))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+    );
+    match api.create(&kube::api::PostParams::default(), &object).await {
+        Ok(_) => {
+            publish(
+                ctx,
+                stack,
+                EventType::Normal,
+                "AccessSecretCreated",
+                "Create",
+                format!("Secret {name} created with random access tokens (reader, admin, debug, pseudonym-key)"),
+            )
+            .await;
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => return Err(child_error(e)),
+    }
+    ctx.access_secrets.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+    Ok(())
+}
+
+/// 32 random alphanumeric characters (~190 bits) from the operating system's generator.
+fn random_token() -> String {
+    use rand::Rng;
+    rand::rngs::OsRng
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
 }
 
 /// Applies what differs from the live objects and prunes what is no longer desired. `live`

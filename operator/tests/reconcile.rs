@@ -149,13 +149,37 @@ async fn create_applies_every_child_adds_the_finalizer_and_reports_status() {
     assert_eq!(applies(&writes).len(), expected, "{:#?}", summaries(&writes));
     assert_eq!(
         events(&writes),
-        ["Created"],
-        "one Event for the whole create, not one per object"
+        ["AccessSecretCreated", "Created"],
+        "one Event for the access Secret, one for the whole create, not one per object"
+    );
+    // The access Secret: created (not applied) once, with four distinct random values.
+    let creates: Vec<String> = writes
+        .iter()
+        .filter(|c| c.method == Method::POST && c.path.ends_with("/secrets"))
+        .map(Call::summary)
+        .collect();
+    assert_eq!(creates.len(), 1, "{:#?}", summaries(&writes));
+    let secret = h
+        .api
+        .get("/api/v1/namespaces/recstack/secrets", "minimal-access")
+        .expect("access Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "stack-uid");
+    let data = secret["stringData"].as_object().unwrap();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["admin", "debug", "pseudonym-key", "reader"]);
+    let values: std::collections::BTreeSet<&str> = data.values().filter_map(Value::as_str).collect();
+    assert_eq!(values.len(), 4, "distinct tokens");
+    assert!(
+        values
+            .iter()
+            .all(|v| v.len() == 32 && v.chars().all(|c| c.is_ascii_alphanumeric()))
     );
     let note = writes
         .iter()
         .filter(|c| c.path.contains("/events"))
-        .find_map(|c| c.body.as_ref()?["note"].as_str().map(String::from))
+        .filter_map(|c| c.body.as_ref())
+        .find(|b| b["reason"] == "Created")
+        .and_then(|b| b["note"].as_str().map(String::from))
         .unwrap();
     assert!(note.starts_with(&format!("{expected} objects created: ")), "{note}");
     assert!(note.len() <= 1024, "within the API's limit: {}", note.len());

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use recstack_crds::{Component, RecommenderStack};
 use recstack_operator::render::{self, Child, ChildKind};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn render_sample(name: &str) -> Vec<Child> {
     render::render(&common::sample(name)).expect("sample renders")
@@ -270,8 +270,29 @@ fn the_dashboard_and_its_trace_query_service_when_asked_for() {
             "recstack",
             "--site",
             "/usr/share/recstack/dashboard",
+            "--access-dir",
+            "/var/run/secrets/recstack/access",
         ]
     );
+    // The access Secret (the operator's own: the sample names none) is mounted where the
+    // dashboard, the trace service and the gateway read it; no other pod gets it.
+    let access_volume = json!({ "name": "access", "secret": { "secretName": "gpu-access", "defaultMode": 0o440 } });
+    for deployment in ["gpu-dashboard", "gpu-traces", "gpu-gateway"] {
+        let pod = &find(&children, ChildKind::Deployment, deployment)["spec"]["template"]["spec"];
+        assert!(
+            pod["volumes"].as_array().unwrap().contains(&access_volume),
+            "{deployment}"
+        );
+        let mounts = pod["containers"][0]["volumeMounts"].to_string();
+        assert!(
+            mounts.contains("\"/var/run/secrets/recstack/access\""),
+            "{deployment}: {mounts}"
+        );
+    }
+    for deployment in ["gpu-recall", "gpu-ranking", "gpu-rerank", "gpu-feature", "gpu-ingest"] {
+        let pod = &find(&children, ChildKind::Deployment, deployment)["spec"]["template"]["spec"];
+        assert!(!pod["volumes"].to_string().contains("gpu-access"), "{deployment}");
+    }
     assert_eq!(pod["serviceAccountName"], "gpu-dashboard");
     assert_eq!(pod["automountServiceAccountToken"], true, "it reads the stack's status");
     assert_eq!(dashboard["spec"]["replicas"], 1);

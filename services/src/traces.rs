@@ -158,3 +158,48 @@ mod tests {
         assert!("".parse::<TraceStoreSpec>().is_err());
     }
 }
+
+/// The access tokens of the gateway and the trace query API: from `dir` (a flag) or the
+/// runtime config's mounted Secret; neither: open (everyone reads and debugs, as on one
+/// machine). The config's rules (debug rate, pseudonyms) come with it.
+pub fn access(
+    dir: Option<&Path>,
+    config: Option<&RuntimeConfig>,
+) -> Result<
+    (
+        Arc<recstack_trace_store::access::Access>,
+        Option<crate::config::AccessSettings>,
+    ),
+    TraceAccessError,
+> {
+    use recstack_trace_store::access::Access;
+    let settings = config.and_then(|c| c.access.clone());
+    let dir = dir
+        .map(Path::to_path_buf)
+        .or_else(|| settings.as_ref().map(|s| PathBuf::from(&s.dir)));
+    let access = match &dir {
+        Some(d) => Access::from_dir(d).map_err(|source| TraceAccessError {
+            dir: d.display().to_string(),
+            source,
+        })?,
+        None => Access::open(),
+    };
+    if settings.as_ref().is_some_and(|s| s.pseudonymize_users) && access.pseudonym_key.is_none() {
+        return Err(TraceAccessError {
+            dir: dir.map(|d| d.display().to_string()).unwrap_or_default(),
+            source: recstack_trace_store::access::AccessError::Read {
+                key: "pseudonym-key".into(),
+                message: "pseudonymizeUsers is on but the access Secret has no pseudonym-key".into(),
+            },
+        });
+    }
+    Ok((Arc::new(access), settings))
+}
+
+/// The access directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("access tokens in {dir}: {source}")]
+pub struct TraceAccessError {
+    pub dir: String,
+    pub source: recstack_trace_store::access::AccessError,
+}

@@ -9,6 +9,11 @@
 //! | `GET /v1/aggregates?from=&to=&interval=` | [`Aggregates`](crate::query::Aggregates) |
 //! | `GET /v1/items?ids=a,b,c` | `{"titles": {"a": "…"}}`: the catalogue's titles of up to [`MAX_TITLES`] items (unknown ids left out) |
 //!
+//! Every route needs a token when the stack has them ([`crate::access`]): `Authorization: Bearer
+//! <token>` of the reader or the admin role; none or a wrong one is a 401, too little power a 403,
+//! each with a message and nothing else. With user ids pseudonymised, searching by a user's own
+//! id (`user=42`) is the admin's; a reader searches by the pseudonym (`user=p-…`).
+//!
 //! Times are milliseconds since the epoch or RFC 3339 (`2026-11-22T10:00:00Z`); intervals are
 //! milliseconds or a number with `s`, `m`, `h` or `d`. A bad parameter is a 400 whose body
 //! names it: `{"error": "...", "field": "from"}`; an unknown request is a 404; a store that
@@ -19,12 +24,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::access::{Access, Denied, PSEUDONYM_PREFIX, Role};
 use crate::explain::{self, ItemIndex, Why};
 use crate::query::{AggregateQuery, Cursor, MAX_PAGE, SearchQuery};
 use crate::store::{StoreError, TraceStore, now_ms};
@@ -34,6 +41,8 @@ pub struct ApiState {
     pub store: Arc<dyn TraceStore>,
     /// The items recall can return, so why-not can say "not in the index".
     pub index: Option<Arc<dyn ItemIndex>>,
+    /// Who may read ([`Access::open`]: everyone).
+    pub access: Arc<Access>,
 }
 
 /// How long after its request was served a trace may still be on its way to the store (the
@@ -56,7 +65,37 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/v1/traces/{request_id}/why-not/{item_id}", get(why_not))
         .route("/v1/aggregates", get(aggregates))
         .route("/v1/items", get(titles))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
+}
+
+/// Lets a caller with a reader or admin token through, its role in the request's extensions;
+/// turns the rest away with 401 (asking for a bearer token) or 403.
+async fn authorize(State(s): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match s.access.authorize(header, Role::Reader) {
+        Ok(role) => {
+            request.extensions_mut().insert(role);
+            next.run(request).await
+        }
+        Err(denied) => denied_response(&denied),
+    }
+}
+
+/// The answer to a caller turned away: its status, the message, and for a 401 the scheme to use.
+pub fn denied_response(denied: &Denied) -> Response {
+    let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = (status, Json(json!({ "error": denied.to_string() }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer realm=\"recstack\""),
+        );
+    }
+    response
 }
 
 /// An error answer: status, message and (for 400s) the parameter at fault.
@@ -242,9 +281,34 @@ pub fn aggregate_query(params: &HashMap<String, String>, now: i64) -> Result<Agg
     AggregateQuery::new(from, to, interval).map_err(|e| ApiError::bad(e.field, e.message))
 }
 
-async fn search(State(s): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
-    let q = search_query(&params)?;
+async fn search(
+    State(s): State<ApiState>,
+    role: Option<axum::Extension<Role>>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let mut q = search_query(&params)?;
+    let role = role.map(|r| r.0).unwrap_or(Role::Reader);
+    q.user = stored_user(&s.access, role, q.user)?;
     Ok(Json(s.store.search(&q).await?).into_response())
+}
+
+/// The user id a search looks for in stored traces: with pseudonyms on, a pseudonym as given,
+/// or (for the admin only) the pseudonym of a user's own id.
+pub fn stored_user(access: &Access, role: Role, user: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(user) = user else { return Ok(None) };
+    if access.pseudonym_key.is_none() || user.starts_with(PSEUDONYM_PREFIX) {
+        return Ok(Some(user));
+    }
+    if role < Role::Admin {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "user: traces keep pseudonyms ({PSEUDONYM_PREFIX}…); searching by a user's own id needs the admin role"
+            ),
+            field: Some("user".into()),
+        });
+    }
+    Ok(Some(access.stored_user(&user).into_owned()))
 }
 
 /// The trace of `request_id`; one whose request was served less than [`PENDING_WINDOW_MS`]
@@ -345,6 +409,7 @@ mod tests {
         let s = ApiState {
             store: store.clone(),
             index: None,
+            access: Arc::new(Access::open()),
         };
         // Written 200 ms after it is asked for: the read waits and finds it.
         let mut trace = crate::sample::summary_trace(1, now_ms());
@@ -369,6 +434,90 @@ mod tests {
             assert_eq!(load(&s, &id).await.unwrap_err().status, StatusCode::NOT_FOUND);
             assert!(started.elapsed() < std::time::Duration::from_millis(500), "{id}");
         }
+    }
+
+    /// `GET path` on `router` with `token` as a bearer: status, `WWW-Authenticate`, JSON body.
+    async fn call(router: &axum::Router, path: &str, token: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router
+            .clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+        (status, challenge, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn every_route_needs_a_token_and_the_role_decides_user_searches() {
+        use crate::access::Token;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TraceStore> =
+            Arc::new(crate::embedded::EmbeddedStore::open(dir.path().join("t.sqlite")).unwrap());
+        let access = Access {
+            reader: Some(Token::new("reader-token-0123456789").unwrap()),
+            admin: Some(Token::new("admin-token-0123456789").unwrap()),
+            debug: None,
+            pseudonym_key: Some(Token::new("pseudonym-key-0123456789").unwrap()),
+        };
+        // The gateway stores the pseudonym of user 7, never "7".
+        let mut trace = crate::sample::summary_trace(1, now_ms());
+        trace.user_id = access.stored_user("7").into_owned();
+        let (id, pseudonym) = (trace.request_id.clone(), trace.user_id.clone());
+        store.put(vec![trace].into()).await.unwrap();
+        let router = router(ApiState {
+            store,
+            index: None,
+            access: Arc::new(access),
+        });
+        let routes = [
+            format!("/v1/traces/{id}"),
+            "/v1/traces?size=5".to_string(),
+            format!("/v1/traces/{id}/why-not/x"),
+            "/v1/aggregates".to_string(),
+            "/v1/items?ids=a".to_string(),
+        ];
+        for path in &routes {
+            let (status, challenge, body) = call(&router, path, None).await;
+            assert_eq!(status, 401, "{path}");
+            assert_eq!(challenge.as_deref(), Some("Bearer realm=\"recstack\""), "{path}");
+            assert!(
+                body["error"].as_str().unwrap().contains("Authorization: Bearer"),
+                "{body}"
+            );
+            assert_eq!(body.as_object().unwrap().len(), 1, "nothing but the message: {body}");
+            let (status, _, body) = call(&router, path, Some("reader-token-0123456789x")).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (401, Some("the token is not valid for this stack"))
+            );
+        }
+        // A reader reads the trace, and finds it by its pseudonym.
+        let (status, _, body) = call(&router, &format!("/v1/traces/{id}"), Some("reader-token-0123456789")).await;
+        assert_eq!((status, body["request_id"].as_str()), (200, Some(id.as_str())));
+        assert_eq!(body["user_id"].as_str(), Some(pseudonym.as_str()));
+        let path = format!("/v1/traces?user={pseudonym}");
+        let (status, _, body) = call(&router, &path, Some("reader-token-0123456789")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["hits"][0]["request_id"].as_str(), Some(id.as_str()), "{body}");
+        // By the user's own id: the admin's only.
+        let (status, _, body) = call(&router, "/v1/traces?user=7", Some("reader-token-0123456789")).await;
+        assert_eq!((status, body["field"].as_str()), (403, Some("user")), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("admin role"), "{body}");
+        let (status, _, body) = call(&router, "/v1/traces?user=7", Some("admin-token-0123456789")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["hits"][0]["user_id"].as_str(), Some(pseudonym.as_str()), "{body}");
+        let (_, _, body) = call(&router, "/v1/traces?user=8", Some("admin-token-0123456789")).await;
+        assert_eq!(body["hits"].as_array().map(Vec::len), Some(0), "{body}");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 // The Elasticsearch index template is one `json!` literal, deeper than the default limit.
 #![recursion_limit = "256"]
 
+#[cfg(feature = "access")]
+pub mod access;
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]

@@ -4,8 +4,8 @@
 use recstack_crds::Component;
 pub use recstack_crds::runtime::RuntimeConfig;
 use recstack_crds::runtime::{
-    EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, RerankSettings, StreamSettings, TopicCreate,
-    TraceStoreConfig,
+    AccessSettings, EventLogConfig, FeatureStoreConfig, GatewaySettings, RankingSettings, RerankSettings,
+    StreamSettings, TopicCreate, TraceStoreConfig,
 };
 use serde_json::json;
 
@@ -76,6 +76,13 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
             rules: spec.business_rules.clone(),
             experiment: spec.experiment.clone(),
         },
+        access: Some(AccessSettings {
+            dir: super::workloads::ACCESS_DIR.to_string(),
+            // The CRD bounds both.
+            debug_per_second: spec.access.debug_per_second,
+            debug_burst: spec.access.debug_burst.max(1) as u32,
+            pseudonymize_users: spec.access.pseudonymize_users,
+        }),
     }
 }
 

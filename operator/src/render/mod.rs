@@ -280,3 +280,34 @@ pub(crate) fn child(kind: ChildKind, mut body: Value) -> Result<Child, RenderErr
 pub const HTTP_PORT: u16 = 8080;
 /// Port of every component's gRPC server.
 pub const GRPC_PORT: u16 = 9090;
+
+/// The access Secret the operator creates for a stack without `spec.access.secretRef`: random
+/// `reader`, `admin`, `debug` and `pseudonym-key` values from `random` (called once per key).
+/// `None` when the stack names its own Secret. Created once and never re-applied (a re-render
+/// would draw new tokens), owned by the stack so it goes with it.
+pub fn access_secret(
+    stack: &RecommenderStack,
+    mut random: impl FnMut() -> String,
+) -> Result<Option<Value>, RenderError> {
+    if stack.spec.access.secret_ref.is_some() {
+        return Ok(None);
+    }
+    let ctx = StackCtx::new(stack)?;
+    let name = stack.spec.access.secret_name(&ctx.name);
+    let mut meta = ctx.meta(&name, None);
+    meta["annotations"] = json!({
+        "recstack.io/generated": "random tokens of the stack's trace access; replace them (keep the keys) to rotate, then restart the gateway, traces and dashboard pods",
+    });
+    Ok(Some(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {
+            "reader": random(),
+            "admin": random(),
+            "debug": random(),
+            "pseudonym-key": random(),
+        },
+    })))
+}

@@ -11,6 +11,10 @@ use crate::labels;
 /// read-only volume cannot be created.
 pub const ES_CREDENTIALS_DIR: &str = "/var/run/secrets/recstack/elasticsearch";
 
+/// Where the gateway, the trace query API and the dashboard find the access Secret's keys
+/// (`reader`, `admin`, `debug`, `pseudonym-key`).
+pub const ACCESS_DIR: &str = "/var/run/secrets/recstack/access";
+
 /// Default (requests, limits) as ((cpu, memory), (cpu, memory)) per component: recall holds
 /// its indexes in memory, ranking burns CPU on inference, rerank is light.
 fn default_resources(component: Component) -> Value {
@@ -329,6 +333,17 @@ fn pod_template(ctx: &StackCtx, component: Component, config_hash: &str) -> Resu
             );
         }
     }
+    // The access tokens: the gateway checks debug callers (and pseudonymises), the trace API
+    // and the dashboard check readers and admins.
+    if matches!(component, Component::Gateway | Component::Traces | Component::Dashboard) {
+        if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+            mounts.push(json!({ "name": "access", "mountPath": ACCESS_DIR, "readOnly": true }));
+        }
+        if let Some(volumes) = pod_spec["volumes"].as_array_mut() {
+            volumes.push(json!({ "name": "access", "secret": {
+                "secretName": spec.access.secret_name(&ctx.name), "defaultMode": 0o440 } }));
+        }
+    }
     add_store_credentials(spec, &mut container, &mut pod_spec);
     if component == Component::Dashboard {
         // The one pod that talks to the Kubernetes API: its token, for its read-only Role.
@@ -450,6 +465,8 @@ fn args(ctx: &StackCtx, component: Component) -> Value {
             ctx.namespace,
             "--site",
             DASHBOARD_SITE,
+            "--access-dir",
+            ACCESS_DIR,
         ]),
         _ => json!(["serve", component.name(), "--config", config]),
     }

@@ -19,5 +19,12 @@ pub async fn serve(config: DashboardConfig, http: SocketAddr) -> Result<Service,
 /// The local stack's dashboard: status from the health of its components, the browser build
 /// from `site_root` (without one pages are served without hydration).
 pub fn local(site_root: Option<PathBuf>) -> MakeDashboard {
-    Box::new(move |local: LocalDashboard| router(DashboardConfig::local(local.traces_url, local.components, site_root)))
+    Box::new(move |local: LocalDashboard| {
+        router(DashboardConfig::local(
+            local.traces_url,
+            local.components,
+            site_root,
+            local.access,
+        ))
+    })
 }

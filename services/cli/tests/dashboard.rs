@@ -178,7 +178,12 @@ async fn start(trace_file: &Path) -> LocalStack {
     use recstack_dashboard::server::{DashboardConfig, router};
     let site = site();
     let dashboard: serve::MakeDashboard = Box::new(move |local: serve::LocalDashboard| {
-        router(DashboardConfig::local(local.traces_url, local.components, Some(site)))
+        router(DashboardConfig::local(
+            local.traces_url,
+            local.components,
+            Some(site),
+            local.access,
+        ))
     });
     let opts = common::traced_stack(trace_file, Some(dashboard));
     serve::start_local(common::artifact_root(), opts).await.unwrap()

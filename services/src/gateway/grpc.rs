@@ -21,6 +21,11 @@ impl proto::gateway_server::Gateway for GatewayGrpc {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let debug_token = request
+            .metadata()
+            .get(recstack_trace_store::access::DEBUG_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let r = request.into_inner();
         let q = validate(RecommendRequest {
             user_id: r.user_id,
@@ -34,6 +39,14 @@ impl proto::gateway_server::Gateway for GatewayGrpc {
             self.0.metrics.invalid.inc();
             Status::invalid_argument(e.to_string())
         })?;
+        if q.debug {
+            self.0
+                .admit_debug(debug_token.as_deref())
+                .map_err(|refused| match refused {
+                    super::DebugRefused::Untrusted => Status::permission_denied(refused.to_string()),
+                    super::DebugRefused::Limited { .. } => Status::resource_exhausted(refused.to_string()),
+                })?;
+        }
         let rec = self.0.recommend(q, traceparent.as_deref()).await;
         Ok(Response::new(proto::RecommendResponse {
             request_id: rec.request_id,

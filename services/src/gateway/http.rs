@@ -1,8 +1,9 @@
 //! The gateway's HTTP API: `POST /v1/recommend`, plus `/metrics` and `/healthz` (the server
 //! adds `/readyz`).
 //!
-//! Malformed requests get a 400 whose JSON names the field (`{"error": …, "field": …}`);
-//! everything else gets a 200 with a list, whatever failed downstream.
+//! Malformed requests get a 400 whose JSON names the field (`{"error": …, "field": …}`); a
+//! `debug` request from a caller without the debug token gets a 403, one over the debug rate a
+//! 429 (both naming `debug`); everything else gets a 200 with a list, whatever failed downstream.
 
 use std::sync::Arc;
 
@@ -53,8 +54,30 @@ async fn recommend(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body
         Ok(q) => q,
         Err(e) => return bad_request(&gateway, e),
     };
+    if query.debug {
+        let token = headers
+            .get(recstack_trace_store::access::DEBUG_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Err(refused) = gateway.admit_debug(token) {
+            return debug_refused(&refused);
+        }
+    }
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     Json(gateway.recommend(query, traceparent).await).into_response()
+}
+
+/// 403 for an untrusted debug caller, 429 (with `Retry-After`) over the debug rate.
+fn debug_refused(refused: &super::DebugRefused) -> Response {
+    let body = Json(json!({"error": refused.to_string(), "field": "debug"}));
+    match refused {
+        super::DebugRefused::Untrusted => (StatusCode::FORBIDDEN, body).into_response(),
+        super::DebugRefused::Limited { retry_after_s, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, retry_after_s.to_string())],
+            body,
+        )
+            .into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct GatewayMetrics {
     pub registry: Registry,
     pub requests: Family<LevelLabels, Counter>,
@@ -32,6 +37,8 @@ pub struct GatewayMetrics {
     /// The share of requests started at `reduced` to keep the latency objective.
     pub shed_share: Gauge<f64, AtomicU64>,
     pub traces_dropped: Counter,
+    /// Debug requests turned away: `untrusted` (403) or `rate` (429).
+    pub debug_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for GatewayMetrics {
@@ -61,6 +68,10 @@ impl Default for GatewayMetrics {
                 Gauge::default(),
             ),
             traces_dropped: m.counter("traces_dropped", "Traces the sink refused"),
+            debug_refused: m.family(
+                "debug_refused",
+                "Debug requests refused: from an untrusted caller (403) or over the rate (429)",
+            ),
             registry: m.finish(),
         }
     }

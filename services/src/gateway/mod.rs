@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 pub use recstack_core::degrade;
 use recstack_trace_store::TraceSink;
+use recstack_trace_store::access::{Access, RateLimit};
 
 pub use catalogue::Catalogue;
 use degrade::{
@@ -62,6 +63,28 @@ pub struct GatewayConfig {
     pub reduced: LevelPlan,
     /// Share of requests traced in full (debug requests always are).
     pub full_trace_sample: f64,
+    /// Who may ask for debug traces, how many, and how user ids are stored.
+    pub access: GatewayAccess,
+}
+
+/// The gateway's side of trace access ([`recstack_trace_store::access`]).
+#[derive(Clone, Debug, Default)]
+pub struct GatewayAccess {
+    /// The stack's tokens ([`Access::open`]: anyone may debug).
+    pub tokens: Arc<Access>,
+    /// Debug requests per second and burst this gateway accepts; `None`: no limit.
+    pub debug_rate: Option<(f64, u32)>,
+    /// Store the pseudonym of each user id in traces (needs the `pseudonym-key`).
+    pub pseudonymize_users: bool,
+}
+
+/// Why a debug request was turned away (before any work was done for it).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DebugRefused {
+    #[error("debug: a debug trace needs a trusted caller: send the stack's debug token in `{header}`", header = recstack_trace_store::access::DEBUG_TOKEN_HEADER)]
+    Untrusted,
+    #[error("debug: this gateway accepts {per_second} debug requests a second; try again in {retry_after_s} s")]
+    Limited { per_second: f64, retry_after_s: u64 },
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +97,7 @@ impl Default for GatewayConfig {
             full: LevelPlan::full(),
             reduced: LevelPlan::reduced(),
             full_trace_sample: 0.01,
+            access: GatewayAccess::default(),
         }
     }
 }
@@ -91,6 +115,8 @@ pub struct Gateway {
     sequence: AtomicU64,
     sink: Arc<dyn TraceSink>,
     pub metrics: Arc<GatewayMetrics>,
+    /// The debug requests' token bucket (`config.access.debug_rate`).
+    debug_limit: Option<Mutex<RateLimit>>,
 }
 
 /// Decrements the in-flight count when the request ends, however it ends.
@@ -127,7 +153,12 @@ impl Gateway {
             .latency
             .clone()
             .map(|objective| Mutex::new(Shedder::new(objective, Instant::now())));
+        let debug_limit = config
+            .access
+            .debug_rate
+            .map(|(per_second, burst)| Mutex::new(RateLimit::new(per_second, burst, Instant::now())));
         Self {
+            debug_limit,
             links,
             catalogue: arc_swap::ArcSwap::new(catalogue),
             config,
@@ -138,6 +169,32 @@ impl Gateway {
             sink,
             metrics,
         }
+    }
+
+    /// Whether a caller presenting `token` may have the debug request it sent: a trusted
+    /// caller within the rate. Checked before any work, so a refused one costs nothing.
+    pub fn admit_debug(&self, token: Option<&str>) -> Result<(), DebugRefused> {
+        let refused = |reason| {
+            self.metrics
+                .debug_refused
+                .get_or_create(&metrics::ReasonLabels { reason })
+                .inc()
+        };
+        if !self.config.access.tokens.trusts_debug(token) {
+            refused("untrusted");
+            return Err(DebugRefused::Untrusted);
+        }
+        if let Some(limit) = &self.debug_limit {
+            let mut limit = limit.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(wait) = limit.take(Instant::now()) {
+                refused("rate");
+                return Err(DebugRefused::Limited {
+                    per_second: limit.per_second(),
+                    retry_after_s: wait.ceil().clamp(1.0, 3_600.0) as u64,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn breaker(&self, stage: Stage) -> std::sync::MutexGuard<'_, Breaker> {
@@ -253,7 +310,13 @@ impl Gateway {
             .requests
             .get_or_create(&metrics::LevelLabels { level: r.level.name() })
             .inc();
-        if !self.sink.offer(trace::trace(r, response)) {
+        let mut t = trace::trace(r, response);
+        if self.config.access.pseudonymize_users
+            && let std::borrow::Cow::Owned(p) = self.config.access.tokens.stored_user(&t.user_id)
+        {
+            t.user_id = p;
+        }
+        if !self.sink.offer(t) {
             self.metrics.traces_dropped.inc();
         }
     }

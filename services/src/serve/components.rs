@@ -354,13 +354,18 @@ pub async fn gateway(
     .await
 }
 
-/// The trace query API (HTTP only) over `store`; `index` lets why-not say "not in the index".
+/// The trace query API (HTTP only) over `store`; `index` lets why-not say "not in the index";
+/// `access` says who may read.
 pub async fn trace_query(
     store: Arc<dyn TraceStore>,
     index: Option<Arc<dyn ItemIndex>>,
+    access: Arc<recstack_trace_store::access::Access>,
     http: SocketAddr,
 ) -> Result<Service, ServeError> {
-    let api = recstack_trace_store::api::router(recstack_trace_store::api::ApiState { store, index });
+    if access.is_open() {
+        tracing::warn!("traces: no access tokens configured: anyone who reaches this port reads every trace");
+    }
+    let api = recstack_trace_store::api::router(recstack_trace_store::api::ApiState { store, index, access });
     http_service("traces", "recstack_trace_api", "Query API requests", api, http).await
 }
 

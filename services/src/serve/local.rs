@@ -78,6 +78,8 @@ pub struct LocalOptions {
 /// operational URL, by name.
 #[derive(Clone, Debug)]
 pub struct LocalDashboard {
+    /// Who may sign in (the stack's tokens).
+    pub access: Arc<recstack_trace_store::access::Access>,
     pub traces_url: String,
     pub components: Vec<(String, String)>,
 }
@@ -280,6 +282,8 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         }
     };
     let index: Arc<dyn ItemIndex> = catalogue.clone();
+    // The gateway's tokens guard the trace API and the dashboard too: one stack, one Secret.
+    let access = opts.gateway.access.tokens.clone();
     let gateway = gateway(catalogue, links, opts.gateway, traces, None, a.gateway).await?;
     // The gateway first: stopping it flushes its traces before the rest go.
     let mut services = vec![gateway];
@@ -287,8 +291,9 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     services.extend(event_path);
     services.extend([recall, features, ranking, rerank]);
     if let Some(store) = store {
-        let traces = trace_query(store, Some(index), a.traces).await?;
+        let traces = trace_query(store, Some(index), access.clone(), a.traces).await?;
         let dashboard = LocalDashboard {
+            access,
             traces_url: format!("http://{}", traces.http),
             components: services
                 .iter()

@@ -17,7 +17,7 @@ use recstack_services::Component;
 use recstack_services::StreamEngine;
 use recstack_services::config::RuntimeConfig;
 use recstack_services::events::ingest::SeenLink;
-use recstack_services::gateway::{Catalogue, Downstreams, GatewayConfig};
+use recstack_services::gateway::{Catalogue, Downstreams, GatewayAccess, GatewayConfig};
 use recstack_services::ranking::service::ItemsLink;
 use recstack_services::recall::{AnySeenStore, MemorySeenStore, RedisSeenStore};
 use recstack_services::rerank::{Experiment, Rules};
@@ -94,6 +94,11 @@ pub enum ServeCommand {
         traces: TraceArgs,
         #[command(flatten)]
         latency: LatencyArgs,
+        /// The access Secret's directory (`debug`, `admin`, `pseudonym-key`): only callers
+        /// sending its debug token get debug traces (default: the runtime config's; neither:
+        /// anyone may).
+        #[arg(long)]
+        access_dir: Option<PathBuf>,
     },
     /// The trace query API over HTTP: search, a trace, why / why-not, aggregates.
     Traces {
@@ -110,6 +115,10 @@ pub enum ServeCommand {
         artifacts: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The access Secret's directory (`reader`, `admin` tokens; default: the runtime
+        /// config's; neither: no token needed).
+        #[arg(long)]
+        access_dir: Option<PathBuf>,
     },
     /// The ingest service: HTTP `POST /v1/events` and gRPC `PostEvents` into the event log.
     Ingest {
@@ -163,6 +172,10 @@ pub enum ServeCommand {
         /// The browser build (`scripts/build-dashboard`).
         #[arg(long, env = "RECSTACK_DASHBOARD_SITE")]
         site: Option<PathBuf>,
+        /// The access Secret's directory: visitors sign in with its reader or admin token
+        /// (none: no sign-in).
+        #[arg(long)]
+        access_dir: Option<PathBuf>,
     },
 }
 
@@ -379,8 +392,10 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             rerank,
             traces,
             latency,
+            access_dir,
         } => {
             let config = serve.prepare().await?;
+            let (tokens, access) = traces::access(access_dir.as_deref(), config.as_ref())?;
             let trace_settings = traces.settings(config.as_ref())?;
             let endpoints = match &config {
                 Some(c) => Downstreams {
@@ -401,6 +416,11 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             drop(loaded);
             let mut gateway_config = GatewayConfig {
                 latency: latency.objective(config.as_ref()),
+                access: GatewayAccess {
+                    tokens,
+                    debug_rate: access.as_ref().map(|a| (a.debug_per_second, a.debug_burst)),
+                    pseudonymize_users: access.is_some_and(|a| a.pseudonymize_users),
+                },
                 ..GatewayConfig::default()
             };
             if let Some(f) = trace_settings.full_sample {
@@ -433,8 +453,10 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             http_addr,
             artifacts,
             config,
+            access_dir,
         } => {
             let config = config.as_deref().map(RuntimeConfig::read).transpose()?;
+            let (access, _) = traces::access(access_dir.as_deref(), config.as_ref())?;
             let args = TraceArgs {
                 trace_store,
                 trace_credentials_dir,
@@ -453,7 +475,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            serve::trace_query(store, index, http_addr).await?
+            serve::trace_query(store, index, access, http_addr).await?
         }
         ServeCommand::Dashboard {
             traces_url,
@@ -462,7 +484,13 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             namespace,
             components,
             site,
+            access_dir,
         } => {
+            let access = match &access_dir {
+                Some(dir) => recstack_trace_store::access::Access::from_dir(dir)
+                    .with_context(|| format!("access tokens in {}", dir.display()))?,
+                None => recstack_trace_store::access::Access::open(),
+            };
             let status = match (stack, namespace) {
                 (Some(name), Some(namespace)) => StatusSource::cluster(namespace, name)
                     .await
@@ -478,6 +506,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 traces_url,
                 status,
                 site_root: site,
+                access: Arc::new(access),
             };
             crate::dashboard::serve(config, http_addr).await?
         }
