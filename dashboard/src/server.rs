@@ -134,6 +134,18 @@ pub fn router(config: DashboardConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(access, crate::auth::require))
 }
 
+/// The routes of the dashboard's server functions (all `POST`, under `/api/`).
+pub fn server_function_paths() -> [&'static str; 5] {
+    use leptos::server_fn::ServerFn;
+    [
+        crate::api::SearchTraces::PATH,
+        crate::api::FetchTrace::PATH,
+        crate::api::AskWhyNot::PATH,
+        crate::api::FetchOverview::PATH,
+        crate::api::FetchStackStatus::PATH,
+    ]
+}
+
 /// Registers the server functions by hand. `inventory` registers them at link time, but a
 /// linker may leave out the object that holds the registration when nothing else in it is
 /// used — then the browser's calls get 404s (seen in one workspace build, not another).
@@ -398,7 +410,6 @@ mod tests {
 
     #[tokio::test]
     async fn every_server_function_has_a_route() {
-        use leptos::server_fn::ServerFn;
         let app = router(DashboardConfig {
             // Nothing listens there: the functions fail, but their routes must exist.
             traces_url: "http://127.0.0.1:9".into(),
@@ -410,13 +421,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let client = reqwest::Client::new();
-        for path in [
-            crate::api::SearchTraces::PATH,
-            crate::api::FetchTrace::PATH,
-            crate::api::AskWhyNot::PATH,
-            crate::api::FetchOverview::PATH,
-            crate::api::FetchStackStatus::PATH,
-        ] {
+        for path in server_function_paths() {
             let r = client
                 .post(format!("http://{addr}{path}"))
                 .header("content-type", "application/x-www-form-urlencoded")

@@ -185,7 +185,9 @@ async fn start(trace_file: &Path) -> LocalStack {
             local.access,
         ))
     });
-    let opts = common::traced_stack(trace_file, Some(dashboard));
+    let mut opts = common::traced_stack(trace_file, Some(dashboard));
+    // Signing in is part of what is tested: the stack checks tokens.
+    opts.gateway.access.tokens = std::sync::Arc::new(common::test_access());
     serve::start_local(common::artifact_root(), opts).await.unwrap()
 }
 
@@ -239,8 +241,45 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     let driver = Chromedriver::start();
     let c = browser(&driver).await;
 
+    // --- Sign-in: a page asked for without a token sends the browser to /login. ------------
+    let search = format!("{base}/traces?user={user}");
+    c.goto(&search).await.unwrap();
+    let token_input = wait_for(&c, "form[action='/login'] input[name='token']").await;
+    let at = c.current_url().await.unwrap();
+    assert_eq!(at.path(), "/login", "{at}");
+    // A wrong token: the form again, saying why.
+    token_input.send_keys("not-a-token-of-this-stack").await.unwrap();
+    c.find(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = wait_for(&c, "p.error").await.text().await.unwrap();
+    assert_eq!(error, "the token is not valid for this stack");
+    screenshot(&c, "login").await;
+    // The server functions refuse a visitor without a token, with the API's message.
+    for path in recstack_dashboard::server::server_function_paths() {
+        let dashboard_addr = stack.get("dashboard").http.to_string();
+        let (status, _, body) =
+            tokio::task::spawn_blocking(move || common::http_with(&dashboard_addr, "POST", path, &[], ""))
+                .await
+                .unwrap();
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("Authorization: Bearer"), "{path}: {body}");
+    }
+    // The reader's token: on to the page asked for.
+    let token_input = wait_for(&c, "form[action='/login'] input[name='token']").await;
+    token_input.send_keys(common::TEST_READER).await.unwrap();
+    c.find(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
     // --- Search: filter by user, find the debug request. -----------------------------------
-    open(&c, &format!("{base}/traces?user={user}")).await;
+    open(&c, &search).await;
     let row = wait_for(&c, &format!("tr[data-request='{}']", full.request_id)).await;
     let total = attr(&wait_for(&c, "p[data-total]").await, "data-total").await;
     assert!(total.parse::<u64>().unwrap() >= 1, "total {total}");
@@ -459,7 +498,12 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     assert_eq!(attr(&phase, "data-phase").await, "Running");
     screenshot(&c, "status").await;
 
-    let errors = errors(&c).await;
+    // The wrong token's 401 is the one failed load expected.
+    let errors: Vec<String> = errors(&c)
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("/login - Failed to load resource: the server responded with a status of 401"))
+        .collect();
     assert!(errors.is_empty(), "browser errors: {errors:#?}");
     c.close().await.unwrap();
     stack.stop().await.unwrap();

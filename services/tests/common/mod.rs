@@ -137,23 +137,28 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, &[], body);
+    (status, body)
+}
+
+/// A plain HTTP/1.1 request with extra `headers`: the status code, the response's header
+/// block (lower-cased names) and the body.
+pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 /// The local stack for the trace and dashboard tests: direct links, loopback ports picked by
@@ -183,7 +188,25 @@ pub fn traced_stack(
     }
 }
 
-/// `POST /v1/recommend` to the stack's gateway for `user` (10 items); asserts a 200.
+/// The admin and debug tokens of [`test_access`]; stacks without tokens ignore them.
+pub const TEST_ADMIN: &str = "admin-token-of-the-test-stack";
+pub const TEST_DEBUG: &str = "debug-token-of-the-test-stack";
+pub const TEST_READER: &str = "reader-token-of-the-test-stack";
+
+/// Tokens for a test stack that checks them (the helpers here always send the admin and debug
+/// ones, so they work against a stack with or without these).
+pub fn test_access() -> recstack_trace_store::access::Access {
+    use recstack_trace_store::access::{Access, Token};
+    Access {
+        reader: Some(Token::new(TEST_READER).unwrap()),
+        admin: Some(Token::new(TEST_ADMIN).unwrap()),
+        debug: Some(Token::new(TEST_DEBUG).unwrap()),
+        pseudonym_key: None,
+    }
+}
+
+/// `POST /v1/recommend` to the stack's gateway for `user` (10 items), as a trusted caller (the
+/// debug token of [`test_access`]); asserts a 200.
 pub async fn recommend(
     stack: &recstack_services::serve::LocalStack,
     user: &str,
@@ -191,21 +214,27 @@ pub async fn recommend(
 ) -> recstack_services::gateway::Recommendation {
     let addr = stack.get("gateway").http.to_string();
     let body = format!(r#"{{"user_id": "{user}", "n": 10, "debug": {debug}}}"#);
-    let (status, body) = tokio::task::spawn_blocking(move || http_post(&addr, "/v1/recommend", &body))
-        .await
-        .unwrap();
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        let headers = [(recstack_trace_store::access::DEBUG_TOKEN_HEADER, TEST_DEBUG)];
+        http_with(&addr, "POST", "/v1/recommend", &headers, &body)
+    })
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
-/// The trace of `request_id` from the query API at `api`, polling until the writer has
-/// flushed it (it batches for up to 200 ms).
+/// The trace of `request_id` from the query API at `api` (as [`test_access`]'s admin), polling
+/// until the writer has flushed it (it batches for up to 200 ms).
 pub async fn stored_trace(api: &str, request_id: &str) -> recstack_trace_store::Trace {
     for _ in 0..100 {
         let (addr, path) = (api.to_string(), format!("/v1/traces/{request_id}"));
-        let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, &path))
-            .await
-            .unwrap();
+        let (status, _, body) = tokio::task::spawn_blocking(move || {
+            let bearer = format!("Bearer {TEST_ADMIN}");
+            http_with(&addr, "GET", &path, &[("Authorization", &bearer)], "")
+        })
+        .await
+        .unwrap();
         if status == 200 {
             return serde_json::from_str(&body).unwrap();
         }
