@@ -433,7 +433,7 @@ mod tests {
         }
         // The stack status needs no store: it answers.
         let r = client
-            .post(format!("http://{addr}{}", crate::api::FetchStackStatus::PATH))
+            .post(format!("http://{addr}{}", server_function_paths()[4]))
             .header("content-type", "application/x-www-form-urlencoded")
             .send()
             .await

@@ -395,17 +395,30 @@ pub fn http(
     json: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    http_with(addr, method, path, &[], json, timeout)
+}
+
+/// A plain HTTP/1.0 request with extra `headers` and an optional JSON body: (status, body).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     match json {
         Some(body) => write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )?,
-        None => write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?,
+        None => write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?,
     }
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -309,6 +309,8 @@ fn install(s: &mut Suite) -> anyhow::Result<()> {
         ("create", "priorityclasses.scheduling.k8s.io", "", false),
         ("patch", "priorityclasses.scheduling.k8s.io", "", false),
         ("get", "secrets", "default", false),
+        ("list", "secrets", "default", false),
+        ("create", "secrets", "default", true),
         ("create", "pods", "default", false),
     ] {
         let mut args = vec!["auth", "can-i", verb, resource, "--as", SA];
@@ -353,6 +355,23 @@ fn samples_ready(s: &mut Suite) -> anyhow::Result<()> {
     ])?;
     for name in ["minimal", "gpu", "flink"] {
         s.wait_ready("recstack", name)?;
+        // The access Secret the operator created (the samples name none): four keys, owned
+        // by the stack (the operator itself may not read it: the admin's kubectl does).
+        let secret = s.json(&["-n", "recstack", "get", "secret", &format!("{name}-access")])?;
+        let keys: Vec<&String> = secret["data"]
+            .as_object()
+            .context("the access Secret's data")?
+            .keys()
+            .collect();
+        ensure!(
+            keys == ["admin", "debug", "pseudonym-key", "reader"],
+            "{name}-access keys: {keys:?}"
+        );
+        ensure!(
+            secret["metadata"]["ownerReferences"][0]["name"] == name,
+            "{name}-access is owned by its stack: {}",
+            secret["metadata"]
+        );
     }
     // What Ready stands on: the GPU ranking pods were scheduled with their GPUs and classes.
     let pods = s.pods("recstack", "gpu", "ranking")?;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use recstack_e2e::netns::{Image, Network, Pod, http, http_get};
+use recstack_e2e::netns::{Image, Network, Pod, http, http_get, http_with};
 use recstack_e2e::pods::{self, Objects, PodAddr};
 use recstack_e2e::{Cluster, Operator, repo, wait_until};
 use serde_json::{Value, json};
@@ -166,6 +166,10 @@ fn main() {
         ),
         ("each request's trace is in the trace store", traces),
         (
+            "trace access: the operator's access Secret guards the trace service and debug requests; a debug trace is readable the moment its response arrives and explains a missing item",
+            trace_access,
+        ),
+        (
             "the dashboard shows the stack's status from the API server and a request's trace from the trace service",
             dashboard,
         ),
@@ -304,6 +308,15 @@ impl Deployed {
 
     fn gateway(&self) -> anyhow::Result<SocketAddr> {
         self.http_of("gateway")
+    }
+
+    /// A key of the access Secret the operator created for the stack (random tokens).
+    fn access_token(&self, key: &str) -> anyhow::Result<String> {
+        let secret = self.json(&["-n", NS, "get", "secret", &format!("{STACK}-access")])?;
+        let encoded = secret["data"][key]
+            .as_str()
+            .with_context(|| format!("the access Secret has no {key}"))?;
+        Ok(String::from_utf8(pods::base64_decode(encoded)?)?)
     }
 
     fn with_pod<T>(&self, name: &str, f: impl FnOnce(&mut Pod) -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -1280,8 +1293,23 @@ fn traces(d: &mut Deployed) -> anyhow::Result<()> {
 }
 
 fn dashboard(d: &mut Deployed) -> anyhow::Result<()> {
+    // Without a token the dashboard sends the browser to sign in, and shows nothing.
+    let (code, body) = http_get(d.http_of("dashboard")?, "/status", Duration::from_secs(10))?;
+    ensure!(
+        code == 303 && !body.contains(STACK),
+        "GET /status without a token: {code}: {body}"
+    );
+    let bearer = format!("Bearer {}", d.access_token("reader")?);
     let page = |path: &str| -> anyhow::Result<String> {
-        let (code, body) = http_get(d.http_of("dashboard")?, path, Duration::from_secs(10))?;
+        let auth = [("Authorization", bearer.as_str())];
+        let (code, body) = http_with(
+            d.http_of("dashboard")?,
+            "GET",
+            path,
+            &auth,
+            None,
+            Duration::from_secs(10),
+        )?;
         ensure!(code == 200, "GET {path}: {code}: {body}");
         Ok(body)
     };
@@ -1310,6 +1338,59 @@ fn dashboard(d: &mut Deployed) -> anyhow::Result<()> {
         let body = page(&format!("/traces/{id}"))?;
         Ok(items.iter().all(|i| body.contains(i.as_str())).then_some(()))
     })
+}
+
+fn trace_access(d: &mut Deployed) -> anyhow::Result<()> {
+    let (gateway, api) = (d.gateway()?, d.http_of("traces")?);
+    let (reader, debug) = (d.access_token("reader")?, d.access_token("debug")?);
+    let timeout = Duration::from_secs(10);
+    let body = json!({ "user_id": d.users[5], "n": 10, "debug": true }).to_string();
+    // Debug from an untrusted caller: 403 naming the field, nothing served.
+    let (code, text) = http(gateway, "POST", "/v1/recommend", Some(&body), timeout)?;
+    ensure!(
+        code == 403 && text.contains("\"field\":\"debug\""),
+        "untrusted debug: {code}: {text}"
+    );
+    // With the debug token: served, and its full trace readable at once from the trace
+    // service (another process, over Elasticsearch), without waiting for a refresh.
+    let trusted = [("x-recstack-debug-token", debug.as_str())];
+    let (code, text) = http_with(gateway, "POST", "/v1/recommend", &trusted, Some(&body), timeout)?;
+    ensure!(code == 200, "trusted debug: {code}: {text}");
+    let r: Value = serde_json::from_str(&text)?;
+    let id = r["request_id"].as_str().context("a request id")?.to_string();
+    let path = format!("/v1/traces/{id}");
+    let (code, text) = http(api, "GET", &path, None, timeout)?;
+    ensure!(
+        code == 401 && !text.contains(&id[..8]),
+        "trace without a token: {code}: {text}"
+    );
+    let auth = format!("Bearer {reader}");
+    let bearer = [("Authorization", auth.as_str())];
+    let (code, text) = http_with(api, "GET", &path, &bearer, None, timeout)?;
+    ensure!(code == 200, "trace right after its response: {code}: {text}");
+    let trace: Value = serde_json::from_str(&text)?;
+    ensure!(
+        trace["detail"] == "full" && trace["explained"] == true && trace["user_id"] == d.users[5].as_str(),
+        "the debug trace: {}",
+        &text[..text.len().min(400)]
+    );
+    // Why-not of an item recall had but did not serve names its stage and numbers.
+    let served = item_ids(&r);
+    let missing = trace["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["item_id"].as_str())
+        .find(|i| !served.iter().any(|s| s == i))
+        .context("a candidate not served")?
+        .to_string();
+    let (code, text) = http_with(api, "GET", &format!("{path}/why-not/{missing}"), &bearer, None, timeout)?;
+    let why: Value = serde_json::from_str(&text)?;
+    ensure!(
+        code == 200 && why["stage"].as_str().is_some_and(|s| !s.is_empty()) && why["evidence"].is_object(),
+        "why-not {missing}: {code}: {text}"
+    );
+    Ok(())
 }
 
 fn business_rules(d: &mut Deployed) -> anyhow::Result<()> {
