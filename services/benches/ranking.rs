@@ -51,6 +51,7 @@ fn main() {
                     .map(|i| i.id.clone())
                     .collect(),
                 timeout_ms: 10_000,
+                model: String::new(),
             }
         })
         .collect();

@@ -25,11 +25,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Fiel
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
-        // A missing or unknown field is reported at the parent: name the field itself.
+        // A missing field is reported at its parent (`what_if` for `what_if.replay_of`), an
+        // unknown one at itself: name the field, under its parent's path.
+        let top = path == "." || path.is_empty();
         let field = if let Some(name) = quoted(&message, "missing field `") {
-            name
+            if top { name } else { format!("{path}.{name}") }
         } else if let Some(name) = quoted(&message, "unknown field `") {
-            name
+            if top { name } else { path }
         } else if path == "." || inner.is_syntax() || inner.is_eof() {
             "body".to_string()
         } else {

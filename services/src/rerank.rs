@@ -211,11 +211,18 @@ impl RerankService {
             Some((bucket, name, lambda)) => (bucket, name.to_string(), lambda),
             None => (0, "control".to_string(), rules.config.mmr_lambda),
         };
-        let cfg = RerankConfig {
+        if req.block.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "block has {} entries; at most {MAX_ITEMS}",
+                req.block.len()
+            )));
+        }
+        let mut cfg = RerankConfig {
             k,
             mmr_lambda: lambda,
             ..rules.config.clone()
         };
+        cfg.blocked.extend(req.block.iter().cloned());
         let items = self.items.load();
         let fresh = self.fresh_since.load(std::sync::atomic::Ordering::Relaxed);
         let ranked: Vec<Candidate> = req
@@ -304,7 +311,34 @@ mod tests {
                 })
                 .collect(),
             k,
+            block: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_request_may_block_more_for_itself_only() {
+        let svc = service(RerankConfig {
+            blocked: ["i0".to_string()].into_iter().collect(),
+            ..RerankConfig::default()
+        });
+        let mut req = request("u1", 10);
+        req.block = vec!["i2".into(), "i3".into()];
+        let r = svc.rerank(&req).unwrap();
+        assert!(
+            r.items
+                .iter()
+                .all(|s| !["i0", "i2", "i3"].contains(&s.item_id.as_str()))
+        );
+        for id in ["i0", "i2", "i3"] {
+            let a = r.actions.iter().find(|a| a.item_id == id).unwrap();
+            assert_eq!((a.after, a.rule.as_str()), (-1, "blocked"), "{id}");
+        }
+        // The next request has only the configured list.
+        let r = svc.rerank(&request("u1", 10)).unwrap();
+        assert!(r.items.iter().any(|s| s.item_id == "i2"));
+        let mut too_many = request("u1", 10);
+        too_many.block = vec!["x".into(); MAX_ITEMS + 1];
+        assert!(svc.rerank(&too_many).unwrap_err().message().starts_with("block has"));
     }
 
     #[test]

@@ -209,6 +209,7 @@ async fn debug_requests_get_a_full_trace_of_every_candidate() {
             user_id: user.clone(),
             items: pool,
             k: 10,
+            block: Vec::new(),
         })
         .await
         .unwrap()
@@ -641,6 +642,7 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
         user: None,
         item_ids: item_ids.clone(),
         timeout_ms: 1000,
+        model: String::new(),
     };
     let mut canaried = 0;
     for u in 0..200 {
@@ -656,6 +658,34 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
         canaried += usize::from(r.canary);
     }
     assert!((40..=80).contains(&canaried), "{canaried} of 200 users on a 30% canary");
+    // A what-if names the model: it is used whatever the split says; an unknown one is refused.
+    for u in 0..10 {
+        let user = format!("user-{u}");
+        for (asked, version, canary) in [("canary", "deepfm-canary", true), ("primary", "deepfm-1", false)] {
+            let r = client
+                .rank(RankRequest {
+                    model: asked.into(),
+                    ..rank(user.clone())
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (r.model_version.as_str(), r.canary),
+                (version, canary),
+                "{user} asked {asked}"
+            );
+        }
+    }
+    let e = client
+        .rank(RankRequest {
+            model: "newest".into(),
+            ..rank("user-1".into())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("model: \"newest\""), "{e}");
 
     // A new primary version appears on disk: served within the polling interval, no failed call.
     let mut card = ModelCard::read(&primary).unwrap();
@@ -744,6 +774,7 @@ async fn ranking_reads_real_time_item_features_through_the_feature_service() {
         user: None,
         item_ids: item_ids.clone(),
         timeout_ms: 2_000,
+        model: String::new(),
     };
     let rank = |url: String| {
         let request = request.clone();

@@ -6,6 +6,7 @@
 //! | `GET /v1/traces/{request_id}` | the whole [`Trace`](crate::Trace) |
 //! | `GET /v1/traces/{request_id}/why/{item_id}` | [`Why`]: the lineage of a served item |
 //! | `GET /v1/traces/{request_id}/why-not/{item_id}` | [`WhyNot`](crate::explain::WhyNot): where a missing item fell out |
+//! | `GET /v1/compare?a={request_id}&b={request_id}` | [`Comparison`](crate::compare::Comparison): the two served lists side by side, every item's movement and the stage that made it |
 //! | `GET /v1/aggregates?from=&to=&interval=` | [`Aggregates`](crate::query::Aggregates) |
 //! | `GET /v1/items?ids=a,b,c` | `{"titles": {"a": "…"}}`: the catalogue's titles of up to [`MAX_TITLES`] items (unknown ids left out) |
 //!
@@ -63,6 +64,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/v1/traces/{request_id}", get(get_trace))
         .route("/v1/traces/{request_id}/why/{item_id}", get(why))
         .route("/v1/traces/{request_id}/why-not/{item_id}", get(why_not))
+        .route("/v1/compare", get(compare))
         .route("/v1/aggregates", get(aggregates))
         .route("/v1/items", get(titles))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
@@ -350,6 +352,22 @@ async fn why_not(
     Ok(Json(explain::why_not(&trace, &item_id, s.index.as_deref())).into_response())
 }
 
+/// The two request ids of `GET /v1/compare`.
+fn compare_ids(params: &HashMap<String, String>) -> Result<(String, String), ApiError> {
+    only(params, &["a", "b"])?;
+    let id = |field: &'static str| match text(params, field)? {
+        Some(v) => Ok(v),
+        None => Err(ApiError::bad(field, "a request id is required")),
+    };
+    Ok((id("a")?, id("b")?))
+}
+
+async fn compare(State(s): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let (a, b) = compare_ids(&params)?;
+    let (ta, tb) = tokio::try_join!(load(&s, &a), load(&s, &b))?;
+    Ok(Json(crate::compare::compare(&ta, &tb, s.index.as_deref())).into_response())
+}
+
 /// The ids of `GET /v1/items`: comma-separated, 1 to [`MAX_TITLES`], none empty.
 fn title_ids(params: &HashMap<String, String>) -> Result<Vec<&str>, ApiError> {
     only(params, &["ids"])?;
@@ -518,6 +536,21 @@ mod tests {
         assert_eq!(body["hits"][0]["user_id"].as_str(), Some(pseudonym.as_str()), "{body}");
         let (_, _, body) = call(&router, "/v1/traces?user=8", Some("admin-token-0123456789")).await;
         assert_eq!(body["hits"].as_array().map(Vec::len), Some(0), "{body}");
+    }
+
+    #[test]
+    fn compare_needs_both_ids() {
+        assert_eq!(
+            compare_ids(&params(&[("a", "x"), ("b", "y")])).unwrap(),
+            ("x".to_string(), "y".to_string())
+        );
+        assert_eq!(field(compare_ids(&params(&[("a", "x")])).unwrap_err()), "b");
+        assert_eq!(field(compare_ids(&params(&[("b", "y")])).unwrap_err()), "a");
+        assert_eq!(field(compare_ids(&params(&[("a", ""), ("b", "y")])).unwrap_err()), "a");
+        assert_eq!(
+            field(compare_ids(&params(&[("a", "x"), ("b", "y"), ("c", "z")])).unwrap_err()),
+            "c"
+        );
     }
 
     #[test]

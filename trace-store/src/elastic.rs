@@ -164,6 +164,10 @@ pub fn index_template(prefix: &str) -> Value {
                         "newest_window_end_ms": { "type": "date", "format": "epoch_millis" },
                         "fetch_us": { "type": "long" },
                     }},
+                    "what_if": { "properties": {
+                        "replay_of": keyword, "level": keyword, "force_items": keyword,
+                        "block": keyword, "model": keyword,
+                    }},
                 }
             }
         }

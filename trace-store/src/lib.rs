@@ -17,6 +17,7 @@
 pub mod access;
 #[cfg(feature = "server")]
 pub mod api;
+pub mod compare;
 #[cfg(feature = "server")]
 pub mod elastic;
 #[cfg(feature = "server")]
@@ -107,6 +108,28 @@ pub struct Trace {
     /// traces written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realtime: Option<RealtimeRecord>,
+    /// What this request changed, when it replays a stored one (a what-if).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what_if: Option<WhatIf>,
+}
+
+/// What a what-if replay changed from the request it replays ([`Trace::what_if`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WhatIf {
+    /// The stored request replayed.
+    pub replay_of: String,
+    /// The degradation level it was made to start at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Items put among the candidates before ranking (served only if they earn it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub force_items: Vec<String>,
+    /// Items blocked for this request, beside the stack's block list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<String>,
+    /// The ranking model asked for: `primary` or `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// The real-time item features ranking read from the feature service for one request: how

@@ -240,6 +240,7 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
             newest_window_end_ms: timestamp_ms - 30_000 - (seq % 30) as i64 * 1_000,
             fetch_us: 300 + rng.next() % 700,
         }),
+        what_if: None,
     }
 }
 

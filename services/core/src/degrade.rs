@@ -24,6 +24,13 @@ pub enum Level {
 }
 
 impl Level {
+    pub const ALL: [Level; 4] = [Level::Full, Level::Reduced, Level::Popular, Level::Fallback];
+
+    /// The level named `name` (`full`, `reduced`, `popular`, `fallback`).
+    pub fn from_name(name: &str) -> Option<Level> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Level::Full => "full",

@@ -34,6 +34,7 @@ impl proto::gateway_server::Gateway for GatewayGrpc {
             context: r.context.into_iter().collect(),
             timeout_ms: Some(r.timeout_ms),
             debug: r.debug,
+            what_if: None,
         })
         .map_err(|e| {
             self.0.metrics.invalid.inc();

@@ -55,6 +55,7 @@ async fn recommend(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body
         Err(e) => return bad_request(&gateway, e),
     };
     if query.debug {
+        // A what-if is a debug request too (`validate` sets `debug`).
         let token = headers
             .get(recstack_trace_store::access::DEBUG_TOKEN_HEADER)
             .and_then(|v| v.to_str().ok());
@@ -96,6 +97,15 @@ mod tests {
             (r#"{"user_id": "1""#, "body"),
             ("", "body"),
             ("[]", "body"),
+            (r#"{"user_id": "1", "what_if": {}}"#, "what_if.replay_of"),
+            (
+                r#"{"user_id": "1", "what_if": {"replay_of": "r", "forced": []}}"#,
+                "what_if.forced",
+            ),
+            (
+                r#"{"user_id": "1", "what_if": {"replay_of": "r", "block": [1]}}"#,
+                "what_if.block[0]",
+            ),
         ] {
             let e = parse(body.as_bytes()).unwrap_err();
             assert_eq!(e.field, field, "{body}: {e}");

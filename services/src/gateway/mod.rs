@@ -251,6 +251,9 @@ impl Gateway {
         if r.level == Level::Popular {
             self.popular(&mut r);
         }
+        if r.level < Level::Fallback {
+            self.force_in(&mut r);
+        }
         if r.level <= Level::Reduced && !r.candidates.is_empty() {
             self.rank(&mut r).await;
         } else if r.level == Level::Popular && !r.candidates.is_empty() {
@@ -287,6 +290,15 @@ impl Gateway {
         {
             level = Level::Reduced;
             degraded.push(shed);
+        }
+        if let Some(forced) = q
+            .what_if
+            .as_ref()
+            .and_then(|w| w.level.as_deref())
+            .and_then(Level::from_name)
+        {
+            level = forced;
+            degraded.push(format!("what-if: started at the {} level", forced.name()));
         }
         let full = q.debug || rand::random::<f64>() < self.config.full_trace_sample;
         Request::new(

@@ -366,6 +366,39 @@ impl Gateway {
         r.ran("popular", began, catalogue.hot.len() as u32);
     }
 
+    /// A what-if's forced items: put at the head of the candidates, within the model's reach —
+    /// moved there when recall had them lower, added without sources when it did not. They are
+    /// then ranked and reranked like any other: served only if they earn it.
+    pub(super) fn force_in(&self, r: &mut Request) {
+        let Some(forced) =
+            r.q.what_if
+                .as_ref()
+                .map(|w| w.force_items.clone())
+                .filter(|f| !f.is_empty())
+        else {
+            return;
+        };
+        let began = Instant::now();
+        let prior = r.candidates.first().map_or(1.0, |c| c.prior);
+        let mut head = Vec::with_capacity(forced.len() + r.candidates.len());
+        for id in forced {
+            match r.candidates.iter().position(|c| c.id == id) {
+                Some(i) => head.push(r.candidates.remove(i)),
+                None => head.push(Cand {
+                    id,
+                    prior,
+                    sources: SmallVec::new(),
+                    recall_position: None,
+                    rank_score: None,
+                }),
+            }
+        }
+        let count = head.len() as u32;
+        head.append(&mut r.candidates);
+        r.candidates = head;
+        r.ran("what_if", began, count);
+    }
+
     /// The model scores the first candidates in recall's order (as many as the level's plan
     /// lets it); they are reordered by score, ties keeping recall's order.
     pub(super) async fn rank(&self, r: &mut Request) {
@@ -382,6 +415,7 @@ impl Gateway {
                     user: user.clone(),
                     item_ids: candidates.iter().map(|c| c.id.clone()).collect(),
                     timeout_ms: budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+                    model: q.what_if.as_ref().and_then(|w| w.model.clone()).unwrap_or_default(),
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);
@@ -436,6 +470,7 @@ impl Gateway {
                         })
                         .collect(),
                     k: q.n,
+                    block: q.what_if.as_ref().map(|w| w.block.clone()).unwrap_or_default(),
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);

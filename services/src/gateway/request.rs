@@ -29,6 +29,87 @@ pub struct RecommendRequest {
     pub timeout_ms: Option<u32>,
     #[serde(default)]
     pub debug: bool,
+    /// Replay a stored request with changes (a what-if): traced in full, like `debug`.
+    #[serde(default)]
+    pub what_if: Option<WhatIfRequest>,
+}
+
+/// The changes of a what-if replay (`what_if` in the request body).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatIfRequest {
+    /// The stored request this replays (its trace records it).
+    pub replay_of: String,
+    /// Start at this degradation level: `full`, `reduced`, `popular` or `fallback`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// Items put among the candidates before ranking (served only if they earn it).
+    #[serde(default)]
+    pub force_items: Vec<String>,
+    /// Items blocked for this request, beside the stack's block list.
+    #[serde(default)]
+    pub block: Vec<String>,
+    /// The ranking model: `primary` or `canary`.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Most items a what-if may force in, and block.
+pub const MAX_FORCED: usize = 50;
+pub const MAX_BLOCKED: usize = 500;
+
+/// A checked what-if; errors name the field (`what_if.level`, `what_if.force_items[2]`, …).
+fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError> {
+    let replay_of = w.replay_of.trim();
+    if replay_of.is_empty() || replay_of.len() > 128 {
+        return Err(FieldError::new("what_if.replay_of", "must be 1 to 128 characters"));
+    }
+    if let Some(level) = &w.level
+        && recstack_core::degrade::Level::from_name(level).is_none()
+    {
+        return Err(FieldError::new(
+            "what_if.level",
+            format!("{level:?}: one of full, reduced, popular, fallback"),
+        ));
+    }
+    if let Some(model) = &w.model
+        && model != "primary"
+        && model != "canary"
+    {
+        return Err(FieldError::new(
+            "what_if.model",
+            format!("{model:?}: primary or canary"),
+        ));
+    }
+    let ids = |field: &str, ids: Vec<String>, max: usize| -> Result<Vec<String>, FieldError> {
+        if ids.len() > max {
+            return Err(FieldError::new(
+                &format!("what_if.{field}"),
+                format!("has {} items; at most {max}", ids.len()),
+            ));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            let id = id.trim().to_string();
+            if id.is_empty() || id.len() > 256 {
+                return Err(FieldError::new(
+                    &format!("what_if.{field}[{i}]"),
+                    "must be 1 to 256 characters",
+                ));
+            }
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    };
+    Ok(recstack_trace_store::WhatIf {
+        replay_of: replay_of.to_string(),
+        level: w.level,
+        force_items: ids("force_items", w.force_items, MAX_FORCED)?,
+        block: ids("block", w.block, MAX_BLOCKED)?,
+        model: w.model,
+    })
 }
 
 /// A checked request.
@@ -41,6 +122,8 @@ pub struct Query {
     /// `None`: the gateway's default.
     pub timeout: Option<Duration>,
     pub debug: bool,
+    /// A what-if replay's changes (then `debug` is set too).
+    pub what_if: Option<recstack_trace_store::WhatIf>,
 }
 
 /// Checks a request; the error names the field.
@@ -83,13 +166,15 @@ pub fn validate(req: RecommendRequest) -> Result<Query, FieldError> {
         }
         Some(ms) => Some(Duration::from_millis(u64::from(ms))),
     };
+    let what_if = req.what_if.map(what_if).transpose()?;
     Ok(Query {
         user_id: user_id.to_string(),
         n,
         scene,
         context: req.context,
         timeout,
-        debug: req.debug,
+        debug: req.debug || what_if.is_some(),
+        what_if,
     })
 }
 

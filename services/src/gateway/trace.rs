@@ -96,6 +96,7 @@ pub(super) fn trace(r: Request, response: &Recommendation) -> Trace {
             newest_window_end_ms: r.newest_window_end_ms,
             fetch_us: r.fetch_us,
         }),
+        what_if: q.what_if,
     }
 }
 

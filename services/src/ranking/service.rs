@@ -416,6 +416,19 @@ pub struct ModelSet {
 }
 
 impl ModelSet {
+    /// The model a request asks for (`primary`, `canary`), or by the canary split (`""`).
+    pub fn choose(&self, user_id: &str, asked: &str) -> Result<(&LoadedModel, bool), String> {
+        match asked {
+            "" => Ok(self.pick(user_id)),
+            "primary" => Ok((&self.primary, false)),
+            "canary" => match &self.canary {
+                Some((canary, _)) => Ok((canary, true)),
+                None => Err("model: \"canary\" asked for, but no canary model is loaded".into()),
+            },
+            other => Err(format!("model: {other:?}; use \"primary\", \"canary\" or nothing")),
+        }
+    }
+
     /// The model for a user: the canary for `canary_percent` of users, stably.
     pub fn pick(&self, user_id: &str) -> (&LoadedModel, bool) {
         match &self.canary {
@@ -606,7 +619,9 @@ impl RankingService {
         };
         let deadline = Instant::now() + timeout;
         let models = self.models.load_full();
-        let (model, canary) = models.pick(&req.user_id);
+        let (model, canary) = models
+            .choose(&req.user_id, &req.model)
+            .map_err(Status::invalid_argument)?;
         let rows = req.item_ids.len();
         let (realtime, report) = if model.rows.reads_realtime_items() {
             let (values, report) = self.read_realtime(&req.item_ids, deadline, traceparent).await;
