@@ -25,6 +25,18 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The signed-in visitor's token, in a server function or a page being rendered.
+pub fn visitor_token() -> Option<String> {
+    leptos::prelude::use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>().map(|c| c.token.clone()))
+}
+
+/// The signed-in visitor's role (`None`: no sign-in needed, or outside a request).
+pub fn visitor_role() -> Option<Role> {
+    leptos::prelude::use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>().map(|c| c.role))
+}
+
 /// The token a request presents: `Authorization: Bearer …`, else the sign-in cookie.
 pub fn presented_token(headers: &HeaderMap) -> Option<String> {
     let bearer = headers

@@ -409,12 +409,122 @@ pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
     }
 }
 
+/// A what-if replay as asked for: the stored request, and what to change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplayAsk {
+    pub request_id: String,
+    /// The user's own id, when the trace keeps a pseudonym (it cannot be replayed without).
+    #[serde(default)]
+    pub user: String,
+    /// Start at this degradation level (empty: as the gateway decides now).
+    #[serde(default)]
+    pub level: String,
+    /// Items to put among the candidates before ranking.
+    #[serde(default)]
+    pub force_items: Vec<String>,
+    /// Items to block for this request.
+    #[serde(default)]
+    pub block: Vec<String>,
+    /// `primary` or `canary` (empty: the canary split decides).
+    #[serde(default)]
+    pub model: String,
+}
+
+impl ReplayAsk {
+    /// Item ids from a form field: separated by commas or whitespace.
+    pub fn ids(field: &str) -> Vec<String> {
+        field
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The gateway request that replays `trace` with `ask`'s changes: the same user, `n`, scene
+/// and context as recorded. A trace that keeps a pseudonym needs the user's own id.
+pub fn what_if_body(trace: &Trace, ask: &ReplayAsk) -> Result<serde_json::Value, String> {
+    let user = match ask.user.trim() {
+        "" if trace.user_id.starts_with(recstack_trace_store::PSEUDONYM_PREFIX) => {
+            return Err(format!(
+                "user: request {} keeps a pseudonym ({}), not the user id: give the user's own id to replay it",
+                trace.request_id, trace.user_id
+            ));
+        }
+        "" => trace.user_id.clone(),
+        own => own.to_string(),
+    };
+    let mut what_if = serde_json::json!({ "replay_of": trace.request_id });
+    let level = ask.level.trim();
+    if !level.is_empty() {
+        what_if["level"] = level.into();
+    }
+    if !ask.force_items.is_empty() {
+        what_if["force_items"] = ask.force_items.clone().into();
+    }
+    if !ask.block.is_empty() {
+        what_if["block"] = ask.block.clone().into();
+    }
+    let model = ask.model.trim();
+    if !model.is_empty() {
+        what_if["model"] = model.into();
+    }
+    let n = if trace.n > 0 {
+        trace.n
+    } else {
+        trace.items.len().max(1) as u32
+    };
+    Ok(serde_json::json!({
+        "user_id": user,
+        "n": n,
+        "scene": trace.scene,
+        "context": trace.context,
+        "what_if": what_if,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use recstack_trace_store::sample;
     use recstack_trace_store::{ChannelCount, Detail};
 
     use super::*;
+
+    #[test]
+    fn a_replay_sends_the_recorded_request_with_its_changes() {
+        let mut t = recstack_trace_store::sample::summary_trace(3, 0);
+        t.user_id = "42".into();
+        t.n = 7;
+        t.scene = "home".into();
+        t.context = [("device".to_string(), "tv".to_string())].into_iter().collect();
+        let ask = ReplayAsk {
+            request_id: t.request_id.clone(),
+            level: "popular".into(),
+            force_items: ReplayAsk::ids("a, b  c"),
+            ..ReplayAsk::default()
+        };
+        let body = what_if_body(&t, &ask).unwrap();
+        assert_eq!(body["user_id"], "42");
+        assert_eq!(body["n"], 7);
+        assert_eq!(body["scene"], "home");
+        assert_eq!(body["context"]["device"], "tv");
+        assert_eq!(body["what_if"]["replay_of"], t.request_id.as_str());
+        assert_eq!(body["what_if"]["level"], "popular");
+        assert_eq!(body["what_if"]["force_items"], serde_json::json!(["a", "b", "c"]));
+        assert!(body["what_if"].get("block").is_none() && body["what_if"].get("model").is_none());
+        // A trace from before `n` was recorded: as many as it served.
+        t.n = 0;
+        assert_eq!(what_if_body(&t, &ask).unwrap()["n"], t.items.len() as u64);
+        // A pseudonym needs the user's own id.
+        t.user_id = "p-0123456789abcdef0123456789abcdef".into();
+        let e = what_if_body(&t, &ask).unwrap_err();
+        assert!(e.starts_with("user: "), "{e}");
+        let own = ReplayAsk {
+            user: "42".into(),
+            ..ask
+        };
+        assert_eq!(what_if_body(&t, &own).unwrap()["user_id"], "42");
+    }
 
     fn stage(name: &str, start: Option<u64>, latency: u64, items_in: u32, items_out: u32) -> StageRecord {
         StageRecord {

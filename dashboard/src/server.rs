@@ -165,7 +165,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// Why the trace query API did not answer.
+/// Why the trace query API (or the gateway, for a replay) did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceApiError {
     /// A 4xx with the API's message (and the parameter it names).
@@ -175,21 +175,27 @@ pub enum TraceApiError {
         field: Option<String>,
         message: String,
     },
-    #[error("the trace query API at {url} cannot be reached: {message}")]
-    Unreachable { url: String, message: String },
-    #[error("the trace query API answered something unexpected: {0}")]
-    Unexpected(String),
+    #[error("{service} at {url} cannot be reached: {message}")]
+    Unreachable {
+        service: &'static str,
+        url: String,
+        message: String,
+    },
+    #[error("{service} answered something unexpected: {message}")]
+    Unexpected { service: &'static str, message: String },
 }
 
-/// A small JSON client of the trace query API.
-pub struct TraceApi {
+/// A small JSON-over-HTTP client: the trace query API's or the gateway's.
+struct JsonClient {
+    service: &'static str,
     base: String,
     http: reqwest::Client,
 }
 
-impl TraceApi {
-    pub fn new(base: &str) -> Self {
+impl JsonClient {
+    fn new(service: &'static str, base: &str) -> Self {
         Self {
+            service,
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -198,25 +204,16 @@ impl TraceApi {
         }
     }
 
-    /// `GET base + path?params`, decoded; 4xx and 5xx become [`TraceApiError`]s with the API's message.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, params: &[(&str, String)]) -> Result<T, TraceApiError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.get(&url).query(params);
-        // The signed-in visitor's own token: the API applies its role.
-        if let Some(caller) = use_context::<axum::http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<crate::auth::Caller>().cloned())
-        {
-            request = request.bearer_auth(caller.token);
-        }
-        let response = request.send().await.map_err(|e| TraceApiError::Unreachable {
+    /// Sends `request`, decoded; 4xx and 5xx become [`TraceApiError`]s with the answer's message.
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, TraceApiError> {
+        let unreachable = |e: reqwest::Error| TraceApiError::Unreachable {
+            service: self.service,
             url: self.base.clone(),
             message: e.to_string(),
-        })?;
+        };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| TraceApiError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let message = v["error"]
@@ -229,8 +226,122 @@ impl TraceApi {
                 message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| TraceApiError::Unexpected(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| TraceApiError::Unexpected {
+            service: self.service,
+            message: e.to_string(),
+        })
     }
+}
+
+/// A client of the trace query API. Its token is the one it was given (the CLI's), else the
+/// signed-in visitor's (the dashboard passes each visitor's own on: the API applies its role).
+pub struct TraceApi {
+    client: JsonClient,
+    token: Option<String>,
+}
+
+impl TraceApi {
+    pub fn new(base: &str) -> Self {
+        Self {
+            client: JsonClient::new("the trace query API", base),
+            token: None,
+        }
+    }
+
+    /// Every call sends `token` as a bearer.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// `GET base + path?params`, decoded; 4xx and 5xx become [`TraceApiError`]s with the API's message.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, params: &[(&str, String)]) -> Result<T, TraceApiError> {
+        let url = format!("{}{path}", self.client.base);
+        let mut request = self.client.http.get(&url).query(params);
+        if let Some(token) = self.token.clone().or_else(crate::auth::visitor_token) {
+            request = request.bearer_auth(token);
+        }
+        self.client.send(request).await
+    }
+}
+
+/// A client of the gateway, for replays: it sends the stack's debug token (a replay is a debug
+/// request).
+pub struct GatewayApi {
+    client: JsonClient,
+    debug_token: Option<String>,
+}
+
+impl GatewayApi {
+    pub fn new(base: &str, debug_token: Option<String>) -> Self {
+        Self {
+            client: JsonClient::new("the gateway", base),
+            debug_token,
+        }
+    }
+
+    /// `POST /v1/recommend` with `body`: the recommendation, as JSON.
+    pub async fn recommend(&self, body: &serde_json::Value) -> Result<serde_json::Value, TraceApiError> {
+        let url = format!("{}/v1/recommend", self.client.base);
+        let mut request = self.client.http.post(&url).json(body);
+        if let Some(token) = &self.debug_token {
+            request = request.header(recstack_trace_store::access::DEBUG_TOKEN_HEADER, token);
+        }
+        self.client.send(request).await
+    }
+}
+
+/// A replay's outcome: the comparison of the stored request with its replay, and how long
+/// the replay took end to end (the stored trace read, the gateway's answer, the comparison).
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    pub comparison: recstack_trace_store::compare::Comparison,
+    pub took: Duration,
+}
+
+/// Replays the stored request `ask.request_id` through `gateway` with `ask`'s changes, then
+/// compares it with its replay (whose trace the API finds at once: read-your-trace).
+pub async fn replay(
+    traces: &TraceApi,
+    gateway: &GatewayApi,
+    ask: &crate::model::ReplayAsk,
+) -> Result<Replayed, TraceApiError> {
+    let started = Instant::now();
+    let original: recstack_trace_store::Trace = traces
+        .get(
+            &format!("/v1/traces/{}", crate::model::percent_encode(&ask.request_id)),
+            &[],
+        )
+        .await?;
+    let body = crate::model::what_if_body(&original, ask).map_err(|message| TraceApiError::Refused {
+        status: 400,
+        field: Some("user".into()),
+        message,
+    })?;
+    let answer = gateway.recommend(&body).await?;
+    let replayed = answer["request_id"]
+        .as_str()
+        .ok_or_else(|| TraceApiError::Unexpected {
+            service: "the gateway",
+            message: format!("no request_id in {answer}"),
+        })?
+        .to_string();
+    let comparison = compare(traces, &original.request_id, &replayed).await?;
+    Ok(Replayed {
+        comparison,
+        took: started.elapsed(),
+    })
+}
+
+/// Two stored requests side by side.
+pub async fn compare(
+    traces: &TraceApi,
+    a: &str,
+    b: &str,
+) -> Result<recstack_trace_store::compare::Comparison, TraceApiError> {
+    traces
+        .get("/v1/compare", &[("a", a.to_string()), ("b", b.to_string())])
+        .await
 }
 
 /// Where stack status comes from.

@@ -205,7 +205,7 @@ impl Access {
 }
 
 /// Prefix of every pseudonym, so an id in a trace says which it is.
-pub const PSEUDONYM_PREFIX: &str = "p-";
+pub use crate::PSEUDONYM_PREFIX;
 
 /// A user id's pseudonym: `p-` and the first 16 bytes of HMAC-SHA256(key, id) in hex. The same
 /// id always gets the same pseudonym under one key (a user's traces still group), and without

@@ -18,6 +18,10 @@ pub mod access;
 #[cfg(feature = "server")]
 pub mod api;
 pub mod compare;
+
+/// Prefix of a pseudonymised user id in a trace (see `access`).
+pub const PSEUDONYM_PREFIX: &str = "p-";
+
 #[cfg(feature = "server")]
 pub mod elastic;
 #[cfg(feature = "server")]
@@ -57,6 +61,12 @@ pub struct Trace {
     pub timestamp_ms: i64,
     pub user_id: String,
     pub scene: String,
+    /// Items asked for (`n`), and the request's context: what a replay sends again (0 and
+    /// empty in traces written before they were recorded).
+    #[serde(default)]
+    pub n: u32,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub context: std::collections::BTreeMap<String, String>,
     /// `summary` or `full` (every candidate of every stage).
     pub detail: Detail,
     /// full, reduced, popular, fallback.

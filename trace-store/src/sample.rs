@@ -144,6 +144,8 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
         timestamp_ms,
         user_id: format!("u{}", seq % 50),
         scene: "home".into(),
+        n: 10,
+        context: [("device".to_string(), "tv".to_string())].into_iter().collect(),
         detail: Detail::Full,
         level: level.into(),
         degraded: if level == "full" {

@@ -10,7 +10,7 @@ mod dashboard;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, block_on, build, eval, export_ranking, query, serve, synth, up};
+use commands::{bench, block_on, build, eval, export_ranking, query, replay, serve, synth, up};
 
 #[derive(Parser)]
 #[command(version, about = "recstack: build, serve and measure the recommender")]
@@ -33,6 +33,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a SYNTHETIC data set calibrated to the bundled data, for scale tests.
     Synth(synth::SynthArgs),
+    /// Replay a stored request with changes (what-if: a level, items forced in or blocked,
+    /// the primary or canary model) and show both lists side by side, every item's movement
+    /// and the stage that made it.
+    Replay(replay::ReplayArgs),
+    /// Two stored requests side by side, every item's movement and the stage that made it.
+    Compare(replay::CompareArgs),
     /// Serve one component.
     Serve {
         #[command(subcommand)]
@@ -55,6 +61,8 @@ fn main() -> anyhow::Result<()> {
         Command::Query(args) => block_on(query::run(args)),
         Command::Bench(args) => block_on(bench::run(args)),
         Command::Synth(args) => synth::run(args),
+        Command::Replay(args) => block_on(replay::replay(args)),
+        Command::Compare(args) => block_on(replay::compare(args)),
         Command::Serve { component } => block_on(serve::run(component)),
         Command::Eval(args) => eval::run(args),
         Command::ExportRanking(args) => export_ranking::run(args),

@@ -126,6 +126,57 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
     };
     assert_eq!(page["hits"][0]["request_id"], v["request_id"], "{page}");
 
+    // `recstack replay`: the request again with its first item blocked, side by side.
+    let first = v["items"][0]["item_id"].as_str().unwrap().to_string();
+    let request_id = v["request_id"].as_str().unwrap().to_string();
+    let out = recstack(&[
+        "replay",
+        &request_id,
+        "--block",
+        &first,
+        "--gateway",
+        &format!("http://{gateway}"),
+        "--traces",
+        &format!("http://{traces}"),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("A: {request_id} · user 1 · level full")),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(&format!("replay of {request_id} (block {first})")),
+        "{text}"
+    );
+    let row = lines.iter().find(|l| l.contains(&format!(" {first} "))).unwrap();
+    assert!(
+        row.starts_with("  1   -  left") && row.contains("business_rule"),
+        "{text}"
+    );
+    assert!(text.lines().last().unwrap().starts_with("replayed in "), "{text}");
+    // `recstack compare` of the two, as JSON: B is the replay.
+    let replayed = lines[1].split_whitespace().nth(1).unwrap().to_string();
+    let out = recstack(&[
+        "compare",
+        &request_id,
+        &replayed,
+        "--traces",
+        &format!("http://{traces}"),
+        "--json",
+    ]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["b"]["what_if"]["block"][0], first.as_str(), "{c}");
+    assert_eq!(c["totals"]["left"], c["totals"]["entered"], "{c}");
+    // A request that was never stored: the API's message, and a failure.
+    let out = recstack(&["compare", &request_id, "nope", "--traces", &format!("http://{traces}")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no trace for request \"nope\""),
+        "{out:?}"
+    );
+
     let (recall, features) = (address_after(&banner, "recall"), address_after(&banner, "features"));
     let out = recstack(&[
         "query",

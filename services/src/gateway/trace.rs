@@ -68,6 +68,8 @@ pub(super) fn trace(r: Request, response: &Recommendation) -> Trace {
             .as_millis() as i64,
         user_id: q.user_id,
         scene: q.scene,
+        n: q.n,
+        context: q.context,
         detail: if full { Detail::Full } else { Detail::Summary },
         level: response.level.clone(),
         degraded: response.degraded.clone(),

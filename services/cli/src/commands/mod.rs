@@ -7,6 +7,7 @@ pub mod build;
 pub mod eval;
 pub mod export_ranking;
 pub mod query;
+pub mod replay;
 pub mod serve;
 pub mod synth;
 pub mod up;
