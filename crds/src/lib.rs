@@ -1134,8 +1134,13 @@ pub const GRPC_CALLS: &[(Component, Component)] = &[
     (Component::Ranking, Component::Feature),
 ];
 
-/// Calls over HTTP: the dashboard reads the trace query API.
-pub const HTTP_CALLS: &[(Component, Component)] = &[(Component::Dashboard, Component::Traces)];
+/// Calls over HTTP: the dashboard reads the trace query API and replays requests through the
+/// gateway.
+pub const HTTP_CALLS: &[(Component, Component)] = &[
+    (Component::Dashboard, Component::Traces),
+    // Replays (what-if) go through the gateway like any request.
+    (Component::Dashboard, Component::Gateway),
+];
 
 /// The stack's components, in the order they are rendered and reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -174,6 +174,77 @@ pub async fn ask_why_not(request_id: String, item_id: String) -> Result<WhyNot, 
     d.traces.get(&path, &[]).await.map_err(Into::into)
 }
 
+/// Two served lists side by side, with the titles of their items; `took_ms` for a replay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonView {
+    pub comparison: recstack_trace_store::compare::Comparison,
+    pub titles: std::collections::BTreeMap<String, String>,
+    pub took_ms: Option<f64>,
+}
+
+#[cfg(feature = "ssr")]
+async fn with_titles(
+    d: &crate::server::Dashboard,
+    comparison: recstack_trace_store::compare::Comparison,
+    took_ms: Option<f64>,
+) -> ComparisonView {
+    #[derive(Deserialize)]
+    struct Titles {
+        titles: std::collections::BTreeMap<String, String>,
+    }
+    let ids: Vec<&str> = comparison.rows.iter().map(|r| r.item_id.as_str()).collect();
+    let titles = if ids.is_empty() {
+        Default::default()
+    } else {
+        match d.traces.get::<Titles>("/v1/items", &[("ids", ids.join(","))]).await {
+            Ok(t) => t.titles,
+            Err(e) => {
+                tracing::warn!(error = %e, "no item titles");
+                Default::default()
+            }
+        }
+    };
+    ComparisonView {
+        comparison,
+        titles,
+        took_ms,
+    }
+}
+
+#[server]
+pub async fn compare_traces(a: String, b: String) -> Result<ComparisonView, ServerFnError> {
+    let (a, b) = (a.trim().to_string(), b.trim().to_string());
+    if a.is_empty() || b.is_empty() {
+        return Err(page_error(
+            Some(if a.is_empty() { "a" } else { "b" }),
+            "a request id is required",
+        ));
+    }
+    let d = crate::server::Dashboard::current()?;
+    let comparison = crate::server::compare(&d.traces, &a, &b).await?;
+    Ok(with_titles(&d, comparison, None).await)
+}
+
+#[server]
+pub async fn replay_request(ask: crate::model::ReplayAsk) -> Result<ComparisonView, ServerFnError> {
+    // A replay is a debug request made with the stack's token: the admin's to ask for.
+    if crate::auth::visitor_role().is_some_and(|r| r < recstack_trace_store::access::Role::Admin) {
+        return Err(ServerFnError::new(
+            "a replay runs a debug request through the gateway: it needs the admin role (sign in with the admin token)",
+        ));
+    }
+    if ask.request_id.trim().is_empty() {
+        return Err(page_error(Some("request"), "a request id is required"));
+    }
+    let d = crate::server::Dashboard::current()?;
+    let gateway = d.gateway.as_ref().ok_or_else(|| {
+        ServerFnError::new("this dashboard has no gateway to replay through (recstack serve dashboard --gateway-url)")
+    })?;
+    let replayed = crate::server::replay(&d.traces, gateway, &ask).await?;
+    let took = replayed.took.as_secs_f64() * 1e3;
+    Ok(with_titles(&d, replayed.comparison, Some(took)).await)
+}
+
 /// The overview's aggregates and the range they cover.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Overview {

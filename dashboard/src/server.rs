@@ -18,6 +18,8 @@ use crate::api::{ComponentHealth, ConditionView, StackStatus};
 /// What the server functions reach: the trace query API and the stack status source.
 pub struct Dashboard {
     pub traces: TraceApi,
+    /// The gateway replays go through (`None`: no replays).
+    pub gateway: Option<GatewayApi>,
     pub status: StatusSource,
 }
 
@@ -39,6 +41,8 @@ pub struct DashboardConfig {
     pub site_root: Option<PathBuf>,
     /// Who may sign in ([`Access::open`]: no sign-in).
     pub access: Arc<Access>,
+    /// The gateway's base URL, for replays (what-if); `None`: the dashboard offers none.
+    pub gateway_url: Option<String>,
 }
 
 /// Name of the browser build's files (`pkg/<name>.js`, `pkg/<name>_bg.wasm`).
@@ -59,9 +63,11 @@ impl DashboardConfig {
         components: Vec<(String, String)>,
         site_root: Option<PathBuf>,
         access: Arc<Access>,
+        gateway_url: Option<String>,
     ) -> Self {
         Self {
             access,
+            gateway_url,
             traces_url,
             status: StatusSource::local(
                 components
@@ -97,6 +103,12 @@ pub fn router(config: DashboardConfig) -> Router {
         .build();
     let state = Arc::new(Dashboard {
         traces: TraceApi::new(&config.traces_url),
+        // A replay is a debug request: the dashboard presents the stack's debug token (only
+        // admins may ask it to, see `api::replay_request`).
+        gateway: config.gateway_url.as_deref().map(|url| {
+            let token = config.access.debug.as_ref().or(config.access.admin.as_ref());
+            GatewayApi::new(url, token.map(|t| t.reveal()))
+        }),
         status: config.status,
     });
     let hydrate = site_root.is_some();
@@ -135,7 +147,7 @@ pub fn router(config: DashboardConfig) -> Router {
 }
 
 /// The routes of the dashboard's server functions (all `POST`, under `/api/`).
-pub fn server_function_paths() -> [&'static str; 5] {
+pub fn server_function_paths() -> [&'static str; 7] {
     use leptos::server_fn::ServerFn;
     [
         crate::api::SearchTraces::PATH,
@@ -143,6 +155,8 @@ pub fn server_function_paths() -> [&'static str; 5] {
         crate::api::AskWhyNot::PATH,
         crate::api::FetchOverview::PATH,
         crate::api::FetchStackStatus::PATH,
+        crate::api::CompareTraces::PATH,
+        crate::api::ReplayRequest::PATH,
     ]
 }
 
@@ -156,6 +170,8 @@ fn register_server_fns() {
     register_explicit::<crate::api::AskWhyNot>();
     register_explicit::<crate::api::FetchOverview>();
     register_explicit::<crate::api::FetchStackStatus>();
+    register_explicit::<crate::api::CompareTraces>();
+    register_explicit::<crate::api::ReplayRequest>();
 }
 
 pub fn now_ms() -> i64 {
@@ -527,6 +543,7 @@ mod tests {
             status: StatusSource::local(Vec::new()),
             site_root: None,
             access: Arc::new(Access::open()),
+            gateway_url: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -873,6 +873,13 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             items.iter().collect::<BTreeSet<_>>().len() == 10,
             "{user}: duplicates: {items:?}"
         );
+        // The level first: below full, items have no lineage, and the reasons say why.
+        ensure!(
+            r["level"] == "full",
+            "{user}: served at level {} ({})",
+            r["level"],
+            r["degraded"]
+        );
         for item in r["items"].as_array().into_iter().flatten() {
             ensure!(
                 item["sources"].as_array().is_some_and(|s| !s.is_empty()),

@@ -272,6 +272,8 @@ fn the_dashboard_and_its_trace_query_service_when_asked_for() {
             "/usr/share/recstack/dashboard",
             "--access-dir",
             "/var/run/secrets/recstack/access",
+            "--gateway-url",
+            "http://gpu-gateway.recstack.svc:8080",
         ]
     );
     // The access Secret (the operator's own: the sample names none) is mounted where the

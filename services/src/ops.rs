@@ -104,6 +104,10 @@ pub fn traceparent_for(trace_id: &str, span_id: u64) -> String {
 
 /// Sets `call`'s `traceparent` (a value that is not valid header text is left out).
 pub fn propagate<T>(call: &mut tonic::Request<T>, traceparent: &str) {
+    // Empty: a call that is part of no trace (the gateway's warm-up).
+    if traceparent.is_empty() {
+        return;
+    }
     if let Ok(value) = traceparent.parse() {
         call.metadata_mut().insert(TRACEPARENT, value);
     }

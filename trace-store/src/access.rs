@@ -56,6 +56,12 @@ impl Token {
         Ok(Self(v.as_bytes().to_vec()))
     }
 
+    /// The token itself, to present to another service (the dashboard sends the debug token
+    /// to the gateway for a replay). Never log it.
+    pub fn reveal(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+
     /// Whether `presented` is this token (constant time in the token's content).
     pub fn matches(&self, presented: &str) -> bool {
         bool::from(self.0.as_slice().ct_eq(presented.trim().as_bytes()))

@@ -4,6 +4,7 @@
 //! Elements the browser tests look for carry `data-*` attributes (`data-step`, `data-item`,
 //! `data-stage`…) so the tests read what a person sees without depending on styling.
 
+mod compare;
 mod overview;
 mod request;
 mod search;
@@ -20,6 +21,7 @@ use recstack_trace_store::{CandidateFate, Detail, ItemLineage, SourceRecord, Tra
 use crate::api::{self, Overview, SearchFilters, StackStatus, TraceView};
 use crate::model::{self, CandidatePage, LEVELS, RANGES, format_ms, format_time, percent_encode, query_string};
 
+use compare::*;
 use overview::*;
 use request::*;
 use search::*;
@@ -67,6 +69,8 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/traces") view=SearchPage />
                         <Route path=path!("/traces/:id") view=RequestPage />
                         <Route path=path!("/status") view=StatusPage />
+                        <Route path=path!("/compare") view=ComparePage />
+                        <Route path=path!("/replay") view=ReplayPage />
                     </Routes>
                 </main>
             </div>

@@ -73,6 +73,7 @@ pub(super) fn request_view(v: TraceView, why: WhyResource) -> AnyView {
                 })}
             </Suspense>
         </section>
+        {what_if_forms(&t)}
         {v.candidates.map(|c| candidates_panel(c, &base, &v.titles))}
         {(t.detail == Detail::Summary)
             .then(|| {

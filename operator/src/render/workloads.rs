@@ -467,6 +467,8 @@ fn args(ctx: &StackCtx, component: Component) -> Value {
             DASHBOARD_SITE,
             "--access-dir",
             ACCESS_DIR,
+            "--gateway-url",
+            format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Gateway)),
         ]),
         _ => json!(["serve", component.name(), "--config", config]),
     }

@@ -25,6 +25,7 @@ pub fn local(site_root: Option<PathBuf>) -> MakeDashboard {
             local.components,
             site_root,
             local.access,
+            Some(local.gateway_url),
         ))
     })
 }

@@ -183,6 +183,7 @@ async fn start(trace_file: &Path) -> LocalStack {
             local.components,
             Some(site),
             local.access,
+            Some(local.gateway_url),
         ))
     });
     let mut opts = common::traced_stack(trace_file, Some(dashboard));
@@ -451,6 +452,61 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     ] {
         why_not(&c, &base, &constructed.request_id, &item, want).await;
     }
+
+    // --- What if: a reader may not replay; the admin replays the request with its first item
+    //     blocked and sees both lists side by side, then follows the link to the comparison.
+    let first = full.items.iter().find(|i| i.position == 0).unwrap().item_id.clone();
+    let replay = |c: Client, base: String, request: String, block: String| async move {
+        open(&c, &format!("{base}/traces/{request}")).await;
+        wait_for(&c, "form.what-if input[name='block']")
+            .await
+            .send_keys(&block)
+            .await
+            .unwrap();
+        c.find(Locator::Css("form.what-if button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    };
+    replay(c.clone(), base.clone(), full.request_id.clone(), first.clone()).await;
+    let refused = wait_for(&c, "p.error").await.text().await.unwrap();
+    assert!(refused.contains("needs the admin role"), "{refused}");
+    c.goto(&format!("{base}/logout")).await.unwrap();
+    let token_input = wait_for(&c, "form[action='/login'] input[name='token']").await;
+    token_input.send_keys(common::TEST_ADMIN).await.unwrap();
+    c.find(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#app").await;
+    replay(c.clone(), base.clone(), full.request_id.clone(), first.clone()).await;
+    let row = format!("table.compare tr[data-item='{first}'][data-change='left'][data-stage='business_rule']");
+    wait_for(&c, &row).await;
+    let totals = wait_for(&c, "p.totals").await;
+    assert_eq!(attr(&totals, "data-left").await, attr(&totals, "data-entered").await);
+    let b_side = wait_for(&c, "div.side[data-side='B']").await.text().await.unwrap();
+    assert!(
+        b_side.contains(&format!("replay of {}: block {first}", full.request_id)),
+        "{b_side}"
+    );
+    // Every item either list served has a row, with its title when the catalogue has one.
+    let rows = c.find_all(Locator::Css("table.compare tbody tr")).await.unwrap();
+    assert!(rows.len() >= 10, "{} rows", rows.len());
+    assert!(totals.text().await.unwrap().contains("replayed in "));
+    screenshot(&c, "replay").await;
+    c.find(Locator::Css("a.compare-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, &row).await;
+    assert_eq!(c.current_url().await.unwrap().path(), "/compare");
+    screenshot(&c, "compare").await;
 
     // --- Overview: charts with what the traces hold. ---------------------------------------
     open(&c, &format!("{base}/")).await;

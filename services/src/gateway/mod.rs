@@ -235,11 +235,41 @@ impl Gateway {
 
     /// Serves one request. Never fails: the worst case is the fallback list.
     pub async fn recommend(&self, q: Query, traceparent: Option<&str>) -> Recommendation {
+        let (r, response, latency) = self.serve(q, traceparent, true).await;
+        self.record(r, &response, latency);
+        response
+    }
+
+    /// Sends one request through every stage before the gateway takes traffic, so the first
+    /// caller does not pay for cold paths downstream (a model's first inference, a channel's
+    /// first lookup, fresh connections' windows). Nothing is recorded: no trace, no request
+    /// metrics, no latency sample. Returns the level it reached and why it fell, if it did.
+    pub async fn warm_up(&self) -> (Level, Vec<String>) {
+        let q = Query {
+            user_id: "recstack-warm-up".into(),
+            n: request::DEFAULT_N,
+            scene: "default".into(),
+            context: Default::default(),
+            // Cold paths are slow: give the warm-up the longest budget a caller may ask for.
+            timeout: Some(Duration::from_millis(u64::from(request::MAX_TIMEOUT_MS))),
+            debug: false,
+            what_if: None,
+        };
+        let (r, _, _) = self.serve(q, None, false).await;
+        (r.level, r.degraded)
+    }
+
+    /// Runs every stage of one request: its state, the answer, and how long it took.
+    /// `traced: false`: the internal calls carry no trace context (the warm-up is no request).
+    async fn serve(&self, q: Query, traceparent: Option<&str>, traced: bool) -> (Request, Recommendation, Duration) {
         let start = Instant::now();
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
         let _guard = InFlight(&self.in_flight, &self.metrics.in_flight);
         let mut r = self.begin(q, traceparent, in_flight, start);
+        if !traced {
+            r.traceparent.clear();
+        }
         // Every stage either runs or records why it did not.
         let at_level = |r: &Request| format!("the request is at the {} level", r.level.name());
         if r.level < Level::Fallback {
@@ -275,8 +305,7 @@ impl Gateway {
         }
         let latency = start.elapsed();
         let response = self.respond(&r, latency);
-        self.record(r, &response, latency);
-        response
+        (r, response, latency)
     }
 
     /// A new request's state: its ids, and the level load, downstream health and the latency

@@ -326,6 +326,16 @@ pub async fn gateway(
     };
     let metrics = Arc::new(metrics);
     let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
+    if missing.is_empty() {
+        let began = std::time::Instant::now();
+        let (level, degraded) = gateway.warm_up().await;
+        tracing::info!(
+            level = level.name(),
+            ?degraded,
+            ms = began.elapsed().as_millis() as u64,
+            "gateway: warmed up through every stage"
+        );
+    }
     let http = crate::gateway::http::router(gateway.clone());
     let watcher = reload.map(|(root, every, version)| {
         let gateway = gateway.clone();

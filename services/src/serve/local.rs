@@ -81,6 +81,8 @@ pub struct LocalDashboard {
     /// Who may sign in (the stack's tokens).
     pub access: Arc<recstack_trace_store::access::Access>,
     pub traces_url: String,
+    /// The gateway, for replays.
+    pub gateway_url: String,
     pub components: Vec<(String, String)>,
 }
 
@@ -294,6 +296,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
         let traces = trace_query(store, Some(index), access.clone(), a.traces).await?;
         let dashboard = LocalDashboard {
             access,
+            gateway_url: format!("http://{}", services[0].http),
             traces_url: format!("http://{}", traces.http),
             components: services
                 .iter()

@@ -176,6 +176,9 @@ pub enum ServeCommand {
         /// (none: no sign-in).
         #[arg(long)]
         access_dir: Option<PathBuf>,
+        /// The gateway replays (what-if) go through (none: no replays).
+        #[arg(long)]
+        gateway_url: Option<String>,
     },
 }
 
@@ -485,6 +488,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             components,
             site,
             access_dir,
+            gateway_url,
         } => {
             let access = match &access_dir {
                 Some(dir) => recstack_trace_store::access::Access::from_dir(dir)
@@ -507,6 +511,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 status,
                 site_root: site,
                 access: Arc::new(access),
+                gateway_url,
             };
             crate::dashboard::serve(config, http_addr).await?
         }
