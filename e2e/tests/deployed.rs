@@ -166,7 +166,7 @@ fn main() {
         ),
         ("each request's trace is in the trace store", traces),
         (
-            "trace access: the operator's access Secret guards the trace service and debug requests; a debug trace is readable the moment its response arrives and explains a missing item",
+            "trace access: the operator's access Secret guards the trace service and debug requests; a debug trace is readable the moment its response arrives, explains a missing item, and a what-if replay compares against it",
             trace_access,
         ),
         (
@@ -1396,6 +1396,29 @@ fn trace_access(d: &mut Deployed) -> anyhow::Result<()> {
     ensure!(
         code == 200 && why["stage"].as_str().is_some_and(|s| !s.is_empty()) && why["evidence"].is_object(),
         "why-not {missing}: {code}: {text}"
+    );
+    // What if the first item were blocked: replayed through the gateway (as the dashboard
+    // does), compared by the trace service, the item left by a business rule.
+    let first = served.first().context("a served item")?.clone();
+    let what_if = json!({ "user_id": d.users[5], "n": 10,
+        "what_if": { "replay_of": id, "block": [first] } })
+    .to_string();
+    let (code, text) = http_with(gateway, "POST", "/v1/recommend", &trusted, Some(&what_if), timeout)?;
+    ensure!(code == 200, "replay: {code}: {text}");
+    let replayed: Value = serde_json::from_str(&text)?;
+    let b = replayed["request_id"].as_str().context("the replay's request id")?;
+    let (code, text) = http_with(api, "GET", &format!("/v1/compare?a={id}&b={b}"), &bearer, None, timeout)?;
+    ensure!(code == 200, "compare: {code}: {text}");
+    let c: Value = serde_json::from_str(&text)?;
+    let row = c["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["item_id"] == first.as_str())
+        .with_context(|| format!("no row for {first}: {text}"))?;
+    ensure!(
+        row["change"] == "left" && row["stage"] == "business_rule",
+        "{first} in the comparison: {row}"
     );
     Ok(())
 }
