@@ -4,7 +4,9 @@
 //! request (every candidate; the default samples 1 %). Prints req/s and latency percentiles
 //! with the ratio to tracing off, as a Markdown table. Then read-your-trace: the gap between a
 //! response and its trace read back through the query API (asked for the moment the response
-//! arrives), for summary and debug (full) traces, p50 and p99.
+//! arrives), for summary and debug (full) traces, p50 and p99. Then a what-if replay of one
+//! request: the replay through the gateway (HTTP, a debug request with an item blocked), and
+//! with the comparison read from the query API, p50 and p99.
 //!
 //! `cargo bench -p recstack-services --bench tracing`
 
@@ -163,33 +165,41 @@ async fn main() {
             1.0,
         ),
     ];
-    // Interleaved rounds; the best round of each (the least disturbed by the machine).
+    // Interleaved rounds; the best round of each (the least disturbed by the machine), and
+    // each round's ratio to tracing off in the same round (paired: the machine's drift between
+    // rounds cancels), whose median is the cost.
     let mut best: Vec<Option<Run>> = (0..configs.len()).map(|_| None).collect();
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for round in 0..ROUNDS {
+        let mut off = 0.0;
         for (i, (name, traces, full)) in configs.iter().enumerate() {
             let r = run(&root, &users, traces(tmp.path()), *full).await;
             eprintln!("round {round} {name}: {:.0} req/s", r.rate);
+            if i == 0 {
+                off = r.rate;
+            }
+            ratios[i].push(r.rate / off);
             if best[i].as_ref().is_none_or(|b| r.rate > b.rate) {
                 best[i] = Some(r);
             }
         }
     }
-    let base = best[0].as_ref().unwrap().rate;
-    println!("| traces | req/s | × off | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|---:|");
-    for ((name, _, _), r) in configs.iter().zip(&best) {
+    println!("| traces | best req/s | p50 ms | p99 ms | × off, median of rounds | × off, range |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (((name, _, _), r), ratio) in configs.iter().zip(&best).zip(&mut ratios) {
         let r = r.as_ref().unwrap();
+        ratio.sort_unstable_by(f64::total_cmp);
         println!(
-            "| {name} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            "| {name} | {:.0} | {:.1} | {:.1} | {:.3} | {:.2}–{:.2} |",
             r.rate,
-            r.rate / base,
             r.p50_ms,
-            r.p99_ms
+            r.p99_ms,
+            ratio[ratio.len() / 2],
+            ratio[0],
+            ratio[ratio.len() - 1]
         );
     }
-    println!(
-        "\n{CONCURRENCY} concurrent clients, {REQUESTS} requests of n=20 per run, best of {ROUNDS} interleaved rounds"
-    );
+    println!("\n{CONCURRENCY} concurrent clients, {REQUESTS} requests of n=20 per run, {ROUNDS} interleaved rounds");
 
     const READS: usize = 200;
     println!("\n| trace | reads | p50 ms | p99 ms | max ms |");
@@ -206,4 +216,66 @@ async fn main() {
         );
     }
     println!("\nread-after-response gap: from the response to its trace read back through the query API");
+
+    const REPLAYS: usize = 50;
+    let (replay, with_compare) = replays(&root, &users, tmp.path().join("replay.sqlite"), REPLAYS).await;
+    let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p) as usize];
+    println!("\n| what-if replay of one request | replays | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| through the gateway (a debug request, first item blocked) | {REPLAYS} | {:.1} | {:.1} |",
+        pct(&replay, 0.5),
+        pct(&replay, 0.99)
+    );
+    println!(
+        "| and the comparison from the query API | {REPLAYS} | {:.1} | {:.1} |",
+        pct(&with_compare, 0.5),
+        pct(&with_compare, 0.99)
+    );
+}
+
+/// `n` what-if replays, one at a time, each of a stored debug request with its first item
+/// blocked: the gateway's answer (ms, sorted), and with the comparison read back.
+async fn replays(root: &std::path::Path, users: &[String], file: std::path::PathBuf, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let opts = options(LocalTraces::Embedded(file), 0.0);
+    let stack = serve::start_local(root, opts).await.expect("local stack");
+    let mut client = GatewayClient::connect(stack.get("gateway").grpc_url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let gateway = format!("http://{}/v1/recommend", stack.get("gateway").http);
+    let api = format!("http://{}/v1/compare", stack.get("traces").http);
+    let (mut replay, mut both) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for user in users.iter().cycle().take(n) {
+        let mut req = request(user);
+        req.debug = true;
+        let original = client.recommend(req).await.unwrap().into_inner();
+        let first = original.items[0].item_id.clone();
+        let body = serde_json::json!({"user_id": user, "n": 20,
+            "what_if": {"replay_of": original.request_id, "block": [first]}});
+        let t = Instant::now();
+        let answer: serde_json::Value = http
+            .post(&gateway)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        replay.push(t.elapsed().as_secs_f64() * 1e3);
+        let b = answer["request_id"].as_str().expect("a replay's request id");
+        let got = http
+            .get(&api)
+            .query(&[("a", original.request_id.as_str()), ("b", b)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        let c: serde_json::Value = got.json().await.unwrap();
+        assert!(c["rows"].as_array().is_some_and(|r| !r.is_empty()));
+        both.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    stack.stop().await.unwrap();
+    replay.sort_unstable_by(f64::total_cmp);
+    both.sort_unstable_by(f64::total_cmp);
+    (replay, both)
 }
