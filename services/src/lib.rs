@@ -26,6 +26,7 @@ pub mod json;
 pub mod link;
 pub mod objects;
 pub mod ops;
+pub mod otlp;
 pub mod ranking;
 pub mod recall;
 pub mod redis_conn;

@@ -123,6 +123,8 @@ pub fn index_template(prefix: &str) -> Value {
                     "timestamp_ms": { "type": "date", "format": "epoch_millis" },
                     "user_id": keyword,
                     "scene": keyword,
+                    "span_id": keyword,
+                    "parent_span_id": keyword,
                     "n": { "type": "integer" },
                     "context": { "type": "object", "enabled": false },
                     "detail": keyword,

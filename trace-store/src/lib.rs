@@ -57,6 +57,13 @@ pub struct Trace {
     pub request_id: String,
     /// W3C trace id (32 hex digits), from the caller's `traceparent` or new.
     pub trace_id: String,
+    /// The gateway's span for the request (16 hex digits): the parent every internal call
+    /// carried in `traceparent`, and the span exported over OTLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The caller's span, when it sent a `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
     pub user_id: String,

@@ -136,6 +136,8 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
     Trace {
         schema: SCHEMA_VERSION,
         request_id: request_id(seq),
+        span_id: Some(format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1))),
+        parent_span_id: None,
         trace_id: format!(
             "{:016x}{:016x}",
             SplitMix(seq ^ 0xabc).next(),

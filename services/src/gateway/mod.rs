@@ -65,6 +65,8 @@ pub struct GatewayConfig {
     pub full_trace_sample: f64,
     /// Who may ask for debug traces, how many, and how user ids are stored.
     pub access: GatewayAccess,
+    /// Where the spans of full traces go over OTLP (`None`: nowhere).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// The gateway's side of trace access ([`recstack_trace_store::access`]).
@@ -98,6 +100,7 @@ impl Default for GatewayConfig {
             reduced: LevelPlan::reduced(),
             full_trace_sample: 0.01,
             access: GatewayAccess::default(),
+            otlp: None,
         }
     }
 }
@@ -267,6 +270,10 @@ impl Gateway {
         self.metrics.in_flight.inc();
         let _guard = InFlight(&self.in_flight, &self.metrics.in_flight);
         let mut r = self.begin(q, traceparent, in_flight, start);
+        r.parent_span = traceparent
+            .filter(|h| parse_traceparent(h).is_some())
+            .and_then(|h| h.trim().split('-').nth(2))
+            .map(str::to_ascii_lowercase);
         if !traced {
             r.traceparent.clear();
         }

@@ -88,6 +88,8 @@ pub(super) struct Request {
     /// The W3C trace context every downstream call carries: the trace, and this request's
     /// span in the gateway.
     pub traceparent: String,
+    /// The caller's span, from its `traceparent` (the parent of the gateway's).
+    pub parent_span: Option<String>,
     pub start: Instant,
     pub timeout: Duration,
     pub level: Level,
@@ -131,7 +133,8 @@ impl Request {
     ) -> Self {
         Self {
             q,
-            traceparent: crate::ops::traceparent_for(&ids.1, rand::random()),
+            traceparent: crate::ops::traceparent_for(&ids.1, rand::random::<u64>().max(1)),
+            parent_span: None,
             request_id: ids.0,
             trace_id: ids.1,
             start,

@@ -36,6 +36,9 @@ pub(super) fn trace(r: Request, response: &Recommendation) -> Trace {
     let candidates = if full { candidate_fates(&r) } else { Vec::new() };
     // What the trace keeps of the request's state is moved, not copied.
     let pool = r.candidates.len() as u32;
+    // The gateway's span is the third part of the traceparent it sent (`00-trace-span-01`).
+    let r_span_id = r.traceparent.split('-').nth(2).map(str::to_string);
+    let r_parent_span = r.parent_span.clone();
     let Request {
         q,
         mut stages,
@@ -62,6 +65,8 @@ pub(super) fn trace(r: Request, response: &Recommendation) -> Trace {
         schema: recstack_trace_store::SCHEMA_VERSION,
         request_id: response.request_id.clone(),
         trace_id: response.trace_id.clone(),
+        span_id: r_span_id,
+        parent_span_id: r_parent_span,
         timestamp_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -324,6 +324,17 @@ pub async fn gateway(
             (Arc::new(writer), Some((task, retention)))
         }
     };
+    // Spans over OTLP, beside the traces, when a collector is configured.
+    let (sink, exporter): (Arc<dyn TraceSink>, _) = match config.otlp.clone() {
+        Some(otlp) => {
+            tracing::info!(endpoint = %otlp.endpoint, "gateway: spans of full traces to the OTLP collector");
+            let otlp_metrics = crate::otlp::OtlpMetrics::default();
+            otlp_metrics.register(&mut metrics.registry);
+            let (sink, task) = crate::otlp::spawn_exporter(sink, otlp, otlp_metrics);
+            (sink, Some(task))
+        }
+        None => (sink, None),
+    };
     let metrics = Arc::new(metrics);
     let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
     if missing.is_empty() {
@@ -352,6 +363,9 @@ pub async fn gateway(
         async move {
             if let Some(w) = watcher {
                 w.abort();
+            }
+            if let Some(e) = exporter {
+                e.abort();
             }
             if let Some((task, retention)) = writer {
                 if let Some(r) = retention {
