@@ -193,6 +193,30 @@ pub struct RecommenderStackSpec {
     /// `secretRef`, or one the operator creates with random tokens (`<stack>-access`).
     #[serde(default)]
     pub access: AccessSpec,
+
+    /// An OpenTelemetry collector the gateway sends the spans of full traces to (OTLP/gRPC),
+    /// and where the dashboard links each request's trace. Unset: no spans are exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpSpec>,
+}
+
+/// OTLP span export (see `docs/traces.md`, "Spans over OTLP").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')").message("otlp.endpoint is the collector's OTLP/gRPC URL, http:// or https://, for example http://otel-collector.observability:4317"),
+    validation = Rule::new("!has(self.traceLink) || self.traceLink.contains('{trace_id}')").message("otlp.traceLink must contain {trace_id}, where the dashboard puts a request's trace id")
+)]
+pub struct OtlpSpec {
+    /// The collector's OTLP/gRPC endpoint, for example `http://otel-collector.observability:4317`.
+    #[schemars(length(min = 8, max = 2048))]
+    pub endpoint: String,
+    /// A link to one trace in the tracing UI, `{trace_id}` replaced by the request's trace id,
+    /// for example `http://jaeger.observability:16686/trace/{trace_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub trace_link: Option<String>,
 }
 
 /// Access to traces and debug requests (see `docs/traces.md`, "Access").

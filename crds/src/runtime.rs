@@ -42,6 +42,9 @@ pub struct RuntimeConfig {
     /// unset: no tokens, everyone may read and debug, as on one machine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessSettings>,
+    /// The OTLP collector the gateway sends spans to (the CRD's `spec.otlp.endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The CRD's `spec.access` as the pods need it: the mounted Secret's directory and the rules.

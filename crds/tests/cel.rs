@@ -396,3 +396,26 @@ fn a_build_publishes_to_an_object_store_on_a_valid_schedule() {
         "{err}"
     );
 }
+
+#[test]
+fn otlp_endpoint_and_trace_link() {
+    assert_rejects(
+        "  otlp: {endpoint: 'otel:4317'}",
+        "otlp.endpoint is the collector's OTLP/gRPC URL",
+    );
+    assert_rejects(
+        "  otlp: {endpoint: 'http://otel:4317', traceLink: 'http://jaeger:16686/trace/'}",
+        "otlp.traceLink must contain {trace_id}",
+    );
+    assert!(
+        broken_rules("  otlp: {endpoint: 'http://otel:4317', traceLink: 'http://jaeger:16686/trace/{trace_id}'}")
+            .is_empty()
+    );
+}
+
+#[test]
+fn access_debug_rate() {
+    assert_rejects("  access: {debugPerSecond: -1}", "access.debugPerSecond");
+    assert_rejects("  access: {debugPerSecond: 5000}", "access.debugPerSecond");
+    assert!(broken_rules("  access: {debugPerSecond: 0, pseudonymizeUsers: true, secretRef: {name: mine}}").is_empty());
+}

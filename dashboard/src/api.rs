@@ -71,6 +71,9 @@ pub struct TraceView {
     /// Titles of the items shown (served, and this page of candidates), from the query API's
     /// catalogue; empty when it has none.
     pub titles: std::collections::BTreeMap<String, String>,
+    /// Where the request's spans are in the tracing UI (`--trace-link`), when configured.
+    #[serde(default)]
+    pub trace_link: Option<String>,
 }
 
 /// One component of the stack and how it is doing.
@@ -152,10 +155,15 @@ pub async fn fetch_trace(request_id: String, candidate_page: usize) -> Result<Tr
             Default::default()
         }
     };
+    let trace_link = d
+        .trace_link
+        .as_ref()
+        .map(|template| template.replace("{trace_id}", &crate::model::percent_encode(&trace.trace_id)));
     Ok(TraceView {
         trace,
         candidates,
         titles,
+        trace_link,
     })
 }
 

@@ -20,6 +20,8 @@ pub struct Dashboard {
     pub traces: TraceApi,
     /// The gateway replays go through (`None`: no replays).
     pub gateway: Option<GatewayApi>,
+    /// A link to one trace in the tracing UI, `{trace_id}` in it (`None`: no link).
+    pub trace_link: Option<String>,
     pub status: StatusSource,
 }
 
@@ -43,6 +45,9 @@ pub struct DashboardConfig {
     pub access: Arc<Access>,
     /// The gateway's base URL, for replays (what-if); `None`: the dashboard offers none.
     pub gateway_url: Option<String>,
+    /// A link to one trace in the tracing UI that receives the gateway's OTLP spans, with
+    /// `{trace_id}` where the request's trace id goes.
+    pub trace_link: Option<String>,
 }
 
 /// Name of the browser build's files (`pkg/<name>.js`, `pkg/<name>_bg.wasm`).
@@ -68,6 +73,7 @@ impl DashboardConfig {
         Self {
             access,
             gateway_url,
+            trace_link: None,
             traces_url,
             status: StatusSource::local(
                 components
@@ -109,6 +115,7 @@ pub fn router(config: DashboardConfig) -> Router {
             let token = config.access.debug.as_ref().or(config.access.admin.as_ref());
             GatewayApi::new(url, token.map(|t| t.reveal()))
         }),
+        trace_link: config.trace_link,
         status: config.status,
     });
     let hydrate = site_root.is_some();
@@ -544,6 +551,7 @@ mod tests {
             site_root: None,
             access: Arc::new(Access::open()),
             gateway_url: None,
+            trace_link: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -671,3 +671,50 @@ fn the_build_is_a_job_named_by_its_spec_and_a_cron_job_on_the_schedule() {
     );
     assert!(!minimal.iter().any(|c| c.name() == "minimal-build"));
 }
+
+#[test]
+fn otlp_export_reaches_the_gateway_its_network_policy_and_the_dashboard_link() {
+    let mut stack = common::sample("gpu-ranking");
+    stack.spec.otlp = Some(recstack_crds::OtlpSpec {
+        endpoint: "http://otel-collector.observability:4317".into(),
+        trace_link: Some("http://jaeger.observability:16686/trace/{trace_id}".into()),
+    });
+    let children = render::render(&stack).unwrap();
+    let config = find(&children, ChildKind::ConfigMap, "gpu-config");
+    let runtime: recstack_crds::runtime::RuntimeConfig =
+        serde_yaml::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        runtime.otlp_endpoint.as_deref(),
+        Some("http://otel-collector.observability:4317")
+    );
+    // The gateway may reach the collector's port; nothing else may.
+    let egress_ports = |name: &str| -> Vec<i64> {
+        let policy = find(&children, ChildKind::NetworkPolicy, name);
+        policy["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rule| rule.get("to").is_none())
+            .flat_map(|rule| rule["ports"].as_array().unwrap().clone())
+            .filter_map(|p| p["port"].as_i64())
+            .collect()
+    };
+    assert!(
+        egress_ports("gpu-gateway").contains(&4317),
+        "{:?}",
+        egress_ports("gpu-gateway")
+    );
+    assert!(!egress_ports("gpu-recall").contains(&4317));
+    let dashboard = find(&children, ChildKind::Deployment, "gpu-dashboard");
+    let args = dashboard["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("\"--trace-link\",\"http://jaeger.observability:16686/trace/{trace_id}\""),
+        "{args}"
+    );
+    // Without it: no endpoint, no link.
+    let plain = render_sample("gpu-ranking");
+    let args =
+        find(&plain, ChildKind::Deployment, "gpu-dashboard")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string();
+    assert!(!args.contains("--trace-link"));
+}

@@ -42,6 +42,9 @@ pub(super) fn request_view(v: TraceView, why: WhyResource) -> AnyView {
     view! {
         <h1>"Request " <code data-request=t.request_id.clone()>{t.request_id.clone()}</code></h1>
         {request_facts(&t)}
+        {v.trace_link.clone().map(|href| view! {
+            <p><a class="trace-link" href=href target="_blank" rel="noopener">"Open this request's trace (OTLP spans) ↗"</a></p>
+        })}
         <div class="grid">
             <section class="panel">
                 <h2>"Funnel"</h2>

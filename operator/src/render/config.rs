@@ -83,6 +83,7 @@ pub(super) fn runtime_config(ctx: &StackCtx) -> RuntimeConfig {
             debug_burst: spec.access.debug_burst.max(1) as u32,
             pseudonymize_users: spec.access.pseudonymize_users,
         }),
+        otlp_endpoint: spec.otlp.as_ref().map(|o| o.endpoint.clone()),
     }
 }
 

@@ -253,8 +253,9 @@ fn external_ports(ctx: &StackCtx, component: Component) -> BTreeSet<u16> {
         ports.extend(store(&spec.artifacts.uri));
     }
     let elasticsearch = spec.trace_store.as_ref().and_then(|t| url_port(&t.elasticsearch_url));
+    let otlp = spec.otlp.as_ref().and_then(|o| url_port(&o.endpoint));
     match component {
-        Component::Gateway => ports.extend(elasticsearch),
+        Component::Gateway => ports.extend(elasticsearch.into_iter().chain(otlp)),
         Component::Feature | Component::Recall => ports.extend(redis.iter().copied()),
         Component::Ingest => ports.extend(kafka),
         Component::Stream => {

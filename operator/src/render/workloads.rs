@@ -452,26 +452,43 @@ fn args(ctx: &StackCtx, component: Component) -> Value {
             }
             json!(args)
         }
-        Component::Dashboard => json!([
-            "serve",
-            "dashboard",
-            "--http-addr",
-            listen,
-            "--traces-url",
-            format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Traces)),
-            "--stack",
-            ctx.name,
-            "--namespace",
-            ctx.namespace,
-            "--site",
-            DASHBOARD_SITE,
-            "--access-dir",
-            ACCESS_DIR,
-            "--gateway-url",
-            format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Gateway)),
-        ]),
+        Component::Dashboard => {
+            let mut args = dashboard_args(ctx, &listen);
+            if let Some(link) = ctx.spec().otlp.as_ref().and_then(|o| o.trace_link.as_ref()) {
+                args.extend(["--trace-link".to_string(), link.clone()]);
+            }
+            json!(args)
+        }
         _ => json!(["serve", component.name(), "--config", config]),
     }
+}
+
+/// `recstack serve dashboard …`: where the trace API and the gateway are, the stack it shows,
+/// its browser build and the access tokens.
+fn dashboard_args(ctx: &StackCtx, listen: &str) -> Vec<String> {
+    let traces = format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Traces));
+    let gateway = format!("http://{}:{HTTP_PORT}", ctx.service_host(Component::Gateway));
+    [
+        "serve",
+        "dashboard",
+        "--http-addr",
+        listen,
+        "--traces-url",
+        &traces,
+        "--stack",
+        &ctx.name,
+        "--namespace",
+        &ctx.namespace,
+        "--site",
+        DASHBOARD_SITE,
+        "--access-dir",
+        ACCESS_DIR,
+        "--gateway-url",
+        &gateway,
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect()
 }
 
 fn ports(component: Component) -> Value {

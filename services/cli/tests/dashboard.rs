@@ -174,17 +174,22 @@ fn site() -> PathBuf {
     site
 }
 
+/// Where the dashboard links a request's spans (a tracing UI fed over OTLP).
+const TRACE_LINK: &str = "http://tracing.example/trace/{trace_id}";
+
 async fn start(trace_file: &Path) -> LocalStack {
     use recstack_dashboard::server::{DashboardConfig, router};
     let site = site();
     let dashboard: serve::MakeDashboard = Box::new(move |local: serve::LocalDashboard| {
-        router(DashboardConfig::local(
+        let mut config = DashboardConfig::local(
             local.traces_url,
             local.components,
             Some(site),
             local.access,
             Some(local.gateway_url),
-        ))
+        );
+        config.trace_link = Some(TRACE_LINK.into());
+        router(config)
     });
     let mut opts = common::traced_stack(trace_file, Some(dashboard));
     // Signing in is part of what is tested: the stack checks tokens.
@@ -292,6 +297,11 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
 
     // --- Request view: funnel counts per stage equal the stored trace's. -------------------
     wait_for(&c, "div[data-step='served']").await;
+    let link = wait_for(&c, "a.trace-link").await;
+    assert_eq!(
+        attr(&link, "href").await,
+        TRACE_LINK.replace("{trace_id}", &full.trace_id)
+    );
     let step = |key: String| {
         let c = c.clone();
         async move {

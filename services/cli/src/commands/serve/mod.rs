@@ -99,6 +99,10 @@ pub enum ServeCommand {
         /// anyone may).
         #[arg(long)]
         access_dir: Option<PathBuf>,
+        /// An OpenTelemetry collector (OTLP/gRPC) for the spans of full traces (default: the
+        /// runtime config's; neither: none).
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// The trace query API over HTTP: search, a trace, why / why-not, aggregates.
     Traces {
@@ -179,6 +183,10 @@ pub enum ServeCommand {
         /// The gateway replays (what-if) go through (none: no replays).
         #[arg(long)]
         gateway_url: Option<String>,
+        /// A link to one trace in the tracing UI that receives the OTLP spans, `{trace_id}`
+        /// where the request's trace id goes.
+        #[arg(long)]
+        trace_link: Option<String>,
     },
 }
 
@@ -396,6 +404,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             traces,
             latency,
             access_dir,
+            otlp_endpoint,
         } => {
             let config = serve.prepare().await?;
             let (tokens, access) = traces::access(access_dir.as_deref(), config.as_ref())?;
@@ -424,6 +433,9 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                     debug_rate: access.as_ref().map(|a| (a.debug_per_second, a.debug_burst)),
                     pseudonymize_users: access.is_some_and(|a| a.pseudonymize_users),
                 },
+                otlp: otlp_endpoint
+                    .or_else(|| config.as_ref().and_then(|c| c.otlp_endpoint.clone()))
+                    .map(|e| recstack_services::otlp::OtlpConfig::new(&e)),
                 ..GatewayConfig::default()
             };
             if let Some(f) = trace_settings.full_sample {
@@ -489,6 +501,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             site,
             access_dir,
             gateway_url,
+            trace_link,
         } => {
             let access = match &access_dir {
                 Some(dir) => recstack_trace_store::access::Access::from_dir(dir)
@@ -512,6 +525,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 site_root: site,
                 access: Arc::new(access),
                 gateway_url,
+                trace_link,
             };
             crate::dashboard::serve(config, http_addr).await?
         }
