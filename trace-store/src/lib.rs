@@ -149,6 +149,30 @@ pub struct WhatIf {
     pub model: Option<String>,
 }
 
+impl WhatIf {
+    /// What it changed, for people: `level popular; block a, b` (`no change` when nothing).
+    pub fn changes(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(l) = &self.level {
+            out.push(format!("level {l}"));
+        }
+        if !self.force_items.is_empty() {
+            out.push(format!("force in {}", self.force_items.join(", ")));
+        }
+        if !self.block.is_empty() {
+            out.push(format!("block {}", self.block.join(", ")));
+        }
+        if let Some(m) = &self.model {
+            out.push(format!("model {m}"));
+        }
+        if out.is_empty() {
+            "no change".into()
+        } else {
+            out.join("; ")
+        }
+    }
+}
+
 /// The real-time item features ranking read from the feature service for one request: how
 /// many candidates the stream job's windows had counted, and how fresh the newest and oldest
 /// of those windows were (against `timestamp_ms`).

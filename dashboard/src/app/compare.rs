@@ -96,30 +96,10 @@ pub(super) fn what_if_forms(t: &Trace) -> AnyView {
 }
 
 fn side_facts(name: &'static str, s: &Side) -> AnyView {
-    let what_if = s.what_if.as_ref().map(|w| {
-        let mut changes = Vec::new();
-        if let Some(l) = &w.level {
-            changes.push(format!("level {l}"));
-        }
-        if !w.force_items.is_empty() {
-            changes.push(format!("force in {}", w.force_items.join(", ")));
-        }
-        if !w.block.is_empty() {
-            changes.push(format!("block {}", w.block.join(", ")));
-        }
-        if let Some(m) = &w.model {
-            changes.push(format!("model {m}"));
-        }
-        format!(
-            "replay of {}: {}",
-            w.replay_of,
-            if changes.is_empty() {
-                "no change".to_string()
-            } else {
-                changes.join("; ")
-            }
-        )
-    });
+    let what_if = s
+        .what_if
+        .as_ref()
+        .map(|w| format!("replay of {}: {}", w.replay_of, w.changes()));
     view! {
         <div class="side" data-side=name>
             <h2>

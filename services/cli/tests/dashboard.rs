@@ -250,17 +250,11 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     // --- Sign-in: a page asked for without a token sends the browser to /login. ------------
     let search = format!("{base}/traces?user={user}");
     c.goto(&search).await.unwrap();
-    let token_input = wait_for(&c, "form[action='/login'] input[name='token']").await;
+    wait_for(&c, "form[action='/login'] input[name='token']").await;
     let at = c.current_url().await.unwrap();
     assert_eq!(at.path(), "/login", "{at}");
     // A wrong token: the form again, saying why.
-    token_input.send_keys("not-a-token-of-this-stack").await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, "not-a-token-of-this-stack").await;
     let error = wait_for(&c, "p.error").await.text().await.unwrap();
     assert_eq!(error, "the token is not valid for this stack");
     screenshot(&c, "login").await;
@@ -275,14 +269,7 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
         assert!(body.contains("Authorization: Bearer"), "{path}: {body}");
     }
     // The reader's token: on to the page asked for.
-    let token_input = wait_for(&c, "form[action='/login'] input[name='token']").await;
-    token_input.send_keys(common::TEST_READER).await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, common::TEST_READER).await;
 
     // --- Search: filter by user, find the debug request. -----------------------------------
     open(&c, &search).await;
@@ -484,14 +471,7 @@ async fn the_dashboard_explains_real_requests_in_a_real_browser() {
     let refused = wait_for(&c, "p.error").await.text().await.unwrap();
     assert!(refused.contains("needs the admin role"), "{refused}");
     c.goto(&format!("{base}/logout")).await.unwrap();
-    let token_input = wait_for(&c, "form[action='/login'] input[name='token']").await;
-    token_input.send_keys(common::TEST_ADMIN).await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, common::TEST_ADMIN).await;
     wait_for(&c, "#app").await;
     replay(c.clone(), base.clone(), full.request_id.clone(), first.clone()).await;
     let row = format!("table.compare tr[data-item='{first}'][data-change='left'][data-stage='business_rule']");
@@ -588,6 +568,18 @@ fn catalogue() -> &'static recstack_services::gateway::Catalogue {
         let loaded = serve::load_artifacts(common::artifact_root()).unwrap();
         recstack_services::gateway::Catalogue::new(&loaded.manifest, &loaded.artifacts)
     })
+}
+
+/// Types `token` into the sign-in form on the page and submits it.
+async fn sign_in(c: &Client, token: &str) {
+    let input = wait_for(c, "form[action='/login'] input[name='token']").await;
+    input.send_keys(token).await.unwrap();
+    click(c, "form[action='/login'] button").await;
+}
+
+/// Clicks the element `css` selects.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
 }
 
 /// Types `item` into the request's why-not box and checks the stage it names.

@@ -113,28 +113,7 @@ pub fn table(c: &Comparison) -> String {
             s.served
         );
         if let Some(w) = &s.what_if {
-            let mut changes = Vec::new();
-            if let Some(l) = &w.level {
-                changes.push(format!("level {l}"));
-            }
-            if !w.force_items.is_empty() {
-                changes.push(format!("force {}", w.force_items.join(",")));
-            }
-            if !w.block.is_empty() {
-                changes.push(format!("block {}", w.block.join(",")));
-            }
-            if let Some(m) = &w.model {
-                changes.push(format!("model {m}"));
-            }
-            line.push_str(&format!(
-                " · replay of {} ({})",
-                w.replay_of,
-                if changes.is_empty() {
-                    "no change".into()
-                } else {
-                    changes.join("; ")
-                }
-            ));
+            line.push_str(&format!(" · replay of {} ({})", w.replay_of, w.changes()));
         }
         line
     };
