@@ -428,6 +428,10 @@ pub struct ReplayAsk {
     /// `primary` or `canary` (empty: the canary split decides).
     #[serde(default)]
     pub model: String,
+    /// `recorded`: the user's seen items as the stored request recorded them (its seen
+    /// removals) instead of the seen filter now; anything else: now.
+    #[serde(default)]
+    pub state: String,
 }
 
 impl ReplayAsk {
@@ -468,6 +472,9 @@ pub fn what_if_body(trace: &Trace, ask: &ReplayAsk) -> Result<serde_json::Value,
     let model = ask.model.trim();
     if !model.is_empty() {
         what_if["model"] = model.into();
+    }
+    if ask.state.trim() == "recorded" {
+        what_if["seen"] = trace.filtered_seen.clone().into();
     }
     let n = if trace.n > 0 {
         trace.n
@@ -512,6 +519,19 @@ mod tests {
         assert_eq!(body["what_if"]["level"], "popular");
         assert_eq!(body["what_if"]["force_items"], serde_json::json!(["a", "b", "c"]));
         assert!(body["what_if"].get("block").is_none() && body["what_if"].get("model").is_none());
+        assert!(
+            body["what_if"].get("seen").is_none(),
+            "the seen filter now, unless asked"
+        );
+        t.filtered_seen = vec!["s1".into(), "s2".into()];
+        let recorded = ReplayAsk {
+            state: "recorded".into(),
+            ..ask.clone()
+        };
+        assert_eq!(
+            what_if_body(&t, &recorded).unwrap()["what_if"]["seen"],
+            serde_json::json!(["s1", "s2"])
+        );
         // A trace from before `n` was recorded: as many as it served.
         t.n = 0;
         assert_eq!(what_if_body(&t, &ask).unwrap()["n"], t.items.len() as u64);

@@ -1,5 +1,6 @@
 //! What-if replays and comparisons on a real local stack: a stored request replayed with an
-//! item blocked, items forced in, another degradation level and a model that is not loaded;
+//! item blocked, items forced in, another degradation level, a model that is not loaded, and
+//! the user's seen items now or as recorded;
 //! each replay's trace records what it changed, and the query API's comparison names, for
 //! every item, how it moved and the stage that made it.
 
@@ -7,6 +8,8 @@ mod common;
 
 use std::collections::HashSet;
 
+use recstack_services::recall::proto::ImpressionsRequest;
+use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::serve;
 use recstack_trace_store::Trace;
 use recstack_trace_store::access::DEBUG_TOKEN_HEADER;
@@ -179,6 +182,48 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
         ranking.outcome
     );
     assert_eq!(m.items.len(), 10);
+
+    // 5. The user's state now or as recorded: after the original, the user is shown its first
+    //    item (an impression in the seen filter). Replayed now, the seen filter removes it;
+    //    replayed with the seen items as recorded (A's, which lack it), it is not filtered.
+    let shown = a_served[0].clone();
+    let mut recall = RecallClient::connect(stack.get("recall").grpc_url()).await.unwrap();
+    let recorded = recall
+        .record_impressions(ImpressionsRequest {
+            user_id: user.clone(),
+            item_ids: vec![shown.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recorded.recorded, 1);
+    let (_, now) = post(gateway.clone(), replay(json!({"replay_of": a.request_id}))).await;
+    let now = common::stored_trace(&api, now["request_id"].as_str().unwrap()).await;
+    assert!(now.filtered_seen.contains(&shown), "the seen filter now holds {shown}");
+    let c = compare(api.clone(), &a.request_id, &now.request_id).await;
+    let row = c.rows.iter().find(|m| m.item_id == shown).unwrap();
+    assert_eq!(
+        (row.change, row.stage.as_deref()),
+        (Change::Left, Some("filtered_seen")),
+        "{}",
+        row.explanation
+    );
+    let (_, then) = post(
+        gateway.clone(),
+        replay(json!({"replay_of": a.request_id, "seen": a.filtered_seen})),
+    )
+    .await;
+    let then = common::stored_trace(&api, then["request_id"].as_str().unwrap()).await;
+    assert_eq!(
+        then.seen_filter.as_deref(),
+        Some(format!("as recorded: {} items", a.filtered_seen.len()).as_str())
+    );
+    assert!(!then.filtered_seen.contains(&shown));
+    assert_eq!(
+        then.what_if.as_ref().and_then(|w| w.seen.clone()),
+        Some(a.filtered_seen.clone())
+    );
+    assert!(served(&then).contains(&shown), "as recorded, {shown} is served again");
 
     // Bad what-ifs: 400 naming the field.
     for (what_if, field) in [

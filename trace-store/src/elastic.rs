@@ -171,6 +171,7 @@ pub fn index_template(prefix: &str) -> Value {
                     "what_if": { "properties": {
                         "replay_of": keyword, "level": keyword, "force_items": keyword,
                         "block": keyword, "model": keyword,
+                        "seen": { "type": "keyword", "index": false },
                     }},
                 }
             }

@@ -147,6 +147,10 @@ pub struct WhatIf {
     /// The ranking model asked for: `primary` or `canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The user's seen items as recorded (the replayed request's seen removals), filtered
+    /// instead of the user's seen filter now; `None`: the seen filter as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Vec<String>>,
 }
 
 impl WhatIf {
@@ -164,6 +168,9 @@ impl WhatIf {
         }
         if let Some(m) = &self.model {
             out.push(format!("model {m}"));
+        }
+        if let Some(seen) = &self.seen {
+            out.push(format!("seen items as recorded ({})", seen.len()));
         }
         if out.is_empty() {
             "no change".into()

@@ -38,6 +38,7 @@ pub(super) fn ReplayPage() -> impl IntoView {
             force_items: ReplayAsk::ids(&get("force")),
             block: ReplayAsk::ids(&get("block")),
             model: get("model"),
+            state: get("state"),
         }
     };
     let replayed = Resource::new(ask, api::replay_request);
@@ -71,6 +72,13 @@ pub(super) fn what_if_forms(t: &Trace) -> AnyView {
                     <select name="level">
                         <option value="">"as the gateway decides"</option>
                         {LEVELS.iter().map(|l| view! { <option value=*l>{*l}</option> }).collect_view()}
+                    </select>
+                </label>
+                <label>
+                    "User state"
+                    <select name="state">
+                        <option value="">"now"</option>
+                        <option value="recorded">"seen items as recorded"</option>
                     </select>
                 </label>
                 <label>"Force in" <input name="force" placeholder="item ids" /></label>

@@ -295,6 +295,8 @@ impl Gateway {
                     n: plan.candidates,
                     channel_quotas: plan.quotas.clone(),
                     explain,
+                    seen_as_recorded: q.what_if.as_ref().and_then(|w| w.seen.clone()).unwrap_or_default(),
+                    use_recorded_seen: q.what_if.as_ref().is_some_and(|w| w.seen.is_some()),
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);

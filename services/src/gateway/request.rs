@@ -52,11 +52,16 @@ pub struct WhatIfRequest {
     /// The ranking model: `primary` or `canary`.
     #[serde(default)]
     pub model: Option<String>,
+    /// The user's seen items as recorded (the replayed request's `filtered_seen`): filtered
+    /// instead of the user's seen filter now. Absent: the seen filter as it is now.
+    #[serde(default)]
+    pub seen: Option<Vec<String>>,
 }
 
 /// Most items a what-if may force in, and block.
 pub const MAX_FORCED: usize = 50;
 pub const MAX_BLOCKED: usize = 500;
+pub const MAX_SEEN: usize = 5_000;
 
 /// A checked what-if; errors name the field (`what_if.level`, `what_if.force_items[2]`, …).
 fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError> {
@@ -109,6 +114,7 @@ fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError>
         force_items: ids("force_items", w.force_items, MAX_FORCED)?,
         block: ids("block", w.block, MAX_BLOCKED)?,
         model: w.model,
+        seen: w.seen.map(|seen| ids("seen", seen, MAX_SEEN)).transpose()?,
     })
 }
 

@@ -175,6 +175,9 @@ pub struct RecallQuery {
     pub quotas: BTreeMap<Channel, usize>,
     /// Report the cuts and the history too ([`RecallRequest::explain`]).
     pub explain: bool,
+    /// Filter these as seen instead of the user's seen filter (a replay of the state as
+    /// recorded).
+    pub recorded_seen: Option<std::collections::HashSet<String>>,
 }
 
 /// How far past its quota an explained request computes each channel (and how deep a
@@ -218,11 +221,20 @@ pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
         }
         quotas.insert(c, q as usize);
     }
+    if req.seen_as_recorded.len() > MAX_N {
+        return Err(Status::invalid_argument(format!(
+            "seen_as_recorded has {} items; at most {MAX_N}",
+            req.seen_as_recorded.len()
+        )));
+    }
     Ok(RecallQuery {
         user_id: user_id.to_string(),
         n,
         quotas,
         explain: req.explain,
+        recorded_seen: req
+            .use_recorded_seen
+            .then(|| req.seen_as_recorded.iter().cloned().collect()),
     })
 }
 
@@ -337,10 +349,22 @@ impl<S: SeenStore> RecallService<S> {
             Vec::new()
         };
 
-        let (filter, seen_filter) = self.seen_filter(&q.user_id).await;
+        let (filter, seen_filter) = match &q.recorded_seen {
+            // The state as recorded: those items, no times (the user's filter is not read).
+            Some(items) => (None, format!("as recorded: {} items", items.len())),
+            None => self.seen_filter(&q.user_id).await,
+        };
+        let recorded = q.recorded_seen.as_ref();
         let mut filtered_seen = Vec::new();
         let mut filtered_seen_when = Vec::new();
-        let mut seen = |id: &str, key: u64| match filter.as_ref().and_then(|f| f.when(key)) {
+        let mut seen = |id: &str, key: u64| match filter.as_ref().and_then(|f| f.when(key)).or_else(|| {
+            recorded
+                .is_some_and(|r| r.contains(id))
+                .then_some(recstack_core::recall::seen::SeenWindow {
+                    first_ms: 0,
+                    last_ms: 0,
+                })
+        }) {
             Some(w) => {
                 filtered_seen.push(id.to_string());
                 filtered_seen_when.push(SeenWindow {
@@ -661,6 +685,15 @@ mod tests {
             ),
             (0, 50, 200)
         );
+        assert_eq!(q.recorded_seen, None, "the user's seen filter unless told");
+        // A replay of the state as recorded: those items, even none.
+        let mut r = req("u", 10, &[]);
+        r.use_recorded_seen = true;
+        assert_eq!(validate(&r).unwrap().recorded_seen, Some(Default::default()));
+        r.seen_as_recorded = vec!["a".into(), "b".into(), "a".into()];
+        assert_eq!(validate(&r).unwrap().recorded_seen.map(|s| s.len()), Some(2));
+        r.seen_as_recorded = vec!["x".into(); MAX_N + 1];
+        assert!(err(r).starts_with("seen_as_recorded has 5001 items"));
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct ReplayArgs {
     /// The ranking model: primary or canary.
     #[arg(long)]
     pub model: Option<String>,
+    /// The user's state: `now` (the seen filter as it is) or `recorded` (the seen items the
+    /// stored request filtered).
+    #[arg(long, default_value = "now", value_parser = ["now", "recorded"])]
+    pub state: String,
     /// The gateway.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub gateway: String,
@@ -75,6 +79,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         force_items: args.force_items,
         block: args.block,
         model: args.model.unwrap_or_default(),
+        state: args.state,
     };
     let gateway = GatewayApi::new(&args.gateway, args.debug_token.or_else(|| args.traces.token.clone()));
     let replayed = recstack_dashboard::server::replay(&trace_api(&args.traces), &gateway, &ask)
