@@ -432,6 +432,12 @@ pub struct ReplayAsk {
     /// removals) instead of the seen filter now; anything else: now.
     #[serde(default)]
     pub state: String,
+    /// Rerank's MMR trade-off, `0.0` to `1.0` (empty: the stack's).
+    #[serde(default)]
+    pub mmr_lambda: String,
+    /// Items to pin, as `ITEM@N` (N = 1 is the top).
+    #[serde(default)]
+    pub pins: Vec<String>,
 }
 
 impl ReplayAsk {
@@ -475,6 +481,31 @@ pub fn what_if_body(trace: &Trace, ask: &ReplayAsk) -> Result<serde_json::Value,
     }
     if ask.state.trim() == "recorded" {
         what_if["seen"] = trace.filtered_seen.clone().into();
+    }
+    let lambda = ask.mmr_lambda.trim();
+    if !lambda.is_empty() {
+        let l: f32 = lambda
+            .parse()
+            .ok()
+            .filter(|l: &f32| (0.0..=1.0).contains(l))
+            .ok_or_else(|| format!("mmr_lambda: {lambda:?} is not a number from 0.0 to 1.0"))?;
+        what_if["mmr_lambda"] = l.into();
+    }
+    if !ask.pins.is_empty() {
+        let pins = ask
+            .pins
+            .iter()
+            .map(|p| {
+                let (item, n) = p.rsplit_once('@').ok_or_else(|| format!("pins: {p:?} is not ITEM@N"))?;
+                let n: u32 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("pins: {p:?}: N is a position from 1"))?;
+                Ok(serde_json::json!({ "item_id": item, "position": n - 1 }))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        what_if["pins"] = pins.into();
     }
     let n = if trace.n > 0 {
         trace.n

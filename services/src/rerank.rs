@@ -20,6 +20,8 @@ use proto::rerank_server::Rerank;
 use proto::{Action, RerankRequest, RerankResponse, Scored};
 
 pub const MAX_ITEMS: usize = 5000;
+/// Most pins one request may add (a what-if replay).
+pub const MAX_REQUEST_PINS: usize = 20;
 pub const MAX_K: usize = 200;
 
 /// An A/B experiment: `traffic_percent` of users (by a stable hash) are in it, split by another
@@ -217,12 +219,39 @@ impl RerankService {
                 req.block.len()
             )));
         }
+        if let Some(l) = req.mmr_lambda
+            && !(0.0..=1.0).contains(&l)
+        {
+            return Err(Status::invalid_argument(format!("mmr_lambda is {l}; 0.0 to 1.0")));
+        }
+        if req.pins.len() > MAX_REQUEST_PINS {
+            return Err(Status::invalid_argument(format!(
+                "pins has {} entries; at most {MAX_REQUEST_PINS}",
+                req.pins.len()
+            )));
+        }
         let mut cfg = RerankConfig {
             k,
-            mmr_lambda: lambda,
+            mmr_lambda: req.mmr_lambda.unwrap_or(lambda),
             ..rules.config.clone()
         };
         cfg.blocked.extend(req.block.iter().cloned());
+        if !req.pins.is_empty() {
+            // The request's pins first; a configured pin of the same item gives way.
+            let mut pins: Vec<(String, usize)> = req
+                .pins
+                .iter()
+                .map(|p| (p.item_id.clone(), p.position as usize))
+                .collect();
+            let configured: Vec<(String, usize)> = cfg
+                .pins
+                .iter()
+                .filter(|(id, _)| !pins.iter().any(|(p, _)| p == id))
+                .cloned()
+                .collect();
+            pins.extend(configured);
+            cfg.pins = pins;
+        }
         let items = self.items.load();
         let fresh = self.fresh_since.load(std::sync::atomic::Ordering::Relaxed);
         let ranked: Vec<Candidate> = req
@@ -279,6 +308,7 @@ impl Rerank for RerankService {
 mod tests {
     use super::*;
     use crate::features::proto::ItemFeatures;
+    use proto::Pin;
 
     fn service(config: RerankConfig) -> RerankService {
         let items = (0..30)
@@ -311,8 +341,43 @@ mod tests {
                 })
                 .collect(),
             k,
-            block: Vec::new(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_request_may_pin_and_set_the_mmr_trade_off_for_itself() {
+        let svc = service(RerankConfig {
+            pins: vec![("i25".into(), 1), ("i20".into(), 2)],
+            ..RerankConfig::default()
+        });
+        let mut req = request("u1", 10);
+        req.pins = vec![Pin {
+            item_id: "i20".into(),
+            position: 0,
+        }];
+        req.mmr_lambda = Some(1.0);
+        let r = svc.rerank(&req).unwrap();
+        assert_eq!(
+            r.items[0].item_id, "i20",
+            "the request's pin wins over the configured one"
+        );
+        assert_eq!(r.items[1].item_id, "i25", "the other configured pin holds");
+        // λ = 1: pure score — MMR serves nothing out of score order (it only leaves the rest
+        // out); at λ = 0 it does, and the lists differ.
+        let moved_by_mmr = |r: &RerankResponse| r.actions.iter().any(|a| a.rule == "mmr" && a.after >= 0);
+        assert!(!moved_by_mmr(&r), "{:?}", r.actions);
+        let mut diverse = req.clone();
+        diverse.mmr_lambda = Some(0.0);
+        let d = svc.rerank(&diverse).unwrap();
+        assert!(moved_by_mmr(&d), "{:?}", d.actions);
+        assert_ne!(d.items, r.items);
+        let mut bad = request("u1", 10);
+        bad.mmr_lambda = Some(1.5);
+        assert!(svc.rerank(&bad).unwrap_err().message().starts_with("mmr_lambda is 1.5"));
+        let mut many = request("u1", 10);
+        many.pins = vec![Pin::default(); MAX_REQUEST_PINS + 1];
+        assert!(svc.rerank(&many).unwrap_err().message().starts_with("pins has"));
     }
 
     #[test]

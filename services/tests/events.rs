@@ -237,7 +237,10 @@ async fn posted_events_reach_features_and_recall() {
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)), "{body}");
     // Malformed bodies name what is wrong.
     for (body, field) in [
-        (json!({"events": [{"event_id": "x", "colour": "red"}]}), "colour"),
+        (
+            json!({"events": [{"event_id": "x", "colour": "red"}]}),
+            "events[0].colour",
+        ),
         (json!({"events": "no"}), "events"),
         (json!({}), "events"),
         (json!({"events": []}), "events"),

@@ -209,7 +209,7 @@ async fn debug_requests_get_a_full_trace_of_every_candidate() {
             user_id: user.clone(),
             items: pool,
             k: 10,
-            block: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

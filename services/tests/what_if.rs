@@ -183,7 +183,45 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
     );
     assert_eq!(m.items.len(), 10);
 
-    // 5. The user's state now or as recorded: after the original, the user is shown its first
+    // 5. Another rule set: an item A ranked but did not serve pinned to the top, and MMR's
+    //    trade-off at pure score (1.0): it is served first by the pin, and MMR moves nothing
+    //    into the list.
+    let pinned = a
+        .candidates
+        .iter()
+        .find(|c| c.rank_score.is_some() && c.outcome != recstack_trace_store::outcome::SERVED)
+        .map(|c| c.item_id.clone())
+        .expect("a ranked candidate not served");
+    let (status, r) = post(
+        gateway.clone(),
+        replay(json!({"replay_of": a.request_id, "mmr_lambda": 1.0,
+            "pins": [{"item_id": pinned, "position": 0}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let p = common::stored_trace(&api, r["request_id"].as_str().unwrap()).await;
+    let top = p.items.iter().find(|i| i.position == 0).unwrap();
+    assert_eq!(
+        (top.item_id.as_str(), top.rerank_rule.as_deref()),
+        (pinned.as_str(), Some("pin"))
+    );
+    assert!(
+        p.items.iter().all(|i| i.rerank_rule.as_deref() != Some("mmr")),
+        "λ = 1: MMR serves nothing out of score order"
+    );
+    let c = compare(api.clone(), &a.request_id, &p.request_id).await;
+    let row = c.rows.iter().find(|m| m.item_id == pinned).unwrap();
+    assert_eq!((row.change, row.b), (Change::Entered, Some(0)));
+    assert!(row.stage.is_some(), "{}", row.explanation);
+    assert!(
+        c.b.what_if
+            .as_ref()
+            .unwrap()
+            .changes()
+            .contains(&format!("pin {pinned} at 1"))
+    );
+
+    // 6. The user's state now or as recorded: after the original, the user is shown its first
     //    item (an impression in the seen filter). Replayed now, the seen filter removes it;
     //    replayed with the seen items as recorded (A's, which lack it), it is not filtered.
     let shown = a_served[0].clone();
@@ -239,6 +277,18 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
             "what_if.force_items",
         ),
         (json!({"replay_of": a.request_id, "forced": ["x"]}), "what_if.forced"),
+        (
+            json!({"replay_of": a.request_id, "mmr_lambda": 1.5}),
+            "what_if.mmr_lambda",
+        ),
+        (
+            json!({"replay_of": a.request_id, "pins": [{"item_id": "x", "position": 100}]}),
+            "what_if.pins[0].position",
+        ),
+        (
+            json!({"replay_of": a.request_id, "pins": [{"item_id": "", "position": 0}]}),
+            "what_if.pins[0].item_id",
+        ),
     ] {
         let (status, body) = post(gateway.clone(), replay(what_if.clone())).await;
         assert_eq!(status, 400, "{what_if}: {body}");

@@ -172,6 +172,8 @@ pub fn index_template(prefix: &str) -> Value {
                         "replay_of": keyword, "level": keyword, "force_items": keyword,
                         "block": keyword, "model": keyword,
                         "seen": { "type": "keyword", "index": false },
+                        "mmr_lambda": { "type": "float" },
+                        "pins": { "type": "object", "enabled": false },
                     }},
                 }
             }

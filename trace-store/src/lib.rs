@@ -151,6 +151,19 @@ pub struct WhatIf {
     /// instead of the user's seen filter now; `None`: the seen filter as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<Vec<String>>,
+    /// Rerank's MMR trade-off for this request (0.0–1.0), instead of the stack's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmr_lambda: Option<f32>,
+    /// Items served at a 0-based position for this request, before the stack's pins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<PinRecord>,
+}
+
+/// An item pinned to a 0-based position.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    pub item_id: String,
+    pub position: u32,
 }
 
 impl WhatIf {
@@ -171,6 +184,17 @@ impl WhatIf {
         }
         if let Some(seen) = &self.seen {
             out.push(format!("seen items as recorded ({})", seen.len()));
+        }
+        if let Some(l) = self.mmr_lambda {
+            out.push(format!("MMR λ {l}"));
+        }
+        if !self.pins.is_empty() {
+            let pins: Vec<String> = self
+                .pins
+                .iter()
+                .map(|p| format!("{} at {}", p.item_id, p.position + 1))
+                .collect();
+            out.push(format!("pin {}", pins.join(", ")));
         }
         if out.is_empty() {
             "no change".into()

@@ -39,6 +39,8 @@ pub(super) fn ReplayPage() -> impl IntoView {
             block: ReplayAsk::ids(&get("block")),
             model: get("model"),
             state: get("state"),
+            mmr_lambda: get("mmr_lambda"),
+            pins: ReplayAsk::ids(&get("pin")),
         }
     };
     let replayed = Resource::new(ask, api::replay_request);
@@ -83,6 +85,8 @@ pub(super) fn what_if_forms(t: &Trace) -> AnyView {
                 </label>
                 <label>"Force in" <input name="force" placeholder="item ids" /></label>
                 <label>"Block" <input name="block" placeholder="item ids" /></label>
+                <label>"Pin" <input name="pin" placeholder="ITEM@N (N = 1 is the top)" /></label>
+                <label>"MMR λ" <input name="mmr_lambda" placeholder="0.0 to 1.0" size="6" /></label>
                 <label>
                     "Model"
                     <select name="model">

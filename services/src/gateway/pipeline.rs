@@ -476,6 +476,16 @@ impl Gateway {
                         .collect(),
                     k: q.n,
                     block: q.what_if.as_ref().map(|w| w.block.clone()).unwrap_or_default(),
+                    mmr_lambda: q.what_if.as_ref().and_then(|w| w.mmr_lambda),
+                    pins: q
+                        .what_if
+                        .iter()
+                        .flat_map(|w| &w.pins)
+                        .map(|p| crate::rerank::proto::Pin {
+                            item_id: p.item_id.clone(),
+                            position: p.position,
+                        })
+                        .collect(),
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);

@@ -56,12 +56,19 @@ pub struct WhatIfRequest {
     /// instead of the user's seen filter now. Absent: the seen filter as it is now.
     #[serde(default)]
     pub seen: Option<Vec<String>>,
+    /// Rerank's MMR trade-off, 0.0 (diversity) to 1.0 (score).
+    #[serde(default)]
+    pub mmr_lambda: Option<f32>,
+    /// Items served at a 0-based position: `[{"item_id": "…", "position": 0}]`.
+    #[serde(default)]
+    pub pins: Vec<recstack_trace_store::PinRecord>,
 }
 
 /// Most items a what-if may force in, and block.
 pub const MAX_FORCED: usize = 50;
 pub const MAX_BLOCKED: usize = 500;
 pub const MAX_SEEN: usize = 5_000;
+pub const MAX_PINS: usize = 20;
 
 /// A checked what-if; errors name the field (`what_if.level`, `what_if.force_items[2]`, …).
 fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError> {
@@ -108,6 +115,31 @@ fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError>
         }
         Ok(out)
     };
+    if let Some(l) = w.mmr_lambda
+        && !(0.0..=1.0).contains(&l)
+    {
+        return Err(FieldError::new("what_if.mmr_lambda", format!("is {l}; 0.0 to 1.0")));
+    }
+    if w.pins.len() > MAX_PINS {
+        return Err(FieldError::new(
+            "what_if.pins",
+            format!("has {} items; at most {MAX_PINS}", w.pins.len()),
+        ));
+    }
+    for (i, p) in w.pins.iter().enumerate() {
+        if p.item_id.trim().is_empty() || p.item_id.len() > 256 {
+            return Err(FieldError::new(
+                &format!("what_if.pins[{i}].item_id"),
+                "must be 1 to 256 characters",
+            ));
+        }
+        if p.position >= MAX_N {
+            return Err(FieldError::new(
+                &format!("what_if.pins[{i}].position"),
+                format!("is {}; below {MAX_N}", p.position),
+            ));
+        }
+    }
     Ok(recstack_trace_store::WhatIf {
         replay_of: replay_of.to_string(),
         level: w.level,
@@ -115,6 +147,8 @@ fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError>
         block: ids("block", w.block, MAX_BLOCKED)?,
         model: w.model,
         seen: w.seen.map(|seen| ids("seen", seen, MAX_SEEN)).transpose()?,
+        mmr_lambda: w.mmr_lambda,
+        pins: w.pins,
     })
 }
 

@@ -46,6 +46,12 @@ pub struct ReplayArgs {
     /// stored request filtered).
     #[arg(long, default_value = "now", value_parser = ["now", "recorded"])]
     pub state: String,
+    /// Rerank's MMR trade-off for the replay, 0.0 (diversity) to 1.0 (score).
+    #[arg(long)]
+    pub mmr_lambda: Option<f32>,
+    /// Pin ITEM at position N, 1 the top (repeatable): `--pin 0111161@1`.
+    #[arg(long = "pin", value_name = "ITEM@N")]
+    pub pins: Vec<String>,
     /// The gateway.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub gateway: String,
@@ -80,6 +86,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         block: args.block,
         model: args.model.unwrap_or_default(),
         state: args.state,
+        mmr_lambda: args.mmr_lambda.map(|l| l.to_string()).unwrap_or_default(),
+        pins: args.pins,
     };
     let gateway = GatewayApi::new(&args.gateway, args.debug_token.or_else(|| args.traces.token.clone()));
     let replayed = recstack_dashboard::server::replay(&trace_api(&args.traces), &gateway, &ask)
