@@ -141,20 +141,7 @@ pub async fn fetch_trace(request_id: String, candidate_page: usize) -> Result<Tr
                 .flat_map(|c| c.rows.iter().map(|r| r.item_id.as_str())),
         )
         .collect();
-    // Titles are a help, not the page: without them (an API with no catalogue, or one that
-    // failed) the ids still show.
-    #[derive(Deserialize)]
-    struct Titles {
-        titles: std::collections::BTreeMap<String, String>,
-    }
-    let titles = match d.traces.get::<Titles>("/v1/items", &[("ids", shown.join(","))]).await {
-        Ok(t) => t.titles,
-        Err(_) if shown.is_empty() => Default::default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "no item titles");
-            Default::default()
-        }
-    };
+    let titles = d.traces.titles(&shown).await;
     let trace_link = d
         .trace_link
         .as_ref()
@@ -196,22 +183,8 @@ async fn with_titles(
     comparison: recstack_trace_store::compare::Comparison,
     took_ms: Option<f64>,
 ) -> ComparisonView {
-    #[derive(Deserialize)]
-    struct Titles {
-        titles: std::collections::BTreeMap<String, String>,
-    }
     let ids: Vec<&str> = comparison.rows.iter().map(|r| r.item_id.as_str()).collect();
-    let titles = if ids.is_empty() {
-        Default::default()
-    } else {
-        match d.traces.get::<Titles>("/v1/items", &[("ids", ids.join(","))]).await {
-            Ok(t) => t.titles,
-            Err(e) => {
-                tracing::warn!(error = %e, "no item titles");
-                Default::default()
-            }
-        }
-    };
+    let titles = d.traces.titles(&ids).await;
     ComparisonView {
         comparison,
         titles,

@@ -288,6 +288,27 @@ impl TraceApi {
     }
 }
 
+impl TraceApi {
+    /// The catalogue's titles of `ids`. Titles are a help, not the page: without them (none
+    /// asked for, an API with no catalogue, or one that failed) the ids still show.
+    pub async fn titles(&self, ids: &[&str]) -> std::collections::BTreeMap<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Titles {
+            titles: std::collections::BTreeMap<String, String>,
+        }
+        if ids.is_empty() {
+            return Default::default();
+        }
+        match self.get::<Titles>("/v1/items", &[("ids", ids.join(","))]).await {
+            Ok(t) => t.titles,
+            Err(e) => {
+                tracing::warn!(error = %e, "no item titles");
+                Default::default()
+            }
+        }
+    }
+}
+
 /// A client of the gateway, for replays: it sends the stack's debug token (a replay is a debug
 /// request).
 pub struct GatewayApi {

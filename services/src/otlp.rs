@@ -81,13 +81,12 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A stage's span id: FNV-1a of the trace id, the request's span id and the stage's index —
+/// A stage's span id: the stable hash (FNV-1a) of the trace id, the request's span id and the
+/// stage's index —
 /// stable, and distinct within the trace.
 fn stage_span_id(trace_id: &[u8], parent: &[u8], index: usize) -> Vec<u8> {
-    let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    for b in trace_id.iter().chain(parent).chain(&(index as u64).to_le_bytes()) {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let key = [trace_id, parent, &(index as u64).to_le_bytes()].concat();
+    let h = recstack_core::hash::stable_hash(&key);
     // A span id of all zeros is invalid.
     h.max(1).to_be_bytes().to_vec()
 }

@@ -8,8 +8,6 @@ mod common;
 
 use std::collections::HashSet;
 
-use recstack_services::recall::proto::ImpressionsRequest;
-use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::serve;
 use recstack_trace_store::Trace;
 use recstack_trace_store::access::DEBUG_TOKEN_HEADER;
@@ -25,6 +23,14 @@ async fn post(gateway: String, body: Value) -> (u16, Value) {
     })
     .await
     .unwrap()
+}
+
+/// A replay as a trusted caller: its answer (asserted a 200) and its stored trace.
+async fn replayed(gateway: &str, api: &str, body: Value) -> (Value, Trace) {
+    let (status, r) = post(gateway.to_string(), body).await;
+    assert_eq!(status, 200, "{r}");
+    let t = common::stored_trace(api, r["request_id"].as_str().unwrap()).await;
+    (r, t)
 }
 
 /// The comparison of two stored requests from the query API.
@@ -64,13 +70,12 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
 
     // 1. Block the first item served: it leaves, by a business rule; the rest move up or stay.
     let blocked = a_served[0].clone();
-    let (status, r) = post(
-        gateway.clone(),
+    let (_, b) = replayed(
+        &gateway,
+        &api,
         replay(json!({"replay_of": a.request_id, "block": [blocked]})),
     )
     .await;
-    assert_eq!(status, 200, "{r}");
-    let b = common::stored_trace(&api, r["request_id"].as_str().unwrap()).await;
     let what_if = b.what_if.clone().expect("the replay records what it changed");
     assert_eq!(
         (what_if.replay_of.as_str(), what_if.block.clone()),
@@ -118,13 +123,12 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
         .map(|c| c.item_id.clone())
         .collect();
     assert_eq!(below.len(), 3, "candidates below the model's cut");
-    let (status, r) = post(
-        gateway.clone(),
+    let (_, f) = replayed(
+        &gateway,
+        &api,
         replay(json!({"replay_of": a.request_id, "force_items": below})),
     )
     .await;
-    assert_eq!(status, 200, "{r}");
-    let f = common::stored_trace(&api, r["request_id"].as_str().unwrap()).await;
     let stage = f
         .stages
         .iter()
@@ -143,14 +147,13 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
 
     // 3. The popular level: recall skipped and said so; every item that left is explained by
     //    the replay's trace (where it fell out there).
-    let (status, r) = post(
-        gateway.clone(),
+    let (r, p) = replayed(
+        &gateway,
+        &api,
         replay(json!({"replay_of": a.request_id, "level": "popular"})),
     )
     .await;
-    assert_eq!(status, 200, "{r}");
     assert_eq!(r["level"], "popular");
-    let p = common::stored_trace(&api, r["request_id"].as_str().unwrap()).await;
     assert!(
         p.degraded.iter().any(|d| d == "what-if: started at the popular level"),
         "{:?}",
@@ -168,13 +171,12 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
     }
 
     // 4. A model that is not loaded: ranking fails and says why; the list still comes.
-    let (status, r) = post(
-        gateway.clone(),
+    let (_, m) = replayed(
+        &gateway,
+        &api,
         replay(json!({"replay_of": a.request_id, "model": "canary"})),
     )
     .await;
-    assert_eq!(status, 200, "{r}");
-    let m = common::stored_trace(&api, r["request_id"].as_str().unwrap()).await;
     let ranking = m.stages.iter().find(|s| s.name == "ranking").unwrap();
     assert!(
         ranking.outcome.starts_with("failed") && ranking.outcome.contains("no canary model is loaded"),
@@ -192,14 +194,13 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
         .find(|c| c.rank_score.is_some() && c.outcome != recstack_trace_store::outcome::SERVED)
         .map(|c| c.item_id.clone())
         .expect("a ranked candidate not served");
-    let (status, r) = post(
-        gateway.clone(),
+    let (_, p) = replayed(
+        &gateway,
+        &api,
         replay(json!({"replay_of": a.request_id, "mmr_lambda": 1.0,
             "pins": [{"item_id": pinned, "position": 0}]})),
     )
     .await;
-    assert_eq!(status, 200, "{r}");
-    let p = common::stored_trace(&api, r["request_id"].as_str().unwrap()).await;
     let top = p.items.iter().find(|i| i.position == 0).unwrap();
     assert_eq!(
         (top.item_id.as_str(), top.rerank_rule.as_deref()),
@@ -225,18 +226,8 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
     //    item (an impression in the seen filter). Replayed now, the seen filter removes it;
     //    replayed with the seen items as recorded (A's, which lack it), it is not filtered.
     let shown = a_served[0].clone();
-    let mut recall = RecallClient::connect(stack.get("recall").grpc_url()).await.unwrap();
-    let recorded = recall
-        .record_impressions(ImpressionsRequest {
-            user_id: user.clone(),
-            item_ids: vec![shown.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(recorded.recorded, 1);
-    let (_, now) = post(gateway.clone(), replay(json!({"replay_of": a.request_id}))).await;
-    let now = common::stored_trace(&api, now["request_id"].as_str().unwrap()).await;
+    assert_eq!(common::record_impressions(&stack, &user, vec![shown.clone()]).await, 1);
+    let (_, now) = replayed(&gateway, &api, replay(json!({"replay_of": a.request_id}))).await;
     assert!(now.filtered_seen.contains(&shown), "the seen filter now holds {shown}");
     let c = compare(api.clone(), &a.request_id, &now.request_id).await;
     let row = c.rows.iter().find(|m| m.item_id == shown).unwrap();
@@ -246,12 +237,12 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
         "{}",
         row.explanation
     );
-    let (_, then) = post(
-        gateway.clone(),
+    let (_, then) = replayed(
+        &gateway,
+        &api,
         replay(json!({"replay_of": a.request_id, "seen": a.filtered_seen})),
     )
     .await;
-    let then = common::stored_trace(&api, then["request_id"].as_str().unwrap()).await;
     assert_eq!(
         then.seen_filter.as_deref(),
         Some(format!("as recorded: {} items", a.filtered_seen.len()).as_str())

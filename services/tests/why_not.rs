@@ -12,8 +12,6 @@ use recstack_core::degrade::LevelPlan;
 use recstack_core::recall::{self, Channel, DEFAULT_QUOTA};
 use recstack_services::gateway::Recommendation;
 use recstack_services::recall::EXPLAIN_DEPTH;
-use recstack_services::recall::proto::ImpressionsRequest;
-use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::serve::{self, LocalStack};
 use recstack_trace_store::explain::{FellOut, WhyNot};
 use recstack_trace_store::{Trace, cut, outcome};
@@ -69,16 +67,7 @@ async fn why_not_names_every_exit_with_its_numbers() {
     // The user is shown the first item; the next request filters it as seen.
     let shown = r0.items[0].item_id.clone();
     let before = recstack_core::events::now_ms();
-    let mut recall_client = RecallClient::connect(stack.get("recall").grpc_url()).await.unwrap();
-    let recorded = recall_client
-        .record_impressions(ImpressionsRequest {
-            user_id: user.clone(),
-            item_ids: vec![shown.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(recorded.recorded, 1);
+    assert_eq!(common::record_impressions(&stack, &user, vec![shown.clone()]).await, 1);
     let after = recstack_core::events::now_ms();
     let (r, t) = traced(&stack, &user).await;
     assert_eq!(r.level, "full", "{:?}", r.degraded);

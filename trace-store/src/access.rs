@@ -13,6 +13,7 @@
 //! Everything here is pure (no I/O but [`Access::from_dir`]): checking a header against the
 //! tokens, the pseudonym of a user id, and the debug rate limit.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
@@ -227,7 +228,8 @@ pub fn pseudonym(key: &Token, user: &str) -> String {
     let mut out = String::with_capacity(PSEUDONYM_PREFIX.len() + 32);
     out.push_str(PSEUDONYM_PREFIX);
     for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
     }
     out
 }

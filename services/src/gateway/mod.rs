@@ -228,10 +228,10 @@ impl Gateway {
     }
 
     /// The request id (time and `seq`) and the trace id (the caller's, else a new one).
-    fn ids(seq: u64, traceparent: Option<&str>) -> (String, String) {
+    fn ids(seq: u64, caller: Option<&(String, String)>) -> (String, String) {
         let request_id = recstack_trace_store::request_id::new(seq);
-        let trace_id = traceparent
-            .and_then(parse_traceparent)
+        let trace_id = caller
+            .map(|(trace, _)| trace.clone())
             .unwrap_or_else(|| format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
         (request_id, trace_id)
     }
@@ -270,10 +270,6 @@ impl Gateway {
         self.metrics.in_flight.inc();
         let _guard = InFlight(&self.in_flight, &self.metrics.in_flight);
         let mut r = self.begin(q, traceparent, in_flight, start);
-        r.parent_span = traceparent
-            .filter(|h| parse_traceparent(h).is_some())
-            .and_then(|h| h.trim().split('-').nth(2))
-            .map(str::to_ascii_lowercase);
         if !traced {
             r.traceparent.clear();
         }
@@ -337,13 +333,16 @@ impl Gateway {
             degraded.push(format!("what-if: started at the {} level", forced.name()));
         }
         let full = q.debug || rand::random::<f64>() < self.config.full_trace_sample;
-        Request::new(
+        let caller = traceparent.and_then(request::caller_context);
+        let mut r = Request::new(
             q,
-            Self::ids(seq, traceparent),
+            Self::ids(seq, caller.as_ref()),
             (start, timeout),
             (level, degraded),
             full,
-        )
+        );
+        r.parent_span = caller.map(|(_, span)| span);
+        r
     }
 
     /// Counts the answer, feeds the latency objective, and hands the trace to the sink.

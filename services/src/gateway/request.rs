@@ -101,6 +101,8 @@ fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError>
             ));
         }
         let mut out: Vec<String> = Vec::with_capacity(ids.len());
+        // Up to 5,000 seen items: a set, not a scan of `out` per id.
+        let mut kept = std::collections::HashSet::with_capacity(ids.len());
         for (i, id) in ids.into_iter().enumerate() {
             let id = id.trim().to_string();
             if id.is_empty() || id.len() > 256 {
@@ -109,7 +111,7 @@ fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError>
                     "must be 1 to 256 characters",
                 ));
             }
-            if !out.contains(&id) {
+            if kept.insert(id.clone()) {
                 out.push(id);
             }
         }
@@ -249,11 +251,17 @@ pub struct Recommendation {
 
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn parse_traceparent(header: &str) -> Option<String> {
+    caller_context(header).map(|(trace, _)| trace)
+}
+
+/// The caller's trace id and span id (lower-case hex) from a W3C `traceparent` header, if it
+/// is well formed.
+pub fn caller_context(header: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = header.trim().split('-').collect();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     match parts.as_slice() {
         [v, t, p, f] if hex(v, 2) && hex(t, 32) && hex(p, 16) && hex(f, 2) && *t != "0".repeat(32) => {
-            Some(t.to_ascii_lowercase())
+            Some((t.to_ascii_lowercase(), p.to_ascii_lowercase()))
         }
         _ => None,
     }
@@ -332,6 +340,13 @@ mod tests {
         assert_eq!(
             parse_traceparent("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01").as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(
+            caller_context("00-0af7651916cd43dd8448eb211c80319c-B7AD6B7169203331-01"),
+            Some((
+                "0af7651916cd43dd8448eb211c80319c".to_string(),
+                "b7ad6b7169203331".to_string()
+            ))
         );
         for bad in [
             "",

@@ -224,6 +224,23 @@ pub async fn recommend(
     serde_json::from_str(&body).unwrap()
 }
 
+/// Records through the stack's recall service that `user` was shown `items` (what ingest does
+/// for impression events); the impressions recorded.
+pub async fn record_impressions(stack: &recstack_services::serve::LocalStack, user: &str, items: Vec<String>) -> u32 {
+    use recstack_services::recall::proto::ImpressionsRequest;
+    use recstack_services::recall::proto::recall_client::RecallClient;
+    let mut recall = RecallClient::connect(stack.get("recall").grpc_url()).await.unwrap();
+    recall
+        .record_impressions(ImpressionsRequest {
+            user_id: user.to_string(),
+            item_ids: items,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recorded
+}
+
 /// The trace of `request_id` from the query API at `api` (as [`test_access`]'s admin), polling
 /// until the writer has flushed it (it batches for up to 200 ms).
 pub async fn stored_trace(api: &str, request_id: &str) -> recstack_trace_store::Trace {

@@ -503,11 +503,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             gateway_url,
             trace_link,
         } => {
-            let access = match &access_dir {
-                Some(dir) => recstack_trace_store::access::Access::from_dir(dir)
-                    .with_context(|| format!("access tokens in {}", dir.display()))?,
-                None => recstack_trace_store::access::Access::open(),
-            };
+            let (access, _) = traces::access(access_dir.as_deref(), None)?;
             let status = match (stack, namespace) {
                 (Some(name), Some(namespace)) => StatusSource::cluster(namespace, name)
                     .await
@@ -523,7 +519,7 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
                 traces_url,
                 status,
                 site_root: site,
-                access: Arc::new(access),
+                access,
                 gateway_url,
                 trace_link,
             };
