@@ -507,7 +507,7 @@ spec:
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
-    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-2}}
+    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-3}}
   rerank: {{replicas: 1}}
   feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
@@ -887,7 +887,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             );
         }
         ensure!(
-            r["model_version"] == "deepfm-2",
+            r["model_version"] == "deepfm-3",
             "{user}: scored by {}",
             r["model_version"]
         );
@@ -1071,7 +1071,7 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
                     n: 20,
                     channel_quotas: [("hot", 20)]
                         .into_iter()
-                        .chain(["item_cf", "user_cf", "als", "vector", "tag"].map(|c| (c, 0)))
+                        .chain(["item_cf", "user_cf", "als", "vector", "tag", "cooc"].map(|c| (c, 0)))
                         .map(|(k, v)| (k.to_string(), v))
                         .collect(),
                     ..Default::default()

@@ -2,7 +2,7 @@
 //!
 //! 1. the seen filter against a plain id set;
 //! 2. the HNSW index against exact search (and faiss, via `scripts/bench`, on the same files);
-//! 3. the recall gRPC service under load: all six channels at 1,000 candidates against a
+//! 3. the recall gRPC service under load: all seven channels at 1,000 candidates against a
 //!    single-channel lookup.
 //!
 //! `cargo bench -p recstack-services --bench recall` (`scripts/bench` adds the faiss and
@@ -136,7 +136,7 @@ fn channels(a: &build::Artifacts) {
             start.elapsed()
         })
         .collect();
-    print_times("merge (6 × 200 → 1,000)", &mut times);
+    print_times("merge (7 × 200 → 1,000)", &mut times);
 }
 
 fn print_times(name: &str, times: &mut [Duration]) {
@@ -301,7 +301,14 @@ async fn service(artifacts: build::Artifacts) {
     let all = load(&client, &users, 1000, &[]).await;
     // The same users again: their channel lists now come from the version's cache.
     let again = load(&client, &users, 1000, &[]).await;
-    let single_quotas = [("item_cf", 0), ("user_cf", 0), ("als", 0), ("vector", 0), ("tag", 0)];
+    let single_quotas = [
+        ("item_cf", 0),
+        ("user_cf", 0),
+        ("als", 0),
+        ("vector", 0),
+        ("tag", 0),
+        ("cooc", 0),
+    ];
     let single = load(&client, &users, 200, &single_quotas).await;
     // The same 6-channel load while a new artifact version (with an empty list cache) is
     // loaded beside the served one and swapped in every 100 ms.

@@ -183,7 +183,7 @@ async fn posted_events_reach_features_and_recall() {
         n: 50,
         channel_quotas: [("hot", 50)]
             .into_iter()
-            .chain(["item_cf", "user_cf", "als", "vector", "tag"].map(|c| (c, 0)))
+            .chain(["item_cf", "user_cf", "als", "vector", "tag", "cooc"].map(|c| (c, 0)))
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         ..Default::default()

@@ -87,7 +87,7 @@ async fn recall_returns_deduplicated_candidates_with_lineage() {
         ids.iter().all(|id| !history.contains(*id)),
         "no item from the user's history"
     );
-    assert_eq!(channels_of(&resp).len(), 6, "all six channels contribute");
+    assert_eq!(channels_of(&resp).len(), 7, "all seven channels contribute");
     for c in &resp.candidates {
         assert!(!c.sources.is_empty());
         assert!(c.sources.iter().all(|s| s.rank >= 1 && s.rank <= 200), "{c:?}");
@@ -96,7 +96,7 @@ async fn recall_returns_deduplicated_candidates_with_lineage() {
         resp.candidates.windows(2).all(|w| w[0].fused_score >= w[1].fused_score),
         "ranked by fused score"
     );
-    assert_eq!(resp.channels.len(), 6);
+    assert_eq!(resp.channels.len(), 7);
     assert!(resp.channels.iter().all(|s| s.returned > 0), "{:?}", resp.channels);
     let metrics = r.metrics.encode();
     assert!(
@@ -180,9 +180,9 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
         (get("hit"), get("miss"))
     };
     let first = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
-    assert_eq!(counts(&r.metrics), (0, 6), "every channel computed once");
+    assert_eq!(counts(&r.metrics), (0, 7), "every channel computed once");
     let second = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
-    assert_eq!(counts(&r.metrics), (6, 6), "every channel from the cache");
+    assert_eq!(counts(&r.metrics), (7, 7), "every channel from the cache");
     assert_eq!(first.candidates, second.candidates);
     assert!(second.channels.iter().all(|c| c.latency_us == 0 && c.returned > 0));
     // The channel latency histogram times computations only.
@@ -199,7 +199,7 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
         a,
         &recstack_core::recall::UserHistory::new(a, u),
         DEFAULT_QUOTA,
-        6 * DEFAULT_QUOTA,
+        7 * DEFAULT_QUOTA,
     );
     let ids = |c: &[proto::Candidate]| c.iter().map(|c| c.item_id.clone()).collect::<Vec<_>>();
     let direct_ids: Vec<String> = direct
@@ -211,10 +211,10 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
 
     // Another quota is another list; a new version starts with an empty cache.
     r.client.recall(request(&user, 0, &[("als", 50)])).await.unwrap();
-    assert_eq!(counts(&r.metrics), (11, 7));
+    assert_eq!(counts(&r.metrics), (13, 8));
     r.slot.swap(Loaded::from_dir(artifact_root()).unwrap());
     let third = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
-    assert_eq!(counts(&r.metrics), (11, 13));
+    assert_eq!(counts(&r.metrics), (13, 15));
     assert_eq!(third.candidates, second.candidates);
 }
 

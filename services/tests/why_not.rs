@@ -17,7 +17,7 @@ use recstack_trace_store::explain::{FellOut, WhyNot};
 use recstack_trace_store::{Trace, cut, outcome};
 
 /// The stack: the full level leaves the tag channel off (so an item only it ranks shows the
-/// switched-off exit) and asks recall for [`CANDIDATES`] (fewer than the five channels' quotas
+/// switched-off exit) and asks recall for [`CANDIDATES`] (fewer than the six channels' quotas
 /// hold, so the merge cuts); rerank blocks `blocked`.
 async fn start(trace_file: &Path, blocked: &[String]) -> LocalStack {
     let mut opts = common::traced_stack(trace_file, None);
@@ -234,7 +234,7 @@ async fn why_not_names_every_exit_with_its_numbers() {
         .collect();
     assert_eq!(
         failed,
-        ["item_cf", "user_cf", "hot", "als", "vector"],
+        ["item_cf", "user_cf", "hot", "als", "vector", "cooc"],
         "{:?}",
         t.channels
     );

@@ -10,7 +10,7 @@ mod dashboard;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, block_on, build, eval, export_ranking, query, replay, serve, synth, up};
+use commands::{bench, block_on, build, eval, export_ranking, query, replay, serve, synth, tune, up};
 
 #[derive(Parser)]
 #[command(version, about = "recstack: build, serve and measure the recommender")]
@@ -44,8 +44,12 @@ enum Command {
         #[command(subcommand)]
         component: serve::ServeCommand,
     },
-    /// Evaluate each recall channel on the held-out ratings of the current artifacts.
+    /// Evaluate each recall channel, the merged set and the baselines on the held-out ratings
+    /// of the current artifacts, with bootstrap intervals.
     Eval(eval::EvalArgs),
+    /// Choose recall's settings on the validation world (the training ratings split again by
+    /// time): the hot list's half-life and the channels' fusion weights.
+    Tune(tune::TuneArgs),
     /// Write the ranking model's training data (NumPy arrays), with the same recall and
     /// feature code the stack runs: recall's candidates in the validation world (the training
     /// ratings' own time split) to train and judge on, and in the current artifacts' holdout
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => block_on(replay::compare(args)),
         Command::Serve { component } => block_on(serve::run(component)),
         Command::Eval(args) => eval::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::ExportRanking(args) => export_ranking::run(args),
     }
 }

@@ -79,12 +79,14 @@ impl LevelPlan {
         }
     }
 
-    /// The reduced level: three cheap channels, 300 candidates, the model ranks 100.
+    /// The reduced level: three cheap channels (co-occurrence, hot, item-CF: lookups, no scan),
+    /// 300 candidates, the model ranks 100.
     pub fn reduced() -> Self {
         let quotas = [
-            ("item_cf", 100),
+            ("cooc", 100),
             ("hot", 100),
-            ("als", 100),
+            ("item_cf", 100),
+            ("als", 0),
             ("user_cf", 0),
             ("vector", 0),
             ("tag", 0),

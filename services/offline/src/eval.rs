@@ -1,5 +1,8 @@
-//! `recstack eval`: recall@50, recall@200 and NDCG@20 of each channel, of the merged set and
-//! of a popularity baseline, on the held-out ratings (each user's most recent ones).
+//! `recstack eval`: NDCG@20, recall@20 and @200, catalogue coverage and novelty of lists on
+//! the held-out ratings (each user's most recent ones), with 95 % bootstrap intervals, and
+//! each list's ratio to the baseline (recency-weighted popularity). This module scores any
+//! list per user and produces recall's own (each channel, the merged set, the baselines); the
+//! CLI adds the lists the gateway serves at each level.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -8,14 +11,6 @@ use rayon::prelude::*;
 
 use crate::build::Artifacts;
 use recstack_core::recall::{self, Channel};
-
-/// Averages over the evaluated users.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Metrics {
-    pub recall_50: f64,
-    pub recall_200: f64,
-    pub ndcg_20: f64,
-}
 
 /// Recall@k: the share of the held-out items found in the top k.
 pub fn recall_at(ranked: &[u32], truth: &HashSet<u32>, k: usize) -> f64 {
@@ -44,55 +39,306 @@ pub fn ndcg_of_hits(hits: impl IntoIterator<Item = bool>, relevant: usize, k: us
     if ideal == 0.0 { 0.0 } else { dcg / ideal }
 }
 
-fn score(ranked: &[u32], truth: &HashSet<u32>) -> Metrics {
-    Metrics {
-        recall_50: recall_at(ranked, truth, 50),
-        recall_200: recall_at(ranked, truth, 200),
-        ndcg_20: ndcg_at(ranked, truth, 20),
+/// Each evaluated user's held-out items, users in id order.
+pub struct Truth {
+    pub users: Vec<u32>,
+    pub items: Vec<HashSet<u32>>,
+}
+
+impl Truth {
+    /// The held-out ratings of the artifacts, by user.
+    pub fn of(a: &Artifacts) -> Self {
+        let mut by_user: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
+        for r in &a.holdout {
+            by_user.entry(r.user).or_default().insert(r.item);
+        }
+        let (users, items) = by_user.into_iter().unzip();
+        Self { users, items }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
     }
 }
 
-/// Evaluates every channel, the merged set (6 × 200 → 1,000) and the popularity baseline.
-/// Returns (rows by name, users evaluated).
-pub fn evaluate(a: &Artifacts, show_progress: bool) -> (BTreeMap<String, Metrics>, usize) {
-    let mut truth: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
-    for r in &a.holdout {
-        truth.entry(r.user).or_default().insert(r.item);
+/// A mean over users with its 95 % bootstrap interval (percentiles of the resampled means).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Estimate {
+    /// Whether this interval lies wholly above `other`'s.
+    pub fn above(&self, other: &Estimate) -> bool {
+        self.low > other.high
     }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.4} [{:.4}, {:.4}]", self.mean, self.low, self.high)
+    }
+}
+
+/// The same bootstrap resamples of the users for every list, so lists are compared on the
+/// same draws (a paired bootstrap): `weights[b][u]` is how often user `u` was drawn in
+/// resample `b`.
+pub struct Resamples {
+    weights: Vec<Vec<u16>>,
+}
+
+impl Resamples {
+    /// `count` resamples of `users` users, from a fixed seed (the tables are reproducible).
+    pub fn new(users: usize, count: usize, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let weights = (0..count)
+            .map(|_| {
+                let mut w = vec![0u16; users];
+                for _ in 0..users {
+                    w[rng.gen_range(0..users)] += 1;
+                }
+                w
+            })
+            .collect();
+        Self { weights }
+    }
+
+    /// The mean of `values` (one per user) and its 95 % percentile interval.
+    pub fn estimate(&self, values: &[f64]) -> Estimate {
+        self.ratio(values, None)
+    }
+
+    /// Like [`estimate`](Self::estimate), of `mean(values) / mean(base)` when `base` is given
+    /// (each resample's ratio: the interval of a relative difference).
+    pub fn ratio(&self, values: &[f64], base: Option<&[f64]>) -> Estimate {
+        let n = values.len().max(1) as f64;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / n;
+        let of = |num: f64, den: Option<f64>| match den {
+            Some(d) if d > 0.0 => num / d,
+            Some(_) => f64::NAN,
+            None => num,
+        };
+        let point = of(mean(values), base.map(mean));
+        let weighted = |w: &[u16], v: &[f64]| w.iter().zip(v).map(|(&w, &x)| f64::from(w) * x).sum::<f64>() / n;
+        let mut draws: Vec<f64> = self
+            .weights
+            .par_iter()
+            .map(|w| of(weighted(w, values), base.map(|b| weighted(w, b))))
+            // A resample whose base mean is 0 has no ratio.
+            .filter(|d| d.is_finite())
+            .collect();
+        draws.sort_by(f64::total_cmp);
+        if draws.is_empty() {
+            return Estimate {
+                mean: point,
+                low: point,
+                high: point,
+            };
+        }
+        let at = |q: f64| draws[((q * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+        Estimate {
+            mean: point,
+            low: at(0.025),
+            high: at(0.975),
+        }
+    }
+}
+
+/// One list's per-user scores (in [`Truth`]'s user order) and its catalogue-level measures.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    pub name: String,
+    pub ndcg_20: Vec<f64>,
+    pub recall_20: Vec<f64>,
+    /// Only for lists of 200 or more (recall's channels and merge); served lists are 20 long.
+    pub recall_200: Option<Vec<f64>>,
+    /// Distinct items in the users' top 20s over the catalogue's items.
+    pub coverage: f64,
+    /// Mean self-information of the top-20 items, `-log2(share of users who rated it)`:
+    /// higher is less obvious.
+    pub novelty: f64,
+}
+
+/// What coverage and novelty are measured against: the catalogue's size and how many users
+/// rated each item in training.
+pub struct Catalogue {
+    pub items: usize,
+    pub users: usize,
+    pub raters: Vec<u32>,
+}
+
+impl Catalogue {
+    pub fn of(a: &Artifacts) -> Self {
+        let mut raters = vec![0u32; a.items.len()];
+        for h in &a.history {
+            for &i in h {
+                raters[i as usize] += 1;
+            }
+        }
+        Self {
+            items: a.items.len(),
+            users: a.users.len(),
+            raters,
+        }
+    }
+
+    fn self_information(&self, item: u32) -> f64 {
+        let raters = self.raters.get(item as usize).copied().unwrap_or(0);
+        -((f64::from(raters) + 1.0) / (self.users as f64 + 1.0)).log2()
+    }
+}
+
+/// Scores one list per user (`lists[k]` for `truth.users[k]`, best first).
+pub fn score(name: &str, lists: &[Vec<u32>], truth: &Truth, catalogue: &Catalogue) -> Scored {
+    let long = lists.iter().any(|l| l.len() > 20);
+    let (mut shown, mut information, mut shown_count) = (HashSet::new(), 0.0, 0usize);
+    for l in lists {
+        for &i in l.iter().take(20) {
+            shown.insert(i);
+            information += catalogue.self_information(i);
+            shown_count += 1;
+        }
+    }
+    let per = |f: &dyn Fn(&[u32], &HashSet<u32>) -> f64| -> Vec<f64> {
+        lists.iter().zip(&truth.items).map(|(l, t)| f(l, t)).collect()
+    };
+    Scored {
+        name: name.to_string(),
+        ndcg_20: per(&|l, t| ndcg_at(l, t, 20)),
+        recall_20: per(&|l, t| recall_at(l, t, 20)),
+        recall_200: long.then(|| per(&|l, t| recall_at(l, t, 200))),
+        coverage: shown.len() as f64 / catalogue.items.max(1) as f64,
+        novelty: if shown_count == 0 {
+            0.0
+        } else {
+            information / shown_count as f64
+        },
+    }
+}
+
+/// A table row: the scores summarised with their intervals, and NDCG@20 and recall@20 as
+/// ratios to the baseline's (paired).
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub ndcg_20: Estimate,
+    pub recall_20: Estimate,
+    pub recall_200: Option<Estimate>,
+    pub coverage: f64,
+    pub novelty: f64,
+    pub ndcg_vs_baseline: Estimate,
+    pub recall_vs_baseline: Estimate,
+}
+
+/// Summarises every scored list against `baseline` on the same resamples.
+pub fn summarize(scored: &[Scored], baseline: &Scored, resamples: &Resamples) -> Vec<Row> {
+    scored
+        .iter()
+        .map(|s| Row {
+            name: s.name.clone(),
+            ndcg_20: resamples.estimate(&s.ndcg_20),
+            recall_20: resamples.estimate(&s.recall_20),
+            recall_200: s.recall_200.as_deref().map(|r| resamples.estimate(r)),
+            coverage: s.coverage,
+            novelty: s.novelty,
+            ndcg_vs_baseline: resamples.ratio(&s.ndcg_20, Some(&baseline.ndcg_20)),
+            recall_vs_baseline: resamples.ratio(&s.recall_20, Some(&baseline.recall_20)),
+        })
+        .collect()
+}
+
+/// The name of the baseline row: recency-weighted popularity with the build's half-life.
+pub fn baseline_name(a: &Artifacts) -> String {
+    format!(
+        "baseline: recency-weighted popularity (half-life {} d)",
+        a.hot_half_life_days
+    )
+}
+
+/// Recall's own lists for every held-out user: each channel's top 200, the merged set (every
+/// channel at 200, fused into up to 1,000), the baseline (the hot list minus the user's
+/// history: recency-weighted popularity) and the all-time most-rated list. The baseline is
+/// first.
+pub fn recall_lists(a: &Artifacts, truth: &Truth, show_progress: bool) -> Vec<(String, Vec<Vec<u32>>)> {
     let bar = if show_progress {
         ProgressBar::new(truth.len() as u64)
     } else {
         ProgressBar::hidden()
     };
-    let per_user: Vec<Vec<(String, Metrics)>> = truth
+    let per_user: Vec<Vec<Vec<u32>>> = truth
+        .users
         .par_iter()
-        .map(|(&user, t)| {
-            let mut rows = Vec::with_capacity(8);
+        .map(|&user| {
             let h = recall::UserHistory::new(a, user);
+            let ids = |l: &[(u32, f32)]| l.iter().map(|x| x.0).collect::<Vec<u32>>();
+            let mut lists = Vec::with_capacity(Channel::ALL.len() + 3);
+            lists.push(ids(&recall::channel_for(a, &h, Channel::Hot, 200).items));
+            lists.push(ids(&recall::popular(a, &h, 200)));
+            lists.push(recall::recall(a, &h, 200, 1000).iter().map(|c| c.item).collect());
             for c in Channel::ALL {
-                let list: Vec<u32> = recall::channel_for(a, &h, c, 200).items.iter().map(|x| x.0).collect();
-                rows.push((c.name().to_string(), score(&list, t)));
+                lists.push(ids(&recall::channel_for(a, &h, c, 200).items));
             }
-            let merged: Vec<u32> = recall::recall(a, &h, 200, 1000).iter().map(|c| c.item).collect();
-            rows.push(("merged".to_string(), score(&merged, t)));
-            let popular: Vec<u32> = recall::popular(a, &h, 200).iter().map(|x| x.0).collect();
-            rows.push(("popularity baseline".to_string(), score(&popular, t)));
             bar.inc(1);
-            rows
+            lists
         })
         .collect();
     bar.finish_and_clear();
-    let n = per_user.len().max(1) as f64;
-    let mut sums: BTreeMap<String, Metrics> = BTreeMap::new();
-    for rows in per_user {
-        for (name, m) in rows {
-            let s = sums.entry(name).or_default();
-            s.recall_50 += m.recall_50 / n;
-            s.recall_200 += m.recall_200 / n;
-            s.ndcg_20 += m.ndcg_20 / n;
-        }
+    let mut names = vec![
+        baseline_name(a),
+        "all-time popularity".to_string(),
+        "merged (every channel)".to_string(),
+    ];
+    names.extend(Channel::ALL.iter().map(|c| format!("channel: {}", c.name())));
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(k, name)| (name, per_user.iter().map(|lists| lists[k].clone()).collect()))
+        .collect()
+}
+
+/// Bootstrap resamples of a table (enough for stable 95 % percentiles).
+pub const RESAMPLES: usize = 1000;
+
+/// Recall's lists and the baselines, scored and summarised (the offline half of
+/// `recstack eval`; the CLI adds the served levels).
+pub fn evaluate(a: &Artifacts, show_progress: bool) -> (Vec<Row>, usize) {
+    let truth = Truth::of(a);
+    let catalogue = Catalogue::of(a);
+    let scored: Vec<Scored> = recall_lists(a, &truth, show_progress)
+        .iter()
+        .map(|(name, lists)| score(name, lists, &truth, &catalogue))
+        .collect();
+    let resamples = Resamples::new(truth.len(), RESAMPLES, 7);
+    (summarize(&scored, &scored[0], &resamples), truth.len())
+}
+
+/// The Markdown table of `rows` (what `recstack eval` prints).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| list | NDCG@20 [95 % CI] | recall@20 [95 % CI] | recall@200 | coverage@20 | novelty | NDCG@20 / baseline | recall@20 / baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let ratio = |e: &Estimate| format!("{:.2}× [{:.2}, {:.2}]", e.mean, e.low, e.high);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} % | {:.2} | {} | {} |\n",
+            r.name,
+            r.ndcg_20,
+            r.recall_20,
+            r.recall_200.map_or("–".to_string(), |e| format!("{:.4}", e.mean)),
+            r.coverage * 100.0,
+            r.novelty,
+            ratio(&r.ndcg_vs_baseline),
+            ratio(&r.recall_vs_baseline),
+        ));
     }
-    (sums, truth.len())
+    out
 }
 
 #[cfg(test)]
@@ -110,5 +356,72 @@ mod tests {
         assert!((ndcg_at(&[1, 3, 2], &truth, 20) - expected).abs() < 1e-12);
         assert_eq!(ndcg_at(&[3, 4], &truth, 20), 0.0);
         assert_eq!(recall_at(&[1], &HashSet::new(), 5), 0.0);
+    }
+
+    #[test]
+    fn the_interval_holds_the_mean_and_narrows_with_agreement() {
+        let r = Resamples::new(400, 500, 1);
+        let spread: Vec<f64> = (0..400).map(|k| if k % 2 == 0 { 1.0 } else { 0.0 }).collect();
+        let e = r.estimate(&spread);
+        assert!((e.mean - 0.5).abs() < 1e-12);
+        assert!(e.low < 0.5 && e.high > 0.5, "{e}");
+        // The standard error of a mean of 400 coin flips is 0.025: the interval is about ±0.05.
+        assert!((e.high - e.low - 0.098).abs() < 0.03, "{e}");
+        let constant = vec![0.5; 400];
+        let c = r.estimate(&constant);
+        assert!((c.low - 0.5).abs() < 1e-12 && (c.high - 0.5).abs() < 1e-12, "{c}");
+        assert!(!e.above(&c) && !c.above(&e));
+        assert!(
+            Estimate {
+                mean: 0.65,
+                low: 0.6,
+                high: 0.7
+            }
+            .above(&e)
+        );
+    }
+
+    #[test]
+    fn paired_ratios_see_a_uniform_lift_that_unpaired_intervals_miss() {
+        // Every user scores 10 % more under B than under A, but users differ a lot: the
+        // intervals of the means overlap, the paired ratio's is tight around 1.1.
+        let r = Resamples::new(200, 500, 3);
+        let a: Vec<f64> = (0..200).map(|k| (k % 10) as f64 / 10.0).collect();
+        let b: Vec<f64> = a.iter().map(|x| x * 1.1).collect();
+        let (ea, eb) = (r.estimate(&a), r.estimate(&b));
+        assert!(!eb.above(&ea), "{ea} {eb}");
+        let ratio = r.ratio(&b, Some(&a));
+        assert!(
+            (ratio.mean - 1.1).abs() < 1e-9 && (ratio.low - 1.1).abs() < 1e-9,
+            "{ratio}"
+        );
+        assert!(
+            Resamples::new(200, 10, 3).weights == Resamples::new(200, 10, 3).weights,
+            "seeded"
+        );
+    }
+
+    #[test]
+    fn coverage_and_novelty_of_lists() {
+        let truth = Truth {
+            users: vec![0, 1],
+            items: vec![[1].into(), [3].into()],
+        };
+        // Item 0 rated by all 3 users, item 1 by one, items 2 and 3 by none.
+        let catalogue = Catalogue {
+            items: 8,
+            users: 3,
+            raters: vec![3, 1, 0, 0, 0, 0, 0, 0],
+        };
+        let s = score("x", &[vec![0, 1], vec![0, 2]], &truth, &catalogue);
+        assert_eq!(s.coverage, 3.0 / 8.0);
+        let info = |raters: f64| -((raters + 1.0) / 4.0f64).log2();
+        let expected = (2.0 * info(3.0) + info(1.0) + info(0.0)) / 4.0;
+        assert!((s.novelty - expected).abs() < 1e-12);
+        assert_eq!(s.recall_20, vec![1.0, 0.0]);
+        assert!(s.recall_200.is_none(), "lists of 20 have no recall@200");
+        let rows = summarize(std::slice::from_ref(&s), &s, &Resamples::new(2, 20, 1));
+        assert_eq!(rows[0].ndcg_vs_baseline.mean, 1.0);
+        assert!(table(&rows).contains("| x | 0.3155 ["), "{}", table(&rows));
     }
 }

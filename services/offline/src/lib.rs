@@ -6,6 +6,7 @@
 //! - [`eval`]: `recstack eval` on the held-out ratings.
 //! - [`synth`]: a synthetic data set of any size (benches, scale tests).
 //! - [`export`]: the ranking model's training data from recall's own candidates.
+//! - [`tune`]: `recstack tune`, recall's fusion weights chosen on a validation world.
 #![forbid(unsafe_code)]
 
 pub mod build;
@@ -13,3 +14,4 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod synth;
+pub mod tune;

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::stream::sink::Trending;
 use recstack_core::artifacts::{self as build, ArtifactError, Artifacts, Manifest};
-use recstack_core::recall::merge::RRF_K;
+use recstack_core::recall::merge::fusion_term;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
 use recstack_core::recall::{
     Channel, ChannelList, CutReason, Source as Lineage, UserHistory, channel_for, merge, past_quota,
@@ -51,6 +51,7 @@ pub mod proto {
                 super::Channel::Als => Channel::Als,
                 super::Channel::Vector => Channel::Vector,
                 super::Channel::Tag => Channel::Tag,
+                super::Channel::Cooc => Channel::Cooc,
             }
         }
     }
@@ -407,7 +408,8 @@ impl<S: SeenStore> RecallService<S> {
             }
             candidates.push(Candidate {
                 item_id: id,
-                fused_score: 1.0 / (RRF_K + rank as f32),
+                // As if it led the hot list at its trending rank.
+                fused_score: fusion_term(Channel::Hot.fusion_weight(), 1.0, rank as f32),
                 sources: vec![Source {
                     channel: proto::Channel::Hot.into(),
                     score: 0.0,

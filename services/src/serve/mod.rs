@@ -7,6 +7,7 @@
 mod components;
 pub mod lifecycle;
 mod local;
+pub mod served;
 
 pub use components::*;
 pub use lifecycle::Lifecycle;

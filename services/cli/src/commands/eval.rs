@@ -1,10 +1,18 @@
-//! `recstack eval`: each recall channel on the held-out ratings.
+//! `recstack eval`: on the time-split holdout, recall's own lists (each channel, the merged
+//! set), the baselines, and what the stack serves at each level through the gateway
+//! (ranking and rerank included), with bootstrap intervals and ratios to the baseline.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use recstack_offline::{build, eval};
+use indicatif::ProgressBar;
+use recstack_offline::build;
+use recstack_offline::eval::{self, Catalogue, Resamples, Truth};
+use recstack_services::serve::served::{Setting, serve_lists};
+
+use super::serve::ModelArgs;
 
 /// The flags of `recstack eval`.
 #[derive(Args)]
@@ -18,6 +26,11 @@ pub struct EvalArgs {
     /// peer libraries (`scripts/peers/implicit_als.py`).
     #[arg(long)]
     pub export_split: Option<PathBuf>,
+    /// Only recall's lists and the baselines: do not start the stack to score what it serves.
+    #[arg(long)]
+    pub recall_only: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -25,26 +38,84 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         artifacts,
         version,
         export_split,
+        recall_only,
+        model,
     } = args;
     let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
     if let Some(dir) = export_split {
         export(&a, &dir).with_context(|| format!("writing the split to {}", dir.display()))?;
     }
-    let (rows, users) = eval::evaluate(&a, true);
-    println!(
-        "evaluation of {} on {users} users' held-out ratings ({} ratings)\n",
-        manifest.version,
-        a.holdout.len()
-    );
-    println!("| list | recall@50 | recall@200 | NDCG@20 |");
-    println!("|---|---:|---:|---:|");
-    for (name, m) in &rows {
-        println!(
-            "| {name} | {:.4} | {:.4} | {:.4} |",
-            m.recall_50, m.recall_200, m.ndcg_20
-        );
+    let truth = Truth::of(&a);
+    let catalogue = Catalogue::of(&a);
+    eprintln!("eval: recall's lists for {} users", truth.len());
+    let mut scored: Vec<eval::Scored> = eval::recall_lists(&a, &truth, true)
+        .iter()
+        .map(|(name, lists)| eval::score(name, lists, &truth, &catalogue))
+        .collect();
+    if !recall_only {
+        let sources = model.flag_sources();
+        // The stack serves the version `current` names.
+        if let Some(v) = &version {
+            anyhow::ensure!(
+                is_current(&artifacts, v),
+                "--version {v}: the stack serves the version `current` names; add --recall-only to score another"
+            );
+        }
+        let users: Vec<String> = truth.users.iter().map(|&u| a.users[u as usize].clone()).collect();
+        let index: HashMap<&str, u32> = a
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.id.as_str(), i as u32))
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        for setting in Setting::standard() {
+            eprintln!("eval: served at {} ({} users)", setting.name, users.len());
+            let bar = ProgressBar::new(users.len() as u64);
+            let answers = runtime
+                .block_on(serve_lists(&artifacts, sources.clone(), &setting, &users, 20, |k| {
+                    bar.set_position(k as u64)
+                }))
+                .with_context(|| format!("serving at {}", setting.name))?;
+            bar.finish_and_clear();
+            let elsewhere = answers.iter().filter(|s| s.level != setting.level).count();
+            anyhow::ensure!(
+                elsewhere == 0,
+                "{elsewhere} answers at {} came at another level",
+                setting.name
+            );
+            let lists: Vec<Vec<u32>> = answers
+                .iter()
+                .map(|s| {
+                    s.items
+                        .iter()
+                        .filter_map(|id| index.get(id.as_str()).copied())
+                        .collect()
+                })
+                .collect();
+            scored.push(eval::score(
+                &format!("served: {}", setting.name),
+                &lists,
+                &truth,
+                &catalogue,
+            ));
+        }
     }
+    let resamples = Resamples::new(truth.len(), eval::RESAMPLES, 7);
+    let rows = eval::summarize(&scored, &scored[0], &resamples);
+    println!(
+        "evaluation of {} on {} users' held-out ratings ({} ratings); 95 % intervals from {} bootstrap resamples of the users\n",
+        manifest.version,
+        truth.len(),
+        a.holdout.len(),
+        eval::RESAMPLES,
+    );
+    print!("{}", eval::table(&rows));
     Ok(())
+}
+
+fn is_current(root: &std::path::Path, version: &str) -> bool {
+    std::fs::read_to_string(root.join("current")).is_ok_and(|c| c.trim() == version)
 }
 
 /// Writes the training and held-out ratings as CSV with dense ids.

@@ -10,6 +10,7 @@ pub mod query;
 pub mod replay;
 pub mod serve;
 pub mod synth;
+pub mod tune;
 pub mod up;
 
 use anyhow::Context;

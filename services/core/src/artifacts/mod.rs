@@ -47,8 +47,13 @@ pub struct BuildParams {
     pub min_history: usize,
     /// Neighbours kept per item (item-CF) and per user (user-CF).
     pub neighbours: usize,
-    /// Half-life of an interaction's weight in the hot list, in days.
-    pub hot_half_life_days: f64,
+    /// Half-life of an interaction's weight in the hot list, in days; `None`: chosen on a
+    /// validation world by the build (the training ratings split again by time).
+    #[serde(default)]
+    pub hot_half_life_days: Option<f64>,
+    /// Ratings after an item that count as rated "next" (the co-occurrence channel).
+    #[serde(default = "default_cooc_window")]
+    pub cooc_window: usize,
     /// Length of the hot and popular lists.
     pub hot_len: usize,
     pub als: AlsParams,
@@ -63,7 +68,8 @@ impl Default for BuildParams {
             holdout: 0.2,
             min_history: 5,
             neighbours: 50,
-            hot_half_life_days: 14.0,
+            hot_half_life_days: None,
+            cooc_window: 5,
             hot_len: 2000,
             als: AlsParams::default(),
             ann_ef_construction: 100,
@@ -71,6 +77,13 @@ impl Default for BuildParams {
         }
     }
 }
+
+fn default_cooc_window() -> usize {
+    5
+}
+
+/// The hot list's half-life when none is configured and the data is too small to choose one.
+pub const DEFAULT_HOT_HALF_LIFE_DAYS: f64 = 14.0;
 
 /// Why artifacts could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +135,13 @@ pub struct Artifacts {
     pub history_times: Vec<Vec<i64>>,
     pub item_neighbours: Vec<Ranked>,
     pub user_neighbours: Vec<Ranked>,
+    /// Per item, the items users rated within a few ratings after it (sequential
+    /// co-occurrence, best first): the `cooc` channel.
+    pub next_items: Vec<Ranked>,
     /// Time-decayed popularity.
     pub hot: Ranked,
+    /// The half-life the hot list was built with (configured or chosen), in days.
+    pub hot_half_life_days: f64,
     /// All-time interaction counts (the popularity baseline).
     pub popular: Ranked,
     pub factors: factors::Factors,
@@ -154,8 +172,9 @@ pub struct Manifest {
 const ARTIFACT_FILE: &str = "artifacts.bin";
 
 /// The encoding of [`Artifacts`]; part of the version, so a build with a changed layout writes
-/// a new version instead of one an older reader misreads (2: `history_times`).
-pub const ARTIFACT_FORMAT: u32 = 2;
+/// a new version instead of one an older reader misreads (2: `history_times`; 3: `next_items`,
+/// `hot_half_life_days`).
+pub const ARTIFACT_FORMAT: u32 = 3;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()

@@ -1,4 +1,4 @@
-//! Recall: six channels over the built artifacts, merged with per-channel quotas, with the
+//! Recall: seven channels over the built artifacts, merged with per-channel quotas, with the
 //! items a user already saw filtered out.
 //!
 //! Channels never return items in the user's training history. Each is a pure function of the
@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use crate::artifacts::Artifacts;
 use crate::artifacts::ann::UnitVec;
 use crate::topk::{top_k, top_k_of};
-pub use merge::{Candidate, Channel, ChannelList, CutReason, QuotaCut, Source, merge, past_quota};
+pub use merge::{Candidate, Channel, ChannelList, CutReason, QuotaCut, Source, merge, merge_weighted, past_quota};
 
 /// Candidates when the request does not say.
 pub const DEFAULT_N: usize = 1000;
@@ -24,6 +24,10 @@ pub const DEFAULT_QUOTA: usize = 200;
 
 /// How many recent history items seed item-CF.
 const ITEM_CF_SEEDS: usize = 20;
+/// How many recent history items seed the co-occurrence channel, and how much less each older
+/// one weighs than the one after it (docs/recall.md).
+const COOC_SEEDS: usize = 5;
+const COOC_DECAY: f32 = 0.7;
 /// How many recent history items make the vector channel's query.
 const VECTOR_SEEDS: usize = 10;
 /// Up to this many items the vector channel scans every item's factors instead of walking
@@ -111,6 +115,7 @@ pub fn channel_for(a: &Artifacts, h: &UserHistory, channel: Channel, n: usize) -
         Channel::Als => als(a, user, seen, n),
         Channel::Vector => vector(a, user, seen, n),
         Channel::Tag => tag(a, user, seen, n),
+        Channel::Cooc => cooc(a, h.items, seen, n),
     };
     ChannelList { channel, items }
 }
@@ -184,6 +189,20 @@ fn item_cf(a: &Artifacts, history: &[u32], seen: &ItemSet, n: usize) -> Vec<(u32
         for &(j, s) in &a.item_neighbours[i as usize] {
             scores.add(j, s * recency);
         }
+    }
+    scores.top(seen, n)
+}
+
+/// What others rated soon after the user's most recent items (sequential co-occurrence), the
+/// newest seed weighted most.
+fn cooc(a: &Artifacts, history: &[u32], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let mut scores = Scores::new(a.items.len());
+    let mut recency = 1.0;
+    for &i in history.iter().take(COOC_SEEDS) {
+        for &(j, s) in a.next_items.get(i as usize).map(Vec::as_slice).unwrap_or_default() {
+            scores.add(j, s * recency);
+        }
+        recency *= COOC_DECAY;
     }
     scores.top(seen, n)
 }

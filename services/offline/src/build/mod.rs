@@ -2,13 +2,16 @@
 //! service load.
 //!
 //! Steps (each reports progress): time split → item-CF neighbours → user-CF neighbours →
-//! time-decayed hot list → ALS factors → ANN index over item factors → genre inverted index →
+//! the hot list's half-life (chosen on a validation world unless configured) → time-decayed
+//! hot list → sequential co-occurrence (what is rated next) → ALS factors → ANN index over item factors → genre inverted index →
 //! item and user feature snapshots. Only the training split is used; the held-out ratings are
 //! stored beside the artifacts for `recstack eval`. The same data, parameters and seed give
 //! byte-identical artifact files.
 
 pub mod als;
 pub mod cf;
+pub mod cooc;
+pub mod hot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +19,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 pub use recstack_core::artifacts::{
-    ArtifactError, Artifacts, BuildParams, Item, ItemProfile, Manifest, Ranked, Rating, UserProfile, ann, load,
-    sha256_hex, write,
+    ArtifactError, Artifacts, BuildParams, DEFAULT_HOT_HALF_LIFE_DAYS, Item, ItemProfile, Manifest, Ranked, Rating,
+    UserProfile, ann, load, sha256_hex, write,
 };
 
 use crate::dataset::{Dataset, Split, time_split};
@@ -99,7 +102,18 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
     let user_neighbours = progress.step("user-CF", n_users as u64, |bar| {
         cf::neighbours(&history, &item_users, params.neighbours, &|| bar.inc(1))
     });
-    let (hot, popular) = progress.step("hot list", 0, |_| hot_lists(&train, n_items, params));
+    let hot_half_life_days = progress.step("hot half-life", 0, |_| match params.hot_half_life_days {
+        Some(days) => days,
+        None => hot::tune_half_life(&train, n_items, params.holdout, params.min_history, hot::HALF_LIFE_GRID)
+            .map_or(DEFAULT_HOT_HALF_LIFE_DAYS, |(days, _)| days),
+    });
+    let (hot, popular) = progress.step("hot list", 0, |_| {
+        hot::hot_lists(&train, n_items, hot_half_life_days, params.hot_len)
+    });
+    let next_items = progress.step("co-occurrence", 0, |_| {
+        let oldest_first: Vec<Vec<u32>> = history.iter().map(|h| h.iter().rev().copied().collect()).collect();
+        cooc::next_items(&oldest_first, n_items, params.cooc_window, params.neighbours)
+    });
     let factors = progress.step("ALS", params.als.iterations as u64, |bar| {
         als::train(&by_user, &by_item, &params.als, params.seed, &|i| {
             bar.set_position(i as u64)
@@ -134,7 +148,9 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
         history_times,
         item_neighbours,
         user_neighbours,
+        next_items,
         hot,
+        hot_half_life_days,
         popular,
         factors,
         ann,
@@ -143,27 +159,6 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
         user_features,
         holdout: test,
     })
-}
-
-/// Time-decayed hot list (relative to the newest training rating) and all-time popularity.
-fn hot_lists(train: &[Rating], n_items: usize, p: &BuildParams) -> (Ranked, Ranked) {
-    let now = train.iter().map(|r| r.ts).max().unwrap_or(0);
-    let half_life = p.hot_half_life_days * 86_400.0;
-    let mut hot = vec![0f64; n_items];
-    let mut count = vec![0f32; n_items];
-    for r in train {
-        hot[r.item as usize] += (-(now - r.ts) as f64 * std::f64::consts::LN_2 / half_life).exp();
-        count[r.item as usize] += 1.0;
-    }
-    let ranked = |scores: Vec<(u32, f32)>| {
-        let mut v: Vec<(u32, f32)> = scores.into_iter().filter(|s| s.1 > 0.0).collect();
-        recstack_core::topk::top_k(&mut v, p.hot_len);
-        v
-    };
-    (
-        ranked(hot.iter().enumerate().map(|(i, &s)| (i as u32, s as f32)).collect()),
-        ranked(count.iter().enumerate().map(|(i, &s)| (i as u32, s)).collect()),
-    )
 }
 
 fn tag_index(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32]) -> BTreeMap<String, Vec<u32>> {
@@ -277,53 +272,4 @@ pub fn build_loaded(
     let inputs = hash_inputs(dir, &["movies.dat", "ratings.dat"])?;
     let manifest = write(root, &artifacts, "movietweetings-100k", inputs, params)?;
     Ok((manifest, artifacts))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(item: u32, ts: i64) -> Rating {
-        Rating {
-            user: 0,
-            item,
-            rating: 5,
-            ts,
-        }
-    }
-
-    #[test]
-    fn hot_list_decays_with_age() {
-        let day = 86_400;
-        let p = BuildParams {
-            hot_half_life_days: 7.0,
-            ..BuildParams::default()
-        };
-        // Item 0: three interactions four weeks ago. Item 1: two today. Item 2: one a week ago.
-        let now = 100 * day;
-        let train = vec![
-            r(0, now - 28 * day),
-            r(0, now - 28 * day),
-            r(0, now - 28 * day),
-            r(1, now),
-            r(1, now),
-            r(2, now - 7 * day),
-        ];
-        let (hot, popular) = hot_lists(&train, 4, &p);
-        assert_eq!(
-            hot.iter().map(|h| h.0).collect::<Vec<_>>(),
-            [1, 2, 0],
-            "recent beats frequent-but-old"
-        );
-        assert_eq!(
-            popular.iter().map(|h| h.0).collect::<Vec<_>>(),
-            [0, 1, 2],
-            "all-time counts ignore age"
-        );
-        // One half-life halves the weight; four halve it four times.
-        assert!((hot[1].1 - 0.5).abs() < 1e-6, "{hot:?}");
-        assert!((hot[2].1 - 3.0 / 16.0).abs() < 1e-6, "{hot:?}");
-        assert_eq!(hot[0].1, 2.0);
-        assert!(hot.iter().all(|h| h.0 != 3), "never-seen items are not hot");
-    }
 }

@@ -1,0 +1,102 @@
+//! What `recstack eval` scores as "served": the local stack forced to a level, asked through
+//! the gateway for held-out users (`serve::served`), then scored like recall's lists.
+
+mod common;
+
+use std::collections::HashSet;
+
+use recstack_offline::build;
+use recstack_offline::eval::{self, Catalogue, Truth};
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::served::{Setting, serve_lists};
+
+fn model() -> ModelSources {
+    ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_setting_serves_its_level_and_the_lists_score_like_recalls() {
+    let root = common::artifact_root();
+    let (_, a) = build::load(root, None).unwrap();
+    let truth = Truth::of(&a);
+    // 40 held-out users, spread over the id range.
+    let picked: Vec<usize> = (0..truth.len()).step_by(truth.len() / 40).take(40).collect();
+    let users: Vec<String> = picked
+        .iter()
+        .map(|&k| a.users[truth.users[k] as usize].clone())
+        .collect();
+    let sub = Truth {
+        users: picked.iter().map(|&k| truth.users[k]).collect(),
+        items: picked.iter().map(|&k| truth.items[k].clone()).collect(),
+    };
+    let index: std::collections::HashMap<&str, u32> = a
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i as u32))
+        .collect();
+    let hot: Vec<u32> = a.hot.iter().map(|h| h.0).collect();
+
+    let names: Vec<String> = Setting::standard().iter().map(|s| s.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            "full",
+            "full, no MMR",
+            "reduced",
+            "popular",
+            "popular, no MMR",
+            "fallback"
+        ]
+    );
+    for setting in [Setting::at("full"), Setting::at("popular").without_mmr()] {
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let answers = serve_lists(root, model(), &setting, &users, 20, |k| {
+            done.store(k, std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+        .unwrap();
+        assert_eq!(done.into_inner(), users.len(), "progress reached every user");
+        assert_eq!(answers.len(), users.len());
+        let mut lists = Vec::new();
+        for (answer, &user) in answers.iter().zip(&sub.users) {
+            assert_eq!(answer.level, setting.level, "{}: {answer:?}", setting.name);
+            assert_eq!(answer.items.len(), 20, "{answer:?}");
+            let ids: Vec<u32> = answer.items.iter().map(|i| index[i.as_str()]).collect();
+            let history: HashSet<u32> = a.history[user as usize].iter().copied().collect();
+            let distinct: HashSet<u32> = ids.iter().copied().collect();
+            assert_eq!(distinct.len(), 20, "no item twice: {answer:?}");
+            if setting.level == "popular" {
+                // The hot list minus the user's recent items (rerank's genre scatter may swap
+                // neighbours, so: the same head, and nothing from far down the list).
+                let recent: HashSet<u32> = a.user_features[user as usize].recent_items.iter().copied().collect();
+                let expected: Vec<u32> = hot.iter().copied().filter(|i| !recent.contains(i)).take(40).collect();
+                assert_eq!(ids[0], expected[0], "user {user}");
+                assert!(
+                    ids.iter().all(|i| expected.contains(i)),
+                    "user {user}: {ids:?} against {expected:?}"
+                );
+            } else {
+                assert!(
+                    ids.iter().all(|i| !history.contains(i)),
+                    "nothing the user rated: {answer:?}"
+                );
+            }
+            lists.push(ids);
+        }
+        let scored = eval::score(&setting.name, &lists, &sub, &Catalogue::of(&a));
+        assert_eq!(scored.ndcg_20.len(), users.len());
+        assert!(scored.recall_200.is_none(), "served lists are 20 long");
+        let hits: usize = lists
+            .iter()
+            .zip(&sub.items)
+            .map(|(l, t)| l.iter().filter(|i| t.contains(i)).count())
+            .sum();
+        assert!(
+            hits > 0,
+            "{}: no held-out item among {} users' lists",
+            setting.name,
+            users.len()
+        );
+    }
+}
