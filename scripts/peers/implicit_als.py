@@ -1,7 +1,7 @@
 """The `implicit` library's ALS on the split `recstack eval --export-split DIR` wrote.
 
-Prints a Markdown row with recall@50, recall@200 and NDCG@20 computed exactly as
-services/src/eval.rs does: held-out items of each user, training items excluded.
+Prints a Markdown row with NDCG@20, recall@20 and recall@200 computed exactly as
+services/offline/src/eval.rs does: held-out items of each user, training items excluded.
 """
 import math
 import sys
@@ -37,6 +37,7 @@ def ndcg_at(ranked, t, k):
     ideal = sum(1 / math.log2(r + 2) for r in range(min(len(t), k)))
     return dcg / ideal if ideal else 0.0
 
-rows = [(recall_at(list(r), truth[int(u)], 50), recall_at(list(r), truth[int(u)], 200), ndcg_at(list(r), truth[int(u)], 20)) for u, r in zip(users, ids)]
+rows = [(ndcg_at(list(r), truth[int(u)], 20), recall_at(list(r), truth[int(u)], 20), recall_at(list(r), truth[int(u)], 200)) for u, r in zip(users, ids)]
 m = np.mean(rows, axis=0)
-print(f"| implicit ALS (peer, same split) | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} |")
+# The first columns of `recstack eval`'s table (NDCG@20, recall@20, recall@200; no intervals).
+print(f"| implicit ALS (peer, same split) | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | | | | |")

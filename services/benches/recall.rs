@@ -310,7 +310,7 @@ async fn service(artifacts: build::Artifacts) {
         ("cooc", 0),
     ];
     let single = load(&client, &users, 200, &single_quotas).await;
-    // The same 6-channel load while a new artifact version (with an empty list cache) is
+    // The same 7-channel load while a new artifact version (with an empty list cache) is
     // loaded beside the served one and swapped in every 100 ms.
     let swapping = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let swaps = tokio::spawn({
@@ -338,16 +338,16 @@ async fn service(artifacts: build::Artifacts) {
     let n_swaps = swaps.await.expect("swapper");
     for (name, r) in [
         (
-            "6 channels → 1,000 (first request per user: lists computed)".to_string(),
+            "7 channels → 1,000 (first request per user: lists computed)".to_string(),
             &all,
         ),
         (
-            "6 channels → 1,000 (the same users again: lists cached)".to_string(),
+            "7 channels → 1,000 (the same users again: lists cached)".to_string(),
             &again,
         ),
         ("hot only (single-channel lookup) → 200".to_string(), &single),
         (
-            format!("6 channels → 1,000, during {n_swaps} artifact swaps"),
+            format!("7 channels → 1,000, during {n_swaps} artifact swaps"),
             &during_swaps,
         ),
     ] {
@@ -360,7 +360,7 @@ async fn service(artifacts: build::Artifacts) {
         );
     }
     println!(
-        "\n6-channel recall costs {:.1}× a single-channel lookup at p50 ({:.1}× at p99).",
+        "\n7-channel recall costs {:.1}× a single-channel lookup at p50 ({:.1}× at p99).",
         all.p50.as_secs_f64() / single.p50.as_secs_f64(),
         all.p99.as_secs_f64() / single.p99.as_secs_f64()
     );

@@ -1,4 +1,4 @@
-//! `recstack eval`: NDCG@20, recall@20 and @200, catalogue coverage and novelty of lists on
+//! `recstack eval`: NDCG@20, recall@20 and @200, catalogue coverage, novelty and genres per list on
 //! the held-out ratings (each user's most recent ones), with 95 % bootstrap intervals, and
 //! each list's ratio to the baseline (recency-weighted popularity). This module scores any
 //! list per user and produces recall's own (each channel, the merged set, the baselines); the
@@ -164,6 +164,8 @@ pub struct Scored {
     /// Mean self-information of the top-20 items, `-log2(share of users who rated it)`:
     /// higher is less obvious.
     pub novelty: f64,
+    /// Intra-list diversity: the mean number of distinct genres in a user's top 20.
+    pub genres_20: f64,
 }
 
 /// What coverage and novelty are measured against: the catalogue's size and how many users
@@ -172,6 +174,8 @@ pub struct Catalogue {
     pub items: usize,
     pub users: usize,
     pub raters: Vec<u32>,
+    /// Each item's genres as bits (the first 64 genres seen; MovieTweetings has 28).
+    pub genre_bits: Vec<u64>,
 }
 
 impl Catalogue {
@@ -182,11 +186,33 @@ impl Catalogue {
                 raters[i as usize] += 1;
             }
         }
+        let mut bit_of: BTreeMap<&str, u32> = BTreeMap::new();
+        let genre_bits = a
+            .items
+            .iter()
+            .map(|item| {
+                item.genres.iter().fold(0u64, |bits, g| {
+                    let next = bit_of.len() as u32;
+                    let bit = *bit_of.entry(g.as_str()).or_insert(next);
+                    if bit < 64 { bits | 1 << bit } else { bits }
+                })
+            })
+            .collect();
         Self {
             items: a.items.len(),
             users: a.users.len(),
             raters,
+            genre_bits,
         }
+    }
+
+    fn genres_in(&self, list: &[u32]) -> u32 {
+        list.iter()
+            .take(20)
+            .fold(0u64, |bits, &i| {
+                bits | self.genre_bits.get(i as usize).copied().unwrap_or(0)
+            })
+            .count_ones()
     }
 
     fn self_information(&self, item: u32) -> f64 {
@@ -220,6 +246,7 @@ pub fn score(name: &str, lists: &[Vec<u32>], truth: &Truth, catalogue: &Catalogu
         } else {
             information / shown_count as f64
         },
+        genres_20: lists.iter().map(|l| f64::from(catalogue.genres_in(l))).sum::<f64>() / lists.len().max(1) as f64,
     }
 }
 
@@ -233,6 +260,7 @@ pub struct Row {
     pub recall_200: Option<Estimate>,
     pub coverage: f64,
     pub novelty: f64,
+    pub genres_20: f64,
     pub ndcg_vs_baseline: Estimate,
     pub recall_vs_baseline: Estimate,
 }
@@ -248,6 +276,7 @@ pub fn summarize(scored: &[Scored], baseline: &Scored, resamples: &Resamples) ->
             recall_200: s.recall_200.as_deref().map(|r| resamples.estimate(r)),
             coverage: s.coverage,
             novelty: s.novelty,
+            genres_20: s.genres_20,
             ndcg_vs_baseline: resamples.ratio(&s.ndcg_20, Some(&baseline.ndcg_20)),
             recall_vs_baseline: resamples.ratio(&s.recall_20, Some(&baseline.recall_20)),
         })
@@ -322,18 +351,19 @@ pub fn evaluate(a: &Artifacts, show_progress: bool) -> (Vec<Row>, usize) {
 /// The Markdown table of `rows` (what `recstack eval` prints).
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| list | NDCG@20 [95 % CI] | recall@20 [95 % CI] | recall@200 | coverage@20 | novelty | NDCG@20 / baseline | recall@20 / baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| list | NDCG@20 [95 % CI] | recall@20 [95 % CI] | recall@200 | coverage@20 | novelty | genres in 20 | NDCG@20 / baseline | recall@20 / baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let ratio = |e: &Estimate| format!("{:.2}× [{:.2}, {:.2}]", e.mean, e.low, e.high);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} % | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} % | {:.2} | {:.1} | {} | {} |\n",
             r.name,
             r.ndcg_20,
             r.recall_20,
             r.recall_200.map_or("–".to_string(), |e| format!("{:.4}", e.mean)),
             r.coverage * 100.0,
             r.novelty,
+            r.genres_20,
             ratio(&r.ndcg_vs_baseline),
             ratio(&r.recall_vs_baseline),
         ));
@@ -412,6 +442,8 @@ mod tests {
             items: 8,
             users: 3,
             raters: vec![3, 1, 0, 0, 0, 0, 0, 0],
+            // Items 0 and 1 share genre 0; item 2 has genres 1 and 2.
+            genre_bits: vec![0b1, 0b1, 0b110, 0, 0, 0, 0, 0],
         };
         let s = score("x", &[vec![0, 1], vec![0, 2]], &truth, &catalogue);
         assert_eq!(s.coverage, 3.0 / 8.0);
@@ -419,6 +451,7 @@ mod tests {
         let expected = (2.0 * info(3.0) + info(1.0) + info(0.0)) / 4.0;
         assert!((s.novelty - expected).abs() < 1e-12);
         assert_eq!(s.recall_20, vec![1.0, 0.0]);
+        assert_eq!(s.genres_20, (1.0 + 3.0) / 2.0);
         assert!(s.recall_200.is_none(), "lists of 20 have no recall@200");
         let rows = summarize(std::slice::from_ref(&s), &s, &Resamples::new(2, 20, 1));
         assert_eq!(rows[0].ndcg_vs_baseline.mean, 1.0);
