@@ -49,8 +49,17 @@ impl Setting {
     pub fn without_mmr(self) -> Self {
         Self {
             name: format!("{}, no MMR", self.name),
+            ..self.with_mmr_lambda(1.0)
+        }
+    }
+
+    /// The same with one MMR trade-off for every user (no A/B split): 1 is relevance only,
+    /// 0 diversity only.
+    pub fn with_mmr_lambda(self, lambda: f32) -> Self {
+        Self {
+            name: format!("{}, MMR λ {lambda}", self.name),
             rerank: RerankConfig {
-                mmr_lambda: 1.0,
+                mmr_lambda: lambda,
                 ..self.rerank
             },
             experiment: Experiment {

@@ -29,6 +29,10 @@ pub struct EvalArgs {
     /// Only recall's lists and the baselines: do not start the stack to score what it serves.
     #[arg(long)]
     pub recall_only: bool,
+    /// Also serve the full level with each of these MMR trade-offs for every user
+    /// (comma-separated, 0–1; 1 is relevance only): what diversity costs, row by row.
+    #[arg(long, value_delimiter = ',', value_parser = parse_lambda)]
+    pub mmr_lambdas: Vec<f32>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -39,8 +43,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         version,
         export_split,
         recall_only,
+        mmr_lambdas,
         model,
     } = args;
+    anyhow::ensure!(
+        !recall_only || mmr_lambdas.is_empty(),
+        "--mmr-lambdas serves the full level: it cannot go with --recall-only"
+    );
     let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
     if let Some(dir) = export_split {
         export(&a, &dir).with_context(|| format!("writing the split to {}", dir.display()))?;
@@ -69,7 +78,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .map(|(i, it)| (it.id.as_str(), i as u32))
             .collect();
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        for setting in Setting::standard() {
+        let sweep = mmr_lambdas.iter().map(|&l| Setting::at("full").with_mmr_lambda(l));
+        for setting in Setting::standard().into_iter().chain(sweep) {
             eprintln!("eval: served at {} ({} users)", setting.name, users.len());
             let bar = ProgressBar::new(users.len() as u64);
             let answers = runtime
@@ -112,6 +122,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     );
     print!("{}", eval::table(&rows));
     Ok(())
+}
+
+fn parse_lambda(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(l) if (0.0..=1.0).contains(&l) => Ok(l),
+        _ => Err(format!("{s:?} is not an MMR trade-off between 0 and 1")),
+    }
 }
 
 fn is_current(root: &std::path::Path, version: &str) -> bool {
