@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use recstack_core::degrade::LevelPlan;
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset;
-use recstack_offline::eval::{ndcg_at, recall_at};
+use recstack_offline::eval::{self, ndcg_at, recall_at};
 use recstack_services::gateway::GatewayConfig;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::serve::served::{Setting, serve_lists};
@@ -42,12 +42,7 @@ async fn main() {
             .or_default()
             .insert(r.item);
     }
-    let item_index: std::collections::HashMap<&str, u32> = a
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| (it.id.as_str(), i as u32))
-        .collect();
+    let item_index = eval::item_index(&a);
 
     let plan = |p: &LevelPlan| format!("{} candidates, ranks {}", p.candidates, p.rank_limit);
     // Every level as `recstack eval` serves it, and two narrower full levels: how far down

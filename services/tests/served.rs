@@ -29,12 +29,7 @@ async fn each_setting_serves_its_level_and_the_lists_score_like_recalls() {
         users: picked.iter().map(|&k| truth.users[k]).collect(),
         items: picked.iter().map(|&k| truth.items[k].clone()).collect(),
     };
-    let index: std::collections::HashMap<&str, u32> = a
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| (it.id.as_str(), i as u32))
-        .collect();
+    let index = eval::item_index(&a);
     let hot: Vec<u32> = a.hot.iter().map(|h| h.0).collect();
 
     let names: Vec<String> = Setting::standard().iter().map(|s| s.name.clone()).collect();

@@ -4,7 +4,7 @@
 //! list per user and produces recall's own (each channel, the merged set, the baselines); the
 //! CLI adds the lists the gateway serves at each level.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -335,17 +335,39 @@ pub fn recall_lists(a: &Artifacts, truth: &Truth, show_progress: bool) -> Vec<(S
 /// Bootstrap resamples of a table (enough for stable 95 % percentiles).
 pub const RESAMPLES: usize = 1000;
 
+/// Recall's lists and the baselines ([`recall_lists`]), each scored; the baseline first.
+pub fn score_recall_lists(a: &Artifacts, truth: &Truth, catalogue: &Catalogue, show_progress: bool) -> Vec<Scored> {
+    recall_lists(a, truth, show_progress)
+        .iter()
+        .map(|(name, lists)| score(name, lists, truth, catalogue))
+        .collect()
+}
+
+/// Every scored list summarised against the first (the baseline) on [`RESAMPLES`] resamples of
+/// the users, from a fixed seed (so tables are reproducible).
+pub fn summarize_against_first(scored: &[Scored]) -> Vec<Row> {
+    let Some(baseline) = scored.first() else {
+        return Vec::new();
+    };
+    let resamples = Resamples::new(baseline.ndcg_20.len(), RESAMPLES, 7);
+    summarize(scored, baseline, &resamples)
+}
+
 /// Recall's lists and the baselines, scored and summarised (the offline half of
 /// `recstack eval`; the CLI adds the served levels).
 pub fn evaluate(a: &Artifacts, show_progress: bool) -> (Vec<Row>, usize) {
     let truth = Truth::of(a);
-    let catalogue = Catalogue::of(a);
-    let scored: Vec<Scored> = recall_lists(a, &truth, show_progress)
+    let scored = score_recall_lists(a, &truth, &Catalogue::of(a), show_progress);
+    (summarize_against_first(&scored), truth.len())
+}
+
+/// External item id → dense index, to score lists the stack served (which carry ids).
+pub fn item_index(a: &Artifacts) -> HashMap<&str, u32> {
+    a.items
         .iter()
-        .map(|(name, lists)| score(name, lists, &truth, &catalogue))
-        .collect();
-    let resamples = Resamples::new(truth.len(), RESAMPLES, 7);
-    (summarize(&scored, &scored[0], &resamples), truth.len())
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i as u32))
+        .collect()
 }
 
 /// The Markdown table of `rows` (what `recstack eval` prints).

@@ -2,14 +2,13 @@
 //! set), the baselines, and what the stack serves at each level through the gateway
 //! (ranking and rerank included), with bootstrap intervals and ratios to the baseline.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::ProgressBar;
 use recstack_offline::build;
-use recstack_offline::eval::{self, Catalogue, Resamples, Truth};
+use recstack_offline::eval::{self, Catalogue, Truth};
 use recstack_services::serve::served::{Setting, serve_lists};
 
 use super::serve::ModelArgs;
@@ -57,10 +56,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let truth = Truth::of(&a);
     let catalogue = Catalogue::of(&a);
     eprintln!("eval: recall's lists for {} users", truth.len());
-    let mut scored: Vec<eval::Scored> = eval::recall_lists(&a, &truth, true)
-        .iter()
-        .map(|(name, lists)| eval::score(name, lists, &truth, &catalogue))
-        .collect();
+    let mut scored = eval::score_recall_lists(&a, &truth, &catalogue, true);
     if !recall_only {
         let sources = model.flag_sources();
         // The stack serves the version `current` names.
@@ -71,12 +67,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             );
         }
         let users: Vec<String> = truth.users.iter().map(|&u| a.users[u as usize].clone()).collect();
-        let index: HashMap<&str, u32> = a
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| (it.id.as_str(), i as u32))
-            .collect();
+        let index = eval::item_index(&a);
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let sweep = mmr_lambdas.iter().map(|&l| Setting::at("full").with_mmr_lambda(l));
         for setting in Setting::standard().into_iter().chain(sweep) {
@@ -111,8 +102,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    let resamples = Resamples::new(truth.len(), eval::RESAMPLES, 7);
-    let rows = eval::summarize(&scored, &scored[0], &resamples);
+    let rows = eval::summarize_against_first(&scored);
     println!(
         "evaluation of {} on {} users' held-out ratings ({} ratings); 95 % intervals from {} bootstrap resamples of the users\n",
         manifest.version,
