@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::channel::Change;
@@ -34,6 +35,12 @@ fn endpoint(url: &str) -> Result<Endpoint, EndpointError> {
 /// A channel that connects on first use: the gateway starts, and answers, while downstreams
 /// are still down. A host name (not an IP literal) is balanced over what it resolves to.
 pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
+    lazy_channel_counted(url, Gauge::default())
+}
+
+/// [`lazy_channel`], keeping `addresses` at the number of addresses the channel balances over
+/// (1 for an IP literal): whether, and to how many replicas, a caller can reach the service.
+pub fn lazy_channel_counted(url: &str, addresses: Gauge) -> Result<Channel, EndpointError> {
     let ep = endpoint(url)?;
     let uri = ep.uri().clone();
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
@@ -44,10 +51,13 @@ pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
             let scheme = uri.scheme_str().unwrap_or("http").to_string();
             let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
             let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
-            runtime.spawn(resolve(host, port, scheme, changes));
+            runtime.spawn(resolve(host, port, scheme, changes, addresses));
             Ok(channel)
         }
-        _ => Ok(ep.connect_lazy()),
+        _ => {
+            addresses.set(1);
+            Ok(ep.connect_lazy())
+        }
     }
 }
 
@@ -58,6 +68,7 @@ async fn resolve(
     port: u16,
     scheme: String,
     changes: tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
+    addresses: Gauge,
 ) {
     let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
     loop {
@@ -80,6 +91,7 @@ async fn resolve(
                         return;
                     }
                 }
+                addresses.set(now.len() as i64);
                 current = now;
             }
             Err(e) => tracing::debug!(%host, error = %e, "resolving a downstream failed; keeping its addresses"),
@@ -136,7 +148,17 @@ macro_rules! service_link {
 
         impl $link {
             pub fn grpc(url: &str) -> Result<Self, $crate::link::EndpointError> {
-                Ok(Self::Grpc($client::new($crate::link::lazy_channel(url)?)))
+                Self::grpc_counted(url, Default::default())
+            }
+
+            /// [`Self::grpc`], keeping `addresses` at the number of addresses it balances over.
+            pub fn grpc_counted(
+                url: &str,
+                addresses: ::prometheus_client::metrics::gauge::Gauge,
+            ) -> Result<Self, $crate::link::EndpointError> {
+                Ok(Self::Grpc($client::new($crate::link::lazy_channel_counted(
+                    url, addresses,
+                )?)))
             }
 
             /// Opens the connection with an empty call, retried until `deadline`: any answer,
@@ -198,5 +220,17 @@ mod tests {
         assert!(lazy_channel("http://localhost:1").is_ok());
         assert!(lazy_channel("http://recall.example.invalid:9090").is_ok());
         assert!(lazy_channel("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_address_count_follows_what_the_name_resolves_to() {
+        let literal = Gauge::default();
+        lazy_channel_counted("http://127.0.0.1:1", literal.clone()).unwrap();
+        assert_eq!(literal.get(), 1);
+        // A name that does not resolve keeps no address (its calls wait, then time out).
+        let unknown = Gauge::default();
+        let _channel = lazy_channel_counted("http://recall.example.invalid:9090", unknown.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(unknown.get(), 0);
     }
 }

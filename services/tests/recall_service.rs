@@ -29,7 +29,11 @@ async fn start() -> Running {
 }
 
 async fn start_with(seen: impl SeenStore) -> Running {
-    let slot = Arc::new(ArtifactSlot::new(Loaded::from_dir(artifact_root()).unwrap()));
+    serve(Loaded::from_dir(artifact_root()).unwrap(), seen).await
+}
+
+async fn serve(loaded: Loaded, seen: impl SeenStore) -> Running {
+    let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
     let service = RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -168,6 +172,32 @@ async fn explaining_reports_the_cuts_and_history_without_changing_the_answer() {
     }
     assert_eq!(reasons.len(), 3, "quota, merge and channel-off cuts: {reasons:?}");
     assert_eq!(explained.seen_filter, "empty");
+}
+
+#[tokio::test]
+async fn a_warmed_version_answers_its_sampled_users_from_the_cache_unchanged() {
+    let loaded = Loaded::from_dir(artifact_root()).unwrap();
+    // Every channel for 8 users and for an unknown one.
+    assert_eq!(loaded.warm(8), 9 * 7);
+    let user = loaded.artifacts.users[0].clone();
+    let mut warm = serve(loaded, MemorySeenStore::default()).await;
+    let mut cold = start().await;
+    let counts = |m: &RecallMetrics| {
+        let get = |result| m.list_cache.get_or_create(&CacheLabels { result }).get();
+        (get("hit"), get("miss"))
+    };
+    let answer = warm.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    assert_eq!(counts(&warm.metrics), (7, 0), "every channel from the warmed cache");
+    let computed = cold.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    assert_eq!(counts(&cold.metrics), (0, 7));
+    assert!(!answer.candidates.is_empty());
+    assert_eq!(answer.candidates, computed.candidates);
+    // A user the build has not seen is warmed too.
+    warm.client
+        .recall(request("nobody-the-build-saw", 0, &[]))
+        .await
+        .unwrap();
+    assert_eq!(counts(&warm.metrics), (14, 0));
 }
 
 #[tokio::test]

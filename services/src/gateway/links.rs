@@ -5,6 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::link::service_link;
 pub use crate::link::{Direct, EndpointError, lazy_channel};
 
@@ -74,6 +78,14 @@ pub struct Links {
     pub features: FeaturesLink,
     pub ranking: RankingLink,
     pub rerank: RerankLink,
+    /// How many addresses each gRPC link balances over (`downstream` label); empty for
+    /// direct links. The gateway exports it as `recstack_gateway_downstream_addresses`.
+    pub addresses: Family<DownstreamLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownstreamLabels {
+    pub downstream: &'static str,
 }
 
 impl Links {
@@ -101,11 +113,14 @@ impl Links {
 
     /// gRPC to each endpoint (`http://host:port`).
     pub fn grpc(downstreams: &Downstreams) -> Result<Self, EndpointError> {
+        let addresses = Family::<DownstreamLabels, Gauge>::default();
+        let count = |downstream| addresses.get_or_create(&DownstreamLabels { downstream }).clone();
         Ok(Self {
-            recall: RecallLink::grpc(&downstreams.recall)?,
-            features: FeaturesLink::grpc(&downstreams.features)?,
-            ranking: RankingLink::grpc(&downstreams.ranking)?,
-            rerank: RerankLink::grpc(&downstreams.rerank)?,
+            recall: RecallLink::grpc_counted(&downstreams.recall, count("recall"))?,
+            features: FeaturesLink::grpc_counted(&downstreams.features, count("features"))?,
+            ranking: RankingLink::grpc_counted(&downstreams.ranking, count("ranking"))?,
+            rerank: RerankLink::grpc_counted(&downstreams.rerank, count("rerank"))?,
+            addresses,
         })
     }
 }

@@ -203,15 +203,18 @@ pub struct OnnxModel {
     pub widths: (usize, usize),
 }
 
+/// Rows of the all-zero batch a model scores when it loads (a request's 500 candidates fit).
+const PROBE_ROWS: usize = 512;
+
 impl OnnxModel {
-    /// Loads `model.onnx` and its card, and scores one row to prove the two agree.
+    /// Loads `model.onnx` and its card, and scores an all-zero batch to prove the two agree.
     pub fn load(model: &Path, device: Device, intra_threads: usize) -> Result<Self, ModelError> {
         Self::load_graph(model, Graph::Whole, device, intra_threads)
     }
 
     /// Loads one graph of the model at `model` (`model.onnx`, its card beside it): the whole
-    /// graph, or a part the card's `factored` section names. Runs one all-zero row to prove the
-    /// graph and the card agree.
+    /// graph, or a part the card's `factored` section names. Runs an all-zero batch to prove the
+    /// graph and the card agree (and to warm the session).
     pub fn load_graph(model: &Path, graph: Graph, device: Device, intra_threads: usize) -> Result<Self, ModelError> {
         let card = ModelCard::read(model)?;
         let load_err = |message: String| ModelError::Load {
@@ -279,9 +282,16 @@ impl OnnxModel {
             output,
             widths,
         };
-        let probe = model.run(&vec![0; widths.0], &vec![0.0; widths.1], 1)?;
-        if probe.is_empty() || (graph != Graph::First && probe.len() != 1) || !probe.iter().all(|v| v.is_finite()) {
-            return Err(load_err(format!("a probe row gave {probe:?}")));
+        // A batch of the size requests bring, not one row: the first request then finds the
+        // session's buffers already allocated.
+        let rows = PROBE_ROWS;
+        let probe = model.run(&vec![0; widths.0 * rows], &vec![0.0; widths.1 * rows], rows)?;
+        if probe.is_empty() || (graph != Graph::First && probe.len() != rows) || !probe.iter().all(|v| v.is_finite()) {
+            return Err(load_err(format!(
+                "a probe batch of {rows} rows gave {} values, first {:?}",
+                probe.len(),
+                &probe[..probe.len().min(4)]
+            )));
         }
         Ok(model)
     }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Users whose channel lists a recall replica computes before it serves a version.
+const WARM_USERS: usize = 32;
+
 /// The recall service; with `reload`, polls the artifact root for new versions; its hot
 /// channel leads with `trending` (the stream job's list); users' seen filters in `seen`.
 pub async fn recall(
@@ -12,14 +15,41 @@ pub async fn recall(
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
     let version = loaded.manifest.version.clone();
+    // Warm before turning ready (and a new version before it is swapped in): a replica's first
+    // requests then cost what later ones do.
+    let began = std::time::Instant::now();
+    let (loaded, lists) = tokio::task::spawn_blocking(move || {
+        let lists = loaded.warm(WARM_USERS);
+        (loaded, lists)
+    })
+    .await
+    .map_err(|e| ServeError::Server {
+        service: "recall",
+        message: format!("warming up: {e}"),
+    })?;
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
     let service = Arc::new(
         RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone()).with_trending(trending),
     );
+    // One whole request too: the seen store, the trending list and the worker pool.
+    let warm_up = crate::recall::proto::RecallRequest {
+        user_id: "recstack-warm-up".into(),
+        ..Default::default()
+    };
+    let warmed = match crate::recall::validate(&warm_up) {
+        Ok(q) => service.run(q).await.map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = warmed {
+        tracing::warn!(error = %e, "recall: the warm-up request failed");
+    }
+    tracing::info!(lists, ms = began.elapsed().as_millis() as u64, "recall: warmed up");
     let watcher = reload.map(|(root, every)| {
         watch_versions("recall", root, every, version, move |manifest, artifacts| {
-            slot.swap(Loaded::new(manifest, artifacts));
+            let loaded = Loaded::new(manifest, artifacts);
+            loaded.warm(WARM_USERS);
+            slot.swap(loaded);
         })
     });
     let encode: ops::Encode = Arc::new(move || metrics.encode());
@@ -301,6 +331,7 @@ pub async fn gateway(
 ) -> Result<Service, ServeError> {
     // The first requests would otherwise pay for the connections (and answer degraded).
     let missing = links.warm(WARM_WITHIN).await;
+    let links_for_warm_up = links.clone();
     if !missing.is_empty() {
         tracing::warn!(
             ?missing,
@@ -308,6 +339,11 @@ pub async fn gateway(
         );
     }
     let mut metrics = GatewayMetrics::default();
+    metrics.registry.register(
+        "recstack_gateway_downstream_addresses",
+        "Addresses each downstream's gRPC link balances over (its ready replicas, as resolved)",
+        links.addresses.clone(),
+    );
     let (sink, writer): (Arc<dyn TraceSink>, _) = match traces {
         GatewayTraces::Off => (Arc::new(NoSink), None),
         GatewayTraces::Memory(memory) => (memory, None),
@@ -337,7 +373,7 @@ pub async fn gateway(
     };
     let metrics = Arc::new(metrics);
     let gateway = Arc::new(Gateway::new(links, catalogue, config, sink, metrics));
-    if missing.is_empty() {
+    let warm_up = |gateway: Arc<Gateway>| async move {
         let began = std::time::Instant::now();
         let (level, degraded) = gateway.warm_up().await;
         tracing::info!(
@@ -346,7 +382,18 @@ pub async fn gateway(
             ms = began.elapsed().as_millis() as u64,
             "gateway: warmed up through every stage"
         );
-    }
+    };
+    let late_warm_up = if missing.is_empty() {
+        warm_up(gateway.clone()).await;
+        None
+    } else {
+        // Serving already (degraded); warm up once every downstream is reachable.
+        let (gateway, links) = (gateway.clone(), links_for_warm_up);
+        Some(tokio::spawn(async move {
+            while !links.warm(WARM_WITHIN).await.is_empty() {}
+            warm_up(gateway).await;
+        }))
+    };
     let http = crate::gateway::http::router(gateway.clone());
     let watcher = reload.map(|(root, every, version)| {
         let gateway = gateway.clone();
@@ -362,6 +409,9 @@ pub async fn gateway(
         DirectService::None,
         async move {
             if let Some(w) = watcher {
+                w.abort();
+            }
+            if let Some(w) = late_warm_up {
                 w.abort();
             }
             if let Some(e) = exporter {

@@ -342,5 +342,6 @@ fn direct_links(recall: &Service, features: &Service, ranking: &Service, rerank:
             service: x,
             stopped: rerank.stopped(),
         }),
+        addresses: Default::default(),
     })
 }
