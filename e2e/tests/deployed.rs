@@ -517,7 +517,7 @@ spec:
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
-    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-3}}
+    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-4}}
   rerank: {{replicas: 1}}
   feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
@@ -882,13 +882,20 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
         || {
             let (_, body) = http(gateway, "GET", "/metrics", None, Duration::from_secs(5))?;
             let metrics = recstack_e2e::parse_metrics(&body);
-            for downstream in ["recall", "features", "ranking", "rerank"] {
-                let ready = d.ready_replicas(downstream)?;
+            // (the gateway's name for the link, the component's)
+            for (downstream, component) in [
+                ("recall", "recall"),
+                ("features", "feature"),
+                ("ranking", "ranking"),
+                ("rerank", "rerank"),
+            ] {
+                let ready = d.ready_replicas(component)?;
                 let label = format!("downstream=\"{downstream}\"");
                 let seen = recstack_e2e::sum_series(&metrics, "recstack_gateway_downstream_addresses", &[&label]);
-                if ready == 0 || seen != ready as f64 {
-                    return Ok(None);
-                }
+                ensure!(
+                    ready > 0 && seen == ready as f64,
+                    "{downstream}: the gateway balances over {seen} addresses, {ready} {component} pods are ready"
+                );
             }
             Ok(Some(()))
         },
@@ -915,7 +922,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             );
         }
         ensure!(
-            r["model_version"] == "deepfm-3",
+            r["model_version"] == "deepfm-4",
             "{user}: scored by {}",
             r["model_version"]
         );

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use recstack_core::degrade::LevelPlan;
 use recstack_core::features::Snapshot;
-use recstack_core::ranking::features::InputSpec;
+use recstack_core::ranking::features::{InputSpec, Lineage, Place};
 use recstack_core::recall::{self, UserHistory};
 
 use crate::build::{self, Artifacts, BuildError, BuildParams, Progress};
@@ -226,16 +226,28 @@ pub fn candidate_rows(a: &Artifacts, spec: &InputSpec, p: &CandidateParams, user
             }
             let user_id = &a.users[u as usize];
             let user = rows.user(user_id, snapshot.user(user_id));
+            // The gateway sends ranking the fused scores of the candidates it ranks: the best
+            // is the first's.
+            let best = cut.iter().map(|c| c.fused).fold(0.0f32, f32::max);
             for k in keep {
-                let item = cut[k].item;
-                let item_id = &a.items[item as usize].id;
+                let c = &cut[k];
+                let item_id = &a.items[c.item as usize].id;
+                let place = Place {
+                    position: k,
+                    lineage: Some(Lineage::new(
+                        c.fused,
+                        best,
+                        c.sources.iter().map(|s| (s.channel, s.rank)),
+                    )),
+                    // No event stream offline (and `InputSpec::all` names no real-time column).
+                    realtime: None,
+                };
+                let item = c.item;
                 rows.push(
                     &user,
                     item_id,
                     snapshot.item(item_id),
-                    k,
-                    // No event stream offline (and `InputSpec::all` names no real-time column).
-                    None,
+                    place,
                     &mut out.sparse,
                     &mut out.dense,
                 );

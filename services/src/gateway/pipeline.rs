@@ -415,12 +415,16 @@ impl Gateway {
         let (candidates, q, user, tp) = (&r.candidates, &r.q, &r.user, r.traceparent.as_str());
         let (ranked, stage) = self
             .call(Stage::Ranking, r.start, end, candidates.len() as u32, |budget| {
+                let (fused_scores, channel_ranks) =
+                    crate::ranking::service::lineage_fields(candidates.iter().map(|c| (c.prior, &c.sources[..])));
                 let mut call = Call::new(RankRequest {
                     user_id: q.user_id.clone(),
                     user: user.clone(),
                     item_ids: candidates.iter().map(|c| c.id.clone()).collect(),
                     timeout_ms: budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
                     model: q.what_if.as_ref().and_then(|w| w.model.clone()).unwrap_or_default(),
+                    fused_scores,
+                    channel_ranks,
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
-use super::features::{ItemRow, RowWriter, UserRow};
+use super::features::{ItemRow, Lineage, Place, RowWriter, UserRow};
 use super::folded::{FoldedFirst, Side};
 use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
@@ -35,6 +35,7 @@ use crate::features::proto::features_server::Features;
 use crate::features::proto::{GetItemsRequest, GetItemsResponse, ItemFeatures, UserFeatures};
 use crate::link::service_link;
 use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
+use recstack_core::recall::{Channel, Source};
 
 /// Generated gRPC types (`services/proto/ranking.proto`).
 pub mod proto {
@@ -314,10 +315,26 @@ impl LoadedModel {
         item_ids: &[String],
         realtime: Option<&RealtimeValues>,
     ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
+        self.features_with(user_id, user, item_ids, None, realtime)
+    }
+
+    /// [`LoadedModel::features`] with each item's recall lineage (aligned with `item_ids`).
+    pub fn features_with(
+        &self,
+        user_id: &str,
+        user: Option<&UserFeatures>,
+        item_ids: &[String],
+        lineage: Option<&[Lineage]>,
+        realtime: Option<&RealtimeValues>,
+    ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
         let user = self.rows.user(user_id, user);
-        let rt = |id: &String| realtime.and_then(|r| r.get(id.as_str()));
+        let place = |position: usize, id: &'_ String| Place {
+            position,
+            lineage: lineage.and_then(|l| l.get(position).copied()),
+            realtime: realtime.and_then(|r| r.get(id.as_str())),
+        };
         if let Some(folded) = &self.folded {
-            return self.folded_rows(folded, &user, item_ids, rt);
+            return self.folded_rows(folded, &user, item_ids, place);
         }
         let (sparse_width, dense_width) = self.batcher.widths();
         let mut sparse = Vec::with_capacity(item_ids.len() * sparse_width);
@@ -327,11 +344,11 @@ impl LoadedModel {
             match self.items.get(id.as_bytes()) {
                 Some(item) => self
                     .rows
-                    .push_item(&user, item, position, rt(id), &mut sparse, &mut dense),
+                    .push_item(&user, item, place(position, id), &mut sparse, &mut dense),
                 None => {
                     unknown_items.push(id.clone());
                     self.rows
-                        .push(&user, id, None, position, rt(id), &mut sparse, &mut dense);
+                        .push(&user, id, None, place(position, id), &mut sparse, &mut dense);
                 }
             }
         }
@@ -346,7 +363,7 @@ impl LoadedModel {
         f: &Folded,
         user: &UserRow,
         item_ids: &'a [String],
-        rt: impl Fn(&'a String) -> Option<&'a ItemFeatures>,
+        place: impl Fn(usize, &'a String) -> Place<'a>,
     ) -> (Vec<i64>, Vec<f32>, Vec<String>) {
         let sides = (&f.sides.0[..], &f.sides.1[..]);
         let mut user_part = f.first.base().to_vec();
@@ -371,7 +388,7 @@ impl LoadedModel {
                     debug_assert_eq!(item.folded.len(), user_part.len());
                     pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
                     self.rows
-                        .push_item(user, item, position, rt(id), &mut sparse, &mut dense);
+                        .push_item(user, item, place(position, id), &mut sparse, &mut dense);
                     let row = &mut pre[start..];
                     for &col in &f.cross.0 {
                         f.first.add_sparse(row, col, sparse[col]);
@@ -384,7 +401,7 @@ impl LoadedModel {
                     unknown_items.push(id.clone());
                     pre.extend_from_slice(&user_part);
                     self.rows
-                        .push(user, id, None, position, rt(id), &mut sparse, &mut dense);
+                        .push(user, id, None, place(position, id), &mut sparse, &mut dense);
                     f.first
                         .add_columns(&mut pre[start..], (&sparse, &dense), sides, |s| s != Side::User);
                 }
@@ -392,6 +409,97 @@ impl LoadedModel {
         }
         (Vec::new(), pre, unknown_items)
     }
+}
+
+/// A request's lineage fields from its candidates' fused scores and sources, in request order:
+/// the fused scores, and per channel that found any of them, each one's rank in that channel
+/// (0: not found by it). The inverse of [`lineage`].
+pub fn lineage_fields<'a>(
+    candidates: impl ExactSizeIterator<Item = (f32, &'a [Source])>,
+) -> (Vec<f32>, Vec<proto::ChannelRanks>) {
+    let n = candidates.len();
+    let mut ranks: Vec<Option<Vec<u32>>> = vec![None; Channel::ALL.len()];
+    let mut fused = Vec::with_capacity(n);
+    for (i, (score, sources)) in candidates.enumerate() {
+        fused.push(score);
+        for s in sources {
+            ranks[s.channel.index()].get_or_insert_with(|| vec![0; n])[i] = s.rank;
+        }
+    }
+    let channel_ranks = Channel::ALL
+        .into_iter()
+        .zip(ranks)
+        .filter_map(|(channel, ranks)| {
+            ranks.map(|ranks| proto::ChannelRanks {
+                channel: channel.name().to_string(),
+                ranks,
+            })
+        })
+        .collect();
+    (fused, channel_ranks)
+}
+
+/// A request's recall lineage, one per item (`None` when it carries none); the error names the
+/// field that does not fit.
+pub fn lineage(req: &RankRequest) -> Result<Option<Vec<Lineage>>, String> {
+    let items = req.item_ids.len();
+    if req.fused_scores.is_empty() {
+        if let Some(c) = req.channel_ranks.first() {
+            return Err(format!(
+                "channel_ranks ({}) without fused_scores: lineage needs both",
+                c.channel
+            ));
+        }
+        return Ok(None);
+    }
+    if req.fused_scores.len() != items {
+        return Err(format!(
+            "fused_scores has {} values for {items} item_ids",
+            req.fused_scores.len()
+        ));
+    }
+    let mut seen = [false; Channel::ALL.len()];
+    let mut ranks: Vec<(Channel, &[u32])> = Vec::with_capacity(req.channel_ranks.len());
+    for c in &req.channel_ranks {
+        let channel = Channel::parse(&c.channel).ok_or_else(|| {
+            let known: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
+            format!(
+                "channel_ranks.channel: unknown channel `{}` (known: {})",
+                c.channel,
+                known.join(", ")
+            )
+        })?;
+        if std::mem::replace(&mut seen[channel.index()], true) {
+            return Err(format!("channel_ranks: `{}` is listed twice", c.channel));
+        }
+        if c.ranks.len() != items {
+            return Err(format!(
+                "channel_ranks.{}: {} ranks for {items} item_ids",
+                c.channel,
+                c.ranks.len()
+            ));
+        }
+        ranks.push((channel, &c.ranks));
+    }
+    let best = req
+        .fused_scores
+        .iter()
+        .copied()
+        .filter(|s| s.is_finite())
+        .fold(0.0f32, f32::max);
+    Ok(Some(
+        req.fused_scores
+            .iter()
+            .enumerate()
+            .map(|(i, &fused)| {
+                Lineage::new(
+                    fused,
+                    best,
+                    ranks.iter().map(|&(c, r)| (c, r[i])).filter(|&(_, r)| r > 0),
+                )
+            })
+            .collect(),
+    ))
 }
 
 /// A request's real-time item values, by id.
@@ -613,6 +721,7 @@ impl RankingService {
                 req.item_ids.len()
             )));
         }
+        let lineage = lineage(&req).map_err(Status::invalid_argument)?;
         let timeout = match req.timeout_ms {
             0 => DEFAULT_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
@@ -629,8 +738,13 @@ impl RankingService {
         } else {
             (None, None)
         };
-        let (sparse, dense, unknown_items) =
-            model.features(&req.user_id, req.user.as_ref(), &req.item_ids, realtime.as_ref());
+        let (sparse, dense, unknown_items) = model.features_with(
+            &req.user_id,
+            req.user.as_ref(),
+            &req.item_ids,
+            lineage.as_deref(),
+            realtime.as_ref(),
+        );
         let scores = model
             .batcher
             .score(sparse, dense, rows, deadline)
@@ -669,6 +783,76 @@ mod tests {
     use crate::features::proto::GenreShare;
     use crate::ranking::batcher::Scorer;
     use crate::ranking::features::InputSpec;
+
+    #[test]
+    fn lineage_fields_and_lineage_are_inverse() {
+        let source = |channel, rank| Source {
+            channel,
+            score: 1.0,
+            rank,
+        };
+        let candidates: Vec<(f32, Vec<Source>)> = vec![
+            (4.0, vec![source(Channel::Cooc, 1), source(Channel::Hot, 3)]),
+            (2.0, vec![source(Channel::Hot, 1)]),
+            (1.0, vec![]),
+        ];
+        let (fused_scores, channel_ranks) = lineage_fields(candidates.iter().map(|(f, s)| (*f, &s[..])));
+        // Only the channels that found something, in channel order.
+        let names: Vec<&str> = channel_ranks.iter().map(|c| c.channel.as_str()).collect();
+        assert_eq!(names, ["hot", "cooc"]);
+        assert_eq!(channel_ranks[0].ranks, [3, 1, 0]);
+        let req = RankRequest {
+            user_id: "u".into(),
+            item_ids: vec!["a".into(), "b".into(), "c".into()],
+            fused_scores,
+            channel_ranks,
+            ..Default::default()
+        };
+        let read = lineage(&req).unwrap().unwrap();
+        let expected: Vec<Lineage> = candidates
+            .iter()
+            .map(|(f, s)| Lineage::new(*f, 4.0, s.iter().map(|s| (s.channel, s.rank))))
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(read[1].fused_share, 0.5);
+    }
+
+    #[test]
+    fn malformed_lineage_is_refused_naming_the_field() {
+        let ok = RankRequest {
+            user_id: "u".into(),
+            item_ids: vec!["a".into(), "b".into()],
+            fused_scores: vec![1.0, 0.5],
+            channel_ranks: vec![proto::ChannelRanks {
+                channel: "hot".into(),
+                ranks: vec![1, 0],
+            }],
+            ..Default::default()
+        };
+        assert!(lineage(&ok).unwrap().is_some());
+        assert_eq!(lineage(&RankRequest::default()).unwrap(), None);
+        let refused = |edit: fn(&mut RankRequest)| {
+            let mut req = ok.clone();
+            edit(&mut req);
+            lineage(&req).unwrap_err()
+        };
+        let e = refused(|r| r.fused_scores.pop().map(drop).unwrap_or_default());
+        assert!(e.contains("fused_scores has 1 values for 2 item_ids"), "{e}");
+        let e = refused(|r| r.channel_ranks[0].ranks.push(3));
+        assert!(e.contains("channel_ranks.hot: 3 ranks for 2 item_ids"), "{e}");
+        let e = refused(|r| r.channel_ranks[0].channel = "trending".into());
+        assert!(
+            e.contains("channel_ranks.channel: unknown channel `trending`") && e.contains("cooc"),
+            "{e}"
+        );
+        let e = refused(|r| {
+            let again = r.channel_ranks[0].clone();
+            r.channel_ranks.push(again);
+        });
+        assert!(e.contains("`hot` is listed twice"), "{e}");
+        let e = refused(|r| r.fused_scores.clear());
+        assert!(e.contains("without fused_scores"), "{e}");
+    }
 
     /// Never called: `features` only reads the batcher's input widths.
     struct Widths(usize, usize);

@@ -19,6 +19,56 @@ use smallvec::SmallVec;
 use super::folded::Side;
 pub use super::spec::*;
 use crate::features::{ItemFeatures, UserFeatures};
+use crate::recall::Channel;
+
+/// Where recall found one candidate, as the `recall_*` columns read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Lineage {
+    /// Its fused score over the best fused score among its request's candidates (0–1).
+    pub fused_share: f32,
+    /// Its 1-based rank in each channel's list, by [`Channel::index`] (0: not in that list).
+    pub ranks: [u32; Channel::ALL.len()],
+}
+
+impl Lineage {
+    /// A candidate's lineage from its fused score, the request's best, and its (channel,
+    /// 1-based rank) sources.
+    pub fn new(fused: f32, best: f32, sources: impl IntoIterator<Item = (Channel, u32)>) -> Self {
+        let mut ranks = [0; Channel::ALL.len()];
+        for (channel, rank) in sources {
+            ranks[channel.index()] = rank;
+        }
+        let fused_share = if best > 0.0 && fused.is_finite() {
+            (fused / best).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        Self { fused_share, ranks }
+    }
+}
+
+/// What one row knows of its request: the item's place in the candidate order, where recall
+/// found it, and its real-time values. (The user's and the item's features are the rest.)
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Place<'a> {
+    /// The item's place in the request's candidate order (0 first).
+    pub position: usize,
+    /// Where recall found it; `None` when the request carried no lineage (the `recall_*`
+    /// columns but `recall_position` then get neutral values: in no channel, fused share 0).
+    pub lineage: Option<Lineage>,
+    /// The item's real-time values for this request (the feature service's), if any.
+    pub realtime: Option<&'a ItemFeatures>,
+}
+
+impl Place<'_> {
+    /// At `position`, without lineage or real-time values.
+    pub fn at(position: usize) -> Self {
+        Self {
+            position,
+            ..Self::default()
+        }
+    }
+}
 
 /// Fills model rows for a [`InputSpec`] (see [`InputSpec::rows`]).
 #[derive(Clone, Debug)]
@@ -130,8 +180,7 @@ impl RowWriter {
             user: None,
             item_id: &item.item_id,
             item: Some(item),
-            position: 0,
-            realtime: None,
+            place: Place::default(),
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
@@ -183,22 +232,13 @@ impl RowWriter {
     /// Appends the row for (user, a known item) from both precomputed parts, computing only
     /// the features that cross them (and the real-time ones, from `realtime`).
     #[inline]
-    pub fn push_item(
-        &self,
-        user: &UserRow,
-        item: &ItemRow,
-        position: usize,
-        realtime: Option<&ItemFeatures>,
-        sparse: &mut Vec<i64>,
-        dense: &mut Vec<f32>,
-    ) {
+    pub fn push_item(&self, user: &UserRow, item: &ItemRow, place: Place, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
         let row = Row {
             user_id: user.user_id,
             user: user.user,
             item_id: &item.item.item_id,
             item: Some(&item.item),
-            position,
-            realtime,
+            place,
         };
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
         sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
@@ -232,8 +272,7 @@ impl RowWriter {
             user,
             item_id: "",
             item: None,
-            position: 0,
-            realtime: None,
+            place: Place::default(),
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_user, DenseKind::per_user);
         UserRow {
@@ -249,16 +288,15 @@ impl RowWriter {
 
     /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
     /// or item has `None` and gets the features' neutral values; so do the real-time ones
-    /// without `realtime` (the training export, or the feature service unreachable).
-    #[allow(clippy::too_many_arguments)]
+    /// without the place's real-time values (the training export, or the feature service
+    /// unreachable).
     #[inline]
     pub fn push(
         &self,
         user: &UserRow,
         item_id: &str,
         item: Option<&ItemFeatures>,
-        position: usize,
-        realtime: Option<&ItemFeatures>,
+        place: Place,
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
     ) {
@@ -267,8 +305,7 @@ impl RowWriter {
             user: user.user,
             item_id,
             item,
-            position,
-            realtime,
+            place,
         };
         sparse.extend(
             self.sparse
@@ -295,29 +332,20 @@ impl RowWriter {
         item: Option<&ItemFeatures>,
         position: usize,
     ) -> (Vec<i64>, Vec<f32>) {
-        self.row_at(user_id, user, item_id, item, position, None)
+        self.row_at(user_id, user, item_id, item, Place::at(position))
     }
 
-    /// [`RowWriter::row`] with the item's real-time values.
+    /// [`RowWriter::row`] at a [`Place`] (with lineage and real-time values).
     pub fn row_at(
         &self,
         user_id: &str,
         user: Option<&UserFeatures>,
         item_id: &str,
         item: Option<&ItemFeatures>,
-        position: usize,
-        realtime: Option<&ItemFeatures>,
+        place: Place,
     ) -> (Vec<i64>, Vec<f32>) {
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
-        self.push(
-            &self.user(user_id, user),
-            item_id,
-            item,
-            position,
-            realtime,
-            &mut sparse,
-            &mut dense,
-        );
+        self.push(&self.user(user_id, user), item_id, item, place, &mut sparse, &mut dense);
         (sparse, dense)
     }
 
@@ -356,10 +384,7 @@ struct Row<'a> {
     user: Option<&'a UserFeatures>,
     item_id: &'a str,
     item: Option<&'a ItemFeatures>,
-    /// The item's place in the request's candidate order (0 first).
-    position: usize,
-    /// The item's real-time values for this request (the feature service's), if any.
-    realtime: Option<&'a ItemFeatures>,
+    place: Place<'a>,
 }
 
 /// FNV-1a continued over more bytes (the same function as [`crate::stable_hash`]).
@@ -394,6 +419,11 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
         }
     }
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// ln(1 + p) / ln(1 + 1000): 0 for the first place, 1 from the 1000th on.
+fn position_scaled(p: usize) -> f32 {
+    ((p as f32).ln_1p() / 1_001f32.ln()).min(1.0)
 }
 
 fn log_scaled(x: f32) -> f32 {
@@ -438,15 +468,31 @@ impl Row<'_> {
             },
             DenseKind::ItemGenreCount => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
             // ln(1 + p) / ln(1 + 1000): 0 for recall's first candidate, 1 from the 1000th on.
-            DenseKind::RecallPosition => ((self.position as f32).ln_1p() / 1_001f32.ln()).min(1.0),
+            DenseKind::RecallPosition => position_scaled(self.place.position),
+            // Recall's lineage: the fused score's share of the request's best, how many
+            // channels found the item (of 7), and its place in each channel's list on the
+            // position's scale (1 for "not in that list").
+            DenseKind::RecallFused => self.place.lineage.map_or(0.0, |l| l.fused_share),
+            DenseKind::RecallChannels => self.place.lineage.map_or(0.0, |l| {
+                l.ranks.iter().filter(|&&r| r > 0).count() as f32 / Channel::ALL.len() as f32
+            }),
+            DenseKind::RecallRank(c) => match self.place.lineage.map_or(0, |l| l.ranks[c.index()]) {
+                0 => 1.0,
+                rank => position_scaled(rank as usize - 1),
+            },
             // The stream job's windows: smoothed CTR (½ with no events, as the stream writes
             // it), engagements (clicks, plays, likes) and the decayed hot score, log-scaled.
             // Neutral without real-time values, or for an item no window has touched.
-            DenseKind::ItemRtCtr => self.realtime.filter(|r| r.window_end_ms > 0).map_or(0.5, |r| r.ctr),
+            DenseKind::ItemRtCtr => self
+                .place
+                .realtime
+                .filter(|r| r.window_end_ms > 0)
+                .map_or(0.5, |r| r.ctr),
             DenseKind::ItemRtEngagement => self
+                .place
                 .realtime
                 .map_or(0.0, |r| log_scaled((r.clicks + r.plays + r.likes) as f32)),
-            DenseKind::ItemRtTrend => self.realtime.map_or(0.0, |r| log_scaled(r.trend)),
+            DenseKind::ItemRtTrend => self.place.realtime.map_or(0.0, |r| log_scaled(r.trend)),
             DenseKind::Unknown => 0.0,
         }
     }
@@ -542,7 +588,7 @@ mod tests {
                 for (n, it) in items.iter().enumerate() {
                     let id = format!("i{n}");
                     let (mut s1, mut d1) = (vec![], vec![]);
-                    writer.push(&once, &id, Some(it), n, None, &mut s1, &mut d1);
+                    writer.push(&once, &id, Some(it), Place::at(n), &mut s1, &mut d1);
                     let (s2, d2) = writer.row("u1", user, &id, Some(it), n);
                     assert_eq!((&s1, &d1), (&s2, &d2), "{case}, item {n}");
                     // The item's part computed once too (the service's per-model item table).
@@ -551,7 +597,7 @@ mod tests {
                         ..it.clone()
                     };
                     let (mut s3, mut d3) = (vec![], vec![]);
-                    writer.push_item(&once, &writer.item(&it), n, None, &mut s3, &mut d3);
+                    writer.push_item(&once, &writer.item(&it), Place::at(n), &mut s3, &mut d3);
                     assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
                 }
             }
@@ -563,7 +609,7 @@ mod tests {
             .iter()
             .map(|it| {
                 let (mut s, mut d) = (vec![], vec![]);
-                writer.push_item(&once, &writer.item(it), 0, None, &mut s, &mut d);
+                writer.push_item(&once, &writer.item(it), Place::at(0), &mut s, &mut d);
                 dense("genre_affinity", &d)
             })
             .collect();
@@ -595,6 +641,59 @@ mod tests {
         let col = DENSE.iter().position(|n| *n == "recall_position").unwrap();
         (d0[col], d7[col]) = (0.0, 0.0);
         assert_eq!((s0, d0), (s7, d7));
+    }
+
+    #[test]
+    fn lineage_columns_read_where_recall_found_the_item() {
+        let lineage = Lineage::new(2.0, 8.0, [(Channel::Cooc, 1), (Channel::Hot, 10)]);
+        assert_eq!(lineage.fused_share, 0.25);
+        assert_eq!(lineage.ranks[Channel::Cooc.index()], 1);
+        assert_eq!(lineage.ranks.iter().filter(|&&r| r > 0).count(), 2);
+        let row = |lineage: Option<Lineage>| {
+            let place = Place {
+                lineage,
+                ..Place::at(4)
+            };
+            spec()
+                .rows()
+                .row_at("u1", Some(&user()), "i1", Some(&item(&["A"])), place)
+                .1
+        };
+        let with = row(Some(lineage));
+        assert_eq!(dense("recall_fused", &with), 0.25);
+        assert_eq!(dense("recall_channels", &with), 2.0 / 7.0);
+        // The first place of a channel is 0, the 10th a third of the scale (as positions);
+        // a channel that did not find the item is 1.
+        assert_eq!(dense("recall_rank_cooc", &with), 0.0);
+        assert!((dense("recall_rank_hot", &with) - 1.0 / 3.0).abs() < 0.001);
+        for absent in ["item_cf", "user_cf", "als", "vector", "tag"] {
+            assert_eq!(dense(&format!("recall_rank_{absent}"), &with), 1.0, "{absent}");
+        }
+        // Without lineage: in no channel, no fused share; the other columns unchanged.
+        let without = row(None);
+        assert_eq!(dense("recall_fused", &without), 0.0);
+        assert_eq!(dense("recall_channels", &without), 0.0);
+        assert_eq!(dense("recall_rank_cooc", &without), 1.0);
+        let lineage_columns: Vec<usize> = (0..DENSE.len())
+            .filter(|&c| DENSE[c].starts_with("recall_") && DENSE[c] != "recall_position")
+            .collect();
+        assert_eq!(lineage_columns.len(), 9);
+        for c in 0..DENSE.len() {
+            if !lineage_columns.contains(&c) {
+                assert_eq!(with[c], without[c], "{}", DENSE[c]);
+            }
+        }
+        // Odd inputs stay on the scale.
+        assert_eq!(Lineage::new(5.0, 0.0, []).fused_share, 0.0);
+        assert_eq!(Lineage::new(f32::NAN, 1.0, []).fused_share, 0.0);
+        assert_eq!(Lineage::new(3.0, 1.0, []).fused_share, 1.0);
+    }
+
+    #[test]
+    fn channels_are_indexed_in_their_declared_order() {
+        for (i, c) in Channel::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i, "{}", c.name());
+        }
     }
 
     #[test]
@@ -714,7 +813,16 @@ mod tests {
             ..it.clone()
         };
         let (_, neutral) = writer.row("u1", Some(&u), "i1", Some(&it), 3);
-        let (_, live) = writer.row_at("u1", Some(&u), "i1", Some(&it), 3, Some(&hot));
+        let (_, live) = writer.row_at(
+            "u1",
+            Some(&u),
+            "i1",
+            Some(&it),
+            Place {
+                realtime: Some(&hot),
+                ..Place::at(3)
+            },
+        );
         assert_eq!(neutral[col("item_rt_ctr")], 0.5);
         assert_eq!(neutral[col("item_rt_engagement")], 0.0);
         assert_eq!(neutral[col("item_rt_trend")], 0.0);
@@ -728,12 +836,30 @@ mod tests {
             }
         }
         // An item a window never counted (the snapshot's value: window_end_ms 0) keeps ½.
-        let (_, cold) = writer.row_at("u1", Some(&u), "i1", Some(&it), 3, Some(&it));
+        let (_, cold) = writer.row_at(
+            "u1",
+            Some(&u),
+            "i1",
+            Some(&it),
+            Place {
+                realtime: Some(&it),
+                ..Place::at(3)
+            },
+        );
         assert_eq!(cold[col("item_rt_ctr")], 0.5);
         // The serving path (item table, user part once) gives the same row.
         let once = writer.user("u1", Some(&u));
         let (mut s, mut d) = (Vec::new(), Vec::new());
-        writer.push_item(&once, &writer.item(&it), 3, Some(&hot), &mut s, &mut d);
+        writer.push_item(
+            &once,
+            &writer.item(&it),
+            Place {
+                realtime: Some(&hot),
+                ..Place::at(3)
+            },
+            &mut s,
+            &mut d,
+        );
         assert_eq!(d, live);
         // The columns cross user and item: they are not in the item table's precomputed part.
         let (_, dense_sides) = writer.sides();

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::features::RowWriter;
+use crate::recall::Channel;
 
 /// Categorical features: a stable hash of the value modulo the bucket count.
 pub const SPARSE: &[&str] = &[
@@ -25,6 +26,15 @@ pub const DENSE: &[&str] = &[
     "item_age",
     "item_genre_count",
     "recall_position",
+    "recall_fused",
+    "recall_channels",
+    "recall_rank_item_cf",
+    "recall_rank_user_cf",
+    "recall_rank_hot",
+    "recall_rank_als",
+    "recall_rank_vector",
+    "recall_rank_tag",
+    "recall_rank_cooc",
 ];
 
 /// Real-time item features: read per request from the feature service (the stream job's
@@ -182,6 +192,9 @@ pub(crate) enum DenseKind {
     ItemAge,
     ItemGenreCount,
     RecallPosition,
+    RecallFused,
+    RecallChannels,
+    RecallRank(Channel),
     ItemRtCtr,
     ItemRtEngagement,
     ItemRtTrend,
@@ -189,7 +202,7 @@ pub(crate) enum DenseKind {
 }
 
 impl DenseKind {
-    pub(crate) const ALL: [Self; 12] = [
+    pub(crate) const ALL: [Self; 21] = [
         Self::UserLogRatings,
         Self::UserMeanRating,
         Self::ItemLogRatings,
@@ -199,6 +212,15 @@ impl DenseKind {
         Self::ItemAge,
         Self::ItemGenreCount,
         Self::RecallPosition,
+        Self::RecallFused,
+        Self::RecallChannels,
+        Self::RecallRank(Channel::ItemCf),
+        Self::RecallRank(Channel::UserCf),
+        Self::RecallRank(Channel::Hot),
+        Self::RecallRank(Channel::Als),
+        Self::RecallRank(Channel::Vector),
+        Self::RecallRank(Channel::Tag),
+        Self::RecallRank(Channel::Cooc),
         Self::ItemRtCtr,
         Self::ItemRtEngagement,
         Self::ItemRtTrend,
@@ -222,6 +244,17 @@ impl DenseKind {
             Self::ItemAge => "item_age",
             Self::ItemGenreCount => "item_genre_count",
             Self::RecallPosition => "recall_position",
+            Self::RecallFused => "recall_fused",
+            Self::RecallChannels => "recall_channels",
+            Self::RecallRank(c) => match c {
+                Channel::ItemCf => "recall_rank_item_cf",
+                Channel::UserCf => "recall_rank_user_cf",
+                Channel::Hot => "recall_rank_hot",
+                Channel::Als => "recall_rank_als",
+                Channel::Vector => "recall_rank_vector",
+                Channel::Tag => "recall_rank_tag",
+                Channel::Cooc => "recall_rank_cooc",
+            },
             Self::ItemRtCtr => "item_rt_ctr",
             Self::ItemRtEngagement => "item_rt_engagement",
             Self::ItemRtTrend => "item_rt_trend",

@@ -54,6 +54,11 @@ impl Channel {
         }
     }
 
+    /// Its place in [`Channel::ALL`] (the declaration order).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn parse(name: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.name() == name)
     }
