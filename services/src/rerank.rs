@@ -38,11 +38,16 @@ pub struct Experiment {
 
 impl Default for Experiment {
     /// The local stack's experiment (`recstack up`, and `serve rerank` without a runtime
-    /// config): half the users at λ 0.7, half at 0.5.
+    /// config): half the users at the default λ, half at the next more diverse one the eval
+    /// priced.
     fn default() -> Self {
+        use recstack_core::rerank::{DEFAULT_MMR_LAMBDA, DIVERSE_MMR_LAMBDA};
         Self {
             name: "mmr-lambda".into(),
-            variants: vec![("control".into(), 0.7), ("diverse".into(), 0.5)],
+            variants: vec![
+                ("control".into(), DEFAULT_MMR_LAMBDA),
+                ("diverse".into(), DIVERSE_MMR_LAMBDA),
+            ],
             traffic_percent: 100,
         }
     }

@@ -67,6 +67,12 @@ fn request(user: &str, n: u32, quotas: &[(&str, u32)]) -> RecallRequest {
     }
 }
 
+/// The list cache's (hits, misses).
+fn counts(m: &RecallMetrics) -> (u64, u64) {
+    let get = |result| m.list_cache.get_or_create(&CacheLabels { result }).get();
+    (get("hit"), get("miss"))
+}
+
 fn channels_of(resp: &RecallResponse) -> HashSet<String> {
     resp.candidates
         .iter()
@@ -182,10 +188,6 @@ async fn a_warmed_version_answers_its_sampled_users_from_the_cache_unchanged() {
     let user = loaded.artifacts.users[0].clone();
     let mut warm = serve(loaded, MemorySeenStore::default()).await;
     let mut cold = start().await;
-    let counts = |m: &RecallMetrics| {
-        let get = |result| m.list_cache.get_or_create(&CacheLabels { result }).get();
-        (get("hit"), get("miss"))
-    };
     let answer = warm.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
     assert_eq!(counts(&warm.metrics), (7, 0), "every channel from the warmed cache");
     let computed = cold.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
@@ -205,10 +207,6 @@ async fn repeated_recalls_are_served_from_the_version_cache_unchanged() {
     let mut r = start().await;
     let loaded = r.slot.get();
     let (user, _) = active_user(&loaded);
-    let counts = |m: &RecallMetrics| {
-        let get = |result| m.list_cache.get_or_create(&CacheLabels { result }).get();
-        (get("hit"), get("miss"))
-    };
     let first = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
     assert_eq!(counts(&r.metrics), (0, 7), "every channel computed once");
     let second = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();

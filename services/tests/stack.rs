@@ -481,6 +481,19 @@ fn the_bundled_model_ranks_the_holdouts_candidates_as_its_card_says() {
     );
 }
 
+/// The bundled model as the whole graph (its first stage not folded).
+fn whole_graph(items: &recstack_services::features::Snapshot) -> recstack_services::ranking::service::ModelSet {
+    recstack_services::ranking::service::load_models(
+        &ModelSources {
+            fold: false,
+            ..sources(bundled_model())
+        },
+        items,
+        Arc::new(()),
+    )
+    .unwrap()
+}
+
 /// No train/serve skew in the lineage features: recall's answer as the gateway gets it (the
 /// recall service over gRPC types), turned into a ranking request's lineage fields and read
 /// back by the ranking service, gives the bundled model the same rows the training export
@@ -490,7 +503,7 @@ async fn served_lineage_gives_the_rows_the_model_was_trained_on() {
     use recstack_core::degrade::LevelPlan;
     use recstack_core::recall::seen::SeenConfig;
     use recstack_services::features::Snapshot;
-    use recstack_services::ranking::service::{lineage, lineage_fields, load_models};
+    use recstack_services::ranking::service::{lineage, lineage_fields};
     use recstack_services::recall::proto::RecallRequest;
     use recstack_services::recall::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService, validate};
 
@@ -501,15 +514,7 @@ async fn served_lineage_gives_the_rows_the_model_was_trained_on() {
         "the bundled model reads lineage"
     );
     let items = Snapshot::from_artifacts(a);
-    let whole = load_models(
-        &ModelSources {
-            fold: false,
-            ..sources(bundled_model())
-        },
-        &items,
-        Arc::new(()),
-    )
-    .unwrap();
+    let whole = whole_graph(&items);
     let recall = RecallService::new(
         Arc::new(ArtifactSlot::new(Loaded::from_dir(common::artifact_root()).unwrap())),
         MemorySeenStore::default(),
@@ -946,15 +951,7 @@ async fn the_folded_first_stage_scores_as_the_whole_graph() {
 
     let items = Snapshot::from_artifacts(artifacts());
     let folded = load_models(&sources(bundled_model()), &items, Arc::new(())).unwrap();
-    let whole = load_models(
-        &ModelSources {
-            fold: false,
-            ..sources(bundled_model())
-        },
-        &items,
-        Arc::new(()),
-    )
-    .unwrap();
+    let whole = whole_graph(&items);
     let (folded, whole) = (&folded.primary, &whole.primary);
     let width = folded
         .folded

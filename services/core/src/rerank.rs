@@ -46,11 +46,19 @@ pub struct RerankConfig {
     pub pins: Vec<(String, usize)>,
 }
 
+/// MMR's trade-off when nothing else is set: the most diverse λ that keeps 99 % of the full
+/// level's relevance-only NDCG@20 on the holdout (`recstack eval --mmr-lambdas
+/// 0.95,0.9,0.85,0.8,0.7,0.6,0.5`; `eval::choose_mmr_lambda`; BENCHMARKS.md).
+pub const DEFAULT_MMR_LAMBDA: f32 = 0.8;
+
+/// The next more diverse λ of that sweep: the default experiment's second arm.
+pub const DIVERSE_MMR_LAMBDA: f32 = 0.7;
+
 impl Default for RerankConfig {
     fn default() -> Self {
         Self {
             k: 20,
-            mmr_lambda: 0.7,
+            mmr_lambda: DEFAULT_MMR_LAMBDA,
             scatter_max: 2,
             scatter_window: 4,
             blocked: HashSet::new(),

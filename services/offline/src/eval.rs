@@ -353,6 +353,27 @@ pub fn summarize_against_first(scored: &[Scored]) -> Vec<Row> {
     summarize(scored, baseline, &resamples)
 }
 
+/// The share of relevance-only NDCG@20 that diversity may cost: rerank's MMR trade-off is the
+/// most diverse one whose served NDCG@20 keeps at least `1 - MMR_COST` of it.
+pub const MMR_COST: f64 = 0.01;
+
+/// The MMR trade-offs an eval priced, chosen from: the most diverse (smallest) λ whose NDCG@20
+/// is at least `(1 - max_cost)` × the relevance-only level's, and the next more diverse λ of
+/// the grid (an experiment's second arm), if any. `priced`: (λ, NDCG@20) in any order. `None`
+/// when no λ keeps the relevance.
+pub fn choose_mmr_lambda(relevance_only: f64, priced: &[(f32, f64)], max_cost: f64) -> Option<(f32, Option<f32>)> {
+    let mut grid: Vec<(f32, f64)> = priced
+        .iter()
+        .copied()
+        .filter(|(l, n)| l.is_finite() && n.is_finite())
+        .collect();
+    grid.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let at = grid
+        .iter()
+        .rposition(|&(_, n)| n >= (1.0 - max_cost) * relevance_only)?;
+    Some((grid[at].0, grid.get(at + 1).map(|&(l, _)| l)))
+}
+
 /// Recall's lists and the baselines, scored and summarised (the offline half of
 /// `recstack eval`; the CLI adds the served levels).
 pub fn evaluate(a: &Artifacts, show_progress: bool) -> (Vec<Row>, usize) {
@@ -396,6 +417,31 @@ pub fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mmr_trade_off_is_the_most_diverse_that_keeps_the_relevance() {
+        let priced = [
+            (0.5, 0.150),
+            (0.9, 0.1625),
+            (0.8, 0.1615),
+            (0.7, 0.1590),
+            (0.95, 0.1630),
+        ];
+        // 1 % of 0.1629 is 0.0016: 0.8 keeps it, 0.7 does not (and is the other arm).
+        assert_eq!(choose_mmr_lambda(0.1629, &priced, 0.01), Some((0.8, Some(0.7))));
+        // A stricter budget stops earlier; a looser one goes to the grid's end.
+        assert_eq!(choose_mmr_lambda(0.1629, &priced, 0.001), Some((0.95, Some(0.9))));
+        assert_eq!(choose_mmr_lambda(0.1629, &priced, 0.2), Some((0.5, None)));
+        // The most diverse that keeps it, whatever a less diverse one measured.
+        let bumpy = [(0.9, 0.150), (0.8, 0.163), (0.7, 0.10)];
+        assert_eq!(choose_mmr_lambda(0.1629, &bumpy, 0.01), Some((0.8, Some(0.7))));
+        assert_eq!(choose_mmr_lambda(0.1629, &[(0.9, 0.150)], 0.01), None);
+        assert_eq!(choose_mmr_lambda(0.1629, &[], 0.01), None);
+        assert_eq!(
+            choose_mmr_lambda(0.1629, &[(f32::NAN, 0.2), (0.9, 0.1629)], 0.01),
+            Some((0.9, None))
+        );
+    }
 
     #[test]
     fn metrics_by_hand() {

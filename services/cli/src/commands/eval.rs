@@ -111,6 +111,30 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         eval::RESAMPLES,
     );
     print!("{}", eval::table(&rows));
+    if !mmr_lambdas.is_empty() {
+        let ndcg = |setting: Setting| {
+            let name = format!("served: {}", setting.name);
+            rows.iter().find(|r| r.name == name).map(|r| r.ndcg_20.mean)
+        };
+        let relevance_only = ndcg(Setting::at("full").without_mmr()).context("no relevance-only row")?;
+        let priced: Vec<(f32, f64)> = mmr_lambdas
+            .iter()
+            .filter_map(|&l| Some((l, ndcg(Setting::at("full").with_mmr_lambda(l))?)))
+            .collect();
+        println!();
+        match eval::choose_mmr_lambda(relevance_only, &priced, eval::MMR_COST) {
+            Some((lambda, next)) => println!(
+                "MMR trade-off: λ {lambda}, the most diverse of those priced that keeps {:.0} % of relevance-only NDCG@20 ({relevance_only:.4}){}",
+                (1.0 - eval::MMR_COST) * 100.0,
+                next.map(|n| format!("; the next, λ {n}, is an experiment's second arm"))
+                    .unwrap_or_default()
+            ),
+            None => println!(
+                "MMR trade-off: no λ priced keeps {:.0} % of relevance-only NDCG@20 ({relevance_only:.4})",
+                (1.0 - eval::MMR_COST) * 100.0
+            ),
+        }
+    }
     Ok(())
 }
 
