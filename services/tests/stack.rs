@@ -472,12 +472,11 @@ fn the_bundled_model_ranks_the_holdouts_candidates_as_its_card_says() {
         );
     }
     // Since recall's fusion weights were tuned (score fusion led by co-occurrence), its order
-    // is hard to beat: deepfm-4, which reads the channels' lineage too, adds 0.010 NDCG@20 on
-    // the validation world and 0.0014 on the holdout (docs/ranking.md). It must not make it
-    // worse.
+    // is hard to beat: deepfm-4, which reads the channels' lineage too, adds 0.012 NDCG@20 on
+    // the validation world and 0.0035 on the holdout (docs/ranking.md).
     assert!(
-        ranked > unranked,
-        "the ranker does not undo recall's order: {ranked:.4} against {unranked:.4}"
+        ranked - unranked > 0.002,
+        "the ranker improves on recall's order: {ranked:.4} against {unranked:.4}"
     );
 }
 

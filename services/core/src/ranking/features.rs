@@ -54,7 +54,7 @@ pub struct Place<'a> {
     /// The item's place in the request's candidate order (0 first).
     pub position: usize,
     /// Where recall found it; `None` when the request carried no lineage (the `recall_*`
-    /// columns but `recall_position` then get neutral values: in no channel, fused share 0).
+    /// columns but `recall_position` then read 0: in no channel, fused share 0).
     pub lineage: Option<Lineage>,
     /// The item's real-time values for this request (the feature service's), if any.
     pub realtime: Option<&'a ItemFeatures>,
@@ -470,15 +470,16 @@ impl Row<'_> {
             // ln(1 + p) / ln(1 + 1000): 0 for recall's first candidate, 1 from the 1000th on.
             DenseKind::RecallPosition => position_scaled(self.place.position),
             // Recall's lineage: the fused score's share of the request's best, how many
-            // channels found the item (of 7), and its place in each channel's list on the
-            // position's scale (1 for "not in that list").
+            // channels found the item (of 7), and how near the top of each channel's list it
+            // is (1 for a channel's first item, 0 for one not in that list). Absence is 0 so
+            // that a folded model skips the column (most items are in one or two channels).
             DenseKind::RecallFused => self.place.lineage.map_or(0.0, |l| l.fused_share),
             DenseKind::RecallChannels => self.place.lineage.map_or(0.0, |l| {
                 l.ranks.iter().filter(|&&r| r > 0).count() as f32 / Channel::ALL.len() as f32
             }),
             DenseKind::RecallRank(c) => match self.place.lineage.map_or(0, |l| l.ranks[c.index()]) {
-                0 => 1.0,
-                rank => position_scaled(rank as usize - 1),
+                0 => 0.0,
+                rank => 1.0 - position_scaled(rank as usize - 1),
             },
             // The stream job's windows: smoothed CTR (½ with no events, as the stream writes
             // it), engagements (clicks, plays, likes) and the decayed hot score, log-scaled.
@@ -662,18 +663,18 @@ mod tests {
         let with = row(Some(lineage));
         assert_eq!(dense("recall_fused", &with), 0.25);
         assert_eq!(dense("recall_channels", &with), 2.0 / 7.0);
-        // The first place of a channel is 0, the 10th a third of the scale (as positions);
-        // a channel that did not find the item is 1.
-        assert_eq!(dense("recall_rank_cooc", &with), 0.0);
-        assert!((dense("recall_rank_hot", &with) - 1.0 / 3.0).abs() < 0.001);
+        // A channel's first place is 1, its 10th two thirds (the position's scale, turned
+        // over); a channel that did not find the item is 0.
+        assert_eq!(dense("recall_rank_cooc", &with), 1.0);
+        assert!((dense("recall_rank_hot", &with) - 2.0 / 3.0).abs() < 0.001);
         for absent in ["item_cf", "user_cf", "als", "vector", "tag"] {
-            assert_eq!(dense(&format!("recall_rank_{absent}"), &with), 1.0, "{absent}");
+            assert_eq!(dense(&format!("recall_rank_{absent}"), &with), 0.0, "{absent}");
         }
         // Without lineage: in no channel, no fused share; the other columns unchanged.
         let without = row(None);
         assert_eq!(dense("recall_fused", &without), 0.0);
         assert_eq!(dense("recall_channels", &without), 0.0);
-        assert_eq!(dense("recall_rank_cooc", &without), 1.0);
+        assert_eq!(dense("recall_rank_cooc", &without), 0.0);
         let lineage_columns: Vec<usize> = (0..DENSE.len())
             .filter(|&c| DENSE[c].starts_with("recall_") && DENSE[c] != "recall_position")
             .collect();
