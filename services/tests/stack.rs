@@ -493,6 +493,18 @@ fn whole_graph(items: &recstack_services::features::Snapshot) -> recstack_servic
     .unwrap()
 }
 
+/// The gateway exports how many addresses each gRPC link balances over (1 each here: the local
+/// stack's links are IP literals; the deployed suite checks names resolving to replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_exports_each_links_address_count() {
+    let stack = start(GatewayConfig::default()).await;
+    let (_, metrics) = common::http_get(&stack.get("gateway").http.to_string(), "/metrics");
+    for downstream in ["recall", "features", "ranking", "rerank"] {
+        let line = format!("recstack_gateway_downstream_addresses{{downstream=\"{downstream}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+}
+
 /// No train/serve skew in the lineage features: recall's answer as the gateway gets it (the
 /// recall service over gRPC types), turned into a ranking request's lineage fields and read
 /// back by the ranking service, gives the bundled model the same rows the training export

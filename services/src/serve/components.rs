@@ -340,7 +340,7 @@ pub async fn gateway(
     }
     let mut metrics = GatewayMetrics::default();
     metrics.registry.register(
-        "recstack_gateway_downstream_addresses",
+        "downstream_addresses",
         "Addresses each downstream's gRPC link balances over (its ready replicas, as resolved)",
         links.addresses.clone(),
     );
