@@ -228,7 +228,7 @@ pub fn candidate_rows(a: &Artifacts, spec: &InputSpec, p: &CandidateParams, user
             let user = rows.user(user_id, snapshot.user(user_id));
             // The gateway sends ranking the fused scores of the candidates it ranks: the best
             // is the first's.
-            let best = cut.iter().map(|c| c.fused).fold(0.0f32, f32::max);
+            let best = Lineage::best(cut.iter().map(|c| c.fused));
             for k in keep {
                 let c = &cut[k];
                 let item_id = &a.items[c.item as usize].id;

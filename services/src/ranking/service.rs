@@ -481,12 +481,7 @@ pub fn lineage(req: &RankRequest) -> Result<Option<Vec<Lineage>>, String> {
         }
         ranks.push((channel, &c.ranks));
     }
-    let best = req
-        .fused_scores
-        .iter()
-        .copied()
-        .filter(|s| s.is_finite())
-        .fold(0.0f32, f32::max);
+    let best = Lineage::best(req.fused_scores.iter().copied());
     Ok(Some(
         req.fused_scores
             .iter()

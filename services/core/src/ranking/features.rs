@@ -31,6 +31,12 @@ pub struct Lineage {
 }
 
 impl Lineage {
+    /// The best fused score among a request's candidates (0 when none is positive and
+    /// finite): what [`Lineage::new`] scales by. One function for the export and for serving.
+    pub fn best(fused: impl IntoIterator<Item = f32>) -> f32 {
+        fused.into_iter().filter(|f| f.is_finite()).fold(0.0, f32::max)
+    }
+
     /// A candidate's lineage from its fused score, the request's best, and its (channel,
     /// 1-based rank) sources.
     pub fn new(fused: f32, best: f32, sources: impl IntoIterator<Item = (Channel, u32)>) -> Self {
@@ -813,17 +819,16 @@ mod tests {
             window_end_ms: 1_790_000_040_000,
             ..it.clone()
         };
-        let (_, neutral) = writer.row("u1", Some(&u), "i1", Some(&it), 3);
-        let (_, live) = writer.row_at(
-            "u1",
-            Some(&u),
-            "i1",
-            Some(&it),
-            Place {
-                realtime: Some(&hot),
+        // The row at place 3 with these real-time values.
+        let with = |realtime: &ItemFeatures| {
+            let place = Place {
+                realtime: Some(realtime),
                 ..Place::at(3)
-            },
-        );
+            };
+            writer.row_at("u1", Some(&u), "i1", Some(&it), place).1
+        };
+        let (_, neutral) = writer.row("u1", Some(&u), "i1", Some(&it), 3);
+        let live = with(&hot);
         assert_eq!(neutral[col("item_rt_ctr")], 0.5);
         assert_eq!(neutral[col("item_rt_engagement")], 0.0);
         assert_eq!(neutral[col("item_rt_trend")], 0.0);
@@ -837,16 +842,7 @@ mod tests {
             }
         }
         // An item a window never counted (the snapshot's value: window_end_ms 0) keeps ½.
-        let (_, cold) = writer.row_at(
-            "u1",
-            Some(&u),
-            "i1",
-            Some(&it),
-            Place {
-                realtime: Some(&it),
-                ..Place::at(3)
-            },
-        );
+        let cold = with(&it);
         assert_eq!(cold[col("item_rt_ctr")], 0.5);
         // The serving path (item table, user part once) gives the same row.
         let once = writer.user("u1", Some(&u));
