@@ -155,6 +155,10 @@ impl Pod {
             std::os::unix::fs::symlink(target, root.join(link))?;
         }
         std::fs::write(root.join("etc/hosts"), hosts)?;
+        // Cluster DNS answers a headless Service's name with every ready pod; from a hosts
+        // file glibc returns only the first line naming it unless `multi on` (its default is
+        // off: without this file the gateway balanced over one of two replicas).
+        std::fs::write(root.join("etc/host.conf"), "multi on\n")?;
         std::fs::write(
             root.join("etc/nsswitch.conf"),
             "hosts: files\npasswd: files\ngroup: files\n",

@@ -306,6 +306,37 @@ impl Deployed {
         bail!("no {component} pod running")
     }
 
+    /// Each running pod of `components` → the gRPC requests it has answered
+    /// (`recstack_<component>_requests_total`).
+    fn replica_requests(&self, components: &[&str]) -> anyhow::Result<BTreeMap<String, f64>> {
+        let targets: Vec<(String, String, SocketAddr)> = {
+            let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
+            let mut targets = Vec::new();
+            for pod in pods.iter_mut() {
+                for c in components {
+                    if pod.plan.workload == format!("{STACK}-{c}") && pod.running() {
+                        targets.push((
+                            pod.plan.name.clone(),
+                            c.to_string(),
+                            SocketAddr::from((pod.ip, pod.port("http")?)),
+                        ));
+                    }
+                }
+            }
+            targets
+        };
+        let mut out = BTreeMap::new();
+        for (pod, component, addr) in targets {
+            let (_, body) = http(addr, "GET", "/metrics", None, Duration::from_secs(5))?;
+            let metrics = recstack_e2e::parse_metrics(&body);
+            out.insert(
+                pod,
+                recstack_e2e::sum_series(&metrics, &format!("recstack_{component}_requests_total"), &[]),
+            );
+        }
+        Ok(out)
+    }
+
     /// How many of `component`'s pods pass their readiness probe.
     fn ready_replicas(&self, component: &str) -> anyhow::Result<usize> {
         let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
@@ -877,7 +908,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
     // gateway's links reach each downstream (its names resolve every 2 s) the very first
     // request is answered in full.
     let seen = wait_until(
-        "the gateway's links to reach every downstream",
+        "the gateway's links to reach every ready replica of each downstream",
         Duration::from_secs(20),
         || {
             let (_, body) = http(gateway, "GET", "/metrics", None, Duration::from_secs(5))?;
@@ -894,7 +925,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
                 let label = format!("downstream=\"{downstream}\"");
                 let addresses = recstack_e2e::sum_series(&metrics, "recstack_gateway_downstream_addresses", &[&label]);
                 ensure!(
-                    ready > 0 && addresses >= 1.0,
+                    ready > 0 && addresses == ready as f64,
                     "{downstream}: the gateway balances over {addresses} addresses, {ready} {component} pods are ready"
                 );
                 seen.push(format!("{downstream} {addresses}/{ready}"));
@@ -902,9 +933,8 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             Ok(Some(seen))
         },
     )?;
-    // Reported, not asserted: whether the gateway balances over every ready replica (see the
-    // docs/deployment.md note on the resolver).
     println!("      gateway's addresses / ready pods: {}", seen.join(", "));
+    let before = d.replica_requests(&["recall", "ranking"])?;
     for user in &d.users {
         let r = recommend_once(gateway, user, 10)?;
         let items = item_ids(&r);
@@ -936,6 +966,23 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             "{r}"
         );
     }
+    // The gateway spreads its calls over every replica: each recall and ranking pod answered
+    // some of these requests (a pod left out would take none of the load it was scaled for).
+    let after = d.replica_requests(&["recall", "ranking"])?;
+    let served: Vec<String> = after
+        .iter()
+        .map(|(pod, n)| format!("{pod} {}", n - before.get(pod).copied().unwrap_or(0.0)))
+        .collect();
+    println!("      requests per replica: {}", served.join(", "));
+    ensure!(
+        after.len() >= 4
+            && after
+                .iter()
+                .all(|(pod, n)| *n > before.get(pod).copied().unwrap_or(0.0)),
+        "a replica took none of {} requests: {}",
+        d.users.len(),
+        served.join(", ")
+    );
     // A malformed request is refused with the field named, through the same path.
     let (code, body) = http(
         gateway,

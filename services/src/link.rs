@@ -77,7 +77,7 @@ async fn resolve(
                 let now: BTreeSet<SocketAddr> = addrs.collect();
                 let (add, remove) = diff(&current, &now);
                 for addr in remove {
-                    tracing::debug!(%host, %addr, "downstream address gone");
+                    tracing::info!(%host, %addr, "downstream address gone");
                     if changes.send(Change::Remove(addr)).await.is_err() {
                         return;
                     }
@@ -86,7 +86,7 @@ async fn resolve(
                     let Ok(ep) = endpoint(&format!("{scheme}://{addr}")) else {
                         continue;
                     };
-                    tracing::debug!(%host, %addr, "downstream address added");
+                    tracing::info!(%host, %addr, "downstream address added");
                     if changes.send(Change::Insert(addr, ep)).await.is_err() {
                         return;
                     }
