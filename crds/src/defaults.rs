@@ -34,11 +34,17 @@ pub fn model_version() -> String {
 pub fn latency_target_ms() -> i32 {
     5
 }
+/// Rows per model call. On CPU, requests of ~500 candidates gain nothing from sharing a call
+/// (BENCHMARKS.md, "Ranking service"), so the row cap keeps them apart there; a GPU stack
+/// raises it so that `max_requests` binds.
 pub fn max_batch() -> i32 {
     512
 }
+pub fn max_requests() -> i32 {
+    32
+}
 pub fn max_wait_micros() -> i32 {
-    2000
+    5000
 }
 pub fn gpu_count() -> i32 {
     1

@@ -627,16 +627,22 @@ impl Default for ModelSpec {
     }
 }
 
-/// Dynamic batching: concurrent requests are scored together, up to `maxBatch` candidates or
-/// `maxWaitMicros` of waiting, whichever comes first.
+/// Dynamic batching: concurrent requests are scored together in one model call, up to
+/// `maxRequests` requests and `maxBatch` candidates; a request waits for others at most
+/// `maxWaitMicros` from entering the queue, and only while others are on their way.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchingSpec {
-    /// Most candidates in one model call.
+    /// Most candidates in one model call (a larger request is split).
     #[serde(default = "defaults::max_batch")]
     #[schemars(range(min = 1, max = 65536))]
     pub max_batch: i32,
-    /// Longest a request waits for others to join its batch, in microseconds.
+    /// Most requests scored together in one model call.
+    #[serde(default = "defaults::max_requests")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_requests: i32,
+    /// Longest a request waits for others to join its batch, from entering the queue, in
+    /// microseconds.
     #[serde(default = "defaults::max_wait_micros")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_wait_micros: i32,
@@ -646,6 +652,7 @@ impl Default for BatchingSpec {
     fn default() -> Self {
         Self {
             max_batch: defaults::max_batch(),
+            max_requests: defaults::max_requests(),
             max_wait_micros: defaults::max_wait_micros(),
         }
     }

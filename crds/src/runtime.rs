@@ -155,6 +155,9 @@ impl From<&crate::ModelSpec> for ModelSettings {
 #[serde(rename_all = "camelCase")]
 pub struct BatchingSettings {
     pub max_batch: i32,
+    /// Absent in configs rendered before it existed: the default.
+    #[serde(default = "crate::defaults::max_requests")]
+    pub max_requests: i32,
     pub max_wait_micros: i32,
 }
 
@@ -162,6 +165,7 @@ impl From<&crate::BatchingSpec> for BatchingSettings {
     fn from(b: &crate::BatchingSpec) -> Self {
         Self {
             max_batch: b.max_batch,
+            max_requests: b.max_requests,
             max_wait_micros: b.max_wait_micros,
         }
     }

@@ -296,6 +296,12 @@ impl Pod {
         Ok(())
     }
 
+    /// The pod's process id (its `start.sh` execs the container's command, so this is the
+    /// service itself once it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))

@@ -225,7 +225,16 @@ fn main() {
         }
     }
     if let Some(hold) = std::env::var("RECSTACK_E2E_HOLD").ok().and_then(|s| s.parse().ok()) {
-        // Debugging: the pods stay up this many seconds (their logs: <dir>/pods/*/pod.log).
+        // Debugging and benches: the pods stay up this many seconds (their logs:
+        // <dir>/pods/*/pod.log; name, process id and address of each, for per-pod CPU:
+        // <dir>/pods/pids.tsv, read by scripts/bench-deployed).
+        if let Ok(pods) = d.pods.lock() {
+            let pids: String = pods
+                .iter()
+                .filter_map(|p| p.pid().map(|pid| format!("{}\t{pid}\t{}\n", p.plan.name, p.ip)))
+                .collect();
+            let _ = std::fs::write(d.dir.join("pods/pids.tsv"), pids);
+        }
         println!("holding the deployed stack for {hold} s");
         std::thread::sleep(Duration::from_secs(hold));
     }

@@ -1,6 +1,7 @@
 //! Ranking benchmarks on the bundled data and model, printed as a Markdown table: the ranking
 //! gRPC service (feature assembly, queue, batching, gRPC on loopback) against calling the
-//! whole graph's ONNX session directly on the same rows, with batching on and off, at 1 and 16
+//! whole graph's ONNX session directly on the same rows, with batching on (the defaults), by
+//! requests with the row cap raised, and off, at 1 and 16
 //! concurrent requests of 500 candidates, with the model's first stage folded (the default)
 //! and as the whole graph; the head's session alone on prebuilt `pre` rows; a request's ranking
 //! work in process (rows, then the model) folded against whole, interleaved; and the service's
@@ -107,19 +108,34 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (head, in_process) = runtime.block_on(folded_vs_whole(&snapshot, &model_path, &requests));
     let mut table = vec![direct, head];
-    for (fold, batching, concurrency) in [
-        (true, true, 1),
-        (true, false, 1),
-        (true, true, 16),
-        (true, false, 16),
-        (false, true, 1),
-        (false, true, 16),
+    // Batching with the service's defaults (up to 32 requests and 512 rows, 5 ms from
+    // queueing: on CPU the row cap keeps requests of 500 candidates apart), by requests with
+    // the row cap raised (up to 32 requests, 16,384 rows: what a GPU stack sets), and off.
+    let on = BatchConfig::default();
+    let by_requests = BatchConfig {
+        max_batch: 16_384,
+        ..BatchConfig::default()
+    };
+    let off = BatchConfig {
+        enabled: false,
+        ..BatchConfig::default()
+    };
+    for (fold, (batching, batch), concurrency) in [
+        (true, ("on", &on), 1),
+        (true, ("off", &off), 1),
+        (true, ("on", &on), 16),
+        (true, ("by requests (32 requests, 16,384 rows)", &by_requests), 16),
+        (true, ("off", &off), 16),
+        (false, ("on", &on), 1),
+        (false, ("on", &on), 16),
+        (false, ("by requests (32 requests, 16,384 rows)", &by_requests), 16),
+        (false, ("off", &off), 16),
     ] {
         let row = runtime.block_on(service(
             snapshot.clone(),
             &model_path,
             fold,
-            batching,
+            (batching, batch.clone()),
             concurrency,
             &requests,
         ));
@@ -302,16 +318,12 @@ async fn service(
     items: Arc<Snapshot>,
     model: &Path,
     fold: bool,
-    batching: bool,
+    (batching, batch): (&str, BatchConfig),
     concurrency: usize,
     requests: &[RankRequest],
 ) -> Row {
     let sources = ModelSources {
-        batch: BatchConfig {
-            enabled: batching,
-            max_batch: 4096,
-            ..BatchConfig::default()
-        },
+        batch,
         fold,
         ..ModelSources::cpu(model.to_path_buf())
     };
@@ -357,9 +369,8 @@ async fn service(
     svc.stop().await.expect("stop");
     Row {
         name: format!(
-            "service, {}, batching {}, {concurrency} concurrent",
+            "service, {}, batching {batching}, {concurrency} concurrent",
             if fold { "first stage folded" } else { "whole graph" },
-            if batching { "on" } else { "off" }
         ),
         rps,
         lat,

@@ -2,7 +2,10 @@
 //! serves the same requests, closed loop at a fixed concurrency, with traces off, summary
 //! traces into the embedded store (the default: every request), and full traces of every
 //! request (every candidate; the default samples 1 %). Prints req/s and latency percentiles
-//! with the ratio to tracing off, as a Markdown table. Then read-your-trace: the gap between a
+//! with the ratio to tracing off, and the process's CPU time per request (the clients, the
+//! stack and the trace writer, to the store's last commit) with its ratio to tracing off — on
+//! a saturated machine the cost in throughput, without the scheduling noise — as a Markdown
+//! table. Then read-your-trace: the gap between a
 //! response and its trace read back through the query API (asked for the moment the response
 //! arrives), for summary and debug (full) traces, p50 and p99. Then a what-if replay of one
 //! request: the replay through the gateway (HTTP, a debug request with an item blocked), and
@@ -34,6 +37,30 @@ struct Run {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The whole process's CPU time per request (user + system), ms.
+    cpu_ms: f64,
+}
+
+/// The process's CPU time so far (all threads, live and ended: `/proc/self/stat`'s utime and
+/// stime, in clock ticks of `1 / ticks_per_s`).
+fn process_cpu(ticks_per_s: f64) -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces), from field 3: utime is 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    Duration::from_secs_f64(ticks / ticks_per_s)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it cannot be asked).
+fn ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// The local stack (direct links, the bundled model) with `traces`, `full` of them in full.
@@ -66,6 +93,8 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         let mut c = client.clone();
         c.recommend(request(u)).await.unwrap();
     }
+    let ticks = ticks_per_s();
+    let cpu_start = process_cpu(ticks);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..CONCURRENCY {
@@ -90,13 +119,16 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         lat.extend(t.await.unwrap());
     }
     let elapsed = start.elapsed();
+    // Stopping flushes the trace writer: its last batch's commit is part of the cost.
     stack.stop().await.unwrap();
+    let cpu = process_cpu(ticks) - cpu_start;
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     Run {
         rate: REQUESTS as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        cpu_ms: cpu.as_secs_f64() * 1e3 / REQUESTS as f64,
     }
 }
 
@@ -170,33 +202,43 @@ async fn main() {
     // rounds cancels), whose median is the cost.
     let mut best: Vec<Option<Run>> = (0..configs.len()).map(|_| None).collect();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut cpu_ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for round in 0..ROUNDS {
-        let mut off = 0.0;
+        let (mut off, mut off_cpu) = (0.0, 0.0);
         for (i, (name, traces, full)) in configs.iter().enumerate() {
             let r = run(&root, &users, traces(tmp.path()), *full).await;
-            eprintln!("round {round} {name}: {:.0} req/s", r.rate);
+            eprintln!(
+                "round {round} {name}: {:.0} req/s, {:.3} CPU ms/request",
+                r.rate, r.cpu_ms
+            );
             if i == 0 {
-                off = r.rate;
+                (off, off_cpu) = (r.rate, r.cpu_ms);
             }
             ratios[i].push(r.rate / off);
+            cpu_ratios[i].push(r.cpu_ms / off_cpu);
+            cpu[i].push(r.cpu_ms);
             if best[i].as_ref().is_none_or(|b| r.rate > b.rate) {
                 best[i] = Some(r);
             }
         }
     }
-    println!("| traces | best req/s | p50 ms | p99 ms | × off, median of rounds | × off, range |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (((name, _, _), r), ratio) in configs.iter().zip(&best).zip(&mut ratios) {
-        let r = r.as_ref().unwrap();
-        ratio.sort_unstable_by(f64::total_cmp);
+    println!(
+        "| traces | best req/s | p50 ms | p99 ms | req/s × off, median of rounds | range | CPU ms/request, median | CPU × off, median of rounds | range |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let median_range = |v: &mut Vec<f64>| {
+        v.sort_unstable_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    for i in 0..configs.len() {
+        let r = best[i].as_ref().unwrap();
+        let (rate, rate_lo, rate_hi) = median_range(&mut ratios[i]);
+        let (cpu_ms, _, _) = median_range(&mut cpu[i]);
+        let (c, c_lo, c_hi) = median_range(&mut cpu_ratios[i]);
         println!(
-            "| {name} | {:.0} | {:.1} | {:.1} | {:.3} | {:.2}–{:.2} |",
-            r.rate,
-            r.p50_ms,
-            r.p99_ms,
-            ratio[ratio.len() / 2],
-            ratio[0],
-            ratio[ratio.len() - 1]
+            "| {} | {:.0} | {:.1} | {:.1} | {rate:.3} | {rate_lo:.2}–{rate_hi:.2} | {cpu_ms:.3} | {c:.3} | {c_lo:.3}–{c_hi:.3} |",
+            configs[i].0, r.rate, r.p50_ms, r.p99_ms,
         );
     }
     println!("\n{CONCURRENCY} concurrent clients, {REQUESTS} requests of n=20 per run, {ROUNDS} interleaved rounds");

@@ -65,7 +65,8 @@ fn the_gpu_stack_config_asks_for_cuda_a_canary_and_redis() {
     assert_eq!(c.ranking.device, "cuda");
     assert_eq!(c.gateway.latency_target_ms, Some(8));
     assert_eq!(c.ranking.model.canary_percent, 10);
-    assert_eq!(c.ranking.batching.max_batch, 1024);
+    assert_eq!(c.ranking.batching.max_batch, 32768);
+    assert_eq!(c.ranking.batching.max_requests, 64);
     assert_eq!(c.ranking.batching.max_wait_micros, 1000);
     assert_eq!(
         c.feature_store.redis_url.as_deref(),

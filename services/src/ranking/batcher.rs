@@ -1,13 +1,19 @@
 //! Dynamic batching: concurrent requests share model calls.
 //!
 //! Requests enter a bounded queue (full: refused at once, `Overloaded`). A worker thread takes
-//! the first waiting request, then gathers more until the batch holds `max_batch` rows or
-//! `max_wait` has passed — waiting only while other requests are known to be on their way, so
-//! a lone request never waits for company that is not coming — drops requests whose deadline has already passed (`DeadlineExceeded`,
+//! the first waiting request, then gathers more — up to `max_requests` requests and
+//! `max_batch` rows — while others are known to be on their way (a lone request never waits
+//! for company that is not coming), and never past [`gather_until`]: `max_wait` after the
+//! first request *entered the queue* (time it already spent queued behind a running batch
+//! counts), nor so late that the batch would miss its earliest deadline at the last batch's
+//! model time. It drops requests whose deadline has already passed (`DeadlineExceeded`,
 //! counted as shed), scores the rest in one model call per `max_batch` rows and hands each
-//! request its slice of the scores. The worker owns its model, so the model needs no lock;
-//! dropping the [`Batcher`] ends the worker once the queue drains (how a hot swap retires the
-//! old model).
+//! request its slice of the scores. Which cap binds depends on the device: on CPU the default
+//! row cap (512) keeps requests of ~500 candidates in calls of their own, as sharing measured
+//! slower there; a GPU stack raises it so that up to `max_requests` share a call
+//! (docs/ranking.md, "Batching").
+//! The worker owns its model, so the model needs no lock; dropping the [`Batcher`] ends the
+//! worker once the queue drains (how a hot swap retires the old model).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,9 +44,11 @@ impl Scorer for OnnxModel {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchConfig {
-    /// Most rows in one model call.
+    /// Most rows in one model call (a larger request is split).
     pub max_batch: usize,
-    /// Longest the first request of a batch waits for others.
+    /// Most requests gathered into one batch.
+    pub max_requests: usize,
+    /// Longest the first request of a batch waits, from entering the queue, for others.
     pub max_wait: Duration,
     /// Requests waiting at most; more are refused.
     pub queue: usize,
@@ -52,7 +60,8 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch: 512,
-            max_wait: Duration::from_micros(2000),
+            max_requests: 32,
+            max_wait: Duration::from_micros(5000),
             queue: 256,
             enabled: true,
         }
@@ -161,6 +170,22 @@ impl Batcher {
     }
 }
 
+/// Until when the worker may keep gathering a batch whose first request entered the queue at
+/// `first_enqueued`: `max_wait` from then, and no later than the batch's earliest deadline
+/// less `model_time` (the last batch's, an estimate of this one's). Pure, for the tests.
+pub fn gather_until(
+    first_enqueued: Instant,
+    max_wait: Duration,
+    earliest_deadline: Instant,
+    model_time: Duration,
+) -> Instant {
+    let by_wait = first_enqueued + max_wait;
+    match earliest_deadline.checked_sub(model_time) {
+        Some(by_deadline) => by_wait.min(by_deadline),
+        None => by_wait,
+    }
+}
+
 fn worker<S: Scorer>(
     mut scorer: S,
     rx: Receiver<Job>,
@@ -169,7 +194,9 @@ fn worker<S: Scorer>(
     active: Arc<AtomicUsize>,
 ) {
     let max_batch = cfg.max_batch.max(1);
+    let max_requests = cfg.max_requests.max(1);
     let mut carry: Option<Job> = None;
+    let mut model_time = Duration::ZERO;
     loop {
         let first = match carry.take() {
             Some(job) => job,
@@ -179,11 +206,13 @@ fn worker<S: Scorer>(
             },
         };
         let mut rows = first.rows;
+        let mut earliest = first.deadline;
+        let first_enqueued = first.enqueued;
         let mut jobs = vec![first];
         if cfg.enabled {
-            let until = Instant::now() + cfg.max_wait;
             // Others are on their way only if more requests are active than gathered.
-            while rows < max_batch && active.load(Ordering::SeqCst) > jobs.len() {
+            while rows < max_batch && jobs.len() < max_requests && active.load(Ordering::SeqCst) > jobs.len() {
+                let until = gather_until(first_enqueued, cfg.max_wait, earliest, model_time);
                 let wait = until.saturating_duration_since(Instant::now());
                 let next = match rx.recv_timeout(wait) {
                     Ok(job) => job,
@@ -194,11 +223,14 @@ fn worker<S: Scorer>(
                     break;
                 }
                 rows += next.rows;
+                earliest = earliest.min(next.deadline);
                 jobs.push(next);
             }
         }
         let n = jobs.len();
+        let started = Instant::now();
         run_batch(&mut scorer, jobs, max_batch, observer.as_ref());
+        model_time = started.elapsed();
         active.fetch_sub(n, Ordering::SeqCst);
     }
 }
@@ -391,6 +423,57 @@ mod tests {
         let calls = calls.lock().unwrap();
         assert!(calls.iter().all(|&n| n <= 10), "{calls:?}");
         assert_eq!(calls.iter().sum::<usize>(), 36);
+    }
+
+    #[tokio::test]
+    async fn requests_of_many_rows_share_a_call_up_to_max_requests() {
+        let cfg = BatchConfig {
+            max_requests: 4,
+            max_wait: Duration::from_millis(50),
+            ..BatchConfig::default()
+        };
+        // 12 requests of 500 rows while a slow model runs: they queue and share calls of at
+        // most 4 requests (the row cap, 16,384, is not what stops them).
+        let cfg = BatchConfig {
+            max_batch: 16_384,
+            ..cfg
+        };
+        let (b, calls) = start(cfg, Duration::from_millis(30));
+        let tasks: Vec<_> = (0..12)
+            .map(|k| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let (s, d) = job(500, k as f32);
+                    (k, b.score(s, d, 500, later()).await.unwrap())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (k, scores) = t.await.unwrap();
+            assert_eq!(scores, expected(500, k as f32));
+        }
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.iter().sum::<usize>(), 6000);
+        assert!(calls.iter().all(|&n| n <= 2000 && n % 500 == 0), "{calls:?}");
+        assert!(
+            calls.iter().any(|&n| n > 500),
+            "no two requests shared a call: {calls:?}"
+        );
+    }
+
+    #[test]
+    fn gathering_stops_at_the_wait_from_queueing_or_before_the_earliest_deadline() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Far deadline: max_wait from when the first request entered the queue (not from now).
+        assert_eq!(gather_until(t0, ms(5), t0 + ms(100), ms(2)), t0 + ms(5));
+        // A request queued 4 ms ago has 1 ms of its 5 left: the bound is already near.
+        let queued = t0.checked_sub(ms(4)).unwrap_or(t0);
+        assert_eq!(gather_until(queued, ms(5), t0 + ms(100), ms(2)), queued + ms(5));
+        // Near deadline: stop early enough to score before it (at the last model time).
+        assert_eq!(gather_until(t0, ms(5), t0 + ms(4), ms(2)), t0 + ms(2));
+        // A deadline the model time already passes: gathering stops at once.
+        assert!(gather_until(t0, ms(5), t0 + ms(1), ms(2)) <= t0);
     }
 
     #[tokio::test]

@@ -214,8 +214,12 @@ pub struct ModelArgs {
     /// Most rows per model call.
     #[arg(long, default_value_t = 512)]
     pub max_batch: usize,
-    /// Longest a request waits for others to join its batch, in microseconds.
-    #[arg(long, default_value_t = 2000)]
+    /// Most requests scored together in one model call.
+    #[arg(long, default_value_t = 32)]
+    pub max_requests: usize,
+    /// Longest a request waits for others to join its batch, from entering the queue, in
+    /// microseconds.
+    #[arg(long, default_value_t = 5000)]
     pub max_wait_us: u64,
     /// Score each request alone (for comparison).
     #[arg(long)]
@@ -355,6 +359,7 @@ impl ModelArgs {
             device: self.device,
             batch: BatchConfig {
                 max_batch: self.max_batch,
+                max_requests: self.max_requests,
                 max_wait: Duration::from_micros(self.max_wait_us),
                 enabled: !self.no_batching,
                 ..BatchConfig::default()
@@ -383,6 +388,7 @@ impl ModelArgs {
             }
             s.device = r.device.parse().map_err(anyhow::Error::msg)?;
             s.batch.max_batch = r.batching.max_batch.max(1) as usize;
+            s.batch.max_requests = r.batching.max_requests.max(1) as usize;
             s.batch.max_wait = Duration::from_micros(r.batching.max_wait_micros.max(0) as u64);
         }
         Ok(s)
