@@ -127,6 +127,10 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The user id of the requests a starting service sends itself (recall) or through every stage
+/// (the gateway) before it takes traffic: one no real client has.
+pub const WARM_UP_USER: &str = "recstack-warm-up";
+
 // === metrics ===
 
 /// Makes each metric and registers it under the service's prefix in one call, so a metrics

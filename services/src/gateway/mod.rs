@@ -249,7 +249,7 @@ impl Gateway {
     /// metrics, no latency sample. Returns the level it reached and why it fell, if it did.
     pub async fn warm_up(&self) -> (Level, Vec<String>) {
         let q = Query {
-            user_id: "recstack-warm-up".into(),
+            user_id: crate::ops::WARM_UP_USER.into(),
             n: request::DEFAULT_N,
             scene: "default".into(),
             context: Default::default(),

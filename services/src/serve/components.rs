@@ -34,7 +34,7 @@ pub async fn recall(
     );
     // One whole request too: the seen store, the trending list and the worker pool.
     let warm_up = crate::recall::proto::RecallRequest {
-        user_id: "recstack-warm-up".into(),
+        user_id: crate::ops::WARM_UP_USER.into(),
         ..Default::default()
     };
     let warmed = match crate::recall::validate(&warm_up) {
