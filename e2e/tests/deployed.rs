@@ -568,7 +568,16 @@ spec:
         // The checks want every request full and traced in the shared store; the bench, the
         // gateway's defaults with traces in its embedded store, as `recstack up` keeps them
         // (the Elasticsearch-API test server takes a core at these rates).
-        latency = if bench_mode() { 5 } else { 0 },
+        // RECSTACK_E2E_LATENCY_TARGET_MS overrides the bench's objective (0: off, to measure
+        // the full level under load).
+        latency = if bench_mode() {
+            std::env::var("RECSTACK_E2E_LATENCY_TARGET_MS")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(5)
+        } else {
+            0
+        },
         redis = redis_url("redis.infra.svc"),
         traces = if bench_mode() {
             ""
