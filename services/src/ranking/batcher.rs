@@ -56,12 +56,16 @@ pub struct BatchConfig {
     pub enabled: bool,
 }
 
+/// The stack's defaults (the CRD's `spec.ranking.batching`), so a service started by hand
+/// batches as a deployed one does.
 impl Default for BatchConfig {
     fn default() -> Self {
+        use recstack_crds::defaults;
+        let positive = |v: i32| usize::try_from(v).unwrap_or(1).max(1);
         Self {
-            max_batch: 512,
-            max_requests: 32,
-            max_wait: Duration::from_micros(5000),
+            max_batch: positive(defaults::max_batch()),
+            max_requests: positive(defaults::max_requests()),
+            max_wait: Duration::from_micros(u64::try_from(defaults::max_wait_micros()).unwrap_or(0)),
             queue: 256,
             enabled: true,
         }
@@ -427,16 +431,13 @@ mod tests {
 
     #[tokio::test]
     async fn requests_of_many_rows_share_a_call_up_to_max_requests() {
-        let cfg = BatchConfig {
-            max_requests: 4,
-            max_wait: Duration::from_millis(50),
-            ..BatchConfig::default()
-        };
         // 12 requests of 500 rows while a slow model runs: they queue and share calls of at
         // most 4 requests (the row cap, 16,384, is not what stops them).
         let cfg = BatchConfig {
             max_batch: 16_384,
-            ..cfg
+            max_requests: 4,
+            max_wait: Duration::from_millis(50),
+            ..BatchConfig::default()
         };
         let (b, calls) = start(cfg, Duration::from_millis(30));
         let tasks: Vec<_> = (0..12)

@@ -212,14 +212,14 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: Device,
     /// Most rows per model call.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = BatchConfig::default().max_batch)]
     pub max_batch: usize,
     /// Most requests scored together in one model call.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = BatchConfig::default().max_requests)]
     pub max_requests: usize,
     /// Longest a request waits for others to join its batch, from entering the queue, in
     /// microseconds.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = BatchConfig::default().max_wait.as_micros() as u64)]
     pub max_wait_us: u64,
     /// Score each request alone (for comparison).
     #[arg(long)]
