@@ -1156,6 +1156,7 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
                 let items = features
                     .get_items(GetItemsRequest {
                         item_ids: vec![item.clone()],
+                        realtime_only: false,
                     })
                     .await?
                     .into_inner()

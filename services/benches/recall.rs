@@ -3,7 +3,7 @@
 //! 1. the seen filter against a plain id set;
 //! 2. the HNSW index against exact search (and faiss, via `scripts/bench`, on the same files);
 //! 3. the recall gRPC service under load: all seven channels at 1,000 candidates against a
-//!    single-channel lookup.
+//!    single-channel lookup, and candidates as columns against a message each.
 //!
 //! `cargo bench -p recstack-services --bench recall` (`scripts/bench` adds the faiss and
 //! `implicit` peers). Set `RECSTACK_BENCH_EXPORT=DIR` to write the ANN vectors, queries and
@@ -14,12 +14,17 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
+use cpu::ProcessCpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
 use recstack_offline::build::ann::{ItemIndex, UnitVec};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
+use recstack_services::recall::packed::unpack;
 use recstack_services::recall::proto::RecallRequest;
 use recstack_services::recall::proto::recall_client::RecallClient;
 use recstack_services::recall::proto::recall_server::RecallServer;
@@ -379,6 +384,62 @@ async fn service(artifacts: build::Artifacts) {
         again.p50.as_secs_f64() / all.p50.as_secs_f64(),
         again.p99.as_secs_f64() / all.p99.as_secs_f64()
     );
+    wire_forms(&client, &users).await;
+}
+
+/// Candidates as columns against a message each: 7 channels → 1,000, lists cached, the two
+/// forms interleaved round by round (this machine drifts); CPU is the whole process's (the
+/// service and its 4 clients), per request.
+async fn wire_forms(client: &RecallClient<tonic::transport::Channel>, users: &[String]) {
+    const ROUNDS: usize = 5;
+    println!(
+        "\n### Candidates on the wire: columns against a message each (7 channels → 1,000, lists cached, {ROUNDS} interleaved rounds)\n"
+    );
+    println!("| form | req/s | p50 | p99 | CPU per request |");
+    println!("|---|---:|---:|---:|---:|");
+    // The version's list cache may be cold (the swaps above): fill it first, so that no round
+    // of either form computes lists.
+    load_as(client, users, 1000, &[], true).await;
+    let (mut messages, mut columns) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        messages.push(load_as(client, users, 1000, &[], false).await);
+        columns.push(load_as(client, users, 1000, &[], true).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rows = Vec::new();
+    for (name, runs) in [
+        ("a message per candidate and source", &messages),
+        ("columns (`packed`)", &columns),
+    ] {
+        let mut rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
+        let mut p50: Vec<f64> = runs.iter().map(|r| ms(r.p50)).collect();
+        let mut p99: Vec<f64> = runs.iter().map(|r| ms(r.p99)).collect();
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_ms).collect();
+        let row = (median(&mut rps), median(&mut p50), median(&mut p99), median(&mut cpu));
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.3} ms |",
+            row.0, row.1, row.2, row.3
+        );
+        rows.push(row);
+    }
+    let mut cpu_ratio: Vec<f64> = columns
+        .iter()
+        .zip(&messages)
+        .map(|(c, m)| c.cpu_ms / m.cpu_ms)
+        .collect();
+    let mut rps_ratio: Vec<f64> = columns.iter().zip(&messages).map(|(c, m)| c.rps / m.rps).collect();
+    let (lo, hi) = (
+        cpu_ratio.iter().copied().fold(f64::INFINITY, f64::min),
+        cpu_ratio.iter().copied().fold(0.0, f64::max),
+    );
+    println!(
+        "\nColumns: {:.2}× the CPU per request of messages (median of paired rounds; {lo:.2}–{hi:.2}), {:.2}× the requests per second.",
+        median(&mut cpu_ratio),
+        median(&mut rps_ratio)
+    );
 }
 
 fn manifest_named(version: &str) -> build::Manifest {
@@ -394,6 +455,8 @@ fn manifest_named(version: &str) -> build::Manifest {
 }
 
 struct LoadResult {
+    /// The process's CPU (server and clients) per request, ms.
+    cpu_ms: f64,
     rps: f64,
     p50: Duration,
     p99: Duration,
@@ -410,6 +473,20 @@ async fn load(
     n: u32,
     quotas: &[(&str, u32)],
 ) -> LoadResult {
+    load_as(client, users, n, quotas, false).await
+}
+
+/// 3,000 requests from 4 clients; `packed`: ask for columns and read them back into owned ids
+/// and lineage (what the gateway does with them).
+async fn load_as(
+    client: &RecallClient<tonic::transport::Channel>,
+    users: &[String],
+    n: u32,
+    quotas: &[(&str, u32)],
+    packed: bool,
+) -> LoadResult {
+    let cpu = ProcessCpu::new();
+    let cpu_start = cpu.now();
     let per_client = 750;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -425,12 +502,23 @@ async fn load(
                     user_id: users[(c * per_client + i) % users.len()].clone(),
                     n,
                     channel_quotas: quotas.clone(),
+                    packed,
                     ..Default::default()
                 };
                 let t = Instant::now();
-                let resp = client.recall(req).await.expect("recall");
+                let resp = client.recall(req).await.expect("recall").into_inner();
+                candidates += match &resp.packed {
+                    Some(columns) => {
+                        let owned: Vec<(String, f32, usize)> = unpack(columns)
+                            .expect("columns")
+                            .into_iter()
+                            .map(|c| (c.item_id.to_string(), c.fused_score, c.sources.len()))
+                            .collect();
+                        owned.len()
+                    }
+                    None => resp.candidates.len(),
+                };
                 lat.push(t.elapsed());
-                candidates += resp.get_ref().candidates.len();
             }
             (lat, candidates)
         }));
@@ -446,6 +534,7 @@ async fn load(
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     LoadResult {
+        cpu_ms: ms(cpu.now() - cpu_start) / latencies.len() as f64,
         rps: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),

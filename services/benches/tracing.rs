@@ -13,6 +13,10 @@
 //!
 //! `cargo bench -p recstack-services --bench tracing`
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::ProcessCpu;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,28 +43,6 @@ struct Run {
     p99_ms: f64,
     /// The whole process's CPU time per request (user + system), ms.
     cpu_ms: f64,
-}
-
-/// The process's CPU time so far (all threads, live and ended: `/proc/self/stat`'s utime and
-/// stime, in clock ticks of `1 / ticks_per_s`).
-fn process_cpu(ticks_per_s: f64) -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which may hold spaces), from field 3: utime is 14, stime 15.
-    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    Duration::from_secs_f64(ticks / ticks_per_s)
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it cannot be asked).
-fn ticks_per_s() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// The local stack (direct links, the bundled model) with `traces`, `full` of them in full.
@@ -93,8 +75,8 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         let mut c = client.clone();
         c.recommend(request(u)).await.unwrap();
     }
-    let ticks = ticks_per_s();
-    let cpu_start = process_cpu(ticks);
+    let cpu_clock = ProcessCpu::new();
+    let cpu_start = cpu_clock.now();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..CONCURRENCY {
@@ -121,7 +103,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
     let elapsed = start.elapsed();
     // Stopping flushes the trace writer: its last batch's commit is part of the cost.
     stack.stop().await.unwrap();
-    let cpu = process_cpu(ticks) - cpu_start;
+    let cpu = cpu_clock.now() - cpu_start;
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     Run {

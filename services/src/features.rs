@@ -390,6 +390,29 @@ impl<L: L2> Features for FeatureService<L> {
     }
 }
 
+/// An item's real-time fields alone (`GetItemsRequest::realtime_only`); `None` when no window
+/// has counted it (every real-time field zero), which reads the same as leaving it out.
+pub fn realtime_part(i: &ItemFeatures) -> Option<ItemFeatures> {
+    let counted = i.window_end_ms != 0
+        || i.impressions != 0
+        || i.clicks != 0
+        || i.plays != 0
+        || i.likes != 0
+        || i.ctr != 0.0
+        || i.trend != 0.0;
+    counted.then(|| ItemFeatures {
+        item_id: i.item_id.clone(),
+        impressions: i.impressions,
+        clicks: i.clicks,
+        plays: i.plays,
+        likes: i.likes,
+        ctr: i.ctr,
+        window_end_ms: i.window_end_ms,
+        trend: i.trend,
+        ..Default::default()
+    })
+}
+
 impl<L: L2> FeatureService<L> {
     async fn user(&self, request: GetUserRequest) -> Result<GetUserResponse, Status> {
         let id = request.user_id;
@@ -419,9 +442,11 @@ impl<L: L2> FeatureService<L> {
         let values = futures::future::join_all(keys.iter().map(|k| self.store.get(k))).await;
         let mut response = GetItemsResponse::default();
         for (id, v) in ids.into_iter().zip(values) {
-            match v.as_deref() {
-                Some(Value::Item(i)) => response.items.push(i.clone()),
-                _ => response.missing.push(id),
+            match (v.as_deref(), request.realtime_only) {
+                (Some(Value::Item(i)), false) => response.items.push(i.clone()),
+                (Some(Value::Item(i)), true) => response.items.extend(realtime_part(i)),
+                (_, false) => response.missing.push(id),
+                (_, true) => {}
             }
         }
         Ok(response)

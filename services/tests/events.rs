@@ -93,7 +93,10 @@ async fn clicks_at_least(
         let item = item.to_string();
         async move {
             let r = c
-                .get_items(GetItemsRequest { item_ids: vec![item] })
+                .get_items(GetItemsRequest {
+                    item_ids: vec![item],
+                    realtime_only: false,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -176,6 +179,33 @@ async fn posted_events_reach_features_and_recall() {
         counted.ctr
     );
     assert!(counted.window_end_ms > 0 && counted.trend >= 6.0);
+    // What ranking asks for: only the counted item, with the same window fields.
+    let untouched = a
+        .items
+        .iter()
+        .map(|i| i.id.clone())
+        .find(|id| *id != item && *id != shown)
+        .unwrap();
+    let realtime = features
+        .clone()
+        .get_items(GetItemsRequest {
+            item_ids: vec![untouched, item.clone()],
+            realtime_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(realtime.items.len(), 1, "{realtime:?}");
+    let part = &realtime.items[0];
+    assert_eq!(
+        (
+            part.item_id.as_str(),
+            part.clicks,
+            part.window_end_ms,
+            part.genres.len()
+        ),
+        (item.as_str(), counted.clicks, counted.window_end_ms, 0)
+    );
 
     let recall = RecallClient::connect(stack.get("recall").grpc_url()).await.unwrap();
     let hot_only = |user: &str| RecallRequest {
@@ -204,6 +234,19 @@ async fn posted_events_reach_features_and_recall() {
         .find(|c| c.item_id == new_item)
         .expect("the new item is recalled");
     assert_eq!((fresh.sources[0].channel_name(), fresh.sources[0].rank), ("hot", 2));
+    // As columns (what the gateway asks for), the same list, the new item included.
+    let packed = recall
+        .clone()
+        .recall(RecallRequest {
+            packed: true,
+            ..hot_only("a-new-user")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(packed.candidates.is_empty());
+    let unpacked = recstack_services::recall::packed::to_messages(packed.packed.as_ref().unwrap()).unwrap();
+    assert_eq!(unpacked, first.candidates);
     let gateway = stack.get("gateway").http.to_string();
     let (status, answer) = tokio::task::spawn_blocking(move || {
         common::http_post(

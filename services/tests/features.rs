@@ -12,7 +12,7 @@ use recstack_services::features::proto::features_server::FeaturesServer;
 use recstack_services::features::proto::{GetItemsRequest, GetUserRequest};
 use recstack_services::features::{
     CachePolicy, FeatureMetrics, FeatureService, FeatureStore, ItemFeatures, Key, NoL2, RedisL2, Snapshot,
-    UserFeatures, Value,
+    UserFeatures, Value, realtime_part,
 };
 
 fn user(id: &str, ratings: u32) -> UserFeatures {
@@ -203,6 +203,7 @@ async fn grpc_get_user_and_items() {
     let items = client
         .get_items(GetItemsRequest {
             item_ids: vec!["i2".into(), "missing".into(), "i1".into()],
+            realtime_only: false,
         })
         .await
         .unwrap()
@@ -210,9 +211,41 @@ async fn grpc_get_user_and_items() {
     let ids: Vec<&str> = items.items.iter().map(|i| i.item_id.as_str()).collect();
     assert_eq!(ids, ["i2", "i1"], "request order");
     assert_eq!(items.missing, ["missing"]);
+    // Real-time only: no window has counted these snapshot items, so nothing is answered (and
+    // no `missing`); the part kept of a counted item is its id and its window fields.
+    let realtime = client
+        .get_items(GetItemsRequest {
+            item_ids: vec!["i2".into(), "missing".into(), "i1".into()],
+            realtime_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(realtime, Default::default());
+    let counted = ItemFeatures {
+        clicks: 3,
+        ctr: 0.4,
+        window_end_ms: 1_790_000_000_000,
+        trend: 2.0,
+        ..item("i3", 7)
+    };
+    let part = realtime_part(&counted).unwrap();
+    assert_eq!(
+        (
+            part.item_id.as_str(),
+            part.clicks,
+            part.ctr,
+            part.window_end_ms,
+            part.trend
+        ),
+        ("i3", 3, 0.4, 1_790_000_000_000, 2.0)
+    );
+    assert_eq!((part.ratings, part.genres.len()), (0, 0), "offline fields are left out");
+    assert_eq!(realtime_part(&item("i3", 7)), None);
     let err = client
         .get_items(GetItemsRequest {
             item_ids: vec!["i1".into(), "".into()],
+            realtime_only: false,
         })
         .await
         .unwrap_err();

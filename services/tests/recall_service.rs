@@ -116,6 +116,57 @@ async fn recall_returns_deduplicated_candidates_with_lineage() {
 }
 
 #[tokio::test]
+async fn columns_answer_what_messages_do() {
+    let mut r = start().await;
+    let (active, _) = active_user(&r.slot.get());
+    let quiet = r.slot.get().artifacts.users[0].clone();
+    let cases = [
+        request(&active, 0, &[]),
+        request(&active, 37, &[("hot", 0), ("tag", 10)]),
+        request(&quiet, 300, &[]),
+        request("nobody-knows-this-user", 100, &[]),
+        RecallRequest {
+            explain: true,
+            ..request(&active, 120, &[("item_cf", 5)])
+        },
+    ];
+    for req in cases {
+        let messages = r.client.recall(req.clone()).await.unwrap().into_inner();
+        let columns = r
+            .client
+            .recall(RecallRequest {
+                packed: true,
+                ..req.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!messages.candidates.is_empty(), "{req:?}");
+        assert!(
+            columns.candidates.is_empty() && messages.packed.is_none(),
+            "one form or the other"
+        );
+        let unpacked = recstack_services::recall::packed::to_messages(columns.packed.as_ref().unwrap()).unwrap();
+        assert_eq!(unpacked, messages.candidates, "{req:?}");
+        // Everything else is the same too.
+        assert_eq!(
+            (
+                &columns.filtered_seen,
+                &columns.seen_filter,
+                &columns.cuts,
+                &columns.consumed
+            ),
+            (
+                &messages.filtered_seen,
+                &messages.seen_filter,
+                &messages.cuts,
+                &messages.consumed
+            )
+        );
+    }
+}
+
+#[tokio::test]
 async fn quotas_shape_the_channel_mix() {
     let mut r = start().await;
     let (user, _) = active_user(&r.slot.get());

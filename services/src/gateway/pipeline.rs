@@ -22,7 +22,8 @@ use super::request::{Query, Recommendation, ServedItem};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
 use crate::ranking::service::proto::{RankRequest, RealtimeFeatures};
-use crate::recall::proto::{Candidate as RecallCandidate, ChannelStats, CutReason, RecallRequest, RecallResponse};
+use crate::recall::packed::{UnpackError, unpack};
+use crate::recall::proto::{ChannelStats, CutReason, RecallRequest, RecallResponse};
 use crate::rerank::proto::{Action, RerankRequest, Scored};
 
 /// Candidates (best first) rerank chooses from: enough for diversity, few enough to keep the
@@ -46,14 +47,31 @@ pub(super) struct Cand {
 }
 
 impl Cand {
-    fn recalled((pos, c): (usize, RecallCandidate)) -> Self {
-        Self {
-            id: c.item_id,
-            prior: c.fused_score,
-            sources: c.sources.iter().filter_map(|s| s.lineage()).collect(),
+    /// Recall's candidates in its order, from its columns (asked for) or, from a recall
+    /// service that predates them, its messages.
+    fn all_recalled(answer: &mut RecallResponse) -> Result<Vec<Self>, UnpackError> {
+        let recalled = |pos: usize, id: String, prior: f32, sources| Self {
+            id,
+            prior,
+            sources,
             recall_position: Some(pos as u32),
             rank_score: None,
-        }
+        };
+        Ok(match &answer.packed {
+            Some(packed) => unpack(packed)?
+                .into_iter()
+                .enumerate()
+                .map(|(pos, c)| recalled(pos, c.item_id.to_string(), c.fused_score, c.sources))
+                .collect(),
+            None => std::mem::take(&mut answer.candidates)
+                .into_iter()
+                .enumerate()
+                .map(|(pos, c)| {
+                    let sources = c.sources.iter().filter_map(|s| s.lineage()).collect();
+                    recalled(pos, c.item_id, c.fused_score, sources)
+                })
+                .collect(),
+        })
     }
 
     /// What it is ordered by after ranking: the model's score, else its prior.
@@ -297,6 +315,7 @@ impl Gateway {
                     explain,
                     seen_as_recorded: q.what_if.as_ref().and_then(|w| w.seen.clone()).unwrap_or_default(),
                     use_recorded_seen: q.what_if.as_ref().is_some_and(|w| w.seen.is_some()),
+                    packed: true,
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);
@@ -319,8 +338,16 @@ impl Gateway {
         match recall {
             Ok(mut answer) => {
                 r.recall = RecallNotes::from_answer(&mut answer);
-                r.candidates = answer.candidates.into_iter().enumerate().map(Cand::recalled).collect();
-                r.channels = channel_counts(&r.candidates, &answer.channels, level);
+                match Cand::all_recalled(&mut answer) {
+                    Ok(candidates) => {
+                        r.candidates = candidates;
+                        r.channels = channel_counts(&r.candidates, &answer.channels, level);
+                    }
+                    Err(e) => {
+                        r.channels = plan_channels(plan, level, &format!("failed: recall {e}"));
+                        r.failed(Stage::Recall, format!("recall: {e}"));
+                    }
+                }
             }
             Err(e) => {
                 r.channels = plan_channels(plan, level, &format!("failed: recall {e}"));
@@ -717,4 +744,61 @@ fn plan_channels(plan: &LevelPlan, level: Level, outcome: &str) -> Vec<ChannelCo
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recall::packed::{Packer, to_messages};
+    use recstack_core::recall::Channel;
+
+    fn packed() -> crate::recall::proto::PackedCandidates {
+        let mut p = Packer::default();
+        let source = |channel, rank| Source {
+            channel,
+            score: 0.5,
+            rank,
+        };
+        p.push("a", 0.9, &[source(Channel::ItemCf, 1), source(Channel::Hot, 3)]);
+        p.push("b", 0.4, &[source(Channel::Cooc, 2)]);
+        p.finish()
+    }
+
+    fn read(answer: &mut RecallResponse) -> Vec<(String, f32, Vec<Source>, Option<u32>)> {
+        Cand::all_recalled(answer)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.prior, c.sources.to_vec(), c.recall_position))
+            .collect()
+    }
+
+    #[test]
+    fn candidates_read_the_same_from_columns_or_from_an_older_recalls_messages() {
+        let mut columns = RecallResponse {
+            packed: Some(packed()),
+            ..Default::default()
+        };
+        // A recall service that predates `packed` answers messages.
+        let mut messages = RecallResponse {
+            candidates: to_messages(&packed()).unwrap(),
+            ..Default::default()
+        };
+        let from_columns = read(&mut columns);
+        assert_eq!(from_columns, read(&mut messages));
+        assert_eq!(from_columns[1].0, "b");
+        assert_eq!(from_columns[1].3, Some(1));
+        assert_eq!(from_columns[0].2.len(), 2);
+    }
+
+    #[test]
+    fn columns_that_disagree_fail_recall_naming_the_field() {
+        let mut bad = packed();
+        bad.fused_scores.pop();
+        let mut answer = RecallResponse {
+            packed: Some(bad),
+            ..Default::default()
+        };
+        let err = Cand::all_recalled(&mut answer).err().unwrap().to_string();
+        assert_eq!(err, "packed.fused_scores has 1 entries for 2 ids");
+    }
 }

@@ -669,6 +669,9 @@ impl RankingService {
                 let budget = REALTIME_BUDGET.min(deadline.saturating_duration_since(start));
                 let mut call = tonic::Request::new(GetItemsRequest {
                     item_ids: item_ids.to_vec(),
+                    // Only what a window counted, and only those fields: the rest of an
+                    // item's features come from the model's own tables.
+                    realtime_only: true,
                 });
                 call.set_timeout(budget);
                 if let Some(tp) = traceparent {

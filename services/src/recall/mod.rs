@@ -6,11 +6,13 @@
 //! - [`seen_store`]: where users' seen filters live (in process, or Redis shared by replicas).
 
 mod artifacts;
+pub mod packed;
 mod seen_store;
 
 pub use artifacts::*;
 pub use recstack_core::recall::lead_with;
 pub use seen_store::*;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::Path;
@@ -179,6 +181,8 @@ pub struct RecallQuery {
     /// Filter these as seen instead of the user's seen filter (a replay of the state as
     /// recorded).
     pub recorded_seen: Option<std::collections::HashSet<String>>,
+    /// Answer the candidates as columns ([`RecallRequest::packed`]).
+    pub packed: bool,
 }
 
 /// How far past its quota an explained request computes each channel (and how deep a
@@ -236,6 +240,7 @@ pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
         recorded_seen: req
             .use_recorded_seen
             .then(|| req.seen_as_recorded.iter().cloned().collect()),
+        packed: req.packed,
     })
 }
 
@@ -376,25 +381,24 @@ impl<S: SeenStore> RecallService<S> {
             }
             None => false,
         };
-        let mut candidates = Vec::with_capacity(q.n);
+        let mut candidates: Vec<Answered> = Vec::with_capacity(q.n);
         let mut position = 0u32;
         for c in merged {
             let (id, key) = loaded.ids.get(c.item);
             if seen(id, key) {
                 continue;
             }
-            let sources = || c.sources.iter().map(source).collect();
             if candidates.len() < q.n {
-                candidates.push(Candidate {
-                    item_id: id.to_string(),
-                    fused_score: c.fused,
-                    sources: sources(),
+                candidates.push(Answered {
+                    id: Cow::Borrowed(id),
+                    fused: c.fused,
+                    sources: c.sources,
                 });
             } else if q.explain {
                 cuts.push(Cut {
                     item_id: id.to_string(),
                     reason: proto::CutReason::Merge.into(),
-                    sources: sources(),
+                    sources: c.sources.iter().map(source).collect(),
                     position,
                     cut: q.n as u32,
                 });
@@ -406,12 +410,12 @@ impl<S: SeenStore> RecallService<S> {
             if seen(&id, item_key(&id)) {
                 continue;
             }
-            candidates.push(Candidate {
-                item_id: id,
+            candidates.push(Answered {
+                id: Cow::Owned(id),
                 // As if it led the hot list at its trending rank.
-                fused_score: fusion_term(Channel::Hot.fusion_weight(), 1.0, rank as f32),
-                sources: vec![Source {
-                    channel: proto::Channel::Hot.into(),
+                fused: fusion_term(Channel::Hot.fusion_weight(), 1.0, rank as f32),
+                sources: smallvec::smallvec![Lineage {
+                    channel: Channel::Hot,
                     score: 0.0,
                     rank,
                 }],
@@ -419,19 +423,38 @@ impl<S: SeenStore> RecallService<S> {
         }
         if added_new {
             // Stable: the merged order (and its tie rules) stays; new items slot in by score.
-            candidates.sort_by(|a, b| b.fused_score.total_cmp(&a.fused_score));
+            candidates.sort_by(|a, b| b.fused.total_cmp(&a.fused));
             for (at, c) in candidates.drain(q.n.min(candidates.len())..).enumerate() {
                 if q.explain {
                     cuts.push(Cut {
-                        item_id: c.item_id,
+                        item_id: c.id.into_owned(),
                         reason: proto::CutReason::Merge.into(),
-                        sources: c.sources,
+                        sources: c.sources.iter().map(source).collect(),
                         position: (q.n + at) as u32,
                         cut: q.n as u32,
                     });
                 }
             }
         }
+        self.metrics.candidates.observe(candidates.len() as f64);
+        // Columns when asked (one buffer, no message per candidate), else a message each.
+        let (candidates, packed) = if q.packed {
+            let mut packer = packed::Packer::with_capacity(candidates.len());
+            for c in &candidates {
+                packer.push(&c.id, c.fused, &c.sources);
+            }
+            (Vec::new(), Some(packer.finish()))
+        } else {
+            let messages = candidates
+                .into_iter()
+                .map(|c| Candidate {
+                    item_id: c.id.into_owned(),
+                    fused_score: c.fused,
+                    sources: c.sources.iter().map(source).collect(),
+                })
+                .collect();
+            (messages, None)
+        };
         let history = loaded.artifacts.history.get(user as usize);
         let consumed = match (q.explain, history) {
             (true, Some(items)) => {
@@ -449,9 +472,9 @@ impl<S: SeenStore> RecallService<S> {
             _ => Vec::new(),
         };
         self.metrics.seen_filtered.inc_by(filtered_seen.len() as u64);
-        self.metrics.candidates.observe(candidates.len() as f64);
         Ok(RecallResponse {
             candidates,
+            packed,
             artifact_version: loaded.manifest.version.clone(),
             channels: stats,
             filtered_seen,
@@ -592,6 +615,14 @@ impl<S: SeenStore> RecallService<S> {
 }
 
 /// A merge source on the wire.
+/// A candidate on its way into the answer: the id borrowed from the artifacts where they hold
+/// it (a new trending item's is owned).
+struct Answered<'a> {
+    id: Cow<'a, str>,
+    fused: f32,
+    sources: smallvec::SmallVec<[Lineage; 2]>,
+}
+
 fn source(s: &Lineage) -> Source {
     Source {
         channel: proto::Channel::from(s.channel).into(),

@@ -844,6 +844,9 @@ mod tests {
         // An item a window never counted (the snapshot's value: window_end_ms 0) keeps ½.
         let cold = with(&it);
         assert_eq!(cold[col("item_rt_ctr")], 0.5);
+        // The whole row is the one without real-time values: the feature service may leave
+        // such an item out (`realtime_only`) and the model reads the same.
+        assert_eq!(cold, neutral);
         // The serving path (item table, user part once) gives the same row.
         let once = writer.user("u1", Some(&u));
         let (mut s, mut d) = (Vec::new(), Vec::new());
