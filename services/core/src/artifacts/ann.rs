@@ -64,7 +64,18 @@ impl ItemIndex {
         Self { map }
     }
 
-    /// Up to `n` items nearest to `query`, with cosine similarity.
+    /// Items in the graph.
+    pub fn len(&self) -> usize {
+        self.map.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `n` items nearest to `query`, with cosine similarity. The graph answers at most
+    /// the `ef_search` it was built with: fewer than `n` (and fewer than [`Self::len`]) means
+    /// it ran out, not that there are no more.
     pub fn search(&self, query: &UnitVec, n: usize) -> Vec<(u32, f32)> {
         SEARCH.with(|search| {
             let mut search = search.borrow_mut();

@@ -249,7 +249,7 @@ fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)>
     let Some(query) = vector_query(a, user) else {
         return Vec::new();
     };
-    if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
+    let exact = || {
         let inverse_norms = a.factors.inverse_norms();
         let scores = a
             .factors
@@ -257,13 +257,26 @@ fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)>
             .map(|(i, s)| (i, s * inverse_norms[i as usize]))
             .filter(|(i, _)| !seen.contains(i));
         top_k_of(scores, n)
-    } else {
-        // The graph cannot skip the history; ask for enough to drop it afterwards.
-        let mut best = a.ann.search(&query, n + seen.len());
-        best.retain(|(i, _)| !seen.contains(i));
-        best.truncate(n);
-        best
+    };
+    if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
+        return exact();
     }
+    // The graph cannot skip the history; ask for enough to drop it afterwards.
+    let wanted = n + seen.len();
+    let mut best = a.ann.search(&query, wanted);
+    if ann_ran_out(best.len(), wanted, a.ann.len()) {
+        // More than the graph's ef_search: a short list would not be the best n (slower, exact).
+        return exact();
+    }
+    best.retain(|(i, _)| !seen.contains(i));
+    best.truncate(n);
+    best
+}
+
+/// Whether an HNSW answer of `returned` items to a request for `wanted` stopped at the graph's
+/// ef_search rather than at the `indexed` items there are.
+pub fn ann_ran_out(returned: usize, wanted: usize, indexed: usize) -> bool {
+    returned < wanted.min(indexed)
 }
 
 /// The vector channel's query: the normalized mean of the user's recent items' unit vectors
@@ -328,6 +341,24 @@ pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &ItemSet, n: usiz
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_hnsw_answer_short_of_what_was_asked_ran_out_unless_the_graph_is_smaller() {
+        use crate::artifacts::ann::{ItemIndex, UnitVec};
+        // A graph built with ef_search 16 answers 16 of 50 asked: it ran out.
+        let points: Vec<(u32, UnitVec)> = (0..200u32)
+            .map(|i| (i, UnitVec::new(&[(i as f32 / 100.0).cos(), (i as f32 / 100.0).sin()])))
+            .collect();
+        let index = ItemIndex::build(points, 1, 100, 16);
+        let answer = index.search(&UnitVec::new(&[1.0, 0.0]), 50);
+        assert_eq!((answer.len(), index.len()), (16, 200));
+        assert!(ann_ran_out(answer.len(), 50, index.len()));
+        // Everything asked for, or everything there is: not short.
+        assert!(!ann_ran_out(16, 16, 200));
+        assert!(!ann_ran_out(200, 500, 200));
+        assert!(!ann_ran_out(0, 0, 0));
+        assert!(ann_ran_out(199, 500, 200));
+    }
+
     use super::*;
 
     #[test]
