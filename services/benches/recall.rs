@@ -421,7 +421,6 @@ async fn wire_forms(client: &RecallClient<tonic::transport::Channel>, users: &[S
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut rows = Vec::new();
     for (name, runs) in [
         ("a message per candidate and source", &messages),
         ("columns (`packed`)", &columns),
@@ -435,7 +434,6 @@ async fn wire_forms(client: &RecallClient<tonic::transport::Channel>, users: &[S
             "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.3} ms |",
             row.0, row.1, row.2, row.3
         );
-        rows.push(row);
     }
     let mut cpu_ratio: Vec<f64> = columns
         .iter()

@@ -335,19 +335,16 @@ impl Gateway {
         };
         r.stages.push(recall_stage);
         r.funnel.candidates = plan.candidates;
-        match recall {
-            Ok(mut answer) => {
-                r.recall = RecallNotes::from_answer(&mut answer);
-                match Cand::all_recalled(&mut answer) {
-                    Ok(candidates) => {
-                        r.candidates = candidates;
-                        r.channels = channel_counts(&r.candidates, &answer.channels, level);
-                    }
-                    Err(e) => {
-                        r.channels = plan_channels(plan, level, &format!("failed: recall {e}"));
-                        r.failed(Stage::Recall, format!("recall: {e}"));
-                    }
-                }
+        // A failed call and an answer whose candidates do not read fail the stage alike.
+        let recalled = recall.map_err(|e| e.to_string()).and_then(|mut answer| {
+            r.recall = RecallNotes::from_answer(&mut answer);
+            let candidates = Cand::all_recalled(&mut answer).map_err(|e| e.to_string())?;
+            Ok((candidates, answer.channels))
+        });
+        match recalled {
+            Ok((candidates, channels)) => {
+                r.candidates = candidates;
+                r.channels = channel_counts(&r.candidates, &channels, level);
             }
             Err(e) => {
                 r.channels = plan_channels(plan, level, &format!("failed: recall {e}"));

@@ -58,12 +58,18 @@ pub mod proto {
         }
     }
 
+    impl Channel {
+        /// The channel a wire value names (the inverse of the one mapping above); `None` for a
+        /// value this build does not know (a newer recall service).
+        pub fn known(self) -> Option<super::Channel> {
+            super::Channel::ALL.into_iter().find(|&c| Channel::from(c) == self)
+        }
+    }
+
     impl Source {
-        /// The channel (the inverse of the one mapping above); `None` for a value this build
-        /// does not know (a newer recall service).
+        /// The channel ([`Channel::known`]).
         pub fn known_channel(&self) -> Option<super::Channel> {
-            let wire = self.channel();
-            super::Channel::ALL.into_iter().find(|&c| Channel::from(c) == wire)
+            self.channel().known()
         }
 
         /// The channel's name (`item_cf`, …, as in requests and traces); `unknown` for a value
@@ -447,11 +453,7 @@ impl<S: SeenStore> RecallService<S> {
         } else {
             let messages = candidates
                 .into_iter()
-                .map(|c| Candidate {
-                    item_id: c.id.into_owned(),
-                    fused_score: c.fused,
-                    sources: c.sources.iter().map(source).collect(),
-                })
+                .map(|c| candidate_message(c.id.into_owned(), c.fused, &c.sources))
                 .collect();
             (messages, None)
         };
@@ -614,7 +616,6 @@ impl<S: SeenStore> RecallService<S> {
     }
 }
 
-/// A merge source on the wire.
 /// A candidate on its way into the answer: the id borrowed from the artifacts where they hold
 /// it (a new trending item's is owned).
 struct Answered<'a> {
@@ -623,6 +624,17 @@ struct Answered<'a> {
     sources: smallvec::SmallVec<[Lineage; 2]>,
 }
 
+/// A candidate as one message (the answer's `candidates`, for a caller that did not ask for
+/// columns).
+fn candidate_message(item_id: String, fused_score: f32, sources: &[Lineage]) -> Candidate {
+    Candidate {
+        item_id,
+        fused_score,
+        sources: sources.iter().map(source).collect(),
+    }
+}
+
+/// A merge source on the wire.
 fn source(s: &Lineage) -> Source {
     Source {
         channel: proto::Channel::from(s.channel).into(),

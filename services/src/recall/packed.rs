@@ -137,14 +137,7 @@ pub fn unpack(p: &PackedCandidates) -> Result<Vec<Unpacked<'_>>, UnpackError> {
         .sources
         .iter()
         .enumerate()
-        .map(|(at, column)| {
-            let wire = column.channel();
-            (
-                at,
-                Channel::ALL.into_iter().find(|&c| proto::Channel::from(c) == wire),
-                column,
-            )
-        })
+        .map(|(at, column)| (at, column.channel().known(), column))
         .collect();
     columns.sort_by_key(|&(at, channel, _)| (channel.map(|c| c as usize), at));
     for (at, channel, column) in columns {
@@ -173,11 +166,7 @@ pub fn unpack(p: &PackedCandidates) -> Result<Vec<Unpacked<'_>>, UnpackError> {
 pub fn to_messages(p: &PackedCandidates) -> Result<Vec<proto::Candidate>, UnpackError> {
     Ok(unpack(p)?
         .into_iter()
-        .map(|c| proto::Candidate {
-            item_id: c.item_id.to_string(),
-            fused_score: c.fused_score,
-            sources: c.sources.iter().map(super::source).collect(),
-        })
+        .map(|c| super::candidate_message(c.item_id.to_string(), c.fused_score, &c.sources))
         .collect())
 }
 

@@ -341,6 +341,8 @@ pub fn lead_with(trending: &[u32], built: &[(u32, f32)], seen: &ItemSet, n: usiz
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn an_hnsw_answer_short_of_what_was_asked_ran_out_unless_the_graph_is_smaller() {
         use crate::artifacts::ann::{ItemIndex, UnitVec};
@@ -358,8 +360,6 @@ mod tests {
         assert!(!ann_ran_out(0, 0, 0));
         assert!(ann_ran_out(199, 500, 200));
     }
-
-    use super::*;
 
     #[test]
     fn an_item_set_holds_exactly_what_a_hash_set_holds() {
