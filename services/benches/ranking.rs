@@ -6,9 +6,15 @@
 //! and as the whole graph; the head's session alone on prebuilt `pre` rows; a request's ranking
 //! work in process (rows, then the model) folded against whole, interleaved; and the service's
 //! feature assembly alone (its per-model item table) for 500 items scattered over the
-//! catalogue, as recall's candidates are.
+//! catalogue, as recall's candidates are. Then the request's ids as a string each against
+//! as columns (`packed_items`), interleaved rounds at 16 concurrent, with the process's CPU
+//! time per request (client and service: both ends of the wire).
 //!
 //! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv).
+
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::ProcessCpu;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,8 +27,8 @@ use recstack_services::features::Snapshot;
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::{Place, RowWriter};
 use recstack_services::ranking::model::{Device, Graph, OnnxModel};
-use recstack_services::ranking::service::proto::RankRequest;
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
+use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
 use recstack_services::ranking::service::{ModelSources, item_table, lineage, lineage_fields, load_models};
 use recstack_services::serve;
 
@@ -103,6 +109,7 @@ fn main() {
         name: "ONNX session of the whole graph, direct (rows prebuilt)".into(),
         rps: direct_rps,
         lat,
+        cpu_ms: 0.0,
     };
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -172,6 +179,63 @@ fn main() {
             p50,
             p99,
             r.rps / direct_rps
+        );
+    }
+    runtime.block_on(wire_forms(snapshot, &model_path, &requests));
+}
+
+/// The ids as a string each against as columns, through the service (first stage folded,
+/// batching on, 16 concurrent), in interleaved rounds: each round's ratio of CPU per request
+/// and of req/s to strings' in the same round, median and range.
+async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]) {
+    const ROUNDS: usize = 5;
+    // Twice the requests per run, for the CPU clock's 10 ms ticks.
+    let strings: Vec<RankRequest> = requests.iter().chain(requests).cloned().collect();
+    let columns: Vec<RankRequest> = strings
+        .iter()
+        .map(|r| {
+            let (ids, ends) = recstack_services::id_columns::pack(r.item_ids.iter().map(String::as_str));
+            RankRequest {
+                item_ids: Vec::new(),
+                packed_items: Some(PackedIds { ids, ends }),
+                ..r.clone()
+            }
+        })
+        .collect();
+    let mut runs: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (form, reqs) in [&strings, &columns].into_iter().enumerate() {
+            let batching = ("on", BatchConfig::default());
+            runs[form].push(service(items.clone(), model, true, batching, 16, reqs).await);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!(
+        "\nids on the wire ({CANDIDATES} a request; service, first stage folded, batching on, 16 concurrent, \
+         {ROUNDS} interleaved rounds of {} requests; CPU: the whole process, client and service):\n",
+        strings.len()
+    );
+    println!(
+        "| ids as | req/s, median | p50 ms | p99 ms | CPU ms/request, median | CPU × strings, median [range] | req/s × strings, median [range] |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (form, name) in ["a string each (`item_ids`)", "columns (`packed_items`)"]
+        .into_iter()
+        .enumerate()
+    {
+        let rows = &runs[form];
+        let ratio = |f: fn(&Row) -> f64| median(rows.iter().zip(&runs[0]).map(|(r, s)| f(r) / f(s)).collect());
+        let lat: Vec<Duration> = rows.iter().flat_map(|r| r.lat.iter().copied()).collect();
+        let (p50, p99) = percentiles(&lat);
+        let (cpu, cpu_lo, cpu_hi) = ratio(|r| r.cpu_ms);
+        let (rps, rps_lo, rps_hi) = ratio(|r| r.rps);
+        println!(
+            "| {name} | {:.0} | {p50:.2} | {p99:.2} | {:.3} | {cpu:.2}× [{cpu_lo:.2}, {cpu_hi:.2}] | {rps:.2}× [{rps_lo:.2}, {rps_hi:.2}] |",
+            median(rows.iter().map(|r| r.rps).collect()).0,
+            median(rows.iter().map(|r| r.cpu_ms).collect()).0,
         );
     }
 }
@@ -250,6 +314,8 @@ struct Row {
     name: String,
     rps: f64,
     lat: Vec<Duration>,
+    /// The process's CPU time per request, ms (service rows only).
+    cpu_ms: f64,
 }
 
 fn percentiles(lat: &[Duration]) -> (f64, f64) {
@@ -295,6 +361,7 @@ async fn folded_vs_whole(snapshot: &Snapshot, model: &Path, requests: &[RankRequ
         name: "ONNX session of the head, direct (`pre` rows prebuilt)".into(),
         rps: pre.len() as f64 / t.elapsed().as_secs_f64(),
         lat,
+        cpu_ms: 0.0,
     };
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut best = [f64::INFINITY; 2];
@@ -341,6 +408,8 @@ async fn service(
     for r in requests.iter().take(20) {
         client.clone().rank(r.clone()).await.expect("warm-up");
     }
+    let cpu = ProcessCpu::new();
+    let cpu_before = cpu.now();
     let t = Instant::now();
     let chunks: Vec<Vec<RankRequest>> = (0..concurrency)
         .map(|c| requests.iter().skip(c).step_by(concurrency).cloned().collect())
@@ -366,6 +435,7 @@ async fn service(
         lat.extend(t.await.expect("task"));
     }
     let rps = requests.len() as f64 / t.elapsed().as_secs_f64();
+    let cpu_ms = (cpu.now() - cpu_before).as_secs_f64() * 1e3 / requests.len() as f64;
     svc.stop().await.expect("stop");
     Row {
         name: format!(
@@ -374,5 +444,6 @@ async fn service(
         ),
         rps,
         lat,
+        cpu_ms,
     }
 }

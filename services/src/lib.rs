@@ -15,6 +15,7 @@
 //! - [`traces`]: where a service's traces go (embedded store or Elasticsearch).
 //! - [`ops`]: what every binary shares: `/metrics` (one registration helper, one RPC metrics
 //!   type), health, logs, Redis connections.
+//! - [`id_columns`]: item ids on the wire as one buffer and end offsets.
 //! - [`link`]: calling another service (gRPC, or directly in process); [`json`]: request
 //!   bodies whose errors name the field.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@
 pub mod events;
 pub mod features;
 pub mod gateway;
+pub mod id_columns;
 pub mod json;
 pub mod link;
 pub mod objects;

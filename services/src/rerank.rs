@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
 use crate::features::Snapshot;
+use crate::id_columns;
 use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 use recstack_core::rerank::{Candidate, RerankConfig, ab_bucket, rerank};
 
@@ -197,10 +198,12 @@ impl RerankService {
         if req.user_id.trim().is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
         }
-        if req.items.len() > MAX_ITEMS {
+        let (scored, packed_read) = request_items(req).map_err(Status::invalid_argument)?;
+        if scored.len() > MAX_ITEMS {
+            let field = if packed_read { "packed_id_ends" } else { "items" };
             return Err(Status::invalid_argument(format!(
-                "items has {} entries; at most {MAX_ITEMS}",
-                req.items.len()
+                "{field} has {} entries; at most {MAX_ITEMS}",
+                scored.len()
             )));
         }
         let k = match req.k as usize {
@@ -208,10 +211,13 @@ impl RerankService {
             k if k > MAX_K => return Err(Status::invalid_argument(format!("k is {k}; at most {MAX_K}"))),
             k => k,
         };
-        if let Some(bad) = req.items.iter().position(|s| !s.score.is_finite()) {
-            return Err(Status::invalid_argument(format!(
-                "items[{bad}].score is not a finite number"
-            )));
+        if let Some(bad) = scored.iter().position(|(_, score)| !score.is_finite()) {
+            let field = if packed_read {
+                format!("packed_scores[{bad}]")
+            } else {
+                format!("items[{bad}].score")
+            };
+            return Err(Status::invalid_argument(format!("{field} is not a finite number")));
         }
         let rules = self.rules.load();
         let (bucket, variant, lambda) = match rules.experiment.as_ref().and_then(|e| e.assign(&req.user_id)) {
@@ -259,14 +265,13 @@ impl RerankService {
         }
         let items = self.items.load();
         let fresh = self.fresh_since.load(std::sync::atomic::Ordering::Relaxed);
-        let ranked: Vec<Candidate> = req
-            .items
+        let ranked: Vec<Candidate> = scored
             .iter()
-            .map(|s| {
-                let item = items.item(&s.item_id);
+            .map(|&(id, score)| {
+                let item = items.item(id);
                 Candidate {
-                    id: &s.item_id,
-                    score: s.score,
+                    id,
+                    score,
                     genres: item.map_or(&[][..], |i| &i.genres),
                     fresh: item.is_some_and(|i| i.year >= fresh),
                 }
@@ -294,8 +299,38 @@ impl RerankService {
             experiment: rules.experiment.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
             bucket,
             variant,
+            packed_read,
         })
     }
+}
+
+/// The names of [`RerankRequest`]'s id columns, for errors.
+const PACKED_FIELDS: id_columns::Fields = id_columns::Fields {
+    ids: "packed_ids",
+    ends: "packed_id_ends",
+};
+
+/// A request's items with their scores, best first, borrowed from the request.
+pub type ScoredIds<'a> = Vec<(&'a str, f32)>;
+
+/// A request's items with their scores, from `items` or from the columns, and whether they
+/// came from the columns; the error names the field that does not fit.
+pub fn request_items(req: &RerankRequest) -> Result<(ScoredIds<'_>, bool), String> {
+    if req.packed_id_ends.is_empty() && req.packed_ids.is_empty() && req.packed_scores.is_empty() {
+        return Ok((req.items.iter().map(|s| (s.item_id.as_str(), s.score)).collect(), false));
+    }
+    if !req.items.is_empty() {
+        return Err("items and packed_ids are both set: send one".into());
+    }
+    let ids = id_columns::split(&req.packed_ids, &req.packed_id_ends, PACKED_FIELDS).map_err(|e| e.to_string())?;
+    if ids.len() != req.packed_scores.len() {
+        return Err(format!(
+            "packed_scores has {} entries for {} ids",
+            req.packed_scores.len(),
+            ids.len()
+        ));
+    }
+    Ok((ids.into_iter().zip(req.packed_scores.iter().copied()).collect(), true))
 }
 
 #[tonic::async_trait]
@@ -442,5 +477,57 @@ mod tests {
         r.items[3].score = f32::NAN;
         let e = svc.rerank(&r).unwrap_err();
         assert_eq!(e.message(), "items[3].score is not a finite number");
+    }
+
+    /// The items as columns rerank exactly as the messages do, and the answer says it read
+    /// them; what a pod from before the columns reads of such a request (no items) does not.
+    /// Columns that do not fit are refused, naming the field.
+    #[test]
+    fn packed_items_rerank_as_messages_and_say_so() {
+        let svc = service(RerankConfig {
+            pins: vec![("i25".into(), 1)],
+            ..RerankConfig::default()
+        });
+        let messages = request("u1", 10);
+        let (packed_ids, packed_id_ends) = id_columns::pack(messages.items.iter().map(|s| s.item_id.as_str()));
+        let packed = RerankRequest {
+            items: Vec::new(),
+            packed_ids,
+            packed_id_ends,
+            packed_scores: messages.items.iter().map(|s| s.score).collect(),
+            ..messages.clone()
+        };
+        let (by_messages, by_columns) = (svc.rerank(&messages).unwrap(), svc.rerank(&packed).unwrap());
+        assert_eq!(by_columns.items.len(), 10);
+        assert_eq!(by_columns.items, by_messages.items);
+        assert_eq!(by_columns.actions, by_messages.actions);
+        assert!(by_columns.packed_read && !by_messages.packed_read);
+        // An older pod drops the fields it does not know: it reranks nothing (here only the
+        // configured pin could be served), and its answer does not say it read columns.
+        let as_old_pod_reads = RerankRequest {
+            packed_ids: Vec::new(),
+            packed_id_ends: Vec::new(),
+            packed_scores: Vec::new(),
+            ..packed.clone()
+        };
+        assert!(!svc.rerank(&as_old_pod_reads).unwrap().packed_read);
+
+        let refused = |r: RerankRequest| svc.rerank(&r).unwrap_err().message().to_string();
+        assert_eq!(
+            refused(RerankRequest {
+                items: messages.items.clone(),
+                ..packed.clone()
+            }),
+            "items and packed_ids are both set: send one"
+        );
+        let mut short = packed.clone();
+        short.packed_scores.pop();
+        assert_eq!(refused(short), "packed_scores has 29 entries for 30 ids");
+        let mut cut = packed.clone();
+        cut.packed_id_ends[0] = 99;
+        assert!(refused(cut).starts_with("packed_id_ends[0] is 99: before the previous end"));
+        let mut nan = packed.clone();
+        nan.packed_scores[3] = f32::NAN;
+        assert_eq!(refused(nan), "packed_scores[3] is not a finite number");
     }
 }

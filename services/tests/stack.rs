@@ -1042,3 +1042,121 @@ async fn a_factored_card_that_does_not_fold_is_refused() {
     assert!(whole.primary.folded.is_none());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Ranking reads a request's ids as columns (`packed_items`) exactly as it reads a string per
+/// id — same scores, same unknown items — refuses both forms at once or columns that do not
+/// fit, naming the field; and what a pod from before the field answers a packed request (it
+/// drops the unknown field and sees no items) is what the gateway takes as its cue to ask
+/// again with strings, while a current pod's answer is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranking_reads_packed_ids_as_strings_and_an_older_pod_is_told_apart() {
+    use recstack_core::recall::{self, DEFAULT_N, DEFAULT_QUOTA, UserHistory};
+    use recstack_services::ranking::service::proto::ranking_client::RankingClient;
+    use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
+    use recstack_services::ranking::service::{lineage_fields, predates_packed_items};
+
+    let a = artifacts();
+    let items = Arc::new(recstack_services::features::Snapshot::from_artifacts(a));
+    let svc = serve::ranking(
+        items,
+        sources(bundled_model()),
+        Duration::from_millis(100),
+        None,
+        None,
+        serve::Addrs::ephemeral(),
+    )
+    .await
+    .unwrap();
+    let mut client = RankingClient::connect(svc.grpc_url()).await.unwrap();
+    for (user, u) in held_out_users(3) {
+        let candidates = recall::recall(a, &UserHistory::new(a, u), DEFAULT_QUOTA, DEFAULT_N);
+        let candidates = &candidates[..candidates.len().min(500)];
+        let (mut fused_scores, mut channel_ranks) =
+            lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])));
+        // A brand-new item (no features) rides along, last, as recall's stream channel sends one.
+        let mut ids: Vec<String> = candidates.iter().map(|c| a.items[c.item as usize].id.clone()).collect();
+        ids.push("brand-new-item-é".into());
+        fused_scores.push(0.0);
+        for c in &mut channel_ranks {
+            c.ranks.push(0);
+        }
+        let strings = RankRequest {
+            user_id: user.clone(),
+            item_ids: ids.clone(),
+            timeout_ms: 5_000,
+            fused_scores,
+            channel_ranks,
+            ..Default::default()
+        };
+        let (packed_ids, ends) = recstack_services::id_columns::pack(ids.iter().map(String::as_str));
+        let packed = RankRequest {
+            item_ids: Vec::new(),
+            packed_items: Some(PackedIds { ids: packed_ids, ends }),
+            ..strings.clone()
+        };
+        let by_strings = client.rank(strings.clone()).await.unwrap().into_inner();
+        let answer = client.rank(packed.clone()).await;
+        assert!(
+            !predates_packed_items(&answer, ids.len()),
+            "{user}: a current pod's answer"
+        );
+        let by_columns = answer.unwrap().into_inner();
+        assert_eq!(by_columns.scores.len(), ids.len(), "{user}");
+        assert_eq!(by_columns.scores, by_strings.scores, "{user}");
+        assert_eq!(by_columns.unknown_items, ["brand-new-item-é"], "{user}");
+        assert_eq!(by_columns.unknown_items, by_strings.unknown_items);
+        assert_eq!(by_columns.model_version, by_strings.model_version);
+
+        // An older pod decodes the packed request without the field it does not know.
+        let as_old_pod_reads = |r: &RankRequest| RankRequest {
+            packed_items: None,
+            ..r.clone()
+        };
+        let with_lineage = client.rank(as_old_pod_reads(&packed)).await;
+        assert!(
+            predates_packed_items(&with_lineage, ids.len()),
+            "{user}: {with_lineage:?}"
+        );
+        let bare = RankRequest {
+            fused_scores: Vec::new(),
+            channel_ranks: Vec::new(),
+            ..packed.clone()
+        };
+        let without_lineage = client.rank(as_old_pod_reads(&bare)).await;
+        assert!(
+            predates_packed_items(&without_lineage, ids.len()),
+            "{user}: {without_lineage:?}"
+        );
+        assert!(!predates_packed_items(&client.rank(bare).await, ids.len()), "{user}");
+    }
+
+    // Bad forms are refused, naming the field.
+    let refused = |r: Result<tonic::Response<_>, tonic::Status>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        e.message().to_string()
+    };
+    let one = |ids: &[u8], ends: Vec<u32>| RankRequest {
+        user_id: "u".into(),
+        packed_items: Some(PackedIds {
+            ids: ids.to_vec(),
+            ends,
+        }),
+        ..Default::default()
+    };
+    let both = RankRequest {
+        item_ids: vec!["tt1".into()],
+        ..one(b"tt1", vec![3])
+    };
+    assert!(refused(client.rank(both).await).contains("item_ids and packed_items are both set"));
+    assert_eq!(
+        refused(client.rank(one(b"tt1tt2", vec![3, 9])).await),
+        "packed_items.ends[1] is 9: before the previous end or past the 6 bytes of ids"
+    );
+    assert_eq!(
+        refused(client.rank(one(b"tt1tt2", vec![3])).await),
+        "packed_items.ids has 3 bytes after the last id"
+    );
+    let too_many = vec![1u32; 5_001];
+    assert!(refused(client.rank(one(b"x", too_many)).await).starts_with("packed_items has 5001 items; at most 5000"));
+}

@@ -21,7 +21,7 @@ use super::metrics::StageLabels;
 use super::request::{Query, Recommendation, ServedItem};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
-use crate::ranking::service::proto::{RankRequest, RealtimeFeatures};
+use crate::ranking::service::proto::{PackedIds, RankRequest, RealtimeFeatures};
 use crate::recall::packed::{UnpackError, unpack};
 use crate::recall::proto::{ChannelStats, CutReason, RecallRequest, RecallResponse};
 use crate::rerank::proto::{Action, RerankRequest, Scored};
@@ -437,23 +437,50 @@ impl Gateway {
         r.funnel.rank_cut_prior = r.candidates.last().map(|c| c.prior);
         let end = stage_end(Stage::Ranking, r.start, r.timeout);
         let (candidates, q, user, tp) = (&r.candidates, &r.q, &r.user, r.traceparent.as_str());
+        let links = &self.links;
+        // The ids go as columns; `packed: false` is the form every ranking pod reads.
+        let request = |packed: bool, budget: Duration| {
+            let (fused_scores, channel_ranks) =
+                crate::ranking::service::lineage_fields(candidates.iter().map(|c| (c.prior, &c.sources[..])));
+            let ids = candidates.iter().map(|c| c.id.as_str());
+            let (item_ids, packed_items) = if packed {
+                let (ids, ends) = crate::id_columns::pack(ids);
+                (Vec::new(), Some(PackedIds { ids, ends }))
+            } else {
+                (ids.map(str::to_string).collect(), None)
+            };
+            let mut call = Call::new(RankRequest {
+                user_id: q.user_id.clone(),
+                user: user.clone(),
+                item_ids,
+                timeout_ms: budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+                model: q.what_if.as_ref().and_then(|w| w.model.clone()).unwrap_or_default(),
+                fused_scores,
+                channel_ranks,
+                packed_items,
+            });
+            call.set_timeout(budget);
+            crate::ops::propagate(&mut call, tp);
+            call
+        };
         let (ranked, stage) = self
-            .call(Stage::Ranking, r.start, end, candidates.len() as u32, |budget| {
-                let (fused_scores, channel_ranks) =
-                    crate::ranking::service::lineage_fields(candidates.iter().map(|c| (c.prior, &c.sources[..])));
-                let mut call = Call::new(RankRequest {
-                    user_id: q.user_id.clone(),
-                    user: user.clone(),
-                    item_ids: candidates.iter().map(|c| c.id.clone()).collect(),
-                    timeout_ms: budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
-                    model: q.what_if.as_ref().and_then(|w| w.model.clone()).unwrap_or_default(),
-                    fused_scores,
-                    channel_ranks,
-                });
-                call.set_timeout(budget);
-                crate::ops::propagate(&mut call, tp);
-                self.links.ranking.call(call)
-            })
+            .call(
+                Stage::Ranking,
+                r.start,
+                end,
+                candidates.len() as u32,
+                |budget| async move {
+                    let deadline = Instant::now() + budget;
+                    let answer = links.ranking.call(request(true, budget)).await;
+                    if !crate::ranking::service::predates_packed_items(&answer, candidates.len()) {
+                        return answer;
+                    }
+                    // A ranking pod from before `packed_items` (a rollout in progress): the same
+                    // request with a string per id.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    links.ranking.call(request(false, left)).await
+                },
+            )
             .await;
         r.stages.push(stage);
         match ranked {
@@ -491,33 +518,57 @@ impl Gateway {
         r.funnel.rerank_pool = pool as u32;
         r.funnel.pool_cut_score = pool.checked_sub(1).map(|i| r.candidates[i].score());
         let (candidates, q, tp) = (&r.candidates, &r.q, r.traceparent.as_str());
+        let links = &self.links;
+        // The items go as columns; `packed: false` is the form every rerank pod reads.
+        let request = |packed: bool, budget: Duration| {
+            let pooled = &candidates[..pool];
+            let (items, (packed_ids, packed_id_ends), packed_scores) = if packed {
+                let columns = crate::id_columns::pack(pooled.iter().map(|c| c.id.as_str()));
+                (Vec::new(), columns, pooled.iter().map(Cand::score).collect())
+            } else {
+                let items = pooled
+                    .iter()
+                    .map(|c| Scored {
+                        item_id: c.id.clone(),
+                        score: c.score(),
+                    })
+                    .collect();
+                (items, Default::default(), Vec::new())
+            };
+            let mut call = Call::new(RerankRequest {
+                user_id: q.user_id.clone(),
+                items,
+                k: q.n,
+                block: q.what_if.as_ref().map(|w| w.block.clone()).unwrap_or_default(),
+                mmr_lambda: q.what_if.as_ref().and_then(|w| w.mmr_lambda),
+                pins: q
+                    .what_if
+                    .iter()
+                    .flat_map(|w| &w.pins)
+                    .map(|p| crate::rerank::proto::Pin {
+                        item_id: p.item_id.clone(),
+                        position: p.position,
+                    })
+                    .collect(),
+                packed_ids,
+                packed_id_ends,
+                packed_scores,
+            });
+            call.set_timeout(budget);
+            crate::ops::propagate(&mut call, tp);
+            call
+        };
         let (reranked, stage) = self
-            .call(Stage::Rerank, r.start, end, pool as u32, |budget| {
-                let mut call = Call::new(RerankRequest {
-                    user_id: q.user_id.clone(),
-                    items: candidates[..pool]
-                        .iter()
-                        .map(|c| Scored {
-                            item_id: c.id.clone(),
-                            score: c.score(),
-                        })
-                        .collect(),
-                    k: q.n,
-                    block: q.what_if.as_ref().map(|w| w.block.clone()).unwrap_or_default(),
-                    mmr_lambda: q.what_if.as_ref().and_then(|w| w.mmr_lambda),
-                    pins: q
-                        .what_if
-                        .iter()
-                        .flat_map(|w| &w.pins)
-                        .map(|p| crate::rerank::proto::Pin {
-                            item_id: p.item_id.clone(),
-                            position: p.position,
-                        })
-                        .collect(),
-                });
-                call.set_timeout(budget);
-                crate::ops::propagate(&mut call, tp);
-                self.links.rerank.call(call)
+            .call(Stage::Rerank, r.start, end, pool as u32, |budget| async move {
+                let deadline = Instant::now() + budget;
+                let answer = links.rerank.call(request(true, budget)).await;
+                // A rerank pod from before the columns (a rollout in progress) answered from no
+                // items: the same request with a message per item.
+                if pool == 0 || !matches!(&answer, Ok(a) if !a.get_ref().packed_read) {
+                    return answer;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                links.rerank.call(request(false, left)).await
             })
             .await;
         r.stages.push(stage);

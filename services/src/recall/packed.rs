@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use thiserror::Error;
 
 use super::proto::{self, PackedCandidates, PackedSources};
+use crate::id_columns::{self, Fields, IdsError};
 use recstack_core::recall::{Channel, Source as Lineage};
 
 /// Builds a [`PackedCandidates`], one candidate at a time, in the merged order.
@@ -39,8 +40,7 @@ impl Packer {
     pub fn push(&mut self, id: &str, fused_score: f32, sources: &[Lineage]) {
         let position = self.len() as u32;
         let p = &mut self.packed;
-        p.ids.extend_from_slice(id.as_bytes());
-        p.id_ends.push(p.ids.len() as u32);
+        id_columns::push(&mut p.ids, &mut p.id_ends, id);
         p.fused_scores.push(fused_score);
         for s in sources {
             let wire = proto::Channel::from(s.channel) as i32;
@@ -81,12 +81,8 @@ pub struct Unpacked<'a> {
 pub enum UnpackError {
     #[error("packed.fused_scores has {scores} entries for {ids} ids")]
     Scores { scores: usize, ids: usize },
-    #[error("packed.id_ends[{at}] is {end}: before the previous end or past the {len} bytes of ids")]
-    IdEnd { at: usize, end: u32, len: usize },
-    #[error("packed.ids: the id ending at byte {end} is not UTF-8")]
-    Utf8 { end: u32 },
-    #[error("packed.ids has {len} bytes after the last id")]
-    Trailing { len: usize },
+    #[error(transparent)]
+    Ids(#[from] IdsError),
     #[error("packed.sources[{at}]: {positions} positions, {ranks} ranks, {scores} scores")]
     Columns {
         at: usize,
@@ -98,6 +94,12 @@ pub enum UnpackError {
     Position { at: usize, position: u32, ids: usize },
 }
 
+/// The id columns' names in [`PackedCandidates`], for errors.
+const FIELDS: Fields = Fields {
+    ids: "packed.ids",
+    ends: "packed.id_ends",
+};
+
 /// Reads the candidates back, in order; refuses columns that disagree rather than guess.
 pub fn unpack(p: &PackedCandidates) -> Result<Vec<Unpacked<'_>>, UnpackError> {
     let ids = p.id_ends.len();
@@ -107,30 +109,15 @@ pub fn unpack(p: &PackedCandidates) -> Result<Vec<Unpacked<'_>>, UnpackError> {
             ids,
         });
     }
-    let mut out = Vec::with_capacity(ids);
-    let mut start = 0usize;
-    for (at, (&end, &fused_score)) in p.id_ends.iter().zip(&p.fused_scores).enumerate() {
-        let stop = end as usize;
-        if stop < start || stop > p.ids.len() {
-            return Err(UnpackError::IdEnd {
-                at,
-                end,
-                len: p.ids.len(),
-            });
-        }
-        let item_id = std::str::from_utf8(&p.ids[start..stop]).map_err(|_| UnpackError::Utf8 { end })?;
-        out.push(Unpacked {
+    let mut out: Vec<Unpacked<'_>> = id_columns::split(&p.ids, &p.id_ends, FIELDS)?
+        .into_iter()
+        .zip(&p.fused_scores)
+        .map(|(item_id, &fused_score)| Unpacked {
             item_id,
             fused_score,
             sources: SmallVec::new(),
-        });
-        start = stop;
-    }
-    if start != p.ids.len() {
-        return Err(UnpackError::Trailing {
-            len: p.ids.len() - start,
-        });
-    }
+        })
+        .collect();
     // Each candidate's sources in channel order, as the merge lists them, whatever order the
     // columns come in.
     let mut columns: Vec<(usize, Option<Channel>, &PackedSources)> = p
@@ -285,10 +272,19 @@ mod tests {
             err(&|p| p.id_ends[1] = 2).to_string(),
             "packed.id_ends[1] is 2: before the previous end or past the 24 bytes of ids"
         );
-        assert!(matches!(err(&|p| p.id_ends[4] = 999), UnpackError::IdEnd { at: 4, .. }));
+        assert!(matches!(
+            err(&|p| p.id_ends[4] = 999),
+            UnpackError::Ids(IdsError::End { at: 4, .. })
+        ));
         // Cutting "é" in half.
-        assert!(matches!(err(&|p| p.id_ends[1] = 13), UnpackError::Utf8 { .. }));
-        assert_eq!(err(&|p| p.ids.push(b'x')), UnpackError::Trailing { len: 1 });
+        assert!(matches!(
+            err(&|p| p.id_ends[1] = 13),
+            UnpackError::Ids(IdsError::Utf8 { .. })
+        ));
+        assert_eq!(
+            err(&|p| p.ids.push(b'x')),
+            UnpackError::Ids(IdsError::Trailing { fields: FIELDS, len: 1 })
+        );
         assert!(matches!(
             err(&|p| {
                 p.sources[0].ranks.pop();
