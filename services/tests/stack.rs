@@ -74,6 +74,31 @@ fn artifacts() -> &'static Artifacts {
     A.get_or_init(|| recstack_offline::build::load(common::artifact_root(), None).unwrap().1)
 }
 
+/// A ranking service on the bundled artifacts' items (model polled every 100 ms), over gRPC on
+/// loopback, and a client of it.
+async fn ranking_service(
+    sources: ModelSources,
+) -> (
+    serve::Service,
+    recstack_services::ranking::service::proto::ranking_client::RankingClient<tonic::transport::Channel>,
+) {
+    let items = Arc::new(recstack_services::features::Snapshot::from_artifacts(artifacts()));
+    let svc = serve::ranking(
+        items,
+        sources,
+        Duration::from_millis(100),
+        None,
+        None,
+        serve::Addrs::ephemeral(),
+    )
+    .await
+    .unwrap();
+    let client = recstack_services::ranking::service::proto::ranking_client::RankingClient::connect(svc.grpc_url())
+        .await
+        .unwrap();
+    (svc, client)
+}
+
 /// Held-out users with a training history.
 fn held_out_users(n: usize) -> Vec<(String, u32)> {
     let a = artifacts();
@@ -708,7 +733,6 @@ fn on_cuda_the_model_scores_as_on_the_cpu_or_refuses_to_load() {
 async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_live() {
     use recstack_core::ab_bucket;
     use recstack_services::ranking::service::proto::RankRequest;
-    use recstack_services::ranking::service::proto::ranking_client::RankingClient;
 
     // Two copies of the bundled model under their own versions.
     let dir = std::env::temp_dir().join(format!("recstack-models-{}", std::process::id()));
@@ -721,21 +745,10 @@ async fn a_canary_scores_its_share_of_users_and_a_changed_model_is_swapped_in_li
     };
     let primary = copy("primary", "deepfm-1");
     let canary = copy("canary", "deepfm-canary");
-    let items = Arc::new(recstack_services::features::Snapshot::from_artifacts(artifacts()));
     let mut s = sources(primary.clone());
     s.canary = Some(canary);
     s.canary_percent = 30;
-    let svc = serve::ranking(
-        items,
-        s,
-        Duration::from_millis(100),
-        None,
-        None,
-        serve::Addrs::ephemeral(),
-    )
-    .await
-    .unwrap();
-    let mut client = RankingClient::connect(svc.grpc_url()).await.unwrap();
+    let (svc, mut client) = ranking_service(s).await;
     let item_ids: Vec<String> = artifacts().items.iter().take(50).map(|i| i.id.clone()).collect();
     let rank = |user: String| RankRequest {
         user_id: user,
@@ -1051,23 +1064,11 @@ async fn a_factored_card_that_does_not_fold_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ranking_reads_packed_ids_as_strings_and_an_older_pod_is_told_apart() {
     use recstack_core::recall::{self, DEFAULT_N, DEFAULT_QUOTA, UserHistory};
-    use recstack_services::ranking::service::proto::ranking_client::RankingClient;
     use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
     use recstack_services::ranking::service::{lineage_fields, predates_packed_items};
 
     let a = artifacts();
-    let items = Arc::new(recstack_services::features::Snapshot::from_artifacts(a));
-    let svc = serve::ranking(
-        items,
-        sources(bundled_model()),
-        Duration::from_millis(100),
-        None,
-        None,
-        serve::Addrs::ephemeral(),
-    )
-    .await
-    .unwrap();
-    let mut client = RankingClient::connect(svc.grpc_url()).await.unwrap();
+    let (_svc, mut client) = ranking_service(sources(bundled_model())).await;
     for (user, u) in held_out_users(3) {
         let candidates = recall::recall(a, &UserHistory::new(a, u), DEFAULT_QUOTA, DEFAULT_N);
         let candidates = &candidates[..candidates.len().min(500)];
