@@ -175,7 +175,13 @@ impl FeatureMetrics {
         crate::ops::encode(&self.registry)
     }
     fn served(&self, source: &'static str) {
-        self.served.get_or_create(&SourceLabels { source }).inc();
+        self.served_n(source, 1);
+    }
+
+    fn served_n(&self, source: &'static str, n: u64) {
+        if n > 0 {
+            self.served.get_or_create(&SourceLabels { source }).inc_by(n);
+        }
     }
 }
 
@@ -258,6 +264,31 @@ impl<L: L2> FeatureStore<L> {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => e.into_value().value,
             CompResult::Removed(_) | CompResult::StillNone(_) => None,
         }
+    }
+
+    /// The values of `keys`, in order, as [`get`](Self::get) answers each. Fresh L1 entries
+    /// (most of a request's items) are read in turn, and only the rest go through `get`,
+    /// concurrently: a future per key and one counter update per key cost more than the
+    /// lookups themselves (`services/examples/feature_items.rs`).
+    pub async fn get_many(&self, keys: &[Key]) -> Vec<Option<Arc<Value>>> {
+        let now = Instant::now();
+        let mut values = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.l1.get(key).await {
+                Some(c) if c.fresh_until > now => values.push(c.value),
+                _ => {
+                    values.push(None);
+                    misses.push(i);
+                }
+            }
+        }
+        self.metrics.served_n("l1", (keys.len() - misses.len()) as u64);
+        let loaded = futures::future::join_all(misses.iter().map(|&i| self.get(&keys[i]))).await;
+        for (i, value) in misses.into_iter().zip(loaded) {
+            values[i] = value;
+        }
+        values
     }
 
     async fn load(&self, key: &Key, old: Option<Cached>) -> Cached {
@@ -437,16 +468,16 @@ impl<L: L2> FeatureService<L> {
         if let Some(pos) = ids.iter().position(|id| id.trim().is_empty()) {
             return Err(Status::invalid_argument(format!("item_ids[{pos}] is empty")));
         }
-        // Concurrently: each miss is its own L2 round trip.
-        let keys: Vec<Key> = ids.iter().map(|id| Key::Item(id.clone())).collect();
-        let values = futures::future::join_all(keys.iter().map(|k| self.store.get(k))).await;
+        // Cached ones in turn; each miss is its own L2 round trip, concurrently.
+        let keys: Vec<Key> = ids.into_iter().map(Key::Item).collect();
+        let values = self.store.get_many(&keys).await;
         let mut response = GetItemsResponse::default();
-        for (id, v) in ids.into_iter().zip(values) {
-            match (v.as_deref(), request.realtime_only) {
-                (Some(Value::Item(i)), false) => response.items.push(i.clone()),
-                (Some(Value::Item(i)), true) => response.items.extend(realtime_part(i)),
-                (_, false) => response.missing.push(id),
-                (_, true) => {}
+        for (key, v) in keys.into_iter().zip(values) {
+            match (v.as_deref(), request.realtime_only, key) {
+                (Some(Value::Item(i)), false, _) => response.items.push(i.clone()),
+                (Some(Value::Item(i)), true, _) => response.items.extend(realtime_part(i)),
+                (_, false, Key::Item(id)) => response.missing.push(id),
+                _ => {}
             }
         }
         Ok(response)

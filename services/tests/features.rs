@@ -83,6 +83,59 @@ async fn redis_overrides_the_snapshot_and_l1_caches_it() {
     assert_eq!(s.get(&Key::Item("nope".into())).await, None);
 }
 
+/// A batch read answers what a read per key would, in order — Redis, snapshot, nothing — and
+/// reads Redis only for keys not fresh in L1: a second batch is all L1 hits, and a value
+/// written to Redis is seen once its L1 entry goes stale.
+#[tokio::test]
+async fn a_batch_read_answers_as_reads_per_key_and_asks_redis_only_for_misses() {
+    let redis = Redis::start();
+    redis.set(&Key::Item("i1".into()), &Value::Item(item("i1", 77)));
+    let policy = CachePolicy {
+        ttl: Duration::from_millis(300),
+        ..CachePolicy::default()
+    };
+    let s = store(&redis, policy).await;
+    let keys = [
+        Key::Item("i1".into()),
+        Key::Item("nope".into()),
+        Key::Item("i2".into()),
+        Key::User("u2".into()),
+        Key::Item("i1".into()),
+    ];
+    let read = |v: Vec<Option<Arc<Value>>>| v.into_iter().map(ratings).collect::<Vec<_>>();
+    assert_eq!(
+        read(s.get_many(&keys).await),
+        [Some(77), None, Some(20), Some(6), Some(77)]
+    );
+    let l2_reads = metric(&s, "recstack_features_l2_reads_total");
+    assert!(
+        (4..=5).contains(&l2_reads),
+        "one per distinct key (the repeat may share): {l2_reads}"
+    );
+    // Warm: nothing more from Redis, every key an L1 hit (the unknown one caches its absence).
+    let l1 = || metric(&s, "recstack_features_served_total{source=\"l1\"}");
+    let l1_before = l1();
+    assert_eq!(
+        read(s.get_many(&keys).await),
+        [Some(77), None, Some(20), Some(6), Some(77)]
+    );
+    assert_eq!(metric(&s, "recstack_features_l2_reads_total"), l2_reads);
+    assert_eq!(l1() - l1_before, 5);
+    // Redis changes; once the L1 entries are stale the batch reads them again.
+    redis.set(&Key::Item("i2".into()), &Value::Item(item("i2", 21)));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let fresh = read(s.get_many(&keys).await);
+    let one_by_one: Vec<Option<u32>> = {
+        let mut v = Vec::new();
+        for k in &keys {
+            v.push(ratings(s.get(k).await));
+        }
+        v
+    };
+    assert_eq!(fresh, [Some(77), None, Some(21), Some(6), Some(77)]);
+    assert_eq!(fresh, one_by_one);
+}
+
 #[tokio::test]
 async fn a_burst_on_a_cold_key_reads_redis_once() {
     let redis = Redis::start();
