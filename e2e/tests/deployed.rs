@@ -1157,6 +1157,7 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
                     .get_items(GetItemsRequest {
                         item_ids: vec![item.clone()],
                         realtime_only: false,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner()

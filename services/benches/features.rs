@@ -63,6 +63,7 @@ async fn main() {
                 let request = tonic::Request::new(GetItemsRequest {
                     item_ids: ids.clone(),
                     realtime_only,
+                    ..Default::default()
                 });
                 std::hint::black_box(service.get_items(request).await.expect("get_items"));
             }

@@ -23,6 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::id_columns;
 use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -421,6 +422,26 @@ impl<L: L2> Features for FeatureService<L> {
     }
 }
 
+/// The names of [`GetItemsRequest`]'s id columns, for errors.
+const PACKED_FIELDS: id_columns::Fields = id_columns::Fields {
+    ids: "packed_ids",
+    ends: "packed_id_ends",
+};
+
+/// A request's ids, in order, from `item_ids` or the columns (borrowed either way), and
+/// whether they came from the columns; the error names the field that does not fit.
+pub fn request_ids(request: &GetItemsRequest) -> Result<(Vec<&str>, bool), String> {
+    if request.packed_id_ends.is_empty() && request.packed_ids.is_empty() {
+        return Ok((request.item_ids.iter().map(String::as_str).collect(), false));
+    }
+    if !request.item_ids.is_empty() {
+        return Err("item_ids and packed_ids are both set: send one".into());
+    }
+    let ids =
+        id_columns::split(&request.packed_ids, &request.packed_id_ends, PACKED_FIELDS).map_err(|e| e.to_string())?;
+    Ok((ids, true))
+}
+
 /// An item's real-time fields alone (`GetItemsRequest::realtime_only`); `None` when no window
 /// has counted it (every real-time field zero), which reads the same as leaving it out.
 pub fn realtime_part(i: &ItemFeatures) -> Option<ItemFeatures> {
@@ -458,20 +479,29 @@ impl<L: L2> FeatureService<L> {
     }
 
     async fn items(&self, request: GetItemsRequest) -> Result<GetItemsResponse, Status> {
-        let ids = request.item_ids;
+        let (ids, packed_read) = request_ids(&request).map_err(Status::invalid_argument)?;
+        let field = if packed_read { "packed_id_ends" } else { "item_ids" };
         if ids.len() > MAX_ITEMS {
             return Err(Status::invalid_argument(format!(
-                "item_ids: at most {MAX_ITEMS} per call, got {}",
+                "{field}: at most {MAX_ITEMS} per call, got {}",
                 ids.len()
             )));
         }
         if let Some(pos) = ids.iter().position(|id| id.trim().is_empty()) {
-            return Err(Status::invalid_argument(format!("item_ids[{pos}] is empty")));
+            return Err(Status::invalid_argument(format!("{field}[{pos}] is empty")));
         }
+        let ids: Vec<String> = if packed_read {
+            ids.into_iter().map(str::to_string).collect()
+        } else {
+            request.item_ids
+        };
         // Cached ones in turn; each miss is its own L2 round trip, concurrently.
         let keys: Vec<Key> = ids.into_iter().map(Key::Item).collect();
         let values = self.store.get_many(&keys).await;
-        let mut response = GetItemsResponse::default();
+        let mut response = GetItemsResponse {
+            packed_read,
+            ..Default::default()
+        };
         for (key, v) in keys.into_iter().zip(values) {
             match (v.as_deref(), request.realtime_only, key) {
                 (Some(Value::Item(i)), false, _) => response.items.push(i.clone()),

@@ -96,6 +96,7 @@ async fn clicks_at_least(
                 .get_items(GetItemsRequest {
                     item_ids: vec![item],
                     realtime_only: false,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -191,6 +192,7 @@ async fn posted_events_reach_features_and_recall() {
         .get_items(GetItemsRequest {
             item_ids: vec![untouched, item.clone()],
             realtime_only: true,
+            ..Default::default()
         })
         .await
         .unwrap()

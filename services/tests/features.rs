@@ -257,6 +257,7 @@ async fn grpc_get_user_and_items() {
         .get_items(GetItemsRequest {
             item_ids: vec!["i2".into(), "missing".into(), "i1".into()],
             realtime_only: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -270,6 +271,7 @@ async fn grpc_get_user_and_items() {
         .get_items(GetItemsRequest {
             item_ids: vec!["i2".into(), "missing".into(), "i1".into()],
             realtime_only: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -299,8 +301,82 @@ async fn grpc_get_user_and_items() {
         .get_items(GetItemsRequest {
             item_ids: vec!["i1".into(), "".into()],
             realtime_only: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.message(), "item_ids[1] is empty");
+
+    // The ids as columns: the same answer, in order, and the answer says it read them. What a
+    // service from before the columns reads of such a request (no ids) answers nothing and
+    // does not say so: ranking's cue to ask again with item_ids.
+    redis.set(
+        &Key::Item("i3".into()),
+        &Value::Item(ItemFeatures {
+            clicks: 3,
+            window_end_ms: 1_790_000_000_000,
+            ..item("i3", 7)
+        }),
+    );
+    let ids = ["i2", "missing", "i3", "i1"];
+    let (packed_ids, packed_id_ends) = recstack_services::id_columns::pack(ids);
+    for realtime_only in [false, true] {
+        let strings = GetItemsRequest {
+            item_ids: ids.iter().map(|id| id.to_string()).collect(),
+            realtime_only,
+            ..Default::default()
+        };
+        let columns = GetItemsRequest {
+            item_ids: Vec::new(),
+            packed_ids: packed_ids.clone(),
+            packed_id_ends: packed_id_ends.clone(),
+            ..strings.clone()
+        };
+        let by_strings = client.get_items(strings).await.unwrap().into_inner();
+        let by_columns = client.get_items(columns.clone()).await.unwrap().into_inner();
+        assert!(by_columns.packed_read && !by_strings.packed_read);
+        assert_eq!(by_columns.items, by_strings.items, "realtime_only {realtime_only}");
+        assert_eq!(by_columns.missing, by_strings.missing, "realtime_only {realtime_only}");
+        let counted: Vec<&str> = by_columns.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(
+            counted,
+            if realtime_only {
+                vec!["i3"]
+            } else {
+                vec!["i2", "i3", "i1"]
+            }
+        );
+        let as_old_service_reads = GetItemsRequest {
+            packed_ids: Vec::new(),
+            packed_id_ends: Vec::new(),
+            ..columns
+        };
+        let old = client.get_items(as_old_service_reads).await.unwrap().into_inner();
+        assert!(!old.packed_read && old.items.is_empty());
+    }
+    let refused = |r: Result<tonic::Response<_>, tonic::Status>| r.unwrap_err().message().to_string();
+    let columns = |ids: &[u8], ends: Vec<u32>| GetItemsRequest {
+        packed_ids: ids.to_vec(),
+        packed_id_ends: ends,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(client.get_items(columns(b"i1i2", vec![2, 2, 4])).await),
+        "packed_id_ends[1] is empty"
+    );
+    assert_eq!(
+        refused(client.get_items(columns(b"i1i2", vec![2, 5])).await),
+        "packed_id_ends[1] is 5: before the previous end or past the 4 bytes of ids"
+    );
+    assert_eq!(
+        refused(
+            client
+                .get_items(GetItemsRequest {
+                    item_ids: vec!["i1".into()],
+                    ..columns(b"i1", vec![2])
+                })
+                .await
+        ),
+        "item_ids and packed_ids are both set: send one"
+    );
 }

@@ -710,18 +710,38 @@ impl RankingService {
             None => Err("no feature service configured".to_string()),
             Some(link) => {
                 let budget = REALTIME_BUDGET.min(deadline.saturating_duration_since(start));
-                let mut call = tonic::Request::new(GetItemsRequest {
-                    item_ids: item_ids.iter().map(|id| id.to_string()).collect(),
-                    // Only what a window counted, and only those fields: the rest of an
-                    // item's features come from the model's own tables.
-                    realtime_only: true,
-                });
-                call.set_timeout(budget);
-                if let Some(tp) = traceparent {
-                    crate::ops::propagate(&mut call, tp);
-                }
-                match tokio::time::timeout(budget, link.call(call)).await {
-                    Ok(Ok(answer)) => Ok(answer.into_inner().items),
+                let call = |packed: bool, budget: Duration| {
+                    let (item_ids, (packed_ids, packed_id_ends)) = if packed {
+                        (Vec::new(), id_columns::pack(item_ids.iter().copied()))
+                    } else {
+                        (item_ids.iter().map(|id| id.to_string()).collect(), Default::default())
+                    };
+                    let mut call = tonic::Request::new(GetItemsRequest {
+                        item_ids,
+                        // Only what a window counted, and only those fields: the rest of an
+                        // item's features come from the model's own tables.
+                        realtime_only: true,
+                        packed_ids,
+                        packed_id_ends,
+                    });
+                    call.set_timeout(budget);
+                    if let Some(tp) = traceparent {
+                        crate::ops::propagate(&mut call, tp);
+                    }
+                    call
+                };
+                let read = async {
+                    let answer = link.call(call(true, budget)).await?.into_inner();
+                    if answer.packed_read || item_ids.is_empty() {
+                        return Ok::<_, Status>(answer);
+                    }
+                    // A feature service from before the columns saw no ids: ask again with
+                    // a string per id.
+                    let left = budget.saturating_sub(start.elapsed());
+                    Ok(link.call(call(false, left)).await?.into_inner())
+                };
+                match tokio::time::timeout(budget, read).await {
+                    Ok(Ok(answer)) => Ok(answer.items),
                     Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
                     Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
                 }
