@@ -431,15 +431,17 @@ const PACKED_FIELDS: id_columns::Fields = id_columns::Fields {
 /// A request's ids, in order, from `item_ids` or the columns (borrowed either way), and
 /// whether they came from the columns; the error names the field that does not fit.
 pub fn request_ids(request: &GetItemsRequest) -> Result<(Vec<&str>, bool), String> {
-    if request.packed_id_ends.is_empty() && request.packed_ids.is_empty() {
-        return Ok((request.item_ids.iter().map(String::as_str).collect(), false));
-    }
-    if !request.item_ids.is_empty() {
-        return Err("item_ids and packed_ids are both set: send one".into());
-    }
-    let ids =
-        id_columns::split(&request.packed_ids, &request.packed_id_ends, PACKED_FIELDS).map_err(|e| e.to_string())?;
-    Ok((ids, true))
+    let (ids, ends, strings_set) = (
+        &request.packed_ids,
+        &request.packed_id_ends,
+        !request.item_ids.is_empty(),
+    );
+    Ok(
+        match id_columns::instead_of_strings(ids, ends, strings_set, PACKED_FIELDS, ("item_ids", "packed_ids"))? {
+            Some(ids) => (ids, true),
+            None => (request.item_ids.iter().map(String::as_str).collect(), false),
+        },
+    )
 }
 
 /// An item's real-time fields alone (`GetItemsRequest::realtime_only`); `None` when no window

@@ -45,6 +45,26 @@ pub fn pack<'a>(items: impl IntoIterator<Item = &'a str>) -> (Vec<u8>, Vec<u32>)
     (ids, ends)
 }
 
+/// A message's ids when it may carry them either way, a string each (`strings`, the older
+/// form) or as columns (`columns`): `None` when the columns are empty (the caller reads its
+/// strings), the ids when only the columns are set; both at once is refused, naming the two.
+pub fn instead_of_strings<'a>(
+    ids: &'a [u8],
+    ends: &[u32],
+    strings_set: bool,
+    fields: Fields,
+    names: (&str, &str),
+) -> Result<Option<Vec<&'a str>>, String> {
+    if ids.is_empty() && ends.is_empty() {
+        return Ok(None);
+    }
+    if strings_set {
+        let (strings, columns) = names;
+        return Err(format!("{strings} and {columns} are both set: send one"));
+    }
+    split(ids, ends, fields).map(Some).map_err(|e| e.to_string())
+}
+
 /// The ids back, in order, borrowed from `ids`; refuses columns that disagree rather than
 /// guess.
 pub fn split<'a>(ids: &'a [u8], ends: &[u32], fields: Fields) -> Result<Vec<&'a str>, IdsError> {
@@ -108,5 +128,24 @@ mod tests {
         assert_eq!(err(&ids, &[2, 3, 6]), "p.ids: the id ending at byte 3 is not UTF-8");
         assert_eq!(err(&ids, &[2, 4]), "p.ids has 2 bytes after the last id");
         assert_eq!(err(&ids, &[]), "p.ids has 6 bytes after the last id");
+    }
+
+    #[test]
+    fn columns_stand_in_for_strings_only_alone() {
+        let (ids, ends) = pack(["ab", "c"]);
+        fn read<'a>(ids: &'a [u8], ends: &[u32], strings_set: bool) -> Result<Option<Vec<&'a str>>, String> {
+            instead_of_strings(ids, ends, strings_set, FIELDS, ("s", "p"))
+        }
+        assert_eq!(read(&[], &[], true), Ok(None));
+        assert_eq!(read(&[], &[], false), Ok(None));
+        assert_eq!(read(&ids, &ends, false), Ok(Some(vec!["ab", "c"])));
+        assert_eq!(
+            read(&ids, &ends, true),
+            Err("s and p are both set: send one".to_string())
+        );
+        assert_eq!(
+            read(&ids, &[], false),
+            Err("p.ids has 3 bytes after the last id".to_string())
+        );
     }
 }

@@ -316,13 +316,16 @@ pub type ScoredIds<'a> = Vec<(&'a str, f32)>;
 /// A request's items with their scores, from `items` or from the columns, and whether they
 /// came from the columns; the error names the field that does not fit.
 pub fn request_items(req: &RerankRequest) -> Result<(ScoredIds<'_>, bool), String> {
-    if req.packed_id_ends.is_empty() && req.packed_ids.is_empty() && req.packed_scores.is_empty() {
+    let names = ("items", "packed_ids");
+    let strings_set = !req.items.is_empty();
+    let columns =
+        id_columns::instead_of_strings(&req.packed_ids, &req.packed_id_ends, strings_set, PACKED_FIELDS, names)?;
+    let Some(ids) = columns else {
+        if !req.packed_scores.is_empty() {
+            return Err("packed_scores is set without packed_ids".into());
+        }
         return Ok((req.items.iter().map(|s| (s.item_id.as_str(), s.score)).collect(), false));
-    }
-    if !req.items.is_empty() {
-        return Err("items and packed_ids are both set: send one".into());
-    }
-    let ids = id_columns::split(&req.packed_ids, &req.packed_id_ends, PACKED_FIELDS).map_err(|e| e.to_string())?;
+    };
     if ids.len() != req.packed_scores.len() {
         return Err(format!(
             "packed_scores has {} entries for {} ids",

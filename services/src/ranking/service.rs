@@ -460,15 +460,14 @@ fn item_count(req: &RankRequest) -> usize {
 /// A request's item ids, in order, from `item_ids` or the `packed_items` columns (borrowed
 /// either way); the error names the field that does not fit.
 pub fn request_items(req: &RankRequest) -> Result<Vec<&str>, String> {
-    match &req.packed_items {
-        Some(p) if !p.ends.is_empty() || !p.ids.is_empty() => {
-            if !req.item_ids.is_empty() {
-                return Err("item_ids and packed_items are both set: send one".into());
-            }
-            id_columns::split(&p.ids, &p.ends, PACKED_FIELDS).map_err(|e| e.to_string())
+    let columns = match &req.packed_items {
+        Some(p) => {
+            let names = ("item_ids", "packed_items");
+            id_columns::instead_of_strings(&p.ids, &p.ends, !req.item_ids.is_empty(), PACKED_FIELDS, names)?
         }
-        _ => Ok(req.item_ids.iter().map(String::as_str).collect()),
-    }
+        None => None,
+    };
+    Ok(columns.unwrap_or_else(|| req.item_ids.iter().map(String::as_str).collect()))
 }
 
 /// Whether ranking's answer to a request with `packed_items` reads as a pod that predates the
