@@ -270,7 +270,7 @@ impl<L: L2> FeatureStore<L> {
     /// The values of `keys`, in order, as [`get`](Self::get) answers each. Fresh L1 entries
     /// (most of a request's items) are read in turn, and only the rest go through `get`,
     /// concurrently: a future per key and one counter update per key cost more than the
-    /// lookups themselves (`services/examples/feature_items.rs`).
+    /// lookups themselves (the `features` bench).
     pub async fn get_many(&self, keys: &[Key]) -> Vec<Option<Arc<Value>>> {
         let now = Instant::now();
         let mut values = Vec::with_capacity(keys.len());
@@ -492,13 +492,12 @@ impl<L: L2> FeatureService<L> {
         if let Some(pos) = ids.iter().position(|id| id.trim().is_empty()) {
             return Err(Status::invalid_argument(format!("{field}[{pos}] is empty")));
         }
-        let ids: Vec<String> = if packed_read {
-            ids.into_iter().map(str::to_string).collect()
-        } else {
-            request.item_ids
-        };
         // Cached ones in turn; each miss is its own L2 round trip, concurrently.
-        let keys: Vec<Key> = ids.into_iter().map(Key::Item).collect();
+        let keys: Vec<Key> = if packed_read {
+            ids.into_iter().map(|id| Key::Item(id.to_string())).collect()
+        } else {
+            request.item_ids.into_iter().map(Key::Item).collect()
+        };
         let values = self.store.get_many(&keys).await;
         let mut response = GetItemsResponse {
             packed_read,

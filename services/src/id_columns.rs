@@ -1,7 +1,8 @@
 //! Item ids on the wire as two columns: every id's UTF-8 bytes in one buffer, and where each
 //! one ends (exclusive byte offsets, ascending). Five hundred ids cost two allocations to
-//! encode and decode where `repeated string` costs one per id. Recall's packed candidates and
-//! ranking's packed request both carry their ids this way. Pure: no I/O.
+//! encode and decode where `repeated string` costs one per id. Recall's answer, ranking's and
+//! rerank's requests and the feature service's `GetItems` carry their ids this way (the call
+//! that falls back to strings for an older peer is `link::newer_form_first`). Pure: no I/O.
 
 use thiserror::Error;
 

@@ -8,9 +8,10 @@
 //! calls while it drains.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
@@ -21,6 +22,26 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, thiserror::Error)]
 #[error("downstream endpoint {0}: {1}")]
 pub struct EndpointError(pub String, pub String);
+
+/// Calls a peer with a request's newer form (`send(true, budget)`) and, when `older` reads the
+/// answer as one from a peer that predates that form (a rollout in progress), once more with
+/// the form every peer reads (`send(false, left)`), within the same budget. The candidate
+/// hops' id columns use it: an older pod ignores the columns it does not know.
+pub async fn newer_form_first<T, Fut>(
+    budget: Duration,
+    send: impl Fn(bool, Duration) -> Fut,
+    older: impl FnOnce(&Result<T, Status>) -> bool,
+) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + budget;
+    let answer = send(true, budget).await;
+    if !older(&answer) {
+        return answer;
+    }
+    send(false, deadline.saturating_duration_since(Instant::now())).await
+}
 
 /// How often a downstream's host name is resolved again (shorter than a pod's drain delay).
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
@@ -232,5 +253,40 @@ mod tests {
         let _channel = lazy_channel_counted("http://recall.example.invalid:9090", unknown.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(unknown.get(), 0);
+    }
+
+    /// The newer form goes first; the older form follows only when the answer reads as an
+    /// older peer's, with what is left of the same budget, and its answer (or error) is the
+    /// call's.
+    #[tokio::test]
+    async fn the_older_form_is_sent_only_when_the_answer_reads_as_an_older_peers() {
+        use std::sync::Mutex;
+        let budget = Duration::from_secs(5);
+        for (first, older_peer, want_forms, want) in [
+            (Ok(1), false, vec![true], Ok(1)),
+            (Ok(0), true, vec![true, false], Ok(7)),
+            (Err("bad"), true, vec![true, false], Ok(7)),
+            (Err("bad"), false, vec![true], Err("bad")),
+        ] {
+            let sent = Mutex::new(Vec::new());
+            let answer = newer_form_first(
+                budget,
+                |newer, left| {
+                    sent.lock().unwrap().push((newer, left));
+                    let answer = if newer { first } else { Ok(7) };
+                    async move { answer.map_err(Status::invalid_argument) }
+                },
+                |_| older_peer,
+            )
+            .await;
+            assert_eq!(
+                answer.map_err(|s| s.message().to_string()),
+                want.map_err(str::to_string)
+            );
+            let sent = sent.into_inner().unwrap();
+            assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), want_forms);
+            assert_eq!(sent[0].1, budget);
+            assert!(sent.iter().all(|s| s.1 <= budget));
+        }
     }
 }

@@ -21,10 +21,11 @@ use super::metrics::StageLabels;
 use super::request::{Query, Recommendation, ServedItem};
 use crate::features::UserFeatures;
 use crate::features::proto::GetUserRequest;
+use crate::link::newer_form_first;
 use crate::ranking::service::proto::{PackedIds, RankRequest, RealtimeFeatures};
 use crate::recall::packed::{UnpackError, unpack};
 use crate::recall::proto::{ChannelStats, CutReason, RecallRequest, RecallResponse};
-use crate::rerank::proto::{Action, RerankRequest, Scored};
+use crate::rerank::proto::{Action, RerankRequest, RerankResponse, Scored};
 
 /// Candidates (best first) rerank chooses from: enough for diversity, few enough to keep the
 /// rerank call small.
@@ -464,23 +465,11 @@ impl Gateway {
             call
         };
         let (ranked, stage) = self
-            .call(
-                Stage::Ranking,
-                r.start,
-                end,
-                candidates.len() as u32,
-                |budget| async move {
-                    let deadline = Instant::now() + budget;
-                    let answer = links.ranking.call(request(true, budget)).await;
-                    if !crate::ranking::service::predates_packed_items(&answer, candidates.len()) {
-                        return answer;
-                    }
-                    // A ranking pod from before `packed_items` (a rollout in progress): the same
-                    // request with a string per id.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    links.ranking.call(request(false, left)).await
-                },
-            )
+            .call(Stage::Ranking, r.start, end, candidates.len() as u32, |budget| {
+                // A ranking pod from before `packed_items` is asked again with a string per id.
+                let older = |a: &_| crate::ranking::service::predates_packed_items(a, candidates.len());
+                newer_form_first(budget, |packed, b| links.ranking.call(request(packed, b)), older)
+            })
             .await;
         r.stages.push(stage);
         match ranked {
@@ -559,16 +548,13 @@ impl Gateway {
             call
         };
         let (reranked, stage) = self
-            .call(Stage::Rerank, r.start, end, pool as u32, |budget| async move {
-                let deadline = Instant::now() + budget;
-                let answer = links.rerank.call(request(true, budget)).await;
-                // A rerank pod from before the columns (a rollout in progress) answered from no
-                // items: the same request with a message per item.
-                if pool == 0 || !matches!(&answer, Ok(a) if !a.get_ref().packed_read) {
-                    return answer;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                links.rerank.call(request(false, left)).await
+            .call(Stage::Rerank, r.start, end, pool as u32, |budget| {
+                // A rerank pod from before the columns answered from no items, without
+                // `packed_read`: it is asked again with a message per item.
+                let older = |a: &Result<Response<RerankResponse>, Status>| {
+                    pool > 0 && matches!(a, Ok(a) if !a.get_ref().packed_read)
+                };
+                newer_form_first(budget, |packed, b| links.rerank.call(request(packed, b)), older)
             })
             .await;
         r.stages.push(stage);

@@ -34,7 +34,7 @@ use crate::features::proto::features_client::FeaturesClient;
 use crate::features::proto::features_server::Features;
 use crate::features::proto::{GetItemsRequest, GetItemsResponse, ItemFeatures, UserFeatures};
 use crate::id_columns;
-use crate::link::service_link;
+use crate::link::{newer_form_first, service_link};
 use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
 use recstack_core::recall::{Channel, Source};
 
@@ -729,18 +729,14 @@ impl RankingService {
                     }
                     call
                 };
-                let read = async {
-                    let answer = link.call(call(true, budget)).await?.into_inner();
-                    if answer.packed_read || item_ids.is_empty() {
-                        return Ok::<_, Status>(answer);
-                    }
-                    // A feature service from before the columns saw no ids: ask again with
-                    // a string per id.
-                    let left = budget.saturating_sub(start.elapsed());
-                    Ok(link.call(call(false, left)).await?.into_inner())
+                // A feature service from before the columns saw no ids and answered without
+                // `packed_read`: it is asked again with a string per id.
+                let older = |a: &Result<Response<GetItemsResponse>, Status>| {
+                    !item_ids.is_empty() && matches!(a, Ok(a) if !a.get_ref().packed_read)
                 };
+                let read = newer_form_first(budget, |packed, b| link.call(call(packed, b)), older);
                 match tokio::time::timeout(budget, read).await {
-                    Ok(Ok(answer)) => Ok(answer.items),
+                    Ok(Ok(answer)) => Ok(answer.into_inner().items),
                     Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
                     Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
                 }
