@@ -1,6 +1,6 @@
 //! Recall benchmarks on the bundled data, printed as Markdown tables:
 //!
-//! 1. the seen filter against a plain id set;
+//! 1. each channel and the merge in process;
 //! 2. the HNSW index against exact search (and faiss, via `scripts/bench`, on the same files);
 //! 3. the recall gRPC service under load: all seven channels at 1,000 candidates against a
 //!    single-channel lookup, and candidates as columns against a message each.
@@ -20,7 +20,7 @@ mod cpu;
 use cpu::ProcessCpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recstack_core::recall::seen::{SeenConfig, SeenFilter};
+use recstack_core::recall::seen::SeenConfig;
 use recstack_offline::build::ann::{ItemIndex, UnitVec};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
@@ -31,7 +31,6 @@ use recstack_services::recall::proto::recall_server::RecallServer;
 use recstack_services::recall::{ArtifactSlot, Loaded, MemorySeenStore, RecallMetrics, RecallService};
 
 fn main() {
-    seen_filter();
     let ds = Dataset::load_movietweetings(&dataset::bundled_dir()).expect("bundled data");
     eprintln!("building artifacts from the bundled data …");
     let params = BuildParams::default();
@@ -40,78 +39,6 @@ fn main() {
     ann(&artifacts, &params);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(service(artifacts));
-}
-
-// === 1. seen filter ===
-
-fn seen_filter() {
-    let config = SeenConfig::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let seen: Vec<u64> = (0..config.shards * config.ids_per_shard)
-        .map(|_| rng.r#gen::<u64>() | 1)
-        .collect();
-    let mut filter = SeenFilter::new(config);
-    for &id in &seen {
-        filter.insert(id, 0);
-    }
-    let set: HashSet<u64> = seen.iter().copied().collect();
-    // 1,000 candidates, a tenth of them seen.
-    let candidates: Vec<u64> = (0..1000)
-        .map(|i| {
-            if i % 10 == 0 {
-                seen[i * 3]
-            } else {
-                rng.r#gen::<u64>() & !1
-            }
-        })
-        .collect();
-
-    let time = |f: &dyn Fn() -> usize| {
-        let rounds = 2000;
-        let start = Instant::now();
-        let mut hits = 0;
-        for _ in 0..rounds {
-            hits += std::hint::black_box(f());
-        }
-        (start.elapsed() / rounds, hits / rounds as usize)
-    };
-    // Interleaved rounds, best of each (the least disturbed by the machine).
-    let mut best = [(Duration::MAX, 0); 2];
-    for _ in 0..5 {
-        let runs = [
-            time(&|| candidates.iter().filter(|&&c| filter.contains(c)).count()),
-            time(&|| candidates.iter().filter(|&&c| set.contains(&c)).count()),
-        ];
-        for (b, r) in best.iter_mut().zip(runs) {
-            *b = (b.0.min(r.0), r.1);
-        }
-    }
-    let [(bloom_t, bloom_hits), (set_t, set_hits)] = best;
-    let trials = 1_000_000;
-    let fp = (0..trials).filter(|_| filter.contains(rng.r#gen::<u64>() & !1)).count() as f64 / trials as f64;
-    // hashbrown: 8-byte key plus one control byte per bucket.
-    let set_bytes = set.capacity() * 9;
-    println!(
-        "\n### Seen filter: {} shards × {} ids at {} false positives per shard\n",
-        config.shards, config.ids_per_shard, config.fp_rate
-    );
-    println!("| structure | check 1,000 candidates | bytes per user | false-positive rate | seen found |");
-    println!("|---|---:|---:|---:|---:|");
-    println!(
-        "| rolling Bloom filter | {:.1} µs | {} | {:.4} % | {bloom_hits} |",
-        bloom_t.as_secs_f64() * 1e6,
-        filter.to_bytes().len(),
-        fp * 100.0
-    );
-    println!(
-        "| HashSet<u64> (exact) | {:.1} µs | ≈{set_bytes} | 0 % | {set_hits} |",
-        set_t.as_secs_f64() * 1e6
-    );
-    println!(
-        "\nBloom/HashSet: {:.2}× the time, {:.2}× the bytes.",
-        bloom_t.as_secs_f64() / set_t.as_secs_f64(),
-        filter.to_bytes().len() as f64 / set_bytes as f64
-    );
 }
 
 // === channels ===
