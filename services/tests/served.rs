@@ -95,3 +95,51 @@ async fn each_setting_serves_its_level_and_the_lists_score_like_recalls() {
         );
     }
 }
+
+/// A scatter setting reaches rerank: with at most one item of a genre in any three slots, the
+/// served lists break that rule far less often than the same level without scatter (rerank
+/// still fills a slot when nothing fits, so not never).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scatter_setting_spreads_genres_in_what_is_served() {
+    use recstack_services::serve::served::Scatter;
+    let root = common::artifact_root();
+    let (_, a) = build::load(root, None).unwrap();
+    let truth = Truth::of(&a);
+    let users: Vec<String> = (0..truth.len())
+        .step_by(truth.len() / 20)
+        .take(20)
+        .map(|k| a.users[truth.users[k] as usize].clone())
+        .collect();
+    let index = eval::item_index(&a);
+    // Windows of three consecutive served items in which some genre appears twice or more.
+    let crowded = |lists: &[Vec<String>]| -> usize {
+        lists
+            .iter()
+            .flat_map(|l| l.windows(3))
+            .filter(|w| {
+                let mut genres: Vec<&str> = w
+                    .iter()
+                    .flat_map(|id| a.items[index[id.as_str()] as usize].genres.iter().map(String::as_str))
+                    .collect();
+                let all = genres.len();
+                genres.sort_unstable();
+                genres.dedup();
+                genres.len() < all
+            })
+            .count()
+    };
+    let mut counts = Vec::new();
+    for scatter in [Scatter::OFF, Scatter { max: 1, window: 3 }] {
+        let setting = Setting::at("full").with_scatter(scatter);
+        let answers = serve_lists(root, model(), &setting, &users, 20, |_| ()).await.unwrap();
+        let lists: Vec<Vec<String>> = answers.into_iter().map(|s| s.items).collect();
+        assert!(lists.iter().all(|l| l.len() == 20), "{}: 20 items each", setting.name);
+        counts.push(crowded(&lists));
+    }
+    let (off, strict) = (counts[0], counts[1]);
+    assert!(off > 40, "without scatter, genres crowd: {off} of 360 windows");
+    assert!(
+        strict * 2 < off,
+        "scatter 1 in 3: {strict} crowded windows against {off} without"
+    );
+}

@@ -374,6 +374,21 @@ pub fn choose_mmr_lambda(relevance_only: f64, priced: &[(f32, f64)], max_cost: f
     Some((grid[at].0, grid.get(at + 1).map(|&(l, _)| l)))
 }
 
+/// The share of NDCG@20 that category scatter may cost against the same level without it.
+pub const SCATTER_COST: f64 = 0.01;
+
+/// The scatter settings an eval priced, chosen from: of those whose NDCG@20 is at least
+/// `(1 - max_cost)` × the level's without scatter, the one with the most distinct genres in a
+/// user's 20 (the higher NDCG@20 on a tie). `priced`: (setting, NDCG@20, genres in 20) in any
+/// order. `None` when none keeps the relevance.
+pub fn choose_scatter<S: Copy>(without: f64, priced: &[(S, f64, f64)], max_cost: f64) -> Option<S> {
+    priced
+        .iter()
+        .filter(|(_, n, g)| n.is_finite() && g.is_finite() && *n >= (1.0 - max_cost) * without)
+        .max_by(|a, b| a.2.total_cmp(&b.2).then(a.1.total_cmp(&b.1)))
+        .map(|&(s, _, _)| s)
+}
+
 /// Recall's lists and the baselines, scored and summarised (the offline half of
 /// `recstack eval`; the CLI adds the served levels).
 pub fn evaluate(a: &Artifacts, show_progress: bool) -> (Vec<Row>, usize) {
@@ -440,6 +455,31 @@ mod tests {
         assert_eq!(
             choose_mmr_lambda(0.1629, &[(f32::NAN, 0.2), (0.9, 0.1629)], 0.01),
             Some((0.9, None))
+        );
+    }
+
+    #[test]
+    fn scatter_is_the_most_diverse_setting_that_keeps_the_relevance() {
+        // (setting, NDCG@20, genres in 20) against 0.1650 without scatter.
+        let priced = [
+            ("off", 0.1650, 13.6),
+            ("3/4", 0.1645, 14.1),
+            ("2/4", 0.1630, 14.6),
+            ("2/6", 0.1580, 15.4),
+        ];
+        // 2/6 is the most diverse but costs 4 %; 2/4 costs 1.2 %, over a 1 % budget.
+        assert_eq!(choose_scatter(0.1650, &priced, 0.01), Some("3/4"));
+        assert_eq!(choose_scatter(0.1650, &priced, 0.02), Some("2/4"));
+        assert_eq!(choose_scatter(0.1650, &priced, 0.0), Some("off"));
+        // Equally diverse: the more relevant one.
+        let tied = [("a", 0.160, 14.0), ("b", 0.162, 14.0)];
+        assert_eq!(choose_scatter(0.162, &tied, 0.05), Some("b"));
+        // Nothing keeps the relevance, or nothing was priced; unscored rows are not chosen.
+        assert_eq!(choose_scatter(0.2, &priced, 0.01), None);
+        assert_eq!(choose_scatter::<&str>(0.2, &[], 0.01), None);
+        assert_eq!(
+            choose_scatter(0.1, &[("nan", f64::NAN, 20.0), ("ok", 0.1, 13.0)], 0.01),
+            Some("ok")
         );
     }
 

@@ -70,6 +70,20 @@ impl Setting {
         }
     }
 
+    /// The same with category scatter at most `max` items of a genre in any `window`
+    /// consecutive slots (`max ≥ window`: no scatter).
+    pub fn with_scatter(self, scatter: Scatter) -> Self {
+        Self {
+            name: format!("{}, {scatter}", self.name),
+            rerank: RerankConfig {
+                scatter_max: scatter.max,
+                scatter_window: scatter.window,
+                ..self.rerank
+            },
+            ..self
+        }
+    }
+
     /// Every level as served, and the full and popular levels without MMR (the price of
     /// diversity): what `recstack eval` reports.
     pub fn standard() -> Vec<Setting> {
@@ -96,6 +110,53 @@ impl Setting {
             popular,
             fallback,
         }
+    }
+}
+
+/// A category-scatter setting: at most `max` items of one genre in any `window` consecutive
+/// slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scatter {
+    pub max: usize,
+    pub window: usize,
+}
+
+impl Scatter {
+    /// No scatter: a window no genre can overfill.
+    pub const OFF: Scatter = Scatter { max: 1, window: 1 };
+
+    /// Whether it constrains anything.
+    pub fn is_off(self) -> bool {
+        self.max >= self.window
+    }
+}
+
+impl std::fmt::Display for Scatter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_off() {
+            f.write_str("no scatter")
+        } else {
+            write!(f, "scatter {} in {}", self.max, self.window)
+        }
+    }
+}
+
+impl std::str::FromStr for Scatter {
+    type Err = String;
+
+    /// `MAX/WINDOW` (`2/4`: at most 2 of a genre in any 4 slots; 1 ≤ MAX, WINDOW ≤ 20) or `off`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(Scatter::OFF);
+        }
+        let bad = || format!("{s:?} is not a scatter setting: MAX/WINDOW (1–20 each, e.g. 2/4) or off");
+        let (max, window) = s.split_once('/').ok_or_else(bad)?;
+        let num = |v: &str| v.trim().parse::<usize>().ok().filter(|n| (1..=20).contains(n));
+        Ok(Scatter {
+            max: num(max).ok_or_else(bad)?,
+            window: num(window).ok_or_else(bad)?,
+        })
     }
 }
 
@@ -177,4 +238,30 @@ async fn ask(url: &str, users: &[String], n: u32, progress: impl Fn(usize)) -> R
         progress(k + 1);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scatter_settings_parse_name_and_configure_rerank() {
+        let s: Scatter = "2/4".parse().unwrap();
+        assert_eq!(s, Scatter { max: 2, window: 4 });
+        assert_eq!(" 3 / 6 ".parse::<Scatter>(), Ok(Scatter { max: 3, window: 6 }));
+        assert!("off".parse::<Scatter>().unwrap().is_off());
+        assert!(Scatter { max: 4, window: 4 }.is_off(), "4 in 4 constrains nothing");
+        for bad in ["", "2", "2/", "/4", "0/4", "2/0", "2/21", "x/4", "2/4/6", "-1/4"] {
+            let err = bad.parse::<Scatter>().unwrap_err();
+            assert!(err.contains("MAX/WINDOW"), "{bad:?}: {err}");
+        }
+        let full = Setting::at("full").with_scatter(s);
+        assert_eq!(full.name, "full, scatter 2 in 4");
+        assert_eq!((full.rerank.scatter_max, full.rerank.scatter_window), (2, 4));
+        let off = Setting::at("full").with_scatter(Scatter::OFF);
+        assert_eq!(off.name, "full, no scatter");
+        // The rest of rerank's rules and the A/B split are the level's as served.
+        assert_eq!(off.rerank.mmr_lambda, RerankConfig::default().mmr_lambda);
+        assert_eq!(off.experiment.variants, Setting::at("full").experiment.variants);
+    }
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use recstack_offline::build;
 use recstack_offline::eval::{self, Catalogue, Truth};
-use recstack_services::serve::served::{Setting, serve_lists};
+use recstack_services::serve::served::{Scatter, Setting, serve_lists};
 
 use super::serve::ModelArgs;
 
@@ -32,6 +32,11 @@ pub struct EvalArgs {
     /// (comma-separated, 0–1; 1 is relevance only): what diversity costs, row by row.
     #[arg(long, value_delimiter = ',', value_parser = parse_lambda)]
     pub mmr_lambdas: Vec<f32>,
+    /// Also serve the full level with each of these category-scatter settings
+    /// (comma-separated `MAX/WINDOW`, e.g. `3/4,2/4,2/6`, or `off`; the setting without scatter
+    /// is always served beside them): what scatter costs, and the one chosen.
+    #[arg(long, value_delimiter = ',')]
+    pub scatters: Vec<Scatter>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -43,12 +48,24 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         export_split,
         recall_only,
         mmr_lambdas,
+        mut scatters,
         model,
     } = args;
     anyhow::ensure!(
-        !recall_only || mmr_lambdas.is_empty(),
-        "--mmr-lambdas serves the full level: it cannot go with --recall-only"
+        !recall_only || (mmr_lambdas.is_empty() && scatters.is_empty()),
+        "--mmr-lambdas and --scatters serve the full level: they cannot go with --recall-only"
     );
+    // Scatter is priced against the level without it; one setting each.
+    if !scatters.is_empty() {
+        scatters.push(Scatter::OFF);
+    }
+    let mut seen_scatters = Vec::new();
+    scatters.retain(|s| {
+        let key = if s.is_off() { Scatter::OFF } else { *s };
+        let new = !seen_scatters.contains(&key);
+        seen_scatters.push(key);
+        new
+    });
     let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
     if let Some(dir) = export_split {
         export(&a, &dir).with_context(|| format!("writing the split to {}", dir.display()))?;
@@ -69,7 +86,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let users: Vec<String> = truth.users.iter().map(|&u| a.users[u as usize].clone()).collect();
         let index = eval::item_index(&a);
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        let sweep = mmr_lambdas.iter().map(|&l| Setting::at("full").with_mmr_lambda(l));
+        let sweep = mmr_lambdas
+            .iter()
+            .map(|&l| Setting::at("full").with_mmr_lambda(l))
+            .chain(scatters.iter().map(|&s| Setting::at("full").with_scatter(s)));
         for setting in Setting::standard().into_iter().chain(sweep) {
             eprintln!("eval: served at {} ({} users)", setting.name, users.len());
             let bar = ProgressBar::new(users.len() as u64);
@@ -132,6 +152,28 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             None => println!(
                 "MMR trade-off: no λ priced keeps {:.0} % of relevance-only NDCG@20 ({relevance_only:.4})",
                 (1.0 - eval::MMR_COST) * 100.0
+            ),
+        }
+    }
+    if !scatters.is_empty() {
+        let row = |scatter: Scatter| {
+            let name = format!("served: {}", Setting::at("full").with_scatter(scatter).name);
+            rows.iter().find(|r| r.name == name)
+        };
+        let without = row(Scatter::OFF).context("no row without scatter")?.ndcg_20.mean;
+        let priced: Vec<(Scatter, f64, f64)> = scatters
+            .iter()
+            .filter_map(|&s| row(s).map(|r| (s, r.ndcg_20.mean, r.genres_20)))
+            .collect();
+        println!();
+        match eval::choose_scatter(without, &priced, eval::SCATTER_COST) {
+            Some(s) => println!(
+                "Category scatter: {s}, the most diverse (genres in 20) of those priced that keeps {:.0} % of the full level's NDCG@20 without scatter ({without:.4})",
+                (1.0 - eval::SCATTER_COST) * 100.0
+            ),
+            None => println!(
+                "Category scatter: none priced keeps {:.0} % of the full level's NDCG@20 without scatter ({without:.4})",
+                (1.0 - eval::SCATTER_COST) * 100.0
             ),
         }
     }
