@@ -166,6 +166,9 @@ pub struct Scored {
     pub novelty: f64,
     /// Intra-list diversity: the mean number of distinct genres in a user's top 20.
     pub genres_20: f64,
+    /// Runs of a genre: the share of neighbouring items in the users' top 20s that share a
+    /// genre (what category scatter spreads out).
+    pub alike_neighbours: f64,
 }
 
 /// What coverage and novelty are measured against: the catalogue's size and how many users
@@ -215,6 +218,14 @@ impl Catalogue {
             .count_ones()
     }
 
+    /// Neighbouring pairs in `list`'s top 20, and how many of them share a genre.
+    fn alike_neighbours(&self, list: &[u32]) -> (usize, usize) {
+        let bits = |i: u32| self.genre_bits.get(i as usize).copied().unwrap_or(0);
+        let top = &list[..list.len().min(20)];
+        let alike = top.windows(2).filter(|w| bits(w[0]) & bits(w[1]) != 0).count();
+        (top.len().saturating_sub(1), alike)
+    }
+
     fn self_information(&self, item: u32) -> f64 {
         let raters = self.raters.get(item as usize).copied().unwrap_or(0);
         -((f64::from(raters) + 1.0) / (self.users as f64 + 1.0)).log2()
@@ -247,6 +258,13 @@ pub fn score(name: &str, lists: &[Vec<u32>], truth: &Truth, catalogue: &Catalogu
             information / shown_count as f64
         },
         genres_20: lists.iter().map(|l| f64::from(catalogue.genres_in(l))).sum::<f64>() / lists.len().max(1) as f64,
+        alike_neighbours: {
+            let (pairs, alike) = lists
+                .iter()
+                .map(|l| catalogue.alike_neighbours(l))
+                .fold((0, 0), |(p, a), (lp, la)| (p + lp, a + la));
+            alike as f64 / pairs.max(1) as f64
+        },
     }
 }
 
@@ -261,6 +279,7 @@ pub struct Row {
     pub coverage: f64,
     pub novelty: f64,
     pub genres_20: f64,
+    pub alike_neighbours: f64,
     pub ndcg_vs_baseline: Estimate,
     pub recall_vs_baseline: Estimate,
 }
@@ -277,6 +296,7 @@ pub fn summarize(scored: &[Scored], baseline: &Scored, resamples: &Resamples) ->
             coverage: s.coverage,
             novelty: s.novelty,
             genres_20: s.genres_20,
+            alike_neighbours: s.alike_neighbours,
             ndcg_vs_baseline: resamples.ratio(&s.ndcg_20, Some(&baseline.ndcg_20)),
             recall_vs_baseline: resamples.ratio(&s.recall_20, Some(&baseline.recall_20)),
         })
@@ -378,14 +398,14 @@ pub fn choose_mmr_lambda(relevance_only: f64, priced: &[(f32, f64)], max_cost: f
 pub const SCATTER_COST: f64 = 0.01;
 
 /// The scatter settings an eval priced, chosen from: of those whose NDCG@20 is at least
-/// `(1 - max_cost)` × the level's without scatter, the one with the most distinct genres in a
-/// user's 20 (the higher NDCG@20 on a tie). `priced`: (setting, NDCG@20, genres in 20) in any
-/// order. `None` when none keeps the relevance.
+/// `(1 - max_cost)` × the level's without scatter, the one whose served lists have the fewest
+/// neighbours of a genre (the higher NDCG@20 on a tie). `priced`: (setting, NDCG@20, share of
+/// alike neighbours) in any order. `None` when none keeps the relevance.
 pub fn choose_scatter<S: Copy>(without: f64, priced: &[(S, f64, f64)], max_cost: f64) -> Option<S> {
     priced
         .iter()
-        .filter(|(_, n, g)| n.is_finite() && g.is_finite() && *n >= (1.0 - max_cost) * without)
-        .max_by(|a, b| a.2.total_cmp(&b.2).then(a.1.total_cmp(&b.1)))
+        .filter(|(_, n, a)| n.is_finite() && a.is_finite() && *n >= (1.0 - max_cost) * without)
+        .min_by(|a, b| a.2.total_cmp(&b.2).then(b.1.total_cmp(&a.1)))
         .map(|&(s, _, _)| s)
 }
 
@@ -409,12 +429,12 @@ pub fn item_index(a: &Artifacts) -> HashMap<&str, u32> {
 /// The Markdown table of `rows` (what `recstack eval` prints).
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| list | NDCG@20 [95 % CI] | recall@20 [95 % CI] | recall@200 | coverage@20 | novelty | genres in 20 | NDCG@20 / baseline | recall@20 / baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| list | NDCG@20 [95 % CI] | recall@20 [95 % CI] | recall@200 | coverage@20 | novelty | genres in 20 | alike neighbours | NDCG@20 / baseline | recall@20 / baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let ratio = |e: &Estimate| format!("{:.2}× [{:.2}, {:.2}]", e.mean, e.low, e.high);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} % | {:.2} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} % | {:.2} | {:.1} | {:.1} % | {} | {} |\n",
             r.name,
             r.ndcg_20,
             r.recall_20,
@@ -422,6 +442,7 @@ pub fn table(rows: &[Row]) -> String {
             r.coverage * 100.0,
             r.novelty,
             r.genres_20,
+            r.alike_neighbours * 100.0,
             ratio(&r.ndcg_vs_baseline),
             ratio(&r.recall_vs_baseline),
         ));
@@ -459,26 +480,26 @@ mod tests {
     }
 
     #[test]
-    fn scatter_is_the_most_diverse_setting_that_keeps_the_relevance() {
-        // (setting, NDCG@20, genres in 20) against 0.1650 without scatter.
+    fn scatter_is_the_most_spread_setting_that_keeps_the_relevance() {
+        // (setting, NDCG@20, alike neighbours) against 0.1650 without scatter.
         let priced = [
-            ("off", 0.1650, 13.6),
-            ("3/4", 0.1645, 14.1),
-            ("2/4", 0.1630, 14.6),
-            ("2/6", 0.1580, 15.4),
+            ("off", 0.1650, 0.60),
+            ("3/4", 0.1645, 0.55),
+            ("2/4", 0.1630, 0.45),
+            ("1/3", 0.1580, 0.20),
         ];
-        // 2/6 is the most diverse but costs 4 %; 2/4 costs 1.2 %, over a 1 % budget.
+        // 1/3 spreads most but costs 4 %; 2/4 costs 1.2 %, over a 1 % budget.
         assert_eq!(choose_scatter(0.1650, &priced, 0.01), Some("3/4"));
         assert_eq!(choose_scatter(0.1650, &priced, 0.02), Some("2/4"));
         assert_eq!(choose_scatter(0.1650, &priced, 0.0), Some("off"));
-        // Equally diverse: the more relevant one.
-        let tied = [("a", 0.160, 14.0), ("b", 0.162, 14.0)];
+        // Equally spread: the more relevant one.
+        let tied = [("a", 0.160, 0.5), ("b", 0.162, 0.5)];
         assert_eq!(choose_scatter(0.162, &tied, 0.05), Some("b"));
         // Nothing keeps the relevance, or nothing was priced; unscored rows are not chosen.
         assert_eq!(choose_scatter(0.2, &priced, 0.01), None);
         assert_eq!(choose_scatter::<&str>(0.2, &[], 0.01), None);
         assert_eq!(
-            choose_scatter(0.1, &[("nan", f64::NAN, 20.0), ("ok", 0.1, 13.0)], 0.01),
+            choose_scatter(0.1, &[("nan", f64::NAN, 0.0), ("ok", 0.1, 0.7)], 0.01),
             Some("ok")
         );
     }
@@ -560,6 +581,8 @@ mod tests {
         assert!((s.novelty - expected).abs() < 1e-12);
         assert_eq!(s.recall_20, vec![1.0, 0.0]);
         assert_eq!(s.genres_20, (1.0 + 3.0) / 2.0);
+        // Items 0 and 1 share a genre; 0 and 2 do not: one of the two neighbouring pairs.
+        assert_eq!(s.alike_neighbours, 0.5);
         assert!(s.recall_200.is_none(), "lists of 20 have no recall@200");
         let rows = summarize(std::slice::from_ref(&s), &s, &Resamples::new(2, 20, 1));
         assert_eq!(rows[0].ndcg_vs_baseline.mean, 1.0);

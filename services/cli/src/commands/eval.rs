@@ -163,12 +163,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let without = row(Scatter::OFF).context("no row without scatter")?.ndcg_20.mean;
         let priced: Vec<(Scatter, f64, f64)> = scatters
             .iter()
-            .filter_map(|&s| row(s).map(|r| (s, r.ndcg_20.mean, r.genres_20)))
+            .filter_map(|&s| row(s).map(|r| (s, r.ndcg_20.mean, r.alike_neighbours)))
             .collect();
         println!();
         match eval::choose_scatter(without, &priced, eval::SCATTER_COST) {
             Some(s) => println!(
-                "Category scatter: {s}, the most diverse (genres in 20) of those priced that keeps {:.0} % of the full level's NDCG@20 without scatter ({without:.4})",
+                "Category scatter: {s}, the one with the fewest neighbours of a genre of those priced that keeps {:.0} % of the full level's NDCG@20 without scatter ({without:.4})",
                 (1.0 - eval::SCATTER_COST) * 100.0
             ),
             None => println!(
