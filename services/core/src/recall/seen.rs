@@ -10,8 +10,8 @@
 //!
 //! A shard is a *split-block* Bloom filter (the layout of Parquet's and Impala's filters): an id
 //! picks one 256-bit block and sets one bit in each of its eight 32-bit words, so a lookup reads
-//! one block per shard and tests it with one masked compare — no early exit, no scattered loads.
-//! It needs about 15 % more bits than a classic filter for the same false-positive rate. Shards
+//! one block per shard and tests it with four and-nots — no early exit, no scattered loads.
+//! It needs about 17 % more bits than a classic filter for the same false-positive rate. Shards
 //! of the classic layout (k bits anywhere in the shard), which filters written before the
 //! split-block layout hold, are still read, looked up and added to until they age out.
 
