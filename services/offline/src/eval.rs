@@ -209,20 +209,25 @@ impl Catalogue {
         }
     }
 
+    /// An item's genres as bits (none for an item the catalogue does not know).
+    fn genres_of(&self, item: u32) -> u64 {
+        self.genre_bits.get(item as usize).copied().unwrap_or(0)
+    }
+
     fn genres_in(&self, list: &[u32]) -> u32 {
         list.iter()
             .take(20)
-            .fold(0u64, |bits, &i| {
-                bits | self.genre_bits.get(i as usize).copied().unwrap_or(0)
-            })
+            .fold(0u64, |bits, &i| bits | self.genres_of(i))
             .count_ones()
     }
 
     /// Neighbouring pairs in `list`'s top 20, and how many of them share a genre.
     fn alike_neighbours(&self, list: &[u32]) -> (usize, usize) {
-        let bits = |i: u32| self.genre_bits.get(i as usize).copied().unwrap_or(0);
         let top = &list[..list.len().min(20)];
-        let alike = top.windows(2).filter(|w| bits(w[0]) & bits(w[1]) != 0).count();
+        let alike = top
+            .windows(2)
+            .filter(|w| self.genres_of(w[0]) & self.genres_of(w[1]) != 0)
+            .count();
         (top.len().saturating_sub(1), alike)
     }
 

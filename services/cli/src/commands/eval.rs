@@ -48,24 +48,26 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         export_split,
         recall_only,
         mmr_lambdas,
-        mut scatters,
+        scatters,
         model,
     } = args;
     anyhow::ensure!(
         !recall_only || (mmr_lambdas.is_empty() && scatters.is_empty()),
         "--mmr-lambdas and --scatters serve the full level: they cannot go with --recall-only"
     );
-    // Scatter is priced against the level without it; one setting each.
-    if !scatters.is_empty() {
-        scatters.push(Scatter::OFF);
-    }
-    let mut seen_scatters = Vec::new();
-    scatters.retain(|s| {
-        let key = if s.is_off() { Scatter::OFF } else { *s };
-        let new = !seen_scatters.contains(&key);
-        seen_scatters.push(key);
-        new
-    });
+    // Scatter is priced against the level without it; each setting once (every form of "no
+    // scatter", such as 4/4, is the one `off`).
+    let scatters = {
+        let without = (!scatters.is_empty()).then_some(Scatter::OFF);
+        let mut kept: Vec<Scatter> = Vec::new();
+        for s in scatters.into_iter().chain(without) {
+            let s = if s.is_off() { Scatter::OFF } else { s };
+            if !kept.contains(&s) {
+                kept.push(s);
+            }
+        }
+        kept
+    };
     let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
     if let Some(dir) = export_split {
         export(&a, &dir).with_context(|| format!("writing the split to {}", dir.display()))?;

@@ -366,7 +366,7 @@ impl SeenFilter {
             }
         } else if magic == MAGIC_V2 || magic == MAGIC_V1 {
             let timed = magic == MAGIC_V2;
-            let words = config.classic_bits() / 64;
+            let (words, hashes) = (config.classic_bits() / 64, config.classic_hashes());
             let shard_len = if timed { 20 } else { 4 } + words * 8;
             // The legacy encodings are sized by the configuration: a different one is refused
             // rather than misread.
@@ -386,10 +386,7 @@ impl SeenFilter {
                 };
                 let words = r.take(words * 8)?.chunks_exact(8).map(le_u64).collect();
                 shards.push_back(Shard {
-                    bits: Bits::Classic {
-                        words,
-                        hashes: config.classic_hashes(),
-                    },
+                    bits: Bits::Classic { words, hashes },
                     count,
                     first_ms,
                     last_ms,
