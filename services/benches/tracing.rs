@@ -11,7 +11,8 @@
 //! request: the replay through the gateway (HTTP, a debug request with an item blocked), and
 //! with the comparison read from the query API, p50 and p99.
 //!
-//! `cargo bench -p recstack-services --bench tracing`
+//! `cargo bench -p recstack-services --bench tracing` (`-- profile summary` runs one mode alone,
+//! to profile it under `perf record`)
 
 #[path = "common/cpu.rs"]
 mod cpu;
@@ -33,6 +34,8 @@ use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
 const CONCURRENCY: usize = 4;
 const REQUESTS: usize = 800;
 const ROUNDS: usize = 5;
+/// Runs of one mode under `-- profile MODE`.
+const PROFILE_RUNS: usize = 8;
 
 /// Where a run keeps its traces, given a scratch directory.
 type TracesIn = fn(&std::path::Path) -> LocalTraces;
@@ -179,6 +182,24 @@ async fn main() {
             1.0,
         ),
     ];
+    // `-- profile off|summary|full`: that mode alone, run after run, to profile under `perf
+    // record` (each run's CPU per request printed; no table).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(k) = args.iter().position(|a| a == "profile") {
+        let mode = args.get(k + 1).map(String::as_str).unwrap_or("summary");
+        let (name, traces, full) = configs
+            .iter()
+            .find(|c| c.0.starts_with(mode))
+            .unwrap_or_else(|| panic!("profile: no mode {mode} (off, summary, full)"));
+        for run_no in 0..PROFILE_RUNS {
+            let r = run(&root, &users, traces(tmp.path()), *full).await;
+            println!(
+                "{name}, run {run_no}: {:.0} req/s, {:.3} CPU ms/request",
+                r.rate, r.cpu_ms
+            );
+        }
+        return;
+    }
     // Interleaved rounds; the best round of each (the least disturbed by the machine), and
     // each round's ratio to tracing off in the same round (paired: the machine's drift between
     // rounds cancels), whose median is the cost.
