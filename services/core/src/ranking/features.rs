@@ -427,8 +427,22 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-/// ln(1 + p) / ln(1 + 1000): 0 for the first place, 1 from the 1000th on.
+/// ln(1 + p) / ln(1 + 1000): 0 for the first place, 1 from the 1000th on. A row has up to
+/// eight of these (recall's position and a rank per channel), so the places recall gives
+/// (below [`POSITIONS`]) are read from a table of the same values rather than computed.
 fn position_scaled(p: usize) -> f32 {
+    static TABLE: std::sync::LazyLock<Vec<f32>> =
+        std::sync::LazyLock::new(|| (0..POSITIONS).map(position_scaled_computed).collect());
+    match TABLE.get(p) {
+        Some(&v) => v,
+        None => position_scaled_computed(p),
+    }
+}
+
+/// Places [`position_scaled`] keeps in its table: recall answers at most 1,000 candidates.
+const POSITIONS: usize = 1_024;
+
+fn position_scaled_computed(p: usize) -> f32 {
     ((p as f32).ln_1p() / 1_001f32.ln()).min(1.0)
 }
 
@@ -726,6 +740,19 @@ mod tests {
         for v in &d {
             assert!((0.0..=1.0).contains(v), "{d:?}");
         }
+    }
+
+    #[test]
+    fn the_position_table_holds_the_computed_values() {
+        for p in (0..2 * POSITIONS).chain([usize::MAX / 2]) {
+            assert_eq!(
+                position_scaled(p).to_bits(),
+                position_scaled_computed(p).to_bits(),
+                "place {p}"
+            );
+        }
+        assert_eq!(position_scaled(0), 0.0);
+        assert_eq!(position_scaled(5_000), 1.0);
     }
 
     #[test]
