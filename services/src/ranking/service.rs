@@ -391,14 +391,15 @@ impl LoadedModel {
                     // `fold` gave every item of the table its part.
                     debug_assert_eq!(item.folded.len(), user_part.len());
                     pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
-                    self.rows
-                        .push_item(user, item, place(position, id), &mut sparse, &mut dense);
-                    let row = &mut pre[start..];
+                    // Only the columns that cross user and item: the rest are in the parts.
+                    let (row, place) = (&mut pre[start..], place(position, id));
                     for &col in &f.cross.0 {
-                        f.first.add_sparse(row, col, sparse[col]);
+                        f.first
+                            .add_sparse(row, col, self.rows.item_sparse(user, item, place, col));
                     }
                     for &col in &f.cross.1 {
-                        f.first.add_dense(row, col, dense[col]);
+                        f.first
+                            .add_dense(row, col, self.rows.item_dense(user, item, place, col));
                     }
                 }
                 None => {

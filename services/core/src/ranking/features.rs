@@ -239,13 +239,9 @@ impl RowWriter {
     /// the features that cross them (and the real-time ones, from `realtime`).
     #[inline]
     pub fn push_item(&self, user: &UserRow, item: &ItemRow, place: Place, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
-        let row = Row {
-            user_id: user.user_id,
-            user: user.user,
-            item_id: &item.item.item_id,
-            item: Some(&item.item),
-            place,
-        };
+        // Column by column as [`RowWriter::item_sparse`] and [`RowWriter::item_dense`], the
+        // parts zipped rather than indexed (indexed, whole rows took 1.3× the time).
+        let row = Row::of(user, item, place);
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
         sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
             if k.per_user() {
@@ -268,6 +264,37 @@ impl RowWriter {
                 row.dense(k)
             }
         }));
+    }
+
+    /// Sparse column `col` of the row [`RowWriter::push_item`] writes: the user's or the item's
+    /// precomputed part, or computed from both and the place. A folded model reads only the
+    /// columns that cross user and item this way, not the whole row.
+    #[inline]
+    pub fn item_sparse(&self, user: &UserRow, item: &ItemRow, place: Place, col: usize) -> i64 {
+        let (k, buckets) = self.sparse[col];
+        if k.per_user() {
+            user.sparse[col]
+        } else if k.per_item() {
+            item.sparse[col]
+        } else {
+            Row::of(user, item, place).sparse(k, buckets)
+        }
+    }
+
+    /// Dense column `col` of the row [`RowWriter::push_item`] writes (see
+    /// [`RowWriter::item_sparse`]).
+    #[inline]
+    pub fn item_dense(&self, user: &UserRow, item: &ItemRow, place: Place, col: usize) -> f32 {
+        let k = self.dense[col];
+        if k.per_user() {
+            user.dense[col]
+        } else if k.per_item() {
+            item.dense[col]
+        } else if k == DenseKind::GenreAffinity {
+            genre_affinity(user, item)
+        } else {
+            Row::of(user, item, place).dense(k)
+        }
     }
 
     /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
@@ -451,7 +478,18 @@ fn log_scaled(x: f32) -> f32 {
     (1.0 + x.max(0.0)).ln() / 10_001f32.ln()
 }
 
-impl Row<'_> {
+impl<'a> Row<'a> {
+    /// The row of `user` and a known `item` at `place`.
+    fn of(user: &UserRow<'a>, item: &'a ItemRow, place: Place<'a>) -> Self {
+        Row {
+            user_id: user.user_id,
+            user: user.user,
+            item_id: &item.item.item_id,
+            item: Some(&item.item),
+            place,
+        }
+    }
+
     fn sparse(&self, kind: SparseKind, buckets: u32) -> i64 {
         let mut buf = [0u8; 10];
         let value: Option<&str> = match kind {
