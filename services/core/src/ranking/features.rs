@@ -239,62 +239,34 @@ impl RowWriter {
     /// the features that cross them (and the real-time ones, from `realtime`).
     #[inline]
     pub fn push_item(&self, user: &UserRow, item: &ItemRow, place: Place, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
-        // Column by column as [`RowWriter::item_sparse`] and [`RowWriter::item_dense`], the
-        // parts zipped rather than indexed (indexed, whole rows took 1.3× the time).
+        // The parts zipped rather than indexed column by column (indexed, whole rows took 1.3×
+        // the time).
         let row = Row::of(user, item, place);
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
-        sparse.extend(parts.map(|(&(k, b), (&u, &i))| {
-            if k.per_user() {
-                u
-            } else if k.per_item() {
-                i
-            } else {
-                row.sparse(k, b)
-            }
-        }));
+        sparse.extend(parts.map(|(&(k, b), (&u, &i))| sparse_value(k, b, (u, i), &row)));
         let parts = self.dense.iter().zip(user.dense.iter().zip(&item.dense));
-        dense.extend(parts.map(|(&k, (&u, &i))| {
-            if k.per_user() {
-                u
-            } else if k.per_item() {
-                i
-            } else if k == DenseKind::GenreAffinity {
-                genre_affinity(user, item)
-            } else {
-                row.dense(k)
-            }
-        }));
+        dense.extend(parts.map(|(&k, (&u, &i))| dense_value(k, (u, i), user, item, &row)));
     }
 
-    /// Sparse column `col` of the row [`RowWriter::push_item`] writes: the user's or the item's
-    /// precomputed part, or computed from both and the place. A folded model reads only the
-    /// columns that cross user and item this way, not the whole row.
+    /// Sparse column `col` of the row [`RowWriter::push_item`] writes. A folded model reads
+    /// only the columns that cross user and item this way, not the whole row.
     #[inline]
     pub fn item_sparse(&self, user: &UserRow, item: &ItemRow, place: Place, col: usize) -> i64 {
         let (k, buckets) = self.sparse[col];
-        if k.per_user() {
-            user.sparse[col]
-        } else if k.per_item() {
-            item.sparse[col]
-        } else {
-            Row::of(user, item, place).sparse(k, buckets)
-        }
+        sparse_value(
+            k,
+            buckets,
+            (user.sparse[col], item.sparse[col]),
+            &Row::of(user, item, place),
+        )
     }
 
     /// Dense column `col` of the row [`RowWriter::push_item`] writes (see
     /// [`RowWriter::item_sparse`]).
     #[inline]
     pub fn item_dense(&self, user: &UserRow, item: &ItemRow, place: Place, col: usize) -> f32 {
-        let k = self.dense[col];
-        if k.per_user() {
-            user.dense[col]
-        } else if k.per_item() {
-            item.dense[col]
-        } else if k == DenseKind::GenreAffinity {
-            genre_affinity(user, item)
-        } else {
-            Row::of(user, item, place).dense(k)
-        }
+        let parts = (user.dense[col], item.dense[col]);
+        dense_value(self.dense[col], parts, user, item, &Row::of(user, item, place))
     }
 
     /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
@@ -452,6 +424,34 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
         }
     }
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// A sparse column's value for a known item: the user's or the item's precomputed part
+/// (`parts`), or computed from the row.
+#[inline]
+fn sparse_value(kind: SparseKind, buckets: u32, parts: (i64, i64), row: &Row) -> i64 {
+    if kind.per_user() {
+        parts.0
+    } else if kind.per_item() {
+        parts.1
+    } else {
+        row.sparse(kind, buckets)
+    }
+}
+
+/// A dense column's value for a known item: the user's or the item's precomputed part
+/// (`parts`), the genre affinity from their genre bits, or computed from the row.
+#[inline]
+fn dense_value(kind: DenseKind, parts: (f32, f32), user: &UserRow, item: &ItemRow, row: &Row) -> f32 {
+    if kind.per_user() {
+        parts.0
+    } else if kind.per_item() {
+        parts.1
+    } else if kind == DenseKind::GenreAffinity {
+        genre_affinity(user, item)
+    } else {
+        row.dense(kind)
+    }
 }
 
 /// ln(1 + p) / ln(1 + 1000): 0 for the first place, 1 from the 1000th on. A row has up to
