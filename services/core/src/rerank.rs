@@ -54,9 +54,9 @@ pub const DEFAULT_MMR_LAMBDA: f32 = 0.85;
 /// The next more diverse λ of that sweep: the default experiment's second arm.
 pub const DIVERSE_MMR_LAMBDA: f32 = 0.8;
 
-/// Category scatter when nothing else is set, (at most, in any window of): of the settings
-/// priced at the default λ, the one with the fewest neighbouring items of a genre that keeps
-/// 99 % of the full level's NDCG@20 without scatter (`recstack eval --scatters
+/// Category scatter when nothing else is set: at most `.0` items of a genre in any `.1`
+/// consecutive slots. Of the settings priced at the default λ, the one with the fewest
+/// neighbouring items of a genre that keeps 99 % of the full level's NDCG@20 without scatter (`recstack eval --scatters
 /// 4/5,3/4,2/3,3/5,3/6,2/4`; `eval::choose_scatter`; BENCHMARKS.md). 2 in 4, set by hand
 /// before, cost 1.3–1.4 %.
 pub const DEFAULT_SCATTER: (usize, usize) = (2, 3);

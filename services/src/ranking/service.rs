@@ -380,11 +380,9 @@ impl LoadedModel {
             .collect();
         let mut pre = Vec::with_capacity(item_ids.len() * f.first.width());
         let mut unknown_items = Vec::new();
-        // One row's feature values at a time.
+        // An unknown item's whole row of feature values, one at a time.
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
         for (position, (id, found)) in item_ids.iter().map(AsRef::as_ref).zip(found).enumerate() {
-            sparse.clear();
-            dense.clear();
             let start = pre.len();
             match found {
                 Some(item) => {
@@ -405,6 +403,8 @@ impl LoadedModel {
                 None => {
                     unknown_items.push(id.to_string());
                     pre.extend_from_slice(&user_part);
+                    sparse.clear();
+                    dense.clear();
                     self.rows
                         .push(user, id, None, place(position, id), &mut sparse, &mut dense);
                     f.first
