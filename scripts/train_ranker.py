@@ -154,7 +154,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=6, help="at most; the best on validation is kept")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--version", default="deepfm-4")
+    ap.add_argument("--version", default="deepfm-5")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

@@ -557,7 +557,7 @@ spec:
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
-    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-4}}
+    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-5}}
   rerank: {{replicas: 1}}
   feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
@@ -953,8 +953,21 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
     )?;
     println!("      gateway's addresses / ready pods: {}", seen.join(", "));
     let before = d.replica_requests(&["recall", "ranking"])?;
+    // Items the vector channel found among the served ones: that channel answers only when the
+    // recall pod runs the sequence model's user tower (ONNX Runtime) from the artifacts.
+    let mut from_vector = 0;
     for user in &d.users {
         let r = recommend_once(gateway, user, 10)?;
+        from_vector += r["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|item| {
+                item["sources"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["channel"] == "vector"))
+            })
+            .count();
         let items = item_ids(&r);
         ensure!(items.len() == 10, "{user}: {} items: {r}", items.len());
         ensure!(
@@ -975,7 +988,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             );
         }
         ensure!(
-            r["model_version"] == "deepfm-4",
+            r["model_version"] == "deepfm-5",
             "{user}: scored by {}",
             r["model_version"]
         );
@@ -984,6 +997,11 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             "{r}"
         );
     }
+    ensure!(
+        from_vector > 0,
+        "no served item came from the vector channel: the recall pods did not run the user tower"
+    );
+    println!("      served items the vector channel found: {from_vector}");
     // The gateway spreads its calls over every replica: each recall and ranking pod answered
     // some of these requests (a pod left out would take none of the load it was scaled for).
     let after = d.replica_requests(&["recall", "ranking"])?;

@@ -30,6 +30,7 @@ async fn main() {
         &dataset::bundled_dir(),
         root.path(),
         &BuildParams::default(),
+        Some(&recstack_offline::build::seq::bundled_dir()),
         &Progress::new(true),
     )
     .expect("build");

@@ -34,8 +34,18 @@ fn main() {
     let ds = Dataset::load_movietweetings(&dataset::bundled_dir()).expect("bundled data");
     eprintln!("building artifacts from the bundled data …");
     let params = BuildParams::default();
-    let artifacts = build::build(&ds, &params, &Progress::new(true)).expect("build");
+    let mut artifacts = build::build(&ds, &params, &Progress::new(true)).expect("build");
+    // The vector channel in the ALS space first, then with the bundled sequence model (its
+    // ONNX user tower), which the rest of the bench serves as the stack does.
+    let als_space = vector_times(&artifacts);
+    let source = build::seq::SeqSource::read(&build::seq::bundled_dir()).expect("the bundled sequence model");
+    build::seq::attach(&mut artifacts, &source, &params).expect("sequence model");
+    recstack_services::recall::tower::attach(&mut artifacts).expect("the user tower (ONNX Runtime)");
     channels(&artifacts);
+    print_times(
+        "vector, in the ALS space (no sequence model; the channel before)",
+        &mut { als_space },
+    );
     ann(&artifacts, &params);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(service(artifacts));
@@ -79,6 +89,24 @@ fn channels(a: &build::Artifacts) {
         })
         .collect();
     print_times("merge (7 × 200 → 1,000)", &mut times);
+}
+
+/// The vector channel's time (top 200) for each held-out user.
+fn vector_times(a: &build::Artifacts) -> Vec<Duration> {
+    let users: std::collections::BTreeSet<u32> = a.holdout.iter().map(|r| r.user).collect();
+    users
+        .into_iter()
+        .map(|u| {
+            let start = Instant::now();
+            std::hint::black_box(recstack_core::recall::channel(
+                a,
+                recstack_core::recall::Channel::Vector,
+                u,
+                200,
+            ));
+            start.elapsed()
+        })
+        .collect()
 }
 
 fn print_times(name: &str, times: &mut [Duration]) {

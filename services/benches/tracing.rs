@@ -164,6 +164,7 @@ async fn main() {
         &dataset::bundled_dir(),
         &root,
         &BuildParams::default(),
+        Some(&build::seq::bundled_dir()),
         &Progress::new(true),
     )
     .expect("build");

@@ -23,8 +23,7 @@ use recstack_services::serve::{self, LocalAddrs, LocalEvents, LocalOptions, Loca
 use serde_json::{Value, json};
 
 fn artifacts() -> &'static Artifacts {
-    static A: std::sync::OnceLock<Artifacts> = std::sync::OnceLock::new();
-    A.get_or_init(|| recstack_offline::build::load(common::artifact_root(), None).unwrap().1)
+    common::artifacts()
 }
 
 async fn stack(log_dir: &std::path::Path) -> LocalStack {

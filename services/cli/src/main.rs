@@ -55,6 +55,10 @@ enum Command {
     /// ratings' own time split) to train and judge on, and in the current artifacts' holdout
     /// to report. `scripts/train-ranker` reads it.
     ExportRanking(export_ranking::ExportRankingArgs),
+    /// Write the sequence model's training data (`sequences.json`): every user's training
+    /// items in order, in the validation world and in the real split. `scripts/train-seq`
+    /// reads it.
+    ExportSequences(export_ranking::ExportSequencesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Tune(args) => tune::run(args),
         Command::ExportRanking(args) => export_ranking::run(args),
+        Command::ExportSequences(args) => export_ranking::run_sequences(args),
     }
 }
 

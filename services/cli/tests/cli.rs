@@ -109,7 +109,7 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["level"], "full", "{body}");
     assert_eq!(v["items"].as_array().unwrap().len(), 10, "{body}");
-    assert_eq!(v["model_version"], "deepfm-4", "{body}");
+    assert_eq!(v["model_version"], "deepfm-5", "{body}");
 
     // Its trace reaches the embedded store and the query API the banner names.
     let traces = address_after(&banner, "traces");
@@ -308,4 +308,61 @@ fn export_ranking_writes_the_candidate_splits_and_refuses_other_data() {
         "{err}"
     );
     assert!(!refused_dir.exists(), "nothing written");
+}
+
+/// `recstack export-sequences` writes what `scripts/train-seq` reads: every user's training
+/// items in both worlds, the validation world inside the real training split. `recstack
+/// build --seq-model` with a model of other data (it knows none of these items) is refused
+/// before anything is built, naming the flag.
+#[test]
+fn export_sequences_writes_both_worlds_and_build_refuses_a_model_of_other_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("sequences");
+    let out = recstack(&["export-sequences", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("sequences.json")).unwrap()).unwrap();
+    let count = |world: &str, part: &str| -> usize {
+        s[world][part]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_array().unwrap().len())
+            .sum()
+    };
+    let ratings = std::fs::read_to_string(recstack_offline::dataset::bundled_dir().join("ratings.dat")).unwrap();
+    assert_eq!(
+        count("test", "train") + count("test", "holdout"),
+        ratings.lines().count()
+    );
+    assert_eq!(
+        count("validation", "train") + count("validation", "holdout"),
+        count("test", "train")
+    );
+    assert!(count("validation", "holdout") > 10_000);
+    assert_eq!(s["items"].as_array().unwrap().len(), 10_506);
+
+    let model = tmp.path().join("other-model");
+    std::fs::create_dir(&model).unwrap();
+    let bundled = recstack_offline::build::seq::bundled_dir();
+    for f in ["items.f32", "tower.onnx"] {
+        std::fs::copy(bundled.join(f), model.join(f)).unwrap();
+    }
+    let mut card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundled.join("model.json")).unwrap()).unwrap();
+    let n = card["items"].as_array().unwrap().len();
+    card["items"] = (0..n).map(|i| format!("other-{i}")).collect();
+    std::fs::write(model.join("model.json"), card.to_string()).unwrap();
+    let artifacts = tmp.path().join("artifacts");
+    let out = recstack(&[
+        "build",
+        "--quiet",
+        "--seq-model",
+        model.to_str().unwrap(),
+        "--out",
+        artifacts.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--seq-model") && err.contains("under half"), "{err}");
+    assert!(!artifacts.exists(), "nothing written");
 }

@@ -30,6 +30,7 @@ use recstack_core::features::Snapshot;
 use recstack_core::ranking::features::{InputSpec, Lineage, Place};
 use recstack_core::recall::{self, UserHistory};
 
+use crate::build::seq::SeqSource;
 use crate::build::{self, Artifacts, BuildError, BuildParams, Progress};
 use crate::dataset::{Dataset, time_split};
 
@@ -46,24 +47,66 @@ pub enum ExportError {
     OtherData { data: PathBuf, version: String },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("the sequence model's user tower: {0}")]
+    Tower(String),
+    #[error(
+        "{path}: the validation world's sequence model is {found}, the artifacts' {want} (train both with scripts/train-seq)"
+    )]
+    OtherSeqModel { path: PathBuf, found: String, want: String },
 }
 
+/// The validation world's sequence model in `dir`, which must be the same training run as
+/// the artifacts' (the card versions agree).
+pub fn validation_model(dir: &Path, want: &str) -> Result<SeqSource, ExportError> {
+    let source = SeqSource::read(dir).map_err(BuildError::from)?;
+    if source.card.version != want {
+        return Err(ExportError::OtherSeqModel {
+            path: dir.to_path_buf(),
+            found: source.card.version,
+            want: want.to_string(),
+        });
+    }
+    Ok(source)
+}
+
+/// Attaches a runner to artifacts' sequence model ([`recstack_core::artifacts::seq::UserTower`]):
+/// the caller's, which links ONNX Runtime.
+pub type AttachTower<'a> = &'a dyn Fn(&mut Artifacts) -> Result<(), String>;
+
 /// The whole export (`recstack export-ranking`): checks that `data` is what the current
-/// artifacts in `artifacts` were built from, builds the validation world, and writes the
-/// `train`, `valid` and `test` splits with `features.json` and `artifact_version` to `out`.
-/// Reports each step on stderr.
-pub fn export(artifacts: &Path, data: &Path, out: &Path, progress: &Progress) -> Result<(), ExportError> {
-    let (manifest, a) = recstack_core::artifacts::load(artifacts, None)?;
-    let inputs = build::hash_inputs(data, &["movies.dat", "ratings.dat"])?;
-    if inputs != manifest.inputs {
+/// artifacts in `artifacts` were built from, builds the validation world (with the sequence
+/// model in `seq_validation` when the artifacts carry one), and writes the `train`, `valid`
+/// and `test` splits with `features.json` and `artifact_version` to `out`. Reports each step
+/// on stderr.
+pub fn export(
+    artifacts: &Path,
+    data: &Path,
+    seq_validation: &Path,
+    attach: AttachTower,
+    out: &Path,
+    progress: &Progress,
+) -> Result<(), ExportError> {
+    let (manifest, mut a) = recstack_core::artifacts::load(artifacts, None)?;
+    let inputs = build::hash_inputs(data, build::DATA_FILES)?;
+    if build::DATA_FILES
+        .iter()
+        .any(|f| inputs.get(*f) != manifest.inputs.get(*f))
+    {
         return Err(ExportError::OtherData {
             data: data.to_path_buf(),
             version: manifest.version,
         });
     }
     let ds = Dataset::load_movietweetings(data)?;
+    let seq = match &a.seq {
+        Some(model) => Some(validation_model(seq_validation, &model.version)?),
+        None => None,
+    };
     eprintln!("export-ranking: the validation world (the training ratings, split again by time)");
-    let world = validation_world(&ds, &manifest.params, progress)?;
+    let mut world = validation_world(&ds, &manifest.params, seq.as_ref(), progress)?;
+    for w in [&mut a, &mut world] {
+        attach(w).map_err(ExportError::Tower)?;
+    }
     let spec = InputSpec::all(InputSpec::default_buckets);
     let p = CandidateParams::default();
     let (trained, judged) = held_out_users(&world, p.judge_every);
@@ -164,17 +207,27 @@ impl Default for CandidateParams {
 /// latest training ratings (the validation period) and computes every feature and recall
 /// list from what came before, as the real build does for the holdout. A ranker trained on
 /// this world's candidates learns the served question (which of recall's candidates does the
-/// user rate next) without ever seeing the holdout.
-pub fn validation_world(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<Artifacts, BuildError> {
+/// user rate next) without ever seeing the holdout. `seq` is the sequence model trained on
+/// this world's training ratings alone (`scripts/train-seq` writes it to `validation/`).
+pub fn validation_world(
+    ds: &Dataset,
+    params: &BuildParams,
+    seq: Option<&SeqSource>,
+    progress: &Progress,
+) -> Result<Artifacts, BuildError> {
     let train = time_split(&ds.ratings, params.holdout, params.min_history).train;
-    build::build(
+    let mut world = build::build(
         &Dataset {
             ratings: train,
             ..ds.clone()
         },
         params,
         progress,
-    )
+    )?;
+    if let Some(source) = seq {
+        build::seq::attach(&mut world, source, params)?;
+    }
+    Ok(world)
 }
 
 /// Whether a user is one of those kept out of training to judge it.
@@ -378,7 +431,7 @@ mod tests {
         let p = BuildParams::default();
         let quiet = Progress::new(true);
         let real = build::build(&ds, &p, &quiet).unwrap();
-        let world = validation_world(&ds, &p, &quiet).unwrap();
+        let world = validation_world(&ds, &p, None, &quiet).unwrap();
         let mut checked = 0;
         for u in 0..ds.users.len() {
             let trained: HashSet<u32> = real.history[u].iter().copied().collect();

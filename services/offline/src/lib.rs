@@ -6,6 +6,7 @@
 //! - [`eval`]: `recstack eval` on the held-out ratings.
 //! - [`synth`]: a synthetic data set of any size (benches, scale tests).
 //! - [`export`]: the ranking model's training data from recall's own candidates.
+//! - [`sequences`]: the vector channel's sequence model's training data.
 //! - [`tune`]: `recstack tune`, recall's fusion weights chosen on a validation world.
 #![forbid(unsafe_code)]
 
@@ -13,5 +14,6 @@ pub mod build;
 pub mod dataset;
 pub mod eval;
 pub mod export;
+pub mod sequences;
 pub mod synth;
 pub mod tune;

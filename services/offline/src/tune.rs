@@ -34,7 +34,8 @@ pub struct FusionTuning {
 
 /// Coordinate ascent over [`WEIGHT_GRID`] for each channel in turn, `passes` times, starting
 /// from equal weights; a weight changes only when the merged list's mean NDCG@20 strictly
-/// improves (so ties keep the simpler setting). `quota` per channel, `total` merged, as the
+/// improves (so ties keep the simpler setting). The hot channel's weight stays above 0: it is
+/// all a cold user's candidates. `quota` per channel, `total` merged, as the
 /// full level asks.
 pub fn tune_fusion(a: &Artifacts, quota: usize, total: usize, passes: usize, show_progress: bool) -> FusionTuning {
     let truth = Truth::of(a);
@@ -77,7 +78,9 @@ pub fn tune_fusion(a: &Artifacts, quota: usize, total: usize, passes: usize, sho
         for k in 0..weights.len() {
             for &w in WEIGHT_GRID {
                 bar.inc(1);
-                if w == weights[k] {
+                // The hot list is the only channel cold and unknown users get: at weight 0
+                // their candidates would tie and fall into id order.
+                if w == weights[k] || (w == 0.0 && Channel::ALL[k] == Channel::Hot) {
                     continue;
                 }
                 let mut trial = weights.clone();
@@ -140,7 +143,7 @@ mod tests {
             ratings,
         };
         let params = BuildParams::default();
-        let world = validation_world(&ds, &params, &Progress::new(true)).unwrap();
+        let world = validation_world(&ds, &params, None, &Progress::new(true)).unwrap();
         assert!(
             world.holdout.iter().all(|r| ds.ratings.contains(r)),
             "the validation world holds out its own ratings"
@@ -150,5 +153,6 @@ mod tests {
         assert!(t.tuned_ndcg_20 >= t.equal_ndcg_20, "{t:?}");
         assert!(t.users > 0);
         assert!(t.weights.iter().all(|(_, w)| WEIGHT_GRID.contains(w)));
+        assert!(t.weights.iter().any(|&(c, w)| c == Channel::Hot && w > 0.0), "{t:?}");
     }
 }

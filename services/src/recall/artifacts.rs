@@ -29,7 +29,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    pub fn new(manifest: Manifest, artifacts: Artifacts) -> Self {
+    /// The version ready to serve: the vector channel's user tower attached (when the
+    /// artifacts carry a sequence model and none is attached yet).
+    pub fn new(manifest: Manifest, mut artifacts: Artifacts) -> Self {
+        if artifacts.seq.as_ref().is_some_and(|s| s.tower.is_none()) {
+            super::tower::attach_or_warn(&mut artifacts);
+        }
         let users = artifacts
             .users
             .iter()

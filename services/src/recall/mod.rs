@@ -4,10 +4,12 @@
 //!
 //! - [`artifacts`]: the artifact version being served, swapped without a pause.
 //! - [`seen_store`]: where users' seen filters live (in process, or Redis shared by replicas).
+//! - [`tower`]: the vector channel's user tower, run by ONNX Runtime.
 
 mod artifacts;
 pub mod packed;
 mod seen_store;
+pub mod tower;
 
 pub use artifacts::*;
 pub use recstack_core::recall::lead_with;

@@ -119,10 +119,22 @@ pub fn artifact_root() -> &'static std::path::PathBuf {
             &dataset::bundled_dir(),
             &root,
             &BuildParams::default(),
+            Some(&build::seq::bundled_dir()),
             &Progress::new(true),
         )
         .unwrap();
         root
+    })
+}
+
+/// The artifacts of [`artifact_root`], loaded once per test binary with the vector channel's
+/// user tower attached, as recall serves them.
+pub fn artifacts() -> &'static recstack_offline::build::Artifacts {
+    static A: std::sync::OnceLock<recstack_offline::build::Artifacts> = std::sync::OnceLock::new();
+    A.get_or_init(|| {
+        let (_, mut a) = recstack_offline::build::load(artifact_root(), None).unwrap();
+        recstack_services::recall::tower::attach(&mut a).unwrap();
+        a
     })
 }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use recstack_offline::build::seq::{self, SeqSource};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
 use recstack_services::objects::{self, Location};
@@ -28,6 +29,8 @@ pub struct BuildArgs {
     pub endpoint: Option<String>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    #[command(flatten)]
+    pub seq: SeqModelArgs,
     /// Hide progress output.
     #[arg(long)]
     pub quiet: bool,
@@ -53,15 +56,16 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             fetched.path().to_path_buf()
         }
     };
+    let seq = args.seq.choice();
     match out {
         Location::Local(out) => {
-            let manifest = run_build(dir, &out, args.seed, args.quiet)?;
+            let manifest = run_build(dir, &out, args.seed, &seq, args.quiet)?;
             println!("{}", out.join(&manifest.version).display());
         }
         Location::Remote(remote) => {
             // Built on local disk, then uploaded: files first, `current` last.
             let staging = tempfile::tempdir().context("a staging directory for the build")?;
-            let manifest = run_build(dir, staging.path(), args.seed, args.quiet)?;
+            let manifest = run_build(dir, staging.path(), args.seed, &seq, args.quiet)?;
             eprintln!("build: publishing {} to {}", manifest.version, remote.uri);
             let files = runtime.block_on(objects::publish(staging.path(), &manifest.version, &remote))?;
             eprintln!(
@@ -74,8 +78,103 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sequence-model flags of `recstack build` (and of the commands that build a validation
+/// world: `tune`, `export-ranking`).
+#[derive(Args, Clone)]
+pub struct SeqModelArgs {
+    /// The vector channel's sequence model (`model.json`, `items.f32`, `tower.onnx`, and the
+    /// validation world's in `validation/`; see `scripts/train-seq`). Default: the bundled
+    /// model, when it knows the data's items (otherwise the channel searches the ALS space,
+    /// with a warning).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_seq_model")]
+    pub seq_model: Option<PathBuf>,
+    /// Build without a sequence model (the vector channel searches the ALS space).
+    #[arg(long)]
+    pub no_seq_model: bool,
+}
+
+impl SeqModelArgs {
+    pub fn choice(&self) -> SeqModelChoice {
+        SeqModelChoice::of(self.seq_model.clone(), self.no_seq_model)
+    }
+}
+
+/// Which sequence model a build uses.
+pub enum SeqModelChoice {
+    /// The bundled one, if it fits the data.
+    Bundled,
+    /// This directory's; an error if it does not fit.
+    Dir(PathBuf),
+    None,
+}
+
+impl SeqModelChoice {
+    pub fn of(dir: Option<PathBuf>, none: bool) -> Self {
+        match (dir, none) {
+            (_, true) => Self::None,
+            (Some(dir), false) => Self::Dir(dir),
+            (None, false) => Self::Bundled,
+        }
+    }
+
+    /// The model to build with for `ds`, read from disk.
+    pub fn source(&self, ds: &Dataset) -> anyhow::Result<Option<SeqSource>> {
+        self.source_in(ds, "")
+    }
+
+    /// The validation world's model (the `validation/` directory beside the served one).
+    pub fn validation_source(&self, ds: &Dataset) -> anyhow::Result<Option<SeqSource>> {
+        self.source_in(ds, "validation")
+    }
+
+    fn source_in(&self, ds: &Dataset, sub: &str) -> anyhow::Result<Option<SeqSource>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Dir(dir) => {
+                let dir = dir.join(sub);
+                let source = SeqSource::read(&dir).context("--seq-model")?;
+                anyhow::ensure!(
+                    source.fits(ds),
+                    "--seq-model {}: the model knows under half of the data's rated items (trained on other data?)",
+                    dir.display()
+                );
+                Ok(Some(source))
+            }
+            Self::Bundled => {
+                let Some(dir) = [seq::bundled_dir(), PathBuf::from(IMAGE_SEQ_MODEL)]
+                    .into_iter()
+                    .find(|d| d.join("model.json").exists())
+                else {
+                    tracing::warn!(
+                        "no bundled sequence model found: building without one (the vector channel searches the ALS space)"
+                    );
+                    return Ok(None);
+                };
+                let source = SeqSource::read(&dir.join(sub)).context("the bundled sequence model")?;
+                if source.fits(ds) {
+                    return Ok(Some(source));
+                }
+                tracing::warn!(
+                    "the bundled sequence model was trained on other data: building without one (the vector channel searches the ALS space); train one with scripts/train-seq and pass --seq-model"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Where the container images keep the bundled sequence model (`COPY services/models` in
+/// `services/Dockerfile`): the build Job runs outside a checkout.
+const IMAGE_SEQ_MODEL: &str = "/usr/share/recstack/models/seq";
+
 /// Builds and writes artifacts from the data in `dir`.
-pub fn run_build(dir: PathBuf, out: &Path, seed: u64, quiet: bool) -> anyhow::Result<build::Manifest> {
+pub fn run_build(
+    dir: PathBuf,
+    out: &Path,
+    seed: u64,
+    seq: &SeqModelChoice,
+    quiet: bool,
+) -> anyhow::Result<build::Manifest> {
     let start = Instant::now();
     let ds = Dataset::load_movietweetings(&dir)?;
     eprintln!(
@@ -89,7 +188,11 @@ pub fn run_build(dir: PathBuf, out: &Path, seed: u64, quiet: bool) -> anyhow::Re
         seed,
         ..BuildParams::default()
     };
-    let (manifest, _) = build::build_loaded(&ds, &dir, out, &params, &Progress::new(quiet))?;
+    let source = seq.source(&ds)?;
+    if let Some(s) = &source {
+        eprintln!("build: sequence model {} from {}", s.card.version, s.dir.display());
+    }
+    let (manifest, _) = build::build_loaded(&ds, &dir, out, &params, source.as_ref(), &Progress::new(quiet))?;
     eprintln!(
         "build: version {} written in {:.1}s",
         manifest.version,

@@ -68,7 +68,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         kept
     };
-    let (manifest, a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
+    let (manifest, mut a) = build::load(&artifacts, version.as_deref()).context("loading artifacts")?;
+    recstack_services::recall::tower::attach(&mut a).context("the sequence model's user tower")?;
     if let Some(dir) = export_split {
         export(&a, &dir).with_context(|| format!("writing the split to {}", dir.display()))?;
     }

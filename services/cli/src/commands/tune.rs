@@ -18,6 +18,8 @@ pub struct TuneArgs {
     /// Coordinate-ascent passes over the channels.
     #[arg(long, default_value_t = 2)]
     pub passes: usize,
+    #[command(flatten)]
+    pub seq: super::build::SeqModelArgs,
 }
 
 pub fn run(args: TuneArgs) -> anyhow::Result<()> {
@@ -40,8 +42,10 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
         println!("| {}{mark} | {:.4} |", t.days, t.ndcg_20);
     }
     eprintln!("tune: building the validation world …");
-    let world =
-        export::validation_world(&ds, &params, &Progress::new(false)).context("building the validation world")?;
+    let seq = args.seq.choice().validation_source(&ds)?;
+    let mut world = export::validation_world(&ds, &params, seq.as_ref(), &Progress::new(false))
+        .context("building the validation world")?;
+    recstack_services::recall::tower::attach(&mut world).context("the sequence model's user tower")?;
     eprintln!("tune: searching fusion weights ({} passes) …", args.passes);
     let t = tune::tune_fusion(&world, 200, 1000, args.passes, true);
     println!(

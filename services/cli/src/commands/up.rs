@@ -70,7 +70,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             "up: no artifacts in {}; building them from the bundled data",
             artifacts.display()
         );
-        super::build::run_build(dataset::bundled_dir(), &artifacts, 42, false)?;
+        super::build::run_build(
+            dataset::bundled_dir(),
+            &artifacts,
+            42,
+            &super::build::SeqModelChoice::Bundled,
+            false,
+        )?;
     }
     anyhow::ensure!(
         (0.0..=100.0).contains(&trace_full_percent),

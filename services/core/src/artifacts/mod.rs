@@ -4,6 +4,7 @@
 
 pub mod ann;
 pub mod factors;
+pub mod seq;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -152,6 +153,9 @@ pub struct Artifacts {
     pub user_features: Vec<UserProfile>,
     /// Held-out ratings (never trained on), for evaluation.
     pub holdout: Vec<Rating>,
+    /// The vector channel's sequence model, when the build was given one (its item rows are
+    /// what [`Artifacts::ann`] indexes then).
+    pub seq: Option<seq::SeqModel>,
 }
 
 /// The artifact directory's `manifest.json`.
@@ -174,7 +178,7 @@ const ARTIFACT_FILE: &str = "artifacts.bin";
 /// The encoding of [`Artifacts`]; part of the version, so a build with a changed layout writes
 /// a new version instead of one an older reader misreads (2: `history_times`; 3: `next_items`,
 /// `hot_half_life_days`).
-pub const ARTIFACT_FORMAT: u32 = 3;
+pub const ARTIFACT_FORMAT: u32 = 4;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()

@@ -44,13 +44,13 @@ impl Channel {
     /// (`recstack tune`: coordinate ascent on the merged list's NDCG@20; docs/recall.md).
     pub fn fusion_weight(self) -> f32 {
         match self {
-            Channel::ItemCf => 1.0,
+            Channel::ItemCf => 0.25,
             Channel::UserCf => 0.0,
-            Channel::Hot => 3.0,
-            Channel::Als => 1.5,
-            Channel::Vector => 0.0,
-            Channel::Tag => 0.5,
-            Channel::Cooc => 8.0,
+            Channel::Hot => 0.5,
+            Channel::Als => 0.25,
+            Channel::Vector => 1.0,
+            Channel::Tag => 0.25,
+            Channel::Cooc => 1.5,
         }
     }
 

@@ -240,25 +240,26 @@ fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     top_k_of(scores, n)
 }
 
-/// Items nearest (cosine) to the mean embedding of the user's recent items: "more like what
-/// you just watched", in the ALS item space. (ALS already ranks by the user vector; this
-/// channel adds a recency-driven, popularity-neutral signal.) Catalogues up to
-/// [`EXACT_SCAN_MAX_ITEMS`] are scanned exactly — faster than the HNSW walk at that size and
-/// with no recall loss (BENCHMARKS.md, "ANN") —, larger ones go through the HNSW index.
+/// Items nearest (cosine) to the user's query vector ([`vector_query`]) in the vector
+/// space ([`vector_space`]): with a sequence model, the user tower's reading of the user's
+/// recent items against the model's item rows; without one, the mean of the recent items' ALS
+/// vectors ("more like what you just watched"). Catalogues up to [`EXACT_SCAN_MAX_ITEMS`] are
+/// scanned exactly — faster than the HNSW walk at that size and with no recall loss
+/// (BENCHMARKS.md, "ANN") —, larger ones go through the HNSW index, built over the same space.
 fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(query) = vector_query(a, user) else {
         return Vec::new();
     };
+    let space = vector_space(a);
     let exact = || {
-        let inverse_norms = a.factors.inverse_norms();
-        let scores = a
-            .factors
+        let inverse_norms = space.inverse_norms();
+        let scores = space
             .scan(&query.0)
             .map(|(i, s)| (i, s * inverse_norms[i as usize]))
             .filter(|(i, _)| !seen.contains(i));
         top_k_of(scores, n)
     };
-    if a.factors.n_items() <= EXACT_SCAN_MAX_ITEMS {
+    if space.n_items() <= EXACT_SCAN_MAX_ITEMS {
         return exact();
     }
     // The graph cannot skip the history; ask for enough to drop it afterwards.
@@ -273,17 +274,28 @@ fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)>
     best
 }
 
+/// The item vectors the vector channel searches (and [`Artifacts::ann`] indexes): the
+/// sequence model's item rows when the artifacts carry one, else the ALS item factors.
+pub fn vector_space(a: &Artifacts) -> &crate::artifacts::factors::Factors {
+    a.seq.as_ref().map_or(&a.factors, |s| &s.rows)
+}
+
 /// Whether an HNSW answer of `returned` items to a request for `wanted` stopped at the graph's
 /// ef_search rather than at the `indexed` items there are.
 pub fn ann_ran_out(returned: usize, wanted: usize, indexed: usize) -> bool {
     returned < wanted.min(indexed)
 }
 
-/// The vector channel's query: the normalized mean of the user's recent items' unit vectors
-/// (`None` for users without history or artifacts without factors).
+/// The vector channel's query, unit length: with a sequence model, its user tower run on the
+/// user's recent items (`None` until a runner is attached: the channel never answers from a
+/// space its query was not made for); otherwise the mean of the recent items' ALS unit
+/// vectors. `None` for users without history.
 pub fn vector_query(a: &Artifacts, user: u32) -> Option<UnitVec> {
-    let dim = a.factors.dim;
     let recent = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+    if let Some(seq) = &a.seq {
+        return seq.query(recent).map(|v| UnitVec::new(&v));
+    }
+    let dim = a.factors.dim;
     if dim == 0 || recent.is_empty() {
         return None;
     }

@@ -12,6 +12,7 @@ pub mod als;
 pub mod cf;
 pub mod cooc;
 pub mod hot;
+pub mod seq;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ pub enum BuildError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the data has no ratings")]
     Empty,
+    #[error("the sequence model: {0}")]
+    SeqModel(#[from] seq::SeqModelError),
 }
 
 /// Shows one step of the build on stderr: a line when it starts and ends, and a bar for steps
@@ -158,6 +161,7 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
         item_features,
         user_features,
         holdout: test,
+        seq: None,
     })
 }
 
@@ -248,28 +252,40 @@ pub fn hash_inputs(dir: &Path, names: &[&str]) -> Result<BTreeMap<String, String
 }
 
 /// Builds the artifacts of a MovieTweetings directory (`movies.dat`, `ratings.dat`) with
-/// `params` and writes them to `root` (as [`write`]): what tests and benches start from.
+/// `params`, and the sequence model in `seq_model` when given, and writes them to `root` (as
+/// [`write`]): what tests and benches start from.
 pub fn build_dir(
     dir: &Path,
     root: &Path,
     params: &BuildParams,
+    seq_model: Option<&Path>,
     progress: &Progress,
 ) -> Result<(Manifest, Artifacts), BuildError> {
     let ds = Dataset::load_movietweetings(dir)?;
-    build_loaded(&ds, dir, root, params, progress)
+    let source = seq_model.map(seq::SeqSource::read).transpose()?;
+    build_loaded(&ds, dir, root, params, source.as_ref(), progress)
 }
 
 /// [`build_dir`] for a data set already loaded from `dir` (`recstack build` reports on it
-/// before the build starts).
+/// before the build starts). The sequence model's files join the inputs the version is
+/// derived from.
 pub fn build_loaded(
     ds: &Dataset,
     dir: &Path,
     root: &Path,
     params: &BuildParams,
+    seq_model: Option<&seq::SeqSource>,
     progress: &Progress,
 ) -> Result<(Manifest, Artifacts), BuildError> {
-    let artifacts = build(ds, params, progress)?;
-    let inputs = hash_inputs(dir, &["movies.dat", "ratings.dat"])?;
+    let mut artifacts = build(ds, params, progress)?;
+    let mut inputs = hash_inputs(dir, DATA_FILES)?;
+    if let Some(source) = seq_model {
+        progress.step("sequence model", 0, |_| seq::attach(&mut artifacts, source, params))?;
+        inputs.extend(source.hashes.iter().cloned());
+    }
     let manifest = write(root, &artifacts, "movietweetings-100k", inputs, params)?;
     Ok((manifest, artifacts))
 }
+
+/// The data files of a MovieTweetings directory, whose hashes are a build's first inputs.
+pub const DATA_FILES: &[&str] = &["movies.dat", "ratings.dat"];
