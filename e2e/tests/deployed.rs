@@ -815,12 +815,20 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
         log.contains("no artifact version published yet") && log.contains("fetched artifacts"),
         "recall waited for the build, then fetched its artifacts from S3:\n{log}"
     );
+    ensure!(
+        !log.contains("user tower did not load"),
+        "recall runs the sequence model's user tower (ONNX Runtime):\n{log}"
+    );
     let job = d.objects.iter().find(|o| o["kind"] == "Job").context("no Job")?;
     let job = job["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let log = d.with_pod(&format!("{job}-0"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
     ensure!(
         log.contains(&format!("s3://{BUCKET}/{STACK}/artifacts/current names v-")),
         "the build published a version:\n{log}"
+    );
+    ensure!(
+        log.contains("build: sequence model seq-"),
+        "the build put the bundled sequence model into the artifacts:\n{log}"
     );
     ensure!(
         d.dir.join(format!("s3/{BUCKET}/{STACK}/artifacts/current")).exists(),

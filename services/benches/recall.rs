@@ -6,7 +6,7 @@
 //!    single-channel lookup, and candidates as columns against a message each.
 //!
 //! `cargo bench -p recstack-services --bench recall` (`scripts/bench` adds the faiss and
-//! `implicit` peers). Set `RECSTACK_BENCH_EXPORT=DIR` to write the ANN vectors, queries and
+//! `implicit` peers; `-- channels` prints the first table alone). Set `RECSTACK_BENCH_EXPORT=DIR` to write the ANN vectors, queries and
 //! exact neighbours for the faiss peer.
 
 use std::collections::HashSet;
@@ -46,6 +46,9 @@ fn main() {
         "vector, in the ALS space (no sequence model; the channel before)",
         &mut { als_space },
     );
+    if std::env::args().any(|a| a == "channels") {
+        return; // `-- channels`: the first table alone
+    }
     ann(&artifacts, &params);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(service(artifacts));

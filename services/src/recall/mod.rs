@@ -39,7 +39,8 @@ use recstack_core::artifacts::{self as build, ArtifactError, Artifacts, Manifest
 use recstack_core::recall::merge::fusion_term;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
 use recstack_core::recall::{
-    Channel, ChannelList, CutReason, Source as Lineage, UserHistory, channel_for, merge, past_quota,
+    Channel, ChannelList, CutReason, Source as Lineage, UserHistory, channel_for, fusion_weights, merge_weighted,
+    past_quota,
 };
 
 /// Generated gRPC types (`services/proto/recall.proto`).
@@ -340,7 +341,7 @@ impl<S: SeenStore> RecallService<S> {
         let lists = lead_hot(lists);
         let quota = |c: Channel| q.quotas.get(&c).copied().unwrap_or(0);
         let all: usize = q.quotas.values().sum();
-        let merged = merge(&lists, quota, all);
+        let merged = merge_weighted(&lists, quota, fusion_weights(&loaded.artifacts), all);
         // Explaining: the channels again, deeper (a channel's top n is not always a prefix of
         // its top n + k), only to tell what the quotas cut; the answer stays the same.
         let mut cuts: Vec<Cut> = if q.explain {

@@ -326,7 +326,22 @@ fn tag(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
 /// Every channel, merged: `quota` items per channel at most, `total` in all.
 pub fn recall(a: &Artifacts, h: &UserHistory, quota: usize, total: usize) -> Vec<Candidate> {
     let lists: Vec<ChannelList> = Channel::ALL.iter().map(|&c| channel_for(a, h, c, quota)).collect();
-    merge(&lists, |_| quota, total)
+    merge_weighted(&lists, |_| quota, fusion_weights(a), total)
+}
+
+/// The vector channel's fusion weight when the artifacts carry no sequence model and it
+/// searches the ALS space: tuned to 0 there (its items join the candidates but not the order).
+pub const ALS_SPACE_VECTOR_WEIGHT: f32 = 0.0;
+
+/// Each channel's fusion weight for these artifacts: [`Channel::fusion_weight`] (tuned with
+/// the sequence model in the vector channel), but [`ALS_SPACE_VECTOR_WEIGHT`] for a vector
+/// channel without one.
+pub fn fusion_weights(a: &Artifacts) -> impl Fn(Channel) -> f32 + use<> {
+    let als_space = a.seq.is_none();
+    move |c| match c {
+        Channel::Vector if als_space => ALS_SPACE_VECTOR_WEIGHT,
+        c => c.fusion_weight(),
+    }
 }
 
 /// The hot channel with real-time trending items first (scored above the build's list, in
