@@ -151,6 +151,17 @@ pub struct Split {
     pub test: Vec<Rating>,
 }
 
+/// A rating of 5 by `user` of `item` at `ts`: what the crate's tests build data from.
+#[cfg(test)]
+pub(crate) fn r(user: u32, item: u32, ts: i64) -> Rating {
+    Rating {
+        user,
+        item,
+        rating: 5,
+        ts,
+    }
+}
+
 pub fn time_split(ratings: &[Rating], holdout: f64, min_history: usize) -> Split {
     let mut by_user: HashMap<u32, Vec<Rating>> = HashMap::new();
     for r in ratings {
@@ -194,15 +205,6 @@ mod tests {
         let m = parse_movie("2::No year").unwrap();
         assert_eq!((m.title.as_str(), m.year), ("No year", None));
         assert!(parse_movie("garbage").is_err());
-    }
-
-    fn r(user: u32, item: u32, ts: i64) -> Rating {
-        Rating {
-            user,
-            item,
-            rating: 5,
-            ts,
-        }
     }
 
     #[test]

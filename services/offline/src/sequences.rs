@@ -84,15 +84,7 @@ mod tests {
     use super::*;
     use crate::build::{Progress, build};
     use crate::dataset::bundled_dir;
-
-    fn r(user: u32, item: u32, ts: i64) -> Rating {
-        Rating {
-            user,
-            item,
-            rating: 7,
-            ts,
-        }
-    }
+    use crate::dataset::r;
 
     #[test]
     fn sequences_run_oldest_first_with_ties_the_reverse_of_history() {

@@ -103,15 +103,7 @@ pub fn tune_half_life(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn r(user: u32, item: u32, ts: i64) -> Rating {
-        Rating {
-            user,
-            item,
-            rating: 5,
-            ts,
-        }
-    }
+    use crate::dataset::r;
 
     #[test]
     fn hot_list_decays_with_age() {
