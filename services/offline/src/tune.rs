@@ -4,9 +4,11 @@
 //! ratings of the training split held out, as the real split holds out the most recent
 //! ratings of all; [`crate::export::validation_world`]): artifacts are built on its training part and judged on its held-out part.
 //! There the build chooses the hot list's half-life ([`crate::build::hot::tune_half_life`]),
-//! and this module chooses the channels' fusion weights by coordinate ascent on the merged
-//! list's NDCG@20. The chosen weights are what [`Channel::fusion_weight`] serves; the command
-//! prints them so a change of data or channels can be re-tuned and the table updated.
+//! and this module chooses the channels' fusion weights, then their quotas, by coordinate
+//! ascent on the merged list's NDCG@20. The chosen weights are what [`Channel::fusion_weight`]
+//! serves; the quotas it found gain too little over
+//! [`DEFAULT_QUOTA`](recstack_core::recall::DEFAULT_QUOTA) to serve (docs/recall.md). The
+//! command prints both so a change of data or channels can be re-tuned and the tables updated.
 
 use std::collections::HashSet;
 
@@ -32,31 +34,55 @@ pub struct FusionTuning {
     pub users: usize,
 }
 
-/// Coordinate ascent over [`WEIGHT_GRID`] for each channel in turn, `passes` times, starting
-/// from equal weights; a weight changes only when the merged list's mean NDCG@20 strictly
-/// improves (so ties keep the simpler setting). The hot channel's weight stays above 0: it is
-/// all a cold user's candidates. `quota` per channel, `total` merged, as the
-/// full level asks.
-pub fn tune_fusion(a: &Artifacts, quota: usize, total: usize, passes: usize, show_progress: bool) -> FusionTuning {
-    let truth = Truth::of(a);
-    let lists: Vec<Vec<ChannelList>> = truth
-        .users
-        .par_iter()
-        .map(|&user| {
-            let h = recall::UserHistory::new(a, user);
-            Channel::ALL
-                .iter()
-                .map(|&c| recall::channel_for(a, &h, c, quota))
-                .collect()
-        })
-        .collect();
-    let score = |weights: &[f32]| -> f64 {
-        let weight = |c: Channel| weights[Channel::ALL.iter().position(|&x| x == c).unwrap_or(0)];
-        let sum: f64 = lists
+/// The per-channel quotas [`tune_quotas`] tries.
+pub const QUOTA_GRID: &[usize] = &[50, 100, 200, 300, 400];
+
+/// What the quota search did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaTuning {
+    /// Every channel's chosen quota.
+    pub quotas: Vec<(Channel, usize)>,
+    /// The merged list's NDCG@20 on the validation world with every quota at the start value.
+    pub start_ndcg_20: f64,
+    /// The same with the chosen quotas.
+    pub tuned_ndcg_20: f64,
+    pub users: usize,
+}
+
+/// Every judged user's channel lists, `depth` deep, computed once for a search: each trial only
+/// merges them again (a channel's top `n` is its top `depth` cut to `n` for the list-based
+/// channels; the ANN's top `n` may differ from a deeper search's prefix in its last places).
+struct Judged {
+    truth: Truth,
+    lists: Vec<Vec<ChannelList>>,
+}
+
+impl Judged {
+    fn of(a: &Artifacts, depth: usize) -> Self {
+        let truth = Truth::of(a);
+        let lists = truth
+            .users
             .par_iter()
-            .zip(&truth.items)
+            .map(|&user| {
+                let h = recall::UserHistory::new(a, user);
+                Channel::ALL
+                    .iter()
+                    .map(|&c| recall::channel_for(a, &h, c, depth))
+                    .collect()
+            })
+            .collect();
+        Self { truth, lists }
+    }
+
+    /// The mean NDCG@20 of the merged lists with `weights` and `quotas` (both in
+    /// [`Channel::ALL`] order), `total` merged.
+    fn score(&self, weights: &[f32], quotas: &[usize], total: usize) -> f64 {
+        let sum: f64 = self
+            .lists
+            .par_iter()
+            .zip(&self.truth.items)
             .map(|(l, t): (&Vec<ChannelList>, &HashSet<u32>)| {
-                let merged: Vec<u32> = merge_weighted(l, |_| quota, weight, total)
+                let merged: Vec<u32> = merge_weighted(l, |c| quotas[c.index()], |c| weights[c.index()], total)
                     .iter()
                     .take(20)
                     .map(|c| c.item)
@@ -64,40 +90,108 @@ pub fn tune_fusion(a: &Artifacts, quota: usize, total: usize, passes: usize, sho
                 ndcg_at(&merged, t, 20)
             })
             .sum();
-        sum / truth.len().max(1) as f64
-    };
-    let bar = if show_progress {
-        ProgressBar::new((passes * Channel::ALL.len() * WEIGHT_GRID.len()) as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut weights = vec![1.0f32; Channel::ALL.len()];
-    let equal = score(&weights);
-    let mut best = equal;
+        sum / self.truth.len().max(1) as f64
+    }
+}
+
+/// Coordinate ascent: for each of `values`' places in turn, `passes` times, every value of
+/// `grid` but those `allowed` refuses; a value changes only when `score` strictly improves (so
+/// ties keep the start). Returns the values and their score.
+fn coordinate_ascent<T: Copy + PartialEq + Send + Sync>(
+    mut values: Vec<T>,
+    grid: &[T],
+    passes: usize,
+    allowed: impl Fn(usize, T) -> bool,
+    score: impl Fn(&[T]) -> f64,
+    bar: &ProgressBar,
+) -> (Vec<T>, f64) {
+    let mut best = score(&values);
     for _ in 0..passes {
-        for k in 0..weights.len() {
-            for &w in WEIGHT_GRID {
+        for k in 0..values.len() {
+            for &v in grid {
                 bar.inc(1);
-                // The hot list is the only channel cold and unknown users get: at weight 0
-                // their candidates would tie and fall into id order.
-                if w == weights[k] || (w == 0.0 && Channel::ALL[k] == Channel::Hot) {
+                if v == values[k] || !allowed(k, v) {
                     continue;
                 }
-                let mut trial = weights.clone();
-                trial[k] = w;
+                let mut trial = values.clone();
+                trial[k] = v;
                 let s = score(&trial);
                 if s > best {
-                    (best, weights) = (s, trial);
+                    (best, values) = (s, trial);
                 }
             }
         }
     }
+    (values, best)
+}
+
+fn progress(show: bool, steps: usize) -> ProgressBar {
+    if show {
+        ProgressBar::new(steps as u64)
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+/// Coordinate ascent over [`WEIGHT_GRID`] for each channel in turn, `passes` times, starting
+/// from equal weights; a weight changes only when the merged list's mean NDCG@20 strictly
+/// improves (so ties keep the simpler setting). The hot channel's weight stays above 0: it is
+/// all a cold user's candidates. `quota` per channel, `total` merged, as the
+/// full level asks.
+pub fn tune_fusion(a: &Artifacts, quota: usize, total: usize, passes: usize, show_progress: bool) -> FusionTuning {
+    let judged = Judged::of(a, quota);
+    let quotas = [quota; Channel::ALL.len()];
+    let bar = progress(show_progress, passes * Channel::ALL.len() * WEIGHT_GRID.len());
+    let equal = judged.score(&[1.0; Channel::ALL.len()], &quotas, total);
+    // The hot list is the only channel cold and unknown users get: at weight 0 their
+    // candidates would tie and fall into id order.
+    let (weights, best) = coordinate_ascent(
+        vec![1.0f32; Channel::ALL.len()],
+        WEIGHT_GRID,
+        passes,
+        |k, w| !(w == 0.0 && Channel::ALL[k] == Channel::Hot),
+        |w| judged.score(w, &quotas, total),
+        &bar,
+    );
     bar.finish_and_clear();
     FusionTuning {
         weights: Channel::ALL.iter().copied().zip(weights).collect(),
         equal_ndcg_20: equal,
         tuned_ndcg_20: best,
-        users: truth.len(),
+        users: judged.truth.len(),
+    }
+}
+
+/// Coordinate ascent over [`QUOTA_GRID`] for each channel's quota, `passes` times, starting
+/// from `start` for every channel, with the fusion `weights` (by [`Channel::ALL`]) and `total`
+/// merged, on the merged list's NDCG@20; ties keep the start.
+pub fn tune_quotas(
+    a: &Artifacts,
+    weights: &[f32],
+    start: usize,
+    total: usize,
+    passes: usize,
+    show_progress: bool,
+) -> QuotaTuning {
+    let depth = QUOTA_GRID.iter().copied().chain([start]).max().unwrap_or(start);
+    let judged = Judged::of(a, depth);
+    let bar = progress(show_progress, passes * Channel::ALL.len() * QUOTA_GRID.len());
+    let initial = vec![start; Channel::ALL.len()];
+    let start_ndcg_20 = judged.score(weights, &initial, total);
+    let (quotas, best) = coordinate_ascent(
+        initial,
+        QUOTA_GRID,
+        passes,
+        |_, _| true,
+        |q| judged.score(weights, q, total),
+        &bar,
+    );
+    bar.finish_and_clear();
+    QuotaTuning {
+        quotas: Channel::ALL.iter().copied().zip(quotas).collect(),
+        start_ndcg_20,
+        tuned_ndcg_20: best,
+        users: judged.truth.len(),
     }
 }
 
@@ -108,6 +202,31 @@ mod tests {
     use crate::dataset::Dataset;
     use crate::export::validation_world;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn coordinate_ascent_finds_a_separable_optimum_keeps_ties_and_skips_what_is_refused() {
+        let grid = [0, 1, 2, 3, 4, 5];
+        let bowl = |v: &[i32]| -f64::from((v[0] - 3).pow(2) + (v[1] - 1).pow(2));
+        let bar = ProgressBar::hidden();
+        assert_eq!(
+            coordinate_ascent(vec![0, 5], &grid, 1, |_, _| true, bowl, &bar),
+            (vec![3, 1], 0.0)
+        );
+        // Refusing the optimum of the first place: the best allowed neighbour (2 before 4, as
+        // the search only moves on a strict gain).
+        let (v, _) = coordinate_ascent(vec![0, 5], &grid, 2, |k, x| !(k == 0 && x == 3), bowl, &bar);
+        assert_eq!(v, vec![2, 1]);
+        // A flat score never moves off the start.
+        assert_eq!(
+            coordinate_ascent(vec![4, 4], &grid, 3, |_, _| true, |_| 1.0, &bar).0,
+            vec![4, 4]
+        );
+        // No pass: the start and its score.
+        assert_eq!(
+            coordinate_ascent(vec![0, 0], &grid, 0, |_, _| true, bowl, &bar),
+            (vec![0, 0], -10.0)
+        );
+    }
 
     #[test]
     fn tuning_never_makes_the_merged_list_worse_and_reports_every_channel() {
@@ -154,5 +273,26 @@ mod tests {
         assert!(t.users > 0);
         assert!(t.weights.iter().all(|(_, w)| WEIGHT_GRID.contains(w)));
         assert!(t.weights.iter().any(|&(c, w)| c == Channel::Hot && w > 0.0), "{t:?}");
+
+        let weights: Vec<f32> = t.weights.iter().map(|&(_, w)| w).collect();
+        let q = tune_quotas(&world, &weights, 75, 200, 1, false);
+        assert_eq!(
+            q.quotas.iter().map(|&(c, _)| c).collect::<Vec<_>>(),
+            Channel::ALL,
+            "every channel, in order"
+        );
+        assert!(q.tuned_ndcg_20 >= q.start_ndcg_20, "{q:?}");
+        assert!(
+            q.quotas.iter().all(|(_, n)| *n == 75 || QUOTA_GRID.contains(n)),
+            "{q:?}"
+        );
+        // The start with the fusion search's weights is the fusion search's tuned list (at the
+        // same quota it is the same merge).
+        let same = tune_quotas(&world, &weights, 50, 200, 0, false);
+        assert!(
+            (same.start_ndcg_20 - t.tuned_ndcg_20).abs() < 1e-12,
+            "{same:?} against {t:?}"
+        );
+        assert_eq!(same.tuned_ndcg_20, same.start_ndcg_20, "no pass, no change");
     }
 }

@@ -1,5 +1,6 @@
 //! `recstack tune`: recall's settings chosen on the validation world (never the holdout),
-//! printed as tables: the hot list's half-life sweep and the channels' fusion weights.
+//! printed as tables: the hot list's half-life sweep, the channels' fusion weights and their
+//! quotas.
 
 use std::path::PathBuf;
 
@@ -8,6 +9,7 @@ use clap::Args;
 use recstack_offline::build::{BuildParams, Progress, hot};
 use recstack_offline::dataset::{self, Dataset, time_split};
 use recstack_offline::{export, tune};
+use recstack_services::recall::{DEFAULT_N, DEFAULT_QUOTA};
 
 /// The flags of `recstack tune`.
 #[derive(Args)]
@@ -47,7 +49,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
         .context("building the validation world")?;
     recstack_services::recall::tower::attach(&mut world).context("the sequence model's user tower")?;
     eprintln!("tune: searching fusion weights ({} passes) …", args.passes);
-    let t = tune::tune_fusion(&world, 200, 1000, args.passes, true);
+    let t = tune::tune_fusion(&world, DEFAULT_QUOTA, DEFAULT_N, args.passes, true);
     println!(
         "\nfusion weights on the validation world ({} users; merged NDCG@20 {:.4} with equal weights, {:.4} tuned):\n",
         t.users, t.equal_ndcg_20, t.tuned_ndcg_20
@@ -55,6 +57,17 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
     println!("| channel | weight |\n|---|---:|");
     for (c, w) in &t.weights {
         println!("| {} | {w} |", c.name());
+    }
+    eprintln!("tune: searching per-channel quotas ({} passes) …", args.passes);
+    let weights: Vec<f32> = t.weights.iter().map(|&(_, w)| w).collect();
+    let q = tune::tune_quotas(&world, &weights, DEFAULT_QUOTA, DEFAULT_N, args.passes, true);
+    println!(
+        "\nper-channel quotas on the validation world, with those weights ({} users; merged NDCG@20 {:.4} with {DEFAULT_QUOTA} each, {:.4} tuned):\n",
+        q.users, q.start_ndcg_20, q.tuned_ndcg_20
+    );
+    println!("| channel | quota |\n|---|---:|");
+    for (c, n) in &q.quotas {
+        println!("| {} | {n} |", c.name());
     }
     Ok(())
 }
