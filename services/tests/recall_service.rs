@@ -569,3 +569,42 @@ async fn concurrent_impressions_on_two_replicas_lose_nothing() {
         items.len()
     );
 }
+
+#[tokio::test]
+async fn a_user_tower_that_does_not_load_empties_the_vector_channel_and_recall_serves_on() {
+    let (manifest, mut a) = recstack_offline::build::load(artifact_root(), None).unwrap();
+    let seq = a.seq.as_mut().expect("the bundled build carries the sequence model");
+    // A torn graph (a half-written file): the tower cannot load.
+    seq.tower_onnx.truncate(seq.tower_onnx.len() / 2);
+    let loaded = Loaded::new(manifest, a);
+    assert!(
+        loaded.artifacts.seq.as_ref().is_some_and(|s| s.tower.is_none()),
+        "no runner attached"
+    );
+    let mut r = serve(loaded, MemorySeenStore::default()).await;
+    let (user, history) = active_user(&r.slot.get());
+    let resp = r.client.recall(request(&user, 0, &[])).await.unwrap().into_inner();
+    let returned = |name: &str| {
+        resp.channels
+            .iter()
+            .find(|s| s.channel == name)
+            .map(|s| s.returned)
+            .unwrap_or_else(|| panic!("no stats for {name}: {:?}", resp.channels))
+    };
+    assert_eq!(
+        returned("vector"),
+        0,
+        "the channel answers nothing, not another space's items"
+    );
+    for c in recstack_core::recall::Channel::ALL {
+        if c.name() != "vector" {
+            assert!(returned(c.name()) > 0, "{} still serves: {:?}", c.name(), resp.channels);
+        }
+    }
+    assert!(resp.candidates.len() >= 500, "{} candidates", resp.candidates.len());
+    assert!(
+        !channels_of(&resp).contains("vector"),
+        "no candidate claims the vector channel"
+    );
+    assert!(resp.candidates.iter().all(|c| !history.contains(&c.item_id)));
+}

@@ -118,3 +118,79 @@ pub fn attach_or_warn(a: &mut Artifacts) {
         tracing::warn!(error = %e, "the vector channel's user tower did not load: the channel returns nothing");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use recstack_core::artifacts::factors::Factors;
+    use recstack_core::artifacts::seq::SeqCard;
+
+    use super::*;
+
+    /// The bundled sequence model's graph and card, with three item rows.
+    fn bundled() -> SeqModel {
+        let dir = recstack_offline::build::seq::bundled_dir();
+        let card: SeqCard = serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
+        SeqModel {
+            version: card.version,
+            seq_len: card.seq_len,
+            input: card.input,
+            mask_input: card.mask_input,
+            output: card.output,
+            rows: Factors::new(
+                card.dim,
+                Vec::new(),
+                (0..3 * card.dim).map(|k| (k % 7) as f32 / 10.0).collect(),
+            ),
+            tower_onnx: std::fs::read(dir.join("tower.onnx")).unwrap(),
+            tower: None,
+        }
+    }
+
+    fn load_error(model: &SeqModel) -> String {
+        match OnnxTower::load(model) {
+            Ok(_) => panic!("{} loaded", model.version),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_bundled_tower_turns_recent_items_into_a_unit_vector() {
+        let model = bundled();
+        let tower = OnnxTower::load(&model).unwrap();
+        let (recent, mask) = model.tower_inputs(&[2, 0, 1]).unwrap();
+        let v = tower.user_vector(&recent, &mask).unwrap();
+        assert_eq!(v.len(), model.rows.dim);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+        // Another history, another query; the same history, the same query.
+        let (other, other_mask) = model.tower_inputs(&[1]).unwrap();
+        assert_ne!(tower.user_vector(&other, &other_mask).unwrap(), v);
+        assert_eq!(tower.user_vector(&recent, &mask).unwrap(), v);
+        // Inputs of the wrong shape are refused, not run.
+        assert_eq!(tower.user_vector(&recent[1..], &mask), None);
+        assert_eq!(tower.user_vector(&recent, &mask[1..]), None);
+    }
+
+    #[test]
+    fn a_graph_that_is_not_onnx_is_refused_naming_the_model() {
+        let mut model = bundled();
+        model.tower_onnx.truncate(model.tower_onnx.len() / 2);
+        let e = load_error(&model);
+        assert!(e.contains(&format!("sequence model {}", model.version)), "{e}");
+        model.tower_onnx = b"not a graph".to_vec();
+        assert!(load_error(&model).contains("sequence model"));
+    }
+
+    #[test]
+    fn names_the_graph_lacks_are_refused_naming_them() {
+        let mut model = bundled();
+        model.input = "rows".into();
+        assert!(load_error(&model).contains("`rows` is not an input of the graph"));
+        let mut model = bundled();
+        model.mask_input = "padding".into();
+        assert!(load_error(&model).contains("`padding` is not an input of the graph"));
+        let mut model = bundled();
+        model.output = "query".into();
+        assert!(load_error(&model).contains("`query` is not an output of the graph"));
+    }
+}
