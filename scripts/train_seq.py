@@ -64,8 +64,11 @@ class Tower(nn.Module):
         causal = torch.tril(torch.ones(seq_len, seq_len))
         self.register_buffer("causal", causal)
 
-    def encode(self, recent, mask):
-        """Every position's output [B, L, D] (position t sees positions <= t with an item)."""
+    def encode(self, recent, mask, newest_only=False):
+        """Every position's output [B, L, D] (position t sees positions <= t with an item), or
+        with `newest_only` the newest position's alone [B, 1, D]: the last block then queries
+        from that position only (the others' outputs would not be read), which is what serving
+        runs."""
         b, l, d = recent.shape
         h = d // self.heads
         x = self.drop((recent * math.sqrt(d) + self.pos) * mask.unsqueeze(-1))
@@ -73,18 +76,21 @@ class Tower(nn.Module):
         # A padded query position sees itself so softmax stays finite; its output is unused.
         allowed = torch.maximum(allowed, torch.eye(l).unsqueeze(0))
         bias = (1.0 - allowed).unsqueeze(1) * -1e9                         # [B, 1, L, L]
-        for blk in self.blocks:
+        for n, blk in enumerate(self.blocks):
             q, k, v = blk["qkv"](blk["norm1"](x)).split(d, dim=-1)
-            q = q.reshape(b, l, self.heads, h).transpose(1, 2)
+            if newest_only and n == len(self.blocks) - 1:
+                q, x, bias = q[:, -1:], x[:, -1:], bias[:, :, -1:]
+            lq = q.shape[1]
+            q = q.reshape(b, lq, self.heads, h).transpose(1, 2)
             k = k.reshape(b, l, self.heads, h).transpose(1, 2)
             v = v.reshape(b, l, self.heads, h).transpose(1, 2)
             att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(h) + bias, dim=-1)
-            x = x + self.drop(blk["out"]((att @ v).transpose(1, 2).reshape(b, l, d)))
+            x = x + self.drop(blk["out"]((att @ v).transpose(1, 2).reshape(b, lq, d)))
             x = x + self.drop(blk["ff"](blk["norm2"](x)))
         return nn.functional.normalize(self.proj(self.norm(x)), dim=-1)
 
     def forward(self, recent, mask):
-        return self.encode(recent, mask)[:, -1, :]
+        return self.encode(recent, mask, newest_only=True)[:, -1, :]
 
 
 class SeqModel(nn.Module):
