@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use recstack_core::recall::{Channel, DEFAULT_N, DEFAULT_QUOTA};
 use recstack_offline::build::{BuildParams, Progress, hot};
 use recstack_offline::dataset::{self, Dataset, time_split};
 use recstack_offline::{export, tune};
-use recstack_services::recall::{DEFAULT_N, DEFAULT_QUOTA};
 
 /// The flags of `recstack tune`.
 #[derive(Args)]
@@ -54,10 +54,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
         "\nfusion weights on the validation world ({} users; merged NDCG@20 {:.4} with equal weights, {:.4} tuned):\n",
         t.users, t.equal_ndcg_20, t.tuned_ndcg_20
     );
-    println!("| channel | weight |\n|---|---:|");
-    for (c, w) in &t.weights {
-        println!("| {} | {w} |", c.name());
-    }
+    print_by_channel("weight", &t.weights);
     eprintln!("tune: searching per-channel quotas ({} passes) …", args.passes);
     let weights: Vec<f32> = t.weights.iter().map(|&(_, w)| w).collect();
     let q = tune::tune_quotas(&world, &weights, DEFAULT_QUOTA, DEFAULT_N, args.passes, true);
@@ -65,9 +62,14 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
         "\nper-channel quotas on the validation world, with those weights ({} users; merged NDCG@20 {:.4} with {DEFAULT_QUOTA} each, {:.4} tuned):\n",
         q.users, q.start_ndcg_20, q.tuned_ndcg_20
     );
-    println!("| channel | quota |\n|---|---:|");
-    for (c, n) in &q.quotas {
-        println!("| {} | {n} |", c.name());
-    }
+    print_by_channel("quota", &q.quotas);
     Ok(())
+}
+
+/// A two-column table: each channel and its `what`.
+fn print_by_channel(what: &str, values: &[(Channel, impl std::fmt::Display)]) {
+    println!("| channel | {what} |\n|---|---:|");
+    for (c, v) in values {
+        println!("| {} | {v} |", c.name());
+    }
 }
