@@ -172,6 +172,31 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_calls_answer_as_calls_one_at_a_time() {
+        let model = bundled();
+        let tower = OnnxTower::load(&model).unwrap();
+        let histories: Vec<Vec<u32>> = vec![vec![0], vec![1, 2], vec![2, 0, 1], vec![1, 1, 0, 2]];
+        let inputs: Vec<_> = histories.iter().map(|h| model.tower_inputs(h).unwrap()).collect();
+        let alone: Vec<Vec<f32>> = inputs.iter().map(|(r, m)| tower.user_vector(r, m).unwrap()).collect();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (tower, inputs, alone) = (&tower, &inputs, &alone);
+                s.spawn(move || {
+                    for k in 0..200 {
+                        let i = (t + k) % inputs.len();
+                        let (r, m) = &inputs[i];
+                        assert_eq!(
+                            tower.user_vector(r, m).as_ref(),
+                            Some(&alone[i]),
+                            "thread {t}, call {k}"
+                        );
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn a_graph_that_is_not_onnx_is_refused_naming_the_model() {
         let mut model = bundled();
         model.tower_onnx.truncate(model.tower_onnx.len() / 2);
