@@ -97,7 +97,7 @@ impl Judged {
 /// Coordinate ascent: for each of `values`' places in turn, `passes` times, every value of
 /// `grid` but those `allowed` refuses; a value changes only when `score` strictly improves (so
 /// ties keep the start). Returns the values and their score.
-fn coordinate_ascent<T: Copy + PartialEq + Send + Sync>(
+fn coordinate_ascent<T: Copy + PartialEq>(
     mut values: Vec<T>,
     grid: &[T],
     passes: usize,
