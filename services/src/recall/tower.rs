@@ -121,29 +121,16 @@ pub fn attach_or_warn(a: &mut Artifacts) {
 
 #[cfg(test)]
 mod tests {
-    use recstack_core::artifacts::factors::Factors;
-    use recstack_core::artifacts::seq::SeqCard;
+    use recstack_offline::build::seq::SeqSource;
 
     use super::*;
 
-    /// The bundled sequence model's graph and card, with three item rows.
+    /// The bundled sequence model for a catalogue of its first three items, read and matched
+    /// as the build does.
     fn bundled() -> SeqModel {
-        let dir = recstack_offline::build::seq::bundled_dir();
-        let card: SeqCard = serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
-        SeqModel {
-            version: card.version,
-            seq_len: card.seq_len,
-            input: card.input,
-            mask_input: card.mask_input,
-            output: card.output,
-            rows: Factors::new(
-                card.dim,
-                Vec::new(),
-                (0..3 * card.dim).map(|k| (k % 7) as f32 / 10.0).collect(),
-            ),
-            tower_onnx: std::fs::read(dir.join("tower.onnx")).unwrap(),
-            tower: None,
-        }
+        let source = SeqSource::read(&recstack_offline::build::seq::bundled_dir()).unwrap();
+        let items = source.card.items[..3].to_vec();
+        source.for_catalogue(&items, &[true; 3]).unwrap()
     }
 
     fn load_error(model: &SeqModel) -> String {
