@@ -29,7 +29,7 @@ use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
 use recstack_services::features::Snapshot;
 use recstack_services::ranking::batcher::BatchConfig;
-use recstack_services::ranking::features::{Place, RowWriter};
+use recstack_services::ranking::features::{Lineage, Place, RowWriter};
 use recstack_services::ranking::model::{Device, Graph, OnnxModel};
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
 use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
@@ -77,6 +77,15 @@ fn main() {
         })
         .collect();
 
+    // `-- assembly`: a folded model's rows alone (the service's per-request CPU work before the
+    // model's head), to compare changes to them quickly.
+    if std::env::args().any(|a| a == "assembly") {
+        let us = folded_assembly(&snapshot, &model_path, &requests);
+        println!(
+            "rows for a folded model, recall's first {CANDIDATES} with lineage: {us:.1} µs per request (best of 5 rounds)"
+        );
+        return;
+    }
     // `-- profile`: the service as the gateway calls it (columns, first stage folded, batching
     // on, 16 concurrent), run after run, to profile under `perf record`; nothing else runs.
     if std::env::args().any(|a| a == "profile") {
@@ -128,20 +137,8 @@ fn main() {
     for (s, d) in rows.iter().take(20) {
         model.score(s, d, CANDIDATES).expect("warm-up");
     }
-    let t = Instant::now();
-    let mut lat = Vec::with_capacity(REQUESTS);
-    for (s, d) in &rows {
-        let t0 = Instant::now();
-        model.score(s, d, CANDIDATES).expect("score");
-        lat.push(t0.elapsed());
-    }
-    let direct_rps = REQUESTS as f64 / t.elapsed().as_secs_f64();
-    let direct = Row {
-        name: "ONNX session of the whole graph, direct (rows prebuilt)".into(),
-        rps: direct_rps,
-        lat,
-        cpu_ms: 0.0,
-    };
+    let direct = session(&mut model, &rows);
+    let direct_rps = direct.rps;
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (head, in_process) = runtime.block_on(folded_vs_whole(&snapshot, &model_path, &requests));
@@ -214,7 +211,93 @@ fn main() {
             r.rps / direct_rps
         );
     }
-    runtime.block_on(wire_forms(snapshot, &model_path, &requests));
+    runtime.block_on(wire_forms(snapshot.clone(), &model_path, &requests));
+    runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
+}
+
+/// The raw session of the whole graph on prebuilt rows, one call per request after another
+/// (a [`Row`]).
+fn session(model: &mut OnnxModel, rows: &[(Vec<i64>, Vec<f32>)]) -> Row {
+    let t = Instant::now();
+    let mut lat = Vec::with_capacity(rows.len());
+    for (s, d) in rows {
+        let t0 = Instant::now();
+        model.score(s, d, CANDIDATES).expect("score");
+        lat.push(t0.elapsed());
+    }
+    Row {
+        name: "ONNX session of the whole graph, direct (rows prebuilt)".into(),
+        rps: rows.len() as f64 / t.elapsed().as_secs_f64(),
+        lat,
+        cpu_ms: 0.0,
+    }
+}
+
+/// Issue 32's two ratios, side by side: interleaved rounds of the raw session and of the
+/// service (first stage folded, ids as columns, 16 concurrent) with batching on, off and by
+/// requests; each round's req/s over the session's and over batching off's in the same round,
+/// median and range. One run of the table above swings ±10 % with the machine; paired rounds
+/// cancel the drift between them.
+async fn against_the_session(
+    items: Arc<Snapshot>,
+    model_path: &Path,
+    requests: &[RankRequest],
+    model: &mut OnnxModel,
+    rows: &[(Vec<i64>, Vec<f32>)],
+) {
+    const ROUNDS: usize = 7;
+    let by_requests = BatchConfig {
+        max_batch: 16_384,
+        ..BatchConfig::default()
+    };
+    let off = BatchConfig {
+        enabled: false,
+        ..BatchConfig::default()
+    };
+    let modes = [
+        ("on", BatchConfig::default()),
+        ("off", off),
+        ("by requests (32 requests, 16,384 rows)", by_requests),
+    ];
+    // Per round: the session's req/s, then each mode's.
+    let mut rounds: Vec<(f64, Vec<f64>)> = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let direct = session(model, rows).rps;
+        let mut rates = Vec::with_capacity(modes.len());
+        for (name, batch) in &modes {
+            rates.push(
+                service(items.clone(), model_path, true, (name, batch.clone()), 16, requests)
+                    .await
+                    .rps,
+            );
+        }
+        rounds.push((direct, rates));
+    }
+    let spread = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        format!("{:.2}× [{:.2}, {:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!(
+        "\nthe service against the raw session, {ROUNDS} interleaved rounds ({REQUESTS} requests of {CANDIDATES} each; \
+         service: first stage folded, ids as columns, 16 concurrent):\n"
+    );
+    println!(
+        "| batching | service req/s, median | × the session's req/s, median [range] | × batching off, median [range] |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (m, (name, _)) in modes.iter().enumerate() {
+        let mut rates: Vec<f64> = rounds.iter().map(|(_, r)| r[m]).collect();
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {:.0} | {} | {} |",
+            rates[ROUNDS / 2],
+            spread(rounds.iter().map(|(d, r)| r[m] / d).collect()),
+            spread(rounds.iter().map(|(_, r)| r[m] / r[1]).collect()),
+        );
+    }
+    let mut direct: Vec<f64> = rounds.iter().map(|(d, _)| *d).collect();
+    direct.sort_by(f64::total_cmp);
+    println!("\n(the session: median {:.0} req/s)", direct[ROUNDS / 2]);
 }
 
 /// The ids as a string each against as columns, through the service (first stage folded,
@@ -261,6 +344,33 @@ async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]
             median(rows.iter().map(|r| r.cpu_ms).collect()).0,
         );
     }
+}
+
+/// A folded model's rows (`LoadedModel::features_with` with each request's lineage: the user's
+/// part, each item's, and the crossing columns) for each request's own candidates, in µs per
+/// request: the fastest of five rounds over 2,000 requests.
+fn folded_assembly(snapshot: &Snapshot, model: &Path, requests: &[RankRequest]) -> f64 {
+    let sources = ModelSources::cpu(model.to_path_buf());
+    let set = load_models(&sources, snapshot, Arc::new(())).expect("model");
+    assert!(set.primary.folded.is_some(), "the bundled model folds");
+    let work: Vec<(&RankRequest, Vec<Lineage>)> = requests
+        .iter()
+        .cycle()
+        .take(2000)
+        .map(|r| (r, lineage(r).expect("lineage").expect("lineage")))
+        .collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for (r, lineage) in &work {
+            let (_, pre, unknown) =
+                set.primary
+                    .features_with(&r.user_id, r.user.as_ref(), &r.item_ids, Some(lineage), None);
+            assert!(unknown.is_empty() && !pre.is_empty());
+        }
+        best = best.min(t.elapsed().as_secs_f64() * 1e6 / work.len() as f64);
+    }
+    best
 }
 
 /// `requests` with their ids as columns (`packed_items`), as the gateway sends them.

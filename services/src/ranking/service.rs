@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
 use super::features::{ItemRow, Lineage, Place, RowWriter, UserRow};
-use super::folded::{FoldedFirst, Side};
+use super::folded::{DenseBlock, FoldedFirst, Side};
 use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
 use crate::features::Snapshot;
 use crate::features::proto::features_client::FeaturesClient;
@@ -213,8 +213,11 @@ pub struct LoadedModel {
 pub struct Folded {
     pub first: FoldedFirst,
     sides: (Vec<Side>, Vec<Side>),
-    /// The columns (sparse, dense) whose [`Side`] is `Cross`: added per row.
-    cross: (Vec<usize>, Vec<usize>),
+    /// The sparse columns whose [`Side`] is `Cross`: added per row.
+    cross_sparse: Vec<usize>,
+    /// The dense columns whose [`Side`] is `Cross`, as one matrix: added to a request's rows
+    /// at once.
+    cross_dense: DenseBlock,
 }
 
 /// How close folded values must come to the graph's: relative to the largest `pre` value, and
@@ -276,14 +279,16 @@ fn fold(
         stage.add_columns(&mut part, item.parts(), (&sides.0, &sides.1), |s| s == Side::Item);
         item.folded = part;
     }
-    let cross_of = |sides: &[Side]| (0..sides.len()).filter(|&c| sides[c] == Side::Cross).collect();
-    let cross = (cross_of(&sides.0), cross_of(&sides.1));
+    let cross_of = |sides: &[Side]| -> Vec<usize> { (0..sides.len()).filter(|&c| sides[c] == Side::Cross).collect() };
+    let cross_sparse = cross_of(&sides.0);
+    let cross_dense = stage.dense_block(&cross_of(&sides.1));
     Ok((
         head,
         Folded {
             first: stage,
             sides,
-            cross,
+            cross_sparse,
+            cross_dense,
         },
     ))
 }
@@ -382,6 +387,10 @@ impl LoadedModel {
         let mut unknown_items = Vec::new();
         // An unknown item's whole row of feature values, one at a time.
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
+        // The crossing dense columns' values, a row of `k` per item (zeros for an unknown item,
+        // whose every column is added below), then added to all rows as one product.
+        let k = f.cross_dense.cols().len();
+        let mut xs = vec![0f32; item_ids.len() * k];
         for (position, (id, found)) in item_ids.iter().map(AsRef::as_ref).zip(found).enumerate() {
             let start = pre.len();
             match found {
@@ -391,14 +400,12 @@ impl LoadedModel {
                     pre.extend(user_part.iter().zip(&item.folded[..]).map(|(u, i)| u + i));
                     // Only the columns that cross user and item: the rest are in the parts.
                     let (row, place) = (&mut pre[start..], place(position, id));
-                    for &col in &f.cross.0 {
+                    for &col in &f.cross_sparse {
                         f.first
                             .add_sparse(row, col, self.rows.item_sparse(user, item, place, col));
                     }
-                    for &col in &f.cross.1 {
-                        f.first
-                            .add_dense(row, col, self.rows.item_dense(user, item, place, col));
-                    }
+                    let x = &mut xs[position * k..(position + 1) * k];
+                    self.rows.item_dense_into(user, item, place, f.cross_dense.cols(), x);
                 }
                 None => {
                     unknown_items.push(id.to_string());
@@ -411,6 +418,11 @@ impl LoadedModel {
                         .add_columns(&mut pre[start..], (&sparse, &dense), sides, |s| s != Side::User);
                 }
             }
+        }
+        // Every row is `width` long by construction (the user's part, plus the item's of the
+        // same width), so the shapes fit.
+        if let Err(e) = f.cross_dense.add(&mut pre, &xs, item_ids.len()) {
+            tracing::error!("ranking: the crossing columns were not added to the rows: {e}");
         }
         (Vec::new(), pre, unknown_items)
     }

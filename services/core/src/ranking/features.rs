@@ -261,12 +261,15 @@ impl RowWriter {
         )
     }
 
-    /// Dense column `col` of the row [`RowWriter::push_item`] writes (see
-    /// [`RowWriter::item_sparse`]).
+    /// Dense columns `cols` of the row [`RowWriter::push_item`] writes, into `out` (one value
+    /// per column, in order): what a folded model reads of a row, the row's place and parts
+    /// read once for all of them rather than once per column.
     #[inline]
-    pub fn item_dense(&self, user: &UserRow, item: &ItemRow, place: Place, col: usize) -> f32 {
-        let parts = (user.dense[col], item.dense[col]);
-        dense_value(self.dense[col], parts, user, item, &Row::of(user, item, place))
+    pub fn item_dense_into(&self, user: &UserRow, item: &ItemRow, place: Place, cols: &[usize], out: &mut [f32]) {
+        let row = Row::of(user, item, place);
+        for (x, &col) in out.iter_mut().zip(cols) {
+            *x = dense_value(self.dense[col], (user.dense[col], item.dense[col]), user, item, &row);
+        }
     }
 
     /// Computes `user`'s part of the rows once; [`RowWriter::push`] adds items to it.
@@ -504,6 +507,9 @@ impl<'a> Row<'a> {
         value.map_or(0, |v| bucket(kind.name(), v, buckets))
     }
 
+    // Inlined: a folded model's rows call it for ~10 columns a row, and as a call it was a fifth
+    // of their time (BENCHMARKS.md, "The crossing columns at once").
+    #[inline]
     fn dense(&self, kind: DenseKind) -> f32 {
         let (u, i) = (self.user, self.item);
         match kind {
