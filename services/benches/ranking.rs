@@ -32,7 +32,7 @@ use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::{Lineage, Place, RowWriter};
 use recstack_services::ranking::model::{Device, Graph, OnnxModel};
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
-use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
+use recstack_services::ranking::service::proto::{ChannelRanks, PackedIds, RankRequest};
 use recstack_services::ranking::service::{ModelSources, item_table, lineage, lineage_fields, load_models};
 use recstack_services::serve;
 
@@ -64,7 +64,8 @@ fn main() {
                 candidates.len()
             );
             let candidates = &candidates[..CANDIDATES];
-            let (fused_scores, channel_ranks) = lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])));
+            let (fused_scores, channel_ranks) =
+                lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])), false);
             RankRequest {
                 user: snapshot.user(&user_id).cloned(),
                 user_id,
@@ -300,17 +301,31 @@ async fn against_the_session(
     println!("\n(the session: median {:.0} req/s)", direct[ROUNDS / 2]);
 }
 
-/// The ids as a string each against as columns, through the service (first stage folded,
+/// The request's forms on the wire — ids as a string each, as columns, and as columns with the
+/// channels' ranks sparse (the gateway's form) — through the service (first stage folded,
 /// batching on, 16 concurrent), in interleaved rounds: each round's ratio of CPU per request
 /// and of req/s to strings' in the same round, median and range.
 async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]) {
     const ROUNDS: usize = 5;
     // Twice the requests per run, for the CPU clock's 10 ms ticks.
     let strings: Vec<RankRequest> = requests.iter().chain(requests).cloned().collect();
-    let columns = packed(&strings);
-    let mut runs: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+    let sparse = packed(&strings);
+    let dense: Vec<RankRequest> = sparse
+        .iter()
+        .zip(&strings)
+        .map(|(p, s)| RankRequest {
+            channel_ranks: s.channel_ranks.clone(),
+            ..p.clone()
+        })
+        .collect();
+    let forms = [
+        ("a string each (`item_ids`), ranks dense", &strings),
+        ("columns (`packed_items`), ranks dense", &dense),
+        ("columns, ranks sparse (`positions`)", &sparse),
+    ];
+    let mut runs: Vec<Vec<Row>> = vec![Vec::new(); forms.len()];
     for _ in 0..ROUNDS {
-        for (form, reqs) in [&strings, &columns].into_iter().enumerate() {
+        for (form, (_, reqs)) in forms.iter().enumerate() {
             let batching = ("on", BatchConfig::default());
             runs[form].push(service(items.clone(), model, true, batching, 16, reqs).await);
         }
@@ -320,18 +335,15 @@ async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]
         (v[v.len() / 2], v[0], v[v.len() - 1])
     };
     println!(
-        "\nids on the wire ({CANDIDATES} a request; service, first stage folded, batching on, 16 concurrent, \
+        "\nthe request on the wire ({CANDIDATES} items; service, first stage folded, batching on, 16 concurrent, \
          {ROUNDS} interleaved rounds of {} requests; CPU: the whole process, client and service):\n",
         strings.len()
     );
     println!(
-        "| ids as | req/s, median | p50 ms | p99 ms | CPU ms/request, median | CPU × strings, median [range] | req/s × strings, median [range] |"
+        "| ids, lineage | req/s, median | p50 ms | p99 ms | CPU ms/request, median | CPU × strings, median [range] | req/s × strings, median [range] |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (form, name) in ["a string each (`item_ids`)", "columns (`packed_items`)"]
-        .into_iter()
-        .enumerate()
-    {
+    for (form, (name, _)) in forms.iter().enumerate() {
         let rows = &runs[form];
         let ratio = |f: fn(&Row) -> f64| median(rows.iter().zip(&runs[0]).map(|(r, s)| f(r) / f(s)).collect());
         let lat: Vec<Duration> = rows.iter().flat_map(|r| r.lat.iter().copied()).collect();
@@ -373,15 +385,30 @@ fn folded_assembly(snapshot: &Snapshot, model: &Path, requests: &[RankRequest]) 
     best
 }
 
-/// `requests` with their ids as columns (`packed_items`), as the gateway sends them.
+/// `requests` as the gateway sends them: ids as columns (`packed_items`) and each channel's
+/// ranks sparse (only the items it found, with their positions).
 fn packed(requests: &[RankRequest]) -> Vec<RankRequest> {
     requests
         .iter()
         .map(|r| {
             let (ids, ends) = recstack_services::id_columns::pack(r.item_ids.iter().map(String::as_str));
+            let channel_ranks = r
+                .channel_ranks
+                .iter()
+                .map(|c| {
+                    let found = (0u32..).zip(&c.ranks).filter(|&(_, &rank)| rank > 0);
+                    let (positions, ranks) = found.unzip();
+                    ChannelRanks {
+                        channel: c.channel.clone(),
+                        ranks,
+                        positions,
+                    }
+                })
+                .collect();
             RankRequest {
                 item_ids: Vec::new(),
                 packed_items: Some(PackedIds { ids, ends }),
+                channel_ranks,
                 ..r.clone()
             }
         })
@@ -458,6 +485,7 @@ fn table_assembly(
     best
 }
 
+#[derive(Clone)]
 struct Row {
     name: String,
     rps: f64,

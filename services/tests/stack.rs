@@ -628,7 +628,7 @@ async fn served_lineage_gives_the_rows_the_model_was_trained_on() {
             .map(|c| c.sources.iter().filter_map(|s| s.lineage()).collect())
             .collect();
         let (fused_scores, channel_ranks) =
-            lineage_fields(ranked.iter().zip(&sources).map(|(c, s)| (c.fused_score, &s[..])));
+            lineage_fields(ranked.iter().zip(&sources).map(|(c, s)| (c.fused_score, &s[..])), false);
         let item_ids: Vec<String> = ranked.iter().map(|c| c.item_id.clone()).collect();
         let request = recstack_services::ranking::service::proto::RankRequest {
             user_id: user.clone(),
@@ -638,6 +638,16 @@ async fn served_lineage_gives_the_rows_the_model_was_trained_on() {
             ..Default::default()
         };
         let read = lineage(&request).unwrap();
+        // The sparse form (what the gateway sends with packed ids) reads the same.
+        let (fused_scores, channel_ranks) =
+            lineage_fields(ranked.iter().zip(&sources).map(|(c, s)| (c.fused_score, &s[..])), true);
+        let sparse = recstack_services::ranking::service::proto::RankRequest {
+            fused_scores,
+            channel_ranks,
+            ..request.clone()
+        };
+        assert!(sparse.channel_ranks.iter().all(|c| c.positions.len() == c.ranks.len()));
+        assert_eq!(lineage(&sparse).unwrap(), read, "{user}");
         let (_, served, _) = whole
             .primary
             .features_with(&user, items.user(&user), &item_ids, read.as_deref(), None);
@@ -1127,7 +1137,7 @@ async fn ranking_reads_packed_ids_as_strings_and_an_older_pod_is_told_apart() {
         let candidates = recall::recall(a, &UserHistory::new(a, u), DEFAULT_QUOTA, DEFAULT_N);
         let candidates = &candidates[..candidates.len().min(500)];
         let (mut fused_scores, mut channel_ranks) =
-            lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])));
+            lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])), false);
         // A brand-new item (no features) rides along, last, as recall's stream channel sends one.
         let mut ids: Vec<String> = candidates.iter().map(|c| a.items[c.item as usize].id.clone()).collect();
         ids.push("brand-new-item-é".into());
@@ -1158,6 +1168,33 @@ async fn ranking_reads_packed_ids_as_strings_and_an_older_pod_is_told_apart() {
         let by_columns = answer.unwrap().into_inner();
         assert_eq!(by_columns.scores.len(), ids.len(), "{user}");
         assert_eq!(by_columns.scores, by_strings.scores, "{user}");
+        // As the gateway sends it: packed ids and sparse ranks (the new item is in no channel).
+        let (_, sparse_ranks) = lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])), true);
+        let sparse = RankRequest {
+            channel_ranks: sparse_ranks,
+            ..packed.clone()
+        };
+        let answer = client.rank(sparse.clone()).await;
+        assert!(!predates_packed_items(&answer, ids.len()), "{user}: {answer:?}");
+        assert_eq!(answer.unwrap().into_inner().scores, by_strings.scores, "{user}");
+        // A pod that reads packed ids but predates sparse ranks drops `positions`, finds the
+        // ranks do not fit the items, and refuses: the gateway's cue to ask with strings.
+        let as_pod_before_sparse_reads = RankRequest {
+            channel_ranks: sparse
+                .channel_ranks
+                .iter()
+                .map(|c| recstack_services::ranking::service::proto::ChannelRanks {
+                    positions: Vec::new(),
+                    ..c.clone()
+                })
+                .collect(),
+            ..sparse.clone()
+        };
+        let refused_sparse = client.rank(as_pod_before_sparse_reads).await;
+        assert!(
+            predates_packed_items(&refused_sparse, ids.len()),
+            "{user}: {refused_sparse:?}"
+        );
         assert_eq!(by_columns.unknown_items, ["brand-new-item-é"], "{user}");
         assert_eq!(by_columns.unknown_items, by_strings.unknown_items);
         assert_eq!(by_columns.model_version, by_strings.model_version);

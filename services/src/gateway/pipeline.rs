@@ -439,10 +439,12 @@ impl Gateway {
         let end = stage_end(Stage::Ranking, r.start, r.timeout);
         let (candidates, q, user, tp) = (&r.candidates, &r.q, &r.user, r.traceparent.as_str());
         let links = &self.links;
-        // The ids go as columns; `packed: false` is the form every ranking pod reads.
+        // The ids go as columns and the lineage sparse; `packed: false` is the form every
+        // ranking pod reads.
         let request = |packed: bool, budget: Duration| {
+            // The newer form's ranks are sparse too (a pod that reads one reads the other).
             let (fused_scores, channel_ranks) =
-                crate::ranking::service::lineage_fields(candidates.iter().map(|c| (c.prior, &c.sources[..])));
+                crate::ranking::service::lineage_fields(candidates.iter().map(|c| (c.prior, &c.sources[..])), packed);
             let ids = candidates.iter().map(|c| c.id.as_str());
             let (item_ids, packed_items) = if packed {
                 let (ids, ends) = crate::id_columns::pack(ids);

@@ -429,31 +429,33 @@ impl LoadedModel {
 }
 
 /// A request's lineage fields from its candidates' fused scores and sources, in request order:
-/// the fused scores, and per channel that found any of them, each one's rank in that channel
-/// (0: not found by it). The inverse of [`lineage`].
+/// the fused scores, and per channel that found any of them, each one's rank in that channel —
+/// for every candidate (0: not found by it), or with `sparse` for those it found, with their
+/// positions. The inverse of [`lineage`].
 pub fn lineage_fields<'a>(
     candidates: impl ExactSizeIterator<Item = (f32, &'a [Source])>,
+    sparse: bool,
 ) -> (Vec<f32>, Vec<proto::ChannelRanks>) {
     let n = candidates.len();
-    let mut ranks: Vec<Option<Vec<u32>>> = vec![None; Channel::ALL.len()];
+    let mut found: Vec<Option<proto::ChannelRanks>> = vec![None; Channel::ALL.len()];
     let mut fused = Vec::with_capacity(n);
     for (i, (score, sources)) in candidates.enumerate() {
         fused.push(score);
         for s in sources {
-            ranks[s.channel.index()].get_or_insert_with(|| vec![0; n])[i] = s.rank;
+            let c = found[s.channel.index()].get_or_insert_with(|| proto::ChannelRanks {
+                channel: s.channel.name().to_string(),
+                ranks: if sparse { Vec::new() } else { vec![0; n] },
+                positions: Vec::new(),
+            });
+            if sparse {
+                c.positions.push(i as u32);
+                c.ranks.push(s.rank);
+            } else {
+                c.ranks[i] = s.rank;
+            }
         }
     }
-    let channel_ranks = Channel::ALL
-        .into_iter()
-        .zip(ranks)
-        .filter_map(|(channel, ranks)| {
-            ranks.map(|ranks| proto::ChannelRanks {
-                channel: channel.name().to_string(),
-                ranks,
-            })
-        })
-        .collect();
-    (fused, channel_ranks)
+    (fused, found.into_iter().flatten().collect())
 }
 
 /// The names of [`RankRequest`]'s id columns, for errors.
@@ -513,8 +515,13 @@ pub fn lineage(req: &RankRequest) -> Result<Option<Vec<Lineage>>, String> {
             req.fused_scores.len()
         ));
     }
+    let best = Lineage::best(req.fused_scores.iter().copied());
+    let mut read: Vec<Lineage> = req
+        .fused_scores
+        .iter()
+        .map(|&fused| Lineage::new(fused, best, []))
+        .collect();
     let mut seen = [false; Channel::ALL.len()];
-    let mut ranks: Vec<(Channel, &[u32])> = Vec::with_capacity(req.channel_ranks.len());
     for c in &req.channel_ranks {
         let channel = Channel::parse(&c.channel).ok_or_else(|| {
             let known: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
@@ -527,29 +534,47 @@ pub fn lineage(req: &RankRequest) -> Result<Option<Vec<Lineage>>, String> {
         if std::mem::replace(&mut seen[channel.index()], true) {
             return Err(format!("channel_ranks: `{}` is listed twice", c.channel));
         }
-        if c.ranks.len() != items {
+        let slot = channel.index();
+        if c.positions.is_empty() {
+            if c.ranks.len() != items {
+                return Err(format!(
+                    "channel_ranks.{}: {} ranks for {items} item_ids",
+                    c.channel,
+                    c.ranks.len()
+                ));
+            }
+            for (l, &rank) in read.iter_mut().zip(&c.ranks) {
+                l.ranks[slot] = rank;
+            }
+            continue;
+        }
+        if c.positions.len() != c.ranks.len() {
             return Err(format!(
-                "channel_ranks.{}: {} ranks for {items} item_ids",
+                "channel_ranks.{}: {} ranks for {} positions",
                 c.channel,
-                c.ranks.len()
+                c.ranks.len(),
+                c.positions.len()
             ));
         }
-        ranks.push((channel, &c.ranks));
+        let mut next = 0;
+        for (&at, &rank) in c.positions.iter().zip(&c.ranks) {
+            let at = at as usize;
+            if at < next || at >= items {
+                return Err(format!(
+                    "channel_ranks.{}.positions: {at} {} (positions ascend, below the {items} item_ids)",
+                    c.channel,
+                    if at >= items {
+                        "is past the items"
+                    } else {
+                        "is out of order"
+                    },
+                ));
+            }
+            read[at].ranks[slot] = rank;
+            next = at + 1;
+        }
     }
-    let best = Lineage::best(req.fused_scores.iter().copied());
-    Ok(Some(
-        req.fused_scores
-            .iter()
-            .enumerate()
-            .map(|(i, &fused)| {
-                Lineage::new(
-                    fused,
-                    best,
-                    ranks.iter().map(|&(c, r)| (c, r[i])).filter(|&(_, r)| r > 0),
-                )
-            })
-            .collect(),
-    ))
+    Ok(Some(read))
 }
 
 /// A request's real-time item values, by id.
@@ -871,25 +896,78 @@ mod tests {
             (2.0, vec![source(Channel::Hot, 1)]),
             (1.0, vec![]),
         ];
-        let (fused_scores, channel_ranks) = lineage_fields(candidates.iter().map(|(f, s)| (*f, &s[..])));
-        // Only the channels that found something, in channel order.
-        let names: Vec<&str> = channel_ranks.iter().map(|c| c.channel.as_str()).collect();
-        assert_eq!(names, ["hot", "cooc"]);
-        assert_eq!(channel_ranks[0].ranks, [3, 1, 0]);
-        let req = RankRequest {
-            user_id: "u".into(),
-            item_ids: vec!["a".into(), "b".into(), "c".into()],
-            fused_scores,
-            channel_ranks,
-            ..Default::default()
-        };
-        let read = lineage(&req).unwrap().unwrap();
         let expected: Vec<Lineage> = candidates
             .iter()
             .map(|(f, s)| Lineage::new(*f, 4.0, s.iter().map(|s| (s.channel, s.rank))))
             .collect();
-        assert_eq!(read, expected);
-        assert_eq!(read[1].fused_share, 0.5);
+        for sparse in [false, true] {
+            let (fused_scores, channel_ranks) = lineage_fields(candidates.iter().map(|(f, s)| (*f, &s[..])), sparse);
+            // Only the channels that found something, in channel order.
+            let names: Vec<&str> = channel_ranks.iter().map(|c| c.channel.as_str()).collect();
+            assert_eq!(names, ["hot", "cooc"]);
+            if sparse {
+                assert_eq!(
+                    (&channel_ranks[0].positions[..], &channel_ranks[0].ranks[..]),
+                    (&[0, 1][..], &[3, 1][..])
+                );
+                assert_eq!(
+                    (&channel_ranks[1].positions[..], &channel_ranks[1].ranks[..]),
+                    (&[0][..], &[1][..])
+                );
+            } else {
+                assert_eq!(channel_ranks[0].ranks, [3, 1, 0]);
+                assert!(channel_ranks.iter().all(|c| c.positions.is_empty()));
+            }
+            let req = RankRequest {
+                user_id: "u".into(),
+                item_ids: vec!["a".into(), "b".into(), "c".into()],
+                fused_scores,
+                channel_ranks,
+                ..Default::default()
+            };
+            let read = lineage(&req).unwrap().unwrap();
+            assert_eq!(read, expected, "sparse: {sparse}");
+            assert_eq!(read[1].fused_share, 0.5);
+        }
+    }
+
+    #[test]
+    fn the_two_forms_of_ranks_mix_and_malformed_positions_are_refused() {
+        let req = RankRequest {
+            user_id: "u".into(),
+            item_ids: vec!["a".into(), "b".into(), "c".into()],
+            fused_scores: vec![3.0, 2.0, 1.0],
+            channel_ranks: vec![
+                proto::ChannelRanks {
+                    channel: "hot".into(),
+                    ranks: vec![0, 7, 2],
+                    positions: vec![],
+                },
+                proto::ChannelRanks {
+                    channel: "cooc".into(),
+                    ranks: vec![5, 9],
+                    positions: vec![0, 2],
+                },
+            ],
+            ..Default::default()
+        };
+        let read = lineage(&req).unwrap().unwrap();
+        let ranks = |l: &Lineage| (l.ranks[Channel::Hot.index()], l.ranks[Channel::Cooc.index()]);
+        assert_eq!(read.iter().map(ranks).collect::<Vec<_>>(), [(0, 5), (7, 0), (2, 9)]);
+        let refused = |positions: Vec<u32>, ranks: Vec<u32>| {
+            let mut bad = req.clone();
+            bad.channel_ranks[1].positions = positions;
+            bad.channel_ranks[1].ranks = ranks;
+            lineage(&bad).unwrap_err()
+        };
+        let e = refused(vec![0, 2], vec![5]);
+        assert!(e.contains("channel_ranks.cooc: 1 ranks for 2 positions"), "{e}");
+        let e = refused(vec![0, 3], vec![5, 9]);
+        assert!(e.contains("channel_ranks.cooc.positions: 3 is past the items"), "{e}");
+        let e = refused(vec![2, 0], vec![5, 9]);
+        assert!(e.contains("channel_ranks.cooc.positions: 0 is out of order"), "{e}");
+        let e = refused(vec![1, 1], vec![5, 9]);
+        assert!(e.contains("channel_ranks.cooc.positions: 1 is out of order"), "{e}");
     }
 
     #[test]
@@ -901,6 +979,7 @@ mod tests {
             channel_ranks: vec![proto::ChannelRanks {
                 channel: "hot".into(),
                 ranks: vec![1, 0],
+                positions: vec![],
             }],
             ..Default::default()
         };
