@@ -6,11 +6,16 @@
 //! and as the whole graph; the head's session alone on prebuilt `pre` rows; a request's ranking
 //! work in process (rows, then the model) folded against whole, interleaved; and the service's
 //! feature assembly alone (its per-model item table) for 500 items scattered over the
-//! catalogue, as recall's candidates are. Then the request's ids as a string each against
-//! as columns (`packed_items`), interleaved rounds at 16 concurrent, with the process's CPU
-//! time per request (client and service: both ends of the wire).
+//! catalogue, as recall's candidates are. Then the request's forms on the wire (ids as a
+//! string each, as columns, and with the channels' ranks sparse), interleaved rounds at 16
+//! concurrent, with the process's CPU time per request (client and service: both ends of the
+//! wire); and the service against the raw session in paired, interleaved rounds (issue 32's
+//! ratios). The service is sent what the gateway sends (columns, sparse ranks) and the binary
+//! allocates with mimalloc, as the pods' binary does.
 //!
-//! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv).
+//! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv);
+//! `-- assembly` times a folded model's rows alone, `-- profile` runs the service alone, run
+//! after run, to profile under `perf record`.
 
 #[path = "common/cpu.rs"]
 mod cpu;
