@@ -152,15 +152,7 @@ fn main() {
     // Batching with the service's defaults (up to 32 requests and 512 rows, 5 ms from
     // queueing: on CPU the row cap keeps requests of 500 candidates apart), by requests with
     // the row cap raised (up to 32 requests, 16,384 rows: what a GPU stack sets), and off.
-    let on = BatchConfig::default();
-    let by_requests = BatchConfig {
-        max_batch: 16_384,
-        ..BatchConfig::default()
-    };
-    let off = BatchConfig {
-        enabled: false,
-        ..BatchConfig::default()
-    };
+    let [on, off, by_requests] = batching_modes().map(|(_, b)| b);
     // The service is sent what the gateway sends: ids as columns.
     let columns = packed(&requests);
     for (fold, (batching, batch), concurrency) in [
@@ -221,6 +213,24 @@ fn main() {
     runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
 }
 
+/// The batching the bench compares, named: the service's defaults ("on"), off, and by requests
+/// with the row cap raised.
+fn batching_modes() -> [(&'static str, BatchConfig); 3] {
+    let by_requests = BatchConfig {
+        max_batch: 16_384,
+        ..BatchConfig::default()
+    };
+    let off = BatchConfig {
+        enabled: false,
+        ..BatchConfig::default()
+    };
+    [
+        ("on", BatchConfig::default()),
+        ("off", off),
+        ("by requests (32 requests, 16,384 rows)", by_requests),
+    ]
+}
+
 /// The raw session of the whole graph on prebuilt rows, one call per request after another
 /// (a [`Row`]).
 fn session(model: &mut OnnxModel, rows: &[(Vec<i64>, Vec<f32>)]) -> Row {
@@ -252,19 +262,7 @@ async fn against_the_session(
     rows: &[(Vec<i64>, Vec<f32>)],
 ) {
     const ROUNDS: usize = 7;
-    let by_requests = BatchConfig {
-        max_batch: 16_384,
-        ..BatchConfig::default()
-    };
-    let off = BatchConfig {
-        enabled: false,
-        ..BatchConfig::default()
-    };
-    let modes = [
-        ("on", BatchConfig::default()),
-        ("off", off),
-        ("by requests (32 requests, 16,384 rows)", by_requests),
-    ];
+    let modes = batching_modes();
     // Per round: the session's req/s, then each mode's.
     let mut rounds: Vec<(f64, Vec<f64>)> = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
