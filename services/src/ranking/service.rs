@@ -447,11 +447,16 @@ pub fn lineage_fields<'a>(
                 ranks: if sparse { Vec::new() } else { vec![0; n] },
                 positions: Vec::new(),
             });
-            if sparse {
+            if !sparse {
+                c.ranks[i] = s.rank;
+            } else if c.positions.last() == Some(&(i as u32)) {
+                // A channel named twice for one candidate: the last rank, as the dense form.
+                if let Some(last) = c.ranks.last_mut() {
+                    *last = s.rank;
+                }
+            } else {
                 c.positions.push(i as u32);
                 c.ranks.push(s.rank);
-            } else {
-                c.ranks[i] = s.rank;
             }
         }
     }
@@ -891,9 +896,10 @@ mod tests {
             score: 1.0,
             rank,
         };
+        // The second candidate names `hot` twice: both forms keep the last rank.
         let candidates: Vec<(f32, Vec<Source>)> = vec![
             (4.0, vec![source(Channel::Cooc, 1), source(Channel::Hot, 3)]),
-            (2.0, vec![source(Channel::Hot, 1)]),
+            (2.0, vec![source(Channel::Hot, 6), source(Channel::Hot, 1)]),
             (1.0, vec![]),
         ];
         let expected: Vec<Lineage> = candidates
