@@ -37,7 +37,7 @@ use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::{Lineage, Place, RowWriter};
 use recstack_services::ranking::model::{Device, Graph, OnnxModel};
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
-use recstack_services::ranking::service::proto::{ChannelRanks, PackedIds, RankRequest};
+use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
 use recstack_services::ranking::service::{ModelSources, item_table, lineage, lineage_fields, load_models};
 use recstack_services::serve;
 
@@ -57,7 +57,9 @@ fn main() {
     let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();
     users.sort_unstable();
     users.dedup();
-    let requests: Vec<RankRequest> = (0..REQUESTS)
+    // Each twice: with a string per id and dense ranks (the form every pod reads), and as the
+    // gateway sends it, ids as columns and ranks sparse.
+    let (requests, columns): (Vec<RankRequest>, Vec<RankRequest>) = (0..REQUESTS)
         .map(|k| {
             let u = users[(k * 31) % users.len()] as usize;
             let user_id = a.users[u].clone();
@@ -69,9 +71,9 @@ fn main() {
                 candidates.len()
             );
             let candidates = &candidates[..CANDIDATES];
-            let (fused_scores, channel_ranks) =
-                lineage_fields(candidates.iter().map(|c| (c.fused, &c.sources[..])), false);
-            RankRequest {
+            let lineage = || candidates.iter().map(|c| (c.fused, &c.sources[..]));
+            let (fused_scores, channel_ranks) = lineage_fields(lineage(), false);
+            let strings = RankRequest {
                 user: snapshot.user(&user_id).cloned(),
                 user_id,
                 item_ids: candidates.iter().map(|c| a.items[c.item as usize].id.clone()).collect(),
@@ -79,9 +81,17 @@ fn main() {
                 fused_scores,
                 channel_ranks,
                 ..Default::default()
-            }
+            };
+            let (ids, ends) = recstack_services::id_columns::pack(strings.item_ids.iter().map(String::as_str));
+            let columns = RankRequest {
+                item_ids: Vec::new(),
+                packed_items: Some(PackedIds { ids, ends }),
+                channel_ranks: lineage_fields(lineage(), true).1,
+                ..strings.clone()
+            };
+            (strings, columns)
         })
-        .collect();
+        .unzip();
 
     // `-- assembly`: a folded model's rows alone (the service's per-request CPU work before the
     // model's head), to compare changes to them quickly.
@@ -95,7 +105,6 @@ fn main() {
     // `-- profile`: the service as the gateway calls it (columns, first stage folded, batching
     // on, 16 concurrent), run after run, to profile under `perf record`; nothing else runs.
     if std::env::args().any(|a| a == "profile") {
-        let columns = packed(&requests);
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let mut rates = Vec::with_capacity(PROFILE_RUNS);
         for run in 0..PROFILE_RUNS {
@@ -153,8 +162,7 @@ fn main() {
     // queueing: on CPU the row cap keeps requests of 500 candidates apart), by requests with
     // the row cap raised (up to 32 requests, 16,384 rows: what a GPU stack sets), and off.
     let [on, off, by_requests] = batching_modes().map(|(_, b)| b);
-    // The service is sent what the gateway sends: ids as columns.
-    let columns = packed(&requests);
+    // The service is sent what the gateway sends.
     for (fold, (batching, batch), concurrency) in [
         (true, ("on", &on), 1),
         (true, ("off", &off), 1),
@@ -209,7 +217,7 @@ fn main() {
             r.rps / direct_rps
         );
     }
-    runtime.block_on(wire_forms(snapshot.clone(), &model_path, &requests));
+    runtime.block_on(wire_forms(snapshot.clone(), &model_path, &requests, &columns));
     runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
 }
 
@@ -308,11 +316,11 @@ async fn against_the_session(
 /// channels' ranks sparse (the gateway's form) — through the service (first stage folded,
 /// batching on, 16 concurrent), in interleaved rounds: each round's ratio of CPU per request
 /// and of req/s to strings' in the same round, median and range.
-async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]) {
+async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest], columns: &[RankRequest]) {
     const ROUNDS: usize = 5;
     // Twice the requests per run, for the CPU clock's 10 ms ticks.
     let strings: Vec<RankRequest> = requests.iter().chain(requests).cloned().collect();
-    let sparse = packed(&strings);
+    let sparse: Vec<RankRequest> = columns.iter().chain(columns).cloned().collect();
     let dense: Vec<RankRequest> = sparse
         .iter()
         .zip(&strings)
@@ -386,36 +394,6 @@ fn folded_assembly(snapshot: &Snapshot, model: &Path, requests: &[RankRequest]) 
         best = best.min(t.elapsed().as_secs_f64() * 1e6 / work.len() as f64);
     }
     best
-}
-
-/// `requests` as the gateway sends them: ids as columns (`packed_items`) and each channel's
-/// ranks sparse (only the items it found, with their positions).
-fn packed(requests: &[RankRequest]) -> Vec<RankRequest> {
-    requests
-        .iter()
-        .map(|r| {
-            let (ids, ends) = recstack_services::id_columns::pack(r.item_ids.iter().map(String::as_str));
-            let channel_ranks = r
-                .channel_ranks
-                .iter()
-                .map(|c| {
-                    let found = (0u32..).zip(&c.ranks).filter(|&(_, &rank)| rank > 0);
-                    let (positions, ranks) = found.unzip();
-                    ChannelRanks {
-                        channel: c.channel.clone(),
-                        ranks,
-                        positions,
-                    }
-                })
-                .collect();
-            RankRequest {
-                item_ids: Vec::new(),
-                packed_items: Some(PackedIds { ids, ends }),
-                channel_ranks,
-                ..r.clone()
-            }
-        })
-        .collect()
 }
 
 /// The ranking service's own feature assembly (`LoadedModel::features`: item table lookups
