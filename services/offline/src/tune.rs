@@ -96,7 +96,7 @@ impl Judged {
 
 /// Coordinate ascent: for each of `values`' places in turn, `passes` times, every value of
 /// `grid` but those `allowed` refuses; a value changes only when `score` strictly improves (so
-/// ties keep the start). Returns the values and their score.
+/// ties keep the start). Returns the values, the start's score and theirs.
 fn coordinate_ascent<T: Copy + PartialEq>(
     mut values: Vec<T>,
     grid: &[T],
@@ -104,8 +104,9 @@ fn coordinate_ascent<T: Copy + PartialEq>(
     allowed: impl Fn(usize, T) -> bool,
     score: impl Fn(&[T]) -> f64,
     bar: &ProgressBar,
-) -> (Vec<T>, f64) {
-    let mut best = score(&values);
+) -> (Vec<T>, f64, f64) {
+    let start = score(&values);
+    let mut best = start;
     for _ in 0..passes {
         for k in 0..values.len() {
             for &v in grid {
@@ -122,7 +123,7 @@ fn coordinate_ascent<T: Copy + PartialEq>(
             }
         }
     }
-    (values, best)
+    (values, start, best)
 }
 
 fn progress(show: bool, steps: usize) -> ProgressBar {
@@ -142,10 +143,9 @@ pub fn tune_fusion(a: &Artifacts, quota: usize, total: usize, passes: usize, sho
     let judged = Judged::of(a, quota);
     let quotas = [quota; Channel::ALL.len()];
     let bar = progress(show_progress, passes * Channel::ALL.len() * WEIGHT_GRID.len());
-    let equal = judged.score(&[1.0; Channel::ALL.len()], &quotas, total);
     // The hot list is the only channel cold and unknown users get: at weight 0 their
     // candidates would tie and fall into id order.
-    let (weights, best) = coordinate_ascent(
+    let (weights, equal, best) = coordinate_ascent(
         vec![1.0f32; Channel::ALL.len()],
         WEIGHT_GRID,
         passes,
@@ -177,8 +177,7 @@ pub fn tune_quotas(
     let judged = Judged::of(a, depth);
     let bar = progress(show_progress, passes * Channel::ALL.len() * QUOTA_GRID.len());
     let initial = vec![start; Channel::ALL.len()];
-    let start_ndcg_20 = judged.score(weights, &initial, total);
-    let (quotas, best) = coordinate_ascent(
+    let (quotas, start_ndcg_20, best) = coordinate_ascent(
         initial,
         QUOTA_GRID,
         passes,
@@ -210,11 +209,11 @@ mod tests {
         let bar = ProgressBar::hidden();
         assert_eq!(
             coordinate_ascent(vec![0, 5], &grid, 1, |_, _| true, bowl, &bar),
-            (vec![3, 1], 0.0)
+            (vec![3, 1], -25.0, 0.0)
         );
         // Refusing the optimum of the first place: the best allowed neighbour (2 before 4, as
         // the search only moves on a strict gain).
-        let (v, _) = coordinate_ascent(vec![0, 5], &grid, 2, |k, x| !(k == 0 && x == 3), bowl, &bar);
+        let (v, _, _) = coordinate_ascent(vec![0, 5], &grid, 2, |k, x| !(k == 0 && x == 3), bowl, &bar);
         assert_eq!(v, vec![2, 1]);
         // A flat score never moves off the start.
         assert_eq!(
@@ -224,7 +223,7 @@ mod tests {
         // No pass: the start and its score.
         assert_eq!(
             coordinate_ascent(vec![0, 0], &grid, 0, |_, _| true, bowl, &bar),
-            (vec![0, 0], -10.0)
+            (vec![0, 0], -10.0, -10.0)
         );
     }
 
