@@ -4,8 +4,9 @@
 //! request (every candidate; the default samples 1 %). Prints req/s and latency percentiles
 //! with the ratio to tracing off, and the process's CPU time per request (the clients, the
 //! stack and the trace writer, to the store's last commit) with its ratio to tracing off — on
-//! a saturated machine the cost in throughput, without the scheduling noise — as a Markdown
-//! table. Then read-your-trace: the gap between a
+//! a saturated machine the cost in throughput, without the scheduling noise — and the trace
+//! store's writer thread's own CPU per request and its share of the process's (read from the
+//! thread itself, so without that noise), as a Markdown table. Then read-your-trace: the gap between a
 //! response and its trace read back through the query API (asked for the moment the response
 //! arrives), for summary and debug (full) traces, p50 and p99. Then a what-if replay of one
 //! request: the replay through the gateway (HTTP, a debug request with an item blocked), and
@@ -30,6 +31,7 @@ use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
+use recstack_trace_store::embedded::WRITER_THREAD;
 
 const CONCURRENCY: usize = 4;
 const REQUESTS: usize = 800;
@@ -46,6 +48,45 @@ struct Run {
     p99_ms: f64,
     /// The whole process's CPU time per request (user + system), ms.
     cpu_ms: f64,
+    /// The trace store's writer thread's CPU time per request, ms (0 without one).
+    writer_ms: f64,
+}
+
+/// The CPU time of this process's live threads named `name` (summed; zero when there is none),
+/// from Linux's `/proc/self/task/*/schedstat` (nanoseconds on a CPU). A thread's time is gone
+/// once it has ended: read it while it lives.
+fn threads_cpu(name: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        // A thread that ended since the listing has no file left: it is not counted.
+        if let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
+        {
+            total += Duration::from_nanos(ns);
+        }
+    }
+    total
+}
+
+/// The writer thread's CPU time once it has written what it was given: read until it has not
+/// moved for longer than the writer's linger (the last batch waits that long to fill).
+async fn writer_cpu_when_idle() -> Duration {
+    let mut last = threads_cpu(WRITER_THREAD);
+    let mut still = Duration::ZERO;
+    const STEP: Duration = Duration::from_millis(100);
+    while still < Duration::from_millis(600) {
+        tokio::time::sleep(STEP).await;
+        let now = threads_cpu(WRITER_THREAD);
+        still = if now == last { still + STEP } else { Duration::ZERO };
+        last = now;
+    }
+    last
 }
 
 /// The local stack (direct links, the bundled model) with `traces`, `full` of them in full.
@@ -79,6 +120,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         c.recommend(request(u)).await.unwrap();
     }
     let cpu_clock = ProcessCpu::new();
+    let writer_start = writer_cpu_when_idle().await;
     let cpu_start = cpu_clock.now();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -104,6 +146,9 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         lat.extend(t.await.unwrap());
     }
     let elapsed = start.elapsed();
+    // The writer's time up to its last batch's commit (the checkpoint as the store closes is
+    // not in it; the process's time below is).
+    let writer = writer_cpu_when_idle().await - writer_start;
     // Stopping flushes the trace writer: its last batch's commit is part of the cost.
     stack.stop().await.unwrap();
     let cpu = cpu_clock.now() - cpu_start;
@@ -114,6 +159,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         cpu_ms: cpu.as_secs_f64() * 1e3 / REQUESTS as f64,
+        writer_ms: writer.as_secs_f64() * 1e3 / REQUESTS as f64,
     }
 }
 
@@ -195,8 +241,8 @@ async fn main() {
         for run_no in 0..PROFILE_RUNS {
             let r = run(&root, &users, traces(tmp.path()), *full).await;
             println!(
-                "{name}, run {run_no}: {:.0} req/s, {:.3} CPU ms/request",
-                r.rate, r.cpu_ms
+                "{name}, run {run_no}: {:.0} req/s, {:.3} CPU ms/request, writer {:.3}",
+                r.rate, r.cpu_ms, r.writer_ms
             );
         }
         return;
@@ -208,13 +254,16 @@ async fn main() {
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut cpu_ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    // The writer's share of the process's CPU in each run.
+    let mut writer_share: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut writer: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for round in 0..ROUNDS {
         let (mut off, mut off_cpu) = (0.0, 0.0);
         for (i, (name, traces, full)) in configs.iter().enumerate() {
             let r = run(&root, &users, traces(tmp.path()), *full).await;
             eprintln!(
-                "round {round} {name}: {:.0} req/s, {:.3} CPU ms/request",
-                r.rate, r.cpu_ms
+                "round {round} {name}: {:.0} req/s, {:.3} CPU ms/request, writer {:.3}",
+                r.rate, r.cpu_ms, r.writer_ms
             );
             if i == 0 {
                 (off, off_cpu) = (r.rate, r.cpu_ms);
@@ -222,15 +271,17 @@ async fn main() {
             ratios[i].push(r.rate / off);
             cpu_ratios[i].push(r.cpu_ms / off_cpu);
             cpu[i].push(r.cpu_ms);
+            writer[i].push(r.writer_ms);
+            writer_share[i].push(r.writer_ms / r.cpu_ms);
             if best[i].as_ref().is_none_or(|b| r.rate > b.rate) {
                 best[i] = Some(r);
             }
         }
     }
     println!(
-        "| traces | best req/s | p50 ms | p99 ms | req/s × off, median of rounds | range | CPU ms/request, median | CPU × off, median of rounds | range |"
+        "| traces | best req/s | p50 ms | p99 ms | req/s × off, median of rounds | range | CPU ms/request, median | CPU × off, median of rounds | range | writer CPU ms/request, median | writer share of CPU, median | range |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let median_range = |v: &mut Vec<f64>| {
         v.sort_unstable_by(f64::total_cmp);
         (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -240,9 +291,18 @@ async fn main() {
         let (rate, rate_lo, rate_hi) = median_range(&mut ratios[i]);
         let (cpu_ms, _, _) = median_range(&mut cpu[i]);
         let (c, c_lo, c_hi) = median_range(&mut cpu_ratios[i]);
+        let (w, _, _) = median_range(&mut writer[i]);
+        let (share, share_lo, share_hi) = median_range(&mut writer_share[i]);
+        let pct = |x: f64| format!("{:.1} %", x * 100.0);
         println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {rate:.3} | {rate_lo:.2}–{rate_hi:.2} | {cpu_ms:.3} | {c:.3} | {c_lo:.3}–{c_hi:.3} |",
-            configs[i].0, r.rate, r.p50_ms, r.p99_ms,
+            "| {} | {:.0} | {:.1} | {:.1} | {rate:.3} | {rate_lo:.2}–{rate_hi:.2} | {cpu_ms:.3} | {c:.3} | {c_lo:.3}–{c_hi:.3} | {w:.3} | {} | {}–{} |",
+            configs[i].0,
+            r.rate,
+            r.p50_ms,
+            r.p99_ms,
+            pct(share),
+            pct(share_lo),
+            pct(share_hi),
         );
     }
     println!("\n{CONCURRENCY} concurrent clients, {REQUESTS} requests of n=20 per run, {ROUNDS} interleaved rounds");

@@ -6,7 +6,8 @@
 //!
 //! 1. Traces/s into each store, summary and full traces, straight `put` in batches and through
 //!    the writer (offer everything, then shut down: the time until the last trace is stored);
-//!    the embedded store with zstd and with plain JSON docs, interleaved, the bytes each
+//!    the embedded store with its default docs (LZ4 frames for small, zstd for large), LZ4,
+//!    zstd and plain JSON docs, interleaved, the bytes each
 //!    trace takes in the file and the bytes written per trace (WAL and checkpoint); and
 //!    summary traces into a store already holding 200,000 (long-running stores' indexes).
 //!    The Elasticsearch figures are the test server's ceiling (`osmem-server` is an in-memory
@@ -185,7 +186,12 @@ async fn main() {
         // The doc encodings side by side, interleaved, each into a fresh file.
         let rounds = if full { 1 } else { 3 };
         for round in 0..rounds {
-            for encoding in [DocEncoding::Zstd, DocEncoding::Json] {
+            for encoding in [
+                DocEncoding::BySize,
+                DocEncoding::Lz4,
+                DocEncoding::Zstd,
+                DocEncoding::Json,
+            ] {
                 let file = dir.path().join(format!("bench-{full}-{encoding:?}-{round}.sqlite"));
                 let store = EmbeddedStore::open(file).unwrap().with_doc_encoding(encoding);
                 let (rate, written) = put_measured(&store, &traces(full, n_embedded, 0), batch).await;
@@ -201,7 +207,9 @@ async fn main() {
         let embedded: Arc<dyn TraceStore> =
             Arc::new(EmbeddedStore::open(dir.path().join(format!("bench-{full}.sqlite"))).unwrap());
         let (rate, _) = writer_rate(embedded, traces(full, n_embedded, 1_000_000)).await;
-        println!("| embedded (SQLite), Zstd docs | {kind} | through the writer | {n_embedded} | {rate:.0} | | |");
+        println!(
+            "| embedded (SQLite), BySize docs (the default) | {kind} | through the writer | {n_embedded} | {rate:.0} | | |"
+        );
 
         es_config.prefix = format!("bench-{full}");
         let es: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&es_config).unwrap());

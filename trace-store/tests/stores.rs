@@ -14,7 +14,7 @@ use recstack_trace_store::sample;
 use recstack_trace_store::store::{TraceStore, now_ms};
 use recstack_trace_store::testkit::TestServer;
 use recstack_trace_store::writer::{TraceWriter, WriterConfig};
-use recstack_trace_store::{Trace, TraceSink};
+use recstack_trace_store::{Detail, Trace, TraceSink};
 
 const DAY: i64 = 86_400_000;
 
@@ -549,11 +549,13 @@ async fn dropping_the_embedded_store_leaves_a_complete_file() {
     assert_eq!(total, 50);
 }
 
-/// The embedded store writes each doc as a zstd frame (a fraction of the JSON's bytes) and reads
-/// docs of either encoding, so a file written with plain JSON stays readable after the switch.
+/// The embedded store writes a summary trace's doc as an LZ4 frame (well under half the JSON's
+/// bytes) and a full trace's as a zstd frame (under a third), and reads docs of every encoding,
+/// so a file written with plain JSON or zstd frames alone (older builds, or the options) stays
+/// readable after the switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_docs_are_compressed_and_either_encoding_reads_back() {
-    use recstack_trace_store::embedded::DocEncoding;
+async fn embedded_docs_are_compressed_and_every_encoding_reads_back() {
+    use recstack_trace_store::embedded::{DocEncoding, LARGE_DOC};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("traces.sqlite");
     let now = now_ms();
@@ -561,19 +563,24 @@ async fn embedded_docs_are_compressed_and_either_encoding_reads_back() {
     let json_store = EmbeddedStore::open(&path).unwrap().with_doc_encoding(DocEncoding::Json);
     put_all(&json_store, &plain).await;
     drop(json_store);
+    let zstd_framed = traces_from(50, 8, now);
+    let zstd_store = EmbeddedStore::open(&path).unwrap().with_doc_encoding(DocEncoding::Zstd);
+    put_all(&zstd_store, &zstd_framed).await;
+    drop(zstd_store);
 
-    // The default store on the same file: new docs compressed, old ones still read.
+    // The default store on the same file: new docs by their size, the older ones still read.
     let store = EmbeddedStore::open(&path).unwrap();
-    let compressed = traces_from(100, 8, now);
-    put_all(&store, &compressed).await;
-    for t in plain.iter().chain(&compressed) {
+    let by_size = traces_from(100, 8, now);
+    put_all(&store, &by_size).await;
+    for t in plain.iter().chain(&zstd_framed).chain(&by_size) {
         let got = store.get(&t.request_id).await.unwrap().expect("stored trace");
         assert_eq!(&got, t, "{}", t.request_id);
     }
     drop(store);
 
-    // What the rows hold: JSON for the first file's traces, zstd frames (smaller than a
-    // third of the JSON) for the rest.
+    // What the rows hold: JSON for the first store's traces, zstd frames for the second's, and
+    // for the default's LZ4 frames for summary traces and zstd frames for full ones; each read
+    // back by its format's own reader.
     let conn = rusqlite::Connection::open(&path).unwrap();
     let doc = |id: &str| -> Vec<u8> {
         conn.query_row("SELECT doc FROM traces WHERE request_id = ?1", [id], |r| r.get(0))
@@ -582,23 +589,52 @@ async fn embedded_docs_are_compressed_and_either_encoding_reads_back() {
     for t in &plain {
         assert_eq!(doc(&t.request_id), serde_json::to_vec(t).unwrap(), "{}", t.request_id);
     }
-    for t in &compressed {
+    let zstd_frame = |t: &Trace| {
         let (stored, json) = (doc(&t.request_id), serde_json::to_vec(t).unwrap());
         assert_eq!(
-            &stored[..4],
-            &[0x28, 0xB5, 0x2F, 0xFD],
+            stored[..4],
+            [0x28, 0xB5, 0x2F, 0xFD],
             "{}: not a zstd frame",
             t.request_id
         );
         assert!(
             stored.len() * 3 < json.len(),
-            "{}: {} bytes stored for {} of JSON",
+            "{}: {} bytes for {}",
             t.request_id,
             stored.len(),
             json.len()
         );
         assert_eq!(zstd::decode_all(&stored[..]).unwrap(), json, "{}", t.request_id);
+    };
+    zstd_framed.iter().for_each(zstd_frame);
+    let (mut summaries, mut fulls) = (0, 0);
+    for t in &by_size {
+        if t.detail == Detail::Full {
+            assert!(serde_json::to_vec(t).unwrap().len() >= LARGE_DOC);
+            zstd_frame(t);
+            fulls += 1;
+            continue;
+        }
+        let (stored, json) = (doc(&t.request_id), serde_json::to_vec(t).unwrap());
+        assert_eq!(
+            stored[..4],
+            [0x04, 0x22, 0x4D, 0x18],
+            "{}: not an LZ4 frame",
+            t.request_id
+        );
+        assert!(
+            stored.len() * 2 < json.len(),
+            "{}: {} bytes for {}",
+            t.request_id,
+            stored.len(),
+            json.len()
+        );
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&stored[..]), &mut back).unwrap();
+        assert_eq!(back, json, "{}", t.request_id);
+        summaries += 1;
     }
+    assert_eq!((summaries, fulls), (6, 2), "the mix this test reads");
 }
 
 /// The first table layout (user_version 0), as files written before layout version 2 hold it.

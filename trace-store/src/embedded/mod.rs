@@ -22,17 +22,21 @@
 //! the newest pages of each. A batch is one transaction. A trace written twice (a retried
 //! batch) replaces the first, as in Elasticsearch.
 //!
-//! The whole-trace `doc` is a zstd frame of the JSON (see [`DocEncoding`]): a summary trace's
-//! ~7 KB of JSON is ~1.6 KB compressed, so the writer moves a quarter of the bytes through
-//! SQLite, its write-ahead log and the checkpoint. Reads take either form, so a file written
-//! with plain JSON docs (older builds, or [`DocEncoding::Json`]) stays readable. To read a doc
-//! by hand, ask the trace API (`GET /v1/traces/{request_id}`) rather than the `sqlite3` shell.
+//! The whole-trace `doc` is an LZ4 frame of the JSON (see [`DocEncoding`]): a summary trace's
+//! ~6.6 KB of JSON is ~2.4 KB compressed, in about half the CPU time zstd takes for ~1.5 KB
+//! (the writer's CPU is what summary tracing costs a request; BENCHMARKS.md), so the writer
+//! moves about a third of the bytes through SQLite, its write-ahead log and the checkpoint.
+//! Reads take every form, so a file written with zstd frames or plain JSON docs (older
+//! builds, or the other [`DocEncoding`]s) stays readable. To read a doc by hand, ask the trace
+//! API (`GET /v1/traces/{request_id}`), or pipe the blob from the `sqlite3` shell through
+//! `lz4 -d`.
 //!
 //! Retention is by age and, with [`EmbeddedStore::with_max_bytes`], by size: a store on a
 //! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~2.5 KB with
 //! its index keys; at 300 requests a second that is ~0.7 GB an hour). Beyond the cap the
 //! oldest traces go.
 
+mod doc;
 mod queries;
 mod retention;
 mod schema;
@@ -49,12 +53,14 @@ use crate::Trace;
 use crate::query::{self, AggregateQuery, Aggregates, Page, SearchQuery, TraceSummary};
 use crate::store::{PutOutcome, StoreError, TraceStore};
 
+use doc::*;
 use queries::*;
 use retention::*;
 use schema::*;
 use writer::*;
 use writes::*;
 
+pub use doc::{DocEncoding, LARGE_DOC};
 pub use writer::WRITER_THREAD;
 
 /// SQLite-backed [`TraceStore`].
@@ -67,31 +73,6 @@ pub struct EmbeddedStore {
     /// Most bytes the database may use; `retain` deletes the oldest traces beyond it.
     max_bytes: Option<u64>,
     encoding: DocEncoding,
-}
-
-/// How the `doc` column holds a trace.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DocEncoding {
-    /// A zstd frame (level 1) of the JSON: the default.
-    #[default]
-    Zstd,
-    /// The JSON itself: readable in the `sqlite3` shell, ~4× the bytes to write.
-    Json,
-}
-
-/// zstd's level 1: its fastest standard level; higher levels gain little on trace JSON.
-pub(super) const ZSTD_LEVEL: i32 = 1;
-/// Every zstd frame starts with these bytes; JSON starts with `{`.
-pub(super) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
-
-/// The trace a `doc` holds, whichever [`DocEncoding`] wrote it.
-pub(super) fn decode_doc(doc: &[u8]) -> Result<Trace, String> {
-    if doc.starts_with(&ZSTD_MAGIC) {
-        let json = zstd::decode_all(doc).map_err(|e| format!("zstd: {e}"))?;
-        serde_json::from_slice(&json).map_err(|e| e.to_string())
-    } else {
-        serde_json::from_slice(doc).map_err(|e| e.to_string())
-    }
 }
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -234,7 +215,7 @@ mod tests {
             .map(|i| crate::sample::summary_trace(i, 1_000 + i as i64))
             .collect();
         assert_eq!(
-            put_batch(&mut conn, &traces, DocEncoding::Zstd).unwrap().written,
+            put_batch(&mut conn, &traces, DocEncoding::default()).unwrap().written,
             n as usize
         );
         (conn, traces)

@@ -51,11 +51,7 @@ pub(super) fn put_batch(
     encoding: DocEncoding,
 ) -> Result<PutOutcome, StoreError> {
     let mut outcome = PutOutcome::default();
-    // One compression context for the batch (creating one costs more than a small frame).
-    let mut zstd = match encoding {
-        DocEncoding::Zstd => Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(unavailable)?),
-        DocEncoding::Json => None,
-    };
+    let mut docs = DocWriter::new(encoding);
     let tx = conn.transaction().map_err(unavailable)?;
     {
         // A new request id (the usual case) is one insert; a trace written again (a retried
@@ -80,10 +76,7 @@ pub(super) fn put_batch(
                 continue;
             }
             let refused = |e: serde_json::Error| StoreError::Refused(e.to_string());
-            let mut doc = serde_json::to_vec(t).map_err(refused)?;
-            if let Some(z) = &mut zstd {
-                doc = z.compress(&doc).map_err(unavailable)?;
-            }
+            let doc = docs.encode(t)?;
             let summary = serde_json::to_string(&TraceSummary::from(t)).map_err(refused)?;
             let [items, channels, stages] = index_columns(t).map_err(refused)?;
             let row = params![
