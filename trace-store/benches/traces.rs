@@ -248,7 +248,7 @@ async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
         stored += n;
         let per_trace = store.used_bytes().await.unwrap() / stored;
         println!(
-            "| embedded (SQLite), Zstd docs | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
+            "| embedded (SQLite), BySize docs (the default) | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
         );
     }
     // Item and user searches, first page (20 newest hits) and the total, spread over the store.

@@ -32,8 +32,8 @@
 //! `lz4 -d`.
 //!
 //! Retention is by age and, with [`EmbeddedStore::with_max_bytes`], by size: a store on a
-//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~2.5 KB with
-//! its index keys; at 300 requests a second that is ~0.7 GB an hour). Beyond the cap the
+//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~4.6 KB with
+//! its index keys; at 300 requests a second that is ~5 GB an hour). Beyond the cap the
 //! oldest traces go.
 
 mod doc;
