@@ -63,6 +63,14 @@ pub trait TraceStore: Send + Sync + 'static {
     /// Makes everything written so far visible to search (Elasticsearch refreshes on its own
     /// about once a second; tests and benchmarks call this).
     async fn refresh(&self) -> Result<(), StoreError>;
+
+    /// The CPU time this process has spent writing into the store so far, where the store does
+    /// its writes on a thread of its own and can read that thread's clock (the embedded store
+    /// on Linux): what tracing costs the process beyond the request path. `None` elsewhere
+    /// (Elasticsearch's work is in its own process).
+    fn write_cpu(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Runs `retain` every `every`, keeping `days` of traces; logs what it removed.

@@ -7,7 +7,7 @@
 //! moment `offered = written + rejected + dropped + queued`, and all five are metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,6 +71,8 @@ struct WriterMetrics {
     queued: Gauge,
     queued_bytes: Gauge,
     write_seconds: Histogram,
+    /// The store's own writing CPU ([`TraceStore::write_cpu`]), where it reports one.
+    store_cpu_seconds: Counter<f64, AtomicU64>,
 }
 
 impl WriterMetrics {
@@ -84,6 +86,7 @@ impl WriterMetrics {
             queued: Gauge::default(),
             queued_bytes: Gauge::default(),
             write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            store_cpu_seconds: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("trace_writer");
         r.register("offered", "Traces handed to the writer", m.offered.clone());
@@ -114,6 +117,11 @@ impl WriterMetrics {
             "Time of one store write (a batch)",
             m.write_seconds.clone(),
         );
+        r.register(
+            "store_cpu_seconds",
+            "CPU time this process spent in the store's writes (the embedded store's writer thread; 0 for a remote store)",
+            m.store_cpu_seconds.clone(),
+        );
         m
     }
 }
@@ -134,9 +142,22 @@ struct Shared {
     config: WriterConfig,
     bytes: AtomicUsize,
     metrics: WriterMetrics,
+    /// The store's write CPU at its last reading, ns.
+    store_cpu_ns: AtomicU64,
 }
 
 impl Shared {
+    /// Adds the store's write CPU since the last reading to its counter.
+    fn count_store_cpu(&self, store: &dyn TraceStore) {
+        if let Some(cpu) = store.write_cpu() {
+            let now = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+            let before = self.store_cpu_ns.swap(now, Ordering::Relaxed);
+            self.metrics
+                .store_cpu_seconds
+                .inc_by(now.saturating_sub(before) as f64 / 1e9);
+        }
+    }
+
     fn drop_traces(&self, reason: &'static str, n: usize) {
         self.metrics
             .dropped
@@ -184,6 +205,7 @@ impl TraceWriter {
             config,
             bytes: AtomicUsize::new(0),
             metrics: WriterMetrics::new(registry),
+            store_cpu_ns: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(store, rx, shared.clone(), stop_rx));
@@ -321,6 +343,7 @@ async fn write(
         let started = Instant::now();
         let result = store.put(pending.clone()).await;
         m.write_seconds.observe(started.elapsed().as_secs_f64());
+        shared.count_store_cpu(store);
         match result {
             Ok(out) => {
                 if let Some(since) = failing_since.take() {

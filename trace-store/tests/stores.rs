@@ -347,6 +347,26 @@ async fn the_writer_delivers_everything(store: Arc<dyn TraceStore>) {
         text.contains("trace_writer_dropped_total{reason=\"closed\"} 1"),
         "{text}"
     );
+    // The store's own writing CPU: the embedded store's writer thread reads its clock on
+    // Linux, and the counter holds exactly its last reading (nothing was written after);
+    // a remote store reports none.
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("trace_writer_store_cpu_seconds_total "))
+        .unwrap_or_else(|| panic!("no store CPU counter in {text}"))
+        .parse()
+        .unwrap();
+    match store.write_cpu() {
+        Some(cpu) => {
+            assert!(cpu > Duration::ZERO);
+            assert!((counted - cpu.as_secs_f64()).abs() < 1e-6, "{counted} against {cpu:?}");
+        }
+        None => {
+            let embedded_on_linux = cfg!(target_os = "linux") && store.kind() == "embedded";
+            assert!(!embedded_on_linux, "the writer thread's CPU was not read");
+            assert_eq!(counted, 0.0);
+        }
+    }
 }
 
 macro_rules! suite {

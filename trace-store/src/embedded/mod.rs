@@ -202,6 +202,10 @@ impl TraceStore for EmbeddedStore {
     async fn refresh(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn write_cpu(&self) -> Option<std::time::Duration> {
+        self.writer.cpu()
+    }
 }
 
 #[cfg(test)]

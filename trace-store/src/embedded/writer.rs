@@ -2,6 +2,8 @@
 
 use super::*;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// The writer thread's name (short enough for Linux's 15-character thread names).
 pub const WRITER_THREAD: &str = "trace-writer";
 
@@ -23,7 +25,12 @@ pub(super) struct WriterThread {
     /// `None` only while dropping.
     jobs: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The thread's CPU time in ns as of its last job; [`UNREAD`] until it has been read.
+    cpu_ns: Arc<AtomicU64>,
 }
+
+/// [`WriterThread::cpu`]'s value before the thread's clock has been read (or where it cannot).
+const UNREAD: u64 = u64::MAX;
 
 impl Drop for WriterThread {
     /// Closes the queue and waits for the thread to finish what was sent and close its
@@ -42,6 +49,7 @@ impl Drop for WriterThread {
 impl WriterThread {
     pub(super) fn start(mut conn: Connection) -> Result<Self, StoreError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let cpu_ns = Arc::new(AtomicU64::new(UNREAD));
         let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn(move || {
@@ -57,7 +65,16 @@ impl WriterThread {
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
+            cpu_ns,
         })
+    }
+
+    /// The thread's CPU time as of its last job; `None` before one or where it cannot be read.
+    pub(super) fn cpu(&self) -> Option<std::time::Duration> {
+        match self.cpu_ns.load(Ordering::Acquire) {
+            UNREAD => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
     }
 
     /// Runs `f` on the write connection.
@@ -66,11 +83,17 @@ impl WriterThread {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, result) = tokio::sync::oneshot::channel();
+        let cpu = self.cpu_ns.clone();
         self.jobs
             .as_ref()
             .ok_or_else(|| unavailable("the writer thread has stopped"))?
             .send(Box::new(move |conn| {
-                let _ = reply.send(f(conn));
+                let out = f(conn);
+                // Before the caller hears back, so that it reads the time with this job in it.
+                if let Some(ns) = own_cpu_ns() {
+                    cpu.store(ns, Ordering::Release);
+                }
+                let _ = reply.send(out);
             }))
             .map_err(|_| unavailable("the writer thread has stopped"))?;
         result.await.map_err(|_| unavailable("store write failed (panicked)"))?
@@ -99,4 +122,12 @@ pub(super) fn run_when_idle() {
     if let Err(e) = set_current_thread_priority(ThreadPriority::Min) {
         tracing::warn!(error = ?e, "trace store writer: could not lower the thread's priority");
     }
+}
+
+/// The calling thread's CPU time in ns: the first field of Linux's
+/// `/proc/thread-self/schedstat` (time on a CPU). `None` elsewhere. One small read, once a
+/// batch.
+fn own_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_ascii_whitespace().next()?.parse().ok()
 }
