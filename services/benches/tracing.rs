@@ -5,8 +5,9 @@
 //! with the ratio to tracing off, and the process's CPU time per request (the clients, the
 //! stack and the trace writer, to the store's last commit) with its ratio to tracing off — on
 //! a saturated machine the cost in throughput, without the scheduling noise — and the trace
-//! store's writer thread's own CPU per request and its share of the process's (read from the
-//! thread itself, so without that noise), as a Markdown table. Then read-your-trace: the gap between a
+//! store's writer thread's own CPU per request and its share of the process's (the thread's
+//! own clock, from the gateway's `…_trace_writer_store_cpu_seconds_total`, so without that
+//! noise), as a Markdown table. Then read-your-trace: the gap between a
 //! response and its trace read back through the query API (asked for the moment the response
 //! arrives), for summary and debug (full) traces, p50 and p99. Then a what-if replay of one
 //! request: the replay through the gateway (HTTP, a debug request with an item blocked), and
@@ -31,7 +32,6 @@ use recstack_services::gateway::proto::gateway_client::GatewayClient;
 use recstack_services::ranking::service::ModelSources;
 use recstack_services::rerank::Experiment;
 use recstack_services::serve::{self, LocalAddrs, LocalOptions, LocalTraces};
-use recstack_trace_store::embedded::WRITER_THREAD;
 
 const CONCURRENCY: usize = 4;
 const REQUESTS: usize = 800;
@@ -48,45 +48,33 @@ struct Run {
     p99_ms: f64,
     /// The whole process's CPU time per request (user + system), ms.
     cpu_ms: f64,
-    /// The trace store's writer thread's CPU time per request, ms (0 without one).
+    /// The trace store's writer thread's CPU time per request, ms (0 without one), from the
+    /// gateway's metrics.
     writer_ms: f64,
 }
 
-/// The CPU time of this process's live threads named `name` (summed; zero when there is none),
-/// from Linux's `/proc/self/task/*/schedstat` (nanoseconds on a CPU). A thread's time is gone
-/// once it has ended: read it while it lives.
-fn threads_cpu(name: &str) -> Duration {
-    let mut total = Duration::ZERO;
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
-            continue;
-        }
-        // A thread that ended since the listing has no file left: it is not counted.
-        if let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
-        {
-            total += Duration::from_nanos(ns);
-        }
-    }
-    total
+/// The trace store's own writing CPU so far, in s, from the gateway's metrics
+/// (`recstack_gateway_trace_writer_store_cpu_seconds_total`; 0 without traces).
+async fn store_cpu(metrics_url: &str) -> f64 {
+    let text = reqwest::get(metrics_url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("recstack_gateway_trace_writer_store_cpu_seconds_total "))
+        .map_or(0.0, |v| v.parse().unwrap())
 }
 
-/// The writer thread's CPU time once it has written what it was given: read until it has not
-/// moved for longer than the writer's linger (the last batch waits that long to fill).
-async fn writer_cpu_when_idle() -> Duration {
-    let mut last = threads_cpu(WRITER_THREAD);
+/// The store's writing CPU once it has written what it was given: read until it has not moved
+/// for longer than the writer's linger (the last batch waits that long to fill).
+async fn store_cpu_when_idle(metrics_url: &str) -> Duration {
+    let mut last = store_cpu(metrics_url).await;
     let mut still = Duration::ZERO;
     const STEP: Duration = Duration::from_millis(100);
     while still < Duration::from_millis(600) {
         tokio::time::sleep(STEP).await;
-        let now = threads_cpu(WRITER_THREAD);
+        let now = store_cpu(metrics_url).await;
         still = if now == last { still + STEP } else { Duration::ZERO };
         last = now;
     }
-    last
+    Duration::from_secs_f64(last)
 }
 
 /// The local stack (direct links, the bundled model) with `traces`, `full` of them in full.
@@ -120,7 +108,8 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
         c.recommend(request(u)).await.unwrap();
     }
     let cpu_clock = ProcessCpu::new();
-    let writer_start = writer_cpu_when_idle().await;
+    let metrics_url = format!("http://{}/metrics", stack.get("gateway").http);
+    let writer_start = store_cpu_when_idle(&metrics_url).await;
     let cpu_start = cpu_clock.now();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -148,7 +137,7 @@ async fn run(root: &std::path::Path, users: &[String], traces: LocalTraces, full
     let elapsed = start.elapsed();
     // The writer's time up to its last batch's commit (the checkpoint as the store closes is
     // not in it; the process's time below is).
-    let writer = writer_cpu_when_idle().await - writer_start;
+    let writer = store_cpu_when_idle(&metrics_url).await - writer_start;
     // Stopping flushes the trace writer: its last batch's commit is part of the cost.
     stack.stop().await.unwrap();
     let cpu = cpu_clock.now() - cpu_start;
