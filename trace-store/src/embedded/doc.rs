@@ -1,4 +1,4 @@
-//! A trace's `doc` column: its JSON, as an LZ4 frame (the default), a zstd frame, or plain.
+//! A trace's `doc` column: its JSON as an LZ4 or a zstd frame (by its size, the default), or plain.
 
 use std::io::Read;
 
