@@ -711,12 +711,7 @@ async fn a_missed_latency_objective_sheds_requests_to_reduced_and_says_why() {
             levels.push(r.level);
         }
         let (_, metrics) = common::http_get(&stack.get("gateway").http.to_string(), "/metrics");
-        let share: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("recstack_gateway_shed_share "))
-            .unwrap_or_else(|| panic!("no shed share in\n{metrics}"))
-            .parse()
-            .unwrap();
+        let share = common::metric_value(&metrics, "recstack_gateway_shed_share");
         let reduced = levels.iter().filter(|l| *l == "reduced").count();
         assert_eq!(levels[0], "full", "the share starts at 0");
         if missed {

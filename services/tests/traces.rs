@@ -175,12 +175,7 @@ async fn the_query_api_explains_real_requests() {
         "{metrics}"
     );
     // What writing the traces cost the gateway's process (the embedded store's writer thread).
-    let store_cpu: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("recstack_gateway_trace_writer_store_cpu_seconds_total "))
-        .unwrap_or_else(|| panic!("no store CPU counter in {metrics}"))
-        .parse()
-        .unwrap();
+    let store_cpu = common::metric_value(&metrics, "recstack_gateway_trace_writer_store_cpu_seconds_total");
     assert!(store_cpu > 0.0 && store_cpu < 60.0, "{store_cpu}");
     let (_, metrics) = get(api.clone(), "/metrics".into()).await;
     assert!(

@@ -138,6 +138,15 @@ pub fn artifacts() -> &'static recstack_offline::build::Artifacts {
     })
 }
 
+/// The value of `series` (its name and labels, as printed) in Prometheus text `metrics`;
+/// panics naming it, with the text, when it is not there.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
 /// A plain HTTP/1.1 POST (no client library needed): the status code and the body.
 pub fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
     http(addr, "POST", path, body)
