@@ -1,7 +1,8 @@
 //! Ranking benchmarks on the bundled data and model, printed as a Markdown table: the ranking
 //! gRPC service (feature assembly, queue, batching, gRPC on loopback) against calling the
-//! whole graph's ONNX session directly on the same rows, with batching on (the defaults), by
-//! requests with the row cap raised, and off, at 1 and 16
+//! whole graph's ONNX session directly on the same rows, with batching on (the defaults), on
+//! with every request handed to the batcher's worker (none scored on its own thread when the
+//! model is idle), by requests with the row cap raised, and off, at 1 and 16
 //! concurrent requests of 500 candidates, with the model's first stage folded (the default)
 //! and as the whole graph; the head's session alone on prebuilt `pre` rows; a request's ranking
 //! work in process (rows, then the model) folded against whole, interleaved; and the service's
@@ -9,8 +10,9 @@
 //! catalogue, as recall's candidates are. Then the request's forms on the wire (ids as a
 //! string each, as columns, and with the channels' ranks sparse), interleaved rounds at 16
 //! concurrent, with the process's CPU time per request (client and service: both ends of the
-//! wire); and the service against the raw session in paired, interleaved rounds (issue 32's
-//! ratios). The service is sent what the gateway sends (columns, sparse ranks) and the binary
+//! wire); the batcher's idle path (a request finding the model idle scored on its own thread)
+//! against every request through the worker, at 1, 4 and 16 concurrent in interleaved rounds;
+//! and the service against the raw session in paired, interleaved rounds (issue 32's ratios). The service is sent what the gateway sends (columns, sparse ranks) and the binary
 //! allocates with mimalloc, as the pods' binary does.
 //!
 //! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv);
@@ -160,13 +162,16 @@ fn main() {
     let mut table = vec![direct, head];
     // Batching with the service's defaults (up to 32 requests and 512 rows, 5 ms from
     // queueing: on CPU the row cap keeps requests of 500 candidates apart), by requests with
-    // the row cap raised (up to 32 requests, 16,384 rows: what a GPU stack sets), and off.
-    let [on, off, by_requests] = batching_modes().map(|(_, b)| b);
+    // the row cap raised (up to 32 requests, 16,384 rows: what a GPU stack sets), and off; and
+    // the defaults with every request handed to the batcher's worker (before the idle path).
+    let [on, worker, off, by_requests] = batching_modes().map(|(_, b)| b);
     // The service is sent what the gateway sends.
     for (fold, (batching, batch), concurrency) in [
         (true, ("on", &on), 1),
+        (true, (WORKER, &worker), 1),
         (true, ("off", &off), 1),
         (true, ("on", &on), 16),
+        (true, (WORKER, &worker), 16),
         (true, ("by requests (32 requests, 16,384 rows)", &by_requests), 16),
         (true, ("off", &off), 16),
         (false, ("on", &on), 1),
@@ -218,12 +223,21 @@ fn main() {
         );
     }
     runtime.block_on(wire_forms(snapshot.clone(), &model_path, &requests, &columns));
+    runtime.block_on(idle_path(snapshot.clone(), &model_path, &columns));
     runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
 }
 
-/// The batching the bench compares, named: the service's defaults ("on"), off, and by requests
-/// with the row cap raised.
-fn batching_modes() -> [(&'static str, BatchConfig); 3] {
+/// The defaults with every request handed to the batcher's worker thread, none scored on its
+/// own thread when the model is idle.
+const WORKER: &str = "on, every request through the worker";
+
+/// The batching the bench compares, named: the service's defaults ("on"), the same through the
+/// worker alone, off, and by requests with the row cap raised.
+fn batching_modes() -> [(&'static str, BatchConfig); 4] {
+    let worker = BatchConfig {
+        inline_when_idle: false,
+        ..BatchConfig::default()
+    };
     let by_requests = BatchConfig {
         max_batch: 16_384,
         ..BatchConfig::default()
@@ -234,6 +248,7 @@ fn batching_modes() -> [(&'static str, BatchConfig); 3] {
     };
     [
         ("on", BatchConfig::default()),
+        (WORKER, worker),
         ("off", off),
         ("by requests (32 requests, 16,384 rows)", by_requests),
     ]
@@ -258,8 +273,8 @@ fn session(model: &mut OnnxModel, rows: &[(Vec<i64>, Vec<f32>)]) -> Row {
 }
 
 /// Issue 32's two ratios, side by side: interleaved rounds of the raw session and of the
-/// service (first stage folded, ids as columns, 16 concurrent) with batching on, off and by
-/// requests; each round's req/s over the session's and over batching off's in the same round,
+/// service (first stage folded, ids as columns, 16 concurrent) in each of [`batching_modes`];
+/// each round's req/s over the session's, batching off's and the worker-only mode's in the same round,
 /// median and range. One run of the table above swings ±10 % with the machine; paired rounds
 /// cancel the drift between them.
 async fn against_the_session(
@@ -271,6 +286,13 @@ async fn against_the_session(
 ) {
     const ROUNDS: usize = 7;
     let modes = batching_modes();
+    let position = |want: &str| {
+        modes
+            .iter()
+            .position(|(name, _)| *name == want)
+            .expect("a batching mode")
+    };
+    let (off, worker) = (position("off"), position(WORKER));
     // Per round: the session's req/s, then each mode's.
     let mut rounds: Vec<(f64, Vec<f64>)> = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
@@ -294,17 +316,18 @@ async fn against_the_session(
          service: first stage folded, ids as columns, 16 concurrent):\n"
     );
     println!(
-        "| batching | service req/s, median | × the session's req/s, median [range] | × batching off, median [range] |"
+        "| batching | service req/s, median | × the session's req/s, median [range] | × batching off, median [range] | × every request through the worker, median [range] |"
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|");
     for (m, (name, _)) in modes.iter().enumerate() {
         let mut rates: Vec<f64> = rounds.iter().map(|(_, r)| r[m]).collect();
         rates.sort_by(f64::total_cmp);
         println!(
-            "| {name} | {:.0} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {} |",
             rates[ROUNDS / 2],
             spread(rounds.iter().map(|(d, r)| r[m] / d).collect()),
-            spread(rounds.iter().map(|(_, r)| r[m] / r[1]).collect()),
+            spread(rounds.iter().map(|(_, r)| r[m] / r[off]).collect()),
+            spread(rounds.iter().map(|(_, r)| r[m] / r[worker]).collect()),
         );
     }
     let mut direct: Vec<f64> = rounds.iter().map(|(d, _)| *d).collect();
@@ -341,21 +364,50 @@ async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]
             runs[form].push(service(items.clone(), model, true, batching, 16, reqs).await);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
     println!(
         "\nthe request on the wire ({CANDIDATES} items; service, first stage folded, batching on, 16 concurrent, \
          {ROUNDS} interleaved rounds of {} requests; CPU: the whole process, client and service):\n",
         strings.len()
     );
+    let names: Vec<&str> = forms.iter().map(|(name, _)| *name).collect();
+    paired_table("ids, lineage", "strings", &names, &runs);
+}
+
+/// The batcher's idle path: the defaults against every request handed to the worker, at 1, 4
+/// and 16 concurrent, in interleaved rounds (service: first stage folded, the gateway's form).
+async fn idle_path(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]) {
+    const ROUNDS: usize = 5;
+    let twice: Vec<RankRequest> = requests.iter().chain(requests).cloned().collect();
+    let [(on_name, on), (worker_name, worker), ..] = batching_modes();
+    for concurrency in [1, 4, 16] {
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (m, (name, batch)) in [(worker_name, &worker), (on_name, &on)].into_iter().enumerate() {
+                runs[m].push(service(items.clone(), model, true, (name, batch.clone()), concurrency, &twice).await);
+            }
+        }
+        println!(
+            "\nthe idle path at {concurrency} concurrent ({ROUNDS} interleaved rounds of {} requests of {CANDIDATES}; \
+             CPU: the whole process, client and service):\n",
+            twice.len()
+        );
+        paired_table("batching", "the worker", &[worker_name, on_name], &runs);
+    }
+}
+
+/// Prints variants measured in interleaved rounds (`runs[v][round]`): each one's median req/s,
+/// p50 and p99 over all its rounds, median CPU per request, and its CPU and req/s over the
+/// first variant's in the same round (median and range).
+fn paired_table(what: &str, first: &str, names: &[&str], runs: &[Vec<Row>]) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
     println!(
-        "| ids, lineage | req/s, median | p50 ms | p99 ms | CPU ms/request, median | CPU × strings, median [range] | req/s × strings, median [range] |"
+        "| {what} | req/s, median | p50 ms | p99 ms | CPU ms/request, median | CPU × {first}, median [range] | req/s × {first}, median [range] |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (form, (name, _)) in forms.iter().enumerate() {
-        let rows = &runs[form];
+    for (name, rows) in names.iter().zip(runs) {
         let ratio = |f: fn(&Row) -> f64| median(rows.iter().zip(&runs[0]).map(|(r, s)| f(r) / f(s)).collect());
         let lat: Vec<Duration> = rows.iter().flat_map(|r| r.lat.iter().copied()).collect();
         let (p50, p99) = percentiles(&lat);

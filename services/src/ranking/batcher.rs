@@ -12,12 +12,18 @@
 //! row cap (512) keeps requests of ~500 candidates in calls of their own, as sharing measured
 //! slower there; a GPU stack raises it so that up to `max_requests` share a call
 //! (docs/ranking.md, "Batching").
-//! The worker owns its model, so the model needs no lock; dropping the [`Batcher`] ends the
-//! worker once the queue drains (how a hot swap retires the old model).
+//! A request that finds the model idle and nothing queued is scored on its own thread instead
+//! (`inline_when_idle`, on for CPU models): the worker would score it alone and at once anyway,
+//! and the two thread hand-offs add latency and CPU to every such request (BENCHMARKS, "The
+//! batcher's idle path"). Requests arriving while it runs
+//! queue for the worker as before, which waits for the model and gathers them.
+//! The model sits behind a lock that the worker and an idle-path request take in turn;
+//! dropping the [`Batcher`] ends the worker once the queue drains (how a hot swap retires the
+//! old model).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::model::{ModelError, OnnxModel};
@@ -54,6 +60,10 @@ pub struct BatchConfig {
     pub queue: usize,
     /// Off: every request is its own model call (for comparison).
     pub enabled: bool,
+    /// A request that finds the model idle and no request queued is scored on the caller's
+    /// thread, not handed to the worker. For models whose call is short (CPU); the ranking
+    /// service turns it off on a GPU, whose calls should not hold the runtime's threads.
+    pub inline_when_idle: bool,
 }
 
 /// The stack's defaults (the CRD's `spec.ranking.batching`), so a service started by hand
@@ -68,6 +78,7 @@ impl Default for BatchConfig {
             max_wait: Duration::from_micros(u64::try_from(defaults::max_wait_micros()).unwrap_or(0)),
             queue: 256,
             enabled: true,
+            inline_when_idle: true,
         }
     }
 }
@@ -102,14 +113,19 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Result<Vec<f32>, BatchError>>,
 }
 
+/// The model, shared by the worker and the requests that find it idle.
+type Shared = Arc<Mutex<dyn Scorer>>;
+
 /// A model behind a batching queue.
 pub struct Batcher {
     tx: SyncSender<Job>,
-    /// Requests submitted and not yet answered.
+    /// Requests queued for or being scored by the worker (not those scored inline).
     active: Arc<AtomicUsize>,
     version: String,
     widths: (usize, usize),
     queue: usize,
+    /// The model and what the idle path reports, when `inline_when_idle` is on.
+    inline: Option<(Shared, Arc<dyn BatchObserver>, usize)>,
 }
 
 impl Batcher {
@@ -121,9 +137,13 @@ impl Batcher {
         let queue = cfg.queue;
         let active = Arc::new(AtomicUsize::new(0));
         let counted = active.clone();
+        let model: Shared = Arc::new(Mutex::new(scorer));
+        let inline = cfg
+            .inline_when_idle
+            .then(|| (model.clone(), observer.clone(), cfg.max_batch.max(1)));
         std::thread::Builder::new()
             .name(format!("rank-{version}"))
-            .spawn(move || worker(scorer, rx, cfg, observer, counted))
+            .spawn(move || worker(model, rx, cfg, observer, counted))
             .expect("spawning a thread");
         Self {
             tx,
@@ -131,6 +151,7 @@ impl Batcher {
             version,
             widths,
             queue,
+            inline,
         }
     }
 
@@ -150,6 +171,22 @@ impl Batcher {
         rows: usize,
         deadline: Instant,
     ) -> Result<Vec<f32>, BatchError> {
+        if let Some((model, observer, max_batch)) = &self.inline
+            // Nothing queued or running: the worker would score this request alone, now.
+            && self.active.load(Ordering::SeqCst) == 0
+            // Busy (another idle-path request, or the worker that just took a job): queue.
+            && let Ok(mut model) = model.try_lock()
+        {
+            return score_alone(
+                &mut *model,
+                &sparse,
+                &dense,
+                rows,
+                deadline,
+                *max_batch,
+                observer.as_ref(),
+            );
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             sparse,
@@ -190,8 +227,31 @@ pub fn gather_until(
     }
 }
 
-fn worker<S: Scorer>(
-    mut scorer: S,
+/// One request scored on the caller's thread, as the worker would score a lone one: shed if
+/// its deadline has passed, else one model call per `max_batch` rows.
+fn score_alone(
+    scorer: &mut dyn Scorer,
+    sparse: &[i64],
+    dense: &[f32],
+    rows: usize,
+    deadline: Instant,
+    max_batch: usize,
+    observer: &dyn BatchObserver,
+) -> Result<Vec<f32>, BatchError> {
+    let now = Instant::now();
+    if deadline <= now {
+        observer.shed(scorer.version());
+        return Err(BatchError::DeadlineExceeded);
+    }
+    observer.queued(Duration::ZERO);
+    let widths = scorer.widths();
+    let scores = score_chunked(scorer, sparse, dense, rows, max_batch, widths);
+    observer.batch(scorer.version(), rows, 1, now.elapsed());
+    scores.map_err(|e| BatchError::Model(e.to_string()))
+}
+
+fn worker(
+    model: Shared,
     rx: Receiver<Job>,
     cfg: BatchConfig,
     observer: Arc<dyn BatchObserver>,
@@ -232,14 +292,17 @@ fn worker<S: Scorer>(
             }
         }
         let n = jobs.len();
+        // An idle-path request may hold the model; it is done in one call's time.
+        let mut scorer = model.lock().unwrap_or_else(PoisonError::into_inner);
         let started = Instant::now();
-        run_batch(&mut scorer, jobs, max_batch, observer.as_ref());
+        run_batch(&mut *scorer, jobs, max_batch, observer.as_ref());
+        drop(scorer);
         model_time = started.elapsed();
         active.fetch_sub(n, Ordering::SeqCst);
     }
 }
 
-fn run_batch<S: Scorer>(scorer: &mut S, jobs: Vec<Job>, max_batch: usize, observer: &dyn BatchObserver) {
+fn run_batch(scorer: &mut dyn Scorer, jobs: Vec<Job>, max_batch: usize, observer: &dyn BatchObserver) {
     let now = Instant::now();
     let (live, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
     for job in expired {
@@ -284,8 +347,8 @@ fn run_batch<S: Scorer>(scorer: &mut S, jobs: Vec<Job>, max_batch: usize, observ
 }
 
 /// One model call per `max_batch` rows.
-fn score_chunked<S: Scorer>(
-    scorer: &mut S,
+fn score_chunked(
+    scorer: &mut dyn Scorer,
     sparse: &[i64],
     dense: &[f32],
     rows: usize,
@@ -312,9 +375,11 @@ mod tests {
 
     use super::*;
 
-    /// Scores a row as the sum of its dense values; records each call's row count.
+    /// Scores a row as the sum of its dense values; records each call's row count and the name
+    /// of the thread it ran on.
     struct SumScorer {
-        calls: Arc<Mutex<Vec<usize>>>,
+        calls: Log<usize>,
+        threads: Log<String>,
         delay: Duration,
     }
 
@@ -328,17 +393,30 @@ mod tests {
         fn score(&mut self, _sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
             std::thread::sleep(self.delay);
             self.calls.lock().unwrap().push(rows);
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            self.threads.lock().unwrap().push(thread);
             Ok(dense.chunks(2).map(|r| r[0] + r[1]).collect())
         }
     }
 
-    fn start(cfg: BatchConfig, delay: Duration) -> (Arc<Batcher>, Arc<Mutex<Vec<usize>>>) {
+    fn start(cfg: BatchConfig, delay: Duration) -> (Arc<Batcher>, Log<usize>) {
+        let (b, calls, _) = start_with_threads(cfg, delay);
+        (b, calls)
+    }
+
+    /// What a [`SumScorer`] records, one entry per call.
+    type Log<T> = Arc<Mutex<Vec<T>>>;
+
+    /// Also the name of the thread each call ran on.
+    fn start_with_threads(cfg: BatchConfig, delay: Duration) -> (Arc<Batcher>, Log<usize>, Log<String>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let threads = Arc::new(Mutex::new(Vec::new()));
         let scorer = SumScorer {
             calls: calls.clone(),
+            threads: threads.clone(),
             delay,
         };
-        (Arc::new(Batcher::start(scorer, cfg, Arc::new(()))), calls)
+        (Arc::new(Batcher::start(scorer, cfg, Arc::new(()))), calls, threads)
     }
 
     fn job(rows: usize, base: f32) -> (Vec<i64>, Vec<f32>) {
@@ -349,6 +427,26 @@ mod tests {
         (0..rows).map(|r| 2.0 * base + (4 * r + 1) as f32).collect()
     }
 
+    /// Request `k` (3 + k rows, values from k × 100) for each `k`, each from its own task.
+    fn spawn_requests(b: &Arc<Batcher>, ks: std::ops::Range<usize>) -> Vec<tokio::task::JoinHandle<(usize, Vec<f32>)>> {
+        ks.map(|k| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let (s, d) = job(3 + k, k as f32 * 100.0);
+                (k, b.score(s, d, 3 + k, later()).await.unwrap())
+            })
+        })
+        .collect()
+    }
+
+    /// Each request of [`spawn_requests`] got its own rows' scores.
+    async fn assert_own_scores(tasks: Vec<tokio::task::JoinHandle<(usize, Vec<f32>)>>) {
+        for t in tasks {
+            let (k, scores) = t.await.unwrap();
+            assert_eq!(scores, expected(3 + k, k as f32 * 100.0));
+        }
+    }
+
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(10)
     }
@@ -356,24 +454,15 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_share_a_call_and_each_gets_its_own_scores() {
         let cfg = BatchConfig {
+            // What the worker does with requests that queue (none is scored inline).
+            inline_when_idle: false,
             max_wait: Duration::from_millis(50),
             ..BatchConfig::default()
         };
         // A slow model: requests arriving while it runs queue up and share the next call.
         let (b, calls) = start(cfg, Duration::from_millis(30));
-        let tasks: Vec<_> = (0..8)
-            .map(|k| {
-                let b = b.clone();
-                tokio::spawn(async move {
-                    let (s, d) = job(3 + k, k as f32 * 100.0);
-                    (k, b.score(s, d, 3 + k, later()).await.unwrap())
-                })
-            })
-            .collect();
-        for t in tasks {
-            let (k, scores) = t.await.unwrap();
-            assert_eq!(scores, expected(3 + k, k as f32 * 100.0));
-        }
+        let tasks = spawn_requests(&b, 0..8);
+        assert_own_scores(tasks).await;
         let calls = calls.lock().unwrap();
         assert_eq!(calls.iter().sum::<usize>(), (3..11).sum::<usize>());
         assert!(calls.len() <= 3, "requests were not batched: {calls:?}");
@@ -434,6 +523,8 @@ mod tests {
         // 12 requests of 500 rows while a slow model runs: they queue and share calls of at
         // most 4 requests (the row cap, 16,384, is not what stops them).
         let cfg = BatchConfig {
+            // What the worker does with requests that queue (none is scored inline).
+            inline_when_idle: false,
             max_batch: 16_384,
             max_requests: 4,
             max_wait: Duration::from_millis(50),
@@ -502,6 +593,8 @@ mod tests {
     #[tokio::test]
     async fn expired_requests_are_shed_and_a_full_queue_refuses() {
         let cfg = BatchConfig {
+            // What the worker does with requests that queue (none is scored inline).
+            inline_when_idle: false,
             queue: 2,
             enabled: false,
             ..BatchConfig::default()
@@ -538,5 +631,60 @@ mod tests {
         assert!(queued.await.unwrap().is_ok());
         // The expired request never reached the model.
         assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_finding_the_model_idle_is_scored_on_its_own_thread() {
+        for inline in [true, false] {
+            let cfg = BatchConfig {
+                inline_when_idle: inline,
+                max_batch: 4,
+                ..BatchConfig::default()
+            };
+            let (b, _, threads) = start_with_threads(cfg, Duration::ZERO);
+            let (s, d) = job(10, 2.0);
+            assert_eq!(b.score(s, d, 10, later()).await.unwrap(), expected(10, 2.0));
+            let here = std::thread::current().name().unwrap_or("").to_string();
+            // Split into max_batch calls either way, all on one thread.
+            let want = if inline { here } else { "rank-sum-1".to_string() };
+            assert_eq!(*threads.lock().unwrap(), vec![want; 3], "inline: {inline}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_path_request_past_its_deadline_is_shed_without_a_call() {
+        let (b, _, threads) = start_with_threads(BatchConfig::default(), Duration::ZERO);
+        let (s, d) = job(3, 0.0);
+        assert_eq!(
+            b.score(s, d, 3, Instant::now()).await,
+            Err(BatchError::DeadlineExceeded)
+        );
+        assert!(threads.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_arriving_while_the_model_is_busy_queue_and_share_the_workers_calls() {
+        let cfg = BatchConfig {
+            max_wait: Duration::from_millis(50),
+            ..BatchConfig::default()
+        };
+        // A slow model: the first request holds it on its own thread; the others find it busy,
+        // queue, and the worker gathers them once it is free.
+        let (b, _, threads) = start_with_threads(cfg, Duration::from_millis(100));
+        let first = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let (s, d) = job(3, 0.0);
+                b.score(s, d, 3, later()).await.unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let tasks = spawn_requests(&b, 1..8);
+        assert_eq!(first.await.unwrap(), expected(3, 0.0));
+        assert_own_scores(tasks).await;
+        let threads = threads.lock().unwrap();
+        assert!(!threads[0].starts_with("rank-"), "{threads:?}");
+        assert!(threads.len() <= 3, "the queued requests were not batched: {threads:?}");
+        assert!(threads[1..].iter().all(|t| t == "rank-sum-1"), "{threads:?}");
     }
 }

@@ -655,6 +655,12 @@ pub fn load_models(
     observer: Arc<dyn BatchObserver>,
 ) -> Result<ModelSet, ModelError> {
     let signature = signature(sources);
+    // A GPU call should not hold the runtime's threads: there every request goes through the
+    // worker.
+    let batch = BatchConfig {
+        inline_when_idle: sources.batch.inline_when_idle && matches!(sources.device, Device::Cpu),
+        ..sources.batch.clone()
+    };
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let rows = model.card.features.rows().with_genres_of(items.items());
@@ -666,7 +672,7 @@ pub fn load_models(
             (model, None)
         };
         Ok(LoadedModel {
-            batcher: Batcher::start(scorer, sources.batch.clone(), observer.clone()),
+            batcher: Batcher::start(scorer, batch.clone(), observer.clone()),
             rows,
             items,
             folded,
