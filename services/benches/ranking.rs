@@ -12,8 +12,9 @@
 //! concurrent, with the process's CPU time per request (client and service: both ends of the
 //! wire); the batcher's idle path (a request finding the model idle scored on its own thread)
 //! against every request through the worker, at 1, 4 and 16 concurrent in interleaved rounds;
-//! and the service against the raw session in paired, interleaved rounds (issue 32's ratios). The service is sent what the gateway sends (columns, sparse ranks) and the binary
-//! allocates with mimalloc, as the pods' binary does.
+//! and the service against the raw session in paired, interleaved rounds (issue 32's ratios).
+//! The service is sent what the gateway sends (columns, sparse ranks) and the binary allocates
+//! with mimalloc, as the pods' binary does.
 //!
 //! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv);
 //! `-- assembly` times a folded model's rows alone, `-- profile` runs the service alone, run
@@ -164,7 +165,7 @@ fn main() {
     // queueing: on CPU the row cap keeps requests of 500 candidates apart), by requests with
     // the row cap raised (up to 32 requests, 16,384 rows: what a GPU stack sets), and off; and
     // the defaults with every request handed to the batcher's worker (before the idle path).
-    let [on, worker, off, by_requests] = batching_modes().map(|(_, b)| b);
+    let [on, worker, off, by_requests] = ["on", WORKER, "off", BY_REQUESTS].map(batching_mode);
     // The service is sent what the gateway sends.
     for (fold, (batching, batch), concurrency) in [
         (true, ("on", &on), 1),
@@ -172,11 +173,11 @@ fn main() {
         (true, ("off", &off), 1),
         (true, ("on", &on), 16),
         (true, (WORKER, &worker), 16),
-        (true, ("by requests (32 requests, 16,384 rows)", &by_requests), 16),
+        (true, (BY_REQUESTS, &by_requests), 16),
         (true, ("off", &off), 16),
         (false, ("on", &on), 1),
         (false, ("on", &on), 16),
-        (false, ("by requests (32 requests, 16,384 rows)", &by_requests), 16),
+        (false, (BY_REQUESTS, &by_requests), 16),
         (false, ("off", &off), 16),
     ] {
         let row = runtime.block_on(service(
@@ -231,6 +232,9 @@ fn main() {
 /// own thread when the model is idle.
 const WORKER: &str = "on, every request through the worker";
 
+/// Up to 32 requests a call, with the row cap raised (what a GPU stack sets).
+const BY_REQUESTS: &str = "by requests (32 requests, 16,384 rows)";
+
 /// The batching the bench compares, named: the service's defaults ("on"), the same through the
 /// worker alone, off, and by requests with the row cap raised.
 fn batching_modes() -> [(&'static str, BatchConfig); 4] {
@@ -250,8 +254,17 @@ fn batching_modes() -> [(&'static str, BatchConfig); 4] {
         ("on", BatchConfig::default()),
         (WORKER, worker),
         ("off", off),
-        ("by requests (32 requests, 16,384 rows)", by_requests),
+        (BY_REQUESTS, by_requests),
     ]
+}
+
+/// The mode of [`batching_modes`] named `name`.
+fn batching_mode(name: &str) -> BatchConfig {
+    batching_modes()
+        .into_iter()
+        .find(|(mode, _)| *mode == name)
+        .map(|(_, batch)| batch)
+        .expect("a batching mode")
 }
 
 /// The raw session of the whole graph on prebuilt rows, one call per request after another
@@ -378,11 +391,11 @@ async fn wire_forms(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]
 async fn idle_path(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest]) {
     const ROUNDS: usize = 5;
     let twice: Vec<RankRequest> = requests.iter().chain(requests).cloned().collect();
-    let [(on_name, on), (worker_name, worker), ..] = batching_modes();
+    let (on, worker) = (batching_mode("on"), batching_mode(WORKER));
     for concurrency in [1, 4, 16] {
         let mut runs: Vec<Vec<Row>> = vec![Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
-            for (m, (name, batch)) in [(worker_name, &worker), (on_name, &on)].into_iter().enumerate() {
+            for (m, (name, batch)) in [(WORKER, &worker), ("on", &on)].into_iter().enumerate() {
                 runs[m].push(service(items.clone(), model, true, (name, batch.clone()), concurrency, &twice).await);
             }
         }
@@ -391,7 +404,7 @@ async fn idle_path(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest])
              CPU: the whole process, client and service):\n",
             twice.len()
         );
-        paired_table("batching", "the worker", &[worker_name, on_name], &runs);
+        paired_table("batching", "the worker", &[WORKER, "on"], &runs);
     }
 }
 

@@ -15,18 +15,17 @@
 //! A request that finds the model idle and nothing queued is scored on its own thread instead
 //! (`inline_when_idle`, on for CPU models): the worker would score it alone and at once anyway,
 //! and the two thread hand-offs add latency and CPU to every such request (BENCHMARKS, "The
-//! batcher's idle path"). Requests arriving while it runs
-//! queue for the worker as before, which waits for the model and gathers them.
-//! The model sits behind a lock that the worker and an idle-path request take in turn;
-//! dropping the [`Batcher`] ends the worker once the queue drains (how a hot swap retires the
-//! old model).
+//! batcher's idle path"). Requests arriving while it runs queue for the worker as before, which
+//! waits for the model and gathers them. The model sits behind a lock that the worker and an
+//! idle-path request take in turn; dropping the [`Batcher`] ends the worker once the queue
+//! drains (how a hot swap retires the old model).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::model::{ModelError, OnnxModel};
+use super::model::{Device, ModelError, OnnxModel};
 
 /// Something that scores rows: the ONNX model in production, any function in tests.
 pub trait Scorer: Send + 'static {
@@ -64,6 +63,17 @@ pub struct BatchConfig {
     /// thread, not handed to the worker. For models whose call is short (CPU); the ranking
     /// service turns it off on a GPU, whose calls should not hold the runtime's threads.
     pub inline_when_idle: bool,
+}
+
+impl BatchConfig {
+    /// This config for a model on `device`: a GPU call should not hold the runtime's threads,
+    /// so there every request goes through the worker.
+    pub fn for_device(&self, device: Device) -> Self {
+        Self {
+            inline_when_idle: self.inline_when_idle && device == Device::Cpu,
+            ..self.clone()
+        }
+    }
 }
 
 /// The stack's defaults (the CRD's `spec.ranking.batching`), so a service started by hand
@@ -116,6 +126,13 @@ struct Job {
 /// The model, shared by the worker and the requests that find it idle.
 type Shared = Arc<Mutex<dyn Scorer>>;
 
+/// What a request that finds the model idle needs to score itself.
+struct IdlePath {
+    model: Shared,
+    observer: Arc<dyn BatchObserver>,
+    max_batch: usize,
+}
+
 /// A model behind a batching queue.
 pub struct Batcher {
     tx: SyncSender<Job>,
@@ -124,8 +141,8 @@ pub struct Batcher {
     version: String,
     widths: (usize, usize),
     queue: usize,
-    /// The model and what the idle path reports, when `inline_when_idle` is on.
-    inline: Option<(Shared, Arc<dyn BatchObserver>, usize)>,
+    /// When `inline_when_idle` is on.
+    idle: Option<IdlePath>,
 }
 
 impl Batcher {
@@ -138,9 +155,11 @@ impl Batcher {
         let active = Arc::new(AtomicUsize::new(0));
         let counted = active.clone();
         let model: Shared = Arc::new(Mutex::new(scorer));
-        let inline = cfg
-            .inline_when_idle
-            .then(|| (model.clone(), observer.clone(), cfg.max_batch.max(1)));
+        let idle = cfg.inline_when_idle.then(|| IdlePath {
+            model: model.clone(),
+            observer: observer.clone(),
+            max_batch: cfg.max_batch.max(1),
+        });
         std::thread::Builder::new()
             .name(format!("rank-{version}"))
             .spawn(move || worker(model, rx, cfg, observer, counted))
@@ -151,7 +170,7 @@ impl Batcher {
             version,
             widths,
             queue,
-            inline,
+            idle,
         }
     }
 
@@ -171,11 +190,11 @@ impl Batcher {
         rows: usize,
         deadline: Instant,
     ) -> Result<Vec<f32>, BatchError> {
-        if let Some((model, observer, max_batch)) = &self.inline
+        if let Some(idle) = &self.idle
             // Nothing queued or running: the worker would score this request alone, now.
             && self.active.load(Ordering::SeqCst) == 0
             // Busy (another idle-path request, or the worker that just took a job): queue.
-            && let Ok(mut model) = model.try_lock()
+            && let Ok(mut model) = idle.model.try_lock()
         {
             return score_alone(
                 &mut *model,
@@ -183,8 +202,8 @@ impl Batcher {
                 &dense,
                 rows,
                 deadline,
-                *max_batch,
-                observer.as_ref(),
+                idle.max_batch,
+                idle.observer.as_ref(),
             );
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -649,6 +668,19 @@ mod tests {
             let want = if inline { here } else { "rank-sum-1".to_string() };
             assert_eq!(*threads.lock().unwrap(), vec![want; 3], "inline: {inline}");
         }
+    }
+
+    #[test]
+    fn the_idle_path_is_off_on_a_gpu_and_as_configured_on_the_cpu() {
+        let on = BatchConfig::default();
+        let off = BatchConfig {
+            inline_when_idle: false,
+            ..BatchConfig::default()
+        };
+        assert_eq!(on.for_device(Device::Cpu), on);
+        assert_eq!(off.for_device(Device::Cpu), off);
+        assert_eq!(on.for_device(Device::Cuda(0)), off);
+        assert_eq!(off.for_device(Device::Cuda(1)), off);
     }
 
     #[tokio::test]

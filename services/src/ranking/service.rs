@@ -655,12 +655,7 @@ pub fn load_models(
     observer: Arc<dyn BatchObserver>,
 ) -> Result<ModelSet, ModelError> {
     let signature = signature(sources);
-    // A GPU call should not hold the runtime's threads: there every request goes through the
-    // worker.
-    let batch = BatchConfig {
-        inline_when_idle: sources.batch.inline_when_idle && matches!(sources.device, Device::Cpu),
-        ..sources.batch.clone()
-    };
+    let batch = sources.batch.for_device(sources.device);
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let rows = model.card.features.rows().with_genres_of(items.items());
