@@ -275,7 +275,8 @@ pub fn sum_series(metrics: &BTreeMap<String, f64>, name: &str, labels: &[&str]) 
         .iter()
         .filter(|(k, _)| k.split('{').next() == Some(name) && labels.iter().all(|l| k.contains(l)))
         .map(|(_, v)| v)
-        .sum()
+        // Not `sum()`: an f64 sum of no series is -0.0, which prints as "-0".
+        .fold(0.0, |total, v| total + v)
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout` naming `what`.
@@ -299,5 +300,27 @@ pub fn wait_until<T>(
             }
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_series_adds_the_series_with_every_label_and_is_zero_without_one() {
+        let metrics = parse_metrics(
+            "# HELP x_total A counter.\n\
+             x_total{path=\"idle\",pod=\"a\"} 5\n\
+             x_total{path=\"worker\",pod=\"a\"} 2\n\
+             x_total{path=\"idle\",pod=\"b\"} 3\n\
+             x_total_other{path=\"idle\"} 100\n",
+        );
+        assert_eq!(sum_series(&metrics, "x_total", &["path=\"idle\""]), 8.0);
+        assert_eq!(sum_series(&metrics, "x_total", &["path=\"idle\"", "pod=\"b\""]), 3.0);
+        assert_eq!(sum_series(&metrics, "x_total", &[]), 10.0);
+        // No series: a plain zero, as it prints in the suites' lines.
+        assert_eq!(format!("{}", sum_series(&metrics, "x_total", &["path=\"gpu\""])), "0");
+        assert_eq!(format!("{}", sum_series(&metrics, "absent", &[])), "0");
     }
 }

@@ -318,6 +318,17 @@ impl Deployed {
     /// Each running pod of `components` → the gRPC requests it has answered
     /// (`recstack_<component>_requests_total`).
     fn replica_requests(&self, components: &[&str]) -> anyhow::Result<BTreeMap<String, f64>> {
+        self.replica_sums(components, |c| format!("recstack_{c}_requests_total"), &[])
+    }
+
+    /// Each running pod of `components` → the sum of its `metric(component)` series that carry
+    /// every one of `labels` (`name="value"`), read from the pod's `/metrics`.
+    fn replica_sums(
+        &self,
+        components: &[&str],
+        metric: impl Fn(&str) -> String,
+        labels: &[&str],
+    ) -> anyhow::Result<BTreeMap<String, f64>> {
         let targets: Vec<(String, String, SocketAddr)> = {
             let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
             let mut targets = Vec::new();
@@ -338,10 +349,7 @@ impl Deployed {
         for (pod, component, addr) in targets {
             let (_, body) = http(addr, "GET", "/metrics", None, Duration::from_secs(5))?;
             let metrics = recstack_e2e::parse_metrics(&body);
-            out.insert(
-                pod,
-                recstack_e2e::sum_series(&metrics, &format!("recstack_{component}_requests_total"), &[]),
-            );
+            out.insert(pod, recstack_e2e::sum_series(&metrics, &metric(&component), labels));
         }
         Ok(out)
     }
@@ -961,6 +969,15 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
     )?;
     println!("      gateway's addresses / ready pods: {}", seen.join(", "));
     let before = d.replica_requests(&["recall", "ranking"])?;
+    let ranking_paths = |path: &str| {
+        let label = format!("path=\"{path}\"");
+        d.replica_sums(
+            &["ranking"],
+            |_| "recstack_ranking_scored_requests_total".into(),
+            &[&label],
+        )
+    };
+    let idle_before = ranking_paths("idle")?;
     // Items the vector channel found among the served ones: that channel answers only when the
     // recall pod runs the sequence model's user tower (ONNX Runtime) from the artifacts.
     let mut from_vector = 0;
@@ -1027,6 +1044,23 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
         d.users.len(),
         served.join(", ")
     );
+    // One request at a time: each ranking call found its pod's model free and nothing queued,
+    // so every one was scored on its own thread (the batcher's idle path, on for CPU models),
+    // none handed to the batcher's worker.
+    let idle_after = ranking_paths("idle")?;
+    let worker = ranking_paths("worker")?;
+    for (pod, idle) in &idle_after {
+        let calls = after.get(pod).copied().unwrap_or(0.0) - before.get(pod).copied().unwrap_or(0.0);
+        let idle = idle - idle_before.get(pod).copied().unwrap_or(0.0);
+        println!(
+            "      {pod}: {idle} of {calls} calls on the idle path ({} through the worker since it started)",
+            worker.get(pod).copied().unwrap_or(0.0)
+        );
+        ensure!(
+            calls > 0.0 && idle == calls,
+            "{pod}: {idle} of {calls} sequential ranking calls took the idle path"
+        );
+    }
     // A malformed request is refused with the field named, through the same path.
     let (code, body) = http(
         gateway,

@@ -105,10 +105,30 @@ pub enum BatchError {
     Model(String),
 }
 
+/// How a request reached the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScoredBy {
+    /// Its own thread: it found the model idle and nothing queued (`inline_when_idle`).
+    IdlePath,
+    /// The worker, from the queue.
+    Worker,
+}
+
+impl ScoredBy {
+    /// The metrics' label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdlePath => "idle",
+            Self::Worker => "worker",
+        }
+    }
+}
+
 /// What happened to each batch, for metrics.
 pub trait BatchObserver: Send + Sync + 'static {
     fn batch(&self, _version: &str, _rows: usize, _requests: usize, _model_time: Duration) {}
-    fn queued(&self, _wait: Duration) {}
+    /// A request about to be scored: how it reached the model, and how long it waited for it.
+    fn queued(&self, _by: ScoredBy, _wait: Duration) {}
     fn shed(&self, _version: &str) {}
 }
 
@@ -262,7 +282,7 @@ fn score_alone(
         observer.shed(scorer.version());
         return Err(BatchError::DeadlineExceeded);
     }
-    observer.queued(Duration::ZERO);
+    observer.queued(ScoredBy::IdlePath, Duration::ZERO);
     let widths = scorer.widths();
     let scores = score_chunked(scorer, sparse, dense, rows, max_batch, widths);
     observer.batch(scorer.version(), rows, 1, now.elapsed());
@@ -332,7 +352,7 @@ fn run_batch(scorer: &mut dyn Scorer, jobs: Vec<Job>, max_batch: usize, observer
         return;
     }
     for job in &live {
-        observer.queued(now - job.enqueued);
+        observer.queued(ScoredBy::Worker, now - job.enqueued);
     }
     let rows: usize = live.iter().map(|j| j.rows).sum();
     let (sw, dw) = scorer.widths();
@@ -428,6 +448,30 @@ mod tests {
 
     /// Also the name of the thread each call ran on.
     fn start_with_threads(cfg: BatchConfig, delay: Duration) -> (Arc<Batcher>, Log<usize>, Log<String>) {
+        start_observed(cfg, delay, Arc::new(()))
+    }
+
+    /// Records how each request reached the model.
+    #[derive(Default)]
+    struct PathLog(Mutex<Vec<ScoredBy>>);
+
+    impl BatchObserver for PathLog {
+        fn queued(&self, by: ScoredBy, _wait: Duration) {
+            self.0.lock().unwrap().push(by);
+        }
+    }
+
+    impl PathLog {
+        fn paths(&self) -> Vec<ScoredBy> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn start_observed(
+        cfg: BatchConfig,
+        delay: Duration,
+        observer: Arc<dyn BatchObserver>,
+    ) -> (Arc<Batcher>, Log<usize>, Log<String>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let threads = Arc::new(Mutex::new(Vec::new()));
         let scorer = SumScorer {
@@ -435,7 +479,7 @@ mod tests {
             threads: threads.clone(),
             delay,
         };
-        (Arc::new(Batcher::start(scorer, cfg, Arc::new(()))), calls, threads)
+        (Arc::new(Batcher::start(scorer, cfg, observer)), calls, threads)
     }
 
     fn job(rows: usize, base: f32) -> (Vec<i64>, Vec<f32>) {
@@ -660,13 +704,17 @@ mod tests {
                 max_batch: 4,
                 ..BatchConfig::default()
             };
-            let (b, _, threads) = start_with_threads(cfg, Duration::ZERO);
+            let log = Arc::new(PathLog::default());
+            let (b, _, threads) = start_observed(cfg, Duration::ZERO, log.clone());
             let (s, d) = job(10, 2.0);
             assert_eq!(b.score(s, d, 10, later()).await.unwrap(), expected(10, 2.0));
             let here = std::thread::current().name().unwrap_or("").to_string();
             // Split into max_batch calls either way, all on one thread.
             let want = if inline { here } else { "rank-sum-1".to_string() };
             assert_eq!(*threads.lock().unwrap(), vec![want; 3], "inline: {inline}");
+            // And the metrics hear which path it took (one request, however many calls).
+            let by = if inline { ScoredBy::IdlePath } else { ScoredBy::Worker };
+            assert_eq!(log.paths(), vec![by], "inline: {inline}");
         }
     }
 
@@ -702,7 +750,8 @@ mod tests {
         };
         // A slow model: the first request holds it on its own thread; the others find it busy,
         // queue, and the worker gathers them once it is free.
-        let (b, _, threads) = start_with_threads(cfg, Duration::from_millis(100));
+        let log = Arc::new(PathLog::default());
+        let (b, _, threads) = start_observed(cfg, Duration::from_millis(100), log.clone());
         let first = {
             let b = b.clone();
             tokio::spawn(async move {
@@ -718,5 +767,8 @@ mod tests {
         assert!(!threads[0].starts_with("rank-"), "{threads:?}");
         assert!(threads.len() <= 3, "the queued requests were not batched: {threads:?}");
         assert!(threads[1..].iter().all(|t| t == "rank-sum-1"), "{threads:?}");
+        let mut want = vec![ScoredBy::IdlePath];
+        want.extend([ScoredBy::Worker; 7]);
+        assert_eq!(log.paths(), want);
     }
 }

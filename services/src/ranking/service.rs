@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher};
+use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher, ScoredBy};
 use super::features::{ItemRow, Lineage, Place, RowWriter, UserRow};
 use super::folded::{DenseBlock, FoldedFirst, Side};
 use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
@@ -73,6 +73,12 @@ pub struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// idle (scored on the request's own thread), worker (queued for the batcher's worker)
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RealtimeLabels {
     /// read, unavailable
     pub outcome: &'static str,
@@ -86,6 +92,7 @@ pub struct RankingMetrics {
     pub batch_requests: Histogram,
     pub model_seconds: Histogram,
     pub queue_seconds: Histogram,
+    pub scored: Family<PathLabels, Counter>,
     pub shed: Family<ModelLabels, Counter>,
     pub reloads: Counter,
     pub reload_failures: Counter,
@@ -113,6 +120,11 @@ impl Default for RankingMetrics {
             ),
             model_seconds: m.histogram("model_seconds", "Time in the model per batch", fast),
             queue_seconds: m.histogram("queue_seconds", "Time a request waited for its batch", fast),
+            scored: m.family(
+                "scored_requests",
+                "Requests that reached the model, by path: idle (it found the model free and scored on its own \
+                 thread) or worker (queued for the batcher)",
+            ),
             shed: m.family("shed", "Requests dropped because their deadline passed in the queue"),
             reloads: m.counter("model_reloads", "Models swapped in"),
             reload_failures: m.counter(
@@ -150,8 +162,9 @@ impl BatchObserver for RankingMetrics {
             })
             .inc_by(rows as u64);
     }
-    fn queued(&self, wait: Duration) {
+    fn queued(&self, by: ScoredBy, wait: Duration) {
         self.queue_seconds.observe(wait.as_secs_f64());
+        self.scored.get_or_create(&PathLabels { path: by.as_str() }).inc();
     }
     fn shed(&self, version: &str) {
         self.shed
