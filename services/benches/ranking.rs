@@ -258,13 +258,17 @@ fn batching_modes() -> [(&'static str, BatchConfig); 4] {
     ]
 }
 
+/// Where the mode named `name` is in [`batching_modes`].
+fn mode_index(name: &str) -> usize {
+    batching_modes()
+        .iter()
+        .position(|(mode, _)| *mode == name)
+        .expect("a batching mode")
+}
+
 /// The mode of [`batching_modes`] named `name`.
 fn batching_mode(name: &str) -> BatchConfig {
-    batching_modes()
-        .into_iter()
-        .find(|(mode, _)| *mode == name)
-        .map(|(_, batch)| batch)
-        .expect("a batching mode")
+    batching_modes()[mode_index(name)].1.clone()
 }
 
 /// The raw session of the whole graph on prebuilt rows, one call per request after another
@@ -299,13 +303,7 @@ async fn against_the_session(
 ) {
     const ROUNDS: usize = 7;
     let modes = batching_modes();
-    let position = |want: &str| {
-        modes
-            .iter()
-            .position(|(name, _)| *name == want)
-            .expect("a batching mode")
-    };
-    let (off, worker) = (position("off"), position(WORKER));
+    let (off, worker) = (mode_index("off"), mode_index(WORKER));
     // Per round: the session's req/s, then each mode's.
     let mut rounds: Vec<(f64, Vec<f64>)> = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
