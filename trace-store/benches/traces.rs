@@ -33,16 +33,35 @@ use recstack_trace_store::writer::{TraceWriter, WriterConfig};
 use recstack_trace_store::{Trace, TraceSink};
 
 fn traces(full: bool, n: u64, offset: u64) -> Vec<Trace> {
+    let make = if full {
+        sample::full_trace
+    } else {
+        sample::summary_trace
+    };
+    traces_of(make, n, offset)
+}
+
+/// Traces `offset..offset + n` from `make`, stamped from now, a millisecond apart.
+fn traces_of(make: fn(u64, i64) -> Trace, n: u64, offset: u64) -> Vec<Trace> {
     let now = now_ms();
-    (offset..offset + n)
-        .map(|i| {
-            if full {
-                sample::full_trace(i, now + i as i64)
-            } else {
-                sample::summary_trace(i, now + i as i64)
-            }
-        })
-        .collect()
+    (offset..offset + n).map(|i| make(i, now + i as i64)).collect()
+}
+
+/// Rows in the file's item index per stored trace: one key per served item (layouts up to
+/// 3, `served`), one list per item and epoch (layout 4, `served_lists`).
+fn item_rows_per_trace(file: &std::path::Path, traces: u64) -> f64 {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    let table: String = conn
+        .query_row(
+            "SELECT name FROM sqlite_schema WHERE name IN ('served_lists', 'served') ORDER BY name DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let rows: i64 = conn
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap();
+    rows as f64 / traces as f64
 }
 
 async fn put_rate(store: &dyn TraceStore, traces: &[Trace], batch: usize) -> f64 {
@@ -152,8 +171,8 @@ async fn main() {
     }
     if std::env::args().skip(1).any(|a| a == "grown") {
         let dir = tempfile::tempdir().unwrap();
-        println!("| store | traces | how | n | traces/s | bytes/trace | written bytes/trace |");
-        println!("|---|---|---|---:|---:|---:|---:|");
+        println!("| store | traces | how | n | traces/s | bytes/trace | written bytes/trace | item-index rows/trace |");
+        println!("|---|---|---|---:|---:|---:|---:|---:|");
         grown_store(dir.path(), 20_000, 500).await;
         return;
     }
@@ -174,8 +193,8 @@ async fn main() {
     let mut es_config = ElasticConfig::new(server.url());
     es_config.timeout = Duration::from_secs(120);
 
-    println!("| store | traces | how | n | traces/s | bytes/trace | written bytes/trace |");
-    println!("|---|---|---|---:|---:|---:|---:|");
+    println!("| store | traces | how | n | traces/s | bytes/trace | written bytes/trace | item-index rows/trace |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
     // (full?, n embedded, n elasticsearch, batch)
     for (full, n_embedded, n_es, batch) in [(false, 20_000u64, 2_000u64, 500usize), (true, 1_000, 100, 50)] {
         let kind = if full {
@@ -183,21 +202,39 @@ async fn main() {
         } else {
             "summary (20 items)"
         };
-        // The doc encodings side by side, interleaved, each into a fresh file.
+        // The doc encodings side by side, interleaved, each into a fresh file; summary traces
+        // also with served items drawn by popularity (real lists repeat popular items, which
+        // the item index's lists gain from).
         let rounds = if full { 1 } else { 3 };
+        let mut cases = vec![
+            (DocEncoding::BySize, false),
+            (DocEncoding::Lz4, false),
+            (DocEncoding::Zstd, false),
+            (DocEncoding::Json, false),
+        ];
+        if !full {
+            cases.insert(1, (DocEncoding::BySize, true));
+        }
         for round in 0..rounds {
-            for encoding in [
-                DocEncoding::BySize,
-                DocEncoding::Lz4,
-                DocEncoding::Zstd,
-                DocEncoding::Json,
-            ] {
-                let file = dir.path().join(format!("bench-{full}-{encoding:?}-{round}.sqlite"));
-                let store = EmbeddedStore::open(file).unwrap().with_doc_encoding(encoding);
-                let (rate, written) = put_measured(&store, &traces(full, n_embedded, 0), batch).await;
+            for &(encoding, popular) in &cases {
+                let file = dir
+                    .path()
+                    .join(format!("bench-{full}-{encoding:?}-{popular}-{round}.sqlite"));
+                let store = EmbeddedStore::open(&file).unwrap().with_doc_encoding(encoding);
+                let batch_of = match popular {
+                    true => traces_of(sample::popular_summary_trace, n_embedded, 0),
+                    false => traces(full, n_embedded, 0),
+                };
+                let (rate, written) = put_measured(&store, &batch_of, batch).await;
                 let per_trace = store.used_bytes().await.unwrap() / n_embedded;
+                drop(store);
+                let rows = item_rows_per_trace(&file, n_embedded);
+                let kind = match popular {
+                    true => "summary (20 items by popularity)",
+                    false => kind,
+                };
                 println!(
-                    "| embedded (SQLite), {encoding:?} docs | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} | {per_trace} | {written} |"
+                    "| embedded (SQLite), {encoding:?} docs | {kind} | put, batches of {batch} | {n_embedded} | {rate:.0} | {per_trace} | {written} | {rows:.1} |"
                 );
             }
         }
@@ -208,15 +245,15 @@ async fn main() {
             Arc::new(EmbeddedStore::open(dir.path().join(format!("bench-{full}.sqlite"))).unwrap());
         let (rate, _) = writer_rate(embedded, traces(full, n_embedded, 1_000_000)).await;
         println!(
-            "| embedded (SQLite), BySize docs (the default) | {kind} | through the writer | {n_embedded} | {rate:.0} | | |"
+            "| embedded (SQLite), BySize docs (the default) | {kind} | through the writer | {n_embedded} | {rate:.0} | | | |"
         );
 
         es_config.prefix = format!("bench-{full}");
         let es: Arc<dyn TraceStore> = Arc::new(ElasticStore::connect(&es_config).unwrap());
         let rate = put_rate(&*es, &traces(full, n_es, 0), batch).await;
-        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} | | |");
+        println!("| ES test server (ceiling) | {kind} | put, batches of {batch} | {n_es} | {rate:.0} | | | |");
         let (rate, _) = writer_rate(es, traces(full, n_es, 1_000_000)).await;
-        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} | | |");
+        println!("| ES test server (ceiling) | {kind} | through the writer | {n_es} | {rate:.0} | | | |");
     }
     drop(server);
 }
@@ -248,7 +285,7 @@ async fn grown_store(dir: &std::path::Path, n: u64, batch: usize) {
         stored += n;
         let per_trace = store.used_bytes().await.unwrap() / stored;
         println!(
-            "| embedded (SQLite), BySize docs (the default) | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} |"
+            "| embedded (SQLite), BySize docs (the default) | summary, into {GROWN} stored | put, batches of {batch} | {n} | {rate:.0} | {per_trace} | {written} | |"
         );
     }
     // Item and user searches, first page (20 newest hits) and the total, spread over the store.

@@ -2,6 +2,8 @@
 //! rank 500 → rerank pool 200 → 20 served), for tests, benchmarks and dashboard fixtures.
 //! The same `seq` always gives the same trace.
 
+use std::sync::LazyLock;
+
 use crate::{
     CandidateFate, ChannelCount, ConsumedRecord, Detail, Funnel, ItemLineage, RecallCut, SCHEMA_VERSION, SeenWhen,
     SourceRecord, StageRecord, Trace, cut, outcome,
@@ -52,6 +54,43 @@ pub fn summary_trace(seq: u64, timestamp_ms: i64) -> Trace {
     t.candidates = Vec::new();
     t.consumed = Vec::new();
     t.cuts = Vec::new();
+    t
+}
+
+/// How many item ids [`popular_summary_trace`] draws from: about what the served full level
+/// covers of the bundled catalogue in users' top 20s (12 %, BENCHMARKS.md, "Quality on the
+/// time-split holdout").
+pub const POPULAR_ITEMS: usize = 1_300;
+
+/// A summary trace whose served items are drawn by popularity, as served lists repeat popular
+/// items: Zipf with exponent 1 over [`POPULAR_ITEMS`] ids, each at most once a trace. The
+/// item index's cost depends on that repetition; [`summary_trace`]'s items, spread evenly over
+/// 10,000 ids, barely repeat within a batch.
+pub fn popular_summary_trace(seq: u64, timestamp_ms: i64) -> Trace {
+    static CDF: LazyLock<Vec<f64>> = LazyLock::new(|| {
+        let weights: Vec<f64> = (1..=POPULAR_ITEMS).map(|k| 1.0 / k as f64).collect();
+        let total: f64 = weights.iter().sum();
+        weights
+            .iter()
+            .scan(0.0, |acc, w| {
+                *acc += w / total;
+                Some(*acc)
+            })
+            .collect()
+    });
+    let mut t = summary_trace(seq, timestamp_ms);
+    let mut rng = SplitMix(seq ^ 0x5eed_1e57);
+    let mut drawn = std::collections::HashSet::new();
+    for item in &mut t.items {
+        let rank = loop {
+            let u = rng.next() as f64 / u64::MAX as f64;
+            let rank = CDF.partition_point(|&c| c < u).min(POPULAR_ITEMS - 1);
+            if drawn.insert(rank) {
+                break rank;
+            }
+        };
+        item.item_id = format!("{rank:07}");
+    }
     t
 }
 
@@ -272,5 +311,35 @@ impl SplitMix {
 
     fn unit(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Popular traces: valid, each item once a trace, ids within the popular range, the same
+    /// for the same seq, and a batch of 500 repeating items the way served lists do (the most
+    /// popular id in most traces, ~1,000 distinct ids for 10,000 served).
+    #[test]
+    fn popular_traces_repeat_popular_items() {
+        let batch: Vec<Trace> = (0..500).map(|i| popular_summary_trace(i, 1_000)).collect();
+        assert_eq!(batch[7], popular_summary_trace(7, 1_000));
+        let mut distinct = std::collections::HashSet::new();
+        for t in &batch {
+            assert_eq!(t.check(), Ok(()));
+            let ids: std::collections::HashSet<&str> = t.items.iter().map(|i| i.item_id.as_str()).collect();
+            assert_eq!(ids.len(), t.items.len(), "{}", t.request_id);
+            for id in ids {
+                assert!(id.parse::<usize>().unwrap() < POPULAR_ITEMS, "{id}");
+                distinct.insert(id.to_string());
+            }
+        }
+        let with_top = batch
+            .iter()
+            .filter(|t| t.items.iter().any(|i| i.item_id == "0000000"))
+            .count();
+        assert!(with_top > 400, "the most popular item in {with_top} of 500");
+        assert!((600..1_300).contains(&distinct.len()), "{} distinct", distinct.len());
     }
 }

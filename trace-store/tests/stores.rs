@@ -714,7 +714,7 @@ fn write_first_layout(path: &std::path::Path, traces: &[Trace]) {
 /// Writes `traces` into a new file of layout 2: the traces table as this build writes it (it
 /// is unchanged since), the item index keyed `(item, trace)`, the user index `(user, time)`.
 async fn write_second_layout(path: &std::path::Path, traces: &[Trace]) {
-    put_all(&EmbeddedStore::open(path).unwrap(), traces).await;
+    write_third_layout(path, traces).await;
     rusqlite::Connection::open(path)
         .unwrap()
         .execute_batch(
@@ -724,6 +724,22 @@ async fn write_second_layout(path: &std::path::Path, traces: &[Trace]) {
              DROP TABLE served; ALTER TABLE served_v2 RENAME TO served;
              DROP INDEX traces_user; CREATE INDEX traces_user ON traces (user_id, ts);
              PRAGMA user_version = 2;",
+        )
+        .unwrap();
+}
+
+/// Writes `traces` into a new file of layout 3: the traces table and its indexes as this build
+/// writes them, the item index one `(epoch, item, trace)` key per served item, no `row_ids`.
+async fn write_third_layout(path: &std::path::Path, traces: &[Trace]) {
+    put_all(&EmbeddedStore::open(path).unwrap(), traces).await;
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE served (epoch INTEGER NOT NULL, item_id TEXT NOT NULL, trace INTEGER NOT NULL,
+                 PRIMARY KEY (epoch, item_id, trace)) WITHOUT ROWID;
+             INSERT INTO served SELECT s.epoch, s.item_id, j.value FROM served_lists s, json_each(s.traces) j;
+             DROP TABLE served_lists; DROP TABLE row_ids;
+             PRAGMA user_version = 3;",
         )
         .unwrap();
 }
@@ -747,6 +763,17 @@ async fn a_second_layout_file_is_converted_when_opened() {
     let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
     let old = traces(40, start);
     write_second_layout(&path, &old).await;
+    an_old_layout_converts(&path, &old, start).await;
+}
+
+/// A file of layout 3 is converted when opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_layout_file_is_converted_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.sqlite");
+    let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
+    let old = traces(40, start);
+    write_third_layout(&path, &old).await;
     an_old_layout_converts(&path, &old, start).await;
 }
 
@@ -799,23 +826,35 @@ async fn an_old_layout_converts(path: &std::path::Path, old: &[Trace], start: i6
     put_all(&store, std::slice::from_ref(&again)).await;
     drop(store);
 
-    // The item index holds exactly the stored traces' items: none left behind by the
-    // conversion, retention or the rewrite.
+    // The item index's lists name exactly the stored traces' items among the traces that are
+    // stored (the ids of the deleted and the rewritten trace may stay in their lists; they
+    // match no row), each id under its epoch, and no id at or past the next row id.
     let conn = rusqlite::Connection::open(path).unwrap();
     let stored = old[20..].iter().chain(std::iter::once(&again)).chain(&new[1..]);
-    let want: usize = stored
-        .map(|t| t.items.iter().map(|i| &i.item_id).collect::<HashSet<_>>().len())
-        .sum();
-    let keys: i64 = conn.query_row("SELECT COUNT(*) FROM served", [], |r| r.get(0)).unwrap();
-    assert_eq!(keys as usize, want);
+    let want: HashSet<(String, String)> = stored
+        .flat_map(|t| t.items.iter().map(|i| (i.item_id.clone(), t.request_id.clone())))
+        .collect();
+    let live: HashSet<(String, String)> = conn
+        .prepare(
+            "SELECT s.item_id, t.request_id FROM served_lists s, json_each(s.traces) j JOIN traces t ON t.id = j.value",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(live, want);
     let misfiled: i64 = conn
-        .query_row("SELECT COUNT(*) FROM served WHERE epoch != trace >> 10", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT COUNT(*) FROM served_lists s, json_each(s.traces) j
+             WHERE s.epoch != j.value >> 10 OR j.value >= (SELECT next FROM row_ids)",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(misfiled, 0);
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let user_index: String = conn
         .query_row("SELECT sql FROM sqlite_schema WHERE name = 'traces_user'", [], |r| {
             r.get(0)
@@ -825,7 +864,7 @@ async fn an_old_layout_converts(path: &std::path::Path, old: &[Trace], start: i6
     let leftovers: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE name IN
-                 ('channel_hits', 'stage_latency', 'traces_v1', 'served_v1', 'served_v2')",
+                 ('channel_hits', 'stage_latency', 'traces_v1', 'served_v1', 'served_v2', 'served_v3', 'served')",
             [],
             |r| r.get(0),
         )

@@ -8,19 +8,23 @@
 //! Layout: `traces` holds one row per request: the searchable fields, a JSON summary for result
 //! lists, three small JSON values the item index and the aggregates read (the served item ids
 //! in order, items served per channel, each stage's latency; SQLite's `json_each` opens them in
-//! a query), and the whole trace, compressed. `served` is the item index: one
-//! `(epoch, item, trace)` key per served item, the trace by its integer row id and the epoch
-//! its row id's high bits ([`EPOCH_SHIFT`]): row ids grow with each write, so a batch's keys
-//! all land in the newest epoch's few pages, and a store holding millions of traces writes as
-//! few index pages per batch as a new one. (Keyed `(item, trace)` alone, each key went to a
-//! page of its own all over the index: 18× the bytes written per trace once the store held
-//! 200,000 traces.) The user index leads with the epoch too, `(id >> EPOCH_SHIFT, user_id, ts,
-//! request_id)` (a user's page is sorted from the index alone, its summaries read after);
-//! the request-id and time indexes take keys in write order already (the gateway's request
-//! ids start with the time). An item or user search seeks once in each epoch. A summary trace
-//! is so ~25 B-tree inserts (its row, three indexes, one key per served item), nearly all in
-//! the newest pages of each. A batch is one transaction. A trace written twice (a retried
-//! batch) replaces the first, as in Elasticsearch.
+//! a query), and the whole trace, compressed. `served_lists` is the item index: for each item
+//! a batch served, one row per epoch listing the row ids of the traces that served it, the
+//! epoch being the row id's high bits ([`EPOCH_SHIFT`]). Served lists repeat popular items, so
+//! a batch of 500 summary traces writes ~1,500 lists instead of 10,000 keys, all in the newest
+//! epoch's pages: row ids grow with each write, and a store holding millions of traces writes
+//! as few index pages per batch as a new one. (Keyed `(item, trace)` alone, layout 2, each key
+//! went to a page of its own all over the index: 18× the bytes written per trace once the
+//! store held 200,000 traces.) A list may keep the ids of traces deleted or written again
+//! since; a search joins ids to `traces`, so they match nothing, and ids are never given out
+//! twice (`row_ids` holds the next). Retention drops an epoch's lists once its traces are gone.
+//! The user index leads with the epoch too, `(id >> EPOCH_SHIFT, user_id, ts, request_id)`
+//! (a user's page is sorted from the index alone, its summaries read after); the request-id
+//! and time indexes take keys in write order already (the gateway's request ids start with
+//! the time). An item or user search seeks once in each epoch. A summary trace is so ~7 B-tree
+//! inserts (its row, three indexes, its share of the batch's lists), nearly all in the newest
+//! pages of each. A batch is one transaction. A trace written twice (a retried batch) replaces
+//! the first, as in Elasticsearch.
 //!
 //! The whole-trace `doc` is an LZ4 frame of the JSON (see [`DocEncoding`]): a summary trace's
 //! ~6.6 KB of JSON is ~2.4 KB compressed, in about half the CPU time zstd takes for ~1.5 KB
@@ -225,6 +229,127 @@ mod tests {
         (conn, traces)
     }
 
+    /// The item index's `(item, request id)` pairs whose trace is stored.
+    fn live_keys(conn: &Connection) -> std::collections::BTreeSet<(String, String)> {
+        conn.prepare(
+            "SELECT s.item_id, t.request_id FROM served_lists s, json_each(s.traces) j JOIN traces t ON t.id = j.value",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// What [`live_keys`] should be for these traces.
+    fn keys_of(traces: &[Trace]) -> std::collections::BTreeSet<(String, String)> {
+        traces
+            .iter()
+            .flat_map(|t| t.items.iter().map(|i| (i.item_id.clone(), t.request_id.clone())))
+            .collect()
+    }
+
+    /// Every list's ids: ascending, each once, between its `first` and `last`, all in its
+    /// epoch, none at or past the next row id, and the list not older than the oldest trace's
+    /// epoch.
+    fn assert_lists_well_formed(conn: &Connection) {
+        let next: i64 = conn.query_row("SELECT next FROM row_ids", [], |r| r.get(0)).unwrap();
+        let oldest: Option<i64> = conn.query_row("SELECT min(id) FROM traces", [], |r| r.get(0)).unwrap();
+        let lists: Vec<(i64, String, i64, i64, String)> = conn
+            .prepare("SELECT epoch, item_id, first, last, traces FROM served_lists")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (epoch, item, first, last, ids) in lists {
+            let ids: Vec<i64> = serde_json::from_str(&ids).unwrap();
+            assert!(!ids.is_empty(), "{item}");
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{item}: {ids:?}");
+            assert_eq!((ids[0], ids[ids.len() - 1]), (first, last), "{item}");
+            assert!(ids.iter().all(|id| id >> EPOCH_SHIFT == epoch), "{item}: {ids:?}");
+            assert!(last < next, "{item}: {last} past the next id {next}");
+            let oldest = oldest.expect("no list is left once no trace is");
+            assert!(epoch >= oldest >> EPOCH_SHIFT, "{item}: a dead epoch's list");
+        }
+    }
+
+    /// Row ids are never given twice: after the newest trace is written again, and after every
+    /// trace is deleted, new traces get ids past all earlier ones, so the lists' ids for the
+    /// gone traces match nothing, and search finds each item's traces exactly.
+    #[test]
+    fn row_ids_are_not_reused_so_old_list_ids_match_nothing() {
+        let (mut conn, traces) = store_of(10);
+        let ids = |conn: &Connection| -> Vec<i64> {
+            conn.prepare("SELECT id FROM traces ORDER BY id")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(ids(&conn), (1..=10).collect::<Vec<_>>());
+        // The newest trace again, serving other items: it gets id 11, not its old 10.
+        let mut again = traces[9].clone();
+        for (k, item) in again.items.iter_mut().enumerate() {
+            item.item_id = format!("again-{k}");
+        }
+        put_batch(&mut conn, std::slice::from_ref(&again), DocEncoding::default()).unwrap();
+        assert_eq!(ids(&conn).last(), Some(&11));
+        let stored: Vec<Trace> = traces[..9].iter().cloned().chain([again.clone()]).collect();
+        assert_eq!(live_keys(&conn), keys_of(&stored));
+        assert_lists_well_formed(&conn);
+        // Every trace deleted: the lists go too, and the next trace's id is 12.
+        assert_eq!(delete_traces(&mut conn, Doomed::Oldest(100), 3).unwrap(), 10);
+        assert_eq!(count(&conn, "served_lists"), 0);
+        put_batch(&mut conn, &traces[..2], DocEncoding::default()).unwrap();
+        assert_eq!(ids(&conn), [12, 13]);
+        assert_eq!(live_keys(&conn), keys_of(&traces[..2]));
+        for t in &traces {
+            let q = SearchQuery {
+                item: Some(t.items[0].item_id.clone()),
+                size: 100,
+                ..SearchQuery::new()
+            };
+            let got: Vec<String> = search(&conn, &q)
+                .unwrap()
+                .hits
+                .into_iter()
+                .map(|h| h.request_id)
+                .collect();
+            let mut want: Vec<&Trace> = traces[..2].iter().filter(|t| query::matches(t, &q)).collect();
+            want.sort_by(|a, b| (b.timestamp_ms, &b.request_id).cmp(&(a.timestamp_ms, &a.request_id)));
+            let want: Vec<String> = want.iter().map(|t| t.request_id.clone()).collect();
+            assert_eq!(got, want, "{}", t.items[0].item_id);
+        }
+    }
+
+    /// A batch's lists: a row per item and epoch, a trace that names an item twice listed
+    /// once, a batch across an epoch's end split at it.
+    #[test]
+    fn a_batch_writes_one_list_per_item_and_epoch() {
+        let mut lists = PendingLists::default();
+        let edge = 1i64 << EPOCH_SHIFT;
+        lists.add(edge - 2, ["a", "b", "a"]);
+        lists.add(edge - 1, ["b"]);
+        lists.add(edge, ["a", "b"]);
+        lists.add(edge + 1, ["c"]);
+        let mut got: Vec<(i64, &str, Vec<i64>)> = lists.into_lists().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (0, "a", vec![edge - 2]),
+                (0, "b", vec![edge - 2, edge - 1]),
+                (1, "a", vec![edge]),
+                (1, "b", vec![edge]),
+                (1, "c", vec![edge + 1]),
+            ]
+        );
+        assert_eq!(ids_json(&[3, 17, 1024]), "[3,17,1024]");
+        assert_eq!(ids_json(&[]), "[]");
+    }
+
     fn count(conn: &Connection, table: &str) -> i64 {
         conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
@@ -247,7 +372,7 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap();
             assert_eq!(left, [traces[11].request_id.clone()], "chunk {chunk}");
-            assert_eq!(count(&conn, "served") as usize, traces[11].items.len(), "chunk {chunk}");
+            assert_eq!(live_keys(&conn), keys_of(&traces[11..]), "chunk {chunk}");
         }
     }
 
@@ -272,9 +397,11 @@ mod tests {
         let n = 3 * (1 << EPOCH_SHIFT) + 17;
         let (mut conn, traces) = store_of(n);
         let epochs: i64 = conn
-            .query_row("SELECT COUNT(DISTINCT epoch) FROM served", [], |r| r.get(0))
+            .query_row("SELECT COUNT(DISTINCT epoch) FROM served_lists", [], |r| r.get(0))
             .unwrap();
         assert_eq!(epochs, 4);
+        assert_eq!(live_keys(&conn), keys_of(&traces));
+        assert_lists_well_formed(&conn);
         let queries = |traces: &[Trace]| {
             let (first, last) = (&traces[0], &traces[traces.len() - 1]);
             let item = |id: &str| SearchQuery {
@@ -313,8 +440,16 @@ mod tests {
             gone as u64
         );
         check(&conn, &traces[gone..]);
+        assert_eq!(live_keys(&conn), keys_of(&traces[gone..]));
+        assert_lists_well_formed(&conn);
+        assert_eq!(
+            conn.query_row("SELECT min(epoch) FROM served_lists", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            2,
+            "the two emptied epochs' lists are dropped"
+        );
 
-        let item_seek = "SEARCH served USING PRIMARY KEY (epoch=? AND item_id=?)";
+        let item_seek = "SEARCH s USING PRIMARY KEY (epoch=? AND item_id=?)";
         let user_seek = "COVERING INDEX traces_user (<expr>=? AND user_id=?)";
         let queries = queries(&traces);
         assert_eq!(queries.len(), 4);

@@ -12,10 +12,11 @@ pub(super) fn epochs() -> String {
     )
 }
 
-/// A search's item filter: the item's keys in each epoch, one index seek an epoch.
+/// A search's item filter: the ids in the item's lists of each epoch, one index seek an epoch
+/// (`IN` with `traces`' primary key: an id whose trace is gone matches nothing).
 pub(super) static SERVED_ITEM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "id IN (SELECT trace FROM served WHERE item_id = ? AND epoch IN ({}))",
+        "id IN (SELECT j.value FROM served_lists s, json_each(s.traces) j WHERE s.item_id = ? AND s.epoch IN ({}))",
         epochs()
     )
 });

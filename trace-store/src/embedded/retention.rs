@@ -23,9 +23,9 @@ pub(super) enum Doomed {
     Oldest(u64),
 }
 
-/// Deletes traces and their item-index keys, oldest first, one transaction per chunk (which
-/// bounds a transaction's memory and write-ahead log when a whole hour expires at once; each
-/// chunk is whole traces). Returns how many traces went.
+/// Deletes traces, oldest first, one transaction per chunk (which bounds a transaction's memory
+/// and write-ahead log when a whole hour expires at once), and the item lists of the epochs
+/// left with no trace. Returns how many traces went.
 pub(super) fn delete_traces(conn: &mut Connection, doomed: Doomed, chunk: u64) -> Result<u64, StoreError> {
     let mut removed = 0;
     loop {
@@ -34,22 +34,22 @@ pub(super) fn delete_traces(conn: &mut Connection, doomed: Doomed, chunk: u64) -
             Doomed::Oldest(n) => chunk.min(n - removed),
         } as i64;
         let tx = conn.transaction().map_err(unavailable)?;
-        let rows = |s: &mut rusqlite::CachedStatement, p: &[&dyn rusqlite::ToSql]| {
-            s.query_map(p, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
-                .collect::<Result<Vec<_>, _>>()
+        let ids = |s: &mut rusqlite::CachedStatement, p: &[&dyn rusqlite::ToSql]| {
+            s.query_map(p, |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()
         };
         let traces = match doomed {
             Doomed::OlderThan(cutoff) => tx
-                .prepare_cached("SELECT id, items FROM traces WHERE ts < ?1 ORDER BY ts, request_id LIMIT ?2")
-                .and_then(|mut s| rows(&mut s, params![cutoff, chunk])),
+                .prepare_cached("SELECT id FROM traces WHERE ts < ?1 ORDER BY ts, request_id LIMIT ?2")
+                .and_then(|mut s| ids(&mut s, params![cutoff, chunk])),
             Doomed::Oldest(_) => tx
-                .prepare_cached("SELECT id, items FROM traces ORDER BY ts, request_id LIMIT ?1")
-                .and_then(|mut s| rows(&mut s, params![chunk])),
+                .prepare_cached("SELECT id FROM traces ORDER BY ts, request_id LIMIT ?1")
+                .and_then(|mut s| ids(&mut s, params![chunk])),
         }
         .map_err(unavailable)?;
-        for (id, items) in &traces {
-            remove_trace(&tx, *id, items)?;
+        for id in &traces {
+            remove_trace(&tx, *id)?;
         }
+        drop_dead_lists(&tx)?;
         tx.commit().map_err(unavailable)?;
         removed += traces.len() as u64;
         let done = matches!(doomed, Doomed::Oldest(n) if removed >= n);

@@ -5,8 +5,10 @@ use super::*;
 /// The layout this build writes, in `PRAGMA user_version`. Version 1 (user_version 0, the
 /// first layout) kept channel and stage rows in tables of their own and two B-trees of served
 /// items keyed by request id; version 2 keyed the item index `(item, trace)`, without the
-/// epoch. [`migrate_v1`] and [`migrate_v2`] convert such files when they are opened.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// epoch; version 3 kept one `(epoch, item, trace)` key per served item, where version 4 keeps
+/// a list per item and batch. [`migrate_v1`], [`migrate_v2`] and [`migrate_v3`] convert such
+/// files when they are opened.
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// A trace's epoch in the item and user indexes is its row id shifted right by this: 1,024
 /// traces an epoch. The newest epoch's keys (~25,000 item keys for summary traces, ~150 pages)
@@ -16,6 +18,16 @@ pub(super) const EPOCH_SHIFT: u32 = 10;
 
 /// The tables and indexes. The user index, like the item index, leads with the epoch: a batch's
 /// keys go to the newest epoch's pages, not to one page per user all over the index.
+///
+/// `served_lists` is the item index: for each item a batch served, in each epoch the batch
+/// wrote into, one row listing the row ids of the traces that served it (a JSON array,
+/// ascending; `first` and `last` are its ends): ~2 rows per summary trace where layout 3 wrote
+/// 20 keys, as served lists repeat popular items. A list may still name traces that were
+/// deleted or written again (a search joins its ids to `traces`, so they match nothing).
+/// `row_ids` holds the id the next trace gets ([`next_row_id`]): ids are never given twice, so
+/// an id a list still names for a deleted trace matches no other. A list's ids are all in its
+/// epoch, so the lists of epochs older than the oldest trace's hold no live id and retention
+/// drops them ([`drop_dead_lists`]).
 pub(super) static SCHEMA: LazyLock<String> = LazyLock::new(|| {
     format!(
         "
@@ -35,12 +47,15 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_time ON traces (ts, request_id);
 CREATE INDEX IF NOT EXISTS traces_user ON traces (id >> {EPOCH_SHIFT}, user_id, ts, request_id);
-CREATE TABLE IF NOT EXISTS served (
+CREATE TABLE IF NOT EXISTS served_lists (
     epoch   INTEGER NOT NULL,
     item_id TEXT NOT NULL,
-    trace   INTEGER NOT NULL,
-    PRIMARY KEY (epoch, item_id, trace)
+    first   INTEGER NOT NULL,
+    last    INTEGER NOT NULL,
+    traces  TEXT NOT NULL,
+    PRIMARY KEY (epoch, item_id, first)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS row_ids (next INTEGER NOT NULL);
 "
     )
 });
@@ -82,6 +97,8 @@ pub(super) fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
             migrate_v1(&tx)?;
         } else if version == 2 {
             migrate_v2(&tx)?;
+        } else if version == 3 {
+            migrate_v3(&tx)?;
         } else {
             tx.execute_batch(&SCHEMA).map_err(unavailable)?;
         }
@@ -149,7 +166,7 @@ pub(super) fn migrate_v1(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
     )
     .map_err(unavailable)?;
     tx.execute_batch(&SCHEMA).map_err(unavailable)?;
-    tx.execute_batch(&format!(
+    tx.execute_batch(
         "INSERT INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, items, channels, stages, doc)
          SELECT t.request_id, t.ts, t.user_id, t.level, t.model_version, t.bucket, t.summary,
              (SELECT json_group_array(item_id) FROM
@@ -157,26 +174,47 @@ pub(super) fn migrate_v1(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
              (SELECT json_group_object(channel, items) FROM channel_hits c WHERE c.request_id = t.request_id),
              (SELECT json_group_object(name, latency_us) FROM stage_latency s WHERE s.request_id = t.request_id),
              t.doc
-         FROM traces_v1 t ORDER BY t.ts, t.request_id;
-         INSERT OR IGNORE INTO served (epoch, item_id, trace)
-             SELECT t.id >> {EPOCH_SHIFT}, s.item_id, t.id FROM served_v1 s JOIN traces t ON t.request_id = s.request_id;
-         DROP TABLE traces_v1; DROP TABLE served_v1; DROP TABLE channel_hits; DROP TABLE stage_latency;"
-    ))
-    .map_err(unavailable)
+         FROM traces_v1 t ORDER BY t.ts, t.request_id;"
+    )
+    .map_err(unavailable)?;
+    lists_from_keys(
+        tx,
+        "SELECT DISTINCT t.id AS trace, s.item_id FROM served_v1 s JOIN traces t ON t.request_id = s.request_id",
+    )?;
+    tx.execute_batch("DROP TABLE traces_v1; DROP TABLE served_v1; DROP TABLE channel_hits; DROP TABLE stage_latency;")
+        .map_err(unavailable)
 }
 
 /// Converts layout 2 in place, in the caller's transaction: its item index, keyed
-/// `(item, trace)`, is rebuilt with each key's epoch in front, and so is the user index. The
-/// traces table is unchanged.
+/// `(item, trace)`, becomes lists per epoch, and the user index is rebuilt with the epoch in
+/// front. The traces table is unchanged.
 pub(super) fn migrate_v2(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
     tracing::info!("trace store: rebuilding the item and user indexes of layout 2 for version {SCHEMA_VERSION}");
     tx.execute_batch("DROP INDEX traces_user; ALTER TABLE served RENAME TO served_v2;")
         .map_err(unavailable)?;
     tx.execute_batch(&SCHEMA).map_err(unavailable)?;
+    lists_from_keys(tx, "SELECT trace, item_id FROM served_v2")?;
+    tx.execute_batch("DROP TABLE served_v2;").map_err(unavailable)
+}
+
+/// Converts layout 3 in place, in the caller's transaction: its item index, a key per served
+/// item, becomes a list per item and epoch. The traces table and its indexes are unchanged.
+pub(super) fn migrate_v3(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    tracing::info!("trace store: rebuilding the item index of layout 3 as lists for version {SCHEMA_VERSION}");
+    tx.execute_batch("ALTER TABLE served RENAME TO served_v3;")
+        .map_err(unavailable)?;
+    tx.execute_batch(&SCHEMA).map_err(unavailable)?;
+    lists_from_keys(tx, "SELECT trace, item_id FROM served_v3")?;
+    tx.execute_batch("DROP TABLE served_v3;").map_err(unavailable)
+}
+
+/// Fills `served_lists` from an older layout's item keys, `keys` a query of distinct
+/// `(trace, item_id)` rows: one list per item and epoch, its ids ascending.
+fn lists_from_keys(tx: &rusqlite::Transaction, keys: &str) -> Result<(), StoreError> {
     tx.execute_batch(&format!(
-        "INSERT INTO served (epoch, item_id, trace)
-             SELECT trace >> {EPOCH_SHIFT}, item_id, trace FROM served_v2 ORDER BY trace >> {EPOCH_SHIFT}, item_id, trace;
-         DROP TABLE served_v2;"
+        "INSERT INTO served_lists (epoch, item_id, first, last, traces)
+             SELECT trace >> {EPOCH_SHIFT}, item_id, min(trace), max(trace), json_group_array(trace ORDER BY trace)
+             FROM ({keys}) GROUP BY trace >> {EPOCH_SHIFT}, item_id ORDER BY 1, 2;"
     ))
     .map_err(unavailable)
 }

@@ -25,23 +25,76 @@ pub(super) fn index_columns(t: &Trace) -> Result<[String; 3], serde_json::Error>
     ])
 }
 
-/// Deletes one trace's row and its item-index keys (`items`: its `items` column).
-pub(super) fn remove_trace(tx: &rusqlite::Transaction, id: i64, items: &str) -> Result<(), StoreError> {
-    let items: Vec<String> = serde_json::from_str(items).map_err(|e| StoreError::Corrupt {
-        request_id: format!("row {id}"),
-        message: format!("items: {e}"),
-    })?;
-    let mut unserve = tx
-        .prepare_cached("DELETE FROM served WHERE epoch = ?1 AND item_id = ?2 AND trace = ?3")
-        .map_err(unavailable)?;
-    for item in &items {
-        unserve
-            .execute(params![id >> EPOCH_SHIFT, item, id])
-            .map_err(unavailable)?;
+/// A batch's item index as it is written: for each epoch and item, the row ids of the batch's
+/// traces that served it (a trace that lists an item twice, once).
+#[derive(Default)]
+pub(super) struct PendingLists<'a> {
+    lists: std::collections::HashMap<(i64, &'a str), Vec<i64>>,
+}
+
+impl<'a> PendingLists<'a> {
+    /// Trace `id` served `items`.
+    pub(super) fn add(&mut self, id: i64, items: impl IntoIterator<Item = &'a str>) {
+        for item in items {
+            let ids = self.lists.entry((id >> EPOCH_SHIFT, item)).or_default();
+            if ids.last() != Some(&id) {
+                ids.push(id);
+            }
+        }
     }
+
+    /// The batch's lists: epoch, item, and the ids ascending, each once.
+    pub(super) fn into_lists(self) -> impl Iterator<Item = (i64, &'a str, Vec<i64>)> {
+        self.lists.into_iter().map(|((epoch, item), mut ids)| {
+            ids.sort_unstable();
+            ids.dedup();
+            (epoch, item, ids)
+        })
+    }
+}
+
+/// A list of row ids as its `traces` column holds it: a JSON array.
+pub(super) fn ids_json(ids: &[i64]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(ids.len() * 8 + 2);
+    out.push('[');
+    for (k, id) in ids.iter().enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{id}");
+    }
+    out.push(']');
+    out
+}
+
+/// The row id the next trace gets: past every row there is and every id a list has named, so
+/// an id a list still holds for a deleted trace is never given to another.
+pub(super) fn next_row_id(tx: &rusqlite::Transaction) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "SELECT max((SELECT coalesce(max(id), 0) + 1 FROM traces), coalesce((SELECT next FROM row_ids), 1))",
+    )
+    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+    .map_err(unavailable)
+}
+
+/// Deletes one trace's row. Its ids in the item lists stay until retention drops their epoch:
+/// they match no row, and row ids are not given out twice ([`next_row_id`]).
+pub(super) fn remove_trace(tx: &rusqlite::Transaction, id: i64) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM traces WHERE id = ?1")
         .and_then(|mut s| s.execute([id]))
         .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Drops the item lists of epochs older than the oldest stored trace's (all of them once no
+/// trace is left): every id they hold is gone.
+pub(super) fn drop_dead_lists(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    tx.prepare_cached(&format!(
+        "DELETE FROM served_lists WHERE epoch < coalesce((SELECT min(id) FROM traces) >> {EPOCH_SHIFT}, 1 << 62)"
+    ))
+    .and_then(|mut s| s.execute([]))
+    .map_err(unavailable)?;
     Ok(())
 }
 
@@ -52,23 +105,22 @@ pub(super) fn put_batch(
 ) -> Result<PutOutcome, StoreError> {
     let mut outcome = PutOutcome::default();
     let mut docs = DocWriter::new(encoding);
+    let mut lists = PendingLists::default();
     let tx = conn.transaction().map_err(unavailable)?;
+    let mut next_id = next_row_id(&tx)?;
     {
         // A new request id (the usual case) is one insert; a trace written again (a retried
-        // batch) replaces the first: its row and keys go, and it is inserted as new.
+        // batch) replaces the first: its row goes, and it is inserted as new.
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO traces (request_id, ts, user_id, level, model_version, bucket, summary, items, channels,
-                                     stages, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (request_id) DO NOTHING RETURNING id",
+                "INSERT INTO traces (id, request_id, ts, user_id, level, model_version, bucket, summary, items,
+                                     channels, stages, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (request_id) DO NOTHING",
             )
             .map_err(unavailable)?;
         let mut existing = tx
-            .prepare_cached("SELECT id, items FROM traces WHERE request_id = ?1")
-            .map_err(unavailable)?;
-        let mut serve = tx
-            .prepare_cached("INSERT OR IGNORE INTO served (epoch, item_id, trace) VALUES (?1, ?2, ?3)")
+            .prepare_cached("SELECT id FROM traces WHERE request_id = ?1")
             .map_err(unavailable)?;
         for t in traces {
             if let Err(e) = t.check() {
@@ -79,7 +131,9 @@ pub(super) fn put_batch(
             let doc = docs.encode(t)?;
             let summary = serde_json::to_string(&TraceSummary::from(t)).map_err(refused)?;
             let [items, channels, stages] = index_columns(t).map_err(refused)?;
+            let id = next_id;
             let row = params![
+                id,
                 t.request_id,
                 t.timestamp_ms,
                 t.user_id,
@@ -92,26 +146,39 @@ pub(super) fn put_batch(
                 stages,
                 doc
             ];
-            let inserted = |s: &mut rusqlite::CachedStatement| {
-                s.query_row(row, |r| r.get::<_, i64>(0)).optional().map_err(unavailable)
-            };
-            let id = match inserted(&mut insert)? {
-                Some(id) => id,
-                None => {
-                    let (old, old_items): (i64, String) = existing
-                        .query_row([&t.request_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .map_err(unavailable)?;
-                    remove_trace(&tx, old, &old_items)?;
-                    inserted(&mut insert)?.ok_or_else(|| unavailable("a replaced trace was not inserted"))?
+            if insert.execute(row).map_err(unavailable)? == 0 {
+                let old: i64 = existing.query_row([&t.request_id], |r| r.get(0)).map_err(unavailable)?;
+                remove_trace(&tx, old)?;
+                if insert.execute(row).map_err(unavailable)? == 0 {
+                    return Err(unavailable("a replaced trace was not inserted"));
                 }
-            };
-            for item in &t.items {
-                serve
-                    .execute(params![id >> EPOCH_SHIFT, item.item_id, id])
-                    .map_err(unavailable)?;
             }
+            next_id += 1;
+            lists.add(id, t.items.iter().map(|i| i.item_id.as_str()));
             outcome.written += 1;
         }
+        // One row per item and epoch. No list can have the same key while row ids are not
+        // reused; should one (a file whose `row_ids` was lost), the two are merged, not
+        // refused or replaced.
+        let mut serve = tx
+            .prepare_cached(
+                "INSERT INTO served_lists (epoch, item_id, first, last, traces) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (epoch, item_id, first) DO UPDATE SET
+                     last = max(last, excluded.last),
+                     traces = (SELECT json_group_array(value ORDER BY value) FROM
+                         (SELECT value FROM json_each(served_lists.traces)
+                          UNION SELECT value FROM json_each(excluded.traces)))",
+            )
+            .map_err(unavailable)?;
+        for (epoch, item, ids) in lists.into_lists() {
+            let (first, last) = (ids[0], ids[ids.len() - 1]);
+            serve
+                .execute(params![epoch, item, first, last, ids_json(&ids)])
+                .map_err(unavailable)?;
+        }
+        tx.prepare_cached("INSERT OR REPLACE INTO row_ids (rowid, next) VALUES (1, ?1)")
+            .and_then(|mut s| s.execute([next_id]))
+            .map_err(unavailable)?;
     }
     tx.commit().map_err(unavailable)?;
     Ok(outcome)
