@@ -569,8 +569,9 @@ async fn dropping_the_embedded_store_leaves_a_complete_file() {
     assert_eq!(total, 50);
 }
 
-/// The embedded store writes a summary trace's doc as an LZ4 frame (well under half the JSON's
-/// bytes) and a full trace's as a zstd frame (under a third), and reads docs of every encoding,
+/// The embedded store writes a summary trace's doc into its batch's chunk, an LZ4 frame (well
+/// under half the JSON's bytes), and a full trace's as a zstd frame (under a third), and reads
+/// docs of every encoding,
 /// so a file written with plain JSON or zstd frames alone (older builds, or the options) stays
 /// readable after the switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,8 +600,8 @@ async fn embedded_docs_are_compressed_and_every_encoding_reads_back() {
     drop(store);
 
     // What the rows hold: JSON for the first store's traces, zstd frames for the second's, and
-    // for the default's LZ4 frames for summary traces and zstd frames for full ones; each read
-    // back by its format's own reader.
+    // for the default's references into a chunk for summary traces and zstd frames for full
+    // ones; each read back by its format's own reader.
     let conn = rusqlite::Connection::open(&path).unwrap();
     let doc = |id: &str| -> Vec<u8> {
         conn.query_row("SELECT doc FROM traces WHERE request_id = ?1", [id], |r| r.get(0))
@@ -624,24 +625,59 @@ async fn embedded_docs_are_compressed_and_every_encoding_reads_back() {
         );
         (stored, json)
     };
-    let zstd_frame = |t: &Trace| {
+    // The options write JSON; the default writes MessagePack.
+    let zstd_frame = |t: &Trace, msgpack: bool| {
         let (stored, json) = framed(t, [0x28, 0xB5, 0x2F, 0xFD], 1.0 / 3.0);
-        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), json, "{}", t.request_id);
+        let body = match msgpack {
+            true => rmp_serde::to_vec_named(t).unwrap(),
+            false => json,
+        };
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), body, "{}", t.request_id);
     };
-    zstd_framed.iter().for_each(zstd_frame);
+    zstd_framed.iter().for_each(|t| zstd_frame(t, false));
+    // A summary trace's doc is a 20-byte reference: "RSDR", its chunk (by the first trace's row
+    // id), the offset and length of its MessagePack (under 4/5 of its JSON's bytes) in the
+    // chunk's; the chunk an LZ4 frame.
     let (mut summaries, mut fulls) = (0, 0);
+    let mut chunked: std::collections::BTreeMap<i64, usize> = Default::default();
     for t in &by_size {
         if t.detail == Detail::Full {
-            assert!(serde_json::to_vec(t).unwrap().len() >= LARGE_DOC);
-            zstd_frame(t);
+            assert!(rmp_serde::to_vec_named(t).unwrap().len() >= LARGE_DOC);
+            zstd_frame(t, true);
             fulls += 1;
             continue;
         }
-        let (stored, json) = framed(t, [0x04, 0x22, 0x4D, 0x18], 0.5);
-        let mut back = Vec::new();
-        std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&stored[..]), &mut back).unwrap();
-        assert_eq!(back, json, "{}", t.request_id);
+        let stored = doc(&t.request_id);
+        assert_eq!(stored.len(), 20, "{}", t.request_id);
+        assert_eq!(&stored[..4], b"RSDR", "{}", t.request_id);
+        let number = |at: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[..at.len()].copy_from_slice(&stored[at]);
+            i64::from_le_bytes(b)
+        };
+        let (chunk, offset, len) = (number(4..12), number(12..16) as usize, number(16..20) as usize);
+        let frame: Vec<u8> = conn
+            .query_row("SELECT frame FROM doc_chunks WHERE first = ?1", [chunk], |r| r.get(0))
+            .unwrap();
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&frame[..]), &mut json).unwrap();
+        let body = rmp_serde::to_vec_named(t).unwrap();
+        assert_eq!(json[offset..offset + len], body[..], "{}", t.request_id);
+        assert!(
+            body.len() * 5 < serde_json::to_vec(t).unwrap().len() * 4,
+            "{}",
+            t.request_id
+        );
+        *chunked.entry(chunk).or_default() += len;
         summaries += 1;
+    }
+    // The batch's summary docs share one chunk, under half their MessagePack's bytes.
+    assert_eq!(chunked.len(), 1, "{chunked:?}");
+    for (chunk, json_bytes) in chunked {
+        let frame: Vec<u8> = conn
+            .query_row("SELECT frame FROM doc_chunks WHERE first = ?1", [chunk], |r| r.get(0))
+            .unwrap();
+        assert!(frame.len() * 2 < json_bytes, "{} bytes for {json_bytes}", frame.len());
     }
     assert_eq!((summaries, fulls), (6, 2), "the mix this test reads");
 }
@@ -747,33 +783,31 @@ async fn write_third_layout(path: &std::path::Path, traces: &[Trace]) {
 /// A file of the first layout is converted when opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_layout_file_is_converted_when_opened() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("traces.sqlite");
-    let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
-    let old = traces(40, start);
-    write_first_layout(&path, &old);
-    an_old_layout_converts(&path, &old, start).await;
+    an_old_layout_file_converts(|path, old| async move { write_first_layout(&path, &old) }).await;
 }
 
 /// A file of layout 2 is converted when opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_layout_file_is_converted_when_opened() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("traces.sqlite");
-    let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
-    let old = traces(40, start);
-    write_second_layout(&path, &old).await;
-    an_old_layout_converts(&path, &old, start).await;
+    an_old_layout_file_converts(|path, old| async move { write_second_layout(&path, &old).await }).await;
 }
 
 /// A file of layout 3 is converted when opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_layout_file_is_converted_when_opened() {
+    an_old_layout_file_converts(|path, old| async move { write_third_layout(&path, &old).await }).await;
+}
+
+/// `write` puts 40 traces of two hours ago into a new file in an older layout; opened, the file
+/// converts ([`an_old_layout_converts`]).
+async fn an_old_layout_file_converts<F: std::future::Future<Output = ()>>(
+    write: impl FnOnce(std::path::PathBuf, Vec<Trace>) -> F,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("traces.sqlite");
     let start = (now_ms() - 7_200_000) / 60_000 * 60_000;
     let old = traces(40, start);
-    write_third_layout(&path, &old).await;
+    write(path.clone(), old.clone()).await;
     an_old_layout_converts(&path, &old, start).await;
 }
 

@@ -26,18 +26,19 @@
 //! pages of each. A batch is one transaction. A trace written twice (a retried batch) replaces
 //! the first, as in Elasticsearch.
 //!
-//! The whole-trace `doc` is an LZ4 frame of the JSON (see [`DocEncoding`]): a summary trace's
-//! ~6.6 KB of JSON is ~2.4 KB compressed, in about half the CPU time zstd takes for ~1.5 KB
-//! (the writer's CPU is what summary tracing costs a request; BENCHMARKS.md), so the writer
-//! moves about a third of the bytes through SQLite, its write-ahead log and the checkpoint.
-//! Reads take every form, so a file written with zstd frames or plain JSON docs (older
-//! builds, or the other [`DocEncoding`]s) stays readable. To read a doc by hand, ask the trace
-//! API (`GET /v1/traces/{request_id}`), or pipe the blob from the `sqlite3` shell through
-//! `lz4 -d`.
+//! The whole trace is MessagePack (see [`DocEncoding`]): a summary trace's doc goes into its
+//! batch's current chunk of docs, up to 64 KiB compressed together as one LZ4 frame in
+//! `doc_chunks`, and its row's `doc` is a reference into it; a full trace's doc is a zstd frame
+//! in its row. Encoding the doc is most of the writer's CPU, which is what summary tracing
+//! costs a request (BENCHMARKS.md): MessagePack takes ~0.6× serde_json's time, and a chunk of
+//! alike traces compresses to ~0.6× the bytes of each trace alone. Reads take every form, so a
+//! file written with LZ4 or zstd frames or plain JSON docs (older builds, or the other
+//! [`DocEncoding`]s) stays readable. To read a doc by hand, ask the trace API
+//! (`GET /v1/traces/{request_id}`).
 //!
 //! Retention is by age and, with [`EmbeddedStore::with_max_bytes`], by size: a store on a
-//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~4.6 KB with
-//! its index keys; at 300 requests a second that is ~5 GB an hour). Beyond the cap the
+//! pod's volume or a laptop's disk must not grow without bound (a summary trace is ~2.0–2.4 KB
+//! with its index rows; at 300 requests a second that is ~2.6 GB an hour). Beyond the cap the
 //! oldest traces go.
 
 mod doc;
@@ -178,7 +179,7 @@ impl TraceStore for EmbeddedStore {
                 .optional()
                 .map_err(unavailable)?;
             doc.map(|d| {
-                decode_doc(&d).map_err(|message| StoreError::Corrupt {
+                read_doc(c, &d).map_err(|message| StoreError::Corrupt {
                     request_id: id.clone(),
                     message,
                 })
@@ -249,6 +250,49 @@ mod tests {
             .collect()
     }
 
+    /// The stored traces' docs read back as the traces (the oldest, the newest and every 37th
+    /// row; reading one decompresses its chunk, slow in a debug build), and the first doc chunk
+    /// holds the oldest stored trace's doc or a later one's (none holds only deleted traces).
+    fn assert_docs_read_back(conn: &Connection, traces: &[Trace]) {
+        let docs: Vec<(String, Vec<u8>)> = conn
+            .prepare(
+                "SELECT request_id, doc FROM traces WHERE id % 37 = 0 OR id = (SELECT min(id) FROM traces)
+                     OR id = (SELECT max(id) FROM traces)",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let by_id: std::collections::HashMap<&str, &Trace> =
+            traces.iter().map(|t| (t.request_id.as_str(), t)).collect();
+        for (request_id, doc) in &docs {
+            assert_eq!(
+                &&read_doc(conn, doc).unwrap(),
+                &by_id[request_id.as_str()],
+                "{request_id}"
+            );
+        }
+        let oldest: Option<i64> = conn.query_row("SELECT min(id) FROM traces", [], |r| r.get(0)).unwrap();
+        let first_chunk: Option<i64> = conn
+            .query_row("SELECT min(first) FROM doc_chunks", [], |r| r.get(0))
+            .unwrap();
+        match (oldest, first_chunk) {
+            (None, chunk) => assert_eq!(chunk, None, "chunks left with no trace"),
+            (Some(_), None) => assert!(docs.iter().all(|(_, d)| DocRef::parse(d).is_none())),
+            (Some(oldest), Some(chunk)) => {
+                let holding: i64 = conn
+                    .query_row(
+                        "SELECT coalesce(max(first), ?1) FROM doc_chunks WHERE first <= ?1",
+                        [oldest],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(chunk, holding, "a chunk before the one holding row {oldest}");
+            }
+        }
+    }
+
     /// Every list's ids: ascending, each once, between its `first` and `last`, all in its
     /// epoch, none at or past the next row id, and the list not older than the oldest trace's
     /// epoch.
@@ -299,12 +343,16 @@ mod tests {
         let stored: Vec<Trace> = traces[..9].iter().cloned().chain([again.clone()]).collect();
         assert_eq!(live_keys(&conn), keys_of(&stored));
         assert_lists_well_formed(&conn);
-        // Every trace deleted: the lists go too, and the next trace's id is 12.
+        assert_docs_read_back(&conn, &stored);
+        // Every trace deleted: the lists and the doc chunks go too, and the next trace's id
+        // is 12.
         assert_eq!(delete_traces(&mut conn, Doomed::Oldest(100), 3).unwrap(), 10);
         assert_eq!(count(&conn, "served_lists"), 0);
+        assert_eq!(count(&conn, "doc_chunks"), 0);
         put_batch(&mut conn, &traces[..2], DocEncoding::default()).unwrap();
         assert_eq!(ids(&conn), [12, 13]);
         assert_eq!(live_keys(&conn), keys_of(&traces[..2]));
+        assert_docs_read_back(&conn, &traces[..2]);
         for t in &traces {
             let q = SearchQuery {
                 item: Some(t.items[0].item_id.clone()),
@@ -373,6 +421,7 @@ mod tests {
                 .unwrap();
             assert_eq!(left, [traces[11].request_id.clone()], "chunk {chunk}");
             assert_eq!(live_keys(&conn), keys_of(&traces[11..]), "chunk {chunk}");
+            assert_docs_read_back(&conn, &traces);
         }
     }
 
@@ -402,6 +451,7 @@ mod tests {
         assert_eq!(epochs, 4);
         assert_eq!(live_keys(&conn), keys_of(&traces));
         assert_lists_well_formed(&conn);
+        assert_docs_read_back(&conn, &traces);
         let queries = |traces: &[Trace]| {
             let (first, last) = (&traces[0], &traces[traces.len() - 1]);
             let item = |id: &str| SearchQuery {
@@ -442,6 +492,10 @@ mod tests {
         check(&conn, &traces[gone..]);
         assert_eq!(live_keys(&conn), keys_of(&traces[gone..]));
         assert_lists_well_formed(&conn);
+        assert_docs_read_back(&conn, &traces[gone..]);
+        // ~9 summary docs a chunk: the deleted traces' chunks went.
+        let (chunks, left) = (count(&conn, "doc_chunks"), (n as usize - gone) as i64);
+        assert!(chunks * 4 < left, "{chunks} chunks for {left} traces");
         assert_eq!(
             conn.query_row("SELECT min(epoch) FROM served_lists", [], |r| r.get::<_, i64>(0))
                 .unwrap(),

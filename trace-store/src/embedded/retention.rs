@@ -24,8 +24,8 @@ pub(super) enum Doomed {
 }
 
 /// Deletes traces, oldest first, one transaction per chunk (which bounds a transaction's memory
-/// and write-ahead log when a whole hour expires at once), and the item lists of the epochs
-/// left with no trace. Returns how many traces went.
+/// and write-ahead log when a whole hour expires at once), and the item lists and doc chunks
+/// left with no stored trace. Returns how many traces went.
 pub(super) fn delete_traces(conn: &mut Connection, doomed: Doomed, chunk: u64) -> Result<u64, StoreError> {
     let mut removed = 0;
     loop {
@@ -49,7 +49,7 @@ pub(super) fn delete_traces(conn: &mut Connection, doomed: Doomed, chunk: u64) -
         for id in &traces {
             remove_trace(&tx, *id)?;
         }
-        drop_dead_lists(&tx)?;
+        drop_dead(&tx)?;
         tx.commit().map_err(unavailable)?;
         removed += traces.len() as u64;
         let done = matches!(doomed, Doomed::Oldest(n) if removed >= n);

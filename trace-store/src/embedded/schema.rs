@@ -27,7 +27,12 @@ pub(super) const EPOCH_SHIFT: u32 = 10;
 /// `row_ids` holds the id the next trace gets ([`next_row_id`]): ids are never given twice, so
 /// an id a list still names for a deleted trace matches no other. A list's ids are all in its
 /// epoch, so the lists of epochs older than the oldest trace's hold no live id and retention
-/// drops them ([`drop_dead_lists`]).
+/// drops them ([`drop_dead`]).
+///
+/// `doc_chunks` holds small docs a batch's chunk at a time ([`DocEncoding::BySize`]): an LZ4
+/// frame of several traces' MessagePack, keyed by its first trace's row id; such a trace's
+/// `doc` is a reference into it. Chunks follow row ids, so those before the chunk that holds
+/// the oldest stored trace hold no stored trace, and retention drops them too.
 pub(super) static SCHEMA: LazyLock<String> = LazyLock::new(|| {
     format!(
         "
@@ -56,6 +61,10 @@ CREATE TABLE IF NOT EXISTS served_lists (
     PRIMARY KEY (epoch, item_id, first)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS row_ids (next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS doc_chunks (
+    first INTEGER PRIMARY KEY,
+    frame BLOB NOT NULL
+);
 "
     )
 });

@@ -87,14 +87,31 @@ pub(super) fn remove_trace(tx: &rusqlite::Transaction, id: i64) -> Result<(), St
     Ok(())
 }
 
-/// Drops the item lists of epochs older than the oldest stored trace's (all of them once no
-/// trace is left): every id they hold is gone.
-pub(super) fn drop_dead_lists(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+/// Drops what holds no stored trace (all of it once no trace is left): the item lists of
+/// epochs older than the oldest stored trace's, and the doc chunks before the one that holds
+/// it (a chunk holds the docs of the rows from its `first` to the next chunk's).
+pub(super) fn drop_dead(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
     tx.prepare_cached(&format!(
         "DELETE FROM served_lists WHERE epoch < coalesce((SELECT min(id) FROM traces) >> {EPOCH_SHIFT}, 1 << 62)"
     ))
     .and_then(|mut s| s.execute([]))
     .map_err(unavailable)?;
+    tx.prepare_cached(
+        "DELETE FROM doc_chunks WHERE first < coalesce(
+             (SELECT max(first) FROM doc_chunks WHERE first <= (SELECT min(id) FROM traces)),
+             (SELECT min(id) FROM traces),
+             1 << 62)",
+    )
+    .and_then(|mut s| s.execute([]))
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Writes a closed chunk of docs: its first trace's row id and its LZ4 frame.
+fn write_chunk(tx: &rusqlite::Transaction, (first, frame): (i64, Vec<u8>)) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO doc_chunks (first, frame) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![first, frame]))
+        .map_err(unavailable)?;
     Ok(())
 }
 
@@ -128,7 +145,7 @@ pub(super) fn put_batch(
                 continue;
             }
             let refused = |e: serde_json::Error| StoreError::Refused(e.to_string());
-            let doc = docs.encode(t)?;
+            let doc = docs.encode(next_id, t)?;
             let summary = serde_json::to_string(&TraceSummary::from(t)).map_err(refused)?;
             let [items, channels, stages] = index_columns(t).map_err(refused)?;
             let id = next_id;
@@ -155,7 +172,13 @@ pub(super) fn put_batch(
             }
             next_id += 1;
             lists.add(id, t.items.iter().map(|i| i.item_id.as_str()));
+            if let Some(chunk) = docs.take_closed() {
+                write_chunk(&tx, chunk)?;
+            }
             outcome.written += 1;
+        }
+        if let Some(chunk) = docs.close() {
+            write_chunk(&tx, chunk)?;
         }
         // One row per item and epoch. No list can have the same key while row ids are not
         // reused; should one (a file whose `row_ids` was lost), the two are merged, not
