@@ -15,7 +15,7 @@ pub enum DocEncoding {
     /// current chunk, [`CHUNK_BYTES`] of docs compressed together as one LZ4 frame in
     /// `doc_chunks`, its row holding a [`DocRef`] to it; a larger one (a full trace) as a zstd
     /// frame of its own: the default. MessagePack takes ~0.6× serde_json's time for ~0.76× the
-    /// bytes. Summary traces are alike, so a chunk of ~10 takes ~0.6× the bytes of each
+    /// bytes. Summary traces are alike, so a chunk of ~12 takes ~0.6× the bytes of each
     /// compressed alone; a large doc spills into overflow pages either way, so its bytes are
     /// what matters, and zstd's are ~0.6× LZ4's (BENCHMARKS.md, "Trace store").
     #[default]
@@ -54,8 +54,8 @@ const LZ4_BLOCK_MAX: usize = 4 << 20;
 const LZ4_STORED: u32 = 1 << 31;
 
 /// A row's `doc` when it is in a chunk: the chunk (by the row id of its first trace,
-/// `doc_chunks.first`) and the doc's bytes in the chunk's, decompressed. Stored as 20 bytes: a magic
-/// no JSON, zstd or LZ4 doc starts with, then the three numbers, little-endian.
+/// `doc_chunks.first`) and the doc's bytes in the chunk's, decompressed. Stored as 20 bytes: a
+/// magic no JSON, zstd or LZ4 doc starts with, then the three numbers, little-endian.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct DocRef {
     pub(super) chunk: i64,
