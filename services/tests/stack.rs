@@ -955,7 +955,18 @@ async fn ranking_reads_real_time_item_features_through_the_feature_service() {
             client.rank(request).await.unwrap().into_inner()
         }
     };
-    let live = rank(with.grpc_url()).await;
+    // The read has REALTIME_BUDGET (20 ms); a first call over a new link on a loaded machine
+    // can miss it, which the ranking reports as the budget and serves without. Up to five
+    // tries: every miss must be that, and one must read.
+    let mut live = rank(with.grpc_url()).await;
+    for _ in 1..5 {
+        let status = live.realtime.as_ref().map(|r| r.status.clone()).unwrap_or_default();
+        if status == "read" {
+            break;
+        }
+        assert!(status.contains("no answer within"), "{status}");
+        live = rank(with.grpc_url()).await;
+    }
     let neutral = rank(without.grpc_url()).await;
     let report = live.realtime.clone().expect("the response reports the real-time read");
     assert_eq!(report.status, "read");
