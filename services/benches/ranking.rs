@@ -12,13 +12,14 @@
 //! concurrent, with the process's CPU time per request (client and service: both ends of the
 //! wire); the batcher's idle path (a request finding the model idle scored on its own thread)
 //! against every request through the worker, at 1, 4 and 16 concurrent in interleaved rounds;
+//! the call's messages through tonic's framing with tonic_prost's codec and with recstack's;
 //! and the service against the raw session in paired, interleaved rounds (issue 32's ratios).
 //! The service is sent what the gateway sends (columns, sparse ranks) and the binary allocates
 //! with mimalloc, as the pods' binary does.
 //!
 //! `cargo bench -p recstack-services --bench ranking` (onnxruntime from the project venv);
 //! `-- assembly` times a folded model's rows alone, `-- profile` runs the service alone, run
-//! after run, to profile under `perf record`.
+//! after run, to profile under `perf record`, `-- codec` compares the codecs alone.
 
 #[path = "common/cpu.rs"]
 mod cpu;
@@ -35,14 +36,17 @@ use std::time::{Duration, Instant};
 use recstack_core::recall::{self, DEFAULT_N, DEFAULT_QUOTA, UserHistory};
 use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
+use recstack_services::codec::{self, SliceCodec};
 use recstack_services::features::Snapshot;
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::{Lineage, Place, RowWriter};
 use recstack_services::ranking::model::{Device, Graph, OnnxModel};
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
-use recstack_services::ranking::service::proto::{PackedIds, RankRequest};
+use recstack_services::ranking::service::proto::{PackedIds, RankRequest, RankResponse};
 use recstack_services::ranking::service::{ModelSources, item_table, lineage, lineage_fields, load_models};
 use recstack_services::serve;
+use tonic::codec::Codec;
+use tonic_prost::ProstCodec;
 
 const CANDIDATES: usize = 500;
 const REQUESTS: usize = 400;
@@ -103,6 +107,11 @@ fn main() {
         println!(
             "rows for a folded model, recall's first {CANDIDATES} with lineage: {us:.1} µs per request (best of 5 rounds)"
         );
+        return;
+    }
+    // `-- codec`: the call's messages through tonic's framing with each codec, alone.
+    if std::env::args().any(|a| a == "codec") {
+        codecs(&columns);
         return;
     }
     // `-- profile`: the service as the gateway calls it (columns, first stage folded, batching
@@ -225,7 +234,77 @@ fn main() {
     }
     runtime.block_on(wire_forms(snapshot.clone(), &model_path, &requests, &columns));
     runtime.block_on(idle_path(snapshot.clone(), &model_path, &columns));
+    codecs(&columns);
     runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
+}
+
+/// A ranking call's two messages (the gateway's request, 500 scores back) through tonic's
+/// framing, encoded and decoded by tonic_prost's codec and by recstack's
+/// ([`codec::SliceCodec`]), in interleaved rounds on one thread: the CPU both ends of the wire
+/// spend in their codecs, without the connection.
+fn codecs(requests: &[RankRequest]) {
+    const ROUNDS: usize = 9;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let response = RankResponse {
+        scores: (0..CANDIDATES).map(|i| 1.0 / (1.0 + i as f32)).collect(),
+        model_version: "deepfm-5".into(),
+        ..Default::default()
+    };
+    // One call's messages through a codec pair; µs per call over every request.
+    let time = |prost: bool| {
+        let t = Instant::now();
+        for r in requests {
+            let (request, answer) = runtime.block_on(async {
+                if prost {
+                    let (mut q, mut a) = (
+                        ProstCodec::<RankRequest, RankRequest>::default(),
+                        ProstCodec::<RankResponse, RankResponse>::default(),
+                    );
+                    let request = codec::through(q.encoder(), q.decoder(), r.clone()).await;
+                    (
+                        request,
+                        codec::through(a.encoder(), a.decoder(), response.clone()).await,
+                    )
+                } else {
+                    let (mut q, mut a) = (
+                        SliceCodec::<RankRequest, RankRequest>::default(),
+                        SliceCodec::<RankResponse, RankResponse>::default(),
+                    );
+                    let request = codec::through(q.encoder(), q.decoder(), r.clone()).await;
+                    (
+                        request,
+                        codec::through(a.encoder(), a.decoder(), response.clone()).await,
+                    )
+                }
+            });
+            assert_eq!(request.expect("request").user_id, r.user_id);
+            assert_eq!(answer.expect("response").scores.len(), CANDIDATES);
+        }
+        t.elapsed().as_secs_f64() * 1e6 / requests.len() as f64
+    };
+    time(true);
+    time(false);
+    let (mut prost, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (p, o) = (time(true), time(false));
+        prost.push(p);
+        ours.push(o);
+        ratios.push(o / p);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let ((p, ..), (o, ..), (r, lo, hi)) = (median(prost), median(ours), median(ratios));
+    println!(
+        "\na ranking call's messages through tonic's framing, encoded and decoded ({ROUNDS} interleaved rounds of {} calls; \
+         one thread; request as the gateway sends it, {CANDIDATES} scores back):\n",
+        requests.len()
+    );
+    println!("| codec | µs per call, median | × tonic_prost, median [range] |");
+    println!("|---|---:|---:|");
+    println!("| tonic_prost (`ProstCodec`) | {p:.1} | 1.00× |");
+    println!("| recstack (`SliceCodec`) | {o:.1} | {r:.2}× [{lo:.2}, {hi:.2}] |");
 }
 
 /// The defaults with every request handed to the batcher's worker thread, none scored on its

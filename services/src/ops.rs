@@ -85,7 +85,6 @@ pub fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::ser
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// A gRPC status code as a metric label.
 /// The gRPC metadata key of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
