@@ -12,7 +12,8 @@
 //! concurrent, with the process's CPU time per request (client and service: both ends of the
 //! wire); the batcher's idle path (a request finding the model idle scored on its own thread)
 //! against every request through the worker, at 1, 4 and 16 concurrent in interleaved rounds;
-//! the call's messages through tonic's framing with tonic_prost's codec and with recstack's;
+//! a full request's messages (ranking's call, recall's answer) through tonic's framing with
+//! tonic_prost's codec and with recstack's;
 //! and the service against the raw session in paired, interleaved rounds (issue 32's ratios).
 //! The service is sent what the gateway sends (columns, sparse ranks) and the binary allocates
 //! with mimalloc, as the pods' binary does.
@@ -44,6 +45,8 @@ use recstack_services::ranking::model::{Device, Graph, OnnxModel};
 use recstack_services::ranking::service::proto::ranking_client::RankingClient;
 use recstack_services::ranking::service::proto::{PackedIds, RankRequest, RankResponse};
 use recstack_services::ranking::service::{ModelSources, item_table, lineage, lineage_fields, load_models};
+use recstack_services::recall::packed::Packer;
+use recstack_services::recall::proto::RecallResponse;
 use recstack_services::serve;
 use tonic::codec::Codec;
 use tonic_prost::ProstCodec;
@@ -99,6 +102,21 @@ fn main() {
             (strings, columns)
         })
         .unzip();
+    // Recall's answers to the same users, every candidate packed as the recall service packs them.
+    let answers: Vec<RecallResponse> = (0..REQUESTS)
+        .map(|k| {
+            let u = users[(k * 31) % users.len()];
+            let candidates = recall::recall(&a, &UserHistory::new(&a, u), DEFAULT_QUOTA, DEFAULT_N);
+            let mut packer = Packer::with_capacity(candidates.len());
+            for c in &candidates {
+                packer.push(&a.items[c.item as usize].id, c.fused, &c.sources);
+            }
+            RecallResponse {
+                packed: Some(packer.finish()),
+                ..Default::default()
+            }
+        })
+        .collect();
 
     // `-- assembly`: a folded model's rows alone (the service's per-request CPU work before the
     // model's head), to compare changes to them quickly.
@@ -111,25 +129,29 @@ fn main() {
     }
     // `-- codec`: the call's messages through tonic's framing with each codec, alone.
     if std::env::args().any(|a| a == "codec") {
-        codecs(&columns);
+        codecs(&columns, &answers);
         return;
     }
     // `-- profile`: the service as the gateway calls it (columns, first stage folded, batching
-    // on, 16 concurrent), run after run, to profile under `perf record`; nothing else runs.
+    // on, 16 concurrent), run after run on one service, to profile under `perf record`;
+    // nothing else runs.
     if std::env::args().any(|a| a == "profile") {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let mut rates = Vec::with_capacity(PROFILE_RUNS);
+        // One service for every run, so that the profile holds requests, not model loads.
+        let svc = runtime.block_on(start(snapshot.clone(), &model_path, true, BatchConfig::default()));
+        let client = runtime
+            .block_on(RankingClient::connect(svc.grpc_url()))
+            .expect("connect");
         for run in 0..PROFILE_RUNS {
-            let batching = ("on", BatchConfig::default());
-            let row = runtime.block_on(service(snapshot.clone(), &model_path, true, batching, 16, &columns));
+            let (rps, _, cpu_ms) = runtime.block_on(drive(&client, 16, &columns));
             eprintln!(
-                "profile run {}/{PROFILE_RUNS}: {:.0} req/s, {:.3} CPU ms/request",
-                run + 1,
-                row.rps,
-                row.cpu_ms
+                "profile run {}/{PROFILE_RUNS}: {rps:.0} req/s, {cpu_ms:.3} CPU ms/request",
+                run + 1
             );
-            rates.push(row.rps);
+            rates.push(rps);
         }
+        runtime.block_on(svc.stop()).expect("stop");
         rates.sort_by(f64::total_cmp);
         println!(
             "service, first stage folded, batching on, 16 concurrent: median {:.0} req/s over {PROFILE_RUNS} runs",
@@ -234,77 +256,94 @@ fn main() {
     }
     runtime.block_on(wire_forms(snapshot.clone(), &model_path, &requests, &columns));
     runtime.block_on(idle_path(snapshot.clone(), &model_path, &columns));
-    codecs(&columns);
+    codecs(&columns, &answers);
     runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
 }
 
-/// A ranking call's two messages (the gateway's request, 500 scores back) through tonic's
-/// framing, encoded and decoded by tonic_prost's codec and by recstack's
-/// ([`codec::SliceCodec`]), in interleaved rounds on one thread: the CPU both ends of the wire
-/// spend in their codecs, without the connection.
-fn codecs(requests: &[RankRequest]) {
+/// The messages a full request moves through tonic's framing, encoded and decoded by
+/// tonic_prost's codec and by recstack's ([`codec::SliceCodec`]), in interleaved rounds on one
+/// thread: the CPU both ends of a call spend in their codecs, without the connection. Ranking's
+/// call (the gateway's request, 500 scores back) and recall's answer (the same users' 1,000
+/// candidates as columns, as the recall service packs them).
+fn codecs(requests: &[RankRequest], answers: &[RecallResponse]) {
     const ROUNDS: usize = 9;
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    let response = RankResponse {
+    let scores = RankResponse {
         scores: (0..CANDIDATES).map(|i| 1.0 / (1.0 + i as f32)).collect(),
         model_version: "deepfm-5".into(),
         ..Default::default()
     };
-    // One call's messages through a codec pair; µs per call over every request.
-    let time = |prost: bool| {
-        let t = Instant::now();
-        for r in requests {
-            let (request, answer) = runtime.block_on(async {
-                if prost {
-                    let (mut q, mut a) = (
-                        ProstCodec::<RankRequest, RankRequest>::default(),
-                        ProstCodec::<RankResponse, RankResponse>::default(),
-                    );
-                    let request = codec::through(q.encoder(), q.decoder(), r.clone()).await;
-                    (
-                        request,
-                        codec::through(a.encoder(), a.decoder(), response.clone()).await,
-                    )
-                } else {
-                    let (mut q, mut a) = (
-                        SliceCodec::<RankRequest, RankRequest>::default(),
-                        SliceCodec::<RankResponse, RankResponse>::default(),
-                    );
-                    let request = codec::through(q.encoder(), q.decoder(), r.clone()).await;
-                    (
-                        request,
-                        codec::through(a.encoder(), a.decoder(), response.clone()).await,
-                    )
-                }
-            });
-            assert_eq!(request.expect("request").user_id, r.user_id);
-            assert_eq!(answer.expect("response").scores.len(), CANDIDATES);
-        }
-        t.elapsed().as_secs_f64() * 1e6 / requests.len() as f64
+    let scores = vec![scores; requests.len()];
+    // Per round, µs per message with (tonic_prost, recstack) for each kind.
+    let round = || {
+        [
+            codec_round(&runtime, requests),
+            codec_round(&runtime, &scores),
+            codec_round(&runtime, answers),
+        ]
     };
-    time(true);
-    time(false);
-    let (mut prost, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let (p, o) = (time(true), time(false));
-        prost.push(p);
-        ours.push(o);
-        ratios.push(o / p);
-    }
+    round();
+    let rounds: Vec<[(f64, f64); 3]> = (0..ROUNDS).map(|_| round()).collect();
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let ((p, ..), (o, ..), (r, lo, hi)) = (median(prost), median(ours), median(ratios));
     println!(
-        "\na ranking call's messages through tonic's framing, encoded and decoded ({ROUNDS} interleaved rounds of {} calls; \
-         one thread; request as the gateway sends it, {CANDIDATES} scores back):\n",
+        "\nmessages through tonic's framing, encoded and decoded ({ROUNDS} interleaved rounds of {} each; one \
+         thread; both ends of the call, without the connection):\n",
         requests.len()
     );
-    println!("| codec | µs per call, median | × tonic_prost, median [range] |");
-    println!("|---|---:|---:|");
-    println!("| tonic_prost (`ProstCodec`) | {p:.1} | 1.00× |");
-    println!("| recstack (`SliceCodec`) | {o:.1} | {r:.2}× [{lo:.2}, {hi:.2}] |");
+    println!(
+        "| message | `tonic_prost`, µs, median | recstack, µs, median | recstack × `tonic_prost`, median [range] |"
+    );
+    println!("|---|---:|---:|---:|");
+    let kinds = [
+        "ranking's request, as the gateway sends it (500 ids as columns, sparse ranks)",
+        "ranking's answer (500 scores)",
+        "recall's answer (1,000 candidates as columns)",
+    ];
+    for (k, kind) in kinds.iter().enumerate() {
+        let (prost, ..) = median(rounds.iter().map(|r| r[k].0).collect());
+        let (ours, ..) = median(rounds.iter().map(|r| r[k].1).collect());
+        let (ratio, lo, hi) = median(rounds.iter().map(|r| r[k].1 / r[k].0).collect());
+        println!("| {kind} | {prost:.1} | {ours:.1} | {ratio:.2}× [{lo:.2}, {hi:.2}] |");
+    }
+}
+
+/// One round of [`codecs`]: µs per message of `messages` through tonic's framing with
+/// tonic_prost's codec, then with recstack's. Each message is checked to read back whole
+/// before it is timed.
+fn codec_round<M>(runtime: &tokio::runtime::Runtime, messages: &[M]) -> (f64, f64)
+where
+    M: prost::Message + Default + Clone + PartialEq + Send + 'static,
+{
+    let through = |prost: bool, m: M| {
+        runtime.block_on(async {
+            if prost {
+                let mut c = ProstCodec::<M, M>::default();
+                codec::through(c.encoder(), c.decoder(), m).await
+            } else {
+                let mut c = SliceCodec::<M, M>::default();
+                codec::through(c.encoder(), c.decoder(), m).await
+            }
+        })
+    };
+    if let Some(m) = messages.first() {
+        for prost in [true, false] {
+            assert!(
+                through(prost, m.clone()).expect("through") == *m,
+                "a message read back changed"
+            );
+        }
+    }
+    let time = |prost: bool| {
+        let t = Instant::now();
+        for m in messages {
+            through(prost, m.clone()).expect("through");
+        }
+        t.elapsed().as_secs_f64() * 1e6 / messages.len() as f64
+    };
+    (time(true), time(false))
 }
 
 /// The defaults with every request handed to the batcher's worker thread, none scored on its
@@ -688,12 +727,29 @@ async fn service(
     concurrency: usize,
     requests: &[RankRequest],
 ) -> Row {
+    let svc = start(items, model, fold, batch).await;
+    let client = RankingClient::connect(svc.grpc_url()).await.expect("connect");
+    let (rps, lat, cpu_ms) = drive(&client, concurrency, requests).await;
+    svc.stop().await.expect("stop");
+    Row {
+        name: format!(
+            "service, {}, batching {batching}, {concurrency} concurrent",
+            if fold { "first stage folded" } else { "whole graph" },
+        ),
+        rps,
+        lat,
+        cpu_ms,
+    }
+}
+
+/// The ranking service on an ephemeral port, its model loaded (folded or whole) with `batch`.
+async fn start(items: Arc<Snapshot>, model: &Path, fold: bool, batch: BatchConfig) -> serve::Service {
     let sources = ModelSources {
         batch,
         fold,
         ..ModelSources::cpu(model.to_path_buf())
     };
-    let svc = serve::ranking(
+    serve::ranking(
         items,
         sources,
         Duration::from_secs(3600),
@@ -702,8 +758,16 @@ async fn service(
         serve::Addrs::ephemeral(),
     )
     .await
-    .expect("ranking service");
-    let client = RankingClient::connect(svc.grpc_url()).await.expect("connect");
+    .expect("ranking service")
+}
+
+/// `requests` through `client` from `concurrency` tasks, after 20 to warm up: req/s, each
+/// request's latency, and the process's CPU ms per request.
+async fn drive(
+    client: &RankingClient<tonic::transport::Channel>,
+    concurrency: usize,
+    requests: &[RankRequest],
+) -> (f64, Vec<Duration>, f64) {
     for r in requests.iter().take(20) {
         client.clone().rank(r.clone()).await.expect("warm-up");
     }
@@ -735,14 +799,5 @@ async fn service(
     }
     let rps = requests.len() as f64 / t.elapsed().as_secs_f64();
     let cpu_ms = (cpu.now() - cpu_before).as_secs_f64() * 1e3 / requests.len() as f64;
-    svc.stop().await.expect("stop");
-    Row {
-        name: format!(
-            "service, {}, batching {batching}, {concurrency} concurrent",
-            if fold { "first stage folded" } else { "whole graph" },
-        ),
-        rps,
-        lat,
-        cpu_ms,
-    }
+    (rps, lat, cpu_ms)
 }

@@ -460,6 +460,7 @@ fn dense_value(kind: DenseKind, parts: (f32, f32), user: &UserRow, item: &ItemRo
 /// ln(1 + p) / ln(1 + 1000): 0 for the first place, 1 from the 1000th on. A row has up to
 /// eight of these (recall's position and a rank per channel), so the places recall gives
 /// (below [`POSITIONS`]) are read from a table of the same values rather than computed.
+#[inline]
 fn position_scaled(p: usize) -> f32 {
     static TABLE: std::sync::LazyLock<Vec<f32>> =
         std::sync::LazyLock::new(|| (0..POSITIONS).map(position_scaled_computed).collect());
@@ -507,9 +508,11 @@ impl<'a> Row<'a> {
         value.map_or(0, |v| bucket(kind.name(), v, buckets))
     }
 
-    // Inlined: a folded model's rows call it for ~10 columns a row, and as a call it was a fifth
-    // of their time (BENCHMARKS.md, "The crossing columns at once").
-    #[inline]
+    // Inlined, always: a folded model's rows call it for ~10 columns a row, and as a call it
+    // was a fifth of their time (BENCHMARKS.md, "The crossing columns at once"). `#[inline]`
+    // alone left it a call in release builds (8.7 % of the ranking bench's service in a
+    // profile, most of it the call's prologue and epilogue).
+    #[inline(always)]
     fn dense(&self, kind: DenseKind) -> f32 {
         let (u, i) = (self.user, self.item);
         match kind {
