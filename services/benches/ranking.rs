@@ -68,19 +68,25 @@ fn main() {
     users.sort_unstable();
     users.dedup();
     // Each twice: with a string per id and dense ranks (the form every pod reads), and as the
-    // gateway sends it, ids as columns and ranks sparse.
-    let (requests, columns): (Vec<RankRequest>, Vec<RankRequest>) = (0..REQUESTS)
+    // gateway sends it, ids as columns and ranks sparse; and recall's answer to the same user,
+    // every candidate packed as the recall service packs them (for the codec table).
+    type Requests = (Vec<RankRequest>, Vec<RankRequest>);
+    let ((requests, columns), answers): (Requests, Vec<RecallResponse>) = (0..REQUESTS)
         .map(|k| {
             let u = users[(k * 31) % users.len()] as usize;
             let user_id = a.users[u].clone();
-            // What the gateway sends: recall's first 500 with their lineage.
-            let candidates = recall::recall(&a, &UserHistory::new(&a, u as u32), DEFAULT_QUOTA, DEFAULT_N);
-            assert!(
-                candidates.len() >= CANDIDATES,
-                "{user_id}: {} candidates",
-                candidates.len()
-            );
-            let candidates = &candidates[..CANDIDATES];
+            let recalled = recall::recall(&a, &UserHistory::new(&a, u as u32), DEFAULT_QUOTA, DEFAULT_N);
+            assert!(recalled.len() >= CANDIDATES, "{user_id}: {} candidates", recalled.len());
+            let mut packer = Packer::with_capacity(recalled.len());
+            for c in &recalled {
+                packer.push(&a.items[c.item as usize].id, c.fused, &c.sources);
+            }
+            let answer = RecallResponse {
+                packed: Some(packer.finish()),
+                ..Default::default()
+            };
+            // What the gateway sends ranking: recall's first 500 with their lineage.
+            let candidates = &recalled[..CANDIDATES];
             let lineage = || candidates.iter().map(|c| (c.fused, &c.sources[..]));
             let (fused_scores, channel_ranks) = lineage_fields(lineage(), false);
             let strings = RankRequest {
@@ -99,24 +105,9 @@ fn main() {
                 channel_ranks: lineage_fields(lineage(), true).1,
                 ..strings.clone()
             };
-            (strings, columns)
+            ((strings, columns), answer)
         })
         .unzip();
-    // Recall's answers to the same users, every candidate packed as the recall service packs them.
-    let answers: Vec<RecallResponse> = (0..REQUESTS)
-        .map(|k| {
-            let u = users[(k * 31) % users.len()];
-            let candidates = recall::recall(&a, &UserHistory::new(&a, u), DEFAULT_QUOTA, DEFAULT_N);
-            let mut packer = Packer::with_capacity(candidates.len());
-            for c in &candidates {
-                packer.push(&a.items[c.item as usize].id, c.fused, &c.sources);
-            }
-            RecallResponse {
-                packed: Some(packer.finish()),
-                ..Default::default()
-            }
-        })
-        .collect();
 
     // `-- assembly`: a folded model's rows alone (the service's per-request CPU work before the
     // model's head), to compare changes to them quickly.
@@ -284,10 +275,6 @@ fn codecs(requests: &[RankRequest], answers: &[RecallResponse]) {
     };
     round();
     let rounds: Vec<[(f64, f64); 3]> = (0..ROUNDS).map(|_| round()).collect();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
     println!(
         "\nmessages through tonic's framing, encoded and decoded ({ROUNDS} interleaved rounds of {} each; one \
          thread; both ends of the call, without the connection):\n",
@@ -303,9 +290,9 @@ fn codecs(requests: &[RankRequest], answers: &[RecallResponse]) {
         "recall's answer (1,000 candidates as columns)",
     ];
     for (k, kind) in kinds.iter().enumerate() {
-        let (prost, ..) = median(rounds.iter().map(|r| r[k].0).collect());
-        let (ours, ..) = median(rounds.iter().map(|r| r[k].1).collect());
-        let (ratio, lo, hi) = median(rounds.iter().map(|r| r[k].1 / r[k].0).collect());
+        let (prost, ..) = median_range(rounds.iter().map(|r| r[k].0).collect());
+        let (ours, ..) = median_range(rounds.iter().map(|r| r[k].1).collect());
+        let (ratio, lo, hi) = median_range(rounds.iter().map(|r| r[k].1 / r[k].0).collect());
         println!("| {kind} | {prost:.1} | {ours:.1} | {ratio:.2}× [{lo:.2}, {hi:.2}] |");
     }
 }
@@ -436,9 +423,9 @@ async fn against_the_session(
         }
         rounds.push((direct, rates));
     }
-    let spread = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        format!("{:.2}× [{:.2}, {:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
+    let spread = |v: Vec<f64>| {
+        let (median, lo, hi) = median_range(v);
+        format!("{median:.2}× [{lo:.2}, {hi:.2}]")
     };
     println!(
         "\nthe service against the raw session, {ROUNDS} interleaved rounds ({REQUESTS} requests of {CANDIDATES} each; \
@@ -528,24 +515,20 @@ async fn idle_path(items: Arc<Snapshot>, model: &Path, requests: &[RankRequest])
 /// p50 and p99 over all its rounds, median CPU per request, and its CPU and req/s over the
 /// first variant's in the same round (median and range).
 fn paired_table(what: &str, first: &str, names: &[&str], runs: &[Vec<Row>]) {
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
     println!(
         "| {what} | req/s, median | p50 ms | p99 ms | CPU ms/request, median | CPU × {first}, median [range] | req/s × {first}, median [range] |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, rows) in names.iter().zip(runs) {
-        let ratio = |f: fn(&Row) -> f64| median(rows.iter().zip(&runs[0]).map(|(r, s)| f(r) / f(s)).collect());
+        let ratio = |f: fn(&Row) -> f64| median_range(rows.iter().zip(&runs[0]).map(|(r, s)| f(r) / f(s)).collect());
         let lat: Vec<Duration> = rows.iter().flat_map(|r| r.lat.iter().copied()).collect();
         let (p50, p99) = percentiles(&lat);
         let (cpu, cpu_lo, cpu_hi) = ratio(|r| r.cpu_ms);
         let (rps, rps_lo, rps_hi) = ratio(|r| r.rps);
         println!(
             "| {name} | {:.0} | {p50:.2} | {p99:.2} | {:.3} | {cpu:.2}× [{cpu_lo:.2}, {cpu_hi:.2}] | {rps:.2}× [{rps_lo:.2}, {rps_hi:.2}] |",
-            median(rows.iter().map(|r| r.rps).collect()).0,
-            median(rows.iter().map(|r| r.cpu_ms).collect()).0,
+            median_range(rows.iter().map(|r| r.rps).collect()).0,
+            median_range(rows.iter().map(|r| r.cpu_ms).collect()).0,
         );
     }
 }
@@ -654,6 +637,12 @@ struct Row {
     lat: Vec<Duration>,
     /// The process's CPU time per request, ms (service rows only).
     cpu_ms: f64,
+}
+
+/// The median of `v` (the upper one of an even count), its smallest and its largest.
+fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn percentiles(lat: &[Duration]) -> (f64, f64) {

@@ -6,7 +6,7 @@
 //! buffers' bookkeeping: an `advance` per varint or float read (bounds assert, `BytesMut`'s
 //! position update, not inlined), a `reserve` and `put_slice` per float written. Ranking's calls
 //! carry thousands of such elements (the candidates' id ends, fused scores, channel ranks, and
-//! the scores back), and in a profile of the ranking bench those calls were ~15 % of the
+//! the scores back), and in a profile of the ranking bench those paths were ~16 % of the
 //! process's CPU. Here a message is decoded from its bytes as one `&[u8]` (taken from the buffer
 //! without a copy) and encoded into a `Vec` of its exact length, then copied into tonic's buffer
 //! at once; prost's slice paths inline to a few instructions an element. The bytes on the wire
