@@ -60,11 +60,14 @@ fn config() -> StreamConfig {
     }
 }
 
-async fn append_all<L: EventLog>(log: &L, events: &[Event]) {
+/// Appends `events` in chunks and returns the log's acknowledgements, in order.
+async fn append_all<L: EventLog>(log: &L, events: &[Event]) -> Vec<Appended> {
+    let mut acks = Vec::with_capacity(events.len());
     for chunk in events.chunks(500) {
         let records = chunk.iter().map(|e| (e.key().to_string(), e.encode())).collect();
-        log.append(records).await.unwrap();
+        acks.extend(log.append(records).await.unwrap());
     }
+    acks
 }
 
 fn worker<L: EventLog, S: FeatureSink>(log: Arc<L>, sink: Arc<S>) -> Worker<L, S> {
@@ -478,10 +481,29 @@ async fn kafka_log_keeps_order_offsets_and_commits() {
     let log = kafka_log(&kafka, "events-a", 3).await;
     assert_eq!(log.partitions(), 3);
     let evs = events();
-    append_all(&log, &evs[..600]).await;
+    let acks = append_all(&log, &evs[..600]).await;
+    assert_eq!(acks.len(), 600);
     let mut total = 0;
     for p in 0..3 {
-        let end = log.end_offset(p).await.unwrap();
+        // Each acknowledged offset of a partition once, densely from 0.
+        let mut acked: Vec<u64> = acks.iter().filter(|a| a.partition == p).map(|a| a.offset).collect();
+        acked.sort_unstable();
+        assert!(
+            acked.iter().copied().eq(0..acked.len() as u64),
+            "partition {p} acked {acked:?}"
+        );
+        // The broker's answer to a watermark query may trail the acknowledgement it just sent
+        // by a moment (CI once read 599 of 600): wait for it, but it must reach exactly the
+        // acknowledged count.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let end = loop {
+            let end = log.end_offset(p).await.unwrap();
+            if end >= acked.len() as u64 || std::time::Instant::now() > deadline {
+                break end;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(end, acked.len() as u64, "partition {p}'s end offset");
         let mut from = 0;
         let mut last_ts: HashMap<String, usize> = HashMap::new();
         while from < end {
