@@ -14,6 +14,7 @@ use recstack_services::recall::{
     ArtifactSlot, CacheLabels, DEFAULT_QUOTA, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore,
     SeenStore, item_key,
 };
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, StreamStore};
 use tonic::transport::{Channel, Server};
 
 use common::artifact_root;
@@ -33,9 +34,14 @@ async fn start_with(seen: impl SeenStore) -> Running {
 }
 
 async fn serve(loaded: Loaded, seen: impl SeenStore) -> Running {
+    serve_with(loaded, seen, StreamStore::None).await
+}
+
+/// Recall reading the stream job's output in `stream`.
+async fn serve_with(loaded: Loaded, seen: impl SeenStore, stream: StreamStore) -> Running {
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
-    let service = RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone());
+    let service = RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone()).with_stream(stream);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -308,6 +314,129 @@ async fn unknown_users_get_hot_items() {
         .into_inner();
     assert_eq!(resp.candidates.len(), 50);
     assert_eq!(channels_of(&resp), HashSet::from(["hot".to_string()]));
+}
+
+/// Each channel's items in `resp` at their rank there, by channel name.
+fn lineage(resp: &RecallResponse) -> std::collections::BTreeMap<String, Vec<(u32, String)>> {
+    let mut by = std::collections::BTreeMap::<String, Vec<(u32, String)>>::new();
+    for c in &resp.candidates {
+        for s in &c.sources {
+            by.entry(s.channel_name().to_string())
+                .or_default()
+                .push((s.rank, c.item_id.clone()));
+        }
+    }
+    by.values_mut().for_each(|v| v.sort());
+    by
+}
+
+#[tokio::test]
+async fn real_time_items_seed_the_history_channels_and_are_not_recalled_back() {
+    use recstack_core::recall::{self, UserHistory};
+    let loaded = Loaded::from_dir(artifact_root()).unwrap();
+    let a = &loaded.artifacts;
+    let (user, history) = active_user(&loaded);
+    let u = a.users.iter().position(|x| *x == user).unwrap() as u32;
+    // Two items the user never rated, each with neighbours and successors to seed from.
+    let picks: Vec<u32> = (0..a.items.len() as u32)
+        .filter(|&i| {
+            !history.contains(&a.items[i as usize].id)
+                && a.item_neighbours[i as usize].len() > 20
+                && a.next_items[i as usize].len() > 20
+        })
+        .step_by(97)
+        .take(2)
+        .collect();
+    let ids: Vec<String> = picks.iter().map(|&i| a.items[i as usize].id.clone()).collect();
+    // What the channels rank with the newer of the two first, ahead of the build's history.
+    let live = UserHistory::live(a, u, &[picks[1], picks[0]]).unwrap();
+    let want = |c| {
+        recall::channel_for(a, &live, c, DEFAULT_QUOTA)
+            .items
+            .iter()
+            .enumerate()
+            .map(|(rank0, (i, _))| (rank0 as u32 + 1, a.items[*i as usize].id.clone()))
+            .collect::<HashSet<_>>()
+    };
+    let (want_cf, want_cooc) = (
+        want(recstack_core::recall::Channel::ItemCf),
+        want(recstack_core::recall::Channel::Cooc),
+    );
+    let built = UserHistory::new(a, u);
+    let built_als: HashSet<(u32, String)> =
+        recall::channel_for(a, &built, recstack_core::recall::Channel::Als, DEFAULT_QUOTA)
+            .items
+            .iter()
+            .enumerate()
+            .map(|(rank0, (i, _))| (rank0 as u32 + 1, a.items[*i as usize].id.clone()))
+            .collect();
+
+    let store = Arc::new(MemoryStore::default());
+    let mut r = serve_with(loaded, MemorySeenStore::default(), StreamStore::Memory(store.clone())).await;
+    let ask = request(&user, 1000, &[]);
+    let before = r.client.recall(ask.clone()).await.unwrap().into_inner();
+    assert_eq!(r.metrics.live_histories.get(), 0, "no real-time items yet");
+    let now = recstack_core::events::now_ms();
+    store
+        .add_recent(&[
+            (user.clone(), ids[0].clone(), now - 1_000),
+            (user.clone(), ids[1].clone(), now),
+        ])
+        .await
+        .unwrap();
+    let after = r.client.recall(ask.clone()).await.unwrap().into_inner();
+    assert_eq!(r.metrics.live_histories.get(), 1);
+
+    let (was, is) = (lineage(&before), lineage(&after));
+    for channel in ["item_cf", "cooc"] {
+        assert_ne!(was[channel], is[channel], "{channel} follows the real-time items");
+    }
+    // Every answered rank is the live history's: the channels ran on it.
+    for (rank, id) in &is["item_cf"] {
+        assert!(want_cf.contains(&(*rank, id.clone())), "item_cf #{rank} {id}");
+    }
+    for (rank, id) in &is["cooc"] {
+        assert!(want_cooc.contains(&(*rank, id.clone())), "cooc #{rank} {id}");
+    }
+    // A channel of what the build learnt of the user reads its cached list as before.
+    for (rank, id) in &is["als"] {
+        assert!(built_als.contains(&(*rank, id.clone())), "als #{rank} {id}");
+    }
+    // What the user engaged with is consumed: not recalled back, and first in the history.
+    let answered: HashSet<&str> = after.candidates.iter().map(|c| c.item_id.as_str()).collect();
+    assert!(ids.iter().all(|id| !answered.contains(id.as_str())), "{ids:?}");
+    assert_eq!(after.consumed_total as usize, history.len() + 2);
+    let mut explained = ask.clone();
+    explained.explain = true;
+    let explained = r.client.recall(explained).await.unwrap().into_inner();
+    assert_eq!(
+        explained.candidates, after.candidates,
+        "explaining changes nothing served"
+    );
+    let head: Vec<(&str, i64)> = explained
+        .consumed
+        .iter()
+        .take(2)
+        .map(|c| (c.item_id.as_str(), c.at_ms))
+        .collect();
+    assert_eq!(head, [(ids[1].as_str(), now), (ids[0].as_str(), now - 1_000)]);
+    assert!(explained.cuts.iter().all(|c| !ids.contains(&c.item_id)));
+
+    // A user the build has never seen: the hot channel alone, until they engage.
+    let stranger = request("someone-new", 200, &[]);
+    let cold = r.client.recall(stranger.clone()).await.unwrap().into_inner();
+    assert_eq!(channels_of(&cold), HashSet::from(["hot".to_string()]));
+    store
+        .add_recent(&[("someone-new".into(), ids[0].clone(), now)])
+        .await
+        .unwrap();
+    let warm = r.client.recall(stranger).await.unwrap().into_inner();
+    let channels = channels_of(&warm);
+    assert!(
+        channels.contains("item_cf") && channels.contains("cooc"),
+        "seeded by their one item: {channels:?}"
+    );
+    assert!(warm.candidates.iter().all(|c| c.item_id != ids[0]));
 }
 
 #[tokio::test]

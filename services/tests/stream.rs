@@ -16,7 +16,7 @@ use recstack_services::events::{Event, EventKind};
 use recstack_services::features::{Key, L2, RedisL2, Snapshot};
 use recstack_services::redis_conn::hash_slot;
 use recstack_services::stream::assignment::Assignment;
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, RedisStore, StreamStore};
 use recstack_services::stream::{GROUP, StreamConfig, StreamMetrics, Worker};
 use tokio::sync::watch;
 
@@ -382,7 +382,7 @@ async fn the_memory_and_redis_cluster_stores_agree_on_every_write() {
 async fn stores_agree_on_every_write(url: &str) {
     use recstack_core::stream::window::Version;
     let r = RedisStore::connect(url, Duration::from_secs(2)).await.unwrap();
-    let m = MemoryStore::default();
+    let m = Arc::new(MemoryStore::default());
     let w = |end: i64, off: u64, clicks: u64| ItemWindow {
         item_id: "a".into(),
         window_start_ms: end - MIN,
@@ -423,6 +423,14 @@ async fn stores_agree_on_every_write(url: &str) {
     let b = r.add_recent(&engagements).await.unwrap();
     assert_eq!(a["u"].1, b["u"].1);
     assert_eq!(a["u"].1, vec![("y".to_string(), 9), ("x".to_string(), 5)]);
+    // Recall reads them back the same from either store, newest first, cut at `n`.
+    let (sm, sr) = (StreamStore::Memory(m.clone()), StreamStore::Redis(r.clone()));
+    for n in [0, 1, 5] {
+        let want: Vec<(String, i64)> = a["u"].1.iter().take(n).cloned().collect();
+        assert_eq!(sm.recent("u", n).await.unwrap(), want, "memory, {n}");
+        assert_eq!(sr.recent("u", n).await.unwrap(), want, "redis, {n}");
+    }
+    assert!(sr.recent("nobody", 5).await.unwrap().is_empty());
     // An older generation never overwrites a newer user value (users' keys as the stream job
     // writes them: hash-tagged, so a value and its generation share a cluster slot).
     let k = Key::User("u".into()).redis_key();

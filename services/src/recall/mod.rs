@@ -34,7 +34,7 @@ use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::stream::sink::Trending;
+use crate::stream::sink::{StreamStore, Trending};
 use recstack_core::artifacts::{self as build, ArtifactError, Artifacts, Manifest};
 use recstack_core::recall::merge::fusion_term;
 use recstack_core::recall::seen::{SeenConfig, SeenFilter};
@@ -121,6 +121,8 @@ pub struct RecallMetrics {
     pub seen_filtered: Counter,
     pub seen_errors: Counter,
     pub seen_conflicts: Counter,
+    pub live_histories: Counter,
+    pub realtime_errors: Counter,
     pub list_cache: Family<CacheLabels, Counter>,
 }
 
@@ -145,6 +147,14 @@ impl Default for RecallMetrics {
                 "Seen filter writes that lost to a concurrent writer and were retried",
             ),
             seen_errors: m.counter("seen_errors", "Seen-store failures (recall goes on unfiltered)"),
+            live_histories: m.counter(
+                "live_histories",
+                "Requests whose history-seeded channels (item_cf, cooc, vector) ran on the user's real-time items",
+            ),
+            realtime_errors: m.counter(
+                "realtime_errors",
+                "Failed reads of a user's real-time items (recall goes on with the build's history)",
+            ),
             list_cache: m.family(
                 "list_cache",
                 "Channel lists served from the per-version cache (hit) or computed (miss)",
@@ -170,10 +180,15 @@ pub struct RecallService<S> {
     pub metrics: Arc<RecallMetrics>,
     /// The stream job's trending list: the hot channel leads with it.
     pub trending: Trending,
+    /// The stream job's store, for each user's real-time items.
+    pub stream: StreamStore,
     /// One user's impressions are added one call at a time in this process (striped by user),
     /// so only other replicas can race a seen filter's compare-and-set.
     seen_writers: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Most real-time items of a user read per request (the stream job keeps 50).
+pub const REALTIME_SEEDS: usize = 50;
 
 /// Stripes of [`RecallService::seen_writers`].
 const SEEN_WRITER_STRIPES: usize = 64;
@@ -264,15 +279,35 @@ impl<S: SeenStore> RecallService<S> {
             seen,
             seen_config,
             metrics,
-            trending: Trending::none(),
+            trending: Trending::new(StreamStore::None),
+            stream: StreamStore::None,
             seen_writers: (0..SEEN_WRITER_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
-    /// Leads the hot channel with the stream job's trending items.
-    pub fn with_trending(mut self, trending: Trending) -> Self {
-        self.trending = trending;
+    /// Reads the stream job's output in `store`: the hot channel leads with its trending
+    /// items, and each user's real-time items seed the history-seeded channels.
+    pub fn with_stream(mut self, store: StreamStore) -> Self {
+        self.trending = Trending::new(store.clone());
+        self.stream = store;
         self
+    }
+
+    /// The user's real-time items the build knows, newest first, as `(dense id, ms)`: what
+    /// they engaged with since the build. Empty without a stream store; on a failed read too
+    /// (counted, logged): recall then goes on with the build's history.
+    async fn realtime(&self, loaded: &Loaded, user: &str) -> Vec<(u32, i64)> {
+        match self.stream.recent(user, REALTIME_SEEDS).await {
+            Ok(items) => items
+                .into_iter()
+                .filter_map(|(id, ms)| Some((*loaded.items.get(&id)?, ms)))
+                .collect(),
+            Err(e) => {
+                warn!(user, error = %e, "real-time items unavailable; recalling from the build's history");
+                self.metrics.realtime_errors.inc();
+                Vec::new()
+            }
+        }
     }
 
     /// A stored filter, or `None` (counted, logged) when it cannot be read: recall then goes on
@@ -309,12 +344,33 @@ impl<S: SeenStore> RecallService<S> {
         let user = loaded.users.get(&q.user_id).copied().unwrap_or(u32::MAX);
         // The stream job's trending items: those the build knows lead the hot channel; those
         // it does not know yet (new items) are recalled by id at their trending rank.
+        // The trending list, the user's real-time items and seen filter, read at once.
         let hot_quota = q.quotas.get(&Channel::Hot).copied().unwrap_or(0);
-        let trending = if hot_quota > 0 {
-            self.trending.top(hot_quota).await
-        } else {
-            Vec::new()
+        let trending = async {
+            if hot_quota > 0 {
+                self.trending.top(hot_quota).await
+            } else {
+                Vec::new()
+            }
         };
+        let seen = async {
+            match &q.recorded_seen {
+                // The state as recorded: those items, no times (the user's filter is not read).
+                Some(items) => (None, format!("as recorded: {} items", items.len())),
+                None => self.seen_filter(&q.user_id).await,
+            }
+        };
+        let (trending, realtime, (filter, seen_filter)) =
+            tokio::join!(trending, self.realtime(&loaded, &q.user_id), seen);
+        // What the user engaged with since the build goes ahead of the build's history: it
+        // seeds the history-seeded channels and is not recalled back.
+        let recent: Arc<[u32]> = realtime.iter().map(|&(i, _)| i).collect();
+        let live = UserHistory::live(&loaded.artifacts, user, &recent).map(|h| h.seen);
+        if live.is_some() {
+            self.metrics.live_histories.inc();
+        }
+        let recent = if live.is_some() { recent } else { Arc::from([]) };
+        let engaged: recstack_core::recall::ItemSet = recent.iter().copied().collect();
         let mut lead = Vec::new();
         let mut new_items: Vec<(u32, String)> = Vec::new();
         for (rank, id) in trending.into_iter().enumerate() {
@@ -323,7 +379,7 @@ impl<S: SeenStore> RecallService<S> {
                 None => new_items.push((rank as u32 + 1, id)),
             }
         }
-        let (lists, stats) = self.lists(&loaded, user, &q.quotas).await?;
+        let (lists, stats) = self.lists(&loaded, user, &recent, &q.quotas).await?;
         let lead_hot = |lists: Vec<(Channel, List)>| -> Vec<ChannelList> {
             lists
                 .into_iter()
@@ -345,9 +401,10 @@ impl<S: SeenStore> RecallService<S> {
         // Explaining: the channels again, deeper (a channel's top n is not always a prefix of
         // its top n + k), only to tell what the quotas cut; the answer stays the same.
         let mut cuts: Vec<Cut> = if q.explain {
-            let deep = lead_hot(self.explained_lists(&loaded, user, &q.quotas).await?);
+            let deep = lead_hot(self.explained_lists(&loaded, user, &recent, &q.quotas).await?);
             past_quota(&deep, quota, &merged)
                 .into_iter()
+                .filter(|c| !engaged.contains(&c.item))
                 .map(|c| Cut {
                     item_id: loaded.ids.get(c.item).0.to_string(),
                     reason: match c.reason {
@@ -364,11 +421,6 @@ impl<S: SeenStore> RecallService<S> {
             Vec::new()
         };
 
-        let (filter, seen_filter) = match &q.recorded_seen {
-            // The state as recorded: those items, no times (the user's filter is not read).
-            Some(items) => (None, format!("as recorded: {} items", items.len())),
-            None => self.seen_filter(&q.user_id).await,
-        };
         let recorded = q.recorded_seen.as_ref();
         let mut filtered_seen = Vec::new();
         let mut filtered_seen_when = Vec::new();
@@ -393,6 +445,11 @@ impl<S: SeenStore> RecallService<S> {
         let mut candidates: Vec<Answered> = Vec::with_capacity(q.n);
         let mut position = 0u32;
         for c in merged {
+            if engaged.contains(&c.item) {
+                // Consumed since the build (the lists of channels that read the build's
+                // history alone may still hold it).
+                continue;
+            }
             let (id, key) = loaded.ids.get(c.item);
             if seen(id, key) {
                 continue;
@@ -460,21 +517,29 @@ impl<S: SeenStore> RecallService<S> {
                 .collect();
             (messages, None)
         };
-        let history = loaded.artifacts.history.get(user as usize);
-        let consumed = match (q.explain, history) {
-            (true, Some(items)) => {
-                let times = &loaded.artifacts.history_times[user as usize];
-                items
-                    .iter()
-                    .zip(times)
-                    .take(EXPLAIN_HISTORY)
-                    .map(|(&i, &ts)| Consumed {
-                        item_id: loaded.ids.get(i).0.to_string(),
-                        at_ms: ts.saturating_mul(1000),
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
+        // The history: the real-time items (when they changed it), then the build's.
+        let built: &[u32] = loaded.artifacts.history.get(user as usize).map_or(&[], Vec::as_slice);
+        let consumed_total = live.as_ref().map_or(built.len(), |seen| seen.len());
+        let consumed = if q.explain {
+            let times = loaded
+                .artifacts
+                .history_times
+                .get(user as usize)
+                .map_or(&[][..], Vec::as_slice);
+            let built = built.iter().zip(times).map(|(&i, &ts)| (i, ts.saturating_mul(1000)));
+            realtime
+                .iter()
+                .filter(|_| live.is_some())
+                .copied()
+                .chain(built.filter(|(i, _)| !engaged.contains(i)))
+                .take(EXPLAIN_HISTORY)
+                .map(|(i, at_ms)| Consumed {
+                    item_id: loaded.ids.get(i).0.to_string(),
+                    at_ms,
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
         self.metrics.seen_filtered.inc_by(filtered_seen.len() as u64);
         Ok(RecallResponse {
@@ -485,7 +550,7 @@ impl<S: SeenStore> RecallService<S> {
             filtered_seen,
             filtered_seen_when,
             seen_filter,
-            consumed_total: history.map_or(0, Vec::len) as u32,
+            consumed_total: consumed_total as u32,
             consumed,
             cuts,
         })
@@ -494,18 +559,22 @@ impl<S: SeenStore> RecallService<S> {
     /// Each channel's list at its quota: from this version's cache, or computed on rayon's
     /// pool (CPU work off the async workers), straight from this task — no blocking-pool
     /// thread in between to wake and park on every request. Channel order, with each one's
-    /// stats (switched-off channels are not computed).
+    /// stats (switched-off channels are not computed). With `recent` items (the user's
+    /// real-time ones that change the history), the history-seeded channels are computed on
+    /// the live history, and neither read from nor kept in the cache.
     async fn lists(
         &self,
         loaded: &Arc<Loaded>,
         user: u32,
+        recent: &Arc<[u32]>,
         quotas: &BTreeMap<Channel, usize>,
     ) -> Result<(Vec<(Channel, List)>, Vec<ChannelStats>), Status> {
         // (channel, list, how long computing it took: `None` when it came from the cache)
         let mut lists: Vec<(Channel, List, Option<Duration>)> = Vec::with_capacity(quotas.len());
         let mut missing = Vec::new();
         for (&c, &quota) in quotas.iter().filter(|(_, q)| **q > 0) {
-            match loaded.lists.get(&(user, c, quota)) {
+            let live = !recent.is_empty() && c.follows_history();
+            match (!live).then(|| loaded.lists.get(&(user, c, quota))).flatten() {
                 Some(list) => lists.push((c, list, None)),
                 None => missing.push((c, quota, quota)),
             }
@@ -514,7 +583,7 @@ impl<S: SeenStore> RecallService<S> {
         cache("hit").inc_by(lists.len() as u64);
         cache("miss").inc_by(missing.len() as u64);
         if !missing.is_empty() {
-            let computed = compute(loaded.clone(), user, missing, true).await?;
+            let computed = compute(loaded.clone(), user, recent.clone(), missing, true).await?;
             lists.extend(computed.into_iter().map(|(c, list, took)| (c, list, Some(took))));
             // Channel order, as the merge's lineage lists sources.
             lists.sort_unstable_by_key(|(c, _, _)| *c);
@@ -536,10 +605,11 @@ impl<S: SeenStore> RecallService<S> {
         &self,
         loaded: &Arc<Loaded>,
         user: u32,
+        recent: &Arc<[u32]>,
         quotas: &BTreeMap<Channel, usize>,
     ) -> Result<Vec<(Channel, List)>, Status> {
         let work = quotas.iter().map(|(&c, &q)| (c, q, q + EXPLAIN_DEPTH)).collect();
-        let mut lists = compute(loaded.clone(), user, work, false).await?;
+        let mut lists = compute(loaded.clone(), user, recent.clone(), work, false).await?;
         lists.sort_unstable_by_key(|(c, _, _)| *c);
         Ok(lists.into_iter().map(|(c, l, _)| (c, l)).collect())
     }
@@ -646,23 +716,28 @@ fn source(s: &Lineage) -> Source {
     }
 }
 
-/// Computes `(channel, quota, depth)` lists for `user` on rayon's pool, in parallel; `cache`:
-/// keep them in the version's list cache (lists at their quota only).
+/// Computes `(channel, quota, depth)` lists for `user` on rayon's pool, in parallel: the
+/// history-seeded channels on the build's history with `recent` ahead of it, the others on the
+/// build's; `cache`: keep those of the build's history alone in the version's list cache
+/// (lists at their quota only).
 async fn compute(
     loaded: Arc<Loaded>,
     user: u32,
+    recent: Arc<[u32]>,
     work: Vec<(Channel, usize, usize)>,
     cache: bool,
 ) -> Result<Vec<(Channel, List, Duration)>, Status> {
     let (done, computed) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
         let run = || {
-            let history = UserHistory::new(&loaded.artifacts, user);
+            let built = UserHistory::new(&loaded.artifacts, user);
+            let live = UserHistory::live(&loaded.artifacts, user, &recent);
             work.par_iter()
                 .map(|&(c, quota, depth)| {
                     let start = Instant::now();
-                    let list: List = channel_for(&loaded.artifacts, &history, c, depth).items.into();
-                    if cache {
+                    let history = live.as_ref().filter(|_| c.follows_history()).unwrap_or(&built);
+                    let list: List = channel_for(&loaded.artifacts, history, c, depth).items.into();
+                    if cache && std::ptr::eq(history, &built) {
                         loaded.lists.insert((user, c, quota), list.clone());
                     }
                     (c, list, start.elapsed())

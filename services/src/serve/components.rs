@@ -5,12 +5,13 @@ use super::*;
 /// Users whose channel lists a recall replica computes before it serves a version.
 const WARM_USERS: usize = 32;
 
-/// The recall service; with `reload`, polls the artifact root for new versions; its hot
-/// channel leads with `trending` (the stream job's list); users' seen filters in `seen`.
+/// The recall service; with `reload`, polls the artifact root for new versions; reads the
+/// stream job's output in `stream` (its hot channel leads with the trending list, users'
+/// real-time items seed the history-seeded channels); users' seen filters in `seen`.
 pub async fn recall(
     loaded: Loaded,
     reload: Option<(PathBuf, Duration)>,
-    trending: Trending,
+    stream: StreamStore,
     seen: AnySeenStore,
     addrs: Addrs,
 ) -> Result<Service, ServeError> {
@@ -29,9 +30,8 @@ pub async fn recall(
     })?;
     let slot = Arc::new(ArtifactSlot::new(loaded));
     let metrics = Arc::new(RecallMetrics::default());
-    let service = Arc::new(
-        RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone()).with_trending(trending),
-    );
+    let service =
+        Arc::new(RecallService::new(slot.clone(), seen, SeenConfig::default(), metrics.clone()).with_stream(stream));
     // One whole request too: the seen store, the trending list and the worker pool.
     let warm_up = crate::recall::proto::RecallRequest {
         user_id: crate::ops::WARM_UP_USER.into(),

@@ -179,16 +179,16 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
                 .map_err(|e| ServeError::Redis(e.to_string()))?,
         )),
     };
-    let trending = match &sink {
-        Some(LocalSink::Memory(m)) => Trending::memory(m.clone()),
-        Some(LocalSink::Redis(r)) => Trending::redis(r.clone()),
-        None => Trending::none(),
+    let stream = match &sink {
+        Some(LocalSink::Memory(m)) => StreamStore::Memory(m.clone()),
+        Some(LocalSink::Redis(r)) => StreamStore::Redis(r.clone()),
+        None => StreamStore::None,
     };
     let reload = Some((root.to_path_buf(), Duration::from_secs(10)));
     let recall = recall(
         loaded,
         reload,
-        trending,
+        stream,
         AnySeenStore::Memory(MemorySeenStore::default()),
         a.recall,
     )

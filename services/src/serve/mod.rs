@@ -52,7 +52,7 @@ use crate::recall::{AnySeenStore, ArtifactSlot, Loaded, MemorySeenStore, RecallM
 use crate::rerank::proto::rerank_server::Rerank;
 use crate::rerank::proto::rerank_server::RerankServer;
 use crate::rerank::{Experiment, RerankMetrics, RerankService, Rules};
-use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, Trending};
+use crate::stream::sink::{FeatureSink, MemoryStore, RedisStore, StreamStore};
 use crate::stream::{StreamConfig, StreamMetrics, Worker};
 use recstack_core::artifacts::{ArtifactError, Artifacts, Manifest};
 use recstack_core::recall::seen::SeenConfig;

@@ -95,6 +95,15 @@ impl MemoryStore {
     pub fn item_state(&self, item: &str) -> Option<ItemState> {
         self.lock().items.get(item).cloned()
     }
+
+    /// The user's newest `n` real-time items `(item, ms)`, newest first.
+    pub fn recent(&self, user: &str, n: usize) -> Vec<(String, i64)> {
+        self.lock()
+            .recent
+            .get(user)
+            .map(|(_, list)| list.iter().take(n).cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl FeatureSink for MemoryStore {
@@ -261,6 +270,23 @@ impl RedisStore {
     /// The generation kept beside a user's `key`: the same hash tag, so the same slot.
     fn generation_key(key: &str) -> String {
         format!("{key}:gen")
+    }
+
+    /// The user's newest `n` real-time items `(item, ms)`, newest first (one round trip).
+    pub async fn recent(&self, user: &str, n: usize) -> Result<Vec<(String, i64)>, SinkError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(Self::recent_key(user))
+            .arg(0)
+            .arg(n as i64 - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(rows.into_iter().map(|(item, ms)| (item, ms as i64)).collect())
     }
 
     /// Runs `script` once per key of `keys` (`invoke(i)` builds call `i`), in as few round
@@ -433,21 +459,42 @@ impl FeatureSink for RedisStore {
     }
 }
 
+/// Where recall reads the stream job's output — the trending list ([`Trending`]) and users'
+/// real-time items ([`StreamStore::recent`]): nowhere, this process's store, or Redis.
+#[derive(Clone)]
+pub enum StreamStore {
+    None,
+    Memory(Arc<MemoryStore>),
+    Redis(RedisStore),
+}
+
+impl StreamStore {
+    /// The user's newest `n` real-time items `(item, ms)`, newest first; empty without a store.
+    pub async fn recent(&self, user: &str, n: usize) -> Result<Vec<(String, i64)>, SinkError> {
+        match self {
+            StreamStore::None => Ok(Vec::new()),
+            StreamStore::Memory(m) => Ok(m.recent(user, n)),
+            StreamStore::Redis(r) => r.recent(user, n).await,
+        }
+    }
+
+    async fn trending(&self, n: usize) -> Result<Vec<String>, SinkError> {
+        match self {
+            StreamStore::None => Ok(Vec::new()),
+            StreamStore::Memory(m) => m.trending(n).await,
+            StreamStore::Redis(r) => r.trending(n).await,
+        }
+    }
+}
+
 /// Where recall finds the trending list: the stream job's store, read at most every
 /// [`Trending::FRESH`] (the list changes when windows fire, not per request), so a recall
 /// request costs no store round trip or sort. One caller refreshes a stale list while the
 /// others use the previous one; if the store fails, the previous list is kept.
 #[derive(Clone)]
 pub struct Trending {
-    source: TrendingSource,
+    source: StreamStore,
     cache: Arc<TrendingCache>,
-}
-
-#[derive(Clone)]
-enum TrendingSource {
-    None,
-    Memory(Arc<MemoryStore>),
-    Redis(RedisStore),
 }
 
 #[derive(Default)]
@@ -460,30 +507,19 @@ impl Trending {
     /// How long a read of the list is served.
     pub const FRESH: Duration = Duration::from_millis(500);
 
-    fn new(source: TrendingSource) -> Self {
+    /// The list in `source` (none in [`StreamStore::None`]: recall uses the build's hot list
+    /// alone).
+    pub fn new(source: StreamStore) -> Self {
         Self {
             source,
             cache: Arc::default(),
         }
     }
 
-    /// No trending list: recall uses the build's hot list alone.
-    pub fn none() -> Self {
-        Self::new(TrendingSource::None)
-    }
-
-    pub fn memory(store: Arc<MemoryStore>) -> Self {
-        Self::new(TrendingSource::Memory(store))
-    }
-
-    pub fn redis(store: RedisStore) -> Self {
-        Self::new(TrendingSource::Redis(store))
-    }
-
     /// The top `n` (empty when there is no list and none could be read: recall goes on with
     /// the build's hot list).
     pub async fn top(&self, n: usize) -> Vec<String> {
-        if matches!(self.source, TrendingSource::None) {
+        if matches!(self.source, StreamStore::None) {
             return Vec::new();
         }
         let take = |list: &[String]| list.iter().take(n).cloned().collect();
@@ -500,12 +536,7 @@ impl Trending {
             // The very first read: wait for it.
             (Err(_), None) => self.cache.refreshing.lock().await,
         };
-        let read = match &self.source {
-            TrendingSource::None => Ok(Vec::new()),
-            TrendingSource::Memory(m) => m.trending(TRENDING_KEEP).await,
-            TrendingSource::Redis(r) => r.trending(TRENDING_KEEP).await,
-        };
-        match read {
+        match self.source.trending(TRENDING_KEEP).await {
             Ok(list) => {
                 let list = Arc::new(list);
                 *self.cache.list.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), list.clone()));
@@ -526,8 +557,8 @@ mod tests {
     #[tokio::test]
     async fn recall_reads_the_trending_list_at_most_every_fresh_period() {
         let store = Arc::new(MemoryStore::default());
-        let trending = Trending::memory(store.clone());
-        assert!(Trending::none().top(5).await.is_empty());
+        let trending = Trending::new(StreamStore::Memory(store.clone()));
+        assert!(Trending::new(StreamStore::None).top(5).await.is_empty());
         store.put_trending(vec![("a".into(), 2.0)]).await.unwrap();
         assert_eq!(trending.top(5).await, vec!["a"]);
         // A newer list is not read while the last read is fresh …

@@ -54,6 +54,14 @@ impl Channel {
         }
     }
 
+    /// Whether the channel is seeded by the user's history (newest items first), so the
+    /// user's real-time items change its list: item-CF, co-occurrence and the vector channel's
+    /// query. The others read what the build learnt of the user (neighbours, factors, genres)
+    /// or nothing of the user at all.
+    pub fn follows_history(self) -> bool {
+        matches!(self, Channel::ItemCf | Channel::Cooc | Channel::Vector)
+    }
+
     /// Its place in [`Channel::ALL`] (the declaration order).
     pub const fn index(self) -> usize {
         self as usize

@@ -8,6 +8,7 @@
 pub mod merge;
 pub mod seen;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::artifacts::Artifacts;
@@ -35,11 +36,12 @@ const VECTOR_SEEDS: usize = 10;
 /// neighbours, and is exact.
 pub const EXACT_SCAN_MAX_ITEMS: usize = 50_000;
 
-/// A user's training history, looked up once per request and shared by every channel.
+/// A user's history, looked up once per request and shared by every channel: the build's,
+/// or the build's with the user's real-time items ahead of it ([`UserHistory::live`]).
 pub struct UserHistory<'a> {
     pub user: u32,
     /// Most recent first; empty for unknown and cold users.
-    pub items: &'a [u32],
+    pub items: Cow<'a, [u32]>,
     pub seen: ItemSet,
 }
 
@@ -48,10 +50,36 @@ impl<'a> UserHistory<'a> {
         let items: &[u32] = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
         Self {
             user,
-            items,
             seen: items.iter().copied().collect(),
+            items: Cow::Borrowed(items),
         }
     }
+
+    /// The build's history with `recent` (the user's real-time items, newest first, as dense
+    /// ids) ahead of it: each once, at its newest place. `None` when that is the build's
+    /// history as it is (no recent item, or each already where the build has it), so the
+    /// channels' lists for the build's history still hold.
+    pub fn live(a: &'a Artifacts, user: u32, recent: &[u32]) -> Option<Self> {
+        let built = Self::new(a, user);
+        let items = with_recent_first(&built.items, recent);
+        (items != *built.items).then(|| Self {
+            user,
+            seen: items.iter().copied().collect(),
+            items: Cow::Owned(items),
+        })
+    }
+}
+
+/// `history` (newest first) with `recent` (newer still, newest first) ahead of it, each item
+/// once at its newest place.
+pub fn with_recent_first(history: &[u32], recent: &[u32]) -> Vec<u32> {
+    let mut seen = ItemSet::default();
+    recent
+        .iter()
+        .chain(history)
+        .copied()
+        .filter(|&i| seen.insert(i))
+        .collect()
 }
 
 /// A set of dense item ids, one bit per id: the catalogue-wide scans test every item against
@@ -109,13 +137,13 @@ pub fn channel(a: &Artifacts, channel: Channel, user: u32, n: usize) -> ChannelL
 pub fn channel_for(a: &Artifacts, h: &UserHistory, channel: Channel, n: usize) -> ChannelList {
     let (user, seen) = (h.user, &h.seen);
     let items = match channel {
-        Channel::ItemCf => item_cf(a, h.items, seen, n),
+        Channel::ItemCf => item_cf(a, &h.items, seen, n),
         Channel::UserCf => user_cf(a, user, seen, n),
         Channel::Hot => ranked_list(&a.hot, seen, n),
         Channel::Als => als(a, user, seen, n),
-        Channel::Vector => vector(a, user, seen, n),
+        Channel::Vector => vector(a, &h.items, seen, n),
         Channel::Tag => tag(a, user, seen, n),
-        Channel::Cooc => cooc(a, h.items, seen, n),
+        Channel::Cooc => cooc(a, &h.items, seen, n),
     };
     ChannelList { channel, items }
 }
@@ -246,8 +274,8 @@ fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
 /// vectors ("more like what you just watched"). Catalogues up to [`EXACT_SCAN_MAX_ITEMS`] are
 /// scanned exactly — faster than the HNSW walk at that size and with no recall loss
 /// (BENCHMARKS.md, "ANN") —, larger ones go through the HNSW index, built over the same space.
-fn vector(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
-    let Some(query) = vector_query(a, user) else {
+fn vector(a: &Artifacts, history: &[u32], seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
+    let Some(query) = history_query(a, history) else {
         return Vec::new();
     };
     let space = vector_space(a);
@@ -291,7 +319,11 @@ pub fn ann_ran_out(returned: usize, wanted: usize, indexed: usize) -> bool {
 /// space its query was not made for); otherwise the mean of the recent items' ALS unit
 /// vectors. `None` for users without history.
 pub fn vector_query(a: &Artifacts, user: u32) -> Option<UnitVec> {
-    let recent = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+    history_query(a, a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default())
+}
+
+/// [`vector_query`] for a history (newest first).
+fn history_query(a: &Artifacts, recent: &[u32]) -> Option<UnitVec> {
     if let Some(seq) = &a.seq {
         return seq.query(recent).map(|v| UnitVec::new(&v));
     }
@@ -405,6 +437,36 @@ mod tests {
         assert!(!set.insert(63) && set.insert(3001));
         assert_eq!(set.len(), want.len() + 1);
         assert!(ItemSet::default().is_empty());
+    }
+
+    #[test]
+    fn recent_items_go_ahead_of_the_history_each_once_at_its_newest_place() {
+        assert_eq!(with_recent_first(&[5, 4, 3], &[]), vec![5, 4, 3]);
+        assert_eq!(with_recent_first(&[], &[9, 8]), vec![9, 8]);
+        assert_eq!(with_recent_first(&[5, 4, 3], &[9]), vec![9, 5, 4, 3]);
+        // Engaged again: moves up from the history, and a repeat in `recent` counts once.
+        assert_eq!(with_recent_first(&[5, 4, 3], &[3, 9, 3]), vec![3, 9, 5, 4]);
+        // Already the newest of the history: the same history (what `live` turns into `None`).
+        assert_eq!(with_recent_first(&[5, 4, 3], &[5]), vec![5, 4, 3]);
+        assert_eq!(with_recent_first(&[5, 4, 3], &[5, 4]), vec![5, 4, 3]);
+        // Every item of both, once: the length is that of their union.
+        for recent in [&[1u32, 2][..], &[2, 7], &[7, 7, 7], &[]] {
+            let h = [4u32, 2, 9, 1];
+            let out = with_recent_first(&h, recent);
+            let union: std::collections::BTreeSet<u32> = h.iter().chain(recent).copied().collect();
+            assert_eq!(out.len(), union.len(), "{recent:?}");
+            assert_eq!(out.iter().copied().collect::<std::collections::BTreeSet<_>>(), union);
+        }
+    }
+
+    #[test]
+    fn the_channels_the_history_seeds_are_item_cf_cooc_and_vector() {
+        let follows: Vec<&str> = Channel::ALL
+            .into_iter()
+            .filter(|c| c.follows_history())
+            .map(Channel::name)
+            .collect();
+        assert_eq!(follows, ["item_cf", "vector", "cooc"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use recstack_services::recall::{AnySeenStore, MemorySeenStore, RedisSeenStore};
 use recstack_services::rerank::{Experiment, Rules};
 use recstack_services::serve::{self, FeatureSource, GatewayTraces, Lifecycle};
 use recstack_services::stream::assignment::Assignment;
-use recstack_services::stream::sink::{RedisStore, Trending};
+use recstack_services::stream::sink::{RedisStore, StreamStore};
 use recstack_services::stream::{Input, StreamConfig};
 use recstack_services::traces::{self, TraceStoreSpec};
 use recstack_trace_store::writer::WriterConfig;
@@ -225,23 +225,24 @@ pub async fn run(component: ServeCommand) -> anyhow::Result<()> {
             let loaded = serve::load_artifacts(&serve.artifacts)?;
             eprintln!("recall: serving artifact version {}", loaded.manifest.version);
             let every = Duration::from_secs(reload_secs.max(1));
-            // With Redis, the hot channel leads with the stream job's trending list and seen
-            // filters are shared by every replica (ingest sends each impression to one).
-            let (trending, seen) = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
+            // With Redis, the hot channel leads with the stream job's trending list, users'
+            // real-time items seed the history-seeded channels, and seen filters are shared by
+            // every replica (ingest sends each impression to one).
+            let (stream, seen) = match config.as_ref().and_then(|c| c.feature_store.redis_url.as_deref()) {
                 Some(url) => (
-                    Trending::redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
+                    StreamStore::Redis(RedisStore::connect(url, Duration::from_millis(100)).await?),
                     AnySeenStore::Redis(
                         RedisSeenStore::connect(url, Duration::from_millis(100), SEEN_TTL)
                             .await
                             .context("the seen store in Redis")?,
                     ),
                 ),
-                None => (Trending::none(), AnySeenStore::Memory(MemorySeenStore::default())),
+                None => (StreamStore::None, AnySeenStore::Memory(MemorySeenStore::default())),
             };
             serve::recall(
                 loaded,
                 Some((serve.artifacts.clone(), every)),
-                trending,
+                stream,
                 seen,
                 serve.addrs(config.as_ref(), 9090, 8080),
             )
