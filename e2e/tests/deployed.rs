@@ -565,7 +565,7 @@ spec:
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
-    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-5}}
+    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-6}}
   rerank: {{replicas: 1}}
   feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
@@ -1013,7 +1013,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             );
         }
         ensure!(
-            r["model_version"] == "deepfm-5",
+            r["model_version"] == "deepfm-6",
             "{user}: scored by {}",
             r["model_version"]
         );

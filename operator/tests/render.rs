@@ -520,7 +520,7 @@ fn config_change_rolls_the_pods() {
     let before = hash(&stack);
     assert!(before.is_string(), "pods carry the config hash");
     assert_eq!(before, hash(&stack), "rendering is deterministic");
-    stack.spec.ranking.model.version = "deepfm-6".into();
+    stack.spec.ranking.model.version = "deepfm-7".into();
     assert_ne!(before, hash(&stack));
 }
 

@@ -261,7 +261,7 @@ fn codecs(requests: &[RankRequest], answers: &[RecallResponse]) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let scores = RankResponse {
         scores: (0..CANDIDATES).map(|i| 1.0 / (1.0 + i as f32)).collect(),
-        model_version: "deepfm-5".into(),
+        model_version: "deepfm-6".into(),
         ..Default::default()
     };
     let scores = vec![scores; requests.len()];

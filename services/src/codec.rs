@@ -181,7 +181,7 @@ mod tests {
         let mut answers = SliceCodec::<RankResponse, RankResponse>::default();
         let scores = RankResponse {
             scores: (0..500).map(|i| i as f32 / 7.0).collect(),
-            model_version: "deepfm-5".into(),
+            model_version: "deepfm-6".into(),
             ..Default::default()
         };
         let back = through(answers.encoder(), answers.decoder(), scores.clone()).await;

@@ -137,7 +137,7 @@ async fn held_out_users_get_full_lists_without_seen_items_that_keep_the_diversit
         let r: Recommendation = serde_json::from_str(&body).unwrap();
         assert_eq!(r.level, "full", "{user}: {:?}", r.degraded);
         assert!(r.degraded.is_empty(), "{:?}", r.degraded);
-        assert_eq!(r.model_version.as_deref(), Some("deepfm-5"));
+        assert_eq!(r.model_version.as_deref(), Some("deepfm-6"));
         assert_eq!(r.artifact_version, stack.artifact_version);
         assert_eq!(r.items.len(), 20, "{user}");
 
@@ -502,16 +502,19 @@ fn the_bundled_model_ranks_the_holdouts_candidates_as_its_card_says() {
             "{what}: NDCG@20 {got:.4} in Rust, {carded:.4} on the card"
         );
     }
-    // Since the vector channel serves the sequence model and the fusion weights were tuned
-    // again, recall's order is as good as the ranker's on the holdout: deepfm-5 adds 0.008
-    // NDCG@20 on the validation world (its card) but reads 0.1670 against recall's 0.1675 on
-    // the holdout's judged users (docs/ranking.md). It must not fall further behind than that.
+    // deepfm-5, with item embeddings, added 0.008 NDCG@20 on the validation world but read
+    // 0.1670 against recall's 0.1675 on the holdout's judged users: what the embeddings learned
+    // of the validation period did not carry. deepfm-6 reads the items' recent trend instead and
+    // improves on recall's order on the holdout too (0.1689 against 0.1675 on its card;
+    // docs/ranking.md).
     assert!(
-        ranked - unranked > -0.002,
-        "the ranker keeps up with recall's order: {ranked:.4} against {unranked:.4}"
+        ranked > unranked,
+        "the ranker improves on recall's order on the holdout: {ranked:.4} against {unranked:.4}"
     );
+    // On the validation world, where it was chosen, too: +0.004 (deepfm-5's +0.008 was mostly
+    // its item embeddings learning that period's items).
     assert!(
-        card.metrics["validation_ndcg@20"] - card.metrics["validation_recall_order_ndcg@20"] > 0.005,
+        card.metrics["validation_ndcg@20"] - card.metrics["validation_recall_order_ndcg@20"] > 0.003,
         "on the validation world, where it was chosen, the ranker improves on recall's order"
     );
 }
@@ -695,7 +698,7 @@ async fn a_missed_latency_objective_sheds_requests_to_reduced_and_says_why() {
             assert_eq!(status, 200, "{body}");
             let r: Recommendation = serde_json::from_str(&body).unwrap();
             assert_eq!(r.items.len(), 20, "{body}");
-            assert_eq!(r.model_version.as_deref(), Some("deepfm-5"), "ranked at either level");
+            assert_eq!(r.model_version.as_deref(), Some("deepfm-6"), "ranked at either level");
             let shed: Vec<&String> = r.degraded.iter().filter(|d| d.starts_with("latency: ")).collect();
             match r.level.as_str() {
                 "full" => assert!(shed.is_empty(), "{:?}", r.degraded),

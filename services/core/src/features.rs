@@ -36,6 +36,7 @@ impl Snapshot {
                     hot_score: f.hot_score,
                     year: f.year.map_or(0, u32::from),
                     genres: f.genres.clone(),
+                    recent_score: f.recent_score,
                     ..ItemFeatures::default()
                 };
                 (item.id.clone(), v)

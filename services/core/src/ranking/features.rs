@@ -521,6 +521,8 @@ impl<'a> Row<'a> {
             DenseKind::ItemLogRatings => i.map_or(0.0, |i| log_scaled(i.ratings as f32)),
             DenseKind::ItemMeanRating => i.map_or(0.5, |i| i.mean_rating / 10.0),
             DenseKind::ItemLogHot => i.map_or(0.0, |i| log_scaled(i.hot_score)),
+            // The build's 14-day decayed rating count: what was rising in the last weeks.
+            DenseKind::ItemLogRecent => i.map_or(0.0, |i| log_scaled(i.recent_score)),
             DenseKind::GenreAffinity => match (u, i) {
                 (Some(u), Some(i)) => affinity(u, |_, genre| i.genres.contains(genre)),
                 _ => 0.0,

@@ -35,6 +35,7 @@ pub const DENSE: &[&str] = &[
     "recall_rank_vector",
     "recall_rank_tag",
     "recall_rank_cooc",
+    "item_log_recent",
 ];
 
 /// Real-time item features: read per request from the feature service (the stream job's
@@ -195,6 +196,7 @@ pub(crate) enum DenseKind {
     RecallFused,
     RecallChannels,
     RecallRank(Channel),
+    ItemLogRecent,
     ItemRtCtr,
     ItemRtEngagement,
     ItemRtTrend,
@@ -202,7 +204,7 @@ pub(crate) enum DenseKind {
 }
 
 impl DenseKind {
-    pub(crate) const ALL: [Self; 21] = [
+    pub(crate) const ALL: [Self; 22] = [
         Self::UserLogRatings,
         Self::UserMeanRating,
         Self::ItemLogRatings,
@@ -221,6 +223,7 @@ impl DenseKind {
         Self::RecallRank(Channel::Vector),
         Self::RecallRank(Channel::Tag),
         Self::RecallRank(Channel::Cooc),
+        Self::ItemLogRecent,
         Self::ItemRtCtr,
         Self::ItemRtEngagement,
         Self::ItemRtTrend,
@@ -255,6 +258,7 @@ impl DenseKind {
                 Channel::Tag => "recall_rank_tag",
                 Channel::Cooc => "recall_rank_cooc",
             },
+            Self::ItemLogRecent => "item_log_recent",
             Self::ItemRtCtr => "item_rt_ctr",
             Self::ItemRtEngagement => "item_rt_engagement",
             Self::ItemRtTrend => "item_rt_trend",
@@ -275,7 +279,7 @@ impl DenseKind {
     pub(crate) fn per_item(self) -> bool {
         matches!(
             self,
-            Self::ItemLogRatings | Self::ItemMeanRating | Self::ItemLogHot | Self::ItemGenreCount
+            Self::ItemLogRatings | Self::ItemMeanRating | Self::ItemLogHot | Self::ItemGenreCount | Self::ItemLogRecent
         )
     }
 }

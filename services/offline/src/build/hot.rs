@@ -23,12 +23,9 @@ pub const HALF_LIFE_GRID: &[f64] = &[
 /// Time-decayed popularity (relative to the newest rating of `ratings`), then all-time counts;
 /// each at most `len` long, best first, items without interactions left out.
 pub fn hot_lists(ratings: &[Rating], n_items: usize, half_life_days: f64, len: usize) -> (Ranked, Ranked) {
-    let now = ratings.iter().map(|r| r.ts).max().unwrap_or(0);
-    let half_life = half_life_days * 86_400.0;
-    let mut hot = vec![0f64; n_items];
+    let hot = decayed_counts(ratings, n_items, half_life_days);
     let mut count = vec![0f32; n_items];
     for r in ratings {
-        hot[r.item as usize] += (-(now - r.ts) as f64 * std::f64::consts::LN_2 / half_life).exp();
         count[r.item as usize] += 1.0;
     }
     let ranked = |scores: Vec<(u32, f32)>| {
@@ -40,6 +37,19 @@ pub fn hot_lists(ratings: &[Rating], n_items: usize, half_life_days: f64, len: u
         ranked(hot.iter().enumerate().map(|(i, &s)| (i as u32, s as f32)).collect()),
         ranked(count.iter().enumerate().map(|(i, &s)| (i as u32, s)).collect()),
     )
+}
+
+/// Each item's interactions, each weighted by half every `half_life_days` before the newest
+/// of `ratings` (0 for an item without any): the hot list's scores, and with a shorter
+/// half-life the items' `recent_score`.
+pub fn decayed_counts(ratings: &[Rating], n_items: usize, half_life_days: f64) -> Vec<f64> {
+    let now = ratings.iter().map(|r| r.ts).max().unwrap_or(0);
+    let half_life = half_life_days * 86_400.0;
+    let mut scores = vec![0f64; n_items];
+    for r in ratings {
+        scores[r.item as usize] += (-(now - r.ts) as f64 * std::f64::consts::LN_2 / half_life).exp();
+    }
+    scores
 }
 
 /// One half-life tried on the validation world.

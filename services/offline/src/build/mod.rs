@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 pub use recstack_core::artifacts::{
-    ArtifactError, Artifacts, BuildParams, DEFAULT_HOT_HALF_LIFE_DAYS, Item, ItemProfile, Manifest, Ranked, Rating,
-    UserProfile, ann, load, sha256_hex, write,
+    ArtifactError, Artifacts, BuildParams, DEFAULT_HOT_HALF_LIFE_DAYS, Item, ItemProfile, Manifest,
+    RECENT_HALF_LIFE_DAYS, Ranked, Rating, UserProfile, ann, load, sha256_hex, write,
 };
 
 use crate::dataset::{Dataset, Split, time_split};
@@ -138,7 +138,8 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
     };
     let tags = progress.step("tag index", 0, |_| tag_index(&ds.items, &by_item, &hot_score));
     let (item_features, user_features) = progress.step("features", 0, |_| {
-        let items = item_features(&ds.items, &by_item, &hot_score);
+        let recent = hot::decayed_counts(&train, n_items, RECENT_HALF_LIFE_DAYS);
+        let items = item_features(&ds.items, &by_item, &hot_score, &recent);
         let users = user_features(&ds.items, &by_user, &sorted);
         (items, users)
     });
@@ -186,7 +187,7 @@ fn tag_index(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32]) -> BTreeMa
         .collect()
 }
 
-fn item_features(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32]) -> Vec<ItemProfile> {
+fn item_features(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32], recent: &[f64]) -> Vec<ItemProfile> {
     items
         .iter()
         .enumerate()
@@ -198,6 +199,7 @@ fn item_features(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32]) -> Vec
                 hot_score: hot[i],
                 year: item.year,
                 genres: item.genres.clone(),
+                recent_score: recent[i] as f32,
             }
         })
         .collect()
