@@ -601,6 +601,7 @@ mod tests {
             hot_score: 3.0,
             year: 1994,
             genres: genres.iter().map(|g| g.to_string()).collect(),
+            recent_score: 12.5,
             ..ItemFeatures::default()
         }
     }
@@ -690,6 +691,27 @@ mod tests {
         odd.dense[0] = "nope".into();
         let (s, d) = odd.rows().row("u1", Some(&u), "i1", Some(&items[0]), 0);
         assert_eq!((s[0], d[0]), (0, 0.0));
+    }
+
+    #[test]
+    fn item_log_recent_reads_the_builds_recent_score_log_scaled() {
+        let at = |recent_score: f32| {
+            let it = ItemFeatures {
+                recent_score,
+                ..item(&["A"])
+            };
+            let (_, d) = spec().rows().row("u1", Some(&user()), "i1", Some(&it), 0);
+            dense("item_log_recent", &d)
+        };
+        assert_eq!(at(0.0), 0.0, "nothing recent");
+        assert!((at(10_000.0) - 1.0).abs() < 1e-6, "the scale's top");
+        assert!(at(1.0) < at(12.5) && at(12.5) < at(400.0));
+        // The same scale as the hot score's, and neutral for an unknown item.
+        let (_, d) = spec().rows().row("u1", Some(&user()), "i1", Some(&item(&["A"])), 0);
+        assert_eq!(dense("item_log_recent", &d), log_scaled(12.5));
+        assert_eq!(dense("item_log_hot", &d), log_scaled(3.0));
+        let (_, unknown) = spec().rows().row("u1", Some(&user()), "i9", None, 0);
+        assert_eq!(dense("item_log_recent", &unknown), 0.0);
     }
 
     #[test]

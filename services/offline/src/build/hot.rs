@@ -116,6 +116,31 @@ mod tests {
     use crate::dataset::r;
 
     #[test]
+    fn decayed_counts_halve_every_half_life_before_the_newest_rating() {
+        let day = 86_400;
+        let now = 100 * day;
+        // Item 0: one now and one a half-life (14 days) before; item 1: one two half-lives
+        // before; item 2: none; item 3: one a day before the newest.
+        let train = vec![
+            r(0, 0, now),
+            r(1, 0, now - 14 * day),
+            r(0, 1, now - 28 * day),
+            r(2, 3, now - day),
+        ];
+        let s = decayed_counts(&train, 4, 14.0);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(s[0], 1.5), "{s:?}");
+        assert!(close(s[1], 0.25), "{s:?}");
+        assert_eq!(s[2], 0.0);
+        assert!(close(s[3], 0.5f64.powf(1.0 / 14.0)), "{s:?}");
+        // "Now" is the newest rating given, not the clock: the same ratings a year later score
+        // the same.
+        let later: Vec<_> = train.iter().map(|x| r(x.user, x.item, x.ts + 365 * day)).collect();
+        assert_eq!(decayed_counts(&later, 4, 14.0), s);
+        assert_eq!(decayed_counts(&[], 2, 14.0), [0.0, 0.0]);
+    }
+
+    #[test]
     fn hot_list_decays_with_age() {
         let day = 86_400;
         // Item 0: three interactions four weeks ago. Item 1: two today. Item 2: one a week ago.
