@@ -419,6 +419,7 @@ fn manifest_named(version: &str) -> build::Manifest {
         params: BuildParams::default(),
         files: Default::default(),
         counts: Default::default(),
+        format: recstack_core::artifacts::ARTIFACT_FORMAT,
     }
 }
 

@@ -219,6 +219,25 @@ fn build_is_deterministic_and_round_trips_through_disk() {
     std::fs::write(&file, corrupted).unwrap();
     let err = build::load(&root, None).err().expect("corruption detected").to_string();
     assert!(err.contains("does not match its manifest hash"), "{err}");
+    // Artifacts of another format are refused by name before their bytes are read: a manifest
+    // without the field (format 4 or before) and one of a later format.
+    let manifest_file = root.join(&manifest.version).join("manifest.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_file).unwrap()).unwrap();
+    assert_eq!(json["format"], recstack_core::artifacts::ARTIFACT_FORMAT);
+    json.as_object_mut().unwrap().remove("format");
+    std::fs::write(&manifest_file, json.to_string()).unwrap();
+    let err = build::load(&root, None).err().expect("an older format").to_string();
+    assert!(
+        err.contains("older format") && err.contains("run `recstack build`"),
+        "{err}"
+    );
+    json["format"] = serde_json::json!(recstack_core::artifacts::ARTIFACT_FORMAT + 1);
+    std::fs::write(&manifest_file, json.to_string()).unwrap();
+    let err = build::load(&root, None).err().expect("a later format").to_string();
+    assert!(
+        err.contains(&format!("format {}", recstack_core::artifacts::ARTIFACT_FORMAT + 1)),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).ok();
 
     let other_seed = BuildParams {

@@ -179,6 +179,11 @@ pub struct Manifest {
     /// sha256 of each artifact file.
     pub files: BTreeMap<String, String>,
     pub counts: BTreeMap<String, usize>,
+    /// The [`ARTIFACT_FORMAT`] the artifacts were written in (0: a manifest from before the
+    /// field, format 4 or older). [`load`] refuses any other than its own, naming both, rather
+    /// than misread them.
+    #[serde(default)]
+    pub format: u32,
 }
 
 const ARTIFACT_FILE: &str = "artifacts.bin";
@@ -230,6 +235,7 @@ pub fn write(
         params: params.clone(),
         files: BTreeMap::from([(ARTIFACT_FILE.to_string(), sha256_hex(&bytes))]),
         counts,
+        format: ARTIFACT_FORMAT,
     };
     std::fs::create_dir_all(root).map_err(io(root))?;
     let tmp = root.join(format!(".{version}.tmp"));
@@ -266,6 +272,16 @@ pub fn load(root: &Path, version: Option<&str>) -> Result<(Manifest, Artifacts),
         &std::fs::read(dir.join("manifest.json")).map_err(|e| err(format!("{version}/manifest.json: {e}")))?,
     )
     .map_err(|e| err(format!("{version}/manifest.json: {e}")))?;
+    if manifest.format != ARTIFACT_FORMAT {
+        let was = match manifest.format {
+            0 => "an older format (4 or before)".to_string(),
+            n => format!("format {n}"),
+        };
+        return Err(err(format!(
+            "{version} was written in {was}; this build reads format {ARTIFACT_FORMAT}: run `recstack build` \
+             to write the same data in it"
+        )));
+    }
     let bytes = std::fs::read(dir.join(ARTIFACT_FILE)).map_err(|e| err(format!("{version}/{ARTIFACT_FILE}: {e}")))?;
     if manifest.files.get(ARTIFACT_FILE) != Some(&sha256_hex(&bytes)) {
         return Err(err(format!(
