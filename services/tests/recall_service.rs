@@ -384,8 +384,19 @@ async fn real_time_items_seed_the_history_channels_and_are_not_recalled_back() {
         ])
         .await
         .unwrap();
+    let (_, misses) = counts(&r.metrics);
     let after = r.client.recall(ask.clone()).await.unwrap().into_inner();
     assert_eq!(r.metrics.live_histories.get(), 1);
+    assert_eq!(
+        counts(&r.metrics).1,
+        misses + 3,
+        "item_cf, cooc and vector computed on the live history"
+    );
+    // Until the user engages again, those lists come from the cache, the same.
+    let (hits, misses) = counts(&r.metrics);
+    let again = r.client.recall(ask.clone()).await.unwrap().into_inner();
+    assert_eq!(again.candidates, after.candidates);
+    assert_eq!(counts(&r.metrics), (hits + 7, misses));
 
     let (was, is) = (lineage(&before), lineage(&after));
     for channel in ["item_cf", "cooc"] {

@@ -7,8 +7,11 @@ use super::*;
 pub const LIST_CACHE_BYTES: u64 = 64 << 20;
 
 /// A channel's list for one user (dense id, `u32::MAX` for users the build has not seen) at
-/// one quota.
-pub(super) type ListKey = (u32, Channel, usize);
+/// one quota, on the build's history with the user's real-time items ahead of it (empty: the
+/// build's history alone; always empty for a channel the history does not seed).
+pub(super) type ListKey = (u32, Channel, usize, Recent);
+/// The real-time items (dense ids, newest first) that changed a user's history.
+pub(super) type Recent = Arc<[u32]>;
 /// A channel's ranked (item, score) list, shared between the cache and requests.
 pub(super) type List = Arc<[(u32, f32)]>;
 
@@ -22,10 +25,13 @@ pub struct Loaded {
     /// them scattered over the catalogue.
     pub(super) ids: ItemIds,
     /// Channel lists computed for this version. Every channel is a pure function of the
-    /// artifacts and the user's built history (what changes in real time — trending items,
-    /// the seen filter — is applied after), so a list is exact for as long as its version is
-    /// served, and goes with it. Bounded by [`LIST_CACHE_BYTES`], least-used lists evicted.
+    /// artifacts and the user's history — the build's, with the real-time items ahead of it
+    /// that are part of the key (what else changes in real time — trending items, the seen
+    /// filter — is applied after), so a list is exact for as long as its version is served,
+    /// and goes with it. Bounded by [`LIST_CACHE_BYTES`], least-used lists evicted.
     pub(super) lists: moka::sync::Cache<ListKey, List>,
+    /// No real-time items: the key part of lists on the build's history.
+    pub(super) built: Recent,
 }
 
 impl Loaded {
@@ -56,10 +62,13 @@ impl Loaded {
             ids,
             lists: moka::sync::Cache::builder()
                 .max_capacity(LIST_CACHE_BYTES)
-                .weigher(|_, list: &List| {
-                    u32::try_from(64 + std::mem::size_of_val::<[(u32, f32)]>(list)).unwrap_or(u32::MAX)
+                .weigher(|key: &ListKey, list: &List| {
+                    let bytes =
+                        64 + std::mem::size_of_val::<[u32]>(&key.3) + std::mem::size_of_val::<[(u32, f32)]>(list);
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
                 .build(),
+            built: Arc::from([]),
         }
     }
 
@@ -82,7 +91,7 @@ impl Loaded {
             let history = UserHistory::new(&self.artifacts, user);
             for c in Channel::ALL {
                 let list: List = channel_for(&self.artifacts, &history, c, DEFAULT_QUOTA).items.into();
-                self.lists.insert((user, c, DEFAULT_QUOTA), list);
+                self.lists.insert((user, c, DEFAULT_QUOTA, self.built.clone()), list);
                 computed += 1;
             }
         }

@@ -364,12 +364,12 @@ impl<S: SeenStore> RecallService<S> {
             tokio::join!(trending, self.realtime(&loaded, &q.user_id), seen);
         // What the user engaged with since the build goes ahead of the build's history: it
         // seeds the history-seeded channels and is not recalled back.
-        let recent: Arc<[u32]> = realtime.iter().map(|&(i, _)| i).collect();
+        let recent: Recent = realtime.iter().map(|&(i, _)| i).collect();
         let live = UserHistory::live(&loaded.artifacts, user, &recent).map(|h| h.seen);
         if live.is_some() {
             self.metrics.live_histories.inc();
         }
-        let recent = if live.is_some() { recent } else { Arc::from([]) };
+        let recent = if live.is_some() { recent } else { loaded.built.clone() };
         let engaged: recstack_core::recall::ItemSet = recent.iter().copied().collect();
         let mut lead = Vec::new();
         let mut new_items: Vec<(u32, String)> = Vec::new();
@@ -560,21 +560,20 @@ impl<S: SeenStore> RecallService<S> {
     /// pool (CPU work off the async workers), straight from this task — no blocking-pool
     /// thread in between to wake and park on every request. Channel order, with each one's
     /// stats (switched-off channels are not computed). With `recent` items (the user's
-    /// real-time ones that change the history), the history-seeded channels are computed on
-    /// the live history, and neither read from nor kept in the cache.
+    /// real-time ones that change the history), the history-seeded channels' lists are those
+    /// of the live history, cached under those items.
     async fn lists(
         &self,
         loaded: &Arc<Loaded>,
         user: u32,
-        recent: &Arc<[u32]>,
+        recent: &Recent,
         quotas: &BTreeMap<Channel, usize>,
     ) -> Result<(Vec<(Channel, List)>, Vec<ChannelStats>), Status> {
         // (channel, list, how long computing it took: `None` when it came from the cache)
         let mut lists: Vec<(Channel, List, Option<Duration>)> = Vec::with_capacity(quotas.len());
         let mut missing = Vec::new();
         for (&c, &quota) in quotas.iter().filter(|(_, q)| **q > 0) {
-            let live = !recent.is_empty() && c.follows_history();
-            match (!live).then(|| loaded.lists.get(&(user, c, quota))).flatten() {
+            match loaded.lists.get(&list_key(loaded, user, c, quota, recent)) {
                 Some(list) => lists.push((c, list, None)),
                 None => missing.push((c, quota, quota)),
             }
@@ -605,7 +604,7 @@ impl<S: SeenStore> RecallService<S> {
         &self,
         loaded: &Arc<Loaded>,
         user: u32,
-        recent: &Arc<[u32]>,
+        recent: &Recent,
         quotas: &BTreeMap<Channel, usize>,
     ) -> Result<Vec<(Channel, List)>, Status> {
         let work = quotas.iter().map(|(&c, &q)| (c, q, q + EXPLAIN_DEPTH)).collect();
@@ -716,14 +715,24 @@ fn source(s: &Lineage) -> Source {
     }
 }
 
+/// The cache key of `channel`'s list at `quota` for `user` with the real-time items `recent`
+/// (which key only the channels the history seeds).
+fn list_key(loaded: &Loaded, user: u32, channel: Channel, quota: usize, recent: &Recent) -> ListKey {
+    let recent = if channel.follows_history() && !recent.is_empty() {
+        recent
+    } else {
+        &loaded.built
+    };
+    (user, channel, quota, recent.clone())
+}
+
 /// Computes `(channel, quota, depth)` lists for `user` on rayon's pool, in parallel: the
 /// history-seeded channels on the build's history with `recent` ahead of it, the others on the
-/// build's; `cache`: keep those of the build's history alone in the version's list cache
-/// (lists at their quota only).
+/// build's; `cache`: keep them in the version's list cache (lists at their quota only).
 async fn compute(
     loaded: Arc<Loaded>,
     user: u32,
-    recent: Arc<[u32]>,
+    recent: Recent,
     work: Vec<(Channel, usize, usize)>,
     cache: bool,
 ) -> Result<Vec<(Channel, List, Duration)>, Status> {
@@ -737,8 +746,10 @@ async fn compute(
                     let start = Instant::now();
                     let history = live.as_ref().filter(|_| c.follows_history()).unwrap_or(&built);
                     let list: List = channel_for(&loaded.artifacts, history, c, depth).items.into();
-                    if cache && std::ptr::eq(history, &built) {
-                        loaded.lists.insert((user, c, quota), list.clone());
+                    if cache {
+                        loaded
+                            .lists
+                            .insert(list_key(&loaded, user, c, quota, &recent), list.clone());
                     }
                     (c, list, start.elapsed())
                 })
