@@ -342,8 +342,6 @@ impl<S: SeenStore> RecallService<S> {
     pub async fn run(&self, q: RecallQuery) -> Result<RecallResponse, Status> {
         let loaded = self.slot.get();
         let user = loaded.users.get(&q.user_id).copied().unwrap_or(u32::MAX);
-        // The stream job's trending items: those the build knows lead the hot channel; those
-        // it does not know yet (new items) are recalled by id at their trending rank.
         // The trending list, the user's real-time items and seen filter, read at once.
         let hot_quota = q.quotas.get(&Channel::Hot).copied().unwrap_or(0);
         let trending = async {
@@ -371,6 +369,8 @@ impl<S: SeenStore> RecallService<S> {
         }
         let recent = if live.is_some() { recent } else { loaded.built.clone() };
         let engaged: recstack_core::recall::ItemSet = recent.iter().copied().collect();
+        // The stream job's trending items: those the build knows lead the hot channel; those
+        // it does not know yet (new items) are recalled by id at their trending rank.
         let mut lead = Vec::new();
         let mut new_items: Vec<(u32, String)> = Vec::new();
         for (rank, id) in trending.into_iter().enumerate() {
