@@ -14,7 +14,7 @@ use recstack_services::recall::{
     ArtifactSlot, CacheLabels, DEFAULT_QUOTA, Loaded, MemorySeenStore, RecallMetrics, RecallService, RedisSeenStore,
     SeenStore, item_key,
 };
-use recstack_services::stream::sink::{FeatureSink, MemoryStore, StreamStore};
+use recstack_services::stream::sink::{FeatureSink, MemoryStore, StreamStore, Trending};
 use tonic::transport::{Channel, Server};
 
 use common::artifact_root;
@@ -433,15 +433,27 @@ async fn real_time_items_seed_the_history_channels_and_are_not_recalled_back() {
     assert_eq!(head, [(ids[1].as_str(), now), (ids[0].as_str(), now - 1_000)]);
     assert!(explained.cuts.iter().all(|c| !ids.contains(&c.item_id)));
 
-    // A user the build has never seen: the hot channel alone, until they engage.
+    // A user the build has never seen: the hot channel alone, until they engage — with a
+    // catalogue item, and a new one the stream job has trending.
+    store.put_trending(vec![("brand-new-item".into(), 1e9)]).await.unwrap();
+    // (Recall reads the trending list at most every `Trending::FRESH`.)
+    tokio::time::sleep(Trending::FRESH + std::time::Duration::from_millis(50)).await;
     let stranger = request("someone-new", 200, &[]);
     let cold = r.client.recall(stranger.clone()).await.unwrap().into_inner();
     assert_eq!(channels_of(&cold), HashSet::from(["hot".to_string()]));
+    assert!(cold.candidates.iter().any(|c| c.item_id == "brand-new-item"));
     store
-        .add_recent(&[("someone-new".into(), ids[0].clone(), now)])
+        .add_recent(&[
+            ("someone-new".into(), ids[0].clone(), now),
+            ("someone-new".into(), "brand-new-item".into(), now),
+        ])
         .await
         .unwrap();
     let warm = r.client.recall(stranger).await.unwrap().into_inner();
+    assert!(
+        warm.candidates.iter().all(|c| c.item_id != "brand-new-item"),
+        "consumed"
+    );
     let channels = channels_of(&warm);
     assert!(
         channels.contains("item_cf") && channels.contains("cooc"),

@@ -293,19 +293,26 @@ impl<S: SeenStore> RecallService<S> {
         self
     }
 
-    /// The user's real-time items the build knows, newest first, as `(dense id, ms)`: what
-    /// they engaged with since the build. Empty without a stream store; on a failed read too
-    /// (counted, logged): recall then goes on with the build's history.
-    async fn realtime(&self, loaded: &Loaded, user: &str) -> Vec<(u32, i64)> {
+    /// What the user engaged with since the build, newest first: the items the build knows as
+    /// `(dense id, ms)`, and the ids of those it does not (new items). Empty without a stream
+    /// store; on a failed read too (counted, logged): recall then goes on with the build's
+    /// history.
+    async fn realtime(&self, loaded: &Loaded, user: &str) -> (Vec<(u32, i64)>, Vec<String>) {
         match self.stream.recent(user, REALTIME_SEEDS).await {
-            Ok(items) => items
-                .into_iter()
-                .filter_map(|(id, ms)| Some((*loaded.items.get(&id)?, ms)))
-                .collect(),
+            Ok(items) => {
+                let (mut known, mut new) = (Vec::with_capacity(items.len()), Vec::new());
+                for (id, ms) in items {
+                    match loaded.items.get(&id) {
+                        Some(&i) => known.push((i, ms)),
+                        None => new.push(id),
+                    }
+                }
+                (known, new)
+            }
             Err(e) => {
                 warn!(user, error = %e, "real-time items unavailable; recalling from the build's history");
                 self.metrics.realtime_errors.inc();
-                Vec::new()
+                Default::default()
             }
         }
     }
@@ -358,7 +365,7 @@ impl<S: SeenStore> RecallService<S> {
                 None => self.seen_filter(&q.user_id).await,
             }
         };
-        let (trending, realtime, (filter, seen_filter)) =
+        let (trending, (realtime, engaged_new), (filter, seen_filter)) =
             tokio::join!(trending, self.realtime(&loaded, &q.user_id), seen);
         // What the user engaged with since the build goes ahead of the build's history: it
         // seeds the history-seeded channels and is not recalled back.
@@ -376,6 +383,8 @@ impl<S: SeenStore> RecallService<S> {
         for (rank, id) in trending.into_iter().enumerate() {
             match loaded.items.get(&id) {
                 Some(&i) => lead.push(i),
+                // A new item the user engaged with is consumed like any other.
+                None if engaged_new.contains(&id) => {}
                 None => new_items.push((rank as u32 + 1, id)),
             }
         }
