@@ -365,16 +365,20 @@ impl<S: SeenStore> RecallService<S> {
                 None => self.seen_filter(&q.user_id).await,
             }
         };
-        let (trending, (realtime, engaged_new), (filter, seen_filter)) =
+        let (trending, (mut realtime, engaged_new), (filter, seen_filter)) =
             tokio::join!(trending, self.realtime(&loaded, &q.user_id), seen);
         // What the user engaged with since the build goes ahead of the build's history: it
         // seeds the history-seeded channels and is not recalled back.
         let recent: Recent = realtime.iter().map(|&(i, _)| i).collect();
-        let live = UserHistory::live(&loaded.artifacts, user, &recent).map(|h| h.seen);
-        if live.is_some() {
+        let live = recstack_core::recall::live_history(&loaded.artifacts, user, &recent);
+        let recent = if live.is_some() {
             self.metrics.live_histories.inc();
-        }
-        let recent = if live.is_some() { recent } else { loaded.built.clone() };
+            recent
+        } else {
+            // Each already where the build's history has it: nothing changes.
+            realtime.clear();
+            loaded.built.clone()
+        };
         let engaged: recstack_core::recall::ItemSet = recent.iter().copied().collect();
         // The stream job's trending items: those the build knows lead the hot channel; those
         // it does not know yet (new items) are recalled by id at their trending rank.
@@ -528,7 +532,7 @@ impl<S: SeenStore> RecallService<S> {
         };
         // The history: the real-time items (when they changed it), then the build's.
         let built: &[u32] = loaded.artifacts.history.get(user as usize).map_or(&[], Vec::as_slice);
-        let consumed_total = live.as_ref().map_or(built.len(), |seen| seen.len());
+        let consumed_total = live.as_ref().map_or(built.len(), Vec::len);
         let consumed = if q.explain {
             let times = loaded
                 .artifacts
@@ -538,7 +542,6 @@ impl<S: SeenStore> RecallService<S> {
             let built = built.iter().zip(times).map(|(&i, &ts)| (i, ts.saturating_mul(1000)));
             realtime
                 .iter()
-                .filter(|_| live.is_some())
                 .copied()
                 .chain(built.filter(|(i, _)| !engaged.contains(i)))
                 .take(EXPLAIN_HISTORY)

@@ -108,11 +108,6 @@ pub enum LocalTraces {
     Embedded(PathBuf),
 }
 
-enum LocalSink {
-    Memory(Arc<MemoryStore>),
-    Redis(RedisStore),
-}
-
 /// The whole stack in this process.
 pub struct LocalStack {
     pub services: Vec<Service>,
@@ -169,32 +164,28 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     let catalogue = Arc::new(Catalogue::new(&loaded.manifest, &loaded.artifacts));
     let artifact_version = loaded.manifest.version.clone();
     let a = &opts.addrs;
-    // The stream job's output: Redis when the stack has one, else in this process.
+    // The stream job's output: Redis when the stack has one, else in this process; none
+    // without events.
     let sink = match (&opts.events, opts.redis_url.as_deref()) {
-        (None, _) => None,
-        (Some(_), None) => Some(LocalSink::Memory(Arc::new(MemoryStore::default()))),
-        (Some(_), Some(url)) => Some(LocalSink::Redis(
+        (None, _) => StreamStore::None,
+        (Some(_), None) => StreamStore::Memory(Arc::new(MemoryStore::default())),
+        (Some(_), Some(url)) => StreamStore::Redis(
             RedisStore::connect(url, Duration::from_secs(2))
                 .await
                 .map_err(|e| ServeError::Redis(e.to_string()))?,
-        )),
-    };
-    let stream = match &sink {
-        Some(LocalSink::Memory(m)) => StreamStore::Memory(m.clone()),
-        Some(LocalSink::Redis(r)) => StreamStore::Redis(r.clone()),
-        None => StreamStore::None,
+        ),
     };
     let reload = Some((root.to_path_buf(), Duration::from_secs(10)));
     let recall = recall(
         loaded,
         reload,
-        stream,
+        sink.clone(),
         AnySeenStore::Memory(MemorySeenStore::default()),
         a.recall,
     )
     .await?;
     let source = match (&sink, opts.redis_url.as_deref()) {
-        (Some(LocalSink::Memory(m)), _) => FeatureSource::Memory(m.clone()),
+        (StreamStore::Memory(m), _) => FeatureSource::Memory(m.clone()),
         (_, Some(url)) => FeatureSource::Redis(url),
         (_, None) => FeatureSource::Snapshot,
     };
@@ -223,7 +214,7 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
     };
     let rerank = rerank(snapshot.clone(), rules, None, None, a.rerank).await?;
     let mut event_path = Vec::new();
-    if let (Some(ev), Some(sink)) = (&opts.events, sink) {
+    if let Some(ev) = &opts.events {
         let (log, recovered) = FileLog::open(&ev.log_dir, ev.partitions).map_err(|e| ServeError::Server {
             service: "ingest",
             message: e.to_string(),
@@ -238,13 +229,15 @@ pub async fn start_local(root: &Path, opts: LocalOptions) -> Result<LocalStack, 
             _ => SeenLink::grpc(&recall.grpc_url())?,
         };
         event_path.push(ingest(log.clone(), seen, a.ingest).await?);
-        let stream = match sink {
-            LocalSink::Memory(sink) => stream_job(log, sink, snapshot, StreamConfig::live(ev.window), a.stream).await?,
-            LocalSink::Redis(sink) => {
-                stream_job(log, Arc::new(sink), snapshot, StreamConfig::live(ev.window), a.stream).await?
+        let config = StreamConfig::live(ev.window);
+        match sink {
+            StreamStore::Memory(sink) => event_path.push(stream_job(log, sink, snapshot, config, a.stream).await?),
+            StreamStore::Redis(sink) => {
+                event_path.push(stream_job(log, Arc::new(sink), snapshot, config, a.stream).await?)
             }
-        };
-        event_path.push(stream);
+            // Only without events (above).
+            StreamStore::None => {}
+        }
     }
     let links = if opts.direct_links {
         direct_links(&recall, &features, &ranking, &rerank).ok_or(ServeError::Server {

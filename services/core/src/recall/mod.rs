@@ -47,7 +47,7 @@ pub struct UserHistory<'a> {
 
 impl<'a> UserHistory<'a> {
     pub fn new(a: &'a Artifacts, user: u32) -> Self {
-        let items: &[u32] = a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default();
+        let items = built_history(a, user);
         Self {
             user,
             seen: items.iter().copied().collect(),
@@ -55,19 +55,31 @@ impl<'a> UserHistory<'a> {
         }
     }
 
-    /// The build's history with `recent` (the user's real-time items, newest first, as dense
-    /// ids) ahead of it: each once, at its newest place. `None` when that is the build's
-    /// history as it is (no recent item, or each already where the build has it), so the
-    /// channels' lists for the build's history still hold.
+    /// The build's history with `recent` ahead of it ([`live_history`]); `None` when that is
+    /// the build's history as it is.
     pub fn live(a: &'a Artifacts, user: u32, recent: &[u32]) -> Option<Self> {
-        let built = Self::new(a, user);
-        let items = with_recent_first(&built.items, recent);
-        (items != *built.items).then(|| Self {
+        let items = live_history(a, user, recent)?;
+        Some(Self {
             user,
             seen: items.iter().copied().collect(),
             items: Cow::Owned(items),
         })
     }
+}
+
+/// The user's history in the build, most recent first (empty for unknown and cold users).
+fn built_history(a: &Artifacts, user: u32) -> &[u32] {
+    a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The build's history of `user` with `recent` (the user's real-time items, newest first, as
+/// dense ids) ahead of it: each once, at its newest place. `None` when that is the build's
+/// history as it is (no recent item, or each already where the build has it), so the channels'
+/// lists for the build's history still hold.
+pub fn live_history(a: &Artifacts, user: u32, recent: &[u32]) -> Option<Vec<u32>> {
+    let built = built_history(a, user);
+    let items = with_recent_first(built, recent);
+    (items != built).then_some(items)
 }
 
 /// `history` (newest first) with `recent` (newer still, newest first) ahead of it, each item
@@ -319,7 +331,7 @@ pub fn ann_ran_out(returned: usize, wanted: usize, indexed: usize) -> bool {
 /// space its query was not made for); otherwise the mean of the recent items' ALS unit
 /// vectors. `None` for users without history.
 pub fn vector_query(a: &Artifacts, user: u32) -> Option<UnitVec> {
-    history_query(a, a.history.get(user as usize).map(Vec::as_slice).unwrap_or_default())
+    history_query(a, built_history(a, user))
 }
 
 /// [`vector_query`] for a history (newest first).
