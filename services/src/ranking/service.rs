@@ -792,10 +792,18 @@ impl RankingService {
                     !item_ids.is_empty() && matches!(a, Ok(a) if !a.get_ref().packed_read)
                 };
                 let read = newer_form_first(budget, |packed, b| link.call(call(packed, b)), older);
+                let missed = || format!("no answer within {} ms", budget.as_millis());
                 match tokio::time::timeout(budget, read).await {
                     Ok(Ok(answer)) => Ok(answer.into_inner().items),
+                    // The call's own deadline (the same budget) may fire first: the same miss.
+                    Ok(Err(status))
+                        if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+                            && start.elapsed() >= budget =>
+                    {
+                        Err(missed())
+                    }
                     Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
-                    Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
+                    Err(_) => Err(missed()),
                 }
             }
         };
