@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::build::Artifacts;
+use recstack_core::artifacts::Rating;
 use recstack_core::recall::{self, Channel};
 
 /// Recall@k: the share of the held-out items found in the top k.
@@ -63,6 +64,72 @@ impl Truth {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
+}
+
+/// The replay eval's split of the holdout: each user with at least two held-out ratings
+/// engages, in time order, with the earlier half of them (rounded down, at least one) after
+/// the build, and is then judged on the rest, which their lists must find.
+pub struct Replay {
+    /// Each user's replayed items, oldest first (`events[k]` for `truth.users[k]`).
+    pub events: Vec<Vec<u32>>,
+    /// The items left to find, per user, users in id order.
+    pub truth: Truth,
+}
+
+impl Replay {
+    /// Splits `holdout` by user and time (ties broken by item, as the time split does).
+    pub fn of(holdout: &[Rating]) -> Self {
+        let mut by_user: BTreeMap<u32, Vec<&Rating>> = BTreeMap::new();
+        for r in holdout {
+            by_user.entry(r.user).or_default().push(r);
+        }
+        let (mut events, mut users, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        for (user, mut rs) in by_user {
+            rs.sort_by_key(|r| (r.ts, r.item));
+            rs.dedup_by_key(|r| r.item);
+            if rs.len() < 2 {
+                continue;
+            }
+            let (before, after) = rs.split_at(rs.len() / 2);
+            let replayed: Vec<u32> = before.iter().map(|r| r.item).collect();
+            let left: HashSet<u32> = after.iter().map(|r| r.item).filter(|i| !replayed.contains(i)).collect();
+            if left.is_empty() {
+                continue;
+            }
+            users.push(user);
+            events.push(replayed);
+            items.push(left);
+        }
+        Self {
+            events,
+            truth: Truth { users, items },
+        }
+    }
+
+    /// The user's replayed items as the stream keeps them: newest first.
+    pub fn recent(&self, k: usize) -> Vec<u32> {
+        self.events[k].iter().rev().copied().collect()
+    }
+}
+
+/// The baseline of a replay: the hot list minus each user's history and replayed items
+/// (recency-weighted popularity, minus what the user has seen), 200 long.
+pub fn replay_baseline(a: &Artifacts, replay: &Replay) -> Vec<Vec<u32>> {
+    replay
+        .truth
+        .users
+        .par_iter()
+        .enumerate()
+        .map(|(k, &user)| {
+            let recent = replay.recent(k);
+            let h = recall::UserHistory::live(a, user, &recent).unwrap_or_else(|| recall::UserHistory::new(a, user));
+            recall::channel_for(a, &h, Channel::Hot, 200)
+                .items
+                .iter()
+                .map(|x| x.0)
+                .collect()
+        })
+        .collect()
 }
 
 /// A mean over users with its 95 % bootstrap interval (percentiles of the resampled means).
@@ -458,6 +525,52 @@ pub fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_posts_the_earlier_half_and_judges_the_rest() {
+        let r = |user, item, ts| Rating {
+            user,
+            item,
+            rating: 8,
+            ts,
+        };
+        let holdout = [
+            // User 3: four ratings out of order; the two oldest are replayed.
+            r(3, 40, 400),
+            r(3, 10, 100),
+            r(3, 30, 300),
+            r(3, 20, 200),
+            // User 1: one rating, nothing to judge after a replay: left out.
+            r(1, 5, 50),
+            // User 2: three ratings, two at the same time (item order breaks the tie).
+            r(2, 9, 70),
+            r(2, 7, 70),
+            r(2, 8, 90),
+            // User 4: the same item twice in a row counts once: left out.
+            r(4, 6, 10),
+            r(4, 6, 20),
+        ];
+        let replay = Replay::of(&holdout);
+        assert_eq!(replay.truth.users, vec![2, 3]);
+        assert_eq!(replay.events, vec![vec![7], vec![10, 20]]);
+        assert_eq!(replay.recent(1), vec![20, 10], "newest first, as the stream keeps them");
+        let sets: Vec<Vec<u32>> = replay
+            .truth
+            .items
+            .iter()
+            .map(|s| {
+                let mut v: Vec<u32> = s.iter().copied().collect();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        assert_eq!(sets, vec![vec![8, 9], vec![30, 40]]);
+        // No replayed item is left to find, and every user keeps at least one.
+        for (events, left) in replay.events.iter().zip(&replay.truth.items) {
+            assert!(!left.is_empty() && events.iter().all(|i| !left.contains(i)));
+        }
+        assert!(Replay::of(&[]).truth.is_empty());
+    }
 
     #[test]
     fn the_mmr_trade_off_is_the_most_diverse_that_keeps_the_relevance() {

@@ -12,7 +12,9 @@ use std::path::Path;
 use recstack_core::degrade::LevelPlan;
 use recstack_core::rerank::RerankConfig;
 
-use super::{LocalAddrs, LocalOptions, LocalTraces, ServeError, start_local};
+use recstack_core::stream::window::WindowConfig;
+
+use super::{LocalAddrs, LocalEvents, LocalOptions, LocalTraces, ServeError, start_local};
 use crate::gateway::GatewayConfig;
 use crate::gateway::degrade::LoadThresholds;
 use crate::gateway::proto::RecommendRequest;
@@ -178,20 +180,14 @@ pub enum ServedError {
     Connect(#[from] tonic::transport::Error),
     #[error("recommending for {user}: {status}")]
     Recommend { user: String, status: tonic::Status },
+    #[error("replaying events: {0}")]
+    Replay(String),
 }
 
-/// Starts the local stack on the artifacts in `root` with `setting`, asks for `n` items for
-/// each of `users` in turn (`progress(done)` after each), stops it, and returns the answers
-/// in `users`' order.
-pub async fn serve_lists(
-    root: &Path,
-    model: ModelSources,
-    setting: &Setting,
-    users: &[String],
-    n: u32,
-    progress: impl Fn(usize),
-) -> Result<Vec<Served>, ServedError> {
-    let opts = LocalOptions {
+/// The local stack's options at `setting`: services linked over gRPC on loopback, no event
+/// path, traces in memory.
+fn local_options(model: ModelSources, setting: &Setting) -> LocalOptions {
+    LocalOptions {
         direct_links: false,
         addrs: LocalAddrs::ephemeral(),
         model,
@@ -207,34 +203,201 @@ pub async fn serve_lists(
         traces: LocalTraces::Memory(1_000),
         dashboard: None,
         events: None,
-    };
+    }
+}
+
+/// Starts the local stack on the artifacts in `root` with `setting`, asks for `n` items for
+/// each of `users` in turn (`progress(done)` after each), stops it, and returns the answers
+/// in `users`' order.
+pub async fn serve_lists(
+    root: &Path,
+    model: ModelSources,
+    setting: &Setting,
+    users: &[String],
+    n: u32,
+    progress: impl Fn(usize),
+) -> Result<Vec<Served>, ServedError> {
+    let opts = local_options(model, setting);
     let stack = start_local(root, opts).await?;
     let answers = ask(&stack.get("gateway").grpc_url(), users, n, progress).await;
     stack.stop().await?;
     answers
 }
 
+/// What a replay serves each user: before their events reach the stack, and after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replayed {
+    pub before: Vec<Served>,
+    pub after: Vec<Served>,
+}
+
+/// How long a replay waits for the stream job to bring every posted event to the feature
+/// store before it gives up.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Starts the local stack with its event path (ingest, the embedded log in `log_dir`, the
+/// stream job, the in-process feature store) at `setting`, then:
+/// 1. asks for `n + events[k].len()` items (at most the gateway's 100) for each user
+///    (`before`: the stack on the build's history alone, long enough to drop the replayed
+///    items and keep `n`);
+/// 2. posts each user's `events` (item ids, oldest first) as plays, in that order;
+/// 3. waits until the feature service reads each user's newest replayed item first among their
+///    recent items (the stream job's fast path wrote them all);
+/// 4. asks for `n` items for each user again (`after`).
+///
+/// Its windows are an hour long, so no window closes during a replay and the trending list
+/// stays the build's: what changes between the two answers is the users' own real-time items.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_replay(
+    root: &Path,
+    model: ModelSources,
+    setting: &Setting,
+    log_dir: &Path,
+    users: &[String],
+    events: &[Vec<String>],
+    n: u32,
+    progress: impl Fn(&str, usize),
+) -> Result<Replayed, ServedError> {
+    assert_eq!(users.len(), events.len(), "one list of events per user");
+    let mut opts = local_options(model, setting);
+    opts.events = Some(LocalEvents {
+        log_dir: log_dir.to_path_buf(),
+        partitions: 2,
+        window: WindowConfig {
+            size_ms: 3_600_000,
+            delay_ms: 5_000,
+        },
+    });
+    let stack = start_local(root, opts).await?;
+    let result = async {
+        let url = stack.get("gateway").grpc_url();
+        let mut before = Vec::with_capacity(users.len());
+        {
+            let mut client = GatewayClient::connect(url.clone()).await?;
+            for (k, (user, items)) in users.iter().zip(events).enumerate() {
+                let longer = (n + items.len() as u32).min(crate::gateway::request::MAX_N);
+                before.push(recommend(&mut client, user, longer).await?);
+                progress("before", k + 1);
+            }
+        }
+        post_plays(&stack.get("ingest").grpc_url(), users, events).await?;
+        wait_for_recent(&stack.get("features").grpc_url(), users, events, &progress).await?;
+        let after = ask(&url, users, n, |k| progress("after", k)).await?;
+        Ok(Replayed { before, after })
+    }
+    .await;
+    stack.stop().await?;
+    result
+}
+
+/// Posts `events[k]` for `users[k]` as plays, a millisecond apart in each user's order, at
+/// most [`MAX_EVENTS`](crate::events::ingest::MAX_EVENTS) a call.
+async fn post_plays(url: &str, users: &[String], events: &[Vec<String>]) -> Result<(), ServedError> {
+    use crate::events::ingest::proto::ingest_client::IngestClient;
+    use crate::events::ingest::proto::{Event, PostEventsRequest};
+    let mut client = IngestClient::connect(url.to_string()).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let all: Vec<Event> = users
+        .iter()
+        .zip(events)
+        .flat_map(|(user, items)| {
+            items.iter().enumerate().map(move |(j, item)| Event {
+                event_id: format!("replay-{user}-{j}"),
+                user_id: user.clone(),
+                item_id: item.clone(),
+                kind: "play".into(),
+                ts_ms: now + j as i64,
+                request_id: String::new(),
+            })
+        })
+        .collect();
+    for chunk in all.chunks(crate::events::ingest::MAX_EVENTS) {
+        client
+            .post_events(PostEventsRequest { events: chunk.to_vec() })
+            .await
+            .map_err(|status| ServedError::Replay(format!("posting events: {status}")))?;
+    }
+    Ok(())
+}
+
+/// Waits until every user's newest replayed item leads their recent items in the feature
+/// service (at most [`REPLAY_WAIT`]).
+async fn wait_for_recent(
+    url: &str,
+    users: &[String],
+    events: &[Vec<String>],
+    progress: &impl Fn(&str, usize),
+) -> Result<(), ServedError> {
+    use crate::features::proto::GetUserRequest;
+    use crate::features::proto::features_client::FeaturesClient;
+    let mut client = FeaturesClient::connect(url.to_string()).await?;
+    let start = std::time::Instant::now();
+    let mut waiting: Vec<usize> = (0..users.len()).filter(|&k| !events[k].is_empty()).collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for &k in &waiting {
+            let features = client
+                .get_user(GetUserRequest {
+                    user_id: users[k].clone(),
+                })
+                .await
+                .map_err(|status| ServedError::Replay(format!("reading {}'s features: {status}", users[k])))?
+                .into_inner()
+                .features;
+            let newest = events[k].last();
+            if features.and_then(|f| f.recent_items.into_iter().next()).as_ref() != newest {
+                still.push(k);
+            }
+        }
+        progress("written", users.len() - still.len());
+        if !still.is_empty() {
+            if start.elapsed() > REPLAY_WAIT {
+                return Err(ServedError::Replay(format!(
+                    "{} of {} users' events had not reached the feature store after {REPLAY_WAIT:?} (first: {})",
+                    still.len(),
+                    users.len(),
+                    users[still[0]]
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        waiting = still;
+    }
+    Ok(())
+}
+
+async fn recommend(
+    client: &mut GatewayClient<tonic::transport::Channel>,
+    user: &str,
+    n: u32,
+) -> Result<Served, ServedError> {
+    let r = client
+        .recommend(RecommendRequest {
+            user_id: user.to_string(),
+            n,
+            ..Default::default()
+        })
+        .await
+        .map_err(|status| ServedError::Recommend {
+            user: user.to_string(),
+            status,
+        })?
+        .into_inner();
+    Ok(Served {
+        items: r.items.into_iter().map(|i| i.item_id).collect(),
+        level: r.level,
+        gateway_us: r.latency_us,
+    })
+}
+
 async fn ask(url: &str, users: &[String], n: u32, progress: impl Fn(usize)) -> Result<Vec<Served>, ServedError> {
     let mut client = GatewayClient::connect(url.to_string()).await?;
     let mut out = Vec::with_capacity(users.len());
     for (k, user) in users.iter().enumerate() {
-        let r = client
-            .recommend(RecommendRequest {
-                user_id: user.clone(),
-                n,
-                ..Default::default()
-            })
-            .await
-            .map_err(|status| ServedError::Recommend {
-                user: user.clone(),
-                status,
-            })?
-            .into_inner();
-        out.push(Served {
-            items: r.items.into_iter().map(|i| i.item_id).collect(),
-            level: r.level,
-            gateway_us: r.latency_us,
-        });
+        out.push(recommend(&mut client, user, n).await?);
         progress(k + 1);
     }
     Ok(out)

@@ -9,7 +9,8 @@ use clap::Args;
 use indicatif::ProgressBar;
 use recstack_offline::build;
 use recstack_offline::eval::{self, Catalogue, Truth};
-use recstack_services::serve::served::{Scatter, Setting, serve_lists};
+use recstack_services::ranking::service::ModelSources;
+use recstack_services::serve::served::{Scatter, Served, Setting, serve_lists, serve_replay};
 
 use super::serve::ModelArgs;
 
@@ -37,6 +38,12 @@ pub struct EvalArgs {
     /// is always served beside them): what scatter costs, and the one chosen.
     #[arg(long, value_delimiter = ',')]
     pub scatters: Vec<Scatter>,
+    /// Also replay events: every user with two or more held-out ratings plays the earlier half
+    /// of them through ingest and the stream job, and the full level is judged on the rest,
+    /// served before those events reach the stack and after (what real-time recall and
+    /// features add), against the baseline minus what each user has seen.
+    #[arg(long)]
+    pub replay: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -49,11 +56,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         recall_only,
         mmr_lambdas,
         scatters,
+        replay,
         model,
     } = args;
     anyhow::ensure!(
-        !recall_only || (mmr_lambdas.is_empty() && scatters.is_empty()),
-        "--mmr-lambdas and --scatters serve the full level: they cannot go with --recall-only"
+        !recall_only || (mmr_lambdas.is_empty() && scatters.is_empty() && !replay),
+        "--mmr-lambdas, --scatters and --replay serve the full level: they cannot go with --recall-only"
     );
     // Scatter is priced against the level without it; each setting once (every form of "no
     // scatter", such as 4/4, is the one `off`).
@@ -180,6 +188,100 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             ),
         }
     }
+    if replay {
+        println!();
+        replay_table(&artifacts, &a, &catalogue, model.flag_sources())?;
+    }
+    Ok(())
+}
+
+/// `--replay`: the full level before and after each user's earlier held-out ratings reach the
+/// stack as events, and the baseline without what the user has seen, on the later ratings.
+fn replay_table(
+    root: &std::path::Path,
+    a: &build::Artifacts,
+    catalogue: &Catalogue,
+    sources: ModelSources,
+) -> anyhow::Result<()> {
+    let replay = eval::Replay::of(&a.holdout);
+    let users: Vec<String> = replay
+        .truth
+        .users
+        .iter()
+        .map(|&u| a.users[u as usize].clone())
+        .collect();
+    let events: Vec<Vec<String>> = replay
+        .events
+        .iter()
+        .map(|items| items.iter().map(|&i| a.items[i as usize].id.clone()).collect())
+        .collect();
+    let posted: usize = events.iter().map(Vec::len).sum();
+    eprintln!("eval: replaying {posted} events of {} users", users.len());
+    let log = tempfile::tempdir().context("a directory for the replay's event log")?;
+    let setting = Setting::at("full");
+    let bar = ProgressBar::new(users.len() as u64);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let served = runtime
+        .block_on(serve_replay(
+            root,
+            sources,
+            &setting,
+            log.path(),
+            &users,
+            &events,
+            20,
+            |phase, k| {
+                bar.set_message(phase.to_string());
+                bar.set_position(k as u64)
+            },
+        ))
+        .context("serving the replay")?;
+    bar.finish_and_clear();
+    let index = eval::item_index(a);
+    let dense = |s: &Served| -> Vec<u32> {
+        s.items
+            .iter()
+            .filter_map(|id| index.get(id.as_str()).copied())
+            .collect()
+    };
+    for s in served.before.iter().chain(&served.after) {
+        anyhow::ensure!(s.level == setting.level, "a replay answer came at {}", s.level);
+    }
+    // Before: the replayed items dropped (the stack did not know of them yet), the first 20 kept.
+    let before: Vec<Vec<u32>> = served
+        .before
+        .iter()
+        .zip(&replay.events)
+        .map(|(s, replayed)| {
+            dense(s)
+                .into_iter()
+                .filter(|i| !replayed.contains(i))
+                .take(20)
+                .collect()
+        })
+        .collect();
+    let after: Vec<Vec<u32>> = served.after.iter().map(dense).collect();
+    let scored = [
+        eval::score(
+            &format!("{}, minus the replayed items", eval::baseline_name(a)),
+            &eval::replay_baseline(a, &replay),
+            &replay.truth,
+            catalogue,
+        ),
+        eval::score(
+            "served: full, before the events (replayed items dropped)",
+            &before,
+            &replay.truth,
+            catalogue,
+        ),
+        eval::score("served: full, after the events", &after, &replay.truth, catalogue),
+    ];
+    println!(
+        "replay: {} users with two or more held-out ratings played the earlier half ({posted} events) through ingest and the stream job; judged on the other {} held-out ratings\n",
+        users.len(),
+        replay.truth.items.iter().map(|t| t.len()).sum::<usize>(),
+    );
+    print!("{}", eval::table(&eval::summarize_against_first(&scored)));
     Ok(())
 }
 
