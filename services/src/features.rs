@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::id_columns;
-use crate::ops::{Buckets, MetricsRegistry, RpcMetrics};
+use crate::ops::{Buckets, LogThrottle, MetricsRegistry, RpcMetrics};
 use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::warn;
@@ -38,6 +38,10 @@ pub mod proto {
 
 use proto::features_server::Features;
 use proto::{CacheDump, GetItemsRequest, GetItemsResponse, GetUserRequest, GetUserResponse};
+
+/// An L2 failure that repeats per key and request is logged at most this often (each is
+/// counted in `l2_errors`).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 pub use proto::{ItemFeatures, UserFeatures};
 pub use recstack_core::features::Snapshot;
 
@@ -305,21 +309,32 @@ impl<L: L2> FeatureStore<L> {
                     };
                 }
                 Err(e) => {
-                    warn!(key = %key.redis_key(), error = %e, "undecodable feature value in L2; using the snapshot")
+                    static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
+                    if let Some(held) = WARN.admit(now) {
+                        warn!(key = %key.redis_key(), error = %e, held_back = held, "undecodable feature value in L2; using the snapshot")
+                    }
                 }
             },
             Ok(None) => {}
             Err(e) => {
                 self.metrics.l2_errors.inc();
+                // One warning per period, whichever way this read is answered: an outage fails
+                // every key a request reads.
+                static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
+                let log = WARN.admit(now);
                 if let Some(old) = old {
-                    warn!(key = %key.redis_key(), error = %e, "L2 failed; serving the stale value");
+                    if let Some(held) = log {
+                        warn!(key = %key.redis_key(), error = %e, held_back = held, "L2 failed; serving the stale value");
+                    }
                     self.metrics.served("stale");
                     return Cached {
                         value: old.value,
                         fresh_until: now + self.policy.stale_extension,
                     };
                 }
-                warn!(key = %key.redis_key(), error = %e, "L2 failed; serving the snapshot");
+                if let Some(held) = log {
+                    warn!(key = %key.redis_key(), error = %e, held_back = held, "L2 failed; serving the snapshot");
+                }
                 self.metrics.served("snapshot");
                 return Cached {
                     value: from_snapshot(&self.snapshot.load(), key).map(Arc::new),

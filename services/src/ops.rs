@@ -262,9 +262,61 @@ impl RpcMetrics {
     }
 }
 
+/// How often a repeated warning is logged: the first at once, then at most one per `every`,
+/// saying how many were held back since the last. A store that is down would otherwise log
+/// once per request; the metrics still count each failure.
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogThrottle {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether to log a warning happening at `now`: `Some(held back since the last logged)`,
+    /// or `None` to hold this one back.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, held) = &mut *state;
+        match *last {
+            Some(at) if now.saturating_duration_since(at) < self.every => {
+                *held += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(held))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_period_with_what_was_held_back() {
+        use std::time::{Duration, Instant};
+        let t = LogThrottle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(t.admit(at(0)), Some(0), "the first is logged");
+        assert_eq!(t.admit(at(1)), None);
+        assert_eq!(t.admit(at(9)), None);
+        assert_eq!(t.admit(at(10)), Some(2), "a period later, with the two held back");
+        assert_eq!(t.admit(at(12)), None);
+        assert_eq!(t.admit(at(30)), Some(1));
+        assert_eq!(t.admit(at(100)), Some(0), "nothing held back since");
+        // A clock read out of order (another thread's earlier `now`) is held back, not logged.
+        assert_eq!(t.admit(at(99)), None);
+    }
 
     #[test]
     fn a_traceparent_set_on_a_call_reads_back_and_bad_ones_do_not() {

@@ -28,7 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::ops::{Buckets, HistogramFamily, MetricsRegistry, RpcMetrics};
+use crate::ops::{Buckets, HistogramFamily, LogThrottle, MetricsRegistry, RpcMetrics};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
@@ -187,6 +187,9 @@ pub struct RecallService<S> {
     seen_writers: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// A store failure that repeats per request is logged at most this often (each is counted).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Most real-time items of a user read per request (the stream job keeps 50).
 pub const REALTIME_SEEDS: usize = 50;
 
@@ -310,7 +313,10 @@ impl<S: SeenStore> RecallService<S> {
                 (known, new)
             }
             Err(e) => {
-                warn!(user, error = %e, "real-time items unavailable; recalling from the build's history");
+                static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
+                if let Some(held) = WARN.admit(Instant::now()) {
+                    warn!(user, error = %e, held_back = held, "real-time items unavailable; recalling from the build's history");
+                }
                 self.metrics.realtime_errors.inc();
                 Default::default()
             }
@@ -322,7 +328,10 @@ impl<S: SeenStore> RecallService<S> {
     fn decode_seen(&self, user: &str, bytes: &[u8]) -> Option<SeenFilter> {
         SeenFilter::from_bytes(self.seen_config, bytes)
             .inspect_err(|e| {
-                warn!(user, error = %e, "unreadable seen filter; ignored");
+                static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
+                if let Some(held) = WARN.admit(Instant::now()) {
+                    warn!(user, error = %e, held_back = held, "unreadable seen filter; ignored");
+                }
                 self.metrics.seen_errors.inc();
             })
             .ok()
@@ -338,7 +347,10 @@ impl<S: SeenStore> RecallService<S> {
             Ok(None) => (None, "empty".into()),
             Err(e) => {
                 // Recall without the filter rather than fail the request.
-                warn!(user, error = %e, "seen store unavailable; recalling unfiltered");
+                static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
+                if let Some(held) = WARN.admit(Instant::now()) {
+                    warn!(user, error = %e, held_back = held, "seen store unavailable; recalling unfiltered");
+                }
                 self.metrics.seen_errors.inc();
                 (None, format!("unavailable: {e}"))
             }
