@@ -481,6 +481,7 @@ pub fn what_if_body(trace: &Trace, ask: &ReplayAsk) -> Result<serde_json::Value,
     }
     if ask.state.trim() == "recorded" {
         what_if["seen"] = trace.filtered_seen.clone().into();
+        what_if["realtime_history"] = trace.realtime_history.clone().into();
     }
     let lambda = ask.mmr_lambda.trim();
     if !lambda.is_empty() {
@@ -554,14 +555,22 @@ mod tests {
             body["what_if"].get("seen").is_none(),
             "the seen filter now, unless asked"
         );
+        assert!(
+            body["what_if"].get("realtime_history").is_none(),
+            "the real-time items now, unless asked"
+        );
         t.filtered_seen = vec!["s1".into(), "s2".into()];
+        t.realtime_history = vec!["r2".into(), "r1".into()];
         let recorded = ReplayAsk {
             state: "recorded".into(),
             ..ask.clone()
         };
+        let body = what_if_body(&t, &recorded).unwrap();
+        assert_eq!(body["what_if"]["seen"], serde_json::json!(["s1", "s2"]));
         assert_eq!(
-            what_if_body(&t, &recorded).unwrap()["what_if"]["seen"],
-            serde_json::json!(["s1", "s2"])
+            body["what_if"]["realtime_history"],
+            serde_json::json!(["r2", "r1"]),
+            "newest first, as recorded"
         );
         // A trace from before `n` was recorded: as many as it served.
         t.n = 0;

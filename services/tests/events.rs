@@ -115,13 +115,7 @@ async fn posted_events_reach_features_and_recall() {
     let user = a.users[user_ix as usize].clone();
     let history: std::collections::HashSet<u32> = a.history[user_ix as usize].iter().copied().collect();
     // A long-tail item nobody would recall as hot, and the user has not rated.
-    let item_ix = a
-        .hot
-        .iter()
-        .rev()
-        .map(|(i, _)| *i)
-        .find(|i| !history.contains(i))
-        .unwrap();
+    let item_ix = common::long_tail_item(a, user_ix);
     let item = a.items[item_ix as usize].id.clone();
     // The build's top hot item the user has not rated: recalled by the hot channel.
     let shown_ix = a.hot.iter().map(|(i, _)| *i).find(|i| !history.contains(i)).unwrap();

@@ -290,3 +290,112 @@ async fn replays_change_one_thing_and_the_comparison_names_what_moved() {
     }
     stack.stop().await.unwrap();
 }
+
+/// The user's real-time items now or as recorded: a request's trace records the items recall
+/// read from the stream's store; after the user plays the request's first served item, a
+/// replay now consumes it (not served), and a replay with the real-time items as recorded puts
+/// back the history the request had, so that item is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_reads_the_real_time_items_now_or_as_recorded() {
+    use recstack_core::stream::window::WindowConfig;
+    use recstack_services::serve::LocalEvents;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::traced_stack(&dir.path().join("traces.sqlite"), None);
+    opts.events = Some(LocalEvents {
+        log_dir: dir.path().join("log"),
+        partitions: 1,
+        window: WindowConfig::default(),
+    });
+    let stack = serve::start_local(common::artifact_root(), opts).await.unwrap();
+    let (gateway, api, ingest) = (
+        stack.get("gateway").http.to_string(),
+        stack.get("traces").http.to_string(),
+        stack.get("ingest").http.to_string(),
+    );
+    let loaded = serve::load_artifacts(common::artifact_root()).unwrap();
+    let a = &loaded.artifacts;
+    let user_ix = common::active_user(a);
+    let user = a.users[user_ix as usize].clone();
+    // Plays `item` and waits until a debug request's trace reads it first among the user's
+    // real-time items; returns that trace.
+    let play = |item: String, id: &'static str| {
+        let (gateway, api, ingest, user) = (gateway.clone(), api.clone(), ingest.clone(), user.clone());
+        async move {
+            let body = json!({"events": [{"event_id": id, "user_id": user, "item_id": item, "kind": "play"}]});
+            let (status, text) =
+                tokio::task::spawn_blocking(move || common::http_post(&ingest, "/v1/events", &body.to_string()))
+                    .await
+                    .unwrap();
+            assert_eq!(status, 200, "{text}");
+            for _ in 0..200 {
+                let (_, t) = replayed(&gateway, &api, json!({"user_id": user, "n": 10, "debug": true})).await;
+                if t.realtime_history.first() == Some(&item) {
+                    return t;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("{item} never reached recall's real-time read");
+        }
+    };
+
+    // A long-tail item the user has not rated: played before the original request.
+    let first = a.items[common::long_tail_item(a, user_ix) as usize].id.clone();
+    let original = play(first.clone(), "rt-1").await;
+    assert_eq!(original.realtime_history, vec![first.clone()], "recorded in the trace");
+    assert!(!served(&original).contains(&first), "a played item is not served back");
+
+    // Then the user plays the original's first served item.
+    let top = served(&original)[0].clone();
+    let later = play(top.clone(), "rt-2").await;
+    assert_eq!(later.realtime_history, vec![top.clone(), first.clone()], "newest first");
+    assert!(!served(&later).contains(&top));
+
+    let replay = |what_if: Value| json!({"user_id": user, "n": 10, "what_if": what_if});
+    // Now: both plays are read, and the later one is consumed.
+    let (_, now) = replayed(&gateway, &api, replay(json!({"replay_of": original.request_id}))).await;
+    assert_eq!(now.realtime_history, vec![top.clone(), first.clone()]);
+    assert!(!served(&now).contains(&top), "played since: consumed now");
+    assert_eq!(now.what_if.as_ref().unwrap().realtime_history, None);
+    // As recorded: the original's real-time items only, so its first item is served again.
+    let (_, then) = replayed(
+        &gateway,
+        &api,
+        replay(json!({"replay_of": original.request_id, "realtime_history": original.realtime_history})),
+    )
+    .await;
+    assert_eq!(
+        then.realtime_history,
+        vec![first.clone()],
+        "what recall used, as recorded"
+    );
+    assert!(!served(&then).contains(&first), "the recorded play is still consumed");
+    assert!(
+        served(&then).contains(&top),
+        "as recorded, {top} is served again: {:?}",
+        served(&then)
+    );
+    let what_if = then.what_if.as_ref().unwrap();
+    assert_eq!(what_if.realtime_history, Some(vec![first.clone()]));
+    assert!(
+        what_if.changes().contains("real-time items as recorded (1)"),
+        "{}",
+        what_if.changes()
+    );
+    let c = compare(api.clone(), &now.request_id, &then.request_id).await;
+    let row = c.rows.iter().find(|m| m.item_id == top).unwrap();
+    assert_eq!(row.change, Change::Entered, "{}", row.explanation);
+
+    // Bad real-time items: 400 naming the field.
+    for (items, field) in [
+        (json!(vec!["x"; 51]), "what_if.realtime_history"),
+        (json!(["ok", " "]), "what_if.realtime_history[1]"),
+    ] {
+        let (status, r) = post(
+            gateway.clone(),
+            replay(json!({"replay_of": original.request_id, "realtime_history": items})),
+        )
+        .await;
+        assert_eq!((status, r["field"].as_str()), (400, Some(field)), "{r}");
+    }
+    stack.stop().await.unwrap();
+}

@@ -104,6 +104,11 @@ pub struct Trace {
     /// How many items the user's history held (channels never return them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumed_total: Option<u32>,
+    /// The user's real-time items recall read from the stream job's store (newest first, ahead
+    /// of the build's history): what a what-if replay of the state as recorded puts back.
+    /// Empty when there were none, and in traces written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub realtime_history: Vec<String>,
     /// The user's history (full traces): what recall's channels left out, and the recent items
     /// the popular level left out.
     #[serde(default)]
@@ -151,6 +156,11 @@ pub struct WhatIf {
     /// instead of the user's seen filter now; `None`: the seen filter as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<Vec<String>>,
+    /// The user's real-time items as recorded (the replayed request's `realtime_history`),
+    /// ahead of the build's history instead of those in the stream's store now; `None`: as
+    /// they are now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_history: Option<Vec<String>>,
     /// Rerank's MMR trade-off for this request (0.0–1.0), instead of the stack's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mmr_lambda: Option<f32>,
@@ -184,6 +194,9 @@ impl WhatIf {
         }
         if let Some(seen) = &self.seen {
             out.push(format!("seen items as recorded ({})", seen.len()));
+        }
+        if let Some(recent) = &self.realtime_history {
+            out.push(format!("real-time items as recorded ({})", recent.len()));
         }
         if let Some(l) = self.mmr_lambda {
             out.push(format!("MMR λ {l}"));
@@ -412,6 +425,9 @@ impl Trace {
         fn sources(s: &[SourceRecord]) -> usize {
             s.iter().map(|s| size_of::<SourceRecord>() + s.channel.len()).sum()
         }
+        fn list(v: &[String]) -> usize {
+            v.iter().map(|s| s.len() + size_of::<String>()).sum()
+        }
         let strings = self.request_id.len()
             + self.trace_id.len()
             + self.user_id.len()
@@ -421,11 +437,7 @@ impl Trace {
             + self.variant.len()
             + self.model_version.as_ref().map_or(0, String::len)
             + self.artifact_version.as_ref().map_or(0, String::len)
-            + self
-                .degraded
-                .iter()
-                .map(|d| d.len() + size_of::<String>())
-                .sum::<usize>();
+            + list(&self.degraded);
         let stages: usize = self
             .stages
             .iter()
@@ -444,19 +456,13 @@ impl Trace {
                     + i.item_id.len()
                     + sources(&i.sources)
                     + i.rerank_rule.as_ref().map_or(0, String::len)
-                    + i.filters_passed
-                        .iter()
-                        .map(|f| f.len() + size_of::<String>())
-                        .sum::<usize>()
+                    + list(&i.filters_passed)
             })
             .sum();
-        let seen: usize = self
-            .filtered_seen
-            .iter()
-            .map(|s| s.len() + size_of::<String>())
-            .sum::<usize>()
+        let seen: usize = list(&self.filtered_seen)
             + self.filtered_seen_when.len() * size_of::<SeenWhen>()
-            + self.seen_filter.as_ref().map_or(0, String::len);
+            + self.seen_filter.as_ref().map_or(0, String::len)
+            + list(&self.realtime_history);
         let consumed: usize = self
             .consumed
             .iter()

@@ -238,6 +238,7 @@ pub fn full_trace(seq: u64, timestamp_ms: i64) -> Trace {
             .collect(),
         seen_filter: Some("applied".into()),
         consumed_total: Some(8),
+        realtime_history: Vec::new(),
         consumed: (0..8)
             .map(|k| ConsumedRecord {
                 item_id: consumed_item_id(seq, k),

@@ -80,7 +80,7 @@ pub(super) fn what_if_forms(t: &Trace) -> AnyView {
                     "User state"
                     <select name="state">
                         <option value="">"now"</option>
-                        <option value="recorded">"seen items as recorded"</option>
+                        <option value="recorded">"seen and real-time items as recorded"</option>
                     </select>
                 </label>
                 <label>"Force in" <input name="force" placeholder="item ids" /></label>

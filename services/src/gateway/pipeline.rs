@@ -222,6 +222,8 @@ pub(super) struct RecallNotes {
     /// `applied`, `empty`, `unavailable: …`; `None` when recall did not answer.
     pub seen_filter: Option<String>,
     pub consumed_total: Option<u32>,
+    /// The user's real-time items recall read, newest first.
+    pub realtime_history: Vec<String>,
     /// The history and the recent items the popular level left out (full traces).
     pub consumed: Vec<ConsumedRecord>,
     pub cuts: Vec<RecallCut>,
@@ -248,6 +250,7 @@ impl RecallNotes {
                 .collect(),
             seen_filter: Some(std::mem::take(&mut answer.seen_filter)).filter(|s| !s.is_empty()),
             consumed_total: Some(answer.consumed_total),
+            realtime_history: std::mem::take(&mut answer.realtime_items),
             consumed: answer
                 .consumed
                 .drain(..)
@@ -317,6 +320,12 @@ impl Gateway {
                     seen_as_recorded: q.what_if.as_ref().and_then(|w| w.seen.clone()).unwrap_or_default(),
                     use_recorded_seen: q.what_if.as_ref().is_some_and(|w| w.seen.is_some()),
                     packed: true,
+                    realtime_as_recorded: q
+                        .what_if
+                        .as_ref()
+                        .and_then(|w| w.realtime_history.clone())
+                        .unwrap_or_default(),
+                    use_recorded_realtime: q.what_if.as_ref().is_some_and(|w| w.realtime_history.is_some()),
                 });
                 call.set_timeout(budget);
                 crate::ops::propagate(&mut call, tp);

@@ -56,6 +56,11 @@ pub struct WhatIfRequest {
     /// instead of the user's seen filter now. Absent: the seen filter as it is now.
     #[serde(default)]
     pub seen: Option<Vec<String>>,
+    /// The user's real-time items as recorded (the replayed request's `realtime_history`,
+    /// newest first): put ahead of the build's history instead of those in the stream's store
+    /// now. Absent: as they are now.
+    #[serde(default)]
+    pub realtime_history: Option<Vec<String>>,
     /// Rerank's MMR trade-off, 0.0 (diversity) to 1.0 (score).
     #[serde(default)]
     pub mmr_lambda: Option<f32>,
@@ -149,6 +154,10 @@ fn what_if(w: WhatIfRequest) -> Result<recstack_trace_store::WhatIf, FieldError>
         block: ids("block", w.block, MAX_BLOCKED)?,
         model: w.model,
         seen: w.seen.map(|seen| ids("seen", seen, MAX_SEEN)).transpose()?,
+        realtime_history: w
+            .realtime_history
+            .map(|recent| ids("realtime_history", recent, crate::recall::REALTIME_SEEDS))
+            .transpose()?,
         mmr_lambda: w.mmr_lambda,
         pins: w.pins,
     })

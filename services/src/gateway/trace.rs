@@ -91,6 +91,7 @@ pub(super) fn trace(r: Request, response: &Recommendation) -> Trace {
         filtered_seen_when: recall.filtered_seen_when,
         seen_filter: recall.seen_filter,
         consumed_total: recall.consumed_total,
+        realtime_history: recall.realtime_history,
         consumed: if full { recall.consumed } else { Vec::new() },
         cuts: if full { recall.cuts } else { Vec::new() },
         funnel: Some(funnel),

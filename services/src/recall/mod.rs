@@ -193,6 +193,17 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Most real-time items of a user read per request (the stream job keeps 50).
 pub const REALTIME_SEEDS: usize = 50;
 
+/// A user's real-time items as recall read them, newest first.
+#[derive(Debug, Default)]
+struct RealTime {
+    /// Those the build knows: `(dense id, ms)`.
+    known: Vec<(u32, i64)>,
+    /// The ids of those it does not (new items).
+    new: Vec<String>,
+    /// Every id, in the order read (what a trace records).
+    ids: Vec<String>,
+}
+
 /// Stripes of [`RecallService::seen_writers`].
 const SEEN_WRITER_STRIPES: usize = 64;
 
@@ -210,6 +221,9 @@ pub struct RecallQuery {
     pub recorded_seen: Option<std::collections::HashSet<String>>,
     /// Answer the candidates as columns ([`RecallRequest::packed`]).
     pub packed: bool,
+    /// Put these ahead of the build's history instead of the user's real-time items (a replay
+    /// of the state as recorded), newest first.
+    pub recorded_realtime: Option<Vec<String>>,
 }
 
 /// How far past its quota an explained request computes each channel (and how deep a
@@ -259,6 +273,21 @@ pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
             req.seen_as_recorded.len()
         )));
     }
+    if req.realtime_as_recorded.len() > REALTIME_SEEDS {
+        return Err(Status::invalid_argument(format!(
+            "realtime_as_recorded has {} items; at most {REALTIME_SEEDS}",
+            req.realtime_as_recorded.len()
+        )));
+    }
+    if let Some(k) = req
+        .realtime_as_recorded
+        .iter()
+        .position(|id| id.is_empty() || id.len() > 256)
+    {
+        return Err(Status::invalid_argument(format!(
+            "realtime_as_recorded[{k}]: an item id is 1 to 256 bytes"
+        )));
+    }
     Ok(RecallQuery {
         user_id: user_id.to_string(),
         n,
@@ -268,6 +297,7 @@ pub fn validate(req: &RecallRequest) -> Result<RecallQuery, Status> {
             .use_recorded_seen
             .then(|| req.seen_as_recorded.iter().cloned().collect()),
         packed: req.packed,
+        recorded_realtime: req.use_recorded_realtime.then(|| req.realtime_as_recorded.clone()),
     })
 }
 
@@ -296,31 +326,38 @@ impl<S: SeenStore> RecallService<S> {
         self
     }
 
-    /// What the user engaged with since the build, newest first: the items the build knows as
-    /// `(dense id, ms)`, and the ids of those it does not (new items). Empty without a stream
-    /// store; on a failed read too (counted, logged): recall then goes on with the build's
-    /// history.
-    async fn realtime(&self, loaded: &Loaded, user: &str) -> (Vec<(u32, i64)>, Vec<String>) {
-        match self.stream.recent(user, REALTIME_SEEDS).await {
-            Ok(items) => {
-                let (mut known, mut new) = (Vec::with_capacity(items.len()), Vec::new());
-                for (id, ms) in items {
-                    match loaded.items.get(&id) {
-                        Some(&i) => known.push((i, ms)),
-                        None => new.push(id),
+    /// What the user engaged with since the build, newest first ([`RealTime`]): read from the
+    /// stream store, or the ids of a replay as recorded (`recorded`, times unknown: 0). Empty
+    /// without a stream store; on a failed read too (counted, logged): recall then goes on
+    /// with the build's history.
+    async fn realtime(&self, loaded: &Loaded, user: &str, recorded: Option<&[String]>) -> RealTime {
+        let items = match recorded {
+            Some(ids) => ids.iter().map(|id| (id.clone(), 0)).collect(),
+            None => match self.stream.recent(user, REALTIME_SEEDS).await {
+                Ok(items) => items,
+                Err(e) => {
+                    static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
+                    if let Some(held) = WARN.admit(Instant::now()) {
+                        warn!(user, error = %e, held_back = held, "real-time items unavailable; recalling from the build's history");
                     }
+                    self.metrics.realtime_errors.inc();
+                    Vec::new()
                 }
-                (known, new)
+            },
+        };
+        let mut out = RealTime {
+            known: Vec::with_capacity(items.len()),
+            new: Vec::new(),
+            ids: Vec::with_capacity(items.len()),
+        };
+        for (id, ms) in items {
+            match loaded.items.get(&id) {
+                Some(&i) => out.known.push((i, ms)),
+                None => out.new.push(id.clone()),
             }
-            Err(e) => {
-                static WARN: LogThrottle = LogThrottle::new(WARN_EVERY);
-                if let Some(held) = WARN.admit(Instant::now()) {
-                    warn!(user, error = %e, held_back = held, "real-time items unavailable; recalling from the build's history");
-                }
-                self.metrics.realtime_errors.inc();
-                Default::default()
-            }
+            out.ids.push(id);
         }
+        out
     }
 
     /// A stored filter, or `None` (counted, logged) when it cannot be read: recall then goes on
@@ -377,8 +414,16 @@ impl<S: SeenStore> RecallService<S> {
                 None => self.seen_filter(&q.user_id).await,
             }
         };
-        let (trending, (mut realtime, engaged_new), (filter, seen_filter)) =
-            tokio::join!(trending, self.realtime(&loaded, &q.user_id), seen);
+        let (trending, read, (filter, seen_filter)) = tokio::join!(
+            trending,
+            self.realtime(&loaded, &q.user_id, q.recorded_realtime.as_deref()),
+            seen
+        );
+        let RealTime {
+            known: mut realtime,
+            new: engaged_new,
+            ids: realtime_items,
+        } = read;
         // What the user engaged with since the build goes ahead of the build's history: it
         // seeds the history-seeded channels and is not recalled back.
         let recent: Recent = realtime.iter().map(|&(i, _)| i).collect();
@@ -577,6 +622,7 @@ impl<S: SeenStore> RecallService<S> {
             consumed_total: consumed_total as u32,
             consumed,
             cuts,
+            realtime_items,
         })
     }
 
@@ -852,6 +898,25 @@ mod tests {
         assert_eq!(validate(&r).unwrap().recorded_seen.map(|s| s.len()), Some(2));
         r.seen_as_recorded = vec!["x".into(); MAX_N + 1];
         assert!(err(r).starts_with("seen_as_recorded has 5001 items"));
+        // The real-time items as recorded: those, in order, even none; unless told, the store's.
+        let mut r = req("u", 10, &[]);
+        assert_eq!(validate(&r).unwrap().recorded_realtime, None);
+        r.use_recorded_realtime = true;
+        assert_eq!(validate(&r).unwrap().recorded_realtime, Some(Vec::new()));
+        r.realtime_as_recorded = vec!["b".into(), "a".into()];
+        assert_eq!(
+            validate(&r).unwrap().recorded_realtime,
+            Some(vec!["b".to_string(), "a".to_string()])
+        );
+        r.realtime_as_recorded = vec!["x".into(); REALTIME_SEEDS + 1];
+        assert!(
+            err(r.clone()).starts_with("realtime_as_recorded has 51 items"),
+            "{}",
+            err(r)
+        );
+        let mut r = req("u", 10, &[]);
+        r.realtime_as_recorded = vec!["a".into(), String::new()];
+        assert!(err(r.clone()).starts_with("realtime_as_recorded[1]"), "{}", err(r));
     }
 
     #[test]

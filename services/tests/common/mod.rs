@@ -18,6 +18,18 @@ pub fn active_user(a: &Artifacts) -> u32 {
         .expect("some ratings are held out")
 }
 
+/// The least popular item (last of the build's hot list) `user` has not rated: one no channel
+/// would recall for them as hot.
+pub fn long_tail_item(a: &Artifacts, user: u32) -> u32 {
+    let history: std::collections::HashSet<u32> = a.history[user as usize].iter().copied().collect();
+    a.hot
+        .iter()
+        .rev()
+        .map(|(i, _)| *i)
+        .find(|i| !history.contains(i))
+        .expect("an item the user has not rated")
+}
+
 /// A loopback port nothing listens on now (for a server the test starts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

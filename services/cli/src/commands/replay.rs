@@ -42,8 +42,8 @@ pub struct ReplayArgs {
     /// The ranking model: primary or canary.
     #[arg(long)]
     pub model: Option<String>,
-    /// The user's state: `now` (the seen filter as it is) or `recorded` (the seen items the
-    /// stored request filtered).
+    /// The user's state: `now` (the seen filter and real-time items as they are) or
+    /// `recorded` (the seen items the stored request filtered and the real-time items it read).
     #[arg(long, default_value = "now", value_parser = ["now", "recorded"])]
     pub state: String,
     /// Rerank's MMR trade-off for the replay, 0.0 (diversity) to 1.0 (score).
