@@ -451,6 +451,19 @@ impl ReplayAsk {
     }
 }
 
+/// The request page's line for the user's real-time items recall read (newest first): how
+/// many, and the first ten; `None` when there were none.
+pub fn realtime_summary(items: &[String]) -> Option<String> {
+    const SHOWN: usize = 10;
+    let (first, more) = (items.iter().take(SHOWN), items.len().saturating_sub(SHOWN));
+    let listed = first.cloned().collect::<Vec<_>>().join(", ");
+    match (items.len(), more) {
+        (0, _) => None,
+        (n, 0) => Some(format!("{n} since the build, newest first: {listed}")),
+        (n, more) => Some(format!("{n} since the build, newest first: {listed} and {more} more")),
+    }
+}
+
 /// The gateway request that replays `trace` with `ask`'s changes: the same user, `n`, scene
 /// and context as recorded. A trace that keeps a pseudonym needs the user's own id.
 pub fn what_if_body(trace: &Trace, ask: &ReplayAsk) -> Result<serde_json::Value, String> {
@@ -584,6 +597,20 @@ mod tests {
             ..ask
         };
         assert_eq!(what_if_body(&t, &own).unwrap()["user_id"], "42");
+    }
+
+    #[test]
+    fn the_real_time_history_line_lists_the_newest_ten() {
+        assert_eq!(realtime_summary(&[]), None);
+        let ids = |n: usize| (0..n).map(|k| format!("i{k}")).collect::<Vec<_>>();
+        assert_eq!(
+            realtime_summary(&ids(2)).as_deref(),
+            Some("2 since the build, newest first: i0, i1")
+        );
+        let line = realtime_summary(&ids(13)).unwrap();
+        assert!(line.starts_with("13 since the build, newest first: i0, i1,"), "{line}");
+        assert!(line.ends_with("i9 and 3 more"), "{line}");
+        assert!(realtime_summary(&ids(10)).unwrap().ends_with("i8, i9"));
     }
 
     fn stage(name: &str, start: Option<u64>, latency: u64, items_in: u32, items_out: u32) -> StageRecord {

@@ -1261,6 +1261,50 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
         "the user's list changed after {:.1} s, over the {FRESHNESS:?} target",
         secs(served_after)
     );
+    // The user's next request's trace (a summary, from the trace service over Elasticsearch)
+    // records the click among the real-time items recall read, and why-not says the item was
+    // consumed.
+    let r = recommend_once(gateway, &user, 10)?;
+    let id = r["request_id"].as_str().context("a request id")?.to_string();
+    let (api, reader) = (d.http_of("traces")?, d.access_token("reader")?);
+    let auth = format!("Bearer {reader}");
+    let bearer = [("Authorization", auth.as_str())];
+    let path = format!("/v1/traces/{id}");
+    let trace: Value = wait_until(
+        &format!("trace {id} from the trace service"),
+        Duration::from_secs(30),
+        || {
+            let (code, text) = http_with(api, "GET", &path, &bearer, None, Duration::from_secs(5))?;
+            Ok(if code == 200 {
+                Some(serde_json::from_str(&text)?)
+            } else {
+                None
+            })
+        },
+    )?;
+    let history: Vec<&str> = trace["realtime_history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        history.contains(&item.as_str()),
+        "the trace's real-time history {history:?} lacks the clicked {item}"
+    );
+    let (code, text) = http_with(
+        api,
+        "GET",
+        &format!("{path}/why-not/{item}"),
+        &bearer,
+        None,
+        Duration::from_secs(10),
+    )?;
+    let why: Value = serde_json::from_str(&text)?;
+    ensure!(
+        code == 200 && why["stage"] == "consumed",
+        "why-not of the clicked {item}: {code}: {text}"
+    );
     // Event to served features over many users: each click posted on its own, timed until the
     // feature service (what the gateway reads for that user) lists it first.
     let features_url = grpc_url(d, "feature-0")?;

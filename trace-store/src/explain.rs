@@ -212,6 +212,14 @@ pub fn why_not(trace: &Trace, item_id: &str, index: Option<&dyn ItemIndex>) -> W
         };
         return answer(Some(FellOut::Consumed), why, evidence, None);
     }
+    // Every trace (summaries too) keeps the real-time items recall read; an explained one also
+    // lists them, with their times, in `consumed` (above).
+    if trace.realtime_history.iter().any(|i| i == item_id) {
+        let why = "the user engaged with it since the build (a real-time item recall read with the request): \
+                   recall's channels never return what the user has consumed"
+            .to_string();
+        return answer(Some(FellOut::Consumed), why, Evidence::default(), None);
+    }
     if let Some(k) = trace.filtered_seen.iter().position(|s| s == item_id) {
         let when = trace.filtered_seen_when.get(k).filter(|w| w.last_ms > 0);
         let evidence = Evidence {
@@ -762,6 +770,13 @@ mod tests {
             Some(FellOut::FilteredSeen)
         );
         assert_eq!(why_not(&t, &t.items[2].item_id, None).stage, Some(FellOut::Served));
+        // And so do the real-time items recall read: consumed, as a summary can tell.
+        let mut t = t;
+        t.realtime_history = vec!["played-1".into(), below.clone()];
+        let a = why_not(&t, &below, None);
+        assert_eq!(a.stage, Some(FellOut::Consumed), "{a:?}");
+        assert!(a.explanation.contains("since the build"), "{}", a.explanation);
+        assert_eq!(why_not(&t, "played-1", None).stage, Some(FellOut::Consumed));
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub(super) fn request_facts(t: &Trace) -> AnyView {
             {fact("latency", format_ms(t.latency_us))}
             {fact("model", t.model_version.clone().unwrap_or_else(|| "none".into()))}
             {fact("artifacts", t.artifact_version.clone().unwrap_or_default())}
+            {model::realtime_summary(&t.realtime_history).map(|s| fact("real-time history", s))}
             {fact("experiment", format!("{} bucket {} ({})", t.experiment, t.bucket, t.variant))}
             {fact("trace id", t.trace_id.clone())}
             {fact("detail", detail_name(t.detail).to_string())}
