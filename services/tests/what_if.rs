@@ -369,6 +369,11 @@ async fn a_replay_reads_the_real_time_items_now_or_as_recorded() {
         "what recall used, as recorded"
     );
     assert!(!served(&then).contains(&first), "the recorded play is still consumed");
+    // Explained, each lists its real-time items first in the history: now with the plays'
+    // times, as recorded without (a trace keeps the ids only).
+    let head = |t: &Trace| t.consumed.first().map(|c| (c.item_id.clone(), c.at_ms.is_some()));
+    assert_eq!(head(&now), Some((top.clone(), true)));
+    assert_eq!(head(&then), Some((first.clone(), false)));
     assert!(
         served(&then).contains(&top),
         "as recorded, {top} is served again: {:?}",

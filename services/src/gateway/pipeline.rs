@@ -256,7 +256,8 @@ impl RecallNotes {
                 .drain(..)
                 .map(|c| ConsumedRecord {
                     item_id: c.item_id,
-                    at_ms: Some(c.at_ms),
+                    // 0: not known (a replay's real-time items as recorded carry no times).
+                    at_ms: (c.at_ms != 0).then_some(c.at_ms),
                     source: "history".into(),
                 })
                 .collect(),
