@@ -258,7 +258,13 @@ pub async fn serve_replay(
     n: u32,
     progress: impl Fn(&str, usize),
 ) -> Result<Replayed, ServedError> {
-    assert_eq!(users.len(), events.len(), "one list of events per user");
+    if users.len() != events.len() {
+        return Err(ServedError::Replay(format!(
+            "{} users but {} lists of events: one list per user",
+            users.len(),
+            events.len()
+        )));
+    }
     let mut opts = local_options(model, setting);
     opts.events = Some(LocalEvents {
         log_dir: log_dir.to_path_buf(),
