@@ -615,12 +615,7 @@ spec:
         Ok((items.len() == 1).then_some(items))
     })?;
     let job = &jobs[0];
-    let args: Vec<&str> = job["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = strings(&job["spec"]["template"]["spec"]["containers"][0]["args"]);
     ensure!(
         args.first() == Some(&"build") && args.contains(&format!("s3://{BUCKET}/{STACK}/artifacts").as_str()),
         "the build Job publishes to the stack's artifacts: {args:?}"
@@ -1168,6 +1163,11 @@ async fn lists_first(
     Ok(f.is_some_and(|f| f.recent_items.first().map(String::as_str) == Some(item)))
 }
 
+/// The strings of a JSON array (none when it is not one).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
 fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
     use recstack_services::features::proto::GetItemsRequest;
     use recstack_services::features::proto::features_client::FeaturesClient;
@@ -1282,12 +1282,7 @@ fn freshness(d: &mut Deployed) -> anyhow::Result<()> {
             })
         },
     )?;
-    let history: Vec<&str> = trace["realtime_history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let history = strings(&trace["realtime_history"]);
     ensure!(
         history.contains(&item.as_str()),
         "the trace's real-time history {history:?} lacks the clicked {item}"
