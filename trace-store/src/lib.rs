@@ -105,8 +105,9 @@ pub struct Trace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumed_total: Option<u32>,
     /// The user's real-time items recall read from the stream job's store (newest first, ahead
-    /// of the build's history): what a what-if replay of the state as recorded puts back.
-    /// Empty when there were none, and in traces written before it was recorded.
+    /// of the build's history; a replay as recorded: those it was given): what a what-if replay
+    /// of the state as recorded puts back. Empty when there were none, and in traces written
+    /// before it was recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub realtime_history: Vec<String>,
     /// The user's history (full traces): what recall's channels left out, and the recent items
