@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::id_columns;
-use crate::ops::{Buckets, LogThrottle, MetricsRegistry, RpcMetrics};
+use crate::ops::{Buckets, LogThrottle, MetricsRegistry, RpcMetrics, WARN_EVERY};
 use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::warn;
@@ -38,10 +38,6 @@ pub mod proto {
 
 use proto::features_server::Features;
 use proto::{CacheDump, GetItemsRequest, GetItemsResponse, GetUserRequest, GetUserResponse};
-
-/// An L2 failure that repeats per key and request is logged at most this often (each is
-/// counted in `l2_errors`).
-const WARN_EVERY: Duration = Duration::from_secs(10);
 pub use proto::{ItemFeatures, UserFeatures};
 pub use recstack_core::features::Snapshot;
 

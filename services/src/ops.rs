@@ -262,6 +262,10 @@ impl RpcMetrics {
     }
 }
 
+/// How often the services log a store failure that repeats per request or per key (each is
+/// still counted in its metric): [`LogThrottle`]'s usual period.
+pub const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often a repeated warning is logged: the first at once, then at most one per `every`,
 /// saying how many were held back since the last. A store that is down would otherwise log
 /// once per request; the metrics still count each failure.

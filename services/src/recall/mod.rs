@@ -28,7 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::ops::{Buckets, HistogramFamily, LogThrottle, MetricsRegistry, RpcMetrics};
+use crate::ops::{Buckets, HistogramFamily, LogThrottle, MetricsRegistry, RpcMetrics, WARN_EVERY};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
@@ -186,9 +186,6 @@ pub struct RecallService<S> {
     /// so only other replicas can race a seen filter's compare-and-set.
     seen_writers: Vec<tokio::sync::Mutex<()>>,
 }
-
-/// A store failure that repeats per request is logged at most this often (each is counted).
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Most real-time items of a user read per request (the stream job keeps 50).
 pub const REALTIME_SEEDS: usize = 50;

@@ -219,7 +219,7 @@ pub async fn serve_lists(
 ) -> Result<Vec<Served>, ServedError> {
     let opts = local_options(model, setting);
     let stack = start_local(root, opts).await?;
-    let answers = ask(&stack.get("gateway").grpc_url(), users, n, progress).await;
+    let answers = ask(&stack.get("gateway").grpc_url(), users, |_| n, progress).await;
     stack.stop().await?;
     answers
 }
@@ -277,18 +277,11 @@ pub async fn serve_replay(
     let stack = start_local(root, opts).await?;
     let result = async {
         let url = stack.get("gateway").grpc_url();
-        let mut before = Vec::with_capacity(users.len());
-        {
-            let mut client = GatewayClient::connect(url.clone()).await?;
-            for (k, (user, items)) in users.iter().zip(events).enumerate() {
-                let longer = (n + items.len() as u32).min(crate::gateway::request::MAX_N);
-                before.push(recommend(&mut client, user, longer).await?);
-                progress("before", k + 1);
-            }
-        }
+        let longer = |k: usize| (n + events[k].len() as u32).min(crate::gateway::request::MAX_N);
+        let before = ask(&url, users, longer, |k| progress("before", k)).await?;
         post_plays(&stack.get("ingest").grpc_url(), users, events).await?;
         wait_for_recent(&stack.get("features").grpc_url(), users, events, &progress).await?;
-        let after = ask(&url, users, n, |k| progress("after", k)).await?;
+        let after = ask(&url, users, |_| n, |k| progress("after", k)).await?;
         Ok(Replayed { before, after })
     }
     .await;
@@ -375,35 +368,34 @@ async fn wait_for_recent(
     Ok(())
 }
 
-async fn recommend(
-    client: &mut GatewayClient<tonic::transport::Channel>,
-    user: &str,
-    n: u32,
-) -> Result<Served, ServedError> {
-    let r = client
-        .recommend(RecommendRequest {
-            user_id: user.to_string(),
-            n,
-            ..Default::default()
-        })
-        .await
-        .map_err(|status| ServedError::Recommend {
-            user: user.to_string(),
-            status,
-        })?
-        .into_inner();
-    Ok(Served {
-        items: r.items.into_iter().map(|i| i.item_id).collect(),
-        level: r.level,
-        gateway_us: r.latency_us,
-    })
-}
-
-async fn ask(url: &str, users: &[String], n: u32, progress: impl Fn(usize)) -> Result<Vec<Served>, ServedError> {
+/// Asks the gateway at `url` for `n(k)` items for each `users[k]` in turn (`progress(done)`
+/// after each), answers in `users`' order.
+async fn ask(
+    url: &str,
+    users: &[String],
+    n: impl Fn(usize) -> u32,
+    progress: impl Fn(usize),
+) -> Result<Vec<Served>, ServedError> {
     let mut client = GatewayClient::connect(url.to_string()).await?;
     let mut out = Vec::with_capacity(users.len());
     for (k, user) in users.iter().enumerate() {
-        out.push(recommend(&mut client, user, n).await?);
+        let r = client
+            .recommend(RecommendRequest {
+                user_id: user.clone(),
+                n: n(k),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| ServedError::Recommend {
+                user: user.clone(),
+                status,
+            })?
+            .into_inner();
+        out.push(Served {
+            items: r.items.into_iter().map(|i| i.item_id).collect(),
+            level: r.level,
+            gateway_us: r.latency_us,
+        });
         progress(k + 1);
     }
     Ok(out)

@@ -116,15 +116,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 "{elsewhere} answers at {} came at another level",
                 setting.name
             );
-            let lists: Vec<Vec<u32>> = answers
-                .iter()
-                .map(|s| {
-                    s.items
-                        .iter()
-                        .filter_map(|id| index.get(id.as_str()).copied())
-                        .collect()
-                })
-                .collect();
+            let lists: Vec<Vec<u32>> = answers.iter().map(|s| dense(&index, s)).collect();
             scored.push(eval::score(
                 &format!("served: {}", setting.name),
                 &lists,
@@ -238,12 +230,6 @@ fn replay_table(
         .context("serving the replay")?;
     bar.finish_and_clear();
     let index = eval::item_index(a);
-    let dense = |s: &Served| -> Vec<u32> {
-        s.items
-            .iter()
-            .filter_map(|id| index.get(id.as_str()).copied())
-            .collect()
-    };
     for s in served.before.iter().chain(&served.after) {
         anyhow::ensure!(s.level == setting.level, "a replay answer came at {}", s.level);
     }
@@ -253,14 +239,14 @@ fn replay_table(
         .iter()
         .zip(&replay.events)
         .map(|(s, replayed)| {
-            dense(s)
+            dense(&index, s)
                 .into_iter()
                 .filter(|i| !replayed.contains(i))
                 .take(20)
                 .collect()
         })
         .collect();
-    let after: Vec<Vec<u32>> = served.after.iter().map(dense).collect();
+    let after: Vec<Vec<u32>> = served.after.iter().map(|s| dense(&index, s)).collect();
     let scored = [
         eval::score(
             &format!("{}, minus the replayed items", eval::baseline_name(a)),
@@ -283,6 +269,16 @@ fn replay_table(
     );
     print!("{}", eval::table(&eval::summarize_against_first(&scored)));
     Ok(())
+}
+
+/// A served list as dense item ids (an id the build does not know is left out: it cannot be
+/// a held-out item).
+fn dense(index: &std::collections::HashMap<&str, u32>, served: &Served) -> Vec<u32> {
+    served
+        .items
+        .iter()
+        .filter_map(|id| index.get(id.as_str()).copied())
+        .collect()
 }
 
 fn parse_lambda(s: &str) -> Result<f32, String> {
