@@ -29,6 +29,9 @@ use serde_json::{Value, json};
 
 const NS: &str = "shop";
 const STACK: &str = "shop";
+/// The version an older release published, `current` when the stack is applied (an upgrade).
+const OLDER_VERSION: &str = "v-0000000004aa";
+
 /// Stores outside the cluster listen here (the node is .0.1).
 const STORES: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
 const ACCESS_KEY: &str = "e2e-access";
@@ -495,6 +498,31 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
             (models.as_path(), "models/deepfm"),
             (data.as_path(), "data/movietweetings"),
         ];
+        // What an upgraded stack finds: `current` naming a version a release before the
+        // artifact format field wrote (its manifest names no format). The services of this
+        // release cannot read it and must wait for their own build rather than crash-loop.
+        let older = format!("{STACK}/artifacts/{OLDER_VERSION}");
+        let manifest = serde_json::json!({
+            "version": OLDER_VERSION,
+            "created": "2026-11-01T00:00:00Z",
+            "dataset": "movietweetings",
+            "inputs": {},
+            "params": {},
+            "files": {},
+            "counts": {},
+        });
+        for (path, bytes) in [
+            (format!("{older}/artifacts.bin"), b"an older release's layout".to_vec()),
+            (format!("{older}/manifest.json"), manifest.to_string().into_bytes()),
+            (
+                format!("{STACK}/artifacts/current"),
+                format!("{OLDER_VERSION}\n").into_bytes(),
+            ),
+        ] {
+            store
+                .put(&object_store::path::Path::from(path), PutPayload::from(bytes))
+                .await?;
+        }
         for (dir, prefix) in uploads {
             for entry in std::fs::read_dir(dir)? {
                 let path = entry?.path();
@@ -813,11 +841,25 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             pod.plan.name
         );
     }
+    // Every artifact reader found `current` naming an older release's version, waited (none
+    // exited: checked above), then fetched the build's.
+    for component in ["recall", "ranking", "rerank", "feature", "gateway"] {
+        let log = d.with_pod(&format!("{STACK}-{component}-0"), |p| {
+            Ok(std::fs::read_to_string(&p.log)?)
+        })?;
+        let fetched = log
+            .lines()
+            .find(|l| l.contains("fetched artifacts"))
+            .unwrap_or_default();
+        ensure!(
+            log.contains(&format!("{OLDER_VERSION} was written in an older format"))
+                && log.contains("waiting for a build in this release's format")
+                && fetched.contains("version=v-")
+                && !fetched.contains(OLDER_VERSION),
+            "{component} waited out the older release's artifacts, then fetched the build's from S3:\n{log}"
+        );
+    }
     let log = d.with_pod(&format!("{STACK}-recall-0"), |p| Ok(std::fs::read_to_string(&p.log)?))?;
-    ensure!(
-        log.contains("no artifact version published yet") && log.contains("fetched artifacts"),
-        "recall waited for the build, then fetched its artifacts from S3:\n{log}"
-    );
     ensure!(
         !log.contains("user tower did not load"),
         "recall runs the sequence model's user tower (ONNX Runtime):\n{log}"

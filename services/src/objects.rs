@@ -37,6 +37,10 @@ pub enum ObjectError {
     },
     #[error("{uri}: {message}")]
     Layout { uri: String, message: String },
+    /// `current` names a version in an artifact format this build does not read: a release
+    /// rolled out before its build Job has published (or an older one rolled back to).
+    #[error("{uri}: {message}; waiting for a build in this release's format")]
+    Format { uri: String, message: String },
 }
 
 impl ObjectError {
@@ -300,6 +304,23 @@ impl Mirror {
                     message: "no manifest.json: the version is incomplete or missing".into(),
                 });
             }
+            // The manifest first, alone: a version in another artifact format is not fetched.
+            let manifest = objects
+                .iter()
+                .find(|(name, _, _)| name == "manifest.json")
+                .map(|(_, path, _)| path.clone())
+                .unwrap_or_else(|| self.remote.child(&version).join("manifest.json"));
+            let uri = format!("{}/{version}", self.remote.uri);
+            let format =
+                recstack_core::artifacts::manifest_format(&self.remote.get(&manifest).await?).map_err(|e| {
+                    ObjectError::Layout {
+                        uri: uri.clone(),
+                        message: format!("manifest.json: {e}"),
+                    }
+                })?;
+            if let Some(message) = recstack_core::artifacts::format_mismatch(&version, format) {
+                return Err(ObjectError::Format { uri, message });
+            }
             self.remote.fetch_into(&objects, &tmp).await?;
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
@@ -309,16 +330,21 @@ impl Mirror {
         Ok((version, true))
     }
 
-    /// The first sync: while the store has no `current` (nothing published yet) it waits,
-    /// checking every `every`; any other failure is returned.
+    /// The first sync: while the store has no `current` (nothing published yet), or `current`
+    /// names a version in another artifact format (a new release whose build has not published
+    /// yet), it waits, checking every `every`; any other failure is returned.
     pub async fn first_sync(&self, every: Duration) -> Result<String, ObjectError> {
         let mut waited = 0u32;
         loop {
             match self.sync().await {
                 Ok((version, _)) => return Ok(version),
-                Err(e) if e.is_not_found() => {
+                Err(e) if e.is_not_found() || matches!(e, ObjectError::Format { .. }) => {
                     if waited.is_multiple_of(12) {
-                        tracing::info!(uri = %self.remote.uri, "no artifact version published yet (no `current`); waiting for the build");
+                        if e.is_not_found() {
+                            tracing::info!(uri = %self.remote.uri, "no artifact version published yet (no `current`); waiting for the build");
+                        } else {
+                            tracing::info!(error = %e, "the published artifact version is not in this release's format");
+                        }
                     }
                     waited += 1;
                     tokio::time::sleep(every).await;
@@ -543,6 +569,7 @@ impl ModelFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recstack_core::artifacts::ARTIFACT_FORMAT;
 
     #[test]
     fn locations_parse_or_say_why_not() {
@@ -600,7 +627,7 @@ mod tests {
         let built = tmp.path().join("built");
         std::fs::create_dir_all(built.join("v-1")).unwrap();
         std::fs::write(built.join("v-1/artifacts.bin"), b"payload").unwrap();
-        std::fs::write(built.join("v-1/manifest.json"), b"{}").unwrap();
+        std::fs::write(built.join("v-1/manifest.json"), manifest(ARTIFACT_FORMAT)).unwrap();
         let bucket = tmp.path().join("bucket");
         std::fs::create_dir_all(&bucket).unwrap();
         let uri = format!("file://{}", bucket.display());
@@ -638,6 +665,16 @@ mod tests {
         );
     }
 
+    /// A `manifest.json` as far as the mirror reads it: its artifact format (0: none named, as
+    /// releases before the field wrote them).
+    fn manifest(format: u32) -> Vec<u8> {
+        if format == 0 {
+            br#"{"version": "v-old"}"#.to_vec()
+        } else {
+            format!(r#"{{"version": "v", "format": {format}}}"#).into_bytes()
+        }
+    }
+
     fn local_remote(bucket: &Path, prefix: &str) -> Remote {
         Remote {
             uri: format!("file://{}/{prefix}", bucket.display()),
@@ -664,7 +701,7 @@ mod tests {
         assert!(!waiting.is_finished(), "returned before anything was published");
         let built = tmp.path().join("built");
         std::fs::create_dir_all(built.join("v-7")).unwrap();
-        std::fs::write(built.join("v-7/manifest.json"), b"{}").unwrap();
+        std::fs::write(built.join("v-7/manifest.json"), manifest(ARTIFACT_FORMAT)).unwrap();
         publish(&built, "v-7", &local_remote(&bucket, "stack/artifacts"))
             .await
             .unwrap();
@@ -688,6 +725,85 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("incomplete or missing"), "{e}");
+    }
+
+    /// A release that reads a new artifact format rolls out before its build Job publishes:
+    /// `current` still names a version in the old format. A new pod waits for one it can read
+    /// (rather than fetching what it cannot load and exiting into a crash loop), and a running
+    /// pod keeps its copy.
+    #[tokio::test]
+    async fn a_version_in_another_artifact_format_is_waited_out_not_fetched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = tmp.path().join("bucket");
+        let built = tmp.path().join("built");
+        let remote = || local_remote(&bucket, "stack/artifacts");
+        for (version, format) in [("v-old", 0), ("v-later", ARTIFACT_FORMAT + 1)] {
+            std::fs::create_dir_all(built.join(version)).unwrap();
+            std::fs::write(built.join(version).join("artifacts.bin"), b"other layout").unwrap();
+            std::fs::write(built.join(version).join("manifest.json"), manifest(format)).unwrap();
+        }
+        std::fs::create_dir_all(&bucket).unwrap();
+        publish(&built, "v-later", &remote()).await.unwrap();
+        publish(&built, "v-old", &remote()).await.unwrap();
+        let mirror = Mirror {
+            remote: remote(),
+            root: tmp.path().join("cache"),
+        };
+        let e = mirror.sync().await.unwrap_err();
+        assert!(matches!(e, ObjectError::Format { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("v-old was written in an older format (4 or before)")
+                && e.contains(&format!("this build reads format {ARTIFACT_FORMAT}")),
+            "{e}"
+        );
+        assert!(
+            !tmp.path().join("cache/v-old").exists() && !tmp.path().join("cache/current").exists(),
+            "nothing of the other format is fetched or made current"
+        );
+        let waiting = tokio::spawn(async move { mirror.first_sync(Duration::from_millis(20)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "returned with a version it cannot read");
+        // The new release's build publishes: the waiting pod takes it.
+        std::fs::create_dir_all(built.join("v-new")).unwrap();
+        std::fs::write(built.join("v-new/manifest.json"), manifest(ARTIFACT_FORMAT)).unwrap();
+        publish(&built, "v-new", &remote()).await.unwrap();
+        let version = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(version, "v-new");
+        // A later format published over it (a newer release's build, while this one runs):
+        // this pod keeps serving its copy.
+        std::fs::write(bucket.join("stack/artifacts/current"), b"v-later\n").unwrap();
+        let mirror = Mirror {
+            remote: remote(),
+            root: tmp.path().join("cache"),
+        };
+        let e = mirror.sync().await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("v-later was written in format {}", ARTIFACT_FORMAT + 1)),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("cache/current")).unwrap(),
+            "v-new\n"
+        );
+        assert!(!tmp.path().join("cache/v-later").exists());
+        // A manifest that is not JSON is an error at once, not waited out.
+        std::fs::create_dir_all(built.join("v-bad")).unwrap();
+        std::fs::write(built.join("v-bad/manifest.json"), b"not json").unwrap();
+        publish(&built, "v-bad", &remote()).await.unwrap();
+        let e = Mirror {
+            remote: remote(),
+            root: tmp.path().join("cache3"),
+        }
+        .first_sync(Duration::from_millis(20))
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("v-bad: manifest.json:"), "{e}");
     }
 
     #[tokio::test]

@@ -193,6 +193,32 @@ const ARTIFACT_FILE: &str = "artifacts.bin";
 /// `hot_half_life_days`; 5: the items' `recent_score`).
 pub const ARTIFACT_FORMAT: u32 = 5;
 
+/// The [`Manifest::format`] of a `manifest.json`, read without the rest of it (so a manifest
+/// of any release can be told apart before its artifacts are fetched or decoded).
+pub fn manifest_format(json: &[u8]) -> Result<u32, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Format {
+        #[serde(default)]
+        format: u32,
+    }
+    Ok(serde_json::from_slice::<Format>(json)?.format)
+}
+
+/// Why a version in `format` cannot be read by this build, or `None` when it can: "`version`
+/// was written in format 4; this build reads format 5".
+pub fn format_mismatch(version: &str, format: u32) -> Option<String> {
+    if format == ARTIFACT_FORMAT {
+        return None;
+    }
+    let was = match format {
+        0 => "an older format (4 or before)".to_string(),
+        n => format!("format {n}"),
+    };
+    Some(format!(
+        "{version} was written in {was}; this build reads format {ARTIFACT_FORMAT}"
+    ))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -272,15 +298,8 @@ pub fn load(root: &Path, version: Option<&str>) -> Result<(Manifest, Artifacts),
         &std::fs::read(dir.join("manifest.json")).map_err(|e| err(format!("{version}/manifest.json: {e}")))?,
     )
     .map_err(|e| err(format!("{version}/manifest.json: {e}")))?;
-    if manifest.format != ARTIFACT_FORMAT {
-        let was = match manifest.format {
-            0 => "an older format (4 or before)".to_string(),
-            n => format!("format {n}"),
-        };
-        return Err(err(format!(
-            "{version} was written in {was}; this build reads format {ARTIFACT_FORMAT}: run `recstack build` \
-             to write the same data in it"
-        )));
+    if let Some(why) = format_mismatch(&version, manifest.format) {
+        return Err(err(format!("{why}: run `recstack build` to write the same data in it")));
     }
     let bytes = std::fs::read(dir.join(ARTIFACT_FILE)).map_err(|e| err(format!("{version}/{ARTIFACT_FILE}: {e}")))?;
     if manifest.files.get(ARTIFACT_FILE) != Some(&sha256_hex(&bytes)) {
