@@ -10,7 +10,7 @@ use recstack_trace_store::{CandidateFate, StageRecord, Trace};
 use serde::{Deserialize, Serialize};
 
 /// Degradation levels, best first; the order charts stack them in.
-pub const LEVELS: [&str; 4] = ["full", "reduced", "popular", "fallback"];
+pub use recstack_trace_store::LEVELS;
 
 /// One bar of the request funnel.
 #[derive(Clone, Debug, PartialEq)]

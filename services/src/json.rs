@@ -18,8 +18,29 @@ impl FieldError {
     }
 }
 
-/// Parses a JSON body into `T`; errors name the field (`events[2].kind`, or `body`).
+/// Parses a JSON object body into `T`; errors name the field (`events[2].kind`, or `body`).
+/// Any other JSON value is refused as the body: serde would read an array into a struct's
+/// fields by position and blame `[0]`.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Only a whole value is named; anything else is left to the parser's own message (a
+        // syntax error at its column).
+        use serde_json::Value;
+        let found = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(_)) => Some("an array"),
+            Ok(Value::String(_)) => Some("a string"),
+            Ok(Value::Number(_)) => Some("a number"),
+            Ok(Value::Bool(_)) => Some("a boolean"),
+            Ok(Value::Null) => Some("null"),
+            Ok(Value::Object(_)) | Err(_) => None,
+        };
+        if let Some(found) = found {
+            return Err(FieldError::new(
+                "body",
+                format!("expected a JSON object, found {found}"),
+            ));
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

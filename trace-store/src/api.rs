@@ -233,6 +233,14 @@ pub fn search_query(params: &HashMap<String, String>) -> Result<SearchQuery, Api
     q.user = text(params, "user")?;
     q.item = text(params, "item")?;
     q.level = text(params, "level")?;
+    if let Some(level) = &q.level
+        && !crate::LEVELS.contains(&level.as_str())
+    {
+        return Err(ApiError::bad(
+            "level",
+            format!("{level:?} is not one of {}", crate::LEVELS.join(", ")),
+        ));
+    }
     q.model_version = text(params, "model_version")?;
     q.from_ms = params.get("from").map(|s| parse_time("from", s)).transpose()?;
     q.to_ms = params.get("to").map(|s| parse_time("to", s)).transpose()?;
@@ -596,6 +604,19 @@ mod tests {
             "after"
         );
         assert_eq!(field(search_query(&params(&[("user", "")])).unwrap_err()), "user");
+        // A level the gateway never records is a mistake to say, not an empty page.
+        let e = search_query(&params(&[("level", "ful")])).unwrap_err();
+        assert_eq!(
+            e.message,
+            "level: \"ful\" is not one of full, reduced, popular, fallback"
+        );
+        assert_eq!(field(e), "level");
+        for level in crate::LEVELS {
+            assert_eq!(
+                search_query(&params(&[("level", level)])).unwrap().level.as_deref(),
+                Some(level)
+            );
+        }
         assert_eq!(
             field(search_query(&params(&[("from", "10"), ("to", "5")])).unwrap_err()),
             "to"

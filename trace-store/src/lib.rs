@@ -37,6 +37,9 @@ pub mod testkit;
 #[cfg(feature = "server")]
 pub mod writer;
 
+/// The service levels a trace records, best first (the gateway's degradation ladder).
+pub const LEVELS: [&str; 4] = ["full", "reduced", "popular", "fallback"];
+
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +79,7 @@ pub struct Trace {
     pub context: std::collections::BTreeMap<String, String>,
     /// `summary` or `full` (every candidate of every stage).
     pub detail: Detail,
-    /// full, reduced, popular, fallback.
+    /// One of [`LEVELS`].
     pub level: String,
     /// Why the level is below full.
     pub degraded: Vec<String>,

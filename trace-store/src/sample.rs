@@ -10,7 +10,7 @@ use crate::{
 };
 
 pub const CHANNELS: [&str; 5] = ["item_cf", "user_cf", "hot", "als", "vector"];
-pub const LEVELS: [&str; 4] = ["full", "reduced", "popular", "fallback"];
+pub use crate::LEVELS;
 const CANDIDATES: usize = 1_000;
 const RANK_CUT: usize = 500;
 const RERANK_POOL: usize = 200;

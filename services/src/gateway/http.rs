@@ -97,6 +97,12 @@ mod tests {
             (r#"{"user_id": "1""#, "body"),
             ("", "body"),
             ("[]", "body"),
+            // serde reads an array into a struct by position: still the body, not `[0]`.
+            (r#"["1", 3]"#, "body"),
+            (r#"[1, 2]"#, "body"),
+            ("null", "body"),
+            (r#""user_id""#, "body"),
+            ("  42 ", "body"),
             (r#"{"user_id": "1", "what_if": {}}"#, "what_if.replay_of"),
             (
                 r#"{"user_id": "1", "what_if": {"replay_of": "r", "forced": []}}"#,
@@ -111,6 +117,19 @@ mod tests {
             assert_eq!(e.field, field, "{body}: {e}");
             assert!(!e.message.is_empty());
         }
+        for (body, found) in [
+            ("[1, 2]", "an array"),
+            ("null", "null"),
+            ("true", "a boolean"),
+            ("-4", "a number"),
+        ] {
+            assert_eq!(
+                parse(body.as_bytes()).unwrap_err().message,
+                format!("expected a JSON object, found {found}")
+            );
+        }
+        // A syntax error keeps the parser's message, with its place.
+        assert!(parse(b"[1,").unwrap_err().message.contains("line 1"));
     }
 
     #[test]
