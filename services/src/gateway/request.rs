@@ -191,7 +191,8 @@ pub fn validate(req: RecommendRequest) -> Result<Query, FieldError> {
         Some(n) if n > MAX_N => return Err(FieldError::new("n", format!("is {n}; at most {MAX_N}"))),
         Some(n) => n,
     };
-    let scene = req.scene.unwrap_or_else(|| "default".into());
+    // An empty scene is the default one, as over gRPC (where a string cannot be absent).
+    let scene = req.scene.filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
     if scene.len() > 64 || !scene.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(FieldError::new(
             "scene",
@@ -335,6 +336,12 @@ mod tests {
         assert_eq!(q.n, DEFAULT_N);
         assert_eq!(q.scene, "default");
         assert_eq!(q.timeout, None);
+        let q = validate(RecommendRequest {
+            scene: Some(String::new()),
+            ..req("u")
+        })
+        .unwrap();
+        assert_eq!(q.scene, "default", "an empty scene is the default, as over gRPC");
         let q = validate(RecommendRequest {
             n: Some(5),
             timeout_ms: Some(250),
