@@ -298,26 +298,20 @@ impl Mirror {
             let tmp = self.root.join(format!(".{version}.fetch"));
             let _ = std::fs::remove_dir_all(&tmp);
             let objects = self.remote.list(&self.remote.child(&version)).await?;
-            if !objects.iter().any(|(name, _, _)| name == "manifest.json") {
+            let uri = format!("{}/{version}", self.remote.uri);
+            let Some((_, manifest, _)) = objects.iter().find(|(name, _, _)| name == "manifest.json") else {
                 return Err(ObjectError::Layout {
-                    uri: format!("{}/{version}", self.remote.uri),
+                    uri,
                     message: "no manifest.json: the version is incomplete or missing".into(),
                 });
-            }
+            };
             // The manifest first, alone: a version in another artifact format is not fetched.
-            let manifest = objects
-                .iter()
-                .find(|(name, _, _)| name == "manifest.json")
-                .map(|(_, path, _)| path.clone())
-                .unwrap_or_else(|| self.remote.child(&version).join("manifest.json"));
-            let uri = format!("{}/{version}", self.remote.uri);
-            let format =
-                recstack_core::artifacts::manifest_format(&self.remote.get(&manifest).await?).map_err(|e| {
-                    ObjectError::Layout {
-                        uri: uri.clone(),
-                        message: format!("manifest.json: {e}"),
-                    }
-                })?;
+            let format = recstack_core::artifacts::manifest_format(&self.remote.get(manifest).await?).map_err(|e| {
+                ObjectError::Layout {
+                    uri: uri.clone(),
+                    message: format!("manifest.json: {e}"),
+                }
+            })?;
             if let Some(message) = recstack_core::artifacts::format_mismatch(&version, format) {
                 return Err(ObjectError::Format { uri, message });
             }

@@ -37,14 +37,15 @@ pub mod testkit;
 #[cfg(feature = "server")]
 pub mod writer;
 
-/// The service levels a trace records, best first (the gateway's degradation ladder).
-pub const LEVELS: [&str; 4] = ["full", "reduced", "popular", "fallback"];
-
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+/// The service levels a trace records, best first (the gateway's degradation ladder: `recstack_core::degrade::Level`'s
+/// names, which a test in the services pins this to).
+pub const LEVELS: [&str; 4] = ["full", "reduced", "popular", "fallback"];
 
 /// The version of [`Trace`]'s shape; stores refuse versions newer than they know. Version 2
 /// added `channels` and `filters_passed` (both default to empty when reading version 1);

@@ -10,7 +10,6 @@ use crate::{
 };
 
 pub const CHANNELS: [&str; 5] = ["item_cf", "user_cf", "hot", "als", "vector"];
-pub use crate::LEVELS;
 const CANDIDATES: usize = 1_000;
 const RANK_CUT: usize = 500;
 const RERANK_POOL: usize = 200;

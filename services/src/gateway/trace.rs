@@ -207,3 +207,14 @@ fn candidate_fates(r: &Request) -> Vec<CandidateFate> {
         }))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    /// The trace model lists the levels traces record (the search API refuses others, the
+    /// dashboard orders by them) without depending on the core: they must be the gateway's.
+    #[test]
+    fn the_trace_models_levels_are_the_gateways() {
+        let names = recstack_core::degrade::Level::ALL.map(|l| l.name());
+        assert_eq!(names, recstack_trace_store::LEVELS);
+    }
+}
