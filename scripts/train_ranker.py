@@ -249,6 +249,9 @@ def main():
             "data": "MovieTweetings 100K (MIT), per-user time split, last 20% held out; the training "
                     "ratings split again the same way (the validation world)",
             "artifact_version": (args.data / "artifact_version").read_text().strip(),
+            # The newest training rating of those artifacts: the ranking service reports how
+            # far the data it serves has moved past it (docs/ranking.md).
+            "data_as_of": (args.data / "data_as_of").read_text().strip(),
             "rows": str(len(y)),
             "examples": "recall's first 500 candidates of each validation-world user: those rated next "
                         "are positives, 50 of the rest negatives; one user in five judges (validation) "

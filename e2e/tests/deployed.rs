@@ -53,6 +53,9 @@ struct Proc {
     child: Child,
 }
 
+/// A pod's `/metrics`, parsed: each series (name and labels) → its value.
+type Metrics = BTreeMap<String, f64>;
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -332,6 +335,18 @@ impl Deployed {
         metric: impl Fn(&str) -> String,
         labels: &[&str],
     ) -> anyhow::Result<BTreeMap<String, f64>> {
+        Ok(self
+            .replica_metrics(components)?
+            .into_iter()
+            .map(|(pod, component, metrics)| {
+                let sum = recstack_e2e::sum_series(&metrics, &metric(&component), labels);
+                (pod, sum)
+            })
+            .collect())
+    }
+
+    /// Each running pod of `components`: its name, its component and its parsed `/metrics`.
+    fn replica_metrics(&self, components: &[&str]) -> anyhow::Result<Vec<(String, String, Metrics)>> {
         let targets: Vec<(String, String, SocketAddr)> = {
             let mut pods = self.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?;
             let mut targets = Vec::new();
@@ -348,11 +363,10 @@ impl Deployed {
             }
             targets
         };
-        let mut out = BTreeMap::new();
+        let mut out = Vec::new();
         for (pod, component, addr) in targets {
             let (_, body) = http(addr, "GET", "/metrics", None, Duration::from_secs(5))?;
-            let metrics = recstack_e2e::parse_metrics(&body);
-            out.insert(pod, recstack_e2e::sum_series(&metrics, &metric(&component), labels));
+            out.push((pod, component, recstack_e2e::parse_metrics(&body)));
         }
         Ok(out)
     }
@@ -1063,6 +1077,12 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
         from_vector > 0,
         "no served item came from the vector channel: the recall pods did not run the user tower"
     );
+    // Each ranking pod reports its model's age against the data it serves: the build Job built
+    // the data the bundled model was trained on (its card's `training.data_as_of`), so 0.
+    let age = "recstack_ranking_model_data_age_seconds{model_version=\"deepfm-6\"}";
+    for (pod, _, metrics) in d.replica_metrics(&["ranking"])? {
+        ensure!(metrics.get(age) == Some(&0.0), "{pod}: {age} is {:?}", metrics.get(age));
+    }
     println!("      served items the vector channel found: {from_vector}");
     // The gateway spreads its calls over every replica: each recall and ranking pod answered
     // some of these requests (a pod left out would take none of the load it was scaled for).

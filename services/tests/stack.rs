@@ -461,6 +461,9 @@ fn mean_user_ndcg(rows: &Split, scores: &[f32]) -> f64 {
 fn the_bundled_model_ranks_the_holdouts_candidates_as_its_card_says() {
     let card = ModelCard::read(&bundled_model()).unwrap();
     let a = artifacts();
+    // The card says when its data ends: the newest training rating of the bundled data's build.
+    assert_eq!(card.data_as_of(), Ok(a.newest_rating()));
+    assert!(a.newest_rating().is_some());
     let p = CandidateParams::default();
     let (_, judged) = export::held_out_users(a, p.judge_every);
     let test = export::candidate_rows(a, &card.features, &p, &judged, false);
@@ -1035,6 +1038,88 @@ async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
     .err()
     .expect("a bad card stops the service from starting");
     assert!(e.to_string().contains("clicks_last_hour"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Each serving model's age against the data it serves (its card's `training.data_as_of`
+/// against the item table's build): 0 for the bundled model on the bundled data, the gap for a
+/// model trained on older data, no sample for a card without the time; a card whose time is
+/// not a time is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_reports_how_much_older_its_training_data_is_than_the_served_data() {
+    use recstack_services::features::Snapshot;
+    use recstack_services::ranking::service::{RankingMetrics, load_models};
+
+    let items = Snapshot::from_artifacts(artifacts());
+    let as_of = items.as_of().expect("artifacts know their newest rating");
+    let dir = std::env::temp_dir().join(format!("recstack-data-age-{}", std::process::id()));
+    let model = copy_bundled_model(&dir);
+    let card = ModelCard::read(&bundled_model()).unwrap();
+    let write_card = |training: &[(&str, Option<&str>)]| {
+        let mut card = card.clone();
+        for (key, value) in training {
+            match value {
+                Some(v) => card.training.insert(key.to_string(), v.to_string()),
+                None => card.training.remove(*key),
+            };
+        }
+        std::fs::write(dir.join("model.json"), serde_json::to_vec(&card).unwrap()).unwrap();
+    };
+    let age_of = |set| {
+        let metrics = RankingMetrics::default();
+        metrics.serving(set);
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("recstack_ranking_model_data_age_seconds{"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    let bundled = load_models(&sources(model.clone()), &items, Arc::new(())).unwrap();
+    assert_eq!(bundled.primary.data_age, Some(0));
+    assert_eq!(
+        age_of(&bundled),
+        [format!(
+            "recstack_ranking_model_data_age_seconds{{model_version=\"{}\"}} 0",
+            card.version
+        )]
+    );
+
+    // Trained on data 40 days older than what it serves: past the retraining age.
+    let older = jiff::Timestamp::from_second(as_of - 40 * 86_400).unwrap().to_string();
+    write_card(&[("data_as_of", Some(&older))]);
+    let set = load_models(&sources(model.clone()), &items, Arc::new(())).unwrap();
+    assert_eq!(set.primary.data_age, Some(40 * 86_400));
+    assert!(set.primary.data_age.unwrap() > recstack_services::ranking::model::RETRAIN_AFTER_SECONDS);
+    assert_eq!(
+        age_of(&set),
+        [format!(
+            "recstack_ranking_model_data_age_seconds{{model_version=\"{}\"}} 3456000",
+            card.version
+        )]
+    );
+
+    // A card from before the field: served, its age unknown.
+    write_card(&[("data_as_of", None)]);
+    let set = load_models(&sources(model.clone()), &items, Arc::new(())).unwrap();
+    assert_eq!(set.primary.data_age, None);
+    assert!(age_of(&set).is_empty());
+
+    // A snapshot not made from artifacts: no age either.
+    let parts = Snapshot::from_parts(Vec::new(), items.items().cloned().collect());
+    let set = load_models(&sources(bundled_model()), &parts, Arc::new(())).unwrap();
+    assert_eq!(set.primary.data_age, None);
+
+    write_card(&[("data_as_of", Some("last tuesday"))]);
+    let e = load_models(&sources(model), &items, Arc::new(()))
+        .err()
+        .expect("a card whose data_as_of is not a time is refused")
+        .to_string();
+    assert!(
+        e.contains("training.data_as_of: \"last tuesday\" is not an RFC 3339 time"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -13,6 +13,9 @@ use crate::artifacts::Artifacts;
 pub struct Snapshot {
     users: FxHashMap<String, UserFeatures>,
     items: FxHashMap<String, ItemFeatures>,
+    /// The newest training rating of the build (Unix seconds; `None` for a snapshot not made
+    /// from artifacts): what its features are as of.
+    as_of: Option<i64>,
 }
 
 impl Snapshot {
@@ -20,6 +23,7 @@ impl Snapshot {
         Self {
             users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
             items: items.into_iter().map(|i| (i.item_id.clone(), i)).collect(),
+            as_of: None,
         }
     }
 
@@ -65,7 +69,11 @@ impl Snapshot {
                 (user.clone(), v)
             })
             .collect();
-        Self { users, items }
+        Self {
+            users,
+            items,
+            as_of: a.newest_rating(),
+        }
     }
 
     pub fn user(&self, id: &str) -> Option<&UserFeatures> {
@@ -78,5 +86,10 @@ impl Snapshot {
 
     pub fn items(&self) -> impl Iterator<Item = &ItemFeatures> {
         self.items.values()
+    }
+
+    /// The newest training rating of the build it was made from (Unix seconds).
+    pub fn as_of(&self) -> Option<i64> {
+        self.as_of
     }
 }

@@ -76,7 +76,8 @@ pub type AttachTower<'a> = &'a dyn Fn(&mut Artifacts) -> Result<(), String>;
 /// The whole export (`recstack export-ranking`): checks that `data` is what the current
 /// artifacts in `artifacts` were built from, builds the validation world (with the sequence
 /// model in `seq_validation` when the artifacts carry one), and writes the `train`, `valid`
-/// and `test` splits with `features.json` and `artifact_version` to `out`. Reports each step
+/// and `test` splits with `features.json`, `artifact_version` and `data_as_of` (the artifacts'
+/// newest training rating) to `out`. Reports each step
 /// on stderr.
 pub fn export(
     artifacts: &Path,
@@ -135,6 +136,12 @@ pub fn export(
     };
     write(out, &spec, &named).map_err(written)?;
     std::fs::write(out.join("artifact_version"), &manifest.version).map_err(written)?;
+    // The card's `training.data_as_of`: lets the ranking service tell how far the data it
+    // serves has moved past the model's.
+    let as_of = a.newest_rating().and_then(|t| jiff::Timestamp::from_second(t).ok());
+    if let Some(t) = as_of {
+        std::fs::write(out.join("data_as_of"), t.to_string()).map_err(written)?;
+    }
     eprintln!(
         "export-ranking: wrote {} (artifacts {})",
         out.display(),

@@ -182,8 +182,39 @@ impl ModelCard {
             message: e.to_string(),
         })?;
         card.features.check()?;
+        card.data_as_of()
+            .map_err(|message| ModelError::Card { path, message })?;
         Ok(card)
     }
+
+    /// When the data the model was trained on ends: the card's `training.data_as_of`, the
+    /// newest training rating of the artifacts `training.artifact_version` names (RFC 3339),
+    /// as Unix seconds. `None` for a card without it (trained before the field); an error
+    /// naming the field for one that is not a time.
+    pub fn data_as_of(&self) -> Result<Option<i64>, String> {
+        let Some(value) = self.training.get(DATA_AS_OF) else {
+            return Ok(None);
+        };
+        value
+            .parse::<jiff::Timestamp>()
+            .map(|t| Some(t.as_second()))
+            .map_err(|e| format!("training.{DATA_AS_OF}: {value:?} is not an RFC 3339 time ({e})"))
+    }
+}
+
+/// The card's `training` key for when the training data ends ([`ModelCard::data_as_of`]).
+pub const DATA_AS_OF: &str = "data_as_of";
+
+/// How far the served artifacts' data may move past a model's before it is due for retraining:
+/// about one period of the data's time split, after which a ranker measured below recall's own
+/// order (docs/ranking.md, "How old a ranker may be").
+pub const RETRAIN_AFTER_SECONDS: i64 = 27 * 86_400;
+
+/// How much newer the served artifacts' data is than the model's training data, in seconds
+/// (negative: the model was trained on newer data than it serves); `None` when either time is
+/// unknown.
+pub fn data_age(trained: Option<i64>, serving: Option<i64>) -> Option<i64> {
+    Some(serving? - trained?)
 }
 
 /// The card of `dir/model.onnx` is `dir/model.json`.
@@ -358,5 +389,56 @@ impl OnnxModel {
             });
         }
         Ok(values.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(training: &[(&str, &str)]) -> ModelCard {
+        ModelCard {
+            name: "m".into(),
+            version: "m-1".into(),
+            sparse_input: "sparse".into(),
+            dense_input: "dense".into(),
+            output: "score".into(),
+            features: InputSpec {
+                sparse: Vec::new(),
+                dense: Vec::new(),
+            },
+            metrics: BTreeMap::new(),
+            training: training.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            factored: None,
+        }
+    }
+
+    #[test]
+    fn the_cards_data_time_is_read_as_unix_seconds_or_refused_by_name() {
+        assert_eq!(
+            card(&[("data_as_of", "2013-09-01T20:27:45Z")]).data_as_of(),
+            Ok(Some(1_378_067_265))
+        );
+        // Any RFC 3339 offset is the same instant.
+        assert_eq!(
+            card(&[("data_as_of", "2013-09-01T22:27:45+02:00")]).data_as_of(),
+            Ok(Some(1_378_067_265))
+        );
+        assert_eq!(card(&[("artifact_version", "v-1")]).data_as_of(), Ok(None));
+        for bad in ["", "2013-09-01", "yesterday", "1378067265"] {
+            let e = card(&[("data_as_of", bad)]).data_as_of().unwrap_err();
+            assert!(
+                e.starts_with(&format!("training.data_as_of: {bad:?} is not an RFC 3339 time")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_data_age_is_the_gap_when_both_times_are_known() {
+        assert_eq!(data_age(Some(100), Some(400)), Some(300));
+        assert_eq!(data_age(Some(400), Some(100)), Some(-300));
+        assert_eq!(data_age(None, Some(100)), None);
+        assert_eq!(data_age(Some(100), None), None);
     }
 }

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
@@ -28,7 +29,7 @@ use tracing::{info, warn};
 use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher, ScoredBy};
 use super::features::{ItemRow, Lineage, Place, RowWriter, UserRow};
 use super::folded::{DenseBlock, FoldedFirst, Side};
-use super::model::{Device, Graph, ModelError, OnnxModel, card_path};
+use super::model::{Device, Graph, ModelError, OnnxModel, RETRAIN_AFTER_SECONDS, card_path, data_age};
 use crate::features::Snapshot;
 use crate::features::proto::features_client::FeaturesClient;
 use crate::features::proto::features_server::Features;
@@ -99,6 +100,8 @@ pub struct RankingMetrics {
     /// Real-time feature reads from the feature service, by outcome.
     pub realtime: Family<RealtimeLabels, Counter>,
     pub realtime_seconds: Histogram,
+    /// How much newer the served artifacts' data is than each serving model's training data.
+    pub data_age: Family<ModelLabels, Gauge>,
 }
 
 impl Default for RankingMetrics {
@@ -140,6 +143,11 @@ impl Default for RankingMetrics {
                 "Time to read a request's real-time item features",
                 fast,
             ),
+            data_age: m.family(
+                "model_data_age_seconds",
+                "How much newer the served artifacts' data is than the data each serving model was trained on \
+                 (its card's training.data_as_of); retrain past about 27 days",
+            ),
             registry: m.finish(),
         }
     }
@@ -148,6 +156,33 @@ impl Default for RankingMetrics {
 impl RankingMetrics {
     pub fn encode(&self) -> String {
         crate::ops::encode(&self.registry)
+    }
+
+    /// Reports how old each model of a newly serving set is against its artifacts' data: the
+    /// gauge for each (the set before's versions dropped), and a warning for one due for
+    /// retraining.
+    pub fn serving(&self, set: &ModelSet) {
+        self.data_age.clear();
+        for model in std::iter::once(&set.primary).chain(set.canary.as_ref().map(|(c, _)| c)) {
+            let version = model.batcher.version();
+            let Some(age) = model.data_age else {
+                continue;
+            };
+            self.data_age
+                .get_or_create(&ModelLabels {
+                    model_version: version.to_string(),
+                })
+                .set(age);
+            if age > RETRAIN_AFTER_SECONDS {
+                warn!(
+                    model = version,
+                    days = age / 86_400,
+                    "ranking: the served artifacts' data is {} days newer than the data this model was trained \
+                     on; retrain it (docs/ranking.md, \"How old a ranker may be\")",
+                    age / 86_400
+                );
+            }
+        }
     }
 }
 
@@ -220,6 +255,9 @@ pub struct LoadedModel {
     /// The model's first stage folded into tables: the batcher runs the head on `pre` rows.
     /// `None`: it runs the whole graph on feature rows.
     pub folded: Option<Folded>,
+    /// How much newer the item table's data is than the model's training data, in seconds
+    /// ([`data_age`]; `None` when the card or the snapshot does not say).
+    pub data_age: Option<i64>,
 }
 
 /// A factored model's first stage as tables, and what each of its columns depends on.
@@ -671,6 +709,7 @@ pub fn load_models(
     let batch = sources.batch.for_device(sources.device);
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
+        let data_age = data_age(model.card.data_as_of().ok().flatten(), items.as_of());
         let rows = model.card.features.rows().with_genres_of(items.items());
         let mut items = item_table(&rows, items.items());
         let (scorer, folded) = if sources.fold && model.card.factored.is_some() {
@@ -684,6 +723,7 @@ pub fn load_models(
             rows,
             items,
             folded,
+            data_age,
         })
     };
     let primary = load(&sources.primary)?;
@@ -726,6 +766,7 @@ pub async fn watch_models(
                     version = set.primary.batcher.version(),
                     items_changed, "ranking: swapped in a new model set"
                 );
+                metrics.serving(&set);
                 slot.store(Arc::new(set));
                 metrics.reloads.inc();
                 failed = None;
@@ -1083,6 +1124,7 @@ mod tests {
             items: item_table(&rows, &known),
             rows,
             folded: None,
+            data_age: None,
         };
         let user = UserFeatures {
             user_id: "u1".into(),

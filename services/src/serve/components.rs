@@ -201,6 +201,7 @@ pub async fn ranking(
         first_stage_folded = set.primary.folded.is_some(),
         "ranking: model loaded"
     );
+    metrics.serving(&set);
     let models = Arc::new(ArcSwap::from_pointee(set));
     let items = Arc::new(ArcSwap::new(items));
     let artifact_watcher = artifacts.map(|(root, every, version)| {

@@ -166,6 +166,14 @@ pub struct Artifacts {
     pub seq: Option<seq::SeqModel>,
 }
 
+impl Artifacts {
+    /// The newest training rating (Unix seconds): the time the build's popularity and features
+    /// are as of. `None` without any rating.
+    pub fn newest_rating(&self) -> Option<i64> {
+        self.history_times.iter().flatten().copied().max()
+    }
+}
+
 /// The artifact directory's `manifest.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
