@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod assignment;
 pub mod defaults;
+pub mod quantity;
 pub mod runtime;
 pub mod strict;
 
@@ -998,6 +999,11 @@ impl Default for PdbPolicy {
 /// NetworkPolicy policy.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!has(self.gatewayClientNamespaces) || self.gatewayClientNamespaces.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("policies.networkPolicy.gatewayClientNamespaces entries must be namespace names: lower-case letters, digits and '-', at most 63 characters (each becomes a kubernetes.io/metadata.name selector)"),
+    validation = Rule::new("!has(self.metricsNamespace) || self.metricsNamespace.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("policies.networkPolicy.metricsNamespace must be a namespace name: lower-case letters, digits and '-', at most 63 characters")
+)]
 pub struct NetworkPolicyPolicy {
     /// Create the default-deny policy and the allow graph.
     #[serde(default = "defaults::yes")]
@@ -1005,10 +1011,12 @@ pub struct NetworkPolicyPolicy {
     /// Namespaces (by `kubernetes.io/metadata.name`) allowed to call the gateway. Empty means
     /// any source, inside or outside the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub gateway_client_namespaces: Vec<String>,
     /// Namespace of the Prometheus that scrapes `/metrics` on every pod; unset means no scrape
     /// is allowed through the policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub metrics_namespace: Option<String>,
 }
 

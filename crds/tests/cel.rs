@@ -107,6 +107,26 @@ fn gpus_only_on_ranking() {
 }
 
 #[test]
+fn network_policy_namespaces_are_namespace_names() {
+    for bad in ["A_B", "app.kubernetes.io/name", "-a", "a b"] {
+        assert_rejects(
+            &format!("  policies: {{networkPolicy: {{gatewayClientNamespaces: [apps, '{bad}']}}}}"),
+            "gatewayClientNamespaces entries must be namespace names",
+        );
+        assert_rejects(
+            &format!("  policies: {{networkPolicy: {{metricsNamespace: '{bad}'}}}}"),
+            "metricsNamespace must be a namespace name",
+        );
+    }
+    assert_eq!(
+        broken_rules(
+            "  policies: {networkPolicy: {gatewayClientNamespaces: [apps, team-2], metricsNamespace: monitoring}}"
+        ),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
 fn canary_percent_and_canary_model() {
     assert_rejects(
         "  ranking: {model: {canaryPercent: 101, canaryUri: x, canaryVersion: v}}",

@@ -76,6 +76,10 @@ fn main() {
             "the server's CEL rejects invalid stacks with their messages",
             cel_rejects,
         ),
+        (
+            "a resource that is not a quantity: Degraded naming it, nothing applied",
+            bad_quantity_degraded,
+        ),
         ("a spec change rolls and status follows observedGeneration", spec_change),
         (
             "fixed replicas to an autoscaler and back",
@@ -449,6 +453,11 @@ fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
             "feature.redisUrl must be redis://host:port[/db] (one server) or redis+cluster://",
         ),
         (
+            "bad",
+            "  policies: {networkPolicy: {gatewayClientNamespaces: [apps, Team_B]}}",
+            "gatewayClientNamespaces entries must be namespace names",
+        ),
+        (
             "a-name-far-too-long-for-every-name-derived-from-it-xy",
             "  {}",
             "metadata.name must be a DNS-1035 label of at most 51",
@@ -471,10 +480,50 @@ fn cel_rejects(s: &mut Suite) -> anyhow::Result<()> {
             .with_context(|| format!("the server accepted:\n{spec}"))?;
         ensure!(err.to_string().contains(message), "expected {message:?}, got: {err}");
     }
+    // The same fields written well pass the server's rules (and its cost limits on them).
+    s.cluster
+        .kubectl_stdin(
+            &["apply", "--dry-run=server", "-f", "-"],
+            &stack_yaml(
+                "e2e-cel",
+                "good",
+                "  recall: {resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {cpu: 2, memory: 1.5Gi}}}\n  policies: {networkPolicy: {gatewayClientNamespaces: [apps, team-2], metricsNamespace: monitoring}}\n  stream: {engine: none}",
+            ),
+        )
+        .context("the server refused well-formed quantities and namespace names")?;
     // Nothing was created on the way.
     let left = s.json(&["-n", "e2e-cel", "get", "rstack"])?;
     ensure!(left["items"].as_array().is_some_and(Vec::is_empty), "{left}");
     Ok(())
+}
+
+/// The CRD takes any string as a quantity (Kubernetes' own `ResourceRequirements` schema, which
+/// a CEL rule cannot check within the server's cost budget), so the server accepts the stack;
+/// the operator refuses it before applying anything, naming the field.
+fn bad_quantity_degraded(s: &mut Suite) -> anyhow::Result<()> {
+    let ns = "e2e-quantity";
+    s.create_namespace(ns)?;
+    s.apply(&stack_yaml(
+        ns,
+        "q",
+        "  recall: {replicas: 1, resources: {requests: {cpu: 500m}, limits: {cpu: lots}}}\n  stream: {engine: none}",
+    ))?;
+    let degraded = wait_until("the stack Degraded naming the field", SETTLE, || {
+        let degraded = s.condition(ns, "q", "Degraded").ok();
+        Ok(degraded.filter(|d| d["status"] == "True"))
+    })?;
+    let message = degraded["message"].as_str().unwrap_or("");
+    ensure!(
+        message.contains("spec.recall.resources.limits.cpu: \"lots\" is not a Kubernetes quantity"),
+        "{degraded}"
+    );
+    // Nothing of the stack was applied: no half-made stack with some workloads and not others.
+    for kind in ["deploy", "svc", "configmap"] {
+        let left = s.json(&["-n", ns, "get", kind, "-l", "app.kubernetes.io/instance=q"])?;
+        ensure!(left["items"].as_array().is_some_and(Vec::is_empty), "{kind}: {left}");
+    }
+    s.k(&["-n", ns, "delete", "rstack", "q", "--wait=true", "--timeout=60s"])
+        .map(drop)
 }
 
 fn spec_change(s: &mut Suite) -> anyhow::Result<()> {

@@ -569,6 +569,126 @@ fn a_stream_engine_this_operator_does_not_know_is_refused_by_name() {
 }
 
 #[test]
+fn a_resource_that_is_not_a_quantity_is_refused_by_its_field() {
+    let text = std::fs::read_to_string(common::repo_root().join("manifests/samples/gpu-ranking.yaml")).unwrap();
+    let stack = |patch: Value| -> RecommenderStack {
+        let mut v: Value = serde_yaml::from_str(&text).unwrap();
+        json_patch_merge(&mut v["spec"], &patch);
+        serde_json::from_value(v).unwrap()
+    };
+    for (patch, field, value) in [
+        (
+            json!({"recall": {"resources": {"limits": {"cpu": "lots"}}}}),
+            "spec.recall.resources.limits.cpu",
+            "lots",
+        ),
+        (
+            json!({"gateway": {"resources": {"requests": {"cpu": "250m", "memory": "1 GB"}}}}),
+            "spec.gateway.resources.requests.memory",
+            "1 GB",
+        ),
+        (
+            json!({"dashboard": {"resources": {"requests": {"cpu": "-1"}}}}),
+            "spec.dashboard.resources.requests.cpu",
+            "-1",
+        ),
+        (
+            json!({"stream": {"workload": {"resources": {"limits": {"memory": "2gb"}}}}}),
+            "spec.stream.workload.resources.limits.memory",
+            "2gb",
+        ),
+        (
+            json!({"build": {"resources": {"limits": {"memory": "big"}}}}),
+            "spec.build.resources.limits.memory",
+            "big",
+        ),
+    ] {
+        let err = render::render(&stack(patch)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{field}: {value:?} is not a Kubernetes quantity (500m, 2, 1.5Gi, 512Mi)")
+        );
+    }
+    // What people write renders, into the container as written.
+    let children = render::render(&stack(json!({"recall": {"resources": {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"cpu": 2, "memory": "1.5Gi", "ephemeral-storage": "1e9"}
+    }}})))
+    .unwrap();
+    let recall = find(&children, ChildKind::Deployment, "gpu-recall");
+    let resources = &recall["spec"]["template"]["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"]["memory"], "1.5Gi");
+    assert_eq!(resources["requests"]["cpu"], "500m");
+}
+
+#[test]
+fn a_gpu_node_selector_or_toleration_the_api_server_would_refuse_is_refused_by_its_field() {
+    let text = std::fs::read_to_string(common::repo_root().join("manifests/samples/gpu-ranking.yaml")).unwrap();
+    let render_gpu = |gpu: Value| {
+        let mut v: Value = serde_yaml::from_str(&text).unwrap();
+        json_patch_merge(&mut v["spec"]["ranking"]["gpu"], &gpu);
+        render::render(&serde_json::from_value(v).unwrap())
+    };
+    for (gpu, expected) in [
+        (
+            json!({"nodeSelector": {"zone": "eu west"}}),
+            "spec.ranking.gpu.nodeSelector.zone: \"eu west\" is not a label value",
+        ),
+        (
+            json!({"nodeSelector": {"Nvidia.com/gpu": "true"}}),
+            "spec.ranking.gpu.nodeSelector: \"Nvidia.com/gpu\" is not a label key",
+        ),
+        (
+            json!({"tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]}),
+            "spec.ranking.gpu.tolerations[0]: value \"yes\" must be empty with operator Exists",
+        ),
+        (
+            json!({"tolerations": [{"operator": "Exists"}, {"key": "gpu", "operator": "In"}]}),
+            "spec.ranking.gpu.tolerations[1]: operator \"In\": Equal or Exists",
+        ),
+        (
+            json!({"tolerations": [{"key": "gpu", "effect": "Never"}]}),
+            "spec.ranking.gpu.tolerations[0]: effect \"Never\"",
+        ),
+        (
+            json!({"tolerations": [{"value": "x"}]}),
+            "spec.ranking.gpu.tolerations[0]: an empty key tolerates every taint only with operator Exists",
+        ),
+        (
+            json!({"tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 30}]}),
+            "spec.ranking.gpu.tolerations[0]: tolerationSeconds applies to effect NoExecute only",
+        ),
+    ] {
+        let err = render_gpu(gpu.clone()).unwrap_err().to_string();
+        assert!(err.starts_with(expected), "{gpu}: {err}");
+    }
+    // Well-formed ones render into the ranking pods as written.
+    let children = render_gpu(json!({
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [
+            {"operator": "Exists"},
+            {"key": "gpu", "operator": "Equal", "value": "h100", "effect": "NoExecute", "tolerationSeconds": 60},
+        ],
+    }))
+    .unwrap();
+    let pod = &find(&children, ChildKind::Deployment, "gpu-ranking")["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.product"], "NVIDIA-H100-80GB-HBM3");
+    assert_eq!(pod["tolerations"][1]["tolerationSeconds"], 60);
+}
+
+/// `patch` merged into `target` (RFC 7386: objects merge, anything else replaces).
+fn json_patch_merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                json_patch_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+#[test]
 fn the_build_is_a_job_named_by_its_spec_and_a_cron_job_on_the_schedule() {
     let children = render_sample("gpu-ranking");
     let jobs: Vec<&Child> = children.iter().filter(|c| c.kind == ChildKind::Job).collect();

@@ -10,6 +10,7 @@ mod build;
 mod config;
 mod flink;
 mod network;
+mod values;
 mod workloads;
 
 use kube::ResourceExt;
@@ -33,6 +34,10 @@ pub enum RenderError {
     MissingNamespace,
     #[error("{field}: {message}")]
     InvalidField { field: &'static str, message: String },
+    /// A value the CRD's schema and rules let through but the API server would refuse in a
+    /// rendered object: refused before anything is applied.
+    #[error("{field}: {message}")]
+    InvalidValue { field: String, message: String },
     #[error("internal error building {kind}: {source}")]
     Build {
         kind: &'static str,
@@ -144,6 +149,7 @@ pub fn render(stack: &RecommenderStack) -> Result<Vec<Child>, RenderError> {
             message: "a value this operator does not know (the CRD is newer than the operator): upgrade the operator; the stack's objects are left as they are".into(),
         });
     }
+    values::check(spec)?;
     let config = config::runtime_config(&ctx);
     let config_map = config::config_map(&ctx, &config)?;
     let config_hash = config::hash_of(&config);
