@@ -10,28 +10,27 @@ mod common;
 use std::collections::BTreeMap;
 
 use kube::CustomResourceExt;
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use recstack_crds::RecommenderStack;
 use recstack_crds::quantity::is_quantity;
 use recstack_crds::runtime::RuntimeConfig;
 use recstack_operator::render::{self, ChildKind, RenderError};
 use serde_json::{Map, Value, json};
 
-/// splitmix64: a fixed seed, so a failure names a stack that can be drawn again.
-struct Rng(u64);
+/// A seeded generator (a fixed seed, so a failure names a stack that can be drawn again) and
+/// the few draws the stacks need.
+struct Rng(ChaCha8Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.r#gen()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.gen_range(0..n)
     }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+    fn chance(&mut self, percent: u32) -> bool {
+        self.0.gen_ratio(percent, 100)
     }
     fn pick<T: Clone>(&mut self, options: &[T]) -> T {
         options[self.below(options.len())].clone()
@@ -191,59 +190,48 @@ fn label_value(s: &str) -> bool {
             && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c)))
 }
 
-/// Every container's `resources` in `v`: each request and limit a quantity.
-fn check_resources(v: &Value, path: &str, out: &mut Vec<String>) {
+/// Calls `visit` with each key of every object anywhere in `v`, its value and its path.
+fn walk(v: &Value, path: &str, visit: &mut impl FnMut(&str, &Value, &str)) {
     match v {
         Value::Object(map) => {
             for (k, child) in map {
                 let p = format!("{path}.{k}");
-                if k == "resources" {
-                    for side in ["requests", "limits"] {
-                        for (name, q) in child.get(side).and_then(Value::as_object).into_iter().flatten() {
-                            let text = q.as_str().map_or_else(|| q.to_string(), str::to_string);
-                            if !is_quantity(&text) {
-                                out.push(format!("{p}.{side}.{name}: {q} is not a quantity"));
-                            }
-                        }
-                    }
-                }
-                check_resources(child, &p, out);
+                visit(k, child, &p);
+                walk(child, &p, visit);
             }
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check_resources(item, &format!("{path}[{i}]"), out);
+                walk(item, &format!("{path}[{i}]"), visit);
             }
         }
         _ => {}
     }
 }
 
-/// Every `labels` and `matchLabels` map anywhere in `v`: each value a valid label value.
-fn check_labels(v: &Value, path: &str, out: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                let p = format!("{path}.{k}");
-                if matches!(k.as_str(), "labels" | "matchLabels" | "nodeSelector")
-                    && let Some(labels) = child.as_object()
-                {
-                    for (lk, lv) in labels {
-                        if !lv.as_str().is_some_and(label_value) {
-                            out.push(format!("{p}.{lk}: {lv}"));
-                        }
-                    }
+/// What in a rendered object the API server would refuse: a label (or `matchLabels`, or
+/// `nodeSelector`) value that is not a label value, a request or limit that is not a quantity.
+fn check_object(object: &Value, path: &str, out: &mut Vec<String>) {
+    walk(object, path, &mut |key, child, p| match key {
+        "labels" | "matchLabels" | "nodeSelector" => {
+            for (lk, lv) in child.as_object().into_iter().flatten() {
+                if !lv.as_str().is_some_and(label_value) {
+                    out.push(format!("{p}.{lk}: {lv}"));
                 }
-                check_labels(child, &p, out);
             }
         }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                check_labels(item, &format!("{path}[{i}]"), out);
+        "resources" => {
+            for side in ["requests", "limits"] {
+                for (name, q) in child.get(side).and_then(Value::as_object).into_iter().flatten() {
+                    let text = q.as_str().map_or_else(|| q.to_string(), str::to_string);
+                    if !is_quantity(&text) {
+                        out.push(format!("{p}.{side}.{name}: {q} is not a quantity"));
+                    }
+                }
             }
         }
         _ => {}
-    }
+    });
 }
 
 /// The `required` names of an object schema.
@@ -290,7 +278,7 @@ fn random_stacks_that_pass_the_crds_rules_render_into_objects_kubernetes_takes_o
     let crd = serde_json::to_value(RecommenderStack::crd()).unwrap();
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert!(schema.is_object(), "the CRD has a spec schema");
-    let mut rng = Rng(0x5eed_0031);
+    let mut rng = Rng(ChaCha8Rng::seed_from_u64(0x5eed_0031));
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
     let mut rules: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -376,8 +364,7 @@ fn random_stacks_that_pass_the_crds_rules_render_into_objects_kubernetes_takes_o
             if !dns_name(&name, max, dots) {
                 problems.push(format!("{:?} name {name:?}", child.kind));
             }
-            check_labels(&object, &format!("{:?}/{name}", child.kind), &mut problems);
-            check_resources(&object, &format!("{:?}/{name}", child.kind), &mut problems);
+            check_object(&object, &format!("{:?}/{name}", child.kind), &mut problems);
             if child.kind == ChildKind::ConfigMap
                 && let Some(text) = object["data"]["config.yaml"].as_str()
             {

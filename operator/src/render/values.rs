@@ -13,25 +13,19 @@ use crate::labels;
 /// tolerations are well formed. The first that is not is refused, by its field.
 pub(super) fn check(spec: &RecommenderStackSpec) -> Result<(), RenderError> {
     let invalid = |field: String, message: String| Err(RenderError::InvalidValue { field, message });
-    let workloads = [
-        Component::Gateway,
-        Component::Recall,
-        Component::Ranking,
-        Component::Rerank,
-        Component::Feature,
-        Component::Ingest,
-        Component::Dashboard,
-        Component::Stream,
-    ]
-    .map(|c| {
-        let path = match c {
-            Component::Stream => "stream.workload",
-            other => other.name(),
-        };
-        (path, spec.workload(c).resources)
-    });
+    // Traces and Dashboard share `spec.dashboard`; the stream workload's are its own.
+    let workloads = Component::ONLINE
+        .into_iter()
+        .chain([Component::Dashboard, Component::Stream])
+        .map(|c| {
+            let path = match c {
+                Component::Stream => "stream.workload",
+                other => other.name(),
+            };
+            (path, spec.workload(c).resources)
+        });
     let build = ("build", spec.build.as_ref().and_then(|b| b.resources.as_ref()));
-    for (path, resources) in workloads.into_iter().chain([build]) {
+    for (path, resources) in workloads.chain([build]) {
         if let Some((field, value)) = resources.and_then(recstack_crds::quantity::first_bad_quantity) {
             return invalid(
                 format!("spec.{path}.resources.{field}"),
