@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod assignment;
 pub mod defaults;
+pub mod names;
 pub mod quantity;
+#[cfg(feature = "random")]
+pub mod random;
 pub mod runtime;
 pub mod strict;
 

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use recstack_crds::random::Draw;
 use recstack_e2e::{Cluster, Operator, wait_until};
 use serde_json::{Value, json};
 
@@ -79,6 +80,10 @@ fn main() {
         (
             "a resource that is not a quantity: Degraded naming it, nothing applied",
             bad_quantity_degraded,
+        ),
+        (
+            "random stacks the server accepts: applied whole, or Degraded by render",
+            random_stacks_applied,
         ),
         ("a spec change rolls and status follows observedGeneration", spec_change),
         (
@@ -523,6 +528,80 @@ fn bad_quantity_degraded(s: &mut Suite) -> anyhow::Result<()> {
         ensure!(left["items"].as_array().is_some_and(Vec::is_empty), "{kind}: {left}");
     }
     s.k(&["-n", ns, "delete", "rstack", "q", "--wait=true", "--timeout=60s"])
+        .map(drop)
+}
+
+/// Stacks nobody wrote (`recstack_crds::random`), applied for real: each one the server accepts
+/// (its schema and CEL) is either applied whole by the operator or `Degraded` because render
+/// refused it, naming a field — never left half-applied by an object the server refuses.
+fn random_stacks_applied(s: &mut Suite) -> anyhow::Result<()> {
+    let ns = "e2e-random";
+    s.create_namespace(ns)?;
+    let mut samples = Vec::new();
+    for sample in ["minimal", "gpu-ranking", "flink-streaming"] {
+        let path = recstack_e2e::repo().join(format!("manifests/samples/{sample}.yaml"));
+        let stack: Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+        samples.push(stack["spec"].clone());
+    }
+    let stacks: usize = std::env::var("RECSTACK_E2E_RANDOM_STACKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut draw = Draw::new(0x5eed_0032, samples);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for n in 0..stacks {
+        let (spec, name) = (draw.spec(), draw.name());
+        // Unique, at the drawn name's length (the CRD's limits depend on it).
+        let suffix = n.to_string();
+        let name = if name.len() > suffix.len() + 1 {
+            format!("{}{suffix}", &name[..name.len() - suffix.len()])
+        } else {
+            format!("s{suffix}")
+        };
+        let doc = json!({
+            "apiVersion": "recstack.io/v1alpha1",
+            "kind": "RecommenderStack",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        });
+        match s.apply(&doc.to_string()) {
+            Ok(_) => accepted.push((name, doc)),
+            Err(_) => refused += 1,
+        }
+    }
+    let (mut applied, mut by_render) = (0, 0);
+    for (name, doc) in &accepted {
+        let stack = wait_until(&format!("{ns}/{name} reconciled"), SETTLE, || {
+            let stack = s.stack(ns, name)?;
+            let current = stack["status"]["observedGeneration"] == stack["metadata"]["generation"];
+            Ok(current.then_some(stack))
+        })?;
+        let failed = stack["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Degraded" && c["reason"] == "ReconcileFailed");
+        match failed {
+            None => applied += 1,
+            Some(c) => {
+                let message = c["message"].as_str().unwrap_or("");
+                ensure!(
+                    message.starts_with("cannot render the stack: spec.")
+                        || message.starts_with("cannot render the stack: metadata."),
+                    "{name}: the server accepted the stack, then the operator failed on it: {message}\n{doc}"
+                );
+                by_render += 1;
+            }
+        }
+    }
+    println!(
+        "      {stacks} random stacks: {refused} refused by the server, {applied} applied, {by_render} Degraded by render naming a field"
+    );
+    // The draw reaches the operator: a change that made the server refuse nearly every stack
+    // would test nothing here.
+    ensure!(applied >= stacks / 5, "only {applied} of {stacks} stacks applied");
+    s.k(&["-n", ns, "delete", "rstack", "--all", "--wait=true", "--timeout=120s"])
         .map(drop)
 }
 

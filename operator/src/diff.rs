@@ -51,37 +51,9 @@ fn is_metric_target(target: &serde_json::Map<String, Value>) -> bool {
     )
 }
 
-/// A Kubernetes resource quantity's value (`500m` → 0.5, `1Gi` → 1073741824, `1e3` → 1000),
-/// or `None` when `s` is not a quantity.
+/// A quantity's number (`1.5Gi`, `500m`, `-1`), or `None` when `s` is not a quantity.
 pub fn quantity_value(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let split = s
-        .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '+' || c == '-') && i == 0)))
-        .map_or(s.len(), |(i, _)| i);
-    let (number, suffix) = s.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let scale = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(number * scale)
+    recstack_crds::quantity::parse(s.trim())
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use super::RenderError;
 use crate::labels;
 
 /// Values the CRD cannot check but the API server checks in the objects they are rendered
-/// into: every container's requests and limits are quantities (see
-/// [`recstack_crds::quantity`]), the GPU node selector's keys and values are labels', and its
-/// tolerations are well formed. The first that is not is refused, by its field.
+/// into: every container's resources as the API server takes them (names, quantities,
+/// requests within limits: [`recstack_crds::quantity::resources_error`]), the GPU node
+/// selector's keys and values as labels', and its tolerations well formed. The first that is not is refused, by its field.
 pub(super) fn check(spec: &RecommenderStackSpec) -> Result<(), RenderError> {
     let invalid = |field: String, message: String| Err(RenderError::InvalidValue { field, message });
     // Traces and Dashboard share `spec.dashboard`; the stream workload's are its own.
@@ -26,11 +26,8 @@ pub(super) fn check(spec: &RecommenderStackSpec) -> Result<(), RenderError> {
         });
     let build = ("build", spec.build.as_ref().and_then(|b| b.resources.as_ref()));
     for (path, resources) in workloads.chain([build]) {
-        if let Some((field, value)) = resources.and_then(recstack_crds::quantity::first_bad_quantity) {
-            return invalid(
-                format!("spec.{path}.resources.{field}"),
-                format!("{value:?} is not a Kubernetes quantity (500m, 2, 1.5Gi, 512Mi)"),
-            );
+        if let Some((field, message)) = resources.and_then(recstack_crds::quantity::resources_error) {
+            return invalid(format!("spec.{path}.resources.{field}"), message);
         }
     }
     let Some(gpu) = &spec.ranking.gpu else {
