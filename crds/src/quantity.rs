@@ -108,30 +108,30 @@ pub fn resources_error(resources: &ResourceRequirements) -> Option<(String, Stri
             }
         }
     }
-    let mut huge_pages = false;
+    // Extended resources and huge pages cannot be overcommitted, and come in whole numbers.
+    let whole = |name: &str| name.contains('/') || name.starts_with("hugepages-");
     for (name, request) in requests {
         let request = value(&request.0).unwrap_or_default();
         let limit = limits.get(name).and_then(|l| value(&l.0));
-        let whole = name.contains('/') || name.starts_with("hugepages-");
-        huge_pages |= name.starts_with("hugepages-");
         let why = match limit {
             Some(limit) if request > limit => format!("{request} is more than its limit, {limit}"),
-            Some(limit) if whole && request != limit => {
+            Some(limit) if whole(name) && request != limit => {
                 format!("must equal its limit ({limit}): {name} cannot be overcommitted")
             }
-            None if whole => format!("needs a limit equal to it: {name} cannot be overcommitted"),
+            None if whole(name) => format!("needs a limit equal to it: {name} cannot be overcommitted"),
             _ => continue,
         };
         return Some((format!("requests.{name}"), why));
     }
     for (name, limit) in limits {
-        let limit = value(&limit.0).unwrap_or_default();
-        let whole = name.contains('/') || name.starts_with("hugepages-");
-        huge_pages |= name.starts_with("hugepages-");
-        if whole && limit.fract() != 0.0 {
+        if whole(name) && value(&limit.0).unwrap_or_default().fract() != 0.0 {
             return Some((format!("limits.{name}"), format!("{name} takes whole numbers")));
         }
     }
+    let huge_pages = limits
+        .keys()
+        .chain(requests.keys())
+        .any(|n| n.starts_with("hugepages-"));
     let cpu_or_memory = ["cpu", "memory"]
         .iter()
         .any(|r| limits.contains_key(*r) || requests.contains_key(*r));

@@ -11,8 +11,7 @@ use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
-use crate::RecommenderStack;
-use kube::CustomResourceExt;
+use std::path::Path;
 
 /// Draws stacks: one generator, the CRD's spec schema and the samples to start from.
 pub struct Draw {
@@ -24,8 +23,7 @@ pub struct Draw {
 impl Draw {
     /// Draws from `samples` (specs, as JSON) with `seed`.
     pub fn new(seed: u64, samples: Vec<Value>) -> Self {
-        let crd = serde_json::to_value(RecommenderStack::crd()).unwrap_or(Value::Null);
-        let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
+        let schema = crate::strict::openapi_schema()["properties"]["spec"].clone();
         Self {
             rng: Rng(ChaCha8Rng::seed_from_u64(seed)),
             schema,
@@ -48,6 +46,16 @@ impl Draw {
         spec
     }
 
+    /// A whole `RecommenderStack` of `spec`, as JSON.
+    pub fn document(name: &str, namespace: &str, spec: Value) -> Value {
+        json!({
+            "apiVersion": "recstack.io/v1alpha1",
+            "kind": "RecommenderStack",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        })
+    }
+
     /// A stack name: short, or at the CRD's limits (45 with a stream engine, 51 without).
     pub fn name(&mut self) -> String {
         match self.rng.below(4) {
@@ -57,6 +65,18 @@ impl Draw {
             _ => "b".repeat(51),
         }
     }
+}
+
+/// The specs of the sample stacks in `dir` (`manifests/samples`), the draws' starting points.
+pub fn samples(dir: &Path) -> std::io::Result<Vec<Value>> {
+    ["minimal", "gpu-ranking", "flink-streaming"]
+        .iter()
+        .map(|sample| {
+            let text = std::fs::read_to_string(dir.join(format!("{sample}.yaml")))?;
+            let stack: Value = serde_yaml::from_str(&text).map_err(std::io::Error::other)?;
+            Ok(stack["spec"].clone())
+        })
+        .collect()
 }
 
 /// A seeded generator and the few draws the stacks need.
@@ -145,13 +165,9 @@ fn draw(schema: &Value, name: &str, rng: &mut Rng, depth: usize) -> Value {
         Some("object") => {
             let mut map = Map::new();
             if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
-                let required: Vec<&str> = schema
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .map(|r| r.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
+                let required = required(schema);
                 for (key, child) in properties {
-                    if required.contains(&key.as_str()) || (depth < 6 && rng.chance(40)) {
+                    if required.contains(key) || (depth < 6 && rng.chance(40)) {
                         map.insert(key.clone(), draw(child, key, rng, depth + 1));
                     }
                 }
@@ -230,7 +246,9 @@ fn overlay(spec: &mut Value, schema: &Value, rng: &mut Rng) {
         let keys: Vec<&String> = properties.keys().collect();
         let key = rng.pick(&keys).clone();
         let child = &properties[&key];
-        let object = here.as_object_mut().unwrap();
+        let Some(object) = here.as_object_mut() else {
+            return;
+        };
         if rng.chance(25) || child.get("properties").is_none() {
             // This field: removed (when the schema allows), or drawn whole.
             if rng.chance(15) && !required(schema).contains(&key) {

@@ -14,18 +14,22 @@ use crate::RecommenderStack;
 /// Paths (`spec.recall.replica`) of every field of `object` that the CRD's schema does not
 /// declare. `apiVersion`, `kind` and `metadata` (Kubernetes' own `ObjectMeta`) are not checked.
 pub fn unknown_fields(object: &Value) -> Vec<String> {
-    let crd = RecommenderStack::crd();
-    let schema = crd
+    let schema = openapi_schema();
+    let mut out = Vec::new();
+    walk(object, &schema, "", &mut out);
+    out
+}
+
+/// The CRD's OpenAPI v3 schema (of the whole object), as JSON: `Null` if it has none.
+pub fn openapi_schema() -> Value {
+    RecommenderStack::crd()
         .spec
         .versions
         .first()
         .and_then(|v| v.schema.as_ref())
         .and_then(|s| s.open_api_v3_schema.as_ref())
         .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or(Value::Null);
-    let mut out = Vec::new();
-    walk(object, &schema, "", &mut out);
-    out
+        .unwrap_or(Value::Null)
 }
 
 fn walk(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use recstack_crds::random::Draw;
+use recstack_crds::random::{Draw, samples};
 use recstack_e2e::{Cluster, Operator, wait_until};
 use serde_json::{Value, json};
 
@@ -537,12 +537,7 @@ fn bad_quantity_degraded(s: &mut Suite) -> anyhow::Result<()> {
 fn random_stacks_applied(s: &mut Suite) -> anyhow::Result<()> {
     let ns = "e2e-random";
     s.create_namespace(ns)?;
-    let mut samples = Vec::new();
-    for sample in ["minimal", "gpu-ranking", "flink-streaming"] {
-        let path = recstack_e2e::repo().join(format!("manifests/samples/{sample}.yaml"));
-        let stack: Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
-        samples.push(stack["spec"].clone());
-    }
+    let samples = samples(&recstack_e2e::repo().join("manifests/samples"))?;
     let stacks: usize = std::env::var("RECSTACK_E2E_RANDOM_STACKS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -559,12 +554,7 @@ fn random_stacks_applied(s: &mut Suite) -> anyhow::Result<()> {
         } else {
             format!("s{suffix}")
         };
-        let doc = json!({
-            "apiVersion": "recstack.io/v1alpha1",
-            "kind": "RecommenderStack",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": spec,
-        });
+        let doc = Draw::document(&name, ns, spec);
         match s.apply(&doc.to_string()) {
             Ok(_) => accepted.push((name, doc)),
             Err(_) => refused += 1,

@@ -126,8 +126,6 @@ pub fn valid_stack_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
-pub use recstack_crds::names::{valid_label_key, valid_label_value};
-
 #[cfg(test)]
 mod tests {
     use super::*;

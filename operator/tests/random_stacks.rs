@@ -8,8 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use recstack_crds::RecommenderStack;
+use recstack_crds::names::valid_label_value;
 use recstack_crds::quantity::is_quantity;
-use recstack_crds::random::Draw;
+use recstack_crds::random::{Draw, samples};
 use recstack_crds::runtime::RuntimeConfig;
 use recstack_operator::render::{self, ChildKind, RenderError};
 use serde_json::{Value, json};
@@ -23,16 +24,6 @@ fn dns_name(s: &str, max: usize, dots: bool) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || (dots && *c == b'.'))
-}
-
-/// A label value: at most 63 characters, alphanumerics with `-_.` inside, or empty.
-fn label_value(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.is_empty()
-        || (b.len() <= 63
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c)))
 }
 
 /// Calls `visit` with each key of every object anywhere in `v`, its value and its path.
@@ -60,7 +51,7 @@ fn check_object(object: &Value, path: &str, out: &mut Vec<String>) {
     walk(object, path, &mut |key, child, p| match key {
         "labels" | "matchLabels" | "nodeSelector" => {
             for (lk, lv) in child.as_object().into_iter().flatten() {
-                if !lv.as_str().is_some_and(label_value) {
+                if !lv.as_str().is_some_and(valid_label_value) {
                     out.push(format!("{p}.{lk}: {lv}"));
                 }
             }
@@ -81,10 +72,7 @@ fn check_object(object: &Value, path: &str, out: &mut Vec<String>) {
 
 #[test]
 fn random_stacks_that_pass_the_crds_rules_render_into_objects_kubernetes_takes_or_name_a_field() {
-    let samples: Vec<Value> = ["minimal", "gpu-ranking", "flink-streaming"]
-        .iter()
-        .map(|s| serde_json::to_value(common::sample(s)).unwrap()["spec"].clone())
-        .collect();
+    let samples = samples(&common::repo_root().join("manifests/samples")).unwrap();
     let mut draw = Draw::new(0x5eed_0031, samples);
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
     let mut rules: BTreeMap<String, usize> = BTreeMap::new();
@@ -95,12 +83,8 @@ fn random_stacks_that_pass_the_crds_rules_render_into_objects_kubernetes_takes_o
         .unwrap_or(500);
     for n in 0..stacks {
         let (spec, name) = (draw.spec(), draw.name());
-        let doc = json!({
-            "apiVersion": "recstack.io/v1alpha1",
-            "kind": "RecommenderStack",
-            "metadata": {"name": name, "namespace": "team-a", "uid": "0000-1111"},
-            "spec": spec,
-        });
+        let mut doc = Draw::document(&name, "team-a", spec);
+        doc["metadata"]["uid"] = json!("0000-1111");
         let stack: RecommenderStack = match serde_json::from_value(doc.clone()) {
             Ok(s) => s,
             Err(e) => {

@@ -4,13 +4,15 @@
 
 use recstack_crds::{Component, RecommenderStackSpec};
 
+use recstack_crds::names::{valid_label_key, valid_label_value};
+
 use super::RenderError;
-use crate::labels;
 
 /// Values the CRD cannot check but the API server checks in the objects they are rendered
 /// into: every container's resources as the API server takes them (names, quantities,
 /// requests within limits: [`recstack_crds::quantity::resources_error`]), the GPU node
-/// selector's keys and values as labels', and its tolerations well formed. The first that is not is refused, by its field.
+/// selector's keys and values as labels', and its tolerations well formed. The first that is
+/// not is refused, by its field.
 pub(super) fn check(spec: &RecommenderStackSpec) -> Result<(), RenderError> {
     let invalid = |field: String, message: String| Err(RenderError::InvalidValue { field, message });
     // Traces and Dashboard share `spec.dashboard`; the stream workload's are its own.
@@ -34,13 +36,13 @@ pub(super) fn check(spec: &RecommenderStackSpec) -> Result<(), RenderError> {
         return Ok(());
     };
     for (key, value) in &gpu.node_selector {
-        if !labels::valid_label_key(key) {
+        if !valid_label_key(key) {
             return invalid(
                 "spec.ranking.gpu.nodeSelector".into(),
                 format!("{key:?} is not a label key ([prefix/]name, the name at most 63 characters)"),
             );
         }
-        if !labels::valid_label_value(value) {
+        if !valid_label_value(value) {
             return invalid(
                 format!("spec.ranking.gpu.nodeSelector.{key}"),
                 format!("{value:?} is not a label value (at most 63 letters, digits, '-', '_' or '.')"),
@@ -58,10 +60,10 @@ pub(super) fn check(spec: &RecommenderStackSpec) -> Result<(), RenderError> {
             (_, effect) if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) => {
                 format!("effect {effect:?}: NoSchedule, PreferNoSchedule or NoExecute")
             }
-            _ if !key.is_empty() && !labels::valid_label_key(key) => format!("key {key:?} is not a label key"),
+            _ if !key.is_empty() && !valid_label_key(key) => format!("key {key:?} is not a label key"),
             ("Equal", _) if key.is_empty() => "an empty key tolerates every taint only with operator Exists".into(),
             ("Exists", _) if !value.is_empty() => format!("value {value:?} must be empty with operator Exists"),
-            ("Equal", _) if !labels::valid_label_value(value) => format!("value {value:?} is not a label value"),
+            ("Equal", _) if !valid_label_value(value) => format!("value {value:?} is not a label value"),
             (_, effect) if t.toleration_seconds.is_some() && effect != "NoExecute" => {
                 "tolerationSeconds applies to effect NoExecute only".into()
             }

@@ -77,8 +77,7 @@ pub type AttachTower<'a> = &'a dyn Fn(&mut Artifacts) -> Result<(), String>;
 /// artifacts in `artifacts` were built from, builds the validation world (with the sequence
 /// model in `seq_validation` when the artifacts carry one), and writes the `train`, `valid`
 /// and `test` splits with `features.json`, `artifact_version` and `data_as_of` (the artifacts'
-/// newest training rating) to `out`. Reports each step
-/// on stderr.
+/// newest training rating) to `out`. Reports each step on stderr.
 pub fn export(
     artifacts: &Path,
     data: &Path,

@@ -174,12 +174,12 @@ impl RankingMetrics {
                 })
                 .set(age);
             if age > RETRAIN_AFTER_SECONDS {
+                let days = age / 86_400;
                 warn!(
                     model = version,
-                    days = age / 86_400,
-                    "ranking: the served artifacts' data is {} days newer than the data this model was trained \
-                     on; retrain it (docs/ranking.md, \"How old a ranker may be\")",
-                    age / 86_400
+                    days,
+                    "ranking: the served artifacts' data is {days} days newer than the data this model was \
+                     trained on; retrain it (docs/ranking.md, \"How old a ranker may be\")"
                 );
             }
         }
