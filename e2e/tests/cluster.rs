@@ -82,6 +82,10 @@ fn main() {
             bad_quantity_degraded,
         ),
         (
+            "a write the cluster's policy refuses: nothing applied, then whole once lifted",
+            refused_by_policy,
+        ),
+        (
             "random stacks the server accepts: applied whole, or Degraded by render",
             random_stacks_applied,
         ),
@@ -528,6 +532,98 @@ fn bad_quantity_degraded(s: &mut Suite) -> anyhow::Result<()> {
         ensure!(left["items"].as_array().is_some_and(Vec::is_empty), "{kind}: {left}");
     }
     s.k(&["-n", ns, "delete", "rstack", "q", "--wait=true", "--timeout=60s"])
+        .map(drop)
+}
+
+/// A refusal render cannot foresee: the cluster's own admission policy (a
+/// ValidatingAdmissionPolicy, CEL run by the API server) denies Deployments named `*-ranking`
+/// in one namespace. The operator's dry run meets it before writing anything, so the stack is
+/// `Degraded` with the policy's message and none of its objects exist, not the ones that came
+/// before the ranking Deployment; once the policy's binding is deleted the next retry applies
+/// the stack whole.
+fn refused_by_policy(s: &mut Suite) -> anyhow::Result<()> {
+    let ns = "e2e-policy";
+    s.create_namespace(ns)?;
+    s.apply(&format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: e2e-no-ranking}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [apps]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [deployments]
+  validations:
+  - expression: \"!object.metadata.name.endsWith('-ranking')\"
+    message: no ranking Deployments in this namespace (e2e policy)
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: e2e-no-ranking}}
+spec:
+  policyName: e2e-no-ranking
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+"
+    ))?;
+    // The API server loads policies asynchronously: wait until it enforces this one.
+    wait_until("the policy enforced", SETTLE, || {
+        let probe = s.k(&[
+            "-n",
+            ns,
+            "create",
+            "deployment",
+            "probe-ranking",
+            "--image=example.invalid/none",
+            "--dry-run=server",
+        ]);
+        Ok(probe.is_err().then_some(()))
+    })?;
+    s.apply(&stack_yaml(
+        ns,
+        "p",
+        "  recall: {replicas: 1}\n  stream: {engine: none}",
+    ))?;
+    let degraded = wait_until("the stack Degraded by the policy", SETTLE, || {
+        let degraded = s.condition(ns, "p", "Degraded").ok();
+        Ok(degraded.filter(|d| d["status"] == "True"))
+    })?;
+    let message = degraded["message"].as_str().unwrap_or("");
+    ensure!(
+        message.contains("applying Deployment p-ranking: the API server refused it in a dry run")
+            && message.contains("no ranking Deployments in this namespace (e2e policy)"),
+        "{degraded}"
+    );
+    let made = s.owned(
+        ns,
+        "deploy,svc,configmap,networkpolicy,pdb,serviceaccount,job,secret",
+        "p",
+    )?;
+    ensure!(
+        made.is_empty(),
+        "nothing of the stack may exist while a write is refused: {:?}",
+        made.iter()
+            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+            .collect::<Vec<_>>()
+    );
+    ensure!(
+        s.k(&["-n", ns, "get", "secret", "p-access"]).is_err(),
+        "the access Secret waits for the dry run too"
+    );
+
+    s.k(&["delete", "validatingadmissionpolicybinding", "e2e-no-ranking"])?;
+    s.k(&["delete", "validatingadmissionpolicy", "e2e-no-ranking"])?;
+    wait_until("the stack applied once the policy is gone", SETTLE * 2, || {
+        let degraded = s.condition(ns, "p", "Degraded")?;
+        let ranking = s.k(&["-n", ns, "get", "deploy", "p-ranking"]).is_ok();
+        Ok((degraded["status"] == "False" && ranking).then_some(()))
+    })?;
+    s.k(&["-n", ns, "delete", "rstack", "p", "--wait=true", "--timeout=60s"])
         .map(drop)
 }
 

@@ -27,9 +27,21 @@ pub struct Call {
 }
 
 impl Call {
-    /// True for requests that change state.
+    /// True for requests that change state: anything but a GET or a dry run.
     pub fn is_write(&self) -> bool {
-        self.method != Method::GET
+        self.method != Method::GET && !self.is_dry_run()
+    }
+
+    /// True for a request the API server validates and does not store: `dryRun=All` in the
+    /// query, or in a DELETE's body (`DeleteOptions.dryRun`).
+    pub fn is_dry_run(&self) -> bool {
+        query_param(&self.query, "dryRun").is_some()
+            || self
+                .body
+                .as_ref()
+                .and_then(|b| b.get("dryRun"))
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|v| v == "All"))
     }
 
     /// `"PATCH deployments/web"`-style summary for readable test failures.
@@ -51,6 +63,8 @@ struct Failure {
     status: u16,
     message: String,
     remaining: usize,
+    /// Whether it fails dry runs (`true`) or real requests (`false`).
+    dry_run: bool,
 }
 
 #[derive(Default)]
@@ -103,7 +117,7 @@ impl MockApi {
         self.lock().calls.clone()
     }
 
-    /// Writes so far (anything but GET).
+    /// Writes so far (anything but a GET or a dry run).
     pub fn writes(&self) -> Vec<Call> {
         self.lock().calls.iter().filter(|c| c.is_write()).cloned().collect()
     }
@@ -119,14 +133,34 @@ impl MockApi {
     }
 
     /// The next `times` requests with `method` whose path contains `path_contains` fail with
-    /// `status`.
+    /// `status`; dry runs of them pass (a fault the server could not have foreseen).
     pub fn fail(&self, method: Method, path_contains: &str, status: u16, message: &str, times: usize) {
+        self.push_failure(method, path_contains, status, message, times, false);
+    }
+
+    /// The next `times` dry runs with `method` whose path contains `path_contains` fail with
+    /// `status` (what an admission policy, a quota or a validation render did not foresee
+    /// does); real requests are not affected.
+    pub fn fail_dry_run(&self, method: Method, path_contains: &str, status: u16, message: &str, times: usize) {
+        self.push_failure(method, path_contains, status, message, times, true);
+    }
+
+    fn push_failure(
+        &self,
+        method: Method,
+        path_contains: &str,
+        status: u16,
+        message: &str,
+        times: usize,
+        dry_run: bool,
+    ) {
         self.lock().failures.push(Failure {
             method,
             path_contains: path_contains.into(),
             status,
             message: message.into(),
             remaining: times,
+            dry_run,
         });
     }
 
@@ -347,11 +381,12 @@ fn merge(target: &mut Value, patch: &Value) {
 
 impl State {
     fn handle(&mut self, call: &Call) -> (StatusCode, Value) {
-        if let Some(f) = self
-            .failures
-            .iter_mut()
-            .find(|f| f.remaining > 0 && f.method == call.method && call.path.contains(&f.path_contains))
-        {
+        if let Some(f) = self.failures.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method == call.method
+                && f.dry_run == call.is_dry_run()
+                && call.path.contains(&f.path_contains)
+        }) {
             f.remaining -= 1;
             let (code, message) = (f.status, f.message.clone());
             return status(code, "InjectedFailure", &message);
@@ -366,15 +401,38 @@ impl State {
                 &format!("the server could not find the requested resource ({})", target.plural),
             );
         }
+        if call.is_dry_run() {
+            // Validated and answered as a real request would be; nothing kept.
+            let name = target.name.clone().or_else(|| {
+                call.body
+                    .as_ref()
+                    .and_then(|b| b.pointer("/metadata/name"))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            });
+            let key = (target.collection.clone(), name.unwrap_or_default());
+            let (kept, rv) = (self.objects.get(&key).cloned(), self.resource_version);
+            let answer = self.dispatch(&target, call);
+            match kept {
+                Some(object) => self.objects.insert(key, object),
+                None => self.objects.remove(&key),
+            };
+            self.resource_version = rv;
+            return answer;
+        }
+        self.dispatch(&target, call)
+    }
+
+    fn dispatch(&mut self, target: &Target, call: &Call) -> (StatusCode, Value) {
         match (&call.method, &target.name) {
-            (&Method::GET, None) => self.list(&target, &call.query),
+            (&Method::GET, None) => self.list(target, &call.query),
             (&Method::GET, Some(name)) => match self.objects.get(&(target.collection.clone(), name.clone())) {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => status(404, "NotFound", &format!("{} \"{name}\" not found", target.plural)),
             },
-            (&Method::POST, None) => self.create(&target, call.body.clone().unwrap_or_default()),
-            (&Method::PATCH, Some(name)) => self.patch(&target, name, call),
-            (&Method::DELETE, Some(name)) => self.delete(&target, name),
+            (&Method::POST, None) => self.create(target, call.body.clone().unwrap_or_default()),
+            (&Method::PATCH, Some(name)) => self.patch(target, name, call),
+            (&Method::DELETE, Some(name)) => self.delete(target, name),
             _ => status(405, "MethodNotAllowed", &format!("{} {}", call.method, call.path)),
         }
     }

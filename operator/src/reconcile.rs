@@ -55,6 +55,14 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    /// The API server refused one of a reconcile's writes in its dry run, before any was made.
+    #[error("{verb} {kind} {name}: the API server refused it in a dry run, so nothing was written: {source}")]
+    Refused {
+        verb: &'static str,
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
     #[error("writing status: {0}")]
     Status(kube::Error),
     #[error("finalizer: {0}")]
@@ -70,8 +78,15 @@ impl Error {
             Error::Render(_) => "render",
             Error::List { .. } => "list",
             Error::Child { .. } => "apply",
+            Error::Refused { .. } => "dry_run",
             Error::Status(_) => "status",
-            Error::Finalizer(_) => "finalizer",
+            // A reconcile's own error comes wrapped by the finalizer helper: report its stage.
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.stage()
+                }
+                _ => "finalizer",
+            },
             Error::MissingNamespace => "spec",
         }
     }
@@ -81,7 +96,10 @@ impl Error {
     pub fn cause(&self) -> &'static str {
         match self {
             Error::Render(_) | Error::MissingNamespace => "invalid_spec",
-            Error::List { source, .. } | Error::Child { source, .. } | Error::Status(source) => cause(source),
+            Error::List { source, .. }
+            | Error::Child { source, .. }
+            | Error::Refused { source, .. }
+            | Error::Status(source) => cause(source),
             Error::Finalizer(e) => {
                 match e.as_ref() {
                     kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -324,10 +342,7 @@ async fn apply(stack: &RecommenderStack, ctx: &Context) -> Result<Action, Error>
     let mut first_error = None;
     if stack.spec.paused {
         outcome = Outcome::Paused;
-    } else if let Err(e) = match ensure_access_secret(stack, ctx, &ns).await {
-        Ok(()) => sync_children(stack, ctx, &ns, desired, &mut live).await,
-        Err(e) => Err(e),
-    } {
+    } else if let Err(e) = sync_children(stack, ctx, &ns, desired, &mut live).await {
         publish(
             ctx,
             stack,
@@ -422,6 +437,12 @@ fn random_token() -> String {
 
 /// Applies what differs from the live objects and prunes what is no longer desired. `live`
 /// is updated with what the API server returned.
+///
+/// Every write is first sent as a dry run (`dryRun=All`: the API server validates, defaults
+/// and runs admission, quota and policies included, and stores nothing). Only when the server
+/// would take all of them is anything written, the access Secret included: a stack whose
+/// objects the server refuses in a way render did not foresee is left as it was, not half
+/// applied.
 async fn sync_children(
     stack: &RecommenderStack,
     ctx: &Context,
@@ -429,8 +450,11 @@ async fn sync_children(
     desired: Vec<Child>,
     live: &mut BTreeMap<(ChildKind, String), DynamicObject>,
 ) -> Result<(), Error> {
+    let plan = plan(desired, live);
+    preflight(ctx, ns, &plan).await?;
+    ensure_access_secret(stack, ctx, ns).await?;
     let mut changes = Changes::default();
-    let result = apply_and_prune(stack, ctx, ns, desired, live, &mut changes).await;
+    let result = apply_and_prune(stack, ctx, ns, plan, live, &mut changes).await;
     // One Event per kind of change and reconcile (not one per object: a new stack's 37
     // children would be 37 more writes to the API server), also when an apply failed midway.
     for (reason, objects) in changes.0 {
@@ -439,6 +463,90 @@ async fn sync_children(
         publish(ctx, stack, EventType::Normal, reason, action, note).await;
     }
     result
+}
+
+/// The writes one reconcile makes: each child that differs from its live object, with why,
+/// and each live object no longer desired.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Children to apply, stamped with their hash, in render order.
+    pub apply: Vec<(Child, &'static str)>,
+    /// Live objects to delete.
+    pub prune: Vec<(ChildKind, String)>,
+}
+
+/// Compares the desired children with the live objects (pure): a child whose every field is
+/// already live is left alone; one that is missing is `Created`; one whose applied hash
+/// matches but whose fields differ was changed by someone else (`DriftRepaired`); the rest
+/// are `Updated`.
+pub fn plan(desired: Vec<Child>, live: &BTreeMap<(ChildKind, String), DynamicObject>) -> Plan {
+    let mut plan = Plan::default();
+    let mut wanted = Vec::with_capacity(desired.len());
+    for child in desired {
+        let child = stamp(child);
+        let key = (child.kind, child.name());
+        let reason = match live.get(&key) {
+            None => Some("Created"),
+            Some(current) if is_subset(&to_value(&child.object), &to_value(current)) => None,
+            Some(current)
+                if current.annotations().get(APPLIED_HASH) == child.object.annotations().get(APPLIED_HASH) =>
+            {
+                Some("DriftRepaired")
+            }
+            Some(_) => Some("Updated"),
+        };
+        wanted.push(key);
+        if let Some(reason) = reason {
+            plan.apply.push((child, reason));
+        }
+    }
+    plan.prune = live.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+    plan
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Sends each of the plan's writes as a dry run. The first the API server refuses fails the
+/// reconcile before anything is written, naming the object and the server's reason. A refusal
+/// the real pass handles itself (a Service field that is recreated, an object already gone)
+/// passes.
+async fn preflight(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
+    let dry_apply = apply_params().dry_run();
+    for (child, _) in &plan.apply {
+        let name = child.name();
+        match child_api(ctx, child.kind, ns)
+            .patch(&name, &dry_apply, &Patch::Apply(&child.object))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if must_recreate(child.kind, status.code, &status.message) => {}
+            Err(source) => {
+                return Err(Error::Refused {
+                    verb: "applying",
+                    kind: child.kind.kind(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    let dry_delete = DeleteParams::background().dry_run();
+    for (kind, name) in &plan.prune {
+        child_api(ctx, *kind, ns)
+            .delete(name, &dry_delete)
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
+            .map_err(|source| Error::Refused {
+                verb: "pruning",
+                kind: kind.kind(),
+                name: name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// What one reconcile changed: reason → "Kind name" of each object.
@@ -483,25 +591,13 @@ async fn apply_and_prune(
     stack: &RecommenderStack,
     ctx: &Context,
     ns: &str,
-    desired: Vec<Child>,
+    plan: Plan,
     live: &mut BTreeMap<(ChildKind, String), DynamicObject>,
     changes: &mut Changes,
 ) -> Result<(), Error> {
-    let mut wanted = Vec::with_capacity(desired.len());
-    for child in desired {
-        let child = stamp(child);
+    let params = apply_params();
+    for (child, reason) in plan.apply {
         let key = (child.kind, child.name());
-        wanted.push(key.clone());
-        let reason = match live.get(&key) {
-            None => "Created",
-            Some(current) if is_subset(&to_value(&child.object), &to_value(current)) => continue,
-            Some(current)
-                if current.annotations().get(APPLIED_HASH) == child.object.annotations().get(APPLIED_HASH) =>
-            {
-                "DriftRepaired"
-            }
-            Some(_) => "Updated",
-        };
         let api = child_api(ctx, child.kind, ns);
         if let Some(current) = live.get(&key)
             && let Some(replicas) = replicas_to_hand_over(&child, current)
@@ -515,7 +611,7 @@ async fn apply_and_prune(
                     source,
                 })?;
         }
-        let (params, patch) = (PatchParams::apply(FIELD_MANAGER).force(), Patch::Apply(&child.object));
+        let patch = Patch::Apply(&child.object);
         let apply = || api.patch(&key.1, &params, &patch);
         let child_error = |verb, source| Error::Child {
             verb,
@@ -551,8 +647,7 @@ async fn apply_and_prune(
         live.insert(key, applied);
     }
 
-    let orphans: Vec<_> = live.keys().filter(|k| !wanted.contains(k)).cloned().collect();
-    for key in orphans {
+    for key in plan.prune {
         let (kind, name) = &key;
         child_api(ctx, *kind, ns)
             .delete(name, &DeleteParams::background())

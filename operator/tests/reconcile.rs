@@ -479,8 +479,8 @@ async fn apply_error_sets_degraded_and_backs_off() {
         h.ctx
             .metrics
             .encode()
-            .contains("recstack_operator_reconcile_errors_total{stage=\"finalizer\",cause=\"server_error\"} 1"),
-        "errors are counted by stage and cause: {}",
+            .contains("recstack_operator_reconcile_errors_total{stage=\"apply\",cause=\"server_error\"} 1"),
+        "errors are counted by stage (the reconcile's, not the finalizer helper's) and cause: {}",
         h.ctx.metrics.encode()
     );
     let action = reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
@@ -490,6 +490,166 @@ async fn apply_error_sets_degraded_and_backs_off() {
     h.reconcile_ok().await;
     assert_eq!(h.condition("Degraded")["status"], "False");
     assert!(h.api.get(DEPLOYMENTS, "minimal-ranking").is_some());
+}
+
+/// The non-GET, non-Event requests of `calls` (dry runs included), as summaries.
+fn object_requests(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method != Method::GET && !c.path.contains("/events"))
+        .map(|c| format!("{}{}", c.summary(), if c.is_dry_run() { " (dry run)" } else { "" }))
+        .collect()
+}
+
+/// A write the API server refuses where render foresaw nothing (an admission policy, a quota)
+/// is found by the dry run before anything is written: a new stack gets no object at all, the
+/// access Secret included, and once the refusal is lifted the next pass applies it whole.
+#[tokio::test]
+async fn a_write_refused_in_the_dry_run_leaves_a_new_stack_unmade() {
+    let h = Harness::new("minimal");
+    h.reconcile_ok().await; // adds the finalizer
+    let expected = recstack_operator::render::render(&h.stack()).unwrap().len();
+    h.api.fail_dry_run(
+        Method::PATCH,
+        "/deployments/minimal-ranking",
+        403,
+        "admission webhook \"policy.example\" denied the request: no ranking in this namespace",
+        1,
+    );
+    h.api.clear_calls();
+    let err = h.reconcile().await.expect_err("the dry run was refused");
+    assert!(
+        err.to_string().contains(
+            "applying Deployment minimal-ranking: the API server refused it in a dry run, so nothing was written"
+        ),
+        "{err}"
+    );
+    let requests = object_requests(&h.api.calls());
+    let real: Vec<&String> = requests.iter().filter(|r| !r.ends_with("(dry run)")).collect();
+    assert_eq!(real, ["PATCH recommenderstacks/minimal/status"], "{requests:#?}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r == "PATCH deployments/minimal-ranking (dry run)"),
+        "{requests:#?}"
+    );
+    for collection in [DEPLOYMENTS, SERVICES, CONFIGMAPS, NETWORK_POLICIES, PDBS] {
+        assert!(
+            h.api.names(collection).is_empty(),
+            "{collection}: {:?}",
+            h.api.names(collection)
+        );
+    }
+    assert!(
+        h.api
+            .get("/api/v1/namespaces/recstack/secrets", "minimal-access")
+            .is_none()
+    );
+    assert_eq!(h.phase(), "Degraded");
+    let message = h.condition("Degraded")["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("Deployment minimal-ranking") && message.contains("no ranking in this namespace"),
+        "{message}"
+    );
+    reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
+    let metrics = h.ctx.metrics.encode();
+    assert!(
+        metrics.contains("recstack_operator_reconcile_errors_total{stage=\"dry_run\",cause=\"forbidden\"} 1"),
+        "counted as a dry run's refusal, by the server's cause: {metrics}"
+    );
+
+    // The refusal lifted: the whole stack, each object checked by a dry run before any write.
+    let writes = h.reconcile_ok().await;
+    assert_eq!(applies(&writes).len(), expected, "{:#?}", summaries(&writes));
+    let requests = object_requests(&h.api.calls());
+    let last_dry = requests.iter().rposition(|r| r.ends_with("(dry run)")).unwrap();
+    let first_real = requests.iter().position(|r| !r.ends_with("(dry run)")).unwrap();
+    assert!(
+        last_dry < first_real,
+        "every dry run before the first write: {requests:#?}"
+    );
+    assert_eq!(
+        requests.iter().filter(|r| r.ends_with("(dry run)")).count(),
+        expected,
+        "one dry run per object written: {requests:#?}"
+    );
+    assert_eq!(h.condition("Degraded")["status"], "False");
+}
+
+/// A running stack whose change the server refuses keeps every object as it was: neither the
+/// objects before the refused one are updated nor the ones no longer wanted pruned.
+#[tokio::test]
+async fn a_change_refused_in_the_dry_run_leaves_a_running_stack_as_it_was() {
+    let h = Harness::created("gpu-ranking").await;
+    let before: Vec<Value> = [DEPLOYMENTS, STATEFULSETS, CONFIGMAPS, SERVICES]
+        .iter()
+        .flat_map(|c| h.api.names(c).into_iter().map(|n| h.api.get(c, &n).unwrap()))
+        .collect();
+    // Flink instead of the built-in engine: a new ConfigMap, NetworkPolicy and FlinkDeployment,
+    // an updated runtime config; then no engine at all would prune. The FlinkDeployment is
+    // refused.
+    h.edit_spec(|s| {
+        s.spec.event_log = Some(recstack_crds::EventLogSpec::new(vec!["kafka:9092".into()], "ev"));
+        s.spec.stream.engine = StreamEngine::Flink;
+    });
+    h.api.fail_dry_run(
+        Method::PATCH,
+        "/flinkdeployments/gpu-flink",
+        422,
+        "FlinkDeployment.flink.apache.org \"gpu-flink\" is invalid: spec.flinkVersion: Unsupported value",
+        1,
+    );
+    h.api.clear_calls();
+    let err = h.reconcile().await.expect_err("refused");
+    assert!(err.to_string().contains("applying FlinkDeployment gpu-flink"), "{err}");
+    let requests = object_requests(&h.api.calls());
+    assert!(
+        requests
+            .iter()
+            .filter(|r| !r.ends_with("(dry run)"))
+            .all(|r| r.contains("recommenderstacks/")),
+        "only the stack's status was written: {requests:#?}"
+    );
+    assert!(h.api.get(FLINK, "gpu-flink").is_none());
+    assert!(h.api.get(CONFIGMAPS, "gpu-flink-sql").is_none());
+    let after: Vec<Value> = [DEPLOYMENTS, STATEFULSETS, CONFIGMAPS, SERVICES]
+        .iter()
+        .flat_map(|c| h.api.names(c).into_iter().map(|n| h.api.get(c, &n).unwrap()))
+        .collect();
+    assert_eq!(before, after, "every object as it was");
+    assert!(
+        h.condition("Degraded")["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.flinkVersion")
+    );
+
+    // A prune refused in its dry run is found the same way.
+    h.edit_spec(|s| s.spec.stream.engine = StreamEngine::None);
+    h.api.fail_dry_run(
+        Method::DELETE,
+        "/statefulsets/gpu-stream",
+        403,
+        "deletion is protected",
+        1,
+    );
+    h.api.clear_calls();
+    let err = h.reconcile().await.expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("pruning StatefulSet gpu-stream: the API server refused it in a dry run"),
+        "{err}"
+    );
+    assert!(h.api.get(STATEFULSETS, "gpu-stream").is_some());
+    assert!(h.api.get(PDBS, "gpu-stream").is_some(), "pruned nothing else either");
+    let requests = object_requests(&h.api.calls());
+    assert!(
+        requests
+            .iter()
+            .filter(|r| !r.ends_with("(dry run)"))
+            .all(|r| r.contains("recommenderstacks/")),
+        "{requests:#?}"
+    );
 }
 
 #[tokio::test]
