@@ -82,7 +82,7 @@ fn main() {
             bad_quantity_degraded,
         ),
         (
-            "a write the cluster's policy refuses: nothing applied, then whole once lifted",
+            "a write the cluster's policy refuses: nothing applied, new stack or change, then whole once lifted",
             refused_by_policy,
         ),
         (
@@ -537,17 +537,17 @@ fn bad_quantity_degraded(s: &mut Suite) -> anyhow::Result<()> {
 
 /// A refusal render cannot foresee: the cluster's own admission policy (a
 /// ValidatingAdmissionPolicy, CEL run by the API server) denies Deployments named `*-ranking`
-/// in one namespace. The operator's dry run meets it before writing anything, so the stack is
-/// `Degraded` with the policy's message and none of its objects exist, not the ones that came
-/// before the ranking Deployment; once the policy's binding is deleted the next retry applies
-/// the stack whole.
+/// in one namespace. The operator's dry run meets it before writing anything, so a new stack is
+/// `Degraded` with the policy's message and none of its objects exist (not even those render
+/// orders before the ranking Deployment), and a running stack's refused change leaves every
+/// object as it was. Once the policy's binding is deleted the next retry applies it whole.
 fn refused_by_policy(s: &mut Suite) -> anyhow::Result<()> {
     let ns = "e2e-policy";
     s.create_namespace(ns)?;
-    s.apply(&format!(
+    s.apply(
         "apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
-metadata: {{name: e2e-no-ranking}}
+metadata: {name: e2e-no-ranking}
 spec:
   failurePolicy: Fail
   matchConstraints:
@@ -559,8 +559,11 @@ spec:
   validations:
   - expression: \"!object.metadata.name.endsWith('-ranking')\"
     message: no ranking Deployments in this namespace (e2e policy)
----
-apiVersion: admissionregistration.k8s.io/v1
+",
+    )?;
+    let bind = |s: &Suite| -> anyhow::Result<()> {
+        s.apply(&format!(
+            "apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicyBinding
 metadata: {{name: e2e-no-ranking}}
 spec:
@@ -570,35 +573,51 @@ spec:
     namespaceSelector:
       matchLabels: {{kubernetes.io/metadata.name: {ns}}}
 "
-    ))?;
-    // The API server loads policies asynchronously: wait until it enforces this one.
-    wait_until("the policy enforced", SETTLE, || {
-        let probe = s.k(&[
-            "-n",
-            ns,
-            "create",
-            "deployment",
-            "probe-ranking",
-            "--image=example.invalid/none",
-            "--dry-run=server",
-        ]);
-        Ok(probe.is_err().then_some(()))
-    })?;
+        ))?;
+        // The API server loads policies asynchronously: wait until it enforces this one.
+        wait_until("the policy enforced", SETTLE, || {
+            let probe = s.k(&[
+                "-n",
+                ns,
+                "create",
+                "deployment",
+                "probe-ranking",
+                "--image=example.invalid/none",
+                "--dry-run=server",
+            ]);
+            Ok(probe.is_err().then_some(()))
+        })
+    };
+    let refused = |s: &Suite, generation: i64| -> anyhow::Result<()> {
+        let degraded = wait_until("the stack Degraded by the policy", SETTLE, || {
+            let degraded = s.condition(ns, "p", "Degraded").ok();
+            Ok(degraded.filter(|d| d["status"] == "True" && d["observedGeneration"] == generation))
+        })?;
+        let message = degraded["message"].as_str().unwrap_or("");
+        ensure!(
+            message.contains("applying Deployment p-ranking: the API server refused it in a dry run")
+                && message.contains("no ranking Deployments in this namespace (e2e policy)"),
+            "{degraded}"
+        );
+        Ok(())
+    };
+    let lifted = |s: &Suite, what: &str, done: &dyn Fn(&Suite) -> bool| -> anyhow::Result<()> {
+        s.k(&["delete", "validatingadmissionpolicybinding", "e2e-no-ranking"])?;
+        wait_until(what, SETTLE * 2, || {
+            let degraded = s.condition(ns, "p", "Degraded")?;
+            Ok((degraded["status"] == "False" && done(s)).then_some(()))
+        })
+    };
+
+    // A new stack: nothing of it is made, not even what render orders before the ranking
+    // Deployment (the access Secret, ConfigMaps, Services, the gateway and recall Deployments).
+    bind(s)?;
     s.apply(&stack_yaml(
         ns,
         "p",
         "  recall: {replicas: 1}\n  stream: {engine: none}",
     ))?;
-    let degraded = wait_until("the stack Degraded by the policy", SETTLE, || {
-        let degraded = s.condition(ns, "p", "Degraded").ok();
-        Ok(degraded.filter(|d| d["status"] == "True"))
-    })?;
-    let message = degraded["message"].as_str().unwrap_or("");
-    ensure!(
-        message.contains("applying Deployment p-ranking: the API server refused it in a dry run")
-            && message.contains("no ranking Deployments in this namespace (e2e policy)"),
-        "{degraded}"
-    );
+    refused(s, 1)?;
     let made = s.owned(
         ns,
         "deploy,svc,configmap,networkpolicy,pdb,serviceaccount,job,secret",
@@ -615,14 +634,28 @@ spec:
         s.k(&["-n", ns, "get", "secret", "p-access"]).is_err(),
         "the access Secret waits for the dry run too"
     );
-
-    s.k(&["delete", "validatingadmissionpolicybinding", "e2e-no-ranking"])?;
-    s.k(&["delete", "validatingadmissionpolicy", "e2e-no-ranking"])?;
-    wait_until("the stack applied once the policy is gone", SETTLE * 2, || {
-        let degraded = s.condition(ns, "p", "Degraded")?;
-        let ranking = s.k(&["-n", ns, "get", "deploy", "p-ranking"]).is_ok();
-        Ok((degraded["status"] == "False" && ranking).then_some(()))
+    lifted(s, "the stack applied once the policy is lifted", &|s| {
+        s.k(&["-n", ns, "get", "deploy", "p-ranking"]).is_ok()
     })?;
+
+    // A running stack: a change refused for the ranking Deployment leaves recall's as it was.
+    bind(s)?;
+    s.patch_stack(
+        ns,
+        "p",
+        json!({"spec": {"recall": {"replicas": 2}, "ranking": {"replicas": 3}}}),
+    )?;
+    refused(s, 2)?;
+    let recall = s.json(&["-n", ns, "get", "deploy", "p-recall"])?;
+    ensure!(
+        recall["spec"]["replicas"] == 1,
+        "recall changed while the change was refused"
+    );
+    lifted(s, "the change applied once the policy is lifted", &|s| {
+        s.json(&["-n", ns, "get", "deploy", "p-recall"])
+            .is_ok_and(|d| d["spec"]["replicas"] == 2)
+    })?;
+    s.k(&["delete", "validatingadmissionpolicy", "e2e-no-ranking"])?;
     s.k(&["-n", ns, "delete", "rstack", "p", "--wait=true", "--timeout=60s"])
         .map(drop)
 }
