@@ -28,7 +28,9 @@ pub struct WriteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// read (GET one or LIST), watch (a long-lived GET), write (everything else).
+    /// read (GET one or LIST), watch (a long-lived GET), dry_run (a request with `dryRun=All`
+    /// in its query: the reconcile's check before it writes; a dry-run DELETE carries it in its
+    /// body and counts as a write), write (everything else).
     pub kind: &'static str,
     pub method: String,
 }
@@ -93,12 +95,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one API request.
     pub fn count_request(&self, method: &http::Method, uri: &http::Uri) {
-        let watch = uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let has = |pairs: &[&str]| uri.query().is_some_and(|q| q.split('&').any(|p| pairs.contains(&p)));
         let kind = match *method {
-            http::Method::GET if watch => "watch",
+            http::Method::GET if has(&["watch=true", "watch=1"]) => "watch",
             http::Method::GET => "read",
+            _ if has(&["dryRun=All"]) => "dry_run",
             _ => "write",
         };
         self.api_requests
@@ -115,5 +116,47 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_kind() {
+        let m = Metrics::default();
+        for (method, uri) in [
+            ("GET", "/apis/apps/v1/namespaces/a/deployments?labelSelector=x"),
+            (
+                "GET",
+                "/apis/apps/v1/namespaces/a/deployments?watch=true&resourceVersion=1",
+            ),
+            (
+                "PATCH",
+                "/apis/apps/v1/namespaces/a/deployments/b?&dryRun=All&fieldManager=m&force=true",
+            ),
+            (
+                "PATCH",
+                "/apis/apps/v1/namespaces/a/deployments/b?&fieldManager=m&force=true",
+            ),
+            (
+                "PATCH",
+                "/apis/apps/v1/namespaces/a/deployments/b?fieldManager=dryRun%3DAll",
+            ),
+            ("DELETE", "/apis/apps/v1/namespaces/a/deployments/b"),
+        ] {
+            m.count_request(&method.parse().unwrap(), &uri.parse().unwrap());
+        }
+        let text = m.encode();
+        for line in [
+            "recstack_operator_api_requests_total{kind=\"read\",method=\"GET\"} 1",
+            "recstack_operator_api_requests_total{kind=\"watch\",method=\"GET\"} 1",
+            "recstack_operator_api_requests_total{kind=\"dry_run\",method=\"PATCH\"} 1",
+            "recstack_operator_api_requests_total{kind=\"write\",method=\"PATCH\"} 2",
+            "recstack_operator_api_requests_total{kind=\"write\",method=\"DELETE\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
     }
 }

@@ -99,9 +99,12 @@ fn main() -> anyhow::Result<()> {
             &[&format!("kind=\"{kind}\"")],
         )
     };
-    let noop_requests =
-        requests(&after, "read") + requests(&after, "write") - requests(&before, "read") - requests(&before, "write");
-    let create_requests = requests(&before, "read") + requests(&before, "write");
+    // Every request but the watches: reads, the dry runs before writes, and the writes.
+    let made = |m: &std::collections::BTreeMap<String, f64>| {
+        requests(m, "read") + requests(m, "dry_run") + requests(m, "write")
+    };
+    let noop_requests = made(&after) - made(&before);
+    let create_requests = made(&before);
     let (rss, peak) = memory(pid)?;
     ensure!(noop_writes == 0.0, "the no-op pass wrote {noop_writes} objects");
 
