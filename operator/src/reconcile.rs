@@ -504,6 +504,25 @@ pub fn plan(desired: Vec<Child>, live: &BTreeMap<(ChildKind, String), DynamicObj
     plan
 }
 
+/// Whether a write of the plan can be checked by a dry run on its own. A dry run stores
+/// nothing, so an object the server validates against another object of the same plan cannot
+/// be: a RoleBinding whose Role the plan creates is refused in a dry run (the server resolves the
+/// Role's rules to check the binding grants nothing its writer lacks, and the Role is not there
+/// yet). It is written after its Role, as render orders them, unchecked.
+pub fn checked_in_dry_run(child: &Child, plan: &Plan) -> bool {
+    if child.kind != ChildKind::RoleBinding {
+        return true;
+    }
+    let data = &child.object.data;
+    let role = (data.pointer("/roleRef/kind") == Some(&json!("Role")))
+        .then(|| data.pointer("/roleRef/name").and_then(Value::as_str))
+        .flatten();
+    !plan
+        .apply
+        .iter()
+        .any(|(c, reason)| c.kind == ChildKind::Role && *reason == "Created" && Some(c.name().as_str()) == role)
+}
+
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
@@ -514,7 +533,7 @@ fn apply_params() -> PatchParams {
 /// passes.
 async fn preflight(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
     let dry_apply = apply_params().dry_run();
-    for (child, _) in &plan.apply {
+    for (child, _) in plan.apply.iter().filter(|(child, _)| checked_in_dry_run(child, plan)) {
         let name = child.name();
         match child_api(ctx, child.kind, ns)
             .patch(&name, &dry_apply, &Patch::Apply(&child.object))

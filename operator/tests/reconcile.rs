@@ -576,6 +576,40 @@ async fn a_write_refused_in_the_dry_run_leaves_a_new_stack_unmade() {
     assert_eq!(h.condition("Degraded")["status"], "False");
 }
 
+/// A RoleBinding whose Role the same pass creates cannot be checked alone (the real server
+/// resolves the Role to check the binding, and a dry run stores no Role), so it is the one write
+/// of a new stack without a dry run; once its Role exists, a change to it is checked too.
+#[tokio::test]
+async fn a_binding_is_checked_once_its_role_exists() {
+    let h = Harness::new("gpu-ranking");
+    h.reconcile_ok().await; // adds the finalizer
+    let writes = h.reconcile_ok().await;
+    let requests = object_requests(&h.api.calls());
+    let dry: Vec<&String> = requests.iter().filter(|r| r.ends_with("(dry run)")).collect();
+    assert_eq!(dry.len(), applies(&writes).len() - 1, "{requests:#?}");
+    assert!(requests.contains(&"PATCH roles/gpu-dashboard (dry run)".to_string()));
+    assert!(!requests.contains(&"PATCH rolebindings/gpu-dashboard (dry run)".to_string()));
+    assert!(applies(&writes).contains(&"PATCH rolebindings/gpu-dashboard".to_string()));
+
+    h.api.edit(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/recstack/rolebindings",
+        "gpu-dashboard",
+        |o| {
+            o["subjects"] = json!([]);
+        },
+    );
+    let writes = h.reconcile_ok().await;
+    assert_eq!(
+        object_requests(&h.api.calls()),
+        [
+            "PATCH rolebindings/gpu-dashboard (dry run)",
+            "PATCH rolebindings/gpu-dashboard"
+        ],
+        "{:#?}",
+        summaries(&writes)
+    );
+}
+
 /// A running stack whose change the server refuses keeps every object as it was: neither the
 /// objects before the refused one are updated nor the ones no longer wanted pruned.
 #[tokio::test]
