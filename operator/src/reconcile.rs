@@ -553,11 +553,8 @@ async fn preflight(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
     }
     let dry_delete = DeleteParams::background().dry_run();
     for (kind, name) in &plan.prune {
-        child_api(ctx, *kind, ns)
-            .delete(name, &dry_delete)
+        delete_child(ctx, *kind, ns, name, &dry_delete)
             .await
-            .map(|_| ())
-            .or_else(ignore_not_found)
             .map_err(|source| Error::Refused {
                 verb: "pruning",
                 kind: kind.kind(),
@@ -668,11 +665,8 @@ async fn apply_and_prune(
 
     for key in plan.prune {
         let (kind, name) = &key;
-        child_api(ctx, *kind, ns)
-            .delete(name, &DeleteParams::background())
+        delete_child(ctx, *kind, ns, name, &DeleteParams::background())
             .await
-            .map(|_| ())
-            .or_else(ignore_not_found)
             .map_err(|source| Error::Child {
                 verb: "pruning",
                 kind: kind.kind(),
@@ -928,6 +922,21 @@ fn render_hash(object: &DynamicObject) -> u64 {
 
 fn child_api(ctx: &Context, kind: ChildKind, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource())
+}
+
+/// Deletes a child (or, with `dry_run`, asks whether it may); one already gone is no error.
+async fn delete_child(
+    ctx: &Context,
+    kind: ChildKind,
+    ns: &str,
+    name: &str,
+    params: &DeleteParams,
+) -> Result<(), kube::Error> {
+    child_api(ctx, kind, ns)
+        .delete(name, params)
+        .await
+        .map(|_| ())
+        .or_else(ignore_not_found)
 }
 
 fn to_value(o: &DynamicObject) -> Value {
