@@ -1,8 +1,9 @@
 //! The reconcile loop: the only place the operator talks to the API server.
 //!
 //! One pass: render the desired children (pure), read what the stack owns from the watch
-//! caches (no request), apply with server-side apply only what differs, prune what is no
-//! longer wanted, then write status if it changed. A pass over an unchanged stack makes no
+//! caches (no request), plan the writes (pure: what differs, what is no longer wanted), send
+//! each as a dry run, then apply with server-side apply and prune, then write status if it
+//! changed. A pass over an unchanged stack makes no
 //! request at all. Every owned kind is watched, so a child deleted or edited by someone else
 //! brings its stack back within a second, not at the next resync.
 
