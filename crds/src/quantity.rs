@@ -200,6 +200,16 @@ mod tests {
         assert_eq!(value("5."), Some(5.0));
         assert!(value("1.5Gi") > value("1G"));
         assert_eq!(value("lots"), None);
+        // `parse`, as the operator's diff compares the quantities it wrote with the server's.
+        assert_eq!(parse("500m"), Some(0.5));
+        assert_eq!(parse("1Gi"), Some(1073741824.0));
+        assert_eq!(parse("1e3"), Some(1000.0));
+        assert_eq!(parse("2"), Some(2.0));
+        assert_eq!(parse("1.5k"), Some(1500.0));
+        assert_eq!(parse("-1"), Some(-1.0));
+        assert_eq!(parse("abc"), None);
+        assert_eq!(parse("1Xi"), None);
+        assert_eq!(parse(""), None);
     }
 
     fn resources(limits: &[(&str, &str)], requests: &[(&str, &str)]) -> ResourceRequirements {

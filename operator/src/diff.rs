@@ -4,6 +4,7 @@
 //! makes a no-op reconcile silent. The live object carries more than we sent (defaults,
 //! status, other managers' fields), so the test is "every field we set has our value".
 
+use recstack_crds::quantity::parse;
 use serde_json::Value;
 
 /// True when every field in `desired` is present in `live` with an equal value. Objects are
@@ -33,9 +34,9 @@ fn subset_at(desired: &Value, live: &Value, quantity: bool) -> bool {
         // compare numbers by value so 1 and 1.0 agree.
         (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
         (Value::String(d), Value::String(l)) if quantity && d != l => {
-            matches!((quantity_value(d), quantity_value(l)), (Some(a), Some(b)) if a == b)
+            matches!((parse(d.trim()), parse(l.trim())), (Some(a), Some(b)) if a == b)
         }
-        (Value::String(d), Value::Number(l)) | (Value::Number(l), Value::String(d)) if quantity => quantity_value(d)
+        (Value::String(d), Value::Number(l)) | (Value::Number(l), Value::String(d)) if quantity => parse(d.trim())
             .zip(l.as_f64())
             .is_some_and(|(a, b)| (a - b).abs() < f64::EPSILON),
         (d, l) => d == l,
@@ -49,11 +50,6 @@ fn is_metric_target(target: &serde_json::Map<String, Value>) -> bool {
         target.get("type").and_then(Value::as_str),
         Some("Value" | "AverageValue" | "Utilization")
     )
-}
-
-/// A quantity's number (`1.5Gi`, `500m`, `-1`), or `None` when `s` is not a quantity.
-pub fn quantity_value(s: &str) -> Option<f64> {
-    recstack_crds::quantity::parse(s.trim())
 }
 
 #[cfg(test)]
@@ -116,19 +112,6 @@ mod tests {
         ));
         let env = json!({"env": [{"name": "N", "value": "1000m"}]});
         assert!(!is_subset(&env, &json!({"env": [{"name": "N", "value": "1"}]})));
-    }
-
-    #[test]
-    fn quantity_values() {
-        use super::quantity_value as q;
-        assert_eq!(q("500m"), Some(0.5));
-        assert_eq!(q("1Gi"), Some(1073741824.0));
-        assert_eq!(q("1e3"), Some(1000.0));
-        assert_eq!(q("2"), Some(2.0));
-        assert_eq!(q("1.5k"), Some(1500.0));
-        assert_eq!(q("abc"), None);
-        assert_eq!(q("1Xi"), None);
-        assert_eq!(q(""), None);
     }
 
     #[test]

@@ -2,9 +2,8 @@
 //! they are rendered into, checked before anything is rendered (docs/operator.md, "What CEL
 //! cannot check, render does").
 
-use recstack_crds::{Component, RecommenderStackSpec};
-
 use recstack_crds::names::{valid_label_key, valid_label_value};
+use recstack_crds::{Component, RecommenderStackSpec};
 
 use super::RenderError;
 
