@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ranker_data import K, UNUSED, card_metrics, feature_spec, list_metrics, load_split, recall_order
 from split_ranker import split_for_serving
 
 
@@ -111,40 +112,6 @@ class ServingDeepFM(nn.Module):
         return torch.sigmoid(first + (s * s).sum(dim=1, keepdim=True) + self.rest(h)).squeeze(1)
 
 
-# Exported features the model does not use, and why. User ids: ~2,800 training users with a
-# few positives each; their embeddings memorise those and the validation NDCG is no better.
-# Item ids: their embeddings learn which items were popular in the validation period, which is
-# most of the validation gain they bring (0.1913 -> 0.1816 without them) and does not carry to
-# the next period (the holdout reads better without them: 0.1652 -> 0.1668); `item_log_recent`
-# says what was rising as of each world's end instead (docs/ranking.md, "deepfm-6").
-UNUSED = {"user_id", "item_id"}
-K = 20
-SPLIT_ARRAYS = ("sparse", "dense", "label", "group", "position", "relevant")
-
-
-def load_split(data, name, sparse_cols):
-    s = {k: np.load(data / f"{name}_{k}.npy") for k in SPLIT_ARRAYS}
-    s["sparse"] = np.ascontiguousarray(s["sparse"][:, sparse_cols])
-    return s
-
-
-def list_metrics(split, scores, k=K):
-    """Mean per-user NDCG@k and recall@k of the candidates ordered by `scores` (ties keep
-    recall's order), against every held-out item of the user (`relevant`, found by recall or
-    not): what the levels bench measures on the served list."""
-    order = np.lexsort((split["position"], -scores, split["group"]))
-    g, lab, rel = split["group"][order], split["label"][order], split["relevant"][order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    ends = np.r_[starts[1:], len(g)]
-    disc = 1 / np.log2(np.arange(k) + 2)
-    ndcg, recall = [], []
-    for a, b in zip(starts, ends):
-        top = lab[a:min(b, a + k)]
-        ndcg.append(float((top * disc[:len(top)]).sum() / disc[:min(k, rel[a])].sum()))
-        recall.append(float(top.sum() / rel[a]))
-    return float(np.mean(ndcg)), float(np.mean(recall)), len(starts)
-
-
 def score(model, split):
     model.eval()
     with torch.no_grad():
@@ -163,14 +130,12 @@ def main():
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    exported = json.loads((args.data / "features.json").read_text())
-    sparse_cols = [n for n, f in enumerate(exported["sparse"]) if f["name"] not in UNUSED]
-    spec = {"sparse": [exported["sparse"][n] for n in sparse_cols], "dense": exported["dense"]}
+    sparse_cols, spec = feature_spec(args.data)
     train, valid, test = (load_split(args.data, name, sparse_cols) for name in ("train", "valid", "test"))
     y = train["label"]
     print(f"train: {len(y)} rows ({int(y.sum())} positives); valid: {len(np.unique(valid['group']))} users; "
           f"test: {len(np.unique(test['group']))} users")
-    recall_order = {name: list_metrics(s, -s["position"].astype(np.float64)) for name, s in (("valid", valid), ("test", test))}
+    baseline = {name: recall_order(s) for name, s in (("valid", valid), ("test", test))}
 
     model = DeepFM([f["buckets"] for f in spec["sparse"]], train["dense"].shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -202,7 +167,7 @@ def main():
 
     ranked = {name: list_metrics(s, score(model, s)) for name, s in (("valid", valid), ("test", test))}
     for name in ("valid", "test"):
-        (n, r, users), (bn, br, _) = ranked[name], recall_order[name]
+        (n, r, users), (bn, br, _) = ranked[name], baseline[name]
         print(f"{name} ({users} users), epoch {best_epoch}: NDCG@{K} {n:.4f} recall@{K} {r:.4f}; "
               f"recall's order NDCG@{K} {bn:.4f} recall@{K} {br:.4f}")
 
@@ -227,16 +192,6 @@ def main():
         output_names=["score"],
         dynamic_shapes={"sparse": {0: batch}, "dense": {0: batch}},
     )
-    metrics = {}
-    for name, key in (("valid", "validation"), ("test", "holdout")):
-        (n, r, users), (bn, br, _) = ranked[name], recall_order[name]
-        metrics.update({
-            f"{key}_ndcg@{K}": round(n, 4),
-            f"{key}_recall@{K}": round(r, 4),
-            f"{key}_recall_order_ndcg@{K}": round(bn, 4),
-            f"{key}_recall_order_recall@{K}": round(br, 4),
-            f"{key}_users": users,
-        })
     card = {
         "name": "deepfm",
         "version": args.version,
@@ -244,7 +199,7 @@ def main():
         "dense_input": "dense",
         "output": "score",
         "features": spec,
-        "metrics": metrics,
+        "metrics": card_metrics(ranked, baseline),
         "training": {
             "data": "MovieTweetings 100K (MIT), per-user time split, last 20% held out; the training "
                     "ratings split again the same way (the validation world)",
