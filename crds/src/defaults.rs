@@ -5,11 +5,11 @@
 pub fn image() -> String {
     format!("ghcr.io/recstack/recstack:{}", env!("CARGO_PKG_VERSION"))
 }
-/// Where the services image keeps what it bundles (the DeepFM model, artifacts built from the
-/// bundled MovieTweetings sample): a stack with no `artifacts` or model URI starts on them.
+/// Where the services image keeps what it bundles (the rankers, artifacts built from the bundled
+/// MovieTweetings sample): a stack with no `artifacts` or model URI starts on them.
 pub const IMAGE_SHARE: &str = "/usr/share/recstack";
 pub fn model_uri() -> String {
-    format!("file://{IMAGE_SHARE}/models/deepfm/model.onnx")
+    format!("file://{IMAGE_SHARE}/models/gbdt/model.onnx")
 }
 pub fn artifacts_uri() -> String {
     format!("file://{IMAGE_SHARE}/artifacts")
@@ -28,7 +28,7 @@ pub fn build_backoff_limit() -> i32 {
     2
 }
 pub fn model_version() -> String {
-    "deepfm-6".into()
+    "gbdt-1".into()
 }
 /// The gateway's p99 objective, ms of its own time (BENCHMARKS.md: the latency objective).
 pub fn latency_target_ms() -> i32 {

@@ -493,7 +493,7 @@ fn stores(d: &mut Deployed) -> anyhow::Result<()> {
 }
 
 fn publish(d: &mut Deployed) -> anyhow::Result<()> {
-    let models = repo().join("services/models/deepfm");
+    let models = repo().join("services/models/gbdt");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         use object_store::{ObjectStoreExt, PutPayload};
@@ -509,7 +509,7 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
         // pipeline would (a later build reads them from here).
         let data = repo().join("services/data/movietweetings-100k");
         let uploads = [
-            (models.as_path(), "models/deepfm"),
+            (models.as_path(), "models/gbdt"),
             (data.as_path(), "data/movietweetings"),
         ];
         // What an upgraded stack finds: `current` naming a version a release before the
@@ -557,7 +557,7 @@ fn publish(d: &mut Deployed) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     ensure!(
-        d.dir.join(format!("s3/{BUCKET}/models/deepfm/model.onnx")).exists(),
+        d.dir.join(format!("s3/{BUCKET}/models/gbdt/model.onnx")).exists(),
         "model uploaded"
     );
     // Held-out users: a spread of the dataset's users, and one it has never seen.
@@ -607,7 +607,7 @@ spec:
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
-    model: {{uri: "s3://{BUCKET}/models/deepfm/model.onnx", version: deepfm-6}}
+    model: {{uri: "s3://{BUCKET}/models/gbdt/model.onnx", version: gbdt-1}}
   rerank: {{replicas: 1}}
   feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
@@ -1064,7 +1064,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             );
         }
         ensure!(
-            r["model_version"] == "deepfm-6",
+            r["model_version"] == "gbdt-1",
             "{user}: scored by {}",
             r["model_version"]
         );
@@ -1079,7 +1079,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
     );
     // Each ranking pod reports its model's age against the data it serves: the build Job built
     // the data the bundled model was trained on (its card's `training.data_as_of`), so 0.
-    let age = "recstack_ranking_model_data_age_seconds{model_version=\"deepfm-6\"}";
+    let age = "recstack_ranking_model_data_age_seconds{model_version=\"gbdt-1\"}";
     for (pod, _, metrics) in d.replica_metrics(&["ranking"])? {
         ensure!(metrics.get(age) == Some(&0.0), "{pod}: {age} is {:?}", metrics.get(age));
     }

@@ -76,7 +76,7 @@ async fn main() {
         if setting.rerank.mmr_lambda == 1.0 {
             what.push_str(", no MMR");
         }
-        let model = ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx"));
+        let model = ModelSources::cpu(recstack_core::source_file("models/gbdt/model.onnx"));
         let answers = serve_lists(root.path(), model, &setting, &users, N, |k| {
             if k % 1_000 == 0 {
                 eprintln!("{}: {k}/{} users", setting.name, users.len());

@@ -118,6 +118,12 @@ fn main() {
         );
         return;
     }
+    // `-- models`: the bundled rankers side by side.
+    if std::env::args().any(|a| a == "models") {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(bundled_models(snapshot, &requests, &columns));
+        return;
+    }
     // `-- codec`: the call's messages through tonic's framing with each codec, alone.
     if std::env::args().any(|a| a == "codec") {
         codecs(&columns, &answers);
@@ -155,23 +161,7 @@ fn main() {
     let mut model = OnnxModel::load(&model_path, Device::Cpu, 1).expect("model");
     let writer = model.card.features.rows();
     let t = Instant::now();
-    let rows: Vec<(Vec<i64>, Vec<f32>)> = requests
-        .iter()
-        .map(|r| {
-            let (mut s, mut d) = (Vec::new(), Vec::new());
-            let user = writer.user(&r.user_id, r.user.as_ref());
-            let lineage = lineage(r).expect("lineage").expect("lineage");
-            for (position, id) in r.item_ids.iter().enumerate() {
-                let place = Place {
-                    position,
-                    lineage: Some(lineage[position]),
-                    realtime: None,
-                };
-                writer.push(&user, id, snapshot.item(id), place, &mut s, &mut d);
-            }
-            (s, d)
-        })
-        .collect();
+    let rows = prebuilt_rows(&writer, &snapshot, &requests);
     let features_us = t.elapsed().as_secs_f64() * 1e6 / REQUESTS as f64;
     let [table_us, by_name_us, no_lineage_us] = table_assembly(&a, &snapshot, &model_path, writer.clone(), &requests);
     for (s, d) in rows.iter().take(20) {
@@ -249,6 +239,115 @@ fn main() {
     runtime.block_on(idle_path(snapshot.clone(), &model_path, &columns));
     codecs(&columns, &answers);
     runtime.block_on(against_the_session(snapshot, &model_path, &columns, &mut model, &rows));
+}
+
+/// Each request's rows for `writer`'s model (string ids, with lineage), as the service builds
+/// them for a whole graph.
+fn prebuilt_rows(writer: &RowWriter, snapshot: &Snapshot, requests: &[RankRequest]) -> Vec<(Vec<i64>, Vec<f32>)> {
+    requests
+        .iter()
+        .map(|r| {
+            let (mut s, mut d) = (Vec::new(), Vec::new());
+            let user = writer.user(&r.user_id, r.user.as_ref());
+            let lineage = lineage(r).expect("lineage").expect("lineage");
+            for (position, id) in r.item_ids.iter().enumerate() {
+                let place = Place {
+                    position,
+                    lineage: Some(lineage[position]),
+                    realtime: None,
+                };
+                writer.push(&user, id, snapshot.item(id), place, &mut s, &mut d);
+            }
+            (s, d)
+        })
+        .collect()
+}
+
+/// `-- models`: the bundled rankers side by side, in interleaved rounds: `deepfm-6` (first
+/// stage folded; the default before the trees), `gbdt-1` through ONNX Runtime's tree operator
+/// (the whole graph), and `gbdt-1` with its trees walked by the service (the default). For each,
+/// the model alone on prebuilt rows (one thread, a call per request: ONNX Runtime's session of
+/// the whole graph, or the service's walk of the trees), and the service as the gateway calls it
+/// (ids as columns, the default batching) at 1 and 16 concurrent; CPU is the whole process's,
+/// client and service.
+async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns: &[RankRequest]) {
+    use recstack_services::ranking::trees::{Trees, TreesFile, row_values};
+    const ROUNDS: usize = 5;
+    let deepfm = recstack_core::source_file("models/deepfm/model.onnx");
+    let gbdt = recstack_core::source_file("models/gbdt/model.onnx");
+    // (name, model, fold or walk in the service, the model alone walks the trees)
+    let models = [
+        ("deepfm-6 (folded)", &deepfm, true, false),
+        ("gbdt-1 (ONNX Runtime's trees)", &gbdt, false, false),
+        ("gbdt-1 (trees walked)", &gbdt, true, true),
+    ];
+    let file: TreesFile =
+        serde_json::from_slice(&std::fs::read(gbdt.with_file_name("model.trees.json")).expect("trees"))
+            .expect("trees file");
+    let trees = Trees::new(&file).expect("trees");
+    let twice: Vec<RankRequest> = columns.iter().chain(columns).cloned().collect();
+    let mut alone: Vec<(OnnxModel, Vec<(Vec<i64>, Vec<f32>)>)> = models
+        .iter()
+        .map(|(_, path, _, _)| {
+            let mut model = OnnxModel::load(path, Device::Cpu, 1).expect("model");
+            let rows = prebuilt_rows(&model.card.features.rows(), &items, requests);
+            for (s, d) in rows.iter().take(20) {
+                model.score(s, d, CANDIDATES).expect("warm-up");
+            }
+            (model, rows)
+        })
+        .collect();
+    // runs[what][model][round]: the model alone, then the service at 1 and at 16 concurrent.
+    let mut runs: Vec<Vec<Vec<Row>>> = vec![vec![Vec::new(); models.len()]; 3];
+    for round in 0..ROUNDS {
+        eprintln!("models: round {}/{ROUNDS}", round + 1);
+        for (m, (_, path, fold, walk)) in models.iter().enumerate() {
+            let (model, rows) = &mut alone[m];
+            let mut direct = if *walk {
+                let (mut values, mut out) = (Vec::new(), Vec::new());
+                let t = Instant::now();
+                let mut lat = Vec::with_capacity(rows.len());
+                for (s, d) in rows.iter() {
+                    let t0 = Instant::now();
+                    values.clear();
+                    out.clear();
+                    row_values(s, d, CANDIDATES, &mut values);
+                    trees.score(&values, CANDIDATES, &mut out).expect("walk");
+                    lat.push(t0.elapsed());
+                }
+                Row {
+                    name: String::new(),
+                    rps: rows.len() as f64 / t.elapsed().as_secs_f64(),
+                    lat,
+                    cpu_ms: 0.0,
+                }
+            } else {
+                session(model, rows)
+            };
+            // One thread busy throughout: its CPU per request is its time per request.
+            direct.cpu_ms = 1e3 / direct.rps;
+            runs[0][m].push(direct);
+            for (what, concurrency) in [(1, 1), (2, 16)] {
+                let batching = ("on", BatchConfig::default());
+                runs[what][m].push(service(items.clone(), path, *fold, batching, concurrency, &twice).await);
+            }
+        }
+    }
+    let names: Vec<&str> = models.iter().map(|(name, ..)| *name).collect();
+    for (what, title) in [
+        "the model alone on prebuilt rows (one thread, a call per request; CPU: its time)",
+        "the service at 1 concurrent",
+        "the service at 16 concurrent",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!(
+            "\nthe bundled rankers, {title} ({ROUNDS} interleaved rounds of {} requests of {CANDIDATES}):\n",
+            if what == 0 { requests.len() } else { twice.len() }
+        );
+        paired_table("model", names[0], &names, &runs[what]);
+    }
 }
 
 /// The messages a full request moves through tonic's framing, encoded and decoded by

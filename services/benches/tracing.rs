@@ -82,7 +82,7 @@ fn options(traces: LocalTraces, full: f64) -> LocalOptions {
     LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
+        model: ModelSources::cpu(recstack_core::source_file("models/gbdt/model.onnx")),
         redis_url: None,
         gateway: GatewayConfig {
             full_trace_sample: full,

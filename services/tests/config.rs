@@ -46,7 +46,7 @@ fn the_minimal_stack_config_names_every_peer_and_a_local_model() {
     // The model and artifacts the services image bundles.
     assert_eq!(
         model_uri("ranking.model.uri", &c.ranking.model.uri).unwrap(),
-        ModelUri::Local(PathBuf::from("/usr/share/recstack/models/deepfm/model.onnx"))
+        ModelUri::Local(PathBuf::from("/usr/share/recstack/models/gbdt/model.onnx"))
     );
     assert_eq!(c.artifacts.uri, "file:///usr/share/recstack/artifacts");
     assert_eq!(c.artifacts.poll_seconds, 30);

@@ -11,7 +11,7 @@ use recstack_services::ranking::service::ModelSources;
 use recstack_services::serve::served::{Setting, serve_lists};
 
 fn model() -> ModelSources {
-    ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx"))
+    ModelSources::cpu(recstack_core::source_file("models/gbdt/model.onnx"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

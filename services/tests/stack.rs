@@ -28,6 +28,11 @@ fn bundled_model() -> PathBuf {
     Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/deepfm/model.onnx")
 }
 
+/// The bundled tree model (`gbdt-1`), the default ranker.
+fn bundled_trees() -> PathBuf {
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/gbdt/model.onnx")
+}
+
 fn sources(model: PathBuf) -> ModelSources {
     ModelSources::cpu(model)
 }
@@ -1172,6 +1177,105 @@ async fn the_folded_first_stage_scores_as_the_whole_graph() {
     }
     // The scores differ between items (agreeing on a constant would prove nothing).
     assert!(spread > 0.1, "scores spread only {spread}");
+}
+
+/// Ranks the same requests with the bundled trees walked by the service (the default) and
+/// with the graph's tree operator in ONNX Runtime: the scores agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walked_trees_score_as_the_graph() {
+    use recstack_services::features::Snapshot;
+    use recstack_services::ranking::features::Lineage;
+    use recstack_services::ranking::service::load_models;
+
+    let items = Snapshot::from_artifacts(artifacts());
+    let walked = load_models(&sources(bundled_trees()), &items, Arc::new(())).unwrap();
+    let graph = ModelSources {
+        fold: false,
+        ..sources(bundled_trees())
+    };
+    let graph = load_models(&graph, &items, Arc::new(())).unwrap();
+    let (walked, graph) = (&walked.primary, &graph.primary);
+    assert!(walked.trees_walked && !graph.trees_walked);
+    assert!(walked.folded.is_none());
+    assert_eq!(walked.batcher.version(), "gbdt-1");
+
+    let mut item_ids: Vec<String> = artifacts()
+        .items
+        .iter()
+        .skip(40)
+        .take(300)
+        .map(|i| i.id.clone())
+        .collect();
+    item_ids.push("brand-new-1".into());
+    let lineage: Vec<Lineage> = (0..item_ids.len())
+        .map(|n| {
+            let channel = recstack_core::recall::Channel::ALL[n % 7];
+            Lineage::new(1.0 / (n + 1) as f32, 1.0, [(channel, (n / 7 + 1) as u32)])
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut spread = 0f32;
+    for (user, _) in held_out_users(8) {
+        let features = items.user(&user);
+        let (s, d, unknown) = walked.features_with(&user, features, &item_ids, Some(&lineage), None);
+        assert_eq!(unknown, ["brand-new-1"]);
+        let got = walked.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
+        let (s, d, _) = graph.features_with(&user, features, &item_ids, Some(&lineage), None);
+        let want = graph.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
+        assert_eq!(got.len(), item_ids.len());
+        for (n, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "{user}, {}: walked {a}, graph {b}", item_ids[n]);
+        }
+        let (lo, hi) = want.iter().fold((1f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        spread = spread.max(hi - lo);
+    }
+    // Thousands of times the tolerance: agreeing on a constant would prove nothing.
+    assert!(spread > 0.01, "scores spread only {spread}");
+}
+
+/// A trees file that is not the graph's (one leaf changed) is refused with a message saying
+/// so, as is a card naming a trees file that is not there; without walking (`fold` off) the
+/// graph alone serves either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trees_file_that_is_not_the_graphs_is_refused() {
+    use recstack_services::features::Snapshot;
+    use recstack_services::ranking::service::load_models;
+    use recstack_services::ranking::trees::TreesFile;
+
+    let items = Snapshot::from_artifacts(artifacts());
+    let dir = std::env::temp_dir().join(format!("recstack-trees-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(bundled_trees().parent().unwrap()).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, dir.join(from.file_name().unwrap())).unwrap();
+    }
+    let model = dir.join("model.onnx");
+    let trees_path = dir.join("model.trees.json");
+    let mut trees: TreesFile = serde_json::from_slice(&std::fs::read(&trees_path).unwrap()).unwrap();
+    for leaf in &mut trees.trees[3].leaves {
+        *leaf += 0.5;
+    }
+    std::fs::write(&trees_path, serde_json::to_vec(&trees).unwrap()).unwrap();
+    let e = load_models(&sources(model.clone()), &items, Arc::new(()))
+        .err()
+        .expect("trees that are not the graph's are refused");
+    assert!(
+        e.to_string()
+            .contains("trees (model.trees.json): on random rows they score"),
+        "{e}"
+    );
+    let graph = ModelSources {
+        fold: false,
+        ..sources(model.clone())
+    };
+    assert!(!load_models(&graph, &items, Arc::new(())).unwrap().primary.trees_walked);
+
+    std::fs::remove_file(&trees_path).unwrap();
+    let e = load_models(&sources(model.clone()), &items, Arc::new(()))
+        .err()
+        .expect("a missing trees file is refused");
+    assert!(e.to_string().contains("trees (model.trees.json)"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A card whose `first` graph is not linear in its inputs (here: the whole model, read at its

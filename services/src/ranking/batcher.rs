@@ -47,6 +47,19 @@ impl Scorer for OnnxModel {
     }
 }
 
+/// A scorer chosen when the model loads (the graph, its folded head, or its trees).
+impl Scorer for Box<dyn Scorer> {
+    fn version(&self) -> &str {
+        (**self).version()
+    }
+    fn widths(&self) -> (usize, usize) {
+        (**self).widths()
+    }
+    fn score(&mut self, sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        (**self).score(sparse, dense, rows)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchConfig {
     /// Most rows in one model call (a larger request is split).

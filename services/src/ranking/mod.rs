@@ -4,12 +4,12 @@
 //! - [`batcher`]: dynamic batching across concurrent requests, deadline shedding.
 //! - [`service`]: the gRPC service, canary split, hot model swap, metrics.
 //!
-//! The model's inputs and the folded first stage are pure: [`recstack_core::ranking`]
-//! (re-exported here as [`features`] and [`folded`]). Its training data is
+//! The model's inputs, the folded first stage and the trees' walk are pure:
+//! [`recstack_core::ranking`] (re-exported here as [`features`], [`folded`] and [`trees`]). Its training data is
 //! `recstack_offline::export`.
 
 pub mod batcher;
 pub mod model;
 pub mod service;
 
-pub use recstack_core::ranking::{features, folded};
+pub use recstack_core::ranking::{features, folded, trees};

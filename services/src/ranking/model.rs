@@ -38,6 +38,10 @@ pub struct ModelCard {
     /// (`scripts/split_ranker.py`, [`super::folded`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factored: Option<Factored>,
+    /// A file beside it holding the graph's trees, for the service to walk itself
+    /// (`scripts/train_gbdt.py`, [`recstack_core::ranking::trees`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trees: Option<String>,
 }
 
 /// A model's graph in two parts, files beside `model.onnx`.
@@ -410,6 +414,7 @@ mod tests {
             metrics: BTreeMap::new(),
             training: training.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             factored: None,
+            trees: None,
         }
     }
 

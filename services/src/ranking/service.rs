@@ -26,10 +26,11 @@ use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher, ScoredBy};
+use super::batcher::{BatchConfig, BatchError, BatchObserver, Batcher, ScoredBy, Scorer};
 use super::features::{ItemRow, Lineage, Place, RowWriter, UserRow};
 use super::folded::{DenseBlock, FoldedFirst, Side};
 use super::model::{Device, Graph, ModelError, OnnxModel, RETRAIN_AFTER_SECONDS, card_path, data_age};
+use super::trees::{Trees, TreesFile, row_values};
 use crate::features::Snapshot;
 use crate::features::proto::features_client::FeaturesClient;
 use crate::features::proto::features_server::Features;
@@ -225,8 +226,8 @@ pub struct ModelSources {
     /// ONNX Runtime threads per model call.
     pub intra_threads: usize,
     /// Fold a factored model's first stage into tables and run only its head per request
-    /// ([`super::folded`]); off, or for a model without a `factored` card section, the whole
-    /// graph runs.
+    /// ([`super::folded`]), and walk a card's trees in the service ([`super::trees`]); off, or
+    /// for a model whose card has neither section, the whole graph runs.
     pub fold: bool,
 }
 
@@ -255,6 +256,8 @@ pub struct LoadedModel {
     /// The model's first stage folded into tables: the batcher runs the head on `pre` rows.
     /// `None`: it runs the whole graph on feature rows.
     pub folded: Option<Folded>,
+    /// The card's trees are walked by the service in place of the graph ([`TreeScorer`]).
+    pub trees_walked: bool,
     /// How much newer the item table's data is than the model's training data, in seconds
     /// ([`data_age`]; `None` when the card or the snapshot does not say).
     pub data_age: Option<i64>,
@@ -277,6 +280,94 @@ pub struct Folded {
 const FOLD_TOLERANCE: f32 = 1e-4;
 /// Random rows the fold is checked on when a model loads.
 const FOLD_CHECK_ROWS: usize = 256;
+
+/// Scores allowed between the service's walk of a card's trees and the graph's: reordered float
+/// sums differ by ~1e-7; a file holding other trees, or a threshold read differently, misses by
+/// far more on some of the random rows.
+const TREES_TOLERANCE: f32 = 1e-5;
+
+/// The trees a card names beside `whole`'s graph, walked by the service ([`TreeScorer`]), once
+/// checked on random rows to score as the graph does.
+fn walked_trees(path: &Path, mut whole: OnnxModel) -> Result<TreeScorer, ModelError> {
+    use rand::{Rng, SeedableRng};
+    let file = whole.card.trees.clone().unwrap_or_default();
+    let refuse = |message: String| ModelError::Load {
+        path: path.to_path_buf(),
+        message: format!("trees ({file}): {message}"),
+    };
+    let text = std::fs::read(path.with_file_name(&file)).map_err(|e| refuse(e.to_string()))?;
+    let parsed: TreesFile = serde_json::from_slice(&text).map_err(|e| refuse(e.to_string()))?;
+    let trees = Trees::new(&parsed).map_err(|e| refuse(e.to_string()))?;
+    let (s, d) = whole.widths;
+    if trees.features() != s + d {
+        return Err(refuse(format!(
+            "they read {} values a row; the graph's inputs have {s} sparse and {d} dense",
+            trees.features()
+        )));
+    }
+    // Rows over each input's range: dense values about 0–1 and a little past, sparse ids in
+    // their buckets.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x7ee5);
+    let buckets: Vec<u32> = whole.card.features.sparse.iter().map(|f| f.buckets).collect();
+    let sparse: Vec<i64> = (0..TREES_CHECK_ROWS)
+        .flat_map(|_| {
+            buckets
+                .iter()
+                .map(|&b| i64::from(rng.gen_range(0..b.max(1))))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let dense: Vec<f32> = (0..TREES_CHECK_ROWS * d).map(|_| rng.gen_range(-0.1..1.1)).collect();
+    let want = whole.score(&sparse, &dense, TREES_CHECK_ROWS)?;
+    let mut scorer = TreeScorer {
+        version: whole.card.version.clone(),
+        widths: whole.widths,
+        trees,
+        values: Vec::new(),
+    };
+    let got = scorer.score(&sparse, &dense, TREES_CHECK_ROWS)?;
+    let off = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if off.is_nan() || off > TREES_TOLERANCE {
+        return Err(refuse(format!(
+            "on random rows they score {off:.2e} away from the graph"
+        )));
+    }
+    Ok(scorer)
+}
+
+/// Random rows a card's trees are checked on when the model loads.
+const TREES_CHECK_ROWS: usize = 1024;
+
+/// A card's trees, walked by the service in blocks of rows ([`recstack_core::ranking::trees`]):
+/// what the batcher runs for a tree model in place of the graph.
+pub struct TreeScorer {
+    version: String,
+    widths: (usize, usize),
+    trees: Trees,
+    /// The rows' values (dense, then sparse), reused from call to call.
+    values: Vec<f32>,
+}
+
+impl Scorer for TreeScorer {
+    fn version(&self) -> &str {
+        &self.version
+    }
+    fn widths(&self) -> (usize, usize) {
+        self.widths
+    }
+    fn score(&mut self, sparse: &[i64], dense: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        self.values.clear();
+        row_values(sparse, dense, rows, &mut self.values);
+        let mut out = Vec::with_capacity(rows);
+        self.trees
+            .score(&self.values, rows, &mut out)
+            .map_err(|e| ModelError::Run {
+                version: self.version.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(out)
+    }
+}
 
 /// Loads a factored model's first stage and head, folds the first stage into tables, adds each
 /// item's part to `items`, and checks on random rows that the folded values are the first
@@ -684,13 +775,20 @@ fn signature(sources: &ModelSources) -> Vec<u8> {
     let modified = |file: &Path| std::fs::metadata(file).and_then(|m| m.modified()).ok();
     for model in std::iter::once(&sources.primary).chain(&sources.canary) {
         let card = std::fs::read(card_path(model)).unwrap_or_default();
-        // A factored card's parts count too: replacing only the head is a new model.
-        let parts = serde_json::from_slice::<super::model::ModelCard>(&card)
-            .ok()
-            .and_then(|c| c.factored)
-            .map(|f| [f.first, f.head]);
+        // A factored card's parts count too: replacing only the head is a new model; and so
+        // does a card's trees file.
+        let parts: Vec<String> = serde_json::from_slice::<super::model::ModelCard>(&card)
+            .map(|c| {
+                c.factored
+                    .map(|f| [f.first, f.head])
+                    .into_iter()
+                    .flatten()
+                    .chain(c.trees)
+                    .collect()
+            })
+            .unwrap_or_default();
         sig.extend(format!("{:?}", modified(model)).into_bytes());
-        for part in parts.iter().flatten() {
+        for part in &parts {
             sig.extend(format!("{part}:{:?}", modified(&model.with_file_name(part))).into_bytes());
         }
         sig.extend(card);
@@ -712,17 +810,22 @@ pub fn load_models(
         let data_age = data_age(model.card.data_as_of().ok().flatten(), items.as_of());
         let rows = model.card.features.rows().with_genres_of(items.items());
         let mut items = item_table(&rows, items.items());
-        let (scorer, folded) = if sources.fold && model.card.factored.is_some() {
+        let start = |scorer: Box<dyn Scorer>| Batcher::start(scorer, batch.clone(), observer.clone());
+        let trees_walked = sources.fold && model.card.factored.is_none() && model.card.trees.is_some();
+        let (batcher, folded) = if sources.fold && model.card.factored.is_some() {
             let (head, folded) = fold(path, model, &rows, &mut items, sources)?;
-            (head, Some(folded))
+            (start(Box::new(head)), Some(folded))
+        } else if trees_walked {
+            (start(Box::new(walked_trees(path, model)?)), None)
         } else {
-            (model, None)
+            (start(Box::new(model)), None)
         };
         Ok(LoadedModel {
-            batcher: Batcher::start(scorer, batch.clone(), observer.clone()),
+            batcher,
             rows,
             items,
             folded,
+            trees_walked,
             data_age,
         })
     };
@@ -1124,6 +1227,7 @@ mod tests {
             items: item_table(&rows, &known),
             rows,
             folded: None,
+            trees_walked: false,
             data_age: None,
         };
         let user = UserFeatures {

@@ -199,6 +199,7 @@ pub async fn ranking(
     tracing::info!(
         version = set.primary.batcher.version(),
         first_stage_folded = set.primary.folded.is_some(),
+        trees_walked = set.primary.trees_walked,
         "ranking: model loaded"
     );
     metrics.serving(&set);

@@ -207,7 +207,7 @@ pub fn traced_stack(
     LocalOptions {
         direct_links: true,
         addrs: LocalAddrs::ephemeral(),
-        model: ModelSources::cpu(recstack_core::source_file("models/deepfm/model.onnx")),
+        model: ModelSources::cpu(recstack_core::source_file("models/gbdt/model.onnx")),
         redis_url: None,
         gateway: GatewayConfig {
             full_trace_sample: 0.0,

@@ -200,7 +200,7 @@ impl LogArgs {
 /// The ranking model and how it runs.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// `model.onnx` with `model.json` beside it (default: the bundled DeepFM).
+    /// `model.onnx` with `model.json` beside it (default: the bundled trees, `models/gbdt`).
     #[arg(long)]
     pub model: Option<PathBuf>,
     #[arg(long)]
@@ -227,8 +227,9 @@ pub struct ModelArgs {
     /// ONNX Runtime threads per model call.
     #[arg(long, default_value_t = 1)]
     pub intra_threads: usize,
-    /// Run the whole graph per request even when the model card splits it (for comparison;
-    /// by default a factored model's first stage is folded into tables at load time).
+    /// Run the whole graph in ONNX Runtime per request even when the model card splits it or
+    /// names its trees (for comparison; by default a factored model's first stage is folded
+    /// into tables at load time, and a tree model's trees are walked by the service).
     #[arg(long)]
     pub no_fold: bool,
 }
@@ -320,7 +321,7 @@ impl TraceArgs {
 
 /// The model bundled with the source tree.
 fn bundled_model() -> PathBuf {
-    recstack_core::source_file("models/deepfm/model.onnx")
+    recstack_core::source_file("models/gbdt/model.onnx")
 }
 
 /// A model's local path: itself, or for an object store URI a copy under `cache` fetched now

@@ -1,0 +1,401 @@
+//! A tree-ensemble model compiled for serving: the ranking service scores a card's trees
+//! itself instead of through ONNX Runtime's `TreeEnsembleClassifier`.
+//!
+//! A card with a `trees` section (`scripts/train_gbdt.py`) names a file beside the model that
+//! holds the same trees as its ONNX graph: every node's feature, threshold and children, every
+//! leaf's value. A row's score is `sigmoid(Σ_t leaf_t(x))`, where `x` is the row's dense values
+//! followed by its sparse ids as numbers (the graph's `Concat`) and each split sends `x_f ≤
+//! threshold` left. ONNX Runtime walks one row through one tree at a time, each step a load
+//! that waits on the last; here a block of [`BLOCK`] rows walks each tree together, so the
+//! block's independent steps overlap.
+//!
+//! The file's claim is checked, not trusted: the ranking service scores real rows both ways
+//! when it loads the model and refuses trees whose scores differ from the graph's.
+
+use serde::{Deserialize, Serialize};
+
+/// Rows walked through a tree together.
+pub const BLOCK: usize = 64;
+
+/// The trees as the card's `trees` file holds them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TreesFile {
+    /// Values per row: the dense inputs, then the sparse ones.
+    pub features: usize,
+    /// Added to every row's sum before the sigmoid.
+    #[serde(default)]
+    pub base: f32,
+    pub trees: Vec<Tree>,
+}
+
+/// One tree: its nodes, the root first. A child `c ≥ 0` is node `c`; `c < 0` is leaf `−c − 1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub feature: Vec<u32>,
+    pub threshold: Vec<f32>,
+    pub left: Vec<i32>,
+    pub right: Vec<i32>,
+    pub leaves: Vec<f32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TreesError {
+    #[error("tree {tree}: {what}")]
+    Tree { tree: usize, what: String },
+    #[error("no trees")]
+    Empty,
+    #[error("{rows} rows need {need} values, got {got}")]
+    Shape { rows: usize, need: usize, got: usize },
+}
+
+/// A node, packed for the walk: what to compare and where to go. A leaf is a node that sends
+/// every row back to itself (threshold +∞, both children itself), so a row that reaches a leaf
+/// early waits there while the others walk on: the walk has no branch on where a row is.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    feature: u32,
+    threshold: f32,
+    left: u32,
+    right: u32,
+}
+
+/// The trees, checked and laid out as one array of nodes.
+#[derive(Clone, Debug)]
+pub struct Trees {
+    features: usize,
+    base: f32,
+    nodes: Vec<Node>,
+    /// Each node's leaf value (0 for a split).
+    values: Vec<f32>,
+    /// Each tree's root and depth (the most steps from the root to a leaf).
+    roots: Vec<(u32, u32)>,
+}
+
+impl Trees {
+    /// Checks every child and feature index and lays the trees out for the walk.
+    pub fn new(file: &TreesFile) -> Result<Self, TreesError> {
+        if file.trees.is_empty() {
+            return Err(TreesError::Empty);
+        }
+        let (mut nodes, mut values, mut roots) = (Vec::new(), Vec::new(), Vec::new());
+        for (t, tree) in file.trees.iter().enumerate() {
+            let bad = |what: String| TreesError::Tree { tree: t, what };
+            let n = tree.feature.len();
+            if [tree.threshold.len(), tree.left.len(), tree.right.len()] != [n; 3] {
+                return Err(bad("feature, threshold, left and right differ in length".into()));
+            }
+            if tree.leaves.len() != n + 1 {
+                return Err(bad(format!(
+                    "{n} splits need {} leaves, got {}",
+                    n + 1,
+                    tree.leaves.len()
+                )));
+            }
+            // This tree's splits, then its leaves, in the array. Each child must point forward
+            // (no cycles) to a node or leaf of this tree, and each node and leaf must be reached
+            // once: a binary tree. Depths follow, since a parent comes before its children.
+            let first = nodes.len() as u32;
+            let mut reached = vec![false; 2 * n + 1];
+            let mut depth = vec![0u32; 2 * n + 1];
+            let mut place = |c: i32, from: usize| -> Result<u32, TreesError> {
+                let slot = if c >= 0 {
+                    let c = c as usize;
+                    if c >= n || c <= from {
+                        return Err(bad(format!("node {from} has child node {c}")));
+                    }
+                    c
+                } else {
+                    let l = (-(c + 1)) as usize;
+                    if l > n {
+                        return Err(bad(format!("node {from} has child leaf {l} of {}", n + 1)));
+                    }
+                    n + l
+                };
+                if std::mem::replace(&mut reached[slot], true) {
+                    return Err(bad(format!("a node or leaf is reached twice (from node {from})")));
+                }
+                depth[slot] = depth[from] + 1;
+                Ok(first + slot as u32)
+            };
+            for k in 0..n {
+                if tree.feature[k] as usize >= file.features {
+                    return Err(bad(format!(
+                        "node {k} splits on value {} of {}",
+                        tree.feature[k], file.features
+                    )));
+                }
+                let (left, right) = (place(tree.left[k], k)?, place(tree.right[k], k)?);
+                nodes.push(Node {
+                    feature: tree.feature[k],
+                    threshold: tree.threshold[k],
+                    left,
+                    right,
+                });
+                values.push(0.0);
+            }
+            for (l, &value) in tree.leaves.iter().enumerate() {
+                let me = first + (n + l) as u32;
+                nodes.push(Node {
+                    feature: 0,
+                    threshold: f32::INFINITY,
+                    left: me,
+                    right: me,
+                });
+                values.push(value);
+            }
+            // The root is the first split, or for a tree that is one leaf that leaf (its slot n
+            // is 0), which takes no step.
+            roots.push((first, depth.iter().copied().max().unwrap_or(0)));
+        }
+        Ok(Self {
+            features: file.features,
+            base: file.base,
+            nodes,
+            values,
+            roots,
+        })
+    }
+
+    /// Values per row.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    pub fn len(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    /// `sigmoid(base + Σ leaves)` of each of `rows` rows of `x` (row-major, [`Self::features`]
+    /// values each), appended to `out`.
+    pub fn score(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<(), TreesError> {
+        if x.len() != rows * self.features || self.features == 0 {
+            return Err(TreesError::Shape {
+                rows,
+                need: rows * self.features,
+                got: x.len(),
+            });
+        }
+        out.reserve(rows);
+        for block in x.chunks(BLOCK * self.features) {
+            let mut sum = [self.base; BLOCK];
+            let n = block.len() / self.features;
+            self.block(block, &mut sum[..n]);
+            out.extend(sum[..n].iter().map(|&s| 1.0 / (1.0 + (-s).exp())));
+        }
+        Ok(())
+    }
+
+    /// Adds each tree's leaf for the block's rows (at most [`BLOCK`]) to `sum`: the rows walk a
+    /// tree together, one level at a time, for as many levels as the tree is deep.
+    fn block(&self, x: &[f32], sum: &mut [f32]) {
+        let f = self.features;
+        let mut at = [0u32; BLOCK];
+        let at = &mut at[..sum.len()];
+        for &(root, depth) in &self.roots {
+            at.fill(root);
+            for _ in 0..depth {
+                for (r, a) in at.iter_mut().enumerate() {
+                    let node = self.nodes[*a as usize];
+                    let v = x[r * f + node.feature as usize];
+                    *a = if v <= node.threshold { node.left } else { node.right };
+                }
+            }
+            for (s, &a) in sum.iter_mut().zip(at.iter()) {
+                *s += self.values[a as usize];
+            }
+        }
+    }
+}
+
+/// A row of the trees' values: the dense inputs, then the sparse ids as numbers.
+pub fn row_values(sparse: &[i64], dense: &[f32], rows: usize, out: &mut Vec<f32>) {
+    let (s, d) = (sparse.len() / rows.max(1), dense.len() / rows.max(1));
+    out.reserve(rows * (s + d));
+    for r in 0..rows {
+        out.extend_from_slice(&dense[r * d..(r + 1) * d]);
+        out.extend(sparse[r * s..(r + 1) * s].iter().map(|&v| v as f32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn sigmoid(s: f32) -> f32 {
+        1.0 / (1.0 + (-s).exp())
+    }
+
+    /// x0 ≤ 0.5 ? (x1 ≤ 2 ? 1 : 2) : 3, and a tree that is one leaf of 0.25.
+    fn small() -> TreesFile {
+        TreesFile {
+            features: 2,
+            base: 0.0,
+            trees: vec![
+                Tree {
+                    feature: vec![0, 1],
+                    threshold: vec![0.5, 2.0],
+                    left: vec![1, -1],
+                    right: vec![-3, -2],
+                    leaves: vec![1.0, 2.0, 3.0],
+                },
+                Tree {
+                    feature: vec![],
+                    threshold: vec![],
+                    left: vec![],
+                    right: vec![],
+                    leaves: vec![0.25],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_row_goes_left_at_its_threshold_and_sums_a_leaf_of_each_tree() {
+        let t = Trees::new(&small()).unwrap();
+        let x = [0.5, 2.0, 0.5, 2.5, 0.6, 0.0, -1.0, f32::MAX];
+        let mut out = Vec::new();
+        t.score(&x, 4, &mut out).unwrap();
+        let want = [1.25, 2.25, 3.25, 2.25].map(sigmoid);
+        assert_eq!(out, want);
+    }
+
+    /// The naive walk: one row through one tree at a time, from the file.
+    fn naive(file: &TreesFile, row: &[f32]) -> f32 {
+        let mut sum = file.base;
+        for t in &file.trees {
+            if t.feature.is_empty() {
+                sum += t.leaves[0];
+                continue;
+            }
+            let mut c = 0i32;
+            while c >= 0 {
+                let k = c as usize;
+                c = if row[t.feature[k] as usize] <= t.threshold[k] {
+                    t.left[k]
+                } else {
+                    t.right[k]
+                };
+            }
+            sum += t.leaves[(-(c + 1)) as usize];
+        }
+        sigmoid(sum)
+    }
+
+    /// A random tree of `splits` splits over `features` values, its nodes in pre-order.
+    fn random_tree(rng: &mut ChaCha8Rng, splits: usize, features: usize) -> Tree {
+        let mut t = Tree {
+            feature: vec![],
+            threshold: vec![],
+            left: vec![],
+            right: vec![],
+            leaves: vec![],
+        };
+        fn grow(rng: &mut ChaCha8Rng, t: &mut Tree, splits: usize, features: usize) -> i32 {
+            if splits == 0 {
+                t.leaves.push(rng.gen_range(-1.0..1.0));
+                return -(t.leaves.len() as i32);
+            }
+            let k = t.feature.len();
+            t.feature.push(rng.gen_range(0..features as u32));
+            t.threshold.push(rng.gen_range(-1.0..1.0));
+            t.left.push(0);
+            t.right.push(0);
+            let on_left = rng.gen_range(0..splits);
+            t.left[k] = grow(rng, t, on_left, features);
+            t.right[k] = grow(rng, t, splits - 1 - on_left, features);
+            k as i32
+        }
+        grow(rng, &mut t, splits, features);
+        t
+    }
+
+    #[test]
+    fn blocks_of_rows_score_as_each_row_walked_alone() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for case in 0..20 {
+            let features = rng.gen_range(1..30);
+            let file = TreesFile {
+                features,
+                base: rng.gen_range(-2.0..2.0),
+                trees: (0..rng.gen_range(1..40))
+                    .map(|_| {
+                        let splits = rng.gen_range(0..40);
+                        random_tree(&mut rng, splits, features)
+                    })
+                    .collect(),
+            };
+            let trees = Trees::new(&file).unwrap();
+            // Row counts around the block size, values hitting thresholds exactly too.
+            for rows in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
+                let x: Vec<f32> = (0..rows * features)
+                    .map(|_| {
+                        if rng.gen_bool(0.1) {
+                            let t = &file.trees[rng.gen_range(0..file.trees.len())];
+                            t.threshold.first().copied().unwrap_or(0.0)
+                        } else {
+                            rng.gen_range(-1.5..1.5)
+                        }
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                trees.score(&x, rows, &mut out).unwrap();
+                let want: Vec<f32> = x.chunks(features).map(|row| naive(&file, row)).collect();
+                assert_eq!(out.len(), rows);
+                for (r, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-6,
+                        "case {case}, {rows} rows, row {r}: {a} against {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_trees_are_refused_naming_the_tree() {
+        let check = |edit: fn(&mut TreesFile), want: &str| {
+            let mut f = small();
+            edit(&mut f);
+            let e = Trees::new(&f).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        };
+        check(|f| f.trees.clear(), "no trees");
+        check(
+            |f| f.trees[0].threshold.pop().map(drop).unwrap_or(()),
+            "tree 0: feature, threshold",
+        );
+        check(|f| f.trees[0].leaves.push(4.0), "tree 0: 2 splits need 3 leaves, got 4");
+        check(|f| f.trees[0].feature[1] = 2, "tree 0: node 1 splits on value 2 of 2");
+        check(|f| f.trees[0].left[0] = 0, "tree 0: node 0 has child node 0");
+        check(|f| f.trees[0].left[1] = -4, "tree 0: node 1 has child leaf 3 of 3");
+        check(|f| f.trees[0].right[1] = -1, "reached twice");
+        check(|f| f.trees[1].leaves.clear(), "tree 1: 0 splits need 1 leaves, got 0");
+    }
+
+    #[test]
+    fn rows_of_the_wrong_width_are_refused() {
+        let t = Trees::new(&small()).unwrap();
+        let e = t.score(&[0.0; 5], 2, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e,
+            TreesError::Shape {
+                rows: 2,
+                need: 4,
+                got: 5
+            }
+        );
+    }
+
+    #[test]
+    fn row_values_are_dense_then_sparse() {
+        let mut out = Vec::new();
+        row_values(&[7, 8, 9, 10], &[0.5, 0.25], 2, &mut out);
+        assert_eq!(out, [0.5, 7.0, 8.0, 0.25, 9.0, 10.0]);
+    }
+}
