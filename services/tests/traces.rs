@@ -96,7 +96,11 @@ async fn the_query_api_explains_real_requests() {
     let why: Why = serde_json::from_str(&body).unwrap();
     let channel = &debug.items[0].sources[0].channel;
     assert!(why.steps[0].contains(channel.name()), "{:?}", why.steps);
-    assert!(why.steps.iter().any(|s| s.contains("deepfm")), "{:?}", why.steps);
+    assert!(
+        why.steps.iter().any(|s| s.contains("by gbdt-1, ranked")),
+        "{:?}",
+        why.steps
+    );
     let (status, body) = get(api.clone(), format!("/v1/traces/{}/why/nope", debug.request_id)).await;
     assert_eq!(status, 404);
     assert!(body.contains("why-not"), "{body}");
