@@ -52,6 +52,8 @@ use tonic::codec::Codec;
 use tonic_prost::ProstCodec;
 
 const CANDIDATES: usize = 500;
+/// A request's rows for a whole graph: the sparse and the dense inputs.
+type Rows = (Vec<i64>, Vec<f32>);
 const REQUESTS: usize = 400;
 /// Runs of the service under `-- profile`.
 const PROFILE_RUNS: usize = 60;
@@ -243,7 +245,7 @@ fn main() {
 
 /// Each request's rows for `writer`'s model (string ids, with lineage), as the service builds
 /// them for a whole graph.
-fn prebuilt_rows(writer: &RowWriter, snapshot: &Snapshot, requests: &[RankRequest]) -> Vec<(Vec<i64>, Vec<f32>)> {
+fn prebuilt_rows(writer: &RowWriter, snapshot: &Snapshot, requests: &[RankRequest]) -> Vec<Rows> {
     requests
         .iter()
         .map(|r| {
@@ -286,7 +288,7 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
             .expect("trees file");
     let trees = Trees::new(&file).expect("trees");
     let twice: Vec<RankRequest> = columns.iter().chain(columns).cloned().collect();
-    let mut alone: Vec<(OnnxModel, Vec<(Vec<i64>, Vec<f32>)>)> = models
+    let mut alone: Vec<(OnnxModel, Vec<Rows>)> = models
         .iter()
         .map(|(_, path, _, _)| {
             let mut model = OnnxModel::load(path, Device::Cpu, 1).expect("model");
