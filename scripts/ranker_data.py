@@ -60,6 +60,18 @@ def recall_order(split):
     return list_metrics(split, -split["position"].astype(np.float64))
 
 
+def load_export(data: Path):
+    """The export's features (less `UNUSED`) and splits, and recall's own order's metrics on the
+    validation world and the holdout: (spec, (train, valid, test), {"valid"|"test": metrics})."""
+    sparse_cols, spec = feature_spec(data)
+    train, valid, test = (load_split(data, name, sparse_cols) for name in ("train", "valid", "test"))
+    y = train["label"]
+    print(f"train: {len(y)} rows ({int(y.sum())} positives); valid: {len(np.unique(valid['group']))} users; "
+          f"test: {len(np.unique(test['group']))} users")
+    baseline = {name: recall_order(s) for name, s in (("valid", valid), ("test", test))}
+    return spec, (train, valid, test), baseline
+
+
 def card_metrics(ranked, baseline):
     """The card's `metrics`: the model's order and recall's on the validation world (chosen on)
     and the holdout (reported), each {"valid"|"test": (ndcg, recall, users)}."""
@@ -74,3 +86,33 @@ def card_metrics(ranked, baseline):
             f"{key}_users": users,
         })
     return metrics
+
+
+def model_card(name, version, spec, ranked, baseline, data: Path, rows: int, training: dict):
+    """A ranker's card (`model.json`, read by the ranking service): its inputs, its metrics, and
+    how it was trained — what both trainers record, then `training`'s model-specific fields."""
+    return {
+        "name": name,
+        "version": version,
+        "sparse_input": "sparse",
+        "dense_input": "dense",
+        "output": "score",
+        "features": spec,
+        "metrics": card_metrics(ranked, baseline),
+        "training": {
+            "data": "MovieTweetings 100K (MIT), per-user time split, last 20% held out; the training "
+                    "ratings split again the same way (the validation world)",
+            "artifact_version": (data / "artifact_version").read_text().strip(),
+            # The newest training rating of those artifacts: the ranking service reports how
+            # far the data it serves has moved past it (docs/ranking.md).
+            "data_as_of": (data / "data_as_of").read_text().strip(),
+            "rows": str(rows),
+            "examples": "recall's first 500 candidates of each validation-world user: those rated next "
+                        "are positives, 50 of the rest negatives; one user in five judges (validation) "
+                        "and reports (holdout: the same hash on the real split)",
+            "metrics": f"NDCG@{K} and recall@{K} of the candidates in the model's order against recall's "
+                       "merged order, over every held-out item of the user",
+            "unused": ", ".join(sorted(UNUSED)),
+            **training,
+        },
+    }

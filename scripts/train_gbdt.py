@@ -34,7 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-from ranker_data import K, UNUSED, card_metrics, feature_spec, list_metrics, load_split, recall_order
+from ranker_data import K, list_metrics, load_export, model_card
 
 # The trees' settings, chosen on the validation world (docs/ranking.md, "gbdt-1"): 31 leaves
 # with at least 200 rows each keep a tree from fitting a handful of users; at most 5 levels
@@ -176,12 +176,8 @@ def main():
     ap.add_argument("--version", default="gbdt-1")
     args = ap.parse_args()
 
-    sparse_cols, spec = feature_spec(args.data)
-    train, valid, test = (load_split(args.data, name, sparse_cols) for name in ("train", "valid", "test"))
+    spec, (train, valid, test), baseline = load_export(args.data)
     y = train["label"]
-    print(f"train: {len(y)} rows ({int(y.sum())} positives); valid: {len(np.unique(valid['group']))} users; "
-          f"test: {len(np.unique(test['group']))} users")
-    baseline = {name: recall_order(s) for name, s in (("valid", valid), ("test", test))}
     n_dense, n_sparse = train["dense"].shape[1], train["sparse"].shape[1]
     names = [*spec["dense"], *(f["name"] for f in spec["sparse"])]
 
@@ -225,40 +221,18 @@ def main():
     onnx_path = args.out / "model.onnx"
     onnx.save(model, onnx_path)
     (args.out / TREES).write_text(json.dumps(walkable, separators=(",", ":")) + "\n")
-    card = {
-        "name": "gbdt",
-        "version": args.version,
-        "sparse_input": "sparse",
-        "dense_input": "dense",
-        "output": "score",
-        "features": spec,
-        "metrics": card_metrics(ranked, baseline),
-        "training": {
-            "data": "MovieTweetings 100K (MIT), per-user time split, last 20% held out; the training "
-                    "ratings split again the same way (the validation world)",
-            "artifact_version": (args.data / "artifact_version").read_text().strip(),
-            # The newest training rating of those artifacts: the ranking service reports how
-            # far the data it serves has moved past it (docs/ranking.md).
-            "data_as_of": (args.data / "data_as_of").read_text().strip(),
-            "rows": str(len(y)),
-            "examples": "recall's first 500 candidates of each validation-world user: those rated next "
-                        "are positives, 50 of the rest negatives; one user in five judges (validation) "
-                        "and reports (holdout: the same hash on the real split)",
-            "metrics": f"NDCG@{K} and recall@{K} of the candidates in the model's order against recall's "
-                       "merged order, over every held-out item of the user",
-            "unused": ", ".join(sorted(UNUSED)),
-            "trees": f"{best_trees} of at most {args.trees} (best validation NDCG@{K}, every {args.step})",
-            "seed": str(args.seed),
-            "lightgbm": lgb.__version__,
-            "onnxmltools": onnxmltools.__version__,
-            "model": "gradient-boosted trees (LightGBM, binary log-loss): "
-                     + ", ".join(f"{k} {v}" for k, v in PARAMS.items()
-                                 if k not in ("objective", "deterministic", "force_row_wise", "num_threads", "verbose")),
-            "export": "ai.onnx.ml TreeEnsembleClassifier behind a Cast and a Concat of the service's inputs; "
-                      "output the positive class's probability",
-        },
-        "trees": TREES,
-    }
+    card = model_card("gbdt", args.version, spec, ranked, baseline, args.data, len(y), {
+        "trees": f"{best_trees} of at most {args.trees} (best validation NDCG@{K}, every {args.step})",
+        "seed": str(args.seed),
+        "lightgbm": lgb.__version__,
+        "onnxmltools": onnxmltools.__version__,
+        "model": "gradient-boosted trees (LightGBM, binary log-loss): "
+                 + ", ".join(f"{k} {v}" for k, v in PARAMS.items()
+                             if k not in ("objective", "deterministic", "force_row_wise", "num_threads", "verbose")),
+        "export": "ai.onnx.ml TreeEnsembleClassifier behind a Cast and a Concat of the service's inputs; "
+                  "output the positive class's probability",
+    })
+    card["trees"] = TREES
     (args.out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size // 1024} KiB) and model.json")
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ranker_data import K, UNUSED, card_metrics, feature_spec, list_metrics, load_split, recall_order
+from ranker_data import K, list_metrics, load_export, model_card
 from split_ranker import split_for_serving
 
 
@@ -130,12 +130,8 @@ def main():
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    sparse_cols, spec = feature_spec(args.data)
-    train, valid, test = (load_split(args.data, name, sparse_cols) for name in ("train", "valid", "test"))
+    spec, (train, valid, test), baseline = load_export(args.data)
     y = train["label"]
-    print(f"train: {len(y)} rows ({int(y.sum())} positives); valid: {len(np.unique(valid['group']))} users; "
-          f"test: {len(np.unique(test['group']))} users")
-    baseline = {name: recall_order(s) for name, s in (("valid", valid), ("test", test))}
 
     model = DeepFM([f["buckets"] for f in spec["sparse"]], train["dense"].shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -192,36 +188,14 @@ def main():
         output_names=["score"],
         dynamic_shapes={"sparse": {0: batch}, "dense": {0: batch}},
     )
-    card = {
-        "name": "deepfm",
-        "version": args.version,
-        "sparse_input": "sparse",
-        "dense_input": "dense",
-        "output": "score",
-        "features": spec,
-        "metrics": card_metrics(ranked, baseline),
-        "training": {
-            "data": "MovieTweetings 100K (MIT), per-user time split, last 20% held out; the training "
-                    "ratings split again the same way (the validation world)",
-            "artifact_version": (args.data / "artifact_version").read_text().strip(),
-            # The newest training rating of those artifacts: the ranking service reports how
-            # far the data it serves has moved past it (docs/ranking.md).
-            "data_as_of": (args.data / "data_as_of").read_text().strip(),
-            "rows": str(len(y)),
-            "examples": "recall's first 500 candidates of each validation-world user: those rated next "
-                        "are positives, 50 of the rest negatives; one user in five judges (validation) "
-                        "and reports (holdout: the same hash on the real split)",
-            "metrics": f"NDCG@{K} and recall@{K} of the candidates in the model's order against recall's "
-                       "merged order, over every held-out item of the user",
-            "unused": ", ".join(sorted(UNUSED)),
-            "epochs": f"{best_epoch} of {args.epochs} (best validation NDCG@{K})",
-            "seed": str(args.seed),
-            "torch": torch.__version__,
-            "model": "DeepFM: 8-dim embeddings, FM + MLP 64-32-1, sigmoid output",
-            "export": "serving form: one Gather and one Gemm in place of the field reductions",
-        },
-        "factored": split_for_serving(args.out),
-    }
+    card = model_card("deepfm", args.version, spec, ranked, baseline, args.data, len(y), {
+        "epochs": f"{best_epoch} of {args.epochs} (best validation NDCG@{K})",
+        "seed": str(args.seed),
+        "torch": torch.__version__,
+        "model": "DeepFM: 8-dim embeddings, FM + MLP 64-32-1, sigmoid output",
+        "export": "serving form: one Gather and one Gemm in place of the field reductions",
+    })
+    card["factored"] = split_for_serving(args.out)
     (args.out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size // 1024} KiB) and model.json")
 

@@ -1160,12 +1160,46 @@ async fn a_model_reports_how_much_older_its_training_data_is_than_the_served_dat
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Eight held-out users' requests for `item_ids`, each item in one channel with fused scores
+/// falling as recall would give them, scored by `a` and by `b`: every score must agree within
+/// `tolerance`. Returns the widest spread of `b`'s scores within a request.
+async fn agree_on_held_out_users(
+    a: &recstack_services::ranking::service::LoadedModel,
+    b: &recstack_services::ranking::service::LoadedModel,
+    items: &recstack_services::features::Snapshot,
+    item_ids: &[String],
+    tolerance: f32,
+) -> f32 {
+    use recstack_services::ranking::features::Lineage;
+    let lineage: Vec<Lineage> = (0..item_ids.len())
+        .map(|n| {
+            let channel = recstack_core::recall::Channel::ALL[n % 7];
+            Lineage::new(1.0 / (n + 1) as f32, 1.0, [(channel, (n / 7 + 1) as u32)])
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut spread = 0f32;
+    for (user, _) in held_out_users(8) {
+        let features = items.user(&user);
+        let (s, d, _) = a.features_with(&user, features, item_ids, Some(&lineage), None);
+        let got = a.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
+        let (s, d, _) = b.features_with(&user, features, item_ids, Some(&lineage), None);
+        let want = b.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
+        assert_eq!(got.len(), item_ids.len());
+        for (n, (x, y)) in got.iter().zip(&want).enumerate() {
+            assert!((x - y).abs() < tolerance, "{user}, {}: {x} against {y}", item_ids[n]);
+        }
+        let (lo, hi) = want.iter().fold((1f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        spread = spread.max(hi - lo);
+    }
+    spread
+}
+
 /// Ranks the same requests (held-out users, known and unknown items) with the bundled model's
 /// first stage folded into tables (the default) and with its whole graph: the scores agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_folded_first_stage_scores_as_the_whole_graph() {
     use recstack_services::features::Snapshot;
-    use recstack_services::ranking::features::Lineage;
     use recstack_services::ranking::service::load_models;
 
     let items = Snapshot::from_artifacts(artifacts());
@@ -1183,30 +1217,13 @@ async fn the_folded_first_stage_scores_as_the_whole_graph() {
 
     let mut item_ids: Vec<String> = artifacts().items.iter().take(300).map(|i| i.id.clone()).collect();
     item_ids.extend(["brand-new-1", "brand-new-2"].map(String::from));
-    // Lineage as recall would give it: each item in one channel, fused scores falling.
-    let lineage: Vec<Lineage> = (0..item_ids.len())
-        .map(|n| {
-            let channel = recstack_core::recall::Channel::ALL[n % 7];
-            Lineage::new(1.0 / (n + 1) as f32, 1.0, [(channel, (n / 7 + 1) as u32)])
-        })
-        .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut spread = 0f32;
-    for (user, _) in held_out_users(8) {
-        let features = items.user(&user);
-        let (s, d, unknown) = folded.features_with(&user, features, &item_ids, Some(&lineage), None);
-        assert_eq!(unknown, ["brand-new-1", "brand-new-2"]);
-        assert!(s.is_empty());
-        assert_eq!(d.len(), item_ids.len() * width);
-        let got = folded.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
-        let (s, d, _) = whole.features_with(&user, features, &item_ids, Some(&lineage), None);
-        let want = whole.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
-        for (n, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() < 1e-4, "{user}, {}: folded {a}, whole {b}", item_ids[n]);
-        }
-        let (lo, hi) = want.iter().fold((1f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        spread = spread.max(hi - lo);
-    }
+    // A folded model's rows are `pre` rows: no sparse input, the head's width.
+    let (user, _) = &held_out_users(1)[0];
+    let (s, d, unknown) = folded.features_with(user, items.user(user), &item_ids, None, None);
+    assert_eq!(unknown, ["brand-new-1", "brand-new-2"]);
+    assert!(s.is_empty());
+    assert_eq!(d.len(), item_ids.len() * width);
+    let spread = agree_on_held_out_users(folded, whole, &items, &item_ids, 1e-4).await;
     // The scores differ between items (agreeing on a constant would prove nothing).
     assert!(spread > 0.1, "scores spread only {spread}");
 }
@@ -1216,7 +1233,6 @@ async fn the_folded_first_stage_scores_as_the_whole_graph() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walked_trees_score_as_the_graph() {
     use recstack_services::features::Snapshot;
-    use recstack_services::ranking::features::Lineage;
     use recstack_services::ranking::service::load_models;
 
     let items = Snapshot::from_artifacts(artifacts());
@@ -1239,28 +1255,10 @@ async fn the_walked_trees_score_as_the_graph() {
         .map(|i| i.id.clone())
         .collect();
     item_ids.push("brand-new-1".into());
-    let lineage: Vec<Lineage> = (0..item_ids.len())
-        .map(|n| {
-            let channel = recstack_core::recall::Channel::ALL[n % 7];
-            Lineage::new(1.0 / (n + 1) as f32, 1.0, [(channel, (n / 7 + 1) as u32)])
-        })
-        .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut spread = 0f32;
-    for (user, _) in held_out_users(8) {
-        let features = items.user(&user);
-        let (s, d, unknown) = walked.features_with(&user, features, &item_ids, Some(&lineage), None);
-        assert_eq!(unknown, ["brand-new-1"]);
-        let got = walked.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
-        let (s, d, _) = graph.features_with(&user, features, &item_ids, Some(&lineage), None);
-        let want = graph.batcher.score(s, d, item_ids.len(), deadline).await.unwrap();
-        assert_eq!(got.len(), item_ids.len());
-        for (n, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() < 1e-5, "{user}, {}: walked {a}, graph {b}", item_ids[n]);
-        }
-        let (lo, hi) = want.iter().fold((1f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        spread = spread.max(hi - lo);
-    }
+    let (user, _) = &held_out_users(1)[0];
+    let (_, _, unknown) = walked.features_with(user, items.user(user), &item_ids, None, None);
+    assert_eq!(unknown, ["brand-new-1"]);
+    let spread = agree_on_held_out_users(walked, graph, &items, &item_ids, 1e-5).await;
     // Thousands of times the tolerance: agreeing on a constant would prove nothing.
     assert!(spread > 0.01, "scores spread only {spread}");
 }
