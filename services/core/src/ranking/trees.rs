@@ -9,7 +9,7 @@
 //! that waits on the last; here a block of [`BLOCK`] rows walks each tree together, so the
 //! block's independent steps overlap.
 //!
-//! The file's claim is checked, not trusted: the ranking service scores real rows both ways
+//! The file's claim is checked, not trusted: the ranking service scores random rows both ways
 //! when it loads the model and refuses trees whose scores differ from the graph's.
 
 use serde::{Deserialize, Serialize};
