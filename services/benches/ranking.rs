@@ -258,7 +258,8 @@ fn prebuilt_rows(writer: &RowWriter, snapshot: &Snapshot, requests: &[RankReques
                     lineage: Some(lineage[position]),
                     realtime: None,
                 };
-                writer.push(&user, id, snapshot.item(id), place, &mut s, &mut d);
+                let timeline = snapshot.timeline(id).map(|t| &**t);
+                writer.push(&user, id, snapshot.item(id), timeline, place, &mut s, &mut d);
             }
             (s, d)
         })
@@ -679,7 +680,7 @@ fn table_assembly(
         ..ModelSources::cpu(model.to_path_buf())
     };
     let mut set = load_models(&sources, snapshot, Arc::new(())).expect("model");
-    let by_name_items = item_table(&by_name, snapshot.items());
+    let by_name_items = item_table(&by_name, snapshot);
     let mut tables = [
         (set.primary.rows.clone(), std::mem::take(&mut set.primary.items)),
         (by_name, by_name_items),

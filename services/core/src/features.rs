@@ -4,15 +4,21 @@
 
 include!(concat!(env!("OUT_DIR"), "/recstack.features.v1.rs"));
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use crate::artifacts::Artifacts;
+use crate::timeline::Timeline;
 
 /// The build's features, by external id.
 #[derive(Default)]
 pub struct Snapshot {
     users: FxHashMap<String, UserFeatures>,
     items: FxHashMap<String, ItemFeatures>,
+    /// The items' ratings by day (kept beside the messages: the stages that pass items along do
+    /// not carry them).
+    timelines: FxHashMap<String, Arc<Timeline>>,
     /// The newest training rating of the build (Unix seconds; `None` for a snapshot not made
     /// from artifacts): what its features are as of.
     as_of: Option<i64>,
@@ -23,8 +29,17 @@ impl Snapshot {
         Self {
             users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
             items: items.into_iter().map(|i| (i.item_id.clone(), i)).collect(),
+            timelines: FxHashMap::default(),
             as_of: None,
         }
+    }
+
+    /// The same snapshot with items' timelines, as of `as_of` (Unix seconds): what a build's
+    /// snapshot holds ([`Snapshot::from_artifacts`]), for snapshots made of parts.
+    pub fn with_timelines(mut self, timelines: impl IntoIterator<Item = (String, Timeline)>, as_of: i64) -> Self {
+        self.timelines = timelines.into_iter().map(|(id, t)| (id, Arc::new(t))).collect();
+        self.as_of = Some(as_of);
+        self
     }
 
     pub fn from_artifacts(a: &Artifacts) -> Self {
@@ -69,9 +84,17 @@ impl Snapshot {
                 (user.clone(), v)
             })
             .collect();
+        let timelines = a
+            .items
+            .iter()
+            .zip(&a.item_features)
+            .filter(|(_, f)| !f.timeline.is_empty())
+            .map(|(item, f)| (item.id.clone(), Arc::new(f.timeline.clone())))
+            .collect();
         Self {
             users,
             items,
+            timelines,
             as_of: a.newest_rating(),
         }
     }
@@ -82,6 +105,11 @@ impl Snapshot {
 
     pub fn item(&self, id: &str) -> Option<&ItemFeatures> {
         self.items.get(id)
+    }
+
+    /// The item's ratings by day (`None` for one the build saw no rating of).
+    pub fn timeline(&self, id: &str) -> Option<&Arc<Timeline>> {
+        self.timelines.get(id)
     }
 
     pub fn items(&self) -> impl Iterator<Item = &ItemFeatures> {

@@ -12,6 +12,7 @@
 //! - [`degrade`]: degradation levels, load thresholds, breakers, the latency shedder.
 //! - [`events`]: behaviour events and their validation.
 //! - [`stream`]: the stream job's window math and its adaptive write limiter.
+//! - [`timeline`]: an item's ratings by day, read as of a user's latest activity.
 //! - [`hash`]: stable hashing and A/B buckets; [`topk`]: the best `k` of a scored list.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod ranking;
 pub mod recall;
 pub mod rerank;
 pub mod stream;
+pub mod timeline;
 pub mod topk;
 
 pub use hash::{ab_bucket, stable_hash};

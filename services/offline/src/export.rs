@@ -259,7 +259,7 @@ pub fn held_out_users(a: &Artifacts, judge_every: u64) -> (Vec<u32>, Vec<u32>) {
 /// otherwise every candidate is kept, as judging a ranked list needs.
 pub fn candidate_rows(a: &Artifacts, spec: &InputSpec, p: &CandidateParams, users: &[u32], sample: bool) -> Split {
     let snapshot = Snapshot::from_artifacts(a);
-    let rows = spec.rows();
+    let rows = spec.rows().over(&snapshot);
     let mut held: Vec<HashSet<u32>> = vec![HashSet::new(); a.users.len()];
     for r in &a.holdout {
         held[r.user as usize].insert(r.item);
@@ -306,6 +306,7 @@ pub fn candidate_rows(a: &Artifacts, spec: &InputSpec, p: &CandidateParams, user
                     &user,
                     item_id,
                     snapshot.item(item_id),
+                    snapshot.timeline(item_id).map(|t| &**t),
                     place,
                     &mut out.sparse,
                     &mut out.dense,

@@ -440,14 +440,14 @@ fn fold(
 /// compare its id. Looked up by the id's bytes.
 pub type ItemKey = SmallVec<[u8; 16]>;
 
-/// A model's item table: `rows`' item part of each of `items`, by id.
-pub fn item_table<'a>(
-    rows: &RowWriter,
-    items: impl IntoIterator<Item = &'a ItemFeatures>,
-) -> FxHashMap<ItemKey, ItemRow> {
-    items
-        .into_iter()
-        .map(|i| (ItemKey::from_slice(i.item_id.as_bytes()), rows.item(i)))
+/// A model's item table: `rows`' item part of each of `snapshot`'s items, by id.
+pub fn item_table(rows: &RowWriter, snapshot: &Snapshot) -> FxHashMap<ItemKey, ItemRow> {
+    snapshot
+        .items()
+        .map(|i| {
+            let row = rows.item(i, snapshot.timeline(&i.item_id));
+            (ItemKey::from_slice(i.item_id.as_bytes()), row)
+        })
         .collect()
 }
 
@@ -496,7 +496,7 @@ impl LoadedModel {
                 None => {
                     unknown_items.push(id.to_string());
                     self.rows
-                        .push(&user, id, None, place(position, id), &mut sparse, &mut dense);
+                        .push(&user, id, None, None, place(position, id), &mut sparse, &mut dense);
                 }
             }
         }
@@ -555,7 +555,7 @@ impl LoadedModel {
                     sparse.clear();
                     dense.clear();
                     self.rows
-                        .push(user, id, None, place(position, id), &mut sparse, &mut dense);
+                        .push(user, id, None, None, place(position, id), &mut sparse, &mut dense);
                     f.first
                         .add_columns(&mut pre[start..], (&sparse, &dense), sides, |s| s != Side::User);
                 }
@@ -808,8 +808,8 @@ pub fn load_models(
     let load = |path: &Path| -> Result<LoadedModel, ModelError> {
         let model = OnnxModel::load(path, sources.device, sources.intra_threads)?;
         let data_age = data_age(model.card.data_as_of().ok().flatten(), items.as_of());
-        let rows = model.card.features.rows().with_genres_of(items.items());
-        let mut items = item_table(&rows, items.items());
+        let rows = model.card.features.rows().over(items);
+        let mut items = item_table(&rows, items);
         let start = |scorer: Box<dyn Scorer>| Batcher::start(scorer, batch.clone(), observer.clone());
         let trees_walked = sources.fold && model.card.factored.is_none() && model.card.trees.is_some();
         let (batcher, folded) = if sources.fold && model.card.factored.is_some() {
@@ -1054,6 +1054,7 @@ mod tests {
     use crate::features::proto::GenreShare;
     use crate::ranking::batcher::Scorer;
     use crate::ranking::features::InputSpec;
+    use recstack_core::timeline::{DAY, Timeline};
 
     #[test]
     fn lineage_fields_and_lineage_are_inverse() {
@@ -1217,14 +1218,22 @@ mod tests {
             item("0111161", &["Drama"], 1994),
             item("an-item-id-longer-than-sixteen-bytes", &["Comedy"], 2001),
         ];
-        let rows = spec.rows().with_genres_of(&known);
+        // Two of the items rated over the ten days before the snapshot's end; the user last
+        // active five days before it.
+        let end = 1_600_000_000 + 5 * DAY;
+        let timelines = [("0110912", 3), ("0111161", 9)].map(|(id, every)| {
+            let times = (0..10).filter(|d| d % every == 0).map(|d| end - d * DAY);
+            (id.to_string(), Timeline::from_times(times, end))
+        });
+        let snapshot = Snapshot::from_parts(Vec::new(), known.to_vec()).with_timelines(timelines, end);
+        let rows = spec.rows().over(&snapshot);
         let model = LoadedModel {
             batcher: Batcher::start(
                 Widths(spec.sparse.len(), spec.dense.len()),
                 BatchConfig::default(),
                 Arc::new(()),
             ),
-            items: item_table(&rows, &known),
+            items: item_table(&rows, &snapshot),
             rows,
             folded: None,
             trees_walked: false,
@@ -1249,7 +1258,8 @@ mod tests {
         let (mut want_sparse, mut want_dense) = (Vec::new(), Vec::new());
         for (position, id) in ids.iter().enumerate() {
             let it = known.iter().find(|i| &i.item_id == id);
-            let (s, d) = model.rows.row("u1", Some(&user), id, it, position);
+            let timeline = snapshot.timeline(id).map(|t| &**t);
+            let (s, d) = model.rows.row_at("u1", Some(&user), id, it, timeline, Place::at(position));
             want_sparse.extend(s);
             want_dense.extend(d);
         }
@@ -1259,6 +1269,22 @@ mod tests {
         // Different items make different rows (the test would pass on any constant otherwise).
         let row = |n: usize| &sparse[n * spec.sparse.len()..(n + 1) * spec.sparse.len()];
         assert_ne!(row(2), row(3));
+        // The timelines read as of the user's day (5 before the end), not the end: 0111161 was
+        // rated 4 days before it (and on the end day), 0110912 4 and 1 days before it (and 2
+        // and 5 days after).
+        let then = |n: usize, name: &str| {
+            let col = spec.dense.iter().position(|c| c == name).unwrap();
+            dense[n * spec.dense.len() + col]
+        };
+        let log = |x: f32| x.ln_1p() / 10_001f32.ln();
+        assert_eq!(then(2, "item_log_ratings_then"), log(1.0));
+        assert_eq!(then(3, "item_log_ratings_then"), log(2.0));
+        assert_eq!(then(3, "item_log_week_then"), log(2.0));
+        assert_eq!(then(2, "item_days_out_then"), 4f32.ln_1p() / 3_651f32.ln());
+        assert_eq!(then(3, "item_days_out_then"), 4f32.ln_1p() / 3_651f32.ln());
+        for n in [0, 1] {
+            assert_eq!(then(n, "item_log_ratings_then"), 0.0, "no timeline, no ratings");
+        }
     }
 
     /// A new head (or first stage) beside an unchanged `model.onnx` and card is a new model:

@@ -111,6 +111,9 @@ pub struct ItemProfile {
     /// The item's ratings decayed with a [`RECENT_HALF_LIFE_DAYS`] half-life as of the newest
     /// training rating.
     pub recent_score: f32,
+    /// Its training ratings by day: the ranker's `item_*_then` features, as of each user's
+    /// latest activity.
+    pub timeline: crate::timeline::Timeline,
 }
 
 /// The half-life of [`ItemProfile::recent_score`], in days. Chosen on the validation world
@@ -198,8 +201,8 @@ const ARTIFACT_FILE: &str = "artifacts.bin";
 
 /// The encoding of [`Artifacts`]; part of the version, so a build with a changed layout writes
 /// a new version instead of one an older reader misreads (2: `history_times`; 3: `next_items`,
-/// `hot_half_life_days`; 5: the items' `recent_score`).
-pub const ARTIFACT_FORMAT: u32 = 5;
+/// `hot_half_life_days`; 5: the items' `recent_score`; 6: the items' `timeline`).
+pub const ARTIFACT_FORMAT: u32 = 6;
 
 /// The [`Manifest::format`] of a `manifest.json`, read without the rest of it (so a manifest
 /// of any release can be told apart before its artifacts are fetched or decoded).

@@ -18,8 +18,9 @@ use smallvec::SmallVec;
 
 use super::folded::Side;
 pub use super::spec::*;
-use crate::features::{ItemFeatures, UserFeatures};
+use crate::features::{ItemFeatures, Snapshot, UserFeatures};
 use crate::recall::Channel;
+use crate::timeline::{Then, Timeline, day_of};
 
 /// Where recall found one candidate, as the `recall_*` columns read it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -82,6 +83,11 @@ pub struct RowWriter {
     sparse: Vec<(SparseKind, u32)>,
     dense: Vec<DenseKind>,
     genres: GenreBits,
+    /// The day the item timelines end (the build's newest rating): a user's latest activity
+    /// after it reads as of it ([`RowWriter::over`]).
+    end_day: Option<u32>,
+    /// Whether any column reads an item's timeline (`item_*_then`).
+    reads_then: bool,
 }
 
 /// Each genre of a catalogue its own bit of a 64-bit signature, so that whether an item has one
@@ -118,6 +124,8 @@ pub struct UserRow<'a> {
     dense: Vec<f32>,
     /// The [`GenreBits`] bit of each of the user's top genres, in their order.
     genre_bits: Vec<u64>,
+    /// The day the `item_*_then` columns read the items' timelines at ([`RowWriter::user`]).
+    day: Option<u32>,
 }
 
 /// `pre` values a folded item part holds inline (more spill to the heap).
@@ -136,6 +144,8 @@ pub struct ItemRow {
     dense: SmallVec<[f32; DENSE.len() + REALTIME_DENSE.len()]>,
     /// The [`GenreBits`] bits of the item's genres, or-ed.
     genre_bits: u64,
+    /// Its ratings by day, when a column reads them.
+    timeline: Option<Arc<Timeline>>,
     /// The item's part of a folded first stage (empty unless the model is folded; see
     /// [`super::folded`]). Inline, like the parts above, for `pre` widths up to
     /// [`FOLDED_INLINE`] (the bundled model's is 73): a request adds 500 of them, scattered.
@@ -167,6 +177,18 @@ impl RowWriter {
                 .collect(),
             dense: spec.dense.iter().map(|f| DenseKind::of(f)).collect(),
             genres: GenreBits::default(),
+            end_day: None,
+            reads_then: spec.dense.iter().any(|f| DenseKind::of(f).reads_timeline()),
+        }
+    }
+
+    /// The writer for rows over `snapshot`'s items: [`RowWriter::with_genres_of`] its catalogue,
+    /// and its timelines' end ([`Snapshot::as_of`]) as the latest day a row reads them at.
+    /// The training export and the ranking service both build their rows this way.
+    pub fn over(self, snapshot: &Snapshot) -> Self {
+        Self {
+            end_day: snapshot.as_of().map(day_of),
+            ..self.with_genres_of(snapshot.items())
         }
     }
 
@@ -180,13 +202,14 @@ impl RowWriter {
 
     /// Computes `item`'s part of the rows once; [`RowWriter::push_item`] adds it to a user's.
     #[inline]
-    pub fn item(&self, item: &ItemFeatures) -> ItemRow {
+    pub fn item(&self, item: &ItemFeatures, timeline: Option<&Arc<Timeline>>) -> ItemRow {
         let row = Row {
             user_id: "",
             user: None,
             item_id: &item.item_id,
             item: Some(item),
             place: Place::default(),
+            then: Then::default(),
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_item, DenseKind::per_item);
         ItemRow {
@@ -194,6 +217,7 @@ impl RowWriter {
             sparse,
             dense,
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
+            timeline: timeline.filter(|_| self.reads_then).cloned(),
             folded: SmallVec::new(),
         }
     }
@@ -241,7 +265,7 @@ impl RowWriter {
     pub fn push_item(&self, user: &UserRow, item: &ItemRow, place: Place, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
         // The parts zipped rather than indexed column by column (indexed, whole rows took 1.3×
         // the time).
-        let row = Row::of(user, item, place);
+        let row = self.row_of(user, item, place);
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
         sparse.extend(parts.map(|(&(k, b), (&u, &i))| sparse_value(k, b, (u, i), &row)));
         let parts = self.dense.iter().zip(user.dense.iter().zip(&item.dense));
@@ -257,7 +281,7 @@ impl RowWriter {
             k,
             buckets,
             (user.sparse[col], item.sparse[col]),
-            &Row::of(user, item, place),
+            &self.row_of(user, item, place),
         )
     }
 
@@ -266,7 +290,7 @@ impl RowWriter {
     /// read once for all of them rather than once per column.
     #[inline]
     pub fn item_dense_into(&self, user: &UserRow, item: &ItemRow, place: Place, cols: &[usize], out: &mut [f32]) {
-        let row = Row::of(user, item, place);
+        let row = self.row_of(user, item, place);
         for (x, &col) in out.iter_mut().zip(cols) {
             *x = dense_value(self.dense[col], (user.dense[col], item.dense[col]), user, item, &row);
         }
@@ -281,8 +305,16 @@ impl RowWriter {
             item_id: "",
             item: None,
             place: Place::default(),
+            then: Then::default(),
         };
         let (sparse, dense) = self.part(&row, SparseKind::per_user, DenseKind::per_user);
+        // As of the user's latest activity, but not past the timelines' end; an unknown user
+        // (or one with no time) as of that end.
+        let last = user.map(|u| u.last_ts).filter(|&t| t > 0).map(day_of);
+        let day = match (last, self.end_day) {
+            (Some(d), Some(end)) => Some(d.min(end)),
+            (d, end) => d.or(end),
+        };
         UserRow {
             user_id,
             user,
@@ -291,19 +323,22 @@ impl RowWriter {
             genre_bits: user.map_or(Vec::new(), |u| {
                 u.top_genres.iter().map(|g| self.genres.bit(&g.genre)).collect()
             }),
+            day,
         }
     }
 
     /// Appends one row for (user, item) to `sparse` and `dense`. An unknown user (cold start)
     /// or item has `None` and gets the features' neutral values; so do the real-time ones
     /// without the place's real-time values (the training export, or the feature service
-    /// unreachable).
+    /// unreachable); and the `item_*_then` ones without the item's `timeline`.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn push(
         &self,
         user: &UserRow,
         item_id: &str,
         item: Option<&ItemFeatures>,
+        timeline: Option<&Timeline>,
         place: Place,
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
@@ -314,6 +349,7 @@ impl RowWriter {
             item_id,
             item,
             place,
+            then: self.then(user, timeline),
         };
         sparse.extend(
             self.sparse
@@ -340,21 +376,47 @@ impl RowWriter {
         item: Option<&ItemFeatures>,
         position: usize,
     ) -> (Vec<i64>, Vec<f32>) {
-        self.row_at(user_id, user, item_id, item, Place::at(position))
+        self.row_at(user_id, user, item_id, item, None, Place::at(position))
     }
 
-    /// [`RowWriter::row`] at a [`Place`] (with lineage and real-time values).
+    /// [`RowWriter::row`] with the item's timeline, at a [`Place`] (with lineage and
+    /// real-time values).
     pub fn row_at(
         &self,
         user_id: &str,
         user: Option<&UserFeatures>,
         item_id: &str,
         item: Option<&ItemFeatures>,
+        timeline: Option<&Timeline>,
         place: Place,
     ) -> (Vec<i64>, Vec<f32>) {
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
-        self.push(&self.user(user_id, user), item_id, item, place, &mut sparse, &mut dense);
+        let user = self.user(user_id, user);
+        self.push(&user, item_id, item, timeline, place, &mut sparse, &mut dense);
         (sparse, dense)
+    }
+
+    /// What `timeline` says as of the user's day, when a column reads it (default otherwise:
+    /// the columns' neutral values).
+    #[inline]
+    fn then(&self, user: &UserRow, timeline: Option<&Timeline>) -> Then {
+        match (timeline, user.day) {
+            (Some(t), Some(day)) if self.reads_then => t.at(day),
+            _ => Then::default(),
+        }
+    }
+
+    /// The row of `user` and a known `item` at `place`.
+    #[inline]
+    fn row_of<'a>(&self, user: &UserRow<'a>, item: &'a ItemRow, place: Place<'a>) -> Row<'a> {
+        Row {
+            user_id: user.user_id,
+            user: user.user,
+            item_id: &item.item.item_id,
+            item: Some(&item.item),
+            place,
+            then: self.then(user, item.timeline.as_deref()),
+        }
     }
 
     /// Whether any column reads the request's real-time item values.
@@ -393,6 +455,9 @@ struct Row<'a> {
     item_id: &'a str,
     item: Option<&'a ItemFeatures>,
     place: Place<'a>,
+    /// The item's timeline as of the user's day (read once per row, for the `item_*_then`
+    /// columns).
+    then: Then,
 }
 
 /// FNV-1a continued over more bytes (the same function as [`crate::stable_hash`]).
@@ -482,18 +547,7 @@ fn log_scaled(x: f32) -> f32 {
     (1.0 + x.max(0.0)).ln() / 10_001f32.ln()
 }
 
-impl<'a> Row<'a> {
-    /// The row of `user` and a known `item` at `place`.
-    fn of(user: &UserRow<'a>, item: &'a ItemRow, place: Place<'a>) -> Self {
-        Row {
-            user_id: user.user_id,
-            user: user.user,
-            item_id: &item.item.item_id,
-            item: Some(&item.item),
-            place,
-        }
-    }
-
+impl Row<'_> {
     fn sparse(&self, kind: SparseKind, buckets: u32) -> i64 {
         let mut buf = [0u8; 10];
         let value: Option<&str> = match kind {
@@ -536,6 +590,16 @@ impl<'a> Row<'a> {
                 _ => 0.5,
             },
             DenseKind::ItemGenreCount => i.map_or(0.0, |i| i.genres.len() as f32 / 5.0),
+            // The item as of the user's latest activity (its timeline; docs/ranking.md): its
+            // ratings so far and in that week, and how long it had been rated, on a log scale
+            // (1 from ten years). 0 for an item the build never saw rated, or one not yet rated
+            // that day.
+            DenseKind::ItemLogRatingsThen => log_scaled(self.then.ratings as f32),
+            DenseKind::ItemLogWeekThen => log_scaled(self.then.week as f32),
+            DenseKind::ItemDaysOutThen => self
+                .then
+                .days_out
+                .map_or(0.0, |d| ((d as f32).ln_1p() / 3_651f32.ln()).min(1.0)),
             // ln(1 + p) / ln(1 + 1000): 0 for recall's first candidate, 1 from the 1000th on.
             DenseKind::RecallPosition => position_scaled(self.place.position),
             // Recall's lineage: the fused score's share of the request's best, how many
@@ -572,6 +636,7 @@ impl<'a> Row<'a> {
 mod tests {
     use super::*;
     use crate::features::GenreShare;
+    use crate::timeline::DAY;
 
     fn user() -> UserFeatures {
         UserFeatures {
@@ -619,6 +684,48 @@ mod tests {
     }
 
     #[test]
+    fn the_then_columns_read_the_timeline_on_the_users_last_day_not_past_the_snapshots_end() {
+        let end = 1_600_000_000;
+        let timeline = Timeline::from_times([end - 20 * DAY, end - 3 * DAY, end], end);
+        let snapshot = Snapshot::from_parts(Vec::new(), vec![item(&["A"])]).with_timelines([("i1".into(), timeline)], end);
+        let writer = spec().rows().over(&snapshot);
+        let t = snapshot.timeline("i1").map(|t| &**t);
+        let then = |last_ts: Option<i64>| {
+            let u = last_ts.map(|last_ts| UserFeatures { last_ts, ..user() });
+            let (_, d) = writer.row_at("u1", u.as_ref(), "i1", Some(&item(&["A"])), t, Place::at(0));
+            let col = |name| dense(name, &d);
+            (col("item_log_ratings_then"), col("item_log_week_then"), col("item_days_out_then"))
+        };
+        let days = |d: f32| d.ln_1p() / 3_651f32.ln();
+        // Last active 10 days before the end: one rating so far, none that week, 10 days out.
+        assert_eq!(then(Some(end - 10 * DAY)), (log_scaled(1.0), 0.0, days(10.0)));
+        // Active after the end, an unknown user, and a user with no time: as of the end.
+        let at_end = (log_scaled(3.0), log_scaled(2.0), days(20.0));
+        assert_eq!(then(Some(end + 40 * DAY)), at_end);
+        assert_eq!(then(None), at_end);
+        assert_eq!(then(Some(0)), at_end);
+        // Before the first rating: nothing yet.
+        assert_eq!(then(Some(end - 30 * DAY)), (0.0, 0.0, 0.0));
+        // An item without a timeline (never rated in the build) reads nothing either.
+        let (_, d) = writer.row("u1", Some(&user()), "i1", Some(&item(&["A"])), 0);
+        assert_eq!(dense("item_log_ratings_then", &d), 0.0);
+        // A writer not over a snapshot reads the user's own day, however late.
+        let (_, d) = spec().rows().row_at(
+            "u1",
+            Some(&UserFeatures {
+                last_ts: end + 40 * DAY,
+                ..user()
+            }),
+            "i1",
+            None,
+            t,
+            Place::at(0),
+        );
+        assert_eq!(dense("item_log_week_then", &d), 0.0);
+        assert_eq!(dense("item_days_out_then", &d), days(60.0));
+    }
+
+    #[test]
     fn every_feature_name_has_its_kind() {
         let sparse: Vec<&str> = SparseKind::ALL.iter().map(|k| k.name()).collect();
         let dense: Vec<&str> = DenseKind::ALL.iter().map(|k| k.name()).collect();
@@ -653,14 +760,23 @@ mod tests {
             ),
             ("a catalogue without Comedy", spec().rows().with_genres_of(&items[..1])),
         ];
+        // Item n rated on the user's last day and every n-th day before it (none for item 0).
+        let last = u.last_ts;
+        let timelines: Vec<Option<Arc<Timeline>>> = (0..items.len() as i64)
+            .map(|n| {
+                let times = (0..30).filter(|d| n > 0 && d % n == 0).map(|d| last - d * DAY);
+                Some(Arc::new(Timeline::from_times(times, last))).filter(|t| !t.is_empty())
+            })
+            .collect();
         for (case, writer) in &writers {
             for user in [Some(&u), None] {
                 let once = writer.user("u1", user);
                 for (n, it) in items.iter().enumerate() {
                     let id = format!("i{n}");
+                    let timeline = timelines[n].as_deref();
                     let (mut s1, mut d1) = (vec![], vec![]);
-                    writer.push(&once, &id, Some(it), Place::at(n), &mut s1, &mut d1);
-                    let (s2, d2) = writer.row("u1", user, &id, Some(it), n);
+                    writer.push(&once, &id, Some(it), timeline, Place::at(n), &mut s1, &mut d1);
+                    let (s2, d2) = writer.row_at("u1", user, &id, Some(it), timeline, Place::at(n));
                     assert_eq!((&s1, &d1), (&s2, &d2), "{case}, item {n}");
                     // The item's part computed once too (the service's per-model item table).
                     let it = ItemFeatures {
@@ -668,8 +784,15 @@ mod tests {
                         ..it.clone()
                     };
                     let (mut s3, mut d3) = (vec![], vec![]);
-                    writer.push_item(&once, &writer.item(&it), Place::at(n), &mut s3, &mut d3);
+                    let item_row = writer.item(&it, timelines[n].as_ref());
+                    writer.push_item(&once, &item_row, Place::at(n), &mut s3, &mut d3);
                     assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
+                    // With the user, the timeline is read on the user's last day.
+                    let want = match (user, timeline) {
+                        (Some(_), Some(_)) => log_scaled((29 / n + 1) as f32),
+                        _ => 0.0,
+                    };
+                    assert_eq!(dense("item_log_ratings_then", &d3), want, "{case}, item {n}");
                 }
             }
         }
@@ -680,7 +803,7 @@ mod tests {
             .iter()
             .map(|it| {
                 let (mut s, mut d) = (vec![], vec![]);
-                writer.push_item(&once, &writer.item(it), Place::at(0), &mut s, &mut d);
+                writer.push_item(&once, &writer.item(it, None), Place::at(0), &mut s, &mut d);
                 dense("genre_affinity", &d)
             })
             .collect();
@@ -748,7 +871,7 @@ mod tests {
             };
             spec()
                 .rows()
-                .row_at("u1", Some(&user()), "i1", Some(&item(&["A"])), place)
+                .row_at("u1", Some(&user()), "i1", Some(&item(&["A"])), None, place)
                 .1
         };
         let with = row(Some(lineage));
@@ -923,7 +1046,7 @@ mod tests {
                 realtime: Some(realtime),
                 ..Place::at(3)
             };
-            writer.row_at("u1", Some(&u), "i1", Some(&it), place).1
+            writer.row_at("u1", Some(&u), "i1", Some(&it), None, place).1
         };
         let (_, neutral) = writer.row("u1", Some(&u), "i1", Some(&it), 3);
         let live = with(&hot);
@@ -950,7 +1073,7 @@ mod tests {
         let (mut s, mut d) = (Vec::new(), Vec::new());
         writer.push_item(
             &once,
-            &writer.item(&it),
+            &writer.item(&it, None),
             Place {
                 realtime: Some(&hot),
                 ..Place::at(3)

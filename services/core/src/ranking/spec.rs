@@ -36,6 +36,9 @@ pub const DENSE: &[&str] = &[
     "recall_rank_tag",
     "recall_rank_cooc",
     "item_log_recent",
+    "item_log_ratings_then",
+    "item_log_week_then",
+    "item_days_out_then",
 ];
 
 /// Real-time item features: read per request from the feature service (the stream job's
@@ -197,6 +200,9 @@ pub(crate) enum DenseKind {
     RecallChannels,
     RecallRank(Channel),
     ItemLogRecent,
+    ItemLogRatingsThen,
+    ItemLogWeekThen,
+    ItemDaysOutThen,
     ItemRtCtr,
     ItemRtEngagement,
     ItemRtTrend,
@@ -204,7 +210,7 @@ pub(crate) enum DenseKind {
 }
 
 impl DenseKind {
-    pub(crate) const ALL: [Self; 22] = [
+    pub(crate) const ALL: [Self; 25] = [
         Self::UserLogRatings,
         Self::UserMeanRating,
         Self::ItemLogRatings,
@@ -224,6 +230,9 @@ impl DenseKind {
         Self::RecallRank(Channel::Tag),
         Self::RecallRank(Channel::Cooc),
         Self::ItemLogRecent,
+        Self::ItemLogRatingsThen,
+        Self::ItemLogWeekThen,
+        Self::ItemDaysOutThen,
         Self::ItemRtCtr,
         Self::ItemRtEngagement,
         Self::ItemRtTrend,
@@ -259,6 +268,9 @@ impl DenseKind {
                 Channel::Cooc => "recall_rank_cooc",
             },
             Self::ItemLogRecent => "item_log_recent",
+            Self::ItemLogRatingsThen => "item_log_ratings_then",
+            Self::ItemLogWeekThen => "item_log_week_then",
+            Self::ItemDaysOutThen => "item_days_out_then",
             Self::ItemRtCtr => "item_rt_ctr",
             Self::ItemRtEngagement => "item_rt_engagement",
             Self::ItemRtTrend => "item_rt_trend",
@@ -274,6 +286,11 @@ impl DenseKind {
 
     pub(crate) fn per_user(self) -> bool {
         matches!(self, Self::UserLogRatings | Self::UserMeanRating)
+    }
+
+    /// Read from the item's timeline as of the user's latest activity: crosses the two.
+    pub(crate) fn reads_timeline(self) -> bool {
+        matches!(self, Self::ItemLogRatingsThen | Self::ItemLogWeekThen | Self::ItemDaysOutThen)
     }
 
     pub(crate) fn per_item(self) -> bool {

@@ -24,6 +24,8 @@ pub use recstack_core::artifacts::{
     RECENT_HALF_LIFE_DAYS, Ranked, Rating, UserProfile, ann, load, sha256_hex, write,
 };
 
+use recstack_core::timeline::Timeline;
+
 use crate::dataset::{Dataset, Split, time_split};
 
 /// Why a build failed.
@@ -139,7 +141,8 @@ pub fn build(ds: &Dataset, params: &BuildParams, progress: &Progress) -> Result<
     let tags = progress.step("tag index", 0, |_| tag_index(&ds.items, &by_item, &hot_score));
     let (item_features, user_features) = progress.step("features", 0, |_| {
         let recent = hot::decayed_counts(&train, n_items, RECENT_HALF_LIFE_DAYS);
-        let items = item_features(&ds.items, &by_item, &hot_score, &recent);
+        let timelines = timelines(&train, n_items);
+        let items = item_features(&ds.items, &by_item, &hot_score, &recent, timelines);
         let users = user_features(&ds.items, &by_user, &sorted);
         (items, users)
     });
@@ -187,11 +190,28 @@ fn tag_index(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32]) -> BTreeMa
         .collect()
 }
 
-fn item_features(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32], recent: &[f64]) -> Vec<ItemProfile> {
+/// Each item's [`Timeline`] of the training ratings, as of the newest one.
+fn timelines(train: &[Rating], n_items: usize) -> Vec<Timeline> {
+    let end = train.iter().map(|r| r.ts).max().unwrap_or(0);
+    let mut times: Vec<Vec<i64>> = vec![Vec::new(); n_items];
+    for r in train {
+        times[r.item as usize].push(r.ts);
+    }
+    times.into_iter().map(|t| Timeline::from_times(t, end)).collect()
+}
+
+fn item_features(
+    items: &[Item],
+    by_item: &[Vec<(u32, u8)>],
+    hot: &[f32],
+    recent: &[f64],
+    timelines: Vec<Timeline>,
+) -> Vec<ItemProfile> {
     items
         .iter()
+        .zip(timelines)
         .enumerate()
-        .map(|(i, item)| {
+        .map(|(i, (item, timeline))| {
             let rs = &by_item[i];
             ItemProfile {
                 ratings: rs.len() as u32,
@@ -200,6 +220,7 @@ fn item_features(items: &[Item], by_item: &[Vec<(u32, u8)>], hot: &[f32], recent
                 year: item.year,
                 genres: item.genres.clone(),
                 recent_score: recent[i] as f32,
+                timeline,
             }
         })
         .collect()

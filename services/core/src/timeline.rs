@@ -1,0 +1,246 @@
+//! An item's ratings over time, by day: what the ranker's `item_*_then` features read as of a
+//! user's latest activity (docs/ranking.md, "As of the user's latest activity").
+//!
+//! The build writes one [`Timeline`] per item from the training ratings; the ranking service and
+//! the training export read it through the same [`Timeline::at`], so a model is trained on the
+//! values it is served.
+//!
+//! Days are Unix days (seconds / 86,400, UTC). A timeline keeps one entry per day with ratings
+//! for the last [`KEPT_DAYS`] days of the build and folds the ratings before them into one
+//! count: an old item costs at most 365 entries, and a day before those reads the folded count
+//! (all its ratings before the kept days), not the count on that day; a week reaching back
+//! before them counts only its kept days.
+
+use serde::{Deserialize, Serialize};
+
+/// Seconds in a day.
+pub const DAY: i64 = 86_400;
+
+/// Days with their own entry, counted back from the build's newest rating.
+pub const KEPT_DAYS: u32 = 365;
+
+/// The window [`Then::week`] counts: the day asked and the six before it.
+pub const WEEK_DAYS: u32 = 7;
+
+/// The Unix day of a timestamp (seconds); days before 1970 read as day 0.
+pub fn day_of(ts: i64) -> u32 {
+    u32::try_from(ts.div_euclid(DAY)).unwrap_or(if ts < 0 { 0 } else { u32::MAX })
+}
+
+/// One item's ratings by day.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    /// The day of its first rating (meaningless when it has none).
+    first: u32,
+    /// Ratings before `days[0]`: those older than the kept days.
+    folded: u32,
+    /// The days with ratings, ascending, within [`KEPT_DAYS`] of the build's newest rating.
+    days: Vec<u32>,
+    /// Aligned with `days`: the ratings up to and including that day (`folded` included).
+    through: Vec<u32>,
+}
+
+/// What a [`Timeline`] says as of one day.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Then {
+    /// Ratings up to and including the day.
+    pub ratings: u32,
+    /// Ratings in the [`WEEK_DAYS`] days ending with it.
+    pub week: u32,
+    /// Days since the first rating; `None` before it (or with none).
+    pub days_out: Option<u32>,
+}
+
+impl Timeline {
+    /// The timeline of an item rated at `times` (Unix seconds, any order), for a build whose
+    /// newest rating is at `end`.
+    pub fn from_times(times: impl IntoIterator<Item = i64>, end: i64) -> Self {
+        let mut days: Vec<u32> = times.into_iter().map(day_of).collect();
+        if days.is_empty() {
+            return Self::default();
+        }
+        days.sort_unstable();
+        let first = days[0];
+        let oldest_kept = day_of(end).saturating_sub(KEPT_DAYS - 1);
+        let folded = days.partition_point(|&d| d < oldest_kept);
+        let mut t = Self {
+            first,
+            folded: folded as u32,
+            days: Vec::new(),
+            through: Vec::new(),
+        };
+        let mut count = t.folded;
+        for &d in &days[folded..] {
+            count += 1;
+            if t.days.last() == Some(&d) {
+                *t.through.last_mut().expect("days and through are aligned") = count;
+            } else {
+                t.days.push(d);
+                t.through.push(count);
+            }
+        }
+        t
+    }
+
+    /// All its ratings.
+    pub fn ratings(&self) -> u32 {
+        self.through.last().copied().unwrap_or(self.folded)
+    }
+
+    /// Ratings up to and including `day`.
+    fn through(&self, day: u32) -> u32 {
+        match self.days.partition_point(|&d| d <= day) {
+            0 if self.folded > 0 && day >= self.first => self.folded,
+            0 => 0,
+            k => self.through[k - 1],
+        }
+    }
+
+    /// What it says as of `day`.
+    pub fn at(&self, day: u32) -> Then {
+        let ratings = self.through(day);
+        let before_week = match day.checked_sub(WEEK_DAYS) {
+            Some(d) => self.through(d),
+            None => 0,
+        };
+        Then {
+            ratings,
+            week: ratings - before_week,
+            days_out: (ratings > 0).then(|| day - self.first),
+        }
+    }
+
+    /// Entries held (days with their own count).
+    pub fn len(&self) -> usize {
+        self.days.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.days.is_empty() && self.folded == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D0: i64 = 19_000; // a Unix day
+
+    fn at(day: i64, second: i64) -> i64 {
+        day * DAY + second
+    }
+
+    /// The slow reference: counts every rating.
+    fn naive(times: &[i64], day: u32) -> Then {
+        let days: Vec<u32> = times.iter().map(|&t| day_of(t)).collect();
+        let ratings = days.iter().filter(|&&d| d <= day).count() as u32;
+        let week = days.iter().filter(|&&d| d <= day && d + WEEK_DAYS > day).count() as u32;
+        let first = days.iter().copied().min();
+        Then {
+            ratings,
+            week,
+            days_out: first.filter(|&f| f <= day).map(|f| day - f),
+        }
+    }
+
+    #[test]
+    fn counts_by_day_up_to_and_including_the_day_asked() {
+        let times = [at(D0, 10), at(D0, 80_000), at(D0 + 3, 0), at(D0 + 9, 5)];
+        let t = Timeline::from_times(times.iter().rev().copied(), at(D0 + 9, 5));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.ratings(), 4);
+        let day = |d: i64| u32::try_from(d).unwrap();
+        assert_eq!(
+            t.at(day(D0 - 1)),
+            Then {
+                ratings: 0,
+                week: 0,
+                days_out: None
+            }
+        );
+        assert_eq!(
+            t.at(day(D0)),
+            Then {
+                ratings: 2,
+                week: 2,
+                days_out: Some(0)
+            }
+        );
+        assert_eq!(
+            t.at(day(D0 + 6)),
+            Then {
+                ratings: 3,
+                week: 3,
+                days_out: Some(6)
+            }
+        );
+        // Day D0 leaves the week on D0 + 7.
+        assert_eq!(
+            t.at(day(D0 + 7)),
+            Then {
+                ratings: 3,
+                week: 1,
+                days_out: Some(7)
+            }
+        );
+        assert_eq!(
+            t.at(day(D0 + 100)),
+            Then {
+                ratings: 4,
+                week: 0,
+                days_out: Some(100)
+            }
+        );
+    }
+
+    #[test]
+    fn an_item_never_rated_reads_nothing_on_any_day() {
+        let t = Timeline::from_times([], at(D0, 0));
+        assert!(t.is_empty());
+        for day in [0, 6, 7, u32::try_from(D0).unwrap(), u32::MAX] {
+            assert_eq!(t.at(day), Then::default());
+        }
+    }
+
+    #[test]
+    fn equals_counting_every_rating_within_the_kept_days() {
+        // A pseudo-random item history over 500 days; the build ends on its last day.
+        let mut x = 12_345u64;
+        let mut times = Vec::new();
+        for _ in 0..400 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            times.push(at(D0 + (x >> 33) as i64 % 500, (x >> 20) as i64 % DAY));
+        }
+        let end = *times.iter().max().unwrap();
+        let t = Timeline::from_times(times.clone(), end);
+        assert!(t.len() <= KEPT_DAYS as usize);
+        let kept_from = day_of(end) - (KEPT_DAYS - 1);
+        for day in kept_from..day_of(end) + 20 {
+            let (got, want) = (t.at(day), naive(&times, day));
+            assert_eq!((got.ratings, got.days_out), (want.ratings, want.days_out), "day {day}");
+            // A week reaching back before the kept days counts only its kept days.
+            if day >= kept_from + WEEK_DAYS - 1 {
+                assert_eq!(got.week, want.week, "day {day}");
+            }
+        }
+        // Before the kept days: every rating before them is counted (and the first day kept).
+        let before = t.at(kept_from - 100);
+        assert_eq!(before.ratings, naive(&times, kept_from - 1).ratings);
+        assert_eq!(before.days_out, naive(&times, kept_from - 100).days_out);
+    }
+
+    #[test]
+    fn the_first_days_of_the_epoch_and_times_before_it_do_not_underflow() {
+        let t = Timeline::from_times([-5, 0, 3 * DAY], 3 * DAY);
+        assert_eq!(day_of(-5), 0);
+        assert_eq!(
+            t.at(2),
+            Then {
+                ratings: 2,
+                week: 2,
+                days_out: Some(2)
+            }
+        );
+        assert_eq!(t.at(3).week, 3);
+    }
+}
