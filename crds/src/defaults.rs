@@ -28,7 +28,7 @@ pub fn build_backoff_limit() -> i32 {
     2
 }
 pub fn model_version() -> String {
-    "gbdt-1".into()
+    "gbdt-2".into()
 }
 /// The gateway's p99 objective, ms of its own time (BENCHMARKS.md: the latency objective).
 pub fn latency_target_ms() -> i32 {

@@ -607,7 +607,7 @@ spec:
   recall: {{replicas: 2}}
   ranking:
     replicas: 2
-    model: {{uri: "s3://{BUCKET}/models/gbdt/model.onnx", version: gbdt-1}}
+    model: {{uri: "s3://{BUCKET}/models/gbdt/model.onnx", version: gbdt-2}}
   rerank: {{replicas: 1}}
   feature: {{replicas: 1, redisUrl: "{redis}"}}
   ingest: {{replicas: 1}}
@@ -1064,7 +1064,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
             );
         }
         ensure!(
-            r["model_version"] == "gbdt-1",
+            r["model_version"] == "gbdt-2",
             "{user}: scored by {}",
             r["model_version"]
         );
@@ -1079,7 +1079,7 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
     );
     // Each ranking pod reports its model's age against the data it serves: the build Job built
     // the data the bundled model was trained on (its card's `training.data_as_of`), so 0.
-    let age = "recstack_ranking_model_data_age_seconds{model_version=\"gbdt-1\"}";
+    let age = "recstack_ranking_model_data_age_seconds{model_version=\"gbdt-2\"}";
     for (pod, _, metrics) in d.replica_metrics(&["ranking"])? {
         ensure!(metrics.get(age) == Some(&0.0), "{pod}: {age} is {:?}", metrics.get(age));
     }

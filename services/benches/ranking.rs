@@ -267,8 +267,8 @@ fn prebuilt_rows(writer: &RowWriter, snapshot: &Snapshot, requests: &[RankReques
 }
 
 /// `-- models`: the bundled rankers side by side, in interleaved rounds: `deepfm-6` (first
-/// stage folded; the default before the trees), `gbdt-1` through ONNX Runtime's tree operator
-/// (the whole graph), and `gbdt-1` with its trees walked by the service (the default). For each,
+/// stage folded; the default before the trees), `gbdt-2` through ONNX Runtime's tree operator
+/// (the whole graph), and `gbdt-2` with its trees walked by the service (the default). For each,
 /// the model alone on prebuilt rows (one thread, a call per request: ONNX Runtime's session of
 /// the whole graph, or the service's walk of the trees), and the service as the gateway calls it
 /// (ids as columns, the default batching) at 1 and 16 concurrent; CPU is the whole process's,
@@ -281,8 +281,8 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
     // (name, model, fold or walk in the service, the model alone walks the trees)
     let models = [
         ("deepfm-6 (folded)", &deepfm, true, false),
-        ("gbdt-1 (ONNX Runtime's trees)", &gbdt, false, false),
-        ("gbdt-1 (trees walked)", &gbdt, true, true),
+        ("gbdt-2 (ONNX Runtime's trees)", &gbdt, false, false),
+        ("gbdt-2 (trees walked)", &gbdt, true, true),
     ];
     let file: TreesFile =
         serde_json::from_slice(&std::fs::read(gbdt.with_file_name("model.trees.json")).expect("trees"))

@@ -29,7 +29,7 @@ fn bundled_model() -> PathBuf {
     Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/deepfm/model.onnx")
 }
 
-/// The bundled tree model (`gbdt-1`), the default ranker: what the stacks here serve.
+/// The bundled tree model (`gbdt-2`), the default ranker: what the stacks here serve.
 fn bundled_trees() -> PathBuf {
     Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("models/gbdt/model.onnx")
 }
@@ -143,7 +143,7 @@ async fn held_out_users_get_full_lists_without_seen_items_that_keep_the_diversit
         let r: Recommendation = serde_json::from_str(&body).unwrap();
         assert_eq!(r.level, "full", "{user}: {:?}", r.degraded);
         assert!(r.degraded.is_empty(), "{:?}", r.degraded);
-        assert_eq!(r.model_version.as_deref(), Some("gbdt-1"));
+        assert_eq!(r.model_version.as_deref(), Some("gbdt-2"));
         assert_eq!(r.artifact_version, stack.artifact_version);
         assert_eq!(r.items.len(), 20, "{user}");
 
@@ -738,7 +738,7 @@ async fn a_missed_latency_objective_sheds_requests_to_reduced_and_says_why() {
             assert_eq!(status, 200, "{body}");
             let r: Recommendation = serde_json::from_str(&body).unwrap();
             assert_eq!(r.items.len(), 20, "{body}");
-            assert_eq!(r.model_version.as_deref(), Some("gbdt-1"), "ranked at either level");
+            assert_eq!(r.model_version.as_deref(), Some("gbdt-2"), "ranked at either level");
             let shed: Vec<&String> = r.degraded.iter().filter(|d| d.starts_with("latency: ")).collect();
             match r.level.as_str() {
                 "full" => assert!(shed.is_empty(), "{:?}", r.degraded),
@@ -1245,7 +1245,7 @@ async fn the_walked_trees_score_as_the_graph() {
     let (walked, graph) = (&walked.primary, &graph.primary);
     assert!(walked.trees_walked && !graph.trees_walked);
     assert!(walked.folded.is_none());
-    assert_eq!(walked.batcher.version(), "gbdt-1");
+    assert_eq!(walked.batcher.version(), "gbdt-2");
 
     let mut item_ids: Vec<String> = artifacts()
         .items

@@ -97,7 +97,7 @@ async fn the_query_api_explains_real_requests() {
     let channel = &debug.items[0].sources[0].channel;
     assert!(why.steps[0].contains(channel.name()), "{:?}", why.steps);
     assert!(
-        why.steps.iter().any(|s| s.contains("by gbdt-1, ranked")),
+        why.steps.iter().any(|s| s.contains("by gbdt-2, ranked")),
         "{:?}",
         why.steps
     );

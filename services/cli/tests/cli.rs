@@ -109,7 +109,7 @@ fn up_serves_recommendations_on_the_bundled_data_and_stops_on_ctrl_c() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["level"], "full", "{body}");
     assert_eq!(v["items"].as_array().unwrap().len(), 10, "{body}");
-    assert_eq!(v["model_version"], "gbdt-1", "{body}");
+    assert_eq!(v["model_version"], "gbdt-2", "{body}");
 
     // Its trace reaches the embedded store and the query API the banner names.
     let traces = address_after(&banner, "traces");

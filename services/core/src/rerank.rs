@@ -49,10 +49,10 @@ pub struct RerankConfig {
 /// MMR's trade-off when nothing else is set: the most diverse λ that keeps 99 % of the full
 /// level's relevance-only NDCG@20 on the holdout (`recstack eval --mmr-lambdas
 /// 0.95,0.9,0.85,0.8,0.7,0.6,0.5`; `eval::choose_mmr_lambda`; BENCHMARKS.md).
-pub const DEFAULT_MMR_LAMBDA: f32 = 0.85;
+pub const DEFAULT_MMR_LAMBDA: f32 = 0.9;
 
 /// The next more diverse λ of that sweep: the default experiment's second arm.
-pub const DIVERSE_MMR_LAMBDA: f32 = 0.8;
+pub const DIVERSE_MMR_LAMBDA: f32 = 0.85;
 
 /// Category scatter when nothing else is set: at most `.0` items of a genre in any `.1`
 /// consecutive slots. Of the settings priced at the default λ, the one with the fewest
