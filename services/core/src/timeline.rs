@@ -208,7 +208,9 @@ mod tests {
         let mut x = 12_345u64;
         let mut times = Vec::new();
         for _ in 0..400 {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             times.push(at(D0 + (x >> 33) as i64 % 500, (x >> 20) as i64 % DAY));
         }
         let end = *times.iter().max().unwrap();

@@ -1259,7 +1259,9 @@ mod tests {
         for (position, id) in ids.iter().enumerate() {
             let it = known.iter().find(|i| &i.item_id == id);
             let timeline = snapshot.timeline(id).map(|t| &**t);
-            let (s, d) = model.rows.row_at("u1", Some(&user), id, it, timeline, Place::at(position));
+            let (s, d) = model
+                .rows
+                .row_at("u1", Some(&user), id, it, timeline, Place::at(position));
             want_sparse.extend(s);
             want_dense.extend(d);
         }

@@ -687,14 +687,19 @@ mod tests {
     fn the_then_columns_read_the_timeline_on_the_users_last_day_not_past_the_snapshots_end() {
         let end = 1_600_000_000;
         let timeline = Timeline::from_times([end - 20 * DAY, end - 3 * DAY, end], end);
-        let snapshot = Snapshot::from_parts(Vec::new(), vec![item(&["A"])]).with_timelines([("i1".into(), timeline)], end);
+        let snapshot =
+            Snapshot::from_parts(Vec::new(), vec![item(&["A"])]).with_timelines([("i1".into(), timeline)], end);
         let writer = spec().rows().over(&snapshot);
         let t = snapshot.timeline("i1").map(|t| &**t);
         let then = |last_ts: Option<i64>| {
             let u = last_ts.map(|last_ts| UserFeatures { last_ts, ..user() });
             let (_, d) = writer.row_at("u1", u.as_ref(), "i1", Some(&item(&["A"])), t, Place::at(0));
             let col = |name| dense(name, &d);
-            (col("item_log_ratings_then"), col("item_log_week_then"), col("item_days_out_then"))
+            (
+                col("item_log_ratings_then"),
+                col("item_log_week_then"),
+                col("item_days_out_then"),
+            )
         };
         let days = |d: f32| d.ln_1p() / 3_651f32.ln();
         // Last active 10 days before the end: one rating so far, none that week, 10 days out.

@@ -290,7 +290,10 @@ impl DenseKind {
 
     /// Read from the item's timeline as of the user's latest activity: crosses the two.
     pub(crate) fn reads_timeline(self) -> bool {
-        matches!(self, Self::ItemLogRatingsThen | Self::ItemLogWeekThen | Self::ItemDaysOutThen)
+        matches!(
+            self,
+            Self::ItemLogRatingsThen | Self::ItemLogWeekThen | Self::ItemDaysOutThen
+        )
     }
 
     pub(crate) fn per_item(self) -> bool {

@@ -44,6 +44,8 @@ pub enum TreesError {
     Tree { tree: usize, what: String },
     #[error("no trees")]
     Empty,
+    #[error("the trees read no inputs (`features` is 0)")]
+    NoInputs,
     #[error("{rows} rows need {need} values, got {got}")]
     Shape { rows: usize, need: usize, got: usize },
 }
@@ -76,6 +78,9 @@ impl Trees {
     pub fn new(file: &TreesFile) -> Result<Self, TreesError> {
         if file.trees.is_empty() {
             return Err(TreesError::Empty);
+        }
+        if file.features == 0 {
+            return Err(TreesError::NoInputs);
         }
         let (mut nodes, mut values, mut roots) = (Vec::new(), Vec::new(), Vec::new());
         for (t, tree) in file.trees.iter().enumerate() {
@@ -161,18 +166,10 @@ impl Trees {
         self.features
     }
 
-    pub fn len(&self) -> usize {
-        self.roots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.roots.is_empty()
-    }
-
     /// `sigmoid(base + Σ leaves)` of each of `rows` rows of `x` (row-major, [`Self::features`]
     /// values each), appended to `out`.
     pub fn score(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<(), TreesError> {
-        if x.len() != rows * self.features || self.features == 0 {
+        if x.len() != rows * self.features {
             return Err(TreesError::Shape {
                 rows,
                 need: rows * self.features,
@@ -376,6 +373,22 @@ mod tests {
         check(|f| f.trees[0].left[1] = -4, "tree 0: node 1 has child leaf 3 of 3");
         check(|f| f.trees[0].right[1] = -1, "reached twice");
         check(|f| f.trees[1].leaves.clear(), "tree 1: 0 splits need 1 leaves, got 0");
+        // Trees over no inputs (only one-leaf trees can claim it) are refused too: a row of
+        // them would be nothing to walk.
+        check(
+            |f| {
+                f.features = 0;
+                f.trees.truncate(0);
+                f.trees.push(Tree {
+                    feature: vec![],
+                    threshold: vec![],
+                    left: vec![],
+                    right: vec![],
+                    leaves: vec![0.5],
+                });
+            },
+            "the trees read no inputs",
+        );
     }
 
     #[test]
