@@ -32,12 +32,12 @@ pub fn day_of(ts: i64) -> u32 {
 pub struct Timeline {
     /// The day of its first rating (meaningless when it has none).
     first: u32,
-    /// Ratings before `days[0]`: those older than the kept days.
+    /// Ratings before the first kept day: those older than the kept days.
     folded: u32,
-    /// The days with ratings, ascending, within [`KEPT_DAYS`] of the build's newest rating.
-    days: Vec<u32>,
-    /// Aligned with `days`: the ratings up to and including that day (`folded` included).
-    through: Vec<u32>,
+    /// (day, ratings up to and including it, `folded` included) for each day with ratings
+    /// within [`KEPT_DAYS`] of the build's newest rating, ascending: one array, so that a row
+    /// reading it follows one pointer.
+    days: Vec<(u32, u32)>,
 }
 
 /// What a [`Timeline`] says as of one day.
@@ -67,16 +67,13 @@ impl Timeline {
             first,
             folded: folded as u32,
             days: Vec::new(),
-            through: Vec::new(),
         };
         let mut count = t.folded;
         for &d in &days[folded..] {
             count += 1;
-            if t.days.last() == Some(&d) {
-                *t.through.last_mut().expect("days and through are aligned") = count;
-            } else {
-                t.days.push(d);
-                t.through.push(count);
+            match t.days.last_mut() {
+                Some((last, through)) if *last == d => *through = count,
+                _ => t.days.push((d, count)),
             }
         }
         t
@@ -84,29 +81,58 @@ impl Timeline {
 
     /// All its ratings.
     pub fn ratings(&self) -> u32 {
-        self.through.last().copied().unwrap_or(self.folded)
+        self.days.last().map_or(self.folded, |&(_, through)| through)
     }
 
-    /// Ratings up to and including `day`.
-    fn through(&self, day: u32) -> u32 {
-        match self.days.partition_point(|&d| d <= day) {
+    /// Ratings up to and including `day`, counted from the entries before `k` (those up to
+    /// `day`).
+    fn through(&self, day: u32, k: usize) -> u32 {
+        match k {
             0 if self.folded > 0 && day >= self.first => self.folded,
             0 => 0,
-            k => self.through[k - 1],
+            k => self.days[k - 1].1,
         }
     }
 
-    /// What it says as of `day`.
+    /// What it says as of `day`: one binary search for the day, then a step back over at most
+    /// a week's entries for the day the week starts after.
     pub fn at(&self, day: u32) -> Then {
-        let ratings = self.through(day);
+        let k = self.days.partition_point(|&(d, _)| d <= day);
+        let ratings = self.through(day, k);
         let before_week = match day.checked_sub(WEEK_DAYS) {
-            Some(d) => self.through(d),
+            Some(d) => {
+                let in_week = self.days[..k].iter().rev().take_while(|&&(e, _)| e > d).count();
+                self.through(d, k - in_week)
+            }
             None => 0,
         };
         Then {
             ratings,
             week: ratings - before_week,
             days_out: (ratings > 0).then(|| day - self.first),
+        }
+    }
+
+    /// The same counts with a slot for every day, for reading ([`DayCounts`]).
+    pub fn day_counts(&self) -> DayCounts {
+        let start = self.days.first().map_or(0, |&(d, _)| d);
+        let end = self.days.last().map_or(0, |&(d, _)| d);
+        let mut through = Vec::with_capacity(if self.days.is_empty() {
+            0
+        } else {
+            (end - start + 1) as usize
+        });
+        let mut count = self.folded;
+        for &(day, upto) in &self.days {
+            through.resize((day - start) as usize, count);
+            through.push(upto);
+            count = upto;
+        }
+        DayCounts {
+            first: self.first,
+            folded: self.folded,
+            start,
+            through,
         }
     }
 
@@ -117,6 +143,46 @@ impl Timeline {
 
     pub fn is_empty(&self) -> bool {
         self.days.is_empty() && self.folded == 0
+    }
+}
+
+/// A [`Timeline`] laid out for the ranking service's rows: one slot for every day from its first
+/// kept day with ratings to its last, so that a day's count is one load and the week before it
+/// another, close by — where a binary search over the days with ratings touched several cache
+/// lines of a popular item's timeline for every row (BENCHMARKS.md, "With `gbdt-2`"). At most
+/// [`KEPT_DAYS`] slots an item. [`DayCounts::at`] answers as [`Timeline::at`] does (tested).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DayCounts {
+    first: u32,
+    folded: u32,
+    /// The day of `through[0]`.
+    start: u32,
+    /// Ratings up to and including each day from `start` on.
+    through: Vec<u32>,
+}
+
+impl DayCounts {
+    fn through(&self, day: u32) -> u32 {
+        match day.checked_sub(self.start) {
+            Some(i) if !self.through.is_empty() => match self.through.get(i as usize) {
+                Some(&n) => n,
+                None => self.through[self.through.len() - 1],
+            },
+            _ if self.folded > 0 && day >= self.first => self.folded,
+            _ => 0,
+        }
+    }
+
+    /// What it says as of `day` (as [`Timeline::at`]).
+    #[inline]
+    pub fn at(&self, day: u32) -> Then {
+        let ratings = self.through(day);
+        let before_week = day.checked_sub(WEEK_DAYS).map_or(0, |d| self.through(d));
+        Then {
+            ratings,
+            week: ratings - before_week,
+            days_out: (ratings > 0).then(|| day - self.first),
+        }
     }
 }
 
@@ -199,6 +265,37 @@ mod tests {
         assert!(t.is_empty());
         for day in [0, 6, 7, u32::try_from(D0).unwrap(), u32::MAX] {
             assert_eq!(t.at(day), Then::default());
+            assert_eq!(t.day_counts().at(day), Then::default());
+        }
+    }
+
+    #[test]
+    fn day_counts_answer_as_the_timeline_on_every_day() {
+        let mut x = 99u64;
+        for case in 0..200 {
+            // Histories of 0 to 60 ratings over spans up to 900 days (past the kept days).
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let (n, span) = ((x >> 40) % 61, 1 + (x >> 20) % 900);
+            let times: Vec<i64> = (0..n)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    at(D0 + ((x >> 33) % span) as i64, ((x >> 13) % DAY as u64) as i64)
+                })
+                .collect();
+            let end = times.iter().copied().max().unwrap_or(at(D0, 0)) + (case % 3) * DAY;
+            let t = Timeline::from_times(times, end);
+            let dense = t.day_counts();
+            assert!(dense.through.len() <= KEPT_DAYS as usize);
+            for day in (D0 as u32).saturating_sub(10)..D0 as u32 + span as u32 + 20 {
+                assert_eq!(dense.at(day), t.at(day), "case {case}, day {day}");
+            }
+            for day in [0, 3, u32::MAX] {
+                assert_eq!(dense.at(day), t.at(day), "case {case}, day {day}");
+            }
         }
     }
 

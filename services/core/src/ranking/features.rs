@@ -20,7 +20,7 @@ use super::folded::Side;
 pub use super::spec::*;
 use crate::features::{ItemFeatures, Snapshot, UserFeatures};
 use crate::recall::Channel;
-use crate::timeline::{Then, Timeline, day_of};
+use crate::timeline::{DayCounts, Then, Timeline, day_of};
 
 /// Where recall found one candidate, as the `recall_*` columns read it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -144,8 +144,9 @@ pub struct ItemRow {
     dense: SmallVec<[f32; DENSE.len() + REALTIME_DENSE.len()]>,
     /// The [`GenreBits`] bits of the item's genres, or-ed.
     genre_bits: u64,
-    /// Its ratings by day, when a column reads them.
-    timeline: Option<Arc<Timeline>>,
+    /// Its ratings by day, when a column reads them, laid out a slot a day (a row reads two
+    /// slots).
+    timeline: Option<DayCounts>,
     /// The item's part of a folded first stage (empty unless the model is folded; see
     /// [`super::folded`]). Inline, like the parts above, for `pre` widths up to
     /// [`FOLDED_INLINE`] (the bundled model's is 73): a request adds 500 of them, scattered.
@@ -217,7 +218,7 @@ impl RowWriter {
             sparse,
             dense,
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
-            timeline: timeline.filter(|_| self.reads_then).cloned(),
+            timeline: timeline.filter(|_| self.reads_then).map(|t| t.day_counts()),
             folded: SmallVec::new(),
         }
     }
@@ -349,7 +350,7 @@ impl RowWriter {
             item_id,
             item,
             place,
-            then: self.then(user, timeline),
+            then: self.then(user, timeline, Timeline::at),
         };
         sparse.extend(
             self.sparse
@@ -399,9 +400,9 @@ impl RowWriter {
     /// What `timeline` says as of the user's day, when a column reads it (default otherwise:
     /// the columns' neutral values).
     #[inline]
-    fn then(&self, user: &UserRow, timeline: Option<&Timeline>) -> Then {
+    fn then<T>(&self, user: &UserRow, timeline: Option<&T>, at: fn(&T, u32) -> Then) -> Then {
         match (timeline, user.day) {
-            (Some(t), Some(day)) if self.reads_then => t.at(day),
+            (Some(t), Some(day)) if self.reads_then => at(t, day),
             _ => Then::default(),
         }
     }
@@ -415,7 +416,7 @@ impl RowWriter {
             item_id: &item.item.item_id,
             item: Some(&item.item),
             place,
-            then: self.then(user, item.timeline.as_deref()),
+            then: self.then(user, item.timeline.as_ref(), DayCounts::at),
         }
     }
 
