@@ -9,16 +9,16 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::artifacts::Artifacts;
-use crate::timeline::Timeline;
+use crate::timeline::{DayCounts, Timeline};
 
 /// The build's features, by external id.
 #[derive(Default)]
 pub struct Snapshot {
     users: FxHashMap<String, UserFeatures>,
     items: FxHashMap<String, ItemFeatures>,
-    /// The items' ratings by day (kept beside the messages: the stages that pass items along do
-    /// not carry them).
-    timelines: FxHashMap<String, Arc<Timeline>>,
+    /// The items' ratings by day, a slot a day (kept beside the messages: the stages that pass
+    /// items along do not carry them).
+    timelines: FxHashMap<String, Arc<DayCounts>>,
     /// The newest training rating of the build (Unix seconds; `None` for a snapshot not made
     /// from artifacts): what its features are as of.
     as_of: Option<i64>,
@@ -37,7 +37,10 @@ impl Snapshot {
     /// The same snapshot with items' timelines, as of `as_of` (Unix seconds): what a build's
     /// snapshot holds ([`Snapshot::from_artifacts`]), for snapshots made of parts.
     pub fn with_timelines(mut self, timelines: impl IntoIterator<Item = (String, Timeline)>, as_of: i64) -> Self {
-        self.timelines = timelines.into_iter().map(|(id, t)| (id, Arc::new(t))).collect();
+        self.timelines = timelines
+            .into_iter()
+            .map(|(id, t)| (id, Arc::new(t.day_counts())))
+            .collect();
         self.as_of = Some(as_of);
         self
     }
@@ -89,7 +92,7 @@ impl Snapshot {
             .iter()
             .zip(&a.item_features)
             .filter(|(_, f)| !f.timeline.is_empty())
-            .map(|(item, f)| (item.id.clone(), Arc::new(f.timeline.clone())))
+            .map(|(item, f)| (item.id.clone(), Arc::new(f.timeline.day_counts())))
             .collect();
         Self {
             users,
@@ -108,7 +111,7 @@ impl Snapshot {
     }
 
     /// The item's ratings by day (`None` for one the build saw no rating of).
-    pub fn timeline(&self, id: &str) -> Option<&Arc<Timeline>> {
+    pub fn timeline(&self, id: &str) -> Option<&Arc<DayCounts>> {
         self.timelines.get(id)
     }
 

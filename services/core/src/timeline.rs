@@ -1,9 +1,10 @@
 //! An item's ratings over time, by day: what the ranker's `item_*_then` features read as of a
 //! user's latest activity (docs/ranking.md, "As of the user's latest activity").
 //!
-//! The build writes one [`Timeline`] per item from the training ratings; the ranking service and
-//! the training export read it through the same [`Timeline::at`], so a model is trained on the
-//! values it is served.
+//! The build writes one [`Timeline`] per item from the training ratings: the days with ratings,
+//! compact in the artifacts. The feature snapshot lays each out a slot a day ([`DayCounts`]), and
+//! the ranking service and the training export read it through the same [`DayCounts::at`], so a
+//! model is trained on the values it is served.
 //!
 //! Days are Unix days (seconds / 86,400, UTC). A timeline keeps one entry per day with ratings
 //! for the last [`KEPT_DAYS`] days of the build and folds the ratings before them into one
@@ -40,7 +41,7 @@ pub struct Timeline {
     days: Vec<(u32, u32)>,
 }
 
-/// What a [`Timeline`] says as of one day.
+/// What an item's ratings by day say as of one day ([`DayCounts::at`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Then {
     /// Ratings up to and including the day.
@@ -77,40 +78,6 @@ impl Timeline {
             }
         }
         t
-    }
-
-    /// All its ratings.
-    pub fn ratings(&self) -> u32 {
-        self.days.last().map_or(self.folded, |&(_, through)| through)
-    }
-
-    /// Ratings up to and including `day`, counted from the entries before `k` (those up to
-    /// `day`).
-    fn through(&self, day: u32, k: usize) -> u32 {
-        match k {
-            0 if self.folded > 0 && day >= self.first => self.folded,
-            0 => 0,
-            k => self.days[k - 1].1,
-        }
-    }
-
-    /// What it says as of `day`: one binary search for the day, then a step back over at most
-    /// a week's entries for the day the week starts after.
-    pub fn at(&self, day: u32) -> Then {
-        let k = self.days.partition_point(|&(d, _)| d <= day);
-        let ratings = self.through(day, k);
-        let before_week = match day.checked_sub(WEEK_DAYS) {
-            Some(d) => {
-                let in_week = self.days[..k].iter().rev().take_while(|&&(e, _)| e > d).count();
-                self.through(d, k - in_week)
-            }
-            None => 0,
-        };
-        Then {
-            ratings,
-            week: ratings - before_week,
-            days_out: (ratings > 0).then(|| day - self.first),
-        }
     }
 
     /// The same counts with a slot for every day, for reading ([`DayCounts`]).
@@ -150,7 +117,7 @@ impl Timeline {
 /// kept day with ratings to its last, so that a day's count is one load and the week before it
 /// another, close by — where a binary search over the days with ratings touched several cache
 /// lines of a popular item's timeline for every row (BENCHMARKS.md, "With `gbdt-2`"). At most
-/// [`KEPT_DAYS`] slots an item. [`DayCounts::at`] answers as [`Timeline::at`] does (tested).
+/// [`KEPT_DAYS`] slots an item.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DayCounts {
     first: u32,
@@ -173,7 +140,8 @@ impl DayCounts {
         }
     }
 
-    /// What it says as of `day` (as [`Timeline::at`]).
+    /// What it says as of `day`: a day before the kept ones reads the folded count, and a week
+    /// reaching back before them counts only its kept days.
     #[inline]
     pub fn at(&self, day: u32) -> Then {
         let ratings = self.through(day);
@@ -196,6 +164,27 @@ mod tests {
         day * DAY + second
     }
 
+    /// A second reading of the same counts, by binary search over the days with ratings (what
+    /// the service did before [`DayCounts`]): its answers must agree with the slot-a-day layout.
+    fn sparse_at(t: &Timeline, day: u32) -> Then {
+        let through = |day: u32| match t.days.partition_point(|&(d, _)| d <= day) {
+            0 if t.folded > 0 && day >= t.first => t.folded,
+            0 => 0,
+            k => t.days[k - 1].1,
+        };
+        let ratings = through(day);
+        let before_week = day.checked_sub(WEEK_DAYS).map_or(0, through);
+        Then {
+            ratings,
+            week: ratings - before_week,
+            days_out: (ratings > 0).then(|| day - t.first),
+        }
+    }
+
+    fn ratings(t: &Timeline) -> u32 {
+        t.days.last().map_or(t.folded, |&(_, through)| through)
+    }
+
     /// The slow reference: counts every rating.
     fn naive(times: &[i64], day: u32) -> Then {
         let days: Vec<u32> = times.iter().map(|&t| day_of(t)).collect();
@@ -214,10 +203,10 @@ mod tests {
         let times = [at(D0, 10), at(D0, 80_000), at(D0 + 3, 0), at(D0 + 9, 5)];
         let t = Timeline::from_times(times.iter().rev().copied(), at(D0 + 9, 5));
         assert_eq!(t.len(), 3);
-        assert_eq!(t.ratings(), 4);
+        assert_eq!(ratings(&t), 4);
         let day = |d: i64| u32::try_from(d).unwrap();
         assert_eq!(
-            t.at(day(D0 - 1)),
+            t.day_counts().at(day(D0 - 1)),
             Then {
                 ratings: 0,
                 week: 0,
@@ -225,7 +214,7 @@ mod tests {
             }
         );
         assert_eq!(
-            t.at(day(D0)),
+            t.day_counts().at(day(D0)),
             Then {
                 ratings: 2,
                 week: 2,
@@ -233,7 +222,7 @@ mod tests {
             }
         );
         assert_eq!(
-            t.at(day(D0 + 6)),
+            t.day_counts().at(day(D0 + 6)),
             Then {
                 ratings: 3,
                 week: 3,
@@ -242,7 +231,7 @@ mod tests {
         );
         // Day D0 leaves the week on D0 + 7.
         assert_eq!(
-            t.at(day(D0 + 7)),
+            t.day_counts().at(day(D0 + 7)),
             Then {
                 ratings: 3,
                 week: 1,
@@ -250,7 +239,7 @@ mod tests {
             }
         );
         assert_eq!(
-            t.at(day(D0 + 100)),
+            t.day_counts().at(day(D0 + 100)),
             Then {
                 ratings: 4,
                 week: 0,
@@ -264,7 +253,7 @@ mod tests {
         let t = Timeline::from_times([], at(D0, 0));
         assert!(t.is_empty());
         for day in [0, 6, 7, u32::try_from(D0).unwrap(), u32::MAX] {
-            assert_eq!(t.at(day), Then::default());
+            assert_eq!(sparse_at(&t, day), Then::default());
             assert_eq!(t.day_counts().at(day), Then::default());
         }
     }
@@ -291,10 +280,10 @@ mod tests {
             let dense = t.day_counts();
             assert!(dense.through.len() <= KEPT_DAYS as usize);
             for day in (D0 as u32).saturating_sub(10)..D0 as u32 + span as u32 + 20 {
-                assert_eq!(dense.at(day), t.at(day), "case {case}, day {day}");
+                assert_eq!(dense.at(day), sparse_at(&t, day), "case {case}, day {day}");
             }
             for day in [0, 3, u32::MAX] {
-                assert_eq!(dense.at(day), t.at(day), "case {case}, day {day}");
+                assert_eq!(dense.at(day), sparse_at(&t, day), "case {case}, day {day}");
             }
         }
     }
@@ -315,7 +304,7 @@ mod tests {
         assert!(t.len() <= KEPT_DAYS as usize);
         let kept_from = day_of(end) - (KEPT_DAYS - 1);
         for day in kept_from..day_of(end) + 20 {
-            let (got, want) = (t.at(day), naive(&times, day));
+            let (got, want) = (t.day_counts().at(day), naive(&times, day));
             assert_eq!((got.ratings, got.days_out), (want.ratings, want.days_out), "day {day}");
             // A week reaching back before the kept days counts only its kept days.
             if day >= kept_from + WEEK_DAYS - 1 {
@@ -323,7 +312,7 @@ mod tests {
             }
         }
         // Before the kept days: every rating before them is counted (and the first day kept).
-        let before = t.at(kept_from - 100);
+        let before = t.day_counts().at(kept_from - 100);
         assert_eq!(before.ratings, naive(&times, kept_from - 1).ratings);
         assert_eq!(before.days_out, naive(&times, kept_from - 100).days_out);
     }
@@ -333,13 +322,13 @@ mod tests {
         let t = Timeline::from_times([-5, 0, 3 * DAY], 3 * DAY);
         assert_eq!(day_of(-5), 0);
         assert_eq!(
-            t.at(2),
+            t.day_counts().at(2),
             Then {
                 ratings: 2,
                 week: 2,
                 days_out: Some(2)
             }
         );
-        assert_eq!(t.at(3).week, 3);
+        assert_eq!(t.day_counts().at(3).week, 3);
     }
 }

@@ -20,7 +20,7 @@ use super::folded::Side;
 pub use super::spec::*;
 use crate::features::{ItemFeatures, Snapshot, UserFeatures};
 use crate::recall::Channel;
-use crate::timeline::{DayCounts, Then, Timeline, day_of};
+use crate::timeline::{DayCounts, Then, day_of};
 
 /// Where recall found one candidate, as the `recall_*` columns read it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -203,7 +203,7 @@ impl RowWriter {
 
     /// Computes `item`'s part of the rows once; [`RowWriter::push_item`] adds it to a user's.
     #[inline]
-    pub fn item(&self, item: &ItemFeatures, timeline: Option<&Arc<Timeline>>) -> ItemRow {
+    pub fn item(&self, item: &ItemFeatures, timeline: Option<&Arc<DayCounts>>) -> ItemRow {
         let row = Row {
             user_id: "",
             user: None,
@@ -218,7 +218,7 @@ impl RowWriter {
             sparse,
             dense,
             genre_bits: item.genres.iter().fold(0, |bits, g| bits | self.genres.bit(g)),
-            timeline: timeline.filter(|_| self.reads_then).map(|t| t.day_counts()),
+            timeline: timeline.filter(|_| self.reads_then).map(|t| DayCounts::clone(t)),
             folded: SmallVec::new(),
         }
     }
@@ -339,7 +339,7 @@ impl RowWriter {
         user: &UserRow,
         item_id: &str,
         item: Option<&ItemFeatures>,
-        timeline: Option<&Timeline>,
+        timeline: Option<&DayCounts>,
         place: Place,
         sparse: &mut Vec<i64>,
         dense: &mut Vec<f32>,
@@ -350,7 +350,7 @@ impl RowWriter {
             item_id,
             item,
             place,
-            then: self.then(user, timeline, Timeline::at),
+            then: self.then(user, timeline),
         };
         sparse.extend(
             self.sparse
@@ -388,7 +388,7 @@ impl RowWriter {
         user: Option<&UserFeatures>,
         item_id: &str,
         item: Option<&ItemFeatures>,
-        timeline: Option<&Timeline>,
+        timeline: Option<&DayCounts>,
         place: Place,
     ) -> (Vec<i64>, Vec<f32>) {
         let (mut sparse, mut dense) = (Vec::new(), Vec::new());
@@ -400,9 +400,9 @@ impl RowWriter {
     /// What `timeline` says as of the user's day, when a column reads it (default otherwise:
     /// the columns' neutral values).
     #[inline]
-    fn then<T>(&self, user: &UserRow, timeline: Option<&T>, at: fn(&T, u32) -> Then) -> Then {
+    fn then(&self, user: &UserRow, timeline: Option<&DayCounts>) -> Then {
         match (timeline, user.day) {
-            (Some(t), Some(day)) if self.reads_then => at(t, day),
+            (Some(t), Some(day)) if self.reads_then => t.at(day),
             _ => Then::default(),
         }
     }
@@ -416,7 +416,7 @@ impl RowWriter {
             item_id: &item.item.item_id,
             item: Some(&item.item),
             place,
-            then: self.then(user, item.timeline.as_ref(), DayCounts::at),
+            then: self.then(user, item.timeline.as_ref()),
         }
     }
 
@@ -637,7 +637,7 @@ impl Row<'_> {
 mod tests {
     use super::*;
     use crate::features::GenreShare;
-    use crate::timeline::DAY;
+    use crate::timeline::{DAY, Timeline};
 
     fn user() -> UserFeatures {
         UserFeatures {
@@ -768,10 +768,12 @@ mod tests {
         ];
         // Item n rated on the user's last day and every n-th day before it (none for item 0).
         let last = u.last_ts;
-        let timelines: Vec<Option<Arc<Timeline>>> = (0..items.len() as i64)
+        let timelines: Vec<Option<Arc<DayCounts>>> = (0..items.len() as i64)
             .map(|n| {
                 let times = (0..30).filter(|d| n > 0 && d % n == 0).map(|d| last - d * DAY);
-                Some(Arc::new(Timeline::from_times(times, last))).filter(|t| !t.is_empty())
+                Some(Timeline::from_times(times, last))
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Arc::new(t.day_counts()))
             })
             .collect();
         for (case, writer) in &writers {
