@@ -298,19 +298,12 @@ fn check(tree: &Tree, features: usize) -> Result<(), String> {
         return Err("feature, threshold, left and right differ in length".into());
     }
     if tree.leaves.len() != n + 1 {
-        return Err(format!(
-            "{n} splits need {} leaves, got {}",
-            n + 1,
-            tree.leaves.len()
-        ));
+        return Err(format!("{n} splits need {} leaves, got {}", n + 1, tree.leaves.len()));
     }
     let mut reached = vec![false; 2 * n + 1];
     for k in 0..n {
         if tree.feature[k] as usize >= features {
-            return Err(format!(
-                "node {k} splits on value {} of {features}",
-                tree.feature[k]
-            ));
+            return Err(format!("node {k} splits on value {} of {features}", tree.feature[k]));
         }
         for c in [tree.left[k], tree.right[k]] {
             let slot = if c >= 0 {
