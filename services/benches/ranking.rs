@@ -268,26 +268,49 @@ fn prebuilt_rows(writer: &RowWriter, snapshot: &Snapshot, requests: &[RankReques
 
 /// `-- models`: the bundled rankers side by side, in interleaved rounds: `deepfm-6` (first
 /// stage folded; the default before the trees), `gbdt-2` through ONNX Runtime's tree operator
-/// (the whole graph), and `gbdt-2` with its trees walked by the service (the default). For each,
+/// (the whole graph), and `gbdt-2` with its trees scored by the service (the default). For each,
 /// the model alone on prebuilt rows (one thread, a call per request: ONNX Runtime's session of
-/// the whole graph, or the service's walk of the trees), and the service as the gateway calls it
-/// (ids as columns, the default batching) at 1 and 16 concurrent; CPU is the whole process's,
-/// client and service.
+/// the whole graph, or the service's scoring of the trees; there also every tree walked, the
+/// layout before the masks), and the service as the gateway calls it (ids as columns, the
+/// default batching) at 1 and 16 concurrent; CPU is the whole process's, client and service.
 async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns: &[RankRequest]) {
     use recstack_services::ranking::trees::{Trees, TreesFile, row_values};
     const ROUNDS: usize = 5;
     let deepfm = recstack_core::source_file("models/deepfm/model.onnx");
     let gbdt = recstack_core::source_file("models/gbdt/model.onnx");
-    // (name, model, fold or walk in the service, the model alone walks the trees)
+    // (name, model, fold or score the trees in the service, the model alone scores the trees)
     let models = [
         ("deepfm-6 (folded)", &deepfm, true, false),
         ("gbdt-2 (ONNX Runtime's trees)", &gbdt, false, false),
-        ("gbdt-2 (trees walked)", &gbdt, true, true),
+        ("gbdt-2 (the service's trees)", &gbdt, true, true),
     ];
     let file: TreesFile =
         serde_json::from_slice(&std::fs::read(gbdt.with_file_name("model.trees.json")).expect("trees"))
             .expect("trees file");
     let trees = Trees::new(&file).expect("trees");
+    let walked = Trees::with_masked_leaves(&file, 0).expect("trees");
+    // The model alone, the service's trees again with every tree walked instead.
+    const WALKED: &str = "gbdt-2 (the service's trees, every tree walked)";
+    let alone_trees = |trees: &Trees, rows: &[Rows]| {
+        let (mut values, mut out) = (Vec::new(), Vec::new());
+        let t = Instant::now();
+        let mut lat = Vec::with_capacity(rows.len());
+        for (s, d) in rows.iter() {
+            let t0 = Instant::now();
+            values.clear();
+            out.clear();
+            row_values(s, d, CANDIDATES, &mut values);
+            trees.score(&values, CANDIDATES, &mut out).expect("trees");
+            lat.push(t0.elapsed());
+        }
+        Row {
+            name: String::new(),
+            rps: rows.len() as f64 / t.elapsed().as_secs_f64(),
+            lat,
+            // One thread busy throughout: its CPU per request is its time per request.
+            cpu_ms: 1e3 * t.elapsed().as_secs_f64() / rows.len() as f64,
+        }
+    };
     let twice: Vec<RankRequest> = columns.iter().chain(columns).cloned().collect();
     let mut alone: Vec<(OnnxModel, Vec<Rows>)> = models
         .iter()
@@ -300,36 +323,25 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
             (model, rows)
         })
         .collect();
-    // runs[what][model][round]: the model alone, then the service at 1 and at 16 concurrent.
+    // runs[what][model][round]: the model alone, then the service at 1 and at 16 concurrent;
+    // the model alone has one more, every tree walked.
     let mut runs: Vec<Vec<Vec<Row>>> = vec![vec![Vec::new(); models.len()]; 3];
+    runs[0].push(Vec::new());
     for round in 0..ROUNDS {
         eprintln!("models: round {}/{ROUNDS}", round + 1);
-        for (m, (_, path, fold, walk)) in models.iter().enumerate() {
+        for (m, (_, path, fold, own_trees)) in models.iter().enumerate() {
             let (model, rows) = &mut alone[m];
-            let mut direct = if *walk {
-                let (mut values, mut out) = (Vec::new(), Vec::new());
-                let t = Instant::now();
-                let mut lat = Vec::with_capacity(rows.len());
-                for (s, d) in rows.iter() {
-                    let t0 = Instant::now();
-                    values.clear();
-                    out.clear();
-                    row_values(s, d, CANDIDATES, &mut values);
-                    trees.score(&values, CANDIDATES, &mut out).expect("walk");
-                    lat.push(t0.elapsed());
-                }
-                Row {
-                    name: String::new(),
-                    rps: rows.len() as f64 / t.elapsed().as_secs_f64(),
-                    lat,
-                    cpu_ms: 0.0,
-                }
+            let direct = if *own_trees {
+                alone_trees(&trees, rows)
             } else {
-                session(model, rows)
+                let mut direct = session(model, rows);
+                direct.cpu_ms = 1e3 / direct.rps;
+                direct
             };
-            // One thread busy throughout: its CPU per request is its time per request.
-            direct.cpu_ms = 1e3 / direct.rps;
             runs[0][m].push(direct);
+            if *own_trees {
+                runs[0][models.len()].push(alone_trees(&walked, rows));
+            }
             for (what, concurrency) in [(1, 1), (2, 16)] {
                 let batching = ("on", BatchConfig::default());
                 runs[what][m].push(service(items.clone(), path, *fold, batching, concurrency, &twice).await);
@@ -349,6 +361,10 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
             "\nthe bundled rankers, {title} ({ROUNDS} interleaved rounds of {} requests of {CANDIDATES}):\n",
             if what == 0 { requests.len() } else { twice.len() }
         );
+        let mut names = names.clone();
+        if what == 0 {
+            names.push(WALKED);
+        }
         paired_table("model", names[0], &names, &runs[what]);
     }
 }

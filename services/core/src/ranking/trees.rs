@@ -110,6 +110,14 @@ pub struct Trees {
 impl Trees {
     /// Checks every child and feature index and lays the trees out for scoring.
     pub fn new(file: &TreesFile) -> Result<Self, TreesError> {
+        Self::with_masked_leaves(file, MASKED_LEAVES)
+    }
+
+    /// [`Self::new`], masking only the trees of at most `limit` leaves (at most
+    /// [`MASKED_LEAVES`]) and walking the rest: 0 walks every tree, the layout before the
+    /// masks, which the ranking bench compares against.
+    pub fn with_masked_leaves(file: &TreesFile, limit: usize) -> Result<Self, TreesError> {
+        let limit = limit.min(MASKED_LEAVES);
         if file.trees.is_empty() {
             return Err(TreesError::Empty);
         }
@@ -127,7 +135,7 @@ impl Trees {
         };
         for (t, tree) in file.trees.iter().enumerate() {
             check(tree, file.features).map_err(|what| TreesError::Tree { tree: t, what })?;
-            let plan = if tree.leaves.len() <= MASKED_LEAVES {
+            let plan = if tree.leaves.len() <= limit {
                 trees.mask(tree)
             } else {
                 trees.walk(tree)
@@ -474,6 +482,8 @@ mod tests {
                     .collect(),
             };
             let trees = Trees::new(&file).unwrap();
+            let walked_only = Trees::with_masked_leaves(&file, 0).unwrap();
+            assert!(walked_only.splits.is_empty() && walked_only.leaves.is_empty());
             for (plan, tree) in trees.plans.iter().zip(&file.trees) {
                 match plan {
                     Plan::Masked { .. } => masked += 1,
@@ -497,11 +507,14 @@ mod tests {
                         _ => rng.gen_range(-1.5..1.5),
                     })
                     .collect();
-                let mut out = Vec::new();
+                let (mut out, mut walked) = (Vec::new(), Vec::new());
                 trees.score(&x, rows, &mut out).unwrap();
+                walked_only.score(&x, rows, &mut walked).unwrap();
                 let want: Vec<f32> = x.chunks(features).map(|row| naive(&file, row)).collect();
                 assert_eq!(out.len(), rows);
-                for (r, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert_eq!(walked.len(), rows);
+                for (r, ((a, b), w)) in out.iter().zip(&want).zip(&walked).enumerate() {
+                    assert_eq!(w.to_bits(), b.to_bits(), "case {case}, every tree walked, row {r}");
                     // The same leaves added in the same order: the same bits.
                     assert_eq!(
                         a.to_bits(),
