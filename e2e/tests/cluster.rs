@@ -86,6 +86,10 @@ fn main() {
             refused_by_policy,
         ),
         (
+            "a quota with room for each new object but not all: nothing applied, then whole",
+            quota_short_together,
+        ),
+        (
             "random stacks the server accepts: applied whole, or Degraded by render",
             random_stacks_applied,
         ),
@@ -658,6 +662,81 @@ spec:
     s.k(&["delete", "validatingadmissionpolicy", "e2e-no-ranking"])?;
     s.k(&["-n", ns, "delete", "rstack", "p", "--wait=true", "--timeout=60s"])
         .map(drop)
+}
+
+/// A ResourceQuota with room for one more Deployment: the API server's dry run of each of a
+/// new stack's Deployments passes (a dry run stores nothing, so each is checked alone), and the
+/// real writes would stop at the second. The operator counts the pass's new objects against
+/// the quota together, so the stack is `Degraded` naming the quota and none of its objects
+/// exist; once the quota has room the next retry applies it whole.
+fn quota_short_together(s: &mut Suite) -> anyhow::Result<()> {
+    let ns = "e2e-quota";
+    s.create_namespace(ns)?;
+    let quota = |hard: u32| {
+        format!(
+            "apiVersion: v1
+kind: ResourceQuota
+metadata: {{name: e2e-objects, namespace: {ns}}}
+spec:
+  hard: {{count/deployments.apps: \"{hard}\"}}
+"
+        )
+    };
+    s.apply(&quota(1))?;
+    // The quota controller fills in the status; admission checks nothing before that.
+    wait_until("the quota computed", SETTLE, || {
+        let q = s.json(&["-n", ns, "get", "resourcequota", "e2e-objects"])?;
+        Ok((q["status"]["used"]["count/deployments.apps"] == "0").then_some(()))
+    })?;
+    // Each Deployment alone fits: the server's own dry run says so.
+    s.k(&[
+        "-n",
+        ns,
+        "create",
+        "deployment",
+        "probe",
+        "--image=example.invalid/none",
+        "--dry-run=server",
+    ])?;
+    s.apply(&stack_yaml(
+        ns,
+        "qa",
+        "  recall: {replicas: 1}\n  stream: {engine: none}",
+    ))?;
+    let degraded = wait_until("the stack Degraded by the quota", SETTLE, || {
+        let degraded = s.condition(ns, "qa", "Degraded").ok();
+        Ok(degraded.filter(|d| d["status"] == "True" && d["observedGeneration"] == 1))
+    })?;
+    let message = degraded["message"].as_str().unwrap_or("");
+    ensure!(
+        message.contains("would exceed ResourceQuota e2e-objects: count/deployments.apps has 1 left (used 0 of 1)")
+            && message.contains("so nothing was written"),
+        "{degraded}"
+    );
+    let made = s.owned(
+        ns,
+        "deploy,svc,configmap,networkpolicy,pdb,serviceaccount,job,secret",
+        "qa",
+    )?;
+    ensure!(
+        made.is_empty(),
+        "nothing of the stack may exist while the quota is short: {:?}",
+        made.iter()
+            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+            .collect::<Vec<_>>()
+    );
+    ensure!(
+        s.k(&["-n", ns, "get", "secret", "qa-access"]).is_err(),
+        "the access Secret waits for the quota too"
+    );
+    s.apply(&quota(50))?;
+    wait_until("the stack applied once the quota has room", SETTLE * 2, || {
+        let degraded = s.condition(ns, "qa", "Degraded")?;
+        let deployments = s.owned(ns, "deploy", "qa")?.len();
+        Ok((degraded["status"] == "False" && deployments > 1).then_some(()))
+    })?;
+    s.k(&["-n", ns, "delete", "rstack", "qa", "--wait=true", "--timeout=60s"])?;
+    s.k(&["-n", ns, "delete", "resourcequota", "e2e-objects"]).map(drop)
 }
 
 /// Stacks nobody wrote (`recstack_crds::random`), applied for real: each one the server accepts

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod labels;
 pub mod metrics;
 pub mod mock_api;
+pub mod quota;
 pub mod reconcile;
 pub mod render;
 pub mod server;

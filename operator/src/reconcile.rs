@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ResourceQuota;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -64,6 +65,10 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    /// The objects a reconcile would create do not fit together in one of the namespace's
+    /// ResourceQuotas, though each passed its dry run alone.
+    #[error("{0}, so nothing was written")]
+    Quota(#[from] crate::quota::Shortfall),
     #[error("writing status: {0}")]
     Status(kube::Error),
     #[error("finalizer: {0}")]
@@ -79,7 +84,7 @@ impl Error {
             Error::Render(_) => "render",
             Error::List { .. } => "list",
             Error::Child { .. } => "apply",
-            Error::Refused { .. } => "dry_run",
+            Error::Refused { .. } | Error::Quota(_) => "dry_run",
             Error::Status(_) => "status",
             // A reconcile's own error comes wrapped by the finalizer helper: report its stage.
             Error::Finalizer(e) => match e.as_ref() {
@@ -97,6 +102,8 @@ impl Error {
     pub fn cause(&self) -> &'static str {
         match self {
             Error::Render(_) | Error::MissingNamespace => "invalid_spec",
+            // What the API server's own quota admission answers: 403.
+            Error::Quota(_) => "forbidden",
             Error::List { source, .. }
             | Error::Child { source, .. }
             | Error::Refused { source, .. }
@@ -552,6 +559,7 @@ async fn preflight(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
             }
         }
     }
+    check_quotas(ctx, ns, plan).await?;
     let dry_delete = DeleteParams::background().dry_run();
     for (kind, name) in &plan.prune {
         delete_child(ctx, *kind, ns, name, &dry_delete)
@@ -564,6 +572,37 @@ async fn preflight(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
             })?;
     }
     Ok(())
+}
+
+/// Holds the objects the plan creates against the namespace's ResourceQuotas together
+/// ([`crate::quota`]): each dry run checked one object alone. One list request, only for a plan
+/// that creates something. An install whose RBAC predates the check (no `list` on
+/// ResourceQuotas) skips it with a warning, as before it.
+async fn check_quotas(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
+    let mut creates = BTreeMap::new();
+    for (child, reason) in &plan.apply {
+        if *reason == "Created" {
+            *creates.entry(child.kind).or_insert(0i64) += 1;
+        }
+    }
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), ns);
+    match api.list(&ListParams::default()).await {
+        Ok(quotas) => Ok(crate::quota::check(&creates, &quotas.items)?),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            warn!(
+                namespace = ns,
+                "cannot list ResourceQuotas (RBAC): new objects are checked one at a time only"
+            );
+            Ok(())
+        }
+        Err(source) => Err(Error::List {
+            kind: "ResourceQuota",
+            source,
+        }),
+    }
 }
 
 /// What one reconcile changed: reason → "Kind name" of each object.

@@ -682,6 +682,88 @@ async fn a_change_refused_in_the_dry_run_leaves_a_running_stack_as_it_was() {
     assert!(h.api.get(PDBS, "gpu-stream").is_some(), "pruned nothing else either");
 }
 
+/// A quota with room for each new object alone but not for all of them passes every dry run
+/// (each stores nothing); the operator holds the plan's new objects against it together, so a
+/// new stack gets nothing at all, and once the quota has room the next pass applies it whole.
+#[tokio::test]
+async fn new_objects_that_fit_a_quota_alone_but_not_together_are_not_written() {
+    const QUOTAS: &str = "/api/v1/namespaces/recstack/resourcequotas";
+    let h = Harness::new("minimal");
+    h.reconcile_ok().await; // adds the finalizer
+    let deployments = recstack_operator::render::render(&h.stack())
+        .unwrap()
+        .iter()
+        .filter(|c| c.kind == recstack_operator::render::ChildKind::Deployment)
+        .count() as i64;
+    assert!(deployments > 2, "{deployments}");
+    let quota = |hard: i64| {
+        json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "objects", "namespace": "recstack"},
+            "spec": {"hard": {"count/deployments.apps": hard.to_string()}},
+            "status": {"hard": {"count/deployments.apps": hard.to_string()},
+                "used": {"count/deployments.apps": "1"}}})
+    };
+    // Someone else's Deployment is there already: room for all but one of the stack's.
+    h.api.put(QUOTAS, "objects", quota(deployments));
+    h.api.clear_calls();
+    let err = h.reconcile().await.expect_err("the quota is short");
+    let requests = object_requests(&h.api.calls());
+    let written: Vec<&String> = requests.iter().filter(|r| !r.ends_with("(dry run)")).collect();
+    assert_eq!(
+        written,
+        [&"PATCH recommenderstacks/minimal/status".to_string()],
+        "only the stack's status was written: {requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r == "PATCH deployments/minimal-ranking (dry run)"),
+        "every object passed its dry run first: {requests:#?}"
+    );
+    let want = format!(
+        "creating {deployments} Deployment object(s) would exceed ResourceQuota objects: \
+         count/deployments.apps has {} left (used 1 of {deployments}), so nothing was written",
+        deployments - 1
+    );
+    assert!(err.to_string().ends_with(&want), "{err}");
+    for collection in [DEPLOYMENTS, SERVICES, CONFIGMAPS, NETWORK_POLICIES, PDBS] {
+        assert!(
+            h.api.names(collection).is_empty(),
+            "{collection}: {:?}",
+            h.api.names(collection)
+        );
+    }
+    assert!(
+        h.api
+            .get("/api/v1/namespaces/recstack/secrets", "minimal-access")
+            .is_none()
+    );
+    assert_eq!(h.phase(), "Degraded");
+    assert!(
+        h.condition("Degraded")["message"].as_str().unwrap().contains(&want),
+        "{}",
+        h.condition("Degraded")
+    );
+    reconcile::error_policy(Arc::new(h.stack()), &err, h.ctx.clone());
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("recstack_operator_reconcile_errors_total{stage=\"dry_run\",cause=\"forbidden\"} 1")
+    );
+
+    // Room for all of them: the next pass applies the stack whole.
+    h.api.put(QUOTAS, "objects", quota(deployments + 1));
+    h.reconcile_ok().await;
+    assert_eq!(h.api.names(DEPLOYMENTS).len() as i64, deployments);
+    assert_eq!(h.condition("Degraded")["status"], "False");
+    // An unchanged stack makes no request at all, the quotas' list included.
+    h.api.clear_calls();
+    h.reconcile().await.expect("reconcile succeeds");
+    let requests: Vec<String> = h.api.calls().iter().map(Call::summary).collect();
+    assert!(!requests.iter().any(|r| r.contains("resourcequotas")), "{requests:#?}");
+}
+
 #[tokio::test]
 async fn drift_is_repaired_and_reported() {
     let h = Harness::created("minimal").await;
