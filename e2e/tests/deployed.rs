@@ -1079,9 +1079,20 @@ fn recommend(d: &mut Deployed) -> anyhow::Result<()> {
     );
     // Each ranking pod reports its model's age against the data it serves: the build Job built
     // the data the bundled model was trained on (its card's `training.data_as_of`), so 0.
+    // And how it scores it: the card's trees, by the service itself (not ONNX Runtime's graph).
     let age = "recstack_ranking_model_data_age_seconds{model_version=\"gbdt-2\"}";
+    let scorer = "recstack_ranking_model_info{model_version=\"gbdt-2\",scorer=\"trees\"}";
     for (pod, _, metrics) in d.replica_metrics(&["ranking"])? {
         ensure!(metrics.get(age) == Some(&0.0), "{pod}: {age} is {:?}", metrics.get(age));
+        let info: Vec<_> = metrics
+            .keys()
+            .filter(|k| k.starts_with("recstack_ranking_model_info"))
+            .collect();
+        ensure!(
+            metrics.get(scorer) == Some(&1.0) && info.len() == 1,
+            "{pod}: {scorer} is {:?} (model_info: {info:?})",
+            metrics.get(scorer)
+        );
     }
     println!("      served items the vector channel found: {from_vector}");
     // The gateway spreads its calls over every replica: each recall and ranking pod answered

@@ -1206,6 +1206,7 @@ async fn the_folded_first_stage_scores_as_the_whole_graph() {
     let folded = load_models(&sources(bundled_model()), &items, Arc::new(())).unwrap();
     let whole = whole_graph(&items);
     let (folded, whole) = (&folded.primary, &whole.primary);
+    assert_eq!((folded.scorer(), whole.scorer()), ("folded", "graph"));
     let width = folded
         .folded
         .as_ref()
@@ -1242,6 +1243,25 @@ async fn the_walked_trees_score_as_the_graph() {
         ..sources(bundled_trees())
     };
     let graph = load_models(&graph, &items, Arc::new(())).unwrap();
+    // Each pod's metrics say how its model is scored.
+    let info = |set| {
+        let metrics = recstack_services::ranking::service::RankingMetrics::default();
+        metrics.serving(set);
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("recstack_ranking_model_info{"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        info(&walked),
+        ["recstack_ranking_model_info{model_version=\"gbdt-2\",scorer=\"trees\"} 1"]
+    );
+    assert_eq!(
+        info(&graph),
+        ["recstack_ranking_model_info{model_version=\"gbdt-2\",scorer=\"graph\"} 1"]
+    );
     let (walked, graph) = (&walked.primary, &graph.primary);
     assert!(walked.trees_walked && !graph.trees_walked);
     assert!(walked.folded.is_none());

@@ -75,6 +75,14 @@ pub struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScorerLabels {
+    pub model_version: String,
+    /// trees (the card's trees, scored by the service), folded (the first stage folded into
+    /// tables, the head in ONNX Runtime) or graph (the whole graph in ONNX Runtime)
+    pub scorer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
     /// idle (scored on the request's own thread), worker (queued for the batcher's worker)
     pub path: &'static str,
@@ -103,6 +111,8 @@ pub struct RankingMetrics {
     pub realtime_seconds: Histogram,
     /// How much newer the served artifacts' data is than each serving model's training data.
     pub data_age: Family<ModelLabels, Gauge>,
+    /// 1 for each serving model, labelled with how it is scored.
+    pub model_info: Family<ScorerLabels, Gauge>,
 }
 
 impl Default for RankingMetrics {
@@ -149,6 +159,12 @@ impl Default for RankingMetrics {
                 "How much newer the served artifacts' data is than the data each serving model was trained on \
                  (its card's training.data_as_of); retrain past about 27 days",
             ),
+            model_info: m.family(
+                "model_info",
+                "1 for each serving model (primary and canary), by how it is scored: trees (the card's trees, \
+                 scored by the service), folded (first stage folded into tables) or graph (the whole graph in ONNX \
+                 Runtime)",
+            ),
             registry: m.finish(),
         }
     }
@@ -164,8 +180,15 @@ impl RankingMetrics {
     /// retraining.
     pub fn serving(&self, set: &ModelSet) {
         self.data_age.clear();
+        self.model_info.clear();
         for model in std::iter::once(&set.primary).chain(set.canary.as_ref().map(|(c, _)| c)) {
             let version = model.batcher.version();
+            self.model_info
+                .get_or_create(&ScorerLabels {
+                    model_version: version.to_string(),
+                    scorer: model.scorer(),
+                })
+                .set(1);
             let Some(age) = model.data_age else {
                 continue;
             };
@@ -452,6 +475,17 @@ pub fn item_table(rows: &RowWriter, snapshot: &Snapshot) -> FxHashMap<ItemKey, I
 }
 
 impl LoadedModel {
+    /// How the model is scored: `trees`, `folded` or `graph` (the metric's `scorer` label).
+    pub fn scorer(&self) -> &'static str {
+        if self.trees_walked {
+            "trees"
+        } else if self.folded.is_some() {
+            "folded"
+        } else {
+            "graph"
+        }
+    }
+
     /// The model's input rows for `user` and each of `item_ids`, in order (sparse and dense,
     /// row-major), and the ids not in the feature snapshot (brand-new items: they get neutral
     /// item features). `realtime`: the items' real-time values, by id (for the columns that
