@@ -251,6 +251,29 @@ impl Suite {
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Checks that nothing of a new stack exists, its access Secret included: what a refused
+    /// pass must leave.
+    fn ensure_unmade(&self, ns: &str, stack: &str) -> anyhow::Result<()> {
+        let made = self.owned(
+            ns,
+            "deploy,svc,configmap,networkpolicy,pdb,serviceaccount,job,secret",
+            stack,
+        )?;
+        ensure!(
+            made.is_empty(),
+            "nothing of the stack may exist while a write is refused: {:?}",
+            made.iter()
+                .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+                .collect::<Vec<_>>()
+        );
+        ensure!(
+            self.k(&["-n", ns, "get", "secret", &format!("{stack}-access")])
+                .is_err(),
+            "the access Secret waits too"
+        );
+        Ok(())
+    }
+
     /// Adds `value` at `path` of the installed CRD (a JSON-patch `add`), as a newer release would.
     fn extend_crd(&self, path: &str, value: Value) -> anyhow::Result<()> {
         let patch = json!([{"op": "add", "path": path, "value": value}]);
@@ -622,22 +645,7 @@ spec:
         "  recall: {replicas: 1}\n  stream: {engine: none}",
     ))?;
     refused(s, 1)?;
-    let made = s.owned(
-        ns,
-        "deploy,svc,configmap,networkpolicy,pdb,serviceaccount,job,secret",
-        "p",
-    )?;
-    ensure!(
-        made.is_empty(),
-        "nothing of the stack may exist while a write is refused: {:?}",
-        made.iter()
-            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
-            .collect::<Vec<_>>()
-    );
-    ensure!(
-        s.k(&["-n", ns, "get", "secret", "p-access"]).is_err(),
-        "the access Secret waits for the dry run too"
-    );
+    s.ensure_unmade(ns, "p")?;
     lifted(s, "the stack applied once the policy is lifted", &|s| {
         s.k(&["-n", ns, "get", "deploy", "p-ranking"]).is_ok()
     })?;
@@ -713,22 +721,7 @@ spec:
             && message.contains("so nothing was written"),
         "{degraded}"
     );
-    let made = s.owned(
-        ns,
-        "deploy,svc,configmap,networkpolicy,pdb,serviceaccount,job,secret",
-        "qa",
-    )?;
-    ensure!(
-        made.is_empty(),
-        "nothing of the stack may exist while the quota is short: {:?}",
-        made.iter()
-            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
-            .collect::<Vec<_>>()
-    );
-    ensure!(
-        s.k(&["-n", ns, "get", "secret", "qa-access"]).is_err(),
-        "the access Secret waits for the quota too"
-    );
+    s.ensure_unmade(ns, "qa")?;
     s.apply(&quota(50))?;
     wait_until("the stack applied once the quota has room", SETTLE * 2, || {
         let degraded = s.condition(ns, "qa", "Degraded")?;

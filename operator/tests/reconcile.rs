@@ -100,6 +100,12 @@ impl Harness {
         self.api.fail_dry_run(method, path, code, message, 1);
         self.api.clear_calls();
         let err = self.reconcile().await.expect_err("the dry run was refused");
+        (err, self.only_status_written())
+    }
+
+    /// Checks that the last pass wrote nothing but the stack's status; returns every object
+    /// request it made (dry runs marked).
+    fn only_status_written(&self) -> Vec<String> {
         let requests = object_requests(&self.api.calls());
         let written: Vec<&String> = requests.iter().filter(|r| !r.ends_with("(dry run)")).collect();
         assert_eq!(
@@ -107,7 +113,22 @@ impl Harness {
             [&format!("PATCH recommenderstacks/{}/status", self.name)],
             "only the stack's status was written: {requests:#?}"
         );
-        (err, requests)
+        requests
+    }
+
+    /// Checks that a new stack was left unmade: none of its objects, not its access Secret,
+    /// and `Degraded`.
+    fn assert_unmade(&self) {
+        for collection in [DEPLOYMENTS, SERVICES, CONFIGMAPS, NETWORK_POLICIES, PDBS] {
+            assert!(
+                self.api.names(collection).is_empty(),
+                "{collection}: {:?}",
+                self.api.names(collection)
+            );
+        }
+        let secret = format!("{}-access", self.name);
+        assert!(self.api.get("/api/v1/namespaces/recstack/secrets", &secret).is_none());
+        assert_eq!(self.phase(), "Degraded");
     }
 
     /// Every object of `collections`, in a fixed order.
@@ -560,19 +581,7 @@ async fn a_write_refused_in_the_dry_run_leaves_a_new_stack_unmade() {
             .any(|r| r == "PATCH deployments/minimal-ranking (dry run)"),
         "{requests:#?}"
     );
-    for collection in [DEPLOYMENTS, SERVICES, CONFIGMAPS, NETWORK_POLICIES, PDBS] {
-        assert!(
-            h.api.names(collection).is_empty(),
-            "{collection}: {:?}",
-            h.api.names(collection)
-        );
-    }
-    assert!(
-        h.api
-            .get("/api/v1/namespaces/recstack/secrets", "minimal-access")
-            .is_none()
-    );
-    assert_eq!(h.phase(), "Degraded");
+    h.assert_unmade();
     let message = h.condition("Degraded")["message"].as_str().unwrap().to_string();
     assert!(
         message.contains("Deployment minimal-ranking") && message.contains("no ranking in this namespace"),
@@ -707,13 +716,7 @@ async fn new_objects_that_fit_a_quota_alone_but_not_together_are_not_written() {
     h.api.put(QUOTAS, "objects", quota(deployments));
     h.api.clear_calls();
     let err = h.reconcile().await.expect_err("the quota is short");
-    let requests = object_requests(&h.api.calls());
-    let written: Vec<&String> = requests.iter().filter(|r| !r.ends_with("(dry run)")).collect();
-    assert_eq!(
-        written,
-        [&"PATCH recommenderstacks/minimal/status".to_string()],
-        "only the stack's status was written: {requests:#?}"
-    );
+    let requests = h.only_status_written();
     assert!(
         requests
             .iter()
@@ -726,19 +729,7 @@ async fn new_objects_that_fit_a_quota_alone_but_not_together_are_not_written() {
         deployments - 1
     );
     assert!(err.to_string().ends_with(&want), "{err}");
-    for collection in [DEPLOYMENTS, SERVICES, CONFIGMAPS, NETWORK_POLICIES, PDBS] {
-        assert!(
-            h.api.names(collection).is_empty(),
-            "{collection}: {:?}",
-            h.api.names(collection)
-        );
-    }
-    assert!(
-        h.api
-            .get("/api/v1/namespaces/recstack/secrets", "minimal-access")
-            .is_none()
-    );
-    assert_eq!(h.phase(), "Degraded");
+    h.assert_unmade();
     assert!(
         h.condition("Degraded")["message"].as_str().unwrap().contains(&want),
         "{}",
