@@ -307,9 +307,13 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
             name: String::new(),
             rps: rows.len() as f64 / t.elapsed().as_secs_f64(),
             lat,
-            // One thread busy throughout: its CPU per request is its time per request.
-            cpu_ms: 1e3 * t.elapsed().as_secs_f64() / rows.len() as f64,
+            cpu_ms: 0.0,
         }
+    };
+    // One thread busy throughout: its CPU per request is its time per request.
+    let busy = |mut row: Row| {
+        row.cpu_ms = 1e3 / row.rps;
+        row
     };
     let twice: Vec<RankRequest> = columns.iter().chain(columns).cloned().collect();
     let mut alone: Vec<(OnnxModel, Vec<Rows>)> = models
@@ -334,13 +338,11 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
             let direct = if *own_trees {
                 alone_trees(&trees, rows)
             } else {
-                let mut direct = session(model, rows);
-                direct.cpu_ms = 1e3 / direct.rps;
-                direct
+                session(model, rows)
             };
-            runs[0][m].push(direct);
+            runs[0][m].push(busy(direct));
             if *own_trees {
-                runs[0][models.len()].push(alone_trees(&walked, rows));
+                runs[0][models.len()].push(busy(alone_trees(&walked, rows)));
             }
             for (what, concurrency) in [(1, 1), (2, 16)] {
                 let batching = ("on", BatchConfig::default());

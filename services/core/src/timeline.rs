@@ -103,11 +103,6 @@ impl Timeline {
         }
     }
 
-    /// Entries held (days with their own count).
-    pub fn len(&self) -> usize {
-        self.days.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.days.is_empty() && self.folded == 0
     }
@@ -202,7 +197,7 @@ mod tests {
     fn counts_by_day_up_to_and_including_the_day_asked() {
         let times = [at(D0, 10), at(D0, 80_000), at(D0 + 3, 0), at(D0 + 9, 5)];
         let t = Timeline::from_times(times.iter().rev().copied(), at(D0 + 9, 5));
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.days.len(), 3);
         assert_eq!(ratings(&t), 4);
         let day = |d: i64| u32::try_from(d).unwrap();
         assert_eq!(
@@ -301,7 +296,7 @@ mod tests {
         }
         let end = *times.iter().max().unwrap();
         let t = Timeline::from_times(times.clone(), end);
-        assert!(t.len() <= KEPT_DAYS as usize);
+        assert!(t.days.len() <= KEPT_DAYS as usize);
         let kept_from = day_of(end) - (KEPT_DAYS - 1);
         for day in kept_from..day_of(end) + 20 {
             let (got, want) = (t.day_counts().at(day), naive(&times, day));

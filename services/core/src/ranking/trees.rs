@@ -156,7 +156,7 @@ impl Trees {
         for (at, &l) in order.iter().enumerate() {
             span[n + l] = (at as u32, at as u32 + 1);
         }
-        let slot = |c: i32| if c >= 0 { c as usize } else { n + (-(c + 1)) as usize };
+        let slot = |c: i32| slot(n, c);
         for k in (0..n).rev() {
             span[k] = (span[slot(tree.left[k])].0, span[slot(tree.right[k])].1);
         }
@@ -183,18 +183,17 @@ impl Trees {
     fn walk(&mut self, tree: &Tree) -> Plan {
         let n = tree.feature.len();
         let first = self.nodes.len() as u32;
-        let slot = |c: i32| if c >= 0 { c as u32 } else { (n as i32 - c - 1) as u32 };
         // Depths: a parent comes before its children (checked).
         let mut depth = vec![0u32; 2 * n + 1];
         for k in 0..n {
-            let (left, right) = (slot(tree.left[k]), slot(tree.right[k]));
-            depth[left as usize] = depth[k] + 1;
-            depth[right as usize] = depth[k] + 1;
+            let (left, right) = (slot(n, tree.left[k]), slot(n, tree.right[k]));
+            depth[left] = depth[k] + 1;
+            depth[right] = depth[k] + 1;
             self.nodes.push(Node {
                 feature: tree.feature[k],
                 threshold: tree.threshold[k],
-                left: first + left,
-                right: first + right,
+                left: first + left as u32,
+                right: first + right as u32,
             });
             self.values.push(0.0);
         }
@@ -295,6 +294,12 @@ impl Trees {
             }
         }
     }
+}
+
+/// Where child `c` of a checked tree of `n` splits sits among its splits then its leaves: node
+/// `c ≥ 0` at `c`, leaf `−c − 1` at `n − c − 1`.
+fn slot(n: usize, c: i32) -> usize {
+    if c >= 0 { c as usize } else { n + (-(c + 1)) as usize }
 }
 
 /// Checks that a tree is one: the lists agree in length, every feature is one of the row's
