@@ -93,33 +93,12 @@ fn scoped(quota: &ResourceQuota) -> bool {
     })
 }
 
-/// A quantity that is a whole number of objects: digits with an optional decimal suffix (`k`,
-/// `M`, `G`, `T`, `P`, `E`) or binary one (`Ki` … `Ei`). `None` for anything else (a fraction,
-/// an exponent, a negative), which the check then skips rather than guesses.
+/// A quantity that is a whole number of objects (`5`, `2k`, `1Ki`, `1e3`), read by the
+/// project's quantity parser ([`recstack_crds::quantity::value`]). `None` for anything else (a
+/// fraction, a negative, past `i64`), which the check then skips rather than guesses.
 pub fn whole(q: &Quantity) -> Option<i64> {
-    let s = q.0.trim();
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return None;
-    }
-    let (n, suffix) = s.split_at(digits);
-    let scale: i64 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        _ => return None,
-    };
-    n.parse::<i64>().ok()?.checked_mul(scale)
+    let v = recstack_crds::quantity::value(q.0.trim())?;
+    (v.fract() == 0.0 && v < i64::MAX as f64).then_some(v as i64)
 }
 
 #[cfg(test)]
@@ -256,7 +235,9 @@ mod tests {
         assert_eq!(q("2k"), Some(2_000));
         assert_eq!(q("1Ki"), Some(1_024));
         assert_eq!(q("3M"), Some(3_000_000));
-        for bad in ["", "-1", "1.5", "1e3", "m", "5m", "10x", "99999999999999999999", "10E"] {
+        // Kubernetes' exponent form, as its own parser reads it.
+        assert_eq!(q("1e3"), Some(1_000));
+        for bad in ["", "-1", "1.5", "m", "5m", "10x", "99999999999999999999", "10E"] {
             assert_eq!(q(bad), None, "{bad}");
         }
     }
