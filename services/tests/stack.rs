@@ -1082,10 +1082,23 @@ async fn a_model_card_naming_an_unknown_feature_is_refused_at_start() {
 /// against the item table's build): 0 for the bundled model on the bundled data, the gap for a
 /// model trained on older data, no sample for a card without the time; a card whose time is
 /// not a time is refused naming the field.
+/// The series of the ranking metric `name` once `set` is serving, as `/metrics` prints them.
+fn serving_series(set: &recstack_services::ranking::service::ModelSet, name: &str) -> Vec<String> {
+    let metrics = recstack_services::ranking::service::RankingMetrics::default();
+    metrics.serving(set);
+    let prefix = format!("{name}{{");
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_reports_how_much_older_its_training_data_is_than_the_served_data() {
     use recstack_services::features::Snapshot;
-    use recstack_services::ranking::service::{RankingMetrics, load_models};
+    use recstack_services::ranking::service::load_models;
 
     let items = Snapshot::from_artifacts(artifacts());
     let as_of = items.as_of().expect("artifacts know their newest rating");
@@ -1102,16 +1115,7 @@ async fn a_model_reports_how_much_older_its_training_data_is_than_the_served_dat
         }
         std::fs::write(dir.join("model.json"), serde_json::to_vec(&card).unwrap()).unwrap();
     };
-    let age_of = |set| {
-        let metrics = RankingMetrics::default();
-        metrics.serving(set);
-        metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("recstack_ranking_model_data_age_seconds{"))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let age_of = |set| serving_series(set, "recstack_ranking_model_data_age_seconds");
 
     let bundled = load_models(&sources(model.clone()), &items, Arc::new(())).unwrap();
     assert_eq!(bundled.primary.data_age, Some(0));
@@ -1244,16 +1248,7 @@ async fn the_walked_trees_score_as_the_graph() {
     };
     let graph = load_models(&graph, &items, Arc::new(())).unwrap();
     // Each pod's metrics say how its model is scored.
-    let info = |set| {
-        let metrics = recstack_services::ranking::service::RankingMetrics::default();
-        metrics.serving(set);
-        metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("recstack_ranking_model_info{"))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let info = |set| serving_series(set, "recstack_ranking_model_info");
     assert_eq!(
         info(&walked),
         ["recstack_ranking_model_info{model_version=\"gbdt-2\",scorer=\"trees\"} 1"]
