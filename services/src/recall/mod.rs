@@ -29,7 +29,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::ops::{Buckets, HistogramFamily, LogThrottle, MetricsRegistry, RpcMetrics, WARN_EVERY};
-use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -446,7 +445,7 @@ impl<S: SeenStore> RecallService<S> {
                 None => new_items.push((rank as u32 + 1, id)),
             }
         }
-        let (lists, stats) = self.lists(&loaded, user, &recent, &q.quotas).await?;
+        let (lists, stats) = self.lists(&loaded, user, &recent, &q.quotas)?;
         let lead_hot = |lists: Vec<(Channel, List)>| -> Vec<ChannelList> {
             lists
                 .into_iter()
@@ -468,7 +467,7 @@ impl<S: SeenStore> RecallService<S> {
         // Explaining: the channels again, deeper (a channel's top n is not always a prefix of
         // its top n + k), only to tell what the quotas cut; the answer stays the same.
         let mut cuts: Vec<Cut> = if q.explain {
-            let deep = lead_hot(self.explained_lists(&loaded, user, &recent, &q.quotas).await?);
+            let deep = lead_hot(self.explained_lists(&loaded, user, &recent, &q.quotas)?);
             past_quota(&deep, quota, &merged)
                 .into_iter()
                 .filter(|c| !engaged.contains(&c.item))
@@ -623,19 +622,18 @@ impl<S: SeenStore> RecallService<S> {
         })
     }
 
-    /// Each channel's list at its quota: from this version's cache, or computed on rayon's
-    /// pool (CPU work off the async workers), straight from this task — no blocking-pool
-    /// thread in between to wake and park on every request. Channel order, with each one's
+    /// Each channel's list at its quota: from this version's cache, or computed here
+    /// ([`compute`]). Channel order, with each one's
     /// stats (switched-off channels are not computed). With `recent` items (the user's
     /// real-time ones that change the history), the history-seeded channels' lists are those
     /// of the live history, cached under those items.
-    async fn lists(
+    fn lists(
         &self,
         loaded: &Arc<Loaded>,
         user: u32,
         recent: &Recent,
         quotas: &BTreeMap<Channel, usize>,
-    ) -> Result<(Vec<(Channel, List)>, Vec<ChannelStats>), Status> {
+    ) -> Result<(ChannelLists, Vec<ChannelStats>), Status> {
         // (channel, list, how long computing it took: `None` when it came from the cache)
         let mut lists: Vec<(Channel, List, Option<Duration>)> = Vec::with_capacity(quotas.len());
         let mut missing = Vec::new();
@@ -649,7 +647,7 @@ impl<S: SeenStore> RecallService<S> {
         cache("hit").inc_by(lists.len() as u64);
         cache("miss").inc_by(missing.len() as u64);
         if !missing.is_empty() {
-            let computed = compute(loaded.clone(), user, recent.clone(), missing, true).await?;
+            let computed = compute(loaded, user, recent, &missing, true)?;
             lists.extend(computed.into_iter().map(|(c, list, took)| (c, list, Some(took))));
             // Channel order, as the merge's lineage lists sources.
             lists.sort_unstable_by_key(|(c, _, _)| *c);
@@ -667,15 +665,15 @@ impl<S: SeenStore> RecallService<S> {
 
     /// Every channel computed past its quota by [`EXPLAIN_DEPTH`] (switched-off ones to that
     /// depth), bypassing the cache: what the quotas cut can then be told.
-    async fn explained_lists(
+    fn explained_lists(
         &self,
         loaded: &Arc<Loaded>,
         user: u32,
         recent: &Recent,
         quotas: &BTreeMap<Channel, usize>,
-    ) -> Result<Vec<(Channel, List)>, Status> {
-        let work = quotas.iter().map(|(&c, &q)| (c, q, q + EXPLAIN_DEPTH)).collect();
-        let mut lists = compute(loaded.clone(), user, recent.clone(), work, false).await?;
+    ) -> Result<ChannelLists, Status> {
+        let work: Vec<_> = quotas.iter().map(|(&c, &q)| (c, q, q + EXPLAIN_DEPTH)).collect();
+        let mut lists = compute(loaded, user, recent, &work, false)?;
         lists.sort_unstable_by_key(|(c, _, _)| *c);
         Ok(lists.into_iter().map(|(c, l, _)| (c, l)).collect())
     }
@@ -793,42 +791,46 @@ fn list_key(loaded: &Loaded, user: u32, channel: Channel, quota: usize, recent: 
     (user, channel, quota, recent.clone())
 }
 
-/// Computes `(channel, quota, depth)` lists for `user` on rayon's pool, in parallel: the
-/// history-seeded channels on the build's history with `recent` ahead of it, the others on the
-/// build's; `cache`: keep them in the version's list cache (lists at their quota only).
-async fn compute(
-    loaded: Arc<Loaded>,
+/// Each channel's list, in channel order.
+type ChannelLists = Vec<(Channel, List)>;
+
+/// Computes `(channel, quota, depth)` lists for `user`, one after the other on the calling
+/// thread: the history-seeded channels on the build's history with `recent` ahead of it, the
+/// others on the build's; `cache`: keep them in the version's list cache (lists at their quota
+/// only).
+///
+/// On the request's own task, not handed to a pool: under load every core is busy with other
+/// requests, so spreading one request's channels over threads saves no time and costs the
+/// hand-offs (a wake-up each way) and the pool's idle spinning (rayon's workers `sched_yield`
+/// before they sleep: ~8 calls a request in the deployed profile). BENCHMARKS.md, "Recall's
+/// lists on the request's task".
+fn compute(
+    loaded: &Loaded,
     user: u32,
-    recent: Recent,
-    work: Vec<(Channel, usize, usize)>,
+    recent: &Recent,
+    work: &[(Channel, usize, usize)],
     cache: bool,
 ) -> Result<Vec<(Channel, List, Duration)>, Status> {
-    let (done, computed) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
-        let run = || {
-            let built = UserHistory::new(&loaded.artifacts, user);
-            let live = UserHistory::live(&loaded.artifacts, user, &recent);
-            work.par_iter()
-                .map(|&(c, quota, depth)| {
-                    let start = Instant::now();
-                    let history = live.as_ref().filter(|_| c.follows_history()).unwrap_or(&built);
-                    let list: List = channel_for(&loaded.artifacts, history, c, depth).items.into();
-                    if cache {
-                        loaded
-                            .lists
-                            .insert(list_key(&loaded, user, c, quota, &recent), list.clone());
-                    }
-                    (c, list, start.elapsed())
-                })
-                .collect::<Vec<_>>()
-        };
-        // A panic must not take down rayon's thread (it would abort the process).
-        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)));
-    });
-    match computed.await {
-        Ok(Ok(computed)) => Ok(computed),
-        _ => Err(Status::internal("recall worker failed")),
-    }
+    let run = || {
+        let built = UserHistory::new(&loaded.artifacts, user);
+        let live = UserHistory::live(&loaded.artifacts, user, recent);
+        work.iter()
+            .map(|&(c, quota, depth)| {
+                let start = Instant::now();
+                let history = live.as_ref().filter(|_| c.follows_history()).unwrap_or(&built);
+                let list: List = channel_for(&loaded.artifacts, history, c, depth).items.into();
+                if cache {
+                    loaded
+                        .lists
+                        .insert(list_key(loaded, user, c, quota, recent), list.clone());
+                }
+                (c, list, start.elapsed())
+            })
+            .collect::<Vec<_>>()
+    };
+    // A channel that panics fails this request, not the worker thread it runs on.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .map_err(|_| Status::internal("recall: computing a channel's list failed"))
 }
 
 #[tonic::async_trait]
