@@ -13,9 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Full};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
@@ -132,6 +135,49 @@ fn diff(current: &BTreeSet<SocketAddr>, now: &BTreeSet<SocketAddr>) -> (Vec<Sock
     )
 }
 
+/// The channel a link's gRPC client sends through: tonic's [`Channel`], with each request's
+/// body handed to it whole, so that its one message leaves as one DATA frame that ends the
+/// stream.
+///
+/// tonic's request body learns it has ended only when polled once more after its message, so
+/// HTTP/2 sent the message, then an empty DATA frame to end the stream: a write (and a packet
+/// for the peer to read) of its own, on every call (`strace` of the deployed gateway: three
+/// `writev`s a call — headers, message, end of stream). A body that holds the whole message
+/// says it has ended as the message is taken, and the flag rides on the message's frame. Every
+/// call here is unary: the message is encoded in memory before the body is read, so reading it
+/// whole waits for nothing.
+#[derive(Clone, Debug)]
+pub struct Wire(Channel);
+
+impl Wire {
+    pub fn new(channel: Channel) -> Self {
+        Self(channel)
+    }
+}
+
+impl Service<http::Request<Body>> for Wire {
+    type Response = http::Response<Body>;
+    type Error = StdError;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The channel made ready is the one that must take the call (it holds the slot
+        // `poll_ready` reserved); a clone stays for the next.
+        let clone = self.0.clone();
+        let mut ready = std::mem::replace(&mut self.0, clone);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let message = body.collect().await?.to_bytes();
+            let request = http::Request::from_parts(parts, Body::new(Full::new(message)));
+            ready.call(request).await.map_err(Into::into)
+        })
+    }
+}
+
 /// A service in this process and whether it has been stopped.
 pub struct Direct<S: ?Sized> {
     pub service: Arc<S>,
@@ -163,7 +209,7 @@ macro_rules! service_link {
     ($link:ident, $client:ident, $trait:ident, $method:ident, $req:ty, $resp:ty, $name:literal) => {
         #[derive(Clone)]
         pub enum $link {
-            Grpc($client<::tonic::transport::Channel>),
+            Grpc($client<$crate::link::Wire>),
             Direct($crate::link::Direct<dyn $trait>),
         }
 
@@ -177,9 +223,9 @@ macro_rules! service_link {
                 url: &str,
                 addresses: ::prometheus_client::metrics::gauge::Gauge,
             ) -> Result<Self, $crate::link::EndpointError> {
-                Ok(Self::Grpc($client::new($crate::link::lazy_channel_counted(
-                    url, addresses,
-                )?)))
+                Ok(Self::Grpc($client::new($crate::link::Wire::new(
+                    $crate::link::lazy_channel_counted(url, addresses)?,
+                ))))
             }
 
             /// Opens the connection with an empty call, retried until `deadline`: any answer,

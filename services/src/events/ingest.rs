@@ -33,7 +33,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::log::{EventLog, LogError};
 use super::{Event, EventError, EventKind, RawEvent, Timestamp, now_ms};
-use crate::link::{Direct, EndpointError, lazy_channel};
+use crate::link::{Direct, EndpointError, Wire, lazy_channel};
 use crate::recall::proto::ImpressionsRequest;
 use crate::recall::proto::recall_client::RecallClient;
 use crate::recall::proto::recall_server::Recall;
@@ -65,13 +65,13 @@ pub struct Posted {
 #[derive(Clone)]
 pub enum SeenLink {
     None,
-    Grpc(RecallClient<tonic::transport::Channel>),
+    Grpc(RecallClient<Wire>),
     Direct(Direct<dyn Recall>),
 }
 
 impl SeenLink {
     pub fn grpc(url: &str) -> Result<Self, EndpointError> {
-        Ok(Self::Grpc(RecallClient::new(lazy_channel(url)?)))
+        Ok(Self::Grpc(RecallClient::new(Wire::new(lazy_channel(url)?))))
     }
 
     async fn record(&self, user: String, item_ids: Vec<String>) -> Result<(), Status> {
