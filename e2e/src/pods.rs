@@ -1,8 +1,8 @@
 //! What a kubelet and a CNI would make of the objects the operator wrote, as plain data: each
 //! Deployment's pod template resolved into a process plan (command, args, env with
-//! `fieldRef` / `secretKeyRef` / `envFrom`, volumes), the Services' names mapped to their
-//! ready pods (a hosts file), and the NetworkPolicies turned into per-pod allow lists (an
-//! nftables ruleset). No I/O here: [`crate::netns`] runs the plans.
+//! `fieldRef` / `resourceFieldRef` / `secretKeyRef` / `envFrom`, volumes), the Services' names
+//! mapped to their ready pods (a hosts file), and the NetworkPolicies turned into per-pod allow
+//! lists (an nftables ruleset). No I/O here: [`crate::netns`] runs the plans.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -118,6 +118,33 @@ pub fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A `resourceFieldRef`'s value, as the kubelet gives it: the container's request or limit over
+/// the divisor (default 1), rounded up. An unset request reads as 0; an unset limit as this
+/// machine's (the node's allocatable: its cores; memory is not resolved).
+fn resource_field(resources: &Value, field: &serde_json::Map<String, Value>) -> anyhow::Result<String> {
+    let resource = field
+        .get("resource")
+        .and_then(Value::as_str)
+        .context("resourceFieldRef without a resource")?;
+    let (kind, name) = resource
+        .split_once('.')
+        .with_context(|| format!("resourceFieldRef {resource}: not <requests|limits>.<name>"))?;
+    let divisor = match field.get("divisor").and_then(Value::as_str) {
+        Some(d) => recstack_crds::quantity::value(d).with_context(|| format!("divisor {d}: not a quantity"))?,
+        None => 1.0,
+    };
+    anyhow::ensure!(divisor > 0.0, "resourceFieldRef {resource}: divisor must be above 0");
+    let amount = match resources[kind][name].as_str() {
+        Some(q) => recstack_crds::quantity::value(q).with_context(|| format!("{resource} {q}: not a quantity"))?,
+        None if kind == "requests" => 0.0,
+        None if kind == "limits" && name == "cpu" => {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64
+        }
+        None => bail!("resourceFieldRef {resource}: unset, and the harness knows no node value for it"),
+    };
+    Ok(format!("{}", (amount / divisor).ceil() as u64))
+}
+
 /// Sets `key` in a container's environment, replacing an earlier value (as a later `env` entry
 /// overrides an `envFrom` one).
 fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
@@ -183,6 +210,8 @@ pub fn plan_workload(workload: &Value, objects: &Objects) -> anyhow::Result<Vec<
                     }
                     other => bail!("{name}: env {key} from field {other} is not supported by the harness"),
                 }
+            } else if let Some(field) = e["valueFrom"]["resourceFieldRef"].as_object() {
+                resource_field(&container["resources"], field).with_context(|| format!("{name}: env {key}"))?
             } else if let Some(secret) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {
                 let k = e["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap_or_default();
                 let s = objects
@@ -753,6 +782,29 @@ mod tests {
         );
         assert!(!hosts.contains("10.0.0.3"), "{hosts}");
         assert!(hosts.contains("10.0.0.254 redis.infra.svc"), "{hosts}");
+    }
+
+    #[test]
+    fn resource_fields_read_as_the_kubelet_gives_them() {
+        let resources = json!({"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2"}});
+        let field = |v: Value| resource_field(&resources, v.as_object().unwrap());
+        assert_eq!(field(json!({"resource": "requests.cpu", "divisor": "1"})).unwrap(), "1");
+        assert_eq!(
+            field(json!({"resource": "requests.cpu", "divisor": "1m"})).unwrap(),
+            "250"
+        );
+        assert_eq!(field(json!({"resource": "limits.cpu"})).unwrap(), "2");
+        assert_eq!(
+            field(json!({"resource": "requests.memory", "divisor": "1Mi"})).unwrap(),
+            "1024"
+        );
+        let none = json!({});
+        assert_eq!(
+            resource_field(&none, json!({"resource": "requests.cpu"}).as_object().unwrap()).unwrap(),
+            "0"
+        );
+        assert!(field(json!({"resource": "requests.cpu", "divisor": "0"})).is_err());
+        assert!(field(json!({"resource": "cpu"})).is_err());
     }
 
     #[test]

@@ -855,6 +855,28 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
             pod.plan.name
         );
     }
+    // Each service's runtime has the threads its CPU request gives (the operator's
+    // `resourceFieldRef`, resolved as a kubelet does), not one per core of this machine.
+    for pod in d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?.iter() {
+        if pod.plan.completes {
+            continue;
+        }
+        let want = pod.plan.env.iter().find(|(k, _)| k == "RECSTACK_WORKER_THREADS");
+        let want: usize = want
+            .with_context(|| format!("{}: no RECSTACK_WORKER_THREADS", pod.plan.name))?
+            .1
+            .parse()?;
+        let pid = pod.pid().with_context(|| format!("{}: not running", pod.plan.name))?;
+        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "tokio-rt-worker")
+            .count();
+        ensure!(
+            want >= 1 && workers == want,
+            "{}: {workers} runtime worker threads for RECSTACK_WORKER_THREADS={want}",
+            pod.plan.name
+        );
+    }
     // Every artifact reader found `current` naming an older release's version, waited (none
     // exited: checked above), then fetched the build's.
     for component in ["recall", "ranking", "rerank", "feature", "gateway"] {

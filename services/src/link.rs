@@ -147,15 +147,20 @@ fn diff(current: &BTreeSet<SocketAddr>, now: &BTreeSet<SocketAddr>) -> (Vec<Sock
 /// call here is unary: the message is encoded in memory before the body is read, so reading it
 /// whole waits for nothing.
 #[derive(Clone, Debug)]
-pub struct Wire(Channel);
+pub struct Wire<S = Channel>(S);
 
-impl Wire {
-    pub fn new(channel: Channel) -> Self {
+impl<S> Wire<S> {
+    pub fn new(channel: S) -> Self {
         Self(channel)
     }
 }
 
-impl Service<http::Request<Body>> for Wire {
+impl<S> Service<http::Request<Body>> for Wire<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<StdError>,
+    S::Future: Send,
+{
     type Response = http::Response<Body>;
     type Error = StdError;
     type Future = BoxFuture<Self::Response, Self::Error>;
@@ -299,6 +304,68 @@ mod tests {
         let _channel = lazy_channel_counted("http://recall.example.invalid:9090", unknown.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(unknown.get(), 0);
+    }
+
+    /// A call's body reaches the channel as one frame that says the stream has ended (HTTP/2
+    /// then sets END_STREAM on the message's DATA frame instead of sending an empty one), with
+    /// the message whole and the headers as sent; a body like tonic's, which learns it has
+    /// ended only when polled again, does not.
+    #[tokio::test]
+    async fn a_calls_message_reaches_the_channel_as_one_frame_that_ends_the_stream() {
+        use std::sync::Mutex;
+        use tonic::codegen::{Body as _, Bytes};
+        const MESSAGE: &[u8] = b"\0\0\0\0\x02hi";
+        // Like tonic's request body: the encoded message from a stream of one.
+        let tonic_like = || {
+            let frames = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(MESSAGE))]);
+            Body::new(axum::body::Body::from_stream(frames))
+        };
+        /// What a body says after its first frame: the frame's bytes, whether it had ended then,
+        /// and how many data frames were left.
+        type FirstFrame = (Vec<u8>, bool, usize);
+        async fn first_frame(mut body: Body) -> FirstFrame {
+            let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            let ended = body.is_end_stream();
+            let mut left = 0;
+            while let Some(f) = body.frame().await {
+                left += usize::from(f.unwrap().is_data());
+            }
+            (frame.to_vec(), ended, left)
+        }
+        assert_eq!(first_frame(tonic_like()).await, (MESSAGE.to_vec(), false, 0));
+
+        /// The channel's place: keeps the path and what the body said.
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Option<(String, FirstFrame)>>>);
+        impl Service<http::Request<Body>> for Capture {
+            type Response = http::Response<Body>;
+            type Error = Status;
+            type Future = BoxFuture<Self::Response, Self::Error>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+                let seen = self.0.clone();
+                Box::pin(async move {
+                    let (parts, body) = request.into_parts();
+                    *seen.lock().unwrap() = Some((parts.uri.path().to_string(), first_frame(body).await));
+                    Ok(http::Response::new(Body::empty()))
+                })
+            }
+        }
+        let capture = Capture::default();
+        let mut wire = Wire::new(capture.clone());
+        let request = http::Request::builder()
+            .uri("http://ranking:9090/recstack.Ranking/Rank")
+            .body(tonic_like())
+            .unwrap();
+        std::future::poll_fn(|cx| wire.poll_ready(cx)).await.unwrap();
+        wire.call(request).await.unwrap();
+        let (path, (frame, ended, left)) = capture.0.lock().unwrap().take().unwrap();
+        assert_eq!(path, "/recstack.Ranking/Rank");
+        assert_eq!(frame, MESSAGE);
+        assert!(ended, "the message's frame must end the stream");
+        assert_eq!(left, 0);
     }
 
     /// The newer form goes first; the older form follows only when the answer reads as an

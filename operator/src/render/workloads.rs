@@ -250,6 +250,11 @@ fn pod_template(ctx: &StackCtx, component: Component, config_hash: &str) -> Resu
             { "name": "RECSTACK_SHUTDOWN_GRACE_SECONDS", "value": SHUTDOWN_GRACE_SECONDS.to_string() },
             // Remote artifacts and models are copied here (the `data` volume).
             { "name": "RECSTACK_CACHE_DIR", "value": CACHE_DIR },
+            // The async runtime's threads: the cores the pod requests (rounded up), not the
+            // node's — a pod without a CPU limit would otherwise start a thread per node core.
+            { "name": "RECSTACK_WORKER_THREADS", "valueFrom": { "resourceFieldRef": {
+                "resource": "requests.cpu", "divisor": "1",
+            } } },
         ],
         "ports": ports(component),
         "resources": resources,

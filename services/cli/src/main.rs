@@ -10,7 +10,7 @@ mod dashboard;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, block_on, build, eval, export_ranking, query, replay, serve, synth, tune, up};
+use commands::{bench, block_on, build, eval, export_ranking, query, replay, serve, serve_on, synth, tune, up};
 
 #[derive(Parser)]
 #[command(version, about = "recstack: build, serve and measure the recommender")]
@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Replay(args) => block_on(replay::replay(args)),
         Command::Compare(args) => block_on(replay::compare(args)),
-        Command::Serve { component } => block_on(serve::run(component)),
+        Command::Serve { component } => serve_on(serve::run(component)),
         Command::Eval(args) => eval::run(args),
         Command::Tune(args) => tune::run(args),
         Command::ExportRanking(args) => export_ranking::run(args),

@@ -28,3 +28,52 @@ pub fn block_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Re
         .context("starting the async runtime")?
         .block_on(command)
 }
+
+/// How many threads a serving process's runtime gets: `RECSTACK_WORKER_THREADS` (the operator
+/// sets it to the cores the pod requests, rounded up), else one per core this process may use.
+pub const WORKER_THREADS_VAR: &str = "RECSTACK_WORKER_THREADS";
+
+/// Reads [`WORKER_THREADS_VAR`]'s value: `None` (unset, empty, or 0 — a pod that requests no
+/// CPU) leaves the runtime's default; a count of threads; anything else is an error naming
+/// the variable.
+pub fn worker_threads(value: Option<&str>) -> anyhow::Result<Option<usize>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<usize>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n <= 1024 => Ok(Some(n)),
+            _ => anyhow::bail!("{WORKER_THREADS_VAR} is {v:?}: a whole number of threads, 1 to 1024"),
+        },
+    }
+}
+
+/// [`block_on`] for a serving process: its runtime's threads per [`worker_threads`]. On a
+/// loaded node a thread per node core only adds hand-offs between threads that get no core:
+/// each wake-up of a parked one is a system call and a context switch (BENCHMARKS.md, "Worker
+/// threads from the pod's CPU request").
+pub fn serve_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = worker_threads(std::env::var(WORKER_THREADS_VAR).ok().as_deref())? {
+        runtime.worker_threads(n);
+    }
+    runtime.build().context("starting the async runtime")?.block_on(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_read_the_pods_cpu_request_or_leave_the_default() {
+        assert_eq!(worker_threads(None).unwrap(), None);
+        assert_eq!(worker_threads(Some("")).unwrap(), None);
+        assert_eq!(worker_threads(Some("0")).unwrap(), None);
+        assert_eq!(worker_threads(Some("1")).unwrap(), Some(1));
+        assert_eq!(worker_threads(Some(" 4\n")).unwrap(), Some(4));
+        for bad in ["-1", "1.5", "250m", "two", "100000"] {
+            let e = worker_threads(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(WORKER_THREADS_VAR) && e.contains(bad), "{bad}: {e}");
+        }
+    }
+}
