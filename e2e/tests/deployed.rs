@@ -857,24 +857,31 @@ fn start_pods(d: &mut Deployed) -> anyhow::Result<()> {
     }
     // Each service's runtime has the threads its CPU request gives (the operator's
     // `resourceFieldRef`, resolved as a kubelet does), not one per core of this machine.
-    for pod in d.pods.lock().map_err(|_| anyhow::anyhow!("pods lock"))?.iter() {
-        if pod.plan.completes {
-            continue;
-        }
-        let want = pod.plan.env.iter().find(|(k, _)| k == "RECSTACK_WORKER_THREADS");
-        let want: usize = want
-            .with_context(|| format!("{}: no RECSTACK_WORKER_THREADS", pod.plan.name))?
-            .1
-            .parse()?;
-        let pid = pod.pid().with_context(|| format!("{}: not running", pod.plan.name))?;
-        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))?
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.trim() == "tokio-rt-worker")
-            .count();
+    let want: BTreeMap<String, String> = d
+        .pods
+        .lock()
+        .map_err(|_| anyhow::anyhow!("pods lock"))?
+        .iter()
+        .filter(|p| !p.plan.completes)
+        .map(|p| {
+            let threads = p.plan.env.iter().find(|(k, _)| k == "RECSTACK_WORKER_THREADS");
+            (p.plan.name.clone(), threads.map(|(_, v)| v.clone()).unwrap_or_default())
+        })
+        .collect();
+    let online = ["gateway", "recall", "ranking", "rerank", "feature", "ingest", "stream"];
+    let running = d.replica_metrics(&online)?;
+    ensure!(
+        running.len() >= online.len(),
+        "{} online pods answered /metrics",
+        running.len()
+    );
+    for (pod, _, metrics) in running {
+        let threads = metrics.get("recstack_runtime_worker_threads").copied();
         ensure!(
-            want >= 1 && workers == want,
-            "{}: {workers} runtime worker threads for RECSTACK_WORKER_THREADS={want}",
-            pod.plan.name
+            want[&pod] == "1" && threads == Some(1.0),
+            "{pod}: runtime worker threads {threads:?} for RECSTACK_WORKER_THREADS={:?} (the default \
+             requests are at most 1 core)",
+            want[&pod]
         );
     }
     // Every artifact reader found `current` naming an older release's version, waited (none

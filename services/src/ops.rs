@@ -27,12 +27,32 @@ pub fn init_logging() {
         .init();
 }
 
-/// A registry in the Prometheus text format.
+/// A registry in the Prometheus text format, followed by the process's own series
+/// ([`process_registry`]).
 pub fn encode(registry: &Registry) -> String {
+    use prometheus_client::encoding::text;
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    let _ = text::encode_registry(&mut out, registry);
+    let _ = text::encode_registry(&mut out, &process_registry());
+    let _ = text::encode_eof(&mut out);
     out
+}
+
+/// What every serving process reports of itself: `recstack_runtime_worker_threads`, its async
+/// runtime's worker threads (`RECSTACK_WORKER_THREADS`: the cores its pod requests).
+fn process_registry() -> Registry {
+    let mut registry = Registry::with_prefix("recstack_runtime");
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let workers = Gauge::<i64>::default();
+        workers.set(runtime.metrics().num_workers() as i64);
+        registry.register(
+            "worker_threads",
+            "The async runtime's worker threads (RECSTACK_WORKER_THREADS: the cores the pod requests)",
+            workers,
+        );
+    }
+    registry
 }
 
 /// Renders the service's metrics.
@@ -304,6 +324,26 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_end_with_the_runtimes_worker_threads() {
+        let mut metrics = MetricsRegistry::new("recstack_test");
+        metrics.counter("calls", "Calls").inc();
+        let registry = metrics.finish();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(3)
+            .build()
+            .unwrap();
+        let text = runtime.block_on(async { encode(&registry) });
+        assert!(text.contains("recstack_test_calls_total 1\n"), "{text}");
+        assert!(text.contains("\nrecstack_runtime_worker_threads 3\n"), "{text}");
+        assert!(
+            text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1,
+            "{text}"
+        );
+        // Outside a runtime: the service's series alone.
+        assert!(!encode(&registry).contains("worker_threads"));
+    }
 
     #[test]
     fn a_repeated_warning_is_logged_once_per_period_with_what_was_held_back() {
