@@ -51,18 +51,47 @@ pub fn worker_threads(value: Option<&str>) -> anyhow::Result<Option<usize>> {
 /// loaded node a thread per node core only adds hand-offs between threads that get no core:
 /// each wake-up of a parked one is a system call and a context switch (BENCHMARKS.md, "Worker
 /// threads from the pod's CPU request").
+///
+/// Once the command has returned (the lifecycle drained within its grace period), blocking
+/// calls still running get [`BLOCKING_SPARE`] more, then the process ends without them:
+/// dropping the runtime would wait for them without end. A stream pod stopped while Kafka was
+/// gone waited forever on a librdkafka call that had no timeout (its process outlived the
+/// harness in `scripts/bench-deployed`; in a cluster the kubelet's SIGKILL ends it after the
+/// termination grace period).
 pub fn serve_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = worker_threads(std::env::var(WORKER_THREADS_VAR).ok().as_deref())? {
         runtime.worker_threads(n);
     }
-    runtime.build().context("starting the async runtime")?.block_on(command)
+    let runtime = runtime.build().context("starting the async runtime")?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(BLOCKING_SPARE);
+    result
 }
+
+/// How long a serving process waits for blocking calls still running once it has stopped.
+pub const BLOCKING_SPARE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blocking call that never returns (a client library waiting on a peer that is gone)
+    /// does not keep a stopped process alive.
+    #[test]
+    fn a_stopped_process_does_not_wait_for_a_blocking_call_without_end() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = serve_on(async {
+                tokio::task::spawn_blocking(|| std::thread::sleep(std::time::Duration::from_secs(3600)));
+                Ok(())
+            });
+            let _ = done.send(result.is_ok());
+        });
+        let returned = finished.recv_timeout(BLOCKING_SPARE + std::time::Duration::from_secs(10));
+        assert_eq!(returned, Ok(true), "serve_on still waiting for the blocking call");
+    }
 
     #[test]
     fn worker_threads_read_the_pods_cpu_request_or_leave_the_default() {
