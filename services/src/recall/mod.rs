@@ -802,8 +802,8 @@ type ChannelLists = Vec<(Channel, List)>;
 /// On the request's own task, not handed to a pool: under load every core is busy with other
 /// requests, so spreading one request's channels over threads saves no time and costs the
 /// hand-offs (a wake-up each way) and the pool's idle spinning (rayon's workers `sched_yield`
-/// before they sleep: ~8 calls a request in the deployed profile). BENCHMARKS.md, "Recall's
-/// lists on the request's task".
+/// before they sleep: ~8 calls a request in the deployed profile). BENCHMARKS.md, "Fewer
+/// hand-offs and writes per request".
 fn compute(
     loaded: &Loaded,
     user: u32,

@@ -49,8 +49,8 @@ pub fn worker_threads(value: Option<&str>) -> anyhow::Result<Option<usize>> {
 
 /// [`block_on`] for a serving process: its runtime's threads per [`worker_threads`]. On a
 /// loaded node a thread per node core only adds hand-offs between threads that get no core:
-/// each wake-up of a parked one is a system call and a context switch (BENCHMARKS.md, "Worker
-/// threads from the pod's CPU request").
+/// each wake-up of a parked one is a system call and a context switch (BENCHMARKS.md, "Fewer
+/// hand-offs and writes per request").
 ///
 /// Once the command has returned (the lifecycle drained within its grace period), blocking
 /// calls still running get [`BLOCKING_SPARE`] more, then the process ends without them:
