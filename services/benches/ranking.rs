@@ -39,6 +39,7 @@ use recstack_offline::build::{self, BuildParams, Progress};
 use recstack_offline::dataset::{self, Dataset};
 use recstack_services::codec::{self, SliceCodec};
 use recstack_services::features::Snapshot;
+use recstack_services::link::{Wire, lazy_channel};
 use recstack_services::ranking::batcher::BatchConfig;
 use recstack_services::ranking::features::{Lineage, Place, RowWriter};
 use recstack_services::ranking::model::{Device, Graph, OnnxModel};
@@ -139,9 +140,7 @@ fn main() {
         let mut rates = Vec::with_capacity(PROFILE_RUNS);
         // One service for every run, so that the profile holds requests, not model loads.
         let svc = runtime.block_on(start(snapshot.clone(), &model_path, true, BatchConfig::default()));
-        let client = runtime
-            .block_on(RankingClient::connect(svc.grpc_url()))
-            .expect("connect");
+        let client = runtime.block_on(async { client(&svc) });
         for run in 0..PROFILE_RUNS {
             let (rps, _, cpu_ms) = runtime.block_on(drive(&client, 16, &columns));
             eprintln!(
@@ -837,7 +836,7 @@ async fn service(
     requests: &[RankRequest],
 ) -> Row {
     let svc = start(items, model, fold, batch).await;
-    let client = RankingClient::connect(svc.grpc_url()).await.expect("connect");
+    let client = client(&svc);
     let (rps, lat, cpu_ms) = drive(&client, concurrency, requests).await;
     svc.stop().await.expect("stop");
     Row {
@@ -849,6 +848,12 @@ async fn service(
         lat,
         cpu_ms,
     }
+}
+
+/// A client of `svc` as the gateway's is: the links' channel (writes coalesced), each message
+/// one body.
+fn client(svc: &serve::Service) -> RankingClient<Wire> {
+    RankingClient::new(Wire::new(lazy_channel(&svc.grpc_url()).expect("channel")))
 }
 
 /// The ranking service on an ephemeral port, its model loaded (folded or whole) with `batch`.
@@ -873,7 +878,7 @@ async fn start(items: Arc<Snapshot>, model: &Path, fold: bool, batch: BatchConfi
 /// `requests` through `client` from `concurrency` tasks, after 20 to warm up: req/s, each
 /// request's latency, and the process's CPU ms per request.
 async fn drive(
-    client: &RankingClient<tonic::transport::Channel>,
+    client: &RankingClient<Wire>,
     concurrency: usize,
     requests: &[RankRequest],
 ) -> (f64, Vec<Duration>, f64) {

@@ -20,6 +20,7 @@
 //!   bodies whose errors name the field.
 #![forbid(unsafe_code)]
 
+pub mod coalesce;
 pub mod codec;
 pub mod events;
 pub mod features;

@@ -13,14 +13,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError};
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::load::{CompleteOnResponse, PendingRequests};
+use tower::util::{BoxCloneSyncService, MapErr};
+
+use crate::coalesce::Coalesced;
 
 #[derive(Debug, thiserror::Error)]
 #[error("downstream endpoint {0}: {1}")]
@@ -52,19 +61,55 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
 fn endpoint(url: &str) -> Result<Endpoint, EndpointError> {
     Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| EndpointError(url.to_string(), e.to_string()))?
-        .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(200)))
+}
+
+/// What a link's gRPC client sends through: a connection per address of the downstream (a
+/// host name is balanced over every address it resolves to), each writing through
+/// [`Coalesced`].
+pub type LinkChannel = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, LinkError>;
+
+/// Why a link's channel failed a call (connecting, or the connection): tonic's error as its
+/// source, where tonic's client finds what status to answer (`UNAVAILABLE` when the peer
+/// cannot be reached). A type of its own rather than a boxed error: a boxed one as the
+/// service's error type trips the compiler's check that the clients' futures are `Send`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LinkError(#[source] StdError);
+
+impl LinkError {
+    fn new(e: impl Into<StdError>) -> Self {
+        Self(e.into())
+    }
+}
+
+/// A connection to the endpoint's address: `TCP_NODELAY` on (a unary call must not wait out
+/// Nagle's algorithm against the peer's delayed ACK), writes coalesced (a call's headers and
+/// message in one write).
+async fn connect(uri: Uri) -> std::io::Result<TokioIo<Coalesced<TcpStream>>> {
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(Coalesced::new(stream)))
+}
+
+/// A channel to one endpoint that connects on first use.
+fn lazy_connection(ep: &Endpoint) -> Channel {
+    ep.connect_with_connector_lazy(tower::service_fn(connect))
 }
 
 /// A channel that connects on first use: the gateway starts, and answers, while downstreams
 /// are still down. A host name (not an IP literal) is balanced over what it resolves to.
-pub fn lazy_channel(url: &str) -> Result<Channel, EndpointError> {
+pub fn lazy_channel(url: &str) -> Result<LinkChannel, EndpointError> {
     lazy_channel_counted(url, Gauge::default())
 }
 
 /// [`lazy_channel`], keeping `addresses` at the number of addresses the channel balances over
 /// (1 for an IP literal): whether, and to how many replicas, a caller can reach the service.
-pub fn lazy_channel_counted(url: &str, addresses: Gauge) -> Result<Channel, EndpointError> {
+pub fn lazy_channel_counted(url: &str, addresses: Gauge) -> Result<LinkChannel, EndpointError> {
     let ep = endpoint(url)?;
     let uri = ep.uri().clone();
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
@@ -74,16 +119,35 @@ pub fn lazy_channel_counted(url: &str, addresses: Gauge) -> Result<Channel, Endp
         (false, Ok(runtime)) => {
             let scheme = uri.scheme_str().unwrap_or("http").to_string();
             let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-            let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+            let (changes, mut received) = tokio::sync::mpsc::channel(64);
             runtime.spawn(resolve(host, port, scheme, changes, addresses));
-            Ok(channel)
+            // Each address a connection; calls go to the less loaded of two picked at random
+            // (pending calls), as tonic's own balanced channel does with its connector.
+            let discover = futures::stream::poll_fn(move |cx| received.poll_recv(cx)).map(|change| {
+                Ok::<_, std::convert::Infallible>(match change {
+                    Change::Insert(addr, ep) => tower::discover::Change::Insert(
+                        addr,
+                        PendingRequests::new(lazy_connection(&ep), CompleteOnResponse::default()),
+                    ),
+                    Change::Remove(addr) => tower::discover::Change::Remove(addr),
+                })
+            });
+            let (balanced, worker) = Buffer::pair(Balance::new(discover), BUFFERED_CALLS);
+            runtime.spawn(worker);
+            Ok(BoxCloneSyncService::new(MapErr::new(balanced, LinkError::new)))
         }
         _ => {
             addresses.set(1);
-            Ok(ep.connect_lazy())
+            Ok(BoxCloneSyncService::new(MapErr::new(
+                lazy_connection(&ep),
+                LinkError::new,
+            )))
         }
     }
 }
+
+/// Calls a balanced channel holds while it picks a connection (tonic's default).
+const BUFFERED_CALLS: usize = 1024;
 
 /// Keeps a balanced channel's endpoints equal to what `host` resolves to, until the channel is
 /// dropped. A failed lookup keeps the last known set.
@@ -147,7 +211,7 @@ fn diff(current: &BTreeSet<SocketAddr>, now: &BTreeSet<SocketAddr>) -> (Vec<Sock
 /// call here is unary: the message is encoded in memory before the body is read, so reading it
 /// whole waits for nothing.
 #[derive(Clone, Debug)]
-pub struct Wire<S = Channel>(S);
+pub struct Wire<S = LinkChannel>(S);
 
 impl<S> Wire<S> {
     pub fn new(channel: S) -> Self {
@@ -366,6 +430,103 @@ mod tests {
         assert_eq!(frame, MESSAGE);
         assert!(ended, "the message's frame must end the stream");
         assert_eq!(left, 0);
+    }
+
+    /// Calls through a link's channel to a server on [`crate::ops::grpc_incoming`], both ends
+    /// writing through [`Coalesced`]: each of many concurrent calls gets its own answer, whole;
+    /// an address where nothing listens answers `UNAVAILABLE` (the status the gateway's
+    /// breakers and levels read as a dead peer).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_through_coalesced_connections_get_their_own_answers() {
+        use crate::features::proto::features_client::FeaturesClient;
+        use crate::features::proto::features_server::{Features, FeaturesServer};
+        use crate::features::proto::{GetItemsRequest, GetItemsResponse, GetUserRequest, GetUserResponse};
+        use crate::features::{ItemFeatures, UserFeatures};
+
+        struct Echo;
+        #[tonic::async_trait]
+        impl Features for Echo {
+            async fn get_user(
+                &self,
+                request: tonic::Request<GetUserRequest>,
+            ) -> Result<tonic::Response<GetUserResponse>, Status> {
+                let user_id = request.into_inner().user_id;
+                // Long enough that one answer spans several HTTP/2 frames.
+                let recent_items = (0..3000).map(|i| format!("{user_id}-{i}")).collect();
+                Ok(tonic::Response::new(GetUserResponse {
+                    features: Some(UserFeatures {
+                        user_id,
+                        recent_items,
+                        ..Default::default()
+                    }),
+                }))
+            }
+            async fn get_items(
+                &self,
+                request: tonic::Request<GetItemsRequest>,
+            ) -> Result<tonic::Response<GetItemsResponse>, Status> {
+                let items = request.into_inner().item_ids;
+                Ok(tonic::Response::new(GetItemsResponse {
+                    items: items
+                        .into_iter()
+                        .map(|item_id| ItemFeatures {
+                            item_id,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }))
+            }
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(FeaturesServer::new(Echo))
+                .serve_with_incoming(crate::ops::grpc_incoming(listener)),
+        );
+        let client = FeaturesClient::new(Wire::new(lazy_channel(&format!("http://{addr}")).unwrap()));
+        let calls = (0..64).map(|i| {
+            let mut client = client.clone();
+            async move {
+                let user_id = format!("user{i}");
+                if i % 2 == 0 {
+                    let answer = client
+                        .get_user(GetUserRequest {
+                            user_id: user_id.clone(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let features = answer.features.unwrap();
+                    assert_eq!(features.user_id, user_id);
+                    assert_eq!(features.recent_items.len(), 3000);
+                    assert_eq!(features.recent_items[2999], format!("{user_id}-2999"));
+                } else {
+                    let ids = vec![format!("{user_id}-a"), format!("{user_id}-b")];
+                    let answer = client
+                        .get_items(GetItemsRequest {
+                            item_ids: ids.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(answer.items.into_iter().map(|i| i.item_id).collect::<Vec<_>>(), ids);
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+
+        // Nothing listens there once the listener is dropped.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut dead = FeaturesClient::new(Wire::new(lazy_channel(&format!("http://{closed}")).unwrap()));
+        let status = dead.get_user(GetUserRequest { user_id: "1".into() }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
 
     /// The newer form goes first; the older form follows only when the answer reads as an
