@@ -121,8 +121,9 @@ pub fn lazy_channel_counted(url: &str, addresses: Gauge) -> Result<LinkChannel, 
             let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
             let (changes, mut received) = tokio::sync::mpsc::channel(64);
             runtime.spawn(resolve(host, port, scheme, changes, addresses));
-            // Each address a connection; calls go to the less loaded of two picked at random
-            // (pending calls), as tonic's own balanced channel does with its connector.
+            // Each address a connection (built here: tonic's own balanced channel takes no
+            // connector); a call goes to the one with fewer calls in flight of two picked at
+            // random (tonic's picks at random).
             let discover = futures::stream::poll_fn(move |cx| received.poll_recv(cx)).map(|change| {
                 Ok::<_, std::convert::Infallible>(match change {
                     Change::Insert(addr, ep) => tower::discover::Change::Insert(
