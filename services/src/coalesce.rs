@@ -33,18 +33,10 @@ pub struct Coalesced<T> {
     held: Vec<u8>,
     /// How much of `held` the socket has taken (a write of it was cut short).
     written: usize,
-    state: State,
+    /// A flush found bytes held and asked to be told when the thread is idle; once it is
+    /// (`idle.reached`), flushes write until nothing is held.
+    asked: bool,
     idle: Arc<Idle>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Nothing is waiting to be written by a flush.
-    Open,
-    /// A flush found bytes held and asked to be told when the thread is idle.
-    Holding,
-    /// Writing out what is held.
-    Draining,
 }
 
 /// Told by the runtime once the thread has run what was ready: marks that and wakes the
@@ -74,16 +66,12 @@ impl<T> Coalesced<T> {
             inner,
             held: Vec::new(),
             written: 0,
-            state: State::Open,
+            asked: false,
             idle: Arc::new(Idle {
                 reached: AtomicBool::new(false),
                 task: Mutex::new(None),
             }),
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 
     /// Bytes taken and not yet written to the socket.
@@ -108,7 +96,7 @@ impl<T> Coalesced<T> {
         // Pending the first time: tokio keeps the waker until the thread has run what is ready
         // (outside a runtime it is woken at once). The future holds nothing after that.
         let _ = yielded.as_mut().poll(&mut Context::from_waker(&waker));
-        self.state = State::Holding;
+        self.asked = true;
     }
 }
 
@@ -124,7 +112,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         }
         self.held.clear();
         self.written = 0;
-        self.state = State::Open;
+        self.asked = false;
         Poll::Ready(Ok(()))
     }
 }
@@ -136,16 +124,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.held() + data.len() > HOLD_LIMIT {
-            ready!(this.poll_drain(cx))?;
-            if data.len() > HOLD_LIMIT {
-                return Pin::new(&mut this.inner).poll_write(cx, data);
-            }
-        }
-        this.held.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -174,21 +154,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.held() == 0 {
-            this.state = State::Open;
+            this.asked = false;
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        match this.state {
-            State::Open => {
-                this.ask_for_idle(cx);
-                return Poll::Ready(Ok(()));
-            }
-            State::Holding if !this.idle.reached.load(Ordering::Acquire) => {
-                // Called again before the thread was idle (the same poll, or the task woken
-                // by something else): keep holding; the idle wake polls it again.
-                this.remember_task(cx);
-                return Poll::Ready(Ok(()));
-            }
-            State::Holding | State::Draining => this.state = State::Draining,
+        if !this.asked {
+            this.ask_for_idle(cx);
+            return Poll::Ready(Ok(()));
+        }
+        if !this.idle.reached.load(Ordering::Acquire) {
+            // Called again before the thread was idle (the same poll, or the task woken by
+            // something else): keep holding; the idle wake polls it again.
+            this.remember_task(cx);
+            return Poll::Ready(Ok(()));
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)

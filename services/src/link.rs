@@ -87,13 +87,18 @@ impl LinkError {
 /// Nagle's algorithm against the peer's delayed ACK), writes coalesced (a call's headers and
 /// message in one write).
 async fn connect(uri: Uri) -> std::io::Result<TokioIo<Coalesced<TcpStream>>> {
+    let stream = TcpStream::connect(host_port(&uri)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(Coalesced::new(stream)))
+}
+
+/// A URL's host (an IPv6 address without its brackets) and port (the scheme's when absent).
+fn host_port(uri: &Uri) -> (&str, u16) {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-    let stream = TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(Coalesced::new(stream)))
+    (host, port)
 }
 
 /// A channel to one endpoint that connects on first use.
@@ -112,13 +117,12 @@ pub fn lazy_channel(url: &str) -> Result<LinkChannel, EndpointError> {
 pub fn lazy_channel_counted(url: &str, addresses: Gauge) -> Result<LinkChannel, EndpointError> {
     let ep = endpoint(url)?;
     let uri = ep.uri().clone();
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let (host, port) = host_port(&uri);
     let literal = host.parse::<std::net::IpAddr>().is_ok() || host == "localhost";
     let runtime = tokio::runtime::Handle::try_current();
     match (literal, runtime) {
         (false, Ok(runtime)) => {
-            let scheme = uri.scheme_str().unwrap_or("http").to_string();
-            let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+            let (host, scheme) = (host.to_string(), uri.scheme_str().unwrap_or("http").to_string());
             let (changes, mut received) = tokio::sync::mpsc::channel(64);
             runtime.spawn(resolve(host, port, scheme, changes, addresses));
             // Each address a connection (built here: tonic's own balanced channel takes no
