@@ -13,7 +13,7 @@ use std::cell::RefCell;
 
 use crate::artifacts::Artifacts;
 use crate::artifacts::ann::UnitVec;
-use crate::topk::{top_k, top_k_of};
+use crate::topk::{top_k, top_k_where};
 pub use merge::{Candidate, Channel, ChannelList, CutReason, QuotaCut, Source, merge, merge_weighted, past_quota};
 
 /// Candidates when the request does not say.
@@ -177,6 +177,8 @@ thread_local! {
     /// Each thread's dense score vector, all zeros between uses: a channel touches a few
     /// hundred of the catalogue's slots, so clearing those beats zeroing a fresh vector.
     static SCORE_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's buffer for a catalogue-wide scan's scores (one per item).
+    static SCAN_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Accumulates scores in a dense vector and returns the top `n` unseen.
@@ -270,14 +272,20 @@ fn user_vector(a: &Artifacts, user: u32) -> Option<&[f32]> {
     Some(a.factors.user(user))
 }
 
-/// Exact inner product against every item's factors; the history is skipped inside the scan
-/// (a bit test per item), so the bounded heap holds just `n`.
+/// Exact inner product against every item's factors ([`Factors::scan_into`]); the history is
+/// skipped inside the cut (a bit test per item that gets past the floor), so it keeps just
+/// `n`.
+///
+/// [`Factors::scan_into`]: crate::artifacts::factors::Factors::scan_into
 fn als(a: &Artifacts, user: u32, seen: &ItemSet, n: usize) -> Vec<(u32, f32)> {
     let Some(u) = user_vector(a, user) else {
         return Vec::new();
     };
-    let scores = a.factors.scan(u).filter(|(i, s)| *s > 0.0 && !seen.contains(i));
-    top_k_of(scores, n)
+    SCAN_BUFFER.with_borrow_mut(|scores| {
+        a.factors.scan_into(u, scores);
+        let scores = scores.iter().enumerate().map(|(i, &s)| (i as u32, s));
+        top_k_where(scores, n, |(i, s)| *s > 0.0 && !seen.contains(i))
+    })
 }
 
 /// Items nearest (cosine) to the user's query vector ([`vector_query`]) in the vector
@@ -292,12 +300,12 @@ fn vector(a: &Artifacts, history: &[u32], seen: &ItemSet, n: usize) -> Vec<(u32,
     };
     let space = vector_space(a);
     let exact = || {
-        let inverse_norms = space.inverse_norms();
-        let scores = space
-            .scan(&query.0)
-            .map(|(i, s)| (i, s * inverse_norms[i as usize]))
-            .filter(|(i, _)| !seen.contains(i));
-        top_k_of(scores, n)
+        SCAN_BUFFER.with_borrow_mut(|scores| {
+            space.scan_into(&query.0, scores);
+            let scores = scores.iter().zip(space.inverse_norms()).enumerate();
+            let scores = scores.map(|(i, (&s, &inverse_norm))| (i as u32, s * inverse_norm));
+            top_k_where(scores, n, |(i, _)| !seen.contains(i))
+        })
     };
     if space.n_items() <= EXACT_SCAN_MAX_ITEMS {
         return exact();
