@@ -127,44 +127,83 @@ pub fn merge_weighted(
     weight: impl Fn(Channel) -> f32,
     total: usize,
 ) -> Vec<Candidate> {
-    // Candidates in order of first appearance, found by item through a small index (the map's
-    // entries stay 8 bytes; the candidates are not moved out of it afterwards).
     let most: usize = lists.iter().map(|l| l.items.len().min(quota(l.channel))).sum();
-    let mut at: FxHashMap<u32, u32> = FxHashMap::default();
-    at.reserve(most);
     let mut merged: Vec<Candidate> = Vec::with_capacity(most);
     let mut ordered: Vec<&ChannelList> = lists.iter().collect();
     ordered.sort_by_key(|l| l.channel);
-    for list in ordered {
-        let w = weight(list.channel);
-        let top = list.items.first().map_or(1.0, |x| x.1);
-        for (rank0, &(item, score)) in list.items.iter().take(quota(list.channel)).enumerate() {
-            let rank = rank0 as u32 + 1;
-            let n = *at.entry(item).or_insert_with(|| {
-                merged.push(Candidate {
-                    item,
-                    sources: SmallVec::new(),
-                    fused: 0.0,
+    MERGED_AT.with_borrow_mut(|at| {
+        for list in ordered {
+            let w = weight(list.channel);
+            let top = list.items.first().map_or(1.0, |x| x.1);
+            for (rank0, &(item, score)) in list.items.iter().take(quota(list.channel)).enumerate() {
+                if item as usize >= at.len() {
+                    at.resize(item as usize + 1, NOT_MERGED);
+                }
+                let slot = &mut at[item as usize];
+                if *slot == NOT_MERGED {
+                    *slot = merged.len() as u32;
+                    merged.push(Candidate {
+                        item,
+                        sources: SmallVec::new(),
+                        fused: 0.0,
+                    });
+                }
+                let c = &mut merged[*slot as usize];
+                // A channel listing an item twice counts once, at its best rank.
+                if c.sources.iter().any(|s| s.channel == list.channel) {
+                    continue;
+                }
+                c.sources.push(Source {
+                    channel: list.channel,
+                    score,
+                    rank: rank0 as u32 + 1,
                 });
-                merged.len() as u32 - 1
-            });
-            let c = &mut merged[n as usize];
-            // A channel listing an item twice counts once, at its best rank.
-            if c.sources.iter().any(|s| s.channel == list.channel) {
-                continue;
+                c.fused += fusion_term(w, score, top);
             }
-            c.sources.push(Source {
-                channel: list.channel,
-                score,
-                rank,
-            });
-            c.fused += fusion_term(w, score, top);
         }
+        for c in &merged {
+            at[c.item as usize] = NOT_MERGED;
+        }
+    });
+    in_fused_order(merged, total)
+}
+
+thread_local! {
+    /// Each thread's index from item (a dense id) to its place in the merge being built,
+    /// [`NOT_MERGED`] between merges: a thousand lookups cost a thousand array reads, where a
+    /// hash map hashed and probed for each (BENCHMARKS.md, "Scoring the catalogue"). Four
+    /// bytes per catalogue item, like the channels' score vector.
+    static MERGED_AT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+const NOT_MERGED: u32 = u32::MAX;
+
+/// The best `total` of `merged` in the merged order: higher fused score first, then more
+/// sources, then the lower item id. Sorts 16-byte keys rather than the
+/// candidates (each ~48 bytes, moved at every swap), then moves each kept candidate once.
+fn in_fused_order(merged: Vec<Candidate>, total: usize) -> Vec<Candidate> {
+    // That order as one integer: the score's total order reversed, more sources first,
+    // the lower id first; the low 32 bits say where the candidate is.
+    let mut keys: Vec<u128> = merged
+        .iter()
+        .enumerate()
+        .map(|(at, c)| {
+            let bits = c.fused.to_bits();
+            // `f32::total_cmp`'s order as an unsigned integer, then reversed.
+            let score = !(if bits >> 31 == 1 { !bits } else { bits | 1 << 31 });
+            let fewer_sources = u32::MAX - c.sources.len() as u32;
+            (u128::from(score) << 96) | (u128::from(fewer_sources) << 64) | (u128::from(c.item) << 32) | at as u128
+        })
+        .collect();
+    if keys.len() > total {
+        keys.select_nth_unstable(total);
+        keys.truncate(total);
     }
-    // A total order (ties end on the item id), so the unstable sort is deterministic.
-    merged.sort_unstable_by(fused_order);
-    merged.truncate(total);
-    merged
+    keys.sort_unstable();
+    let mut merged: Vec<Option<Candidate>> = merged.into_iter().map(Some).collect();
+    keys.into_iter()
+        .filter_map(|k| merged[k as u32 as usize].take())
+        .collect()
 }
 
 /// Why an item a channel ranked did not enter the merge (explained requests).
@@ -226,7 +265,10 @@ pub fn past_quota(lists: &[ChannelList], quota: impl Fn(Channel) -> usize, merge
     cuts
 }
 
-/// The merged order: higher fused score first, then more sources, then the lower item id.
+/// The merged order: higher fused score first, then more sources, then the lower item id
+/// (what [`in_fused_order`] sorts by, as one integer key; the tests check one against the
+/// other).
+#[cfg(test)]
 fn fused_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     b.fused
         .total_cmp(&a.fused)
@@ -376,6 +418,50 @@ mod tests {
         all.sort_by(fused_order);
         all.truncate(total);
         all
+    }
+
+    #[test]
+    fn the_fused_order_holds_for_every_score() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let scores = [
+            f32::NEG_INFINITY,
+            -2.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            0.5,
+            2.5,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        let source = Source {
+            channel: Channel::Hot,
+            score: 1.0,
+            rank: 1,
+        };
+        for round in 0..200 {
+            let all: Vec<Candidate> = (0..rng.gen_range(0..60))
+                .map(|_| Candidate {
+                    item: rng.gen_range(0..40),
+                    sources: (0..rng.gen_range(0..4)).map(|_| source).collect(),
+                    fused: scores[rng.gen_range(0..scores.len())],
+                })
+                .collect();
+            let total = rng.gen_range(0..70);
+            let mut want = all.clone();
+            want.sort_by(fused_order);
+            want.truncate(total);
+            let got = in_fused_order(all, total);
+            let key = |c: &Candidate| (c.item, c.sources.len(), c.fused.to_bits());
+            assert_eq!(
+                got.iter().map(key).collect::<Vec<_>>(),
+                want.iter().map(key).collect::<Vec<_>>(),
+                "round {round}"
+            );
+        }
     }
 
     #[test]
