@@ -17,12 +17,13 @@ fn better_first(x: &(u32, f32), y: &(u32, f32)) -> Ordering {
     y.1.total_cmp(&x.1).then(x.0.cmp(&y.0))
 }
 
-/// The best `k` of a stream of (id, score), in [`top_k`]'s order, holding at most `2k` at a
-/// time: items go into a buffer, and a full buffer is cut to its best `k` (a selection, linear
-/// in the buffer), whose worst score becomes the floor every later item is checked against
-/// first. Most of a catalogue-wide scan is one float comparison per item; the cuts cost
-/// amortised O(1) an item even for a stream in ascending order, where a bounded heap pays a
-/// sift (log `k` comparisons and moves) for every item it takes. No allocation past the buffer.
+/// The best `k` of a stream of (id, score), in [`top_k`]'s order, holding at most `2k` (64
+/// for small `k`) at a time: items go into a buffer, and a full buffer is cut to its best `k`
+/// (a selection, linear in the buffer), whose worst score becomes the floor every later item is
+/// checked against first. Most of a catalogue-wide scan is one float comparison per item; the
+/// cuts cost amortised O(1) an item even for a stream in ascending order, where a bounded heap
+/// paid a sift (log `k` comparisons and moves) for every item it took. No allocation past the
+/// buffer.
 pub fn top_k_of(scored: impl Iterator<Item = (u32, f32)>, k: usize) -> Vec<(u32, f32)> {
     top_k_where(scored, k, |_| true)
 }

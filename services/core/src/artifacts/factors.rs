@@ -135,7 +135,9 @@ fn block_dots(q: &[f32], block: &[f32]) -> [f32; BLOCK] {
 }
 
 /// Dot product. Eight independent accumulators let the compiler use SIMD lanes (a plain
-/// `zip().sum()` must add in order and stays scalar); this is the ALS channel's inner loop.
+/// `zip().sum()` must add in order and stays scalar). For one pair of vectors (the HNSW
+/// index's distance, the offline build); a whole catalogue is scored by
+/// [`Factors::scan_into`].
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
