@@ -17,22 +17,18 @@ fn better_first(x: &(u32, f32), y: &(u32, f32)) -> Ordering {
     y.1.total_cmp(&x.1).then(x.0.cmp(&y.0))
 }
 
-/// The best `k` of a stream of (id, score), in [`top_k`]'s order, holding at most `2k` (64
-/// for small `k`) at a time: items go into a buffer, and a full buffer is cut to its best `k`
-/// (a selection, linear in the buffer), whose worst score becomes the floor every later item is
-/// checked against first. Most of a catalogue-wide scan is one float comparison per item; the
-/// cuts cost amortised O(1) an item even for a stream in ascending order, where a bounded heap
-/// paid a sift (log `k` comparisons and moves) for every item it took. No allocation past the
-/// buffer.
-pub fn top_k_of(scored: impl Iterator<Item = (u32, f32)>, k: usize) -> Vec<(u32, f32)> {
-    top_k_where(scored, k, |_| true)
-}
-
-/// [`top_k_of`] of the items `keep` admits. `keep` runs only on items that would get past the
-/// floor: in a catalogue-wide scan most items fail the floor check, which the CPU predicts,
-/// while a filter such as "score above 0" passes about half at random, and a mispredicted
-/// branch per item cost more than the rest of the scan (BENCHMARKS.md, "Scoring the
-/// catalogue").
+/// The best `k` of a stream of (id, score) that `keep` admits, in [`top_k`]'s order, holding
+/// at most `2k` (64 for small `k`) at a time: items go into a buffer, and a full buffer is cut
+/// to its best `k` (a selection, linear in the buffer), whose worst score becomes the floor
+/// every later item is checked against first. Most of a catalogue-wide scan is one float
+/// comparison per item; the cuts cost amortised O(1) an item even for a stream in ascending
+/// order, where a bounded heap paid a sift (log `k` comparisons and moves) for every item it
+/// took. No allocation past the buffer.
+///
+/// `keep` runs only on items that would get past the floor: in a catalogue-wide scan most items
+/// fail the floor check, which the CPU predicts, while a filter such as "score above 0" passes
+/// about half at random, and a mispredicted branch per item cost more than the rest of the scan
+/// (BENCHMARKS.md, "Scoring the catalogue").
 pub fn top_k_where(
     scored: impl Iterator<Item = (u32, f32)>,
     k: usize,
@@ -63,7 +59,7 @@ pub fn top_k_where(
     kept
 }
 
-/// The smallest buffer [`top_k_of`] cuts (for small `k`, cutting every `k` items costs more
+/// The smallest buffer [`top_k_where`] cuts (for small `k`, cutting every `k` items costs more
 /// than it saves).
 const MIN_BUFFER: usize = 64;
 
@@ -72,7 +68,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_k_of_a_stream_equals_top_k_of_the_whole_list() {
+    fn top_k_where_of_a_stream_equals_top_k_of_the_whole_list() {
         // Scores from a small set so ties are common; ids in a scrambled order.
         for len in [0usize, 1, 5, 64, 1000] {
             let list: Vec<(u32, f32)> = (0..len as u32)
@@ -81,7 +77,11 @@ mod tests {
             for k in [0, 1, 3, 10, 31, 32, 33, 500, 2000] {
                 let mut whole = list.clone();
                 top_k(&mut whole, k);
-                assert_eq!(top_k_of(list.iter().copied(), k), whole, "len {len}, k {k}");
+                assert_eq!(
+                    top_k_where(list.iter().copied(), k, |_| true),
+                    whole,
+                    "len {len}, k {k}"
+                );
             }
         }
     }
@@ -98,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn top_k_of_holds_in_every_arrival_order() {
+    fn top_k_where_holds_in_every_arrival_order() {
         // Ascending scores cut the buffer most often, descending never; the same score
         // everywhere leaves only the ids to decide; infinities and NaN sort as `total_cmp` says.
         let n = 5_000u32;
@@ -124,7 +124,7 @@ mod tests {
             for k in [1, 2, 31, 32, 33, 200, 4_999, 5_000, 6_000] {
                 let mut whole = list.clone();
                 top_k(&mut whole, k);
-                let got = top_k_of(list.iter().copied(), k);
+                let got = top_k_where(list.iter().copied(), k, |_| true);
                 // NaN != NaN: compare the bits.
                 let bits = |v: &[(u32, f32)]| v.iter().map(|(i, s)| (*i, s.to_bits())).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&whole), "order {o}, k {k}");
