@@ -128,6 +128,21 @@ pub struct UserRow<'a> {
     day: Option<u32>,
 }
 
+/// A known item as one user's rows read it ([`RowWriter::item_then`]): its table entry, and
+/// what its timeline says as of the user's day.
+#[derive(Clone, Copy, Debug)]
+pub struct ItemThen<'a> {
+    item: &'a ItemRow,
+    then: Then,
+}
+
+impl<'a> ItemThen<'a> {
+    /// The item's table entry.
+    pub fn row(&self) -> &'a ItemRow {
+        self.item
+    }
+}
+
 /// `pre` values a folded item part holds inline (more spill to the heap).
 pub const FOLDED_INLINE: usize = 80;
 
@@ -260,13 +275,26 @@ impl RowWriter {
         )
     }
 
+    /// `item` as `user`'s rows read it: with what its timeline says as of the user's day.
+    /// The serving path reads this for every item of a request before it builds any row: the
+    /// item table's entries and their timelines are scattered over megabytes, and reads that
+    /// do not wait on each other let the CPU overlap their cache misses.
+    #[inline]
+    pub fn item_then<'a>(&self, user: &UserRow, item: &'a ItemRow) -> ItemThen<'a> {
+        ItemThen {
+            item,
+            then: self.then(user, item.timeline.as_ref()),
+        }
+    }
+
     /// Appends the row for (user, a known item) from both precomputed parts, computing only
     /// the features that cross them (and the real-time ones, from `realtime`).
     #[inline]
-    pub fn push_item(&self, user: &UserRow, item: &ItemRow, place: Place, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
+    pub fn push_item(&self, user: &UserRow, item: ItemThen, place: Place, sparse: &mut Vec<i64>, dense: &mut Vec<f32>) {
         // The parts zipped rather than indexed column by column (indexed, whole rows took 1.3×
         // the time).
-        let row = self.row_of(user, item, place);
+        let row = row_of(user, item, place);
+        let item = item.item;
         let parts = self.sparse.iter().zip(user.sparse.iter().zip(&item.sparse));
         sparse.extend(parts.map(|(&(k, b), (&u, &i))| sparse_value(k, b, (u, i), &row)));
         let parts = self.dense.iter().zip(user.dense.iter().zip(&item.dense));
@@ -276,24 +304,52 @@ impl RowWriter {
     /// Sparse column `col` of the row [`RowWriter::push_item`] writes. A folded model reads
     /// only the columns that cross user and item this way, not the whole row.
     #[inline]
-    pub fn item_sparse(&self, user: &UserRow, item: &ItemRow, place: Place, col: usize) -> i64 {
+    pub fn item_sparse(&self, user: &UserRow, item: ItemThen, place: Place, col: usize) -> i64 {
         let (k, buckets) = self.sparse[col];
         sparse_value(
             k,
             buckets,
-            (user.sparse[col], item.sparse[col]),
-            &self.row_of(user, item, place),
+            (user.sparse[col], item.item.sparse[col]),
+            &row_of(user, item, place),
         )
     }
 
-    /// Dense columns `cols` of the row [`RowWriter::push_item`] writes, into `out` (one value
-    /// per column, in order): what a folded model reads of a row, the row's place and parts
-    /// read once for all of them rather than once per column.
-    #[inline]
-    pub fn item_dense_into(&self, user: &UserRow, item: &ItemRow, place: Place, cols: &[usize], out: &mut [f32]) {
-        let row = self.row_of(user, item, place);
-        for (x, &col) in out.iter_mut().zip(cols) {
-            *x = dense_value(self.dense[col], (user.dense[col], item.dense[col]), user, item, &row);
+    /// Dense columns `cols` of the rows [`RowWriter::push_item`] writes for `user` and each of
+    /// `items` at its place (`places`, aligned with `items`), row-major into `out`
+    /// (`cols.len()` values a row; the row of an unknown item, `None`, is left as it is): what
+    /// a folded model reads of a request's rows besides its parts. Column by column, so that a
+    /// column's kind is matched once for all the rows rather than once a value; the columns of
+    /// recall's lineage and position (most of those that cross user and item) read only the
+    /// places.
+    pub fn items_dense_into(
+        &self,
+        user: &UserRow,
+        items: &[Option<ItemThen>],
+        places: &[Place],
+        cols: &[usize],
+        out: &mut [f32],
+    ) {
+        let k = cols.len();
+        for (j, &col) in cols.iter().enumerate() {
+            match self.dense[col] {
+                DenseKind::RecallPosition => {
+                    fill_column(items, places, column(out, k, j), |_, p| position_scaled(p.position))
+                }
+                DenseKind::RecallFused => fill_column(items, places, column(out, k, j), |_, p| recall_fused(p.lineage)),
+                DenseKind::RecallChannels => {
+                    fill_column(items, places, column(out, k, j), |_, p| recall_channels(p.lineage))
+                }
+                DenseKind::RecallRank(c) => {
+                    fill_column(items, places, column(out, k, j), |_, p| recall_rank(p.lineage, c))
+                }
+                DenseKind::GenreAffinity => {
+                    fill_column(items, places, column(out, k, j), |i, _| genre_affinity(user, i.item))
+                }
+                kind => fill_column(items, places, column(out, k, j), |i, p| {
+                    let parts = (user.dense[col], i.item.dense[col]);
+                    dense_value(kind, parts, user, i.item, &row_of(user, i, *p))
+                }),
+            }
         }
     }
 
@@ -407,22 +463,22 @@ impl RowWriter {
         }
     }
 
-    /// The row of `user` and a known `item` at `place`.
-    #[inline]
-    fn row_of<'a>(&self, user: &UserRow<'a>, item: &'a ItemRow, place: Place<'a>) -> Row<'a> {
-        Row {
-            user_id: user.user_id,
-            user: user.user,
-            item_id: &item.item.item_id,
-            item: Some(&item.item),
-            place,
-            then: self.then(user, item.timeline.as_ref()),
-        }
-    }
-
     /// Whether any column reads the request's real-time item values.
     pub fn reads_realtime_items(&self) -> bool {
         self.dense.iter().any(|k| k.realtime_item())
+    }
+}
+
+/// The row of `user` and a known item at `place`.
+#[inline]
+fn row_of<'a>(user: &UserRow<'a>, item: ItemThen<'a>, place: Place<'a>) -> Row<'a> {
+    Row {
+        user_id: user.user_id,
+        user: user.user,
+        item_id: &item.item.item.item_id,
+        item: Some(&item.item.item),
+        place,
+        then: item.then,
     }
 }
 
@@ -433,9 +489,18 @@ fn genre_affinity(user: &UserRow, item: &ItemRow) -> f32 {
     user.user.map_or(0.0, |u| {
         affinity(u, |n, genre| {
             let bit = user.genre_bits[n];
-            item.genre_bits & bit != 0 && (bit != GenreBits::SHARED || item.item.genres.contains(genre))
+            item.genre_bits & bit != 0 && (bit != GenreBits::SHARED || has_genre_named(item, genre))
         })
     })
+}
+
+/// Whether `item` lists `genre`, by name: apart from the genre bits, so that the compiler does
+/// not read the item's genre list (another cache line of its entry) for every item in case a
+/// name must be compared, as it did when this was inline.
+#[cold]
+#[inline(never)]
+fn has_genre_named(item: &ItemRow, genre: &str) -> bool {
+    item.item.genres.iter().any(|g| g == genre)
 }
 
 /// The sum of the user's shares of the top genres `has` accepts (by position and name), at
@@ -523,6 +588,51 @@ fn dense_value(kind: DenseKind, parts: (f32, f32), user: &UserRow, item: &ItemRo
     }
 }
 
+/// Column `j` of `out`, a row-major matrix `k` values wide.
+fn column(out: &mut [f32], k: usize, j: usize) -> impl Iterator<Item = &mut f32> {
+    out.chunks_exact_mut(k).map(move |row| &mut row[j])
+}
+
+/// Sets each known item's value in `column` (aligned with `items` and `places`) to `value` of
+/// the item at its place.
+#[inline(always)]
+fn fill_column<'a, 'p>(
+    items: &[Option<ItemThen<'a>>],
+    places: &[Place<'p>],
+    column: impl Iterator<Item = &'a mut f32>,
+    value: impl Fn(ItemThen<'a>, &Place<'p>) -> f32,
+) {
+    for ((x, item), place) in column.zip(items).zip(places) {
+        if let Some(item) = item {
+            *x = value(*item, place);
+        }
+    }
+}
+
+/// [`DenseKind::RecallFused`]: the fused score's share of the request's best.
+#[inline]
+fn recall_fused(lineage: Option<Lineage>) -> f32 {
+    lineage.map_or(0.0, |l| l.fused_share)
+}
+
+/// [`DenseKind::RecallChannels`]: how many channels found the item, of 7.
+#[inline]
+fn recall_channels(lineage: Option<Lineage>) -> f32 {
+    lineage.map_or(0.0, |l| {
+        l.ranks.iter().filter(|&&r| r > 0).count() as f32 / Channel::ALL.len() as f32
+    })
+}
+
+/// [`DenseKind::RecallRank`]: how near the top of `channel`'s list the item is (1 for its
+/// first, 0 for one not in the list).
+#[inline]
+fn recall_rank(lineage: Option<Lineage>, channel: Channel) -> f32 {
+    match lineage.map_or(0, |l| l.ranks[channel.index()]) {
+        0 => 0.0,
+        rank => 1.0 - position_scaled(rank as usize - 1),
+    }
+}
+
 /// ln(1 + p) / ln(1 + 1000): 0 for the first place, 1 from the 1000th on. A row has up to
 /// eight of these (recall's position and a rank per channel), so the places recall gives
 /// (below [`POSITIONS`]) are read from a table of the same values rather than computed.
@@ -607,14 +717,9 @@ impl Row<'_> {
             // channels found the item (of 7), and how near the top of each channel's list it
             // is (1 for a channel's first item, 0 for one not in that list). Absence is 0 so
             // that a folded model skips the column (most items are in one or two channels).
-            DenseKind::RecallFused => self.place.lineage.map_or(0.0, |l| l.fused_share),
-            DenseKind::RecallChannels => self.place.lineage.map_or(0.0, |l| {
-                l.ranks.iter().filter(|&&r| r > 0).count() as f32 / Channel::ALL.len() as f32
-            }),
-            DenseKind::RecallRank(c) => match self.place.lineage.map_or(0, |l| l.ranks[c.index()]) {
-                0 => 0.0,
-                rank => 1.0 - position_scaled(rank as usize - 1),
-            },
+            DenseKind::RecallFused => recall_fused(self.place.lineage),
+            DenseKind::RecallChannels => recall_channels(self.place.lineage),
+            DenseKind::RecallRank(c) => recall_rank(self.place.lineage, c),
             // The stream job's windows: smoothed CTR (½ with no events, as the stream writes
             // it), engagements (clicks, plays, likes) and the decayed hot score, log-scaled.
             // Neutral without real-time values, or for an item no window has touched.
@@ -793,7 +898,13 @@ mod tests {
                     };
                     let (mut s3, mut d3) = (vec![], vec![]);
                     let item_row = writer.item(&it, timelines[n].as_ref());
-                    writer.push_item(&once, &item_row, Place::at(n), &mut s3, &mut d3);
+                    writer.push_item(
+                        &once,
+                        writer.item_then(&once, &item_row),
+                        Place::at(n),
+                        &mut s3,
+                        &mut d3,
+                    );
                     assert_eq!((&s3, &d3), (&s1, &d1), "{case}, item {n}");
                     // With the user, the timeline is read on the user's last day.
                     let want = match (user, timeline) {
@@ -801,6 +912,55 @@ mod tests {
                         _ => 0.0,
                     };
                     assert_eq!(dense("item_log_ratings_then", &d3), want, "{case}, item {n}");
+                }
+                // A request's dense columns all at once, column by column, read what each row
+                // pushed whole reads: with and without lineage and real-time values, and an
+                // unknown item (its values left as they were) among them.
+                let table: Vec<ItemRow> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(n, it)| writer.item(it, timelines[n].as_ref()))
+                    .collect();
+                let live = ItemFeatures {
+                    ctr: 0.3,
+                    clicks: 4,
+                    trend: 2.5,
+                    window_end_ms: 1,
+                    ..ItemFeatures::default()
+                };
+                let mut found: Vec<Option<ItemThen>> = table.iter().map(|r| Some(writer.item_then(&once, r))).collect();
+                found.insert(2, None);
+                let places: Vec<Place> = (0..found.len())
+                    .map(|n| Place {
+                        position: n * 37,
+                        lineage: (n % 3 != 0)
+                            .then(|| Lineage::new(n as f32, 6.0, [(Channel::ALL[n], n as u32 * 9 + 1)])),
+                        realtime: (n % 2 == 0).then_some(&live),
+                    })
+                    .collect();
+                let cols: Vec<usize> = (0..writer.dense.len()).collect();
+                let mut out = vec![f32::NAN; found.len() * cols.len()];
+                writer.items_dense_into(&once, &found, &places, &cols, &mut out);
+                for (n, (found, row)) in found.iter().zip(out.chunks(cols.len())).enumerate() {
+                    match found {
+                        Some(item) => {
+                            let (mut s, mut d) = (vec![], vec![]);
+                            writer.push_item(&once, *item, places[n], &mut s, &mut d);
+                            assert_eq!(row, &d[..], "{case}, row {n}");
+                        }
+                        None => assert!(
+                            row.iter().all(|x| x.is_nan()),
+                            "{case}: the unknown item's row was written"
+                        ),
+                    }
+                }
+                // And any subset of the columns, in any order.
+                let some = [cols.len() - 1, 9, 5, 0];
+                let mut part = vec![f32::NAN; found.len() * some.len()];
+                writer.items_dense_into(&once, &found, &places, &some, &mut part);
+                for (row, whole) in part.chunks(some.len()).zip(out.chunks(cols.len())) {
+                    let picked: Vec<f32> = some.iter().map(|&c| whole[c]).collect();
+                    assert_eq!(format!("{row:?}"), format!("{picked:?}"), "{case}");
                 }
             }
         }
@@ -811,7 +971,8 @@ mod tests {
             .iter()
             .map(|it| {
                 let (mut s, mut d) = (vec![], vec![]);
-                writer.push_item(&once, &writer.item(it, None), Place::at(0), &mut s, &mut d);
+                let item_row = writer.item(it, None);
+                writer.push_item(&once, writer.item_then(&once, &item_row), Place::at(0), &mut s, &mut d);
                 dense("genre_affinity", &d)
             })
             .collect();
@@ -1079,9 +1240,10 @@ mod tests {
         // The serving path (item table, user part once) gives the same row.
         let once = writer.user("u1", Some(&u));
         let (mut s, mut d) = (Vec::new(), Vec::new());
+        let item_row = writer.item(&it, None);
         writer.push_item(
             &once,
-            &writer.item(&it, None),
+            writer.item_then(&once, &item_row),
             Place {
                 realtime: Some(&hot),
                 ..Place::at(3)
