@@ -359,8 +359,10 @@ async fn bundled_models(items: Arc<Snapshot>, requests: &[RankRequest], columns:
     .enumerate()
     {
         println!(
-            "\nthe bundled rankers, {title} ({ROUNDS} interleaved rounds of {} requests of {CANDIDATES}):\n",
-            if what == 0 { requests.len() } else { twice.len() }
+            "\nthe bundled rankers, {title} ({ROUNDS} interleaved rounds of {} requests of {CANDIDATES}; the \
+             service's trees scored with {} instructions):\n",
+            if what == 0 { requests.len() } else { twice.len() },
+            recstack_core::simd::level()
         );
         let mut names = names.clone();
         if what == 0 {

@@ -24,6 +24,7 @@ pub mod hash;
 pub mod ranking;
 pub mod recall;
 pub mod rerank;
+pub mod simd;
 pub mod stream;
 pub mod timeline;
 pub mod topk;

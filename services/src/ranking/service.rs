@@ -355,6 +355,11 @@ fn walked_trees(path: &Path, mut whole: OnnxModel) -> Result<TreeScorer, ModelEr
             "on random rows they score {off:.2e} away from the graph"
         )));
     }
+    info!(
+        trees = %file,
+        simd = recstack_core::simd::level(),
+        "ranking: the card's trees are scored by the service"
+    );
     Ok(scorer)
 }
 
