@@ -134,8 +134,14 @@ fn main() {
     }
     // `-- profile`: the service as the gateway calls it (columns, first stage folded, batching
     // on, 16 concurrent), run after run on one service, to profile under `perf record`;
-    // nothing else runs.
+    // nothing else runs. `-- profile gbdt`: the same with `gbdt-2`, its trees scored by the
+    // service (the stack's default ranker).
     if std::env::args().any(|a| a == "profile") {
+        let model_path = if std::env::args().any(|a| a == "gbdt") {
+            recstack_core::source_file("models/gbdt/model.onnx")
+        } else {
+            model_path.clone()
+        };
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let mut rates = Vec::with_capacity(PROFILE_RUNS);
         // One service for every run, so that the profile holds requests, not model loads.
@@ -152,7 +158,11 @@ fn main() {
         runtime.block_on(svc.stop()).expect("stop");
         rates.sort_by(f64::total_cmp);
         println!(
-            "service, first stage folded, batching on, 16 concurrent: median {:.0} req/s over {PROFILE_RUNS} runs",
+            "service ({}), batching on, 16 concurrent: median {:.0} req/s over {PROFILE_RUNS} runs",
+            model_path
+                .parent()
+                .and_then(|d| d.file_name())
+                .map_or_else(String::new, |d| d.to_string_lossy().into_owned()),
             rates[PROFILE_RUNS / 2]
         );
         return;

@@ -15,14 +15,39 @@
 //!
 //! `RECSTACK_SIMD=baseline` in a process's environment makes it run the baseline copies only
 //! (the benches compare the two that way, one binary run each way; an operator can rule out
-//! the wide copies the same way). Any other value, or none, picks by the CPU.
+//! the wide copies the same way); `auto`, empty or unset picks by the CPU. A serving process
+//! checks the value when it starts ([`wide_allowed`]) and stops on any other.
 
 use std::sync::LazyLock;
 
-/// The instruction set [`widest`] compiles for, picked once.
-static ARCH: LazyLock<pulp::Arch> = LazyLock::new(|| match std::env::var("RECSTACK_SIMD").as_deref() {
-    Ok("baseline") => pulp::Arch::Scalar,
-    _ => pulp::Arch::new(),
+/// The variable that can rule out the wide copies.
+pub const VAR: &str = "RECSTACK_SIMD";
+
+/// A value of [`VAR`] that is not one of its values.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error(
+    "{VAR} is {0:?}: `auto` (or unset) picks the widest instructions the CPU has, `baseline` only the x86-64 baseline's"
+)]
+pub struct UnknownLevel(pub String);
+
+/// Whether a value of [`VAR`] lets [`widest`] pick wide copies: unset, empty or `auto` yes,
+/// `baseline` no.
+pub fn wide_allowed(value: Option<&str>) -> Result<bool, UnknownLevel> {
+    match value.map(str::trim) {
+        None | Some("" | "auto") => Ok(true),
+        Some("baseline") => Ok(false),
+        Some(other) => Err(UnknownLevel(other.to_string())),
+    }
+}
+
+/// The instruction set [`widest`] compiles for, picked once (a value of [`VAR`] that is not
+/// one picks by the CPU, as unset does; serving processes have refused it already).
+static ARCH: LazyLock<pulp::Arch> = LazyLock::new(|| {
+    if wide_allowed(std::env::var(VAR).ok().as_deref()).unwrap_or(true) {
+        pulp::Arch::new()
+    } else {
+        pulp::Arch::Scalar
+    }
 });
 
 /// Runs `f` compiled for the widest vector instructions this CPU has.
@@ -58,4 +83,19 @@ pub(crate) fn each_level<R>(f: impl Fn() -> R) -> Vec<(&'static str, R)> {
         }
     }
     runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variable_takes_auto_or_baseline_and_names_itself_otherwise() {
+        for auto in [None, Some(""), Some("auto"), Some(" auto ")] {
+            assert_eq!(wide_allowed(auto), Ok(true), "{auto:?}");
+        }
+        assert_eq!(wide_allowed(Some("baseline")), Ok(false));
+        let e = wide_allowed(Some("avx9")).unwrap_err().to_string();
+        assert!(e.starts_with("RECSTACK_SIMD is \"avx9\""), "{e}");
+    }
 }

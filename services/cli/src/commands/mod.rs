@@ -64,6 +64,8 @@ pub fn serve_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Re
     if let Some(n) = worker_threads(std::env::var(WORKER_THREADS_VAR).ok().as_deref())? {
         runtime.worker_threads(n);
     }
+    // Checked here, before anything is served: the hot loops read it when they first run.
+    recstack_core::simd::wide_allowed(std::env::var(recstack_core::simd::VAR).ok().as_deref())?;
     let runtime = runtime.build().context("starting the async runtime")?;
     let result = runtime.block_on(command);
     runtime.shutdown_timeout(BLOCKING_SPARE);
