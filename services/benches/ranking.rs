@@ -115,9 +115,19 @@ fn main() {
     // `-- assembly`: a folded model's rows alone (the service's per-request CPU work before the
     // model's head), to compare changes to them quickly.
     if std::env::args().any(|a| a == "assembly") {
-        let us = folded_assembly(&snapshot, &model_path, &requests);
+        let us = assembly(&snapshot, &model_path, &requests, true);
         println!(
             "rows for a folded model, recall's first {CANDIDATES} with lineage: {us:.1} µs per request (best of 5 rounds)"
+        );
+        return;
+    }
+    // `-- rows`: `gbdt-2`'s whole rows alone (the stack's ranker: the service's per-request
+    // CPU work before its trees), to compare changes to them quickly.
+    if std::env::args().any(|a| a == "rows") {
+        let gbdt = recstack_core::source_file("models/gbdt/model.onnx");
+        let us = assembly(&snapshot, &gbdt, &requests, false);
+        println!(
+            "whole rows for gbdt-2, recall's first {CANDIDATES} with lineage: {us:.1} µs per request (best of 5 rounds)"
         );
         return;
     }
@@ -664,13 +674,14 @@ fn paired_table(what: &str, first: &str, names: &[&str], runs: &[Vec<Row>]) {
     }
 }
 
-/// A folded model's rows (`LoadedModel::features_with` with each request's lineage: the user's
-/// part, each item's, and the crossing columns) for each request's own candidates, in µs per
-/// request: the fastest of five rounds over 2,000 requests.
-fn folded_assembly(snapshot: &Snapshot, model: &Path, requests: &[RankRequest]) -> f64 {
+/// A model's rows (`LoadedModel::features_with` with each request's lineage; for a folded
+/// model the user's part, each item's and the crossing columns) for each request's own
+/// candidates, as the service builds them, in µs per request: the fastest of five rounds over
+/// 2,000 requests. `folded`: whether the model must fold (checked).
+fn assembly(snapshot: &Snapshot, model: &Path, requests: &[RankRequest], folded: bool) -> f64 {
     let sources = ModelSources::cpu(model.to_path_buf());
     let set = load_models(&sources, snapshot, Arc::new(())).expect("model");
-    assert!(set.primary.folded.is_some(), "the bundled model folds");
+    assert_eq!(set.primary.folded.is_some(), folded, "{}: folded", model.display());
     let work: Vec<(&RankRequest, Vec<Lineage>)> = requests
         .iter()
         .cycle()
@@ -681,10 +692,10 @@ fn folded_assembly(snapshot: &Snapshot, model: &Path, requests: &[RankRequest]) 
     for _ in 0..5 {
         let t = Instant::now();
         for (r, lineage) in &work {
-            let (_, pre, unknown) =
+            let (_, dense, unknown) =
                 set.primary
                     .features_with(&r.user_id, r.user.as_ref(), &r.item_ids, Some(lineage), None);
-            assert!(unknown.is_empty() && !pre.is_empty());
+            assert!(unknown.is_empty() && !dense.is_empty());
         }
         best = best.min(t.elapsed().as_secs_f64() * 1e6 / work.len() as f64);
     }
