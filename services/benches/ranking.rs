@@ -65,6 +65,7 @@ fn main() {
     let a = build::build(&ds, &BuildParams::default(), &Progress::new(true)).expect("build");
     let snapshot = Arc::new(Snapshot::from_artifacts(&a));
     let model_path = recstack_core::source_file("models/deepfm/model.onnx");
+    let gbdt_path = recstack_core::source_file("models/gbdt/model.onnx");
 
     // The requests: held-out users, each with recall's first 500 candidates.
     let mut users: Vec<u32> = a.holdout.iter().map(|r| r.user).collect();
@@ -124,8 +125,7 @@ fn main() {
     // `-- rows`: `gbdt-2`'s whole rows alone (the stack's ranker: the service's per-request
     // CPU work before its trees), to compare changes to them quickly.
     if std::env::args().any(|a| a == "rows") {
-        let gbdt = recstack_core::source_file("models/gbdt/model.onnx");
-        let us = assembly(&snapshot, &gbdt, &requests, false);
+        let us = assembly(&snapshot, &gbdt_path, &requests, false);
         println!(
             "whole rows for gbdt-2, recall's first {CANDIDATES} with lineage: {us:.1} µs per request (best of 5 rounds)"
         );
@@ -148,7 +148,7 @@ fn main() {
     // service (the stack's default ranker).
     if std::env::args().any(|a| a == "profile") {
         let model_path = if std::env::args().any(|a| a == "gbdt") {
-            recstack_core::source_file("models/gbdt/model.onnx")
+            gbdt_path
         } else {
             model_path.clone()
         };

@@ -242,7 +242,8 @@ impl Trees {
                 }
             }
             let mut sum = [self.base; BLOCK];
-            // A block's compares and ANDs are vector instructions: eight rows each with AVX2.
+            // A block's compares and ANDs are vector instructions: eight rows an instruction
+            // with AVX2, sixteen with AVX-512.
             crate::simd::widest(
                 #[inline(always)]
                 || self.block(&columns, &mut sum),
