@@ -64,12 +64,19 @@ pub fn serve_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Re
     if let Some(n) = worker_threads(std::env::var(WORKER_THREADS_VAR).ok().as_deref())? {
         runtime.worker_threads(n);
     }
-    // Checked here, before anything is served: the hot loops read it when they first run.
-    recstack_core::simd::wide_allowed(std::env::var(recstack_core::simd::VAR).ok().as_deref())?;
+    check_simd()?;
     let runtime = runtime.build().context("starting the async runtime")?;
     let result = runtime.block_on(command);
     runtime.shutdown_timeout(BLOCKING_SPARE);
     result
+}
+
+/// Refuses a value of `RECSTACK_SIMD` that is not one ([`recstack_core::simd::wide_allowed`]).
+/// Every serving process checks it before it serves: the hot loops read it when they first
+/// run, and there a bad value could only be ignored.
+pub fn check_simd() -> anyhow::Result<()> {
+    recstack_core::simd::wide_allowed(std::env::var(recstack_core::simd::VAR).ok().as_deref())?;
+    Ok(())
 }
 
 /// How long a serving process waits for blocking calls still running once it has stopped.

@@ -51,6 +51,7 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    super::check_simd()?;
     let UpArgs {
         artifacts,
         model,
