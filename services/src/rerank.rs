@@ -288,6 +288,7 @@ impl RerankService {
                 .collect(),
             actions: actions
                 .into_iter()
+                .filter(|a| a.after.is_some() || !req.served_actions_only)
                 .map(|a| Action {
                     item_id: a.id.to_string(),
                     before: a.before as u32,
@@ -467,6 +468,39 @@ mod tests {
         assert_eq!(r.experiment, "mmr-lambda");
         assert_eq!(r.bucket, ab_bucket("u1", "mmr-lambda", 2));
         assert_eq!(r.variant, ["control", "diverse"][r.bucket as usize]);
+    }
+
+    /// Asked for the served items' actions only, the answer is the full answer less the left-out
+    /// items' actions (blocked, MMR's): the same items, bucket and order.
+    #[test]
+    fn served_actions_only_leaves_out_the_left_out_items() {
+        let svc = service(RerankConfig {
+            blocked: ["i0".to_string()].into_iter().collect(),
+            pins: vec![("i20".into(), 0)],
+            mmr_lambda: 0.3,
+            ..RerankConfig::default()
+        });
+        let whole = svc.rerank(&request("u1", 10)).unwrap();
+        let summary = svc
+            .rerank(&RerankRequest {
+                served_actions_only: true,
+                ..request("u1", 10)
+            })
+            .unwrap();
+        let served: Vec<Action> = whole.actions.iter().filter(|a| a.after >= 0).cloned().collect();
+        assert!(
+            whole.actions.iter().any(|a| a.after < 0 && a.rule == "mmr")
+                && whole.actions.iter().any(|a| a.after < 0 && a.rule == "blocked"),
+            "the whole answer lists the left-out items: {:?}",
+            whole.actions
+        );
+        assert!(served.iter().any(|a| a.rule == "pin"), "{served:?}");
+        assert_eq!(summary.actions, served);
+        assert_eq!(summary.items, whole.items);
+        assert_eq!(
+            (summary.bucket, &summary.variant, &summary.experiment),
+            (whole.bucket, &whole.variant, &whole.experiment)
+        );
     }
 
     #[test]

@@ -205,7 +205,12 @@ async fn held_out_users_get_full_lists_without_seen_items_that_keep_the_diversit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debug_requests_get_a_full_trace_of_every_candidate() {
-    let stack = start(GatewayConfig::default()).await;
+    // Only debug requests traced in full: the last request here is traced in summary.
+    let stack = start(GatewayConfig {
+        full_trace_sample: 0.0,
+        ..GatewayConfig::default()
+    })
+    .await;
     let (user, _) = held_out_users(1).remove(0);
     let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 10, "debug": true}}"#)).await;
     assert_eq!(status, 200, "{body}");
@@ -271,6 +276,27 @@ async fn debug_requests_get_a_full_trace_of_every_candidate() {
             rules.get(c.item_id.as_str()).copied()
         );
     }
+
+    // The same request traced in summary (rerank then answers the served items' actions only)
+    // serves the same items with the same rules, in the answer and in its trace.
+    let (status, body) = recommend(&stack, &format!(r#"{{"user_id": "{user}", "n": 10}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let summary: Recommendation = serde_json::from_str(&body).unwrap();
+    let rules_of = |items: &[recstack_services::gateway::ServedItem]| -> Vec<(String, Option<String>)> {
+        items
+            .iter()
+            .map(|i| (i.item_id.clone(), i.rerank_rule.clone()))
+            .collect()
+    };
+    assert_eq!(rules_of(&summary.items), rules_of(&r.items));
+    let traced = stack.sink.as_ref().unwrap().find(&summary.request_id).unwrap();
+    assert_eq!(traced.detail, recstack_trace_store::Detail::Summary);
+    let traced_rules: Vec<(String, Option<String>)> = traced
+        .items
+        .iter()
+        .map(|i| (i.item_id.clone(), i.rerank_rule.clone()))
+        .collect();
+    assert_eq!(traced_rules, rules_of(&r.items));
     stack.stop().await.unwrap();
 }
 

@@ -512,7 +512,7 @@ impl Gateway {
         let pool = r.candidates.len().min(RERANK_POOL);
         r.funnel.rerank_pool = pool as u32;
         r.funnel.pool_cut_score = pool.checked_sub(1).map(|i| r.candidates[i].score());
-        let (candidates, q, tp) = (&r.candidates, &r.q, r.traceparent.as_str());
+        let (candidates, q, tp, full) = (&r.candidates, &r.q, r.traceparent.as_str(), r.full);
         let links = &self.links;
         // The items go as columns; `packed: false` is the form every rerank pod reads.
         let request = |packed: bool, budget: Duration| {
@@ -548,6 +548,8 @@ impl Gateway {
                 packed_ids,
                 packed_id_ends,
                 packed_scores,
+                // The left-out items' actions are kept only by a full trace.
+                served_actions_only: !full,
             });
             call.set_timeout(budget);
             crate::ops::propagate(&mut call, tp);
